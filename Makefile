@@ -1,0 +1,71 @@
+# Modelplane task runner. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PEERS := .venv-peers
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed-all
+
+.PHONY: install
+install: $(VENV)/.installed-all ## Create .venv with the servers, SDK and CLI
+
+.PHONY: install-dev
+install-dev: $(VENV)/.installed-dev ## Create .venv with the dev tools too
+
+.PHONY: demo
+demo: $(VENV)/.installed-all ## Run the end-to-end lifecycle demo on the embedded SQLite default
+	$(BIN)/python -m modelplane.demo
+
+.PHONY: test
+test: $(VENV)/.installed-dev ## Run the whole test suite (PostgreSQL tests skip unless a server is reachable)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: gen
+gen: $(VENV)/.installed-dev ## Regenerate the stubs from protos/ with the pinned grpcio-tools
+	$(BIN)/python protos/generate.py
+
+.PHONY: lint
+lint: $(VENV)/.installed-dev ## Generated code fresh, buf lint, ruff check and format, mypy
+	$(BIN)/python protos/generate.py --check
+	cd protos && ../$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy clients/python/modelplane controlplane sidecar
+
+.PHONY: format
+format: $(VENV)/.installed-dev ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+$(PEERS)/%/.installed: bench/peers/%.txt
+	$(PYTHON) -m venv $(PEERS)/$*
+	$(PEERS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/$*/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+PEER_ENVS := $(patsubst bench/peers/%.txt,$(PEERS)/%/.installed,$(wildcard bench/peers/*.txt))
+
+.PHONY: bench
+bench: $(VENV)/.installed-dev $(PEER_ENVS) ## Run the benchmarks (peers in their own environments under .venv-peers/)
+	@for b in bench/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+.PHONY: clean
+clean: ## Remove environments, caches and the demo's state
+	rm -rf $(VENV) $(PEERS) .modelplane .mypy_cache .ruff_cache .pytest_cache

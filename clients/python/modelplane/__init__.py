@@ -1,0 +1,34 @@
+"""Modelplane: model registry, governance and rollouts, with an inference sidecar.
+
+The library users import: :class:`Client` (the SDK the CLI itself uses), the errors it raises,
+and the generated stubs under :mod:`modelplane.v1`.
+"""
+
+from modelplane.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelplaneError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "ModelplaneError",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+]

@@ -1,0 +1,95 @@
+"""The ``modelplane`` command line: the contract scripts and CI jobs call.
+
+Global options come before the subcommand. With ``--output json`` every command prints exactly
+one JSON document on stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a check
+that failed, 2 usage error, 3 the server answered an error, 4 server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from modelplane.cli._output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
+
+# Each module registers its subcommands with ``register(subparsers)``.
+_COMMAND_MODULES = (
+    "models",
+    "versions",
+    "alias",
+    "operations",
+    "controlplane",
+    "sidecar",
+)
+
+
+def _default_principal() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "anonymous"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="modelplane",
+        description="Model registry, governance, rollouts and the inference sidecar.",
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("MODELPLANE_SERVER", "127.0.0.1:50051"),
+        help="control plane HOST:PORT (env MODELPLANE_SERVER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--output", choices=("table", "json"), default="table", help="output format (default table)"
+    )
+    parser.add_argument(
+        "--as",
+        dest="principal",
+        default=os.environ.get("MODELPLANE_PRINCIPAL") or _default_principal(),
+        help="principal name sent to a server without access control (default: the OS user)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each call (default 60)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"modelplane.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    printer = Printer(json_output=args.output == "json")
+    try:
+        code = args.handler(args, printer)
+    except CliError as exc:
+        printer.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except ConnectionError as exc:  # pragma: no cover - mapped by the client already
+        printer.error(CliError(str(exc), EXIT_UNREACHABLE))
+        return EXIT_UNREACHABLE
+    return EXIT_OK if code is None else int(code)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main", "run"]

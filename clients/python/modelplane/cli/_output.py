@@ -1,0 +1,91 @@
+"""Printing results as tables or one JSON document, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SERVER_ERROR = 3
+EXIT_UNREACHABLE = 4
+
+
+class CliError(Exception):
+    """An error the CLI reports and exits on."""
+
+    def __init__(
+        self, message: str, exit_code: int = EXIT_USAGE, *, status: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.status = status
+        self.reason = reason
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """A proto message as JSON-ready data, with proto field names and defaults shown."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+class Printer:
+    """Writes results to stdout and diagnostics to stderr, in the chosen format."""
+
+    def __init__(self, json_output: bool) -> None:
+        self.json_output = json_output
+
+    def emit(
+        self,
+        data: Any,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: Iterable[Sequence[Any]] | None = None,
+        title: str | None = None,
+    ) -> None:
+        """Print ``data`` as one JSON document, or as a table when ``rows`` are given."""
+        if isinstance(data, Message):
+            data = to_dict(data)
+        if self.json_output:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+            sys.stdout.flush()
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(soft_wrap=True)
+        if rows is not None and columns is not None:
+            table = Table(title=title, show_lines=False)
+            for col in columns:
+                table.add_column(col)
+            for row in rows:
+                table.add_row(*("" if v is None else str(v) for v in row))
+            console.print(table)
+        elif isinstance(data, Mapping):
+            console.print_json(json.dumps(data, default=str))
+        else:
+            console.print(data)
+
+    def progress(self, text: str) -> None:
+        """A progress note on stderr."""
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def error(self, exc: CliError) -> None:
+        """Report an error on stderr (and nothing on stdout)."""
+        parts = ["error:"]
+        if exc.status:
+            parts.append(exc.status)
+        if exc.reason:
+            parts.append(f"({exc.reason})")
+        parts.append(exc.message)
+        sys.stderr.write(" ".join(parts) + "\n")
+        sys.stderr.flush()

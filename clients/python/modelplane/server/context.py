@@ -1,0 +1,66 @@
+"""The calling principal and request identifiers of the RPC being served."""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+from dataclasses import dataclass, field
+
+#: Metadata key in which clients name themselves while access control is off.
+PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
+#: Metadata key carrying a caller-chosen request id for log correlation.
+REQUEST_ID_METADATA_KEY = "x-request-id"
+TRACEPARENT_METADATA_KEY = "traceparent"
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is calling and how to find this request in the logs."""
+
+    principal: str = "anonymous"
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    trace_id: str = ""
+    method: str = ""
+    roles: tuple[str, ...] = ()
+
+
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "modelplane_request_context"
+)
+
+
+def current_context() -> RequestContext:
+    """The context of the RPC being served on this thread (a fresh one outside RPCs)."""
+    try:
+        return _current.get()
+    except LookupError:
+        return RequestContext(principal="system")
+
+
+def set_context(ctx: RequestContext) -> contextvars.Token[RequestContext]:
+    """Make ``ctx`` current; returns the token to reset it."""
+    return _current.set(ctx)
+
+
+def reset_context(token: contextvars.Token[RequestContext]) -> None:
+    """Restore the context that was current before :func:`set_context`."""
+    _current.reset(token)
+
+
+def trace_id_from(traceparent: str | None) -> str:
+    """The trace id of a W3C ``traceparent`` header, or empty when absent or malformed."""
+    if not traceparent:
+        return ""
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    return match.group(1) if match else ""
+
+
+def clean_principal(name: str | None) -> str | None:
+    """``name`` when it is a usable principal name, else None."""
+    if name and _PRINCIPAL.match(name):
+        return name
+    return None

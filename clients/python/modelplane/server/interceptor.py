@@ -1,0 +1,221 @@
+"""One server interceptor for every RPC: request context, logging, metrics and the mapping of
+errors to gRPC statuses.
+
+Domain code raises :class:`modelplane.errors.ModelplaneError`; the interceptor aborts the call
+with the mapped status code and an ErrorInfo. Anything else becomes INTERNAL with a generic
+message (the details stay in the server's log, under the request id).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from modelplane.errors import Internal, ModelplaneError, to_grpc_status
+from modelplane.server.context import (
+    PRINCIPAL_METADATA_KEY,
+    REQUEST_ID_METADATA_KEY,
+    TRACEPARENT_METADATA_KEY,
+    RequestContext,
+    clean_principal,
+    reset_context,
+    set_context,
+    trace_id_from,
+)
+
+log = structlog.get_logger("modelplane.rpc")
+
+#: Resolves the principal of a call from its metadata; raises Unauthenticated to refuse it.
+Authenticator = Callable[[dict[str, str], grpc.ServicerContext], RequestContext]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RpcMetrics:
+    """A request counter ``{method, code}`` and a latency histogram ``{method}``."""
+
+    def __init__(self, prefix: str, registry: CollectorRegistry | None = None) -> None:
+        kwargs: dict[str, Any] = {"registry": registry} if registry is not None else {}
+        self.requests = Counter(
+            f"{prefix}_requests", "RPCs served, by method and status code", ["method", "code"], **kwargs
+        )
+        self.latency = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "RPC handling time in seconds, by method",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            **kwargs,
+        )
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.requests.labels(method=method, code=code.name).inc()
+        self.latency.labels(method=method).observe(seconds)
+
+
+def anonymous_loopback(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:
+    """The principal the client names in ``x-modelplane-principal`` (access control off)."""
+    principal = clean_principal(metadata.get(PRINCIPAL_METADATA_KEY)) or "anonymous"
+    return RequestContext(principal=principal)
+
+
+class RequestInterceptor(grpc.ServerInterceptor):
+    """Binds the request context, maps errors to statuses, logs and counts every RPC.
+
+    Methods of the services named in ``open_services`` (health, reflection) skip
+    authentication.
+    """
+
+    def __init__(
+        self,
+        metrics: RpcMetrics | None = None,
+        authenticator: Authenticator = anonymous_loopback,
+        open_services: tuple[str, ...] = ("grpc.health.v1.Health", "grpc.reflection."),
+    ) -> None:
+        self._metrics = metrics
+        self._authenticate = authenticator
+        self._open = open_services
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        short = method.rsplit("/", 1)[-1]
+        is_open = any(method.lstrip("/").startswith(s) for s in self._open)
+
+        def enter(context: grpc.ServicerContext) -> tuple[Any, float, RequestContext]:
+            md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            if is_open:
+                ctx = RequestContext(principal="anonymous")
+            else:
+                ctx = self._authenticate(md, context)
+            rid = md.get(REQUEST_ID_METADATA_KEY, "")[:128] or uuid.uuid4().hex
+            ctx = RequestContext(
+                principal=ctx.principal,
+                roles=ctx.roles,
+                request_id=rid,
+                trace_id=trace_id_from(md.get(TRACEPARENT_METADATA_KEY)),
+                method=short,
+            )
+            structlog.contextvars.bind_contextvars(
+                request_id=ctx.request_id, trace_id=ctx.trace_id, method=short, principal=ctx.principal
+            )
+            return set_context(ctx), time.perf_counter(), ctx
+
+        def leave(token: Any, start: float, code: grpc.StatusCode) -> None:
+            elapsed = time.perf_counter() - start
+            if self._metrics is not None:
+                self._metrics.observe(short, code, elapsed)
+            if not is_open:
+                log.info("rpc", code=code.name, duration_ms=round(elapsed * 1000, 3))
+            structlog.contextvars.clear_contextvars()
+            reset_context(token)
+
+        def fail(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
+            if isinstance(exc, ModelplaneError):
+                err = exc
+            else:
+                log.error("unhandled error", exc_info=exc)
+                err = Internal("internal error; the server log has the details under the request id")
+            status = to_grpc_status(err)
+            context.abort_with_status(status)
+            return status.code  # pragma: no cover - abort raises
+
+        def status_of(context: grpc.ServicerContext) -> grpc.StatusCode:
+            code = context.code() if hasattr(context, "code") else None
+            return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+
+        def unary_out(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+                token, start, _ = (None, time.perf_counter(), None)
+                code = grpc.StatusCode.OK
+                try:
+                    token, start, _ = enter(context)
+                    result = behavior(request_or_iterator, context)
+                    code = status_of(context)
+                    return result
+                except BaseException as exc:
+                    code = _code_of(exc, context)
+                    if _is_abort(exc, context):
+                        raise
+                    fail(exc, context)
+                finally:
+                    if token is not None:
+                        leave(token, start, code)
+                    else:
+                        structlog.contextvars.clear_contextvars()
+
+            return wrapper
+
+        def stream_out(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+            def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                token, start, _ = (None, time.perf_counter(), None)
+                code = grpc.StatusCode.OK
+                try:
+                    token, start, _ = enter(context)
+                    yield from behavior(request_or_iterator, context)
+                    code = status_of(context)
+                except GeneratorExit:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except BaseException as exc:
+                    code = _code_of(exc, context)
+                    if _is_abort(exc, context):
+                        raise
+                    fail(exc, context)
+                finally:
+                    if token is not None:
+                        leave(token, start, code)
+                    else:
+                        structlog.contextvars.clear_contextvars()
+
+            return wrapper
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary_out(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                unary_out(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                stream_out(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            stream_out(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
+    """True when ``exc`` is gRPC's own abort (the status is already set)."""
+    code = getattr(context, "code", lambda: None)()
+    return not isinstance(exc, ModelplaneError) and isinstance(code, grpc.StatusCode) and (
+        code is not grpc.StatusCode.OK
+    )
+
+
+def _code_of(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode:
+    if isinstance(exc, ModelplaneError):
+        from modelplane.errors import GRPC_CODES
+
+        return GRPC_CODES[exc.code]
+    code = getattr(context, "code", lambda: None)()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code
+    return grpc.StatusCode.INTERNAL

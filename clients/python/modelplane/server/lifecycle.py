@@ -1,0 +1,107 @@
+"""Health, reflection, the metrics listener, and graceful shutdown of a gRPC server."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = structlog.get_logger("modelplane.server")
+
+#: Clients (tritonclient among them) raise their limits to 2 GiB - 1; servers match that.
+MAX_MESSAGE_BYTES = 2**31 - 1
+GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def add_health_and_reflection(
+    server: grpc.Server, service_names: Iterable[str]
+) -> health.HealthServicer:
+    """Register grpc.health.v1 (every service NOT_SERVING until told) and server reflection."""
+    names = list(service_names)
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *names]:
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+    """Flip the overall and per-service health status."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        servicer.set(name, status)
+
+
+def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> tuple[Any, int]:
+    """Start the Prometheus HTTP listener on ``HOST:PORT``; returns (server, bound port)."""
+    host, _, port = listen.rpartition(":")
+    kwargs: dict[str, Any] = {"registry": registry} if registry is not None else {}
+    httpd, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", **kwargs)
+    return httpd, httpd.server_port
+
+
+@dataclass
+class GrpcServerHandle:
+    """A started gRPC server with its health servicer, and how to stop it gracefully."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: list[str]
+    grace_seconds: float = 10.0
+    closers: list[Any] = field(default_factory=list)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def mark_serving(self) -> None:
+        set_serving(self.health, self.service_names, True)
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, then let unary calls finish and end streams after the grace."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        set_serving(self.health, self.service_names, False)
+        self.server.stop(self.grace_seconds if grace is None else grace).wait()
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - shutdown must go on
+                log.exception("error while closing", closer=repr(close))
+
+    def wait(self) -> None:
+        """Block until the server has stopped."""
+        self.server.wait_for_termination()
+
+    def stop_on_signals(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Stop gracefully on SIGTERM/SIGINT (call from the main thread)."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("shutting down", signal=signal.Signals(signum).name, grace_s=self.grace_seconds)
+            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+
+        for sig in signals:
+            signal.signal(sig, handler)

@@ -1,0 +1,110 @@
+"""Small ONNX models built with ``onnx.helper``, for tests and benchmarks.
+
+Nothing is downloaded: weights come from a seeded random generator, so every build of the same
+model is byte-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def _finish(graph: onnx.GraphProto, name: str) -> onnx.ModelProto:
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="modelplane.testing",
+        producer_version="1",
+    )
+    model.ir_version = IR_VERSION
+    model.doc_string = name
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp(
+    features: int = 32,
+    hidden: tuple[int, ...] = (64,),
+    outputs: int = 2,
+    *,
+    softmax: bool = True,
+    seed: int = 0,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> onnx.ModelProto:
+    """A dense ReLU network ``[-1, features] -> [-1, outputs]`` (FP32), softmax on the end.
+
+    The default is the 32-feature MLP the performance notes use.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev, width = input_name, features
+    for i, h in enumerate((*hidden, outputs)):
+        w = (rng.standard_normal((width, h)) / np.sqrt(width)).astype(np.float32)
+        b = (rng.standard_normal(h) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(hidden)
+        out = f"z{i}" if not last or softmax else output_name
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"a{i}"]))
+            prev = f"a{i}"
+        width = h
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [f"z{len(hidden)}"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", outputs])],
+        initializer=inits,
+    )
+    return _finish(graph, f"mlp {features}->{hidden}->{outputs}")
+
+
+def heavy_mlp(seed: int = 0) -> onnx.ModelProto:
+    """The compute-heavy MLP: 256 features, four hidden layers of 2,048, 10 outputs."""
+    return mlp(256, (2048, 2048, 2048, 2048), 10, seed=seed)
+
+
+_ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def identity_model(datatype: str, shape: list[int | str]) -> onnx.ModelProto:
+    """``y = Identity(x)`` for one OIP datatype; string dims in ``shape`` are dynamic."""
+    elem = _ONNX_TYPES[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("x", elem, shape)],
+        [helper.make_tensor_value_info("y", elem, shape)],
+    )
+    return _finish(graph, f"identity {datatype}")
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` and return the path."""
+    path = Path(path)
+    path.write_bytes(model.SerializeToString())
+    return path
