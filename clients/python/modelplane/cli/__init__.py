@@ -24,6 +24,8 @@ _COMMAND_MODULES = (
     "operations",
     "controlplane",
     "sidecar",
+    "logs",
+    "drift",
 )
 
 

@@ -1,0 +1,5 @@
+"""``python -m modelplane.cli``."""
+
+from modelplane.cli import run
+
+run()

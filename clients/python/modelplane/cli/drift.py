@@ -1,0 +1,9 @@
+"""`modelplane drift` commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `drift` commands."""
