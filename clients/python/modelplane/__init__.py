@@ -4,6 +4,7 @@ The library users import: :class:`Client` (the SDK the CLI itself uses), the err
 and the generated stubs under :mod:`modelplane.v1`.
 """
 
+from modelplane._client import Client, ServerUnreachable
 from modelplane.errors import (
     Aborted,
     AlreadyExists,
@@ -22,12 +23,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "Client",
     "FailedPrecondition",
     "InvalidArgument",
     "ModelplaneError",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "ServerUnreachable",
     "Unauthenticated",
     "Unavailable",
     "__version__",

@@ -1,4 +1,4 @@
-"""Parsing of durations and sizes as the CLI and settings take them (``500us``, ``2ms``, ``64MiB``)."""
+"""Durations and sizes as the CLI and settings take them (``500us``, ``2ms``, ``64MiB``)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ _COMMAND_MODULES = (
 def _default_principal() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
+    except Exception:
         return "anonymous"
 
 

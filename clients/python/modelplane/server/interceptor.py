@@ -43,7 +43,10 @@ class RpcMetrics:
     def __init__(self, prefix: str, registry: CollectorRegistry | None = None) -> None:
         kwargs: dict[str, Any] = {"registry": registry} if registry is not None else {}
         self.requests = Counter(
-            f"{prefix}_requests", "RPCs served, by method and status code", ["method", "code"], **kwargs
+            f"{prefix}_requests",
+            "RPCs served, by method and status code",
+            ["method", "code"],
+            **kwargs,
         )
         self.latency = Histogram(
             f"{prefix}_request_duration_seconds",
@@ -104,7 +107,10 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 method=short,
             )
             structlog.contextvars.bind_contextvars(
-                request_id=ctx.request_id, trace_id=ctx.trace_id, method=short, principal=ctx.principal
+                request_id=ctx.request_id,
+                trace_id=ctx.trace_id,
+                method=short,
+                principal=ctx.principal,
             )
             return set_context(ctx), time.perf_counter(), ctx
 
@@ -122,7 +128,9 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 err = exc
             else:
                 log.error("unhandled error", exc_info=exc)
-                err = Internal("internal error; the server log has the details under the request id")
+                err = Internal(
+                    "internal error; the server log has the details under the request id"
+                )
             status = to_grpc_status(err)
             context.abort_with_status(status)
             return status.code  # pragma: no cover - abort raises
@@ -205,8 +213,10 @@ class RequestInterceptor(grpc.ServerInterceptor):
 def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
     """True when ``exc`` is gRPC's own abort (the status is already set)."""
     code = getattr(context, "code", lambda: None)()
-    return not isinstance(exc, ModelplaneError) and isinstance(code, grpc.StatusCode) and (
-        code is not grpc.StatusCode.OK
+    return (
+        not isinstance(exc, ModelplaneError)
+        and isinstance(code, grpc.StatusCode)
+        and (code is not grpc.StatusCode.OK)
     )
 
 

@@ -35,13 +35,19 @@ def add_health_and_reflection(
     for name in ["", *names]:
         servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     return servicer
 
 
-def set_serving(servicer: health.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+def set_serving(
+    servicer: health.HealthServicer, service_names: Iterable[str], serving: bool
+) -> None:
     """Flip the overall and per-service health status."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
@@ -89,7 +95,7 @@ class GrpcServerHandle:
         for close in reversed(self.closers):
             try:
                 close()
-            except Exception:  # noqa: BLE001 - shutdown must go on
+            except Exception:
                 log.exception("error while closing", closer=repr(close))
 
     def wait(self) -> None:
@@ -100,7 +106,9 @@ class GrpcServerHandle:
         """Stop gracefully on SIGTERM/SIGINT (call from the main thread)."""
 
         def handler(signum: int, _frame: Any) -> None:
-            log.info("shutting down", signal=signal.Signals(signum).name, grace_s=self.grace_seconds)
+            log.info(
+                "shutting down", signal=signal.Signals(signum).name, grace_s=self.grace_seconds
+            )
             threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
         for sig in signals:

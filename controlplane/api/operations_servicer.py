@@ -1,0 +1,42 @@
+"""OperationsService over gRPC."""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.api import converters as cv
+from controlplane.services import OperationService
+from modelplane.v1 import operations_pb2, operations_pb2_grpc
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+    """Thin adapter from OperationsService RPCs to :class:`OperationService`."""
+
+    def __init__(self, operations: OperationService) -> None:
+        self.operations = operations
+
+    def GetOperation(
+        self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        return cv.operation_to_proto(self.operations.get(request.name))
+
+    def ListOperations(
+        self, request: operations_pb2.ListOperationsRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.ListOperationsResponse:
+        ops, token = self.operations.list_operations(
+            request.target, request.page_size, request.page_token
+        )
+        return operations_pb2.ListOperationsResponse(
+            operations=[cv.operation_to_proto(o) for o in ops], next_page_token=token
+        )
+
+    def WaitOperation(
+        self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        timeout = (
+            request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 10.0
+        )
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining - 0.1, 0.0))
+        return cv.operation_to_proto(self.operations.wait(request.name, timeout))

@@ -1,0 +1,158 @@
+"""Parsing and validation of resource names (AIP-122) and identifiers.
+
+Every identifier is a lowercase RFC-1034 label, so no name can smuggle a path, a URI, a query,
+control characters or whitespace: anything else is refused with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from modelplane.errors import InvalidArgument
+
+_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LABEL_KEY = re.compile(r"[a-z](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"[a-zA-Z0-9_.-]{0,63}")
+
+
+def _shown(value: str) -> str:
+    text = value if len(value) <= 80 else value[:77] + "..."
+    return repr(text)
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """``value`` when it is a valid lowercase RFC-1034 identifier."""
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{what} {_shown(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
+            "starting with a letter and not ending with '-'",
+            reason="INVALID_NAME",
+            metadata={"field": what},
+        )
+    return value
+
+
+def check_sha256(value: str, what: str = "sha256") -> str:
+    """``value`` when it is a lowercase hex sha256 digest."""
+    if not _SHA256.fullmatch(value):
+        raise InvalidArgument(
+            f"{what} {_shown(value)} is not a sha256 digest (64 lowercase hex characters)",
+            reason="INVALID_DIGEST",
+            metadata={"field": what},
+        )
+    return value
+
+
+def _parts(name: str, what: str, expected: str) -> list[str]:
+    if not name:
+        raise InvalidArgument(f"{what} is required ({expected})", reason="INVALID_NAME")
+    return name.split("/")
+
+
+def _bad(name: str, expected: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"resource name {_shown(name)} is invalid; expected {expected}", reason="INVALID_NAME"
+    )
+
+
+def parse_model(name: str) -> str:
+    """``models/{model}`` → model id."""
+    expected = "models/{model}"
+    parts = _parts(name, "name", expected)
+    if len(parts) != 2 or parts[0] != "models":
+        raise _bad(name, expected)
+    return check_id(parts[1], "model id")
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A version named by number or through an alias."""
+
+    model_id: str
+    version: int | None = None
+    alias: str | None = None
+
+
+def parse_version(name: str, *, allow_alias: bool = False) -> VersionRef:
+    """``models/{model}/versions/{version}`` (or ``models/{model}@{alias}`` when allowed)."""
+    expected = "models/{model}/versions/{version}" + (
+        " or models/{model}@{alias}" if allow_alias else ""
+    )
+    parts = _parts(name, "name", expected)
+    if allow_alias and len(parts) == 2 and parts[0] == "models" and parts[1].count("@") == 1:
+        model, alias = parts[1].split("@")
+        return VersionRef(check_id(model, "model id"), alias=check_id(alias, "alias"))
+    if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions":
+        raise _bad(name, expected)
+    model_id = check_id(parts[1], "model id")
+    if not _VERSION.fullmatch(parts[3]):
+        raise InvalidArgument(
+            f"version {_shown(parts[3])} is invalid: versions are positive integers",
+            reason="INVALID_NAME",
+        )
+    return VersionRef(model_id, version=int(parts[3]))
+
+
+def parse_alias(name: str) -> tuple[str, str]:
+    """``models/{model}/aliases/{alias}`` → (model id, alias)."""
+    expected = "models/{model}/aliases/{alias}"
+    parts = _parts(name, "name", expected)
+    if len(parts) != 4 or parts[0] != "models" or parts[2] != "aliases":
+        raise _bad(name, expected)
+    return check_id(parts[1], "model id"), check_id(parts[3], "alias")
+
+
+def parse_blob(name: str) -> str:
+    """``blobs/{sha256}`` → digest."""
+    expected = "blobs/{sha256}"
+    parts = _parts(name, "name", expected)
+    if len(parts) != 2 or parts[0] != "blobs":
+        raise _bad(name, expected)
+    return check_sha256(parts[1])
+
+
+def parse_operation(name: str) -> str:
+    """``operations/{operation}`` → operation id."""
+    expected = "operations/{operation}"
+    parts = _parts(name, "name", expected)
+    if len(parts) != 2 or parts[0] != "operations":
+        raise _bad(name, expected)
+    return check_id(parts[1], "operation id")
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels as Kubernetes-style short keys and values."""
+    if len(labels) > 64:
+        raise InvalidArgument("at most 64 labels are allowed", reason="INVALID_LABELS")
+    for key, value in labels.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise InvalidArgument(
+                f"label key {_shown(key)} is invalid: use lowercase letters, digits, '_', '.', '-'"
+                " (1-63, starting with a letter)",
+                reason="INVALID_LABELS",
+            )
+        if not _LABEL_VALUE.fullmatch(value):
+            raise InvalidArgument(
+                f"label value {_shown(value)} of {key!r} is invalid: use up to 63 letters, "
+                "digits, '_', '.', '-'",
+                reason="INVALID_LABELS",
+            )
+    return dict(labels)
+
+
+def check_text(value: str, what: str, limit: int = 10_000, *, single_line: bool = False) -> str:
+    """Bounded free text without NUL or control characters (newlines unless single-line)."""
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{what} is longer than {limit} characters", reason="INVALID_ARGUMENT"
+        )
+    allowed = "" if single_line else "\n\t"
+    for ch in value:
+        if (ord(ch) < 32 and ch not in allowed) or ord(ch) == 127:
+            raise InvalidArgument(
+                f"{what} contains a control character (code {ord(ch)})", reason="INVALID_ARGUMENT"
+            )
+    return value

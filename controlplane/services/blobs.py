@@ -1,0 +1,53 @@
+"""Uploads and downloads of content-addressed blobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from controlplane.blobstore import BlobStore
+from controlplane.domain import Blob
+from controlplane.names import check_sha256, check_text, parse_blob
+from controlplane.store import Store
+from modelplane.errors import NotFound
+from modelplane.server.context import RequestContext
+
+
+class BlobService:
+    """Stores bytes by their sha256, checked against what the client declared."""
+
+    def __init__(self, store: Store, blobs: BlobStore) -> None:
+        self.store = store
+        self.blobs = blobs
+
+    def upload(
+        self,
+        ctx: RequestContext,
+        sha256: str,
+        size_bytes: int,
+        media_type: str,
+        chunks: Iterable[bytes],
+    ) -> Blob:
+        """Receive ``chunks``; the digest is checked before anything is recorded."""
+        check_sha256(sha256)
+        check_text(media_type, "media_type", 256, single_line=True)
+        size = self.blobs.receive(chunks, sha256, size_bytes)
+        with self.store.write(ctx, "UploadBlob") as tx:
+            existing = tx.blobs.get(sha256)
+            if existing is not None:
+                return existing
+            blob = tx.blobs.add(Blob(sha256, size, media_type, ctx.principal, tx.now))
+            tx.record("UploadBlob", blob.name, None, blob)
+            return blob
+
+    def get(self, name: str) -> Blob:
+        sha256 = parse_blob(name)
+        with self.store.read() as tx:
+            blob = tx.blobs.get(sha256)
+        if blob is None:
+            raise NotFound(f"blob {name} does not exist", reason="BLOB_NOT_FOUND")
+        return blob
+
+    def download(self, name: str) -> Iterator[bytes]:
+        """The blob's bytes in chunks (NOT_FOUND before the first chunk when missing)."""
+        blob = self.get(name)
+        return self.blobs.iter_chunks(blob.sha256)

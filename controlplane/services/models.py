@@ -1,0 +1,236 @@
+"""Models and aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from controlplane.domain import Alias, AliasEvent, Model, VersionState
+from controlplane.names import (
+    check_id,
+    check_labels,
+    check_text,
+    parse_alias,
+    parse_model,
+    parse_version,
+)
+from controlplane.services.filters import masked_changes, parse_filter, parse_order
+from controlplane.store import Store, Tx
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.repos import stale_etag
+from controlplane.store.tables import ModelRow
+from modelplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from modelplane.server.context import RequestContext
+
+MODEL_UPDATE_PATHS = ("description", "labels", "intended_use", "limitations")
+
+
+def model_not_found(model_id: str) -> NotFound:
+    return NotFound(f"model models/{model_id} does not exist", reason="MODEL_NOT_FOUND")
+
+
+def require_model(tx: Tx, model_id: str) -> Model:
+    model = tx.models.get(model_id)
+    if model is None:
+        raise model_not_found(model_id)
+    return model
+
+
+class ModelService:
+    """Create, read, update and delete models; move aliases with history."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(
+        self,
+        ctx: RequestContext,
+        model_id: str,
+        *,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        intended_use: str = "",
+        limitations: str = "",
+        request_id: str = "",
+    ) -> Model:
+        check_id(model_id, "model id")
+        labels = check_labels(labels or {})
+        check_text(description, "description")
+        check_text(intended_use, "intended_use")
+        check_text(limitations, "limitations")
+        with self.store.write(ctx, "CreateModel", request_id) as tx:
+            if tx.replay is not None:
+                return require_model(tx, parse_model(tx.replay))
+            if tx.models.get(model_id) is not None:
+                raise AlreadyExists(
+                    f"model models/{model_id} already exists", reason="MODEL_EXISTS"
+                )
+            model = tx.models.add(
+                ModelRow(
+                    id=model_id,
+                    description=description,
+                    labels=labels,
+                    intended_use=intended_use,
+                    limitations=limitations,
+                    created_by=ctx.principal,
+                    create_time=tx.now,
+                    update_time=tx.now,
+                )
+            )
+            tx.record("CreateModel", model.name, None, model)
+            return model
+
+    def get(self, name: str) -> Model:
+        model_id = parse_model(name)
+        with self.store.read() as tx:
+            return require_model(tx, model_id)
+
+    def list_models(
+        self, *, filter: str = "", order_by: str = "", page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[Model], str]:
+        labels, _ = parse_filter(filter)
+        order, desc = parse_order(order_by, ("name", "create_time", "update_time"), "name")
+        query = {"filter": filter, "order_by": order_by}
+        after = decode(page_token, query)
+        limit = page_size(page_size_)
+        with self.store.read() as tx:
+            models, next_key = tx.models.page(labels, order, desc, after, limit)
+        return models, encode(query, next_key) if next_key else ""
+
+    def update(
+        self,
+        ctx: RequestContext,
+        name: str,
+        etag: str,
+        paths: list[str],
+        values: Mapping[str, object],
+        request_id: str = "",
+    ) -> Model:
+        model_id = parse_model(name)
+        changes = masked_changes(paths, values, MODEL_UPDATE_PATHS)
+        with self.store.write(ctx, "UpdateModel", request_id) as tx:
+            before = require_model(tx, model_id)
+            if tx.replay is not None:
+                return before
+            after = tx.models.update(model_id, etag, changes, tx.now)
+            tx.record("UpdateModel", after.name, before, after)
+            return after
+
+    def delete(
+        self,
+        ctx: RequestContext,
+        name: str,
+        *,
+        etag: str = "",
+        force: bool = False,
+        request_id: str = "",
+    ) -> None:
+        model_id = parse_model(name)
+        with self.store.write(ctx, "DeleteModel", request_id) as tx:
+            if tx.replay is not None:
+                return
+            before = require_model(tx, model_id)
+            if etag and etag != before.etag:
+                raise stale_etag(before.name)
+            count = tx.versions.count(model_id)
+            if count and not force:
+                raise FailedPrecondition(
+                    f"model {before.name} still has {count} version(s); archive them or pass force",
+                    reason="MODEL_HAS_VERSIONS",
+                )
+            tx.aliases.delete_all(model_id)
+            tx.versions.delete_all(model_id)
+            tx.models.delete(model_id)
+            tx.record("DeleteModel", before.name, before, None)
+
+    # Aliases ---------------------------------------------------------------------------------
+
+    def set_alias(
+        self,
+        ctx: RequestContext,
+        name: str,
+        version_name: str,
+        reason: str = "",
+        request_id: str = "",
+    ) -> Alias:
+        model_id, alias = parse_alias(name)
+        ref = parse_version(version_name)
+        if ref.model_id != model_id:
+            raise InvalidArgument(
+                f"version {version_name} belongs to another model than alias {name}",
+                reason="MODEL_MISMATCH",
+            )
+        check_text(reason, "reason", 2000)
+        with self.store.write(ctx, "SetAlias", request_id) as tx:
+            require_model(tx, model_id)
+            if tx.replay is not None:
+                got = tx.aliases.get(model_id, alias)
+                if got is not None:
+                    return got
+            assert ref.version is not None
+            version = tx.versions.get(model_id, ref.version)
+            if version is None:
+                raise NotFound(f"version {version_name} does not exist", reason="VERSION_NOT_FOUND")
+            if version.state is VersionState.ARCHIVED:
+                raise FailedPrecondition(
+                    f"version {version_name} is archived and cannot be aliased",
+                    reason="VERSION_ARCHIVED",
+                )
+            before = tx.aliases.get(model_id, alias)
+            after, _previous = tx.aliases.set(
+                model_id, alias, ref.version, ctx.principal, reason, tx.now
+            )
+            tx.record("SetAlias", after.name, before, after)
+            return after
+
+    def get_alias(self, name: str, as_of: datetime | None = None) -> Alias:
+        model_id, alias = parse_alias(name)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            if as_of is None:
+                got = tx.aliases.get(model_id, alias)
+                if got is None:
+                    raise NotFound(f"alias {name} does not exist", reason="ALIAS_NOT_FOUND")
+                return got
+            event = tx.aliases.as_of(model_id, alias, as_of)
+            if event is None or event.version is None:
+                raise NotFound(
+                    f"alias {name} pointed nowhere at {as_of.isoformat()}", reason="ALIAS_NOT_FOUND"
+                )
+            return Alias(model_id, alias, event.version, event.actor, event.reason, event.time)
+
+    def list_aliases(self, parent: str) -> list[Alias]:
+        model_id = parse_model(parent)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            return tx.aliases.all(model_id)
+
+    def delete_alias(
+        self, ctx: RequestContext, name: str, reason: str = "", request_id: str = ""
+    ) -> None:
+        model_id, alias = parse_alias(name)
+        check_text(reason, "reason", 2000)
+        with self.store.write(ctx, "DeleteAlias", request_id) as tx:
+            if tx.replay is not None:
+                return
+            require_model(tx, model_id)
+            before = tx.aliases.get(model_id, alias)
+            if before is None:
+                raise NotFound(f"alias {name} does not exist", reason="ALIAS_NOT_FOUND")
+            tx.aliases.delete(model_id, alias, ctx.principal, reason, tx.now)
+            tx.record("DeleteAlias", name, before, None)
+
+    def alias_history(
+        self, name: str, page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[AliasEvent], str]:
+        if "/aliases/" in name:
+            model_id, alias = parse_alias(name)
+            which: str | None = alias
+        else:
+            model_id, which = parse_model(name), None
+        query = {"name": name}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            events, next_key = tx.aliases.history(model_id, which, after, page_size(page_size_))
+        return events, encode(query, next_key) if next_key else ""

@@ -1,0 +1,335 @@
+"""Model versions: registration with lineage and baseline, reads, updates, archiving."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.artifacts import inspect_onnx
+from controlplane.blobstore import BlobStore
+from controlplane.domain import (
+    BaselineRef,
+    Blob,
+    Column,
+    DatasetRef,
+    Lineage,
+    ModelVersion,
+    Signature,
+    VersionState,
+)
+from controlplane.names import (
+    check_id,
+    check_labels,
+    check_sha256,
+    check_text,
+    parse_model,
+    parse_version,
+)
+from controlplane.services.filters import masked_changes, parse_filter, parse_order
+from controlplane.services.models import require_model
+from controlplane.store import Store, Tx
+from controlplane.store.convert import lineage_to_json, signature_to_json
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.tables import ModelVersionRow
+from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from modelplane.server.context import RequestContext
+
+VERSION_UPDATE_PATHS = ("description", "labels")
+MAX_FEATURES = 100_000
+PROFILE_MEDIA_TYPE = "application/vnd.modelplane.profile+json"
+
+
+@dataclass(frozen=True)
+class NewDataset:
+    """A dataset to attach: its bytes were uploaded as a blob."""
+
+    role: str
+    source: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a caller gives to register a version."""
+
+    artifact_sha256: str
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    datasets: list[NewDataset] = field(default_factory=list)
+    label_column: str = ""
+    feature_names: list[str] = field(default_factory=list)
+    training_run_id: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    code_repository: str = ""
+    code_commit: str = ""
+    python_version: str = ""
+    platform: str = ""
+    packages: list[tuple[str, str]] = field(default_factory=list)
+
+
+def require_version(tx: Tx, model_id: str, version: int) -> ModelVersion:
+    got = tx.versions.get(model_id, version)
+    if got is None:
+        raise NotFound(
+            f"version models/{model_id}/versions/{version} does not exist",
+            reason="VERSION_NOT_FOUND",
+        )
+    return got
+
+
+def _check_new(new: NewVersion) -> None:
+    check_sha256(new.artifact_sha256, "artifact_sha256")
+    check_text(new.description, "description")
+    check_labels(new.labels)
+    check_text(new.label_column, "label_column", 256, single_line=True)
+    check_text(new.training_run_id, "training_run_id", 256, single_line=True)
+    check_text(new.code_repository, "code.repository", 2048, single_line=True)
+    check_text(new.code_commit, "code.commit", 256, single_line=True)
+    if len(new.feature_names) > MAX_FEATURES:
+        raise InvalidArgument(
+            f"at most {MAX_FEATURES} feature names are allowed", reason="TOO_MANY_FEATURES"
+        )
+    for name in new.feature_names:
+        if not name:
+            raise InvalidArgument("feature names must not be empty", reason="INVALID_FEATURE_NAMES")
+        check_text(name, "feature name", 256, single_line=True)
+    if len(set(new.feature_names)) != len(new.feature_names):
+        raise InvalidArgument("feature names must be unique", reason="INVALID_FEATURE_NAMES")
+    for key, value in new.parameters.items():
+        check_text(key, "parameter name", 256, single_line=True)
+        check_text(value, f"parameter {key!r}", 10_000)
+    for key, metric in new.metrics.items():
+        check_text(key, "metric name", 256, single_line=True)
+        if not math.isfinite(metric):
+            raise InvalidArgument(f"metric {key!r} is not a finite number", reason="INVALID_METRIC")
+    roles = [d.role for d in new.datasets]
+    if len(set(roles)) != len(roles):
+        raise InvalidArgument("each dataset role may appear once", reason="DUPLICATE_DATASET_ROLE")
+    for d in new.datasets:
+        check_id(d.role, "dataset role")
+        check_text(d.source, "dataset source", 2048, single_line=True)
+        check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+
+
+def _tabular_width(signature: Signature) -> int | None:
+    """F when the model takes exactly one ``[-1, F]`` input."""
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        width = signature.inputs[0].shape[1]
+        return width if width > 0 else None
+    return None
+
+
+class VersionService:
+    """Registers versions and answers for them."""
+
+    def __init__(
+        self, store: Store, blobs: BlobStore, *, baseline_sample_size: int = 10_000
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.baseline_sample_size = baseline_sample_size
+
+    def _stored_blob(self, tx: Tx, sha256: str, what: str) -> bytes:
+        if tx.blobs.get(sha256) is None or not self.blobs.exists(sha256):
+            raise FailedPrecondition(
+                f"{what} blobs/{sha256} has not been uploaded; upload it first with UploadBlob",
+                reason="BLOB_NOT_FOUND",
+            )
+        return self.blobs.read_bytes(sha256)
+
+    def create(
+        self, ctx: RequestContext, parent: str, new: NewVersion, request_id: str = ""
+    ) -> ModelVersion:
+        model_id = parse_model(parent)
+        _check_new(new)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            artifact_bytes = self._stored_blob(tx, new.artifact_sha256, "artifact")
+            dataset_bytes = {
+                d.role: self._stored_blob(tx, d.sha256, f"dataset {d.role!r}") for d in new.datasets
+            }
+        artifact, signature = inspect_onnx(artifact_bytes, new.artifact_sha256)
+        datasets, feature_names, baseline = self._read_datasets(new, dataset_bytes)
+        width = _tabular_width(signature)
+        if width is not None and feature_names and len(feature_names) != width:
+            raise InvalidArgument(
+                f"the model's input {signature.inputs[0].name!r} takes {width} features but "
+                f"{len(feature_names)} feature names were given or derived",
+                reason="FEATURE_COUNT_MISMATCH",
+            )
+        lineage = Lineage(
+            training_run_id=new.training_run_id,
+            datasets=datasets,
+            parameters=dict(new.parameters),
+            metrics=dict(new.metrics),
+            code_repository=new.code_repository,
+            code_commit=new.code_commit,
+            python_version=new.python_version,
+            platform=new.platform,
+            packages=list(new.packages),
+        )
+        with self.store.write(ctx, "CreateModelVersion", request_id) as wtx:
+            if wtx.replay is not None:
+                ref = parse_version(wtx.replay)
+                assert ref.version is not None
+                return require_version(wtx, ref.model_id, ref.version)
+            require_model(wtx, model_id)
+            if baseline is not None and wtx.blobs.get(baseline.sha256) is None:
+                # Profiles are stored like uploads, so that DownloadBlob serves them.
+                size = self.blobs.path(baseline.sha256).stat().st_size
+                wtx.blobs.add(
+                    Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
+                )
+            number = wtx.models.next_version(model_id)
+            version = wtx.versions.add(
+                ModelVersionRow(
+                    model_id=model_id,
+                    version=number,
+                    description=new.description,
+                    labels=dict(new.labels),
+                    state=VersionState.REGISTERED.value,
+                    artifact_sha256=artifact.sha256,
+                    artifact=artifact.__dict__,
+                    signature=signature_to_json(signature),
+                    lineage=lineage_to_json(lineage),
+                    feature_names=feature_names,
+                    label_column=new.label_column,
+                    baseline=baseline.__dict__ if baseline else {},
+                    created_by=ctx.principal,
+                    create_time=wtx.now,
+                    update_time=wtx.now,
+                )
+            )
+            wtx.record("CreateModelVersion", version.name, None, version)
+            return version
+
+    def _read_datasets(
+        self, new: NewVersion, data: dict[str, bytes]
+    ) -> tuple[list[DatasetRef], list[str], BaselineRef | None]:
+        from modelplane import profiles
+
+        refs: list[DatasetRef] = []
+        feature_names = list(new.feature_names)
+        baseline: BaselineRef | None = None
+        for d in new.datasets:
+            table = profiles.read_table(data[d.role])
+            refs.append(
+                DatasetRef(
+                    role=d.role,
+                    source=d.source,
+                    sha256=d.sha256,
+                    row_count=table.num_rows,
+                    schema=[Column(f.name, str(f.type)) for f in table.schema],
+                    format=profiles.detect_format(data[d.role]),
+                )
+            )
+            if d.role != "train":
+                continue
+            if new.label_column and new.label_column not in table.column_names:
+                raise InvalidArgument(
+                    f"label column {new.label_column!r} is not in the train dataset",
+                    reason="DATASET_COLUMNS_MISSING",
+                )
+            if not feature_names:
+                feature_names = profiles.default_feature_names(table, new.label_column or None)
+            missing = [f for f in feature_names if f not in table.column_names]
+            if missing:
+                raise InvalidArgument(
+                    f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",
+                    reason="DATASET_COLUMNS_MISSING",
+                )
+            profile = profiles.build_profile(
+                table, feature_names, sample_size=self.baseline_sample_size
+            )
+            sha = self.blobs.put_bytes(profile.to_bytes())
+            baseline = BaselineRef(
+                sha256=sha, row_count=table.num_rows, feature_count=len(feature_names)
+            )
+        return refs, feature_names, baseline
+
+    def get(self, name: str) -> ModelVersion:
+        ref = parse_version(name, allow_alias=True)
+        with self.store.read() as tx:
+            require_model(tx, ref.model_id)
+            if ref.alias is not None:
+                alias = tx.aliases.get(ref.model_id, ref.alias)
+                if alias is None:
+                    raise NotFound(
+                        f"alias models/{ref.model_id}/aliases/{ref.alias} does not exist",
+                        reason="ALIAS_NOT_FOUND",
+                    )
+                return require_version(tx, ref.model_id, alias.version)
+            assert ref.version is not None
+            return require_version(tx, ref.model_id, ref.version)
+
+    def list_versions(
+        self,
+        parent: str,
+        *,
+        filter: str = "",
+        order_by: str = "",
+        page_size_: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[ModelVersion], str]:
+        model_id = parse_model(parent)
+        labels, fields = parse_filter(filter, ("state",))
+        states: set[str] = set()
+        if "state" in fields:
+            state = fields["state"].upper().removeprefix("VERSION_STATE_")
+            if state not in VersionState.__members__:
+                raise InvalidArgument(f"unknown state {fields['state']!r}", reason="INVALID_FILTER")
+            states.add(state)
+        _, desc = parse_order(order_by, ("version",), "version desc")
+        query = {"parent": parent, "filter": filter, "order_by": order_by}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            versions, next_key = tx.versions.page(
+                model_id, labels, states, desc, after, page_size(page_size_)
+            )
+        return versions, encode(query, next_key) if next_key else ""
+
+    def update(
+        self,
+        ctx: RequestContext,
+        name: str,
+        etag: str,
+        paths: list[str],
+        values: Mapping[str, object],
+        request_id: str = "",
+    ) -> ModelVersion:
+        ref = parse_version(name)
+        assert ref.version is not None
+        changes = masked_changes(paths, values, VERSION_UPDATE_PATHS)
+        with self.store.write(ctx, "UpdateModelVersion", request_id) as tx:
+            require_model(tx, ref.model_id)
+            before = require_version(tx, ref.model_id, ref.version)
+            if tx.replay is not None:
+                return before
+            after = tx.versions.update(ref.model_id, ref.version, etag, changes, tx.now)
+            tx.record("UpdateModelVersion", after.name, before, after)
+            return after
+
+    def archive(
+        self, ctx: RequestContext, name: str, etag: str = "", request_id: str = ""
+    ) -> ModelVersion:
+        ref = parse_version(name)
+        assert ref.version is not None
+        with self.store.write(ctx, "ArchiveModelVersion", request_id) as tx:
+            require_model(tx, ref.model_id)
+            before = require_version(tx, ref.model_id, ref.version)
+            if tx.replay is not None or before.state is VersionState.ARCHIVED:
+                return before
+            if before.aliases:
+                raise FailedPrecondition(
+                    f"version {name} is still pointed to by alias(es) {', '.join(before.aliases)}; "
+                    "move or delete them first",
+                    reason="VERSION_HAS_ALIASES",
+                )
+            after = tx.versions.update(
+                ref.model_id, ref.version, etag, {"state": VersionState.ARCHIVED.value}, tx.now
+            )
+            tx.record("ArchiveModelVersion", after.name, before, after)
+            return after

@@ -1,0 +1,40 @@
+"""Typed settings of the control-plane server; each may come from a ``MODELPLANE_`` variable."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControlPlaneSettings(BaseSettings):
+    """How the control plane listens, where it keeps state, and its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="ignore")
+
+    listen: str = Field(
+        "127.0.0.1:50051", description="gRPC HOST:PORT to listen on (port 0 picks a free one)"
+    )
+    db_url: str = Field(
+        "sqlite:///.modelplane/controlplane.db",
+        description="database URL: sqlite:///PATH (default, under ./.modelplane/) or postgresql://...",
+    )
+    artifact_root: str = Field(
+        ".modelplane/artifacts",
+        description="folder holding uploaded artifacts and datasets by digest",
+    )
+    metrics_listen: str = Field(
+        "", description="HOST:PORT of the Prometheus endpoint; none when empty"
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3, description="largest blob an upload may carry, in bytes"
+    )
+    max_workers: int = Field(16, description="threads handling RPCs")
+    grace_seconds: float = Field(
+        10.0,
+        description="on SIGTERM, how long unary calls may finish before open streams are ended",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error")
+    baseline_sample_size: int = Field(
+        10_000,
+        description="rows of each numeric training feature kept as the drift reference sample",
+    )

@@ -1,0 +1,50 @@
+"""Opaque page tokens for keyset pagination (AIP-158)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from modelplane.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    """The page size to use: the default for 0, capped at the maximum; negative is refused."""
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _query_hash(query: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode(query: dict[str, Any], last_key: list[Any]) -> str:
+    """A token that resumes ``query`` after ``last_key``."""
+    payload = json.dumps({"q": _query_hash(query), "k": last_key}, default=str)
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode(token: str, query: dict[str, Any]) -> list[Any] | None:
+    """The key after which to resume, or None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        key = payload["k"]
+        same = payload["q"] == _query_hash(query)
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is malformed", reason="INVALID_PAGE_TOKEN") from None
+    if not same or not isinstance(key, list):
+        raise InvalidArgument(
+            "page_token belongs to a different query (filter or order changed); start again "
+            "without a token",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return key

@@ -1,0 +1,411 @@
+"""Repositories: the SQL behind each resource, returning domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, update
+from sqlmodel import Session, col, select
+
+from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
+from controlplane.store import convert
+from controlplane.store.tables import (
+    AliasEventRow,
+    AliasRow,
+    BlobRow,
+    ModelRow,
+    ModelVersionRow,
+    OperationRow,
+)
+from modelplane.errors import Aborted
+
+T = TypeVar("T")
+
+
+def stale_etag(name: str) -> Aborted:
+    """The error for a stale etag or a lost race between two updates."""
+    return Aborted(
+        f"{name} was changed by someone else (etag mismatch); read it again and retry",
+        reason="ETAG_MISMATCH",
+    )
+
+
+def _keyset(columns: list[Any], key: list[Any], desc: bool) -> ColumnElement[bool]:
+    """Rows strictly after ``key`` in (columns...) order."""
+    clauses = []
+    for i, column in enumerate(columns):
+        head = [columns[j] == key[j] for j in range(i)]
+        step = column < key[i] if desc else column > key[i]
+        clauses.append(and_(*head, step))
+    return or_(*clauses)
+
+
+def _scan(
+    session: Session,
+    query: Any,
+    columns: list[Any],
+    key_of: Callable[[Any], list[Any]],
+    after: list[Any] | None,
+    desc: bool,
+    limit: int,
+    keep: Callable[[Any], bool],
+) -> tuple[list[Any], list[Any] | None]:
+    """Rows in key order after ``after`` that ``keep`` accepts: up to ``limit``, and the key to
+    resume from when more may follow."""
+    order = [c.desc() if desc else c.asc() for c in columns]
+    found: list[Any] = []
+    cursor = after
+    chunk = max(limit * 2, 64)
+    while True:
+        q = query.order_by(*order).limit(chunk)
+        if cursor is not None:
+            q = q.where(_keyset(columns, cursor, desc))
+        rows = list(session.exec(q))
+        for row in rows:
+            cursor = key_of(row)
+            if keep(row):
+                found.append(row)
+                if len(found) == limit + 1:
+                    return found[:limit], key_of(found[limit - 1])
+        if len(rows) < chunk:
+            return found, None
+
+
+class ModelRepo:
+    """Models."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def row(self, model_id: str, *, for_update: bool = False) -> ModelRow | None:
+        q = select(ModelRow).where(ModelRow.id == model_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.exec(q).first()
+
+    def get(self, model_id: str) -> Model | None:
+        row = self.row(model_id)
+        return convert.model(row) if row else None
+
+    def add(self, row: ModelRow) -> Model:
+        self.s.add(row)
+        self.s.flush()
+        return convert.model(row)
+
+    def page(
+        self,
+        labels: dict[str, str],
+        order: str,
+        desc: bool,
+        after: list[Any] | None,
+        limit: int,
+    ) -> tuple[list[Model], list[Any] | None]:
+        columns: list[Any] = [col(ModelRow.id)]
+        if order != "name":
+            columns.insert(0, getattr(ModelRow, order))
+
+        def key_of(r: ModelRow) -> list[Any]:
+            return [getattr(r, order).isoformat(), r.id] if order != "name" else [r.id]
+
+        if after is not None and order != "name":
+            after = [datetime.fromisoformat(after[0]), after[1]]
+
+        def keep(r: ModelRow) -> bool:
+            return all(r.labels.get(k) == v for k, v in labels.items())
+
+        rows, next_key = _scan(self.s, select(ModelRow), columns, key_of, after, desc, limit, keep)
+        return [convert.model(r) for r in rows], next_key
+
+    def update(self, model_id: str, if_etag: str, changes: dict[str, Any], now: datetime) -> Model:
+        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty)."""
+        current = self.row(model_id)
+        assert current is not None
+        name = f"models/{model_id}"
+        if if_etag and convert.etag(name, current.revision) != if_etag:
+            raise stale_etag(name)
+        result = self.s.exec(  # type: ignore[call-overload]
+            update(ModelRow)
+            .where(col(ModelRow.id) == model_id, col(ModelRow.revision) == current.revision)
+            .values(**changes, update_time=now, revision=current.revision + 1)
+        )
+        if result.rowcount != 1:
+            raise stale_etag(name)
+        self.s.expire_all()
+        row = self.row(model_id)
+        assert row is not None
+        return convert.model(row)
+
+    def next_version(self, model_id: str) -> int:
+        """Reserve the next version number (locks the model row until commit)."""
+        self.s.exec(  # type: ignore[call-overload]
+            update(ModelRow)
+            .where(col(ModelRow.id) == model_id)
+            .values(latest_version=ModelRow.latest_version + 1)
+        )
+        self.s.expire_all()
+        row = self.row(model_id)
+        assert row is not None
+        return row.latest_version
+
+    def delete(self, model_id: str) -> None:
+        self.s.exec(delete(ModelRow).where(col(ModelRow.id) == model_id))  # type: ignore[call-overload]
+
+
+class VersionRepo:
+    """Model versions."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def _aliases(self, model_id: str, versions: Iterable[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        wanted = list(versions)
+        if not wanted:
+            return out
+        q = select(AliasRow).where(AliasRow.model_id == model_id, col(AliasRow.version).in_(wanted))
+        for a in self.s.exec(q):
+            out.setdefault(a.version, []).append(a.alias)
+        return out
+
+    def row(self, model_id: str, version: int) -> ModelVersionRow | None:
+        q = select(ModelVersionRow).where(
+            ModelVersionRow.model_id == model_id, ModelVersionRow.version == version
+        )
+        return self.s.exec(q).first()
+
+    def get(self, model_id: str, version: int) -> ModelVersion | None:
+        row = self.row(model_id, version)
+        if row is None:
+            return None
+        return convert.version(row, self._aliases(model_id, [version]).get(version, []))
+
+    def add(self, row: ModelVersionRow) -> ModelVersion:
+        self.s.add(row)
+        self.s.flush()
+        return convert.version(row, [])
+
+    def count(self, model_id: str) -> int:
+        q = (
+            select(func.count())
+            .select_from(ModelVersionRow)
+            .where(ModelVersionRow.model_id == model_id)
+        )
+        return int(self.s.exec(q).one())
+
+    def page(
+        self,
+        model_id: str,
+        labels: dict[str, str],
+        states: set[str],
+        desc: bool,
+        after: list[Any] | None,
+        limit: int,
+    ) -> tuple[list[ModelVersion], list[Any] | None]:
+        def keep(r: ModelVersionRow) -> bool:
+            if states and r.state not in states:
+                return False
+            return all(r.labels.get(k) == v for k, v in labels.items())
+
+        rows, next_key = _scan(
+            self.s,
+            select(ModelVersionRow).where(ModelVersionRow.model_id == model_id),
+            [col(ModelVersionRow.version)],
+            lambda r: [r.version],
+            after,
+            desc,
+            limit,
+            keep,
+        )
+        aliases = self._aliases(model_id, [r.version for r in rows])
+        return [convert.version(r, aliases.get(r.version, [])) for r in rows], next_key
+
+    def update(
+        self, model_id: str, version: int, if_etag: str, changes: dict[str, Any], now: datetime
+    ) -> ModelVersion:
+        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty)."""
+        current = self.row(model_id, version)
+        assert current is not None
+        name = f"models/{model_id}/versions/{version}"
+        if if_etag and convert.etag(name, current.revision) != if_etag:
+            raise stale_etag(name)
+        result = self.s.exec(  # type: ignore[call-overload]
+            update(ModelVersionRow)
+            .where(
+                col(ModelVersionRow.id) == current.id,
+                col(ModelVersionRow.revision) == current.revision,
+            )
+            .values(**changes, update_time=now, revision=current.revision + 1)
+        )
+        if result.rowcount != 1:
+            raise stale_etag(name)
+        self.s.expire_all()
+        got = self.get(model_id, version)
+        assert got is not None
+        return got
+
+    def delete_all(self, model_id: str) -> None:
+        self.s.exec(  # type: ignore[call-overload]
+            delete(ModelVersionRow).where(col(ModelVersionRow.model_id) == model_id)
+        )
+
+
+class AliasRepo:
+    """Aliases and their history."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, model_id: str, alias: str) -> Alias | None:
+        row = self.s.get(AliasRow, (model_id, alias))
+        return convert.alias(row) if row else None
+
+    def all(self, model_id: str) -> list[Alias]:
+        q = select(AliasRow).where(AliasRow.model_id == model_id).order_by(col(AliasRow.alias))
+        return [convert.alias(r) for r in self.s.exec(q)]
+
+    def for_version(self, model_id: str, version: int) -> list[str]:
+        q = select(AliasRow.alias).where(AliasRow.model_id == model_id, AliasRow.version == version)
+        return list(self.s.exec(q))
+
+    def set(
+        self, model_id: str, alias: str, version: int, actor: str, reason: str, now: datetime
+    ) -> tuple[Alias, int | None]:
+        """Point ``alias`` at ``version``; returns the alias and the version it pointed to."""
+        row = self.s.get(AliasRow, (model_id, alias), with_for_update=True)
+        previous = row.version if row else None
+        if row is None:
+            row = AliasRow(model_id=model_id, alias=alias, version=version, update_time=now)
+        row.version, row.updated_by, row.reason, row.update_time = version, actor, reason, now
+        self.s.add(row)
+        self.s.add(
+            AliasEventRow(
+                model_id=model_id,
+                alias=alias,
+                version=version,
+                previous_version=previous,
+                actor=actor,
+                reason=reason,
+                time=now,
+            )
+        )
+        self.s.flush()
+        return convert.alias(row), previous
+
+    def delete(self, model_id: str, alias: str, actor: str, reason: str, now: datetime) -> int:
+        """Remove ``alias``; returns the version it pointed to."""
+        row = self.s.get(AliasRow, (model_id, alias), with_for_update=True)
+        assert row is not None
+        previous = row.version
+        self.s.delete(row)
+        self.s.add(
+            AliasEventRow(
+                model_id=model_id,
+                alias=alias,
+                version=None,
+                previous_version=previous,
+                actor=actor,
+                reason=reason,
+                time=now,
+            )
+        )
+        self.s.flush()
+        return previous
+
+    def delete_all(self, model_id: str) -> None:
+        self.s.exec(delete(AliasRow).where(col(AliasRow.model_id) == model_id))  # type: ignore[call-overload]
+
+    def history(
+        self, model_id: str, alias: str | None, after: list[Any] | None, limit: int
+    ) -> tuple[list[AliasEvent], list[Any] | None]:
+        q = select(AliasEventRow).where(AliasEventRow.model_id == model_id)
+        if alias is not None:
+            q = q.where(AliasEventRow.alias == alias)
+        rows, next_key = _scan(
+            self.s, q, [col(AliasEventRow.id)], lambda r: [r.id], after, True, limit, lambda r: True
+        )
+        return [convert.alias_event(r) for r in rows], next_key
+
+    def as_of(self, model_id: str, alias: str, when: datetime) -> AliasEvent | None:
+        """The last move of ``alias`` at or before ``when``."""
+        q = (
+            select(AliasEventRow)
+            .where(
+                AliasEventRow.model_id == model_id,
+                AliasEventRow.alias == alias,
+                col(AliasEventRow.time) <= when,
+            )
+            .order_by(col(AliasEventRow.id).desc())
+            .limit(1)
+        )
+        row = self.s.exec(q).first()
+        return convert.alias_event(row) if row else None
+
+
+class BlobRepo:
+    """Blob metadata (the bytes live in the blob store)."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, sha256: str) -> Blob | None:
+        row = self.s.get(BlobRow, sha256)
+        return convert.blob(row) if row else None
+
+    def add(self, blob: Blob) -> Blob:
+        row = BlobRow(
+            sha256=blob.sha256,
+            size_bytes=blob.size_bytes,
+            media_type=blob.media_type,
+            created_by=blob.created_by,
+            create_time=blob.create_time,
+        )
+        self.s.add(row)
+        self.s.flush()
+        return convert.blob(row)
+
+
+class OperationRepo:
+    """Long-running operation records."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, op_id: str) -> Operation | None:
+        row = self.s.get(OperationRow, op_id)
+        return convert.operation(row) if row else None
+
+    def add(self, row: OperationRow) -> Operation:
+        self.s.add(row)
+        self.s.flush()
+        return convert.operation(row)
+
+    def update(self, op_id: str, changes: dict[str, Any], now: datetime) -> Operation:
+        row = self.s.get(OperationRow, op_id, with_for_update=True)
+        assert row is not None
+        for key, value in changes.items():
+            setattr(row, key, value)
+        row.update_time = now
+        row.revision += 1
+        self.s.add(row)
+        self.s.flush()
+        return convert.operation(row)
+
+    def page(
+        self, target: str, after: list[Any] | None, limit: int
+    ) -> tuple[list[Operation], list[Any] | None]:
+        q = select(OperationRow)
+        if target:
+            q = q.where(OperationRow.target == target)
+        rows, next_key = _scan(
+            self.s,
+            q,
+            [col(OperationRow.create_time), col(OperationRow.id)],
+            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
+            [datetime.fromisoformat(after[0]), after[1]] if after else None,
+            True,
+            limit,
+            lambda r: True,
+        )
+        return [convert.operation(r) for r in rows], next_key

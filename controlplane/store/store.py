@@ -1,0 +1,157 @@
+"""The store: transactions over the database, returning domain objects.
+
+Every mutation goes through :meth:`Store.write`, the one place where changes are committed.
+It records the request id (AIP-155), runs the registered mutation hooks inside the same
+transaction (the audit trail hooks in here), and translates database errors at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
+
+from controlplane.store.engine import Engines, create_engines
+from controlplane.store.migrate import upgrade
+from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
+from controlplane.store.tables import RequestIdRow
+from modelplane.errors import AlreadyExists, InvalidArgument, Unavailable
+from modelplane.server.context import RequestContext
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One change made in a write transaction, as the audit trail will see it."""
+
+    action: str
+    resource: str
+    actor: str
+    request_id: str
+    before: Any
+    after: Any
+    time: datetime
+
+
+#: Called inside the write transaction, before commit, with the session and the mutations.
+MutationHook = Callable[[Session, list[Mutation]], None]
+
+
+class Tx:
+    """A read transaction with one repository per resource."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.models = ModelRepo(session)
+        self.versions = VersionRepo(session)
+        self.aliases = AliasRepo(session)
+        self.blobs = BlobRepo(session)
+        self.operations = OperationRepo(session)
+
+
+@dataclass
+class WriteTx(Tx):
+    """A write transaction. ``replay`` is set when the request id was seen before."""
+
+    session: Session  # type: ignore[misc]
+    ctx: RequestContext
+    method: str
+    request_id: str
+    now: datetime
+    replay: str | None = None
+    mutations: list[Mutation] = field(default_factory=list)
+    resource: str = ""
+
+    def __post_init__(self) -> None:
+        Tx.__init__(self, self.session)
+
+    def record(self, action: str, resource: str, before: Any, after: Any) -> None:
+        """Note a change for the mutation hooks; the last resource is what a replay returns."""
+        self.mutations.append(
+            Mutation(action, resource, self.ctx.principal, self.request_id, before, after, self.now)
+        )
+        self.resource = resource
+
+
+class Store:
+    """Transactions over the control-plane database. Open with :meth:`open`."""
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+        self.hooks: list[MutationHook] = []
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` and, unless told otherwise, apply pending migrations."""
+        engines = create_engines(url)
+        if migrate:
+            upgrade(engines)
+        return cls(engines)
+
+    def close(self) -> None:
+        self.engines.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engines.dialect
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A read-only transaction."""
+        with _translated(), Session(self.engines.read, expire_on_commit=False) as session:
+            yield Tx(session)
+            session.rollback()
+
+    @contextmanager
+    def write(self, ctx: RequestContext, method: str, request_id: str = "") -> Iterator[WriteTx]:
+        """A write transaction, committed when the block ends without an error."""
+        if request_id and (len(request_id) > 64 or not request_id.replace("-", "").isalnum()):
+            raise InvalidArgument(
+                "request_id must be a UUID (at most 64 letters, digits and '-')",
+                reason="INVALID_REQUEST_ID",
+            )
+        with _translated(), Session(self.engines.write, expire_on_commit=False) as session:
+            tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
+            if request_id:
+                seen = session.get(RequestIdRow, request_id)
+                if seen is not None:
+                    if seen.method != method:
+                        raise InvalidArgument(
+                            f"request_id {request_id} was already used for {seen.method}",
+                            reason="REQUEST_ID_REUSED",
+                        )
+                    tx.replay = seen.resource
+            yield tx
+            if tx.replay is None and tx.mutations:
+                for hook in self.hooks:
+                    hook(session, tx.mutations)
+                if request_id:
+                    session.add(
+                        RequestIdRow(
+                            request_id=request_id,
+                            method=method,
+                            resource=tx.resource,
+                            principal=ctx.principal,
+                            create_time=tx.now,
+                        )
+                    )
+            session.commit()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError as exc:
+        raise AlreadyExists(
+            "the resource already exists (a concurrent request created it)",
+            reason="ALREADY_EXISTS",
+        ) from exc
+    except OperationalError as exc:
+        raise Unavailable(
+            "the database is unavailable or busy; retry shortly", reason="DATABASE_UNAVAILABLE"
+        ) from exc
