@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "versions",
     "alias",
     "operations",
+    "blobs",
     "controlplane",
     "sidecar",
     "logs",

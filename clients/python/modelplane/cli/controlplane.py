@@ -1,9 +1,62 @@
-"""`modelplane controlplane` commands."""
+"""``modelplane controlplane serve``: run the control-plane server."""
 
 from __future__ import annotations
 
 import argparse
 
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer
+from modelplane.units import parse_size
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `controlplane` commands."""
+    """Add the ``controlplane`` commands."""
+    p = sub.add_parser("controlplane", help="run the control-plane server")
+    s = p.add_subparsers(dest="controlplane_command", metavar="ACTION", required=True)
+    serve = s.add_parser(
+        "serve",
+        help="serve the registry over gRPC",
+        description="Every option may also come from a MODELPLANE_* environment variable.",
+    )
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument(
+        "--db", help="sqlite:///PATH (default .modelplane/controlplane.db) or postgresql://..."
+    )
+    serve.add_argument("--artifact-root", help="folder for blobs (default .modelplane/artifacts)")
+    serve.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus endpoint")
+    serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, out: Printer) -> int:
+    try:
+        from controlplane.server import start
+        from controlplane.settings import ControlPlaneSettings
+        from modelplane.server import configure_logging
+    except ImportError as exc:
+        raise CliError(
+            f"the control plane is not installed ({exc.name} is missing): "
+            "pip install 'modelplane[controlplane]'",
+            EXIT_USAGE,
+        ) from None
+    overrides: dict[str, object] = {}
+    for option, field in (
+        ("listen", "listen"),
+        ("db", "db_url"),
+        ("artifact_root", "artifact_root"),
+        ("metrics_listen", "metrics_listen"),
+        ("log_level", "log_level"),
+    ):
+        if getattr(args, option):
+            overrides[field] = getattr(args, option)
+    if args.max_upload_size:
+        try:
+            overrides["max_upload_bytes"] = parse_size(args.max_upload_size)
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    settings = ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+    configure_logging(settings.log_level)
+    handle = start(settings)
+    handle.stop_on_signals()
+    handle.wait()
+    return 0

@@ -1,9 +1,203 @@
-"""`modelplane versions` commands."""
+"""``modelplane versions`` commands."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from modelplane.cli._common import client, csv_list, key_floats, key_values, server_errors
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.v1 import registry_pb2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `versions` commands."""
+    """Add the ``versions`` commands."""
+    p = sub.add_parser("versions", help="register and manage model versions")
+    s = p.add_subparsers(dest="versions_command", metavar="ACTION", required=True)
+
+    r = s.add_parser("register", help="upload an ONNX model and register it with lineage")
+    r.add_argument("name", help="model id")
+    r.add_argument("--onnx", required=True, type=Path, help="the ONNX file")
+    r.add_argument(
+        "--dataset",
+        action="append",
+        metavar="ROLE=FILE",
+        help="a dataset (Parquet, Arrow or CSV) by role, e.g. train=train.parquet (repeatable); "
+        "the train dataset gives the baseline profile",
+    )
+    r.add_argument("--label", default="", help="label column of the datasets (not a feature)")
+    r.add_argument("--feature-names", help="comma-separated feature names in model-input order")
+    r.add_argument(
+        "--param", action="append", metavar="K=V", help="a training parameter (repeatable)"
+    )
+    r.add_argument(
+        "--metric", action="append", metavar="K=V", help="a training metric (repeatable)"
+    )
+    r.add_argument(
+        "--code-commit", help="source commit (default: HEAD of the git repo here, if any)"
+    )
+    r.add_argument(
+        "--code-repo", help="source repository URL (default: the git remote here, if any)"
+    )
+    r.add_argument("--training-run-id", default="")
+    r.add_argument("--description", default="")
+    r.add_argument("--set-label", action="append", metavar="KEY=VALUE", help="a version label")
+    r.add_argument("--no-environment", action="store_true", help="do not record installed packages")
+    r.set_defaults(handler=_register)
+
+    g = s.add_parser("get", help="show a version")
+    g.add_argument("name")
+    g.add_argument("version", help="version number or @ALIAS")
+    g.set_defaults(handler=_get)
+
+    ls = s.add_parser("list", help="list a model's versions")
+    ls.add_argument("name")
+    ls.add_argument("--filter", default="", help="e.g. 'state=ARCHIVED labels.stage=beta'")
+    ls.add_argument("--order-by", default="", help="'version' or 'version desc' (default)")
+    ls.add_argument("--page-size", type=int, default=0)
+    ls.add_argument("--page-token", default="")
+    ls.set_defaults(handler=_list)
+
+    u = s.add_parser("update", help="update a version's description or labels")
+    u.add_argument("name")
+    u.add_argument("version")
+    u.add_argument("--description")
+    u.add_argument("--set-label", action="append", metavar="KEY=VALUE", help="replaces all labels")
+    u.add_argument("--etag", default="")
+    u.set_defaults(handler=_update)
+
+    a = s.add_parser("archive", help="archive a version")
+    a.add_argument("name")
+    a.add_argument("version")
+    a.add_argument("--etag", default="")
+    a.set_defaults(handler=_archive)
+
+    d = s.add_parser("download", help="download a version's ONNX file")
+    d.add_argument("name")
+    d.add_argument("version", help="version number or @ALIAS")
+    d.add_argument("--out", required=True, type=Path)
+    d.set_defaults(handler=_download)
+
+
+COLUMNS = ["name", "state", "aliases", "artifact.sha256", "inputs", "created_by", "create_time"]
+
+
+def _row(v: registry_pb2.ModelVersion) -> list[object]:
+    inputs = "; ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in v.signature.inputs)
+    state = registry_pb2.VersionState.Name(v.state).removeprefix("VERSION_STATE_")
+    return [
+        v.name,
+        state,
+        ",".join(v.aliases),
+        v.artifact.sha256[:16],
+        inputs,
+        v.created_by,
+        v.create_time.ToJsonString(),
+    ]
+
+
+def _git(*argv: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *argv], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _register(args: argparse.Namespace, out: Printer) -> int:
+    if not args.onnx.is_file():
+        raise CliError(f"--onnx {args.onnx}: no such file", EXIT_USAGE)
+    datasets = key_values(args.dataset, "--dataset")
+    for role, path in datasets.items():
+        if not Path(path).is_file():
+            raise CliError(f"--dataset {role}={path}: no such file", EXIT_USAGE)
+    commit = args.code_commit if args.code_commit is not None else _git("rev-parse", "HEAD")
+    repo = args.code_repo if args.code_repo is not None else _git("remote", "get-url", "origin")
+    with server_errors(), client(args) as c:
+        out.progress(f"uploading {args.onnx} and {len(datasets)} dataset(s)")
+        v = c.register_version(
+            args.name,
+            args.onnx,
+            datasets=datasets,
+            label=args.label,
+            feature_names=csv_list(args.feature_names),
+            params=key_values(args.param, "--param"),
+            metrics=key_floats(args.metric, "--metric"),
+            code_repo=repo,
+            code_commit=commit,
+            training_run_id=args.training_run_id,
+            description=args.description,
+            labels=key_values(args.set_label, "--set-label"),
+            capture_env=not args.no_environment,
+        )
+    out.emit(v, columns=COLUMNS, rows=[_row(v)])
+    return 0
+
+
+def _get(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        v = c.get_version(args.name, args.version)
+    out.emit(v, columns=COLUMNS, rows=[_row(v)])
+    return 0
+
+
+def _list(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        if args.page_size or args.page_token:
+            page = c.list_versions_page(
+                args.name,
+                filter=args.filter,
+                order_by=args.order_by,
+                page_size=args.page_size,
+                page_token=args.page_token,
+            )
+            versions, token = list(page.versions), page.next_page_token
+        else:
+            versions, token = (
+                list(c.list_versions(args.name, filter=args.filter, order_by=args.order_by)),
+                "",
+            )
+    out.emit(
+        {"versions": [to_dict(v) for v in versions], "next_page_token": token},
+        columns=COLUMNS,
+        rows=[_row(v) for v in versions],
+    )
+    return 0
+
+
+def _update(args: argparse.Namespace, out: Printer) -> int:
+    fields: dict[str, Any] = {}
+    if args.description is not None:
+        fields["description"] = args.description
+    if args.set_label is not None:
+        fields["labels"] = key_values(args.set_label, "--set-label")
+    with server_errors(), client(args) as c:
+        v = c.update_version(args.name, args.version, etag=args.etag, **fields)
+    out.emit(v, columns=COLUMNS, rows=[_row(v)])
+    return 0
+
+
+def _archive(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        v = c.archive_version(args.name, args.version, etag=args.etag)
+    out.emit(v, columns=COLUMNS, rows=[_row(v)])
+    return 0
+
+
+def _download(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        v = c.get_version(args.name, args.version)
+        path = c.download_blob(v.artifact.sha256, args.out)
+    out.emit(
+        {
+            "version": v.name,
+            "sha256": v.artifact.sha256,
+            "path": str(path),
+            "size_bytes": path.stat().st_size,
+        }
+    )
+    return 0

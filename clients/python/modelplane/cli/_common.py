@@ -1,0 +1,58 @@
+"""Helpers shared by the CLI commands: the client, error mapping, KEY=VALUE parsing."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from modelplane._client import Client, ServerUnreachable
+from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from modelplane.errors import ModelplaneError
+
+
+def client(args: argparse.Namespace) -> Client:
+    """A client for the global ``--server``, ``--as`` and ``--timeout`` options."""
+    return Client(args.server, principal=args.principal, timeout=args.timeout)
+
+
+@contextmanager
+def server_errors() -> Iterator[None]:
+    """Turn SDK errors into the CLI's exit codes: 4 unreachable, 3 any error the server sent."""
+    try:
+        yield
+    except ServerUnreachable as exc:
+        raise CliError(exc.message, EXIT_UNREACHABLE, status="UNAVAILABLE") from None
+    except ModelplaneError as exc:
+        raise CliError(
+            exc.message, EXIT_SERVER_ERROR, status=exc.code.value, reason=exc.reason
+        ) from None
+
+
+def key_values(items: list[str] | None, what: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` → ``{"a": "1", "b": "2"}``; a usage error otherwise."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} {item!r} must look like KEY=VALUE", EXIT_USAGE)
+        out[key] = value
+    return out
+
+
+def key_floats(items: list[str] | None, what: str) -> dict[str, float]:
+    """KEY=NUMBER pairs."""
+    out = {}
+    for key, value in key_values(items, what).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise CliError(
+                f"{what} {key}={value!r}: the value must be a number", EXIT_USAGE
+            ) from None
+    return out
+
+
+def csv_list(text: str | None) -> list[str]:
+    """``"a,b, c"`` → ``["a", "b", "c"]``."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]

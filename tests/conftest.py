@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: PostgreSQL databases, a control-plane server, models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("MODELPLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _require_pg() -> bool:
+    return os.environ.get("MODELPLANE_REQUIRE_PG", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end.
+
+    Skips (or fails, under MODELPLANE_REQUIRE_PG=1) when no server is reachable.
+    """
+    import psycopg
+
+    name = f"modelplane_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {str(exc).strip().splitlines()[0]}"
+        if _require_pg():
+            pytest.fail(f"MODELPLANE_REQUIRE_PG=1 but {reason}")
+        pytest.skip(reason)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL on each backend: a new SQLite file, or the run's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def unique(prefix: str = "m") -> str:
+    """A model id no other test uses (tests share the PostgreSQL database)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
