@@ -98,4 +98,6 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     import pyarrow.csv as pacsv
 
     pacsv.write_csv(table(x_te, y_te), folder / "holdout.csv")
-    return TrainedModel(folder / "model.onnx", folder / "train.parquet", folder / "holdout.csv", names, "target")
+    return TrainedModel(
+        folder / "model.onnx", folder / "train.parquet", folder / "holdout.csv", names, "target"
+    )

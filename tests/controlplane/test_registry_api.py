@@ -26,7 +26,11 @@ def test_model_crud(client: Client) -> None:
     got = client.get_model(name)
     assert got == created
     updated = client.update_model(name, etag=got.etag, description="v2", intended_use="triage")
-    assert (updated.description, updated.intended_use, updated.labels["team"]) == ("v2", "triage", "risk")
+    assert (updated.description, updated.intended_use, updated.labels["team"]) == (
+        "v2",
+        "triage",
+        "risk",
+    )
     assert updated.etag != got.etag
     assert updated.update_time.ToDatetime() >= got.update_time.ToDatetime()
     client.delete_model(name, etag=updated.etag)
@@ -47,7 +51,10 @@ def test_list_models_filters_orders_and_paginates(client: Client) -> None:
     assert even == [f"models/{n}" for n in names[::2]]
     first = client.list_models_page(filter=f"labels.team={team}", page_size=3)
     assert len(first.models) == 3 and first.next_page_token
-    newest = [m.name for m in client.list_models(filter=f"labels.team={team}", order_by="create_time desc")]
+    newest = [
+        m.name
+        for m in client.list_models(filter=f"labels.team={team}", order_by="create_time desc")
+    ]
     assert newest == [f"models/{n}" for n in names][::-1] or len(set(newest)) == len(names)
     assert sorted(newest) == [f"models/{n}" for n in names]
 
@@ -72,7 +79,9 @@ def test_register_version_records_lineage_signature_and_baseline(
     onnx_bytes = trained_model.onnx.read_bytes()
     assert v.artifact.sha256 == hashlib.sha256(onnx_bytes).hexdigest()
     assert v.artifact.size_bytes == len(onnx_bytes)
-    assert [(t.name, t.datatype, list(t.shape)) for t in v.signature.inputs] == [("X", "FP32", [-1, 30])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in v.signature.inputs] == [
+        ("X", "FP32", [-1, 30])
+    ]
     assert {t.name for t in v.signature.outputs} == {"label", "probabilities"}
     assert list(v.feature_names) == trained_model.feature_names
     lin = v.lineage
@@ -106,15 +115,23 @@ def test_register_version_records_lineage_signature_and_baseline(
     assert path.read_bytes() == onnx_bytes
 
 
-def test_versions_are_monotonic_listed_updated_and_archived(client: Client, trained_model: TrainedModel) -> None:
+def test_versions_are_monotonic_listed_updated_and_archived(
+    client: Client, trained_model: TrainedModel
+) -> None:
     name = unique()
     client.create_model(name)
     for _ in range(3):
         client.register_version(name, trained_model.onnx, capture_env=False)
     assert [v.version for v in client.list_versions(name)] == [3, 2, 1]
-    assert [v.version for v in client.list_versions(name, order_by="version", page_size=2)] == [1, 2, 3]
+    assert [v.version for v in client.list_versions(name, order_by="version", page_size=2)] == [
+        1,
+        2,
+        3,
+    ]
     v2 = client.get_version(name, 2)
-    updated = client.update_version(name, 2, etag=v2.etag, description="better", labels={"stage": "beta"})
+    updated = client.update_version(
+        name, 2, etag=v2.etag, description="better", labels={"stage": "beta"}
+    )
     assert updated.description == "better" and dict(updated.labels) == {"stage": "beta"}
     assert [v.version for v in client.list_versions(name, filter="labels.stage=beta")] == [2]
     archived = client.archive_version(name, 3)
@@ -155,7 +172,9 @@ def test_aliases_with_history_and_as_of(client: Client, trained_model: TrainedMo
     assert client.list_aliases(name) == []
 
 
-def test_delete_model_with_versions_needs_force(client: Client, trained_model: TrainedModel) -> None:
+def test_delete_model_with_versions_needs_force(
+    client: Client, trained_model: TrainedModel
+) -> None:
     name = unique()
     client.create_model(name)
     client.register_version(name, trained_model.onnx, capture_env=False)
@@ -204,8 +223,15 @@ def test_operations_are_persisted_and_listed(controlplane: RunningControlPlane) 
         ops.progress(ctx, op.id, 0.5, "scoring")
         with controlplane.client() as c:
             got = c.get_operation(op.name)
-            assert (got.done, got.progress, got.progress_message, got.created_by) == (False, 0.5, "scoring", "bob")
-            ops.finish(ctx, op.id, result_type="type.googleapis.com/google.protobuf.Empty", result=b"")
+            assert (got.done, got.progress, got.progress_message, got.created_by) == (
+                False,
+                0.5,
+                "scoring",
+                "bob",
+            )
+            ops.finish(
+                ctx, op.id, result_type="type.googleapis.com/google.protobuf.Empty", result=b""
+            )
             done = c.get_operation(op.name)
             assert done.done and done.progress == 1.0
             listed = c.list_operations(target="models/x/versions/1")

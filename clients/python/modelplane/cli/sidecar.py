@@ -1,9 +1,106 @@
-"""`modelplane sidecar` commands."""
+"""`modelplane sidecar` commands: ``serve`` runs the inference sidecar.
+
+The server's modules (ONNX Runtime, numpy) load only when ``serve`` runs, so the light CLI
+stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
+
+#: CLI flag -> settings field; flags left out fall back to MODELPLANE_SIDECAR_* or defaults.
+_FIELDS = (
+    "model",
+    "listen",
+    "model_name",
+    "model_version",
+    "metrics_listen",
+    "device",
+    "max_batch_size",
+    "max_queue_delay",
+    "max_queue_rows",
+    "max_request_rows",
+    "reject_non_finite",
+    "intra_op_threads",
+    "workers",
+    "handler_threads",
+    "drain_seconds",
+    "log_level",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `sidecar` commands."""
+    sidecar = sub.add_parser("sidecar", help="the inference sidecar")
+    commands = sidecar.add_subparsers(dest="sidecar_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve an ONNX model over the Open Inference Protocol (KServe v2 gRPC)",
+        description=(
+            "Serve one ONNX model over the Open Inference Protocol. Prints one JSON line on "
+            'stdout once ready: {"event": "sidecar ready", "address": ..., "port": ...}. '
+            "Every option also reads MODELPLANE_SIDECAR_<OPTION>."
+        ),
+    )
+    add = serve.add_argument
+    add("--model", metavar="FILE.onnx", help="ONNX model file to serve (required)")
+    add("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:8001; port 0 = any)")
+    add("--model-name", metavar="NAME", help="model name clients use (default: file stem)")
+    add("--model-version", metavar="V", help="version served and accepted (default 1)")
+    add("--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint (default: none)")
+    add("--device", choices=("auto", "cpu", "cuda"), help="execution device (default auto)")
+    add("--max-batch-size", type=int, metavar="ROWS", help="rows per session call (1 = off)")
+    add("--max-queue-delay", metavar="DURATION", help="wait for more rows, e.g. 500us, 2ms")
+    add("--max-queue-rows", type=int, metavar="ROWS", help="queued rows before shedding")
+    add("--max-request-rows", type=int, metavar="ROWS", help="most rows per request")
+    add(
+        "--reject-non-finite",
+        action="store_const",
+        const=True,
+        help="refuse NaN/Inf in floating-point inputs",
+    )
+    add("--intra-op-threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    add("--workers", metavar="N|auto", help="server processes sharing the port (default 1)")
+    add("--handler-threads", type=int, metavar="N", help="gRPC request threads (default 64)")
+    add("--drain-seconds", metavar="DURATION", help="SIGTERM drain time (default 30s)")
+    add("--log-level", metavar="LEVEL", help="log level (default info)")
+    serve.set_defaults(handler=_serve)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from sidecar.settings import SidecarSettings
+
+    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    try:
+        return SidecarSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"invalid sidecar settings: {problems}", EXIT_USAGE) from None
+
+
+def _serve(args: argparse.Namespace, printer: Printer) -> int:
+    from modelplane.errors import ModelplaneError
+    from modelplane.server.logging import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    from sidecar.runtime import gpu_present
+    from sidecar.server import serve_one
+    from sidecar.workers import supervise
+
+    try:
+        count = settings.worker_count(gpu_present())
+        if count > 1:
+            return supervise(settings, count)
+        return serve_one(settings)
+    except ModelplaneError as exc:
+        raise CliError(exc.message, EXIT_CHECK_FAILED, reason=exc.reason) from None
+    except OSError as exc:
+        raise CliError(f"cannot serve: {exc}", EXIT_CHECK_FAILED) from None

@@ -1,0 +1,51 @@
+"""Baseline profiles of datasets, shared by the control plane and the sidecar.
+
+:func:`read_table` reads Parquet, Arrow IPC or CSV (told apart by content);
+:func:`build_profile` summarises features into a :class:`BaselineProfile` whose canonical bytes
+are stable; :func:`load_baseline` takes a file holding a profile or a dataset. Needs numpy and
+pyarrow only.
+"""
+
+from modelplane.profiles._build import (
+    bin_counts,
+    build_profile,
+    category_strings,
+    default_feature_names,
+    is_categorical_type,
+    is_numeric_type,
+    numeric_values,
+    quantile_edges,
+)
+from modelplane.profiles._load import is_profile, load_baseline, profile_from_file
+from modelplane.profiles._model import (
+    FORMAT,
+    FORMAT_VERSION,
+    BaselineProfile,
+    CategoricalFeature,
+    Feature,
+    NumericFeature,
+)
+from modelplane.profiles._tables import Format, detect_format, read_table
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "BaselineProfile",
+    "CategoricalFeature",
+    "Feature",
+    "Format",
+    "NumericFeature",
+    "bin_counts",
+    "build_profile",
+    "category_strings",
+    "default_feature_names",
+    "detect_format",
+    "is_categorical_type",
+    "is_numeric_type",
+    "is_profile",
+    "load_baseline",
+    "numeric_values",
+    "profile_from_file",
+    "quantile_edges",
+    "read_table",
+]

@@ -1,0 +1,181 @@
+"""Building a :class:`BaselineProfile` from a pyarrow Table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from modelplane.errors import InvalidArgument
+from modelplane.profiles._model import (
+    BaselineProfile,
+    CategoricalFeature,
+    Feature,
+    NumericFeature,
+    finite_or_none,
+    sorted_categories,
+)
+
+
+def _invalid(message: str, feature: str | None = None) -> InvalidArgument:
+    metadata = {"feature": feature} if feature is not None else None
+    return InvalidArgument(message, reason="INVALID_DATASET", metadata=metadata)
+
+
+def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Interior bin edges at the ``1/bins .. (bins-1)/bins`` quantiles of ``values``.
+
+    ``values`` must be finite. Quantiles use numpy's default (linear) method. Equal quantiles
+    (ties, constant columns) collapse into one edge, so edges are strictly increasing and a
+    constant column gets a single edge at its value. No values give no edges (one bin).
+    """
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    if len(values) == 0 or bins == 1:
+        return np.empty(0, dtype=np.float64)
+    probs = np.arange(1, bins, dtype=np.float64) / bins
+    return np.unique(np.quantile(values, probs)).astype(np.float64)
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many ``values`` fall in each of the ``len(edges) + 1`` bins (right-closed edges)."""
+    index = np.searchsorted(edges, values, side="right")
+    return np.bincount(index, minlength=len(edges) + 1).astype(np.int64)
+
+
+def is_categorical_type(type_: pa.DataType) -> bool:
+    """Whether a column of this type is profiled as categorical."""
+    return bool(
+        pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+        or pa.types.is_boolean(type_)
+        or pa.types.is_dictionary(type_)
+    )
+
+
+def is_numeric_type(type_: pa.DataType) -> bool:
+    """Whether a column of this type is profiled as numeric."""
+    return bool(
+        pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_)
+    )
+
+
+def default_feature_names(table: pa.Table, label: str | None = None) -> list[str]:
+    """Every column of ``table`` except ``label``, in table order.
+
+    Raises InvalidArgument when ``label`` is given but not a column of the table.
+    """
+    names = list(table.column_names)
+    if label:
+        if label not in names:
+            raise _invalid(f"label column {label!r} is not in the dataset (columns: {names})")
+        names.remove(label)
+    return names
+
+
+def numeric_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The column as float64 with nulls turned into NaN."""
+    as_float = pc.cast(column, pa.float64())
+    return np.asarray(as_float.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _numeric_feature(
+    name: str, column: pa.ChunkedArray, bins: int, sample_size: int, seed: int
+) -> NumericFeature:
+    raw = numeric_values(column)
+    finite = raw[np.isfinite(raw)]
+    n = len(finite)
+    edges = quantile_edges(finite, bins)
+    if n > sample_size:
+        rng = np.random.default_rng(seed)
+        sample = np.sort(finite[rng.choice(n, size=sample_size, replace=False)])
+    else:
+        sample = np.sort(finite)
+    return NumericFeature(
+        name=name,
+        count=n,
+        missing=len(raw) - n,
+        min=finite_or_none(finite.min()) if n else None,
+        max=finite_or_none(finite.max()) if n else None,
+        mean=finite_or_none(finite.mean()) if n else None,
+        std=finite_or_none(finite.std()) if n else None,
+        edges=edges,
+        bin_counts=bin_counts(finite, edges),
+        sample=sample.astype(np.float64),
+    )
+
+
+def category_strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A categorical column as strings (booleans as ``true``/``false``), nulls kept."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = pc.cast(column, pa.string())
+    return column
+
+
+def _categorical_feature(name: str, column: pa.ChunkedArray) -> CategoricalFeature:
+    strings = category_strings(column)
+    missing = strings.null_count
+    counts = pc.value_counts(pc.drop_null(strings))
+    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    return CategoricalFeature(
+        name=name,
+        count=len(strings) - missing,
+        missing=missing,
+        categories=sorted_categories(list(pairs)),
+    )
+
+
+def build_profile(
+    table: pa.Table,
+    feature_names: Sequence[str],
+    *,
+    bins: int = 10,
+    sample_size: int = 10_000,
+    seed: int = 0,
+) -> BaselineProfile:
+    """Profile ``feature_names`` of ``table`` (all columns when empty; see
+    :func:`default_feature_names` to leave a label out).
+
+    Numeric columns (integer, floating, decimal) get quantile bin edges and counts, a sorted
+    reference sample of at most ``sample_size`` finite values drawn uniformly without
+    replacement with ``seed`` (every finite value when there are no more than that), and
+    count, missing, min, max, mean and std. String, boolean and dictionary columns get
+    category counts. Other column types, unknown or repeated names raise
+    ``InvalidArgument(reason="INVALID_DATASET")``.
+    """
+    if bins < 1:
+        raise InvalidArgument("bins must be at least 1", reason="INVALID_ARGUMENT")
+    if sample_size < 1:
+        raise InvalidArgument("sample_size must be at least 1", reason="INVALID_ARGUMENT")
+    names = list(feature_names) or list(table.column_names)
+    if len(set(names)) != len(names):
+        raise _invalid(f"feature names repeat: {names}")
+    features: list[Feature] = []
+    for name in names:
+        if name not in table.column_names:
+            raise _invalid(
+                f"feature {name!r} is not a column of the dataset (columns: {table.column_names})",
+                name,
+            )
+        column = table.column(name)
+        if is_numeric_type(column.type):
+            features.append(_numeric_feature(name, column, bins, sample_size, seed))
+        elif is_categorical_type(column.type):
+            features.append(_categorical_feature(name, column))
+        else:
+            raise _invalid(
+                f"feature {name!r} has type {column.type}, which is neither numeric "
+                "(integer, floating, decimal) nor categorical (string, boolean, dictionary)",
+                name,
+            )
+    return BaselineProfile(
+        row_count=table.num_rows,
+        features=tuple(features),
+        bins=bins,
+        sample_size=sample_size,
+        seed=seed,
+    )

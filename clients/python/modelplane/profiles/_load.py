@@ -1,0 +1,71 @@
+"""Loading a baseline from a file that holds either a profile or the data itself."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from modelplane.errors import InvalidArgument
+from modelplane.profiles._build import build_profile, default_feature_names
+from modelplane.profiles._model import BaselineProfile
+from modelplane.profiles._tables import read_table
+
+
+def is_profile(data: bytes) -> bool:
+    """Whether ``data`` holds a JSON object, the form of a serialised :class:`BaselineProfile`.
+
+    No supported dataset format starts with ``{``; :meth:`BaselineProfile.from_bytes` then
+    checks the format field.
+    """
+    return data.lstrip()[:1] == b"{"
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise InvalidArgument(
+            f"cannot read baseline file {os.fspath(path)!r}: {err.strerror}",
+            reason="INVALID_DATASET",
+        ) from err
+
+
+def load_baseline(
+    source: bytes | str | os.PathLike[str],
+    feature_names: Sequence[str] | None = None,
+    label: str | None = None,
+    *,
+    bins: int = 10,
+    sample_size: int = 10_000,
+    seed: int = 0,
+) -> BaselineProfile:
+    """A profile from ``source`` (bytes or a file path) holding a profile or a dataset.
+
+    A serialised profile is parsed as is. A dataset (Parquet, Arrow IPC, CSV) is profiled on
+    ``feature_names``, or on every column but ``label`` when no names are given.
+    """
+    data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else None
+    if data is None:
+        data = _read_bytes(source)  # type: ignore[arg-type]
+    if is_profile(data):
+        return BaselineProfile.from_bytes(data)
+    table = read_table(data)
+    names = list(feature_names or []) or default_feature_names(table, label)
+    return build_profile(table, names, bins=bins, sample_size=sample_size, seed=seed)
+
+
+def profile_from_file(
+    path: str | os.PathLike[str],
+    feature_names: Sequence[str] | None = None,
+    label: str | None = None,
+    *,
+    bins: int = 10,
+    sample_size: int = 10_000,
+    seed: int = 0,
+) -> BaselineProfile:
+    """A profile from the file at ``path``: a profile file, or a dataset to profile.
+
+    Same rules as :func:`load_baseline`; this is what the sidecar's ``--baseline FILE`` uses.
+    """
+    return load_baseline(path, feature_names, label, bins=bins, sample_size=sample_size, seed=seed)

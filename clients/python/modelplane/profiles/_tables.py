@@ -1,0 +1,122 @@
+"""Reading a dataset (Parquet, Arrow IPC file or stream, CSV) into a pyarrow Table.
+
+The format is told by the bytes themselves, never by a file name: Parquet starts with
+``PAR1``, an Arrow IPC file with ``ARROW1``, an Arrow IPC stream with a message header, and
+anything else that decodes as UTF-8 text is tried as CSV.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from modelplane.errors import InvalidArgument
+
+Format = Literal["parquet", "arrow", "csv"]
+
+_PARQUET_MAGIC = b"PAR1"
+_ARROW_FILE_MAGIC = b"ARROW1"
+_STREAM_CONTINUATION = b"\xff\xff\xff\xff"
+_TEXT_PROBE = 64 * 1024
+
+
+def _invalid(message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason="INVALID_DATASET")
+
+
+def _head(data: bytes | str | os.PathLike[str], size: int) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data[:size])
+    try:
+        with open(data, "rb") as handle:
+            return handle.read(size)
+    except OSError as err:
+        raise _invalid(f"cannot read dataset file {os.fspath(data)!r}: {err.strerror}") from err
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _looks_like_stream(head: bytes) -> bool:
+    # An IPC stream message starts with the continuation marker and a positive metadata
+    # length (pre-1.0 writers omit the marker and start with the length directly).
+    if head.startswith(_STREAM_CONTINUATION) and len(head) >= 8:
+        return int.from_bytes(head[4:8], "little", signed=True) > 0
+    return False
+
+
+def detect_format(data: bytes | str | os.PathLike[str]) -> Format:
+    """Which format ``data`` (bytes or a file path) holds: ``parquet``, ``arrow`` or ``csv``.
+
+    Arrow covers both the IPC file and the IPC stream format. Raises
+    ``InvalidArgument(reason="INVALID_DATASET")`` when the content is empty or is binary data
+    in none of these formats.
+    """
+    head = _head(data, _TEXT_PROBE)
+    if not head:
+        raise _invalid("the dataset is empty: expected Parquet, Arrow IPC or CSV content")
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(_ARROW_FILE_MAGIC) or _looks_like_stream(head):
+        return "arrow"
+    if _looks_like_text(head):
+        return "csv"
+    raise _invalid(
+        "the dataset is not Parquet, Arrow IPC (file or stream) or UTF-8 CSV; "
+        "check that the file was written completely in one of these formats"
+    )
+
+
+def _source(data: bytes | str | os.PathLike[str]) -> pa.NativeFile:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return pa.BufferReader(pa.py_buffer(data))
+    return pa.memory_map(os.fspath(data), "r")
+
+
+def _read_arrow(data: bytes | str | os.PathLike[str]) -> pa.Table:
+    head = _head(data, len(_ARROW_FILE_MAGIC))
+    with _source(data) as source:
+        if head.startswith(_ARROW_FILE_MAGIC):
+            return ipc.open_file(source).read_all()
+        return ipc.open_stream(source).read_all()
+
+
+def _read_csv(data: bytes | str | os.PathLike[str]) -> pa.Table:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return pacsv.read_csv(io.BytesIO(bytes(data)))
+    return pacsv.read_csv(os.fspath(data))
+
+
+def read_table(data: bytes | str | os.PathLike[str]) -> pa.Table:
+    """Read a dataset given as bytes or a file path into a pyarrow Table.
+
+    The format comes from the content (see :func:`detect_format`). Unreadable, truncated or
+    malformed data raises ``InvalidArgument(reason="INVALID_DATASET")`` whose message names
+    the format that was tried and the parser's complaint.
+    """
+    fmt = detect_format(data)
+    try:
+        if fmt == "parquet":
+            if isinstance(data, bytes | bytearray | memoryview):
+                return pq.read_table(pa.BufferReader(pa.py_buffer(data)))
+            return pq.read_table(os.fspath(data))
+        if fmt == "arrow":
+            return _read_arrow(data)
+        return _read_csv(data)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _invalid(f"cannot read the dataset as {fmt}: {err}") from err

@@ -1,0 +1,340 @@
+"""Decoding and validating OIP inference requests against a model signature, and encoding
+responses.
+
+Every check that can fail on client input happens here, before anything reaches ONNX Runtime
+and before large buffers are allocated; failures raise :class:`InvalidArgument` with an
+UPPER_SNAKE reason and a message naming the tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelplane.errors import InvalidArgument
+from sidecar.signature import WIRE_DTYPES, Signature, TensorSpec
+
+_LEN = struct.Struct("<I")
+
+#: Typed-contents field that carries each datatype, and the value range narrower ints allow.
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_TYPED_FIELDS = tuple(sorted(set(_TYPED_FIELD.values())))
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
+
+#: Request parameters whose value type is known; others are accepted when they carry a value.
+_PARAMETER_KINDS = {
+    "priority": ("int64_param", "uint64_param"),
+    "timeout": ("int64_param", "uint64_param"),
+    "sequence_id": ("int64_param", "uint64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+    "binary_data_output": ("bool_param",),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may declare."""
+
+    max_request_rows: int
+    max_tensor_elements: int
+    reject_non_finite: bool = False
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A validated request: numpy inputs in signature order and what to answer."""
+
+    arrays: dict[str, np.ndarray[Any, Any]]
+    outputs: tuple[str, ...]
+    rows: int
+    key: tuple[Any, ...] | None
+    request_id: str
+
+
+def _bad(reason: str, message: str, **meta: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=reason, metadata=meta)
+
+
+def _check_parameters(params: Any, where: str) -> None:
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise _bad("INVALID_PARAMETER", f"parameter {key!r} of {where} carries no value")
+        allowed = _PARAMETER_KINDS.get(key)
+        if allowed is not None and choice not in allowed:
+            raise _bad(
+                "INVALID_PARAMETER",
+                f"parameter {key!r} of {where} must be one of {', '.join(allowed)}, not {choice}",
+            )
+        if key == "classification":
+            raise _bad("UNSUPPORTED_PARAMETER", f"{where}: classification outputs are not offered")
+
+
+def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:
+    name = spec.name
+    if len(shape) != spec.rank:
+        raise _bad(
+            "WRONG_SHAPE",
+            f"input {name!r} has rank {len(shape)} (shape {list(shape)}); the model expects rank "
+            f"{spec.rank} (shape {list(spec.shape)}, -1 = any size)",
+            tensor=name,
+        )
+    count = 1
+    for got, want in zip(shape, spec.shape, strict=True):
+        if got < 0:
+            raise _bad("INVALID_SHAPE", f"input {name!r} has a negative dimension: {list(shape)}")
+        if want >= 0 and got != want:
+            raise _bad(
+                "WRONG_SHAPE",
+                f"input {name!r} has shape {list(shape)}; the model expects {list(spec.shape)} "
+                "(-1 = any size)",
+                tensor=name,
+            )
+        count *= got
+        if count > limit:
+            raise _bad(
+                "TENSOR_TOO_LARGE",
+                f"input {name!r} declares shape {list(shape)}, more than the {limit} elements "
+                "a tensor may have",
+                tensor=name,
+            )
+    return count
+
+
+def _decode_bytes_raw(name: str, raw: bytes, count: int) -> np.ndarray[Any, Any]:
+    if count * 4 > len(raw):
+        raise _bad(
+            "RAW_SIZE_MISMATCH",
+            f"input {name!r}: {len(raw)} raw bytes cannot hold {count} length-prefixed elements",
+            tensor=name,
+        )
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(raw)
+    unpack = _LEN.unpack_from
+    for i in range(count):
+        if pos + 4 > end:
+            raise _bad(
+                "BYTES_PREFIX_OVERRUN",
+                f"input {name!r}: raw data ends inside the length prefix of element {i}",
+                tensor=name,
+            )
+        (n,) = unpack(raw, pos)
+        pos += 4
+        if pos + n > end:
+            raise _bad(
+                "BYTES_PREFIX_OVERRUN",
+                f"input {name!r}: element {i} declares {n} bytes, past the end of the raw data",
+                tensor=name,
+            )
+        out[i] = _utf8(name, raw[pos : pos + n], i)
+        pos += n
+    if pos != end:
+        raise _bad(
+            "RAW_SIZE_MISMATCH",
+            f"input {name!r}: {end - pos} raw bytes left over after {count} elements",
+            tensor=name,
+        )
+    return out
+
+
+def _utf8(name: str, value: bytes, index: int) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(
+            "INVALID_UTF8", f"input {name!r}: element {index} is not UTF-8 text", tensor=name
+        ) from None
+
+
+def _decode_raw(spec: TensorSpec, raw: bytes, count: int) -> np.ndarray[Any, Any]:
+    if spec.datatype == "BYTES":
+        return _decode_bytes_raw(spec.name, raw, count)
+    wire = WIRE_DTYPES[spec.datatype]
+    if len(raw) != count * wire.itemsize:
+        raise _bad(
+            "RAW_SIZE_MISMATCH",
+            f"input {spec.name!r}: {len(raw)} raw bytes, but shape x {spec.datatype} needs "
+            f"{count * wire.itemsize}",
+            tensor=spec.name,
+        )
+    if spec.datatype == "BOOL":
+        return np.frombuffer(raw, dtype=np.uint8) != 0
+    return np.frombuffer(raw, dtype=wire)
+
+
+def _decode_typed(spec: TensorSpec, contents: Any, count: int) -> np.ndarray[Any, Any]:
+    name, datatype = spec.name, spec.datatype
+    field = _TYPED_FIELD.get(datatype)
+    if field is None:
+        raise _bad(
+            "TYPED_CONTENTS_UNSUPPORTED",
+            f"input {name!r}: {datatype} has no typed contents field; send raw_input_contents",
+            tensor=name,
+        )
+    for other in _ALL_TYPED_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise _bad(
+                "WRONG_CONTENTS_FIELD",
+                f"input {name!r} is {datatype}, so its elements belong in {field}, not {other}",
+                tensor=name,
+            )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise _bad(
+            "CONTENTS_SIZE_MISMATCH",
+            f"input {name!r}: {len(values)} elements in {field}, but its shape needs {count}",
+            tensor=name,
+        )
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=object)
+        for i, v in enumerate(values):
+            out[i] = _utf8(name, v, i)
+        return out
+    wide = np.array(values, dtype=np.float64 if datatype in _FLOATS else None)
+    if wide.size == 0:
+        return np.empty(0, dtype=spec.dtype)
+    if datatype not in _FLOATS and datatype != "BOOL":
+        info = np.iinfo(spec.dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise _bad(
+                "VALUE_OUT_OF_RANGE",
+                f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}",
+                tensor=name,
+            )
+    return wide.astype(spec.dtype, copy=False)
+
+
+def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
+    """Validate ``request`` against ``signature`` and return its inputs as numpy arrays."""
+    inputs = request.inputs
+    raws = request.raw_input_contents
+    n_in = len(inputs)
+    if request.parameters:
+        _check_parameters(request.parameters, "the request")
+    if raws and len(raws) != n_in:
+        raise _bad(
+            "RAW_CONTENTS_COUNT",
+            f"{len(raws)} raw_input_contents entries for {n_in} inputs; send one per input, "
+            "in the order of inputs",
+        )
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    key: list[Any] = []
+    rows = -1
+    for i in range(n_in):
+        tensor = inputs[i]
+        name = tensor.name
+        spec = signature.input(name)
+        if spec is None:
+            expected = ", ".join(t.name for t in signature.inputs)
+            raise _bad("UNKNOWN_INPUT", f"unknown input {name!r}; the model takes {expected}")
+        if name in arrays:
+            raise _bad("DUPLICATE_INPUT", f"input {name!r} appears more than once", tensor=name)
+        if tensor.datatype != spec.datatype:
+            raise _bad(
+                "WRONG_DATATYPE",
+                f"input {name!r} is {tensor.datatype or '(empty)'}; the model takes "
+                f"{spec.datatype}",
+                tensor=name,
+            )
+        shape = tuple(tensor.shape)
+        count = _element_count(spec, shape, limits.max_tensor_elements)
+        if tensor.parameters:
+            _check_parameters(tensor.parameters, f"input {name!r}")
+        if spec.rank:
+            first = shape[0]
+            if first == 0 and spec.batch_dynamic:
+                raise _bad("EMPTY_BATCH", f"input {name!r} has no rows", tensor=name)
+            if first > limits.max_request_rows:
+                raise _bad(
+                    "BATCH_TOO_LARGE",
+                    f"input {name!r} has {first} rows; at most {limits.max_request_rows} are "
+                    "allowed per request",
+                    tensor=name,
+                )
+            if rows == -1:
+                rows = first
+            elif rows != first:
+                rows = -2
+        if raws:
+            if tensor.HasField("contents"):
+                raise _bad(
+                    "BOTH_RAW_AND_TYPED",
+                    f"input {name!r} has typed contents while the request uses "
+                    "raw_input_contents; use one or the other",
+                    tensor=name,
+                )
+            flat = _decode_raw(spec, raws[i], count)
+        else:
+            flat = _decode_typed(spec, tensor.contents, count)
+        if limits.reject_non_finite and spec.datatype in _FLOATS and not np.isfinite(flat).all():
+            raise _bad("NON_FINITE_VALUE", f"input {name!r} holds NaN or infinity", tensor=name)
+        arrays[name] = flat.reshape(shape)
+        key.append((name, shape[1:]))
+    if n_in != len(signature.inputs):
+        missing = [t.name for t in signature.inputs if t.name not in arrays]
+        raise _bad("MISSING_INPUT", f"missing input(s): {', '.join(missing)}")
+    outputs = _requested_outputs(request, signature)
+    batch_key = tuple(key) if rows >= 0 else None
+    return Decoded(arrays, outputs, max(rows, 1), batch_key, request.id)
+
+
+def _requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
+    wanted = request.outputs
+    if not wanted:
+        return tuple(signature.output_names)
+    names: list[str] = []
+    for out in wanted:
+        name = out.name
+        if signature.output(name) is None:
+            offered = ", ".join(signature.output_names)
+            raise _bad("UNKNOWN_OUTPUT", f"unknown output {name!r}; the model offers {offered}")
+        if name in names:
+            raise _bad("DUPLICATE_OUTPUT", f"output {name!r} is requested more than once")
+        if out.parameters:
+            _check_parameters(out.parameters, f"output {name!r}")
+        names.append(name)
+    return tuple(names)
+
+
+def encode_bytes(array: np.ndarray[Any, Any]) -> bytes:
+    """BYTES elements as length-prefixed raw bytes (text is sent as UTF-8)."""
+    parts: list[bytes] = []
+    pack = _LEN.pack
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def fill_response(
+    response: Any, names: tuple[str, ...], arrays: list[np.ndarray[Any, Any]], signature: Signature
+) -> None:
+    """Append every output to ``response.outputs`` and its bytes to ``raw_output_contents``."""
+    outputs = response.outputs
+    raw = response.raw_output_contents
+    for name, array in zip(names, arrays, strict=True):
+        spec = signature.output(name)
+        assert spec is not None
+        outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
+        if spec.datatype == "BYTES":
+            raw.append(encode_bytes(array))
+        else:
+            raw.append(np.ascontiguousarray(array).tobytes())

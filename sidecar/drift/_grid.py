@@ -1,0 +1,131 @@
+"""The lookup grid that streaming windows count against, derived from a baseline profile.
+
+For each numeric feature the grid is the sorted distinct union of the reference sample's
+values, the profile's bin edges and its min and max. A window counts its values in the grid's
+cells (one per grid point for equal values, one per gap between points); since every edge and
+sample value is a grid point, those cell counts determine exactly the window's bin counts, its
+out-of-range count and its KS distance to the reference sample. Cell counts add up, so windows
+merge exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelplane.profiles import BaselineProfile, CategoricalFeature, NumericFeature
+from sidecar.drift._kernels import bucket_table
+
+#: Lookup buckets per grid point; more buckets mean shorter searches and a larger table.
+BUCKETS_PER_POINT = 2
+
+
+@dataclass(frozen=True, eq=False)
+class NumericGrid:
+    """Grid and cell maps of one numeric feature (see the module docstring)."""
+
+    feature: NumericFeature
+    points: np.ndarray
+    sample_values: np.ndarray
+    sample_cum: np.ndarray
+    cell_to_sample_cell: np.ndarray
+    cell_to_bin: np.ndarray
+
+    @property
+    def cells(self) -> int:
+        """Number of cells: two per grid point plus one."""
+        return 2 * len(self.points) + 1
+
+    @classmethod
+    def build(cls, feature: NumericFeature) -> NumericGrid:
+        """Derive the grid of ``feature``."""
+        sample_values, multiplicity = np.unique(feature.sample, return_counts=True)
+        parts = [sample_values, feature.edges]
+        if feature.min is not None and feature.max is not None:
+            parts.append(np.array([feature.min, feature.max]))
+        points = np.unique(np.concatenate(parts)).astype(np.float64)
+        size = len(points)
+        cell_to_sample = np.empty(2 * size + 1, dtype=np.int64)
+        cell_to_bin = np.empty(2 * size + 1, dtype=np.int64)
+        # Gap cell 2i holds values just below points[i] (above every point when i == size).
+        upper = np.concatenate((points, [np.inf]))
+        cell_to_sample[0::2] = 2 * np.searchsorted(sample_values, upper, side="left")
+        cell_to_bin[0::2] = np.searchsorted(feature.edges, upper, side="left")
+        equal_pos = np.searchsorted(sample_values, points, side="left")
+        in_sample = np.zeros(size, dtype=bool)
+        inside = equal_pos < len(sample_values)
+        in_sample[inside] = sample_values[equal_pos[inside]] == points[inside]
+        cell_to_sample[1::2] = np.where(in_sample, 2 * equal_pos + 1, 2 * equal_pos)
+        cell_to_bin[1::2] = np.searchsorted(feature.edges, points, side="right")
+        return cls(
+            feature=feature,
+            points=points,
+            sample_values=sample_values.astype(np.float64),
+            sample_cum=np.cumsum(multiplicity).astype(np.int64),
+            cell_to_sample_cell=cell_to_sample,
+            cell_to_bin=cell_to_bin,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class BaselineGrid:
+    """Everything a window needs from a profile: numeric grids packed for the kernel, and
+    the categorical features' known categories."""
+
+    profile: BaselineProfile
+    digest: str
+    numeric: tuple[NumericGrid, ...]
+    categorical: tuple[CategoricalFeature, ...]
+    points: np.ndarray
+    point_offsets: np.ndarray
+    cell_offsets: np.ndarray
+    table: np.ndarray
+    table_offsets: np.ndarray
+    lows: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def numeric_names(self) -> list[str]:
+        """Numeric feature names, in profile order (the columns of a numeric batch)."""
+        return [g.feature.name for g in self.numeric]
+
+    @property
+    def categorical_names(self) -> list[str]:
+        """Categorical feature names, in profile order."""
+        return [f.name for f in self.categorical]
+
+    @classmethod
+    def build(cls, profile: BaselineProfile) -> BaselineGrid:
+        """Derive the grids of every numeric feature of ``profile``."""
+        numeric = tuple(
+            NumericGrid.build(f) for f in profile.features if isinstance(f, NumericFeature)
+        )
+        categorical = tuple(f for f in profile.features if isinstance(f, CategoricalFeature))
+        sizes = np.array([len(g.points) for g in numeric], dtype=np.int64)
+        point_offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        cell_offsets = np.concatenate(([0], np.cumsum(2 * sizes + 1))).astype(np.int64)
+        points = np.concatenate([g.points for g in numeric]) if numeric else np.empty(0, np.float64)
+        tables, lows, scales = [], [], []
+        for g in numeric:
+            buckets = max(1, BUCKETS_PER_POINT * len(g.points))
+            low = float(g.points[0]) if len(g.points) else 0.0
+            span = float(g.points[-1]) - low if len(g.points) else 0.0
+            scale = buckets / span if span > 0 and np.isfinite(buckets / span) else 0.0
+            tables.append(bucket_table(g.points, low, scale, buckets))
+            lows.append(low)
+            scales.append(scale)
+        table_sizes = np.array([len(t) for t in tables], dtype=np.int64)
+        return cls(
+            profile=profile,
+            digest=profile.digest(),
+            numeric=numeric,
+            categorical=categorical,
+            points=np.ascontiguousarray(points, dtype=np.float64),
+            point_offsets=point_offsets,
+            cell_offsets=cell_offsets,
+            table=np.concatenate(tables) if tables else np.zeros(0, np.int32),
+            table_offsets=np.concatenate(([0], np.cumsum(table_sizes))).astype(np.int64),
+            lows=np.array(lows, dtype=np.float64),
+            scales=np.array(scales, dtype=np.float64),
+        )

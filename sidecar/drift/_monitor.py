@@ -1,0 +1,206 @@
+"""Streaming drift: tumbling windows of counts against a version's baseline profile."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from modelplane.profiles import BaselineProfile, category_strings, numeric_values
+from sidecar.drift._grid import BaselineGrid
+from sidecar.drift._kernels import accumulate
+from sidecar.drift._report import DriftReport, DriftThresholds, score_window
+from sidecar.drift._window import WindowState
+
+
+class DriftMonitor:
+    """Counts incoming rows into tumbling windows and scores closed windows.
+
+    A window closes after ``window_rows`` rows (a batch that crosses the boundary is split
+    there) or once ``window_seconds`` have passed since it started (checked on each update
+    and on :meth:`poll`; windows are aligned to the first one's start and empty spans are
+    skipped). Updates are O(rows x features) with one binary search per numeric value and no
+    per-row allocation; a lock makes each batch update atomic, so several threads may feed
+    one monitor. ``clock`` gives wall-clock seconds.
+    """
+
+    def __init__(
+        self,
+        profile: BaselineProfile,
+        *,
+        window_rows: int | None = None,
+        window_seconds: float | None = None,
+        thresholds: DriftThresholds | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if window_rows is not None and window_rows < 1:
+            raise ValueError("window_rows must be at least 1")
+        if window_seconds is not None and not window_seconds > 0:
+            raise ValueError("window_seconds must be positive")
+        self.grid = BaselineGrid.build(profile)
+        self.window_rows = window_rows
+        self.window_seconds = window_seconds
+        self.thresholds = thresholds or DriftThresholds()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window = WindowState.empty(self.grid, clock())
+
+    @property
+    def numeric_names(self) -> list[str]:
+        """The columns, in order, of a matrix passed to :meth:`update`."""
+        return self.grid.numeric_names
+
+    def current(self) -> WindowState:
+        """A copy of the open window's state."""
+        with self._lock:
+            return self._window.merge(WindowState.empty(self.grid, self._window.start))
+
+    def score(self, window: WindowState) -> DriftReport:
+        """The drift report of a (closed or merged) window."""
+        return score_window(self.grid, window, self.thresholds)
+
+    def update(
+        self, batch: np.ndarray | Mapping[str, Any] | pa.RecordBatch | pa.Table
+    ) -> list[WindowState]:
+        """Add a batch of rows; returns the windows this closed (usually none).
+
+        ``batch`` is a rows x features float32/float64 matrix whose columns are
+        :attr:`numeric_names` (profiles without categorical features), or a mapping from
+        feature name to a column (anything ``pyarrow.array`` takes), or a pyarrow
+        RecordBatch/Table with the features as columns. Every profile feature must be there.
+        """
+        if isinstance(batch, np.ndarray):
+            matrix, categorical = self._check_matrix(batch), None
+        else:
+            matrix, categorical = self._columns(batch)
+        rows = matrix.shape[0]
+        closed: list[WindowState] = []
+        with self._lock:
+            self._rotate_by_time(closed)
+            start = 0
+            while start < rows:
+                room = rows if self.window_rows is None else self.window_rows - self._window.rows
+                stop = min(rows, start + room)
+                self._add(matrix, categorical, start, stop)
+                start = stop
+                if self.window_rows is not None and self._window.rows >= self.window_rows:
+                    closed.append(self._close(self._clock()))
+        return closed
+
+    def poll(self) -> list[WindowState]:
+        """Close the open window if its time is up; returns the closed window, if any."""
+        closed: list[WindowState] = []
+        with self._lock:
+            self._rotate_by_time(closed)
+        return closed
+
+    def flush(self) -> WindowState:
+        """Close the open window now, whatever its size or age, and return it."""
+        with self._lock:
+            return self._close(self._clock())
+
+    def _close(self, now: float) -> WindowState:
+        window = self._window
+        window.end = now
+        self._window = WindowState.empty(self.grid, now)
+        return window
+
+    def _rotate_by_time(self, closed: list[WindowState]) -> None:
+        if self.window_seconds is None:
+            return
+        now = self._clock()
+        start = self._window.start
+        if now < start + self.window_seconds:
+            return
+        spans = math.floor((now - start) / self.window_seconds)
+        end = start + self.window_seconds
+        if self._window.rows:
+            window = self._window
+            window.end = end
+            closed.append(window)
+        self._window = WindowState.empty(self.grid, start + spans * self.window_seconds)
+
+    def _check_matrix(self, batch: np.ndarray) -> np.ndarray:
+        if self.grid.categorical:
+            raise ValueError(
+                "this profile has categorical features; pass a mapping or an Arrow batch"
+            )
+        if batch.ndim != 2 or batch.shape[1] != len(self.grid.numeric):
+            raise ValueError(
+                f"expected a rows x {len(self.grid.numeric)} matrix with columns "
+                f"{self.grid.numeric_names}, got shape {batch.shape}"
+            )
+        if batch.dtype not in (np.float32, np.float64):
+            batch = batch.astype(np.float64)
+        return np.ascontiguousarray(batch)
+
+    def _columns(
+        self, batch: Mapping[str, Any] | pa.RecordBatch | pa.Table
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        def column(name: str) -> Any:
+            try:
+                if isinstance(batch, pa.RecordBatch | pa.Table):
+                    return batch.column(name)
+                return batch[name]
+            except KeyError as err:
+                raise ValueError(f"the batch has no column for feature {name!r}") from err
+
+        numeric = [numeric_values(pa.array(column(n))) for n in self.grid.numeric_names]
+        lengths = {len(c) for c in numeric}
+        categorical = {n: column(n) for n in self.grid.categorical_names}
+        lengths |= {len(c) for c in categorical.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"feature columns differ in length: {sorted(lengths)}")
+        rows = lengths.pop() if lengths else 0
+        matrix = (
+            np.ascontiguousarray(np.column_stack(numeric))
+            if numeric
+            else np.empty((rows, 0), dtype=np.float64)
+        )
+        return matrix, categorical
+
+    def _add(
+        self, matrix: np.ndarray, categorical: dict[str, Any] | None, start: int, stop: int
+    ) -> None:
+        window = self._window
+        part = matrix[start:stop]
+        if part.shape[1]:
+            grid = self.grid
+            accumulate(
+                part,
+                grid.points,
+                grid.point_offsets,
+                grid.table,
+                grid.table_offsets,
+                grid.lows,
+                grid.scales,
+                window.cells,
+                grid.cell_offsets,
+                window.missing,
+            )
+        if categorical:
+            for position, name in enumerate(self.grid.categorical_names):
+                values = category_strings(pa.array(categorical[name])[start:stop])
+                window.categorical_missing[position] += values.null_count
+                counts = pc.value_counts(pc.drop_null(values))
+                window.add_categories(
+                    self.grid,
+                    position,
+                    Counter(
+                        dict(
+                            zip(
+                                counts.field("values").to_pylist(),
+                                counts.field("counts").to_pylist(),
+                                strict=True,
+                            )
+                        )
+                    ),
+                )
+        window.rows += stop - start

@@ -1,0 +1,208 @@
+"""Scoring a window against its baseline: per-feature statistics and the drift verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from sidecar.drift._grid import BaselineGrid, NumericGrid
+from sidecar.drift._kolmogorov import ks_pvalue
+from sidecar.drift._stats import chi_square, jensen_shannon, psi_from_counts
+from sidecar.drift._window import WindowState
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a feature counts as drifted: any configured test that fires (None disables it).
+
+    Numeric features: ``psi >= psi``, KS ``p < ks_pvalue`` or ``js >= js``. Categorical
+    features: ``psi >= psi`` or chi-square ``p < chi2_pvalue``. An undefined statistic (empty
+    window, baseline without values) never fires.
+    """
+
+    psi: float | None = 0.2
+    ks_pvalue: float | None = 0.05
+    chi2_pvalue: float | None = 0.05
+    js: float | None = None
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature's statistics in one window; None marks an undefined statistic.
+
+    Shares are fractions of the window's rows: ``missing_share`` of null, NaN or infinite
+    values, ``out_of_range_share`` of finite values outside the baseline's [min, max] (every
+    finite value when the baseline had none). ``count`` is the number of usable values.
+    """
+
+    name: str
+    kind: str
+    count: int
+    missing_share: float | None
+    out_of_range_share: float | None
+    psi: float | None
+    ks_statistic: float | None = None
+    ks_pvalue: float | None = None
+    js: float | None = None
+    chi2_statistic: float | None = None
+    chi2_pvalue: float | None = None
+    unseen_share: float | None = None
+    drifted: bool = False
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A window's drift report: each feature's statistics and the share that drifted."""
+
+    baseline: str
+    start: float
+    end: float | None
+    rows: int
+    features: tuple[FeatureDrift, ...]
+    drifted_share: float | None
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Names of the drifted features."""
+        return [f.name for f in self.features if f.drifted]
+
+    def feature(self, name: str) -> FeatureDrift:
+        """The statistics of feature ``name``; KeyError when absent."""
+        for feat in self.features:
+            if feat.name == name:
+                return feat
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (undefined statistics as null)."""
+        return asdict(self)
+
+
+def _defined(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def _share(part: float, whole: int) -> float | None:
+    return None if whole == 0 else float(part) / whole
+
+
+def _numeric_ks(grid: NumericGrid, cells: np.ndarray, count: int) -> tuple[float, float]:
+    """KS of the window against the reference sample, from the window's cell counts."""
+    reference = len(grid.feature.sample)
+    if count == 0 or reference == 0:
+        return math.nan, math.nan
+    sample_cells = np.bincount(
+        grid.cell_to_sample_cell, weights=cells, minlength=2 * len(grid.sample_values) + 1
+    ).astype(np.int64)
+    cum = np.cumsum(sample_cells)
+    ref_cum = grid.sample_cum
+    # At each reference value: both right-continuous CDFs.
+    at_points = np.abs(ref_cum / reference - cum[1::2] / count)
+    # At the largest window value inside each gap below a reference value.
+    gaps = sample_cells[0:-1:2] > 0
+    ref_before = np.concatenate(([0], ref_cum[:-1]))
+    in_gaps = np.abs(ref_before / reference - cum[0:-1:2] / count)[gaps]
+    statistic = float(max(at_points.max(initial=0.0), in_gaps.max(initial=0.0)))
+    return statistic, ks_pvalue(statistic, reference, count)
+
+
+def _score_numeric(
+    grid: NumericGrid, cells: np.ndarray, missing: int, rows: int, thresholds: DriftThresholds
+) -> FeatureDrift:
+    count = int(cells.sum())
+    bins = np.bincount(grid.cell_to_bin, weights=cells, minlength=len(grid.feature.edges) + 1)
+    out_of_range = count if len(grid.points) == 0 else int(cells[0] + cells[-1])
+    psi = psi_from_counts(grid.feature.bin_counts, bins)
+    js = jensen_shannon(grid.feature.bin_counts, bins)
+    ks_stat, ks_p = _numeric_ks(grid, cells, count)
+    drifted = bool(
+        (thresholds.psi is not None and psi >= thresholds.psi)
+        or (thresholds.ks_pvalue is not None and ks_p < thresholds.ks_pvalue)
+        or (thresholds.js is not None and js >= thresholds.js)
+    )
+    return FeatureDrift(
+        name=grid.feature.name,
+        kind="numeric",
+        count=count,
+        missing_share=_share(missing, rows),
+        out_of_range_share=_share(out_of_range, rows),
+        psi=_defined(psi),
+        ks_statistic=_defined(ks_stat),
+        ks_pvalue=_defined(ks_p),
+        js=_defined(js),
+        drifted=drifted,
+    )
+
+
+def _score_categorical(
+    grid: BaselineGrid, window: WindowState, position: int, thresholds: DriftThresholds
+) -> FeatureDrift:
+    feature = grid.categorical[position]
+    unseen = window.unseen[position]
+    names = sorted(unseen)
+    ref = np.concatenate(
+        (np.fromiter(feature.categories.values(), np.int64), np.zeros(len(names), np.int64))
+    )
+    cur = np.concatenate(
+        (window.categories[position], np.array([unseen[n] for n in names], dtype=np.int64))
+    )
+    count = int(cur.sum())
+    unseen_count = int(cur[len(feature.categories) :].sum())
+    statistic, pvalue = chi_square(ref, cur)
+    psi = psi_from_counts(ref, cur)
+    drifted = bool(
+        (thresholds.psi is not None and psi >= thresholds.psi)
+        or (thresholds.chi2_pvalue is not None and pvalue < thresholds.chi2_pvalue)
+    )
+    rows = window.rows
+    return FeatureDrift(
+        name=feature.name,
+        kind="categorical",
+        count=count,
+        missing_share=_share(int(window.categorical_missing[position]), rows),
+        out_of_range_share=_share(unseen_count, rows),
+        psi=_defined(psi),
+        chi2_statistic=_defined(statistic),
+        chi2_pvalue=_defined(pvalue),
+        unseen_share=_share(unseen_count, rows),
+        drifted=drifted,
+    )
+
+
+def score_window(
+    grid: BaselineGrid, window: WindowState, thresholds: DriftThresholds | None = None
+) -> DriftReport:
+    """Every feature's statistics for ``window`` and the share of drifted features.
+
+    Features come in profile order. Numeric: PSI and Jensen-Shannon distance over the
+    profile's bins, KS (statistic and asymptotic p-value) against the profile's reference
+    sample, exactly as :func:`sidecar.drift.ks_2samp` on that sample and the window's finite
+    values. Categorical: chi-square over known plus unseen categories and PSI over the same.
+    For categoricals the out-of-range share is the share of unseen categories. An empty window
+    gives undefined (None) statistics and shares, no drifted feature and a None drifted share.
+    """
+    thresholds = thresholds or DriftThresholds()
+    if window.baseline != grid.digest:
+        raise ValueError("the window was counted against a different baseline")
+    by_name: dict[str, FeatureDrift] = {}
+    for i, ngrid in enumerate(grid.numeric):
+        lo, hi = grid.cell_offsets[i], grid.cell_offsets[i + 1]
+        by_name[ngrid.feature.name] = _score_numeric(
+            ngrid, window.cells[lo:hi], int(window.missing[i]), window.rows, thresholds
+        )
+    for i, cfeature in enumerate(grid.categorical):
+        by_name[cfeature.name] = _score_categorical(grid, window, i, thresholds)
+    features = tuple(by_name[name] for name in grid.profile.feature_names)
+    drifted = sum(f.drifted for f in features)
+    share = None if window.rows == 0 or not features else drifted / len(features)
+    return DriftReport(
+        baseline=window.baseline,
+        start=window.start,
+        end=window.end,
+        rows=window.rows,
+        features=features,
+        drifted_share=share,
+    )

@@ -1,0 +1,187 @@
+"""ONNX Runtime sessions: provider choice, warm-up, and the call that runs a batch.
+
+``--device cuda`` insists on the CUDA execution provider (and runs it with I/O binding);
+``--device auto`` takes CUDA only when a GPU is present and warm-up measures the model faster
+there; ``cpu`` never touches CUDA. The provider a session actually got is what gets reported.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from modelplane.errors import FailedPrecondition
+from sidecar.signature import Signature, TensorSpec, signature_of
+
+log = structlog.get_logger("modelplane.sidecar.runtime")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def gpu_present() -> bool:
+    """Whether this machine exposes an NVIDIA GPU to the process."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") and CUDA in ort.get_available_providers()
+
+
+def _options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3
+    return opts
+
+
+def _preload_cuda() -> None:
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:
+            log.warning("could not preload the CUDA libraries", error=str(exc))
+
+
+@dataclass
+class Runtime:
+    """One inference session and how to call it; shared by every request thread."""
+
+    session: Any
+    signature: Signature
+    provider: str
+    path: Path
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider == CUDA
+
+    def run(
+        self, outputs: list[str], feeds: dict[str, np.ndarray[Any, Any]]
+    ) -> list[np.ndarray[Any, Any]]:
+        """Run the session on ``feeds`` and return ``outputs`` in order."""
+        if self.on_gpu:
+            return self._run_bound(outputs, feeds)
+        return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
+
+    def _run_bound(
+        self, outputs: list[str], feeds: dict[str, np.ndarray[Any, Any]]
+    ) -> list[np.ndarray[Any, Any]]:
+        # An IOBinding is not safe to share between threads: one per thread, reset per call.
+        binding = getattr(self._local, "binding", None)
+        if binding is None:
+            binding = self._local.binding = self.session.io_binding()
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in feeds.items():
+            if array.dtype == object:
+                binding.bind_cpu_input(name, array)
+            else:
+                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+                binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            spec = self.signature.output(name)
+            if spec is not None and spec.datatype == "BYTES":
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
+
+
+def _session(path: Path, providers: list[str], intra_op_threads: int) -> Any:
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=_options(intra_op_threads), providers=providers
+        )
+    except Exception as exc:
+        raise FailedPrecondition(
+            f"ONNX Runtime could not load {path} with {providers[0]}: {exc}",
+            reason="MODEL_LOAD_FAILED",
+        ) from exc
+
+
+def _sample(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
+    shape = [rows if i == 0 and d < 0 else (d if d >= 0 else 1) for i, d in enumerate(spec.shape)]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)
+
+
+def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
+    """Run the session ``runs`` times at one row and at ``batch_rows``; returns the fastest
+    call at the largest size (what ``auto`` compares across providers)."""
+    sig = runtime.signature
+    names = sig.output_names
+    best = float("inf")
+    sizes = [1] if batch_rows <= 1 or not sig.batchable else [1, batch_rows]
+    for rows in sizes:
+        feeds = {t.name: _sample(t, rows) for t in sig.inputs}
+        for _ in range(runs):
+            start = time.perf_counter()
+            try:
+                runtime.run(names, feeds)
+            except Exception as exc:
+                raise FailedPrecondition(
+                    f"warm-up of {runtime.path} on {runtime.provider} failed: {exc}",
+                    reason="WARMUP_FAILED",
+                ) from exc
+            if rows == sizes[-1]:
+                best = min(best, time.perf_counter() - start)
+    return best
+
+
+def load(
+    path: Path, device: str, *, intra_op_threads: int, warmup_runs: int, batch_rows: int
+) -> Runtime:
+    """Open ``path`` on the chosen device and warm it up."""
+    if not path.is_file():
+        raise FailedPrecondition(f"model file {path} does not exist", reason="MODEL_NOT_FOUND")
+    if device == "cpu":
+        return _open(path, [CPU], intra_op_threads, warmup_runs, batch_rows)[0]
+    if device == "cuda":
+        _preload_cuda()
+        if CUDA not in ort.get_available_providers():
+            raise FailedPrecondition(
+                "--device cuda: this ONNX Runtime build has no CUDA execution provider",
+                reason="CUDA_UNAVAILABLE",
+            )
+        runtime, _ = _open(path, [CUDA, CPU], intra_op_threads, warmup_runs, batch_rows)
+        if not runtime.on_gpu:
+            raise FailedPrecondition(
+                "--device cuda: the CUDA execution provider could not start (no GPU, or CUDA "
+                f"libraries missing); the session got {runtime.provider}",
+                reason="CUDA_UNAVAILABLE",
+            )
+        return runtime
+    cpu, cpu_time = _open(path, [CPU], intra_op_threads, warmup_runs, batch_rows)
+    if not gpu_present():
+        return cpu
+    _preload_cuda()
+    try:
+        gpu, gpu_time = _open(path, [CUDA, CPU], intra_op_threads, warmup_runs, batch_rows)
+    except FailedPrecondition as exc:
+        log.warning("CUDA session failed; serving on CPU", error=exc.message)
+        return cpu
+    log.info("warm-up timings", cpu_s=cpu_time, gpu_s=gpu_time, gpu_provider=gpu.provider)
+    if gpu.on_gpu and gpu_time < cpu_time:
+        return gpu
+    return cpu
+
+
+def _open(
+    path: Path, providers: list[str], intra_op_threads: int, warmup_runs: int, batch_rows: int
+) -> tuple[Runtime, float]:
+    session = _session(path, providers, intra_op_threads)
+    runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
+    return runtime, warm_up(runtime, warmup_runs, batch_rows)

@@ -1,0 +1,197 @@
+"""Building, starting and stopping one sidecar server process.
+
+:func:`start` opens the gRPC listener first (live, not yet ready), then loads and warms up
+the model, and only then reports ready (gRPC health SERVING, ServerReady true). Stopping flips
+health to NOT_SERVING and lets in-flight requests finish within the drain time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from prometheus_client import CollectorRegistry
+
+from modelplane.server.lifecycle import (
+    GRPC_OPTIONS,
+    GrpcServerHandle,
+    add_health_and_reflection,
+    serve_metrics,
+)
+from sidecar import runtime as rt
+from sidecar.codec import Limits
+from sidecar.metrics import NoMetrics, SidecarMetrics
+from sidecar.model import ModelSlot, ServingModel
+from sidecar.observers import Observer, ObserverHub
+from sidecar.servicer import SERVICE_NAME, InferenceServicer, add_to_server
+from sidecar.settings import SidecarSettings
+
+log = structlog.get_logger("modelplane.sidecar")
+
+
+@dataclass
+class SidecarHandle:
+    """A running sidecar: its port, the model slot, and how to stop it."""
+
+    grpc: GrpcServerHandle
+    servicer: InferenceServicer
+    slot: ModelSlot
+    provider: str = ""
+    metrics_port: int | None = None
+    closers: list[Any] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: bool = False
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report not ready, drain in-flight requests for up to ``grace`` seconds, close."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        try:
+            self.servicer.ready = False
+            self.grpc.stop(grace)
+            for close in reversed(self.closers):
+                try:
+                    close()
+                except Exception:
+                    log.exception("error while closing", closer=repr(close))
+        finally:
+            self._stopped.set()
+
+    def wait(self) -> None:
+        """Block until the server has stopped and closed everything."""
+        self.grpc.wait()
+        if self._stopping:
+            self._stopped.wait()
+
+    def stop_on_signals(self) -> None:
+        """Drain and stop on SIGTERM/SIGINT (call from the main thread)."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.info(
+                "draining", signal=signal.Signals(signum).name, grace_s=self.grpc.grace_seconds
+            )
+            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+def _metrics(settings: SidecarSettings, name: str, provider: str) -> tuple[NoMetrics, Any]:
+    if settings.worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return SidecarMetrics(CollectorRegistry(), name, settings.model_version, provider), None
+    if not settings.metrics_listen:
+        return NoMetrics(), None
+    registry = CollectorRegistry()
+    return SidecarMetrics(registry, name, settings.model_version, provider), registry
+
+
+def start(settings: SidecarSettings, observers: list[Observer] | None = None) -> SidecarHandle:
+    """Start a sidecar for ``settings`` and return once it is ready to serve."""
+    slot = ModelSlot()
+    servicer = InferenceServicer(slot)
+    options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
+    options.append(("grpc.so_reuseport", 1 if settings.worker else 0))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="oip"),
+        options=options,
+    )
+    add_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"could not bind the gRPC listener to {settings.listen}")
+    server.start()
+    handle = SidecarHandle(
+        GrpcServerHandle(server, port, health, [SERVICE_NAME], settings.drain_seconds),
+        servicer,
+        slot,
+    )
+    try:
+        runtime = rt.load(
+            settings.model,
+            settings.device,
+            intra_op_threads=settings.intra_op_threads,
+            warmup_runs=settings.warmup_runs,
+            batch_rows=settings.max_batch_size,
+        )
+        name = settings.served_name
+        metrics, registry = _metrics(settings, name, runtime.provider)
+        if registry is not None and settings.metrics_listen:
+            httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
+            handle.closers.append(httpd.shutdown)
+        hub = ObserverHub(observers)
+        hub.start()
+        handle.closers.append(hub.close)
+        model = ServingModel(
+            runtime,
+            name=name,
+            version=settings.model_version,
+            limits=Limits(
+                settings.max_request_rows, settings.max_tensor_elements, settings.reject_non_finite
+            ),
+            max_batch_rows=settings.max_batch_size,
+            max_delay=settings.max_queue_delay,
+            max_queue_rows=settings.max_queue_rows,
+            metrics=metrics,
+            observers=hub,
+        )
+    except BaseException:
+        handle.stop(0)
+        raise
+    slot.swap(model)
+    handle.provider = runtime.provider
+    servicer.ready = True
+    handle.grpc.mark_serving()
+    log.info(
+        "model ready",
+        model=name,
+        version=settings.model_version,
+        provider=runtime.provider,
+        batching=model.batcher is not None,
+        inputs=[f"{t.name}:{t.datatype}{list(t.shape)}" for t in runtime.signature.inputs],
+    )
+    return handle
+
+
+def announce(settings: SidecarSettings, port: int, **extra: Any) -> None:
+    """Print the one stdout line (JSON) saying where the ready sidecar listens."""
+    host = settings.listen.rpartition(":")[0]
+    line = {"event": "sidecar ready", "address": f"{host}:{port}", "port": port, **extra}
+    log.info("sidecar ready", address=line["address"], port=port, **extra)
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def serve_one(settings: SidecarSettings) -> int:
+    """Run one server process until SIGTERM/SIGINT; returns the exit code."""
+    handle = start(settings)
+    handle.stop_on_signals()
+    announce(
+        settings,
+        handle.port,
+        metrics_port=handle.metrics_port,
+        provider=handle.provider,
+        pid=os.getpid(),
+    )
+    handle.wait()
+    log.info("sidecar stopped")
+    return 0

@@ -1,0 +1,223 @@
+"""The ``inference.GRPCInferenceService`` servicer: thin conversions around ServingModel.
+
+ModelInfer deliberately skips the shared request interceptor: on this path every microsecond
+counts, so errors are mapped here directly and only failures are logged (with request id and
+W3C trace id).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+import modelplane
+from modelplane.errors import (
+    Internal,
+    InvalidArgument,
+    ModelplaneError,
+    Unavailable,
+    to_grpc_status,
+)
+from modelplane.oip import grpc_service_pb2 as pb
+from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
+from modelplane.server.context import trace_id_from
+from sidecar.codec import fill_response
+from sidecar.model import ModelSlot, ServingModel
+from sidecar.observers import RejectedRecord
+
+log = structlog.get_logger("modelplane.sidecar.rpc")
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+PLATFORM = "onnxruntime_onnx"
+#: gRPC reports "no deadline" as an enormous time remaining.
+_NO_DEADLINE = 10 * 365 * 86400.0
+
+
+def _ids(context: grpc.ServicerContext) -> tuple[str, str]:
+    request_id, trace = "", ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            request_id = value[:128]
+        elif key == "traceparent" and isinstance(value, str):
+            trace = trace_id_from(value)
+    return request_id, trace
+
+
+def _parsing(
+    method: Callable[[Any, grpc.ServicerContext], Any], message: Any
+) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    """Wrap ``method`` to parse its request itself, so that bytes that are not a valid
+    ``message`` get INVALID_ARGUMENT rather than the transport's INTERNAL."""
+    parse = message.FromString
+
+    def handler(data: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            request = parse(data)
+        except DecodeError:
+            context.abort_with_status(
+                to_grpc_status(
+                    InvalidArgument(
+                        f"the request is not a valid {message.DESCRIPTOR.full_name} message",
+                        reason="MALFORMED_REQUEST",
+                    )
+                )
+            )
+        return method(request, context)
+
+    return handler
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register ``servicer``'s six RPCs on ``server``; others answer UNIMPLEMENTED."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
+            response_serializer=getattr(pb, f"{name}Response").SerializeToString,
+        )
+        for name in (
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves the model held by ``slot``; ``ready`` is flipped by the server lifecycle."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+        self.ready = False
+
+    def _model(self) -> ServingModel:
+        model = self.slot.current
+        if model is None:
+            raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
+        return model
+
+    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> None:
+        context.abort_with_status(to_grpc_status(err))
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready and self.slot.current is not None)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        model = self.slot.current
+        if model is None:
+            return pb.ModelReadyResponse(ready=False)
+        try:
+            model.check_target(request.name, request.version)
+        except ModelplaneError as err:
+            self._abort(context, err)
+        return pb.ModelReadyResponse(ready=self.ready)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name="modelplane-sidecar", version=modelplane.__version__, extensions=[]
+        )
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            model = self._model()
+            model.check_target(request.name, request.version)
+        except ModelplaneError as err:
+            self._abort(context, err)
+        sig = model.signature
+        meta = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[model.version],
+            platform=PLATFORM,
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs],
+            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        model = self.slot.current
+        metrics = model.metrics if model is not None else None
+        if metrics is not None:
+            metrics.in_flight(1)
+        trace = ""
+        try:
+            if model is None:
+                raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
+            model.check_target(request.model_name, request.model_version)
+            if model.observers.active:
+                trace = _ids(context)[1]
+            remaining = context.time_remaining()
+            deadline = None
+            if remaining is not None and remaining < _NO_DEADLINE:
+                deadline = time.monotonic() + remaining
+            names, arrays = model.infer(request, deadline, context, trace)
+            response = pb.ModelInferResponse(
+                model_name=model.name, model_version=model.version, id=request.id
+            )
+            fill_response(response, names, arrays, model.signature)
+        except ModelplaneError as err:
+            self._reject(model, request, context, err, start, trace)
+            raise AssertionError("unreachable") from None  # abort raised already
+        except Exception as exc:
+            request_id, trace = _ids(context)
+            log.error(
+                "unhandled error in ModelInfer",
+                request_id=request_id or request.id,
+                trace_id=trace,
+                exc_info=exc,
+            )
+            internal = Internal(
+                "internal error; the server log has the details under the request id"
+            )
+            self._reject(model, request, context, internal, start, trace)
+        finally:
+            if metrics is not None:
+                metrics.in_flight(-1)
+        if metrics is not None:
+            metrics.request("OK", time.perf_counter() - start)
+        return response
+
+    def _reject(
+        self,
+        model: ServingModel | None,
+        request: Any,
+        context: grpc.ServicerContext,
+        err: ModelplaneError,
+        start: float,
+        trace: str,
+    ) -> None:
+        if model is not None:
+            model.metrics.request(err.code.value, time.perf_counter() - start)
+            request_id, trace = _ids(context)
+            log.info(
+                "request refused",
+                code=err.code.value,
+                reason=err.reason,
+                request_id=request_id or request.id,
+                trace_id=trace,
+                message=err.message,
+            )
+            if model.observers.active:
+                model.observers.publish(
+                    RejectedRecord(
+                        model=model.name,
+                        version=model.version,
+                        request_id=request.id,
+                        trace_id=trace,
+                        code=err.code.value,
+                        reason=err.reason,
+                        message=err.message,
+                    )
+                )
+        self._abort(context, err)

@@ -1,0 +1,190 @@
+"""The store on SQLite and PostgreSQL: the same behaviour on both backends."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from controlplane.services import ModelService
+from controlplane.store import Mutation, Store
+from controlplane.store.engine import create_engines
+from controlplane.store.migrate import upgrade
+from modelplane import Aborted, AlreadyExists
+from modelplane.server import RequestContext
+from tests.conftest import unique
+
+CTX = RequestContext(principal="alice")
+
+
+@pytest.fixture
+def store(db_url: str):  # type: ignore[no-untyped-def]
+    s = Store.open(db_url)
+    yield s
+    s.close()
+
+
+def test_create_get_update_delete(store: Store) -> None:
+    models = ModelService(store)
+    name = unique()
+    m = models.create(CTX, name, description="d", labels={"a": "1"})
+    assert models.get(f"models/{name}") == m
+    assert m.create_time.tzinfo is not None
+    u = models.update(CTX, m.name, m.etag, ["labels"], {"labels": {"b": "2"}})
+    assert u.labels == {"b": "2"} and u.etag != m.etag
+    with pytest.raises(AlreadyExists):
+        models.create(CTX, name)
+    models.delete(CTX, m.name)
+    assert models.list_models(filter=f"labels.b=2")[0] == [] or all(
+        x.id != name for x in models.list_models()[0]
+    )
+
+
+def test_concurrent_updates_with_the_same_etag_exactly_one_wins(store: Store) -> None:
+    models = ModelService(store)
+    m = models.create(CTX, unique())
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            models.update(
+                RequestContext(principal=f"p{i}"),
+                m.name,
+                m.etag,
+                ["description"],
+                {"description": f"writer {i}"},
+            )
+            outcome = f"won {i}"
+        except Aborted:
+            outcome = "aborted"
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r.startswith("won")]
+    assert len(winners) == 1, results
+    assert results.count("aborted") == 7
+    assert models.get(m.name).description == f"writer {winners[0].split()[1]}"
+
+
+def test_concurrent_creates_of_one_name_exactly_one_wins(store: Store) -> None:
+    models = ModelService(store)
+    name = unique()
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            models.create(CTX, name)
+            outcomes.append("created")
+        except AlreadyExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=attempt) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["created"] + ["exists"] * 5
+
+
+def test_mutation_hooks_run_inside_the_transaction(store: Store) -> None:
+    seen: list[Mutation] = []
+    store.hooks.append(lambda session, mutations: seen.extend(mutations))
+    models = ModelService(store)
+    m = models.create(CTX, unique())
+    models.update(CTX, m.name, "", ["description"], {"description": "x"})
+    assert [(x.action, x.resource, x.actor) for x in seen] == [
+        ("CreateModel", m.name, "alice"),
+        ("UpdateModel", m.name, "alice"),
+    ]
+    assert (
+        seen[0].before is None
+        and seen[1].before.description == ""
+        and seen[1].after.description == "x"
+    )
+
+    def failing(session, mutations):  # type: ignore[no-untyped-def]
+        raise RuntimeError("audit store down")
+
+    store.hooks.append(failing)
+    name = unique()
+    with pytest.raises(RuntimeError):
+        models.create(CTX, name)
+    store.hooks.clear()
+    assert all(x.id != name for x in models.list_models(page_size_=1000)[0]), "nothing half-written"
+
+
+def test_alias_history_as_of(store: Store) -> None:
+    from controlplane.store.tables import ModelVersionRow
+
+    models = ModelService(store)
+    m = models.create(CTX, unique())
+    now = datetime.now(UTC)
+    with store.write(CTX, "seed") as tx:
+        for n in (1, 2):
+            tx.models.next_version(m.id)
+            tx.versions.add(
+                ModelVersionRow(
+                    model_id=m.id,
+                    version=n,
+                    artifact_sha256="0" * 64,
+                    artifact={
+                        "sha256": "0" * 64,
+                        "size_bytes": 1,
+                        "format": "onnx",
+                        "ir_version": 8,
+                        "opset": 17,
+                        "producer_name": "",
+                        "producer_version": "",
+                    },
+                    create_time=now,
+                    update_time=now,
+                )
+            )
+        tx.record("seed", m.name, None, None)
+    models.set_alias(CTX, f"{m.name}/aliases/prod", f"{m.name}/versions/1", "go")
+    t1 = datetime.now(UTC)
+    models.set_alias(CTX, f"{m.name}/aliases/prod", f"{m.name}/versions/2", "better")
+    assert models.get_alias(f"{m.name}/aliases/prod", t1).version == 1
+    assert models.get_alias(f"{m.name}/aliases/prod").version == 2
+    events, token = models.alias_history(f"{m.name}/aliases/prod", page_size_=1)
+    assert [e.version for e in events] == [2] and token
+    events2, token2 = models.alias_history(f"{m.name}/aliases/prod", page_size_=1, page_token=token)
+    assert [e.version for e in events2] == [1] and token2 == ""
+
+
+def test_migrations_from_several_replicas_at_once(db_url: str) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def migrate() -> None:
+        engines = create_engines(db_url)
+        try:
+            barrier.wait()
+            upgrade(engines)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            engines.dispose()
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    s = Store.open(db_url)
+    try:
+        assert ModelService(s).create(CTX, unique()).latest_version == 0
+    finally:
+        s.close()

@@ -1,0 +1,79 @@
+"""Helpers shared by the sidecar tests: OIP stubs, request builders, a subprocess server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def stub(port: int) -> Any:
+    """An OIP stub on a fresh channel to ``127.0.0.1:port``."""
+    from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+        ],
+    )
+    return pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def raw_request(model: str, inputs: dict[str, tuple[str, np.ndarray[Any, Any]]], **kw: Any) -> Any:
+    """A ModelInferRequest carrying ``inputs`` ({name: (datatype, array)}) as raw bytes."""
+    from modelplane.oip import grpc_service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name=model, **kw)
+    for name, (datatype, array) in inputs.items():
+        req.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if datatype == "BYTES":
+            req.raw_input_contents.append(
+                b"".join(len(v).to_bytes(4, "little") + v for v in array.reshape(-1))
+            )
+        else:
+            req.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return req
+
+
+def output_array(response: Any, index: int, dtype: Any) -> np.ndarray[Any, Any]:
+    """Output ``index`` of a response as a numpy array."""
+    out = response.outputs[index]
+    return np.frombuffer(response.raw_output_contents[index], dtype=dtype).reshape(out.shape)
+
+
+def spawn_sidecar(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run ``modelplane sidecar serve ARGS`` in a subprocess; returns it and its ready line."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(5)
+            raise AssertionError(f"sidecar exited with {proc.returncode} before it was ready")
+        if '"sidecar ready"' in line:
+            return proc, json.loads(line)
+    proc.kill()
+    raise AssertionError("sidecar did not get ready in time")

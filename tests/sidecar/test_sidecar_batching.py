@@ -1,0 +1,163 @@
+"""Dynamic batching under concurrency: every caller gets exactly its own rows back, batches
+larger than one row form (read from the metrics endpoint), queues shed when full and expired
+requests never run."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
+from sidecar_helpers import output_array, raw_request, stub
+
+from modelplane.errors import error_info
+
+
+def _metric_samples(port: int, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith(name):
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class Recorder:
+    """An observer keeping every batch and rejection it is shown."""
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+        self.rejected: list[Any] = []
+
+    def on_batch(self, record: Any) -> None:
+        self.batches.append(record)
+
+    def on_rejected(self, record: Any) -> None:
+        self.rejected.append(record)
+
+
+def test_64_concurrent_clients_get_their_own_rows(model_dir: Path, sidecar_factory: Any) -> None:
+    recorder = Recorder()
+    handle = sidecar_factory(
+        model_dir / "mlp.onnx",
+        max_batch_size=64,
+        max_queue_delay=0.002,
+        metrics_listen="127.0.0.1:0",
+        observers=[recorder],
+    )
+    session = ort.InferenceSession(str(model_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    stubs = [stub(handle.port) for _ in range(8)]
+    per_client = 12
+
+    def client(i: int) -> list[str]:
+        problems = []
+        s = stubs[i % len(stubs)]
+        local = np.random.default_rng(i)
+        for j in range(per_client):
+            x = local.standard_normal((1 + (i + j) % 4, 32)).astype(np.float32) * (i + 1)
+            resp = s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}, id=f"{i}-{j}"))
+            got = output_array(resp, 0, np.float32)
+            want = session.run(None, {"input": x})[0]
+            if resp.id != f"{i}-{j}" or got.shape != want.shape:
+                problems.append(f"{i}-{j}: id {resp.id} shape {got.shape}")
+            elif not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+                problems.append(f"{i}-{j}: values differ by {np.abs(got - want).max()}")
+        return problems
+
+    del rng
+    with ThreadPoolExecutor(64) as pool:
+        problems = [p for ps in pool.map(client, range(64)) for p in ps]
+    assert problems == []
+
+    samples = _metric_samples(handle.metrics_port, "modelplane_inference_batch_size")
+    labels = (("model", "mlp"), ("version", "1"))
+    count = samples[("modelplane_inference_batch_size_count", labels)]
+    single = samples[("modelplane_inference_batch_size_bucket", (("le", "1.0"), *labels))]
+    assert count > single, "no session call ran more than one row"
+    requests = _metric_samples(handle.metrics_port, "modelplane_inference_requests_total")
+    ok = requests[("modelplane_inference_requests_total", (("code", "OK"), *labels))]
+    assert ok == 64 * per_client
+    # The observer saw every request exactly once, with row counts matching its arrays.
+    deadline = time.monotonic() + 5
+    while sum(len(b.request_ids) for b in recorder.batches) < 64 * per_client:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    ids = [rid for b in recorder.batches for rid in b.request_ids]
+    assert sorted(ids) == sorted(f"{i}-{j}" for i in range(64) for j in range(per_client))
+    for b in recorder.batches:
+        assert b.inputs["input"].shape[0] == sum(b.row_counts) == b.outputs["output"].shape[0]
+    info = _metric_samples(handle.metrics_port, "modelplane_inference_model_info")
+    assert any(dict(k[1]).get("provider") == "CPUExecutionProvider" for k in info)
+
+
+def test_identity_batches_are_exact(model_dir: Path, sidecar_factory: Any) -> None:
+    handle = sidecar_factory(model_dir / "id_int64.onnx", max_batch_size=16, max_queue_delay=0.003)
+    s = stub(handle.port)
+
+    def call(i: int) -> bool:
+        x = np.arange(i * 30, i * 30 + 3 * (1 + i % 3), dtype=np.int64).reshape(-1, 3)
+        resp = s.ModelInfer(raw_request("id_int64", {"x": ("INT64", x)}))
+        return np.array_equal(output_array(resp, 0, np.int64), x)
+
+    with ThreadPoolExecutor(32) as pool:
+        assert all(pool.map(call, range(200)))
+
+
+def test_full_queue_sheds_with_resource_exhausted(model_dir: Path, sidecar_factory: Any) -> None:
+    handle = sidecar_factory(
+        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=0.3, max_queue_rows=4
+    )
+    s = stub(handle.port)
+    x = np.ones((2, 3), np.float32)
+    codes: list[Any] = []
+    lock = threading.Lock()
+
+    def call(_: int) -> None:
+        try:
+            s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}))
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                info = error_info(exc)
+                assert info is not None and info.reason == "QUEUE_FULL"
+        with lock:
+            codes.append(code)
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(call, range(12)))
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
+    assert codes.count(grpc.StatusCode.OK) >= 2
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # Still serving afterwards.
+    resp = s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}))
+    assert np.array_equal(output_array(resp, 0, np.float32), x)
+
+
+def test_expired_request_never_runs(model_dir: Path, sidecar_factory: Any) -> None:
+    recorder = Recorder()
+    handle = sidecar_factory(
+        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=0.5, observers=[recorder]
+    )
+    s = stub(handle.port)
+    x = np.ones((1, 3), np.float32)
+    try:
+        s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}, id="late"), timeout=0.05)
+        raise AssertionError("the call should have timed out")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    resp = s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}, id="on-time"), timeout=5)
+    assert resp.id == "on-time"
+    time.sleep(0.2)
+    ran = [rid for b in recorder.batches for rid in b.request_ids]
+    assert "on-time" in ran
+    assert "late" not in ran

@@ -1,0 +1,218 @@
+"""The server's life through the CLI, in subprocesses: health NOT_SERVING until warm-up is
+done, SIGTERM drains in-flight requests and exits 0, CLI errors, several workers on one
+port with merged metrics."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sidecar_helpers import PYTHON, ROOT, output_array, raw_request, spawn_sidecar, stub
+
+from modelplane.testing import onnx_models
+
+
+@pytest.fixture(scope="module")
+def heavy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_models.save(
+        onnx_models.heavy_mlp(), tmp_path_factory.mktemp("heavy") / "heavy.onnx"
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_health_then_drain_on_sigterm(heavy_model: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "sidecar",
+            "--model",
+            str(heavy_model),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--device",
+            "cpu",
+            "--max-batch-size",
+            "512",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        seen: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            except grpc.RpcError as exc:
+                name = exc.code().name
+            if not seen or seen[-1] != name:
+                seen.append(name)
+            if name == "SERVING":
+                break
+            time.sleep(0.02)
+        assert seen[-1] == "SERVING", seen
+        assert "NOT_SERVING" in seen, seen
+        assert seen.index("NOT_SERVING") < seen.index("SERVING")
+
+        s = stub(port)
+        x = np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32)
+        results: list[Any] = []
+
+        def call() -> None:
+            try:
+                resp = s.ModelInfer(raw_request("heavy", {"input": ("FP32", x)}), timeout=60)
+                results.append(output_array(resp, 0, np.float32).shape)
+            except grpc.RpcError as exc:
+                results.append(exc.code())
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert results == [(512, 10)] * 3
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_cli_refuses_cuda_without_gpu(tmp_path: Path) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    run = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelplane.cli",
+            "sidecar",
+            "serve",
+            "--model",
+            str(model),
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cuda",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == 1
+    assert "CUDA" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--max-queue-delay", "5 parsecs"], 2, "max_queue_delay"),
+        (["--listen", "nowhere"], 2, "listen"),
+        (["--workers", "zero"], 2, "workers"),
+        (["--max-batch-size", "0"], 2, "max_batch_size"),
+    ],
+)
+def test_cli_rejects_bad_settings(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    run = subprocess.run(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(model), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == code
+    assert needle in run.stderr
+
+
+def test_cli_missing_model_file(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelplane.cli",
+            "sidecar",
+            "serve",
+            "--model",
+            str(tmp_path / "no.onnx"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert run.returncode == 1
+    assert "does not exist" in run.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    proc, ready = spawn_sidecar(
+        [
+            "--model",
+            str(model),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--model-name",
+            "mlp",
+        ]
+    )
+    try:
+        assert ready["workers"] == 2
+        x = np.ones((1, 32), np.float32)
+        total = 0
+        for _ in range(8):  # fresh channels spread over the workers
+            s = stub(ready["port"])
+            for _ in range(5):
+                s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}))
+                total += 1
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{ready['metrics_port']}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("modelplane_inference_requests_total{") and 'code="OK"' in ln
+        )
+        assert float(line.rsplit(" ", 1)[1]) == total
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,290 @@
+"""Tests for modelplane.profiles: reading datasets and building baseline profiles."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+
+from modelplane.errors import InvalidArgument
+from modelplane.profiles import (
+    BaselineProfile,
+    CategoricalFeature,
+    NumericFeature,
+    build_profile,
+    default_feature_names,
+    detect_format,
+    load_baseline,
+    profile_from_file,
+    read_table,
+)
+
+
+def _table(n: int = 2_000, seed: int = 1) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(5.0, 2.0, n)
+    x[::17] = np.nan
+    ints = rng.integers(0, 4, n)
+    cats = rng.choice(["red", "green", "blue", ""], n).tolist()
+    for i in range(0, n, 13):
+        cats[i] = None
+    return pa.table(
+        {
+            "x": pa.array(x),
+            "k": pa.array(ints.tolist(), mask=(np.arange(n) % 11 == 0)),
+            "colour": pa.array(cats, pa.string()),
+            "flag": pa.array((ints % 2 == 0).tolist()),
+            "label": pa.array(rng.integers(0, 2, n)),
+        }
+    )
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _arrow_file_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _arrow_stream_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _csv_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def test_profiles_do_not_import_numba_or_onnxruntime() -> None:
+    code = (
+        "import sys, modelplane.profiles as p; "
+        "assert 'numba' not in sys.modules and 'onnxruntime' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("writer", "expected"),
+    [
+        (_parquet_bytes, "parquet"),
+        (_arrow_file_bytes, "arrow"),
+        (_arrow_stream_bytes, "arrow"),
+        (_csv_bytes, "csv"),
+    ],
+)
+def test_detect_and_read_by_content(tmp_path, writer, expected) -> None:
+    table = _table(300).select(["x", "label"])
+    data = writer(table)
+    assert detect_format(data) == expected
+    # A misleading file name must not matter.
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    assert detect_format(path) == expected
+    for source in (data, path, str(path)):
+        back = read_table(source)
+        np.testing.assert_array_equal(back.column("label").to_numpy(), table["label"].to_numpy())
+        np.testing.assert_allclose(
+            back.column("x").to_numpy(zero_copy_only=False),
+            table["x"].to_numpy(zero_copy_only=False),
+            rtol=1e-15,
+        )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"PAR1 not really parquet", b"ARROW1\x00\x00garbage", b"\x00\x01\x02\xff\xfe binary"],
+)
+def test_bad_data_is_invalid_dataset(data: bytes) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        read_table(data)
+    assert info.value.reason == "INVALID_DATASET"
+    assert info.value.message
+
+
+def test_truncated_parquet_is_invalid_dataset() -> None:
+    data = _parquet_bytes(_table(200))
+    with pytest.raises(InvalidArgument) as info:
+        read_table(data[: len(data) // 2])
+    assert info.value.reason == "INVALID_DATASET"
+    assert "parquet" in info.value.message
+
+
+def test_missing_file_is_invalid_dataset(tmp_path) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        read_table(tmp_path / "nope.parquet")
+    assert info.value.reason == "INVALID_DATASET"
+    assert "nope.parquet" in info.value.message
+
+
+def test_default_feature_names_drop_label() -> None:
+    table = _table(50)
+    assert default_feature_names(table, "label") == ["x", "k", "colour", "flag"]
+    assert default_feature_names(table, None) == table.column_names
+    with pytest.raises(InvalidArgument):
+        default_feature_names(table, "target")
+
+
+def test_numeric_feature_statistics() -> None:
+    table = _table()
+    profile = build_profile(table, ["x", "k"], bins=10, sample_size=500, seed=3)
+    x = profile.feature("x")
+    assert isinstance(x, NumericFeature)
+    raw = table["x"].to_numpy(zero_copy_only=False)
+    finite = raw[np.isfinite(raw)]
+    assert x.count == len(finite)
+    assert x.missing == int(np.isnan(raw).sum())
+    assert x.min == finite.min() and x.max == finite.max()
+    assert x.mean == pytest.approx(finite.mean(), rel=1e-12)
+    assert x.std == pytest.approx(finite.std(), rel=1e-12)
+    np.testing.assert_allclose(x.edges, np.quantile(finite, np.arange(1, 10) / 10), rtol=1e-12)
+    assert int(x.bin_counts.sum()) == x.count
+    # Every finite value falls in the bin numpy.digitize puts it in.
+    expected = np.bincount(np.digitize(finite, x.edges, right=False), minlength=len(x.edges) + 1)
+    np.testing.assert_array_equal(x.bin_counts, expected)
+    assert len(x.sample) == 500
+    assert np.all(np.diff(x.sample) >= 0)
+    assert np.isin(x.sample, finite).all()
+    assert x.sample.dtype == np.float64
+
+
+def test_integer_column_with_nulls_and_ties() -> None:
+    table = _table()
+    k = build_profile(table, ["k"]).feature("k")
+    assert isinstance(k, NumericFeature)
+    values = [v for v in table["k"].to_pylist() if v is not None]
+    assert k.missing == table["k"].null_count
+    assert k.count == len(values)
+    # Four distinct values: quantile edges collapse and stay strictly increasing.
+    assert np.all(np.diff(k.edges) > 0)
+    assert set(k.edges) <= {0.0, 1.0, 2.0, 3.0}
+    assert int(k.bin_counts.sum()) == k.count
+    # Whole column kept as the sample (fewer values than sample_size), sorted.
+    np.testing.assert_array_equal(k.sample, np.sort(np.asarray(values, dtype=np.float64)))
+
+
+def test_categorical_counts_match_counter() -> None:
+    table = _table()
+    profile = build_profile(table, ["colour", "flag"])
+    colour = profile.feature("colour")
+    flag = profile.feature("flag")
+    assert isinstance(colour, CategoricalFeature) and isinstance(flag, CategoricalFeature)
+    values = table["colour"].to_pylist()
+    expected = Counter(v for v in values if v is not None)
+    assert colour.categories == dict(expected)
+    assert list(colour.categories) == sorted(expected)
+    assert colour.missing == values.count(None)
+    assert colour.count == len(values) - values.count(None)
+    flags = Counter("true" if v else "false" for v in table["flag"].to_pylist())
+    assert flag.categories == dict(flags)
+
+
+def test_dictionary_column_is_categorical() -> None:
+    arr = pa.array(["a", "b", None, "a"]).dictionary_encode()
+    feat = build_profile(pa.table({"d": arr}), ["d"]).feature("d")
+    assert isinstance(feat, CategoricalFeature)
+    assert feat.categories == {"a": 2, "b": 1} and feat.missing == 1
+
+
+def test_constant_and_all_missing_columns() -> None:
+    table = pa.table(
+        {
+            "const": pa.array([2.5] * 40),
+            "empty": pa.array([None] * 40, pa.float64()),
+            "nan": pa.array([np.nan] * 39 + [np.inf]),
+        }
+    )
+    profile = build_profile(table, [])
+    const = profile.feature("const")
+    assert isinstance(const, NumericFeature)
+    np.testing.assert_array_equal(const.edges, [2.5])
+    np.testing.assert_array_equal(const.bin_counts, [0, 40])
+    assert const.std == 0.0 and const.min == const.max == 2.5
+    for name in ("empty", "nan"):
+        feat = profile.feature(name)
+        assert isinstance(feat, NumericFeature)
+        assert feat.count == 0 and feat.missing == 40
+        assert feat.min is None and feat.mean is None and feat.std is None
+        assert len(feat.edges) == 0 and feat.bin_counts.tolist() == [0]
+        assert len(feat.sample) == 0
+    BaselineProfile.from_bytes(profile.to_bytes())
+
+
+def test_round_trip_and_determinism() -> None:
+    table = _table()
+    names = default_feature_names(table, "label")
+    first = build_profile(table, names, sample_size=300, seed=9)
+    second = build_profile(table, names, sample_size=300, seed=9)
+    assert first.to_bytes() == second.to_bytes()
+    assert first.digest() == second.digest()
+    back = BaselineProfile.from_bytes(first.to_bytes())
+    assert back == first
+    assert back.to_bytes() == first.to_bytes()
+    assert back.feature_names == names
+    x0, x1 = first.feature("x"), back.feature("x")
+    assert isinstance(x0, NumericFeature) and isinstance(x1, NumericFeature)
+    np.testing.assert_array_equal(x0.sample, x1.sample)
+    other_seed = build_profile(table, names, sample_size=300, seed=10)
+    assert other_seed.digest() != first.digest()
+
+
+def test_feature_order_is_kept() -> None:
+    table = _table(100)
+    profile = build_profile(table, ["flag", "x"])
+    assert profile.feature_names == ["flag", "x"]
+    assert profile.row_count == 100
+
+
+def test_unknown_and_unsupported_features() -> None:
+    table = pa.table({"when": pa.array([1, 2], pa.timestamp("s")), "x": [1.0, 2.0]})
+    with pytest.raises(InvalidArgument) as info:
+        build_profile(table, ["missing"])
+    assert info.value.reason == "INVALID_DATASET" and "missing" in info.value.message
+    with pytest.raises(InvalidArgument) as info:
+        build_profile(table, ["when"])
+    assert info.value.metadata == {"feature": "when"}
+    with pytest.raises(InvalidArgument):
+        build_profile(table, ["x", "x"])
+
+
+def test_bad_profile_bytes() -> None:
+    for data in (
+        b"{not json",
+        b'{"format": "other"}',
+        b'{"format": "modelplane.baseline-profile"}',
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            BaselineProfile.from_bytes(data)
+        assert info.value.reason == "INVALID_PROFILE"
+
+
+def test_load_baseline_from_profile_or_data(tmp_path) -> None:
+    table = _table(500)
+    data_path = tmp_path / "train.parquet"
+    pq.write_table(table, data_path)
+    from_data = load_baseline(data_path, label="label")
+    assert from_data.feature_names == ["x", "k", "colour", "flag"]
+    profile_path = tmp_path / "baseline.json"
+    profile_path.write_bytes(from_data.to_bytes())
+    assert profile_from_file(profile_path) == from_data
+    assert load_baseline(data_path, feature_names=["x"]).feature_names == ["x"]
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_bytes(_csv_bytes(table.select(["x", "label"])))
+    assert profile_from_file(csv_path, label="label").feature_names == ["x"]
