@@ -48,14 +48,22 @@ def _generate(out: Path) -> None:
     if oip:
         scratch = out / "_oip"
         scratch.mkdir()
-        _protoc([f"--python_out={scratch}", f"--pyi_out={scratch}", f"--grpc_python_out={scratch}", *oip])
+        _protoc(
+            [
+                f"--python_out={scratch}",
+                f"--pyi_out={scratch}",
+                f"--grpc_python_out={scratch}",
+                *oip,
+            ]
+        )
         target = out / "modelplane" / "oip"
         target.mkdir(parents=True)
         for f in sorted((scratch / "inference").iterdir()):
             text = f.read_text().replace("from inference import", "from modelplane.oip import")
             (target / f.name).write_text(text)
         (target / "__init__.py").write_text(
-            HEADER + '"""Generated stubs of the Open Inference Protocol (proto package `inference`)."""\n'
+            HEADER
+            + '"""Generated stubs of the Open Inference Protocol (proto package `inference`)."""\n'
         )
         shutil.rmtree(scratch)
 

@@ -60,3 +60,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def unique(prefix: str = "m") -> str:
     """A model id no other test uses (tests share the PostgreSQL database)."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _server_logs_to_stderr() -> None:
+    """In-process servers log JSON lines to stderr, as they do when run from the CLI."""
+    from modelplane.server import configure_logging
+
+    configure_logging("warning")

@@ -11,7 +11,7 @@ from controlplane.services import ModelService
 from controlplane.store import Mutation, Store
 from controlplane.store.engine import create_engines
 from controlplane.store.migrate import upgrade
-from modelplane import Aborted, AlreadyExists
+from modelplane import Aborted, AlreadyExists, NotFound
 from modelplane.server import RequestContext
 from tests.conftest import unique
 
@@ -36,9 +36,9 @@ def test_create_get_update_delete(store: Store) -> None:
     with pytest.raises(AlreadyExists):
         models.create(CTX, name)
     models.delete(CTX, m.name)
-    assert models.list_models(filter=f"labels.b=2")[0] == [] or all(
-        x.id != name for x in models.list_models()[0]
-    )
+    with pytest.raises(NotFound):
+        models.get(m.name)
+    assert all(x.id != name for x in models.list_models(page_size_=1000)[0])
 
 
 def test_concurrent_updates_with_the_same_etag_exactly_one_wins(store: Store) -> None:
@@ -172,7 +172,7 @@ def test_migrations_from_several_replicas_at_once(db_url: str) -> None:
         try:
             barrier.wait()
             upgrade(engines)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
         finally:
             engines.dispose()

@@ -61,7 +61,8 @@ class Printer:
         from rich.console import Console
         from rich.table import Table
 
-        console = Console(soft_wrap=True)
+        # Piped output is not cut to 80 columns: scripts grep it.
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
         if rows is not None and columns is not None:
             table = Table(title=title, show_lines=False)
             for col in columns:

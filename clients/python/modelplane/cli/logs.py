@@ -1,9 +1,178 @@
-"""`modelplane logs` commands."""
+"""`modelplane logs` commands: read and compact the sidecar's Arrow prediction log.
+
+Times (``--since``, ``--until``) are ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no
+zone means UTC), ``now``, or relative to now: ``-30m``, ``-1h``, ``-7d``. ``--since`` is
+inclusive, ``--until`` exclusive. pyarrow is imported only when a command runs: the plain
+CLI install does not need it for anything else.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `logs` commands."""
+    logs = sub.add_parser("logs", help="read and compact the sidecar's prediction log")
+    cmds = logs.add_subparsers(dest="logs_command", metavar="COMMAND", required=True)
+
+    read = cmds.add_parser(
+        "read",
+        help="print or export prediction records",
+        description="Read the Arrow prediction log under DIR. " + _TIME_HELP,
+    )
+    read.add_argument("dir", metavar="DIR", help="the sidecar's --log-dir")
+    read.add_argument("--since", metavar="T", help="first time included (ISO-8601 or -1h)")
+    read.add_argument("--until", metavar="T", help="first time excluded (ISO-8601 or -1h)")
+    read.add_argument("--model-version", metavar="V", help="only records of this version")
+    read.add_argument(
+        "--arm", choices=("champion", "candidate", "shadow"), help="only records of this arm"
+    )
+    read.add_argument(
+        "--format",
+        choices=("table", "csv", "parquet"),
+        default="table",
+        help="table (default; JSON with --output json), csv, or parquet (needs --out)",
+    )
+    read.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    read.add_argument("--limit", type=int, metavar="N", help="only the first N records")
+    read.add_argument(
+        "--columns", metavar="A,B", help="only these columns (e.g. request_id,row,arm,x_0)"
+    )
+    read.set_defaults(handler=_read)
+    # argparse takes "-1h" for an option; let relative times through as values, like numbers.
+    read._negative_number_matcher = re.compile(  # type: ignore[attr-defined]
+        r"^-\d+$|^-\d*\.\d+$|^-\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d)$"
+    )
+
+    compact = cmds.add_parser(
+        "compact",
+        help="write the log as Parquet partitioned by date and model version",
+        description=(
+            "Write every record under DIR as Parquet under URI (a local path or a pyarrow.fs "
+            "URI such as file:///data/predictions or s3://bucket/predictions), partitioned "
+            "date=YYYY-MM-DD/model_version=V. Partitions present in the logs are rewritten "
+            "whole, so compacting again does not duplicate records."
+        ),
+    )
+    compact.add_argument("dir", metavar="DIR", help="the sidecar's --log-dir")
+    compact.add_argument("--out", metavar="URI", required=True, help="destination path or URI")
+    compact.set_defaults(handler=_compact)
+
+
+_TIME_HELP = (
+    "T is ISO-8601 (2026-11-26T10:00:00Z, 2026-11-26; UTC unless a zone is given), 'now', "
+    "or relative to now (-30m, -1h, -7d)."
+)
+
+
+def _predlog() -> Any:
+    try:
+        import sidecar.predlog as predlog
+    except ImportError as exc:
+        raise CliError(
+            f"reading prediction logs needs pyarrow ({exc}); install modelplane[sidecar]",
+            EXIT_USAGE,
+        ) from None
+    return predlog
+
+
+def _load(args: argparse.Namespace) -> Any:
+    predlog = _predlog()
+    if not Path(args.dir).is_dir():
+        raise CliError(f"no prediction log directory at {args.dir}", EXIT_USAGE)
+    try:
+        since = predlog.parse_time(args.since) if args.since else None
+        until = predlog.parse_time(args.until) if args.until else None
+        table = predlog.read_logs(args.dir, since, until, args.model_version, args.arm)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.limit is not None:
+        table = table.slice(0, max(0, args.limit))
+    if args.columns:
+        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in table.column_names]
+        if unknown:
+            have = ", ".join(table.column_names)
+            raise CliError(f"no column {', '.join(unknown)} in the log; it has {have}", EXIT_USAGE)
+        table = table.select(wanted)
+    return table
+
+
+def _flat_for_csv(table: Any) -> Any:
+    """List columns split into ``name[0]``, ``name[1]``, ... (CSV holds scalars only)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns, names = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_fixed_size_list(field.type):
+            for j in range(field.type.list_size):
+                columns.append(pc.list_element(column, j))
+                names.append(f"{field.name}[{j}]")
+        else:
+            columns.append(column)
+            names.append(field.name)
+    return pa.table(columns, names=names)
+
+
+def _read(args: argparse.Namespace, printer: Printer) -> int:
+    table = _load(args)
+    if args.format == "parquet":
+        if not args.out:
+            raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, args.out)
+        printer.progress(f"wrote {table.num_rows} records to {args.out}")
+        return 0
+    if args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        flat = _flat_for_csv(table)
+        if args.out:
+            pacsv.write_csv(flat, args.out)
+            printer.progress(f"wrote {table.num_rows} records to {args.out}")
+        else:
+            pacsv.write_csv(flat, sys.stdout.buffer)
+            sys.stdout.flush()
+        return 0
+    records = table.to_pylist()
+    if args.out:
+        import json
+
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(records, fh, default=str)
+        printer.progress(f"wrote {table.num_rows} records to {args.out}")
+        return 0
+    printer.emit(
+        records,
+        columns=table.column_names,
+        rows=([r[c] for c in table.column_names] for r in records),
+        title=f"{table.num_rows} prediction records",
+    )
+    return 0
+
+
+def _compact(args: argparse.Namespace, printer: Printer) -> int:
+    predlog = _predlog()
+    if not Path(args.dir).is_dir():
+        raise CliError(f"no prediction log directory at {args.dir}", EXIT_USAGE)
+    try:
+        result = predlog.compact(args.dir, args.out)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    summary = {
+        "rows": result.rows,
+        "source_files": result.source_files,
+        "parquet_files": len(result.files),
+        "out": args.out,
+    }
+    printer.emit(summary, columns=list(summary), rows=[list(summary.values())], title="compacted")
+    return 0

@@ -1,0 +1,152 @@
+"""Log files on disk: names that sort by time, atomic creation, retention, listing.
+
+A file is ``DIR/YYYY-MM-DD/YYYYMMDDTHHMMSS.ffffffZ-p<pid>-<seq>.arrows`` (UTC time of
+creation), so sorting relative paths sorts files by time. A new file is first written under a
+hidden ``.<name>.tmp`` name, holding its schema and first batch, and only then renamed: every
+``.arrows`` file, even one killed mid-write, starts with a readable schema and batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+
+SUFFIX = ".arrows"
+_TMP_SUFFIX = ".tmp"
+_STALE_TMP_S = 3600.0
+
+
+def list_log_files(directory: Path) -> list[Path]:
+    """Every ``.arrows`` file under ``directory`` (one level of subfolders), oldest first."""
+    found = [p for p in directory.glob(f"*{SUFFIX}") if not p.name.startswith(".")]
+    found += [p for p in directory.glob(f"*/*{SUFFIX}") if not p.name.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(fh: IO[bytes]) -> None:
+    fh.flush()
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fh.fileno())
+    else:  # pragma: no cover - platforms without fdatasync
+        os.fsync(fh.fileno())
+
+
+class LogFile:
+    """One open ``.arrows`` stream: schema fixed, batches appended, closed with an EOS mark."""
+
+    def __init__(
+        self, path: Path, fh: IO[bytes], writer: pa.ipc.RecordBatchStreamWriter, schema: pa.Schema
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.opened = time.monotonic()
+        self._fh = fh
+        self._writer = writer
+        self.size = fh.tell()
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        seq: int,
+        first: pa.RecordBatch,
+        options: pa.ipc.IpcWriteOptions,
+        durable: bool,
+    ) -> LogFile:
+        """A new file holding ``first``, published under its final name only once written."""
+        now = datetime.now(UTC)
+        folder = directory / now.strftime("%Y-%m-%d")
+        new_folder = not folder.is_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{now.strftime('%Y%m%dT%H%M%S.%f')}Z-p{os.getpid()}-{seq:06d}{SUFFIX}"
+        final = folder / name
+        tmp = folder / f".{name}{_TMP_SUFFIX}"
+        fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - owned by the LogFile
+        try:
+            writer = pa.ipc.new_stream(fh, first.schema, options=options)
+            writer.write_batch(first)
+            if durable:
+                _sync(fh)
+            else:
+                fh.flush()
+            os.rename(tmp, final)
+            if durable:
+                _fsync_dir(folder)
+                if new_folder:
+                    _fsync_dir(directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fh.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return cls(final, fh, writer, first.schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append one batch (buffered until :meth:`flush`)."""
+        self._writer.write_batch(batch)
+
+    def flush(self, durable: bool) -> int:
+        """Hand buffered bytes to the OS (and fsync when ``durable``); returns bytes added."""
+        if durable:
+            _sync(self._fh)
+        else:
+            self._fh.flush()
+        before, self.size = self.size, self._fh.tell()
+        return self.size - before
+
+    def close(self) -> int:
+        """Write the end-of-stream mark, fsync and close; returns bytes added."""
+        self._writer.close()
+        added = self.flush(durable=True)
+        self._fh.close()
+        return added
+
+    def abandon(self) -> None:
+        """Close the handle after a failure, writing nothing more."""
+        with contextlib.suppress(Exception):
+            self._fh.close()
+
+
+def sweep(directory: Path, retention: float | None, keep: Path | None) -> int:
+    """Delete log files last written before ``retention`` seconds ago; returns how many.
+
+    Also removes stale hidden temporaries and emptied date folders; ``keep`` (the file being
+    written) is never touched.
+    """
+    now = time.time()
+    deleted = 0
+    for folder in [directory, *(p for p in directory.iterdir() if p.is_dir())]:
+        for path in folder.iterdir():
+            if not path.is_file() or path == keep:
+                continue
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            stale_tmp = path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX)
+            expired = retention is not None and path.suffix == SUFFIX and age > retention
+            if expired or (stale_tmp and age > _STALE_TMP_S):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    deleted += expired
+        if folder != directory and (keep is None or keep.parent != folder):
+            # Recent folders stay: another writer may be about to create a file in them.
+            with contextlib.suppress(OSError):
+                if now - folder.stat().st_mtime > _STALE_TMP_S:
+                    folder.rmdir()  # only succeeds when empty
+    return deleted

@@ -1,0 +1,232 @@
+"""Reading the log back: every complete batch of every file, even files torn or being written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from modelplane.units import parse_duration
+from sidecar.predlog.files import list_log_files
+
+#: The columns every record has (feature and output columns follow).
+BASE_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("row", pa.int32()),
+        ("trace_id", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("arm", pa.string()),
+        ("status_code", pa.string()),
+        ("status_reason", pa.string()),
+        ("status_message", pa.string()),
+        ("latency_s", pa.float64()),
+        ("batch_size", pa.int32()),
+    ]
+)
+
+TimeLike = datetime | str | None
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A UTC instant from ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no zone means
+    UTC), ``now``, or a time relative to now such as ``-1h``, ``-30m``, ``-7d``."""
+    value = text.strip()
+    now = now or datetime.now(UTC)
+    if value.lower() == "now":
+        return now
+    if value.startswith("-"):
+        try:
+            return datetime.fromtimestamp(now.timestamp() - parse_duration(value[1:]), UTC)
+        except ValueError:
+            pass
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    raise ValueError(
+        f"{text!r} is not a time; use ISO-8601 (2026-11-26T10:00:00Z, 2026-11-26) or a time "
+        "relative to now (-1h, -30m, -7d)"
+    )
+
+
+def _instant(value: TimeLike) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+    return parse_time(value)
+
+
+def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The complete batches of one file; a torn tail (a crash mid-write) ends it quietly."""
+    try:
+        source = pa.memory_map(str(path))
+    except (FileNotFoundError, pa.ArrowInvalid, OSError):
+        return  # removed by retention since listing, or empty
+    with source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except (pa.ArrowInvalid, OSError):
+            return
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError):
+                return  # an incomplete last message
+
+
+def file_schema(path: Path) -> pa.Schema | None:
+    """The schema of one log file, or None when it cannot be read."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_stream(source).schema
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
+class LogFilter:
+    """Which records to keep: a time window [since, until) and optional version and arm."""
+
+    def __init__(
+        self,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        model_version: str | None = None,
+        arm: str | None = None,
+    ) -> None:
+        self.since = _instant(since)
+        self.until = _instant(until)
+        self.model_version = model_version
+        self.arm = arm
+
+    def files(self, directory: Path) -> list[Path]:
+        """Files that may hold matching records (a file last written before ``since`` cannot)."""
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no prediction log directory at {directory}")
+        paths = list_log_files(directory)
+        if self.since is None:
+            return paths
+        cutoff = self.since.timestamp()
+        kept = []
+        for path in paths:
+            try:
+                if os.stat(path).st_mtime >= cutoff:
+                    kept.append(path)
+            except FileNotFoundError:
+                continue
+        return kept
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The matching rows of ``batch``."""
+        conditions = []
+        ts = batch.column("timestamp")
+        if self.since is not None:
+            conditions.append(pc.greater_equal(ts, pa.scalar(self.since, ts.type)))
+        if self.until is not None:
+            conditions.append(pc.less(ts, pa.scalar(self.until, ts.type)))
+        if self.model_version is not None:
+            conditions.append(pc.equal(batch.column("model_version"), self.model_version))
+        if self.arm is not None:
+            conditions.append(pc.equal(batch.column("arm"), self.arm))
+        if not conditions:
+            return batch
+        mask = conditions[0]
+        for more in conditions[1:]:
+            mask = pc.and_(mask, more)
+        return batch.filter(mask)
+
+
+def iter_log_batches(
+    directory: str | os.PathLike[str], log_filter: LogFilter | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Matching batches of every file, oldest file first (schemas may differ between files)."""
+    log_filter = log_filter or LogFilter()
+    for path in log_filter.files(Path(directory)):
+        for batch in read_file_batches(path):
+            kept = log_filter.apply(batch)
+            if kept.num_rows:
+                yield kept
+
+
+def _tables(batches: Iterator[pa.RecordBatch]) -> list[pa.Table]:
+    tables: list[pa.Table] = []
+    run: list[pa.RecordBatch] = []
+    for batch in batches:
+        if run and not batch.schema.equals(run[0].schema):
+            tables.append(pa.Table.from_batches(run))
+            run = []
+        run.append(batch)
+    if run:
+        tables.append(pa.Table.from_batches(run))
+    return tables
+
+
+def read_logs(
+    directory: str | os.PathLike[str],
+    since: TimeLike = None,
+    until: TimeLike = None,
+    model_version: str | None = None,
+    arm: str | None = None,
+) -> pa.Table:
+    """Every record under ``directory`` in ``[since, until)``, optionally of one version/arm.
+
+    Times are datetimes (naive means UTC) or strings for :func:`parse_time`. Files written by
+    different model versions may have different feature columns: the result has them all,
+    null where a file lacks them. Torn last batches and files still being written are read
+    up to their last complete batch.
+    """
+    log_filter = LogFilter(since, until, model_version, arm)
+    tables = _tables(iter_log_batches(directory, log_filter))
+    if not tables:
+        return BASE_SCHEMA.empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(
+            f"log files under {directory} have columns of conflicting types ({exc}); "
+            "read one model version at a time"
+        ) from exc
+
+
+def join_labels(
+    table: pa.Table, labels: pa.Table, keys: Sequence[str] = ("request_id", "row")
+) -> pa.Table:
+    """``table`` with the columns of ``labels`` joined on request id and row (left join).
+
+    Without a ``row`` column in ``labels``, a label applies to every row of its request.
+    Records without a label get nulls; label columns clashing with log columns get a
+    ``_label`` suffix. The order of ``table`` is kept.
+    """
+    on = [k for k in keys if k in labels.column_names]
+    if "request_id" not in on:
+        raise ValueError("labels need a request_id column")
+    for key in on:
+        want = table.schema.field(key).type
+        if not labels.schema.field(key).type.equals(want):
+            labels = labels.set_column(
+                labels.schema.get_field_index(key), key, labels.column(key).cast(want)
+            )
+    left = table.select(on).append_column("__left", pa.array(np.arange(table.num_rows)))
+    right = labels.select(on).append_column("__right", pa.array(np.arange(labels.num_rows)))
+    joined = left.join(right, keys=on, join_type="left outer").sort_by("__left")
+    result = table.take(joined.column("__left"))
+    payload = labels.drop_columns(on).take(joined.column("__right"))
+    for name, column in zip(payload.column_names, payload.columns, strict=True):
+        label_name = f"{name}_label" if name in result.column_names else name
+        result = result.append_column(label_name, column)
+    return result

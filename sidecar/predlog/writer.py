@@ -1,0 +1,359 @@
+"""The background writer: a bounded queue of appends, one thread that writes Arrow batches.
+
+Callers only check their batch and queue it (waiting only when the queue is full). The
+writer thread takes everything queued at once, builds one RecordBatch per column layout,
+writes it, and completes the appends' shared ticket: in ``sync`` mode after an fsync (group
+commit: every append of the round shares one fsync), in ``async`` mode once the bytes are
+handed to the OS, which happens at least every flush interval. Any failure to write stops
+the writer for good: tickets fail, appends raise :class:`PredictionLogFailed`, failure
+callbacks run and ``healthy`` turns False. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import structlog
+from prometheus_client import CollectorRegistry
+
+from sidecar.predlog.convert import (
+    Entry,
+    LayoutCache,
+    group_entries,
+    prepare_batch,
+    prepare_rejected,
+    to_record_batch,
+)
+from sidecar.predlog.files import LogFile, sweep
+from sidecar.predlog.metrics import PredictionLogMetrics
+from sidecar.predlog.records import PredictionBatch, RejectedRequest
+from sidecar.predlog.schemas import combine, conform, covers, unify
+from sidecar.predlog.settings import PredictionLogSettings
+
+log = structlog.get_logger("modelplane.sidecar.predlog")
+
+FailureCallback = Callable[[BaseException], Any]
+
+
+class PredictionLogError(RuntimeError):
+    """The prediction log cannot take records."""
+
+
+class PredictionLogFailed(PredictionLogError):
+    """The writer hit an error (usually the disk) and stopped; see ``__cause__``."""
+
+
+class PredictionLogClosed(PredictionLogError):
+    """The writer was closed."""
+
+
+class PredictionLogWriter:
+    """Appends prediction records to rotating Arrow IPC stream files under ``settings.dir``.
+
+    Open one with :func:`open_prediction_log`; call :meth:`close` at shutdown. ``append`` and
+    ``append_rejected`` are thread-safe and return a ``Future`` that completes (result None)
+    once the records are written (``async``) or written and fsynced (``sync``), or fails with
+    :class:`PredictionLogFailed`.
+    """
+
+    def __init__(
+        self,
+        settings: PredictionLogSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        on_failure: FailureCallback | None = None,
+    ) -> None:
+        if settings.dir is None:
+            raise ValueError("the prediction log needs a directory (--log-dir)")
+        self.settings = settings
+        self.directory = Path(settings.dir)
+        self.metrics = PredictionLogMetrics(registry)
+        self._sync = settings.durability == "sync"
+        self._cache = LayoutCache(frozenset(settings.exclude_features))
+        self._write_rows = max(1, settings.queue_rows // 4)
+        compression = None if settings.compression == "none" else settings.compression
+        self._options = pa.ipc.IpcWriteOptions(compression=compression)
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
+        self._queue: list[Entry] = []
+        self._queued_rows = 0
+        self._first_queued = 0.0
+        self._group: Future[None] = Future()
+        self._flush_requested = False
+        self._closing = False
+        self._error: PredictionLogFailed | None = None
+        self._callbacks: list[FailureCallback] = [on_failure] if on_failure else []
+        self._thread: threading.Thread | None = None
+        self._file: LogFile | None = None
+        self._seq = 0
+        self._next_sweep = 0.0
+
+    # -- caller side ---------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """False once the writer has failed (the server then reports NOT_SERVING)."""
+        return self._error is None
+
+    @property
+    def error(self) -> PredictionLogFailed | None:
+        """Why the writer stopped, if it did."""
+        return self._error
+
+    @property
+    def current_file(self) -> Path | None:
+        """The file being written, if one is open."""
+        current = self._file
+        return None if current is None else current.path
+
+    def add_failure_callback(self, callback: FailureCallback) -> None:
+        """Call ``callback(error)`` (on the writer thread) when the writer fails."""
+        self._callbacks.append(callback)
+
+    def append(self, batch: PredictionBatch) -> Future[None]:
+        """Queue one record per row of ``batch``; see the class docstring for the ticket.
+
+        Raises ``ValueError``/``TypeError`` for a malformed batch (nothing is queued) and
+        :class:`PredictionLogError` once the writer has failed or closed.
+        """
+        return self._enqueue(prepare_batch(batch, self._cache, time.time()))
+
+    def append_rejected(self, request: RejectedRequest) -> Future[None]:
+        """Queue the record(s) of a rejected request; like :meth:`append`."""
+        return self._enqueue(prepare_rejected(request, self._cache, time.time()))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write and fsync everything appended so far; raises if the writer failed."""
+        with self._lock:
+            self._check_open()
+            ticket = self._group
+            self._flush_requested = True
+            self._has_work.notify()
+        ticket.result(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write what is queued, close the file (fsynced) and stop the thread."""
+        with self._lock:
+            self._closing = True
+            self._has_work.notify()
+            self._has_room.notify_all()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise PredictionLogError(f"the prediction log writer did not stop in {timeout}s")
+
+    def __enter__(self) -> PredictionLogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise PredictionLogFailed(str(self._error)) from self._error.__cause__
+        if self._closing:
+            raise PredictionLogClosed("the prediction log is closed")
+
+    def _enqueue(self, entry: Entry) -> Future[None]:
+        waited = 0.0
+        limit = self.settings.queue_rows
+        with self._lock:
+            self._check_open()
+            if self._queued_rows and self._queued_rows + entry.n_rows > limit:
+                started = time.perf_counter()
+                while self._queued_rows and self._queued_rows + entry.n_rows > limit:
+                    self._has_room.wait()
+                    self._check_open()
+                waited = time.perf_counter() - started
+            first = not self._queue
+            if first:
+                self._first_queued = time.monotonic()
+            self._queue.append(entry)
+            self._queued_rows += entry.n_rows
+            ticket = self._group
+            # The first entry sets the flush deadline the writer sleeps until.
+            if first or self._sync or self._queued_rows >= self._write_rows:
+                self._has_work.notify()
+        if waited:
+            self.metrics.queue_wait.observe(waited)
+        return ticket
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the directory, apply retention and start the writer thread."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write to the prediction log directory {self.directory}")
+        self._sweep()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def _deadline(self, now: float) -> float | None:
+        """Seconds until the next timed duty (flush, age rotation, retention), or None."""
+        deadlines = []
+        if self._queue:
+            deadlines.append(self._first_queued + self.settings.flush_interval)
+        if self._file is not None:
+            deadlines.append(self._file.opened + self.settings.rotate_age)
+        if self.settings.retention is not None:
+            deadlines.append(self._next_sweep)
+        return None if not deadlines else min(deadlines) - now
+
+    def _due(self, now: float) -> bool:
+        if self._closing or self._flush_requested:
+            return True
+        if not self._queue:
+            return False
+        return (
+            self._sync
+            or self._queued_rows >= self._write_rows
+            or now >= self._first_queued + self.settings.flush_interval
+        )
+
+    def _run(self) -> None:
+        ticket: Future[None] | None = None
+        try:
+            while True:
+                with self._lock:
+                    while not self._due(time.monotonic()):
+                        timeout = self._deadline(time.monotonic())
+                        if timeout is not None and timeout <= 0:
+                            break
+                        self._has_work.wait(timeout)
+                    entries, self._queue = self._queue, []
+                    self._queued_rows = 0
+                    ticket, self._group = self._group, Future()
+                    forced, self._flush_requested = self._flush_requested, False
+                    closing = self._closing
+                    self._has_room.notify_all()
+                self._write(entries, durable=self._sync or forced)
+                ticket.set_result(None)
+                ticket = None
+                if closing:
+                    self._close_file()
+                    return
+                self._timed_duties()
+        except BaseException as exc:  # any failure stops the log, loudly
+            self._fail(exc, ticket)
+
+    def _write(self, entries: list[Entry], durable: bool) -> None:
+        written: list[tuple[pa.RecordBatch, str]] = []
+        for group in group_entries(entries):
+            batch, left_out = to_record_batch(group, self.settings.sample_rate)
+            if left_out:
+                self.metrics.sampled_out.inc(left_out)
+            if batch.num_rows:
+                written.append((batch, group[0].kind))
+        if written:
+            batches = [b for b, _ in written]
+            schema = unify([b.schema for b in batches])
+            if schema is None:
+                for b in batches:
+                    self._write_batches([b], b.schema)
+            else:
+                self._write_batches(batches, schema)
+        if self._file is not None and (written or durable):
+            self.metrics.bytes.inc(self._file.flush(durable))
+        for batch, kind in written:
+            self.metrics.records.labels(kind).inc(batch.num_rows)
+        if self._file is not None and self._file.size >= self.settings.rotate_size:
+            self._close_file()
+            self._sweep()
+
+    def _write_batches(self, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
+        current = self._file
+        if current is not None:
+            if covers(current.schema, schema):
+                schema = current.schema
+            else:
+                schema = unify([current.schema, schema]) or schema
+                self._close_file()
+                current = None
+        batch = combine([conform(b, schema) for b in batches], schema)
+        if current is not None:
+            current.write(batch)
+            return
+        self._seq += 1
+        self._file = LogFile.create(self.directory, self._seq, batch, self._options, self._sync)
+        self.metrics.files.inc()
+        self.metrics.bytes.inc(self._file.size)
+
+    def _close_file(self) -> None:
+        current, self._file = self._file, None
+        if current is not None:
+            self.metrics.bytes.inc(current.close())
+
+    def _timed_duties(self) -> None:
+        now = time.monotonic()
+        if self._file is not None and now >= self._file.opened + self.settings.rotate_age:
+            self._close_file()
+            self._sweep()
+        elif self.settings.retention is not None and now >= self._next_sweep:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        retention = self.settings.retention
+        if retention is None:
+            return
+        self._next_sweep = time.monotonic() + min(60.0, retention / 4)
+        try:
+            deleted = sweep(self.directory, retention, self.current_file)
+        except OSError as exc:
+            log.warning("prediction_log_retention_failed", dir=str(self.directory), error=str(exc))
+            return
+        if deleted:
+            self.metrics.deleted_files.inc(deleted)
+
+    def _fail(self, exc: BaseException, ticket: Future[None] | None) -> None:
+        error = PredictionLogFailed(f"the prediction log writer stopped: {exc}")
+        error.__cause__ = exc
+        with self._lock:
+            self._error = error
+            pending, self._group = self._group, Future()
+            lost = self._queued_rows
+            self._queue, self._queued_rows = [], 0
+            self._has_room.notify_all()
+        for waiting in (ticket, pending):
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(error)
+        current, self._file = self._file, None
+        if current is not None:
+            current.abandon()
+        self.metrics.errors.inc()
+        self.metrics.healthy.set(0)
+        log.error(
+            "prediction_log_failed",
+            dir=str(self.directory),
+            file=None if current is None else str(current.path),
+            error=str(exc),
+            errno=getattr(exc, "errno", None),
+            unwritten_rows=lost,
+            hint="records are no longer logged; the sidecar should stop serving",
+        )
+        for callback in self._callbacks:
+            try:
+                callback(error)
+            except Exception as cb_exc:  # one callback must not stop the others
+                log.error("prediction_log_failure_callback_failed", error=str(cb_exc))
+
+
+def open_prediction_log(
+    settings: PredictionLogSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_failure: FailureCallback | None = None,
+) -> PredictionLogWriter:
+    """Open the log under ``settings.dir`` and start its writer thread."""
+    writer = PredictionLogWriter(settings, registry=registry, on_failure=on_failure)
+    writer.start()
+    return writer

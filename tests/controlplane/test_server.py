@@ -1,0 +1,120 @@
+"""The control-plane process: health, reflection, metrics, request logs, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from modelplane import Client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+
+
+def test_serve_process_health_metrics_and_sigterm(tmp_path: Path) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelplane.cli",
+            "controlplane",
+            "serve",
+            "--listen",
+            address,
+            "--db",
+            f"sqlite:///{tmp_path / 'db' / 'cp.db'}",
+            "--artifact-root",
+            str(tmp_path / "art"),
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _health(address) == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "server did not become SERVING"
+            time.sleep(0.2)
+        with grpc.insecure_channel(address) as ch:
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            answer = next(
+                refl.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                )
+            )
+            services = {s.name for s in answer.list_services_response.service}
+        assert {
+            "modelplane.v1.RegistryService",
+            "modelplane.v1.BlobService",
+            "grpc.health.v1.Health",
+        } <= services
+        with Client(address, principal="carol") as c:
+            c.create_model("served")
+            assert c.get_model("served").created_by == "carol"
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        assert (
+            'modelplane_controlplane_requests_total{code="OK",method="CreateModel"} 1.0' in metrics
+        )
+        assert "modelplane_controlplane_request_duration_seconds_bucket" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        _, err = proc.communicate(timeout=5)
+        lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+        rpc = [x for x in lines if x.get("event") == "rpc" and x.get("method") == "CreateModel"]
+        assert (
+            rpc
+            and rpc[0]["principal"] == "carol"
+            and rpc[0]["request_id"]
+            and rpc[0]["code"] == "OK"
+        )
+        assert any(x.get("event") == "shutting down" for x in lines)
+        # The server wrote nothing outside its database folder and artifact root.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "db"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_health_turns_not_serving_before_stop(controlplane) -> None:  # type: ignore[no-untyped-def]
+    assert _health(controlplane.address) == health_pb2.HealthCheckResponse.SERVING
+    from modelplane.server.lifecycle import set_serving
+
+    set_serving(controlplane.handle.health, controlplane.handle.service_names, False)
+    assert _health(controlplane.address) == health_pb2.HealthCheckResponse.NOT_SERVING
