@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[all]'
+	$(BIN)/python -m pip install --quiet -e '.[all,demo]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -54,6 +54,10 @@ format: $(VENV)/.installed-dev ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-all
+
 $(PEERS)/%/.installed: bench/peers/%.txt
 	$(PYTHON) -m venv $(PEERS)/$*
 	$(PEERS)/$*/bin/python -m pip install --quiet --upgrade pip
@@ -63,7 +67,7 @@ $(PEERS)/%/.installed: bench/peers/%.txt
 PEER_ENVS := $(patsubst bench/peers/%.txt,$(PEERS)/%/.installed,$(wildcard bench/peers/*.txt))
 
 .PHONY: bench
-bench: $(VENV)/.installed-dev $(PEER_ENVS) ## Run the benchmarks (peers in their own environments under .venv-peers/)
+bench: $(VENV)/.installed-bench $(PEER_ENVS) ## Run the benchmarks (peers in their own environments under .venv-peers/)
 	@for b in bench/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 .PHONY: clean

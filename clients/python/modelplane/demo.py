@@ -1,0 +1,328 @@
+"""The end-to-end walkthrough behind ``make demo``, on the embedded SQLite default.
+
+It trains two models on scikit-learn's bundled breast-cancer data, starts a control plane,
+registers both versions with lineage and a baseline profile, moves the ``champion`` alias with
+its history, serves the champion from a sidecar over the Open Inference Protocol with every
+prediction logged to Arrow, and prints where the state, logs and metrics are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+STATE = Path(".modelplane") / "demo"
+MODEL = "breast-cancer"
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def note(text: str) -> None:
+    print(f"    {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(
+    address: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 120
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited with {proc.returncode}; see {STATE}/*.log")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not become SERVING within {timeout:.0f}s")
+
+
+def train(folder: Path) -> dict[str, object]:
+    """Two classifiers on the same split, exported to ONNX, and the data as files."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    x = data.data.astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.3, random_state=7)
+    models = {
+        "v1": (
+            make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000)),
+            {"C": "0.05"},
+        ),
+        "v2": (
+            GradientBoostingClassifier(n_estimators=150, max_depth=2, random_state=0),
+            {"n_estimators": "150", "max_depth": "2"},
+        ),
+    }
+    out: dict[str, object] = {"features": names}
+    for key, (clf, params) in models.items():
+        clf.fit(x_tr, y_tr)
+        auc = float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
+        onx = to_onnx(
+            clf,
+            x_tr[:1],
+            options={id(clf.steps[-1][1] if hasattr(clf, "steps") else clf): {"zipmap": False}},
+            target_opset=17,
+        )
+        path = folder / f"{key}.onnx"
+        path.write_bytes(onx.SerializeToString())
+        out[key] = {"onnx": path, "params": params, "holdout_auc": auc}
+
+    def table(xs: np.ndarray, ys: np.ndarray) -> pa.Table:
+        cols = {n: xs[:, i].astype(np.float64) for i, n in enumerate(names)}
+        cols["diagnosis"] = ys.astype(np.int64)
+        return pa.table(cols)
+
+    pq.write_table(table(x_tr, y_tr), folder / "train.parquet")
+    pacsv.write_csv(table(x_te, y_te), folder / "holdout.csv")
+    out["train"], out["holdout"], out["x_holdout"] = (
+        folder / "train.parquet",
+        folder / "holdout.csv",
+        x_te,
+    )
+    return out
+
+
+def main() -> int:
+    started = time.monotonic()
+    if STATE.exists():
+        shutil.rmtree(STATE)
+    (STATE / "data").mkdir(parents=True)
+    from modelplane import Client
+
+    say("Training two classifiers on scikit-learn's bundled breast-cancer data")
+    trained = train(STATE / "data")
+    for key in ("v1", "v2"):
+        info = trained[key]
+        note(f"{key}: {info['onnx']}  holdout ROC AUC {info['holdout_auc']:.4f}")  # type: ignore[index]
+
+    with ExitStack() as stack:
+        cp_port, cp_metrics = free_port(), free_port()
+        address = f"127.0.0.1:{cp_port}"
+        say(f"Starting the control plane on {address} (SQLite at {STATE}/controlplane.db)")
+        cp_log = stack.enter_context((STATE / "controlplane.log").open("wb"))
+        cp = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modelplane.cli",
+                "controlplane",
+                "serve",
+                "--listen",
+                address,
+                "--db",
+                f"sqlite:///{STATE / 'controlplane.db'}",
+                "--artifact-root",
+                str(STATE / "artifacts"),
+                "--metrics-listen",
+                f"127.0.0.1:{cp_metrics}",
+            ],
+            stdout=cp_log,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(_stop, cp)
+        wait_serving(address, cp, "the control plane")
+        note(f"metrics: http://127.0.0.1:{cp_metrics}/metrics   logs: {STATE}/controlplane.log")
+
+        alice = stack.enter_context(Client(address, principal="alice"))
+        say("Registering the model and both versions with lineage (as alice)")
+        alice.create_model(
+            MODEL,
+            description="Malignant vs benign from cell-nucleus measurements",
+            labels={"team": "oncology"},
+            intended_use="Decision support for radiologists",
+            limitations="Trained on the Wisconsin diagnostic data only",
+        )
+        versions = {}
+        for key in ("v1", "v2"):
+            info = trained[key]  # type: ignore[index]
+            v = alice.register_version(
+                MODEL,
+                info["onnx"],
+                datasets={"train": trained["train"], "holdout": trained["holdout"]},
+                label="diagnosis",
+                params=info["params"],
+                metrics={"holdout_auc": info["holdout_auc"]},
+                training_run_id=f"demo-{key}",
+                code_repo="https://example.org/modelplane-demo",
+                code_commit="0" * 40,
+            )
+            versions[key] = v
+            sig = v.signature.inputs[0]
+            note(
+                f"{v.name}: artifact sha256 {v.artifact.sha256[:16]}..., input {sig.name} "
+                f"{sig.datatype}{list(sig.shape)}, {len(v.lineage.environment.packages)} packages recorded"
+            )
+            note(
+                f"  baseline profile of {v.baseline.feature_count} features over "
+                f"{v.baseline.row_count} training rows: blobs/{v.baseline.sha256[:16]}..."
+            )
+
+        say("Moving the champion alias, with reasons kept in its history")
+        alice.set_alias(MODEL, "champion", 1, reason="first release")
+        time.sleep(0.05)
+        before_switch = datetime.now(UTC)
+        auc1, auc2 = (trained[k]["holdout_auc"] for k in ("v1", "v2"))  # type: ignore[index]
+        better = "v2" if auc2 > auc1 else "v1"
+        alice.set_alias(
+            MODEL, "champion", int(better[1]), reason=f"holdout AUC {max(auc1, auc2):.4f}"
+        )
+        note(f"champion now: {alice.get_version(MODEL, '@champion').name}")
+        note(
+            f"champion at {before_switch.isoformat(timespec='seconds')}: "
+            f"{alice.get_alias(MODEL, 'champion', as_of=before_switch).version}"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modelplane.cli",
+                "--server",
+                address,
+                "alias",
+                "history",
+                MODEL,
+                "champion",
+            ],
+            check=True,
+        )
+
+        say("Serving the champion from a sidecar (Open Inference Protocol on ONNX Runtime)")
+        champion_file = alice.download_version(MODEL, "@champion", STATE / "champion.onnx")
+        sc_port, sc_metrics = free_port(), free_port()
+        sc_address = f"127.0.0.1:{sc_port}"
+        log_dir = STATE / "predictions"
+        argv = [
+            sys.executable,
+            "-m",
+            "modelplane.cli",
+            "sidecar",
+            "serve",
+            "--model",
+            str(champion_file),
+            "--listen",
+            sc_address,
+            "--model-name",
+            MODEL,
+            "--model-version",
+            str(alice.get_version(MODEL, "@champion").version),
+            "--metrics-listen",
+            f"127.0.0.1:{sc_metrics}",
+        ]
+        logging_on = _sidecar_supports("--log-dir")
+        if logging_on:
+            argv += ["--log-dir", str(log_dir)]
+        sc_log = stack.enter_context((STATE / "sidecar.log").open("wb"))
+        sc = subprocess.Popen(argv, stdout=sc_log, stderr=subprocess.STDOUT)
+        stack.callback(_stop, sc)
+        wait_serving(sc_address, sc, "the sidecar")
+        latencies = _send_traffic(sc_address, trained["x_holdout"], MODEL)  # type: ignore[arg-type]
+        note(
+            f"{len(latencies)} predictions, p50 {1000 * sorted(latencies)[len(latencies) // 2]:.2f} ms"
+        )
+        note(f"metrics: http://127.0.0.1:{sc_metrics}/metrics   logs: {STATE}/sidecar.log")
+        if logging_on:
+            _stop(sc)
+            from sidecar.predlog import read_logs
+
+            table = read_logs(log_dir)
+            note(
+                f"prediction log: {table.num_rows} rows in {log_dir}/ "
+                f"(read with `modelplane logs read {log_dir}`)"
+            )
+
+        say("Where things are")
+        note(f"database:    {STATE / 'controlplane.db'}")
+        note(f"artifacts:   {STATE / 'artifacts'} (content-addressed by sha256)")
+        note(f"server logs: {STATE}/controlplane.log, {STATE}/sidecar.log (JSON lines)")
+        if logging_on:
+            note(f"predictions: {log_dir} (Arrow IPC streams)")
+    say(f"Done in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+def _sidecar_supports(flag: str) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "modelplane.cli", "sidecar", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return flag in out.stdout
+
+
+def _send_traffic(address: str, rows: object, model: str) -> list[float]:
+    """Send each holdout row as one OIP request; return the latencies."""
+    import grpc
+    import numpy as np
+
+    from modelplane.oip import grpc_service_pb2 as pb
+    from modelplane.oip import grpc_service_pb2_grpc as pbg
+
+    x = np.asarray(rows, dtype=np.float32)
+    latencies = []
+    with grpc.insecure_channel(address) as ch:
+        stub = pbg.GRPCInferenceServiceStub(ch)
+        for i, row in enumerate(x):
+            request = pb.ModelInferRequest(
+                model_name=model,
+                id=f"demo-{i}",
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name="X", datatype="FP32", shape=[1, x.shape[1]]
+                    )
+                ],
+                raw_input_contents=[row.tobytes()],
+            )
+            t0 = time.perf_counter()
+            stub.ModelInfer(request, timeout=10)
+            latencies.append(time.perf_counter() - t0)
+    return latencies
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
