@@ -279,6 +279,28 @@ class AliasRepo:
             row = AliasRow(model_id=model_id, alias=alias, version=version, update_time=now)
         row.version, row.updated_by, row.reason, row.update_time = version, actor, reason, now
         self.s.add(row)
+        self._event(model_id, alias, version, previous, actor, reason, now)
+        return convert.alias(row), previous
+
+    def delete(self, model_id: str, alias: str, actor: str, reason: str, now: datetime) -> int:
+        """Remove ``alias``; returns the version it pointed to."""
+        row = self.s.get(AliasRow, (model_id, alias), with_for_update=True)
+        assert row is not None
+        previous = row.version
+        self.s.delete(row)
+        self._event(model_id, alias, None, previous, actor, reason, now)
+        return previous
+
+    def _event(
+        self,
+        model_id: str,
+        alias: str,
+        version: int | None,
+        previous: int | None,
+        actor: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
         self.s.add(
             AliasEventRow(
                 model_id=model_id,
@@ -291,27 +313,6 @@ class AliasRepo:
             )
         )
         self.s.flush()
-        return convert.alias(row), previous
-
-    def delete(self, model_id: str, alias: str, actor: str, reason: str, now: datetime) -> int:
-        """Remove ``alias``; returns the version it pointed to."""
-        row = self.s.get(AliasRow, (model_id, alias), with_for_update=True)
-        assert row is not None
-        previous = row.version
-        self.s.delete(row)
-        self.s.add(
-            AliasEventRow(
-                model_id=model_id,
-                alias=alias,
-                version=None,
-                previous_version=previous,
-                actor=actor,
-                reason=reason,
-                time=now,
-            )
-        )
-        self.s.flush()
-        return previous
 
     def delete_all(self, model_id: str) -> None:
         self.s.exec(delete(AliasRow).where(col(AliasRow.model_id) == model_id))  # type: ignore[call-overload]

@@ -67,6 +67,19 @@ def version_name(model: str, version: int | str) -> str:
     return f"{model_name(model)}/versions/{text}"
 
 
+M = TypeVar("M", registry_pb2.Model, registry_pb2.ModelVersion)
+
+
+def _with_fields(message: M, fields: Mapping[str, Any]) -> M:
+    """Set the fields an update names (labels replace the whole map)."""
+    for key, value in fields.items():
+        if key == "labels":
+            message.labels.update(value)
+        else:
+            setattr(message, key, value)
+    return message
+
+
 class Client:
     """A connection to a Modelplane control plane.
 
@@ -186,12 +199,7 @@ class Client:
         self, model: str, *, etag: str = "", request_id: str | None = None, **fields: Any
     ) -> registry_pb2.Model:
         """Change ``description``, ``labels``, ``intended_use`` or ``limitations``."""
-        message = registry_pb2.Model(name=model_name(model), etag=etag)
-        for key, value in fields.items():
-            if key == "labels":
-                message.labels.update(value)
-            else:
-                setattr(message, key, value)
+        message = _with_fields(registry_pb2.Model(name=model_name(model), etag=etag), fields)
         return self._call(
             self.registry.UpdateModel,
             registry_pb2.UpdateModelRequest(
@@ -368,12 +376,9 @@ class Client:
         **fields: Any,
     ) -> registry_pb2.ModelVersion:
         """Change ``description`` or ``labels``."""
-        message = registry_pb2.ModelVersion(name=version_name(model, version), etag=etag)
-        for key, value in fields.items():
-            if key == "labels":
-                message.labels.update(value)
-            else:
-                setattr(message, key, value)
+        message = _with_fields(
+            registry_pb2.ModelVersion(name=version_name(model, version), etag=etag), fields
+        )
         return self._call(
             self.registry.UpdateModelVersion,
             registry_pb2.UpdateModelVersionRequest(
