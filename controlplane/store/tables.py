@@ -123,3 +123,25 @@ class RequestIdRow(SQLModel, table=True):
     resource: str = ""
     principal: str = ""
     create_time: datetime = _ts(nullable=False)
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One event of the hash-chained audit trail; ``seq`` runs from 1 without gaps."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_resource_seq", "resource", "seq"),
+        Index("ix_audit_events_actor_seq", "actor", "seq"),
+        Index("ix_audit_events_time", "time"),
+    )
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    time: datetime = _ts(nullable=False)
+    actor: str = ""
+    action: str = Field(max_length=128)
+    resource: str = ""
+    request_id: str = Field(default="", max_length=64)
+    before_sha256: str = Field(default="", max_length=64)
+    after_sha256: str = Field(default="", max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)

@@ -1,0 +1,133 @@
+"""Appending to the audit chain, inside the write transaction of every mutation.
+
+Appends are serialised so that sequence numbers stay gapless and each ``prev_hash`` is the
+hash of the event before it, across threads and across replicas: on PostgreSQL by a
+transaction-scoped advisory lock (taken last in the transaction, held until its commit or
+rollback, so it never waits in a cycle with row locks); on SQLite by the write lock that every
+write transaction takes up front (``BEGIN IMMEDIATE``). The primary key on ``seq`` refuses a
+fork should the serialisation ever be bypassed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlmodel import Session, col, select
+
+from controlplane.audit._canonical import GENESIS_HASH, event_hash, object_digest, utc_text
+from controlplane.store import Mutation, Store
+from controlplane.store.convert import utc
+from controlplane.store.tables import AuditEventRow
+
+#: Arbitrary 64-bit key of the advisory lock that serialises appends on PostgreSQL.
+AUDIT_LOCK_KEY = 0x6D70617564697401
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One event of the audit trail."""
+
+    seq: int
+    time: datetime
+    actor: str
+    action: str
+    resource: str
+    request_id: str
+    before_sha256: str
+    after_sha256: str
+    prev_hash: str
+    hash: str
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The fields the hash covers (all but the hash itself)."""
+        return {
+            "seq": self.seq,
+            "time": utc_text(self.time),
+            "actor": self.actor,
+            "action": self.action,
+            "resource": self.resource,
+            "request_id": self.request_id,
+            "before_sha256": self.before_sha256,
+            "after_sha256": self.after_sha256,
+            "prev_hash": self.prev_hash,
+        }
+
+    def computed_hash(self) -> str:
+        """The hash the fields call for; differs from ``hash`` when the event was altered."""
+        return event_hash(self.hashed_fields())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (time as ISO 8601 UTC text)."""
+        return {**self.hashed_fields(), "hash": self.hash}
+
+
+def event_from_row(row: AuditEventRow) -> AuditEvent:
+    """The domain event of a stored row."""
+    return AuditEvent(
+        seq=row.seq,
+        time=utc(row.time),
+        actor=row.actor,
+        action=row.action,
+        resource=row.resource,
+        request_id=row.request_id,
+        before_sha256=row.before_sha256,
+        after_sha256=row.after_sha256,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def head(session: Session) -> tuple[int, str]:
+    """The sequence number and hash of the newest event; ``(0, GENESIS_HASH)`` when empty."""
+    row = session.exec(
+        select(AuditEventRow.seq, AuditEventRow.hash).order_by(col(AuditEventRow.seq).desc())
+    ).first()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+
+def append_events(session: Session, mutations: list[Mutation]) -> None:
+    """The mutation hook: append one chained event per mutation, in the caller's transaction."""
+    if not mutations:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+    seq, prev = head(session)
+    for mutation in mutations:
+        seq += 1
+        event = AuditEvent(
+            seq=seq,
+            time=mutation.time,
+            actor=mutation.actor,
+            action=mutation.action,
+            resource=mutation.resource,
+            request_id=mutation.request_id,
+            before_sha256=object_digest(mutation.before),
+            after_sha256=object_digest(mutation.after),
+            prev_hash=prev,
+            hash="",
+        )
+        prev = event.computed_hash()
+        session.add(
+            AuditEventRow(
+                seq=seq,
+                time=mutation.time,
+                actor=event.actor,
+                action=event.action,
+                resource=event.resource,
+                request_id=event.request_id,
+                before_sha256=event.before_sha256,
+                after_sha256=event.after_sha256,
+                prev_hash=event.prev_hash,
+                hash=prev,
+            )
+        )
+    session.flush()
+
+
+def install(store: Store) -> None:
+    """Register :func:`append_events` on ``store`` (once), so every mutation is audited."""
+    if append_events not in store.hooks:
+        store.hooks.append(append_events)

@@ -1,0 +1,34 @@
+"""Policy as code: CEL rules that gate promotions and guard rollouts.
+
+Compile rules once with :func:`compile_rule` (syntax errors carry their line and column), then
+evaluate them against a dict of variables with :func:`evaluate_rules`. Gate policies read
+:data:`POLICY_VARIABLES`; the evaluator itself is generic, so rollout guards can use their own
+variables (``candidate``, ``champion``). See :mod:`controlplane.policy._convert` for how Python
+values map to CEL types (numbers are doubles).
+"""
+
+from controlplane.policy._compile import (
+    MAX_RULE_LENGTH,
+    POLICY_VARIABLES,
+    CompiledRule,
+    compile_rule,
+    compile_rules,
+)
+from controlplane.policy._convert import to_cel, to_plain
+from controlplane.policy._evaluate import Decision, Outcome, RuleResult, evaluate_rules
+from controlplane.policy._references import Reference
+
+__all__ = [
+    "MAX_RULE_LENGTH",
+    "POLICY_VARIABLES",
+    "CompiledRule",
+    "Decision",
+    "Outcome",
+    "Reference",
+    "RuleResult",
+    "compile_rule",
+    "compile_rules",
+    "evaluate_rules",
+    "to_cel",
+    "to_plain",
+]

@@ -1,0 +1,136 @@
+"""What a rule reads: the variable paths found by walking its CEL syntax tree.
+
+A path is a top-level variable followed by the field selections and string-literal indexes
+applied to it, as far as they can be known without evaluating: ``fairness["sex"].dpr`` gives
+``("fairness", "sex", "dpr")``; ``metrics[name]`` gives ``("metrics",)``; for
+``approvals.exists(a, ...)`` the path is ``("approvals",)`` and ``a`` (a variable bound by the
+macro) is not a reference. ``has(metrics.x)`` refers to ``metrics.x``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import lark
+
+#: Macros whose first argument binds a variable over the receiver's elements.
+_BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+#: Identifiers CEL itself defines (type names usable as values).
+BUILTIN_IDENTS = frozenset(
+    {"bool", "bytes", "double", "duration", "int", "list", "map", "null_type", "string",
+     "timestamp", "type", "uint", "google"}
+)  # fmt: skip
+#: Nodes that only wrap their single child.
+_WRAPPERS = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
+     "unary", "member", "primary", "paren_expr"}
+)  # fmt: skip
+_SIMPLE_STRING = re.compile(r"""^(?:"([^"\\\n]*)"|'([^'\\\n]*)')$""")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One variable path a rule reads, with where it starts in the rule text (1-based)."""
+
+    path: tuple[str, ...]
+    line: int
+    column: int
+
+    @property
+    def text(self) -> str:
+        """The path written the CEL way: ``fairness.sex.dpr`` or ``labels["team-a"]``."""
+        head, *rest = self.path
+        return head + "".join(f".{p}" if _IDENT.match(p) else f"[{p!r}]" for p in rest)
+
+
+def _unwrap(node: lark.Tree) -> lark.Tree:
+    while node.data in _WRAPPERS and len(node.children) == 1:
+        child = node.children[0]
+        if not isinstance(child, lark.Tree):
+            break
+        node = child
+    return node
+
+
+def _string_literal(node: lark.Tree) -> str | None:
+    node = _unwrap(node)
+    if node.data != "literal" or not node.children:
+        return None
+    token = node.children[0]
+    if not isinstance(token, lark.Token) or token.type != "STRING_LIT":
+        return None
+    match = _SIMPLE_STRING.match(str(token))
+    if match is None:
+        return None
+    return match.group(1) if match.group(1) is not None else match.group(2)
+
+
+def _static_path(node: lark.Tree, bound: frozenset[str]) -> tuple[str, ...] | None:
+    node = _unwrap(node)
+    if node.data in ("ident", "dot_ident"):
+        name = str(node.children[0])
+        if name in bound or name in BUILTIN_IDENTS:
+            return None
+        return (name,)
+    if node.data == "member_dot":
+        base, field = node.children
+        assert isinstance(base, lark.Tree)
+        prefix = _static_path(base, bound)
+        return None if prefix is None else (*prefix, str(field))
+    if node.data == "member_index":
+        base, index = node.children
+        assert isinstance(base, lark.Tree) and isinstance(index, lark.Tree)
+        key = _string_literal(index)
+        prefix = _static_path(base, bound)
+        return None if prefix is None or key is None else (*prefix, key)
+    return None
+
+
+def _args(node: lark.Tree | lark.Token | None) -> list[lark.Tree]:
+    if isinstance(node, lark.Tree) and node.data == "exprlist":
+        return [c for c in node.children if isinstance(c, lark.Tree)]
+    return []
+
+
+def _walk(node: lark.Tree, bound: frozenset[str]) -> Iterator[Reference]:
+    node = _unwrap(node)
+    path = _static_path(node, bound)
+    if path is not None:
+        yield Reference(path, node.meta.line, node.meta.column)
+        return
+    if node.data == "member_dot_arg":
+        target, method, *rest = node.children
+        args = _args(rest[0] if rest else None)
+        assert isinstance(target, lark.Tree)
+        yield from _walk(target, bound)
+        if str(method) in _BINDING_MACROS and args:
+            variable = _unwrap(args[0])
+            inner = bound
+            if variable.data == "ident":
+                inner = bound | {str(variable.children[0])}
+            for arg in args[1:]:
+                yield from _walk(arg, inner)
+            return
+        for arg in args:
+            yield from _walk(arg, bound)
+        return
+    if node.data == "member_index":
+        # A computed index: the base is read whole, and the index expression on its own.
+        for child in node.children:
+            if isinstance(child, lark.Tree):
+                yield from _walk(child, bound)
+        return
+    for child in node.children:
+        if isinstance(child, lark.Tree):
+            yield from _walk(child, bound)
+
+
+def references(ast: lark.Tree) -> tuple[Reference, ...]:
+    """The distinct variable paths of a parsed rule, in order of first appearance."""
+    seen: dict[tuple[str, ...], Reference] = {}
+    for ref in _walk(ast, frozenset()):
+        seen.setdefault(ref.path, ref)
+    return tuple(seen.values())

@@ -1,0 +1,380 @@
+"""The audit chain on SQLite and PostgreSQL: appends, tampering, truncation, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session
+
+from controlplane import audit
+from controlplane.audit import Problem
+from controlplane.services import ModelService
+from controlplane.store import Mutation, Store
+from modelplane.errors import AlreadyExists, InvalidArgument, NotFound
+from modelplane.server.context import RequestContext
+
+CTX = RequestContext(principal="alice")
+
+
+@pytest.fixture
+def fresh_url(db_url: str) -> Iterator[str]:
+    """A database of its own: SQLite's is already per test; on PostgreSQL create one, since
+    these tests alter the chain and count every event."""
+    if db_url.startswith("sqlite"):
+        yield db_url
+        return
+    import psycopg
+
+    name = f"modelplane_audit_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{db_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def open_store(url: str) -> Store:
+    store = Store.open(url)
+    audit.install(store)
+    return store
+
+
+@pytest.fixture
+def store(fresh_url: str) -> Iterator[Store]:
+    s = open_store(fresh_url)
+    yield s
+    s.close()
+
+
+def sql(store: Store, statement: str, **params: Any) -> None:
+    with store.engines.write.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def expected_hash(event: dict[str, Any]) -> str:
+    """The event hash as the format defines it, computed here without the library."""
+    fields = {k: v for k, v in event.items() if k != "hash"}
+    encoded = json.dumps(
+        {"v": 1, **fields}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def all_events(store: Store) -> list[audit.AuditEvent]:
+    events, token = audit.list_events(store, page_size_=1000)
+    assert token == ""
+    return events
+
+
+def make_history(store: Store, n_models: int = 2, updates: int = 2) -> None:
+    svc = ModelService(store)
+    for i in range(n_models):
+        m = svc.create(CTX, f"m{i}", description="first")
+        for j in range(updates):
+            m = svc.update(CTX, m.name, m.etag, ["description"], {"description": f"v{j}"})
+
+
+# Appending ------------------------------------------------------------------------------------
+
+
+def test_every_mutation_appends_a_chained_event(store: Store) -> None:
+    svc = ModelService(store)
+    request_id = str(uuid.uuid4())
+    created = svc.create(CTX, "fraud", labels={"team": "risk"}, request_id=request_id)
+    updated = svc.update(
+        RequestContext(principal="bob"),
+        created.name,
+        created.etag,
+        ["description"],
+        {"description": "d"},
+    )
+    svc.delete(CTX, updated.name)
+
+    events = all_events(store)
+    assert [(e.seq, e.action, e.resource, e.actor) for e in events] == [
+        (1, "CreateModel", "models/fraud", "alice"),
+        (2, "UpdateModel", "models/fraud", "bob"),
+        (3, "DeleteModel", "models/fraud", "alice"),
+    ]
+    assert events[0].request_id == request_id and events[1].request_id == ""
+
+    def digest(model: Any) -> str:
+        obj = {
+            "id": model.id,
+            "description": model.description,
+            "labels": model.labels,
+            "intended_use": model.intended_use,
+            "limitations": model.limitations,
+            "latest_version": model.latest_version,
+            "created_by": model.created_by,
+            "create_time": model.create_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "update_time": model.update_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "etag": model.etag,
+        }
+        raw = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    assert (events[0].before_sha256, events[0].after_sha256) == ("", digest(created))
+    assert (events[1].before_sha256, events[1].after_sha256) == (digest(created), digest(updated))
+    assert (events[2].before_sha256, events[2].after_sha256) == (digest(updated), "")
+    prev = "0" * 64
+    for event in events:
+        assert event.prev_hash == prev
+        assert event.hash == expected_hash(event.to_dict())
+        prev = event.hash
+
+    result = audit.verify(store)
+    assert result.ok and result.checked == 3
+    assert (result.head_seq, result.head_hash) == (3, events[-1].hash)
+
+
+def test_a_failed_mutation_appends_nothing(store: Store) -> None:
+    svc = ModelService(store)
+    svc.create(CTX, "dup")
+    with pytest.raises(AlreadyExists):
+        svc.create(CTX, "dup")
+    assert [e.seq for e in all_events(store)] == [1]
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_a_hook_failure_rolls_the_mutation_and_its_event_back(store: Store, position: str) -> None:
+    svc = ModelService(store)
+    svc.create(CTX, "kept")
+
+    def failing(session: Session, mutations: list[Mutation]) -> None:
+        raise RuntimeError("hook failed")
+
+    if position == "before":
+        store.hooks.insert(0, failing)
+    else:
+        store.hooks.append(failing)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        svc.create(CTX, "lost")
+    with pytest.raises(NotFound):
+        svc.get("models/lost")
+    assert [e.seq for e in all_events(store)] == [1]
+
+    store.hooks.remove(failing)
+    svc.create(CTX, "later")
+    events = all_events(store)
+    assert [(e.seq, e.resource) for e in events] == [(1, "models/kept"), (2, "models/later")]
+    assert audit.verify(store).ok
+
+
+def test_a_replayed_request_appends_nothing(store: Store) -> None:
+    svc = ModelService(store)
+    request_id = str(uuid.uuid4())
+    first = svc.create(CTX, "idem", request_id=request_id)
+    assert svc.create(CTX, "idem", request_id=request_id) == first
+    assert [(e.seq, e.request_id) for e in all_events(store)] == [(1, request_id)]
+
+
+def test_install_is_idempotent(store: Store) -> None:
+    audit.install(store)
+    ModelService(store).create(CTX, "once")
+    assert len(all_events(store)) == 1
+
+
+# Tampering ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "bad_seq", "problem"),
+    [
+        ("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3", 3, Problem.EVENT_ALTERED),
+        ("UPDATE audit_events SET after_sha256 = '' WHERE seq = 4", 4, Problem.EVENT_ALTERED),
+        ("UPDATE audit_events SET action = 'ReadModel' WHERE seq = 1", 1, Problem.EVENT_ALTERED),
+        ("DELETE FROM audit_events WHERE seq = 3", 3, Problem.EVENT_MISSING),
+        ("DELETE FROM audit_events WHERE seq IN (1, 2)", 1, Problem.EVENT_MISSING),
+        ("DELETE FROM audit_events WHERE seq IN (4, 5)", 4, Problem.EVENT_MISSING),
+        ("UPDATE audit_events SET seq = 100 WHERE seq = 2", 2, Problem.EVENT_MISSING),
+    ],
+)
+def test_edits_and_deletions_are_found_at_the_first_broken_event(
+    store: Store, statement: str, bad_seq: int, problem: Problem
+) -> None:
+    make_history(store)  # 6 events
+    assert audit.verify(store).ok
+    sql(store, statement)
+    result = audit.verify(store)
+    assert not result.ok
+    assert (result.first_bad_seq, result.problem) == (bad_seq, problem), result.message
+    assert result.checked == bad_seq - 1
+    assert str(bad_seq) in result.message
+
+
+def rewrite_from(store: Store, seq: int, resource: str) -> None:
+    """Change event ``seq`` and re-hash it and every later event, as a careful forger would."""
+    events = all_events(store)
+    prev = events[seq - 2].hash if seq > 1 else "0" * 64
+    for event in events[seq - 1 :]:
+        fields = event.to_dict()
+        fields["prev_hash"] = prev
+        if event.seq == seq:
+            fields["resource"] = resource
+        new_hash = expected_hash(fields)
+        sql(
+            store,
+            "UPDATE audit_events SET resource = :r, prev_hash = :p, hash = :h WHERE seq = :s",
+            r=fields["resource"],
+            p=prev,
+            h=new_hash,
+            s=event.seq,
+        )
+        prev = new_hash
+
+
+def test_a_replaced_event_breaks_the_link_of_the_next(store: Store) -> None:
+    make_history(store)
+    event = all_events(store)[2]
+    fields = {**event.to_dict(), "resource": "models/other"}
+    sql(store, "UPDATE audit_events SET resource = 'models/other', hash = :h WHERE seq = 3",
+        h=expected_hash(fields))  # fmt: skip
+    result = audit.verify(store)
+    assert (result.ok, result.first_bad_seq, result.problem) == (False, 4, Problem.CHAIN_BROKEN)
+
+
+def test_truncation_and_rewrites_are_caught_by_a_checkpoint(store: Store, tmp_path: Any) -> None:
+    key = audit.load_or_create_signing_key(tmp_path / "audit.key")
+    make_history(store)
+    cp = audit.checkpoint(store, key)
+    assert (cp.seq, cp.head_hash) == (6, all_events(store)[-1].hash)
+    ModelService(store).create(CTX, "after-checkpoint")
+    assert audit.verify(store, cp, audit.public_key_pem(key)).ok
+
+    # Cut the chain back to 4 events: a consistent prefix, so only the checkpoint can tell.
+    sql(store, "DELETE FROM audit_events WHERE seq > 4")
+    assert audit.verify(store).ok
+    result = audit.verify(store, cp, audit.public_key_pem(key))
+    assert (result.ok, result.problem, result.first_bad_seq) == (False, Problem.TRUNCATED, 5)
+    assert result.signature_verified is True and result.head_seq == 4
+
+
+def test_a_rehashed_rewrite_is_caught_by_a_checkpoint(store: Store, tmp_path: Any) -> None:
+    key = audit.load_or_create_signing_key(tmp_path / "audit.key")
+    make_history(store)
+    cp = audit.checkpoint(store, key)
+    rewrite_from(store, 2, "models/forged")
+    assert audit.verify(store).ok  # consistent on its own
+    result = audit.verify(store, cp)
+    assert (result.ok, result.problem, result.first_bad_seq) == (
+        False,
+        Problem.CHECKPOINT_MISMATCH,
+        6,
+    )
+    assert result.signature_verified is None
+
+
+# Concurrency ----------------------------------------------------------------------------------
+
+
+def test_concurrent_writers_on_two_replicas_keep_a_gapless_chain(fresh_url: str) -> None:
+    replicas = [open_store(fresh_url), open_store(fresh_url)]
+    threads_n, per_thread = 8, 20
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads_n)
+
+    def writer(i: int) -> None:
+        svc = ModelService(replicas[i % 2])
+        ctx = RequestContext(principal=f"writer-{i}")
+        try:
+            barrier.wait()
+            m = svc.create(ctx, f"w{i}")
+            for j in range(per_thread - 1):
+                m = svc.update(ctx, m.name, m.etag, ["description"], {"description": str(j)})
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        events = all_events(replicas[0])
+        assert [e.seq for e in events] == list(range(1, threads_n * per_thread + 1))
+        for i in range(threads_n):
+            mine = [e for e in events if e.actor == f"writer-{i}"]
+            assert [e.action for e in mine] == ["CreateModel"] + ["UpdateModel"] * (per_thread - 1)
+            # each update's "before" is the previous write's "after"
+            for a, b in itertools.pairwise(mine):
+                assert b.before_sha256 == a.after_sha256
+        result = audit.verify(replicas[1])
+        assert result.ok and result.head_seq == threads_n * per_thread, result.message
+    finally:
+        for r in replicas:
+            r.close()
+
+
+# Listing and export ---------------------------------------------------------------------------
+
+
+def test_list_events_filters_and_pages(store: Store) -> None:
+    svc = ModelService(store)
+    a = svc.create(CTX, "a")
+    svc.create(RequestContext(principal="bob"), "ab")
+    svc.update(CTX, a.name, a.etag, ["description"], {"description": "x"})
+    svc.create(RequestContext(principal="bob"), "c")
+    events = all_events(store)
+
+    def seqs(**kw: Any) -> list[int]:
+        return [e.seq for e in audit.list_events(store, page_size_=100, **kw)[0]]
+
+    assert seqs(resource="models/a") == [1, 3]
+    assert seqs(actor="bob") == [2, 4]
+    assert seqs(resource="models/ab", actor="bob") == [2]
+    assert seqs(since=events[2].time) == [3, 4]
+    assert seqs(since=events[2].time.astimezone(UTC) + timedelta(hours=1)) == []
+
+    page1, token = audit.list_events(store, page_size_=3)
+    page2, token2 = audit.list_events(store, page_size_=3, page_token=token)
+    assert [e.seq for e in page1] == [1, 2, 3] and [e.seq for e in page2] == [4]
+    assert token2 == ""
+    with pytest.raises(InvalidArgument) as info:
+        audit.list_events(store, actor="bob", page_size_=3, page_token=token)
+    assert info.value.reason == "INVALID_PAGE_TOKEN"
+    with pytest.raises(InvalidArgument) as info:
+        audit.list_events(store, page_size_=-1)
+    assert info.value.reason == "INVALID_PAGE_SIZE"
+
+
+def test_export_jsonl_writes_every_event_verifiably(store: Store, tmp_path: Any) -> None:
+    make_history(store)
+    out = tmp_path / "audit.jsonl"
+    assert audit.export_jsonl(store, out) == 6
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    prev = "0" * 64
+    for line in lines:
+        assert line["prev_hash"] == prev and line["hash"] == expected_hash(line)
+        prev = line["hash"]
+
+
+def test_migration_matches_the_table(fresh_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from controlplane.store.tables import metadata
+
+    store = Store.open(fresh_url)
+    try:
+        with store.engines.write.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert [d for d in diffs if "audit_events" in repr(d)] == []
+    finally:
+        store.close()

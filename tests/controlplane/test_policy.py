@@ -1,0 +1,322 @@
+"""CEL policies: compiling with positions, evaluating rule by rule, number types, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from controlplane.policy import (
+    POLICY_VARIABLES,
+    Outcome,
+    compile_rule,
+    compile_rules,
+    evaluate_rules,
+)
+from modelplane.errors import Code, InvalidArgument
+
+GATE = (
+    "metrics.roc_auc >= 0.9 && delta.roc_auc >= -0.005 && "
+    'fairness["sex"].demographic_parity_ratio >= 0.8 && '
+    'evaluation.dataset_role == "holdout" && '
+    'approvals.exists(a, "risk" in a.roles && a.decision == "approve")'
+)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+RISK_APPROVE = {"roles": ["risk", "audit"], "decision": "approve"}
+RISK_REJECT = {"roles": ["risk"], "decision": "reject"}
+ML_APPROVE = {"roles": ["ml-lead"], "decision": "approve"}
+ML_REJECT = {"roles": ["ml-lead"], "decision": "reject"}
+
+
+def passing_variables() -> dict[str, Any]:
+    return {
+        "metrics": {"roc_auc": 0.93, "accuracy": 0.9},
+        "delta": {"roc_auc": -0.001},
+        "fairness": {"sex": {"demographic_parity_ratio": 0.85}},
+        "validation": {"rows": 1000, "bad_rows": 3},
+        "evaluation": {"dataset_sha256": "ab" * 32, "dataset_role": "holdout", "time": NOW},
+        "approvals": [
+            {
+                "principal": "carol",
+                "roles": ["ml-lead"],
+                "decision": "approve",
+                "comment": "",
+                "time": NOW,
+            },
+            {
+                "principal": "dave",
+                "roles": ["risk", "audit"],
+                "decision": "approve",
+                "comment": "ok",
+                "time": NOW,
+            },
+        ],
+        "labels": {"team": "fraud"},
+        "lineage": {"git_commit": "abc123"},
+    }
+
+
+def one(expression: str, variables: dict[str, Any]) -> Any:
+    return evaluate_rules([compile_rule(expression)], variables).results[0]
+
+
+# Compiling ------------------------------------------------------------------------------------
+
+
+def test_gate_rule_compiles_and_lists_what_it_reads() -> None:
+    rule = compile_rule(GATE, variables=POLICY_VARIABLES)
+    assert rule.references == (
+        "metrics.roc_auc",
+        "delta.roc_auc",
+        "fairness.sex.demographic_parity_ratio",
+        "evaluation.dataset_role",
+        "approvals",
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "bad", "line", "column"),
+    [
+        ("metrics.roc_auc >= 0.9 && && delta.x > 0", "&&", 1, 27),
+        ("metrics.roc_auc >= 0.9 &&\n  delta.roc_auc >= ) 1", ")", 2, 20),
+        ("metrics.roc_auc @ 1", "@", 1, 17),
+    ],
+)
+def test_syntax_errors_carry_line_and_column(
+    expression: str, bad: str, line: int, column: int
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        compile_rules(["metrics.roc_auc > 0.5", expression])
+    err = info.value
+    assert err.code is Code.INVALID_ARGUMENT and err.reason == "INVALID_POLICY_RULE"
+    assert err.metadata == {"rule_index": "1", "line": str(line), "column": str(column)}
+    assert f"rule 1: syntax error at line {line}, column {column}" in err.message
+    # The message points at the offending character under a copy of its line.
+    text_line, caret_line = err.message.splitlines()[-2:]
+    source_line = expression.splitlines()[line - 1]
+    assert text_line.strip() == source_line.strip()
+    assert caret_line.index("^") - 2 == column - 1
+    assert source_line[column - 1] == {"&&": "&", ")": ")", "@": "@"}[bad]
+
+
+def test_unknown_variable_is_refused_with_its_position() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        compile_rule(
+            'approvals.exists(a, a.decision == "approve") &&\n metric.roc_auc > 0.9',
+            index=4,
+            variables=POLICY_VARIABLES,
+        )
+    assert info.value.metadata == {"rule_index": "4", "line": "2", "column": "2"}
+    assert "unknown variable 'metric'" in info.value.message
+    assert "metrics" in info.value.message
+
+
+@pytest.mark.parametrize("expression", ["", "   ", "x" * 5000])
+def test_empty_or_oversized_rules_are_refused(expression: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        compile_rule(expression)
+    assert info.value.reason == "INVALID_POLICY_RULE"
+
+
+def test_compiling_from_threads() -> None:
+    exprs = [f"metrics.m{i} >= {i}.0" for i in range(16)]
+    compiled: dict[int, tuple[str, ...]] = {}
+
+    def work(i: int) -> None:
+        compiled[i] = compile_rule(exprs[i]).references
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert compiled == {i: (f"metrics.m{i}",) for i in range(16)}
+
+
+# Evaluating -----------------------------------------------------------------------------------
+
+
+def test_gate_rule_passes_and_records_the_values_it_read() -> None:
+    decision = evaluate_rules([compile_rule(GATE)], passing_variables())
+    assert decision.allowed
+    [result] = decision.results
+    assert result.outcome is Outcome.PASSED
+    assert result.values["metrics.roc_auc"] == 0.93
+    assert result.values["fairness.sex.demographic_parity_ratio"] == 0.85
+    assert result.values["evaluation.dataset_role"] == "holdout"
+    assert [a["principal"] for a in result.values["approvals"]] == ["carol", "dave"]
+    assert result.missing == ()
+    json.dumps(decision.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("metrics", "roc_auc"), 0.89),
+        (("delta", "roc_auc"), -0.0051),
+        (("fairness", "sex", "demographic_parity_ratio"), 0.79),
+        (("evaluation", "dataset_role"), "train"),
+    ],
+)
+def test_gate_rule_fails_when_any_condition_fails(path: tuple[str, ...], value: Any) -> None:
+    variables = passing_variables()
+    target = variables
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    decision = evaluate_rules([compile_rule(GATE)], variables)
+    assert not decision.allowed
+    [result] = decision.results
+    assert result.outcome is Outcome.FAILED
+    assert result.values[".".join(path)] == value
+    assert f"{'.'.join(path)}={value!r}" in result.message
+
+
+def test_rules_are_anded_but_each_keeps_its_own_result() -> None:
+    rules = compile_rules(
+        ["metrics.roc_auc >= 0.9", "metrics.accuracy >= 0.95", "metrics.f1 >= 0.5"],
+        variables=POLICY_VARIABLES,
+    )
+    decision = evaluate_rules(rules, passing_variables())
+    assert not decision.allowed
+    assert [r.outcome for r in decision.results] == [Outcome.PASSED, Outcome.FAILED, Outcome.ERROR]
+    assert [r.index for r in decision.failures] == [1, 2]
+    assert decision.results[1].values == {"metrics.accuracy": 0.9}
+    assert evaluate_rules(rules[:1], passing_variables()).allowed
+
+
+@pytest.mark.parametrize(
+    ("expression", "missing", "key"),
+    [
+        ("metrics.f1 >= 0.5", "metrics.f1", "f1"),
+        ('fairness["age"].dpr >= 0.8', "fairness.age.dpr", "age"),
+        ('labels["owner"] == "x"', "labels.owner", "owner"),
+    ],
+)  # fmt: skip
+def test_a_missing_key_is_a_rule_error_not_a_crash(expression: str, missing: str, key: str) -> None:
+    result = one(expression, passing_variables())
+    assert result.outcome is Outcome.ERROR and not result.passed
+    assert result.message.startswith(f"no such key {key!r}")
+    assert "line 1, column 1" in result.message
+    assert result.missing == (missing,)
+
+
+def test_has_guards_a_missing_key() -> None:
+    result = one("!has(metrics.f1) || metrics.f1 >= 0.5", passing_variables())
+    assert result.outcome is Outcome.PASSED
+
+
+def test_a_variable_not_supplied_is_a_rule_error() -> None:
+    variables = passing_variables()
+    del variables["delta"]
+    result = one("delta.roc_auc >= 0.0", variables)
+    assert result.outcome is Outcome.ERROR
+    assert "unknown variable 'delta'" in result.message
+
+
+@pytest.mark.parametrize(
+    ("approvals", "exists", "all_approve"),
+    [
+        ([], False, True),
+        ([RISK_REJECT], False, False),
+        ([ML_APPROVE, RISK_APPROVE], True, True),
+        ([RISK_APPROVE, ML_REJECT], True, False),
+        ([ML_APPROVE, ML_APPROVE], False, True),
+    ],
+)  # fmt: skip
+def test_approvals_exists_and_all(
+    approvals: list[dict[str, Any]], exists: bool, all_approve: bool
+) -> None:
+    full = [{"principal": "p", "comment": "", "time": NOW, **a} for a in approvals]
+    variables = {"approvals": full}
+    got = one('approvals.exists(a, "risk" in a.roles && a.decision == "approve")', variables)
+    assert got.passed is exists
+    assert one('approvals.all(a, a.decision == "approve")', variables).passed is all_approve
+    count = sum(a["decision"] == "approve" for a in approvals)
+    rule = 'size(approvals.filter(a, a.decision == "approve")) >= 2'
+    assert one(rule, variables).passed is (count >= 2)
+
+
+@pytest.mark.parametrize("stored", [1, 1.0])
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("metrics.x >= 1", True),
+        ("metrics.x >= 1.0", True),
+        ("metrics.x > 1", False),
+        ("metrics.x > 1.0", False),
+        ("metrics.x == 1", True),
+        ("metrics.x == 1.0", True),
+        ("metrics.x != 1", False),
+        ("metrics.x < 2", True),
+        ("metrics.x in [1, 2]", True),
+        ("metrics.x in [2, 3]", False),
+        ("type(metrics.x) == double", True),
+    ],
+)
+def test_numbers_are_doubles_and_compare_with_int_literals(
+    stored: float, expression: str, expected: bool
+) -> None:
+    result = one(expression, {"metrics": {"x": stored}})
+    assert result.outcome is (Outcome.PASSED if expected else Outcome.FAILED), result.message
+    assert result.values == {"metrics.x": 1.0}
+
+
+def test_integer_inputs_divide_as_doubles() -> None:
+    # 3 / 1000 in int arithmetic would be 0.
+    result = one("validation.bad_rows / validation.rows > 0.0", passing_variables())
+    assert result.passed
+
+
+def test_mixed_int_double_arithmetic_is_a_type_error_with_a_hint() -> None:
+    result = one("1 + metrics.x > 1.5", {"metrics": {"x": 1.0}})
+    assert result.outcome is Outcome.ERROR
+    assert "type error" in result.message and "write 1.0, not 1" in result.message
+    assert one("1.0 + metrics.x > 1.5", {"metrics": {"x": 1.0}}).passed
+
+
+def test_guard_rules_use_their_own_variables() -> None:
+    rule = compile_rule("candidate.error_rate <= champion.error_rate + 0.01")
+    assert rule.references == ("candidate.error_rate", "champion.error_rate")
+    ok = evaluate_rules(
+        [rule], {"candidate": {"error_rate": 0.015}, "champion": {"error_rate": 0.01}}
+    )
+    bad = evaluate_rules(
+        [rule], {"candidate": {"error_rate": 0.03}, "champion": {"error_rate": 0.01}}
+    )
+    assert ok.allowed and not bad.allowed
+
+
+def test_times_and_durations() -> None:
+    variables = {
+        "evaluation": {"time": datetime(2026, 11, 26, 12, 0)},
+        "window": timedelta(hours=2),
+    }
+    assert one('evaluation.time > timestamp("2026-11-26T11:59:59Z")', variables).passed
+    assert not one('evaluation.time > timestamp("2026-11-26T12:00:01Z")', variables).passed
+    assert one('window >= duration("1h")', variables).passed
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("metrics.roc_auc", "must yield a bool; it yielded a double"),
+        ("labels.team > 1", "type error in labels.team > 1"),
+        ("metrics.roc_auc / 0 > 1.0", "type error"),
+        ("1 / 0 == 1", "division by zero"),
+    ],
+)
+def test_evaluation_errors_are_reported_per_rule(expression: str, fragment: str) -> None:
+    result = one(expression, passing_variables())
+    assert result.outcome is Outcome.ERROR
+    assert fragment in result.message, result.message
+
+
+def test_values_without_a_cel_form_are_refused() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        evaluate_rules([compile_rule("metrics.x > 1.0")], {"metrics": {"x": object()}})
+    assert info.value.reason == "INVALID_POLICY_INPUT"
+    assert info.value.metadata == {"field": "metrics.x"}
