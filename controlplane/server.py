@@ -8,6 +8,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
+from controlplane import audit
 from controlplane.api.blobs_servicer import BlobServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
@@ -44,6 +45,7 @@ SERVICE_NAMES = [
 def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     """Open the store (migrating it), start serving, and report SERVING once ready."""
     store = Store.open(settings.db_url)
+    audit.install(store)
     blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
     interceptor = RequestInterceptor(RpcMetrics("modelplane_controlplane", registry))

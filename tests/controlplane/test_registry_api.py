@@ -239,3 +239,27 @@ def test_operations_are_persisted_and_listed(controlplane: RunningControlPlane) 
             assert json.loads(json.dumps(dict(got.metadata)))["rows"] == 10
     finally:
         store.close()
+
+
+def test_every_registry_mutation_is_audited(
+    controlplane: RunningControlPlane, trained_model: TrainedModel
+) -> None:
+    from controlplane import audit
+    from controlplane.store import Store
+
+    name = unique()
+    with controlplane.client(principal="dana") as c:
+        c.create_model(name)
+        c.register_version(name, trained_model.onnx, capture_env=False)
+        c.set_alias(name, "champion", 1, reason="go")
+    store = Store.open(controlplane.db_url)
+    try:
+        events, _ = audit.list_events(store, resource=f"models/{name}")
+        assert [(e.action, e.actor) for e in events] == [
+            ("CreateModel", "dana"),
+            ("CreateModelVersion", "dana"),
+            ("SetAlias", "dana"),
+        ]
+        assert audit.verify(store).ok
+    finally:
+        store.close()
