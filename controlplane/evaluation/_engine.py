@@ -1,0 +1,291 @@
+"""One evaluation: run a model over a labelled dataset and compute metrics, slices, fairness
+and data validation in one pass."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from controlplane.domain import Signature
+from controlplane.evaluation._classification import classification_metrics
+from controlplane.evaluation._errors import EvaluationWarning, invalid
+from controlplane.evaluation._fairness import FairnessReport, fairness_report
+from controlplane.evaluation._grouping import Groups, cap_groups, group_rows
+from controlplane.evaluation._inputs import check_types, plan_inputs
+from controlplane.evaluation._labels import encode_classes, regression_targets
+from controlplane.evaluation._model import (
+    check_signature,
+    open_session,
+    plan_outputs,
+    session_signature,
+)
+from controlplane.evaluation._predict import probabilities, resolve_classes, run_chunks
+from controlplane.evaluation._regression import regression_metrics
+from controlplane.evaluation._report import EvaluationReport, SliceReport
+from controlplane.evaluation._validation import ValidationThresholds, validate
+from modelplane.profiles import BaselineProfile, read_table
+
+TASKS = ("classification", "regression")
+MAX_SLICES = 50
+DEFAULT_CHUNK_ROWS = 65_536
+
+MetricResult = tuple[dict[str, float | None], list[EvaluationWarning]]
+Metrics = Callable[[np.ndarray, str], MetricResult]
+
+
+def _require_columns(
+    table: pa.Table, label: str, slices: Sequence[str], protected: Sequence[str]
+) -> None:
+    columns = table.column_names
+    if label not in columns:
+        raise invalid(
+            "MISSING_LABEL_COLUMN",
+            f"label column {label!r} is not in the dataset (columns: {columns})",
+            label=label,
+        )
+    for names, reason, what in (
+        (slices, "MISSING_SLICE_COLUMN", "slice"),
+        (protected, "MISSING_PROTECTED_COLUMN", "protected attribute"),
+    ):
+        absent = [n for n in names if n not in columns]
+        if absent:
+            raise invalid(
+                reason,
+                f"{what} columns {absent} are not in the dataset (columns: {columns})",
+                missing=",".join(absent),
+            )
+
+
+def _groups(table: pa.Table, name: str, reason: str) -> Groups:
+    try:
+        return group_rows(table.column(name))
+    except TypeError:
+        raise invalid(
+            reason,
+            f"column {name!r} has type {table.column(name).type}; group by a string, boolean, "
+            "numeric or date column",
+            column=name,
+        ) from None
+
+
+def _slices(
+    table: pa.Table,
+    columns: Sequence[str],
+    metrics: Metrics,
+    limit: int,
+    warnings: list[EvaluationWarning],
+) -> dict[str, list[SliceReport]]:
+    out: dict[str, list[SliceReport]] = {}
+    for column in columns:
+        groups, pooled = cap_groups(_groups(table, column, "INVALID_SLICE_COLUMN"), limit)
+        if pooled:
+            warnings.append(
+                EvaluationWarning(
+                    "SLICES_POOLED",
+                    f"slice column {column!r} has more than {limit} values; the {pooled} "
+                    "smallest are pooled into the slice '<other>'",
+                    f"slice:{column}",
+                )
+            )
+        reports = []
+        for value, rows in zip(groups.names, groups.rows, strict=True):
+            values, found = metrics(rows, f"slice:{column}={value}")
+            warnings.extend(found)
+            reports.append(SliceReport(column, value, len(rows), values))
+        out[column] = reports
+    return out
+
+
+def _positive_index(classes: list[Any], positive_class: Any) -> int:
+    if positive_class is None:
+        return 1
+    for i, c in enumerate(classes):
+        if c == positive_class or str(c) == str(positive_class):
+            return i
+    raise invalid(
+        "UNKNOWN_POSITIVE_CLASS",
+        f"positive class {positive_class!r} is not one of the model's classes {classes}",
+    )
+
+
+def _fairness(
+    table: pa.Table,
+    protected: Sequence[str],
+    y_pos: np.ndarray,
+    pred_pos: np.ndarray,
+    positive: str,
+    limit: int,
+    warnings: list[EvaluationWarning],
+) -> dict[str, FairnessReport]:
+    out = {}
+    for name in protected:
+        groups = _groups(table, name, "INVALID_PROTECTED_COLUMN")
+        if len(groups.names) > limit:
+            raise invalid(
+                "TOO_MANY_GROUPS",
+                f"protected attribute {name!r} has {len(groups.names)} values (limit {limit}); "
+                "bucket it into a few groups first",
+                column=name,
+            )
+        report = fairness_report(name, groups, y_pos, pred_pos, positive)
+        warnings.extend(report.warnings)
+        out[name] = report
+    return out
+
+
+def evaluate(
+    onnx_bytes: bytes,
+    signature: Signature | None,
+    table: pa.Table | bytes,
+    *,
+    label: str,
+    feature_names: Sequence[str] = (),
+    features: Sequence[str] | None = None,
+    slices: Sequence[str] = (),
+    protected: Sequence[str] = (),
+    task: str | None = None,
+    baseline: BaselineProfile | None = None,
+    progress: Callable[[float], None] | None = None,
+    classes: Sequence[Any] | None = None,
+    positive_class: Any = None,
+    output: str | None = None,
+    thresholds: ValidationThresholds | None = None,
+    max_slices: int = MAX_SLICES,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    threads: int = 0,
+) -> EvaluationReport:
+    """Evaluate an ONNX model on a labelled dataset (a pyarrow Table, or Parquet, Arrow IPC or
+    CSV bytes) on CPU.
+
+    ``signature`` describes the model (None: read from the model); ``feature_names`` are the
+    version's features; ``features`` overrides the feature columns; ``task`` overrides the
+    detected task; ``classes`` gives class labels in probability-column order when the model
+    does not carry them; ``positive_class`` (default: the second class) is what binary metrics
+    and fairness call positive; ``output`` names the score output; ``baseline`` is the training
+    profile to validate against. Each distinct value of a ``slices`` column is a slice; past
+    ``max_slices`` values the ``max_slices - 1`` largest stay and the rest pool into
+    ``<other>`` (with a SLICES_POOLED warning). A ``protected`` column with more than
+    ``max_slices`` values is refused (TOO_MANY_GROUPS): pooling would hide disparities.
+    ``progress`` is called with fractions of work done (0 to 1,
+    non-decreasing, 1 at the end); an exception it raises aborts the evaluation. Bad input
+    raises ``InvalidArgument`` with an UPPER_SNAKE reason.
+    """
+    if task is not None and task not in TASKS:
+        raise invalid("INVALID_TASK", f"task must be one of {TASKS}, not {task!r}", task=task)
+    if chunk_rows < 1 or max_slices < 2:
+        raise invalid("INVALID_ARGUMENT", "chunk_rows must be >= 1 and max_slices >= 2")
+    digest = None
+    if isinstance(table, bytes | bytearray | memoryview):
+        digest = "sha256:" + hashlib.sha256(table).hexdigest()
+        table = read_table(bytes(table))
+    if table.num_rows == 0:
+        raise invalid("EMPTY_DATASET", "the dataset has no rows")
+    _require_columns(table, label, slices, protected)
+    if progress is not None:
+        progress(0.0)
+    session = open_session(onnx_bytes, threads)
+    if signature is None:
+        signature = session_signature(session)
+    else:
+        check_signature(signature, session)
+    plan = plan_outputs(signature.outputs, task, output)
+    if protected and plan.task == "regression":
+        raise invalid("FAIRNESS_NEEDS_BINARY", "fairness metrics need a binary classifier")
+    known = [label, *slices, *protected]
+    inputs = plan_inputs(
+        signature.inputs,
+        table.column_names,
+        feature_names=feature_names,
+        features=features,
+        excluded=known,
+    )
+    check_types(inputs, table.schema)
+    report_validation = validate(
+        table,
+        inputs.feature_names,
+        known_columns=known,
+        baseline=baseline,
+        thresholds=thresholds or ValidationThresholds(),
+    )
+    label_column = table.column(label)
+    y_reg = regression_targets(label_column, label) if plan.task == "regression" else None
+    raw = run_chunks(session, inputs, plan, table, chunk_rows, progress)
+    resolved = plan.task
+    if resolved is None:
+        resolved = "classification" if raw.scores.ndim == 2 and raw.scores.shape[1] > 1 else None
+        if resolved is None:
+            raise invalid(
+                "UNUSABLE_MODEL_OUTPUT",
+                f"output {plan.score!r} gives one value per row; set the task to "
+                "'regression' or 'classification' (positive-class probability)",
+            )
+    warnings: list[EvaluationWarning] = []
+    fairness: dict[str, FairnessReport] = {}
+    if resolved == "regression":
+        if raw.scores.ndim > 1 and raw.scores.shape[1] != 1:
+            raise invalid("UNUSABLE_MODEL_OUTPUT", f"output {plan.score!r} has several columns")
+        pred = raw.scores.reshape(-1)
+        if not np.all(np.isfinite(pred)):
+            raise invalid(
+                "UNUSABLE_MODEL_OUTPUT",
+                f"output {plan.score!r} holds NaN or infinite predictions; missing feature "
+                "values are a common cause: fill or drop them",
+            )
+        y = y_reg if y_reg is not None else regression_targets(label_column, label)
+
+        def metrics(rows: np.ndarray, scope: str) -> MetricResult:
+            return regression_metrics(y[rows], pred[rows], scope)
+
+        class_list: list[Any] = []
+        positive_value = None
+    else:
+        proba = probabilities(raw.scores, plan.score, warnings)
+        class_list = resolve_classes(onnx_bytes, proba, raw.labels, classes, warnings)
+        y_idx = encode_classes(label_column, label, class_list)
+        positive = _positive_index(class_list, positive_class) if proba.shape[1] == 2 else 1
+        positive_value = class_list[positive] if proba.shape[1] == 2 else None
+
+        def metrics(rows: np.ndarray, scope: str) -> MetricResult:
+            return classification_metrics(y_idx[rows], proba[rows], positive, scope)
+
+        if protected:
+            if proba.shape[1] != 2:
+                raise invalid(
+                    "FAIRNESS_NEEDS_BINARY",
+                    f"fairness metrics need a binary classifier; this model has "
+                    f"{proba.shape[1]} classes",
+                )
+            pred_pos = np.argmax(proba, axis=1) == positive
+            fairness = _fairness(
+                table,
+                protected,
+                y_idx == positive,
+                pred_pos,
+                str(positive_value),
+                max_slices,
+                warnings,
+            )
+    overall, found = metrics(np.arange(table.num_rows), "overall")
+    warnings[:0] = found
+    slice_reports = _slices(table, slices, metrics, max_slices, warnings)
+    report = EvaluationReport(
+        task=resolved,
+        rows=table.num_rows,
+        metrics=overall,
+        feature_names=inputs.feature_names,
+        label=label,
+        classes=class_list,
+        positive_class=positive_value,
+        slices=slice_reports,
+        fairness=fairness,
+        validation=report_validation,
+        warnings=warnings,
+        dataset_sha256=digest,
+    )
+    if progress is not None:
+        progress(1.0)
+    return report

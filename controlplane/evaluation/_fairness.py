@@ -1,0 +1,139 @@
+"""Group fairness of a binary classifier over one protected attribute.
+
+Per group ``g`` (rows whose attribute has one value): ``count``; ``selection_rate``, the share
+of rows predicted positive; ``tpr``, the share of truly positive rows predicted positive (None
+when the group has no positive row); ``fpr``, the share of truly negative rows predicted
+positive (None without a negative row); ``accuracy``.
+
+Disparities, over the groups where the rate is defined (fairlearn's ``between_groups`` method):
+
+* ``demographic_parity_difference``: max minus min selection rate;
+* ``demographic_parity_ratio``: min over max selection rate (None when no group selects
+  anyone, since 0/0 says nothing);
+* ``equal_opportunity_difference``: max minus min TPR;
+* ``equalized_odds_difference``: the larger of the TPR and FPR differences.
+
+These match ``fairlearn.metrics`` whenever every group has both classes; fairlearn instead
+counts an undefined rate as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controlplane.evaluation._errors import EvaluationWarning
+from controlplane.evaluation._grouping import Groups
+
+
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+@dataclass(frozen=True)
+class GroupMetrics:
+    """The rates of one group of a protected attribute."""
+
+    group: str
+    count: int
+    selection_rate: float
+    tpr: float | None
+    fpr: float | None
+    accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The group's figures as a JSON-ready dictionary."""
+        return {
+            "count": self.count,
+            "selection_rate": self.selection_rate,
+            "tpr": self.tpr,
+            "fpr": self.fpr,
+            "accuracy": self.accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class FairnessReport:
+    """Per-group rates and the disparities between groups for one protected attribute."""
+
+    attribute: str
+    positive_class: str
+    groups: list[GroupMetrics]
+    demographic_parity_difference: float | None
+    demographic_parity_ratio: float | None
+    equal_opportunity_difference: float | None
+    equalized_odds_difference: float | None
+    warnings: list[EvaluationWarning] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: groups keyed by name, so a policy can read ``groups["f"].tpr``."""
+        return {
+            "attribute": self.attribute,
+            "positive_class": self.positive_class,
+            "groups": {g.group: g.to_dict() for g in self.groups},
+            "demographic_parity_difference": self.demographic_parity_difference,
+            "demographic_parity_ratio": self.demographic_parity_ratio,
+            "equal_opportunity_difference": self.equal_opportunity_difference,
+            "equalized_odds_difference": self.equalized_odds_difference,
+        }
+
+
+def _spread(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return max(defined) - min(defined) if defined else None
+
+
+def fairness_report(
+    attribute: str,
+    groups: Groups,
+    y_positive: np.ndarray,
+    pred_positive: np.ndarray,
+    positive_class: str,
+) -> FairnessReport:
+    """Group rates and disparities for boolean truth and prediction masks of the positive class."""
+    scope = f"fairness:{attribute}"
+    warnings: list[EvaluationWarning] = []
+    per_group = []
+    for name, rows in zip(groups.names, groups.rows, strict=True):
+        yt = y_positive[rows]
+        yp = pred_positive[rows]
+        n_pos = int(np.count_nonzero(yt))
+        n_neg = len(rows) - n_pos
+        per_group.append(
+            GroupMetrics(
+                group=name,
+                count=len(rows),
+                selection_rate=float(np.count_nonzero(yp)) / len(rows),
+                tpr=_rate(int(np.count_nonzero(yp & yt)), n_pos),
+                fpr=_rate(int(np.count_nonzero(yp & ~yt)), n_neg),
+                accuracy=float(np.count_nonzero(yp == yt)) / len(rows),
+            )
+        )
+        if n_pos == 0 or n_neg == 0:
+            missing = "positive" if n_pos == 0 else "negative"
+            warnings.append(
+                EvaluationWarning(
+                    "GROUP_SINGLE_CLASS",
+                    f"group {name!r} has no {missing} row; its "
+                    f"{'TPR' if n_pos == 0 else 'FPR'} is undefined and left out of the "
+                    "disparities",
+                    scope,
+                )
+            )
+    selection = [g.selection_rate for g in per_group]
+    top = max(selection)
+    tpr_diff = _spread([g.tpr for g in per_group])
+    fpr_diff = _spread([g.fpr for g in per_group])
+    odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
+    return FairnessReport(
+        attribute=attribute,
+        positive_class=positive_class,
+        groups=per_group,
+        demographic_parity_difference=top - min(selection),
+        demographic_parity_ratio=min(selection) / top if top > 0 else None,
+        equal_opportunity_difference=tpr_diff,
+        equalized_odds_difference=max(odds) if odds else None,
+        warnings=warnings,
+    )

@@ -1,0 +1,174 @@
+"""From dataset columns to model inputs.
+
+Which columns feed the model:
+
+* a model with one input of shape ``[-1, F]`` takes a matrix of feature columns: the columns
+  named in ``features`` when given; else the version's ``feature_names`` when the dataset has
+  them all; else every column except the label, slice and protected columns, in dataset order;
+* a model with several inputs, or one input of rank 1, takes for each input the column of that
+  name (shape ``[-1]`` or ``[-1, 1]``).
+
+Numeric, boolean and null values convert to the input's element type (nulls become NaN for
+float inputs and are refused for integer inputs); strings feed ``BYTES`` inputs only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from controlplane.domain import TensorSpec
+from controlplane.evaluation._errors import invalid
+from modelplane.profiles import is_numeric_type, numeric_values
+
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """For each model input, the dataset columns that feed it (several for a matrix input)."""
+
+    bindings: list[tuple[TensorSpec, list[str]]]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature column, in the order the model sees them."""
+        return [c for _, cols in self.bindings for c in cols]
+
+
+def _missing(names: Sequence[str], columns: Sequence[str], what: str) -> None:
+    absent = [n for n in names if n not in columns]
+    if absent:
+        raise invalid(
+            "MISSING_FEATURES",
+            f"the dataset lacks {what} {absent} (dataset columns: {list(columns)})",
+            missing=",".join(absent),
+        )
+
+
+def plan_inputs(
+    inputs: list[TensorSpec],
+    columns: Sequence[str],
+    *,
+    feature_names: Sequence[str],
+    features: Sequence[str] | None,
+    excluded: Sequence[str],
+) -> InputPlan:
+    """Bind model inputs to dataset columns by the rules of the module docstring."""
+    if len(inputs) == 1 and len(inputs[0].shape) == 2:
+        spec = inputs[0]
+        if features:
+            chosen = list(features)
+            _missing(chosen, columns, "the requested feature columns")
+        elif feature_names and all(n in columns for n in feature_names):
+            chosen = list(feature_names)
+        else:
+            chosen = [c for c in columns if c not in excluded]
+        width = spec.shape[1]
+        if width > 0 and len(chosen) != width:
+            absent = [n for n in feature_names if n not in columns]
+            hint = f"; the version's features {absent} are missing" if absent else ""
+            raise invalid(
+                "MISSING_FEATURES" if absent else "FEATURE_COUNT_MISMATCH",
+                f"input {spec.name!r} takes {width} features but {len(chosen)} columns were "
+                f"chosen ({chosen[:20]}){hint}",
+                input=spec.name,
+            )
+        if not chosen:
+            raise invalid("MISSING_FEATURES", "the dataset has no feature column")
+        return InputPlan([(spec, chosen)])
+    for spec in inputs:
+        if not (len(spec.shape) == 1 or (len(spec.shape) == 2 and spec.shape[1] == 1)):
+            raise invalid(
+                "UNSUPPORTED_MODEL_INPUT",
+                f"input {spec.name!r} has shape {spec.shape}; with several inputs each must be "
+                "one column ([-1] or [-1, 1])",
+                input=spec.name,
+            )
+    _missing([s.name for s in inputs], columns, "columns for the model inputs")
+    return InputPlan([(s, [s.name]) for s in inputs])
+
+
+def check_types(plan: InputPlan, schema: pa.Schema) -> None:
+    """NON_NUMERIC_FEATURE / NON_STRING_FEATURE when a column cannot feed its input."""
+    for spec, cols in plan.bindings:
+        for name in cols:
+            type_ = schema.field(name).type
+            if spec.datatype == "BYTES":
+                ok = pa.types.is_string(type_) or pa.types.is_large_string(type_)
+                reason, need = "NON_STRING_FEATURE", "string"
+            else:
+                ok = is_numeric_type(type_) or pa.types.is_boolean(type_) or pa.types.is_null(type_)
+                reason, need = "NON_NUMERIC_FEATURE", "numeric or boolean"
+            if not ok:
+                raise invalid(
+                    reason,
+                    f"column {name!r} has type {type_} but input {spec.name!r} ({spec.datatype}) "
+                    f"needs {need} values; encode it before evaluating",
+                    feature=name,
+                )
+
+
+def _column(spec: TensorSpec, name: str, column: pa.ChunkedArray) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        if column.null_count:
+            raise invalid("MISSING_VALUES", f"column {name!r} has nulls", feature=name)
+        return np.asarray(column.to_pylist(), dtype=object)
+    target = _NUMPY_TYPES.get(spec.datatype)
+    if target is None:
+        raise invalid(
+            "UNSUPPORTED_MODEL_INPUT",
+            f"input {spec.name!r} has element type {spec.datatype}",
+            input=spec.name,
+        )
+    if np.issubdtype(target, np.floating):
+        return numeric_values(column).astype(target, copy=False)
+    if column.null_count:
+        raise invalid(
+            "MISSING_VALUES",
+            f"column {name!r} has {column.null_count} nulls but input {spec.name!r} is "
+            f"{spec.datatype}, which has no missing value",
+            feature=name,
+        )
+    try:
+        as_int = pc.cast(column, pa.int64()) if not pa.types.is_boolean(column.type) else column
+    except pa.ArrowInvalid as err:
+        raise invalid(
+            "NON_INTEGER_FEATURE",
+            f"column {name!r} feeds integer input {spec.name!r} but holds non-integer values",
+            feature=name,
+        ) from err
+    return np.asarray(as_int.to_numpy(zero_copy_only=False)).astype(target)
+
+
+def build_feeds(plan: InputPlan, chunk: pa.Table) -> dict[str, np.ndarray]:
+    """The input arrays for a slice of the dataset."""
+    feeds: dict[str, np.ndarray] = {}
+    n = chunk.num_rows
+    for spec, cols in plan.bindings:
+        arrays = [_column(spec, c, chunk.column(c)) for c in cols]
+        if len(spec.shape) == 1:
+            feeds[spec.name] = arrays[0]
+            continue
+        matrix = np.empty((n, len(cols)), dtype=arrays[0].dtype)
+        for i, values in enumerate(arrays):
+            matrix[:, i] = values
+        feeds[spec.name] = matrix
+    return feeds

@@ -1,0 +1,87 @@
+"""Turning the label column into class indices (classification) or floats (regression).
+
+Classification labels are matched to the model's class list (probability-column order):
+integer classes accept integer labels, integral floats and booleans (``true`` is 1); string
+classes accept strings, and integers or booleans by their string form (``1``, ``true``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from controlplane.evaluation._errors import invalid
+from modelplane.profiles import category_strings, is_numeric_type, numeric_values
+
+
+def _no_nulls(column: pa.ChunkedArray, label: str) -> None:
+    if column.null_count:
+        raise invalid(
+            "MISSING_LABELS",
+            f"label column {label!r} has {column.null_count} missing values; drop those rows "
+            "or fill them before evaluating",
+            label=label,
+        )
+
+
+def _unknown(label: str, values: list[object], classes: Sequence[object]) -> Exception:
+    shown = ", ".join(repr(v) for v in values[:5])
+    return invalid(
+        "UNKNOWN_LABELS",
+        f"label column {label!r} holds values the model has no class for ({shown}); the "
+        f"model's classes are {list(classes)[:20]}",
+        label=label,
+    )
+
+
+def _as_class_type(column: pa.ChunkedArray, classes: Sequence[int] | Sequence[str]) -> pa.Array:
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(classes[0], str):
+        return (
+            category_strings(combined)
+            if not is_numeric_type(combined.type)
+            else pc.cast(combined, pa.string())
+        )
+    if pa.types.is_boolean(combined.type) or is_numeric_type(combined.type):
+        return pc.cast(combined, pa.int64())
+    if pa.types.is_dictionary(combined.type):
+        combined = category_strings(combined)
+    return pc.cast(combined, pa.int64())
+
+
+def encode_classes(
+    column: pa.ChunkedArray, label: str, classes: Sequence[int] | Sequence[str]
+) -> np.ndarray:
+    """Each label's index in ``classes`` (int64); UNKNOWN_LABELS names values with no class."""
+    _no_nulls(column, label)
+    try:
+        values = _as_class_type(column, classes)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        distinct = pc.unique(column.combine_chunks()).to_pylist()
+        raise _unknown(label, distinct, classes) from None
+    class_array = pa.array(list(classes), type=values.type)
+    index = pc.index_in(values, value_set=class_array)
+    if index.null_count:
+        unknown = pc.unique(pc.filter(values, pc.is_null(index))).to_pylist()
+        raise _unknown(label, unknown, classes)
+    return np.asarray(index.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def regression_targets(column: pa.ChunkedArray, label: str) -> np.ndarray:
+    """The label column as float64; NON_NUMERIC_LABEL or MISSING_LABELS when it cannot be."""
+    if not (is_numeric_type(column.type) or pa.types.is_boolean(column.type)):
+        raise invalid(
+            "NON_NUMERIC_LABEL",
+            f"label column {label!r} has type {column.type}; a regressor needs numeric labels",
+            label=label,
+        )
+    _no_nulls(column, label)
+    values = numeric_values(column)
+    if not np.all(np.isfinite(values)):
+        raise invalid(
+            "MISSING_LABELS", f"label column {label!r} has NaN or infinite values", label=label
+        )
+    return values

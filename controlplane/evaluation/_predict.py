@@ -1,0 +1,154 @@
+"""Running the model over the dataset in chunks, and reading its outputs as scores and classes.
+
+Classification scores become a probability matrix: a float matrix whose values lie in [0, 1]
+and whose rows sum to 1 within 1e-3 is renormalised to sum exactly 1; any other finite matrix
+is treated as logits and passed through softmax, with a ``SCORES_NOT_PROBABILITIES`` warning.
+A single float column is the positive-class probability of a binary problem and must lie in
+[0, 1]. Non-finite scores make the output unusable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+
+from controlplane.evaluation._errors import EvaluationWarning, invalid
+from controlplane.evaluation._inputs import InputPlan, build_feeds
+from controlplane.evaluation._model import OutputPlan, graph_classes, observed_classes
+
+#: Share of the progress scale that inference covers; the metrics take the rest.
+INFERENCE_SHARE = 0.9
+
+
+@dataclass
+class RawOutputs:
+    """The score output (float64, one row per dataset row) and the label output, if any."""
+
+    scores: np.ndarray
+    labels: np.ndarray | None
+
+
+def run_chunks(
+    session: ort.InferenceSession,
+    inputs: InputPlan,
+    outputs: OutputPlan,
+    table: pa.Table,
+    chunk_rows: int,
+    progress: Callable[[float], None] | None,
+) -> RawOutputs:
+    """Run the model over ``table`` in chunks of ``chunk_rows`` rows, reporting progress."""
+    names = [outputs.score] + ([outputs.label] if outputs.label else [])
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    total = table.num_rows
+    for start in range(0, total, chunk_rows):
+        chunk = table.slice(start, chunk_rows)
+        feeds = build_feeds(inputs, chunk)
+        try:
+            result = session.run(names, feeds)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise invalid(
+                "MODEL_RUN_FAILED", f"the model failed on rows {start}+: {first}"
+            ) from None
+        for name, value in zip(names, result, strict=True):
+            if not isinstance(value, np.ndarray) or value.shape[:1] != (chunk.num_rows,):
+                raise invalid(
+                    "UNUSABLE_MODEL_OUTPUT",
+                    f"output {name!r} did not give one entry per row for {chunk.num_rows} rows",
+                    output=name,
+                )
+        scores.append(np.asarray(result[0], dtype=np.float64))
+        if outputs.label:
+            labels.append(np.asarray(result[1]).reshape(-1))
+        if progress is not None:
+            progress(INFERENCE_SHARE * min(start + chunk.num_rows, total) / total)
+    return RawOutputs(np.concatenate(scores), np.concatenate(labels) if labels else None)
+
+
+def _unusable(name: str, why: str) -> Exception:
+    return invalid("UNUSABLE_MODEL_OUTPUT", f"output {name!r} {why}", output=name)
+
+
+def probabilities(scores: np.ndarray, name: str, warnings: list[EvaluationWarning]) -> np.ndarray:
+    """The ``[n, k]`` probability matrix a classifier's score output stands for."""
+    bad = int(np.count_nonzero(~np.isfinite(scores).reshape(len(scores), -1).all(axis=1)))
+    if bad:
+        raise _unusable(
+            name,
+            f"holds NaN or infinite scores on {bad} rows; missing feature values are a "
+            "common cause: fill or drop them",
+        )
+    if scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1):
+        p = scores.reshape(-1)
+        if np.any(p < 0.0) or np.any(p > 1.0):
+            raise _unusable(name, "is one column but not a probability in [0, 1]")
+        return np.column_stack([1.0 - p, p])
+    if scores.ndim != 2:
+        raise _unusable(name, f"has {scores.ndim} dimensions; a classifier needs [-1, C]")
+    sums = scores.sum(axis=1)
+    if np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.all(np.abs(sums - 1.0) <= 1e-3):
+        return scores / sums[:, None]
+    warnings.append(
+        EvaluationWarning(
+            "SCORES_NOT_PROBABILITIES",
+            f"output {name!r} does not hold probabilities (rows in [0, 1] summing to 1); "
+            "softmax was applied to treat its values as logits",
+            "model",
+        )
+    )
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def resolve_classes(
+    onnx_bytes: bytes,
+    proba: np.ndarray,
+    labels: np.ndarray | None,
+    given: Sequence[Any] | None,
+    warnings: list[EvaluationWarning],
+) -> list[Any]:
+    """The class labels in probability-column order.
+
+    In order of preference: ``given``; the graph's class table; the classes read off the label
+    output of this run; ``0..k-1`` when the model has no label output, or when its integer
+    labels agree with the column index wherever seen. CLASSES_UNKNOWN otherwise.
+    """
+    k = proba.shape[1]
+    if given is not None:
+        if len(given) != k:
+            raise invalid(
+                "CLASSES_MISMATCH",
+                f"{len(given)} classes were given but the model scores {k}",
+            )
+        return [v.item() if isinstance(v, np.generic) else v for v in given]
+    if labels is None:
+        return list(range(k))
+    argmax = np.argmax(proba, axis=1)
+    classes = graph_classes(onnx_bytes, k) or observed_classes(labels, argmax, k)
+    if classes is None and labels.dtype.kind in "iu" and np.all(labels == argmax):
+        classes = list(range(k))
+    if classes is None:
+        raise invalid(
+            "CLASSES_UNKNOWN",
+            f"cannot tell which class each of the model's {k} probability columns stands for; "
+            "pass the class labels in column order",
+        )
+    predicted = np.asarray(classes, dtype=labels.dtype if labels.dtype.kind != "O" else object)
+    disagree = int(np.count_nonzero(predicted[argmax] != labels))
+    if disagree:
+        warnings.append(
+            EvaluationWarning(
+                "LABEL_OUTPUT_DISAGREES",
+                f"on {disagree} rows the model's label output is not the most probable class "
+                "(tied probabilities or a decision threshold); metrics use the most probable "
+                "class",
+                "model",
+            )
+        )
+    return classes

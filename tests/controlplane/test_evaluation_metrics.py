@@ -1,0 +1,260 @@
+"""The evaluation metrics against scikit-learn, fairlearn and straightforward loops, on data
+with class imbalance and many tied scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fairlearn import metrics as flm
+from sklearn import metrics as skm
+from sklearn.preprocessing import label_binarize
+
+from controlplane.evaluation import (
+    ECE_EDGES,
+    average_precision,
+    classification_metrics,
+    expected_calibration_error,
+    regression_metrics,
+    roc_auc,
+)
+from controlplane.evaluation._fairness import fairness_report
+from controlplane.evaluation._grouping import cap_groups, group_rows
+
+
+def _tied_binary(seed: int, n: int = 600, positive_share: float = 0.08):
+    """Imbalanced labels and scores rounded to one decimal, so most scores tie."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < positive_share
+    scores = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.0, 1.0).round(1)
+    return y, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranking_metrics_match_sklearn_with_ties_and_imbalance(seed: int) -> None:
+    y, scores = _tied_binary(seed)
+    assert len(np.unique(scores)) <= 11
+    assert roc_auc(scores, y) == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-12)
+    assert average_precision(scores, y) == pytest.approx(
+        skm.average_precision_score(y, scores), abs=1e-12
+    )
+
+
+def test_ranking_metrics_undefined_without_both_classes() -> None:
+    scores = np.array([0.1, 0.4, 0.4, 0.9])
+    assert roc_auc(scores, np.ones(4, dtype=bool)) is None
+    assert roc_auc(scores, np.zeros(4, dtype=bool)) is None
+    assert average_precision(scores, np.zeros(4, dtype=bool)) is None
+    assert average_precision(scores, np.ones(4, dtype=bool)) == pytest.approx(1.0)
+
+
+def _ece_loop(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """ECE written out bin by bin with explicit comparisons against the documented edges."""
+    total = 0.0
+    n = len(confidence)
+    for b in range(10):
+        lo, hi = ECE_EDGES[b], ECE_EDGES[b + 1]
+        members = [
+            i for i in range(n) if lo <= confidence[i] < hi or (b == 9 and confidence[i] == 1.0)
+        ]
+        if members:
+            acc = sum(float(correct[i]) for i in members) / len(members)
+            conf = sum(float(confidence[i]) for i in members) / len(members)
+            total += len(members) / n * abs(acc - conf)
+    return total
+
+
+def test_ece_matches_a_loop_including_values_on_bin_edges() -> None:
+    rng = np.random.default_rng(5)
+    conf = np.concatenate([rng.random(300), ECE_EDGES, ECE_EDGES, [0.0, 1.0, 0.3, 0.7]])
+    correct = rng.random(len(conf)) < conf
+    assert expected_calibration_error(conf, correct) == pytest.approx(
+        _ece_loop(conf, correct), abs=1e-12
+    )
+    perfect = np.array([0.25, 0.25, 0.25, 0.25])
+    assert expected_calibration_error(perfect, np.array([True, False, False, False])) == 0.0
+
+
+def test_binary_classification_metrics_match_sklearn() -> None:
+    y_bool, scores = _tied_binary(3)
+    y = y_bool.astype(np.int64)
+    proba = np.column_stack([1 - scores, scores])
+    got, warnings = classification_metrics(y, proba, positive=1)
+    assert warnings == []
+    pred = np.argmax(proba, axis=1)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    for name, fn in (
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+        ("f1", skm.f1_score),
+    ):
+        assert got[name] == pytest.approx(fn(y, pred, zero_division=0)), name
+        assert got[f"{name}_macro"] == pytest.approx(
+            fn(y, pred, average="macro", zero_division=0)
+        ), name
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores))
+    assert got["pr_auc"] == pytest.approx(skm.average_precision_score(y, scores))
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba), rel=1e-9)
+    assert got["brier"] == pytest.approx(skm.brier_score_loss(y, scores))
+    assert got["ece"] == pytest.approx(_ece_loop(scores, y_bool), abs=1e-12)
+
+
+def test_binary_metrics_with_class_zero_as_positive() -> None:
+    y_bool, scores = _tied_binary(4)
+    y = y_bool.astype(np.int64)
+    proba = np.column_stack([1 - scores, scores])
+    got, _ = classification_metrics(y, proba, positive=0)
+    pred = np.argmax(proba, axis=1)
+    assert got["precision"] == pytest.approx(skm.precision_score(y, pred, pos_label=0))
+    assert got["recall"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(1 - y, proba[:, 0]))
+    assert got["pr_auc"] == pytest.approx(skm.average_precision_score(1 - y, proba[:, 0]))
+    assert got["brier"] == pytest.approx(skm.brier_score_loss(1 - y, proba[:, 0]))
+
+
+def _multiclass(seed: int, n: int = 500):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(4, size=n, p=[0.6, 0.25, 0.1, 0.05])
+    logits = rng.normal(size=(n, 4)) + 1.5 * np.eye(4)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    proba = proba.round(2)
+    proba /= proba.sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_multiclass_metrics_match_sklearn() -> None:
+    y, proba = _multiclass(7)
+    got, warnings = classification_metrics(y, proba)
+    assert warnings == []
+    pred = np.argmax(proba, axis=1)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    for name, fn in (
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+        ("f1", skm.f1_score),
+    ):
+        assert got[name] == pytest.approx(fn(y, pred, average="weighted", zero_division=0))
+        assert got[f"{name}_macro"] == pytest.approx(fn(y, pred, average="macro", zero_division=0))
+    assert got["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    )
+    onehot = label_binarize(y, classes=[0, 1, 2, 3])
+    assert got["pr_auc"] == pytest.approx(
+        skm.average_precision_score(onehot, proba, average="macro")
+    )
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba), rel=1e-9)
+    assert got["brier"] == pytest.approx(float(np.mean(np.sum((proba - onehot) ** 2, axis=1))))
+    assert got["ece"] == pytest.approx(_ece_loop(proba.max(axis=1), pred == y), abs=1e-12)
+
+
+def test_multiclass_auc_skips_absent_classes_with_a_warning() -> None:
+    y, proba = _multiclass(8)
+    keep = y != 3
+    got, warnings = classification_metrics(y[keep], proba[keep], scope="slice:s=a")
+    present = [0, 1, 2]
+    expected = np.mean([skm.roc_auc_score(y[keep] == c, proba[keep][:, c]) for c in present])
+    assert got["roc_auc"] == pytest.approx(expected)
+    assert {(w.code, w.metric, w.scope) for w in warnings} == {
+        ("CLASSES_SKIPPED", "roc_auc", "slice:s=a"),
+        ("CLASSES_SKIPPED", "pr_auc", "slice:s=a"),
+    }
+
+
+def test_single_class_gives_none_and_a_warning() -> None:
+    proba = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    got, warnings = classification_metrics(np.array([1, 1, 1]), proba)
+    assert got["roc_auc"] is None
+    assert got["pr_auc"] == pytest.approx(1.0)
+    assert [(w.code, w.metric) for w in warnings] == [("SINGLE_CLASS", "roc_auc")]
+    assert got["accuracy"] == pytest.approx(1 / 3)
+    got0, warnings0 = classification_metrics(np.array([0, 0, 0]), proba)
+    assert got0["roc_auc"] is None and got0["pr_auc"] is None
+    assert {w.metric for w in warnings0} == {"roc_auc", "pr_auc"}
+
+
+def test_regression_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(11)
+    y = rng.normal(50, 20, size=400)
+    pred = y + rng.normal(0, 5, size=400)
+    got, warnings = regression_metrics(y, pred)
+    assert warnings == []
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred))
+    assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)))
+    assert got["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y, pred))
+    assert got["r2"] == pytest.approx(skm.r2_score(y, pred))
+    flat, flat_warnings = regression_metrics(np.full(5, 3.0), np.arange(5.0))
+    assert flat["r2"] is None
+    assert [w.code for w in flat_warnings] == ["CONSTANT_LABELS"]
+
+
+def test_fairness_matches_fairlearn() -> None:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(13)
+    n = 800
+    group = rng.choice(["a", "b", "c"], size=n, p=[0.6, 0.3, 0.1])
+    y = rng.random(n) < np.where(group == "a", 0.3, 0.5)
+    pred = rng.random(n) < np.where(group == "c", 0.2, 0.45)
+    rep = fairness_report("g", group_rows(pa.chunked_array([group])), y, pred, "1")
+    kw = {"sensitive_features": group}
+    assert rep.demographic_parity_difference == pytest.approx(
+        flm.demographic_parity_difference(y, pred, **kw)
+    )
+    assert rep.demographic_parity_ratio == pytest.approx(
+        flm.demographic_parity_ratio(y, pred, **kw)
+    )
+    assert rep.equal_opportunity_difference == pytest.approx(
+        flm.equal_opportunity_difference(y, pred, **kw)
+    )
+    assert rep.equalized_odds_difference == pytest.approx(
+        flm.equalized_odds_difference(y, pred, **kw)
+    )
+    frame = flm.MetricFrame(
+        metrics={
+            "selection_rate": flm.selection_rate,
+            "tpr": flm.true_positive_rate,
+            "fpr": flm.false_positive_rate,
+            "count": flm.count,
+        },
+        y_true=y,
+        y_pred=pred,
+        sensitive_features=group,
+    )
+    for g in rep.groups:
+        row = frame.by_group.loc[g.group]
+        assert g.selection_rate == pytest.approx(row["selection_rate"])
+        assert g.tpr == pytest.approx(row["tpr"])
+        assert g.fpr == pytest.approx(row["fpr"])
+        assert g.count == row["count"]
+        assert g.accuracy == pytest.approx(np.mean(pred[group == g.group] == y[group == g.group]))
+
+
+def test_fairness_leaves_undefined_rates_out() -> None:
+    import pyarrow as pa
+
+    group = np.array(["a", "a", "a", "b", "b"])
+    y = np.array([True, False, True, False, False])
+    pred = np.array([True, True, False, False, True])
+    rep = fairness_report("g", group_rows(pa.chunked_array([group])), y, pred, "1")
+    b = next(g for g in rep.groups if g.group == "b")
+    assert b.tpr is None and b.fpr == pytest.approx(0.5)
+    assert rep.equal_opportunity_difference == pytest.approx(0.0)
+    assert rep.equalized_odds_difference == pytest.approx(0.5)
+    assert [w.code for w in rep.warnings] == ["GROUP_SINGLE_CLASS"]
+    nobody = fairness_report("g", group_rows(pa.chunked_array([group])), y, pred & False, "1")
+    assert nobody.demographic_parity_ratio is None
+    assert nobody.demographic_parity_difference == 0.0
+
+
+def test_grouping_names_nulls_and_pools_the_smallest_groups() -> None:
+    import pyarrow as pa
+
+    column = pa.chunked_array([["x", None, "y", "x", "z", "x", "w", "y"]])
+    groups = group_rows(column)
+    assert groups.names == ["<null>", "w", "x", "y", "z"]
+    assert [r.tolist() for r in groups.rows] == [[1], [6], [0, 3, 5], [2, 7], [4]]
+    capped, pooled = cap_groups(groups, 3)
+    assert pooled == 3
+    assert capped.names == ["x", "y", "<other>"]
+    assert capped.rows[2].tolist() == [1, 4, 6]
+    numbers = group_rows(pa.chunked_array([[1, 2, 1]]))
+    assert numbers.names == ["1", "2"]
