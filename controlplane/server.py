@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
 from controlplane import audit
+from controlplane.api.audit_servicer import AuditServicer
 from controlplane.api.blobs_servicer import BlobServicer
+from controlplane.api.evaluation_servicer import EvaluationServicer
+from controlplane.api.governance_converters import evaluation_result
+from controlplane.api.governance_servicer import GovernanceServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
+from controlplane.api.roles import principal_with_roles
 from controlplane.blobstore import BlobStore
 from controlplane.services import BlobService, ModelService, OperationService, VersionService
+from controlplane.services.approvals import ApprovalService
+from controlplane.services.audit_trail import AuditTrailService
+from controlplane.services.evaluations import EvaluationService
+from controlplane.services.gates import GateService
+from controlplane.services.model_cards import ModelCardService
+from controlplane.services.policies import PolicyService
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import Store
 from modelplane.server import (
@@ -25,8 +37,14 @@ from modelplane.server import (
 )
 from modelplane.server.lifecycle import GRPC_OPTIONS
 from modelplane.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    evaluation_pb2,
+    evaluation_pb2_grpc,
+    governance_pb2,
+    governance_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     registry_pb2,
@@ -39,16 +57,28 @@ SERVICE_NAMES = [
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
+    evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
+    governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 ]
+SIGNING_KEY_FILE = "keys/signing-key.pem"
+
+
+def signing_key_path(settings: ControlPlaneSettings) -> Path:
+    """Where the server's Ed25519 key lives: ``signing_key`` or under the artifact root."""
+    return Path(settings.signing_key or Path(settings.artifact_root) / SIGNING_KEY_FILE)
 
 
 def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     """Open the store (migrating it), start serving, and report SERVING once ready."""
+    key = audit.load_or_create_signing_key(signing_key_path(settings))
     store = Store.open(settings.db_url)
     audit.install(store)
     blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
-    interceptor = RequestInterceptor(RpcMetrics("modelplane_controlplane", registry))
+    interceptor = RequestInterceptor(
+        RpcMetrics("modelplane_controlplane", registry), authenticator=principal_with_roles
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
@@ -62,20 +92,47 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(
         BlobServicer(BlobService(store, blobs)), server
     )
+    operations = OperationService(store)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
-        OperationsServicer(OperationService(store)), server
+        OperationsServicer(operations), server
+    )
+    evaluations = EvaluationService(
+        store,
+        blobs,
+        operations,
+        evaluation_result,
+        workers=settings.evaluation_workers,
+        lease_seconds=settings.operation_lease_seconds,
+    )
+    evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
+        EvaluationServicer(evaluations), server
+    )
+    governance_pb2_grpc.add_GovernanceServiceServicer_to_server(
+        GovernanceServicer(
+            PolicyService(store),
+            GateService(store, key),
+            ApprovalService(store, key),
+            ModelCardService(store, key),
+        ),
+        server,
+    )
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(AuditTrailService(store, key)), server
     )
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
+        evaluations.close()
         store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     handle = GrpcServerHandle(server, port, health, SERVICE_NAMES, settings.grace_seconds)
     handle.closers.append(store.close)
+    handle.closers.append(evaluations.close)
     if settings.metrics_listen:
         httpd, metrics_port = serve_metrics(settings.metrics_listen, registry)
         handle.closers.append(httpd.shutdown)
         log.info("metrics listening", metrics_port=metrics_port)
+    evaluations.watch_leases(max(settings.operation_lease_seconds / 3, 0.05))
     server.start()
     handle.mark_serving()
     host = settings.listen.rpartition(":")[0]

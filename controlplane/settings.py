@@ -38,3 +38,14 @@ class ControlPlaneSettings(BaseSettings):
         10_000,
         description="rows of each numeric training feature kept as the drift reference sample",
     )
+    signing_key: str = Field(
+        "",
+        description="Ed25519 PEM private key signing approvals and audit checkpoints; empty: "
+        "ARTIFACT_ROOT/keys/signing-key.pem, created with mode 0600 when absent",
+    )
+    evaluation_workers: int = Field(2, description="threads running server-side evaluations")
+    operation_lease_seconds: float = Field(
+        60.0,
+        description="how long a replica holds a running operation without renewing it; "
+        "operations whose lease expired are marked failed (REPLICA_LOST) by any replica",
+    )

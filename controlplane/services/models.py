@@ -176,6 +176,9 @@ class ModelService:
                     f"version {version_name} is archived and cannot be aliased",
                     reason="VERSION_ARCHIVED",
                 )
+            from controlplane.services.gates import require_gate_passed
+
+            require_gate_passed(tx, model_id, ref.version, alias)
             before = tx.aliases.get(model_id, alias)
             after, _previous = tx.aliases.set(
                 model_id, alias, ref.version, ctx.principal, reason, tx.now

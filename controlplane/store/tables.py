@@ -145,3 +145,100 @@ class AuditEventRow(SQLModel, table=True):
     after_sha256: str = Field(default="", max_length=64)
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+
+
+class EvaluationRow(SQLModel, table=True):
+    """A stored evaluation report of a version."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_version", "model_id", "version", "create_time"),)
+
+    id: str = Field(primary_key=True, max_length=63)
+    model_id: str = Field(max_length=63)
+    version: int = Field(sa_type=BigInteger)
+    dataset_sha256: str = Field(max_length=64)
+    dataset_role: str = Field(default="", max_length=63)
+    label: str = ""
+    report: dict[str, Any] = _json()
+    report_sha256: str = Field(max_length=64)
+    compare_to: str = Field(default="", max_length=63)
+    compared_version: str = ""
+    deltas: dict[str, Any] = _json()
+    operation: str = ""
+    created_by: str = ""
+    create_time: datetime = _ts(nullable=False)
+
+
+class PolicyRow(SQLModel, table=True):
+    """The latest revision of a policy; one policy per target."""
+
+    __tablename__ = "policies"
+
+    id: str = Field(primary_key=True, max_length=63)
+    description: str = ""
+    target: str = Field(unique=True, max_length=200)
+    rules: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_by: str = ""
+    updated_by: str = ""
+    create_time: datetime = _ts(nullable=False)
+    update_time: datetime = _ts(nullable=False)
+    revision: int = 1
+
+
+class PolicyRevisionRow(SQLModel, table=True):
+    """Every revision of every policy, kept when the policy is updated."""
+
+    __tablename__ = "policy_revisions"
+
+    policy_id: str = Field(primary_key=True, max_length=63)
+    revision: int = Field(primary_key=True)
+    description: str = ""
+    target: str = Field(max_length=200)
+    rules: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    actor: str = ""
+    time: datetime = _ts(nullable=False)
+
+
+class GateDecisionRow(SQLModel, table=True):
+    """One gate decision with every rule's result."""
+
+    __tablename__ = "gate_decisions"
+    __table_args__ = (
+        Index("ix_gate_decisions_version", "model_id", "version", "target", "create_time"),
+    )
+
+    id: str = Field(primary_key=True, max_length=63)
+    model_id: str = Field(max_length=63)
+    version: int = Field(sa_type=BigInteger)
+    target: str = Field(max_length=200)
+    policy: str = ""
+    policy_revision: int = 0
+    evaluation: str = ""
+    passed: bool = False
+    results: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    evidence_sha256: str = Field(max_length=64)
+    created_by: str = ""
+    create_time: datetime = _ts(nullable=False)
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A signed approval or rejection of a version for a target."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_version", "model_id", "version", "target"),)
+
+    id: str = Field(primary_key=True, max_length=63)
+    model_id: str = Field(max_length=63)
+    version: int = Field(sa_type=BigInteger)
+    target: str = Field(max_length=200)
+    decision: str = Field(max_length=16)
+    comment: str = ""
+    approver: str = ""
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    evidence: dict[str, Any] = _json()
+    evidence_sha256: str = Field(max_length=64)
+    signature: str = ""
+    key_id: str = Field(default="", max_length=64)
+    create_time: datetime = _ts(nullable=False)

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from modelplane._environment import capture_environment
-from modelplane.errors import ModelplaneError, Unavailable, error_info, from_rpc_error
+from modelplane.errors import (
+    DeadlineExceeded,
+    ModelplaneError,
+    Unavailable,
+    error_info,
+    from_rpc_error,
+)
 from modelplane.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    evaluation_pb2,
+    evaluation_pb2_grpc,
+    governance_pb2,
+    governance_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     registry_pb2,
@@ -25,6 +38,7 @@ from modelplane.v1 import (
 )
 
 PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
+ROLES_METADATA_KEY = "x-modelplane-roles"
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2**31 - 1
 T = TypeVar("T")
@@ -487,3 +501,345 @@ class Client:
                 target=target, page_size=page_size, page_token=page_token
             ),
         )
+
+    # Evaluation, governance and audit -------------------------------------------------------
+
+    def _stub(self, cls: type[T]) -> T:
+        """A stub of ``cls`` on this connection, made once."""
+        stubs: dict[type, Any] = self.__dict__.setdefault("_stubs", {})
+        if cls not in stubs:
+            stubs[cls] = cls(self._channel)  # type: ignore[call-arg]
+        return stubs[cls]  # type: ignore[no-any-return]
+
+    @property
+    def evaluation(self) -> evaluation_pb2_grpc.EvaluationServiceStub:
+        return self._stub(evaluation_pb2_grpc.EvaluationServiceStub)
+
+    @property
+    def governance(self) -> governance_pb2_grpc.GovernanceServiceStub:
+        return self._stub(governance_pb2_grpc.GovernanceServiceStub)
+
+    @property
+    def audit(self) -> audit_pb2_grpc.AuditServiceStub:
+        return self._stub(audit_pb2_grpc.AuditServiceStub)
+
+    def with_roles(self, roles: Sequence[str]) -> Client:
+        """Send ``roles`` (in ``x-modelplane-roles``) on every call from now on.
+
+        A stand-in until authentication exists: a server without access control believes the
+        roles a client names.
+        """
+        kept = tuple(kv for kv in self._metadata if kv[0] != ROLES_METADATA_KEY)
+        names = ",".join(r.strip() for r in roles if r.strip())
+        self._metadata = (*kept, (ROLES_METADATA_KEY, names)) if names else kept
+        return self
+
+    def wait_operation(self, name: str, timeout: float = 10.0) -> operations_pb2.Operation:
+        """Wait on the server until the operation is done or ``timeout`` (capped) passes."""
+        request = operations_pb2.WaitOperationRequest(name=name)
+        request.timeout.FromTimedelta(timedelta(seconds=timeout))
+        return self._call(self.operations.WaitOperation, request)
+
+    def evaluate(
+        self,
+        model: str,
+        version: int | str,
+        data: str | os.PathLike[str] | bytes,
+        *,
+        label: str,
+        features: Sequence[str] = (),
+        slices: Sequence[str] = (),
+        protected: Sequence[str] = (),
+        compare_to: str = "champion",
+        role: str = "holdout",
+        request_id: str | None = None,
+    ) -> operations_pb2.Operation:
+        """Upload ``data`` and start a server-side evaluation; returns its operation."""
+        blob = self.upload_blob(data)
+        return self._call(
+            self.evaluation.Evaluate,
+            evaluation_pb2.EvaluateRequest(
+                name=version_name(model, version),
+                dataset_sha256=blob.sha256,
+                dataset_role=role,
+                label=label,
+                features=list(features),
+                slice_columns=list(slices),
+                protected_columns=list(protected),
+                compare_to=compare_to,
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def operation_result(
+        self, operation: operations_pb2.Operation, *, timeout: float = 600.0
+    ) -> evaluation_pb2.Evaluation:
+        """Wait for an evaluation operation and return its Evaluation (or raise its error)."""
+        deadline = time.monotonic() + timeout
+        op = operation
+        while not op.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"{op.name} is still running after {timeout:.0f}s", reason="OPERATION_TIMEOUT"
+                )
+            op = self.wait_operation(op.name, min(left, 30.0))
+        if op.HasField("error"):
+            raise operation_error(op.error)
+        result = evaluation_pb2.Evaluation()
+        op.result.Unpack(result)
+        return result
+
+    def get_evaluation(self, name: str) -> evaluation_pb2.Evaluation:
+        return self._call(
+            self.evaluation.GetEvaluation, evaluation_pb2.GetEvaluationRequest(name=name)
+        )
+
+    def list_evaluations(
+        self, model: str, version: int | str, *, page_size: int = 0
+    ) -> Iterator[evaluation_pb2.Evaluation]:
+        """A version's evaluations, newest first."""
+        token = ""
+        while True:
+            page = self._call(
+                self.evaluation.ListEvaluations,
+                evaluation_pb2.ListEvaluationsRequest(
+                    parent=version_name(model, version), page_size=page_size, page_token=token
+                ),
+            )
+            yield from page.evaluations
+            token = page.next_page_token
+            if not token:
+                return
+
+    def create_policy(
+        self,
+        policy_id: str,
+        *,
+        target: str,
+        rules: Sequence[str],
+        description: str = "",
+        request_id: str | None = None,
+    ) -> governance_pb2.Policy:
+        """Create ``policies/{policy_id}`` bound to ``target``."""
+        return self._call(
+            self.governance.CreatePolicy,
+            governance_pb2.CreatePolicyRequest(
+                policy_id=policy_id,
+                policy=governance_pb2.Policy(
+                    target=target, rules=list(rules), description=description
+                ),
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def get_policy(self, policy: str, *, revision: int = 0) -> governance_pb2.Policy:
+        return self._call(
+            self.governance.GetPolicy,
+            governance_pb2.GetPolicyRequest(name=policy_name(policy), revision=revision),
+        )
+
+    def list_policies(self, *, page_size: int = 0) -> Iterator[governance_pb2.Policy]:
+        token = ""
+        while True:
+            page = self._call(
+                self.governance.ListPolicies,
+                governance_pb2.ListPoliciesRequest(page_size=page_size, page_token=token),
+            )
+            yield from page.policies
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_policy(
+        self,
+        policy: str,
+        *,
+        etag: str = "",
+        rules: Sequence[str] | None = None,
+        description: str | None = None,
+        target: str | None = None,
+        request_id: str | None = None,
+    ) -> governance_pb2.Policy:
+        """Change rules, description or target; the policy's revision increments."""
+        message = governance_pb2.Policy(name=policy_name(policy), etag=etag)
+        paths = []
+        if rules is not None:
+            message.rules.extend(rules)
+            paths.append("rules")
+        if description is not None:
+            message.description = description
+            paths.append("description")
+        if target is not None:
+            message.target = target
+            paths.append("target")
+        return self._call(
+            self.governance.UpdatePolicy,
+            governance_pb2.UpdatePolicyRequest(
+                policy=message,
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def delete_policy(self, policy: str, *, etag: str = "", request_id: str | None = None) -> None:
+        self._call(
+            self.governance.DeletePolicy,
+            governance_pb2.DeletePolicyRequest(
+                name=policy_name(policy), etag=etag, request_id=request_id or self._rid()
+            ),
+        )
+
+    def evaluate_gate(
+        self, model: str, version: int | str, target: str, *, request_id: str | None = None
+    ) -> governance_pb2.GateDecision:
+        """Evaluate the policy bound to ``target`` for a version; the decision is recorded."""
+        return self._call(
+            self.governance.EvaluateGate,
+            governance_pb2.EvaluateGateRequest(
+                name=version_name(model, version),
+                target=target,
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def list_gate_decisions(
+        self, model: str, version: int | str, *, target: str = ""
+    ) -> list[governance_pb2.GateDecision]:
+        out: list[governance_pb2.GateDecision] = []
+        token = ""
+        while True:
+            page = self._call(
+                self.governance.ListGateDecisions,
+                governance_pb2.ListGateDecisionsRequest(
+                    parent=version_name(model, version), target=target, page_token=token
+                ),
+            )
+            out.extend(page.decisions)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def approve(
+        self,
+        model: str,
+        version: int | str,
+        target: str,
+        *,
+        decision: str = "approve",
+        comment: str = "",
+        request_id: str | None = None,
+    ) -> governance_pb2.Approval:
+        """Record a signed approval (or ``decision="reject"``) of a version for a target."""
+        return self._call(
+            self.governance.Approve,
+            governance_pb2.ApproveRequest(
+                name=version_name(model, version),
+                target=target,
+                decision=decision,
+                comment=comment,
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def list_approvals(self, model: str, version: int | str) -> list[governance_pb2.Approval]:
+        out: list[governance_pb2.Approval] = []
+        token = ""
+        while True:
+            page = self._call(
+                self.governance.ListApprovals,
+                governance_pb2.ListApprovalsRequest(
+                    parent=version_name(model, version), page_token=token
+                ),
+            )
+            out.extend(page.approvals)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def verify_version(
+        self, model: str, version: int | str
+    ) -> governance_pb2.VerifyVersionResponse:
+        """Check every approval signature and evaluation digest of a version."""
+        return self._call(
+            self.governance.VerifyVersion,
+            governance_pb2.VerifyVersionRequest(name=version_name(model, version)),
+        )
+
+    def public_key(self) -> governance_pb2.PublicKey:
+        """The server's Ed25519 public key."""
+        return self._call(self.governance.GetPublicKey, governance_pb2.GetPublicKeyRequest())
+
+    def model_card(
+        self, model: str, version: int | str, *, format: str = "md"
+    ) -> governance_pb2.ModelCard:
+        """The version's model card, rendered by the server as ``md``, ``html`` or ``json``."""
+        return self._call(
+            self.governance.GetModelCard,
+            governance_pb2.GetModelCardRequest(name=version_name(model, version), format=format),
+        )
+
+    def audit_events(
+        self,
+        *,
+        resource: str = "",
+        actor: str = "",
+        since: datetime | None = None,
+        page_size: int = 0,
+    ) -> Iterator[audit_pb2.AuditEvent]:
+        """Audit events in sequence order, filtered."""
+        token = ""
+        while True:
+            request = audit_pb2.ListAuditEventsRequest(
+                resource=resource, actor=actor, page_size=page_size, page_token=token
+            )
+            if since is not None:
+                request.since.FromDatetime(since)
+            page = self._call(self.audit.ListAuditEvents, request)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def export_audit(self, out: BinaryIO, *, format: str = "jsonl") -> int:
+        """Write the whole audit trail to ``out`` as JSON Lines; returns the bytes written."""
+        written = 0
+        try:
+            stream = self.audit.ExportAuditEvents(
+                audit_pb2.ExportAuditEventsRequest(format=format),
+                timeout=self.timeout,
+                metadata=self._metadata,
+            )
+            for message in stream:
+                out.write(message.chunk)
+                written += len(message.chunk)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return written
+
+    def create_checkpoint(self) -> audit_pb2.Checkpoint:
+        """A checkpoint of the audit chain head, signed by the server key."""
+        return self._call(self.audit.CreateCheckpoint, audit_pb2.CreateCheckpointRequest())
+
+    def verify_audit(
+        self, checkpoint: audit_pb2.Checkpoint | None = None
+    ) -> audit_pb2.VerifyAuditResponse:
+        """Recompute the audit chain on the server (checking ``checkpoint`` when given)."""
+        request = audit_pb2.VerifyAuditRequest()
+        if checkpoint is not None:
+            request.checkpoint.CopyFrom(checkpoint)
+        return self._call(self.audit.VerifyAudit, request)
+
+
+def policy_name(policy: str) -> str:
+    """``gate`` → ``policies/gate`` (full names pass through)."""
+    return policy if policy.startswith("policies/") else f"policies/{policy}"
+
+
+def operation_error(error: operations_pb2.OperationError) -> ModelplaneError:
+    """The SDK error of a failed operation, chosen by its code."""
+    cls = next(
+        (c for c in ModelplaneError.__subclasses__() if c.code.value == error.code),
+        ModelplaneError,
+    )
+    return cls(error.message, reason=error.reason)

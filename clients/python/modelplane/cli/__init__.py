@@ -27,6 +27,13 @@ _COMMAND_MODULES = (
     "sidecar",
     "logs",
     "drift",
+    "evaluate",
+    "policies",
+    "gate",
+    "approve",
+    "audit",
+    "model_card",
+    "keys",
 )
 
 
@@ -59,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for each call (default 60)"
+    )
+    parser.add_argument(
+        "--roles",
+        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
+        default=os.environ.get("MODELPLANE_ROLES", ""),
+        metavar="ROLE,...",
+        help="roles claimed for approvals (env MODELPLANE_ROLES); a stand-in until "
+        "authentication exists: the server believes them",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:

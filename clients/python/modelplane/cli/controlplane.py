@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus endpoint")
     serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--signing-key",
+        help="Ed25519 key signing approvals and audit checkpoints "
+        "(default: generated under the artifact root, mode 0600)",
+    )
     serve.set_defaults(handler=_serve)
 
 

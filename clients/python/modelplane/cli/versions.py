@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.cli._common import client, csv_list, key_floats, key_values, server_errors
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._output import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Printer,
+    to_dict,
+)
 from modelplane.v1 import registry_pb2
 
 
@@ -79,6 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("version", help="version number or @ALIAS")
     d.add_argument("--out", required=True, type=Path)
     d.set_defaults(handler=_download)
+
+    vf = s.add_parser(
+        "verify", help="check every approval signature and evaluation digest (exit 1 on failure)"
+    )
+    vf.add_argument("name")
+    vf.add_argument("version")
+    vf.set_defaults(handler=_verify)
 
 
 COLUMNS = ["name", "state", "aliases", "artifact.sha256", "inputs", "created_by", "create_time"]
@@ -201,3 +215,15 @@ def _download(args: argparse.Namespace, out: Printer) -> int:
         }
     )
     return 0
+
+
+def _verify(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        result = c.verify_version(args.name, args.version)
+    out.emit(
+        to_dict(result),
+        columns=["resource", "ok", "message"],
+        rows=[[ch.resource, "ok" if ch.ok else "FAILED", ch.message] for ch in result.checks],
+        title="all signatures valid" if result.ok else "verification FAILED",
+    )
+    return EXIT_OK if result.ok else EXIT_CHECK_FAILED

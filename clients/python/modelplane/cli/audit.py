@@ -1,0 +1,150 @@
+"""``modelplane audit`` commands: read, export, checkpoint and verify the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelplane.cli._common import client, server_errors
+from modelplane.cli._output import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Printer,
+    to_dict,
+)
+from modelplane.v1 import audit_pb2
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``audit`` commands."""
+    p = sub.add_parser("audit", help="the hash-chained audit trail")
+    s = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    ls = s.add_parser("list", help="list events in sequence order")
+    ls.add_argument("--resource", default="", help="this resource and those under it")
+    ls.add_argument("--actor", default="")
+    ls.add_argument("--since", default="", help="ISO 8601 time, e.g. 2026-11-26T10:00:00Z")
+    ls.add_argument("--limit", type=int, default=0, help="at most this many events (0: all)")
+    ls.set_defaults(handler=_list)
+
+    e = s.add_parser("export", help="export the whole trail")
+    e.add_argument("--format", default="jsonl", choices=("jsonl",))
+    e.add_argument("--out", type=Path, help="file to write (default stdout)")
+    e.set_defaults(handler=_export)
+
+    c = s.add_parser("checkpoint", help="save a checkpoint of the chain head signed by the server")
+    c.add_argument("--out", required=True, type=Path)
+    c.set_defaults(handler=_checkpoint)
+
+    v = s.add_parser("verify", help="recompute the chain (exit 1 naming the first broken event)")
+    v.add_argument("--checkpoint", type=Path, help="a checkpoint saved earlier")
+    v.set_defaults(handler=_verify)
+
+
+COLUMNS = ["seq", "time", "actor", "action", "resource", "hash"]
+
+
+def _since(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since {text!r} is not an ISO 8601 time", EXIT_USAGE) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _list(args: argparse.Namespace, out: Printer) -> int:
+    since = _since(args.since)
+    events = []
+    with server_errors(), client(args) as c:
+        for event in c.audit_events(resource=args.resource, actor=args.actor, since=since):
+            events.append(event)
+            if args.limit and len(events) >= args.limit:
+                break
+    out.emit(
+        {"events": [to_dict(e) for e in events]},
+        columns=COLUMNS,
+        rows=[
+            [e.seq, e.time.ToJsonString(), e.actor, e.action, e.resource, e.hash[:16]]
+            for e in events
+        ],
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        if args.out is None:
+            sys.stdout.flush()
+            c.export_audit(sys.stdout.buffer, format=args.format)
+            sys.stdout.buffer.flush()
+            return 0
+        tmp = args.out.with_name(f".{args.out.name}.part")
+        try:
+            with tmp.open("wb") as f:
+                size = c.export_audit(f, format=args.format)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(args.out)
+    out.progress(f"wrote {size} bytes to {args.out}")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        cp = c.create_checkpoint()
+    data = {
+        "seq": cp.seq,
+        "head_hash": cp.head_hash,
+        "time": cp.time,
+        "key_id": cp.key_id,
+        "signature": cp.signature,
+    }
+    args.out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    out.emit(data, columns=["seq", "head_hash", "key_id"], rows=[[cp.seq, cp.head_hash, cp.key_id]])
+    return 0
+
+
+def _load(path: Path) -> audit_pb2.Checkpoint:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return audit_pb2.Checkpoint(
+            seq=int(data["seq"]),
+            head_hash=str(data["head_hash"]),
+            time=str(data["time"]),
+            key_id=str(data["key_id"]),
+            signature=str(data["signature"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
+
+
+def _verify(args: argparse.Namespace, out: Printer) -> int:
+    checkpoint = _load(args.checkpoint) if args.checkpoint else None
+    with server_errors(), client(args) as c:
+        r = c.verify_audit(checkpoint)
+    out.emit(
+        to_dict(r),
+        columns=["ok", "checked", "head_seq", "first_bad_seq", "problem", "signature", "message"],
+        rows=[
+            [
+                r.ok,
+                r.checked,
+                r.head_seq,
+                r.first_bad_seq or "",
+                r.problem,
+                r.signature,
+                r.message,
+            ]
+        ],
+    )
+    if not r.ok:
+        out.progress(f"audit chain broken at event {r.first_bad_seq}: {r.message}")
+    return EXIT_OK if r.ok else EXIT_CHECK_FAILED

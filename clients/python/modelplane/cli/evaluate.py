@@ -1,0 +1,85 @@
+"""``modelplane evaluate``: run a server-side evaluation of a version on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from modelplane.cli._common import client, csv_list, server_errors
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.v1 import evaluation_pb2
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``evaluate`` command."""
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a version on a labelled dataset on the server",
+        description="Upload a dataset (Parquet, Arrow or CSV) and have the control plane run the "
+        "version over it: metrics, slices, fairness, data validation, and deltas against the "
+        "version an alias points to.",
+    )
+    p.add_argument("name", help="model id")
+    p.add_argument("version", help="version number or @ALIAS")
+    p.add_argument("--data", required=True, type=Path, help="the dataset file")
+    p.add_argument("--label", required=True, help="label column")
+    p.add_argument("--features", help="comma-separated feature columns in model-input order")
+    p.add_argument(
+        "--slice", action="append", default=[], metavar="COL", help="a slice column (repeatable)"
+    )
+    p.add_argument(
+        "--protected",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a protected attribute for fairness (repeatable)",
+    )
+    p.add_argument(
+        "--compare-to",
+        default="champion",
+        metavar="ALIAS",
+        help="alias whose version is compared on the same data (default champion; '-' for none)",
+    )
+    p.add_argument("--role", default="holdout", help="dataset role (default holdout)")
+    p.add_argument("--wait", action="store_true", help="wait and print the report")
+    p.add_argument(
+        "--wait-timeout", type=float, default=600.0, help="seconds to wait (default 600)"
+    )
+    p.set_defaults(handler=_evaluate)
+
+
+COLUMNS = ["metric", "value", "delta"]
+
+
+def _rows(ev: evaluation_pb2.Evaluation) -> list[list[object]]:
+    return [
+        [name, f"{value:.6g}", f"{ev.deltas[name]:+.6g}" if name in ev.deltas else ""]
+        for name, value in sorted(ev.metrics.items())
+    ]
+
+
+def _evaluate(args: argparse.Namespace, out: Printer) -> int:
+    if not args.data.is_file():
+        raise CliError(f"--data {args.data}: no such file", EXIT_USAGE)
+    with server_errors(), client(args) as c:
+        out.progress(f"uploading {args.data}")
+        op = c.evaluate(
+            args.name,
+            args.version,
+            args.data,
+            label=args.label,
+            features=csv_list(args.features),
+            slices=args.slice,
+            protected=args.protected,
+            compare_to=args.compare_to,
+            role=args.role,
+        )
+        if not args.wait:
+            out.emit(op, columns=["operation", "target"], rows=[[op.name, op.target]])
+            return 0
+        out.progress(f"evaluating ({op.name})")
+        ev = c.operation_result(op, timeout=args.wait_timeout)
+    title = f"{ev.name} ({ev.rows} rows"
+    title += f", compared with {ev.compared_version})" if ev.compared_version else ")"
+    out.emit(to_dict(ev), columns=COLUMNS, rows=_rows(ev), title=title)
+    return 0

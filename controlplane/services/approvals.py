@@ -1,0 +1,162 @@
+"""Approvals: signed decisions by people on a version for a target, and their verification.
+
+Roles come from the request context. Until access control exists, the server takes them from
+the ``x-modelplane-roles`` metadata the caller sends (see :mod:`controlplane.api.roles`), which
+is a stand-in and proves nothing about the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.audit import key_id as key_id_of
+from controlplane.audit import object_digest, public_key_pem
+from controlplane.domain.governance import Approval, SignatureCheck
+from controlplane.names import check_text
+from controlplane.services.evidence import check_approval, current_evidence, sign
+from controlplane.services.governance_names import check_target, new_id, parse_version_number
+from controlplane.services.models import require_model
+from controlplane.services.versions import require_version
+from controlplane.store import Store
+from controlplane.store.governance_repos import Governance, evidence_to_json
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.tables import ApprovalRow
+from modelplane.errors import InvalidArgument, PermissionDenied
+from modelplane.server.context import RequestContext
+
+DECISIONS = ("approve", "reject")
+
+
+class ApprovalService:
+    """Records signed approvals, lists them, and verifies a version's signed records."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+        self.key_id = key_id_of(key)
+
+    def public_key(self) -> tuple[str, str]:
+        """The PEM public key and its id."""
+        return public_key_pem(self.key), self.key_id
+
+    def approve(
+        self,
+        ctx: RequestContext,
+        name: str,
+        target: str,
+        decision: str = "approve",
+        comment: str = "",
+        request_id: str = "",
+    ) -> Approval:
+        model_id, number, _ = parse_version_number(name)
+        assert number is not None
+        check_target(target)
+        decision = decision or "approve"
+        if decision not in DECISIONS:
+            raise InvalidArgument(
+                f"decision must be 'approve' or 'reject', not {decision[:40]!r}",
+                reason="INVALID_DECISION",
+            )
+        check_text(comment, "comment", 4000)
+        with self.store.write(ctx, "Approve", request_id) as tx:
+            gov = Governance(tx.session)
+            if tx.replay is not None:
+                for a in gov.approvals(model_id, number, target):
+                    if a.name == tx.replay:
+                        return a
+            require_model(tx, model_id)
+            version = require_version(tx, model_id, number)
+            if version.created_by == ctx.principal:
+                raise PermissionDenied(
+                    f"{ctx.principal} created {version.name} and cannot approve it (separation "
+                    "of duties); ask someone else",
+                    reason="SELF_APPROVAL",
+                )
+            evidence, _, _ = current_evidence(tx, version, target)
+            unsigned = Approval(
+                model_id=model_id,
+                version=number,
+                id=new_id("ap"),
+                target=target,
+                decision=decision,
+                comment=comment,
+                approver=ctx.principal,
+                roles=sorted(set(ctx.roles)),
+                evidence=evidence,
+                signature="",
+                key_id=self.key_id,
+                create_time=tx.now,
+            )
+            signed = replace(unsigned, signature=sign(self.key, unsigned))
+            stored = gov.add_approval(
+                ApprovalRow(
+                    id=signed.id,
+                    model_id=model_id,
+                    version=number,
+                    target=target,
+                    decision=decision,
+                    comment=comment,
+                    approver=signed.approver,
+                    roles=signed.roles,
+                    evidence=evidence_to_json(evidence),
+                    evidence_sha256=evidence.sha256,
+                    signature=signed.signature,
+                    key_id=self.key_id,
+                    create_time=tx.now,
+                )
+            )
+            stored = replace(stored, current=True)
+            tx.record("Approve", stored.name, None, stored)
+            return stored
+
+    def list_approvals(
+        self, parent: str, page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[Approval], str]:
+        """A version's approvals, newest first, each marked current or not."""
+        model_id, number, _ = parse_version_number(parent)
+        assert number is not None
+        query = {"parent": parent}
+        after = decode(page_token, query)
+        start = int(after[0]) if after else 0
+        limit = page_size(page_size_)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            version = require_version(tx, model_id, number)
+            everything = Governance(tx.session).approvals(model_id, number)
+            digests: dict[str, str] = {}
+            marked = []
+            for a in everything[start : start + limit]:
+                if a.target not in digests:
+                    digests[a.target] = current_evidence(tx, version, a.target)[0].sha256
+                marked.append(replace(a, current=a.evidence.sha256 == digests[a.target]))
+        more = start + limit < len(everything)
+        return marked, encode(query, [start + limit]) if more else ""
+
+    def verify_version(self, name: str) -> list[SignatureCheck]:
+        """Check every approval's signature and evidence digest, and every evaluation's report
+        digest, of a version."""
+        model_id, number, _ = parse_version_number(name)
+        assert number is not None
+        checks: list[SignatureCheck] = []
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            version = require_version(tx, model_id, number)
+            gov = Governance(tx.session)
+            evaluations, _ = gov.evaluations_page(model_id, number, None, 10_000)
+            stored = {e.name: e for e in evaluations}
+            for e in evaluations:
+                ok = object_digest(e.report) == e.report_sha256
+                message = "report digest valid" if ok else "the report does not match its digest"
+                checks.append(SignatureCheck(e.name, ok, message))
+            for a in gov.approvals(model_id, number):
+                ok, message = check_approval(self.key, self.key_id, a)
+                if ok and a.evidence.artifact_sha256 != version.artifact.sha256:
+                    ok, message = False, "the approval names another artifact than the version's"
+                for item in a.evidence.evaluations if ok else []:
+                    signed = stored.get(item.resource)
+                    if signed is not None and signed.report_sha256 != item.sha256:
+                        ok, message = False, f"{item.resource} changed since it was approved"
+                checks.append(SignatureCheck(a.name, ok, message))
+        return checks

@@ -1,0 +1,354 @@
+"""Server-side evaluations: start one as an operation, run it on a worker thread, store the
+report as an Evaluation of the version, with deltas against the version an alias points to."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from controlplane.audit import object_digest
+from controlplane.blobstore import BlobStore
+from controlplane.domain import ModelVersion, Operation, VersionState
+from controlplane.domain.governance import Evaluation
+from controlplane.names import check_id, check_sha256, check_text
+from controlplane.services.governance_names import new_id, parse_child, parse_version_number
+from controlplane.services.leases import Leases
+from controlplane.services.models import require_model
+from controlplane.services.operations import OperationService
+from controlplane.services.versions import require_version
+from controlplane.store import Store, Tx
+from controlplane.store.governance_repos import Governance
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.tables import EvaluationRow, OperationRow
+from modelplane.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ModelplaneError,
+    NotFound,
+)
+from modelplane.server.context import RequestContext
+
+log = structlog.get_logger("modelplane.evaluations")
+
+OPERATION_KIND = "evaluation"
+DEFAULT_COMPARE_TO = "champion"
+NO_COMPARISON = ("-", "none")
+MAX_COLUMNS = 10_000
+#: Progress is written at most once per this fraction of the work.
+PROGRESS_STEP = 0.1
+
+ResultEncoder = Callable[[Evaluation], tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What to evaluate: a version on an uploaded dataset."""
+
+    name: str
+    dataset_sha256: str
+    label: str
+    dataset_role: str = "holdout"
+    features: tuple[str, ...] = ()
+    slices: tuple[str, ...] = ()
+    protected: tuple[str, ...] = ()
+    compare_to: str = DEFAULT_COMPARE_TO
+
+
+def _check_columns(names: tuple[str, ...], what: str) -> None:
+    if len(names) > MAX_COLUMNS:
+        raise InvalidArgument(
+            f"at most {MAX_COLUMNS} {what} are allowed", reason="TOO_MANY_COLUMNS"
+        )
+    for n in names:
+        if not n:
+            raise InvalidArgument(f"{what} must not contain empty names", reason="INVALID_COLUMN")
+        check_text(n, what, 256, single_line=True)
+
+
+def evaluation_not_found(name: str) -> NotFound:
+    return NotFound(f"evaluation {name} does not exist", reason="EVALUATION_NOT_FOUND")
+
+
+class EvaluationService:
+    """Starts, runs and answers for evaluations. Call :meth:`close` when the server stops."""
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        operations: OperationService,
+        encode_result: ResultEncoder,
+        *,
+        workers: int = 2,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.operations = operations
+        self.encode_result = encode_result
+        self.lease_seconds = lease_seconds
+        self._pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="eval")
+        self._stopping = threading.Event()
+        self.leases = Leases(store, lease_seconds)
+
+    # Starting ---------------------------------------------------------------------------------
+
+    def _validate(self, r: EvaluationRequest) -> tuple[str, int | None, str]:
+        model_id, version, alias = parse_version_number(r.name, allow_alias=True)
+        check_sha256(r.dataset_sha256, "dataset_sha256")
+        if not r.label:
+            raise InvalidArgument(
+                "label is required: name the dataset's label column", reason="MISSING_LABEL"
+            )
+        check_text(r.label, "label", 256, single_line=True)
+        check_id(r.dataset_role, "dataset_role")
+        if r.compare_to not in NO_COMPARISON:
+            check_id(r.compare_to, "compare_to")
+        _check_columns(r.features, "features")
+        _check_columns(r.slices, "slice columns")
+        _check_columns(r.protected, "protected columns")
+        return model_id, version, alias
+
+    def start(self, ctx: RequestContext, r: EvaluationRequest, request_id: str = "") -> Operation:
+        """Record the operation and queue the work; returns the operation at once."""
+        model_id, number, alias = self._validate(r)
+        with self.store.write(ctx, "Evaluate", request_id) as tx:
+            if tx.replay is not None:
+                op = tx.operations.get(tx.replay.removeprefix("operations/"))
+                assert op is not None
+                return op
+            require_model(tx, model_id)
+            if alias:
+                got = tx.aliases.get(model_id, alias)
+                if got is None:
+                    raise NotFound(
+                        f"alias models/{model_id}/aliases/{alias} does not exist",
+                        reason="ALIAS_NOT_FOUND",
+                    )
+                number = got.version
+            assert number is not None
+            version = require_version(tx, model_id, number)
+            if version.state is VersionState.ARCHIVED:
+                raise FailedPrecondition(
+                    f"version {version.name} is archived", reason="VERSION_ARCHIVED"
+                )
+            if tx.blobs.get(r.dataset_sha256) is None or not self.blobs.exists(r.dataset_sha256):
+                raise FailedPrecondition(
+                    f"dataset blobs/{r.dataset_sha256} has not been uploaded; upload it first "
+                    "with UploadBlob",
+                    reason="BLOB_NOT_FOUND",
+                )
+            op = tx.operations.add(
+                OperationRow(
+                    id=new_id("op"),
+                    kind=OPERATION_KIND,
+                    target=version.name,
+                    op_metadata={
+                        "dataset_sha256": r.dataset_sha256,
+                        "dataset_role": r.dataset_role,
+                        "label": r.label,
+                        "compare_to": r.compare_to,
+                    },
+                    created_by=ctx.principal,
+                    create_time=tx.now,
+                    update_time=tx.now,
+                    owner=self.operations.replica_id,
+                    lease_expire_time=tx.now + timedelta(seconds=self.lease_seconds),
+                )
+            )
+            tx.record("StartOperation", op.name, None, op)
+        job_ctx = RequestContext(principal=ctx.principal, request_id=ctx.request_id)
+        self.leases.hold(op.id)
+        self._pool.submit(self._run, job_ctx, op.id, version, r)
+        return op
+
+    # Running ----------------------------------------------------------------------------------
+
+    def _run(
+        self, ctx: RequestContext, op_id: str, version: ModelVersion, r: EvaluationRequest
+    ) -> None:
+        try:
+            evaluation = self._evaluate(ctx, op_id, version, r)
+            result_type, result = self.encode_result(evaluation)
+            self.operations.finish(ctx, op_id, result_type=result_type, result=result)
+        except _Stopped:
+            log.info("evaluation interrupted by shutdown", operation=op_id)
+        except ModelplaneError as exc:
+            self._fail(ctx, op_id, exc)
+        except Exception as exc:  # the operation must end even on a bug
+            log.error("evaluation failed", operation=op_id, exc_info=exc)
+            self._fail(ctx, op_id, Internal("the evaluation failed; the server log has details"))
+        finally:
+            self.leases.release(op_id)
+
+    def _fail(self, ctx: RequestContext, op_id: str, err: ModelplaneError) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self.operations.finish(ctx, op_id, error=err)
+        except Exception as exc:
+            log.error("cannot record the failure of an operation", operation=op_id, exc_info=exc)
+
+    def _progress(
+        self, ctx: RequestContext, op_id: str, lo: float, hi: float
+    ) -> Callable[[float], None]:
+        last = [-1.0]
+
+        def report(fraction: float) -> None:
+            if self._stopping.is_set():
+                raise _Stopped
+            done = lo + (hi - lo) * fraction
+            if done - last[0] >= PROGRESS_STEP or (fraction >= 1.0 and done > last[0]):
+                last[0] = done
+                self.operations.progress(ctx, op_id, done, "evaluating")
+
+        return report
+
+    def _evaluate(
+        self, ctx: RequestContext, op_id: str, version: ModelVersion, r: EvaluationRequest
+    ) -> Evaluation:
+        from controlplane.evaluation import compare, evaluate
+        from modelplane.profiles import BaselineProfile
+
+        data = self.blobs.read_bytes(r.dataset_sha256)
+        onnx = self.blobs.read_bytes(version.artifact.sha256)
+        baseline = None
+        if version.baseline is not None and self.blobs.exists(version.baseline.sha256):
+            baseline = BaselineProfile.from_bytes(self.blobs.read_bytes(version.baseline.sha256))
+        with self.store.read() as tx:
+            reference = self._reference(tx, version, r)
+        split = 0.7 if isinstance(reference, ModelVersion) else 1.0
+        report = evaluate(
+            onnx,
+            version.signature,
+            data,
+            label=r.label,
+            feature_names=version.feature_names,
+            features=list(r.features) or None,
+            slices=list(r.slices),
+            protected=list(r.protected),
+            baseline=baseline,
+            progress=self._progress(ctx, op_id, 0.0, split),
+        ).to_dict()
+        compared, deltas = "", {}
+        if reference is not None:
+            if isinstance(reference, ModelVersion):
+                ref_report = evaluate(
+                    self.blobs.read_bytes(reference.artifact.sha256),
+                    reference.signature,
+                    data,
+                    label=r.label,
+                    feature_names=reference.feature_names,
+                    features=list(r.features) or None,
+                    progress=self._progress(ctx, op_id, split, 1.0),
+                ).to_dict()
+                compared = reference.name
+            else:
+                ref_report, compared = reference.report, reference.version_name
+            try:
+                deltas = compare(report, ref_report)
+            except InvalidArgument as exc:
+                report.setdefault("warnings", []).append(
+                    {"code": exc.reason, "message": exc.message, "scope": "compare", "metric": ""}
+                )
+                compared = ""
+        return self._store(ctx, op_id, version, r, report, compared, deltas)
+
+    def _reference(
+        self, tx: Tx, version: ModelVersion, r: EvaluationRequest
+    ) -> ModelVersion | Evaluation | None:
+        """What to compare with: the alias's latest evaluation on the same data, else its version
+        (to evaluate here); None without an alias or when it points at this version."""
+        if r.compare_to in NO_COMPARISON:
+            return None
+        alias = tx.aliases.get(version.model_id, r.compare_to)
+        if alias is None or alias.version == version.version:
+            return None
+        previous = Governance(tx.session).latest_evaluation(
+            version.model_id, alias.version, r.dataset_sha256, r.label
+        )
+        if previous is not None:
+            return previous
+        return tx.versions.get(version.model_id, alias.version)
+
+    def _store(
+        self,
+        ctx: RequestContext,
+        op_id: str,
+        version: ModelVersion,
+        r: EvaluationRequest,
+        report: dict[str, Any],
+        compared: str,
+        deltas: dict[str, float | None],
+    ) -> Evaluation:
+        with self.store.write(ctx, "CreateEvaluation") as tx:
+            require_version(tx, version.model_id, version.version)
+            evaluation = Governance(tx.session).add_evaluation(
+                EvaluationRow(
+                    id=new_id("ev"),
+                    model_id=version.model_id,
+                    version=version.version,
+                    dataset_sha256=r.dataset_sha256,
+                    dataset_role=r.dataset_role,
+                    label=r.label,
+                    report=report,
+                    report_sha256=object_digest(report),
+                    compare_to="" if r.compare_to in NO_COMPARISON else r.compare_to,
+                    compared_version=compared,
+                    deltas=deltas,
+                    operation=f"operations/{op_id}",
+                    created_by=ctx.principal,
+                    create_time=tx.now,
+                )
+            )
+            tx.record("CreateEvaluation", evaluation.name, None, evaluation)
+            return evaluation
+
+    def watch_leases(self, interval: float) -> None:
+        """Fail expired operations now and keep this replica's leases renewed (see
+        :class:`~controlplane.services.leases.Leases`) until :meth:`close`."""
+        self.leases.watch(interval)
+
+    def close(self) -> None:
+        """Stop taking work; running evaluations stop at their next progress report."""
+        self._stopping.set()
+        self.leases.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # Reads ------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Evaluation:
+        model_id, version, eval_id = parse_child(name, "evaluations")
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            require_version(tx, model_id, version)
+            got = Governance(tx.session).get_evaluation(model_id, version, eval_id)
+        if got is None:
+            raise evaluation_not_found(name)
+        return got
+
+    def list_evaluations(
+        self, parent: str, page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[Evaluation], str]:
+        model_id, version, _ = parse_version_number(parent)
+        assert version is not None
+        query = {"parent": parent}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            require_version(tx, model_id, version)
+            items, next_key = Governance(tx.session).evaluations_page(
+                model_id, version, after, page_size(page_size_)
+            )
+        return items, encode(query, next_key) if next_key else ""
+
+
+class _Stopped(Exception):
+    """Raised from a progress report when the server is stopping."""

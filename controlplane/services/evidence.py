@@ -1,0 +1,98 @@
+"""The evidence a gate decision or an approval rests on, and the signatures over approvals.
+
+The evidence of a version for a target is the version's artifact digest, the latest evaluation
+of the version (its name and report digest) and the revision of the policy bound to the target.
+Its digest changes whenever any of them does: a new evaluation, a policy update. A gate decision
+or approval made on other evidence no longer counts.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.audit import canonical_json, object_digest
+from controlplane.audit._canonical import utc_text
+from controlplane.domain import ModelVersion
+from controlplane.domain.governance import Approval, Evaluation, Evidence, EvidenceItem, Policy
+from controlplane.store import Tx
+from controlplane.store.governance_repos import Governance, evidence_to_json
+
+
+def evidence_digest(version_name: str, target: str, evidence: Evidence) -> str:
+    """SHA-256 of the canonical JSON of the evidence, bound to the version and target."""
+    return object_digest({"version": version_name, "target": target, **evidence_to_json(evidence)})
+
+
+def current_evidence(
+    tx: Tx, version: ModelVersion, target: str
+) -> tuple[Evidence, Evaluation | None, Policy | None]:
+    """The evidence now, with the latest evaluation and the bound policy it names."""
+    gov = Governance(tx.session)
+    latest = gov.latest_evaluation(version.model_id, version.version)
+    policy = gov.policy_for_target(target)
+    evidence = Evidence(
+        artifact_sha256=version.artifact.sha256,
+        evaluations=[EvidenceItem(latest.name, latest.report_sha256)] if latest else [],
+        policy=policy.name if policy else "",
+        policy_revision=policy.revision if policy else 0,
+    )
+    digest = evidence_digest(version.name, target, evidence)
+    return replace(evidence, sha256=digest), latest, policy
+
+
+def approval_payload(a: Approval) -> bytes:
+    """The bytes an approval's signature covers."""
+    version = f"models/{a.model_id}/versions/{a.version}"
+    return canonical_json(
+        {
+            "v": 1,
+            "approval": a.name,
+            "version": version,
+            "target": a.target,
+            "decision": a.decision,
+            "comment": a.comment,
+            "approver": a.approver,
+            "roles": list(a.roles),
+            "evidence": evidence_to_json(a.evidence),
+            "evidence_sha256": a.evidence.sha256,
+            "time": utc_text(a.create_time),
+        }
+    )
+
+
+def sign(key: Ed25519PrivateKey, a: Approval) -> str:
+    """Base64 Ed25519 signature of :func:`approval_payload`."""
+    return base64.b64encode(key.sign(approval_payload(a))).decode("ascii")
+
+
+def check_approval(key: Ed25519PrivateKey, key_id: str, a: Approval) -> tuple[bool, str]:
+    """Whether the approval's evidence digest and signature hold, and why not."""
+    version = f"models/{a.model_id}/versions/{a.version}"
+    if evidence_digest(version, a.target, a.evidence) != a.evidence.sha256:
+        return False, "the evidence digest does not match the evidence it lists (record altered)"
+    if a.key_id != key_id:
+        return False, f"signed by key {a.key_id or 'none'}, not this server's key {key_id}"
+    try:
+        key.public_key().verify(base64.b64decode(a.signature), approval_payload(a))
+    except (InvalidSignature, ValueError):
+        return False, "the signature does not match the record (record altered)"
+    return True, "signature valid"
+
+
+def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:
+    """The ``approvals`` policy variable."""
+    return [
+        {
+            "approver": a.approver,
+            "roles": list(a.roles),
+            "decision": a.decision,
+            "comment": a.comment,
+            "time": a.create_time,
+        }
+        for a in approvals
+    ]

@@ -1,0 +1,162 @@
+"""Gates: evaluate the policy bound to a target for a version, record the decision, and refuse
+to move a governed alias without a passing, current decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.audit import key_id as key_id_of
+from controlplane.domain import ModelVersion
+from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
+from controlplane.policy import POLICY_VARIABLES, compile_rules, evaluate_rules
+from controlplane.services.evidence import approval_variables, check_approval, current_evidence
+from controlplane.services.governance_names import check_target, new_id, parse_version_number
+from controlplane.services.models import require_model
+from controlplane.services.versions import require_version
+from controlplane.store import Store, Tx
+from controlplane.store.convert import lineage_to_json
+from controlplane.store.governance_repos import Governance
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.tables import GateDecisionRow
+from modelplane.errors import FailedPrecondition
+from modelplane.server.context import RequestContext
+
+
+def valid_approvals(
+    tx: Tx, key: Ed25519PrivateKey, version: ModelVersion, target: str, evidence: Evidence
+) -> list[Approval]:
+    """Approvals of ``version`` for ``target`` that signed the current evidence, with a valid
+    signature by this server's key."""
+    kid = key_id_of(key)
+    out = []
+    for a in Governance(tx.session).approvals(version.model_id, version.version, target):
+        if a.evidence.sha256 == evidence.sha256 and check_approval(key, kid, a)[0]:
+            out.append(a)
+    return out
+
+
+def gate_variables(
+    version: ModelVersion, latest: Evaluation | None, approvals: list[Approval]
+) -> dict[str, Any]:
+    """The variables of :data:`controlplane.policy.POLICY_VARIABLES` for one version."""
+    report = latest.report if latest else {}
+    evaluation: dict[str, Any] = {}
+    if latest is not None:
+        evaluation = {
+            "name": latest.name,
+            "dataset_sha256": latest.dataset_sha256,
+            "dataset_role": latest.dataset_role,
+            "time": latest.create_time,
+        }
+    variables = {
+        "metrics": dict(report.get("metrics") or {}),
+        "delta": dict(latest.deltas) if latest else {},
+        "fairness": dict(report.get("fairness") or {}),
+        "validation": dict(report.get("validation") or {}),
+        "evaluation": evaluation,
+        "approvals": approval_variables(approvals),
+        "labels": dict(version.labels),
+        "lineage": lineage_to_json(version.lineage),
+    }
+    assert set(variables) == set(POLICY_VARIABLES)
+    return variables
+
+
+def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None:
+    """FAILED_PRECONDITION (GATE_FAILED) unless ``alias`` is ungoverned or the latest gate
+    decision of the version for it passed on the current evidence."""
+    gov = Governance(tx.session)
+    if gov.policy_for_target(alias) is None:
+        return
+    got = tx.versions.get(model_id, version)
+    if got is None:
+        return
+    evidence, _, policy = current_evidence(tx, got, alias)
+    decision = gov.latest_decision(model_id, version, alias)
+    hint = f"run `modelplane gate {model_id} {version} --target {alias}`"
+    if decision is None:
+        problem = f"no gate decision exists for {got.name} and target {alias!r}"
+    elif not decision.passed:
+        problem = f"the latest gate decision {decision.name} failed"
+    elif decision.evidence_sha256 != evidence.sha256:
+        problem = (
+            f"the evidence changed since gate decision {decision.name} (a new evaluation or "
+            f"a new revision of {policy.name if policy else 'the policy'})"
+        )
+    else:
+        return
+    raise FailedPrecondition(
+        f"alias {alias!r} is governed by {policy.name if policy else 'a policy'}: {problem}; "
+        f"{hint}",
+        reason="GATE_FAILED",
+        metadata={"target": alias, "version": got.name},
+    )
+
+
+class GateService:
+    """Evaluates gates and lists their decisions."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+
+    def evaluate_gate(
+        self, ctx: RequestContext, name: str, target: str, request_id: str = ""
+    ) -> GateDecision:
+        model_id, number, _ = parse_version_number(name)
+        assert number is not None
+        check_target(target)
+        with self.store.write(ctx, "EvaluateGate", request_id) as tx:
+            gov = Governance(tx.session)
+            if tx.replay is not None:
+                replayed = gov.latest_decision(model_id, number, target)
+                if replayed is not None:
+                    return replayed
+            require_model(tx, model_id)
+            version = require_version(tx, model_id, number)
+            evidence, latest, policy = current_evidence(tx, version, target)
+            results: list[dict[str, Any]] = []
+            passed = True
+            if policy is not None:
+                approvals = valid_approvals(tx, self.key, version, target, evidence)
+                rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
+                decision = evaluate_rules(rules, gate_variables(version, latest, approvals))
+                results = decision.to_dict()["results"]
+                passed = decision.allowed
+            made = gov.add_decision(
+                GateDecisionRow(
+                    id=new_id("gd"),
+                    model_id=model_id,
+                    version=number,
+                    target=target,
+                    policy=policy.name if policy else "",
+                    policy_revision=policy.revision if policy else 0,
+                    evaluation=latest.name if latest else "",
+                    passed=passed,
+                    results=results,
+                    evidence_sha256=evidence.sha256,
+                    created_by=ctx.principal,
+                    create_time=tx.now,
+                )
+            )
+            tx.record("EvaluateGate", made.name, None, made)
+            return made
+
+    def list_decisions(
+        self, parent: str, target: str = "", page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[GateDecision], str]:
+        model_id, number, _ = parse_version_number(parent)
+        assert number is not None
+        if target:
+            check_target(target)
+        query = {"parent": parent, "target": target}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            require_model(tx, model_id)
+            require_version(tx, model_id, number)
+            items, next_key = Governance(tx.session).decisions_page(
+                model_id, number, target, after, page_size(page_size_)
+            )
+        return items, encode(query, next_key) if next_key else ""

@@ -1,0 +1,107 @@
+"""Leases on running operations, so that a replica that dies does not leave them hanging.
+
+A replica holds each operation it runs under a lease (``lease_expire_time``) and renews it on a
+timer. Any replica, at start and then on the same timer, marks failed with reason REPLICA_LOST
+every unfinished operation whose lease expired: the work is not resumed elsewhere, the caller
+starts it again.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from controlplane.store import Store
+from controlplane.store.governance_repos import Governance
+from modelplane.errors import Unavailable
+from modelplane.server.context import RequestContext
+
+log = structlog.get_logger("modelplane.leases")
+
+
+class Leases:
+    """The operations this replica holds, their renewal, and the failing of expired ones."""
+
+    def __init__(self, store: Store, lease_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def hold(self, op_id: str) -> None:
+        with self._lock:
+            self._held.add(op_id)
+
+    def release(self, op_id: str) -> None:
+        with self._lock:
+            self._held.discard(op_id)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return sorted(self._held)
+
+    def renew(self) -> None:
+        """Extend the leases of the operations this replica holds."""
+        running = self.held()
+        if not running:
+            return
+        with self.store.write(RequestContext(principal="system"), "RenewLease") as tx:
+            for op_id in running:
+                op = tx.operations.get(op_id)
+                if op is not None and not op.done:
+                    expiry = tx.now + timedelta(seconds=self.lease_seconds)
+                    tx.operations.update(op_id, {"lease_expire_time": expiry}, tx.now)
+
+    def fail_expired(self) -> list[str]:
+        """Mark failed (REPLICA_LOST) every unfinished operation whose lease expired; returns
+        their names."""
+        ctx = RequestContext(principal="system")
+        failed = []
+        with self.store.read() as tx:
+            expired = Governance(tx.session).expired_operations(datetime.now(UTC))
+        held = set(self.held())
+        for op in expired:
+            if op.id in held:
+                continue
+            err = Unavailable(
+                f"the replica running this operation ({op.owner or 'unknown'}) stopped renewing "
+                "its lease; start the work again",
+                reason="REPLICA_LOST",
+            )
+            with self.store.write(ctx, "FailOperation") as tx:
+                current = tx.operations.get(op.id)
+                lease = current.lease_expire_time if current else None
+                if current is None or current.done or lease is None or lease >= tx.now:
+                    continue
+                error = {"code": err.code.value, "reason": err.reason, "message": err.message}
+                after = tx.operations.update(
+                    op.id,
+                    {"done": True, "owner": "", "lease_expire_time": None, "error": error},
+                    tx.now,
+                )
+                tx.record("FailOperation", after.name, current, after)
+            failed.append(op.name)
+            log.warning("operation failed: replica lost", operation=op.name, owner=op.owner)
+        return failed
+
+    def watch(self, interval: float) -> None:
+        """Fail expired operations now, then every ``interval`` seconds renew and fail again,
+        on a daemon thread, until :meth:`stop`."""
+        self.fail_expired()
+
+        def loop() -> None:
+            while not self._stopping.wait(interval):
+                try:
+                    self.renew()
+                    self.fail_expired()
+                except Exception as exc:
+                    log.warning("lease upkeep failed; retrying", exc_info=exc)
+
+        threading.Thread(target=loop, name="leases", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the renewal thread."""
+        self._stopping.set()

@@ -1,0 +1,178 @@
+"""Rendering model-card data (see :mod:`controlplane.services.model_cards`) as Markdown or
+HTML. Both show the same sections in the same order."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, paragraphs, table rows with a header row first) for every section."""
+    model, version, lineage = card["model"], card["version"], card["lineage"]
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    out.append(("Intended use", [model["intended_use"] or "Not stated."], []))
+    out.append(("Limitations", [model["limitations"] or "Not stated."], []))
+    out.append(
+        (
+            "Version",
+            [],
+            [
+                ["field", "value"],
+                ["state", version["state"]],
+                ["artifact sha256", version["artifact_sha256"]],
+                ["aliases", ", ".join(version["aliases"]) or "none"],
+                ["created by", version["created_by"]],
+                ["created", version["create_time"]],
+                ["features", str(len(version["feature_names"]))],
+                ["label column", version["label_column"] or "n/a"],
+            ],
+        )
+    )
+    code = lineage.get("code", {})
+    rows = [
+        ["field", "value"],
+        ["training run", lineage.get("training_run_id") or "n/a"],
+        ["code", f"{code.get('repository') or 'n/a'} @ {code.get('commit') or 'n/a'}"],
+        ["python", lineage.get("environment", {}).get("python_version") or "n/a"],
+    ]
+    rows += [
+        [f"dataset {d['role']}", f"{d['sha256']} ({d['row_count']} rows, {d['format']})"]
+        for d in lineage.get("datasets", [])
+    ]
+    rows += [[f"parameter {k}", str(v)] for k, v in sorted(lineage.get("parameters", {}).items())]
+    out.append(("Lineage", [], rows))
+    ev = card["evaluation"]
+    if ev is None:
+        out.append(("Evaluation", ["No evaluation yet."], []))
+    else:
+        intro = [
+            f"{ev['name']} on the {ev['dataset_role']} dataset {ev['dataset_sha256']} "
+            f"({ev['rows']} rows, label {ev['label']}, {ev['task']})."
+        ]
+        if ev["compared_version"]:
+            intro.append(f"Deltas against {ev['compared_version']}.")
+        metric_rows = [["metric", "value", "delta"]] + [
+            [k, _num(v), _num(ev["deltas"].get(k)) if ev["deltas"] else "n/a"]
+            for k, v in sorted(ev["metrics"].items())
+        ]
+        out.append(("Evaluation metrics", intro, metric_rows))
+        slice_rows = [["slice", "rows", "metrics"]]
+        for column, values in sorted(ev["slices"].items()):
+            for value, s in values.items():
+                shown = ", ".join(f"{k}={_num(v)}" for k, v in sorted(s["metrics"].items()))
+                slice_rows.append([f"{column}={value}", str(s["count"]), shown])
+        out.append(("Slices", [] if len(slice_rows) > 1 else ["No slices."], _only(slice_rows)))
+        fair_rows = [["attribute", "measure", "value"]]
+        for attribute, f in sorted(ev["fairness"].items()):
+            for group, g in sorted((f.get("groups") or {}).items()):
+                shown = ", ".join(f"{k}={_num(v)}" for k, v in g.items())
+                fair_rows.append([attribute, f"group {group}", shown])
+            for k, v in sorted(f.items()):
+                if isinstance(v, int | float) or v is None:
+                    fair_rows.append([attribute, k, _num(v)])
+        out.append(
+            (
+                "Fairness",
+                [] if len(fair_rows) > 1 else ["No protected attributes."],
+                _only(fair_rows),
+            )
+        )
+        val = ev["validation"] or {}
+        val_rows = [["check", "value"]] + [
+            [k, _num(v)] for k, v in sorted(val.items()) if not isinstance(v, list | dict)
+        ]
+        notes = [f"Failure: {f}" for f in val.get("failures", [])] if val else ["Not validated."]
+        out.append(("Data validation", notes, _only(val_rows)))
+    gate_rows = [["target", "policy", "passed", "time", "rules"]] + [
+        [
+            d["target"],
+            f"{d['policy'] or 'none'} r{d['policy_revision']}",
+            "yes" if d["passed"] else "no",
+            d["time"],
+            "; ".join(f"{r['expression']} → {r['outcome']}" for r in d["rules"]) or "no policy",
+        ]
+        for d in card["gate_decisions"]
+    ]
+    out.append(("Gate decisions", [] if card["gate_decisions"] else ["None."], _only(gate_rows)))
+    ap_rows = [["target", "decision", "approver", "roles", "current", "signature", "comment"]] + [
+        [
+            a["target"],
+            a["decision"],
+            a["approver"],
+            ", ".join(a["roles"]),
+            "yes" if a["current"] else "no",
+            a["signature"],
+            a["comment"],
+        ]
+        for a in card["approvals"]
+    ]
+    out.append(("Approvals", [] if card["approvals"] else ["None."], _only(ap_rows)))
+    return out
+
+
+def _only(rows: list[list[str]]) -> list[list[str]]:
+    return rows if len(rows) > 1 else []
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    head, *body = rows
+    lines = ["| " + " | ".join(_md_cell(c) for c in head) + " |"]
+    lines.append("|" + "---|" * len(head))
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in body]
+    return lines
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The card as Markdown."""
+    model, version = card["model"], card["version"]
+    lines = [f"# Model card: {version['name']}", ""]
+    if model["description"]:
+        lines += [model["description"], ""]
+    for title, paragraphs, rows in _sections(card):
+        lines += [f"## {title}", ""]
+        for p in paragraphs:
+            lines += [p, ""]
+        if rows:
+            lines += [*_md_table(rows), ""]
+    return "\n".join(lines)
+
+
+def render_html(card: dict[str, Any]) -> str:
+    """The card as a standalone HTML page (every value escaped)."""
+    e = html.escape
+    title = f"Model card: {card['version']['name']}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    if card["model"]["description"]:
+        parts.append(f"<p>{e(card['model']['description'])}</p>")
+    for heading, paragraphs, rows in _sections(card):
+        parts.append(f"<h2>{e(heading)}</h2>")
+        parts += [f"<p>{e(p)}</p>" for p in paragraphs]
+        if rows:
+            head, *body = rows
+            parts.append("<table><thead><tr>")
+            parts += [f"<th>{e(str(c))}</th>" for c in head]
+            parts.append("</tr></thead><tbody>")
+            for r in body:
+                parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>")
+            parts.append("</tbody></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,157 @@
+"""Model cards: what a version is for, where it came from, how it measured, and who let it
+through, gathered from the registry and rendered as Markdown, HTML or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.audit import key_id as key_id_of
+from controlplane.audit._canonical import plain
+from controlplane.services.evidence import check_approval, current_evidence
+from controlplane.services.governance_names import parse_version_number
+from controlplane.services.model_card_render import render_html, render_markdown
+from controlplane.services.models import require_model
+from controlplane.services.versions import require_version
+from controlplane.store import Store
+from controlplane.store.convert import lineage_to_json
+from controlplane.store.governance_repos import Governance
+from modelplane.errors import InvalidArgument
+
+FORMATS = {"md": "text/markdown", "html": "text/html", "json": "application/json"}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A rendered card."""
+
+    name: str
+    format: str
+    media_type: str
+    content: str
+
+
+class ModelCardService:
+    """Builds model cards."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+        self.key_id = key_id_of(key)
+
+    def card_data(self, name: str) -> dict[str, Any]:
+        """Everything the card shows, as JSON-ready data."""
+        model_id, number, _ = parse_version_number(name)
+        assert number is not None
+        with self.store.read() as tx:
+            model = require_model(tx, model_id)
+            version = require_version(tx, model_id, number)
+            gov = Governance(tx.session)
+            latest = gov.latest_evaluation(model_id, number)
+            decisions, _ = gov.decisions_page(model_id, number, "", None, 1000)
+            approvals = gov.approvals(model_id, number)
+            digests = {
+                t: current_evidence(tx, version, t)[0].sha256 for t in {a.target for a in approvals}
+            }
+        newest: dict[str, Any] = {}
+        for d in decisions:
+            newest.setdefault(d.target, d)
+        evaluation = None
+        if latest is not None:
+            report = latest.report
+            evaluation = {
+                "name": latest.name,
+                "dataset_sha256": latest.dataset_sha256,
+                "dataset_role": latest.dataset_role,
+                "label": latest.label,
+                "rows": report.get("rows"),
+                "task": report.get("task"),
+                "time": latest.create_time,
+                "metrics": report.get("metrics") or {},
+                "compared_version": latest.compared_version,
+                "deltas": latest.deltas,
+                "slices": report.get("slices") or {},
+                "fairness": report.get("fairness") or {},
+                "validation": report.get("validation"),
+            }
+        card = {
+            "model": {
+                "name": model.name,
+                "description": model.description,
+                "intended_use": model.intended_use,
+                "limitations": model.limitations,
+                "labels": model.labels,
+            },
+            "version": {
+                "name": version.name,
+                "state": version.state.value,
+                "artifact_sha256": version.artifact.sha256,
+                "feature_names": version.feature_names,
+                "label_column": version.label_column,
+                "labels": version.labels,
+                "aliases": version.aliases,
+                "created_by": version.created_by,
+                "create_time": version.create_time,
+            },
+            "lineage": lineage_to_json(version.lineage),
+            "evaluation": evaluation,
+            "gate_decisions": [
+                {
+                    "name": d.name,
+                    "target": d.target,
+                    "policy": d.policy,
+                    "policy_revision": d.policy_revision,
+                    "passed": d.passed,
+                    "time": d.create_time,
+                    "rules": [
+                        {
+                            "expression": r["expression"],
+                            "outcome": r["outcome"],
+                            "message": r["message"],
+                        }
+                        for r in d.results
+                    ],
+                }
+                for d in sorted(newest.values(), key=lambda d: d.target)
+            ],
+            "approvals": [
+                {
+                    "name": a.name,
+                    "target": a.target,
+                    "decision": a.decision,
+                    "approver": a.approver,
+                    "roles": a.roles,
+                    "comment": a.comment,
+                    "time": a.create_time,
+                    "current": a.evidence.sha256 == digests[a.target],
+                    "signature": _signature_status(self.key, self.key_id, a),
+                }
+                for a in approvals
+            ],
+        }
+        return plain(card)  # type: ignore[no-any-return]
+
+    def card(self, name: str, fmt: str = "md") -> ModelCard:
+        """The card of a version in ``md``, ``html`` or ``json``."""
+        fmt = fmt or "md"
+        if fmt not in FORMATS:
+            raise InvalidArgument(
+                f"format {fmt[:20]!r} is not supported; use md, html or json",
+                reason="INVALID_FORMAT",
+            )
+        data = self.card_data(name)
+        if fmt == "json":
+            content = json.dumps(data, indent=2, sort_keys=True)
+        elif fmt == "html":
+            content = render_html(data)
+        else:
+            content = render_markdown(data)
+        return ModelCard(data["version"]["name"], fmt, FORMATS[fmt], content)
+
+
+def _signature_status(key: Ed25519PrivateKey, kid: str, approval: Any) -> str:
+    ok, message = check_approval(key, kid, approval)
+    return "valid" if ok else f"INVALID: {message}"

@@ -1,0 +1,162 @@
+"""Policies: CEL rules bound to a target, versioned by revision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from controlplane.domain.governance import Policy
+from controlplane.names import check_id, check_text
+from controlplane.policy import POLICY_VARIABLES, compile_rules
+from controlplane.services.governance_names import check_target, parse_policy
+from controlplane.store import Store, Tx
+from controlplane.store.governance_repos import Governance
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.repos import stale_etag
+from controlplane.store.tables import PolicyRow
+from modelplane.errors import AlreadyExists, InvalidArgument, NotFound
+from modelplane.server.context import RequestContext
+
+POLICY_UPDATE_PATHS = ("rules", "description", "target")
+MAX_RULES = 100
+
+
+def check_rules(rules: Sequence[str]) -> list[str]:
+    """Rules that compile, against the gate variables; INVALID_ARGUMENT with the position."""
+    if not rules:
+        raise InvalidArgument(
+            "a policy needs at least one rule (a CEL expression)", reason="EMPTY_POLICY"
+        )
+    if len(rules) > MAX_RULES:
+        raise InvalidArgument(f"at most {MAX_RULES} rules are allowed", reason="TOO_MANY_RULES")
+    compile_rules(list(rules), variables=POLICY_VARIABLES)
+    return list(rules)
+
+
+def require_policy(tx: Tx, policy_id: str, revision: int = 0) -> Policy:
+    got = Governance(tx.session).get_policy(policy_id, revision)
+    if got is None:
+        which = f" revision {revision}" if revision else ""
+        raise NotFound(
+            f"policy policies/{policy_id}{which} does not exist", reason="POLICY_NOT_FOUND"
+        )
+    return got
+
+
+def _target_free(tx: Tx, target: str, policy_id: str) -> None:
+    bound = Governance(tx.session).policy_for_target(target)
+    if bound is not None and bound.id != policy_id:
+        raise AlreadyExists(
+            f"target {target!r} is already governed by {bound.name}; update that policy or "
+            "delete it first",
+            reason="TARGET_HAS_POLICY",
+        )
+
+
+class PolicyService:
+    """Create, read, update (as new revisions) and delete policies."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(
+        self,
+        ctx: RequestContext,
+        policy_id: str,
+        target: str,
+        rules: Sequence[str],
+        description: str = "",
+        request_id: str = "",
+    ) -> Policy:
+        check_id(policy_id, "policy id")
+        check_target(target)
+        rules = check_rules(rules)
+        check_text(description, "description")
+        with self.store.write(ctx, "CreatePolicy", request_id) as tx:
+            if tx.replay is not None:
+                return require_policy(tx, parse_policy(tx.replay))
+            gov = Governance(tx.session)
+            if gov.policy_row(policy_id) is not None:
+                raise AlreadyExists(
+                    f"policy policies/{policy_id} already exists", reason="POLICY_EXISTS"
+                )
+            _target_free(tx, target, policy_id)
+            policy = gov.add_policy(
+                PolicyRow(
+                    id=policy_id,
+                    description=description,
+                    target=target,
+                    rules=rules,
+                    created_by=ctx.principal,
+                    updated_by=ctx.principal,
+                    create_time=tx.now,
+                    update_time=tx.now,
+                )
+            )
+            tx.record("CreatePolicy", policy.name, None, policy)
+            return policy
+
+    def get(self, name: str, revision: int = 0) -> Policy:
+        policy_id = parse_policy(name)
+        if revision < 0:
+            raise InvalidArgument("revision must not be negative", reason="INVALID_REVISION")
+        with self.store.read() as tx:
+            return require_policy(tx, policy_id, revision)
+
+    def list_policies(self, page_size_: int = 0, page_token: str = "") -> tuple[list[Policy], str]:
+        query: dict[str, str] = {}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            items, next_key = Governance(tx.session).policies_page(after, page_size(page_size_))
+        return items, encode(query, next_key) if next_key else ""
+
+    def update(
+        self,
+        ctx: RequestContext,
+        name: str,
+        etag: str,
+        paths: list[str],
+        values: Mapping[str, object],
+        request_id: str = "",
+    ) -> Policy:
+        policy_id = parse_policy(name)
+        if not paths:
+            raise InvalidArgument(
+                f"update_mask is empty; name fields among {', '.join(POLICY_UPDATE_PATHS)}",
+                reason="INVALID_UPDATE_MASK",
+            )
+        changes: dict[str, object] = {}
+        for path in paths:
+            if path not in POLICY_UPDATE_PATHS:
+                raise InvalidArgument(
+                    f"field {path!r} cannot be updated; use {', '.join(POLICY_UPDATE_PATHS)}",
+                    reason="INVALID_UPDATE_MASK",
+                )
+            value = values[path]
+            if path == "rules":
+                changes[path] = check_rules(list(value))  # type: ignore[call-overload]
+            elif path == "target":
+                changes[path] = check_target(str(value))
+            else:
+                changes[path] = check_text(str(value), path)
+        with self.store.write(ctx, "UpdatePolicy", request_id) as tx:
+            before = require_policy(tx, policy_id)
+            if tx.replay is not None:
+                return before
+            if "target" in changes:
+                _target_free(tx, str(changes["target"]), policy_id)
+            after = Governance(tx.session).update_policy(
+                policy_id, etag, changes, ctx.principal, tx.now
+            )
+            tx.record("UpdatePolicy", after.name, before, after)
+            return after
+
+    def delete(self, ctx: RequestContext, name: str, etag: str = "", request_id: str = "") -> None:
+        policy_id = parse_policy(name)
+        with self.store.write(ctx, "DeletePolicy", request_id) as tx:
+            if tx.replay is not None:
+                return
+            before = require_policy(tx, policy_id)
+            if etag and etag != before.etag:
+                raise stale_etag(before.name)
+            Governance(tx.session).delete_policy(policy_id)
+            tx.record("DeletePolicy", before.name, before, None)

@@ -1,0 +1,328 @@
+"""Repositories of the evaluation and governance tables, returning domain objects.
+
+They work on the session of any :class:`~controlplane.store.Tx`: ``Governance(tx.session)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlmodel import Session, col, select
+
+from controlplane.domain import Operation
+from controlplane.domain.governance import (
+    Approval,
+    Evaluation,
+    Evidence,
+    EvidenceItem,
+    GateDecision,
+    Policy,
+)
+from controlplane.store import convert
+from controlplane.store.repos import _scan, stale_etag
+from controlplane.store.tables import (
+    ApprovalRow,
+    EvaluationRow,
+    GateDecisionRow,
+    OperationRow,
+    PolicyRevisionRow,
+    PolicyRow,
+)
+
+
+def evaluation(row: EvaluationRow) -> Evaluation:
+    return Evaluation(
+        model_id=row.model_id,
+        version=row.version,
+        id=row.id,
+        dataset_sha256=row.dataset_sha256,
+        dataset_role=row.dataset_role,
+        label=row.label,
+        report=dict(row.report),
+        report_sha256=row.report_sha256,
+        compare_to=row.compare_to,
+        compared_version=row.compared_version,
+        deltas=dict(row.deltas),
+        operation=row.operation,
+        created_by=row.created_by,
+        create_time=convert.utc(row.create_time),
+    )
+
+
+def policy(row: PolicyRow | PolicyRevisionRow, current: PolicyRow) -> Policy:
+    """A policy as of ``row`` (the current row or one of its revisions)."""
+    return Policy(
+        id=current.id,
+        description=row.description,
+        target=row.target,
+        rules=list(row.rules),
+        revision=row.revision,
+        created_by=current.created_by,
+        updated_by=row.actor if isinstance(row, PolicyRevisionRow) else current.updated_by,
+        create_time=convert.utc(current.create_time),
+        update_time=convert.utc(
+            row.time if isinstance(row, PolicyRevisionRow) else row.update_time
+        ),
+        etag=convert.etag(f"policies/{current.id}", current.revision),
+    )
+
+
+def gate_decision(row: GateDecisionRow) -> GateDecision:
+    return GateDecision(
+        model_id=row.model_id,
+        version=row.version,
+        id=row.id,
+        target=row.target,
+        policy=row.policy,
+        policy_revision=row.policy_revision,
+        evaluation=row.evaluation,
+        passed=row.passed,
+        results=list(row.results),
+        evidence_sha256=row.evidence_sha256,
+        created_by=row.created_by,
+        create_time=convert.utc(row.create_time),
+    )
+
+
+def evidence_to_json(e: Evidence) -> dict[str, Any]:
+    return {
+        "artifact_sha256": e.artifact_sha256,
+        "evaluations": [[i.resource, i.sha256] for i in e.evaluations],
+        "policy": e.policy,
+        "policy_revision": e.policy_revision,
+    }
+
+
+def evidence_from_json(data: dict[str, Any], sha256: str) -> Evidence:
+    return Evidence(
+        artifact_sha256=str(data.get("artifact_sha256", "")),
+        evaluations=[EvidenceItem(str(r), str(s)) for r, s in data.get("evaluations", [])],
+        policy=str(data.get("policy", "")),
+        policy_revision=int(data.get("policy_revision", 0)),
+        sha256=sha256,
+    )
+
+
+def approval(row: ApprovalRow) -> Approval:
+    return Approval(
+        model_id=row.model_id,
+        version=row.version,
+        id=row.id,
+        target=row.target,
+        decision=row.decision,
+        comment=row.comment,
+        approver=row.approver,
+        roles=list(row.roles),
+        evidence=evidence_from_json(row.evidence, row.evidence_sha256),
+        signature=row.signature,
+        key_id=row.key_id,
+        create_time=convert.utc(row.create_time),
+    )
+
+
+class Governance:
+    """Evaluations, policies, gate decisions, approvals, and expired operations."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    # Evaluations ------------------------------------------------------------------------------
+
+    def add_evaluation(self, row: EvaluationRow) -> Evaluation:
+        self.s.add(row)
+        self.s.flush()
+        return evaluation(row)
+
+    def get_evaluation(self, model_id: str, version: int, eval_id: str) -> Evaluation | None:
+        row = self.s.get(EvaluationRow, eval_id)
+        if row is None or row.model_id != model_id or row.version != version:
+            return None
+        return evaluation(row)
+
+    def latest_evaluation(
+        self, model_id: str, version: int, dataset_sha256: str = "", label: str = ""
+    ) -> Evaluation | None:
+        q = select(EvaluationRow).where(
+            EvaluationRow.model_id == model_id, EvaluationRow.version == version
+        )
+        if dataset_sha256:
+            q = q.where(EvaluationRow.dataset_sha256 == dataset_sha256)
+        if label:
+            q = q.where(EvaluationRow.label == label)
+        q = q.order_by(col(EvaluationRow.create_time).desc(), col(EvaluationRow.id).desc())
+        row = self.s.exec(q.limit(1)).first()
+        return evaluation(row) if row else None
+
+    def evaluations_page(
+        self, model_id: str, version: int, after: list[Any] | None, limit: int
+    ) -> tuple[list[Evaluation], list[Any] | None]:
+        q = select(EvaluationRow).where(
+            EvaluationRow.model_id == model_id, EvaluationRow.version == version
+        )
+        rows, next_key = _scan(
+            self.s,
+            q,
+            [col(EvaluationRow.create_time), col(EvaluationRow.id)],
+            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
+            [datetime.fromisoformat(after[0]), after[1]] if after else None,
+            True,
+            limit,
+            lambda r: True,
+        )
+        return [evaluation(r) for r in rows], next_key
+
+    # Policies ---------------------------------------------------------------------------------
+
+    def policy_row(self, policy_id: str) -> PolicyRow | None:
+        return self.s.get(PolicyRow, policy_id)
+
+    def get_policy(self, policy_id: str, revision: int = 0) -> Policy | None:
+        current = self.policy_row(policy_id)
+        if current is None:
+            return None
+        if not revision or revision == current.revision:
+            return policy(current, current)
+        old = self.s.get(PolicyRevisionRow, (policy_id, revision))
+        return policy(old, current) if old else None
+
+    def policy_for_target(self, target: str) -> Policy | None:
+        row = self.s.exec(select(PolicyRow).where(PolicyRow.target == target)).first()
+        return policy(row, row) if row else None
+
+    def add_policy(self, row: PolicyRow) -> Policy:
+        self.s.add(row)
+        self._revision(row, row.created_by, row.create_time)
+        self.s.flush()
+        return policy(row, row)
+
+    def _revision(self, row: PolicyRow, actor: str, now: datetime) -> None:
+        self.s.add(
+            PolicyRevisionRow(
+                policy_id=row.id,
+                revision=row.revision,
+                description=row.description,
+                target=row.target,
+                rules=list(row.rules),
+                actor=actor,
+                time=now,
+            )
+        )
+
+    def update_policy(
+        self, policy_id: str, if_etag: str, changes: dict[str, Any], actor: str, now: datetime
+    ) -> Policy:
+        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty)."""
+        current = self.policy_row(policy_id)
+        assert current is not None
+        name = f"policies/{policy_id}"
+        if if_etag and convert.etag(name, current.revision) != if_etag:
+            raise stale_etag(name)
+        result = self.s.exec(  # type: ignore[call-overload]
+            update(PolicyRow)
+            .where(col(PolicyRow.id) == policy_id, col(PolicyRow.revision) == current.revision)
+            .values(**changes, updated_by=actor, update_time=now, revision=current.revision + 1)
+        )
+        if result.rowcount != 1:
+            raise stale_etag(name)
+        self.s.expire_all()
+        row = self.policy_row(policy_id)
+        assert row is not None
+        self._revision(row, actor, now)
+        self.s.flush()
+        return policy(row, row)
+
+    def policies_page(
+        self, after: list[Any] | None, limit: int
+    ) -> tuple[list[Policy], list[Any] | None]:
+        rows, next_key = _scan(
+            self.s,
+            select(PolicyRow),
+            [col(PolicyRow.id)],
+            lambda r: [r.id],
+            after,
+            False,
+            limit,
+            lambda r: True,
+        )
+        return [policy(r, r) for r in rows], next_key
+
+    def delete_policy(self, policy_id: str) -> None:
+        self.s.exec(  # type: ignore[call-overload]
+            delete(PolicyRevisionRow).where(col(PolicyRevisionRow.policy_id) == policy_id)
+        )
+        self.s.exec(delete(PolicyRow).where(col(PolicyRow.id) == policy_id))  # type: ignore[call-overload]
+
+    # Gate decisions ---------------------------------------------------------------------------
+
+    def add_decision(self, row: GateDecisionRow) -> GateDecision:
+        self.s.add(row)
+        self.s.flush()
+        return gate_decision(row)
+
+    def latest_decision(self, model_id: str, version: int, target: str) -> GateDecision | None:
+        q = (
+            select(GateDecisionRow)
+            .where(
+                GateDecisionRow.model_id == model_id,
+                GateDecisionRow.version == version,
+                GateDecisionRow.target == target,
+            )
+            .order_by(col(GateDecisionRow.create_time).desc(), col(GateDecisionRow.id).desc())
+            .limit(1)
+        )
+        row = self.s.exec(q).first()
+        return gate_decision(row) if row else None
+
+    def decisions_page(
+        self, model_id: str, version: int, target: str, after: list[Any] | None, limit: int
+    ) -> tuple[list[GateDecision], list[Any] | None]:
+        q = select(GateDecisionRow).where(
+            GateDecisionRow.model_id == model_id, GateDecisionRow.version == version
+        )
+        if target:
+            q = q.where(GateDecisionRow.target == target)
+        rows, next_key = _scan(
+            self.s,
+            q,
+            [col(GateDecisionRow.create_time), col(GateDecisionRow.id)],
+            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
+            [datetime.fromisoformat(after[0]), after[1]] if after else None,
+            True,
+            limit,
+            lambda r: True,
+        )
+        return [gate_decision(r) for r in rows], next_key
+
+    # Approvals --------------------------------------------------------------------------------
+
+    def add_approval(self, row: ApprovalRow) -> Approval:
+        self.s.add(row)
+        self.s.flush()
+        return approval(row)
+
+    def approvals(self, model_id: str, version: int, target: str = "") -> list[Approval]:
+        """A version's approvals, newest first."""
+        q = select(ApprovalRow).where(
+            ApprovalRow.model_id == model_id, ApprovalRow.version == version
+        )
+        if target:
+            q = q.where(ApprovalRow.target == target)
+        q = q.order_by(col(ApprovalRow.create_time).desc(), col(ApprovalRow.id).desc())
+        return [approval(r) for r in self.s.exec(q)]
+
+    # Operations -------------------------------------------------------------------------------
+
+    def expired_operations(self, now: datetime, limit: int = 100) -> list[Operation]:
+        """Unfinished operations whose owner's lease ran out before ``now``."""
+        q = (
+            select(OperationRow)
+            .where(
+                col(OperationRow.done).is_(False),
+                col(OperationRow.lease_expire_time).is_not(None),
+                col(OperationRow.lease_expire_time) < now,
+            )
+            .limit(limit)
+        )
+        return [convert.operation(r) for r in self.s.exec(q)]
