@@ -8,7 +8,6 @@ prediction logged to Arrow, and prints where the state, logs and metrics are.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -184,7 +183,8 @@ def main() -> int:
             sig = v.signature.inputs[0]
             note(
                 f"{v.name}: artifact sha256 {v.artifact.sha256[:16]}..., input {sig.name} "
-                f"{sig.datatype}{list(sig.shape)}, {len(v.lineage.environment.packages)} packages recorded"
+                f"{sig.datatype}{list(sig.shape)}, "
+                f"{len(v.lineage.environment.packages)} packages recorded"
             )
             note(
                 f"  baseline profile of {v.baseline.feature_count} features over "
@@ -250,9 +250,8 @@ def main() -> int:
         stack.callback(_stop, sc)
         wait_serving(sc_address, sc, "the sidecar")
         latencies = _send_traffic(sc_address, trained["x_holdout"], MODEL)  # type: ignore[arg-type]
-        note(
-            f"{len(latencies)} predictions, p50 {1000 * sorted(latencies)[len(latencies) // 2]:.2f} ms"
-        )
+        p50_ms = 1000 * sorted(latencies)[len(latencies) // 2]
+        note(f"{len(latencies)} predictions, p50 {p50_ms:.2f} ms")
         note(f"metrics: http://127.0.0.1:{sc_metrics}/metrics   logs: {STATE}/sidecar.log")
         if logging_on:
             _stop(sc)
