@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 STATE = Path(".modelplane") / "demo"
 MODEL = "breast-cancer"
@@ -57,7 +59,26 @@ def wait_serving(
     raise SystemExit(f"{what} did not become SERVING within {timeout:.0f}s")
 
 
-def train(folder: Path) -> dict[str, object]:
+@dataclass
+class Candidate:
+    """One trained model: its ONNX file, parameters and holdout score."""
+
+    onnx: Path
+    params: dict[str, str]
+    holdout_auc: float
+
+
+@dataclass
+class Trained:
+    """What the demo trains: two candidates and the data files."""
+
+    candidates: dict[str, Candidate]
+    train: Path
+    holdout: Path
+    x_holdout: Any
+
+
+def train(folder: Path) -> Trained:
     """Two classifiers on the same split, exported to ONNX, and the data as files."""
     import numpy as np
     import pyarrow as pa
@@ -86,7 +107,7 @@ def train(folder: Path) -> dict[str, object]:
             {"n_estimators": "150", "max_depth": "2"},
         ),
     }
-    out: dict[str, object] = {"features": names}
+    candidates: dict[str, Candidate] = {}
     for key, (clf, params) in models.items():
         clf.fit(x_tr, y_tr)
         auc = float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1]))
@@ -98,7 +119,7 @@ def train(folder: Path) -> dict[str, object]:
         )
         path = folder / f"{key}.onnx"
         path.write_bytes(onx.SerializeToString())
-        out[key] = {"onnx": path, "params": params, "holdout_auc": auc}
+        candidates[key] = Candidate(path, params, auc)
 
     def table(xs: np.ndarray, ys: np.ndarray) -> pa.Table:
         cols = {n: xs[:, i].astype(np.float64) for i, n in enumerate(names)}
@@ -107,12 +128,7 @@ def train(folder: Path) -> dict[str, object]:
 
     pq.write_table(table(x_tr, y_tr), folder / "train.parquet")
     pacsv.write_csv(table(x_te, y_te), folder / "holdout.csv")
-    out["train"], out["holdout"], out["x_holdout"] = (
-        folder / "train.parquet",
-        folder / "holdout.csv",
-        x_te,
-    )
-    return out
+    return Trained(candidates, folder / "train.parquet", folder / "holdout.csv", x_te)
 
 
 def main() -> int:
@@ -125,8 +141,8 @@ def main() -> int:
     say("Training two classifiers on scikit-learn's bundled breast-cancer data")
     trained = train(STATE / "data")
     for key in ("v1", "v2"):
-        info = trained[key]
-        note(f"{key}: {info['onnx']}  holdout ROC AUC {info['holdout_auc']:.4f}")  # type: ignore[index]
+        cand = trained.candidates[key]
+        note(f"{key}: {cand.onnx}  holdout ROC AUC {cand.holdout_auc:.4f}")
 
     with ExitStack() as stack:
         cp_port, cp_metrics = free_port(), free_port()
@@ -167,14 +183,14 @@ def main() -> int:
         )
         versions = {}
         for key in ("v1", "v2"):
-            info = trained[key]  # type: ignore[index]
+            info = trained.candidates[key]
             v = alice.register_version(
                 MODEL,
-                info["onnx"],
-                datasets={"train": trained["train"], "holdout": trained["holdout"]},
+                info.onnx,
+                datasets={"train": trained.train, "holdout": trained.holdout},
                 label="diagnosis",
-                params=info["params"],
-                metrics={"holdout_auc": info["holdout_auc"]},
+                params=info.params,
+                metrics={"holdout_auc": info.holdout_auc},
                 training_run_id=f"demo-{key}",
                 code_repo="https://example.org/modelplane-demo",
                 code_commit="0" * 40,
@@ -195,7 +211,7 @@ def main() -> int:
         alice.set_alias(MODEL, "champion", 1, reason="first release")
         time.sleep(0.05)
         before_switch = datetime.now(UTC)
-        auc1, auc2 = (trained[k]["holdout_auc"] for k in ("v1", "v2"))  # type: ignore[index]
+        auc1, auc2 = (trained.candidates[k].holdout_auc for k in ("v1", "v2"))
         better = "v2" if auc2 > auc1 else "v1"
         alice.set_alias(
             MODEL, "champion", int(better[1]), reason=f"holdout AUC {max(auc1, auc2):.4f}"
@@ -249,7 +265,7 @@ def main() -> int:
         sc = subprocess.Popen(argv, stdout=sc_log, stderr=subprocess.STDOUT)
         stack.callback(_stop, sc)
         wait_serving(sc_address, sc, "the sidecar")
-        latencies = _send_traffic(sc_address, trained["x_holdout"], MODEL)  # type: ignore[arg-type]
+        latencies = _send_traffic(sc_address, trained.x_holdout, MODEL)
         p50_ms = 1000 * sorted(latencies)[len(latencies) // 2]
         note(f"{len(latencies)} predictions, p50 {p50_ms:.2f} ms")
         note(f"metrics: http://127.0.0.1:{sc_metrics}/metrics   logs: {STATE}/sidecar.log")
