@@ -236,6 +236,8 @@ def main() -> int:
             check=True,
         )
 
+        _governance(address, alice, trained, int(better[1]))
+
         say("Serving the champion from a sidecar (Open Inference Protocol on ONNX Runtime)")
         champion_file = alice.download_version(MODEL, "@champion", STATE / "champion.onnx")
         sc_port, sc_metrics = free_port(), free_port()
@@ -279,14 +281,67 @@ def main() -> int:
                 f"(read with `modelplane logs read {log_dir}`)"
             )
 
+        say("Checking the audit trail")
+        result = alice.verify_audit()
+        note(f"audit chain verified: {result.ok}, {result.checked} events")
+
         say("Where things are")
         note(f"database:    {STATE / 'controlplane.db'}")
         note(f"artifacts:   {STATE / 'artifacts'} (content-addressed by sha256)")
+        note(f"model card:  {STATE / 'model-card.md'}")
         note(f"server logs: {STATE}/controlplane.log, {STATE}/sidecar.log (JSON lines)")
         if logging_on:
             note(f"predictions: {log_dir} (Arrow IPC streams)")
     say(f"Done in {time.monotonic() - started:.0f}s")
     return 0
+
+
+def _governance(address: str, alice: Any, trained: Trained, best: int) -> None:
+    """Policy, server-side evaluation, gate, approvals and the governed alias move."""
+    from modelplane import Client, PermissionDenied
+
+    say("Governance: a release policy for the production alias (as ops-admin)")
+    rules = [
+        "metrics.roc_auc >= 0.95",
+        'evaluation.dataset_role == "holdout"',
+        'approvals.exists(a, "risk" in a.roles && a.decision == "approve")',
+    ]
+    with Client(address, principal="ops-admin") as admin:
+        admin.create_policy("production-release", target="production", rules=rules)
+    for rule in rules:
+        note(f"rule: {rule}")
+
+    say(f"Evaluating v{best} on the holdout data, on the server (as alice)")
+    op = alice.evaluate(MODEL, best, trained.holdout, label="diagnosis", compare_to="champion")
+    evaluation = alice.operation_result(op)
+    shown = ("roc_auc", "accuracy", "f1", "log_loss", "ece")
+    note(", ".join(f"{k} {evaluation.metrics[k]:.4f}" for k in shown if k in evaluation.metrics))
+    note(f"{evaluation.name} (operation {op.name})")
+
+    say("Gate for production before any approval")
+    decision = alice.evaluate_gate(MODEL, best, "production")
+    for r in decision.results:
+        note(f"[{r.outcome}] {r.expression}")
+    note(f"passed: {decision.passed}")
+
+    say("Approvals: the author may not approve her own version; bob (role risk) does")
+    try:
+        alice.with_roles(["risk"]).approve(MODEL, best, "production", comment="looks good")
+    except PermissionDenied as exc:
+        note(f"alice refused: {exc.reason}")
+    with Client(address, principal="bob") as bob:
+        approval = bob.with_roles(["risk"]).approve(
+            MODEL, best, "production", comment="holdout metrics reviewed"
+        )
+    note(f"bob approved, signed by key {approval.key_id[:16]}...")
+    decision = alice.evaluate_gate(MODEL, best, "production")
+    note(f"gate passed: {decision.passed}")
+    alice.set_alias(MODEL, "production", best, reason="gate passed, risk approved")
+    note(f"production now: {alice.get_version(MODEL, '@production').name}")
+    card = alice.model_card(MODEL, best, format="md")
+    path = STATE / "model-card.md"
+    path.write_text(card.content)
+    note(f"model card: {path}")
 
 
 def _sidecar_supports(flag: str) -> bool:
