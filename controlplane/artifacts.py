@@ -62,7 +62,8 @@ def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
     if not model.graph.node and not model.graph.output:
         raise _invalid("the artifact is not an ONNX model: it has no graph")
     try:
-        onnx.checker.check_model(model)
+        # The checker takes the bytes we hold; given the parsed model it would serialise it again.
+        onnx.checker.check_model(data)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise _invalid(f"the ONNX model does not pass onnx.checker: {first}") from None

@@ -83,7 +83,9 @@ def event_from_row(row: AuditEventRow) -> AuditEvent:
 def head(session: Session) -> tuple[int, str]:
     """The sequence number and hash of the newest event; ``(0, GENESIS_HASH)`` when empty."""
     row = session.exec(
-        select(AuditEventRow.seq, AuditEventRow.hash).order_by(col(AuditEventRow.seq).desc())
+        select(AuditEventRow.seq, AuditEventRow.hash)
+        .order_by(col(AuditEventRow.seq).desc())
+        .limit(1)
     ).first()
     return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
