@@ -9,7 +9,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from controlplane import audit
+from controlplane import audit, auth
 from controlplane.api.audit_servicer import AuditServicer
 from controlplane.api.blobs_servicer import BlobServicer
 from controlplane.api.evaluation_servicer import EvaluationServicer
@@ -17,7 +17,6 @@ from controlplane.api.governance_converters import evaluation_result
 from controlplane.api.governance_servicer import GovernanceServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
-from controlplane.api.roles import principal_with_roles
 from controlplane.blobstore import BlobStore
 from controlplane.services import BlobService, ModelService, OperationService, VersionService
 from controlplane.services.approvals import ApprovalService
@@ -70,14 +69,22 @@ def signing_key_path(settings: ControlPlaneSettings) -> Path:
 
 
 def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
-    """Open the store (migrating it), start serving, and report SERVING once ready."""
+    """Open the store (migrating it), start serving, and report SERVING once ready.
+
+    Raises :class:`controlplane.auth.AccessConfigError` before opening anything when the
+    access-control or TLS settings cannot work (among them: a non-loopback ``listen`` without
+    access control, unless ``auth`` is ``none``).
+    """
+    access = auth.build(settings)
     key = audit.load_or_create_signing_key(signing_key_path(settings))
     store = Store.open(settings.db_url)
     audit.install(store)
     blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
     interceptor = RequestInterceptor(
-        RpcMetrics("modelplane_controlplane", registry), authenticator=principal_with_roles
+        RpcMetrics("modelplane_controlplane", registry),
+        authenticator=access.authenticator,
+        authorizer=access.authorizer,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
@@ -120,7 +127,13 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         AuditServicer(AuditTrailService(store, key)), server
     )
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = server.add_insecure_port(settings.listen)
+    try:
+        if access.credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, access.credentials)
+    except RuntimeError:
+        port = 0
     if port == 0:
         evaluations.close()
         store.close()
@@ -137,9 +150,27 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     handle.mark_serving()
     host = settings.listen.rpartition(":")[0]
     log.info(
-        "control plane serving", listen=f"{host}:{port}", port=port, db=_redacted(settings.db_url)
+        "control plane serving",
+        listen=f"{host}:{port}",
+        port=port,
+        db=_redacted(settings.db_url),
+        auth=access.mode,
+        tls="mutual" if settings.client_ca else ("on" if access.credentials else "off"),
     )
+    _warn_about(access, settings)
     return handle
+
+
+def _warn_about(access: auth.AccessControl, settings: ControlPlaneSettings) -> None:
+    """Say so in the log when callers are not authenticated or tokens travel in the clear."""
+    if not access.enabled:
+        log.warning(
+            "access control is off: principals and roles are whatever clients send"
+            + ("; loopback clients only" if access.mode == "off" else ""),
+            auth=access.mode,
+        )
+    elif access.credentials is None and not auth.is_loopback_listen(settings.listen):
+        log.warning("bearer credentials travel unencrypted: serve with --tls-cert/--tls-key")
 
 
 def _redacted(url: str) -> str:

@@ -49,3 +49,23 @@ class ControlPlaneSettings(BaseSettings):
         description="how long a replica holds a running operation without renewing it; "
         "operations whose lease expired are marked failed (REPLICA_LOST) by any replica",
     )
+    auth: str = Field(
+        "",
+        description="access control: empty (off, loopback clients only), 'none' (off, any "
+        "address), 'tokens:FILE' (bearer tokens from a YAML file) or 'jwt'",
+    )
+    jwt_issuer: str = Field("", description="with --auth jwt: the required iss claim")
+    jwt_audience: str = Field("", description="with --auth jwt: the required aud claim")
+    jwt_key: str = Field(
+        "",
+        description="with --auth jwt: a PEM public key (RS256/ES256/EdDSA) or a file holding "
+        "an HMAC secret of at least 32 bytes (HS256)",
+    )
+    jwt_roles_claim: str = Field(
+        "roles", description="with --auth jwt: the claim holding roles (dotted for nested)"
+    )
+    tls_cert: str = Field("", description="PEM certificate chain; serve TLS when set")
+    tls_key: str = Field("", description="PEM private key of tls_cert")
+    client_ca: str = Field(
+        "", description="PEM CA bundle; when set, clients must present a certificate it signed"
+    )

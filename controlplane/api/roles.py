@@ -1,8 +1,13 @@
-"""Roles of the caller while access control is off.
+"""Roles of the caller: role names, and where roles come from.
 
-The client names its roles in the ``x-modelplane-roles`` metadata (comma-separated), next to
-the principal in ``x-modelplane-principal``. Both are a stand-in until authentication exists:
-the server believes them, so they prove nothing about who is calling.
+With access control on, roles come from the caller's credentials (a token entry or a JWT
+claim, see :mod:`controlplane.auth`); the authorizer puts those that hold for the request's
+model into the request context, and the ``x-modelplane-roles`` metadata is ignored.
+
+With access control off (loopback only, or ``--auth none``), the client names its roles in
+``x-modelplane-roles`` (comma-separated) next to its principal in ``x-modelplane-principal``.
+The server believes both, so they prove nothing; they let separation of duties and role
+requirements of policies be exercised on a developer's machine.
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ from modelplane.server.interceptor import anonymous_loopback
 
 ROLES_METADATA_KEY = "x-modelplane-roles"
 MAX_ROLES = 32
-_ROLE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
 
 def parse_roles(text: str) -> tuple[str, ...]:
     """``"risk, ml-lead"`` → ``("ml-lead", "risk")``; malformed names are dropped."""
-    names = {r.strip().lower() for r in text.split(",") if r.strip()}
-    return tuple(sorted(n for n in names if _ROLE.match(n)))[:MAX_ROLES]
+    return clean_roles(text.split(","))
+
+
+def clean_roles(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Distinct, lowercased, sorted role names; malformed ones are dropped."""
+    kept = {r.strip().lower() for r in names if isinstance(r, str) and r.strip()}
+    return tuple(sorted(n for n in kept if ROLE_NAME.match(n)))[:MAX_ROLES]
 
 
 def principal_with_roles(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:
-    """The principal the client names, with the roles it claims."""
+    """The principal the client names, with the roles it claims (access control off)."""
     ctx = anonymous_loopback(metadata, context)
     return RequestContext(
         principal=ctx.principal, roles=parse_roles(metadata.get(ROLES_METADATA_KEY, ""))

@@ -17,6 +17,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from modelplane._environment import capture_environment
 from modelplane.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     ModelplaneError,
     Unavailable,
     error_info,
@@ -39,6 +40,7 @@ from modelplane.v1 import (
 
 PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
 ROLES_METADATA_KEY = "x-modelplane-roles"
+AUTHORIZATION_METADATA_KEY = "authorization"
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2**31 - 1
 T = TypeVar("T")
@@ -94,6 +96,43 @@ def _with_fields(message: M, fields: Mapping[str, Any]) -> M:
     return message
 
 
+def _read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    if path is None or str(path) == "":
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read the {what} {path}: {exc.strerror}", reason="UNREADABLE_TLS_FILE"
+        ) from None
+
+
+def _open_channel(
+    address: str,
+    tls: bool,
+    ca: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> grpc.Channel:
+    """A plaintext or TLS channel with the message limits the servers use."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if not tls:
+        return grpc.insecure_channel(address, options=options)
+    if bool(cert) != bool(key):
+        raise InvalidArgument(
+            "a client certificate needs both tls_cert and tls_key", reason="INCOMPLETE_TLS_CLIENT"
+        )
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca, "CA bundle"),
+        private_key=_read_pem(key, "TLS key"),
+        certificate_chain=_read_pem(cert, "TLS certificate"),
+    )
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 class Client:
     """A connection to a Modelplane control plane.
 
@@ -109,18 +148,30 @@ class Client:
         principal: str | None = None,
         timeout: float = 60.0,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls: bool = False,
     ) -> None:
+        """Connect to ``address``.
+
+        ``token`` (default: ``MODELPLANE_TOKEN``) is sent as ``authorization: Bearer`` to a
+        server with access control; ``principal`` names the caller to one without it. TLS is
+        used when ``tls`` is true or any of ``tls_ca`` (CA bundle to trust instead of the
+        system's), ``tls_cert`` and ``tls_key`` (client certificate for mutual TLS) is given.
+        """
         self.address = address
         self.timeout = timeout
-        self._metadata: tuple[tuple[str, str], ...] = (
-            ((PRINCIPAL_METADATA_KEY, principal),) if principal else ()
-        )
-        self._channel = channel or grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
+        token = token if token is not None else os.environ.get("MODELPLANE_TOKEN", "")
+        metadata: list[tuple[str, str]] = []
+        if principal:
+            metadata.append((PRINCIPAL_METADATA_KEY, principal))
+        if token:
+            metadata.append((AUTHORIZATION_METADATA_KEY, f"Bearer {token.strip()}"))
+        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        self._channel = channel or _open_channel(
+            address, tls or bool(tls_ca or tls_cert or tls_key), tls_ca, tls_cert, tls_key
         )
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
@@ -526,8 +577,8 @@ class Client:
     def with_roles(self, roles: Sequence[str]) -> Client:
         """Send ``roles`` (in ``x-modelplane-roles``) on every call from now on.
 
-        A stand-in until authentication exists: a server without access control believes the
-        roles a client names.
+        Only a server without access control reads them (and believes them); a server with
+        access control ignores them and takes roles from the caller's token.
         """
         kept = tuple(kv for kv in self._metadata if kv[0] != ROLES_METADATA_KEY)
         names = ",".join(r.strip() for r in roles if r.strip())

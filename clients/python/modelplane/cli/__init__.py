@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--as",
         dest="principal",
         default=os.environ.get("MODELPLANE_PRINCIPAL") or _default_principal(),
-        help="principal name sent to a server without access control (default: the OS user)",
+        help="principal name sent to a server without access control (default: the OS user); "
+        "a server with access control takes the principal from --token",
     )
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for each call (default 60)"
@@ -72,8 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
         default=os.environ.get("MODELPLANE_ROLES", ""),
         metavar="ROLE,...",
-        help="roles claimed for approvals (env MODELPLANE_ROLES); a stand-in until "
-        "authentication exists: the server believes them",
+        help="roles claimed for approvals (env MODELPLANE_ROLES) from a server without access "
+        "control, which believes them; a server with access control takes roles from --token",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MODELPLANE_TOKEN", ""),
+        help="bearer token (or JWT) for a server with access control (env MODELPLANE_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("MODELPLANE_TLS_CA", ""),
+        metavar="FILE",
+        help="connect with TLS, trusting this PEM CA bundle (env MODELPLANE_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("MODELPLANE_TLS_CERT", ""),
+        metavar="FILE",
+        help="client certificate (PEM) for mutual TLS (env MODELPLANE_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=os.environ.get("MODELPLANE_TLS_KEY", ""),
+        metavar="FILE",
+        help="private key (PEM) of --tls-cert (env MODELPLANE_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, trusting the system's CA certificates",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:

@@ -12,8 +12,21 @@ from modelplane.errors import ModelplaneError
 
 
 def client(args: argparse.Namespace) -> Client:
-    """A client for the global ``--server``, ``--as`` and ``--timeout`` options."""
-    return Client(args.server, principal=args.principal, timeout=args.timeout)
+    """A client for the global ``--server``, ``--as``, ``--timeout``, ``--token`` and TLS
+    options."""
+    try:
+        return Client(
+            args.server,
+            principal=args.principal,
+            timeout=args.timeout,
+            token=getattr(args, "token", "") or "",
+            tls_ca=getattr(args, "tls_ca", "") or None,
+            tls_cert=getattr(args, "tls_cert", "") or None,
+            tls_key=getattr(args, "tls_key", "") or None,
+            tls=bool(getattr(args, "tls", False)),
+        )
+    except ModelplaneError as exc:
+        raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
 
 
 @contextmanager

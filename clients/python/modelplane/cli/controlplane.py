@@ -30,11 +30,39 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Ed25519 key signing approvals and audit checkpoints "
         "(default: generated under the artifact root, mode 0600)",
     )
+    serve.add_argument(
+        "--auth",
+        help="access control: tokens:FILE (YAML bearer tokens), jwt, or none (off even on a "
+        "non-loopback address); default off, serving loopback clients only",
+    )
+    serve.add_argument("--jwt-issuer", help="with --auth jwt: the required iss claim")
+    serve.add_argument("--jwt-audience", help="with --auth jwt: the required aud claim")
+    serve.add_argument(
+        "--jwt-key",
+        metavar="FILE",
+        help="with --auth jwt: PEM public key (RS256) or a file holding an HMAC secret (HS256)",
+    )
+    serve.add_argument(
+        "--jwt-roles-claim", help="with --auth jwt: the claim holding roles (default roles)"
+    )
+    # Distinct dests: the global --tls-cert/--tls-key are the client's.
+    serve.add_argument(
+        "--tls-cert", dest="serve_tls_cert", metavar="FILE", help="serve TLS with this PEM chain"
+    )
+    serve.add_argument(
+        "--tls-key", dest="serve_tls_key", metavar="FILE", help="PEM private key of --tls-cert"
+    )
+    serve.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this PEM CA bundle (mutual TLS)",
+    )
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace, out: Printer) -> int:
     try:
+        from controlplane.auth import AccessConfigError
         from controlplane.server import start
         from controlplane.settings import ControlPlaneSettings
         from modelplane.server import configure_logging
@@ -51,6 +79,15 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         ("artifact_root", "artifact_root"),
         ("metrics_listen", "metrics_listen"),
         ("log_level", "log_level"),
+        ("signing_key", "signing_key"),
+        ("auth", "auth"),
+        ("jwt_issuer", "jwt_issuer"),
+        ("jwt_audience", "jwt_audience"),
+        ("jwt_key", "jwt_key"),
+        ("jwt_roles_claim", "jwt_roles_claim"),
+        ("serve_tls_cert", "tls_cert"),
+        ("serve_tls_key", "tls_key"),
+        ("client_ca", "client_ca"),
     ):
         if getattr(args, option):
             overrides[field] = getattr(args, option)
@@ -61,7 +98,10 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             raise CliError(str(exc), EXIT_USAGE) from None
     settings = ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
-    handle = start(settings)
+    try:
+        handle = start(settings)
+    except AccessConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE, reason="INVALID_ACCESS_CONFIG") from None
     handle.stop_on_signals()
     handle.wait()
     return 0

@@ -18,14 +18,35 @@ _PRINCIPAL = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
 
 
 @dataclass(frozen=True)
+class Grant:
+    """Roles a caller holds, on every model (``models`` empty) or only on the models named."""
+
+    roles: tuple[str, ...]
+    models: tuple[str, ...] = ()
+
+    @property
+    def scoped(self) -> bool:
+        """True when the roles hold only on :attr:`models`."""
+        return bool(self.models)
+
+
+@dataclass(frozen=True)
 class RequestContext:
-    """Who is calling and how to find this request in the logs."""
+    """Who is calling and how to find this request in the logs.
+
+    ``roles`` are the roles that count for this request (for an authenticated caller, those of
+    its grants that cover the model the request is about); ``grants`` is everything the
+    caller's credentials grant, empty while access control is off; ``authenticated`` says
+    whether the principal was proven by credentials rather than named by the client.
+    """
 
     principal: str = "anonymous"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     trace_id: str = ""
     method: str = ""
     roles: tuple[str, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    authenticated: bool = False
 
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(

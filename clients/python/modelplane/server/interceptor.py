@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from modelplane.server.context import (
     TRACEPARENT_METADATA_KEY,
     RequestContext,
     clean_principal,
+    current_context,
     reset_context,
     set_context,
     trace_id_from,
@@ -67,11 +69,30 @@ def anonymous_loopback(metadata: dict[str, str], context: grpc.ServicerContext) 
     return RequestContext(principal=principal)
 
 
+@dataclass(frozen=True)
+class Authorization:
+    """An authorizer's answer for a permitted call.
+
+    ``context`` replaces the request context (typically with the roles that count for this
+    request); ``response_filter``, when set, is applied to every response message before it is
+    sent, and may drop entries the caller may not see or raise to refuse the call.
+    """
+
+    context: RequestContext
+    response_filter: Callable[[Any], Any] | None = None
+
+
+#: Decides whether an authenticated call may proceed: ``(context, full method name, request)``,
+#: the request being None for client-streaming methods. Raises PermissionDenied to refuse.
+Authorizer = Callable[[RequestContext, str, Any], Authorization]
+
+
 class RequestInterceptor(grpc.ServerInterceptor):
     """Binds the request context, maps errors to statuses, logs and counts every RPC.
 
     Methods of the services named in ``open_services`` (health, reflection) skip
-    authentication.
+    authentication and authorization. Every other call is authenticated, then, when an
+    ``authorizer`` is given, authorized with its deserialised request.
     """
 
     def __init__(
@@ -79,9 +100,11 @@ class RequestInterceptor(grpc.ServerInterceptor):
         metrics: RpcMetrics | None = None,
         authenticator: Authenticator = anonymous_loopback,
         open_services: tuple[str, ...] = ("grpc.health.v1.Health", "grpc.reflection."),
+        authorizer: Authorizer | None = None,
     ) -> None:
         self._metrics = metrics
         self._authenticate = authenticator
+        self._authorize = authorizer
         self._open = open_services
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
@@ -92,27 +115,35 @@ class RequestInterceptor(grpc.ServerInterceptor):
         short = method.rsplit("/", 1)[-1]
         is_open = any(method.lstrip("/").startswith(s) for s in self._open)
 
-        def enter(context: grpc.ServicerContext) -> tuple[Any, float, RequestContext]:
+        def enter(context: grpc.ServicerContext) -> tuple[Any, float, dict[str, str]]:
             md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-            if is_open:
-                ctx = RequestContext(principal="anonymous")
-            else:
-                ctx = self._authenticate(md, context)
-            rid = md.get(REQUEST_ID_METADATA_KEY, "")[:128] or uuid.uuid4().hex
             ctx = RequestContext(
-                principal=ctx.principal,
-                roles=ctx.roles,
-                request_id=rid,
+                principal="anonymous",
+                request_id=md.get(REQUEST_ID_METADATA_KEY, "")[:128] or uuid.uuid4().hex,
                 trace_id=trace_id_from(md.get(TRACEPARENT_METADATA_KEY)),
                 method=short,
             )
             structlog.contextvars.bind_contextvars(
-                request_id=ctx.request_id,
-                trace_id=ctx.trace_id,
-                method=short,
-                principal=ctx.principal,
+                request_id=ctx.request_id, trace_id=ctx.trace_id, method=short
             )
-            return set_context(ctx), time.perf_counter(), ctx
+            return set_context(ctx), time.perf_counter(), md
+
+        def admit(
+            md: dict[str, str], request: Any, context: grpc.ServicerContext
+        ) -> Callable[[Any], Any] | None:
+            """Authenticate and authorize; make the caller's context current."""
+            if is_open:
+                return None
+            base = current_context()
+            who = self._authenticate(md, context)
+            ctx = replace(who, request_id=base.request_id, trace_id=base.trace_id, method=short)
+            structlog.contextvars.bind_contextvars(principal=ctx.principal)
+            response_filter = None
+            if self._authorize is not None:
+                decision = self._authorize(ctx, method, request)
+                ctx, response_filter = decision.context, decision.response_filter
+            set_context(ctx)
+            return response_filter
 
         def leave(token: Any, start: float, code: grpc.StatusCode) -> None:
             elapsed = time.perf_counter() - start
@@ -139,13 +170,18 @@ class RequestInterceptor(grpc.ServerInterceptor):
             code = context.code() if hasattr(context, "code") else None
             return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
-        def unary_out(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def unary_out(behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Any]:
             def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-                token, start, _ = (None, time.perf_counter(), None)
+                token, start = None, time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
-                    token, start, _ = enter(context)
+                    token, start, md = enter(context)
+                    response_filter = admit(
+                        md, None if streaming_in else request_or_iterator, context
+                    )
                     result = behavior(request_or_iterator, context)
+                    if response_filter is not None and result is not None:
+                        result = response_filter(result)
                     code = status_of(context)
                     return result
                 except BaseException as exc:
@@ -161,13 +197,22 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
             return wrapper
 
-        def stream_out(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def stream_out(
+            behavior: Callable[..., Iterator[Any]], streaming_in: bool
+        ) -> Callable[..., Iterator[Any]]:
             def wrapper(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token, start, _ = (None, time.perf_counter(), None)
+                token, start = None, time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
-                    token, start, _ = enter(context)
-                    yield from behavior(request_or_iterator, context)
+                    token, start, md = enter(context)
+                    response_filter = admit(
+                        md, None if streaming_in else request_or_iterator, context
+                    )
+                    if response_filter is None:
+                        yield from behavior(request_or_iterator, context)
+                    else:
+                        for message in behavior(request_or_iterator, context):
+                            yield response_filter(message)
                     code = status_of(context)
                 except GeneratorExit:
                     code = grpc.StatusCode.CANCELLED
@@ -187,24 +232,24 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                unary_out(handler.unary_unary),
+                unary_out(handler.unary_unary, False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                unary_out(handler.stream_unary),
+                unary_out(handler.stream_unary, True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                stream_out(handler.unary_stream),
+                stream_out(handler.unary_stream, False),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            stream_out(handler.stream_stream),
+            stream_out(handler.stream_stream, True),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -1,0 +1,110 @@
+"""The one table of who may call what: every control-plane RPC, the built-in roles allowed to
+call it, and how a grant scoped to some models applies to it.
+
+Built-in roles: ``viewer`` reads; ``developer`` also creates models, registers versions,
+uploads blobs, runs evaluations and gates and moves aliases (gates still apply);
+``approver`` also approves and rejects; ``admin`` may do everything, including policies,
+deletions, archiving, audit export, checkpoints and audit verification. Any other role name
+(``risk``, ``ml-lead``) grants no RPC by itself; policies may require it of approvers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+VIEWER = "viewer"
+DEVELOPER = "developer"
+APPROVER = "approver"
+ADMIN = "admin"
+BUILT_IN_ROLES = (VIEWER, DEVELOPER, APPROVER, ADMIN)
+
+READ = frozenset(BUILT_IN_ROLES)
+WRITE = frozenset({DEVELOPER, ADMIN})
+APPROVE = frozenset({APPROVER, ADMIN})
+ADMIN_ONLY = frozenset({ADMIN})
+
+
+class Scope(enum.Enum):
+    """How grants scoped to some models count for an RPC."""
+
+    #: The request names a model (``name``, ``parent``, ``model_id``...); only grants covering
+    #: it count. A request naming no model needs an unscoped grant.
+    MODEL = "model"
+    #: Lists spanning models: any grant allows the call; entries of models outside a scoped
+    #: caller's grants are dropped from the response (a model named in the request must be
+    #: covered, as for MODEL).
+    LISTED = "listed"
+    #: The request names an operation; the operation's target model must be covered.
+    OPERATION = "operation"
+    #: Resources that belong to no model (content-addressed blobs, policies as read-only
+    #: configuration, the public key): any grant counts.
+    SHARED = "shared"
+    #: Server-wide changes and whole-trail reads: only unscoped grants count.
+    GLOBAL = "global"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call one RPC; ``listed`` names the repeated response field a LISTED scope
+    filters and ``key`` the field of its entries that names the resource."""
+
+    roles: frozenset[str]
+    scope: Scope
+    listed: str = ""
+    key: str = ""
+
+
+_R = "/modelplane.v1.RegistryService/"
+_B = "/modelplane.v1.BlobService/"
+_O = "/modelplane.v1.OperationsService/"
+_E = "/modelplane.v1.EvaluationService/"
+_G = "/modelplane.v1.GovernanceService/"
+_A = "/modelplane.v1.AuditService/"
+
+#: Full method name → rule. A method missing here is refused (a test checks none is missing).
+PERMISSIONS: dict[str, Rule] = {
+    _R + "CreateModel": Rule(WRITE, Scope.MODEL),
+    _R + "GetModel": Rule(READ, Scope.MODEL),
+    _R + "ListModels": Rule(READ, Scope.LISTED, listed="models", key="name"),
+    _R + "UpdateModel": Rule(WRITE, Scope.MODEL),
+    _R + "DeleteModel": Rule(ADMIN_ONLY, Scope.MODEL),
+    _R + "CreateModelVersion": Rule(WRITE, Scope.MODEL),
+    _R + "GetModelVersion": Rule(READ, Scope.MODEL),
+    _R + "ListModelVersions": Rule(READ, Scope.MODEL),
+    _R + "UpdateModelVersion": Rule(WRITE, Scope.MODEL),
+    _R + "ArchiveModelVersion": Rule(ADMIN_ONLY, Scope.MODEL),
+    _R + "SetAlias": Rule(WRITE, Scope.MODEL),
+    _R + "GetAlias": Rule(READ, Scope.MODEL),
+    _R + "ListAliases": Rule(READ, Scope.MODEL),
+    _R + "DeleteAlias": Rule(ADMIN_ONLY, Scope.MODEL),
+    _R + "ListAliasHistory": Rule(READ, Scope.MODEL),
+    _B + "UploadBlob": Rule(WRITE, Scope.SHARED),
+    _B + "GetBlob": Rule(READ, Scope.SHARED),
+    _B + "DownloadBlob": Rule(READ, Scope.SHARED),
+    _O + "GetOperation": Rule(READ, Scope.OPERATION),
+    _O + "ListOperations": Rule(READ, Scope.LISTED, listed="operations", key="target"),
+    _O + "WaitOperation": Rule(READ, Scope.OPERATION),
+    _E + "Evaluate": Rule(WRITE, Scope.MODEL),
+    _E + "GetEvaluation": Rule(READ, Scope.MODEL),
+    _E + "ListEvaluations": Rule(READ, Scope.MODEL),
+    _G + "CreatePolicy": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _G + "GetPolicy": Rule(READ, Scope.SHARED),
+    _G + "ListPolicies": Rule(READ, Scope.SHARED),
+    _G + "UpdatePolicy": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _G + "DeletePolicy": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _G + "EvaluateGate": Rule(WRITE, Scope.MODEL),
+    _G + "ListGateDecisions": Rule(READ, Scope.MODEL),
+    _G + "Approve": Rule(APPROVE, Scope.MODEL),
+    _G + "ListApprovals": Rule(READ, Scope.MODEL),
+    _G + "VerifyVersion": Rule(READ, Scope.MODEL),
+    _G + "GetPublicKey": Rule(READ, Scope.SHARED),
+    _G + "GetModelCard": Rule(READ, Scope.MODEL),
+    _A + "ListAuditEvents": Rule(READ, Scope.LISTED, listed="events", key="resource"),
+    _A + "ExportAuditEvents": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _A + "CreateCheckpoint": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _A + "VerifyAudit": Rule(ADMIN_ONLY, Scope.GLOBAL),
+}
+
+#: modelplane.v1 services that the control plane does not serve (they have no entry above).
+SERVED_ELSEWHERE = frozenset({"modelplane.v1.SidecarAdminService"})

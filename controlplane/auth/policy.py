@@ -1,0 +1,195 @@
+"""The authorization step: checks a call against :data:`PERMISSIONS` and the caller's grants.
+
+A grant holds roles on every model, or only on the models it names. The model a request is
+about is read from its deserialised fields (``name``, ``parent``, ``target``, ``resource``,
+``version``, ``model_id``, ``model.name``, ``version.name``). The request context handed on
+carries the roles that hold for that model, which is what approvals record and policies check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from controlplane.auth.permissions import PERMISSIONS, Rule, Scope
+from modelplane.errors import PermissionDenied
+from modelplane.server.context import Grant, RequestContext
+from modelplane.server.interceptor import Authorization
+
+_NAME_FIELDS = ("name", "parent", "target", "resource", "version")
+_NESTED_FIELDS = ("model", "version")
+
+
+def model_of(resource: str) -> str | None:
+    """``models/fraud/versions/3`` → ``fraud``; None when ``resource`` names no model."""
+    if not resource.startswith("models/"):
+        return None
+    rest = resource[len("models/") :]
+    end = min((i for i in (rest.find("/"), rest.find("@")) if i >= 0), default=len(rest))
+    return rest[:end] or None
+
+
+def models_named(request: Message) -> set[str]:
+    """The model ids a request names in its naming fields."""
+    fields = request.DESCRIPTOR.fields_by_name
+    out: set[str] = set()
+    for name in _NAME_FIELDS:
+        f = fields.get(name)
+        if f is not None and f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated:
+            model = model_of(getattr(request, name))
+            if model:
+                out.add(model)
+    for name in _NESTED_FIELDS:
+        f = fields.get(name)
+        if f is not None and f.type == FieldDescriptor.TYPE_MESSAGE and request.HasField(name):
+            model = model_of(getattr(getattr(request, name), "name", ""))
+            if model:
+                out.add(model)
+    if "model_id" in fields:
+        model_id = getattr(request, "model_id", "")
+        if model_id:
+            out.add(model_id)
+    return out
+
+
+def roles_on(grants: Iterable[Grant], model: str | None) -> set[str]:
+    """Roles that hold on ``model``; with None, those that hold on every model."""
+    out: set[str] = set()
+    for g in grants:
+        if not g.scoped or (model is not None and model in g.models):
+            out.update(g.roles)
+    return out
+
+
+def _short(method: str) -> str:
+    return method.lstrip("/").rsplit(".", 1)[-1]
+
+
+class PermissionPolicy:
+    """An :data:`modelplane.server.interceptor.Authorizer` over a permission table."""
+
+    def __init__(self, table: Mapping[str, Rule] = PERMISSIONS) -> None:
+        self._table = dict(table)
+
+    def __call__(self, ctx: RequestContext, method: str, request: Any) -> Authorization:
+        rule = self._table.get(method)
+        if rule is None:
+            raise PermissionDenied(
+                f"{_short(method)} is not in the control plane's permission table",
+                reason="METHOD_NOT_PERMITTED",
+            )
+        held = _all_roles(ctx.grants)
+        if not held & rule.roles:
+            raise _role_required(ctx, method, rule, held)
+        unscoped = roles_on(ctx.grants, None)
+        if rule.scope is Scope.SHARED:
+            return Authorization(replace(ctx, roles=tuple(sorted(held))))
+        if rule.scope is Scope.GLOBAL:
+            if not unscoped & rule.roles:
+                raise PermissionDenied(
+                    f"{_short(method)} acts on the whole control plane; {ctx.principal}'s "
+                    f"{_names(rule.roles & held)} role holds only on some models",
+                    reason="UNSCOPED_ROLE_REQUIRED",
+                    metadata={"required_roles": ",".join(sorted(rule.roles))},
+                )
+            return Authorization(replace(ctx, roles=tuple(sorted(unscoped))))
+        named = models_named(request) if isinstance(request, Message) else set()
+        if rule.scope is Scope.MODEL or named:
+            roles = _covering(ctx, method, rule, named)
+            if rule.scope is Scope.MODEL:
+                return Authorization(replace(ctx, roles=tuple(sorted(roles))))
+        if unscoped & rule.roles:
+            return Authorization(replace(ctx, roles=tuple(sorted(unscoped))))
+        allowed = {m for g in ctx.grants if rule.roles.intersection(g.roles) for m in g.models}
+        check = _listed_filter(rule, allowed) if rule.scope is Scope.LISTED else _op_check(allowed)
+        return Authorization(replace(ctx, roles=tuple(sorted(held))), check)
+
+
+def _covering(ctx: RequestContext, method: str, rule: Rule, named: set[str]) -> set[str]:
+    """Roles holding on every model the request names; refuses when a model is not covered."""
+    if not named:
+        roles = roles_on(ctx.grants, None)
+        if not roles & rule.roles:
+            raise PermissionDenied(
+                f"this {_short(method)} request names no model, and {ctx.principal}'s roles "
+                f"hold only on models {_names(_scoped_models(ctx.grants))}",
+                reason="MODEL_NOT_IN_SCOPE",
+                metadata={"required_roles": ",".join(sorted(rule.roles))},
+            )
+        return roles
+    covered: set[str] | None = None
+    for model in sorted(named):
+        roles = roles_on(ctx.grants, model)
+        if not roles & rule.roles:
+            raise PermissionDenied(
+                f"{ctx.principal} may not call {_short(method)} on model {model!r}: its "
+                f"{_names(rule.roles & _all_roles(ctx.grants))} role holds only on models "
+                f"{_names(_scoped_models(ctx.grants))}",
+                reason="MODEL_NOT_IN_SCOPE",
+                metadata={"model": model, "required_roles": ",".join(sorted(rule.roles))},
+            )
+        covered = roles if covered is None else covered & roles
+    return covered or set()
+
+
+def _listed_filter(rule: Rule, allowed: set[str]) -> Callable[[Any], Any]:
+    """Drops the entries of a list response whose model the caller may not see."""
+
+    def keep_visible(response: Any) -> Any:
+        entries = getattr(response, rule.listed)
+        kept = [e for e in entries if _visible(getattr(e, rule.key), allowed)]
+        if len(kept) != len(entries):
+            del entries[:]
+            entries.extend(kept)
+        return response
+
+    return keep_visible
+
+
+def _op_check(allowed: set[str]) -> Callable[[Any], Any]:
+    """Refuses an operation whose target is a model the caller may not see."""
+
+    def check(operation: Any) -> Any:
+        if not _visible(operation.target, allowed):
+            raise PermissionDenied(
+                f"operation {operation.name} is about {operation.target}, outside the models "
+                "your roles hold on",
+                reason="MODEL_NOT_IN_SCOPE",
+                metadata={"model": model_of(operation.target) or ""},
+            )
+        return operation
+
+    return check
+
+
+def _visible(resource: str, allowed: set[str]) -> bool:
+    model = model_of(resource)
+    return model is None or model in allowed
+
+
+def _all_roles(grants: Iterable[Grant]) -> set[str]:
+    return {r for g in grants for r in g.roles}
+
+
+def _scoped_models(grants: Iterable[Grant]) -> set[str]:
+    return {m for g in grants for m in g.models}
+
+
+def _names(items: Iterable[str]) -> str:
+    return ", ".join(sorted(items)) or "(none)"
+
+
+def _role_required(
+    ctx: RequestContext, method: str, rule: Rule, held: set[str]
+) -> PermissionDenied:
+    needed = ",".join(sorted(rule.roles))
+    return PermissionDenied(
+        f"{_short(method)} needs one of the roles {needed.replace(',', ', ')}; "
+        f"{ctx.principal} holds {_names(held)}",
+        reason="ROLE_REQUIRED",
+        metadata={"required_roles": needed, "method": method.lstrip("/")},
+    )
