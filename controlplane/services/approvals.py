@@ -1,8 +1,8 @@
 """Approvals: signed decisions by people on a version for a target, and their verification.
 
-Roles come from the request context. Until access control exists, the server takes them from
-the ``x-modelplane-roles`` metadata the caller sends (see :mod:`controlplane.api.roles`), which
-is a stand-in and proves nothing about the caller.
+Roles come from the request context: from the caller's token or JWT when access control is on;
+with access control off (loopback only), from the ``x-modelplane-roles`` metadata the caller
+sends (see :mod:`controlplane.api.roles`), which proves nothing about the caller.
 """
 
 from __future__ import annotations
