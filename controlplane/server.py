@@ -77,7 +77,8 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     """
     access = auth.build(settings)
     key = audit.load_or_create_signing_key(signing_key_path(settings))
-    store = Store.open(settings.db_url)
+    # Worker processes find the schema migrated by their supervisor.
+    store = Store.open(settings.db_url, migrate=not settings.reuse_port)
     audit.install(store)
     blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
@@ -89,7 +90,10 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=GRPC_OPTIONS,
+        options=[
+            *(o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"),
+            ("grpc.so_reuseport", int(settings.reuse_port)),
+        ],
     )
     models = ModelService(store)
     versions = VersionService(store, blobs, baseline_sample_size=settings.baseline_sample_size)

@@ -28,7 +28,13 @@ class ControlPlaneSettings(BaseSettings):
     max_upload_bytes: int = Field(
         2 * 1024**3, description="largest blob an upload may carry, in bytes"
     )
-    max_workers: int = Field(16, description="threads handling RPCs")
+    max_workers: int = Field(16, description="threads handling RPCs in each process")
+    workers: int = Field(
+        1, description="server processes sharing the port (SO_REUSEPORT); 0 means one per core"
+    )
+    reuse_port: bool = Field(
+        False, description="bind with SO_REUSEPORT (set for the processes that --workers starts)"
+    )
     grace_seconds: float = Field(
         10.0,
         description="on SIGTERM, how long unary calls may finish before open streams are ended",

@@ -118,3 +118,71 @@ def test_health_turns_not_serving_before_stop(controlplane) -> None:  # type: ig
 
     set_serving(controlplane.handle.health, controlplane.handle.service_names, False)
     assert _health(controlplane.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelplane.cli",
+            "controlplane",
+            "serve",
+            "--listen",
+            address,
+            "--db",
+            f"sqlite:///{tmp_path / 'cp.db'}",
+            "--artifact-root",
+            str(tmp_path / "art"),
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _health(address) == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "workers did not become SERVING"
+            time.sleep(0.2)
+        names = [f"w-{i}" for i in range(20)]
+        for name in names:  # new connections spread over the workers
+            with Client(address, principal="erin") as c:
+                c.create_model(name)
+        with Client(address) as c:
+            assert sorted(m.name for m in c.list_models()) == sorted(f"models/{n}" for n in names)
+        deadline = time.monotonic() + 10
+        while True:
+            # The merged endpoint opens once every worker is ready.
+            try:
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError as exc:
+                text = str(exc)
+            if (
+                'modelplane_controlplane_requests_total{code="OK",method="CreateModel"} 20.0'
+                in text
+            ):
+                break
+            assert time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        _, err = proc.communicate(timeout=5)
+        served = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"rpc"' in x]
+        assert len([x for x in served if x["method"] == "CreateModel"]) == 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument(
+        "--workers",
+        help="server processes sharing the port: N, or auto for one per core (default 1)",
+    )
+    serve.add_argument(
         "--signing-key",
         help="Ed25519 key signing approvals and audit checkpoints "
         "(default: generated under the artifact root, mode 0600)",
@@ -65,7 +69,9 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         from controlplane.auth import AccessConfigError
         from controlplane.server import start
         from controlplane.settings import ControlPlaneSettings
+        from controlplane.workers import supervise
         from modelplane.server import configure_logging
+        from modelplane.server.supervisor import worker_count
     except ImportError as exc:
         raise CliError(
             f"the control plane is not installed ({exc.name} is missing): "
@@ -96,9 +102,16 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             overrides["max_upload_bytes"] = parse_size(args.max_upload_size)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
+    if args.workers:
+        if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
+            raise CliError(f"--workers {args.workers!r}: use a positive number or auto", EXIT_USAGE)
+        overrides["workers"] = 0 if args.workers == "auto" else int(args.workers)
     settings = ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level)
+    count = worker_count(settings.workers)
     try:
+        if count > 1:
+            return supervise(settings, count)
         handle = start(settings)
     except AccessConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE, reason="INVALID_ACCESS_CONFIG") from None
