@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="approve (or --reject) a version for a target; the server signs it",
         description="The approval is signed over the artifact, the latest evaluation and the "
         "policy revision; it stops counting once any of them changes. Roles come from the "
-        "global --roles option (used only while access control is off (with --auth the roles come from the token)).",
+        "token when the server has access control, else from the global --roles option.",
     )
     p.add_argument("name", help="model id")
     p.add_argument("version", help="version number")
