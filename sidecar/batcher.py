@@ -36,6 +36,7 @@ class Item:
         "result",
         "started",
         "state",
+        "ticket",
         "trace_id",
     )
 
@@ -46,13 +47,16 @@ class Item:
         self.trace_id = trace_id
         self.deadline = deadline
         self.context = context
-        self.event = threading.Event()
+        # Made only when the request has to wait: a request that leads runs its own batch.
+        self.event: threading.Event | None = None
         self.result: Any = None
         self.error: ModelplaneError | None = None
         self.promoted = False
         self.state = _QUEUED
         self.enqueued = time.monotonic()
         self.started = 0.0
+        #: ``sync`` log durability: completes once the request's records are on disk.
+        self.ticket: Any = None
 
 
 #: Runs a list of items as one session call, setting each item's ``result`` or ``error``.
@@ -103,9 +107,12 @@ class Batcher:
             lead = not self._leading
             if lead:
                 self._leading = True
-            elif self._waiting_leader:
-                self._more.notify()
-        self._report_rows()
+            else:
+                item.event = threading.Event()
+                if self._waiting_leader:
+                    self._more.notify()
+        if self._on_queue_rows is not None:
+            self._on_queue_rows(self._queued_rows)
         if lead:
             self._lead()
         self._await(item)
@@ -118,6 +125,10 @@ class Batcher:
         while True:
             if item.state == _DONE:
                 return
+            if item.event is None:
+                # Setters mark the item done before they look for its event: check again.
+                item.event = threading.Event()
+                continue
             timeout = None if item.deadline is None else item.deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 timeout = 0.0
@@ -160,15 +171,19 @@ class Batcher:
             finally:
                 for it in batch:
                     it.state = _DONE
-                    it.event.set()
+                    if it.event is not None:
+                        it.event.set()
         with self._lock:
             if self._queue:
                 head = self._queue[0]
                 head.promoted = True
+                if head.event is None:
+                    head.event = threading.Event()
                 head.event.set()
             else:
                 self._leading = False
-        self._report_rows()
+        if self._on_queue_rows is not None:
+            self._on_queue_rows(self._queued_rows)
 
     def _take(self) -> list[Item]:
         with self._lock:
@@ -226,7 +241,8 @@ class Batcher:
             self._remove(it)
             it.error = _expired() if it.context is None or it.context.is_active() else _gone()
             it.state = _DONE
-            it.event.set()
+            if it.event is not None:
+                it.event.set()
 
 
 def _expired() -> DeadlineExceeded:

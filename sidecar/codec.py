@@ -1,5 +1,5 @@
-"""Decoding and validating OIP inference requests against a model signature, and encoding
-responses.
+"""Decoding and validating OIP inference requests against a model signature (responses are
+encoded by :mod:`sidecar.response`).
 
 Every check that can fail on client input happens here, before anything reaches ONNX Runtime
 and before large buffers are allocated; failures raise :class:`InvalidArgument` with an
@@ -221,6 +221,24 @@ def _decode_typed(spec: TensorSpec, contents: Any, count: int) -> np.ndarray[Any
     return wide.astype(spec.dtype, copy=False)
 
 
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], limits: Limits) -> int:
+    """Every shape check of one input; returns its element count."""
+    name = spec.name
+    count = _element_count(spec, shape, limits.max_tensor_elements)
+    if spec.rank:
+        first = shape[0]
+        if first == 0 and spec.batch_dynamic:
+            raise _bad("EMPTY_BATCH", f"input {name!r} has no rows", tensor=name)
+        if first > limits.max_request_rows:
+            raise _bad(
+                "BATCH_TOO_LARGE",
+                f"input {name!r} has {first} rows; at most {limits.max_request_rows} are "
+                "allowed per request",
+                tensor=name,
+            )
+    return count
+
+
 def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     """Validate ``request`` against ``signature`` and return its inputs as numpy arrays."""
     inputs = request.inputs
@@ -237,10 +255,13 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     key: list[Any] = []
     rows = -1
+    lookup = signature.input
+    max_rows = limits.max_request_rows
+    max_elements = limits.max_tensor_elements
     for i in range(n_in):
         tensor = inputs[i]
         name = tensor.name
-        spec = signature.input(name)
+        spec = lookup(name)
         if spec is None:
             expected = ", ".join(t.name for t in signature.inputs)
             raise _bad("UNKNOWN_INPUT", f"unknown input {name!r}; the model takes {expected}")
@@ -254,20 +275,23 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
                 tensor=name,
             )
         shape = tuple(tensor.shape)
-        count = _element_count(spec, shape, limits.max_tensor_elements)
+        tail = spec.tail
+        first = shape[0] if shape else 0
+        count = first * spec.tail_size
+        # The common case (rows of a fixed-width tensor, within the limits) needs one
+        # comparison; anything else takes the full check, which also words the errors.
+        if not (
+            spec.batch_dynamic
+            and tail is not None
+            and len(shape) == spec.rank
+            and shape[1:] == tail
+            and 0 < first <= max_rows
+            and count <= max_elements
+        ):
+            count = _check_shape(spec, shape, limits)
         if tensor.parameters:
             _check_parameters(tensor.parameters, f"input {name!r}")
         if spec.rank:
-            first = shape[0]
-            if first == 0 and spec.batch_dynamic:
-                raise _bad("EMPTY_BATCH", f"input {name!r} has no rows", tensor=name)
-            if first > limits.max_request_rows:
-                raise _bad(
-                    "BATCH_TOO_LARGE",
-                    f"input {name!r} has {first} rows; at most {limits.max_request_rows} are "
-                    "allowed per request",
-                    tensor=name,
-                )
             if rows == -1:
                 rows = first
             elif rows != first:
@@ -298,7 +322,7 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
 def _requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
     wanted = request.outputs
     if not wanted:
-        return tuple(signature.output_names)
+        return signature.output_names
     names: list[str] = []
     for out in wanted:
         name = out.name
@@ -311,30 +335,3 @@ def _requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
             _check_parameters(out.parameters, f"output {name!r}")
         names.append(name)
     return tuple(names)
-
-
-def encode_bytes(array: np.ndarray[Any, Any]) -> bytes:
-    """BYTES elements as length-prefixed raw bytes (text is sent as UTF-8)."""
-    parts: list[bytes] = []
-    pack = _LEN.pack
-    for item in array.reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def fill_response(
-    response: Any, names: tuple[str, ...], arrays: list[np.ndarray[Any, Any]], signature: Signature
-) -> None:
-    """Append every output to ``response.outputs`` and its bytes to ``raw_output_contents``."""
-    outputs = response.outputs
-    raw = response.raw_output_contents
-    for name, array in zip(names, arrays, strict=True):
-        spec = signature.output(name)
-        assert spec is not None
-        outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
-        if spec.datatype == "BYTES":
-            raw.append(encode_bytes(array))
-        else:
-            raw.append(np.ascontiguousarray(array).tobytes())

@@ -35,6 +35,9 @@ _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 class NoMetrics:
     """Metrics that record nothing."""
 
+    #: Whether anything is recorded (the request path skips its clock reads otherwise).
+    enabled = False
+
     def request(self, code: str, seconds: float) -> None:
         """Count one finished request."""
 
@@ -53,6 +56,8 @@ class NoMetrics:
 
 class SidecarMetrics(NoMetrics):
     """The sidecar's metrics for one model version, in ``registry``."""
+
+    enabled = True
 
     def __init__(self, registry: CollectorRegistry, model: str, version: str, provider: str):
         multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -8,6 +8,11 @@ When ONNX Runtime fails on a request that passed validation, the failure is the 
 reaction to those values (an index out of range, say), so the request is answered
 INVALID_ARGUMENT with reason ``MODEL_EXECUTION_FAILED``; a batch that fails is rerun request
 by request so that only the request that caused it gets the error.
+
+Observers (prediction log, drift) get one record per session call through the hub. In
+``sync`` log durability the request thread that ran the call also appends it to the log, and
+every request in it is answered only once that append's ticket completes (written and
+fsynced); a log that cannot take it fails the request with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import InvalidArgument, ModelplaneError, NotFound
+from modelplane.errors import InvalidArgument, ModelplaneError, NotFound, Unavailable
 from sidecar.batcher import Batcher, Item
 from sidecar.codec import Decoded, Limits, decode
+from sidecar.driftfeed import DriftFeed
 from sidecar.metrics import NoMetrics
 from sidecar.observers import BatchRecord, ObserverHub
+from sidecar.recording import SyncLog
+from sidecar.response import ResponseEncoder
 from sidecar.runtime import Runtime
 
 log = structlog.get_logger("modelplane.sidecar.model")
@@ -45,6 +53,8 @@ class ServingModel:
         max_queue_rows: int,
         metrics: NoMetrics | None = None,
         observers: ObserverHub | None = None,
+        sync_log: SyncLog | None = None,
+        drift: DriftFeed | None = None,
     ) -> None:
         self.runtime = runtime
         self.signature = runtime.signature
@@ -53,6 +63,13 @@ class ServingModel:
         self.limits = limits
         self.metrics = metrics or NoMetrics()
         self.observers = observers or ObserverHub()
+        #: Appends from the request path in ``sync`` log durability (None otherwise).
+        self.sync_log = sync_log
+        #: The drift feed (an observer on the hub), when a baseline was given.
+        self.drift = drift
+        self._observed = self.observers.active or sync_log is not None
+        self._timed = self.metrics.enabled
+        self.encoder = ResponseEncoder(name, version, self.signature)
         self._order = {n: i for i, n in enumerate(self.signature.output_names)}
         self.batcher: Batcher | None = None
         if max_batch_rows > 1 and self.signature.batchable:
@@ -61,7 +78,7 @@ class ServingModel:
                 max_rows=max_batch_rows,
                 max_delay=max_delay,
                 max_queue_rows=max_queue_rows,
-                on_queue_rows=self.metrics.queue_rows,
+                on_queue_rows=self.metrics.queue_rows if self.metrics.enabled else None,
             )
 
     def check_target(self, name: str, version: str) -> None:
@@ -85,25 +102,58 @@ class ServingModel:
         decoded = decode(request, self.signature, self.limits)
         batcher = self.batcher
         if batcher is None or decoded.key is None:
+            if not self._observed:
+                return decoded.outputs, self._run_alone(decoded)
             item = Item(decoded, None, None, trace_id)
             item.started = item.enqueued
-            self._execute([item])
+            self._run_one(item)
         else:
             item = Item(decoded, deadline, context, trace_id)
             batcher.submit(item)
-            if item.error is None:
+            if item.error is None and self._timed:
                 self.metrics.queued(item.started - item.enqueued)
+        if item.ticket is not None:
+            self._await_log(item)
         if item.error is not None:
             raise item.error
         return decoded.outputs, item.result  # type: ignore[no-any-return]
+
+    def _await_log(self, item: Item) -> None:
+        """``sync`` durability: answer only once the request's records are on disk."""
+        try:
+            item.ticket.result()
+        except Exception as exc:
+            if item.error is None:
+                item.error = Unavailable(
+                    "the prediction could not be logged durably, so it is not returned: "
+                    f"{exc}; this sidecar stopped serving (see its log)",
+                    reason="PREDICTION_LOG_FAILED",
+                )
+
+    def _run_alone(self, decoded: Decoded) -> Arrays:
+        """The unbatched, unobserved path: one session call, no queue item."""
+        if self._timed:
+            start = time.perf_counter()
+        try:
+            results = self.runtime.run(decoded.outputs, decoded.arrays)
+        except Exception as exc:
+            log.warning("model execution failed", request_id=decoded.request_id, error=str(exc))
+            raise _execution_failed(exc) from None
+        if self._timed:
+            self.metrics.batch(decoded.rows, time.perf_counter() - start)
+        return results
 
     def _execute(self, batch: list[Item]) -> None:
         """Run ``batch`` as one session call and give each item its rows of every output."""
         if len(batch) == 1:
             self._run_one(batch[0])
             return
-        wanted = sorted(
-            {n for it in batch for n in it.decoded.outputs}, key=self._order.__getitem__
+        wanted = (
+            self.signature.output_names
+            if self._observed
+            else sorted(
+                {n for it in batch for n in it.decoded.outputs}, key=self._order.__getitem__
+            )
         )
         total = sum(it.decoded.rows for it in batch)
         feeds = {
@@ -130,27 +180,31 @@ class ServingModel:
             hi = lo + it.decoded.rows
             it.result = [by_name[n][lo:hi] for n in it.decoded.outputs]
             lo = hi
-        if self.observers.active:
+        if self._observed:
             self._publish(batch, feeds, by_name, elapsed)
 
     def _run_one(self, item: Item) -> None:
         decoded: Decoded = item.decoded
+        # Observers get every output, so that records of one model share one layout.
+        names = self.signature.output_names if self._observed else decoded.outputs
         start = time.perf_counter()
         try:
-            results = self.runtime.run(list(decoded.outputs), decoded.arrays)
+            results = self.runtime.run(names, decoded.arrays)
         except Exception as exc:
             item.error = _execution_failed(exc)
             log.warning("model execution failed", request_id=decoded.request_id, error=str(exc))
-            if self.observers.active:
+            if self._observed:
                 self._publish([item], decoded.arrays, {}, time.perf_counter() - start)
             return
         elapsed = time.perf_counter() - start
         self.metrics.batch(decoded.rows, elapsed)
-        item.result = results
-        if self.observers.active:
-            self._publish(
-                [item], decoded.arrays, dict(zip(decoded.outputs, results, strict=True)), elapsed
-            )
+        if names is decoded.outputs:
+            item.result = results
+        else:
+            by_name = dict(zip(names, results, strict=True))
+            item.result = [by_name[n] for n in decoded.outputs]
+        if self._observed:
+            self._publish([item], decoded.arrays, dict(zip(names, results, strict=True)), elapsed)
 
     def _publish(
         self,
@@ -160,8 +214,27 @@ class ServingModel:
         compute_s: float,
     ) -> None:
         now = time.monotonic()
-        self.observers.publish(
-            BatchRecord(
+        if len(batch) == 1:
+            # One request per call is the common case: build its lists directly.
+            it = batch[0]
+            err = it.error
+            record = BatchRecord(
+                self.name,
+                self.version,
+                self.runtime.provider,
+                inputs,
+                outputs,
+                [it.decoded.request_id],
+                [it.trace_id],
+                [it.decoded.rows],
+                [now - it.enqueued],
+                ["OK" if err is None else err.reason],
+                compute_s,
+                time.time(),
+                ["OK" if err is None else err.code.value],
+            )
+        else:
+            record = BatchRecord(
                 model=self.name,
                 version=self.version,
                 provider=self.runtime.provider,
@@ -173,8 +246,13 @@ class ServingModel:
                 latencies_s=[now - it.enqueued for it in batch],
                 status=["OK" if it.error is None else it.error.reason for it in batch],
                 compute_s=compute_s,
+                codes=["OK" if it.error is None else it.error.code.value for it in batch],
             )
-        )
+        if self.sync_log is not None:
+            ticket = self.sync_log.append(record)
+            for it in batch:
+                it.ticket = ticket
+        self.observers.publish(record)
 
 
 def _execution_failed(exc: Exception) -> ModelplaneError:

@@ -25,12 +25,17 @@ from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
     serve_metrics,
+    set_serving,
 )
 from sidecar import runtime as rt
+from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.codec import Limits
 from sidecar.metrics import NoMetrics, SidecarMetrics
 from sidecar.model import ModelSlot, ServingModel
 from sidecar.observers import Observer, ObserverHub
+from sidecar.observing import observe
+from sidecar.predlog import PredictionLogSettings
 from sidecar.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from sidecar.settings import SidecarSettings
 
@@ -76,6 +81,17 @@ class SidecarHandle:
         finally:
             self._stopped.set()
 
+    def fail(self, error: BaseException) -> None:
+        """Report NOT_SERVING for good (a failing prediction-log disk): keep answering, but
+        tell load balancers to send traffic elsewhere."""
+        log.error(
+            "sidecar is NOT_SERVING: the prediction log failed",
+            error=str(error),
+            hint="check the log directory's disk (space, quota, file size limit, permissions)",
+        )
+        self.servicer.ready = False
+        set_serving(self.grpc.health, self.grpc.service_names, False)
+
     def wait(self) -> None:
         """Block until the server has stopped and closed everything."""
         self.grpc.wait()
@@ -95,33 +111,52 @@ class SidecarHandle:
             signal.signal(sig, handler)
 
 
-def _metrics(settings: SidecarSettings, name: str, provider: str) -> tuple[NoMetrics, Any]:
+def _metrics(settings: SidecarSettings, name: str, provider: str) -> tuple[NoMetrics, Any, bool]:
+    """The request metrics, their registry and whether this process serves them."""
     if settings.worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return SidecarMetrics(CollectorRegistry(), name, settings.model_version, provider), None
+        registry = CollectorRegistry()
+        return SidecarMetrics(registry, name, settings.model_version, provider), registry, False
     if not settings.metrics_listen:
-        return NoMetrics(), None
+        return NoMetrics(), None, False
     registry = CollectorRegistry()
-    return SidecarMetrics(registry, name, settings.model_version, provider), registry
+    return SidecarMetrics(registry, name, settings.model_version, provider), registry, True
 
 
-def start(settings: SidecarSettings, observers: list[Observer] | None = None) -> SidecarHandle:
-    """Start a sidecar for ``settings`` and return once it is ready to serve."""
+def start(
+    settings: SidecarSettings,
+    observers: list[Observer] | None = None,
+    log_settings: PredictionLogSettings | None = None,
+) -> SidecarHandle:
+    """Start a sidecar for ``settings`` and return once it is ready to serve.
+
+    ``log_settings`` with a directory turns the prediction log on; ``settings.baseline``
+    turns drift monitoring on.
+    """
     slot = ModelSlot()
     servicer = InferenceServicer(slot)
     options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
     options.append(("grpc.so_reuseport", 1 if settings.worker else 0))
     server = grpc.server(
-        futures.ThreadPoolExecutor(settings.handler_threads, thread_name_prefix="oip"),
+        futures.ThreadPoolExecutor(
+            settings.request_threads(
+                log_settings is not None
+                and log_settings.dir is not None
+                and log_settings.durability == "sync"
+            ),
+            thread_name_prefix="oip",
+        ),
         options=options,
     )
     add_to_server(servicer, server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    add_admin_to_server(AdminServicer(slot), server)
+    services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+    health = add_health_and_reflection(server, services)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
     server.start()
     handle = SidecarHandle(
-        GrpcServerHandle(server, port, health, [SERVICE_NAME], settings.drain_seconds),
+        GrpcServerHandle(server, port, health, services, settings.drain_seconds),
         servicer,
         slot,
     )
@@ -130,15 +165,19 @@ def start(settings: SidecarSettings, observers: list[Observer] | None = None) ->
             settings.model,
             settings.device,
             intra_op_threads=settings.intra_op_threads,
+            spinning=settings.intra_op_spinning,
             warmup_runs=settings.warmup_runs,
             batch_rows=settings.max_batch_size,
         )
         name = settings.served_name
-        metrics, registry = _metrics(settings, name, runtime.provider)
-        if registry is not None and settings.metrics_listen:
+        metrics, registry, serve = _metrics(settings, name, runtime.provider)
+        if serve and settings.metrics_listen:
             httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
             handle.closers.append(httpd.shutdown)
-        hub = ObserverHub(observers)
+        wiring = observe(settings, log_settings, runtime.signature, registry, handle.fail)
+        hub = ObserverHub([*(observers or []), *wiring.observers], lossless=wiring.lossless)
+        if wiring.writer is not None:
+            handle.closers.append(wiring.writer.close)
         hub.start()
         handle.closers.append(hub.close)
         model = ServingModel(
@@ -153,6 +192,8 @@ def start(settings: SidecarSettings, observers: list[Observer] | None = None) ->
             max_queue_rows=settings.max_queue_rows,
             metrics=metrics,
             observers=hub,
+            sync_log=wiring.sync_log,
+            drift=wiring.drift,
         )
     except BaseException:
         handle.stop(0)
@@ -168,6 +209,8 @@ def start(settings: SidecarSettings, observers: list[Observer] | None = None) ->
         provider=runtime.provider,
         batching=model.batcher is not None,
         inputs=[f"{t.name}:{t.datatype}{list(t.shape)}" for t in runtime.signature.inputs],
+        prediction_log=None if wiring.writer is None else str(wiring.writer.directory),
+        drift=wiring.drift is not None,
     )
     return handle
 
@@ -181,9 +224,9 @@ def announce(settings: SidecarSettings, port: int, **extra: Any) -> None:
     sys.stdout.flush()
 
 
-def serve_one(settings: SidecarSettings) -> int:
+def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | None = None) -> int:
     """Run one server process until SIGTERM/SIGINT; returns the exit code."""
-    handle = start(settings)
+    handle = start(settings, log_settings=log_settings)
     handle.stop_on_signals()
     announce(
         settings,

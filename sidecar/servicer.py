@@ -7,9 +7,10 @@ W3C trace id).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -26,7 +27,6 @@ from modelplane.errors import (
 from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
 from modelplane.server.context import trace_id_from
-from sidecar.codec import fill_response
 from sidecar.model import ModelSlot, ServingModel
 from sidecar.observers import RejectedRecord
 
@@ -77,7 +77,10 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
-            response_serializer=getattr(pb, f"{name}Response").SerializeToString,
+            # ModelInfer returns its response already serialized.
+            response_serializer=(
+                None if name == "ModelInfer" else getattr(pb, f"{name}Response").SerializeToString
+            ),
         )
         for name in (
             "ServerLive",
@@ -104,8 +107,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
         return model
 
-    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> None:
+    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
         context.abort_with_status(to_grpc_status(err))
+        raise AssertionError("abort_with_status returned")
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -144,31 +148,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
         )
 
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> bytes:
+        """Answers with the serialized response (the handler has no serializer)."""
         model = self.slot.current
-        metrics = model.metrics if model is not None else None
-        if metrics is not None:
+        if model is None:
+            self._reject(
+                None,
+                request,
+                context,
+                Unavailable("the model is still loading; retry shortly", reason="NOT_READY"),
+                0.0,
+                "",
+            )
+        start = time.perf_counter()
+        metrics = model.metrics
+        timed = metrics.enabled
+        if timed:
             metrics.in_flight(1)
         trace = ""
         try:
-            if model is None:
-                raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
-            model.check_target(request.model_name, request.model_version)
+            if request.model_name != model.name or (
+                request.model_version and request.model_version != model.version
+            ):
+                model.check_target(request.model_name, request.model_version)
             if model.observers.active:
                 trace = _ids(context)[1]
-            remaining = context.time_remaining()
             deadline = None
-            if remaining is not None and remaining < _NO_DEADLINE:
-                deadline = time.monotonic() + remaining
+            if model.batcher is not None:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining < _NO_DEADLINE:
+                    deadline = time.monotonic() + remaining
             names, arrays = model.infer(request, deadline, context, trace)
-            response = pb.ModelInferResponse(
-                model_name=model.name, model_version=model.version, id=request.id
-            )
-            fill_response(response, names, arrays, model.signature)
+            response = model.encoder.encode(request.id, names, arrays)
         except ModelplaneError as err:
             self._reject(model, request, context, err, start, trace)
-            raise AssertionError("unreachable") from None  # abort raised already
         except Exception as exc:
             request_id, trace = _ids(context)
             log.error(
@@ -182,9 +195,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             self._reject(model, request, context, internal, start, trace)
         finally:
-            if metrics is not None:
+            if timed:
                 metrics.in_flight(-1)
-        if metrics is not None:
+        if timed:
             metrics.request("OK", time.perf_counter() - start)
         return response
 
@@ -196,7 +209,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         err: ModelplaneError,
         start: float,
         trace: str,
-    ) -> None:
+    ) -> NoReturn:
         if model is not None:
             model.metrics.request(err.code.value, time.perf_counter() - start)
             request_id, trace = _ids(context)
@@ -208,16 +221,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 trace_id=trace,
                 message=err.message,
             )
-            if model.observers.active:
-                model.observers.publish(
-                    RejectedRecord(
-                        model=model.name,
-                        version=model.version,
-                        request_id=request.id,
-                        trace_id=trace,
-                        code=err.code.value,
-                        reason=err.reason,
-                        message=err.message,
-                    )
-                )
+            if model.observers.active or model.sync_log is not None:
+                self._record_rejection(model, request.id, trace, err, start)
         self._abort(context, err)
+
+    def _record_rejection(
+        self, model: ServingModel, request_id: str, trace: str, err: ModelplaneError, start: float
+    ) -> None:
+        record = RejectedRecord(
+            model=model.name,
+            version=model.version,
+            request_id=request_id,
+            trace_id=trace,
+            code=err.code.value,
+            reason=err.reason,
+            message=err.message,
+            latency_s=time.perf_counter() - start,
+        )
+        if model.sync_log is not None:
+            # sync durability covers refusals too: answered once the record is on disk.
+            with contextlib.suppress(Exception):
+                model.sync_log.append_rejected(record).result()
+        model.observers.publish(record)

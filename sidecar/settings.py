@@ -78,6 +78,14 @@ class SidecarSettings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads per session; 0 lets it choose."
     )
+    intra_op_spinning: bool = Field(
+        False,
+        description=(
+            "Let idle ONNX Runtime intra-op threads spin waiting for work: lower latency for "
+            "compute-heavy models on otherwise idle cores, at the cost of CPU the transport "
+            "needs."
+        ),
+    )
     workers: str = Field(
         "1",
         description=(
@@ -86,13 +94,51 @@ class SidecarSettings(BaseSettings):
         ),
     )
     handler_threads: int = Field(
-        64, ge=1, description="Threads of the gRPC request pool (each handles one call at a time)."
+        0,
+        ge=0,
+        description=(
+            "Threads of the gRPC request pool (each handles one call at a time); 0 = auto: "
+            "64 when requests wait (batching, sync logging), else twice the cores."
+        ),
     )
     drain_seconds: float = Field(
         30.0, ge=0, description="How long SIGTERM waits for in-flight requests before exiting."
     )
     warmup_runs: int = Field(3, ge=1, description="Session calls made during warm-up.")
     log_level: str = Field("info", description="Log level of the JSON logs on stderr.")
+    feature_names: tuple[str, ...] | None = Field(
+        None,
+        description=(
+            "Names of the columns of the model's [-1, F] input, for the prediction log and "
+            "drift; default: the baseline's feature names when it has F, else x_0..x_{F-1}."
+        ),
+    )
+    baseline: Path | None = Field(
+        None,
+        description=(
+            "Training data (Parquet, Arrow, CSV) or a baseline profile file to monitor drift "
+            "against; no drift monitoring when unset."
+        ),
+    )
+    baseline_label: str | None = Field(
+        None, description="Column of the baseline dataset left out of the profile (the label)."
+    )
+    drift_window_rows: int | None = Field(
+        None, ge=1, description="Rows per drift window (default 10000 unless --drift-window)."
+    )
+    drift_window: float | None = Field(
+        None, gt=0, description="Seconds per drift window (units like 30s, 5m accepted)."
+    )
+    drift_psi: float | None = Field(0.2, description="PSI at or above which a feature drifted.")
+    drift_ks_pvalue: float | None = Field(
+        0.05, description="KS p-value below which a numeric feature drifted."
+    )
+    drift_chi2_pvalue: float | None = Field(
+        0.05, description="Chi-square p-value below which a categorical feature drifted."
+    )
+    drift_js: float | None = Field(
+        None, description="Jensen-Shannon distance at or above which a feature drifted."
+    )
     worker: bool = Field(
         False,
         description=(
@@ -101,9 +147,38 @@ class SidecarSettings(BaseSettings):
         ),
     )
 
-    _validate_delay = field_validator("max_queue_delay", "drain_seconds", mode="before")(
-        classmethod(lambda cls, v: _duration(v))
-    )
+    _validate_delay = field_validator(
+        "max_queue_delay", "drain_seconds", "drift_window", mode="before"
+    )(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("feature_names", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = tuple(n.strip() for n in value.split(",") if n.strip())
+            return names or None
+        return value
+
+    @field_validator("feature_names")
+    @classmethod
+    def _unique_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("feature names must be distinct")
+        return value
+
+    @field_validator("drift_psi", "drift_ks_pvalue", "drift_chi2_pvalue", "drift_js", mode="before")
+    @classmethod
+    def _threshold(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+            return None
+        return value
+
+    @property
+    def drift_rows(self) -> int | None:
+        """Rows per drift window (the default when neither size nor duration is set)."""
+        if self.drift_window_rows is None and self.drift_window is None:
+            return 10000
+        return self.drift_window_rows
 
     @field_validator("listen")
     @classmethod
@@ -127,6 +202,18 @@ class SidecarSettings(BaseSettings):
     def served_name(self) -> str:
         """The model name clients address."""
         return self.model_name or self.model.stem
+
+    def request_threads(self, waits: bool) -> int:
+        """Threads of the gRPC request pool; ``waits``: requests block on something other
+        than the CPU (a sync log's fsync)."""
+        if self.handler_threads:
+            return self.handler_threads
+        if waits or self.max_batch_size > 1:
+            # A batch forms only from requests waiting in threads of their own.
+            return 64
+        # Handlers hold the GIL except inside ONNX Runtime: more threads than cores only
+        # add contention (measured: 4 threads carry 1.5x the load of 64 on 2 cores).
+        return max(4, 2 * (os.cpu_count() or 1))
 
     def worker_count(self, gpu_present: bool) -> int:
         """How many server processes to run."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,15 +44,25 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    #: Number of dimensions.
+    rank: int = field(init=False, repr=False, compare=False)
+    #: Whether the first dimension varies (so rows of requests can be stacked).
+    batch_dynamic: bool = field(init=False, repr=False, compare=False)
+    #: The dims after the first when all are fixed (else None): the fast shape check.
+    tail: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+    #: Elements per row when ``tail`` is fixed.
+    tail_size: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def batch_dynamic(self) -> bool:
-        """Whether the first dimension varies (so rows of requests can be stacked)."""
-        return self.rank >= 1 and self.shape[0] == -1
+    def __post_init__(self) -> None:
+        # Derived once: the request path reads these for every input of every call.
+        tail = self.shape[1:]
+        size = 1
+        for d in tail:
+            size *= max(d, 0)
+        object.__setattr__(self, "rank", len(self.shape))
+        object.__setattr__(self, "batch_dynamic", bool(self.shape) and self.shape[0] == -1)
+        object.__setattr__(self, "tail", tail if all(d >= 0 for d in tail) else None)
+        object.__setattr__(self, "tail_size", size)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Signature:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_input", {t.name: t for t in self.inputs})
         object.__setattr__(self, "_by_output", {t.name: t for t in self.outputs})
+        object.__setattr__(self, "_output_names", tuple(t.name for t in self.outputs))
 
     def input(self, name: str) -> TensorSpec | None:
         return self._by_input.get(name)  # type: ignore[attr-defined,no-any-return]
@@ -73,8 +84,8 @@ class Signature:
         return self._by_output.get(name)  # type: ignore[attr-defined,no-any-return]
 
     @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
+    def output_names(self) -> tuple[str, ...]:
+        return self._output_names  # type: ignore[attr-defined,no-any-return]
 
     @property
     def batchable(self) -> bool:

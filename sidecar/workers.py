@@ -5,6 +5,11 @@ as ``python -m sidecar.workers`` with its settings in ``MODELPLANE_SIDECAR_*`` v
 supervisor reserves the port, waits until every worker is ready before it announces itself,
 serves one Prometheus endpoint that merges the workers' values (prometheus_client
 multiprocess mode), forwards SIGTERM so every worker drains, and exits 0 once all have.
+
+With a prediction log, every worker writes its own files into the one log directory (the
+file names carry the worker's pid, so readers see one log). Drift is monitored per worker:
+each counts the rows it served, its gauges carry a ``pid`` label, and the admin RPC answers
+for the worker the call reached.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from typing import Any
 
 import structlog
 
+from sidecar.predlog.settings import PredictionLogSettings
 from sidecar.settings import SidecarSettings
 
 log = structlog.get_logger("modelplane.sidecar.workers")
 
 _PREFIX = "MODELPLANE_SIDECAR_"
+_LOG_PREFIX = "MODELPLANE_LOG_"
 
 
 def _reserve_port(listen: str) -> tuple[socket.socket, int]:
@@ -39,22 +46,50 @@ def _reserve_port(listen: str) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _worker_env(settings: SidecarSettings, port: int, metrics_dir: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIX)}
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool | list | tuple):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def _worker_env(
+    settings: SidecarSettings,
+    port: int,
+    metrics_dir: str | None,
+    log_settings: PredictionLogSettings | None = None,
+) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_PREFIX) and not k.startswith(_LOG_PREFIX)
+    }
     host = settings.listen.rpartition(":")[0]
     values = settings.model_dump(exclude={"metrics_listen"})
     values.update(listen=f"{host}:{port}", workers="1", worker=True)
-    for key in ("max_queue_delay", "drain_seconds"):
-        values[key] = f"{values[key] * 1e9:.0f}ns"
+    for key in ("max_queue_delay", "drain_seconds", "drift_window"):
+        if values[key] is not None:
+            values[key] = f"{values[key] * 1e9:.0f}ns"
     for key, value in values.items():
-        env[_PREFIX + key.upper()] = json.dumps(value) if isinstance(value, bool) else str(value)
+        if value is not None:
+            env[_PREFIX + key.upper()] = _env_value(value)
+    if log_settings is not None and log_settings.dir is not None:
+        # Each worker opens its own files in the same directory (file names carry the pid).
+        for key, value in log_settings.model_dump().items():
+            if key == "retention" and value is None:
+                value = "none"
+            elif key in ("flush_interval", "rotate_age", "retention"):
+                value = f"{value * 1e9:.0f}ns"
+            if value is not None:
+                env[_LOG_PREFIX + key.upper()] = _env_value(value)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if metrics_dir:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return env
 
 
-def supervise(settings: SidecarSettings, count: int) -> int:
+def supervise(
+    settings: SidecarSettings, count: int, log_settings: PredictionLogSettings | None = None
+) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
     from sidecar.server import announce
 
@@ -62,7 +97,7 @@ def supervise(settings: SidecarSettings, count: int) -> int:
     metrics_dir = (
         tempfile.mkdtemp(prefix="modelplane-metrics-") if settings.metrics_listen else None
     )
-    env = _worker_env(settings, port, metrics_dir)
+    env = _worker_env(settings, port, metrics_dir, log_settings)
     procs: list[subprocess.Popen[str]] = []
     ready = threading.Semaphore(0)
     stopping = threading.Event()
@@ -144,7 +179,8 @@ def main() -> int:
 
     settings = SidecarSettings()  # type: ignore[call-arg]
     configure_logging(settings.log_level)
-    return serve_one(settings)
+    log_settings = PredictionLogSettings() if os.environ.get(_LOG_PREFIX + "DIR") else None
+    return serve_one(settings, log_settings)
 
 
 if __name__ == "__main__":

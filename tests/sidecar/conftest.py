@@ -69,17 +69,25 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sidecar_factory() -> Iterator[Callable[..., Any]]:
-    """Start in-process sidecars: ``factory(model_path, **settings)``; all stop at teardown."""
+    """Start in-process sidecars: ``factory(model_path, observers=, log_settings=,
+    **settings)``; all stop at teardown."""
     from sidecar.server import start
     from sidecar.settings import SidecarSettings
 
     handles: list[Any] = []
 
-    def factory(model: Path, observers: list[Any] | None = None, **kwargs: Any) -> Any:
+    def factory(
+        model: Path,
+        observers: list[Any] | None = None,
+        log_settings: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         kwargs.setdefault("listen", "127.0.0.1:0")
         kwargs.setdefault("device", "cpu")
         kwargs.setdefault("warmup_runs", 1)
-        handle = start(SidecarSettings(model=model, **kwargs), observers=observers)
+        handle = start(
+            SidecarSettings(model=model, **kwargs), observers=observers, log_settings=log_settings
+        )
         handles.append(handle)
         return handle
 

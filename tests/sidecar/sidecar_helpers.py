@@ -54,18 +54,28 @@ def output_array(response: Any, index: int, dtype: Any) -> np.ndarray[Any, Any]:
 
 
 def spawn_sidecar(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+    args: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    stderr: Path | None = None,
+    preexec_fn: Any = None,
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Run ``modelplane sidecar serve ARGS`` in a subprocess; returns it and its ready line."""
+    """Run ``modelplane sidecar serve ARGS`` in a subprocess; returns it and its ready line.
+
+    ``stderr`` names a file for the server's JSON logs (discarded otherwise)."""
     full_env = {**os.environ, **(env or {})}
+    err = stderr.open("w") if stderr is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
         text=True,
         env=full_env,
         cwd=ROOT,
+        preexec_fn=preexec_fn,
     )
+    if stderr is not None:
+        err.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -77,3 +87,14 @@ def spawn_sidecar(
             return proc, json.loads(line)
     proc.kill()
     raise AssertionError("sidecar did not get ready in time")
+
+
+def health_status(port: int, service: str = "") -> str:
+    """The gRPC health status name of ``service`` on ``127.0.0.1:port``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

@@ -59,16 +59,21 @@ def test_health_then_drain_on_sigterm(heavy_model: Path) -> None:
         cwd=ROOT,
     )
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        health = health_pb2_grpc.HealthStub(channel)
         seen: list[str] = []
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-            except grpc.RpcError as exc:
-                name = exc.code().name
+            # A fresh channel per poll: a refused connection would otherwise back off for a
+            # second, long enough to miss the NOT_SERVING phase of a fast load.
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as probe:
+                try:
+                    status = (
+                        health_pb2_grpc.HealthStub(probe)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        .status
+                    )
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                except grpc.RpcError as exc:
+                    name = exc.code().name
             if not seen or seen[-1] != name:
                 seen.append(name)
             if name == "SERVING":

@@ -25,10 +25,20 @@ _FIELDS = (
     "max_request_rows",
     "reject_non_finite",
     "intra_op_threads",
+    "intra_op_spinning",
     "workers",
     "handler_threads",
     "drain_seconds",
     "log_level",
+    "feature_names",
+    "baseline",
+    "baseline_label",
+    "drift_window_rows",
+    "drift_window",
+    "drift_psi",
+    "drift_ks_pvalue",
+    "drift_chi2_pvalue",
+    "drift_js",
 )
 
 
@@ -63,11 +73,62 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="refuse NaN/Inf in floating-point inputs",
     )
     add("--intra-op-threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    add(
+        "--intra-op-spinning",
+        action="store_const",
+        const=True,
+        help="let idle ONNX Runtime threads spin for work (default off: spinning takes CPU "
+        "from the transport)",
+    )
     add("--workers", metavar="N|auto", help="server processes sharing the port (default 1)")
-    add("--handler-threads", type=int, metavar="N", help="gRPC request threads (default 64)")
+    add("--handler-threads", type=int, metavar="N", help="gRPC request threads (0 = auto)")
     add("--drain-seconds", metavar="DURATION", help="SIGTERM drain time (default 30s)")
     add("--log-level", metavar="LEVEL", help="log level (default info)")
+    add(
+        "--feature-names",
+        metavar="A,B,...",
+        help="names of the model's [-1, F] input columns (default: the baseline's, else x_0..)",
+    )
+    _add_log_arguments(serve)
+    drift = serve.add_argument_group("drift monitoring")
+    drift.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="training data (Parquet, Arrow, CSV) or a profile file; turns drift monitoring on",
+    )
+    drift.add_argument("--baseline-label", metavar="COLUMN", help="dataset column to leave out")
+    drift.add_argument(
+        "--drift-window-rows", type=int, metavar="N", help="rows per window (default 10000)"
+    )
+    drift.add_argument("--drift-window", metavar="DURATION", help="time per window, e.g. 5m")
+    drift.add_argument("--drift-psi", metavar="X|off", help="PSI threshold (default 0.2)")
+    drift.add_argument(
+        "--drift-ks-pvalue", metavar="P|off", help="KS p-value threshold (default 0.05)"
+    )
+    drift.add_argument(
+        "--drift-chi2-pvalue", metavar="P|off", help="chi-square p-value threshold (default 0.05)"
+    )
+    drift.add_argument("--drift-js", metavar="X|off", help="Jensen-Shannon threshold (default off)")
     serve.set_defaults(handler=_serve)
+
+
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    # The same flags as sidecar.predlog's add_arguments, declared here so that the CLI does
+    # not import pyarrow; PredictionLogSettings parses and checks the values.
+    log = parser.add_argument_group("prediction log")
+    add = log.add_argument
+    add("--log-dir", metavar="DIR", help="directory of the Arrow prediction log (default: off)")
+    add(
+        "--log-durability",
+        choices=("async", "sync"),
+        help="async (default): written every flush interval; sync: answered once fsynced",
+    )
+    add("--log-flush-interval", metavar="DURATION", help="async: write at least this often (1s)")
+    add("--log-rotate-size", metavar="SIZE", help="new file after this many bytes (64MiB)")
+    add("--log-rotate-age", metavar="DURATION", help="new file after this long (1h)")
+    add("--log-retention", metavar="DURATION", help="delete older files (7d; none keeps them)")
+    add("--log-sample-rate", metavar="FRACTION", help="share of requests logged (1)")
+    add("--log-exclude-features", metavar="A,B", help="feature columns or inputs never logged")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -85,11 +146,26 @@ def _settings(args: argparse.Namespace) -> Any:
         raise CliError(f"invalid sidecar settings: {problems}", EXIT_USAGE) from None
 
 
+def _log_settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from sidecar.predlog.settings import PredictionLogSettings
+
+    try:
+        return PredictionLogSettings.from_args(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'log'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"invalid prediction log settings: {problems}", EXIT_USAGE) from None
+
+
 def _serve(args: argparse.Namespace, printer: Printer) -> int:
     from modelplane.errors import ModelplaneError
     from modelplane.server.logging import configure_logging
 
     settings = _settings(args)
+    log_settings = _log_settings(args)
     configure_logging(settings.log_level)
     from sidecar.runtime import gpu_present
     from sidecar.server import serve_one
@@ -98,8 +174,8 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     try:
         count = settings.worker_count(gpu_present())
         if count > 1:
-            return supervise(settings, count)
-        return serve_one(settings)
+            return supervise(settings, count, log_settings)
+        return serve_one(settings, log_settings)
     except ModelplaneError as exc:
         raise CliError(exc.message, EXIT_CHECK_FAILED, reason=exc.reason) from None
     except OSError as exc:

@@ -1,0 +1,134 @@
+"""``modelplane.v1.SidecarAdminService``: the sidecar's own RPCs, next to the OIP service.
+
+``GetDriftReport`` scores the open drift window, or returns the last closed one. With several
+worker processes a call reaches one worker, and the report covers that worker's traffic
+(``worker_pid`` names it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from modelplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelplaneError,
+    NotFound,
+    Unavailable,
+    to_grpc_status,
+)
+from modelplane.v1 import sidecar_pb2 as pb
+from modelplane.v1 import sidecar_pb2_grpc as pb_grpc
+from sidecar.drift import DriftReport
+from sidecar.model import ModelSlot
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SidecarAdminService"].full_name
+
+_KINDS = {"numeric": pb.FEATURE_KIND_NUMERIC, "categorical": pb.FEATURE_KIND_CATEGORICAL}
+_OPTIONAL = (
+    "missing_share",
+    "out_of_range_share",
+    "psi",
+    "ks_statistic",
+    "ks_pvalue",
+    "chi2_statistic",
+    "chi2_pvalue",
+    "unseen_share",
+)
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def report_message(report: DriftReport, model: str, version: str, window: int) -> pb.DriftReport:
+    """The wire form of ``report``."""
+    message = pb.DriftReport(
+        model_name=model,
+        model_version=version,
+        window=window,  # type: ignore[arg-type]
+        baseline_digest=report.baseline,
+        start_time=_timestamp(report.start),
+        row_count=report.rows,
+        worker_pid=os.getpid(),
+    )
+    if report.end is not None:
+        message.end_time.CopyFrom(_timestamp(report.end))
+    if report.drifted_share is not None:
+        message.drifted_share = report.drifted_share
+    for feat in report.features:
+        out = message.features.add(
+            name=feat.name,
+            kind=_KINDS.get(feat.kind, pb.FEATURE_KIND_UNSPECIFIED),
+            count=feat.count,
+            drifted=feat.drifted,
+        )
+        for name in _OPTIONAL:
+            value = getattr(feat, name)
+            if value is not None:
+                setattr(out, name, value)
+        if feat.js is not None:
+            out.js_distance = feat.js
+    return message
+
+
+class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
+    """Answers from the drift feed of the model held by ``slot``."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
+        context.abort_with_status(to_grpc_status(err))
+        raise AssertionError("abort_with_status returned")
+
+    def GetDriftReport(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The drift report of the requested window."""
+        try:
+            return self._report(request.window)
+        except ModelplaneError as err:
+            self._abort(context, err)
+
+    def _report(self, window: int) -> pb.DriftReport:
+        if window not in (
+            pb.DRIFT_WINDOW_UNSPECIFIED,
+            pb.DRIFT_WINDOW_CURRENT,
+            pb.DRIFT_WINDOW_LAST,
+        ):
+            raise InvalidArgument(
+                f"window {window} is not one of DRIFT_WINDOW_CURRENT, DRIFT_WINDOW_LAST",
+                reason="INVALID_WINDOW",
+            )
+        model = self.slot.current
+        if model is None:
+            raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
+        feed = model.drift
+        if feed is None:
+            raise FailedPrecondition(
+                "this sidecar does not monitor drift: start it with --baseline FILE",
+                reason="DRIFT_NOT_CONFIGURED",
+            )
+        if window == pb.DRIFT_WINDOW_LAST:
+            last = feed.last()
+            if last is None:
+                raise NotFound(
+                    "no drift window has closed yet; ask for the current window, or wait for "
+                    "the window size or duration to pass",
+                    reason="NO_CLOSED_WINDOW",
+                )
+            report = last[1]
+        else:
+            window = pb.DRIFT_WINDOW_CURRENT
+            report = feed.current()[1]
+        return report_message(report, model.name, model.version, window)
+
+
+def add_admin_to_server(servicer: AdminServicer, server: grpc.Server) -> None:
+    """Register the admin service on ``server``."""
+    pb_grpc.add_SidecarAdminServiceServicer_to_server(servicer, server)

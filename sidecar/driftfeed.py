@@ -1,0 +1,242 @@
+"""Feeding served rows to the drift monitor, off the response path.
+
+:class:`DriftFeed` is an observer on the hub's thread: it takes everything the hub hands over
+at once, turns the requests' input tensors into the baseline's feature columns and makes one
+:meth:`DriftMonitor.update` call. Closed windows are scored; their figures go to Prometheus
+gauges (bounded by the feature count) and are kept for the admin RPC.
+
+Input tensors become named columns by the prediction log's rules: a ``[-1]`` input is one
+column named after the input; a ``[-1, F]`` input is ``F`` columns named by the feature names
+(``--feature-names``, else the baseline's names when it has exactly ``F`` features), else
+``x_0..x_{F-1}`` (``<input>_0..`` when the model has several 2-D inputs). Rows of requests
+that failed in the model are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
+
+from modelplane.errors import FailedPrecondition
+from modelplane.profiles import BaselineProfile, CategoricalFeature
+from sidecar.drift import DriftMonitor, DriftReport, WindowState
+from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.signature import Signature
+
+
+def column_names(
+    signature: Signature, feature_names: Sequence[str] | None
+) -> dict[str, tuple[str, int | None]]:
+    """Every feature column the inputs provide: name -> (input, column index or None)."""
+    tabular = [t for t in signature.inputs if t.rank == 2 and t.tail is not None]
+    columns: dict[str, tuple[str, int | None]] = {}
+    for spec in signature.inputs:
+        if spec.rank == 1:
+            columns[spec.name] = (spec.name, None)
+        elif spec in tabular:
+            width = spec.tail_size
+            if feature_names is not None and len(tabular) == 1 and len(feature_names) == width:
+                names = list(feature_names)
+            else:
+                prefix = f"{spec.name}_" if len(tabular) > 1 else "x_"
+                names = [f"{prefix}{j}" for j in range(width)]
+            for j, name in enumerate(names):
+                columns[name] = (spec.name, j)
+    return columns
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where each baseline feature comes from in the requests' inputs."""
+
+    names: tuple[str, ...]
+    sources: tuple[tuple[str, int | None], ...]
+    categorical: bool
+
+    @classmethod
+    def plan(
+        cls,
+        signature: Signature,
+        profile: BaselineProfile,
+        feature_names: Sequence[str] | None,
+        matrix_order: Sequence[str],
+    ) -> FeatureSource:
+        """Map the profile's features to input columns; FAILED_PRECONDITION when some are
+        missing. ``matrix_order`` is the column order the monitor takes a matrix in."""
+        available = column_names(signature, feature_names)
+        missing = [n for n in profile.feature_names if n not in available]
+        if missing:
+            raise FailedPrecondition(
+                f"the baseline profiles {', '.join(missing)}, which the model's inputs do not "
+                f"provide (they provide {', '.join(available) or 'no tabular columns'}); name "
+                "the input columns with --feature-names or profile the model's features",
+                reason="BASELINE_MISMATCH",
+            )
+        categorical = any(isinstance(f, CategoricalFeature) for f in profile.features)
+        names = tuple(profile.feature_names if categorical else matrix_order)
+        return cls(names, tuple(available[n] for n in names), categorical)
+
+    def extract(self, inputs: dict[str, np.ndarray[Any, Any]]) -> Any:
+        """The features of ``inputs``: a matrix (numeric profiles) or a name -> column map."""
+        tensors = {tensor for tensor, _ in self.sources}
+        if not self.categorical and len(tensors) == 1:
+            # The usual case, one tabular input: one slice (or none) instead of F columns.
+            array = inputs[next(iter(tensors))]
+            indices = [index for _, index in self.sources if index is not None]
+            if len(indices) < len(self.sources):
+                return np.asarray(array, dtype=np.float64).reshape(-1, 1)
+            if indices != list(range(array.shape[1])):
+                array = array[:, indices]
+            if array.dtype not in (np.float32, np.float64):
+                array = array.astype(np.float64)
+            return array
+        columns = []
+        for tensor, index in self.sources:
+            array = inputs[tensor]
+            columns.append(array if index is None else array[:, index])
+        if self.categorical:
+            return dict(zip(self.names, columns, strict=True))
+        return np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+
+
+def _ok_rows(record: BatchRecord) -> np.ndarray[Any, Any] | None:
+    """A row mask of the requests that succeeded, or None when all did."""
+    if all(s == "OK" for s in record.status):
+        return None
+    return np.repeat([s == "OK" for s in record.status], record.row_counts)
+
+
+class DriftGauges:
+    """The last closed window's figures as Prometheus gauges."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
+        multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # With several workers each reports its own traffic: one series per worker (pid).
+        mode: dict[str, Any] = {"multiprocess_mode": "liveall"} if multi else {}
+        names = ["model", "version"]
+        self._labels = {"model": model, "version": version}
+        self.psi = Gauge(
+            "modelplane_drift_psi",
+            "Population stability index of a feature in the last closed drift window",
+            [*names, "feature"],
+            registry=registry,
+            **mode,
+        )
+        self.ks_pvalue = Gauge(
+            "modelplane_drift_ks_pvalue",
+            "KS p-value (numeric) or chi-square p-value (categorical) of a feature in the last "
+            "closed drift window",
+            [*names, "feature"],
+            registry=registry,
+            **mode,
+        )
+        self.drifted = Gauge(
+            "modelplane_drift_feature_drifted",
+            "1 when a feature was flagged as drifted in the last closed drift window",
+            [*names, "feature"],
+            registry=registry,
+            **mode,
+        )
+        self.share = Gauge(
+            "modelplane_drift_drifted_share",
+            "Share of features flagged as drifted in the last closed drift window",
+            names,
+            registry=registry,
+            **mode,
+        ).labels(**self._labels)
+        self.rows = Gauge(
+            "modelplane_drift_window_rows",
+            "Rows counted in the last closed drift window",
+            names,
+            registry=registry,
+            **mode,
+        ).labels(**self._labels)
+
+    def show(self, report: DriftReport) -> None:
+        """Set every gauge from ``report``."""
+        nan = float("nan")
+        for feat in report.features:
+            labels = {**self._labels, "feature": feat.name}
+            self.psi.labels(**labels).set(nan if feat.psi is None else feat.psi)
+            pvalue = feat.ks_pvalue if feat.ks_pvalue is not None else feat.chi2_pvalue
+            self.ks_pvalue.labels(**labels).set(nan if pvalue is None else pvalue)
+            self.drifted.labels(**labels).set(1.0 if feat.drifted else 0.0)
+        self.share.set(nan if report.drifted_share is None else report.drifted_share)
+        self.rows.set(report.rows)
+
+
+class DriftFeed:
+    """Hub observer counting served rows into a :class:`DriftMonitor`."""
+
+    def __init__(
+        self,
+        monitor: DriftMonitor,
+        source: FeatureSource,
+        gauges: DriftGauges | None = None,
+    ) -> None:
+        self.monitor = monitor
+        self.source = source
+        self.gauges = gauges
+        self._lock = threading.Lock()
+        self._last: WindowState | None = None
+        self._last_report: DriftReport | None = None
+
+    def on_records(self, records: Sequence[BatchRecord | RejectedRecord]) -> None:
+        """Count the rows of every successful request in ``records`` with one update."""
+        parts: dict[tuple[Any, ...], list[dict[str, np.ndarray[Any, Any]]]] = {}
+        for record in records:
+            if not isinstance(record, BatchRecord):
+                continue
+            inputs = record.inputs
+            mask = _ok_rows(record)
+            if mask is not None:
+                inputs = {name: array[mask] for name, array in inputs.items()}
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+            parts.setdefault(key, []).append(inputs)
+        for group in parts.values():
+            # Stack the raw tensors first: one feature extraction and one update per layout.
+            merged = (
+                group[0]
+                if len(group) == 1
+                else {name: np.concatenate([g[name] for g in group]) for name in group[0]}
+            )
+            self._closed(self.monitor.update(self.source.extract(merged)))
+
+    def on_batch(self, record: BatchRecord) -> None:
+        """Count one session batch."""
+        self.on_records([record])
+
+    def on_rejected(self, record: RejectedRecord) -> None:
+        """Rejected requests never ran: nothing to count."""
+
+    def on_tick(self) -> None:
+        """Close the window when its time is up, even without traffic."""
+        self._closed(self.monitor.poll())
+
+    def _closed(self, windows: list[WindowState]) -> None:
+        if not windows:
+            return
+        window = windows[-1]
+        report = self.monitor.score(window)
+        with self._lock:
+            self._last, self._last_report = window, report
+        if self.gauges is not None:
+            self.gauges.show(report)
+
+    def current(self) -> tuple[WindowState, DriftReport]:
+        """The open window and its report so far."""
+        window = self.monitor.current()
+        return window, self.monitor.score(window)
+
+    def last(self) -> tuple[WindowState, DriftReport] | None:
+        """The last closed window and its report, if a window has closed."""
+        with self._lock:
+            if self._last is None or self._last_report is None:
+                return None
+            return self._last, self._last_report
