@@ -176,16 +176,20 @@ class Server:
 
 
 class ModelplaneServer(Server):
-    """``python -m controlplane serve`` on a free port, as deployed (default settings)."""
+    """``python -m controlplane serve`` on a free port with ``--workers`` processes (MLflow's
+    server runs its default four)."""
 
-    def __init__(self, db_url: str, workdir: Path) -> None:
+    def __init__(self, db_url: str, workdir: Path, workers: str) -> None:
         command = [sys.executable, "-m", "controlplane", "serve", "--listen", "127.0.0.1:0"]
         command += ["--db", db_url, "--artifact-root", str(workdir / "modelplane-artifacts")]
+        command += ["--workers", workers]
+        self.supervised = workers != "1"
         super().__init__("modelplane", command, workdir, workdir / "modelplane.log")
 
     def ready(self) -> bool:
         for line in self.log.read_text(errors="replace").splitlines():
-            if "control plane serving" in line:
+            # With several workers, the supervisor's line says all of them are up.
+            if "control plane serving" in line and (not self.supervised or "workers" in line):
                 found = re.search(r'"port": (\d+)|\bport=(\d+)', line)
                 if found:
                     self.address = f"127.0.0.1:{found.group(1) or found.group(2)}"
@@ -362,8 +366,10 @@ def start_systems(
         work = workdir / f"{backend}-{system}"
         work.mkdir()
         url = stack.enter_context(database(backend, system, work))
-        kind = ModelplaneServer if system == "modelplane" else MlflowServer
-        servers[system] = kind(url, work)
+        if system == "modelplane":
+            servers[system] = ModelplaneServer(url, work, args.modelplane_workers)
+        else:
+            servers[system] = MlflowServer(url, work)
         stack.callback(servers[system].stop)
     pools = {}
     for system, server in servers.items():
@@ -471,6 +477,9 @@ def main() -> int:
     parser.add_argument("--warmup-get", type=int, default=20)
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--modelplane-workers", default="auto", help="control-plane processes (N or auto)"
+    )
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     systems = args.systems.split(",")
