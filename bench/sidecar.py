@@ -44,6 +44,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
+        self.baseline = workdir / "baseline.parquet"
         self.results: dict[tuple[str, str, int], list[dict]] = {}
         self.round = 0
         self.noted: set[str] = set()
@@ -67,7 +68,10 @@ class Run:
         if missing:
             self.note_once(f"{config.name} skipped: the sidecar has no {', '.join(missing)} flag")
             return None
-        flags = [f.replace("{workdir}", str(self.workdir)) for f in config.flags]
+        flags = [
+            f.replace("{workdir}", str(self.workdir)).replace("{baseline}", str(self.baseline))
+            for f in config.flags
+        ]
         if self.args.device != "cpu" or "--device" in self.sidecar_help:
             flags += ["--device", self.args.device]
         if self.args.workers:
@@ -86,12 +90,24 @@ class Run:
         request.write_bytes(oip.infer_request(case.name, input_name, x))
         response = self.workdir / f"{case.name}.response"
         response.write_bytes(oip.infer_response_like(case.name, output_name, expected))
+        self.baseline = self.workdir / f"{case.name}-baseline.parquet"
+        self.write_baseline(case, self.baseline)
         if self.wanted("raw"):
             self.raw(case, sess, input_name)
         del sess
         for config in plan.SERVERS:
             if self.wanted(config.name):
                 self.server(case, config, path, request, response, expected)
+
+    @staticmethod
+    def write_baseline(case: ModelCase, path: Path) -> None:
+        """Training-like data for the drift baseline: 20,000 rows of the model's features."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        width = case.request_shape[1]
+        data = np.random.default_rng(3).standard_normal((20_000, width))
+        pq.write_table(pa.table({f"x_{j}": data[:, j] for j in range(width)}), path)
 
     def raw(self, case: ModelCase, sess, input_name: str) -> None:
         """In-process ``InferenceSession.run``: per call at batch 1, rows/s at larger batches."""

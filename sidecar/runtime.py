@@ -172,7 +172,7 @@ def load(
     if not path.is_file():
         raise FailedPrecondition(f"model file {path} does not exist", reason="MODEL_NOT_FOUND")
     if device == "cpu":
-        return _open(path, [CPU], threads, warmup_runs, batch_rows)[0]
+        return _open_cpu(path, threads, warmup_runs, batch_rows)[0]
     if device == "cuda":
         _preload_cuda()
         if CUDA not in ort.get_available_providers():
@@ -188,7 +188,7 @@ def load(
                 reason="CUDA_UNAVAILABLE",
             )
         return runtime
-    cpu, cpu_time = _open(path, [CPU], threads, warmup_runs, batch_rows)
+    cpu, cpu_time = _open_cpu(path, threads, warmup_runs, batch_rows)
     if not gpu_present():
         return cpu
     _preload_cuda()
@@ -201,6 +201,31 @@ def load(
     if gpu.on_gpu and gpu_time < cpu_time:
         return gpu
     return cpu
+
+
+#: With ``--intra-op-threads 0`` a multi-threaded CPU session must be this much faster than a
+#: single-threaded one at warm-up to be chosen: under concurrent load, single-threaded sessions
+#: let request threads run side by side without handing work to ORT's pool and back.
+MULTI_THREAD_GAIN = 0.7
+
+
+def _open_cpu(
+    path: Path, threads: tuple[int, bool], warmup_runs: int, batch_rows: int
+) -> tuple[Runtime, float]:
+    """A CPU session; with 0 intra-op threads, one thread or ORT's default, whichever the
+    warm-up shows to be worth it."""
+    if threads[0] != 0:
+        return _open(path, [CPU], threads, warmup_runs, batch_rows)
+    single, single_time = _open(path, [CPU], (1, threads[1]), warmup_runs, batch_rows)
+    multi, multi_time = _open(path, [CPU], threads, warmup_runs, batch_rows)
+    chosen = multi if multi_time < MULTI_THREAD_GAIN * single_time else single
+    log.info(
+        "intra-op threads chosen by warm-up",
+        threads="default" if chosen is multi else 1,
+        single_thread_s=single_time,
+        default_threads_s=multi_time,
+    )
+    return (multi, multi_time) if chosen is multi else (single, single_time)
 
 
 def _open(

@@ -76,7 +76,11 @@ class SidecarSettings(BaseSettings):
         False, description="Refuse floating-point inputs holding NaN or infinity."
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 lets it choose."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per session; 0 chooses at warm-up between "
+        "one thread and ORT's default (one per core), keeping one unless the default is clearly "
+        "faster for this model.",
     )
     intra_op_spinning: bool = Field(
         False,

@@ -68,8 +68,8 @@ SERVERS = (
     ServerConfig(
         "sidecar-logged",
         "sidecar",
-        (*BATCH_OFF, "--log-dir", "{workdir}/prediction-logs"),
-        requires=("--log-dir",),
+        (*BATCH_OFF, "--log-dir", "{workdir}/prediction-logs", "--baseline", "{baseline}"),
+        requires=("--log-dir", "--baseline"),
         concurrency=(32,),
         note="batching off, Arrow prediction log and drift on",
     ),

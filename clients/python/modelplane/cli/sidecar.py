@@ -72,7 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         const=True,
         help="refuse NaN/Inf in floating-point inputs",
     )
-    add("--intra-op-threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    add(
+        "--intra-op-threads",
+        type=int,
+        metavar="N",
+        help="ONNX Runtime threads (0 = chosen by warm-up: 1, or one per core for heavy models)",
+    )
     add(
         "--intra-op-spinning",
         action="store_const",
