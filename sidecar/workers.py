@@ -16,13 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 from typing import Any
 
 import structlog
@@ -36,16 +30,6 @@ _PREFIX = "MODELPLANE_SIDECAR_"
 _LOG_PREFIX = "MODELPLANE_LOG_"
 
 
-def _reserve_port(listen: str) -> tuple[socket.socket, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, int(port)))
-    return sock, sock.getsockname()[1]
-
-
 def _env_value(value: Any) -> str:
     if isinstance(value, bool | list | tuple):
         return json.dumps(list(value) if isinstance(value, tuple) else value)
@@ -53,10 +37,7 @@ def _env_value(value: Any) -> str:
 
 
 def _worker_env(
-    settings: SidecarSettings,
-    port: int,
-    metrics_dir: str | None,
-    log_settings: PredictionLogSettings | None = None,
+    settings: SidecarSettings, port: int, log_settings: PredictionLogSettings | None = None
 ) -> dict[str, str]:
     env = {
         k: v
@@ -81,9 +62,6 @@ def _worker_env(
                 value = f"{value * 1e9:.0f}ns"
             if value is not None:
                 env[_LOG_PREFIX + key.upper()] = _env_value(value)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if metrics_dir:
-        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return env
 
 
@@ -91,85 +69,25 @@ def supervise(
     settings: SidecarSettings, count: int, log_settings: PredictionLogSettings | None = None
 ) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
+    from modelplane.server.supervisor import reserve_port
+    from modelplane.server.supervisor import supervise as run_workers
     from sidecar.server import announce
 
-    sock, port = _reserve_port(settings.listen)
-    metrics_dir = (
-        tempfile.mkdtemp(prefix="modelplane-metrics-") if settings.metrics_listen else None
-    )
-    env = _worker_env(settings, port, metrics_dir, log_settings)
-    procs: list[subprocess.Popen[str]] = []
-    ready = threading.Semaphore(0)
-    stopping = threading.Event()
-    failed = threading.Event()
-
-    def relay(proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"sidecar ready"' in line:
-                ready.release()
-        code = proc.wait()
-        if not stopping.is_set():
-            log.error("worker exited", pid=proc.pid, code=code)
-            failed.set()
-            ready.release()
-
-    def stop_all(signum: int = signal.SIGTERM, _frame: Any = None) -> None:
-        stopping.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-
-    httpd = None
+    sock, port = reserve_port(settings.listen)
     try:
-        for _ in range(count):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar.workers"],
-                env=env,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            threading.Thread(target=relay, args=(proc,), daemon=True).start()
-        for _ in range(count):
-            ready.acquire()
-            if failed.is_set():
-                stop_all()
-                return 1
-        metrics_port = None
-        if settings.metrics_listen and metrics_dir:
-            httpd, metrics_port = _serve_merged_metrics(settings.metrics_listen, metrics_dir)
-        signal.signal(signal.SIGTERM, stop_all)
-        signal.signal(signal.SIGINT, stop_all)
-        announce(settings, port, metrics_port=metrics_port, workers=count, pid=os.getpid())
-        while any(p.poll() is None for p in procs):
-            if failed.wait(0.2) and not stopping.is_set():
-                stop_all()
-                break
-        codes = [p.wait() for p in procs]
-        return 0 if stopping.is_set() and not failed.is_set() and not any(codes) else 1
+        return run_workers(
+            module="sidecar.workers",
+            env=_worker_env(settings, port, log_settings),
+            count=count,
+            ready_marker='"sidecar ready"',
+            metrics_listen=settings.metrics_listen or "",
+            drain_seconds=settings.drain_seconds,
+            on_ready=lambda metrics_port: announce(
+                settings, port, metrics_port=metrics_port, workers=count, pid=os.getpid()
+            ),
+        )
     finally:
-        stop_all()
-        for p in procs:
-            try:
-                p.wait(settings.drain_seconds + 5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if httpd is not None:
-            httpd.shutdown()
         sock.close()
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _serve_merged_metrics(listen: str, metrics_dir: str) -> tuple[Any, int]:
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    from modelplane.server.lifecycle import serve_metrics
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-    return serve_metrics(listen, registry)
 
 
 def main() -> int:
