@@ -27,7 +27,7 @@ from controlplane.names import (
     parse_version,
 )
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
-from controlplane.services.models import require_model
+from controlplane.services.models import model_not_found, require_model
 from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json, signature_to_json
 from controlplane.store.pagination import decode, encode, page_size
@@ -175,14 +175,15 @@ class VersionService:
                 ref = parse_version(wtx.replay)
                 assert ref.version is not None
                 return require_version(wtx, ref.model_id, ref.version)
-            require_model(wtx, model_id)
+            number = wtx.models.next_version(model_id)
+            if number is None:
+                raise model_not_found(model_id)
             if baseline is not None and wtx.blobs.get(baseline.sha256) is None:
                 # Profiles are stored like uploads, so that DownloadBlob serves them.
                 size = self.blobs.path(baseline.sha256).stat().st_size
                 wtx.blobs.add(
                     Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
                 )
-            number = wtx.models.next_version(model_id)
             version = wtx.versions.add(
                 ModelVersionRow(
                     model_id=model_id,

@@ -137,17 +137,17 @@ class ModelRepo:
         assert row is not None
         return convert.model(row)
 
-    def next_version(self, model_id: str) -> int:
-        """Reserve the next version number (locks the model row until commit)."""
-        self.s.exec(  # type: ignore[call-overload]
+    def next_version(self, model_id: str) -> int | None:
+        """Reserve the next version number (locks the model row until commit); None when the
+        model does not exist."""
+        result = self.s.exec(  # type: ignore[call-overload]
             update(ModelRow)
             .where(col(ModelRow.id) == model_id)
             .values(latest_version=ModelRow.latest_version + 1)
+            .returning(col(ModelRow.latest_version))
         )
-        self.s.expire_all()
-        row = self.row(model_id)
-        assert row is not None
-        return row.latest_version
+        number = result.scalar()
+        return None if number is None else int(number)
 
     def delete(self, model_id: str) -> None:
         self.s.exec(delete(ModelRow).where(col(ModelRow.id) == model_id))  # type: ignore[call-overload]
