@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from modelplane.errors import InvalidArgument
 
@@ -48,9 +49,16 @@ def parse_order(text: str, allowed: tuple[str, ...], default: str) -> tuple[str,
 
 
 def masked_changes(
-    paths: list[str], values: Mapping[str, object], allowed: tuple[str, ...]
+    paths: list[str],
+    values: Mapping[str, object],
+    allowed: tuple[str, ...],
+    checks: Mapping[str, Callable[[Any], object]] | None = None,
 ) -> dict[str, object]:
-    """The validated changes an update mask asks for (``labels`` or free-text fields)."""
+    """The validated changes an update mask asks for.
+
+    ``checks`` validates (and normalises) a field by path; without one, ``labels`` are checked
+    as labels and every other field as free text.
+    """
     from controlplane.names import check_labels, check_text
 
     if not paths:
@@ -66,7 +74,9 @@ def masked_changes(
                 reason="INVALID_UPDATE_MASK",
             )
         value = values[path]
-        if path == "labels":
+        if checks and path in checks:
+            changes[path] = checks[path](value)
+        elif path == "labels":
             changes[path] = check_labels(dict(value))  # type: ignore[call-overload]
         else:
             changes[path] = check_text(str(value), path)

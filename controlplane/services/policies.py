@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from controlplane.domain.governance import Policy
 from controlplane.names import check_id, check_text
 from controlplane.policy import POLICY_VARIABLES, compile_rules
+from controlplane.services.filters import masked_changes
 from controlplane.services.governance_names import check_target, parse_policy
 from controlplane.store import Store, Tx
 from controlplane.store.governance_repos import Governance
@@ -119,25 +120,12 @@ class PolicyService:
         request_id: str = "",
     ) -> Policy:
         policy_id = parse_policy(name)
-        if not paths:
-            raise InvalidArgument(
-                f"update_mask is empty; name fields among {', '.join(POLICY_UPDATE_PATHS)}",
-                reason="INVALID_UPDATE_MASK",
-            )
-        changes: dict[str, object] = {}
-        for path in paths:
-            if path not in POLICY_UPDATE_PATHS:
-                raise InvalidArgument(
-                    f"field {path!r} cannot be updated; use {', '.join(POLICY_UPDATE_PATHS)}",
-                    reason="INVALID_UPDATE_MASK",
-                )
-            value = values[path]
-            if path == "rules":
-                changes[path] = check_rules(list(value))  # type: ignore[call-overload]
-            elif path == "target":
-                changes[path] = check_target(str(value))
-            else:
-                changes[path] = check_text(str(value), path)
+        changes = masked_changes(
+            paths,
+            values,
+            POLICY_UPDATE_PATHS,
+            {"rules": lambda v: check_rules(list(v)), "target": lambda v: check_target(str(v))},
+        )
         with self.store.write(ctx, "UpdatePolicy", request_id) as tx:
             before = require_policy(tx, policy_id)
             if tx.replay is not None:
