@@ -35,15 +35,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from registry import PG_ADMIN, ModelplaneServer, postgres_reachable, tree_cpu_seconds
+from registry import ModelplaneServer, database, postgres_reachable, tree_cpu_seconds
 
 MODEL = "bench-governance"
 TARGET = "production"
@@ -404,25 +404,6 @@ def run_server_sections(
 # Audit ----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def fresh_database(backend: str, tag: str, workdir: Path) -> Iterator[str]:
-    """A new SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{workdir / f'{tag}.db'}"
-        return
-    import psycopg
-
-    name = f"bench_governance_{tag}_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def bench_audit(backend: str, args: argparse.Namespace, workdir: Path) -> dict[int, dict[str, Any]]:
     """CreateModel through the store, audit hook on and off; returns, by writer count, the
     median throughputs and the median of each round's on/off ratio."""
@@ -438,7 +419,9 @@ def bench_audit(backend: str, args: argparse.Namespace, workdir: Path) -> dict[i
     with ExitStack() as stack:
         services: dict[bool, ModelService] = {}
         for hooked in (False, True):
-            url = stack.enter_context(fresh_database(backend, f"audit_{int(hooked)}", workdir))
+            url = stack.enter_context(
+                database(backend, f"audit_{int(hooked)}", workdir, "bench_governance")
+            )
             store = Store.open(url)
             stack.callback(store.close)
             if hooked:

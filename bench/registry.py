@@ -90,14 +90,16 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def database(backend: str, system: str, workdir: Path) -> Iterator[str]:
+def database(
+    backend: str, system: str, workdir: Path, prefix: str = "bench_registry"
+) -> Iterator[str]:
     """A fresh database URL for one server; a PostgreSQL database is dropped afterwards."""
     if backend == "sqlite":
         yield f"sqlite:///{workdir / f'{system}.db'}"
         return
     import psycopg
 
-    name = f"bench_registry_{system}_{os.getpid()}"
+    name = f"{prefix}_{system}_{os.getpid()}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name}")
