@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelplane import Client
+from modelplane.testing import wait_serving
 
 
 def _free_port() -> int:
@@ -57,16 +58,7 @@ def test_serve_process_health_metrics_and_sigterm(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _health(address) == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "server did not become SERVING"
-            time.sleep(0.2)
+        wait_serving(address, timeout=60, proc=proc)
         with grpc.insecure_channel(address) as ch:
             refl = reflection_pb2_grpc.ServerReflectionStub(ch)
             answer = next(
@@ -146,16 +138,7 @@ def test_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _health(address) == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert proc.poll() is None
-            assert time.monotonic() < deadline, "workers did not become SERVING"
-            time.sleep(0.2)
+        wait_serving(address, timeout=60, proc=proc)
         names = [f"w-{i}" for i in range(20)]
         for name in names:  # new connections spread over the workers
             with Client(address, principal="erin") as c:

@@ -38,25 +38,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(
-    address: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 120
-) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def wait_serving(address: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait for ``what`` to report SERVING, or stop the demo saying why."""
+    from modelplane.testing import wait_serving as wait
 
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{what} exited with {proc.returncode}; see {STATE}/*.log")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"{what} did not become SERVING within {timeout:.0f}s")
+    try:
+        wait(address, timeout=120, proc=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"{what}: {exc}; see {STATE}/*.log") from None
 
 
 @dataclass
