@@ -34,7 +34,7 @@ from modelplane.server import (
     add_health_and_reflection,
     serve_metrics,
 )
-from modelplane.server.lifecycle import GRPC_OPTIONS
+from modelplane.server.lifecycle import grpc_options
 from modelplane.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -90,10 +90,7 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=[
-            *(o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"),
-            ("grpc.so_reuseport", int(settings.reuse_port)),
-        ],
+        options=grpc_options(reuse_port=settings.reuse_port),
     )
     models = ModelService(store)
     versions = VersionService(store, blobs, baseline_sample_size=settings.baseline_sample_size)

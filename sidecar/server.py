@@ -21,9 +21,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from modelplane.server.lifecycle import (
-    GRPC_OPTIONS,
     GrpcServerHandle,
     add_health_and_reflection,
+    grpc_options,
     serve_metrics,
     set_serving,
 )
@@ -134,8 +134,6 @@ def start(
     """
     slot = ModelSlot()
     servicer = InferenceServicer(slot)
-    options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
-    options.append(("grpc.so_reuseport", 1 if settings.worker else 0))
     server = grpc.server(
         futures.ThreadPoolExecutor(
             settings.request_threads(
@@ -145,7 +143,7 @@ def start(
             ),
             thread_name_prefix="oip",
         ),
-        options=options,
+        options=grpc_options(reuse_port=settings.worker),
     )
     add_to_server(servicer, server)
     add_admin_to_server(AdminServicer(slot), server)

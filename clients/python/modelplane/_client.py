@@ -176,6 +176,9 @@ class Client:
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
         self.operations = operations_pb2_grpc.OperationsServiceStub(self._channel)
+        self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self._channel)
+        self.governance = governance_pb2_grpc.GovernanceServiceStub(self._channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -554,25 +557,6 @@ class Client:
         )
 
     # Evaluation, governance and audit -------------------------------------------------------
-
-    def _stub(self, cls: type[T]) -> T:
-        """A stub of ``cls`` on this connection, made once."""
-        stubs: dict[type, Any] = self.__dict__.setdefault("_stubs", {})
-        if cls not in stubs:
-            stubs[cls] = cls(self._channel)  # type: ignore[call-arg]
-        return stubs[cls]  # type: ignore[no-any-return]
-
-    @property
-    def evaluation(self) -> evaluation_pb2_grpc.EvaluationServiceStub:
-        return self._stub(evaluation_pb2_grpc.EvaluationServiceStub)
-
-    @property
-    def governance(self) -> governance_pb2_grpc.GovernanceServiceStub:
-        return self._stub(governance_pb2_grpc.GovernanceServiceStub)
-
-    @property
-    def audit(self) -> audit_pb2_grpc.AuditServiceStub:
-        return self._stub(audit_pb2_grpc.AuditServiceStub)
 
     def with_roles(self, roles: Sequence[str]) -> Client:
         """Send ``roles`` (in ``x-modelplane-roles``) on every call from now on.

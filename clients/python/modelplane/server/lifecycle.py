@@ -18,11 +18,16 @@ log = structlog.get_logger("modelplane.server")
 
 #: Clients (tritonclient among them) raise their limits to 2 GiB - 1; servers match that.
 MAX_MESSAGE_BYTES = 2**31 - 1
-GRPC_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-]
+
+
+def grpc_options(*, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """Server options: message limits raised to what clients send, and SO_REUSEPORT only for
+    processes meant to share a port (elsewhere a second server on the port must fail)."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
 
 
 def add_health_and_reflection(
