@@ -88,3 +88,29 @@ class FeatureDrift(_message.Message):
     unseen_share: float
     drifted: bool
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., count: _Optional[int] = ..., missing_share: _Optional[float] = ..., out_of_range_share: _Optional[float] = ..., psi: _Optional[float] = ..., ks_statistic: _Optional[float] = ..., ks_pvalue: _Optional[float] = ..., js_distance: _Optional[float] = ..., chi2_statistic: _Optional[float] = ..., chi2_pvalue: _Optional[float] = ..., unseen_share: _Optional[float] = ..., drifted: _Optional[bool] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("request_id", "row", "class_label", "target")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    row: int
+    class_label: int
+    target: float
+    def __init__(self, request_id: _Optional[str] = ..., row: _Optional[int] = ..., class_label: _Optional[int] = ..., target: _Optional[float] = ...) -> None: ...
+
+class IngestLabelsRequest(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
+
+class IngestLabelsResponse(_message.Message):
+    __slots__ = ("accepted", "matched")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    matched: int
+    def __init__(self, accepted: _Optional[int] = ..., matched: _Optional[int] = ...) -> None: ...

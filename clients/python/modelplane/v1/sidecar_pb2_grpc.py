@@ -43,6 +43,11 @@ class SidecarAdminServiceStub:
                 request_serializer=modelplane_dot_v1_dot_sidecar__pb2.GetDriftReportRequest.SerializeToString,
                 response_deserializer=modelplane_dot_v1_dot_sidecar__pb2.DriftReport.FromString,
                 _registered_method=True)
+        self.IngestLabels = channel.unary_unary(
+                '/modelplane.v1.SidecarAdminService/IngestLabels',
+                request_serializer=modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsRequest.SerializeToString,
+                response_deserializer=modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class SidecarAdminServiceServicer:
@@ -58,6 +63,15 @@ class SidecarAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestLabels(self, request, context):
+        """Joins ground-truth labels with this sidecar's recent predictions (for live accuracy per
+        arm) and appends them to the label log next to the prediction log. With several
+        replicas, send labels to every replica: each joins the predictions it served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SidecarAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +79,11 @@ def add_SidecarAdminServiceServicer_to_server(servicer, server):
                     servicer.GetDriftReport,
                     request_deserializer=modelplane_dot_v1_dot_sidecar__pb2.GetDriftReportRequest.FromString,
                     response_serializer=modelplane_dot_v1_dot_sidecar__pb2.DriftReport.SerializeToString,
+            ),
+            'IngestLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestLabels,
+                    request_deserializer=modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsRequest.FromString,
+                    response_serializer=modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +116,33 @@ class SidecarAdminService:
             '/modelplane.v1.SidecarAdminService/GetDriftReport',
             modelplane_dot_v1_dot_sidecar__pb2.GetDriftReportRequest.SerializeToString,
             modelplane_dot_v1_dot_sidecar__pb2.DriftReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelplane.v1.SidecarAdminService/IngestLabels',
+            modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsRequest.SerializeToString,
+            modelplane_dot_v1_dot_sidecar__pb2.IngestLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
