@@ -34,6 +34,8 @@ _COMMAND_MODULES = (
     "audit",
     "model_card",
     "keys",
+    "deployments",
+    "rollout",
 )
 
 

@@ -38,10 +38,13 @@ def mlp(
     seed: int = 0,
     input_name: str = "input",
     output_name: str = "output",
+    inverted: bool = False,
 ) -> onnx.ModelProto:
     """A dense ReLU network ``[-1, features] -> [-1, outputs]`` (FP32), softmax on the end.
 
-    The default is the 32-feature MLP the performance notes use.
+    The default is the 32-feature MLP the performance notes use. ``inverted`` negates the last
+    layer, so that a two-class model built with the same seed predicts the other class on
+    every row (a deliberately broken candidate).
     """
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -49,6 +52,8 @@ def mlp(
     for i, h in enumerate((*hidden, outputs)):
         w = (rng.standard_normal((width, h)) / np.sqrt(width)).astype(np.float32)
         b = (rng.standard_normal(h) * 0.01).astype(np.float32)
+        if inverted and i == len(hidden):
+            w, b = -w, -b
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         last = i == len(hidden)
         out = f"z{i}" if not last or softmax else output_name

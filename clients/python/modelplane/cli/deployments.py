@@ -1,0 +1,176 @@
+"""``modelplane deployments`` commands: a model served under a stable name."""
+
+from __future__ import annotations
+
+import argparse
+
+from modelplane.cli._common import client, key_values, server_errors
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.units import parse_duration
+from modelplane.v1 import deployments_pb2
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``deployments`` commands."""
+    p = sub.add_parser("deployments", help="deployments: a model served under a stable name")
+    s = p.add_subparsers(dest="deployments_command", metavar="ACTION", required=True)
+
+    c = s.add_parser("create", help="create a deployment of a model")
+    c.add_argument("name", help="deployment id (the OIP model name sidecars serve it under)")
+    c.add_argument("--model", required=True, help="the model (NAME or models/NAME)")
+    c.add_argument("--champion", required=True, type=int, metavar="V", help="champion version")
+    _settings_arguments(c)
+    c.set_defaults(handler=_create)
+
+    g = s.add_parser("get", help="show a deployment")
+    g.add_argument("name")
+    g.set_defaults(handler=_get)
+
+    ls = s.add_parser("list", help="list deployments")
+    ls.set_defaults(handler=_list)
+
+    u = s.add_parser("update", help="change guards, drift thresholds, hook, description, labels")
+    u.add_argument("name")
+    _settings_arguments(u)
+    u.add_argument("--clear-guards", action="store_true", help="remove every guard")
+    u.add_argument("--etag", default="")
+    u.set_defaults(handler=_update)
+
+    d = s.add_parser("delete", help="delete a deployment with no rollout in progress")
+    d.add_argument("name")
+    d.add_argument("--etag", default="")
+    d.set_defaults(handler=_delete)
+
+
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--guard",
+        action="append",
+        metavar="EXPR",
+        help="a CEL guard over champion/candidate/shadow window summaries (repeatable)",
+    )
+    p.add_argument("--description")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--drift-max-psi", type=float, metavar="PSI", help="drift when any PSI ≥ this")
+    p.add_argument(
+        "--drift-max-share",
+        type=float,
+        metavar="SHARE",
+        help="drift when the share of drifted features ≥ this",
+    )
+    p.add_argument("--drift-min-rows", type=int, metavar="N", help="rows a window needs first")
+    p.add_argument("--drift-cooldown", metavar="DURATION", help="time between two drift events")
+    p.add_argument("--webhook", metavar="URL", help="retraining hook URL (admins only)")
+
+
+def deployment_name(name: str) -> str:
+    """``fraud`` → ``deployments/fraud``."""
+    return name if name.startswith("deployments/") else f"deployments/{name}"
+
+
+def _fill(d: deployments_pb2.Deployment, args: argparse.Namespace) -> list[str]:
+    """Copy the given options into ``d``; returns the update-mask paths they touch."""
+    paths: list[str] = []
+    if args.guard is not None:
+        d.guards.extend(args.guard)
+        paths.append("guards")
+    if getattr(args, "clear_guards", False):
+        if args.guard:
+            raise CliError("--clear-guards and --guard contradict each other", EXIT_USAGE)
+        paths.append("guards")
+    if args.description is not None:
+        d.description = args.description
+        paths.append("description")
+    if args.label is not None:
+        d.labels.update(key_values(args.label, "--label"))
+        paths.append("labels")
+    drift = (args.drift_max_psi, args.drift_max_share, args.drift_min_rows, args.drift_cooldown)
+    if any(v is not None for v in drift):
+        t = d.drift_thresholds
+        if args.drift_max_psi is not None:
+            t.max_psi = args.drift_max_psi
+        if args.drift_max_share is not None:
+            t.max_drifted_share = args.drift_max_share
+        if args.drift_min_rows is not None:
+            t.min_rows = args.drift_min_rows
+        if args.drift_cooldown is not None:
+            t.cooldown.FromMilliseconds(round(_duration(args.drift_cooldown) * 1000))
+        paths.append("drift_thresholds")
+    if args.webhook is not None:
+        d.retraining_hook.webhook_url = args.webhook
+        paths.append("retraining_hook")
+    return paths
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+COLUMNS = ["name", "model", "champion", "rollout", "state", "candidate", "percent", "generation"]
+
+
+def row(d: deployments_pb2.Deployment) -> list[object]:
+    """A deployment's table row."""
+    r = d.rollout if d.HasField("rollout") else None
+    return [
+        d.name,
+        d.model,
+        d.champion_version,
+        "" if r is None else deployments_pb2.RolloutStrategy.Name(r.strategy)[17:].lower(),
+        "" if r is None else deployments_pb2.RolloutState.Name(r.state)[14:].lower(),
+        "" if r is None else r.candidate_version,
+        "" if r is None else f"{r.candidate_percent:g}",
+        d.generation,
+    ]
+
+
+def _create(args: argparse.Namespace, out: Printer) -> int:
+    d = deployments_pb2.Deployment(model=args.model, champion_version=args.champion)
+    _fill(d, args)
+    with server_errors(), client(args) as c:
+        created = c.create_deployment(args.name, d)
+    out.emit(created, columns=COLUMNS, rows=[row(created)])
+    return 0
+
+
+def _get(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        d = c.get_deployment(args.name)
+    out.emit(d, columns=COLUMNS, rows=[row(d)])
+    return 0
+
+
+def _list(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        items = list(c.list_deployments())
+    out.emit(
+        {"deployments": [to_dict(d) for d in items]},
+        columns=COLUMNS,
+        rows=[row(d) for d in items],
+    )
+    return 0
+
+
+def _update(args: argparse.Namespace, out: Printer) -> int:
+    d = deployments_pb2.Deployment(name=deployment_name(args.name), etag=args.etag)
+    paths = _fill(d, args)
+    if not paths:
+        raise CliError(
+            "name something to change: --guard, --clear-guards, --description, --label, "
+            "--drift-*, --webhook",
+            EXIT_USAGE,
+        )
+    with server_errors(), client(args) as c:
+        updated = c.update_deployment(d, paths)
+    out.emit(updated, columns=COLUMNS, rows=[row(updated)])
+    return 0
+
+
+def _delete(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        c.delete_deployment(args.name, etag=args.etag)
+    out.emit({"deleted": deployment_name(args.name)})
+    return 0

@@ -1,0 +1,173 @@
+"""``modelplane rollout`` commands: move a candidate version into a deployment's traffic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from modelplane.cli._common import client, csv_list, server_errors
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli.deployments import _duration
+from modelplane.v1 import deployments_pb2 as dp
+
+STRATEGIES = {
+    "shadow": dp.ROLLOUT_STRATEGY_SHADOW,
+    "canary": dp.ROLLOUT_STRATEGY_CANARY,
+    "ab": dp.ROLLOUT_STRATEGY_AB,
+    "blue_green": dp.ROLLOUT_STRATEGY_BLUE_GREEN,
+}
+#: States a rollout never leaves.
+FINAL_STATES = frozenset({"promoted", "rolled_back", "aborted"})
+ACTIONS = ("pause", "resume", "abort", "promote", "rollback")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``rollout`` commands."""
+    p = sub.add_parser("rollout", help="roll a candidate version out to a deployment")
+    s = p.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+
+    st = s.add_parser("start", help="start a rollout of a candidate version")
+    st.add_argument("name", help="the deployment")
+    st.add_argument("--candidate", required=True, type=int, metavar="V")
+    st.add_argument("--strategy", required=True, choices=sorted(STRATEGIES))
+    st.add_argument(
+        "--steps", metavar="P,P,...", help="canary traffic percents, ascending (default 10,50,100)"
+    )
+    st.add_argument("--split", type=float, metavar="PERCENT", help="A/B candidate share (50)")
+    st.add_argument(
+        "--shadow-fraction",
+        type=float,
+        metavar="F",
+        help="share of traffic copied to a shadow candidate, in (0, 1] (default 1)",
+    )
+    st.add_argument(
+        "--step-duration",
+        metavar="DURATION",
+        help="canary step / blue-green phase length, e.g. 30s, 5m (default 60s)",
+    )
+    st.add_argument(
+        "--min-requests", type=int, metavar="N", help="candidate requests per step (default 100)"
+    )
+    st.add_argument(
+        "--guard",
+        action="append",
+        metavar="EXPR",
+        help="a CEL guard added to the deployment's (repeatable); without any guard, the "
+        "default guards on error rate and p99 latency apply",
+    )
+    st.add_argument("--etag", default="")
+    st.set_defaults(handler=_start)
+
+    ss = s.add_parser("status", help="the rollout's state, phase, step, versions and evidence")
+    ss.add_argument("name")
+    ss.add_argument(
+        "--watch",
+        action="store_true",
+        help="print a line of JSON on every change until the rollout ends",
+    )
+    ss.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between polls with --watch"
+    )
+    ss.set_defaults(handler=_status)
+
+    for action in ACTIONS:
+        a = s.add_parser(action, help=f"{action} the rollout in progress")
+        a.add_argument("name")
+        a.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+        a.add_argument("--etag", default="")
+        a.set_defaults(handler=_act, action=action)
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str | None:
+    return None if value == 0 else str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def status(d: dp.Deployment) -> dict[str, Any]:
+    """The status document of a deployment's current (or last) rollout."""
+    doc: dict[str, Any] = {
+        "deployment": d.name,
+        "champion_version": d.champion_version,
+        "generation": d.generation,
+    }
+    if not d.HasField("rollout"):
+        doc.update(
+            state=None, phase=None, step=None, candidate_version=None, evidence=None, rollout=None
+        )
+        return doc
+    r = d.rollout
+    doc.update(
+        state=_enum_name(dp.RolloutState, r.state, "ROLLOUT_STATE_"),
+        phase=_enum_name(dp.RolloutPhase, r.phase, "ROLLOUT_PHASE_"),
+        step=r.step,
+        candidate_version=r.candidate_version,
+        candidate_percent=r.candidate_percent,
+        strategy=_enum_name(dp.RolloutStrategy, r.strategy, "ROLLOUT_STRATEGY_"),
+        rollout=r.id,
+        reason=r.reason,
+        effective_guards=list(r.effective_guards),
+        evidence=to_dict(r.evidence) if r.HasField("evidence") else None,
+    )
+    return doc
+
+
+def _rollout(args: argparse.Namespace) -> dp.Rollout:
+    r = dp.Rollout(candidate_version=args.candidate, strategy=STRATEGIES[args.strategy])
+    if args.steps is not None:
+        try:
+            r.steps.extend(float(x) for x in csv_list(args.steps))
+        except ValueError:
+            raise CliError(
+                f"--steps {args.steps!r}: use percents like 10,50,100", EXIT_USAGE
+            ) from None
+        if not r.steps:
+            raise CliError("--steps needs at least one percent", EXIT_USAGE)
+    if args.split is not None:
+        r.split = args.split
+    if args.shadow_fraction is not None:
+        r.shadow_fraction = args.shadow_fraction
+    if args.step_duration is not None:
+        r.step_duration.FromMilliseconds(round(_duration(args.step_duration) * 1000))
+    if args.min_requests is not None:
+        r.min_requests = args.min_requests
+    r.guards.extend(args.guard or [])
+    return r
+
+
+def _start(args: argparse.Namespace, out: Printer) -> int:
+    rollout = _rollout(args)
+    with server_errors(), client(args) as c:
+        d = c.start_rollout(args.name, rollout, etag=args.etag)
+    out.emit(status(d))
+    return 0
+
+
+def _status(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        d = c.get_deployment(args.name)
+        if not args.watch:
+            out.emit(status(d))
+            return 0
+        last: str | None = None
+        while True:
+            doc = status(d)
+            line = json.dumps(doc, default=str)
+            # The evidence changes with every window; print when anything does.
+            if line != last:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+                last = line
+            if doc["state"] is None or doc["state"] in FINAL_STATES:
+                return 0
+            time.sleep(max(0.05, args.interval))
+            d = c.get_deployment(args.name)
+
+
+def _act(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        method = getattr(c, f"{args.action}_rollout")
+        d = method(args.name, reason=args.reason, etag=args.etag)
+    out.emit(status(d))
+    return 0

@@ -1,0 +1,167 @@
+"""The demo's rollout steps: a managed sidecar, a canary that is promoted, a broken shadow
+that is rolled back automatically, and drift that fires the retraining hook."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from modelplane.demo._console import MODEL, STATE, cli, free_port, note, say, stop, wait_serving
+from modelplane.demo._traffic import Traffic
+from modelplane.v1 import deployments_pb2 as dp
+
+DEPLOYMENT = MODEL
+FINAL = {dp.ROLLOUT_STATE_PROMOTED, dp.ROLLOUT_STATE_ROLLED_BACK, dp.ROLLOUT_STATE_ABORTED}
+
+
+def hooks_file(folder: Path) -> tuple[Path, Path]:
+    """The control plane's hook configuration: the deployment's retraining command writes
+    the drift event it receives on stdin to a file. Returns (config, the file it writes)."""
+    request = folder / "retraining-request.json"
+    script = f"import pathlib, sys; pathlib.Path({str(request)!r}).write_text(sys.stdin.read())"
+    import sys
+
+    config = folder / "hooks.json"
+    config.write_text(json.dumps({DEPLOYMENT: [sys.executable, "-c", script]}, indent=2))
+    return config, request
+
+
+def start_sidecar(stack: ExitStack, control_plane: str) -> tuple[str, int, Path]:
+    """A sidecar in managed mode following the deployment; returns (address, metrics port,
+    prediction-log folder)."""
+    port, metrics = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    log_dir = STATE / "predictions"
+    argv = cli(
+        "sidecar",
+        "serve",
+        "--control-plane",
+        control_plane,
+        "--deployment",
+        DEPLOYMENT,
+        "--listen",
+        address,
+        "--log-dir",
+        str(log_dir),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics}",
+    )
+    out = stack.enter_context((STATE / "sidecar.log").open("wb"))
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    stack.callback(stop, proc)
+    wait_serving(address, proc, "the sidecar")
+    return address, metrics, log_dir
+
+
+def follow(client: Any, traffic: Traffic, timeout: float) -> dp.Deployment:
+    """Print each change of the rollout (with who answers the traffic) until it ends."""
+    deadline = time.monotonic() + timeout
+    last: tuple[Any, ...] | None = None
+    while True:
+        d = client.get_deployment(DEPLOYMENT)
+        r = d.rollout
+        key = (r.state, r.phase, r.step)
+        if key != last:
+            last = key
+            state = dp.RolloutState.Name(r.state).removeprefix("ROLLOUT_STATE_").lower()
+            phase = dp.RolloutPhase.Name(r.phase).removeprefix("ROLLOUT_PHASE_").lower()
+            shares = ", ".join(f"{v} {s:.0%}" for v, s in traffic.shares().items())
+            note(
+                f"{state:<11} phase {phase:<7} candidate {r.candidate_percent:5.1f}% of traffic"
+                f"   answered lately: {shares or '-'}"
+            )
+            if r.reason:
+                note(f"            reason: {r.reason}")
+        if r.state in FINAL:
+            return d
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the rollout did not end within {timeout:.0f}s; see {STATE}/*.log")
+        time.sleep(0.25)
+
+
+def evidence_line(d: dp.Deployment) -> str:
+    """The headline figures of the latest evidence."""
+    e = d.rollout.evidence
+    parts = []
+    for arm in (e.champion, e.candidate):
+        if arm.requests:
+            p99 = f"{1000 * arm.latency_p99:.2f} ms" if arm.HasField("latency_p99") else "-"
+            acc = f", accuracy {arm.accuracy:.3f}" if arm.HasField("accuracy") else ""
+            parts.append(f"{arm.arm} v{arm.version}: {arm.requests} req, p99 {p99}{acc}")
+    if e.shadow.pairs:
+        parts.append(
+            f"shadow v{e.shadow.version}: {e.shadow.pairs} pairs, disagreement "
+            f"{e.shadow.disagreement_rate:.1%}"
+        )
+    return "; ".join(parts)
+
+
+def rollouts(alice: Any, address: str, sc_address: str, traffic: Traffic) -> None:
+    """Canary v2 to promotion, then v3 in shadow to automatic rollback."""
+    say("Rolling out v2 as a canary: steps 10% → 50% → 100%, 4 s and 30 requests each")
+    d = alice.start_rollout(
+        DEPLOYMENT,
+        dp.Rollout(
+            candidate_version=2,
+            strategy=dp.ROLLOUT_STRATEGY_CANARY,
+            steps=[10, 50, 100],
+            min_requests=30,
+            step_duration={"seconds": 4},
+        ),
+    )
+    for guard in d.rollout.effective_guards:
+        note(f"guard: {guard}")
+    d = follow(alice, traffic, timeout=90)
+    note(evidence_line(d))
+    note(f"champion now v{d.champion_version}")
+
+    say("Trying v3 (fitted to inverted labels) in shadow: it sees a copy of every request")
+    d = alice.start_rollout(
+        DEPLOYMENT,
+        dp.Rollout(
+            candidate_version=3,
+            strategy=dp.ROLLOUT_STRATEGY_SHADOW,
+            shadow_fraction=1.0,
+            guards=["shadow.disagreement_rate <= 0.05"],
+        ),
+    )
+    for guard in d.rollout.effective_guards:
+        note(f"guard: {guard}")
+    d = follow(alice, traffic, timeout=60)
+    note(evidence_line(d))
+    note(f"clients saw {traffic.errors} failed requests out of {traffic.sent + traffic.errors}")
+
+
+def drift(alice: Any, sc_address: str, traffic: Traffic, request: Path) -> None:
+    """Shift the live features until drift crosses the deployment's threshold."""
+    from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    say("Injecting drift: every feature of the live traffic scaled by 1.6")
+    traffic.shift = 1.6
+    deadline = time.monotonic() + 60
+    while not request.exists() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    traffic.shift = 1.0
+    if not request.exists():
+        raise SystemExit(f"the retraining hook did not fire within 60s; see {STATE}/*.log")
+    import grpc
+
+    with grpc.insecure_channel(sc_address) as ch:
+        report = sidecar_pb2_grpc.SidecarAdminServiceStub(ch).GetDriftReport(
+            sidecar_pb2.GetDriftReportRequest(), timeout=10
+        )
+    worst = sorted((f for f in report.features if f.HasField("psi")), key=lambda f: -f.psi)[:3]
+    note(
+        f"sidecar drift report: {report.row_count} rows, drifted share "
+        f"{report.drifted_share:.0%}; worst: "
+        + ", ".join(f"{f.name} PSI {f.psi:.2f}" for f in worst)
+    )
+    event = json.loads(request.read_text())
+    note(f"retraining hook fired with the drift event: {request}")
+    note(f"  {json.dumps(event)[:200]}...")
+    events = [e for e in alice.list_rollout_events(DEPLOYMENT) if e.action == "drift"]
+    note(f"audited drift events on deployments/{DEPLOYMENT}: {len(events)}")
