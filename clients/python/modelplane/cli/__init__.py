@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "audit",
     "model_card",
     "keys",
+    "injector",
     "deployments",
     "rollout",
 )

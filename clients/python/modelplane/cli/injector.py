@@ -1,0 +1,117 @@
+"""``modelplane injector serve``: the Kubernetes sidecar-injection webhook.
+
+The webhook's modules load only when ``serve`` runs, so the light CLI stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
+
+#: CLI dest -> settings field; options left out fall back to MODELPLANE_INJECTOR_* or defaults.
+_FIELDS = (
+    ("listen", "listen"),
+    ("serve_tls_cert", "tls_cert"),
+    ("serve_tls_key", "tls_key"),
+    ("control_plane", "control_plane"),
+    ("sidecar_image", "sidecar_image"),
+    ("sidecar_gpu_image", "sidecar_gpu_image"),
+    ("native_sidecars", "native_sidecars"),
+    ("log_level", "log_level"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``injector`` commands."""
+    injector = sub.add_parser("injector", help="the Kubernetes sidecar-injection webhook")
+    commands = injector.add_subparsers(dest="injector_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the mutating admission webhook (POST /inject) over HTTPS",
+        description=(
+            "Add the Modelplane sidecar to pods labelled modelplane.dev/inject=true. Prints "
+            'one JSON line on stdout once listening: {"event": "injector ready", "port": ...}. '
+            "Every option also reads MODELPLANE_INJECTOR_<OPTION>."
+        ),
+    )
+    add = serve.add_argument
+    add("--listen", metavar="HOST:PORT", help="HTTPS address (default 0.0.0.0:8443; port 0 = any)")
+    # Distinct dests: the global --tls-cert/--tls-key are the client's.
+    add("--tls-cert", dest="serve_tls_cert", metavar="FILE", help="PEM certificate chain")
+    add("--tls-key", dest="serve_tls_key", metavar="FILE", help="PEM private key of --tls-cert")
+    add(
+        "--control-plane",
+        metavar="ADDR",
+        help="control plane HOST:PORT for pods without the modelplane.dev/control-plane "
+        "annotation (default modelplane-controlplane.modelplane.svc:50051)",
+    )
+    add("--sidecar-image", metavar="IMAGE", help="sidecar image (default modelplane/sidecar)")
+    add(
+        "--sidecar-gpu-image",
+        metavar="IMAGE",
+        help="sidecar image for pods asking for GPUs (default modelplane/sidecar-gpu)",
+    )
+    add(
+        "--native-sidecars",
+        choices=("on", "off"),
+        help="on (default, Kubernetes 1.29+): an init container with restartPolicy Always; "
+        "off: a regular container",
+    )
+    add("--log-level", metavar="LEVEL", help="log level (default info)")
+    serve.set_defaults(handler=_serve)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    try:
+        from pydantic import ValidationError
+
+        from controlplane.injector import InjectorSettings
+    except ImportError as exc:
+        raise CliError(
+            f"the injector is not installed ({exc.name} is missing): "
+            "pip install 'modelplane[controlplane]'",
+            EXIT_USAGE,
+        ) from None
+    given = {field: getattr(args, dest) for dest, field in _FIELDS if getattr(args, dest)}
+    try:
+        return InjectorSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(
+            f"invalid injector settings: {problems} (--tls-cert and --tls-key are required)",
+            EXIT_USAGE,
+        ) from None
+
+
+def _serve(args: argparse.Namespace, printer: Printer) -> int:
+    import ssl
+
+    from controlplane.injector import start
+    from modelplane.server.logging import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    try:
+        handle = start(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot serve the injector: {exc}", EXIT_CHECK_FAILED) from None
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        handle.server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ready = {"event": "injector ready", "address": settings.listen, "port": handle.port}
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    handle.wait()
+    handle.server.server_close()
+    return 0

@@ -1,0 +1,187 @@
+"""Reading a pod's ``modelplane.dev/*`` label and annotations into a :class:`SidecarSpec`.
+
+A labelled pod with no annotations works on the defaults: the deployment is named by its
+``app.kubernetes.io/name`` label (else ``app``), the control plane comes from the webhook's
+``--control-plane``. A value that is present but wrong raises :class:`AnnotationError`, whose
+message names the annotation and the form it takes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+INJECT_LABEL = "modelplane.dev/inject"
+ANNOTATION_DEPLOYMENT = "modelplane.dev/deployment"
+ANNOTATION_CONTROL_PLANE = "modelplane.dev/control-plane"
+ANNOTATION_PORT = "modelplane.dev/port"
+ANNOTATION_RESOURCES = "modelplane.dev/resources"
+ANNOTATION_GPU = "modelplane.dev/gpu"
+#: Set on every pod the webhook patched, so that people (and the webhook) can tell.
+ANNOTATION_STATUS = "modelplane.dev/status"
+
+DEFAULT_PORT = 8001
+METRICS_PORT = 9465
+GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+# A Kubernetes resource.Quantity: a decimal number with an optional binary (Ki..Ei),
+# decimal (n, u, m, k, M..E) or exponent suffix.
+_QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# RFC 1123 label, the form of a deployment id (lowercase, digits, dashes).
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+
+
+class AnnotationError(ValueError):
+    """A ``modelplane.dev/*`` annotation holds a value the webhook cannot use."""
+
+    def __init__(self, annotation: str, message: str) -> None:
+        super().__init__(f"annotation {annotation}: {message}")
+        self.annotation = annotation
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """What sidecar one pod gets."""
+
+    deployment: str
+    control_plane: str
+    port: int = DEFAULT_PORT
+    resources: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()}
+    )
+    gpus: int = 0
+
+
+def is_labelled(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod asks for injection (label ``modelplane.dev/inject: "true"``)."""
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return str(labels.get(INJECT_LABEL, "")).lower() == "true"
+
+
+def deployment_name(pod: Mapping[str, Any]) -> str | None:
+    """The deployment the sidecar serves: the annotation, else the pod's
+    ``app.kubernetes.io/name`` label, else its ``app`` label; ``None`` when there is none."""
+    meta = pod.get("metadata", {})
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    if ANNOTATION_DEPLOYMENT in annotations:
+        name = str(annotations[ANNOTATION_DEPLOYMENT]).strip()
+        if not _NAME.match(name):
+            raise AnnotationError(
+                ANNOTATION_DEPLOYMENT,
+                f"{name!r} is not a deployment id (lowercase letters, digits and dashes, "
+                "at most 63 characters)",
+            )
+        return name
+    for label in ("app.kubernetes.io/name", "app"):
+        value = str(labels.get(label, "")).strip()
+        if value:
+            return value
+    return None
+
+
+def read_spec(pod: Mapping[str, Any], deployment: str, default_control_plane: str) -> SidecarSpec:
+    """The pod's :class:`SidecarSpec` for ``deployment``; :class:`AnnotationError` on a bad
+    annotation."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    control_plane = str(annotations.get(ANNOTATION_CONTROL_PLANE, default_control_plane)).strip()
+    _check_address(control_plane)
+    port = _port(annotations.get(ANNOTATION_PORT))
+    gpus = _gpus(annotations.get(ANNOTATION_GPU))
+    resources = _resources(annotations.get(ANNOTATION_RESOURCES))
+    if gpus:
+        for part in ("requests", "limits"):
+            resources.setdefault(part, {})[GPU_RESOURCE] = str(gpus)
+    return SidecarSpec(deployment, control_plane, port, resources, gpus)
+
+
+def _check_address(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise AnnotationError(
+            ANNOTATION_CONTROL_PLANE,
+            f"{value!r} is not HOST:PORT (e.g. modelplane-controlplane.modelplane.svc:50051)",
+        )
+
+
+def _port(value: object) -> int:
+    if value is None:
+        return DEFAULT_PORT
+    text = str(value).strip()
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise AnnotationError(ANNOTATION_PORT, f"{text!r} is not a port number (1-65535)")
+    if int(text) == METRICS_PORT:
+        raise AnnotationError(
+            ANNOTATION_PORT, f"{METRICS_PORT} is the sidecar's metrics port; choose another"
+        )
+    return int(text)
+
+
+def _gpus(value: object) -> int:
+    if value is None:
+        return 0
+    text = str(value).strip().lower()
+    if text in ("true", "false"):
+        return 1 if text == "true" else 0
+    if not text.isdigit() or int(text) > 64:
+        raise AnnotationError(
+            ANNOTATION_GPU, f"{text!r} is not a GPU count (0-64, or true for one GPU)"
+        )
+    return int(text)
+
+
+def _resources(value: object) -> dict[str, dict[str, str]]:
+    """``cpu=500m,memory=1Gi`` (requests; the memory limit follows the request), or JSON
+    ``{"requests": {...}, "limits": {...}}``."""
+    if value is None:
+        return {part: dict(items) for part, items in DEFAULT_RESOURCES.items()}
+    text = str(value).strip()
+    form = 'use cpu=500m,memory=1Gi or {"requests": {...}, "limits": {...}}'
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            raise AnnotationError(ANNOTATION_RESOURCES, f"not valid JSON; {form}") from None
+        if not isinstance(doc, dict) or not doc or set(doc) - {"requests", "limits"}:
+            raise AnnotationError(ANNOTATION_RESOURCES, f"only requests and limits; {form}")
+        out: dict[str, dict[str, str]] = {}
+        for part, items in doc.items():
+            if not isinstance(items, dict):
+                raise AnnotationError(ANNOTATION_RESOURCES, f"{part} must be a mapping; {form}")
+            out[part] = {str(k): _quantity(str(k), v) for k, v in items.items()}
+        return out
+    requests: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, amount = item.partition("=")
+        if not sep:
+            raise AnnotationError(ANNOTATION_RESOURCES, f"{item!r} is not NAME=QUANTITY; {form}")
+        requests[key.strip()] = _quantity(key.strip(), amount.strip())
+    if not requests:
+        raise AnnotationError(ANNOTATION_RESOURCES, f"empty; {form}")
+    out = {"requests": requests}
+    if "memory" in requests:
+        out["limits"] = {"memory": requests["memory"]}
+    return out
+
+
+def _quantity(name: str, amount: object) -> str:
+    if name not in _RESOURCE_NAMES:
+        raise AnnotationError(
+            ANNOTATION_RESOURCES,
+            f"unknown resource {name!r} (one of {', '.join(_RESOURCE_NAMES)}; GPUs go in "
+            f"{ANNOTATION_GPU})",
+        )
+    text = str(amount).strip()
+    if isinstance(amount, bool) or not _QUANTITY.match(text):
+        raise AnnotationError(
+            ANNOTATION_RESOURCES, f"{name}={text!r} is not a quantity (e.g. 500m, 2, 1Gi)"
+        )
+    return text

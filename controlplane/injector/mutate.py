@@ -1,0 +1,141 @@
+"""Deciding what happens to one pod: left alone, patched, or refused.
+
+:func:`decide` is pure: a pod (as the API server sends it) in, a :class:`Decision` out. The
+JSONPatch is built as plain RFC 6902 operations against the pod it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controlplane.injector.annotations import (
+    ANNOTATION_DEPLOYMENT,
+    ANNOTATION_STATUS,
+    METRICS_PORT,
+    AnnotationError,
+    SidecarSpec,
+    deployment_name,
+    is_labelled,
+    read_spec,
+)
+from controlplane.injector.container import (
+    LOG_DIR,
+    LOG_VOLUME,
+    PORT_NAMES,
+    SIDECAR_NAME,
+    gpu_toleration,
+    sidecar_container,
+    sidecar_volumes,
+)
+from controlplane.injector.patch import add_to_list, add_to_map
+
+
+class InjectionConfig(Protocol):
+    """What :func:`decide` needs of the settings."""
+
+    control_plane: str
+    sidecar_image: str
+    sidecar_gpu_image: str
+    native_sidecars: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer for one pod: allowed or not, the patch (empty: unchanged), warnings for
+    the person creating the pod, and the refusal message when not allowed."""
+
+    allowed: bool
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    message: str = ""
+    reason: str = ""
+
+
+def already_injected(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod holds the sidecar already (by container name or status annotation)."""
+    spec = pod.get("spec") or {}
+    names = {c.get("name") for c in (spec.get("containers") or [])}
+    names |= {c.get("name") for c in (spec.get("initContainers") or [])}
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    return SIDECAR_NAME in names or annotations.get(ANNOTATION_STATUS) == "injected"
+
+
+def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
+    """Leave ``pod`` alone, patch it to add the sidecar, or refuse it (a bad annotation)."""
+    if not is_labelled(pod) or already_injected(pod):
+        return Decision(True)
+    try:
+        deployment = deployment_name(pod)
+        if deployment is None:
+            return Decision(
+                True,
+                # Admission warnings over 120 characters may be cut short.
+                warnings=[
+                    f"no Modelplane sidecar added: set the {ANNOTATION_DEPLOYMENT} annotation "
+                    "or an app.kubernetes.io/name label"
+                ],
+            )
+        spec = read_spec(pod, deployment, config.control_plane)
+        _check_ports(pod, spec)
+    except AnnotationError as exc:
+        return Decision(False, message=str(exc), reason="INVALID_ANNOTATION")
+    return Decision(True, patch=_patch(pod, spec, config))
+
+
+def _check_ports(pod: Mapping[str, Any], spec: SidecarSpec) -> None:
+    ours = {spec.port, METRICS_PORT}
+    pod_spec = pod.get("spec") or {}
+    for container in [*(pod_spec.get("containers") or []), *(pod_spec.get("initContainers") or [])]:
+        for port in container.get("ports") or []:
+            if port.get("name") in PORT_NAMES:
+                raise AnnotationError(
+                    "modelplane.dev/port",
+                    f"container {container.get('name')!r} uses the port name "
+                    f"{port.get('name')!r}, which the sidecar's port has; rename it",
+                )
+            if port.get("containerPort") in ours:
+                raise AnnotationError(
+                    "modelplane.dev/port",
+                    f"container {container.get('name')!r} already uses port "
+                    f"{port.get('containerPort')}, which the sidecar needs; set another "
+                    f"sidecar port (the metrics port {METRICS_PORT} is fixed)",
+                )
+
+
+def _patch(
+    pod: Mapping[str, Any], spec: SidecarSpec, config: InjectionConfig
+) -> list[dict[str, Any]]:
+    pod_spec = pod.get("spec") or {}
+
+    def has(key: str) -> bool:
+        return pod_spec.get(key) is not None
+
+    native = config.native_sidecars
+    image = config.sidecar_gpu_image if spec.gpus else config.sidecar_image
+    container = sidecar_container(spec, image, native)
+    ops: list[dict[str, Any]] = []
+    # The pod's own containers read the prediction logs from the shared volume.
+    for index, app in enumerate(pod_spec.get("containers") or []):
+        mounts = app.get("volumeMounts")
+        if any(m.get("mountPath") == LOG_DIR or m.get("name") == LOG_VOLUME for m in mounts or []):
+            continue
+        mount = {"name": LOG_VOLUME, "mountPath": LOG_DIR, "readOnly": True}
+        ops += add_to_list(f"/spec/containers/{index}/volumeMounts", mounts is not None, [mount])
+    if native:
+        ops += add_to_list("/spec/initContainers", has("initContainers"), [container])
+    else:
+        ops += add_to_list("/spec/containers", True, [container])
+    present = {v.get("name") for v in pod_spec.get("volumes") or []}
+    volumes = [v for v in sidecar_volumes() if v["name"] not in present]
+    ops += add_to_list("/spec/volumes", has("volumes"), volumes)
+    if spec.gpus:
+        toleration = gpu_toleration()
+        if toleration not in (pod_spec.get("tolerations") or []):
+            ops += add_to_list("/spec/tolerations", has("tolerations"), [toleration])
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    ops += add_to_map(
+        "/metadata/annotations", annotations is not None, {ANNOTATION_STATUS: "injected"}
+    )
+    return ops

@@ -1,0 +1,85 @@
+"""AdmissionReview v1 in, AdmissionReview v1 out.
+
+:func:`answer_review` checks the review's shape (:class:`BadReview` with a reason when it is
+not one the API server sends), lets :func:`decide` judge the pod, and wraps the decision:
+``allowed`` with a base64 JSONPatch, or refused with a status the API server shows the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from controlplane.injector.mutate import InjectionConfig, decide
+
+API_VERSION = "admission.k8s.io/v1"
+
+
+class BadReview(ValueError):
+    """The request body is not an AdmissionReview v1 the webhook can answer."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def parse_review(body: bytes) -> dict[str, Any]:
+    """The ``request`` of an AdmissionReview v1 body; :class:`BadReview` otherwise."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadReview("MALFORMED_JSON", f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadReview("NOT_ADMISSION_REVIEW", "the body must be a JSON object (AdmissionReview)")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
+        raise BadReview(
+            "NOT_ADMISSION_REVIEW",
+            f"expected apiVersion {API_VERSION} and kind AdmissionReview, got "
+            f"{doc.get('apiVersion')!r} and {doc.get('kind')!r} (set admissionReviewVersions: "
+            "[v1] in the webhook configuration)",
+        )
+    request = doc.get("request")
+    if not isinstance(request, dict):
+        raise BadReview("MISSING_REQUEST", "the AdmissionReview has no request object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("MISSING_UID", "the AdmissionReview request has no uid")
+    return request
+
+
+def _is_pod_create(request: dict[str, Any]) -> bool:
+    kind = request.get("kind") or {}
+    return (
+        isinstance(kind, dict)
+        and kind.get("group", "") == ""
+        and kind.get("kind") == "Pod"
+        and request.get("operation") == "CREATE"
+    )
+
+
+def answer_review(body: bytes, config: InjectionConfig) -> dict[str, Any]:
+    """The AdmissionReview answering ``body``; :class:`BadReview` when it is malformed."""
+    request = parse_review(body)
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    if _is_pod_create(request):
+        pod = request.get("object")
+        if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
+            raise BadReview("MISSING_OBJECT", "a Pod CREATE review must carry the pod as object")
+        decision = decide(pod, config)
+        response["allowed"] = decision.allowed
+        if decision.patch:
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(
+                json.dumps(decision.patch, separators=(",", ":")).encode()
+            ).decode()
+        if decision.warnings:
+            response["warnings"] = decision.warnings
+        if not decision.allowed:
+            response["status"] = {
+                "code": 422,
+                "reason": "Invalid",
+                "message": f"modelplane sidecar injection: {decision.message}",
+            }
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}

@@ -1,0 +1,294 @@
+"""What the webhook does to one pod: defaults, annotations, native and regular sidecars, GPU
+pods, idempotence and refusals, checked on the patched pod itself."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from controlplane.injector import (
+    SIDECAR_NAME,
+    BadReview,
+    InjectorSettings,
+    answer_review,
+    decide,
+)
+from controlplane.injector.patch import escape
+from tests.deploy.conftest import injector_settings, validate_strict
+from tests.deploy.pods import body, model_pod, review
+
+
+@pytest.fixture
+def settings(tls_files: tuple[Path, Path]) -> InjectorSettings:
+    cert, key = tls_files
+    return injector_settings(tls_cert=cert, tls_key=key, control_plane="cp.modelplane.svc:50051")
+
+
+def _patched(pod: dict[str, Any], settings: InjectorSettings) -> dict[str, Any]:
+    decision = decide(pod, settings)
+    assert decision.allowed and decision.patch, decision
+    return jsonpatch.apply_patch(pod, decision.patch)
+
+
+def _sidecar(pod: dict[str, Any]) -> dict[str, Any]:
+    containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+    (sidecar,) = [c for c in containers if c["name"] == SIDECAR_NAME]
+    return sidecar
+
+
+def _flag(container: dict[str, Any], flag: str) -> str:
+    args = container["args"]
+    return str(args[args.index(flag) + 1])
+
+
+def test_labelled_pod_without_annotations_gets_a_native_sidecar(
+    settings: InjectorSettings,
+) -> None:
+    pod = _patched(model_pod(), settings)
+    validate_strict(pod)
+    (sidecar,) = pod["spec"]["initContainers"]
+    assert sidecar["name"] == SIDECAR_NAME and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == settings.sidecar_image
+    assert sidecar["command"] == ["modelplane"]
+    assert sidecar["args"][:2] == ["sidecar", "serve"]
+    assert _flag(sidecar, "--deployment") == "fraud"  # the app.kubernetes.io/name label
+    assert _flag(sidecar, "--control-plane") == "cp.modelplane.svc:50051"
+    assert _flag(sidecar, "--cache-dir") == "/var/cache/modelplane"
+    assert _flag(sidecar, "--log-dir").startswith("/var/log/modelplane")
+    assert _flag(sidecar, "--listen") == "0.0.0.0:8001"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert sidecar[probe]["grpc"] == {"port": 8001}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["modelplane-logs"] == {"name": "modelplane-logs", "emptyDir": {}}
+    # The log volume is shared: the app container reads what the sidecar writes.
+    (app,) = pod["spec"]["containers"]
+    assert {"name": "modelplane-logs", "mountPath": "/var/log/modelplane", "readOnly": True} in app[
+        "volumeMounts"
+    ]
+    assert pod["metadata"]["annotations"]["modelplane.dev/status"] == "injected"
+
+
+def test_sidecar_args_are_accepted_by_the_cli(settings: InjectorSettings) -> None:
+    from modelplane.cli import build_parser
+
+    sidecar = _sidecar(_patched(model_pod(annotations={"modelplane.dev/gpu": "1"}), settings))
+    parser = build_parser()
+    serve = _subparser(_subparser(parser, "sidecar"), "serve")
+    if "--control-plane" not in serve._option_string_actions:
+        pytest.skip("modelplane sidecar serve has no managed mode (--control-plane) yet")
+    args = parser.parse_args(sidecar["args"])
+    assert args.log_dir.startswith("/var/log/modelplane")
+    assert args.device == "cuda"
+    from sidecar.settings import SidecarSettings
+
+    prefix = SidecarSettings.model_config["env_prefix"]
+    for env in sidecar["env"]:
+        if env["name"].startswith(prefix):
+            assert env["name"][len(prefix) :].lower() in SidecarSettings.model_fields, env
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise AssertionError(f"no subcommand {name}")
+
+
+def test_regular_container_when_native_sidecars_are_off(settings: InjectorSettings) -> None:
+    settings = settings.model_copy(update={"native_sidecars": False})
+    pod = _patched(model_pod(initContainers=[{"name": "migrate", "image": "x:1"}]), settings)
+    validate_strict(pod)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["api", SIDECAR_NAME]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["migrate"]
+    assert all("restartPolicy" not in c for c in pod["spec"]["containers"])
+
+
+def test_annotations_configure_the_sidecar(settings: InjectorSettings) -> None:
+    annotations = {
+        "modelplane.dev/deployment": "fraud-eu",
+        "modelplane.dev/control-plane": "mp.other.svc:7000",
+        "modelplane.dev/port": "9001",
+        "modelplane.dev/resources": "cpu=2,memory=3Gi",
+        "team.example.com/owner": "risk",
+    }
+    pod = _patched(model_pod(annotations=annotations), settings)
+    validate_strict(pod)
+    sidecar = _sidecar(pod)
+    assert _flag(sidecar, "--deployment") == "fraud-eu"
+    assert _flag(sidecar, "--control-plane") == "mp.other.svc:7000"
+    assert _flag(sidecar, "--listen") == "0.0.0.0:9001"
+    assert sidecar["readinessProbe"]["grpc"]["port"] == 9001
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "2", "memory": "3Gi"},
+        "limits": {"memory": "3Gi"},
+    }
+    # Existing annotations stay; ours is added beside them (the key's "/" escaped as ~1).
+    assert pod["metadata"]["annotations"]["team.example.com/owner"] == "risk"
+    assert pod["metadata"]["annotations"]["modelplane.dev/status"] == "injected"
+    decision = decide(model_pod(annotations=annotations), settings)
+    assert {
+        "op": "add",
+        "path": "/metadata/annotations/modelplane.dev~1status",
+        "value": "injected",
+    } in (decision.patch)
+
+
+def test_gpu_pod(settings: InjectorSettings) -> None:
+    resources = '{"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}'
+    pod = _patched(
+        model_pod(
+            annotations={"modelplane.dev/gpu": "2", "modelplane.dev/resources": resources},
+            tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml"}],
+        ),
+        settings,
+    )
+    validate_strict(pod)
+    sidecar = _sidecar(pod)
+    assert sidecar["image"] == settings.sidecar_gpu_image
+    assert sidecar["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert sidecar["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert _flag(sidecar, "--device") == "cuda"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
+    assert len(pod["spec"]["tolerations"]) == 2
+
+
+def test_app_label_is_the_fallback_deployment(settings: InjectorSettings) -> None:
+    pod = _patched(model_pod(labels={"app": "churn", "modelplane.dev/inject": "true"}), settings)
+    assert _flag(_sidecar(pod), "--deployment") == "churn"
+
+
+def test_pod_with_no_name_is_allowed_unchanged_with_a_warning(settings: InjectorSettings) -> None:
+    decision = decide(model_pod(labels={"modelplane.dev/inject": "true"}), settings)
+    assert decision.allowed and not decision.patch
+    (warning,) = decision.warnings
+    assert "modelplane.dev/deployment" in warning and len(warning) <= 120
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"app.kubernetes.io/name": "fraud"},
+        {"app.kubernetes.io/name": "fraud", "modelplane.dev/inject": "false"},
+    ],
+)
+def test_unmanaged_pods_are_left_alone(settings: InjectorSettings, labels: dict[str, str]) -> None:
+    decision = decide(model_pod(labels=labels), settings)
+    assert decision.allowed and not decision.patch and not decision.warnings
+
+
+def test_injection_is_idempotent(settings: InjectorSettings) -> None:
+    once = _patched(model_pod(), settings)
+    again = decide(once, settings)
+    assert again.allowed and again.patch == []
+    off = settings.model_copy(update={"native_sidecars": False})
+    assert decide(_patched(model_pod(), off), settings).patch == []
+
+
+def test_existing_log_volume_is_shared_not_duplicated(settings: InjectorSettings) -> None:
+    pod = model_pod(volumes=[{"name": "modelplane-logs", "emptyDir": {"medium": "Memory"}}])
+    patched = _patched(pod, settings)
+    validate_strict(patched)
+    names = [v["name"] for v in patched["spec"]["volumes"]]
+    assert names == ["modelplane-logs", "modelplane-cache"]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "words"),
+    [
+        ("modelplane.dev/port", "eighty", "not a port number"),
+        ("modelplane.dev/port", "70000", "not a port number"),
+        ("modelplane.dev/port", "9465", "metrics port"),
+        ("modelplane.dev/port", "8080", "already uses port 8080"),
+        ("modelplane.dev/port", "8002", "port name 'oip-grpc'"),
+        ("modelplane.dev/gpu", "lots", "not a GPU count"),
+        ("modelplane.dev/resources", "cpu", "not NAME=QUANTITY"),
+        ("modelplane.dev/resources", "cpu=fast", "not a quantity"),
+        ("modelplane.dev/resources", "gpu=1", "unknown resource"),
+        ("modelplane.dev/resources", '{"requests": [1]}', "must be a mapping"),
+        ("modelplane.dev/resources", '{"requests": ', "not valid JSON"),
+        ("modelplane.dev/control-plane", "no-port", "not HOST:PORT"),
+        ("modelplane.dev/deployment", "Fraud_Model", "not a deployment id"),
+    ],
+)
+def test_bad_annotations_refuse_the_pod(
+    settings: InjectorSettings, annotation: str, value: str, words: str
+) -> None:
+    pod = model_pod(annotations={annotation: value})
+    if value == "8002":
+        pod["spec"]["containers"][0]["ports"][0]["name"] = "oip-grpc"
+    decision = decide(pod, settings)
+    assert not decision.allowed and not decision.patch
+    assert decision.reason == "INVALID_ANNOTATION"
+    assert annotation in decision.message and words in decision.message
+
+
+def test_answer_review_wraps_the_decision(settings: InjectorSettings) -> None:
+    doc = review(model_pod(annotations={"modelplane.dev/port": "x"}))
+    answer = answer_review(body(doc), settings)
+    response = answer["response"]
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    assert response["uid"] == doc["request"]["uid"] and response["allowed"] is False
+    assert response["status"]["code"] == 422
+    assert "modelplane.dev/port" in response["status"]["message"]
+    good = answer_review(body(review(model_pod())), settings)["response"]
+    assert good["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(good["patch"])) == decide(model_pod(), settings).patch
+
+
+def test_only_pod_creation_is_mutated(settings: InjectorSettings) -> None:
+    update = answer_review(body(review(model_pod(), operation="UPDATE")), settings)["response"]
+    assert update["allowed"] is True and "patch" not in update
+    doc = review(model_pod())
+    doc["request"]["kind"] = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    assert "patch" not in answer_review(body(doc), settings)["response"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "MALFORMED_JSON"),
+        (b"[1, 2]", "NOT_ADMISSION_REVIEW"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
+            "NOT_ADMISSION_REVIEW",
+        ),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "MISSING_REQUEST"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}',
+            "MISSING_UID",
+        ),
+    ],
+)
+def test_malformed_reviews(settings: InjectorSettings, payload: bytes, reason: str) -> None:
+    with pytest.raises(BadReview) as caught:
+        answer_review(payload, settings)
+    assert caught.value.reason == reason and caught.value.message
+
+
+def test_pod_review_without_object(settings: InjectorSettings) -> None:
+    doc = review(model_pod())
+    doc["request"]["object"] = None
+    with pytest.raises(BadReview) as caught:
+        answer_review(body(doc), settings)
+    assert caught.value.reason == "MISSING_OBJECT"
+
+
+def test_escape() -> None:
+    assert escape("modelplane.dev/status") == "modelplane.dev~1status"
+    assert escape("a~b/c") == "a~0b~1c"
+
+
+def test_settings_read_on_off(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    off = injector_settings(tls_cert=cert, tls_key=key, native_sidecars="off")
+    assert off.native_sidecars is False
+    with pytest.raises(ValueError):
+        injector_settings(tls_cert=cert, tls_key=key, control_plane="nowhere")

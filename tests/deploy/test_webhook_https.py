@@ -1,0 +1,184 @@
+"""The webhook over real HTTPS with real AdmissionReview JSON, and ``modelplane injector
+serve`` as a process."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from controlplane.injector import SIDECAR_NAME
+from tests.deploy.conftest import ROOT, validate_strict
+from tests.deploy.pods import body, model_pod, review
+
+
+def _post(
+    port: int,
+    cert: Path,
+    payload: bytes,
+    content_type: str = "application/json",
+    path: str = "/inject",
+) -> tuple[int, dict[str, Any]]:
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("POST", path, body=payload, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _admit(injector: Any, cert: Path, pod: dict[str, Any]) -> dict[str, Any]:
+    doc = review(pod)
+    status, answer = _post(injector.port, cert, body(doc))
+    assert status == 200
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    assert answer["response"]["uid"] == doc["request"]["uid"]
+    return dict(answer["response"])
+
+
+def test_managed_pod_is_patched_into_a_valid_pod(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod()
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate_strict(patched)
+    native = injector.server.settings.native_sidecars
+    where = "initContainers" if native else "containers"
+    (sidecar,) = [c for c in patched["spec"][where] if c["name"] == SIDECAR_NAME]
+    assert (sidecar.get("restartPolicy") == "Always") is native
+    # Posting the patched pod again changes nothing: the webhook never injects twice.
+    again = _admit(injector, cert, patched)
+    assert again["allowed"] is True and "patch" not in again
+
+
+def test_unmanaged_pod_is_allowed_unchanged(injector: Any, tls_files: tuple[Path, Path]) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(labels={"app": "web"}))
+    assert response == {"uid": response["uid"], "allowed": True}
+
+
+def test_pod_without_a_name_gets_a_warning(injector: Any, tls_files: tuple[Path, Path]) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(labels={"modelplane.dev/inject": "true"}))
+    assert response["allowed"] is True and "patch" not in response
+    assert "modelplane.dev/deployment" in response["warnings"][0]
+
+
+def test_bad_annotation_is_refused_with_a_message(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(annotations={"modelplane.dev/gpu": "many"}))
+    assert response["allowed"] is False and "patch" not in response
+    assert "modelplane.dev/gpu" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"this is not json", "MALFORMED_JSON"),
+        (b'{"apiVersion": "v1", "kind": "Pod"}', "NOT_ADMISSION_REVIEW"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "MISSING_REQUEST"),
+    ],
+)
+def test_malformed_review_is_400_with_a_reason(
+    injector: Any, tls_files: tuple[Path, Path], payload: bytes, reason: str
+) -> None:
+    cert, _ = tls_files
+    status, answer = _post(injector.port, cert, payload)
+    assert status == 400
+    assert answer["reason"] == reason and answer["message"]
+
+
+def test_wrong_content_type_is_415(injector: Any, tls_files: tuple[Path, Path]) -> None:
+    cert, _ = tls_files
+    status, answer = _post(injector.port, cert, body(review(model_pod())), "text/plain")
+    assert status == 415 and answer["reason"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert "application/json" in answer["message"]
+
+
+def test_wrong_path_and_size(injector: Any, tls_files: tuple[Path, Path]) -> None:
+    cert, _ = tls_files
+    status, answer = _post(injector.port, cert, b"{}", path="/mutate")
+    assert status == 404 and answer["reason"] == "NOT_FOUND"
+    huge = body(review(model_pod(annotations={"x": "y" * (5 * 1024 * 1024)})))
+    status, answer = _post(injector.port, cert, huge)
+    assert status == 413 and answer["reason"] == "BODY_TOO_LARGE"
+
+
+def test_plain_http_and_health(injector: Any, tls_files: tuple[Path, Path]) -> None:
+    cert, _ = tls_files
+    plain = http.client.HTTPConnection("127.0.0.1", injector.port, timeout=5)
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        plain.request("GET", "/healthz")
+        plain.getresponse().read()
+    plain.close()
+    # The server survives the failed handshake.
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", injector.port, context=context, timeout=5)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_cli_serves_until_sigterm(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    env = {**os.environ, "MODELPLANE_INJECTOR_NATIVE_SIDECARS": "off"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--tls-cert", str(cert), "--tls-key", str(key), "--control-plane", "cp:50051",
+         "--sidecar-image", "modelplane/sidecar:test"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "injector ready"
+        pod = model_pod()
+        status, answer = _post(ready["port"], cert, body(review(pod)))
+        assert status == 200
+        patched = jsonpatch.apply_patch(
+            pod, json.loads(base64.b64decode(answer["response"]["patch"]))
+        )
+        sidecar = patched["spec"]["containers"][-1]
+        assert sidecar["image"] == "modelplane/sidecar:test"
+        assert "cp:50051" in sidecar["args"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--listen", "127.0.0.1:0"], "tls_cert"),
+        (["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "cannot serve"),
+        (["--native-sidecars", "maybe"], "invalid choice"),
+    ],
+)
+def test_cli_refuses_bad_options(args: list[str], words: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode in (1, 2)
+    assert words in done.stderr
