@@ -16,18 +16,10 @@ import pytest
 
 from modelplane import Client
 from modelplane.oip import grpc_service_pb2_grpc as pbg
+from modelplane.testing.processes import Server, controlplane, sidecar
 from modelplane.v1 import deployments_pb2 as dp
 from tests.conftest import unique
-from tests.rollouts.harness import (
-    Load,
-    Server,
-    controlplane,
-    infer,
-    register,
-    rows,
-    sidecar,
-    wait_for,
-)
+from tests.rollouts.harness import Load, infer, register, rows, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,0 +1,118 @@
+"""Servers as real processes for end-to-end tests and benchmarks: a control plane and managed
+sidecars started exactly as the CLI starts them (``python -m modelplane.cli ...``), so that a
+caller can kill one outright and start it again on the same database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelplane.testing.health import wait_serving
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A server process, its address and its log file."""
+
+    argv: list[str]
+    address: str
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> Server:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        out.close()
+        try:
+            wait_serving(self.address, timeout=timeout, proc=self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            raise AssertionError(f"{self.argv[3:5]} did not start: {exc}\n{self.tail()}") from None
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye (a crashed control plane)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def controlplane(tmp: Path, db_url: str, *, name: str = "cp", port: int = 0) -> Server:
+    """A control plane (not yet started) on ``db_url`` sharing ``tmp/artifacts``."""
+    address = f"127.0.0.1:{port or free_port()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "modelplane.cli",
+        "controlplane",
+        "serve",
+        "--listen",
+        address,
+        "--db",
+        db_url,
+        "--artifact-root",
+        str(tmp / "artifacts"),
+        "--log-level",
+        "info",
+    ]
+    return Server(argv, address, tmp / f"{name}.log", _env())
+
+
+def sidecar(
+    tmp: Path, control_plane: str, deployment: str, *, name: str, extra: tuple[str, ...] = ()
+) -> Server:
+    """A managed sidecar (not yet started) following ``deployment``, logging predictions under
+    ``tmp/name/log``; ``extra`` adds ``sidecar serve`` options."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "modelplane.cli",
+        "sidecar",
+        "serve",
+        "--control-plane",
+        control_plane,
+        "--deployment",
+        deployment,
+        "--listen",
+        address,
+        "--log-dir",
+        str(tmp / name / "log"),
+        *extra,
+    ]
+    return Server(argv, address, tmp / f"{name}.log", _env())
