@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PEERS := .venv-peers
+NODE_CLIENT := clients/node
+# Debian's Go, protoc plugins and Go protobuf/gRPC sources (the Go client builds offline on them).
+GO_APT_PACKAGES := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
+	golang-google-protobuf-dev golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 
@@ -29,25 +34,42 @@ install: $(VENV)/.installed-all ## Create .venv with the servers, SDK and CLI
 .PHONY: install-dev
 install-dev: $(VENV)/.installed-dev ## Create .venv with the dev tools too
 
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund
+
+.PHONY: node-deps
+node-deps: $(NODE_CLIENT)/node_modules/.package-lock.json ## Install the TypeScript client's locked npm packages
+
+.PHONY: go-tools
+go-tools: ## Install Debian's Go toolchain and Go protobuf/gRPC packages when any is missing
+	@if [ "$$(dpkg-query -W -f='$${Status}\n' $(GO_APT_PACKAGES) 2>/dev/null | grep -c '^install ok installed$$')" \
+		-ne $(words $(GO_APT_PACKAGES)) ] || ! command -v go >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GO_APT_PACKAGES); \
+	fi
+
 .PHONY: demo
 demo: $(VENV)/.installed-all ## Run the end-to-end lifecycle demo on the embedded SQLite default
 	$(BIN)/python -m modelplane.demo
 
 .PHONY: test
-test: $(VENV)/.installed-dev ## Run the whole test suite (PostgreSQL tests skip unless a server is reachable)
+test: $(VENV)/.installed-dev node-deps ## Run the whole test suite (PostgreSQL tests skip unless a server is reachable)
+	@$(MAKE) --no-print-directory go-tools || echo "Go packages not installable here: the Go client tests skip"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: gen
-gen: $(VENV)/.installed-dev ## Regenerate the stubs from protos/ with the pinned grpcio-tools
+gen: $(VENV)/.installed-dev node-deps go-tools ## Regenerate the Python, TypeScript and Go stubs from protos/ (pinned tools)
 	$(BIN)/python protos/generate.py
 
 .PHONY: lint
-lint: $(VENV)/.installed-dev ## Generated code fresh, buf lint, ruff check and format, mypy
+lint: $(VENV)/.installed-dev node-deps go-tools ## Generated code fresh, buf lint, ruff, mypy, tsc, gofmt
 	$(BIN)/python protos/generate.py --check
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy clients/python/modelplane controlplane sidecar
+	cd $(NODE_CLIENT) && npx --no-install tsc -p tsconfig.json --noEmit
+	@test -z "$$(gofmt -l clients/go)" || { gofmt -l clients/go; echo "run: gofmt -w clients/go"; exit 1; }
 
 .PHONY: format
 format: $(VENV)/.installed-dev ## Apply ruff fixes and formatting
@@ -75,4 +97,5 @@ bench: $(VENV)/.installed-bench $(PEER_ENVS) ## Run the benchmarks (peers in the
 
 .PHONY: clean
 clean: ## Remove environments, caches and the demo's state
-	rm -rf $(VENV) $(PEERS) .modelplane .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PEERS) .modelplane .mypy_cache .ruff_cache .pytest_cache \
+		$(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist

@@ -1,0 +1,223 @@
+// Package client is a small typed client for the Modelplane control plane: the generated
+// service clients of modelplane.v1 over one gRPC connection, with the caller's identity sent
+// on every call, and helpers for the steps a CI job takes (upload, register, gate).
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	modelplanev1 "github.com/modelplane/modelplane/clients/go/modelplane/v1"
+)
+
+// Metadata keys a server without access control reads the caller from.
+const (
+	PrincipalKey = "x-modelplane-principal"
+	RolesKey     = "x-modelplane-roles"
+)
+
+// ChunkBytes is the size of each UploadBlob chunk message.
+const ChunkBytes = 1 << 20
+
+// Options say how to present yourself to a control plane.
+type Options struct {
+	// Principal is named to a server without access control.
+	Principal string
+	// Roles are claimed for approvals from a server without access control.
+	Roles []string
+	// Token is a bearer token (or JWT) for a server with access control.
+	Token string
+	// Timeout bounds each call whose context has no deadline (default 60 s).
+	Timeout time.Duration
+	// DialOptions replace the default transport (plaintext); pass TLS credentials here.
+	DialOptions []grpc.DialOption
+}
+
+// Client holds one connection to a control plane and a client per service.
+type Client struct {
+	conn *grpc.ClientConn
+
+	Registry    modelplanev1.RegistryServiceClient
+	Blobs       modelplanev1.BlobServiceClient
+	Evaluation  modelplanev1.EvaluationServiceClient
+	Governance  modelplanev1.GovernanceServiceClient
+	Operations  modelplanev1.OperationsServiceClient
+	Deployments modelplanev1.DeploymentServiceClient
+	Audit       modelplanev1.AuditServiceClient
+}
+
+// Dial connects to the control plane at address (HOST:PORT). The connection is made lazily:
+// an unreachable server shows up as UNAVAILABLE on the first call.
+func Dial(address string, opts Options) (*Client, error) {
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	pairs := []string{}
+	if opts.Principal != "" {
+		pairs = append(pairs, PrincipalKey, opts.Principal)
+	}
+	if len(opts.Roles) > 0 {
+		pairs = append(pairs, RolesKey, strings.Join(opts.Roles, ","))
+	}
+	if opts.Token != "" {
+		pairs = append(pairs, "authorization", "Bearer "+opts.Token)
+	}
+	dial := opts.DialOptions
+	if len(dial) == 0 {
+		dial = []grpc.DialOption{grpc.WithInsecure()}
+	}
+	dial = append(dial,
+		grpc.WithChainUnaryInterceptor(unaryIdentity(pairs, timeout)),
+		grpc.WithChainStreamInterceptor(streamIdentity(pairs)),
+	)
+	conn, err := grpc.Dial(address, dial...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		conn:        conn,
+		Registry:    modelplanev1.NewRegistryServiceClient(conn),
+		Blobs:       modelplanev1.NewBlobServiceClient(conn),
+		Evaluation:  modelplanev1.NewEvaluationServiceClient(conn),
+		Governance:  modelplanev1.NewGovernanceServiceClient(conn),
+		Operations:  modelplanev1.NewOperationsServiceClient(conn),
+		Deployments: modelplanev1.NewDeploymentServiceClient(conn),
+		Audit:       modelplanev1.NewAuditServiceClient(conn),
+	}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error {
+	return c.conn.Close()
+}
+
+// UploadBlob uploads data; the server checks the sha256 computed here.
+func (c *Client) UploadBlob(ctx context.Context, data []byte, mediaType string) (*modelplanev1.Blob, error) {
+	sum := sha256.Sum256(data)
+	stream, err := c.Blobs.UploadBlob(ctx)
+	if err != nil {
+		return nil, err
+	}
+	header := &modelplanev1.UploadBlobHeader{
+		Sha256:    hex.EncodeToString(sum[:]),
+		SizeBytes: int64(len(data)),
+		MediaType: mediaType,
+	}
+	err = stream.Send(&modelplanev1.UploadBlobRequest{
+		Content: &modelplanev1.UploadBlobRequest_Header{Header: header},
+	})
+	for i := 0; err == nil && i < len(data); i += ChunkBytes {
+		end := i + ChunkBytes
+		if end > len(data) {
+			end = len(data)
+		}
+		err = stream.Send(&modelplanev1.UploadBlobRequest{
+			Content: &modelplanev1.UploadBlobRequest_Chunk{Chunk: data[i:end]},
+		})
+	}
+	// A send fails with io.EOF when the server has answered early; the answer comes from here.
+	return stream.CloseAndRecv()
+}
+
+// CreateModel creates models/{modelID}.
+func (c *Client) CreateModel(ctx context.Context, modelID, description string) (*modelplanev1.Model, error) {
+	return c.Registry.CreateModel(ctx, &modelplanev1.CreateModelRequest{
+		ModelId:   modelID,
+		Model:     &modelplanev1.Model{Description: description},
+		RequestId: RequestID(),
+	})
+}
+
+// RegisterVersion uploads the ONNX bytes, then registers them as the model's next version.
+// Fields set in template (lineage, labels, ...) are sent as they are; Parent and
+// ArtifactSha256 are filled in, and RequestId when empty.
+func (c *Client) RegisterVersion(
+	ctx context.Context, model string, onnx []byte, template *modelplanev1.CreateModelVersionRequest,
+) (*modelplanev1.ModelVersion, error) {
+	blob, err := c.UploadBlob(ctx, onnx, "application/onnx")
+	if err != nil {
+		return nil, err
+	}
+	req := &modelplanev1.CreateModelVersionRequest{}
+	if template != nil {
+		req = template
+	}
+	req.Parent = ModelName(model)
+	req.ArtifactSha256 = blob.GetSha256()
+	if req.RequestId == "" {
+		req.RequestId = RequestID()
+	}
+	return c.Registry.CreateModelVersion(ctx, req)
+}
+
+// EvaluateGate evaluates the policy bound to target (an alias or deployments/NAME) for a
+// version; the decision is recorded on the server.
+func (c *Client) EvaluateGate(
+	ctx context.Context, model string, version int64, target string,
+) (*modelplanev1.GateDecision, error) {
+	return c.Governance.EvaluateGate(ctx, &modelplanev1.EvaluateGateRequest{
+		Name:      VersionName(model, version),
+		Target:    target,
+		RequestId: RequestID(),
+	})
+}
+
+// ModelName is models/{model}.
+func ModelName(model string) string {
+	return "models/" + model
+}
+
+// VersionName is models/{model}/versions/{version}.
+func VersionName(model string, version int64) string {
+	return fmt.Sprintf("models/%s/versions/%d", model, version)
+}
+
+// RequestID is a random UUID (version 4) making a mutation idempotent.
+func RequestID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+func unaryIdentity(pairs []string, timeout time.Duration) grpc.UnaryClientInterceptor {
+	return func(
+		ctx context.Context, method string, req, reply interface{},
+		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
+	) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		if len(pairs) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, pairs...)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+func streamIdentity(pairs []string) grpc.StreamClientInterceptor {
+	return func(
+		ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
+		method string, streamer grpc.Streamer, opts ...grpc.CallOption,
+	) (grpc.ClientStream, error) {
+		if len(pairs) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, pairs...)
+		}
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+}

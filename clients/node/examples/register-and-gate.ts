@@ -1,0 +1,66 @@
+/**
+ * Register an ONNX file as a new model version and run a release gate on it, as a CI job
+ * written in TypeScript would:
+ *
+ *   node dist/examples/register-and-gate.js --server 127.0.0.1:50051 \
+ *       --model fraud --onnx model.onnx --target production [--as ci-bot]
+ *
+ * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
+ * fails, 3 when the server answers an error (its status and reason are printed).
+ */
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { Code } from "@connectrpc/connect";
+import { ModelplaneClient, ModelplaneError } from "../src/index.js";
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      server: { type: "string", default: process.env.MODELPLANE_SERVER ?? "127.0.0.1:50051" },
+      model: { type: "string" },
+      onnx: { type: "string" },
+      target: { type: "string", default: "production" },
+      as: { type: "string", default: "ci" },
+    },
+  });
+  if (!values.model || !values.onnx) {
+    console.error("usage: register-and-gate --model MODEL --onnx FILE [--server HOST:PORT]");
+    return 2;
+  }
+  const client = new ModelplaneClient(values.server, { principal: values.as });
+  try {
+    try {
+      await client.createModel(values.model, { description: "registered from TypeScript" });
+      console.log(`created models/${values.model}`);
+    } catch (err) {
+      if (!(err instanceof ModelplaneError && err.code === Code.AlreadyExists)) {
+        throw err;
+      }
+    }
+    const version = await client.registerVersion(values.model, await readFile(values.onnx), {
+      description: "registered by the TypeScript example",
+      labels: { source: "node-example" },
+    });
+    const input = version.signature?.inputs[0];
+    console.log(
+      `registered ${version.name}: sha256 ${version.artifact?.sha256}, ` +
+        `input ${input?.name} ${input?.datatype}[${input?.shape.join(",")}]`,
+    );
+    const decision = await client.evaluateGate(values.model, version.version, values.target);
+    for (const r of decision.results) {
+      console.log(`[${r.outcome}] ${r.expression}${r.message ? ` (${r.message})` : ""}`);
+    }
+    console.log(`gate ${values.target}: ${decision.passed ? "passed" : "failed"}`);
+    return decision.passed ? 0 : 1;
+  } catch (err) {
+    if (err instanceof ModelplaneError) {
+      console.error(`error: ${err.message}`);
+      return 3;
+    }
+    throw err;
+  } finally {
+    client.close();
+  }
+}
+
+process.exitCode = await main();

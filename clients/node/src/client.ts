@@ -1,0 +1,199 @@
+/**
+ * A small typed client for the Modelplane control plane over gRPC (Connect's gRPC transport
+ * for Node.js). Every service is reachable as a generated client (`registry`, `blobs`, ...);
+ * a few helpers cover the steps a CI job takes: upload, register, evaluate, gate.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+import { AuditService } from "./gen/modelplane/v1/audit_pb.js";
+import {
+  BlobService,
+  UploadBlobHeaderSchema,
+  UploadBlobRequestSchema,
+  type Blob,
+  type UploadBlobRequest,
+} from "./gen/modelplane/v1/blobs_pb.js";
+import { DeploymentService } from "./gen/modelplane/v1/deployments_pb.js";
+import { EvaluationService } from "./gen/modelplane/v1/evaluation_pb.js";
+import { GovernanceService, type GateDecision } from "./gen/modelplane/v1/governance_pb.js";
+import { OperationsService } from "./gen/modelplane/v1/operations_pb.js";
+import {
+  CodeRefSchema,
+  ModelSchema,
+  RegistryService,
+  type DatasetInput,
+  type Model,
+  type ModelVersion,
+} from "./gen/modelplane/v1/registry_pb.js";
+import { withModelplaneErrors } from "./errors.js";
+
+/** Metadata keys a server without access control reads the caller from. */
+export const PRINCIPAL_HEADER = "x-modelplane-principal";
+export const ROLES_HEADER = "x-modelplane-roles";
+
+/** Bytes per UploadBlob chunk message. */
+export const CHUNK_BYTES = 1 << 20;
+
+/** How to reach and present yourself to a control plane. */
+export interface ClientOptions {
+  /** The principal named to a server without access control (default: none sent). */
+  principal?: string;
+  /** Roles claimed for approvals from a server without access control. */
+  roles?: string[];
+  /** A bearer token (or JWT) for a server with access control. */
+  token?: string;
+  /** Deadline of each call in milliseconds (default 60 s). */
+  timeoutMs?: number;
+  /** `https://` for TLS (Node's default trust store); default plain HTTP/2. */
+  scheme?: "http" | "https";
+}
+
+/** What `registerVersion` records beyond the ONNX bytes. */
+export interface RegisterOptions {
+  description?: string;
+  labels?: Record<string, string>;
+  /** Datasets uploaded beforehand (`uploadBlob`), by role: `train`, `holdout`, ... */
+  datasets?: DatasetInput[];
+  labelColumn?: string;
+  featureNames?: string[];
+  parameters?: Record<string, string>;
+  metrics?: Record<string, number>;
+  codeRepository?: string;
+  codeCommit?: string;
+  trainingRunId?: string;
+  /** Idempotency key (a UUID); one is made up when absent. */
+  requestId?: string;
+}
+
+/** `models/{model}`. */
+export function modelName(model: string): string {
+  return `models/${model}`;
+}
+
+/** `models/{model}/versions/{version}`, or `models/{model}@{alias}` for `"@alias"`. */
+export function versionName(model: string, version: bigint | number | string): string {
+  const v = String(version);
+  return v.startsWith("@") ? `models/${model}${v}` : `models/${model}/versions/${v}`;
+}
+
+/** A connection to one control plane. Nothing is dialled until the first call. */
+export class ModelplaneClient {
+  readonly registry: Client<typeof RegistryService>;
+  readonly blobs: Client<typeof BlobService>;
+  readonly evaluation: Client<typeof EvaluationService>;
+  readonly governance: Client<typeof GovernanceService>;
+  readonly operations: Client<typeof OperationsService>;
+  readonly deployments: Client<typeof DeploymentService>;
+  readonly audit: Client<typeof AuditService>;
+  private readonly sessions: Http2SessionManager;
+
+  /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051`. */
+  constructor(address: string, options: ClientOptions = {}) {
+    const baseUrl = `${options.scheme ?? "http"}://${address}`;
+    this.sessions = new Http2SessionManager(baseUrl);
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager: this.sessions,
+      defaultTimeoutMs: options.timeoutMs ?? 60_000,
+      interceptors: [identity(options)],
+    });
+    this.registry = withModelplaneErrors(createClient(RegistryService, transport));
+    this.blobs = withModelplaneErrors(createClient(BlobService, transport));
+    this.evaluation = withModelplaneErrors(createClient(EvaluationService, transport));
+    this.governance = withModelplaneErrors(createClient(GovernanceService, transport));
+    this.operations = withModelplaneErrors(createClient(OperationsService, transport));
+    this.deployments = withModelplaneErrors(createClient(DeploymentService, transport));
+    this.audit = withModelplaneErrors(createClient(AuditService, transport));
+  }
+
+  /** Close the HTTP/2 connection so the process can exit. */
+  close(): void {
+    this.sessions.abort();
+  }
+
+  /** Upload bytes (the server checks the sha256 computed here); returns the stored blob. */
+  async uploadBlob(data: Uint8Array, mediaType = "application/octet-stream"): Promise<Blob> {
+    const sha256 = createHash("sha256").update(data).digest("hex");
+    const header = create(UploadBlobHeaderSchema, {
+      sha256,
+      sizeBytes: BigInt(data.byteLength),
+      mediaType,
+    });
+    async function* messages(): AsyncGenerator<UploadBlobRequest> {
+      yield create(UploadBlobRequestSchema, { content: { case: "header", value: header } });
+      for (let i = 0; i < data.byteLength; i += CHUNK_BYTES) {
+        const chunk = data.subarray(i, i + CHUNK_BYTES);
+        yield create(UploadBlobRequestSchema, { content: { case: "chunk", value: chunk } });
+      }
+    }
+    return this.blobs.uploadBlob(messages());
+  }
+
+  /** Create `models/{modelId}`. */
+  async createModel(
+    modelId: string,
+    model: { description?: string; labels?: Record<string, string> } = {},
+  ): Promise<Model> {
+    return this.registry.createModel({
+      modelId,
+      model: create(ModelSchema, model),
+      requestId: randomUUID(),
+    });
+  }
+
+  /** Upload the ONNX bytes, then register them as the model's next version. */
+  async registerVersion(
+    model: string,
+    onnx: Uint8Array,
+    options: RegisterOptions = {},
+  ): Promise<ModelVersion> {
+    const artifact = await this.uploadBlob(onnx, "application/onnx");
+    return this.registry.createModelVersion({
+      parent: modelName(model),
+      artifactSha256: artifact.sha256,
+      description: options.description ?? "",
+      labels: options.labels ?? {},
+      datasets: options.datasets ?? [],
+      labelColumn: options.labelColumn ?? "",
+      featureNames: options.featureNames ?? [],
+      trainingRunId: options.trainingRunId ?? "",
+      parameters: options.parameters ?? {},
+      metrics: options.metrics ?? {},
+      code: create(CodeRefSchema, {
+        repository: options.codeRepository ?? "",
+        commit: options.codeCommit ?? "",
+      }),
+      requestId: options.requestId ?? randomUUID(),
+    });
+  }
+
+  /** Evaluate the policy bound to `target` (an alias or `deployments/NAME`) for a version. */
+  async evaluateGate(
+    model: string,
+    version: bigint | number,
+    target: string,
+  ): Promise<GateDecision> {
+    return this.governance.evaluateGate({
+      name: versionName(model, version),
+      target,
+      requestId: randomUUID(),
+    });
+  }
+}
+
+function identity(options: ClientOptions): Interceptor {
+  return (next) => async (req) => {
+    if (options.principal) {
+      req.header.set(PRINCIPAL_HEADER, options.principal);
+    }
+    if (options.roles?.length) {
+      req.header.set(ROLES_HEADER, options.roles.join(","));
+    }
+    if (options.token) {
+      req.header.set("authorization", `Bearer ${options.token}`);
+    }
+    return next(req);
+  };
+}

@@ -1,0 +1,94 @@
+/**
+ * Errors from the control plane: the gRPC status plus the `google.rpc.ErrorInfo` reason
+ * (an UPPER_SNAKE word such as `MODEL_NOT_FOUND`) that every Modelplane error carries.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+
+/** The ErrorInfo domain the Modelplane servers put on their errors. */
+export const ERROR_DOMAIN = "modelplane.dev";
+
+/**
+ * A failed call. It is a ConnectError (so `code`, `rawMessage` and `metadata` are there) with
+ * the gRPC status name and the ErrorInfo reason added.
+ */
+export class ModelplaneError extends ConnectError {
+  /** The gRPC status name, e.g. `NOT_FOUND`. */
+  readonly status: string;
+  /** The ErrorInfo reason, e.g. `MODEL_NOT_FOUND`; empty when the server sent none. */
+  readonly reason: string;
+  /** The ErrorInfo metadata. */
+  readonly info: Readonly<Record<string, string>>;
+
+  /** Only errors made by this class; ConnectError's own check accepts any ConnectError. */
+  static override [Symbol.hasInstance](v: unknown): boolean {
+    return typeof v === "object" && v !== null && ModelplaneError.prototype.isPrototypeOf(v);
+  }
+
+  constructor(error: ConnectError, reason: string, info: Record<string, string>) {
+    super(error.rawMessage, error.code, error.metadata, undefined, error.cause);
+    this.name = "ModelplaneError";
+    this.details = error.details;
+    this.status = statusName(error.code);
+    this.reason = reason;
+    this.info = info;
+    this.message = reason
+      ? `${this.status} ${reason}: ${error.rawMessage}`
+      : `${this.status}: ${error.rawMessage}`;
+  }
+}
+
+/** `Code.InvalidArgument` as gRPC spells it: `INVALID_ARGUMENT`. */
+export function statusName(code: Code): string {
+  const camel = Code[code] ?? "Unknown";
+  return camel.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+/** Turn whatever a call threw into a ModelplaneError, reading ErrorInfo from the trailers. */
+export function toModelplaneError(err: unknown): ModelplaneError {
+  if (err instanceof ModelplaneError) {
+    return err;
+  }
+  const connect = ConnectError.from(err);
+  const info = connect.findDetails(ErrorInfoSchema).find((d) => d.domain === ERROR_DOMAIN);
+  return new ModelplaneError(connect, info?.reason ?? "", { ...(info?.metadata ?? {}) });
+}
+
+/**
+ * Wrap a generated service client so that its calls reject (or, for server streams, throw
+ * while iterating) with ModelplaneError instead of a bare ConnectError.
+ */
+export function withModelplaneErrors<T extends object>(client: T): T {
+  return new Proxy(client, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof value !== "function") {
+        return value;
+      }
+      return (...args: unknown[]) => {
+        const result: unknown = value.apply(target, args);
+        if (result instanceof Promise) {
+          return result.catch((err: unknown) => {
+            throw toModelplaneError(err);
+          });
+        }
+        if (isAsyncIterable(result)) {
+          return rethrowing(result);
+        }
+        return result;
+      };
+    },
+  });
+}
+
+function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {
+  return typeof v === "object" && v !== null && Symbol.asyncIterator in v;
+}
+
+async function* rethrowing<M>(stream: AsyncIterable<M>): AsyncGenerator<M> {
+  try {
+    yield* stream;
+  } catch (err) {
+    throw toModelplaneError(err);
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * The TypeScript client against a live control plane. `tests/clients/test_node_client.py`
+ * starts the server and passes MODELPLANE_SERVER and MODELPLANE_TEST_ONNX (an MLP built with
+ * modelplane.testing): `npm test` on its own has nothing to talk to.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import {
+  ModelplaneClient,
+  ModelplaneError,
+  modelName,
+  versionName,
+  v1,
+} from "../src/index.js";
+
+const server = process.env.MODELPLANE_SERVER;
+const onnxPath = process.env.MODELPLANE_TEST_ONNX;
+if (!server || !onnxPath) {
+  throw new Error("run through tests/clients/test_node_client.py: it starts the control plane");
+}
+const onnx = readFileSync(onnxPath);
+
+function unique(prefix: string): string {
+  return `${prefix}-${randomUUID().slice(0, 8)}`;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<ModelplaneError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof ModelplaneError, `expected a ModelplaneError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("ModelplaneClient against a live control plane", () => {
+  let alice: ModelplaneClient;
+  let admin: ModelplaneClient;
+
+  before(() => {
+    alice = new ModelplaneClient(server, { principal: "alice", timeoutMs: 30_000 });
+    admin = new ModelplaneClient(server, { principal: "ops-admin", timeoutMs: 30_000 });
+  });
+  after(() => {
+    alice.close();
+    admin.close();
+  });
+
+  test("registers a version: UploadBlob then CreateModelVersion", async () => {
+    const model = unique("node");
+    await alice.createModel(model, { description: "from node", labels: { team: "ts" } });
+    const version = await alice.registerVersion(model, onnx, {
+      metrics: { holdout_auc: 0.91 },
+      parameters: { hidden: "16" },
+      labels: { stage: "beta" },
+    });
+    assert.equal(version.name, `${modelName(model)}/versions/1`);
+    assert.equal(version.version, 1n);
+    assert.equal(version.artifact?.sha256, createHash("sha256").update(onnx).digest("hex"));
+    assert.equal(version.artifact?.sizeBytes, BigInt(onnx.byteLength));
+    assert.equal(version.createdBy, "alice");
+    const input = version.signature?.inputs[0];
+    assert.equal(input?.name, "input");
+    assert.equal(input?.datatype, "FP32");
+    assert.deepEqual(version.lineage?.metrics, { holdout_auc: 0.91 });
+
+    const again = await alice.registry.getModelVersion({ name: versionName(model, 1) });
+    assert.equal(again.artifact?.sha256, version.artifact?.sha256);
+    const blob = await alice.blobs.getBlob({ name: `blobs/${version.artifact?.sha256}` });
+    assert.equal(blob.mediaType, "application/onnx");
+    const chunks: Uint8Array[] = [];
+    for await (const m of alice.blobs.downloadBlob({ name: blob.name })) {
+      chunks.push(m.chunk);
+    }
+    assert.deepEqual(Buffer.concat(chunks), onnx);
+  });
+
+  test("runs a gate: failing rule, then a target without a policy", async () => {
+    const model = unique("node-gate");
+    const target = unique("release");
+    await alice.createModel(model);
+    const version = await alice.registerVersion(model, onnx);
+    await admin.governance.createPolicy({
+      policyId: unique("policy"),
+      policy: create(v1.PolicySchema, { target, rules: ["metrics.roc_auc >= 0.9"] }),
+      requestId: randomUUID(),
+    });
+
+    const failed = await alice.evaluateGate(model, version.version, target);
+    assert.equal(failed.passed, false);
+    assert.equal(failed.target, target);
+    assert.equal(failed.results.length, 1);
+    assert.notEqual(failed.results[0].outcome, "passed");
+    assert.equal(failed.createdBy, "alice");
+
+    const listed = await alice.governance.listGateDecisions({
+      parent: versionName(model, version.version),
+    });
+    assert.deepEqual(
+      listed.decisions.map((d) => d.name),
+      [failed.name],
+    );
+
+    const open = await alice.evaluateGate(model, version.version, unique("unbound"));
+    assert.equal(open.passed, true);
+    assert.equal(open.policy, "");
+  });
+
+  test("a missing model is NOT_FOUND with reason MODEL_NOT_FOUND", async () => {
+    const model = unique("absent");
+    const err = await rejection(alice.registry.getModel({ name: modelName(model) }));
+    assert.equal(err.code, Code.NotFound);
+    assert.equal(err.status, "NOT_FOUND");
+    assert.equal(err.reason, "MODEL_NOT_FOUND");
+    assert.match(err.message, new RegExp(model));
+  });
+
+  test("an invalid model id is INVALID_ARGUMENT with reason INVALID_NAME", async () => {
+    const err = await rejection(alice.createModel("Not_A_Valid_Id"));
+    assert.equal(err.code, Code.InvalidArgument);
+    assert.equal(err.reason, "INVALID_NAME");
+    const models = await alice.registry.listModels({ filter: "" });
+    assert.ok(models.models.every((m) => m.name !== "models/Not_A_Valid_Id"));
+  });
+
+  test("bytes that do not hash to the declared sha256 are refused and not stored", async () => {
+    const declared = createHash("sha256").update("something else").digest("hex");
+    async function* messages() {
+      yield create(v1.UploadBlobRequestSchema, {
+        content: { case: "header", value: create(v1.UploadBlobHeaderSchema, { sha256: declared }) },
+      });
+      yield create(v1.UploadBlobRequestSchema, { content: { case: "chunk", value: onnx } });
+    }
+    const err = await rejection(alice.blobs.uploadBlob(messages()));
+    assert.equal(err.code, Code.InvalidArgument);
+    assert.equal(err.reason, "DIGEST_MISMATCH");
+    assert.equal(err.info.declared, declared);
+    const missing = await rejection(alice.blobs.getBlob({ name: `blobs/${declared}` }));
+    assert.equal(missing.reason, "BLOB_NOT_FOUND");
+    const stream = async () => {
+      for await (const _ of alice.blobs.downloadBlob({ name: `blobs/${declared}` })) {
+        assert.fail("a missing blob streamed bytes");
+      }
+    };
+    const streamed = await rejection(stream());
+    assert.equal(streamed.code, Code.NotFound);
+    assert.equal(streamed.reason, "BLOB_NOT_FOUND");
+  });
+
+  test("an artifact never uploaded is FAILED_PRECONDITION; no version is made", async () => {
+    const model = unique("node-noblob");
+    await alice.createModel(model);
+    const err = await rejection(
+      alice.registry.createModelVersion({
+        parent: modelName(model),
+        artifactSha256: createHash("sha256").update(randomUUID()).digest("hex"),
+      }),
+    );
+    assert.equal(err.code, Code.FailedPrecondition);
+    assert.equal(err.reason, "BLOB_NOT_FOUND");
+    assert.match(err.message, /upload it first/);
+    const versions = await alice.registry.listModelVersions({ parent: modelName(model) });
+    assert.equal(versions.versions.length, 0);
+  });
+
+  test("a gate on a missing version is NOT_FOUND", async () => {
+    const model = unique("node-nover");
+    await alice.createModel(model);
+    const err = await rejection(alice.evaluateGate(model, 7, "production"));
+    assert.equal(err.code, Code.NotFound);
+    assert.equal(err.reason, "VERSION_NOT_FOUND");
+  });
+
+  test("an unreachable server is UNAVAILABLE", async () => {
+    const nobody = new ModelplaneClient("127.0.0.1:1", { timeoutMs: 5_000 });
+    try {
+      const err = await rejection(nobody.registry.getModel({ name: "models/x" }));
+      assert.equal(err.code, Code.Unavailable);
+      assert.equal(err.status, "UNAVAILABLE");
+    } finally {
+      nobody.close();
+    }
+  });
+});

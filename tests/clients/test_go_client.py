@@ -1,0 +1,107 @@
+"""The Go client (clients/go): it builds and vets offline against Debian's Go packages, and
+its register example works against a live control plane.
+
+Debian's golang-google-grpc-dev and golang-google-protobuf-dev install their sources under
+/usr/share/gocode; without a module proxy the build runs in GOPATH mode over them, with the
+module linked into a temporary GOPATH at its import path. `make go-tools` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modelplane import Client
+from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
+
+GO_ROOT = ROOT / "clients" / "go"
+MODULE = "github.com/modelplane/modelplane/clients/go"
+DEBIAN_GOPATH = Path("/usr/share/gocode")
+
+
+@pytest.fixture(scope="module")
+def go_module(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The module's folder inside a temporary GOPATH, and the environment to build it."""
+    if shutil.which("go") is None:
+        pytest.skip("go is not installed (`make go-tools` installs Debian's golang-go as root)")
+    grpc = DEBIAN_GOPATH / "src" / "google.golang.org" / "grpc"
+    assert grpc.is_dir(), f"{grpc} is missing: run `make go-tools`"
+    gopath = tmp_path_factory.mktemp("gopath")
+    link = gopath / "src" / MODULE
+    link.parent.mkdir(parents=True)
+    link.symlink_to(GO_ROOT, target_is_directory=True)
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOPATH}",
+        "GOFLAGS": "",
+        "GOPROXY": "off",
+    }
+    return link, env
+
+
+def _go(args: list[str], module: tuple[Path, dict[str, str]]) -> subprocess.CompletedProcess[str]:
+    folder, env = module
+    return subprocess.run(
+        ["go", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_go_client_builds_vets_and_is_gofmt_clean(go_module: tuple[Path, dict[str, str]]) -> None:
+    build = _go(["build", "./..."], go_module)
+    assert build.returncode == 0, build.stderr
+    vet = _go(["vet", "./..."], go_module)
+    assert vet.returncode == 0, vet.stderr
+    fmt = subprocess.run(["gofmt", "-l", "."], cwd=GO_ROOT, capture_output=True, text=True)
+    assert fmt.stdout == "", f"not gofmt-formatted: {fmt.stdout}"
+
+
+def test_go_example_registers_and_gates_against_a_live_control_plane(
+    go_module: tuple[Path, dict[str, str]],
+    live_controlplane: LiveControlPlane,
+    classifier: Classifier,
+    tmp_path: Path,
+) -> None:
+    binary = tmp_path / "register"
+    build = _go(["build", "-o", str(binary), "./examples/register"], go_module)
+    assert build.returncode == 0, build.stderr
+    model, target = f"go-{uuid.uuid4().hex[:8]}", f"release-{uuid.uuid4().hex[:8]}"
+    server = ["-server", live_controlplane.address]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binary), *server, *args], capture_output=True, text=True, timeout=60
+        )
+
+    passed = run("-model", model, "-onnx", str(classifier.onnx), "-as", "go-ci")
+    assert passed.returncode == 0, passed.stderr
+    assert f"created models/{model}" in passed.stdout
+    assert f"registered models/{model}/versions/1" in passed.stdout
+    assert "input input FP32[-1,4]" in passed.stdout
+    assert "gate production: passed" in passed.stdout
+    with Client(live_controlplane.address) as client:
+        v1 = client.get_version(model, 1)
+    assert v1.created_by == "go-ci"
+    assert dict(v1.labels) == {"source": "go-example"}
+
+    with Client(live_controlplane.address, principal="ops-admin") as admin:
+        admin.create_policy(
+            f"p-{uuid.uuid4().hex[:8]}", target=target, rules=["metrics.roc_auc >= 0.9"]
+        )
+    failed = run("-model", model, "-onnx", str(classifier.onnx), "-target", target)
+    assert failed.returncode == 1, failed.stderr
+    assert f"registered models/{model}/versions/2" in failed.stdout
+    assert f"gate {target}: failed" in failed.stdout
+
+    bad = run("-model", "Bad_Id", "-onnx", str(classifier.onnx))
+    assert bad.returncode == 3
+    assert "INVALID_ARGUMENT INVALID_NAME" in bad.stderr
+
+    missing = run("-model", model)
+    assert missing.returncode == 2
+    assert "usage" in missing.stderr

@@ -1,0 +1,117 @@
+"""The TypeScript client (clients/node) against a live control plane: its own node:test suite,
+and the register-and-gate example as a CI job would run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelplane import Client
+from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
+
+NODE = ROOT / "clients" / "node"
+EXAMPLE = NODE / "dist" / "examples" / "register-and-gate.js"
+
+
+def npm_ci_if_needed() -> None:
+    """`npm ci` when node_modules is missing or older than package-lock.json (as make does)."""
+    marker = NODE / "node_modules" / ".package-lock.json"
+    lock = NODE / "package-lock.json"
+    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE, check=True, capture_output=True
+    )
+
+
+@pytest.fixture(scope="module")
+def node_built() -> Iterator[None]:
+    """Dependencies installed and the TypeScript (client, tests, example) compiled."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js 20 and npm are not installed")
+    npm_ci_if_needed()
+    build = subprocess.run(
+        ["npm", "run", "--silent", "build"], cwd=NODE, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    yield
+
+
+def _run(args: list[str], address: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=NODE,
+        env={**os.environ, "MODELPLANE_SERVER": address, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_node_suite_passes_against_a_live_control_plane(
+    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier
+) -> None:
+    result = _run(
+        ["node", "--test", "dist/test/"],
+        live_controlplane.address,
+        MODELPLANE_TEST_ONNX=str(classifier.onnx),
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout
+    passed = next(line for line in result.stdout.splitlines() if line.startswith("# pass "))
+    assert int(passed.split()[-1]) >= 8
+
+
+def test_example_registers_a_version_and_passes_an_unbound_gate(
+    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier
+) -> None:
+    model = f"ts-{uuid.uuid4().hex[:8]}"
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(classifier.onnx)]
+    first = _run([*argv, "--target", "production"], live_controlplane.address)
+    assert first.returncode == 0, first.stderr
+    assert f"created models/{model}" in first.stdout
+    assert f"registered models/{model}/versions/1" in first.stdout
+    assert "gate production: passed" in first.stdout
+
+    second = _run([*argv, "--as", "ts-ci"], live_controlplane.address)
+    assert second.returncode == 0, second.stderr
+    assert "created" not in second.stdout
+    with Client(live_controlplane.address) as client:
+        v2 = client.get_version(model, 2)
+    assert v2.created_by == "ts-ci"
+    assert dict(v2.labels) == {"source": "node-example"}
+
+
+def test_example_exits_1_when_the_gate_fails(
+    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier
+) -> None:
+    model, target = f"ts-{uuid.uuid4().hex[:8]}", f"release-{uuid.uuid4().hex[:8]}"
+    with Client(live_controlplane.address, principal="ops-admin") as admin:
+        admin.create_policy(
+            f"p-{uuid.uuid4().hex[:8]}", target=target, rules=["metrics.roc_auc >= 0.9"]
+        )
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(classifier.onnx)]
+    result = _run([*argv, "--target", target], live_controlplane.address)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "] metrics.roc_auc >= 0.9" in result.stdout
+    assert f"gate {target}: failed" in result.stdout
+
+
+def test_example_reports_the_status_and_reason_of_a_bad_model_id(
+    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier, tmp_path: Path
+) -> None:
+    result = _run(
+        ["node", str(EXAMPLE), "--model", "Bad_Id", "--onnx", str(classifier.onnx)],
+        live_controlplane.address,
+    )
+    assert result.returncode == 3
+    assert "INVALID_ARGUMENT INVALID_NAME" in result.stderr
+    assert "lowercase letters" in result.stderr
+    with Client(live_controlplane.address) as client:
+        assert all(m.name != "models/Bad_Id" for m in client.list_models())
