@@ -51,9 +51,7 @@ def _setup(
     client = Client(cp.address, principal="alice", timeout=30)
     model = unique("m")
     numbers = register(client, tmp_path, model, **versions)  # type: ignore[arg-type]
-    client.create_deployment(
-        model, dp.Deployment(model=model, champion_version=numbers["champion"])
-    )
+    client.create_deployment(model, model=model, champion_version=numbers["champion"])
     sidecars = [sidecar(tmp_path, cp.address, model, name=f"sc{i}").start() for i in range(2)]
     procs.extend(sidecars)
     return cp, client, model, numbers, sidecars
@@ -74,13 +72,11 @@ def test_good_canary_walks_to_full_traffic_with_no_failed_request(
         wait_for(lambda: load.answers[str(v["champion"])] > 50, 30, "champion traffic")
         client.start_rollout(
             model,
-            dp.Rollout(
-                candidate_version=v["candidate"],
-                strategy=dp.ROLLOUT_STRATEGY_CANARY,
-                steps=[20, 60, 100],
-                min_requests=20,
-                step_duration={"seconds": 2},
-            ),
+            v["candidate"],
+            strategy="canary",
+            steps=[20, 60, 100],
+            min_requests=20,
+            step_duration=2,
         )
         done = wait_for(lambda: _ended(client, model), 120, "the canary to end")
         assert done.rollout.state == dp.ROLLOUT_STATE_PROMOTED, done.rollout.reason
@@ -120,11 +116,9 @@ def test_disagreeing_shadow_is_rolled_back_and_never_answers(
         wait_for(lambda: load.answers[str(v["champion"])] > 50, 30, "champion traffic")
         client.start_rollout(
             model,
-            dp.Rollout(
-                candidate_version=v["broken"],
-                strategy=dp.ROLLOUT_STRATEGY_SHADOW,
-                guards=["shadow.disagreement_rate <= 0.05"],
-            ),
+            v["broken"],
+            strategy="shadow",
+            guards=["shadow.disagreement_rate <= 0.05"],
         )
         done = wait_for(lambda: _ended(client, model), 60, "the shadow to be rolled back")
     finally:
@@ -154,12 +148,10 @@ def test_erroring_canary_is_rolled_back_by_the_default_guards(
         wait_for(lambda: load.answers[str(v["champion"])] > 50, 30, "champion traffic")
         started = client.start_rollout(
             model,
-            dp.Rollout(
-                candidate_version=v["candidate"],
-                strategy=dp.ROLLOUT_STRATEGY_CANARY,
-                steps=[30, 100],
-                step_duration={"seconds": 30},
-            ),
+            v["candidate"],
+            strategy="canary",
+            steps=[30, 100],
+            step_duration=30,
         )
         assert any("error_rate" in g for g in started.rollout.effective_guards)
         done = wait_for(lambda: _ended(client, model), 60, "the canary to be rolled back")
@@ -197,13 +189,11 @@ def test_sidecars_serve_through_a_control_plane_crash_and_the_rollout_resumes(
     try:
         client.start_rollout(
             model,
-            dp.Rollout(
-                candidate_version=v["candidate"],
-                strategy=dp.ROLLOUT_STRATEGY_CANARY,
-                steps=[50, 100],
-                min_requests=20,
-                step_duration={"seconds": 4},
-            ),
+            v["candidate"],
+            strategy="canary",
+            steps=[50, 100],
+            min_requests=20,
+            step_duration=4,
         )
         wait_for(
             lambda: (
@@ -239,10 +229,7 @@ def test_routing_is_sticky_by_key_across_replicas(tmp_path: Path, procs: list[Se
         champion={"seed": 0},
         candidate={"seed": 1},
     )
-    client.start_rollout(
-        model,
-        dp.Rollout(candidate_version=v["candidate"], strategy=dp.ROLLOUT_STRATEGY_AB, split=50),
-    )
+    client.start_rollout(model, v["candidate"], strategy="ab", split=50)
     channels = [grpc.insecure_channel(s.address) for s in sidecars]
     stubs = [pbg.GRPCInferenceServiceStub(c) for c in channels]
     row = rows(1)[0]
@@ -283,7 +270,7 @@ def test_two_control_plane_replicas_on_postgresql_agree(
     cb = Client(b.address, principal="alice", timeout=30)
     model = unique("m")
     v = register(ca, tmp_path, model, champion={"seed": 0}, candidate={"seed": 1})
-    ca.create_deployment(model, dp.Deployment(model=model, champion_version=v["champion"]))
+    ca.create_deployment(model, model=model, champion_version=v["champion"])
     sidecars = [
         sidecar(tmp_path, a.address, model, name="sc-a").start(),
         sidecar(tmp_path, b.address, model, name="sc-b").start(),
@@ -293,13 +280,11 @@ def test_two_control_plane_replicas_on_postgresql_agree(
     try:
         cb.start_rollout(
             model,
-            dp.Rollout(
-                candidate_version=v["candidate"],
-                strategy=dp.ROLLOUT_STRATEGY_CANARY,
-                steps=[50, 100],
-                min_requests=20,
-                step_duration={"seconds": 2},
-            ),
+            v["candidate"],
+            strategy="canary",
+            steps=[50, 100],
+            min_requests=20,
+            step_duration=2,
         )
         # The replica that did not take the call learns of it and tells its sidecar.
         wait_for(

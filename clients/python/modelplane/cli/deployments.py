@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from modelplane._deployments import deployment_name
 from modelplane.cli._common import client, key_values, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.units import parse_duration
@@ -63,43 +65,33 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--webhook", metavar="URL", help="retraining hook URL (admins only)")
 
 
-def deployment_name(name: str) -> str:
-    """``fraud`` → ``deployments/fraud``."""
-    return name if name.startswith("deployments/") else f"deployments/{name}"
-
-
-def _fill(d: deployments_pb2.Deployment, args: argparse.Namespace) -> list[str]:
-    """Copy the given options into ``d``; returns the update-mask paths they touch."""
-    paths: list[str] = []
-    if args.guard is not None:
-        d.guards.extend(args.guard)
-        paths.append("guards")
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments for the options given (absent options are left out)."""
+    out: dict[str, Any] = {}
     if getattr(args, "clear_guards", False):
         if args.guard:
             raise CliError("--clear-guards and --guard contradict each other", EXIT_USAGE)
-        paths.append("guards")
+        out["guards"] = []
+    elif args.guard is not None:
+        out["guards"] = list(args.guard)
     if args.description is not None:
-        d.description = args.description
-        paths.append("description")
+        out["description"] = args.description
     if args.label is not None:
-        d.labels.update(key_values(args.label, "--label"))
-        paths.append("labels")
-    drift = (args.drift_max_psi, args.drift_max_share, args.drift_min_rows, args.drift_cooldown)
-    if any(v is not None for v in drift):
-        t = d.drift_thresholds
-        if args.drift_max_psi is not None:
-            t.max_psi = args.drift_max_psi
-        if args.drift_max_share is not None:
-            t.max_drifted_share = args.drift_max_share
-        if args.drift_min_rows is not None:
-            t.min_rows = args.drift_min_rows
-        if args.drift_cooldown is not None:
-            t.cooldown.FromMilliseconds(round(_duration(args.drift_cooldown) * 1000))
-        paths.append("drift_thresholds")
+        out["labels"] = key_values(args.label, "--label")
     if args.webhook is not None:
-        d.retraining_hook.webhook_url = args.webhook
-        paths.append("retraining_hook")
-    return paths
+        out["webhook_url"] = args.webhook
+    drift: dict[str, Any] = {}
+    if args.drift_max_psi is not None:
+        drift["max_psi"] = args.drift_max_psi
+    if args.drift_max_share is not None:
+        drift["max_drifted_share"] = args.drift_max_share
+    if args.drift_min_rows is not None:
+        drift["min_rows"] = args.drift_min_rows
+    if args.drift_cooldown is not None:
+        drift["cooldown"] = _duration(args.drift_cooldown)
+    if drift:
+        out["drift_thresholds"] = drift
+    return out
 
 
 def _duration(text: str) -> float:
@@ -128,10 +120,19 @@ def row(d: deployments_pb2.Deployment) -> list[object]:
 
 
 def _create(args: argparse.Namespace, out: Printer) -> int:
-    d = deployments_pb2.Deployment(model=args.model, champion_version=args.champion)
-    _fill(d, args)
+    kw = _settings(args)
+    drift = kw.pop("drift_thresholds", {})
     with server_errors(), client(args) as c:
-        created = c.create_deployment(args.name, d)
+        created = c.create_deployment(
+            args.name,
+            model=args.model,
+            champion_version=args.champion,
+            max_psi=drift.get("max_psi"),
+            max_drifted_share=drift.get("max_drifted_share"),
+            min_rows=drift.get("min_rows", 0),
+            drift_cooldown=drift.get("cooldown"),
+            **kw,
+        )
     out.emit(created, columns=COLUMNS, rows=[row(created)])
     return 0
 
@@ -155,16 +156,15 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _update(args: argparse.Namespace, out: Printer) -> int:
-    d = deployments_pb2.Deployment(name=deployment_name(args.name), etag=args.etag)
-    paths = _fill(d, args)
-    if not paths:
+    kw = _settings(args)
+    if not kw:
         raise CliError(
             "name something to change: --guard, --clear-guards, --description, --label, "
             "--drift-*, --webhook",
             EXIT_USAGE,
         )
     with server_errors(), client(args) as c:
-        updated = c.update_deployment(d, paths)
+        updated = c.update_deployment(args.name, etag=args.etag, **kw)
     out.emit(updated, columns=COLUMNS, rows=[row(updated)])
     return 0
 

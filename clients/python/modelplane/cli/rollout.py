@@ -113,33 +113,33 @@ def status(d: dp.Deployment) -> dict[str, Any]:
     return doc
 
 
-def _rollout(args: argparse.Namespace) -> dp.Rollout:
-    r = dp.Rollout(candidate_version=args.candidate, strategy=STRATEGIES[args.strategy])
+def _rollout(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments of ``rollout start``."""
+    kw: dict[str, Any] = {"strategy": args.strategy, "guards": args.guard or []}
     if args.steps is not None:
         try:
-            r.steps.extend(float(x) for x in csv_list(args.steps))
+            kw["steps"] = [float(x) for x in csv_list(args.steps)]
         except ValueError:
             raise CliError(
                 f"--steps {args.steps!r}: use percents like 10,50,100", EXIT_USAGE
             ) from None
-        if not r.steps:
+        if not kw["steps"]:
             raise CliError("--steps needs at least one percent", EXIT_USAGE)
     if args.split is not None:
-        r.split = args.split
+        kw["split"] = args.split
     if args.shadow_fraction is not None:
-        r.shadow_fraction = args.shadow_fraction
+        kw["shadow_fraction"] = args.shadow_fraction
     if args.step_duration is not None:
-        r.step_duration.FromMilliseconds(round(_duration(args.step_duration) * 1000))
+        kw["step_duration"] = _duration(args.step_duration)
     if args.min_requests is not None:
-        r.min_requests = args.min_requests
-    r.guards.extend(args.guard or [])
-    return r
+        kw["min_requests"] = args.min_requests
+    return kw
 
 
 def _start(args: argparse.Namespace, out: Printer) -> int:
-    rollout = _rollout(args)
+    kw = _rollout(args)
     with server_errors(), client(args) as c:
-        d = c.start_rollout(args.name, rollout, etag=args.etag)
+        d = c.start_rollout(args.name, args.candidate, etag=args.etag, **kw)
     out.emit(status(d))
     return 0
 

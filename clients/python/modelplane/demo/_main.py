@@ -22,7 +22,6 @@ def main() -> int:
         shutil.rmtree(STATE)
     (STATE / "data").mkdir(parents=True)
     from modelplane import Client
-    from modelplane.v1 import deployments_pb2 as dp
 
     say("Training three classifiers on scikit-learn's bundled breast-cancer data")
     trained = train(STATE / "data")
@@ -90,12 +89,7 @@ def main() -> int:
 
         say(f"Creating deployments/{DEPLOYMENT} with v1 as champion and drift thresholds")
         alice.create_deployment(
-            DEPLOYMENT,
-            dp.Deployment(
-                model=MODEL,
-                champion_version=1,
-                drift_thresholds=dp.DriftThresholds(max_psi=0.5, min_rows=150),
-            ),
+            DEPLOYMENT, model=MODEL, champion_version=1, max_psi=0.5, min_rows=150
         )
         sc_address, sc_metrics, log_dir = start_sidecar(stack, address)
         note(f"sidecar on {sc_address} follows the deployment (OIP model name {DEPLOYMENT!r})")

@@ -104,14 +104,7 @@ def rollouts(alice: Any, address: str, sc_address: str, traffic: Traffic) -> Non
     """Canary v2 to promotion, then v3 in shadow to automatic rollback."""
     say("Rolling out v2 as a canary: steps 10% → 50% → 100%, 4 s and 30 requests each")
     d = alice.start_rollout(
-        DEPLOYMENT,
-        dp.Rollout(
-            candidate_version=2,
-            strategy=dp.ROLLOUT_STRATEGY_CANARY,
-            steps=[10, 50, 100],
-            min_requests=30,
-            step_duration={"seconds": 4},
-        ),
+        DEPLOYMENT, 2, strategy="canary", steps=[10, 50, 100], min_requests=30, step_duration=4
     )
     for guard in d.rollout.effective_guards:
         note(f"guard: {guard}")
@@ -122,12 +115,10 @@ def rollouts(alice: Any, address: str, sc_address: str, traffic: Traffic) -> Non
     say("Trying v3 (fitted to inverted labels) in shadow: it sees a copy of every request")
     d = alice.start_rollout(
         DEPLOYMENT,
-        dp.Rollout(
-            candidate_version=3,
-            strategy=dp.ROLLOUT_STRATEGY_SHADOW,
-            shadow_fraction=1.0,
-            guards=["shadow.disagreement_rate <= 0.05"],
-        ),
+        3,
+        strategy="shadow",
+        shadow_fraction=1.0,
+        guards=["shadow.disagreement_rate <= 0.05"],
     )
     for guard in d.rollout.effective_guards:
         note(f"guard: {guard}")
