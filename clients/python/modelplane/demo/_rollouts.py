@@ -26,7 +26,9 @@ def hooks_file(folder: Path) -> tuple[Path, Path]:
     import sys
 
     config = folder / "hooks.json"
-    config.write_text(json.dumps({DEPLOYMENT: [sys.executable, "-c", script]}, indent=2))
+    config.write_text(
+        json.dumps({"deployments": {DEPLOYMENT: {"command": [sys.executable, "-c", script]}}})
+    )
     return config, request
 
 
