@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -12,15 +13,23 @@ from prometheus_client import CollectorRegistry
 from controlplane import audit, auth
 from controlplane.api.audit_servicer import AuditServicer
 from controlplane.api.blobs_servicer import BlobServicer
+from controlplane.api.deployments_servicer import DeploymentServicer
 from controlplane.api.evaluation_servicer import EvaluationServicer
 from controlplane.api.governance_converters import evaluation_result
 from controlplane.api.governance_servicer import GovernanceServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
 from controlplane.blobstore import BlobStore
+from controlplane.rollouts.drift import ProfileCache
+from controlplane.rollouts.hooks import HookRunner
+from controlplane.rollouts.notifier import GenerationHub, polling_feed, postgres_feed
+from controlplane.rollouts.reconciler import Reconciler
+from controlplane.rollouts.reports import ReportService
+from controlplane.rollouts.service import RolloutService
 from controlplane.services import BlobService, ModelService, OperationService, VersionService
 from controlplane.services.approvals import ApprovalService
 from controlplane.services.audit_trail import AuditTrailService
+from controlplane.services.deployments import DeploymentService
 from controlplane.services.evaluations import EvaluationService
 from controlplane.services.gates import GateService
 from controlplane.services.model_cards import ModelCardService
@@ -40,6 +49,8 @@ from modelplane.v1 import (
     audit_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    deployments_pb2,
+    deployments_pb2_grpc,
     evaluation_pb2,
     evaluation_pb2_grpc,
     governance_pb2,
@@ -59,6 +70,7 @@ SERVICE_NAMES = [
     evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
     governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    deployments_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
 ]
 SIGNING_KEY_FILE = "keys/signing-key.pem"
 
@@ -76,6 +88,7 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     access control, unless ``auth`` is ``none``).
     """
     access = auth.build(settings)
+    hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
     key = audit.load_or_create_signing_key(signing_key_path(settings))
     # Worker processes find the schema migrated by their supervisor.
     store = Store.open(settings.db_url, migrate=not settings.reuse_port)
@@ -127,6 +140,7 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(AuditTrailService(store, key)), server
     )
+    deployments = _add_deployments(server, settings, store, blobs, hooks)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     try:
         if access.credentials is None:
@@ -137,16 +151,20 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         port = 0
     if port == 0:
         evaluations.close()
+        hooks.close()
         store.close()
         raise OSError(f"cannot listen on {settings.listen}")
     handle = GrpcServerHandle(server, port, health, SERVICE_NAMES, settings.grace_seconds)
     handle.closers.append(store.close)
     handle.closers.append(evaluations.close)
+    handle.closers.append(hooks.close)
     if settings.metrics_listen:
         httpd, metrics_port = serve_metrics(settings.metrics_listen, registry)
         handle.closers.append(httpd.shutdown)
         log.info("metrics listening", metrics_port=metrics_port)
     evaluations.watch_leases(max(settings.operation_lease_seconds / 3, 0.05))
+    handle.closers.extend(deployments.start(settings, store))
+    handle.on_stop.append(deployments.hub.close)
     server.start()
     handle.mark_serving()
     host = settings.listen.rpartition(":")[0]
@@ -160,6 +178,70 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     )
     _warn_about(access, settings)
     return handle
+
+
+class _Deployments:
+    """The deployment services of one process and their background threads."""
+
+    def __init__(self, hub: GenerationHub, rollouts: RolloutService) -> None:
+        self.hub = hub
+        self.rollouts = rollouts
+
+    def start(self, settings: ControlPlaneSettings, store: Store) -> list[Callable[[], None]]:
+        """Start the change feed and the reconciler; returns their closers (run after the
+        server stopped; the hub closes as stopping starts, so watch streams end at once)."""
+        if store.dialect == "postgresql":
+            feed = postgres_feed(str(store.engines.write.url.render_as_string(False)), self.hub)
+        else:
+            feed = polling_feed(lambda: _generations(store), self.hub, settings.watch_poll_seconds)
+        feed.start()
+        reconciler = Reconciler(self.rollouts, settings.reconcile_interval_seconds).start()
+        return [reconciler.close, feed.close]
+
+
+def _generations(store: Store) -> dict[str, int]:
+    from controlplane.store.deployment_repos import Deployments
+
+    with store.read() as tx:
+        return Deployments(tx.session).generations()
+
+
+def _add_deployments(
+    server: grpc.Server,
+    settings: ControlPlaneSettings,
+    store: Store,
+    blobs: BlobStore,
+    hooks: HookRunner,
+) -> _Deployments:
+    hub = GenerationHub()
+    deployments = DeploymentService(
+        store,
+        hub,
+        hooks,
+        report_interval=settings.report_interval_seconds,
+        regression_tolerance=settings.regression_tolerance,
+        heartbeat=settings.watch_heartbeat_seconds,
+    )
+    rollouts = RolloutService(
+        store,
+        deployments,
+        hub,
+        switch_seconds=settings.blue_green_switch_seconds,
+        report_retention_seconds=settings.report_retention_seconds,
+    )
+    reports = ReportService(
+        store,
+        hub,
+        hooks,
+        ProfileCache(blobs),
+        report_interval=settings.report_interval_seconds,
+        guard_min_requests=settings.guard_min_requests,
+        switch_seconds=settings.blue_green_switch_seconds,
+    )
+    deployments_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments, rollouts, reports), server
+    )
+    return _Deployments(hub, rollouts)
 
 
 def _warn_about(access: auth.AccessControl, settings: ControlPlaneSettings) -> None:

@@ -75,3 +75,43 @@ class ControlPlaneSettings(BaseSettings):
     client_ca: str = Field(
         "", description="PEM CA bundle; when set, clients must present a certificate it signed"
     )
+    hooks_file: str = Field(
+        "",
+        description="YAML/JSON file naming a retraining command (argv, no shell) per deployment: "
+        "{deployments: {NAME: {command: [...]}}}; commands are never set through the API",
+    )
+    hook_timeout_seconds: float = Field(
+        30.0, description="how long a retraining webhook or command may take before it is abandoned"
+    )
+    report_interval_seconds: float = Field(
+        2.0, description="how often sidecars report a window (sent to them in the desired state)"
+    )
+    regression_tolerance: float = Field(
+        0.1,
+        description="relative difference beyond which two regression outputs disagree "
+        "(sent to sidecars in the desired state)",
+    )
+    guard_min_requests: int = Field(
+        20,
+        description="requests (shadow pairs) an arm needs in the merged window before guards "
+        "reading it are evaluated",
+    )
+    reconcile_interval_seconds: float = Field(
+        0.25, description="how often each process applies due time-driven rollout transitions"
+    )
+    blue_green_switch_seconds: float = Field(
+        2.0,
+        description="blue/green: how long the switch phase lasts (sidecars apply the switch) "
+        "before the watch phase starts",
+    )
+    watch_heartbeat_seconds: float = Field(
+        5.0, description="WatchDeployment repeats the current state this often without changes"
+    )
+    watch_poll_seconds: float = Field(
+        0.2,
+        description="on SQLite, how often each process polls deployment generations for "
+        "other processes' changes (PostgreSQL uses LISTEN/NOTIFY)",
+    )
+    report_retention_seconds: float = Field(
+        3600.0, description="how long stored window reports are kept"
+    )

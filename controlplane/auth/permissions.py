@@ -6,6 +6,16 @@ uploads blobs, runs evaluations and gates and moves aliases (gates still apply);
 ``approver`` also approves and rejects; ``admin`` may do everything, including policies,
 deletions, archiving, audit export, checkpoints and audit verification. Any other role name
 (``risk``, ``ml-lead``) grants no RPC by itself; policies may require it of approvers.
+
+Deployments: everyone who reads may get and list deployments and their rollout events and
+watch their desired state; ``developer`` (and ``admin``) create and update deployments, start
+rollouts and pause, resume, abort, promote or roll them back (gates still apply to starting,
+and only an admin may set a retraining webhook); deleting a deployment is admin-only. The
+``sidecar`` role is what a sidecar's token holds: it may watch deployments, report windows,
+read deployments and download the blobs it serves, and nothing else (``developer`` and
+``admin`` may report windows too, for tests and tools). A deployment names no model, so a
+grant scoped to some models does not cover deployment RPCs (ListDeployments shows a scoped
+caller the deployments of its models).
 """
 
 from __future__ import annotations
@@ -17,9 +27,13 @@ VIEWER = "viewer"
 DEVELOPER = "developer"
 APPROVER = "approver"
 ADMIN = "admin"
-BUILT_IN_ROLES = (VIEWER, DEVELOPER, APPROVER, ADMIN)
+SIDECAR = "sidecar"
+BUILT_IN_ROLES = (VIEWER, DEVELOPER, APPROVER, ADMIN, SIDECAR)
 
-READ = frozenset(BUILT_IN_ROLES)
+READ = frozenset({VIEWER, DEVELOPER, APPROVER, ADMIN})
+#: Reads a sidecar needs as well: its deployment, its desired state, the blobs it loads.
+SIDECAR_READ = READ | {SIDECAR}
+REPORT = frozenset({SIDECAR, DEVELOPER, ADMIN})
 WRITE = frozenset({DEVELOPER, ADMIN})
 APPROVE = frozenset({APPROVER, ADMIN})
 ADMIN_ONLY = frozenset({ADMIN})
@@ -61,6 +75,7 @@ _O = "/modelplane.v1.OperationsService/"
 _E = "/modelplane.v1.EvaluationService/"
 _G = "/modelplane.v1.GovernanceService/"
 _A = "/modelplane.v1.AuditService/"
+_D = "/modelplane.v1.DeploymentService/"
 
 #: Full method name → rule. A method missing here is refused (a test checks none is missing).
 PERMISSIONS: dict[str, Rule] = {
@@ -80,8 +95,8 @@ PERMISSIONS: dict[str, Rule] = {
     _R + "DeleteAlias": Rule(ADMIN_ONLY, Scope.MODEL),
     _R + "ListAliasHistory": Rule(READ, Scope.MODEL),
     _B + "UploadBlob": Rule(WRITE, Scope.SHARED),
-    _B + "GetBlob": Rule(READ, Scope.SHARED),
-    _B + "DownloadBlob": Rule(READ, Scope.SHARED),
+    _B + "GetBlob": Rule(SIDECAR_READ, Scope.SHARED),
+    _B + "DownloadBlob": Rule(SIDECAR_READ, Scope.SHARED),
     _O + "GetOperation": Rule(READ, Scope.OPERATION),
     _O + "ListOperations": Rule(READ, Scope.LISTED, listed="operations", key="target"),
     _O + "WaitOperation": Rule(READ, Scope.OPERATION),
@@ -104,6 +119,20 @@ PERMISSIONS: dict[str, Rule] = {
     _A + "ExportAuditEvents": Rule(ADMIN_ONLY, Scope.GLOBAL),
     _A + "CreateCheckpoint": Rule(ADMIN_ONLY, Scope.GLOBAL),
     _A + "VerifyAudit": Rule(ADMIN_ONLY, Scope.GLOBAL),
+    _D + "CreateDeployment": Rule(WRITE, Scope.MODEL),
+    _D + "GetDeployment": Rule(SIDECAR_READ, Scope.MODEL),
+    _D + "ListDeployments": Rule(READ, Scope.LISTED, listed="deployments", key="model"),
+    _D + "UpdateDeployment": Rule(WRITE, Scope.MODEL),
+    _D + "DeleteDeployment": Rule(ADMIN_ONLY, Scope.MODEL),
+    _D + "StartRollout": Rule(WRITE, Scope.MODEL),
+    _D + "PauseRollout": Rule(WRITE, Scope.MODEL),
+    _D + "ResumeRollout": Rule(WRITE, Scope.MODEL),
+    _D + "AbortRollout": Rule(WRITE, Scope.MODEL),
+    _D + "PromoteRollout": Rule(WRITE, Scope.MODEL),
+    _D + "RollbackRollout": Rule(WRITE, Scope.MODEL),
+    _D + "ListRolloutEvents": Rule(READ, Scope.MODEL),
+    _D + "WatchDeployment": Rule(SIDECAR_READ, Scope.MODEL),
+    _D + "ReportWindow": Rule(REPORT, Scope.MODEL),
 }
 
 #: modelplane.v1 services that the control plane does not serve (they have no entry above).

@@ -33,8 +33,16 @@ PEOPLE: dict[str, tuple[list[str], list[str]]] = {
     "ann": (["approver", "risk"], []),
     "ada": (["admin"], []),
     "rick": (["risk"], []),
+    "sid": (["sidecar"], []),
 }
-ROLE_OF = {"viewer": "vera", "developer": "dev", "approver": "ann", "admin": "ada", "risk": "rick"}
+ROLE_OF = {
+    "viewer": "vera",
+    "developer": "dev",
+    "approver": "ann",
+    "admin": "ada",
+    "risk": "rick",
+    "sidecar": "sid",
+}
 
 
 @dataclass
@@ -129,7 +137,7 @@ def test_the_table_matches_the_role_definitions() -> None:
     reads = {
         n
         for n, m in short.items()
-        if m.startswith(("Get", "List", "Download", "Wait")) or m == "VerifyVersion"
+        if m.startswith(("Get", "List", "Download", "Wait", "Watch")) or m == "VerifyVersion"
     }
     developer_extra = {
         "CreateModel",
@@ -140,6 +148,15 @@ def test_the_table_matches_the_role_definitions() -> None:
         "Evaluate",
         "EvaluateGate",
         "SetAlias",
+        "CreateDeployment",
+        "UpdateDeployment",
+        "StartRollout",
+        "PauseRollout",
+        "ResumeRollout",
+        "AbortRollout",
+        "PromoteRollout",
+        "RollbackRollout",
+        "ReportWindow",
     }
 
     def allowed(role: str) -> set[str]:
@@ -149,6 +166,13 @@ def test_the_table_matches_the_role_definitions() -> None:
     assert {short[n] for n in allowed("developer") - reads} == developer_extra
     assert {short[n] for n in allowed("approver") - reads} == {"Approve"}
     assert allowed("admin") == set(PERMISSIONS)
+    assert {short[n] for n in allowed("sidecar")} == {
+        "GetBlob",
+        "DownloadBlob",
+        "GetDeployment",
+        "WatchDeployment",
+        "ReportWindow",
+    }
     admin_only = {short[n] for n in set(PERMISSIONS) - allowed("developer") - allowed("approver")}
     assert admin_only == {
         "DeleteModel",
@@ -160,6 +184,7 @@ def test_the_table_matches_the_role_definitions() -> None:
         "ExportAuditEvents",
         "CreateCheckpoint",
         "VerifyAudit",
+        "DeleteDeployment",
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
+from modelplane._deployments import DeploymentsMixin
 from modelplane._environment import capture_environment
 from modelplane.errors import (
     DeadlineExceeded,
@@ -28,6 +29,7 @@ from modelplane.v1 import (
     audit_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    deployments_pb2_grpc,
     evaluation_pb2,
     evaluation_pb2_grpc,
     governance_pb2,
@@ -133,7 +135,7 @@ def _open_channel(
     return grpc.secure_channel(address, credentials, options=options)
 
 
-class Client:
+class Client(DeploymentsMixin):
     """A connection to a Modelplane control plane.
 
     Every method raises a :class:`modelplane.ModelplaneError` subclass on failure;
@@ -179,6 +181,7 @@ class Client:
         self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self._channel)
         self.governance = governance_pb2_grpc.GovernanceServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self.deployments = deployments_pb2_grpc.DeploymentServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()

@@ -25,11 +25,13 @@ from modelplane.profiles._model import (
     Feature,
     NumericFeature,
 )
+from modelplane.profiles._psi import PSI_EPSILON, psi_from_counts
 from modelplane.profiles._tables import Format, detect_format, read_table
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "PSI_EPSILON",
     "BaselineProfile",
     "CategoricalFeature",
     "Feature",
@@ -46,6 +48,7 @@ __all__ = [
     "load_baseline",
     "numeric_values",
     "profile_from_file",
+    "psi_from_counts",
     "quantile_edges",
     "read_table",
 ]

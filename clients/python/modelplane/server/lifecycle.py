@@ -81,6 +81,8 @@ class GrpcServerHandle:
     service_names: list[str]
     grace_seconds: float = 10.0
     closers: list[Any] = field(default_factory=list)
+    #: Called when stopping starts, before the grace period (to end long-lived streams).
+    on_stop: list[Any] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -96,6 +98,8 @@ class GrpcServerHandle:
             return
         self._stopped.set()
         set_serving(self.health, self.service_names, False)
+        for hook in self.on_stop:
+            hook()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         for close in reversed(self.closers):
             try:

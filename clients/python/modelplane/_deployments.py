@@ -1,0 +1,356 @@
+"""SDK methods of the DeploymentService, mixed into :class:`modelplane.Client`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from modelplane.errors import ModelplaneError
+from modelplane.v1 import deployments_pb2, deployments_pb2_grpc
+
+T = TypeVar("T")
+
+STRATEGIES = {
+    "shadow": deployments_pb2.ROLLOUT_STRATEGY_SHADOW,
+    "canary": deployments_pb2.ROLLOUT_STRATEGY_CANARY,
+    "ab": deployments_pb2.ROLLOUT_STRATEGY_AB,
+    "blue_green": deployments_pb2.ROLLOUT_STRATEGY_BLUE_GREEN,
+}
+
+
+def deployment_name(deployment: str) -> str:
+    """``fraud`` → ``deployments/fraud`` (full names pass through)."""
+    return deployment if deployment.startswith("deployments/") else f"deployments/{deployment}"
+
+
+def _thresholds(
+    max_psi: float | None,
+    max_drifted_share: float | None,
+    min_rows: int,
+    cooldown: float | None,
+) -> deployments_pb2.DriftThresholds:
+    out = deployments_pb2.DriftThresholds(min_rows=min_rows)
+    if max_psi is not None:
+        out.max_psi = max_psi
+    if max_drifted_share is not None:
+        out.max_drifted_share = max_drifted_share
+    if cooldown is not None:
+        out.cooldown.FromTimedelta(timedelta(seconds=cooldown))
+    return out
+
+
+class DeploymentsMixin:
+    """Deployments, rollouts, the desired-state watch and window reports.
+
+    Strategy names: ``shadow``, ``canary``, ``ab``, ``blue_green``. Durations are seconds.
+    """
+
+    deployments: deployments_pb2_grpc.DeploymentServiceStub
+    timeout: float
+    _metadata: tuple[tuple[str, str], ...]
+    _call: Callable[..., Any]
+    _error: Callable[[grpc.RpcError], ModelplaneError]
+    _rid: Callable[[], str]
+
+    def create_deployment(
+        self,
+        deployment_id: str,
+        *,
+        model: str,
+        champion_version: int,
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        guards: Sequence[str] = (),
+        max_psi: float | None = None,
+        max_drifted_share: float | None = None,
+        min_rows: int = 0,
+        drift_cooldown: float | None = None,
+        webhook_url: str = "",
+        request_id: str | None = None,
+    ) -> deployments_pb2.Deployment:
+        """Create ``deployments/{deployment_id}`` serving ``champion_version`` of ``model``."""
+        message = deployments_pb2.Deployment(
+            model=model if model.startswith("models/") else f"models/{model}",
+            champion_version=champion_version,
+            description=description,
+            labels=dict(labels or {}),
+            guards=list(guards),
+            drift_thresholds=_thresholds(max_psi, max_drifted_share, min_rows, drift_cooldown),
+            retraining_hook=deployments_pb2.RetrainingHook(webhook_url=webhook_url),
+        )
+        return self._call(  # type: ignore[no-any-return]
+            self.deployments.CreateDeployment,
+            deployments_pb2.CreateDeploymentRequest(
+                deployment_id=deployment_id,
+                deployment=message,
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def get_deployment(self, deployment: str) -> deployments_pb2.Deployment:
+        return self._call(  # type: ignore[no-any-return]
+            self.deployments.GetDeployment,
+            deployments_pb2.GetDeploymentRequest(name=deployment_name(deployment)),
+        )
+
+    def list_deployments(self, *, page_size: int = 0) -> Iterator[deployments_pb2.Deployment]:
+        token = ""
+        while True:
+            page = self._call(
+                self.deployments.ListDeployments,
+                deployments_pb2.ListDeploymentsRequest(page_size=page_size, page_token=token),
+            )
+            yield from page.deployments
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_deployment(
+        self,
+        deployment: str,
+        *,
+        etag: str = "",
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        guards: Sequence[str] | None = None,
+        drift_thresholds: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        request_id: str | None = None,
+    ) -> deployments_pb2.Deployment:
+        """Change the fields given. ``drift_thresholds`` replaces all four thresholds: keys
+        ``max_psi``, ``max_drifted_share``, ``min_rows``, ``cooldown`` (seconds)."""
+        message = deployments_pb2.Deployment(name=deployment_name(deployment), etag=etag)
+        paths = []
+        if description is not None:
+            message.description = description
+            paths.append("description")
+        if labels is not None:
+            message.labels.update(labels)
+            paths.append("labels")
+        if guards is not None:
+            message.guards.extend(guards)
+            paths.append("guards")
+        if drift_thresholds is not None:
+            t = dict(drift_thresholds)
+            message.drift_thresholds.CopyFrom(
+                _thresholds(
+                    t.get("max_psi"),
+                    t.get("max_drifted_share"),
+                    int(t.get("min_rows", 0)),
+                    t.get("cooldown"),
+                )
+            )
+            paths.append("drift_thresholds")
+        if webhook_url is not None:
+            message.retraining_hook.webhook_url = webhook_url
+            paths.append("retraining_hook")
+        return self._call(  # type: ignore[no-any-return]
+            self.deployments.UpdateDeployment,
+            deployments_pb2.UpdateDeploymentRequest(
+                deployment=message,
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def delete_deployment(self, deployment: str, *, etag: str = "") -> None:
+        self._call(
+            self.deployments.DeleteDeployment,
+            deployments_pb2.DeleteDeploymentRequest(name=deployment_name(deployment), etag=etag),
+        )
+
+    def start_rollout(
+        self,
+        deployment: str,
+        candidate_version: int,
+        *,
+        strategy: str = "canary",
+        steps: Sequence[float] = (),
+        split: float = 0.0,
+        shadow_fraction: float = 0.0,
+        step_duration: float = 0.0,
+        min_requests: int = 0,
+        guards: Sequence[str] = (),
+        etag: str = "",
+        request_id: str | None = None,
+    ) -> deployments_pb2.Deployment:
+        """Start a rollout; 0 or empty settings take the server's defaults."""
+        rollout = deployments_pb2.Rollout(
+            candidate_version=candidate_version,
+            strategy=STRATEGIES.get(strategy, deployments_pb2.ROLLOUT_STRATEGY_UNSPECIFIED),
+            steps=list(steps),
+            split=split,
+            shadow_fraction=shadow_fraction,
+            min_requests=min_requests,
+            guards=list(guards),
+        )
+        if step_duration:
+            rollout.step_duration.FromTimedelta(timedelta(seconds=step_duration))
+        return self._call(  # type: ignore[no-any-return]
+            self.deployments.StartRollout,
+            deployments_pb2.StartRolloutRequest(
+                name=deployment_name(deployment),
+                rollout=rollout,
+                etag=etag,
+                request_id=request_id or self._rid(),
+            ),
+        )
+
+    def _rollout_action(
+        self,
+        method: Any,
+        request_cls: Any,
+        deployment: str,
+        reason: str,
+        etag: str,
+        rid: str | None,
+    ) -> deployments_pb2.Deployment:
+        return self._call(  # type: ignore[no-any-return]
+            method,
+            request_cls(
+                name=deployment_name(deployment),
+                reason=reason,
+                etag=etag,
+                request_id=rid or self._rid(),
+            ),
+        )
+
+    def pause_rollout(
+        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+    ) -> deployments_pb2.Deployment:
+        """Hold the running rollout where it is (guards still roll it back)."""
+        return self._rollout_action(
+            self.deployments.PauseRollout,
+            deployments_pb2.PauseRolloutRequest,
+            deployment,
+            reason,
+            etag,
+            request_id,
+        )
+
+    def resume_rollout(
+        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+    ) -> deployments_pb2.Deployment:
+        """Resume a paused rollout; the current step's clock restarts."""
+        return self._rollout_action(
+            self.deployments.ResumeRollout,
+            deployments_pb2.ResumeRolloutRequest,
+            deployment,
+            reason,
+            etag,
+            request_id,
+        )
+
+    def abort_rollout(
+        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+    ) -> deployments_pb2.Deployment:
+        """End the rollout with the champion serving everything (recorded as aborted)."""
+        return self._rollout_action(
+            self.deployments.AbortRollout,
+            deployments_pb2.AbortRolloutRequest,
+            deployment,
+            reason,
+            etag,
+            request_id,
+        )
+
+    def promote_rollout(
+        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+    ) -> deployments_pb2.Deployment:
+        """Make the candidate the champion now."""
+        return self._rollout_action(
+            self.deployments.PromoteRollout,
+            deployments_pb2.PromoteRolloutRequest,
+            deployment,
+            reason,
+            etag,
+            request_id,
+        )
+
+    def rollback_rollout(
+        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+    ) -> deployments_pb2.Deployment:
+        """End the rollout with the champion serving everything (recorded as rolled back)."""
+        return self._rollout_action(
+            self.deployments.RollbackRollout,
+            deployments_pb2.RollbackRolloutRequest,
+            deployment,
+            reason,
+            etag,
+            request_id,
+        )
+
+    def list_rollout_events(
+        self, deployment: str, *, page_size: int = 0
+    ) -> Iterator[deployments_pb2.RolloutEvent]:
+        """A deployment's rollout transitions with their evidence, newest first."""
+        token = ""
+        while True:
+            page = self._call(
+                self.deployments.ListRolloutEvents,
+                deployments_pb2.ListRolloutEventsRequest(
+                    parent=deployment_name(deployment), page_size=page_size, page_token=token
+                ),
+            )
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_deployment(
+        self, deployment: str, *, replica: str = "", timeout: float | None = None
+    ) -> Iterator[deployments_pb2.DeploymentState]:
+        """The desired state now, then on every change and every heartbeat; runs until the
+        server ends the stream, ``timeout`` (seconds, none by default) passes, or the caller
+        stops iterating (the call is cancelled)."""
+        stream = self.deployments.WatchDeployment(
+            deployments_pb2.WatchDeploymentRequest(
+                name=deployment_name(deployment), replica=replica
+            ),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return
+            raise self._error(exc) from None
+        finally:
+            stream.cancel()
+
+    def report_window(
+        self,
+        deployment: str,
+        *,
+        replica: str,
+        sequence: int,
+        generation: int = 0,
+        rollout_id: str = "",
+        arms: Sequence[deployments_pb2.ArmSummary] = (),
+        shadow: deployments_pb2.ShadowSummary | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+    ) -> deployments_pb2.ReportWindowResponse:
+        """Send one replica's window summary (what sidecars do every report interval)."""
+        request = deployments_pb2.ReportWindowRequest(
+            name=deployment_name(deployment),
+            replica=replica,
+            sequence=sequence,
+            generation=generation,
+            rollout_id=rollout_id,
+            arms=list(arms),
+        )
+        if shadow is not None:
+            request.shadow.CopyFrom(shadow)
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+        return self._call(  # type: ignore[no-any-return]
+            self.deployments.ReportWindow, request
+        )

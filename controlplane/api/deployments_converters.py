@@ -1,0 +1,350 @@
+"""Deployment and rollout domain objects to and from ``modelplane.v1`` deployment messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from controlplane.api.converters import ts
+from controlplane.domain.deployments import (
+    ArmSummary,
+    Deployment,
+    DeploymentState,
+    DriftSummary,
+    DriftThresholds,
+    Evidence,
+    FeatureCounts,
+    GuardResult,
+    Histogram,
+    Rollout,
+    RolloutEvent,
+    ShadowSummary,
+    WindowReport,
+)
+from modelplane.v1 import deployments_pb2 as pb
+
+
+def _enum_name(enum: Any, prefix: str, value: int) -> str:
+    """``ROLLOUT_STRATEGY_BLUE_GREEN`` → ``blue_green``; "" for UNSPECIFIED."""
+    try:
+        name = enum.Name(value)
+    except ValueError:
+        return f"unknown({value})"
+    short = name.removeprefix(prefix).lower()
+    return "" if short == "unspecified" else short
+
+
+def _enum_value(enum: Any, prefix: str, name: str) -> int:
+    return int(enum.Value(f"{prefix}{(name or 'unspecified').upper()}"))
+
+
+def strategy_from_proto(value: int) -> str:
+    return _enum_name(pb.RolloutStrategy, "ROLLOUT_STRATEGY_", value)
+
+
+def _strategy(name: str) -> Any:
+    return _enum_value(pb.RolloutStrategy, "ROLLOUT_STRATEGY_", name)
+
+
+def _state(name: str) -> Any:
+    return _enum_value(pb.RolloutState, "ROLLOUT_STATE_", name)
+
+
+def _phase(name: str) -> Any:
+    return _enum_value(pb.RolloutPhase, "ROLLOUT_PHASE_", name)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out
+
+
+def seconds_of(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+# Summaries ------------------------------------------------------------------------------------
+
+
+def histogram_to_proto(h: Histogram | None) -> pb.Histogram | None:
+    if h is None:
+        return None
+    return pb.Histogram(
+        low=h.low,
+        high=h.high,
+        log_scale=h.log_scale,
+        counts=list(h.counts),
+        underflow=h.underflow,
+        overflow=h.overflow,
+        sum=h.sum,
+    )
+
+
+def histogram_from_proto(msg: Any, present: bool) -> Histogram | None:
+    if not present:
+        return None
+    return Histogram(
+        low=msg.low,
+        high=msg.high,
+        log_scale=msg.log_scale,
+        counts=tuple(msg.counts),
+        underflow=msg.underflow,
+        overflow=msg.overflow,
+        sum=msg.sum,
+    )
+
+
+def _opt(msg: Any, field: str) -> float | None:
+    return getattr(msg, field) if msg.HasField(field) else None
+
+
+def drift_to_proto(d: DriftSummary | None) -> pb.DriftSummary | None:
+    if d is None:
+        return None
+    return pb.DriftSummary(
+        baseline_sha256=d.baseline_sha256,
+        rows=d.rows,
+        features=[
+            pb.FeatureCounts(
+                name=f.name, counts=list(f.counts), out_of_range=f.out_of_range, missing=f.missing
+            )
+            for f in d.features
+        ],
+        max_psi=d.max_psi,
+        drifted_share=d.drifted_share,
+    )
+
+
+def drift_from_proto(msg: pb.DriftSummary) -> DriftSummary:
+    return DriftSummary(
+        baseline_sha256=msg.baseline_sha256,
+        rows=msg.rows,
+        features=tuple(
+            FeatureCounts(f.name, tuple(f.counts), f.out_of_range, f.missing) for f in msg.features
+        ),
+    )
+
+
+def arm_to_proto(a: ArmSummary | None) -> pb.ArmSummary | None:
+    if a is None:
+        return None
+    return pb.ArmSummary(
+        arm=a.arm,
+        version=a.version,
+        requests=a.requests,
+        errors=a.errors,
+        rows=a.rows,
+        latency=histogram_to_proto(a.latency),
+        scores=histogram_to_proto(a.scores),
+        label_counts=a.label_counts,
+        drift=drift_to_proto(a.drift),
+        labeled=a.labeled,
+        correct=a.correct,
+        error_rate=a.error_rate,
+        latency_p50=a.latency_p50,
+        latency_p99=a.latency_p99,
+        accuracy=a.accuracy,
+    )
+
+
+def arm_from_proto(msg: pb.ArmSummary) -> ArmSummary:
+    """A reported arm; the derived fields are ignored (the control plane computes them)."""
+    return ArmSummary(
+        arm=msg.arm,
+        version=msg.version,
+        requests=msg.requests,
+        errors=msg.errors,
+        rows=msg.rows,
+        latency=histogram_from_proto(msg.latency, msg.HasField("latency")),
+        scores=histogram_from_proto(msg.scores, msg.HasField("scores")),
+        label_counts=dict(msg.label_counts),
+        drift=drift_from_proto(msg.drift) if msg.HasField("drift") else None,
+        labeled=msg.labeled,
+        correct=msg.correct,
+    )
+
+
+def shadow_to_proto(s: ShadowSummary | None) -> pb.ShadowSummary | None:
+    if s is None:
+        return None
+    return pb.ShadowSummary(
+        version=s.version,
+        pairs=s.pairs,
+        disagreements=s.disagreements,
+        abs_diff_sum=s.abs_diff_sum,
+        errors=s.errors,
+        dropped=s.dropped,
+        champion_scores=histogram_to_proto(s.champion_scores),
+        shadow_scores=histogram_to_proto(s.shadow_scores),
+        disagreement_rate=s.disagreement_rate,
+        mean_abs_diff=s.mean_abs_diff,
+        ks_statistic=s.ks_statistic,
+    )
+
+
+def shadow_from_proto(msg: pb.ShadowSummary) -> ShadowSummary:
+    return ShadowSummary(
+        version=msg.version,
+        pairs=msg.pairs,
+        disagreements=msg.disagreements,
+        abs_diff_sum=msg.abs_diff_sum,
+        errors=msg.errors,
+        dropped=msg.dropped,
+        champion_scores=histogram_from_proto(msg.champion_scores, msg.HasField("champion_scores")),
+        shadow_scores=histogram_from_proto(msg.shadow_scores, msg.HasField("shadow_scores")),
+    )
+
+
+def guard_to_proto(g: GuardResult) -> pb.GuardResult:
+    return pb.GuardResult(expression=g.expression, passed=g.passed, error=g.error)
+
+
+def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
+    if e is None:
+        return None
+    return pb.Evidence(
+        champion=arm_to_proto(e.champion),
+        candidate=arm_to_proto(e.candidate),
+        shadow=shadow_to_proto(e.shadow),
+        guards=[guard_to_proto(g) for g in e.guards],
+        window_end_time=ts(e.window_end_time) if e.window_end_time else None,
+        replica_count=e.replica_count,
+        step_candidate_requests=e.step_candidate_requests,
+    )
+
+
+# Deployments and rollouts ---------------------------------------------------------------------
+
+
+def rollout_to_proto(r: Rollout | None) -> pb.Rollout | None:
+    if r is None:
+        return None
+    return pb.Rollout(
+        id=r.id,
+        candidate_version=r.candidate_version,
+        champion_version=r.champion_version,
+        strategy=_strategy(r.strategy),
+        steps=list(r.steps),
+        split=r.split,
+        shadow_fraction=r.shadow_fraction,
+        step_duration=duration(r.step_duration_seconds),
+        min_requests=r.min_requests,
+        guards=list(r.guards),
+        state=_state(r.state),
+        phase=_phase(r.phase),
+        step=r.step,
+        candidate_percent=r.candidate_percent,
+        phase_start_time=ts(r.phase_start_time),
+        start_time=ts(r.start_time),
+        end_time=ts(r.end_time) if r.end_time else None,
+        started_by=r.started_by,
+        reason=r.reason,
+        evidence=evidence_to_proto(r.evidence),
+        effective_guards=list(r.effective_guards),
+    )
+
+
+def thresholds_to_proto(t: DriftThresholds) -> pb.DriftThresholds:
+    return pb.DriftThresholds(
+        max_psi=t.max_psi,
+        max_drifted_share=t.max_drifted_share,
+        min_rows=t.min_rows,
+        cooldown=duration(t.cooldown_seconds),
+    )
+
+
+def thresholds_from_proto(msg: pb.DriftThresholds) -> DriftThresholds:
+    """Thresholds as sent; unset ``min_rows`` and ``cooldown`` take their defaults."""
+    default = DriftThresholds()
+    return DriftThresholds(
+        max_psi=_opt(msg, "max_psi"),
+        max_drifted_share=_opt(msg, "max_drifted_share"),
+        min_rows=msg.min_rows or default.min_rows,
+        cooldown_seconds=seconds_of(msg.cooldown)
+        if msg.HasField("cooldown")
+        else default.cooldown_seconds,
+    )
+
+
+def deployment_to_proto(d: Deployment) -> pb.Deployment:
+    return pb.Deployment(
+        name=d.name,
+        model=d.model_name,
+        description=d.description,
+        labels=d.labels,
+        champion_version=d.champion_version,
+        guards=list(d.guards),
+        drift_thresholds=thresholds_to_proto(d.drift_thresholds),
+        retraining_hook=pb.RetrainingHook(
+            webhook_url=d.webhook_url, command_configured=d.command_configured
+        ),
+        rollout=rollout_to_proto(d.rollout),
+        generation=d.generation,
+        created_by=d.created_by,
+        create_time=ts(d.create_time),
+        update_time=ts(d.update_time),
+        etag=d.etag,
+    )
+
+
+def event_to_proto(e: RolloutEvent) -> pb.RolloutEvent:
+    return pb.RolloutEvent(
+        rollout_id=e.rollout_id,
+        state=_state(e.state),
+        phase=_phase(e.phase),
+        step=e.step,
+        candidate_percent=e.candidate_percent,
+        action=e.action,
+        reason=e.reason,
+        actor=e.actor,
+        evidence=evidence_to_proto(e.evidence),
+        create_time=ts(e.create_time),
+    )
+
+
+def state_to_proto(s: DeploymentState) -> pb.DeploymentState:
+    return pb.DeploymentState(
+        name=f"deployments/{s.deployment_id}",
+        generation=s.generation,
+        model=f"models/{s.model_id}",
+        versions=[
+            pb.ServedVersion(
+                version=v.version,
+                name=v.name,
+                artifact_sha256=v.artifact_sha256,
+                artifact_size_bytes=v.artifact_size_bytes,
+                baseline_sha256=v.baseline_sha256,
+            )
+            for v in s.versions
+        ],
+        champion_version=s.champion_version,
+        candidate_version=s.candidate_version,
+        candidate_percent=s.candidate_percent,
+        shadow_fraction=s.shadow_fraction,
+        rollout_id=s.rollout_id,
+        rollout_state=_state(s.rollout_state),
+        phase=_phase(s.phase),
+        report_interval=duration(s.report_interval_seconds),
+        regression_tolerance=s.regression_tolerance,
+    )
+
+
+def _time(msg: Any, field: str) -> datetime | None:
+    return getattr(msg, field).ToDatetime(tzinfo=UTC) if msg.HasField(field) else None
+
+
+def report_from_proto(msg: pb.ReportWindowRequest) -> WindowReport:
+    return WindowReport(
+        deployment_id="",
+        replica=msg.replica,
+        sequence=msg.sequence,
+        generation=msg.generation,
+        rollout_id=msg.rollout_id,
+        start_time=_time(msg, "start_time"),
+        end_time=_time(msg, "end_time"),
+        arms=tuple(arm_from_proto(a) for a in msg.arms),
+        shadow=shadow_from_proto(msg.shadow) if msg.HasField("shadow") else None,
+    )

@@ -1,0 +1,163 @@
+"""DeploymentService over gRPC: deployments, rollouts, the desired-state watch, window reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf import empty_pb2
+
+from controlplane.api import deployments_converters as dcv
+from controlplane.rollouts.reports import ReportService
+from controlplane.rollouts.service import RolloutService
+from controlplane.rollouts.spec import build_spec
+from controlplane.services.deployments import DEPLOYMENT_UPDATE_PATHS, DeploymentService
+from modelplane.server import current_context
+from modelplane.v1 import deployments_pb2 as pb
+from modelplane.v1 import deployments_pb2_grpc
+
+
+class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
+    """Thin adapter from DeploymentService RPCs to the deployment and rollout services."""
+
+    def __init__(
+        self, deployments: DeploymentService, rollouts: RolloutService, reports: ReportService
+    ) -> None:
+        self.deployments = deployments
+        self.rollouts = rollouts
+        self.reports = reports
+
+    def CreateDeployment(
+        self, request: pb.CreateDeploymentRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        d = request.deployment
+        made = self.deployments.create(
+            current_context(),
+            request.deployment_id,
+            d.model,
+            d.champion_version,
+            description=d.description,
+            labels=dict(d.labels),
+            guards=list(d.guards),
+            drift_thresholds=dcv.thresholds_from_proto(d.drift_thresholds),
+            webhook_url=d.retraining_hook.webhook_url,
+            request_id=request.request_id,
+        )
+        return dcv.deployment_to_proto(made)
+
+    def GetDeployment(
+        self, request: pb.GetDeploymentRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return dcv.deployment_to_proto(self.deployments.get(request.name))
+
+    def ListDeployments(
+        self, request: pb.ListDeploymentsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDeploymentsResponse:
+        items, token = self.deployments.list_deployments(request.page_size, request.page_token)
+        return pb.ListDeploymentsResponse(
+            deployments=[dcv.deployment_to_proto(d) for d in items], next_page_token=token
+        )
+
+    def UpdateDeployment(
+        self, request: pb.UpdateDeploymentRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        d = request.deployment
+        paths = list(request.update_mask.paths)
+        if paths == ["*"]:
+            paths = list(DEPLOYMENT_UPDATE_PATHS)
+        values = {
+            "description": d.description,
+            "labels": dict(d.labels),
+            "guards": list(d.guards),
+            "drift_thresholds": dcv.thresholds_from_proto(d.drift_thresholds),
+            "retraining_hook": d.retraining_hook.webhook_url,
+        }
+        updated = self.deployments.update(
+            current_context(), d.name, d.etag, paths, values, request.request_id
+        )
+        return dcv.deployment_to_proto(updated)
+
+    def DeleteDeployment(
+        self, request: pb.DeleteDeploymentRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self.deployments.delete(current_context(), request.name, request.etag)
+        return empty_pb2.Empty()
+
+    def StartRollout(
+        self, request: pb.StartRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        r = request.rollout
+        spec = build_spec(
+            candidate_version=r.candidate_version,
+            strategy=dcv.strategy_from_proto(r.strategy),
+            steps=list(r.steps),
+            split=r.split,
+            shadow_fraction=r.shadow_fraction,
+            step_duration_seconds=dcv.seconds_of(r.step_duration),
+            min_requests=r.min_requests,
+            guards=list(r.guards),
+        )
+        started = self.rollouts.start(
+            current_context(), request.name, spec, request.etag, request.request_id
+        )
+        return dcv.deployment_to_proto(started)
+
+    def _act(self, action: str, request: pb.PauseRolloutRequest) -> pb.Deployment:
+        moved = self.rollouts.act(
+            current_context(),
+            action,
+            request.name,
+            request.reason,
+            request.etag,
+            request.request_id,
+        )
+        return dcv.deployment_to_proto(moved)
+
+    def PauseRollout(
+        self, request: pb.PauseRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return self._act("pause", request)
+
+    def ResumeRollout(
+        self, request: pb.ResumeRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return self._act("resume", request)  # type: ignore[arg-type]
+
+    def AbortRollout(
+        self, request: pb.AbortRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return self._act("abort", request)  # type: ignore[arg-type]
+
+    def PromoteRollout(
+        self, request: pb.PromoteRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return self._act("promote", request)  # type: ignore[arg-type]
+
+    def RollbackRollout(
+        self, request: pb.RollbackRolloutRequest, context: grpc.ServicerContext
+    ) -> pb.Deployment:
+        return self._act("rollback", request)  # type: ignore[arg-type]
+
+    def ListRolloutEvents(
+        self, request: pb.ListRolloutEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRolloutEventsResponse:
+        items, token = self.rollouts.list_events(
+            request.parent, request.page_size, request.page_token
+        )
+        return pb.ListRolloutEventsResponse(
+            events=[dcv.event_to_proto(e) for e in items], next_page_token=token
+        )
+
+    def WatchDeployment(
+        self, request: pb.WatchDeploymentRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DeploymentState]:
+        for state in self.deployments.watch(request.name, context.is_active):
+            yield dcv.state_to_proto(state)
+
+    def ReportWindow(
+        self, request: pb.ReportWindowRequest, context: grpc.ServicerContext
+    ) -> pb.ReportWindowResponse:
+        result = self.reports.report(
+            current_context(), request.name, dcv.report_from_proto(request)
+        )
+        return pb.ReportWindowResponse(generation=result.generation, accepted=result.accepted)

@@ -1,0 +1,193 @@
+"""Guard rules: CEL expressions over the merged latest window, checked on every report.
+
+Variables (numbers are doubles, see :mod:`controlplane.policy`):
+
+- ``champion`` and ``candidate``: ``version``, ``requests``, ``errors``, ``rows``,
+  ``error_rate``, ``latency_p50``, ``latency_p99``, ``latency_mean`` (seconds), ``labeled``,
+  ``correct``, ``accuracy``, and ``drift`` (``rows``, ``max_psi``, ``drifted_share``);
+- ``shadow`` (during a shadow phase): ``version``, ``pairs``, ``disagreements``, ``errors``,
+  ``dropped``, ``error_rate`` (failed shadow requests over failed plus answered rows),
+  ``disagreement_rate``, ``mean_abs_diff``, ``ks_statistic``.
+
+A value that is unknown (no labels → no ``accuracy``; no shadow outside a shadow phase) is
+absent, and a guard reading an absent value is *skipped* for that window: recorded with an
+``error`` saying why, never counted as failed. A guard is also skipped until every arm it
+reads has at least ``min_requests`` requests (``pairs`` for ``shadow``), and when it cannot be
+evaluated at all (a type error): only a guard that evaluates to false fails, and a failed
+guard rolls the rollout back.
+
+Defaults, used when neither the deployment nor the rollout names a guard:
+
+- phases where the candidate answers traffic (canary, A/B, blue/green switch and watch):
+  :data:`DEFAULT_TRAFFIC_GUARDS`, i.e. the candidate's error rate at most one point above the
+  champion's, and its p99 latency at most 1.5 times the champion's plus 5 ms;
+- shadow phases: :data:`DEFAULT_SHADOW_GUARDS`, i.e. the shadow's error rate at most one
+  point above the champion's, and at most 10% of the compared rows disagreeing.
+
+User guards apply in every phase (and are skipped where what they read is absent).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from controlplane.domain.deployments import (
+    SHADOW_PHASES,
+    ArmSummary,
+    Evidence,
+    GuardResult,
+    ShadowSummary,
+)
+from controlplane.policy import CompiledRule, Outcome, compile_rules, evaluate_rules
+from modelplane.errors import InvalidArgument
+
+GUARD_VARIABLES = ("champion", "candidate", "shadow")
+DEFAULT_TRAFFIC_GUARDS = (
+    "candidate.error_rate <= champion.error_rate + 0.01",
+    "candidate.latency_p99 <= 1.5 * champion.latency_p99 + 0.005",
+)
+DEFAULT_SHADOW_GUARDS = (
+    "shadow.error_rate <= champion.error_rate + 0.01",
+    "shadow.disagreement_rate <= 0.1",
+)
+MAX_GUARDS = 50
+
+
+def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]:
+    """Guards that compile against the guard variables; INVALID_ARGUMENT (INVALID_GUARD)."""
+    items = tuple(guards)
+    if len(items) > MAX_GUARDS:
+        raise InvalidArgument(
+            f"at most {MAX_GUARDS} {what} are allowed, got {len(items)}", reason="INVALID_GUARD"
+        )
+    try:
+        compile_rules(list(items), variables=GUARD_VARIABLES)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f"{what}: {exc.message}",
+            reason="INVALID_GUARD",
+            metadata={**exc.metadata, "field": what},
+        ) from None
+    return items
+
+
+def effective_guards(
+    deployment_guards: Sequence[str], rollout_guards: Sequence[str], phase: str
+) -> tuple[str, ...]:
+    """The guards in force in ``phase``: the deployment's and the rollout's, or the defaults."""
+    own = (*deployment_guards, *rollout_guards)
+    if own:
+        return tuple(own)
+    return DEFAULT_SHADOW_GUARDS if phase in SHADOW_PHASES else DEFAULT_TRAFFIC_GUARDS
+
+
+def _arm(a: ArmSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "version": a.version,
+        "requests": a.requests,
+        "errors": a.errors,
+        "rows": a.rows,
+        "labeled": a.labeled,
+        "correct": a.correct,
+    }
+    for key in ("error_rate", "latency_p50", "latency_p99", "accuracy"):
+        value = getattr(a, key)
+        if value is not None:
+            out[key] = value
+    if a.latency is not None and a.latency.total > 0:
+        out["latency_mean"] = a.latency.sum / a.latency.total
+    if a.drift is not None:
+        drift: dict[str, Any] = {"rows": a.drift.rows}
+        if a.drift.max_psi is not None:
+            drift["max_psi"] = a.drift.max_psi
+        if a.drift.drifted_share is not None:
+            drift["drifted_share"] = a.drift.drifted_share
+        out["drift"] = drift
+    return out
+
+
+def _shadow(s: ShadowSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "version": s.version,
+        "pairs": s.pairs,
+        "disagreements": s.disagreements,
+        "errors": s.errors,
+        "dropped": s.dropped,
+    }
+    if s.pairs + s.errors > 0:
+        out["error_rate"] = s.errors / (s.pairs + s.errors)
+    for key in ("disagreement_rate", "mean_abs_diff", "ks_statistic"):
+        value = getattr(s, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def variables(evidence: Evidence, champion_reference: ArmSummary | None = None) -> dict[str, Any]:
+    """The guard variables of a window; the champion falls back to ``champion_reference``
+    when it had no traffic in the window (the candidate serving everything)."""
+    out: dict[str, Any] = {}
+    champion = evidence.champion
+    if (champion is None or champion.requests == 0) and champion_reference is not None:
+        champion = champion_reference
+    if champion is not None:
+        out["champion"] = _arm(champion)
+    if evidence.candidate is not None:
+        out["candidate"] = _arm(evidence.candidate)
+    if evidence.shadow is not None:
+        out["shadow"] = _shadow(evidence.shadow)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(guards: tuple[str, ...]) -> list[CompiledRule]:
+    return compile_rules(list(guards), variables=GUARD_VARIABLES)
+
+
+def _volume(values: dict[str, Any], name: str) -> float:
+    entry = values.get(name) or {}
+    return float(entry.get("pairs" if name == "shadow" else "requests", 0))
+
+
+def evaluate(
+    guards: Sequence[str], values: dict[str, Any], min_requests: int
+) -> tuple[GuardResult, ...]:
+    """Each guard's result on one window's ``values`` (see the module docstring)."""
+    rules = _compiled(tuple(guards))
+    ready: list[CompiledRule] = []
+    skipped: dict[int, str] = {}
+    for rule in rules:
+        arms = sorted({ref.path[0] for ref in rule.refs})
+        absent = [a for a in arms if a not in values]
+        thin = [a for a in arms if a in values and _volume(values, a) < min_requests]
+        if absent:
+            skipped[rule.index] = f"skipped: no {', '.join(absent)} in this window"
+        elif thin:
+            unit = "pairs" if thin == ["shadow"] else "requests"
+            skipped[rule.index] = (
+                f"skipped: {', '.join(thin)} has fewer than {min_requests} {unit} in this window"
+            )
+        else:
+            ready.append(rule)
+    decided = {r.index: r for r in evaluate_rules(ready, values).results}
+    out = []
+    for rule in rules:
+        if rule.index in skipped:
+            out.append(GuardResult(rule.expression, False, skipped[rule.index]))
+            continue
+        result = decided[rule.index]
+        if result.missing:
+            error = f"skipped: no value for {', '.join(result.missing)} in this window"
+            out.append(GuardResult(rule.expression, False, error))
+        elif result.outcome is Outcome.ERROR:
+            out.append(GuardResult(rule.expression, False, f"not evaluated: {result.message}"))
+        else:
+            out.append(GuardResult(rule.expression, result.passed, detail=result.message))
+    return tuple(out)
+
+
+def first_failure(results: Sequence[GuardResult]) -> GuardResult | None:
+    """The first guard that evaluated to false, if any."""
+    return next((r for r in results if r.failed), None)

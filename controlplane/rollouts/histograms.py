@@ -1,0 +1,133 @@
+"""Fixed-bucket histograms as sidecars report them: checking, merging, quantiles and KS.
+
+Layout: ``len(counts)`` equal buckets between ``low`` and ``high``, both given in the value's
+own units. With ``log_scale`` the buckets are equal on log10 of the value (``low`` must be
+> 0), so bucket ``i`` covers ``[10**(a + i*w), 10**(a + (i+1)*w))`` with ``a = log10(low)``
+and ``w = (log10(high) - a) / len(counts)``; otherwise ``[low + i*w, low + (i+1)*w)``.
+``underflow`` counts values below ``low``, ``overflow`` values at or above ``high``.
+
+Quantiles interpolate linearly within the bucket that holds the rank (in log10 space for log
+buckets, i.e. geometrically), the way Prometheus' ``histogram_quantile`` does: rank
+``q * total`` falls in the first bucket whose cumulative count reaches it. A rank in the
+underflow answers ``low``, one in the overflow ``high``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from controlplane.domain.deployments import Histogram
+from modelplane.errors import InvalidArgument
+
+#: The most buckets a histogram may have.
+MAX_BUCKETS = 4096
+
+
+def layout_mismatch(what: str, detail: str) -> InvalidArgument:
+    """The error for histograms (or feature bins) that cannot be added."""
+    return InvalidArgument(
+        f"{what}: the layout differs from other replicas' reports ({detail}); every replica of "
+        "a deployment must use the same buckets",
+        reason="HISTOGRAM_LAYOUT_MISMATCH",
+        metadata={"field": what},
+    )
+
+
+def check(h: Histogram, what: str) -> Histogram:
+    """``h`` when its layout and counts make sense; INVALID_ARGUMENT (INVALID_HISTOGRAM)."""
+
+    def bad(problem: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"{what}: {problem}", reason="INVALID_HISTOGRAM", metadata={"field": what}
+        )
+
+    if not h.counts:
+        raise bad("a histogram needs at least one bucket")
+    if len(h.counts) > MAX_BUCKETS:
+        raise bad(f"at most {MAX_BUCKETS} buckets are allowed, got {len(h.counts)}")
+    if not (math.isfinite(h.low) and math.isfinite(h.high)) or h.high <= h.low:
+        raise bad(f"high ({h.high}) must be finite and above low ({h.low})")
+    if h.log_scale and h.low <= 0:
+        raise bad("a log-scale histogram needs low > 0")
+    if min(h.counts) < 0 or h.underflow < 0 or h.overflow < 0:
+        raise bad("counts cannot be negative")
+    if not math.isfinite(h.sum):
+        raise bad("sum must be finite")
+    return h
+
+
+def edges(h: Histogram) -> np.ndarray:
+    """The ``len(counts) + 1`` bucket edges in the value's units."""
+    n = len(h.counts)
+    if h.log_scale:
+        return np.power(10.0, np.linspace(math.log10(h.low), math.log10(h.high), n + 1))
+    return np.linspace(h.low, h.high, n + 1)
+
+
+def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
+    """The sum of histograms with one layout (None for none); a mismatch is refused."""
+    if not items:
+        return None
+    first = items[0]
+    for other in items[1:]:
+        if other.layout != first.layout:
+            raise layout_mismatch(what, f"{_shown(other)} vs {_shown(first)}")
+    counts = np.sum([np.asarray(h.counts, dtype=np.int64) for h in items], axis=0)
+    return Histogram(
+        low=first.low,
+        high=first.high,
+        log_scale=first.log_scale,
+        counts=tuple(int(c) for c in counts),
+        underflow=sum(h.underflow for h in items),
+        overflow=sum(h.overflow for h in items),
+        sum=float(sum(h.sum for h in items)),
+    )
+
+
+def _shown(h: Histogram) -> str:
+    scale = "log" if h.log_scale else "linear"
+    return f"{len(h.counts)} {scale} buckets on [{h.low}, {h.high})"
+
+
+def quantile(h: Histogram | None, q: float) -> float | None:
+    """The ``q`` quantile (0..1) estimated from ``h``; None when it counted nothing."""
+    if h is None:
+        return None
+    total = h.total
+    if total <= 0:
+        return None
+    rank = q * total
+    if h.underflow > 0 and rank <= h.underflow:
+        return h.low
+    cumulative = float(h.underflow)
+    n = len(h.counts)
+    lo_t, hi_t = (math.log10(h.low), math.log10(h.high)) if h.log_scale else (h.low, h.high)
+    width = (hi_t - lo_t) / n
+    for i, count in enumerate(h.counts):
+        if count > 0 and cumulative + count >= rank:
+            fraction = min(max((rank - cumulative) / count, 0.0), 1.0)
+            t = lo_t + (i + fraction) * width
+            return float(10.0**t) if h.log_scale else float(t)
+        cumulative += count
+    return h.high
+
+
+def cdf(h: Histogram) -> np.ndarray:
+    """The empirical CDF at each bucket edge, right after the underflow: ``len(counts)+2``
+    points (below ``low``, each edge, and 1.0 past the overflow)."""
+    counts = np.concatenate(([h.underflow], np.asarray(h.counts, dtype=np.float64), [h.overflow]))
+    total = counts.sum()
+    return np.cumsum(counts) / total if total > 0 else np.zeros(len(counts))
+
+
+def ks_statistic(a: Histogram | None, b: Histogram | None, what: str) -> float | None:
+    """The largest distance between the two CDFs, taken at the bucket edges; None when either
+    is empty. Equals the two-sample KS statistic of the data rounded into the buckets."""
+    if a is None or b is None or a.total <= 0 or b.total <= 0:
+        return None
+    if a.layout != b.layout:
+        raise layout_mismatch(what, f"{_shown(a)} vs {_shown(b)}")
+    return float(np.max(np.abs(cdf(a) - cdf(b))))

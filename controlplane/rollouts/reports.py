@@ -1,0 +1,314 @@
+"""Window reports: store each, merge the latest window, judge it, and act on the verdict.
+
+On every accepted report, in one transaction: the report is stored (a repeated (replica,
+sequence) is acknowledged with ``accepted=False`` and changes nothing); the candidate's
+requests count toward the current canary step when the sidecar applied the step's generation;
+the latest window (each replica's newest report of the same rollout received within
+``stale_factor`` report intervals) is merged and its derived fields computed; guards are
+evaluated on it, and a failed guard rolls the rollout back at once; a step whose time and
+requests are complete advances; drift past the deployment's thresholds (outside its cooldown)
+records a ``drift`` event and, after commit, calls the retraining hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from controlplane.domain.deployments import (
+    ArmSummary,
+    Deployment,
+    DriftSummary,
+    Evidence,
+    Rollout,
+    WindowReport,
+)
+from controlplane.rollouts import drift, guards, histograms, machine, transitions
+from controlplane.rollouts.hooks import HookRunner
+from controlplane.rollouts.machine import AUTOMATIC_ACTOR
+from controlplane.rollouts.merge import latest_per_replica, merge_reports
+from controlplane.rollouts.notifier import GenerationHub
+from controlplane.services.deployments import parse_deployment, require_deployment
+from controlplane.store import Store, WriteTx
+from controlplane.store.deployment_json import to_json
+from controlplane.store.deployment_repos import Deployments
+from controlplane.store.deployment_tables import WindowReportRow
+from modelplane.errors import InvalidArgument
+from modelplane.server.context import RequestContext
+
+log = structlog.get_logger("modelplane.controlplane.rollouts")
+
+ARMS = ("champion", "candidate")
+MAX_REPLICA_LENGTH = 200
+
+
+def _bad(message: str, field: str, reason: str = "INVALID_REPORT") -> InvalidArgument:
+    return InvalidArgument(message, reason=reason, metadata={"field": field})
+
+
+def check_report(report: WindowReport) -> WindowReport:
+    """INVALID_ARGUMENT for a report that cannot be right, before anything is stored."""
+    if not report.replica or len(report.replica) > MAX_REPLICA_LENGTH:
+        raise _bad(
+            f"replica must name the sidecar replica (1-{MAX_REPLICA_LENGTH} characters)", "replica"
+        )
+    if report.sequence < 0 or report.generation < 0:
+        raise _bad("sequence and generation must not be negative", "sequence")
+    if report.start_time and report.end_time and report.end_time < report.start_time:
+        raise _bad("end_time is before start_time", "end_time")
+    seen = set()
+    for a in report.arms:
+        if a.arm not in ARMS:
+            raise _bad(f"arm {a.arm!r} is invalid: use champion or candidate", "arms.arm")
+        if a.arm in seen:
+            raise _bad(f"arm {a.arm!r} appears twice; send one summary per arm", "arms.arm")
+        seen.add(a.arm)
+        counts = (a.requests, a.errors, a.rows, a.labeled, a.correct, *a.label_counts.values())
+        if min(counts) < 0:
+            raise _bad(f"{a.arm}: counts cannot be negative", f"arms.{a.arm}")
+        if a.errors > a.requests or a.correct > a.labeled:
+            raise _bad(
+                f"{a.arm}: errors exceed requests or correct exceeds labeled", f"arms.{a.arm}"
+            )
+        for h, what in ((a.latency, "latency"), (a.scores, "scores")):
+            if h is not None:
+                histograms.check(h, f"{a.arm}.{what}")
+    s = report.shadow
+    if s is not None:
+        if min(s.pairs, s.disagreements, s.errors, s.dropped) < 0 or s.disagreements > s.pairs:
+            raise _bad("shadow: counts are negative or disagreements exceed pairs", "shadow")
+        for h, what in ((s.champion_scores, "champion_scores"), (s.shadow_scores, "shadow_scores")):
+            if h is not None:
+                histograms.check(h, f"shadow.{what}")
+    return report
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What a report led to."""
+
+    generation: int
+    accepted: bool
+    moved: bool = False
+
+
+def _bare(sha: str) -> str:
+    return sha.removeprefix("sha256:")
+
+
+class ReportService:
+    """Takes window reports (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: GenerationHub,
+        hooks: HookRunner,
+        profiles: drift.ProfileCache,
+        *,
+        report_interval: float = 2.0,
+        stale_factor: float = 3.0,
+        guard_min_requests: int = 20,
+        switch_seconds: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.hooks = hooks
+        self.profiles = profiles
+        self.max_age = timedelta(seconds=report_interval * stale_factor)
+        self.guard_min_requests = guard_min_requests
+        self.switch_seconds = switch_seconds
+
+    def report(self, ctx: RequestContext, name: str, report: WindowReport) -> ReportResult:
+        deployment_id = parse_deployment(name)
+        report = check_report(replace(report, deployment_id=deployment_id))
+        fire: list[tuple[str, str, dict[str, Any]]] = []
+        with self.store.write(ctx, "ReportWindow") as tx:
+            repo = Deployments(tx.session)
+            d = require_deployment(tx, deployment_id)
+            self._check_drift_layout(tx, d, report)
+            if not repo.add_report(_row(report, tx)):
+                return ReportResult(d.generation, False)
+            r = d.active_rollout
+            current = r is not None and report.rollout_id == r.id
+            if current and r is not None:
+                self._count_step(repo, d, r, report)
+            evidence = self._merged(tx, d, report.rollout_id, r if current else None)
+            moved = False
+            if current and r is not None:
+                moved = self._judge(tx, d, r, evidence)
+            fire = self._drift(tx, d, evidence, report.rollout_id)
+            row = repo.row(deployment_id)
+            generation = row.generation if row else d.generation
+        if moved:
+            self.hub.changed(deployment_id)
+        for dep_id, url, event in fire:
+            self.hooks.fire(dep_id, url, event)
+        return ReportResult(generation, True, moved)
+
+    def _check_drift_layout(self, tx: WriteTx, d: Deployment, report: WindowReport) -> None:
+        for a in report.arms:
+            if a.drift is None:
+                continue
+            version = tx.versions.get(d.model_id, a.version)
+            expected = version.baseline.sha256 if version and version.baseline else ""
+            if not expected:
+                continue
+            if _bare(a.drift.baseline_sha256) != expected:
+                raise _bad(
+                    f"{a.arm}.drift was counted against baseline {a.drift.baseline_sha256[:16]!r}"
+                    f"; version {a.version}'s baseline is {expected[:16]}",
+                    f"arms.{a.arm}.drift",
+                    "BASELINE_MISMATCH",
+                )
+            profile = self.profiles.get(expected)
+            if profile is not None:
+                drift.check_layout(a.drift, profile, f"{a.arm}.drift")
+
+    def _count_step(
+        self, repo: Deployments, d: Deployment, r: Rollout, report: WindowReport
+    ) -> None:
+        """Count the candidate's requests toward the step when the sidecar applied the step's
+        desired state (its generation) or did not say which it applied."""
+        candidate = report.arm("candidate")
+        if candidate is None or candidate.version != r.candidate_version or not candidate.requests:
+            return
+        row = repo.rollout_row(d.id, r.id)
+        if row is None:
+            return
+        if report.generation == 0 or report.generation >= row.step_generation:
+            repo.add_step_requests(d.id, r.id, candidate.requests)
+
+    def _merged(self, tx: WriteTx, d: Deployment, rollout_id: str, r: Rollout | None) -> Evidence:
+        repo = Deployments(tx.session)
+        reports = latest_per_replica(repo.recent_reports(d.id, rollout_id, tx.now - self.max_age))
+        versions = {"champion": d.champion_version}
+        if r is not None:
+            versions = {"champion": r.champion_version, "candidate": r.candidate_version}
+        champion, candidate, shadow = merge_reports(reports, versions)
+        ends = [x.end_time for x in reports if x.end_time is not None]
+        steps = 0
+        if r is not None:
+            tx.session.expire_all()
+            row = repo.rollout_row(d.id, r.id)
+            steps = row.step_candidate_requests if row else 0
+        return Evidence(
+            champion=self._scored(tx, d, champion),
+            candidate=self._scored(tx, d, candidate),
+            shadow=shadow,
+            window_end_time=max(ends) if ends else tx.now,
+            replica_count=len(reports),
+            step_candidate_requests=steps,
+        )
+
+    def _scored(self, tx: WriteTx, d: Deployment, a: ArmSummary | None) -> ArmSummary | None:
+        if a is None or a.drift is None:
+            return a
+        version = tx.versions.get(d.model_id, a.version)
+        profile = (
+            self.profiles.get(version.baseline.sha256) if version and version.baseline else None
+        )
+        if profile is None:
+            return a
+        return replace(a, drift=drift.score(a.drift, profile))
+
+    def _judge(self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence) -> bool:
+        """Evaluate the guards; roll back on a failure, else advance a completed step."""
+        repo = Deployments(tx.session)
+        values = guards.variables(evidence, r.champion_reference)
+        results = guards.evaluate(r.effective_guards, values, self.guard_min_requests)
+        evidence = replace(evidence, guards=results)
+        champion = evidence.champion
+        reference = (
+            champion
+            if champion is not None and champion.requests >= self.guard_min_requests
+            else None
+        )
+        repo.set_evidence(d.id, r.id, to_json(evidence), to_json(reference))
+        failure = guards.first_failure(results)
+        if failure is not None:
+            why = f"guard failed: {failure.expression}"
+            if failure.detail:
+                why += f" ({failure.detail})"
+            transition = machine.guard_rollback(r, tx.now, why)
+            moved = transitions.apply(
+                tx, d, transition, AUTOMATIC_ACTOR, evidence=evidence, strict=False
+            )
+            if moved is not None:
+                log.warning("rollout rolled back", deployment=d.id, rollout=r.id, reason=why)
+            return moved is not None
+        fresh = replace(r, step_candidate_requests=evidence.step_candidate_requests)
+        due = machine.due(fresh, tx.now, self.switch_seconds)
+        if due is None:
+            return False
+        moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
+        return moved is not None
+
+    def _drift(
+        self, tx: WriteTx, d: Deployment, evidence: Evidence, rollout_id: str
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Record a drift event when an arm's merged drift crosses the thresholds."""
+        t = d.drift_thresholds
+        crossings: list[tuple[ArmSummary, DriftSummary, list[str]]] = []
+        for a in (evidence.champion, evidence.candidate):
+            if a is not None and a.drift is not None:
+                reasons = drift.crossed(a.drift, t)
+                if reasons:
+                    crossings.append((a, a.drift, reasons))
+        if not crossings:
+            return []
+        repo = Deployments(tx.session)
+        if not repo.claim_drift(d.id, tx.now, tx.now - timedelta(seconds=t.cooldown_seconds)):
+            return []
+        arms = []
+        for a, summary, reasons in crossings:
+            version = tx.versions.get(d.model_id, a.version)
+            profile = (
+                self.profiles.get(version.baseline.sha256) if version and version.baseline else None
+            )
+            part: dict[str, Any] = {"arm": a.arm, "version": a.version}
+            if profile is not None:
+                part.update(drift.drift_report(summary, profile, reasons))
+            arms.append(part)
+        event = {
+            "event": "drift",
+            "deployment": d.name,
+            "model": d.model_name,
+            "rollout_id": rollout_id,
+            "time": tx.now.isoformat(),
+            "window_end_time": evidence.window_end_time.isoformat()
+            if evidence.window_end_time
+            else None,
+            "thresholds": {
+                "max_psi": t.max_psi,
+                "max_drifted_share": t.max_drifted_share,
+                "min_rows": t.min_rows,
+                "cooldown_seconds": t.cooldown_seconds,
+            },
+            "arms": arms,
+        }
+        why = "drift crossed the thresholds: " + "; ".join(
+            f"{a.arm} v{a.version} {', '.join(reasons)}" for a, _, reasons in crossings
+        )
+        transitions.record_event(
+            tx, d, d.active_rollout, "drift", why, AUTOMATIC_ACTOR, evidence, None, event
+        )
+        log.warning("drift detected", deployment=d.id, reason=why)
+        return [(d.id, d.webhook_url, event)]
+
+
+def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:
+    return WindowReportRow(
+        deployment_id=report.deployment_id,
+        replica=report.replica,
+        sequence=report.sequence,
+        generation=report.generation,
+        rollout_id=report.rollout_id,
+        start_time=report.start_time,
+        end_time=report.end_time,
+        receive_time=tx.now,
+        body={"arms": [to_json(a) for a in report.arms], "shadow": to_json(report.shadow)},
+    )

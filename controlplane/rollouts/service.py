@@ -1,0 +1,189 @@
+"""Rollouts: starting them, people's actions on them, their events, and the time-driven
+transitions the reconciler applies. Window reports are in :mod:`controlplane.rollouts.reports`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from controlplane.domain.deployments import Deployment, RolloutEvent, RolloutSpec
+from controlplane.names import check_text
+from controlplane.rollouts import machine, transitions
+from controlplane.rollouts.machine import AUTOMATIC_ACTOR, Transition
+from controlplane.rollouts.notifier import GenerationHub
+from controlplane.services.deployments import (
+    DeploymentService,
+    parse_deployment,
+    require_deployment,
+    require_servable,
+)
+from controlplane.services.gates import require_gate_passed
+from controlplane.services.governance_names import new_id
+from controlplane.store import Store
+from controlplane.store.deployment_repos import Deployments
+from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.repos import stale_etag
+from modelplane.errors import FailedPrecondition, InvalidArgument
+from modelplane.server.context import RequestContext
+
+log = structlog.get_logger("modelplane.controlplane.rollouts")
+
+#: RPC name of each manual action (what request ids and audit records are keyed on).
+ACTION_METHODS = {
+    "pause": "PauseRollout",
+    "resume": "ResumeRollout",
+    "abort": "AbortRollout",
+    "promote": "PromoteRollout",
+    "rollback": "RollbackRollout",
+}
+SYSTEM = RequestContext(principal=AUTOMATIC_ACTOR)
+
+
+class RolloutService:
+    """Starts rollouts and moves them: by people's actions and as time passes."""
+
+    def __init__(
+        self,
+        store: Store,
+        deployments: DeploymentService,
+        hub: GenerationHub,
+        *,
+        switch_seconds: float = 2.0,
+        report_retention_seconds: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.deployments = deployments
+        self.hub = hub
+        self.switch_seconds = switch_seconds
+        self.report_retention = timedelta(seconds=report_retention_seconds)
+        self._last_prune = datetime.min.replace(tzinfo=UTC)
+
+    def start(
+        self,
+        ctx: RequestContext,
+        name: str,
+        spec: RolloutSpec,
+        etag: str = "",
+        request_id: str = "",
+    ) -> Deployment:
+        """Start a rollout of ``spec`` (already checked, see :func:`build_spec`)."""
+        deployment_id = parse_deployment(name)
+        with self.store.write(ctx, "StartRollout", request_id) as tx:
+            d = require_deployment(tx, deployment_id)
+            if tx.replay is not None:
+                return self.deployments.finish(d)
+            if etag and etag != d.etag:
+                raise stale_etag(d.name)
+            if d.active_rollout is not None:
+                raise FailedPrecondition(
+                    f"{d.name} already has rollout {d.active_rollout.id} in progress "
+                    f"({d.active_rollout.state}); promote, roll back or abort it first",
+                    reason="ROLLOUT_IN_PROGRESS",
+                    metadata={"rollout": d.active_rollout.id},
+                )
+            if spec.candidate_version == d.champion_version:
+                raise InvalidArgument(
+                    f"version {spec.candidate_version} is already the champion of {d.name}; "
+                    "choose another candidate",
+                    reason="CANDIDATE_IS_CHAMPION",
+                    metadata={"field": "rollout.candidate_version"},
+                )
+            require_servable(tx, d.model_id, spec.candidate_version, "rollout.candidate_version")
+            require_gate_passed(tx, d.model_id, spec.candidate_version, d.name)
+            rollout = machine.start(
+                new_id("ro"), d.id, spec, d.champion_version, ctx.principal, "", tx.now
+            )
+            why = f"{spec.strategy} rollout of version {spec.candidate_version} started"
+            after = transitions.apply(
+                tx, d, Transition("started", rollout, d.champion_version, why), ctx.principal
+            )
+            assert after is not None
+        self.hub.changed(deployment_id)
+        return self.deployments.finish(after)
+
+    def act(
+        self,
+        ctx: RequestContext,
+        action: str,
+        name: str,
+        reason: str = "",
+        etag: str = "",
+        request_id: str = "",
+    ) -> Deployment:
+        """A person's ``pause``, ``resume``, ``abort``, ``promote`` or ``rollback``."""
+        method = ACTION_METHODS[action]
+        deployment_id = parse_deployment(name)
+        check_text(reason, "reason", 2000)
+        with self.store.write(ctx, method, request_id) as tx:
+            d = require_deployment(tx, deployment_id)
+            if tx.replay is not None:
+                return self.deployments.finish(d)
+            if etag and etag != d.etag:
+                raise stale_etag(d.name)
+            why = reason or f"{action} by {ctx.principal}"
+            transition = machine.manual(d.rollout, action, tx.now, why, d.name)
+            if action == "promote":
+                require_servable(
+                    tx, d.model_id, transition.champion_version, "rollout.candidate_version"
+                )
+            after = transitions.apply(tx, d, transition, ctx.principal)
+            assert after is not None
+        self.hub.changed(deployment_id)
+        return self.deployments.finish(after)
+
+    def list_events(
+        self, parent: str, page_size_: int = 0, page_token: str = ""
+    ) -> tuple[list[RolloutEvent], str]:
+        """A deployment's rollout events, newest first."""
+        deployment_id = parse_deployment(parent, "parent")
+        query = {"parent": parent}
+        after = decode(page_token, query)
+        with self.store.read() as tx:
+            require_deployment(tx, deployment_id)
+            items, next_key = Deployments(tx.session).events_page(
+                deployment_id, after, page_size(page_size_)
+            )
+        return items, encode(query, next_key) if next_key else ""
+
+    # Time-driven transitions ------------------------------------------------------------------
+
+    def advance_if_due(self, deployment_id: str) -> bool:
+        """Apply the deployment's due time-driven transition; True when one was applied here
+        (False when none was due or another replica applied it first)."""
+        with self.store.write(SYSTEM, "AdvanceRollout") as tx:
+            d = Deployments(tx.session).get(deployment_id)
+            r = d.active_rollout if d else None
+            transition = machine.due(r, tx.now, self.switch_seconds) if r else None
+            if d is None or transition is None:
+                return False
+            moved = transitions.apply(tx, d, transition, AUTOMATIC_ACTOR, strict=False)
+        if moved is not None:
+            self.hub.changed(deployment_id)
+            log.info(
+                "rollout moved",
+                deployment=deployment_id,
+                action=transition.action,
+                state=transition.rollout.state,
+                percent=transition.rollout.candidate_percent,
+            )
+        return moved is not None
+
+    def tick(self) -> int:
+        """One reconciler pass over every running rollout; returns transitions applied."""
+        now = datetime.now(UTC)
+        with self.store.read() as tx:
+            repo = Deployments(tx.session)
+            due = []
+            for deployment_id, _ in repo.running():
+                d = repo.get(deployment_id)
+                r = d.active_rollout if d else None
+                if r is not None and machine.due(r, now, self.switch_seconds) is not None:
+                    due.append(deployment_id)
+        applied = sum(self.advance_if_due(deployment_id) for deployment_id in due)
+        if now - self._last_prune > timedelta(minutes=1):
+            self._last_prune = now
+            with self.store.write(SYSTEM, "PruneWindowReports") as tx:
+                Deployments(tx.session).prune_reports(now - self.report_retention)
+        return applied

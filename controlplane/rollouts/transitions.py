@@ -1,0 +1,132 @@
+"""Persisting a rollout transition inside a write transaction.
+
+One transition = a compare-and-set of the deployment row on its revision (which also bumps
+the generation and may move the champion), the rollout row's new state, a rollout event with
+the evidence, an audit record under ``deployments/{deployment}``, and a change notification
+published at commit. When the compare-and-set misses, another request or replica moved the
+deployment first and nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from controlplane.domain.deployments import Deployment, Evidence, Rollout, RolloutEvent
+from controlplane.rollouts.machine import Transition
+from controlplane.rollouts.notifier import publish
+from controlplane.store import Mutation, WriteTx
+from controlplane.store.deployment_json import to_json
+from controlplane.store.deployment_repos import Deployments, deployment_etag
+from controlplane.store.deployment_tables import RolloutEventRow
+from controlplane.store.repos import stale_etag
+
+#: Audit action of each rollout event action.
+AUDIT_ACTIONS = {
+    "started": "StartRollout",
+    "advanced": "AdvanceRollout",
+    "paused": "PauseRollout",
+    "resumed": "ResumeRollout",
+    "promoted": "PromoteRollout",
+    "rolled_back": "RollbackRollout",
+    "aborted": "AbortRollout",
+    "drift": "DriftDetected",
+}
+
+
+def record_event(
+    tx: WriteTx,
+    deployment: Deployment,
+    rollout: Rollout | None,
+    action: str,
+    reason: str,
+    actor: str,
+    evidence: Evidence | None,
+    before: object,
+    after: object,
+) -> RolloutEvent:
+    """Add a rollout event and its audit record (attributed to ``actor``)."""
+    made = Deployments(tx.session).add_event(
+        RolloutEventRow(
+            deployment_id=deployment.id,
+            rollout_id=rollout.id if rollout else "",
+            state=rollout.state if rollout else "",
+            phase=rollout.phase if rollout else "",
+            step=rollout.step if rollout else 0,
+            candidate_percent=rollout.candidate_percent if rollout else 0.0,
+            action=action,
+            reason=reason,
+            actor=actor,
+            evidence=to_json(evidence) or {},
+            create_time=tx.now,
+        )
+    )
+    tx.mutations.append(
+        Mutation(
+            AUDIT_ACTIONS.get(action, action),
+            deployment.name,
+            actor,
+            tx.request_id,
+            before,
+            after,
+            tx.now,
+        )
+    )
+    tx.resource = deployment.name
+    return made
+
+
+def apply(
+    tx: WriteTx,
+    deployment: Deployment,
+    transition: Transition,
+    actor: str,
+    *,
+    evidence: Evidence | None = None,
+    strict: bool = True,
+) -> Deployment | None:
+    """Persist ``transition`` of ``deployment`` (as read in this transaction).
+
+    Returns the deployment afterwards, or None when another writer moved it first; with
+    ``strict`` that case raises ABORTED instead.
+    """
+    repo = Deployments(tx.session)
+    current = repo.row(deployment.id)
+    assert current is not None
+    if deployment_etag(current) != deployment.etag:
+        if strict:
+            raise stale_etag(deployment.name)
+        return None
+    rollout = transition.rollout
+    if evidence is not None:
+        rollout = replace(rollout, evidence=evidence)
+    moved = repo.compare_and_set(
+        deployment.id,
+        current.revision,
+        {"champion_version": transition.champion_version, "rollout_id": rollout.id},
+        tx.now,
+        bump_generation=True,
+    )
+    if not moved:
+        if strict:
+            raise stale_etag(deployment.name)
+        return None
+    after_row = repo.row(deployment.id)
+    assert after_row is not None
+    repo.save_rollout(rollout, step_generation=after_row.generation)
+    if evidence is not None:
+        repo.set_evidence(deployment.id, rollout.id, to_json(evidence), None)
+    after = repo.get(deployment.id)
+    assert after is not None
+    record_event(
+        tx,
+        after,
+        after.rollout,
+        transition.action,
+        transition.reason,
+        actor,
+        evidence if evidence is not None else rollout.evidence,
+        deployment,
+        after,
+    )
+    publish(tx.session, deployment.id)
+    return after
