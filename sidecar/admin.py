@@ -2,7 +2,8 @@
 
 ``GetDriftReport`` scores the open drift window, or returns the last closed one. With several
 worker processes a call reaches one worker, and the report covers that worker's traffic
-(``worker_pid`` names it).
+(``worker_pid`` names it). ``IngestLabels`` needs a managed sidecar (``--control-plane``),
+which joins labels with its recent predictions (see :mod:`sidecar.managed.labels`).
 """
 
 from __future__ import annotations
@@ -79,10 +80,26 @@ def report_message(report: DriftReport, model: str, version: str, window: int) -
 
 
 class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
-    """Answers from the drift feed of the model held by ``slot``."""
+    """Answers from the drift feed of the model held by ``slot``; ``labels`` (a managed
+    sidecar's label ingestor) takes ``IngestLabels``."""
 
-    def __init__(self, slot: ModelSlot) -> None:
+    def __init__(self, slot: ModelSlot, labels: Any = None) -> None:
         self.slot = slot
+        self.labels = labels
+
+    def IngestLabels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Join labels with recent predictions and append them to the label log."""
+        try:
+            if self.labels is None:
+                raise FailedPrecondition(
+                    "this sidecar does not join labels: labels are taken by managed sidecars "
+                    "(started with --control-plane and --deployment)",
+                    reason="LABELS_NOT_CONFIGURED",
+                )
+            accepted, matched = self.labels.ingest(request.labels)
+        except ModelplaneError as err:
+            self._abort(context, err)
+        return pb.IngestLabelsResponse(accepted=accepted, matched=matched)
 
     def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
         context.abort_with_status(to_grpc_status(err))

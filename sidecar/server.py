@@ -130,8 +130,15 @@ def start(
     """Start a sidecar for ``settings`` and return once it is ready to serve.
 
     ``log_settings`` with a directory turns the prediction log on; ``settings.baseline``
-    turns drift monitoring on.
+    turns drift monitoring on. In managed mode (``settings.control_plane``) it returns a
+    :class:`sidecar.managed.server.ManagedHandle` as soon as the listener is up; its
+    ``wait_ready(timeout)`` blocks until the deployment's first champion serves.
     """
+    if settings.managed:
+        from sidecar.managed.server import start_managed
+
+        return start_managed(settings, observers, log_settings)
+    assert settings.model is not None
     slot = ModelSlot()
     servicer = InferenceServicer(slot)
     server = grpc.server(
@@ -226,6 +233,13 @@ def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | N
     """Run one server process until SIGTERM/SIGINT; returns the exit code."""
     handle = start(settings, log_settings=log_settings)
     handle.stop_on_signals()
+    wait_ready = getattr(handle, "wait_ready", None)
+    if wait_ready is not None:
+        # Managed: announce only once the first champion serves (or give up when stopped).
+        while not wait_ready(0.5):
+            if handle._stopping:
+                handle.wait()
+                return 0
     announce(
         settings,
         handle.port,

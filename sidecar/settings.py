@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelplane.units import parse_duration
@@ -32,9 +32,52 @@ class SidecarSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELPLANE_SIDECAR_", extra="forbid")
 
-    model: Path = Field(description="Path of the ONNX model file to serve.")
+    model: Path | None = Field(
+        None,
+        description="Path of the ONNX model file to serve (standalone mode; required there).",
+    )
     listen: str = Field(
-        "0.0.0.0:8001", description="HOST:PORT of the gRPC listener; port 0 picks a free port."
+        "0.0.0.0:8001",
+        description=(
+            "HOST:PORT of the gRPC listener; port 0 picks a free port. Managed mode defaults "
+            "to 0.0.0.0:0 so that several sidecars share a host; the ready line names the port."
+        ),
+    )
+    control_plane: str | None = Field(
+        None,
+        description=(
+            "HOST:PORT of the control plane: managed mode, serving the versions the "
+            "deployment's desired state names (needs --deployment; --model is not used)."
+        ),
+    )
+    deployment: str | None = Field(
+        None,
+        description="Managed mode: the deployment to follow, `NAME` or `deployments/NAME`.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description=(
+            "Managed mode: where verified artifacts are kept; default <log dir>/cache with a "
+            "prediction log, else a temporary folder of this process."
+        ),
+    )
+    replica: str = Field(
+        "",
+        description="Managed mode: this replica's name in reports; default host-pid-random.",
+    )
+    control_plane_token: str | None = Field(
+        None, description="Managed mode: bearer token sent to the control plane."
+    )
+    control_plane_tls_ca: Path | None = Field(
+        None, description="Managed mode: CA file to verify the control plane's TLS certificate."
+    )
+    label_index_rows: int = Field(
+        100_000,
+        ge=0,
+        description="Managed mode: recent prediction rows remembered for joining labels.",
+    )
+    shadow_queue: int = Field(
+        256, ge=1, description="Managed mode: shadow requests queued before copies are dropped."
     )
     model_name: str = Field(
         "", description="Name clients use for the model; empty means the file name's stem."
@@ -202,9 +245,38 @@ class SidecarSettings(BaseSettings):
             raise ValueError(f"workers must be a positive number or auto, not {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _mode(self) -> SidecarSettings:
+        if self.control_plane is None:
+            if self.model is None:
+                raise ValueError("give --model FILE.onnx, or --control-plane with --deployment")
+            return self
+        _host_port(self.control_plane)
+        if not self.deployment:
+            raise ValueError("--control-plane needs --deployment NAME")
+        name = self.deployment.removeprefix("deployments/")
+        if not name or "/" in name:
+            raise ValueError(f"{self.deployment!r} is not a deployment name like deployments/x")
+        if "listen" not in self.model_fields_set:
+            self.listen = "0.0.0.0:0"
+        return self
+
+    @property
+    def managed(self) -> bool:
+        """Whether the control plane decides what is served (``--control-plane``)."""
+        return self.control_plane is not None
+
+    @property
+    def deployment_id(self) -> str:
+        """The deployment's id (``x`` of ``deployments/x``); the served model name."""
+        return (self.deployment or "").removeprefix("deployments/")
+
     @property
     def served_name(self) -> str:
         """The model name clients address."""
+        if self.managed:
+            return self.deployment_id
+        assert self.model is not None
         return self.model_name or self.model.stem
 
     def request_threads(self, waits: bool) -> int:

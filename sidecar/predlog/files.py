@@ -18,14 +18,21 @@ from typing import IO
 import pyarrow as pa
 
 SUFFIX = ".arrows"
+#: Name prefix of the label log's files, which share the directory but not the schema.
+LABELS_PREFIX = "labels-"
 _TMP_SUFFIX = ".tmp"
 _STALE_TMP_S = 3600.0
 
 
-def list_log_files(directory: Path) -> list[Path]:
-    """Every ``.arrows`` file under ``directory`` (one level of subfolders), oldest first."""
-    found = [p for p in directory.glob(f"*{SUFFIX}") if not p.name.startswith(".")]
-    found += [p for p in directory.glob(f"*/*{SUFFIX}") if not p.name.startswith(".")]
+def list_log_files(directory: Path, labels: bool = False) -> list[Path]:
+    """Every prediction ``.arrows`` file under ``directory`` (one level of subfolders),
+    oldest first; ``labels`` lists the label log's files instead."""
+    found = list(directory.glob(f"*{SUFFIX}")) + list(directory.glob(f"*/*{SUFFIX}"))
+    found = [
+        p
+        for p in found
+        if not p.name.startswith(".") and p.name.startswith(LABELS_PREFIX) == labels
+    ]
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
@@ -66,13 +73,15 @@ class LogFile:
         first: pa.RecordBatch,
         options: pa.ipc.IpcWriteOptions,
         durable: bool,
+        prefix: str = "",
     ) -> LogFile:
-        """A new file holding ``first``, published under its final name only once written."""
+        """A new file holding ``first``, published under its final name only once written
+        (``prefix`` starts the name: :data:`LABELS_PREFIX` for the label log)."""
         now = datetime.now(UTC)
         folder = directory / now.strftime("%Y-%m-%d")
         new_folder = not folder.is_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"{now.strftime('%Y%m%dT%H%M%S.%f')}Z-p{os.getpid()}-{seq:06d}{SUFFIX}"
+        name = f"{prefix}{now.strftime('%Y%m%dT%H%M%S.%f')}Z-p{os.getpid()}-{seq:06d}{SUFFIX}"
         final = folder / name
         tmp = folder / f".{name}{_TMP_SUFFIX}"
         fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - owned by the LogFile

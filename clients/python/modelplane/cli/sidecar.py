@@ -39,6 +39,14 @@ _FIELDS = (
     "drift_ks_pvalue",
     "drift_chi2_pvalue",
     "drift_js",
+    "control_plane",
+    "deployment",
+    "cache_dir",
+    "replica",
+    "control_plane_token",
+    "control_plane_tls_ca",
+    "label_index_rows",
+    "shadow_queue",
 )
 
 
@@ -50,14 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "serve",
         help="serve an ONNX model over the Open Inference Protocol (KServe v2 gRPC)",
         description=(
-            "Serve one ONNX model over the Open Inference Protocol. Prints one JSON line on "
-            'stdout once ready: {"event": "sidecar ready", "address": ..., "port": ...}. '
-            "Every option also reads MODELPLANE_SIDECAR_<OPTION>."
+            "Serve one ONNX model over the Open Inference Protocol (--model), or the versions a "
+            "deployment's desired state names (--control-plane ADDR --deployment NAME). Prints "
+            'one JSON line on stdout once ready: {"event": "sidecar ready", "address": ..., '
+            '"port": ...}. Every option also reads MODELPLANE_SIDECAR_<OPTION>.'
         ),
     )
     add = serve.add_argument
-    add("--model", metavar="FILE.onnx", help="ONNX model file to serve (required)")
-    add("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:8001; port 0 = any)")
+    add("--model", metavar="FILE.onnx", help="ONNX model file to serve (standalone mode)")
+    add(
+        "--listen",
+        metavar="HOST:PORT",
+        help="gRPC address (default 0.0.0.0:8001, managed mode 0.0.0.0:0; port 0 = any)",
+    )
     add("--model-name", metavar="NAME", help="model name clients use (default: file stem)")
     add("--model-version", metavar="V", help="version served and accepted (default 1)")
     add("--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint (default: none)")
@@ -95,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="names of the model's [-1, F] input columns (default: the baseline's, else x_0..)",
     )
     _add_log_arguments(serve)
+    _add_managed_arguments(serve)
     drift = serve.add_argument_group("drift monitoring")
     drift.add_argument(
         "--baseline",
@@ -115,6 +129,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     drift.add_argument("--drift-js", metavar="X|off", help="Jensen-Shannon threshold (default off)")
     serve.set_defaults(handler=_serve)
+
+
+def _add_managed_arguments(parser: argparse.ArgumentParser) -> None:
+    managed = parser.add_argument_group("managed mode (the control plane decides what serves)")
+    add = managed.add_argument
+    add("--control-plane", metavar="HOST:PORT", help="control plane to follow (managed mode)")
+    add("--deployment", metavar="NAME", help="deployment to serve, NAME or deployments/NAME")
+    add(
+        "--cache-dir",
+        metavar="DIR",
+        help="verified artifacts (default <log dir>/cache, else a temporary folder)",
+    )
+    add("--replica", metavar="NAME", help="replica name in reports (default host-pid-random)")
+    add("--control-plane-token", metavar="TOKEN", help="bearer token for the control plane")
+    add("--control-plane-tls-ca", metavar="FILE", help="CA file: reach the control plane by TLS")
+    add(
+        "--label-index-rows",
+        type=int,
+        metavar="N",
+        help="recent prediction rows kept to join labels with (default 100000)",
+    )
+    add("--shadow-queue", type=int, metavar="N", help="shadow copies queued before dropping (256)")
 
 
 def _add_log_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,382 @@
+"""Mergeable per-window counts of one arm, and of champion/shadow pairs (Numba kernels).
+
+Histograms have fixed layouts, so the same buckets come from every replica and window and
+merge by adding counts:
+
+- latency: seconds, 10 buckets per decade on log10 from 10 µs to 100 s;
+- probability scores: 50 equal buckets over [0, 1] (a score of exactly 1 is in the last one);
+- regression values: the symmetric log ``sign(x) * log10(1 + |x|)`` in 240 equal buckets over
+  [-12, 12] (``low``/``high`` hold the transformed bounds, ``sum`` the raw values).
+
+The *label rule* turns the first output into a predicted label: argmax over the last axis
+for ``[-1, K]`` float scores (K >= 2), ``score >= 0.5`` for ``[-1]``/``[-1, 1]`` probabilities
+(an output made by Sigmoid or Softmax, or named ``*prob*``), the value itself for integer
+outputs (whose scores then come from a second, float output when there is one). Any other
+``[-1]``/``[-1, 1]`` float output is a regression value: no label; a prediction is correct,
+and a shadow pair agrees, while the relative difference stays within the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from modelplane.v1 import deployments_pb2 as dpb
+from sidecar.signature import Signature, TensorSpec
+
+Array = np.ndarray[Any, Any]
+
+_LINEAR, _LOG, _SYMLOG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Fixed buckets of a histogram (see the module docstring)."""
+
+    low: float
+    high: float
+    buckets: int
+    mode: int = _LINEAR
+    #: Whether a value equal to ``high`` counts in the last bucket (probabilities).
+    closed_top: bool = False
+
+    @property
+    def log_scale(self) -> bool:
+        """Whether the buckets are equal on log10 of the value."""
+        return self.mode == _LOG
+
+
+LATENCY = Layout(-5.0, 2.0, 70, _LOG)
+PROBABILITY = Layout(0.0, 1.0, 50, _LINEAR, closed_top=True)
+REGRESSION = Layout(-12.0, 12.0, 240, _SYMLOG)
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill(values, mode, low, high, closed_top, counts, extra):  # pragma: no cover - compiled
+    """Count ``values`` into ``counts``; ``extra`` holds underflow, overflow and sum."""
+    n = counts.shape[0]
+    scale = n / (high - low)
+    for i in range(values.shape[0]):
+        v = values[i]
+        if not math.isfinite(v):
+            continue
+        extra[2] += v
+        if mode == 1:
+            if v <= 0.0:
+                extra[0] += 1
+                continue
+            t = math.log10(v)
+        elif mode == 2:
+            t = math.log10(1.0 + abs(v))
+            if v < 0:
+                t = -t
+        else:
+            t = v
+        if t < low:
+            extra[0] += 1
+        elif t >= high:
+            if closed_top and t == high:
+                counts[n - 1] += 1
+            else:
+                extra[1] += 1
+        else:
+            k = int((t - low) * scale)
+            if k >= n:
+                k = n - 1
+            counts[k] += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _argmax_rows(scores):  # pragma: no cover - compiled
+    rows, k = scores.shape
+    out = np.empty(rows, dtype=np.int64)
+    for i in range(rows):
+        best = 0
+        value = scores[i, 0]
+        for j in range(1, k):
+            if scores[i, j] > value:
+                value = scores[i, j]
+                best = j
+        out[i] = best
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _pairs(a, b, labels_a, labels_b, use_labels, tolerance):  # pragma: no cover - compiled
+    """Disagreements and the sum of absolute score differences of paired rows."""
+    disagree = 0
+    total = 0.0
+    for i in range(a.shape[0]):
+        diff = abs(a[i] - b[i])
+        if math.isfinite(diff):
+            total += diff
+        if use_labels:
+            if labels_a[i] != labels_b[i]:
+                disagree += 1
+        elif not diff <= tolerance * max(abs(a[i]), abs(b[i])):
+            disagree += 1
+    return disagree, total
+
+
+class Hist:
+    """A histogram being filled."""
+
+    __slots__ = ("counts", "extra", "layout")
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.counts = np.zeros(layout.buckets, dtype=np.int64)
+        self.extra = np.zeros(3, dtype=np.float64)
+
+    def add(self, values: Array) -> None:
+        """Count ``values`` (any float array; NaN and infinities are skipped)."""
+        values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        if values.size:
+            lay = self.layout
+            _fill(values, lay.mode, lay.low, lay.high, lay.closed_top, self.counts, self.extra)
+
+    @property
+    def total(self) -> int:
+        """Values counted, underflow and overflow included."""
+        return int(self.counts.sum() + self.extra[0] + self.extra[1])
+
+    def to_proto(self) -> Any:
+        """The wire form."""
+        lay = self.layout
+        return dpb.Histogram(
+            low=lay.low if lay.mode != _LOG else 10.0**lay.low,
+            high=lay.high if lay.mode != _LOG else 10.0**lay.high,
+            log_scale=lay.log_scale,
+            counts=self.counts.tolist(),
+            underflow=int(self.extra[0]),
+            overflow=int(self.extra[1]),
+            sum=float(self.extra[2]),
+        )
+
+
+def warm_kernels() -> None:
+    """Compile (or load from cache) every kernel, so the first window does not wait."""
+    for layout in (LATENCY, PROBABILITY, REGRESSION):
+        Hist(layout).add(np.array([0.5]))
+    _argmax_rows(np.zeros((1, 2), dtype=np.float64))
+    empty_i = np.zeros(1, dtype=np.int64)
+    _pairs(np.zeros(1), np.zeros(1), empty_i, empty_i, True, 0.1)
+
+
+def _producer_ops(path: Path | None) -> dict[str, str]:
+    """Output name -> op type of the node producing it (empty when unreadable)."""
+    if path is None:
+        return {}
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return {}
+    made = {out: node.op_type for node in model.graph.node for out in node.output}
+    return {o.name: made.get(o.name, "") for o in model.graph.output}
+
+
+def _column(spec: TensorSpec) -> bool:
+    return spec.rank == 1 or (spec.rank == 2 and spec.tail == (1,))
+
+
+def _classes(spec: TensorSpec) -> int:
+    return spec.tail[0] if spec.rank == 2 and spec.tail is not None else 0
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """How one version's outputs become labels, scores or regression values."""
+
+    label_output: str | None = None
+    label_mode: str = ""
+    score_output: str | None = None
+    score_mode: str = ""
+    layout: Layout | None = None
+
+    @property
+    def regression(self) -> bool:
+        """Whether the version predicts values rather than labels."""
+        return self.layout is REGRESSION
+
+    @classmethod
+    def of(cls, signature: Signature, path: Path | None = None) -> OutputRule:
+        """Apply the label rule to ``signature`` (``path``: the ONNX file, for the ops)."""
+        if not signature.outputs:
+            return cls()
+        first = signature.outputs[0]
+        floats = first.dtype.kind == "f"
+        if first.dtype.kind in "iub" and _column(first):
+            for spec in signature.outputs[1:2]:
+                if spec.dtype.kind == "f" and _classes(spec) >= 2:
+                    mode = "column1" if _classes(spec) == 2 else "max"
+                    return cls(first.name, "value", spec.name, mode, PROBABILITY)
+                if spec.dtype.kind == "f" and _column(spec):
+                    return cls(first.name, "value", spec.name, "value", PROBABILITY)
+            return cls(first.name, "value")
+        if floats and _classes(first) >= 2:
+            mode = "column1" if _classes(first) == 2 else "max"
+            return cls(first.name, "argmax", first.name, mode, PROBABILITY)
+        if floats and _column(first):
+            op = _producer_ops(path).get(first.name, "")
+            if op in ("Sigmoid", "Softmax") or "prob" in first.name.lower():
+                return cls(first.name, "threshold", first.name, "value", PROBABILITY)
+            return cls(None, "", first.name, "value", REGRESSION)
+        return cls()
+
+    def labels(self, outputs: dict[str, Array]) -> Array | None:
+        """Predicted labels (int64, one per row), or None."""
+        array = outputs.get(self.label_output) if self.label_output else None
+        if array is None or array.ndim == 0:
+            return None
+        if self.label_mode == "argmax":
+            return _argmax_rows(np.ascontiguousarray(array, dtype=np.float64))
+        flat = array.reshape(array.shape[0], -1)[:, 0]
+        if self.label_mode == "threshold":
+            return (flat >= 0.5).astype(np.int64)
+        return flat.astype(np.int64)
+
+    def scores(self, outputs: dict[str, Array]) -> Array | None:
+        """Scores or regression values (float64, one per row), or None."""
+        array = outputs.get(self.score_output) if self.score_output else None
+        if array is None or array.ndim == 0:
+            return None
+        if self.score_mode == "column1":
+            return np.asarray(array[:, 1], dtype=np.float64)
+        if self.score_mode == "max":
+            return np.asarray(array.max(axis=1), dtype=np.float64)
+        return np.asarray(array.reshape(array.shape[0], -1)[:, 0], dtype=np.float64)
+
+
+#: Status codes counted as the arm's errors (the server or model failed, not the caller).
+ERROR_CODES = frozenset(
+    {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+)
+#: A failure of the model on valid input is the version's error too.
+ERROR_REASONS = frozenset({"MODEL_EXECUTION_FAILED", "PREDICTION_LOG_FAILED"})
+
+
+class ArmCounts:
+    """One arm's counts in one window."""
+
+    def __init__(self, arm: str, version: int, layout: Layout | None) -> None:
+        self.arm = arm
+        self.version = version
+        self.requests = 0
+        self.errors = 0
+        self.rows = 0
+        self.latency = Hist(LATENCY)
+        self.scores = Hist(layout) if layout is not None else None
+        self.labels: dict[int, int] = {}
+        self.labeled = 0
+        self.correct = 0
+
+    def add_requests(self, latencies: list[float], codes: list[str], reasons: list[str]) -> None:
+        """Count finished or refused requests."""
+        self.requests += len(codes)
+        for code, reason in zip(codes, reasons, strict=True):
+            if code in ERROR_CODES or reason in ERROR_REASONS:
+                self.errors += 1
+        self.latency.add(np.asarray(latencies, dtype=np.float64))
+
+    def add_rows(self, rows: int, labels: Array | None, scores: Array | None) -> None:
+        """Count successfully answered rows with their labels and scores."""
+        self.rows += rows
+        if scores is not None and self.scores is not None:
+            self.scores.add(scores)
+        if labels is not None and labels.size:
+            values, counts = np.unique(labels, return_counts=True)
+            for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                self.labels[value] = self.labels.get(value, 0) + count
+
+    def to_proto(self) -> Any:
+        """The wire form (drift is added by the caller)."""
+        summary = dpb.ArmSummary(
+            arm=self.arm,
+            version=self.version,
+            requests=self.requests,
+            errors=self.errors,
+            rows=self.rows,
+            latency=self.latency.to_proto(),
+            labeled=self.labeled,
+            correct=self.correct,
+        )
+        if self.scores is not None:
+            summary.scores.CopyFrom(self.scores.to_proto())
+        for label, count in self.labels.items():
+            summary.label_counts[label] = count
+        return summary
+
+
+class ShadowCounts:
+    """Champion answers paired with the shadow's answers to the same rows, in one window."""
+
+    def __init__(self, version: int, layout: Layout | None) -> None:
+        self.version = version
+        self.pairs = 0
+        self.disagreements = 0
+        self.abs_diff_sum = 0.0
+        self.errors = 0
+        self.dropped = 0
+        self.champion = Hist(layout) if layout is not None else None
+        self.shadow = Hist(layout) if layout is not None else None
+
+    def add_pairs(
+        self,
+        champion: tuple[Array | None, Array | None],
+        shadow: tuple[Array | None, Array | None],
+        tolerance: float,
+    ) -> None:
+        """Compare (labels, scores) of the champion with the shadow's for the same rows."""
+        (la, sa), (lb, sb) = champion, shadow
+        use_labels = la is not None and lb is not None
+        if sa is None or sb is None or len(sa) != len(sb):
+            if not use_labels or len(la) != len(lb):  # type: ignore[arg-type]
+                return
+            sa = sb = np.zeros(len(la), dtype=np.float64)  # type: ignore[arg-type]
+        n = len(sa)
+        empty = np.zeros(n, dtype=np.int64)
+        disagree, diff = _pairs(
+            np.ascontiguousarray(sa, dtype=np.float64),
+            np.ascontiguousarray(sb, dtype=np.float64),
+            la if use_labels else empty,
+            lb if use_labels else empty,
+            use_labels,
+            tolerance,
+        )
+        self.pairs += n
+        self.disagreements += int(disagree)
+        self.abs_diff_sum += float(diff)
+        if self.champion is not None and self.shadow is not None:
+            self.champion.add(sa)
+            self.shadow.add(sb)
+
+    def to_proto(self) -> Any:
+        """The wire form."""
+        summary = dpb.ShadowSummary(
+            version=self.version,
+            pairs=self.pairs,
+            disagreements=self.disagreements,
+            abs_diff_sum=self.abs_diff_sum,
+            errors=self.errors,
+            dropped=self.dropped,
+        )
+        if self.champion is not None and self.shadow is not None:
+            summary.champion_scores.CopyFrom(self.champion.to_proto())
+            summary.shadow_scores.CopyFrom(self.shadow.to_proto())
+        return summary
+
+
+def correct(predicted: float | int, truth: float | int, regression: bool, tolerance: float) -> bool:
+    """Whether a prediction matches its ground truth (regression: within the tolerance)."""
+    if not regression:
+        return int(predicted) == int(truth)
+    return abs(float(predicted) - float(truth)) <= tolerance * max(
+        abs(float(predicted)), abs(float(truth))
+    )

@@ -1,0 +1,220 @@
+"""Ground-truth labels: joined with recent predictions, counted per arm, logged to Arrow.
+
+:class:`PredictionIndex` remembers the most recent predicted rows (``request_id, row`` ->
+arm, version, predicted label or value), filled from the observer thread and bounded by a row
+count (the oldest are forgotten first). :class:`LabelIngestor` answers ``IngestLabels``: it
+checks every label first (nothing is joined or written when one is invalid), joins each with
+the index, adds ``labeled``/``correct`` to the open window of the arm that answered, and
+appends every label to the label log: ``labels-*.arrows`` Arrow IPC stream files in the
+prediction log's directory, written with the prediction log's file helpers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from modelplane.errors import InvalidArgument, ResourceExhausted
+from sidecar.managed.compare import correct
+from sidecar.predlog.files import LABELS_PREFIX, LogFile
+
+MAX_LABELS_PER_CALL = 100_000
+ROTATE_BYTES = 64 << 20
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("row", pa.int64()),
+        ("class_label", pa.int64()),
+        ("target", pa.float64()),
+        ("matched", pa.bool_()),
+        ("arm", pa.string()),
+        ("model_version", pa.string()),
+        ("correct", pa.bool_()),
+    ]
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Predicted:
+    """What one served row predicted."""
+
+    arm: str
+    version: str
+    value: float | int
+    regression: bool
+    tolerance: float
+
+
+class PredictionIndex:
+    """The most recent ``capacity`` predicted rows, by (request id, row)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[tuple[str, int], Predicted] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(
+        self, request_ids: list[str], row_counts: list[int], predicted: list[Predicted]
+    ) -> None:
+        """Remember rows: ``predicted`` holds one entry per row, requests in order."""
+        if self.capacity <= 0:
+            return
+        rows = self._rows
+        with self._lock:
+            k = 0
+            for rid, count in zip(request_ids, row_counts, strict=True):
+                if rid:
+                    for row in range(count):
+                        rows[(rid, row)] = predicted[k + row]
+                k += count
+            while len(rows) > self.capacity:
+                rows.popitem(last=False)
+
+    def get(self, request_id: str, row: int) -> Predicted | None:
+        """The prediction of that row, if still remembered."""
+        with self._lock:
+            return self._rows.get((request_id, row))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+class LabelLog:
+    """Appends label batches to ``labels-*.arrows`` files under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._file: LogFile | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._options = pa.ipc.IpcWriteOptions()
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        """Write ``batch`` durably (fsynced before returning)."""
+        with self._lock:
+            if self._file is not None and self._file.size >= ROTATE_BYTES:
+                self._file.close()
+                self._file = None
+            if self._file is None:
+                self._seq += 1
+                self._file = LogFile.create(
+                    self.directory, self._seq, batch, self._options, True, prefix=LABELS_PREFIX
+                )
+                return
+            self._file.write(batch)
+            self._file.flush(durable=True)
+
+    def close(self) -> None:
+        """Finish the open file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class LabelIngestor:
+    """``IngestLabels``: validate, join, count, log."""
+
+    def __init__(self, index: PredictionIndex, counts: Any, log: LabelLog | None) -> None:
+        self.index = index
+        #: Receives ``add_labeled(arm, version, labeled, correct)`` for the open window.
+        self.counts = counts
+        self.log = log
+
+    def ingest(self, labels: Any) -> tuple[int, int]:
+        """Take a request's labels; returns (accepted, matched)."""
+        _check(labels)
+        now = time.time()
+        rids: list[str] = []
+        rows: list[int] = []
+        classes: list[int | None] = []
+        targets: list[float | None] = []
+        matched: list[bool] = []
+        arms: list[str | None] = []
+        versions: list[str | None] = []
+        rights: list[bool | None] = []
+        tally: dict[tuple[str, str], list[int]] = {}
+        for label in labels:
+            kind = label.WhichOneof("value")
+            truth = label.class_label if kind == "class_label" else label.target
+            hit = self.index.get(label.request_id, label.row)
+            rids.append(label.request_id)
+            rows.append(label.row)
+            classes.append(label.class_label if kind == "class_label" else None)
+            targets.append(label.target if kind == "target" else None)
+            matched.append(hit is not None)
+            arms.append(None if hit is None else hit.arm)
+            versions.append(None if hit is None else hit.version)
+            if hit is None:
+                rights.append(None)
+                continue
+            right = correct(hit.value, truth, hit.regression, hit.tolerance)
+            rights.append(right)
+            entry = tally.setdefault((hit.arm, hit.version), [0, 0])
+            entry[0] += 1
+            entry[1] += int(right)
+        for (arm, version), (labeled, right_count) in tally.items():
+            self.counts.add_labeled(arm, version, labeled, right_count)
+        if self.log is not None and rids:
+            stamp = int(now * 1e6)
+            self.log.append(
+                pa.RecordBatch.from_arrays(
+                    [
+                        pa.array([stamp] * len(rids), LABEL_SCHEMA.field("timestamp").type),
+                        pa.array(rids, pa.string()),
+                        pa.array(rows, pa.int64()),
+                        pa.array(classes, pa.int64()),
+                        pa.array(targets, pa.float64()),
+                        pa.array(matched, pa.bool_()),
+                        pa.array(arms, pa.string()),
+                        pa.array(versions, pa.string()),
+                        pa.array(rights, pa.bool_()),
+                    ],
+                    schema=LABEL_SCHEMA,
+                )
+            )
+        return len(rids), sum(matched)
+
+
+def _check(labels: Any) -> None:
+    if len(labels) > MAX_LABELS_PER_CALL:
+        raise ResourceExhausted(
+            f"{len(labels)} labels in one call; send at most {MAX_LABELS_PER_CALL} per call",
+            reason="TOO_MANY_LABELS",
+        )
+    for i, label in enumerate(labels):
+        if not label.request_id:
+            raise InvalidArgument(
+                f"label {i} has no request_id; give the id the prediction was answered under",
+                reason="MISSING_REQUEST_ID",
+                metadata={"index": str(i)},
+            )
+        if label.row < 0:
+            raise InvalidArgument(
+                f"label {i} has row {label.row}; rows count from 0",
+                reason="INVALID_ROW",
+                metadata={"index": str(i)},
+            )
+        kind = label.WhichOneof("value")
+        if kind is None:
+            raise InvalidArgument(
+                f"label {i} (request {label.request_id!r}) has no value; set class_label "
+                "(classifiers) or target (regression)",
+                reason="MISSING_LABEL_VALUE",
+                metadata={"index": str(i)},
+            )
+        if kind == "target" and not math.isfinite(label.target):
+            raise InvalidArgument(
+                f"label {i} (request {label.request_id!r}) has a non-finite target",
+                reason="INVALID_LABEL_VALUE",
+                metadata={"index": str(i)},
+            )

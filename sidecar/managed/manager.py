@@ -1,0 +1,215 @@
+"""Following the desired state: load what is missing in the background, then switch.
+
+The watcher hands every ``DeploymentState`` to :meth:`DeploymentManager.offer`, which only
+keeps the newest one; a single background thread applies it: it loads each version the state
+needs and this sidecar lacks (download, verify, ORT, warm-up, baseline), and only once all
+are loaded replaces the routing table with one assignment. A state that fails (a corrupt
+artifact, an unreachable control plane) is logged and retried with backoff while the
+previous table keeps serving. Versions the new table no longer needs are released once their
+in-flight requests have finished.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from sidecar.managed.versions import (
+    LoadedVersion,
+    RoutingTable,
+    VersionLoader,
+    build_table,
+    check_state,
+)
+
+log = structlog.get_logger("modelplane.sidecar.managed")
+
+_RETRY_BASE = 0.5
+_RETRY_MAX = 30.0
+#: A retired version stays known this long, so that its records still in the observer hub
+#: are attributed to it.
+_LINGER_S = 1.0
+
+
+class DeploymentManager:
+    """Owns the loaded versions and the current :class:`RoutingTable`."""
+
+    def __init__(
+        self,
+        loader: VersionLoader,
+        name: str,
+        on_table: Callable[[RoutingTable], None] | None = None,
+        retry_base: float = _RETRY_BASE,
+        retry_max: float = _RETRY_MAX,
+    ) -> None:
+        self.loader = loader
+        self.name = name
+        #: What serves now (None until the first state's champion is loaded).
+        self.table: RoutingTable | None = None
+        self.loaded: dict[int, LoadedVersion] = {}
+        #: Versions no longer routed to, waiting for their in-flight requests.
+        self.retiring: list[LoadedVersion] = []
+        #: States whose application failed (each attempt counts).
+        self.failures = 0
+        self.last_error: str | None = None
+        self._on_table = on_table
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._cond = threading.Condition()
+        self._desired: Any = None
+        self._applied_generation: int | None = None
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._retired_at: dict[int, float] = {}
+
+    def start(self) -> None:
+        """Start the applying thread."""
+        self._thread = threading.Thread(target=self._run, name="deployment", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop applying states (the current table keeps serving until the server stops)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def offer(self, state: Any) -> None:
+        """Take a desired state from the control plane (only the newest is kept)."""
+        with self._cond:
+            if self._desired is not None and state.generation < self._desired.generation:
+                return
+            self._desired = state
+            self._cond.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first state's champion serves; False on timeout."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a routing table serves."""
+        return self._ready.is_set()
+
+    def _run(self) -> None:
+        attempt = 0
+        retry_at: float | None = None
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    pending = self._desired is not None and (
+                        self._desired.generation != self._applied_generation or self.table is None
+                    )
+                    now = time.monotonic()
+                    if pending and (retry_at is None or now >= retry_at):
+                        break
+                    timeout = 0.2 if self.retiring else None
+                    if pending and retry_at is not None:
+                        timeout = min(timeout or 1e9, retry_at - now)
+                    self._cond.wait(timeout)
+                    self._reap()
+                if self._stopped:
+                    return
+                state = self._desired
+            try:
+                self._apply(state)
+            except Exception as exc:
+                attempt += 1
+                self.failures += 1
+                self.last_error = str(exc)
+                delay = min(self._retry_max, self._retry_base * 2 ** min(attempt - 1, 16))
+                delay *= 0.5 + random.random() / 2
+                retry_at = time.monotonic() + delay
+                log.error(
+                    "could not apply the desired state; the previous one keeps serving",
+                    deployment=self.name,
+                    generation=state.generation,
+                    error=str(exc),
+                    reason=getattr(exc, "reason", type(exc).__name__),
+                    retry_in_s=round(delay, 2),
+                )
+            else:
+                attempt = 0
+                retry_at = None
+            self._reap()
+
+    def _apply(self, state: Any) -> None:
+        problem = check_state(state)
+        if problem is not None:
+            self._applied_generation = state.generation
+            log.error(
+                "ignoring a desired state that cannot be served",
+                deployment=self.name,
+                generation=state.generation,
+                problem=problem,
+            )
+            return
+        for served in state.versions:
+            have = self.loaded.get(served.version)
+            if have is not None and have.artifact_sha256 == served.artifact_sha256.lower():
+                continue
+            with self._cond:
+                if self._stopped:
+                    return
+            self.loaded[served.version] = self.loader.load(served, self.name)
+            self.loaded[served.version].artifact_sha256 = served.artifact_sha256.lower()
+        table = build_table(state, self.loaded)
+        for version in table.by_label.values():
+            version.arm = table.arm_of(version.label)
+            sync_log = version.model.sync_log
+            if sync_log is not None:
+                sync_log.arm = version.arm
+        old, self.table = self.table, table
+        self._applied_generation = state.generation
+        keep = {v.number for v in table.by_label.values()}
+        for number in [n for n in self.loaded if n not in keep]:
+            retired = self.loaded.pop(number)
+            self._retired_at[id(retired)] = time.monotonic()
+            self.retiring.append(retired)
+        if self._on_table is not None:
+            self._on_table(table)
+        self._ready.set()
+        log.info(
+            "desired state applied",
+            deployment=self.name,
+            generation=state.generation,
+            champion=table.champion.label,
+            candidate=None if table.candidate is None else table.candidate.label,
+            candidate_percent=state.candidate_percent,
+            shadow_fraction=state.shadow_fraction,
+            previous_generation=None if old is None else old.generation,
+        )
+
+    def version(self, label: str) -> LoadedVersion | None:
+        """A loaded (or retiring) version by its label (any thread)."""
+        table = self.table
+        if table is not None:
+            found = table.by_label.get(label)
+            if found is not None:
+                return found
+        for version in list(self.retiring):
+            if version.label == label:
+                return version
+        return None
+
+    def _reap(self) -> None:
+        """Release retired versions whose requests have all finished."""
+        if not self.retiring:
+            return
+        now = time.monotonic()
+        done = [
+            v
+            for v in self.retiring
+            if v.in_flight <= 0 and now - self._retired_at.get(id(v), 0.0) >= _LINGER_S
+        ]
+        for version in done:
+            self.retiring.remove(version)
+            self._retired_at.pop(id(version), None)
+            log.info("version unloaded", deployment=self.name, version=version.label)

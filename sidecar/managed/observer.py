@@ -1,0 +1,265 @@
+"""The managed sidecar's one observer on the hub: comparison, drift, labels and the log.
+
+Everything here runs on the hub's thread, never on the response path. A record's arm is the
+role its version had in the routing table that last included it (a version keeps one role
+per table). The window closes every report interval (checked on each hub wake-up, at least
+every quarter second) and whenever a new routing table serves, so each report belongs to one
+generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+
+from sidecar.managed.labels import Predicted, PredictionIndex
+from sidecar.managed.shadow import ShadowRecord
+from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
+from sidecar.managed.window import LabelTally, Window
+from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.predlog import PredictionLogError, PredictionLogWriter
+from sidecar.recording import group_records, to_prediction_batch, to_rejected_request
+
+log = structlog.get_logger("modelplane.sidecar.managed")
+
+
+def _ok_mask(record: BatchRecord) -> np.ndarray[Any, Any] | None:
+    if all(s == "OK" for s in record.status):
+        return None
+    return np.repeat([s == "OK" for s in record.status], record.row_counts)
+
+
+class ManagedObserver:
+    """Hub observer of a managed sidecar (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        replica: str,
+        tables: Callable[[], RoutingTable | None],
+        versions: Callable[[str], LoadedVersion | None],
+        index: PredictionIndex,
+        emit: Callable[[Any], None],
+        writer: PredictionLogWriter | None = None,
+        log_batches: bool = True,
+        extra: Sequence[Any] = (),
+        dropped: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.name = name
+        self.replica = replica
+        self._tables = tables
+        self._versions = versions
+        self.index = index
+        self._emit = emit
+        self.writer = writer
+        #: False in ``sync`` durability, where request threads log their own records.
+        self._log_batches = log_batches
+        self._extra = list(extra)
+        self._dropped = dropped
+        self.labels = LabelTally()
+        self.window: Window | None = None
+        #: Records the log refused after it failed.
+        self.refused = 0
+
+    # -- hub interface -------------------------------------------------------------------
+
+    def on_records(self, records: Sequence[Any]) -> None:
+        """Count, index and log everything the hub handed over."""
+        table = self._roll()
+        served = [r for r in records if isinstance(r, BatchRecord)]
+        for record in records:
+            if isinstance(record, BatchRecord):
+                self._batch(record)
+            elif isinstance(record, RejectedRecord):
+                self._rejected(record)
+            elif isinstance(record, ShadowRecord):
+                self._shadow(record, table)
+        self._log(records, served)
+        plain = [r for r in records if isinstance(r, BatchRecord | RejectedRecord)]
+        for observer in self._extra:
+            try:
+                bulk = getattr(observer, "on_records", None)
+                if bulk is not None:
+                    bulk(plain)
+                else:
+                    for r in plain:
+                        (observer.on_batch if isinstance(r, BatchRecord) else observer.on_rejected)(
+                            r
+                        )
+            except Exception:
+                log.exception("observer failed", observer=type(observer).__name__)
+
+    def on_batch(self, record: BatchRecord) -> None:
+        """One session batch."""
+        self.on_records([record])
+
+    def on_rejected(self, record: RejectedRecord) -> None:
+        """One refused request."""
+        self.on_records([record])
+
+    def on_tick(self) -> None:
+        """Close the window when its interval is up; let drift windows close by time."""
+        self._roll()
+        table = self._tables()
+        if table is not None:
+            for version in table.by_label.values():
+                if version.drift is not None:
+                    version.drift.on_tick()
+        for observer in self._extra:
+            tick = getattr(observer, "on_tick", None)
+            if tick is not None:
+                tick()
+
+    def add_labeled(self, arm: str, version: str, labeled: int, right: int) -> None:
+        """Joined labels for the open window (``IngestLabels`` threads)."""
+        self.labels.add_labeled(arm, version, labeled, right)
+
+    def flush(self) -> None:
+        """Close the open window now (at shutdown)."""
+        if self.window is not None:
+            self._close(self.window)
+            self.window = None
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _roll(self) -> RoutingTable | None:
+        table = self._tables()
+        window = self.window
+        if window is not None and (window.table is not table or window.due()):
+            self._close(window)
+            window = self.window = None
+        if window is None and table is not None:
+            self.window = Window(table)
+        return table
+
+    def _close(self, window: Window) -> None:
+        try:
+            self._emit(window.close(self.name, self.replica, self._dropped(), self.labels.take()))
+        except Exception:
+            log.exception("could not close the report window")
+
+    def _batch(self, record: BatchRecord) -> None:
+        version = self._versions(record.version)
+        window = self.window
+        if version is None or window is None:
+            return
+        counts = window.arm(version, version.arm)
+        counts.add_requests(record.latencies_s, record.codes or record.status, record.status)
+        mask = _ok_mask(record)
+        outputs = record.outputs
+        inputs = record.inputs
+        if mask is not None:
+            outputs = {n: a[mask] for n, a in outputs.items() if a.ndim and len(a) == len(mask)}
+            inputs = {n: a[mask] for n, a in inputs.items() if a.ndim and len(a) == len(mask)}
+        rows = sum(c for c, s in zip(record.row_counts, record.status, strict=True) if s == "OK")
+        labels = version.rule.labels(outputs)
+        scores = version.rule.scores(outputs)
+        if labels is not None and len(labels) != rows:
+            labels = None
+        if scores is not None and len(scores) != rows:
+            scores = None
+        counts.add_rows(rows, labels, scores)
+        if version.drift is not None:
+            version.drift.on_records([record])
+        if version.window_drift is not None and version.source is not None and rows:
+            version.window_drift.update(version.source.extract(inputs))
+        self._index(record, version, labels, scores, mask)
+
+    def _index(
+        self,
+        record: BatchRecord,
+        version: LoadedVersion,
+        labels: np.ndarray[Any, Any] | None,
+        scores: np.ndarray[Any, Any] | None,
+        mask: np.ndarray[Any, Any] | None,
+    ) -> None:
+        if self.index.capacity <= 0:
+            return
+        regression = version.rule.regression
+        values = scores if regression else labels
+        if values is None:
+            return
+        table = self._tables()
+        tolerance = 0.1 if table is None else table.tolerance
+        predicted = [
+            Predicted(version.arm, version.label, v, regression, tolerance) for v in values.tolist()
+        ]
+        if mask is None:
+            self.index.add(record.request_ids, record.row_counts, predicted)
+        else:
+            ok = [
+                (rid, n)
+                for rid, n, s in zip(
+                    record.request_ids, record.row_counts, record.status, strict=True
+                )
+                if s == "OK"
+            ]
+            self.index.add([r for r, _ in ok], [n for _, n in ok], predicted)
+
+    def _rejected(self, record: RejectedRecord) -> None:
+        version = self._versions(record.version)
+        if version is None or self.window is None:
+            return
+        counts = self.window.arm(version, version.arm)
+        latency = record.latency_s or 0.0
+        counts.add_requests([latency], [record.code], [record.reason])
+
+    def _shadow(self, record: ShadowRecord, table: RoutingTable | None) -> None:
+        window = self.window
+        if window is None or window.shadow is None or table is None:
+            return
+        shadow = window.shadow
+        shadow.errors += record.errors
+        if record.record is None:
+            return
+        champion = self._versions(record.champion_version)
+        candidate = self._versions(record.record.version)
+        if champion is None or candidate is None:
+            return
+        mine = (
+            champion.rule.labels(record.champion_outputs),
+            champion.rule.scores(record.champion_outputs),
+        )
+        theirs = (
+            candidate.rule.labels(record.record.outputs),
+            candidate.rule.scores(record.record.outputs),
+        )
+        shadow.add_pairs(mine, theirs, table.tolerance)
+
+    def _log(self, records: Sequence[Any], served: list[BatchRecord]) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        shadows = [
+            r.record for r in records if isinstance(r, ShadowRecord) and r.record is not None
+        ]
+        appends: list[tuple[list[BatchRecord], str]] = []
+        if self._log_batches:
+            appends += [(group, self._arm(group[0].version)) for group in group_records(served)]
+        appends += [(group, SHADOW) for group in group_records(shadows)]
+        for group, arm in appends:
+            version = self._versions(group[0].version)
+            names = None if version is None else version.feature_names
+            try:
+                writer.append(to_prediction_batch(group, names, arm))
+            except PredictionLogError:
+                self.refused += sum(len(r.request_ids) for r in group)
+        if not self._log_batches:
+            return
+        for record in records:
+            if isinstance(record, RejectedRecord):
+                version = self._versions(record.version)
+                names = None if version is None else version.feature_names
+                try:
+                    writer.append_rejected(
+                        to_rejected_request(record, names, self._arm(record.version))
+                    )
+                except PredictionLogError:
+                    self.refused += 1
+
+    def _arm(self, label: str) -> str:
+        version = self._versions(label)
+        return "champion" if version is None else version.arm

@@ -1,0 +1,228 @@
+"""Starting a managed sidecar: the control plane decides which versions serve.
+
+:func:`start_managed` opens the gRPC listener at once (live, not ready), starts watching the
+deployment and returns; the first desired state's champion is loaded in the background and
+only then does the sidecar report ready (health SERVING, ServerReady true):
+:meth:`ManagedHandle.wait_ready` blocks until then.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from modelplane.server.lifecycle import GrpcServerHandle, add_health_and_reflection, grpc_options
+from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
+from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
+from sidecar.admin import AdminServicer, add_admin_to_server
+from sidecar.managed.artifacts import ArtifactCache, blob_downloader
+from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
+from sidecar.managed.manager import DeploymentManager
+from sidecar.managed.observer import ManagedObserver
+from sidecar.managed.reporter import Reporter
+from sidecar.managed.servicer import ManagedServicer
+from sidecar.managed.shadow import ShadowRunner
+from sidecar.managed.versions import RoutingTable, VersionLoader
+from sidecar.managed.watch import Watcher
+from sidecar.model import ModelSlot
+from sidecar.observers import Observer, ObserverHub
+from sidecar.predlog import PredictionLogSettings, open_prediction_log
+from sidecar.recording import SyncLog
+from sidecar.server import SidecarHandle
+from sidecar.servicer import SERVICE_NAME, add_to_server
+from sidecar.settings import SidecarSettings
+
+log = structlog.get_logger("modelplane.sidecar")
+
+PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
+_CALL_TIMEOUT_S = 10.0
+_DOWNLOAD_TIMEOUT_S = 600.0
+
+
+@dataclass
+class ManagedHandle(SidecarHandle):
+    """A running managed sidecar (see :class:`SidecarHandle`) and its moving parts."""
+
+    manager: Any = None
+    watcher: Any = None
+    reporter: Any = None
+    observer: Any = None
+    shadow: Any = None
+    labels: Any = None
+    cache_dir: Path | None = None
+    replica: str = ""
+    failed: bool = False
+
+    def fail(self, error: BaseException) -> None:
+        """Report NOT_SERVING for good (see :meth:`SidecarHandle.fail`)."""
+        self.failed = True
+        super().fail(error)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first desired state's champion serves; False on timeout."""
+        return bool(self.manager.wait_ready(timeout))
+
+
+def default_replica() -> str:
+    """``host-pid-random``: unique per process, so restarts never repeat a sequence."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
+    """A channel to ``--control-plane`` (TLS when a CA file is given)."""
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    assert settings.control_plane is not None
+    if settings.control_plane_tls_ca is not None:
+        credentials = grpc.ssl_channel_credentials(settings.control_plane_tls_ca.read_bytes())
+        return grpc.secure_channel(settings.control_plane, credentials, options=options)
+    return grpc.insecure_channel(settings.control_plane, options=options)
+
+
+def _cache_dir(
+    settings: SidecarSettings, log_settings: PredictionLogSettings | None
+) -> tuple[Path, bool]:
+    if settings.cache_dir is not None:
+        return settings.cache_dir, False
+    if log_settings is not None and log_settings.dir is not None:
+        return Path(log_settings.dir) / "cache", False
+    return Path(tempfile.mkdtemp(prefix="modelplane-cache-")), True
+
+
+def start_managed(
+    settings: SidecarSettings,
+    observers: list[Observer] | None = None,
+    log_settings: PredictionLogSettings | None = None,
+) -> ManagedHandle:
+    """Start a managed sidecar; it becomes ready once the first champion is loaded."""
+    name = settings.deployment_id
+    replica = settings.replica or default_replica()
+    logging_on = log_settings is not None and log_settings.dir is not None
+    sync = logging_on and log_settings is not None and log_settings.durability == "sync"
+    slot = ModelSlot()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(settings.request_threads(sync), thread_name_prefix="oip"),
+        options=grpc_options(reuse_port=settings.worker),
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"could not bind the gRPC listener to {settings.listen}")
+    channel = control_plane_channel(settings)
+    metadata = [(PRINCIPAL_METADATA_KEY, f"sidecar-{name}")]
+    if settings.control_plane_token:
+        metadata.append(("authorization", f"Bearer {settings.control_plane_token}"))
+    deployments = deployments_pb2_grpc.DeploymentServiceStub(channel)
+    blobs = blobs_pb2_grpc.BlobServiceStub(channel)
+    cache_dir, temporary = _cache_dir(settings, log_settings)
+    cache = ArtifactCache(cache_dir, blob_downloader(blobs, metadata, _DOWNLOAD_TIMEOUT_S))
+
+    closers: list[Any] = [channel.close]
+    if temporary:
+        closers.append(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
+    writer = None
+    handle_box: list[ManagedHandle] = []
+    if logging_on:
+        assert log_settings is not None
+        writer = open_prediction_log(
+            log_settings, on_failure=lambda err: handle_box[0].fail(err) if handle_box else None
+        )
+        closers.append(writer.close)
+    label_log = None
+    if log_settings is not None and log_settings.dir is not None:
+        label_log = LabelLog(Path(log_settings.dir))
+    if label_log is not None:
+        closers.append(label_log.close)
+    reporter = Reporter(
+        lambda request: deployments.ReportWindow(
+            request, metadata=metadata, timeout=_CALL_TIMEOUT_S
+        )
+    )
+    closers.append(reporter.stop)
+    index = PredictionIndex(settings.label_index_rows)
+    manager_box: list[DeploymentManager] = []
+    shadow_box: list[ShadowRunner] = []
+    observer = ManagedObserver(
+        name,
+        replica,
+        tables=lambda: manager_box[0].table,
+        versions=lambda label: manager_box[0].version(label),
+        index=index,
+        emit=reporter.emit,
+        writer=writer,
+        log_batches=not sync,
+        extra=observers or (),
+        dropped=lambda: shadow_box[0].take_dropped(),
+    )
+    closers.append(observer.flush)
+    hub = ObserverHub([observer], lossless=writer is not None)
+    closers.append(hub.close)
+    shadow = ShadowRunner(hub.publish, capacity=settings.shadow_queue)
+    shadow_box.append(shadow)
+    closers.append(shadow.close)
+    sync_logs = (lambda names: SyncLog(writer, names)) if sync and writer is not None else None
+    loader = VersionLoader(settings, cache, hub, sync_logs)
+    manager = DeploymentManager(loader, name)
+    manager_box.append(manager)
+    servicer = ManagedServicer(slot, manager, shadow)
+    labels = LabelIngestor(index, observer, label_log)
+    add_to_server(servicer, server)
+    add_admin_to_server(AdminServicer(slot, labels=labels), server)
+    services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+    health = add_health_and_reflection(server, services)
+    server.start()
+    handle = ManagedHandle(
+        GrpcServerHandle(server, port, health, services, settings.drain_seconds),
+        servicer,
+        slot,
+        closers=closers,
+        manager=manager,
+        reporter=reporter,
+        observer=observer,
+        shadow=shadow,
+        labels=labels,
+        cache_dir=cache_dir,
+        replica=replica,
+    )
+    handle_box.append(handle)
+
+    def on_table(table: RoutingTable) -> None:
+        slot.swap(table.champion.model)
+        if not servicer.ready and not handle._stopping and not handle.failed:
+            servicer.ready = True
+            handle.grpc.mark_serving()
+            handle.provider = table.champion.model.runtime.provider
+            log.info("sidecar ready", deployment=name, champion=table.champion.label)
+
+    manager._on_table = on_table
+    watcher = Watcher(deployments, f"deployments/{name}", replica, manager.offer, metadata)
+    handle.watcher = watcher
+    closers.append(watcher.stop)
+    closers.append(manager.stop)
+    try:
+        hub.start()
+        shadow.start()
+        reporter.start()
+        manager.start()
+        watcher.start()
+    except BaseException:
+        handle.stop(0)
+        raise
+    log.info(
+        "managed sidecar started",
+        deployment=name,
+        control_plane=settings.control_plane,
+        replica=replica,
+        port=port,
+        cache_dir=str(cache_dir),
+        prediction_log=None if writer is None else str(writer.directory),
+    )
+    return handle

@@ -1,0 +1,164 @@
+"""The OIP servicer of a managed sidecar: one model name, several versions, routed.
+
+The deployment's name is the model name. ``ModelInfer`` without ``model_version`` is routed
+by the routing key (see :mod:`sidecar.managed.router`); with one, it goes to that version if
+loaded (a pin bypasses routing and shadowing). The routing table is read once per request,
+so a switch never splits a request between versions; the response's ``model_version`` names
+the version that answered. Champion answers picked for shadowing are copied to the shadow
+queue after the answer is encoded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import structlog
+
+from modelplane.errors import Internal, ModelplaneError, NotFound, Unavailable
+from modelplane.oip import grpc_service_pb2 as pb
+from sidecar.managed.router import routing_key
+from sidecar.managed.shadow import ShadowJob, ShadowRunner
+from sidecar.managed.versions import LoadedVersion, RoutingTable
+from sidecar.model import ModelSlot
+from sidecar.servicer import _NO_DEADLINE, PLATFORM, InferenceServicer, _ids
+
+log = structlog.get_logger("modelplane.sidecar.rpc")
+
+_NOT_READY = "the deployment's first desired state is still loading; retry shortly"
+
+
+class ManagedServicer(InferenceServicer):
+    """Serves the versions of the routing table that ``tables()`` returns."""
+
+    def __init__(self, slot: ModelSlot, manager: Any, shadow: ShadowRunner) -> None:
+        super().__init__(slot)
+        self.manager = manager
+        self.shadow = shadow
+
+    def _table(self) -> RoutingTable:
+        table = self.manager.table
+        if table is None:
+            raise Unavailable(_NOT_READY, reason="NOT_READY")
+        return table
+
+    def _version(self, table: RoutingTable, name: str, version: str) -> LoadedVersion:
+        if name != table.name:
+            raise NotFound(
+                f"model {name!r} is not served here; this sidecar serves deployment {table.name!r}",
+                reason="MODEL_NOT_FOUND",
+            )
+        if not version:
+            return table.champion
+        found = table.by_label.get(version)
+        if found is None:
+            raise NotFound(
+                f"version {version!r} of {name!r} is not loaded here; loaded: "
+                f"{', '.join(sorted(table.by_label))}",
+                reason="MODEL_VERSION_NOT_FOUND",
+            )
+        return found
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready and self.manager.table is not None)
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        table = self.manager.table
+        if table is None:
+            return pb.ModelReadyResponse(ready=False)
+        try:
+            self._version(table, request.name, request.version)
+        except ModelplaneError as err:
+            self._abort(context, err)
+        return pb.ModelReadyResponse(ready=self.ready)
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            table = self._table()
+            version = self._version(table, request.name, request.version)
+        except ModelplaneError as err:
+            self._abort(context, err)
+        sig = version.model.signature
+        meta = pb.ModelMetadataResponse.TensorMetadata
+        labels = (
+            [version.label]
+            if request.version
+            else [
+                table.champion.label,
+                *sorted(v for v in table.by_label if v != table.champion.label),
+            ]
+        )
+        return pb.ModelMetadataResponse(
+            name=table.name,
+            versions=labels,
+            platform=PLATFORM,
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs],
+            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
+        )
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> bytes:
+        """Answers with the serialized response (the handler has no serializer)."""
+        table = self.manager.table
+        if table is None:
+            self._reject(None, request, context, Unavailable(_NOT_READY, reason="NOT_READY"), 0, "")
+        start = time.perf_counter()
+        version = table.champion
+        model = version.model
+        trace = ""
+        key: bytes | None = None
+        entered = False
+        try:
+            if request.model_name != table.name or request.model_version:
+                version = self._version(table, request.model_name, request.model_version)
+            else:
+                key = routing_key(request)
+                version = table.pick(key)
+            model = version.model
+            version.enter()
+            entered = True
+            trace = _ids(context)[1]
+            deadline = None
+            if model.batcher is not None:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining < _NO_DEADLINE:
+                    deadline = time.monotonic() + remaining
+            names, arrays = model.infer(request, deadline, context, trace)
+            response = model.encoder.encode(request.id, names, arrays)
+        except ModelplaneError as err:
+            if entered:
+                version.leave()
+            self._reject(model, request, context, err, start, trace)
+        except Exception as exc:
+            if entered:
+                version.leave()
+            request_id, trace = _ids(context)
+            log.error(
+                "unhandled error in ModelInfer",
+                request_id=request_id or request.id,
+                trace_id=trace,
+                exc_info=exc,
+            )
+            internal = Internal(
+                "internal error; the server log has the details under the request id"
+            )
+            self._reject(model, request, context, internal, start, trace)
+        version.leave()
+        shadow = table.shadow
+        if (
+            shadow is not None
+            and version is table.champion
+            and not request.model_version
+            and table.splitter.shadowed(key)
+        ):
+            self.shadow.submit(
+                ShadowJob(
+                    request,
+                    version,
+                    shadow,
+                    dict(zip(names, arrays, strict=True)),
+                    trace,
+                    time.monotonic(),
+                )
+            )
+        return response

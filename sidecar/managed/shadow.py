@@ -1,0 +1,191 @@
+"""Shadow inference: the candidate answers copies of champion requests, off the response path.
+
+The request thread only puts a job on a bounded queue (a full queue drops the copy and counts
+it), after the champion's answer is ready; it never waits on the shadow. One worker thread
+takes everything queued at once, decodes the copies against the shadow version's signature,
+runs requests with compatible tensors as one session call, and publishes a
+:class:`ShadowRecord` to the observer hub, where the comparison and the prediction log pick
+it up. A shadow failure is counted, never seen by the client.
+
+The worker spends at most ``budget`` of wall time working (it rests in proportion after each
+round), so the shadow cannot take more than that share of a core from the champion; copies
+that arrive while it rests fill the queue and are dropped and counted, which samples the
+traffic down to what the budget allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+
+from modelplane.errors import ModelplaneError
+from sidecar.codec import decode
+from sidecar.observers import BatchRecord
+
+log = structlog.get_logger("modelplane.sidecar.shadow")
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass(slots=True)
+class ShadowJob:
+    """A champion-answered request to run again on the shadow version."""
+
+    request: Any
+    champion: Any  # LoadedVersion
+    shadow: Any  # LoadedVersion
+    outputs: dict[str, Array]
+    trace_id: str
+    queued_at: float
+
+
+@dataclass(slots=True)
+class ShadowRecord:
+    """The shadow's answers to some copied requests, with the champion's for comparison.
+
+    ``record`` is the shadow run (``version`` the shadow's); ``champion_outputs`` holds the
+    champion's outputs for the same rows, stacked alike, ``errors`` the copies that failed.
+    """
+
+    record: BatchRecord | None
+    champion_version: str
+    champion_outputs: dict[str, Array]
+    errors: int = 0
+
+
+class ShadowRunner:
+    """A bounded queue of shadow jobs and the worker that runs them."""
+
+    def __init__(
+        self, publish: Any, capacity: int = 256, max_rows: int = 64, budget: float = 0.05
+    ) -> None:
+        self._publish = publish
+        self._budget = min(max(budget, 0.001), 1.0)
+        self._stopping = threading.Event()
+        self._queue: queue.Queue[ShadowJob | None] = queue.Queue(capacity)
+        self._max_rows = max_rows
+        #: Copies dropped because the queue was full (read and reset by the comparison).
+        self.dropped = 0
+        self.completed = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Queue ``job`` without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def take_dropped(self) -> int:
+        """Drops since the last call."""
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker after what is queued."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self._max_rows:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._work(jobs)
+                    return
+                jobs.append(job)
+            started = time.perf_counter()
+            self._work(jobs)
+            busy = time.perf_counter() - started
+            if self._budget < 1.0 and self._stopping.wait(busy * (1.0 / self._budget - 1.0)):
+                return
+
+    def _work(self, jobs: list[ShadowJob]) -> None:
+        groups: dict[Any, list[tuple[ShadowJob, Any]]] = {}
+        failed: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            shadow = job.shadow.model
+            try:
+                decoded = decode(job.request, shadow.signature, shadow.limits)
+            except ModelplaneError:
+                pair = (job.champion.label, job.shadow.label)
+                failed[pair] = failed.get(pair, 0) + 1
+                continue
+            key = (id(job.shadow), job.champion.label, decoded.key)
+            groups.setdefault(key, []).append((job, decoded))
+        for (_, champion_label), count in failed.items():
+            self._publish(ShadowRecord(None, champion_label, {}, errors=count))
+        for members in groups.values():
+            try:
+                self._run_group(members)
+            except Exception as exc:
+                log.warning("shadow run failed", error=str(exc))
+                self._publish(ShadowRecord(None, members[0][0].champion.label, {}, len(members)))
+
+    def _run_group(self, members: list[tuple[ShadowJob, Any]]) -> None:
+        first_job, first = members[0]
+        shadow = first_job.shadow.model
+        runtime = shadow.runtime
+        names = shadow.signature.output_names
+        batched = first.key is not None and len(members) > 1
+        parts = [members] if batched else [[m] for m in members]
+        for part in parts:
+            start = time.perf_counter()
+            if len(part) == 1:
+                feeds = part[0][1].arrays
+            else:
+                feeds = {n: np.concatenate([d.arrays[n] for _, d in part]) for n in first.arrays}
+            results = runtime.run(names, feeds)
+            elapsed = time.perf_counter() - start
+            now = time.monotonic()
+            champion = _stack([job.outputs for job, _ in part])
+            record = BatchRecord(
+                model=shadow.name,
+                version=shadow.version,
+                provider=runtime.provider,
+                inputs=feeds,
+                outputs=dict(zip(names, results, strict=True)),
+                request_ids=[d.request_id for _, d in part],
+                trace_ids=[job.trace_id for job, _ in part],
+                row_counts=[d.rows for _, d in part],
+                latencies_s=[now - job.queued_at for job, _ in part],
+                status=["OK"] * len(part),
+                compute_s=elapsed,
+            )
+            self.completed += len(part)
+            self._publish(ShadowRecord(record, first_job.champion.label, champion))
+
+
+def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:
+    if len(outputs) == 1:
+        return outputs[0]
+    names = [n for n in outputs[0] if all(n in o for o in outputs)]
+    try:
+        return {n: np.concatenate([o[n] for o in outputs]) for n in names}
+    except ValueError:
+        return {}

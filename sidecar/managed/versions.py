@@ -1,0 +1,236 @@
+"""Model versions of a deployment: loading them, and the routing table that serves them.
+
+:class:`VersionLoader` makes a :class:`LoadedVersion` from a ``ServedVersion`` of the desired
+state: the artifact is fetched and verified through the cache, opened in ONNX Runtime and
+warmed up; the version's baseline profile (when it has one) is fetched the same way and
+turns drift monitoring on for that version. :class:`RoutingTable` is an immutable snapshot of
+what serves now; the server replaces it with one reference assignment, so a request sees
+either the old table or the new one, and finishes on the version it started with.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from modelplane.profiles import BaselineProfile
+from sidecar import runtime as rt
+from sidecar.codec import Limits
+from sidecar.drift import DriftMonitor, DriftThresholds, WindowState
+from sidecar.driftfeed import DriftFeed, FeatureSource
+from sidecar.managed.artifacts import ArtifactCache
+from sidecar.managed.compare import OutputRule, warm_kernels
+from sidecar.managed.router import Splitter
+from sidecar.model import ServingModel
+from sidecar.observers import ObserverHub
+from sidecar.observing import feature_names
+from sidecar.predlog.records import FeatureNames
+from sidecar.settings import SidecarSettings
+
+log = structlog.get_logger("modelplane.sidecar.managed")
+
+CHAMPION, CANDIDATE, SHADOW = "champion", "candidate", "shadow"
+DEFAULT_REPORT_INTERVAL = 2.0
+DEFAULT_TOLERANCE = 0.1
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    """One loaded model version with what observes it."""
+
+    number: int
+    label: str
+    artifact_sha256: str
+    baseline_sha256: str
+    model: ServingModel
+    rule: OutputRule
+    feature_names: FeatureNames
+    #: Drift windows of the admin RPC (None without a baseline).
+    drift: DriftFeed | None = None
+    #: Report-window drift counts (None without a baseline).
+    window_drift: DriftMonitor | None = None
+    source: FeatureSource | None = None
+    #: The role in the newest routing table that included this version.
+    arm: str = CHAMPION
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    in_flight: int = 0
+
+    def enter(self) -> None:
+        """A request starts on this version."""
+        with self._lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        """A request on this version finished."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def take_drift(self) -> WindowState | None:
+        """The report window's drift counts so far, starting a new window."""
+        return None if self.window_drift is None else self.window_drift.flush()
+
+
+@dataclass(frozen=True, eq=False)
+class RoutingTable:
+    """What serves now: the champion, the candidate and how traffic splits between them."""
+
+    name: str
+    generation: int
+    rollout_id: str
+    champion: LoadedVersion
+    candidate: LoadedVersion | None
+    splitter: Splitter
+    report_interval: float
+    tolerance: float
+    #: Version label -> version, for pinned requests.
+    by_label: dict[str, LoadedVersion]
+
+    @property
+    def shadow(self) -> LoadedVersion | None:
+        """The version answering copies of champion traffic, if any."""
+        return self.candidate if self.splitter.shadows else None
+
+    def arm_of(self, label: str) -> str:
+        """The arm a version's answers belong to."""
+        return CHAMPION if label == self.champion.label else CANDIDATE
+
+    def pick(self, key: bytes | None) -> LoadedVersion:
+        """The version answering ``key``."""
+        if self.candidate is not None and self.splitter.candidate(key):
+            return self.candidate
+        return self.champion
+
+
+def build_table(state: Any, loaded: dict[int, LoadedVersion]) -> RoutingTable:
+    """The routing table of a ``DeploymentState`` whose versions are all in ``loaded``."""
+    champion = loaded[state.champion_version]
+    candidate = loaded.get(state.candidate_version) if state.candidate_version else None
+    interval = DEFAULT_REPORT_INTERVAL
+    if state.HasField("report_interval"):
+        interval = state.report_interval.ToTimedelta().total_seconds() or interval
+    wanted = {sv.version for sv in state.versions} | {state.champion_version}
+    if candidate is not None:
+        wanted.add(candidate.number)
+    return RoutingTable(
+        name=state.name.removeprefix("deployments/"),
+        generation=state.generation,
+        rollout_id=state.rollout_id,
+        champion=champion,
+        candidate=candidate,
+        splitter=Splitter(
+            state.rollout_id,
+            state.candidate_percent if candidate is not None else 0.0,
+            state.shadow_fraction if candidate is not None else 0.0,
+        ),
+        report_interval=max(0.05, interval),
+        tolerance=state.regression_tolerance or DEFAULT_TOLERANCE,
+        by_label={loaded[v].label: loaded[v] for v in wanted if v in loaded},
+    )
+
+
+def check_state(state: Any) -> str | None:
+    """Why a desired state cannot be applied, or None when it can."""
+    numbers = [sv.version for sv in state.versions]
+    if state.champion_version not in numbers:
+        return f"its champion version {state.champion_version} is not among its versions"
+    if state.candidate_version and state.candidate_version not in numbers:
+        return f"its candidate version {state.candidate_version} is not among its versions"
+    if not 0.0 <= state.candidate_percent <= 100.0:
+        return f"candidate_percent {state.candidate_percent} is outside [0, 100]"
+    if not 0.0 <= state.shadow_fraction <= 1.0:
+        return f"shadow_fraction {state.shadow_fraction} is outside [0, 1]"
+    if any(not sv.artifact_sha256 for sv in state.versions):
+        return "a version has no artifact digest"
+    return None
+
+
+class VersionLoader:
+    """Turns a ``ServedVersion`` into a warmed-up :class:`LoadedVersion`."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        cache: ArtifactCache,
+        hub: ObserverHub,
+        sync_logs: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.hub = hub
+        #: ``sync`` log durability: makes a version's SyncLog from its feature names.
+        self.sync_logs = sync_logs
+        self._warm = False
+
+    def load(self, served: Any, name: str) -> LoadedVersion:
+        """Fetch, verify, open and warm up ``served``; raises on any failure."""
+        s = self.settings
+        if not self._warm:
+            warm_kernels()
+            self._warm = True
+        path = self.cache.fetch(served.artifact_sha256, served.artifact_size_bytes)
+        profile = None
+        if served.baseline_sha256:
+            profile = BaselineProfile.from_bytes(
+                self.cache.fetch(served.baseline_sha256).read_bytes()
+            )
+        runtime = rt.load(
+            path,
+            s.device,
+            intra_op_threads=s.intra_op_threads,
+            spinning=s.intra_op_spinning,
+            warmup_runs=s.warmup_runs,
+            batch_rows=s.max_batch_size,
+        )
+        names = feature_names(s, runtime.signature, profile)
+        label = str(served.version)
+        drift = window = source = None
+        if profile is not None:
+            thresholds = DriftThresholds(
+                psi=s.drift_psi,
+                ks_pvalue=s.drift_ks_pvalue,
+                chi2_pvalue=s.drift_chi2_pvalue,
+                js=s.drift_js,
+            )
+            monitor = DriftMonitor(
+                profile,
+                window_rows=s.drift_rows,
+                window_seconds=s.drift_window,
+                thresholds=thresholds,
+            )
+            source = FeatureSource.plan(runtime.signature, profile, names, monitor.numeric_names)
+            drift = DriftFeed(monitor, source)
+            window = DriftMonitor(profile, thresholds=thresholds)
+        model = ServingModel(
+            runtime,
+            name=name,
+            version=label,
+            limits=Limits(s.max_request_rows, s.max_tensor_elements, s.reject_non_finite),
+            max_batch_rows=s.max_batch_size,
+            max_delay=s.max_queue_delay,
+            max_queue_rows=s.max_queue_rows,
+            observers=self.hub,
+            sync_log=None if self.sync_logs is None else self.sync_logs(names),
+            drift=drift,
+        )
+        log.info(
+            "version loaded",
+            deployment=name,
+            version=label,
+            provider=runtime.provider,
+            drift=profile is not None,
+        )
+        return LoadedVersion(
+            number=served.version,
+            label=label,
+            artifact_sha256=served.artifact_sha256,
+            baseline_sha256=served.baseline_sha256,
+            model=model,
+            rule=OutputRule.of(runtime.signature, path),
+            feature_names=names,
+            drift=drift,
+            window_drift=window,
+            source=source,
+        )

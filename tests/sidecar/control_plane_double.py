@@ -1,0 +1,168 @@
+"""A small in-test stand-in for the control plane's DeploymentService and BlobService.
+
+It streams desired states that a test pushes, records every ReportWindow, and serves blobs
+from memory (optionally corrupted). The real control plane is exercised by end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from modelplane.v1 import blobs_pb2, blobs_pb2_grpc, deployments_pb2, deployments_pb2_grpc
+
+
+class _Deployments(deployments_pb2_grpc.DeploymentServiceServicer):
+    def __init__(self, plane: FakeControlPlane) -> None:
+        self.plane = plane
+
+    def WatchDeployment(self, request: Any, context: grpc.ServicerContext) -> Any:
+        plane = self.plane
+        with plane.cond:
+            plane.watchers += 1
+            plane.watch_requests.append(request)
+            epoch = plane.break_streams
+        sent = -1
+        while context.is_active():
+            with plane.cond:
+                if plane.refuse_watch is not None:
+                    context.abort(plane.refuse_watch, "control plane double refuses the watch")
+                if plane.break_streams > epoch:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken by the test")
+                state, version = plane.state, plane.version
+                if state is None or version == sent:
+                    plane.cond.wait(0.2)
+                    continue
+            sent = version
+            yield state
+
+    def ReportWindow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        plane = self.plane
+        with plane.cond:
+            if plane.refuse_reports:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "reports refused by the test")
+            seen = (request.replica, request.sequence) in plane.seen
+            plane.seen.add((request.replica, request.sequence))
+            if not seen:
+                plane.reports.append(request)
+            plane.cond.notify_all()
+            generation = plane.state.generation if plane.state is not None else 0
+        return deployments_pb2.ReportWindowResponse(generation=generation, accepted=not seen)
+
+
+class _Blobs(blobs_pb2_grpc.BlobServiceServicer):
+    def __init__(self, plane: FakeControlPlane) -> None:
+        self.plane = plane
+
+    def DownloadBlob(self, request: Any, context: grpc.ServicerContext) -> Any:
+        sha = request.name.removeprefix("blobs/")
+        with self.plane.cond:
+            self.plane.downloads.append(sha)
+            data = self.plane.blobs.get(sha)
+            if sha in self.plane.corrupt and data is not None:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if data is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {sha}")
+            return
+        for i in range(0, len(data), 64 << 10):
+            yield blobs_pb2.DownloadBlobResponse(chunk=data[i : i + (64 << 10)])
+
+
+class FakeControlPlane:
+    """A gRPC server on a free loopback port with the two services sidecars call."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.state: Any = None
+        self.version = 0
+        self.blobs: dict[str, bytes] = {}
+        self.corrupt: set[str] = set()
+        self.downloads: list[str] = []
+        self.reports: list[Any] = []
+        self.seen: set[tuple[str, int]] = set()
+        self.watch_requests: list[Any] = []
+        self.watchers = 0
+        self.refuse_reports = False
+        self.refuse_watch: grpc.StatusCode | None = None
+        self.break_streams = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(16))
+        deployments_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            _Deployments(self), self.server
+        )
+        blobs_pb2_grpc.add_BlobServiceServicer_to_server(_Blobs(self), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def add_blob(self, data: bytes) -> str:
+        """Store ``data``; returns its sha256."""
+        sha = hashlib.sha256(data).hexdigest()
+        with self.cond:
+            self.blobs[sha] = data
+        return sha
+
+    def push(self, state: Any) -> None:
+        """Make ``state`` the desired state streamed to every watcher."""
+        with self.cond:
+            self.state = state
+            self.version += 1
+            self.cond.notify_all()
+
+    def break_watch(self) -> None:
+        """End every open watch stream with UNAVAILABLE once."""
+        with self.cond:
+            self.break_streams += 1
+            self.cond.notify_all()
+
+    def wait_reports(self, predicate: Any, timeout: float = 20.0) -> list[Any]:
+        """Wait until ``predicate(reports)`` holds; returns the reports."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: predicate(self.reports), timeout)
+            assert ok, f"reports never satisfied the condition: {len(self.reports)} received"
+            return list(self.reports)
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def state(
+    name: str,
+    generation: int,
+    versions: dict[int, tuple[str, int, str]],
+    champion: int,
+    candidate: int = 0,
+    percent: float = 0.0,
+    shadow: float = 0.0,
+    rollout_id: str = "",
+    interval_s: float = 0.3,
+    tolerance: float = 0.0,
+) -> Any:
+    """A DeploymentState: ``versions`` maps number -> (artifact sha, size, baseline sha)."""
+    message = deployments_pb2.DeploymentState(
+        name=f"deployments/{name}",
+        generation=generation,
+        model=f"models/{name}",
+        champion_version=champion,
+        candidate_version=candidate,
+        candidate_percent=percent,
+        shadow_fraction=shadow,
+        rollout_id=rollout_id,
+        regression_tolerance=tolerance,
+    )
+    for number, (sha, size, baseline) in versions.items():
+        message.versions.add(
+            version=number,
+            name=f"models/{name}/versions/{number}",
+            artifact_sha256=sha,
+            artifact_size_bytes=size,
+            baseline_sha256=baseline,
+        )
+    message.report_interval.FromNanoseconds(int(interval_s * 1e9))
+    return message
