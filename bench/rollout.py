@@ -3,10 +3,11 @@ shadow mode costs the champion.
 
 1. Rollback time. A control plane and two managed sidecar replicas (real processes, default
    settings: windows every 2 s) serve a deployment under steady traffic. A canary of a broken
-   candidate (its requests fail validation) starts; the guard on error rate fails on the first
-   window that holds enough candidate requests. Measured: from the end of that window (the
-   evidence's ``window_end_time``) to the rollback decision, and to the last candidate answer
-   any replica gave (after which every replica serves the champion only). Target: under 5 s.
+   candidate (ONNX Runtime fails on most of its requests) starts; the guard on error rate
+   fails on the first window that holds enough candidate requests. Measured: from the end of
+   that window (the evidence's ``window_end_time``) to the rollback decision, and to the last
+   candidate answer any replica gave (after which every replica serves the champion only).
+   Target: under 5 s.
 2. Shadow cost. One managed sidecar serving the 32-feature MLP, a closed-loop load generator
    at concurrency 32 (grpc.aio in its own process): champion p99 with no rollout, then with a
    shadow candidate at fractions 1.0 and 0.25, alternated over ``--rounds``. Target: p99 under
@@ -43,7 +44,7 @@ from sidecar_tools.oip import infer_request  # noqa: E402
 from modelplane import Client  # noqa: E402
 from modelplane.oip import grpc_service_pb2 as pb  # noqa: E402
 from modelplane.oip import grpc_service_pb2_grpc as pbg  # noqa: E402
-from modelplane.testing.onnx_models import mlp, save  # noqa: E402
+from modelplane.testing.onnx_models import faulty_classifier, mlp, save  # noqa: E402
 from modelplane.testing.processes import Server, controlplane, sidecar  # noqa: E402
 from modelplane.v1 import deployments_pb2 as dp  # noqa: E402
 
@@ -137,7 +138,7 @@ def rollback_time(work: Path, rounds: int) -> list[dict[str, Any]]:
         client = Client(cp.address, principal="bench", timeout=30)
         client.create_model("bench")
         good = save(mlp(FEATURES, (64,), 2, seed=0), work / "good.onnx")
-        bad = save(mlp(FEATURES + 1, (64,), 2, seed=0), work / "bad.onnx")
+        bad = save(faulty_classifier(FEATURES), work / "bad.onnx")
         champion = client.register_version("bench", good, capture_env=False).version
         broken = client.register_version("bench", bad, capture_env=False).version
         client.create_deployment("bench", model="bench", champion_version=champion)

@@ -22,13 +22,14 @@ from modelplane.testing.onnx_models import mlp, save
 FEATURES = 8
 
 
-def register(client: Client, tmp: Path, model: str, **kinds: dict[str, Any]) -> dict[str, int]:
-    """Create ``model`` and register one version per keyword (``mlp`` keyword arguments);
-    returns key → version number."""
+def register(client: Client, tmp: Path, model: str, **kinds: Any) -> dict[str, int]:
+    """Create ``model`` and register one version per keyword: a dict of ``mlp`` keyword
+    arguments, or an ONNX model; returns key → version number."""
     client.create_model(model)
     out = {}
-    for key, kw in kinds.items():
-        path = save(mlp(FEATURES, (16,), 2, **kw), tmp / f"{model}-{key}.onnx")
+    for key, spec in kinds.items():
+        onnx_model = mlp(FEATURES, (16,), 2, **spec) if isinstance(spec, dict) else spec
+        path = save(onnx_model, tmp / f"{model}-{key}.onnx")
         out[key] = client.register_version(model, path, capture_env=False).version
     return out
 

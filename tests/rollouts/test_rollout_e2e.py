@@ -16,12 +16,17 @@ import pytest
 
 from modelplane import Client
 from modelplane.oip import grpc_service_pb2_grpc as pbg
+from modelplane.testing.onnx_models import faulty_classifier
 from modelplane.testing.processes import Server, controlplane, sidecar
 from modelplane.v1 import deployments_pb2 as dp
 from tests.conftest import unique
-from tests.rollouts.harness import Load, infer, register, rows, wait_for
+from tests.rollouts.harness import FEATURES, Load, infer, register, rows, wait_for
 
 pytestmark = pytest.mark.timeout(240)
+
+# Latency on two shared cores is too noisy for the default p99 guard in tests that are not
+# about it: the walks that must succeed guard on errors only.
+ERRORS_ONLY = ["candidate.error_rate <= champion.error_rate + 0.01"]
 
 
 @pytest.fixture
@@ -44,13 +49,13 @@ def _ended(client: Client, deployment: str) -> dp.Deployment | None:
 
 
 def _setup(
-    tmp_path: Path, procs: list[Server], db_url: str, **versions: dict[str, object]
+    tmp_path: Path, procs: list[Server], db_url: str, **versions: object
 ) -> tuple[Server, Client, str, dict[str, int], list[Server]]:
     cp = controlplane(tmp_path, db_url).start()
     procs.append(cp)
     client = Client(cp.address, principal="alice", timeout=30)
     model = unique("m")
-    numbers = register(client, tmp_path, model, **versions)  # type: ignore[arg-type]
+    numbers = register(client, tmp_path, model, **versions)
     client.create_deployment(model, model=model, champion_version=numbers["champion"])
     sidecars = [sidecar(tmp_path, cp.address, model, name=f"sc{i}").start() for i in range(2)]
     procs.extend(sidecars)
@@ -77,6 +82,7 @@ def test_good_canary_walks_to_full_traffic_with_no_failed_request(
             steps=[20, 60, 100],
             min_requests=20,
             step_duration=2,
+            guards=ERRORS_ONLY,
         )
         done = wait_for(lambda: _ended(client, model), 120, "the canary to end")
         assert done.rollout.state == dp.ROLLOUT_STATE_PROMOTED, done.rollout.reason
@@ -135,13 +141,13 @@ def test_disagreeing_shadow_is_rolled_back_and_never_answers(
 def test_erroring_canary_is_rolled_back_by_the_default_guards(
     tmp_path: Path, procs: list[Server]
 ) -> None:
-    # The candidate expects 9 features: every request routed to it fails validation.
+    # The candidate fails in ONNX Runtime on almost every real input.
     _cp, client, model, v, sidecars = _setup(
         tmp_path,
         procs,
         f"sqlite:///{tmp_path / 'cp.db'}",
         champion={"seed": 0},
-        candidate={"seed": 0, "features": 9},
+        candidate=faulty_classifier(FEATURES),
     )
     load = Load([s.address for s in sidecars], model).start()
     try:
@@ -172,7 +178,7 @@ def test_erroring_canary_is_rolled_back_by_the_default_guards(
         assert len(load.failures) == failures_then, load.failures[-3:]
     finally:
         load.stop()
-    assert load.failures and all("INVALID_ARGUMENT" in f for f in load.failures)
+    assert load.failures and all("out of data bounds" in f for f in load.failures)
 
 
 def test_sidecars_serve_through_a_control_plane_crash_and_the_rollout_resumes(
@@ -194,6 +200,7 @@ def test_sidecars_serve_through_a_control_plane_crash_and_the_rollout_resumes(
             steps=[50, 100],
             min_requests=20,
             step_duration=4,
+            guards=ERRORS_ONLY,
         )
         wait_for(
             lambda: (
@@ -229,7 +236,7 @@ def test_routing_is_sticky_by_key_across_replicas(tmp_path: Path, procs: list[Se
         champion={"seed": 0},
         candidate={"seed": 1},
     )
-    client.start_rollout(model, v["candidate"], strategy="ab", split=50)
+    client.start_rollout(model, v["candidate"], strategy="ab", split=50, guards=ERRORS_ONLY)
     channels = [grpc.insecure_channel(s.address) for s in sidecars]
     stubs = [pbg.GRPCInferenceServiceStub(c) for c in channels]
     row = rows(1)[0]
@@ -285,6 +292,7 @@ def test_two_control_plane_replicas_on_postgresql_agree(
             steps=[50, 100],
             min_requests=20,
             step_duration=2,
+            guards=ERRORS_ONLY,
         )
         # The replica that did not take the call learns of it and tells its sidecar.
         wait_for(

@@ -74,6 +74,35 @@ def mlp(
     return _finish(graph, f"mlp {features}->{hidden}->{outputs}")
 
 
+def faulty_classifier(features: int = 8) -> onnx.ModelProto:
+    """A two-class model ``[-1, features] -> [-1, 2]`` that loads, warms up on zeros and then
+    fails in ONNX Runtime on most real inputs: it looks up ``100 * x[:, 0]`` as an index into
+    a two-row table, which is out of range for any ``|x[:, 0]| >= 0.03`` (a broken build)."""
+    table = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    nodes = [
+        helper.make_node("Slice", ["input", "zero", "one", "one"], ["first"]),
+        helper.make_node("Mul", ["first", "hundred"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["looked_up"], axis=0),
+        helper.make_node("Reshape", ["looked_up", "shape"], ["output"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array(100.0, np.float32), "hundred"),
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.array([-1, 2], np.int64), "shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faulty",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        initializer=inits,
+    )
+    return _finish(graph, "faulty classifier")
+
+
 def heavy_mlp(seed: int = 0) -> onnx.ModelProto:
     """The compute-heavy MLP: 256 features, four hidden layers of 2,048, 10 outputs."""
     return mlp(256, (2048, 2048, 2048, 2048), 10, seed=seed)
