@@ -118,6 +118,5 @@ def main() -> int:
         note(f"model card:  {STATE / 'model-card.md'}")
         note(f"server logs: {STATE}/controlplane.log, {STATE}/sidecar.log (JSON lines)")
         note(f"predictions: {log_dir} (Arrow IPC streams; `modelplane logs read {log_dir}`)")
-        note(f"rollout history: `modelplane --server {address} rollout status {DEPLOYMENT}`")
     say(f"Done in {time.monotonic() - started:.0f}s")
     return 0
