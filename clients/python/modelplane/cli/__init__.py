@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "injector",
     "deployments",
     "rollout",
+    "labels",
 )
 
 

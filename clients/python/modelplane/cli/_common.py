@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from modelplane._client import Client, ServerUnreachable
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
@@ -69,3 +70,24 @@ def key_floats(items: list[str] | None, what: str) -> dict[str, float]:
 def csv_list(text: str | None) -> list[str]:
     """``"a,b, c"`` → ``["a", "b", "c"]``."""
     return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any:
+    """Call ``SidecarAdminService.<method>`` on the sidecar at ``address``; SDK errors as the
+    control-plane client raises them (``ServerUnreachable`` when nothing answered)."""
+    import grpc
+
+    from modelplane.errors import error_info, from_rpc_error
+    from modelplane.v1 import sidecar_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = sidecar_pb2_grpc.SidecarAdminServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
+                raise ServerUnreachable(
+                    f"cannot reach the sidecar at {address}: {exc.details()}"  # type: ignore[attr-defined]
+                ) from None
+            raise from_rpc_error(exc) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelplane.cli._common import server_errors
+from modelplane.cli._common import call_sidecar, server_errors
 from modelplane.cli._output import Printer
 
 _WINDOWS = {"current": "DRIFT_WINDOW_CURRENT", "last": "DRIFT_WINDOW_LAST"}
@@ -39,24 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _fetch(address: str, window: str, timeout: float) -> Any:
-    import grpc
+    from modelplane.v1 import sidecar_pb2
 
-    from modelplane._client import ServerUnreachable
-    from modelplane.errors import error_info, from_rpc_error
-    from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = sidecar_pb2_grpc.SidecarAdminServiceStub(channel)
-        request = sidecar_pb2.GetDriftReportRequest(window=_WINDOWS[window])
-        try:
-            return stub.GetDriftReport(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
-                raise ServerUnreachable(
-                    f"cannot reach the sidecar at {address}: {exc.details()}"  # type: ignore[attr-defined]
-                ) from None
-            raise from_rpc_error(exc) from None
+    request = sidecar_pb2.GetDriftReportRequest(window=_WINDOWS[window])
+    return call_sidecar(address, "GetDriftReport", request, timeout)
 
 
 def _number(value: Any, digits: int = 4) -> str:
