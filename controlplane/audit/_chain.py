@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlmodel import Session, col, select
 
 from controlplane.audit._canonical import GENESIS_HASH, event_hash, object_digest, utc_text
@@ -24,6 +24,14 @@ from controlplane.store.tables import AuditEventRow
 
 #: Arbitrary 64-bit key of the advisory lock that serialises appends on PostgreSQL.
 AUDIT_LOCK_KEY = 0x6D70617564697401
+
+#: PostgreSQL function (migration 0005) that takes the advisory lock, then reads the head in a
+#: statement of its own, so it sees every append committed before the lock was granted: one
+#: round trip instead of two.
+_LOCKED_HEAD = text("SELECT head_seq, head_hash FROM modelplane_audit_locked_head(:k)")
+
+#: One statement object, parameters passed at execution, so its compiled form is cached.
+_INSERT_EVENT = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -90,13 +98,20 @@ def head(session: Session) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
+def locked_head(session: Session) -> tuple[int, str]:
+    """Take the append lock (PostgreSQL), then read the head as :func:`head` does."""
+    if session.get_bind().dialect.name != "postgresql":
+        return head(session)  # the write transaction already holds SQLite's write lock
+    row = session.connection().execute(_LOCKED_HEAD, {"k": AUDIT_LOCK_KEY}).first()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+
 def append_events(session: Session, mutations: list[Mutation]) -> None:
     """The mutation hook: append one chained event per mutation, in the caller's transaction."""
     if not mutations:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
-    seq, prev = head(session)
+    seq, prev = locked_head(session)
+    rows: list[dict[str, Any]] = []
     for mutation in mutations:
         seq += 1
         event = AuditEvent(
@@ -112,21 +127,24 @@ def append_events(session: Session, mutations: list[Mutation]) -> None:
             hash="",
         )
         prev = event.computed_hash()
-        session.add(
-            AuditEventRow(
-                seq=seq,
-                time=mutation.time,
-                actor=event.actor,
-                action=event.action,
-                resource=event.resource,
-                request_id=event.request_id,
-                before_sha256=event.before_sha256,
-                after_sha256=event.after_sha256,
-                prev_hash=event.prev_hash,
-                hash=prev,
-            )
+        rows.append(
+            {
+                "seq": seq,
+                "time": mutation.time,
+                "actor": event.actor,
+                "action": event.action,
+                "resource": event.resource,
+                "request_id": event.request_id,
+                "before_sha256": event.before_sha256,
+                "after_sha256": event.after_sha256,
+                "prev_hash": event.prev_hash,
+                "hash": prev,
+            }
         )
+    # Pending ORM changes go first, so that the events follow the rows they describe; then
+    # one Core INSERT (no ORM objects to track) for all the events.
     session.flush()
+    session.connection().execute(_INSERT_EVENT, rows[0] if len(rows) == 1 else rows)
 
 
 def install(store: Store) -> None:

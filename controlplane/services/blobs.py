@@ -32,10 +32,11 @@ class BlobService:
         check_text(media_type, "media_type", 256, single_line=True)
         size = self.blobs.receive(chunks, sha256, size_bytes)
         with self.store.write(ctx, "UploadBlob") as tx:
-            existing = tx.blobs.get(sha256)
-            if existing is not None:
+            blob = Blob(sha256, size, media_type, ctx.principal, tx.now)
+            if not tx.blobs.add_if_absent(blob):
+                existing = tx.blobs.get(sha256)
+                assert existing is not None
                 return existing
-            blob = tx.blobs.add(Blob(sha256, size, media_type, ctx.principal, tx.now))
             tx.record("UploadBlob", blob.name, None, blob)
             return blob
 

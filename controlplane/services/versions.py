@@ -145,7 +145,8 @@ class VersionService:
         model_id = parse_model(parent)
         _check_new(new)
         with self.store.read() as tx:
-            require_model(tx, model_id)
+            if not tx.models.exists(model_id):
+                raise model_not_found(model_id)
             artifact_bytes = self._stored_blob(tx, new.artifact_sha256, "artifact")
             dataset_bytes = {
                 d.role: self._stored_blob(tx, d.sha256, f"dataset {d.role!r}") for d in new.datasets
@@ -253,7 +254,8 @@ class VersionService:
     def get(self, name: str) -> ModelVersion:
         ref = parse_version(name, allow_alias=True)
         with self.store.read() as tx:
-            require_model(tx, ref.model_id)
+            if not tx.models.exists(ref.model_id):
+                raise model_not_found(ref.model_id)
             if ref.alias is not None:
                 alias = tx.aliases.get(ref.model_id, ref.alias)
                 if alias is None:

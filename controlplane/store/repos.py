@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
@@ -22,6 +23,24 @@ from controlplane.store.tables import (
 from modelplane.errors import Aborted
 
 T = TypeVar("T")
+
+# Core tables for the statements on the register path: they skip the ORM's identity map and
+# unit of work, which cost more CPU per statement than the database does.
+_MODELS = ModelRow.__table__  # type: ignore[attr-defined]
+_VERSIONS = ModelVersionRow.__table__  # type: ignore[attr-defined]
+_BLOBS = BlobRow.__table__  # type: ignore[attr-defined]
+# Statement objects built once, parameters passed at execution: their compiled forms are cached.
+_INSERT_VERSION = insert(_VERSIONS).returning(_VERSIONS.c.id)
+_INSERT_NEW_BLOB_PG = (
+    postgresql.insert(_BLOBS)
+    .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
+    .returning(_BLOBS.c.sha256)
+)
+_INSERT_NEW_BLOB_SQLITE = (
+    sqlite.insert(_BLOBS)
+    .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
+    .returning(_BLOBS.c.sha256)
+)
 
 
 def stale_etag(name: str) -> Aborted:
@@ -89,6 +108,11 @@ class ModelRepo:
         row = self.row(model_id)
         return convert.model(row) if row else None
 
+    def exists(self, model_id: str) -> bool:
+        """Whether ``models/{model_id}`` exists (one indexed lookup, no object loaded)."""
+        q = select(_MODELS.c.id).where(_MODELS.c.id == model_id)
+        return self.s.connection().execute(q).first() is not None
+
     def add(self, row: ModelRow) -> Model:
         self.s.add(row)
         self.s.flush()
@@ -140,11 +164,11 @@ class ModelRepo:
     def next_version(self, model_id: str) -> int | None:
         """Reserve the next version number (locks the model row until commit); None when the
         model does not exist."""
-        result = self.s.exec(  # type: ignore[call-overload]
-            update(ModelRow)
-            .where(col(ModelRow.id) == model_id)
-            .values(latest_version=ModelRow.latest_version + 1)
-            .returning(col(ModelRow.latest_version))
+        result = self.s.connection().execute(
+            update(_MODELS)
+            .where(_MODELS.c.id == model_id)
+            .values(latest_version=_MODELS.c.latest_version + 1)
+            .returning(_MODELS.c.latest_version)
         )
         number = result.scalar()
         return None if number is None else int(number)
@@ -182,8 +206,10 @@ class VersionRepo:
         return convert.version(row, self._aliases(model_id, [version]).get(version, []))
 
     def add(self, row: ModelVersionRow) -> ModelVersion:
-        self.s.add(row)
-        self.s.flush()
+        """Insert a new version (one Core INSERT ... RETURNING id; ``row`` stays detached)."""
+        values = {c.name: getattr(row, c.name) for c in _VERSIONS.columns if c.name != "id"}
+        result = self.s.connection().execute(_INSERT_VERSION, values)
+        row.id = int(result.scalar_one())
         return convert.version(row, [])
 
     def count(self, model_id: str) -> int:
@@ -351,8 +377,26 @@ class BlobRepo:
         self.s = session
 
     def get(self, sha256: str) -> Blob | None:
-        row = self.s.get(BlobRow, sha256)
-        return convert.blob(row) if row else None
+        row = self.s.connection().execute(select(_BLOBS).where(_BLOBS.c.sha256 == sha256)).first()
+        return convert.blob(row) if row else None  # type: ignore[arg-type]
+
+    def add_if_absent(self, blob: Blob) -> bool:
+        """Insert ``blob`` unless a row for its digest exists; True when this call inserted it.
+
+        One statement (``INSERT ... ON CONFLICT DO NOTHING RETURNING``) rather than a read
+        followed by an insert; a concurrent upload of the same digest waits for the other
+        transaction and then inserts nothing.
+        """
+        postgres = self.s.get_bind().dialect.name == "postgresql"
+        q = _INSERT_NEW_BLOB_PG if postgres else _INSERT_NEW_BLOB_SQLITE
+        values = {
+            "sha256": blob.sha256,
+            "size_bytes": blob.size_bytes,
+            "media_type": blob.media_type,
+            "created_by": blob.created_by,
+            "create_time": blob.create_time,
+        }
+        return self.s.connection().execute(q, values).first() is not None
 
     def add(self, blob: Blob) -> Blob:
         row = BlobRow(

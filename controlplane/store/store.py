@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
@@ -22,6 +23,9 @@ from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRe
 from controlplane.store.tables import RequestIdRow
 from modelplane.errors import AlreadyExists, InvalidArgument, Unavailable
 from modelplane.server.context import RequestContext
+
+_REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
+_INSERT_REQUEST_ID = insert(_REQUEST_IDS)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,17 @@ class Store:
         with _translated(), Session(self.engines.write, expire_on_commit=False) as session:
             tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
             if request_id:
-                seen = session.get(RequestIdRow, request_id)
+                # Core statements: these run on every write, and the ORM's identity map and
+                # unit of work cost more CPU than the round trip itself.
+                seen = (
+                    session.connection()
+                    .execute(
+                        select(_REQUEST_IDS.c.method, _REQUEST_IDS.c.resource).where(
+                            _REQUEST_IDS.c.request_id == request_id
+                        )
+                    )
+                    .first()
+                )
                 if seen is not None:
                     if seen.method != method:
                         raise InvalidArgument(
@@ -130,14 +144,15 @@ class Store:
                 for hook in self.hooks:
                     hook(session, tx.mutations)
                 if request_id:
-                    session.add(
-                        RequestIdRow(
-                            request_id=request_id,
-                            method=method,
-                            resource=tx.resource,
-                            principal=ctx.principal,
-                            create_time=tx.now,
-                        )
+                    session.connection().execute(
+                        _INSERT_REQUEST_ID,
+                        {
+                            "request_id": request_id,
+                            "method": method,
+                            "resource": tx.resource,
+                            "principal": ctx.principal,
+                            "create_time": tx.now,
+                        },
                     )
             session.commit()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +190,36 @@ def test_migrations_from_several_replicas_at_once(db_url: str) -> None:
         assert ModelService(s).create(CTX, unique()).latest_version == 0
     finally:
         s.close()
+
+
+def test_concurrent_uploads_of_one_digest_all_succeed_with_one_record(
+    store: Store, tmp_path: Path
+) -> None:
+    from controlplane import audit
+    from controlplane.blobstore import BlobStore
+    from controlplane.services import BlobService
+
+    audit.install(store)
+    blobs = BlobService(store, BlobStore.open(tmp_path / "artifacts", 1 << 20))
+    data = unique("blob").encode()
+    digest = hashlib.sha256(data).hexdigest()
+    barrier = threading.Barrier(6)
+    got: list[object] = []
+
+    def upload(i: int) -> None:
+        barrier.wait()
+        try:
+            got.append(blobs.upload(RequestContext(principal=f"p{i}"), digest, 0, "", [data]))
+        except Exception as exc:  # collected and asserted below
+            got.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(g, Exception) for g in got), got
+    assert len({g.created_by for g in got}) == 1  # type: ignore[attr-defined]
+    assert blobs.get(f"blobs/{digest}").size_bytes == len(data)
+    events, _ = audit.list_events(store, resource=f"blobs/{digest}")
+    assert [e.action for e in events] == ["UploadBlob"]
