@@ -14,7 +14,6 @@ that failed in the model are left out.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, CategoricalFeature
 from sidecar.drift import DriftMonitor, DriftReport, WindowState
+from sidecar.metrics import RegistryFamilies, multiprocess
 from sidecar.observers import BatchRecord, RejectedRecord
 from sidecar.signature import Signature
 
@@ -112,15 +112,14 @@ def _ok_rows(record: BatchRecord) -> np.ndarray[Any, Any] | None:
     return np.repeat([s == "OK" for s in record.status], record.row_counts)
 
 
-class DriftGauges:
-    """The last closed window's figures as Prometheus gauges."""
+class DriftFamilies(RegistryFamilies):
+    """The ``modelplane_drift_*`` gauge families of one registry."""
 
-    def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
-        multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
         # With several workers each reports its own traffic: one series per worker (pid).
-        mode: dict[str, Any] = {"multiprocess_mode": "liveall"} if multi else {}
+        mode: dict[str, Any] = {"multiprocess_mode": "liveall"} if multiprocess() else {}
         names = ["model", "version"]
-        self._labels = {"model": model, "version": version}
         self.psi = Gauge(
             "modelplane_drift_psi",
             "Population stability index of a feature in the last closed drift window",
@@ -149,26 +148,71 @@ class DriftGauges:
             names,
             registry=registry,
             **mode,
-        ).labels(**self._labels)
+        )
         self.rows = Gauge(
             "modelplane_drift_window_rows",
             "Rows counted in the last closed drift window",
             names,
             registry=registry,
             **mode,
-        ).labels(**self._labels)
+        )
+
+
+class DriftGauges:
+    """The last closed window's figures of one model version as Prometheus gauges."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
+        families: DriftFamilies = DriftFamilies.of(registry)
+        self._families = families
+        self._key = (model, version)
+        self._closed = False
+        self._lock = threading.Lock()
+        families.acquire(self._key)
+        self.share = families.share.labels(model, version)
+        self.rows = families.rows.labels(model, version)
 
     def show(self, report: DriftReport) -> None:
         """Set every gauge from ``report``."""
+        with self._lock:
+            if not self._closed:
+                self._show(report)
+
+    def _show(self, report: DriftReport) -> None:
         nan = float("nan")
+        f = self._families
         for feat in report.features:
-            labels = {**self._labels, "feature": feat.name}
-            self.psi.labels(**labels).set(nan if feat.psi is None else feat.psi)
+            labels = (*self._key, feat.name)
+            f.note(self._key, feat.name)
+            f.psi.labels(*labels).set(nan if feat.psi is None else feat.psi)
             pvalue = feat.ks_pvalue if feat.ks_pvalue is not None else feat.chi2_pvalue
-            self.ks_pvalue.labels(**labels).set(nan if pvalue is None else pvalue)
-            self.drifted.labels(**labels).set(1.0 if feat.drifted else 0.0)
+            f.ks_pvalue.labels(*labels).set(nan if pvalue is None else pvalue)
+            f.drifted.labels(*labels).set(1.0 if feat.drifted else 0.0)
         self.share.set(nan if report.drifted_share is None else report.drifted_share)
         self.rows.set(report.rows)
+
+    def close(self) -> None:
+        """The version is no longer served: drop its series (see :mod:`sidecar.metrics` on
+        multiprocess mode, where they are set to NaN instead)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        f = self._families
+        features = f.release(self._key)
+        if features is None:
+            return
+        nan = float("nan")
+        for name in features:
+            for family in (f.psi, f.ks_pvalue, f.drifted):
+                if multiprocess():
+                    family.labels(*self._key, name).set(nan)
+                else:
+                    family.remove(*self._key, name)
+        for family in (f.share, f.rows):
+            if multiprocess():
+                family.labels(*self._key).set(nan)
+            else:
+                family.remove(*self._key)
 
 
 class DriftFeed:

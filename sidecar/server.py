@@ -31,7 +31,7 @@ from sidecar import runtime as rt
 from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.codec import Limits
-from sidecar.metrics import NoMetrics, SidecarMetrics
+from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
 from sidecar.model import ModelSlot, ServingModel
 from sidecar.observers import Observer, ObserverHub
 from sidecar.observing import observe
@@ -111,15 +111,14 @@ class SidecarHandle:
             signal.signal(sig, handler)
 
 
-def _metrics(settings: SidecarSettings, name: str, provider: str) -> tuple[NoMetrics, Any, bool]:
-    """The request metrics, their registry and whether this process serves them."""
-    if settings.worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        return SidecarMetrics(registry, name, settings.model_version, provider), registry, False
+def metrics_registry(settings: SidecarSettings) -> tuple[CollectorRegistry | None, bool]:
+    """The registry the sidecar's metrics go to (None: metrics off) and whether this process
+    serves it over HTTP (a worker of ``--workers N`` leaves that to its supervisor)."""
+    if settings.worker and multiprocess():
+        return CollectorRegistry(), False
     if not settings.metrics_listen:
-        return NoMetrics(), None, False
-    registry = CollectorRegistry()
-    return SidecarMetrics(registry, name, settings.model_version, provider), registry, True
+        return None, False
+    return CollectorRegistry(), True
 
 
 def start(
@@ -175,7 +174,10 @@ def start(
             batch_rows=settings.max_batch_size,
         )
         name = settings.served_name
-        metrics, registry, serve = _metrics(settings, name, runtime.provider)
+        registry, serve = metrics_registry(settings)
+        metrics: NoMetrics = NoMetrics()
+        if registry is not None:
+            metrics = SidecarMetrics(registry, name, settings.model_version, runtime.provider)
         if serve and settings.metrics_listen:
             httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
             handle.closers.append(httpd.shutdown)

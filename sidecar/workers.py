@@ -6,6 +6,12 @@ supervisor reserves the port, waits until every worker is ready before it announ
 serves one Prometheus endpoint that merges the workers' values (prometheus_client
 multiprocess mode), forwards SIGTERM so every worker drains, and exits 0 once all have.
 
+In managed mode (``--control-plane``) every worker is a replica of its own: it watches the
+deployment, loads the versions and reports its windows independently (``--replica NAME``
+becomes ``NAME-<pid>``), and the control plane merges the replicas' reports as it merges
+pods'. The workers share one verified-artifact cache. A label reaches the worker its
+``IngestLabels`` call lands on, which joins only the predictions it served (as with pods).
+
 With a prediction log, every worker writes its own files into the one log directory (the
 file names carry the worker's pid, so readers see one log). Drift is monitored per worker:
 each counts the rows it served, its gauges carry a ``pid`` label, and the admin RPC answers
@@ -16,7 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -73,6 +82,15 @@ def supervise(
     from modelplane.server.supervisor import supervise as run_workers
     from sidecar.server import announce
 
+    shared_cache = None
+    if (
+        settings.managed
+        and settings.cache_dir is None
+        and (log_settings is None or log_settings.dir is None)
+    ):
+        # One verified-artifact cache for all workers: what one downloaded, the others reuse.
+        shared_cache = Path(tempfile.mkdtemp(prefix="modelplane-cache-"))
+        settings = settings.model_copy(update={"cache_dir": shared_cache})
     sock, port = reserve_port(settings.listen)
     try:
         return run_workers(
@@ -88,6 +106,8 @@ def supervise(
         )
     finally:
         sock.close()
+        if shared_cache is not None:
+            shutil.rmtree(shared_cache, ignore_errors=True)
 
 
 def main() -> int:

@@ -5,7 +5,9 @@ outside the real line has no place in a distribution distance). Results agree wi
 rounding: ``ks_2samp`` with ``scipy.stats.ks_2samp(..., method="asymp")``, ``wasserstein``
 with ``scipy.stats.wasserstein_distance``, ``jensen_shannon`` with
 ``scipy.spatial.distance.jensenshannon`` (natural log), ``chi_square`` with
-``scipy.stats.chi2_contingency``. ``psi`` has no scipy counterpart; its definition is below.
+``scipy.stats.chi2_contingency``. ``psi`` has no scipy counterpart; its definition,
+:func:`psi_from_counts` with :data:`PSI_EPSILON`, is the one the control plane uses on merged
+reports (:mod:`modelplane.profiles`), imported here so that both sides compute the same number.
 """
 
 from __future__ import annotations
@@ -16,13 +18,24 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from modelplane.profiles import quantile_edges
+from modelplane.profiles import PSI_EPSILON, psi_from_counts, quantile_edges
 from sidecar.drift._kernels import ks_sorted, wasserstein_sorted
 from sidecar.drift._kolmogorov import ks_pvalue
 
-#: Proportions below this are raised to it before PSI's logarithm, so an empty bin on either
-#: side adds a large but finite term instead of infinity.
-PSI_EPSILON = 1e-4
+__all__ = [
+    "PSI_EPSILON",
+    "category_counts",
+    "chi2_sf",
+    "chi_square",
+    "finite_sorted",
+    "jensen_shannon",
+    "ks_2samp",
+    "ks_sorted_pair",
+    "psi",
+    "psi_from_counts",
+    "sorted_bin_counts",
+    "wasserstein",
+]
 
 
 def finite_sorted(values: ArrayLike) -> np.ndarray:
@@ -175,23 +188,6 @@ def chi_square(reference_counts: ArrayLike, current_counts: ArrayLike) -> tuple[
         observed = observed + np.minimum(0.5, np.abs(diff)) * np.sign(diff)
     statistic = float(np.sum((observed - expected) ** 2 / expected))
     return statistic, chi2_sf(statistic, dof)
-
-
-def psi_from_counts(reference_counts: ArrayLike, current_counts: ArrayLike) -> float:
-    """Population stability index of two count vectors over the same bins.
-
-    ``sum((c - r) * ln(c / r))`` over bins, with ``r`` and ``c`` the bin proportions, each
-    first raised to at least :data:`PSI_EPSILON` (no renormalisation). NaN when either side has
-    no counts.
-    """
-    ref = np.asarray(reference_counts, dtype=np.float64).ravel()
-    cur = np.asarray(current_counts, dtype=np.float64).ravel()
-    rs, cs = ref.sum(), cur.sum()
-    if rs <= 0 or cs <= 0:
-        return math.nan
-    r = np.maximum(ref / rs, PSI_EPSILON)
-    c = np.maximum(cur / cs, PSI_EPSILON)
-    return float(np.sum((c - r) * np.log(c / r)))
 
 
 def psi(reference: ArrayLike, current: ArrayLike, bins: int = 10) -> float:

@@ -67,6 +67,8 @@ class DeploymentManager:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._retired_at: dict[int, float] = {}
+        #: Versions whose number now has another artifact, still in the serving table.
+        self._replaced: list[LoadedVersion] = []
 
     def start(self) -> None:
         """Start the applying thread."""
@@ -158,21 +160,24 @@ class DeploymentManager:
             with self._cond:
                 if self._stopped:
                     return
-            self.loaded[served.version] = self.loader.load(served, self.name)
-            self.loaded[served.version].artifact_sha256 = served.artifact_sha256.lower()
+            loaded = self.loader.load(served, self.name)
+            loaded.artifact_sha256 = served.artifact_sha256.lower()
+            self.loaded[served.version] = loaded
+            if have is not None:
+                # The same number with another artifact: the old one drains like a retired
+                # one once a table without it serves.
+                self._replaced.append(have)
         table = build_table(state, self.loaded)
         for version in table.by_label.values():
-            version.arm = table.arm_of(version.label)
-            sync_log = version.model.sync_log
-            if sync_log is not None:
-                sync_log.arm = version.arm
+            version.assign(table.arm_of(version.label))
         old, self.table = self.table, table
         self._applied_generation = state.generation
         keep = {v.number for v in table.by_label.values()}
         for number in [n for n in self.loaded if n not in keep]:
-            retired = self.loaded.pop(number)
-            self._retired_at[id(retired)] = time.monotonic()
-            self.retiring.append(retired)
+            self._retire(self.loaded.pop(number))
+        for replaced in self._replaced:
+            self._retire(replaced)
+        self._replaced = []
         if self._on_table is not None:
             self._on_table(table)
         self._ready.set()
@@ -186,6 +191,10 @@ class DeploymentManager:
             shadow_fraction=state.shadow_fraction,
             previous_generation=None if old is None else old.generation,
         )
+
+    def _retire(self, version: LoadedVersion) -> None:
+        self._retired_at[id(version)] = time.monotonic()
+        self.retiring.append(version)
 
     def version(self, label: str) -> LoadedVersion | None:
         """A loaded (or retiring) version by its label (any thread)."""
@@ -212,4 +221,8 @@ class DeploymentManager:
         for version in done:
             self.retiring.remove(version)
             self._retired_at.pop(id(version), None)
+            try:
+                version.release()
+            except Exception:
+                log.exception("could not release a version", version=version.label)
             log.info("version unloaded", deployment=self.name, version=version.label)

@@ -4,6 +4,10 @@
 deployment and returns; the first desired state's champion is loaded in the background and
 only then does the sidecar report ready (health SERVING, ServerReady true):
 :meth:`ManagedHandle.wait_ready` blocks until then.
+
+With ``--metrics-listen`` it serves the plain sidecar's Prometheus metrics, one series set per
+loaded version under the deployment's name (see :mod:`sidecar.metrics`); as a worker of
+``--workers N`` it records them for the supervisor's merged endpoint instead.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from typing import Any
 import grpc
 import structlog
 
-from modelplane.server.lifecycle import GrpcServerHandle, add_health_and_reflection, grpc_options
+from modelplane.server.lifecycle import (
+    GrpcServerHandle,
+    add_health_and_reflection,
+    grpc_options,
+    serve_metrics,
+)
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
 from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
@@ -38,7 +47,7 @@ from sidecar.model import ModelSlot
 from sidecar.observers import Observer, ObserverHub
 from sidecar.predlog import PredictionLogSettings, open_prediction_log
 from sidecar.recording import SyncLog
-from sidecar.server import SidecarHandle
+from sidecar.server import SidecarHandle, metrics_registry
 from sidecar.servicer import SERVICE_NAME, add_to_server
 from sidecar.settings import SidecarSettings
 
@@ -78,6 +87,14 @@ def default_replica() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def replica_name(settings: SidecarSettings) -> str:
+    """This process's replica name: ``--replica`` (with the pid appended in a worker of
+    ``--workers N``, each worker being a replica of its own), else :func:`default_replica`."""
+    if not settings.replica:
+        return default_replica()
+    return f"{settings.replica}-{os.getpid()}" if settings.worker else settings.replica
+
+
 def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
     """A channel to ``--control-plane`` (TLS when a CA file is given)."""
     options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -105,7 +122,7 @@ def start_managed(
 ) -> ManagedHandle:
     """Start a managed sidecar; it becomes ready once the first champion is loaded."""
     name = settings.deployment_id
-    replica = settings.replica or default_replica()
+    replica = replica_name(settings)
     logging_on = log_settings is not None and log_settings.dir is not None
     sync = logging_on and log_settings is not None and log_settings.durability == "sync"
     slot = ModelSlot()
@@ -128,12 +145,24 @@ def start_managed(
     closers: list[Any] = [channel.close]
     if temporary:
         closers.append(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
+    registry, serve = metrics_registry(settings)
+    metrics_port = None
+    if serve and settings.metrics_listen:
+        try:
+            httpd, metrics_port = serve_metrics(settings.metrics_listen, registry)
+        except BaseException:
+            for close in reversed(closers):
+                close()
+            raise
+        closers.append(httpd.shutdown)
     writer = None
     handle_box: list[ManagedHandle] = []
     if logging_on:
         assert log_settings is not None
         writer = open_prediction_log(
-            log_settings, on_failure=lambda err: handle_box[0].fail(err) if handle_box else None
+            log_settings,
+            registry=registry,
+            on_failure=lambda err: handle_box[0].fail(err) if handle_box else None,
         )
         closers.append(writer.close)
     label_log = None
@@ -169,7 +198,7 @@ def start_managed(
     shadow_box.append(shadow)
     closers.append(shadow.close)
     sync_logs = (lambda names: SyncLog(writer, names)) if sync and writer is not None else None
-    loader = VersionLoader(settings, cache, hub, sync_logs)
+    loader = VersionLoader(settings, cache, hub, sync_logs, registry)
     manager = DeploymentManager(loader, name)
     manager_box.append(manager)
     servicer = ManagedServicer(slot, manager, shadow)
@@ -183,6 +212,7 @@ def start_managed(
         GrpcServerHandle(server, port, health, services, settings.drain_seconds),
         servicer,
         slot,
+        metrics_port=metrics_port,
         closers=closers,
         manager=manager,
         reporter=reporter,
@@ -222,6 +252,7 @@ def start_managed(
         control_plane=settings.control_plane,
         replica=replica,
         port=port,
+        metrics_port=metrics_port,
         cache_dir=str(cache_dir),
         prediction_log=None if writer is None else str(writer.directory),
     )

@@ -60,6 +60,13 @@ class ManagedServicer(InferenceServicer):
             )
         return found
 
+    @staticmethod
+    def _leave(version: LoadedVersion) -> None:
+        version.leave()
+        metrics = version.model.metrics
+        if metrics.enabled:
+            metrics.in_flight(-1)
+
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self.ready and self.manager.table is not None)
 
@@ -117,6 +124,8 @@ class ManagedServicer(InferenceServicer):
             model = version.model
             version.enter()
             entered = True
+            if model.metrics.enabled:
+                model.metrics.in_flight(1)
             trace = _ids(context)[1]
             deadline = None
             if model.batcher is not None:
@@ -127,11 +136,11 @@ class ManagedServicer(InferenceServicer):
             response = model.encoder.encode(request.id, names, arrays)
         except ModelplaneError as err:
             if entered:
-                version.leave()
+                self._leave(version)
             self._reject(model, request, context, err, start, trace)
         except Exception as exc:
             if entered:
-                version.leave()
+                self._leave(version)
             request_id, trace = _ids(context)
             log.error(
                 "unhandled error in ModelInfer",
@@ -143,7 +152,9 @@ class ManagedServicer(InferenceServicer):
                 "internal error; the server log has the details under the request id"
             )
             self._reject(model, request, context, internal, start, trace)
-        version.leave()
+        self._leave(version)
+        if model.metrics.enabled:
+            model.metrics.request("OK", time.perf_counter() - start)
         shadow = table.shadow
         if (
             shadow is not None

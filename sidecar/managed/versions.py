@@ -3,7 +3,9 @@
 :class:`VersionLoader` makes a :class:`LoadedVersion` from a ``ServedVersion`` of the desired
 state: the artifact is fetched and verified through the cache, opened in ONNX Runtime and
 warmed up; the version's baseline profile (when it has one) is fetched the same way and
-turns drift monitoring on for that version. :class:`RoutingTable` is an immutable snapshot of
+turns drift monitoring on for that version. With a metrics registry each version binds its
+own Prometheus series (model = the deployment, version = its number), dropped again when the
+version is released. :class:`RoutingTable` is an immutable snapshot of
 what serves now; the server replaces it with one reference assignment, so a request sees
 either the old table or the new one, and finishes on the version it started with.
 """
@@ -15,15 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from modelplane.profiles import BaselineProfile
 from sidecar import runtime as rt
 from sidecar.codec import Limits
 from sidecar.drift import DriftMonitor, DriftThresholds, WindowState
-from sidecar.driftfeed import DriftFeed, FeatureSource
+from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource
 from sidecar.managed.artifacts import ArtifactCache
 from sidecar.managed.compare import OutputRule, warm_kernels
 from sidecar.managed.router import Splitter
+from sidecar.metrics import NoMetrics, SidecarMetrics
 from sidecar.model import ServingModel
 from sidecar.observers import ObserverHub
 from sidecar.observing import feature_names
@@ -67,6 +71,19 @@ class LoadedVersion:
         """A request on this version finished."""
         with self._lock:
             self.in_flight -= 1
+
+    def assign(self, arm: str) -> None:
+        """Give the version its role in a new routing table (logs and metrics follow)."""
+        self.arm = arm
+        if self.model.sync_log is not None:
+            self.model.sync_log.arm = arm
+        self.model.metrics.set_arm(arm)
+
+    def release(self) -> None:
+        """The version is unloaded: drop its Prometheus series."""
+        self.model.metrics.close()
+        if self.drift is not None and self.drift.gauges is not None:
+            self.drift.gauges.close()
 
     def take_drift(self) -> WindowState | None:
         """The report window's drift counts so far, starting a new window."""
@@ -156,10 +173,13 @@ class VersionLoader:
         cache: ArtifactCache,
         hub: ObserverHub,
         sync_logs: Any = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
         self.hub = hub
+        #: Where versions' Prometheus metrics go (None: metrics off).
+        self.registry = registry
         #: ``sync`` log durability: makes a version's SyncLog from its feature names.
         self.sync_logs = sync_logs
         self._warm = False
@@ -186,6 +206,7 @@ class VersionLoader:
         )
         names = feature_names(s, runtime.signature, profile)
         label = str(served.version)
+        registry = self.registry
         drift = window = source = None
         if profile is not None:
             thresholds = DriftThresholds(
@@ -201,20 +222,32 @@ class VersionLoader:
                 thresholds=thresholds,
             )
             source = FeatureSource.plan(runtime.signature, profile, names, monitor.numeric_names)
-            drift = DriftFeed(monitor, source)
+            gauges = None if registry is None else DriftGauges(registry, name, label)
+            drift = DriftFeed(monitor, source, gauges)
             window = DriftMonitor(profile, thresholds=thresholds)
-        model = ServingModel(
-            runtime,
-            name=name,
-            version=label,
-            limits=Limits(s.max_request_rows, s.max_tensor_elements, s.reject_non_finite),
-            max_batch_rows=s.max_batch_size,
-            max_delay=s.max_queue_delay,
-            max_queue_rows=s.max_queue_rows,
-            observers=self.hub,
-            sync_log=None if self.sync_logs is None else self.sync_logs(names),
-            drift=drift,
-        )
+        metrics: NoMetrics = NoMetrics()
+        if registry is not None:
+            # The routing table that includes the version assigns its arm (see assign).
+            metrics = SidecarMetrics(registry, name, label, runtime.provider, arm=CHAMPION)
+        try:
+            model = ServingModel(
+                runtime,
+                name=name,
+                version=label,
+                limits=Limits(s.max_request_rows, s.max_tensor_elements, s.reject_non_finite),
+                max_batch_rows=s.max_batch_size,
+                max_delay=s.max_queue_delay,
+                max_queue_rows=s.max_queue_rows,
+                metrics=metrics,
+                observers=self.hub,
+                sync_log=None if self.sync_logs is None else self.sync_logs(names),
+                drift=drift,
+            )
+        except BaseException:
+            metrics.close()
+            if drift is not None and drift.gauges is not None:
+                drift.gauges.close()
+            raise
         log.info(
             "version loaded",
             deployment=name,

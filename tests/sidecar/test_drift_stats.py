@@ -171,6 +171,28 @@ def test_psi_matches_direct_numpy(name: str, a: np.ndarray, b: np.ndarray) -> No
         assert psi(a, b, bins) == pytest.approx(_psi_reference(a, b, bins), rel=1e-12, abs=1e-15)
 
 
+def test_psi_is_the_control_planes_definition() -> None:
+    """The sidecar scores windows with the PSI the control plane recomputes from merged
+    reports: one function and one epsilon, so both agree on any counts, empty bins included."""
+    import modelplane.profiles as shared
+    import sidecar.drift as drift
+
+    assert drift.psi_from_counts is shared.psi_from_counts
+    assert drift.PSI_EPSILON == PSI_EPSILON == shared.PSI_EPSILON
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        bins = int(rng.integers(2, 25))
+        ref = rng.integers(0, 40, bins) * (rng.random(bins) > 0.2)
+        cur = rng.integers(0, 40, bins) * (rng.random(bins) > 0.2)
+        if ref.sum() == 0 or cur.sum() == 0:
+            assert math.isnan(drift.psi_from_counts(ref, cur))
+            continue
+        r = np.maximum(ref / ref.sum(), shared.PSI_EPSILON)
+        c = np.maximum(cur / cur.sum(), shared.PSI_EPSILON)
+        expected = float(np.sum((c - r) * np.log(c / r)))
+        assert drift.psi_from_counts(ref, cur) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
 def test_psi_behaviour() -> None:
     a = RNG.normal(size=20_000)
     assert psi(a, RNG.normal(size=20_000)) < 0.01
