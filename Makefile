@@ -89,7 +89,7 @@ $(PEERS)/%/.installed: bench/peers/%.txt
 PEER_ENVS := $(patsubst bench/peers/%.txt,$(PEERS)/%/.installed,$(wildcard bench/peers/*.txt))
 
 # Each benchmark prints JSON lines; bench/README.md keeps the latest figures.
-BENCHES ?= registry sidecar drift predlog governance
+BENCHES ?= registry sidecar drift predlog governance rollout
 
 .PHONY: bench
 bench: $(VENV)/.installed-bench $(PEER_ENVS) ## Run the benchmarks (peers in their own environments under .venv-peers/)
