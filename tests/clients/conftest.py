@@ -3,8 +3,6 @@ ONNX classifier with labelled data it scores perfectly, and the check for the ro
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,21 +72,3 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
         columns = {f"f{i}": x[:, i].astype(np.float64) for i in range(4)}
         pacsv.write_csv(pa.table({**columns, "label": y.astype(np.int64)}), folder / f"{name}.csv")
     return Classifier(folder / "model.onnx", folder / "train.csv", folder / "holdout.csv")
-
-
-def rollout_cli_missing() -> str:
-    """Why the rollout step cannot run yet, or "" when `modelplane rollout` is there.
-
-    The deployment and rollout CLI is being written; until it is, the CI tests stop before
-    the rollout step and skip with this reason.
-    """
-    cli = shutil.which("modelplane", path=str(BIN)) or "modelplane"
-    probe = subprocess.run([cli, "rollout", "--help"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        return "`modelplane rollout` does not exist yet"
-    from modelplane import Client
-
-    calls = ("get_deployment", "create_deployment", "start_rollout")
-    if not all(hasattr(Client, m) for m in calls):
-        return "`modelplane rollout` exists but the SDK lacks its deployment calls yet"
-    return ""

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import yaml
 
 from modelplane import Client
 from modelplane.v1 import deployments_pb2, deployments_pb2_grpc
-from tests.clients.conftest import BIN, ROOT, Classifier, LiveControlPlane, rollout_cli_missing
+from tests.clients.conftest import BIN, ROOT, Classifier, LiveControlPlane
 
 SCRIPT = ROOT / "clients" / "ci" / "modelplane-ci.sh"
 WORKFLOW = ROOT / "clients" / "ci" / "github-actions.yml"
@@ -58,8 +57,7 @@ def test_script_registers_evaluates_gates_and_rolls_out(
     live_controlplane: LiveControlPlane, classifier: Classifier, tmp_path: Path
 ) -> None:
     model = f"ci-{uuid.uuid4().hex[:8]}"
-    missing = rollout_cli_missing()
-    env = _env(live_controlplane, classifier, MODEL=model, ROLLOUT="off" if missing else "on")
+    env = _env(live_controlplane, classifier, MODEL=model, ROLLOUT="on")
     with Client(live_controlplane.address, principal="ops-admin") as admin:
         admin.create_policy(
             f"p-{uuid.uuid4().hex[:8]}",
@@ -79,11 +77,6 @@ def test_script_registers_evaluates_gates_and_rolls_out(
     assert [d.passed for d in decisions] == [True]
     assert decisions[0].evaluation.startswith(f"models/{model}/versions/1/evaluations/")
 
-    if missing:
-        assert "ROLLOUT=off: stopping after the gate" in first.stderr
-        pytest.skip(f"rollout step not run: {missing}")
-
-    # The lead removes the guard above once the rollout CLI lands.
     assert f"created deployments/{model} with v1 as champion" in first.stderr
     second = _script(env, tmp_path)
     assert second.returncode == 0, second.stderr
@@ -176,10 +169,7 @@ def test_workflow_steps_run_against_a_live_control_plane(
         GITHUB_REPOSITORY="acme/fraud",
         GITHUB_RUN_ID="42",
     )
-    missing = rollout_cli_missing()
     for step_id, step in steps.items():
-        if step_id == "rollout" and missing:
-            pytest.skip(f"workflow rollout step not run: {missing}")
         for line in github_env.read_text().splitlines():
             key, _, value = line.partition("=")
             env[key] = value
