@@ -155,8 +155,10 @@ def rollback_time(work: Path, rounds: int) -> list[dict[str, Any]]:
                 decided = d.rollout.end_time.ToNanoseconds() / 1e9
                 window_end = d.rollout.evidence.window_end_time.ToNanoseconds() / 1e9
                 time.sleep(3)  # let every replica's last candidate answer show
+                # The candidate's answers: its failures, and the rare inputs it gets through.
+                by_candidate = {"candidate-error", str(broken)}
                 last = max(
-                    (t for (_, v), t in traffic.last_answer.items() if v == "candidate-error"),
+                    (t for (_, v), t in traffic.last_answer.items() if v in by_candidate),
                     default=float("nan"),
                 )
                 record = {

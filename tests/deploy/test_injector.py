@@ -80,8 +80,7 @@ def test_sidecar_args_are_accepted_by_the_cli(settings: InjectorSettings) -> Non
     sidecar = _sidecar(_patched(model_pod(annotations={"modelplane.dev/gpu": "1"}), settings))
     parser = build_parser()
     serve = _subparser(_subparser(parser, "sidecar"), "serve")
-    if "--control-plane" not in serve._option_string_actions:
-        pytest.skip("modelplane sidecar serve has no managed mode (--control-plane) yet")
+    assert "--control-plane" in serve._option_string_actions
     args = parser.parse_args(sidecar["args"])
     assert args.log_dir.startswith("/var/log/modelplane")
     assert args.device == "cuda"

@@ -213,6 +213,7 @@ def test_sidecars_serve_through_a_control_plane_crash_and_the_rollout_resumes(
             30,
             "both replicas to split traffic",
         )
+        before = client.get_deployment(model).rollout
         cp.kill()
         crashed = time.monotonic()
         time.sleep(5)
@@ -225,6 +226,12 @@ def test_sidecars_serve_through_a_control_plane_crash_and_the_rollout_resumes(
     finally:
         load.stop()
     assert done.rollout.state == dp.ROLLOUT_STATE_PROMOTED, done.rollout.reason
+    # The same rollout went on from the step it had reached: one start, no step walked twice.
+    assert done.rollout.id == before.id
+    events = [e for e in client.list_rollout_events(model) if e.rollout_id == before.id]
+    actions = [e.action for e in events]
+    assert actions.count("started") == 1 and actions.count("advanced") == 1, actions
+    assert before.step in (0, 1)
     assert load.failures == []
 
 

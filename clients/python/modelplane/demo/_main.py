@@ -117,6 +117,10 @@ def main() -> int:
         note(f"artifacts:   {STATE / 'artifacts'} (content-addressed by sha256)")
         note(f"model card:  {STATE / 'model-card.md'}")
         note(f"server logs: {STATE}/controlplane.log, {STATE}/sidecar.log (JSON lines)")
+        note(
+            f"metrics:     http://127.0.0.1:{cp_metrics}/metrics (control plane), "
+            f"http://127.0.0.1:{sc_metrics}/metrics (sidecar), while they run"
+        )
         note(f"predictions: {log_dir} (Arrow IPC streams; `modelplane logs read {log_dir}`)")
     say(f"Done in {time.monotonic() - started:.0f}s")
     return 0
