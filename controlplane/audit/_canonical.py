@@ -32,8 +32,28 @@ def utc_text(value: datetime) -> str:
     return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: Field names of the dataclasses met so far (``dataclasses.fields`` is slow to call per value).
+_DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def plain(value: Any) -> Any:
     """``value`` reduced to JSON types, as the module docstring describes."""
+    # Fast paths by exact type for what domain objects are made of; every other type (and any
+    # subclass) takes the general path below, which gives the same result for these.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [plain(v) for v in value]
+    names = _DATACLASS_FIELDS.get(kind)
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names}
+    return _plain_general(value)
+
+
+def _plain_general(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -51,7 +71,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, Decimal | uuid.UUID | PurePath):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = tuple(f.name for f in dataclasses.fields(value))
+        _DATACLASS_FIELDS[type(value)] = names
+        return {name: plain(getattr(value, name)) for name in names}
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

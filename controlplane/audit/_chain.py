@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import bindparam, insert, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
-from controlplane.audit._canonical import GENESIS_HASH, event_hash, object_digest, utc_text
+from controlplane.audit._canonical import (
+    GENESIS_HASH,
+    canonical_json,
+    event_hash,
+    object_digest,
+    utc_text,
+)
 from controlplane.store import Mutation, Store
 from controlplane.store.convert import utc
 from controlplane.store.tables import AuditEventRow
@@ -32,6 +39,12 @@ _LOCKED_HEAD = text("SELECT head_seq, head_hash FROM modelplane_audit_locked_hea
 
 #: One statement object, parameters passed at execution, so its compiled form is cached.
 _INSERT_EVENT = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
+
+#: PostgreSQL function (migration 0006) that takes the lock, reads the head, fills in each
+#: event's ``prev_hash`` and ``seq``, hashes and inserts: one round trip per write.
+_APPEND = text("SELECT modelplane_audit_append(:k, :events)").bindparams(
+    bindparam("events", type_=JSONB)
+)
 
 
 @dataclass(frozen=True)
@@ -106,9 +119,52 @@ def locked_head(session: Session) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
+_PREV_GAP = '"prev_hash":""'
+_SEQ_GAP = '"seq":0'
+
+
+def hash_template(fields: dict[str, Any]) -> tuple[str, str, str]:
+    """``(head, mid, tail)`` such that ``head + prev_hash + mid + str(seq) + tail`` is the
+    canonical JSON that :meth:`AuditEvent.computed_hash` hashes, for an event with ``fields``
+    (its hashed fields but ``prev_hash`` and ``seq``).
+
+    Keys are sorted, so ``prev_hash`` and ``seq`` sit between known neighbours, and inside
+    string values quotes are escaped: the two gaps are found without ambiguity.
+    """
+    rendered = canonical_json({"v": 1, **fields, "prev_hash": "", "seq": 0}).decode("utf-8")
+    at = rendered.index(_PREV_GAP)
+    head = rendered[:at] + '"prev_hash":"'
+    rest = rendered[at + len(_PREV_GAP) :]
+    at = rest.index(_SEQ_GAP)
+    return head, '"' + rest[:at] + '"seq":', rest[at + len(_SEQ_GAP) :]
+
+
+def _append_postgresql(session: Session, mutations: list[Mutation]) -> None:
+    events = []
+    for mutation in mutations:
+        fields = {
+            "time": utc_text(mutation.time),
+            "actor": mutation.actor,
+            "action": mutation.action,
+            "resource": mutation.resource,
+            "request_id": mutation.request_id,
+            "before_sha256": object_digest(mutation.before),
+            "after_sha256": object_digest(mutation.after),
+        }
+        head, mid, tail = hash_template(fields)
+        events.append({**fields, "head": head, "mid": mid, "tail": tail})
+    session.flush()
+    session.connection().execute(_APPEND, {"k": AUDIT_LOCK_KEY, "events": events})
+
+
 def append_events(session: Session, mutations: list[Mutation]) -> None:
     """The mutation hook: append one chained event per mutation, in the caller's transaction."""
     if not mutations:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        # Pending ORM changes go first (in the flush), so the events follow the rows they
+        # describe; then one call appends them all.
+        _append_postgresql(session, mutations)
         return
     seq, prev = locked_head(session)
     rows: list[dict[str, Any]] = []

@@ -31,7 +31,6 @@ from controlplane.services.models import model_not_found, require_model
 from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json, signature_to_json
 from controlplane.store.pagination import decode, encode, page_size
-from controlplane.store.tables import ModelVersionRow
 from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
 
@@ -131,8 +130,8 @@ class VersionService:
         self.blobs = blobs
         self.baseline_sample_size = baseline_sample_size
 
-    def _stored_blob(self, tx: Tx, sha256: str, what: str) -> bytes:
-        if tx.blobs.get(sha256) is None or not self.blobs.exists(sha256):
+    def _stored_blob(self, recorded: set[str], sha256: str, what: str) -> bytes:
+        if sha256 not in recorded or not self.blobs.exists(sha256):
             raise FailedPrecondition(
                 f"{what} blobs/{sha256} has not been uploaded; upload it first with UploadBlob",
                 reason="BLOB_NOT_FOUND",
@@ -145,13 +144,17 @@ class VersionService:
         model_id = parse_model(parent)
         _check_new(new)
         with self.store.read() as tx:
-            if not tx.models.exists(model_id):
-                raise model_not_found(model_id)
-            artifact_bytes = self._stored_blob(tx, new.artifact_sha256, "artifact")
-            dataset_bytes = {
-                d.role: self._stored_blob(tx, d.sha256, f"dataset {d.role!r}") for d in new.datasets
-            }
+            digests = [new.artifact_sha256, *(d.sha256 for d in new.datasets)]
+            model_found, recorded = tx.blobs.model_and_blobs(model_id, digests)
+        if not model_found:
+            raise model_not_found(model_id)
+        artifact_bytes = self._stored_blob(recorded, new.artifact_sha256, "artifact")
+        dataset_bytes = {
+            d.role: self._stored_blob(recorded, d.sha256, f"dataset {d.role!r}")
+            for d in new.datasets
+        }
         artifact, signature = inspect_onnx(artifact_bytes, new.artifact_sha256)
+        del artifact_bytes
         datasets, feature_names, baseline = self._read_datasets(new, dataset_bytes)
         width = _tabular_width(signature)
         if width is not None and feature_names and len(feature_names) != width:
@@ -171,13 +174,28 @@ class VersionService:
             platform=new.platform,
             packages=list(new.packages),
         )
+        columns = {
+            "description": new.description,
+            "labels": dict(new.labels),
+            "state": VersionState.REGISTERED.value,
+            "artifact_sha256": artifact.sha256,
+            "artifact": artifact.__dict__,
+            "signature": signature_to_json(signature),
+            "lineage": lineage_to_json(lineage),
+            "feature_names": feature_names,
+            "label_column": new.label_column,
+            "baseline": baseline.__dict__ if baseline else {},
+            "created_by": ctx.principal,
+        }
         with self.store.write(ctx, "CreateModelVersion", request_id) as wtx:
             if wtx.replay is not None:
                 ref = parse_version(wtx.replay)
                 assert ref.version is not None
                 return require_version(wtx, ref.model_id, ref.version)
-            number = wtx.models.next_version(model_id)
-            if number is None:
+            version = wtx.versions.add_numbered(
+                model_id, {**columns, "create_time": wtx.now, "update_time": wtx.now}
+            )
+            if version is None:
                 raise model_not_found(model_id)
             if baseline is not None and wtx.blobs.get(baseline.sha256) is None:
                 # Profiles are stored like uploads, so that DownloadBlob serves them.
@@ -185,25 +203,6 @@ class VersionService:
                 wtx.blobs.add(
                     Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
                 )
-            version = wtx.versions.add(
-                ModelVersionRow(
-                    model_id=model_id,
-                    version=number,
-                    description=new.description,
-                    labels=dict(new.labels),
-                    state=VersionState.REGISTERED.value,
-                    artifact_sha256=artifact.sha256,
-                    artifact=artifact.__dict__,
-                    signature=signature_to_json(signature),
-                    lineage=lineage_to_json(lineage),
-                    feature_names=feature_names,
-                    label_column=new.label_column,
-                    baseline=baseline.__dict__ if baseline else {},
-                    created_by=ctx.principal,
-                    create_time=wtx.now,
-                    update_time=wtx.now,
-                )
-            )
             wtx.record("CreateModelVersion", version.name, None, version)
             return version
 

@@ -123,7 +123,8 @@ def lineage_from_json(data: dict[str, Any]) -> Lineage:
     )
 
 
-def version(row: ModelVersionRow, aliases: list[str]) -> ModelVersion:
+def version(row: ModelVersionRow | Any, aliases: list[str]) -> ModelVersion:
+    """The domain version of a row (or of any object with its columns as attributes)."""
     base = row.baseline or {}
     return ModelVersion(
         model_id=row.model_id,

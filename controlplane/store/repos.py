@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    union_all,
+    update,
+)
+from sqlalchemy import (
+    select as core_select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -31,6 +46,45 @@ _VERSIONS = ModelVersionRow.__table__  # type: ignore[attr-defined]
 _BLOBS = BlobRow.__table__  # type: ignore[attr-defined]
 # Statement objects built once, parameters passed at execution: their compiled forms are cached.
 _INSERT_VERSION = insert(_VERSIONS).returning(_VERSIONS.c.id)
+#: The columns a new version's INSERT sets (all but the generated id).
+_VERSION_COLUMNS = [c for c in _VERSIONS.columns if c.name != "id"]
+
+
+def _numbered_insert_pg() -> Any:
+    """PostgreSQL: reserve the next version number and insert the version in one statement.
+
+    The UPDATE locks the model row until commit, as :meth:`ModelRepo.next_version` does; when
+    the model does not exist it returns no row and nothing is inserted. Parameters are named
+    ``v_<column>``: names of the models table's columns would be taken as more of its SET.
+    """
+    number = (
+        update(_MODELS)
+        .where(_MODELS.c.id == bindparam("v_model_id"))
+        .values(latest_version=_MODELS.c.latest_version + 1)
+        .returning(_MODELS.c.latest_version)
+        .cte("reserved")
+    )
+    values = [
+        number.c.latest_version if c.name == "version" else bindparam(f"v_{c.name}", type_=c.type)
+        for c in _VERSION_COLUMNS
+    ]
+    return (
+        insert(_VERSIONS)
+        .from_select(_VERSION_COLUMNS, core_select(*values).select_from(number))
+        .returning(_VERSIONS.c.id, _VERSIONS.c.version)
+    )
+
+
+_INSERT_NUMBERED_VERSION_PG = _numbered_insert_pg()
+_SELECT_BLOB = core_select(_BLOBS).where(_BLOBS.c.sha256 == bindparam("sha256"))
+_SELECT_MODEL_AND_BLOBS = union_all(
+    core_select(literal("m").label("kind"), _MODELS.c.id.label("key")).where(
+        _MODELS.c.id == bindparam("model_id")
+    ),
+    core_select(literal("b"), _BLOBS.c.sha256).where(
+        _BLOBS.c.sha256.in_(bindparam("digests", expanding=True))
+    ),
+)
 _INSERT_NEW_BLOB_PG = (
     postgresql.insert(_BLOBS)
     .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
@@ -207,10 +261,34 @@ class VersionRepo:
 
     def add(self, row: ModelVersionRow) -> ModelVersion:
         """Insert a new version (one Core INSERT ... RETURNING id; ``row`` stays detached)."""
-        values = {c.name: getattr(row, c.name) for c in _VERSIONS.columns if c.name != "id"}
+        values = {c.name: getattr(row, c.name) for c in _VERSION_COLUMNS}
         result = self.s.connection().execute(_INSERT_VERSION, values)
         row.id = int(result.scalar_one())
         return convert.version(row, [])
+
+    def add_numbered(self, model_id: str, values: dict[str, Any]) -> ModelVersion | None:
+        """Reserve the model's next version number and insert a version with it; None (and
+        nothing inserted) when the model does not exist.
+
+        ``values`` holds every column but ``id``, ``model_id``, ``version`` and ``revision``.
+        One statement on PostgreSQL; :meth:`ModelRepo.next_version` then an INSERT on SQLite.
+        Either way the model row stays locked until commit, so numbers are never reused.
+        """
+        row = {**values, "model_id": model_id, "revision": 1}
+        conn = self.s.connection()
+        if conn.dialect.name == "postgresql":
+            params = {f"v_{k}": v for k, v in row.items()}
+            got = conn.execute(_INSERT_NUMBERED_VERSION_PG, params).first()
+            if got is None:
+                return None
+            row["id"], row["version"] = int(got[0]), int(got[1])
+        else:
+            number = ModelRepo(self.s).next_version(model_id)
+            if number is None:
+                return None
+            row["version"] = number
+            row["id"] = int(conn.execute(_INSERT_VERSION, row).scalar_one())
+        return convert.version(SimpleNamespace(**row), [])
 
     def count(self, model_id: str) -> int:
         q = (
@@ -377,8 +455,17 @@ class BlobRepo:
         self.s = session
 
     def get(self, sha256: str) -> Blob | None:
-        row = self.s.connection().execute(select(_BLOBS).where(_BLOBS.c.sha256 == sha256)).first()
+        row = self.s.connection().execute(_SELECT_BLOB, {"sha256": sha256}).first()
         return convert.blob(row) if row else None  # type: ignore[arg-type]
+
+    def model_and_blobs(self, model_id: str, digests: list[str]) -> tuple[bool, set[str]]:
+        """Whether ``models/{model_id}`` exists, and which of ``digests`` have a blob record:
+        one round trip for what registering a version must find first."""
+        rows = self.s.connection().execute(
+            _SELECT_MODEL_AND_BLOBS, {"model_id": model_id, "digests": digests}
+        )
+        found = {(str(kind), str(key)) for kind, key in rows}
+        return ("m", model_id) in found, {key for kind, key in found if kind == "b"}
 
     def add_if_absent(self, blob: Blob) -> bool:
         """Insert ``blob`` unless a row for its digest exists; True when this call inserted it.

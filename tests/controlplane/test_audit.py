@@ -378,3 +378,36 @@ def test_migration_matches_the_table(fresh_url: str) -> None:
         assert [d for d in diffs if "audit_events" in repr(d)] == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "actor,resource",
+    [
+        ("alice", "models/m"),
+        ('quote " and \\ backslash', 'resource "seq":0 "prev_hash":""'),
+        ("ünïcødé ✓", "line\nbreak\ttab\u0001"),
+    ],
+)
+def test_hash_template_gaps_give_the_canonical_event_hash(actor: str, resource: str) -> None:
+    from datetime import datetime
+
+    from controlplane.audit._chain import AuditEvent, hash_template
+
+    event = AuditEvent(
+        seq=123456789,
+        time=datetime(2026, 11, 26, 10, 0, 0, 1, tzinfo=UTC),
+        actor=actor,
+        action="CreateModelVersion",
+        resource=resource,
+        request_id="r1",
+        before_sha256="",
+        after_sha256="f" * 64,
+        prev_hash="a" * 64,
+        hash="",
+    )
+    fields = event.hashed_fields()
+    head, mid, tail = hash_template(
+        {k: v for k, v in fields.items() if k not in ("prev_hash", "seq")}
+    )
+    text_ = head + event.prev_hash + mid + str(event.seq) + tail
+    assert hashlib.sha256(text_.encode("utf-8")).hexdigest() == event.computed_hash()

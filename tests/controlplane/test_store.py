@@ -223,3 +223,72 @@ def test_concurrent_uploads_of_one_digest_all_succeed_with_one_record(
     assert blobs.get(f"blobs/{digest}").size_bytes == len(data)
     events, _ = audit.list_events(store, resource=f"blobs/{digest}")
     assert [e.action for e in events] == ["UploadBlob"]
+
+
+def test_register_checks_model_then_blobs_in_order_and_numbers_versions(
+    store: Store, tmp_path: Path
+) -> None:
+    from controlplane import audit
+    from controlplane.blobstore import BlobStore
+    from controlplane.services import BlobService, VersionService
+    from controlplane.services.versions import NewDataset, NewVersion
+    from modelplane import FailedPrecondition
+    from modelplane.testing import onnx_models
+
+    audit.install(store)
+    blob_store = BlobStore.open(tmp_path / "artifacts", 1 << 24)
+    blobs, versions = BlobService(store, blob_store), VersionService(store, blob_store)
+    onnx = onnx_models.save(onnx_models.mlp(features=3), tmp_path / "m.onnx").read_bytes()
+    sha = hashlib.sha256(onnx).hexdigest()
+    absent = "ab" * 32
+    name = ModelService(store).create(CTX, unique()).id
+
+    # A missing model is reported before a missing blob.
+    with pytest.raises(NotFound) as missing_model:
+        versions.create(CTX, f"models/{unique()}", NewVersion(artifact_sha256=absent))
+    assert missing_model.value.reason == "MODEL_NOT_FOUND"
+    with pytest.raises(FailedPrecondition) as missing_artifact:
+        versions.create(CTX, f"models/{name}", NewVersion(artifact_sha256=sha))
+    assert missing_artifact.value.reason == "BLOB_NOT_FOUND"
+    assert "artifact" in str(missing_artifact.value)
+    blobs.upload(CTX, sha, len(onnx), "application/onnx", [onnx])
+    dataset = NewVersion(
+        artifact_sha256=sha, datasets=[NewDataset(role="train", source="x", sha256=absent)]
+    )
+    with pytest.raises(FailedPrecondition) as missing_dataset:
+        versions.create(CTX, f"models/{name}", dataset)
+    assert missing_dataset.value.reason == "BLOB_NOT_FOUND"
+    assert "dataset 'train'" in str(missing_dataset.value)
+
+    made = [versions.create(CTX, f"models/{name}", NewVersion(artifact_sha256=sha)) for _ in "ab"]
+    assert [v.version for v in made] == [1, 2]
+    assert versions.get(made[1].name) == made[1]
+    assert ModelService(store).get(f"models/{name}").latest_version == 2
+    events, _ = audit.list_events(store, resource=made[0].name)
+    assert [e.action for e in events] == ["CreateModelVersion"]
+
+
+def test_numbered_insert_for_a_missing_model_inserts_nothing(store: Store) -> None:
+    now = datetime.now(UTC)
+    columns = {
+        "description": "",
+        "labels": {},
+        "state": "REGISTERED",
+        "artifact_sha256": "0" * 64,
+        "artifact": {},
+        "signature": {},
+        "lineage": {},
+        "feature_names": [],
+        "label_column": "",
+        "baseline": {},
+        "created_by": "alice",
+        "create_time": now,
+        "update_time": now,
+    }
+    missing = unique()
+    with store.write(CTX, "seed") as tx:
+        assert tx.versions.add_numbered(missing, columns) is None
+    with store.read() as tx:
+        assert tx.versions.count(missing) == 0
+        found, recorded = tx.blobs.model_and_blobs(missing, ["0" * 64])
+    assert (found, recorded) == (False, set())

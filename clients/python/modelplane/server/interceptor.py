@@ -57,10 +57,20 @@ class RpcMetrics:
             buckets=_LATENCY_BUCKETS,
             **kwargs,
         )
+        # The labelled children, looked up once per (method, code) rather than on every RPC.
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(method=method, code=code.name).inc()
-        self.latency.labels(method=method).observe(seconds)
+        """Count one RPC and record how long it took."""
+        children = self._children.get((method, code))
+        if children is None:
+            children = (
+                self.requests.labels(method=method, code=code.name),
+                self.latency.labels(method=method),
+            )
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def anonymous_loopback(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:
