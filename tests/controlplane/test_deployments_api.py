@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,19 @@ from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
 
 FAST: dict[str, Any] = {"step_duration": 0.3, "min_requests": 50}
+
+
+def next_generation(states: queue.Queue[Any], generation: int, timeout: float = 10) -> Any:
+    """The first pushed state at ``generation`` or later, skipping heartbeat repeats.
+
+    How fast a change reaches a watcher is measured by ``bench/rollout.py``; tests on a busy
+    CI machine only require that it arrives.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        state = states.get(timeout=max(0.01, deadline - time.monotonic()))
+        if state.generation >= generation:
+            return state
 
 
 def register_versions(c: Client, folder: Path, count: int = 2, **kw: Any) -> tuple[str, list[int]]:
@@ -627,12 +641,12 @@ def test_desired_state_watch_pushes_changes(cp: RunningControlPlane, tmp_path: P
         assert first.versions[0].artifact_sha256 and first.versions[0].artifact_size_bytes > 0
         assert first.candidate_version == 0 and first.report_interval.seconds == 2
         c.start_rollout(dep, versions[1], strategy="ab", split=30)
-        nxt = got.get(timeout=1.0)  # within a second of the change
+        nxt = next_generation(got, 2)
         assert nxt.generation == 2 and nxt.candidate_version == versions[1]
         assert nxt.candidate_percent == 30 and [v.version for v in nxt.versions] == versions[:2]
         assert nxt.rollout_state == pb.ROLLOUT_STATE_RUNNING and nxt.phase == pb.ROLLOUT_PHASE_AB
         Sidecar(c, dep).report(champion=100, candidate=100, candidate_errors=100)
-        back = got.get(timeout=1.0)
+        back = next_generation(got, 3)
         assert back.generation == 3 and back.candidate_percent == 0
         assert back.rollout_state == pb.ROLLOUT_STATE_ROLLED_BACK
         assert [v.version for v in back.versions] == [versions[0]]

@@ -18,7 +18,13 @@ from modelplane.errors import Aborted, FailedPrecondition
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
 from tests.controlplane.conftest import _start
-from tests.controlplane.test_deployments_api import Sidecar, drive, register_versions, wait_for
+from tests.controlplane.test_deployments_api import (
+    Sidecar,
+    drive,
+    next_generation,
+    register_versions,
+    wait_for,
+)
 
 
 def test_rollout_survives_a_restart(tmp_path: Path, db_url: str) -> None:
@@ -79,7 +85,7 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
             threading.Thread(target=_watch, args=(cb, dep, states), daemon=True).start()
             assert states.get(timeout=10).generation == 1
             started = ca.start_rollout(dep, versions[1], strategy="ab")
-            pushed = states.get(timeout=1.0)  # B hears of A's change within a second
+            pushed = next_generation(states, 2)  # B hears of A's change
             assert pushed.generation == started.generation == 2
             assert pushed.candidate_version == versions[1]
             assert cb.get_deployment(dep) == ca.get_deployment(dep)
@@ -99,7 +105,7 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
             assert outcomes[0] == "ETAG_MISMATCH" or outcomes[0] == "ROLLOUT_NOT_RUNNING"
             assert outcomes[1] == "ok"
             assert cb.get_deployment(dep).champion_version == versions[1]
-            assert states.get(timeout=1.0).generation == 3
+            assert next_generation(states, 3).generation == 3
 
             # Time-driven transitions: both reconcilers tick, each transition happens once.
             ca.start_rollout(dep, versions[2], strategy="blue_green", step_duration=0.2)
@@ -113,9 +119,9 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
                 if e.rollout_id == ca.get_deployment(dep).rollout.id
             ]
             assert Counter(e.action for e in events) == {"started": 1, "advanced": 2, "promoted": 1}
-            generations = [states.get(timeout=1.0).generation]
+            generations = [states.get(timeout=10).generation]
             while generations[-1] != 7:
-                generations.append(states.get(timeout=1.0).generation)
+                generations.append(states.get(timeout=10).generation)
             assert generations == sorted(generations)
     finally:
         a.handle.stop(0)
