@@ -87,7 +87,6 @@ def test_good_canary_walks_to_full_traffic_with_no_failed_request(
         done = wait_for(lambda: _ended(client, model), 120, "the canary to end")
         assert done.rollout.state == dp.ROLLOUT_STATE_PROMOTED, done.rollout.reason
         assert done.champion_version == v["candidate"]
-        promoted = time.monotonic()
         # Every replica ends up answering with the new champion only.
         wait_for(
             lambda: (
@@ -97,7 +96,6 @@ def test_good_canary_walks_to_full_traffic_with_no_failed_request(
             30,
             "every sidecar to serve the promoted version only",
         )
-        assert time.monotonic() - promoted < 30
     finally:
         load.stop()
     assert load.failures == []
