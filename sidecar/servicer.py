@@ -183,23 +183,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ModelplaneError as err:
             self._reject(model, request, context, err, start, trace)
         except Exception as exc:
-            request_id, trace = _ids(context)
-            log.error(
-                "unhandled error in ModelInfer",
-                request_id=request_id or request.id,
-                trace_id=trace,
-                exc_info=exc,
-            )
-            internal = Internal(
-                "internal error; the server log has the details under the request id"
-            )
-            self._reject(model, request, context, internal, start, trace)
+            self._unhandled(model, request, context, exc, start)
         finally:
             if timed:
                 metrics.in_flight(-1)
         if timed:
             metrics.request("OK", time.perf_counter() - start)
         return response
+
+    def _unhandled(
+        self,
+        model: ServingModel | None,
+        request: Any,
+        context: grpc.ServicerContext,
+        exc: Exception,
+        start: float,
+    ) -> NoReturn:
+        """Log an unexpected failure with the request id; answer INTERNAL without details."""
+        request_id, trace = _ids(context)
+        log.error(
+            "unhandled error in ModelInfer",
+            request_id=request_id or request.id,
+            trace_id=trace,
+            exc_info=exc,
+        )
+        internal = Internal("internal error; the server log has the details under the request id")
+        self._reject(model, request, context, internal, start, trace)
 
     def _reject(
         self,

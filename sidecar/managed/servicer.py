@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import structlog
 
-from modelplane.errors import Internal, ModelplaneError, NotFound, Unavailable
+from modelplane.errors import ModelplaneError, NotFound, Unavailable
 from modelplane.oip import grpc_service_pb2 as pb
 from sidecar.managed.router import routing_key
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
@@ -141,17 +141,7 @@ class ManagedServicer(InferenceServicer):
         except Exception as exc:
             if entered:
                 self._leave(version)
-            request_id, trace = _ids(context)
-            log.error(
-                "unhandled error in ModelInfer",
-                request_id=request_id or request.id,
-                trace_id=trace,
-                exc_info=exc,
-            )
-            internal = Internal(
-                "internal error; the server log has the details under the request id"
-            )
-            self._reject(model, request, context, internal, start, trace)
+            self._unhandled(model, request, context, exc, start)
         self._leave(version)
         if model.metrics.enabled:
             model.metrics.request("OK", time.perf_counter() - start)
