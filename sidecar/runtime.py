@@ -13,10 +13,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from sidecar.settings import SidecarSettings
 import structlog
 
 from modelplane.errors import FailedPrecondition
@@ -155,6 +158,18 @@ def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
             if rows == sizes[-1]:
                 best = min(best, time.perf_counter() - start)
     return best
+
+
+def load_for(settings: SidecarSettings, path: Path) -> Runtime:
+    """Open ``path`` with the device, intra-op threads, warm-up and batch size of ``settings``."""
+    return load(
+        path,
+        settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        spinning=settings.intra_op_spinning,
+        warmup_runs=settings.warmup_runs,
+        batch_rows=settings.max_batch_size,
+    )
 
 
 def load(

@@ -165,14 +165,7 @@ def start(
         slot,
     )
     try:
-        runtime = rt.load(
-            settings.model,
-            settings.device,
-            intra_op_threads=settings.intra_op_threads,
-            spinning=settings.intra_op_spinning,
-            warmup_runs=settings.warmup_runs,
-            batch_rows=settings.max_batch_size,
-        )
+        runtime = rt.load_for(settings, settings.model)
         name = settings.served_name
         registry, serve = metrics_registry(settings)
         metrics: NoMetrics = NoMetrics()

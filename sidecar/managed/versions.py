@@ -196,14 +196,7 @@ class VersionLoader:
             profile = BaselineProfile.from_bytes(
                 self.cache.fetch(served.baseline_sha256).read_bytes()
             )
-        runtime = rt.load(
-            path,
-            s.device,
-            intra_op_threads=s.intra_op_threads,
-            spinning=s.intra_op_spinning,
-            warmup_runs=s.warmup_runs,
-            batch_rows=s.max_batch_size,
-        )
+        runtime = rt.load_for(s, path)
         names = feature_names(s, runtime.signature, profile)
         label = str(served.version)
         registry = self.registry
