@@ -26,13 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
@@ -42,10 +39,9 @@ from sidecar_tools import servers  # noqa: E402
 from sidecar_tools.oip import infer_request  # noqa: E402
 
 from modelplane import Client  # noqa: E402
-from modelplane.oip import grpc_service_pb2 as pb  # noqa: E402
-from modelplane.oip import grpc_service_pb2_grpc as pbg  # noqa: E402
 from modelplane.testing.onnx_models import faulty_classifier, mlp, save  # noqa: E402
 from modelplane.testing.processes import Server, controlplane, sidecar  # noqa: E402
+from modelplane.testing.traffic import Load  # noqa: E402
 from modelplane.v1 import deployments_pb2 as dp  # noqa: E402
 
 FEATURES = 32
@@ -67,68 +63,6 @@ def wait_ended(client: Client, deployment: str, timeout: float) -> dp.Deployment
     raise TimeoutError(f"the rollout of {deployment} did not end within {timeout:.0f}s")
 
 
-class Traffic:
-    """Single-row requests from a few threads to every replica, remembering when each replica
-    last answered with each version (wall-clock, comparable with the servers' timestamps)."""
-
-    def __init__(self, addresses: list[str], model: str, threads: int = 2) -> None:
-        self.addresses = addresses
-        self.model = model
-        self.threads = threads
-        self.last_answer: dict[tuple[str, str], float] = {}
-        self.errors = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
-
-    def start(self) -> Traffic:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, args=(i,), daemon=True)
-            t.start()
-            self._workers.append(t)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(timeout=10)
-
-    def _run(self, worker: int) -> None:
-        x = np.random.default_rng(worker).standard_normal((256, FEATURES)).astype(np.float32)
-        channels = [grpc.insecure_channel(a) for a in self.addresses]
-        stubs = [pbg.GRPCInferenceServiceStub(c) for c in channels]
-        i = 0
-        while not self._stop.is_set():
-            k = i % len(stubs)
-            request = pb.ModelInferRequest(
-                model_name=self.model,
-                id=uuid.uuid4().hex,
-                inputs=[
-                    pb.ModelInferRequest.InferInputTensor(
-                        name="input", datatype="FP32", shape=[1, FEATURES]
-                    )
-                ],
-                raw_input_contents=[x[i % len(x)].tobytes()],
-            )
-            try:
-                reply = stubs[k].ModelInfer(request, timeout=10)
-                version = reply.model_version
-            except grpc.RpcError as exc:
-                # The broken candidate answers INVALID_ARGUMENT: count it as its answer.
-                version = (
-                    "candidate-error" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else ""
-                )
-                with self._lock:
-                    self.errors += 1
-            if version:
-                with self._lock:
-                    self.last_answer[(self.addresses[k], version)] = time.time()
-            i += 1
-            time.sleep(0.001)
-        for c in channels:
-            c.close()
-
-
 def rollback_time(work: Path, rounds: int) -> list[dict[str, Any]]:
     """Rounds of broken canaries; one record each."""
     cp = controlplane(work, f"sqlite:///{work / 'rollback.db'}", name="cp-rollback").start()
@@ -144,7 +78,8 @@ def rollback_time(work: Path, rounds: int) -> list[dict[str, Any]]:
         client.create_deployment("bench", model="bench", champion_version=champion)
         replicas = [sidecar(work, cp.address, "bench", name=f"rb-sc{i}").start() for i in range(2)]
         started += replicas
-        traffic = Traffic([s.address for s in replicas], "bench").start()
+        traffic = Load([s.address for s in replicas], "bench", features=FEATURES, pause=0.001)
+        traffic.start()
         try:
             time.sleep(2)
             for r in range(rounds):
@@ -155,12 +90,9 @@ def rollback_time(work: Path, rounds: int) -> list[dict[str, Any]]:
                 decided = d.rollout.end_time.ToNanoseconds() / 1e9
                 window_end = d.rollout.evidence.window_end_time.ToNanoseconds() / 1e9
                 time.sleep(3)  # let every replica's last candidate answer show
-                # The candidate's answers: its failures, and the rare inputs it gets through.
-                by_candidate = {"candidate-error", str(broken)}
-                last = max(
-                    (t for (_, v), t in traffic.last_answer.items() if v in by_candidate),
-                    default=float("nan"),
-                )
+                # The candidate's answers: its failures (ONNX Runtime refuses most inputs:
+                # INVALID_ARGUMENT, MODEL_EXECUTION_FAILED) and the rare inputs it gets through.
+                last = traffic.last_seen({"!INVALID_ARGUMENT", str(broken)})
                 record = {
                     "bench": "rollback",
                     "round": r,

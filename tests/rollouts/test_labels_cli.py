@@ -16,8 +16,9 @@ from modelplane import Client
 from modelplane.cli import main
 from modelplane.oip import grpc_service_pb2_grpc as pbg
 from modelplane.testing.processes import Server, controlplane, free_port, sidecar
+from modelplane.testing.traffic import infer
 from tests.conftest import unique
-from tests.rollouts.harness import infer, register, rows
+from tests.rollouts.harness import register, rows
 
 pytestmark = pytest.mark.timeout(180)
 
