@@ -94,3 +94,24 @@ def sidecar_factory() -> Iterator[Callable[..., Any]]:
     yield factory
     for h in handles:
         h.stop(0)
+
+
+@pytest.fixture
+def plane() -> Iterator[Any]:
+    """A control-plane double (DeploymentService + BlobService) on a free port."""
+    from control_plane_double import FakeControlPlane
+
+    p = FakeControlPlane()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
+    """Versions 1-3 of an 8-feature classifier that answer differently (seeds 1-3)."""
+    d = tmp_path_factory.mktemp("managed-models")
+    out = {}
+    for number in (1, 2, 3):
+        path = onnx_models.save(onnx_models.mlp(8, (16,), 2, seed=number), d / f"v{number}.onnx")
+        out[number] = path.read_bytes()
+    return out

@@ -21,28 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import raw_request, spawn_sidecar, stub
 
 from modelplane.oip import grpc_service_pb2 as pb
-from modelplane.testing import onnx_models
 
 NAME = "fraud"
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def plane() -> Iterator[FakeControlPlane]:
-    p = FakeControlPlane()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
-    """Two versions of an 8-feature classifier."""
-    d = tmp_path_factory.mktemp("metrics-models")
-    out = {}
-    for number in (1, 2):
-        path = onnx_models.save(onnx_models.mlp(8, (16,), 2, seed=number), d / f"v{number}.onnx")
-        out[number] = path.read_bytes()
-    return out
 
 
 @pytest.fixture

@@ -17,28 +17,9 @@ from sidecar_helpers import output_array, raw_request, stub
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
-from modelplane.testing import onnx_models
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 NAME = "fraud"
-
-
-@pytest.fixture
-def plane() -> Iterator[FakeControlPlane]:
-    p = FakeControlPlane()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
-    """Two versions of an 8-feature classifier that answer differently."""
-    d = tmp_path_factory.mktemp("managed-models")
-    out = {}
-    for number, seed in ((1, 1), (2, 2), (3, 3)):
-        path = onnx_models.save(onnx_models.mlp(8, (16,), 2, seed=seed), d / f"v{number}.onnx")
-        out[number] = path.read_bytes()
-    return out
 
 
 @pytest.fixture
