@@ -7,7 +7,9 @@ measurement goes to stdout, then one JSON line per target ratio; a readable tabl
 ratios goes to stderr.
 
     .venv/bin/python bench/sidecar.py [--quick] [--only mlp,sidecar,echo-aio,...]
-        [--duration S] [--gpu] [--device cpu|cuda] [--workers N]
+        [--duration S] [--workers N]
+
+The GPU measurements (CUDA, several workers and client processes) are ``bench/sidecar_gpu.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sidecar_tools import oip, plan, raw_ort, servers
+from sidecar_tools import drive, oip, plan, raw_ort, servers
 from sidecar_tools.plan import ModelCase, ServerConfig
 
 from modelplane.testing import onnx_models
@@ -72,8 +74,8 @@ class Run:
             f.replace("{workdir}", str(self.workdir)).replace("{baseline}", str(self.baseline))
             for f in config.flags
         ]
-        if self.args.device != "cpu" or "--device" in self.sidecar_help:
-            flags += ["--device", self.args.device]
+        if "--device" in self.sidecar_help:
+            flags += ["--device", "cpu"]
         if self.args.workers:
             flags += ["--workers", str(self.args.workers)]
         return flags
@@ -81,7 +83,7 @@ class Run:
     def model(self, case: ModelCase) -> None:
         """Every selected measurement of one model."""
         path = onnx_models.save(case.build(), self.workdir / f"{case.name}.onnx")
-        sess = raw_ort.session(path, self.args.device)
+        sess = raw_ort.session(path, "cpu")
         input_name = sess.get_inputs()[0].name
         output_name = sess.get_outputs()[0].name
         x = np.random.default_rng(1).standard_normal(case.request_shape).astype(np.float32)
@@ -142,9 +144,6 @@ class Run:
                 ".venv-peers/mlserver/bin/pip install -r bench/peers/mlserver.txt`)"
             )
             return port, None
-        if case.gpu_only:
-            self.note_once(f"{config.name} skipped for {case.name}: the peer runtime is CPU-only")
-            return port, None
         name = f"{config.name}-{case.name}"
         settings = dict(config.settings)
         return port, servers.mlserver_server(name, case.name, path, port, settings, self.workdir)
@@ -195,19 +194,16 @@ class Run:
         self, target: str, request: Path, out_bytes: int, config: ServerConfig, pgid: int
     ) -> list:
         """Run the load generator process against ``target``; its JSON lines."""
-        points = config.concurrency or self.args.concurrency
-        argv = [servers.python(), "-m", "sidecar_tools.loadgen", "--target", target]
-        argv += ["--request", str(request), "--expect-bytes", str(out_bytes)]
-        argv += ["--concurrency", ",".join(map(str, points))]
-        argv += ["--duration", str(self.args.duration), "--warmup", str(self.args.warmup)]
-        argv += ["--channels", str(self.args.channels), "--server-pgid", str(pgid)]
-        limit = len(points) * (self.args.duration + self.args.warmup + 10) + 60
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=limit, env=servers.bench_env()
+        return drive.drive(
+            target,
+            request,
+            out_bytes,
+            config.concurrency or self.args.concurrency,
+            duration=self.args.duration,
+            warmup=self.args.warmup,
+            channels=self.args.channels,
+            server_pgid=pgid,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"load generator failed: {done.stderr.strip()[-1500:]}")
-        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def print_summary(rows: list[dict], ran: set[tuple[str, str]]) -> None:
@@ -234,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         type=lambda s: set(s.split(",")),
         default=set(),
-        help="comma-separated models (mlp, heavy, convnet) and servers (raw, echo-threads, "
+        help="comma-separated models (mlp, heavy) and servers (raw, echo-threads, "
         "echo-aio, sidecar, sidecar-batch, sidecar-intra1, sidecar-logged, mlserver, "
         "mlserver-tuned)",
     )
@@ -249,11 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat every server this often; ratios use medians"
     )
-    parser.add_argument("--gpu", action="store_true", help="add the GPU lines (convnet model)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda with --gpu")
     parser.add_argument("--workers", type=int, default=0, help="sidecar --workers (0: its own)")
     args = parser.parse_args(argv)
-    args.device = args.device or ("cuda" if args.gpu else "cpu")
     if args.duration is None:
         args.duration = 1.0 if args.quick else 2.5
     if args.warmup is None:
@@ -273,10 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         for run.round in range(args.rounds):
             for case in plan.MODELS:
                 if selected_models and case.name not in selected_models:
-                    continue
-                if case.gpu_only and not args.gpu:
-                    if run.round == 0:
-                        note(f"{case.name} skipped: GPU lines run with --gpu")
                     continue
                 note(f"model {case.name}" + (f", round {run.round}" if args.rounds > 1 else ""))
                 run.model(case)

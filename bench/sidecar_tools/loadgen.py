@@ -9,6 +9,7 @@ client does the same work against every server).
 
     python -m sidecar_tools.loadgen --target 127.0.0.1:PORT --request FILE \
         --expect-bytes N --concurrency 1,8,32 --duration 3 --warmup 1 [--server-pgid PID]
+        [--start-at EPOCH]
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import grpc
 import numpy as np
 
 from sidecar_tools.oip import INFER_METHOD
+
+#: Seconds between the end of one point's window and the start of the next (``--start-at``).
+SLOT_SLACK = 2.0
 
 _OPTIONS = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -142,13 +146,18 @@ async def _point(
 async def _main(args: argparse.Namespace) -> None:
     payload = Path(args.request).read_bytes()
     check = _make_checker(args.expect_bytes)
-    for concurrency in (int(c) for c in args.concurrency.split(",")):
+    slot = args.warmup + args.duration + SLOT_SLACK
+    for k, concurrency in enumerate(int(c) for c in args.concurrency.split(",")):
         n_channels = max(1, min(args.channels, concurrency))
         channels = [
             grpc.aio.insecure_channel(args.target, options=[*_OPTIONS, ("bench.channel", i)])
             for i in range(n_channels)
         ]
         calls = [ch.unary_unary(INFER_METHOD) for ch in channels]
+        if args.start_at:
+            # Several generator processes drive one server: each point starts at the same
+            # wall-clock moment in all of them, so their measured windows overlap.
+            await asyncio.sleep(max(0.0, args.start_at + k * slot - time.time()))
         result = await _point(
             calls, payload, concurrency, args.duration, args.warmup, check, args.server_pgid
         )
@@ -170,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-bytes", type=int, default=0)
     parser.add_argument(
         "--server-pgid", type=int, default=0, help="process group whose CPU time to report"
+    )
+    parser.add_argument(
+        "--start-at",
+        type=float,
+        default=0.0,
+        help="wall-clock time (epoch seconds) at which the first point starts",
     )
     asyncio.run(_main(parser.parse_args(argv)))
     return 0

@@ -21,13 +21,11 @@ class ModelCase:
     request_shape: tuple[int, ...]
     raw_batches: tuple[int, ...]
     transport_bound: bool = False
-    gpu_only: bool = False
 
 
 MODELS = (
     ModelCase("mlp", onnx_models.mlp, (1, 32), (1, 1024), transport_bound=True),
     ModelCase("heavy", onnx_models.heavy_mlp, (1, 256), (1, 64, 256)),
-    ModelCase("convnet", onnx_models.conv_net, (1, 3, 224, 224), (1, 32), gpu_only=True),
 )
 
 BATCH_ON = ("--max-batch-size", "64", "--max-queue-delay", "500us")

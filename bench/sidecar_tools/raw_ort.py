@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +20,21 @@ def session(model: Path, device: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), providers=providers)
 
 
-def measure(sess: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float) -> dict:
-    """Call ``run`` repeatedly for about ``seconds``; per-call percentiles and rates."""
+def _timed(call: Callable[[], object], rows: int, seconds: float) -> dict:
+    """Call ``call`` three times, then repeatedly for about ``seconds``: percentiles, rates."""
     for _ in range(3):
-        sess.run(None, feed)
+        call()
     times: list[float] = []
     perf = time.perf_counter
     end = perf() + seconds
     while True:
         t0 = perf()
-        sess.run(None, feed)
+        call()
         t1 = perf()
         times.append(t1 - t0)
         if t1 >= end:
             break
     lat = np.asarray(times)
-    rows = next(iter(feed.values())).shape[0]
     total = float(lat.sum())
     return {
         "batch": rows,
@@ -44,3 +44,37 @@ def measure(sess: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: fl
         "rps": round(len(lat) / total, 1),
         "rows_per_s": round(len(lat) * rows / total, 1),
     }
+
+
+def measure(sess: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float) -> dict:
+    """Call ``run`` (numpy in and out) repeatedly for about ``seconds``."""
+    rows = next(iter(feed.values())).shape[0]
+    return _timed(lambda: sess.run(None, feed), rows, seconds)
+
+
+def measure_bound(
+    sess: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float, *, resident: bool
+) -> dict:
+    """Like :func:`measure` through an ``IOBinding`` on the CUDA device.
+
+    ``resident``: the input is copied to the GPU once and the outputs stay there (the compute
+    alone); otherwise every call copies the input from host memory and the outputs back, as a
+    server must.
+    """
+    binding = sess.io_binding()
+    outputs = [o.name for o in sess.get_outputs()]
+    placed = {name: ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0) for name, x in feed.items()}
+
+    def call() -> None:
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, x in feed.items():
+            value = placed[name] if resident else ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+            binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cuda", 0)
+        sess.run_with_iobinding(binding)
+        if not resident:
+            binding.copy_outputs_to_cpu()
+
+    return _timed(call, next(iter(feed.values())).shape[0], seconds)

@@ -41,8 +41,16 @@ def bench_env(**extra: str) -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for servers that must not see ``bench/`` on their import path."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """The environment for servers that must not see ``bench/`` on their import path (other
+    ``PYTHONPATH`` entries, such as a folder of extra packages, stay)."""
+    env = dict(os.environ)
+    kept = [
+        p
+        for p in env.pop("PYTHONPATH", "").split(os.pathsep)
+        if p and Path(p).resolve() != BENCH_DIR
+    ]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
     env.update(extra)
     return env
 

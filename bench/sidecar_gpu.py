@@ -1,0 +1,324 @@
+"""GPU benchmark: the sidecar on CUDA with several workers, a bare echo server, raw ONNX Runtime.
+
+For a machine with an NVIDIA GPU and ``onnxruntime-gpu``. Two models built with onnx.helper: the
+compute-heavy MLP (256 FP32 features, four hidden layers of 2,048, batch 1 per request) and
+ResNet-50 (``[1, 3, 224, 224]`` FP32 per request, 588 KiB). For each, in one run:
+
+1. raw ONNX Runtime on CUDA in process: plain ``run`` and I/O binding (host input copied per
+   call; input resident on the GPU) at several batch sizes (the compute ceiling);
+2. a bare single-process thread-pool echo server answering the same payload sizes (what one
+   Python gRPC process carries);
+3. the sidecar, ``--device cuda --workers N`` with batching on.
+
+Every gRPC point is driven by ``--client-procs`` load-generator processes at once (one Python
+client process cannot saturate several server processes). JSON lines go to stdout, a table
+of the target ratios to stderr:
+
+    python bench/sidecar_gpu.py [--workers 6] [--client-procs 8] [--concurrency 16]
+        [--duration 4] [--only heavy,resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from sidecar_tools import drive, oip, raw_ort, servers
+
+from modelplane.testing import onnx_models
+
+
+@dataclass(frozen=True)
+class GpuCase:
+    """One model: how to build it, one request's shape, the raw batch sizes to measure."""
+
+    name: str
+    build: Callable[[], onnx.ModelProto]
+    request_shape: tuple[int, ...]
+    raw_batches: tuple[int, ...]
+
+
+CASES = (
+    GpuCase("heavy", onnx_models.heavy_mlp, (1, 256), (1, 256, 4096)),
+    GpuCase("resnet50", onnx_models.resnet50, (1, 3, 224, 224), (1, 32, 128)),
+)
+
+
+def emit(line: dict) -> None:
+    """Print one JSON result line."""
+    print(json.dumps({"bench": "sidecar-gpu", **line}), flush=True)
+
+
+def note(message: str) -> None:
+    """Print a progress message for people (stderr)."""
+    print(f"[sidecar-gpu bench] {message}", file=sys.stderr, flush=True)
+
+
+def environment() -> dict:
+    """The GPU, the driver and the ONNX Runtime build this run used."""
+    import onnxruntime as ort
+
+    line: dict = {
+        "environment": True,
+        "cpus": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+    }
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        line["gpu"] = smi.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        line["gpu"] = f"nvidia-smi failed: {exc}"
+    return line
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """The relative error norm(got - want) / norm(want), in float64."""
+    diff = np.linalg.norm(got.astype(np.float64) - want.astype(np.float64))
+    return float(diff / max(np.linalg.norm(want.astype(np.float64)), 1e-30))
+
+
+def wait_for_line(proc: servers.ServerProcess, marker: str, timeout: float) -> None:
+    """Wait until the server's log holds ``marker`` (the supervisor's ready line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        if marker in proc.log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{proc.name} printed no {marker!r} in {timeout:.0f} s:\n{proc.log_tail()}")
+
+
+def scrape(port: int) -> dict:
+    """The provider label and the batch-size histogram from the sidecar's merged metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    providers = sorted(
+        set(re.findall(r'modelplane_inference_model_info\{[^}]*provider="([^"]+)"', text))
+    )
+    total = re.search(r"^modelplane_inference_batch_size_sum\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    calls = re.search(r"^modelplane_inference_batch_size_count\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    mean = None
+    if total and calls and float(calls.group(1)):
+        mean = round(float(total.group(1)) / float(calls.group(1)), 2)
+    return {"providers": providers, "mean_batch_rows": mean}
+
+
+class GpuRun:
+    """One benchmark run over the selected models."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.results: dict[tuple[str, str], dict] = {}
+        self.raw_best: dict[str, float] = {}
+        base, why = servers.sidecar_base_command()
+        if base is None:
+            raise SystemExit(f"cannot start the sidecar: {why}")
+        self.sidecar_base = base
+
+    def model(self, case: GpuCase) -> None:
+        """Raw ONNX Runtime, the echo floor and the sidecar for one model."""
+        note(f"model {case.name}: building")
+        path = onnx_models.save(case.build(), self.workdir / f"{case.name}.onnx")
+        x = np.random.default_rng(1).standard_normal(case.request_shape).astype(np.float32)
+        expected = self.raw(case, path, x)
+        input_name = "image" if case.name == "resnet50" else "input"
+        request = self.workdir / f"{case.name}.request"
+        request.write_bytes(oip.infer_request(case.name, input_name, x))
+        response = self.workdir / f"{case.name}.response"
+        response.write_bytes(oip.infer_response_like(case.name, "output", expected))
+        self.echo(case, request, response, expected.nbytes)
+        self.sidecar(case, path, request, x, expected)
+
+    def raw(self, case: GpuCase, path: Path, x: np.ndarray) -> np.ndarray:
+        """Raw CUDA session rates; returns the CUDA answer for ``x`` (checked against CPU)."""
+        cpu = raw_ort.session(path, "cpu")
+        want = cpu.run(None, {cpu.get_inputs()[0].name: x})[0]
+        del cpu
+        sess = raw_ort.session(path, self.args.device)
+        emit({"model": case.name, "server": "onnxruntime", "providers": sess.get_providers()})
+        name = sess.get_inputs()[0].name
+        got = sess.run(None, {name: x})[0]
+        emit({"model": case.name, "check": "raw vs cpu", "rel_error": rel_error(got, want)})
+        rng = np.random.default_rng(2)
+        best = 0.0
+        for batch in case.raw_batches:
+            feed = {name: rng.standard_normal((batch, *case.request_shape[1:])).astype(np.float32)}
+            modes = (
+                ("run", "iobinding", "iobinding-resident")
+                if self.args.device == "cuda"
+                else ("run",)
+            )
+            for mode in modes:
+                if mode == "run":
+                    line = raw_ort.measure(sess, feed, self.args.raw_seconds)
+                else:
+                    resident = mode == "iobinding-resident"
+                    line = raw_ort.measure_bound(
+                        sess, feed, self.args.raw_seconds, resident=resident
+                    )
+                if mode != "run" or self.args.device == "cpu":
+                    best = max(best, line["rows_per_s"])
+                server = f"onnxruntime-{self.args.device}"
+                emit({"model": case.name, "server": server, "mode": mode, **line})
+        self.raw_best[case.name] = best
+        del sess
+        return got
+
+    def load(self, case: GpuCase, name: str, target: str, request: Path, nbytes: int, pgid: int):
+        """Drive ``target`` with the client processes; record and print the line."""
+        lines = drive.drive(
+            target,
+            request,
+            nbytes,
+            [self.args.concurrency],
+            duration=self.args.duration,
+            warmup=self.args.warmup,
+            channels=self.args.channels,
+            server_pgid=pgid,
+            procs=self.args.client_procs,
+        )
+        line = {"model": case.name, "server": name, **lines[0]}
+        self.results[(case.name, name)] = line
+        emit(line)
+        return line
+
+    def echo(self, case: GpuCase, request: Path, response: Path, nbytes: int) -> None:
+        """The single-process thread-pool echo server with the same payload sizes."""
+        proc = servers.echo_server("threads", servers.free_port(), response, self.workdir)
+        port = int(proc.argv[proc.argv.index("--listen") + 1].rpartition(":")[2])
+        proc.start()
+        try:
+            oip.wait_ready(
+                f"127.0.0.1:{port}", case.name, 60.0, proc.check_alive, request.read_bytes()
+            )
+            self.load(case, "echo-threads", f"127.0.0.1:{port}", request, nbytes, proc.pid)
+        except Exception as err:  # one failed line must not lose the others
+            note(f"echo on {case.name} failed: {err}")
+            emit({"model": case.name, "server": "echo-threads", "error": str(err).splitlines()[0]})
+        finally:
+            proc.stop()
+
+    def sidecar(
+        self, case: GpuCase, path: Path, request: Path, x: np.ndarray, expected: np.ndarray
+    ) -> None:
+        """The sidecar on CUDA with workers and batching; one answer checked, then the load."""
+        port, metrics = servers.free_port(), servers.free_port()
+        flags = ["--device", self.args.device, "--workers", str(self.args.workers)]
+        flags += ["--max-batch-size", str(self.args.max_batch_size)]
+        flags += ["--max-queue-delay", self.args.max_queue_delay]
+        flags += ["--metrics-listen", f"127.0.0.1:{metrics}"]
+        name = f"sidecar-{self.args.device}-w{self.args.workers}"
+        proc = servers.sidecar_server(name, self.sidecar_base, path, port, flags, self.workdir)
+        started = time.monotonic()
+        proc.start()
+        target = f"127.0.0.1:{port}"
+        try:
+            # The supervisor's line (after every worker's own): it counts the workers.
+            wait_for_line(proc, f'"workers": {self.args.workers}', self.args.startup_timeout)
+            startup = round(time.monotonic() - started, 1)
+            got = next(iter(oip.infer_once(target, request.read_bytes()).values()))
+            err = rel_error(got.reshape(expected.shape), expected)
+            emit({"model": case.name, "check": "sidecar vs raw", "rel_error": err})
+            if not err < 5e-2:
+                raise RuntimeError(f"sidecar answer differs from raw ORT: rel error {err:.2e}")
+            line = self.load(case, name, target, request, expected.nbytes, proc.pid)
+            extra = scrape(metrics)
+            line.update(extra, startup_s=startup)
+            self.results[(case.name, "sidecar")] = line
+            emit({"model": case.name, "server": name, "metrics": extra, "startup_s": startup})
+        except Exception as err:  # one failed line must not lose the others
+            note(f"sidecar on {case.name} failed: {err}")
+            emit({"model": case.name, "server": name, "error": str(err).splitlines()[0]})
+        finally:
+            proc.stop()
+            log_copy = self.args.logs / f"{name}-{case.name}.log" if self.args.logs else None
+            if log_copy is not None:
+                log_copy.parent.mkdir(parents=True, exist_ok=True)
+                log_copy.write_bytes(proc.log.read_bytes())
+
+    def summary(self) -> list[dict]:
+        """The target ratios: sidecar vs the single-process echo (3x), ResNet-50 vs raw (0.5x)."""
+        rows = []
+        for case in CASES:
+            side = self.results.get((case.name, "sidecar"), {}).get("rps")
+            echo = self.results.get((case.name, "echo-threads"), {}).get("rps")
+            ratio = round(side / echo, 3) if side and echo else None
+            rows.append(self._row(case.name, "rps / single-process echo", ratio, 3.0))
+            raw = self.raw_best.get(case.name)
+            ratio = round(side / raw, 3) if side and raw else None
+            goal = 0.5 if case.name == "resnet50" else None
+            rows.append(self._row(case.name, "rows/s / raw ORT I/O binding (best)", ratio, goal))
+        return [r for r in rows if r["model"] in {m for m, _ in self.results}]
+
+    @staticmethod
+    def _row(model: str, target: str, value: float | None, goal: float | None) -> dict:
+        met = None if value is None or goal is None else value >= goal
+        return {"model": model, "target": target, "value": value, "goal": goal, "met": met}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="heavy,resnet50", help="models: heavy, resnet50")
+    parser.add_argument("--workers", type=int, default=6, help="sidecar --workers")
+    parser.add_argument("--client-procs", type=int, default=8, help="load-generator processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per process")
+    parser.add_argument("--channels", type=int, default=4, help="channels per client process")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay", default="2ms")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per point")
+    parser.add_argument("--raw-seconds", type=float, default=1.0, help="seconds per raw line")
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--logs", type=Path, help="copy the sidecar logs into this folder")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: a dry run of the whole procedure on a machine without a GPU",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected models; print the lines and the summary."""
+    args = parse_args(argv)
+    wanted = set(args.only.split(","))
+    emit(environment())
+    with tempfile.TemporaryDirectory(prefix="modelplane-bench-gpu-") as tmp:
+        run = GpuRun(args, Path(tmp))
+        for case in CASES:
+            if case.name in wanted:
+                run.model(case)
+        rows = run.summary()
+    note("targets (ratios measured in this run):")
+    for row in rows:
+        emit({"summary": True, **row})
+        value = "not measured" if row["value"] is None else f"{row['value']:.2f}x"
+        met = {True: "met", False: "MISSED", None: ""}[row["met"]]
+        goal = "" if row["goal"] is None else f"goal {row['goal']}"
+        print(f"  {row['model']:9} {row['target']:38} {value:>13} {goal:>9} {met}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The sidecar on a real GPU: ``--device cuda`` and ``auto``, batching and workers on CUDA.
+
+These run only where ONNX Runtime has the CUDA execution provider and an NVIDIA GPU is present
+(``onnxruntime-gpu`` on a GPU machine); elsewhere they skip, saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sidecar_helpers import output_array, raw_request, spawn_sidecar, stub
+
+from modelplane.testing import onnx_models
+from sidecar.runtime import gpu_present
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not gpu_present(),
+        reason="no NVIDIA GPU with ONNX Runtime's CUDA execution provider on this machine",
+    ),
+]
+
+
+def _free_port() -> int:
+    from modelplane.testing.processes import free_port
+
+    return free_port()
+
+
+def _cpu_answer(model: Path, name: str, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return sess.run(None, {name: x})[0]  # type: ignore[no-any-return]
+
+
+def _rel_error(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> float:
+    diff = np.linalg.norm(got.astype(np.float64) - want.astype(np.float64))
+    return float(diff / np.linalg.norm(want.astype(np.float64)))
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _providers(text: str) -> set[str]:
+    return set(re.findall(r'modelplane_inference_model_info\{[^}]*provider="([^"]+)"', text))
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_models.save(onnx_models.heavy_mlp(), tmp_path_factory.mktemp("cuda") / "h.onnx")
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_models.save(onnx_models.resnet50(), tmp_path_factory.mktemp("cuda") / "r.onnx")
+
+
+def _serve(model: Path, *flags: str) -> tuple[Any, dict[str, Any], int]:
+    port, metrics = _free_port(), _free_port()
+    proc, ready = spawn_sidecar(
+        [
+            "--model",
+            str(model),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics}",
+            *flags,
+        ],
+        timeout=240,
+    )
+    return proc, ready, metrics
+
+
+def _stop(proc: Any) -> None:
+    proc.terminate()
+    assert proc.wait(60) == 0
+
+
+def test_device_cuda_runs_on_the_gpu_and_matches_the_cpu(heavy: Path) -> None:
+    proc, ready, metrics = _serve(heavy, "--device", "cuda", "--max-batch-size", "1")
+    try:
+        assert ready["provider"] == "CUDAExecutionProvider"
+        x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+        reply = stub(ready["port"]).ModelInfer(raw_request("h", {"input": ("FP32", x)}), timeout=60)
+        got = output_array(reply, 0, np.float32)
+        # TF32 matrix units may be on: compare by relative norm, not elementwise.
+        assert _rel_error(got, _cpu_answer(heavy, "input", x)) < 1e-2
+        assert _providers(_metrics(metrics)) == {"CUDAExecutionProvider"}
+    finally:
+        _stop(proc)
+
+
+def test_device_auto_keeps_a_small_tabular_model_on_the_cpu(tmp_path: Path) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    proc, ready, metrics = _serve(model, "--device", "auto")
+    try:
+        assert ready["provider"] == "CPUExecutionProvider"
+        assert _providers(_metrics(metrics)) == {"CPUExecutionProvider"}
+    finally:
+        _stop(proc)
+
+
+def test_device_auto_moves_an_image_model_to_the_gpu(resnet: Path) -> None:
+    proc, ready, _ = _serve(resnet, "--device", "auto", "--max-batch-size", "8")
+    try:
+        assert ready["provider"] == "CUDAExecutionProvider"
+    finally:
+        _stop(proc)
+
+
+def test_batched_cuda_answers_belong_to_their_own_requests(resnet: Path) -> None:
+    proc, ready, metrics = _serve(
+        resnet, "--device", "cuda", "--max-batch-size", "16", "--max-queue-delay", "5ms"
+    )
+    images = np.random.default_rng(1).standard_normal((24, 3, 224, 224)).astype(np.float32)
+    want = _cpu_answer(resnet, "image", images)
+    got: dict[int, np.ndarray[Any, Any]] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            reply = stub(ready["port"]).ModelInfer(
+                raw_request("r", {"image": ("FP32", images[i : i + 1])}), timeout=120
+            )
+            got[i] = output_array(reply, 0, np.float32)[0]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        for i in range(len(images)):
+            # Each answer is its own image's: far closer to it than to any other image's.
+            errs = [_rel_error(got[i], want[j]) for j in range(len(images))]
+            assert int(np.argmin(errs)) == i and errs[i] < 1e-2, (i, errs[i])
+        text = _metrics(metrics)
+        count = re.search(r"^modelplane_inference_batch_size_count\{[^}]*\} (\S+)$", text, re.M)
+        assert count is not None and float(count.group(1)) < len(images), "no batch formed"
+    finally:
+        _stop(proc)
+
+
+def test_cuda_workers_each_serve(heavy: Path) -> None:
+    proc, ready, metrics = _serve(heavy, "--device", "cuda", "--workers", "2")
+    try:
+        assert ready["workers"] == 2
+        x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
+        want = _cpu_answer(heavy, "input", x)
+        for _ in range(8):  # fresh channels: SO_REUSEPORT spreads them over the workers
+            reply = stub(ready["port"]).ModelInfer(
+                raw_request("h", {"input": ("FP32", x)}), timeout=60
+            )
+            assert _rel_error(output_array(reply, 0, np.float32), want) < 1e-2
+        assert _providers(_metrics(metrics)) == {"CUDAExecutionProvider"}
+    finally:
+        _stop(proc)
