@@ -39,6 +39,10 @@ from sidecar_tools import drive, oip, raw_ort, servers
 
 from modelplane.testing import onnx_models
 
+#: The sidecar's CUDA provider options (``sidecar.runtime.CUDA_OPTIONS``; that package is not
+#: importable from here, where ``bench/sidecar.py`` shadows it).
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
 
 @dataclass(frozen=True)
 class GpuCase:
@@ -139,7 +143,7 @@ class GpuRun:
         note(f"model {case.name}: building")
         path = onnx_models.save(case.build(), self.workdir / f"{case.name}.onnx")
         x = np.random.default_rng(1).standard_normal(case.request_shape).astype(np.float32)
-        expected = self.raw(case, path, x)
+        expected = self.raw(case, path, x) if self.args.raw else self.reference(path, x)
         input_name = "image" if case.name == "resnet50" else "input"
         request = self.workdir / f"{case.name}.request"
         request.write_bytes(oip.infer_request(case.name, input_name, x))
@@ -147,6 +151,11 @@ class GpuRun:
         response.write_bytes(oip.infer_response_like(case.name, "output", expected))
         self.echo(case, request, response, expected.nbytes)
         self.sidecar(case, path, request, x, expected)
+
+    def reference(self, path: Path, x: np.ndarray) -> np.ndarray:
+        """The session's answer for ``x`` (no rates measured: ``--no-raw``)."""
+        sess = raw_ort.session(path, self.args.device)
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
     def raw(self, case: GpuCase, path: Path, x: np.ndarray) -> np.ndarray:
         """Raw CUDA session rates; returns the CUDA answer for ``x`` (checked against CPU)."""
@@ -180,8 +189,36 @@ class GpuRun:
                 server = f"onnxruntime-{self.args.device}"
                 emit({"model": case.name, "server": server, "mode": mode, **line})
         self.raw_best[case.name] = best
+        if self.args.device == "cuda":
+            self.new_shapes(case, sess, "default (exhaustive)")
+            del sess
+            sess = raw_ort.session(path, "cuda", CUDA_OPTIONS)
+            self.new_shapes(case, sess, "sidecar's (heuristic)")
         del sess
         return got
+
+    def new_shapes(self, case: GpuCase, sess, search: str) -> None:
+        """What a batch size the session has not seen costs on first sight, then again."""
+        name = sess.get_inputs()[0].name
+        rng = np.random.default_rng(4)
+        for batch in (3, 5):
+            feed = {name: rng.standard_normal((batch, *case.request_shape[1:])).astype(np.float32)}
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times.append(round((time.perf_counter() - start) * 1000, 2))
+            emit(
+                {
+                    "model": case.name,
+                    "server": "onnxruntime-cuda",
+                    "mode": "new batch size",
+                    "cudnn_search": search,
+                    "batch": batch,
+                    "first_call_ms": times[0],
+                    "second_call_ms": times[1],
+                }
+            )
 
     def load(self, case: GpuCase, name: str, target: str, request: Path, nbytes: int, pgid: int):
         """Drive ``target`` with the client processes; record and print the line."""
@@ -226,8 +263,10 @@ class GpuRun:
         flags += ["--max-batch-size", str(self.args.max_batch_size)]
         flags += ["--max-queue-delay", self.args.max_queue_delay]
         flags += ["--metrics-listen", f"127.0.0.1:{metrics}"]
+        env = dict(item.split("=", 1) for item in self.args.sidecar_env)
         name = f"sidecar-{self.args.device}-w{self.args.workers}"
-        proc = servers.sidecar_server(name, self.sidecar_base, path, port, flags, self.workdir)
+        name += "".join(f"-{v.lower()}" for v in env.values())
+        proc = servers.sidecar_server(name, self.sidecar_base, path, port, flags, self.workdir, env)
         started = time.monotonic()
         proc.start()
         target = f"127.0.0.1:{port}"
@@ -289,6 +328,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per point")
     parser.add_argument("--raw-seconds", type=float, default=1.0, help="seconds per raw line")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--sidecar-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the sidecar (repeatable), e.g. MODELPLANE_CUDA_SYNC=spin",
+    )
+    parser.add_argument(
+        "--no-raw", dest="raw", action="store_false", help="skip the raw ONNX Runtime lines"
+    )
     parser.add_argument("--logs", type=Path, help="copy the sidecar logs into this folder")
     parser.add_argument(
         "--device",

@@ -7,6 +7,7 @@ there; ``cpu`` never touches CUDA. The provider a session actually got is what g
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -51,6 +52,13 @@ def _options(intra_op_threads: int, spinning: bool) -> ort.SessionOptions:
     return opts
 
 
+#: How a process waits for the GPU (``MODELPLANE_CUDA_SYNC``): ``block`` sleeps until the work
+#: is done, ``spin`` polls (CUDA's choice when a machine has more cores than GPU processes),
+#: ``yield`` polls and yields. With several workers per GPU, spinning burns a core per worker
+#: on waiting while the gRPC threads need them.
+_CUDA_SYNC_FLAGS = {"spin": 1, "yield": 2, "block": 4}
+
+
 def _preload_cuda() -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
@@ -58,6 +66,23 @@ def _preload_cuda() -> None:
             preload()
         except Exception as exc:
             log.warning("could not preload the CUDA libraries", error=str(exc))
+    _set_cuda_sync(os.environ.get("MODELPLANE_CUDA_SYNC", "block"))
+
+
+def _set_cuda_sync(mode: str) -> None:
+    """Set this process's CUDA scheduling flag before any session creates the GPU context."""
+    flag = _CUDA_SYNC_FLAGS.get(mode)
+    if flag is None:
+        log.warning("MODELPLANE_CUDA_SYNC must be spin, yield or block", value=mode)
+        return
+    for soname in ("libcudart.so.13", "libcudart.so.12"):
+        try:
+            cudart = ctypes.CDLL(soname)
+        except OSError:
+            continue
+        code = cudart.cudaSetDeviceFlags(ctypes.c_uint(flag))
+        log.info("CUDA wait mode", mode=mode, library=soname, cuda_error=code)
+        return
 
 
 @dataclass
@@ -68,6 +93,9 @@ class Runtime:
     signature: Signature
     provider: str
     path: Path
+    #: Batch sizes a GPU session runs at: a batch is padded up to the next one (see
+    #: :func:`gpu_buckets`); empty on the CPU and for models that cannot batch.
+    buckets: tuple[int, ...] = ()
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _direct: Any = field(default=None, repr=False)
 
@@ -90,8 +118,20 @@ class Runtime:
         if direct is not None:
             return direct(outputs, feeds, None)  # type: ignore[no-any-return]
         if self.on_gpu:
+            if self.buckets:
+                return self._run_padded(outputs, feeds)
             return self._run_bound(outputs, feeds)
         return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
+
+    def _run_padded(
+        self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
+    ) -> list[np.ndarray[Any, Any]]:
+        rows = next(iter(feeds.values())).shape[0]
+        size = next((b for b in self.buckets if b >= rows), rows)
+        if size == rows:
+            return self._run_bound(outputs, feeds)
+        padded = {name: pad_rows(array, size) for name, array in feeds.items()}
+        return [out[:rows] for out in self._run_bound(outputs, padded)]
 
     def _run_bound(
         self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
@@ -125,6 +165,37 @@ class Runtime:
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
+def pad_rows(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
+    """``array`` grown to ``size`` rows by repeating its last row.
+
+    The repeated row is input the model already accepted, so padding can neither fail a batch
+    nor change the real rows' answers (rows are independent in a batchable model, and the extra
+    answers are dropped).
+    """
+    rows = array.shape[0]
+    grown = np.empty((size, *array.shape[1:]), dtype=array.dtype)
+    grown[:rows] = array
+    grown[rows:] = array[rows - 1]
+    return grown
+
+
+def gpu_buckets(batch_rows: int) -> tuple[int, ...]:
+    """The batch sizes a GPU session runs at: powers of two below ``batch_rows``, then it.
+
+    A CUDA session prepares each new input shape on first sight (convolution algorithms,
+    memory plans: tens of milliseconds to seconds for an image model), so a dynamic batcher
+    that hands it every size from 1 to the maximum keeps paying that in the middle of serving.
+    Padding each batch up to one of these few sizes, all prepared during warm-up, costs at most
+    twice the rows of GPU compute and keeps that preparation off the request path.
+    """
+    sizes = []
+    size = 1
+    while size < batch_rows:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, batch_rows)
+
+
 def _session(path: Path, providers: list[str], intra_op_threads: int, spinning: bool) -> Any:
     chosen: list[Any] = [(p, CUDA_OPTIONS) if p == CUDA else p for p in providers]
     try:
@@ -152,6 +223,8 @@ def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
     names = sig.output_names
     best = float("inf")
     sizes = [1] if batch_rows <= 1 or not sig.batchable else [1, batch_rows]
+    if runtime.buckets:
+        sizes = list(runtime.buckets)
     for rows in sizes:
         feeds = {t.name: _sample(t, rows) for t in sig.inputs}
         for _ in range(runs):
@@ -260,4 +333,6 @@ def _open(
 ) -> tuple[Runtime, float]:
     session = _session(path, providers, *threads)
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
+    if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
+        runtime.buckets = gpu_buckets(batch_rows)
     return runtime, warm_up(runtime, warmup_runs, batch_rows)

@@ -10,13 +10,14 @@ import numpy as np
 import onnxruntime as ort
 
 
-def session(model: Path, device: str) -> ort.InferenceSession:
-    """An ONNX Runtime session on the CPU or (``device == "cuda"``) the CUDA provider."""
-    providers = ["CPUExecutionProvider"]
+def session(model: Path, device: str, cuda_options: dict | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU or (``device == "cuda"``) the CUDA provider, with
+    ``cuda_options`` (ONNX Runtime's defaults when None)."""
+    providers: list = ["CPUExecutionProvider"]
     if device == "cuda":
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", cuda_options or {}))
     return ort.InferenceSession(str(model), providers=providers)
 
 

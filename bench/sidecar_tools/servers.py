@@ -122,11 +122,17 @@ def echo_server(kind: str, port: int, response: Path, workdir: Path) -> ServerPr
 
 
 def sidecar_server(
-    name: str, base: Sequence[str], model: Path, port: int, flags: Sequence[str], workdir: Path
+    name: str,
+    base: Sequence[str],
+    model: Path,
+    port: int,
+    flags: Sequence[str],
+    workdir: Path,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """The sidecar on ``model`` with extra command-line ``flags``."""
+    """The sidecar on ``model`` with extra command-line ``flags`` and ``env`` variables."""
     argv = [*base, "--model", str(model), "--listen", f"127.0.0.1:{port}", *flags]
-    return ServerProcess(name, argv, workdir / f"{name}.log", clean_env(), workdir)
+    return ServerProcess(name, argv, workdir / f"{name}.log", clean_env(**(env or {})), workdir)
 
 
 def mlserver_server(
@@ -160,7 +166,7 @@ def sidecar_base_command() -> tuple[list[str] | None, str]:
     """How to start the sidecar here, and its ``--help`` text; ``None`` and why if it can't."""
     py = python()
     modelplane = str(Path(py).parent / "modelplane")
-    candidates = [[py, "-m", "sidecar", "serve"], [py, "-m", "sidecar"]]
+    candidates = [[py, "-m", "modelplane.cli", "sidecar", "serve"], [py, "-m", "sidecar"]]
     if Path(modelplane).exists():
         candidates.insert(0, [modelplane, "sidecar", "serve"])
     reasons = []

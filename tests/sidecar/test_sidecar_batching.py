@@ -161,3 +161,23 @@ def test_expired_request_never_runs(model_dir: Path, sidecar_factory: Any) -> No
     ran = [rid for b in recorder.batches for rid in b.request_ids]
     assert "on-time" in ran
     assert "late" not in ran
+
+
+def test_gpu_buckets_are_powers_of_two_up_to_the_batch_size() -> None:
+    from sidecar.runtime import gpu_buckets
+
+    assert gpu_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert gpu_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert gpu_buckets(2) == (1, 2)
+
+
+def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
+    from sidecar.runtime import pad_rows
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    grown = pad_rows(x, 8)
+    assert grown.shape == (8, 4) and grown.dtype == np.float32
+    np.testing.assert_array_equal(grown[:3], x)
+    np.testing.assert_array_equal(grown[3:], np.repeat(x[2:], 5, axis=0))
+    words = np.array([["a"], ["bc"]], dtype=object)
+    assert pad_rows(words, 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
