@@ -110,19 +110,31 @@ def wait_for_line(proc: servers.ServerProcess, marker: str, timeout: float) -> N
     raise TimeoutError(f"{proc.name} printed no {marker!r} in {timeout:.0f} s:\n{proc.log_tail()}")
 
 
+def _mean(text: str, family: str) -> float | None:
+    total = re.search(rf"^{family}_sum\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M)
+    count = re.search(rf"^{family}_count\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M)
+    if not total or not count or not float(count.group(1)):
+        return None
+    return float(total.group(1)) / float(count.group(1))
+
+
 def scrape(port: int) -> dict:
-    """The provider label and the batch-size histogram from the sidecar's merged metrics."""
+    """The provider label and mean batch, session-call, queue and request times (ms) from
+    the sidecar's merged metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    providers = sorted(
-        set(re.findall(r'modelplane_inference_model_info\{[^}]*provider="([^"]+)"', text))
-    )
-    total = re.search(r"^modelplane_inference_batch_size_sum\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    calls = re.search(r"^modelplane_inference_batch_size_count\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    mean = None
-    if total and calls and float(calls.group(1)):
-        mean = round(float(total.group(1)) / float(calls.group(1)), 2)
-    return {"providers": providers, "mean_batch_rows": mean}
+    pattern = r'modelplane_inference_model_info\{[^}]*provider="([^"]+)"'
+    line: dict = {"providers": sorted(set(re.findall(pattern, text)))}
+    batch = _mean(text, "modelplane_inference_batch_size")
+    line["mean_batch_rows"] = None if batch is None else round(batch, 2)
+    for key, family in (
+        ("mean_session_call_ms", "modelplane_inference_compute_duration_seconds"),
+        ("mean_queue_ms", "modelplane_inference_queue_duration_seconds"),
+        ("mean_request_ms", "modelplane_inference_request_duration_seconds"),
+    ):
+        value = _mean(text, family)
+        line[key] = None if value is None else round(value * 1000, 3)
+    return line
 
 
 class GpuRun:
