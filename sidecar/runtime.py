@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +87,13 @@ def _set_cuda_sync(mode: str) -> None:
 
 @dataclass
 class Runtime:
-    """One inference session and how to call it; shared by every request thread."""
+    """One inference session and how to call it; shared by every request thread.
+
+    A CUDA session is only ever called from one thread of its own. ONNX Runtime's CUDA provider
+    keeps its cuBLAS/cuDNN handles and scratch state per calling thread, created on a thread's
+    first call; with the batch leader being whichever gRPC thread came first, every thread of
+    the pool would pay that (and hold GPU memory for it). One thread also means one I/O binding.
+    """
 
     session: Any
     signature: Signature
@@ -96,8 +102,9 @@ class Runtime:
     #: Batch sizes a GPU session runs at: a batch is padded up to the next one (see
     #: :func:`gpu_buckets`); empty on the CPU and for models that cannot batch.
     buckets: tuple[int, ...] = ()
-    _local: threading.local = field(default_factory=threading.local, repr=False)
     _direct: Any = field(default=None, repr=False)
+    _gpu_thread: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _binding: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # On CPU, call the session's native ``run`` directly: the Python wrapper re-validates
@@ -105,6 +112,13 @@ class Runtime:
         native_run = getattr(getattr(self.session, "_sess", None), "run", None)
         if self.provider != CUDA and callable(native_run):
             self._direct = native_run
+        if self.provider == CUDA:
+            self._gpu_thread = ThreadPoolExecutor(1, thread_name_prefix="cuda-session")
+
+    def close(self) -> None:
+        """Let the session's own thread (GPU) end once its last call is done."""
+        if self._gpu_thread is not None:
+            self._gpu_thread.shutdown(wait=False)
 
     @property
     def on_gpu(self) -> bool:
@@ -117,10 +131,9 @@ class Runtime:
         direct = self._direct
         if direct is not None:
             return direct(outputs, feeds, None)  # type: ignore[no-any-return]
-        if self.on_gpu:
-            if self.buckets:
-                return self._run_padded(outputs, feeds)
-            return self._run_bound(outputs, feeds)
+        if self._gpu_thread is not None:
+            call = self._run_padded if self.buckets else self._run_bound
+            return self._gpu_thread.submit(call, outputs, feeds).result()
         return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
 
     def _run_padded(
@@ -136,10 +149,10 @@ class Runtime:
     def _run_bound(
         self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
     ) -> list[np.ndarray[Any, Any]]:
-        # An IOBinding is not safe to share between threads: one per thread, reset per call.
-        binding = getattr(self._local, "binding", None)
+        # Only the session's own thread gets here: one binding, reset per call.
+        binding = self._binding
         if binding is None:
-            binding = self._local.binding = self.session.io_binding()
+            binding = self._binding = self.session.io_binding()
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, array in feeds.items():
@@ -296,6 +309,7 @@ def load(
     log.info("warm-up timings", cpu_s=cpu_time, gpu_s=gpu_time, gpu_provider=gpu.provider)
     if gpu.on_gpu and gpu_time < cpu_time:
         return gpu
+    gpu.close()
     return cpu
 
 

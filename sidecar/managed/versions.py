@@ -80,8 +80,9 @@ class LoadedVersion:
         self.model.metrics.set_arm(arm)
 
     def release(self) -> None:
-        """The version is unloaded: drop its Prometheus series."""
+        """The version is unloaded: drop its Prometheus series, end its session thread."""
         self.model.metrics.close()
+        self.model.runtime.close()
         if self.drift is not None and self.drift.gauges is not None:
             self.drift.gauges.close()
 

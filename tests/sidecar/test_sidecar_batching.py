@@ -181,3 +181,33 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
     np.testing.assert_array_equal(grown[3:], np.repeat(x[2:], 5, axis=0))
     words = np.array([["a"], ["bc"]], dtype=object)
     assert pad_rows(words, 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
+
+
+def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_path: Path) -> None:
+    """The GPU call path (own thread, padding to buckets, trimming) with the device call itself
+    replaced by a CPU session call, since this machine may have no GPU."""
+    from modelplane.testing import onnx_models
+    from sidecar.runtime import CUDA, Runtime
+    from sidecar.signature import signature_of
+
+    path = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    runtime = Runtime(sess, signature_of(sess), CUDA, path, buckets=(1, 2, 4, 8))
+    seen: list[tuple[str, int]] = []
+
+    def device_call(outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        seen.append((threading.current_thread().name, next(iter(feeds.values())).shape[0]))
+        return sess.run(list(outputs), feeds)
+
+    runtime._run_bound = device_call  # type: ignore[method-assign]
+    x = np.random.default_rng(5).standard_normal((24, 32)).astype(np.float32)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(
+            pool.map(lambda i: runtime.run(["output"], {"input": x[i : i + 3]})[0], range(8))
+        )
+    runtime.close()
+    for i, answer in enumerate(got):
+        assert answer.shape == (3, 2)
+        np.testing.assert_allclose(answer, sess.run(None, {"input": x[i : i + 3]})[0], rtol=1e-6)
+    assert {name for name, _ in seen} == {seen[0][0]} and seen[0][0].startswith("cuda-session")
+    assert {rows for _, rows in seen} == {4}
