@@ -297,7 +297,9 @@ class SidecarSettings(BaseSettings):
             return int(self.workers)
         cores = os.cpu_count() or 1
         if gpu_present:
-            # One Python process cannot feed a GPU; a few can, each with its own session.
-            return max(1, min(4, cores // 2))
+            # One Python process cannot feed a GPU; several can, each with its own session.
+            # Half the cores leaves the rest to gRPC's threads; on a 16-core H100 node the
+            # heavy MLP gained from 6 to 10 workers (bench/README.md, "Sidecar on a GPU").
+            return max(1, min(8, cores // 2))
         # On CPU, sessions compete with the transport for cores; small machines keep one.
         return 1 if cores <= 2 else max(1, min(8, cores // 4))

@@ -221,3 +221,18 @@ def test_two_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("cores", "gpu", "expected"),
+    [(2, False, 1), (16, False, 4), (64, False, 8), (2, True, 1), (16, True, 8), (8, True, 4)],
+)
+def test_auto_workers_follow_cores_and_device(
+    monkeypatch: pytest.MonkeyPatch, cores: int, gpu: bool, expected: int
+) -> None:
+    from sidecar.settings import SidecarSettings
+
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    settings = SidecarSettings(model=Path("m.onnx"), workers="auto")
+    assert settings.worker_count(gpu) == expected
+    assert SidecarSettings(model=Path("m.onnx"), workers="3").worker_count(gpu) == 3
