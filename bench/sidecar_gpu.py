@@ -29,13 +29,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 from sidecar_tools import drive, oip, raw_ort, servers
+from sidecar_tools.plan import ModelCase
 
 from modelplane.testing import onnx_models
 
@@ -44,19 +42,9 @@ from modelplane.testing import onnx_models
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-@dataclass(frozen=True)
-class GpuCase:
-    """One model: how to build it, one request's shape, the raw batch sizes to measure."""
-
-    name: str
-    build: Callable[[], onnx.ModelProto]
-    request_shape: tuple[int, ...]
-    raw_batches: tuple[int, ...]
-
-
 CASES = (
-    GpuCase("heavy", onnx_models.heavy_mlp, (1, 256), (1, 256, 4096)),
-    GpuCase("resnet50", onnx_models.resnet50, (1, 3, 224, 224), (1, 32, 128)),
+    ModelCase("heavy", onnx_models.heavy_mlp, (1, 256), (1, 256, 4096)),
+    ModelCase("resnet50", onnx_models.resnet50, (1, 3, 224, 224), (1, 32, 128)),
 )
 
 
@@ -150,7 +138,7 @@ class GpuRun:
             raise SystemExit(f"cannot start the sidecar: {why}")
         self.sidecar_base = base
 
-    def model(self, case: GpuCase) -> None:
+    def model(self, case: ModelCase) -> None:
         """Raw ONNX Runtime, the echo floor and the sidecar for one model."""
         note(f"model {case.name}: building")
         path = onnx_models.save(case.build(), self.workdir / f"{case.name}.onnx")
@@ -169,7 +157,7 @@ class GpuRun:
         sess = raw_ort.session(path, self.args.device)
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
-    def raw(self, case: GpuCase, path: Path, x: np.ndarray) -> np.ndarray:
+    def raw(self, case: ModelCase, path: Path, x: np.ndarray) -> np.ndarray:
         """Raw CUDA session rates; returns the CUDA answer for ``x`` (checked against CPU)."""
         cpu = raw_ort.session(path, "cpu")
         want = cpu.run(None, {cpu.get_inputs()[0].name: x})[0]
@@ -209,7 +197,7 @@ class GpuRun:
         del sess
         return got
 
-    def new_shapes(self, case: GpuCase, sess, search: str) -> None:
+    def new_shapes(self, case: ModelCase, sess, search: str) -> None:
         """What a batch size the session has not seen costs on first sight, then again."""
         name = sess.get_inputs()[0].name
         rng = np.random.default_rng(4)
@@ -232,7 +220,7 @@ class GpuRun:
                 }
             )
 
-    def load(self, case: GpuCase, name: str, target: str, request: Path, nbytes: int, pgid: int):
+    def load(self, case: ModelCase, name: str, target: str, request: Path, nbytes: int, pgid: int):
         """Drive ``target`` with the client processes; record and print the line."""
         lines = drive.drive(
             target,
@@ -250,7 +238,7 @@ class GpuRun:
         emit(line)
         return line
 
-    def echo(self, case: GpuCase, request: Path, response: Path, nbytes: int) -> None:
+    def echo(self, case: ModelCase, request: Path, response: Path, nbytes: int) -> None:
         """The single-process thread-pool echo server with the same payload sizes."""
         proc = servers.echo_server("threads", servers.free_port(), response, self.workdir)
         port = int(proc.argv[proc.argv.index("--listen") + 1].rpartition(":")[2])
@@ -267,7 +255,7 @@ class GpuRun:
             proc.stop()
 
     def sidecar(
-        self, case: GpuCase, path: Path, request: Path, x: np.ndarray, expected: np.ndarray
+        self, case: ModelCase, path: Path, request: Path, x: np.ndarray, expected: np.ndarray
     ) -> None:
         """The sidecar on CUDA with workers and batching; one answer checked, then the load."""
         port, metrics = servers.free_port(), servers.free_port()
