@@ -31,7 +31,7 @@ from sidecar.metrics import NoMetrics
 from sidecar.observers import BatchRecord, ObserverHub
 from sidecar.recording import SyncLog
 from sidecar.response import ResponseEncoder
-from sidecar.runtime import Runtime
+from sidecar.runtime import Runtime, stack_rows
 
 log = structlog.get_logger("modelplane.sidecar.model")
 
@@ -156,8 +156,11 @@ class ServingModel:
             )
         )
         total = sum(it.decoded.rows for it in batch)
+        # A GPU session runs fixed batch sizes: the rows go straight into a buffer of the
+        # size it will run (one copy of the batch, not a concatenation and then a padding).
+        size = self.runtime.padded_rows(total)
         feeds = {
-            name: np.concatenate([it.decoded.arrays[name] for it in batch])
+            name: stack_rows([it.decoded.arrays[name] for it in batch], size)
             for name in batch[0].decoded.arrays
         }
         start = time.perf_counter()
@@ -168,11 +171,14 @@ class ServingModel:
                 self._run_one(it)
             return
         elapsed = time.perf_counter() - start
-        if any(r.ndim == 0 or r.shape[0] != total for r in results):
+        if any(r.ndim == 0 or r.shape[0] != size for r in results):
             # The model's outputs are not per row after all: run each request by itself.
             for it in batch:
                 self._run_one(it)
             return
+        if size != total:
+            feeds = {name: array[:total] for name, array in feeds.items()}
+            results = [r[:total] for r in results]
         self.metrics.batch(total, elapsed)
         by_name = dict(zip(wanted, results, strict=True))
         lo = 0

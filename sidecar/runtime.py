@@ -136,11 +136,17 @@ class Runtime:
             return self._gpu_thread.submit(call, outputs, feeds).result()
         return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
 
+    def padded_rows(self, rows: int) -> int:
+        """The batch size a call with ``rows`` rows runs at (``rows`` itself off the GPU)."""
+        if not self.buckets or self._gpu_thread is None:
+            return rows
+        return next((b for b in self.buckets if b >= rows), rows)
+
     def _run_padded(
         self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
     ) -> list[np.ndarray[Any, Any]]:
         rows = next(iter(feeds.values())).shape[0]
-        size = next((b for b in self.buckets if b >= rows), rows)
+        size = self.padded_rows(rows)
         if size == rows:
             return self._run_bound(outputs, feeds)
         padded = {name: pad_rows(array, size) for name, array in feeds.items()}
@@ -184,11 +190,23 @@ def pad_rows(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
     nor change the real rows' answers (rows are independent in a batchable model, and the extra
     answers are dropped).
     """
-    rows = array.shape[0]
-    grown = np.empty((size, *array.shape[1:]), dtype=array.dtype)
-    grown[:rows] = array
-    grown[rows:] = array[rows - 1]
-    return grown
+    return stack_rows([array], size)
+
+
+def stack_rows(parts: Sequence[np.ndarray[Any, Any]], size: int) -> np.ndarray[Any, Any]:
+    """``parts`` concatenated along the rows, then padded to ``size`` rows like
+    :func:`pad_rows`."""
+    rows = sum(p.shape[0] for p in parts)
+    if size == rows:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    first = parts[0]
+    out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+    if len(parts) == 1:
+        out[:rows] = first
+    else:
+        np.concatenate(parts, out=out[:rows])
+    out[rows:] = out[rows - 1]
+    return out
 
 
 def gpu_buckets(batch_rows: int) -> tuple[int, ...]:

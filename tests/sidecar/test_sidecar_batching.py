@@ -183,16 +183,15 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
     assert pad_rows(words, 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
 
 
-def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_path: Path) -> None:
-    """The GPU call path (own thread, padding to buckets, trimming) with the device call itself
-    replaced by a CPU session call, since this machine may have no GPU."""
-    from modelplane.testing import onnx_models
+def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
+    """A runtime on the GPU call path (own thread, batch buckets) whose device call is a CPU
+    session call instead, since this machine may have no GPU; it records who called it with
+    how many rows."""
     from sidecar.runtime import CUDA, Runtime
     from sidecar.signature import signature_of
 
-    path = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    runtime = Runtime(sess, signature_of(sess), CUDA, path, buckets=(1, 2, 4, 8))
+    runtime = Runtime(sess, signature_of(sess), CUDA, path, buckets=(1, 2, 4, 8, 16))
     seen: list[tuple[str, int]] = []
 
     def device_call(outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -200,6 +199,15 @@ def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_pat
         return sess.run(list(outputs), feeds)
 
     runtime._run_bound = device_call  # type: ignore[method-assign]
+    return runtime, sess, seen
+
+
+def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_path: Path) -> None:
+    from modelplane.testing import onnx_models
+
+    runtime, sess, seen = _gpu_like_runtime(
+        onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    )
     x = np.random.default_rng(5).standard_normal((24, 32)).astype(np.float32)
     with ThreadPoolExecutor(8) as pool:
         got = list(
@@ -211,3 +219,41 @@ def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_pat
         np.testing.assert_allclose(answer, sess.run(None, {"input": x[i : i + 3]})[0], rtol=1e-6)
     assert {name for name, _ in seen} == {seen[0][0]} and seen[0][0].startswith("cuda-session")
     assert {rows for _, rows in seen} == {4}
+
+
+def test_batches_for_a_gpu_session_are_built_at_its_sizes(tmp_path: Path) -> None:
+    """Concurrent requests batched for a GPU-like session: the session only ever sees its batch
+    sizes, and every request gets exactly its own rows back."""
+    from modelplane.testing import onnx_models
+    from sidecar.codec import Limits
+    from sidecar.model import ServingModel
+
+    runtime, sess, seen = _gpu_like_runtime(
+        onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    )
+    model = ServingModel(
+        runtime,
+        name="m",
+        version="1",
+        limits=Limits(max_request_rows=64, max_tensor_elements=1 << 20),
+        max_batch_rows=16,
+        max_delay=0.005,
+        max_queue_rows=1024,
+    )
+    x = np.random.default_rng(6).standard_normal((40, 32)).astype(np.float32)
+    sizes = [1 + i % 3 for i in range(20)]
+    starts = np.cumsum([0, *sizes[:-1]])
+
+    def one(i: int) -> np.ndarray:
+        rows = x[starts[i] : starts[i] + sizes[i]]
+        _, arrays = model.infer(raw_request("m", {"input": ("FP32", rows)}), None, None)
+        return arrays[0]
+
+    with ThreadPoolExecutor(20) as pool:
+        got = list(pool.map(one, range(20)))
+    runtime.close()
+    for i, answer in enumerate(got):
+        want = sess.run(None, {"input": x[starts[i] : starts[i] + sizes[i]]})[0]
+        np.testing.assert_allclose(answer, want, rtol=1e-6)
+    assert {rows for _, rows in seen} <= {1, 2, 4, 8, 16}
+    assert any(rows > 4 for _, rows in seen), "no batch of several requests formed"
