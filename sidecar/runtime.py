@@ -150,7 +150,11 @@ class Runtime:
         if size == rows:
             return self._run_bound(outputs, feeds)
         padded = {name: pad_rows(array, size) for name, array in feeds.items()}
-        return [out[:rows] for out in self._run_bound(outputs, padded)]
+        results = self._run_bound(outputs, padded)
+        if any(out.ndim == 0 or out.shape[0] != size for out in results):
+            # The outputs are not one per input row: padding would change them; run as sent.
+            return self._run_bound(outputs, feeds)
+        return [out[:rows] for out in results]
 
     def _run_bound(
         self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]

@@ -257,3 +257,26 @@ def test_batches_for_a_gpu_session_are_built_at_its_sizes(tmp_path: Path) -> Non
         np.testing.assert_allclose(answer, want, rtol=1e-6)
     assert {rows for _, rows in seen} <= {1, 2, 4, 8, 16}
     assert any(rows > 4 for _, rows in seen), "no batch of several requests formed"
+
+
+def test_gpu_padding_is_not_used_when_outputs_are_not_per_row(tmp_path: Path) -> None:
+    """A model whose output does not follow the input rows (Flatten over everything) gets its
+    rows exactly as sent, not padded ones."""
+    from onnx import TensorProto, helper
+
+    from modelplane.testing import onnx_models
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["y"], axis=0)],
+        "flatten_all",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["one", "m"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    runtime, _, seen = _gpu_like_runtime(onnx_models.save(model, tmp_path / "flat.onnx"))
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (y,) = runtime.run(["y"], {"x": x})
+    runtime.close()
+    np.testing.assert_array_equal(y, x.reshape(1, 12))
+    assert [rows for _, rows in seen] == [4, 3]
