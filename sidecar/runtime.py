@@ -102,6 +102,8 @@ class Runtime:
     #: Batch sizes a GPU session runs at: a batch is padded up to the next one (see
     #: :func:`gpu_buckets`); empty on the CPU and for models that cannot batch.
     buckets: tuple[int, ...] = ()
+    #: The fastest one-row call warm-up measured, in seconds.
+    single_call_s: float = float("inf")
     _direct: Any = field(default=None, repr=False)
     _gpu_thread: ThreadPoolExecutor | None = field(default=None, repr=False)
     _binding: Any = field(default=None, repr=False)
@@ -270,8 +272,11 @@ def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
                     f"warm-up of {runtime.path} on {runtime.provider} failed: {exc}",
                     reason="WARMUP_FAILED",
                 ) from exc
+            took = time.perf_counter() - start
+            if rows == 1:
+                runtime.single_call_s = min(runtime.single_call_s, took)
             if rows == sizes[-1]:
-                best = min(best, time.perf_counter() - start)
+                best = min(best, took)
     return best
 
 
@@ -283,8 +288,34 @@ def load_for(settings: SidecarSettings, path: Path) -> Runtime:
         intra_op_threads=settings.intra_op_threads,
         spinning=settings.intra_op_spinning,
         warmup_runs=settings.warmup_runs,
-        batch_rows=settings.max_batch_size,
+        batch_rows=settings.warmup_batch_rows,
     )
+
+
+#: A CPU session call must take at least this long for coalescing requests to pay: a batched
+#: request waits in a thread of its own and is handed its rows by the leader, which costs
+#: about 200 µs of CPU per request on a 2-core machine (bench/README.md: the 32-feature MLP,
+#: 10 µs per call, carries 0.6-0.7x the load batched that it carries unbatched; the heavy MLP,
+#: 1.3 ms per call, 2.3x).
+BATCHING_MIN_CALL_S = 250e-6
+
+
+def batch_rows(settings: SidecarSettings, runtime: Runtime) -> int:
+    """The batch size to serve ``runtime`` with: ``--max-batch-size`` when given; unset, the
+    default size on a GPU or when warm-up measured a one-row call of at least
+    :data:`BATCHING_MIN_CALL_S`, else 1 (no batching)."""
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size
+    rows = settings.warmup_batch_rows
+    if not runtime.on_gpu and runtime.single_call_s < BATCHING_MIN_CALL_S:
+        rows = 1
+    log.info(
+        "batch size chosen by warm-up",
+        max_batch_size=rows,
+        one_row_call_us=round(runtime.single_call_s * 1e6, 1),
+        threshold_us=round(BATCHING_MIN_CALL_S * 1e6, 1),
+    )
+    return rows
 
 
 def load(

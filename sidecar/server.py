@@ -42,6 +42,39 @@ from sidecar.settings import SidecarSettings
 log = structlog.get_logger("modelplane.sidecar")
 
 
+class RequestPool(futures.Executor):
+    """The gRPC server's request threads, resizable once the model is loaded.
+
+    The listener opens before the model loads (health answers meanwhile), but how many request
+    threads serve best depends on whether requests get batched, which warm-up decides: batched
+    requests wait in threads of their own, unbatched ones only add GIL contention beyond a few.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="oip")
+        self._lock = threading.Lock()
+
+    def resize(self, threads: int) -> None:
+        """Serve new requests with ``threads`` threads (running ones finish where they are)."""
+        if threads == self._threads:
+            return
+        with self._lock:
+            old = self._pool
+            self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="oip")
+            self._threads = threads
+        old.shutdown(wait=False)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 @dataclass
 class SidecarHandle:
     """A running sidecar: its port, the model slot, and how to stop it."""
@@ -140,17 +173,13 @@ def start(
     assert settings.model is not None
     slot = ModelSlot()
     servicer = InferenceServicer(slot)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            settings.request_threads(
-                log_settings is not None
-                and log_settings.dir is not None
-                and log_settings.durability == "sync"
-            ),
-            thread_name_prefix="oip",
-        ),
-        options=grpc_options(reuse_port=settings.worker),
+    waits = (
+        log_settings is not None
+        and log_settings.dir is not None
+        and log_settings.durability == "sync"
     )
+    pool = RequestPool(settings.request_threads(waits, settings.max_batch_size != 1))
+    server = grpc.server(pool, options=grpc_options(reuse_port=settings.worker))
     add_to_server(servicer, server)
     add_admin_to_server(AdminServicer(slot), server)
     services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
@@ -180,6 +209,8 @@ def start(
             handle.closers.append(wiring.writer.close)
         hub.start()
         handle.closers.append(hub.close)
+        batch_rows = rt.batch_rows(settings, runtime)
+        pool.resize(settings.request_threads(waits, batch_rows > 1))
         model = ServingModel(
             runtime,
             name=name,
@@ -187,7 +218,7 @@ def start(
             limits=Limits(
                 settings.max_request_rows, settings.max_tensor_elements, settings.reject_non_finite
             ),
-            max_batch_rows=settings.max_batch_size,
+            max_batch_rows=batch_rows,
             max_delay=settings.max_queue_delay,
             max_queue_rows=settings.max_queue_rows,
             metrics=metrics,

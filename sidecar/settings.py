@@ -27,6 +27,10 @@ def _host_port(value: str) -> str:
     return value
 
 
+#: The batch size when ``--max-batch-size`` is not given and batching pays off.
+DEFAULT_BATCH_ROWS = 32
+
+
 class SidecarSettings(BaseSettings):
     """How one sidecar serves one ONNX model. Every field has a ``MODELPLANE_SIDECAR_`` env."""
 
@@ -93,10 +97,14 @@ class SidecarSettings(BaseSettings):
             "a GPU is present and warm-up measures the model faster there)."
         ),
     )
-    max_batch_size: int = Field(
-        32,
+    max_batch_size: int | None = Field(
+        None,
         ge=1,
-        description="Most rows one session call runs when coalescing requests; 1 = no batching.",
+        description=(
+            "Most rows one session call runs when coalescing requests; 1 = no batching. "
+            f"Unset: {DEFAULT_BATCH_ROWS} when warm-up shows a session call costing more than "
+            "handing requests between threads does (or on a GPU), else 1."
+        ),
     )
     max_queue_delay: float = Field(
         0.0,
@@ -279,12 +287,17 @@ class SidecarSettings(BaseSettings):
         assert self.model is not None
         return self.model_name or self.model.stem
 
-    def request_threads(self, waits: bool) -> int:
+    @property
+    def warmup_batch_rows(self) -> int:
+        """The batch size warm-up prepares (the largest a session call may run)."""
+        return self.max_batch_size or DEFAULT_BATCH_ROWS
+
+    def request_threads(self, waits: bool, batching: bool) -> int:
         """Threads of the gRPC request pool; ``waits``: requests block on something other
-        than the CPU (a sync log's fsync)."""
+        than the CPU (a sync log's fsync); ``batching``: requests are coalesced."""
         if self.handler_threads:
             return self.handler_threads
-        if waits or self.max_batch_size > 1:
+        if waits or batching:
             # A batch forms only from requests waiting in threads of their own.
             return 64
         # Handlers hold the GIL except inside ONNX Runtime: more threads than cores only

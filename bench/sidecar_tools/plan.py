@@ -56,6 +56,12 @@ SERVERS = (
     ServerConfig("sidecar", "sidecar", BATCH_OFF, note="batching off"),
     ServerConfig("sidecar-batch", "sidecar", BATCH_ON, note="batching on"),
     ServerConfig(
+        "sidecar-default",
+        "sidecar",
+        note="the sidecar's defaults: whatever is queued runs as one batch (up to 32 rows), "
+        "no queue delay",
+    ),
+    ServerConfig(
         "sidecar-intra1",
         "sidecar",
         (*BATCH_OFF, "--intra-op-threads", "1"),

@@ -127,7 +127,11 @@ def start_managed(
     sync = logging_on and log_settings is not None and log_settings.durability == "sync"
     slot = ModelSlot()
     server = grpc.server(
-        futures.ThreadPoolExecutor(settings.request_threads(sync), thread_name_prefix="oip"),
+        # Versions come and go, each with its own batch size: keep threads for batching
+        # unless batching is off for all of them.
+        futures.ThreadPoolExecutor(
+            settings.request_threads(sync, settings.max_batch_size != 1), thread_name_prefix="oip"
+        ),
         options=grpc_options(reuse_port=settings.worker),
     )
     port = server.add_insecure_port(settings.listen)

@@ -280,3 +280,46 @@ def test_gpu_padding_is_not_used_when_outputs_are_not_per_row(tmp_path: Path) ->
     runtime.close()
     np.testing.assert_array_equal(y, x.reshape(1, 12))
     assert [rows for _, rows in seen] == [4, 3]
+
+
+def test_unset_batch_size_is_decided_by_the_measured_call_time(tmp_path: Path) -> None:
+    from modelplane.testing import onnx_models
+    from sidecar.runtime import BATCHING_MIN_CALL_S, CUDA, Runtime, batch_rows
+    from sidecar.settings import DEFAULT_BATCH_ROWS, SidecarSettings
+    from sidecar.signature import signature_of
+
+    path = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cpu = Runtime(sess, signature_of(sess), "CPUExecutionProvider", path)
+    unset = SidecarSettings(model=path)
+    cpu.single_call_s = BATCHING_MIN_CALL_S / 10
+    assert batch_rows(unset, cpu) == 1
+    cpu.single_call_s = BATCHING_MIN_CALL_S * 4
+    assert batch_rows(unset, cpu) == DEFAULT_BATCH_ROWS
+    fast = BATCHING_MIN_CALL_S / 10
+    cpu.single_call_s = fast
+    assert batch_rows(SidecarSettings(model=path, max_batch_size=8), cpu) == 8
+    gpu = Runtime(sess, signature_of(sess), CUDA, path, single_call_s=fast)
+    assert batch_rows(unset, gpu) == DEFAULT_BATCH_ROWS
+    gpu.close()
+
+
+def test_default_sidecar_batches_the_heavy_model_and_not_the_tiny_one(
+    tmp_path: Path, sidecar_factory: Any
+) -> None:
+    """Warm-up decides: the 32-feature MLP (microseconds per call) is served unbatched with a
+    few request threads; the heavy MLP (about a millisecond here) is batched."""
+    from modelplane.testing import onnx_models
+    from sidecar.runtime import BATCHING_MIN_CALL_S
+
+    tiny = sidecar_factory(onnx_models.save(onnx_models.mlp(), tmp_path / "tiny.onnx"))
+    heavy = sidecar_factory(onnx_models.save(onnx_models.heavy_mlp(), tmp_path / "heavy.onnx"))
+    tiny_model, heavy_model = tiny.slot.current, heavy.slot.current
+    assert tiny_model.runtime.single_call_s < BATCHING_MIN_CALL_S
+    assert tiny_model.batcher is None
+    assert heavy_model.runtime.single_call_s >= BATCHING_MIN_CALL_S
+    assert heavy_model.batcher is not None
+    x = np.random.default_rng(7).standard_normal((2, 32)).astype(np.float32)
+    reply = stub(tiny.port).ModelInfer(raw_request("tiny", {"input": ("FP32", x)}), timeout=10)
+    want = ort.InferenceSession(str(tmp_path / "tiny.onnx")).run(None, {"input": x})[0]
+    np.testing.assert_allclose(output_array(reply, 0, np.float32), want, rtol=1e-5)

@@ -75,7 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add("--model-version", metavar="V", help="version served and accepted (default 1)")
     add("--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint (default: none)")
     add("--device", choices=("auto", "cpu", "cuda"), help="execution device (default auto)")
-    add("--max-batch-size", type=int, metavar="ROWS", help="rows per session call (1 = off)")
+    add(
+        "--max-batch-size",
+        type=int,
+        metavar="ROWS",
+        help="rows per session call (1 = off; default: 32 when warm-up shows batching pays, "
+        "else off)",
+    )
     add("--max-queue-delay", metavar="DURATION", help="wait for more rows, e.g. 500us, 2ms")
     add("--max-queue-rows", type=int, metavar="ROWS", help="queued rows before shedding")
     add("--max-request-rows", type=int, metavar="ROWS", help="most rows per request")
