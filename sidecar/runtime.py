@@ -294,9 +294,9 @@ def load_for(settings: SidecarSettings, path: Path) -> Runtime:
 
 #: A CPU session call must take at least this long for coalescing requests to pay: a batched
 #: request waits in a thread of its own (a batch needs many) and is handed its rows by the
-#: leader, which costs about 200 µs of CPU per request on a 2-core machine (bench/README.md: the 32-feature MLP,
-#: 10 µs per call, carries 0.6-0.7x the load batched that it carries unbatched; the heavy MLP,
-#: 1.3 ms per call, 2.3x).
+#: leader, which costs about 200 µs of CPU per request on a 2-core machine (bench/README.md:
+#: the 32-feature MLP, 10 µs per call, carries 0.6-0.7x the load batched that it carries
+#: unbatched; the heavy MLP, 1.3 ms per call, 2.3x).
 BATCHING_MIN_CALL_S = 250e-6
 
 
