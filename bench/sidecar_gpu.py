@@ -14,8 +14,8 @@ Every gRPC point is driven by ``--client-procs`` load-generator processes at onc
 client process cannot saturate several server processes). JSON lines go to stdout, a table
 of the target ratios to stderr:
 
-    python bench/sidecar_gpu.py [--workers 6] [--client-procs 8] [--concurrency 16]
-        [--duration 4] [--only heavy,resnet50]
+    python bench/sidecar_gpu.py [--workers 6|1,2,4,6] [--client-procs 8] [--concurrency 16]
+        [--duration 4] [--only heavy,resnet50] [--no-raw] [--device cpu]
 """
 
 from __future__ import annotations
@@ -141,10 +141,12 @@ class GpuRun:
     def model(self, case: ModelCase) -> None:
         """Raw ONNX Runtime, the echo floor and the sidecar for one model."""
         note(f"model {case.name}: building")
-        path = onnx_models.save(case.build(), self.workdir / f"{case.name}.onnx")
+        built = case.build()
+        input_name = built.graph.input[0].name
+        path = onnx_models.save(built, self.workdir / f"{case.name}.onnx")
+        del built
         x = np.random.default_rng(1).standard_normal(case.request_shape).astype(np.float32)
         expected = self.raw(case, path, x) if self.args.raw else self.reference(path, x)
-        input_name = "image" if case.name == "resnet50" else "input"
         request = self.workdir / f"{case.name}.request"
         request.write_bytes(oip.infer_request(case.name, input_name, x))
         response = self.workdir / f"{case.name}.response"
