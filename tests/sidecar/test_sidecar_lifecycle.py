@@ -236,3 +236,40 @@ def test_auto_workers_follow_cores_and_device(
     settings = SidecarSettings(model=Path("m.onnx"), workers="auto")
     assert settings.worker_count(gpu) == expected
     assert SidecarSettings(model=Path("m.onnx"), workers="3").worker_count(gpu) == 3
+
+
+def test_request_pool_resizes_without_losing_running_work() -> None:
+    from sidecar.server import RequestPool
+
+    pool = RequestPool(8)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return threading.current_thread().name
+
+    running = pool.submit(slow)
+    assert started.wait(10)
+    pool.resize(2)
+    lock = threading.Lock()
+    now = [0, 0]  # running, most at once
+
+    def task() -> None:
+        with lock:
+            now[0] += 1
+            now[1] = max(now[1], now[0])
+        time.sleep(0.1)
+        with lock:
+            now[0] -= 1
+
+    for future in [pool.submit(task) for _ in range(6)]:
+        future.result(10)
+    # Later work ran two at a time, on the new pool, while the old pool's call still ran.
+    assert now[1] == 2
+    assert not running.done()
+    release.set()
+    assert running.result(10).startswith("oip")
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
