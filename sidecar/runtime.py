@@ -8,6 +8,7 @@ there; ``cpu`` never touches CUDA. The provider a session actually got is what g
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -59,7 +60,10 @@ def _options(intra_op_threads: int, spinning: bool) -> ort.SessionOptions:
 _CUDA_SYNC_FLAGS = {"spin": 1, "yield": 2, "block": 4}
 
 
+@functools.cache
 def _preload_cuda() -> None:
+    """Load the CUDA libraries and set the wait mode: once per process, before the first CUDA
+    session (managed mode loads a session per version)."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         try:

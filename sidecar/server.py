@@ -178,7 +178,7 @@ def start(
         and log_settings.dir is not None
         and log_settings.durability == "sync"
     )
-    pool = RequestPool(settings.request_threads(waits, settings.max_batch_size != 1))
+    pool = RequestPool(settings.request_threads(waits, settings.may_batch))
     server = grpc.server(pool, options=grpc_options(reuse_port=settings.worker))
     add_to_server(servicer, server)
     add_admin_to_server(AdminServicer(slot), server)

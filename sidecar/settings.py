@@ -292,6 +292,11 @@ class SidecarSettings(BaseSettings):
         """The batch size warm-up prepares (the largest a session call may run)."""
         return self.max_batch_size or DEFAULT_BATCH_ROWS
 
+    @property
+    def may_batch(self) -> bool:
+        """Whether requests may be coalesced (batching not switched off with 1 row)."""
+        return self.max_batch_size != 1
+
     def request_threads(self, waits: bool, batching: bool) -> int:
         """Threads of the gRPC request pool; ``waits``: requests block on something other
         than the CPU (a sync log's fsync); ``batching``: requests are coalesced."""

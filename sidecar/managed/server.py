@@ -130,7 +130,7 @@ def start_managed(
         # Versions come and go, each with its own batch size: keep threads for batching
         # unless batching is off for all of them.
         futures.ThreadPoolExecutor(
-            settings.request_threads(sync, settings.max_batch_size != 1), thread_name_prefix="oip"
+            settings.request_threads(sync, settings.may_batch), thread_name_prefix="oip"
         ),
         options=grpc_options(reuse_port=settings.worker),
     )
