@@ -96,7 +96,14 @@ class Runtime:
     A CUDA session is only ever called from one thread of its own. ONNX Runtime's CUDA provider
     keeps its cuBLAS/cuDNN handles and scratch state per calling thread, created on a thread's
     first call; with the batch leader being whichever gRPC thread came first, every thread of
-    the pool would pay that (and hold GPU memory for it). One thread also means one I/O binding.
+    the pool would pay that (and hold GPU memory for it). One thread also means one I/O binding
+    per session.
+
+    A batchable CUDA model gets one session per batch size in ``buckets``: the CUDA provider's
+    convolutions keep the cuDNN plan of the last input shape they ran only, so one session fed
+    alternating batch sizes rebuilds its plans on every change (ResNet-50 on an H200: about
+    160 ms per call instead of 8 ms; bench/README.md). Each of those sessions holds its own
+    copy of the weights on the GPU.
     """
 
     session: Any
@@ -108,9 +115,11 @@ class Runtime:
     buckets: tuple[int, ...] = ()
     #: The fastest one-row call warm-up measured, in seconds.
     single_call_s: float = float("inf")
+    #: The session that runs each batch size of ``buckets`` (GPU); other sizes run ``session``.
+    sessions_by_rows: dict[int, Any] = field(default_factory=dict, repr=False)
     _direct: Any = field(default=None, repr=False)
     _gpu_thread: ThreadPoolExecutor | None = field(default=None, repr=False)
-    _binding: Any = field(default=None, repr=False)
+    _bindings: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # On CPU, call the session's native ``run`` directly: the Python wrapper re-validates
@@ -138,8 +147,7 @@ class Runtime:
         if direct is not None:
             return direct(outputs, feeds, None)  # type: ignore[no-any-return]
         if self._gpu_thread is not None:
-            call = self._run_padded if self.buckets else self._run_bound
-            return self._gpu_thread.submit(call, outputs, feeds).result()
+            return self._gpu_thread.submit(self._run_padded, outputs, feeds).result()
         return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
 
     def padded_rows(self, rows: int) -> int:
@@ -153,22 +161,23 @@ class Runtime:
     ) -> list[np.ndarray[Any, Any]]:
         rows = next(iter(feeds.values())).shape[0]
         size = self.padded_rows(rows)
+        session = self.sessions_by_rows.get(size, self.session)
         if size == rows:
-            return self._run_bound(outputs, feeds)
+            return self._run_bound(session, outputs, feeds)
         padded = {name: pad_rows(array, size) for name, array in feeds.items()}
-        results = self._run_bound(outputs, padded)
+        results = self._run_bound(session, outputs, padded)
         if any(out.ndim == 0 or out.shape[0] != size for out in results):
             # The outputs are not one per input row: padding would change them; run as sent.
-            return self._run_bound(outputs, feeds)
+            return self._run_bound(self.session, outputs, feeds)
         return [out[:rows] for out in results]
 
     def _run_bound(
-        self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
+        self, session: Any, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
     ) -> list[np.ndarray[Any, Any]]:
-        # Only the session's own thread gets here: one binding, reset per call.
-        binding = self._binding
+        # Only the sessions' own thread gets here: one binding per session, reset per call.
+        binding = self._bindings.get(id(session))
         if binding is None:
-            binding = self._binding = self.session.io_binding()
+            binding = self._bindings[id(session)] = session.io_binding()
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, array in feeds.items():
@@ -183,7 +192,7 @@ class Runtime:
                 binding.bind_output(name, "cpu")
             else:
                 binding.bind_output(name, "cuda", 0)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
 
 
@@ -222,11 +231,12 @@ def stack_rows(parts: Sequence[np.ndarray[Any, Any]], size: int) -> np.ndarray[A
 def gpu_buckets(batch_rows: int) -> tuple[int, ...]:
     """The batch sizes a GPU session runs at: powers of two below ``batch_rows``, then it.
 
-    A CUDA session prepares each new input shape on first sight (convolution algorithms,
-    memory plans: about 0.1 s for ResNet-50 even with the heuristic cuDNN search), so a dynamic
-    batcher that hands it every size from 1 to the maximum keeps paying that while serving.
-    Padding each batch up to one of these few sizes, all prepared during warm-up, costs at most
-    twice the rows of GPU compute and keeps that preparation off the request path.
+    A CUDA session prepares each new input shape (convolution plans, memory plans: about
+    0.1-0.16 s for ResNet-50 even with the heuristic cuDNN search), so a dynamic batcher that
+    hands it every size from 1 to the maximum keeps paying that while serving. Padding each
+    batch up to one of these few sizes, each run by a session of its own prepared during
+    warm-up, costs at most twice the rows of GPU compute and keeps that preparation off the
+    request path.
     """
     sizes = []
     size = 1
@@ -405,4 +415,18 @@ def _open(
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
+        runtime.sessions_by_rows = _bucket_sessions(session, path, providers, threads, runtime)
     return runtime, warm_up(runtime, warmup_runs, batch_rows)
+
+
+def _bucket_sessions(
+    largest: Any, path: Path, providers: list[str], threads: tuple[int, bool], runtime: Runtime
+) -> dict[int, Any]:
+    """A session per batch size of ``runtime.buckets`` (the largest size runs ``largest``):
+    see :class:`Runtime`. A size whose session did not get the GPU runs on ``largest``."""
+    sessions = {runtime.buckets[-1]: largest}
+    for rows in runtime.buckets[:-1]:
+        extra = _session(path, providers, *threads)
+        if extra.get_providers()[0] == runtime.provider:
+            sessions[rows] = extra
+    return sessions

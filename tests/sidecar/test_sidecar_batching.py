@@ -184,19 +184,29 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
 
 
 def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
-    """A runtime on the GPU call path (own thread, batch buckets) whose device call is a CPU
-    session call instead, since this machine may have no GPU; it records who called it with
-    how many rows."""
+    """A runtime on the GPU call path (own thread, batch buckets, a session per bucket) whose
+    device call is a CPU session call instead, since this machine may have no GPU; it records
+    who called it with how many rows, and checks that each size ran on its own session."""
     from sidecar.runtime import CUDA, Runtime
     from sidecar.signature import signature_of
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    runtime = Runtime(sess, signature_of(sess), CUDA, path, buckets=(1, 2, 4, 8, 16))
+    buckets = (1, 2, 4, 8, 16)
+    per_size = {
+        rows: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for rows in buckets[:-1]
+    }
+    runtime = Runtime(
+        sess, signature_of(sess), CUDA, path, buckets=buckets, sessions_by_rows=per_size
+    )
+    runtime.sessions_by_rows[16] = sess
     seen: list[tuple[str, int]] = []
 
-    def device_call(outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        seen.append((threading.current_thread().name, next(iter(feeds.values())).shape[0]))
-        return sess.run(list(outputs), feeds)
+    def device_call(session: Any, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rows = next(iter(feeds.values())).shape[0]
+        assert session is runtime.sessions_by_rows.get(rows, sess), f"{rows} rows, wrong session"
+        seen.append((threading.current_thread().name, rows))
+        return session.run(list(outputs), feeds)  # type: ignore[no-any-return]
 
     runtime._run_bound = device_call  # type: ignore[method-assign]
     return runtime, sess, seen

@@ -118,6 +118,26 @@ def test_device_auto_moves_an_image_model_to_the_gpu(resnet: Path) -> None:
         _stop(proc)
 
 
+def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None:
+    from sidecar.runtime import load
+
+    runtime = load(resnet, "cuda", intra_op_threads=0, warmup_runs=1, batch_rows=8)
+    try:
+        assert runtime.buckets == (1, 2, 4, 8)
+        sessions = [runtime.sessions_by_rows[rows] for rows in runtime.buckets]
+        assert len({id(s) for s in sessions}) == 4
+        assert {s.get_providers()[0] for s in sessions} == {"CUDAExecutionProvider"}
+        images = np.random.default_rng(2).standard_normal((7, 3, 224, 224)).astype(np.float32)
+        want = _cpu_answer(resnet, "image", images)
+        names = runtime.signature.output_names
+        for rows in (3, 1, 7, 2, 5):  # alternating sizes, padded to 4, 1, 8, 2, 8
+            got = runtime.run(names, {"image": images[:rows]})[0]
+            assert got.shape[0] == rows
+            assert _rel_error(got, want[:rows]) < 1e-2
+    finally:
+        runtime.close()
+
+
 def test_batched_cuda_answers_belong_to_their_own_requests(resnet: Path) -> None:
     proc, ready, metrics = _serve(
         resnet, "--device", "cuda", "--max-batch-size", "16", "--max-queue-delay", "5ms"
