@@ -103,7 +103,7 @@ class Runtime:
     convolutions keep the cuDNN plan of the last input shape they ran only, so one session fed
     alternating batch sizes rebuilds its plans on every change (ResNet-50 on an H200: about
     160 ms per call instead of 8 ms; bench/README.md). Each of those sessions holds its own
-    copy of the weights on the GPU.
+    copy of the weights on the GPU, within :data:`SESSION_COPIES_BUDGET`.
     """
 
     session: Any
@@ -415,8 +415,28 @@ def _open(
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
-        runtime.sessions_by_rows = _bucket_sessions(session, path, providers, threads, runtime)
+        if separate_sessions(path.stat().st_size, runtime.buckets):
+            runtime.sessions_by_rows = _bucket_sessions(session, path, providers, threads, runtime)
+        else:
+            log.warning(
+                "one CUDA session serves every batch size: copies of the weights per size would "
+                "pass the memory budget, so a change of batch size may re-plan convolutions",
+                model_bytes=path.stat().st_size,
+                batch_sizes=list(runtime.buckets),
+                budget_bytes=SESSION_COPIES_BUDGET,
+            )
     return runtime, warm_up(runtime, warmup_runs, batch_rows)
+
+
+#: GPU memory that the extra per-batch-size sessions' copies of the weights may take.
+SESSION_COPIES_BUDGET = 4 << 30
+
+
+def separate_sessions(model_bytes: int, buckets: Sequence[int]) -> bool:
+    """Whether each batch size of ``buckets`` gets a session of its own (see :class:`Runtime`):
+    yes while the extra copies of a model of ``model_bytes`` fit :data:`SESSION_COPIES_BUDGET`
+    (ResNet-50 in FP32, 100 MB, takes 0.6 GB for the 7 sizes of a 64-row batch)."""
+    return model_bytes * (len(buckets) - 1) <= SESSION_COPIES_BUDGET
 
 
 def _bucket_sessions(
@@ -424,6 +444,7 @@ def _bucket_sessions(
 ) -> dict[int, Any]:
     """A session per batch size of ``runtime.buckets`` (the largest size runs ``largest``):
     see :class:`Runtime`. A size whose session did not get the GPU runs on ``largest``."""
+    log.info("a CUDA session per batch size", batch_sizes=list(runtime.buckets))
     sessions = {runtime.buckets[-1]: largest}
     for rows in runtime.buckets[:-1]:
         extra = _session(path, providers, *threads)

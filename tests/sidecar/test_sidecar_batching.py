@@ -171,6 +171,17 @@ def test_gpu_buckets_are_powers_of_two_up_to_the_batch_size() -> None:
     assert gpu_buckets(2) == (1, 2)
 
 
+def test_each_gpu_batch_size_gets_a_session_while_the_copies_fit_the_budget() -> None:
+    from sidecar.runtime import SESSION_COPIES_BUDGET, gpu_buckets, separate_sessions
+
+    sizes = gpu_buckets(64)  # 7 sizes: 6 extra copies of the weights
+    assert separate_sessions(100 << 20, sizes)  # ResNet-50 in FP32
+    assert separate_sessions(SESSION_COPIES_BUDGET // 6, sizes)
+    assert not separate_sessions(SESSION_COPIES_BUDGET // 6 + 1, sizes)
+    assert not separate_sessions(2 << 30, gpu_buckets(8))
+    assert separate_sessions(10 << 30, (32,))  # one size: no extra copy at all
+
+
 def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
     from sidecar.runtime import pad_rows
 
