@@ -415,13 +415,14 @@ def _open(
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
-        if separate_sessions(path.stat().st_size, runtime.buckets):
+        model_bytes = path.stat().st_size
+        if separate_sessions(model_bytes, runtime.buckets):
             runtime.sessions_by_rows = _bucket_sessions(session, path, providers, threads, runtime)
         else:
             log.warning(
                 "one CUDA session serves every batch size: copies of the weights per size would "
                 "pass the memory budget, so a change of batch size may re-plan convolutions",
-                model_bytes=path.stat().st_size,
+                model_bytes=model_bytes,
                 batch_sizes=list(runtime.buckets),
                 budget_bytes=SESSION_COPIES_BUDGET,
             )
