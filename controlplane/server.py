@@ -44,6 +44,7 @@ from modelplane.server import (
     serve_metrics,
 )
 from modelplane.server.lifecycle import grpc_options
+from modelplane.server.memory import keep_large_buffers
 from modelplane.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -88,6 +89,7 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     access control, unless ``auth`` is ``none``).
     """
     access = auth.build(settings)
+    keep_large_buffers()
     hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
     key = audit.load_or_create_signing_key(signing_key_path(settings))
     # Worker processes find the schema migrated by their supervisor.

@@ -43,11 +43,11 @@ from modelplane.v1 import (
 PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
 ROLES_METADATA_KEY = "x-modelplane-roles"
 AUTHORIZATION_METADATA_KEY = "authorization"
-#: Upload message and file read size. Just below glibc's default mmap threshold (128 KiB), so
-#: each buffer is recycled from the heap instead of being mapped, faulted in and unmapped again
-#: on both sides (for a 1 MB upload that cost more CPU than extra messages do), in as few
-#: messages as that allows (120 KiB: 1-1.5 ms less client CPU per 1 MB upload than 64 KiB).
-CHUNK_BYTES = 120 << 10
+#: Upload message and file read size. Each message costs the sync gRPC stream a hand-off
+#: between threads on both sides, so fewer, larger messages cost less CPU; the servers keep
+#: buffers this large on their heap (``modelplane.server.memory``) instead of faulting them in
+#: per message (bench/README.md, "Upload message size").
+CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 2**31 - 1
 T = TypeVar("T")
 
