@@ -314,7 +314,7 @@ def load_for(settings: SidecarSettings, path: Path) -> Runtime:
 BATCHING_MIN_CALL_S = 250e-6
 
 
-def batch_rows(settings: SidecarSettings, runtime: Runtime) -> int:
+def serving_batch_rows(settings: SidecarSettings, runtime: Runtime) -> int:
     """The batch size to serve ``runtime`` with: ``--max-batch-size`` when given; unset, the
     default size on a GPU or when warm-up measured a one-row call of at least
     :data:`BATCHING_MIN_CALL_S`, else 1 (no batching)."""
@@ -417,7 +417,9 @@ def _open(
         runtime.buckets = gpu_buckets(batch_rows)
         model_bytes = path.stat().st_size
         if separate_sessions(model_bytes, runtime.buckets):
-            runtime.sessions_by_rows = _bucket_sessions(session, path, providers, threads, runtime)
+            runtime.sessions_by_rows = _bucket_sessions(
+                session, path, providers, threads, runtime.buckets
+            )
         else:
             log.warning(
                 "one CUDA session serves every batch size: copies of the weights per size would "
@@ -441,14 +443,18 @@ def separate_sessions(model_bytes: int, buckets: Sequence[int]) -> bool:
 
 
 def _bucket_sessions(
-    largest: Any, path: Path, providers: list[str], threads: tuple[int, bool], runtime: Runtime
+    largest: Any,
+    path: Path,
+    providers: list[str],
+    threads: tuple[int, bool],
+    buckets: tuple[int, ...],
 ) -> dict[int, Any]:
-    """A session per batch size of ``runtime.buckets`` (the largest size runs ``largest``):
-    see :class:`Runtime`. A size whose session did not get the GPU runs on ``largest``."""
-    log.info("a CUDA session per batch size", batch_sizes=list(runtime.buckets))
-    sessions = {runtime.buckets[-1]: largest}
-    for rows in runtime.buckets[:-1]:
+    """A session per batch size of ``buckets`` (the largest size runs ``largest``): see
+    :class:`Runtime`. A size whose session did not get the GPU runs on ``largest``."""
+    log.info("a CUDA session per batch size", batch_sizes=list(buckets))
+    sessions = {buckets[-1]: largest}
+    for rows in buckets[:-1]:
         extra = _session(path, providers, *threads)
-        if extra.get_providers()[0] == runtime.provider:
+        if extra.get_providers()[0] == CUDA:
             sessions[rows] = extra
     return sessions

@@ -209,7 +209,7 @@ def start(
             handle.closers.append(wiring.writer.close)
         hub.start()
         handle.closers.append(hub.close)
-        batch_rows = rt.batch_rows(settings, runtime)
+        batch_rows = rt.serving_batch_rows(settings, runtime)
         pool.resize(settings.request_threads(waits, batch_rows > 1))
         model = ServingModel(
             runtime,

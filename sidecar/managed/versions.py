@@ -229,7 +229,7 @@ class VersionLoader:
                 name=name,
                 version=label,
                 limits=Limits(s.max_request_rows, s.max_tensor_elements, s.reject_non_finite),
-                max_batch_rows=rt.batch_rows(s, runtime),
+                max_batch_rows=rt.serving_batch_rows(s, runtime),
                 max_delay=s.max_queue_delay,
                 max_queue_rows=s.max_queue_rows,
                 metrics=metrics,

@@ -305,7 +305,7 @@ def test_gpu_padding_is_not_used_when_outputs_are_not_per_row(tmp_path: Path) ->
 
 def test_unset_batch_size_is_decided_by_the_measured_call_time(tmp_path: Path) -> None:
     from modelplane.testing import onnx_models
-    from sidecar.runtime import BATCHING_MIN_CALL_S, CUDA, Runtime, batch_rows
+    from sidecar.runtime import BATCHING_MIN_CALL_S, CUDA, Runtime, serving_batch_rows
     from sidecar.settings import DEFAULT_BATCH_ROWS, SidecarSettings
     from sidecar.signature import signature_of
 
@@ -314,14 +314,14 @@ def test_unset_batch_size_is_decided_by_the_measured_call_time(tmp_path: Path) -
     cpu = Runtime(sess, signature_of(sess), "CPUExecutionProvider", path)
     unset = SidecarSettings(model=path)
     cpu.single_call_s = BATCHING_MIN_CALL_S / 10
-    assert batch_rows(unset, cpu) == 1
+    assert serving_batch_rows(unset, cpu) == 1
     cpu.single_call_s = BATCHING_MIN_CALL_S * 4
-    assert batch_rows(unset, cpu) == DEFAULT_BATCH_ROWS
+    assert serving_batch_rows(unset, cpu) == DEFAULT_BATCH_ROWS
     fast = BATCHING_MIN_CALL_S / 10
     cpu.single_call_s = fast
-    assert batch_rows(SidecarSettings(model=path, max_batch_size=8), cpu) == 8
+    assert serving_batch_rows(SidecarSettings(model=path, max_batch_size=8), cpu) == 8
     gpu = Runtime(sess, signature_of(sess), CUDA, path, single_call_s=fast)
-    assert batch_rows(unset, gpu) == DEFAULT_BATCH_ROWS
+    assert serving_batch_rows(unset, gpu) == DEFAULT_BATCH_ROWS
     gpu.close()
 
 
