@@ -1,0 +1,100 @@
+"""The content-addressed blob files: exact bytes whatever the chunking, threads, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from controlplane.blobstore import BlobStore
+from modelplane.errors import InvalidArgument, ResourceExhausted
+
+MIB = 1 << 20
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    return BlobStore.open(tmp_path / "root", 8 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("size", "piece"),
+    [
+        (0, 1),
+        (1, 1),
+        (4095, 1000),
+        (4096, 4096),
+        (4097, 3),
+        (MIB, MIB),
+        (MIB + 1, MIB),
+        (MIB - 1, 7777),
+        (3 * MIB + 17, 65536),
+        (2 * MIB, 3 * MIB // 2),
+    ],
+)
+def test_bytes_come_back_exactly_whatever_the_size_and_chunking(
+    store: BlobStore, size: int, piece: int
+) -> None:
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    assert store.receive(_pieces(data, piece), sha, size) == size
+    assert store.path(sha).stat().st_size == size
+    assert store.read_bytes(sha) == data
+    assert b"".join(store.iter_chunks(sha, chunk_bytes=5000)) == data
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_threads_writing_at_once_keep_their_own_bytes(store: BlobStore) -> None:
+    datas = [os.urandom(MIB + 1000 * i + 1) for i in range(6)]
+    barrier = threading.Barrier(len(datas))
+    errors: list[BaseException] = []
+
+    def upload(data: bytes) -> None:
+        barrier.wait()
+        try:
+            for _ in range(3):
+                store.receive(_pieces(data, 100_000), hashlib.sha256(data).hexdigest())
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(d,)) for d in datas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for data in datas:
+        assert store.read_bytes(hashlib.sha256(data).hexdigest()) == data
+
+
+def test_a_wrong_digest_or_size_stores_nothing(store: BlobStore) -> None:
+    data = os.urandom(MIB + 5)
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.raises(InvalidArgument) as wrong_digest:
+        store.receive([data], hashlib.sha256(b"other").hexdigest())
+    assert wrong_digest.value.reason == "DIGEST_MISMATCH"
+    with pytest.raises(InvalidArgument) as wrong_size:
+        store.receive([data], sha, len(data) - 1)
+    assert wrong_size.value.reason == "SIZE_MISMATCH"
+    assert not store.exists(sha)
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_an_upload_over_the_limit_stops_midway_and_stores_nothing(store: BlobStore) -> None:
+    data = os.urandom(9 * MIB)
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ResourceExhausted) as too_large:
+        store.receive(_pieces(data, MIB), sha)
+    assert too_large.value.reason == "UPLOAD_TOO_LARGE"
+    assert not store.exists(sha)
+    assert list((store.root / "tmp").iterdir()) == []
+    small = os.urandom(5000)
+    store.receive([small], hashlib.sha256(small).hexdigest())
+    assert store.read_bytes(hashlib.sha256(small).hexdigest()) == small
