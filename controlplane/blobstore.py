@@ -3,13 +3,23 @@
 Bytes are written to a temporary file in the root, hashed while they arrive, and moved into
 ``blobs/sha256/<2 hex>/<digest>`` only when the digest and size match what the client declared.
 Paths are built from validated digests alone, so nothing is read or written outside the root.
+
+Blob files are written once and read rarely (registration, evaluation, a sidecar's download),
+so the store keeps them out of the page cache. Uploads are written with ``O_DIRECT`` through a
+page-aligned buffer that each thread reuses (buffered writes where the file system refuses
+direct I/O), and after each whole read the kernel is told the pages will not be needed again
+(``POSIX_FADV_DONTNEED``). Cached artifacts would otherwise crowd out the database's pages, and
+each upload would fill fresh page-cache pages: on a virtual machine a page's first touch can
+cost several times the copy (up to about 2 ms of CPU per MiB written).
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -56,15 +66,14 @@ class BlobStore:
         fd, tmp_name = tempfile.mkstemp(prefix="upload-", dir=self.root / "tmp")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with _FileWriter(fd) as out:
                 for chunk in chunks:
                     total += len(chunk)
                     if total > self.max_upload_bytes:
                         raise self._too_large(total)
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                out.finish(total)
             if size_bytes and total != size_bytes:
                 raise InvalidArgument(
                     f"received {total} bytes but the header declared {size_bytes}",
@@ -97,7 +106,10 @@ class BlobStore:
         path = self.path(sha256)
         if not path.is_file():
             raise NotFound(f"blob {sha256} has no stored bytes", reason="BLOB_NOT_FOUND")
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read()
+            _drop_cached(f.fileno())
+        return data
 
     def iter_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         path = self.path(sha256)
@@ -106,6 +118,7 @@ class BlobStore:
         with path.open("rb") as f:
             while chunk := f.read(chunk_bytes):
                 yield chunk
+            _drop_cached(f.fileno())
 
     def put_bytes(self, data: bytes) -> str:
         """Store bytes the server produced itself (e.g. a baseline profile); returns the digest."""
@@ -113,3 +126,85 @@ class BlobStore:
         if not self.exists(sha):
             self.receive([data], sha, len(data))
         return sha
+
+
+def _drop_cached(fd: int) -> None:
+    """Let the kernel release the page-cache pages of ``fd`` (a hint; a no-op where unsupported)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+#: Direct I/O needs the buffer address, file offset and length aligned to the device's logical
+#: block size; 4 KiB covers every common device.
+_ALIGN = 4096
+_DIRECT_BUFFER_BYTES = 1 << 20
+
+
+class _ThreadBuffer(threading.local):
+    """One page-aligned buffer per thread, kept for the thread's life (its pages stay hot)."""
+
+    buffer: mmap.mmap | None = None
+
+    def get(self) -> mmap.mmap:
+        if self.buffer is None:
+            self.buffer = mmap.mmap(-1, _DIRECT_BUFFER_BYTES)
+        return self.buffer
+
+
+_buffers = _ThreadBuffer()
+
+
+class _FileWriter:
+    """Writes a new file with ``O_DIRECT`` where the file system allows it; closes ``fd``.
+
+    Bytes are gathered in the thread's aligned buffer and written a full buffer at a time; the
+    last block is padded with zeros, then the file is cut to its real size. :meth:`finish`
+    makes the file durable (fsync).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.fill = 0
+        self.buffer: mmap.mmap | None = None
+        if hasattr(os, "O_DIRECT"):
+            import fcntl
+
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+                self.buffer = _buffers.get()
+            except OSError:  # e.g. tmpfs: buffered writes
+                self.buffer = None
+
+    def __enter__(self) -> _FileWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
+
+    def write(self, data: bytes) -> None:
+        if self.buffer is None:
+            _write_all(self.fd, memoryview(data))
+            return
+        view = memoryview(data)
+        while view:
+            n = min(len(view), _DIRECT_BUFFER_BYTES - self.fill)
+            self.buffer[self.fill : self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == _DIRECT_BUFFER_BYTES:
+                _write_all(self.fd, memoryview(self.buffer))
+                self.fill = 0
+
+    def finish(self, size: int) -> None:
+        """Write what is buffered, cut the padding, fsync."""
+        if self.buffer is not None and self.fill:
+            padded = -(-self.fill // _ALIGN) * _ALIGN
+            self.buffer[self.fill : padded] = bytes(padded - self.fill)
+            _write_all(self.fd, memoryview(self.buffer)[:padded])
+            os.ftruncate(self.fd, size)
+        os.fsync(self.fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]

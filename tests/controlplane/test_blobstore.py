@@ -1,7 +1,9 @@
-"""The content-addressed blob files: exact bytes whatever the chunking, threads, bad input."""
+"""The content-addressed blob files: direct-I/O writes with padding, the buffered fallback,
+threads, bad input."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane import blobstore
 from controlplane.blobstore import BlobStore
 from modelplane.errors import InvalidArgument, ResourceExhausted
 
@@ -19,9 +22,22 @@ def _pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
+@pytest.fixture(params=["direct", "buffered"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> BlobStore:
+    if request.param == "buffered":
+        # A platform without O_DIRECT (macOS) takes the buffered path.
+        monkeypatch.delattr(os, "O_DIRECT")
     return BlobStore.open(tmp_path / "root", 8 * MIB)
+
+
+def test_writes_on_this_file_system_bypass_the_page_cache(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
+    with blobstore._FileWriter(fd) as writer:
+        if writer.buffer is None:
+            pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
 
 
 @pytest.mark.parametrize(
@@ -95,6 +111,7 @@ def test_an_upload_over_the_limit_stops_midway_and_stores_nothing(store: BlobSto
     assert too_large.value.reason == "UPLOAD_TOO_LARGE"
     assert not store.exists(sha)
     assert list((store.root / "tmp").iterdir()) == []
+    # The thread's buffer is reused cleanly by the next upload.
     small = os.urandom(5000)
     store.receive([small], hashlib.sha256(small).hexdigest())
     assert store.read_bytes(hashlib.sha256(small).hexdigest()) == small
