@@ -15,6 +15,8 @@ cost several times the copy (up to about 2 ms of CPU per MiB written).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import mmap
 import os
@@ -158,17 +160,17 @@ class _FileWriter:
     """Writes a new file with ``O_DIRECT`` where the file system allows it; closes ``fd``.
 
     Bytes are gathered in the thread's aligned buffer and written a full buffer at a time; the
-    last block is padded with zeros, then the file is cut to its real size. :meth:`finish`
-    makes the file durable (fsync).
+    last block is padded with zeros, then the file is cut to its real size. A file system that
+    takes the flag but refuses a direct write (``EINVAL``) gets the same bytes buffered.
+    :meth:`finish` makes the file durable (fsync).
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.fill = 0
+        self.offset = 0
         self.buffer: mmap.mmap | None = None
         if hasattr(os, "O_DIRECT"):
-            import fcntl
-
             try:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
                 self.buffer = _buffers.get()
@@ -183,7 +185,7 @@ class _FileWriter:
 
     def write(self, data: bytes) -> None:
         if self.buffer is None:
-            _write_all(self.fd, memoryview(data))
+            self._write_at(memoryview(data))
             return
         view = memoryview(data)
         while view:
@@ -192,7 +194,7 @@ class _FileWriter:
             self.fill += n
             view = view[n:]
             if self.fill == _DIRECT_BUFFER_BYTES:
-                _write_all(self.fd, memoryview(self.buffer))
+                self._flush(_DIRECT_BUFFER_BYTES)
                 self.fill = 0
 
     def finish(self, size: int) -> None:
@@ -200,11 +202,25 @@ class _FileWriter:
         if self.buffer is not None and self.fill:
             padded = -(-self.fill // _ALIGN) * _ALIGN
             self.buffer[self.fill : padded] = bytes(padded - self.fill)
-            _write_all(self.fd, memoryview(self.buffer)[:padded])
+            self._flush(padded)
             os.ftruncate(self.fd, size)
         os.fsync(self.fd)
 
+    def _flush(self, length: int) -> None:
+        assert self.buffer is not None
+        view = memoryview(self.buffer)[:length]
+        try:
+            self._write_at(view)
+        except OSError as exc:
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            if exc.errno != errno.EINVAL or not flags & os.O_DIRECT:
+                raise
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            self._write_at(view)
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
+    def _write_at(self, view: memoryview) -> None:
+        """Write ``view`` at the file's current end (a retry rewrites the same range)."""
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.offset + done)
+        self.offset += done

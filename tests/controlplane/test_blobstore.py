@@ -3,6 +3,7 @@ threads, bad input."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -115,3 +116,30 @@ def test_an_upload_over_the_limit_stops_midway_and_stores_nothing(store: BlobSto
     small = os.urandom(5000)
     store.receive([small], hashlib.sha256(small).hexdigest())
     assert store.read_bytes(hashlib.sha256(small).hexdigest()) == small
+
+
+def test_a_file_system_refusing_direct_writes_gets_the_bytes_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        # What some network and overlay file systems do: take the flag, refuse the write.
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    store = BlobStore.open(tmp_path / "root", 8 * MIB)
+    probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
+    with blobstore._FileWriter(probe) as writer:
+        if writer.buffer is None:
+            pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    data = os.urandom(2 * MIB + 123)
+    sha = hashlib.sha256(data).hexdigest()
+    store.receive(_pieces(data, 300_000), sha, len(data))
+    assert refused == [0]  # refused once, then written buffered from the same offset
+    assert store.read_bytes(sha) == data
+    assert store.path(sha).stat().st_size == len(data)
