@@ -75,7 +75,7 @@ class BlobStore:
                         raise self._too_large(total)
                     digest.update(chunk)
                     out.write(chunk)
-                out.finish(total)
+                out.finish()
             if size_bytes and total != size_bytes:
                 raise InvalidArgument(
                     f"received {total} bytes but the header declared {size_bytes}",
@@ -197,9 +197,10 @@ class _FileWriter:
                 self._flush(_DIRECT_BUFFER_BYTES)
                 self.fill = 0
 
-    def finish(self, size: int) -> None:
+    def finish(self) -> None:
         """Write what is buffered, cut the padding, fsync."""
         if self.buffer is not None and self.fill:
+            size = self.offset + self.fill
             padded = -(-self.fill // _ALIGN) * _ALIGN
             self.buffer[self.fill : padded] = bytes(padded - self.fill)
             self._flush(padded)
