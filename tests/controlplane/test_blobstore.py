@@ -33,12 +33,18 @@ def store(
     return BlobStore.open(tmp_path / "root", 8 * MIB)
 
 
-def test_writes_on_this_file_system_bypass_the_page_cache(tmp_path: Path) -> None:
-    fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
+def _direct_flags_or_skip(folder: Path) -> int:
+    """The flags a writer's file gets in ``folder``; skips where the file system refuses
+    O_DIRECT."""
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT)
     with blobstore._FileWriter(fd) as writer:
         if writer.buffer is None:
-            pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
-        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+            pytest.skip(f"the file system of {folder} refuses O_DIRECT")
+        return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def test_writes_on_this_file_system_bypass_the_page_cache(tmp_path: Path) -> None:
+    assert _direct_flags_or_skip(tmp_path) & os.O_DIRECT
 
 
 @pytest.mark.parametrize(
@@ -131,11 +137,8 @@ def test_a_file_system_refusing_direct_writes_gets_the_bytes_buffered(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)
 
+    _direct_flags_or_skip(tmp_path)
     store = BlobStore.open(tmp_path / "root", 8 * MIB)
-    probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
-    with blobstore._FileWriter(probe) as writer:
-        if writer.buffer is None:
-            pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
     monkeypatch.setattr(os, "pwrite", pwrite)
     data = os.urandom(2 * MIB + 123)
     sha = hashlib.sha256(data).hexdigest()
