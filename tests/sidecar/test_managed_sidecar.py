@@ -193,7 +193,11 @@ def test_corrupt_artifact_is_never_loaded_and_is_retried(
     plane.corrupt.add(sha2)
     plane.push(state(NAME, 2, versions, champion=2))
     deadline = time.monotonic() + 30
-    while plane.downloads.count(sha2) < 2 and time.monotonic() < deadline:
+    # A download is recorded when the plane starts sending it; the failure is
+    # counted once the sidecar has hashed the bytes, so wait for both.
+    while (
+        plane.downloads.count(sha2) < 2 or handle.manager.failures < 2
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert plane.downloads.count(sha2) >= 2
     assert handle.manager.failures >= 2
