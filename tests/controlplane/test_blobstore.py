@@ -69,7 +69,9 @@ def test_bytes_come_back_exactly_whatever_the_size_and_chunking(
     sha = hashlib.sha256(data).hexdigest()
     assert store.receive(_pieces(data, piece), sha, size) == size
     assert store.path(sha).stat().st_size == size
-    assert store.read_bytes(sha) == data
+    assert store.read_bytes(sha) == data  # the first read comes from memory ...
+    assert len(store.recent) == 0
+    assert store.read_bytes(sha) == data  # ... the next from the file
     assert b"".join(store.iter_chunks(sha, chunk_bytes=5000)) == data
     assert list((store.root / "tmp").iterdir()) == []
 
@@ -94,7 +96,7 @@ def test_threads_writing_at_once_keep_their_own_bytes(store: BlobStore) -> None:
         t.join()
     assert errors == []
     for data in datas:
-        assert store.read_bytes(hashlib.sha256(data).hexdigest()) == data
+        assert store.path(hashlib.sha256(data).hexdigest()).read_bytes() == data
 
 
 def test_a_wrong_digest_or_size_stores_nothing(store: BlobStore) -> None:
@@ -108,6 +110,7 @@ def test_a_wrong_digest_or_size_stores_nothing(store: BlobStore) -> None:
     assert wrong_size.value.reason == "SIZE_MISMATCH"
     assert not store.exists(sha)
     assert list((store.root / "tmp").iterdir()) == []
+    assert len(store.recent) == 0
 
 
 def test_an_upload_over_the_limit_stops_midway_and_stores_nothing(store: BlobStore) -> None:
@@ -121,7 +124,7 @@ def test_an_upload_over_the_limit_stops_midway_and_stores_nothing(store: BlobSto
     # The thread's buffer is reused cleanly by the next upload.
     small = os.urandom(5000)
     store.receive([small], hashlib.sha256(small).hexdigest())
-    assert store.read_bytes(hashlib.sha256(small).hexdigest()) == small
+    assert store.path(hashlib.sha256(small).hexdigest()).read_bytes() == small
 
 
 def test_a_file_system_refusing_direct_writes_gets_the_bytes_buffered(
@@ -144,5 +147,37 @@ def test_a_file_system_refusing_direct_writes_gets_the_bytes_buffered(
     sha = hashlib.sha256(data).hexdigest()
     store.receive(_pieces(data, 300_000), sha, len(data))
     assert refused == [0]  # refused once, then written buffered from the same offset
-    assert store.read_bytes(sha) == data
+    assert store.path(sha).read_bytes() == data
     assert store.path(sha).stat().st_size == len(data)
+
+
+def test_a_recent_upload_is_read_from_memory_once(store: BlobStore) -> None:
+    data = os.urandom(MIB + 3)
+    sha = hashlib.sha256(data).hexdigest()
+    store.receive(_pieces(data, 100_000), sha, len(data))
+    # Overwrite the file: the first read must still return the uploaded bytes, untouched by
+    # the disk, and the second must come from the file.
+    on_disk = store.path(sha)
+    on_disk.write_bytes(b"changed on disk")
+    assert store.read_bytes(sha) == data
+    assert store.read_bytes(sha) == b"changed on disk"
+
+
+def test_recent_uploads_stay_within_their_bounds(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobstore, "RECENT_BLOB_MAX_BYTES", 3000)
+    store.recent.limit_bytes = 5000
+    blobs = [os.urandom(2000) for _ in range(3)]
+    for data in blobs:
+        store.receive([data], hashlib.sha256(data).hexdigest())
+    # Room for two: the oldest went first.
+    assert len(store.recent) == 2 and store.recent.total == 4000
+    assert store.recent.take(hashlib.sha256(blobs[0]).hexdigest()) is None
+    assert store.recent.take(hashlib.sha256(blobs[2]).hexdigest()) == blobs[2]
+    # Too large to keep, whether declared or found out while receiving.
+    big = os.urandom(3001)
+    store.receive([big], hashlib.sha256(big).hexdigest(), len(big))
+    store.receive(_pieces(big, 1000), hashlib.sha256(big).hexdigest())
+    assert store.recent.take(hashlib.sha256(big).hexdigest()) is None
+    assert store.recent.total == 2000
