@@ -16,8 +16,9 @@ from modelplane.v1 import blobs_pb2, blobs_pb2_grpc
 def _chunks(
     first: blobs_pb2.UploadBlobRequest, rest: Iterator[blobs_pb2.UploadBlobRequest]
 ) -> Iterator[bytes]:
+    yield first.chunk
     for message in rest:
-        if message.WhichOneof("content") != "chunk":
+        if message.HasField("header"):
             raise InvalidArgument(
                 "only the first message of an upload may carry a header", reason="INVALID_UPLOAD"
             )
@@ -34,7 +35,7 @@ class BlobServicer(blobs_pb2_grpc.BlobServiceServicer):
         self, request_iterator: Iterator[blobs_pb2.UploadBlobRequest], context: grpc.ServicerContext
     ) -> blobs_pb2.Blob:
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("content") != "header":
+        if first is None or not first.HasField("header"):
             raise InvalidArgument(
                 "an upload starts with a header message declaring sha256 (and size_bytes)",
                 reason="MISSING_UPLOAD_HEADER",

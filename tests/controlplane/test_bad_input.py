@@ -379,6 +379,19 @@ def test_upload_digest_mismatch_and_size_limit(
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_UPLOAD",
     )
+    header_with_bytes_later = iter(
+        [
+            blobs_pb2.UploadBlobRequest(header=blobs_pb2.UploadBlobHeader(sha256=right)),
+            blobs_pb2.UploadBlobRequest(
+                header=blobs_pb2.UploadBlobHeader(sha256=right), chunk=data
+            ),
+        ]
+    )
+    _check(
+        _rpc_error(blob_stub.UploadBlob, header_with_bytes_later),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_UPLOAD",
+    )
     # Nothing was kept: no blob files and no temporary files.
     stored = [p for p in (controlplane.artifact_root / "blobs").rglob("*") if p.is_file()]
     assert stored == []

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -208,6 +209,42 @@ def test_blob_upload_dedupes_and_downloads(client: Client, tmp_path: Path) -> No
     assert client.upload_blob(data).create_time == blob.create_time
     assert client.get_blob(blob.sha256) == blob
     assert client.download_blob(blob.sha256, tmp_path / "x").read_bytes() == data
+
+
+def test_blob_uploads_from_files_and_in_any_message_layout(
+    client: Client,
+    controlplane: RunningControlPlane,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import modelplane._client as sdk
+    from modelplane.v1 import blobs_pb2, blobs_pb2_grpc
+
+    rng = np.random.default_rng(1)
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    small.write_bytes(rng.bytes(1000))
+    large.write_bytes(rng.bytes(2 * 1024 * 1024 + 5))
+    # A file read whole, then one streamed from disk in chunks.
+    assert client.upload_blob(small).sha256 == hashlib.sha256(small.read_bytes()).hexdigest()
+    monkeypatch.setattr(sdk, "READ_WHOLE_BYTES", 1024)
+    blob = client.upload_blob(large)
+    assert blob.size_bytes == large.stat().st_size
+    assert client.download_blob(blob.sha256, tmp_path / "back").read_bytes() == large.read_bytes()
+    # The header alone first, the bytes in later messages (and an empty chunk) is accepted too.
+    data = rng.bytes(5000)
+    sha = hashlib.sha256(data).hexdigest()
+    header = blobs_pb2.UploadBlobHeader(sha256=sha, size_bytes=len(data))
+    messages = [
+        blobs_pb2.UploadBlobRequest(header=header),
+        blobs_pb2.UploadBlobRequest(chunk=data[:10]),
+        blobs_pb2.UploadBlobRequest(chunk=b""),
+        blobs_pb2.UploadBlobRequest(chunk=data[10:]),
+    ]
+    with grpc.insecure_channel(controlplane.address) as channel:
+        stub = blobs_pb2_grpc.BlobServiceStub(channel)
+        got = stub.UploadBlob(iter(messages), metadata=[("x-modelplane-principal", "alice")])
+    assert got.sha256 == sha and got.size_bytes == len(data)
+    assert client.download_blob(sha, tmp_path / "d").read_bytes() == data
 
 
 def test_operations_are_persisted_and_listed(controlplane: RunningControlPlane) -> None:

@@ -112,17 +112,17 @@ func (c *Client) UploadBlob(ctx context.Context, data []byte, mediaType string) 
 		SizeBytes: int64(len(data)),
 		MediaType: mediaType,
 	}
-	err = stream.Send(&modelplanev1.UploadBlobRequest{
-		Content: &modelplanev1.UploadBlobRequest_Header{Header: header},
-	})
-	for i := 0; err == nil && i < len(data); i += ChunkBytes {
+	// The header rides with the first chunk; a blob up to ChunkBytes is one message.
+	for i := 0; err == nil && (i == 0 || i < len(data)); i += ChunkBytes {
 		end := i + ChunkBytes
 		if end > len(data) {
 			end = len(data)
 		}
-		err = stream.Send(&modelplanev1.UploadBlobRequest{
-			Content: &modelplanev1.UploadBlobRequest_Chunk{Chunk: data[i:end]},
-		})
+		message := &modelplanev1.UploadBlobRequest{Chunk: data[i:end]}
+		if i == 0 {
+			message.Header = header
+		}
+		err = stream.Send(message)
 	}
 	// A send fails with io.EOF when the server has answered early; the answer comes from here.
 	return stream.CloseAndRecv()

@@ -121,11 +121,11 @@ export class ModelplaneClient {
       sizeBytes: BigInt(data.byteLength),
       mediaType,
     });
+    // The header rides with the first chunk; a blob up to CHUNK_BYTES is one message.
     async function* messages(): AsyncGenerator<UploadBlobRequest> {
-      yield create(UploadBlobRequestSchema, { content: { case: "header", value: header } });
-      for (let i = 0; i < data.byteLength; i += CHUNK_BYTES) {
-        const chunk = data.subarray(i, i + CHUNK_BYTES);
-        yield create(UploadBlobRequestSchema, { content: { case: "chunk", value: chunk } });
+      yield create(UploadBlobRequestSchema, { header, chunk: data.subarray(0, CHUNK_BYTES) });
+      for (let i = CHUNK_BYTES; i < data.byteLength; i += CHUNK_BYTES) {
+        yield create(UploadBlobRequestSchema, { chunk: data.subarray(i, i + CHUNK_BYTES) });
       }
     }
     return this.blobs.uploadBlob(messages());

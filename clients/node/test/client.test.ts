@@ -132,9 +132,9 @@ describe("ModelplaneClient against a live control plane", () => {
     const declared = createHash("sha256").update("something else").digest("hex");
     async function* messages() {
       yield create(v1.UploadBlobRequestSchema, {
-        content: { case: "header", value: create(v1.UploadBlobHeaderSchema, { sha256: declared }) },
+        header: create(v1.UploadBlobHeaderSchema, { sha256: declared }),
       });
-      yield create(v1.UploadBlobRequestSchema, { content: { case: "chunk", value: onnx } });
+      yield create(v1.UploadBlobRequestSchema, { chunk: onnx });
     }
     const err = await rejection(alice.blobs.uploadBlob(messages()));
     assert.equal(err.code, Code.InvalidArgument);

@@ -19,7 +19,8 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type BlobServiceClient interface {
-	// Uploads one blob: the first message carries `header`, the rest carry `chunk`s.
+	// Uploads one blob: the first message carries `header` (and may carry the first `chunk`),
+	// the rest carry `chunk`s only. A blob that fits one message is one message.
 	UploadBlob(ctx context.Context, opts ...grpc.CallOption) (BlobService_UploadBlobClient, error)
 	// Returns a blob's metadata.
 	GetBlob(ctx context.Context, in *GetBlobRequest, opts ...grpc.CallOption) (*Blob, error)
@@ -114,7 +115,8 @@ func (x *blobServiceDownloadBlobClient) Recv() (*DownloadBlobResponse, error) {
 // All implementations must embed UnimplementedBlobServiceServer
 // for forward compatibility
 type BlobServiceServer interface {
-	// Uploads one blob: the first message carries `header`, the rest carry `chunk`s.
+	// Uploads one blob: the first message carries `header` (and may carry the first `chunk`),
+	// the rest carry `chunk`s only. A blob that fits one message is one message.
 	UploadBlob(BlobService_UploadBlobServer) error
 	// Returns a blob's metadata.
 	GetBlob(context.Context, *GetBlobRequest) (*Blob, error)

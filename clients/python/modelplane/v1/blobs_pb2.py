@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelplane/v1/blobs.proto\x12\rmodelplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x04\x42lob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x11UploadBlobRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.modelplane.v1.UploadBlobHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"J\n\x10UploadBlobHeader\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"\x1e\n\x0eGetBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44ownloadBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x14\x44ownloadBlobResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x32\xee\x01\n\x0b\x42lobService\x12\x45\n\nUploadBlob\x12 .modelplane.v1.UploadBlobRequest\x1a\x13.modelplane.v1.Blob(\x01\x12=\n\x07GetBlob\x12\x1d.modelplane.v1.GetBlobRequest\x1a\x13.modelplane.v1.Blob\x12Y\n\x0c\x44ownloadBlob\x12\".modelplane.v1.DownloadBlobRequest\x1a#.modelplane.v1.DownloadBlobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelplane/v1/blobs.proto\x12\rmodelplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x04\x42lob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x12\n\ncreated_by\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x11UploadBlobRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.modelplane.v1.UploadBlobHeader\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"J\n\x10UploadBlobHeader\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\"\x1e\n\x0eGetBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x13\x44ownloadBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x14\x44ownloadBlobResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x32\xee\x01\n\x0b\x42lobService\x12\x45\n\nUploadBlob\x12 .modelplane.v1.UploadBlobRequest\x1a\x13.modelplane.v1.Blob(\x01\x12=\n\x07GetBlob\x12\x1d.modelplane.v1.GetBlobRequest\x1a\x13.modelplane.v1.Blob\x12Y\n\x0c\x44ownloadBlob\x12\".modelplane.v1.DownloadBlobRequest\x1a#.modelplane.v1.DownloadBlobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOB']._serialized_start=78
   _globals['_BLOB']._serialized_end=223
   _globals['_UPLOADBLOBREQUEST']._serialized_start=225
-  _globals['_UPLOADBLOBREQUEST']._serialized_end=323
-  _globals['_UPLOADBLOBHEADER']._serialized_start=325
-  _globals['_UPLOADBLOBHEADER']._serialized_end=399
-  _globals['_GETBLOBREQUEST']._serialized_start=401
-  _globals['_GETBLOBREQUEST']._serialized_end=431
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=433
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=468
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=470
-  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=507
-  _globals['_BLOBSERVICE']._serialized_start=510
-  _globals['_BLOBSERVICE']._serialized_end=748
+  _globals['_UPLOADBLOBREQUEST']._serialized_end=308
+  _globals['_UPLOADBLOBHEADER']._serialized_start=310
+  _globals['_UPLOADBLOBHEADER']._serialized_end=384
+  _globals['_GETBLOBREQUEST']._serialized_start=386
+  _globals['_GETBLOBREQUEST']._serialized_end=416
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=418
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=453
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_start=455
+  _globals['_DOWNLOADBLOBRESPONSE']._serialized_end=492
+  _globals['_BLOBSERVICE']._serialized_start=495
+  _globals['_BLOBSERVICE']._serialized_end=733
 # @@protoc_insertion_point(module_scope)

@@ -60,7 +60,8 @@ class BlobServiceServicer:
     """
 
     def UploadBlob(self, request_iterator, context):
-        """Uploads one blob: the first message carries `header`, the rest carry `chunk`s.
+        """Uploads one blob: the first message carries `header` (and may carry the first `chunk`),
+        the rest carry `chunk`s only. A blob that fits one message is one message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

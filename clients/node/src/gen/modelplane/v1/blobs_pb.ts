@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelplane/v1/blobs.proto.
  */
 export const file_modelplane_v1_blobs: GenFile = /*@__PURE__*/
-  fileDesc("Chltb2RlbHBsYW5lL3YxL2Jsb2JzLnByb3RvEg1tb2RlbHBsYW5lLnYxIpEBCgRCbG9iEgwKBG5hbWUYASABKAkSDgoGc2hhMjU2GAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAMSEgoKbWVkaWFfdHlwZRgEIAEoCRISCgpjcmVhdGVkX2J5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChFVcGxvYWRCbG9iUmVxdWVzdBIxCgZoZWFkZXIYASABKAsyHy5tb2RlbHBsYW5lLnYxLlVwbG9hZEJsb2JIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgkKB2NvbnRlbnQiSgoQVXBsb2FkQmxvYkhlYWRlchIOCgZzaGEyNTYYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoAxISCgptZWRpYV90eXBlGAMgASgJIh4KDkdldEJsb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiIwoTRG93bmxvYWRCbG9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIiUKFERvd25sb2FkQmxvYlJlc3BvbnNlEg0KBWNodW5rGAEgASgMMu4BCgtCbG9iU2VydmljZRJFCgpVcGxvYWRCbG9iEiAubW9kZWxwbGFuZS52MS5VcGxvYWRCbG9iUmVxdWVzdBoTLm1vZGVscGxhbmUudjEuQmxvYigBEj0KB0dldEJsb2ISHS5tb2RlbHBsYW5lLnYxLkdldEJsb2JSZXF1ZXN0GhMubW9kZWxwbGFuZS52MS5CbG9iElkKDERvd25sb2FkQmxvYhIiLm1vZGVscGxhbmUudjEuRG93bmxvYWRCbG9iUmVxdWVzdBojLm1vZGVscGxhbmUudjEuRG93bmxvYWRCbG9iUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chltb2RlbHBsYW5lL3YxL2Jsb2JzLnByb3RvEg1tb2RlbHBsYW5lLnYxIpEBCgRCbG9iEgwKBG5hbWUYASABKAkSDgoGc2hhMjU2GAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAMSEgoKbWVkaWFfdHlwZRgEIAEoCRISCgpjcmVhdGVkX2J5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTChFVcGxvYWRCbG9iUmVxdWVzdBIvCgZoZWFkZXIYASABKAsyHy5tb2RlbHBsYW5lLnYxLlVwbG9hZEJsb2JIZWFkZXISDQoFY2h1bmsYAiABKAwiSgoQVXBsb2FkQmxvYkhlYWRlchIOCgZzaGEyNTYYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoAxISCgptZWRpYV90eXBlGAMgASgJIh4KDkdldEJsb2JSZXF1ZXN0EgwKBG5hbWUYASABKAkiIwoTRG93bmxvYWRCbG9iUmVxdWVzdBIMCgRuYW1lGAEgASgJIiUKFERvd25sb2FkQmxvYlJlc3BvbnNlEg0KBWNodW5rGAEgASgMMu4BCgtCbG9iU2VydmljZRJFCgpVcGxvYWRCbG9iEiAubW9kZWxwbGFuZS52MS5VcGxvYWRCbG9iUmVxdWVzdBoTLm1vZGVscGxhbmUudjEuQmxvYigBEj0KB0dldEJsb2ISHS5tb2RlbHBsYW5lLnYxLkdldEJsb2JSZXF1ZXN0GhMubW9kZWxwbGFuZS52MS5CbG9iElkKDERvd25sb2FkQmxvYhIiLm1vZGVscGxhbmUudjEuRG93bmxvYWRCbG9iUmVxdWVzdBojLm1vZGVscGxhbmUudjEuRG93bmxvYWRCbG9iUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A stored blob.
@@ -70,21 +70,18 @@ export const BlobSchema: GenMessage<Blob> = /*@__PURE__*/
  */
 export type UploadBlobRequest = Message<"modelplane.v1.UploadBlobRequest"> & {
   /**
-   * @generated from oneof modelplane.v1.UploadBlobRequest.content
+   * Set on the first message only.
+   *
+   * @generated from field: modelplane.v1.UploadBlobHeader header = 1;
    */
-  content: {
-    /**
-     * @generated from field: modelplane.v1.UploadBlobHeader header = 1;
-     */
-    value: UploadBlobHeader;
-    case: "header";
-  } | {
-    /**
-     * @generated from field: bytes chunk = 2;
-     */
-    value: Uint8Array;
-    case: "chunk";
-  } | { case: undefined; value?: undefined };
+  header?: UploadBlobHeader | undefined;
+
+  /**
+   * The next bytes of the blob, in order; may be empty.
+   *
+   * @generated from field: bytes chunk = 2;
+   */
+  chunk: Uint8Array;
 };
 
 /**
@@ -190,7 +187,8 @@ export const DownloadBlobResponseSchema: GenMessage<DownloadBlobResponse> = /*@_
  */
 export const BlobService: GenService<{
   /**
-   * Uploads one blob: the first message carries `header`, the rest carry `chunk`s.
+   * Uploads one blob: the first message carries `header` (and may carry the first `chunk`),
+   * the rest carry `chunk`s only. A blob that fits one message is one message.
    *
    * @generated from rpc modelplane.v1.BlobService.UploadBlob
    */
