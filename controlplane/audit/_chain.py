@@ -27,6 +27,7 @@ from controlplane.audit._canonical import (
 )
 from controlplane.store import Mutation, Store
 from controlplane.store.convert import utc
+from controlplane.store.direct import Direct
 from controlplane.store.tables import AuditEventRow
 
 #: Arbitrary 64-bit key of the advisory lock that serialises appends on PostgreSQL.
@@ -42,8 +43,8 @@ _INSERT_EVENT = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
 
 #: PostgreSQL function (migration 0006) that takes the lock, reads the head, fills in each
 #: event's ``prev_hash`` and ``seq``, hashes and inserts: one round trip per write.
-_APPEND = text("SELECT modelplane_audit_append(:k, :events)").bindparams(
-    bindparam("events", type_=JSONB)
+_APPEND = Direct(
+    text("SELECT modelplane_audit_append(:k, :events)").bindparams(bindparam("events", type_=JSONB))
 )
 
 
@@ -154,7 +155,7 @@ def _append_postgresql(session: Session, mutations: list[Mutation]) -> None:
         head, mid, tail = hash_template(fields)
         events.append({**fields, "head": head, "mid": mid, "tail": tail})
     session.flush()
-    session.connection().execute(_APPEND, {"k": AUDIT_LOCK_KEY, "events": events})
+    _APPEND.rows(session.connection(), {"k": AUDIT_LOCK_KEY, "events": events})
 
 
 def append_events(session: Session, mutations: list[Mutation]) -> None:

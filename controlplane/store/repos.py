@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
 from controlplane.store import convert
+from controlplane.store.direct import Direct
 from controlplane.store.tables import (
     AliasEventRow,
     AliasRow,
@@ -75,17 +76,19 @@ def _numbered_insert_pg() -> Any:
     )
 
 
-_INSERT_NUMBERED_VERSION_PG = _numbered_insert_pg()
+_INSERT_NUMBERED_VERSION_PG = Direct(_numbered_insert_pg())
 _SELECT_BLOB = core_select(_BLOBS).where(_BLOBS.c.sha256 == bindparam("sha256"))
-_SELECT_MODEL_AND_BLOBS = union_all(
-    core_select(literal("m").label("kind"), _MODELS.c.id.label("key")).where(
-        _MODELS.c.id == bindparam("model_id")
-    ),
-    core_select(literal("b"), _BLOBS.c.sha256).where(
-        _BLOBS.c.sha256.in_(bindparam("digests", expanding=True))
-    ),
+_SELECT_MODEL_AND_BLOBS = Direct(
+    union_all(
+        core_select(literal("m").label("kind"), _MODELS.c.id.label("key")).where(
+            _MODELS.c.id == bindparam("model_id")
+        ),
+        core_select(literal("b"), _BLOBS.c.sha256).where(
+            _BLOBS.c.sha256.in_(bindparam("digests", expanding=True))
+        ),
+    )
 )
-_INSERT_NEW_BLOB_PG = (
+_INSERT_NEW_BLOB_PG = Direct(
     postgresql.insert(_BLOBS)
     .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
     .returning(_BLOBS.c.sha256)
@@ -278,7 +281,7 @@ class VersionRepo:
         conn = self.s.connection()
         if conn.dialect.name == "postgresql":
             params = {f"v_{k}": v for k, v in row.items()}
-            got = conn.execute(_INSERT_NUMBERED_VERSION_PG, params).first()
+            got = _INSERT_NUMBERED_VERSION_PG.first(conn, params)
             if got is None:
                 return None
             row["id"], row["version"] = int(got[0]), int(got[1])
@@ -461,8 +464,8 @@ class BlobRepo:
     def model_and_blobs(self, model_id: str, digests: list[str]) -> tuple[bool, set[str]]:
         """Whether ``models/{model_id}`` exists, and which of ``digests`` have a blob record:
         one round trip for what registering a version must find first."""
-        rows = self.s.connection().execute(
-            _SELECT_MODEL_AND_BLOBS, {"model_id": model_id, "digests": digests}
+        rows = _SELECT_MODEL_AND_BLOBS.rows(
+            self.s.connection(), {"model_id": model_id, "digests": digests}
         )
         found = {(str(kind), str(key)) for kind, key in rows}
         return ("m", model_id) in found, {key for kind, key in found if kind == "b"}
@@ -474,8 +477,7 @@ class BlobRepo:
         followed by an insert; a concurrent upload of the same digest waits for the other
         transaction and then inserts nothing.
         """
-        postgres = self.s.get_bind().dialect.name == "postgresql"
-        q = _INSERT_NEW_BLOB_PG if postgres else _INSERT_NEW_BLOB_SQLITE
+        conn = self.s.connection()
         values = {
             "sha256": blob.sha256,
             "size_bytes": blob.size_bytes,
@@ -483,7 +485,9 @@ class BlobRepo:
             "created_by": blob.created_by,
             "create_time": blob.create_time,
         }
-        return self.s.connection().execute(q, values).first() is not None
+        if conn.dialect.name == "postgresql":
+            return _INSERT_NEW_BLOB_PG.first(conn, values) is not None
+        return conn.execute(_INSERT_NEW_BLOB_SQLITE, values).first() is not None
 
     def add(self, blob: Blob) -> Blob:
         row = BlobRow(

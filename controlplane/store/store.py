@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+from controlplane.store.direct import Direct
 from controlplane.store.engine import Engines, create_engines
 from controlplane.store.migrate import upgrade
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
@@ -25,7 +26,12 @@ from modelplane.errors import AlreadyExists, InvalidArgument, Unavailable
 from modelplane.server.context import RequestContext
 
 _REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
-_INSERT_REQUEST_ID = insert(_REQUEST_IDS)
+_SELECT_REQUEST_ID = Direct(
+    select(_REQUEST_IDS.c.method, _REQUEST_IDS.c.resource).where(
+        _REQUEST_IDS.c.request_id == bindparam("request_id")
+    )
+)
+_INSERT_REQUEST_ID = Direct(insert(_REQUEST_IDS))
 
 
 @dataclass(frozen=True)
@@ -121,31 +127,24 @@ class Store:
         with _translated(), Session(self.engines.write, expire_on_commit=False) as session:
             tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
             if request_id:
-                # Core statements: these run on every write, and the ORM's identity map and
+                # Direct statements: these run on every write, and the ORM's identity map and
                 # unit of work cost more CPU than the round trip itself.
-                seen = (
-                    session.connection()
-                    .execute(
-                        select(_REQUEST_IDS.c.method, _REQUEST_IDS.c.resource).where(
-                            _REQUEST_IDS.c.request_id == request_id
-                        )
-                    )
-                    .first()
-                )
+                seen = _SELECT_REQUEST_ID.first(session.connection(), {"request_id": request_id})
                 if seen is not None:
-                    if seen.method != method:
+                    seen_method, seen_resource = seen
+                    if seen_method != method:
                         raise InvalidArgument(
-                            f"request_id {request_id} was already used for {seen.method}",
+                            f"request_id {request_id} was already used for {seen_method}",
                             reason="REQUEST_ID_REUSED",
                         )
-                    tx.replay = seen.resource
+                    tx.replay = seen_resource
             yield tx
             if tx.replay is None and tx.mutations:
                 for hook in self.hooks:
                     hook(session, tx.mutations)
                 if request_id:
-                    session.connection().execute(
-                        _INSERT_REQUEST_ID,
+                    _INSERT_REQUEST_ID.rows(
+                        session.connection(),
                         {
                             "request_id": request_id,
                             "method": method,

@@ -292,3 +292,71 @@ def test_numbered_insert_for_a_missing_model_inserts_nothing(store: Store) -> No
         assert tx.versions.count(missing) == 0
         found, recorded = tx.blobs.model_and_blobs(missing, ["0" * 64])
     assert (found, recorded) == (False, set())
+
+
+def test_direct_statements_join_the_transaction_and_raise_sqlalchemy_errors(store: Store) -> None:
+    from sqlalchemy import insert, select, text
+    from sqlalchemy.exc import IntegrityError
+
+    from controlplane.store.direct import Direct
+    from controlplane.store.tables import RequestIdRow
+
+    table = RequestIdRow.__table__  # type: ignore[attr-defined]
+    add = Direct(insert(table))
+    ids = [unique("rid") for _ in range(3)]
+    lookup = Direct(
+        select(table.c.request_id, table.c.method)
+        .where(table.c.request_id.in_(ids))
+        .order_by(table.c.request_id)
+    )
+    row = {"method": "M", "resource": "r", "principal": "p", "create_time": datetime.now(UTC)}
+    # A row inserted in a transaction that fails is rolled back with it.
+    with pytest.raises(RuntimeError), store.write(CTX, "Test") as tx:
+        add.rows(tx.session.connection(), {**row, "request_id": ids[0]})
+        raise RuntimeError("abort")
+    with store.read() as tx:
+        assert lookup.rows(tx.session.connection(), {}) == []
+    with store.write(CTX, "Test") as tx:
+        for rid in ids[:2]:
+            add.rows(tx.session.connection(), {**row, "request_id": rid})
+    with store.read() as tx:
+        # Plain tuples back; the expanding IN takes a list, one value, or none.
+        assert lookup.rows(tx.session.connection(), {}) == [(r, "M") for r in sorted(ids[:2])]
+        one = Direct(select(table.c.method).where(table.c.request_id.in_([ids[1]])))
+        assert one.first(tx.session.connection(), {}) == ("M",)
+        none = Direct(select(table.c.method).where(table.c.request_id.in_([])))
+        assert none.first(tx.session.connection(), {}) is None
+    # A unique violation surfaces as SQLAlchemy's IntegrityError, which the store translates,
+    # and the connection goes on serving.
+    with pytest.raises(AlreadyExists) as exists, store.write(CTX, "Test") as tx:
+        add.rows(tx.session.connection(), {**row, "request_id": ids[0]})
+    assert isinstance(exists.value.__cause__, IntegrityError)
+    with store.read() as tx:
+        assert tx.session.connection().execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_direct_statement_on_a_lost_connection_leaves_the_pool_healthy(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server connection to lose")
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from controlplane.store.direct import Direct
+
+    import psycopg
+
+    store = Store.open(db_url)  # used one call at a time, its pool holds a single connection
+    try:
+        with store.read() as tx:
+            conn = tx.session.connection()
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            with psycopg.connect(db_url, autocommit=True) as killer:
+                killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+            with pytest.raises(OperationalError):
+                Direct(text("SELECT 1")).rows(conn, {})
+        # The dead connection was dropped from the pool: the next transaction gets a live one.
+        with store.read() as tx:
+            conn = tx.session.connection()
+            assert Direct(text("SELECT pg_backend_pid()")).first(conn, {}) != (pid,)
+    finally:
+        store.close()
