@@ -338,12 +338,11 @@ def test_direct_statements_join_the_transaction_and_raise_sqlalchemy_errors(stor
 def test_a_direct_statement_on_a_lost_connection_leaves_the_pool_healthy(db_url: str) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
+    import psycopg
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
     from controlplane.store.direct import Direct
-
-    import psycopg
 
     store = Store.open(db_url)  # used one call at a time, its pool holds a single connection
     try:
