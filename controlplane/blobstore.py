@@ -150,10 +150,14 @@ class BlobStore:
             if folder not in self._made_dirs:
                 os.makedirs(folder, exist_ok=True)
                 self._made_dirs.add(folder)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # the folder was removed since: make it again
+                os.makedirs(folder, exist_ok=True)
+                os.replace(tmp, final)
             tmp = ""
             if kept is not None:
-                self.recent.put(sha256, kept[0] if len(kept) == 1 else b"".join(kept))
+                self.recent.put(sha256, bytes(kept[0]) if len(kept) == 1 else b"".join(kept))
             return total
         finally:
             if tmp:

@@ -181,3 +181,13 @@ def test_recent_uploads_stay_within_their_bounds(
     store.receive(_pieces(big, 1000), hashlib.sha256(big).hexdigest())
     assert store.recent.take(hashlib.sha256(big).hexdigest()) is None
     assert store.recent.total == 2000
+
+
+def test_a_removed_blob_folder_is_made_again(store: BlobStore) -> None:
+    first = os.urandom(100)
+    sha = hashlib.sha256(first).hexdigest()
+    store.receive([first], sha)
+    os.unlink(store.path(sha))
+    store.path(sha).parent.rmdir()
+    store.receive([first], sha)
+    assert store.path(sha).read_bytes() == first

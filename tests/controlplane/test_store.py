@@ -335,9 +335,8 @@ def test_direct_statements_join_the_transaction_and_raise_sqlalchemy_errors(stor
         assert tx.session.connection().execute(text("SELECT 1")).scalar() == 1
 
 
-def test_a_direct_statement_on_a_lost_connection_leaves_the_pool_healthy(db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite has no server connection to lose")
+def test_a_direct_statement_on_a_lost_connection_leaves_the_pool_healthy(pg_url: str) -> None:
+    db_url = pg_url  # SQLite has no server connection to lose
     import psycopg
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
