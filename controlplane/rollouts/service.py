@@ -153,7 +153,7 @@ class RolloutService:
         """Apply the deployment's due time-driven transition; True when one was applied here
         (False when none was due or another replica applied it first)."""
         with self.store.write(SYSTEM, "AdvanceRollout") as tx:
-            d = Deployments(tx.session).get(deployment_id)
+            d = Deployments(tx.session).get(deployment_id, lock=True)
             r = d.active_rollout if d else None
             transition = machine.due(r, tx.now, self.switch_seconds) if r else None
             if d is None or transition is None:

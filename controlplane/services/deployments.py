@@ -22,7 +22,7 @@ from controlplane.rollouts.notifier import GenerationHub, publish
 from controlplane.services.filters import masked_changes
 from controlplane.services.models import require_model
 from controlplane.services.versions import require_version
-from controlplane.store import Store, Tx
+from controlplane.store import Store, Tx, WriteTx
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.deployment_tables import DeploymentRow
 from controlplane.store.pagination import decode, encode, page_size
@@ -61,7 +61,11 @@ def parse_deployment(name: str, what: str = "name") -> str:
 
 
 def require_deployment(tx: Tx, deployment_id: str) -> Deployment:
-    got = Deployments(tx.session).get(deployment_id)
+    """The deployment, or NOT_FOUND. In a write transaction its row is locked first: every
+    writer of a deployment (API calls, window reports, the reconciler) then takes the
+    deployment's lock before any rollout or report row, so two of them queue instead of
+    deadlocking on each other's rows."""
+    got = Deployments(tx.session).get(deployment_id, lock=isinstance(tx, WriteTx))
     if got is None:
         raise NotFound(
             f"deployment deployments/{deployment_id} does not exist",

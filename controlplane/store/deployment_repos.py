@@ -156,7 +156,11 @@ class Deployments:
 
     # Deployments ------------------------------------------------------------------------------
 
-    def row(self, deployment_id: str) -> DeploymentRow | None:
+    def row(self, deployment_id: str, *, lock: bool = False) -> DeploymentRow | None:
+        """The deployment's row; with ``lock``, locked until the transaction ends (PostgreSQL:
+        ``SELECT ... FOR UPDATE``; SQLite's write transactions hold the database's lock)."""
+        if lock:
+            return self.s.get(DeploymentRow, deployment_id, with_for_update=True)
         return self.s.get(DeploymentRow, deployment_id)
 
     def rollout_row(self, deployment_id: str, rollout_id: str) -> RolloutRow | None:
@@ -164,8 +168,8 @@ class Deployments:
             return None
         return self.s.get(RolloutRow, (deployment_id, rollout_id))
 
-    def get(self, deployment_id: str) -> Deployment | None:
-        row = self.row(deployment_id)
+    def get(self, deployment_id: str, *, lock: bool = False) -> Deployment | None:
+        row = self.row(deployment_id, lock=lock)
         if row is None:
             return None
         return deployment(row, self.rollout_row(row.id, row.rollout_id))

@@ -145,3 +145,53 @@ def test_watch_ends_cleanly_when_the_server_stops(tmp_path: Path) -> None:
     finally:
         if not stopped:
             cp.handle.stop(0)
+
+
+@pytest.mark.postgres
+def test_reports_and_the_reconciler_never_deadlock(tmp_path: Path, pg_url: str) -> None:
+    """Window reports (which count step requests and judge guards) race the reconciler's
+    time-driven steps on the same deployment and rollout rows: they must queue, never fail."""
+    cp = _start(tmp_path, pg_url)
+    try:
+        with cp.client() as c:
+            model_id, versions = register_versions(c, tmp_path, 2)
+            dep = unique("d")
+            c.create_deployment(dep, model=model_id, champion_version=versions[0])
+            c.start_rollout(
+                dep,
+                versions[1],
+                steps=list(range(5, 100, 5)),
+                step_duration=0.1,
+                min_requests=1,
+            )
+            stop = threading.Event()
+            failures: list[BaseException] = []
+
+            def report(replica: str) -> int:
+                side = Sidecar(cp.client(), dep, replica)
+                sent = 0
+                while not stop.is_set():
+                    try:
+                        side.report(champion=50, candidate=50)
+                        sent += 1
+                    except FailedPrecondition:
+                        pass  # the rollout finished under the report
+                    except BaseException as exc:  # collected and asserted below
+                        failures.append(exc)
+                        return sent
+                return sent
+
+            with ThreadPoolExecutor(4) as pool:
+                sent = [pool.submit(report, f"pod-{i}") for i in range(4)]
+                wait_for(
+                    lambda: c.get_deployment(dep).rollout.state != pb.ROLLOUT_STATE_RUNNING,
+                    "the rollout to end",
+                    seconds=60,
+                )
+                stop.set()
+                counts = [f.result() for f in sent]
+            assert failures == []
+            assert sum(counts) > 20
+            assert c.get_deployment(dep).rollout.state == pb.ROLLOUT_STATE_PROMOTED
+    finally:
+        cp.handle.stop(0)
