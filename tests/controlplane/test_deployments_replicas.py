@@ -47,7 +47,9 @@ def test_rollout_survives_a_restart(tmp_path: Path, db_url: str) -> None:
         with second.client() as c:
             d = c.get_deployment(dep)
             assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING
-            assert (d.rollout.id, d.rollout.step) == (before[0], 1)
+            # The same rollout, not set back. (It may have moved on: requests reported after
+            # the reconciler's step count toward the next one, which can complete meanwhile.)
+            assert d.rollout.id == before[0] and d.rollout.step >= 1
             assert d.generation >= before[1]
             side.c = c
             done = drive(side, lambda x: x.rollout.state == pb.ROLLOUT_STATE_PROMOTED, candidate=30)
