@@ -46,9 +46,14 @@ _MODELS = ModelRow.__table__  # type: ignore[attr-defined]
 _VERSIONS = ModelVersionRow.__table__  # type: ignore[attr-defined]
 _BLOBS = BlobRow.__table__  # type: ignore[attr-defined]
 # Statement objects built once, parameters passed at execution: their compiled forms are cached.
-_INSERT_VERSION = insert(_VERSIONS).returning(_VERSIONS.c.id)
 #: The columns a new version's INSERT sets (all but the generated id).
 _VERSION_COLUMNS = [c for c in _VERSIONS.columns if c.name != "id"]
+#: Parameters named ``v_<column>``, as in :func:`_numbered_insert_pg`.
+_INSERT_VERSION = Direct(
+    insert(_VERSIONS)
+    .values({c.name: bindparam(f"v_{c.name}", type_=c.type) for c in _VERSION_COLUMNS})
+    .returning(_VERSIONS.c.id)
+)
 
 
 def _numbered_insert_pg() -> Any:
@@ -93,7 +98,7 @@ _INSERT_NEW_BLOB_PG = Direct(
     .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
     .returning(_BLOBS.c.sha256)
 )
-_INSERT_NEW_BLOB_SQLITE = (
+_INSERT_NEW_BLOB_SQLITE = Direct(
     sqlite.insert(_BLOBS)
     .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
     .returning(_BLOBS.c.sha256)
@@ -264,9 +269,10 @@ class VersionRepo:
 
     def add(self, row: ModelVersionRow) -> ModelVersion:
         """Insert a new version (one Core INSERT ... RETURNING id; ``row`` stays detached)."""
-        values = {c.name: getattr(row, c.name) for c in _VERSION_COLUMNS}
-        result = self.s.connection().execute(_INSERT_VERSION, values)
-        row.id = int(result.scalar_one())
+        values = {f"v_{c.name}": getattr(row, c.name) for c in _VERSION_COLUMNS}
+        inserted = _INSERT_VERSION.first(self.s.connection(), values)
+        assert inserted is not None
+        row.id = int(inserted[0])
         return convert.version(row, [])
 
     def add_numbered(self, model_id: str, values: dict[str, Any]) -> ModelVersion | None:
@@ -280,8 +286,7 @@ class VersionRepo:
         row = {**values, "model_id": model_id, "revision": 1}
         conn = self.s.connection()
         if conn.dialect.name == "postgresql":
-            params = {f"v_{k}": v for k, v in row.items()}
-            got = _INSERT_NUMBERED_VERSION_PG.first(conn, params)
+            got = _INSERT_NUMBERED_VERSION_PG.first(conn, {f"v_{k}": v for k, v in row.items()})
             if got is None:
                 return None
             row["id"], row["version"] = int(got[0]), int(got[1])
@@ -290,7 +295,9 @@ class VersionRepo:
             if number is None:
                 return None
             row["version"] = number
-            row["id"] = int(conn.execute(_INSERT_VERSION, row).scalar_one())
+            inserted = _INSERT_VERSION.first(conn, {f"v_{k}": v for k, v in row.items()})
+            assert inserted is not None
+            row["id"] = int(inserted[0])
         return convert.version(SimpleNamespace(**row), [])
 
     def count(self, model_id: str) -> int:
@@ -485,9 +492,9 @@ class BlobRepo:
             "created_by": blob.created_by,
             "create_time": blob.create_time,
         }
-        if conn.dialect.name == "postgresql":
-            return _INSERT_NEW_BLOB_PG.first(conn, values) is not None
-        return conn.execute(_INSERT_NEW_BLOB_SQLITE, values).first() is not None
+        postgres = conn.dialect.name == "postgresql"
+        q = _INSERT_NEW_BLOB_PG if postgres else _INSERT_NEW_BLOB_SQLITE
+        return q.first(conn, values) is not None
 
     def add(self, blob: Blob) -> Blob:
         row = BlobRow(
