@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +19,59 @@ from modelplane.errors import InvalidArgument
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+class WriteGate:
+    """Makes SQLite writers queue before ``BEGIN IMMEDIATE`` rather than inside it.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which sleeps
+    between tries (up to 100 ms each), so under concurrent writes most of a writer's wait is
+    sleep past the moment the lock was freed. The gate holds a thread lock for this process
+    and an exclusive ``flock`` on ``PATH.write-lock`` for the others: a writer blocks in the
+    kernel and is woken as soon as the previous one commits. The busy timeout still covers
+    writers that do not take the gate (another program, a migration). Reentrant per thread.
+    """
+
+    def __init__(self, lock_path: str | None) -> None:
+        self.lock_path = lock_path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            self._depth += 1
+            try:
+                if self._depth == 1:
+                    self._acquire_file()
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _acquire_file(self) -> None:
+        if self.lock_path is None:
+            return
+        if self._fd is None or self._pid != os.getpid():
+            # A forked worker opens its own file: a lock on an inherited descriptor would be
+            # shared with the parent rather than exclusive.
+            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+
 @dataclass
 class Engines:
-    """A read engine and a write engine (on PostgreSQL one pool; reads in autocommit mode)."""
+    """A read engine and a write engine (on PostgreSQL one pool; reads in autocommit mode).
+
+    ``write_gate()`` wraps every write transaction: on SQLite a :class:`WriteGate`, on
+    PostgreSQL nothing (row locks and MVCC let writers proceed together)."""
 
     read: Engine
     write: Engine
     dialect: str
+    write_gate: Any = field(default=contextlib.nullcontext)
 
     def dispose(self) -> None:
         self.write.dispose()
@@ -70,10 +121,12 @@ def create_engines(url: str) -> Engines:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
         return Engines(
             read=_sqlite_engine(url, immediate=False),
             write=_sqlite_engine(url, immediate=True),
             dialect="sqlite",
+            write_gate=WriteGate(f"{parsed.database}.write-lock" if on_disk else None),
         )
     # Connections are recycled rather than pinged before each use: a ping is one more round
     # trip on every transaction.

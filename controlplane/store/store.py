@@ -124,7 +124,11 @@ class Store:
                 "request_id must be a UUID (at most 64 letters, digits and '-')",
                 reason="INVALID_REQUEST_ID",
             )
-        with _translated(), Session(self.engines.write, expire_on_commit=False) as session:
+        with (
+            _translated(),
+            self.engines.write_gate(),
+            Session(self.engines.write, expire_on_commit=False) as session,
+        ):
             tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
             if request_id:
                 # Direct statements: these run on every write, and the ORM's identity map and

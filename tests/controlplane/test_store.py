@@ -358,3 +358,39 @@ def test_a_direct_statement_on_a_lost_connection_leaves_the_pool_healthy(pg_url:
             assert Direct(text("SELECT pg_backend_pid()")).first(conn, {}) != (pid,)
     finally:
         store.close()
+
+
+def test_sqlite_writers_queue_at_the_write_gate(tmp_path: Path) -> None:
+    import fcntl
+
+    db = tmp_path / "gate.db"
+    store = Store.open(f"sqlite:///{db}")
+    try:
+        models = ModelService(store)
+        # Another process holding the gate (a second lock on the file stands in for it):
+        # a write waits for it instead of failing or polling SQLite's lock.
+        with open(f"{db}.write-lock", "a+b") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            done = threading.Event()
+            name = unique()
+            writer = threading.Thread(target=lambda: (models.create(CTX, name), done.set()))
+            writer.start()
+            assert not done.wait(0.5)
+            fcntl.flock(other, fcntl.LOCK_UN)
+            assert done.wait(10)
+            writer.join()
+        assert models.get(f"models/{name}").id == name
+        # A write transaction opened inside another on the same thread does not wait on itself.
+        gate = store.engines.write_gate
+        with gate(), gate():
+            pass
+        # Many threads at once: every write lands once.
+        names = [unique() for _ in range(12)]
+        threads = [threading.Thread(target=models.create, args=(CTX, n)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(models.get(f"models/{n}").id == n for n in names)
+    finally:
+        store.close()
