@@ -27,15 +27,21 @@ from tests.controlplane.test_deployments_api import (
 )
 
 
+def _rolling_out(c: Client, folder: Path, **rollout: Any) -> tuple[str, list[int]]:
+    """A new deployment of version 1 of a new model, with a rollout of version 2 started."""
+    model_id, versions = register_versions(c, folder, 2)
+    dep = unique("d")
+    c.create_deployment(dep, model=model_id, champion_version=versions[0])
+    c.start_rollout(dep, versions[1], **rollout)
+    return dep, versions
+
+
 def test_rollout_survives_a_restart(tmp_path: Path, db_url: str) -> None:
     first = _start(tmp_path / "a", db_url)
     try:
         with first.client() as c:
-            model_id, versions = register_versions(c, tmp_path, 2)
-            dep = unique("d")
-            c.create_deployment(dep, model=model_id, champion_version=versions[0])
-            c.start_rollout(
-                dep, versions[1], steps=[25, 50, 100], step_duration=0.2, min_requests=20
+            dep, versions = _rolling_out(
+                c, tmp_path, steps=[25, 50, 100], step_duration=0.2, min_requests=20
             )
             side = Sidecar(c, dep, "pod-1")
             moved = drive(side, lambda d: d.rollout.step == 1, candidate=30)
@@ -156,15 +162,8 @@ def test_reports_and_the_reconciler_never_deadlock(tmp_path: Path, pg_url: str) 
     cp = _start(tmp_path, pg_url)
     try:
         with cp.client() as c:
-            model_id, versions = register_versions(c, tmp_path, 2)
-            dep = unique("d")
-            c.create_deployment(dep, model=model_id, champion_version=versions[0])
-            c.start_rollout(
-                dep,
-                versions[1],
-                steps=list(range(5, 100, 5)),
-                step_duration=0.1,
-                min_requests=1,
+            dep, _ = _rolling_out(
+                c, tmp_path, steps=list(range(5, 100, 5)), step_duration=0.1, min_requests=1
             )
             stop = threading.Event()
             failures: list[BaseException] = []
