@@ -6,7 +6,8 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from modelplane.errors import InvalidArgument
+from modelplane.errors import InvalidArgument, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -27,11 +28,16 @@ class WriteGate:
     sleep past the moment the lock was freed. The gate holds a thread lock for this process
     and an exclusive ``flock`` on ``PATH.write-lock`` for the others: a writer blocks in the
     kernel and is woken as soon as the previous one commits. The busy timeout still covers
-    writers that do not take the gate (another program, a migration). Reentrant per thread.
+    writers that do not take the gate (another program, a migration). Reentrant per thread;
+    a thread that cannot enter within ``timeout`` seconds gets UNAVAILABLE, as SQLite's busy
+    timeout would have given it.
     """
 
-    def __init__(self, lock_path: str | None) -> None:
+    def __init__(
+        self, lock_path: str | None, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000
+    ) -> None:
         self.lock_path = lock_path
+        self.timeout = timeout
         self._lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
@@ -39,7 +45,12 @@ class WriteGate:
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
-        with self._lock:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise Unavailable(
+                "the database is busy with other writes; retry shortly",
+                reason="DATABASE_UNAVAILABLE",
+            )
+        try:
             self._depth += 1
             try:
                 if self._depth == 1:
@@ -49,6 +60,8 @@ class WriteGate:
                 self._depth -= 1
                 if self._depth == 0 and self._fd is not None:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
     def _acquire_file(self) -> None:
         if self.lock_path is None:
@@ -71,7 +84,7 @@ class Engines:
     read: Engine
     write: Engine
     dialect: str
-    write_gate: Any = field(default=contextlib.nullcontext)
+    write_gate: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
 
     def dispose(self) -> None:
         self.write.dispose()
@@ -119,9 +132,9 @@ def create_engines(url: str) -> Engines:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk:
+            Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return Engines(
             read=_sqlite_engine(url, immediate=False),
             write=_sqlite_engine(url, immediate=True),

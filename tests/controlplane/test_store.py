@@ -394,3 +394,27 @@ def test_sqlite_writers_queue_at_the_write_gate(tmp_path: Path) -> None:
         assert all(models.get(f"models/{n}").id == n for n in names)
     finally:
         store.close()
+
+
+def test_a_writer_that_waits_too_long_at_the_gate_gets_unavailable(tmp_path: Path) -> None:
+    from controlplane.store.engine import WriteGate
+    from modelplane import Unavailable
+
+    gate = WriteGate(str(tmp_path / "db.write-lock"), timeout=0.2)
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate():
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    with pytest.raises(Unavailable) as busy, gate():
+        pass
+    assert busy.value.reason == "DATABASE_UNAVAILABLE"
+    leave.set()
+    holder.join()
+    with gate():  # free again
+        pass
