@@ -85,7 +85,6 @@ class BlobStore:
         self.recent = RecentUploads()
         self._blobs_dir = os.path.join(root, "blobs", "sha256")
         self._tmp_dir = os.path.join(root, "tmp")
-        self._made_dirs: set[str] = set()
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], max_upload_bytes: int) -> BlobStore:
@@ -146,14 +145,10 @@ class BlobStore:
                     metadata={"declared": sha256, "actual": actual},
                 )
             final = self._file(sha256)
-            folder = os.path.dirname(final)
-            if folder not in self._made_dirs:
-                os.makedirs(folder, exist_ok=True)
-                self._made_dirs.add(folder)
             try:
                 os.replace(tmp, final)
-            except FileNotFoundError:  # the folder was removed since: make it again
-                os.makedirs(folder, exist_ok=True)
+            except FileNotFoundError:  # the first blob under this prefix (or its folder removed)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(tmp, final)
             tmp = ""
             if kept is not None:
@@ -172,24 +167,26 @@ class BlobStore:
             metadata={"limit_bytes": str(self.max_upload_bytes)},
         )
 
+    def _stored_file(self, sha256: str) -> str:
+        """The blob's file, or NOT_FOUND when it has none."""
+        path = self._file(sha256)
+        if not os.path.isfile(path):
+            raise NotFound(f"blob {sha256} has no stored bytes", reason="BLOB_NOT_FOUND")
+        return path
+
     def read_bytes(self, sha256: str) -> bytes:
         """The blob's bytes: from memory when it was uploaded here recently, else its file."""
-        path = self._file(sha256)
+        check_sha256(sha256)
         recent = self.recent.take(sha256)
         if recent is not None:
             return recent
-        if not os.path.isfile(path):
-            raise NotFound(f"blob {sha256} has no stored bytes", reason="BLOB_NOT_FOUND")
-        with open(path, "rb") as f:
+        with open(self._stored_file(sha256), "rb") as f:
             data = f.read()
             _drop_cached(f.fileno())
         return data
 
     def iter_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        path = self.path(sha256)
-        if not path.is_file():
-            raise NotFound(f"blob {sha256} has no stored bytes", reason="BLOB_NOT_FOUND")
-        with path.open("rb") as f:
+        with open(self._stored_file(sha256), "rb") as f:
             while chunk := f.read(chunk_bytes):
                 yield chunk
             _drop_cached(f.fileno())
