@@ -14,8 +14,9 @@ Every gRPC point is driven by ``--client-procs`` load-generator processes at onc
 client process cannot saturate several server processes). JSON lines go to stdout, a table
 of the target ratios to stderr:
 
-    python bench/sidecar_gpu.py [--workers 6|1,2,4,6] [--client-procs 8] [--concurrency 16]
-        [--duration 4] [--only heavy,resnet50] [--no-raw] [--device cpu]
+    python bench/sidecar_gpu.py [--workers 6|1,2,4,6] [--cuda-mps auto|off,on]
+        [--client-procs 8] [--concurrency 16] [--duration 4] [--only heavy,resnet50] [--no-raw]
+        [--device cpu]
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class GpuRun:
         response.write_bytes(oip.infer_response_like(case.name, "output", expected))
         self.echo(case, request, response, expected.nbytes)
         for workers in self.args.workers:
-            self.sidecar(case, path, request, x, expected, workers)
+            for mps in self.args.cuda_mps:
+                self.sidecar(case, path, request, x, expected, workers, mps)
 
     def reference(self, path: Path, x: np.ndarray) -> np.ndarray:
         """The session's answer for ``x`` (no rates measured: ``--no-raw``)."""
@@ -268,15 +270,18 @@ class GpuRun:
         x: np.ndarray,
         expected: np.ndarray,
         workers: int,
+        mps: str,
     ) -> None:
         """The sidecar on CUDA with workers and batching; one answer checked, then the load."""
         port, metrics = servers.free_port(), servers.free_port()
-        flags = ["--device", self.args.device, "--workers", str(workers)]
+        flags = ["--device", self.args.device, "--workers", str(workers), "--cuda-mps", mps]
         flags += ["--max-batch-size", str(self.args.max_batch_size)]
         flags += ["--max-queue-delay", self.args.max_queue_delay]
         flags += ["--metrics-listen", f"127.0.0.1:{metrics}"]
         env = dict(item.split("=", 1) for item in self.args.sidecar_env)
         name = f"sidecar-{self.args.device}-w{workers}"
+        if len(self.args.cuda_mps) > 1 or mps != "auto":
+            name += f"-mps-{mps}"
         name += "".join(f"-{v.lower()}" for v in env.values())
         proc = servers.sidecar_server(name, self.sidecar_base, path, port, flags, self.workdir, env)
         started = time.monotonic()
@@ -287,6 +292,7 @@ class GpuRun:
             marker = f'"workers": {workers}' if workers > 1 else '"sidecar ready"'
             wait_for_line(proc, marker, self.args.startup_timeout)
             startup = round(time.monotonic() - started, 1)
+            used = re.search(r'"cuda_mps": "(\w+)"', proc.log.read_text(errors="replace"))
             got = next(iter(oip.infer_once(target, request.read_bytes()).values()))
             err = rel_error(got.reshape(expected.shape), expected)
             emit({"model": case.name, "check": "sidecar vs raw", "rel_error": err})
@@ -295,10 +301,19 @@ class GpuRun:
             line = self.load(case, name, target, request, expected.nbytes, proc.pid)
             extra = scrape(metrics)
             line.update(extra, startup_s=startup, workers=workers)
+            line["cuda_mps"] = used.group(1) if used else None
             best = self.results.get((case.name, "sidecar"))
             if best is None or line["rps"] > best["rps"]:
                 self.results[(case.name, "sidecar")] = line
-            emit({"model": case.name, "server": name, "metrics": extra, "startup_s": startup})
+            emit(
+                {
+                    "model": case.name,
+                    "server": name,
+                    "metrics": extra,
+                    "startup_s": startup,
+                    "cuda_mps": line["cuda_mps"],
+                }
+            )
         except Exception as err:  # one failed line must not lose the others
             note(f"sidecar on {case.name} failed: {err}")
             emit({"model": case.name, "server": name, "error": str(err).splitlines()[0]})
@@ -343,6 +358,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda v: [int(n) for n in v.split(",")],
         default=[6],
         help="sidecar --workers; a comma-separated list measures each (the summary takes the best)",
+    )
+    parser.add_argument(
+        "--cuda-mps",
+        type=lambda v: v.split(","),
+        default=["auto"],
+        help="sidecar --cuda-mps (auto, on, off); a comma-separated list measures each",
     )
     parser.add_argument("--client-procs", type=int, default=8, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per process")

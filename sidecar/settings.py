@@ -148,6 +148,14 @@ class SidecarSettings(BaseSettings):
             "count and device)."
         ),
     )
+    cuda_mps: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "CUDA MPS for several workers on a GPU (sidecar.mps): auto uses the daemon "
+            "CUDA_MPS_PIPE_DIRECTORY names or starts a private one when the driver's MPS tools "
+            "are installed; on refuses to start without one; off never uses one."
+        ),
+    )
     handler_threads: int = Field(
         0,
         ge=0,

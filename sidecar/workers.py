@@ -80,6 +80,8 @@ def supervise(
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
     from modelplane.server.supervisor import reserve_port
     from modelplane.server.supervisor import supervise as run_workers
+    from sidecar.mps import for_workers
+    from sidecar.runtime import gpu_present
     from sidecar.server import announce
 
     shared_cache = None
@@ -91,21 +93,34 @@ def supervise(
         # One verified-artifact cache for all workers: what one downloaded, the others reuse.
         shared_cache = Path(tempfile.mkdtemp(prefix="modelplane-cache-"))
         settings = settings.model_copy(update={"cache_dir": shared_cache})
-    sock, port = reserve_port(settings.listen)
+    mps = None
     try:
-        return run_workers(
-            module="sidecar.workers",
-            env=_worker_env(settings, port, log_settings),
-            count=count,
-            ready_marker='"sidecar ready"',
-            metrics_listen=settings.metrics_listen or "",
-            drain_seconds=settings.drain_seconds,
-            on_ready=lambda metrics_port: announce(
-                settings, port, metrics_port=metrics_port, workers=count, pid=os.getpid()
-            ),
-        )
+        # Before the workers: their CUDA contexts must be made through the MPS server.
+        on_gpu = settings.device != "cpu" and gpu_present()
+        mps, mps_use = for_workers(settings.cuda_mps, on_gpu, count)
+        sock, port = reserve_port(settings.listen)
+        try:
+            return run_workers(
+                module="sidecar.workers",
+                env={**_worker_env(settings, port, log_settings), **(mps.env if mps else {})},
+                count=count,
+                ready_marker='"sidecar ready"',
+                metrics_listen=settings.metrics_listen or "",
+                drain_seconds=settings.drain_seconds,
+                on_ready=lambda metrics_port: announce(
+                    settings,
+                    port,
+                    metrics_port=metrics_port,
+                    workers=count,
+                    pid=os.getpid(),
+                    cuda_mps=mps_use,
+                ),
+            )
+        finally:
+            sock.close()
     finally:
-        sock.close()
+        if mps is not None:
+            mps.stop()
         if shared_cache is not None:
             shutil.rmtree(shared_cache, ignore_errors=True)
 

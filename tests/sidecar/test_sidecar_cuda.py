@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,47 @@ def test_cuda_workers_each_serve(heavy: Path) -> None:
         assert _providers(_metrics(metrics)) == {"CUDAExecutionProvider"}
     finally:
         _stop(proc)
+
+
+def _mps_processes() -> list[str]:
+    """Names of the MPS daemon's processes running on this machine."""
+    names = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue  # the process ended meanwhile
+        if name.startswith("nvidia-cuda-mps"):
+            names.append(name)
+    return names
+
+
+def _mps_gone(timeout: float = 20.0) -> bool:
+    """Wait until no MPS process runs (a sidecar that just stopped may still be quitting its
+    daemon); whether none does."""
+    deadline = time.monotonic() + timeout
+    while _mps_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _mps_processes()
+
+
+def test_cuda_workers_share_one_private_mps_server(heavy: Path) -> None:
+    if not _mps_gone():
+        pytest.skip("an MPS daemon already runs on this machine")
+    proc, ready, metrics = _serve(heavy, "--device", "cuda", "--workers", "2", "--cuda-mps", "on")
+    try:
+        assert ready["cuda_mps"] == "private"
+        x = np.random.default_rng(3).standard_normal((2, 256)).astype(np.float32)
+        want = _cpu_answer(heavy, "input", x)
+        for _ in range(8):  # fresh channels: both workers answer through the MPS server
+            reply = stub(ready["port"]).ModelInfer(
+                raw_request("h", {"input": ("FP32", x)}), timeout=60
+            )
+            assert _rel_error(output_array(reply, 0, np.float32), want) < 1e-2
+        running = _mps_processes()
+        assert "nvidia-cuda-mps-server" in running and "nvidia-cuda-mps-control" in running
+        assert _providers(_metrics(metrics)) == {"CUDAExecutionProvider"}
+    finally:
+        _stop(proc)
+    # The sidecar told its private daemon to quit once the workers had exited.
+    assert _mps_gone(), _mps_processes()

@@ -140,6 +140,7 @@ def test_cli_refuses_cuda_without_gpu(tmp_path: Path) -> None:
         (["--listen", "nowhere"], 2, "listen"),
         (["--workers", "zero"], 2, "workers"),
         (["--max-batch-size", "0"], 2, "max_batch_size"),
+        (["--cuda-mps", "maybe"], 2, "--cuda-mps"),
     ],
 )
 def test_cli_rejects_bad_settings(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
@@ -198,6 +199,7 @@ def test_two_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
     )
     try:
         assert ready["workers"] == 2
+        assert ready["cuda_mps"] == "off"  # CPU workers: no MPS daemon
         x = np.ones((1, 32), np.float32)
         total = 0
         for _ in range(8):  # fresh channels spread over the workers

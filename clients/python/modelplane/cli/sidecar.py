@@ -27,6 +27,7 @@ _FIELDS = (
     "intra_op_threads",
     "intra_op_spinning",
     "workers",
+    "cuda_mps",
     "handler_threads",
     "drain_seconds",
     "log_level",
@@ -105,6 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "from the transport)",
     )
     add("--workers", metavar="N|auto", help="server processes sharing the port (default 1)")
+    add(
+        "--cuda-mps",
+        choices=("auto", "on", "off"),
+        help="CUDA MPS for --workers N on a GPU (default auto: when the driver's tools exist)",
+    )
     add("--handler-threads", type=int, metavar="N", help="gRPC request threads (0 = auto)")
     add("--drain-seconds", metavar="DURATION", help="SIGTERM drain time (default 30s)")
     add("--log-level", metavar="LEVEL", help="log level (default info)")
