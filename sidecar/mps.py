@@ -2,7 +2,8 @@
 
 Without the Multi-Process Service every worker process holds a CUDA context of its own and the
 GPU time-slices between them: one worker's small batch never runs beside another's, and each
-session call waits for the others' time slices (bench/README.md, "Sidecar on a GPU"). Through
+session call waits for the others' time slices (bench/README.md, "Several workers on one GPU:
+CUDA MPS"). Through
 an MPS server the workers' work runs side by side, as threads of one process would.
 
 ``--cuda-mps`` (``cuda_mps``):

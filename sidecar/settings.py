@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelplane.units import parse_duration
+from sidecar.mps import Mps
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -148,7 +149,7 @@ class SidecarSettings(BaseSettings):
             "count and device)."
         ),
     )
-    cuda_mps: Literal["auto", "on", "off"] = Field(
+    cuda_mps: Mps = Field(
         "auto",
         description=(
             "CUDA MPS for several workers on a GPU (sidecar.mps): auto uses the daemon "
