@@ -152,7 +152,7 @@ class BlobStore:
                 os.replace(tmp, final)
             tmp = ""
             if kept is not None:
-                self.recent.put(sha256, bytes(kept[0]) if len(kept) == 1 else b"".join(kept))
+                self.recent.put(sha256, b"".join(kept))
             return total
         finally:
             if tmp:

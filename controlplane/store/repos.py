@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -54,6 +54,13 @@ _INSERT_VERSION = Direct(
     .values({c.name: bindparam(f"v_{c.name}", type_=c.type) for c in _VERSION_COLUMNS})
     .returning(_VERSIONS.c.id)
 )
+
+
+def _insert_version(conn: Any, values: Mapping[str, Any]) -> int:
+    """Insert a version from its column values; returns the generated id."""
+    inserted = _INSERT_VERSION.first(conn, {f"v_{k}": v for k, v in values.items()})
+    assert inserted is not None  # INSERT ... RETURNING always returns the row
+    return int(inserted[0])
 
 
 def _numbered_insert_pg() -> Any:
@@ -269,10 +276,8 @@ class VersionRepo:
 
     def add(self, row: ModelVersionRow) -> ModelVersion:
         """Insert a new version (one Core INSERT ... RETURNING id; ``row`` stays detached)."""
-        values = {f"v_{c.name}": getattr(row, c.name) for c in _VERSION_COLUMNS}
-        inserted = _INSERT_VERSION.first(self.s.connection(), values)
-        assert inserted is not None
-        row.id = int(inserted[0])
+        values = {c.name: getattr(row, c.name) for c in _VERSION_COLUMNS}
+        row.id = _insert_version(self.s.connection(), values)
         return convert.version(row, [])
 
     def add_numbered(self, model_id: str, values: dict[str, Any]) -> ModelVersion | None:
@@ -295,9 +300,7 @@ class VersionRepo:
             if number is None:
                 return None
             row["version"] = number
-            inserted = _INSERT_VERSION.first(conn, {f"v_{k}": v for k, v in row.items()})
-            assert inserted is not None
-            row["id"] = int(inserted[0])
+            row["id"] = _insert_version(conn, row)
         return convert.version(SimpleNamespace(**row), [])
 
     def count(self, model_id: str) -> int:
