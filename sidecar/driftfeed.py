@@ -26,7 +26,7 @@ from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, CategoricalFeature
 from sidecar.drift import DriftMonitor, DriftReport, WindowState
 from sidecar.metrics import RegistryFamilies, multiprocess
-from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.observers import BatchRecord, RecordRun, RejectedRecord
 from sidecar.signature import Signature
 
 
@@ -251,6 +251,17 @@ class DriftFeed:
                 else {name: np.concatenate([g[name] for g in group]) for name in group[0]}
             )
             self._closed(self.monitor.update(self.source.extract(merged)))
+
+    def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
+        """Count the rows of every successful request the hub gathered: one update per run."""
+        for part in runs:
+            if not isinstance(part, RecordRun):
+                continue
+            inputs = part.inputs
+            mask = part.ok_rows()
+            if mask is not None:
+                inputs = {name: array[mask] for name, array in inputs.items()}
+            self._closed(self.monitor.update(self.source.extract(inputs)))
 
     def on_batch(self, record: BatchRecord) -> None:
         """Count one session batch."""

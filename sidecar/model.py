@@ -68,6 +68,11 @@ class ServingModel:
         #: The drift feed (an observer on the hub), when a baseline was given.
         self.drift = drift
         self._observed = self.observers.active or sync_log is not None
+        sig = self.signature
+        # Every dim after the first fixed: all records carrying every output share one
+        # tensor layout, so consumers can gather them without comparing shapes.
+        fixed = all(t.tail is not None for t in (*sig.inputs, *sig.outputs))
+        self._layout: object | None = object() if fixed else None
         self._timed = self.metrics.enabled
         self.encoder = ResponseEncoder(name, version, self.signature)
         self._order = {n: i for i, n in enumerate(self.signature.output_names)}
@@ -220,6 +225,7 @@ class ServingModel:
         compute_s: float,
     ) -> None:
         now = time.monotonic()
+        layout = self._layout if outputs else None
         if len(batch) == 1:
             # One request per call is the common case: build its lists directly.
             it = batch[0]
@@ -238,6 +244,7 @@ class ServingModel:
                 compute_s,
                 time.time(),
                 ["OK" if err is None else err.code.value],
+                layout,
             )
         else:
             record = BatchRecord(
@@ -253,6 +260,7 @@ class ServingModel:
                 status=["OK" if it.error is None else it.error.reason for it in batch],
                 compute_s=compute_s,
                 codes=["OK" if it.error is None else it.error.code.value for it in batch],
+                layout=layout,
             )
         if self.sync_log is not None:
             ticket = self.sync_log.append(record)

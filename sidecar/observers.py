@@ -4,8 +4,9 @@ A record is published once per completed session batch (every request in it, wit
 outputs, ids, latencies and status) and once per rejected request. Publishing only appends
 to a buffer; one dispatch thread hands the records to the observers, never on the response
 path. The thread wakes at most every ``linger`` seconds and takes everything buffered at
-once, so observers that implement ``on_records`` see lists they can process in bulk (one
-Arrow append, one drift update) instead of one call per request.
+once. Observers that implement ``on_runs`` get it gathered into runs of compatible records
+(one array per tensor, one list per field: :func:`gather`), so a hundred requests cost one
+Arrow append and one drift update, and the gathering is done once for all of them.
 
 When observers fall behind and the buffer is full, a *lossless* hub makes publishers wait
 for room (the prediction log must not lose records); otherwise records are dropped and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +50,10 @@ class BatchRecord:
     compute_s: float
     finished_at: float = field(default_factory=time.time)
     codes: list[str] | None = None
+    #: Equal for records whose tensors share names, trailing shapes and dtypes, when the
+    #: publisher knows it (a model whose dims after the first are all fixed); None: the
+    #: consumer compares the tensors itself.
+    layout: Any = None
 
 
 @dataclass(slots=True)
@@ -68,9 +74,130 @@ class RejectedRecord:
 Record = BatchRecord | RejectedRecord
 
 
+def codes_of(record: BatchRecord) -> list[str]:
+    """The gRPC status name of each request of ``record``."""
+    if record.codes is not None:
+        return record.codes
+    return ["OK" if s == "OK" else "INTERNAL" for s in record.status]
+
+
+@dataclass(slots=True)
+class RecordRun:
+    """Consecutive session batches of one model version whose tensors share names, trailing
+    shapes and dtypes, gathered for observers that work in bulk (:func:`gather`).
+
+    ``inputs`` and ``outputs`` stack the rows of every request in order; the other lists have
+    one entry per request: ``call_rows`` the rows of the session call it ran in,
+    ``finished_at`` when that call ended.
+    """
+
+    model: str
+    version: str
+    provider: str
+    inputs: dict[str, np.ndarray[Any, Any]]
+    outputs: dict[str, np.ndarray[Any, Any]]
+    request_ids: list[str]
+    trace_ids: list[str]
+    row_counts: list[int]
+    latencies_s: list[float]
+    status: list[str]
+    codes: list[str]
+    call_rows: list[int]
+    finished_at: list[float]
+    #: Requests that failed in the model (their rows have no meaningful outputs).
+    failed: int
+
+    def ok_rows(self) -> np.ndarray[Any, Any] | None:
+        """A row mask of the requests that succeeded, or None when all did."""
+        if not self.failed:
+            return None
+        return np.repeat([s == "OK" for s in self.status], self.row_counts)
+
+    def arrived(self) -> np.ndarray[Any, Any]:
+        """Unix seconds when each request arrived."""
+        return np.asarray(self.finished_at) - np.asarray(self.latencies_s)
+
+
+def _tensor_layout(record: BatchRecord) -> tuple[Any, ...]:
+    def tensors(arrays: dict[str, np.ndarray[Any, Any]]) -> tuple[Any, ...]:
+        return tuple([(n, a.dtype.str, a.shape[1:]) for n, a in arrays.items()])
+
+    return (
+        record.model,
+        record.version,
+        record.provider,
+        tensors(record.inputs),
+        tensors(record.outputs),
+    )
+
+
+class _Gathering:
+    __slots__ = ("inputs", "outputs", "run")
+
+    def __init__(self, first: BatchRecord) -> None:
+        self.inputs: dict[str, list[np.ndarray[Any, Any]]] = {n: [] for n in first.inputs}
+        self.outputs: dict[str, list[np.ndarray[Any, Any]]] = {n: [] for n in first.outputs}
+        self.run = RecordRun(
+            first.model, first.version, first.provider, {}, {}, [], [], [], [], [], [], [], [], 0
+        )
+
+    def add(self, r: BatchRecord) -> None:
+        for name, array in r.inputs.items():
+            self.inputs[name].append(array)
+        for name, array in r.outputs.items():
+            self.outputs[name].append(array)
+        run = self.run
+        n = len(r.request_ids)
+        run.request_ids += r.request_ids
+        run.trace_ids += r.trace_ids
+        run.row_counts += r.row_counts
+        run.latencies_s += r.latencies_s
+        run.status += r.status
+        run.codes += codes_of(r)
+        if n == 1:
+            run.call_rows.append(r.row_counts[0])
+            run.finished_at.append(r.finished_at)
+            if r.status[0] != "OK":
+                run.failed += 1
+        else:
+            run.call_rows += [sum(r.row_counts)] * n
+            run.finished_at += [r.finished_at] * n
+            run.failed += sum(s != "OK" for s in r.status)
+
+    def done(self) -> RecordRun:
+        def joined(parts: dict[str, list[np.ndarray[Any, Any]]]) -> dict[str, Any]:
+            return {n: a[0] if len(a) == 1 else np.concatenate(a) for n, a in parts.items()}
+
+        self.run.inputs = joined(self.inputs)
+        self.run.outputs = joined(self.outputs)
+        return self.run
+
+
+def gather(records: Sequence[Record]) -> list[RecordRun | RejectedRecord]:
+    """``records`` in order, consecutive session batches that agree on their tensors' layout
+    gathered into one :class:`RecordRun` each."""
+    out: list[_Gathering | RejectedRecord] = []
+    current: _Gathering | None = None
+    last: Any = None
+    for record in records:
+        if isinstance(record, RejectedRecord):
+            out.append(record)
+            current = None
+            continue
+        key = record.layout if record.layout is not None else _tensor_layout(record)
+        if current is None or not (key is last or key == last):
+            current = _Gathering(record)
+            out.append(current)
+            last = key
+        current.add(record)
+    return [part.done() if isinstance(part, _Gathering) else part for part in out]
+
+
 class Observer(Protocol):
-    """What a prediction consumer implements (``on_records``/``on_tick`` are optional:
-    without ``on_records`` the hub calls ``on_batch``/``on_rejected`` per record)."""
+    """What a prediction consumer implements. ``on_runs``, ``on_records`` and ``on_tick``
+    are optional: the hub hands what it collected to ``on_runs`` as :func:`gather` gathered
+    it (once for all such observers), else as a list to ``on_records``, else record by
+    record to ``on_batch``/``on_rejected``."""
 
     def on_batch(self, record: BatchRecord) -> None:
         """Called once per completed session batch."""
@@ -173,11 +300,18 @@ class ObserverHub:
                 return
 
     def _dispatch(self, records: list[Record]) -> None:
+        runs: list[RecordRun | RejectedRecord] | None = None
         for obs in self._observers:
             try:
                 if records:
+                    by_run = getattr(obs, "on_runs", None)
                     bulk = getattr(obs, "on_records", None)
-                    if bulk is not None:
+                    if by_run is not None:
+                        if runs is None:
+                            # Gathered once for every observer that takes runs.
+                            runs = gather(records)
+                        by_run(runs)
+                    elif bulk is not None:
                         bulk(records)
                     else:
                         for record in records:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, codes_of
 from sidecar.predlog import (
     PredictionBatch,
     PredictionLogError,
@@ -43,12 +43,6 @@ def _layout_key(record: BatchRecord) -> tuple[Any, ...]:
         tensors(record.inputs),
         tensors(record.outputs),
     )
-
-
-def _codes(record: BatchRecord) -> list[str]:
-    if record.codes is not None:
-        return record.codes
-    return ["OK" if s == "OK" else "INTERNAL" for s in record.status]
 
 
 def to_prediction_batch(
@@ -74,7 +68,7 @@ def to_prediction_batch(
         row_counts += r.row_counts
         latencies += r.latencies_s
         arrived += [r.finished_at - lat for lat in r.latencies_s]
-        codes += _codes(r)
+        codes += codes_of(r)
         reasons += [None if s == "OK" else s for s in r.status]
     all_ok = all(c == "OK" for c in codes)
     return PredictionBatch(
@@ -91,6 +85,29 @@ def to_prediction_batch(
         batch_size=sum(first.row_counts),
         status_codes="OK" if all_ok else codes,
         status_reasons=None if all_ok else reasons,
+        feature_names=feature_names,
+    )
+
+
+def run_to_prediction_batch(
+    run: RecordRun, feature_names: FeatureNames, arm: str = "champion"
+) -> PredictionBatch:
+    """One append for a gathered run of session batches."""
+    calls = run.call_rows
+    return PredictionBatch(
+        model_name=run.model,
+        model_version=run.version,
+        request_ids=run.request_ids,
+        row_counts=run.row_counts,
+        inputs=run.inputs,
+        outputs=run.outputs,
+        latencies_s=np.asarray(run.latencies_s, np.float64),
+        trace_ids=[t or None for t in run.trace_ids],
+        arm=arm,
+        timestamps=run.arrived(),
+        batch_size=calls[0] if calls.count(calls[0]) == len(calls) else calls,
+        status_codes="OK" if not run.failed else run.codes,
+        status_reasons=None if not run.failed else [None if s == "OK" else s for s in run.status],
         feature_names=feature_names,
     )
 
@@ -156,6 +173,19 @@ class LogFeed:
                     )
                 except PredictionLogError:
                     self.refused += 1
+
+    def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
+        """Append what the hub gathered: one append per run."""
+        for part in runs:
+            try:
+                if isinstance(part, RecordRun):
+                    self.writer.append(run_to_prediction_batch(part, self.feature_names, self.arm))
+                else:
+                    self.writer.append_rejected(
+                        to_rejected_request(part, self.feature_names, self.arm)
+                    )
+            except PredictionLogError:
+                self.refused += len(part.request_ids) if isinstance(part, RecordRun) else 1
 
     def on_batch(self, record: BatchRecord) -> None:
         """Append one session batch."""

@@ -40,6 +40,7 @@ _PER_REQUEST_FIELDS = (
     "timestamps",
     "status_reasons",
     "status_messages",
+    "batch_size",
 )
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -233,7 +234,7 @@ def _tensor_columns(tc: TensorColumns, arr: Array, n: int) -> list[tuple[pa.Fiel
     return [(pa.field(name, c.type), c) for name, c in zip(tc.names, cols, strict=True)]
 
 
-def _batch_size(e: Entry) -> int:
+def _batch_size(e: Entry) -> Any:
     if e.batch.batch_size is not None:
         return e.batch.batch_size
     return -1 if e.kind == "rejected" else e.n_rows
@@ -277,7 +278,9 @@ def to_record_batch(entries: list[Entry], sample_rate: float) -> tuple[pa.Record
     rows = np.arange(n_rows, dtype=np.int64) - np.repeat(starts, counts)
     micros = np.rint(np.asarray(stamps, np.float64) * 1e6).astype(np.int64)
     latency = per_row(np.asarray(latencies, np.float64))
-    sizes = np.fromiter((_batch_size(e) for e in entries), np.int64, len(entries))[entry_of_row]
+    sizes = per_row(
+        np.asarray(_gather([_batch_size(e) for e in entries], entries, single), np.int64)
+    )
     fields: list[tuple[pa.Field, pa.Array]] = [
         (pa.field("timestamp", _TIMESTAMP), pa.array(per_row(micros), _TIMESTAMP)),
         (pa.field("request_id", pa.string()), _strings(ids, req_of_row)),

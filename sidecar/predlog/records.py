@@ -73,8 +73,9 @@ class PredictionBatch:
     arm: str = "champion"
     #: Unix seconds when each request arrived; the append time when unset.
     timestamps: Sequence[float] | Array | float | None = None
-    #: Rows in the session call; the sum of ``row_counts`` when unset.
-    batch_size: int | None = None
+    #: Rows in the session call (one value, or one per request when the batch gathers the
+    #: requests of several calls); the sum of ``row_counts`` when unset.
+    batch_size: int | Sequence[int] | Array | None = None
     status_codes: Sequence[object] | object = "OK"
     status_reasons: Sequence[str | None] | str | None = None
     status_messages: Sequence[str | None] | str | None = None
