@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
@@ -213,6 +213,18 @@ class DriftGauges:
                 family.labels(*self._key).set(nan)
             else:
                 family.remove(*self._key)
+
+
+class DriftReports(Protocol):
+    """What the admin RPC asks of a drift feed, in process or in the observer process."""
+
+    def current(self) -> tuple[Any, DriftReport]:
+        """The open window (when kept here) and its report so far."""
+        ...
+
+    def last(self) -> tuple[Any, DriftReport] | None:
+        """The last closed window (when kept here) and its report, if one has closed."""
+        ...
 
 
 class DriftFeed:

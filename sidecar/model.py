@@ -26,7 +26,7 @@ import structlog
 from modelplane.errors import InvalidArgument, ModelplaneError, NotFound, Unavailable
 from sidecar.batcher import Batcher, Item
 from sidecar.codec import Decoded, Limits, decode
-from sidecar.driftfeed import DriftFeed
+from sidecar.driftfeed import DriftReports
 from sidecar.metrics import NoMetrics
 from sidecar.observers import BatchRecord, ObserverHub
 from sidecar.recording import SyncLog
@@ -54,7 +54,7 @@ class ServingModel:
         metrics: NoMetrics | None = None,
         observers: ObserverHub | None = None,
         sync_log: SyncLog | None = None,
-        drift: DriftFeed | None = None,
+        drift: DriftReports | None = None,
     ) -> None:
         self.runtime = runtime
         self.signature = runtime.signature
@@ -65,7 +65,7 @@ class ServingModel:
         self.observers = observers or ObserverHub()
         #: Appends from the request path in ``sync`` log durability (None otherwise).
         self.sync_log = sync_log
-        #: The drift feed (an observer on the hub), when a baseline was given.
+        #: The drift feed (in process or in the observer process), when a baseline was given.
         self.drift = drift
         self._observed = self.observers.active or sync_log is not None
         sig = self.signature

@@ -16,7 +16,7 @@ import structlog
 from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, profile_from_file
 from sidecar.drift import DriftMonitor, DriftThresholds
-from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource
+from sidecar.driftfeed import DriftFeed, DriftGauges, DriftReports, FeatureSource
 from sidecar.predlog import PredictionLogSettings, PredictionLogWriter, open_prediction_log
 from sidecar.recording import LogFeed, SyncLog
 from sidecar.settings import SidecarSettings
@@ -33,7 +33,7 @@ class Wiring:
     lossless: bool = False
     writer: PredictionLogWriter | None = None
     sync_log: SyncLog | None = None
-    drift: DriftFeed | None = None
+    drift: DriftReports | None = None
 
 
 def _tabular_width(signature: Signature) -> int | None:

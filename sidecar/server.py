@@ -33,8 +33,9 @@ from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.codec import Limits
 from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
 from sidecar.model import ModelSlot, ServingModel
+from sidecar.observer_process import ObserverProcess, offloaded
 from sidecar.observers import Observer, ObserverHub
-from sidecar.observing import observe
+from sidecar.observing import Wiring, observe
 from sidecar.predlog import PredictionLogSettings
 from sidecar.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from sidecar.settings import SidecarSettings
@@ -84,6 +85,8 @@ class SidecarHandle:
     slot: ModelSlot
     provider: str = ""
     metrics_port: int | None = None
+    #: The prediction log's and drift monitor's process (``--observer-mode process``), if any.
+    observer_process: ObserverProcess | None = None
     closers: list[Any] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -203,10 +206,20 @@ def start(
         if serve and settings.metrics_listen:
             httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
             handle.closers.append(httpd.shutdown)
-        wiring = observe(settings, log_settings, runtime.signature, registry, handle.fail)
+        if offloaded(settings, log_settings):
+            remote = ObserverProcess.start(
+                settings, log_settings, runtime.signature, registry, handle.fail
+            )
+            handle.closers.append(remote.close)
+            handle.observer_process = remote
+            wiring = Wiring([remote], lossless=remote.log_dir is not None, drift=remote.drift)
+            log_dir = remote.log_dir
+        else:
+            wiring = observe(settings, log_settings, runtime.signature, registry, handle.fail)
+            if wiring.writer is not None:
+                handle.closers.append(wiring.writer.close)
+            log_dir = None if wiring.writer is None else wiring.writer.directory
         hub = ObserverHub([*(observers or []), *wiring.observers], lossless=wiring.lossless)
-        if wiring.writer is not None:
-            handle.closers.append(wiring.writer.close)
         hub.start()
         handle.closers.append(hub.close)
         batch_rows = rt.serving_batch_rows(settings, runtime)
@@ -240,10 +253,17 @@ def start(
         provider=runtime.provider,
         batching=model.batcher is not None,
         inputs=[f"{t.name}:{t.datatype}{list(t.shape)}" for t in runtime.signature.inputs],
-        prediction_log=None if wiring.writer is None else str(wiring.writer.directory),
+        prediction_log=None if log_dir is None else str(log_dir),
         drift=wiring.drift is not None,
+        observers=_observers_mode(wiring),
     )
     return handle
+
+
+def _observers_mode(wiring: Wiring) -> str | None:
+    if not wiring.observers:
+        return None
+    return "process" if isinstance(wiring.observers[0], ObserverProcess) else "thread"
 
 
 def announce(settings: SidecarSettings, port: int, **extra: Any) -> None:

@@ -157,6 +157,15 @@ class SidecarSettings(BaseSettings):
             "are installed; on refuses to start without one; off never uses one."
         ),
     )
+    observer_mode: Literal["process", "thread"] = Field(
+        "process",
+        description=(
+            "Where the async prediction log and drift monitoring run "
+            "(sidecar.observer_process): process = a child process of their own, off the "
+            "serving process's GIL; thread = a thread of the serving process. A sync log "
+            "always runs in the serving process."
+        ),
+    )
     handler_threads: int = Field(
         0,
         ge=0,

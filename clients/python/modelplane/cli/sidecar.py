@@ -28,6 +28,7 @@ _FIELDS = (
     "intra_op_spinning",
     "workers",
     "cuda_mps",
+    "observer_mode",
     "handler_threads",
     "drain_seconds",
     "log_level",
@@ -110,6 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--cuda-mps",
         choices=("auto", "on", "off"),
         help="CUDA MPS for --workers N on a GPU (default auto: when the driver's tools exist)",
+    )
+    add(
+        "--observer-mode",
+        choices=("process", "thread"),
+        help="where the async prediction log and drift monitoring run (default process: a "
+        "child process, off the serving process's GIL)",
     )
     add("--handler-threads", type=int, metavar="N", help="gRPC request threads (0 = auto)")
     add("--drain-seconds", metavar="DURATION", help="SIGTERM drain time (default 30s)")

@@ -1,0 +1,399 @@
+"""The prediction log and the drift monitor in a process of their own.
+
+Turning served requests into Arrow rows and drift counts is Python work. Done on a thread of
+the serving process it holds the GIL in long stretches, and on a small machine the OS
+preempts that thread while it holds the GIL, so the request threads wait on it: the logged
+sidecar carried 0.53-0.69x of a plain one (``bench/README.md``). With ``--observer-mode
+process`` (the default) that work runs in a child process instead:
+
+- the hub's thread gathers what it collected into runs (one array per tensor, flat lists
+  of the per-request fields: :func:`sidecar.observers.gather`) and writes them to a pipe.
+  That is all the serving process does per record;
+- the child hands the runs to the observers :func:`sidecar.observing.observe` builds, the
+  same ones a sidecar with ``--observer-mode thread`` runs in process, so the log's rows and
+  the drift windows are the same;
+- ``GetDriftReport`` and metric scrapes ask the child and wait for its answer. A log that
+  fails in the child (disk full, file size limit) and a child that dies both turn the
+  sidecar NOT_SERVING, as a failing log does in process;
+- a full pipe makes the hub's thread wait, and a full hub makes publishers wait: records are
+  never dropped. The child ends when the pipe closes, after closing its log files, so it
+  never outlives the sidecar, which can be killed without warning.
+
+``sync`` log durability keeps the observers in the serving process: there a response waits
+for its own record's fsync, and another hop would only lengthen that wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from modelplane.errors import Unavailable
+from sidecar.drift import DriftReport
+from sidecar.metrics import multiprocess
+from sidecar.observers import RecordRun, RejectedRecord
+from sidecar.predlog import PredictionLogSettings
+from sidecar.predlog.writer import PredictionLogFailed
+from sidecar.settings import SidecarSettings
+from sidecar.signature import Signature
+
+log = structlog.get_logger("modelplane.sidecar.observer_process")
+
+#: Seconds the child waits for records before it lets time-based drift windows close.
+TICK = 0.25
+#: Seconds a query (a drift report, a metrics scrape) waits for the child's answer.
+QUERY_TIMEOUT = 10.0
+
+
+class ObserverProcessError(RuntimeError):
+    """The observer process ended without being asked to."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    settings: SidecarSettings
+    log_settings: PredictionLogSettings | None
+    signature: Signature
+    #: None: no metrics; "forward": answer scrapes; "files": prometheus multiprocess files.
+    metrics: str | None
+
+
+class ObserverProcess:
+    """The serving process's side: a hub observer that forwards records to the child, and
+    the drift and metrics queries the child answers."""
+
+    def __init__(
+        self,
+        process: Any,
+        commands: Connection,
+        answers: Connection,
+        on_failure: Callable[[BaseException], Any],
+        *,
+        drift: bool,
+        log_dir: Path | None,
+    ) -> None:
+        self._process = process
+        self._commands = commands
+        self._answers = answers
+        self._on_failure = on_failure
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._failed = False
+        self._closed = threading.Event()
+        #: Records that could not be handed over because the child had ended.
+        self.lost = 0
+        self.log_dir = log_dir
+        self.drift = RemoteDrift(self) if drift else None
+        self._receiver = threading.Thread(
+            target=self._receive, name="observer-answers", daemon=True
+        )
+
+    @classmethod
+    def start(
+        cls,
+        settings: SidecarSettings,
+        log_settings: PredictionLogSettings | None,
+        signature: Signature,
+        registry: Any,
+        on_failure: Callable[[BaseException], Any],
+        timeout: float = 120.0,
+    ) -> ObserverProcess:
+        """Start the child and wait until its log is open and its baseline loaded; raises
+        what opening them raised there (a bad baseline, a log directory it cannot use)."""
+        metrics = None if registry is None else "files" if multiprocess() else "forward"
+        job = _Job(settings, log_settings, signature, metrics)
+        ctx = mp.get_context("spawn")
+        child_commands, commands = ctx.Pipe(duplex=False)
+        answers, child_answers = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_child_main,
+            args=(job, child_commands, child_answers),
+            name="modelplane-observers",
+            daemon=True,
+        )
+        process.start()
+        child_commands.close()
+        child_answers.close()
+        try:
+            if not answers.poll(timeout):
+                raise ObserverProcessError(f"the observer process did not start in {timeout:g}s")
+            kind, value = answers.recv()
+        except (EOFError, OSError):
+            kind, value = "error", ObserverProcessError("the observer process exited at start")
+        if kind != "ready":
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+            commands.close()
+            answers.close()
+            raise value
+        log_dir = None if log_settings is None or log_settings.dir is None else log_settings.dir
+        self = cls(
+            process,
+            commands,
+            answers,
+            on_failure,
+            drift=settings.baseline is not None,
+            log_dir=log_dir,
+        )
+        self._receiver.start()
+        if metrics == "forward":
+            registry.register(_ForwardedMetrics(self))
+        log.info("observers run in their own process", pid=process.pid)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return int(self._process.pid)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child is running."""
+        return bool(self._process.is_alive())
+
+    def _send(self, message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._send_lock:
+            self._commands.send_bytes(data)
+
+    def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
+        """Hand what the hub gathered to the child (waits while its pipe is full)."""
+        if not self._failed:
+            try:
+                self._send(("runs", runs))
+                return
+            except (OSError, ValueError):
+                pass
+        self.lost += sum(len(r.request_ids) if isinstance(r, RecordRun) else 1 for r in runs)
+
+    def query(self, what: str, timeout: float = QUERY_TIMEOUT) -> Any:
+        """Ask the child (``drift_current``, ``drift_last``, ``metrics``, ``flush``)."""
+        if self._failed or self._closed.is_set():
+            raise Unavailable(
+                "the sidecar's observer process is not running (see the sidecar's log)",
+                reason="OBSERVERS_UNAVAILABLE",
+            )
+        ticket: Future[Any] = Future()
+        ident = next(self._ids)
+        with self._pending_lock:
+            self._pending[ident] = ticket
+        try:
+            self._send(("query", ident, what))
+            return ticket.result(timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"the sidecar's observer process did not answer within {timeout:g}s",
+                reason="OBSERVERS_UNAVAILABLE",
+            ) from None
+        except (OSError, ValueError):
+            raise Unavailable(
+                "the sidecar's observer process is not running (see the sidecar's log)",
+                reason="OBSERVERS_UNAVAILABLE",
+            ) from None
+        finally:
+            with self._pending_lock:
+                self._pending.pop(ident, None)
+
+    def flush(self, timeout: float = QUERY_TIMEOUT) -> None:
+        """Wait until the child has handled and written everything sent so far."""
+        self.query("flush", timeout)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._answers.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "answer":
+                _, ident, ok, value = message
+                with self._pending_lock:
+                    ticket = self._pending.get(ident)
+                if ticket is not None:
+                    if ok:
+                        ticket.set_result(value)
+                    else:
+                        ticket.set_exception(value)
+            elif kind == "failed":
+                self._failed = True
+                self._on_failure(PredictionLogFailed(message[1]))
+            elif kind == "closed":
+                break
+        self._closed.set()
+        with self._pending_lock:
+            waiting = list(self._pending.values())
+        for ticket in waiting:
+            if not ticket.done():
+                ticket.set_exception(OSError("the observer process ended"))
+        if not self._closing:
+            self._failed = True
+            code = self._process.exitcode
+            log.error("the observer process ended", pid=self._process.pid, exitcode=code)
+            self._on_failure(
+                ObserverProcessError(
+                    f"the observer process (pid {self._process.pid}) ended with exit code "
+                    f"{code}; predictions are no longer logged or monitored"
+                )
+            )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the child write what it has and stop; kill it when it does not in time."""
+        self._closing = True
+        with contextlib.suppress(OSError, ValueError):
+            self._send(("close",))
+        self._closed.wait(timeout)
+        self._process.join(5)
+        if self._process.is_alive():
+            log.warning("the observer process did not stop; killing it", pid=self._process.pid)
+            self._process.kill()
+            self._process.join(5)
+        self._commands.close()
+        self._answers.close()
+
+
+class RemoteDrift:
+    """The drift feed's queries, answered by the observer process (see
+    :class:`sidecar.driftfeed.DriftFeed`: the window states stay in the child)."""
+
+    def __init__(self, process: ObserverProcess) -> None:
+        self._process = process
+
+    def current(self) -> tuple[None, DriftReport]:
+        """The open window's report so far."""
+        return None, self._process.query("drift_current")
+
+    def last(self) -> tuple[None, DriftReport] | None:
+        """The last closed window's report, if a window has closed."""
+        report = self._process.query("drift_last")
+        return None if report is None else (None, report)
+
+
+class _ForwardedMetrics:
+    """A Prometheus collector serving the child's metrics, fetched at each scrape."""
+
+    def __init__(self, process: ObserverProcess) -> None:
+        self._process = process
+        self._last: list[Any] = []
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        with contextlib.suppress(Unavailable):
+            self._last = self._process.query("metrics", timeout=5.0)
+        return self._last
+
+
+def _child_main(job: _Job, commands: Connection, answers: Connection) -> None:
+    """The observer process: build the observers, then handle messages until told to stop
+    or until the serving process goes away."""
+    from modelplane.server.logging import configure_logging
+
+    configure_logging(job.settings.log_level)
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.observing import observe
+
+    answer_lock = threading.Lock()
+
+    def answer(message: Any) -> None:
+        with answer_lock, contextlib.suppress(OSError, ValueError):
+            answers.send(message)
+
+    registry = None if job.metrics is None else CollectorRegistry()
+    try:
+        wiring = observe(
+            job.settings,
+            job.log_settings,
+            job.signature,
+            registry,
+            lambda exc: answer(("failed", str(exc))),
+        )
+    except BaseException as exc:
+        answer(("error", exc))
+        return
+    answer(("ready", os.getpid()))
+    observers = wiring.observers
+    stop = False
+    while not stop:
+        try:
+            ready = commands.poll(TICK)
+            message = pickle.loads(commands.recv_bytes()) if ready else None
+        except (EOFError, OSError):
+            # The serving process is gone (killed): write what was received and stop.
+            break
+        if message is not None:
+            kind = message[0]
+            if kind == "runs":
+                _deliver(observers, message[1])
+            elif kind == "query":
+                _, ident, what = message
+                try:
+                    answer(("answer", ident, True, _answer(what, wiring, registry)))
+                except Exception as exc:
+                    answer(("answer", ident, False, exc))
+            elif kind == "close":
+                stop = True
+        for obs in observers:
+            tick = getattr(obs, "on_tick", None)
+            if tick is not None:
+                try:
+                    tick()
+                except Exception:
+                    log.exception("observer failed", observer=type(obs).__name__)
+    if wiring.writer is not None:
+        wiring.writer.close()
+    if job.metrics == "files":
+        from prometheus_client import multiprocess as prom_multiprocess
+
+        prom_multiprocess.mark_process_dead(os.getpid())
+    answer(("closed",))
+
+
+def _deliver(observers: list[Any], runs: list[RecordRun | RejectedRecord]) -> None:
+    for obs in observers:
+        try:
+            obs.on_runs(runs)
+        except Exception:
+            log.exception("observer failed", observer=type(obs).__name__)
+
+
+def _answer(what: str, wiring: Any, registry: Any) -> Any:
+    if what == "drift_current":
+        return wiring.drift.current()[1]
+    if what == "drift_last":
+        last = wiring.drift.last()
+        return None if last is None else last[1]
+    if what == "metrics":
+        return [] if registry is None else list(registry.collect())
+    if what == "flush":
+        if wiring.writer is not None:
+            wiring.writer.flush()
+        return None
+    raise ValueError(f"unknown query {what!r}")
+
+
+def offloaded(settings: SidecarSettings, log_settings: PredictionLogSettings | None) -> bool:
+    """Whether the observers ``settings`` ask for run in their own process: with
+    ``--observer-mode process`` when there is drift to monitor or an ``async`` log to write,
+    and never for a ``sync`` log."""
+    logging = log_settings is not None and log_settings.dir is not None
+    if settings.observer_mode != "process" or not (logging or settings.baseline is not None):
+        return False
+    return not (logging and log_settings is not None and log_settings.durability == "sync")

@@ -1,0 +1,249 @@
+"""The prediction log and drift monitor in their own process (``--observers process``): the
+same log rows and drift figures as in process, metrics and reports answered through the
+child, and what happens when either side dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub
+
+from modelplane.errors import error_info
+from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.observer_process import offloaded
+from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
+from sidecar.settings import SidecarSettings
+
+WINDOW = 300
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3000, 32))
+    path = tmp_path_factory.mktemp("baseline") / "train.parquet"
+    pq.write_table(pa.table({f"x_{i}": x[:, i] for i in range(32)}), path)
+    return path
+
+
+def _admin(port: int) -> Any:
+    return sidecar_pb2_grpc.SidecarAdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def _send(port: int, rows: np.ndarray, per_request: int = 5) -> list[str]:
+    s = stub(port)
+    ids = []
+    for lo in range(0, len(rows), per_request):
+        ident = f"req-{lo}"
+        chunk = rows[lo : lo + per_request].astype(np.float32)
+        s.ModelInfer(raw_request("mlp", {"input": ("FP32", chunk)}, id=ident), timeout=30)
+        ids.append(ident)
+    return ids
+
+
+def _wait_for(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, grpc.RpcError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _last_report(port: int, rows: int) -> Any:
+    def check() -> Any:
+        report = _admin(port).GetDriftReport(
+            sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST), timeout=10
+        )
+        assert report.row_count == rows
+        return report
+
+    return _wait_for(check)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_log_and_drift_in_a_child_process_match_the_in_process_ones(
+    model_dir: Path, sidecar_factory: Any, baseline: Path, tmp_path: Path
+) -> None:
+    rows = np.random.default_rng(5).normal(0.3, 1.2, size=(WINDOW + 45, 32))
+    results = {}
+    for mode in ("process", "thread"):
+        handle = sidecar_factory(
+            model_dir / "mlp.onnx",
+            baseline=baseline,
+            drift_window_rows=WINDOW,
+            metrics_listen="127.0.0.1:0",
+            observer_mode=mode,
+            log_settings=PredictionLogSettings(dir=tmp_path / mode, flush_interval=0.05),
+        )
+        child = handle.observer_process
+        assert (child is not None) == (mode == "process")
+        if child is not None:
+            assert child.alive and child.pid != os.getpid()
+        ids = _send(handle.port, rows)
+        last = _last_report(handle.port, WINDOW)
+        current = _wait_for(
+            lambda h=handle: _check_rows(h.port, sidecar_pb2.DRIFT_WINDOW_CURRENT, 45)
+        )
+        metrics = _wait_for(lambda h=handle: _scrape_written(h.metrics_port, len(rows)))
+        handle.stop(0)
+        if child is not None:
+            assert not child.alive
+        table = read_logs(tmp_path / mode)
+        results[mode] = (ids, last, current, metrics, table)
+    ids, last, current, metrics, table = results["process"]
+    ids_t, last_t, current_t, metrics_t, table_t = results["thread"]
+    assert ids_t == ids
+    assert sorted(set(table.column("request_id").to_pylist())) == sorted(ids)
+    assert table.num_rows == len(rows)
+    keep = [c for c in table.column_names if c not in ("timestamp", "latency_s")]
+    assert (
+        table.select(keep).sort_by("request_id").equals(table_t.select(keep).sort_by("request_id"))
+    )
+    for a, b in ((last, last_t), (current, current_t)):
+        assert [(f.name, f.psi, f.ks_statistic, f.drifted) for f in a.features] == [
+            (f.name, f.psi, f.ks_statistic, f.drifted) for f in b.features
+        ]
+    # The child's metrics are served by the sidecar's endpoint, as in process.
+    assert metrics == metrics_t
+    assert metrics["modelplane_drift_window_rows"] == float(WINDOW)
+
+
+def _check_rows(port: int, window: Any, rows: int) -> Any:
+    report = _admin(port).GetDriftReport(
+        sidecar_pb2.GetDriftReportRequest(window=window), timeout=10
+    )
+    assert report.row_count == rows
+    return report
+
+
+def _scrape_written(port: int, rows: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        wanted = name == "modelplane_drift_window_rows" or (
+            name == "modelplane_prediction_log_records_total" and 'kind="prediction"' in line
+        )
+        if wanted:
+            found[name] = float(line.rsplit(" ", 1)[1])
+    assert found.get("modelplane_prediction_log_records_total") == float(rows), found
+    return found
+
+
+def test_a_dead_observer_process_turns_the_sidecar_not_serving(
+    model_dir: Path, sidecar_factory: Any, baseline: Path
+) -> None:
+    handle = sidecar_factory(model_dir / "mlp.onnx", baseline=baseline)
+    child = handle.observer_process
+    assert child is not None and health_status(handle.port) == "SERVING"
+    os.kill(child.pid, signal.SIGKILL)
+
+    def not_serving() -> None:
+        assert health_status(handle.port) == "NOT_SERVING"
+
+    _wait_for(not_serving)
+    # Inference still answers; the drift report says why it cannot.
+    x = np.zeros((2, 32), np.float32)
+    stub(handle.port).ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        _admin(handle.port).GetDriftReport(sidecar_pb2.GetDriftReportRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(err.value)
+    assert info is not None and info.reason == "OBSERVERS_UNAVAILABLE"
+    assert "observer process" in (err.value.details() or "")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_killed(
+    model_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    proc, ready = spawn_sidecar(
+        [
+            *("--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0"),
+            *("--device", "cpu", "--log-dir", str(log_dir), "--baseline", str(baseline)),
+            *("--log-flush-interval", "50ms"),
+        ]
+    )
+    try:
+        # The observer process (and multiprocessing's resource tracker, which spawn starts).
+        children = _children(proc.pid)
+        spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(spawned) == 1
+        ids = _send(ready["port"], np.ones((200, 32)))
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, children))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for path in list_log_files(log_dir):
+        for batch in read_file_batches(path):
+            assert batch.num_rows >= 0
+    # Everything handed to the child before the kill was written when it saw the pipe close.
+    assert sorted(set(read_logs(log_dir).column("request_id").to_pylist())) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("observers", "log", "durability", "baseline", "expected"),
+    [
+        ("process", True, "async", False, True),
+        ("process", False, "async", True, True),
+        ("process", True, "async", True, True),
+        ("process", True, "sync", True, False),
+        ("process", False, "async", False, False),
+        ("thread", True, "async", True, False),
+    ],
+)
+def test_which_observers_run_in_their_own_process(
+    tmp_path: Path, observers: str, log: bool, durability: str, baseline: bool, expected: bool
+) -> None:
+    settings = SidecarSettings(
+        model=tmp_path / "m.onnx",
+        observer_mode=observers,  # type: ignore[arg-type]
+        baseline=tmp_path / "b.parquet" if baseline else None,
+    )
+    log_settings = PredictionLogSettings(dir=tmp_path if log else None, durability=durability)  # type: ignore[arg-type]
+    assert offloaded(settings, log_settings) is expected
+
+
+def test_an_unknown_observers_choice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="observer_mode"):
+        SidecarSettings(model=tmp_path / "m.onnx", observer_mode="elsewhere")  # type: ignore[arg-type]
