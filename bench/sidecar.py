@@ -231,8 +231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda s: set(s.split(",")),
         default=set(),
         help="comma-separated models (mlp, heavy) and servers (raw, echo-threads, "
-        "echo-aio, sidecar, sidecar-batch, sidecar-intra1, sidecar-logged, mlserver, "
-        "mlserver-tuned)",
+        "echo-aio, sidecar, sidecar-batch, sidecar-intra1, sidecar-logged, sidecar-logged-thread, "
+        "mlserver, mlserver-tuned)",
     )
     parser.add_argument("--duration", type=float, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per point")
