@@ -93,9 +93,9 @@ class ObserverProcess:
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closing = False
-        self._failed = False
+        self._ended = False
         self._closed = threading.Event()
-        #: Records that could not be handed over because the child had ended.
+        #: Requests that could not be handed over because the child had ended.
         self.lost = 0
         self.log_dir = log_dir
         self.drift = RemoteDrift(self) if drift else None
@@ -174,7 +174,7 @@ class ObserverProcess:
 
     def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
         """Hand what the hub gathered to the child (waits while its pipe is full)."""
-        if not self._failed:
+        if not self._ended:
             try:
                 self._send(("runs", runs))
                 return
@@ -184,7 +184,7 @@ class ObserverProcess:
 
     def query(self, what: str, timeout: float = QUERY_TIMEOUT) -> Any:
         """Ask the child (``drift_current``, ``drift_last``, ``metrics``, ``flush``)."""
-        if self._failed or self._closed.is_set():
+        if self._ended or self._closed.is_set():
             raise Unavailable(
                 "the sidecar's observer process is not running (see the sidecar's log)",
                 reason="OBSERVERS_UNAVAILABLE",
@@ -231,7 +231,7 @@ class ObserverProcess:
                     else:
                         ticket.set_exception(value)
             elif kind == "failed":
-                self._failed = True
+                # The log refuses what comes next (counted in the child); drift goes on.
                 self._on_failure(PredictionLogFailed(message[1]))
             elif kind == "closed":
                 break
@@ -242,7 +242,7 @@ class ObserverProcess:
             if not ticket.done():
                 ticket.set_exception(OSError("the observer process ended"))
         if not self._closing:
-            self._failed = True
+            self._ended = True
             code = self._process.exitcode
             log.error("the observer process ended", pid=self._process.pid, exitcode=code)
             self._on_failure(

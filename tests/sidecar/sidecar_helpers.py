@@ -98,3 +98,16 @@ def health_status(port: int, service: str = "") -> str:
             health_pb2.HealthCheckRequest(service=service), timeout=10
         )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> Any:
+    """``check()``'s result once it stops failing (an assertion or an RPC error); the last
+    failure after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, grpc.RpcError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)

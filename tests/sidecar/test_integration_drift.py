@@ -4,7 +4,6 @@ checked against the drift engine scoring the same rows itself."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sidecar_helpers import raw_request, stub
+from sidecar_helpers import raw_request, stub, wait_for
 
 from modelplane.cli import main
 from modelplane.errors import FailedPrecondition
@@ -50,17 +49,6 @@ def _send(port: int, rows: np.ndarray, per_request: int = 8) -> None:
         s.ModelInfer(raw_request("mlp", {"input": ("FP32", chunk)}), timeout=30)
 
 
-def _wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except (AssertionError, grpc.RpcError):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
-
-
 def _start(sidecar_factory: Any, model_dir: Path, baseline: Path, **kw: Any) -> Any:
     return sidecar_factory(
         model_dir / "mlp.onnx",
@@ -81,7 +69,7 @@ def test_shifted_traffic_is_flagged_exactly_as_the_engine_scores_it(
     _send(handle.port, shifted)
 
     admin = _admin(handle.port)
-    last = _wait_for(
+    last = wait_for(
         lambda: admin.GetDriftReport(
             sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST), timeout=10
         )
@@ -119,7 +107,7 @@ def test_shifted_traffic_is_flagged_exactly_as_the_engine_scores_it(
         assert report.row_count == 120
         return report
 
-    now = _wait_for(current)
+    now = wait_for(current)
     assert now.window == sidecar_pb2.DRIFT_WINDOW_CURRENT and not now.HasField("end_time")
     for got in now.features:
         assert got.psi == pytest.approx(expected_open.feature(got.name).psi, rel=1e-9)
@@ -170,7 +158,7 @@ def test_drift_and_logging_together_keep_every_row(
     rows = np.random.default_rng(9).standard_normal((WINDOW, 32))
     _send(handle.port, rows, per_request=3)
     admin = _admin(handle.port)
-    last = _wait_for(
+    last = wait_for(
         lambda: admin.GetDriftReport(
             sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST), timeout=10
         )

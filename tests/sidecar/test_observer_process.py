@@ -5,6 +5,7 @@ child, and what happens when either side dies."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 import urllib.request
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub
+from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub, wait_for
 
 from modelplane.errors import error_info
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -51,17 +52,6 @@ def _send(port: int, rows: np.ndarray, per_request: int = 5) -> list[str]:
     return ids
 
 
-def _wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except (AssertionError, grpc.RpcError):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
-
-
 def _last_report(port: int, rows: int) -> Any:
     def check() -> Any:
         report = _admin(port).GetDriftReport(
@@ -70,7 +60,7 @@ def _last_report(port: int, rows: int) -> Any:
         assert report.row_count == rows
         return report
 
-    return _wait_for(check)
+    return wait_for(check)
 
 
 def _alive(pid: int) -> bool:
@@ -101,10 +91,10 @@ def test_log_and_drift_in_a_child_process_match_the_in_process_ones(
             assert child.alive and child.pid != os.getpid()
         ids = _send(handle.port, rows)
         last = _last_report(handle.port, WINDOW)
-        current = _wait_for(
+        current = wait_for(
             lambda h=handle: _check_rows(h.port, sidecar_pb2.DRIFT_WINDOW_CURRENT, 45)
         )
-        metrics = _wait_for(lambda h=handle: _scrape_written(h.metrics_port, len(rows)))
+        metrics = wait_for(lambda h=handle: _scrape_written(h.metrics_port, len(rows)))
         handle.stop(0)
         if child is not None:
             assert not child.alive
@@ -161,7 +151,7 @@ def test_a_dead_observer_process_turns_the_sidecar_not_serving(
     def not_serving() -> None:
         assert health_status(handle.port) == "NOT_SERVING"
 
-    _wait_for(not_serving)
+    wait_for(not_serving)
     # Inference still answers; the drift report says why it cannot.
     x = np.zeros((2, 32), np.float32)
     stub(handle.port).ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
@@ -171,6 +161,41 @@ def test_a_dead_observer_process_turns_the_sidecar_not_serving(
     info = error_info(err.value)
     assert info is not None and info.reason == "OBSERVERS_UNAVAILABLE"
     assert "observer process" in (err.value.details() or "")
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_drift_goes_on_in_the_child_after_its_log_fails(
+    model_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
+    proc, ready = spawn_sidecar(
+        [
+            *("--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0"),
+            *("--device", "cpu", "--log-dir", str(tmp_path / "log"), "--baseline", str(baseline)),
+            *("--log-flush-interval", "20ms", "--drift-window-rows", "1000000"),
+        ],
+        preexec_fn=_limit_file_size,
+        stderr=tmp_path / "stderr.log",
+    )
+    try:
+        port = ready["port"]
+        x = np.random.default_rng(3).standard_normal((64, 32))
+        deadline = time.monotonic() + 60
+        sent = 0
+        while health_status(port) == "SERVING" and time.monotonic() < deadline:
+            _send(port, x, per_request=64)
+            sent += 64
+        assert health_status(port) == "NOT_SERVING"
+        # Rows sent after the log failed are counted too: every row sent is in the window.
+        _send(port, x, per_request=64)
+        sent += 64
+        wait_for(lambda: _check_rows(port, sidecar_pb2.DRIFT_WINDOW_CURRENT, sent))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 def _children(pid: int) -> list[int]:
