@@ -14,7 +14,7 @@ queue)::
             log_settings, registry=metrics_registry,
             on_failure=lambda err: health.set("", NOT_SERVING),
         )
-    # after each session call (or via PredictionLogObserver on the observer hub):
+    # after each session call (the sidecar's hub does this with sidecar.recording.LogFeed):
     ticket = writer.append(PredictionBatch(
         model_name, model_version, request_ids, row_counts, inputs, outputs,
         latencies_s=latencies, trace_ids=trace_ids, arm="champion"))
@@ -47,7 +47,6 @@ from sidecar.predlog.compact import CompactResult, compact
 from sidecar.predlog.files import SUFFIX, list_log_files
 from sidecar.predlog.layout import OUTPUT_PREFIX, RESERVED_COLUMNS
 from sidecar.predlog.metrics import PredictionLogMetrics
-from sidecar.predlog.observer import PredictionLogObserver
 from sidecar.predlog.reader import (
     BASE_SCHEMA,
     iter_log_batches,
@@ -78,7 +77,6 @@ __all__ = [
     "PredictionLogError",
     "PredictionLogFailed",
     "PredictionLogMetrics",
-    "PredictionLogObserver",
     "PredictionLogSettings",
     "PredictionLogWriter",
     "RejectedRequest",

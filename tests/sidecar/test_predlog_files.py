@@ -19,7 +19,6 @@ from sidecar.observers import BatchRecord, RejectedRecord
 from sidecar.predlog import (
     PredictionBatch,
     PredictionLogClosed,
-    PredictionLogObserver,
     PredictionLogSettings,
     PredictionLogWriter,
     add_arguments,
@@ -29,6 +28,7 @@ from sidecar.predlog import (
     read_logs,
 )
 from sidecar.predlog.files import sweep
+from sidecar.recording import LogFeed
 
 EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
@@ -269,7 +269,7 @@ def test_bad_batches_are_refused_and_the_writer_keeps_working(tmp_path: Path) ->
 def test_observer_feeds_the_log_from_hub_records(tmp_path: Path) -> None:
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
     with open_prediction_log(PredictionLogSettings(dir=tmp_path)) as writer:
-        observer = PredictionLogObserver(writer, arm="candidate", feature_names=["a", "b"])
+        observer = LogFeed(writer, ["a", "b"], arm="candidate")
         observer.on_batch(
             BatchRecord(
                 model="m",
