@@ -183,7 +183,7 @@ class ObserverProcess:
         self.lost += sum(len(r.request_ids) if isinstance(r, RecordRun) else 1 for r in runs)
 
     def query(self, what: str, timeout: float = QUERY_TIMEOUT) -> Any:
-        """Ask the child (``drift_current``, ``drift_last``, ``metrics``, ``flush``)."""
+        """Ask the child (``drift_current``, ``drift_last``, ``metrics``)."""
         if self._ended or self._closed.is_set():
             raise Unavailable(
                 "the sidecar's observer process is not running (see the sidecar's log)",
@@ -209,10 +209,6 @@ class ObserverProcess:
         finally:
             with self._pending_lock:
                 self._pending.pop(ident, None)
-
-    def flush(self, timeout: float = QUERY_TIMEOUT) -> None:
-        """Wait until the child has handled and written everything sent so far."""
-        self.query("flush", timeout)
 
     def _receive(self) -> None:
         while True:
@@ -265,6 +261,11 @@ class ObserverProcess:
             self._process.join(5)
         self._commands.close()
         self._answers.close()
+        if self.lost:
+            log.warning(
+                "requests not logged or monitored: the observer process had ended",
+                requests=self.lost,
+            )
 
 
 class RemoteDrift:
@@ -382,10 +383,6 @@ def _answer(what: str, wiring: Any, registry: Any) -> Any:
         return None if last is None else last[1]
     if what == "metrics":
         return [] if registry is None else list(registry.collect())
-    if what == "flush":
-        if wiring.writer is not None:
-            wiring.writer.flush()
-        return None
     raise ValueError(f"unknown query {what!r}")
 
 

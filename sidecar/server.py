@@ -255,15 +255,9 @@ def start(
         inputs=[f"{t.name}:{t.datatype}{list(t.shape)}" for t in runtime.signature.inputs],
         prediction_log=None if log_dir is None else str(log_dir),
         drift=wiring.drift is not None,
-        observers=_observers_mode(wiring),
+        observers="process" if handle.observer_process else "thread" if wiring.observers else None,
     )
     return handle
-
-
-def _observers_mode(wiring: Wiring) -> str | None:
-    if not wiring.observers:
-        return None
-    return "process" if isinstance(wiring.observers[0], ObserverProcess) else "thread"
 
 
 def announce(settings: SidecarSettings, port: int, **extra: Any) -> None:
