@@ -5,8 +5,8 @@ per session call), in lists of ``--records`` as the hub hands them over. Both ob
 them as the sidecar wires them (``sidecar.observing.observe``: a baseline of 20,000 rows, an
 async log in a temporary folder). Measured in the same run:
 
-* ``records``: each observer takes the list and groups it itself (``on_records``; how the
-  hub fed them before runs, and how the managed sidecar's observer still calls them);
+* ``records``: each observer takes the list and gathers it itself (``on_records``: what a
+  hub without ``on_runs`` observers does; at f32ee97 each grouped records its own way);
 * ``runs``: the hub gathers the list into runs once (``sidecar.observers.gather``) and each
   observer takes the runs (``on_runs``), with and without the layout key a fixed-shape model
   puts on its records;

@@ -26,7 +26,7 @@ from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, CategoricalFeature
 from sidecar.drift import DriftMonitor, DriftReport, WindowState
 from sidecar.metrics import RegistryFamilies, multiprocess
-from sidecar.observers import BatchRecord, RecordRun, RejectedRecord
+from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.signature import Signature
 
 
@@ -103,13 +103,6 @@ class FeatureSource:
         if self.categorical:
             return dict(zip(self.names, columns, strict=True))
         return np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
-
-
-def _ok_rows(record: BatchRecord) -> np.ndarray[Any, Any] | None:
-    """A row mask of the requests that succeeded, or None when all did."""
-    if all(s == "OK" for s in record.status):
-        return None
-    return np.repeat([s == "OK" for s in record.status], record.row_counts)
 
 
 class DriftFamilies(RegistryFamilies):
@@ -244,25 +237,8 @@ class DriftFeed:
         self._last_report: DriftReport | None = None
 
     def on_records(self, records: Sequence[BatchRecord | RejectedRecord]) -> None:
-        """Count the rows of every successful request in ``records`` with one update."""
-        parts: dict[tuple[Any, ...], list[dict[str, np.ndarray[Any, Any]]]] = {}
-        for record in records:
-            if not isinstance(record, BatchRecord):
-                continue
-            inputs = record.inputs
-            mask = _ok_rows(record)
-            if mask is not None:
-                inputs = {name: array[mask] for name, array in inputs.items()}
-            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
-            parts.setdefault(key, []).append(inputs)
-        for group in parts.values():
-            # Stack the raw tensors first: one feature extraction and one update per layout.
-            merged = (
-                group[0]
-                if len(group) == 1
-                else {name: np.concatenate([g[name] for g in group]) for name in group[0]}
-            )
-            self._closed(self.monitor.update(self.source.extract(merged)))
+        """Count a list of records, gathered into runs first."""
+        self.on_runs(gather(records))
 
     def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
         """Count the rows of every successful request the hub gathered: one update per run."""

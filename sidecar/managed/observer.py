@@ -19,17 +19,11 @@ from sidecar.managed.labels import Predicted, PredictionIndex
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
 from sidecar.managed.window import LabelTally, Window
-from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.predlog import PredictionLogError, PredictionLogWriter
-from sidecar.recording import group_records, to_prediction_batch, to_rejected_request
+from sidecar.recording import run_to_prediction_batch, to_rejected_request
 
 log = structlog.get_logger("modelplane.sidecar.managed")
-
-
-def _ok_mask(record: BatchRecord) -> np.ndarray[Any, Any] | None:
-    if all(s == "OK" for s in record.status):
-        return None
-    return np.repeat([s == "OK" for s in record.status], record.row_counts)
 
 
 class ManagedObserver:
@@ -69,15 +63,21 @@ class ManagedObserver:
     def on_records(self, records: Sequence[Any]) -> None:
         """Count, index and log everything the hub handed over."""
         table = self._roll()
-        served = [r for r in records if isinstance(r, BatchRecord)]
+        # Served session batches are gathered into runs (one per version and layout), so
+        # counting, drift, the label index and the log each work once per run.
+        runs = [
+            p
+            for p in gather([r for r in records if isinstance(r, BatchRecord)])
+            if isinstance(p, RecordRun)
+        ]
+        for run in runs:
+            self._served(run)
         for record in records:
-            if isinstance(record, BatchRecord):
-                self._batch(record)
-            elif isinstance(record, RejectedRecord):
+            if isinstance(record, RejectedRecord):
                 self._rejected(record)
             elif isinstance(record, ShadowRecord):
                 self._shadow(record, table)
-        self._log(records, served)
+        self._log(records, runs)
         plain = [r for r in records if isinstance(r, BatchRecord | RejectedRecord)]
         for observer in self._extra:
             try:
@@ -141,14 +141,14 @@ class ManagedObserver:
         except Exception:
             log.exception("could not close the report window")
 
-    def _batch(self, record: BatchRecord) -> None:
+    def _served(self, record: RecordRun) -> None:
         version = self._versions(record.version)
         window = self.window
         if version is None or window is None:
             return
         counts = window.arm(version, version.arm)
-        counts.add_requests(record.latencies_s, record.codes or record.status, record.status)
-        mask = _ok_mask(record)
+        counts.add_requests(record.latencies_s, record.codes, record.status)
+        mask = record.ok_rows()
         outputs = record.outputs
         inputs = record.inputs
         if mask is not None:
@@ -163,14 +163,14 @@ class ManagedObserver:
             scores = None
         counts.add_rows(rows, labels, scores)
         if version.drift is not None:
-            version.drift.on_records([record])
+            version.drift.on_runs([record])
         if version.window_drift is not None and version.source is not None and rows:
             version.window_drift.update(version.source.extract(inputs))
         self._index(record, version, labels, scores, mask)
 
     def _index(
         self,
-        record: BatchRecord,
+        record: RecordRun,
         version: LoadedVersion,
         labels: np.ndarray[Any, Any] | None,
         scores: np.ndarray[Any, Any] | None,
@@ -229,24 +229,24 @@ class ManagedObserver:
         )
         shadow.add_pairs(mine, theirs, table.tolerance)
 
-    def _log(self, records: Sequence[Any], served: list[BatchRecord]) -> None:
+    def _log(self, records: Sequence[Any], served: list[RecordRun]) -> None:
         writer = self.writer
         if writer is None:
             return
         shadows = [
             r.record for r in records if isinstance(r, ShadowRecord) and r.record is not None
         ]
-        appends: list[tuple[list[BatchRecord], str]] = []
+        appends: list[tuple[RecordRun, str]] = []
         if self._log_batches:
-            appends += [(group, self._arm(group[0].version)) for group in group_records(served)]
-        appends += [(group, SHADOW) for group in group_records(shadows)]
-        for group, arm in appends:
-            version = self._versions(group[0].version)
+            appends += [(run, self._arm(run.version)) for run in served]
+        appends += [(run, SHADOW) for run in gather(shadows) if isinstance(run, RecordRun)]
+        for run, arm in appends:
+            version = self._versions(run.version)
             names = None if version is None else version.feature_names
             try:
-                writer.append(to_prediction_batch(group, names, arm))
+                writer.append(run_to_prediction_batch(run, names, arm))
             except PredictionLogError:
-                self.refused += sum(len(r.request_ids) for r in group)
+                self.refused += len(run.request_ids)
         if not self._log_batches:
             return
         for record in records:

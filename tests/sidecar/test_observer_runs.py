@@ -4,6 +4,7 @@ drift windows come out the same as from the records one by one."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,13 @@ from modelplane.profiles import build_profile
 from sidecar.drift import DriftMonitor
 from sidecar.driftfeed import DriftFeed, FeatureSource
 from sidecar.observers import BatchRecord, ObserverHub, RecordRun, RejectedRecord, gather
-from sidecar.predlog import PredictionLogSettings, open_prediction_log, read_logs
+from sidecar.predlog import (
+    PredictionBatch,
+    PredictionLogSettings,
+    RejectedRequest,
+    open_prediction_log,
+    read_logs,
+)
 from sidecar.recording import LogFeed
 from sidecar.signature import DTYPES, Signature, TensorSpec
 
@@ -105,23 +112,60 @@ def test_gather_of_nothing_and_of_rejections_only() -> None:
     assert gather(rejected) == rejected
 
 
-def _log_rows(directory: Path, feed_records: object) -> list[dict[str, object]]:
+def _reference_log(directory: Path, records: list[BatchRecord | RejectedRecord]) -> Any:
+    """The log written straight from each record's fields, one append per record."""
     with open_prediction_log(PredictionLogSettings(dir=directory)) as writer:
-        feed = LogFeed(writer, ["a", "b", "c"])
-        feed_records(feed)  # type: ignore[operator]
-    return read_logs(directory).to_pylist()  # type: ignore[no-any-return]
+        for r in records:
+            if isinstance(r, RejectedRecord):
+                writer.append_rejected(
+                    RejectedRequest(
+                        r.request_id,
+                        r.code,
+                        r.reason,
+                        r.message,
+                        r.model,
+                        r.version,
+                        timestamp=r.at,
+                        feature_names=["a", "b", "c"],
+                    )
+                )
+                continue
+            ok = [s == "OK" for s in r.status]
+            writer.append(
+                PredictionBatch(
+                    r.model,
+                    r.version,
+                    r.request_ids,
+                    r.row_counts,
+                    r.inputs,
+                    r.outputs,
+                    latencies_s=r.latencies_s,
+                    trace_ids=[t or None for t in r.trace_ids],
+                    timestamps=[r.finished_at - lat for lat in r.latencies_s],
+                    batch_size=sum(r.row_counts),
+                    status_codes=r.codes or ["OK" if k else "INTERNAL" for k in ok],
+                    status_reasons=[None if k else s for k, s in zip(ok, r.status, strict=True)],
+                    feature_names=["a", "b", "c"],
+                )
+            )
+    return read_logs(directory).sort_by([("request_id", "ascending"), ("row", "ascending")])
 
 
-def test_the_log_from_runs_equals_the_log_from_records(tmp_path: Path) -> None:
+def test_the_log_from_runs_equals_one_append_per_record(tmp_path: Path) -> None:
     records = [r for r in _mixed() if isinstance(r, RejectedRecord) or r.inputs["x"].shape[1] == 3]
-    one_by_one = _log_rows(tmp_path / "records", lambda feed: feed.on_records(records))
-    by_runs = _log_rows(tmp_path / "runs", lambda feed: feed.on_runs(gather(records)))
-    assert len(by_runs) == 11
-    assert by_runs == one_by_one
+    with open_prediction_log(PredictionLogSettings(dir=tmp_path / "runs")) as writer:
+        LogFeed(writer, ["a", "b", "c"]).on_runs(gather(records))
+    by_runs = read_logs(tmp_path / "runs").sort_by(
+        [("request_id", "ascending"), ("row", "ascending")]
+    )
+    expected = _reference_log(tmp_path / "reference", records)
+    assert by_runs.num_rows == 11
+    assert by_runs.to_pylist() == expected.to_pylist()
+    rows = by_runs.to_pylist()
     # Each request keeps the size of the session call it ran in.
-    sizes = {(r["request_id"], r["row"]): r["batch_size"] for r in by_runs}
+    sizes = {(r["request_id"], r["row"]): r["batch_size"] for r in rows}
     assert sizes[("r2-1", 0)] == 3 and sizes[("r1-0", 0)] == 1 and sizes[("r7-0", 0)] == 2
-    failed = [r for r in by_runs if r["request_id"] == "r2-1"]
+    failed = [r for r in rows if r["request_id"] == "r2-1"]
     assert failed[0]["status_code"] == "INTERNAL"
     assert failed[0]["status_reason"] == "MODEL_EXECUTION_FAILED"
 
@@ -140,13 +184,14 @@ def _drift_feed() -> DriftFeed:
     )
 
 
-def test_drift_from_runs_equals_drift_from_records() -> None:
+def test_drift_from_runs_counts_the_successful_rows_like_a_direct_update() -> None:
     records = [_record([2, 3], seed=s, status=["OK", "MODEL_EXECUTION_FAILED"]) for s in range(5)]
     records += [_record([4], seed=10 + s, layout=FIXED) for s in range(5)]
-    one_by_one, by_runs = _drift_feed(), _drift_feed()
-    one_by_one.on_records(records)
-    by_runs.on_runs(gather(records))
-    expected, got = one_by_one.current()[0], by_runs.current()[0]
+    feed, reference = _drift_feed(), _drift_feed()
+    feed.on_runs(gather(records))
+    ok_rows = [r.inputs["x"][:2] for r in records[:5]] + [r.inputs["x"] for r in records[5:]]
+    reference.monitor.update(np.concatenate(ok_rows).astype(np.float64))
+    expected, got = reference.current()[0], feed.current()[0]
     # The failed requests' rows are left out: 5 x 2 + 5 x 4 rows count.
     assert got.rows == expected.rows == 30
     np.testing.assert_array_equal(got.cells, expected.cells)
