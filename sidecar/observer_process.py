@@ -1,10 +1,11 @@
 """The prediction log and the drift monitor in a process of their own.
 
 Turning served requests into Arrow rows and drift counts is Python work. Done on a thread of
-the serving process it holds the GIL in long stretches, and on a small machine the OS
-preempts that thread while it holds the GIL, so the request threads wait on it: the logged
-sidecar carried 0.53-0.69x of a plain one (``bench/README.md``). With ``--observer-mode
-process`` (the default) that work runs in a child process instead:
+the serving process it holds the GIL, and gRPC's polling thread, which hands every call to
+the handlers, waits for it: the cost in throughput is several times that work's own CPU
+(``bench/README.md``: 0.74-0.85x of the plain sidecar on a thread against 0.75-0.94x in a
+child process, and 1.13-1.14x in alternating A/B runs). With ``--observer-mode process`` (the
+default) that work runs in a child process instead:
 
 - the hub's thread gathers what it collected into runs (one array per tensor, flat lists
   of the per-request fields: :func:`sidecar.observers.gather`) and writes them to a pipe.
@@ -239,6 +240,7 @@ class ObserverProcess:
                 ticket.set_exception(OSError("the observer process ended"))
         if not self._closing:
             self._ended = True
+            self._process.join(1)
             code = self._process.exitcode
             log.error("the observer process ended", pid=self._process.pid, exitcode=code)
             self._on_failure(

@@ -33,7 +33,7 @@ from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.codec import Limits
 from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
 from sidecar.model import ModelSlot, ServingModel
-from sidecar.observer_process import ObserverProcess, offloaded
+from sidecar.observer_process import ObserverProcess, ObserverProcessError, offloaded
 from sidecar.observers import Observer, ObserverHub
 from sidecar.observing import Wiring, observe
 from sidecar.predlog import PredictionLogSettings
@@ -118,13 +118,20 @@ class SidecarHandle:
             self._stopped.set()
 
     def fail(self, error: BaseException) -> None:
-        """Report NOT_SERVING for good (a failing prediction-log disk): keep answering, but
-        tell load balancers to send traffic elsewhere."""
-        log.error(
-            "sidecar is NOT_SERVING: the prediction log failed",
-            error=str(error),
-            hint="check the log directory's disk (space, quota, file size limit, permissions)",
-        )
+        """Report NOT_SERVING for good (a failing prediction-log disk, an observer process
+        that died): keep answering, but tell load balancers to send traffic elsewhere."""
+        if isinstance(error, ObserverProcessError):
+            log.error(
+                "sidecar is NOT_SERVING: the observer process ended",
+                error=str(error),
+                hint="its last log lines say why; restart the sidecar",
+            )
+        else:
+            log.error(
+                "sidecar is NOT_SERVING: the prediction log failed",
+                error=str(error),
+                hint="check the log directory's disk (space, quota, file size limit, permissions)",
+            )
         self.servicer.ready = False
         set_serving(self.grpc.health, self.grpc.service_names, False)
 
