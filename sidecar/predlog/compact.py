@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from sidecar.predlog.reader import LogFilter, file_schema, read_file_batches
@@ -69,6 +68,9 @@ def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
                 day = pc.strftime(batch.column("timestamp"), format="%Y-%m-%d")
                 result.rows += batch.num_rows
                 yield batch.append_column("date", day)
+
+    # Imported here: pyarrow.dataset loads pandas, which a serving sidecar never needs.
+    import pyarrow.dataset as ds
 
     partitioning = ds.partitioning(
         pa.schema([("date", pa.string()), ("model_version", pa.string())]), flavor="hive"
