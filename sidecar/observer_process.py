@@ -31,6 +31,7 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -306,6 +307,10 @@ class _ForwardedMetrics:
 def _child_main(job: _Job, commands: Connection, answers: Connection) -> None:
     """The observer process: build the observers, then handle messages until told to stop
     or until the serving process goes away."""
+    # Ctrl-C or a SIGTERM to the whole process group must not cut the log short: the child
+    # stops when the serving process tells it to, or when the pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from modelplane.server.logging import configure_logging
 
     configure_logging(job.settings.log_level)
