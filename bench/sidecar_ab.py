@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT / "clients" / "python")]
 
 from sidecar_tools import oip, servers  # noqa: E402
+from sidecar_tools.loadgen import cpu_by_process  # noqa: E402
 
 from modelplane.testing import onnx_models  # noqa: E402
 
@@ -50,23 +50,6 @@ def configs(work: Path) -> dict[str, tuple[str, ...]]:
         "log-only": (*OFF, "--log-dir", str(work / "logs-{run}")),
         "drift-only": (*OFF, "--baseline", str(work / "baseline.parquet")),
     }
-
-
-def cpu_by_process(pgid: int) -> dict[int, float]:
-    """CPU seconds so far of each live process in a process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def main() -> None:

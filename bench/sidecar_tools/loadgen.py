@@ -37,12 +37,12 @@ _OPTIONS = [
 ]
 
 
-def group_cpu_seconds(pgid: int) -> float | None:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
+def cpu_by_process(pgid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each live process of a process group."""
     if not pgid or not os.path.isdir("/proc"):
-        return None
+        return {}
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -53,8 +53,15 @@ def group_cpu_seconds(pgid: int) -> float | None:
             continue
         # After the command name: state, ppid, pgrp, ..., utime (12th), stime (13th).
         if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """CPU seconds used so far by the live processes of a process group (None: unknown)."""
+    if not pgid or not os.path.isdir("/proc"):
+        return None
+    return sum(cpu_by_process(pgid).values())
 
 
 def _make_checker(expect: int):

@@ -212,22 +212,31 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_killed(
-    model_dir: Path, baseline: Path, tmp_path: Path
-) -> None:
-    log_dir = tmp_path / "log"
+def _spawn_logged(model_dir: Path, baseline: Path, log_dir: Path, *extra: str) -> Any:
+    """A sidecar subprocess with the log and drift on; with its ready line, its children
+    and which of them is the observer process (spawn also starts multiprocessing's resource
+    tracker)."""
     proc, ready = spawn_sidecar(
         [
             *("--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0"),
             *("--device", "cpu", "--log-dir", str(log_dir), "--baseline", str(baseline)),
-            *("--log-flush-interval", "50ms"),
+            *extra,
         ]
     )
+    children = _children(proc.pid)
+    spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(spawned) == 1, children
+    return proc, ready, children, spawned[0]
+
+
+def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_killed(
+    model_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    proc, ready, children, _ = _spawn_logged(
+        model_dir, baseline, log_dir, "--log-flush-interval", "50ms"
+    )
     try:
-        # The observer process (and multiprocessing's resource tracker, which spawn starts).
-        children = _children(proc.pid)
-        spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-        assert len(spawned) == 1
         ids = _send(ready["port"], np.ones((200, 32)))
         time.sleep(0.3)
         proc.kill()
@@ -250,34 +259,23 @@ def test_signals_to_the_process_group_leave_the_child_to_its_parent(
     model_dir: Path, baseline: Path, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    proc, ready = spawn_sidecar(
-        [
-            *("--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0"),
-            *("--device", "cpu", "--log-dir", str(log_dir), "--baseline", str(baseline)),
-        ]
-    )
+    proc, ready, _, child = _spawn_logged(model_dir, baseline, log_dir)
     try:
-        spawned = [
-            c
-            for c in _children(proc.pid)
-            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
-        ]
-        assert len(spawned) == 1
         ids = _send(ready["port"], np.ones((50, 32)))
         # What Ctrl-C or `kill -TERM -PGID` would deliver to the child as well.
-        os.kill(spawned[0], signal.SIGINT)
-        os.kill(spawned[0], signal.SIGTERM)
+        os.kill(child, signal.SIGINT)
+        os.kill(child, signal.SIGTERM)
         time.sleep(0.5)
-        assert _alive(spawned[0])
+        assert _alive(child)
         assert health_status(ready["port"]) == "SERVING"
         ids += _send(ready["port"], np.zeros((50, 32)), per_request=7)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     deadline = time.monotonic() + 10
-    while _alive(spawned[0]) and time.monotonic() < deadline:
+    while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(spawned[0])
+    assert not _alive(child)
     assert read_logs(log_dir).num_rows == 100
     assert set(read_logs(log_dir).column("request_id").to_pylist()) == set(ids)
 
