@@ -95,7 +95,7 @@ class ObserverProcess:
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closing = False
-        self._ended = False
+        #: Set once the child has ended, asked to or not.
         self._closed = threading.Event()
         #: Requests that could not be handed over because the child had ended.
         self.lost = 0
@@ -176,7 +176,7 @@ class ObserverProcess:
 
     def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
         """Hand what the hub gathered to the child (waits while its pipe is full)."""
-        if not self._ended:
+        if not self._closed.is_set():
             try:
                 self._send(("runs", runs))
                 return
@@ -186,7 +186,7 @@ class ObserverProcess:
 
     def query(self, what: str, timeout: float = QUERY_TIMEOUT) -> Any:
         """Ask the child (``drift_current``, ``drift_last``, ``metrics``)."""
-        if self._ended or self._closed.is_set():
+        if self._closed.is_set():
             raise Unavailable(
                 "the sidecar's observer process is not running (see the sidecar's log)",
                 reason="OBSERVERS_UNAVAILABLE",
@@ -240,7 +240,6 @@ class ObserverProcess:
             if not ticket.done():
                 ticket.set_exception(OSError("the observer process ended"))
         if not self._closing:
-            self._ended = True
             self._process.join(1)
             code = self._process.exitcode
             log.error("the observer process ended", pid=self._process.pid, exitcode=code)

@@ -173,6 +173,13 @@ class _Gathering:
         return self.run
 
 
+def run_of(record: BatchRecord) -> RecordRun:
+    """One session batch as a run of its own."""
+    gathering = _Gathering(record)
+    gathering.add(record)
+    return gathering.done()
+
+
 def gather(records: Sequence[Record]) -> list[RecordRun | RejectedRecord]:
     """``records`` in order, consecutive session batches that agree on their tensors' layout
     gathered into one :class:`RecordRun` each."""

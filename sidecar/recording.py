@@ -19,7 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 import structlog
 
-from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
+from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather, run_of
 from sidecar.predlog import (
     PredictionBatch,
     PredictionLogError,
@@ -125,9 +125,9 @@ class SyncLog:
         """Queue the records of one session batch; the returned ticket fails when the log
         cannot take them."""
         try:
-            run = gather([record])[0]
-            assert isinstance(run, RecordRun)
-            return self.writer.append(run_to_prediction_batch(run, self.feature_names, self.arm))
+            return self.writer.append(
+                run_to_prediction_batch(run_of(record), self.feature_names, self.arm)
+            )
         except PredictionLogError as exc:
             failed: Future[None] = Future()
             failed.set_exception(exc)
