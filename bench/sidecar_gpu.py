@@ -46,6 +46,9 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 CASES = (
     ModelCase("heavy", onnx_models.heavy_mlp, (1, 256), (1, 256, 4096)),
     ModelCase("resnet50", onnx_models.resnet50, (1, 3, 224, 224), (1, 32, 128)),
+    # ResNet-50's payload on a model that computes next to nothing: the serving path's own
+    # cost per image-sized request (not in the default selection).
+    ModelCase("probe", onnx_models.image_probe, (1, 3, 224, 224), (1, 32, 128)),
 )
 
 
@@ -352,7 +355,7 @@ class GpuRun:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="heavy,resnet50", help="models: heavy, resnet50")
+    parser.add_argument("--only", default="heavy,resnet50", help="models: heavy, resnet50, probe")
     parser.add_argument(
         "--workers",
         type=lambda v: [int(n) for n in v.split(",")],

@@ -31,7 +31,7 @@ from sidecar.metrics import NoMetrics
 from sidecar.observers import BatchRecord, ObserverHub
 from sidecar.recording import SyncLog
 from sidecar.response import ResponseEncoder
-from sidecar.runtime import Runtime, stack_rows
+from sidecar.runtime import Runtime
 
 log = structlog.get_logger("modelplane.sidecar.model")
 
@@ -161,29 +161,22 @@ class ServingModel:
             )
         )
         total = sum(it.decoded.rows for it in batch)
-        # A GPU session runs fixed batch sizes: the rows go straight into a buffer of the
-        # size it will run (one copy of the batch, not a concatenation and then a padding).
-        size = self.runtime.padded_rows(total)
-        feeds = {
-            name: stack_rows([it.decoded.arrays[name] for it in batch], size)
-            for name in batch[0].decoded.arrays
+        parts = {
+            name: [it.decoded.arrays[name] for it in batch] for name in batch[0].decoded.arrays
         }
         start = time.perf_counter()
         try:
-            results = self.runtime.run(wanted, feeds)
+            results, feeds = self.runtime.run_rows(wanted, parts, keep_inputs=self._observed)
         except Exception:
             for it in batch:
                 self._run_one(it)
             return
         elapsed = time.perf_counter() - start
-        if any(r.ndim == 0 or r.shape[0] != size for r in results):
+        if any(r.ndim == 0 or r.shape[0] != total for r in results):
             # The model's outputs are not per row after all: run each request by itself.
             for it in batch:
                 self._run_one(it)
             return
-        if size != total:
-            feeds = {name: array[:total] for name, array in feeds.items()}
-            results = [r[:total] for r in results]
         self.metrics.batch(total, elapsed)
         by_name = dict(zip(wanted, results, strict=True))
         lo = 0

@@ -11,7 +11,7 @@ import ctypes
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,20 +73,91 @@ def _preload_cuda() -> None:
     _set_cuda_sync(os.environ.get("MODELPLANE_CUDA_SYNC", "block"))
 
 
+@functools.cache
+def _cudart() -> Any:
+    """The CUDA runtime library ONNX Runtime loaded (``None`` without one)."""
+    for soname in ("libcudart.so.13", "libcudart.so.12"):
+        try:
+            lib = ctypes.CDLL(soname)
+        except OSError:
+            continue
+        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
+        lib.cudaSetDeviceFlags.argtypes = [ctypes.c_uint]
+        return lib
+    return None
+
+
 def _set_cuda_sync(mode: str) -> None:
     """Set this process's CUDA scheduling flag before any session creates the GPU context."""
     flag = _CUDA_SYNC_FLAGS.get(mode)
     if flag is None:
         log.warning("MODELPLANE_CUDA_SYNC must be spin, yield or block", value=mode)
         return
-    for soname in ("libcudart.so.13", "libcudart.so.12"):
-        try:
-            cudart = ctypes.CDLL(soname)
-        except OSError:
-            continue
-        code = cudart.cudaSetDeviceFlags(ctypes.c_uint(flag))
-        log.info("CUDA wait mode", mode=mode, library=soname, cuda_error=code)
-        return
+    cudart = _cudart()
+    if cudart is not None:
+        code = cudart.cudaSetDeviceFlags(flag)
+        log.info("CUDA wait mode", mode=mode, library=cudart._name, cuda_error=code)
+
+
+#: ``cudaHostRegisterPortable``: the pages count as pinned for every CUDA context.
+_HOST_REGISTER_PORTABLE = 1
+_PAGE = 4096
+
+
+class StagingBuffers:
+    """One host buffer per input of a batchable CUDA model, page-locked for the GPU.
+
+    A batch is copied once, from the requests' arrays into the buffer of its input, and a
+    page-locked buffer goes to the GPU by DMA; from ordinary (pageable) memory the CUDA driver
+    copies it once more through a pinned bounce buffer of its own, on the CPU. Each buffer holds
+    the largest batch size; a smaller batch uses its first rows. Only the session's own thread
+    uses them, one call at a time, so a buffer is free again once a call's input is on the GPU.
+    ``MODELPLANE_CUDA_PINNED=0`` keeps them pageable.
+    """
+
+    def __init__(self, rows: int, pin: bool) -> None:
+        self.rows = rows
+        self.pin = pin and _cudart() is not None
+        self._buffers: dict[str, np.ndarray[Any, Any]] = {}
+        self._pinned: list[int] = []
+
+    def buffer(self, name: str, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+        """The buffer for input ``name`` shaped ``[rows, *like.shape[1:]]``; ``None`` when
+        ``like``'s layout differs from the one the buffer was made for."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = self._buffers[name] = self._allocate((self.rows, *like.shape[1:]), like.dtype)
+        if buf.dtype != like.dtype or buf.shape[1:] != like.shape[1:]:
+            return None
+        return buf
+
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = np.empty(nbytes + _PAGE, dtype=np.uint8)
+        start = -raw.ctypes.data % _PAGE
+        buf = raw[start : start + nbytes].view(dtype).reshape(shape)
+        if self.pin and nbytes:
+            code = _cudart().cudaHostRegister(buf.ctypes.data, nbytes, _HOST_REGISTER_PORTABLE)
+            if code == 0:
+                self._pinned.append(buf.ctypes.data)
+            else:
+                log.warning(
+                    "could not page-lock a batch buffer; batches reach the GPU from pageable "
+                    "memory",
+                    cuda_error=code,
+                    nbytes=nbytes,
+                )
+                self.pin = False
+        return buf
+
+    def release(self) -> None:
+        """Unlock the pages (before the buffers are freed)."""
+        cudart = _cudart()
+        for address in self._pinned:
+            cudart.cudaHostUnregister(address)
+        self._pinned.clear()
+        self._buffers.clear()
 
 
 @dataclass
@@ -120,6 +191,7 @@ class Runtime:
     _direct: Any = field(default=None, repr=False)
     _gpu_thread: ThreadPoolExecutor | None = field(default=None, repr=False)
     _bindings: dict[int, Any] = field(default_factory=dict, repr=False)
+    _staging: StagingBuffers | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # On CPU, call the session's native ``run`` directly: the Python wrapper re-validates
@@ -131,8 +203,11 @@ class Runtime:
             self._gpu_thread = ThreadPoolExecutor(1, thread_name_prefix="cuda-session")
 
     def close(self) -> None:
-        """Let the session's own thread (GPU) end once its last call is done."""
+        """Let the session's own thread (GPU) end once its last call is done, then unlock
+        its staging buffers."""
         if self._gpu_thread is not None:
+            if self._staging is not None:
+                self._gpu_thread.submit(self._staging.release)
             self._gpu_thread.shutdown(wait=False)
 
     @property
@@ -147,8 +222,34 @@ class Runtime:
         if direct is not None:
             return direct(outputs, feeds, None)  # type: ignore[no-any-return]
         if self._gpu_thread is not None:
-            return self._gpu_thread.submit(self._run_padded, outputs, feeds).result()
+            parts = {name: (array,) for name, array in feeds.items()}
+            return self._gpu_thread.submit(self._run_staged, outputs, parts).result()
         return self.session.run(outputs, feeds)  # type: ignore[no-any-return]
+
+    def run_rows(
+        self,
+        outputs: Sequence[str],
+        parts: Mapping[str, Sequence[np.ndarray[Any, Any]]],
+        keep_inputs: bool = False,
+    ) -> tuple[list[np.ndarray[Any, Any]], dict[str, np.ndarray[Any, Any]]]:
+        """Run the session on the rows of ``parts`` (per input, arrays to stack along their
+        first dimension); returns ``outputs`` in order and the stacked inputs. On the GPU the
+        rows go straight into staging buffers that the next call reuses, so the stacked inputs
+        are made (after the call) only with ``keep_inputs``, and are empty otherwise."""
+        if self._gpu_thread is None:
+            feeds = {
+                name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+                for name, arrays in parts.items()
+            }
+            return self.run(outputs, feeds), feeds
+        results = self._gpu_thread.submit(self._run_staged, outputs, parts).result()
+        kept = {}
+        if keep_inputs:
+            kept = {
+                name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+                for name, arrays in parts.items()
+            }
+        return results, kept
 
     def padded_rows(self, rows: int) -> int:
         """The batch size a call with ``rows`` rows runs at (``rows`` itself off the GPU)."""
@@ -156,20 +257,44 @@ class Runtime:
             return rows
         return next((b for b in self.buckets if b >= rows), rows)
 
-    def _run_padded(
-        self, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
+    def _run_staged(
+        self, outputs: Sequence[str], parts: Mapping[str, Sequence[np.ndarray[Any, Any]]]
     ) -> list[np.ndarray[Any, Any]]:
-        rows = next(iter(feeds.values())).shape[0]
+        """On the session's thread: stack ``parts`` into the staging buffers (padded up to the
+        batch size that runs them), run, and return each output's real rows."""
+        rows = sum(p.shape[0] for p in next(iter(parts.values())))
         size = self.padded_rows(rows)
         session = self.sessions_by_rows.get(size, self.session)
+        feeds = {name: self._stage(name, arrays, size) for name, arrays in parts.items()}
+        results = self._run_bound(session, outputs, feeds)
         if size == rows:
-            return self._run_bound(session, outputs, feeds)
-        padded = {name: pad_rows(array, size) for name, array in feeds.items()}
-        results = self._run_bound(session, outputs, padded)
+            return results
         if any(out.ndim == 0 or out.shape[0] != size for out in results):
             # The outputs are not one per input row: padding would change them; run as sent.
-            return self._run_bound(self.session, outputs, feeds)
+            exact = {name: stack_rows(arrays, rows) for name, arrays in parts.items()}
+            return self._run_bound(self.session, outputs, exact)
         return [out[:rows] for out in results]
+
+    def _stage(
+        self, name: str, arrays: Sequence[np.ndarray[Any, Any]], size: int
+    ) -> np.ndarray[Any, Any]:
+        """``arrays`` stacked and padded to ``size`` rows like :func:`stack_rows`, in the
+        input's staging buffer when it has one."""
+        first = arrays[0]
+        staging = self._staging
+        buf = None
+        if staging is not None and size <= staging.rows and first.dtype != object:
+            buf = staging.buffer(name, first)
+        if buf is None:
+            return stack_rows(arrays, size)
+        out = buf[:size]
+        rows = sum(p.shape[0] for p in arrays)
+        if len(arrays) == 1:
+            out[:rows] = first
+        else:
+            np.concatenate(arrays, out=out[:rows])
+        out[rows:] = out[rows - 1]
+        return out
 
     def _run_bound(
         self, session: Any, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
@@ -415,6 +540,8 @@ def _open(
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
+        pin = os.environ.get("MODELPLANE_CUDA_PINNED", "1") != "0"
+        runtime._staging = StagingBuffers(batch_rows, pin)
         model_bytes = path.stat().st_size
         if separate_sessions(model_bytes, runtime.buckets):
             runtime.sessions_by_rows = _bucket_sessions(

@@ -153,14 +153,11 @@ class ShadowRunner:
         runtime = shadow.runtime
         names = shadow.signature.output_names
         batched = first.key is not None and len(members) > 1
-        parts = [members] if batched else [[m] for m in members]
-        for part in parts:
+        groups = [members] if batched else [[m] for m in members]
+        for part in groups:
             start = time.perf_counter()
-            if len(part) == 1:
-                feeds = part[0][1].arrays
-            else:
-                feeds = {n: np.concatenate([d.arrays[n] for _, d in part]) for n in first.arrays}
-            results = runtime.run(names, feeds)
+            parts = {n: [d.arrays[n] for _, d in part] for n in first.arrays}
+            results, feeds = runtime.run_rows(names, parts, keep_inputs=True)
             elapsed = time.perf_counter() - start
             now = time.monotonic()
             champion = _stack([job.outputs for job, _ in part])

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import onnxruntime as ort
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import output_array, raw_request, stub
 
@@ -194,11 +195,34 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
     assert pad_rows(words, 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
 
 
+def test_gpu_staging_stacks_and_pads_in_one_reused_buffer() -> None:
+    from sidecar.runtime import CUDA, Runtime, StagingBuffers, stack_rows
+
+    runtime = Runtime(None, None, CUDA, Path("m.onnx"), buckets=(1, 2, 4, 8))  # type: ignore[arg-type]
+    runtime._staging = StagingBuffers(8, pin=False)
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((n, 3, 2)).astype(np.float32) for n in (2, 3))
+    staged = runtime._stage("x", [a, b], 8)
+    np.testing.assert_array_equal(staged, stack_rows([a, b], 8))
+    again = runtime._stage("x", [b], 4)
+    np.testing.assert_array_equal(again, stack_rows([b], 4))
+    assert np.shares_memory(staged, again), "each call must reuse the input's buffer"
+    assert staged.ctypes.data % 4096 == 0  # page-aligned, as page-locking wants
+    # Sizes past the buffer, other layouts and strings are stacked as before, in new arrays.
+    big = rng.standard_normal((9, 3, 2)).astype(np.float32)
+    other = rng.standard_normal((2, 5)).astype(np.float32)
+    words = np.array([["a"], ["b"]], dtype=object)
+    for name, arrays, size in (("x", [big], 16), ("x", [other], 4), ("w", [words], 2)):
+        out = runtime._stage(name, arrays, size)
+        np.testing.assert_array_equal(out, stack_rows(arrays, size))
+        assert not np.shares_memory(out, staged)
+
+
 def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
     """A runtime on the GPU call path (own thread, batch buckets, a session per bucket) whose
     device call is a CPU session call instead, since this machine may have no GPU; it records
     who called it with how many rows, and checks that each size ran on its own session."""
-    from sidecar.runtime import CUDA, Runtime
+    from sidecar.runtime import CUDA, Runtime, StagingBuffers
     from sidecar.signature import signature_of
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -210,6 +234,7 @@ def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
     runtime = Runtime(
         sess, signature_of(sess), CUDA, path, buckets=buckets, sessions_by_rows=per_size
     )
+    runtime._staging = StagingBuffers(16, pin=False)
     runtime.sessions_by_rows[16] = sess
     seen: list[tuple[str, int]] = []
 
@@ -242,16 +267,30 @@ def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_pat
     assert {rows for _, rows in seen} == {4}
 
 
-def test_batches_for_a_gpu_session_are_built_at_its_sizes(tmp_path: Path) -> None:
+class _KeepRecords:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def on_records(self, records: list[Any]) -> None:
+        self.records.extend(records)
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["plain", "observed"])
+def test_batches_for_a_gpu_session_are_built_at_its_sizes(tmp_path: Path, observed: bool) -> None:
     """Concurrent requests batched for a GPU-like session: the session only ever sees its batch
-    sizes, and every request gets exactly its own rows back."""
+    sizes, and every request gets exactly its own rows back. Observers get each batch's inputs
+    as they were, not the staging buffer that later batches overwrite."""
     from modelplane.testing import onnx_models
     from sidecar.codec import Limits
     from sidecar.model import ServingModel
+    from sidecar.observers import ObserverHub
 
     runtime, sess, seen = _gpu_like_runtime(
         onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
     )
+    keep = _KeepRecords()
+    hub = ObserverHub([keep] if observed else [], linger=0.0)
+    hub.start()
     model = ServingModel(
         runtime,
         name="m",
@@ -260,24 +299,35 @@ def test_batches_for_a_gpu_session_are_built_at_its_sizes(tmp_path: Path) -> Non
         max_batch_rows=16,
         max_delay=0.005,
         max_queue_rows=1024,
+        observers=hub,
     )
     x = np.random.default_rng(6).standard_normal((40, 32)).astype(np.float32)
     sizes = [1 + i % 3 for i in range(20)]
     starts = np.cumsum([0, *sizes[:-1]])
+    by_id: dict[str, np.ndarray] = {}
 
     def one(i: int) -> np.ndarray:
         rows = x[starts[i] : starts[i] + sizes[i]]
-        _, arrays = model.infer(raw_request("m", {"input": ("FP32", rows)}), None, None)
+        by_id[f"r{i}"] = rows
+        request = raw_request("m", {"input": ("FP32", rows)})
+        request.id = f"r{i}"
+        _, arrays = model.infer(request, None, None)
         return arrays[0]
 
     with ThreadPoolExecutor(20) as pool:
         got = list(pool.map(one, range(20)))
+    hub.close()
     runtime.close()
     for i, answer in enumerate(got):
         want = sess.run(None, {"input": x[starts[i] : starts[i] + sizes[i]]})[0]
         np.testing.assert_allclose(answer, want, rtol=1e-6)
     assert {rows for _, rows in seen} <= {1, 2, 4, 8, 16}
     assert any(rows > 4 for _, rows in seen), "no batch of several requests formed"
+    if observed:
+        assert sorted(r for rec in keep.records for r in rec.request_ids) == sorted(by_id)
+        for rec in keep.records:
+            sent = np.concatenate([by_id[r] for r in rec.request_ids])
+            np.testing.assert_array_equal(rec.inputs["input"], sent)
 
 
 def test_gpu_padding_is_not_used_when_outputs_are_not_per_row(tmp_path: Path) -> None:

@@ -135,8 +135,18 @@ def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None
             got = runtime.run(names, {"image": images[:rows]})[0]
             assert got.shape[0] == rows
             assert _rel_error(got, want[:rows]) < 1e-2
+        # Several requests' rows go straight into the page-locked staging buffer.
+        parts = {"image": [images[:2], images[2:5], images[5:6]]}
+        outs, kept = runtime.run_rows(names, parts, keep_inputs=True)
+        assert _rel_error(outs[0], want[:6]) < 1e-2
+        np.testing.assert_array_equal(kept["image"], images[:6])
+        staging = runtime._staging
+        assert staging is not None and staging.pin and len(staging._pinned) == 1
     finally:
         runtime.close()
+    assert runtime._gpu_thread is not None
+    runtime._gpu_thread.shutdown(wait=True)
+    assert staging._pinned == []  # unlocked once the session's thread is done
 
 
 def test_batched_cuda_answers_belong_to_their_own_requests(resnet: Path) -> None:

@@ -217,3 +217,30 @@ def resnet50(*, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
         initializer=inits,
     )
     return _finish(graph, f"resnet50 (folded batch norm) 224x224 -> {classes}")
+
+
+def image_probe(*, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-50's signature, ``image [-1, 3, 224, 224] -> output [-1, classes]`` (FP32), on a
+    model that does almost nothing: global average pooling, then one small Gemm and a softmax.
+
+    Serving it costs what an image-sized request costs a server (588 KiB in, 4 KiB out) with
+    next to no compute, so a benchmark can tell the serving path's cost apart from the model's.
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((3, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["output"], axis=1),
+        ],
+        "image_probe",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[
+            numpy_helper.from_array(w, "fc_w"),
+            numpy_helper.from_array(np.zeros(classes, np.float32), "fc_b"),
+        ],
+    )
+    return _finish(graph, f"image probe 224x224 -> {classes}")
