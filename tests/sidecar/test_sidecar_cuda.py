@@ -6,7 +6,11 @@ These run only where ONNX Runtime has the CUDA execution provider and an NVIDIA 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -120,6 +124,7 @@ def test_device_auto_moves_an_image_model_to_the_gpu(resnet: Path) -> None:
 
 
 def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None:
+    from sidecar import runtime as rt
     from sidecar.runtime import load
 
     runtime = load(resnet, "cuda", intra_op_threads=0, warmup_runs=1, batch_rows=8)
@@ -142,11 +147,50 @@ def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None
         np.testing.assert_array_equal(kept["image"], images[:6])
         staging = runtime._staging
         assert staging is not None and staging.pin and len(staging._pinned) == 1
+        assert rt._shared_cuda_arena()  # the sessions above ran on one shared arena
     finally:
         runtime.close()
     assert runtime._gpu_thread is not None
     runtime._gpu_thread.shutdown(wait=True)
     assert staging._pinned == []  # unlocked once the session's thread is done
+
+
+#: Run in a process of its own (the arena is registered once per process): load ResNet-50 with a
+#: session per batch size up to 64 and print the GPU memory that took, from cudaMemGetInfo.
+_MEMORY_PROBE = """
+import ctypes, json, sys
+from pathlib import Path
+from sidecar import runtime
+runtime._preload_cuda()
+cudart = runtime._cudart()
+free, total = ctypes.c_size_t(), ctypes.c_size_t()
+cudart.cudaFree(ctypes.c_void_p(0))
+cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+before = free.value
+rt = runtime.load(Path(sys.argv[1]), "cuda", intra_op_threads=0, warmup_runs=1, batch_rows=64)
+cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+print(json.dumps({"used": before - free.value, "shared": runtime._shared_cuda_arena(),
+                  "sessions": len(rt.sessions_by_rows)}))
+"""
+
+
+def test_the_sessions_of_each_batch_size_share_one_memory_arena(resnet: Path) -> None:
+    used = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "MODELPLANE_CUDA_SHARED_ARENA": flag}
+        done = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(resnet)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = json.loads(done.stdout.strip().splitlines()[-1])
+        assert line["shared"] is (flag == "1") and line["sessions"] == 7
+        used[flag] = line["used"]
+    print(json.dumps({"gpu_bytes_shared_arena": used["1"], "gpu_bytes_own_arenas": used["0"]}))
+    assert used["1"] < 0.9 * used["0"], used
 
 
 def test_batched_cuda_answers_belong_to_their_own_requests(resnet: Path) -> None:
