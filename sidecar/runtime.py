@@ -377,11 +377,12 @@ def _shared_cuda_arena() -> bool:
     worked (``MODELPLANE_CUDA_SHARED_ARENA=0``: each session keeps an arena of its own).
 
     A batchable model runs a session per batch size (see :class:`Runtime`), one call at a time
-    on one thread. With an arena each, a process holds the activation memory of every size at
-    once (for ResNet-50 at up to 64 rows, about twice what the largest size needs), and 12
-    workers of it do not fit an 80 GB H100; sharing one arena holds only the largest size's.
-    The arena grows by what is asked for, not by powers of two, since warm-up asks for every
-    size once and serving then reuses those blocks.
+    on one thread. With an arena each, a process keeps the activation memory of every size at
+    once; sharing one keeps about what the largest size needs. ResNet-50 with sessions for 1 to
+    64 rows took 5.5 GB with an arena each and 4.0 GB with one shared, and 12 workers of it
+    failed warm-up on an 80 GB H100 with an arena each but fit with one (bench/README.md). The
+    arena grows by what is asked for, not by powers of two, since warm-up asks for every size
+    once and serving then reuses those blocks.
     """
     if os.environ.get("MODELPLANE_CUDA_SHARED_ARENA", "1") == "0":
         return False
