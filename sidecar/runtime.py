@@ -237,19 +237,10 @@ class Runtime:
         rows go straight into staging buffers that the next call reuses, so the stacked inputs
         are made (after the call) only with ``keep_inputs``, and are empty otherwise."""
         if self._gpu_thread is None:
-            feeds = {
-                name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-                for name, arrays in parts.items()
-            }
+            feeds = _stacked(parts)
             return self.run(outputs, feeds), feeds
         results = self._gpu_thread.submit(self._run_staged, outputs, parts).result()
-        kept = {}
-        if keep_inputs:
-            kept = {
-                name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-                for name, arrays in parts.items()
-            }
-        return results, kept
+        return results, _stacked(parts) if keep_inputs else {}
 
     def padded_rows(self, rows: int) -> int:
         """The batch size a call with ``rows`` rows runs at (``rows`` itself off the GPU)."""
@@ -271,8 +262,7 @@ class Runtime:
             return results
         if any(out.ndim == 0 or out.shape[0] != size for out in results):
             # The outputs are not one per input row: padding would change them; run as sent.
-            exact = {name: stack_rows(arrays, rows) for name, arrays in parts.items()}
-            return self._run_bound(self.session, outputs, exact)
+            return self._run_bound(self.session, outputs, _stacked(parts))
         return [out[:rows] for out in results]
 
     def _stage(
@@ -280,21 +270,11 @@ class Runtime:
     ) -> np.ndarray[Any, Any]:
         """``arrays`` stacked and padded to ``size`` rows like :func:`stack_rows`, in the
         input's staging buffer when it has one."""
-        first = arrays[0]
         staging = self._staging
         buf = None
-        if staging is not None and size <= staging.rows and first.dtype != object:
-            buf = staging.buffer(name, first)
-        if buf is None:
-            return stack_rows(arrays, size)
-        out = buf[:size]
-        rows = sum(p.shape[0] for p in arrays)
-        if len(arrays) == 1:
-            out[:rows] = first
-        else:
-            np.concatenate(arrays, out=out[:rows])
-        out[rows:] = out[rows - 1]
-        return out
+        if staging is not None and size <= staging.rows and arrays[0].dtype != object:
+            buf = staging.buffer(name, arrays[0])
+        return stack_rows(arrays, size, None if buf is None else buf[:size])
 
     def _run_bound(
         self, session: Any, outputs: Sequence[str], feeds: dict[str, np.ndarray[Any, Any]]
@@ -327,30 +307,39 @@ class Runtime:
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
-def pad_rows(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
-    """``array`` grown to ``size`` rows by repeating its last row.
+def stack_rows(
+    parts: Sequence[np.ndarray[Any, Any]],
+    size: int,
+    out: np.ndarray[Any, Any] | None = None,
+) -> np.ndarray[Any, Any]:
+    """``parts`` concatenated along the rows, then grown to ``size`` rows by repeating the last
+    row, into ``out`` (``size`` rows) when given.
 
     The repeated row is input the model already accepted, so padding can neither fail a batch
     nor change the real rows' answers (rows are independent in a batchable model, and the extra
     answers are dropped).
     """
-    return stack_rows([array], size)
-
-
-def stack_rows(parts: Sequence[np.ndarray[Any, Any]], size: int) -> np.ndarray[Any, Any]:
-    """``parts`` concatenated along the rows, then padded to ``size`` rows like
-    :func:`pad_rows`."""
     rows = sum(p.shape[0] for p in parts)
-    if size == rows:
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-    first = parts[0]
-    out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+    if out is None:
+        if size == rows:
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = np.empty((size, *parts[0].shape[1:]), dtype=parts[0].dtype)
     if len(parts) == 1:
-        out[:rows] = first
+        out[:rows] = parts[0]
     else:
         np.concatenate(parts, out=out[:rows])
     out[rows:] = out[rows - 1]
     return out
+
+
+def _stacked(
+    parts: Mapping[str, Sequence[np.ndarray[Any, Any]]],
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Each input's arrays concatenated along the rows (no copy for a single array)."""
+    return {
+        name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        for name, arrays in parts.items()
+    }
 
 
 def gpu_buckets(batch_rows: int) -> tuple[int, ...]:

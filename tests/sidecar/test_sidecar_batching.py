@@ -184,15 +184,15 @@ def test_each_gpu_batch_size_gets_a_session_while_the_copies_fit_the_budget() ->
 
 
 def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
-    from sidecar.runtime import pad_rows
+    from sidecar.runtime import stack_rows
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    grown = pad_rows(x, 8)
+    grown = stack_rows([x], 8)
     assert grown.shape == (8, 4) and grown.dtype == np.float32
     np.testing.assert_array_equal(grown[:3], x)
     np.testing.assert_array_equal(grown[3:], np.repeat(x[2:], 5, axis=0))
     words = np.array([["a"], ["bc"]], dtype=object)
-    assert pad_rows(words, 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
+    assert stack_rows([words], 4)[:, 0].tolist() == ["a", "bc", "bc", "bc"]
 
 
 def test_gpu_staging_stacks_and_pads_in_one_reused_buffer() -> None:
