@@ -368,8 +368,9 @@ def _shared_cuda_arena() -> bool:
     A batchable model runs a session per batch size (see :class:`Runtime`), one call at a time
     on one thread. With an arena each, a process keeps the activation memory of every size at
     once; sharing one keeps about what the largest size needs. ResNet-50 with sessions for 1 to
-    64 rows took 5.5 GB with an arena each and 4.0 GB with one shared, and 12 workers of it
-    failed warm-up on an 80 GB H100 with an arena each but fit with one (bench/README.md). The
+    64 rows took 5.5 GB with an arena each and 4.0 GB with one shared; 8 workers of it peaked at
+    58 GB with an arena each and 42 GB with one, at the same throughput; 12 workers failed
+    warm-up on an 80 GB H100 with an arena each but fit with one (bench/README.md). The
     arena grows by what is asked for, not by powers of two, since warm-up asks for every size
     once and serving then reuses those blocks.
     """
