@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelplane.testing.processes import proc_stats
 from sidecar_tools.oip import INFER_METHOD
 
 #: Seconds between the end of one point's window and the start of the next (``--start-at``).
@@ -39,22 +40,14 @@ _OPTIONS = [
 
 def cpu_by_process(pgid: int) -> dict[int, float]:
     """CPU seconds (user + system) used so far by each live process of a process group."""
-    if not pgid or not os.path.isdir("/proc"):
+    if not pgid:
         return {}
     tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        # After the command name: state, ppid, pgrp, ..., utime (12th), stime (13th).
-        if int(fields[2]) == pgid:
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {
+        pid: (int(fields[11]) + int(fields[12])) / tick
+        for pid, fields in proc_stats()
+        if int(fields[2]) == pgid
+    }
 
 
 def group_cpu_seconds(pgid: int) -> float | None:

@@ -20,6 +20,7 @@ import pytest
 from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub, wait_for
 
 from modelplane.errors import error_info
+from modelplane.testing.processes import proc_stats
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.observer_process import offloaded
 from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
@@ -199,17 +200,7 @@ def test_drift_goes_on_in_the_child_after_its_log_fails(
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
+    return [child for child, fields in proc_stats() if int(fields[1]) == pid]
 
 
 def _spawn_logged(model_dir: Path, baseline: Path, log_dir: Path, *extra: str) -> Any:

@@ -10,10 +10,27 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane.testing.health import wait_serving
+
+
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Each live process's pid and the fields of its ``/proc/PID/stat`` after the command name
+    (state, ppid, pgrp, ..., utime at index 11, stime at 12); nothing without ``/proc``."""
+    if not os.path.isdir("/proc"):
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        yield int(entry), fields
 
 
 def free_port() -> int:
