@@ -229,7 +229,8 @@ def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_kille
     )
     try:
         ids = _send(ready["port"], np.ones((200, 32)))
-        time.sleep(0.3)
+        # The child's drift window has counted every row: all records crossed the pipe.
+        wait_for(lambda: _check_rows(ready["port"], sidecar_pb2.DRIFT_WINDOW_CURRENT, 200))
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 15
