@@ -7,8 +7,6 @@ there; ``cpu`` never touches CUDA. The provider a session actually got is what g
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -19,25 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-
-if TYPE_CHECKING:
-    from sidecar.settings import SidecarSettings
 import structlog
 
 from modelplane.errors import FailedPrecondition
+from sidecar import cuda
+from sidecar.cuda import CUDA
 from sidecar.signature import Signature, TensorSpec, signature_of
+
+if TYPE_CHECKING:
+    from sidecar.settings import SidecarSettings
 
 log = structlog.get_logger("modelplane.sidecar.runtime")
 
 CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-
-
-def gpu_present() -> bool:
-    """Whether this machine exposes an NVIDIA GPU to the process."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return os.path.exists("/dev/nvidiactl") and CUDA in ort.get_available_providers()
 
 
 def _options(intra_op_threads: int, spinning: bool) -> ort.SessionOptions:
@@ -51,113 +43,6 @@ def _options(intra_op_threads: int, spinning: bool) -> ort.SessionOptions:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
-
-
-#: How a process waits for the GPU (``MODELPLANE_CUDA_SYNC``): ``block`` sleeps until the work
-#: is done, ``spin`` polls (CUDA's choice when a machine has more cores than GPU processes),
-#: ``yield`` polls and yields. With several workers per GPU, spinning burns a core per worker
-#: on waiting while the gRPC threads need them.
-_CUDA_SYNC_FLAGS = {"spin": 1, "yield": 2, "block": 4}
-
-
-@functools.cache
-def _preload_cuda() -> None:
-    """Load the CUDA libraries and set the wait mode: once per process, before the first CUDA
-    session (managed mode loads a session per version)."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        try:
-            preload()
-        except Exception as exc:
-            log.warning("could not preload the CUDA libraries", error=str(exc))
-    _set_cuda_sync(os.environ.get("MODELPLANE_CUDA_SYNC", "block"))
-
-
-@functools.cache
-def _cudart() -> Any:
-    """The CUDA runtime library ONNX Runtime loaded (``None`` without one)."""
-    for soname in ("libcudart.so.13", "libcudart.so.12"):
-        try:
-            lib = ctypes.CDLL(soname)
-        except OSError:
-            continue
-        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
-        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
-        lib.cudaSetDeviceFlags.argtypes = [ctypes.c_uint]
-        return lib
-    return None
-
-
-def _set_cuda_sync(mode: str) -> None:
-    """Set this process's CUDA scheduling flag before any session creates the GPU context."""
-    flag = _CUDA_SYNC_FLAGS.get(mode)
-    if flag is None:
-        log.warning("MODELPLANE_CUDA_SYNC must be spin, yield or block", value=mode)
-        return
-    cudart = _cudart()
-    if cudart is not None:
-        code = cudart.cudaSetDeviceFlags(flag)
-        log.info("CUDA wait mode", mode=mode, library=cudart._name, cuda_error=code)
-
-
-#: ``cudaHostRegisterPortable``: the pages count as pinned for every CUDA context.
-_HOST_REGISTER_PORTABLE = 1
-_PAGE = 4096
-
-
-class StagingBuffers:
-    """One host buffer per input of a batchable CUDA model, page-locked for the GPU.
-
-    A batch is copied once, from the requests' arrays into the buffer of its input, and a
-    page-locked buffer goes to the GPU by DMA; from ordinary (pageable) memory the CUDA driver
-    copies it once more through a pinned bounce buffer of its own, on the CPU. Each buffer holds
-    the largest batch size; a smaller batch uses its first rows. Only the session's own thread
-    uses them, one call at a time, so a buffer is free again once a call's input is on the GPU.
-    ``MODELPLANE_CUDA_PINNED=0`` keeps them pageable.
-    """
-
-    def __init__(self, rows: int, pin: bool) -> None:
-        self.rows = rows
-        self.pin = pin and _cudart() is not None
-        self._buffers: dict[str, np.ndarray[Any, Any]] = {}
-        self._pinned: list[int] = []
-
-    def buffer(self, name: str, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
-        """The buffer for input ``name`` shaped ``[rows, *like.shape[1:]]``; ``None`` when
-        ``like``'s layout differs from the one the buffer was made for."""
-        buf = self._buffers.get(name)
-        if buf is None:
-            buf = self._buffers[name] = self._allocate((self.rows, *like.shape[1:]), like.dtype)
-        if buf.dtype != like.dtype or buf.shape[1:] != like.shape[1:]:
-            return None
-        return buf
-
-    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        raw = np.empty(nbytes + _PAGE, dtype=np.uint8)
-        start = -raw.ctypes.data % _PAGE
-        buf = raw[start : start + nbytes].view(dtype).reshape(shape)
-        if self.pin and nbytes:
-            code = _cudart().cudaHostRegister(buf.ctypes.data, nbytes, _HOST_REGISTER_PORTABLE)
-            if code == 0:
-                self._pinned.append(buf.ctypes.data)
-            else:
-                log.warning(
-                    "could not page-lock a batch buffer; batches reach the GPU from pageable "
-                    "memory",
-                    cuda_error=code,
-                    nbytes=nbytes,
-                )
-                self.pin = False
-        return buf
-
-    def release(self) -> None:
-        """Unlock the pages (before the buffers are freed)."""
-        cudart = _cudart()
-        for address in self._pinned:
-            cudart.cudaHostUnregister(address)
-        self._pinned.clear()
-        self._buffers.clear()
 
 
 @dataclass
@@ -191,7 +76,7 @@ class Runtime:
     _direct: Any = field(default=None, repr=False)
     _gpu_thread: ThreadPoolExecutor | None = field(default=None, repr=False)
     _bindings: dict[int, Any] = field(default_factory=dict, repr=False)
-    _staging: StagingBuffers | None = field(default=None, repr=False)
+    _staging: cuda.StagingBuffers | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # On CPU, call the session's native ``run`` directly: the Python wrapper re-validates
@@ -360,42 +245,10 @@ def gpu_buckets(batch_rows: int) -> tuple[int, ...]:
     return (*sizes, batch_rows)
 
 
-@functools.cache
-def _shared_cuda_arena() -> bool:
-    """Register one CUDA memory arena for every CUDA session of this process; whether that
-    worked (``MODELPLANE_CUDA_SHARED_ARENA=0``: each session keeps an arena of its own).
-
-    A batchable model runs a session per batch size (see :class:`Runtime`), one call at a time
-    on one thread. With an arena each, a process keeps the activation memory of every size at
-    once; sharing one keeps about what the largest size needs. ResNet-50 with sessions for 1 to
-    64 rows took 5.5 GB with an arena each and 4.0 GB with one shared; 8 workers of it peaked at
-    58 GB with an arena each and 42 GB with one, at the same throughput; 12 workers failed
-    warm-up on an 80 GB H100 with an arena each but fit with one (bench/README.md). The
-    arena grows by what is asked for, not by powers of two, since warm-up asks for every size
-    once and serving then reuses those blocks.
-    """
-    if os.environ.get("MODELPLANE_CUDA_SHARED_ARENA", "1") == "0":
-        return False
-    try:
-        memory = ort.OrtMemoryInfo(
-            "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-        )
-        same_as_requested = ort.OrtArenaCfg({"arena_extend_strategy": 1})
-        ort.create_and_register_allocator_v2(CUDA, memory, {"device_id": "0"}, same_as_requested)
-    except Exception as exc:
-        log.warning(
-            "could not share one CUDA memory arena between sessions; each keeps its own",
-            error=str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc),
-        )
-        return False
-    log.info("CUDA sessions share one memory arena")
-    return True
-
-
 def _session(path: Path, providers: list[str], intra_op_threads: int, spinning: bool) -> Any:
     chosen: list[Any] = [(p, CUDA_OPTIONS) if p == CUDA else p for p in providers]
     opts = _options(intra_op_threads, spinning)
-    if CUDA in providers and _shared_cuda_arena():
+    if CUDA in providers and cuda.shared_arena():
         opts.add_session_config_entry("session.use_env_allocators", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
@@ -496,7 +349,7 @@ def load(
     if device == "cpu":
         return _open_cpu(path, threads, warmup_runs, batch_rows)[0]
     if device == "cuda":
-        _preload_cuda()
+        cuda.preload()
         if CUDA not in ort.get_available_providers():
             raise FailedPrecondition(
                 "--device cuda: this ONNX Runtime build has no CUDA execution provider",
@@ -511,9 +364,9 @@ def load(
             )
         return runtime
     cpu, cpu_time = _open_cpu(path, threads, warmup_runs, batch_rows)
-    if not gpu_present():
+    if not cuda.gpu_present():
         return cpu
-    _preload_cuda()
+    cuda.preload()
     try:
         gpu, gpu_time = _open(path, [CUDA, CPU], threads, warmup_runs, batch_rows)
     except FailedPrecondition as exc:
@@ -563,7 +416,7 @@ def _open(
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
         pin = os.environ.get("MODELPLANE_CUDA_PINNED", "1") != "0"
-        runtime._staging = StagingBuffers(batch_rows, pin)
+        runtime._staging = cuda.StagingBuffers(batch_rows, pin)
         model_bytes = path.stat().st_size
         if separate_sessions(model_bytes, runtime.buckets):
             runtime.sessions_by_rows = _bucket_sessions(

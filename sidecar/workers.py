@@ -80,8 +80,8 @@ def supervise(
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
     from modelplane.server.supervisor import reserve_port
     from modelplane.server.supervisor import supervise as run_workers
+    from sidecar.cuda import gpu_present
     from sidecar.mps import for_workers
-    from sidecar.runtime import gpu_present
     from sidecar.server import announce
 
     shared_cache = None

@@ -196,7 +196,8 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
 
 
 def test_gpu_staging_stacks_and_pads_in_one_reused_buffer() -> None:
-    from sidecar.runtime import CUDA, Runtime, StagingBuffers, stack_rows
+    from sidecar.cuda import CUDA, StagingBuffers
+    from sidecar.runtime import Runtime, stack_rows
 
     runtime = Runtime(None, None, CUDA, Path("m.onnx"), buckets=(1, 2, 4, 8))  # type: ignore[arg-type]
     runtime._staging = StagingBuffers(8, pin=False)
@@ -222,7 +223,8 @@ def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
     """A runtime on the GPU call path (own thread, batch buckets, a session per bucket) whose
     device call is a CPU session call instead, since this machine may have no GPU; it records
     who called it with how many rows, and checks that each size ran on its own session."""
-    from sidecar.runtime import CUDA, Runtime, StagingBuffers
+    from sidecar.cuda import CUDA, StagingBuffers
+    from sidecar.runtime import Runtime
     from sidecar.signature import signature_of
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -23,7 +23,7 @@ import pytest
 from sidecar_helpers import output_array, raw_request, spawn_sidecar, stub
 
 from modelplane.testing import onnx_models
-from sidecar.runtime import gpu_present
+from sidecar.cuda import gpu_present
 
 pytestmark = [
     pytest.mark.gpu,
@@ -124,7 +124,7 @@ def test_device_auto_moves_an_image_model_to_the_gpu(resnet: Path) -> None:
 
 
 def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None:
-    from sidecar import runtime as rt
+    from sidecar import cuda
     from sidecar.runtime import load
 
     runtime = load(resnet, "cuda", intra_op_threads=0, warmup_runs=1, batch_rows=8)
@@ -147,7 +147,7 @@ def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None
         np.testing.assert_array_equal(kept["image"], images[:6])
         staging = runtime._staging
         assert staging is not None and staging.pin and len(staging._pinned) == 1
-        assert rt._shared_cuda_arena()  # the sessions above ran on one shared arena
+        assert cuda.shared_arena()  # the sessions above ran on one shared arena
     finally:
         runtime.close()
     assert runtime._gpu_thread is not None
@@ -160,16 +160,16 @@ def test_each_cuda_batch_size_runs_on_a_session_of_its_own(resnet: Path) -> None
 _MEMORY_PROBE = """
 import ctypes, json, sys
 from pathlib import Path
-from sidecar import runtime
-runtime._preload_cuda()
-cudart = runtime._cudart()
+from sidecar import cuda, runtime
+cuda.preload()
+cudart = cuda.cudart()
 free, total = ctypes.c_size_t(), ctypes.c_size_t()
 cudart.cudaFree(ctypes.c_void_p(0))
 cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
 before = free.value
 rt = runtime.load(Path(sys.argv[1]), "cuda", intra_op_threads=0, warmup_runs=1, batch_rows=64)
 cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-print(json.dumps({"used": before - free.value, "shared": runtime._shared_cuda_arena(),
+print(json.dumps({"used": before - free.value, "shared": cuda.shared_arena(),
                   "sessions": len(rt.sessions_by_rows)}))
 """
 

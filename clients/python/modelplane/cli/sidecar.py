@@ -227,7 +227,7 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     settings = _settings(args)
     log_settings = _log_settings(args)
     configure_logging(settings.log_level)
-    from sidecar.runtime import gpu_present
+    from sidecar.cuda import gpu_present
     from sidecar.server import serve_one
     from sidecar.workers import supervise
 
