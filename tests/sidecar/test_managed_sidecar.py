@@ -3,6 +3,7 @@ corrupt artifacts, reports, shadow, labels and bad input."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import output_array, raw_request, stub
+from fuzzing import Vocabulary, drive
+from sidecar_helpers import health_status, output_array, raw_request, stub
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
@@ -182,6 +184,62 @@ def test_bad_input_codes(managed: Any, plane: FakeControlPlane, artifacts: dict)
         assert info is not None and info.reason == reason, (info, exc.details())
     # The sidecar still serves.
     assert s.ModelInfer(_request()).model_version == "1"
+
+
+def test_fuzzed_requests_never_break_a_managed_sidecar(
+    managed: Any, plane: FakeControlPlane, artifacts: dict, tmp_path: Path
+) -> None:
+    """Damaged requests through routing, a canary split, a shadow copy and the log: client
+    errors with reasons only; valid requests between them get their version's answer."""
+    import onnxruntime as ort
+
+    from sidecar.predlog import PredictionLogSettings, read_logs
+
+    log_dir = tmp_path / "log"
+    handle = _start_ready(
+        managed,
+        plane,
+        artifacts,
+        max_batch_size=16,
+        log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05),
+    )
+    plane.push(
+        state(
+            NAME,
+            2,
+            _versions(plane, artifacts, 1, 2),
+            1,
+            candidate=2,
+            percent=50,
+            shadow=1.0,
+            rollout_id="f",
+        )
+    )
+    deadline = time.monotonic() + 60
+    while handle.manager.table.generation != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sessions = {str(n): ort.InferenceSession(artifacts[n]) for n in (1, 2)}
+
+    def valid(rng: random.Random) -> tuple[Any, np.ndarray]:
+        rows = rng.randint(1, 3)
+        x = np.array([[rng.uniform(-3, 3) for _ in range(8)] for _ in range(rows)], np.float32)
+        req = raw_request(NAME, {"input": ("FP32", x)})
+        if rng.random() < 0.5:
+            req.parameters["routing_key"].string_param = f"user-{rng.randrange(100)}"
+        return req, x
+
+    def right(x: np.ndarray, resp: Any) -> bool:
+        session = sessions.get(resp.model_version)
+        return session is not None and bool(
+            np.allclose(output_array(resp, 0, np.float32), session.run(None, {"input": x})[0])
+        )
+
+    words = Vocabulary(NAME, ("input",), ("output",), versions=("", "1", "2", "3", "x"))
+    drive(f"127.0.0.1:{handle.port}", 1200, 5, valid, right, words)
+    assert health_status(handle.port) == "SERVING"
+    handle.stop(5)
+    arms = set(read_logs(log_dir).column("arm").to_pylist())
+    assert arms == {"champion", "candidate", "shadow"}, arms
 
 
 def test_corrupt_artifact_is_never_loaded_and_is_retried(
