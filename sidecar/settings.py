@@ -177,6 +177,17 @@ class SidecarSettings(BaseSettings):
     drain_seconds: float = Field(
         30.0, ge=0, description="How long SIGTERM waits for in-flight requests before exiting."
     )
+    gc_young_threshold: int = Field(
+        20000,
+        ge=0,
+        description=(
+            "Allocations between collections of the youngest generation of Python's garbage "
+            "collector in a serving process, which also freezes what start-up loaded out of "
+            "later collections (0: Python's collector as it is, 700). Records held for the "
+            "prediction log and drift live a few milliseconds: frequent young collections "
+            "promote them, and the full collections that follow walk the whole heap."
+        ),
+    )
     warmup_runs: int = Field(3, ge=1, description="Session calls made during warm-up.")
     log_level: str = Field("info", description="Log level of the JSON logs on stderr.")
     feature_names: tuple[str, ...] | None = Field(

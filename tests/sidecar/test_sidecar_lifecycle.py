@@ -4,6 +4,7 @@ port with merged metrics."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -275,3 +276,31 @@ def test_request_pool_resizes_without_losing_running_work() -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+@pytest.mark.parametrize("young", ["", "5000", "0"])
+def test_serving_process_tunes_the_garbage_collector(tmp_path: Path, young: str) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    env = {"MODELPLANE_SIDECAR_GC_YOUNG_THRESHOLD": young} if young else {}
+    log = tmp_path / "stderr.log"
+    proc, ready = spawn_sidecar(
+        ["--model", str(model), "--listen", "127.0.0.1:0", "--device", "cpu"], env, stderr=log
+    )
+    try:
+        x = np.ones((1, 32), np.float32)
+        stub(ready["port"]).ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    tuned = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if '"garbage collector tuned"' in line
+    ]
+    if young == "0":
+        assert tuned == []  # Python's collector as it was
+    else:
+        assert len(tuned) == 1
+        assert tuned[0]["thresholds"][0] == int(young or 20000)
+        # Start-up's objects (modules, the session's Python side) are out of collections.
+        assert tuned[0]["frozen_objects"] > 10_000
