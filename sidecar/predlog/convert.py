@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,31 @@ def _batch_size(e: Entry) -> Any:
     return -1 if e.kind == "rejected" else e.n_rows
 
 
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+#: Where the 32 hex digits of a UUID go among its 36 characters (the rest are dashes).
+_UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+#: Below this many, ``uuid.uuid4()`` one by one is the quicker way.
+_BULK_UUIDS = 16
+
+
+def uuid4_strings(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs in canonical text form, for requests sent without an
+    ``id``. Made in bulk from one ``os.urandom`` call: 0.3-0.5 µs each for 100 or more,
+    against about 3 µs for ``str(uuid.uuid4())``."""
+    if count < _BULK_UUIDS:
+        return [str(uuid.uuid4()) for _ in range(count)]
+    raw = np.frombuffer(os.urandom(16 * count), np.uint8).reshape(count, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    nibbles = np.empty((count, 32), np.uint8)
+    nibbles[:, 0::2] = raw >> 4
+    nibbles[:, 1::2] = raw & 0x0F
+    text = np.full((count, 36), ord("-"), np.uint8)
+    text[:, _UUID_DIGITS] = _HEX_DIGITS[nibbles]
+    joined = text.tobytes().decode("ascii")
+    return [joined[i : i + 36] for i in range(0, 36 * count, 36)]
+
+
 def to_record_batch(entries: list[Entry], sample_rate: float) -> tuple[pa.RecordBatch, int]:
     """One RecordBatch for entries sharing a layout, and how many rows sampling left out."""
     batches = [e.batch for e in entries]
@@ -259,7 +285,8 @@ def to_record_batch(entries: list[Entry], sample_rate: float) -> tuple[pa.Record
     reasons = _gather([b.status_reasons for b in batches], entries, single)
     messages = _gather([b.status_messages for b in batches], entries, single)
     if "" in ids:
-        ids = [i or str(uuid.uuid4()) for i in ids]
+        fresh = iter(uuid4_strings(ids.count("")))
+        ids = [i or next(fresh) for i in ids]
     if single:
         counts = np.fromiter((e.n_rows for e in entries), np.int64, len(entries))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sidecar.predlog import (
     open_prediction_log,
     read_logs,
 )
+from sidecar.predlog.convert import uuid4_strings
 
 FEATURES = ["age", "income", "zip", "score", "tenure", "clicks"]
 
@@ -162,6 +164,27 @@ def test_default_names_and_empty_ids(tmp_path: Path) -> None:
     assert len(ids[0]) == 36  # a generated UUID
     assert table.column("row").to_pylist() == [0, 0, 1, 0]
     assert table.column("arm").to_pylist() == ["champion"] * 4
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 1000])
+def test_generated_ids_are_distinct_version_4_uuids(count: int) -> None:
+    ids = uuid4_strings(count)
+    assert len(ids) == len(set(ids)) == count
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_requests_without_ids_get_distinct_uuids_in_bulk(tmp_path: Path) -> None:
+    x = np.zeros((300, 2), np.float32)
+    ids = [""] * 299 + ["given"]
+    with open_prediction_log(_settings(tmp_path, durability="sync")) as writer:
+        writer.append(PredictionBatch("m", "1", ids, [1] * 300, {"x": x}, {"y": x})).result(10)
+    logged = read_logs(tmp_path / "log").column("request_id").to_pylist()
+    assert logged[-1] == "given"
+    assert len(set(logged[:-1])) == 299
+    assert all(uuid.UUID(i).version == 4 for i in logged[:-1])
 
 
 def test_join_labels(tmp_path: Path) -> None:
