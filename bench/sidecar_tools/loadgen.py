@@ -130,6 +130,8 @@ async def _point(
         "rps": round(len(lat) / elapsed, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
+        "p999_ms": round(float(np.percentile(lat, 99.9)), 3) if len(lat) else None,
+        "max_ms": round(float(lat.max()), 3) if len(lat) else None,
         "mean_ms": round(float(lat.mean()), 3) if len(lat) else None,
         "errors": state.errors,
         "bad_responses": state.bad,
