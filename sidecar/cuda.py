@@ -40,10 +40,10 @@ _CUDA_SYNC_FLAGS = {"spin": 1, "yield": 2, "block": 4}
 def preload() -> None:
     """Load the CUDA libraries and set the wait mode: once per process, before the first CUDA
     session (managed mode loads a session per version)."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
+    load_dlls = getattr(ort, "preload_dlls", None)
+    if load_dlls is not None:
         try:
-            preload()
+            load_dlls()
         except Exception as exc:
             log.warning("could not preload the CUDA libraries", error=str(exc))
     _set_sync(os.environ.get("MODELPLANE_CUDA_SYNC", "block"))

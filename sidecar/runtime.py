@@ -127,7 +127,7 @@ class Runtime:
         results = self._gpu_thread.submit(self._run_staged, outputs, parts).result()
         return results, _stacked(parts) if keep_inputs else {}
 
-    def padded_rows(self, rows: int) -> int:
+    def _padded_rows(self, rows: int) -> int:
         """The batch size a call with ``rows`` rows runs at (``rows`` itself off the GPU)."""
         if not self.buckets or self._gpu_thread is None:
             return rows
@@ -139,7 +139,7 @@ class Runtime:
         """On the session's thread: stack ``parts`` into the staging buffers (padded up to the
         batch size that runs them), run, and return each output's real rows."""
         rows = sum(p.shape[0] for p in next(iter(parts.values())))
-        size = self.padded_rows(rows)
+        size = self._padded_rows(rows)
         session = self.sessions_by_rows.get(size, self.session)
         feeds = {name: self._stage(name, arrays, size) for name, arrays in parts.items()}
         results = self._run_bound(session, outputs, feeds)

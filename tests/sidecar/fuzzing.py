@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from sidecar_helpers import stub
 
 from modelplane.errors import error_info
 
@@ -128,21 +129,13 @@ Valid = Callable[[random.Random], tuple[Any, Any]]
 Check = Callable[[Any, Any], bool]
 
 
-def drive(
-    address: str, count: int, seed: int, valid: Valid, check: Check, words: Vocabulary
-) -> None:
+def drive(port: int, count: int, seed: int, valid: Valid, check: Check, words: Vocabulary) -> None:
     """Send ``count`` corrupted requests from four threads, with a valid request after every
     ten; fail on a status outside :data:`ALLOWED`, an error without ``ErrorInfo``, or a wrong
     answer to a valid request."""
-    from modelplane.oip import grpc_service_pb2 as pb
-
-    channel = grpc.insecure_channel(address)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-    infer = channel.unary_unary(
-        "/inference.GRPCInferenceService/ModelInfer",
-        request_serializer=pb.ModelInferRequest.SerializeToString,
-        response_deserializer=pb.ModelInferResponse.FromString,
-    )
+    infer = stub(port).ModelInfer
 
     def worker(w: int) -> list[str]:
         rng = random.Random(seed * 1000 + w)

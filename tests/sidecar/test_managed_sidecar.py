@@ -235,7 +235,7 @@ def test_fuzzed_requests_never_break_a_managed_sidecar(
         )
 
     words = Vocabulary(NAME, ("input",), ("output",), versions=("", "1", "2", "3", "x"))
-    drive(f"127.0.0.1:{handle.port}", 1200, 5, valid, right, words)
+    drive(handle.port, 1200, 5, valid, right, words)
     assert health_status(handle.port) == "SERVING"
     handle.stop(5)
     arms = set(read_logs(log_dir).column("arm").to_pylist())

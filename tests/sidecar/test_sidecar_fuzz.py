@@ -35,7 +35,7 @@ def _right(sent: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], resp: Any) -
 
 
 def _fuzz(handle: Any, count: int, seed: int) -> None:
-    drive(handle.address, count, seed, _valid, _right, WORDS)
+    drive(handle.port, count, seed, _valid, _right, WORDS)
 
 
 @pytest.mark.parametrize("batching", [1, 32])
