@@ -7,7 +7,11 @@ measurement goes to stdout, then one JSON line per target ratio; a readable tabl
 ratios goes to stderr.
 
     .venv/bin/python bench/sidecar.py [--quick] [--only mlp,sidecar,echo-aio,...]
-        [--duration S] [--workers N]
+        [--duration S] [--workers N] [--pin]
+
+``--pin`` runs every server (with its child processes) on CPU 1 and the load generator on CPU 0
+(``taskset``): on a 2-core machine that takes most of the scheduler's noise out of the ratios,
+and gives every server one core of its own, the observer process of the logged lines included.
 
 The GPU measurements (CUDA, several workers and client processes) are ``bench/sidecar_gpu.py``.
 """
@@ -28,6 +32,10 @@ from sidecar_tools import drive, oip, plan, raw_ort, servers
 from sidecar_tools.plan import ModelCase, ServerConfig
 
 from modelplane.testing import onnx_models
+
+#: ``--pin``: where the servers and the load generator run.
+SERVER_CPU = ("taskset", "-c", "1")
+CLIENT_CPU = ("taskset", "-c", "0")
 
 
 def emit(line: dict) -> None:
@@ -161,6 +169,8 @@ class Run:
         port, proc = self.start(config, case, path, response)
         if proc is None:
             return
+        if self.args.pin:
+            proc.argv = [*SERVER_CPU, *proc.argv]
         target = f"127.0.0.1:{port}"
         started = time.monotonic()
         proc.start()
@@ -203,6 +213,7 @@ class Run:
             warmup=self.args.warmup,
             channels=self.args.channels,
             server_pgid=pgid,
+            prefix=CLIENT_CPU if self.args.pin else (),
         )
 
 
@@ -246,6 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="repeat every server this often; ratios use medians"
     )
     parser.add_argument("--workers", type=int, default=0, help="sidecar --workers (0: its own)")
+    parser.add_argument(
+        "--pin", action="store_true", help="servers on CPU 1, the load generator on CPU 0"
+    )
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 1.0 if args.quick else 2.5
@@ -262,7 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(args, Path(tmp))
         selected_models = args.only & model_names
         args.only = args.only - model_names
-        emit({"environment": True, "cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]})
+        if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+            raise SystemExit("--pin needs CPUs 0 and 1")
+        emit(
+            {
+                "environment": True,
+                "cpus": os.cpu_count(),
+                "loadavg_1m": os.getloadavg()[0],
+                "pinned": args.pin,
+            }
+        )
         for run.round in range(args.rounds):
             for case in plan.MODELS:
                 if selected_models and case.name not in selected_models:

@@ -27,6 +27,7 @@ def drive(
     channels: int,
     server_pgid: int,
     procs: int = 1,
+    prefix: Sequence[str] = (),
 ) -> list[dict]:
     """Run the load generator against ``target``; one merged line per concurrency point.
 
@@ -34,8 +35,9 @@ def drive(
     the same synchronised windows (one Python client process carries about 1,000 large or
     3,000 small calls per second): their rates add up, ``concurrency`` is the total, ``p50_ms``
     is the median of their medians and ``p99_ms`` the largest of their 99th percentiles.
+    ``prefix`` goes before the command (``taskset -c 0`` to pin the generator).
     """
-    argv = [servers.python(), "-m", "sidecar_tools.loadgen", "--target", target]
+    argv = [*prefix, servers.python(), "-m", "sidecar_tools.loadgen", "--target", target]
     argv += ["--request", str(request), "--expect-bytes", str(out_bytes)]
     argv += ["--concurrency", ",".join(map(str, points))]
     argv += ["--duration", str(duration), "--warmup", str(warmup)]
