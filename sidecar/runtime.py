@@ -20,6 +20,7 @@ import onnxruntime as ort
 import structlog
 
 from modelplane.errors import FailedPrecondition
+from modelplane.server.cpus import available_cores
 from sidecar import cuda
 from sidecar.cuda import CUDA
 from sidecar.signature import Signature, TensorSpec, signature_of
@@ -393,15 +394,28 @@ def _open_cpu(
     if threads[0] != 0:
         return _open(path, [CPU], threads, warmup_runs, batch_rows)
     single, single_time = _open(path, [CPU], (1, threads[1]), warmup_runs, batch_rows)
-    multi, multi_time = _open(path, [CPU], threads, warmup_runs, batch_rows)
+    pool = multi_thread_count()
+    if pool == 1:
+        log.info("intra-op threads: 1, the one core this process may use")
+        return single, single_time
+    multi, multi_time = _open(path, [CPU], (pool, threads[1]), warmup_runs, batch_rows)
     chosen = multi if multi_time < MULTI_THREAD_GAIN * single_time else single
     log.info(
         "intra-op threads chosen by warm-up",
-        threads="default" if chosen is multi else 1,
+        threads=(pool or "default") if chosen is multi else 1,
         single_thread_s=single_time,
-        default_threads_s=multi_time,
+        multi_thread_s=multi_time,
     )
     return (multi, multi_time) if chosen is multi else (single, single_time)
+
+
+def multi_thread_count() -> int:
+    """The intra-op threads of the multi-threaded warm-up candidate: 0 (ONNX Runtime's
+    default, one per physical core of the machine) when this process may use every core, else
+    the cores it may use (affinity, cgroup CPU quota), so that a container limited to two
+    cores of a large node does not run a pool sized for the node; 1 means no candidate."""
+    cores = available_cores()
+    return 0 if cores >= (os.cpu_count() or cores) else cores
 
 
 def _open(

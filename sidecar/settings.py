@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelplane.server.cpus import available_cores
 from modelplane.units import parse_duration
 from sidecar.mps import Mps
 
@@ -336,13 +336,14 @@ class SidecarSettings(BaseSettings):
             return 64
         # Handlers hold the GIL except inside ONNX Runtime: more threads than cores only
         # add contention (measured: 4 threads carry 1.5x the load of 64 on 2 cores).
-        return max(4, 2 * (os.cpu_count() or 1))
+        return max(4, 2 * available_cores())
 
     def worker_count(self, gpu_present: bool) -> int:
         """How many server processes to run."""
         if self.workers != "auto":
             return int(self.workers)
-        cores = os.cpu_count() or 1
+        # The cores this process may use (affinity, cgroup quota), not the machine's.
+        cores = available_cores()
         if gpu_present:
             # One Python process cannot feed a GPU; several can, each with its own session.
             # Half the cores leaves the rest to gRPC's threads; on a 16-core H100 node the

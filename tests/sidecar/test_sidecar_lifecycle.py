@@ -4,6 +4,7 @@ port with merged metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -235,7 +236,7 @@ def test_auto_workers_follow_cores_and_device(
 ) -> None:
     from sidecar.settings import SidecarSettings
 
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("sidecar.settings.available_cores", lambda: cores)
     settings = SidecarSettings(model=Path("m.onnx"), workers="auto")
     assert settings.worker_count(gpu) == expected
     assert SidecarSettings(model=Path("m.onnx"), workers="3").worker_count(gpu) == 3
@@ -304,3 +305,58 @@ def test_serving_process_tunes_the_garbage_collector(tmp_path: Path, young: str)
         assert tuned[0]["thresholds"][0] == int(young or 20000)
         # Start-up's objects (modules, the session's Python side) are out of collections.
         assert tuned[0]["frozen_objects"] > 10_000
+
+
+@pytest.mark.parametrize("limit", ["affinity", "cgroup-quota"])
+def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str) -> None:
+    """Under one core's worth of CPU (on a machine with more), ``auto`` runs one worker and
+    one intra-op thread without measuring a multi-threaded session, and says so."""
+    import os
+
+    from modelplane.testing.cgroups import CgroupUnavailable, cpu_quota_group, join
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU only: a one-core limit changes nothing here")
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    log = tmp_path / "stderr.log"
+    args = ["--model", str(model), "--listen", "127.0.0.1:0", "--device", "cpu"]
+    args += ["--workers", "auto"]
+    with contextlib.ExitStack() as stack:
+        if limit == "affinity":
+            cpu = min(os.sched_getaffinity(0))
+            expected = {"cores": 1, "affinity_cpus": 1, "cgroup_cpu_quota": None}
+
+            def preexec() -> None:
+                os.sched_setaffinity(0, {cpu})
+        else:
+            try:
+                procs = stack.enter_context(cpu_quota_group(50_000))
+            except CgroupUnavailable as exc:
+                pytest.skip(str(exc))
+            expected = {
+                "cores": 1,
+                "affinity_cpus": len(os.sched_getaffinity(0)),
+                "cgroup_cpu_quota": 0.5,
+            }
+
+            def preexec() -> None:
+                join(procs)
+
+        proc, ready = spawn_sidecar(args, stderr=log, preexec_fn=preexec)
+        try:
+            x = np.ones((1, 32), np.float32)
+            reply = stub(ready["port"]).ModelInfer(
+                raw_request("mlp", {"input": ("FP32", x)}), timeout=10
+            )
+            assert reply.model_name == "mlp"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    (model_ready,) = [line for line in lines if line["event"] == "model ready"]
+    assert model_ready["cpu"] == expected
+    assert "intra-op threads: 1, the one core this process may use" in events
+    assert "intra-op threads chosen by warm-up" not in events
+    # One serving process (on machines of more than two cores, auto would start several).
+    assert "workers" not in ready

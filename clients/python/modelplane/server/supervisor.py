@@ -9,7 +9,6 @@ exits 0 once all have stopped after a signal (1 when a worker failed).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -21,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from modelplane.server.cpus import available_cores
 
 log = structlog.get_logger("modelplane.supervisor")
 
@@ -128,5 +129,6 @@ def supervise(
 
 
 def worker_count(requested: int) -> int:
-    """``requested`` workers, or one per CPU core for 0."""
-    return requested if requested > 0 else max(1, os.cpu_count() or 1)
+    """``requested`` workers, or one per core this process may use for 0 (its affinity and
+    cgroup CPU quota: :mod:`modelplane.server.cpus`)."""
+    return requested if requested > 0 else available_cores()
