@@ -68,6 +68,11 @@ class RequestPool(futures.Executor):
             self._threads = threads
         old.shutdown(wait=False)
 
+    @property
+    def threads(self) -> int:
+        """How many request threads serve new requests."""
+        return self._threads
+
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         with self._lock:
             return self._pool.submit(fn, *args, **kwargs)
@@ -266,6 +271,7 @@ def start(
         drift=wiring.drift is not None,
         observers="process" if handle.observer_process else "thread" if wiring.observers else None,
         cpu=cpu_budget().describe(),
+        request_threads=pool.threads,
     )
     return handle
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelplane.server.cpus import available_cores
+from modelplane.server.cpus import available_cores, process_budget
 from modelplane.units import parse_duration
 from sidecar.mps import Mps
 
@@ -334,9 +334,15 @@ class SidecarSettings(BaseSettings):
         if waits or batching:
             # A batch forms only from requests waiting in threads of their own.
             return 64
+        budget = process_budget()
+        if budget.affinity == 1:
+            # Confined to one CPU, 8 threads carried 8-12% more than 4, logged or not
+            # (bench/README.md, "One core per server").
+            return 8
         # Handlers hold the GIL except inside ONNX Runtime: more threads than cores only
-        # add contention (measured: 4 threads carry 1.5x the load of 64 on 2 cores).
-        return max(4, 2 * available_cores())
+        # add contention (measured on 2 shared cores: 4 threads carry 1.5x the load of 64,
+        # and 8-14% more than 8 to 32).
+        return max(4, 2 * budget.cores)
 
     def worker_count(self, gpu_present: bool) -> int:
         """How many server processes to run."""

@@ -242,6 +242,30 @@ def test_auto_workers_follow_cores_and_device(
     assert SidecarSettings(model=Path("m.onnx"), workers="3").worker_count(gpu) == 3
 
 
+@pytest.mark.parametrize(
+    ("affinity", "quota", "expected"),
+    [(1, None, 8), (2, None, 4), (16, None, 32), (16, 1.0, 4), (16, 3.5, 8), (1, 0.5, 8)],
+)
+def test_request_threads_follow_the_cpu_budget(
+    monkeypatch: pytest.MonkeyPatch, affinity: int, quota: float | None, expected: int
+) -> None:
+    from modelplane.server.cpus import CpuBudget
+    from sidecar.settings import SidecarSettings
+
+    monkeypatch.setattr("sidecar.settings.process_budget", lambda: CpuBudget(affinity, quota))
+    settings = SidecarSettings(model=Path("m.onnx"))
+    assert settings.request_threads(waits=False, batching=False) == expected
+    # Requests that wait (batching, a sync log) need threads of their own, whatever the cores.
+    assert settings.request_threads(waits=False, batching=True) == 64
+    assert settings.request_threads(waits=True, batching=False) == 64
+    assert (
+        SidecarSettings(model=Path("m.onnx"), handler_threads=3).request_threads(
+            waits=False, batching=True
+        )
+        == 3
+    )
+
+
 def test_request_pool_resizes_without_losing_running_work() -> None:
     from sidecar.server import RequestPool
 
@@ -356,6 +380,8 @@ def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str
     events = [line["event"] for line in lines]
     (model_ready,) = [line for line in lines if line["event"] == "model ready"]
     assert model_ready["cpu"] == expected
+    # One CPU to run on: 8 request threads; one core's quota spread over several: 4.
+    assert model_ready["request_threads"] == (8 if limit == "affinity" else 4)
     assert "intra-op threads: 1, the one core this process may use" in events
     assert "intra-op threads chosen by warm-up" not in events
     # One serving process (on machines of more than two cores, auto would start several).

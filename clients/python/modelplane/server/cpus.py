@@ -170,6 +170,11 @@ def cpu_budget(proc: Path = Path("/proc/self")) -> CpuBudget:
 
 
 @cache
+def process_budget() -> CpuBudget:
+    """:func:`cpu_budget` of this process, read once."""
+    return cpu_budget()
+
+
 def available_cores() -> int:
     """:attr:`CpuBudget.cores` of this process, read once."""
-    return cpu_budget().cores
+    return process_budget().cores
