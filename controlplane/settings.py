@@ -30,7 +30,8 @@ class ControlPlaneSettings(BaseSettings):
     )
     max_workers: int = Field(16, description="threads handling RPCs in each process")
     workers: int = Field(
-        1, description="server processes sharing the port (SO_REUSEPORT); 0 means one per core"
+        1,
+        description="server processes sharing the port (SO_REUSEPORT); 0 means one per usable core",
     )
     reuse_port: bool = Field(
         False, description="bind with SO_REUSEPORT (set for the processes that --workers starts)"

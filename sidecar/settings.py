@@ -131,8 +131,8 @@ class SidecarSettings(BaseSettings):
         0,
         ge=0,
         description="ONNX Runtime intra-op threads per session; 0 chooses at warm-up between "
-        "one thread and ORT's default (one per core), keeping one unless the default is clearly "
-        "faster for this model.",
+        "one thread and a pool of one per core (fewer when CPU affinity or a cgroup quota "
+        "allow fewer), keeping one unless the pool is clearly faster for this model.",
     )
     intra_op_spinning: bool = Field(
         False,
@@ -145,8 +145,8 @@ class SidecarSettings(BaseSettings):
     workers: str = Field(
         "1",
         description=(
-            "Server processes sharing the port (SO_REUSEPORT): a number, or auto (from core "
-            "count and device)."
+            "Server processes sharing the port (SO_REUSEPORT): a number, or auto (from the "
+            "cores this process may use and the device)."
         ),
     )
     cuda_mps: Mps = Field(

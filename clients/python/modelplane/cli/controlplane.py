@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument(
         "--workers",
-        help="server processes sharing the port: N, or auto for one per core (default 1)",
+        help="server processes sharing the port: N, or auto for one per usable core (default 1)",
     )
     serve.add_argument(
         "--signing-key",

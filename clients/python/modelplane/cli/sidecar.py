@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--intra-op-threads",
         type=int,
         metavar="N",
-        help="ONNX Runtime threads (0 = chosen by warm-up: 1, or one per core for heavy models)",
+        help="ONNX Runtime threads (0 = chosen by warm-up: 1, or a pool for heavy models)",
     )
     add(
         "--intra-op-spinning",
