@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import structlog
 
+from modelplane.server.cpus import cpu_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
@@ -126,12 +127,11 @@ def start_managed(
     logging_on = log_settings is not None and log_settings.dir is not None
     sync = logging_on and log_settings is not None and log_settings.durability == "sync"
     slot = ModelSlot()
+    # Versions come and go, each with its own batch size: keep threads for batching unless
+    # batching is off for all of them.
+    request_threads = settings.request_threads(sync, settings.may_batch)
     server = grpc.server(
-        # Versions come and go, each with its own batch size: keep threads for batching
-        # unless batching is off for all of them.
-        futures.ThreadPoolExecutor(
-            settings.request_threads(sync, settings.may_batch), thread_name_prefix="oip"
-        ),
+        futures.ThreadPoolExecutor(request_threads, thread_name_prefix="oip"),
         options=grpc_options(reuse_port=settings.worker),
     )
     port = server.add_insecure_port(settings.listen)
@@ -259,5 +259,7 @@ def start_managed(
         metrics_port=metrics_port,
         cache_dir=str(cache_dir),
         prediction_log=None if writer is None else str(writer.directory),
+        cpu=cpu_budget().describe(),
+        request_threads=request_threads,
     )
     return handle

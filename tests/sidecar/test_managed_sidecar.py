@@ -3,6 +3,8 @@ corrupt artifacts, reports, shadow, labels and bad input."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import threading
 import time
@@ -507,3 +509,12 @@ def test_cli_serves_a_deployment_in_a_subprocess(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    (started,) = [
+        json.loads(line)
+        for line in (tmp_path / "stderr.log").read_text().splitlines()
+        if '"managed sidecar started"' in line
+    ]
+    # What the process may use, and the request threads sized from it.
+    assert started["cpu"]["affinity_cpus"] == len(os.sched_getaffinity(0))
+    assert 1 <= started["cpu"]["cores"] <= started["cpu"]["affinity_cpus"]
+    assert started["request_threads"] >= 4
