@@ -394,7 +394,7 @@ def _open_cpu(
     if threads[0] != 0:
         return _open(path, [CPU], threads, warmup_runs, batch_rows)
     single, single_time = _open(path, [CPU], (1, threads[1]), warmup_runs, batch_rows)
-    pool = multi_thread_count()
+    pool = _multi_thread_count()
     if pool == 1:
         log.info("intra-op threads: 1, the one core this process may use")
         return single, single_time
@@ -409,7 +409,7 @@ def _open_cpu(
     return (multi, multi_time) if chosen is multi else (single, single_time)
 
 
-def multi_thread_count() -> int:
+def _multi_thread_count() -> int:
     """The intra-op threads of the multi-threaded warm-up candidate: 0 (ONNX Runtime's
     default, one per physical core of the machine) when this process may use every core, else
     the cores it may use (affinity, cgroup CPU quota), so that a container limited to two

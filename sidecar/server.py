@@ -21,7 +21,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from modelplane.server.cpus import cpu_budget
+from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
@@ -270,7 +270,7 @@ def start(
         prediction_log=None if log_dir is None else str(log_dir),
         drift=wiring.drift is not None,
         observers="process" if handle.observer_process else "thread" if wiring.observers else None,
-        cpu=cpu_budget().describe(),
+        cpu=process_budget().describe(),
         request_threads=pool.threads,
     )
     return handle

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import structlog
 
-from modelplane.server.cpus import cpu_budget
+from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
@@ -259,7 +259,7 @@ def start_managed(
         metrics_port=metrics_port,
         cache_dir=str(cache_dir),
         prediction_log=None if writer is None else str(writer.directory),
-        cpu=cpu_budget().describe(),
+        cpu=process_budget().describe(),
         request_threads=request_threads,
     )
     return handle
