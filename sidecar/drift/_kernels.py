@@ -187,3 +187,45 @@ def accumulate(
             if pos < size and grid[lo] == x:
                 cell += 1
             counts[c0 + cell] += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def summarize_cells(
+    cells, cell_to_sample, cell_to_bin, sample_cum, reference, bins
+):  # pragma: no cover - compiled
+    """One numeric feature's window from its grid cell counts, in one pass: adds the window's
+    bin counts into ``bins`` (zeroed, one per profile bin) and returns the number of values
+    and the KS distance to the reference sample (NaN when either side is empty).
+
+    ``sample_cum[j]`` counts the sample's values up to its ``j``-th distinct value;
+    ``cell_to_sample`` maps a grid cell to the sample's gap cell ``2j`` (values just below
+    value ``j``) or equal cell ``2j + 1``. Both CDFs are right-continuous steps, so the
+    distance is largest at a sample value or just below one where the window has values.
+    """
+    distinct = sample_cum.shape[0]
+    per_sample = np.zeros(2 * distinct + 1, dtype=np.int64)
+    count = 0
+    for c in range(cells.shape[0]):
+        v = cells[c]
+        if v != 0:
+            count += v
+            per_sample[cell_to_sample[c]] += v
+            bins[cell_to_bin[c]] += v
+    if count == 0 or reference == 0:
+        return count, np.nan
+    statistic = 0.0
+    cum = 0
+    below = 0
+    for j in range(distinct):
+        gap = per_sample[2 * j]
+        cum += gap
+        if gap > 0:
+            d = abs(below / reference - cum / count)
+            if d > statistic:
+                statistic = d
+        cum += per_sample[2 * j + 1]
+        d = abs(sample_cum[j] / reference - cum / count)
+        if d > statistic:
+            statistic = d
+        below = sample_cum[j]
+    return count, statistic

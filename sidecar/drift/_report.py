@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from sidecar.drift._grid import BaselineGrid, NumericGrid
+from sidecar.drift._kernels import summarize_cells
 from sidecar.drift._kolmogorov import ks_pvalue
 from sidecar.drift._stats import chi_square, jensen_shannon, psi_from_counts
 from sidecar.drift._window import WindowState
@@ -89,35 +90,18 @@ def _share(part: float, whole: int) -> float | None:
     return None if whole == 0 else float(part) / whole
 
 
-def _numeric_ks(grid: NumericGrid, cells: np.ndarray, count: int) -> tuple[float, float]:
-    """KS of the window against the reference sample, from the window's cell counts."""
-    reference = len(grid.feature.sample)
-    if count == 0 or reference == 0:
-        return math.nan, math.nan
-    sample_cells = np.bincount(
-        grid.cell_to_sample_cell, weights=cells, minlength=2 * len(grid.sample_values) + 1
-    ).astype(np.int64)
-    cum = np.cumsum(sample_cells)
-    ref_cum = grid.sample_cum
-    # At each reference value: both right-continuous CDFs.
-    at_points = np.abs(ref_cum / reference - cum[1::2] / count)
-    # At the largest window value inside each gap below a reference value.
-    gaps = sample_cells[0:-1:2] > 0
-    ref_before = np.concatenate(([0], ref_cum[:-1]))
-    in_gaps = np.abs(ref_before / reference - cum[0:-1:2] / count)[gaps]
-    statistic = float(max(at_points.max(initial=0.0), in_gaps.max(initial=0.0)))
-    return statistic, ks_pvalue(statistic, reference, count)
-
-
 def _score_numeric(
     grid: NumericGrid, cells: np.ndarray, missing: int, rows: int, thresholds: DriftThresholds
 ) -> FeatureDrift:
-    count = int(cells.sum())
-    bins = np.bincount(grid.cell_to_bin, weights=cells, minlength=len(grid.feature.edges) + 1)
+    bins = np.zeros(len(grid.feature.edges) + 1, np.int64)
+    reference = len(grid.feature.sample)
+    count, ks_stat = summarize_cells(
+        cells, grid.cell_to_sample_cell, grid.cell_to_bin, grid.sample_cum, reference, bins
+    )
     out_of_range = count if len(grid.points) == 0 else int(cells[0] + cells[-1])
     psi = psi_from_counts(grid.feature.bin_counts, bins)
     js = jensen_shannon(grid.feature.bin_counts, bins)
-    ks_stat, ks_p = _numeric_ks(grid, cells, count)
+    ks_p = math.nan if math.isnan(ks_stat) else ks_pvalue(ks_stat, reference, count)
     drifted = bool(
         (thresholds.psi is not None and psi >= thresholds.psi)
         or (thresholds.ks_pvalue is not None and ks_p < thresholds.ks_pvalue)

@@ -71,6 +71,31 @@ def test_window_ks_is_exact_against_the_sample() -> None:
     assert report.features[4].out_of_range_share > 0
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        [5.0] * 8,  # every value between two sample values: the distance is in the gap
+        [-3.0, 5.0, 5.0, 12.0],  # below, between and above the sample
+        [10.0, 10.0, 0.0],  # only on sample values
+        [0.5, 1.5, 2.5, 9.5],  # several gaps
+        [11.0],  # one value, above everything
+    ],
+)
+def test_window_ks_counts_values_between_sample_values(window: list[float]) -> None:
+    """The window's CDF can pass the sample's inside a gap between two sample values; the
+    statistic must see it there, as scipy does."""
+    profile = build_profile(pa.table({"x": [0.0, 10.0, 10.0, 10.0]}), [])
+    (feature,) = profile.features
+    assert isinstance(feature, NumericFeature)
+    monitor = DriftMonitor(profile)
+    monitor.update(np.array(window)[:, None])
+    got = monitor.score(monitor.flush()).features[0]
+    expected = stats.ks_2samp(feature.sample, window, method="asymp")
+    assert got.ks_statistic == pytest.approx(float(expected.statistic), abs=1e-12)
+    assert got.ks_pvalue == pytest.approx(float(expected.pvalue), abs=1e-6)
+    assert got.count == len(window)
+
+
 def test_float32_batches_count_like_float64() -> None:
     profile = _numeric_profile()
     rng = np.random.default_rng(2)
