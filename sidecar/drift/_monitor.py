@@ -51,6 +51,9 @@ class DriftMonitor:
         self._clock = clock
         self._lock = threading.Lock()
         self._window = WindowState.empty(self.grid, clock())
+        # Compile (or load from Numba's cache) the scoring kernel now, at start-up, rather
+        # than when the first window closes or the first report is asked for.
+        self.score(self._window)
 
     @property
     def numeric_names(self) -> list[str]:
