@@ -229,3 +229,9 @@ def summarize_cells(
             statistic = d
         below = sample_cum[j]
     return count, statistic
+
+
+def warm_scoring() -> None:
+    """Compile :func:`summarize_cells` for the types the reports pass (a no-op once done)."""
+    one = np.zeros(1, np.int64)
+    summarize_cells(one, one, one, one[:0], 0, np.zeros(1, np.int64))

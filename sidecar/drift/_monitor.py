@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from modelplane.profiles import BaselineProfile, category_strings, numeric_values
 from sidecar.drift._grid import BaselineGrid
-from sidecar.drift._kernels import accumulate
+from sidecar.drift._kernels import accumulate, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
 from sidecar.drift._window import WindowState
 
@@ -53,7 +53,7 @@ class DriftMonitor:
         self._window = WindowState.empty(self.grid, clock())
         # Compile (or load from Numba's cache) the scoring kernel now, at start-up, rather
         # than when the first window closes or the first report is asked for.
-        self.score(self._window)
+        warm_scoring()
 
     @property
     def numeric_names(self) -> list[str]:

@@ -48,15 +48,18 @@ class CpuBudget:
 
 
 @dataclass(frozen=True)
-class _Mount:
+class CgroupMount:
+    """A cgroup hierarchy that holds CPU limits: cgroup2, or cgroup v1's ``cpu`` controller."""
+
     version: int
     #: The cgroup directory the mount shows at its mount point (``/`` unless bind-mounted).
     root: str
     point: Path
 
 
-def _mounts(mountinfo: str) -> list[_Mount]:
-    """The cgroup2 mounts and the cgroup v1 mounts of the ``cpu`` controller."""
+def cpu_cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
+    """The cgroup2 mounts and the cgroup v1 mounts of the ``cpu`` controller in the text of
+    ``/proc/self/mountinfo``."""
     found = []
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
@@ -65,9 +68,9 @@ def _mounts(mountinfo: str) -> list[_Mount]:
             continue
         root, point = _unescape(fields[3]), Path(_unescape(fields[4]))
         if tail[0] == "cgroup2":
-            found.append(_Mount(2, root, point))
+            found.append(CgroupMount(2, root, point))
         elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
-            found.append(_Mount(1, root, point))
+            found.append(CgroupMount(1, root, point))
     return found
 
 
@@ -91,7 +94,7 @@ def _paths(cgroup: str) -> dict[int | str, str]:
     return out
 
 
-def _directories(mount: _Mount, path: str) -> list[Path]:
+def _directories(mount: CgroupMount, path: str) -> list[Path]:
     """The process's cgroup directory under ``mount`` and every one above it, innermost first.
 
     Inside a container the mount often shows the container's own cgroup at the mount point
@@ -143,7 +146,7 @@ def cgroup_quota(mountinfo: str, cgroup: str) -> float | None:
     ``/proc/self/mountinfo`` and ``/proc/self/cgroup``; None when nothing limits it."""
     paths = _paths(cgroup)
     quotas = []
-    for mount in _mounts(mountinfo):
+    for mount in cpu_cgroup_mounts(mountinfo):
         path = paths.get(2 if mount.version == 2 else "cpu")
         if path is None:
             continue

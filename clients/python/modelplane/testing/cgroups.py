@@ -13,18 +13,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelplane.server.cpus import cpu_cgroup_mounts
+
 
 class CgroupUnavailable(RuntimeError):
     """No cgroup with a CPU quota can be made here."""
-
-
-def _v1_cpu_mount() -> Path | None:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        tail = right.split()
-        if len(tail) >= 3 and tail[0] == "cgroup" and "cpu" in tail[2].split(","):
-            return Path(left.split()[4])
-    return None
 
 
 @contextlib.contextmanager
@@ -32,8 +25,10 @@ def cpu_quota_group(quota_us: int, period_us: int = 100_000) -> Iterator[Path]:
     """A new cgroup allowing ``quota_us`` of CPU time per ``period_us``; yields its
     ``cgroup.procs`` file (write a process id there to move that process in). The group is
     removed afterwards, once its processes have ended."""
-    mount = _v1_cpu_mount()
-    if mount is not None:
+    mounts = cpu_cgroup_mounts(Path("/proc/self/mountinfo").read_text())
+    v1 = [m.point for m in mounts if m.version == 1]
+    if v1:
+        mount = v1[0]
         files = {"cpu.cfs_period_us": str(period_us), "cpu.cfs_quota_us": str(quota_us)}
     else:
         mount = Path("/sys/fs/cgroup")
