@@ -36,6 +36,17 @@ _TYPED_FIELD = {
 }
 _ALL_TYPED_FIELDS = tuple(sorted(set(_TYPED_FIELD.values())))
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+#: The exact numpy type of each typed field's elements: decoding through a guessed type would
+#: turn a uint64 list that mixes values below and above 2**63 into float64 and lose digits.
+_FIELD_DTYPE = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int64,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint64,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float64,
+    "fp64_contents": np.float64,
+}
 
 #: Request parameters whose value type is known; others are accepted when they carry a value.
 _PARAMETER_KINDS = {
@@ -96,7 +107,9 @@ def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:
             f"{spec.rank} (shape {list(spec.shape)}, -1 = any size)",
             tensor=name,
         )
-    count = 1
+    # ``extent`` multiplies the non-zero dimensions: a zero must not hide the others from
+    # the limit (numpy refuses to build some such shapes even with no elements).
+    count = extent = 1
     for got, want in zip(shape, spec.shape, strict=True):
         if got < 0:
             raise _bad("INVALID_SHAPE", f"input {name!r} has a negative dimension: {list(shape)}")
@@ -108,7 +121,8 @@ def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:
                 tensor=name,
             )
         count *= got
-        if count > limit:
+        extent *= got or 1
+        if extent > limit:
             raise _bad(
                 "TENSOR_TOO_LARGE",
                 f"input {name!r} declares shape {list(shape)}, more than the {limit} elements "
@@ -207,7 +221,7 @@ def _decode_typed(spec: TensorSpec, contents: Any, count: int) -> np.ndarray[Any
         for i, v in enumerate(values):
             out[i] = _utf8(name, v, i)
         return out
-    wide = np.array(values, dtype=np.float64 if datatype in _FLOATS else None)
+    wide = np.array(values, dtype=_FIELD_DTYPE[field])
     if wide.size == 0:
         return np.empty(0, dtype=spec.dtype)
     if datatype not in _FLOATS and datatype != "BOOL":

@@ -116,3 +116,50 @@ def test_common_request_takes_the_shortcut(signature: Signature) -> None:
     assert decoded.rows == 3 and decoded.request_id == "abc"
     assert decoded.outputs == signature.output_names
     np.testing.assert_array_equal(decoded.arrays[name], x)
+
+
+def _signature_of(model: Any, path: Any) -> Signature:
+    saved = onnx_models.save(model, path)
+    return signature_of(ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"]))
+
+
+def test_typed_uint64_contents_keep_every_digit(tmp_path: Any) -> None:
+    # Values on both sides of 2**63 in one list: a float64 detour would round them.
+    signature = _signature_of(onnx_models.identity_model("UINT64", ["n", 3]), tmp_path / "u.onnx")
+    sent = [1, 2**63 + 1, 2**64 - 1]
+    request = pb.ModelInferRequest(model_name="identity")
+    tensor = request.inputs.add(name="x", datatype="UINT64", shape=[1, 3])
+    tensor.contents.uint64_contents.extend(sent)
+    got = codec.decode(request, signature, LIMITS).arrays["x"]
+    assert got.dtype == np.uint64
+    assert got.ravel().tolist() == sent
+
+
+@pytest.mark.parametrize(
+    ("datatype", "beyond"), [("INT8", 128), ("INT16", -(2**15) - 1), ("UINT8", 256)]
+)
+def test_typed_contents_outside_a_narrow_type_are_refused(
+    tmp_path: Any, datatype: str, beyond: int
+) -> None:
+    signature = _signature_of(onnx_models.identity_model(datatype, ["n", 3]), tmp_path / "i.onnx")
+    request = pb.ModelInferRequest(model_name="identity")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[1, 3])
+    getattr(tensor.contents, codec._TYPED_FIELD[datatype]).extend([0, 1, beyond])
+    with pytest.raises(InvalidArgument) as err:
+        codec.decode(request, signature, LIMITS)
+    assert err.value.reason == "VALUE_OUT_OF_RANGE" and "'x'" in err.value.message
+
+
+@pytest.mark.parametrize("shape", [[1, 0, 2**40], [1, 0, 2**62], [1, 2**62, 0], [0, 2**33, 2**33]])
+def test_a_zero_dimension_does_not_hide_the_others_from_the_limit(
+    tmp_path: Any, shape: list[int]
+) -> None:
+    signature = _signature_of(
+        onnx_models.identity_model("FP32", ["n", "m", "k"]), tmp_path / "d.onnx"
+    )
+    request = pb.ModelInferRequest(model_name="identity")
+    request.inputs.add(name="x", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument) as err:
+        codec.decode(request, signature, LIMITS)
+    assert err.value.reason == "TENSOR_TOO_LARGE" and "'x'" in err.value.message
