@@ -221,7 +221,7 @@ def _decode_typed(spec: TensorSpec, contents: Any, count: int) -> np.ndarray[Any
         for i, v in enumerate(values):
             out[i] = _utf8(name, v, i)
         return out
-    wide = np.array(values, dtype=_FIELD_DTYPE[field])
+    wide: np.ndarray[Any, Any] = np.array(values, dtype=_FIELD_DTYPE[field])
     if wide.size == 0:
         return np.empty(0, dtype=spec.dtype)
     if datatype not in _FLOATS and datatype != "BOOL":

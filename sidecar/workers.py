@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from sidecar.predlog.settings import PredictionLogSettings
@@ -45,6 +46,16 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
+def _seconds(value: float) -> str:
+    """``value`` seconds as a duration that parses back to the same float (``30s``, not
+    ``30000000000ns``, which comes back as 30.000000000000004)."""
+    return np.format_float_positional(value, trim="-") + "s"
+
+
+#: Settings whose None (``off``) differs from their default.
+_DRIFT_THRESHOLDS = frozenset({"drift_psi", "drift_ks_pvalue", "drift_chi2_pvalue"})
+
+
 def _worker_env(
     settings: SidecarSettings, port: int, log_settings: PredictionLogSettings | None = None
 ) -> dict[str, str]:
@@ -58,8 +69,11 @@ def _worker_env(
     values.update(listen=f"{host}:{port}", workers="1", worker=True)
     for key in ("max_queue_delay", "drain_seconds", "drift_window"):
         if values[key] is not None:
-            values[key] = f"{values[key] * 1e9:.0f}ns"
+            values[key] = _seconds(values[key])
     for key, value in values.items():
+        if value is None and key in _DRIFT_THRESHOLDS:
+            # A threshold turned off must stay off: left out, a worker takes the default.
+            value = "off"
         if value is not None:
             env[_PREFIX + key.upper()] = _env_value(value)
     if log_settings is not None and log_settings.dir is not None:
@@ -68,7 +82,7 @@ def _worker_env(
             if key == "retention" and value is None:
                 value = "none"
             elif key in ("flush_interval", "rotate_age", "retention"):
-                value = f"{value * 1e9:.0f}ns"
+                value = _seconds(value)
             if value is not None:
                 env[_LOG_PREFIX + key.upper()] = _env_value(value)
     return env

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -386,3 +387,41 @@ def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str
     assert "intra-op threads chosen by warm-up" not in events
     # One serving process (on machines of more than two cores, auto would start several).
     assert "workers" not in ready
+
+
+def test_workers_get_every_setting_of_their_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers rebuild their settings from the environment the supervisor hands them, so a
+    # value that differs from its default (None included: a drift test turned off) must
+    # survive the trip.
+    from sidecar.predlog import PredictionLogSettings
+    from sidecar.settings import SidecarSettings
+    from sidecar.workers import _worker_env
+
+    settings = SidecarSettings(
+        model=tmp_path / "m.onnx",
+        listen="127.0.0.1:7000",
+        workers="2",
+        drift_psi="off",
+        drift_ks_pvalue="off",
+        drift_chi2_pvalue="off",
+        drift_js=0.3,
+        max_queue_delay="500us",
+        max_batch_size=16,
+        drain_seconds="2.5s",
+    )
+    log_settings = PredictionLogSettings(
+        dir=tmp_path / "logs", retention="none", flush_interval="30ms"
+    )
+    env = _worker_env(settings, 7001, log_settings)
+    for key in list(os.environ):
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker = SidecarSettings()
+    want = settings.model_dump(exclude={"listen", "workers", "worker", "metrics_listen"})
+    got = worker.model_dump(exclude={"listen", "workers", "worker", "metrics_listen"})
+    assert got == want
+    assert worker.listen == "127.0.0.1:7001" and worker.worker
+    assert PredictionLogSettings().model_dump() == log_settings.model_dump()
