@@ -139,7 +139,11 @@ class Runtime:
     ) -> list[np.ndarray[Any, Any]]:
         """On the session's thread: stack ``parts`` into the staging buffers (padded up to the
         batch size that runs them), run, and return each output's real rows."""
-        rows = sum(p.shape[0] for p in next(iter(parts.values())))
+        counts = {sum(p.shape[0] for p in arrays) for arrays in parts.values()}
+        if len(counts) > 1:
+            # Inputs whose row counts differ are not rows of one batch: run them as sent.
+            return self._run_bound(self.session, outputs, _stacked(parts))
+        rows = counts.pop()
         size = self._padded_rows(rows)
         session = self.sessions_by_rows.get(size, self.session)
         feeds = {name: self._stage(name, arrays, size) for name, arrays in parts.items()}
@@ -157,8 +161,17 @@ class Runtime:
         """``arrays`` stacked and padded to ``size`` rows like :func:`stack_rows`, in the
         input's staging buffer when it has one."""
         staging = self._staging
+        spec = self.signature.input(name)
         buf = None
-        if staging is not None and size <= staging.rows and arrays[0].dtype != object:
+        if (
+            staging is not None
+            and size <= staging.rows
+            and arrays[0].dtype != object
+            and spec is not None
+            and spec.tail is not None
+        ):
+            # Only inputs whose rows have a fixed size get a buffer: one sized by the first
+            # request of a free-shaped input could hold gigabytes of page-locked memory.
             buf = staging.buffer(name, arrays[0])
         return stack_rows(arrays, size, None if buf is None else buf[:size])
 

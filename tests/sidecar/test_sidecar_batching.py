@@ -202,8 +202,16 @@ def test_padding_repeats_the_last_row_and_keeps_the_real_ones() -> None:
 def test_gpu_staging_stacks_and_pads_in_one_reused_buffer() -> None:
     from sidecar.cuda import CUDA, StagingBuffers
     from sidecar.runtime import Runtime, stack_rows
+    from sidecar.signature import Signature, TensorSpec
 
-    runtime = Runtime(None, None, CUDA, Path("m.onnx"), buckets=(1, 2, 4, 8))  # type: ignore[arg-type]
+    signature = Signature(
+        inputs=(
+            TensorSpec("x", "FP32", (-1, 3, 2), np.dtype(np.float32)),
+            TensorSpec("w", "BYTES", (-1, 1), np.dtype(object)),
+        ),
+        outputs=(),
+    )
+    runtime = Runtime(None, signature, CUDA, Path("m.onnx"), buckets=(1, 2, 4, 8))
     runtime._staging = StagingBuffers(8, pin=False)
     rng = np.random.default_rng(3)
     a, b = (rng.standard_normal((n, 3, 2)).astype(np.float32) for n in (2, 3))
@@ -271,6 +279,63 @@ def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_pat
         np.testing.assert_allclose(answer, sess.run(None, {"input": x[i : i + 3]})[0], rtol=1e-6)
     assert {name for name, _ in seen} == {seen[0][0]} and seen[0][0].startswith("cuda-session")
     assert {rows for _, rows in seen} == {4}
+
+
+def _query_key_model() -> Any:
+    """``out[n, m] = q[n, 2] @ k[m, 2]^T``: every first dim dynamic, row counts independent."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["q", "kt"], ["out"]),
+        ],
+        "query_key",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, ["m", 2]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_gpu_runtime_runs_inputs_of_different_row_counts_unpadded(tmp_path: Path) -> None:
+    from modelplane.testing import onnx_models
+
+    runtime, sess, seen = _gpu_like_runtime(
+        onnx_models.save(_query_key_model(), tmp_path / "qk.onnx")
+    )
+    q = np.ones((3, 2), np.float32)
+    try:
+        for k_rows in (2, 5, 9):
+            k = np.arange(k_rows * 2, dtype=np.float32).reshape(k_rows, 2)
+            got = runtime.run(["out"], {"q": q, "k": k})[0]
+            np.testing.assert_array_equal(got, sess.run(None, {"q": q, "k": k})[0])
+    finally:
+        runtime.close()
+    assert [rows for _, rows in seen] == [3, 3, 3]
+
+
+def test_gpu_runtime_stages_only_inputs_with_fixed_rows(tmp_path: Path) -> None:
+    from modelplane.testing import onnx_models
+
+    free = onnx_models.save(onnx_models.identity_model("FP32", ["n", "m"]), tmp_path / "f.onnx")
+    fixed = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    for path, feed, staged in (
+        (free, {"x": np.ones((1, 4096), np.float32)}, set()),
+        (fixed, {"input": np.ones((1, 32), np.float32)}, {"input"}),
+    ):
+        runtime, sess, _ = _gpu_like_runtime(path)
+        try:
+            got = runtime.run([sess.get_outputs()[0].name], feed)
+            np.testing.assert_array_equal(got[0], sess.run(None, feed)[0])
+            assert runtime._staging is not None
+            assert set(runtime._staging._buffers) == staged
+        finally:
+            runtime.close()
 
 
 class _KeepRecords:
