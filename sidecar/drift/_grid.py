@@ -110,8 +110,12 @@ class BaselineGrid:
         for g in numeric:
             buckets = max(1, BUCKETS_PER_POINT * len(g.points))
             low = float(g.points[0]) if len(g.points) else 0.0
-            span = float(g.points[-1]) - low if len(g.points) else 0.0
-            scale = buckets / span if span > 0 and np.isfinite(buckets / span) else 0.0
+            high = float(g.points[-1]) if len(g.points) else 0.0
+            # Halved, the span of two finite floats cannot overflow (-1e308 to 1e308 would).
+            half_span = high / 2 - low / 2
+            scale = (buckets / 2) / half_span if half_span > 0 else 0.0
+            if not np.isfinite(scale):
+                scale = 0.0
             tables.append(bucket_table(g.points, low, scale, buckets))
             lows.append(low)
             scales.append(scale)

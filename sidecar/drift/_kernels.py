@@ -122,10 +122,12 @@ def _bucket(x, low, scale, buckets):  # pragma: no cover - compiled
     """Bucket of ``x`` in a table of ``buckets`` equal-width buckets starting at ``low``.
 
     Monotone in ``x`` (floating-point subtraction, multiplication and truncation all are),
-    which is all the lookup table needs to stay exact.
+    which is all the lookup table needs to stay exact. ``x - low`` may overflow to an
+    infinity, which clamps; only a zero ``scale`` (one bucket) can then give NaN, and every
+    value of such a table is in bucket 0.
     """
     q = (x - low) * scale
-    if q < 0.0:
+    if not q >= 0.0:
         return 0
     if q >= buckets:
         return buckets - 1

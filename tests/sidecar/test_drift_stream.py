@@ -96,6 +96,37 @@ def test_window_ks_counts_values_between_sample_values(window: list[float]) -> N
     assert got.count == len(window)
 
 
+BIG = np.finfo(np.float64).max
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        [-1e308, 0.0, 1e308],  # the span overflows a float
+        [-BIG, -1.0, 0.0, 2.0, BIG],
+        [1e308],  # one value: a single bucket, far from the window's values
+        [-BIG, -BIG, BIG],
+    ],
+)
+def test_baselines_spanning_the_float_range_count_every_value(reference: list[float]) -> None:
+    window = [-BIG, -1e308, -3.0, 0.0, 5.0, 1e307, 1e308, BIG]
+    profile = build_profile(pa.table({"x": reference}), [])
+    (feature,) = profile.features
+    assert isinstance(feature, NumericFeature)
+    assert np.isfinite(feature.edges).all()
+    np.testing.assert_array_equal(
+        feature.edges, np.unique(np.quantile(np.array(reference) / 2, np.arange(1, 10) / 10) * 2)
+    )
+    monitor = DriftMonitor(profile)
+    monitor.update(np.array(window)[:, None])
+    got = monitor.score(monitor.flush()).features[0]
+    expected = stats.ks_2samp(feature.sample, window, method="asymp")
+    assert got.count == len(window)
+    assert got.ks_statistic == pytest.approx(float(expected.statistic), abs=1e-12)
+    assert got.ks_pvalue == pytest.approx(float(expected.pvalue), abs=1e-6)
+    assert got.psi is not None and np.isfinite(got.psi)
+
+
 def test_float32_batches_count_like_float64() -> None:
     profile = _numeric_profile()
     rng = np.random.default_rng(2)

@@ -36,7 +36,13 @@ def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
     if len(values) == 0 or bins == 1:
         return np.empty(0, dtype=np.float64)
     probs = np.arange(1, bins, dtype=np.float64) / bins
-    return np.unique(np.quantile(values, probs)).astype(np.float64)
+    with np.errstate(over="ignore"):
+        span = np.max(values) - np.min(values)
+    if np.isfinite(span):
+        return np.unique(np.quantile(values, probs)).astype(np.float64)
+    # Interpolating across a span wider than the largest float overflows to an infinite
+    # edge; on halved values it cannot, and doubling the result back is exact.
+    return np.unique(np.quantile(np.asarray(values) / 2, probs) * 2).astype(np.float64)
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -93,14 +99,18 @@ def _numeric_feature(
         sample = np.sort(finite[rng.choice(n, size=sample_size, replace=False)])
     else:
         sample = np.sort(finite)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # Values near the largest float overflow the sums: such a mean or std is None.
+        mean = finite_or_none(finite.mean()) if n else None
+        std = finite_or_none(finite.std()) if n else None
     return NumericFeature(
         name=name,
         count=n,
         missing=len(raw) - n,
         min=finite_or_none(finite.min()) if n else None,
         max=finite_or_none(finite.max()) if n else None,
-        mean=finite_or_none(finite.mean()) if n else None,
-        std=finite_or_none(finite.std()) if n else None,
+        mean=mean,
+        std=std,
         edges=edges,
         bin_counts=bin_counts(finite, edges),
         sample=sample.astype(np.float64),
