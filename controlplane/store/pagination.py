@@ -30,8 +30,30 @@ def encode(query: dict[str, Any], last_key: list[Any]) -> str:
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-def decode(token: str, query: dict[str, Any]) -> list[Any] | None:
-    """The key after which to resume, or None for the first page."""
+def malformed_token() -> InvalidArgument:
+    """The error for a page token that no list handed out."""
+    return InvalidArgument(
+        "page_token is malformed; pass a next_page_token exactly as received, or start again "
+        "without a token",
+        reason="INVALID_PAGE_TOKEN",
+    )
+
+
+def _scalar(value: Any) -> bool:
+    # bool is an int to Python but never part of a key.
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def decode(
+    token: str, query: dict[str, Any], kinds: tuple[type, ...] | None = None
+) -> list[Any] | None:
+    """The key after which to resume, or None for the first page.
+
+    A token is not signed, so a client can make one by hand: the key must be a non-empty list
+    of strings and integers, and with ``kinds`` (``(int,)``, ``(str, int)``) one value of each
+    kind in turn. Lists read through ``repos._scan`` need no ``kinds``: it checks the key
+    against the columns it orders by.
+    """
     if not token:
         return None
     try:
@@ -40,11 +62,17 @@ def decode(token: str, query: dict[str, Any]) -> list[Any] | None:
         key = payload["k"]
         same = payload["q"] == _query_hash(query)
     except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is malformed", reason="INVALID_PAGE_TOKEN") from None
-    if not same or not isinstance(key, list):
+        raise malformed_token() from None
+    if not same:
         raise InvalidArgument(
             "page_token belongs to a different query (filter or order changed); start again "
             "without a token",
             reason="INVALID_PAGE_TOKEN",
         )
+    if not (isinstance(key, list) and key and all(_scalar(v) for v in key)):
+        raise malformed_token()
+    if kinds is not None and (
+        len(key) != len(kinds) or not all(isinstance(v, k) for v, k in zip(key, kinds, strict=True))
+    ):
+        raise malformed_token()
     return key

@@ -9,6 +9,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
+    Integer,
+    String,
+    TypeDecorator,
     and_,
     bindparam,
     delete,
@@ -28,6 +32,7 @@ from sqlmodel import Session, col, select
 from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
 from controlplane.store import convert
 from controlplane.store.direct import Direct
+from controlplane.store.pagination import malformed_token
 from controlplane.store.tables import (
     AliasEventRow,
     AliasRow,
@@ -130,6 +135,39 @@ def _keyset(columns: list[Any], key: list[Any], desc: bool) -> ColumnElement[boo
     return or_(*clauses)
 
 
+def _kind(column: Any) -> type:
+    """The Python type of a key column's values: ``int``, ``str`` or ``datetime``."""
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):  # sqlmodel's AutoString wraps String
+        sql_type = sql_type.impl_instance
+    for sql_kind, kind in ((DateTime, datetime), (Integer, int), (String, str)):
+        if isinstance(sql_type, sql_kind):
+            return kind
+    raise TypeError(f"no page-token kind for column {column} of type {sql_type}")
+
+
+def _resume_key(columns: list[Any], after: list[Any]) -> list[Any]:
+    """``after`` as values of ``columns``, or INVALID_PAGE_TOKEN when it cannot be one.
+
+    A page token is not signed, so its key may be hand-made: it must hold one value per column,
+    of that column's kind (a time as ISO 8601 text), before it reaches SQL.
+    """
+    if len(after) != len(columns):
+        raise malformed_token()
+    key: list[Any] = []
+    for column, value in zip(columns, after, strict=True):
+        kind = _kind(column)
+        if kind is datetime and isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise malformed_token() from None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise malformed_token()
+        key.append(value)
+    return key
+
+
 def _scan(
     session: Session,
     query: Any,
@@ -141,10 +179,11 @@ def _scan(
     keep: Callable[[Any], bool],
 ) -> tuple[list[Any], list[Any] | None]:
     """Rows in key order after ``after`` that ``keep`` accepts: up to ``limit``, and the key to
-    resume from when more may follow."""
+    resume from when more may follow. ``after`` comes from a page token: a time in it may be
+    ISO 8601 text."""
     order = [c.desc() if desc else c.asc() for c in columns]
     found: list[Any] = []
-    cursor = after
+    cursor = _resume_key(columns, after) if after is not None else None
     chunk = max(limit * 2, 64)
     while True:
         q = query.order_by(*order).limit(chunk)
@@ -201,9 +240,6 @@ class ModelRepo:
 
         def key_of(r: ModelRow) -> list[Any]:
             return [getattr(r, order).isoformat(), r.id] if order != "name" else [r.id]
-
-        if after is not None and order != "name":
-            after = [datetime.fromisoformat(after[0]), after[1]]
 
         def keep(r: ModelRow) -> bool:
             return all(r.labels.get(k) == v for k, v in labels.items())
@@ -549,7 +585,7 @@ class OperationRepo:
             q,
             [col(OperationRow.create_time), col(OperationRow.id)],
             lambda r: [convert.utc(r.create_time).isoformat(), r.id],
-            [datetime.fromisoformat(after[0]), after[1]] if after else None,
+            after,
             True,
             limit,
             lambda r: True,
