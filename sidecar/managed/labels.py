@@ -27,6 +27,8 @@ from sidecar.predlog.files import LABELS_PREFIX, LogFile
 
 MAX_LABELS_PER_CALL = 100_000
 ROTATE_BYTES = 64 << 20
+#: The prediction log's default ``--log-rotate-age``.
+ROTATE_AGE_S = 3600.0
 
 LABEL_SCHEMA = pa.schema(
     [
@@ -89,10 +91,16 @@ class PredictionIndex:
 
 
 class LabelLog:
-    """Appends label batches to ``labels-*.arrows`` files under ``directory``."""
+    """Appends label batches to ``labels-*.arrows`` files under ``directory``.
 
-    def __init__(self, directory: Path) -> None:
+    A file is finished once it reaches :data:`ROTATE_BYTES` or, at the next append, once it
+    is older than ``rotate_age`` seconds, so that files roll over and retention can expire
+    them; retention (the prediction log's sweep) never deletes the file still open here.
+    """
+
+    def __init__(self, directory: Path, rotate_age: float = ROTATE_AGE_S) -> None:
         self.directory = directory
+        self.rotate_age = rotate_age
         self._file: LogFile | None = None
         self._seq = 0
         self._lock = threading.Lock()
@@ -101,8 +109,11 @@ class LabelLog:
     def append(self, batch: pa.RecordBatch) -> None:
         """Write ``batch`` durably (fsynced before returning)."""
         with self._lock:
-            if self._file is not None and self._file.size >= ROTATE_BYTES:
-                self._file.close()
+            current = self._file
+            if current is not None and (
+                current.size >= ROTATE_BYTES or time.monotonic() >= current.opened + self.rotate_age
+            ):
+                current.close()
                 self._file = None
             if self._file is None:
                 self._seq += 1

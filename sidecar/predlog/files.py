@@ -4,13 +4,19 @@ A file is ``DIR/YYYY-MM-DD/YYYYMMDDTHHMMSS.ffffffZ-p<pid>-<seq>.arrows`` (UTC ti
 creation), so sorting relative paths sorts files by time. A new file is first written under a
 hidden ``.<name>.tmp`` name, holding its schema and first batch, and only then renamed: every
 ``.arrows`` file, even one killed mid-write, starts with a readable schema and batch.
+
+A writer holds an exclusive ``flock`` on each file it has open, and retention never deletes a
+locked file: the label log's files and other processes' files share the directory, and one
+of them may be open, idle and older than the retention.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -64,6 +70,9 @@ class LogFile:
         self._fh = fh
         self._writer = writer
         self.size = fh.tell()
+        #: Written since the last flush; written since the last fsync.
+        self.pending = False
+        self.unsynced = False
 
     @classmethod
     def create(
@@ -86,6 +95,8 @@ class LogFile:
         tmp = folder / f".{name}{_TMP_SUFFIX}"
         fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - owned by the LogFile
         try:
+            # Held until the file is closed: retention skips files a writer has open.
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             writer = pa.ipc.new_stream(fh, first.schema, options=options)
             writer.write_batch(first)
             if durable:
@@ -103,11 +114,14 @@ class LogFile:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        return cls(final, fh, writer, first.schema)
+        created = cls(final, fh, writer, first.schema)
+        created.unsynced = not durable
+        return created
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append one batch (buffered until :meth:`flush`)."""
         self._writer.write_batch(batch)
+        self.pending = True
 
     def flush(self, durable: bool) -> int:
         """Hand buffered bytes to the OS (and fsync when ``durable``); returns bytes added."""
@@ -115,6 +129,8 @@ class LogFile:
             _sync(self._fh)
         else:
             self._fh.flush()
+        self.unsynced = not durable and (self.unsynced or self.pending)
+        self.pending = False
         before, self.size = self.size, self._fh.tell()
         return self.size - before
 
@@ -131,17 +147,40 @@ class LogFile:
             self._fh.close()
 
 
-def sweep(directory: Path, retention: float | None, keep: Path | None) -> int:
+def _unlink_unless_open(path: Path) -> bool:
+    """Delete ``path`` unless a writer holds its lock; returns whether it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def sweep(directory: Path, retention: float | None, keep: Collection[Path] | None = None) -> int:
     """Delete log files last written before ``retention`` seconds ago; returns how many.
 
-    Also removes stale hidden temporaries and emptied date folders; ``keep`` (the file being
-    written) is never touched.
+    Also removes stale hidden temporaries and emptied date folders. ``keep`` (the files being
+    written) and any file another writer has open (locked) are never touched, whatever its
+    age: an idle label log may keep its file open longer than the retention.
     """
     now = time.time()
     deleted = 0
+    keep = keep or ()
+    kept_folders = {path.parent for path in keep}
     for folder in [directory, *(p for p in directory.iterdir() if p.is_dir())]:
         for path in folder.iterdir():
-            if not path.is_file() or path == keep:
+            if not path.is_file() or path in keep:
                 continue
             try:
                 age = now - path.stat().st_mtime
@@ -149,11 +188,12 @@ def sweep(directory: Path, retention: float | None, keep: Path | None) -> int:
                 continue
             stale_tmp = path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX)
             expired = retention is not None and path.suffix == SUFFIX and age > retention
-            if expired or (stale_tmp and age > _STALE_TMP_S):
+            if expired and _unlink_unless_open(path):
+                deleted += 1
+            elif stale_tmp and age > _STALE_TMP_S:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-                    deleted += expired
-        if folder != directory and (keep is None or keep.parent != folder):
+        if folder != directory and folder not in kept_folders:
             # Recent folders stay: another writer may be about to create a file in them.
             with contextlib.suppress(OSError):
                 if now - folder.stat().st_mtime > _STALE_TMP_S:

@@ -31,10 +31,10 @@ from sidecar.predlog.convert import (
     prepare_rejected,
     to_record_batch,
 )
-from sidecar.predlog.files import LogFile, sweep
+from sidecar.predlog.files import sweep
+from sidecar.predlog.fileset import OpenFiles
 from sidecar.predlog.metrics import PredictionLogMetrics
 from sidecar.predlog.records import PredictionBatch, RejectedRequest
-from sidecar.predlog.schemas import combine, conform, covers, unify
 from sidecar.predlog.settings import PredictionLogSettings
 
 log = structlog.get_logger("modelplane.sidecar.predlog")
@@ -92,8 +92,7 @@ class PredictionLogWriter:
         self._error: PredictionLogFailed | None = None
         self._callbacks: list[FailureCallback] = [on_failure] if on_failure else []
         self._thread: threading.Thread | None = None
-        self._file: LogFile | None = None
-        self._seq = 0
+        self._files = OpenFiles(self.directory, self._options, self._sync, self.metrics)
         self._next_sweep = 0.0
 
     # -- caller side ---------------------------------------------------------------------
@@ -110,9 +109,14 @@ class PredictionLogWriter:
 
     @property
     def current_file(self) -> Path | None:
-        """The file being written, if one is open."""
-        current = self._file
+        """The file written most recently, if one is open."""
+        current = self._files.latest
         return None if current is None else current.path
+
+    @property
+    def open_files(self) -> list[Path]:
+        """Every file open for writing (one per schema that cannot merge with the others)."""
+        return [f.path for f in self._files]
 
     def add_failure_callback(self, callback: FailureCallback) -> None:
         """Call ``callback(error)`` (on the writer thread) when the writer fails."""
@@ -203,8 +207,8 @@ class PredictionLogWriter:
         deadlines = []
         if self._queue:
             deadlines.append(self._first_queued + self.settings.flush_interval)
-        if self._file is not None:
-            deadlines.append(self._file.opened + self.settings.rotate_age)
+        if len(self._files):
+            deadlines.append(min(f.opened for f in self._files) + self.settings.rotate_age)
         if self.settings.retention is not None:
             deadlines.append(self._next_sweep)
         return None if not deadlines else min(deadlines) - now
@@ -240,7 +244,7 @@ class PredictionLogWriter:
                 ticket.set_result(None)
                 ticket = None
                 if closing:
-                    self._close_file()
+                    self._files.close_all()
                     return
                 self._timed_duties()
         except BaseException as exc:  # any failure stops the log, loudly
@@ -255,50 +259,18 @@ class PredictionLogWriter:
             if batch.num_rows:
                 written.append((batch, group[0].kind))
         if written:
-            batches = [b for b, _ in written]
-            schema = unify([b.schema for b in batches])
-            if schema is None:
-                for b in batches:
-                    self._write_batches([b], b.schema)
-            else:
-                self._write_batches(batches, schema)
-        if self._file is not None and (written or durable):
-            self.metrics.bytes.inc(self._file.flush(durable))
+            self._files.write([b for b, _ in written])
+        if written or durable:
+            self._files.flush(durable)
         for batch, kind in written:
             self.metrics.records.labels(kind).inc(batch.num_rows)
-        if self._file is not None and self._file.size >= self.settings.rotate_size:
-            self._close_file()
+        if self._files.close_where(lambda f: f.size >= self.settings.rotate_size):
             self._sweep()
-
-    def _write_batches(self, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
-        current = self._file
-        if current is not None:
-            if covers(current.schema, schema):
-                schema = current.schema
-            else:
-                schema = unify([current.schema, schema]) or schema
-                self._close_file()
-                current = None
-        batch = combine([conform(b, schema) for b in batches], schema)
-        if current is not None:
-            current.write(batch)
-            return
-        self._seq += 1
-        self._file = LogFile.create(self.directory, self._seq, batch, self._options, self._sync)
-        self.metrics.files.inc()
-        self.metrics.bytes.inc(self._file.size)
-
-    def _close_file(self) -> None:
-        current, self._file = self._file, None
-        if current is not None:
-            self.metrics.bytes.inc(current.close())
 
     def _timed_duties(self) -> None:
         now = time.monotonic()
-        if self._file is not None and now >= self._file.opened + self.settings.rotate_age:
-            self._close_file()
-            self._sweep()
-        elif self.settings.retention is not None and now >= self._next_sweep:
+        rotated = self._files.close_where(lambda f: now >= f.opened + self.settings.rotate_age)
+        if rotated or (self.settings.retention is not None and now >= self._next_sweep):
             self._sweep()
 
     def _sweep(self) -> None:
@@ -307,7 +279,7 @@ class PredictionLogWriter:
             return
         self._next_sweep = time.monotonic() + min(60.0, retention / 4)
         try:
-            deleted = sweep(self.directory, retention, self.current_file)
+            deleted = sweep(self.directory, retention, self.open_files)
         except OSError as exc:
             log.warning("prediction_log_retention_failed", dir=str(self.directory), error=str(exc))
             return
@@ -326,15 +298,13 @@ class PredictionLogWriter:
         for waiting in (ticket, pending):
             if waiting is not None and not waiting.done():
                 waiting.set_exception(error)
-        current, self._file = self._file, None
-        if current is not None:
-            current.abandon()
+        dropped = self._files.abandon_all()
         self.metrics.errors.inc()
         self.metrics.healthy.set(0)
         log.error(
             "prediction_log_failed",
             dir=str(self.directory),
-            file=None if current is None else str(current.path),
+            files=[str(p) for p in dropped],
             error=str(exc),
             errno=getattr(exc, "errno", None),
             unwritten_rows=lost,

@@ -121,7 +121,7 @@ def test_sweep_never_touches_the_open_file(tmp_path: Path) -> None:
     other = tmp_path / "d" / "notes.txt"
     for path in (kept, gone, stale_tmp, other):
         _make_log_file(path, age_s=7200)
-    assert sweep(tmp_path, 60.0, keep=kept) == 1
+    assert sweep(tmp_path, 60.0, keep=[kept]) == 1
     assert kept.exists() and not gone.exists() and not stale_tmp.exists() and other.exists()
 
 
