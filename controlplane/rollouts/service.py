@@ -70,7 +70,8 @@ class RolloutService:
     ) -> Deployment:
         """Start a rollout of ``spec`` (already checked, see :func:`build_spec`)."""
         deployment_id = parse_deployment(name)
-        with self.store.write(ctx, "StartRollout", request_id) as tx:
+        request = {"name": name, "spec": spec, "etag": etag}
+        with self.store.write(ctx, "StartRollout", request_id, request=request) as tx:
             d = require_deployment(tx, deployment_id)
             if tx.replay is not None:
                 return self.deployments.finish(d)
@@ -116,7 +117,8 @@ class RolloutService:
         method = ACTION_METHODS[action]
         deployment_id = parse_deployment(name)
         check_text(reason, "reason", 2000)
-        with self.store.write(ctx, method, request_id) as tx:
+        request = {"name": name, "reason": reason, "etag": etag}
+        with self.store.write(ctx, method, request_id, request=request) as tx:
             d = require_deployment(tx, deployment_id)
             if tx.replay is not None:
                 return self.deployments.finish(d)

@@ -8,6 +8,7 @@ sends (see :mod:`controlplane.api.roles`), which proves nothing about the caller
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -23,10 +24,24 @@ from controlplane.store import Store
 from controlplane.store.governance_repos import Governance, evidence_to_json
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import ApprovalRow
-from modelplane.errors import InvalidArgument, PermissionDenied
+from modelplane.errors import InvalidArgument, NotFound, PermissionDenied
 from modelplane.server.context import RequestContext
 
 DECISIONS = ("approve", "reject")
+
+
+def _offset(after: list[Any] | None) -> int:
+    """The list position a page token of :meth:`ApprovalService.list_approvals` resumes at."""
+    if not after:
+        return 0
+    start = after[0]
+    if len(after) != 1 or type(start) is not int or start < 0:
+        raise InvalidArgument(
+            "page_token is malformed; pass a next_page_token exactly as received, or start "
+            "again without a token",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return start
 
 
 class ApprovalService:
@@ -60,12 +75,17 @@ class ApprovalService:
                 reason="INVALID_DECISION",
             )
         check_text(comment, "comment", 4000)
-        with self.store.write(ctx, "Approve", request_id) as tx:
+        request = {"name": name, "target": target, "decision": decision, "comment": comment}
+        with self.store.write(ctx, "Approve", request_id, request=request) as tx:
             gov = Governance(tx.session)
             if tx.replay is not None:
                 for a in gov.approvals(model_id, number, target):
                     if a.name == tx.replay:
                         return a
+                raise NotFound(
+                    f"approval {tx.replay} recorded for request_id {request_id} no longer exists",
+                    reason="APPROVAL_NOT_FOUND",
+                )
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
             if version.created_by == ctx.principal:
@@ -118,8 +138,7 @@ class ApprovalService:
         model_id, number, _ = parse_version_number(parent)
         assert number is not None
         query = {"parent": parent}
-        after = decode(page_token, query)
-        start = int(after[0]) if after else 0
+        start = _offset(decode(page_token, query))
         limit = page_size(page_size_)
         with self.store.read() as tx:
             require_model(tx, model_id)

@@ -84,15 +84,31 @@ def check_approval(key: Ed25519PrivateKey, key_id: str, a: Approval) -> tuple[bo
     return True, "signature valid"
 
 
+def latest_per_approver(approvals: list[Approval]) -> list[Approval]:
+    """Each approver's latest decision, newest first: a later reject withdraws an earlier
+    approve, and an approver who approved twice is one approval."""
+    newest_first = sorted(approvals, key=lambda a: (a.create_time, a.id), reverse=True)
+    seen: set[str] = set()
+    out = []
+    for a in newest_first:
+        if a.approver not in seen:
+            seen.add(a.approver)
+            out.append(a)
+    return out
+
+
 def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:
-    """The ``approvals`` policy variable."""
+    """The ``approvals`` policy variable: one entry per approver (their latest decision), with
+    ``principal`` (``approver`` is the same value, kept for rules written against it),
+    ``roles``, ``decision``, ``comment`` and ``time``."""
     return [
         {
+            "principal": a.approver,
             "approver": a.approver,
             "roles": list(a.roles),
             "decision": a.decision,
             "comment": a.comment,
             "time": a.create_time,
         }
-        for a in approvals
+        for a in latest_per_approver(approvals)
     ]

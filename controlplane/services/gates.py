@@ -11,7 +11,12 @@ from controlplane.audit import key_id as key_id_of
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
 from controlplane.policy import POLICY_VARIABLES, compile_rules, evaluate_rules
-from controlplane.services.evidence import approval_variables, check_approval, current_evidence
+from controlplane.services.evidence import (
+    approval_variables,
+    check_approval,
+    current_evidence,
+    latest_per_approver,
+)
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
 from controlplane.services.models import require_model
 from controlplane.services.versions import require_version
@@ -20,18 +25,20 @@ from controlplane.store.convert import lineage_to_json
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import GateDecisionRow
-from modelplane.errors import FailedPrecondition
+from modelplane.errors import FailedPrecondition, NotFound
 from modelplane.server.context import RequestContext
 
 
 def valid_approvals(
     tx: Tx, key: Ed25519PrivateKey, version: ModelVersion, target: str, evidence: Evidence
 ) -> list[Approval]:
-    """Approvals of ``version`` for ``target`` that signed the current evidence, with a valid
-    signature by this server's key."""
+    """The approvals that count for ``version`` and ``target``: each approver's latest decision
+    (a later reject withdraws an earlier approve; repeated approvals count once), when it signed
+    the current evidence and its signature by this server's key is valid."""
     kid = key_id_of(key)
     out = []
-    for a in Governance(tx.session).approvals(version.model_id, version.version, target):
+    everything = Governance(tx.session).approvals(version.model_id, version.version, target)
+    for a in latest_per_approver(everything):
         if a.evidence.sha256 == evidence.sha256 and check_approval(key, kid, a)[0]:
             out.append(a)
     return out
@@ -108,12 +115,18 @@ class GateService:
         model_id, number, _ = parse_version_number(name)
         assert number is not None
         check_target(target)
-        with self.store.write(ctx, "EvaluateGate", request_id) as tx:
+        request = {"name": name, "target": target}
+        with self.store.write(ctx, "EvaluateGate", request_id, request=request) as tx:
             gov = Governance(tx.session)
             if tx.replay is not None:
-                replayed = gov.latest_decision(model_id, number, target)
-                if replayed is not None:
-                    return replayed
+                replayed = gov.get_decision(model_id, number, tx.replay.rpartition("/")[2])
+                if replayed is None:
+                    raise NotFound(
+                        f"gate decision {tx.replay} recorded for request_id {request_id} no "
+                        "longer exists",
+                        reason="GATE_DECISION_NOT_FOUND",
+                    )
+                return replayed
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
             evidence, latest, policy = current_evidence(tx, version, target)

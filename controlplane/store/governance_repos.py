@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from controlplane.domain import Operation
@@ -192,6 +192,16 @@ class Governance:
         return policy(row, row) if row else None
 
     def add_policy(self, row: PolicyRow) -> Policy:
+        """Store a new policy. Its first revision follows the last one a deleted policy of the
+        same id had, so that (policy, revision), which evidence names, never means two rule
+        sets."""
+        last = self.s.exec(
+            select(func.max(PolicyRevisionRow.revision)).where(
+                PolicyRevisionRow.policy_id == row.id
+            )
+        ).one()
+        if last is not None:
+            row.revision = last + 1
         self.s.add(row)
         self._revision(row, row.created_by, row.create_time)
         self.s.flush()
@@ -249,9 +259,8 @@ class Governance:
         return [policy(r, r) for r in rows], next_key
 
     def delete_policy(self, policy_id: str) -> None:
-        self.s.exec(  # type: ignore[call-overload]
-            delete(PolicyRevisionRow).where(col(PolicyRevisionRow.policy_id) == policy_id)
-        )
+        """Delete the policy. Its revisions stay: gate decisions and approvals name them, and a
+        policy re-created under the same id numbers its revisions after them."""
         self.s.exec(delete(PolicyRow).where(col(PolicyRow.id) == policy_id))  # type: ignore[call-overload]
 
     # Gate decisions ---------------------------------------------------------------------------
@@ -259,6 +268,12 @@ class Governance:
     def add_decision(self, row: GateDecisionRow) -> GateDecision:
         self.s.add(row)
         self.s.flush()
+        return gate_decision(row)
+
+    def get_decision(self, model_id: str, version: int, decision_id: str) -> GateDecision | None:
+        row = self.s.get(GateDecisionRow, decision_id)
+        if row is None or row.model_id != model_id or row.version != version:
+            return None
         return gate_decision(row)
 
     def latest_decision(self, model_id: str, version: int, target: str) -> GateDecision | None:

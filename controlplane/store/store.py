@@ -1,12 +1,20 @@
 """The store: transactions over the database, returning domain objects.
 
 Every mutation goes through :meth:`Store.write`, the one place where changes are committed.
-It records the request id (AIP-155), runs the registered mutation hooks inside the same
-transaction (the audit trail hooks in here), and translates database errors at the boundary.
+It records the request id (AIP-155) with a fingerprint of the request it came with, runs the
+registered mutation hooks inside the same transaction (the audit trail hooks in here) whenever
+anything changed, and translates database errors at the boundary.
+
+A request id seen before replays the stored result only for the same request (same method,
+caller and arguments); a different request under the same id is refused with
+``REQUEST_ID_REUSED``, so that a reused id can neither skip a change nor hide one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +25,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+from controlplane.store.convert import utc
 from controlplane.store.direct import Direct
 from controlplane.store.engine import Engines, create_engines
 from controlplane.store.migrate import upgrade
@@ -27,9 +36,11 @@ from modelplane.server.context import RequestContext
 
 _REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
 _SELECT_REQUEST_ID = Direct(
-    select(_REQUEST_IDS.c.method, _REQUEST_IDS.c.resource).where(
-        _REQUEST_IDS.c.request_id == bindparam("request_id")
-    )
+    select(
+        _REQUEST_IDS.c.method,
+        _REQUEST_IDS.c.resource,
+        _REQUEST_IDS.c.request_sha256,
+    ).where(_REQUEST_IDS.c.request_id == bindparam("request_id"))
 )
 _INSERT_REQUEST_ID = Direct(insert(_REQUEST_IDS))
 
@@ -51,6 +62,29 @@ class Mutation:
 MutationHook = Callable[[Session, list[Mutation]], None]
 
 
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, datetime):
+        return utc(value).isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} cannot be part of a request fingerprint")
+
+
+def request_fingerprint(method: str, principal: str, request: Any) -> str:
+    """SHA-256 of what makes a request the same request: the method, the caller and the
+    arguments (``request``, JSON-like values and dataclasses)."""
+    body = json.dumps(
+        {"method": method, "principal": principal, "request": request},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_jsonable,
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
 class Tx:
     """A read transaction with one repository per resource."""
 
@@ -65,7 +99,9 @@ class Tx:
 
 @dataclass
 class WriteTx(Tx):
-    """A write transaction. ``replay`` is set when the request id was seen before."""
+    """A write transaction. ``replay`` is set when the same request (same request id, method,
+    caller and arguments) was completed before: it names the resource that request produced,
+    and ``replay_time`` is when. A replaying service answers from them and changes nothing."""
 
     session: Session  # type: ignore[misc]
     ctx: RequestContext
@@ -73,6 +109,7 @@ class WriteTx(Tx):
     request_id: str
     now: datetime
     replay: str | None = None
+    replay_time: datetime | None = None
     mutations: list[Mutation] = field(default_factory=list)
     resource: str = ""
 
@@ -117,8 +154,15 @@ class Store:
             session.rollback()
 
     @contextmanager
-    def write(self, ctx: RequestContext, method: str, request_id: str = "") -> Iterator[WriteTx]:
-        """A write transaction, committed when the block ends without an error."""
+    def write(
+        self, ctx: RequestContext, method: str, request_id: str = "", *, request: Any = None
+    ) -> Iterator[WriteTx]:
+        """A write transaction, committed when the block ends without an error.
+
+        ``request`` is what the caller asked for (the arguments that, with ``method`` and the
+        caller, make two requests the same); a ``request_id`` seen before with a different
+        fingerprint is refused with INVALID_ARGUMENT (``REQUEST_ID_REUSED``).
+        """
         if request_id and (len(request_id) > 64 or not request_id.replace("-", "").isalnum()):
             raise InvalidArgument(
                 "request_id must be a UUID (at most 64 letters, digits and '-')",
@@ -130,23 +174,36 @@ class Store:
             Session(self.engines.write, expire_on_commit=False) as session,
         ):
             tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
+            fingerprint = ""
             if request_id:
+                fingerprint = request_fingerprint(method, ctx.principal, request)
                 # Direct statements: these run on every write, and the ORM's identity map and
                 # unit of work cost more CPU than the round trip itself.
                 seen = _SELECT_REQUEST_ID.first(session.connection(), {"request_id": request_id})
                 if seen is not None:
-                    seen_method, seen_resource = seen
+                    seen_method, seen_resource, seen_fingerprint = seen
                     if seen_method != method:
                         raise InvalidArgument(
-                            f"request_id {request_id} was already used for {seen_method}",
+                            f"request_id {request_id} was already used for {seen_method}; "
+                            "send a new request id with each new request",
+                            reason="REQUEST_ID_REUSED",
+                        )
+                    # Rows written before fingerprints were kept have none: replay those.
+                    if seen_fingerprint and seen_fingerprint != fingerprint:
+                        raise InvalidArgument(
+                            f"request_id {request_id} was already used for a different "
+                            f"{method} request (other arguments or another caller); send a new "
+                            "request id with each new request",
                             reason="REQUEST_ID_REUSED",
                         )
                     tx.replay = seen_resource
+                    tx.replay_time = _request_time(session, request_id)
             yield tx
-            if tx.replay is None and tx.mutations:
+            if tx.mutations:
+                # Every change is audited, a replay's included: nothing writes around the trail.
                 for hook in self.hooks:
                     hook(session, tx.mutations)
-                if request_id:
+                if request_id and tx.replay is None:
                     _INSERT_REQUEST_ID.rows(
                         session.connection(),
                         {
@@ -154,10 +211,18 @@ class Store:
                             "method": method,
                             "resource": tx.resource,
                             "principal": ctx.principal,
+                            "request_sha256": fingerprint,
                             "create_time": tx.now,
                         },
                     )
             session.commit()
+
+
+def _request_time(session: Session, request_id: str) -> datetime | None:
+    # Through the ORM, which reads timestamps back as datetimes (Direct rows are raw values);
+    # only replays pay for it.
+    row = session.get(RequestIdRow, request_id)
+    return utc(row.create_time) if row is not None else None
 
 
 @contextmanager

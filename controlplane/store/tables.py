@@ -114,7 +114,8 @@ class OperationRow(SQLModel, table=True):
 
 
 class RequestIdRow(SQLModel, table=True):
-    """Request ids of completed mutations (AIP-155), with the resource they produced."""
+    """Request ids of completed mutations (AIP-155), with the resource they produced and the
+    SHA-256 fingerprint of the request (method, caller, arguments) that produced it."""
 
     __tablename__ = "request_ids"
 
@@ -122,6 +123,7 @@ class RequestIdRow(SQLModel, table=True):
     method: str = Field(max_length=128)
     resource: str = ""
     principal: str = ""
+    request_sha256: str = Field(default="", max_length=64)
     create_time: datetime = _ts(nullable=False)
 
 

@@ -309,7 +309,13 @@ def test_direct_statements_join_the_transaction_and_raise_sqlalchemy_errors(stor
         .where(table.c.request_id.in_(ids))
         .order_by(table.c.request_id)
     )
-    row = {"method": "M", "resource": "r", "principal": "p", "create_time": datetime.now(UTC)}
+    row = {
+        "method": "M",
+        "resource": "r",
+        "principal": "p",
+        "request_sha256": "",
+        "create_time": datetime.now(UTC),
+    }
     # A row inserted in a transaction that fails is rolled back with it.
     with pytest.raises(RuntimeError), store.write(CTX, "Test") as tx:
         add.rows(tx.session.connection(), {**row, "request_id": ids[0]})
