@@ -40,7 +40,8 @@ Reading and querying::
 
 DuckDB cannot open Arrow IPC stream files itself: query the table ``read_logs`` returns, or
 the Parquet written by :func:`compact` (``modelplane logs compact DIR --out URI``) with
-``read_parquet('URI/**/*.parquet', hive_partitioning = true)``.
+``read_parquet('URI/**/*.parquet', hive_partitioning = true, union_by_name = true)`` (files
+of one partition may differ in columns, e.g. once retention removed a log file that added one).
 """
 
 from sidecar.predlog.compact import CompactResult, compact

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,35 +37,59 @@ def resolve_destination(uri: str) -> tuple[pafs.FileSystem, str]:
         ) from exc
 
 
+def schema_groups(schemas: dict[Path, pa.Schema]) -> dict[Path, pa.Schema]:
+    """Each file's schema widened to that of its group: files whose schemas merge share one.
+
+    Versions whose outputs clash (a scalar against a list) form separate groups, and each
+    group is written on its own into the same partitioned layout.
+    """
+    merged: list[pa.Schema] = []
+    member_of: dict[Path, int] = {}
+    for path, schema in schemas.items():
+        for i, group in enumerate(merged):
+            widened = unify([group, schema])
+            if widened is not None:
+                merged[i] = widened
+                member_of[path] = i
+                break
+        else:
+            member_of[path] = len(merged)
+            merged.append(schema)
+    return {path: merged[i] for path, i in member_of.items()}
+
+
 def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
     """Write every record under ``directory`` as Parquet under ``out``.
 
-    Files are laid out ``date=YYYY-MM-DD/model_version=V/part-*.parquet`` (Hive style, date
-    in UTC). Each (date, model version) partition present in the logs is rewritten whole, so
-    compacting again replaces rather than duplicates; partitions absent from the logs (e.g.
-    past retention) are left alone.
+    Files are laid out ``date=YYYY-MM-DD/model_version=V/<log file name>-0.parquet`` (Hive
+    style, date in UTC): each log file's rows of a partition go to a file named after the
+    log file, so compacting again overwrites what it wrote before rather than duplicating it,
+    and Parquet whose log file is gone (past retention) is left alone. Log files whose
+    columns clash (model versions with different outputs) are written with their own schema;
+    files of one version may differ in columns, so read them by name
+    (``union_by_name = true`` in DuckDB).
     """
-    log_filter = LogFilter()
-    paths = log_filter.files(Path(directory))
-    schemas = [s for s in (file_schema(p) for p in paths) if s is not None]
+    paths = LogFilter().files(Path(directory))
     result = CompactResult(source_files=len(paths))
-    if not schemas:
-        return result
-    schema = unify(schemas)
-    if schema is None:
-        raise ValueError(f"log files under {directory} have columns of conflicting types")
-    if "date" in schema.names:
+    readable = {p: s for p, s in ((p, file_schema(p)) for p in paths) if s is not None}
+    targets = schema_groups(readable)
+    if any("date" in schema.names for schema in targets.values()):
         raise ValueError("the log has a feature named 'date', which clashes with the partition")
-    out_schema = schema.append(pa.field("date", pa.string()))
     filesystem, base = resolve_destination(out)
+    for path, schema in targets.items():
+        _compact_file(path, schema, filesystem, base, result)
+    return result
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for path in paths:
-            for batch in read_file_batches(path):
-                batch = conform(batch, schema)
-                day = pc.strftime(batch.column("timestamp"), format="%Y-%m-%d")
-                result.rows += batch.num_rows
-                yield batch.append_column("date", day)
+
+def _compact_file(
+    path: Path, schema: pa.Schema, filesystem: pafs.FileSystem, base: str, result: CompactResult
+) -> None:
+    batches = [conform(b, schema) for b in read_file_batches(path)]
+    table = pa.Table.from_batches(batches, schema)
+    if not table.num_rows:
+        return
+    table = table.append_column("date", pc.strftime(table.column("timestamp"), format="%Y-%m-%d"))
+    result.rows += table.num_rows
 
     # Imported here: pyarrow.dataset loads pandas, which a serving sidecar never needs.
     import pyarrow.dataset as ds
@@ -75,15 +97,26 @@ def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
     partitioning = ds.partitioning(
         pa.schema([("date", pa.string()), ("model_version", pa.string())]), flavor="hive"
     )
-    ds.write_dataset(
-        batches(),
-        base,
-        schema=out_schema,
-        filesystem=filesystem,
-        format="parquet",
-        partitioning=partitioning,
-        basename_template=f"part-{uuid.uuid4().hex[:12]}-{{i}}.parquet",
-        existing_data_behavior="delete_matching",
-        file_visitor=lambda written: result.files.append(written.path),
-    )
-    return result
+    keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    for date, version in zip(
+        keys.column("date").to_pylist(), keys.column("model_version").to_pylist(), strict=True
+    ):
+        same_version = (
+            pc.is_null(table.column("model_version"))
+            if version is None
+            else pc.equal(table.column("model_version"), version)
+        )
+        part = table.filter(pc.and_(pc.equal(table.column("date"), date), same_version))
+        # One partition per call, so ``{i}`` is always 0 and the name depends only on the
+        # log file: a later run overwrites exactly this file.
+        ds.write_dataset(
+            part,
+            base,
+            schema=table.schema,
+            filesystem=filesystem,
+            format="parquet",
+            partitioning=partitioning,
+            basename_template=f"{path.stem}-{{i}}.parquet",
+            existing_data_behavior="overwrite_or_ignore",
+            file_visitor=lambda written: result.files.append(written.path),
+        )
