@@ -16,6 +16,7 @@ from controlplane.names import (
 )
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
 from controlplane.store import Store, Tx
+from controlplane.store.deployment_repos import Deployments
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
 from controlplane.store.tables import ModelRow
@@ -34,6 +35,13 @@ def require_model(tx: Tx, model_id: str) -> Model:
     if model is None:
         raise model_not_found(model_id)
     return model
+
+
+def named_deployments(deployment_ids: list[str], shown: int = 10) -> str:
+    """``deployments/a, deployments/b`` for an error message, cut after ``shown`` names."""
+    names = ", ".join(f"deployments/{d}" for d in deployment_ids[:shown])
+    more = len(deployment_ids) - shown
+    return f"{names} and {more} more" if more > 0 else names
 
 
 class ModelService:
@@ -132,6 +140,16 @@ class ModelService:
             before = require_model(tx, model_id)
             if etag and etag != before.etag:
                 raise stale_etag(before.name)
+            # Checked even with force: a deployment left behind would keep telling sidecars to
+            # serve versions that no longer exist, or another model's, should the id be reused.
+            deployments = Deployments(tx.session).for_model(model_id)
+            if deployments:
+                raise FailedPrecondition(
+                    f"model {before.name} is served by {named_deployments(deployments)}; "
+                    "delete those deployments first (force does not override this)",
+                    reason="MODEL_HAS_DEPLOYMENTS",
+                    metadata={"deployments": ",".join(deployments)},
+                )
             count = tx.versions.count(model_id)
             if count and not force:
                 raise FailedPrecondition(

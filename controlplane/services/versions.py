@@ -27,9 +27,10 @@ from controlplane.names import (
     parse_version,
 )
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
-from controlplane.services.models import model_not_found, require_model
+from controlplane.services.models import model_not_found, named_deployments, require_model
 from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json, signature_to_json
+from controlplane.store.deployment_repos import Deployments
 from controlplane.store.pagination import decode, encode, page_size
 from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
@@ -329,6 +330,15 @@ class VersionService:
                     f"version {name} is still pointed to by alias(es) {', '.join(before.aliases)}; "
                     "move or delete them first",
                     reason="VERSION_HAS_ALIASES",
+                )
+            serving = Deployments(tx.session).using_version(ref.model_id, ref.version)
+            if serving:
+                raise FailedPrecondition(
+                    f"version {name} is served by {named_deployments(serving)} (as champion or "
+                    "as the candidate of a rollout in progress); promote another version, end "
+                    "the rollout (abort or roll back) or delete the deployment first",
+                    reason="VERSION_IN_USE",
+                    metadata={"deployments": ",".join(serving)},
                 )
             after = tx.versions.update(
                 ref.model_id, ref.version, etag, {"state": VersionState.ARCHIVED.value}, tx.now

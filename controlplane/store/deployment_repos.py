@@ -182,7 +182,27 @@ class Deployments:
     def for_model(self, model_id: str) -> list[str]:
         """Ids of the deployments of a model."""
         q = select(DeploymentRow.id).where(DeploymentRow.model_id == model_id)
-        return [str(i) for i in self.s.exec(q)]
+        return sorted(str(i) for i in self.s.exec(q))
+
+    def using_version(self, model_id: str, version: int) -> list[str]:
+        """Ids of the deployments that serve ``version`` of a model: as their champion, or as
+        the candidate or champion of a rollout still in progress."""
+        champions = select(DeploymentRow.id).where(
+            DeploymentRow.model_id == model_id, DeploymentRow.champion_version == version
+        )
+        rollouts = (
+            select(DeploymentRow.id)
+            .join(RolloutRow, col(RolloutRow.deployment_id) == col(DeploymentRow.id))
+            .where(
+                DeploymentRow.model_id == model_id,
+                col(RolloutRow.state).in_(ACTIVE_STATES),
+                or_(
+                    col(RolloutRow.candidate_version) == version,
+                    col(RolloutRow.champion_version) == version,
+                ),
+            )
+        )
+        return sorted({str(i) for q in (champions, rollouts) for i in self.s.exec(q)})
 
     def page(
         self, after: list[Any] | None, limit: int
