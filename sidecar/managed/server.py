@@ -171,7 +171,7 @@ def start_managed(
         closers.append(writer.close)
     label_log = None
     if log_settings is not None and log_settings.dir is not None:
-        label_log = LabelLog(Path(log_settings.dir))
+        label_log = LabelLog(Path(log_settings.dir), rotate_age=log_settings.rotate_age)
     if label_log is not None:
         closers.append(label_log.close)
     reporter = Reporter(

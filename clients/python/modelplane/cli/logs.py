@@ -57,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Write every record under DIR as Parquet under URI (a local path or a pyarrow.fs "
             "URI such as file:///data/predictions or s3://bucket/predictions), partitioned "
-            "date=YYYY-MM-DD/model_version=V. Partitions present in the logs are rewritten "
-            "whole, so compacting again does not duplicate records."
+            "date=YYYY-MM-DD/model_version=V. Each log file's rows go to Parquet files named "
+            "after it: compacting again overwrites them instead of duplicating records, and "
+            "Parquet whose log file has since expired is kept."
         ),
     )
     compact.add_argument("dir", metavar="DIR", help="the sidecar's --log-dir")
