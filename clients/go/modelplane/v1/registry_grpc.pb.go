@@ -28,7 +28,8 @@ type RegistryServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
 	UpdateModel(ctx context.Context, in *UpdateModelRequest, opts ...grpc.CallOption) (*Model, error)
-	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`.
+	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
+	// (`force` or not) while a deployment serves it.
 	DeleteModel(ctx context.Context, in *DeleteModelRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Registers a new version from an uploaded ONNX artifact and uploaded datasets.
 	CreateModelVersion(ctx context.Context, in *CreateModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
@@ -38,7 +39,8 @@ type RegistryServiceClient interface {
 	ListModelVersions(ctx context.Context, in *ListModelVersionsRequest, opts ...grpc.CallOption) (*ListModelVersionsResponse, error)
 	// Updates description and labels.
 	UpdateModelVersion(ctx context.Context, in *UpdateModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
-	// Archives a version. FAILED_PRECONDITION while an alias points to it.
+	// Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
+	// deployment's champion, or while an active rollout moves traffic to or from it.
 	ArchiveModelVersion(ctx context.Context, in *ArchiveModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
 	// Points an alias at a version, recording who moved it and why.
 	SetAlias(ctx context.Context, in *SetAliasRequest, opts ...grpc.CallOption) (*Alias, error)
@@ -207,7 +209,8 @@ type RegistryServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
 	UpdateModel(context.Context, *UpdateModelRequest) (*Model, error)
-	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`.
+	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
+	// (`force` or not) while a deployment serves it.
 	DeleteModel(context.Context, *DeleteModelRequest) (*emptypb.Empty, error)
 	// Registers a new version from an uploaded ONNX artifact and uploaded datasets.
 	CreateModelVersion(context.Context, *CreateModelVersionRequest) (*ModelVersion, error)
@@ -217,7 +220,8 @@ type RegistryServiceServer interface {
 	ListModelVersions(context.Context, *ListModelVersionsRequest) (*ListModelVersionsResponse, error)
 	// Updates description and labels.
 	UpdateModelVersion(context.Context, *UpdateModelVersionRequest) (*ModelVersion, error)
-	// Archives a version. FAILED_PRECONDITION while an alias points to it.
+	// Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
+	// deployment's champion, or while an active rollout moves traffic to or from it.
 	ArchiveModelVersion(context.Context, *ArchiveModelVersionRequest) (*ModelVersion, error)
 	// Points an alias at a version, recording who moved it and why.
 	SetAlias(context.Context, *SetAliasRequest) (*Alias, error)

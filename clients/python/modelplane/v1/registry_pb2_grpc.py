@@ -147,7 +147,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`.
+        """Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
+        (`force` or not) while a deployment serves it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,7 +183,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ArchiveModelVersion(self, request, context):
-        """Archives a version. FAILED_PRECONDITION while an alias points to it.
+        """Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
+        deployment's champion, or while an active rollout moves traffic to or from it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

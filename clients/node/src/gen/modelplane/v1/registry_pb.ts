@@ -1306,7 +1306,8 @@ export const RegistryService: GenService<{
     output: typeof ModelSchema;
   },
   /**
-   * Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`.
+   * Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
+   * (`force` or not) while a deployment serves it.
    *
    * @generated from rpc modelplane.v1.RegistryService.DeleteModel
    */
@@ -1356,7 +1357,8 @@ export const RegistryService: GenService<{
     output: typeof ModelVersionSchema;
   },
   /**
-   * Archives a version. FAILED_PRECONDITION while an alias points to it.
+   * Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
+   * deployment's champion, or while an active rollout moves traffic to or from it.
    *
    * @generated from rpc modelplane.v1.RegistryService.ArchiveModelVersion
    */
