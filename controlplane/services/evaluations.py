@@ -21,7 +21,7 @@ from controlplane.services.governance_names import new_id, parse_child, parse_ve
 from controlplane.services.leases import Leases
 from controlplane.services.models import require_model
 from controlplane.services.operations import OperationService
-from controlplane.services.versions import require_version
+from controlplane.services.versions import require_version, resolve_version
 from controlplane.store import Store, Tx
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
@@ -125,16 +125,7 @@ class EvaluationService:
                 assert op is not None
                 return op
             require_model(tx, model_id)
-            if alias:
-                got = tx.aliases.get(model_id, alias)
-                if got is None:
-                    raise NotFound(
-                        f"alias models/{model_id}/aliases/{alias} does not exist",
-                        reason="ALIAS_NOT_FOUND",
-                    )
-                number = got.version
-            assert number is not None
-            version = require_version(tx, model_id, number)
+            version = resolve_version(tx, model_id, number, alias)
             if version.state is VersionState.ARCHIVED:
                 raise FailedPrecondition(
                     f"version {version.name} is archived", reason="VERSION_ARCHIVED"

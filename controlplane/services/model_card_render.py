@@ -4,6 +4,7 @@ HTML. Both show the same sections in the same order."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,8 +125,30 @@ def _only(rows: list[list[str]]) -> list[list[str]]:
     return rows if len(rows) > 1 else []
 
 
+#: Inline Markdown: emphasis, code, links and table pipes are backslash-escaped; ``<``, ``>``
+#: and ``&`` become entities, so no value can open an HTML tag. An underscore inside a word
+#: (``roc_auc``) never starts emphasis and stays as it is.
+_MD_INLINE = re.compile(r"[\\`*\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+#: What makes a line a heading, quote, list item, rule or setext underline.
+_MD_BLOCK = re.compile(r"^(\s*)(?=[#>+=~-])|^(\s*\d+)(?=[.)])")
+
+
+def _md_inline(text: str) -> str:
+    text = re.sub(r"[&<>]", lambda m: _MD_ENTITIES[m.group()], str(text))
+    return _MD_INLINE.sub(lambda m: "\\" + m.group(), text)
+
+
+def _md_paragraph(text: str) -> str:
+    """``text`` shown as written: each line escaped, none read as a block marker."""
+    return "\n".join(
+        _MD_BLOCK.sub(lambda m: m.group() + "\\", _md_inline(line), count=1)
+        for line in text.split("\n")
+    )
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md_inline(text).replace("\r", " ").replace("\n", " ")
 
 
 def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -139,13 +162,13 @@ def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
 def render_markdown(card: dict[str, Any]) -> str:
     """The card as Markdown."""
     model, version = card["model"], card["version"]
-    lines = [f"# Model card: {version['name']}", ""]
+    lines = [f"# Model card: {_md_inline(version['name'])}", ""]
     if model["description"]:
-        lines += [model["description"], ""]
+        lines += [_md_paragraph(model["description"]), ""]
     for title, paragraphs, rows in _sections(card):
         lines += [f"## {title}", ""]
         for p in paragraphs:
-            lines += [p, ""]
+            lines += [_md_paragraph(p), ""]
         if rows:
             lines += [*_md_table(rows), ""]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from controlplane.services.evidence import check_approval, current_evidence
 from controlplane.services.governance_names import parse_version_number
 from controlplane.services.model_card_render import render_html, render_markdown
 from controlplane.services.models import require_model
-from controlplane.services.versions import require_version
+from controlplane.services.versions import resolve_version
 from controlplane.store import Store
 from controlplane.store.convert import lineage_to_json
 from controlplane.store.governance_repos import Governance
@@ -44,11 +44,11 @@ class ModelCardService:
 
     def card_data(self, name: str) -> dict[str, Any]:
         """Everything the card shows, as JSON-ready data."""
-        model_id, number, _ = parse_version_number(name)
-        assert number is not None
+        model_id, number, alias = parse_version_number(name, allow_alias=True)
         with self.store.read() as tx:
             model = require_model(tx, model_id)
-            version = require_version(tx, model_id, number)
+            version = resolve_version(tx, model_id, number, alias)
+            number = version.version
             gov = Governance(tx.session)
             latest = gov.latest_evaluation(model_id, number)
             decisions, _ = gov.decisions_page(model_id, number, "", None, 1000)

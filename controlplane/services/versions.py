@@ -79,6 +79,20 @@ def require_version(tx: Tx, model_id: str, version: int) -> ModelVersion:
     return got
 
 
+def resolve_version(tx: Tx, model_id: str, version: int | None, alias: str | None) -> ModelVersion:
+    """The version named by number, or by ``alias`` (``models/{model}@{alias}``)."""
+    if alias:
+        got = tx.aliases.get(model_id, alias)
+        if got is None:
+            raise NotFound(
+                f"alias models/{model_id}/aliases/{alias} does not exist",
+                reason="ALIAS_NOT_FOUND",
+            )
+        version = got.version
+    assert version is not None
+    return require_version(tx, model_id, version)
+
+
 def _check_new(new: NewVersion) -> None:
     check_sha256(new.artifact_sha256, "artifact_sha256")
     check_text(new.description, "description")
@@ -256,16 +270,7 @@ class VersionService:
         with self.store.read() as tx:
             if not tx.models.exists(ref.model_id):
                 raise model_not_found(ref.model_id)
-            if ref.alias is not None:
-                alias = tx.aliases.get(ref.model_id, ref.alias)
-                if alias is None:
-                    raise NotFound(
-                        f"alias models/{ref.model_id}/aliases/{ref.alias} does not exist",
-                        reason="ALIAS_NOT_FOUND",
-                    )
-                return require_version(tx, ref.model_id, alias.version)
-            assert ref.version is not None
-            return require_version(tx, ref.model_id, ref.version)
+            return resolve_version(tx, ref.model_id, ref.version, ref.alias)
 
     def list_versions(
         self,

@@ -194,3 +194,32 @@ def test_unreachable_server_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
     )
     out, err = capsys.readouterr()
     assert code == 4 and out == "" and "UNAVAILABLE" in err
+
+
+def test_table_output_shows_server_text_as_written(cli: Cli) -> None:
+    # Square brackets are rich markup: "[/x]" would fail to print and "[ml]" would vanish.
+    name = unique()
+    description = "weights in [/tmp/x] dir, see [ml] team, [bold]not bold[/bold]"
+    code, out, err = cli.run("models", "create", name, "--description", description, output="table")
+    assert code == 0, err
+    code, out, err = cli.run("models", "list", output="table")
+    assert code == 0, err
+    assert "[/tmp/x]" in out and "[ml]" in out and "[bold]not bold[/bold]" in out
+
+
+def test_files_that_cannot_be_written_are_usage_errors(
+    cli: Cli, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    name = unique()
+    cli.json("models", "create", name)
+    cli.json("versions", "register", name, "--onnx", str(trained_model.onnx))
+    missing = tmp_path / "no" / "such" / "folder" / "x"
+    for argv in (
+        ("model-card", name, "1", "--out", str(missing)),
+        ("model-card", name, "1", "--out", str(tmp_path)),
+        ("versions", "download", name, "1", "--out", str(missing)),
+    ):
+        code, out, err = cli.run(*argv)
+        assert code == 2 and out == "", (argv, err)
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        assert str(missing) in err or str(tmp_path) in err

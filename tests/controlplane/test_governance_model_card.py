@@ -138,3 +138,60 @@ def test_model_card_bad_input(
         assert fmt.value.reason == "INVALID_FORMAT"
     code = main(["--server", controlplane.address, "model-card", "bare", "1"])
     assert code == 3
+
+
+class _Rendered(HTMLParser):
+    """The tags and text of HTML rendered from a card's Markdown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+HOSTILE = {
+    "description": "see [docs](http://evil.example) and <b>bold</b>\n# not a heading",
+    "intended_use": "1. not a list\n- nor this\n> nor a quote\n_under_ *star* `code` a\\|b",
+    "limitations": "a | b <script>x</script> &amp; stays as typed",
+}
+
+
+def test_markdown_card_shows_every_value_as_written(
+    controlplane: RunningControlPlane,
+    trained_model: TrainedModel,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from markdown_it import MarkdownIt
+
+    model_id = unique()
+    with controlplane.client("alice") as alice:
+        alice.create_model(model_id, **HOSTILE)
+        alice.register_version(
+            model_id,
+            trained_model.onnx,
+            datasets={"train": trained_model.train},
+            label="target",
+            params={"C": "1|<i>x</i>"},
+        )
+        alice.set_alias(model_id, "champion", 1)
+        md = alice.model_card(model_id, "@champion").content
+        assert alice.model_card(model_id, 1).content == md
+    rendered = _Rendered()
+    rendered.feed(MarkdownIt("commonmark").enable("table").render(md))
+    # One heading of the card's own, the sections, a paragraph per prose line and the
+    # tables: no link, emphasis, code, list, quote, script or heading from a value.
+    assert set(rendered.tags) <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td"}
+    assert rendered.tags.count("h1") == 1
+    text = "\n".join(rendered.text)
+    for value in (*HOSTILE.values(), "1|<i>x</i>"):
+        for line in value.split("\n"):
+            assert line in text, line
+    capsys.readouterr()
+    code = main(["--server", controlplane.address, "model-card", model_id, "@champion"])
+    assert code == 0 and capsys.readouterr().out.strip() == md.strip()

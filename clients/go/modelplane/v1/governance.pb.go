@@ -1612,7 +1612,8 @@ type GetModelCardRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// `models/{model}/versions/{version}`.
+	// `models/{model}/versions/{version}`, or `models/{model}@{alias}` for the version an
+	// alias points to.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// `md` (default), `html` or `json`.
 	Format string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`

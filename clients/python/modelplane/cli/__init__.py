@@ -135,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionError as exc:  # pragma: no cover - mapped by the client already
         printer.error(CliError(str(exc), EXIT_UNREACHABLE))
         return EXIT_UNREACHABLE
+    except OSError as exc:
+        # A local file that cannot be read or written (--out in a missing folder, a
+        # directory, no permission): the user's to fix, not a failed check.
+        where = f"{exc.filename}: " if exc.filename else ""
+        printer.error(CliError(f"{where}{exc.strerror or exc}"))
+        return EXIT_USAGE
     return EXIT_OK if code is None else int(code)
 
 

@@ -60,20 +60,22 @@ class Printer:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        # Piped output is not cut to 80 columns: scripts grep it.
+        # Piped output is not cut to 80 columns: scripts grep it. Values are server data,
+        # printed as they are: as rich markup, "[/x]" would fail and "[ml]" would vanish.
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
         if rows is not None and columns is not None:
-            table = Table(title=title, show_lines=False)
+            table = Table(title=None if title is None else Text(title), show_lines=False)
             for col in columns:
-                table.add_column(col)
+                table.add_column(Text(col))
             for row in rows:
-                table.add_row(*("" if v is None else str(v) for v in row))
+                table.add_row(*(Text("" if v is None else str(v)) for v in row))
             console.print(table)
         elif isinstance(data, Mapping):
             console.print_json(json.dumps(data, default=str))
         else:
-            console.print(data)
+            console.print(data, markup=False, highlight=False)
 
     def progress(self, text: str) -> None:
         """A progress note on stderr."""

@@ -787,7 +787,8 @@ export const PublicKeySchema: GenMessage<PublicKey> = /*@__PURE__*/
  */
 export type GetModelCardRequest = Message<"modelplane.v1.GetModelCardRequest"> & {
   /**
-   * `models/{model}/versions/{version}`.
+   * `models/{model}/versions/{version}`, or `models/{model}@{alias}` for the version an
+   * alias points to.
    *
    * @generated from field: string name = 1;
    */
