@@ -41,6 +41,13 @@ def _require_columns(
     table: pa.Table, label: str, slices: Sequence[str], protected: Sequence[str]
 ) -> None:
     columns = table.column_names
+    repeated = sorted({n for n in columns if columns.count(n) > 1})
+    if repeated:
+        raise invalid(
+            "DUPLICATE_COLUMNS",
+            f"the dataset names columns {repeated} more than once; give each column its own name",
+            columns=",".join(repeated),
+        )
     if label not in columns:
         raise invalid(
             "MISSING_LABEL_COLUMN",

@@ -1,7 +1,9 @@
 """Splitting rows into groups by the values of a column (slices and protected attributes).
 
 A group's name is the value's string form: strings as they are, booleans ``true``/``false``,
-numbers as pyarrow prints them (``3``, ``2.5``); missing values form the group ``<null>``.
+numbers as pyarrow prints them (``3``, ``2.5``); missing values (null, and NaN in a float
+column) form the group ``<null>``. A value spelled like a reserved group name (``<null>``,
+``<other>``) is shown in double quotes, so it never merges with that group.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ class Groups:
 
 
 def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_null(column.type):
+        return pc.cast(column, pa.string())
     if is_categorical_type(column.type):
-        return category_strings(column)
+        strings = category_strings(column)
+        for reserved in (NULL_GROUP, OTHER_GROUP):
+            strings = pc.if_else(pc.equal(strings, reserved), f'"{reserved}"', strings)
+        return strings
+    if pa.types.is_floating(column.type):
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
     if is_numeric_type(column.type) or pa.types.is_temporal(column.type):
         return pc.cast(column, pa.string())
     raise TypeError(f"type {column.type} cannot be grouped")

@@ -57,6 +57,14 @@ def encode_classes(
 ) -> np.ndarray:
     """Each label's index in ``classes`` (int64); UNKNOWN_LABELS names values with no class."""
     _no_nulls(column, label)
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_nested(kind):
+        raise invalid(
+            "INVALID_LABEL_TYPE",
+            f"label column {label!r} has type {column.type}; a class label is one value per "
+            "row (a number, boolean or string), not a list or a record",
+            label=label,
+        )
     try:
         values = _as_class_type(column, classes)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -90,6 +90,27 @@ def test_labels_that_are_missing_unknown_or_not_numeric(model) -> None:
     assert _reason(**_eval(model, strings)).reason == "UNKNOWN_LABELS"
 
 
+def test_nested_labels_are_refused(model) -> None:
+    table = model[1]
+    labels = table.column("y").to_pylist()
+    for nested in (pa.array([[v] for v in labels]), pa.array([{"v": v} for v in labels])):
+        err = _reason(**_eval(model, table.set_column(5, "y", nested)))
+        assert err.reason == "INVALID_LABEL_TYPE" and "'y'" in err.message
+
+
+def test_columns_named_twice_are_refused(model) -> None:
+    table = model[1]
+    for repeated in ("y", "f1"):
+        twice = table.append_column(repeated, table.column(repeated))
+        err = _reason(**_eval(model, twice))
+        assert err.reason == "DUPLICATE_COLUMNS" and repeated in err.message
+    # Read from CSV, where a repeated header is easy to write by hand.
+    header = ",".join([*table.column_names, "y"]).encode()
+    rows = [",".join(str(v) for v in (*row.values(), row["y"])) for row in table.to_pylist()[:20]]
+    err = _reason(**_eval(model, header + b"\n" + "\n".join(rows).encode()))
+    assert err.reason == "DUPLICATE_COLUMNS"
+
+
 def test_bool_and_string_digit_labels_map_to_integer_classes(model) -> None:
     table = model[1]
     labels = table.column("y").to_pylist()

@@ -258,3 +258,18 @@ def test_grouping_names_nulls_and_pools_the_smallest_groups() -> None:
     assert capped.rows[2].tolist() == [1, 4, 6]
     numbers = group_rows(pa.chunked_array([[1, 2, 1]]))
     assert numbers.names == ["1", "2"]
+
+
+def test_grouping_keeps_missing_values_apart_from_values_that_look_like_them() -> None:
+    import pyarrow as pa
+
+    floats = group_rows(pa.chunked_array([[1.5, float("nan"), None, 1.5, 2.0]]))
+    assert floats.names == ["1.5", "2", "<null>"]
+    assert [r.tolist() for r in floats.rows] == [[0, 3], [4], [1, 2]]
+    text = group_rows(pa.chunked_array([["<null>", None, "x", "<other>", None]]))
+    assert text.names == ['"<null>"', '"<other>"', "<null>", "x"]
+    assert [r.tolist() for r in text.rows] == [[0], [3], [1, 4], [2]]
+    capped, pooled = cap_groups(text, 2)
+    assert capped.names == ["<null>", "<other>"] and pooled == 3
+    nulls = group_rows(pa.chunked_array([pa.nulls(3)]))
+    assert nulls.names == ["<null>"] and nulls.rows[0].tolist() == [0, 1, 2]
