@@ -179,12 +179,19 @@ class ModelService:
                 reason="MODEL_MISMATCH",
             )
         check_text(reason, "reason", 2000)
-        with self.store.write(ctx, "SetAlias", request_id) as tx:
+        request = {"name": name, "version": version_name, "reason": reason}
+        with self.store.write(ctx, "SetAlias", request_id, request=request) as tx:
             require_model(tx, model_id)
             if tx.replay is not None:
-                got = tx.aliases.get(model_id, alias)
-                if got is not None:
-                    return got
+                # The alias as this request set it, even if it has moved since.
+                assert tx.replay_time is not None
+                event = tx.aliases.as_of(model_id, alias, tx.replay_time)
+                if event is None or event.version is None:
+                    raise NotFound(
+                        f"alias {name} set by request_id {request_id} no longer exists",
+                        reason="ALIAS_NOT_FOUND",
+                    )
+                return Alias(model_id, alias, event.version, event.actor, event.reason, event.time)
             assert ref.version is not None
             version = tx.versions.get(model_id, ref.version)
             if version is None:
