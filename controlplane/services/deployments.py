@@ -182,7 +182,17 @@ class DeploymentService:
         guards = check_guards(guards, "guards")
         thresholds = check_thresholds(drift_thresholds or DriftThresholds())
         webhook_url = _check_hook_setter(ctx, webhook_url) if webhook_url else ""
-        with self.store.write(ctx, "CreateDeployment", request_id) as tx:
+        request = {
+            "deployment_id": deployment_id,
+            "model": model,
+            "champion_version": champion_version,
+            "description": description,
+            "labels": labels,
+            "guards": list(guards),
+            "drift_thresholds": thresholds,
+            "webhook_url": webhook_url,
+        }
+        with self.store.write(ctx, "CreateDeployment", request_id, request=request) as tx:
             repo = Deployments(tx.session)
             if tx.replay is not None:
                 return self.finish(require_deployment(tx, parse_deployment(tx.replay)))
@@ -246,7 +256,8 @@ class DeploymentService:
         changes = masked_changes(paths, values, DEPLOYMENT_UPDATE_PATHS, checks)
         if "retraining_hook" in changes:
             changes["webhook_url"] = changes.pop("retraining_hook")
-        with self.store.write(ctx, "UpdateDeployment", request_id) as tx:
+        request = {"name": name, "etag": etag, "changes": changes}
+        with self.store.write(ctx, "UpdateDeployment", request_id, request=request) as tx:
             before = require_deployment(tx, deployment_id)
             if tx.replay is not None:
                 return self.finish(before)
@@ -256,7 +267,8 @@ class DeploymentService:
 
     def delete(self, ctx: RequestContext, name: str, etag: str = "", request_id: str = "") -> None:
         deployment_id = parse_deployment(name)
-        with self.store.write(ctx, "DeleteDeployment", request_id) as tx:
+        request = {"name": name, "etag": etag}
+        with self.store.write(ctx, "DeleteDeployment", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
             before = require_deployment(tx, deployment_id)

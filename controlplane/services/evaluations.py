@@ -119,7 +119,7 @@ class EvaluationService:
     def start(self, ctx: RequestContext, r: EvaluationRequest, request_id: str = "") -> Operation:
         """Record the operation and queue the work; returns the operation at once."""
         model_id, number, alias = self._validate(r)
-        with self.store.write(ctx, "Evaluate", request_id) as tx:
+        with self.store.write(ctx, "Evaluate", request_id, request=r) as tx:
             if tx.replay is not None:
                 op = tx.operations.get(tx.replay.removeprefix("operations/"))
                 assert op is not None

@@ -66,7 +66,14 @@ class ModelService:
         check_text(description, "description")
         check_text(intended_use, "intended_use")
         check_text(limitations, "limitations")
-        with self.store.write(ctx, "CreateModel", request_id) as tx:
+        request = {
+            "model_id": model_id,
+            "description": description,
+            "labels": labels,
+            "intended_use": intended_use,
+            "limitations": limitations,
+        }
+        with self.store.write(ctx, "CreateModel", request_id, request=request) as tx:
             if tx.replay is not None:
                 return require_model(tx, parse_model(tx.replay))
             if tx.models.get(model_id) is not None:
@@ -116,7 +123,8 @@ class ModelService:
     ) -> Model:
         model_id = parse_model(name)
         changes = masked_changes(paths, values, MODEL_UPDATE_PATHS)
-        with self.store.write(ctx, "UpdateModel", request_id) as tx:
+        request = {"name": name, "etag": etag, "changes": changes}
+        with self.store.write(ctx, "UpdateModel", request_id, request=request) as tx:
             before = require_model(tx, model_id)
             if tx.replay is not None:
                 return before
@@ -134,7 +142,8 @@ class ModelService:
         request_id: str = "",
     ) -> None:
         model_id = parse_model(name)
-        with self.store.write(ctx, "DeleteModel", request_id) as tx:
+        request = {"name": name, "etag": etag, "force": force}
+        with self.store.write(ctx, "DeleteModel", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
             before = require_model(tx, model_id)
@@ -238,7 +247,8 @@ class ModelService:
     ) -> None:
         model_id, alias = parse_alias(name)
         check_text(reason, "reason", 2000)
-        with self.store.write(ctx, "DeleteAlias", request_id) as tx:
+        request = {"name": name, "reason": reason}
+        with self.store.write(ctx, "DeleteAlias", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
             require_model(tx, model_id)

@@ -72,7 +72,13 @@ class PolicyService:
         check_target(target)
         rules = check_rules(rules)
         check_text(description, "description")
-        with self.store.write(ctx, "CreatePolicy", request_id) as tx:
+        request = {
+            "policy_id": policy_id,
+            "target": target,
+            "rules": list(rules),
+            "description": description,
+        }
+        with self.store.write(ctx, "CreatePolicy", request_id, request=request) as tx:
             if tx.replay is not None:
                 return require_policy(tx, parse_policy(tx.replay))
             gov = Governance(tx.session)
@@ -126,7 +132,8 @@ class PolicyService:
             POLICY_UPDATE_PATHS,
             {"rules": lambda v: check_rules(list(v)), "target": lambda v: check_target(str(v))},
         )
-        with self.store.write(ctx, "UpdatePolicy", request_id) as tx:
+        request = {"name": name, "etag": etag, "changes": changes}
+        with self.store.write(ctx, "UpdatePolicy", request_id, request=request) as tx:
             before = require_policy(tx, policy_id)
             if tx.replay is not None:
                 return before
@@ -140,7 +147,8 @@ class PolicyService:
 
     def delete(self, ctx: RequestContext, name: str, etag: str = "", request_id: str = "") -> None:
         policy_id = parse_policy(name)
-        with self.store.write(ctx, "DeletePolicy", request_id) as tx:
+        request = {"name": name, "etag": etag}
+        with self.store.write(ctx, "DeletePolicy", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
             before = require_policy(tx, policy_id)

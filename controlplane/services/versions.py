@@ -202,7 +202,8 @@ class VersionService:
             "baseline": baseline.__dict__ if baseline else {},
             "created_by": ctx.principal,
         }
-        with self.store.write(ctx, "CreateModelVersion", request_id) as wtx:
+        request = {"parent": parent, "version": new}
+        with self.store.write(ctx, "CreateModelVersion", request_id, request=request) as wtx:
             if wtx.replay is not None:
                 ref = parse_version(wtx.replay)
                 assert ref.version is not None
@@ -311,7 +312,8 @@ class VersionService:
         ref = parse_version(name)
         assert ref.version is not None
         changes = masked_changes(paths, values, VERSION_UPDATE_PATHS)
-        with self.store.write(ctx, "UpdateModelVersion", request_id) as tx:
+        request = {"name": name, "etag": etag, "changes": changes}
+        with self.store.write(ctx, "UpdateModelVersion", request_id, request=request) as tx:
             require_model(tx, ref.model_id)
             before = require_version(tx, ref.model_id, ref.version)
             if tx.replay is not None:
@@ -325,7 +327,8 @@ class VersionService:
     ) -> ModelVersion:
         ref = parse_version(name)
         assert ref.version is not None
-        with self.store.write(ctx, "ArchiveModelVersion", request_id) as tx:
+        request = {"name": name, "etag": etag}
+        with self.store.write(ctx, "ArchiveModelVersion", request_id, request=request) as tx:
             require_model(tx, ref.model_id)
             before = require_version(tx, ref.model_id, ref.version)
             if tx.replay is not None or before.state is VersionState.ARCHIVED:

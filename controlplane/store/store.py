@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -69,6 +70,10 @@ def _jsonable(value: Any) -> Any:
         return utc(value).isoformat()
     if isinstance(value, set | frozenset):
         return sorted(value, key=repr)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return dict(value)
     raise TypeError(f"{type(value).__name__} cannot be part of a request fingerprint")
 
 

@@ -177,16 +177,15 @@ def test_create_get_list_update_delete(cp: RunningControlPlane, tmp_path: Path) 
     with cp.client("alice") as c:
         model_id, versions = register_versions(c, tmp_path, 2)
         rid = "5f0c7b8e-1111-4222-8333-944455556666"
-        made = c.create_deployment(
-            "fraud",
+        asked: dict[str, Any] = dict(
             model=model_id,
             champion_version=versions[0],
             description="fraud scoring",
             labels={"team": "risk"},
             guards=["candidate.error_rate <= 0.05"],
             max_psi=0.3,
-            request_id=rid,
         )
+        made = c.create_deployment("fraud", **asked, request_id=rid)
         assert made.name == "deployments/fraud" and made.model == f"models/{model_id}"
         assert made.champion_version == versions[0] and made.generation == 1
         assert made.created_by == "alice" and made.etag
@@ -194,10 +193,11 @@ def test_create_get_list_update_delete(cp: RunningControlPlane, tmp_path: Path) 
         assert not made.drift_thresholds.HasField("max_drifted_share")
         assert made.drift_thresholds.cooldown.seconds == 600
         assert not made.HasField("rollout")
-        again = c.create_deployment(
-            "fraud", model=model_id, champion_version=versions[0], request_id=rid
-        )
+        again = c.create_deployment("fraud", **asked, request_id=rid)
         assert again.etag == made.etag
+        with pytest.raises(InvalidArgument) as reused:
+            c.create_deployment("fraud", **{**asked, "max_psi": 0.5}, request_id=rid)
+        assert reused.value.reason == "REQUEST_ID_REUSED"
         with pytest.raises(AlreadyExists) as dup:
             c.create_deployment("fraud", model=model_id, champion_version=versions[0])
         assert dup.value.reason == "DEPLOYMENT_EXISTS"

@@ -183,3 +183,50 @@ def test_migration_matches_the_request_ids_table(tmp_path: Path) -> None:
         assert [d for d in diffs if "request_ids" in repr(d)] == []
     finally:
         store.close()
+
+
+def test_every_mutation_refuses_its_request_id_for_another_request(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    # (first call, a different request under the same id) for each kind of mutation; the
+    # first call repeated replays, and the different one changes nothing.
+    with controlplane.client("alice") as c:
+        model_id, (v1, v2) = versions(c, tmp_path)
+        c.set_alias(model_id, "a", v1)
+        c.set_alias(model_id, "b", v1)
+        other = unique()
+        policy = unique()
+        cases = [
+            (
+                lambda r: c.create_model(other, description="one", request_id=r),
+                lambda r: c.create_model(other, description="two", request_id=r),
+            ),
+            (
+                lambda r: c.update_model(model_id, description="x", request_id=r),
+                lambda r: c.update_model(model_id, description="y", request_id=r),
+            ),
+            (
+                lambda r: c.delete_alias(model_id, "a", request_id=r),
+                lambda r: c.delete_alias(model_id, "b", request_id=r),
+            ),
+            (
+                lambda r: c.create_policy(policy, target="t1", rules=["true"], request_id=r),
+                lambda r: c.create_policy(policy, target="t2", rules=["true"], request_id=r),
+            ),
+            (
+                lambda r: c.archive_version(model_id, v2, request_id=r),
+                lambda r: c.archive_version(model_id, v1, request_id=r),
+            ),
+        ]
+        for first, different in cases:
+            request_id = rid()
+            first(request_id)
+            first(request_id)
+            with pytest.raises(InvalidArgument) as reused:
+                different(request_id)
+            assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert c.get_model(other).description == "one"
+        assert c.get_model(model_id).description == "x"
+        assert [a.name.rsplit("/", 1)[1] for a in c.list_aliases(model_id)] == ["b"]
+        assert c.get_policy(policy).target == "t1"
+        assert c.get_version(model_id, v1).state != c.get_version(model_id, v2).state
