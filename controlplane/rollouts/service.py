@@ -21,6 +21,7 @@ from controlplane.services.deployments import (
 )
 from controlplane.services.gates import require_gate_passed
 from controlplane.services.governance_names import new_id
+from controlplane.services.models import lock_model
 from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.pagination import decode, encode, page_size
@@ -77,6 +78,7 @@ class RolloutService:
                 return self.deployments.finish(d)
             if etag and etag != d.etag:
                 raise stale_etag(d.name)
+            lock_model(tx, d.model_id)
             if d.active_rollout is not None:
                 raise FailedPrecondition(
                     f"{d.name} already has rollout {d.active_rollout.id} in progress "

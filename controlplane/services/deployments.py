@@ -20,7 +20,7 @@ from controlplane.rollouts.guards import check_guards
 from controlplane.rollouts.hooks import HookRunner, check_webhook_url
 from controlplane.rollouts.notifier import GenerationHub, publish
 from controlplane.services.filters import masked_changes
-from controlplane.services.models import require_model
+from controlplane.services.models import lock_model
 from controlplane.services.versions import require_version
 from controlplane.store import Store, Tx, WriteTx
 from controlplane.store.deployment_repos import Deployments
@@ -201,7 +201,7 @@ class DeploymentService:
                     f"deployment deployments/{deployment_id} already exists",
                     reason="DEPLOYMENT_EXISTS",
                 )
-            require_model(tx, model_id)
+            lock_model(tx, model_id)
             require_servable(tx, model_id, champion_version, "deployment.champion_version")
             made = repo.add(
                 DeploymentRow(

@@ -37,6 +37,17 @@ def require_model(tx: Tx, model_id: str) -> Model:
     return model
 
 
+def lock_model(tx: Tx, model_id: str) -> None:
+    """Hold ``model_id``'s row until the transaction ends; NOT_FOUND when it is gone.
+
+    Writes that make a deployment or a rollout use a model's versions, and writes that remove
+    versions or the model, take this lock first, so on PostgreSQL neither can commit without
+    seeing the other (SQLite runs one write at a time).
+    """
+    if tx.models.row(model_id, for_update=True) is None:
+        raise model_not_found(model_id)
+
+
 def named_deployments(deployment_ids: list[str], shown: int = 10) -> str:
     """``deployments/a, deployments/b`` for an error message, cut after ``shown`` names."""
     names = ", ".join(f"deployments/{d}" for d in deployment_ids[:shown])
@@ -146,6 +157,7 @@ class ModelService:
         with self.store.write(ctx, "DeleteModel", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
+            lock_model(tx, model_id)
             before = require_model(tx, model_id)
             if etag and etag != before.etag:
                 raise stale_etag(before.name)

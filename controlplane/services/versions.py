@@ -27,7 +27,12 @@ from controlplane.names import (
     parse_version,
 )
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
-from controlplane.services.models import model_not_found, named_deployments, require_model
+from controlplane.services.models import (
+    lock_model,
+    model_not_found,
+    named_deployments,
+    require_model,
+)
 from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json, signature_to_json
 from controlplane.store.deployment_repos import Deployments
@@ -329,7 +334,7 @@ class VersionService:
         assert ref.version is not None
         request = {"name": name, "etag": etag}
         with self.store.write(ctx, "ArchiveModelVersion", request_id, request=request) as tx:
-            require_model(tx, ref.model_id)
+            lock_model(tx, ref.model_id)
             before = require_version(tx, ref.model_id, ref.version)
             if tx.replay is not None or before.state is VersionState.ARCHIVED:
                 return before

@@ -105,3 +105,61 @@ def test_archive_follows_a_promotion(controlplane: RunningControlPlane, tmp_path
             c.archive_version(model_id, v2)
         assert err.value.reason == "VERSION_IN_USE"
         assert c.archive_version(model_id, v1).state == registry_pb2.VERSION_STATE_ARCHIVED
+
+
+def _race(first: Any, second: Any) -> tuple[Any, Any]:
+    """Run two calls at the same moment; each result is its return value or its error."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def run(i: int, call: Any) -> None:
+        barrier.wait()
+        try:
+            results[i] = call()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results[0], results[1]
+
+
+def test_racing_writes_never_leave_a_deployment_on_a_missing_or_archived_version(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    # On PostgreSQL two transactions run at once: each write that adds a deployment or a
+    # rollout, and each that removes what those use, must see the other's commit.
+    deleted_and_deployed = archived_and_rolled_out = 0
+    with controlplane_any.client() as c:
+        for _ in range(10):
+            model_id, versions = register_versions(c, tmp_path, 2)
+            name = unique("d")
+            removed, deployed = _race(
+                lambda m=model_id: c.delete_model(m, force=True),
+                lambda m=model_id, v=versions[0], d=name: c.create_deployment(
+                    d, model=m, champion_version=v
+                ),
+            )
+            assert not isinstance(removed, Exception) or isinstance(removed, FailedPrecondition)
+            assert not isinstance(deployed, Exception) or isinstance(deployed, NotFound)
+            deleted_and_deployed += not isinstance(removed, Exception) and not isinstance(
+                deployed, Exception
+            )
+
+            model_id, versions = register_versions(c, tmp_path, 2)
+            c.create_deployment(name := unique("d"), model=model_id, champion_version=versions[0])
+            archived, started = _race(
+                lambda m=model_id, v=versions[1]: c.archive_version(m, v),
+                lambda m=model_id, v=versions[1], d=name: c.start_rollout(d, v, **SLOW_CANARY),
+            )
+            assert not isinstance(archived, Exception) or isinstance(archived, FailedPrecondition)
+            assert not isinstance(started, Exception) or isinstance(started, FailedPrecondition)
+            archived_and_rolled_out += not isinstance(archived, Exception) and not isinstance(
+                started, Exception
+            )
+    assert deleted_and_deployed == 0 and archived_and_rolled_out == 0
