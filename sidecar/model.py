@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import InvalidArgument, ModelplaneError, NotFound, Unavailable
+from modelplane.errors import InvalidArgument, NotFound, Unavailable
 from sidecar.batcher import Batcher, Item
 from sidecar.codec import Decoded, Limits, decode
 from sidecar.driftfeed import DriftReports
@@ -195,10 +195,11 @@ class ServingModel:
         try:
             results = self.runtime.run(names, decoded.arrays)
         except Exception as exc:
-            item.error = _execution_failed(exc)
+            item.error = failed = _execution_failed(exc)
             log.warning("model execution failed", request_id=decoded.request_id, error=str(exc))
             if self._observed:
                 self._publish([item], decoded.arrays, {}, time.perf_counter() - start)
+                failed.published = True
             return
         elapsed = time.perf_counter() - start
         self.metrics.batch(decoded.rows, elapsed)
@@ -262,9 +263,17 @@ class ServingModel:
         self.observers.publish(record)
 
 
-def _execution_failed(exc: Exception) -> ModelplaneError:
+class ModelExecutionFailed(InvalidArgument):
+    """ONNX Runtime failed on the request's input. ``published``: the request's record, with
+    its decoded inputs and this status, already went to the observers (and the log), so the
+    refusal must not be recorded a second time."""
+
+    published = False
+
+
+def _execution_failed(exc: Exception) -> ModelExecutionFailed:
     detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    return InvalidArgument(
+    return ModelExecutionFailed(
         f"the model could not run on this input: {detail}", reason="MODEL_EXECUTION_FAILED"
     )
 

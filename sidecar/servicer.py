@@ -27,7 +27,7 @@ from modelplane.errors import (
 from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
 from modelplane.server.context import trace_id_from
-from sidecar.model import ModelSlot, ServingModel
+from sidecar.model import ModelExecutionFailed, ModelSlot, ServingModel
 from sidecar.observers import RejectedRecord
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
@@ -230,7 +230,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 trace_id=trace,
                 message=err.message,
             )
-            if model.observers.active or model.sync_log is not None:
+            recorded = isinstance(err, ModelExecutionFailed) and err.published
+            if (model.observers.active or model.sync_log is not None) and not recorded:
                 self._record_rejection(model, request.id, trace, err, start)
         self._abort(context, err)
 

@@ -102,6 +102,41 @@ def test_every_request_and_rejection_is_logged_exactly(
     assert logged["bad-model"][0]["status_reason"] == "MODEL_NOT_FOUND"
 
 
+@pytest.mark.parametrize(("durability", "batch"), [("async", 1), ("sync", 1), ("async", 16)])
+def test_a_request_the_model_fails_on_is_logged_once(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path, durability: Any, batch: int
+) -> None:
+    handle = sidecar_factory(
+        model_dir / "gather.onnx",
+        log_settings=PredictionLogSettings(
+            dir=tmp_path, durability=durability, flush_interval=0.05
+        ),
+        max_batch_size=batch,
+        max_queue_delay=0.002,
+    )
+    s = stub(handle.port)
+    sent = {"ok": [0, 3], "fails": [1, 9, 2], "fails-too": [7]}
+    for rid, idx in sent.items():
+        request = raw_request("gather", {"idx": ("INT64", np.array(idx, np.int64))}, id=rid)
+        if rid == "ok":
+            s.ModelInfer(request, timeout=30)
+            continue
+        with pytest.raises(grpc.RpcError) as err:
+            s.ModelInfer(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    handle.stop(5)
+
+    logged = _by_request(read_logs(tmp_path))
+    assert set(logged) == set(sent)
+    for rid, idx in sent.items():
+        rows = logged[rid]
+        # One record per row of the request, with its input, whatever its outcome.
+        assert [r["row"] for r in rows] == list(range(len(idx)))
+        assert [r["idx"] for r in rows] == idx
+        want = ("OK", None) if rid == "ok" else ("INVALID_ARGUMENT", "MODEL_EXECUTION_FAILED")
+        assert {(r["status_code"], r["status_reason"]) for r in rows} == {want}
+
+
 def _load(port: int, stop: threading.Event, answered: dict[str, float], k: int) -> None:
     s = stub(port)
     x = np.ones((1, 32), np.float32)
