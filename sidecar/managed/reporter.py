@@ -2,15 +2,25 @@
 
 Each window gets the next per-replica sequence number when it closes, and keeps it through
 retries, so a report the control plane received but could not acknowledge is recognised as a
-repeat. Reports that fail wait in a bounded queue and go out, oldest first, with the next
-window; when the queue is full the oldest report is dropped (and counted). The reporter never
-blocks the observer thread.
+repeat. The control plane keys repeats on (replica, sequence), and a replica's name outlives
+its process (the injector names it after the pod, which a container restart keeps), so the
+numbers must not start over with each process: a report's number is the wall clock in
+milliseconds when its window closed, or one more than the previous report's when that is
+larger (numbers always increase within a process). A process restarted under the same name
+thus numbers its reports above every report of the process before it, so none is mistaken
+for a repeat and the control plane's "newest report per replica" is the new process's. (A
+wall clock set back by more than the restart took would break that; NTP slews rather than
+steps small corrections.)
+
+Reports that fail wait in a bounded queue and go out, oldest first, with the next window;
+when the queue is full the oldest report is dropped (and counted). The reporter never blocks
+the observer thread.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +33,12 @@ log = structlog.get_logger("modelplane.sidecar.reporter")
 MAX_PENDING = 64
 
 
+def next_sequence(previous: int, now: float) -> int:
+    """The sequence number after ``previous`` for a window closed at ``now`` (seconds since
+    the epoch): milliseconds since the epoch, but always above ``previous``."""
+    return max(previous + 1, int(now * 1000))
+
+
 class Reporter:
     """A thread sending queued window reports through ``send(request)``."""
 
@@ -31,12 +47,15 @@ class Reporter:
         send: Callable[[Any], Any],
         max_pending: int = MAX_PENDING,
         on_response: Callable[[Any], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._send = send
         self._pending: deque[Any] = deque()
         self._max_pending = max_pending
         self._on_response = on_response
-        self._sequence = itertools.count(1)
+        self._clock = clock
+        #: The last sequence number given (see the module's docstring).
+        self.sequence = 0
         self._cond = threading.Condition()
         self._stopped = False
         self._emitted = 0
@@ -53,8 +72,9 @@ class Reporter:
 
     def emit(self, request: Any) -> None:
         """Queue a closed window's report (numbered now); never blocks."""
-        request.sequence = next(self._sequence)
         with self._cond:
+            self.sequence = next_sequence(self.sequence, self._clock())
+            request.sequence = self.sequence
             self._emitted += 1
             self._pending.append(request)
             while len(self._pending) > self._max_pending:

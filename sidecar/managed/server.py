@@ -84,7 +84,9 @@ class ManagedHandle(SidecarHandle):
 
 
 def default_replica() -> str:
-    """``host-pid-random``: unique per process, so restarts never repeat a sequence."""
+    """``host-pid-random``: a name of this process's own (a ``--replica`` name may be reused
+    by the next process; report sequence numbers follow the clock so that is safe, see
+    :mod:`sidecar.managed.reporter`)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 

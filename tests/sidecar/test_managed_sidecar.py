@@ -313,7 +313,9 @@ def test_failed_reports_are_retried_with_the_next_window(
     reports = plane.wait_reports(
         lambda rs: sum(a.requests for r in rs for a in r.arms) >= 5 and len(rs) >= 3
     )
-    assert [r.sequence for r in reports] == list(range(1, len(reports) + 1))
+    # Each report once and in order (numbers follow the clock, see sidecar.managed.reporter).
+    sequences = [r.sequence for r in reports]
+    assert sequences == sorted(set(sequences))
 
 
 def test_shadow_pairs_are_compared_and_never_answer(

@@ -206,7 +206,7 @@ def test_reporter_retries_in_order_and_stays_bounded() -> None:
         received.append(request.sequence)
         return dpb.ReportWindowResponse(accepted=True)
 
-    reporter = Reporter(send, max_pending=3)
+    reporter = Reporter(send, max_pending=3, clock=lambda: 0.0)
     reporter.start()
     try:
         for _ in range(5):
