@@ -9,6 +9,7 @@ values map to CEL types (numbers are doubles).
 
 from controlplane.policy._compile import (
     MAX_RULE_LENGTH,
+    POLICY_ELEMENT_FIELDS,
     POLICY_VARIABLES,
     CompiledRule,
     compile_rule,
@@ -20,6 +21,7 @@ from controlplane.policy._references import Reference
 
 __all__ = [
     "MAX_RULE_LENGTH",
+    "POLICY_ELEMENT_FIELDS",
     "POLICY_VARIABLES",
     "CompiledRule",
     "Decision",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from celpy import celtypes
 from celpy.evaluation import base_functions
 
 from controlplane.policy._references import Reference, references
+from controlplane.policy._references import element_fields as element_fields_of
 from modelplane.errors import InvalidArgument
 
 #: The variables a gate policy's rules may read.
@@ -26,6 +27,10 @@ POLICY_VARIABLES = (
     "labels",
     "lineage",
 )
+#: The fields of each element of the list variables a gate policy's rules may read.
+POLICY_ELEMENT_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("approvals",): ("principal", "approver", "roles", "decision", "comment", "time"),
+}
 #: Longest rule accepted, in characters.
 MAX_RULE_LENGTH = 4096
 
@@ -105,13 +110,20 @@ def _pointer(expression: str, line: int, column: int) -> str:
 
 
 def compile_rule(
-    expression: str, *, index: int = 0, variables: Collection[str] | None = None
+    expression: str,
+    *,
+    index: int = 0,
+    variables: Collection[str] | None = None,
+    element_fields: Mapping[tuple[str, ...], Collection[str]] | None = None,
 ) -> CompiledRule:
     """Parse one CEL rule.
 
     ``index`` is the rule's position in its policy (for messages). With ``variables``, a rule
-    that reads any other top-level name is refused. Raises ``InvalidArgument`` with reason
-    ``INVALID_POLICY_RULE`` and metadata ``rule_index``, ``line`` and ``column`` (1-based).
+    that reads any other top-level name is refused; with ``element_fields`` (list variable →
+    the fields of its elements), so is a rule that reads another field of such an element
+    through a macro (``approvals.exists(a, a.principl == "x")``). Raises ``InvalidArgument``
+    with reason ``INVALID_POLICY_RULE`` and metadata ``rule_index``, ``line`` and ``column``
+    (1-based).
     """
     if not isinstance(expression, str) or not expression.strip():
         raise _invalid(index, "the rule is empty; write a CEL expression", 1, 1)
@@ -146,11 +158,28 @@ def compile_rule(
                     ref.line,
                     ref.column,
                 )
+    for item in element_fields_of(ast) if element_fields else ():
+        known = element_fields.get(item.items)  # type: ignore[union-attr]
+        if known is not None and item.field not in known:
+            raise _invalid(
+                index,
+                f"{'.'.join(item.items)} elements have no field {item.field!r} (line "
+                f"{item.line}, column {item.column}); they have {', '.join(known)}"
+                + _pointer(expression, item.line, item.column),
+                item.line,
+                item.column,
+            )
     return CompiledRule(expression, index, refs, program, ast)
 
 
 def compile_rules(
-    expressions: Sequence[str], *, variables: Collection[str] | None = None
+    expressions: Sequence[str],
+    *,
+    variables: Collection[str] | None = None,
+    element_fields: Mapping[tuple[str, ...], Collection[str]] | None = None,
 ) -> list[CompiledRule]:
     """Compile a policy's rules in order (``index`` is each rule's position)."""
-    return [compile_rule(e, index=i, variables=variables) for i, e in enumerate(expressions)]
+    return [
+        compile_rule(e, index=i, variables=variables, element_fields=element_fields)
+        for i, e in enumerate(expressions)
+    ]

@@ -128,6 +128,53 @@ def _walk(node: lark.Tree, bound: frozenset[str]) -> Iterator[Reference]:
             yield from _walk(child, bound)
 
 
+@dataclass(frozen=True)
+class ElementField:
+    """A field read from the elements of a list: ``approvals.exists(a, a.principal == "x")``
+    gives ``items=("approvals",)`` and ``field="principal"``."""
+
+    items: tuple[str, ...]
+    field: str
+    line: int
+    column: int
+
+
+def _element_fields(node: lark.Tree, bound: dict[str, tuple[str, ...]]) -> Iterator[ElementField]:
+    node = _unwrap(node)
+    if node.data == "member_dot":
+        base = _unwrap(node.children[0])  # type: ignore[arg-type]
+        if base.data == "ident" and str(base.children[0]) in bound:
+            of = bound[str(base.children[0])]
+            yield ElementField(of, str(node.children[1]), node.meta.line, node.meta.column)
+            return
+    if node.data == "member_dot_arg":
+        target, method, *rest = node.children
+        args = _args(rest[0] if rest else None)
+        assert isinstance(target, lark.Tree)
+        yield from _element_fields(target, bound)
+        receiver = _static_path(target, frozenset(bound))
+        if str(method) in _BINDING_MACROS and args and receiver is not None:
+            variable = _unwrap(args[0])
+            inner = dict(bound)
+            if variable.data == "ident":
+                inner[str(variable.children[0])] = receiver
+            for arg in args[1:]:
+                yield from _element_fields(arg, inner)
+            return
+        for arg in args:
+            yield from _element_fields(arg, bound)
+        return
+    for child in node.children:
+        if isinstance(child, lark.Tree):
+            yield from _element_fields(child, bound)
+
+
+def element_fields(ast: lark.Tree) -> tuple[ElementField, ...]:
+    """Fields a rule reads from the elements of a list variable through a macro's bound
+    variable (``all``, ``exists``, ``exists_one``, ``map``, ``filter``)."""
+    return tuple(_element_fields(ast, {}))
+
+
 def references(ast: lark.Tree) -> tuple[Reference, ...]:
     """The distinct variable paths of a parsed rule, in order of first appearance."""
     seen: dict[tuple[str, ...], Reference] = {}

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from controlplane.domain.governance import Policy
 from controlplane.names import check_id, check_text
-from controlplane.policy import POLICY_VARIABLES, compile_rules
+from controlplane.policy import POLICY_ELEMENT_FIELDS, POLICY_VARIABLES, compile_rules
 from controlplane.services.filters import masked_changes
 from controlplane.services.governance_names import check_target, parse_policy
 from controlplane.store import Store, Tx
@@ -29,7 +29,7 @@ def check_rules(rules: Sequence[str]) -> list[str]:
         )
     if len(rules) > MAX_RULES:
         raise InvalidArgument(f"at most {MAX_RULES} rules are allowed", reason="TOO_MANY_RULES")
-    compile_rules(list(rules), variables=POLICY_VARIABLES)
+    compile_rules(list(rules), variables=POLICY_VARIABLES, element_fields=POLICY_ELEMENT_FIELDS)
     return list(rules)
 
 

@@ -74,6 +74,38 @@ def test_rules_name_the_approver_as_principal_or_approver(
         assert decision.passed, [(r.outcome, r.message) for r in decision.results]
 
 
+def test_a_rule_on_a_field_approvals_do_not_have_is_refused_when_written(
+    controlplane: RunningControlPlane,
+) -> None:
+    with controlplane.client("alice") as alice:
+        pid = unique("p")
+        with pytest.raises(InvalidArgument) as err:
+            alice.create_policy(
+                pid, target="prod", rules=['approvals.exists(a, a.principl == "bob")']
+            )
+        assert err.value.reason == "INVALID_POLICY_RULE"
+        assert "'principl'" in err.value.message and "principal" in err.value.message
+        assert err.value.metadata["column"] == "21"
+        alice.create_policy(pid, target="prod", rules=["size(approvals) >= 0"])
+        with pytest.raises(InvalidArgument):
+            alice.update_policy(pid, rules=["approvals.all(x, x.role == 'risk')"])
+
+
+def test_the_approval_fields_rules_are_checked_against_are_those_they_get() -> None:
+    from datetime import UTC, datetime
+
+    from controlplane.domain.governance import Approval, Evidence
+    from controlplane.policy import POLICY_ELEMENT_FIELDS
+    from controlplane.services.evidence import approval_variables
+
+    approval = Approval(
+        "m", 1, "ap-1", "prod", "approve", "ok", "bob", ["risk"], Evidence("0" * 64), "", "",
+        datetime.now(UTC),
+    )  # fmt: skip
+    (variables,) = approval_variables([approval])
+    assert set(variables) == set(POLICY_ELEMENT_FIELDS[("approvals",)])
+
+
 def test_a_recreated_policy_is_not_met_by_the_old_policys_decision(
     controlplane: RunningControlPlane, tmp_path: Path
 ) -> None:
