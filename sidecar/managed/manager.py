@@ -3,10 +3,15 @@
 The watcher hands every ``DeploymentState`` to :meth:`DeploymentManager.offer`, which only
 keeps the newest one; a single background thread applies it: it loads each version the state
 needs and this sidecar lacks (download, verify, ORT, warm-up, baseline), and only once all
-are loaded replaces the routing table with one assignment. A state that fails (a corrupt
-artifact, an unreachable control plane) is logged and retried with backoff while the
-previous table keeps serving. Versions the new table no longer needs are released once their
-in-flight requests have finished.
+are loaded replaces the routing table with one assignment. A state whose champion cannot be
+loaded (a corrupt artifact, an unreachable control plane) is logged and retried with backoff
+while the previous table keeps serving. When only another version fails (the candidate, as
+canary or shadow), the state is served without it: the champion answers the candidate's share
+and no shadow copies are made, so a new sidecar becomes ready and an old one follows a
+rollback or a new champion; the failure is logged, kept in :attr:`DeploymentManager.unloaded`
+(which the window reports carry to the control plane) and the state is applied again with
+backoff until the version loads. Versions the new table no longer needs are released once
+their in-flight requests have finished.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import structlog
 
 from sidecar.managed.versions import (
+    CANDIDATE,
     LoadedVersion,
     RoutingTable,
     VersionLoader,
@@ -54,9 +60,12 @@ class DeploymentManager:
         self.loaded: dict[int, LoadedVersion] = {}
         #: Versions no longer routed to, waiting for their in-flight requests.
         self.retiring: list[LoadedVersion] = []
-        #: States whose application failed (each attempt counts).
+        #: States whose application failed or left a version out (each attempt counts).
         self.failures = 0
         self.last_error: str | None = None
+        #: Versions of the serving state that could not be loaded (number -> why), served
+        #: without until a retry loads them.
+        self.unloaded: dict[int, str] = {}
         self._on_table = on_table
         self._retry_base = retry_base
         self._retry_max = retry_max
@@ -103,14 +112,23 @@ class DeploymentManager:
     def _run(self) -> None:
         attempt = 0
         retry_at: float | None = None
+        failed_generation: int | None = None
         while True:
             with self._cond:
                 while not self._stopped:
-                    pending = self._desired is not None and (
-                        self._desired.generation != self._applied_generation or self.table is None
+                    desired = self._desired
+                    pending = desired is not None and (
+                        desired.generation != self._applied_generation
+                        or self.table is None
+                        or bool(self.unloaded)
                     )
                     now = time.monotonic()
-                    if pending and (retry_at is None or now >= retry_at):
+                    # A newer state is tried at once; the one that failed waits its backoff.
+                    if pending and (
+                        retry_at is None
+                        or now >= retry_at
+                        or desired.generation != failed_generation
+                    ):
                         break
                     timeout = 0.2 if self.retiring else None
                     if pending and retry_at is not None:
@@ -120,58 +138,91 @@ class DeploymentManager:
                 if self._stopped:
                     return
                 state = self._desired
-            try:
-                self._apply(state)
-            except Exception as exc:
-                attempt += 1
-                self.failures += 1
-                self.last_error = str(exc)
-                delay = min(self._retry_max, self._retry_base * 2 ** min(attempt - 1, 16))
-                delay *= 0.5 + random.random() / 2
-                retry_at = time.monotonic() + delay
-                log.error(
-                    "could not apply the desired state; the previous one keeps serving",
-                    deployment=self.name,
-                    generation=state.generation,
-                    error=str(exc),
-                    reason=getattr(exc, "reason", type(exc).__name__),
-                    retry_in_s=round(delay, 2),
-                )
-            else:
+            if state.generation != failed_generation:
                 attempt = 0
-                retry_at = None
+            try:
+                unloaded = self._apply(state)
+            except Exception as exc:
+                error, why = str(exc), getattr(exc, "reason", type(exc).__name__)
+                message = "could not apply the desired state; the previous one keeps serving"
+            else:
+                if not unloaded:
+                    attempt, retry_at, failed_generation = 0, None, None
+                    self._reap()
+                    continue
+                error = "; ".join(f"version {n}: {e}" for n, e in sorted(unloaded.items()))
+                why = "VERSION_NOT_LOADED"
+                message = "serving the desired state without versions that could not be loaded"
+            attempt += 1
+            self.failures += 1
+            self.last_error = error
+            failed_generation = state.generation
+            delay = min(self._retry_max, self._retry_base * 2 ** min(attempt - 1, 16))
+            delay *= 0.5 + random.random() / 2
+            retry_at = time.monotonic() + delay
+            log.error(
+                message,
+                deployment=self.name,
+                generation=state.generation,
+                error=error,
+                reason=why,
+                retry_in_s=round(delay, 2),
+            )
             self._reap()
 
-    def _apply(self, state: Any) -> None:
+    def _apply(self, state: Any) -> dict[int, str]:
+        """Load what ``state`` lacks and serve it; returns the versions it serves without
+        (number -> why). Raises when the champion cannot be loaded (nothing changes then)."""
         problem = check_state(state)
         if problem is not None:
             self._applied_generation = state.generation
+            self.unloaded = {}
             log.error(
                 "ignoring a desired state that cannot be served",
                 deployment=self.name,
                 generation=state.generation,
                 problem=problem,
             )
-            return
-        for served in state.versions:
+            return {}
+        unloaded: dict[int, str] = {}
+        # The champion first: without it nothing serves; without another version, the
+        # champion serves in its place.
+        ordered = sorted(state.versions, key=lambda sv: sv.version != state.champion_version)
+        for served in ordered:
             have = self.loaded.get(served.version)
             if have is not None and have.artifact_sha256 == served.artifact_sha256.lower():
                 continue
             with self._cond:
                 if self._stopped:
-                    return
-            loaded = self.loader.load(served, self.name)
+                    return {}
+            try:
+                loaded = self.loader.load(served, self.name)
+            except Exception as exc:
+                if served.version == state.champion_version:
+                    raise
+                unloaded[served.version] = str(exc)
+                log.error(
+                    "could not load a version; the champion answers in its place",
+                    deployment=self.name,
+                    generation=state.generation,
+                    version=served.version,
+                    arm=CANDIDATE if served.version == state.candidate_version else "",
+                    error=str(exc),
+                    reason=getattr(exc, "reason", type(exc).__name__),
+                )
+                continue
             loaded.artifact_sha256 = served.artifact_sha256.lower()
             self.loaded[served.version] = loaded
             if have is not None:
                 # The same number with another artifact: the old one drains like a retired
                 # one once a table without it serves.
                 self._replaced.append(have)
-        table = build_table(state, self.loaded)
+        table = build_table(state, self.loaded, without=unloaded)
         for version in table.by_label.values():
             version.assign(table.arm_of(version.label))
         old, self.table = self.table, table
         self._applied_generation = state.generation
+        self.unloaded = unloaded
         keep = {v.number for v in table.by_label.values()}
         for number in [n for n in self.loaded if n not in keep]:
             self._retire(self.loaded.pop(number))
@@ -190,7 +241,9 @@ class DeploymentManager:
             candidate_percent=state.candidate_percent,
             shadow_fraction=state.shadow_fraction,
             previous_generation=None if old is None else old.generation,
+            unloaded=sorted(unloaded) or None,
         )
+        return unloaded
 
     def _retire(self, version: LoadedVersion) -> None:
         self._retired_at[id(version)] = time.monotonic()

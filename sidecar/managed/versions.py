@@ -105,6 +105,9 @@ class RoutingTable:
     tolerance: float
     #: Version label -> version, for pinned requests.
     by_label: dict[str, LoadedVersion]
+    #: Versions of the desired state that could not be loaded and are left out (number ->
+    #: why); the manager keeps retrying them.
+    unloaded: dict[int, str] = field(default_factory=dict)
 
     @property
     def shadow(self) -> LoadedVersion | None:
@@ -122,10 +125,17 @@ class RoutingTable:
         return self.champion
 
 
-def build_table(state: Any, loaded: dict[int, LoadedVersion]) -> RoutingTable:
-    """The routing table of a ``DeploymentState`` whose versions are all in ``loaded``."""
+def build_table(
+    state: Any, loaded: dict[int, LoadedVersion], without: dict[int, str] | None = None
+) -> RoutingTable:
+    """The routing table of a ``DeploymentState`` whose versions are all in ``loaded``, except
+    those in ``without`` (number -> why; never the champion), which it leaves out: without its
+    candidate the champion answers everything and nothing is shadowed."""
+    gone = dict(without or {})
     champion = loaded[state.champion_version]
-    candidate = loaded.get(state.candidate_version) if state.candidate_version else None
+    candidate = None
+    if state.candidate_version and state.candidate_version not in gone:
+        candidate = loaded.get(state.candidate_version)
     interval = DEFAULT_REPORT_INTERVAL
     if state.HasField("report_interval"):
         interval = state.report_interval.ToTimedelta().total_seconds() or interval
@@ -145,7 +155,8 @@ def build_table(state: Any, loaded: dict[int, LoadedVersion]) -> RoutingTable:
         ),
         report_interval=max(0.05, interval),
         tolerance=state.regression_tolerance or DEFAULT_TOLERANCE,
-        by_label={loaded[v].label: loaded[v] for v in wanted if v in loaded},
+        by_label={loaded[v].label: loaded[v] for v in wanted - gone.keys() if v in loaded},
+        unloaded=gone,
     )
 
 

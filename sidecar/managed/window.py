@@ -18,6 +18,9 @@ from sidecar.drift import WindowState
 from sidecar.managed.compare import ArmCounts, ShadowCounts
 from sidecar.managed.versions import CANDIDATE, CHAMPION, LoadedVersion, RoutingTable
 
+#: How much of a load error a report carries.
+MAX_ERROR_CHARS = 500
+
 
 def _stamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
@@ -135,6 +138,10 @@ class Window:
             start_time=_stamp(self.start),
             end_time=_stamp(end),
             arms=summaries,
+            unloaded_versions=[
+                dpb.UnloadedVersion(version=number, error=error[:MAX_ERROR_CHARS])
+                for number, error in sorted(table.unloaded.items())
+            ],
         )
         if self.shadow is not None:
             self.shadow.dropped += dropped

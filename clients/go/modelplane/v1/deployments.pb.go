@@ -2755,7 +2755,10 @@ type ReportWindowRequest struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The reporting sidecar replica.
 	Replica string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
-	// Increments per replica; a repeated (replica, sequence) is acknowledged and ignored.
+	// Increases per replica; a repeated (replica, sequence) is acknowledged and ignored. A
+	// replica's name may outlive its process (a restarted container keeps its pod's name), so
+	// a new process must not start over: sidecars number reports with the wall clock in
+	// milliseconds when the window closed (always above the previous number).
 	Sequence int64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// The generation the sidecar applied during the window.
 	Generation int64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
@@ -2765,6 +2768,10 @@ type ReportWindowRequest struct {
 	EndTime   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	Arms      []*ArmSummary          `protobuf:"bytes,8,rep,name=arms,proto3" json:"arms,omitempty"`
 	Shadow    *ShadowSummary         `protobuf:"bytes,9,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	// Versions of the desired state this replica could not load and serves without (the
+	// champion answers the candidate's share, nothing is shadowed) while it keeps retrying
+	// them. Empty when every version loaded, and from sidecars older than this field.
+	UnloadedVersions []*UnloadedVersion `protobuf:"bytes,10,rep,name=unloaded_versions,json=unloadedVersions,proto3" json:"unloaded_versions,omitempty"`
 }
 
 func (x *ReportWindowRequest) Reset() {
@@ -2862,6 +2869,70 @@ func (x *ReportWindowRequest) GetShadow() *ShadowSummary {
 	return nil
 }
 
+func (x *ReportWindowRequest) GetUnloadedVersions() []*UnloadedVersion {
+	if x != nil {
+		return x.UnloadedVersions
+	}
+	return nil
+}
+
+// A version of the desired state that a sidecar could not load.
+type UnloadedVersion struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Version int64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Why, in the sidecar's words (a digest mismatch, a failed download, ONNX Runtime's error).
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+}
+
+func (x *UnloadedVersion) Reset() {
+	*x = UnloadedVersion{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_modelplane_v1_deployments_proto_msgTypes[30]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *UnloadedVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnloadedVersion) ProtoMessage() {}
+
+func (x *UnloadedVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_modelplane_v1_deployments_proto_msgTypes[30]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnloadedVersion.ProtoReflect.Descriptor instead.
+func (*UnloadedVersion) Descriptor() ([]byte, []int) {
+	return file_modelplane_v1_deployments_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UnloadedVersion) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UnloadedVersion) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type ReportWindowResponse struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -2876,7 +2947,7 @@ type ReportWindowResponse struct {
 func (x *ReportWindowResponse) Reset() {
 	*x = ReportWindowResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_modelplane_v1_deployments_proto_msgTypes[30]
+		mi := &file_modelplane_v1_deployments_proto_msgTypes[31]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -2889,7 +2960,7 @@ func (x *ReportWindowResponse) String() string {
 func (*ReportWindowResponse) ProtoMessage() {}
 
 func (x *ReportWindowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelplane_v1_deployments_proto_msgTypes[30]
+	mi := &file_modelplane_v1_deployments_proto_msgTypes[31]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2902,7 +2973,7 @@ func (x *ReportWindowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportWindowResponse.ProtoReflect.Descriptor instead.
 func (*ReportWindowResponse) Descriptor() ([]byte, []int) {
-	return file_modelplane_v1_deployments_proto_rawDescGZIP(), []int{30}
+	return file_modelplane_v1_deployments_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReportWindowResponse) GetGeneration() int64 {
@@ -3369,7 +3440,7 @@ var file_modelplane_v1_deployments_proto_rawDesc = []byte{
 	0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x76, 0x61, 0x6c, 0x12, 0x31, 0x0a, 0x14, 0x72, 0x65, 0x67,
 	0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x74, 0x6f, 0x6c, 0x65, 0x72, 0x61, 0x6e, 0x63,
 	0x65, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x01, 0x52, 0x13, 0x72, 0x65, 0x67, 0x72, 0x65, 0x73, 0x73,
-	0x69, 0x6f, 0x6e, 0x54, 0x6f, 0x6c, 0x65, 0x72, 0x61, 0x6e, 0x63, 0x65, 0x22, 0xf5, 0x02, 0x0a,
+	0x69, 0x6f, 0x6e, 0x54, 0x6f, 0x6c, 0x65, 0x72, 0x61, 0x6e, 0x63, 0x65, 0x22, 0xc2, 0x03, 0x0a,
 	0x13, 0x52, 0x65, 0x70, 0x6f, 0x72, 0x74, 0x57, 0x69, 0x6e, 0x64, 0x6f, 0x77, 0x52, 0x65, 0x71,
 	0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01,
 	0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x18, 0x0a, 0x07, 0x72, 0x65, 0x70, 0x6c,
@@ -3393,7 +3464,16 @@ var file_modelplane_v1_deployments_proto_rawDesc = []byte{
 	0x0a, 0x06, 0x73, 0x68, 0x61, 0x64, 0x6f, 0x77, 0x18, 0x09, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1c,
 	0x2e, 0x6d, 0x6f, 0x64, 0x65, 0x6c, 0x70, 0x6c, 0x61, 0x6e, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53,
 	0x68, 0x61, 0x64, 0x6f, 0x77, 0x53, 0x75, 0x6d, 0x6d, 0x61, 0x72, 0x79, 0x52, 0x06, 0x73, 0x68,
-	0x61, 0x64, 0x6f, 0x77, 0x22, 0x52, 0x0a, 0x14, 0x52, 0x65, 0x70, 0x6f, 0x72, 0x74, 0x57, 0x69,
+	0x61, 0x64, 0x6f, 0x77, 0x12, 0x4b, 0x0a, 0x11, 0x75, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x65, 0x64,
+	0x5f, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x73, 0x18, 0x0a, 0x20, 0x03, 0x28, 0x0b, 0x32,
+	0x1e, 0x2e, 0x6d, 0x6f, 0x64, 0x65, 0x6c, 0x70, 0x6c, 0x61, 0x6e, 0x65, 0x2e, 0x76, 0x31, 0x2e,
+	0x55, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x65, 0x64, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x52,
+	0x10, 0x75, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x65, 0x64, 0x56, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e,
+	0x73, 0x22, 0x41, 0x0a, 0x0f, 0x55, 0x6e, 0x6c, 0x6f, 0x61, 0x64, 0x65, 0x64, 0x56, 0x65, 0x72,
+	0x73, 0x69, 0x6f, 0x6e, 0x12, 0x18, 0x0a, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x18,
+	0x01, 0x20, 0x01, 0x28, 0x03, 0x52, 0x07, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x14,
+	0x0a, 0x05, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x65,
+	0x72, 0x72, 0x6f, 0x72, 0x22, 0x52, 0x0a, 0x14, 0x52, 0x65, 0x70, 0x6f, 0x72, 0x74, 0x57, 0x69,
 	0x6e, 0x64, 0x6f, 0x77, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x1e, 0x0a, 0x0a,
 	0x67, 0x65, 0x6e, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x18, 0x01, 0x20, 0x01, 0x28, 0x03,
 	0x52, 0x0a, 0x67, 0x65, 0x6e, 0x65, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x1a, 0x0a, 0x08,
@@ -3526,7 +3606,7 @@ func file_modelplane_v1_deployments_proto_rawDescGZIP() []byte {
 }
 
 var file_modelplane_v1_deployments_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_modelplane_v1_deployments_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_modelplane_v1_deployments_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_modelplane_v1_deployments_proto_goTypes = []interface{}{
 	(RolloutStrategy)(0),              // 0: modelplane.v1.RolloutStrategy
 	(RolloutState)(0),                 // 1: modelplane.v1.RolloutState
@@ -3561,93 +3641,95 @@ var file_modelplane_v1_deployments_proto_goTypes = []interface{}{
 	(*ServedVersion)(nil),             // 30: modelplane.v1.ServedVersion
 	(*DeploymentState)(nil),           // 31: modelplane.v1.DeploymentState
 	(*ReportWindowRequest)(nil),       // 32: modelplane.v1.ReportWindowRequest
-	(*ReportWindowResponse)(nil),      // 33: modelplane.v1.ReportWindowResponse
-	nil,                               // 34: modelplane.v1.Deployment.LabelsEntry
-	nil,                               // 35: modelplane.v1.ArmSummary.LabelCountsEntry
-	(*timestamppb.Timestamp)(nil),     // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 37: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),     // 38: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),             // 39: google.protobuf.Empty
+	(*UnloadedVersion)(nil),           // 33: modelplane.v1.UnloadedVersion
+	(*ReportWindowResponse)(nil),      // 34: modelplane.v1.ReportWindowResponse
+	nil,                               // 35: modelplane.v1.Deployment.LabelsEntry
+	nil,                               // 36: modelplane.v1.ArmSummary.LabelCountsEntry
+	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 38: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),     // 39: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),             // 40: google.protobuf.Empty
 }
 var file_modelplane_v1_deployments_proto_depIdxs = []int32{
-	34, // 0: modelplane.v1.Deployment.labels:type_name -> modelplane.v1.Deployment.LabelsEntry
+	35, // 0: modelplane.v1.Deployment.labels:type_name -> modelplane.v1.Deployment.LabelsEntry
 	4,  // 1: modelplane.v1.Deployment.drift_thresholds:type_name -> modelplane.v1.DriftThresholds
 	5,  // 2: modelplane.v1.Deployment.retraining_hook:type_name -> modelplane.v1.RetrainingHook
 	6,  // 3: modelplane.v1.Deployment.rollout:type_name -> modelplane.v1.Rollout
-	36, // 4: modelplane.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
-	36, // 5: modelplane.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
-	37, // 6: modelplane.v1.DriftThresholds.cooldown:type_name -> google.protobuf.Duration
+	37, // 4: modelplane.v1.Deployment.create_time:type_name -> google.protobuf.Timestamp
+	37, // 5: modelplane.v1.Deployment.update_time:type_name -> google.protobuf.Timestamp
+	38, // 6: modelplane.v1.DriftThresholds.cooldown:type_name -> google.protobuf.Duration
 	0,  // 7: modelplane.v1.Rollout.strategy:type_name -> modelplane.v1.RolloutStrategy
-	37, // 8: modelplane.v1.Rollout.step_duration:type_name -> google.protobuf.Duration
+	38, // 8: modelplane.v1.Rollout.step_duration:type_name -> google.protobuf.Duration
 	1,  // 9: modelplane.v1.Rollout.state:type_name -> modelplane.v1.RolloutState
 	2,  // 10: modelplane.v1.Rollout.phase:type_name -> modelplane.v1.RolloutPhase
-	36, // 11: modelplane.v1.Rollout.phase_start_time:type_name -> google.protobuf.Timestamp
-	36, // 12: modelplane.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	36, // 13: modelplane.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	37, // 11: modelplane.v1.Rollout.phase_start_time:type_name -> google.protobuf.Timestamp
+	37, // 12: modelplane.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	37, // 13: modelplane.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
 	7,  // 14: modelplane.v1.Rollout.evidence:type_name -> modelplane.v1.Evidence
 	12, // 15: modelplane.v1.Evidence.champion:type_name -> modelplane.v1.ArmSummary
 	12, // 16: modelplane.v1.Evidence.candidate:type_name -> modelplane.v1.ArmSummary
 	13, // 17: modelplane.v1.Evidence.shadow:type_name -> modelplane.v1.ShadowSummary
 	8,  // 18: modelplane.v1.Evidence.guards:type_name -> modelplane.v1.GuardResult
-	36, // 19: modelplane.v1.Evidence.window_end_time:type_name -> google.protobuf.Timestamp
+	37, // 19: modelplane.v1.Evidence.window_end_time:type_name -> google.protobuf.Timestamp
 	10, // 20: modelplane.v1.DriftSummary.features:type_name -> modelplane.v1.FeatureCounts
 	9,  // 21: modelplane.v1.ArmSummary.latency:type_name -> modelplane.v1.Histogram
 	9,  // 22: modelplane.v1.ArmSummary.scores:type_name -> modelplane.v1.Histogram
-	35, // 23: modelplane.v1.ArmSummary.label_counts:type_name -> modelplane.v1.ArmSummary.LabelCountsEntry
+	36, // 23: modelplane.v1.ArmSummary.label_counts:type_name -> modelplane.v1.ArmSummary.LabelCountsEntry
 	11, // 24: modelplane.v1.ArmSummary.drift:type_name -> modelplane.v1.DriftSummary
 	9,  // 25: modelplane.v1.ShadowSummary.champion_scores:type_name -> modelplane.v1.Histogram
 	9,  // 26: modelplane.v1.ShadowSummary.shadow_scores:type_name -> modelplane.v1.Histogram
 	3,  // 27: modelplane.v1.CreateDeploymentRequest.deployment:type_name -> modelplane.v1.Deployment
 	3,  // 28: modelplane.v1.ListDeploymentsResponse.deployments:type_name -> modelplane.v1.Deployment
 	3,  // 29: modelplane.v1.UpdateDeploymentRequest.deployment:type_name -> modelplane.v1.Deployment
-	38, // 30: modelplane.v1.UpdateDeploymentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	39, // 30: modelplane.v1.UpdateDeploymentRequest.update_mask:type_name -> google.protobuf.FieldMask
 	6,  // 31: modelplane.v1.StartRolloutRequest.rollout:type_name -> modelplane.v1.Rollout
 	1,  // 32: modelplane.v1.RolloutEvent.state:type_name -> modelplane.v1.RolloutState
 	2,  // 33: modelplane.v1.RolloutEvent.phase:type_name -> modelplane.v1.RolloutPhase
 	7,  // 34: modelplane.v1.RolloutEvent.evidence:type_name -> modelplane.v1.Evidence
-	36, // 35: modelplane.v1.RolloutEvent.create_time:type_name -> google.protobuf.Timestamp
+	37, // 35: modelplane.v1.RolloutEvent.create_time:type_name -> google.protobuf.Timestamp
 	26, // 36: modelplane.v1.ListRolloutEventsResponse.events:type_name -> modelplane.v1.RolloutEvent
 	30, // 37: modelplane.v1.DeploymentState.versions:type_name -> modelplane.v1.ServedVersion
 	1,  // 38: modelplane.v1.DeploymentState.rollout_state:type_name -> modelplane.v1.RolloutState
 	2,  // 39: modelplane.v1.DeploymentState.phase:type_name -> modelplane.v1.RolloutPhase
-	37, // 40: modelplane.v1.DeploymentState.report_interval:type_name -> google.protobuf.Duration
-	36, // 41: modelplane.v1.ReportWindowRequest.start_time:type_name -> google.protobuf.Timestamp
-	36, // 42: modelplane.v1.ReportWindowRequest.end_time:type_name -> google.protobuf.Timestamp
+	38, // 40: modelplane.v1.DeploymentState.report_interval:type_name -> google.protobuf.Duration
+	37, // 41: modelplane.v1.ReportWindowRequest.start_time:type_name -> google.protobuf.Timestamp
+	37, // 42: modelplane.v1.ReportWindowRequest.end_time:type_name -> google.protobuf.Timestamp
 	12, // 43: modelplane.v1.ReportWindowRequest.arms:type_name -> modelplane.v1.ArmSummary
 	13, // 44: modelplane.v1.ReportWindowRequest.shadow:type_name -> modelplane.v1.ShadowSummary
-	14, // 45: modelplane.v1.DeploymentService.CreateDeployment:input_type -> modelplane.v1.CreateDeploymentRequest
-	15, // 46: modelplane.v1.DeploymentService.GetDeployment:input_type -> modelplane.v1.GetDeploymentRequest
-	16, // 47: modelplane.v1.DeploymentService.ListDeployments:input_type -> modelplane.v1.ListDeploymentsRequest
-	18, // 48: modelplane.v1.DeploymentService.UpdateDeployment:input_type -> modelplane.v1.UpdateDeploymentRequest
-	19, // 49: modelplane.v1.DeploymentService.DeleteDeployment:input_type -> modelplane.v1.DeleteDeploymentRequest
-	20, // 50: modelplane.v1.DeploymentService.StartRollout:input_type -> modelplane.v1.StartRolloutRequest
-	21, // 51: modelplane.v1.DeploymentService.PauseRollout:input_type -> modelplane.v1.PauseRolloutRequest
-	22, // 52: modelplane.v1.DeploymentService.ResumeRollout:input_type -> modelplane.v1.ResumeRolloutRequest
-	23, // 53: modelplane.v1.DeploymentService.AbortRollout:input_type -> modelplane.v1.AbortRolloutRequest
-	24, // 54: modelplane.v1.DeploymentService.PromoteRollout:input_type -> modelplane.v1.PromoteRolloutRequest
-	25, // 55: modelplane.v1.DeploymentService.RollbackRollout:input_type -> modelplane.v1.RollbackRolloutRequest
-	27, // 56: modelplane.v1.DeploymentService.ListRolloutEvents:input_type -> modelplane.v1.ListRolloutEventsRequest
-	29, // 57: modelplane.v1.DeploymentService.WatchDeployment:input_type -> modelplane.v1.WatchDeploymentRequest
-	32, // 58: modelplane.v1.DeploymentService.ReportWindow:input_type -> modelplane.v1.ReportWindowRequest
-	3,  // 59: modelplane.v1.DeploymentService.CreateDeployment:output_type -> modelplane.v1.Deployment
-	3,  // 60: modelplane.v1.DeploymentService.GetDeployment:output_type -> modelplane.v1.Deployment
-	17, // 61: modelplane.v1.DeploymentService.ListDeployments:output_type -> modelplane.v1.ListDeploymentsResponse
-	3,  // 62: modelplane.v1.DeploymentService.UpdateDeployment:output_type -> modelplane.v1.Deployment
-	39, // 63: modelplane.v1.DeploymentService.DeleteDeployment:output_type -> google.protobuf.Empty
-	3,  // 64: modelplane.v1.DeploymentService.StartRollout:output_type -> modelplane.v1.Deployment
-	3,  // 65: modelplane.v1.DeploymentService.PauseRollout:output_type -> modelplane.v1.Deployment
-	3,  // 66: modelplane.v1.DeploymentService.ResumeRollout:output_type -> modelplane.v1.Deployment
-	3,  // 67: modelplane.v1.DeploymentService.AbortRollout:output_type -> modelplane.v1.Deployment
-	3,  // 68: modelplane.v1.DeploymentService.PromoteRollout:output_type -> modelplane.v1.Deployment
-	3,  // 69: modelplane.v1.DeploymentService.RollbackRollout:output_type -> modelplane.v1.Deployment
-	28, // 70: modelplane.v1.DeploymentService.ListRolloutEvents:output_type -> modelplane.v1.ListRolloutEventsResponse
-	31, // 71: modelplane.v1.DeploymentService.WatchDeployment:output_type -> modelplane.v1.DeploymentState
-	33, // 72: modelplane.v1.DeploymentService.ReportWindow:output_type -> modelplane.v1.ReportWindowResponse
-	59, // [59:73] is the sub-list for method output_type
-	45, // [45:59] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	33, // 45: modelplane.v1.ReportWindowRequest.unloaded_versions:type_name -> modelplane.v1.UnloadedVersion
+	14, // 46: modelplane.v1.DeploymentService.CreateDeployment:input_type -> modelplane.v1.CreateDeploymentRequest
+	15, // 47: modelplane.v1.DeploymentService.GetDeployment:input_type -> modelplane.v1.GetDeploymentRequest
+	16, // 48: modelplane.v1.DeploymentService.ListDeployments:input_type -> modelplane.v1.ListDeploymentsRequest
+	18, // 49: modelplane.v1.DeploymentService.UpdateDeployment:input_type -> modelplane.v1.UpdateDeploymentRequest
+	19, // 50: modelplane.v1.DeploymentService.DeleteDeployment:input_type -> modelplane.v1.DeleteDeploymentRequest
+	20, // 51: modelplane.v1.DeploymentService.StartRollout:input_type -> modelplane.v1.StartRolloutRequest
+	21, // 52: modelplane.v1.DeploymentService.PauseRollout:input_type -> modelplane.v1.PauseRolloutRequest
+	22, // 53: modelplane.v1.DeploymentService.ResumeRollout:input_type -> modelplane.v1.ResumeRolloutRequest
+	23, // 54: modelplane.v1.DeploymentService.AbortRollout:input_type -> modelplane.v1.AbortRolloutRequest
+	24, // 55: modelplane.v1.DeploymentService.PromoteRollout:input_type -> modelplane.v1.PromoteRolloutRequest
+	25, // 56: modelplane.v1.DeploymentService.RollbackRollout:input_type -> modelplane.v1.RollbackRolloutRequest
+	27, // 57: modelplane.v1.DeploymentService.ListRolloutEvents:input_type -> modelplane.v1.ListRolloutEventsRequest
+	29, // 58: modelplane.v1.DeploymentService.WatchDeployment:input_type -> modelplane.v1.WatchDeploymentRequest
+	32, // 59: modelplane.v1.DeploymentService.ReportWindow:input_type -> modelplane.v1.ReportWindowRequest
+	3,  // 60: modelplane.v1.DeploymentService.CreateDeployment:output_type -> modelplane.v1.Deployment
+	3,  // 61: modelplane.v1.DeploymentService.GetDeployment:output_type -> modelplane.v1.Deployment
+	17, // 62: modelplane.v1.DeploymentService.ListDeployments:output_type -> modelplane.v1.ListDeploymentsResponse
+	3,  // 63: modelplane.v1.DeploymentService.UpdateDeployment:output_type -> modelplane.v1.Deployment
+	40, // 64: modelplane.v1.DeploymentService.DeleteDeployment:output_type -> google.protobuf.Empty
+	3,  // 65: modelplane.v1.DeploymentService.StartRollout:output_type -> modelplane.v1.Deployment
+	3,  // 66: modelplane.v1.DeploymentService.PauseRollout:output_type -> modelplane.v1.Deployment
+	3,  // 67: modelplane.v1.DeploymentService.ResumeRollout:output_type -> modelplane.v1.Deployment
+	3,  // 68: modelplane.v1.DeploymentService.AbortRollout:output_type -> modelplane.v1.Deployment
+	3,  // 69: modelplane.v1.DeploymentService.PromoteRollout:output_type -> modelplane.v1.Deployment
+	3,  // 70: modelplane.v1.DeploymentService.RollbackRollout:output_type -> modelplane.v1.Deployment
+	28, // 71: modelplane.v1.DeploymentService.ListRolloutEvents:output_type -> modelplane.v1.ListRolloutEventsResponse
+	31, // 72: modelplane.v1.DeploymentService.WatchDeployment:output_type -> modelplane.v1.DeploymentState
+	34, // 73: modelplane.v1.DeploymentService.ReportWindow:output_type -> modelplane.v1.ReportWindowResponse
+	60, // [60:74] is the sub-list for method output_type
+	46, // [46:60] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_modelplane_v1_deployments_proto_init() }
@@ -4017,6 +4099,18 @@ func file_modelplane_v1_deployments_proto_init() {
 			}
 		}
 		file_modelplane_v1_deployments_proto_msgTypes[30].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*UnloadedVersion); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_modelplane_v1_deployments_proto_msgTypes[31].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*ReportWindowResponse); i {
 			case 0:
 				return &v.state
@@ -4039,7 +4133,7 @@ func file_modelplane_v1_deployments_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_modelplane_v1_deployments_proto_rawDesc,
 			NumEnums:      3,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
