@@ -7,6 +7,13 @@ checks every label first (nothing is joined or written when one is invalid), joi
 the index, adds ``labeled``/``correct`` to the open window of the arm that answered, and
 appends every label to the label log: ``labels-*.arrows`` Arrow IPC stream files in the
 prediction log's directory, written with the prediction log's file helpers.
+
+A predicted row counts toward ``labeled``/``correct`` once: the first label joined with it is
+counted, and any later label for the same (request id, row) - a retried ``IngestLabels``, or
+a correction - is matched and written to the label log but not counted again. The first one
+stays in the tally because windows are reported as they close, so an earlier count may
+already be with the control plane and cannot be taken back; the label log keeps every label
+(with its time) for anyone who wants the latest.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,8 @@ class Predicted:
     value: float | int
     regression: bool
     tolerance: float
+    #: Whether a label joined with this row has been counted.
+    labeled: bool = False
 
 
 class PredictionIndex:
@@ -85,6 +94,17 @@ class PredictionIndex:
         """The prediction of that row, if still remembered."""
         with self._lock:
             return self._rows.get((request_id, row))
+
+    def claim(self, request_id: str, row: int) -> tuple[Predicted | None, bool]:
+        """The prediction of that row, if still remembered, and whether this is the first
+        label joined with it (the row is marked labeled either way)."""
+        key = (request_id, row)
+        with self._lock:
+            hit = self._rows.get(key)
+            if hit is None or hit.labeled:
+                return hit, False
+            self._rows[key] = replace(hit, labeled=True)
+            return hit, True
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -157,7 +177,7 @@ class LabelIngestor:
         for label in labels:
             kind = label.WhichOneof("value")
             truth = label.class_label if kind == "class_label" else label.target
-            hit = self.index.get(label.request_id, label.row)
+            hit, first = self.index.claim(label.request_id, label.row)
             rids.append(label.request_id)
             rows.append(label.row)
             classes.append(label.class_label if kind == "class_label" else None)
@@ -170,6 +190,8 @@ class LabelIngestor:
                 continue
             right = correct(hit.value, truth, hit.regression, hit.tolerance)
             rights.append(right)
+            if not first:
+                continue  # already counted (see the module's docstring)
             entry = tally.setdefault((hit.arm, hit.version), [0, 0])
             entry[0] += 1
             entry[1] += int(right)
