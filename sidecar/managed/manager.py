@@ -185,6 +185,7 @@ class DeploymentManager:
             )
             return {}
         unloaded: dict[int, str] = {}
+        loaded_any = False
         # The champion first: without it nothing serves; without another version, the
         # champion serves in its place.
         ordered = sorted(state.versions, key=lambda sv: sv.version != state.champion_version)
@@ -213,10 +214,21 @@ class DeploymentManager:
                 continue
             loaded.artifact_sha256 = served.artifact_sha256.lower()
             self.loaded[served.version] = loaded
+            loaded_any = True
             if have is not None:
                 # The same number with another artifact: the old one drains like a retired
                 # one once a table without it serves.
                 self._replaced.append(have)
+        current = self.table
+        if (
+            not loaded_any
+            and current is not None
+            and current.generation == state.generation
+            and current.unloaded.keys() == unloaded.keys()
+        ):
+            # A retry that loaded nothing new: the table serving is still the right one.
+            self.unloaded = unloaded
+            return unloaded
         table = build_table(state, self.loaded, without=unloaded)
         for version in table.by_label.values():
             version.assign(table.arm_of(version.label))
