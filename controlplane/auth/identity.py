@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +286,9 @@ def _verification_key(raw: bytes, where: str) -> tuple[Any, list[str]]:
 
 def is_loopback_peer(peer: str) -> bool:
     """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:...``)
-    is a loopback client."""
+    is a loopback client. gRPC writes IPv6 peers URL-encoded (``ipv6:%5B::1%5D:5000``)."""
     kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
     if kind == "unix":
         return True
     if kind == "ipv4":

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane.auth import AccessConfigError, is_loopback_listen
+from controlplane.auth.identity import is_loopback_peer
 from controlplane.server import start
 from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
@@ -377,3 +378,34 @@ def test_serve_command_refuses_a_public_address_without_auth(tmp_path: Path) -> 
     )
     assert proc.returncode == 2 and "refusing to listen on 0.0.0.0:0" in proc.stderr
     assert not (tmp_path / "cp.db").exists()
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_without_auth_ipv6_loopback_clients_are_served(tmp_path: Path) -> None:
+    # gRPC names IPv6 peers URL-encoded (ipv6:%5B::1%5D:port): they are still loopback.
+    handle = start(
+        ControlPlaneSettings(  # type: ignore[call-arg]
+            listen="[::1]:0",
+            db_url=f"sqlite:///{tmp_path / 'cp.db'}",
+            artifact_root=str(tmp_path / "artifacts"),
+            grace_seconds=0.5,
+        )
+    )
+    try:
+        with Client(f"[::1]:{handle.port}", principal="bob", timeout=30) as bob:
+            assert bob.create_model(unique()).created_by == "bob"
+    finally:
+        handle.stop(0)
+    assert is_loopback_peer("ipv6:%5B::1%5D:50000")
+    assert not is_loopback_peer("ipv6:%5B2001:db8::1%5D:443")
