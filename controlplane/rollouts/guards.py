@@ -1,4 +1,5 @@
-"""Guard rules: CEL expressions over the merged latest window, checked on every report.
+"""Guard rules: CEL expressions over the merged latest window, checked on every report (and,
+before a canary step moves, over the whole step: see :mod:`controlplane.rollouts.steps`).
 
 Variables (numbers are doubles, see :mod:`controlplane.policy`):
 
@@ -151,10 +152,17 @@ def _volume(values: dict[str, Any], name: str) -> float:
     return float(entry.get("pairs" if name == "shadow" else "requests", 0))
 
 
+def arms_read(guard: str) -> frozenset[str]:
+    """The variables (``champion``, ``candidate``, ``shadow``) that ``guard`` reads."""
+    (rule,) = _compiled((guard,))
+    return frozenset(ref.path[0] for ref in rule.refs)
+
+
 def evaluate(
-    guards: Sequence[str], values: dict[str, Any], min_requests: int
+    guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str = "window"
 ) -> tuple[GuardResult, ...]:
-    """Each guard's result on one window's ``values`` (see the module docstring)."""
+    """Each guard's result on the ``values`` of one window (or of the ``scope`` they were
+    summed over, named in the reasons for skipping; see the module docstring)."""
     rules = _compiled(tuple(guards))
     ready: list[CompiledRule] = []
     skipped: dict[int, str] = {}
@@ -163,11 +171,11 @@ def evaluate(
         absent = [a for a in arms if a not in values]
         thin = [a for a in arms if a in values and _volume(values, a) < min_requests]
         if absent:
-            skipped[rule.index] = f"skipped: no {', '.join(absent)} in this window"
+            skipped[rule.index] = f"skipped: no {', '.join(absent)} in this {scope}"
         elif thin:
             unit = "pairs" if thin == ["shadow"] else "requests"
             skipped[rule.index] = (
-                f"skipped: {', '.join(thin)} has fewer than {min_requests} {unit} in this window"
+                f"skipped: {', '.join(thin)} has fewer than {min_requests} {unit} in this {scope}"
             )
         else:
             ready.append(rule)
@@ -179,7 +187,7 @@ def evaluate(
             continue
         result = decided[rule.index]
         if result.missing:
-            error = f"skipped: no value for {', '.join(result.missing)} in this window"
+            error = f"skipped: no value for {', '.join(result.missing)} in this {scope}"
             out.append(GuardResult(rule.expression, False, error))
         elif result.outcome is Outcome.ERROR:
             out.append(GuardResult(rule.expression, False, f"not evaluated: {result.message}"))

@@ -7,9 +7,11 @@ Phases by strategy:
 
 - shadow: ``shadow`` (candidate at 0%, answering copies of ``shadow_fraction`` of traffic)
   until promoted or rolled back;
-- canary: ``canary`` with ``steps[step]`` percent; a step advances once it has lasted
+- canary: ``canary`` with ``steps[step]`` percent; a step is complete once it has lasted
   ``step_duration`` *and* counted ``min_requests`` candidate requests reported at or after its
-  start; completing the last step promotes;
+  start; a complete step advances (the last one promotes) only when the guards pass on the
+  whole step (:mod:`controlplane.rollouts.steps`), so these transitions carry
+  ``needs_verdict`` and are applied on window reports, never by the reconciler alone;
 - ab: ``ab`` with ``split`` percent until promoted or rolled back;
 - blue_green: ``shadow`` for ``step_duration``, then ``switch`` (all traffic to the candidate)
   for ``switch_seconds`` (the time sidecars need to apply it), then ``watch`` for
@@ -52,6 +54,9 @@ class Transition:
     rollout: Rollout
     champion_version: int
     reason: str
+    #: True for a canary step's advance or promotion, which must first pass the guards on
+    #: the whole step's evidence.
+    needs_verdict: bool = False
 
 
 def first_phase(spec: RolloutSpec) -> tuple[str, float]:
@@ -122,8 +127,9 @@ def due(r: Rollout, now: datetime, switch_seconds: float) -> Transition | None:
         )
         if r.step + 1 < len(r.steps):
             nxt = _moved(r, now, done, step=r.step + 1, candidate_percent=r.steps[r.step + 1])
-            return Transition("advanced", nxt, r.champion_version, done)
-        return Transition("promoted", _ended(r, PROMOTED, now, done), r.candidate_version, done)
+            return Transition("advanced", nxt, r.champion_version, done, needs_verdict=True)
+        ended = _ended(r, PROMOTED, now, done)
+        return Transition("promoted", ended, r.candidate_version, done, needs_verdict=True)
     if r.strategy == BLUE_GREEN:
         if r.phase == SHADOW and elapsed >= r.step_duration_seconds:
             why = f"shadow phase lasted {elapsed:.1f}s; all traffic switches to the candidate"

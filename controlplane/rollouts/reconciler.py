@@ -1,9 +1,10 @@
 """The reconciler: a thread in each server process applying time-driven rollout transitions.
 
-Every ``interval`` seconds it looks for running rollouts whose step or phase is due (see
+Every ``interval`` seconds it looks for running rollouts whose phase is due (see
 :func:`controlplane.rollouts.machine.due`) and applies each with a compare-and-set, so that
-when several replicas tick at once exactly one applies a given transition. Transitions happen
-whether or not any sidecar reports.
+when several replicas tick at once exactly one applies a given transition. These transitions
+happen whether or not any sidecar reports; a canary step's advance or promotion is left to the
+window reports, since it needs the guards' verdict on the step's evidence.
 """
 
 from __future__ import annotations

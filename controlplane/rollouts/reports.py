@@ -5,9 +5,11 @@ sequence) is acknowledged with ``accepted=False`` and changes nothing); the cand
 requests count toward the current canary step when the sidecar applied the step's generation;
 the latest window (each replica's newest report of the same rollout received within
 ``stale_factor`` report intervals) is merged and its derived fields computed; guards are
-evaluated on it, and a failed guard rolls the rollout back at once; a step whose time and
-requests are complete advances; drift past the deployment's thresholds (outside its cooldown)
-records a ``drift`` event and, after commit, calls the retraining hooks.
+evaluated on it, and a failed guard rolls the rollout back at once; a canary step whose time
+and requests are complete advances only when every guard also passes on the whole step (see
+:mod:`controlplane.rollouts.steps`; one that fails there rolls back); drift past the
+deployment's thresholds (outside its cooldown) records a ``drift`` event and, after commit,
+calls the retraining hooks.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from controlplane.domain.deployments import (
     Deployment,
     DriftSummary,
     Evidence,
+    GuardResult,
     Rollout,
     WindowReport,
 )
-from controlplane.rollouts import drift, guards, histograms, machine, transitions
+from controlplane.rollouts import drift, guards, histograms, machine, steps, transitions
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
 from controlplane.rollouts.merge import latest_per_replica, merge_reports
@@ -230,21 +233,50 @@ class ReportService:
         repo.set_evidence(d.id, r.id, to_json(evidence), to_json(reference))
         failure = guards.first_failure(results)
         if failure is not None:
-            why = f"guard failed: {failure.expression}"
-            if failure.detail:
-                why += f" ({failure.detail})"
-            transition = machine.guard_rollback(r, tx.now, why)
-            moved = transitions.apply(
-                tx, d, transition, AUTOMATIC_ACTOR, evidence=evidence, strict=False
-            )
-            if moved is not None:
-                log.warning("rollout rolled back", deployment=d.id, rollout=r.id, reason=why)
-            return moved is not None
+            return self._roll_back(tx, d, r, failure, evidence, "")
         fresh = replace(r, step_candidate_requests=evidence.step_candidate_requests)
         due = machine.due(fresh, tx.now, self.switch_seconds)
         if due is None:
             return False
+        if due.needs_verdict:
+            verdict = steps.judge_step(
+                tx, d, fresh, self.guard_min_requests, lambda a: self._scored(tx, d, a)
+            )
+            evidence = verdict.evidence
+            repo.set_evidence(d.id, r.id, to_json(evidence), to_json(verdict.reference))
+            if verdict.failure is not None:
+                return self._roll_back(tx, d, r, verdict.failure, evidence, " over the step")
+            if not verdict.passed:
+                log.debug(
+                    "step complete, held for its guards",
+                    deployment=d.id,
+                    rollout=r.id,
+                    waiting=steps.describe(verdict),
+                )
+                return False
+            why = f"{due.reason}; every guard passed over the step"
+            due = replace(due, reason=why, rollout=replace(due.rollout, reason=why))
         moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
+        return moved is not None
+
+    def _roll_back(
+        self,
+        tx: WriteTx,
+        d: Deployment,
+        r: Rollout,
+        failure: GuardResult,
+        evidence: Evidence,
+        scope: str,
+    ) -> bool:
+        why = f"guard failed{scope}: {failure.expression}"
+        if failure.detail:
+            why += f" ({failure.detail})"
+        transition = machine.guard_rollback(r, tx.now, why)
+        moved = transitions.apply(
+            tx, d, transition, AUTOMATIC_ACTOR, evidence=evidence, strict=False
+        )
+        if moved is not None:
+            log.warning("rollout rolled back", deployment=d.id, rollout=r.id, reason=why)
         return moved is not None
 
     def _drift(

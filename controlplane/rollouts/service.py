@@ -160,7 +160,7 @@ class RolloutService:
             d = Deployments(tx.session).get(deployment_id, lock=True)
             r = d.active_rollout if d else None
             transition = machine.due(r, tx.now, self.switch_seconds) if r else None
-            if d is None or transition is None:
+            if d is None or transition is None or transition.needs_verdict:
                 return False
             moved = transitions.apply(tx, d, transition, AUTOMATIC_ACTOR, strict=False)
         if moved is not None:
@@ -183,7 +183,9 @@ class RolloutService:
             for deployment_id, _ in repo.running():
                 d = repo.get(deployment_id)
                 r = d.active_rollout if d else None
-                if r is not None and machine.due(r, now, self.switch_seconds) is not None:
+                t = machine.due(r, now, self.switch_seconds) if r is not None else None
+                # A canary step moves on a window report, once its guards pass on the step.
+                if t is not None and not t.needs_verdict:
                     due.append(deployment_id)
         applied = sum(self.advance_if_due(deployment_id) for deployment_id in due)
         if now - self._last_prune > timedelta(minutes=1):

@@ -2,7 +2,9 @@
 
 Zero (or empty) means "the default" for every setting, as proto3 sends unset fields:
 canary steps 10, 50, 100; A/B split 50; shadow fraction 1; step duration 60 s; 100 candidate
-requests per canary step.
+requests per canary step. Shares are refused where sidecars would route nothing: sidecars
+split traffic in 10,000 buckets, so a step, split or shadow fraction must give each arm at
+least one (0.01%), and each canary step must route more than the one before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ DEFAULT_STEP_SECONDS = 60.0
 DEFAULT_MIN_REQUESTS = 100
 MAX_STEPS = 20
 MAX_STEP_SECONDS = 7 * 24 * 3600.0
+#: Sidecars route by hashing each key to one of this many buckets and give the candidate
+#: ``round(percent * BUCKETS / 100)`` of them, so a share smaller than one bucket (0.01%)
+#: routes nothing and a rollout waiting for its requests would never move.
+BUCKETS = 10_000
+
+
+def _buckets(percent: float) -> int:
+    """How many routing buckets a sidecar gives ``percent`` percent of traffic."""
+    return round(percent * (BUCKETS // 100))
 
 
 def _bad(message: str, reason: str, field: str) -> InvalidArgument:
@@ -43,6 +54,20 @@ def _steps(strategy: str, steps: Sequence[float]) -> tuple[float, ...]:
         if not (math.isfinite(value) and 0 < value <= 100):
             raise _bad(
                 f"step {i} is {value:g}%: each step must be a percent in (0, 100]",
+                "INVALID_STEPS",
+                "rollout.steps",
+            )
+        if _buckets(value) < 1:
+            raise _bad(
+                f"step {i} is {value:g}%: below 0.01% a step routes no traffic to the "
+                "candidate (sidecars split traffic in steps of 0.01%)",
+                "INVALID_STEPS",
+                "rollout.steps",
+            )
+        if i and _buckets(value) <= _buckets(values[i - 1]):
+            raise _bad(
+                f"step {i} ({value:g}%) routes the same traffic as step {i - 1} "
+                f"({values[i - 1]:g}%): steps must ascend by at least 0.01%",
                 "INVALID_STEPS",
                 "rollout.steps",
             )
@@ -72,6 +97,13 @@ def _split(strategy: str, split: float) -> float:
             "INVALID_SPLIT",
             "rollout.split",
         )
+    if not 1 <= _buckets(value) < BUCKETS:
+        raise _bad(
+            f"split is {value:g}%: it must be between 0.01% and 99.99%, or one arm gets no "
+            "traffic (sidecars split traffic in steps of 0.01%)",
+            "INVALID_SPLIT",
+            "rollout.split",
+        )
     return value
 
 
@@ -88,6 +120,13 @@ def _fraction(strategy: str, fraction: float) -> float:
     if not (math.isfinite(value) and 0 < value <= 1):
         raise _bad(
             f"shadow_fraction is {value:g}: it must be in (0, 1]",
+            "INVALID_SHADOW_FRACTION",
+            "rollout.shadow_fraction",
+        )
+    if round(value * BUCKETS) < 1:
+        raise _bad(
+            f"shadow_fraction is {value:g}: below 0.0001 (0.01%) no request is copied to the "
+            "shadow (sidecars sample in steps of 0.01%)",
             "INVALID_SHADOW_FRACTION",
             "rollout.shadow_fraction",
         )

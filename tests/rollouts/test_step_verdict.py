@@ -1,0 +1,158 @@
+"""A canary step moves only on the guards' verdict over the whole step, through a real control
+plane (gRPC on loopback, SQLite) fed synthetic window reports: thin windows, each below
+``guard_min_requests``, must neither let a failing candidate through nor hold a healthy one
+forever; shares that route nothing are refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelplane import Client
+from modelplane.errors import InvalidArgument
+from modelplane.v1 import deployments_pb2 as pb
+from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.test_deployments_api import Sidecar, deployed, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
+ENDED = (pb.ROLLOUT_STATE_PROMOTED, pb.ROLLOUT_STATE_ROLLED_BACK, pb.ROLLOUT_STATE_ABORTED)
+
+
+@pytest.fixture
+def c(tmp_path: Path) -> Iterator[Client]:
+    cp: RunningControlPlane = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    with cp.client() as client:
+        yield client
+    cp.handle.stop(0)
+
+
+def _report_until(side: Sidecar, done: Any, seconds: float = 60, **counts: Any) -> pb.Deployment:
+    """Report the same thin window again and again until ``done(deployment)``."""
+
+    def once() -> pb.Deployment | None:
+        side.report(**counts)
+        d = side.c.get_deployment(side.dep)
+        return d if done(d) else None
+
+    return wait_for(once, "the rollout", seconds)
+
+
+def _actions(c: Client, dep: str) -> list[str]:
+    return [e.action for e in reversed(list(c.list_rollout_events(dep)))]
+
+
+def test_thin_windows_of_a_failing_candidate_roll_it_back_over_the_step(
+    c: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(
+        dep, versions[1], steps=[50, 100], step_duration=0.3, min_requests=10, guards=[ERRORS]
+    )
+    side = Sidecar(c, dep)
+    # Every window has 4 candidate requests, all failed: too few for a guard on any window.
+    d = _report_until(
+        side, lambda x: x.rollout.state in ENDED, champion=4, candidate=4, candidate_errors=4
+    )
+    assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
+    assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
+    assert d.champion_version == versions[0]
+    ev = d.rollout.evidence
+    assert ev.candidate.requests >= 20 and ev.candidate.errors == ev.candidate.requests
+    assert _actions(c, dep) == ["started", "rolled_back"]
+
+
+def test_thin_windows_of_a_healthy_candidate_promote_it_with_every_guard_evaluated(
+    c: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(
+        dep, versions[1], steps=[50, 100], step_duration=0.3, min_requests=10, guards=[ERRORS]
+    )
+    side = Sidecar(c, dep)
+    _report_until(side, lambda x: x.rollout.step == 1, champion=4, candidate=4)
+    # At 100% the champion answers nothing: the previous step's champion is the comparison.
+    d = _report_until(side, lambda x: x.rollout.state in ENDED, candidate=4)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    assert d.champion_version == versions[1]
+    assert "every guard passed over the step" in d.rollout.reason
+    assert _actions(c, dep) == ["started", "advanced", "promoted"]
+    for event in c.list_rollout_events(dep):
+        if event.action in ("advanced", "promoted"):
+            assert [(g.expression, g.passed, g.error) for g in event.evidence.guards] == [
+                (ERRORS, True, "")
+            ]
+            assert event.evidence.candidate.requests >= 20
+
+
+def test_a_guard_without_values_holds_a_complete_step_and_a_shadow_guard_does_not(
+    c: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(c, tmp_path, guards=["shadow.disagreement_rate <= 0.1"])
+    c.start_rollout(
+        dep,
+        versions[1],
+        steps=[50, 100],
+        step_duration=0.2,
+        min_requests=10,
+        guards=["candidate.accuracy >= 0.5"],
+    )
+    side = Sidecar(c, dep)
+    for _ in range(15):  # 150 candidate requests: the step's requests are long complete
+        side.report(champion=10, candidate=10)
+    time.sleep(0.3)  # and so is its time
+    side.report(champion=10, candidate=10)
+    d = c.get_deployment(dep)
+    assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING and d.rollout.step == 0
+    shadow, accuracy = d.rollout.evidence.guards
+    assert accuracy.error == "skipped: no value for candidate.accuracy in this step"
+    assert shadow.error == "skipped: no shadow in this step"
+    assert _actions(c, dep) == ["started"]
+
+
+def test_a_single_full_step_compares_with_the_champion_before_the_rollout(
+    c: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(c, tmp_path)
+    side = Sidecar(c, dep)
+    for _ in range(3):
+        side.report(champion=10)
+    c.start_rollout(dep, versions[1], steps=[100], step_duration=0.2, min_requests=10)
+    d = _report_until(side, lambda x: x.rollout.state in ENDED, candidate=5)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
+
+
+@pytest.mark.parametrize(
+    ("rollout", "field"),
+    [
+        ({"strategy": "canary", "steps": [0.005, 100]}, "rollout.steps"),
+        ({"strategy": "canary", "steps": [10, 10.004, 100]}, "rollout.steps"),
+        ({"strategy": "ab", "split": 0.004}, "rollout.split"),
+        ({"strategy": "ab", "split": 99.996}, "rollout.split"),
+        ({"strategy": "shadow", "shadow_fraction": 0.00004}, "rollout.shadow_fraction"),
+        ({"strategy": "blue_green", "shadow_fraction": 0.00001}, "rollout.shadow_fraction"),
+    ],
+)
+def test_shares_that_route_nothing_are_refused(
+    c: Client, tmp_path: Path, rollout: dict[str, Any], field: str
+) -> None:
+    dep, versions = deployed(c, tmp_path)
+    with pytest.raises(InvalidArgument) as err:
+        c.start_rollout(dep, versions[1], **rollout)
+    assert err.value.metadata["field"] == field
+    assert "0.01%" in err.value.message
+    assert not c.get_deployment(dep).rollout.id
+    # The smallest share that routes anything is accepted.
+    smallest_by_field: dict[str, dict[str, Any]] = {
+        "rollout.steps": {"strategy": "canary", "steps": [0.01, 0.02, 100]},
+        "rollout.split": {"strategy": "ab", "split": 0.01},
+        "rollout.shadow_fraction": {"strategy": "shadow", "shadow_fraction": 0.0001},
+    }
+    smallest = smallest_by_field[field]
+    assert c.start_rollout(dep, versions[1], **smallest).rollout.state == pb.ROLLOUT_STATE_RUNNING
