@@ -53,10 +53,10 @@ class BlobServicer(blobs_pb2_grpc.BlobServiceServicer):
     def GetBlob(
         self, request: blobs_pb2.GetBlobRequest, context: grpc.ServicerContext
     ) -> blobs_pb2.Blob:
-        return cv.blob_to_proto(self.blobs.get(request.name))
+        return cv.blob_to_proto(self.blobs.get(request.name, current_context()))
 
     def DownloadBlob(
         self, request: blobs_pb2.DownloadBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[blobs_pb2.DownloadBlobResponse]:
-        for chunk in self.blobs.download(request.name):
+        for chunk in self.blobs.download(request.name, current_context()):
             yield blobs_pb2.DownloadBlobResponse(chunk=chunk)

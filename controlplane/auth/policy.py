@@ -137,11 +137,13 @@ def _covering(ctx: RequestContext, method: str, rule: Rule, named: set[str]) -> 
 
 
 def _listed_filter(rule: Rule, allowed: set[str]) -> Callable[[Any], Any]:
-    """Drops the entries of a list response whose model the caller may not see."""
+    """Drops the entries of a list response that are not about a model the caller may see:
+    an entry about no model (a blob's upload, a deployment, a policy) is dropped too, since
+    what it names may belong to models outside the caller's scope."""
 
     def keep_visible(response: Any) -> Any:
         entries = getattr(response, rule.listed)
-        kept = [e for e in entries if _visible(getattr(e, rule.key), allowed)]
+        kept = [e for e in entries if model_of(getattr(e, rule.key)) in allowed]
         if len(kept) != len(entries):
             del entries[:]
             entries.extend(kept)

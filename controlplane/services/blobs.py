@@ -8,7 +8,7 @@ from controlplane.blobstore import BlobStore
 from controlplane.domain import Blob
 from controlplane.names import check_sha256, check_text, parse_blob
 from controlplane.store import Store
-from modelplane.errors import NotFound
+from modelplane.errors import NotFound, PermissionDenied
 from modelplane.server.context import RequestContext
 
 
@@ -40,15 +40,33 @@ class BlobService:
             tx.record("UploadBlob", blob.name, None, blob)
             return blob
 
-    def get(self, name: str) -> Blob:
+    def get(self, name: str, ctx: RequestContext | None = None) -> Blob:
+        """Blob ``name``'s record. With ``ctx``, a caller whose roles hold only on some
+        models sees only blobs it uploaded or that those models' versions and evaluations
+        use (BLOB_NOT_IN_SCOPE otherwise): a digest seen elsewhere opens nothing."""
         sha256 = parse_blob(name)
         with self.store.read() as tx:
             blob = tx.blobs.get(sha256)
+            scope = None if ctx is None or blob is None else _model_scope(ctx)
+            principal = "" if ctx is None else ctx.principal
+            if scope is not None and not tx.blobs.used_by(sha256, scope, principal):
+                raise PermissionDenied(
+                    f"blob {name} is not used by the models your roles hold on "
+                    f"({', '.join(sorted(scope)) or 'none'})",
+                    reason="BLOB_NOT_IN_SCOPE",
+                )
         if blob is None:
             raise NotFound(f"blob {name} does not exist", reason="BLOB_NOT_FOUND")
         return blob
 
-    def download(self, name: str) -> Iterator[bytes]:
+    def download(self, name: str, ctx: RequestContext | None = None) -> Iterator[bytes]:
         """The blob's bytes in chunks (NOT_FOUND before the first chunk when missing)."""
-        blob = self.get(name)
+        blob = self.get(name, ctx)
         return self.blobs.iter_chunks(blob.sha256)
+
+
+def _model_scope(ctx: RequestContext) -> set[str] | None:
+    """The models the caller's grants name, or None when a grant holds on every model."""
+    if not ctx.grants or any(not g.scoped for g in ctx.grants):
+        return None
+    return {m for g in ctx.grants for m in g.models}

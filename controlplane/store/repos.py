@@ -15,6 +15,7 @@ from sqlalchemy import (
     TypeDecorator,
     and_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -37,6 +38,7 @@ from controlplane.store.tables import (
     AliasEventRow,
     AliasRow,
     BlobRow,
+    EvaluationRow,
     ModelRow,
     ModelVersionRow,
     OperationRow,
@@ -515,6 +517,33 @@ class BlobRepo:
         )
         found = {(str(kind), str(key)) for kind, key in rows}
         return ("m", model_id) in found, {key for kind, key in found if kind == "b"}
+
+    def used_by(self, sha256: str, models: Iterable[str], principal: str) -> bool:
+        """Whether ``principal`` uploaded blob ``sha256``, or a version of one of ``models``
+        holds it (its artifact, or a dataset of its lineage), or one of their evaluations ran
+        on it."""
+        models = list(models)
+        uploaded = select(BlobRow.sha256).where(
+            BlobRow.sha256 == sha256, BlobRow.created_by == principal
+        )
+        if self.s.exec(uploaded).first() is not None:
+            return True
+        if not models:
+            return False
+        # A digest is 64 hex digits: matching it inside the lineage's JSON text is exact.
+        held = select(ModelVersionRow.id).where(
+            col(ModelVersionRow.model_id).in_(models),
+            or_(
+                col(ModelVersionRow.artifact_sha256) == sha256,
+                cast(ModelVersionRow.lineage, String).contains(sha256),
+            ),
+        )
+        if self.s.exec(held.limit(1)).first() is not None:
+            return True
+        evaluated = select(EvaluationRow.id).where(
+            col(EvaluationRow.model_id).in_(models), EvaluationRow.dataset_sha256 == sha256
+        )
+        return self.s.exec(evaluated.limit(1)).first() is not None
 
     def add_if_absent(self, blob: Blob) -> bool:
         """Insert ``blob`` unless a row for its digest exists; True when this call inserted it.

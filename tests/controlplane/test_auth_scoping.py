@@ -147,3 +147,40 @@ def test_requests_naming_no_model_need_an_unscoped_grant(scoped: Scoped, tmp_pat
         with pytest.raises(grpc.RpcError) as invalid:
             stub.GetModel(registry_pb2.GetModelRequest(name="policies/x"), metadata=md_admin)
         assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_scoped_callers_reach_only_their_models_blobs_and_audit_events(
+    scoped: Scoped, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    import hashlib
+    import uuid
+
+    # A dataset only model b uses, and a blob nothing uses yet.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    only_b = tmp_path / "b-only.parquet"
+    table = pq.read_table(trained_model.train)
+    pq.write_table(table.append_column("note", pa.array([str(uuid.uuid4())] * len(table))), only_b)
+    with scoped.server.client("ada") as ada:
+        ada.register_version(
+            scoped.b, trained_model.onnx, datasets={"holdout": only_b}, label="target"
+        )
+        loose = ada.upload_blob(f"unused {uuid.uuid4()}".encode(), "text/plain").sha256
+    only_b_sha = hashlib.sha256(only_b.read_bytes()).hexdigest()
+    with scoped.server.client("sam") as sam, scoped.server.client("dana") as dana:
+        events = list(sam.audit_events())
+        assert events and all(e.resource.startswith(f"models/{scoped.a}") for e in events)
+        for sha in (only_b_sha, loose):
+            _refused(lambda s=sha: sam.get_blob(s), "BLOB_NOT_IN_SCOPE")
+            _refused(lambda s=sha: sam.download_blob(s, tmp_path / "x"), "BLOB_NOT_IN_SCOPE")
+        assert not (tmp_path / "x").exists()
+        # What model a's versions use stays readable, and so does what a caller uploaded.
+        artifact = sam.get_version(scoped.a, scoped.version_a).artifact.sha256
+        got = sam.download_blob(artifact, tmp_path / "a.onnx").read_bytes()
+        assert hashlib.sha256(got).hexdigest() == artifact
+        own = dana.upload_blob(f"dana's {uuid.uuid4()}".encode(), "text/plain").sha256
+        assert dana.get_blob(own).sha256 == own
+    with scoped.server.client("ada") as ada:
+        assert ada.get_blob(loose).sha256 == loose
+        assert any(e.resource == f"blobs/{loose}" for e in ada.audit_events())
