@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	modelplanev1 "github.com/modelplane/modelplane/clients/go/modelplane/v1"
 )
@@ -35,7 +36,9 @@ type Options struct {
 	Roles []string
 	// Token is a bearer token (or JWT) for a server with access control.
 	Token string
-	// Timeout bounds each call whose context has no deadline (default 60 s).
+	// Timeout bounds each call whose context has no deadline (default 60 s): unary calls and
+	// UploadBlob. Server streams (DownloadBlob, ExportAuditEvents, WatchDeployment) are not
+	// bounded by it; they end with their context.
 	Timeout time.Duration
 	// DialOptions replace the default transport (plaintext); pass TLS credentials here.
 	DialOptions []grpc.DialOption
@@ -77,7 +80,7 @@ func Dial(address string, opts Options) (*Client, error) {
 	}
 	dial = append(dial,
 		grpc.WithChainUnaryInterceptor(unaryIdentity(pairs, timeout)),
-		grpc.WithChainStreamInterceptor(streamIdentity(pairs)),
+		grpc.WithChainStreamInterceptor(streamIdentity(pairs, timeout)),
 	)
 	conn, err := grpc.Dial(address, dial...)
 	if err != nil {
@@ -139,7 +142,8 @@ func (c *Client) CreateModel(ctx context.Context, modelID, description string) (
 
 // RegisterVersion uploads the ONNX bytes, then registers them as the model's next version.
 // Fields set in template (lineage, labels, ...) are sent as they are; Parent and
-// ArtifactSha256 are filled in, and RequestId when empty.
+// ArtifactSha256 are filled in, and RequestId when empty. They are set on a copy: template is
+// not modified, so one template serves several models or a retry with another artifact.
 func (c *Client) RegisterVersion(
 	ctx context.Context, model string, onnx []byte, template *modelplanev1.CreateModelVersionRequest,
 ) (*modelplanev1.ModelVersion, error) {
@@ -149,7 +153,7 @@ func (c *Client) RegisterVersion(
 	}
 	req := &modelplanev1.CreateModelVersionRequest{}
 	if template != nil {
-		req = template
+		req = proto.Clone(template).(*modelplanev1.CreateModelVersionRequest)
 	}
 	req.Parent = ModelName(model)
 	req.ArtifactSha256 = blob.GetSha256()
@@ -210,7 +214,10 @@ func unaryIdentity(pairs []string, timeout time.Duration) grpc.UnaryClientInterc
 	}
 }
 
-func streamIdentity(pairs []string) grpc.StreamClientInterceptor {
+// streamIdentity sends the identity on every stream, and bounds a client stream with one
+// answer (UploadBlob) by timeout when its context has no deadline. Server streams are left
+// unbounded: a download or a watch may rightly run longer.
+func streamIdentity(pairs []string, timeout time.Duration) grpc.StreamClientInterceptor {
 	return func(
 		ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
 		method string, streamer grpc.Streamer, opts ...grpc.CallOption,
@@ -218,6 +225,28 @@ func streamIdentity(pairs []string) grpc.StreamClientInterceptor {
 		if len(pairs) > 0 {
 			ctx = metadata.AppendToOutgoingContext(ctx, pairs...)
 		}
-		return streamer(ctx, desc, cc, method, opts...)
+		if _, ok := ctx.Deadline(); ok || desc.ServerStreams {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		stream, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		return &boundedStream{ClientStream: stream, cancel: cancel}, nil
 	}
+}
+
+// boundedStream releases its timeout once the single answer (or the call's error) is read.
+// A stream abandoned before that is released when the timeout passes.
+type boundedStream struct {
+	grpc.ClientStream
+	cancel context.CancelFunc
+}
+
+func (s *boundedStream) RecvMsg(m interface{}) error {
+	err := s.ClientStream.RecvMsg(m)
+	s.cancel()
+	return err
 }
