@@ -61,6 +61,12 @@ def test_go_client_builds_vets_and_is_gofmt_clean(go_module: tuple[Path, dict[st
     assert fmt.stdout == "", f"not gofmt-formatted: {fmt.stdout}"
 
 
+def test_go_client_unit_tests_pass(go_module: tuple[Path, dict[str, str]]) -> None:
+    """clients/go/client's own tests, against in-process gRPC servers."""
+    test = _go(["test", "-count=1", "./..."], go_module)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
 def test_go_example_registers_and_gates_against_a_live_control_plane(
     go_module: tuple[Path, dict[str, str]],
     live_controlplane: LiveControlPlane,
