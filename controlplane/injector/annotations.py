@@ -34,8 +34,8 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 # A Kubernetes resource.Quantity: a decimal number with an optional binary (Ki..Ei),
 # decimal (n, u, m, k, M..E) or exponent suffix.
 _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
-# RFC 1123 label, the form of a deployment id (lowercase, digits, dashes).
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A deployment id: an RFC 1034 label (a lowercase letter, then letters, digits and dashes).
+_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
@@ -77,14 +77,16 @@ def deployment_name(pod: Mapping[str, Any]) -> str | None:
         if not _NAME.match(name):
             raise AnnotationError(
                 ANNOTATION_DEPLOYMENT,
-                f"{name!r} is not a deployment id (lowercase letters, digits and dashes, "
-                "at most 63 characters)",
+                f"{name!r} is not a deployment id (a lowercase letter, then lowercase letters, "
+                "digits and dashes, at most 63 characters)",
             )
         return name
     for label in ("app.kubernetes.io/name", "app"):
         value = str(labels.get(label, "")).strip()
         if value:
-            return value
+            # A label may hold what no deployment id can (Fraud_API, fraud.v2): such a pod
+            # gets no sidecar rather than one that waits for a deployment that cannot exist.
+            return value if _NAME.match(value) else None
     return None
 
 

@@ -73,8 +73,8 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
                 True,
                 # Admission warnings over 120 characters may be cut short.
                 warnings=[
-                    f"no Modelplane sidecar added: set the {ANNOTATION_DEPLOYMENT} annotation "
-                    "or an app.kubernetes.io/name label"
+                    f"no Modelplane sidecar: set a deployment id in the {ANNOTATION_DEPLOYMENT} "
+                    "annotation or app.kubernetes.io/name label"
                 ],
             )
         spec = read_spec(pod, deployment, config.control_plane)

@@ -59,6 +59,34 @@ def _is_pod_create(request: dict[str, Any]) -> bool:
     )
 
 
+def _check_pod(pod: dict[str, Any]) -> None:
+    """BadReview (``MALFORMED_POD``) for a pod whose parts the webhook reads have the wrong
+    JSON type; the API server never sends one, but a hand-made review must not crash us."""
+
+    def objects(value: Any, where: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise BadReview("MALFORMED_POD", f"the pod's {where} must be a list of objects")
+        return value
+
+    def mapping(value: Any, where: str) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise BadReview("MALFORMED_POD", f"the pod's {where} must be an object")
+
+    meta = pod.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise BadReview("MALFORMED_POD", "the pod's metadata must be an object")
+    for part in ("labels", "annotations"):
+        mapping(meta.get(part), f"metadata.{part}")
+    spec = pod["spec"]
+    for part in ("containers", "initContainers"):
+        for i, container in enumerate(objects(spec.get(part), f"spec.{part}")):
+            objects(container.get("ports"), f"spec.{part}[{i}].ports")
+            objects(container.get("volumeMounts"), f"spec.{part}[{i}].volumeMounts")
+    objects(spec.get("volumes"), "spec.volumes")
+
+
 def answer_review(body: bytes, config: InjectionConfig) -> dict[str, Any]:
     """The AdmissionReview answering ``body``; :class:`BadReview` when it is malformed."""
     request = parse_review(body)
@@ -67,6 +95,7 @@ def answer_review(body: bytes, config: InjectionConfig) -> dict[str, Any]:
         pod = request.get("object")
         if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
             raise BadReview("MISSING_OBJECT", "a Pod CREATE review must carry the pod as object")
+        _check_pod(pod)
         decision = decide(pod, config)
         response["allowed"] = decision.allowed
         if decision.patch:

@@ -130,6 +130,11 @@ class _Handler(BaseHTTPRequestHandler):
         except BadReview as exc:
             self._error(400, exc.reason, exc.message)
             return
+        except Exception as exc:
+            # Whatever slipped past the checks gets an answer, not a dropped connection.
+            log.error("admission review failed", exc_info=exc)
+            self._error(500, "INTERNAL", "the webhook could not answer this review; see its log")
+            return
         response = answer["response"]
         log.info(
             "admission reviewed",

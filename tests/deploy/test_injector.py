@@ -171,6 +171,17 @@ def test_pod_with_no_name_is_allowed_unchanged_with_a_warning(settings: Injector
     assert "modelplane.dev/deployment" in warning and len(warning) <= 120
 
 
+@pytest.mark.parametrize("name", ["Fraud_API", "fraud.v2", "1fraud", "-fraud"])
+def test_a_label_that_is_no_deployment_id_adds_no_sidecar(
+    settings: InjectorSettings, name: str
+) -> None:
+    pod = model_pod(labels={"app.kubernetes.io/name": name, "modelplane.dev/inject": "true"})
+    decision = decide(pod, settings)
+    assert decision.allowed and not decision.patch
+    (warning,) = decision.warnings
+    assert "modelplane.dev/deployment" in warning and len(warning) <= 120
+
+
 @pytest.mark.parametrize(
     "labels",
     [
@@ -215,6 +226,7 @@ def test_existing_log_volume_is_shared_not_duplicated(settings: InjectorSettings
         ("modelplane.dev/resources", '{"requests": ', "not valid JSON"),
         ("modelplane.dev/control-plane", "no-port", "not HOST:PORT"),
         ("modelplane.dev/deployment", "Fraud_Model", "not a deployment id"),
+        ("modelplane.dev/deployment", "1fraud", "not a deployment id"),
     ],
 )
 def test_bad_annotations_refuse_the_pod(
@@ -270,6 +282,36 @@ def test_malformed_reviews(settings: InjectorSettings, payload: bytes, reason: s
     with pytest.raises(BadReview) as caught:
         answer_review(payload, settings)
     assert caught.value.reason == reason and caught.value.message
+
+
+def _broken(where: str) -> dict[str, Any]:
+    pod = model_pod()
+    if where == "metadata":
+        pod["metadata"] = None
+    elif where == "labels":
+        pod["metadata"]["labels"] = ["modelplane.dev/inject=true"]
+    elif where == "annotations":
+        pod["metadata"]["annotations"] = "modelplane.dev/port=9000"
+    elif where == "containers":
+        pod["spec"]["containers"] = [None]
+    elif where == "ports":
+        pod["spec"]["containers"][0]["ports"] = [None]
+    elif where == "volumes":
+        pod["spec"]["volumes"] = {"name": "x"}
+    return pod
+
+
+@pytest.mark.parametrize(
+    "where", ["metadata", "labels", "annotations", "containers", "ports", "volumes"]
+)
+def test_pods_with_parts_of_the_wrong_type_are_bad_reviews(
+    settings: InjectorSettings, where: str
+) -> None:
+    doc = review(model_pod())
+    doc["request"]["object"] = _broken(where)
+    with pytest.raises(BadReview) as caught:
+        answer_review(body(doc), settings)
+    assert caught.value.reason == "MALFORMED_POD" and caught.value.message
 
 
 def test_pod_review_without_object(settings: InjectorSettings) -> None:

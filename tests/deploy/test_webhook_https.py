@@ -105,6 +105,18 @@ def test_malformed_review_is_400_with_a_reason(
     assert answer["reason"] == reason and answer["message"]
 
 
+def test_a_pod_of_the_wrong_shape_is_400_and_the_webhook_keeps_serving(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    doc = review(model_pod())
+    doc["request"]["object"]["spec"]["containers"] = [None]
+    status, answer = _post(injector.port, cert, json.dumps(doc).encode())
+    assert status == 400 and answer["reason"] == "MALFORMED_POD"
+    status, answer = _post(injector.port, cert, json.dumps(review(model_pod())).encode())
+    assert status == 200 and answer["response"]["allowed"] is True
+
+
 def test_wrong_content_type_is_415(injector: Any, tls_files: tuple[Path, Path]) -> None:
     cert, _ = tls_files
     status, answer = _post(injector.port, cert, body(review(model_pod())), "text/plain")
