@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -58,14 +57,6 @@ class Trickle:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 def _canary(tmp_path: Path, procs: list[Server], candidate: object) -> tuple[Client, str, dict]:

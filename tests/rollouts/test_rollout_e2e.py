@@ -8,7 +8,6 @@ control-plane replicas on PostgreSQL agreeing.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.timeout(240)
 # Latency on two shared cores is too noisy for the default p99 guard in tests that are not
 # about it: the walks that must succeed guard on errors only.
 ERRORS_ONLY = ["candidate.error_rate <= champion.error_rate + 0.01"]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Server]]:
-    """Every process a test starts; all stopped at the end."""
-    started: list[Server] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 def _state(client: Client, deployment: str) -> dp.Deployment:

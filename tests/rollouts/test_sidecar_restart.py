@@ -5,7 +5,6 @@ not refused as repeats of the old process's."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,15 +18,6 @@ from tests.conftest import unique
 from tests.rollouts.harness import register, rows, wait_for
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Server]]:
-    """Every process a test starts; all stopped at the end."""
-    started: list[Server] = []
-    yield started
-    for server in reversed(started):
-        server.stop()
 
 
 def _counted(client: Client, deployment: str) -> int:

@@ -4,6 +4,7 @@ rollout's guards judge is the one clients saw."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -13,43 +14,28 @@ from sidecar_helpers import raw_request, stub
 from modelplane.testing import onnx_models
 
 
-def test_model_execution_failures_count_once(plane: FakeControlPlane, tmp_path: Path) -> None:
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
+def test_model_execution_failures_count_once(
+    plane: FakeControlPlane, managed: Any, tmp_path: Path
+) -> None:
     blob = onnx_models.save(onnx_models.faulty_classifier(8), tmp_path / "f.onnx").read_bytes()
-    handle = start(
-        SidecarSettings(
-            control_plane=plane.address,
-            deployment="fraud",
-            listen="127.0.0.1:0",
-            device="cpu",
-            warmup_runs=1,
-            cache_dir=tmp_path / "cache",
-        )
-    )
-    try:
-        plane.push(state("fraud", 1, {1: (plane.add_blob(blob), len(blob), "")}, champion=1))
-        assert handle.wait_ready(60)
-        s = stub(handle.port)
-        failed = 0
-        for i in range(40):
-            # The model fails on any first feature of 0.03 or more: 3 in 4 requests here.
-            x = np.full((1, 8), 0.0 if i % 4 == 0 else 5.0, np.float32)
-            try:
-                s.ModelInfer(raw_request("fraud", {"input": ("FP32", x)}, id=f"q{i}"))
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-                failed += 1
-        assert failed == 30
-        reports = plane.wait_reports(lambda rs: sum(a.requests for r in rs for a in r.arms) >= 40)
-        arms = [a for r in reports for a in r.arms]
-        assert sum(a.requests for a in arms) == 40
-        assert sum(a.errors for a in arms) == 30
-        assert sum(a.rows for a in arms) == 10
-        latencies = sum(
-            sum(a.latency.counts) + a.latency.underflow + a.latency.overflow for a in arms
-        )
-        assert latencies == 40
-    finally:
-        handle.stop(0)
+    handle = managed()
+    plane.push(state("fraud", 1, {1: (plane.add_blob(blob), len(blob), "")}, champion=1))
+    assert handle.wait_ready(60)
+    s = stub(handle.port)
+    failed = 0
+    for i in range(40):
+        # The model fails on any first feature of 0.03 or more: 3 in 4 requests here.
+        x = np.full((1, 8), 0.0 if i % 4 == 0 else 5.0, np.float32)
+        try:
+            s.ModelInfer(raw_request("fraud", {"input": ("FP32", x)}, id=f"q{i}"))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            failed += 1
+    assert failed == 30
+    reports = plane.wait_reports(lambda rs: sum(a.requests for r in rs for a in r.arms) >= 40)
+    arms = [a for r in reports for a in r.arms]
+    assert sum(a.requests for a in arms) == 40
+    assert sum(a.errors for a in arms) == 30
+    assert sum(a.rows for a in arms) == 10
+    latencies = sum(sum(a.latency.counts) + a.latency.underflow + a.latency.overflow for a in arms)
+    assert latencies == 40

@@ -4,8 +4,6 @@ label for the same row, or the same row twice in one call add nothing to labeled
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,25 +18,12 @@ NAME = "fraud"
 
 
 @pytest.fixture
-def handle(plane: FakeControlPlane, artifacts: dict, tmp_path: Path) -> Iterator[Any]:
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
-    h = start(
-        SidecarSettings(
-            control_plane=plane.address,
-            deployment=NAME,
-            listen="127.0.0.1:0",
-            device="cpu",
-            warmup_runs=1,
-            cache_dir=tmp_path / "cache",
-        )
-    )
+def handle(plane: FakeControlPlane, artifacts: dict, managed: Any) -> Any:
+    h = managed()
     data = artifacts[1]
     plane.push(state(NAME, 1, {1: (plane.add_blob(data), len(data), "")}, champion=1))
     assert h.wait_ready(60)
-    yield h
-    h.stop(0)
+    return h
 
 
 def _predict(h: Any, request_id: str, rows: int, seed: int) -> list[int]:

@@ -8,7 +8,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,6 @@ from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 NAME = "fraud"
-
-
-@pytest.fixture
-def managed(plane: FakeControlPlane, tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
-    handles: list[Any] = []
-
-    def factory(log_settings: Any = None, **kwargs: Any) -> Any:
-        kwargs.setdefault("listen", "127.0.0.1:0")
-        kwargs.setdefault("device", "cpu")
-        kwargs.setdefault("warmup_runs", 1)
-        kwargs.setdefault("cache_dir", tmp_path / f"cache{len(handles)}")
-        handle = start(
-            SidecarSettings(control_plane=plane.address, deployment=NAME, **kwargs),
-            log_settings=log_settings,
-        )
-        handles.append(handle)
-        return handle
-
-    yield factory
-    for h in handles:
-        h.stop(0)
 
 
 def _versions(plane: FakeControlPlane, artifacts: dict[int, bytes], *numbers: int) -> dict:

@@ -5,42 +5,14 @@ the champion nothing serves."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 from control_plane_double import FakeControlPlane, state
 from sidecar_helpers import health_status, raw_request, stub
 
 NAME = "fraud"
-
-
-@pytest.fixture
-def managed(plane: FakeControlPlane, tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
-    handles: list[Any] = []
-
-    def factory() -> Any:
-        handle = start(
-            SidecarSettings(
-                control_plane=plane.address,
-                deployment=NAME,
-                listen="127.0.0.1:0",
-                device="cpu",
-                warmup_runs=1,
-                cache_dir=tmp_path / f"cache{len(handles)}",
-            )
-        )
-        handles.append(handle)
-        return handle
-
-    yield factory
-    for h in handles:
-        h.stop(0)
 
 
 def _versions(plane: FakeControlPlane, blobs: dict[int, bytes]) -> dict:
