@@ -147,28 +147,30 @@ def compile_rule(
     except RecursionError:
         raise _invalid(index, "the rule is nested too deeply", 1, 1) from None
     refs = references(ast)
+
+    def refuse(problem: str, hint: str, line: int, column: int) -> InvalidArgument:
+        message = f"{problem} at line {line}, column {column}; {hint}"
+        return _invalid(index, message + _pointer(expression, line, column), line, column)
+
     if variables is not None:
         for ref in refs:
             if ref.path[0] not in variables:
-                raise _invalid(
-                    index,
-                    f"unknown variable {ref.path[0]!r} at line {ref.line}, column {ref.column}; "
-                    f"rules may read {', '.join(variables)}"
-                    + _pointer(expression, ref.line, ref.column),
+                raise refuse(
+                    f"unknown variable {ref.path[0]!r}",
+                    f"rules may read {', '.join(variables)}",
                     ref.line,
                     ref.column,
                 )
-    for item in element_fields_of(ast) if element_fields else ():
-        known = element_fields.get(item.items)  # type: ignore[union-attr]
-        if known is not None and item.field not in known:
-            raise _invalid(
-                index,
-                f"{'.'.join(item.items)} elements have no field {item.field!r} (line "
-                f"{item.line}, column {item.column}); they have {', '.join(known)}"
-                + _pointer(expression, item.line, item.column),
-                item.line,
-                item.column,
-            )
+    if element_fields is not None:
+        for item in element_fields_of(ast):
+            known = element_fields.get(item.items)
+            if known is not None and item.field not in known:
+                raise refuse(
+                    f"{'.'.join(item.items)} elements have no field {item.field!r}",
+                    f"they have {', '.join(known)}",
+                    item.line,
+                    item.column,
+                )
     return CompiledRule(expression, index, refs, program, ast)
 
 

@@ -10,7 +10,7 @@ macro) is not a reference. ``has(metrics.x)`` refers to ``metrics.x``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 
 import lark
@@ -68,7 +68,7 @@ def _string_literal(node: lark.Tree) -> str | None:
     return match.group(1) if match.group(1) is not None else match.group(2)
 
 
-def _static_path(node: lark.Tree, bound: frozenset[str]) -> tuple[str, ...] | None:
+def _static_path(node: lark.Tree, bound: Container[str]) -> tuple[str, ...] | None:
     node = _unwrap(node)
     if node.data in ("ident", "dot_ident"):
         name = str(node.children[0])
@@ -95,12 +95,33 @@ def _args(node: lark.Tree | lark.Token | None) -> list[lark.Tree]:
     return []
 
 
-def _walk(node: lark.Tree, bound: frozenset[str]) -> Iterator[Reference]:
+@dataclass(frozen=True)
+class ElementField:
+    """A field read from the elements of a list: ``approvals.exists(a, a.principal == "x")``
+    gives ``items=("approvals",)`` and ``field="principal"``."""
+
+    items: tuple[str, ...]
+    field: str
+    line: int
+    column: int
+
+
+def _walk(
+    node: lark.Tree, bound: Mapping[str, tuple[str, ...] | None]
+) -> Iterator[Reference | ElementField]:
+    """What ``node`` reads. ``bound`` maps each variable a macro bound to the path of the list
+    it runs over (None when that is not a static path)."""
     node = _unwrap(node)
     path = _static_path(node, bound)
     if path is not None:
         yield Reference(path, node.meta.line, node.meta.column)
         return
+    if node.data == "member_dot":
+        base = _unwrap(node.children[0])  # type: ignore[arg-type]
+        items = bound.get(str(base.children[0])) if base.data == "ident" else None
+        if items is not None:
+            yield ElementField(items, str(node.children[1]), node.meta.line, node.meta.column)
+            return
     if node.data == "member_dot_arg":
         target, method, *rest = node.children
         args = _args(rest[0] if rest else None)
@@ -108,9 +129,9 @@ def _walk(node: lark.Tree, bound: frozenset[str]) -> Iterator[Reference]:
         yield from _walk(target, bound)
         if str(method) in _BINDING_MACROS and args:
             variable = _unwrap(args[0])
-            inner = bound
+            inner = dict(bound)
             if variable.data == "ident":
-                inner = bound | {str(variable.children[0])}
+                inner[str(variable.children[0])] = _static_path(target, bound)
             for arg in args[1:]:
                 yield from _walk(arg, inner)
             return
@@ -128,56 +149,16 @@ def _walk(node: lark.Tree, bound: frozenset[str]) -> Iterator[Reference]:
             yield from _walk(child, bound)
 
 
-@dataclass(frozen=True)
-class ElementField:
-    """A field read from the elements of a list: ``approvals.exists(a, a.principal == "x")``
-    gives ``items=("approvals",)`` and ``field="principal"``."""
-
-    items: tuple[str, ...]
-    field: str
-    line: int
-    column: int
-
-
-def _element_fields(node: lark.Tree, bound: dict[str, tuple[str, ...]]) -> Iterator[ElementField]:
-    node = _unwrap(node)
-    if node.data == "member_dot":
-        base = _unwrap(node.children[0])  # type: ignore[arg-type]
-        if base.data == "ident" and str(base.children[0]) in bound:
-            of = bound[str(base.children[0])]
-            yield ElementField(of, str(node.children[1]), node.meta.line, node.meta.column)
-            return
-    if node.data == "member_dot_arg":
-        target, method, *rest = node.children
-        args = _args(rest[0] if rest else None)
-        assert isinstance(target, lark.Tree)
-        yield from _element_fields(target, bound)
-        receiver = _static_path(target, frozenset(bound))
-        if str(method) in _BINDING_MACROS and args and receiver is not None:
-            variable = _unwrap(args[0])
-            inner = dict(bound)
-            if variable.data == "ident":
-                inner[str(variable.children[0])] = receiver
-            for arg in args[1:]:
-                yield from _element_fields(arg, inner)
-            return
-        for arg in args:
-            yield from _element_fields(arg, bound)
-        return
-    for child in node.children:
-        if isinstance(child, lark.Tree):
-            yield from _element_fields(child, bound)
-
-
 def element_fields(ast: lark.Tree) -> tuple[ElementField, ...]:
     """Fields a rule reads from the elements of a list variable through a macro's bound
     variable (``all``, ``exists``, ``exists_one``, ``map``, ``filter``)."""
-    return tuple(_element_fields(ast, {}))
+    return tuple(f for f in _walk(ast, {}) if isinstance(f, ElementField))
 
 
 def references(ast: lark.Tree) -> tuple[Reference, ...]:
     """The distinct variable paths of a parsed rule, in order of first appearance."""
     seen: dict[tuple[str, ...], Reference] = {}
-    for ref in _walk(ast, frozenset()):
-        seen.setdefault(ref.path, ref)
+    for ref in _walk(ast, {}):
+        if isinstance(ref, Reference):
+            seen.setdefault(ref.path, ref)
     return tuple(seen.values())
