@@ -75,7 +75,8 @@ class FeatureSource:
             raise FailedPrecondition(
                 f"the baseline profiles {', '.join(missing)}, which the model's inputs do not "
                 f"provide (they provide {', '.join(available) or 'no tabular columns'}); name "
-                "the input columns with --feature-names or profile the model's features",
+                "the input columns with --feature-names, leave a training file's label column "
+                "out with --baseline-label COLUMN, or profile only the model's features",
                 reason="BASELINE_MISMATCH",
             )
         categorical = any(isinstance(f, CategoricalFeature) for f in profile.features)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -87,7 +88,9 @@ def test_serve_process_health_metrics_and_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         _, err = proc.communicate(timeout=5)
-        lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+        # Every line is JSON, the migrations' standard-library log lines included.
+        lines = [json.loads(x) for x in err.splitlines() if x.strip()]
+        assert any(x.get("logger", "").startswith("alembic") for x in lines)
         rpc = [x for x in lines if x.get("event") == "rpc" and x.get("method") == "CreateModel"]
         assert (
             rpc
@@ -98,6 +101,10 @@ def test_serve_process_health_metrics_and_sigterm(tmp_path: Path) -> None:
         assert any(x.get("event") == "shutting down" for x in lines)
         # The server wrote nothing outside its database folder and artifact root.
         assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "db"]
+        # It closed its store before exiting: the database file alone holds the model.
+        assert not list((tmp_path / "db").glob("*-wal"))
+        with sqlite3.connect(tmp_path / "db" / "cp.db") as conn:
+            assert conn.execute("SELECT count(*) FROM models").fetchone() == (1,)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -84,6 +84,7 @@ class GrpcServerHandle:
     #: Called when stopping starts, before the grace period (to end long-lived streams).
     on_stop: list[Any] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _closed: threading.Event = field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
@@ -101,15 +102,22 @@ class GrpcServerHandle:
         for hook in self.on_stop:
             hook()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
-        for close in reversed(self.closers):
-            try:
-                close()
-            except Exception:
-                log.exception("error while closing", closer=repr(close))
+        try:
+            for close in reversed(self.closers):
+                try:
+                    close()
+                except Exception:
+                    log.exception("error while closing", closer=repr(close))
+        finally:
+            self._closed.set()
 
     def wait(self) -> None:
-        """Block until the server has stopped."""
+        """Block until the server has stopped and, when it was stopped through :meth:`stop`
+        (a signal's handler runs it on a thread of its own), until its closers have run: the
+        process must not exit with the database or the logs still open."""
         self.server.wait_for_termination()
+        if self._stopped.is_set():
+            self._closed.wait()
 
     def stop_on_signals(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """Stop gracefully on SIGTERM/SIGINT (call from the main thread)."""

@@ -7,6 +7,9 @@ import sys
 
 import structlog
 
+#: The name of the root handler this module installs (replaced, not doubled, on a second call).
+_HANDLER = "modelplane-json"
+
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Route structlog (and the standard library's logging) to stderr as JSON lines."""
@@ -24,6 +27,22 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    # Records of the standard library's loggers (alembic's migrations, grpc, numba) become
+    # the same JSON lines, with the logger's name.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
     )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
