@@ -21,6 +21,7 @@ from controlplane.domain.deployments import (
     Rollout,
     RolloutEvent,
     ShadowSummary,
+    UnloadedVersion,
     WindowReport,
 )
 from modelplane.v1 import deployments_pb2 as pb
@@ -347,4 +348,5 @@ def report_from_proto(msg: pb.ReportWindowRequest) -> WindowReport:
         end_time=_time(msg, "end_time"),
         arms=tuple(arm_from_proto(a) for a in msg.arms),
         shadow=shadow_from_proto(msg.shadow) if msg.HasField("shadow") else None,
+        unloaded=tuple(UnloadedVersion(u.version, u.error) for u in msg.unloaded_versions),
     )

@@ -118,6 +118,27 @@ class ShadowSummary:
 
 
 @dataclass(frozen=True)
+class UnloadedVersion:
+    """A version of the desired state that a sidecar replica reported it could not load (it
+    serves without it: the champion answers the candidate's share, nothing is shadowed)."""
+
+    version: int
+    error: str
+
+
+@dataclass(frozen=True)
+class UnloadedCandidate:
+    """A replica whose latest report said it could not load the rollout's candidate."""
+
+    replica: str
+    version: int
+    error: str
+    #: When the replica first reported it, and when it last did.
+    since: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
 class WindowReport:
     """One sidecar replica's report of one window."""
 
@@ -130,6 +151,7 @@ class WindowReport:
     end_time: datetime | None
     arms: tuple[ArmSummary, ...]
     shadow: ShadowSummary | None = None
+    unloaded: tuple[UnloadedVersion, ...] = ()
 
     def arm(self, name: str) -> ArmSummary | None:
         """The summary of arm ``name`` (``champion`` or ``candidate``), if reported."""
@@ -163,6 +185,9 @@ class Evidence:
     window_end_time: datetime | None = None
     replica_count: int = 0
     step_candidate_requests: int = 0
+    #: Replicas that cannot load the candidate now (kept with the stored evidence so that
+    #: every report sees the other replicas' state; see :mod:`controlplane.rollouts.unloaded`).
+    unloaded: tuple[UnloadedCandidate, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ Variables (numbers are doubles, see :mod:`controlplane.policy`):
 A value that is unknown (no labels → no ``accuracy``; no shadow outside a shadow phase) is
 absent, and a guard reading an absent value is *skipped* for that window: recorded with an
 ``error`` saying why, never counted as failed. A guard is also skipped until every arm it
-reads has at least ``min_requests`` requests (``pairs`` for ``shadow``), and when it cannot be
+reads has at least ``min_requests`` requests (for ``shadow``, copies answered or failed:
+``pairs + errors``, so that a shadow failing every request is judged too), and when it cannot be
 evaluated at all (a type error): only a guard that evaluates to false fails, and a failed
 guard rolls the rollout back.
 
@@ -149,7 +150,9 @@ def _compiled(guards: tuple[str, ...]) -> list[CompiledRule]:
 
 def _volume(values: dict[str, Any], name: str) -> float:
     entry = values.get(name) or {}
-    return float(entry.get("pairs" if name == "shadow" else "requests", 0))
+    if name == "shadow":
+        return float(entry.get("pairs", 0) + entry.get("errors", 0))
+    return float(entry.get("requests", 0))
 
 
 def arms_read(guard: str) -> frozenset[str]:
@@ -173,7 +176,7 @@ def evaluate(
         if absent:
             skipped[rule.index] = f"skipped: no {', '.join(absent)} in this {scope}"
         elif thin:
-            unit = "pairs" if thin == ["shadow"] else "requests"
+            unit = "shadow requests" if thin == ["shadow"] else "requests"
             skipped[rule.index] = (
                 f"skipped: {', '.join(thin)} has fewer than {min_requests} {unit} in this {scope}"
             )

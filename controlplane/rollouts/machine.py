@@ -13,9 +13,11 @@ Phases by strategy:
   whole step (:mod:`controlplane.rollouts.steps`), so these transitions carry
   ``needs_verdict`` and are applied on window reports, never by the reconciler alone;
 - ab: ``ab`` with ``split`` percent until promoted or rolled back;
-- blue_green: ``shadow`` for ``step_duration``, then ``switch`` (all traffic to the candidate)
-  for ``switch_seconds`` (the time sidecars need to apply it), then ``watch`` for
-  ``step_duration``, then promoted.
+- blue_green: ``shadow`` for at least ``step_duration``, then ``switch`` (all traffic to the
+  candidate) for ``switch_seconds`` (the time sidecars need to apply it), then ``watch`` for at
+  least ``step_duration``, then promoted. Leaving the shadow phase and promoting after the watch
+  also need the guards to pass on the whole phase, so they carry ``needs_verdict`` like a canary
+  step; only the switch moves on time alone.
 
 Every transition restarts the phase clock and the step's request count; the caller persists
 it with a compare-and-set and bumps the deployment's generation.
@@ -54,8 +56,9 @@ class Transition:
     rollout: Rollout
     champion_version: int
     reason: str
-    #: True for a canary step's advance or promotion, which must first pass the guards on
-    #: the whole step's evidence.
+    #: True for a canary step's advance or promotion and a blue/green phase's end (shadow to
+    #: switch, watch to promoted), which must first pass the guards on the whole step's or
+    #: phase's evidence.
     needs_verdict: bool = False
 
 
@@ -134,14 +137,15 @@ def due(r: Rollout, now: datetime, switch_seconds: float) -> Transition | None:
         if r.phase == SHADOW and elapsed >= r.step_duration_seconds:
             why = f"shadow phase lasted {elapsed:.1f}s; all traffic switches to the candidate"
             nxt = _moved(r, now, why, phase=SWITCH, candidate_percent=100.0)
-            return Transition("advanced", nxt, r.champion_version, why)
+            return Transition("advanced", nxt, r.champion_version, why, needs_verdict=True)
         if r.phase == SWITCH and elapsed >= switch_seconds:
             why = "switch applied; watching the candidate serve all traffic"
             nxt = _moved(r, now, why, phase=WATCH)
             return Transition("advanced", nxt, r.champion_version, why)
         if r.phase == WATCH and elapsed >= r.step_duration_seconds:
-            why = f"watch phase lasted {elapsed:.1f}s without a failed guard"
-            return Transition("promoted", _ended(r, PROMOTED, now, why), r.candidate_version, why)
+            why = f"watch phase lasted {elapsed:.1f}s"
+            ended = _ended(r, PROMOTED, now, why)
+            return Transition("promoted", ended, r.candidate_version, why, needs_verdict=True)
     return None
 
 

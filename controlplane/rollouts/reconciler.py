@@ -3,8 +3,9 @@
 Every ``interval`` seconds it looks for running rollouts whose phase is due (see
 :func:`controlplane.rollouts.machine.due`) and applies each with a compare-and-set, so that
 when several replicas tick at once exactly one applies a given transition. These transitions
-happen whether or not any sidecar reports; a canary step's advance or promotion is left to the
-window reports, since it needs the guards' verdict on the step's evidence.
+happen whether or not any sidecar reports (today only the blue/green switch); a canary step's
+advance or promotion and the end of a blue/green shadow or watch phase are left to the window
+reports, since they need the guards' verdict on the step's or phase's evidence.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ requests count toward the current canary step when the sidecar applied the step'
 the latest window (each replica's newest report of the same rollout received within
 ``stale_factor`` report intervals) is merged and its derived fields computed; guards are
 evaluated on it, and a failed guard rolls the rollout back at once; a canary step whose time
-and requests are complete advances only when every guard also passes on the whole step (see
-:mod:`controlplane.rollouts.steps`; one that fails there rolls back); drift past the
+and requests are complete, or a blue/green shadow or watch phase whose time is, moves only
+when every guard also passes on the whole step or phase (see :mod:`controlplane.rollouts.steps`;
+one that fails there rolls back) and no replica says it cannot load the candidate (see
+:mod:`controlplane.rollouts.unloaded`, which also records the events); drift past the
 deployment's thresholds (outside its cooldown) records a ``drift`` event and, after commit,
 calls the retraining hooks.
 """
@@ -29,7 +31,15 @@ from controlplane.domain.deployments import (
     Rollout,
     WindowReport,
 )
-from controlplane.rollouts import drift, guards, histograms, machine, steps, transitions
+from controlplane.rollouts import (
+    drift,
+    guards,
+    histograms,
+    machine,
+    steps,
+    transitions,
+    unloaded,
+)
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
 from controlplane.rollouts.merge import latest_per_replica, merge_reports
@@ -86,6 +96,8 @@ def check_report(report: WindowReport) -> WindowReport:
         for h, what in ((s.champion_scores, "champion_scores"), (s.shadow_scores, "shadow_scores")):
             if h is not None:
                 histograms.check(h, f"shadow.{what}")
+    if any(u.version <= 0 for u in report.unloaded):
+        raise _bad("unloaded_versions: versions are positive numbers", "unloaded_versions")
     return report
 
 
@@ -142,6 +154,7 @@ class ReportService:
             evidence = self._merged(tx, d, report.rollout_id, r if current else None)
             moved = False
             if current and r is not None:
+                evidence = self._track_unloaded(tx, d, r, report, evidence)
                 moved = self._judge(tx, d, r, evidence)
             fire = self._drift(tx, d, evidence, report.rollout_id)
             row = repo.row(deployment_id)
@@ -184,6 +197,22 @@ class ReportService:
             return
         if report.generation == 0 or report.generation >= row.step_generation:
             repo.add_step_requests(d.id, r.id, candidate.requests)
+
+    def _track_unloaded(
+        self, tx: WriteTx, d: Deployment, r: Rollout, report: WindowReport, evidence: Evidence
+    ) -> Evidence:
+        """``evidence`` with the replicas that cannot load the candidate after ``report``;
+        records an event when one starts or stops saying so."""
+        row = Deployments(tx.session).rollout_row(d.id, r.id)
+        before = unloaded.stored(row.evidence if row is not None else None)
+        now, changes = unloaded.track(before, report, r, tx.now, self.max_age)
+        evidence = replace(evidence, unloaded=now)
+        for change in changes:
+            transitions.record_event(
+                tx, d, r, change.action, change.reason, AUTOMATIC_ACTOR, evidence, None, None
+            )
+            log.warning(change.action, deployment=d.id, rollout=r.id, reason=change.reason)
+        return evidence
 
     def _merged(self, tx: WriteTx, d: Deployment, rollout_id: str, r: Rollout | None) -> Evidence:
         repo = Deployments(tx.session)
@@ -240,21 +269,27 @@ class ReportService:
             return False
         if due.needs_verdict:
             verdict = steps.judge_step(
-                tx, d, fresh, self.guard_min_requests, lambda a: self._scored(tx, d, a)
+                tx,
+                d,
+                fresh,
+                self.guard_min_requests,
+                lambda a: self._scored(tx, d, a),
+                evidence.unloaded,
             )
             evidence = verdict.evidence
+            scope = steps.scope(r)
             repo.set_evidence(d.id, r.id, to_json(evidence), to_json(verdict.reference))
             if verdict.failure is not None:
-                return self._roll_back(tx, d, r, verdict.failure, evidence, " over the step")
+                return self._roll_back(tx, d, r, verdict.failure, evidence, f" over the {scope}")
             if not verdict.passed:
                 log.debug(
-                    "step complete, held for its guards",
+                    f"{scope} complete, held",
                     deployment=d.id,
                     rollout=r.id,
                     waiting=steps.describe(verdict),
                 )
                 return False
-            why = f"{due.reason}; every guard passed over the step"
+            why = f"{due.reason}; every guard passed over the {scope}"
             due = replace(due, reason=why, rollout=replace(due.rollout, reason=why))
         moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
         return moved is not None
@@ -342,5 +377,9 @@ def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:
         start_time=report.start_time,
         end_time=report.end_time,
         receive_time=tx.now,
-        body={"arms": [to_json(a) for a in report.arms], "shadow": to_json(report.shadow)},
+        body={
+            "arms": [to_json(a) for a in report.arms],
+            "shadow": to_json(report.shadow),
+            "unloaded_versions": [to_json(u) for u in report.unloaded],
+        },
     )

@@ -184,7 +184,8 @@ class RolloutService:
                 d = repo.get(deployment_id)
                 r = d.active_rollout if d else None
                 t = machine.due(r, now, self.switch_seconds) if r is not None else None
-                # A canary step moves on a window report, once its guards pass on the step.
+                # A canary step or blue/green phase moves on a window report, once its
+                # guards pass over it.
                 if t is not None and not t.needs_verdict:
                     due.append(deployment_id)
         applied = sum(self.advance_if_due(deployment_id) for deployment_id in due)

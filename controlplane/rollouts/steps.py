@@ -1,46 +1,67 @@
-"""Judging a canary step over every window reported since it began.
+"""Judging a canary step or a blue/green phase over every window reported since it began.
 
 Guards run on each merged window so that a bad candidate is rolled back at once, but one
 window of one report interval holds few requests when traffic is modest, and a guard is
 skipped while an arm it reads has fewer than ``guard_min_requests`` requests in the window.
-So a step that has lasted its time and counted its requests advances (and the last step
-promotes) only on the step's own verdict: the guards evaluated over the sum of every report
-of the rollout made under the step's generation (or, from a sidecar that does not say which
-generation it applied, received since the step began) that is still stored. Only when every
-guard was evaluated, each arm it reads having at least ``guard_min_requests`` requests in the
-step, and passed, does the step move; a guard that evaluates to false on the step rolls the
-candidate back; a guard that cannot be evaluated yet (too few requests, a value such as
-``accuracy`` not reported) holds the step until more evidence arrives. A guard reading
-``shadow`` does not apply to a canary step (there is no shadow) and holds nothing.
+So a canary step that has lasted its time and counted its requests advances (and the last
+step promotes), and a blue/green phase that has lasted its time moves on (the shadow phase to
+the switch, the watch phase to promotion), only on the verdict over the step or phase: the
+guards evaluated over the sum of every report of the rollout made under its generation (or,
+from a sidecar that does not say which generation it applied, received since it began) that
+is still stored. Only when every guard that applies was evaluated, each arm it reads having at
+least ``guard_min_requests`` requests (for ``shadow``: compared or failed requests) there, and
+passed, does it move; a guard that evaluates to false there rolls the candidate back; a guard
+that cannot be evaluated yet (too few requests, a value such as ``accuracy`` not reported)
+holds it until more evidence arrives. A guard reading what the step or phase never has does
+not apply there and holds nothing: ``shadow`` in a canary step or the blue/green watch,
+``candidate`` in the blue/green shadow phase (the candidate answers only copies). A blue/green
+phase also needs at least one guard that applies (the defaults do), so it never moves on time
+alone. Nothing moves, either, while a replica says it cannot load the candidate
+(:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held, with the
+replicas and their errors.
 
 The champion is compared with its own requests in the step when it has enough; otherwise (the
-100% step, or a thin share) with its reference: the last window or step in which it had
-enough, or else the sum of its windows reported before the rollout began.
+100% step, the blue/green watch, or a thin share) with its reference: the last window or step
+in which it had enough, or else the sum of its windows reported before the rollout began.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from controlplane.domain.deployments import (
+    BLUE_GREEN,
+    SHADOW_PHASES,
     ArmSummary,
     Deployment,
     Evidence,
     GuardResult,
     Rollout,
+    UnloadedCandidate,
     WindowReport,
 )
-from controlplane.rollouts import guards
+from controlplane.rollouts import guards, unloaded
 from controlplane.rollouts.merge import merge_arms, merge_reports
 from controlplane.store import WriteTx
 from controlplane.store.deployment_repos import Deployments
 
 #: Bounds the query for the champion's windows before a rollout (old reports are pruned).
 _LONG_AGO = timedelta(days=3650)
-#: Variables a canary step never has, so guards reading them hold nothing there.
-ABSENT_IN_CANARY = frozenset({"shadow"})
+#: Variables a step or phase never has, so guards reading them hold nothing there.
+ABSENT_WITH_TRAFFIC = frozenset({"shadow"})
+ABSENT_IN_SHADOW = frozenset({"candidate"})
+
+
+def scope(r: Rollout) -> str:
+    """What ``r`` moves by, for people: ``phase`` (blue/green) or ``step`` (canary)."""
+    return "phase" if r.strategy == BLUE_GREEN else "step"
+
+
+def absent(r: Rollout) -> frozenset[str]:
+    """The guard variables ``r``'s current step or phase never has."""
+    return ABSENT_IN_SHADOW if r.phase in SHADOW_PHASES else ABSENT_WITH_TRAFFIC
 
 
 @dataclass(frozen=True)
@@ -57,14 +78,16 @@ class StepVerdict:
     reference: ArmSummary | None
     failure: GuardResult | None
     passed: bool
+    #: The guard variables the step or phase never has.
+    absent: frozenset[str] = ABSENT_WITH_TRAFFIC
 
     def waiting_for(self) -> list[GuardResult]:
-        """The applicable guards that could not be evaluated on the step."""
-        return [g for g in self.evidence.guards if g.error and _applies(g.expression)]
+        """The applicable guards that could not be evaluated (or are held) on the step."""
+        return [g for g in self.evidence.guards if g.error and _applies(g.expression, self.absent)]
 
 
-def _applies(guard: str) -> bool:
-    return not (guards.arms_read(guard) & ABSENT_IN_CANARY)
+def _applies(guard: str, absent: frozenset[str]) -> bool:
+    return not (guards.arms_read(guard) & absent)
 
 
 def step_reports(tx: WriteTx, d: Deployment, r: Rollout) -> list[WindowReport]:
@@ -94,19 +117,24 @@ def judge_step(
     r: Rollout,
     min_requests: int,
     scored: Callable[[ArmSummary | None], ArmSummary | None],
+    not_loaded: Sequence[UnloadedCandidate] = (),
 ) -> StepVerdict:
-    """The verdict of ``r``'s effective guards on its current step (``scored`` adds drift
-    scores to a merged arm)."""
+    """The verdict of ``r``'s effective guards on its current step or phase (``scored`` adds
+    drift scores to a merged arm; ``not_loaded``: the replicas that cannot load the
+    candidate now)."""
     reports = step_reports(tx, d, r)
     versions = {"champion": r.champion_version, "candidate": r.candidate_version}
-    champion, candidate, _ = merge_reports(reports, versions)
+    champion, candidate, shadow = merge_reports(reports, versions)
+    in_shadow = r.phase in SHADOW_PHASES
     ends = [x.end_time for x in reports if x.end_time is not None]
     evidence = Evidence(
         champion=scored(champion),
-        candidate=scored(candidate),
+        candidate=None if in_shadow else scored(candidate),
+        shadow=shadow if in_shadow else None,
         window_end_time=max(ends) if ends else tx.now,
         replica_count=len({x.replica for x in reports}),
         step_candidate_requests=r.step_candidate_requests,
+        unloaded=tuple(not_loaded),
     )
     enough = champion is not None and champion.requests >= min_requests
     reference: ArmSummary | None = evidence.champion if enough else None
@@ -118,13 +146,27 @@ def judge_step(
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
-    results = guards.evaluate(r.effective_guards, values, min_requests, scope="step")
-    evidence = replace(evidence, guards=results)
+    results = guards.evaluate(r.effective_guards, values, min_requests, scope=scope(r))
     failure = guards.first_failure(results)
-    passed = failure is None and all(g.passed for g in results if _applies(g.expression))
-    return StepVerdict(evidence, reference, failure, passed)
+    missing = absent(r)
+    applicable = [g for g in results if _applies(g.expression, missing)]
+    passed = failure is None and all(g.passed for g in applicable)
+    if r.strategy == BLUE_GREEN and not applicable:
+        passed = False
+    if failure is None and not_loaded:
+        held = unloaded.describe(tuple(not_loaded))
+        results = tuple(
+            replace(g, passed=False, error=held)
+            if g.passed and _applies(g.expression, missing)
+            else g
+            for g in results
+        )
+        passed = False
+    evidence = replace(evidence, guards=results)
+    return StepVerdict(evidence, reference, failure, passed, missing)
 
 
 def describe(verdict: StepVerdict) -> str:
-    """Why a complete step is held, for logs."""
-    return "; ".join(f"{g.expression}: {g.error}" for g in verdict.waiting_for())
+    """Why a complete step or phase is held, for logs."""
+    held = "; ".join(f"{g.expression}: {g.error}" for g in verdict.waiting_for())
+    return held or "no guard applies here"

@@ -30,6 +30,8 @@ AUDIT_ACTIONS = {
     "rolled_back": "RollbackRollout",
     "aborted": "AbortRollout",
     "drift": "DriftDetected",
+    "candidate_unloaded": "CandidateUnloaded",
+    "candidate_loaded": "CandidateLoaded",
 }
 
 

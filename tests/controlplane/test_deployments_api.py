@@ -113,7 +113,10 @@ class Sidecar:
         candidate_seconds: float = 0.002,
         shadow: Any = None,
         extra: list[Any] | None = None,
+        unloaded: dict[int, str] | None = None,
     ) -> pb.ReportWindowResponse:
+        """Report one window; ``unloaded`` (version → error) as a sidecar that could not load
+        those versions says."""
         d = self.c.get_deployment(self.dep)
         self.sequence += 1
         arms = []
@@ -127,15 +130,20 @@ class Sidecar:
                     "candidate", r.candidate_version, candidate, candidate_errors, candidate_seconds
                 )
             )
-        return self.c.report_window(
-            self.dep,
+        request = pb.ReportWindowRequest(
+            name=f"deployments/{self.dep}",
             replica=self.replica,
             sequence=self.sequence,
             generation=d.generation,
             rollout_id=r.id if active else "",
             arms=arms + list(extra or []),
-            shadow=shadow,
+            unloaded_versions=[
+                pb.UnloadedVersion(version=v, error=e) for v, e in (unloaded or {}).items()
+            ],
         )
+        if shadow is not None:
+            request.shadow.CopyFrom(shadow)
+        return self.c._call(self.c.deployments.ReportWindow, request)
 
 
 def wait_for(check: Callable[[], Any], what: str, seconds: float = 30.0) -> Any:
@@ -545,17 +553,27 @@ def test_blue_green_shadow_switch_watch_promoted(cp: RunningControlPlane, tmp_pa
         dep, versions = deployed(c, tmp_path)
         d = c.start_rollout(dep, versions[1], strategy="blue_green", step_duration=0.3)
         assert d.rollout.phase == pb.ROLLOUT_PHASE_SHADOW and d.rollout.shadow_fraction == 1
+        # Time alone moves nothing: the shadow phase has no evidence yet.
+        time.sleep(0.8)
+        held = c.get_deployment(dep)
+        assert held.rollout.phase == pb.ROLLOUT_PHASE_SHADOW
+        assert state_of(held) == "ROLLOUT_STATE_RUNNING"
+        side = Sidecar(c, dep)
+        calm = pb.ShadowSummary(version=versions[1], pairs=100, disagreements=2)
         phases = []
 
         def seen(x: pb.Deployment) -> bool:
             phases.append(x.rollout.phase)
-            return x.rollout.state == pb.ROLLOUT_STATE_PROMOTED
+            return x.rollout.phase != pb.ROLLOUT_PHASE_SHADOW
 
-        # no reports at all: the phases move with time alone
-        done = wait_for(lambda: seen(c.get_deployment(dep)), "blue/green to finish")
-        assert done
-        d = c.get_deployment(dep)
-        assert d.champion_version == versions[1]
+        drive(side, seen, candidate=0, shadow=calm)
+        # The switch moves on time (the reconciler); the watch needs the candidate's evidence.
+        wait_for(lambda: c.get_deployment(dep).rollout.phase == pb.ROLLOUT_PHASE_WATCH, "the watch")
+        done = drive(
+            side, lambda x: x.rollout.state == pb.ROLLOUT_STATE_PROMOTED, champion=0, candidate=50
+        )
+        assert done.champion_version == versions[1]
+        assert "every guard passed over the phase" in done.rollout.reason
         actions = [(e.action, e.phase) for e in reversed(list(c.list_rollout_events(dep)))]
         assert actions == [
             ("started", pb.ROLLOUT_PHASE_SHADOW),
@@ -563,8 +581,12 @@ def test_blue_green_shadow_switch_watch_promoted(cp: RunningControlPlane, tmp_pa
             ("advanced", pb.ROLLOUT_PHASE_WATCH),
             ("promoted", pb.ROLLOUT_PHASE_WATCH),
         ]
-        switch = [e for e in c.list_rollout_events(dep) if e.phase == pb.ROLLOUT_PHASE_SWITCH]
+        events = list(c.list_rollout_events(dep))
+        switch = [e for e in events if e.phase == pb.ROLLOUT_PHASE_SWITCH]
         assert switch[0].candidate_percent == 100
+        shadow_end, promoted = switch[0].evidence, events[0].evidence
+        assert shadow_end.shadow.pairs >= 100 and all(g.passed for g in shadow_end.guards)
+        assert promoted.candidate.requests >= 50 and all(g.passed for g in promoted.guards)
 
 
 def test_champion_reference_when_candidate_serves_everything(

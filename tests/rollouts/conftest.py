@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from modelplane import Client
 from modelplane.testing.processes import Server
+from tests.controlplane.conftest import RunningControlPlane, _start
 
 
 @pytest.fixture
@@ -16,3 +19,14 @@ def procs() -> Iterator[list[Server]]:
     yield started
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture
+def c(tmp_path: Path) -> Iterator[Client]:
+    """A client of a control plane of its own (SQLite, blue/green switch of 0.2 s)."""
+    cp: RunningControlPlane = _start(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", blue_green_switch_seconds=0.2
+    )
+    with cp.client() as client:
+        yield client
+    cp.handle.stop(0)

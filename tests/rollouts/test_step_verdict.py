@@ -6,7 +6,6 @@ forever; shares that route nothing are refused."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,12 @@ import pytest
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import RunningControlPlane, _start
 from tests.controlplane.test_deployments_api import Sidecar, deployed, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
 ENDED = (pb.ROLLOUT_STATE_PROMOTED, pb.ROLLOUT_STATE_ROLLED_BACK, pb.ROLLOUT_STATE_ABORTED)
-
-
-@pytest.fixture
-def c(tmp_path: Path) -> Iterator[Client]:
-    cp: RunningControlPlane = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
-    with cp.client() as client:
-        yield client
-    cp.handle.stop(0)
 
 
 def _report_until(side: Sidecar, done: Any, seconds: float = 60, **counts: Any) -> pb.Deployment:
