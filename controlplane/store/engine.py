@@ -87,15 +87,6 @@ class Engines:
     write_gate: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
 
     def dispose(self) -> None:
-        if self.dialect == "sqlite":
-            # Fold the write-ahead log into the database file, so that the file alone holds
-            # everything once the server has stopped (a copy or backup of it is complete).
-            with contextlib.suppress(Exception):
-                raw = self.write.raw_connection()
-                try:
-                    raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                finally:
-                    raw.close()
         self.write.dispose()
         if self.read.pool is not self.write.pool:
             self.read.dispose()

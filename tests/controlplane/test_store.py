@@ -425,21 +425,3 @@ def test_a_writer_that_waits_too_long_at_the_gate_gets_unavailable(tmp_path: Pat
     with gate():  # free again
         pass
 
-
-def test_a_closed_sqlite_store_leaves_everything_in_the_database_file(tmp_path: Path) -> None:
-    import shutil
-    import sqlite3
-
-    db = tmp_path / "cp.db"
-    store = Store.open(f"sqlite:///{db}")
-    name = unique()
-    ModelService(store).create(CTX, name)
-    with store.read() as tx:  # a reader's connection in the pool as well
-        assert tx.models.get(name) is not None
-    store.close()
-    # A copy of the file alone (no -wal beside it) holds the model.
-    copy = tmp_path / "backup" / "cp.db"
-    copy.parent.mkdir()
-    shutil.copy(db, copy)
-    with sqlite3.connect(copy) as conn:
-        assert conn.execute("SELECT id FROM models").fetchall() == [(name,)]
