@@ -115,12 +115,17 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
             assert cb.get_deployment(dep).champion_version == versions[1]
             assert next_generation(states, 3).generation == 3
 
-            # Time-driven transitions: both reconcilers tick, each transition happens once.
+            # A blue/green: its phases end on the reports' verdict (sent to B), its switch on
+            # time alone (both reconcilers tick); each transition happens once.
             ca.start_rollout(dep, versions[2], strategy="blue_green", step_duration=0.2)
+            side = Sidecar(cb, dep, "pod-1")
+            calm = pb.ShadowSummary(version=versions[2], pairs=100)
+            drive(side, lambda d: d.rollout.phase != pb.ROLLOUT_PHASE_SHADOW, shadow=calm)
             wait_for(
-                lambda: cb.get_deployment(dep).rollout.state == pb.ROLLOUT_STATE_PROMOTED,
-                "blue/green to finish",
+                lambda: ca.get_deployment(dep).rollout.phase == pb.ROLLOUT_PHASE_WATCH,
+                "the switch to end",
             )
+            drive(side, lambda d: d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, champion=0)
             events = [
                 e
                 for e in ca.list_rollout_events(dep)
