@@ -21,6 +21,7 @@ from controlplane.domain.deployments import (
     Rollout,
     RolloutEvent,
     ShadowSummary,
+    UnloadedCandidate,
     UnloadedVersion,
     WindowReport,
 )
@@ -203,6 +204,16 @@ def guard_to_proto(g: GuardResult) -> pb.GuardResult:
     return pb.GuardResult(expression=g.expression, passed=g.passed, error=g.error)
 
 
+def unloaded_to_proto(u: UnloadedCandidate) -> pb.UnloadedReplica:
+    return pb.UnloadedReplica(
+        replica=u.replica,
+        version=u.version,
+        error=u.error,
+        first_report_time=ts(u.since),
+        last_report_time=ts(u.last_seen),
+    )
+
+
 def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
     if e is None:
         return None
@@ -214,6 +225,7 @@ def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
         window_end_time=ts(e.window_end_time) if e.window_end_time else None,
         replica_count=e.replica_count,
         step_candidate_requests=e.step_candidate_requests,
+        unloaded_replicas=[unloaded_to_proto(u) for u in e.unloaded],
     )
 
 

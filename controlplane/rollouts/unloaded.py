@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controlplane.domain.deployments import Rollout, UnloadedCandidate, WindowReport
-from controlplane.store.convert import utc
+from controlplane.store import deployment_json
 
 #: Longest sidecar error text kept (ONNX Runtime's messages can run long).
 MAX_ERROR = 500
@@ -34,18 +34,7 @@ class Change:
 
 def stored(evidence_json: dict[str, Any] | None) -> tuple[UnloadedCandidate, ...]:
     """The replicas kept in a rollout's stored evidence (its JSON)."""
-    out = []
-    for item in (evidence_json or {}).get("unloaded") or []:
-        out.append(
-            UnloadedCandidate(
-                replica=str(item["replica"]),
-                version=int(item["version"]),
-                error=str(item.get("error", "")),
-                since=utc(datetime.fromisoformat(item["since"])),
-                last_seen=utc(datetime.fromisoformat(item["last_seen"])),
-            )
-        )
-    return tuple(out)
+    return deployment_json.unloaded((evidence_json or {}).get("unloaded"))
 
 
 def track(

@@ -15,6 +15,7 @@ from controlplane.domain.deployments import (
     GuardResult,
     Histogram,
     ShadowSummary,
+    UnloadedCandidate,
 )
 from controlplane.store.convert import utc
 
@@ -108,6 +109,20 @@ def shadow(d: dict[str, Any] | None) -> ShadowSummary | None:
     )
 
 
+def unloaded(items: list[dict[str, Any]] | None) -> tuple[UnloadedCandidate, ...]:
+    """The replicas kept with stored evidence as unable to load the candidate."""
+    return tuple(
+        UnloadedCandidate(
+            replica=str(u["replica"]),
+            version=int(u["version"]),
+            error=str(u.get("error", "")),
+            since=utc(datetime.fromisoformat(u["since"])),
+            last_seen=utc(datetime.fromisoformat(u["last_seen"])),
+        )
+        for u in items or []
+    )
+
+
 def evidence(d: dict[str, Any] | None) -> Evidence | None:
     if not d:
         return None
@@ -128,6 +143,7 @@ def evidence(d: dict[str, Any] | None) -> Evidence | None:
         window_end_time=utc(datetime.fromisoformat(end)) if end else None,
         replica_count=int(d.get("replica_count", 0)),
         step_candidate_requests=int(d.get("step_candidate_requests", 0)),
+        unloaded=unloaded(d.get("unloaded")),
     )
 
 

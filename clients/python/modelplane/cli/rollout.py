@@ -80,6 +80,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         a.add_argument("--etag", default="")
         a.set_defaults(handler=_act, action=action)
 
+    ev = s.add_parser(
+        "events",
+        help="the deployment's rollout events (transitions, replicas that cannot "
+        "load the candidate, drift), newest first",
+    )
+    ev.add_argument("name", help="the deployment")
+    ev.add_argument(
+        "--page-size", type=int, default=0, metavar="N", help="events fetched per request"
+    )
+    ev.add_argument("--limit", type=int, default=0, metavar="N", help="at most N events (0: all)")
+    ev.set_defaults(handler=_events)
+
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str | None:
     return None if value == 0 else str(enum.Name(value)).removeprefix(prefix).lower()
@@ -94,7 +106,13 @@ def status(d: dp.Deployment) -> dict[str, Any]:
     }
     if not d.HasField("rollout"):
         doc.update(
-            state=None, phase=None, step=None, candidate_version=None, evidence=None, rollout=None
+            state=None,
+            phase=None,
+            step=None,
+            candidate_version=None,
+            evidence=None,
+            rollout=None,
+            unloaded_replicas=[],
         )
         return doc
     r = d.rollout
@@ -109,8 +127,48 @@ def status(d: dp.Deployment) -> dict[str, Any]:
         reason=r.reason,
         effective_guards=list(r.effective_guards),
         evidence=to_dict(r.evidence) if r.HasField("evidence") else None,
+        unloaded_replicas=[_unloaded(u) for u in r.evidence.unloaded_replicas],
     )
     return doc
+
+
+def _unloaded(u: dp.UnloadedReplica) -> dict[str, Any]:
+    return {
+        "replica": u.replica,
+        "version": u.version,
+        "error": u.error,
+        "first_report_time": u.first_report_time.ToJsonString(),
+        "last_report_time": u.last_report_time.ToJsonString(),
+    }
+
+
+def event(e: dp.RolloutEvent) -> dict[str, Any]:
+    """The document of one rollout event, in the words of ``rollout status``."""
+    return {
+        "time": e.create_time.ToJsonString(),
+        "rollout": e.rollout_id,
+        "action": e.action,
+        "state": _enum_name(dp.RolloutState, e.state, "ROLLOUT_STATE_"),
+        "phase": _enum_name(dp.RolloutPhase, e.phase, "ROLLOUT_PHASE_"),
+        "step": e.step,
+        "candidate_percent": e.candidate_percent,
+        "actor": e.actor,
+        "reason": e.reason,
+        "evidence": to_dict(e.evidence) if e.HasField("evidence") else None,
+    }
+
+
+EVENT_COLUMNS = [
+    "time",
+    "rollout",
+    "action",
+    "state",
+    "phase",
+    "step",
+    "percent",
+    "actor",
+    "reason",
+]
 
 
 def _rollout(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,4 +228,34 @@ def _act(args: argparse.Namespace, out: Printer) -> int:
         method = getattr(c, f"{args.action}_rollout")
         d = method(args.name, reason=args.reason, etag=args.etag)
     out.emit(status(d))
+    return 0
+
+
+def _events(args: argparse.Namespace, out: Printer) -> int:
+    if args.page_size < 0 or args.limit < 0:
+        raise CliError("--page-size and --limit take a number >= 0", EXIT_USAGE)
+    docs = []
+    with server_errors(), client(args) as c:
+        for e in c.list_rollout_events(args.name, page_size=args.page_size):
+            docs.append(event(e))
+            if args.limit and len(docs) >= args.limit:
+                break
+    out.emit(
+        {"events": docs},
+        columns=EVENT_COLUMNS,
+        rows=[
+            [
+                d["time"],
+                d["rollout"],
+                d["action"],
+                d["state"],
+                d["phase"],
+                d["step"],
+                f"{d['candidate_percent']:g}",
+                d["actor"],
+                d["reason"],
+            ]
+            for d in docs
+        ],
+    )
     return 0

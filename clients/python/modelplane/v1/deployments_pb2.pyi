@@ -165,7 +165,7 @@ class Rollout(_message.Message):
     def __init__(self, id: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., strategy: _Optional[_Union[RolloutStrategy, str]] = ..., steps: _Optional[_Iterable[float]] = ..., split: _Optional[float] = ..., shadow_fraction: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., guards: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., step: _Optional[int] = ..., candidate_percent: _Optional[float] = ..., phase_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_by: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., effective_guards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("champion", "candidate", "shadow", "guards", "window_end_time", "replica_count", "step_candidate_requests")
+    __slots__ = ("champion", "candidate", "shadow", "guards", "window_end_time", "replica_count", "step_candidate_requests", "unloaded_replicas")
     CHAMPION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class Evidence(_message.Message):
     WINDOW_END_TIME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
     STEP_CANDIDATE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNLOADED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     champion: ArmSummary
     candidate: ArmSummary
     shadow: ShadowSummary
@@ -180,7 +181,22 @@ class Evidence(_message.Message):
     window_end_time: _timestamp_pb2.Timestamp
     replica_count: int
     step_candidate_requests: int
-    def __init__(self, champion: _Optional[_Union[ArmSummary, _Mapping]] = ..., candidate: _Optional[_Union[ArmSummary, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., guards: _Optional[_Iterable[_Union[GuardResult, _Mapping]]] = ..., window_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., step_candidate_requests: _Optional[int] = ...) -> None: ...
+    unloaded_replicas: _containers.RepeatedCompositeFieldContainer[UnloadedReplica]
+    def __init__(self, champion: _Optional[_Union[ArmSummary, _Mapping]] = ..., candidate: _Optional[_Union[ArmSummary, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., guards: _Optional[_Iterable[_Union[GuardResult, _Mapping]]] = ..., window_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., step_candidate_requests: _Optional[int] = ..., unloaded_replicas: _Optional[_Iterable[_Union[UnloadedReplica, _Mapping]]] = ...) -> None: ...
+
+class UnloadedReplica(_message.Message):
+    __slots__ = ("replica", "version", "error", "first_report_time", "last_report_time")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FIRST_REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    version: int
+    error: str
+    first_report_time: _timestamp_pb2.Timestamp
+    last_report_time: _timestamp_pb2.Timestamp
+    def __init__(self, replica: _Optional[str] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., first_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GuardResult(_message.Message):
     __slots__ = ("expression", "passed", "error")

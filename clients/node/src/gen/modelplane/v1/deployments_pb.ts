@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file modelplane/v1/deployments.proto.
  */
 export const file_modelplane_v1_deployments: GenFile = /*@__PURE__*/
-  fileDesc("Ch9tb2RlbHBsYW5lL3YxL2RlcGxveW1lbnRzLnByb3RvEg1tb2RlbHBsYW5lLnYxIoEECgpEZXBsb3ltZW50EgwKBG5hbWUYASABKAkSDQoFbW9kZWwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSNQoGbGFiZWxzGAQgAygLMiUubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50LkxhYmVsc0VudHJ5EhgKEGNoYW1waW9uX3ZlcnNpb24YBSABKAMSDgoGZ3VhcmRzGAYgAygJEjgKEGRyaWZ0X3RocmVzaG9sZHMYByABKAsyHi5tb2RlbHBsYW5lLnYxLkRyaWZ0VGhyZXNob2xkcxI2Cg9yZXRyYWluaW5nX2hvb2sYCCABKAsyHS5tb2RlbHBsYW5lLnYxLlJldHJhaW5pbmdIb29rEicKB3JvbGxvdXQYCSABKAsyFi5tb2RlbHBsYW5lLnYxLlJvbGxvdXQSEgoKZ2VuZXJhdGlvbhgKIAEoAxISCgpjcmVhdGVkX2J5GAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqgBCg9EcmlmdFRocmVzaG9sZHMSFAoHbWF4X3BzaRgBIAEoAUgAiAEBEh4KEW1heF9kcmlmdGVkX3NoYXJlGAIgASgBSAGIAQESEAoIbWluX3Jvd3MYAyABKAMSKwoIY29vbGRvd24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CCgoIX21heF9wc2lCFAoSX21heF9kcmlmdGVkX3NoYXJlIkEKDlJldHJhaW5pbmdIb29rEhMKC3dlYmhvb2tfdXJsGAEgASgJEhoKEmNvbW1hbmRfY29uZmlndXJlZBgCIAEoCCKJBQoHUm9sbG91dBIKCgJpZBgBIAEoCRIZChFjYW5kaWRhdGVfdmVyc2lvbhgCIAEoAxIYChBjaGFtcGlvbl92ZXJzaW9uGAMgASgDEjAKCHN0cmF0ZWd5GAQgASgOMh4ubW9kZWxwbGFuZS52MS5Sb2xsb3V0U3RyYXRlZ3kSDQoFc3RlcHMYBSADKAESDQoFc3BsaXQYBiABKAESFwoPc2hhZG93X2ZyYWN0aW9uGAcgASgBEjAKDXN0ZXBfZHVyYXRpb24YCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMbWluX3JlcXVlc3RzGAkgASgDEg4KBmd1YXJkcxgKIAMoCRIqCgVzdGF0ZRgLIAEoDjIbLm1vZGVscGxhbmUudjEuUm9sbG91dFN0YXRlEioKBXBoYXNlGAwgASgOMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0UGhhc2USDAoEc3RlcBgNIAEoBRIZChFjYW5kaWRhdGVfcGVyY2VudBgOIAEoARI0ChBwaGFzZV9zdGFydF90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc3RhcnRlZF9ieRgSIAEoCRIOCgZyZWFzb24YEyABKAkSKQoIZXZpZGVuY2UYFCABKAsyFy5tb2RlbHBsYW5lLnYxLkV2aWRlbmNlEhgKEGVmZmVjdGl2ZV9ndWFyZHMYFSADKAkirAIKCEV2aWRlbmNlEisKCGNoYW1waW9uGAEgASgLMhkubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5EiwKCWNhbmRpZGF0ZRgCIAEoCzIZLm1vZGVscGxhbmUudjEuQXJtU3VtbWFyeRIsCgZzaGFkb3cYAyABKAsyHC5tb2RlbHBsYW5lLnYxLlNoYWRvd1N1bW1hcnkSKgoGZ3VhcmRzGAQgAygLMhoubW9kZWxwbGFuZS52MS5HdWFyZFJlc3VsdBIzCg93aW5kb3dfZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlcGxpY2FfY291bnQYBiABKAUSHwoXc3RlcF9jYW5kaWRhdGVfcmVxdWVzdHMYByABKAMiQAoLR3VhcmRSZXN1bHQSEgoKZXhwcmVzc2lvbhgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDQoFZXJyb3IYAyABKAkiewoJSGlzdG9ncmFtEgsKA2xvdxgBIAEoARIMCgRoaWdoGAIgASgBEhEKCWxvZ19zY2FsZRgDIAEoCBIOCgZjb3VudHMYBCADKAMSEQoJdW5kZXJmbG93GAUgASgDEhAKCG92ZXJmbG93GAYgASgDEgsKA3N1bRgHIAEoASJUCg1GZWF0dXJlQ291bnRzEgwKBG5hbWUYASABKAkSDgoGY291bnRzGAIgAygDEhQKDG91dF9vZl9yYW5nZRgDIAEoAxIPCgdtaXNzaW5nGAQgASgDIrUBCgxEcmlmdFN1bW1hcnkSFwoPYmFzZWxpbmVfc2hhMjU2GAEgASgJEgwKBHJvd3MYAiABKAMSLgoIZmVhdHVyZXMYAyADKAsyHC5tb2RlbHBsYW5lLnYxLkZlYXR1cmVDb3VudHMSFAoHbWF4X3BzaRgEIAEoAUgAiAEBEhoKDWRyaWZ0ZWRfc2hhcmUYBSABKAFIAYgBAUIKCghfbWF4X3BzaUIQCg5fZHJpZnRlZF9zaGFyZSKTBAoKQXJtU3VtbWFyeRILCgNhcm0YASABKAkSDwoHdmVyc2lvbhgCIAEoAxIQCghyZXF1ZXN0cxgDIAEoAxIOCgZlcnJvcnMYBCABKAMSDAoEcm93cxgFIAEoAxIpCgdsYXRlbmN5GAYgASgLMhgubW9kZWxwbGFuZS52MS5IaXN0b2dyYW0SKAoGc2NvcmVzGAcgASgLMhgubW9kZWxwbGFuZS52MS5IaXN0b2dyYW0SQAoMbGFiZWxfY291bnRzGAggAygLMioubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5LkxhYmVsQ291bnRzRW50cnkSKgoFZHJpZnQYCSABKAsyGy5tb2RlbHBsYW5lLnYxLkRyaWZ0U3VtbWFyeRIPCgdsYWJlbGVkGAogASgDEg8KB2NvcnJlY3QYCyABKAMSFwoKZXJyb3JfcmF0ZRgMIAEoAUgAiAEBEhgKC2xhdGVuY3lfcDUwGA0gASgBSAGIAQESGAoLbGF0ZW5jeV9wOTkYDiABKAFIAogBARIVCghhY2N1cmFjeRgPIAEoAUgDiAEBGjIKEExhYmVsQ291bnRzRW50cnkSCwoDa2V5GAEgASgDEg0KBXZhbHVlGAIgASgDOgI4AUINCgtfZXJyb3JfcmF0ZUIOCgxfbGF0ZW5jeV9wNTBCDgoMX2xhdGVuY3lfcDk5QgsKCV9hY2N1cmFjeSLxAgoNU2hhZG93U3VtbWFyeRIPCgd2ZXJzaW9uGAEgASgDEg0KBXBhaXJzGAIgASgDEhUKDWRpc2FncmVlbWVudHMYAyABKAMSFAoMYWJzX2RpZmZfc3VtGAQgASgBEg4KBmVycm9ycxgFIAEoAxIPCgdkcm9wcGVkGAYgASgDEjEKD2NoYW1waW9uX3Njb3JlcxgHIAEoCzIYLm1vZGVscGxhbmUudjEuSGlzdG9ncmFtEi8KDXNoYWRvd19zY29yZXMYCCABKAsyGC5tb2RlbHBsYW5lLnYxLkhpc3RvZ3JhbRIeChFkaXNhZ3JlZW1lbnRfcmF0ZRgJIAEoAUgAiAEBEhoKDW1lYW5fYWJzX2RpZmYYCiABKAFIAYgBARIZCgxrc19zdGF0aXN0aWMYCyABKAFIAogBAUIUChJfZGlzYWdyZWVtZW50X3JhdGVCEAoOX21lYW5fYWJzX2RpZmZCDwoNX2tzX3N0YXRpc3RpYyJzChdDcmVhdGVEZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEi0KCmRlcGxveW1lbnQYAiABKAsyGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSEgoKcmVxdWVzdF9pZBgDIAEoCSIkChRHZXREZXBsb3ltZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KFkxpc3REZXBsb3ltZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiYgoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USLgoLZGVwbG95bWVudHMYASADKAsyGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo0BChdVcGRhdGVEZXBsb3ltZW50UmVxdWVzdBItCgpkZXBsb3ltZW50GAEgASgLMhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxISCgpyZXF1ZXN0X2lkGAMgASgJIjUKF0RlbGV0ZURlcGxveW1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJuChNTdGFydFJvbGxvdXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJwoHcm9sbG91dBgCIAEoCzIWLm1vZGVscGxhbmUudjEuUm9sbG91dBIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiVQoTUGF1c2VSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiVgoUUmVzdW1lUm9sbG91dFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIlUKE0Fib3J0Um9sbG91dFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIlcKFVByb21vdGVSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiWAoWUm9sbGJhY2tSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkirgIKDFJvbGxvdXRFdmVudBISCgpyb2xsb3V0X2lkGAEgASgJEioKBXN0YXRlGAIgASgOMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0U3RhdGUSKgoFcGhhc2UYAyABKA4yGy5tb2RlbHBsYW5lLnYxLlJvbGxvdXRQaGFzZRIMCgRzdGVwGAQgASgFEhkKEWNhbmRpZGF0ZV9wZXJjZW50GAUgASgBEg4KBmFjdGlvbhgGIAEoCRIOCgZyZWFzb24YByABKAkSDQoFYWN0b3IYCCABKAkSKQoIZXZpZGVuY2UYCSABKAsyFy5tb2RlbHBsYW5lLnYxLkV2aWRlbmNlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChhMaXN0Um9sbG91dEV2ZW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImEKGUxpc3RSb2xsb3V0RXZlbnRzUmVzcG9uc2USKwoGZXZlbnRzGAEgAygLMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKFldhdGNoRGVwbG95bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdyZXBsaWNhGAIgASgJIn0KDVNlcnZlZFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoAxIMCgRuYW1lGAIgASgJEhcKD2FydGlmYWN0X3NoYTI1NhgDIAEoCRIbChNhcnRpZmFjdF9zaXplX2J5dGVzGAQgASgDEhcKD2Jhc2VsaW5lX3NoYTI1NhgFIAEoCSKhAwoPRGVwbG95bWVudFN0YXRlEgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoAxINCgVtb2RlbBgDIAEoCRIuCgh2ZXJzaW9ucxgEIAMoCzIcLm1vZGVscGxhbmUudjEuU2VydmVkVmVyc2lvbhIYChBjaGFtcGlvbl92ZXJzaW9uGAUgASgDEhkKEWNhbmRpZGF0ZV92ZXJzaW9uGAYgASgDEhkKEWNhbmRpZGF0ZV9wZXJjZW50GAcgASgBEhcKD3NoYWRvd19mcmFjdGlvbhgIIAEoARISCgpyb2xsb3V0X2lkGAkgASgJEjIKDXJvbGxvdXRfc3RhdGUYCiABKA4yGy5tb2RlbHBsYW5lLnYxLlJvbGxvdXRTdGF0ZRIqCgVwaGFzZRgLIAEoDjIbLm1vZGVscGxhbmUudjEuUm9sbG91dFBoYXNlEjIKD3JlcG9ydF9pbnRlcnZhbBgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRyZWdyZXNzaW9uX3RvbGVyYW5jZRgNIAEoASLeAgoTUmVwb3J0V2luZG93UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB3JlcGxpY2EYAiABKAkSEAoIc2VxdWVuY2UYAyABKAMSEgoKZ2VuZXJhdGlvbhgEIAEoAxISCgpyb2xsb3V0X2lkGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgRhcm1zGAggAygLMhkubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5EiwKBnNoYWRvdxgJIAEoCzIcLm1vZGVscGxhbmUudjEuU2hhZG93U3VtbWFyeRI5ChF1bmxvYWRlZF92ZXJzaW9ucxgKIAMoCzIeLm1vZGVscGxhbmUudjEuVW5sb2FkZWRWZXJzaW9uIjEKD1VubG9hZGVkVmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgDEg0KBWVycm9yGAIgASgJIjwKFFJlcG9ydFdpbmRvd1Jlc3BvbnNlEhIKCmdlbmVyYXRpb24YASABKAMSEAoIYWNjZXB0ZWQYAiABKAgqpwEKD1JvbGxvdXRTdHJhdGVneRIgChxST0xMT1VUX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASGwoXUk9MTE9VVF9TVFJBVEVHWV9TSEFET1cQARIbChdST0xMT1VUX1NUUkFURUdZX0NBTkFSWRACEhcKE1JPTExPVVRfU1RSQVRFR1lfQUIQAxIfChtST0xMT1VUX1NUUkFURUdZX0JMVUVfR1JFRU4QBCrTAQoMUm9sbG91dFN0YXRlEh0KGVJPTExPVVRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVST0xMT1VUX1NUQVRFX1BFTkRJTkcQARIZChVST0xMT1VUX1NUQVRFX1JVTk5JTkcQAhIYChRST0xMT1VUX1NUQVRFX1BBVVNFRBADEhoKFlJPTExPVVRfU1RBVEVfUFJPTU9URUQQBBIdChlST0xMT1VUX1NUQVRFX1JPTExFRF9CQUNLEAUSGQoVUk9MTE9VVF9TVEFURV9BQk9SVEVEEAYqqgEKDFJvbGxvdXRQaGFzZRIdChlST0xMT1VUX1BIQVNFX1VOU1BFQ0lGSUVEEAASGAoUUk9MTE9VVF9QSEFTRV9TSEFET1cQARIYChRST0xMT1VUX1BIQVNFX0NBTkFSWRACEhQKEFJPTExPVVRfUEhBU0VfQUIQAxIYChRST0xMT1VUX1BIQVNFX1NXSVRDSBAEEhcKE1JPTExPVVRfUEhBU0VfV0FUQ0gQBTLLCQoRRGVwbG95bWVudFNlcnZpY2USVQoQQ3JlYXRlRGVwbG95bWVudBImLm1vZGVscGxhbmUudjEuQ3JlYXRlRGVwbG95bWVudFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSTwoNR2V0RGVwbG95bWVudBIjLm1vZGVscGxhbmUudjEuR2V0RGVwbG95bWVudFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSYAoPTGlzdERlcGxveW1lbnRzEiUubW9kZWxwbGFuZS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0GiYubW9kZWxwbGFuZS52MS5MaXN0RGVwbG95bWVudHNSZXNwb25zZRJVChBVcGRhdGVEZXBsb3ltZW50EiYubW9kZWxwbGFuZS52MS5VcGRhdGVEZXBsb3ltZW50UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJSChBEZWxldGVEZXBsb3ltZW50EiYubW9kZWxwbGFuZS52MS5EZWxldGVEZXBsb3ltZW50UmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJNCgxTdGFydFJvbGxvdXQSIi5tb2RlbHBsYW5lLnYxLlN0YXJ0Um9sbG91dFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSTQoMUGF1c2VSb2xsb3V0EiIubW9kZWxwbGFuZS52MS5QYXVzZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ek8KDVJlc3VtZVJvbGxvdXQSIy5tb2RlbHBsYW5lLnYxLlJlc3VtZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ek0KDEFib3J0Um9sbG91dBIiLm1vZGVscGxhbmUudjEuQWJvcnRSb2xsb3V0UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJRCg5Qcm9tb3RlUm9sbG91dBIkLm1vZGVscGxhbmUudjEuUHJvbW90ZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50ElMKD1JvbGxiYWNrUm9sbG91dBIlLm1vZGVscGxhbmUudjEuUm9sbGJhY2tSb2xsb3V0UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJmChFMaXN0Um9sbG91dEV2ZW50cxInLm1vZGVscGxhbmUudjEuTGlzdFJvbGxvdXRFdmVudHNSZXF1ZXN0GigubW9kZWxwbGFuZS52MS5MaXN0Um9sbG91dEV2ZW50c1Jlc3BvbnNlEloKD1dhdGNoRGVwbG95bWVudBIlLm1vZGVscGxhbmUudjEuV2F0Y2hEZXBsb3ltZW50UmVxdWVzdBoeLm1vZGVscGxhbmUudjEuRGVwbG95bWVudFN0YXRlMAESVwoMUmVwb3J0V2luZG93EiIubW9kZWxwbGFuZS52MS5SZXBvcnRXaW5kb3dSZXF1ZXN0GiMubW9kZWxwbGFuZS52MS5SZXBvcnRXaW5kb3dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("Ch9tb2RlbHBsYW5lL3YxL2RlcGxveW1lbnRzLnByb3RvEg1tb2RlbHBsYW5lLnYxIoEECgpEZXBsb3ltZW50EgwKBG5hbWUYASABKAkSDQoFbW9kZWwYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSNQoGbGFiZWxzGAQgAygLMiUubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50LkxhYmVsc0VudHJ5EhgKEGNoYW1waW9uX3ZlcnNpb24YBSABKAMSDgoGZ3VhcmRzGAYgAygJEjgKEGRyaWZ0X3RocmVzaG9sZHMYByABKAsyHi5tb2RlbHBsYW5lLnYxLkRyaWZ0VGhyZXNob2xkcxI2Cg9yZXRyYWluaW5nX2hvb2sYCCABKAsyHS5tb2RlbHBsYW5lLnYxLlJldHJhaW5pbmdIb29rEicKB3JvbGxvdXQYCSABKAsyFi5tb2RlbHBsYW5lLnYxLlJvbGxvdXQSEgoKZ2VuZXJhdGlvbhgKIAEoAxISCgpjcmVhdGVkX2J5GAsgASgJEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqgBCg9EcmlmdFRocmVzaG9sZHMSFAoHbWF4X3BzaRgBIAEoAUgAiAEBEh4KEW1heF9kcmlmdGVkX3NoYXJlGAIgASgBSAGIAQESEAoIbWluX3Jvd3MYAyABKAMSKwoIY29vbGRvd24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CCgoIX21heF9wc2lCFAoSX21heF9kcmlmdGVkX3NoYXJlIkEKDlJldHJhaW5pbmdIb29rEhMKC3dlYmhvb2tfdXJsGAEgASgJEhoKEmNvbW1hbmRfY29uZmlndXJlZBgCIAEoCCKJBQoHUm9sbG91dBIKCgJpZBgBIAEoCRIZChFjYW5kaWRhdGVfdmVyc2lvbhgCIAEoAxIYChBjaGFtcGlvbl92ZXJzaW9uGAMgASgDEjAKCHN0cmF0ZWd5GAQgASgOMh4ubW9kZWxwbGFuZS52MS5Sb2xsb3V0U3RyYXRlZ3kSDQoFc3RlcHMYBSADKAESDQoFc3BsaXQYBiABKAESFwoPc2hhZG93X2ZyYWN0aW9uGAcgASgBEjAKDXN0ZXBfZHVyYXRpb24YCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMbWluX3JlcXVlc3RzGAkgASgDEg4KBmd1YXJkcxgKIAMoCRIqCgVzdGF0ZRgLIAEoDjIbLm1vZGVscGxhbmUudjEuUm9sbG91dFN0YXRlEioKBXBoYXNlGAwgASgOMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0UGhhc2USDAoEc3RlcBgNIAEoBRIZChFjYW5kaWRhdGVfcGVyY2VudBgOIAEoARI0ChBwaGFzZV9zdGFydF90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc3RhcnRlZF9ieRgSIAEoCRIOCgZyZWFzb24YEyABKAkSKQoIZXZpZGVuY2UYFCABKAsyFy5tb2RlbHBsYW5lLnYxLkV2aWRlbmNlEhgKEGVmZmVjdGl2ZV9ndWFyZHMYFSADKAki5wIKCEV2aWRlbmNlEisKCGNoYW1waW9uGAEgASgLMhkubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5EiwKCWNhbmRpZGF0ZRgCIAEoCzIZLm1vZGVscGxhbmUudjEuQXJtU3VtbWFyeRIsCgZzaGFkb3cYAyABKAsyHC5tb2RlbHBsYW5lLnYxLlNoYWRvd1N1bW1hcnkSKgoGZ3VhcmRzGAQgAygLMhoubW9kZWxwbGFuZS52MS5HdWFyZFJlc3VsdBIzCg93aW5kb3dfZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlcGxpY2FfY291bnQYBiABKAUSHwoXc3RlcF9jYW5kaWRhdGVfcmVxdWVzdHMYByABKAMSOQoRdW5sb2FkZWRfcmVwbGljYXMYCCADKAsyHi5tb2RlbHBsYW5lLnYxLlVubG9hZGVkUmVwbGljYSKvAQoPVW5sb2FkZWRSZXBsaWNhEg8KB3JlcGxpY2EYASABKAkSDwoHdmVyc2lvbhgCIAEoAxINCgVlcnJvchgDIAEoCRI1ChFmaXJzdF9yZXBvcnRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9yZXBvcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQAoLR3VhcmRSZXN1bHQSEgoKZXhwcmVzc2lvbhgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDQoFZXJyb3IYAyABKAkiewoJSGlzdG9ncmFtEgsKA2xvdxgBIAEoARIMCgRoaWdoGAIgASgBEhEKCWxvZ19zY2FsZRgDIAEoCBIOCgZjb3VudHMYBCADKAMSEQoJdW5kZXJmbG93GAUgASgDEhAKCG92ZXJmbG93GAYgASgDEgsKA3N1bRgHIAEoASJUCg1GZWF0dXJlQ291bnRzEgwKBG5hbWUYASABKAkSDgoGY291bnRzGAIgAygDEhQKDG91dF9vZl9yYW5nZRgDIAEoAxIPCgdtaXNzaW5nGAQgASgDIrUBCgxEcmlmdFN1bW1hcnkSFwoPYmFzZWxpbmVfc2hhMjU2GAEgASgJEgwKBHJvd3MYAiABKAMSLgoIZmVhdHVyZXMYAyADKAsyHC5tb2RlbHBsYW5lLnYxLkZlYXR1cmVDb3VudHMSFAoHbWF4X3BzaRgEIAEoAUgAiAEBEhoKDWRyaWZ0ZWRfc2hhcmUYBSABKAFIAYgBAUIKCghfbWF4X3BzaUIQCg5fZHJpZnRlZF9zaGFyZSKTBAoKQXJtU3VtbWFyeRILCgNhcm0YASABKAkSDwoHdmVyc2lvbhgCIAEoAxIQCghyZXF1ZXN0cxgDIAEoAxIOCgZlcnJvcnMYBCABKAMSDAoEcm93cxgFIAEoAxIpCgdsYXRlbmN5GAYgASgLMhgubW9kZWxwbGFuZS52MS5IaXN0b2dyYW0SKAoGc2NvcmVzGAcgASgLMhgubW9kZWxwbGFuZS52MS5IaXN0b2dyYW0SQAoMbGFiZWxfY291bnRzGAggAygLMioubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5LkxhYmVsQ291bnRzRW50cnkSKgoFZHJpZnQYCSABKAsyGy5tb2RlbHBsYW5lLnYxLkRyaWZ0U3VtbWFyeRIPCgdsYWJlbGVkGAogASgDEg8KB2NvcnJlY3QYCyABKAMSFwoKZXJyb3JfcmF0ZRgMIAEoAUgAiAEBEhgKC2xhdGVuY3lfcDUwGA0gASgBSAGIAQESGAoLbGF0ZW5jeV9wOTkYDiABKAFIAogBARIVCghhY2N1cmFjeRgPIAEoAUgDiAEBGjIKEExhYmVsQ291bnRzRW50cnkSCwoDa2V5GAEgASgDEg0KBXZhbHVlGAIgASgDOgI4AUINCgtfZXJyb3JfcmF0ZUIOCgxfbGF0ZW5jeV9wNTBCDgoMX2xhdGVuY3lfcDk5QgsKCV9hY2N1cmFjeSLxAgoNU2hhZG93U3VtbWFyeRIPCgd2ZXJzaW9uGAEgASgDEg0KBXBhaXJzGAIgASgDEhUKDWRpc2FncmVlbWVudHMYAyABKAMSFAoMYWJzX2RpZmZfc3VtGAQgASgBEg4KBmVycm9ycxgFIAEoAxIPCgdkcm9wcGVkGAYgASgDEjEKD2NoYW1waW9uX3Njb3JlcxgHIAEoCzIYLm1vZGVscGxhbmUudjEuSGlzdG9ncmFtEi8KDXNoYWRvd19zY29yZXMYCCABKAsyGC5tb2RlbHBsYW5lLnYxLkhpc3RvZ3JhbRIeChFkaXNhZ3JlZW1lbnRfcmF0ZRgJIAEoAUgAiAEBEhoKDW1lYW5fYWJzX2RpZmYYCiABKAFIAYgBARIZCgxrc19zdGF0aXN0aWMYCyABKAFIAogBAUIUChJfZGlzYWdyZWVtZW50X3JhdGVCEAoOX21lYW5fYWJzX2RpZmZCDwoNX2tzX3N0YXRpc3RpYyJzChdDcmVhdGVEZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEi0KCmRlcGxveW1lbnQYAiABKAsyGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSEgoKcmVxdWVzdF9pZBgDIAEoCSIkChRHZXREZXBsb3ltZW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KFkxpc3REZXBsb3ltZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiYgoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USLgoLZGVwbG95bWVudHMYASADKAsyGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo0BChdVcGRhdGVEZXBsb3ltZW50UmVxdWVzdBItCgpkZXBsb3ltZW50GAEgASgLMhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxISCgpyZXF1ZXN0X2lkGAMgASgJIjUKF0RlbGV0ZURlcGxveW1lbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSJuChNTdGFydFJvbGxvdXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJwoHcm9sbG91dBgCIAEoCzIWLm1vZGVscGxhbmUudjEuUm9sbG91dBIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiVQoTUGF1c2VSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiVgoUUmVzdW1lUm9sbG91dFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIlUKE0Fib3J0Um9sbG91dFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEZXRhZxgDIAEoCRISCgpyZXF1ZXN0X2lkGAQgASgJIlcKFVByb21vdGVSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiWAoWUm9sbGJhY2tSb2xsb3V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRldGFnGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkirgIKDFJvbGxvdXRFdmVudBISCgpyb2xsb3V0X2lkGAEgASgJEioKBXN0YXRlGAIgASgOMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0U3RhdGUSKgoFcGhhc2UYAyABKA4yGy5tb2RlbHBsYW5lLnYxLlJvbGxvdXRQaGFzZRIMCgRzdGVwGAQgASgFEhkKEWNhbmRpZGF0ZV9wZXJjZW50GAUgASgBEg4KBmFjdGlvbhgGIAEoCRIOCgZyZWFzb24YByABKAkSDQoFYWN0b3IYCCABKAkSKQoIZXZpZGVuY2UYCSABKAsyFy5tb2RlbHBsYW5lLnYxLkV2aWRlbmNlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChhMaXN0Um9sbG91dEV2ZW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImEKGUxpc3RSb2xsb3V0RXZlbnRzUmVzcG9uc2USKwoGZXZlbnRzGAEgAygLMhsubW9kZWxwbGFuZS52MS5Sb2xsb3V0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKFldhdGNoRGVwbG95bWVudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdyZXBsaWNhGAIgASgJIn0KDVNlcnZlZFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoAxIMCgRuYW1lGAIgASgJEhcKD2FydGlmYWN0X3NoYTI1NhgDIAEoCRIbChNhcnRpZmFjdF9zaXplX2J5dGVzGAQgASgDEhcKD2Jhc2VsaW5lX3NoYTI1NhgFIAEoCSKhAwoPRGVwbG95bWVudFN0YXRlEgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoAxINCgVtb2RlbBgDIAEoCRIuCgh2ZXJzaW9ucxgEIAMoCzIcLm1vZGVscGxhbmUudjEuU2VydmVkVmVyc2lvbhIYChBjaGFtcGlvbl92ZXJzaW9uGAUgASgDEhkKEWNhbmRpZGF0ZV92ZXJzaW9uGAYgASgDEhkKEWNhbmRpZGF0ZV9wZXJjZW50GAcgASgBEhcKD3NoYWRvd19mcmFjdGlvbhgIIAEoARISCgpyb2xsb3V0X2lkGAkgASgJEjIKDXJvbGxvdXRfc3RhdGUYCiABKA4yGy5tb2RlbHBsYW5lLnYxLlJvbGxvdXRTdGF0ZRIqCgVwaGFzZRgLIAEoDjIbLm1vZGVscGxhbmUudjEuUm9sbG91dFBoYXNlEjIKD3JlcG9ydF9pbnRlcnZhbBgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRyZWdyZXNzaW9uX3RvbGVyYW5jZRgNIAEoASLeAgoTUmVwb3J0V2luZG93UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB3JlcGxpY2EYAiABKAkSEAoIc2VxdWVuY2UYAyABKAMSEgoKZ2VuZXJhdGlvbhgEIAEoAxISCgpyb2xsb3V0X2lkGAUgASgJEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgRhcm1zGAggAygLMhkubW9kZWxwbGFuZS52MS5Bcm1TdW1tYXJ5EiwKBnNoYWRvdxgJIAEoCzIcLm1vZGVscGxhbmUudjEuU2hhZG93U3VtbWFyeRI5ChF1bmxvYWRlZF92ZXJzaW9ucxgKIAMoCzIeLm1vZGVscGxhbmUudjEuVW5sb2FkZWRWZXJzaW9uIjEKD1VubG9hZGVkVmVyc2lvbhIPCgd2ZXJzaW9uGAEgASgDEg0KBWVycm9yGAIgASgJIjwKFFJlcG9ydFdpbmRvd1Jlc3BvbnNlEhIKCmdlbmVyYXRpb24YASABKAMSEAoIYWNjZXB0ZWQYAiABKAgqpwEKD1JvbGxvdXRTdHJhdGVneRIgChxST0xMT1VUX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASGwoXUk9MTE9VVF9TVFJBVEVHWV9TSEFET1cQARIbChdST0xMT1VUX1NUUkFURUdZX0NBTkFSWRACEhcKE1JPTExPVVRfU1RSQVRFR1lfQUIQAxIfChtST0xMT1VUX1NUUkFURUdZX0JMVUVfR1JFRU4QBCrTAQoMUm9sbG91dFN0YXRlEh0KGVJPTExPVVRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVST0xMT1VUX1NUQVRFX1BFTkRJTkcQARIZChVST0xMT1VUX1NUQVRFX1JVTk5JTkcQAhIYChRST0xMT1VUX1NUQVRFX1BBVVNFRBADEhoKFlJPTExPVVRfU1RBVEVfUFJPTU9URUQQBBIdChlST0xMT1VUX1NUQVRFX1JPTExFRF9CQUNLEAUSGQoVUk9MTE9VVF9TVEFURV9BQk9SVEVEEAYqqgEKDFJvbGxvdXRQaGFzZRIdChlST0xMT1VUX1BIQVNFX1VOU1BFQ0lGSUVEEAASGAoUUk9MTE9VVF9QSEFTRV9TSEFET1cQARIYChRST0xMT1VUX1BIQVNFX0NBTkFSWRACEhQKEFJPTExPVVRfUEhBU0VfQUIQAxIYChRST0xMT1VUX1BIQVNFX1NXSVRDSBAEEhcKE1JPTExPVVRfUEhBU0VfV0FUQ0gQBTLLCQoRRGVwbG95bWVudFNlcnZpY2USVQoQQ3JlYXRlRGVwbG95bWVudBImLm1vZGVscGxhbmUudjEuQ3JlYXRlRGVwbG95bWVudFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSTwoNR2V0RGVwbG95bWVudBIjLm1vZGVscGxhbmUudjEuR2V0RGVwbG95bWVudFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSYAoPTGlzdERlcGxveW1lbnRzEiUubW9kZWxwbGFuZS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0GiYubW9kZWxwbGFuZS52MS5MaXN0RGVwbG95bWVudHNSZXNwb25zZRJVChBVcGRhdGVEZXBsb3ltZW50EiYubW9kZWxwbGFuZS52MS5VcGRhdGVEZXBsb3ltZW50UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJSChBEZWxldGVEZXBsb3ltZW50EiYubW9kZWxwbGFuZS52MS5EZWxldGVEZXBsb3ltZW50UmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJNCgxTdGFydFJvbGxvdXQSIi5tb2RlbHBsYW5lLnYxLlN0YXJ0Um9sbG91dFJlcXVlc3QaGS5tb2RlbHBsYW5lLnYxLkRlcGxveW1lbnQSTQoMUGF1c2VSb2xsb3V0EiIubW9kZWxwbGFuZS52MS5QYXVzZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ek8KDVJlc3VtZVJvbGxvdXQSIy5tb2RlbHBsYW5lLnYxLlJlc3VtZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50Ek0KDEFib3J0Um9sbG91dBIiLm1vZGVscGxhbmUudjEuQWJvcnRSb2xsb3V0UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJRCg5Qcm9tb3RlUm9sbG91dBIkLm1vZGVscGxhbmUudjEuUHJvbW90ZVJvbGxvdXRSZXF1ZXN0GhkubW9kZWxwbGFuZS52MS5EZXBsb3ltZW50ElMKD1JvbGxiYWNrUm9sbG91dBIlLm1vZGVscGxhbmUudjEuUm9sbGJhY2tSb2xsb3V0UmVxdWVzdBoZLm1vZGVscGxhbmUudjEuRGVwbG95bWVudBJmChFMaXN0Um9sbG91dEV2ZW50cxInLm1vZGVscGxhbmUudjEuTGlzdFJvbGxvdXRFdmVudHNSZXF1ZXN0GigubW9kZWxwbGFuZS52MS5MaXN0Um9sbG91dEV2ZW50c1Jlc3BvbnNlEloKD1dhdGNoRGVwbG95bWVudBIlLm1vZGVscGxhbmUudjEuV2F0Y2hEZXBsb3ltZW50UmVxdWVzdBoeLm1vZGVscGxhbmUudjEuRGVwbG95bWVudFN0YXRlMAESVwoMUmVwb3J0V2luZG93EiIubW9kZWxwbGFuZS52MS5SZXBvcnRXaW5kb3dSZXF1ZXN0GiMubW9kZWxwbGFuZS52MS5SZXBvcnRXaW5kb3dSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_empty, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * A model served under a stable name, with its champion and at most one rollout at a time.
@@ -379,6 +379,15 @@ export type Evidence = Message<"modelplane.v1.Evidence"> & {
    * @generated from field: int64 step_candidate_requests = 7;
    */
   stepCandidateRequests: bigint;
+
+  /**
+   * Replicas whose latest report says they cannot load the rollout's candidate (they serve
+   * the champion alone); while any is listed, no canary step advances and no blue/green
+   * phase ends. Empty when every reporting replica loaded it.
+   *
+   * @generated from field: repeated modelplane.v1.UnloadedReplica unloaded_replicas = 8;
+   */
+  unloadedReplicas: UnloadedReplica[];
 };
 
 /**
@@ -387,6 +396,55 @@ export type Evidence = Message<"modelplane.v1.Evidence"> & {
  */
 export const EvidenceSchema: GenMessage<Evidence> = /*@__PURE__*/
   messageDesc(file_modelplane_v1_deployments, 4);
+
+/**
+ * A replica that reports it cannot load the rollout's candidate version.
+ *
+ * @generated from message modelplane.v1.UnloadedReplica
+ */
+export type UnloadedReplica = Message<"modelplane.v1.UnloadedReplica"> & {
+  /**
+   * The sidecar replica, as it names itself in its reports.
+   *
+   * @generated from field: string replica = 1;
+   */
+  replica: string;
+
+  /**
+   * The candidate version it cannot load.
+   *
+   * @generated from field: int64 version = 2;
+   */
+  version: bigint;
+
+  /**
+   * Why, in the sidecar's words (from its latest report).
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+
+  /**
+   * When the replica first reported it could not load the version.
+   *
+   * @generated from field: google.protobuf.Timestamp first_report_time = 4;
+   */
+  firstReportTime?: Timestamp | undefined;
+
+  /**
+   * When the replica last reported it.
+   *
+   * @generated from field: google.protobuf.Timestamp last_report_time = 5;
+   */
+  lastReportTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message modelplane.v1.UnloadedReplica.
+ * Use `create(UnloadedReplicaSchema)` to create a new message.
+ */
+export const UnloadedReplicaSchema: GenMessage<UnloadedReplica> = /*@__PURE__*/
+  messageDesc(file_modelplane_v1_deployments, 5);
 
 /**
  * @generated from message modelplane.v1.GuardResult
@@ -415,7 +473,7 @@ export type GuardResult = Message<"modelplane.v1.GuardResult"> & {
  * Use `create(GuardResultSchema)` to create a new message.
  */
 export const GuardResultSchema: GenMessage<GuardResult> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 5);
+  messageDesc(file_modelplane_v1_deployments, 6);
 
 /**
  * A histogram with fixed buckets; histograms merge by adding counts when their layouts agree.
@@ -472,7 +530,7 @@ export type Histogram = Message<"modelplane.v1.Histogram"> & {
  * Use `create(HistogramSchema)` to create a new message.
  */
 export const HistogramSchema: GenMessage<Histogram> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 6);
+  messageDesc(file_modelplane_v1_deployments, 7);
 
 /**
  * Bin counts of one feature over the served version's baseline bins.
@@ -512,7 +570,7 @@ export type FeatureCounts = Message<"modelplane.v1.FeatureCounts"> & {
  * Use `create(FeatureCountsSchema)` to create a new message.
  */
 export const FeatureCountsSchema: GenMessage<FeatureCounts> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 7);
+  messageDesc(file_modelplane_v1_deployments, 8);
 
 /**
  * The drift of one arm in one window.
@@ -555,7 +613,7 @@ export type DriftSummary = Message<"modelplane.v1.DriftSummary"> & {
  * Use `create(DriftSummarySchema)` to create a new message.
  */
 export const DriftSummarySchema: GenMessage<DriftSummary> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 8);
+  messageDesc(file_modelplane_v1_deployments, 9);
 
 /**
  * One arm's traffic in one window; every field merges by addition.
@@ -656,7 +714,7 @@ export type ArmSummary = Message<"modelplane.v1.ArmSummary"> & {
  * Use `create(ArmSummarySchema)` to create a new message.
  */
 export const ArmSummarySchema: GenMessage<ArmSummary> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 9);
+  messageDesc(file_modelplane_v1_deployments, 10);
 
 /**
  * Champion answers compared with the candidate's shadow answers to the same rows.
@@ -733,7 +791,7 @@ export type ShadowSummary = Message<"modelplane.v1.ShadowSummary"> & {
  * Use `create(ShadowSummarySchema)` to create a new message.
  */
 export const ShadowSummarySchema: GenMessage<ShadowSummary> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 10);
+  messageDesc(file_modelplane_v1_deployments, 11);
 
 /**
  * @generated from message modelplane.v1.CreateDeploymentRequest
@@ -762,7 +820,7 @@ export type CreateDeploymentRequest = Message<"modelplane.v1.CreateDeploymentReq
  * Use `create(CreateDeploymentRequestSchema)` to create a new message.
  */
 export const CreateDeploymentRequestSchema: GenMessage<CreateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 11);
+  messageDesc(file_modelplane_v1_deployments, 12);
 
 /**
  * @generated from message modelplane.v1.GetDeploymentRequest
@@ -781,7 +839,7 @@ export type GetDeploymentRequest = Message<"modelplane.v1.GetDeploymentRequest">
  * Use `create(GetDeploymentRequestSchema)` to create a new message.
  */
 export const GetDeploymentRequestSchema: GenMessage<GetDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 12);
+  messageDesc(file_modelplane_v1_deployments, 13);
 
 /**
  * @generated from message modelplane.v1.ListDeploymentsRequest
@@ -803,7 +861,7 @@ export type ListDeploymentsRequest = Message<"modelplane.v1.ListDeploymentsReque
  * Use `create(ListDeploymentsRequestSchema)` to create a new message.
  */
 export const ListDeploymentsRequestSchema: GenMessage<ListDeploymentsRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 13);
+  messageDesc(file_modelplane_v1_deployments, 14);
 
 /**
  * @generated from message modelplane.v1.ListDeploymentsResponse
@@ -825,7 +883,7 @@ export type ListDeploymentsResponse = Message<"modelplane.v1.ListDeploymentsResp
  * Use `create(ListDeploymentsResponseSchema)` to create a new message.
  */
 export const ListDeploymentsResponseSchema: GenMessage<ListDeploymentsResponse> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 14);
+  messageDesc(file_modelplane_v1_deployments, 15);
 
 /**
  * @generated from message modelplane.v1.UpdateDeploymentRequest
@@ -854,7 +912,7 @@ export type UpdateDeploymentRequest = Message<"modelplane.v1.UpdateDeploymentReq
  * Use `create(UpdateDeploymentRequestSchema)` to create a new message.
  */
 export const UpdateDeploymentRequestSchema: GenMessage<UpdateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 15);
+  messageDesc(file_modelplane_v1_deployments, 16);
 
 /**
  * @generated from message modelplane.v1.DeleteDeploymentRequest
@@ -876,7 +934,7 @@ export type DeleteDeploymentRequest = Message<"modelplane.v1.DeleteDeploymentReq
  * Use `create(DeleteDeploymentRequestSchema)` to create a new message.
  */
 export const DeleteDeploymentRequestSchema: GenMessage<DeleteDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 16);
+  messageDesc(file_modelplane_v1_deployments, 17);
 
 /**
  * @generated from message modelplane.v1.StartRolloutRequest
@@ -912,7 +970,7 @@ export type StartRolloutRequest = Message<"modelplane.v1.StartRolloutRequest"> &
  * Use `create(StartRolloutRequestSchema)` to create a new message.
  */
 export const StartRolloutRequestSchema: GenMessage<StartRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 17);
+  messageDesc(file_modelplane_v1_deployments, 18);
 
 /**
  * @generated from message modelplane.v1.PauseRolloutRequest
@@ -944,7 +1002,7 @@ export type PauseRolloutRequest = Message<"modelplane.v1.PauseRolloutRequest"> &
  * Use `create(PauseRolloutRequestSchema)` to create a new message.
  */
 export const PauseRolloutRequestSchema: GenMessage<PauseRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 18);
+  messageDesc(file_modelplane_v1_deployments, 19);
 
 /**
  * @generated from message modelplane.v1.ResumeRolloutRequest
@@ -976,7 +1034,7 @@ export type ResumeRolloutRequest = Message<"modelplane.v1.ResumeRolloutRequest">
  * Use `create(ResumeRolloutRequestSchema)` to create a new message.
  */
 export const ResumeRolloutRequestSchema: GenMessage<ResumeRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 19);
+  messageDesc(file_modelplane_v1_deployments, 20);
 
 /**
  * @generated from message modelplane.v1.AbortRolloutRequest
@@ -1008,7 +1066,7 @@ export type AbortRolloutRequest = Message<"modelplane.v1.AbortRolloutRequest"> &
  * Use `create(AbortRolloutRequestSchema)` to create a new message.
  */
 export const AbortRolloutRequestSchema: GenMessage<AbortRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 20);
+  messageDesc(file_modelplane_v1_deployments, 21);
 
 /**
  * @generated from message modelplane.v1.PromoteRolloutRequest
@@ -1040,7 +1098,7 @@ export type PromoteRolloutRequest = Message<"modelplane.v1.PromoteRolloutRequest
  * Use `create(PromoteRolloutRequestSchema)` to create a new message.
  */
 export const PromoteRolloutRequestSchema: GenMessage<PromoteRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 21);
+  messageDesc(file_modelplane_v1_deployments, 22);
 
 /**
  * @generated from message modelplane.v1.RollbackRolloutRequest
@@ -1072,7 +1130,7 @@ export type RollbackRolloutRequest = Message<"modelplane.v1.RollbackRolloutReque
  * Use `create(RollbackRolloutRequestSchema)` to create a new message.
  */
 export const RollbackRolloutRequestSchema: GenMessage<RollbackRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 22);
+  messageDesc(file_modelplane_v1_deployments, 23);
 
 /**
  * One transition of a rollout.
@@ -1107,7 +1165,8 @@ export type RolloutEvent = Message<"modelplane.v1.RolloutEvent"> & {
 
   /**
    * `started`, `advanced`, `paused`, `resumed`, `promoted`, `rolled_back`, `aborted`,
-   * `drift`.
+   * `drift`, `candidate_unloaded` (a replica reports it cannot load the candidate),
+   * `candidate_loaded` (it no longer does).
    *
    * @generated from field: string action = 6;
    */
@@ -1141,7 +1200,7 @@ export type RolloutEvent = Message<"modelplane.v1.RolloutEvent"> & {
  * Use `create(RolloutEventSchema)` to create a new message.
  */
 export const RolloutEventSchema: GenMessage<RolloutEvent> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 23);
+  messageDesc(file_modelplane_v1_deployments, 24);
 
 /**
  * @generated from message modelplane.v1.ListRolloutEventsRequest
@@ -1170,7 +1229,7 @@ export type ListRolloutEventsRequest = Message<"modelplane.v1.ListRolloutEventsR
  * Use `create(ListRolloutEventsRequestSchema)` to create a new message.
  */
 export const ListRolloutEventsRequestSchema: GenMessage<ListRolloutEventsRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 24);
+  messageDesc(file_modelplane_v1_deployments, 25);
 
 /**
  * @generated from message modelplane.v1.ListRolloutEventsResponse
@@ -1192,7 +1251,7 @@ export type ListRolloutEventsResponse = Message<"modelplane.v1.ListRolloutEvents
  * Use `create(ListRolloutEventsResponseSchema)` to create a new message.
  */
 export const ListRolloutEventsResponseSchema: GenMessage<ListRolloutEventsResponse> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 25);
+  messageDesc(file_modelplane_v1_deployments, 26);
 
 /**
  * @generated from message modelplane.v1.WatchDeploymentRequest
@@ -1218,7 +1277,7 @@ export type WatchDeploymentRequest = Message<"modelplane.v1.WatchDeploymentReque
  * Use `create(WatchDeploymentRequestSchema)` to create a new message.
  */
 export const WatchDeploymentRequestSchema: GenMessage<WatchDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 26);
+  messageDesc(file_modelplane_v1_deployments, 27);
 
 /**
  * A version a sidecar must have loaded.
@@ -1263,7 +1322,7 @@ export type ServedVersion = Message<"modelplane.v1.ServedVersion"> & {
  * Use `create(ServedVersionSchema)` to create a new message.
  */
 export const ServedVersionSchema: GenMessage<ServedVersion> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 27);
+  messageDesc(file_modelplane_v1_deployments, 28);
 
 /**
  * What every sidecar of a deployment serves now.
@@ -1356,7 +1415,7 @@ export type DeploymentState = Message<"modelplane.v1.DeploymentState"> & {
  * Use `create(DeploymentStateSchema)` to create a new message.
  */
 export const DeploymentStateSchema: GenMessage<DeploymentState> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 28);
+  messageDesc(file_modelplane_v1_deployments, 29);
 
 /**
  * @generated from message modelplane.v1.ReportWindowRequest
@@ -1435,7 +1494,7 @@ export type ReportWindowRequest = Message<"modelplane.v1.ReportWindowRequest"> &
  * Use `create(ReportWindowRequestSchema)` to create a new message.
  */
 export const ReportWindowRequestSchema: GenMessage<ReportWindowRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 29);
+  messageDesc(file_modelplane_v1_deployments, 30);
 
 /**
  * A version of the desired state that a sidecar could not load.
@@ -1461,7 +1520,7 @@ export type UnloadedVersion = Message<"modelplane.v1.UnloadedVersion"> & {
  * Use `create(UnloadedVersionSchema)` to create a new message.
  */
 export const UnloadedVersionSchema: GenMessage<UnloadedVersion> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 30);
+  messageDesc(file_modelplane_v1_deployments, 31);
 
 /**
  * @generated from message modelplane.v1.ReportWindowResponse
@@ -1487,7 +1546,7 @@ export type ReportWindowResponse = Message<"modelplane.v1.ReportWindowResponse">
  * Use `create(ReportWindowResponseSchema)` to create a new message.
  */
 export const ReportWindowResponseSchema: GenMessage<ReportWindowResponse> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_deployments, 31);
+  messageDesc(file_modelplane_v1_deployments, 32);
 
 /**
  * How a rollout moves traffic to its candidate.
