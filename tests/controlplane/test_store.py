@@ -424,4 +424,3 @@ def test_a_writer_that_waits_too_long_at_the_gate_gets_unavailable(tmp_path: Pat
     holder.join()
     with gate():  # free again
         pass
-
