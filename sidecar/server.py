@@ -26,6 +26,7 @@ from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
     grpc_options,
+    run_closers,
     serve_metrics,
     set_serving,
 )
@@ -116,11 +117,7 @@ class SidecarHandle:
         try:
             self.servicer.ready = False
             self.grpc.stop(grace)
-            for close in reversed(self.closers):
-                try:
-                    close()
-                except Exception:
-                    log.exception("error while closing", closer=repr(close))
+            run_closers(self.closers)
         finally:
             self._stopped.set()
 

@@ -71,6 +71,16 @@ def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> tup
     return httpd, httpd.server_port
 
 
+def run_closers(closers: list[Any]) -> None:
+    """Call ``closers`` last first (the reverse of the order they were opened in); one that
+    fails is logged and the rest still run."""
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception:
+            log.exception("error while closing", closer=repr(close))
+
+
 @dataclass
 class GrpcServerHandle:
     """A started gRPC server with its health servicer, and how to stop it gracefully."""
@@ -103,11 +113,7 @@ class GrpcServerHandle:
             hook()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         try:
-            for close in reversed(self.closers):
-                try:
-                    close()
-                except Exception:
-                    log.exception("error while closing", closer=repr(close))
+            run_closers(self.closers)
         finally:
             self._closed.set()
 
