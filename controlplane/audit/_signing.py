@@ -26,6 +26,7 @@ from controlplane.audit._canonical import canonical_json, utc_text
 from controlplane.audit._chain import head
 from controlplane.store import Store
 from modelplane.errors import FailedPrecondition, InvalidArgument
+from modelplane.files import replaced_atomically
 
 PublicKeyLike = Ed25519PublicKey | Ed25519PrivateKey | str | bytes
 
@@ -158,10 +159,8 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the checkpoint as JSON to ``path`` (replacing it atomically)."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        with replaced_atomically(path) as f:
+            f.write((json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:

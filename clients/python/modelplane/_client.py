@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from modelplane.errors import (
     error_info,
     from_rpc_error,
 )
+from modelplane.files import replaced_atomically
 from modelplane.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -172,12 +174,31 @@ def _open_channel(
     return grpc.secure_channel(address, credentials, options=options)
 
 
+#: The first pause before a call is tried again (doubled for each further try, with jitter).
+RETRY_BACKOFF_S = 0.2
+
+
+def _retryable(exc: grpc.RpcError, request: Any) -> bool:
+    """UNAVAILABLE, for a read or a mutation that carries a request id (nothing else is
+    safe to send twice)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+        return False
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None or "request_id" not in descriptor.fields_by_name:
+        return True
+    return bool(request.request_id)
+
+
 class Client(DeploymentsMixin):
     """A connection to a Modelplane control plane.
 
     Every method raises a :class:`modelplane.ModelplaneError` subclass on failure;
-    :class:`ServerUnreachable` when no server answered. Mutations carry a fresh request id,
-    so a retried call never registers anything twice.
+    :class:`ServerUnreachable` when no server answered. A call the server could not take
+    (UNAVAILABLE: unreachable, or its database busy) is tried ``retries`` times in all, with
+    backoff. Mutations carry a request id, the same on every try, so a retry never applies
+    one twice; when a mutation fails anyway (a deadline that passed while the server worked,
+    say), its error holds that id in ``metadata["request_id"]``: passing it back as
+    ``request_id=`` with the same arguments answers what the first call did, if it landed.
     """
 
     def __init__(
@@ -192,6 +213,7 @@ class Client(DeploymentsMixin):
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         tls: bool = False,
+        retries: int = 3,
     ) -> None:
         """Connect to ``address``.
 
@@ -202,6 +224,7 @@ class Client(DeploymentsMixin):
         """
         self.address = address
         self.timeout = timeout
+        self.retries = max(1, retries)
         token = token if token is not None else os.environ.get("MODELPLANE_TOKEN", "")
         metadata: list[tuple[str, str]] = []
         if principal:
@@ -235,10 +258,19 @@ class Client(DeploymentsMixin):
         self.close()
 
     def _call(self, method: Callable[..., T], request: Any, **kw: Any) -> T:
-        try:
-            return method(request, timeout=self.timeout, metadata=self._metadata, **kw)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        for attempt in range(1, self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata, **kw)
+            except grpc.RpcError as exc:
+                if attempt < self.retries and _retryable(exc, request):
+                    time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+                    continue
+                err = self._error(exc)
+                request_id = getattr(request, "request_id", "")
+                if request_id:
+                    err.metadata.setdefault("request_id", request_id)
+                raise err from None
+        raise AssertionError("unreachable")
 
     def _error(self, exc: grpc.RpcError) -> ModelplaneError:
         code = exc.code()  # type: ignore[attr-defined]
@@ -377,29 +409,26 @@ class Client(DeploymentsMixin):
         return self._call(self.blobs.GetBlob, blobs_pb2.GetBlobRequest(name=f"blobs/{sha256}"))
 
     def download_blob(self, sha256: str, out: str | os.PathLike[str]) -> Path:
-        """Write a blob to ``out`` (through a temporary name) after checking its digest."""
+        """Write a blob to ``out`` after checking its digest: ``out`` appears only whole and
+        checked (it is written under a temporary name of its own, then renamed)."""
         target = Path(out)
-        tmp = target.with_name(f".{target.name}.part")
         digest = hashlib.sha256()
         try:
-            stream = self.blobs.DownloadBlob(
-                blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha256}"),
-                timeout=self.timeout,
-                metadata=self._metadata,
-            )
-            with tmp.open("wb") as f:
+            with replaced_atomically(target) as f:
+                stream = self.blobs.DownloadBlob(
+                    blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha256}"),
+                    timeout=self.timeout,
+                    metadata=self._metadata,
+                )
                 for message in stream:
                     digest.update(message.chunk)
                     f.write(message.chunk)
+                if digest.hexdigest() != sha256:
+                    raise ModelplaneError(
+                        f"downloaded bytes do not hash to {sha256}", reason="DIGEST_MISMATCH"
+                    )
         except grpc.RpcError as exc:
-            tmp.unlink(missing_ok=True)
             raise self._error(exc) from None
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            raise ModelplaneError(
-                f"downloaded bytes do not hash to {sha256}", reason="DIGEST_MISMATCH"
-            )
-        tmp.replace(target)
         return target
 
     # Versions --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from modelplane.cli._output import (
     Printer,
     to_dict,
 )
+from modelplane.files import replaced_atomically
 from modelplane.v1 import audit_pb2
 
 
@@ -85,14 +86,8 @@ def _export(args: argparse.Namespace, out: Printer) -> int:
             c.export_audit(sys.stdout.buffer, format=args.format)
             sys.stdout.buffer.flush()
             return 0
-        tmp = args.out.with_name(f".{args.out.name}.part")
-        try:
-            with tmp.open("wb") as f:
-                size = c.export_audit(f, format=args.format)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(args.out)
+        with replaced_atomically(args.out) as f:
+            size = c.export_audit(f, format=args.format)
     out.progress(f"wrote {size} bytes to {args.out}")
     return 0
 

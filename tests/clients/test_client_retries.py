@@ -1,0 +1,103 @@
+"""The SDK's retries, against a gRPC server that answers UNAVAILABLE a set number of times:
+a retried mutation carries the same request id on every try, a failed one hands its id back
+for a manual retry, and nothing but UNAVAILABLE is retried."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from modelplane import Client
+from modelplane.errors import InvalidArgument, ModelplaneError
+from modelplane.v1 import registry_pb2
+
+
+@dataclass
+class FlakyRegistry:
+    """CreateModel and GetModel that fail with ``code`` for the first ``failures`` calls."""
+
+    failures: int
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    seen: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _answer(self, key: str, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.seen.append(key)
+            failing = len(self.seen) <= self.failures
+        if failing:
+            context.abort(self.code, "the database is busy")
+
+    def create(self, request: registry_pb2.CreateModelRequest, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        self._answer(request.request_id, context)
+        return registry_pb2.Model(name=f"models/{request.model_id}")
+
+    def get(self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        self._answer(request.name, context)
+        return registry_pb2.Model(name=request.name)
+
+
+@pytest.fixture
+def serve() -> Iterator[object]:
+    servers: list[grpc.Server] = []
+
+    def start(registry: FlakyRegistry) -> str:
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        handlers = {
+            "CreateModel": grpc.unary_unary_rpc_method_handler(
+                registry.create,
+                request_deserializer=registry_pb2.CreateModelRequest.FromString,
+                response_serializer=registry_pb2.Model.SerializeToString,
+            ),
+            "GetModel": grpc.unary_unary_rpc_method_handler(
+                registry.get,
+                request_deserializer=registry_pb2.GetModelRequest.FromString,
+                response_serializer=registry_pb2.Model.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("modelplane.v1.RegistryService", handlers),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(0)
+
+
+def test_a_mutation_is_retried_with_one_request_id(serve) -> None:  # type: ignore[no-untyped-def]
+    registry = FlakyRegistry(failures=2)
+    with Client(serve(registry), timeout=10, retries=3) as c:
+        assert c.create_model("m").name == "models/m"
+        assert c.get_model("m").name == "models/m"
+    ids = registry.seen[:3]
+    assert len(set(ids)) == 1 and ids[0]
+    assert registry.seen[3:] == ["models/m"]
+
+
+def test_a_failed_mutation_hands_back_its_request_id(serve) -> None:  # type: ignore[no-untyped-def]
+    registry = FlakyRegistry(failures=5)
+    with Client(serve(registry), timeout=10, retries=2) as c:
+        with pytest.raises(ModelplaneError) as err:
+            c.create_model("m")
+        sent = registry.seen[-1]
+        assert len(registry.seen) == 2 and err.value.metadata["request_id"] == sent
+        registry.failures = 0
+        # The manual retry with that id sends the same request again.
+        c.create_model("m", request_id=err.value.metadata["request_id"])
+    assert registry.seen[-1] == sent
+
+
+def test_only_unavailable_is_retried(serve) -> None:  # type: ignore[no-untyped-def]
+    registry = FlakyRegistry(failures=1, code=grpc.StatusCode.INVALID_ARGUMENT)
+    with Client(serve(registry), timeout=10, retries=3) as c, pytest.raises(InvalidArgument):
+        c.create_model("m")
+    assert len(registry.seen) == 1
