@@ -67,15 +67,15 @@ export interface RegisterOptions {
   requestId?: string;
 }
 
-/** `models/{model}`. */
+/** `models/{model}` for a model id; a full name (`models/...`) is kept as it is. */
 export function modelName(model: string): string {
-  return `models/${model}`;
+  return model.startsWith("models/") ? model : `models/${model}`;
 }
 
 /** `models/{model}/versions/{version}`, or `models/{model}@{alias}` for `"@alias"`. */
 export function versionName(model: string, version: bigint | number | string): string {
   const v = String(version);
-  return v.startsWith("@") ? `models/${model}${v}` : `models/${model}/versions/${v}`;
+  return v.startsWith("@") ? `${modelName(model)}${v}` : `${modelName(model)}/versions/${v}`;
 }
 
 /** A connection to one control plane. Nothing is dialled until the first call. */
@@ -135,11 +135,12 @@ export class ModelplaneClient {
   async createModel(
     modelId: string,
     model: { description?: string; labels?: Record<string, string> } = {},
+    requestId: string = randomUUID(),
   ): Promise<Model> {
     return this.registry.createModel({
       modelId,
       model: create(ModelSchema, model),
-      requestId: randomUUID(),
+      requestId,
     });
   }
 
@@ -174,11 +175,12 @@ export class ModelplaneClient {
     model: string,
     version: bigint | number,
     target: string,
+    requestId: string = randomUUID(),
   ): Promise<GateDecision> {
     return this.governance.evaluateGate({
       name: versionName(model, version),
       target,
-      requestId: randomUUID(),
+      requestId,
     });
   }
 }

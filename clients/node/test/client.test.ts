@@ -111,6 +111,18 @@ describe("ModelplaneClient against a live control plane", () => {
     assert.equal(open.policy, "");
   });
 
+  test("full model names are kept, and a request id given twice replays", async () => {
+    const model = unique("node");
+    assert.equal(modelName(`models/${model}`), `models/${model}`);
+    assert.equal(versionName(`models/${model}`, "@prod"), `models/${model}@prod`);
+    const requestId = randomUUID();
+    const first = await alice.createModel(model, {}, requestId);
+    const again = await alice.createModel(model, {}, requestId);
+    assert.equal(again.etag, first.etag);
+    const version = await alice.registerVersion(`models/${model}`, onnx);
+    assert.equal(version.name, `models/${model}/versions/1`);
+  });
+
   test("a missing model is NOT_FOUND with reason MODEL_NOT_FOUND", async () => {
     const model = unique("absent");
     const err = await rejection(alice.registry.getModel({ name: modelName(model) }));
