@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -86,13 +87,20 @@ def supervise(
 
     def stop_all(_signum: int = signal.SIGTERM, _frame: Any = None) -> None:
         stopping.set()
+        ready.release()  # a start still waiting for workers gives up
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
     httpd = None
+    # From the first worker on: a signal during start-up must stop the workers started so
+    # far, not kill this process and leave them running.
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
     try:
         for _ in range(count):
+            if stopping.is_set():
+                break
             proc = subprocess.Popen(
                 [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, text=True
             )
@@ -103,29 +111,40 @@ def supervise(
             if failed.is_set():
                 stop_all()
                 return 1
+            if stopping.is_set():
+                return 0
         metrics_port = None
         if metrics_listen and metrics_dir:
             httpd, metrics_port = serve_merged_metrics(metrics_listen, metrics_dir)
-        signal.signal(signal.SIGTERM, stop_all)
-        signal.signal(signal.SIGINT, stop_all)
         on_ready(metrics_port)
-        while any(p.poll() is None for p in procs):
+        while any(p.poll() is None for p in procs) and not stopping.is_set():
             if failed.wait(0.2) and not stopping.is_set():
                 stop_all()
                 break
-        codes = [p.wait() for p in procs]
+        codes = _wait_all(procs, drain_seconds + 5)
         return 0 if stopping.is_set() and not failed.is_set() and not any(codes) else 1
     finally:
         stop_all()
-        for p in procs:
-            try:
-                p.wait(drain_seconds + 5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _wait_all(procs, drain_seconds + 5)
         if httpd is not None:
             httpd.shutdown()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _wait_all(procs: list[subprocess.Popen[str]], seconds: float) -> list[int]:
+    """Exit codes of ``procs``, waiting ``seconds`` in all; a process still running then is
+    killed (a worker stuck in its shutdown must not keep the supervisor alive)."""
+    deadline = time.monotonic() + seconds
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            log.error("worker did not stop in time; killing it", pid=p.pid)
+            p.kill()
+            codes.append(p.wait())
+    return codes
 
 
 def worker_count(requested: int) -> int:

@@ -1,0 +1,101 @@
+"""Stopping a ``--workers`` supervisor: a SIGTERM during start-up stops the workers started so
+far, and a worker stuck in its shutdown is killed after the drain period."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from sidecar_helpers import PYTHON, ROOT
+
+from modelplane.testing import onnx_models
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    return [
+        int(p) for p, parent in (line.split() for line in out.splitlines()) if int(parent) == pid
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def _serve(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--device", "cpu", "--workers", "2", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_sigterm_while_workers_start_stops_them_and_cleans_up() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    # Managed workers wait for a control plane that is not there: never ready.
+    sup = _serve(
+        "--control-plane", f"127.0.0.1:{closed}", "--deployment", "fraud",
+        "--metrics-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    try:
+        assert _wait_for(lambda: len(_children(sup.pid)) == 2, 60)
+        workers = _children(sup.pid)
+        metrics_dirs = {
+            value
+            for pid in workers
+            for key, _, value in (
+                entry.partition("=")
+                for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
+            )
+            if key == "PROMETHEUS_MULTIPROC_DIR"
+        }
+        assert len(metrics_dirs) == 1
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(60) == 0
+        assert _wait_for(lambda: not any(_alive(p) for p in workers), 10)
+        assert not any(Path(d).exists() for d in metrics_dirs)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    sup = _serve("--model", str(model), "--drain-seconds", "1s")
+    try:
+        assert sup.stdout is not None
+        assert "ready" in json.dumps(next(line for line in sup.stdout if "sidecar ready" in line))
+        workers = _children(sup.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGSTOP)
+        started = time.monotonic()
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(60)
+        # The drain (1 s) and the grace after it (5 s), not forever.
+        assert time.monotonic() - started < 30
+        assert _wait_for(lambda: not any(_alive(p) for p in workers), 10)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        for pid in _children(sup.pid):
+            os.kill(pid, signal.SIGKILL)
