@@ -33,6 +33,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ log = structlog.get_logger("modelplane.sidecar.observer_process")
 TICK = 0.25
 #: Seconds a query (a drift report, a metrics scrape) waits for the child's answer.
 QUERY_TIMEOUT = 10.0
+#: Seconds the child may leave the pipe full (alive, but not reading: stopped, or stuck on a
+#: disk) before the sidecar turns NOT_SERVING; ``MODELPLANE_OBSERVER_STALL_SECONDS``.
+STALL_SECONDS = float(os.environ.get("MODELPLANE_OBSERVER_STALL_SECONDS", "30"))
 
 
 class ObserverProcessError(RuntimeError):
@@ -104,6 +108,10 @@ class ObserverProcess:
         self._receiver = threading.Thread(
             target=self._receive, name="observer-answers", daemon=True
         )
+        #: When the send in progress began (None when none is): a send that does not end
+        #: means the child stopped reading.
+        self._sending_since: float | None = None
+        self._watchdog = threading.Thread(target=self._watch, name="observer-watchdog", daemon=True)
 
     @classmethod
     def start(
@@ -154,6 +162,7 @@ class ObserverProcess:
             log_dir=log_dir,
         )
         self._receiver.start()
+        self._watchdog.start()
         if metrics == "forward":
             registry.register(_ForwardedMetrics(self))
         log.info("observers run in their own process", pid=process.pid)
@@ -169,10 +178,37 @@ class ObserverProcess:
         """Whether the child is running."""
         return bool(self._process.is_alive())
 
-    def _send(self, message: Any) -> None:
+    def _send(self, message: Any, timeout: float | None = None) -> None:
+        """Write ``message`` to the pipe; with ``timeout``, TimeoutError when another send
+        holds the pipe that long (the child is not reading)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("the observer process's pipe stays full")
+        try:
+            self._sending_since = time.monotonic()
             self._commands.send_bytes(data)
+        finally:
+            self._sending_since = None
+            self._send_lock.release()
+
+    def _watch(self) -> None:
+        """Turn the sidecar NOT_SERVING once a send has waited ``STALL_SECONDS``: requests
+        would soon wait on the full hub, and the log would not be written."""
+        while not self._closed.wait(1.0):
+            since = self._sending_since
+            if since is not None and time.monotonic() - since > STALL_SECONDS:
+                log.error(
+                    "the observer process stopped reading",
+                    pid=self._process.pid,
+                    seconds=round(time.monotonic() - since, 1),
+                )
+                self._on_failure(
+                    ObserverProcessError(
+                        f"the observer process (pid {self._process.pid}) has read nothing for "
+                        f"{STALL_SECONDS:g}s; predictions are not being logged or monitored"
+                    )
+                )
+                return
 
     def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
         """Hand what the hub gathered to the child (waits while its pipe is full)."""
@@ -196,7 +232,7 @@ class ObserverProcess:
         with self._pending_lock:
             self._pending[ident] = ticket
         try:
-            self._send(("query", ident, what))
+            self._send(("query", ident, what), timeout)
             return ticket.result(timeout)
         except TimeoutError:
             raise Unavailable(
@@ -253,9 +289,18 @@ class ObserverProcess:
     def close(self, timeout: float = 30.0) -> None:
         """Let the child write what it has and stop; kill it when it does not in time."""
         self._closing = True
-        with contextlib.suppress(OSError, ValueError):
-            self._send(("close",))
-        self._closed.wait(timeout)
+        killed = False
+        try:
+            self._send(("close",), min(timeout, STALL_SECONDS, 10.0))
+        except (OSError, ValueError):
+            pass
+        except TimeoutError:
+            # The child is not reading: it cannot be asked to stop, only killed (which also
+            # ends the send waiting on the full pipe).
+            log.warning("the observer process is not reading; killing it", pid=self._process.pid)
+            self._process.kill()
+            killed = True
+        self._closed.wait(5.0 if killed else timeout)
         self._process.join(5)
         if self._process.is_alive():
             log.warning("the observer process did not stop; killing it", pid=self._process.pid)

@@ -4,6 +4,7 @@ child, and what happens when either side dies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -162,6 +163,60 @@ def test_a_dead_observer_process_turns_the_sidecar_not_serving(
     info = error_info(err.value)
     assert info is not None and info.reason == "OBSERVERS_UNAVAILABLE"
     assert "observer process" in (err.value.details() or "")
+
+
+def test_a_stalled_observer_process_turns_the_sidecar_not_serving_and_stop_ends(
+    model_dir: Path, baseline: Path, tmp_path: Path
+) -> None:
+    """A child that is alive but stops reading (stopped here; a hung disk in life): queries
+    give up in time, the sidecar turns NOT_SERVING, and SIGTERM still ends it."""
+    import threading
+
+    proc, ready = spawn_sidecar(
+        ["--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0", "--device", "cpu",
+         "--baseline", str(baseline), "--log-dir", str(tmp_path / "log"), "--drain-seconds", "1s"],
+        env={"MODELPLANE_OBSERVER_STALL_SECONDS": "2"},
+    )  # fmt: skip
+    port = ready["port"]
+    child = next(
+        int(pid)
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    )
+    os.kill(child, signal.SIGSTOP)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        s = stub(port)
+        x = np.zeros((64, 32), np.float32)
+        while not stop.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=2)
+
+    threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+
+        def not_serving() -> None:
+            assert health_status(port) == "NOT_SERVING"
+
+        wait_for(not_serving, timeout=60)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            _admin(port).GetDriftReport(sidecar_pb2.GetDriftReportRequest(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 20
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        assert not _alive(child)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def _limit_file_size() -> None:
