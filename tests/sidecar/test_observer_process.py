@@ -18,10 +18,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub, wait_for
+from sidecar_helpers import (
+    alive,
+    children,
+    health_status,
+    raw_request,
+    spawn_sidecar,
+    stub,
+    wait_for,
+)
 
 from modelplane.errors import error_info
-from modelplane.testing.processes import proc_stats
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.observer_process import offloaded
 from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
@@ -63,14 +70,6 @@ def _last_report(port: int, rows: int) -> Any:
         return report
 
     return wait_for(check)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_log_and_drift_in_a_child_process_match_the_in_process_ones(
@@ -172,17 +171,15 @@ def test_a_stalled_observer_process_turns_the_sidecar_not_serving_and_stop_ends(
     give up in time, the sidecar turns NOT_SERVING, and SIGTERM still ends it."""
     import threading
 
-    proc, ready = spawn_sidecar(
-        ["--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0", "--device", "cpu",
-         "--baseline", str(baseline), "--log-dir", str(tmp_path / "log"), "--drain-seconds", "1s"],
+    proc, ready, _, child = _spawn_logged(
+        model_dir,
+        baseline,
+        tmp_path / "log",
+        "--drain-seconds",
+        "1s",
         env={"MODELPLANE_OBSERVER_STALL_SECONDS": "2"},
-    )  # fmt: skip
-    port = ready["port"]
-    child = next(
-        int(pid)
-        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
     )
+    port = ready["port"]
     os.kill(child, signal.SIGSTOP)
     stop = threading.Event()
 
@@ -210,12 +207,12 @@ def test_a_stalled_observer_process_turns_the_sidecar_not_serving_and_stop_ends(
         stop.set()
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-        assert not _alive(child)
+        assert not alive(child)
     finally:
         stop.set()
         if proc.poll() is None:
             proc.kill()
-        if _alive(child):
+        if alive(child):
             os.kill(child, signal.SIGKILL)
 
 
@@ -254,11 +251,9 @@ def test_drift_goes_on_in_the_child_after_its_log_fails(
         assert proc.wait(30) == 0
 
 
-def _children(pid: int) -> list[int]:
-    return [child for child, fields in proc_stats() if int(fields[1]) == pid]
-
-
-def _spawn_logged(model_dir: Path, baseline: Path, log_dir: Path, *extra: str) -> Any:
+def _spawn_logged(
+    model_dir: Path, baseline: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> Any:
     """A sidecar subprocess with the log and drift on; with its ready line, its children
     and which of them is the observer process (spawn also starts multiprocessing's resource
     tracker)."""
@@ -267,19 +262,20 @@ def _spawn_logged(model_dir: Path, baseline: Path, log_dir: Path, *extra: str) -
             *("--model", str(model_dir / "mlp.onnx"), "--listen", "127.0.0.1:0"),
             *("--device", "cpu", "--log-dir", str(log_dir), "--baseline", str(baseline)),
             *extra,
-        ]
+        ],
+        env=env,
     )
-    children = _children(proc.pid)
-    spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    assert len(spawned) == 1, children
-    return proc, ready, children, spawned[0]
+    kids = children(proc.pid)
+    spawned = [c for c in kids if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(spawned) == 1, kids
+    return proc, ready, kids, spawned[0]
 
 
 def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_killed(
     model_dir: Path, baseline: Path, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    proc, ready, children, _ = _spawn_logged(
+    proc, ready, kids, _ = _spawn_logged(
         model_dir, baseline, log_dir, "--log-flush-interval", "50ms"
     )
     try:
@@ -289,9 +285,9 @@ def test_the_observer_process_ends_and_keeps_its_files_when_the_sidecar_is_kille
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 15
-        while any(map(_alive, children)) and time.monotonic() < deadline:
+        while any(map(alive, kids)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(map(_alive, children))
+        assert not any(map(alive, kids))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -313,16 +309,16 @@ def test_signals_to_the_process_group_leave_the_child_to_its_parent(
         os.kill(child, signal.SIGINT)
         os.kill(child, signal.SIGTERM)
         time.sleep(0.5)
-        assert _alive(child)
+        assert alive(child)
         assert health_status(ready["port"]) == "SERVING"
         ids += _send(ready["port"], np.zeros((50, 32)), per_request=7)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not alive(child)
     assert read_logs(log_dir).num_rows == 100
     assert set(read_logs(log_dir).column("request_id").to_pylist()) == set(ids)
 

@@ -11,24 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from sidecar_helpers import PYTHON, ROOT
+from sidecar_helpers import PYTHON, ROOT, alive, children
 
 from modelplane.testing import onnx_models
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-    return [
-        int(p) for p, parent in (line.split() for line in out.splitlines()) if int(parent) == pid
-    ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
@@ -58,8 +43,8 @@ def test_sigterm_while_workers_start_stops_them_and_cleans_up() -> None:
         "--metrics-listen", "127.0.0.1:0",
     )  # fmt: skip
     try:
-        assert _wait_for(lambda: len(_children(sup.pid)) == 2, 60)
-        workers = _children(sup.pid)
+        assert _wait_for(lambda: len(children(sup.pid)) == 2, 60)
+        workers = children(sup.pid)
         metrics_dirs = {
             value
             for pid in workers
@@ -72,7 +57,7 @@ def test_sigterm_while_workers_start_stops_them_and_cleans_up() -> None:
         assert len(metrics_dirs) == 1
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(60) == 0
-        assert _wait_for(lambda: not any(_alive(p) for p in workers), 10)
+        assert _wait_for(lambda: not any(alive(p) for p in workers), 10)
         assert not any(Path(d).exists() for d in metrics_dirs)
     finally:
         if sup.poll() is None:
@@ -85,7 +70,7 @@ def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) ->
     try:
         assert sup.stdout is not None
         assert "ready" in json.dumps(next(line for line in sup.stdout if "sidecar ready" in line))
-        workers = _children(sup.pid)
+        workers = children(sup.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGSTOP)
         started = time.monotonic()
@@ -93,9 +78,9 @@ def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) ->
         sup.wait(60)
         # The drain (1 s) and the grace after it (5 s), not forever.
         assert time.monotonic() - started < 30
-        assert _wait_for(lambda: not any(_alive(p) for p in workers), 10)
+        assert _wait_for(lambda: not any(alive(p) for p in workers), 10)
     finally:
         if sup.poll() is None:
             sup.kill()
-        for pid in _children(sup.pid):
+        for pid in children(sup.pid):
             os.kill(pid, signal.SIGKILL)
