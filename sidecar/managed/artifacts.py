@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import structlog
 
 from modelplane.errors import FailedPrecondition
+from modelplane.files import replaced_atomically
 
 log = structlog.get_logger("modelplane.sidecar.artifacts")
 
@@ -74,23 +73,19 @@ class ArtifactCache:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{sha256}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            digest = hashlib.sha256()
-            received = 0
-            with open(tmp, "wb") as fh:
-                for chunk in self._download(sha256):
-                    received += len(chunk)
-                    if size is not None and size > 0 and received > size:
-                        raise ArtifactMismatch(
-                            f"blob {sha256} is larger than the {size} bytes promised; it was "
-                            "not loaded",
-                            reason="ARTIFACT_SIZE_MISMATCH",
-                        )
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
+        digest = hashlib.sha256()
+        received = 0
+        with replaced_atomically(final, durable=True) as fh:
+            for chunk in self._download(sha256):
+                received += len(chunk)
+                if size is not None and size > 0 and received > size:
+                    raise ArtifactMismatch(
+                        f"blob {sha256} is larger than the {size} bytes promised; it was "
+                        "not loaded",
+                        reason="ARTIFACT_SIZE_MISMATCH",
+                    )
+                digest.update(chunk)
+                fh.write(chunk)
             if size is not None and size > 0 and received != size:
                 raise ArtifactMismatch(
                     f"blob {sha256} has {received} bytes, {size} were promised; it was not loaded",
@@ -102,11 +97,6 @@ class ArtifactCache:
                     "were discarded and not loaded",
                     reason="ARTIFACT_DIGEST_MISMATCH",
                 )
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
         log.info("artifact downloaded", sha256=sha256, bytes=received)
         return final
 

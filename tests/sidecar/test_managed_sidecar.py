@@ -240,7 +240,8 @@ def test_corrupt_artifact_is_never_loaded_and_is_retried(
     s = stub(handle.port)
     assert s.ModelInfer(_request()).model_version == "1"
     assert not (handle.cache_dir / sha2).exists()
-    assert [p for p in handle.cache_dir.iterdir() if p.name.endswith(".tmp")] == []
+    # No partial download is left behind (temporary files are hidden: ".<name>...").
+    assert [p for p in handle.cache_dir.iterdir() if p.name.startswith(".")] == []
     plane.corrupt.clear()
     while handle.manager.table.generation != 2 and time.monotonic() < deadline + 30:
         time.sleep(0.05)

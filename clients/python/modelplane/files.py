@@ -11,9 +11,11 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def replaced_atomically(target: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def replaced_atomically(
+    target: str | os.PathLike[str], *, durable: bool = False
+) -> Iterator[BinaryIO]:
     """A new file beside ``target`` that replaces it when the block ends without an error,
-    and is removed when it raises (KeyboardInterrupt included).
+    and is removed when it raises (KeyboardInterrupt included); ``durable`` fsyncs it first.
 
     Each call writes a temporary file of its own, so two writers of one target never mix
     their bytes: the last to finish replaces it whole.
@@ -23,6 +25,9 @@ def replaced_atomically(target: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     try:
         with tmp.open("xb") as f:
             yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
