@@ -1,13 +1,16 @@
 """What one window report costs the control plane while a complete canary step is held.
 
 A step that has lasted its time but whose guards cannot be evaluated yet (here
-``candidate.accuracy`` with no labels reported) is judged again on every report, over every
-stored report of the step. This runs a real control plane (gRPC on loopback, SQLite) and ten
+``candidate.accuracy`` with no labels reported) is judged again on every report, over the sum
+of every report of the step. This runs a real control plane (gRPC on loopback, SQLite) and ten
 synthetic replicas (the rollout tests' ``Sidecar``) that report windows in turn, and prints the
 median time of one report (ReportWindow, plus the GetDeployment the replica makes first) after
-each block of reports: the growth is the measurement (the first block is the baseline).
+each block of reports, twice in one run: with the step's sum kept with the rollout and each
+report added to it (``kept``, what the control plane does), and with the sum recomputed from
+the step's stored reports on every judgement (``resummed``, the previous version, as the
+baseline).
 
-    .venv/bin/python bench/held_step.py [--blocks 8] [--per-block 250]
+    .venv/bin/python bench/held_step.py [--blocks 8] [--per-block 250] [--mode kept|resummed]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from controlplane.rollouts import step_sum  # noqa: E402
 from modelplane.server import configure_logging  # noqa: E402
 from tests.controlplane.conftest import _start  # noqa: E402
 from tests.controlplane.test_deployments_api import Sidecar, deployed  # noqa: E402
@@ -33,8 +37,20 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--per-block", type=int, default=250)
     parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--mode", choices=["kept", "resummed"], action="append")
     args = parser.parse_args()
     configure_logging("warning")
+    kept = step_sum.current
+    for mode in args.mode or ["kept", "resummed"]:
+        if mode == "resummed":
+            step_sum.current = lambda tx, d, r: step_sum.summed(step_sum.step_reports(tx, d, r), r)
+        else:
+            step_sum.current = kept
+        run(args, mode)
+    step_sum.current = kept
+
+
+def run(args: argparse.Namespace, mode: str) -> None:
     folder = Path(tempfile.mkdtemp(prefix="held-step-"))
     cp = _start(folder, f"sqlite:///{folder / 'cp.db'}")
     try:
@@ -61,6 +77,7 @@ def main() -> None:
                     times.append(time.perf_counter() - started)
                 record = {
                     "bench": "held_step",
+                    "mode": mode,
                     "reports": sent,
                     "median_ms_per_report": round(statistics.median(times) * 1e3, 1),
                     "held": c.get_deployment(dep).rollout.step == 0,

@@ -1,24 +1,24 @@
 """Judging a canary step or a blue/green phase over every window reported since it began.
 
-Guards run on each merged window so that a bad candidate is rolled back at once, but one
-window of one report interval holds few requests when traffic is modest, and a guard is
-skipped while an arm it reads has fewer than ``guard_min_requests`` requests in the window.
-So a canary step that has lasted its time and counted its requests advances (and the last
-step promotes), and a blue/green phase that has lasted its time moves on (the shadow phase to
-the switch, the watch phase to promotion), only on the verdict over the step or phase: the
-guards evaluated over the sum of every report of the rollout made under its generation (or,
-from a sidecar that does not say which generation it applied, received since it began) that
-is still stored. Only when every guard that applies was evaluated, each arm it reads having at
-least ``guard_min_requests`` requests (for ``shadow``: compared or failed requests) there, and
-passed, does it move; a guard that evaluates to false there rolls the candidate back; a guard
-that cannot be evaluated yet (too few requests, a value such as ``accuracy`` not reported)
-holds it until more evidence arrives. A guard reading what the step or phase never has does
-not apply there and holds nothing: ``shadow`` in a canary step or the blue/green watch,
-``candidate`` in the blue/green shadow phase (the candidate answers only copies). A blue/green
-phase also needs at least one guard that applies (the defaults do), so it never moves on time
-alone. Nothing moves, either, while a replica says it cannot load the candidate
-(:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held, with the
-replicas and their errors.
+Guards run on each merged window so that a bad candidate is rolled back at once, but one window
+of one report interval holds few requests when traffic is modest, and a guard is skipped while
+an arm it reads has fewer than ``guard_min_requests`` requests in the window. So a canary step
+that has lasted its time and counted its requests advances (and the last step promotes), and a
+blue/green phase that has lasted its time moves on (the shadow phase to the switch, the watch
+phase to promotion), only on the verdict over the step or phase: the guards evaluated over the
+sum of every report of the rollout made under its generation (or, from a sidecar that does not
+say which generation it applied, received since it began), kept as a running sum
+(:mod:`controlplane.rollouts.step_sum`). Only when every guard that applies was evaluated, each
+arm it reads having at least ``guard_min_requests`` requests (for ``shadow``: compared or
+failed requests) there, and passed, does it move; a guard that evaluates to false there rolls
+the candidate back; a guard that cannot be evaluated yet (too few requests, a value such as
+``accuracy`` not reported) holds it until more evidence arrives. A guard reading what the step
+or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
+blue/green watch, ``candidate`` in the blue/green shadow phase (the candidate answers only
+copies). A blue/green phase also needs at least one guard that applies (the defaults do), so it
+never moves on time alone. Nothing moves, either, while a replica says it cannot load the
+candidate (:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held,
+with the replicas and their errors.
 
 The champion is compared with its own requests in the step when it has enough; otherwise (the
 100% step, the blue/green watch, or a thin share) with its reference: the last window or step
@@ -40,10 +40,9 @@ from controlplane.domain.deployments import (
     GuardResult,
     Rollout,
     UnloadedCandidate,
-    WindowReport,
 )
-from controlplane.rollouts import guards, unloaded
-from controlplane.rollouts.merge import merge_arms, merge_reports
+from controlplane.rollouts import guards, step_sum, unloaded
+from controlplane.rollouts.merge import merge_arms
 from controlplane.store import WriteTx
 from controlplane.store.deployment_repos import Deployments
 
@@ -90,15 +89,6 @@ def _applies(guard: str, absent: frozenset[str]) -> bool:
     return not (guards.arms_read(guard) & absent)
 
 
-def step_reports(tx: WriteTx, d: Deployment, r: Rollout) -> list[WindowReport]:
-    """The stored reports that belong to ``r``'s current step (see the module docstring)."""
-    repo = Deployments(tx.session)
-    row = repo.rollout_row(d.id, r.id)
-    step_generation = row.step_generation if row is not None else 0
-    reports = repo.recent_reports(d.id, r.id, r.phase_start_time)
-    return [x for x in reports if x.generation == 0 or x.generation >= step_generation]
-
-
 def _champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None:
     """The champion's summed windows reported before the rollout (those still stored)."""
     reports = Deployments(tx.session).recent_reports(d.id, "", r.start_time - _LONG_AGO)
@@ -122,17 +112,15 @@ def judge_step(
     """The verdict of ``r``'s effective guards on its current step or phase (``scored`` adds
     drift scores to a merged arm; ``not_loaded``: the replicas that cannot load the
     candidate now)."""
-    reports = step_reports(tx, d, r)
-    versions = {"champion": r.champion_version, "candidate": r.candidate_version}
-    champion, candidate, shadow = merge_reports(reports, versions)
+    total = step_sum.current(tx, d, r)
+    champion = total.champion
     in_shadow = r.phase in SHADOW_PHASES
-    ends = [x.end_time for x in reports if x.end_time is not None]
     evidence = Evidence(
         champion=scored(champion),
-        candidate=None if in_shadow else scored(candidate),
-        shadow=shadow if in_shadow else None,
-        window_end_time=max(ends) if ends else tx.now,
-        replica_count=len({x.replica for x in reports}),
+        candidate=None if in_shadow else scored(total.candidate),
+        shadow=total.shadow if in_shadow else None,
+        window_end_time=total.window_end_time or tx.now,
+        replica_count=len(total.replicas),
         step_candidate_requests=r.step_candidate_requests,
         unloaded=tuple(not_loaded),
     )

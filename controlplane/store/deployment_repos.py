@@ -325,6 +325,13 @@ class Deployments:
             .values(**values)
         )
 
+    def set_step_sum(self, deployment_id: str, rollout_id: str, step_sum: dict[str, Any]) -> None:
+        self.s.exec(  # type: ignore[call-overload]
+            update(RolloutRow)
+            .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
+            .values(step_sum=step_sum)
+        )
+
     def running(self) -> list[tuple[str, int]]:
         """(deployment id, revision) of every deployment whose current rollout is running."""
         q = (

@@ -63,6 +63,8 @@ class RolloutRow(SQLModel, table=True):
     step_candidate_requests: int = Field(default=0, sa_type=BigInteger)
     evidence: dict[str, Any] = _json()
     champion_reference: dict[str, Any] = _json()
+    #: The running sum of the current step's reports (:mod:`controlplane.rollouts.step_sum`).
+    step_sum: dict[str, Any] = _json()
 
 
 class RolloutEventRow(SQLModel, table=True):

@@ -1,0 +1,188 @@
+"""The running sum of a step's window reports, kept with the rollout: through real control
+planes (gRPC on loopback, SQLite and PostgreSQL) fed synthetic reports, the kept sum equals
+both the test's own tally and the sum of the step's stored reports, across two control-plane
+replicas reporting at once, after a step moves on and for a rollout that kept no sum yet; and a
+step's evidence outlives the pruning of its reports."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import col
+
+from controlplane.rollouts import step_sum
+from controlplane.rollouts.service import SYSTEM
+from controlplane.store import Store
+from controlplane.store.deployment_repos import Deployments
+from controlplane.store.deployment_tables import RolloutRow
+from modelplane.v1 import deployments_pb2 as pb
+from tests.controlplane.conftest import _start
+from tests.controlplane.test_deployments_api import Sidecar, arm, deployed, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
+LENIENT = "candidate.error_rate <= 0.5"
+
+
+def _sums(store: Store, dep: str) -> tuple[step_sum.StepSum, step_sum.StepSum]:
+    """The kept sum of ``dep``'s current step, and the sum of the step's stored reports."""
+    with store.read() as tx:
+        d = Deployments(tx.session).get(dep)
+        assert d is not None and d.active_rollout is not None
+        r = d.active_rollout
+        return step_sum.current(tx, d, r), step_sum.summed(step_sum.step_reports(tx, d, r), r)
+
+
+def _forget_sum(store: Store, dep: str) -> None:
+    """Empty the kept sum, as for a rollout started before sums were kept."""
+    with store.write(SYSTEM, "test") as tx:
+        tx.session.exec(  # type: ignore[call-overload]
+            update(RolloutRow).where(col(RolloutRow.deployment_id) == dep).values(step_sum={})
+        )
+
+
+def _same(kept: step_sum.StepSum, stored: step_sum.StepSum, tally: Counter[str]) -> None:
+    for name in ("champion", "candidate"):
+        a, b = getattr(kept, name), getattr(stored, name)
+        assert a is not None and b is not None, name
+        assert (a.requests, a.errors, a.rows) == (b.requests, b.errors, b.rows), name
+        assert (a.requests, a.errors) == (tally[name], tally[f"{name}_errors"]), name
+        assert a.latency is not None and b.latency is not None
+        assert a.latency.counts == b.latency.counts and sum(a.latency.counts) == a.requests
+        assert a.latency.sum == pytest.approx(b.latency.sum, rel=1e-12)
+        assert (a.error_rate, a.latency_p99) == (b.error_rate, b.latency_p99)
+    assert kept.replicas == stored.replicas
+    assert kept.window_end_time == stored.window_end_time
+
+
+def test_the_kept_sum_equals_the_tally_across_two_control_planes_reporting_at_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    planes = [_start(tmp_path / "a", db_url), _start(tmp_path / "b", db_url)]
+    store = Store.open(db_url)
+    clients = [p.client() for p in planes]
+    try:
+        c = clients[0]
+        dep, versions = deployed(c, tmp_path)
+        # A long step: nothing moves while the replicas report.
+        c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=600, guards=[LENIENT])
+        rng = random.Random(7)
+        plan = [
+            [(rng.randint(1, 30), n, rng.randint(0, 2)) for n in rng.choices(range(5, 30), k=12)]
+            for _ in range(4)
+        ]
+
+        def replica(i: int) -> Counter[str]:
+            side = Sidecar(clients[i % 2], dep, f"pod-{i}")
+            tally: Counter[str] = Counter()
+            for n, (champion, candidate, errors) in enumerate(plan[i]):
+                side.c = clients[(i + n) % 2]  # alternate control planes
+                side.report(champion, candidate, candidate_errors=errors)
+                tally.update(champion=champion, candidate=candidate, candidate_errors=errors)
+            return tally
+
+        with ThreadPoolExecutor(4) as pool:
+            tally = sum(pool.map(replica, range(4)), Counter())
+        # Reports outside the step add nothing: one made under no rollout, one repeated.
+        outside = Sidecar(c, dep, "pod-x")
+        c._call(
+            c.deployments.ReportWindow,
+            pb.ReportWindowRequest(
+                name=f"deployments/{dep}",
+                replica="pod-x",
+                sequence=1,
+                generation=c.get_deployment(dep).generation,
+                rollout_id="",
+                arms=[arm("champion", versions[0], 500)],
+            ),
+        )
+        outside.sequence = 0  # the next report is pod-x's sequence 1 again
+        repeated = outside.report(500, 500)
+        assert repeated.accepted is False
+        kept, stored = _sums(store, dep)
+        _same(kept, stored, tally)
+        assert kept.replicas == {f"pod-{i}" for i in range(4)}
+
+        # A rollout that kept no sum yet (started before sums were kept) starts it from the
+        # step's stored reports on its next report.
+        _forget_sum(store, dep)
+        Sidecar(clients[1], dep, "pod-late").report(3, 4)
+        tally.update(champion=3, candidate=4)
+        kept, stored = _sums(store, dep)
+        _same(kept, stored, tally)
+    finally:
+        for client in clients:
+            client.close()
+        for p in planes:
+            p.handle.stop(0)
+        store.close()
+
+
+def test_a_new_step_starts_a_new_sum(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
+            side = Sidecar(c, dep)
+
+            def advanced() -> bool:
+                side.report(30, 30)
+                return c.get_deployment(dep).rollout.step == 1
+
+            wait_for(advanced, "the first step to complete")
+            side.report(0, 3)
+            side.report(0, 5, candidate_errors=1)
+            kept, stored = _sums(store, dep)
+            assert kept.champion is None and stored.champion is None
+            assert kept.candidate is not None and stored.candidate is not None
+            assert (kept.candidate.requests, kept.candidate.errors) == (8, 1)
+            assert (stored.candidate.requests, stored.candidate.errors) == (8, 1)
+    finally:
+        plane.handle.stop(0)
+        store.close()
+
+
+def test_a_steps_evidence_outlives_the_pruning_of_its_reports(tmp_path: Path) -> None:
+    """Every report is pruned right after it is taken in, as a retention shorter than the step
+    would: the step still sums every window, so thin windows of a failing candidate (4
+    requests each, below the 20 a guard needs) roll it back once five are in."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            c.start_rollout(
+                dep,
+                versions[1],
+                steps=[50, 100],
+                step_duration=0.1,
+                min_requests=10,
+                guards=[ERRORS],
+            )
+            side = Sidecar(c, dep)
+            for _ in range(8):
+                time.sleep(0.03)
+                side.report(4, 4, candidate_errors=4)
+                with store.write(SYSTEM, "test") as tx:
+                    Deployments(tx.session).prune_reports(tx.now)
+                d = c.get_deployment(dep)
+                if d.rollout.state != pb.ROLLOUT_STATE_RUNNING:
+                    break
+            assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
+            assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
+            candidate = d.rollout.evidence.candidate
+            assert candidate.requests >= 20 and candidate.errors == candidate.requests
+    finally:
+        plane.handle.stop(0)
+        store.close()
