@@ -136,15 +136,6 @@ def derive_shadow(s: ShadowSummary) -> ShadowSummary:
     )
 
 
-def latest_per_replica(reports: Sequence[WindowReport]) -> list[WindowReport]:
-    """Each replica's most recent report (highest sequence), in replica order."""
-    best: dict[str, WindowReport] = {}
-    for r in reports:
-        if r.replica not in best or r.sequence > best[r.replica].sequence:
-            best[r.replica] = r
-    return [best[k] for k in sorted(best)]
-
-
 def merge_reports(
     reports: Sequence[WindowReport], versions: dict[str, int] | None = None
 ) -> tuple[ArmSummary | None, ArmSummary | None, ShadowSummary | None]:

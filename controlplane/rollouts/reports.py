@@ -43,7 +43,7 @@ from controlplane.rollouts import (
 )
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
-from controlplane.rollouts.merge import latest_per_replica, merge_reports
+from controlplane.rollouts.merge import merge_reports
 from controlplane.rollouts.notifier import GenerationHub
 from controlplane.services.deployments import parse_deployment, require_deployment
 from controlplane.store import Store, WriteTx
@@ -218,7 +218,7 @@ class ReportService:
 
     def _merged(self, tx: WriteTx, d: Deployment, rollout_id: str, r: Rollout | None) -> Evidence:
         repo = Deployments(tx.session)
-        reports = latest_per_replica(repo.recent_reports(d.id, rollout_id, tx.now - self.max_age))
+        reports = repo.latest_reports(d.id, rollout_id, tx.now - self.max_age)
         versions = {"champion": d.champion_version}
         if r is not None:
             versions = {"champion": r.champion_version, "candidate": r.candidate_version}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -400,6 +400,37 @@ class Deployments:
             WindowReportRow.deployment_id == deployment_id,
             WindowReportRow.rollout_id == rollout_id,
             col(WindowReportRow.receive_time) >= since,
+        )
+        return [report(r) for r in self.s.exec(q)]
+
+    def latest_reports(
+        self, deployment_id: str, rollout_id: str, since: datetime
+    ) -> list[WindowReport]:
+        """Each replica's newest report (highest sequence) of a rollout (or of no rollout, for
+        ``""``) among those received after ``since``, in replica order."""
+        recent = (
+            WindowReportRow.deployment_id == deployment_id,
+            WindowReportRow.rollout_id == rollout_id,
+            col(WindowReportRow.receive_time) >= since,
+        )
+        newest = (
+            select(
+                col(WindowReportRow.replica).label("replica"),
+                func.max(WindowReportRow.sequence).label("sequence"),
+            )
+            .where(*recent)
+            .group_by(col(WindowReportRow.replica))
+            .subquery()
+        )
+        q = (
+            select(WindowReportRow)
+            .join(
+                newest,
+                (col(WindowReportRow.replica) == newest.c.replica)
+                & (col(WindowReportRow.sequence) == newest.c.sequence),
+            )
+            .where(*recent)
+            .order_by(col(WindowReportRow.replica))
         )
         return [report(r) for r in self.s.exec(q)]
 

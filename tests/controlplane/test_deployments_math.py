@@ -20,7 +20,7 @@ from controlplane.domain.deployments import (
     WindowReport,
 )
 from controlplane.rollouts import drift, guards, histograms, machine
-from controlplane.rollouts.merge import latest_per_replica, merge_reports
+from controlplane.rollouts.merge import merge_reports
 from controlplane.rollouts.spec import build_spec
 from modelplane.errors import FailedPrecondition, InvalidArgument
 from modelplane.profiles import CategoricalFeature, NumericFeature, build_profile, psi_from_counts
@@ -143,10 +143,7 @@ def test_merge_reports_adds_counts_and_derives_fields() -> None:
                 shadow,
             )
         )
-    old = WindowReport("d", "r0", 0, 1, "ro", None, None, (_arm("champion", 1, 9, 9, lat[0]),))
-    latest = latest_per_replica([old, *reports])
-    assert [r.sequence for r in latest] == [1, 1]
-    champion, candidate, merged_shadow = merge_reports(latest, {"champion": 1, "candidate": 2})
+    champion, candidate, merged_shadow = merge_reports(reports, {"champion": 1, "candidate": 2})
     assert candidate is None  # version 7 is not the candidate
     assert champion is not None and merged_shadow is not None
     shadow = merged_shadow

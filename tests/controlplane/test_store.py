@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from controlplane.services import ModelService
 from controlplane.store import Mutation, Store
+from controlplane.store.deployment_repos import Deployments
+from controlplane.store.deployment_tables import WindowReportRow
 from controlplane.store.engine import create_engines
 from controlplane.store.migrate import upgrade
 from modelplane import Aborted, AlreadyExists, NotFound
@@ -424,3 +426,40 @@ def test_a_writer_that_waits_too_long_at_the_gate_gets_unavailable(tmp_path: Pat
     holder.join()
     with gate():  # free again
         pass
+
+
+def test_latest_reports_are_each_replicas_newest_of_the_rollout_since_a_time(
+    store: Store,
+) -> None:
+    dep = unique("d")
+    now = datetime.now(UTC)
+    rows = [  # (replica, sequence, rollout, seconds ago)
+        ("r0", 1, "ro", 1),
+        ("r0", 3, "ro", 2),  # newest by sequence, though received earlier
+        ("r0", 2, "ro", 0),
+        ("r1", 7, "ro", 1),
+        ("r1", 9, "ro", 60),  # received before ``since``
+        ("r1", 8, "other", 0),  # another rollout
+        ("r2", 4, "", 0),  # no rollout
+    ]
+    with store.write(CTX, "test") as tx:
+        repo = Deployments(tx.session)
+        for replica, sequence, rollout, ago in rows:
+            assert repo.add_report(
+                WindowReportRow(
+                    deployment_id=dep,
+                    replica=replica,
+                    sequence=sequence,
+                    generation=1,
+                    rollout_id=rollout,
+                    receive_time=now - timedelta(seconds=ago),
+                    body={"arms": []},
+                )
+            )
+    since = now - timedelta(seconds=10)
+    with store.read() as tx:
+        repo = Deployments(tx.session)
+        got = [(x.replica, x.sequence) for x in repo.latest_reports(dep, "ro", since)]
+        assert got == [("r0", 3), ("r1", 7)]
+        assert [(x.replica, x.sequence) for x in repo.latest_reports(dep, "", since)] == [("r2", 4)]
+        assert repo.latest_reports(dep, "ro", now + timedelta(seconds=1)) == []
