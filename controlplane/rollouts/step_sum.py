@@ -16,13 +16,18 @@ when the step moves on, or for a rollout whose sum was never kept, the first rep
 finds the tag stale and starts the sum from the reports stored for the step. From then on the
 sum keeps what it took in, so a step's evidence outlives the pruning of its reports
 (``report_retention_seconds``).
+
+The champion's windows reported before the rollout began, its comparison when it has too
+few requests in a step and no better reference (:mod:`controlplane.rollouts.steps`), are
+summed once, the first time a step needs them, and kept with the rollout
+(``rollouts.champion_before``): they do not change while the rollout runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from controlplane.domain.deployments import (
@@ -38,6 +43,9 @@ from controlplane.store import deployment_json as dj
 from controlplane.store.convert import utc
 from controlplane.store.deployment_json import to_json
 from controlplane.store.deployment_repos import Deployments
+
+#: Bounds the query for the champion's windows before a rollout (old reports are pruned).
+_LONG_AGO = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,26 @@ def add(tx: WriteTx, d: Deployment, r: Rollout, report: WindowReport) -> None:
     else:
         return
     repo.set_step_sum(d.id, r.id, _to_json(tag, total))
+
+
+def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None:
+    """The sum of the champion's windows reported before ``r`` began (those still stored when
+    first asked for, then kept)."""
+    repo = Deployments(tx.session)
+    row = repo.rollout_row(d.id, r.id)
+    if row is not None and "summary" in row.champion_before:
+        return dj.arm(row.champion_before["summary"])
+    reports = repo.recent_reports(d.id, "", r.start_time - _LONG_AGO)
+    arms = [
+        a
+        for x in reports
+        for a in x.arms
+        if a.arm == "champion" and a.version == r.champion_version
+    ]
+    total = merge_arms(arms, "champion")
+    if row is not None:
+        repo.set_champion_before(d.id, r.id, {"summary": to_json(total)})
+    return total
 
 
 def current(tx: Tx, d: Deployment, r: Rollout) -> StepSum:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
 from controlplane.domain.deployments import (
     BLUE_GREEN,
@@ -42,12 +41,8 @@ from controlplane.domain.deployments import (
     UnloadedCandidate,
 )
 from controlplane.rollouts import guards, step_sum, unloaded
-from controlplane.rollouts.merge import merge_arms
 from controlplane.store import WriteTx
-from controlplane.store.deployment_repos import Deployments
 
-#: Bounds the query for the champion's windows before a rollout (old reports are pruned).
-_LONG_AGO = timedelta(days=3650)
 #: Variables a step or phase never has, so guards reading them hold nothing there.
 ABSENT_WITH_TRAFFIC = frozenset({"shadow"})
 ABSENT_IN_SHADOW = frozenset({"candidate"})
@@ -89,18 +84,6 @@ def _applies(guard: str, absent: frozenset[str]) -> bool:
     return not (guards.arms_read(guard) & absent)
 
 
-def _champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None:
-    """The champion's summed windows reported before the rollout (those still stored)."""
-    reports = Deployments(tx.session).recent_reports(d.id, "", r.start_time - _LONG_AGO)
-    arms = [
-        a
-        for x in reports
-        for a in x.arms
-        if a.arm == "champion" and a.version == r.champion_version
-    ]
-    return merge_arms(arms, "champion")
-
-
 def judge_step(
     tx: WriteTx,
     d: Deployment,
@@ -130,7 +113,7 @@ def judge_step(
     if not enough:
         compare_with = r.champion_reference
         if compare_with is None or compare_with.requests < min_requests:
-            compare_with = scored(_champion_before(tx, d, r))
+            compare_with = scored(step_sum.champion_before(tx, d, r))
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]

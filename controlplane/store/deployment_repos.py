@@ -332,6 +332,15 @@ class Deployments:
             .values(step_sum=step_sum)
         )
 
+    def set_champion_before(
+        self, deployment_id: str, rollout_id: str, champion_before: dict[str, Any]
+    ) -> None:
+        self.s.exec(  # type: ignore[call-overload]
+            update(RolloutRow)
+            .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
+            .values(champion_before=champion_before)
+        )
+
     def running(self) -> list[tuple[str, int]]:
         """(deployment id, revision) of every deployment whose current rollout is running."""
         q = (

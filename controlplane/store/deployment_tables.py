@@ -65,6 +65,8 @@ class RolloutRow(SQLModel, table=True):
     champion_reference: dict[str, Any] = _json()
     #: The running sum of the current step's reports (:mod:`controlplane.rollouts.step_sum`).
     step_sum: dict[str, Any] = _json()
+    #: The champion's summed windows from before the rollout, once a step needed them.
+    champion_before: dict[str, Any] = _json()
 
 
 class RolloutEventRow(SQLModel, table=True):

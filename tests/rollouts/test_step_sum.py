@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import col
 
 from controlplane.rollouts import step_sum
 from controlplane.rollouts.service import SYSTEM
 from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
-from controlplane.store.deployment_tables import RolloutRow
+from controlplane.store.deployment_tables import RolloutRow, WindowReportRow
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import Sidecar, arm, deployed, wait_for
@@ -183,6 +183,41 @@ def test_a_steps_evidence_outlives_the_pruning_of_its_reports(tmp_path: Path) ->
             assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
             candidate = d.rollout.evidence.candidate
             assert candidate.requests >= 20 and candidate.errors == candidate.requests
+    finally:
+        plane.handle.stop(0)
+        store.close()
+
+
+def test_the_champions_windows_before_the_rollout_are_summed_once_and_kept(tmp_path: Path) -> None:
+    """A single 100% step compares the candidate with the champion's windows from before the
+    rollout; once a step needed them they are kept, so pruning them changes nothing."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            side = Sidecar(c, dep)
+            for _ in range(3):
+                side.report(champion=10, champion_errors=1)
+            c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
+            time.sleep(0.2)
+            side.report(candidate=5)
+            side.report(candidate=5)  # the step is complete, with too few requests for a guard
+            with store.read() as tx:
+                row = tx.session.get(RolloutRow, (dep, c.get_deployment(dep).rollout.id))
+                assert row is not None
+                kept = row.champion_before["summary"]
+            assert (kept["requests"], kept["errors"]) == (30, 3)
+            with store.write(SYSTEM, "test") as tx:
+                tx.session.exec(  # type: ignore[call-overload]
+                    delete(WindowReportRow).where(col(WindowReportRow.rollout_id) == "")
+                )
+            side.report(candidate=5)
+            side.report(candidate=5)
+            d = c.get_deployment(dep)
+            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+            assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
     finally:
         plane.handle.stop(0)
         store.close()
