@@ -152,6 +152,10 @@ class WindowReport:
     arms: tuple[ArmSummary, ...]
     shadow: ShadowSummary | None = None
     unloaded: tuple[UnloadedVersion, ...] = ()
+    #: When received (stored reports only).
+    receive_time: datetime | None = None
+    #: The stored report's number (0 until stored).
+    id: int = 0
 
     def arm(self, name: str) -> ArmSummary | None:
         """The summary of arm ``name`` (``champion`` or ``candidate``), if reported."""

@@ -152,7 +152,7 @@ class ReportService:
             current = r is not None and report.rollout_id == r.id
             if current and r is not None:
                 self._count_step(repo, d, r, report)
-                step_sum.add(tx, d, r, report)
+                step_sum.take_in(tx, d, r)
             evidence = self._merged(tx, d, report.rollout_id, r if current else None)
             moved = False
             if current and r is not None:

@@ -3,34 +3,39 @@
 A complete canary step or blue/green phase is judged over the sum of every report made in it
 (:mod:`controlplane.rollouts.steps`), and judged again on every report while a guard cannot
 be evaluated yet. Re-reading and re-merging the step's reports each time would cost more with
-every report the step holds, so the sum is kept with the rollout (``rollouts.step_sum``) and
-each accepted report of the step is added to it, in the report's own transaction. Merging is
-associative, so the kept sum equals the sum of the reports it took in. It is kept in the
-database, under the deployment's row lock that every report takes first, so that several
-control-plane workers add each report exactly once and agree on the sum.
+every report the step holds, so the sum is kept with the rollout (``rollouts.step_sum``).
+Merging is associative, so the kept sum equals the sum of the reports it took in.
 
 A report belongs to the step when it was made under the rollout, received since the step
 began, and made under the step's generation or later (or by a sidecar that does not say which
-generation it applied). The kept sum is tagged with its step (start time and generation);
-when the step moves on, or for a rollout whose sum was never kept, the first report after
-finds the tag stale and starts the sum from the reports stored for the step. From then on the
-sum keeps what it took in, so a step's evidence outlives the pruning of its reports
+generation it applied). The kept sum is tagged with its step (start time, in UTC, and
+generation) and remembers the last report it took in (its id and receive time). On every
+report of a canary or blue/green rollout, in the report's transaction and under the
+deployment's row lock that every report takes first, the sum takes in every report of the
+step stored after that one: normally the report itself, and also any stored by a writer that
+does not keep the sum (a control plane of an earlier version, during a rolling upgrade). So
+several control-plane workers sharing a database agree on the sum, and each report is counted
+once. When the step moves on (or for a rollout that kept no sum yet), the tag is stale and the
+sum starts again from the reports stored for the new step. From then on the sum keeps what it
+took in, so a step's evidence outlives the pruning of its reports
 (``report_retention_seconds``).
 
-The champion's windows reported before the rollout began, its comparison when it has too
-few requests in a step and no better reference (:mod:`controlplane.rollouts.steps`), are
-summed once, the first time a step needs them, and kept with the rollout
-(``rollouts.champion_before``): they do not change while the rollout runs.
+The champion's windows reported before the rollout began, its comparison when it has too few
+requests in a step and no better reference (:mod:`controlplane.rollouts.steps`), are summed
+once, the first time a step needs them, and kept with the rollout
+(``rollouts.champion_before``): nothing received after the rollout began changes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from controlplane.domain.deployments import (
+    BLUE_GREEN,
+    CANARY,
     ArmSummary,
     Deployment,
     Rollout,
@@ -44,8 +49,8 @@ from controlplane.store.convert import utc
 from controlplane.store.deployment_json import to_json
 from controlplane.store.deployment_repos import Deployments
 
-#: Bounds the query for the champion's windows before a rollout (old reports are pruned).
-_LONG_AGO = timedelta(days=3650)
+#: The strategies whose steps or phases are judged as a whole.
+JUDGED = frozenset({CANARY, BLUE_GREEN})
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,15 @@ def _belongs(report: WindowReport, step_generation: int) -> bool:
     return report.generation == 0 or report.generation >= step_generation
 
 
-def step_reports(tx: Tx, d: Deployment, r: Rollout) -> list[WindowReport]:
-    """The stored reports that belong to ``r``'s current step (see the module docstring)."""
+def step_reports(
+    tx: Tx, d: Deployment, r: Rollout, newer_than: tuple[int, datetime] | None = None
+) -> list[WindowReport]:
+    """The stored reports that belong to ``r``'s current step (see the module docstring);
+    with ``newer_than`` (a report id and receive time), only those stored after that one."""
     repo = Deployments(tx.session)
     row = repo.rollout_row(d.id, r.id)
     step_generation = row.step_generation if row is not None else 0
-    reports = repo.recent_reports(d.id, r.id, r.phase_start_time)
+    reports = repo.recent_reports(d.id, r.id, r.phase_start_time, newer_than=newer_than)
     return [x for x in reports if _belongs(x, step_generation)]
 
 
@@ -98,22 +106,23 @@ def _both(kept: Any, added: Any, merge: Any, *name: str) -> Any:
     return merge(parts, *name) if parts else None
 
 
-def plus(total: StepSum, report: WindowReport, r: Rollout) -> StepSum:
-    """``total`` with ``report`` added."""
-    one = summed([report], r)
-    ends = [x for x in (total.window_end_time, one.window_end_time) if x is not None]
+def combined(a: StepSum, b: StepSum) -> StepSum:
+    """The sum of two sums."""
+    ends = [x for x in (a.window_end_time, b.window_end_time) if x is not None]
     return StepSum(
-        champion=_both(total.champion, one.champion, merge_arms, "champion"),
-        candidate=_both(total.candidate, one.candidate, merge_arms, "candidate"),
-        shadow=_both(total.shadow, one.shadow, merge_shadow),
-        replicas=total.replicas | one.replicas,
+        champion=_both(a.champion, b.champion, merge_arms, "champion"),
+        candidate=_both(a.candidate, b.candidate, merge_arms, "candidate"),
+        shadow=_both(a.shadow, b.shadow, merge_shadow),
+        replicas=a.replicas | b.replicas,
         window_end_time=max(ends) if ends else None,
     )
 
 
-def _to_json(tag: dict[str, Any], s: StepSum) -> dict[str, Any]:
+def _to_json(tag: dict[str, Any], s: StepSum, last: tuple[int, datetime] | None) -> dict[str, Any]:
     return {
         "step": tag,
+        "last_id": last[0] if last else 0,
+        "last_receive_time": utc(last[1]).isoformat() if last else None,
         "champion": to_json(s.champion),
         "candidate": to_json(s.candidate),
         "shadow": to_json(s.shadow),
@@ -122,47 +131,78 @@ def _to_json(tag: dict[str, Any], s: StepSum) -> dict[str, Any]:
     }
 
 
-def _from_json(d: dict[str, Any]) -> StepSum:
-    end = d.get("window_end_time")
-    return StepSum(
+def _time(value: str | None) -> datetime | None:
+    return utc(datetime.fromisoformat(value)) if value else None
+
+
+def _from_json(d: dict[str, Any]) -> tuple[StepSum, tuple[int, datetime] | None]:
+    last_time = _time(d.get("last_receive_time"))
+    total = StepSum(
         champion=dj.arm(d.get("champion")),
         candidate=dj.arm(d.get("candidate")),
         shadow=dj.shadow(d.get("shadow")),
         replicas=frozenset(str(x) for x in d.get("replicas", [])),
-        window_end_time=utc(datetime.fromisoformat(end)) if end else None,
+        window_end_time=_time(d.get("window_end_time")),
     )
+    return total, (int(d.get("last_id", 0)), last_time) if last_time else None
 
 
-def add(tx: WriteTx, d: Deployment, r: Rollout, report: WindowReport) -> None:
-    """Add ``report`` (just stored, of rollout ``r``) to the kept sum of ``r``'s current step;
-    ``d``'s row must be locked (see :func:`controlplane.services.deployments.require_deployment`).
-    """
+def _stored(
+    kept: dict[str, Any] | None, tag: dict[str, Any]
+) -> tuple[StepSum, tuple[int, datetime] | None] | None:
+    return _from_json(kept) if kept and kept.get("step") == tag else None
+
+
+def kept(tx: Tx, d: Deployment, r: Rollout) -> StepSum | None:
+    """The sum kept for ``r``'s current step as it is stored (None when none is)."""
+    row = Deployments(tx.session).rollout_row(d.id, r.id)
+    if row is None:
+        return None
+    stored = _stored(row.step_sum, _tag(r.phase_start_time, row.step_generation))
+    return stored[0] if stored else None
+
+
+def current(tx: Tx, d: Deployment, r: Rollout) -> StepSum:
+    """The sum of every report of ``r``'s current step stored so far: the kept sum with the
+    step's reports stored since it was kept, kept again in a write transaction (``d``'s row
+    locked first, see :func:`controlplane.services.deployments.require_deployment`)."""
     repo = Deployments(tx.session)
     row = repo.rollout_row(d.id, r.id)
     if row is None:
-        return
+        return summed(step_reports(tx, d, r), r)
     tag = _tag(r.phase_start_time, row.step_generation)
-    kept = row.step_sum or {}
-    if kept.get("step") != tag:
-        total = summed(step_reports(tx, d, r), r)  # the stored reports include ``report``
-    elif tx.now >= r.phase_start_time and _belongs(report, row.step_generation):
-        total = plus(_from_json(kept), report, r)
-    else:
-        return
-    repo.set_step_sum(d.id, r.id, _to_json(tag, total))
+    total, last = _stored(row.step_sum, tag) or (StepSum(), None)
+    new = step_reports(tx, d, r, newer_than=last)
+    if not new and last is not None:
+        return total
+    total = combined(total, summed(new, r))
+    stamps = [(x.id, x.receive_time) for x in new if x.receive_time is not None]
+    if last is not None:
+        stamps.append(last)
+    if stamps:
+        last = (max(i for i, _ in stamps), max(t for _, t in stamps))
+    if isinstance(tx, WriteTx):
+        repo.set_step_sum(d.id, r.id, _to_json(tag, total, last))
+    return total
+
+
+def take_in(tx: WriteTx, d: Deployment, r: Rollout) -> None:
+    """Bring the kept sum of ``r``'s current step up to date with its stored reports (called
+    on every report of ``r``, once the report is stored)."""
+    if r.strategy in JUDGED:
+        current(tx, d, r)
 
 
 def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None:
-    """The sum of the champion's windows reported before ``r`` began (those still stored when
-    first asked for, then kept)."""
+    """The sum of the champion's windows received before ``r`` began (those still stored when
+    first asked for, then kept), whatever rollout a sidecar said they belonged to."""
     repo = Deployments(tx.session)
     row = repo.rollout_row(d.id, r.id)
     if row is not None and "summary" in row.champion_before:
         return dj.arm(row.champion_before["summary"])
-    reports = repo.recent_reports(d.id, "", r.start_time - _LONG_AGO)
     arms = [
         a
-        for x in reports
+        for x in repo.reports_before(d.id, r.start_time)
         for a in x.arms
         if a.arm == "champion" and a.version == r.champion_version
     ]
@@ -170,13 +210,3 @@ def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None
     if row is not None:
         repo.set_champion_before(d.id, r.id, {"summary": to_json(total)})
     return total
-
-
-def current(tx: Tx, d: Deployment, r: Rollout) -> StepSum:
-    """The sum of every report of ``r``'s current step: the kept sum when it is the step's,
-    else the sum of the step's stored reports."""
-    row = Deployments(tx.session).rollout_row(d.id, r.id)
-    kept = row.step_sum if row is not None else {}
-    if row is not None and kept.get("step") == _tag(r.phase_start_time, row.step_generation):
-        return _from_json(kept)
-    return summed(step_reports(tx, d, r), r)

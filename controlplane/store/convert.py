@@ -34,8 +34,9 @@ from controlplane.store.tables import (
 
 
 def utc(value: datetime) -> datetime:
-    """Attach UTC to naive datetimes read back from SQLite."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """``value`` in UTC: naive datetimes (as SQLite gives them back) are taken as UTC, others
+    converted (PostgreSQL gives them back in the session's time zone)."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def etag(name: str, revision: int) -> str:

@@ -145,6 +145,8 @@ def report(row: WindowReportRow) -> WindowReport:
         end_time=convert.utc(row.end_time) if row.end_time else None,
         arms=arms,
         shadow=dj.shadow(body.get("shadow")),
+        receive_time=convert.utc(row.receive_time),
+        id=row.id or 0,
     )
 
 
@@ -402,13 +404,32 @@ class Deployments:
         return True
 
     def recent_reports(
-        self, deployment_id: str, rollout_id: str, since: datetime
+        self,
+        deployment_id: str,
+        rollout_id: str,
+        since: datetime,
+        *,
+        newer_than: tuple[int, datetime] | None = None,
     ) -> list[WindowReport]:
-        """Reports of a rollout (or of no rollout, for ``""``) received after ``since``."""
+        """Reports of a rollout (or of no rollout, for ``""``) received at or after ``since``;
+        with ``newer_than`` (a report id and a receive time), only those with a higher id or
+        received later (SQLite may give a new row the id of a deleted one)."""
         q = select(WindowReportRow).where(
             WindowReportRow.deployment_id == deployment_id,
             WindowReportRow.rollout_id == rollout_id,
             col(WindowReportRow.receive_time) >= since,
+        )
+        if newer_than is not None:
+            last_id, last_time = newer_than
+            newer = col(WindowReportRow.id) > last_id
+            q = q.where(or_(newer, col(WindowReportRow.receive_time) > last_time))
+        return [report(r) for r in self.s.exec(q)]
+
+    def reports_before(self, deployment_id: str, before: datetime) -> list[WindowReport]:
+        """Every report of a deployment received before ``before``, whatever its rollout."""
+        q = select(WindowReportRow).where(
+            WindowReportRow.deployment_id == deployment_id,
+            col(WindowReportRow.receive_time) < before,
         )
         return [report(r) for r in self.s.exec(q)]
 

@@ -20,6 +20,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from modelplane.profiles import BaselineProfile
+from modelplane.v1 import deployments_pb2 as dpb
 from sidecar import runtime as rt
 from sidecar.codec import Limits
 from sidecar.drift import DriftMonitor, DriftThresholds, WindowState
@@ -91,6 +92,12 @@ class LoadedVersion:
         return None if self.window_drift is None else self.window_drift.flush()
 
 
+#: Rollout states after which windows belong to no rollout.
+ENDED = frozenset(
+    {dpb.ROLLOUT_STATE_PROMOTED, dpb.ROLLOUT_STATE_ROLLED_BACK, dpb.ROLLOUT_STATE_ABORTED}
+)
+
+
 @dataclass(frozen=True, eq=False)
 class RoutingTable:
     """What serves now: the champion, the candidate and how traffic splits between them."""
@@ -108,6 +115,9 @@ class RoutingTable:
     #: Versions of the desired state that could not be loaded and are left out (number ->
     #: why); the manager keeps retrying them.
     unloaded: dict[int, str] = field(default_factory=dict)
+    #: The rollout windows are reported under: the desired state's while it is in progress,
+    #: "" once it has ended (the state still names the last rollout).
+    report_rollout_id: str = ""
 
     @property
     def shadow(self) -> LoadedVersion | None:
@@ -157,6 +167,7 @@ def build_table(
         tolerance=state.regression_tolerance or DEFAULT_TOLERANCE,
         by_label={loaded[v].label: loaded[v] for v in wanted - gone.keys() if v in loaded},
         unloaded=gone,
+        report_rollout_id="" if state.rollout_state in ENDED else state.rollout_id,
     )
 
 

@@ -134,7 +134,7 @@ class Window:
             name=f"deployments/{name}",
             replica=replica,
             generation=table.generation,
-            rollout_id=table.rollout_id,
+            rollout_id=table.report_rollout_id,
             start_time=_stamp(self.start),
             end_time=_stamp(end),
             arms=summaries,

@@ -1,8 +1,10 @@
 """The running sum of a step's window reports, kept with the rollout: through real control
 planes (gRPC on loopback, SQLite and PostgreSQL) fed synthetic reports, the kept sum equals
 both the test's own tally and the sum of the step's stored reports, across two control-plane
-replicas reporting at once, after a step moves on and for a rollout that kept no sum yet; and a
-step's evidence outlives the pruning of its reports."""
+replicas reporting at once (also with database sessions in different time zones), after a
+step moves on, for a rollout that kept no sum yet and with reports stored by a writer that
+keeps none; a step's evidence outlives the pruning of its reports; the champion's windows
+before a rollout are summed once and kept, whatever rollout a sidecar said they belonged to."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
@@ -37,7 +40,9 @@ def _sums(store: Store, dep: str) -> tuple[step_sum.StepSum, step_sum.StepSum]:
         d = Deployments(tx.session).get(dep)
         assert d is not None and d.active_rollout is not None
         r = d.active_rollout
-        return step_sum.current(tx, d, r), step_sum.summed(step_sum.step_reports(tx, d, r), r)
+        kept = step_sum.kept(tx, d, r)
+        assert kept is not None, "no sum is kept for the current step"
+        return kept, step_sum.summed(step_sum.step_reports(tx, d, r), r)
 
 
 def _forget_sum(store: Store, dep: str) -> None:
@@ -113,10 +118,42 @@ def test_the_kept_sum_equals_the_tally_across_two_control_planes_reporting_at_on
         # A rollout that kept no sum yet (started before sums were kept) starts it from the
         # step's stored reports on its next report.
         _forget_sum(store, dep)
-        Sidecar(clients[1], dep, "pod-late").report(3, 4)
+        late = Sidecar(clients[1], dep, "pod-late")
+        late.report(3, 4)
         tally.update(champion=3, candidate=4)
         kept, stored = _sums(store, dep)
         _same(kept, stored, tally)
+
+        # A report stored by a writer that keeps no sum (a control plane of an earlier
+        # version, during a rolling upgrade) is taken in with the next report.
+        d = c.get_deployment(dep)
+        with store.write(SYSTEM, "test") as tx:
+            assert Deployments(tx.session).add_report(
+                WindowReportRow(
+                    deployment_id=dep,
+                    replica="pod-old-writer",
+                    sequence=1,
+                    generation=d.generation,
+                    rollout_id=d.rollout.id,
+                    receive_time=tx.now,
+                    body={
+                        "arms": [
+                            {"arm": "champion", "version": versions[0], "requests": 6},
+                            {"arm": "candidate", "version": versions[1], "requests": 7},
+                        ]
+                    },
+                )
+            )
+        late.c = clients[0]
+        late.report(1, 2)
+        tally.update(champion=6 + 1, candidate=7 + 2)
+        kept, stored = _sums(store, dep)
+        assert kept.candidate is not None and kept.champion is not None
+        assert (kept.champion.requests, kept.candidate.requests) == (
+            tally["champion"],
+            tally["candidate"],
+        )
+        assert "pod-old-writer" in kept.replicas
     finally:
         for client in clients:
             client.close()
@@ -218,6 +255,110 @@ def test_the_champions_windows_before_the_rollout_are_summed_once_and_kept(tmp_p
             d = c.get_deployment(dep)
             assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
             assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
+    finally:
+        plane.handle.stop(0)
+        store.close()
+
+
+@pytest.mark.postgres
+def test_control_planes_in_different_time_zones_keep_one_sum(tmp_path: Path, pg_url: str) -> None:
+    """Two control planes whose database sessions use different time zones read the step's
+    start time back differently; both must recognise the kept sum as the step's (else each
+    report would start it again from the stored reports, losing those pruned)."""
+    tokyo = f"{pg_url}?options=-c%20timezone%3DAsia/Tokyo"
+    planes = [_start(tmp_path / "a", pg_url), _start(tmp_path / "b", tokyo)]
+    store = Store.open(pg_url)
+    clients = [p.client() for p in planes]
+    try:
+        dep, versions = deployed(clients[0], tmp_path)
+        clients[0].start_rollout(
+            dep, versions[1], steps=[50, 100], step_duration=600, guards=[LENIENT]
+        )
+        side = Sidecar(clients[0], dep, "pod")
+        for n in range(6):
+            side.c = clients[n % 2]
+            side.report(5, 4)
+            with store.write(SYSTEM, "test") as tx:  # prune this deployment's reports
+                tx.session.exec(  # type: ignore[call-overload]
+                    delete(WindowReportRow).where(col(WindowReportRow.deployment_id) == dep)
+                )
+        with store.read() as tx:
+            d = Deployments(tx.session).get(dep)
+            assert d is not None and d.active_rollout is not None
+            kept = step_sum.kept(tx, d, d.active_rollout)
+        assert kept is not None and kept.champion is not None and kept.candidate is not None
+        assert (kept.champion.requests, kept.candidate.requests) == (30, 24)
+    finally:
+        for client in clients:
+            client.close()
+        for p in planes:
+            p.handle.stop(0)
+        store.close()
+
+
+def test_the_champions_windows_before_a_second_rollout_count_whatever_rollout_they_name(
+    tmp_path: Path,
+) -> None:
+    """Sidecars of an earlier version report windows served after a rollout ended under that
+    rollout's id; they are still the champion's windows before the next rollout."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            side = Sidecar(c, dep)
+            for _ in range(3):
+                side.report(champion=10)
+            c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
+            d = _report_until(side, lambda x: x.rollout.state != pb.ROLLOUT_STATE_RUNNING, 0, 30)
+            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+            for n in range(3):
+                c._call(
+                    c.deployments.ReportWindow,
+                    pb.ReportWindowRequest(
+                        name=f"deployments/{dep}",
+                        replica="old-sidecar",
+                        sequence=n + 1,
+                        generation=d.generation,
+                        rollout_id=d.rollout.id,  # the ended rollout
+                        arms=[arm("champion", versions[1], 10, 1)],
+                    ),
+                )
+            c.start_rollout(dep, versions[2], steps=[100], step_duration=0.1, min_requests=10)
+            time.sleep(0.2)
+            d = _report_until(side, lambda x: x.rollout.state != pb.ROLLOUT_STATE_RUNNING, 0, 5)
+            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+            assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
+    finally:
+        plane.handle.stop(0)
+
+
+def _report_until(side: Sidecar, done: Any, champion: int, candidate: int) -> pb.Deployment:
+    def once() -> pb.Deployment | None:
+        side.report(champion, candidate)
+        d = side.c.get_deployment(side.dep)
+        return d if done(d) else None
+
+    return wait_for(once, "the rollout", 60)
+
+
+def test_strategies_without_judged_steps_keep_no_sum(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            c.start_rollout(dep, versions[1], strategy="ab", split=50)
+            side = Sidecar(c, dep)
+            for _ in range(3):
+                side.report(10, 10)
+            with store.read() as tx:
+                d = Deployments(tx.session).get(dep)
+                assert d is not None and d.active_rollout is not None
+                assert step_sum.kept(tx, d, d.active_rollout) is None
+                row = tx.session.get(RolloutRow, (dep, d.active_rollout.id))
+                assert row is not None and row.step_sum == {}
     finally:
         plane.handle.stop(0)
         store.close()

@@ -143,6 +143,7 @@ def state(
     rollout_id: str = "",
     interval_s: float = 0.3,
     tolerance: float = 0.0,
+    rollout_state: int = 0,
 ) -> Any:
     """A DeploymentState: ``versions`` maps number -> (artifact sha, size, baseline sha)."""
     message = deployments_pb2.DeploymentState(
@@ -154,6 +155,7 @@ def state(
         candidate_percent=percent,
         shadow_fraction=shadow,
         rollout_id=rollout_id,
+        rollout_state=rollout_state,
         regression_tolerance=tolerance,
     )
     for number, (sha, size, baseline) in versions.items():

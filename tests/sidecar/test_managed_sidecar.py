@@ -20,6 +20,7 @@ from sidecar_helpers import health_status, output_array, raw_request, stub
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
+from modelplane.v1 import deployments_pb2 as dpb
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 NAME = "fraud"
@@ -135,6 +136,30 @@ def test_canary_split_is_sticky_by_routing_key(
     for _ in range(5):
         assert s.ModelInfer(_request(model_version="2")).model_version == "2"
     assert sorted(s.ModelMetadata(pb.ModelMetadataRequest(name=NAME)).versions) == ["1", "2"]
+
+
+def test_windows_belong_to_the_rollout_only_while_it_is_in_progress(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    """The desired state keeps naming the last rollout after it ends; windows served after
+    that belong to no rollout (the control plane counts them as the champion's own)."""
+    handle = _start_ready(managed, plane, artifacts)
+    versions = _versions(plane, artifacts, 1, 2)
+    running = dpb.ROLLOUT_STATE_RUNNING
+    plane.push(state(NAME, 2, versions, 1, 2, percent=50, rollout_id="r", rollout_state=running))
+    s = stub(handle.port)
+
+    def served_under(generation: int) -> list[Any]:
+        def seen(reports: list[Any]) -> list[Any]:
+            s.ModelInfer(_request())
+            return [r for r in reports if r.generation == generation and r.arms]
+
+        return plane.wait_reports(lambda rs: len(seen(rs)) >= 2)
+
+    assert {r.rollout_id for r in served_under(2) if r.generation == 2} == {"r"}
+    ended = dpb.ROLLOUT_STATE_ROLLED_BACK
+    plane.push(state(NAME, 3, versions, 1, rollout_id="r", rollout_state=ended))
+    assert {r.rollout_id for r in served_under(3) if r.generation == 3} == {""}
 
 
 def test_bad_input_codes(managed: Any, plane: FakeControlPlane, artifacts: dict) -> None:
