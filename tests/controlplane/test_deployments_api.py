@@ -158,6 +158,19 @@ def wait_for(check: Callable[[], Any], what: str, seconds: float = 30.0) -> Any:
         time.sleep(0.05)
 
 
+def report_until(
+    side: Sidecar, done: Callable[[pb.Deployment], bool], seconds: float = 60, **counts: Any
+) -> pb.Deployment:
+    """Report the same window again and again until ``done(deployment)``."""
+
+    def once() -> pb.Deployment | None:
+        side.report(**counts)
+        d = side.c.get_deployment(side.dep)
+        return d if done(d) else None
+
+    return wait_for(once, "the rollout", seconds)
+
+
 def drive(sidecar: Sidecar, until: Callable[[pb.Deployment], bool], **kw: Any) -> pb.Deployment:
     """Report healthy windows until ``until`` holds for the deployment."""
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
@@ -24,14 +24,41 @@ from controlplane.rollouts.service import SYSTEM
 from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.deployment_tables import RolloutRow, WindowReportRow
+from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import _start
-from tests.controlplane.test_deployments_api import Sidecar, arm, deployed, wait_for
+from tests.controlplane.test_deployments_api import (
+    Sidecar,
+    arm,
+    deployed,
+    report_until,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
 LENIENT = "candidate.error_rate <= 0.5"
+#: A client of a control plane, and a store on its database.
+Plane = tuple[Client, Store]
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Plane]:
+    """A client of a control plane of its own (SQLite), and a store on its database."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    running = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with running.client() as c:
+            yield c, store
+    finally:
+        running.handle.stop(0)
+        store.close()
+
+
+def _ended(d: pb.Deployment) -> bool:
+    return d.rollout.state != pb.ROLLOUT_STATE_RUNNING
 
 
 def _sums(store: Store, dep: str) -> tuple[step_sum.StepSum, step_sum.StepSum]:
@@ -162,102 +189,83 @@ def test_the_kept_sum_equals_the_tally_across_two_control_planes_reporting_at_on
         store.close()
 
 
-def test_a_new_step_starts_a_new_sum(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with plane.client() as c:
-            dep, versions = deployed(c, tmp_path)
-            c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
-            side = Sidecar(c, dep)
+def test_a_new_step_starts_a_new_sum(plane: Plane, tmp_path: Path) -> None:
+    c, store = plane
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
+    side = Sidecar(c, dep)
 
-            def advanced() -> bool:
-                side.report(30, 30)
-                return c.get_deployment(dep).rollout.step == 1
+    def advanced() -> bool:
+        side.report(30, 30)
+        return c.get_deployment(dep).rollout.step == 1
 
-            wait_for(advanced, "the first step to complete")
-            side.report(0, 3)
-            side.report(0, 5, candidate_errors=1)
-            kept, stored = _sums(store, dep)
-            assert kept.champion is None and stored.champion is None
-            assert kept.candidate is not None and stored.candidate is not None
-            assert (kept.candidate.requests, kept.candidate.errors) == (8, 1)
-            assert (stored.candidate.requests, stored.candidate.errors) == (8, 1)
-    finally:
-        plane.handle.stop(0)
-        store.close()
+    wait_for(advanced, "the first step to complete")
+    side.report(0, 3)
+    side.report(0, 5, candidate_errors=1)
+    kept, stored = _sums(store, dep)
+    assert kept.champion is None and stored.champion is None
+    assert kept.candidate is not None and stored.candidate is not None
+    assert (kept.candidate.requests, kept.candidate.errors) == (8, 1)
+    assert (stored.candidate.requests, stored.candidate.errors) == (8, 1)
 
 
-def test_a_steps_evidence_outlives_the_pruning_of_its_reports(tmp_path: Path) -> None:
+def test_a_steps_evidence_outlives_the_pruning_of_its_reports(plane: Plane, tmp_path: Path) -> None:
     """Every report is pruned right after it is taken in, as a retention shorter than the step
     would: the step still sums every window, so thin windows of a failing candidate (4
     requests each, below the 20 a guard needs) roll it back once five are in."""
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with plane.client() as c:
-            dep, versions = deployed(c, tmp_path)
-            c.start_rollout(
-                dep,
-                versions[1],
-                steps=[50, 100],
-                step_duration=0.1,
-                min_requests=10,
-                guards=[ERRORS],
-            )
-            side = Sidecar(c, dep)
-            for _ in range(8):
-                time.sleep(0.03)
-                side.report(4, 4, candidate_errors=4)
-                with store.write(SYSTEM, "test") as tx:
-                    Deployments(tx.session).prune_reports(tx.now)
-                d = c.get_deployment(dep)
-                if d.rollout.state != pb.ROLLOUT_STATE_RUNNING:
-                    break
-            assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
-            assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
-            candidate = d.rollout.evidence.candidate
-            assert candidate.requests >= 20 and candidate.errors == candidate.requests
-    finally:
-        plane.handle.stop(0)
-        store.close()
+    c, store = plane
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(
+        dep,
+        versions[1],
+        steps=[50, 100],
+        step_duration=0.1,
+        min_requests=10,
+        guards=[ERRORS],
+    )
+    side = Sidecar(c, dep)
+    for _ in range(8):
+        time.sleep(0.03)
+        side.report(4, 4, candidate_errors=4)
+        with store.write(SYSTEM, "test") as tx:
+            Deployments(tx.session).prune_reports(tx.now)
+        d = c.get_deployment(dep)
+        if d.rollout.state != pb.ROLLOUT_STATE_RUNNING:
+            break
+    assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
+    assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
+    candidate = d.rollout.evidence.candidate
+    assert candidate.requests >= 20 and candidate.errors == candidate.requests
 
 
-def test_the_champions_windows_before_the_rollout_are_summed_once_and_kept(tmp_path: Path) -> None:
+def test_the_champions_windows_before_the_rollout_are_summed_once_and_kept(
+    plane: Plane, tmp_path: Path
+) -> None:
     """A single 100% step compares the candidate with the champion's windows from before the
     rollout; once a step needed them they are kept, so pruning them changes nothing."""
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with plane.client() as c:
-            dep, versions = deployed(c, tmp_path)
-            side = Sidecar(c, dep)
-            for _ in range(3):
-                side.report(champion=10, champion_errors=1)
-            c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
-            time.sleep(0.2)
-            side.report(candidate=5)
-            side.report(candidate=5)  # the step is complete, with too few requests for a guard
-            with store.read() as tx:
-                row = tx.session.get(RolloutRow, (dep, c.get_deployment(dep).rollout.id))
-                assert row is not None
-                kept = row.champion_before["summary"]
-            assert (kept["requests"], kept["errors"]) == (30, 3)
-            with store.write(SYSTEM, "test") as tx:
-                tx.session.exec(  # type: ignore[call-overload]
-                    delete(WindowReportRow).where(col(WindowReportRow.rollout_id) == "")
-                )
-            side.report(candidate=5)
-            side.report(candidate=5)
-            d = c.get_deployment(dep)
-            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
-            assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
-    finally:
-        plane.handle.stop(0)
-        store.close()
+    c, store = plane
+    dep, versions = deployed(c, tmp_path)
+    side = Sidecar(c, dep)
+    for _ in range(3):
+        side.report(champion=10, champion_errors=1)
+    c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
+    time.sleep(0.2)
+    side.report(candidate=5)
+    side.report(candidate=5)  # the step is complete, with too few requests for a guard
+    with store.read() as tx:
+        row = tx.session.get(RolloutRow, (dep, c.get_deployment(dep).rollout.id))
+        assert row is not None
+        kept = row.champion_before["summary"]
+    assert (kept["requests"], kept["errors"]) == (30, 3)
+    with store.write(SYSTEM, "test") as tx:
+        tx.session.exec(  # type: ignore[call-overload]
+            delete(WindowReportRow).where(col(WindowReportRow.rollout_id) == "")
+        )
+    side.report(candidate=5)
+    side.report(candidate=5)
+    d = c.get_deployment(dep)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
 
 
 @pytest.mark.postgres
@@ -297,68 +305,48 @@ def test_control_planes_in_different_time_zones_keep_one_sum(tmp_path: Path, pg_
 
 
 def test_the_champions_windows_before_a_second_rollout_count_whatever_rollout_they_name(
+    plane: Plane,
     tmp_path: Path,
 ) -> None:
     """Sidecars of an earlier version report windows served after a rollout ended under that
     rollout's id; they are still the champion's windows before the next rollout."""
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    try:
-        with plane.client() as c:
-            dep, versions = deployed(c, tmp_path)
-            side = Sidecar(c, dep)
-            for _ in range(3):
-                side.report(champion=10)
-            c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
-            d = _report_until(side, lambda x: x.rollout.state != pb.ROLLOUT_STATE_RUNNING, 0, 30)
-            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
-            for n in range(3):
-                c._call(
-                    c.deployments.ReportWindow,
-                    pb.ReportWindowRequest(
-                        name=f"deployments/{dep}",
-                        replica="old-sidecar",
-                        sequence=n + 1,
-                        generation=d.generation,
-                        rollout_id=d.rollout.id,  # the ended rollout
-                        arms=[arm("champion", versions[1], 10, 1)],
-                    ),
-                )
-            c.start_rollout(dep, versions[2], steps=[100], step_duration=0.1, min_requests=10)
-            time.sleep(0.2)
-            d = _report_until(side, lambda x: x.rollout.state != pb.ROLLOUT_STATE_RUNNING, 0, 5)
-            assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
-            assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
-    finally:
-        plane.handle.stop(0)
+    c, _ = plane
+    dep, versions = deployed(c, tmp_path)
+    side = Sidecar(c, dep)
+    for _ in range(3):
+        side.report(champion=10)
+    c.start_rollout(dep, versions[1], steps=[100], step_duration=0.1, min_requests=10)
+    d = report_until(side, _ended, candidate=30)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    for n in range(3):
+        c._call(
+            c.deployments.ReportWindow,
+            pb.ReportWindowRequest(
+                name=f"deployments/{dep}",
+                replica="old-sidecar",
+                sequence=n + 1,
+                generation=d.generation,
+                rollout_id=d.rollout.id,  # the ended rollout
+                arms=[arm("champion", versions[1], 10, 1)],
+            ),
+        )
+    c.start_rollout(dep, versions[2], steps=[100], step_duration=0.1, min_requests=10)
+    time.sleep(0.2)
+    d = report_until(side, _ended, candidate=5)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
 
 
-def _report_until(side: Sidecar, done: Any, champion: int, candidate: int) -> pb.Deployment:
-    def once() -> pb.Deployment | None:
-        side.report(champion, candidate)
-        d = side.c.get_deployment(side.dep)
-        return d if done(d) else None
-
-    return wait_for(once, "the rollout", 60)
-
-
-def test_strategies_without_judged_steps_keep_no_sum(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with plane.client() as c:
-            dep, versions = deployed(c, tmp_path)
-            c.start_rollout(dep, versions[1], strategy="ab", split=50)
-            side = Sidecar(c, dep)
-            for _ in range(3):
-                side.report(10, 10)
-            with store.read() as tx:
-                d = Deployments(tx.session).get(dep)
-                assert d is not None and d.active_rollout is not None
-                assert step_sum.kept(tx, d, d.active_rollout) is None
-                row = tx.session.get(RolloutRow, (dep, d.active_rollout.id))
-                assert row is not None and row.step_sum == {}
-    finally:
-        plane.handle.stop(0)
-        store.close()
+def test_strategies_without_judged_steps_keep_no_sum(plane: Plane, tmp_path: Path) -> None:
+    c, store = plane
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(dep, versions[1], strategy="ab", split=50)
+    side = Sidecar(c, dep)
+    for _ in range(3):
+        side.report(10, 10)
+    with store.read() as tx:
+        d = Deployments(tx.session).get(dep)
+        assert d is not None and d.active_rollout is not None
+        assert step_sum.kept(tx, d, d.active_rollout) is None
+        row = tx.session.get(RolloutRow, (dep, d.active_rollout.id))
+        assert row is not None and row.step_sum == {}

@@ -14,23 +14,12 @@ import pytest
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.test_deployments_api import Sidecar, deployed, wait_for
+from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
 
 pytestmark = pytest.mark.timeout(120)
 
 ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
 ENDED = (pb.ROLLOUT_STATE_PROMOTED, pb.ROLLOUT_STATE_ROLLED_BACK, pb.ROLLOUT_STATE_ABORTED)
-
-
-def _report_until(side: Sidecar, done: Any, seconds: float = 60, **counts: Any) -> pb.Deployment:
-    """Report the same thin window again and again until ``done(deployment)``."""
-
-    def once() -> pb.Deployment | None:
-        side.report(**counts)
-        d = side.c.get_deployment(side.dep)
-        return d if done(d) else None
-
-    return wait_for(once, "the rollout", seconds)
 
 
 def _actions(c: Client, dep: str) -> list[str]:
@@ -46,7 +35,7 @@ def test_thin_windows_of_a_failing_candidate_roll_it_back_over_the_step(
     )
     side = Sidecar(c, dep)
     # Every window has 4 candidate requests, all failed: too few for a guard on any window.
-    d = _report_until(
+    d = report_until(
         side, lambda x: x.rollout.state in ENDED, champion=4, candidate=4, candidate_errors=4
     )
     assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
@@ -65,9 +54,9 @@ def test_thin_windows_of_a_healthy_candidate_promote_it_with_every_guard_evaluat
         dep, versions[1], steps=[50, 100], step_duration=0.3, min_requests=10, guards=[ERRORS]
     )
     side = Sidecar(c, dep)
-    _report_until(side, lambda x: x.rollout.step == 1, champion=4, candidate=4)
+    report_until(side, lambda x: x.rollout.step == 1, champion=4, candidate=4)
     # At 100% the champion answers nothing: the previous step's champion is the comparison.
-    d = _report_until(side, lambda x: x.rollout.state in ENDED, candidate=4)
+    d = report_until(side, lambda x: x.rollout.state in ENDED, candidate=4)
     assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
     assert d.champion_version == versions[1]
     assert "every guard passed over the step" in d.rollout.reason
@@ -113,7 +102,7 @@ def test_a_single_full_step_compares_with_the_champion_before_the_rollout(
     for _ in range(3):
         side.report(champion=10)
     c.start_rollout(dep, versions[1], steps=[100], step_duration=0.2, min_requests=10)
-    d = _report_until(side, lambda x: x.rollout.state in ENDED, candidate=5)
+    d = report_until(side, lambda x: x.rollout.state in ENDED, candidate=5)
     assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
     assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
 
