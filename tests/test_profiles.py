@@ -288,3 +288,48 @@ def test_load_baseline_from_profile_or_data(tmp_path) -> None:
     csv_path = tmp_path / "train.csv"
     csv_path.write_bytes(_csv_bytes(table.select(["x", "label"])))
     assert profile_from_file(csv_path, label="label").feature_names == ["x"]
+
+
+def test_wide_64_bit_integers_are_profiled_as_floats() -> None:
+    # Epoch nanoseconds and ids pass 2**53; uint64 reaches 2**64 - 1: none fits a float64
+    # exactly, and a profile does not need it to.
+    nanos = [1_700_000_000_123_456_789 + i * 1_000_000_001 for i in range(5)]
+    table = pa.table(
+        {
+            "nanos": pa.array(nanos, pa.int64()),
+            "ids": pa.array([0, 1, 2**63, 2**64 - 1, None], pa.uint64()),
+        }
+    )
+    profile = build_profile(table, [], bins=2)
+    time = profile.feature("nanos")
+    assert isinstance(time, NumericFeature)
+    assert time.count == 5 and time.min == float(nanos[0]) and time.max == float(nanos[-1])
+    ids = profile.feature("ids")
+    assert isinstance(ids, NumericFeature)
+    assert ids.count == 4 and ids.missing == 1 and ids.max == float(2**64 - 1)
+    for data in (_parquet_bytes(table), _csv_bytes(table)):
+        assert load_baseline(data).feature_names == ["nanos", "ids"]
+
+
+@pytest.mark.parametrize("label", [None, "a", "b"])
+def test_a_repeated_column_name_is_invalid_dataset(label: str | None) -> None:
+    data = b"a,a,b\n1,2,3\n4,5,6\n"
+    for call in (
+        lambda: read_table(data),
+        lambda: load_baseline(data, label=label),
+        lambda: load_baseline(data, feature_names=["a", "b"]),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            call()
+        assert info.value.reason == "INVALID_DATASET"
+        assert "'a'" in info.value.message and info.value.metadata == {"column": "a"}
+    # A table built in memory is refused by the profiling functions themselves.
+    table = pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4])], names=["a", "a"])
+    for call in (
+        lambda: default_feature_names(table, label),
+        lambda: build_profile(table, ["a"]),
+        lambda: build_profile(table, []),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            call()
+        assert info.value.reason == "INVALID_DATASET" and "'a'" in info.value.message

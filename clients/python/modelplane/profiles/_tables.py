@@ -102,21 +102,47 @@ def _read_csv(data: bytes | str | os.PathLike[str]) -> pa.Table:
     return pacsv.read_csv(os.fspath(data))
 
 
+def check_unique_columns(table: pa.Table) -> None:
+    """Refuse a table that names a column more than once: a column is looked up by its name,
+    so a repeated one is ambiguous. Raises ``InvalidArgument(reason="INVALID_DATASET")``
+    naming the repeated column(s)."""
+    names = table.column_names
+    if len(set(names)) == len(names):
+        return
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    listed = ", ".join(repr(n) for n in repeated[:10])
+    raise InvalidArgument(
+        f"the dataset has more than one column named {listed}; give every column a distinct name",
+        reason="INVALID_DATASET",
+        metadata={"column": repeated[0]},
+    )
+
+
 def read_table(data: bytes | str | os.PathLike[str]) -> pa.Table:
     """Read a dataset given as bytes or a file path into a pyarrow Table.
 
     The format comes from the content (see :func:`detect_format`). Unreadable, truncated or
-    malformed data raises ``InvalidArgument(reason="INVALID_DATASET")`` whose message names
-    the format that was tried and the parser's complaint.
+    malformed data, and data that repeats a column name, raise
+    ``InvalidArgument(reason="INVALID_DATASET")`` whose message names the format that was
+    tried and the parser's complaint, or the repeated column.
     """
     fmt = detect_format(data)
     try:
         if fmt == "parquet":
             if isinstance(data, bytes | bytearray | memoryview):
-                return pq.read_table(pa.BufferReader(pa.py_buffer(data)))
-            return pq.read_table(os.fspath(data))
-        if fmt == "arrow":
-            return _read_arrow(data)
-        return _read_csv(data)
+                table = pq.read_table(pa.BufferReader(pa.py_buffer(data)))
+            else:
+                table = pq.read_table(os.fspath(data))
+        elif fmt == "arrow":
+            table = _read_arrow(data)
+        else:
+            table = _read_csv(data)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _invalid(f"cannot read the dataset as {fmt}: {err}") from err
+    check_unique_columns(table)
+    return table
