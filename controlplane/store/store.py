@@ -7,7 +7,11 @@ anything changed, and translates database errors at the boundary.
 
 A request id seen before replays the stored result only for the same request (same method,
 caller and arguments); a different request under the same id is refused with
-``REQUEST_ID_REUSED``, so that a reused id can neither skip a change nor hide one.
+``REQUEST_ID_REUSED``, so that a reused id can neither skip a change nor hide one. A request
+id is reserved before it is looked up, so that a retry racing the original (a client that gave
+up waiting) waits for it to commit and then replays its answer: on PostgreSQL by a
+transaction-scoped advisory lock on the id, on SQLite by the write lock that every write
+transaction takes up front.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import BigInteger, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
@@ -32,7 +36,7 @@ from controlplane.store.engine import Engines, create_engines
 from controlplane.store.migrate import upgrade
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
 from controlplane.store.tables import RequestIdRow
-from modelplane.errors import AlreadyExists, InvalidArgument, Unavailable
+from modelplane.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from modelplane.server.context import RequestContext
 
 _REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
@@ -44,6 +48,18 @@ _SELECT_REQUEST_ID = Direct(
     ).where(_REQUEST_IDS.c.request_id == bindparam("request_id"))
 )
 _INSERT_REQUEST_ID = Direct(insert(_REQUEST_IDS))
+#: Held until the transaction ends. A statement of its own: under READ COMMITTED the lookup that
+#: follows takes its snapshot after the lock is granted, so it sees the holder's commit.
+_LOCK_REQUEST_ID = Direct(
+    text("SELECT pg_advisory_xact_lock(:key)").bindparams(bindparam("key", type_=BigInteger))
+)
+
+
+def request_lock_key(request_id: str) -> int:
+    """The 64-bit advisory lock key of ``request_id`` on PostgreSQL (two ids that share a key
+    only wait for each other)."""
+    digest = hashlib.sha256(b"modelplane/request_id/" + request_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,12 @@ class Store:
                 fingerprint = request_fingerprint(method, ctx.principal, request)
                 # Direct statements: these run on every write, and the ORM's identity map and
                 # unit of work cost more CPU than the round trip itself.
+                if self.dialect == "postgresql":
+                    # A concurrent request under this id (a retry racing the original) waits
+                    # here until that one commits or rolls back, then replays or proceeds.
+                    _LOCK_REQUEST_ID.rows(
+                        session.connection(), {"key": request_lock_key(request_id)}
+                    )
                 seen = _SELECT_REQUEST_ID.first(session.connection(), {"request_id": request_id})
                 if seen is not None:
                     seen_method, seen_resource, seen_fingerprint = seen
@@ -235,6 +257,12 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except IntegrityError as exc:
+        if _is_foreign_key_violation(exc):
+            raise NotFound(
+                "a resource this request refers to no longer exists (a concurrent request "
+                "deleted it); check that it exists and retry",
+                reason="REFERENCED_RESOURCE_NOT_FOUND",
+            ) from exc
         raise AlreadyExists(
             "the resource already exists (a concurrent request created it)",
             reason="ALREADY_EXISTS",
@@ -243,3 +271,13 @@ def _translated() -> Iterator[None]:
         raise Unavailable(
             "the database is unavailable or busy; retry shortly", reason="DATABASE_UNAVAILABLE"
         ) from exc
+
+
+def _is_foreign_key_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` refuses a row that refers to a missing one (rather than a duplicate)."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23503":  # psycopg: foreign_key_violation
+        return True
+    return getattr(orig, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY" or (
+        "FOREIGN KEY constraint failed" in str(orig)
+    )
