@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from modelplane.errors import InvalidArgument
 
 
-def parse_filter(text: str, allowed: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
+@dataclass(frozen=True)
+class Filter:
+    """A parsed filter: one value per label key and per field, all of which must hold.
+
+    ``matches_nothing`` is set when two terms ask one key for different values: no resource
+    can satisfy both, so a list answers nothing whatever ``labels`` and ``fields`` say.
+    """
+
+    labels: dict[str, str]
+    fields: dict[str, str]
+    matches_nothing: bool
+
+
+def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = None) -> Filter:
     """Space-separated ``labels.KEY=VALUE`` and ``FIELD=VALUE`` terms, all of which must hold.
 
-    Returns (label terms, field terms); fields must be among ``allowed``.
+    ``fields`` maps each field that may be filtered on to a function that checks a value and
+    gives its canonical form (so that two spellings of one value are one term). A label value
+    may be empty (labels allow it) and matches only an empty value; a key repeated with the
+    same value is one term, with different values the filter matches nothing.
     """
+    allowed = dict(fields or {})
     labels: dict[str, str] = {}
-    fields: dict[str, str] = {}
+    values: dict[str, str] = {}
+    conflict = False
     for term in text.split():
         key, sep, value = term.partition("=")
-        if not sep or not key or not value:
+        label = key.removeprefix("labels.") if key.startswith("labels.") else None
+        if not sep or not key or label == "" or (label is None and not value):
             raise InvalidArgument(
-                f"filter term {term!r} is invalid; use labels.KEY=VALUE"
+                f"filter term {term[:100]!r} is invalid; use labels.KEY=VALUE"
                 + (f" or one of {', '.join(f'{a}=VALUE' for a in allowed)}" if allowed else ""),
                 reason="INVALID_FILTER",
             )
-        if key.startswith("labels."):
-            labels[key.removeprefix("labels.")] = value
+        if label is not None:
+            terms, name, canonical = labels, label, value
         elif key in allowed:
-            fields[key] = value
+            terms, name, canonical = values, key, allowed[key](value)
         else:
-            raise InvalidArgument(f"cannot filter on {key!r}", reason="INVALID_FILTER")
-    return labels, fields
+            raise InvalidArgument(f"cannot filter on {key[:100]!r}", reason="INVALID_FILTER")
+        if terms.setdefault(name, canonical) != canonical:
+            conflict = True
+    return Filter(labels, values, conflict)
 
 
 def parse_order(text: str, allowed: tuple[str, ...], default: str) -> tuple[str, bool]:

@@ -114,13 +114,15 @@ class ModelService:
     def list_models(
         self, *, filter: str = "", order_by: str = "", page_size_: int = 0, page_token: str = ""
     ) -> tuple[list[Model], str]:
-        labels, _ = parse_filter(filter)
+        terms = parse_filter(filter)
         order, desc = parse_order(order_by, ("name", "create_time", "update_time"), "name")
         query = {"filter": filter, "order_by": order_by}
         after = decode(page_token, query)
         limit = page_size(page_size_)
+        if terms.matches_nothing:
+            return [], ""
         with self.store.read() as tx:
-            models, next_key = tx.models.page(labels, order, desc, after, limit)
+            models, next_key = tx.models.page(terms.labels, order, desc, after, limit)
         return models, encode(query, next_key) if next_key else ""
 
     def update(
@@ -136,10 +138,16 @@ class ModelService:
         changes = masked_changes(paths, values, MODEL_UPDATE_PATHS)
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdateModel", request_id, request=request) as tx:
+            # Locked, then read: no other write can commit between the etag check and the
+            # update. The check is made here, as the repository's would compare an etag of the
+            # revision alone, which a model deleted and created again under its id repeats.
+            lock_model(tx, model_id)
             before = require_model(tx, model_id)
             if tx.replay is not None:
                 return before
-            after = tx.models.update(model_id, etag, changes, tx.now)
+            if etag and etag != before.etag:
+                raise stale_etag(before.name)
+            after = tx.models.update(model_id, "", changes, tx.now)
             tx.record("UpdateModel", after.name, before, after)
             return after
 
@@ -174,10 +182,16 @@ class ModelService:
             count = tx.versions.count(model_id)
             if count and not force:
                 raise FailedPrecondition(
-                    f"model {before.name} still has {count} version(s); archive them or pass force",
+                    f"model {before.name} still has {count} version(s) (archived ones count "
+                    "too); pass force to delete them and the model's aliases with it",
                     reason="MODEL_HAS_VERSIONS",
                 )
-            tx.aliases.delete_all(model_id)
+            # Each alias is deleted as DeleteAlias would, with an event in its history: a model
+            # created later under this id must not find them pointing anywhere (as_of).
+            for alias in tx.aliases.all(model_id):
+                tx.aliases.delete(
+                    model_id, alias.alias, ctx.principal, f"deleted with {before.name}", tx.now
+                )
             tx.versions.delete_all(model_id)
             tx.models.delete(model_id)
             tx.record("DeleteModel", before.name, before, None)
@@ -202,7 +216,9 @@ class ModelService:
         check_text(reason, "reason", 2000)
         request = {"name": name, "version": version_name, "reason": reason}
         with self.store.write(ctx, "SetAlias", request_id, request=request) as tx:
-            require_model(tx, model_id)
+            # The model's row lock first: concurrent alias writes, archiving and DeleteModel
+            # take turns, and each reads what the one before it committed.
+            lock_model(tx, model_id)
             if tx.replay is not None:
                 # The alias as this request set it, even if it has moved since.
                 assert tx.replay_time is not None
@@ -263,7 +279,7 @@ class ModelService:
         with self.store.write(ctx, "DeleteAlias", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
-            require_model(tx, model_id)
+            lock_model(tx, model_id)  # as in set_alias: a concurrent delete has committed
             before = tx.aliases.get(model_id, alias)
             if before is None:
                 raise NotFound(f"alias {name} does not exist", reason="ALIAS_NOT_FOUND")

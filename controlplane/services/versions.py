@@ -37,11 +37,13 @@ from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json, signature_to_json
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.repos import stale_etag
 from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
 
 VERSION_UPDATE_PATHS = ("description", "labels")
 MAX_FEATURES = 100_000
+MAX_PACKAGES = 10_000
 PROFILE_MEDIA_TYPE = "application/vnd.modelplane.profile+json"
 
 
@@ -123,6 +125,7 @@ def _check_new(new: NewVersion) -> None:
         check_text(key, "metric name", 256, single_line=True)
         if not math.isfinite(metric):
             raise InvalidArgument(f"metric {key!r} is not a finite number", reason="INVALID_METRIC")
+    _check_environment(new)
     roles = [d.role for d in new.datasets]
     if len(set(roles)) != len(roles):
         raise InvalidArgument("each dataset role may appear once", reason="DUPLICATE_DATASET_ROLE")
@@ -130,6 +133,49 @@ def _check_new(new: NewVersion) -> None:
         check_id(d.role, "dataset role")
         check_text(d.source, "dataset source", 2048, single_line=True)
         check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+
+
+def _environment_text(value: str, field_: str, limit: int, what: str = "") -> None:
+    """Single-line text of the environment lineage, refused with its field named."""
+    try:
+        check_text(value, what or field_, limit, single_line=True)
+    except InvalidArgument as err:
+        raise InvalidArgument(
+            err.message, reason="INVALID_ENVIRONMENT", metadata={"field": field_}
+        ) from None
+
+
+def _check_environment(new: NewVersion) -> None:
+    _environment_text(new.python_version, "environment.python_version", 64)
+    _environment_text(new.platform, "environment.platform", 256)
+    if len(new.packages) > MAX_PACKAGES:
+        raise InvalidArgument(
+            f"at most {MAX_PACKAGES} environment packages are allowed",
+            reason="TOO_MANY_PACKAGES",
+            metadata={"field": "environment.packages", "limit": str(MAX_PACKAGES)},
+        )
+    for name, version in new.packages:
+        if not name:
+            raise InvalidArgument(
+                "environment package names must not be empty",
+                reason="INVALID_ENVIRONMENT",
+                metadata={"field": "environment.packages.name"},
+            )
+        _environment_text(name, "environment.packages.name", 256, "environment package name")
+        _environment_text(
+            version,
+            "environment.packages.version",
+            256,
+            f"version of environment package {name!r}",
+        )
+
+
+def _state_term(value: str) -> str:
+    """The state a ``state=`` filter term names (``ARCHIVED`` or ``VERSION_STATE_ARCHIVED``)."""
+    state = value.upper().removeprefix("VERSION_STATE_")
+    if state not in VersionState.__members__:
+        raise InvalidArgument(f"unknown state {value[:100]!r}", reason="INVALID_FILTER")
+    return state
 
 
 def _tabular_width(signature: Signature) -> int | None:
@@ -218,10 +264,12 @@ class VersionService:
             )
             if version is None:
                 raise model_not_found(model_id)
-            if baseline is not None and wtx.blobs.get(baseline.sha256) is None:
-                # Profiles are stored like uploads, so that DownloadBlob serves them.
+            if baseline is not None:
+                # Profiles are stored like uploads, so that DownloadBlob serves them. Two
+                # registrations on one train dataset make the same profile: the row is added
+                # only if absent, in one statement, so neither fails on the other's insert.
                 size = self.blobs.path(baseline.sha256).stat().st_size
-                wtx.blobs.add(
+                wtx.blobs.add_if_absent(
                     Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
                 )
             wtx.record("CreateModelVersion", version.name, None, version)
@@ -288,20 +336,18 @@ class VersionService:
         page_token: str = "",
     ) -> tuple[list[ModelVersion], str]:
         model_id = parse_model(parent)
-        labels, fields = parse_filter(filter, ("state",))
-        states: set[str] = set()
-        if "state" in fields:
-            state = fields["state"].upper().removeprefix("VERSION_STATE_")
-            if state not in VersionState.__members__:
-                raise InvalidArgument(f"unknown state {fields['state']!r}", reason="INVALID_FILTER")
-            states.add(state)
+        terms = parse_filter(filter, {"state": _state_term})
+        states = {terms.fields["state"]} if "state" in terms.fields else set()
         _, desc = parse_order(order_by, ("version",), "version desc")
         query = {"parent": parent, "filter": filter, "order_by": order_by}
         after = decode(page_token, query)
+        limit = page_size(page_size_)
         with self.store.read() as tx:
             require_model(tx, model_id)
+            if terms.matches_nothing:
+                return [], ""
             versions, next_key = tx.versions.page(
-                model_id, labels, states, desc, after, page_size(page_size_)
+                model_id, terms.labels, states, desc, after, limit
             )
         return versions, encode(query, next_key) if next_key else ""
 
@@ -319,11 +365,17 @@ class VersionService:
         changes = masked_changes(paths, values, VERSION_UPDATE_PATHS)
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdateModelVersion", request_id, request=request) as tx:
-            require_model(tx, ref.model_id)
+            # The model's lock, as archive takes it: no other write to the version can commit
+            # between the etag check and the update. The check is made here, as the
+            # repository's would compare an etag of the revision alone, which a version of a
+            # model deleted and created again under its id repeats.
+            lock_model(tx, ref.model_id)
             before = require_version(tx, ref.model_id, ref.version)
             if tx.replay is not None:
                 return before
-            after = tx.versions.update(ref.model_id, ref.version, etag, changes, tx.now)
+            if etag and etag != before.etag:
+                raise stale_etag(before.name)
+            after = tx.versions.update(ref.model_id, ref.version, "", changes, tx.now)
             tx.record("UpdateModelVersion", after.name, before, after)
             return after
 
@@ -353,8 +405,10 @@ class VersionService:
                     reason="VERSION_IN_USE",
                     metadata={"deployments": ",".join(serving)},
                 )
+            if etag and etag != before.etag:  # checked here, as in update
+                raise stale_etag(before.name)
             after = tx.versions.update(
-                ref.model_id, ref.version, etag, {"state": VersionState.ARCHIVED.value}, tx.now
+                ref.model_id, ref.version, "", {"state": VersionState.ARCHIVED.value}, tx.now
             )
             tx.record("ArchiveModelVersion", after.name, before, after)
             return after

@@ -39,9 +39,17 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def etag(name: str, revision: int) -> str:
-    """Opaque entity tag of one revision of a resource."""
-    return hashlib.sha256(f"{name}#{revision}".encode()).hexdigest()[:20]
+def etag(name: str, revision: int, created: datetime | None = None) -> str:
+    """Opaque entity tag of one revision of a resource.
+
+    ``created`` is the resource's create time: a resource deleted and created again under the
+    same name starts again at revision 1, and only its create time tells the two apart, so that
+    an etag read from the first never matches the second.
+    """
+    key = (
+        f"{name}#{revision}" if created is None else f"{name}#{revision}@{utc(created).isoformat()}"
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def model(row: ModelRow) -> Model:
@@ -55,7 +63,7 @@ def model(row: ModelRow) -> Model:
         created_by=row.created_by,
         create_time=utc(row.create_time),
         update_time=utc(row.update_time),
-        etag=etag(f"models/{row.id}", row.revision),
+        etag=etag(f"models/{row.id}", row.revision, row.create_time),
     )
 
 
@@ -143,7 +151,7 @@ def version(row: ModelVersionRow | Any, aliases: list[str]) -> ModelVersion:
         created_by=row.created_by,
         create_time=utc(row.create_time),
         update_time=utc(row.update_time),
-        etag=etag(f"models/{row.model_id}/versions/{row.version}", row.revision),
+        etag=etag(f"models/{row.model_id}/versions/{row.version}", row.revision, row.create_time),
     )
 
 
