@@ -39,9 +39,23 @@ def malformed_token() -> InvalidArgument:
     )
 
 
+#: The range of the integer columns a key may hold (SQL BIGINT, SQLite INTEGER).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _scalar(value: Any) -> bool:
+    """Whether ``value`` can be bound as a key value on every backend."""
+    if isinstance(value, str):
+        # PostgreSQL text holds no NUL; a lone surrogate cannot be encoded for either backend.
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
     # bool is an int to Python but never part of a key.
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return isinstance(value, int) and not isinstance(value, bool) and _INT_MIN <= value <= _INT_MAX
 
 
 def decode(
@@ -50,9 +64,10 @@ def decode(
     """The key after which to resume, or None for the first page.
 
     A token is not signed, so a client can make one by hand: the key must be a non-empty list
-    of strings and integers, and with ``kinds`` (``(int,)``, ``(str, int)``) one value of each
-    kind in turn. Lists read through ``repos._scan`` need no ``kinds``: it checks the key
-    against the columns it orders by.
+    of strings (UTF-8, without NUL) and 64-bit integers, so that every backend can bind it, and
+    with ``kinds`` (``(int,)``, ``(str, int)``) one value of each kind in turn. Lists read
+    through ``repos._scan`` need no ``kinds``: it checks the key against the columns it orders
+    by.
     """
     if not token:
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -73,14 +73,19 @@ def _insert_version(conn: Any, values: Mapping[str, Any]) -> int:
 def _numbered_insert_pg() -> Any:
     """PostgreSQL: reserve the next version number and insert the version in one statement.
 
-    The UPDATE locks the model row until commit, as :meth:`ModelRepo.next_version` does; when
-    the model does not exist it returns no row and nothing is inserted. Parameters are named
-    ``v_<column>``: names of the models table's columns would be taken as more of its SET.
+    The UPDATE locks the model row until commit and moves its revision and update time (the
+    version's), as :meth:`ModelRepo.next_version` does; when the model does not exist it
+    returns no row and nothing is inserted. Parameters are named ``v_<column>``: names of the
+    models table's columns would be taken as more of its SET.
     """
     number = (
         update(_MODELS)
         .where(_MODELS.c.id == bindparam("v_model_id"))
-        .values(latest_version=_MODELS.c.latest_version + 1)
+        .values(
+            latest_version=_MODELS.c.latest_version + 1,
+            revision=_MODELS.c.revision + 1,
+            update_time=bindparam("v_update_time", type_=_MODELS.c.update_time.type),
+        )
         .returning(_MODELS.c.latest_version)
         .cte("reserved")
     )
@@ -181,8 +186,12 @@ def _scan(
     keep: Callable[[Any], bool],
 ) -> tuple[list[Any], list[Any] | None]:
     """Rows in key order after ``after`` that ``keep`` accepts: up to ``limit``, and the key to
-    resume from when more may follow. ``after`` comes from a page token: a time in it may be
-    ISO 8601 text."""
+    resume from when more may follow.
+
+    ``after`` comes from a page token and the key returned goes into one, both as ``key_of``
+    writes them (a time as ISO 8601 text). Between chunks the scan resumes from the last row's
+    own column values, which compare with the columns as they are stored.
+    """
     order = [c.desc() if desc else c.asc() for c in columns]
     found: list[Any] = []
     cursor = _resume_key(columns, after) if after is not None else None
@@ -193,7 +202,7 @@ def _scan(
             q = q.where(_keyset(columns, cursor, desc))
         rows = list(session.exec(q))
         for row in rows:
-            cursor = key_of(row)
+            cursor = [getattr(row, c.key) for c in columns]
             if keep(row):
                 found.append(row)
                 if len(found) == limit + 1:
@@ -209,9 +218,11 @@ class ModelRepo:
         self.s = session
 
     def row(self, model_id: str, *, for_update: bool = False) -> ModelRow | None:
+        """The model's row; with ``for_update``, locked until commit and read afresh (not the
+        copy this session may hold from before the lock)."""
         q = select(ModelRow).where(ModelRow.id == model_id)
         if for_update:
-            q = q.with_for_update()
+            q = q.with_for_update().execution_options(populate_existing=True)
         return self.s.exec(q).first()
 
     def get(self, model_id: str) -> Model | None:
@@ -241,7 +252,7 @@ class ModelRepo:
             columns.insert(0, getattr(ModelRow, order))
 
         def key_of(r: ModelRow) -> list[Any]:
-            return [getattr(r, order).isoformat(), r.id] if order != "name" else [r.id]
+            return [convert.utc(getattr(r, order)).isoformat(), r.id] if order != "name" else [r.id]
 
         def keep(r: ModelRow) -> bool:
             return all(r.labels.get(k) == v for k, v in labels.items())
@@ -250,8 +261,12 @@ class ModelRepo:
         return [convert.model(r) for r in rows], next_key
 
     def update(self, model_id: str, if_etag: str, changes: dict[str, Any], now: datetime) -> Model:
-        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty)."""
-        current = self.row(model_id)
+        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty).
+
+        Without an etag the row is locked first, so that a concurrent update cannot slip in
+        between the read and the compare-and-set and make a blind update fail.
+        """
+        current = self.row(model_id, for_update=not if_etag)
         assert current is not None
         name = f"models/{model_id}"
         if if_etag and convert.etag(name, current.revision) != if_etag:
@@ -268,13 +283,18 @@ class ModelRepo:
         assert row is not None
         return convert.model(row)
 
-    def next_version(self, model_id: str) -> int | None:
+    def next_version(self, model_id: str, now: datetime | None = None) -> int | None:
         """Reserve the next version number (locks the model row until commit); None when the
-        model does not exist."""
+        model does not exist. The model changes (its latest version), so its revision moves
+        and its update time becomes ``now`` (the current time when None)."""
         result = self.s.connection().execute(
             update(_MODELS)
             .where(_MODELS.c.id == model_id)
-            .values(latest_version=_MODELS.c.latest_version + 1)
+            .values(
+                latest_version=_MODELS.c.latest_version + 1,
+                revision=_MODELS.c.revision + 1,
+                update_time=now or datetime.now(UTC),
+            )
             .returning(_MODELS.c.latest_version)
         )
         number = result.scalar()
@@ -300,10 +320,15 @@ class VersionRepo:
             out.setdefault(a.version, []).append(a.alias)
         return out
 
-    def row(self, model_id: str, version: int) -> ModelVersionRow | None:
+    def row(
+        self, model_id: str, version: int, *, for_update: bool = False
+    ) -> ModelVersionRow | None:
+        """The version's row; with ``for_update``, locked until commit and read afresh."""
         q = select(ModelVersionRow).where(
             ModelVersionRow.model_id == model_id, ModelVersionRow.version == version
         )
+        if for_update:
+            q = q.with_for_update().execution_options(populate_existing=True)
         return self.s.exec(q).first()
 
     def get(self, model_id: str, version: int) -> ModelVersion | None:
@@ -334,7 +359,7 @@ class VersionRepo:
                 return None
             row["id"], row["version"] = int(got[0]), int(got[1])
         else:
-            number = ModelRepo(self.s).next_version(model_id)
+            number = ModelRepo(self.s).next_version(model_id, row["update_time"])
             if number is None:
                 return None
             row["version"] = number
@@ -379,8 +404,11 @@ class VersionRepo:
     def update(
         self, model_id: str, version: int, if_etag: str, changes: dict[str, Any], now: datetime
     ) -> ModelVersion:
-        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty)."""
-        current = self.row(model_id, version)
+        """Apply ``changes`` when the stored etag matches ``if_etag`` (any, when empty).
+
+        Without an etag the row is locked first, as in :meth:`ModelRepo.update`.
+        """
+        current = self.row(model_id, version, for_update=not if_etag)
         assert current is not None
         name = f"models/{model_id}/versions/{version}"
         if if_etag and convert.etag(name, current.revision) != if_etag:
