@@ -36,7 +36,7 @@ from controlplane.store.repos import _scan, stale_etag
 
 def deployment_etag(row: DeploymentRow) -> str:
     """The etag of a deployment row."""
-    return convert.etag(f"deployments/{row.id}", row.revision)
+    return convert.etag(f"deployments/{row.id}", row.revision, row.create_time)
 
 
 def rollout(row: RolloutRow, deployment_guards: list[str]) -> Rollout:

@@ -65,7 +65,7 @@ def policy(row: PolicyRow | PolicyRevisionRow, current: PolicyRow) -> Policy:
         update_time=convert.utc(
             row.time if isinstance(row, PolicyRevisionRow) else row.update_time
         ),
-        etag=convert.etag(f"policies/{current.id}", current.revision),
+        etag=convert.etag(f"policies/{current.id}", current.revision, current.create_time),
     )
 
 
@@ -227,7 +227,7 @@ class Governance:
         current = self.policy_row(policy_id)
         assert current is not None
         name = f"policies/{policy_id}"
-        if if_etag and convert.etag(name, current.revision) != if_etag:
+        if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
             raise stale_etag(name)
         result = self.s.exec(  # type: ignore[call-overload]
             update(PolicyRow)

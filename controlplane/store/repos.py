@@ -269,7 +269,7 @@ class ModelRepo:
         current = self.row(model_id, for_update=not if_etag)
         assert current is not None
         name = f"models/{model_id}"
-        if if_etag and convert.etag(name, current.revision) != if_etag:
+        if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
             raise stale_etag(name)
         result = self.s.exec(  # type: ignore[call-overload]
             update(ModelRow)
@@ -411,7 +411,7 @@ class VersionRepo:
         current = self.row(model_id, version, for_update=not if_etag)
         assert current is not None
         name = f"models/{model_id}/versions/{version}"
-        if if_etag and convert.etag(name, current.revision) != if_etag:
+        if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
             raise stale_etag(name)
         result = self.s.exec(  # type: ignore[call-overload]
             update(ModelVersionRow)

@@ -70,6 +70,24 @@ def test_a_model_created_again_under_its_id_inherits_no_etag_and_no_alias(
         assert (newest.version, newest.previous_version) == ("", f"models/{model_id}/versions/1")
 
 
+def test_a_deployment_created_again_under_its_id_inherits_no_etag(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    with controlplane_any.client() as c:
+        model_id = unique()
+        c.create_model(model_id)
+        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        dep = unique("d")
+        old = c.create_deployment(dep, model=model_id, champion_version=1, description="old")
+        c.delete_deployment(dep)
+        new = c.create_deployment(dep, model=model_id, champion_version=1, description="new")
+        assert new.etag != old.etag
+        with pytest.raises(Aborted) as err:
+            c.update_deployment(dep, etag=old.etag, description="overwritten")
+        assert err.value.reason == "ETAG_MISMATCH"
+        assert c.update_deployment(dep, etag=new.etag, description="kept").description == "kept"
+
+
 def test_every_answer_carries_an_etag_that_the_next_write_accepts(
     controlplane_any: RunningControlPlane, tmp_path: Path
 ) -> None:
