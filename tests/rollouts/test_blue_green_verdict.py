@@ -12,8 +12,8 @@ import pytest
 
 from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.test_deployments_api import Sidecar, deployed, wait_for
-from tests.rollouts.test_step_verdict import ENDED, _actions, _report_until
+from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until, wait_for
+from tests.rollouts.test_step_verdict import ENDED, _actions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +24,7 @@ def _shadow(version: int, pairs: int, errors: int = 0) -> pb.ShadowSummary:
 
 def _to_watch(c: Client, dep: str, side: Sidecar, version: int) -> None:
     """Thin, healthy shadow windows until the shadow phase ends, then wait for the watch."""
-    _report_until(
+    report_until(
         side,
         lambda x: x.rollout.phase != pb.ROLLOUT_PHASE_SHADOW,
         champion=4,
@@ -61,7 +61,7 @@ def test_candidate_failing_every_request_at_low_traffic_is_rolled_back_in_the_wa
     side = Sidecar(c, dep)
     _to_watch(c, dep, side, versions[1])
     # Every window has 4 candidate requests, all failed: too few for a guard on any window.
-    d = _report_until(
+    d = report_until(
         side, lambda x: x.rollout.state in ENDED, champion=0, candidate=4, candidate_errors=4
     )
     assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
@@ -81,7 +81,7 @@ def test_shadow_failing_every_request_at_low_traffic_is_rolled_back_in_the_shado
     c.start_rollout(dep, versions[1], strategy="blue_green", step_duration=0.3)
     side = Sidecar(c, dep)
     # The candidate fails every copy: no pair is ever compared, only failures counted.
-    d = _report_until(
+    d = report_until(
         side,
         lambda x: x.rollout.state in ENDED or x.rollout.phase != pb.ROLLOUT_PHASE_SHADOW,
         champion=4,
@@ -103,7 +103,7 @@ def test_healthy_candidate_at_low_traffic_is_promoted_with_every_guard_evaluated
     c.start_rollout(dep, versions[1], strategy="blue_green", step_duration=0.3)
     side = Sidecar(c, dep)
     _to_watch(c, dep, side, versions[1])
-    d = _report_until(side, lambda x: x.rollout.state in ENDED, champion=0, candidate=4)
+    d = report_until(side, lambda x: x.rollout.state in ENDED, champion=0, candidate=4)
     assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
     assert d.champion_version == versions[1]
     assert "every guard passed over the phase" in d.rollout.reason

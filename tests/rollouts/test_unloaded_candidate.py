@@ -14,8 +14,8 @@ from modelplane import Client
 from modelplane.cli.rollout import status
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.test_deployments_api import Sidecar, deployed, wait_for
-from tests.rollouts.test_step_verdict import ENDED, ERRORS, _actions, _report_until
+from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until, wait_for
+from tests.rollouts.test_step_verdict import ENDED, ERRORS, _actions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +58,7 @@ def test_an_unloaded_candidate_holds_a_complete_canary_step_until_it_loads(
 
     # Once it loads the candidate, the step moves on the next report.
     bad.report(champion=4, candidate=4)
-    d = _report_until(ok, lambda x: x.rollout.step == 1, champion=10, candidate=10)
+    d = report_until(ok, lambda x: x.rollout.step == 1, champion=10, candidate=10)
     assert "every guard passed over the step" in d.rollout.reason
     assert _actions(c, dep) == ["started", "candidate_unloaded", "candidate_loaded", "advanced"]
     loaded = next(e for e in c.list_rollout_events(dep) if e.action == "candidate_loaded")
@@ -79,11 +79,11 @@ def test_an_unloaded_candidate_holds_the_blue_green_shadow_phase(c: Client, tmp_
     assert all(g.error.startswith("held: candidate version") for g in d.rollout.evidence.guards)
     # Loaded everywhere: the phase moves, the switch follows, and the watch promotes.
     bad.report(champion=10, shadow=calm)
-    d = _report_until(
+    d = report_until(
         ok, lambda x: x.rollout.phase != pb.ROLLOUT_PHASE_SHADOW, champion=10, shadow=calm
     )
     wait_for(lambda: c.get_deployment(dep).rollout.phase == pb.ROLLOUT_PHASE_WATCH, "watch", 10)
-    d = _report_until(ok, lambda x: x.rollout.state in ENDED, candidate=10)
+    d = report_until(ok, lambda x: x.rollout.state in ENDED, candidate=10)
     assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
     assert _actions(c, dep) == [
         "started",
@@ -105,7 +105,7 @@ def test_a_failing_candidate_is_still_rolled_back_while_a_replica_cannot_load_it
     )
     bad, ok = Sidecar(c, dep, "pod-bad"), Sidecar(c, dep, "pod-ok")
     bad.report(champion=4, unloaded={candidate: WHY})
-    d = _report_until(
+    d = report_until(
         ok, lambda x: x.rollout.state in ENDED, champion=4, candidate=4, candidate_errors=4
     )
     assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
