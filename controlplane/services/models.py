@@ -17,6 +17,7 @@ from controlplane.names import (
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
 from controlplane.store import Store, Tx
 from controlplane.store.deployment_repos import Deployments
+from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
 from controlplane.store.tables import ModelRow
@@ -192,6 +193,9 @@ class ModelService:
                 tx.aliases.delete(
                     model_id, alias.alias, ctx.principal, f"deleted with {before.name}", tx.now
                 )
+            # Nor inherit their evaluations, gate decisions or approvals: a new version 1
+            # would otherwise meet a promotion policy with the old one's approvals.
+            Governance(tx.session).delete_model_records(model_id)
             tx.versions.delete_all(model_id)
             tx.models.delete(model_id)
             tx.record("DeleteModel", before.name, before, None)

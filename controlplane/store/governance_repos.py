@@ -128,6 +128,15 @@ class Governance:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def delete_model_records(self, model_id: str) -> None:
+        """Delete the evaluations, gate decisions and approvals of every version of a model
+        (the audit trail keeps their history), so that a model created later under its id
+        inherits none of them."""
+        for table in (EvaluationRow, GateDecisionRow, ApprovalRow):
+            self.s.exec(  # type: ignore[call-overload]
+                delete(table).where(col(table.model_id) == model_id)
+            )
+
     # Evaluations ------------------------------------------------------------------------------
 
     def add_evaluation(self, row: EvaluationRow) -> Evaluation:

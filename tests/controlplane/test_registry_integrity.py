@@ -70,6 +70,25 @@ def test_a_model_created_again_under_its_id_inherits_no_etag_and_no_alias(
         assert (newest.version, newest.previous_version) == ("", f"models/{model_id}/versions/1")
 
 
+def test_a_model_created_again_under_its_id_inherits_no_approvals(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    """A new version 1 must not meet a promotion policy with the old version 1's approvals."""
+    with controlplane_any.client() as c, controlplane_any.client("bob") as bob:
+        model_id = unique()
+        c.create_model(model_id)
+        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        bob.approve(model_id, 1, "production", comment="the old version 1")
+        assert len(c.list_approvals(model_id, 1)) == 1
+        c.delete_model(model_id, force=True)
+        c.create_model(model_id)
+        c.register_version(model_id, _onnx(tmp_path, 2), capture_env=False)
+        assert c.list_approvals(model_id, 1) == []
+        # The audit trail keeps the old approval.
+        events = c.audit_events(resource=f"models/{model_id}/versions/1")
+        assert [e.actor for e in events if e.action == "Approve"] == ["bob"]
+
+
 def test_a_deployment_created_again_under_its_id_inherits_no_etag(
     controlplane_any: RunningControlPlane, tmp_path: Path
 ) -> None:
