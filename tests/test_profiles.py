@@ -321,8 +321,8 @@ def test_a_repeated_column_name_is_invalid_dataset(label: str | None) -> None:
     ):
         with pytest.raises(InvalidArgument) as info:
             call()
-        assert info.value.reason == "INVALID_DATASET"
-        assert "'a'" in info.value.message and info.value.metadata == {"column": "a"}
+        assert info.value.reason == "DUPLICATE_COLUMNS"
+        assert "'a'" in info.value.message and info.value.metadata == {"columns": "a"}
     # A table built in memory is refused by the profiling functions themselves.
     table = pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4])], names=["a", "a"])
     for call in (
@@ -332,4 +332,4 @@ def test_a_repeated_column_name_is_invalid_dataset(label: str | None) -> None:
     ):
         with pytest.raises(InvalidArgument) as info:
             call()
-        assert info.value.reason == "INVALID_DATASET" and "'a'" in info.value.message
+        assert info.value.reason == "DUPLICATE_COLUMNS" and "'a'" in info.value.message

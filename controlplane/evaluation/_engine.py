@@ -27,7 +27,7 @@ from controlplane.evaluation._predict import probabilities, resolve_classes, run
 from controlplane.evaluation._regression import regression_metrics
 from controlplane.evaluation._report import EvaluationReport, SliceReport
 from controlplane.evaluation._validation import ValidationThresholds, validate
-from modelplane.profiles import BaselineProfile, read_table
+from modelplane.profiles import BaselineProfile, check_unique_columns, read_table
 
 TASKS = ("classification", "regression")
 MAX_SLICES = 50
@@ -40,14 +40,8 @@ Metrics = Callable[[np.ndarray, str], MetricResult]
 def _require_columns(
     table: pa.Table, label: str, slices: Sequence[str], protected: Sequence[str]
 ) -> None:
+    check_unique_columns(table)
     columns = table.column_names
-    repeated = sorted({n for n in columns if columns.count(n) > 1})
-    if repeated:
-        raise invalid(
-            "DUPLICATE_COLUMNS",
-            f"the dataset names columns {repeated} more than once; give each column its own name",
-            columns=",".join(repeated),
-        )
     if label not in columns:
         raise invalid(
             "MISSING_LABEL_COLUMN",

@@ -151,5 +151,5 @@ def test_datasets_with_wide_integers_register_and_repeated_columns_are_invalid(
                 c.register_version(
                     model_id, onnx, datasets={"train": train}, capture_env=False, **kw
                 )
-            assert invalid.value.reason == "INVALID_DATASET"
+            assert invalid.value.reason == "DUPLICATE_COLUMNS"
             assert "'a'" in invalid.value.message

@@ -26,7 +26,7 @@ from modelplane.profiles._model import (
     NumericFeature,
 )
 from modelplane.profiles._psi import PSI_EPSILON, psi_from_counts
-from modelplane.profiles._tables import Format, detect_format, read_table
+from modelplane.profiles._tables import Format, check_unique_columns, detect_format, read_table
 
 __all__ = [
     "FORMAT",
@@ -40,6 +40,7 @@ __all__ = [
     "bin_counts",
     "build_profile",
     "category_strings",
+    "check_unique_columns",
     "default_feature_names",
     "detect_format",
     "is_categorical_type",

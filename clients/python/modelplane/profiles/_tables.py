@@ -104,8 +104,8 @@ def _read_csv(data: bytes | str | os.PathLike[str]) -> pa.Table:
 
 def check_unique_columns(table: pa.Table) -> None:
     """Refuse a table that names a column more than once: a column is looked up by its name,
-    so a repeated one is ambiguous. Raises ``InvalidArgument(reason="INVALID_DATASET")``
-    naming the repeated column(s)."""
+    so a repeated one is ambiguous. Raises ``InvalidArgument(reason="DUPLICATE_COLUMNS")``
+    naming the repeated column(s) (``metadata["columns"]``, comma-separated)."""
     names = table.column_names
     if len(set(names)) == len(names):
         return
@@ -118,8 +118,8 @@ def check_unique_columns(table: pa.Table) -> None:
     listed = ", ".join(repr(n) for n in repeated[:10])
     raise InvalidArgument(
         f"the dataset has more than one column named {listed}; give every column a distinct name",
-        reason="INVALID_DATASET",
-        metadata={"column": repeated[0]},
+        reason="DUPLICATE_COLUMNS",
+        metadata={"columns": ",".join(repeated)},
     )
 
 
