@@ -463,6 +463,8 @@ class AliasRepo:
         row.version, row.updated_by, row.reason, row.update_time = version, actor, reason, now
         self.s.add(row)
         self._event(model_id, alias, version, previous, actor, reason, now)
+        if previous != version:
+            self._touch(model_id, [version] if previous is None else [version, previous], now)
         return convert.alias(row), previous
 
     def delete(self, model_id: str, alias: str, actor: str, reason: str, now: datetime) -> int:
@@ -472,7 +474,20 @@ class AliasRepo:
         previous = row.version
         self.s.delete(row)
         self._event(model_id, alias, None, previous, actor, reason, now)
+        self._touch(model_id, [previous], now)
         return previous
+
+    def _touch(self, model_id: str, versions: list[int], now: datetime) -> None:
+        """A version lists its aliases: one gained or lost is a change of the version (a new
+        revision, so a new etag)."""
+        self.s.exec(  # type: ignore[call-overload]
+            update(ModelVersionRow)
+            .where(
+                col(ModelVersionRow.model_id) == model_id,
+                col(ModelVersionRow.version).in_(versions),
+            )
+            .values(revision=ModelVersionRow.revision + 1, update_time=now)
+        )
 
     def _event(
         self,

@@ -89,6 +89,32 @@ def test_a_model_created_again_under_its_id_inherits_no_approvals(
         assert [e.actor for e in events if e.action == "Approve"] == ["bob"]
 
 
+def test_a_versions_etag_moves_when_it_gains_or_loses_an_alias(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    """A version lists its aliases, so an alias moving on or off it is a new revision."""
+    with controlplane_any.client() as c:
+        model_id = unique()
+        c.create_model(model_id)
+        for seed in (1, 2):
+            c.register_version(model_id, _onnx(tmp_path, seed), capture_env=False)
+        v1, v2 = c.get_version(model_id, 1), c.get_version(model_id, 2)
+        c.set_alias(model_id, "champion", 1)
+        after_set = c.get_version(model_id, 1)
+        assert list(after_set.aliases) == ["champion"] and after_set.etag != v1.etag
+        assert c.get_version(model_id, 2).etag == v2.etag
+        c.set_alias(model_id, "champion", 1, reason="again, same version")
+        assert c.get_version(model_id, 1).etag == after_set.etag
+        c.set_alias(model_id, "champion", 2)
+        moved_off, moved_on = c.get_version(model_id, 1), c.get_version(model_id, 2)
+        assert moved_off.etag != after_set.etag and moved_on.etag != v2.etag
+        with pytest.raises(Aborted):
+            c.update_version(model_id, 1, etag=after_set.etag, description="stale")
+        c.delete_alias(model_id, "champion")
+        assert c.get_version(model_id, 2).etag != moved_on.etag
+        assert c.update_version(model_id, 1, etag=moved_off.etag, description="fresh").description
+
+
 def test_a_deployment_created_again_under_its_id_inherits_no_etag(
     controlplane_any: RunningControlPlane, tmp_path: Path
 ) -> None:
