@@ -19,7 +19,7 @@ from controlplane.domain.governance import Evaluation
 from controlplane.names import check_id, check_sha256, check_text
 from controlplane.services.governance_names import new_id, parse_child, parse_version_number
 from controlplane.services.leases import Leases
-from controlplane.services.models import require_model
+from controlplane.services.models import lock_model, require_model
 from controlplane.services.operations import OperationService
 from controlplane.services.versions import require_version, resolve_version
 from controlplane.store import Store, Tx
@@ -280,7 +280,22 @@ class EvaluationService:
         deltas: dict[str, float | None],
     ) -> Evaluation:
         with self.store.write(ctx, "CreateEvaluation") as tx:
-            require_version(tx, version.model_id, version.version)
+            # The model's lock, as a forced DeleteModel takes it: the version read here is the
+            # one the evaluation is stored on. A model deleted and created again under its id
+            # reuses version numbers, so the number alone may name another artifact.
+            lock_model(tx, version.model_id)
+            current = require_version(tx, version.model_id, version.version)
+            if (
+                current.artifact.sha256 != version.artifact.sha256
+                or current.create_time != version.create_time
+            ):
+                raise FailedPrecondition(
+                    f"version {version.name} was deleted and registered again while it was "
+                    f"being evaluated (artifact sha256 {version.artifact.sha256[:12]}, now "
+                    f"{current.artifact.sha256[:12]}); the report is not stored. Evaluate the "
+                    "new version again",
+                    reason="VERSION_CHANGED",
+                )
             evaluation = Governance(tx.session).add_evaluation(
                 EvaluationRow(
                     id=new_id("ev"),

@@ -1,0 +1,66 @@
+"""Limits that keep governance honest: an evaluation is stored only on the version it evaluated,
+and policy rules are refused at write time when they could never run, or run too long."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from modelplane.errors import FailedPrecondition
+from tests.conftest import unique
+from tests.controlplane.conftest import TrainedModel, _start
+
+
+def _inverted_model(trained: TrainedModel, folder: Path) -> Path:
+    """Another artifact with the same features: trained on inverted labels."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    table = pq.read_table(trained.train)
+    x = np.column_stack([table.column(n).to_numpy() for n in trained.feature_names])
+    y = 1 - table.column(trained.label).to_numpy()
+    clf = LogisticRegression(max_iter=5000).fit(x.astype(np.float32), y)
+    onx = to_onnx(clf, x[:1].astype(np.float32), options={id(clf): {"zipmap": False}})
+    path = folder / "inverted.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+def test_evaluation_of_a_deleted_incarnation_is_not_stored_on_the_new_one(
+    tmp_path: Path, db_url: str, trained_model: TrainedModel
+) -> None:
+    tm = trained_model
+    inverted = _inverted_model(tm, tmp_path)
+    big = tmp_path / "big.parquet"
+    pq.write_table(pa.concat_tables([pacsv.read_csv(tm.holdout)] * 2000), big)
+    # One worker: the evaluation of `mid` waits behind the slow one of `busy`.
+    cp = _start(tmp_path, db_url, evaluation_workers=1)
+    try:
+        busy, mid = unique(), unique()
+        with cp.client() as c:
+            for model_id in (busy, mid):
+                c.create_model(model_id)
+                c.register_version(model_id, tm.onnx, datasets={"train": tm.train}, label=tm.label)
+            op_busy = c.evaluate(busy, 1, big, label=tm.label)
+            op = c.evaluate(mid, 1, tm.holdout, label=tm.label)
+            c.delete_model(mid, force=True)
+            c.create_model(mid)
+            again = c.register_version(mid, inverted, datasets={"train": tm.train}, label=tm.label)
+            assert int(again.version) == 1
+            assert not c.get_operation(op.name).done, "the queued evaluation finished too soon"
+            with pytest.raises(FailedPrecondition) as err:
+                c.operation_result(op)
+            assert err.value.reason == "VERSION_CHANGED"
+            assert "registered again" in err.value.message
+            assert list(c.list_evaluations(mid, 1)) == []
+            c.operation_result(op_busy)
+            # The new version's own evaluation is stored, with its own (poor) metrics.
+            own = c.operation_result(c.evaluate(mid, 1, tm.holdout, label=tm.label))
+            assert own.metrics["roc_auc"] < 0.5
+    finally:
+        cp.handle.stop(0)
