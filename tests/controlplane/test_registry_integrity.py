@@ -28,6 +28,7 @@ from modelplane.testing import onnx_models
 from modelplane.v1 import registry_pb2
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.test_deployments_api import register_versions
 
 
 def _onnx(folder: Path, seed: int) -> Path:
@@ -75,9 +76,7 @@ def test_a_model_created_again_under_its_id_inherits_no_approvals(
 ) -> None:
     """A new version 1 must not meet a promotion policy with the old version 1's approvals."""
     with controlplane_any.client() as c, controlplane_any.client("bob") as bob:
-        model_id = unique()
-        c.create_model(model_id)
-        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
         bob.approve(model_id, 1, "production", comment="the old version 1")
         assert len(c.list_approvals(model_id, 1)) == 1
         c.delete_model(model_id, force=True)
@@ -94,10 +93,7 @@ def test_a_versions_etag_moves_when_it_gains_or_loses_an_alias(
 ) -> None:
     """A version lists its aliases, so an alias moving on or off it is a new revision."""
     with controlplane_any.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        for seed in (1, 2):
-            c.register_version(model_id, _onnx(tmp_path, seed), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 2, capture_env=False)
         v1, v2 = c.get_version(model_id, 1), c.get_version(model_id, 2)
         c.set_alias(model_id, "champion", 1)
         after_set = c.get_version(model_id, 1)
@@ -119,9 +115,7 @@ def test_a_deployment_created_again_under_its_id_inherits_no_etag(
     controlplane_any: RunningControlPlane, tmp_path: Path
 ) -> None:
     with controlplane_any.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
         dep = unique("d")
         old = c.create_deployment(dep, model=model_id, champion_version=1, description="old")
         c.delete_deployment(dep)
@@ -163,9 +157,7 @@ def test_delete_model_with_versions_says_force_is_what_works(
     controlplane: RunningControlPlane, tmp_path: Path
 ) -> None:
     with controlplane.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
         c.archive_version(model_id, 1)
         with pytest.raises(FailedPrecondition) as err:
             c.delete_model(model_id)
@@ -368,10 +360,7 @@ def test_concurrent_set_alias_creating_one_alias_both_succeed(
     controlplane_pg: RunningControlPlane, tmp_path: Path
 ) -> None:
     with controlplane_pg.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        for seed in (1, 2):
-            c.register_version(model_id, _onnx(tmp_path, seed), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 2, capture_env=False)
     calls: list[Callable[[Client], Any]] = [
         lambda cl: cl.set_alias(model_id, "champion", 1, reason="job 1"),
         lambda cl: cl.set_alias(model_id, "champion", 2, reason="job 2"),
@@ -388,9 +377,7 @@ def test_concurrent_delete_alias_one_wins_the_other_is_not_found(
     controlplane_pg: RunningControlPlane, tmp_path: Path
 ) -> None:
     with controlplane_pg.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
         c.set_alias(model_id, "champion", 1)
     calls: list[Callable[[Client], Any]] = [
         lambda cl: cl.delete_alias(model_id, "champion", reason="job 1"),
@@ -404,9 +391,7 @@ def test_set_alias_behind_a_forced_delete_model_is_model_not_found(
     controlplane_pg: RunningControlPlane, tmp_path: Path
 ) -> None:
     with controlplane_pg.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        c.register_version(model_id, _onnx(tmp_path, 1), capture_env=False)
+        model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
     calls: list[Callable[[Client], Any]] = [
         lambda cl: cl.delete_model(model_id, force=True),
         lambda cl: cl.set_alias(model_id, "champion", 1),
