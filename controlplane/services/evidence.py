@@ -2,14 +2,18 @@
 
 The evidence of a version for a target is the version's artifact digest, the latest evaluation
 of the version (its name and report digest) and the revision of the policy bound to the target.
-Its digest changes whenever any of them does: a new evaluation, a policy update. A gate decision
-or approval made on other evidence no longer counts.
+Its digest changes whenever any of them does: a new evaluation, a policy update. An approval
+signs this evidence and stops counting once it changes.
+
+A gate decision rests on more: everything the policy's rules can read (:class:`GateInputs`),
+which adds the approvals standing on that evidence, the version's labels and its lineage. A
+decision whose digest differs from :func:`gate_inputs` now no longer lets an alias move.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -20,6 +24,7 @@ from controlplane.audit._canonical import utc_text
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, EvidenceItem, Policy
 from controlplane.store import Tx
+from controlplane.store.convert import lineage_to_json
 from controlplane.store.governance_repos import Governance, evidence_to_json
 
 
@@ -95,6 +100,62 @@ def latest_per_approver(approvals: list[Approval]) -> list[Approval]:
             seen.add(a.approver)
             out.append(a)
     return out
+
+
+def standing_approvals(approvals: list[Approval], evidence: Evidence) -> list[Approval]:
+    """Each approver's latest decision, when it was made on ``evidence``: an approver whose
+    latest decision signed older evidence has none standing (their signatures not checked)."""
+    return [a for a in latest_per_approver(approvals) if a.evidence.sha256 == evidence.sha256]
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """Everything the rules of a target's policy can read for one version, and its digest.
+
+    ``sha256`` is what a gate decision records as ``evidence_sha256``: it covers the evidence
+    (artifact, latest evaluation, policy revision), each standing approval as recorded
+    (signature included, so the counted set cannot change without it changing), the version's
+    labels and its lineage. A change to any of them makes earlier gate decisions stale.
+    """
+
+    version: ModelVersion
+    target: str
+    evidence: Evidence
+    latest: Evaluation | None
+    policy: Policy | None
+    approvals: list[Approval]
+    sha256: str
+
+
+def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
+    """The inputs of a gate for ``version`` and ``target`` now, with their digest."""
+    evidence, latest, policy = current_evidence(tx, version, target)
+    everything = Governance(tx.session).approvals(version.model_id, version.version, target)
+    standing = standing_approvals(everything, evidence)
+    digest = object_digest(
+        {
+            "v": 1,
+            "version": version.name,
+            "target": target,
+            "evidence": evidence.sha256,
+            "approvals": [
+                {
+                    "approval": a.name,
+                    "approver": a.approver,
+                    "roles": list(a.roles),
+                    "decision": a.decision,
+                    "comment": a.comment,
+                    "time": utc_text(a.create_time),
+                    "key_id": a.key_id,
+                    "signature": a.signature,
+                }
+                for a in standing
+            ],
+            "labels": dict(version.labels),
+            "lineage": lineage_to_json(version.lineage),
+        }
+    )
+    return GateInputs(version, target, evidence, latest, policy, standing, digest)
 
 
 def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:

@@ -12,10 +12,11 @@ from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
 from controlplane.policy import POLICY_VARIABLES, compile_rules, evaluate_rules
 from controlplane.services.evidence import (
+    GateInputs,
     approval_variables,
     check_approval,
-    current_evidence,
-    latest_per_approver,
+    gate_inputs,
+    standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
 from controlplane.services.models import require_model
@@ -35,13 +36,29 @@ def valid_approvals(
     """The approvals that count for ``version`` and ``target``: each approver's latest decision
     (a later reject withdraws an earlier approve; repeated approvals count once), when it signed
     the current evidence and its signature by this server's key is valid."""
-    kid = key_id_of(key)
-    out = []
     everything = Governance(tx.session).approvals(version.model_id, version.version, target)
-    for a in latest_per_approver(everything):
-        if a.evidence.sha256 == evidence.sha256 and check_approval(key, kid, a)[0]:
-            out.append(a)
-    return out
+    return counted_approvals(key, standing_approvals(everything, evidence))
+
+
+def counted_approvals(key: Ed25519PrivateKey, standing: list[Approval]) -> list[Approval]:
+    """Those of the ``standing`` approvals whose signature by this server's key is valid."""
+    kid = key_id_of(key)
+    return [a for a in standing if check_approval(key, kid, a)[0]]
+
+
+#: The part of :class:`controlplane.services.evidence.GateInputs` (and so of a gate decision's
+#: evidence digest) each policy variable is read from. A variable added to the policy language
+#: must be added here, and to the digest, or every gate fails the assertion below.
+DIGEST_COVERS = {
+    "metrics": "evidence (latest evaluation)",
+    "delta": "evidence (latest evaluation)",
+    "fairness": "evidence (latest evaluation)",
+    "validation": "evidence (latest evaluation)",
+    "evaluation": "evidence (latest evaluation)",
+    "approvals": "approvals",
+    "labels": "labels",
+    "lineage": "lineage",
+}
 
 
 def gate_variables(
@@ -67,7 +84,7 @@ def gate_variables(
         "labels": dict(version.labels),
         "lineage": lineage_to_json(version.lineage),
     }
-    assert set(variables) == set(POLICY_VARIABLES)
+    assert set(variables) == set(POLICY_VARIABLES) == set(DIGEST_COVERS)
     return variables
 
 
@@ -80,17 +97,18 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
     got = tx.versions.get(model_id, version)
     if got is None:
         return
-    evidence, _, policy = current_evidence(tx, got, alias)
+    inputs = gate_inputs(tx, got, alias)
+    policy = inputs.policy
     decision = gov.latest_decision(model_id, version, alias)
     hint = f"run `modelplane gate {model_id} {version} --target {alias}`"
     if decision is None:
         problem = f"no gate decision exists for {got.name} and target {alias!r}"
     elif not decision.passed:
         problem = f"the latest gate decision {decision.name} failed"
-    elif decision.evidence_sha256 != evidence.sha256:
+    elif decision.evidence_sha256 != inputs.sha256:
         problem = (
-            f"the evidence changed since gate decision {decision.name} (a new evaluation or "
-            f"a new revision of {policy.name if policy else 'the policy'})"
+            f"the evidence changed since gate decision {decision.name} "
+            f"({_what_changed(decision, inputs)})"
         )
     else:
         return
@@ -100,6 +118,16 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         reason="GATE_FAILED",
         metadata={"target": alias, "version": got.name},
     )
+
+
+def _what_changed(decision: GateDecision, inputs: GateInputs) -> str:
+    latest = inputs.latest.name if inputs.latest else ""
+    if decision.evaluation != latest:
+        return f"a new evaluation {latest or '(none)'}"
+    revision = inputs.policy.revision if inputs.policy else 0
+    if decision.policy_revision != revision:
+        return f"{decision.policy or 'the policy'} is at revision {revision} now"
+    return "an approval was given or withdrawn, or the version's labels changed"
 
 
 class GateService:
@@ -129,11 +157,12 @@ class GateService:
                 return replayed
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
-            evidence, latest, policy = current_evidence(tx, version, target)
+            inputs = gate_inputs(tx, version, target)
+            latest, policy = inputs.latest, inputs.policy
             results: list[dict[str, Any]] = []
             passed = True
             if policy is not None:
-                approvals = valid_approvals(tx, self.key, version, target, evidence)
+                approvals = counted_approvals(self.key, inputs.approvals)
                 rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
                 decision = evaluate_rules(rules, gate_variables(version, latest, approvals))
                 results = decision.to_dict()["results"]
@@ -149,7 +178,7 @@ class GateService:
                     evaluation=latest.name if latest else "",
                     passed=passed,
                     results=results,
-                    evidence_sha256=evidence.sha256,
+                    evidence_sha256=inputs.sha256,
                     created_by=ctx.principal,
                     create_time=tx.now,
                 )

@@ -94,17 +94,26 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ]
         notes = [f"Failure: {f}" for f in val.get("failures", [])] if val else ["Not validated."]
         out.append(("Data validation", notes, _only(val_rows)))
-    gate_rows = [["target", "policy", "passed", "time", "rules"]] + [
+    gate_rows = [["target", "policy", "passed", "current", "evaluation", "time", "rules"]] + [
         [
             d["target"],
             f"{d['policy'] or 'none'} r{d['policy_revision']}",
             "yes" if d["passed"] else "no",
+            "yes" if d["current"] else "no: stale, the evidence changed since",
+            d["evaluation"] or "none",
             d["time"],
             "; ".join(f"{r['expression']} → {r['outcome']}" for r in d["rules"]) or "no policy",
         ]
         for d in card["gate_decisions"]
     ]
-    out.append(("Gate decisions", [] if card["gate_decisions"] else ["None."], _only(gate_rows)))
+    gate_notes = [] if card["gate_decisions"] else ["None."]
+    if any(not d["current"] for d in card["gate_decisions"]):
+        gate_notes.append(
+            "A decision that is not current rests on evidence (evaluation, policy revision, "
+            "approvals or labels) that has changed since, and no longer lets its alias move; "
+            "run the gate again."
+        )
+    out.append(("Gate decisions", gate_notes, _only(gate_rows)))
     ap_rows = [["target", "decision", "approver", "roles", "current", "signature", "comment"]] + [
         [
             a["target"],

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane.audit import key_id as key_id_of
 from controlplane.audit._canonical import plain
-from controlplane.services.evidence import check_approval, current_evidence
+from controlplane.services.evidence import GateInputs, check_approval, gate_inputs
 from controlplane.services.governance_names import parse_version_number
 from controlplane.services.model_card_render import render_html, render_markdown
 from controlplane.services.models import require_model
@@ -53,12 +53,12 @@ class ModelCardService:
             latest = gov.latest_evaluation(model_id, number)
             decisions, _ = gov.decisions_page(model_id, number, "", None, 1000)
             approvals = gov.approvals(model_id, number)
-            digests = {
-                t: current_evidence(tx, version, t)[0].sha256 for t in {a.target for a in approvals}
-            }
-        newest: dict[str, Any] = {}
-        for d in decisions:
-            newest.setdefault(d.target, d)
+            newest: dict[str, Any] = {}
+            for d in decisions:
+                newest.setdefault(d.target, d)
+            targets = set(newest) | {a.target for a in approvals}
+            inputs: dict[str, GateInputs] = {t: gate_inputs(tx, version, t) for t in targets}
+        standing = {a.id for i in inputs.values() for a in i.approvals}
         evaluation = None
         if latest is not None:
             report = latest.report
@@ -105,6 +105,8 @@ class ModelCardService:
                     "policy": d.policy,
                     "policy_revision": d.policy_revision,
                     "passed": d.passed,
+                    "current": d.evidence_sha256 == inputs[d.target].sha256,
+                    "evaluation": d.evaluation,
                     "time": d.create_time,
                     "rules": [
                         {
@@ -126,7 +128,7 @@ class ModelCardService:
                     "roles": a.roles,
                     "comment": a.comment,
                     "time": a.create_time,
-                    "current": a.evidence.sha256 == digests[a.target],
+                    "current": a.id in standing,
                     "signature": _signature_status(self.key, self.key_id, a),
                 }
                 for a in approvals
