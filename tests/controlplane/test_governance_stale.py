@@ -5,6 +5,7 @@ a decision stale."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from modelplane.errors import FailedPrecondition
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel
+from tests.controlplane.test_deployments_api import deployed
 from tests.controlplane.test_governance_evaluation import register
 from tests.controlplane.test_governance_gates import RISK_RULE, evaluated
 
@@ -119,3 +121,20 @@ def test_model_card_marks_stale_decisions_and_withdrawn_approvals(
     assert decision["current"] is False and decision["evaluation"] == passed.evaluation
     assert data["evaluation"]["name"] != passed.evaluation
     assert not any(a["current"] for a in data["approvals"])
+
+
+def test_label_change_after_a_passed_gate_keeps_a_rollout_from_starting(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    with controlplane.client() as c:
+        dep, versions = deployed(c, tmp_path)
+        target = f"deployments/{dep}"
+        c.create_policy(unique("p"), target=target, rules=['labels.ok == "yes"'])
+        model_id = c.get_deployment(dep).model.split("/")[1]
+        c.update_version(model_id, versions[1], labels={"ok": "yes"})
+        assert c.evaluate_gate(model_id, versions[1], target).passed
+        c.update_version(model_id, versions[1], labels={"ok": "no"})
+        with pytest.raises(FailedPrecondition) as refused:
+            c.start_rollout(dep, versions[1])
+        assert refused.value.reason == "GATE_FAILED"
+        assert "evidence changed" in refused.value.message
