@@ -16,7 +16,12 @@ from controlplane.audit import key_id as key_id_of
 from controlplane.audit import object_digest, public_key_pem
 from controlplane.domain.governance import Approval, SignatureCheck
 from controlplane.names import check_text
-from controlplane.services.evidence import check_approval, current_evidence, sign
+from controlplane.services.evidence import (
+    check_approval,
+    current_evidence,
+    latest_per_approver,
+    sign,
+)
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
 from controlplane.services.models import require_model
 from controlplane.services.versions import require_version
@@ -144,12 +149,20 @@ class ApprovalService:
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
             everything = Governance(tx.session).approvals(model_id, number)
+            # Current: the approver's latest decision for its target, made on the evidence as
+            # it is now (what a gate counts).
+            latest = {
+                a.id
+                for target in {x.target for x in everything}
+                for a in latest_per_approver([x for x in everything if x.target == target])
+            }
             digests: dict[str, str] = {}
             marked = []
             for a in everything[start : start + limit]:
                 if a.target not in digests:
                     digests[a.target] = current_evidence(tx, version, a.target)[0].sha256
-                marked.append(replace(a, current=a.evidence.sha256 == digests[a.target]))
+                current = a.id in latest and a.evidence.sha256 == digests[a.target]
+                marked.append(replace(a, current=current))
         more = start + limit < len(everything)
         return marked, encode(query, [start + limit]) if more else ""
 

@@ -58,6 +58,28 @@ def test_a_later_reject_withdraws_the_same_persons_approve(
         assert bob.evaluate_gate(model_id, v1, target).passed
 
 
+def test_only_each_approvers_latest_decision_is_listed_current(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    target, other = unique("prod"), unique("staging")
+    with controlplane.client("alice") as alice:
+        model_id, (v1, _) = versions(alice, tmp_path)
+    with controlplane.client("bob") as bob, controlplane.client("carol") as carol:
+        bob.approve(model_id, v1, target, comment="first")
+        bob.approve(model_id, v1, other, comment="elsewhere")
+        carol.approve(model_id, v1, target, comment="carol")
+        bob.approve(model_id, v1, target, decision="reject", comment="withdrawn")
+        listed = {
+            (a.approver, a.target, a.comment): a.current for a in bob.list_approvals(model_id, v1)
+        }
+    assert listed == {
+        ("bob", target, "first"): False,
+        ("bob", other, "elsewhere"): True,
+        ("carol", target, "carol"): True,
+        ("bob", target, "withdrawn"): True,
+    }
+
+
 @pytest.mark.parametrize("field", ["principal", "approver"])
 def test_rules_name_the_approver_as_principal_or_approver(
     controlplane: RunningControlPlane, tmp_path: Path, field: str
