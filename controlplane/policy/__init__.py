@@ -17,10 +17,20 @@ from controlplane.policy._compile import (
 )
 from controlplane.policy._convert import to_cel, to_plain
 from controlplane.policy._evaluate import Decision, Outcome, RuleResult, evaluate_rules
+from controlplane.policy._limits import (
+    MAX_EVALUATION_STEPS,
+    MAX_ITERATIONS,
+    MAX_MACRO_NESTING,
+    MAX_VALUE_SIZE,
+)
 from controlplane.policy._references import Reference
 
 __all__ = [
+    "MAX_EVALUATION_STEPS",
+    "MAX_ITERATIONS",
+    "MAX_MACRO_NESTING",
     "MAX_RULE_LENGTH",
+    "MAX_VALUE_SIZE",
     "POLICY_ELEMENT_FIELDS",
     "POLICY_VARIABLES",
     "CompiledRule",

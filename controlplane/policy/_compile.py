@@ -12,6 +12,13 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import base_functions
 
+from controlplane.policy._limits import (
+    BudgetRunner,
+    bounded_add,
+    calls,
+    cost_problem,
+    function_names,
+)
 from controlplane.policy._references import Reference, references
 from controlplane.policy._references import element_fields as element_fields_of
 from modelplane.errors import InvalidArgument
@@ -64,8 +71,20 @@ def _in(item: Any, container: Any) -> Any:
     return base_functions["_in_"](item, container)
 
 
-#: Cross-type numeric equality, as the current CEL specification defines it.
-_FUNCTIONS: dict[str, Any] = {"_==_": _eq, "_!=_": _ne, "_in_": _in}
+#: Cross-type numeric equality, as the current CEL specification defines it; ``+`` bounded.
+_FUNCTIONS: dict[str, Any] = {
+    "_==_": _eq,
+    "_!=_": _ne,
+    "_in_": _in,
+    "_+_": bounded_add(base_functions["_+_"]),
+}
+#: The functions and methods a rule may call.
+FUNCTION_NAMES = function_names(_FUNCTIONS)
+_CALLABLE = (
+    ", ".join(sorted(n for n in FUNCTION_NAMES if not n.startswith("get")))
+    + ", the get... methods of timestamps and durations (getFullYear, getHours...), and the "
+    "macros all, exists, exists_one, map, filter and has"
+)
 
 _lock = threading.Lock()
 _environment: celpy.Environment | None = None
@@ -75,7 +94,7 @@ def _env() -> celpy.Environment:
     # Built on first use: the constructor raises the interpreter's recursion limit.
     global _environment
     if _environment is None:
-        _environment = celpy.Environment()
+        _environment = celpy.Environment(runner_class=BudgetRunner)
     return _environment
 
 
@@ -123,7 +142,8 @@ def compile_rule(
     the fields of its elements), so is a rule that reads another field of such an element
     through a macro (``approvals.exists(a, a.principl == "x")``). Raises ``InvalidArgument``
     with reason ``INVALID_POLICY_RULE`` and metadata ``rule_index``, ``line`` and ``column``
-    (1-based).
+    (1-based). A rule that calls an unknown function, or whose macros nest too deep or run over
+    too many literal elements (see :mod:`controlplane.policy._limits`), is refused too.
     """
     if not isinstance(expression, str) or not expression.strip():
         raise _invalid(index, "the rule is empty; write a CEL expression", 1, 1)
@@ -152,6 +172,18 @@ def compile_rule(
         message = f"{problem} at line {line}, column {column}; {hint}"
         return _invalid(index, message + _pointer(expression, line, column), line, column)
 
+    for call in calls(ast):
+        if call.name not in FUNCTION_NAMES:
+            kind = "method" if call.method else "function"
+            raise refuse(
+                f"unknown {kind} {call.name!r}",
+                f"rules may call {_CALLABLE}",
+                call.line,
+                call.column,
+            )
+    problem = cost_problem(ast)
+    if problem is not None:
+        raise refuse(problem.message, problem.hint, problem.line, problem.column)
     if variables is not None:
         for ref in refs:
             if ref.path[0] not in variables:

@@ -14,6 +14,7 @@ from celpy.evaluation import CELEvalError, CELSyntaxError, CELUnsupportedError
 
 from controlplane.policy._compile import CompiledRule
 from controlplane.policy._convert import to_cel, to_plain
+from controlplane.policy._limits import BudgetExceeded, calls
 
 
 class Outcome(enum.StrEnum):
@@ -118,6 +119,8 @@ def _explain(rule: CompiledRule, err: CELEvalError, variables: Mapping[str, Any]
     text = str(text)
     if kind is KeyError and text.startswith("undeclared reference"):
         name = text.split("'")[1] if "'" in text else text
+        if any(c.name == name for c in calls(rule.ast)):
+            return f"unknown function {name!r} at {where}"
         known = ", ".join(sorted(variables)) or "none"
         return f"unknown variable {name!r} at {where}; the variables are: {known}"
     if kind is KeyError:
@@ -168,6 +171,12 @@ def _evaluate_one(
         return result(Outcome.ERROR, f"the rule cannot be evaluated: {err.args[0]}")
     except RecursionError:
         return result(Outcome.ERROR, "the rule recursed too deeply")
+    except BudgetExceeded as err:
+        return result(
+            Outcome.ERROR,
+            f"the rule was stopped: {err} for these inputs; "
+            "write it with fewer or shallower macros",
+        )
     if isinstance(value, CELEvalError):
         return result(Outcome.ERROR, _explain(rule, value, variables))
     if not isinstance(value, celtypes.BoolType):

@@ -11,7 +11,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from modelplane.errors import FailedPrecondition
+from controlplane.policy import MAX_MACRO_NESTING
+from modelplane import Client
+from modelplane.errors import FailedPrecondition, InvalidArgument
 from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel, _start
 
@@ -64,3 +66,44 @@ def test_evaluation_of_a_deleted_incarnation_is_not_stored_on_the_new_one(
             assert own.metrics["roc_auc"] < 0.5
     finally:
         cp.handle.stop(0)
+
+
+def _nested(depth: int, size: int) -> str:
+    """``depth`` macros, each over a literal list of ``size`` elements."""
+    items = "[" + ",".join(str(i) for i in range(size)) + "]"
+    rule = "true"
+    for d in range(depth):
+        rule = f"{items}.all(x{d}, {rule})"
+    return rule
+
+
+def test_a_rule_whose_macros_multiply_is_refused_when_written(client: Client) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        client.create_policy(unique("p"), target="production", rules=[_nested(5, 10)])
+    assert err.value.reason == "INVALID_POLICY_RULE"
+    assert "macros are nested 5 deep" in err.value.message
+    assert f"at most {MAX_MACRO_NESTING}" in err.value.message
+    with pytest.raises(InvalidArgument) as err:
+        client.create_policy(unique("p"), target="production", rules=[_nested(2, 100)])
+    assert err.value.reason == "INVALID_POLICY_RULE"
+    assert "would make 10100 iterations" in err.value.message
+    # At the limits: two levels, 40 * (1 + 24) = 1000 iterations.
+    rule = "[" + ",".join(str(i) for i in range(40)) + "].all(a, " + _nested(1, 24) + ")"
+    policy = client.create_policy(unique("p"), target="production", rules=[rule])
+    assert policy.revision == 1
+
+
+def test_a_rule_calling_an_unknown_function_is_refused_when_written(client: Client) -> None:
+    for rule, name in [
+        ('labels.team.lowerAscii() == "risk"', "method 'lowerAscii'"),
+        ('substring(labels.team, 0) == "R"', "function 'substring'"),
+    ]:
+        with pytest.raises(InvalidArgument) as err:
+            client.create_policy(unique("p"), target="production", rules=[rule])
+        assert err.value.reason == "INVALID_POLICY_RULE"
+        assert f"unknown {name}" in err.value.message
+        assert "startsWith" in err.value.message
+    policy = client.create_policy(
+        unique("p"), target="production", rules=['labels.team.startsWith("R") && size(labels) > 0']
+    )
+    assert policy.revision == 1

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from controlplane.policy import (
+    MAX_EVALUATION_STEPS,
+    MAX_VALUE_SIZE,
     POLICY_VARIABLES,
     Outcome,
     compile_rule,
@@ -320,3 +322,29 @@ def test_values_without_a_cel_form_are_refused() -> None:
         evaluate_rules([compile_rule("metrics.x > 1.0")], {"metrics": {"x": object()}})
     assert info.value.reason == "INVALID_POLICY_INPUT"
     assert info.value.metadata == {"field": "metrics.x"}
+
+
+def test_an_evaluation_is_stopped_at_its_step_budget() -> None:
+    rule = compile_rule("metrics.all(k, metrics.all(j, metrics[k] >= metrics[j]))")
+    metrics = {f"m{i}": 0.5 for i in range(500)}
+    result = evaluate_rules([rule], {"metrics": metrics}).results[0]
+    assert result.outcome is Outcome.ERROR
+    assert f"more than {MAX_EVALUATION_STEPS} evaluation steps" in result.message
+    small = evaluate_rules([rule], {"metrics": {"a": 0.5, "b": 0.5}}).results[0]
+    assert small.outcome is Outcome.PASSED
+
+
+def test_plus_refuses_to_build_a_huge_list() -> None:
+    doubling = ".map(b, b+b+b+b+b+b+b+b)" * 6
+    rule = compile_rule(f"[[1,2,3,4,5,6,7,8]]{doubling}.all(g, size(g) > 0)")
+    result = evaluate_rules([rule], {}).results[0]
+    assert result.outcome is Outcome.ERROR
+    assert f"longer than {MAX_VALUE_SIZE}" in result.message
+
+
+def test_unknown_functions_are_refused_with_their_position() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        compile_rule('labels.team.lowerAscii() == "risk"', variables=POLICY_VARIABLES)
+    assert err.value.reason == "INVALID_POLICY_RULE"
+    assert "unknown method 'lowerAscii' at line 1, column 13" in err.value.message
+    assert err.value.metadata["column"] == "13"
