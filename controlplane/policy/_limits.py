@@ -20,6 +20,8 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import Evaluator, base_functions
 
+from controlplane.policy._references import unwrap
+
 #: Macros that evaluate their second argument once per element of the receiver.
 ITERATING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 #: Function-like macros the evaluator handles itself.
@@ -36,11 +38,6 @@ MAX_EVALUATION_STEPS = 50_000
 ITERATION_STEPS = 10
 #: Longest list or string that ``+`` may build.
 MAX_VALUE_SIZE = 100_000
-
-_WRAPPERS = frozenset(
-    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication",
-     "unary", "member", "primary", "paren_expr"}
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,15 +60,6 @@ class Call:
     column: int
 
 
-def _unwrap(node: lark.Tree) -> lark.Tree:
-    while node.data in _WRAPPERS and len(node.children) == 1:
-        child = node.children[0]
-        if not isinstance(child, lark.Tree):
-            break
-        node = child
-    return node
-
-
 def _args(node: lark.Tree) -> list[lark.Tree]:
     rest = node.children[2:]
     if rest and isinstance(rest[0], lark.Tree) and rest[0].data == "exprlist":
@@ -91,7 +79,7 @@ def _macro(node: lark.Tree) -> tuple[lark.Tree, list[lark.Tree]] | None:
 def _literal_size(node: lark.Tree) -> int:
     """The number of elements of a list or map literal; 1 for anything else (its size is only
     known when the rule runs, and the evaluation budget bounds it then)."""
-    node = _unwrap(node)
+    node = unwrap(node)
     if node.data in ("list_lit", "map_lit"):
         for child in node.children:
             if isinstance(child, lark.Tree) and child.data in ("exprlist", "mapinits"):
@@ -103,7 +91,7 @@ def _literal_size(node: lark.Tree) -> int:
 
 def _iterations(node: lark.Tree) -> int:
     """How many macro iterations the literals of ``node`` make, at the least."""
-    node = _unwrap(node)
+    node = unwrap(node)
     macro = _macro(node)
     if macro is not None:
         target, args = macro
@@ -114,7 +102,7 @@ def _iterations(node: lark.Tree) -> int:
 
 def _deepest(node: lark.Tree, depth: int = 0) -> tuple[int, lark.Tree | None]:
     """The deepest macro nesting under ``node`` and the macro that reaches it."""
-    node = _unwrap(node)
+    node = unwrap(node)
     macro = _macro(node)
     if macro is not None:
         target, args = macro

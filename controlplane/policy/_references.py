@@ -46,7 +46,8 @@ class Reference:
         return head + "".join(f".{p}" if _IDENT.match(p) else f"[{p!r}]" for p in rest)
 
 
-def _unwrap(node: lark.Tree) -> lark.Tree:
+def unwrap(node: lark.Tree) -> lark.Tree:
+    """``node`` without the grammar's single-child wrappers around it."""
     while node.data in _WRAPPERS and len(node.children) == 1:
         child = node.children[0]
         if not isinstance(child, lark.Tree):
@@ -56,7 +57,7 @@ def _unwrap(node: lark.Tree) -> lark.Tree:
 
 
 def _string_literal(node: lark.Tree) -> str | None:
-    node = _unwrap(node)
+    node = unwrap(node)
     if node.data != "literal" or not node.children:
         return None
     token = node.children[0]
@@ -69,7 +70,7 @@ def _string_literal(node: lark.Tree) -> str | None:
 
 
 def _static_path(node: lark.Tree, bound: Container[str]) -> tuple[str, ...] | None:
-    node = _unwrap(node)
+    node = unwrap(node)
     if node.data in ("ident", "dot_ident"):
         name = str(node.children[0])
         if name in bound or name in BUILTIN_IDENTS:
@@ -111,13 +112,13 @@ def _walk(
 ) -> Iterator[Reference | ElementField]:
     """What ``node`` reads. ``bound`` maps each variable a macro bound to the path of the list
     it runs over (None when that is not a static path)."""
-    node = _unwrap(node)
+    node = unwrap(node)
     path = _static_path(node, bound)
     if path is not None:
         yield Reference(path, node.meta.line, node.meta.column)
         return
     if node.data == "member_dot":
-        base = _unwrap(node.children[0])  # type: ignore[arg-type]
+        base = unwrap(node.children[0])  # type: ignore[arg-type]
         items = bound.get(str(base.children[0])) if base.data == "ident" else None
         if items is not None:
             yield ElementField(items, str(node.children[1]), node.meta.line, node.meta.column)
@@ -128,7 +129,7 @@ def _walk(
         assert isinstance(target, lark.Tree)
         yield from _walk(target, bound)
         if str(method) in _BINDING_MACROS and args:
-            variable = _unwrap(args[0])
+            variable = unwrap(args[0])
             inner = dict(bound)
             if variable.data == "ident":
                 inner[str(variable.children[0])] = _static_path(target, bound)
