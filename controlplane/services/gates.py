@@ -26,7 +26,7 @@ from controlplane.store.convert import lineage_to_json
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import GateDecisionRow
-from modelplane.errors import FailedPrecondition, NotFound
+from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
 
 
@@ -163,7 +163,17 @@ class GateService:
             passed = True
             if policy is not None:
                 approvals = counted_approvals(self.key, inputs.approvals)
-                rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
+                try:
+                    rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
+                except InvalidArgument as exc:
+                    # Stored before a rule limit it now breaks: the policy, not this call,
+                    # needs changing.
+                    raise FailedPrecondition(
+                        f"{policy.name} (revision {policy.revision}) has a rule this server "
+                        f"no longer accepts: {exc.message}; update the policy",
+                        reason="POLICY_RULE_REFUSED",
+                        metadata={"policy": policy.name},
+                    ) from exc
                 decision = evaluate_rules(rules, gate_variables(version, latest, approvals))
                 results = decision.to_dict()["results"]
                 passed = decision.allowed

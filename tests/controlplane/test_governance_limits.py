@@ -10,12 +10,18 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
 from controlplane.policy import MAX_MACRO_NESTING
+from controlplane.store import Store
+from controlplane.store.tables import PolicyRevisionRow, PolicyRow
 from modelplane import Client
 from modelplane.errors import FailedPrecondition, InvalidArgument
+from modelplane.server import RequestContext
 from tests.conftest import unique
-from tests.controlplane.conftest import TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.test_deployments_api import register_versions
 
 
 def _inverted_model(trained: TrainedModel, folder: Path) -> Path:
@@ -107,3 +113,32 @@ def test_a_rule_calling_an_unknown_function_is_refused_when_written(client: Clie
         unique("p"), target="production", rules=['labels.team.startsWith("R") && size(labels) > 0']
     )
     assert policy.revision == 1
+
+
+def test_a_stored_rule_the_limits_now_refuse_fails_the_gate_as_a_precondition(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    """A policy written before a rule limit existed: EvaluateGate says the policy needs
+    changing (FAILED_PRECONDITION), not that the caller sent something invalid."""
+    deep = "[1, 2].all(a, [3, 4].all(b, [5, 6].all(c, a < b + c)))"
+    with controlplane.client() as c:
+        model_id, (v1,) = register_versions(c, tmp_path, 1, capture_env=False)
+        policy = unique("p")
+        target = unique("prod")
+        c.create_policy(policy, target=target, rules=["true"])
+        store = Store.open(controlplane.db_url)
+        try:
+            with store.write(RequestContext(principal="test"), "test") as tx:
+                for statement in (
+                    update(PolicyRow).where(col(PolicyRow.id) == policy),
+                    update(PolicyRevisionRow).where(col(PolicyRevisionRow.policy_id) == policy),
+                ):
+                    tx.session.exec(statement.values(rules=[deep]))  # type: ignore[call-overload]
+        finally:
+            store.close()
+        with pytest.raises(FailedPrecondition) as err:
+            c.evaluate_gate(model_id, v1, target)
+        assert err.value.reason == "POLICY_RULE_REFUSED"
+        assert (
+            f"policies/{policy}" in err.value.message and "update the policy" in err.value.message
+        )
