@@ -5,13 +5,15 @@ hash of the event before it, across threads and across replicas: on PostgreSQL b
 transaction-scoped advisory lock (taken last in the transaction, held until its commit or
 rollback, so it never waits in a cycle with row locks); on SQLite by the write lock that every
 write transaction takes up front (``BEGIN IMMEDIATE``). The primary key on ``seq`` refuses a
-fork should the serialisation ever be bypassed.
+fork should the serialisation ever be bypassed. An event's ``time`` is taken under that lock
+(on PostgreSQL by the append function, migration 0010), never earlier than the event before
+it, so times follow the sequence and a reader tailing the trail by time misses nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, text
@@ -140,11 +142,24 @@ def hash_template(fields: dict[str, Any]) -> tuple[str, str, str]:
     return head, '"' + rest[:at] + '"seq":', rest[at + len(_SEQ_GAP) :]
 
 
+_TIME_GAP = '"time":""'
+
+
+def time_template(tail: str) -> tuple[str, str]:
+    """``tail`` (of :func:`hash_template`, rendered with an empty ``time``) split around the
+    time text: ``before + time + after``. Keys are sorted and only ``time`` and ``v`` follow
+    ``seq``, so the gap is found without ambiguity."""
+    at = tail.index(_TIME_GAP)
+    return tail[:at] + '"time":"', '"' + tail[at + len(_TIME_GAP) :]
+
+
 def _append_postgresql(session: Session, mutations: list[Mutation]) -> None:
+    # The event's time is left for the database to fill in under the append lock (migration
+    # 0010), so that times follow the sequence: an event's ``time`` is when it was appended.
     events = []
     for mutation in mutations:
         fields = {
-            "time": utc_text(mutation.time),
+            "time": "",
             "actor": mutation.actor,
             "action": mutation.action,
             "resource": mutation.resource,
@@ -153,7 +168,10 @@ def _append_postgresql(session: Session, mutations: list[Mutation]) -> None:
             "after_sha256": object_digest(mutation.after),
         }
         head, mid, tail = hash_template(fields)
-        events.append({**fields, "head": head, "mid": mid, "tail": tail})
+        tail, after_time = time_template(tail)
+        events.append(
+            {**fields, "head": head, "mid": mid, "tail": tail, "tail_after_time": after_time}
+        )
     session.flush()
     _APPEND.rows(session.connection(), {"k": AUDIT_LOCK_KEY, "events": events})
 
@@ -168,12 +186,18 @@ def append_events(session: Session, mutations: list[Mutation]) -> None:
         _append_postgresql(session, mutations)
         return
     seq, prev = locked_head(session)
+    # Appended under the write lock: the time of appending follows the sequence (the
+    # transaction's own time need not, when writers queued for the lock).
+    last = session.exec(
+        select(AuditEventRow.time).order_by(col(AuditEventRow.seq).desc()).limit(1)
+    ).first()
+    time = datetime.now(UTC) if last is None else max(datetime.now(UTC), utc(last))
     rows: list[dict[str, Any]] = []
     for mutation in mutations:
         seq += 1
         event = AuditEvent(
             seq=seq,
-            time=mutation.time,
+            time=time,
             actor=mutation.actor,
             action=mutation.action,
             resource=mutation.resource,
@@ -187,7 +211,7 @@ def append_events(session: Session, mutations: list[Mutation]) -> None:
         rows.append(
             {
                 "seq": seq,
-                "time": mutation.time,
+                "time": time,
                 "actor": event.actor,
                 "action": event.action,
                 "resource": event.resource,

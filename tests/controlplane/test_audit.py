@@ -6,8 +6,10 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -319,6 +321,84 @@ def test_concurrent_writers_on_two_replicas_keep_a_gapless_chain(fresh_url: str)
     finally:
         for r in replicas:
             r.close()
+
+
+def test_event_times_follow_the_sequence_when_writers_commit_out_of_order(
+    fresh_url: str,
+) -> None:
+    """Transactions that began earlier append later (each waits a different while before it
+    commits): an event's time is when it was appended, so times never go back along the
+    sequence, and a reader tailing by ``since`` misses nothing."""
+    replicas = [open_store(fresh_url), open_store(fresh_url)]
+    barrier = threading.Barrier(6)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        with replicas[i % 2].write(RequestContext(principal=f"w{i}"), "Test") as tx:
+            time.sleep(0.05 * (5 - i))  # the first to begin commits last
+            tx.record("Test", f"things/{i}", None, {"i": i})
+
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(6) as pool:
+                list(pool.map(writer, range(6)))
+        events = all_events(replicas[0])
+        assert [e.seq for e in events] == list(range(1, 19))
+        times = [e.time for e in events]
+        assert times == sorted(times)
+        # Tailing: everything at or after an event's time is that event and those after it.
+        for e in events:
+            later = {x.seq for x in audit.list_events(replicas[1], since=e.time)[0]}
+            assert later >= set(range(e.seq, len(events) + 1))
+        result = audit.verify(replicas[1])
+        assert result.ok and result.head_seq == 18, result.message
+    finally:
+        for r in replicas:
+            r.close()
+
+
+def test_events_rendered_with_their_time_are_still_appended(fresh_url: str) -> None:
+    """A server of the previous version renders each event's time itself (no time gap): the
+    append function takes such events as they are, during an upgrade."""
+    if fresh_url.startswith("sqlite"):
+        pytest.skip("the append function is PostgreSQL's")
+    from datetime import datetime
+
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    from controlplane.audit._canonical import utc_text
+    from controlplane.audit._chain import AUDIT_LOCK_KEY, hash_template
+
+    store = open_store(fresh_url)
+    try:
+        ModelService(store).create(CTX, "new-way")
+        when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        fields = {
+            "time": utc_text(when),
+            "actor": "old-server",
+            "action": "Test",
+            "resource": "things/old",
+            "request_id": "",
+            "before_sha256": "",
+            "after_sha256": "",
+        }
+        head, mid, tail = hash_template(fields)
+        call = text("SELECT modelplane_audit_append(:k, :events)").bindparams(
+            bindparam("events", type_=JSONB)
+        )
+        event = {**fields, "head": head, "mid": mid, "tail": tail}
+        with Session(store.engines.write) as session:
+            session.connection().execute(call, {"k": AUDIT_LOCK_KEY, "events": [event]})
+            session.commit()
+        ModelService(store).create(CTX, "new-again")
+        events = all_events(store)
+        assert [(e.actor, e.seq) for e in events][1] == ("old-server", 2)
+        assert events[1].time == when
+        result = audit.verify(store)
+        assert result.ok and result.head_seq == 3, result.message
+    finally:
+        store.close()
 
 
 # Listing and export ---------------------------------------------------------------------------
