@@ -40,14 +40,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=["kept", "resummed"], action="append")
     args = parser.parse_args()
     configure_logging("warning")
-    kept = step_sum.current
+    current, take_in = step_sum.current, step_sum.take_in
     for mode in args.mode or ["kept", "resummed"]:
-        if mode == "resummed":
+        if mode == "resummed":  # the previous version: no sum kept, every judgement re-sums
             step_sum.current = lambda tx, d, r: step_sum.summed(step_sum.step_reports(tx, d, r), r)
+            step_sum.take_in = lambda tx, d, r: None
         else:
-            step_sum.current = kept
+            step_sum.current, step_sum.take_in = current, take_in
         run(args, mode)
-    step_sum.current = kept
+    step_sum.current, step_sum.take_in = current, take_in
 
 
 def run(args: argparse.Namespace, mode: str) -> None:
