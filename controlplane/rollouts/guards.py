@@ -166,7 +166,16 @@ def evaluate(
 ) -> tuple[GuardResult, ...]:
     """Each guard's result on the ``values`` of one window (or of the ``scope`` they were
     summed over, named in the reasons for skipping; see the module docstring)."""
-    rules = _compiled(tuple(guards))
+    try:
+        rules = _compiled(tuple(guards))
+    except InvalidArgument as exc:
+        # Stored before a rule limit it now breaks (guards are checked when a rollout starts):
+        # hold the rollout, saying why, rather than refuse every report.
+        why = (
+            f"not evaluated: this server no longer accepts the guards ({exc.message}); abort "
+            "the rollout and start it again with guards it accepts"
+        )
+        return tuple(GuardResult(g, False, why) for g in guards)
     ready: list[CompiledRule] = []
     skipped: dict[int, str] = {}
     for rule in rules:

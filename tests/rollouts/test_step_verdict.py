@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
+from controlplane.rollouts.service import SYSTEM
+from controlplane.store import Store
+from controlplane.store.deployment_tables import RolloutRow
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
+from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -135,3 +141,34 @@ def test_shares_that_route_nothing_are_refused(
     }
     smallest = smallest_by_field[field]
     assert c.start_rollout(dep, versions[1], **smallest).rollout.state == pb.ROLLOUT_STATE_RUNNING
+
+
+def test_a_stored_guard_this_server_no_longer_accepts_holds_the_rollout(tmp_path: Path) -> None:
+    """A guard stored before a rule limit it now breaks: reports are still taken, and the
+    rollout is held with the reason, instead of every report being refused."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    plane = _start(tmp_path, url)
+    store = Store.open(url)
+    try:
+        with plane.client() as c:
+            dep, versions = deployed(c, tmp_path)
+            c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.1, guards=[ERRORS])
+            deep = "[1, 2].all(a, [3, 4].all(b, [5, 6].all(x, a < b + x)))"
+            with store.write(SYSTEM, "test") as tx:
+                tx.session.exec(  # type: ignore[call-overload]
+                    update(RolloutRow)
+                    .where(col(RolloutRow.deployment_id) == dep)
+                    .values(guards=[deep])
+                )
+            side = Sidecar(c, dep)
+            time.sleep(0.2)
+            for _ in range(3):
+                assert side.report(champion=30, candidate=30).accepted
+            d = c.get_deployment(dep)
+            assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING and d.rollout.step == 0
+            (guard,) = d.rollout.evidence.guards
+            assert guard.expression == deep and not guard.passed
+            assert "no longer accepts the guards" in guard.error
+    finally:
+        plane.handle.stop(0)
+        store.close()
