@@ -187,14 +187,10 @@ class ModelService:
                     "too); pass force to delete them and the model's aliases with it",
                     reason="MODEL_HAS_VERSIONS",
                 )
-            # Each alias is deleted as DeleteAlias would, with an event in its history: a model
-            # created later under this id must not find them pointing anywhere (as_of).
-            for alias in tx.aliases.all(model_id):
-                tx.aliases.delete(
-                    model_id, alias.alias, ctx.principal, f"deleted with {before.name}", tx.now
-                )
-            # Nor inherit their evaluations, gate decisions or approvals: a new version 1
-            # would otherwise meet a promotion policy with the old one's approvals.
+            # A model created later under this id inherits nothing: no alias or alias history
+            # (as_of would answer its own versions), no evaluations, gate decisions or
+            # approvals (a new version 1 would meet a promotion policy with the old one's).
+            tx.aliases.delete_all(model_id)
             Governance(tx.session).delete_model_records(model_id)
             tx.versions.delete_all(model_id)
             tx.models.delete(model_id)

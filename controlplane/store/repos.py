@@ -513,7 +513,10 @@ class AliasRepo:
         self.s.flush()
 
     def delete_all(self, model_id: str) -> None:
-        self.s.exec(delete(AliasRow).where(col(AliasRow.model_id) == model_id))  # type: ignore[call-overload]
+        """Delete a model's aliases and their history (a model created later under its id
+        starts with none; the audit trail keeps the record)."""
+        for table in (AliasRow, AliasEventRow):
+            self.s.exec(delete(table).where(col(table.model_id) == model_id))  # type: ignore[call-overload]
 
     def history(
         self, model_id: str, alias: str | None, after: list[Any] | None, limit: int

@@ -62,13 +62,15 @@ def test_a_model_created_again_under_its_id_inherits_no_etag_and_no_alias(
             c.archive_version(model_id, 1, etag=old_v1.etag)
         assert c.get_model(model_id).description == "new, unrelated"
 
-        # The forced delete removed the alias as DeleteAlias does, with an event: the new
-        # model's alias pointed nowhere after it, whatever the old one's pointed to.
+        # The forced delete took the aliases and their history: the new model's alias points
+        # nowhere, at no time, whatever the old one's pointed to; the audit trail keeps it.
         with pytest.raises(NotFound) as nf:
             c.get_alias(model_id, "champion", as_of=datetime.now(UTC))
         assert nf.value.reason == "ALIAS_NOT_FOUND"
-        newest = next(iter(c.alias_history(model_id, "champion")))
-        assert (newest.version, newest.previous_version) == ("", f"models/{model_id}/versions/1")
+        assert list(c.alias_history(model_id, "champion")) == []
+        assert list(c.alias_history(model_id)) == []
+        audited = c.audit_events(resource=f"models/{model_id}/aliases/champion")
+        assert [e.action for e in audited] == ["SetAlias"]
 
 
 def test_a_model_created_again_under_its_id_inherits_no_approvals(

@@ -522,7 +522,9 @@ type DeleteModelRequest struct {
 
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
-	// Deletes the model's versions and aliases too.
+	// Deletes the model's versions, its aliases and their history, and the versions'
+	// evaluations, gate decisions and approvals too (the audit trail keeps the record). Refused
+	// while a deployment serves the model.
 	Force     bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }

@@ -241,7 +241,9 @@ export type DeleteModelRequest = Message<"modelplane.v1.DeleteModelRequest"> & {
   etag: string;
 
   /**
-   * Deletes the model's versions and aliases too.
+   * Deletes the model's versions, its aliases and their history, and the versions'
+   * evaluations, gate decisions and approvals too (the audit trail keeps the record). Refused
+   * while a deployment serves the model.
    *
    * @generated from field: bool force = 3;
    */
