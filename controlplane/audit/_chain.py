@@ -35,11 +35,6 @@ from controlplane.store.tables import AuditEventRow
 #: Arbitrary 64-bit key of the advisory lock that serialises appends on PostgreSQL.
 AUDIT_LOCK_KEY = 0x6D70617564697401
 
-#: PostgreSQL function (migration 0005) that takes the advisory lock, then reads the head in a
-#: statement of its own, so it sees every append committed before the lock was granted: one
-#: round trip instead of two.
-_LOCKED_HEAD = text("SELECT head_seq, head_hash FROM modelplane_audit_locked_head(:k)")
-
 #: One statement object, parameters passed at execution, so its compiled form is cached.
 _INSERT_EVENT = insert(AuditEventRow.__table__)  # type: ignore[attr-defined]
 
@@ -104,22 +99,21 @@ def event_from_row(row: AuditEventRow) -> AuditEvent:
     )
 
 
-def head(session: Session) -> tuple[int, str]:
-    """The sequence number and hash of the newest event; ``(0, GENESIS_HASH)`` when empty."""
+def _newest(session: Session) -> tuple[int, str, datetime | None]:
+    """The sequence number, hash and time of the newest event; ``(0, GENESIS_HASH, None)``
+    when there is none."""
     row = session.exec(
-        select(AuditEventRow.seq, AuditEventRow.hash)
+        select(AuditEventRow.seq, AuditEventRow.hash, AuditEventRow.time)
         .order_by(col(AuditEventRow.seq).desc())
         .limit(1)
     ).first()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+    return (int(row[0]), str(row[1]), utc(row[2])) if row else (0, GENESIS_HASH, None)
 
 
-def locked_head(session: Session) -> tuple[int, str]:
-    """Take the append lock (PostgreSQL), then read the head as :func:`head` does."""
-    if session.get_bind().dialect.name != "postgresql":
-        return head(session)  # the write transaction already holds SQLite's write lock
-    row = session.connection().execute(_LOCKED_HEAD, {"k": AUDIT_LOCK_KEY}).first()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+def head(session: Session) -> tuple[int, str]:
+    """The sequence number and hash of the newest event; ``(0, GENESIS_HASH)`` when empty."""
+    seq, hash_, _ = _newest(session)
+    return seq, hash_
 
 
 _PREV_GAP = '"prev_hash":""'
@@ -185,13 +179,11 @@ def append_events(session: Session, mutations: list[Mutation]) -> None:
         # describe; then one call appends them all.
         _append_postgresql(session, mutations)
         return
-    seq, prev = locked_head(session)
-    # Appended under the write lock: the time of appending follows the sequence (the
-    # transaction's own time need not, when writers queued for the lock).
-    last = session.exec(
-        select(AuditEventRow.time).order_by(col(AuditEventRow.seq).desc()).limit(1)
-    ).first()
-    time = datetime.now(UTC) if last is None else max(datetime.now(UTC), utc(last))
+    # The write transaction already holds SQLite's write lock. The time of appending follows
+    # the sequence (the transaction's own time need not, when writers queued for the lock).
+    seq, prev, last_time = _newest(session)
+    now = datetime.now(UTC)
+    time = now if last_time is None else max(now, last_time)
     rows: list[dict[str, Any]] = []
     for mutation in mutations:
         seq += 1

@@ -182,7 +182,7 @@ def current(tx: Tx, d: Deployment, r: Rollout) -> StepSum:
     if stamps:
         last = (max(i for i, _ in stamps), max(t for _, t in stamps))
     if isinstance(tx, WriteTx):
-        repo.set_step_sum(d.id, r.id, _to_json(tag, total, last))
+        repo.update_rollout(d.id, r.id, step_sum=_to_json(tag, total, last))
     return total
 
 
@@ -208,5 +208,5 @@ def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None
     ]
     total = merge_arms(arms, "champion")
     if row is not None:
-        repo.set_champion_before(d.id, r.id, {"summary": to_json(total)})
+        repo.update_rollout(d.id, r.id, champion_before={"summary": to_json(total)})
     return total

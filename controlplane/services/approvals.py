@@ -19,8 +19,8 @@ from controlplane.names import check_text
 from controlplane.services.evidence import (
     check_approval,
     current_evidence,
-    latest_per_approver,
     sign,
+    standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
 from controlplane.services.models import require_model
@@ -149,20 +149,16 @@ class ApprovalService:
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
             everything = Governance(tx.session).approvals(model_id, number)
-            # Current: the approver's latest decision for its target, made on the evidence as
-            # it is now (what a gate counts).
-            latest = {
-                a.id
-                for target in {x.target for x in everything}
-                for a in latest_per_approver([x for x in everything if x.target == target])
-            }
-            digests: dict[str, str] = {}
-            marked = []
-            for a in everything[start : start + limit]:
-                if a.target not in digests:
-                    digests[a.target] = current_evidence(tx, version, a.target)[0].sha256
-                current = a.id in latest and a.evidence.sha256 == digests[a.target]
-                marked.append(replace(a, current=current))
+            # Current: standing as a gate counts it (the approver's latest decision for its
+            # target, made on the evidence as it is now).
+            standing: set[str] = set()
+            for target in {a.target for a in everything}:
+                evidence = current_evidence(tx, version, target)[0]
+                mine = [a for a in everything if a.target == target]
+                standing |= {a.id for a in standing_approvals(mine, evidence)}
+            marked = [
+                replace(a, current=a.id in standing) for a in everything[start : start + limit]
+            ]
         more = start + limit < len(everything)
         return marked, encode(query, [start + limit]) if more else ""
 

@@ -303,13 +303,18 @@ class Deployments:
             self.s.add(row)
         self.s.flush()
 
-    def add_step_requests(self, deployment_id: str, rollout_id: str, requests: int) -> None:
-        """Count candidate requests toward the current step (atomically)."""
+    def update_rollout(self, deployment_id: str, rollout_id: str, **values: Any) -> None:
+        """Set columns of a rollout's row (values may be SQL expressions of its columns)."""
         self.s.exec(  # type: ignore[call-overload]
             update(RolloutRow)
             .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
-            .values(step_candidate_requests=RolloutRow.step_candidate_requests + requests)
+            .values(**values)
         )
+
+    def add_step_requests(self, deployment_id: str, rollout_id: str, requests: int) -> None:
+        """Count candidate requests toward the current step (atomically)."""
+        counted = RolloutRow.step_candidate_requests + requests
+        self.update_rollout(deployment_id, rollout_id, step_candidate_requests=counted)
 
     def set_evidence(
         self,
@@ -321,27 +326,7 @@ class Deployments:
         values: dict[str, Any] = {"evidence": evidence}
         if champion_reference is not None:
             values["champion_reference"] = champion_reference
-        self.s.exec(  # type: ignore[call-overload]
-            update(RolloutRow)
-            .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
-            .values(**values)
-        )
-
-    def set_step_sum(self, deployment_id: str, rollout_id: str, step_sum: dict[str, Any]) -> None:
-        self.s.exec(  # type: ignore[call-overload]
-            update(RolloutRow)
-            .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
-            .values(step_sum=step_sum)
-        )
-
-    def set_champion_before(
-        self, deployment_id: str, rollout_id: str, champion_before: dict[str, Any]
-    ) -> None:
-        self.s.exec(  # type: ignore[call-overload]
-            update(RolloutRow)
-            .where(col(RolloutRow.deployment_id) == deployment_id, col(RolloutRow.id) == rollout_id)
-            .values(champion_before=champion_before)
-        )
+        self.update_rollout(deployment_id, rollout_id, **values)
 
     def running(self) -> list[tuple[str, int]]:
         """(deployment id, revision) of every deployment whose current rollout is running."""
