@@ -4,6 +4,7 @@ for a manual retry, and nothing but UNAVAILABLE is retried."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -14,7 +15,7 @@ import pytest
 
 from modelplane import Client
 from modelplane.errors import InvalidArgument, ModelplaneError
-from modelplane.v1 import registry_pb2
+from modelplane.v1 import blobs_pb2, registry_pb2
 
 
 @dataclass
@@ -101,3 +102,40 @@ def test_only_unavailable_is_retried(serve) -> None:  # type: ignore[no-untyped-
     with Client(serve(registry), timeout=10, retries=3) as c, pytest.raises(InvalidArgument):
         c.create_model("m")
     assert len(registry.seen) == 1
+
+
+def test_a_retried_upload_sends_the_whole_stream_again() -> None:
+    """An upload answered UNAVAILABLE is sent again from its first chunk, header included."""
+    seen: list[tuple[str, int]] = []
+
+    def upload(requests: Iterator[blobs_pb2.UploadBlobRequest], context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        messages = list(requests)
+        header = messages[0].header.sha256 if messages else ""
+        seen.append((header, sum(len(m.chunk) for m in messages)))
+        if len(seen) == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is busy")
+        return blobs_pb2.Blob(name=f"blobs/{header}", sha256=header)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    handler = grpc.stream_unary_rpc_method_handler(
+        upload,
+        request_deserializer=blobs_pb2.UploadBlobRequest.FromString,
+        response_serializer=blobs_pb2.Blob.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "modelplane.v1.BlobService", {"UploadBlob": handler}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    data = b"x" * 3_000_000  # several chunks
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10, retries=3) as c:
+            assert c.upload_blob(data).sha256 == digest
+    finally:
+        server.stop(0)
+    assert seen == [(digest, len(data)), (digest, len(data))]

@@ -258,9 +258,13 @@ class Client(DeploymentsMixin):
         self.close()
 
     def _call(self, method: Callable[..., T], request: Any, **kw: Any) -> T:
+        """Call ``method``, retrying as the class says. For a client-streaming method,
+        ``request`` is a function returning a fresh request iterator: each try sends the
+        whole stream again (an iterator is spent by the first)."""
         for attempt in range(1, self.retries + 1):
+            payload = request() if callable(request) else request
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata, **kw)
+                return method(payload, timeout=self.timeout, metadata=self._metadata, **kw)
             except grpc.RpcError as exc:
                 if attempt < self.retries and _retryable(exc, request):
                     time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
@@ -403,7 +407,7 @@ class Client(DeploymentsMixin):
             if prefix:  # an empty blob: the header alone
                 yield prefix
 
-        return self._call(self._upload, requests())
+        return self._call(self._upload, requests)  # uploads are keyed by digest: safe to resend
 
     def get_blob(self, sha256: str) -> blobs_pb2.Blob:
         return self._call(self.blobs.GetBlob, blobs_pb2.GetBlobRequest(name=f"blobs/{sha256}"))
