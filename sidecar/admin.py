@@ -26,6 +26,7 @@ from modelplane.v1 import sidecar_pb2 as pb
 from modelplane.v1 import sidecar_pb2_grpc as pb_grpc
 from sidecar.drift import DriftReport
 from sidecar.model import ModelSlot
+from sidecar.servicer import parsing
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SidecarAdminService"].full_name
 
@@ -147,5 +148,13 @@ class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
 
 
 def add_admin_to_server(servicer: AdminServicer, server: grpc.Server) -> None:
-    """Register the admin service on ``server``."""
-    pb_grpc.add_SidecarAdminServiceServicer_to_server(servicer, server)
+    """Register the admin service on ``server``; request bytes that do not parse get
+    INVALID_ARGUMENT, as on the inference service."""
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            parsing(getattr(servicer, method.name), getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in pb.DESCRIPTOR.services_by_name["SidecarAdminService"].methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -48,7 +48,7 @@ def _ids(context: grpc.ServicerContext) -> tuple[str, str]:
     return request_id, trace
 
 
-def _parsing(
+def parsing(
     method: Callable[[Any, grpc.ServicerContext], Any], message: Any
 ) -> Callable[[bytes, grpc.ServicerContext], Any]:
     """Wrap ``method`` to parse its request itself, so that bytes that are not a valid
@@ -76,7 +76,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
     """Register ``servicer``'s six RPCs on ``server``; others answer UNIMPLEMENTED."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
+            parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
             # ModelInfer returns its response already serialized.
             response_serializer=(
                 None if name == "ModelInfer" else getattr(pb, f"{name}Response").SerializeToString

@@ -358,6 +358,33 @@ def test_undecodable_bytes_are_invalid_argument(servers: Any) -> None:
     assert info is not None and info.reason == "MALFORMED_REQUEST"
 
 
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        # A label whose request_id is not UTF-8 (bytes 0xff 0xfe), class_label 1.
+        ("IngestLabels", b"\x0a\x06\x0a\x02\xff\xfe\x18\x01"),
+        ("GetDriftReport", b"\xff\xff\xff"),
+    ],
+    ids=["IngestLabels", "GetDriftReport"],
+)
+def test_undecodable_admin_requests_are_invalid_argument(
+    servers: Any, method: str, body: bytes
+) -> None:
+    handle, _ = servers["two"]
+    channel = grpc.insecure_channel(handle.address)
+    call = channel.unary_unary(f"/modelplane.v1.SidecarAdminService/{method}")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(body, timeout=10)
+    assert caught.value.code() == INVALID, caught.value.details()
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "MALFORMED_REQUEST"
+    assert f"modelplane.v1.{method}Request" in caught.value.details()
+    # A request that parses still reaches the servicer (no baseline here: no drift).
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/modelplane.v1.SidecarAdminService/GetDriftReport")(b"", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_other_rpcs_are_unimplemented(servers: Any) -> None:
     handle, _ = servers["two"]
     channel = grpc.insecure_channel(handle.address)
