@@ -2,7 +2,9 @@
 
 :class:`PredictionIndex` remembers the most recent predicted rows (``request_id, row`` ->
 arm, version, predicted label or value), filled from the observer thread and bounded by a row
-count (the oldest are forgotten first). :class:`LabelIngestor` answers ``IngestLabels``: it
+count (the least recently predicted are forgotten first). It keys rows by a 16-byte digest of
+the request id, not the id itself, so its memory is bounded by the row count whatever the
+length of the ids. :class:`LabelIngestor` answers ``IngestLabels``: it
 checks every label first (nothing is joined or written when one is invalid), joins each with
 the index, adds ``labeled``/``correct`` to the open window of the arm that answered, and
 appends every label to the label log: ``labels-*.arrows`` Arrow IPC stream files in the
@@ -18,6 +20,7 @@ already be with the control plane and cannot be taken back; the label log keeps 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -65,40 +68,49 @@ class Predicted:
     labeled: bool = False
 
 
+def _digest(request_id: str) -> bytes:
+    """The fixed-size key of a request id in the index."""
+    return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 class PredictionIndex:
-    """The most recent ``capacity`` predicted rows, by (request id, row)."""
+    """The most recently predicted ``capacity`` rows, by (request id, row)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._rows: OrderedDict[tuple[str, int], Predicted] = OrderedDict()
+        self._rows: OrderedDict[tuple[bytes, int], Predicted] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(
         self, request_ids: list[str], row_counts: list[int], predicted: list[Predicted]
     ) -> None:
-        """Remember rows: ``predicted`` holds one entry per row, requests in order."""
+        """Remember rows: ``predicted`` holds one entry per row, requests in order. A row
+        predicted again (a reused request id) replaces the old entry and becomes the newest."""
         if self.capacity <= 0:
             return
         rows = self._rows
+        keys = [_digest(rid) if rid else b"" for rid in request_ids]
         with self._lock:
             k = 0
-            for rid, count in zip(request_ids, row_counts, strict=True):
-                if rid:
+            for key, count in zip(keys, row_counts, strict=True):
+                if key:
                     for row in range(count):
-                        rows[(rid, row)] = predicted[k + row]
+                        rows[(key, row)] = predicted[k + row]
+                        rows.move_to_end((key, row))
                 k += count
             while len(rows) > self.capacity:
                 rows.popitem(last=False)
 
     def get(self, request_id: str, row: int) -> Predicted | None:
         """The prediction of that row, if still remembered."""
+        key = (_digest(request_id), row)
         with self._lock:
-            return self._rows.get((request_id, row))
+            return self._rows.get(key)
 
     def claim(self, request_id: str, row: int) -> tuple[Predicted | None, bool]:
         """The prediction of that row, if still remembered, and whether this is the first
         label joined with it (the row is marked labeled either way)."""
-        key = (request_id, row)
+        key = (_digest(request_id), row)
         with self._lock:
             hit = self._rows.get(key)
             if hit is None or hit.labeled:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,36 @@ def test_prediction_index_is_bounded() -> None:
     assert index.get("a", 1) is not None and index.get("a", 1).value == 1  # type: ignore[union-attr]
     assert index.get("b", 2).value == 5  # type: ignore[union-attr]
     assert len(index) == 4
+
+
+def test_a_row_predicted_again_becomes_the_newest() -> None:
+    index = PredictionIndex(2)
+    index.add(["a"], [1], [Predicted("champion", "1", 0, False, 0.1)])
+    index.add(["b"], [1], [Predicted("champion", "1", 0, False, 0.1)])
+    index.add(["a"], [1], [Predicted("champion", "1", 1, False, 0.1)])  # "a" again
+    index.add(["c"], [1], [Predicted("champion", "1", 0, False, 0.1)])
+    assert index.get("b", 0) is None  # the least recently predicted went
+    assert index.get("a", 0).value == 1  # type: ignore[union-attr]
+    assert index.get("c", 0) is not None
+
+
+def test_prediction_index_memory_does_not_grow_with_request_id_length() -> None:
+    index = PredictionIndex(8)
+    long_id = "x" * (1 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(32):
+            rid = f"{i:04d}{long_id}"
+            index.add([rid], [1], [Predicted("champion", "1", i, False, 0.1)])
+            del rid
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(index) == 8
+    assert held < 64 << 10, f"the index holds {held} bytes for 8 rows"
+    assert index.get(f"0031{long_id}", 0).value == 31  # type: ignore[union-attr]
+    assert index.get(f"0023{long_id}", 0) is None
 
 
 def test_managed_settings() -> None:
