@@ -80,7 +80,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
     def DeleteDeployment(
         self, request: pb.DeleteDeploymentRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
-        self.deployments.delete(current_context(), request.name, request.etag)
+        self.deployments.delete(current_context(), request.name, request.etag, request.request_id)
         return empty_pb2.Empty()
 
     def StartRollout(

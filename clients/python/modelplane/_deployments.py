@@ -157,10 +157,14 @@ class DeploymentsMixin:
             ),
         )
 
-    def delete_deployment(self, deployment: str, *, etag: str = "") -> None:
+    def delete_deployment(
+        self, deployment: str, *, etag: str = "", request_id: str | None = None
+    ) -> None:
         self._call(
             self.deployments.DeleteDeployment,
-            deployments_pb2.DeleteDeploymentRequest(name=deployment_name(deployment), etag=etag),
+            deployments_pb2.DeleteDeploymentRequest(
+                name=deployment_name(deployment), etag=etag, request_id=request_id or self._rid()
+            ),
         )
 
     def start_rollout(
