@@ -4,11 +4,15 @@
 arm, version, predicted label or value), filled from the observer thread and bounded by a row
 count (the least recently predicted are forgotten first). It keys rows by a 16-byte digest of
 the request id, not the id itself, so its memory is bounded by the row count whatever the
-length of the ids. :class:`LabelIngestor` answers ``IngestLabels``: it
-checks every label first (nothing is joined or written when one is invalid), joins each with
-the index, adds ``labeled``/``correct`` to the open window of the arm that answered, and
-appends every label to the label log: ``labels-*.arrows`` Arrow IPC stream files in the
-prediction log's directory, written with the prediction log's file helpers.
+length of the ids.
+
+:class:`LabelIngestor` answers ``IngestLabels``. It checks every label first, against the
+prediction it joins too (a classifier's label is a class: ``class_label``, or a ``target``
+that is a whole number), so that nothing of a call is counted or written when one label is
+invalid; then it joins each with the index, adds ``labeled``/``correct`` to the open window
+of the arm that answered, and appends every label to the label log: ``labels-*.arrows`` Arrow
+IPC stream files in the prediction log's directory, written with the prediction log's file
+helpers.
 
 A predicted row counts toward ``labeled``/``correct`` once: the first label joined with it is
 counted, and any later label for the same (request id, row) - a retried ``IngestLabels``, or
@@ -107,16 +111,16 @@ class PredictionIndex:
         with self._lock:
             return self._rows.get(key)
 
-    def claim(self, request_id: str, row: int) -> tuple[Predicted | None, bool]:
-        """The prediction of that row, if still remembered, and whether this is the first
-        label joined with it (the row is marked labeled either way)."""
+    def claim(self, request_id: str, row: int, expected: Predicted) -> bool:
+        """Mark the row labeled if it still holds ``expected`` (what :meth:`get` returned)
+        and no label was counted for it yet; returns whether this label is the first."""
         key = (_digest(request_id), row)
         with self._lock:
             hit = self._rows.get(key)
-            if hit is None or hit.labeled:
-                return hit, False
+            if hit is not expected or hit.labeled:
+                return False
             self._rows[key] = replace(hit, labeled=True)
-            return hit, True
+            return True
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -174,8 +178,12 @@ class LabelIngestor:
         self.log = log
 
     def ingest(self, labels: Any) -> tuple[int, int]:
-        """Take a request's labels; returns (accepted, matched)."""
+        """Take a request's labels; returns (accepted, matched). Every label is checked,
+        against the prediction it joins too, before any is counted or written."""
         _check(labels)
+        index = self.index
+        hits = [index.get(label.request_id, label.row) for label in labels]
+        _check_kinds(labels, hits)
         now = time.time()
         rids: list[str] = []
         rows: list[int] = []
@@ -186,10 +194,9 @@ class LabelIngestor:
         versions: list[str | None] = []
         rights: list[bool | None] = []
         tally: dict[tuple[str, str], list[int]] = {}
-        for label in labels:
+        for label, hit in zip(labels, hits, strict=True):
             kind = label.WhichOneof("value")
             truth = label.class_label if kind == "class_label" else label.target
-            hit, first = self.index.claim(label.request_id, label.row)
             rids.append(label.request_id)
             rows.append(label.row)
             classes.append(label.class_label if kind == "class_label" else None)
@@ -202,7 +209,7 @@ class LabelIngestor:
                 continue
             right = correct(hit.value, truth, hit.regression, hit.tolerance)
             rights.append(right)
-            if not first:
+            if not index.claim(label.request_id, label.row, hit):
                 continue  # already counted (see the module's docstring)
             entry = tally.setdefault((hit.arm, hit.version), [0, 0])
             entry[0] += 1
@@ -252,14 +259,38 @@ def _check(labels: Any) -> None:
         kind = label.WhichOneof("value")
         if kind is None:
             raise InvalidArgument(
-                f"label {i} (request {label.request_id!r}) has no value; set class_label "
-                "(classifiers) or target (regression)",
+                f"label {i} ({_where(label)}) has no value; set class_label (classifiers) or "
+                "target (regression)",
                 reason="MISSING_LABEL_VALUE",
                 metadata={"index": str(i)},
             )
         if kind == "target" and not math.isfinite(label.target):
             raise InvalidArgument(
-                f"label {i} (request {label.request_id!r}) has a non-finite target",
+                f"label {i} ({_where(label)}) has the non-finite target {label.target!r}; "
+                "send a finite number",
                 reason="INVALID_LABEL_VALUE",
                 metadata={"index": str(i)},
             )
+
+
+def _check_kinds(labels: Any, hits: list[Predicted | None]) -> None:
+    """A classifier's label is its class: class_label, or a target that is a whole number
+    (a regression version takes either as its numeric value)."""
+    for i, (label, hit) in enumerate(zip(labels, hits, strict=True)):
+        if hit is None or hit.regression or label.WhichOneof("value") != "target":
+            continue
+        if not label.target.is_integer():
+            raise InvalidArgument(
+                f"label {i} ({_where(label)}) has the target {label.target!r}, but version "
+                f"{hit.version}, which answered it, is a classifier: send the class as "
+                "class_label",
+                reason="LABEL_TYPE_MISMATCH",
+                metadata={"index": str(i)},
+            )
+
+
+def _where(label: Any) -> str:
+    """The request id (cut short) and row of ``label``, for messages."""
+    rid = label.request_id
+    shown = repr(rid) if len(rid) <= 80 else f"{rid[:80]!r}..."
+    return f"request {shown}, row {label.row}"

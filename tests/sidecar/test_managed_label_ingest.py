@@ -1,0 +1,139 @@
+"""``IngestLabels`` on a real managed sidecar: labels are checked against the prediction they
+join before any is counted or written, and what a call answers matches what the windows
+report and the label log holds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from control_plane_double import FakeControlPlane, state
+from onnx import TensorProto, helper, numpy_helper
+from sidecar_helpers import output_array, raw_request, stub
+
+from modelplane.errors import error_info
+from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+NAME = "fraud"
+
+
+def _admin(h: Any) -> Any:
+    return sidecar_pb2_grpc.SidecarAdminServiceStub(grpc.insecure_channel(h.address))
+
+
+def _serve(h: Any, plane: FakeControlPlane, models: dict[int, bytes], **kw: Any) -> None:
+    versions = {n: (plane.add_blob(b), len(b), "") for n, b in models.items()}
+    kw.setdefault("champion", min(models))
+    plane.push(state(NAME, 1, versions, **kw))
+    assert h.wait_ready(60)
+
+
+def _predict(h: Any, request_id: str, x: np.ndarray[Any, Any]) -> Any:
+    return stub(h.port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id=request_id))
+
+
+def _classes(h: Any, request_id: str, rows: int, seed: int) -> list[int]:
+    x = np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
+    reply = _predict(h, request_id, x)
+    return [int(v) for v in np.argmax(output_array(reply, 0, np.float32), axis=1)]
+
+
+def _indexed(h: Any, rows: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(h.observer.index) < rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(h.observer.index) >= rows
+
+
+def _tally(plane: FakeControlPlane, settle_windows: int = 3) -> tuple[int, int]:
+    """(labeled, correct) over every report, once ``settle_windows`` more windows closed."""
+    seen = len(plane.reports)
+    reports = plane.wait_reports(lambda rs: len(rs) >= seen + settle_windows)
+    arms = [a for r in reports for a in r.arms]
+    return sum(a.labeled for a in arms), sum(a.correct for a in arms)
+
+
+def _refused(admin: Any, labels: list[Any]) -> tuple[Any, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=labels))
+    info = error_info(caught.value)
+    return caught.value.code(), f"{info.reason if info else None}: {caught.value.details()}"
+
+
+def regression_model(seed: int) -> bytes:
+    """``input`` FP32 [n, 8] -> ``value`` FP32 [n, 1] (a linear regression)."""
+    w = np.random.default_rng(seed).standard_normal((8, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["value"])],
+        "regression",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["n", 1])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_classifier_takes_classes_not_fractional_targets(
+    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+) -> None:
+    h = managed()
+    _serve(h, plane, {1: artifacts[1]})
+    predicted = _classes(h, "r1", 4, seed=0)
+    _indexed(h, 4)
+    admin = _admin(h)
+    right = sidecar_pb2.Label(request_id="r1", row=0, class_label=predicted[0])
+    # 0.9 above the predicted class would be truncated to it; -0.5 likewise to class 0.
+    for bad in (predicted[1] + 0.9, -0.5):
+        wrong = sidecar_pb2.Label(request_id="r1", row=1, target=bad)
+        code, details = _refused(admin, [right, wrong])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("LABEL_TYPE_MISMATCH"), details
+        assert "'r1', row 1" in details and "class_label" in details
+    code, details = _refused(
+        admin, [right, sidecar_pb2.Label(request_id="r1", row=2, target=float("nan"))]
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "row 2" in details, details
+    # Nothing of the refused calls was counted: the first label still counts, once.
+    reply = admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=[right]))
+    assert reply.matched == 1
+    # A whole-number target is the class it names.
+    as_target = [
+        sidecar_pb2.Label(request_id="r1", row=row, target=float(predicted[row])) for row in (1, 2)
+    ]
+    as_target.append(sidecar_pb2.Label(request_id="r1", row=3, target=float(1 - predicted[3])))
+    reply = admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=as_target))
+    assert reply.matched == 3
+    assert _tally(plane) == (4, 3)
+    # A label that joins nothing has no version to check against, and is taken.
+    reply = admin.IngestLabels(
+        sidecar_pb2.IngestLabelsRequest(
+            labels=[sidecar_pb2.Label(request_id="never-served", target=0.5)]
+        )
+    )
+    assert reply.matched == 0
+
+
+def test_a_regression_version_takes_targets_and_classes_as_values(
+    managed: Any, plane: FakeControlPlane
+) -> None:
+    h = managed()
+    _serve(h, plane, {1: regression_model(1)}, tolerance=0.01)
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    values = output_array(_predict(h, "v", x), 0, np.float32)[:, 0].tolist()
+    _indexed(h, 3)
+    admin = _admin(h)
+    code, details = _refused(admin, [sidecar_pb2.Label(request_id="v", row=0, target=np.inf)])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "row 0" in details, details
+    labels = [
+        sidecar_pb2.Label(request_id="v", row=0, target=values[0]),
+        sidecar_pb2.Label(request_id="v", row=1, target=values[1] + 0.5 + abs(values[1])),
+        sidecar_pb2.Label(request_id="v", row=2, class_label=round(values[2]) + 1000),
+    ]
+    reply = admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=labels))
+    assert reply.matched == 3
+    assert _tally(plane) == (3, 1)
