@@ -2,7 +2,8 @@
 
 Global options come before the subcommand. With ``--output json`` every command prints exactly
 one JSON document on stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a check
-that failed, 2 usage error, 3 the server answered an error, 4 server unreachable.
+that failed, 2 usage error, 3 the server answered an error, 4 server unreachable, 70 an
+internal error (a bug in the CLI, named in one line).
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib
+import math
 import os
 import sys
 from collections.abc import Sequence
 
-from modelplane.cli._output import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
+from modelplane.cli._output import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    Printer,
+)
 
 # Each module registers its subcommands with ``register(subparsers)``.
 _COMMAND_MODULES = (
@@ -48,6 +57,17 @@ def _default_principal() -> str:
         return "anonymous"
 
 
+def _positive_seconds(text: str) -> float:
+    """A number of seconds above 0; anything else is a usage error."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -70,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "a server with access control takes the principal from --token",
     )
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for each call (default 60)"
+        "--timeout",
+        type=_positive_seconds,
+        default=60.0,
+        help="seconds to wait for each call (default 60)",
     )
     parser.add_argument(
         "--roles",
@@ -141,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         printer.error(CliError(f"{where}{exc.strerror or exc}"))
         return EXIT_USAGE
+    except Exception as exc:
+        # A bug, not a failed check: one line naming it, and an exit code of its own.
+        detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        printer.error(
+            CliError(f"internal error in the CLI ({args.command}): {detail}", EXIT_INTERNAL)
+        )
+        return EXIT_INTERNAL
     return EXIT_OK if code is None else int(code)
 
 
