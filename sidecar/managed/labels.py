@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import structlog
 
-from modelplane.errors import InvalidArgument, ResourceExhausted
+from modelplane.errors import InvalidArgument, ResourceExhausted, Unavailable
 from sidecar.managed.compare import correct
 from sidecar.predlog.files import LABELS_PREFIX, LogFile
+
+log = structlog.get_logger("modelplane.sidecar.labels")
 
 MAX_LABELS_PER_CALL = 100_000
 ROTATE_BYTES = 64 << 20
@@ -143,22 +146,35 @@ class LabelLog:
         self._options = pa.ipc.IpcWriteOptions()
 
     def append(self, batch: pa.RecordBatch) -> None:
-        """Write ``batch`` durably (fsynced before returning)."""
+        """Write ``batch`` durably (fsynced before returning).
+
+        On a failure (OSError: a full disk, a file-size limit) nothing of ``batch`` stays
+        behind: the open file is cut back to its last complete batch and closed, and the
+        next append starts a new file.
+        """
         with self._lock:
             current = self._file
             if current is not None and (
                 current.size >= ROTATE_BYTES or time.monotonic() >= current.opened + self.rotate_age
             ):
-                current.close()
                 self._file = None
+                try:
+                    current.close()
+                except OSError:
+                    current.discard()
             if self._file is None:
                 self._seq += 1
                 self._file = LogFile.create(
                     self.directory, self._seq, batch, self._options, True, prefix=LABELS_PREFIX
                 )
                 return
-            self._file.write(batch)
-            self._file.flush(durable=True)
+            try:
+                self._file.write(batch)
+                self._file.flush(durable=True)
+            except OSError:
+                failed, self._file = self._file, None
+                failed.discard()
+                raise
 
     def close(self) -> None:
         """Finish the open file."""
@@ -169,7 +185,7 @@ class LabelLog:
 
 
 class LabelIngestor:
-    """``IngestLabels``: validate, join, count, log."""
+    """``IngestLabels``: validate, join, log, count."""
 
     def __init__(self, index: PredictionIndex, counts: Any, log: LabelLog | None) -> None:
         self.index = index
@@ -178,63 +194,87 @@ class LabelIngestor:
         self.log = log
 
     def ingest(self, labels: Any) -> tuple[int, int]:
-        """Take a request's labels; returns (accepted, matched). Every label is checked,
-        against the prediction it joins too, before any is counted or written."""
+        """Take a request's labels; returns (accepted, matched).
+
+        Every label is checked, against the prediction it joins too, before anything
+        happens; the call's labels are written to the label log before any is counted, so
+        a call the log cannot take (UNAVAILABLE, ``LABEL_LOG_FAILED``) leaves no trace and
+        can be sent again as it is.
+        """
         _check(labels)
         index = self.index
         hits = [index.get(label.request_id, label.row) for label in labels]
         _check_kinds(labels, hits)
-        now = time.time()
-        rids: list[str] = []
-        rows: list[int] = []
-        classes: list[int | None] = []
-        targets: list[float | None] = []
-        matched: list[bool] = []
-        arms: list[str | None] = []
-        versions: list[str | None] = []
-        rights: list[bool | None] = []
+        rights = [
+            None
+            if hit is None
+            else correct(hit.value, _truth(label), hit.regression, hit.tolerance)
+            for label, hit in zip(labels, hits, strict=True)
+        ]
+        if self.log is not None and len(labels):
+            self._write(labels, hits, rights)
         tally: dict[tuple[str, str], list[int]] = {}
-        for label, hit in zip(labels, hits, strict=True):
-            kind = label.WhichOneof("value")
-            truth = label.class_label if kind == "class_label" else label.target
-            rids.append(label.request_id)
-            rows.append(label.row)
-            classes.append(label.class_label if kind == "class_label" else None)
-            targets.append(label.target if kind == "target" else None)
-            matched.append(hit is not None)
-            arms.append(None if hit is None else hit.arm)
-            versions.append(None if hit is None else hit.version)
-            if hit is None:
-                rights.append(None)
-                continue
-            right = correct(hit.value, truth, hit.regression, hit.tolerance)
-            rights.append(right)
-            if not index.claim(label.request_id, label.row, hit):
-                continue  # already counted (see the module's docstring)
+        for label, hit, right in zip(labels, hits, rights, strict=True):
+            if hit is None or not index.claim(label.request_id, label.row, hit):
+                continue  # unmatched, or already counted (see the module's docstring)
             entry = tally.setdefault((hit.arm, hit.version), [0, 0])
             entry[0] += 1
-            entry[1] += int(right)
+            entry[1] += int(bool(right))
         for (arm, version), (labeled, right_count) in tally.items():
             self.counts.add_labeled(arm, version, labeled, right_count)
-        if self.log is not None and rids:
-            stamp = int(now * 1e6)
-            self.log.append(
-                pa.RecordBatch.from_arrays(
+        return len(labels), sum(hit is not None for hit in hits)
+
+    def _write(self, labels: Any, hits: list[Predicted | None], rights: list[bool | None]) -> None:
+        assert self.log is not None
+        kinds = [label.WhichOneof("value") for label in labels]
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(
+                    [int(time.time() * 1e6)] * len(labels), LABEL_SCHEMA.field("timestamp").type
+                ),
+                pa.array([label.request_id for label in labels], pa.string()),
+                pa.array([label.row for label in labels], pa.int64()),
+                pa.array(
                     [
-                        pa.array([stamp] * len(rids), LABEL_SCHEMA.field("timestamp").type),
-                        pa.array(rids, pa.string()),
-                        pa.array(rows, pa.int64()),
-                        pa.array(classes, pa.int64()),
-                        pa.array(targets, pa.float64()),
-                        pa.array(matched, pa.bool_()),
-                        pa.array(arms, pa.string()),
-                        pa.array(versions, pa.string()),
-                        pa.array(rights, pa.bool_()),
+                        label.class_label if kind == "class_label" else None
+                        for label, kind in zip(labels, kinds, strict=True)
                     ],
-                    schema=LABEL_SCHEMA,
-                )
+                    pa.int64(),
+                ),
+                pa.array(
+                    [
+                        label.target if kind == "target" else None
+                        for label, kind in zip(labels, kinds, strict=True)
+                    ],
+                    pa.float64(),
+                ),
+                pa.array([hit is not None for hit in hits], pa.bool_()),
+                pa.array([None if hit is None else hit.arm for hit in hits], pa.string()),
+                pa.array([None if hit is None else hit.version for hit in hits], pa.string()),
+                pa.array(rights, pa.bool_()),
+            ],
+            schema=LABEL_SCHEMA,
+        )
+        try:
+            self.log.append(batch)
+        except OSError as exc:
+            log.error(
+                "label log write failed",
+                directory=str(self.log.directory),
+                errno=exc.errno,
+                error=str(exc),
+                labels=len(labels),
             )
-        return len(rids), sum(matched)
+            raise Unavailable(
+                f"the label log could not be written ({exc.strerror or type(exc).__name__}); "
+                "none of these labels was logged or counted: send them again once the "
+                "sidecar's log directory can be written (the sidecar's log has the details)",
+                reason="LABEL_LOG_FAILED",
+            ) from None
+
+
+def _truth(label: Any) -> int | float:
+    return int(label.class_label) if label.WhichOneof("value") == "class_label" else label.target
 
 
 def _check(labels: Any) -> None:

@@ -146,6 +146,23 @@ class LogFile:
         with contextlib.suppress(Exception):
             self._fh.close()
 
+    def discard(self) -> None:
+        """After a failed write: cut the file back to what the last flush wrote (its last
+        complete batch), drop whatever is still buffered, and close it. Nothing of the
+        failed write reaches the file later, and readers recover every batch before it."""
+        fd = self._fh.fileno()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, self.size)
+        # Closing the buffered handle would try to write what it still holds: point its
+        # descriptor at /dev/null first (this also closes the file and releases its lock).
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        with contextlib.suppress(Exception):
+            self._fh.close()
+
 
 def _unlink_unless_open(path: Path) -> bool:
     """Delete ``path`` unless a writer holds its lock; returns whether it was deleted."""

@@ -4,7 +4,10 @@ report and the label log holds."""
 
 from __future__ import annotations
 
+import resource
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
-from sidecar_helpers import output_array, raw_request, stub
+from sidecar_helpers import health_status, output_array, raw_request, spawn_sidecar, stub
 
 from modelplane.errors import error_info
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -137,3 +140,65 @@ def test_a_regression_version_takes_targets_and_classes_as_values(
     reply = admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=labels))
     assert reply.matched == 3
     assert _tally(plane) == (3, 1)
+
+
+def _limit_file_size() -> None:
+    """In the sidecar's process: no file may grow past 64 KiB (writes then fail with EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
+    plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from sidecar.predlog import list_log_files, read_file_batches
+
+    versions = {1: (plane.add_blob(artifacts[1]), len(artifacts[1]), "")}
+    plane.push(state(NAME, 1, versions, champion=1))
+    log_dir = tmp_path / "log"
+    proc, ready = spawn_sidecar(
+        [
+            *("--control-plane", plane.address, "--deployment", NAME),
+            *("--listen", "127.0.0.1:0", "--device", "cpu"),
+            *("--log-dir", str(log_dir), "--cache-dir", str(tmp_path / "cache")),
+        ],
+        stderr=tmp_path / "stderr.log",
+        preexec_fn=_limit_file_size,
+    )
+    try:
+        port = ready["port"]
+        x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+        reply = stub(port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id="a"))
+        predicted = [int(v) for v in np.argmax(output_array(reply, 0, np.float32), axis=1)]
+        admin = sidecar_pb2_grpc.SidecarAdminServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        first = sidecar_pb2.Label(request_id="a", row=0, class_label=predicted[0])
+        deadline = time.monotonic() + 10
+        while admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=[first])).matched < 1:
+            assert time.monotonic() < deadline, "the prediction was never indexed"
+            time.sleep(0.05)
+        second = sidecar_pb2.Label(request_id="a", row=1, class_label=predicted[1])
+        # Far more than the 64 KiB a file may hold: the write fails part way.
+        filler = [sidecar_pb2.Label(request_id=f"filler-{i}", class_label=1) for i in range(4000)]
+        with pytest.raises(grpc.RpcError) as caught:
+            admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=[second, *filler]))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        info = error_info(caught.value)
+        assert info is not None and info.reason == "LABEL_LOG_FAILED"
+        assert "send them again" in caught.value.details()
+        assert _tally(plane) == (1, 1)  # the refused call counted nothing
+        # The same label sent again is taken, written and counted.
+        reply = admin.IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=[second]))
+        assert (reply.accepted, reply.matched) == (1, 1)
+        assert _tally(plane) == (2, 2)
+        assert health_status(port) == "SERVING"
+        assert stub(port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}), timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    files = list_log_files(log_dir, labels=True)
+    logged = pa.Table.from_batches([b for f in files for b in read_file_batches(f)])
+    ids = logged.column("request_id").to_pylist()
+    assert not [i for i in ids if i.startswith("filler-")]
+    assert ids.count("a") >= 2 and logged.column("row").to_pylist()[-1] == 1
