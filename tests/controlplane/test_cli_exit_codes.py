@@ -4,15 +4,19 @@ rollout settings and JSON output keep to the table in the README."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from modelplane import Client
 from tests.conftest import unique
+from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_cli import Cli
 
 
 @pytest.fixture
-def cli(controlplane, capsys: pytest.CaptureFixture[str]) -> Cli:  # type: ignore[no-untyped-def]
+def cli(controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(controlplane.address, capsys)
 
 
@@ -35,4 +39,41 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "soon"])
 def test_a_global_timeout_must_be_positive_seconds(cli: Cli, timeout: str) -> None:
     code, out, err = cli.run("--timeout", timeout, "models", "list")
+    assert (code, out) == (2, "") and "--timeout" in err
+
+
+def _operations(controlplane: RunningControlPlane) -> tuple[str, str, str]:
+    """Three operations: one that succeeded, one that failed, one still running."""
+    from controlplane.services import OperationService
+    from controlplane.store import Store
+    from modelplane.errors import InvalidArgument
+    from modelplane.server import RequestContext
+
+    ctx = RequestContext(principal="ci")
+    store = Store.open(controlplane.db_url)
+    try:
+        ops = OperationService(store)
+        target = f"models/{unique()}/versions/1"
+        ok = ops.start(ctx, "evaluation", target)
+        ops.finish(ctx, ok.id)
+        failed = ops.start(ctx, "evaluation", target)
+        ops.finish(ctx, failed.id, error=InvalidArgument("no column y", reason="UNKNOWN_COLUMN"))
+        running = ops.start(ctx, "evaluation", target, lease_seconds=600)
+    finally:
+        store.close()
+    return ok.name, failed.name, running.name
+
+
+def test_operations_wait_exit_codes(cli: Cli, controlplane: RunningControlPlane) -> None:
+    ok, failed, running = _operations(controlplane)
+    assert cli.json("operations", "wait", ok, "--timeout", "1")["done"] is True
+    code, out, err = cli.run("operations", "wait", failed, "--timeout", "1")
+    assert (code, out) == (3, "")
+    assert "INVALID_ARGUMENT" in err and "UNKNOWN_COLUMN" in err and "no column y" in err
+    started = time.monotonic()
+    code, out, err = cli.run("operations", "wait", running, "--timeout", "0.9")
+    waited = time.monotonic() - started
+    assert code == 5 and json.loads(out)["done"] is False and "still running" in err
+    assert 0.8 <= waited < 5, waited  # 0.9 s is waited, not cut to 0
+    code, out, err = cli.run("operations", "wait", running, "--timeout", "-1")
     assert (code, out) == (2, "") and "--timeout" in err

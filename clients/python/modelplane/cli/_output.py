@@ -15,6 +15,8 @@ EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SERVER_ERROR = 3
 EXIT_UNREACHABLE = 4
+#: Not finished when the wait's --timeout passed (``operations wait``).
+EXIT_NOT_DONE = 5
 #: A bug in the CLI: an exception nothing above expected.
 EXIT_INTERNAL = 70
 

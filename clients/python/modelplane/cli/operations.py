@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
+import time
 
+from modelplane._client import operation_error
 from modelplane.cli._common import client, server_errors
-from modelplane.cli._output import Printer, to_dict
+from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.v1 import operations_pb2
 
 
@@ -23,9 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.set_defaults(handler=_list)
     w = s.add_parser("wait", help="wait until an operation is done")
     w.add_argument("name")
-    w.add_argument("--timeout", dest="wait_timeout", type=float, default=60.0, help="seconds")
+    w.add_argument(
+        "--timeout",
+        dest="wait_timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait (default 60); exit 5 if not done by then, 3 if it failed",
+    )
     w.set_defaults(handler=_wait)
 
+
+#: The longest single WaitOperation call (the server caps each wait at 60 s).
+MAX_WAIT_STEP_S = 30.0
 
 COLUMNS = ["name", "kind", "target", "done", "progress", "error", "create_time"]
 
@@ -67,13 +79,22 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _wait(args: argparse.Namespace, out: Printer) -> int:
-    from google.protobuf import duration_pb2
-
+    """Exit 0 when the operation succeeded, 3 with its error when it failed, 5 (with the
+    operation on stdout) when it is still running at ``--timeout``."""
+    if not math.isfinite(args.wait_timeout) or args.wait_timeout < 0:
+        raise CliError("--timeout takes a number of seconds >= 0", EXIT_USAGE)
+    deadline = time.monotonic() + args.wait_timeout
     with server_errors(), client(args) as c:
-        request = operations_pb2.WaitOperationRequest(
-            name=args.name, timeout=duration_pb2.Duration(seconds=int(args.wait_timeout))
-        )
-        c.timeout = max(c.timeout, args.wait_timeout + 5)
-        o = c._call(c.operations.WaitOperation, request)
+        o = c.get_operation(args.name)
+        while not o.done and (left := deadline - time.monotonic()) > 0:
+            # The server caps one wait; each call's deadline leaves it room to answer.
+            step = min(left, MAX_WAIT_STEP_S)
+            c.timeout = max(c.timeout, step + 5)
+            o = c.wait_operation(args.name, step)
+        if o.HasField("error"):
+            raise operation_error(o.error)
     out.emit(o, columns=COLUMNS, rows=[_row(o)])
-    return 0
+    if not o.done:
+        out.progress(f"{o.name} is still running after {args.wait_timeout:g}s")
+        return EXIT_NOT_DONE
+    return EXIT_OK
