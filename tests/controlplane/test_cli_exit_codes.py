@@ -77,3 +77,27 @@ def test_operations_wait_exit_codes(cli: Cli, controlplane: RunningControlPlane)
     assert 0.8 <= waited < 5, waited  # 0.9 s is waited, not cut to 0
     code, out, err = cli.run("operations", "wait", running, "--timeout", "-1")
     assert (code, out) == (2, "") and "--timeout" in err
+
+
+def test_operations_list_fetches_every_page(cli: Cli, controlplane: RunningControlPlane) -> None:
+    from controlplane.services import OperationService
+    from controlplane.store import Store
+    from modelplane.server import RequestContext
+
+    target = f"models/{unique()}/versions/1"
+    store = Store.open(controlplane.db_url)
+    try:
+        ops = OperationService(store)
+        made = {
+            ops.start(RequestContext(principal="ci"), "evaluation", target).name for _ in range(55)
+        }
+    finally:
+        store.close()
+    listed = cli.json("operations", "list", "--target", target)  # the server's pages hold 50
+    assert {o["name"] for o in listed["operations"]} == made and listed["next_page_token"] == ""
+    page = cli.json("operations", "list", "--target", target, "--page-size", "20")
+    assert len(page["operations"]) == 20 and page["next_page_token"]
+    rest = cli.json(
+        "operations", "list", "--target", target, "--page-token", page["next_page_token"]
+    )
+    assert len(rest["operations"]) == 35

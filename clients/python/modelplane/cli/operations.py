@@ -63,17 +63,21 @@ def _get(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
+    """One page with --page-size or --page-token; every page otherwise."""
+    one_page = bool(args.page_size or args.page_token)
+    operations: list[operations_pb2.Operation] = []
+    token = args.page_token
     with server_errors(), client(args) as c:
-        page = c.list_operations(
-            target=args.target, page_size=args.page_size, page_token=args.page_token
-        )
+        while True:
+            page = c.list_operations(target=args.target, page_size=args.page_size, page_token=token)
+            operations.extend(page.operations)
+            token = page.next_page_token
+            if one_page or not token:
+                break
     out.emit(
-        {
-            "operations": [to_dict(o) for o in page.operations],
-            "next_page_token": page.next_page_token,
-        },
+        {"operations": [to_dict(o) for o in operations], "next_page_token": token},
         columns=COLUMNS,
-        rows=[_row(o) for o in page.operations],
+        rows=[_row(o) for o in operations],
     )
     return 0
 
