@@ -12,7 +12,8 @@ that is a whole number), so that nothing of a call is counted or written when on
 invalid; then it joins each with the index, adds ``labeled``/``correct`` to the open window
 of the arm that answered, and appends every label to the label log: ``labels-*.arrows`` Arrow
 IPC stream files in the prediction log's directory, written with the prediction log's file
-helpers.
+helpers. A sidecar without a prediction log (no ``--log-dir``) keeps no label log: it joins
+and counts labels, and answers that it wrote none (``accepted`` 0).
 
 A predicted row counts toward ``labeled``/``correct`` once: the first label joined with it is
 counted, and any later label for the same (request id, row) - a retried ``IngestLabels``, or
@@ -194,7 +195,8 @@ class LabelIngestor:
         self.log = log
 
     def ingest(self, labels: Any) -> tuple[int, int]:
-        """Take a request's labels; returns (accepted, matched).
+        """Take a request's labels; returns (accepted: written to the label log, none
+        without one; matched: joined with a remembered prediction).
 
         Every label is checked, against the prediction it joins too, before anything
         happens; the call's labels are written to the label log before any is counted, so
@@ -222,7 +224,8 @@ class LabelIngestor:
             entry[1] += int(bool(right))
         for (arm, version), (labeled, right_count) in tally.items():
             self.counts.add_labeled(arm, version, labeled, right_count)
-        return len(labels), sum(hit is not None for hit in hits)
+        accepted = len(labels) if self.log is not None else 0
+        return accepted, sum(hit is not None for hit in hits)
 
     def _write(self, labels: Any, hits: list[Predicted | None], rights: list[bool | None]) -> None:
         assert self.log is not None

@@ -202,3 +202,42 @@ def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
     ids = logged.column("request_id").to_pylist()
     assert not [i for i in ids if i.startswith("filler-")]
     assert ids.count("a") >= 2 and logged.column("row").to_pylist()[-1] == 1
+
+
+def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
+    managed: Any,
+    plane: FakeControlPlane,
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from modelplane.cli import main
+
+    h = managed()  # no prediction log, so no label log
+    _serve(h, plane, {1: artifacts[1]})
+    predicted = _classes(h, "n", 2, seed=0)
+    _indexed(h, 2)
+    reply = _admin(h).IngestLabels(
+        sidecar_pb2.IngestLabelsRequest(
+            labels=[sidecar_pb2.Label(request_id="n", row=0, class_label=predicted[0])]
+        )
+    )
+    assert (reply.accepted, reply.matched) == (0, 1)
+    assert _tally(plane) == (1, 1)  # joined and counted all the same
+    labels = tmp_path / "labels.csv"
+    pacsv.write_csv(
+        pa.table({"request_id": ["n", "other"], "row": [1, 0], "label": [predicted[1], 0]}),
+        labels,
+    )
+    capsys.readouterr()
+    code = main(["--output", "json", "labels", "send", str(labels), "--sidecar", h.address])
+    captured = capsys.readouterr()
+    assert code == 0
+    out = json.loads(captured.out)
+    assert out["sidecars"] == [{"sidecar": h.address, "accepted": 0, "matched": 1}]
+    assert "keeps no label log" in captured.err and "--log-dir" in captured.err

@@ -1,7 +1,9 @@
 """``modelplane labels send``: ground truth for logged predictions, to every sidecar replica.
 
 Each replica joins the labels with the predictions it served and still remembers (live
-accuracy per arm in its next window) and appends every label to its label log.
+accuracy per arm in its next window) and appends every label to its label log (``accepted``
+counts those written: none from a replica without a label log, which runs without
+``--log-dir``; ``matched`` those joined).
 """
 
 from __future__ import annotations
@@ -109,6 +111,11 @@ def _send(args: argparse.Namespace, out: Printer) -> int:
         for address in args.sidecar:
             accepted, matched = _send_one(address, labels, args.timeout)
             results.append({"sidecar": address, "accepted": accepted, "matched": matched})
+            if labels and not accepted:
+                out.progress(
+                    f"note: {address} keeps no label log (it runs without --log-dir): it "
+                    f"joined and counted {matched} label(s) but wrote none (accepted 0)"
+                )
     out.emit(
         {"labels": len(labels), "sidecars": results},
         columns=["sidecar", "accepted", "matched"],
