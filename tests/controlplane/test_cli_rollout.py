@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelplane import Client
+from modelplane.errors import InvalidArgument
 from modelplane.testing.onnx_models import mlp, save
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
@@ -139,3 +140,31 @@ def test_rollout_bad_input_exit_codes(cli: Cli, client: Client, tmp_path: Path) 
         "deployments", "create", unique(), "--model", model, "--champion", "1", "--guard", "a +"
     )
     assert code == 3 and "INVALID_GUARD" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "strategy"),
+    [
+        ("--split", "0", "ab"),
+        ("--shadow-fraction", "0", "shadow"),
+        ("--min-requests", "0", "canary"),
+        ("--step-duration", "0s", "canary"),
+        ("--split", "-5", "ab"),
+        ("--shadow-fraction", "nan", "shadow"),
+    ],
+)
+def test_rollout_settings_of_zero_are_refused_not_sent_as_the_default(
+    cli: Cli, client: Client, tmp_path: Path, flag: str, value: str, strategy: str
+) -> None:
+    model = _model(client, tmp_path)
+    cli.json("deployments", "create", model, "--model", model, "--champion", "1")
+    argv = ["rollout", "start", model, "--candidate", "2", "--strategy", strategy, flag, value]
+    code, out, err = cli.run(*argv)
+    assert (code, out) == (2, "") and flag in err, err
+    assert not client.get_deployment(model).HasField("rollout")  # nothing started
+    key = flag.lstrip("-").replace("-", "_")
+    number = 0 if key == "min_requests" else 0.0
+    with pytest.raises(InvalidArgument) as refused:
+        client.start_rollout(model, 2, strategy=strategy, **{key: number})
+    assert refused.value.reason == "INVALID_ROLLOUT_SETTING" and key in refused.value.message
+    assert not client.get_deployment(model).HasField("rollout")

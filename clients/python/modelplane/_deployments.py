@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
-from modelplane.errors import ModelplaneError
+from modelplane.errors import InvalidArgument, ModelplaneError
 from modelplane.v1 import deployments_pb2, deployments_pb2_grpc
 
 T = TypeVar("T")
@@ -174,25 +174,40 @@ class DeploymentsMixin:
         *,
         strategy: str = "canary",
         steps: Sequence[float] = (),
-        split: float = 0.0,
-        shadow_fraction: float = 0.0,
-        step_duration: float = 0.0,
-        min_requests: int = 0,
+        split: float | None = None,
+        shadow_fraction: float | None = None,
+        step_duration: float | None = None,
+        min_requests: int | None = None,
         guards: Sequence[str] = (),
         etag: str = "",
         request_id: str | None = None,
     ) -> deployments_pb2.Deployment:
-        """Start a rollout; 0 or empty settings take the server's defaults."""
+        """Start a rollout; settings left out (None, or empty ``steps``) take the server's
+        defaults. ``split``, ``shadow_fraction``, ``step_duration`` (seconds) and
+        ``min_requests`` must be above 0: the request cannot carry a 0 apart from "default",
+        so one is refused here (:class:`InvalidArgument`) rather than sent."""
+        settings = {
+            "split": split,
+            "shadow_fraction": shadow_fraction,
+            "step_duration": step_duration,
+            "min_requests": min_requests,
+        }
+        for key, value in settings.items():
+            if value is not None and not value > 0:  # NaN too
+                raise InvalidArgument(
+                    f"{key} must be above 0 (leave it out for the server's default), not {value}",
+                    reason="INVALID_ROLLOUT_SETTING",
+                )
         rollout = deployments_pb2.Rollout(
             candidate_version=candidate_version,
             strategy=STRATEGIES.get(strategy, deployments_pb2.ROLLOUT_STRATEGY_UNSPECIFIED),
             steps=list(steps),
-            split=split,
-            shadow_fraction=shadow_fraction,
-            min_requests=min_requests,
+            split=split or 0.0,
+            shadow_fraction=shadow_fraction or 0.0,
+            min_requests=min_requests or 0,
             guards=list(guards),
         )
-        if step_duration:
+        if step_duration is not None:
             rollout.step_duration.FromTimedelta(timedelta(seconds=step_duration))
         return self._call(  # type: ignore[no-any-return]
             self.deployments.StartRollout,

@@ -183,14 +183,19 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any]:
             ) from None
         if not kw["steps"]:
             raise CliError("--steps needs at least one percent", EXIT_USAGE)
-    if args.split is not None:
-        kw["split"] = args.split
-    if args.shadow_fraction is not None:
-        kw["shadow_fraction"] = args.shadow_fraction
-    if args.step_duration is not None:
-        kw["step_duration"] = _duration(args.step_duration)
-    if args.min_requests is not None:
-        kw["min_requests"] = args.min_requests
+    given = {
+        "split": args.split,
+        "shadow_fraction": args.shadow_fraction,
+        "step_duration": None if args.step_duration is None else _duration(args.step_duration),
+        "min_requests": args.min_requests,
+    }
+    for key, value in given.items():
+        if value is None:
+            continue  # the server's default
+        if not value > 0:  # NaN too; a 0 would be sent as "default"
+            flag = "--" + key.replace("_", "-")
+            raise CliError(f"{flag} must be above 0 (leave it out for the default)", EXIT_USAGE)
+        kw[key] = value
     return kw
 
 
