@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -41,6 +42,23 @@ def to_dict(message: Message) -> dict[str, Any]:
     )
 
 
+def finite(data: Any) -> Any:
+    """``data`` with each NaN or infinite float written as protobuf's JSON mapping writes it:
+    the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (bare ``NaN`` is not JSON)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else ("Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, Mapping):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data
+
+
+def dumps(data: Any, **kw: Any) -> str:
+    """``data`` as strict JSON (see :func:`finite`); what JSON cannot hold goes as ``str``."""
+    return json.dumps(finite(data), allow_nan=False, default=str, **kw)
+
+
 class Printer:
     """Writes results to stdout and diagnostics to stderr, in the chosen format."""
 
@@ -59,7 +77,7 @@ class Printer:
         if isinstance(data, Message):
             data = to_dict(data)
         if self.json_output:
-            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+            sys.stdout.write(dumps(data, indent=2) + "\n")
             sys.stdout.flush()
             return
         from rich.console import Console
@@ -77,7 +95,7 @@ class Printer:
                 table.add_row(*(Text("" if v is None else str(v)) for v in row))
             console.print(table)
         elif isinstance(data, Mapping):
-            console.print_json(json.dumps(data, default=str))
+            console.print_json(dumps(data))
         else:
             console.print(data, markup=False, highlight=False)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -146,10 +146,8 @@ def _read(args: argparse.Namespace, printer: Printer) -> int:
         return 0
     records = table.to_pylist()
     if args.out:
-        import json
-
         with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump(records, fh, default=str)
+            fh.write(dumps(records))
         printer.progress(f"wrote {table.num_rows} records to {args.out}")
         return 0
     printer.emit(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
 from modelplane.cli._common import client, csv_list, server_errors
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps, to_dict
 from modelplane.cli.deployments import _duration
 from modelplane.v1 import deployments_pb2 as dp
 
@@ -216,7 +215,7 @@ def _status(args: argparse.Namespace, out: Printer) -> int:
         last: str | None = None
         while True:
             doc = status(d)
-            line = json.dumps(doc, default=str)
+            line = dumps(doc)
             # The evidence changes with every window; print when anything does.
             if line != last:
                 sys.stdout.write(line + "\n")
