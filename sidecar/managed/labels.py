@@ -15,6 +15,12 @@ IPC stream files in the prediction log's directory, written with the prediction 
 helpers. A sidecar without a prediction log (no ``--log-dir``) keeps no label log: it joins
 and counts labels, and answers that it wrote none (``accepted`` 0).
 
+A label joins only predictions that the coming window reports can carry: those of a version
+that still answers as the same arm (or whose arm no other version holds now) in the routing
+table. The rows of a version that left it - the champion after a promotion, the candidate
+after a rollback - are unmatched (``matched`` false in the answer and the log; the prediction
+log still has them).
+
 A predicted row counts toward ``labeled``/``correct`` once: the first label joined with it is
 counted, and any later label for the same (request id, row) - a retried ``IngestLabels``, or
 a correction - is matched and written to the label log but not counted again. The first one
@@ -68,7 +74,8 @@ class Predicted:
     """What one served row predicted."""
 
     arm: str
-    version: str
+    #: The version's number.
+    version: int
     value: float | int
     regression: bool
     tolerance: float
@@ -190,7 +197,9 @@ class LabelIngestor:
 
     def __init__(self, index: PredictionIndex, counts: Any, log: LabelLog | None) -> None:
         self.index = index
-        #: Receives ``add_labeled(arm, version, labeled, correct)`` for the open window.
+        #: Receives ``add_labeled(arm, version, labeled, correct)`` for the open window, and
+        #: says whether labels of a version answering as an arm can be reported
+        #: (``reportable(arm, version)``).
         self.counts = counts
         self.log = log
 
@@ -207,6 +216,12 @@ class LabelIngestor:
         index = self.index
         hits = [index.get(label.request_id, label.row) for label in labels]
         _check_kinds(labels, hits)
+        # A version that left the routing table (a champion after a promotion, a candidate
+        # after a rollback) is in no report to come: its rows no longer join.
+        hits = [
+            None if hit is None or not self.counts.reportable(hit.arm, hit.version) else hit
+            for hit in hits
+        ]
         rights = [
             None
             if hit is None
@@ -215,7 +230,7 @@ class LabelIngestor:
         ]
         if self.log is not None and len(labels):
             self._write(labels, hits, rights)
-        tally: dict[tuple[str, str], list[int]] = {}
+        tally: dict[tuple[str, int], list[int]] = {}
         for label, hit, right in zip(labels, hits, rights, strict=True):
             if hit is None or not index.claim(label.request_id, label.row, hit):
                 continue  # unmatched, or already counted (see the module's docstring)
@@ -253,7 +268,7 @@ class LabelIngestor:
                 ),
                 pa.array([hit is not None for hit in hits], pa.bool_()),
                 pa.array([None if hit is None else hit.arm for hit in hits], pa.string()),
-                pa.array([None if hit is None else hit.version for hit in hits], pa.string()),
+                pa.array([None if hit is None else str(hit.version) for hit in hits], pa.string()),
                 pa.array(rights, pa.bool_()),
             ],
             schema=LABEL_SCHEMA,

@@ -18,7 +18,7 @@ import structlog
 from sidecar.managed.labels import Predicted, PredictionIndex
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
-from sidecar.managed.window import LabelTally, Window
+from sidecar.managed.window import LabelTally, Window, carries
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.predlog import PredictionLogError, PredictionLogWriter
 from sidecar.recording import run_to_prediction_batch, to_rejected_request
@@ -113,9 +113,15 @@ class ManagedObserver:
             if tick is not None:
                 tick()
 
-    def add_labeled(self, arm: str, version: str, labeled: int, right: int) -> None:
+    def add_labeled(self, arm: str, version: int, labeled: int, right: int) -> None:
         """Joined labels for the open window (``IngestLabels`` threads)."""
         self.labels.add_labeled(arm, version, labeled, right)
+
+    def reportable(self, arm: str, version: int) -> bool:
+        """Whether the coming reports can carry labels of ``version`` answering as ``arm``
+        (``IngestLabels`` threads)."""
+        table = self._tables()
+        return table is not None and carries(table, arm, version)
 
     def flush(self) -> None:
         """Close the open window now (at shutdown)."""
@@ -137,7 +143,10 @@ class ManagedObserver:
 
     def _close(self, window: Window) -> None:
         try:
-            self._emit(window.close(self.name, self.replica, self._dropped(), self.labels.take()))
+            fresh, carried = self.labels.take()
+            request, left = window.close(self.name, self.replica, self._dropped(), fresh, carried)
+            self.labels.carry(left)
+            self._emit(request)
         except Exception:
             log.exception("could not close the report window")
 
@@ -185,7 +194,8 @@ class ManagedObserver:
         table = self._tables()
         tolerance = 0.1 if table is None else table.tolerance
         predicted = [
-            Predicted(version.arm, version.label, v, regression, tolerance) for v in values.tolist()
+            Predicted(version.arm, version.number, v, regression, tolerance)
+            for v in values.tolist()
         ]
         if mask is None:
             self.index.add(record.request_ids, record.row_counts, predicted)

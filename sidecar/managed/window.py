@@ -1,7 +1,10 @@
 """The open report window: per-arm counts, shadow pairs, drift; closed into a report.
 
 Only the observer thread touches a window. Labels joined by ``IngestLabels`` (request
-threads) gather in a :class:`LabelTally` that the closing window takes.
+threads) gather in a :class:`LabelTally` that the closing window takes, by arm and version
+number, so that a window reports them whether or not its routing table still holds the
+version; only when another version holds the arm in its report (one summary per arm) are
+they left to the next window.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import time
 from typing import Any
 
 import numpy as np
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelplane.v1 import deployments_pb2 as dpb
 from sidecar.drift import WindowState
 from sidecar.managed.compare import ArmCounts, ShadowCounts
 from sidecar.managed.versions import CANDIDATE, CHAMPION, LoadedVersion, RoutingTable
+
+log = structlog.get_logger("modelplane.sidecar.managed")
 
 #: How much of a load error a report carries.
 MAX_ERROR_CHARS = 500
@@ -59,25 +65,39 @@ def drift_summary(version: LoadedVersion, window: WindowState) -> Any:
     )
 
 
+def carries(table: RoutingTable, arm: str, version: int) -> bool:
+    """Whether reports of ``table``'s windows can carry labels of ``version`` answering as
+    ``arm``: no other version answers as ``arm`` there (a report holds one summary per arm)."""
+    holder = table.champion if arm == CHAMPION else table.candidate
+    return holder is None or holder.number == version
+
+
 class LabelTally:
-    """Labels joined since the last window closed, by (arm, version label)."""
+    """Labels joined since the last window closed, by (arm, version number)."""
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._counts: dict[tuple[str, int], list[int]] = {}
+        self._carried: dict[tuple[str, int], list[int]] = {}
         self._lock = threading.Lock()
 
-    def add_labeled(self, arm: str, version: str, labeled: int, right: int) -> None:
+    def add_labeled(self, arm: str, version: int, labeled: int, right: int) -> None:
         """Count joined labels (any thread)."""
         with self._lock:
             entry = self._counts.setdefault((arm, version), [0, 0])
             entry[0] += labeled
             entry[1] += right
 
-    def take(self) -> dict[tuple[str, str], list[int]]:
-        """The counts so far, starting over."""
+    def take(self) -> tuple[dict[tuple[str, int], list[int]], dict[tuple[str, int], list[int]]]:
+        """The counts so far, and those a closed window left to this one; starting over."""
         with self._lock:
             counts, self._counts = self._counts, {}
-        return counts
+            carried, self._carried = self._carried, {}
+        return counts, carried
+
+    def carry(self, counts: dict[tuple[str, int], list[int]]) -> None:
+        """Counts a window could not report, for the next one."""
+        with self._lock:
+            self._carried = counts
 
 
 class Window:
@@ -105,22 +125,52 @@ class Window:
         """Whether the report interval has passed."""
         return time.monotonic() - self.opened >= self.table.report_interval
 
+    def _labeled(self, arm: str, number: int) -> ArmCounts | None:
+        """The counts that labels of version ``number`` answering as ``arm`` go to; None when
+        another version holds that arm in this window's report."""
+        counts = self.arms.get((arm, number))
+        if counts is not None:
+            return counts
+        if any(held == arm for held, _ in self.arms):
+            return None
+        version = next((v for v in self.table.by_label.values() if v.number == number), None)
+        layout = None if version is None else version.rule.layout
+        counts = self.arms[(arm, number)] = ArmCounts(arm, number, layout)
+        return counts
+
     def close(
-        self, name: str, replica: str, dropped: int, labels: dict[tuple[str, str], list[int]]
-    ) -> Any:
-        """The ``ReportWindowRequest`` of this window (without its sequence number);
-        ``labels``: joined labels by (arm, version label) -> [labeled, correct]."""
+        self,
+        name: str,
+        replica: str,
+        dropped: int,
+        labels: dict[tuple[str, int], list[int]],
+        carried: dict[tuple[str, int], list[int]] | None = None,
+    ) -> tuple[Any, dict[tuple[str, int], list[int]]]:
+        """The ``ReportWindowRequest`` of this window (without its sequence number), and the
+        labels it could not carry, for the next window. ``labels``: joined labels by (arm,
+        version number) -> [labeled, correct]; ``carried``: those the previous window left,
+        dropped (and logged) when this one cannot carry them either."""
         table = self.table
         end = time.time()
         self.arm(table.champion, CHAMPION)
         if table.candidate is not None and table.splitter.splits:
             self.arm(table.candidate, CANDIDATE)
-        for (arm, label), (labeled, right) in labels.items():
-            version = table.by_label.get(label)
-            if version is not None:
-                counts = self.arm(version, arm)
-                counts.labeled += labeled
-                counts.correct += right
+        left: dict[tuple[str, int], list[int]] = {}
+        for source, again in ((labels, False), (carried or {}, True)):
+            for (arm, number), (labeled, right) in source.items():
+                counts = self._labeled(arm, number)
+                if counts is None and not again:
+                    left[(arm, number)] = [labeled, right]
+                elif counts is None:
+                    log.warning(
+                        "labels of a version no longer reported are left out",
+                        arm=arm,
+                        version=number,
+                        labeled=labeled,
+                    )
+                else:
+                    counts.labeled += labeled
+                    counts.correct += right
         summaries = []
         for (_, number), counts in self.arms.items():
             summary = counts.to_proto()
@@ -146,4 +196,4 @@ class Window:
         if self.shadow is not None:
             self.shadow.dropped += dropped
             request.shadow.CopyFrom(self.shadow.to_proto())
-        return request
+        return request, left

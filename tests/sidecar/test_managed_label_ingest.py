@@ -241,3 +241,56 @@ def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
     out = json.loads(captured.out)
     assert out["sidecars"] == [{"sidecar": h.address, "accepted": 0, "matched": 1}]
     assert "keeps no label log" in captured.err and "--log-dir" in captured.err
+
+
+def test_labels_of_versions_that_left_the_table_are_reported_or_unmatched(
+    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches
+
+    log_dir = tmp_path / "log"
+    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
+    blobs = {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in (1, 2, 3)}
+    rollout = {"candidate": 3, "percent": 100.0, "rollout_id": "r"}
+    plane.push(state(NAME, 1, {1: blobs[1], 3: blobs[3]}, champion=1, **rollout))
+    assert h.wait_ready(60)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    s = stub(h.port)
+    canary = s.ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id="c"))
+    pinned = s.ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id="p", model_version="1"))
+    assert (canary.model_version, pinned.model_version) == ("3", "1")
+    _indexed(h, 4)
+    # Version 2 becomes the champion and the canary ends: versions 1 and 3 leave the table.
+    plane.push(state(NAME, 2, {2: blobs[2]}, champion=2))
+    deadline = time.monotonic() + 60
+    while h.manager.table.generation != 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    classes = {
+        rid: np.argmax(output_array(reply, 0, np.float32), axis=1).tolist()
+        for rid, reply in (("c", canary), ("p", pinned))
+    }
+    labels = [
+        sidecar_pb2.Label(request_id=rid, row=row, class_label=classes[rid][row])
+        for rid in ("c", "p")
+        for row in (0, 1)
+    ]
+    seen = len(plane.reports)
+    reply = _admin(h).IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=labels))
+    # The old champion's rows cannot be reported (version 2 answers as champion now): they
+    # are not matched. The ended canary's rows still are, under their version.
+    assert (reply.accepted, reply.matched) == (4, 2)
+    reports = plane.wait_reports(lambda rs: len(rs) >= seen + 3)
+    labeled = [(a.arm, a.version, a.labeled, a.correct) for r in reports for a in r.arms]
+    assert [a for a in labeled if a[2]] == [("candidate", 3, 2, 2)]
+    assert all(len({a.arm for a in r.arms}) == len(r.arms) for r in reports)
+    h.stop(5)
+    files = list_log_files(log_dir, labels=True)
+    table = pa.Table.from_batches([b for f in files for b in read_file_batches(f)])
+    rows = {
+        (r["request_id"], r["row"]): (r["matched"], r["arm"], r["model_version"])
+        for r in table.to_pylist()
+    }
+    assert rows[("c", 0)] == rows[("c", 1)] == (True, "candidate", "3")
+    assert rows[("p", 0)] == rows[("p", 1)] == (False, None, None)

@@ -236,7 +236,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_prediction_index_is_bounded() -> None:
     index = PredictionIndex(4)
-    p = [Predicted("champion", "1", i, False, 0.1) for i in range(6)]
+    p = [Predicted("champion", 1, i, False, 0.1) for i in range(6)]
     index.add(["a", "", "b"], [2, 1, 3], p)
     assert index.get("a", 0) is None  # evicted: the oldest go first
     assert index.get("a", 1) is not None and index.get("a", 1).value == 1  # type: ignore[union-attr]
@@ -246,10 +246,10 @@ def test_prediction_index_is_bounded() -> None:
 
 def test_a_row_predicted_again_becomes_the_newest() -> None:
     index = PredictionIndex(2)
-    index.add(["a"], [1], [Predicted("champion", "1", 0, False, 0.1)])
-    index.add(["b"], [1], [Predicted("champion", "1", 0, False, 0.1)])
-    index.add(["a"], [1], [Predicted("champion", "1", 1, False, 0.1)])  # "a" again
-    index.add(["c"], [1], [Predicted("champion", "1", 0, False, 0.1)])
+    index.add(["a"], [1], [Predicted("champion", 1, 0, False, 0.1)])
+    index.add(["b"], [1], [Predicted("champion", 1, 0, False, 0.1)])
+    index.add(["a"], [1], [Predicted("champion", 1, 1, False, 0.1)])  # "a" again
+    index.add(["c"], [1], [Predicted("champion", 1, 0, False, 0.1)])
     assert index.get("b", 0) is None  # the least recently predicted went
     assert index.get("a", 0).value == 1  # type: ignore[union-attr]
     assert index.get("c", 0) is not None
@@ -263,7 +263,7 @@ def test_prediction_index_memory_does_not_grow_with_request_id_length() -> None:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(32):
             rid = f"{i:04d}{long_id}"
-            index.add([rid], [1], [Predicted("champion", "1", i, False, 0.1)])
+            index.add([rid], [1], [Predicted("champion", 1, i, False, 0.1)])
             del rid
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
