@@ -2,13 +2,15 @@
 
 ModelInfer deliberately skips the shared request interceptor: on this path every microsecond
 counts, so errors are mapped here directly and only failures are logged (with request id and
-W3C trace id).
+W3C trace id). A request sent without an ``id`` is given one when its prediction is recorded
+(:func:`new_request_id`), and answered under it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -70,6 +72,13 @@ def parsing(
         return method(request, context)
 
     return handler
+
+
+def new_request_id() -> str:
+    """The id given to a request sent without one when something records it (the prediction
+    log, observers, a managed sidecar's label index): the records, the label index and the
+    answer's ``id`` all carry it, so that labels can name the prediction."""
+    return str(uuid.uuid4())
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
@@ -167,6 +176,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.in_flight(1)
         trace = ""
         try:
+            if not request.id and (model.observers.active or model.sync_log is not None):
+                request.id = new_request_id()
             if request.model_name != model.name or (
                 request.model_version and request.model_version != model.version
             ):

@@ -4,8 +4,9 @@ The deployment's name is the model name. ``ModelInfer`` without ``model_version`
 by the routing key (see :mod:`sidecar.managed.router`); with one, it goes to that version if
 loaded (a pin bypasses routing and shadowing). The routing table is read once per request,
 so a switch never splits a request between versions; the response's ``model_version`` names
-the version that answered. Champion answers picked for shadowing are copied to the shadow
-queue after the answer is encoded.
+the version that answered. A request without an ``id`` is given one (every prediction here is
+indexed for labels), and answered under it. Champion answers picked for shadowing are copied
+to the shadow queue after the answer is encoded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sidecar.managed.router import routing_key
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
 from sidecar.managed.versions import LoadedVersion, RoutingTable
 from sidecar.model import ModelSlot
-from sidecar.servicer import _NO_DEADLINE, PLATFORM, InferenceServicer, _ids
+from sidecar.servicer import _NO_DEADLINE, PLATFORM, InferenceServicer, _ids, new_request_id
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
 
@@ -122,6 +123,9 @@ class ManagedServicer(InferenceServicer):
                 key = routing_key(request)
                 version = table.pick(key)
             model = version.model
+            if not request.id:
+                # After routing, which an id-less request takes at random either way.
+                request.id = new_request_id()
             version.enter()
             entered = True
             if model.metrics.enabled:

@@ -103,6 +103,33 @@ def test_every_request_and_rejection_is_logged_exactly(
 
 
 @pytest.mark.parametrize(("durability", "batch"), [("async", 1), ("sync", 1), ("async", 16)])
+def test_a_request_without_id_is_answered_under_the_id_it_is_logged_under(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path, durability: Any, batch: int
+) -> None:
+    handle = sidecar_factory(
+        model_dir / "mlp.onnx",
+        log_settings=PredictionLogSettings(
+            dir=tmp_path, durability=durability, flush_interval=0.05
+        ),
+        max_batch_size=batch,
+    )
+    s = stub(handle.port)
+    x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
+    answered = [s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)})).id for _ in range(4)]
+    refused = raw_request("mlp", {"input": ("FP32", np.zeros((1, 31), np.float32))})
+    with pytest.raises(grpc.RpcError):
+        s.ModelInfer(refused, timeout=30)
+    handle.stop(5)
+    assert all(answered) and len(set(answered)) == 4
+    logged = _by_request(read_logs(tmp_path))
+    assert set(answered) <= set(logged) and len(logged) == 5
+    assert all([r["row"] for r in logged[rid]] == [0, 1, 2] for rid in answered)
+    # Without anything recording them, id-less requests are answered without one.
+    plain = sidecar_factory(model_dir / "mlp.onnx")
+    assert stub(plain.port).ModelInfer(raw_request("mlp", {"input": ("FP32", x)})).id == ""
+
+
+@pytest.mark.parametrize(("durability", "batch"), [("async", 1), ("sync", 1), ("async", 16)])
 def test_a_request_the_model_fails_on_is_logged_once(
     model_dir: Path, sidecar_factory: Any, tmp_path: Path, durability: Any, batch: int
 ) -> None:

@@ -294,3 +294,37 @@ def test_labels_of_versions_that_left_the_table_are_reported_or_unmatched(
     }
     assert rows[("c", 0)] == rows[("c", 1)] == (True, "candidate", "3")
     assert rows[("p", 0)] == rows[("p", 1)] == (False, None, None)
+
+
+def test_a_request_without_id_can_be_labeled_under_the_id_it_was_answered_with(
+    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
+
+    log_dir = tmp_path / "log"
+    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
+    _serve(h, plane, {1: artifacts[1]})
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    reply = _predict(h, "", x)
+    assert reply.id
+    long_id = "y" * (1 << 20)  # ids of any length join
+    long_reply = _predict(h, long_id, x[:1])
+    assert long_reply.id == long_id
+    _indexed(h, 3)
+    predicted = np.argmax(output_array(reply, 0, np.float32), axis=1).tolist()
+    labels = [
+        sidecar_pb2.Label(request_id=reply.id, row=row, class_label=predicted[row])
+        for row in (0, 1)
+    ]
+    labels.append(sidecar_pb2.Label(request_id=long_id, class_label=predicted[0]))
+    answer = _admin(h).IngestLabels(sidecar_pb2.IngestLabelsRequest(labels=labels))
+    assert (answer.accepted, answer.matched) == (3, 3)
+    assert _tally(plane) == (3, 3)
+    h.stop(5)
+    logged = read_logs(log_dir).column("request_id").to_pylist()
+    assert sorted(logged) == sorted([reply.id, reply.id, long_id])
+    files = list_log_files(log_dir, labels=True)
+    joined = pa.Table.from_batches([b for f in files for b in read_file_batches(f)])
+    assert joined.column("matched").to_pylist() == [True, True, True]
