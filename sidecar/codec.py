@@ -372,12 +372,14 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     if n_in != len(signature.inputs):
         missing = [t.name for t in signature.inputs if t.name not in arrays]
         raise _bad("MISSING_INPUT", f"missing input(s): {', '.join(missing)}")
-    outputs = _requested_outputs(request, signature)
+    outputs = requested_outputs(request, signature)
     batch_key = tuple(key) if rows >= 0 else None
     return Decoded(arrays, outputs, max(rows, 1), batch_key, request.id)
 
 
-def _requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
+def requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
+    """The outputs ``request`` asks for (all when it names none), checked against
+    ``signature``."""
     wanted = request.outputs
     if not wanted:
         return signature.output_names

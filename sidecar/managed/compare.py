@@ -333,14 +333,24 @@ class ShadowCounts:
         shadow: tuple[Array | None, Array | None],
         tolerance: float,
     ) -> None:
-        """Compare (labels, scores) of the champion with the shadow's for the same rows."""
+        """Compare (labels, scores) of the champion with the shadow's for the same rows.
+
+        Labels, when both sides have them, decide disagreement (else the scores within the
+        tolerance); score differences and histograms count only rows that both sides scored:
+        a side without scores adds no score part at all.
+        """
         (la, sa), (lb, sb) = champion, shadow
-        use_labels = la is not None and lb is not None
-        if sa is None or sb is None or len(sa) != len(sb):
-            if not use_labels or len(la) != len(lb):  # type: ignore[arg-type]
-                return
-            sa = sb = np.zeros(len(la), dtype=np.float64)  # type: ignore[arg-type]
-        n = len(sa)
+        use_labels = la is not None and lb is not None and len(la) == len(lb)
+        use_scores = sa is not None and sb is not None and len(sa) == len(sb)
+        if use_labels and use_scores and len(la) != len(sa):  # type: ignore[arg-type]
+            use_scores = False
+        if not use_labels and not use_scores:
+            return
+        if not use_scores:
+            self.pairs += len(la)  # type: ignore[arg-type]
+            self.disagreements += int(np.count_nonzero(np.asarray(la) != np.asarray(lb)))
+            return
+        n = len(sa)  # type: ignore[arg-type]
         empty = np.zeros(n, dtype=np.int64)
         disagree, diff = _pairs(
             np.ascontiguousarray(sa, dtype=np.float64),
@@ -354,8 +364,8 @@ class ShadowCounts:
         self.disagreements += int(disagree)
         self.abs_diff_sum += float(diff)
         if self.champion is not None and self.shadow is not None:
-            self.champion.add(sa)
-            self.shadow.add(sb)
+            self.champion.add(sa)  # type: ignore[arg-type]
+            self.shadow.add(sb)  # type: ignore[arg-type]
 
     def to_proto(self) -> Any:
         """The wire form."""

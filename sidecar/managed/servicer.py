@@ -6,7 +6,9 @@ loaded (a pin bypasses routing and shadowing). The routing table is read once pe
 so a switch never splits a request between versions; the response's ``model_version`` names
 the version that answered. A request without an ``id`` is given one (every prediction here is
 indexed for labels), and answered under it. Champion answers picked for shadowing are copied
-to the shadow queue after the answer is encoded.
+to the shadow queue after the answer is encoded, with every output of the champion (a request
+that names a subset of outputs is run for all of them and answered with its subset), so the
+comparison never depends on what the client asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 
 from modelplane.errors import ModelplaneError, NotFound, Unavailable
 from modelplane.oip import grpc_service_pb2 as pb
+from sidecar.codec import requested_outputs
 from sidecar.managed.router import routing_key
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
 from sidecar.managed.versions import LoadedVersion, RoutingTable
@@ -136,8 +139,23 @@ class ManagedServicer(InferenceServicer):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining < _NO_DEADLINE:
                     deadline = time.monotonic() + remaining
+            shadowed = (
+                table.shadow is not None
+                and version is table.champion
+                and not request.model_version
+                and table.splitter.shadowed(key)
+            )
+            asked = None
+            if shadowed and request.outputs:
+                # The comparison needs every output of the champion, not the client's subset.
+                asked = requested_outputs(request, model.signature)
+                del request.outputs[:]
             names, arrays = model.infer(request, deadline, context, trace)
-            response = model.encoder.encode(request.id, names, arrays)
+            if asked is not None:
+                every = dict(zip(names, arrays, strict=True))
+                answered = model.encoder.encode(request.id, asked, [every[n] for n in asked])
+            else:
+                answered = model.encoder.encode(request.id, names, arrays)
         except ModelplaneError as err:
             if entered:
                 self._leave(version)
@@ -149,21 +167,15 @@ class ManagedServicer(InferenceServicer):
         self._leave(version)
         if model.metrics.enabled:
             model.metrics.request("OK", time.perf_counter() - start)
-        shadow = table.shadow
-        if (
-            shadow is not None
-            and version is table.champion
-            and not request.model_version
-            and table.splitter.shadowed(key)
-        ):
+        if shadowed:
             self.shadow.submit(
                 ShadowJob(
                     request,
                     version,
-                    shadow,
+                    table.shadow,
                     dict(zip(names, arrays, strict=True)),
                     trace,
                     time.monotonic(),
                 )
             )
-        return response
+        return answered

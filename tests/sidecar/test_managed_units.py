@@ -140,6 +140,18 @@ def test_shadow_pairs_by_label_and_by_tolerance() -> None:
     assert sum(msg.champion_scores.counts) == 2 and sum(msg.shadow_scores.counts) == 2
 
 
+def test_shadow_pairs_without_scores_on_one_side_add_no_score_part() -> None:
+    counts = ShadowCounts(2, PROBABILITY)
+    counts.add_pairs(
+        (np.array([1, 0, 1]), np.array([0.9, 0.1, 0.6])), (np.array([1, 1, 1]), None), 0.1
+    )
+    assert (counts.pairs, counts.disagreements, counts.abs_diff_sum) == (3, 1, 0.0)
+    msg = counts.to_proto()
+    assert sum(msg.champion_scores.counts) == 0 and sum(msg.shadow_scores.counts) == 0
+    counts.add_pairs((None, np.array([0.5])), (np.array([1]), None), 0.1)  # nothing to pair
+    assert counts.pairs == 3
+
+
 # -- artifacts ---------------------------------------------------------------------------
 
 
