@@ -5,7 +5,12 @@ rollout settings and JSON output keep to the table in the README."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,8 @@ from modelplane import Client
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_cli import Cli
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -101,3 +108,36 @@ def test_operations_list_fetches_every_page(cli: Cli, controlplane: RunningContr
         "operations", "list", "--target", target, "--page-token", page["next_page_token"]
     )
     assert len(rest["operations"]) == 35
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "code", "says"),
+    [
+        ("--db", "mysql://x/y", 2, "unsupported database URL"),
+        ("--db", "postgresql://u@127.0.0.1:notaport/x", 2, "--db"),
+        ("--db", "postgresql://u@127.0.0.1:{closed}/x", 4, "cannot reach the database"),
+        ("--listen", "notaport", 2, "--listen 'notaport': use HOST:PORT"),
+        ("--log-level", "bogus", 2, "--log-level 'bogus'"),
+    ],
+)
+def test_controlplane_serve_refuses_bad_settings_in_one_line(
+    tmp_path: Path, option: str, value: str, code: int, says: str
+) -> None:
+    argv = ["--listen", "127.0.0.1:0", "--artifact-root", str(tmp_path / "artifacts")]
+    argv += [option, value.format(closed=_free_port())]
+    result = subprocess.run(
+        [str(BIN / "modelplane"), "controlplane", "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MODELPLANE_DB_URL": f"sqlite:///{tmp_path / 'cp.db'}"},
+    )
+    err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == code, result.stderr
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], result.stderr

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer
+from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
+from modelplane.errors import ModelplaneError, Unavailable
 from modelplane.units import parse_size
 
 
@@ -64,8 +65,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.set_defaults(handler=_serve)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_address(option: str, address: str) -> None:
+    """``HOST:PORT`` with a port from 0 to 65535 (``[::1]:PORT`` for IPv6), or exit 2."""
+    _, sep, port = address.rpartition(":")
+    if not (sep and port.isdigit() and int(port) <= 65535):
+        raise CliError(f"{option} {address!r}: use HOST:PORT (port 0 picks a free one)", EXIT_USAGE)
+
+
 def _serve(args: argparse.Namespace, out: Printer) -> int:
     try:
+        import sqlalchemy.engine
+        import sqlalchemy.exc
+        from pydantic import ValidationError
+
         from controlplane.auth import AccessConfigError
         from controlplane.server import start
         from controlplane.settings import ControlPlaneSettings
@@ -106,7 +121,24 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
             raise CliError(f"--workers {args.workers!r}: use a positive number or auto", EXIT_USAGE)
         overrides["workers"] = 0 if args.workers == "auto" else int(args.workers)
-    settings = ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"invalid control plane settings: {problems}", EXIT_USAGE) from None
+    try:
+        sqlalchemy.engine.make_url(settings.db_url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise CliError(f"--db: {exc}", EXIT_USAGE, reason="INVALID_DB_URL") from None
+    _check_address("--listen", settings.listen)
+    if settings.metrics_listen:
+        _check_address("--metrics-listen", settings.metrics_listen)
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise CliError(
+            f"--log-level {settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}", EXIT_USAGE
+        )
     configure_logging(settings.log_level)
     count = worker_count(settings.workers)
     try:
@@ -115,6 +147,18 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         handle = start(settings)
     except AccessConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE, reason="INVALID_ACCESS_CONFIG") from None
+    except Unavailable as exc:
+        raise CliError(exc.message, EXIT_UNREACHABLE, reason=exc.reason) from None
+    except ModelplaneError as exc:  # a --db URL of no supported kind, and the like
+        raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
+    except sqlalchemy.exc.OperationalError as exc:
+        # Connecting and migrating happen before the store translates errors.
+        detail = str(exc.orig or exc).strip().splitlines()[0]
+        raise CliError(
+            f"cannot reach the database of --db: {detail}",
+            EXIT_UNREACHABLE,
+            reason="DATABASE_UNAVAILABLE",
+        ) from None
     handle.stop_on_signals()
     handle.wait()
     return 0
