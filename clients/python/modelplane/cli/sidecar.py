@@ -225,6 +225,8 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     from modelplane.server.logging import configure_logging
 
     settings = _settings(args)
+    if settings.model is not None and not settings.model.is_file():
+        raise CliError(f"--model {settings.model}: no such file", EXIT_USAGE)
     log_settings = _log_settings(args)
     configure_logging(settings.log_level)
     from sidecar.cuda import gpu_present
