@@ -9,6 +9,7 @@ counts those written: none from a replica without a label log, which runs withou
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a sidecar replica (repeatable: send to every replica)",
     )
     send.add_argument("--label", default="label", help="the label column (default label)")
+    send.add_argument(
+        "--kind",
+        choices=("class", "target"),
+        help=(
+            "send the labels as classes (classifiers; whole numbers) or targets (regression); "
+            "default: classes for an integer or boolean column, targets otherwise"
+        ),
+    )
     send.set_defaults(handler=_send)
 
 
@@ -50,7 +59,9 @@ def _read(path: Path, label: str) -> Any:
 
     try:
         if path.suffix == ".csv":
-            table = pacsv.read_csv(path)
+            # Request ids are text: "000123" must not become the number 123.
+            types = {"request_id": pa.string()}
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
         elif path.suffix == ".parquet":
             table = pq.read_table(path)
         else:
@@ -67,27 +78,63 @@ def _read(path: Path, label: str) -> Any:
     return table
 
 
-def _labels(table: Any, label: str) -> list[Any]:
+def _line(path: Path, i: int) -> str:
+    """Where data row ``i`` of ``path`` is, for messages (CSV: its line, after the header)."""
+    return f"{path}, line {i + 2}" if path.suffix == ".csv" else f"{path}, row {i}"
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _row(value: Any, where: str) -> int:
+    if value is None:
+        raise CliError(
+            f"{where}: the row cell is empty; give the row of the request's batch (0 for a "
+            "single-row request)",
+            EXIT_USAGE,
+        )
+    number = _number(value)
+    if not (number >= 0 and number.is_integer()):
+        raise CliError(f"{where}: row {value!r} is not a row number (0, 1, ...)", EXIT_USAGE)
+    return int(number)
+
+
+def _labels(table: Any, label: str, path: Path, kind: str | None = None) -> list[Any]:
+    """One ``Label`` per row with a label value (rows without one are skipped). ``kind``
+    ("class" or "target") says how values are sent; by default the column's type does
+    (integers and booleans are classes)."""
     import pyarrow.types as pt
 
     from modelplane.v1 import sidecar_pb2
 
     ids = ["" if x is None else str(x) for x in table.column("request_id").to_pylist()]
-    rows = (
-        [int(x) for x in table.column("row").to_pylist()]
-        if "row" in table.column_names
-        else [0] * len(ids)
-    )
+    rows = table.column("row").to_pylist() if "row" in table.column_names else [0] * len(ids)
     column = table.column(label)
-    integer = pt.is_integer(column.type) or pt.is_boolean(column.type)
+    if kind is None:
+        kind = "class" if pt.is_integer(column.type) or pt.is_boolean(column.type) else "target"
     out = []
-    for rid, row, value in zip(ids, rows, column.to_pylist(), strict=True):
+    for i, (rid, row, value) in enumerate(zip(ids, rows, column.to_pylist(), strict=True)):
         if value is None:
             continue
-        if integer:
-            out.append(sidecar_pb2.Label(request_id=rid, row=row, class_label=int(value)))
+        where = _line(path, i)
+        number = _row(row, where)
+        truth = value if isinstance(value, int) else _number(value)
+        if kind == "class":
+            if not (isinstance(truth, int) or truth.is_integer()):
+                raise CliError(
+                    f"{where}: label {value!r} is not a class (a whole number); send targets "
+                    "with --kind target",
+                    EXIT_USAGE,
+                )
+            out.append(sidecar_pb2.Label(request_id=rid, row=number, class_label=int(truth)))
+        elif math.isfinite(truth):
+            out.append(sidecar_pb2.Label(request_id=rid, row=number, target=float(truth)))
         else:
-            out.append(sidecar_pb2.Label(request_id=rid, row=row, target=float(value)))
+            raise CliError(f"{where}: label {value!r} is not a finite number", EXIT_USAGE)
     return out
 
 
@@ -105,7 +152,7 @@ def _send_one(address: str, labels: list[Any], timeout: float) -> tuple[int, int
 
 def _send(args: argparse.Namespace, out: Printer) -> int:
     table = _read(args.file, args.label)
-    labels = _labels(table, args.label)
+    labels = _labels(table, args.label, args.file, args.kind)
     results = []
     with server_errors():
         for address in args.sidecar:
