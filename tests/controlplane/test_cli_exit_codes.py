@@ -17,7 +17,7 @@ import pytest
 from modelplane import Client
 from modelplane.cli import main
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel
 from tests.controlplane.test_cli import Cli
 
 BIN = Path(sys.executable).parent
@@ -151,3 +151,17 @@ def test_sidecar_serve_with_a_missing_model_file_is_a_usage_error(
     code = main(["sidecar", "serve", "--model", str(missing), "--listen", "127.0.0.1:0"])
     out, err = capsys.readouterr()
     assert (code, out) == (2, "") and err == f"error: --model {missing}: no such file\n"
+
+
+def test_versions_download_into_a_directory_names_out(
+    cli: Cli, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    name = unique()
+    cli.json("models", "create", name)
+    cli.json("versions", "register", name, "--onnx", str(trained_model.onnx))
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    code, out, err = cli.run("versions", "download", name, "1", "--out", str(folder))
+    assert (code, out) == (2, "")
+    assert err == f"error: --out {folder} is a directory: name the file to write\n"
+    assert list(folder.iterdir()) == []

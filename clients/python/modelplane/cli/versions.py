@@ -203,6 +203,8 @@ def _archive(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _download(args: argparse.Namespace, out: Printer) -> int:
+    if args.out.is_dir():  # else the error would name the temporary file written beside it
+        raise CliError(f"--out {args.out} is a directory: name the file to write", EXIT_USAGE)
     with server_errors(), client(args) as c:
         v = c.get_version(args.name, args.version)
         path = c.download_blob(v.artifact.sha256, args.out)
