@@ -165,3 +165,10 @@ def test_versions_download_into_a_directory_names_out(
     assert (code, out) == (2, "")
     assert err == f"error: --out {folder} is a directory: name the file to write\n"
     assert list(folder.iterdir()) == []
+
+
+def test_audit_list_refuses_a_negative_limit(cli: Cli) -> None:
+    cli.json("models", "create", unique())
+    assert len(cli.json("audit", "list", "--limit", "1")["events"]) == 1
+    code, out, err = cli.run("audit", "list", "--limit", "-1")
+    assert (code, out, err) == (2, "", "error: --limit takes a number >= 0\n")

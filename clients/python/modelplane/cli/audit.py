@@ -61,6 +61,8 @@ def _since(text: str) -> datetime | None:
 
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
+    if args.limit < 0:
+        raise CliError("--limit takes a number >= 0", EXIT_USAGE)
     since = _since(args.since)
     events = []
     with server_errors(), client(args) as c:
