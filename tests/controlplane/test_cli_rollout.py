@@ -168,3 +168,18 @@ def test_rollout_settings_of_zero_are_refused_not_sent_as_the_default(
         client.start_rollout(model, 2, strategy=strategy, **{key: number})
     assert refused.value.reason == "INVALID_ROLLOUT_SETTING" and key in refused.value.message
     assert not client.get_deployment(model).HasField("rollout")
+
+
+@pytest.mark.parametrize("action", ["abort", "rollback"])
+def test_rollout_status_watch_exits_1_when_the_rollout_did_not_promote(
+    cli: Cli, client: Client, tmp_path: Path, action: str
+) -> None:
+    model = _model(client, tmp_path)
+    cli.json("deployments", "create", model, "--model", model, "--champion", "1")
+    cli.json("rollout", "start", model, "--candidate", "2", "--strategy", "canary")
+    ended = cli.json("rollout", action, model, "--reason", "no")
+    code, out, err = cli.run("rollout", "status", model, "--watch")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1, err
+    assert [line["state"] for line in lines] == [ended["state"]]
+    assert ended["state"] in {"aborted", "rolled_back"}

@@ -8,7 +8,15 @@ import time
 from typing import Any
 
 from modelplane.cli._common import client, csv_list, server_errors
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps, to_dict
+from modelplane.cli._output import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Printer,
+    dumps,
+    to_dict,
+)
 from modelplane.cli.deployments import _duration
 from modelplane.v1 import deployments_pb2 as dp
 
@@ -65,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ss.add_argument(
         "--watch",
         action="store_true",
-        help="print a line of JSON on every change until the rollout ends",
+        help="print a line of JSON on every change until the rollout ends; exit 0 when it "
+        "was promoted (or there is none), 1 when it was rolled back or aborted",
     )
     ss.add_argument(
         "--interval", type=float, default=0.5, help="seconds between polls with --watch"
@@ -221,8 +230,10 @@ def _status(args: argparse.Namespace, out: Printer) -> int:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
                 last = line
-            if doc["state"] is None or doc["state"] in FINAL_STATES:
-                return 0
+            if doc["state"] is None or doc["state"] == "promoted":
+                return EXIT_OK
+            if doc["state"] in FINAL_STATES:  # rolled back or aborted: the candidate failed
+                return EXIT_CHECK_FAILED
             time.sleep(max(0.05, args.interval))
             d = c.get_deployment(args.name)
 
