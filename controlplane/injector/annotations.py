@@ -8,10 +8,12 @@ message names the annotation and the form it takes.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 INJECT_LABEL = "modelplane.dev/inject"
@@ -34,6 +36,20 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 # A Kubernetes resource.Quantity: a decimal number with an optional binary (Ki..Ei),
 # decimal (n, u, m, k, M..E) or exponent suffix.
 _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# A host a gRPC target names: dot-separated DNS labels (an IPv4 address is one too).
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+# What each suffix of a quantity multiplies its number by.
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{
+        s: Decimal(10) ** e
+        for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)
+    },
+    "": Decimal(1),
+}
 # A deployment id: an RFC 1034 label (a lowercase letter, then letters, digits and dashes).
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
@@ -99,15 +115,30 @@ def read_spec(pod: Mapping[str, Any], deployment: str, default_control_plane: st
     port = _port(annotations.get(ANNOTATION_PORT))
     gpus = _gpus(annotations.get(ANNOTATION_GPU))
     resources = _resources(annotations.get(ANNOTATION_RESOURCES))
+    _check_requests_within_limits(resources)
     if gpus:
         for part in ("requests", "limits"):
             resources.setdefault(part, {})[GPU_RESOURCE] = str(gpus)
     return SidecarSpec(deployment, control_plane, port, resources, gpus)
 
 
-def _check_address(value: str) -> None:
+def is_grpc_address(value: str) -> bool:
+    """Whether ``value`` is ``HOST:PORT`` as a gRPC client dials it: a DNS name or IPv4
+    address (or ``[IPv6]``) and a port from 1 to 65535; no scheme, path or spaces."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return bool(_HOST.match(host))
+
+
+def _check_address(value: str) -> None:
+    if not is_grpc_address(value):
         raise AnnotationError(
             ANNOTATION_CONTROL_PLANE,
             f"{value!r} is not HOST:PORT (e.g. modelplane-controlplane.modelplane.svc:50051)",
@@ -187,3 +218,29 @@ def _quantity(name: str, amount: object) -> str:
             ANNOTATION_RESOURCES, f"{name}={text!r} is not a quantity (e.g. 500m, 2, 1Gi)"
         )
     return text
+
+
+def quantity_value(text: str) -> Decimal:
+    """The amount a Kubernetes quantity stands for: ``500m`` is 0.5, ``1Gi`` 1073741824,
+    ``1G`` 10**9, ``2e3`` 2000 (``text`` already matched the quantity form)."""
+    match = _QUANTITY.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a quantity")
+    number, suffix = Decimal(match.group(1)), match.group(3) or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return number.scaleb(int(suffix[1:]))
+    return number * _SUFFIXES[suffix]
+
+
+def _check_requests_within_limits(resources: Mapping[str, Mapping[str, str]]) -> None:
+    """A container whose request is above its limit is invalid: the API server would refuse
+    the pod with a message about the sidecar the user never wrote."""
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    for name, request in requests.items():
+        limit = limits.get(name)
+        if limit is not None and quantity_value(request) > quantity_value(limit):
+            raise AnnotationError(
+                ANNOTATION_RESOURCES,
+                f"requests {name}={request} is above limits {name}={limit}; "
+                "a request may not exceed its limit",
+            )

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.injector.annotations import is_grpc_address
+
 #: The control plane's Service in the base kustomization (``deploy/base``).
 DEFAULT_CONTROL_PLANE = "modelplane-controlplane.modelplane.svc:50051"
 DEFAULT_SIDECAR_IMAGE = "modelplane/sidecar:0.1.0"
@@ -64,4 +66,6 @@ class InjectorSettings(BaseSettings):
     @field_validator("control_plane")
     @classmethod
     def _check_control_plane(cls, value: str) -> str:
-        return _host_port(value)
+        if not is_grpc_address(value):
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. modelplane-controlplane:50051)")
+        return value

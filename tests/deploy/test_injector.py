@@ -225,6 +225,29 @@ def test_existing_log_volume_is_shared_not_duplicated(settings: InjectorSettings
         ("modelplane.dev/resources", '{"requests": [1]}', "must be a mapping"),
         ("modelplane.dev/resources", '{"requests": ', "not valid JSON"),
         ("modelplane.dev/control-plane", "no-port", "not HOST:PORT"),
+        ("modelplane.dev/control-plane", "http://cp.modelplane.svc:50051", "not HOST:PORT"),
+        ("modelplane.dev/control-plane", "cp modelplane svc:50051", "not HOST:PORT"),
+        ("modelplane.dev/control-plane", "cp.svc:50051/x:1", "not HOST:PORT"),
+        (
+            "modelplane.dev/resources",
+            '{"requests": {"memory": "4Gi", "cpu": "2"}, "limits": {"memory": "1Gi", "cpu": "1"}}',
+            "is above limits",
+        ),
+        (
+            "modelplane.dev/resources",
+            '{"requests": {"cpu": "1500m"}, "limits": {"cpu": "1"}}',
+            "requests cpu=1500m is above limits cpu=1",
+        ),
+        (
+            "modelplane.dev/resources",
+            '{"requests": {"memory": "1Gi"}, "limits": {"memory": "1G"}}',
+            "requests memory=1Gi is above limits memory=1G",
+        ),
+        (
+            "modelplane.dev/resources",
+            '{"requests": {"ephemeral-storage": "2e9"}, "limits": {"ephemeral-storage": "1Gi"}}',
+            "is above limits",
+        ),
         ("modelplane.dev/deployment", "Fraud_Model", "not a deployment id"),
         ("modelplane.dev/deployment", "1fraud", "not a deployment id"),
     ],
@@ -333,3 +356,33 @@ def test_settings_read_on_off(tls_files: tuple[Path, Path]) -> None:
     assert off.native_sidecars is False
     with pytest.raises(ValueError):
         injector_settings(tls_cert=cert, tls_key=key, control_plane="nowhere")
+
+
+@pytest.mark.parametrize(
+    ("requests", "limits"),
+    [
+        ({"cpu": "500m", "memory": "1G"}, {"cpu": "0.5", "memory": "1Gi"}),
+        ({"cpu": "999m"}, {"cpu": "1"}),
+        ({"memory": "1024Mi"}, {"memory": "1Gi"}),
+        ({"memory": "1k"}, {"memory": "1Ki"}),
+    ],
+)
+def test_requests_within_their_limits_are_kept_as_written(
+    settings: InjectorSettings, requests: dict[str, str], limits: dict[str, str]
+) -> None:
+    resources = json.dumps({"requests": requests, "limits": limits})
+    pod = _patched(model_pod(annotations={"modelplane.dev/resources": resources}), settings)
+    assert _sidecar(pod)["resources"] == {"requests": requests, "limits": limits}
+
+
+@pytest.mark.parametrize(
+    "address", ["http://cp.svc:50051", "cp svc:50051", "cp.svc:50051/x", "[zz]:1", "cp:0"]
+)
+def test_the_default_control_plane_must_be_a_grpc_address(
+    tls_files: tuple[Path, Path], address: str
+) -> None:
+    cert, key = tls_files
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        injector_settings(tls_cert=cert, tls_key=key, control_plane=address)
+    for good in ("10.0.0.7:50051", "[fd00::7]:50051", "cp.modelplane.svc.cluster.local.:50051"):
+        assert injector_settings(tls_cert=cert, tls_key=key, control_plane=good).control_plane
