@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from controlplane.blobstore import BlobStore
 from controlplane.domain import Blob
 from controlplane.names import check_sha256, check_text, parse_blob
-from controlplane.store import Store
+from controlplane.store import Store, Tx
 from modelplane.errors import NotFound, PermissionDenied
 from modelplane.server.context import RequestContext
 
@@ -36,6 +36,10 @@ class BlobService:
             if not tx.blobs.add_if_absent(blob):
                 existing = tx.blobs.get(sha256)
                 assert existing is not None
+                if not tx.blobs.uploaded_by(sha256, ctx.principal):
+                    # Sending the bytes proves holding them: from now on this caller may read
+                    # the blob (and name it in a registration) as if it had stored it first.
+                    tx.record("UploadBlob", existing.name, existing, existing)
                 return existing
             tx.record("UploadBlob", blob.name, None, blob)
             return blob
@@ -47,14 +51,8 @@ class BlobService:
         sha256 = parse_blob(name)
         with self.store.read() as tx:
             blob = tx.blobs.get(sha256)
-            scope = None if ctx is None or blob is None else _model_scope(ctx)
-            principal = "" if ctx is None else ctx.principal
-            if scope is not None and not tx.blobs.used_by(sha256, scope, principal):
-                raise PermissionDenied(
-                    f"blob {name} is not used by the models your roles hold on "
-                    f"({', '.join(sorted(scope)) or 'none'})",
-                    reason="BLOB_NOT_IN_SCOPE",
-                )
+            if blob is not None:
+                require_readable(tx, ctx, [sha256])
         if blob is None:
             raise NotFound(f"blob {name} does not exist", reason="BLOB_NOT_FOUND")
         return blob
@@ -63,6 +61,24 @@ class BlobService:
         """The blob's bytes in chunks (NOT_FOUND before the first chunk when missing)."""
         blob = self.get(name, ctx)
         return self.blobs.iter_chunks(blob.sha256)
+
+
+def require_readable(tx: Tx, ctx: RequestContext | None, digests: Iterable[str]) -> None:
+    """Refuse (PERMISSION_DENIED, BLOB_NOT_IN_SCOPE) when a caller whose roles hold only on some
+    models names a blob it may not read: one it did not upload and that no version or
+    evaluation of those models uses. Requests that name digests for the server to read on the
+    caller's behalf (registering a version, evaluating) check them here, as downloads do."""
+    scope = None if ctx is None else _model_scope(ctx)
+    if scope is None:
+        return
+    assert ctx is not None
+    for sha256 in digests:
+        if not tx.blobs.used_by(sha256, scope, ctx.principal):
+            raise PermissionDenied(
+                f"blob blobs/{sha256} is not used by the models your roles hold on "
+                f"({', '.join(sorted(scope)) or 'none'})",
+                reason="BLOB_NOT_IN_SCOPE",
+            )
 
 
 def _model_scope(ctx: RequestContext) -> set[str] | None:

@@ -26,6 +26,7 @@ from controlplane.names import (
     parse_model,
     parse_version,
 )
+from controlplane.services.blobs import require_readable
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
 from controlplane.services.models import (
     lock_model,
@@ -212,8 +213,10 @@ class VersionService:
         with self.store.read() as tx:
             digests = [new.artifact_sha256, *(d.sha256 for d in new.datasets)]
             model_found, recorded = tx.blobs.model_and_blobs(model_id, digests)
-        if not model_found:
-            raise model_not_found(model_id)
+            if not model_found:
+                raise model_not_found(model_id)
+            # The server reads these blobs for the caller: only those it may read itself.
+            require_readable(tx, ctx, digests)
         artifact_bytes = self._stored_blob(recorded, new.artifact_sha256, "artifact")
         dataset_bytes = {
             d.role: self._stored_blob(recorded, d.sha256, f"dataset {d.role!r}")

@@ -37,6 +37,7 @@ from controlplane.store.pagination import malformed_token
 from controlplane.store.tables import (
     AliasEventRow,
     AliasRow,
+    AuditEventRow,
     BlobRow,
     EvaluationRow,
     ModelRow,
@@ -545,6 +546,18 @@ class AliasRepo:
         return convert.alias_event(row) if row else None
 
 
+def _version_digests(artifact: str, lineage: Any, baseline: Any) -> set[str]:
+    """The blobs a version's row names in its digest fields."""
+    found = {artifact}
+    if isinstance(lineage, dict):
+        for dataset in lineage.get("datasets", []):
+            if isinstance(dataset, dict) and isinstance(dataset.get("sha256"), str):
+                found.add(dataset["sha256"])
+    if isinstance(baseline, dict) and isinstance(baseline.get("sha256"), str):
+        found.add(baseline["sha256"])
+    return found
+
+
 class BlobRepo:
     """Blob metadata (the bytes live in the blob store)."""
 
@@ -564,28 +577,45 @@ class BlobRepo:
         found = {(str(kind), str(key)) for kind, key in rows}
         return ("m", model_id) in found, {key for kind, key in found if kind == "b"}
 
-    def used_by(self, sha256: str, models: Iterable[str], principal: str) -> bool:
-        """Whether ``principal`` uploaded blob ``sha256``, or a version of one of ``models``
-        holds it (its artifact, or a dataset of its lineage), or one of their evaluations ran
-        on it."""
-        models = list(models)
-        uploaded = select(BlobRow.sha256).where(
+    def uploaded_by(self, sha256: str, principal: str) -> bool:
+        """Whether ``principal`` sent the bytes of blob ``sha256``: it stored them first, or
+        it uploaded them again afterwards (an ``UploadBlob`` event of its own)."""
+        first = select(BlobRow.sha256).where(
             BlobRow.sha256 == sha256, BlobRow.created_by == principal
         )
-        if self.s.exec(uploaded).first() is not None:
+        if self.s.exec(first).first() is not None:
+            return True
+        again = select(AuditEventRow.seq).where(
+            AuditEventRow.resource == f"blobs/{sha256}",
+            AuditEventRow.actor == principal,
+            AuditEventRow.action == "UploadBlob",
+        )
+        return self.s.exec(again.limit(1)).first() is not None
+
+    def used_by(self, sha256: str, models: Iterable[str], principal: str) -> bool:
+        """Whether ``principal`` uploaded blob ``sha256``, or a version of one of ``models``
+        holds it (its artifact, a dataset of its lineage, or its baseline profile), or one of
+        their evaluations ran on it. Only those digest fields count: a digest written into
+        free text (a lineage parameter, a dataset's source) opens nothing."""
+        models = list(models)
+        if self.uploaded_by(sha256, principal):
             return True
         if not models:
             return False
-        # A digest is 64 hex digits: matching it inside the lineage's JSON text is exact.
-        held = select(ModelVersionRow.id).where(
+        # Narrowed in SQL by the digest's text, then decided on the fields themselves.
+        held = select(
+            ModelVersionRow.artifact_sha256, ModelVersionRow.lineage, ModelVersionRow.baseline
+        ).where(
             col(ModelVersionRow.model_id).in_(models),
             or_(
                 col(ModelVersionRow.artifact_sha256) == sha256,
                 cast(ModelVersionRow.lineage, String).contains(sha256),
+                cast(ModelVersionRow.baseline, String).contains(sha256),
             ),
         )
-        if self.s.exec(held.limit(1)).first() is not None:
-            return True
+        for artifact, lineage, baseline in self.s.exec(held):
+            if sha256 in _version_digests(artifact, lineage, baseline):
+                return True
         evaluated = select(EvaluationRow.id).where(
             col(EvaluationRow.model_id).in_(models), EvaluationRow.dataset_sha256 == sha256
         )
