@@ -175,14 +175,18 @@ func (c *Client) EvaluateGate(
 	})
 }
 
-// ModelName is models/{model}.
+// ModelName is models/{model}; a full name (models/fraud) passes through, as in the Python
+// and Node clients.
 func ModelName(model string) string {
+	if strings.HasPrefix(model, "models/") {
+		return model
+	}
 	return "models/" + model
 }
 
-// VersionName is models/{model}/versions/{version}.
+// VersionName is models/{model}/versions/{version}; model may be a full name.
 func VersionName(model string, version int64) string {
-	return fmt.Sprintf("models/%s/versions/%d", model, version)
+	return fmt.Sprintf("%s/versions/%d", ModelName(model), version)
 }
 
 // RequestID is a random UUID (version 4) making a mutation idempotent.

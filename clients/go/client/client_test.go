@@ -272,3 +272,14 @@ func TestTimeoutLeavesServerStreamsAlone(t *testing.T) {
 		t.Errorf("DownloadBlob read %q, want ab", got)
 	}
 }
+
+func TestNamesTakeAnIDOrAFullName(t *testing.T) {
+	for _, model := range []string{"fraud", "models/fraud"} {
+		if got := ModelName(model); got != "models/fraud" {
+			t.Errorf("ModelName(%q) = %q, want models/fraud", model, got)
+		}
+		if got := VersionName(model, 3); got != "models/fraud/versions/3" {
+			t.Errorf("VersionName(%q, 3) = %q, want models/fraud/versions/3", model, got)
+		}
+	}
+}
