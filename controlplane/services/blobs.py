@@ -47,12 +47,13 @@ class BlobService:
     def get(self, name: str, ctx: RequestContext | None = None) -> Blob:
         """Blob ``name``'s record. With ``ctx``, a caller whose roles hold only on some
         models sees only blobs it uploaded or that those models' versions and evaluations
-        use (BLOB_NOT_IN_SCOPE otherwise): a digest seen elsewhere opens nothing."""
+        use (BLOB_NOT_IN_SCOPE otherwise): a digest seen elsewhere opens nothing. Such a
+        caller gets the same answer for a digest nobody uploaded, so that it cannot learn
+        which digests are stored."""
         sha256 = parse_blob(name)
         with self.store.read() as tx:
+            require_readable(tx, ctx, [sha256])
             blob = tx.blobs.get(sha256)
-            if blob is not None:
-                require_readable(tx, ctx, [sha256])
         if blob is None:
             raise NotFound(f"blob {name} does not exist", reason="BLOB_NOT_FOUND")
         return blob

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from modelplane import Client
-from modelplane.errors import PermissionDenied
+from modelplane.errors import NotFound, PermissionDenied
 from modelplane.v1 import registry_pb2
 from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel, _start
@@ -164,3 +164,21 @@ def test_uploading_bytes_someone_else_stored_first_makes_them_readable(
     with models.server.client("ada") as ada:
         uploads = [e for e in ada.audit_events(resource=f"blobs/{sha}") if e.action == "UploadBlob"]
         assert sorted(e.actor for e in uploads) == ["ada", "dana"]
+
+
+def test_a_missing_digest_is_answered_like_an_unreadable_one(
+    models: Models, tmp_path: Path
+) -> None:
+    stored = f"salary {uuid.uuid4()}".encode()
+    absent = hashlib.sha256(f"never uploaded {uuid.uuid4()}".encode()).hexdigest()
+    with models.server.client("ada") as ada:
+        sha = ada.upload_blob(stored).sha256
+        with pytest.raises(NotFound):
+            ada.get_blob(absent)
+    with models.server.client("sam") as sam:
+        answers = []
+        for digest in (sha, absent):
+            got = _refused(lambda d=digest: sam.get_blob(d))
+            answers.append(got.message.replace(digest, "DIGEST"))
+            _refused(lambda d=digest: sam.download_blob(d, tmp_path / "x"))
+        assert answers[0] == answers[1]
