@@ -222,6 +222,11 @@ class ManagedObserver:
         if window is None or window.shadow is None or table is None:
             return
         shadow = window.shadow
+        # Copies of a version that no longer shadows (queued before the table changed)
+        # belong to no summary of this window.
+        theirs_version = self._versions(record.shadow_version)
+        if theirs_version is None or theirs_version.number != shadow.version:
+            return
         shadow.errors += record.errors
         if record.record is None:
             return

@@ -1,7 +1,10 @@
 """Shadow inference: the candidate answers copies of champion requests, off the response path.
 
 The request thread only puts a job on a bounded queue (a full queue drops the copy and counts
-it), after the champion's answer is ready; it never waits on the shadow. One worker thread
+it), after the champion's answer is ready; it never waits on the shadow. The queue is bounded
+in jobs and in bytes (each job holds the request and the champion's outputs), and a queued
+job counts as a request in flight on the shadow version, so that a version leaving the
+routing table is not released while copies for it still wait. One worker thread
 takes everything queued at once, decodes the copies against the shadow version's signature,
 runs requests with compatible tensors as one session call, and publishes a
 :class:`ShadowRecord` to the observer hub, where the comparison and the prediction log pick
@@ -33,6 +36,9 @@ log = structlog.get_logger("modelplane.sidecar.shadow")
 
 Array = np.ndarray[Any, Any]
 
+#: Bytes that queued shadow jobs may hold at most (requests and champion outputs).
+MAX_QUEUED_BYTES = 64 << 20
+
 
 @dataclass(slots=True)
 class ShadowJob:
@@ -44,6 +50,8 @@ class ShadowJob:
     outputs: dict[str, Array]
     trace_id: str
     queued_at: float
+    #: Bytes the job holds (set when queued).
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -58,19 +66,30 @@ class ShadowRecord:
     champion_version: str
     champion_outputs: dict[str, Array]
     errors: int = 0
+    #: The shadow version's label (also ``record.version`` when there is a record).
+    shadow_version: str = ""
 
 
 class ShadowRunner:
     """A bounded queue of shadow jobs and the worker that runs them."""
 
     def __init__(
-        self, publish: Any, capacity: int = 256, max_rows: int = 64, budget: float = 0.05
+        self,
+        publish: Any,
+        capacity: int = 256,
+        max_rows: int = 64,
+        budget: float = 0.05,
+        max_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self._publish = publish
         self._budget = min(max(budget, 0.001), 1.0)
         self._stopping = threading.Event()
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(capacity)
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        #: Bytes held by queued (and running) jobs.
+        self.queued_bytes = 0
+        self._lock = threading.Lock()
         #: Copies dropped because the queue was full (read and reset by the comparison).
         self.dropped = 0
         self.completed = 0
@@ -82,17 +101,35 @@ class ShadowRunner:
         self._thread.start()
 
     def submit(self, job: ShadowJob) -> bool:
-        """Queue ``job`` without waiting; False (and counted) when the queue is full."""
+        """Queue ``job`` without waiting; False (and counted) when the queue is full, in
+        jobs or in bytes."""
+        job.size = job.request.ByteSize() + sum(a.nbytes for a in job.outputs.values())
+        with self._lock:
+            if self.queued_bytes + job.size > self._max_bytes:
+                self.dropped += 1
+                return False
+            self.queued_bytes += job.size
+        job.shadow.enter()
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            self.dropped += 1
+            self._done([job])
+            with self._lock:
+                self.dropped += 1
             return False
         return True
 
+    def _done(self, jobs: list[ShadowJob]) -> None:
+        """Jobs run (or given up): their bytes and their versions' in-flight counts go."""
+        for job in jobs:
+            job.shadow.leave()
+        with self._lock:
+            self.queued_bytes -= sum(job.size for job in jobs)
+
     def take_dropped(self) -> int:
         """Drops since the last call."""
-        dropped, self.dropped = self.dropped, 0
+        with self._lock:
+            dropped, self.dropped = self.dropped, 0
         return dropped
 
     def close(self, timeout: float = 5.0) -> None:
@@ -126,6 +163,12 @@ class ShadowRunner:
                 return
 
     def _work(self, jobs: list[ShadowJob]) -> None:
+        try:
+            self._run_jobs(jobs)
+        finally:
+            self._done(jobs)
+
+    def _run_jobs(self, jobs: list[ShadowJob]) -> None:
         groups: dict[Any, list[tuple[ShadowJob, Any]]] = {}
         failed: dict[tuple[str, str], int] = {}
         for job in jobs:
@@ -138,14 +181,17 @@ class ShadowRunner:
                 continue
             key = (id(job.shadow), job.champion.label, decoded.key)
             groups.setdefault(key, []).append((job, decoded))
-        for (_, champion_label), count in failed.items():
-            self._publish(ShadowRecord(None, champion_label, {}, errors=count))
+        for (champion_label, shadow_label), count in failed.items():
+            self._publish(ShadowRecord(None, champion_label, {}, count, shadow_label))
         for members in groups.values():
             try:
                 self._run_group(members)
             except Exception as exc:
                 log.warning("shadow run failed", error=str(exc))
-                self._publish(ShadowRecord(None, members[0][0].champion.label, {}, len(members)))
+                first = members[0][0]
+                self._publish(
+                    ShadowRecord(None, first.champion.label, {}, len(members), first.shadow.label)
+                )
 
     def _run_group(self, members: list[tuple[ShadowJob, Any]]) -> None:
         first_job, first = members[0]
@@ -175,7 +221,9 @@ class ShadowRunner:
                 compute_s=elapsed,
             )
             self.completed += len(part)
-            self._publish(ShadowRecord(record, first_job.champion.label, champion))
+            self._publish(
+                ShadowRecord(record, first_job.champion.label, champion, 0, shadow.version)
+            )
 
 
 def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:

@@ -3,6 +3,8 @@ shadow's whole, whatever subset of outputs the client asked for."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import pytest
 from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
 from sidecar_helpers import output_array, raw_request, stub
+
+from sidecar.managed.shadow import ShadowJob, ShadowRunner
 
 NAME = "fraud"
 
@@ -77,3 +81,99 @@ def test_shadow_compares_every_output_whatever_the_client_asked(
         np.minimum((expected[1][1].astype(np.float64) * 50).astype(np.int64), 49), minlength=50
     )
     assert champion.tolist() == want.tolist()
+
+
+def _shadowing(managed: Any, plane: FakeControlPlane) -> tuple[Any, dict[int, Any]]:
+    """A managed sidecar whose version 2 shadows champion 1 (version 3 loadable too)."""
+    blobs = {n: classifier(n) for n in (1, 2, 3)}
+    versions = {n: (plane.add_blob(b), len(b), "") for n, b in blobs.items()}
+    h = managed()
+    plane.push(
+        state(NAME, 1, {1: versions[1], 2: versions[2]}, 1, candidate=2, shadow=1.0, rollout_id="s")
+    )
+    assert h.wait_ready(60)
+    return h, versions
+
+
+def _jobs(table: Any, count: int) -> list[ShadowJob]:
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    request = raw_request(NAME, {"input": ("FP32", x)}, id="copy")
+    outputs = dict(
+        zip(
+            table.champion.model.signature.output_names,
+            table.champion.model.runtime.run(
+                table.champion.model.signature.output_names, {"input": x}
+            ),
+            strict=True,
+        )
+    )
+    return [
+        ShadowJob(request, table.champion, table.shadow, outputs, "", time.monotonic())
+        for _ in range(count)
+    ]
+
+
+def _wait(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_queued_shadow_copies_keep_their_version_loaded_and_count_for_it_only(
+    managed: Any, plane: FakeControlPlane
+) -> None:
+    h, versions = _shadowing(managed, plane)
+    table = h.manager.table
+    retiring = table.shadow
+    release = threading.Event()
+
+    def publish(record: Any) -> None:
+        release.wait(30)
+        h.shadow._publish(record)  # on to the sidecar's observer hub
+
+    runner = ShadowRunner(publish, budget=1.0)
+    for job in _jobs(table, 3):
+        assert runner.submit(job)
+    assert retiring.in_flight == 3
+    runner.start()
+    try:
+        # Version 3 shadows from now on; version 2 leaves the table with copies still queued.
+        plane.push(state(NAME, 2, {1: versions[1], 3: versions[3]}, 1, candidate=3, shadow=1.0))
+        _wait(lambda: h.manager.table.generation == 2, 60)
+        time.sleep(1.5)  # past the linger after which an idle retired version is released
+        assert retiring in h.manager.retiring, "released while copies for it were queued"
+        release.set()
+        _wait(lambda: retiring not in h.manager.retiring)
+        assert retiring.in_flight == 0 and runner.queued_bytes == 0
+        seen = len(plane.reports)
+        reports = plane.wait_reports(lambda rs: len(rs) >= seen + 3)
+        later = [r.shadow for r in reports if r.generation == 2]
+        assert later and all(sh.version == 3 for sh in later)
+        assert sum(sh.pairs + sh.errors for sh in later) == 0  # version 2's copies are not 3's
+    finally:
+        release.set()
+        runner.close()
+
+
+def test_the_shadow_queue_is_bounded_in_bytes(managed: Any, plane: FakeControlPlane) -> None:
+    h, _ = _shadowing(managed, plane)
+    table = h.manager.table
+    jobs = _jobs(table, 5)
+    size = jobs[0].request.ByteSize() + sum(a.nbytes for a in jobs[0].outputs.values())
+    release = threading.Event()
+    ran: list[Any] = []
+
+    def publish(record: Any) -> None:
+        release.wait(30)
+        ran.append(record)
+
+    runner = ShadowRunner(publish, budget=1.0, max_bytes=3 * size + size // 2)
+    assert [runner.submit(job) for job in jobs] == [True, True, True, False, False]
+    assert runner.take_dropped() == 2 and runner.queued_bytes == 3 * size
+    runner.start()
+    release.set()
+    _wait(lambda: runner.queued_bytes == 0)
+    assert runner.submit(_jobs(table, 1)[0])  # room again
+    runner.close()
+    assert sum(len(r.record.request_ids) for r in ran) == 4
