@@ -6,6 +6,7 @@ import grpc
 
 from controlplane.api import converters as cv
 from controlplane.services import OperationService
+from modelplane.server import current_context
 from modelplane.v1 import operations_pb2, operations_pb2_grpc
 
 
@@ -40,3 +41,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         if remaining is not None:
             timeout = min(timeout, max(remaining - 0.1, 0.0))
         return cv.operation_to_proto(self.operations.wait(request.name, timeout))
+
+    def CancelOperation(
+        self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext
+    ) -> operations_pb2.Operation:
+        return cv.operation_to_proto(self.operations.cancel(current_context(), request.name))

@@ -2,7 +2,7 @@
 call it, and how a grant scoped to some models applies to it.
 
 Built-in roles: ``viewer`` reads; ``developer`` also creates models, registers versions,
-uploads blobs, runs evaluations and gates and moves aliases (gates still apply);
+uploads blobs, runs (and cancels) evaluations and gates and moves aliases (gates still apply);
 ``approver`` also approves and rejects; ``admin`` may do everything, including policies,
 deletions, archiving, audit export, checkpoints and audit verification. Any other role name
 (``risk``, ``ml-lead``) grants no RPC by itself; policies may require it of approvers.
@@ -100,6 +100,7 @@ PERMISSIONS: dict[str, Rule] = {
     _O + "GetOperation": Rule(READ, Scope.OPERATION),
     _O + "ListOperations": Rule(READ, Scope.LISTED, listed="operations", key="target"),
     _O + "WaitOperation": Rule(READ, Scope.OPERATION),
+    _O + "CancelOperation": Rule(WRITE, Scope.OPERATION),
     _E + "Evaluate": Rule(WRITE, Scope.MODEL),
     _E + "GetEvaluation": Rule(READ, Scope.MODEL),
     _E + "ListEvaluations": Rule(READ, Scope.MODEL),

@@ -3,18 +3,22 @@
 A replica holds each operation it runs under a lease (``lease_expire_time``) and renews it on a
 timer. Any replica, at start and then on the same timer, marks failed with reason REPLICA_LOST
 every unfinished operation whose lease expired: the work is not resumed elsewhere, the caller
-starts it again.
+starts it again. A renewal that finds an operation done (cancelled, or failed by another replica
+while this one stalled) or owned by another replica renews nothing and reports it lost, so the
+work on it stops.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from controlplane.store import Store
 from controlplane.store.governance_repos import Governance
+from controlplane.store.tables import OperationRow
 from modelplane.errors import Unavailable
 from modelplane.server.context import RequestContext
 
@@ -24,9 +28,18 @@ log = structlog.get_logger("modelplane.leases")
 class Leases:
     """The operations this replica holds, their renewal, and the failing of expired ones."""
 
-    def __init__(self, store: Store, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_seconds: float,
+        *,
+        replica_id: str = "",
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
+        self.replica_id = replica_id
+        self.on_lost = on_lost
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -44,16 +57,26 @@ class Leases:
             return sorted(self._held)
 
     def renew(self) -> None:
-        """Extend the leases of the operations this replica holds."""
+        """Extend the leases of the operations this replica holds; those now done or owned by
+        another replica are released and passed to ``on_lost``."""
         running = self.held()
         if not running:
             return
+        lost = []
         with self.store.write(RequestContext(principal="system"), "RenewLease") as tx:
             for op_id in running:
-                op = tx.operations.get(op_id)
-                if op is not None and not op.done:
-                    expiry = tx.now + timedelta(seconds=self.lease_seconds)
-                    tx.operations.update(op_id, {"lease_expire_time": expiry}, tx.now)
+                row = tx.session.get(
+                    OperationRow, op_id, with_for_update=True, populate_existing=True
+                )
+                if row is None or row.done or (self.replica_id and row.owner != self.replica_id):
+                    lost.append(op_id)
+                    continue
+                expiry = tx.now + timedelta(seconds=self.lease_seconds)
+                tx.operations.update(op_id, {"lease_expire_time": expiry}, tx.now)
+        for op_id in lost:
+            self.release(op_id)
+            if self.on_lost is not None:
+                self.on_lost(op_id)
 
     def fail_expired(self) -> list[str]:
         """Mark failed (REPLICA_LOST) every unfinished operation whose lease expired; returns

@@ -1,22 +1,40 @@
-"""Long-running operation records: create, progress, finish, read, wait."""
+"""Long-running operation records: create, progress, finish, cancel, read, wait.
+
+Progress and finishing are conditional: they apply only while the operation is not done and
+this replica owns it. An operation cancelled by a caller, or failed (REPLICA_LOST) by another
+replica after this one's lease lapsed, raises :class:`OperationLost` to the worker instead, and
+the worker abandons its work.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from controlplane.domain import Operation
 from controlplane.names import parse_operation
-from controlplane.store import Store
+from controlplane.store import Store, Tx, WriteTx
+from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import OperationRow
-from modelplane.errors import ModelplaneError, NotFound
+from modelplane.errors import Cancelled, ModelplaneError, NotFound
 from modelplane.server.context import RequestContext
 
 MAX_WAIT_SECONDS = 60.0
 POLL_SECONDS = 0.2
+
+
+class OperationLost(Exception):
+    """The operation is no longer this replica's to update: it is done (cancelled, or failed
+    by another replica) or another replica owns it."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__(f"operation {op_id} is done or held by another replica")
+        self.op_id = op_id
 
 
 class OperationService:
@@ -25,6 +43,23 @@ class OperationService:
     def __init__(self, store: Store, replica_id: str = "") -> None:
         self.store = store
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self._cancel_listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+
+    def on_cancel(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(op_id)`` after an operation is cancelled through this service, so
+        that work running in this process stops at once (other replicas notice on their next
+        lease renewal or progress report)."""
+        with self._lock:
+            self._cancel_listeners.append(listener)
+
+    def held(self, tx: Tx, op_id: str) -> Operation | None:
+        """The operation, locked until ``tx`` ends, while this replica holds it (not done and
+        owned by this replica); None otherwise."""
+        row = tx.session.get(OperationRow, op_id, with_for_update=True, populate_existing=True)
+        if row is None or row.done or row.owner != self.replica_id:
+            return None
+        return operation_from_row(row)
 
     def start(
         self,
@@ -56,7 +91,10 @@ class OperationService:
     def progress(
         self, ctx: RequestContext, op_id: str, fraction: float, message: str = ""
     ) -> Operation:
+        """Record progress; :class:`OperationLost` when this replica no longer holds it."""
         with self.store.write(ctx, "UpdateOperation") as tx:
+            if self.held(tx, op_id) is None:
+                raise OperationLost(op_id)
             op = tx.operations.update(
                 op_id,
                 {"progress": max(0.0, min(1.0, fraction)), "progress_message": message},
@@ -74,20 +112,57 @@ class OperationService:
         result: bytes = b"",
         error: ModelplaneError | None = None,
     ) -> Operation:
-        """Mark the operation done with a result or an error."""
+        """Mark the operation done with a result or an error; :class:`OperationLost` when this
+        replica no longer holds it."""
+        with self.store.write(ctx, "FinishOperation") as tx:
+            return self.finish_in(tx, op_id, result_type=result_type, result=result, error=error)
+
+    def finish_in(
+        self,
+        tx: WriteTx,
+        op_id: str,
+        *,
+        result_type: str = "",
+        result: bytes = b"",
+        error: ModelplaneError | None = None,
+    ) -> Operation:
+        """:meth:`finish` inside the write transaction ``tx``, so that what the result stands
+        for is stored together with it, or not at all."""
+        if self.held(tx, op_id) is None:
+            raise OperationLost(op_id)
         changes: dict[str, Any] = {"done": True, "owner": "", "lease_expire_time": None}
         if error is not None:
-            changes["error"] = {
-                "code": error.code.value,
-                "reason": error.reason,
-                "message": error.message,
-            }
+            changes["error"] = _error_json(error)
         else:
             changes.update(progress=1.0, result_type=result_type, result=result)
-        with self.store.write(ctx, "FinishOperation") as tx:
-            op = tx.operations.update(op_id, changes, tx.now)
-            tx.record("FinishOperation", op.name, None, op)
-            return op
+        op = tx.operations.update(op_id, changes, tx.now)
+        tx.record("FinishOperation", op.name, None, op)
+        return op
+
+    def cancel(self, ctx: RequestContext, name: str) -> Operation:
+        """Cancel an operation (best effort): an unfinished one ends at once, done with error
+        CANCELLED, and its work stops; one already done is returned as it is (cancelling it
+        changes nothing)."""
+        op_id = parse_operation(name)
+        with self.store.write(ctx, "CancelOperation") as tx:
+            row = tx.session.get(OperationRow, op_id, with_for_update=True, populate_existing=True)
+            if row is None:
+                raise NotFound(f"operation {name} does not exist", reason="OPERATION_NOT_FOUND")
+            before = operation_from_row(row)
+            if before.done:
+                return before
+            err = Cancelled(f"cancelled by {ctx.principal or 'a caller'}", reason="CANCELLED")
+            after = tx.operations.update(
+                op_id,
+                {"done": True, "owner": "", "lease_expire_time": None, "error": _error_json(err)},
+                tx.now,
+            )
+            tx.record("CancelOperation", after.name, before, after)
+        with self._lock:
+            listeners = list(self._cancel_listeners)
+        for listener in listeners:
+            listener(op_id)
+        return after
 
     def get(self, name: str) -> Operation:
         op_id = parse_operation(name)
@@ -114,3 +189,7 @@ class OperationService:
             if op.done or time.monotonic() >= deadline:
                 return op
             time.sleep(POLL_SECONDS)
+
+
+def _error_json(error: ModelplaneError) -> dict[str, str]:
+    return {"code": error.code.value, "reason": error.reason, "message": error.message}

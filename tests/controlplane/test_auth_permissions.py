@@ -146,6 +146,7 @@ def test_the_table_matches_the_role_definitions() -> None:
         "UpdateModelVersion",
         "UploadBlob",
         "Evaluate",
+        "CancelOperation",
         "EvaluateGate",
         "SetAlias",
         "CreateDeployment",

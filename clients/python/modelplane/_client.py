@@ -643,6 +643,13 @@ class Client(DeploymentsMixin):
             ),
         )
 
+    def cancel_operation(self, name: str) -> operations_pb2.Operation:
+        """Cancel an operation (best effort); returns it, done with error CANCELLED, or as it
+        was when it had already finished."""
+        return self._call(
+            self.operations.CancelOperation, operations_pb2.CancelOperationRequest(name=name)
+        )
+
     # Evaluation, governance and audit -------------------------------------------------------
 
     def with_roles(self, roles: Sequence[str]) -> Client:

@@ -25,6 +25,11 @@ type OperationsServiceClient interface {
 	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
 	// Waits until the operation is done or the timeout passes, then returns its state.
 	WaitOperation(ctx context.Context, in *WaitOperationRequest, opts ...grpc.CallOption) (*Operation, error)
+	// Cancels an operation, best effort: an unfinished one ends at once, done with an error of
+	// code `CANCELLED` (reason `CANCELLED`), and the replica running it stops its work and stores
+	// no result. Cancelling an operation that is already done changes nothing and returns it as
+	// it is (with its result or error), so a retried cancel is harmless.
+	CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*Operation, error)
 }
 
 type operationsServiceClient struct {
@@ -62,6 +67,15 @@ func (c *operationsServiceClient) WaitOperation(ctx context.Context, in *WaitOpe
 	return out, nil
 }
 
+func (c *operationsServiceClient) CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*Operation, error) {
+	out := new(Operation)
+	err := c.cc.Invoke(ctx, "/modelplane.v1.OperationsService/CancelOperation", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperationsServiceServer is the server API for OperationsService service.
 // All implementations must embed UnimplementedOperationsServiceServer
 // for forward compatibility
@@ -72,6 +86,11 @@ type OperationsServiceServer interface {
 	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
 	// Waits until the operation is done or the timeout passes, then returns its state.
 	WaitOperation(context.Context, *WaitOperationRequest) (*Operation, error)
+	// Cancels an operation, best effort: an unfinished one ends at once, done with an error of
+	// code `CANCELLED` (reason `CANCELLED`), and the replica running it stops its work and stores
+	// no result. Cancelling an operation that is already done changes nothing and returns it as
+	// it is (with its result or error), so a retried cancel is harmless.
+	CancelOperation(context.Context, *CancelOperationRequest) (*Operation, error)
 	mustEmbedUnimplementedOperationsServiceServer()
 }
 
@@ -87,6 +106,9 @@ func (UnimplementedOperationsServiceServer) ListOperations(context.Context, *Lis
 }
 func (UnimplementedOperationsServiceServer) WaitOperation(context.Context, *WaitOperationRequest) (*Operation, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method WaitOperation not implemented")
+}
+func (UnimplementedOperationsServiceServer) CancelOperation(context.Context, *CancelOperationRequest) (*Operation, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelOperation not implemented")
 }
 func (UnimplementedOperationsServiceServer) mustEmbedUnimplementedOperationsServiceServer() {}
 
@@ -155,6 +177,24 @@ func _OperationsService_WaitOperation_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperationsService_CancelOperation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelOperationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperationsServiceServer).CancelOperation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/modelplane.v1.OperationsService/CancelOperation",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperationsServiceServer).CancelOperation(ctx, req.(*CancelOperationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _OperationsService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "modelplane.v1.OperationsService",
 	HandlerType: (*OperationsServiceServer)(nil),
@@ -170,6 +210,10 @@ var _OperationsService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WaitOperation",
 			Handler:    _OperationsService_WaitOperation_Handler,
+		},
+		{
+			MethodName: "CancelOperation",
+			Handler:    _OperationsService_CancelOperation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -77,6 +77,12 @@ class ListOperationsResponse(_message.Message):
     next_page_token: str
     def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class CancelOperationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class WaitOperationRequest(_message.Message):
     __slots__ = ("name", "timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -52,6 +52,11 @@ class OperationsServiceStub:
                 request_serializer=modelplane_dot_v1_dot_operations__pb2.WaitOperationRequest.SerializeToString,
                 response_deserializer=modelplane_dot_v1_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CancelOperation = channel.unary_unary(
+                '/modelplane.v1.OperationsService/CancelOperation',
+                request_serializer=modelplane_dot_v1_dot_operations__pb2.CancelOperationRequest.SerializeToString,
+                response_deserializer=modelplane_dot_v1_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
@@ -80,6 +85,16 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelOperation(self, request, context):
+        """Cancels an operation, best effort: an unfinished one ends at once, done with an error of
+        code `CANCELLED` (reason `CANCELLED`), and the replica running it stops its work and stores
+        no result. Cancelling an operation that is already done changes nothing and returns it as
+        it is (with its result or error), so a retried cancel is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +111,11 @@ def add_OperationsServiceServicer_to_server(servicer, server):
             'WaitOperation': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitOperation,
                     request_deserializer=modelplane_dot_v1_dot_operations__pb2.WaitOperationRequest.FromString,
+                    response_serializer=modelplane_dot_v1_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'CancelOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOperation,
+                    request_deserializer=modelplane_dot_v1_dot_operations__pb2.CancelOperationRequest.FromString,
                     response_serializer=modelplane_dot_v1_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -181,6 +201,33 @@ class OperationsService:
             target,
             '/modelplane.v1.OperationsService/WaitOperation',
             modelplane_dot_v1_dot_operations__pb2.WaitOperationRequest.SerializeToString,
+            modelplane_dot_v1_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelplane.v1.OperationsService/CancelOperation',
+            modelplane_dot_v1_dot_operations__pb2.CancelOperationRequest.SerializeToString,
             modelplane_dot_v1_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,

@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file modelplane/v1/operations.proto.
  */
 export const file_modelplane_v1_operations: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tb2RlbHBsYW5lL3YxL29wZXJhdGlvbnMucHJvdG8SDW1vZGVscGxhbmUudjEi9QIKCU9wZXJhdGlvbhIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSDgoGdGFyZ2V0GAMgASgJEgwKBGRvbmUYBCABKAgSEAoIcHJvZ3Jlc3MYBSABKAESGAoQcHJvZ3Jlc3NfbWVzc2FnZRgGIAEoCRIsCgVlcnJvchgHIAEoCzIdLm1vZGVscGxhbmUudjEuT3BlcmF0aW9uRXJyb3ISJAoGcmVzdWx0GAggASgLMhQuZ29vZ2xlLnByb3RvYnVmLkFueRIpCghtZXRhZGF0YRgJIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKY3JlYXRlZF9ieRgKIAEoCRIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGA0gASgJIj8KDk9wZXJhdGlvbkVycm9yEgwKBGNvZGUYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiIwoTR2V0T3BlcmF0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIk4KFUxpc3RPcGVyYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZ0YXJnZXQYAyABKAkiXwoWTGlzdE9wZXJhdGlvbnNSZXNwb25zZRIsCgpvcGVyYXRpb25zGAEgAygLMhgubW9kZWxwbGFuZS52MS5PcGVyYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKFFdhaXRPcGVyYXRpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbjKQAgoRT3BlcmF0aW9uc1NlcnZpY2USTAoMR2V0T3BlcmF0aW9uEiIubW9kZWxwbGFuZS52MS5HZXRPcGVyYXRpb25SZXF1ZXN0GhgubW9kZWxwbGFuZS52MS5PcGVyYXRpb24SXQoOTGlzdE9wZXJhdGlvbnMSJC5tb2RlbHBsYW5lLnYxLkxpc3RPcGVyYXRpb25zUmVxdWVzdBolLm1vZGVscGxhbmUudjEuTGlzdE9wZXJhdGlvbnNSZXNwb25zZRJOCg1XYWl0T3BlcmF0aW9uEiMubW9kZWxwbGFuZS52MS5XYWl0T3BlcmF0aW9uUmVxdWVzdBoYLm1vZGVscGxhbmUudjEuT3BlcmF0aW9uYgZwcm90bzM", [file_google_protobuf_any, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5tb2RlbHBsYW5lL3YxL29wZXJhdGlvbnMucHJvdG8SDW1vZGVscGxhbmUudjEi9QIKCU9wZXJhdGlvbhIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSDgoGdGFyZ2V0GAMgASgJEgwKBGRvbmUYBCABKAgSEAoIcHJvZ3Jlc3MYBSABKAESGAoQcHJvZ3Jlc3NfbWVzc2FnZRgGIAEoCRIsCgVlcnJvchgHIAEoCzIdLm1vZGVscGxhbmUudjEuT3BlcmF0aW9uRXJyb3ISJAoGcmVzdWx0GAggASgLMhQuZ29vZ2xlLnByb3RvYnVmLkFueRIpCghtZXRhZGF0YRgJIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKY3JlYXRlZF9ieRgKIAEoCRIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGA0gASgJIj8KDk9wZXJhdGlvbkVycm9yEgwKBGNvZGUYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiIwoTR2V0T3BlcmF0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIk4KFUxpc3RPcGVyYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZ0YXJnZXQYAyABKAkiXwoWTGlzdE9wZXJhdGlvbnNSZXNwb25zZRIsCgpvcGVyYXRpb25zGAEgAygLMhgubW9kZWxwbGFuZS52MS5PcGVyYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKFkNhbmNlbE9wZXJhdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJQChRXYWl0T3BlcmF0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24y5AIKEU9wZXJhdGlvbnNTZXJ2aWNlEkwKDEdldE9wZXJhdGlvbhIiLm1vZGVscGxhbmUudjEuR2V0T3BlcmF0aW9uUmVxdWVzdBoYLm1vZGVscGxhbmUudjEuT3BlcmF0aW9uEl0KDkxpc3RPcGVyYXRpb25zEiQubW9kZWxwbGFuZS52MS5MaXN0T3BlcmF0aW9uc1JlcXVlc3QaJS5tb2RlbHBsYW5lLnYxLkxpc3RPcGVyYXRpb25zUmVzcG9uc2USTgoNV2FpdE9wZXJhdGlvbhIjLm1vZGVscGxhbmUudjEuV2FpdE9wZXJhdGlvblJlcXVlc3QaGC5tb2RlbHBsYW5lLnYxLk9wZXJhdGlvbhJSCg9DYW5jZWxPcGVyYXRpb24SJS5tb2RlbHBsYW5lLnYxLkNhbmNlbE9wZXJhdGlvblJlcXVlc3QaGC5tb2RlbHBsYW5lLnYxLk9wZXJhdGlvbmIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A persisted long-running operation.
@@ -220,6 +220,25 @@ export const ListOperationsResponseSchema: GenMessage<ListOperationsResponse> = 
   messageDesc(file_modelplane_v1_operations, 4);
 
 /**
+ * @generated from message modelplane.v1.CancelOperationRequest
+ */
+export type CancelOperationRequest = Message<"modelplane.v1.CancelOperationRequest"> & {
+  /**
+   * `operations/{operation}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message modelplane.v1.CancelOperationRequest.
+ * Use `create(CancelOperationRequestSchema)` to create a new message.
+ */
+export const CancelOperationRequestSchema: GenMessage<CancelOperationRequest> = /*@__PURE__*/
+  messageDesc(file_modelplane_v1_operations, 5);
+
+/**
  * @generated from message modelplane.v1.WaitOperationRequest
  */
 export type WaitOperationRequest = Message<"modelplane.v1.WaitOperationRequest"> & {
@@ -243,7 +262,7 @@ export type WaitOperationRequest = Message<"modelplane.v1.WaitOperationRequest">
  * Use `create(WaitOperationRequestSchema)` to create a new message.
  */
 export const WaitOperationRequestSchema: GenMessage<WaitOperationRequest> = /*@__PURE__*/
-  messageDesc(file_modelplane_v1_operations, 5);
+  messageDesc(file_modelplane_v1_operations, 6);
 
 /**
  * Long-running work (evaluations and the like) is recorded as an Operation that any replica can
@@ -280,6 +299,19 @@ export const OperationsService: GenService<{
   waitOperation: {
     methodKind: "unary";
     input: typeof WaitOperationRequestSchema;
+    output: typeof OperationSchema;
+  },
+  /**
+   * Cancels an operation, best effort: an unfinished one ends at once, done with an error of
+   * code `CANCELLED` (reason `CANCELLED`), and the replica running it stops its work and stores
+   * no result. Cancelling an operation that is already done changes nothing and returns it as
+   * it is (with its result or error), so a retried cancel is harmless.
+   *
+   * @generated from rpc modelplane.v1.OperationsService.CancelOperation
+   */
+  cancelOperation: {
+    methodKind: "unary";
+    input: typeof CancelOperationRequestSchema;
     output: typeof OperationSchema;
   },
 }> = /*@__PURE__*/
