@@ -126,6 +126,10 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         evaluation_result,
         workers=settings.evaluation_workers,
         lease_seconds=settings.operation_lease_seconds,
+        timeout_seconds=settings.evaluation_timeout_seconds,
+        queue_size=settings.evaluation_queue_size,
+        max_rows=settings.evaluation_max_rows,
+        max_cells=settings.evaluation_max_cells,
     )
     evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
         EvaluationServicer(evaluations), server

@@ -51,6 +51,26 @@ class ControlPlaneSettings(BaseSettings):
         "ARTIFACT_ROOT/keys/signing-key.pem, created with mode 0600 when absent",
     )
     evaluation_workers: int = Field(2, description="threads running server-side evaluations")
+    evaluation_timeout_seconds: float = Field(
+        3600.0,
+        description="how long one evaluation may run (from when a worker takes it) before it is "
+        "stopped and its operation fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT)",
+    )
+    evaluation_queue_size: int = Field(
+        32,
+        description="evaluations each process holds at once, running and waiting for a worker; "
+        "more are refused with RESOURCE_EXHAUSTED (EVALUATION_QUEUE_FULL)",
+    )
+    evaluation_max_rows: int = Field(
+        10_000_000,
+        description="rows an evaluation dataset may have; larger ones are refused "
+        "(DATASET_TOO_LARGE) before they are read",
+    )
+    evaluation_max_cells: int = Field(
+        50_000_000,
+        description="rows times columns an evaluation dataset may have; larger ones are refused "
+        "(DATASET_TOO_LARGE) before they are read",
+    )
     operation_lease_seconds: float = Field(
         60.0,
         description="how long a replica holds a running operation without renewing it; "

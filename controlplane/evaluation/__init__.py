@@ -17,9 +17,11 @@ from controlplane.evaluation._engine import MAX_SLICES, TASKS, evaluate
 from controlplane.evaluation._errors import EvaluationWarning
 from controlplane.evaluation._fairness import FairnessReport, GroupMetrics
 from controlplane.evaluation._grouping import NULL_GROUP, OTHER_GROUP
+from controlplane.evaluation._predict import RunControl
 from controlplane.evaluation._ranking import average_precision, roc_auc
 from controlplane.evaluation._regression import REGRESSION_METRICS, regression_metrics
 from controlplane.evaluation._report import EvaluationReport, SliceReport, compare
+from controlplane.evaluation._size import check_dataset_size
 from controlplane.evaluation._validation import FeatureCheck, ValidationReport, ValidationThresholds
 
 __all__ = [
@@ -35,10 +37,12 @@ __all__ = [
     "FairnessReport",
     "FeatureCheck",
     "GroupMetrics",
+    "RunControl",
     "SliceReport",
     "ValidationReport",
     "ValidationThresholds",
     "average_precision",
+    "check_dataset_size",
     "classification_metrics",
     "compare",
     "evaluate",

@@ -23,7 +23,12 @@ from controlplane.evaluation._model import (
     plan_outputs,
     session_signature,
 )
-from controlplane.evaluation._predict import probabilities, resolve_classes, run_chunks
+from controlplane.evaluation._predict import (
+    RunControl,
+    probabilities,
+    resolve_classes,
+    run_chunks,
+)
 from controlplane.evaluation._regression import regression_metrics
 from controlplane.evaluation._report import EvaluationReport, SliceReport
 from controlplane.evaluation._validation import ValidationThresholds, validate
@@ -146,6 +151,7 @@ def evaluate(
     label: str,
     feature_names: Sequence[str] = (),
     features: Sequence[str] | None = None,
+    require_feature_names: bool = False,
     slices: Sequence[str] = (),
     protected: Sequence[str] = (),
     task: str | None = None,
@@ -158,12 +164,15 @@ def evaluate(
     max_slices: int = MAX_SLICES,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     threads: int = 0,
+    control: RunControl | None = None,
 ) -> EvaluationReport:
     """Evaluate an ONNX model on a labelled dataset (a pyarrow Table, or Parquet, Arrow IPC or
     CSV bytes) on CPU.
 
     ``signature`` describes the model (None: read from the model); ``feature_names`` are the
-    version's features; ``features`` overrides the feature columns; ``task`` overrides the
+    version's features; ``features`` overrides the feature columns (see ``_inputs`` for how
+    columns are chosen; ``require_feature_names`` refuses to guess them when the version
+    records none); ``task`` overrides the
     detected task; ``classes`` gives class labels in probability-column order when the model
     does not carry them; ``positive_class`` (default: the second class) is what binary metrics
     and fairness call positive; ``output`` names the score output; ``baseline`` is the training
@@ -172,8 +181,9 @@ def evaluate(
     ``<other>`` (with a SLICES_POOLED warning). A ``protected`` column with more than
     ``max_slices`` values is refused (TOO_MANY_GROUPS): pooling would hide disparities.
     ``progress`` is called with fractions of work done (0 to 1,
-    non-decreasing, 1 at the end); an exception it raises aborts the evaluation. Bad input
-    raises ``InvalidArgument`` with an UPPER_SNAKE reason.
+    non-decreasing, 1 at the end); an exception it raises aborts the evaluation. ``control``
+    stops it from another thread, a model run in progress included (see :class:`RunControl`).
+    Bad input raises ``InvalidArgument`` with an UPPER_SNAKE reason.
     """
     if task is not None and task not in TASKS:
         raise invalid("INVALID_TASK", f"task must be one of {TASKS}, not {task!r}", task=task)
@@ -203,6 +213,7 @@ def evaluate(
         feature_names=feature_names,
         features=features,
         excluded=known,
+        require_feature_names=require_feature_names,
     )
     check_types(inputs, table.schema)
     report_validation = validate(
@@ -214,7 +225,7 @@ def evaluate(
     )
     label_column = table.column(label)
     y_reg = regression_targets(label_column, label) if plan.task == "regression" else None
-    raw = run_chunks(session, inputs, plan, table, chunk_rows, progress)
+    raw = run_chunks(session, inputs, plan, table, chunk_rows, progress, control)
     resolved = plan.task
     if resolved is None:
         resolved = "classification" if raw.scores.ndim == 2 and raw.scores.shape[1] > 1 else None

@@ -3,8 +3,11 @@
 Which columns feed the model:
 
 * a model with one input of shape ``[-1, F]`` takes a matrix of feature columns: the columns
-  named in ``features`` when given; else the version's ``feature_names`` when the dataset has
-  them all; else every column except the label, slice and protected columns, in dataset order;
+  named in ``features`` when given (none of them the label, a slice or a protected column:
+  FEATURES_OVERLAP); else the version's ``feature_names``, all of which the dataset must have
+  (MISSING_FEATURES names those it lacks); else, when the version records no feature names,
+  every column except the label, slice and protected columns, in dataset order (unless
+  ``require_feature_names``: UNKNOWN_FEATURES);
 * a model with several inputs, or one input of rank 1, takes for each input the column of that
   name (shape ``[-1]`` or ``[-1, 1]``).
 
@@ -70,15 +73,32 @@ def plan_inputs(
     feature_names: Sequence[str],
     features: Sequence[str] | None,
     excluded: Sequence[str],
+    require_feature_names: bool = False,
 ) -> InputPlan:
     """Bind model inputs to dataset columns by the rules of the module docstring."""
     if len(inputs) == 1 and len(inputs[0].shape) == 2:
         spec = inputs[0]
         if features:
+            overlap = [n for n in features if n in excluded]
+            if overlap:
+                raise invalid(
+                    "FEATURES_OVERLAP",
+                    f"features {overlap} are also the label, a slice or a protected column; "
+                    "a column cannot feed the model and be one of those",
+                    columns=",".join(overlap),
+                )
             chosen = list(features)
             _missing(chosen, columns, "the requested feature columns")
-        elif feature_names and all(n in columns for n in feature_names):
+        elif feature_names:
+            _missing(feature_names, columns, "the version's features")
             chosen = list(feature_names)
+        elif require_feature_names:
+            raise invalid(
+                "UNKNOWN_FEATURES",
+                f"input {spec.name!r} takes a matrix of features but the version records no "
+                "feature names, so which columns feed it is unknown",
+                input=spec.name,
+            )
         else:
             chosen = [c for c in columns if c not in excluded]
         width = spec.shape[1]

@@ -9,6 +9,7 @@ A single float column is the positive-class probability of a binary problem and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,40 @@ from controlplane.evaluation._model import OutputPlan, graph_classes, observed_c
 
 #: Share of the progress scale that inference covers; the metrics take the rest.
 INFERENCE_SHARE = 0.9
+
+
+class RunControl:
+    """Stops an evaluation from another thread (a cancel, a time limit, a server stopping).
+
+    :meth:`stop` records why and sets ONNX Runtime's terminate flag, so that a model run in
+    progress ends at its next node (a graph looping practically forever included); the
+    evaluation then raises the recorded exception, from the model run or from its next
+    :meth:`check`.
+    """
+
+    def __init__(self) -> None:
+        self.run_options = ort.RunOptions()
+        self._reason: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, reason: BaseException) -> None:
+        """Stop the evaluation with ``reason`` (the first reason given wins)."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+        self.run_options.terminate = True
+
+    @property
+    def stopped(self) -> BaseException | None:
+        """Why the evaluation was stopped, or None."""
+        with self._lock:
+            return self._reason
+
+    def check(self) -> None:
+        """Raise the reason the evaluation was stopped, if it was."""
+        reason = self.stopped
+        if reason is not None:
+            raise reason
 
 
 @dataclass
@@ -40,18 +75,24 @@ def run_chunks(
     table: pa.Table,
     chunk_rows: int,
     progress: Callable[[float], None] | None,
+    control: RunControl | None = None,
 ) -> RawOutputs:
-    """Run the model over ``table`` in chunks of ``chunk_rows`` rows, reporting progress."""
+    """Run the model over ``table`` in chunks of ``chunk_rows`` rows, reporting progress;
+    ``control`` can stop it, a model run in progress included."""
     names = [outputs.score] + ([outputs.label] if outputs.label else [])
     scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     total = table.num_rows
     for start in range(0, total, chunk_rows):
+        if control is not None:
+            control.check()
         chunk = table.slice(start, chunk_rows)
         feeds = build_feeds(inputs, chunk)
         try:
-            result = session.run(names, feeds)
+            result = session.run(names, feeds, control.run_options if control else None)
         except Exception as err:
+            if control is not None:
+                control.check()
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise invalid(
                 "MODEL_RUN_FAILED", f"the model failed on rows {start}+: {first}"

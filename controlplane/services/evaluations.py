@@ -1,5 +1,12 @@
 """Server-side evaluations: start one as an operation, run it on a worker thread, store the
-report as an Evaluation of the version, with deltas against the version an alias points to."""
+report as an Evaluation of the version, with deltas against the version an alias points to.
+
+Each replica holds at most ``queue_size`` evaluations (running or waiting for a worker); an
+evaluation runs for at most ``timeout_seconds`` and then fails with DEADLINE_EXCEEDED
+(EVALUATION_TIMEOUT), a model run in progress included. A cancelled operation, or one another
+replica failed, stops its work and stores nothing: the Evaluation is stored in the transaction
+that finishes the operation, only while this replica still holds it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,20 +27,25 @@ from controlplane.names import check_id, check_sha256, check_text
 from controlplane.services.governance_names import new_id, parse_child, parse_version_number
 from controlplane.services.leases import Leases
 from controlplane.services.models import lock_model, require_model
-from controlplane.services.operations import OperationService
+from controlplane.services.operations import OperationLost, OperationService
 from controlplane.services.versions import require_version, resolve_version
-from controlplane.store import Store, Tx
+from controlplane.store import Store, Tx, WriteTx
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import EvaluationRow, OperationRow
 from modelplane.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
     ModelplaneError,
     NotFound,
+    ResourceExhausted,
 )
 from modelplane.server.context import RequestContext
+
+if TYPE_CHECKING:
+    from controlplane.evaluation import RunControl
 
 log = structlog.get_logger("modelplane.evaluations")
 
@@ -88,15 +100,29 @@ class EvaluationService:
         *,
         workers: int = 2,
         lease_seconds: float = 60.0,
+        timeout_seconds: float = 3600.0,
+        queue_size: int = 32,
+        max_rows: int = 10_000_000,
+        max_cells: int = 50_000_000,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.operations = operations
         self.encode_result = encode_result
         self.lease_seconds = lease_seconds
+        self.timeout_seconds = timeout_seconds
+        self.queue_size = max(queue_size, 1)
+        self.max_rows = max_rows
+        self.max_cells = max_cells
         self._pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="eval")
         self._stopping = threading.Event()
-        self.leases = Leases(store, lease_seconds)
+        self._jobs: dict[str, RunControl] = {}
+        self._reserved = 0
+        self._jobs_lock = threading.Lock()
+        self.leases = Leases(
+            store, lease_seconds, replica_id=operations.replica_id, on_lost=self._abandon
+        )
+        operations.on_cancel(self._abandon)
 
     # Starting ---------------------------------------------------------------------------------
 
@@ -116,85 +142,174 @@ class EvaluationService:
         _check_columns(r.protected, "protected columns")
         return model_id, version, alias
 
+    def _reserve(self) -> None:
+        with self._jobs_lock:
+            if len(self._jobs) + self._reserved >= self.queue_size:
+                raise ResourceExhausted(
+                    f"this server already holds {self.queue_size} evaluations (running or "
+                    "waiting for a worker; setting evaluation_queue_size); retry later",
+                    reason="EVALUATION_QUEUE_FULL",
+                )
+            self._reserved += 1
+
+    def _unreserve(self, op_id: str = "", control: RunControl | None = None) -> None:
+        with self._jobs_lock:
+            self._reserved -= 1
+            if control is not None:
+                self._jobs[op_id] = control
+
     def start(self, ctx: RequestContext, r: EvaluationRequest, request_id: str = "") -> Operation:
-        """Record the operation and queue the work; returns the operation at once."""
+        """Record the operation and queue the work; returns the operation at once.
+
+        RESOURCE_EXHAUSTED (EVALUATION_QUEUE_FULL) when this replica already holds
+        ``queue_size`` evaluations; INVALID_ARGUMENT (DATASET_ROLE_CONFLICT) when the version's
+        lineage records the dataset under another role (its training data evaluated as a
+        holdout, say)."""
         model_id, number, alias = self._validate(r)
-        with self.store.write(ctx, "Evaluate", request_id, request=r) as tx:
-            if tx.replay is not None:
-                op = tx.operations.get(tx.replay.removeprefix("operations/"))
-                assert op is not None
-                return op
-            require_model(tx, model_id)
-            version = resolve_version(tx, model_id, number, alias)
-            if version.state is VersionState.ARCHIVED:
-                raise FailedPrecondition(
-                    f"version {version.name} is archived", reason="VERSION_ARCHIVED"
-                )
-            if tx.blobs.get(r.dataset_sha256) is None or not self.blobs.exists(r.dataset_sha256):
-                raise FailedPrecondition(
-                    f"dataset blobs/{r.dataset_sha256} has not been uploaded; upload it first "
-                    "with UploadBlob",
-                    reason="BLOB_NOT_FOUND",
-                )
-            op = tx.operations.add(
-                OperationRow(
-                    id=new_id("op"),
-                    kind=OPERATION_KIND,
-                    target=version.name,
-                    op_metadata={
-                        "dataset_sha256": r.dataset_sha256,
-                        "dataset_role": r.dataset_role,
-                        "label": r.label,
-                        "compare_to": r.compare_to,
-                    },
-                    created_by=ctx.principal,
-                    create_time=tx.now,
-                    update_time=tx.now,
-                    owner=self.operations.replica_id,
-                    lease_expire_time=tx.now + timedelta(seconds=self.lease_seconds),
-                )
-            )
-            tx.record("StartOperation", op.name, None, op)
+        reserved = False
+        try:
+            with self.store.write(ctx, "Evaluate", request_id, request=r) as tx:
+                if tx.replay is not None:
+                    op = tx.operations.get(tx.replay.removeprefix("operations/"))
+                    assert op is not None
+                    return op
+                version = self._check_start(tx, r, model_id, number, alias)
+                self._reserve()
+                reserved = True
+                op = self._add_operation(tx, ctx, version, r)
+            from controlplane.evaluation import RunControl
+
+            control = RunControl()
+            self._unreserve(op.id, control)
+            reserved = False
+        finally:
+            if reserved:
+                self._unreserve()
         job_ctx = RequestContext(principal=ctx.principal, request_id=ctx.request_id)
         self.leases.hold(op.id)
-        self._pool.submit(self._run, job_ctx, op.id, version, r)
+        self._pool.submit(self._run, job_ctx, op.id, version, r, control)
+        return op
+
+    def _check_start(
+        self, tx: Tx, r: EvaluationRequest, model_id: str, number: int | None, alias: str
+    ) -> ModelVersion:
+        require_model(tx, model_id)
+        version = resolve_version(tx, model_id, number, alias)
+        if version.state is VersionState.ARCHIVED:
+            raise FailedPrecondition(
+                f"version {version.name} is archived", reason="VERSION_ARCHIVED"
+            )
+        if tx.blobs.get(r.dataset_sha256) is None or not self.blobs.exists(r.dataset_sha256):
+            raise FailedPrecondition(
+                f"dataset blobs/{r.dataset_sha256} has not been uploaded; upload it first "
+                "with UploadBlob",
+                reason="BLOB_NOT_FOUND",
+            )
+        digest = r.dataset_sha256.lower()
+        roles = sorted(
+            {
+                d.role
+                for d in version.lineage.datasets
+                if d.sha256.lower().removeprefix("sha256:") == digest
+            }
+        )
+        if roles and r.dataset_role not in roles:
+            raise InvalidArgument(
+                f"dataset blobs/{r.dataset_sha256} is recorded in the lineage of version "
+                f"{version.name} as its {' and '.join(roles)} data; it cannot be evaluated as "
+                f"{r.dataset_role!r}. Evaluate it with dataset_role {roles[0]!r}, or evaluate "
+                "other data",
+                reason="DATASET_ROLE_CONFLICT",
+                metadata={"lineage_roles": ",".join(roles), "dataset_role": r.dataset_role},
+            )
+        return version
+
+    def _add_operation(
+        self, tx: WriteTx, ctx: RequestContext, version: ModelVersion, r: EvaluationRequest
+    ) -> Operation:
+        op = tx.operations.add(
+            OperationRow(
+                id=new_id("op"),
+                kind=OPERATION_KIND,
+                target=version.name,
+                op_metadata={
+                    "dataset_sha256": r.dataset_sha256,
+                    "dataset_role": r.dataset_role,
+                    "label": r.label,
+                    "compare_to": r.compare_to,
+                },
+                created_by=ctx.principal,
+                create_time=tx.now,
+                update_time=tx.now,
+                owner=self.operations.replica_id,
+                lease_expire_time=tx.now + timedelta(seconds=self.lease_seconds),
+            )
+        )
+        tx.record("StartOperation", op.name, None, op)
         return op
 
     # Running ----------------------------------------------------------------------------------
 
     def _run(
-        self, ctx: RequestContext, op_id: str, version: ModelVersion, r: EvaluationRequest
+        self,
+        ctx: RequestContext,
+        op_id: str,
+        version: ModelVersion,
+        r: EvaluationRequest,
+        control: RunControl,
     ) -> None:
+        timeout = DeadlineExceeded(
+            f"the evaluation ran longer than {self.timeout_seconds:g} seconds and was stopped "
+            "(setting evaluation_timeout_seconds)",
+            reason="EVALUATION_TIMEOUT",
+        )
+        timer = threading.Timer(self.timeout_seconds, control.stop, (timeout,))
+        timer.daemon = True
+        timer.start()
         try:
-            evaluation = self._evaluate(ctx, op_id, version, r)
-            result_type, result = self.encode_result(evaluation)
-            self.operations.finish(ctx, op_id, result_type=result_type, result=result)
+            control.check()
+            self._evaluate(ctx, op_id, version, r, control)
         except _Stopped:
             log.info("evaluation interrupted by shutdown", operation=op_id)
+        except OperationLost:
+            log.info("evaluation abandoned: its operation was cancelled or failed", operation=op_id)
         except ModelplaneError as exc:
             self._fail(ctx, op_id, exc)
         except Exception as exc:  # the operation must end even on a bug
             log.error("evaluation failed", operation=op_id, exc_info=exc)
             self._fail(ctx, op_id, Internal("the evaluation failed; the server log has details"))
         finally:
+            timer.cancel()
             self.leases.release(op_id)
+            with self._jobs_lock:
+                self._jobs.pop(op_id, None)
+
+    def _abandon(self, op_id: str) -> None:
+        """Stop the work on an operation that was cancelled or failed elsewhere."""
+        with self._jobs_lock:
+            control = self._jobs.get(op_id)
+        if control is not None:
+            control.stop(OperationLost(op_id))
 
     def _fail(self, ctx: RequestContext, op_id: str, err: ModelplaneError) -> None:
         if self._stopping.is_set():
             return
         try:
             self.operations.finish(ctx, op_id, error=err)
+        except OperationLost:
+            log.info("evaluation failed after its operation ended", operation=op_id)
         except Exception as exc:
             log.error("cannot record the failure of an operation", operation=op_id, exc_info=exc)
 
     def _progress(
-        self, ctx: RequestContext, op_id: str, lo: float, hi: float
+        self, ctx: RequestContext, op_id: str, lo: float, hi: float, control: RunControl
     ) -> Callable[[float], None]:
         last = [-1.0]
 
         def report(fraction: float) -> None:
             if self._stopping.is_set():
                 raise _Stopped
+            control.check()
             done = lo + (hi - lo) * fraction
             if done - last[0] >= PROGRESS_STEP or (fraction >= 1.0 and done > last[0]):
                 last[0] = done
@@ -203,12 +318,23 @@ class EvaluationService:
         return report
 
     def _evaluate(
-        self, ctx: RequestContext, op_id: str, version: ModelVersion, r: EvaluationRequest
+        self,
+        ctx: RequestContext,
+        op_id: str,
+        version: ModelVersion,
+        r: EvaluationRequest,
+        control: RunControl,
     ) -> Evaluation:
-        from controlplane.evaluation import compare, evaluate
+        from controlplane.evaluation import check_dataset_size, compare, evaluate
         from modelplane.profiles import BaselineProfile
 
         data = self.blobs.read_bytes(r.dataset_sha256)
+        check_dataset_size(
+            data,
+            max_rows=self.max_rows,
+            max_cells=self.max_cells,
+            settings=("evaluation_max_rows", "evaluation_max_cells"),
+        )
         onnx = self.blobs.read_bytes(version.artifact.sha256)
         baseline = None
         if version.baseline is not None and self.blobs.exists(version.baseline.sha256):
@@ -226,31 +352,64 @@ class EvaluationService:
             slices=list(r.slices),
             protected=list(r.protected),
             baseline=baseline,
-            progress=self._progress(ctx, op_id, 0.0, split),
+            progress=self._progress(ctx, op_id, 0.0, split, control),
+            control=control,
         ).to_dict()
         compared, deltas = "", {}
         if reference is not None:
+            warnings = report.setdefault("warnings", [])
+            ref_report: dict[str, Any] | None
             if isinstance(reference, ModelVersion):
-                ref_report = evaluate(
-                    self.blobs.read_bytes(reference.artifact.sha256),
-                    reference.signature,
-                    data,
-                    label=r.label,
-                    feature_names=reference.feature_names,
-                    features=list(r.features) or None,
-                    progress=self._progress(ctx, op_id, split, 1.0),
-                ).to_dict()
-                compared = reference.name
+                ref_report = self._reference_report(
+                    ctx, op_id, reference, data, r, split, control, warnings
+                )
+                compared = reference.name if ref_report is not None else ""
             else:
                 ref_report, compared = reference.report, reference.version_name
-            try:
-                deltas = compare(report, ref_report)
-            except InvalidArgument as exc:
-                report.setdefault("warnings", []).append(
-                    {"code": exc.reason, "message": exc.message, "scope": "compare", "metric": ""}
-                )
-                compared = ""
+            if ref_report is not None:
+                try:
+                    deltas = compare(report, ref_report)
+                except InvalidArgument as exc:
+                    warnings.append(_compare_warning(exc.reason, exc.message))
+                    compared = ""
         return self._store(ctx, op_id, version, r, report, compared, deltas)
+
+    def _reference_report(
+        self,
+        ctx: RequestContext,
+        op_id: str,
+        reference: ModelVersion,
+        data: bytes,
+        r: EvaluationRequest,
+        split: float,
+        control: RunControl,
+        warnings: list[dict[str, str]],
+    ) -> dict[str, Any] | None:
+        """The reference version evaluated on the same data, fed by its own feature names (never
+        the caller's ``features``, chosen for the version under evaluation); None, with a
+        warning, when it cannot be: its features are unknown or absent, or it fails."""
+        from controlplane.evaluation import evaluate
+
+        try:
+            return evaluate(
+                self.blobs.read_bytes(reference.artifact.sha256),
+                reference.signature,
+                data,
+                label=r.label,
+                feature_names=reference.feature_names,
+                require_feature_names=True,
+                progress=self._progress(ctx, op_id, split, 1.0, control),
+                control=control,
+            ).to_dict()
+        except InvalidArgument as exc:
+            warnings.append(
+                _compare_warning(
+                    "REFERENCE_EVALUATION_FAILED",
+                    f"the reference version {reference.name} could not be evaluated on this "
+                    f"dataset ({exc.reason}: {exc.message}); no deltas were computed",
+                )
+            )
+            return None
 
     def _reference(
         self, tx: Tx, version: ModelVersion, r: EvaluationRequest
@@ -279,7 +438,11 @@ class EvaluationService:
         compared: str,
         deltas: dict[str, float | None],
     ) -> Evaluation:
+        """Store the Evaluation and finish the operation with it, in one transaction, while
+        this replica still holds the operation (:class:`OperationLost` otherwise)."""
         with self.store.write(ctx, "CreateEvaluation") as tx:
+            if self.operations.held(tx, op_id) is None:
+                raise OperationLost(op_id)
             # The model's lock, as a forced DeleteModel takes it: the version read here is the
             # one the evaluation is stored on. A model deleted and created again under its id
             # reuses version numbers, so the number alone may name another artifact.
@@ -315,6 +478,8 @@ class EvaluationService:
                 )
             )
             tx.record("CreateEvaluation", evaluation.name, None, evaluation)
+            result_type, result = self.encode_result(evaluation)
+            self.operations.finish_in(tx, op_id, result_type=result_type, result=result)
             return evaluation
 
     def watch_leases(self, interval: float) -> None:
@@ -323,9 +488,14 @@ class EvaluationService:
         self.leases.watch(interval)
 
     def close(self) -> None:
-        """Stop taking work; running evaluations stop at their next progress report."""
+        """Stop taking work and stop the running evaluations (a model run in progress
+        included); their operations are left to lease expiry (REPLICA_LOST)."""
         self._stopping.set()
         self.leases.stop()
+        with self._jobs_lock:
+            running = list(self._jobs.values())
+        for control in running:
+            control.stop(_Stopped())
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # Reads ------------------------------------------------------------------------------------
@@ -358,3 +528,7 @@ class EvaluationService:
 
 class _Stopped(Exception):
     """Raised from a progress report when the server is stopping."""
+
+
+def _compare_warning(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message, "scope": "compare", "metric": ""}
