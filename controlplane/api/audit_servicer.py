@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC
 
 import grpc
 
+from controlplane.api import converters as cv
 from controlplane.api import governance_converters as gcv
 from controlplane.services.audit_trail import AuditTrailService
 from modelplane.v1 import audit_pb2, audit_pb2_grpc
@@ -21,7 +21,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def ListAuditEvents(
         self, request: audit_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
     ) -> audit_pb2.ListAuditEventsResponse:
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        since = cv.time_from_proto(request.since, "since") if request.HasField("since") else None
         events, token = self.trail.list_events(
             request.resource, request.actor, since, request.page_size, request.page_token
         )

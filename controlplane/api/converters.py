@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 
@@ -17,13 +17,29 @@ from controlplane.domain import (
     TensorSpec,
 )
 from controlplane.services import NewDataset, NewVersion
+from modelplane.errors import InvalidArgument
 from modelplane.v1 import blobs_pb2, operations_pb2, registry_pb2
+
+#: The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value)
     return out
+
+
+def time_from_proto(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """``value`` as a UTC datetime, or INVALID_TIMESTAMP when it is outside Timestamp's range."""
+    if not (_MIN_SECONDS <= value.seconds <= _MAX_SECONDS and 0 <= value.nanos <= 999_999_999):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds={value.seconds}, nanos={value.nanos}); "
+            "give a time from 0001-01-01 to 9999-12-31 UTC with nanos from 0 to 999999999",
+            reason="INVALID_TIMESTAMP",
+            metadata={"field": field},
+        )
+    return value.ToDatetime(tzinfo=UTC)
 
 
 def model_to_proto(m: Model) -> registry_pb2.Model:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2
 
-from controlplane.api.converters import ts
+from controlplane.api.converters import time_from_proto, ts
 from controlplane.domain.deployments import (
     ArmSummary,
     Deployment,
@@ -346,7 +346,7 @@ def state_to_proto(s: DeploymentState) -> pb.DeploymentState:
 
 
 def _time(msg: Any, field: str) -> datetime | None:
-    return getattr(msg, field).ToDatetime(tzinfo=UTC) if msg.HasField(field) else None
+    return time_from_proto(getattr(msg, field), field) if msg.HasField(field) else None
 
 
 def report_from_proto(msg: pb.ReportWindowRequest) -> WindowReport:

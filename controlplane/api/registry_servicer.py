@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from controlplane.api import converters as cv
 from controlplane.services import ModelService, VersionService
 from controlplane.services.models import MODEL_UPDATE_PATHS
 from controlplane.services.versions import VERSION_UPDATE_PATHS
-from modelplane.errors import InvalidArgument
 from modelplane.server import current_context
 from modelplane.v1 import registry_pb2, registry_pb2_grpc
-
-#: The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def _mask(paths: list[str], allowed: tuple[str, ...]) -> list[str]:
     return list(allowed) if paths == ["*"] else paths
-
-
-def _time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
-    """``ts`` as a UTC datetime, or INVALID_TIMESTAMP when it is outside Timestamp's range."""
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos <= 999_999_999):
-        raise InvalidArgument(
-            f"{field} is not a valid timestamp (seconds={ts.seconds}, nanos={ts.nanos}); give a "
-            "time from 0001-01-01 to 9999-12-31 UTC with nanos from 0 to 999999999",
-            reason="INVALID_TIMESTAMP",
-            metadata={"field": field},
-        )
-    return ts.ToDatetime(tzinfo=UTC)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -163,7 +145,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def GetAlias(
         self, request: registry_pb2.GetAliasRequest, context: grpc.ServicerContext
     ) -> registry_pb2.Alias:
-        as_of = _time(request.as_of, "as_of") if request.HasField("as_of") else None
+        as_of = cv.time_from_proto(request.as_of, "as_of") if request.HasField("as_of") else None
         return cv.alias_to_proto(self.models.get_alias(request.name, as_of))
 
     def ListAliases(
