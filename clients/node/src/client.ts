@@ -4,9 +4,14 @@
  * a few helpers cover the steps a CI job takes: upload, register, evaluate, gate.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import {
+  createClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { create } from "@bufbuild/protobuf";
+import { create, type DescService } from "@bufbuild/protobuf";
 import { AuditService } from "./gen/modelplane/v1/audit_pb.js";
 import {
   BlobService,
@@ -44,7 +49,11 @@ export interface ClientOptions {
   roles?: string[];
   /** A bearer token (or JWT) for a server with access control. */
   token?: string;
-  /** Deadline of each call in milliseconds (default 60 s). */
+  /**
+   * Deadline in milliseconds (default 60 s) of each unary call and each client stream with one
+   * answer (UploadBlob) that does not pass its own `timeoutMs`. Server streams (a download, a
+   * `watchDeployment`) are not bounded by it: they may rightly run longer. As in the Go client.
+   */
   timeoutMs?: number;
   /** `https://` for TLS (Node's default trust store); default plain HTTP/2. */
   scheme?: "http" | "https";
@@ -96,16 +105,18 @@ export class ModelplaneClient {
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: this.sessions,
-      defaultTimeoutMs: options.timeoutMs ?? 60_000,
       interceptors: [identity(options)],
     });
-    this.registry = withModelplaneErrors(createClient(RegistryService, transport));
-    this.blobs = withModelplaneErrors(createClient(BlobService, transport));
-    this.evaluation = withModelplaneErrors(createClient(EvaluationService, transport));
-    this.governance = withModelplaneErrors(createClient(GovernanceService, transport));
-    this.operations = withModelplaneErrors(createClient(OperationsService, transport));
-    this.deployments = withModelplaneErrors(createClient(DeploymentService, transport));
-    this.audit = withModelplaneErrors(createClient(AuditService, transport));
+    const timeoutMs = options.timeoutMs ?? 60_000;
+    const connect = <S extends DescService>(service: S): Client<S> =>
+      withModelplaneErrors(withTimeout(service, createClient(service, transport), timeoutMs));
+    this.registry = connect(RegistryService);
+    this.blobs = connect(BlobService);
+    this.evaluation = connect(EvaluationService);
+    this.governance = connect(GovernanceService);
+    this.operations = connect(OperationsService);
+    this.deployments = connect(DeploymentService);
+    this.audit = connect(AuditService);
   }
 
   /** Close the HTTP/2 connection so the process can exit. */
@@ -183,6 +194,32 @@ export class ModelplaneClient {
       requestId,
     });
   }
+}
+
+/**
+ * A service client whose unary and client-streaming calls get `timeoutMs` unless the call
+ * passes its own; server and bidi streams get no deadline of ours.
+ */
+function withTimeout<S extends DescService>(
+  service: S,
+  client: Client<S>,
+  timeoutMs: number,
+): Client<S> {
+  const bounded = new Set(
+    service.methods
+      .filter((m) => m.methodKind === "unary" || m.methodKind === "client_streaming")
+      .map((m) => m.localName),
+  );
+  return new Proxy(client, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof value !== "function" || typeof prop !== "string" || !bounded.has(prop)) {
+        return value;
+      }
+      return (request: unknown, options: CallOptions = {}) =>
+        value.call(target, request, { timeoutMs, ...options });
+    },
+  });
 }
 
 function identity(options: ClientOptions): Interceptor {

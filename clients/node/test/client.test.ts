@@ -188,6 +188,36 @@ describe("ModelplaneClient against a live control plane", () => {
     assert.equal(err.reason, "VERSION_NOT_FOUND");
   });
 
+  test("timeoutMs bounds unary calls but not a watchDeployment stream", async () => {
+    const model = unique("node-watch");
+    await alice.createModel(model);
+    const version = await alice.registerVersion(model, onnx);
+    const id = unique("w");
+    await admin.deployments.createDeployment({
+      deploymentId: id,
+      deployment: { model: modelName(model), championVersion: version.version },
+      requestId: randomUUID(),
+    });
+    const short = new ModelplaneClient(server, { principal: "alice", timeoutMs: 1_000 });
+    const started = Date.now();
+    let states = 0;
+    try {
+      // The server repeats the state every few seconds (a heartbeat): the second one arrives
+      // well after the 1 s that bounds each unary call.
+      const watch = short.deployments.watchDeployment({ name: `deployments/${id}` });
+      for await (const state of watch) {
+        assert.equal(state.championVersion, version.version);
+        if (++states === 2) {
+          break;
+        }
+      }
+    } finally {
+      short.close();
+    }
+    assert.equal(states, 2);
+    assert.ok(Date.now() - started > 1_000, "the heartbeat came before the timeout passed");
+  });
+
   test("an unreachable server is UNAVAILABLE", async () => {
     const nobody = new ModelplaneClient("127.0.0.1:1", { timeoutMs: 5_000 });
     try {
