@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -115,3 +116,15 @@ def test_example_reports_the_status_and_reason_of_a_bad_model_id(
     assert "lowercase letters" in result.stderr
     with Client(live_controlplane.address) as client:
         assert all(m.name != "models/Bad_Id" for m in client.list_models())
+
+
+def test_example_exits_4_when_the_server_is_unreachable(
+    node_built: None, classifier: Classifier
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    argv = ["node", str(EXAMPLE), "--model", "m", "--onnx", str(classifier.onnx)]
+    result = _run([*argv, "--server", closed], closed)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "UNAVAILABLE" in result.stderr

@@ -6,7 +6,8 @@
  *       --model fraud --onnx model.onnx --target production [--as ci-bot]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 3 when the server answers an error (its status and reason are printed).
+ * fails, 3 when the server answers an error (its status and reason are printed), 4 when it
+ * cannot be reached (UNAVAILABLE), as the Go example and the `modelplane` CLI exit.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -55,7 +56,7 @@ async function main(): Promise<number> {
   } catch (err) {
     if (err instanceof ModelplaneError) {
       console.error(`error: ${err.message}`);
-      return 3;
+      return err.code === Code.Unavailable ? 4 : 3;
     }
     throw err;
   } finally {
