@@ -126,7 +126,8 @@ class Checkpoint:
     def signature_valid(self, public_key: PublicKeyLike) -> bool:
         """Whether the signature is ``public_key``'s over :meth:`payload`."""
         try:
-            _public(public_key).verify(base64.b64decode(self.signature), self.payload())
+            signature = base64.b64decode(self.signature, validate=True)
+            _public(public_key).verify(signature, self.payload())
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -146,16 +147,18 @@ class Checkpoint:
         """Parse :meth:`to_dict` output; ``InvalidArgument`` (INVALID_CHECKPOINT) if malformed."""
         try:
             seq, time = data["seq"], datetime.fromisoformat(data["time"])
+            # In UTC here, where a time whose offset takes it past year 1 or 9999 is refused.
+            time = time.astimezone(UTC) if time.tzinfo else time.replace(tzinfo=UTC)
             fields = (data["head_hash"], data["key_id"], data["signature"])
             if not isinstance(seq, int) or seq < 0 or not all(isinstance(f, str) for f in fields):
                 raise TypeError("wrong field types")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidArgument(
                 f"the checkpoint is malformed ({exc}); it needs seq, head_hash, time, key_id "
                 "and signature",
                 reason="INVALID_CHECKPOINT",
             ) from None
-        return cls(seq, fields[0], time if time.tzinfo else time.replace(tzinfo=UTC), *fields[1:])
+        return cls(seq, fields[0], time, *fields[1:])
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the checkpoint as JSON to ``path`` (replacing it atomically)."""

@@ -3,13 +3,14 @@ anywhere they arrive: INVALID_ARGUMENT with a reason, never INTERNAL."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
 import pytest
 
 from modelplane import Client
-from modelplane.errors import error_info
+from modelplane.errors import InvalidArgument, error_info
 from modelplane.v1 import audit_pb2
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import RunningControlPlane
@@ -74,3 +75,35 @@ def test_window_report_times_outside_the_timestamp_range(
                 )
                 info = error_info(err)
                 assert info is not None and info.metadata["field"] == field
+
+
+@pytest.mark.parametrize(
+    "time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+00:01"]
+)
+def test_checkpoint_times_past_the_calendar_in_utc_are_malformed(client: Client, time: str) -> None:
+    client.create_model("m")
+    checkpoint = client.create_checkpoint()
+    checkpoint.time = time
+    with pytest.raises(InvalidArgument) as err:
+        client.verify_audit(checkpoint)
+    assert err.value.reason == "INVALID_CHECKPOINT"
+
+
+def test_a_checkpoint_signature_with_characters_outside_base64_is_invalid(client: Client) -> None:
+    client.create_model("m")
+    checkpoint = client.create_checkpoint()
+    assert client.verify_audit(checkpoint).signature == "verified"
+    # The same instant written with an offset is the same checkpoint.
+    offset = audit_pb2.Checkpoint()
+    offset.CopyFrom(checkpoint)
+    offset.time = (
+        datetime.fromisoformat(checkpoint.time).astimezone(timezone(timedelta(hours=2))).isoformat()
+    )
+    assert client.verify_audit(offset).signature == "verified"
+    sig = checkpoint.signature
+    for junk in (f"{sig}!!", f"{sig[:8]}*{sig[8:]}", f"{sig[:8]}\n{sig[8:]}", f"@{sig}"):
+        tampered = audit_pb2.Checkpoint()
+        tampered.CopyFrom(checkpoint)
+        tampered.signature = junk
+        got = client.verify_audit(tampered)
+        assert got.signature == "invalid", junk
