@@ -38,14 +38,20 @@ def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return strings
     if pa.types.is_floating(column.type):
         column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
-    if is_numeric_type(column.type) or pa.types.is_temporal(column.type):
-        return pc.cast(column, pa.string())
+    if is_numeric_type(column.type) or (
+        pa.types.is_temporal(column.type) and not pa.types.is_interval(column.type)
+    ):
+        try:
+            return pc.cast(column, pa.string())
+        except pa.ArrowNotImplementedError:
+            pass
     raise TypeError(f"type {column.type} cannot be grouped")
 
 
 def group_rows(column: pa.ChunkedArray) -> Groups:
     """Every distinct value of ``column`` (nulls as :data:`NULL_GROUP`) and its rows, ordered by
-    value name. Raises TypeError for nested or binary columns."""
+    value name. Raises TypeError for nested, binary and interval columns (any a value of which
+    has no string form)."""
     strings = pc.fill_null(_as_strings(column), NULL_GROUP)
     encoded = pc.dictionary_encode(strings).combine_chunks()
     codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)

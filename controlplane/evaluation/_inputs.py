@@ -12,7 +12,8 @@ Which columns feed the model:
   name (shape ``[-1]`` or ``[-1, 1]``).
 
 Numeric, boolean and null values convert to the input's element type (nulls become NaN for
-float inputs and are refused for integer inputs); strings feed ``BYTES`` inputs only.
+float inputs and are refused for integer inputs, as are values outside the integer type's
+range: FEATURE_OUT_OF_RANGE); strings feed ``BYTES`` inputs only.
 """
 
 from __future__ import annotations
@@ -167,8 +168,19 @@ def _column(spec: TensorSpec, name: str, column: pa.ChunkedArray) -> np.ndarray:
             f"{spec.datatype}, which has no missing value",
             feature=name,
         )
+    if np.issubdtype(target, np.integer) and not pa.types.is_boolean(column.type) and len(column):
+        info = np.iinfo(target)
+        low, high = pc.min_max(column).values()
+        if low.as_py() < info.min or high.as_py() > info.max:
+            raise invalid(
+                "FEATURE_OUT_OF_RANGE",
+                f"column {name!r} feeds input {spec.name!r} ({spec.datatype}, values "
+                f"{info.min} to {info.max}) but holds values from {low.as_py()} to "
+                f"{high.as_py()}",
+                feature=name,
+            )
     try:
-        as_int = pc.cast(column, pa.int64()) if not pa.types.is_boolean(column.type) else column
+        as_int = pc.cast(column, pa.from_numpy_dtype(target))
     except pa.ArrowInvalid as err:
         raise invalid(
             "NON_INTEGER_FEATURE",

@@ -3,6 +3,9 @@
 Classification labels are matched to the model's class list (probability-column order):
 integer classes accept integer labels, integral floats and booleans (``true`` is 1); string
 classes accept strings, and integers or booleans by their string form (``1``, ``true``).
+Dates, times, timestamps, durations and intervals are not class labels (INVALID_LABEL_TYPE);
+nulls and NaN are missing labels (MISSING_LABELS); UNKNOWN_LABELS lists only the values that
+match no class.
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ from modelplane.profiles import category_strings, is_numeric_type, numeric_value
 
 
 def _no_nulls(column: pa.ChunkedArray, label: str) -> None:
-    if column.null_count:
+    missing = column.null_count
+    if pa.types.is_floating(column.type):
+        missing += pc.sum(pc.is_nan(column)).as_py() or 0
+    if missing:
         raise invalid(
             "MISSING_LABELS",
-            f"label column {label!r} has {column.null_count} missing values; drop those rows "
-            "or fill them before evaluating",
+            f"label column {label!r} has {missing} missing values (null or NaN); drop those "
+            "rows or fill them before evaluating",
             label=label,
         )
+
+
+def _not_integers(values: pa.Array) -> list[object]:
+    """The distinct values of ``values`` that do not convert to an integer class."""
+    if pa.types.is_floating(values.type):
+        bad = pc.not_equal(values, pc.floor(values))
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        bad = pc.invert(pc.match_substring_regex(values, r"^[+-]?[0-9]{1,18}$"))
+    else:
+        return []
+    return pc.unique(pc.filter(values, bad)).to_pylist()
 
 
 def _unknown(label: str, values: list[object], classes: Sequence[object]) -> Exception:
@@ -58,18 +75,22 @@ def encode_classes(
     """Each label's index in ``classes`` (int64); UNKNOWN_LABELS names values with no class."""
     _no_nulls(column, label)
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    if pa.types.is_nested(kind):
+    if pa.types.is_nested(kind) or pa.types.is_temporal(kind):
         raise invalid(
             "INVALID_LABEL_TYPE",
             f"label column {label!r} has type {column.type}; a class label is one value per "
-            "row (a number, boolean or string), not a list or a record",
+            "row (a number, boolean or string), not a list, a record, a date, a time or a "
+            "duration",
             label=label,
         )
     try:
         values = _as_class_type(column, classes)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        distinct = pc.unique(column.combine_chunks()).to_pylist()
-        raise _unknown(label, distinct, classes) from None
+        combined = column.combine_chunks()
+        if pa.types.is_dictionary(combined.type):
+            combined = category_strings(combined)
+        failing = _not_integers(combined) or pc.unique(combined).to_pylist()
+        raise _unknown(label, failing, classes) from None
     class_array = pa.array(list(classes), type=values.type)
     index = pc.index_in(values, value_set=class_array)
     if index.null_count:

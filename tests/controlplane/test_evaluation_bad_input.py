@@ -243,3 +243,61 @@ def test_classes_read_off_the_label_output() -> None:
     argmax = np.array([1, 0, 0, 2, 1])
     assert observed_classes(labels, argmax, 3) == ["a", "b", "c"]
     assert observed_classes(labels[:3], argmax[:3], 3) is None
+
+
+@pytest.mark.parametrize("role", ["slices", "protected"])
+def test_interval_columns_cannot_be_grouped(model, role: str) -> None:
+    n = model[1].num_rows
+    tenure = pa.array([(i % 3, 0, 0) for i in range(n)], pa.month_day_nano_interval())
+    err = _reason(**_eval(model, model[1].append_column("tenure", tenure), **{role: ["tenure"]}))
+    reason = "INVALID_SLICE_COLUMN" if role == "slices" else "INVALID_PROTECTED_COLUMN"
+    assert err.reason == reason and "'tenure'" in err.message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array(np.arange(569) % 2, pa.timestamp("us")),
+        pa.array(np.arange(569) % 2, pa.duration("s")),
+        pa.array((np.arange(569) % 2 + 18_500) * 86_400_000_000, pa.timestamp("us")),
+    ],
+    ids=["timestamp-epoch", "duration", "timestamp-dates"],
+)
+def test_temporal_labels_are_refused(model, values: pa.Array) -> None:
+    table = model[1].set_column(model[1].schema.get_field_index("y"), "y", values)
+    err = _reason(**_eval(model, table))
+    assert err.reason == "INVALID_LABEL_TYPE"
+
+
+def test_nan_labels_are_missing_and_unknown_labels_list_only_the_failures(model) -> None:
+    y = model[1].column("y").to_numpy().astype(np.float64)
+    y[7] = np.nan
+    index = model[1].schema.get_field_index("y")
+    err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(y))))
+    assert err.reason == "MISSING_LABELS" and "1 missing" in err.message
+    y[7] = 0.5
+    err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(y))))
+    assert err.reason == "UNKNOWN_LABELS" and "(0.5)" in err.message
+    text = np.where(np.arange(len(y)) == 3, "maybe", (np.arange(len(y)) % 2).astype(str))
+    err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(text))))
+    assert err.reason == "UNKNOWN_LABELS" and "('maybe')" in err.message
+
+
+def test_integer_inputs_refuse_values_outside_their_range() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+    )
+    cast = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cast.ir_version = 8
+    data = cast.SerializeToString()
+    good = evaluate(
+        data, None, pa.table({"x": [1, -128, 127], "t": [1.0, -128.0, 127.0]}), label="t"
+    )
+    assert good.metrics["mae"] == 0.0
+    err = _reason(
+        onnx_bytes=data, signature=None, table=pa.table({"x": [1, 300], "t": [1, 2]}), label="t"
+    )
+    assert err.reason == "FEATURE_OUT_OF_RANGE" and "'x'" in err.message and "300" in err.message
