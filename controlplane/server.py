@@ -105,7 +105,9 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=grpc_options(reuse_port=settings.reuse_port),
+        options=grpc_options(
+            reuse_port=settings.reuse_port, max_receive_bytes=settings.max_request_bytes
+        ),
     )
     models = ModelService(store)
     versions = VersionService(store, blobs, baseline_sample_size=settings.baseline_sample_size)

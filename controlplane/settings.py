@@ -28,6 +28,12 @@ class ControlPlaneSettings(BaseSettings):
     max_upload_bytes: int = Field(
         2 * 1024**3, description="largest blob an upload may carry, in bytes"
     )
+    max_request_bytes: int = Field(
+        16 * 1024**2,
+        description="largest request message accepted, in bytes; larger ones are refused "
+        "(RESOURCE_EXHAUSTED) before they are authenticated. Uploads travel in 1 MiB chunks; "
+        "raise it only for registrations whose lineage or feature names exceed it",
+    )
     max_workers: int = Field(16, description="threads handling RPCs in each process")
     workers: int = Field(
         1,

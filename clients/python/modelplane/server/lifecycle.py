@@ -20,12 +20,18 @@ log = structlog.get_logger("modelplane.server")
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
-def grpc_options(*, reuse_port: bool = False) -> list[tuple[str, Any]]:
+def grpc_options(
+    *, reuse_port: bool = False, max_receive_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[str, Any]]:
     """Server options: message limits raised to what clients send, and SO_REUSEPORT only for
-    processes meant to share a port (elsewhere a second server on the port must fail)."""
+    processes meant to share a port (elsewhere a second server on the port must fail).
+
+    gRPC reads a whole request message before any interceptor sees it, unauthenticated
+    callers' included: a server whose requests are small passes ``max_receive_bytes`` so that
+    a larger one is refused (RESOURCE_EXHAUSTED) instead of held in memory."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.so_reuseport", int(reuse_port)),
     ]
 
