@@ -169,7 +169,7 @@ def _column(spec: TensorSpec, name: str, column: pa.ChunkedArray) -> np.ndarray:
             feature=name,
         )
     if np.issubdtype(target, np.integer) and not pa.types.is_boolean(column.type) and len(column):
-        info = np.iinfo(target)
+        info = np.iinfo(np.dtype(target))
         low, high = pc.min_max(column).values()
         if low.as_py() < info.min or high.as_py() > info.max:
             raise invalid(
