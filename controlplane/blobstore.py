@@ -28,9 +28,12 @@ import mmap
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import structlog
 
 from controlplane.names import check_sha256
 from modelplane.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -41,6 +44,11 @@ CHUNK_BYTES = 1 << 20
 RECENT_BLOB_MAX_BYTES = 16 << 20
 #: ... and at most this many bytes of them per process, the oldest dropped first.
 RECENT_TOTAL_BYTES = 64 << 20
+#: An upload's temporary file unchanged this long belongs to a process that died mid-upload.
+STALE_UPLOAD_SECONDS = 3600.0
+UPLOAD_PREFIX = "upload-"
+
+log = structlog.get_logger("modelplane.controlplane")
 
 
 class RecentUploads:
@@ -87,10 +95,22 @@ class BlobStore:
         self._tmp_dir = os.path.join(root, "tmp")
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str], max_upload_bytes: int) -> BlobStore:
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        max_upload_bytes: int,
+        *,
+        stale_upload_seconds: float = STALE_UPLOAD_SECONDS,
+    ) -> BlobStore:
+        """Create the folders under ``root`` and remove the temporary files of uploads that
+        stopped ``stale_upload_seconds`` ago or more (a process killed mid-upload leaves its
+        file behind; younger files may be the uploads of another process sharing the root)."""
         path = Path(root).expanduser().resolve()
         (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (path / "tmp").mkdir(parents=True, exist_ok=True)
+        removed = sweep_uploads(path / "tmp", stale_upload_seconds)
+        if removed:
+            log.info("removed stale upload files", count=removed, folder=str(path / "tmp"))
         return cls(path, max_upload_bytes)
 
     def path(self, sha256: str) -> Path:
@@ -117,7 +137,7 @@ class BlobStore:
         digest = hashlib.sha256()
         total = 0
         kept: list[bytes] | None = [] if size_bytes <= RECENT_BLOB_MAX_BYTES else None
-        fd, tmp = tempfile.mkstemp(prefix="upload-", dir=self._tmp_dir)
+        fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self._tmp_dir)
         try:
             with _FileWriter(fd) as out:
                 for chunk in chunks:
@@ -197,6 +217,27 @@ class BlobStore:
         if not self.exists(sha):
             self.receive([data], sha, len(data))
         return sha
+
+
+def sweep_uploads(folder: str | os.PathLike[str], older_than_seconds: float) -> int:
+    """Remove the upload files in ``folder`` last written ``older_than_seconds`` ago or more;
+    returns how many. Files another process removes meanwhile are skipped."""
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(UPLOAD_PREFIX):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
 
 
 def _drop_cached(fd: int) -> None:

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,28 @@ def test_a_removed_blob_folder_is_made_again(store: BlobStore) -> None:
     store.path(sha).parent.rmdir()
     store.receive([first], sha)
     assert store.path(sha).read_bytes() == first
+
+
+def test_starting_removes_only_stale_upload_files(tmp_path: Path) -> None:
+    from tests.controlplane.conftest import _start
+
+    tmp = tmp_path / "artifacts" / "tmp"
+    tmp.mkdir(parents=True)
+    stale, fresh, other = tmp / "upload-dead", tmp / "upload-live", tmp / "notes.txt"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"x" * 100)
+    old = time.time() - 2 * 3600
+    for path in (stale, other):
+        os.utime(path, (old, old))
+    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    try:
+        assert sorted(p.name for p in tmp.iterdir()) == ["notes.txt", "upload-live"]
+        with cp.client() as c:  # uploads still work alongside the kept file
+            assert c.upload_blob(b"after the sweep").size_bytes == 15
+    finally:
+        cp.handle.stop(0)
+    # Another replica sharing the root keeps a file written moments ago.
+    BlobStore.open(tmp_path / "artifacts", 8 * MIB, stale_upload_seconds=60)
+    assert fresh.exists()
+    BlobStore.open(tmp_path / "artifacts", 8 * MIB, stale_upload_seconds=0)
+    assert not fresh.exists() and other.exists()
