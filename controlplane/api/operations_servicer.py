@@ -40,9 +40,18 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining - 0.1, 0.0))
+        self._admit(request.name)
         return cv.operation_to_proto(self.operations.wait(request.name, timeout))
 
     def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
+        self._admit(request.name)
         return cv.operation_to_proto(self.operations.cancel(current_context(), request.name))
+
+    def _admit(self, name: str) -> None:
+        """Refuses, before anything waits or changes, an operation outside the caller's
+        scope (the same check the answer passes through afterwards)."""
+        check = current_context().resource_check
+        if check is not None:
+            check(cv.operation_to_proto(self.operations.get(name)))

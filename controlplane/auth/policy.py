@@ -105,8 +105,12 @@ class PermissionPolicy:
         if unscoped & rule.roles:
             return Authorization(replace(ctx, roles=tuple(sorted(unscoped))))
         allowed = {m for g in ctx.grants if rule.roles.intersection(g.roles) for m in g.models}
-        check = _listed_filter(rule, allowed) if rule.scope is Scope.LISTED else _op_check(allowed)
-        return Authorization(replace(ctx, roles=tuple(sorted(held))), check)
+        if rule.scope is Scope.LISTED:
+            return Authorization(
+                replace(ctx, roles=tuple(sorted(held))), _listed_filter(rule, allowed)
+            )
+        check = _op_check(allowed)
+        return Authorization(replace(ctx, roles=tuple(sorted(held)), resource_check=check), check)
 
 
 def _covering(ctx: RequestContext, method: str, rule: Rule, named: set[str]) -> set[str]:

@@ -14,6 +14,8 @@ from modelplane.errors import PermissionDenied
 from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
+from tests.controlplane.test_evaluation_control import dataset as loop_dataset
+from tests.controlplane.test_evaluation_control import register as register_loop
 from tests.controlplane.test_governance_evaluation import register
 
 
@@ -105,6 +107,25 @@ def test_operations_of_other_models_are_hidden(scoped: Scoped, trained_model: Tr
         _refused(lambda: dana.list_operations(target=f"models/{scoped.b}/versions/1"))
         dana.operation_result(mine, timeout=120)
         ada.operation_result(theirs, timeout=120)
+
+
+def test_operations_of_other_models_cannot_be_cancelled_or_waited_on(
+    scoped: Scoped, tmp_path: Path
+) -> None:
+    """The scope is checked before the operation is touched: a refused cancel leaves the
+    operation running and records nothing in the audit trail."""
+    with scoped.server.client("dana") as dana, scoped.server.client("ada") as ada:
+        model_id, version = register_loop(ada, tmp_path, 10**12)
+        running = ada.evaluate(model_id, version, loop_dataset(tmp_path), label="target")
+        try:
+            _refused(lambda: dana.cancel_operation(running.name))
+            _refused(lambda: dana.wait_operation(running.name, timeout=1))
+            assert not ada.get_operation(running.name).done
+            assert "CancelOperation" not in {
+                e.action for e in ada.audit_events(resource=running.name)
+            }
+        finally:
+            assert ada.cancel_operation(running.name).error.reason == "CANCELLED"
 
 
 def test_approvals_record_the_roles_holding_on_the_model(scoped: Scoped) -> None:

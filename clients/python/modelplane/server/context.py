@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextvars
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Metadata key in which clients name themselves while access control is off.
 PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
@@ -38,6 +40,9 @@ class RequestContext:
     its grants that cover the model the request is about); ``grants`` is everything the
     caller's credentials grant, empty while access control is off; ``authenticated`` says
     whether the principal was proven by credentials rather than named by the client.
+    ``resource_check``, when the authorizer sets it, refuses (by raising) a resource the
+    request names indirectly (an operation, by id) that lies outside the caller's scope: a
+    service that acts on such a resource calls it before acting.
     """
 
     principal: str = "anonymous"
@@ -47,6 +52,7 @@ class RequestContext:
     roles: tuple[str, ...] = ()
     grants: tuple[Grant, ...] = ()
     authenticated: bool = False
+    resource_check: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
