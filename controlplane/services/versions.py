@@ -272,9 +272,9 @@ class VersionService:
                 # registrations on one train dataset make the same profile: the row is added
                 # only if absent, in one statement, so neither fails on the other's insert.
                 size = self.blobs.path(baseline.sha256).stat().st_size
-                wtx.blobs.add_if_absent(
-                    Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
-                )
+                profile = Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
+                if wtx.blobs.add_if_absent(profile):
+                    wtx.record("StoreProfile", profile.name, None, profile)
             wtx.record("CreateModelVersion", version.name, None, version)
             return version
 
