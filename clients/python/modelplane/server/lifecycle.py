@@ -28,7 +28,8 @@ def grpc_options(
 
     gRPC reads a whole request message before any interceptor sees it, unauthenticated
     callers' included: a server whose requests are small passes ``max_receive_bytes`` so that
-    a larger one is refused (RESOURCE_EXHAUSTED) instead of held in memory."""
+    a larger one is refused (RESOURCE_EXHAUSTED) before it is decoded and handled. (The
+    transport still receives it to its end first: grpc/grpc#43012.)"""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", max_receive_bytes),
