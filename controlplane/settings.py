@@ -26,15 +26,16 @@ class ControlPlaneSettings(BaseSettings):
         "", description="HOST:PORT of the Prometheus endpoint; none when empty"
     )
     max_upload_bytes: int = Field(
-        2 * 1024**3, description="largest blob an upload may carry, in bytes"
+        2 * 1024**3, gt=0, description="largest blob an upload may carry, in bytes"
     )
     max_request_bytes: int = Field(
         16 * 1024**2,
+        gt=0,
         description="largest request message accepted, in bytes; larger ones are refused "
         "(RESOURCE_EXHAUSTED) before they are authenticated. Uploads travel in 1 MiB chunks; "
         "raise it only for registrations whose lineage or feature names exceed it",
     )
-    max_workers: int = Field(16, description="threads handling RPCs in each process")
+    max_workers: int = Field(16, gt=0, description="threads handling RPCs in each process")
     workers: int = Field(
         1,
         description="server processes sharing the port (SO_REUSEPORT); 0 means one per usable core",
@@ -56,29 +57,34 @@ class ControlPlaneSettings(BaseSettings):
         description="Ed25519 PEM private key signing approvals and audit checkpoints; empty: "
         "ARTIFACT_ROOT/keys/signing-key.pem, created with mode 0600 when absent",
     )
-    evaluation_workers: int = Field(2, description="threads running server-side evaluations")
+    evaluation_workers: int = Field(2, gt=0, description="threads running server-side evaluations")
     evaluation_timeout_seconds: float = Field(
         3600.0,
+        gt=0,
         description="how long one evaluation may run (from when a worker takes it) before it is "
         "stopped and its operation fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT)",
     )
     evaluation_queue_size: int = Field(
         32,
+        gt=0,
         description="evaluations each process holds at once, running and waiting for a worker; "
         "more are refused with RESOURCE_EXHAUSTED (EVALUATION_QUEUE_FULL)",
     )
     evaluation_max_rows: int = Field(
         10_000_000,
+        gt=0,
         description="rows an evaluation dataset may have; larger ones are refused "
         "(DATASET_TOO_LARGE) before they are read",
     )
     evaluation_max_cells: int = Field(
         50_000_000,
+        gt=0,
         description="rows times columns an evaluation dataset may have; larger ones are refused "
         "(DATASET_TOO_LARGE) before they are read",
     )
     operation_lease_seconds: float = Field(
         60.0,
+        gt=0,
         description="how long a replica holds a running operation without renewing it; "
         "operations whose lease expired are marked failed (REPLICA_LOST) by any replica",
     )

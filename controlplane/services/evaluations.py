@@ -259,8 +259,8 @@ class EvaluationService:
         control: RunControl,
     ) -> None:
         timeout = DeadlineExceeded(
-            f"the evaluation ran longer than {self.timeout_seconds:g} seconds and was stopped "
-            "(setting evaluation_timeout_seconds)",
+            f"the evaluation ran longer than {self.timeout_seconds:g}s and was stopped; the limit "
+            "is controlplane serve --evaluation-timeout (MODELPLANE_EVALUATION_TIMEOUT_SECONDS)",
             reason="EVALUATION_TIMEOUT",
         )
         timer = threading.Timer(self.timeout_seconds, control.stop, (timeout,))

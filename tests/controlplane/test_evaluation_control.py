@@ -128,7 +128,7 @@ def test_an_evaluation_that_never_returns_times_out(tmp_path: Path) -> None:
         cp.handle.stop(0)
     assert op.error.code == "DEADLINE_EXCEEDED"
     assert op.error.reason == "EVALUATION_TIMEOUT"
-    assert "evaluation_timeout_seconds" in op.error.message
+    assert "--evaluation-timeout" in op.error.message
     assert not op.HasField("result") and evaluations == []
 
 

@@ -710,7 +710,7 @@ class Client(DeploymentsMixin):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(
-                    f"{op.name} is still running after {timeout:.0f}s", reason="OPERATION_TIMEOUT"
+                    f"{op.name} is still running after {timeout:g}s", reason="OPERATION_TIMEOUT"
                 )
             op = self.wait_operation(op.name, min(left, 30.0))
         if op.HasField("error"):

@@ -6,7 +6,7 @@ import argparse
 
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
 from modelplane.errors import ModelplaneError, Unavailable
-from modelplane.units import parse_size
+from modelplane.units import parse_duration, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus endpoint")
     serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--evaluation-workers", type=int, help="threads running server-side evaluations (default 2)"
+    )
+    serve.add_argument(
+        "--evaluation-timeout",
+        help="longest one evaluation may run, e.g. 30m (default 1h); then it fails with "
+        "DEADLINE_EXCEEDED",
+    )
     serve.add_argument(
         "--workers",
         help="server processes sharing the port: N, or auto for one per usable core (default 1)",
@@ -117,6 +125,13 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             overrides["max_upload_bytes"] = parse_size(args.max_upload_size)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
+    if args.evaluation_workers is not None:
+        overrides["evaluation_workers"] = args.evaluation_workers
+    if args.evaluation_timeout:
+        try:
+            overrides["evaluation_timeout_seconds"] = parse_duration(args.evaluation_timeout)
+        except ValueError as exc:
+            raise CliError(f"--evaluation-timeout: {exc}", EXIT_USAGE) from None
     if args.workers:
         if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
             raise CliError(f"--workers {args.workers!r}: use a positive number or auto", EXIT_USAGE)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from modelplane.cli._common import client, csv_list, server_errors
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._output import EXIT_NOT_DONE, EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.errors import DeadlineExceeded
 from modelplane.v1 import evaluation_pb2
 
 
@@ -43,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--role", default="holdout", help="dataset role (default holdout)")
     p.add_argument("--wait", action="store_true", help="wait and print the report")
     p.add_argument(
-        "--wait-timeout", type=float, default=600.0, help="seconds to wait (default 600)"
+        "--wait-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait (default 600); still running then: exit 5",
     )
     p.set_defaults(handler=_evaluate)
 
@@ -61,6 +65,8 @@ def _rows(ev: evaluation_pb2.Evaluation) -> list[list[object]]:
 def _evaluate(args: argparse.Namespace, out: Printer) -> int:
     if not args.data.is_file():
         raise CliError(f"--data {args.data}: no such file", EXIT_USAGE)
+    if not args.wait_timeout > 0:
+        raise CliError(f"--wait-timeout {args.wait_timeout}: use a positive number", EXIT_USAGE)
     with server_errors(), client(args) as c:
         out.progress(f"uploading {args.data}")
         op = c.evaluate(
@@ -78,7 +84,16 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
             out.emit(op, columns=["operation", "target"], rows=[[op.name, op.target]])
             return 0
         out.progress(f"evaluating ({op.name})")
-        ev = c.operation_result(op, timeout=args.wait_timeout)
+        try:
+            ev = c.operation_result(op, timeout=args.wait_timeout)
+        except DeadlineExceeded as exc:
+            if exc.reason != "OPERATION_TIMEOUT":
+                raise
+            raise CliError(
+                f"{exc.message}; it goes on: modelplane operations wait {op.name}",
+                EXIT_NOT_DONE,
+                reason=exc.reason,
+            ) from None
     title = f"{ev.name} ({ev.rows} rows"
     title += f", compared with {ev.compared_version})" if ev.compared_version else ")"
     out.emit(to_dict(ev), columns=COLUMNS, rows=_rows(ev), title=title)

@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="seconds to wait (default 60); exit 5 if not done by then, 3 if it failed",
     )
     w.set_defaults(handler=_wait)
+    c = s.add_parser(
+        "cancel",
+        help="cancel an operation (an evaluation stops at once; a finished one is left as it is)",
+    )
+    c.add_argument("name", help="operations/ID")
+    c.set_defaults(handler=_cancel)
 
 
 #: The longest single WaitOperation call (the server caps each wait at 60 s).
@@ -58,6 +64,13 @@ def _row(o: operations_pb2.Operation) -> list[object]:
 def _get(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         o = c.get_operation(args.name)
+    out.emit(o, columns=COLUMNS, rows=[_row(o)])
+    return 0
+
+
+def _cancel(args: argparse.Namespace, out: Printer) -> int:
+    with server_errors(), client(args) as c:
+        o = c.cancel_operation(args.name)
     out.emit(o, columns=COLUMNS, rows=[_row(o)])
     return 0
 
