@@ -24,6 +24,7 @@ from controlplane.blobstore import BlobStore
 from controlplane.domain import ModelVersion, Operation, VersionState
 from controlplane.domain.governance import Evaluation
 from controlplane.names import check_id, check_sha256, check_text
+from controlplane.services.blobs import require_readable
 from controlplane.services.governance_names import new_id, parse_child, parse_version_number
 from controlplane.services.leases import Leases
 from controlplane.services.models import lock_model, require_model
@@ -173,7 +174,7 @@ class EvaluationService:
                     op = tx.operations.get(tx.replay.removeprefix("operations/"))
                     assert op is not None
                     return op
-                version = self._check_start(tx, r, model_id, number, alias)
+                version = self._check_start(tx, ctx, r, model_id, number, alias)
                 self._reserve()
                 reserved = True
                 op = self._add_operation(tx, ctx, version, r)
@@ -191,9 +192,16 @@ class EvaluationService:
         return op
 
     def _check_start(
-        self, tx: Tx, r: EvaluationRequest, model_id: str, number: int | None, alias: str
+        self,
+        tx: Tx,
+        ctx: RequestContext,
+        r: EvaluationRequest,
+        model_id: str,
+        number: int | None,
+        alias: str,
     ) -> ModelVersion:
         require_model(tx, model_id)
+        require_readable(tx, ctx, [r.dataset_sha256])
         version = resolve_version(tx, model_id, number, alias)
         if version.state is VersionState.ARCHIVED:
             raise FailedPrecondition(

@@ -17,7 +17,7 @@ import pytest
 
 from modelplane import Client
 from modelplane.errors import NotFound, PermissionDenied
-from modelplane.v1 import registry_pb2
+from modelplane.v1 import evaluation_pb2, registry_pb2
 from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel, _start
 from tests.controlplane.test_auth_permissions import (
@@ -182,3 +182,29 @@ def test_a_missing_digest_is_answered_like_an_unreadable_one(
             answers.append(got.message.replace(digest, "DIGEST"))
             _refused(lambda d=digest: sam.download_blob(d, tmp_path / "x"))
         assert answers[0] == answers[1]
+
+
+def test_an_evaluation_names_only_a_dataset_the_caller_may_read(
+    models: Models, trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """Evaluating on another model's dataset by digest would hand its metrics (and, through the
+    evaluation's dataset field, the blob itself) to the caller."""
+    with models.server.client("ada") as ada:
+        data = (
+            ada.register_version(
+                models.b, trained_model.onnx, datasets={"holdout": trained_model.holdout}
+            )
+            .lineage.datasets[0]
+            .sha256
+        )
+    with models.server.client("dana") as dana:
+        v = dana.register_version(models.a, trained_model.onnx, capture_env=False)
+        request = evaluation_pb2.EvaluateRequest(
+            name=v.name, dataset_sha256=data, label="target", compare_to="-"
+        )
+        _refused(lambda: dana._call(dana.evaluation.Evaluate, request))
+        _refused(lambda: dana.get_blob(data))
+        assert list(dana.list_evaluations(models.a, int(v.version))) == []
+        # The same bytes uploaded by the caller itself may be evaluated.
+        mine = dana.evaluate(models.a, int(v.version), trained_model.holdout, label="target")
+        assert dana.operation_result(mine, timeout=120).dataset_sha256 == data
