@@ -166,7 +166,13 @@ def test_rollout_settings_of_zero_are_refused_not_sent_as_the_default(
     number = 0 if key == "min_requests" else 0.0
     with pytest.raises(InvalidArgument) as refused:
         client.start_rollout(model, 2, strategy=strategy, **{key: number})
-    assert refused.value.reason == "INVALID_ROLLOUT_SETTING" and key in refused.value.message
+    reasons = {
+        "split": "INVALID_SPLIT",
+        "shadow_fraction": "INVALID_SHADOW_FRACTION",
+        "min_requests": "INVALID_MIN_REQUESTS",
+        "step_duration": "INVALID_DURATION",
+    }
+    assert refused.value.reason == reasons[key] and key in refused.value.message
     assert not client.get_deployment(model).HasField("rollout")
 
 

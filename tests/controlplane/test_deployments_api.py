@@ -345,6 +345,14 @@ def test_bad_input_for_rollout_rpcs(cp: RunningControlPlane, tmp_path: Path) -> 
         refused(InvalidArgument, "INVALID_STEPS", lambda: start(dep, 2, strategy="ab", steps=[5]))
         refused(InvalidArgument, "INVALID_SPLIT", lambda: start(dep, 2, strategy="ab", split=150))
         refused(InvalidArgument, "INVALID_SPLIT", lambda: start(dep, 2, strategy="ab", split=-5))
+        nan = float("nan")
+        refused(InvalidArgument, "INVALID_SPLIT", lambda: start(dep, 2, strategy="ab", split=nan))
+        refused(
+            InvalidArgument,
+            "INVALID_SHADOW_FRACTION",
+            lambda: start(dep, 2, strategy="shadow", shadow_fraction=nan),
+        )
+        refused(InvalidArgument, "INVALID_DURATION", lambda: start(dep, 2, step_duration=nan))
         refused(
             InvalidArgument,
             "INVALID_SHADOW_FRACTION",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -183,20 +184,21 @@ class DeploymentsMixin:
         request_id: str | None = None,
     ) -> deployments_pb2.Deployment:
         """Start a rollout; settings left out (None, or empty ``steps``) take the server's
-        defaults. ``split``, ``shadow_fraction``, ``step_duration`` (seconds) and
-        ``min_requests`` must be above 0: the request cannot carry a 0 apart from "default",
-        so one is refused here (:class:`InvalidArgument`) rather than sent."""
-        settings = {
-            "split": split,
-            "shadow_fraction": shadow_fraction,
-            "step_duration": step_duration,
-            "min_requests": min_requests,
+        defaults. The request cannot carry a 0 for ``split``, ``shadow_fraction``,
+        ``step_duration`` (seconds) or ``min_requests`` apart from "default", so an explicit 0
+        is refused here (:class:`InvalidArgument`, with the reason the server gives other bad
+        values) rather than sent; the server judges every other value."""
+        zero_reasons = {
+            "split": (split, "INVALID_SPLIT"),
+            "shadow_fraction": (shadow_fraction, "INVALID_SHADOW_FRACTION"),
+            "step_duration": (step_duration, "INVALID_DURATION"),
+            "min_requests": (min_requests, "INVALID_MIN_REQUESTS"),
         }
-        for key, value in settings.items():
-            if value is not None and not value > 0:  # NaN too
+        for key, (value, reason) in zero_reasons.items():
+            if value is not None and value == 0:
                 raise InvalidArgument(
                     f"{key} must be above 0 (leave it out for the server's default), not {value}",
-                    reason="INVALID_ROLLOUT_SETTING",
+                    reason=reason,
                 )
         rollout = deployments_pb2.Rollout(
             candidate_version=candidate_version,
@@ -208,6 +210,11 @@ class DeploymentsMixin:
             guards=list(guards),
         )
         if step_duration is not None:
+            if not math.isfinite(step_duration):
+                raise InvalidArgument(
+                    f"step_duration must be a number of seconds, not {step_duration}",
+                    reason="INVALID_DURATION",
+                )
             rollout.step_duration.FromTimedelta(timedelta(seconds=step_duration))
         return self._call(  # type: ignore[no-any-return]
             self.deployments.StartRollout,
