@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from modelplane import Client
-from modelplane.cli import main
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel
 from tests.controlplane.test_cli import Cli
@@ -168,15 +167,6 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
     err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert result.returncode == code, result.stderr
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], result.stderr
-
-
-def test_sidecar_serve_with_a_missing_model_file_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    missing = tmp_path / "no-such-model.onnx"
-    code = main(["sidecar", "serve", "--model", str(missing), "--listen", "127.0.0.1:0"])
-    out, err = capsys.readouterr()
-    assert (code, out) == (2, "") and err == f"error: --model {missing}: no such file\n"
 
 
 def test_versions_download_into_a_directory_names_out(

@@ -224,7 +224,11 @@ def test_concurrent_uploads_of_one_digest_all_succeed_with_one_record(
     assert len({g.created_by for g in got}) == 1  # type: ignore[attr-defined]
     assert blobs.get(f"blobs/{digest}").size_bytes == len(data)
     events, _ = audit.list_events(store, resource=f"blobs/{digest}")
-    assert [e.action for e in events] == ["UploadBlob"]
+    # Each principal's upload is recorded once (it proves the principal holds the bytes); one
+    # of them stored the blob (no before), the others sent the bytes again.
+    assert {e.action for e in events} == {"UploadBlob"}
+    assert sorted(e.actor for e in events) == [f"p{i}" for i in range(6)]
+    assert [e.actor for e in events if not e.before_sha256] == [got[0].created_by]  # type: ignore[attr-defined]
 
 
 def test_register_checks_model_then_blobs_in_order_and_numbers_versions(

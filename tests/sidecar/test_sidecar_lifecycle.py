@@ -177,8 +177,8 @@ def test_cli_missing_model_file(tmp_path: Path) -> None:
         timeout=60,
         cwd=ROOT,
     )
-    assert run.returncode == 1
-    assert "does not exist" in run.stderr
+    assert run.returncode == 2  # a usage error, not "a check failed"
+    assert run.stderr == f"error: --model {tmp_path / 'no.onnx'}: no such file\n"
 
 
 @pytest.mark.slow
