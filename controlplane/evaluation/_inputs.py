@@ -168,6 +168,9 @@ def _column(spec: TensorSpec, name: str, column: pa.ChunkedArray) -> np.ndarray:
             f"{spec.datatype}, which has no missing value",
             feature=name,
         )
+    if pa.types.is_float16(column.type):
+        # Arrow has no halffloat kernel for min_max; every float16 is exact as a float32.
+        column = pc.cast(column, pa.float32())
     if np.issubdtype(target, np.integer) and not pa.types.is_boolean(column.type) and len(column):
         info = np.iinfo(np.dtype(target))
         low, high = pc.min_max(column).values()

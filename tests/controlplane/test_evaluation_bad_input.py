@@ -301,3 +301,28 @@ def test_integer_inputs_refuse_values_outside_their_range() -> None:
         onnx_bytes=data, signature=None, table=pa.table({"x": [1, 300], "t": [1, 2]}), label="t"
     )
     assert err.reason == "FEATURE_OUT_OF_RANGE" and "'x'" in err.message and "300" in err.message
+
+
+def test_integer_inputs_take_float16_columns() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+    )
+    cast = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cast.ir_version = 8
+    data = cast.SerializeToString()
+    half = pa.array(np.array([1, -128, 127], np.float16))
+    good = evaluate(data, None, pa.table({"x": half, "t": [1.0, -128.0, 127.0]}), label="t")
+    assert good.metrics["mae"] == 0.0
+    wide = pa.array(np.array([1, 300], np.float16))
+    err = _reason(
+        onnx_bytes=data, signature=None, table=pa.table({"x": wide, "t": [1, 2]}), label="t"
+    )
+    assert err.reason == "FEATURE_OUT_OF_RANGE" and "300" in err.message
+    part = pa.array(np.array([1.5, 2], np.float16))
+    err = _reason(
+        onnx_bytes=data, signature=None, table=pa.table({"x": part, "t": [1, 2]}), label="t"
+    )
+    assert err.reason == "NON_INTEGER_FEATURE"
