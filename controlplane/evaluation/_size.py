@@ -4,7 +4,7 @@ rows of repeated values) is refused without the memory it would take.
 
 Parquet: the footer's row count; an Arrow IPC file: the row counts of its batches (metadata
 only); an Arrow IPC stream and CSV: the rows read batch by batch, stopping as soon as a limit
-is passed.
+is passed (a CSV's columns read as bytes, whatever types they hold).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from modelplane.errors import ResourceExhausted
+from modelplane.errors import InvalidArgument, ResourceExhausted
 from modelplane.profiles import detect_format
 
 _ARROW_FILE_MAGIC = b"ARROW1"
@@ -61,23 +61,42 @@ def check_dataset_size(
 ) -> None:
     """Refuse (RESOURCE_EXHAUSTED, reason DATASET_TOO_LARGE) a dataset of more than
     ``max_rows`` rows or ``max_cells`` rows x columns; ``settings`` name the two limits in the
-    message. Content that cannot be read is left to the reader to refuse."""
+    message. Content that cannot be read is left to the reader to refuse, except a CSV that
+    turns unreadable after its first rows: INVALID_ARGUMENT (INVALID_DATASET)."""
     counter = _Counter(max_rows, max_cells, settings)
     fmt = detect_format(data)
+    if fmt == "csv":
+        _count_csv(data, counter)
+        return
     source = pa.BufferReader(pa.py_buffer(data))
     try:
         if fmt == "parquet":
             meta = pq.ParquetFile(source).metadata
             counter.add(meta.num_rows, len(meta.schema.to_arrow_schema()))
-        elif fmt == "arrow" and bytes(data[:6]) == _ARROW_FILE_MAGIC:
+        elif bytes(data[:6]) == _ARROW_FILE_MAGIC:
             reader = ipc.open_file(source)
             counter.add(reader.count_rows(), len(reader.schema))
-        elif fmt == "arrow":
+        else:
             stream = ipc.open_stream(source)
             for batch in stream:
                 counter.add(batch.num_rows, batch.num_columns, exact=False)
-        else:
-            for batch in pacsv.open_csv(io.BytesIO(bytes(data))):
-                counter.add(batch.num_rows, batch.num_columns, exact=False)
     except (pa.ArrowException, OSError, ValueError):
         return
+
+
+def _count_csv(data: bytes, counter: _Counter) -> None:
+    """Count a CSV's rows batch by batch, every column read as bytes: the types a streaming
+    reader infers from its first block need not fit the later ones (the full reader infers
+    them from all of the data), and a batch that cannot be read must not end the count."""
+    try:
+        names = pacsv.open_csv(io.BytesIO(bytes(data))).schema.names
+    except (pa.ArrowException, OSError, ValueError):
+        return
+    as_bytes = pacsv.ConvertOptions(column_types={name: pa.binary() for name in names})
+    try:
+        for batch in pacsv.open_csv(io.BytesIO(bytes(data)), convert_options=as_bytes):
+            counter.add(batch.num_rows, batch.num_columns, exact=False)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InvalidArgument(
+            f"cannot read the dataset as csv: {err}", reason="INVALID_DATASET"
+        ) from err

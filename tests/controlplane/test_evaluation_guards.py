@@ -150,3 +150,18 @@ def test_absent_version_features_are_reported_not_replaced(
         evaluate(onnx_bytes, None, renamed, label="y", feature_names=names)
     assert err.value.reason == "MISSING_FEATURES"
     assert err.value.metadata["missing"] == ",".join(names)
+
+
+def test_a_csv_whose_types_change_after_its_first_block_is_still_counted() -> None:
+    # The streaming reader infers "a" as int64 from its first block (1 MiB); the float and
+    # the text further on would stop it there.
+    rows = [f"{i},1\n" for i in range(200_000)] + ["0.5,1\n", "text,1\n"]
+    data = ("a,y\n" + "".join(rows + rows)).encode()
+    check_dataset_size(data, max_rows=len(rows) * 2, max_cells=10**9)
+    with pytest.raises(ResourceExhausted) as err:
+        check_dataset_size(data, max_rows=300_000, max_cells=10**9)
+    assert err.value.reason == "DATASET_TOO_LARGE"
+    broken = ("a,y\n" + "".join(rows) + "1,2,3\n" + "".join(rows)).encode()
+    with pytest.raises(InvalidArgument) as bad:
+        check_dataset_size(broken, max_rows=10**9, max_cells=10**9)
+    assert bad.value.reason == "INVALID_DATASET"
