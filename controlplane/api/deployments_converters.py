@@ -82,6 +82,7 @@ def histogram_to_proto(h: Histogram | None) -> pb.Histogram | None:
         underflow=h.underflow,
         overflow=h.overflow,
         sum=h.sum,
+        symlog=h.symlog,
     )
 
 
@@ -96,7 +97,8 @@ def histogram_from_proto(msg: Any, present: bool) -> Histogram | None:
         underflow=msg.underflow,
         overflow=msg.overflow,
         sum=msg.sum,
-    )
+        symlog=msg.symlog,
+    ).read_legacy()
 
 
 def _opt(msg: Any, field: str) -> float | None:

@@ -6,7 +6,7 @@ strings (``canary``, ``rolled_back``); the API converters map them to the proto 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 # Strategies -------------------------------------------------------------------------------------
@@ -46,16 +46,27 @@ class Histogram:
     underflow: int = 0
     overflow: int = 0
     sum: float = 0.0
+    symlog: bool = False
 
     @property
-    def layout(self) -> tuple[float, float, bool, int]:
+    def layout(self) -> tuple[float, float, bool, bool, int]:
         """What two histograms must share to merge."""
-        return (self.low, self.high, self.log_scale, len(self.counts))
+        return (self.low, self.high, self.log_scale, self.symlog, len(self.counts))
 
     @property
     def total(self) -> int:
         """Every counted value, inside and outside the buckets."""
         return self.underflow + sum(self.counts) + self.overflow
+
+    def read_legacy(self) -> Histogram:
+        """This histogram, with the regression-score layout of sidecars that sent symlog
+        buckets without the ``symlog`` flag (bounds ±12 on the scale, 240 buckets) read as the
+        symlog layout it is, so their reports and the sums stored from them merge with
+        current ones."""
+        if self.layout != (-12.0, 12.0, False, False, 240):
+            return self
+        bound = 10.0**12 - 1.0
+        return replace(self, low=-bound, high=bound, symlog=True)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Fixed-bucket histograms as sidecars report them: checking, merging, quantiles and KS.
 
 Layout: ``len(counts)`` equal buckets between ``low`` and ``high``, both given in the value's
-own units. With ``log_scale`` the buckets are equal on log10 of the value (``low`` must be
-> 0), so bucket ``i`` covers ``[10**(a + i*w), 10**(a + (i+1)*w))`` with ``a = log10(low)``
-and ``w = (log10(high) - a) / len(counts)``; otherwise ``[low + i*w, low + (i+1)*w)``.
-``underflow`` counts values below ``low``, ``overflow`` values at or above ``high``.
+own units, equal on a scale ``t``: the value itself, log10 of it with ``log_scale`` (``low``
+must be > 0), or its symmetric log ``sign(x) * log10(1 + |x|)`` with ``symlog``. Bucket ``i``
+covers ``[t⁻¹(a + i*w), t⁻¹(a + (i+1)*w))`` with ``a = t(low)`` and
+``w = (t(high) - a) / len(counts)``. ``underflow`` counts values below ``low``, ``overflow``
+values at or above ``high``.
 
-Quantiles interpolate linearly within the bucket that holds the rank (in log10 space for log
-buckets, i.e. geometrically), the way Prometheus' ``histogram_quantile`` does: rank
+Quantiles interpolate linearly on the scale within the bucket that holds the rank
+(geometrically for log buckets), the way Prometheus' ``histogram_quantile`` does: rank
 ``q * total`` falls in the first bucket whose cumulative count reaches it. A rank in the
 underflow answers ``low``, one in the overflow ``high``.
 """
@@ -50,6 +51,8 @@ def check(h: Histogram, what: str) -> Histogram:
         raise bad(f"at most {MAX_BUCKETS} buckets are allowed, got {len(h.counts)}")
     if not (math.isfinite(h.low) and math.isfinite(h.high)) or h.high <= h.low:
         raise bad(f"high ({h.high}) must be finite and above low ({h.low})")
+    if h.log_scale and h.symlog:
+        raise bad("a histogram is on one scale: log_scale and symlog cannot both be set")
     if h.log_scale and h.low <= 0:
         raise bad("a log-scale histogram needs low > 0")
     if min(h.counts) < 0 or h.underflow < 0 or h.overflow < 0:
@@ -59,12 +62,26 @@ def check(h: Histogram, what: str) -> Histogram:
     return h
 
 
+def _to_scale(h: Histogram, x: float) -> float:
+    if h.log_scale:
+        return math.log10(x)
+    if h.symlog:
+        return math.copysign(math.log10(1.0 + abs(x)), x)
+    return x
+
+
+def _from_scale(h: Histogram, t: np.ndarray) -> np.ndarray:
+    if h.log_scale:
+        return np.power(10.0, t)
+    if h.symlog:
+        return np.sign(t) * (np.power(10.0, np.abs(t)) - 1.0)
+    return t
+
+
 def edges(h: Histogram) -> np.ndarray:
     """The ``len(counts) + 1`` bucket edges in the value's units."""
-    n = len(h.counts)
-    if h.log_scale:
-        return np.power(10.0, np.linspace(math.log10(h.low), math.log10(h.high), n + 1))
-    return np.linspace(h.low, h.high, n + 1)
+    t = np.linspace(_to_scale(h, h.low), _to_scale(h, h.high), len(h.counts) + 1)
+    return _from_scale(h, t)
 
 
 def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
@@ -80,6 +97,7 @@ def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
         low=first.low,
         high=first.high,
         log_scale=first.log_scale,
+        symlog=first.symlog,
         counts=tuple(int(c) for c in counts),
         underflow=sum(h.underflow for h in items),
         overflow=sum(h.overflow for h in items),
@@ -88,7 +106,7 @@ def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
 
 
 def _shown(h: Histogram) -> str:
-    scale = "log" if h.log_scale else "linear"
+    scale = "log" if h.log_scale else "symlog" if h.symlog else "linear"
     return f"{len(h.counts)} {scale} buckets on [{h.low}, {h.high})"
 
 
@@ -104,13 +122,12 @@ def quantile(h: Histogram | None, q: float) -> float | None:
         return h.low
     cumulative = float(h.underflow)
     n = len(h.counts)
-    lo_t, hi_t = (math.log10(h.low), math.log10(h.high)) if h.log_scale else (h.low, h.high)
+    lo_t, hi_t = _to_scale(h, h.low), _to_scale(h, h.high)
     width = (hi_t - lo_t) / n
     for i, count in enumerate(h.counts):
         if count > 0 and cumulative + count >= rank:
             fraction = min(max((rank - cumulative) / count, 0.0), 1.0)
-            t = lo_t + (i + fraction) * width
-            return float(10.0**t) if h.log_scale else float(t)
+            return float(_from_scale(h, np.asarray(lo_t + (i + fraction) * width)))
         cumulative += count
     return h.high
 

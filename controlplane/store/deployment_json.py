@@ -46,7 +46,8 @@ def histogram(d: dict[str, Any] | None) -> Histogram | None:
         underflow=int(d.get("underflow", 0)),
         overflow=int(d.get("overflow", 0)),
         sum=float(d.get("sum", 0.0)),
-    )
+        symlog=bool(d.get("symlog", False)),
+    ).read_legacy()
 
 
 def drift(d: dict[str, Any] | None) -> DriftSummary | None:

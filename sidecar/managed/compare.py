@@ -5,8 +5,11 @@ merge by adding counts:
 
 - latency: seconds, 10 buckets per decade on log10 from 10 µs to 100 s;
 - probability scores: 50 equal buckets over [0, 1] (a score of exactly 1 is in the last one);
-- regression values: the symmetric log ``sign(x) * log10(1 + |x|)`` in 240 equal buckets over
-  [-12, 12] (``low``/``high`` hold the transformed bounds, ``sum`` the raw values).
+- regression values: 240 equal buckets on the symmetric log ``sign(x) * log10(1 + |x|)`` over
+  [-12, 12], i.e. values within ±(10¹² - 1) (``symlog`` on the wire).
+
+Layouts keep their bounds on the scale; the wire form gives them in the value's units, as the
+proto's ``Histogram`` says.
 
 The *label rule* turns the first output into a predicted label: argmax over the last axis
 for ``[-1, K]`` float scores (K >= 2), ``score >= 0.5`` for ``[-1]``/``[-1, 1]`` probabilities
@@ -49,6 +52,14 @@ class Layout:
     def log_scale(self) -> bool:
         """Whether the buckets are equal on log10 of the value."""
         return self.mode == _LOG
+
+    def unscaled(self, t: float) -> float:
+        """The value whose position on this layout's scale is ``t``."""
+        if self.mode == _LOG:
+            return float(10.0**t)
+        if self.mode == _SYMLOG:
+            return math.copysign(10.0 ** abs(t) - 1.0, t)
+        return t
 
 
 LATENCY = Layout(-5.0, 2.0, 70, _LOG)
@@ -149,9 +160,10 @@ class Hist:
         """The wire form."""
         lay = self.layout
         return dpb.Histogram(
-            low=lay.low if lay.mode != _LOG else 10.0**lay.low,
-            high=lay.high if lay.mode != _LOG else 10.0**lay.high,
+            low=lay.unscaled(lay.low),
+            high=lay.unscaled(lay.high),
             log_scale=lay.log_scale,
+            symlog=lay.mode == _SYMLOG,
             counts=self.counts.tolist(),
             underflow=int(self.extra[0]),
             overflow=int(self.extra[1]),

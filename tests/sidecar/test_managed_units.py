@@ -90,7 +90,9 @@ def test_histogram_layouts() -> None:
     reg = Hist(REGRESSION)
     reg.add(np.array([-1e3, -1.0, 0.0, 2.5, 1e20]))
     msg = reg.to_proto()
-    assert not msg.log_scale and msg.low == -12 and msg.high == 12
+    assert (
+        msg.symlog and not msg.log_scale and msg.low == -(10.0**12 - 1) and msg.high == 10.0**12 - 1
+    )
     assert sum(msg.counts) == 4 and msg.overflow == 1
     assert msg.counts[0:120].count(0) < 120 and sum(msg.counts[:120]) == 2
 

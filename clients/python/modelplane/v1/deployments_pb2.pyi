@@ -209,7 +209,7 @@ class GuardResult(_message.Message):
     def __init__(self, expression: _Optional[str] = ..., passed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Histogram(_message.Message):
-    __slots__ = ("low", "high", "log_scale", "counts", "underflow", "overflow", "sum")
+    __slots__ = ("low", "high", "log_scale", "counts", "underflow", "overflow", "sum", "symlog")
     LOW_FIELD_NUMBER: _ClassVar[int]
     HIGH_FIELD_NUMBER: _ClassVar[int]
     LOG_SCALE_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class Histogram(_message.Message):
     UNDERFLOW_FIELD_NUMBER: _ClassVar[int]
     OVERFLOW_FIELD_NUMBER: _ClassVar[int]
     SUM_FIELD_NUMBER: _ClassVar[int]
+    SYMLOG_FIELD_NUMBER: _ClassVar[int]
     low: float
     high: float
     log_scale: bool
@@ -224,7 +225,8 @@ class Histogram(_message.Message):
     underflow: int
     overflow: int
     sum: float
-    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ..., log_scale: _Optional[bool] = ..., counts: _Optional[_Iterable[int]] = ..., underflow: _Optional[int] = ..., overflow: _Optional[int] = ..., sum: _Optional[float] = ...) -> None: ...
+    symlog: bool
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ..., log_scale: _Optional[bool] = ..., counts: _Optional[_Iterable[int]] = ..., underflow: _Optional[int] = ..., overflow: _Optional[int] = ..., sum: _Optional[float] = ..., symlog: _Optional[bool] = ...) -> None: ...
 
 class FeatureCounts(_message.Message):
     __slots__ = ("name", "counts", "out_of_range", "missing")
