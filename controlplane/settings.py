@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from threading import TIMEOUT_MAX
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,7 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ControlPlaneSettings(BaseSettings):
     """How the control plane listens, where it keeps state, and its limits."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="ignore")
+    # No setting means "never" by inf, and nan compares false with every limit.
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", extra="ignore", allow_inf_nan=False)
 
     listen: str = Field(
         "127.0.0.1:50051", description="gRPC HOST:PORT to listen on (port 0 picks a free one)"
@@ -61,6 +64,7 @@ class ControlPlaneSettings(BaseSettings):
     evaluation_timeout_seconds: float = Field(
         3600.0,
         gt=0,
+        le=TIMEOUT_MAX,  # the longest a timer thread can wait
         description="how long one evaluation may run (from when a worker takes it) before it is "
         "stopped and its operation fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT)",
     )
@@ -85,6 +89,7 @@ class ControlPlaneSettings(BaseSettings):
     operation_lease_seconds: float = Field(
         60.0,
         gt=0,
+        le=TIMEOUT_MAX,  # the longest a timer thread can wait
         description="how long a replica holds a running operation without renewing it; "
         "operations whose lease expired are marked failed (REPLICA_LOST) by any replica",
     )

@@ -169,6 +169,39 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        (
+            "EVALUATION_TIMEOUT_SECONDS",
+            "inf",
+            "evaluation_timeout_seconds: Input should be a finite",
+        ),
+        ("EVALUATION_TIMEOUT_SECONDS", "1e12", "evaluation_timeout_seconds: Input should be less"),
+        ("OPERATION_LEASE_SECONDS", "nan", "operation_lease_seconds: Input should be a finite"),
+        ("GRACE_SECONDS", "-inf", "grace_seconds: Input should be a finite"),
+    ],
+)
+def test_controlplane_serve_refuses_seconds_no_timer_can_wait(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    argv = ["--listen", "127.0.0.1:0", "--artifact-root", str(tmp_path / "artifacts")]
+    result = subprocess.run(
+        [str(BIN / "modelplane"), "controlplane", "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "MODELPLANE_DB_URL": f"sqlite:///{tmp_path / 'cp.db'}",
+            f"MODELPLANE_{variable}": value,
+        },
+    )
+    err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 2, result.stderr
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], result.stderr
+
+
 def test_versions_download_into_a_directory_names_out(
     cli: Cli, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
