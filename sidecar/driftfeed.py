@@ -224,6 +224,9 @@ class DriftReports(Protocol):
 class DriftFeed:
     """Hub observer counting served rows into a :class:`DriftMonitor`."""
 
+    #: Drift counts feature values; it never reads request ids.
+    needs_ids = False
+
     def __init__(
         self,
         monitor: DriftMonitor,

@@ -113,6 +113,12 @@ class ObserverProcess:
         self._sending_since: float | None = None
         self._watchdog = threading.Thread(target=self._watch, name="observer-watchdog", daemon=True)
 
+    @property
+    def needs_ids(self) -> bool:
+        """Whether the child records request ids: only its prediction log does (drift never
+        reads them)."""
+        return self.log_dir is not None
+
     @classmethod
     def start(
         cls,

@@ -11,6 +11,9 @@ Arrow append and one drift update, and the gathering is done once for all of the
 When observers fall behind and the buffer is full, a *lossless* hub makes publishers wait
 for room (the prediction log must not lose records); otherwise records are dropped and
 counted in ``dropped``.
+
+An observer that never reads request ids (drift) says so with ``needs_ids = False``; when no
+observer reads them, a request sent without an ``id`` is not given one.
 """
 
 from __future__ import annotations
@@ -204,13 +207,18 @@ class Observer(Protocol):
     """What a prediction consumer implements. ``on_runs``, ``on_records`` and ``on_tick``
     are optional: the hub hands what it collected to ``on_runs`` as :func:`gather` gathered
     it (once for all such observers), else as a list to ``on_records``, else record by
-    record to ``on_batch``/``on_rejected``."""
+    record to ``on_batch``/``on_rejected``. ``needs_ids`` is optional too: an observer
+    without it is taken to read request ids."""
 
     def on_batch(self, record: BatchRecord) -> None:
         """Called once per completed session batch."""
 
     def on_rejected(self, record: RejectedRecord) -> None:
         """Called once per request refused before running."""
+
+
+def _needs_ids(observer: Any) -> bool:
+    return bool(getattr(observer, "needs_ids", True))
 
 
 class ObserverHub:
@@ -242,15 +250,24 @@ class ObserverHub:
         self._closed = False
         self.dropped = 0
         self._thread: threading.Thread | None = None
+        #: Whether an observer reads request ids, so that a request sent without one must
+        #: be given one (an observer without a ``needs_ids`` attribute is taken to).
+        self.needs_ids = any(_needs_ids(obs) for obs in self._observers)
 
     @property
     def active(self) -> bool:
         """Whether anyone listens (callers skip building records otherwise)."""
         return bool(self._observers)
 
+    @property
+    def lossless(self) -> bool:
+        """Whether publishers wait for room rather than drop records."""
+        return self._lossless
+
     def add(self, observer: Any) -> None:
         """Add an observer (before :meth:`start`)."""
         self._observers.append(observer)
+        self.needs_ids = self.needs_ids or _needs_ids(observer)
 
     def start(self) -> None:
         """Start the dispatch thread (no-op without observers)."""

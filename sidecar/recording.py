@@ -76,6 +76,9 @@ def to_rejected_request(
 class LogFeed:
     """Hub observer writing every record to the prediction log (``async`` durability)."""
 
+    #: Every record is logged under its request id (labels join on it).
+    needs_ids = True
+
     def __init__(
         self, writer: PredictionLogWriter, feature_names: FeatureNames, arm: str = "champion"
     ) -> None:

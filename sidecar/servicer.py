@@ -3,7 +3,8 @@
 ModelInfer deliberately skips the shared request interceptor: on this path every microsecond
 counts, so errors are mapped here directly and only failures are logged (with request id and
 W3C trace id). A request sent without an ``id`` is given one when its prediction is recorded
-(:func:`new_request_id`), and answered under it.
+under it - by the prediction log, or an observer that reads ids (not drift, which never
+does): :func:`new_request_id`; it is answered under that id.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def parsing(
 
 
 def new_request_id() -> str:
-    """The id given to a request sent without one when something records it (the prediction
-    log, observers, a managed sidecar's label index): the records, the label index and the
-    answer's ``id`` all carry it, so that labels can name the prediction."""
+    """The id given to a request sent without one when something records it under its id (the
+    prediction log, an observer that reads ids, a managed sidecar's label index): the records,
+    the label index and the answer's ``id`` all carry it, so that labels can name the
+    prediction."""
     return str(uuid.uuid4())
 
 
@@ -176,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.in_flight(1)
         trace = ""
         try:
-            if not request.id and (model.observers.active or model.sync_log is not None):
+            if not request.id and (model.observers.needs_ids or model.sync_log is not None):
                 request.id = new_request_id()
             if request.model_name != model.name or (
                 request.model_version and request.model_version != model.version

@@ -4,11 +4,12 @@ The deployment's name is the model name. ``ModelInfer`` without ``model_version`
 by the routing key (see :mod:`sidecar.managed.router`); with one, it goes to that version if
 loaded (a pin bypasses routing and shadowing). The routing table is read once per request,
 so a switch never splits a request between versions; the response's ``model_version`` names
-the version that answered. A request without an ``id`` is given one (every prediction here is
-indexed for labels), and answered under it. Champion answers picked for shadowing are copied
-to the shadow queue after the answer is encoded, with every output of the champion (a request
-that names a subset of outputs is run for all of them and answered with its subset), so the
-comparison never depends on what the client asked for.
+the version that answered. A request without an ``id`` is given one, and answered under it,
+when its prediction is recorded under its id: in the label index (``--label-index-rows``
+above 0) or the prediction log; otherwise nothing would read it. Champion answers picked for
+shadowing are copied to the shadow queue after the answer is encoded, with every output of
+the champion (a request that names a subset of outputs is run for all of them and answered
+with its subset), so the comparison never depends on what the client asked for.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class ManagedServicer(InferenceServicer):
         super().__init__(slot)
         self.manager = manager
         self.shadow = shadow
+        loader = manager.loader
+        #: Whether predictions are recorded under their request ids: the label index keeps
+        #: rows, or the prediction log writes them (the hub is lossless only for the log;
+        #: ``sync`` durability logs from each version).
+        self.needs_ids = (
+            loader.settings.label_index_rows > 0
+            or loader.hub.lossless
+            or loader.sync_logs is not None
+        )
 
     def _table(self) -> RoutingTable:
         table = self.manager.table
@@ -126,7 +136,7 @@ class ManagedServicer(InferenceServicer):
                 key = routing_key(request)
                 version = table.pick(key)
             model = version.model
-            if not request.id:
+            if not request.id and self.needs_ids:
                 # After routing, which an id-less request takes at random either way.
                 request.id = new_request_id()
             version.enter()
