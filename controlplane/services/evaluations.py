@@ -1,11 +1,12 @@
 """Server-side evaluations: start one as an operation, run it on a worker thread, store the
 report as an Evaluation of the version, with deltas against the version an alias points to.
 
-Each replica holds at most ``queue_size`` evaluations (running or waiting for a worker); an
-evaluation runs for at most ``timeout_seconds`` and then fails with DEADLINE_EXCEEDED
-(EVALUATION_TIMEOUT), a model run in progress included. A cancelled operation, or one another
-replica failed, stops its work and stores nothing: the Evaluation is stored in the transaction
-that finishes the operation, only while this replica still holds it.
+Each replica holds at most ``queue_size`` evaluations (running or waiting for a worker; one
+cancelled while it waits leaves the queue at once); an evaluation runs for at most
+``timeout_seconds`` and then fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT), a model run in
+progress included. A cancelled operation, or one another replica failed, stops its work and
+stores nothing: the Evaluation is stored in the transaction that finishes the operation, only
+while this replica still holds it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class EvaluationService:
         self._pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="eval")
         self._stopping = threading.Event()
         self._jobs: dict[str, RunControl] = {}
+        self._started: set[str] = set()
         self._reserved = 0
         self._jobs_lock = threading.Lock()
         self.leases = Leases(
@@ -181,13 +183,13 @@ class EvaluationService:
             from controlplane.evaluation import RunControl
 
             control = RunControl()
+            self.leases.hold(op.id)
             self._unreserve(op.id, control)
             reserved = False
         finally:
             if reserved:
                 self._unreserve()
         job_ctx = RequestContext(principal=ctx.principal, request_id=ctx.request_id)
-        self.leases.hold(op.id)
         self._pool.submit(self._run, job_ctx, op.id, version, r, control)
         return op
 
@@ -266,6 +268,10 @@ class EvaluationService:
         r: EvaluationRequest,
         control: RunControl,
     ) -> None:
+        with self._jobs_lock:
+            if op_id not in self._jobs:  # cancelled or lost while it waited for a worker
+                return
+            self._started.add(op_id)
         timeout = DeadlineExceeded(
             f"the evaluation ran longer than {self.timeout_seconds:g}s and was stopped; the limit "
             "is controlplane serve --evaluation-timeout (MODELPLANE_EVALUATION_TIMEOUT_SECONDS)",
@@ -291,11 +297,19 @@ class EvaluationService:
             self.leases.release(op_id)
             with self._jobs_lock:
                 self._jobs.pop(op_id, None)
+                self._started.discard(op_id)
 
     def _abandon(self, op_id: str) -> None:
-        """Stop the work on an operation that was cancelled or failed elsewhere."""
+        """Stop the work on an operation that was cancelled or failed elsewhere; one still
+        waiting for a worker gives up its place in the queue and its lease now, and is skipped
+        when a worker reaches it."""
         with self._jobs_lock:
             control = self._jobs.get(op_id)
+            queued = control is not None and op_id not in self._started
+            if queued:
+                del self._jobs[op_id]
+        if queued:
+            self.leases.release(op_id)
         if control is not None:
             control.stop(OperationLost(op_id))
 

@@ -231,3 +231,33 @@ def test_the_queue_of_evaluations_is_bounded(tmp_path: Path) -> None:
             assert wait_done(c, accepted.name).HasField("result")
     finally:
         cp.handle.stop(0)
+
+
+def test_a_cancelled_evaluation_waiting_for_a_worker_leaves_the_queue_at_once(
+    tmp_path: Path,
+) -> None:
+    data = dataset(tmp_path)
+    cp = _start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'cp.db'}",
+        evaluation_workers=1,
+        evaluation_queue_size=2,
+    )
+    try:
+        with cp.client() as c:
+            slow_id, slow = register(c, tmp_path, 10**12)
+            quick_id, quick = register(c, tmp_path, 1)
+            running = c.evaluate(slow_id, slow, data, label="target", compare_to="-")
+            wait_running(c, running.name)
+            waiting = c.evaluate(slow_id, slow, data, label="target", compare_to="-")
+            assert c.cancel_operation(waiting.name).error.reason == "CANCELLED"
+            # The only worker is still busy: the cancelled one must not hold the second place.
+            accepted = c.evaluate(quick_id, quick, data, label="target")
+            c.cancel_operation(running.name)
+            finished = wait_done(c, accepted.name)
+            cancelled = c.get_operation(waiting.name)
+            stored = list(c.list_evaluations(slow_id, slow))
+    finally:
+        cp.handle.stop(0)
+    assert finished.HasField("result")
+    assert cancelled.error.reason == "CANCELLED" and stored == []
