@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from controlplane.store import Store
+from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
 from controlplane.store.tables import OperationRow
 from modelplane.errors import Unavailable
@@ -95,9 +96,16 @@ class Leases:
                 reason="REPLICA_LOST",
             )
             with self.store.write(ctx, "FailOperation") as tx:
-                current = tx.operations.get(op.id)
-                lease = current.lease_expire_time if current else None
-                if current is None or current.done or lease is None or lease >= tx.now:
+                # Locked and read afresh: a cancel or finish committing meanwhile is seen here
+                # (and kept) instead of being overwritten from a stale copy.
+                row = tx.session.get(
+                    OperationRow, op.id, with_for_update=True, populate_existing=True
+                )
+                if row is None or row.done:
+                    continue
+                current = operation_from_row(row)
+                lease = current.lease_expire_time
+                if lease is None or lease >= tx.now:
                     continue
                 error = {"code": err.code.value, "reason": err.reason, "message": err.message}
                 after = tx.operations.update(
