@@ -8,7 +8,12 @@ routing table is not released while copies for it still wait. One worker thread
 takes everything queued at once, decodes the copies against the shadow version's signature,
 runs requests with compatible tensors as one session call, and publishes a
 :class:`ShadowRecord` to the observer hub, where the comparison and the prediction log pick
-it up. A shadow failure is counted, never seen by the client.
+it up. A shadow failure is counted, never seen by the client, and never stops the worker.
+
+Every job leaves the queue through the same accounting (its bytes and its in-flight count on
+the shadow version go), whether it ran, failed or was given up: :meth:`ShadowRunner.close`
+refuses new jobs, lets the worker run what is queued without resting, and gives up (counts
+as dropped) what it has not run by the timeout.
 
 The worker spends at most ``budget`` of wall time working (it rests in proportion after each
 round), so the shadow cannot take more than that share of a core from the champion; copies
@@ -90,6 +95,7 @@ class ShadowRunner:
         #: Bytes held by queued (and running) jobs.
         self.queued_bytes = 0
         self._lock = threading.Lock()
+        self._closed = False
         #: Copies dropped because the queue was full (read and reset by the comparison).
         self.dropped = 0
         self.completed = 0
@@ -102,21 +108,21 @@ class ShadowRunner:
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue ``job`` without waiting; False (and counted) when the queue is full, in
-        jobs or in bytes."""
+        jobs or in bytes, or once the runner is closed."""
         job.size = job.request.ByteSize() + sum(a.nbytes for a in job.outputs.values())
         with self._lock:
-            if self.queued_bytes + job.size > self._max_bytes:
+            if self._closed or self.queued_bytes + job.size > self._max_bytes:
                 self.dropped += 1
                 return False
             self.queued_bytes += job.size
-        job.shadow.enter()
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self._done([job])
-            with self._lock:
+            job.shadow.enter()
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                job.shadow.leave()
+                self.queued_bytes -= job.size
                 self.dropped += 1
-            return False
+                return False
         return True
 
     def _done(self, jobs: list[ShadowJob]) -> None:
@@ -133,34 +139,80 @@ class ShadowRunner:
         return dropped
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker after what is queued."""
-        if self._thread is None:
-            return
+        """Stop taking jobs and stop the worker after what is queued (it no longer rests);
+        what it has not run within ``timeout`` is given up, and counted as dropped."""
+        with self._lock:
+            self._closed = True
         self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+        if self._thread is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout)
+            self._thread.join(timeout)
+        self._drain()
+        if self._thread is not None and self._thread.is_alive():
+            # The worker missed the end mark (the queue was full): the queue is empty now.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+
+    def _drain(self) -> None:
+        """Give up the jobs still queued: their bytes and in-flight counts go."""
+        given_up = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                given_up.append(job)
+        if given_up:
+            self._done(given_up)
+            with self._lock:
+                self.dropped += len(given_up)
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs = [first]
-            while len(jobs) < self._max_rows:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._work(jobs)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
                     return
-                jobs.append(job)
-            started = time.perf_counter()
-            self._work(jobs)
-            busy = time.perf_counter() - started
-            if self._budget < 1.0 and self._stopping.wait(busy * (1.0 / self._budget - 1.0)):
-                return
+                jobs = [first]
+                end = False
+                while len(jobs) < self._max_rows:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        end = True
+                        break
+                    jobs.append(job)
+                started = time.perf_counter()
+                try:
+                    self._work(jobs)
+                except Exception:
+                    # One round's failure never stops the worker (its jobs are done with):
+                    # they count as shadow errors, if the hub takes the count.
+                    log.exception("shadow jobs failed", jobs=len(jobs))
+                    with contextlib.suppress(Exception):
+                        self._count_errors(jobs)
+                if end:
+                    return
+                busy = time.perf_counter() - started
+                if self._budget < 1.0 and not self._stopping.is_set():
+                    self._stopping.wait(busy * (1.0 / self._budget - 1.0))
+        finally:
+            # Nothing runs jobs from here on: refuse new ones, give up those still queued.
+            with self._lock:
+                self._closed = True
+            self._drain()
+
+    def _count_errors(self, jobs: list[ShadowJob]) -> None:
+        failed: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            pair = (job.champion.label, job.shadow.label)
+            failed[pair] = failed.get(pair, 0) + 1
+        for (champion_label, shadow_label), count in failed.items():
+            self._publish(ShadowRecord(None, champion_label, {}, count, shadow_label))
 
     def _work(self, jobs: list[ShadowJob]) -> None:
         try:
@@ -175,7 +227,9 @@ class ShadowRunner:
             shadow = job.shadow.model
             try:
                 decoded = decode(job.request, shadow.signature, shadow.limits)
-            except ModelplaneError:
+            except Exception as exc:
+                if not isinstance(exc, ModelplaneError):
+                    log.warning("shadow copy could not be decoded", error=str(exc))
                 pair = (job.champion.label, job.shadow.label)
                 failed[pair] = failed.get(pair, 0) + 1
                 continue

@@ -177,3 +177,55 @@ def test_the_shadow_queue_is_bounded_in_bytes(managed: Any, plane: FakeControlPl
     assert runner.submit(_jobs(table, 1)[0])  # room again
     runner.close()
     assert sum(len(r.record.request_ids) for r in ran) == 4
+
+
+def test_copies_queued_at_close_still_leave_their_version(
+    managed: Any, plane: FakeControlPlane
+) -> None:
+    h, versions = _shadowing(managed, plane)
+    table = h.manager.table
+    retiring = table.shadow
+    ran: list[Any] = []
+
+    def publish(record: Any) -> None:
+        time.sleep(0.05)  # a round this long earns the worker a long rest at a 0.1% budget
+        ran.append(record)
+
+    runner = ShadowRunner(publish, budget=0.001)
+    first, *queued = _jobs(table, 4)
+    assert runner.submit(first)
+    runner.start()
+    _wait(lambda: len(ran) == 1)
+    for job in queued:  # the worker rests: these stay queued
+        assert runner.submit(job)
+    assert retiring.in_flight == 3
+    runner.close()
+    assert retiring.in_flight == 0 and runner.queued_bytes == 0
+    assert not runner.submit(_jobs(table, 1)[0])  # closed: refused, and nothing held
+    assert retiring.in_flight == 0 and runner.queued_bytes == 0
+    plane.push(state(NAME, 2, {1: versions[1], 3: versions[3]}, 1, candidate=3, shadow=1.0))
+    _wait(lambda: h.manager.table.generation == 2, 60)
+    _wait(lambda: retiring not in h.manager.retiring)  # released
+
+
+def test_the_shadow_worker_outlives_a_failing_round(managed: Any, plane: FakeControlPlane) -> None:
+    h, _ = _shadowing(managed, plane)
+    table = h.manager.table
+    calls: list[Any] = []
+
+    def publish(record: Any) -> None:
+        calls.append(record)
+        if len(calls) <= 2:  # the run's record, then the error record that replaces it
+            raise RuntimeError("the sink is down")
+
+    runner = ShadowRunner(publish, budget=1.0)
+    runner.start()
+    try:
+        first, second = _jobs(table, 2)
+        assert runner.submit(first)
+        _wait(lambda: len(calls) >= 2 and runner.queued_bytes == 0)
+        assert runner.submit(second)
+        _wait(lambda: any(r.record is not None for r in calls[2:]))
+        _wait(lambda: table.shadow.in_flight == 0 and runner.queued_bytes == 0)
+    finally:
+        runner.close()
