@@ -3,6 +3,6 @@
 Callers get domain objects and neutral errors; SQL and its exceptions stay in here.
 """
 
-from controlplane.store.store import Mutation, MutationHook, Store, Tx, WriteTx
+from controlplane.store.store import Mutation, MutationHook, Store, Tx, WriteTx, check_db_url
 
-__all__ = ["Mutation", "MutationHook", "Store", "Tx", "WriteTx"]
+__all__ = ["Mutation", "MutationHook", "Store", "Tx", "WriteTx", "check_db_url"]

@@ -27,12 +27,13 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, insert, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlmodel import Session
 
 from controlplane.store.convert import utc
 from controlplane.store.direct import Direct
-from controlplane.store.engine import Engines, create_engines
+from controlplane.store.engine import Engines, create_engines, normalize_url
 from controlplane.store.migrate import upgrade
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
 from controlplane.store.tables import RequestIdRow
@@ -154,10 +155,21 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to ``url`` and, unless told otherwise, apply pending migrations."""
+        """Connect to ``url`` and, unless told otherwise, apply pending migrations.
+
+        INVALID_ARGUMENT (INVALID_DB_URL) for a URL :func:`check_db_url` refuses; UNAVAILABLE
+        (DATABASE_UNAVAILABLE) when the database cannot be reached to migrate it."""
+        check_db_url(url)
         engines = create_engines(url)
         if migrate:
-            upgrade(engines)
+            try:
+                upgrade(engines)
+            except OperationalError as exc:
+                engines.dispose()
+                detail = str(exc.orig or exc).strip().splitlines()[0]
+                raise Unavailable(
+                    f"cannot reach the database: {detail}", reason="DATABASE_UNAVAILABLE"
+                ) from exc
         return cls(engines)
 
     def close(self) -> None:
@@ -243,6 +255,18 @@ class Store:
                         },
                     )
             session.commit()
+
+
+def check_db_url(url: str) -> None:
+    """Refuse (INVALID_ARGUMENT, reason INVALID_DB_URL) a database URL of no supported kind
+    or one that does not parse (a port that is not a number, say); connects to nothing."""
+    normalized = normalize_url(url)
+    try:
+        make_url(normalized)
+    except (ArgumentError, ValueError) as exc:
+        raise InvalidArgument(
+            f"cannot parse the database URL: {exc}", reason="INVALID_DB_URL"
+        ) from exc
 
 
 def _request_time(session: Session, request_id: str) -> datetime | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
-from modelplane.errors import ModelplaneError, Unavailable
+from modelplane.errors import InvalidArgument, ModelplaneError, Unavailable
 from modelplane.units import parse_duration, parse_size
 
 
@@ -85,13 +85,12 @@ def _check_address(option: str, address: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Printer) -> int:
     try:
-        import sqlalchemy.engine
-        import sqlalchemy.exc
         from pydantic import ValidationError
 
         from controlplane.auth import AccessConfigError
         from controlplane.server import start
         from controlplane.settings import ControlPlaneSettings
+        from controlplane.store import check_db_url
         from controlplane.workers import supervise
         from modelplane.server import configure_logging
         from modelplane.server.supervisor import worker_count
@@ -144,9 +143,9 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         )
         raise CliError(f"invalid control plane settings: {problems}", EXIT_USAGE) from None
     try:
-        sqlalchemy.engine.make_url(settings.db_url)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise CliError(f"--db: {exc}", EXIT_USAGE, reason="INVALID_DB_URL") from None
+        check_db_url(settings.db_url)
+    except InvalidArgument as exc:
+        raise CliError(f"--db: {exc.message}", EXIT_USAGE, reason=exc.reason) from None
     _check_address("--listen", settings.listen)
     if settings.metrics_listen:
         _check_address("--metrics-listen", settings.metrics_listen)
@@ -164,16 +163,8 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         raise CliError(str(exc), EXIT_USAGE, reason="INVALID_ACCESS_CONFIG") from None
     except Unavailable as exc:
         raise CliError(exc.message, EXIT_UNREACHABLE, reason=exc.reason) from None
-    except ModelplaneError as exc:  # a --db URL of no supported kind, and the like
+    except ModelplaneError as exc:
         raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
-    except sqlalchemy.exc.OperationalError as exc:
-        # Connecting and migrating happen before the store translates errors.
-        detail = str(exc.orig or exc).strip().splitlines()[0]
-        raise CliError(
-            f"cannot reach the database of --db: {detail}",
-            EXIT_UNREACHABLE,
-            reason="DATABASE_UNAVAILABLE",
-        ) from None
     handle.stop_on_signals()
     handle.wait()
     return 0
