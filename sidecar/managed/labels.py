@@ -8,8 +8,11 @@ length of the ids.
 
 :class:`LabelIngestor` answers ``IngestLabels``. It checks every label first, against the
 prediction it joins too (a classifier's label is a class: ``class_label``, or a ``target``
-that is a whole number), so that nothing of a call is counted or written when one label is
-invalid; then it joins each with the index, adds ``labeled``/``correct`` to the open window
+that is a whole number; a label that joins nothing, see below, has no version to check
+against), so that nothing of a call is counted or written when one label is invalid; then it
+joins each with the index - in one step with the check, so that the prediction a label is
+checked against, logged with and counted for is one and the same even when its row is
+predicted again meanwhile - adds ``labeled``/``correct`` to the open window
 of the arm that answered, and appends every label to the label log: ``labels-*.arrows`` Arrow
 IPC stream files in the prediction log's directory, written with the prediction log's file
 helpers. A sidecar without a prediction log (no ``--log-dir``) keeps no label log: it joins
@@ -36,6 +39,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -122,16 +126,49 @@ class PredictionIndex:
         with self._lock:
             return self._rows.get(key)
 
-    def claim(self, request_id: str, row: int, expected: Predicted) -> bool:
-        """Mark the row labeled if it still holds ``expected`` (what :meth:`get` returned)
-        and no label was counted for it yet; returns whether this label is the first."""
-        key = (_digest(request_id), row)
+    def join(
+        self,
+        keys: list[tuple[str, int]],
+        joins: Callable[[Predicted], bool],
+        check: Callable[[list[Predicted | None]], None],
+    ) -> tuple[list[Predicted | None], list[Predicted | None]]:
+        """Join labels of ``keys`` (request id, row) with their rows, in one step that no
+        new prediction comes between. Returns, per label, the prediction of its row if
+        remembered and ``joins`` it (None otherwise), and the row's entry marked labeled
+        when the label is the first for it (None otherwise: give it to :meth:`unjoin` to
+        undo). ``check(hits)`` runs first and may raise: nothing is marked then.
+        """
+        digests = [(_digest(rid), row) for rid, row in keys]
+        rows = self._rows
         with self._lock:
-            hit = self._rows.get(key)
-            if hit is not expected or hit.labeled:
-                return False
-            self._rows[key] = replace(hit, labeled=True)
-            return True
+            hits: list[Predicted | None] = []
+            for key in digests:
+                hit = rows.get(key)
+                hits.append(hit if hit is not None and joins(hit) else None)
+            check(hits)
+            marks: list[Predicted | None] = []
+            for key, hit in zip(digests, hits, strict=True):
+                mark = None
+                # A row labeled twice in one call is marked by the first label only.
+                if hit is not None and not hit.labeled and rows.get(key) is hit:
+                    mark = rows[key] = replace(hit, labeled=True)
+                marks.append(mark)
+        return hits, marks
+
+    def unjoin(
+        self,
+        keys: list[tuple[str, int]],
+        hits: list[Predicted | None],
+        marks: list[Predicted | None],
+    ) -> None:
+        """Undo :meth:`join`'s marks (a call that could not be logged): rows still holding
+        the marked entry get their prediction back, unlabeled."""
+        rows = self._rows
+        with self._lock:
+            for (rid, row), hit, mark in zip(keys, hits, marks, strict=True):
+                key = (_digest(rid), row)
+                if mark is not None and hit is not None and rows.get(key) is mark:
+                    rows[key] = hit
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -202,6 +239,8 @@ class LabelIngestor:
         #: (``reportable(arm, version)``).
         self.counts = counts
         self.log = log
+        #: One call at a time joins, logs and (on a log failure) undoes its marks.
+        self._lock = threading.Lock()
 
     def ingest(self, labels: Any) -> tuple[int, int]:
         """Take a request's labels; returns (accepted: written to the label log, none
@@ -213,26 +252,32 @@ class LabelIngestor:
         can be sent again as it is.
         """
         _check(labels)
-        index = self.index
-        hits = [index.get(label.request_id, label.row) for label in labels]
-        _check_kinds(labels, hits)
-        # A version that left the routing table (a champion after a promotion, a candidate
-        # after a rollback) is in no report to come: its rows no longer join.
-        hits = [
-            None if hit is None or not self.counts.reportable(hit.arm, hit.version) else hit
-            for hit in hits
-        ]
-        rights = [
-            None
-            if hit is None
-            else correct(hit.value, _truth(label), hit.regression, hit.tolerance)
-            for label, hit in zip(labels, hits, strict=True)
-        ]
-        if self.log is not None and len(labels):
-            self._write(labels, hits, rights)
+        keys = [(label.request_id, label.row) for label in labels]
+        reportable = self.counts.reportable
+        with self._lock:
+            # A version that left the routing table (a champion after a promotion, a
+            # candidate after a rollback) is in no report to come: its rows no longer join,
+            # so their labels are not checked against it either.
+            hits, marks = self.index.join(
+                keys,
+                lambda hit: reportable(hit.arm, hit.version),
+                lambda hits: _check_kinds(labels, hits),
+            )
+            rights = [
+                None
+                if hit is None
+                else correct(hit.value, _truth(label), hit.regression, hit.tolerance)
+                for label, hit in zip(labels, hits, strict=True)
+            ]
+            if self.log is not None and len(labels):
+                try:
+                    self._write(labels, hits, rights)
+                except BaseException:
+                    self.index.unjoin(keys, hits, marks)
+                    raise
         tally: dict[tuple[str, int], list[int]] = {}
-        for label, hit, right in zip(labels, hits, rights, strict=True):
-            if hit is None or not index.claim(label.request_id, label.row, hit):
+        for hit, right, mark in zip(hits, rights, marks, strict=True):
+            if hit is None or mark is None:
                 continue  # unmatched, or already counted (see the module's docstring)
             entry = tally.setdefault((hit.arm, hit.version), [0, 0])
             entry[0] += 1
