@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow.compute as pc
 import pytest
 from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
@@ -229,3 +230,26 @@ def test_the_shadow_worker_outlives_a_failing_round(managed: Any, plane: FakeCon
         _wait(lambda: table.shadow.in_flight == 0 and runner.queued_bytes == 0)
     finally:
         runner.close()
+
+
+def test_the_log_holds_every_output_whether_a_request_was_shadowed_or_not(
+    managed: Any, plane: FakeControlPlane, tmp_path: Path
+) -> None:
+    from sidecar.predlog import PredictionLogSettings, read_logs
+
+    models = {1: classifier(1), 2: classifier(2)}
+    versions = {n: (plane.add_blob(b), len(b), "") for n, b in models.items()}
+    log_dir = tmp_path / "log"
+    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
+    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=0.5, rollout_id="s"))
+    assert h.wait_ready(60)
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    s = stub(h.port)
+    for i in range(len(x)):
+        request = raw_request(NAME, {"input": ("FP32", x[i : i + 1])}, id=f"q{i}")
+        request.outputs.add(name="label")
+        assert [o.name for o in s.ModelInfer(request).outputs] == ["label"]
+    _wait(lambda: read_logs(log_dir).filter(pc.field("arm") == "champion").num_rows == 40)
+    _wait(lambda: read_logs(log_dir).filter(pc.field("arm") == "shadow").num_rows > 0)
+    rows = read_logs(log_dir).to_pylist()
+    assert all(r["out_label"] is not None and r["out_probabilities"] for r in rows)
