@@ -198,7 +198,8 @@ export class ModelplaneClient {
 
 /**
  * A service client whose unary and client-streaming calls get `timeoutMs` unless the call
- * passes its own; server and bidi streams get no deadline of ours.
+ * passes its own (a `timeoutMs` left undefined is none); server and bidi streams get no
+ * deadline of ours.
  */
 function withTimeout<S extends DescService>(
   service: S,
@@ -217,7 +218,7 @@ function withTimeout<S extends DescService>(
         return value;
       }
       return (request: unknown, options: CallOptions = {}) =>
-        value.call(target, request, { timeoutMs, ...options });
+        value.call(target, request, { ...options, timeoutMs: options.timeoutMs ?? timeoutMs });
     },
   });
 }
