@@ -19,6 +19,7 @@ from controlplane.policy._limits import (
     cost_problem,
     function_names,
 )
+from controlplane.policy._literals import escape_problem
 from controlplane.policy._references import Reference, references
 from controlplane.policy._references import element_fields as element_fields_of
 from modelplane.errors import InvalidArgument
@@ -181,7 +182,7 @@ def compile_rule(
                 call.line,
                 call.column,
             )
-    problem = cost_problem(ast)
+    problem = escape_problem(ast) or cost_problem(ast)
     if problem is not None:
         raise refuse(problem.message, problem.hint, problem.line, problem.column)
     if variables is not None:

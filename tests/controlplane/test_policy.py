@@ -348,3 +348,42 @@ def test_unknown_functions_are_refused_with_their_position() -> None:
     assert err.value.reason == "INVALID_POLICY_RULE"
     assert "unknown method 'lowerAscii' at line 1, column 13" in err.value.message
     assert err.value.metadata["column"] == "13"
+
+
+@pytest.mark.parametrize(
+    ("expression", "escape", "line", "column"),
+    [
+        (r'labels.team.matches("^\d+$")', r"'\\d'", 1, 23),
+        ('labels.team == "a"\n&& labels.x == "b\\q"', r"'\\q'", 2, 18),
+        (r'labels.team == "\xZ1"', r"'\\xZ1'", 1, 17),
+        (r'labels.team == "\U00110000"', r"'\\U00110000'", 1, 17),
+        (r'string(b"\u0041") == "A"', r"'\\u'", 1, 10),
+        (r'labels.team == """x\8"""', r"'\\8'", 1, 20),
+    ],
+)
+def test_invalid_escapes_are_refused_with_their_position(
+    expression: str, escape: str, line: int, column: int
+) -> None:
+    """CEL refuses an escape it does not define; celpy would read it as written."""
+    with pytest.raises(InvalidArgument) as err:
+        compile_rule(expression, variables=POLICY_VARIABLES)
+    assert err.value.reason == "INVALID_POLICY_RULE"
+    assert f"invalid escape sequence {escape} in a literal" in err.value.message
+    assert f"at line {line}, column {column}" in err.value.message
+    assert (err.value.metadata["line"], err.value.metadata["column"]) == (str(line), str(column))
+
+
+def test_valid_escapes_and_raw_strings_keep_their_meaning() -> None:
+    rules = compile_rules(
+        [
+            r'labels.team.matches(r"^\d+$")',
+            r'labels.team.matches("^\\d+$")',
+            r'labels.name == "\x41\u00e9\101\n\"\'"',
+            r'b"\377\x41" == b"\xff" + b"A"',
+        ],
+        variables=POLICY_VARIABLES,
+    )
+    variables = passing_variables()
+    variables["labels"] = {"team": "42", "name": "AéA\n\"'"}
+    decision = evaluate_rules(rules, variables)
+    assert [r.passed for r in decision.results] == [True, True, True, True], decision
