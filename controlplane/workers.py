@@ -66,6 +66,9 @@ def supervise(settings: ControlPlaneSettings, count: int) -> int:
 
 def main() -> int:
     """One worker process (settings from the environment)."""
+    from modelplane.server.supervisor import die_with_supervisor
+
+    die_with_supervisor()
     from controlplane.server import start
     from modelplane.server import configure_logging
 

@@ -141,6 +141,9 @@ def supervise(
 
 def main() -> int:
     """Entry point of one worker process (settings from the environment)."""
+    from modelplane.server.supervisor import die_with_supervisor
+
+    die_with_supervisor()
     from modelplane.server.logging import configure_logging
     from sidecar.server import serve_one
 

@@ -176,3 +176,84 @@ def test_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    from modelplane.testing.processes import proc_stats
+
+    return [child for child, fields in proc_stats() if int(fields[1]) == pid and fields[0] != "Z"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_text().split("\0")
+    return dict(e.partition("=")[::2] for e in entries if "=" in e)
+
+
+def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
+    from modelplane.server.supervisor import sweep_stale_metrics_dirs
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "modelplane.cli", "controlplane", "serve",
+            "--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}",
+            "--artifact-root", str(tmp_path / "art"), "--metrics-listen", "127.0.0.1:0",
+            "--workers", "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        wait_serving(address, timeout=60, proc=proc)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        metrics_dir = Path(_environ(workers[0])["PROMETHEUS_MULTIPROC_DIR"])
+        assert metrics_dir.is_dir()
+        proc.kill()  # no handler runs: nothing forwards a signal to the workers
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers)
+        with socket.socket() as s:  # nothing serves on the port any more
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+        # The dead supervisor's metrics folder goes at the next supervisor's start.
+        sweep_stale_metrics_dirs()
+        assert not metrics_dir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_metrics_dir_sweep_keeps_folders_in_use(tmp_path: Path) -> None:
+    from modelplane.server.supervisor import (
+        METRICS_DIR_PREFIX,
+        hold_metrics_dir,
+        sweep_stale_metrics_dirs,
+    )
+
+    used, stale, foreign = (tmp_path / f"{METRICS_DIR_PREFIX}{n}" for n in ("a", "b", "c"))
+    for d in (used, stale, foreign):
+        d.mkdir()
+    held = hold_metrics_dir(str(used), create=True)
+    assert held is not None
+    os.close(hold_metrics_dir(str(stale), create=True))  # type: ignore[arg-type]
+    try:
+        sweep_stale_metrics_dirs(str(tmp_path))
+        assert used.is_dir() and foreign.is_dir()  # held; no lock file (not ours to judge)
+        assert not stale.exists()
+    finally:
+        os.close(held)

@@ -84,3 +84,70 @@ def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) ->
             sup.kill()
         for pid in children(sup.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
+    from modelplane.server.supervisor import sweep_stale_metrics_dirs
+
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    sup = _serve("--model", str(model), "--metrics-listen", "127.0.0.1:0")
+    workers: list[int] = []
+    try:
+        assert sup.stdout is not None
+        ready = json.loads(next(line for line in sup.stdout if "sidecar ready" in line))
+        workers = children(sup.pid)
+        assert len(workers) == 2
+        environ = Path(f"/proc/{workers[0]}/environ").read_text().split("\0")
+        metrics_dir = Path(next(e for e in environ if e.startswith("PROMETHEUS_MULTIPROC_DIR=")
+                                ).partition("=")[2])  # fmt: skip
+        sup.kill()  # nothing forwards a signal: the workers must notice by themselves
+        sup.wait()
+        assert _wait_for(lambda: not any(alive(p) for p in workers), 60)
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", ready["port"])) != 0
+        sweep_stale_metrics_dirs()
+        assert not metrics_dir.exists()
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+_WATCHED = """
+import os, signal, sys, time
+from modelplane.server.supervisor import watch_parent
+signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("drained"), os._exit(0)))
+watch_parent(os.getppid(), interval=0.05)
+print("watching", flush=True)
+time.sleep(600)
+"""
+
+
+def test_without_a_parent_death_signal_a_worker_notices_its_parent_died(tmp_path: Path) -> None:
+    # The portable fallback of PR_SET_PDEATHSIG: a thread watching the parent pid.
+    marker = tmp_path / "drained"
+    parent = subprocess.Popen(
+        [PYTHON, "-c",
+         "import subprocess, sys, time\n"
+         f"c = subprocess.Popen([sys.executable, '-c', {_WATCHED!r}, {str(marker)!r}],"
+         " stdout=subprocess.PIPE, text=True)\n"
+         "c.stdout.readline()\n"
+         "print(c.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not alive(child), 60)
+        assert marker.read_text() == "drained"  # it ended through its SIGTERM handler
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child and alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -5,10 +5,21 @@ worker as ``python -m MODULE`` with its settings in the environment, waits until
 printed its ready line, serves one Prometheus endpoint merging the workers' values
 (prometheus_client multiprocess mode), forwards SIGTERM/SIGINT so every worker drains, and
 exits 0 once all have stopped after a signal (1 when a worker failed).
+
+Workers end with their supervisor however it ends (SIGKILL, a crash, the OOM killer): each
+worker calls :func:`die_with_supervisor` first thing, which has the kernel send it SIGTERM
+when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread watching the parent pid),
+so it drains as on a forwarded SIGTERM instead of serving on the port as an orphan. The
+metrics folder of a supervisor that was killed is removed by the next supervisor's start
+once no process of the dead one holds its lock any more.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import fcntl
+import os
 import shutil
 import signal
 import socket
@@ -25,6 +36,107 @@ import structlog
 from modelplane.server.cpus import available_cores
 
 log = structlog.get_logger("modelplane.supervisor")
+
+#: The supervisor's pid, in its workers' environment.
+SUPERVISOR_PID_ENV = "MODELPLANE_SUPERVISOR_PID"
+METRICS_DIR_PREFIX = "modelplane-metrics-"
+#: In a metrics folder: shared-locked by its supervisor and every worker while they live.
+_LOCK_FILE = ".lock"
+_PR_SET_PDEATHSIG = 1
+#: A worker's hold on its metrics folder, kept open for the life of the process.
+_held: list[int] = []
+
+
+def hold_metrics_dir(path: str, *, create: bool = False) -> int | None:
+    """Take a shared lock on the metrics folder ``path`` (the supervisor ``create``s its lock
+    file); returns the descriptor holding it, None when the folder has no lock file."""
+    lock = os.path.join(path, _LOCK_FILE)
+    try:
+        if not create:
+            fd = os.open(lock, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return fd
+        # Locked before it gets its name: a sweep never sees it unlocked.
+        fd = os.open(lock + ".new", os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(lock + ".new", lock)
+        return fd
+    except OSError:
+        return None
+
+
+def sweep_stale_metrics_dirs(root: str | None = None) -> None:
+    """Remove this user's metrics folders that no live supervisor or worker holds (left by a
+    supervisor that was killed): a folder is removed only while its lock can be taken
+    exclusively, so a folder in use, or one without a lock file, stays."""
+    base = root or tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(METRICS_DIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(path, _LOCK_FILE), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # in use
+        else:
+            log.info("removing the metrics folder of a supervisor that was killed", path=path)
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent dies (Linux);
+    False where that cannot be had."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """A daemon thread sending this process SIGTERM once its parent is no longer ``parent``
+    (it died and the process was re-parented); where no parent-death signal exists."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        log.error("supervisor ended; stopping", supervisor_pid=parent)
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def die_with_supervisor() -> None:
+    """In a worker process (first thing): get SIGTERM, and so drain and exit, when the
+    supervisor that started it dies, and hold the shared metrics folder while alive. Does
+    nothing in a process no supervisor started."""
+    value = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not value.isdigit():
+        return
+    supervisor = int(value)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        fd = hold_metrics_dir(metrics_dir)
+        if fd is not None:
+            _held.append(fd)
+    if not _parent_death_signal(signal.SIGTERM):
+        watch_parent(supervisor)
+    if os.getppid() != supervisor:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def reserve_port(listen: str) -> tuple[socket.socket, int]:
@@ -62,11 +174,17 @@ def supervise(
     """Run ``count`` workers of ``module`` until a signal; returns the exit code.
 
     A worker is ready when a line of its stdout contains ``ready_marker``. ``on_ready`` gets the
-    merged metrics port (None without ``metrics_listen``) once all are ready.
+    merged metrics port (None without ``metrics_listen``) once all are ready. Call it from the
+    main thread: the workers' parent-death signal follows the thread that started them.
     """
-    metrics_dir = tempfile.mkdtemp(prefix="modelplane-metrics-") if metrics_listen else None
+    metrics_dir, dir_lock = None, None
+    if metrics_listen:
+        sweep_stale_metrics_dirs()
+        metrics_dir = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+        dir_lock = hold_metrics_dir(metrics_dir, create=True)
     env = dict(env)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
     if metrics_dir:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     procs: list[subprocess.Popen[str]] = []
@@ -130,6 +248,8 @@ def supervise(
             httpd.shutdown()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if dir_lock is not None:
+            os.close(dir_lock)
 
 
 def _wait_all(procs: list[subprocess.Popen[str]], seconds: float) -> list[int]:
