@@ -264,10 +264,25 @@ def _warn_about(access: auth.AccessControl, settings: ControlPlaneSettings) -> N
         log.warning("bearer credentials travel unencrypted: serve with --tls-cert/--tls-key")
 
 
+#: Query parameters of a database URL whose values are not logged (libpq's ``password``,
+#: ``sslpassword``, ``passfile``; drivers' tokens and secrets).
+_SECRET_QUERY_WORDS = ("pass", "pwd", "secret", "token")
+_MASK = "***"
+
+
 def _redacted(url: str) -> str:
-    """The database URL without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
-    return url
+    """The database URL for the log: its password and password-like query values masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://{_MASK}" if sep else _MASK
+    query = {
+        key: _MASK if any(word in key.lower() for word in _SECRET_QUERY_WORDS) else value
+        for key, value in parsed.query.items()
+    }
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", _MASK)
