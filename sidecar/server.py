@@ -96,6 +96,8 @@ class SidecarHandle:
     #: The prediction log's and drift monitor's process (``--observer-mode process``), if any.
     observer_process: ObserverProcess | None = None
     closers: list[Any] = field(default_factory=list)
+    #: Set by :meth:`fail`: NOT_SERVING for good.
+    failed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -121,6 +123,16 @@ class SidecarHandle:
         finally:
             self._stopped.set()
 
+    def mark_ready(self) -> bool:
+        """Report ready (ServerReady true, health SERVING) unless the sidecar failed or is
+        stopping meanwhile (a failure during warm-up is not undone); whether it did."""
+        with self._lock:
+            if self.failed or self._stopping:
+                return False
+            self.servicer.ready = True
+            self.grpc.mark_serving()
+            return True
+
     def fail(self, error: BaseException) -> None:
         """Report NOT_SERVING for good (a failing prediction-log disk, an observer process
         that died): keep answering, but tell load balancers to send traffic elsewhere."""
@@ -136,8 +148,10 @@ class SidecarHandle:
                 error=str(error),
                 hint="check the log directory's disk (space, quota, file size limit, permissions)",
             )
-        self.servicer.ready = False
-        set_serving(self.grpc.health, self.grpc.service_names, False)
+        with self._lock:
+            self.failed = True
+            self.servicer.ready = False
+            set_serving(self.grpc.health, self.grpc.service_names, False)
 
     def wait(self) -> None:
         """Block until the server has stopped and closed everything."""
@@ -255,10 +269,10 @@ def start(
         raise
     slot.swap(model)
     handle.provider = runtime.provider
-    servicer.ready = True
-    handle.grpc.mark_serving()
+    serving = handle.mark_ready()
     log.info(
         "model ready",
+        serving=serving,
         model=name,
         version=settings.model_version,
         provider=runtime.provider,

@@ -19,8 +19,17 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sidecar_helpers import PYTHON, ROOT, output_array, raw_request, spawn_sidecar, stub
+from sidecar_helpers import (
+    PYTHON,
+    ROOT,
+    health_status,
+    output_array,
+    raw_request,
+    spawn_sidecar,
+    stub,
+)
 
+from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.testing import onnx_models
 
 
@@ -425,3 +434,35 @@ def test_workers_get_every_setting_of_their_supervisor(
     assert got == want
     assert worker.listen == "127.0.0.1:7001" and worker.worker
     assert PredictionLogSettings().model_dump() == log_settings.model_dump()
+
+
+def test_a_failure_during_warm_up_is_not_undone_by_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The prediction log's disk fails (its writer calls back) before warm-up ends: the
+    # sidecar must stay NOT_SERVING, not turn SERVING once the model is loaded.
+    import sidecar.server as server
+    from sidecar.predlog import PredictionLogSettings
+    from sidecar.settings import SidecarSettings
+
+    real_observe = server.observe
+
+    def observe_failing_at_once(*args: Any) -> Any:
+        wiring = real_observe(*args)
+        args[-1](OSError(27, "File too large"))
+        return wiring
+
+    monkeypatch.setattr(server, "observe", observe_failing_at_once)
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    handle = server.start(
+        SidecarSettings(
+            model=model, listen="127.0.0.1:0", device="cpu", warmup_runs=1, observer_mode="thread"
+        ),
+        log_settings=PredictionLogSettings(dir=tmp_path / "log"),
+    )
+    try:
+        assert health_status(handle.port) == "NOT_SERVING"
+        assert not stub(handle.port).ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+        assert handle.failed
+    finally:
+        handle.stop(0)
