@@ -116,10 +116,15 @@ class ControlPlaneSettings(BaseSettings):
     hooks_file: str = Field(
         "",
         description="YAML/JSON file naming a retraining command (argv, no shell) per deployment: "
-        "{deployments: {NAME: {command: [...]}}}; commands are never set through the API",
+        "{deployments: {NAME: {command: [...]}}}; commands are never set through the API and "
+        "run with the server's environment less its MODELPLANE_* settings",
     )
     hook_timeout_seconds: float = Field(
-        30.0, description="how long a retraining webhook or command may take before it is abandoned"
+        30.0,
+        gt=0,
+        le=TIMEOUT_MAX,  # the longest a timer thread can wait
+        description="how long a retraining webhook or command may take in all before it is "
+        "abandoned (the webhook's connection cut, the command killed with its children)",
     )
     report_interval_seconds: float = Field(
         2.0, description="how often sidecars report a window (sent to them in the desired state)"

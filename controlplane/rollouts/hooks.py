@@ -4,10 +4,18 @@ Two kinds, both fed the drift event as JSON and both run on a small background p
 a slow hook never delays a window report:
 
 - a webhook: an http(s) URL on the deployment (set by admins through the API), sent a POST
-  with ``Content-Type: application/json``; failures and non-2xx answers are logged;
+  with ``Content-Type: application/json``; failures and non-2xx answers are logged. A redirect
+  is not followed (it would turn the POST into a GET elsewhere): a 3xx is a failed delivery;
 - a command: an argv list from the server's hooks file (``MODELPLANE_HOOKS_FILE``), never
-  from the API. It runs without a shell, with the event JSON on stdin and in the
-  ``MODELPLANE_DRIFT_EVENT`` environment variable; a non-zero exit is logged.
+  from the API. It runs without a shell, in a session of its own, with the event JSON on stdin
+  and in the ``MODELPLANE_DRIFT_EVENT`` environment variable, and with the server's
+  environment less its ``MODELPLANE_*`` settings (the database URL and its password among
+  them); a non-zero exit is logged.
+
+Each call has ``hook_timeout_seconds`` in all: a webhook whose answer has not arrived by then
+(a server that drips it byte by byte included) is cut off, and a command is killed with
+every process of its session. The pool's threads never keep the server from exiting: at
+close, hooks still queued are dropped (logged) and running ones are abandoned at exit.
 
 The hooks file is YAML (or JSON)::
 
@@ -18,12 +26,18 @@ The hooks file is YAML (or JSON)::
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import queue
+import signal
+import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +51,10 @@ log = structlog.get_logger("modelplane.controlplane.hooks")
 
 EVENT_ENV = "MODELPLANE_DRIFT_EVENT"
 MAX_URL_LENGTH = 2048
+#: Threads running hooks, shared by all deployments (each call is bounded by the timeout).
+POOL_THREADS = 4
+#: Settings variables kept from a retraining command's environment.
+SETTINGS_PREFIX = "MODELPLANE_"
 
 
 class HooksFileError(ValueError):
@@ -85,13 +103,88 @@ def load_commands(path: str) -> dict[str, list[str]]:
     return out
 
 
+def command_env(body: bytes) -> dict[str, str]:
+    """A retraining command's environment: the server's, less its ``MODELPLANE_*`` settings
+    (secrets such as the database URL), plus the event in ``MODELPLANE_DRIFT_EVENT``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
+    env[EVENT_ENV] = body.decode()
+    return env
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answers a redirect with its 3xx error instead of following it."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+class _Sockets:
+    """The sockets of one webhook call, shut down at its deadline (a per-read timeout never
+    fires on an answer that arrives a byte at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self.expired = False
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._open:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _tracked(base: type[http.client.HTTPConnection], sockets: _Sockets) -> Any:
+    """``base`` whose connected sockets ``sockets`` hold."""
+
+    class Tracked(base):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)
+
+    return Tracked
+
+
+def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies from the environment included) without redirects, whose
+    connections ``sockets`` can cut."""
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(_tracked(http.client.HTTPConnection, sockets), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            return self.do_open(
+                _tracked(http.client.HTTPSConnection, sockets),
+                req,
+                context=self._context,  # type: ignore[attr-defined]
+            )
+
+    return urllib.request.build_opener(_NoRedirect, Http, Https)
+
+
 class HookRunner:
     """Runs webhooks and commands in the background. Build with :meth:`load`."""
 
     def __init__(self, commands: dict[str, list[str]], timeout: float) -> None:
         self.commands = commands
         self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hook")
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
     @classmethod
     def load(cls, hooks_file: str, timeout: float) -> HookRunner:
@@ -106,10 +199,28 @@ class HookRunner:
         """Start the deployment's hooks with ``event``; returns at once."""
         body = json.dumps(event, sort_keys=True, default=str).encode()
         if webhook_url:
-            self._pool.submit(self._post, deployment_id, webhook_url, body)
+            self._submit(lambda: self._post(deployment_id, webhook_url, body))
         argv = self.commands.get(deployment_id)
         if argv:
-            self._pool.submit(self._run, deployment_id, argv, body)
+            self._submit(lambda: self._run(deployment_id, argv, body))
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._queue.put(call)
+            if len(self._threads) < POOL_THREADS:
+                # Daemon threads: a hook running at exit never holds the process.
+                thread = threading.Thread(target=self._work, name="hook", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def _work(self) -> None:
+        while (call := self._queue.get()) is not None:
+            try:
+                call()
+            except Exception:
+                log.exception("retraining hook failed")
 
     def _post(self, deployment_id: str, url: str, body: bytes) -> None:
         request = urllib.request.Request(
@@ -118,35 +229,82 @@ class HookRunner:
             method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "modelplane"},
         )
+        sockets = _Sockets()
+        deadline = threading.Timer(self.timeout, sockets.expire)
+        deadline.daemon = True
+        deadline.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                log.info(
-                    "retraining webhook called", deployment=deployment_id, status=response.status
-                )
+            with _opener(sockets).open(request, timeout=self.timeout) as response:
+                status = response.status
+            log.info("retraining webhook called", deployment=deployment_id, status=status)
         except urllib.error.HTTPError as exc:
-            log.warning("retraining webhook refused", deployment=deployment_id, status=exc.code)
+            if 300 <= exc.code < 400:
+                log.warning(
+                    "retraining webhook redirected; redirects are not followed",
+                    deployment=deployment_id,
+                    status=exc.code,
+                    location=exc.headers.get("Location", ""),
+                )
+            else:
+                log.warning("retraining webhook refused", deployment=deployment_id, status=exc.code)
         except Exception as exc:
-            log.warning("retraining webhook failed", deployment=deployment_id, error=str(exc))
+            error = f"no answer within {self.timeout:g}s" if sockets.expired else str(exc)
+            log.warning("retraining webhook failed", deployment=deployment_id, error=error)
+        finally:
+            deadline.cancel()
 
     def _run(self, deployment_id: str, argv: list[str], body: bytes) -> None:
-        env = {**os.environ, EVENT_ENV: body.decode()}
         try:
-            done = subprocess.run(
-                argv, input=body, env=env, capture_output=True, timeout=self.timeout, check=False
+            # A session of its own: on timeout its children are killed with it, and none
+            # holds the output pipes open.
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=command_env(body),
+                start_new_session=True,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except OSError as exc:
             log.warning("retraining command failed", deployment=deployment_id, error=str(exc))
             return
-        if done.returncode != 0:
+        try:
+            _, stderr = proc.communicate(body, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            proc.communicate()
+            log.warning(
+                "retraining command failed",
+                deployment=deployment_id,
+                error=f"still running after {self.timeout:g}s; killed",
+            )
+            return
+        if proc.returncode != 0:
             log.warning(
                 "retraining command exited non-zero",
                 deployment=deployment_id,
-                code=done.returncode,
-                stderr=done.stderr[-500:].decode(errors="replace"),
+                code=proc.returncode,
+                stderr=stderr[-500:].decode(errors="replace"),
             )
         else:
             log.info("retraining command ran", deployment=deployment_id)
 
     def close(self) -> None:
-        """Stop taking hooks; those running finish in the background."""
-        self._pool.shutdown(wait=False)
+        """Stop taking hooks and drop those still queued (logged); those running finish in
+        the background, or are abandoned when the process exits."""
+        with self._lock:
+            self._closed = True
+            dropped = 0
+            while True:
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                dropped += call is not None
+            for _ in self._threads:
+                self._queue.put(None)
+        if dropped:
+            log.warning("retraining hooks dropped at shutdown", hooks=dropped)

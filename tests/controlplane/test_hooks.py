@@ -1,0 +1,209 @@
+"""Retraining hooks against real HTTP servers and real commands: a call has a deadline in all,
+redirects are not followed, commands see no settings variables, and the hook threads never
+keep the process from exiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.rollouts.hooks import HookRunner
+
+
+def _dripping_server() -> tuple[socket.socket, int]:
+    """A server that answers every request one byte every 0.2 s, for ever."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+
+            def drip(conn: socket.socket = conn) -> None:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100_000:
+                    try:
+                        conn.send(bytes([byte]))
+                    except OSError:
+                        return
+                    time.sleep(0.2)
+
+            threading.Thread(target=drip, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, int(srv.getsockname()[1])
+
+
+class _Log:
+    """Stands in for the hooks' logger: keeps what they log."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def _keep(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    info = warning = error = exception = _keep
+
+    def wait_for(self, event: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [e for e in self.events if e["event"] == event]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {event!r} in {self.events}")
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> _Log:
+    from controlplane.rollouts import hooks
+
+    keeper = _Log()
+    monkeypatch.setattr(hooks, "log", keeper)
+    return keeper
+
+
+@pytest.fixture
+def runner() -> Iterator[HookRunner]:
+    hooks = HookRunner({}, timeout=0.5)
+    yield hooks
+    hooks.close()
+
+
+def test_a_webhook_answering_byte_by_byte_is_cut_off_at_the_timeout(
+    runner: HookRunner, logged: _Log
+) -> None:
+    srv, port = _dripping_server()
+    try:
+        runner.fire("fraud", f"http://127.0.0.1:{port}/hook", {"drifted": ["x"]})
+        failed = logged.wait_for("retraining webhook failed")
+        assert failed["deployment"] == "fraud"
+        assert failed["error"] == "no answer within 0.5s"
+    finally:
+        srv.close()
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    hits: list[tuple[str, str]] = []
+
+    def do_POST(self) -> None:
+        self.hits.append(("POST", self.path))
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(302)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.hits.append(("GET", self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_a_redirected_webhook_is_a_failed_delivery(runner: HookRunner, logged: _Log) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        runner.fire("fraud", url, {"drifted": ["x"]})
+        warned = logged.wait_for("retraining webhook redirected; redirects are not followed")
+        assert warned["status"] == 302 and warned["location"] == "/elsewhere"
+        assert _Redirecting.hits == [("POST", "/hook")]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_command_gets_the_event_but_no_settings_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPLANE_DB_URL", "postgresql://cp:s3cret@db/cp")
+    monkeypatch.setenv("HOOK_TEST_KEPT", "yes")
+    out = tmp_path / "env.json"
+    script = (
+        "import json, os, sys\n"
+        "with open(sys.argv[1] + '.new', 'w') as f:\n"
+        "    json.dump(dict(os.environ), f)\n"
+        "os.replace(sys.argv[1] + '.new', sys.argv[1])\n"
+    )
+    hooks = HookRunner({"fraud": [sys.executable, "-c", script, str(out)]}, timeout=30)
+    try:
+        hooks.fire("fraud", "", {"drifted": ["x"]})
+        deadline = time.monotonic() + 30
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = json.loads(out.read_text())
+    finally:
+        hooks.close()
+    assert json.loads(env["MODELPLANE_DRIFT_EVENT"]) == {"drifted": ["x"]}
+    assert env["HOOK_TEST_KEPT"] == "yes"
+    assert [k for k in env if k.startswith("MODELPLANE_")] == ["MODELPLANE_DRIFT_EVENT"]
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_children(
+    tmp_path: Path, logged: _Log
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    script = f"sleep 600 & echo $! > {pid_file}.new; mv {pid_file}.new {pid_file}; wait"
+    hooks = HookRunner({"fraud": ["sh", "-c", script]}, timeout=0.5)
+    child = 0
+    try:
+        hooks.fire("fraud", "", {})
+        failed = logged.wait_for("retraining command failed")
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)  # the shell's child did not outlive the hook
+        assert failed["error"] == "still running after 0.5s; killed"
+    finally:
+        hooks.close()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_hooks_still_running_never_keep_the_process_from_exiting() -> None:
+    srv, port = _dripping_server()
+    code = (
+        "from controlplane.rollouts.hooks import HookRunner\n"
+        "import time\n"
+        "r = HookRunner({}, timeout=600.0)\n"
+        "for i in range(6):\n"
+        f"    r.fire('d', 'http://127.0.0.1:{port}/hook', {{'i': i}})\n"
+        "time.sleep(0.3)\n"
+        "r.close()\n"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        srv.close()
