@@ -162,7 +162,14 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         hooks.close()
         store.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    handle = GrpcServerHandle(server, port, health, SERVICE_NAMES, settings.grace_seconds)
+    handle = GrpcServerHandle(
+        server,
+        port,
+        health,
+        SERVICE_NAMES,
+        settings.grace_seconds,
+        shutdown_delay=settings.shutdown_delay_seconds,
+    )
     handle.closers.append(store.close)
     handle.closers.append(evaluations.close)
     handle.closers.append(hooks.close)

@@ -50,6 +50,14 @@ class ControlPlaneSettings(BaseSettings):
         10.0,
         description="on SIGTERM, how long unary calls may finish before open streams are ended",
     )
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=TIMEOUT_MAX,
+        description="on SIGTERM, how long health answers NOT_SERVING while calls are still "
+        "served before the listener closes and the grace starts, so that load balancers and "
+        "Kubernetes endpoints stop sending first (in Kubernetes: a few seconds, e.g. 5)",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     baseline_sample_size: int = Field(
         10_000,

@@ -57,7 +57,7 @@ def supervise(settings: ControlPlaneSettings, count: int) -> int:
             count=count,
             ready_marker=READY,
             metrics_listen=settings.metrics_listen,
-            drain_seconds=settings.grace_seconds,
+            drain_seconds=settings.shutdown_delay_seconds + settings.grace_seconds,
             on_ready=ready,
         )
     finally:

@@ -111,7 +111,8 @@ class SidecarHandle:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = None) -> None:
-        """Report not ready, drain in-flight requests for up to ``grace`` seconds, close."""
+        """Report not ready, serve on for the shutdown delay (:attr:`GrpcServerHandle.
+        shutdown_delay`), drain in-flight requests for up to ``grace`` seconds, close."""
         with self._lock:
             if self._stopping:
                 return
@@ -164,7 +165,10 @@ class SidecarHandle:
 
         def handler(signum: int, _frame: Any) -> None:
             log.info(
-                "draining", signal=signal.Signals(signum).name, grace_s=self.grpc.grace_seconds
+                "draining",
+                signal=signal.Signals(signum).name,
+                delay_s=self.grpc.shutdown_delay,
+                grace_s=self.grpc.grace_seconds,
             )
             threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
@@ -197,7 +201,9 @@ def start(
     if settings.managed:
         from sidecar.managed.server import start_managed
 
-        return start_managed(settings, observers, log_settings)
+        managed = start_managed(settings, observers, log_settings)
+        managed.grpc.shutdown_delay = settings.shutdown_delay
+        return managed
     assert settings.model is not None
     slot = ModelSlot()
     servicer = InferenceServicer(slot)
@@ -217,7 +223,14 @@ def start(
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
     server.start()
     handle = SidecarHandle(
-        GrpcServerHandle(server, port, health, services, settings.drain_seconds),
+        GrpcServerHandle(
+            server,
+            port,
+            health,
+            services,
+            settings.drain_seconds,
+            shutdown_delay=settings.shutdown_delay,
+        ),
         servicer,
         slot,
     )

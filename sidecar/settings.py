@@ -177,6 +177,15 @@ class SidecarSettings(BaseSettings):
     drain_seconds: float = Field(
         30.0, ge=0, description="How long SIGTERM waits for in-flight requests before exiting."
     )
+    shutdown_delay: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "On SIGTERM, how long health answers NOT_SERVING while requests are still served "
+            "before the listener closes and the drain starts, so that load balancers and "
+            "Kubernetes endpoints stop sending first (in Kubernetes: a few seconds, e.g. 5s)."
+        ),
+    )
     gc_young_threshold: int = Field(
         20000,
         ge=0,
@@ -232,7 +241,7 @@ class SidecarSettings(BaseSettings):
     )
 
     _validate_delay = field_validator(
-        "max_queue_delay", "drain_seconds", "drift_window", mode="before"
+        "max_queue_delay", "drain_seconds", "shutdown_delay", "drift_window", mode="before"
     )(classmethod(lambda cls, v: _duration(v)))
 
     @field_validator("feature_names", mode="before")

@@ -67,7 +67,7 @@ def _worker_env(
     host = settings.listen.rpartition(":")[0]
     values = settings.model_dump(exclude={"metrics_listen"})
     values.update(listen=f"{host}:{port}", workers="1", worker=True)
-    for key in ("max_queue_delay", "drain_seconds", "drift_window"):
+    for key in ("max_queue_delay", "drain_seconds", "shutdown_delay", "drift_window"):
         if values[key] is not None:
             values[key] = _seconds(values[key])
     for key, value in values.items():
@@ -120,7 +120,7 @@ def supervise(
                 count=count,
                 ready_marker='"sidecar ready"',
                 metrics_listen=settings.metrics_listen or "",
-                drain_seconds=settings.drain_seconds,
+                drain_seconds=settings.shutdown_delay + settings.drain_seconds,
                 on_ready=lambda metrics_port: announce(
                     settings,
                     port,

@@ -304,3 +304,44 @@ def test_serve_logs_no_password_from_the_url_query(tmp_path: Path, pg_url: str) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _status_name(address: str) -> str:
+    """Health of ``address`` over a new connection, as a load balancer's probe asks it."""
+    try:
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(_health(address))
+    except grpc.RpcError as exc:
+        return exc.code().name
+
+
+def test_sigterm_answers_not_serving_and_serves_through_the_shutdown_delay(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "modelplane.cli", "controlplane", "serve",
+            "--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}",
+            "--artifact-root", str(tmp_path / "art"), "--shutdown-delay", "2s",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_serving(address, timeout=60, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        seen = [_status_name(address)]
+        deadline = time.monotonic() + 30
+        while seen[-1] == "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            seen.append(_status_name(address))
+        # A probe sees NOT_SERVING, and calls over new connections are still served.
+        assert seen[-1] == "NOT_SERVING", seen
+        with Client(address, principal="dave") as c:
+            c.create_model("late")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -106,6 +106,13 @@ def test_control_plane_deployment(rendered: dict[str, list[dict[str, Any]]]) -> 
     assert config["MODELPLANE_SIGNING_KEY"].startswith("/etc/modelplane/signing/")
     assert config["MODELPLANE_LISTEN"] == "0.0.0.0:50051"
     assert config["MODELPLANE_METRICS_LISTEN"] == "0.0.0.0:9464"
+    # SIGTERM: NOT_SERVING while still serving, long enough for the readiness probe to take
+    # the pod out of the endpoints; then the grace; all before the kubelet's SIGKILL.
+    delay = float(config["MODELPLANE_SHUTDOWN_DELAY_SECONDS"])
+    probe = container["readinessProbe"]
+    assert delay >= probe["periodSeconds"] * probe["failureThreshold"]
+    grace = float(config["MODELPLANE_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > delay + grace
 
 
 @pytest.mark.parametrize("variant", ["base", "overlays/dev", "overlays/production"])

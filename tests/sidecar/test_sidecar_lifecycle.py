@@ -466,3 +466,45 @@ def test_a_failure_during_warm_up_is_not_undone_by_ready(
         assert handle.failed
     finally:
         handle.stop(0)
+
+
+def test_sigterm_answers_not_serving_and_serves_through_the_shutdown_delay(
+    tmp_path: Path,
+) -> None:
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "sidecar", "--model", str(model), "--listen", f"127.0.0.1:{port}",
+         "--device", "cpu", "--shutdown-delay", "2s"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        next(line for line in proc.stdout if "sidecar ready" in line)
+        proc.send_signal(signal.SIGTERM)
+
+        def probe() -> str:
+            try:
+                return health_status(port)
+            except grpc.RpcError as exc:
+                return str(exc.code().name)
+
+        seen = [probe()]
+        deadline = time.monotonic() + 30
+        while seen[-1] == "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            seen.append(probe())
+        assert seen[-1] == "NOT_SERVING", seen
+        # Predictions over a new connection are still answered meanwhile.
+        x = np.ones((2, 32), dtype=np.float32)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            from modelplane.oip import grpc_service_pb2_grpc
+
+            reply = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+                raw_request("mlp", {"input": ("FP32", x)}), timeout=10
+            )
+        assert output_array(reply, 0, np.float32).shape[0] == 2
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

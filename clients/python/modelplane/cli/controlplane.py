@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "DEADLINE_EXCEEDED",
     )
     serve.add_argument(
+        "--shutdown-delay",
+        help="on SIGTERM, serve on this long with health NOT_SERVING before the grace period, "
+        "e.g. 5s, so that load balancers stop sending first (default 0)",
+    )
+    serve.add_argument(
         "--workers",
         help="server processes sharing the port: N, or auto for one per usable core (default 1)",
     )
@@ -131,6 +136,11 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             overrides["evaluation_timeout_seconds"] = parse_duration(args.evaluation_timeout)
         except ValueError as exc:
             raise CliError(f"--evaluation-timeout: {exc}", EXIT_USAGE) from None
+    if args.shutdown_delay:
+        try:
+            overrides["shutdown_delay_seconds"] = parse_duration(args.shutdown_delay)
+        except ValueError as exc:
+            raise CliError(f"--shutdown-delay: {exc}", EXIT_USAGE) from None
     if args.workers:
         if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
             raise CliError(f"--workers {args.workers!r}: use a positive number or auto", EXIT_USAGE)

@@ -31,6 +31,7 @@ _FIELDS = (
     "observer_mode",
     "handler_threads",
     "drain_seconds",
+    "shutdown_delay",
     "log_level",
     "feature_names",
     "baseline",
@@ -120,6 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add("--handler-threads", type=int, metavar="N", help="gRPC request threads (0 = auto)")
     add("--drain-seconds", metavar="DURATION", help="SIGTERM drain time (default 30s)")
+    add(
+        "--shutdown-delay",
+        metavar="DURATION",
+        help="on SIGTERM, serve on this long with health NOT_SERVING before draining, so that "
+        "load balancers stop sending first (default 0; e.g. 5s in Kubernetes)",
+    )
     add("--log-level", metavar="LEVEL", help="log level (default info)")
     add(
         "--feature-names",

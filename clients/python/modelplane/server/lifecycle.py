@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,12 @@ class GrpcServerHandle:
     service_names: list[str]
     grace_seconds: float = 10.0
     closers: list[Any] = field(default_factory=list)
-    #: Called when stopping starts, before the grace period (to end long-lived streams).
+    #: Called when the shutdown delay ends, before the grace period (to end long-lived streams).
     on_stop: list[Any] = field(default_factory=list)
+    #: Seconds between NOT_SERVING and closing the listener, during which calls are still
+    #: served: load balancers and Kubernetes endpoints see the pod leave before its port
+    #: closes (they poll health every few seconds).
+    shutdown_delay: float = 0.0
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
 
@@ -110,12 +115,17 @@ class GrpcServerHandle:
     def mark_serving(self) -> None:
         set_serving(self.health, self.service_names, True)
 
-    def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then let unary calls finish and end streams after the grace."""
+    def stop(self, grace: float | None = None, delay: float | None = None) -> None:
+        """NOT_SERVING first, still serving for the shutdown delay (``delay`` seconds when
+        given), then let unary calls finish and end streams after the grace."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         set_serving(self.health, self.service_names, False)
+        delay = self.shutdown_delay if delay is None else delay
+        if delay > 0:
+            log.info("NOT_SERVING; serving on until the shutdown delay ends", delay_s=delay)
+            time.sleep(delay)
         for hook in self.on_stop:
             hook()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
@@ -137,7 +147,10 @@ class GrpcServerHandle:
 
         def handler(signum: int, _frame: Any) -> None:
             log.info(
-                "shutting down", signal=signal.Signals(signum).name, grace_s=self.grace_seconds
+                "shutting down",
+                signal=signal.Signals(signum).name,
+                delay_s=self.shutdown_delay,
+                grace_s=self.grace_seconds,
             )
             threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
