@@ -103,7 +103,11 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         authorizer=access.authorizer,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        # Watch streams hold their thread for as long as they last: they get threads of their
+        # own on top of max_workers (DeploymentService refuses those past max_watches).
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers + settings.max_watches, thread_name_prefix="rpc"
+        ),
         interceptors=[interceptor],
         options=grpc_options(
             reuse_port=settings.reuse_port, max_receive_bytes=settings.max_request_bytes
@@ -236,6 +240,7 @@ def _add_deployments(
         report_interval=settings.report_interval_seconds,
         regression_tolerance=settings.regression_tolerance,
         heartbeat=settings.watch_heartbeat_seconds,
+        max_watches=settings.max_watches,
     )
     rollouts = RolloutService(
         store,

@@ -39,6 +39,14 @@ class ControlPlaneSettings(BaseSettings):
         "raise it only for registrations whose lineage or feature names exceed it",
     )
     max_workers: int = Field(16, gt=0, description="threads handling RPCs in each process")
+    max_watches: int = Field(
+        256,
+        gt=0,
+        description="WatchDeployment streams each process serves at once (one per managed "
+        "sidecar worker); each holds a thread of its own besides the max_workers threads, so "
+        "watches never starve other calls or health checks. More are refused with "
+        "RESOURCE_EXHAUSTED (TOO_MANY_WATCHES) and their sidecars retry",
+    )
     workers: int = Field(
         1,
         description="server processes sharing the port (SO_REUSEPORT); 0 means one per usable core",

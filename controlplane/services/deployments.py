@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -33,6 +34,7 @@ from modelplane.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from modelplane.server.context import RequestContext
 
@@ -145,6 +147,7 @@ class DeploymentService:
         report_interval: float = 2.0,
         regression_tolerance: float = 0.1,
         heartbeat: float = 5.0,
+        max_watches: int = 256,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -152,6 +155,8 @@ class DeploymentService:
         self.report_interval = report_interval
         self.regression_tolerance = regression_tolerance
         self.heartbeat = heartbeat
+        self.max_watches = max_watches
+        self._watch_slots = threading.BoundedSemaphore(max_watches)
 
     def finish(self, d: Deployment) -> Deployment:
         """``d`` with what only this server's configuration knows."""
@@ -336,24 +341,35 @@ class DeploymentService:
         heartbeat. Ends when the deployment is deleted, the caller leaves or the server
         stops."""
         deployment_id = parse_deployment(name)
-        token = self.hub.token(deployment_id)
-        current = self.state(name)
-        yield current
-        last_sent = time.monotonic()
-        while is_active() and not self.hub.closed:
-            wait = min(0.25, max(0.0, last_sent + self.heartbeat - time.monotonic()))
-            changed = self.hub.wait(deployment_id, token, wait)
-            if self.hub.closed:
-                return
-            due = time.monotonic() >= last_sent + self.heartbeat
-            if not changed and not due:
-                continue
+        if not self._watch_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"this control plane process already serves {self.max_watches} watches; "
+                "the sidecar retries. Raise max_watches (MODELPLANE_MAX_WATCHES) or run more "
+                "control plane processes (--workers, replicas)",
+                reason="TOO_MANY_WATCHES",
+                metadata={"max_watches": str(self.max_watches)},
+            )
+        try:
             token = self.hub.token(deployment_id)
-            try:
-                fresh = self.state(name)
-            except NotFound:
-                return
-            if fresh.generation != current.generation or due:
-                current = fresh
-                last_sent = time.monotonic()
-                yield current
+            current = self.state(name)
+            yield current
+            last_sent = time.monotonic()
+            while is_active() and not self.hub.closed:
+                wait = min(0.25, max(0.0, last_sent + self.heartbeat - time.monotonic()))
+                changed = self.hub.wait(deployment_id, token, wait)
+                if self.hub.closed:
+                    return
+                due = time.monotonic() >= last_sent + self.heartbeat
+                if not changed and not due:
+                    continue
+                token = self.hub.token(deployment_id)
+                try:
+                    fresh = self.state(name)
+                except NotFound:
+                    return
+                if fresh.generation != current.generation or due:
+                    current = fresh
+                    last_sent = time.monotonic()
+                    yield current
+        finally:
+            self._watch_slots.release()

@@ -150,6 +150,8 @@ def _free_port() -> int:
         ("--evaluation-timeout", "0s", 2, "evaluation_timeout_seconds: Input should be greater"),
         ("--evaluation-timeout", "soon", 2, "--evaluation-timeout"),
         ("--evaluation-workers", "0", 2, "evaluation_workers: Input should be greater than 0"),
+        ("--max-watches", "0", 2, "max_watches: Input should be greater than 0"),
+        ("--max-workers", "-1", 2, "max_workers: Input should be greater than 0"),
     ],
 )
 def test_controlplane_serve_refuses_bad_settings_in_one_line(

@@ -27,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument(
+        "--max-workers", type=int, help="threads answering calls in each process (default 16)"
+    )
+    serve.add_argument(
+        "--max-watches",
+        type=int,
+        help="WatchDeployment streams each process serves, on threads of their own (default "
+        "256); more are refused and their sidecars retry",
+    )
+    serve.add_argument(
         "--evaluation-workers", type=int, help="threads running server-side evaluations (default 2)"
     )
     serve.add_argument(
@@ -129,8 +138,9 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             overrides["max_upload_bytes"] = parse_size(args.max_upload_size)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
-    if args.evaluation_workers is not None:
-        overrides["evaluation_workers"] = args.evaluation_workers
+    for option in ("max_workers", "max_watches", "evaluation_workers"):
+        if getattr(args, option) is not None:
+            overrides[option] = getattr(args, option)
     if args.evaluation_timeout:
         try:
             overrides["evaluation_timeout_seconds"] = parse_duration(args.evaluation_timeout)
