@@ -14,6 +14,9 @@ CACHE_DIR = "/var/cache/modelplane"
 #: Optional Secret (in the pod's namespace) whose ``token`` key the sidecar sends to an
 #: access-controlled control plane (``MODELPLANE_SIDECAR_CONTROL_PLANE_TOKEN``).
 TOKEN_SECRET = "modelplane-sidecar-token"
+#: What SIGTERM gives the sidecar: NOT_SERVING while still serving, then the drain.
+SHUTDOWN_DELAY = "10s"
+DRAIN = "15s"
 #: Names of the sidecar's ports (port names should be unique within a pod).
 PORT_NAMES = ("oip-grpc", "mp-metrics")
 
@@ -36,6 +39,13 @@ def sidecar_container(spec: SidecarSpec, image: str, native: bool) -> dict[str, 
         f"0.0.0.0:{METRICS_PORT}",
         "--log-dir",
         f"{LOG_DIR}/predictions",
+        # On SIGTERM, answer NOT_SERVING while still serving until the pod's endpoints are
+        # gone (the readiness probe needs two failures 5 s apart), then drain within the
+        # pod's default 30 s grace.
+        "--shutdown-delay",
+        SHUTDOWN_DELAY,
+        "--drain-seconds",
+        DRAIN,
     ]
     if spec.gpus:
         args += ["--device", "cuda"]

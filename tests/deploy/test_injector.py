@@ -84,6 +84,13 @@ def test_sidecar_args_are_accepted_by_the_cli(settings: InjectorSettings) -> Non
     args = parser.parse_args(sidecar["args"])
     assert args.log_dir.startswith("/var/log/modelplane")
     assert args.device == "cuda"
+    from modelplane.cli.sidecar import _settings
+
+    # SIGTERM: NOT_SERVING while the pod's endpoints go, then the drain, within the pod's
+    # default 30 s termination grace.
+    settings_of_pod = _settings(args)
+    assert settings_of_pod.shutdown_delay == 10.0 and settings_of_pod.drain_seconds == 15.0
+    assert settings_of_pod.shutdown_delay + settings_of_pod.drain_seconds < 30
     from sidecar.settings import SidecarSettings
 
     prefix = SidecarSettings.model_config["env_prefix"]
