@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from controlplane.rollouts.hooks import HookRunner
+from modelplane.testing.processes import alive
 
 
 def _dripping_server() -> tuple[socket.socket, int]:
@@ -173,22 +174,14 @@ def test_a_command_past_its_timeout_is_killed_with_its_children(
         failed = logged.wait_for("retraining command failed")
         child = int(pid_file.read_text())
         deadline = time.monotonic() + 30
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child)  # the shell's child did not outlive the hook
+        assert not alive(child)  # the shell's child did not outlive the hook
         assert failed["error"] == "still running after 0.5s; killed"
     finally:
         hooks.close()
-        if child and _alive(child):
+        if child and alive(child):
             os.kill(child, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_hooks_still_running_never_keep_the_process_from_exiting() -> None:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelplane import Client
 from modelplane.testing import wait_serving
+from modelplane.testing.processes import alive
 
 
 def _free_port() -> int:
@@ -185,14 +186,6 @@ def _children(pid: int) -> list[int]:
     return [child for child, fields in proc_stats() if int(fields[1]) == pid and fields[0] != "Z"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _environ(pid: int) -> dict[str, str]:
     entries = Path(f"/proc/{pid}/environ").read_text().split("\0")
     return dict(e.partition("=")[::2] for e in entries if "=" in e)
@@ -223,9 +216,9 @@ def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
         proc.kill()  # no handler runs: nothing forwards a signal to the workers
         proc.wait()
         deadline = time.monotonic() + 60
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(p) for p in workers)
+        assert not any(alive(p) for p in workers)
         with socket.socket() as s:  # nothing serves on the port any more
             assert s.connect_ex(("127.0.0.1", port)) != 0
         # The dead supervisor's metrics folder goes at the next supervisor's start.
@@ -235,7 +228,7 @@ def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         for pid in workers:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

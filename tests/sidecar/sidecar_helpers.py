@@ -118,12 +118,3 @@ def children(pid: int) -> list[int]:
     from modelplane.testing.processes import proc_stats
 
     return [child for child, fields in proc_stats() if int(fields[1]) == pid]
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

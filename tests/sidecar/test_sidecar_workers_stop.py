@@ -11,9 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from sidecar_helpers import PYTHON, ROOT, alive, children
+from sidecar_helpers import PYTHON, ROOT, children
 
 from modelplane.testing import onnx_models
+from modelplane.testing.processes import alive
 
 
 def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
