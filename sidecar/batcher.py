@@ -17,7 +17,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from modelplane.errors import Cancelled, DeadlineExceeded, ModelplaneError, ResourceExhausted
+import structlog
+
+from modelplane.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ModelplaneError,
+    ResourceExhausted,
+)
+
+log = structlog.get_logger("modelplane.sidecar.batcher")
 
 _QUEUED, _TAKEN, _DONE = 0, 1, 2
 
@@ -160,28 +170,41 @@ class Batcher:
         self._queued_rows -= item.decoded.rows
 
     def _lead(self) -> None:
-        """Run one batch, then hand the lead on (or give it up when nothing waits)."""
-        batch = self._take()
-        if batch:
-            now = time.monotonic()
-            for it in batch:
-                it.started = now
-            try:
-                self._execute(batch)
-            finally:
+        """Run one batch, then hand the lead on (or give it up when nothing waits).
+
+        Whatever the executor raises, every item of the batch ends with a result or an
+        error and the lead passes on: one failing batch never stalls the queue."""
+        try:
+            batch = self._take()
+            if batch:
+                now = time.monotonic()
                 for it in batch:
-                    it.state = _DONE
-                    if it.event is not None:
-                        it.event.set()
-        with self._lock:
-            if self._queue:
-                head = self._queue[0]
-                head.promoted = True
-                if head.event is None:
-                    head.event = threading.Event()
-                head.event.set()
-            else:
-                self._leading = False
+                    it.started = now
+                try:
+                    self._execute(batch)
+                except Exception:
+                    log.exception("a batch failed", requests=len(batch))
+                    for it in batch:
+                        if it.error is None and it.result is None:
+                            it.error = Internal(
+                                "internal error; the server log has the details",
+                                reason="BATCH_FAILED",
+                            )
+                finally:
+                    for it in batch:
+                        it.state = _DONE
+                        if it.event is not None:
+                            it.event.set()
+        finally:
+            with self._lock:
+                if self._queue:
+                    head = self._queue[0]
+                    head.promoted = True
+                    if head.event is None:
+                        head.event = threading.Event()
+                    head.event.set()
+                else:
+                    self._leading = False
         if self._on_queue_rows is not None:
             self._on_queue_rows(self._queued_rows)
 

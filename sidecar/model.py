@@ -12,7 +12,8 @@ by request so that only the request that caused it gets the error.
 Observers (prediction log, drift) get one record per session call through the hub. In
 ``sync`` log durability the request thread that ran the call also appends it to the log, and
 every request in it is answered only once that append's ticket completes (written and
-fsynced); a log that cannot take it fails the request with UNAVAILABLE.
+fsynced); a log that has failed fails the request with UNAVAILABLE, records the log cannot
+take at all (clashing column names) fail it with INTERNAL (``PREDICTION_LOG_REJECTED``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import InvalidArgument, NotFound, Unavailable
+from modelplane.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sidecar.batcher import Batcher, Item
 from sidecar.codec import Decoded, Limits, decode
 from sidecar.driftfeed import DriftReports
 from sidecar.metrics import NoMetrics
 from sidecar.observers import BatchRecord, ObserverHub
+from sidecar.predlog import PredictionLogError
 from sidecar.recording import SyncLog
 from sidecar.response import ResponseEncoder
 from sidecar.runtime import Runtime
@@ -127,12 +129,20 @@ class ServingModel:
         """``sync`` durability: answer only once the request's records are on disk."""
         try:
             item.ticket.result()
-        except Exception as exc:
+        except PredictionLogError as exc:
             if item.error is None:
                 item.error = Unavailable(
                     "the prediction could not be logged durably, so it is not returned: "
                     f"{exc}; this sidecar stopped serving (see its log)",
                     reason="PREDICTION_LOG_FAILED",
+                )
+        except Exception:
+            # The log could not take these records (it logged why); it goes on serving.
+            if item.error is None:
+                item.error = Internal(
+                    "the prediction could not be written to the prediction log, so it is not "
+                    "returned; the server log says why",
+                    reason="PREDICTION_LOG_REJECTED",
                 )
 
     def _run_alone(self, decoded: Decoded) -> Arrays:

@@ -9,16 +9,23 @@ hundred), so the response path pays only the hub's enqueue.
 ran it and gives every request the append's ticket; the request is answered only once the
 ticket completes, i.e. once its records are written and fsynced (the writer commits every
 append of a round with one fsync).
+
+Records the log cannot take at all (their columns clash: :class:`sidecar.predlog.layout.
+ColumnClash`, which the sidecar refuses at start-up already) are left out and counted in
+``modelplane_prediction_log_errors_total`` with a log line: in ``async`` durability the feed
+goes on with the next run, in ``sync`` durability the requests of that batch fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import structlog
 
+from modelplane.errors import FailedPrecondition
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather, run_of
 from sidecar.predlog import (
     PredictionBatch,
@@ -26,9 +33,65 @@ from sidecar.predlog import (
     PredictionLogWriter,
     RejectedRequest,
 )
+from sidecar.predlog.layout import ColumnClash, TensorSpec, plan_layout
 from sidecar.predlog.records import FeatureNames
+from sidecar.signature import Signature
 
 log = structlog.get_logger("modelplane.sidecar.recording")
+
+#: Distinct errors a log path reports with a log line (later ones are only counted).
+_REPORTED_ERRORS = 32
+
+
+def check_log_columns(
+    signature: Signature, feature_names: FeatureNames, exclude: Iterable[str]
+) -> None:
+    """Refuse, at start-up, a prediction log whose columns would clash for this model
+    (``FailedPrecondition``, reason ``LOG_COLUMN_CLASH``, naming the column)."""
+
+    def specs(tensors: Sequence[Any], per_row: bool) -> list[TensorSpec]:
+        # Column names do not depend on dims that vary; outputs that are not one row per
+        # input row are logged whole on each row (sidecar.predlog.layout).
+        out = []
+        for t in tensors:
+            shape = t.shape[1:] if per_row or t.batch_dynamic else t.shape
+            out.append((t.name, tuple(max(d, 1) for d in shape), t.dtype.str))
+        return out
+
+    try:
+        plan_layout(
+            specs(signature.inputs, True),
+            specs(signature.outputs, False),
+            feature_names,
+            frozenset(exclude),
+        )
+    except ColumnClash as exc:
+        raise FailedPrecondition(
+            f"the prediction log cannot name its columns for this model: {exc}",
+            reason="LOG_COLUMN_CLASH",
+        ) from None
+
+
+class _Errors:
+    """Counts records a log path could not take and reports the first of each kind."""
+
+    def __init__(self, writer: PredictionLogWriter) -> None:
+        self._writer = writer
+        self._seen: set[str] = set()
+
+    def report(self, exc: Exception, requests: int) -> None:
+        self._writer.metrics.errors.inc()
+        what = f"{type(exc).__name__}: {exc}"
+        if what in self._seen or len(self._seen) >= _REPORTED_ERRORS:
+            return
+        self._seen.add(what)
+        log.error(
+            "the prediction log cannot take these records; they are left out",
+            requests=requests,
+            error=what,
+            hint="later records failing the same way are only counted "
+            "(modelplane_prediction_log_errors_total)",
+        )
 
 
 def run_to_prediction_batch(
@@ -85,8 +148,10 @@ class LogFeed:
         self.writer = writer
         self.feature_names = feature_names
         self.arm = arm
-        #: Records the writer refused after it failed (it logged why, once).
+        #: Records the writer refused after it failed (it logged why, once), or that it
+        #: could not take at all (counted as log errors).
         self.refused = 0
+        self._errors = _Errors(writer)
 
     def on_records(self, records: Sequence[BatchRecord | RejectedRecord]) -> None:
         """Append a list of records, gathered into runs first."""
@@ -104,6 +169,11 @@ class LogFeed:
                     )
             except PredictionLogError:
                 self.refused += len(part.request_ids) if isinstance(part, RecordRun) else 1
+            except Exception as exc:
+                # One run the log cannot take must not cost the runs after it.
+                requests = len(part.request_ids) if isinstance(part, RecordRun) else 1
+                self.refused += requests
+                self._errors.report(exc, requests)
 
     def on_batch(self, record: BatchRecord) -> None:
         """Append one session batch."""
@@ -123,10 +193,12 @@ class SyncLog:
         self.writer = writer
         self.feature_names = feature_names
         self.arm = arm
+        self._errors = _Errors(writer)
 
     def append(self, record: BatchRecord) -> Future[None]:
         """Queue the records of one session batch; the returned ticket fails when the log
-        cannot take them."""
+        cannot take them (with :class:`PredictionLogError` when the log has failed, else
+        with the error that kept these records out)."""
         try:
             return self.writer.append(
                 run_to_prediction_batch(run_of(record), self.feature_names, self.arm)
@@ -135,6 +207,11 @@ class SyncLog:
             failed: Future[None] = Future()
             failed.set_exception(exc)
             return failed
+        except Exception as exc:
+            self._errors.report(exc, len(record.request_ids))
+            refused: Future[None] = Future()
+            refused.set_exception(exc)
+            return refused
 
     def append_rejected(self, record: RejectedRecord) -> Future[None]:
         """Queue the record of one rejected request."""
@@ -146,3 +223,8 @@ class SyncLog:
             failed: Future[None] = Future()
             failed.set_exception(exc)
             return failed
+        except Exception as exc:
+            self._errors.report(exc, 1)
+            refused: Future[None] = Future()
+            refused.set_exception(exc)
+            return refused

@@ -21,6 +21,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
+from modelplane.profiles import profile_from_file
 from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
@@ -38,10 +39,12 @@ from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
 from sidecar.model import ModelSlot, ServingModel
 from sidecar.observer_process import ObserverProcess, ObserverProcessError, offloaded
 from sidecar.observers import Observer, ObserverHub
-from sidecar.observing import Wiring, observe
+from sidecar.observing import Wiring, feature_names, observe
 from sidecar.predlog import PredictionLogSettings
+from sidecar.recording import check_log_columns
 from sidecar.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from sidecar.settings import SidecarSettings
+from sidecar.signature import Signature
 
 log = structlog.get_logger("modelplane.sidecar")
 
@@ -186,6 +189,17 @@ def metrics_registry(settings: SidecarSettings) -> tuple[CollectorRegistry | Non
     return CollectorRegistry(), True
 
 
+def log_feature_names(settings: SidecarSettings, signature: Signature) -> list[str] | None:
+    """The feature names the prediction log will use (as :func:`sidecar.observing.observe`
+    picks them), for the start-up check of its column names. Only a model with one
+    ``[-1, F]`` input, a baseline and no ``--feature-names`` reads the baseline for it."""
+    tabular = [t for t in signature.inputs if t.rank == 2 and t.tail is not None]
+    if settings.feature_names is None and settings.baseline is not None and len(tabular) == 1:
+        profile = profile_from_file(settings.baseline, label=settings.baseline_label)
+        return feature_names(settings, signature, profile)
+    return feature_names(settings, signature, None)
+
+
 def start(
     settings: SidecarSettings,
     observers: list[Observer] | None = None,
@@ -244,6 +258,12 @@ def start(
         if serve and settings.metrics_listen:
             httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
             handle.closers.append(httpd.shutdown)
+        if log_settings is not None and log_settings.dir is not None:
+            check_log_columns(
+                runtime.signature,
+                log_feature_names(settings, runtime.signature),
+                log_settings.exclude_features,
+            )
         if offloaded(settings, log_settings):
             remote = ObserverProcess.start(
                 settings, log_settings, runtime.signature, registry, handle.fail

@@ -10,6 +10,10 @@
 
 Excluded features (``--log-exclude-features``) name feature columns or whole inputs; they are
 dropped before anything is converted, so they never reach the disk.
+
+Every column name must be unique: a feature named like a column every record has (``row``,
+``timestamp``, ...) or like an output's column is refused (:class:`ColumnClash`), by the
+sidecar already at start-up.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ RESERVED_COLUMNS = (
 OUTPUT_PREFIX = "out_"
 
 TensorSpec = tuple[str, tuple[int, ...], str]  # name, shape after the batch dimension, dtype
+
+
+class ColumnClash(ValueError):
+    """Two columns of the prediction log would have the same name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +117,8 @@ def plan_layout(
     *,
     strict: bool = True,
 ) -> Layout:
-    """The columns for tensors of these shapes; raises ``ValueError`` on clashing names.
+    """The columns for tensors of these shapes; raises :class:`ColumnClash` (a
+    ``ValueError``) on clashing names.
 
     ``strict`` rejects feature names whose count differs from the input's width; rejected
     requests (whose inputs may have the wrong width) pass ``strict=False`` and get
@@ -152,8 +161,9 @@ def _check_unique(layout: Layout) -> None:
     for column in layout.column_names():
         if column in seen:
             what = "a column every record has" if column in RESERVED_COLUMNS else "another column"
-            raise ValueError(
+            raise ColumnClash(
                 f"column {column!r} of the prediction log clashes with {what}; rename the "
-                "feature or exclude it with --log-exclude-features"
+                "feature (--feature-names, or the version's feature names) or the tensor, or "
+                "leave it out of the log with --log-exclude-features"
             )
         seen.add(column)

@@ -31,7 +31,8 @@ class PredictionLogMetrics:
         )
         self.errors = Counter(
             f"{prefix}_errors",
-            "Failures of the prediction log writer (each stops the writer).",
+            "Failures of the prediction log writer (each stops the writer), and appends it "
+            "could not take (their records are left out; the log says why).",
             registry=self.registry,
         )
         self.sampled_out = Counter(
