@@ -14,6 +14,10 @@ Observers (prediction log, drift) get one record per session call through the hu
 every request in it is answered only once that append's ticket completes (written and
 fsynced); a log that has failed fails the request with UNAVAILABLE, records the log cannot
 take at all (clashing column names) fail it with INTERNAL (``PREDICTION_LOG_REJECTED``).
+
+An output that is not one row per input row (a scalar, or a first dim that is fixed) is
+recorded repeated on each row of its request; such a model never batches, since its
+signature is not batchable.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class ServingModel:
         # tensor layout, so consumers can gather them without comparing shapes.
         fixed = all(t.tail is not None for t in (*sig.inputs, *sig.outputs))
         self._layout: object | None = object() if fixed else None
+        #: Outputs that are not one row per input row (a scalar, a fixed first dim): records
+        #: carry them repeated on each row of the request, so that every row has its outputs.
+        self._whole = tuple(t.name for t in sig.outputs if not t.batch_dynamic)
         self._timed = self.metrics.enabled
         self.encoder = ResponseEncoder(name, version, self.signature)
         self._order = {n: i for i, n in enumerate(self.signature.output_names)}
@@ -230,6 +237,10 @@ class ServingModel:
     ) -> None:
         now = time.monotonic()
         layout = self._layout if outputs else None
+        if self._whole and outputs:
+            rows = sum(it.decoded.rows for it in batch)
+            for name in self._whole:
+                outputs[name] = np.repeat(outputs[name][np.newaxis], rows, axis=0)
         if len(batch) == 1:
             # One request per call is the common case: build its lists directly.
             it = batch[0]

@@ -8,6 +8,10 @@
 * every output becomes one column ``out_<output name>``: a plain column for ``[-1]`` and
   ``[-1, 1]`` outputs, a fixed-size list (row-major) for ``[-1, K]`` and wider ones.
 
+An output that is not one row per input row (a scalar, or a tensor whose first dimension is
+fixed, such as a sum over the request) is the request's: the sidecar repeats it on each of the
+request's rows before it is logged, so its column holds the whole output on every row.
+
 Excluded features (``--log-exclude-features``) name feature columns or whole inputs; they are
 dropped before anything is converted, so they never reach the disk.
 
