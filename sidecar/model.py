@@ -73,7 +73,8 @@ class ServingModel:
         self.sync_log = sync_log
         #: The drift feed (in process or in the observer process), when a baseline was given.
         self.drift = drift
-        self._observed = self.observers.active or sync_log is not None
+        #: Whether anything records this model's predictions (observers or a ``sync`` log).
+        self.observed = self.observers.active or sync_log is not None
         sig = self.signature
         # Every dim after the first fixed: all records carrying every output share one
         # tensor layout, so consumers can gather them without comparing shapes.
@@ -116,7 +117,7 @@ class ServingModel:
         decoded = decode(request, self.signature, self.limits)
         batcher = self.batcher
         if batcher is None or decoded.key is None:
-            if not self._observed:
+            if not self.observed:
                 return decoded.outputs, self._run_alone(decoded)
             item = Item(decoded, None, None, trace_id)
             item.started = item.enqueued
@@ -172,7 +173,7 @@ class ServingModel:
             return
         wanted = (
             self.signature.output_names
-            if self._observed
+            if self.observed
             else sorted(
                 {n for it in batch for n in it.decoded.outputs}, key=self._order.__getitem__
             )
@@ -183,7 +184,7 @@ class ServingModel:
         }
         start = time.perf_counter()
         try:
-            results, feeds = self.runtime.run_rows(wanted, parts, keep_inputs=self._observed)
+            results, feeds = self.runtime.run_rows(wanted, parts, keep_inputs=self.observed)
         except Exception:
             for it in batch:
                 self._run_one(it)
@@ -201,20 +202,20 @@ class ServingModel:
             hi = lo + it.decoded.rows
             it.result = [by_name[n][lo:hi] for n in it.decoded.outputs]
             lo = hi
-        if self._observed:
+        if self.observed:
             self._publish(batch, feeds, by_name, elapsed)
 
     def _run_one(self, item: Item) -> None:
         decoded: Decoded = item.decoded
         # Observers get every output, so that records of one model share one layout.
-        names = self.signature.output_names if self._observed else decoded.outputs
+        names = self.signature.output_names if self.observed else decoded.outputs
         start = time.perf_counter()
         try:
             results = self.runtime.run(names, decoded.arrays)
         except Exception as exc:
             item.error = failed = _execution_failed(exc)
             log.warning("model execution failed", request_id=decoded.request_id, error=str(exc))
-            if self._observed:
+            if self.observed:
                 self._publish([item], decoded.arrays, {}, time.perf_counter() - start)
                 failed.published = True
             return
@@ -225,7 +226,7 @@ class ServingModel:
         else:
             by_name = dict(zip(names, results, strict=True))
             item.result = [by_name[n] for n in decoded.outputs]
-        if self._observed:
+        if self.observed:
             self._publish([item], decoded.arrays, dict(zip(names, results, strict=True)), elapsed)
 
     def _publish(

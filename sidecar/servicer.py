@@ -184,7 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request.model_version and request.model_version != model.version
             ):
                 model.check_target(request.model_name, request.model_version)
-            if model.observers.active:
+            if model.observed:
                 trace = _ids(context)[1]
             deadline = None
             if model.batcher is not None:
@@ -244,7 +244,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 message=err.message,
             )
             recorded = isinstance(err, ModelExecutionFailed) and err.published
-            if (model.observers.active or model.sync_log is not None) and not recorded:
+            if model.observed and not recorded:
                 self._record_rejection(model, request.id, trace, err, start)
         self._abort(context, err)
 
