@@ -2,7 +2,12 @@
 
 Numeric features keep cell counts over the baseline grid (see :mod:`sidecar.drift._grid`),
 categorical features category counts. Adding two states gives exactly the state of one window
-over both sets of rows, so windows from several replicas combine without loss.
+over both sets of rows, so windows from several replicas combine without loss - with one
+bound: categories the baseline never saw are kept by name up to :data:`MAX_UNSEEN` per
+feature. Past it a merge keeps the most frequent names (ties by name) and folds the rest into
+:data:`OVERFLOW_CATEGORY`, so its result does not depend on which window comes first and
+every total stays exact, but which names keep a count of their own can depend on how the
+windows were grouped (a name folded in one merge is not split out again).
 """
 
 from __future__ import annotations
@@ -23,6 +28,19 @@ WINDOW_VERSION = 1
 #: counted together under :data:`OVERFLOW_CATEGORY`.
 MAX_UNSEEN = 1000
 OVERFLOW_CATEGORY = "__other__"
+
+
+def _fold(unseen: dict[str, int]) -> dict[str, int]:
+    """``unseen`` with at most :data:`MAX_UNSEEN` names: the most frequent kept (ties by
+    name), the others' counts added to :data:`OVERFLOW_CATEGORY`."""
+    named = len(unseen) - (OVERFLOW_CATEGORY in unseen)
+    if named <= MAX_UNSEEN:
+        return unseen
+    overflow = unseen.pop(OVERFLOW_CATEGORY, 0)
+    ranked = sorted(unseen.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[:MAX_UNSEEN])
+    kept[OVERFLOW_CATEGORY] = overflow + sum(count for _, count in ranked[MAX_UNSEEN:])
+    return kept
 
 
 @dataclass(eq=False)
@@ -83,7 +101,9 @@ class WindowState:
     def merge(self, other: WindowState) -> WindowState:
         """A new state holding both windows' counts; both must share the baseline.
 
-        The merged window spans from the earlier start to the later end.
+        The merged window spans from the earlier start to the later end. ``a.merge(b)``
+        equals ``b.merge(a)``; past :data:`MAX_UNSEEN` unseen names, see the module's
+        docstring.
         """
         if other.baseline != self.baseline:
             raise ValueError(
@@ -96,11 +116,8 @@ class WindowState:
         for mine, theirs in zip(self.unseen, other.unseen, strict=True):
             combined = dict(mine)
             for name, count in theirs.items():
-                if name in combined or len(combined) < MAX_UNSEEN:
-                    combined[name] = combined.get(name, 0) + count
-                else:
-                    combined[OVERFLOW_CATEGORY] = combined.get(OVERFLOW_CATEGORY, 0) + count
-            unseen.append(combined)
+                combined[name] = combined.get(name, 0) + count
+            unseen.append(_fold(combined))
         ends = [e for e in (self.end, other.end) if e is not None]
         return WindowState(
             baseline=self.baseline,
