@@ -68,7 +68,8 @@ class OpenFiles:
         return self._files[-1] if self._files else None
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
-        """Append ``batches`` (one round), one combined batch per file they go to."""
+        """Append ``batches`` (one round), combined into one batch per file they go to (more
+        only where a column would pass Arrow's 2 GiB per array)."""
         for schema, members in merge_groups(batches):
             self._write_group(members, schema)
 
@@ -86,15 +87,18 @@ class OpenFiles:
                     schema = merged
                 break
         if target is not None:
-            target.write(combine([conform(b, target.schema) for b in batches], target.schema))
+            for part in combine([conform(b, target.schema) for b in batches], target.schema):
+                target.write(part)
             self._files.remove(target)
             self._files.append(target)
             return
         if len(self._files) >= self._limit:
             self.close(self._files[0])
         self._seq += 1
-        batch = combine([conform(b, schema) for b in batches], schema)
-        created = LogFile.create(self.directory, self._seq, batch, self._options, self._sync)
+        first, *rest = combine([conform(b, schema) for b in batches], schema)
+        created = LogFile.create(self.directory, self._seq, first, self._options, self._sync)
+        for part in rest:
+            created.write(part)
         self._files.append(created)
         self._metrics.files.inc()
         self._metrics.bytes.inc(created.size)

@@ -43,9 +43,10 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def combine(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch:
-    """Batches of one schema as a single contiguous batch."""
+def combine(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> list[pa.RecordBatch]:
+    """Batches of one schema as contiguous batches: one, unless a string or binary column
+    would pass Arrow's 2 GiB per array, where Arrow splits it and every part is returned."""
     if len(batches) == 1:
-        return batches[0]
+        return [batches[0]]
     table = pa.Table.from_batches(list(batches), schema=schema).combine_chunks()
-    return table.to_batches()[0]
+    return table.to_batches()
