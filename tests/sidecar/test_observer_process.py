@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sidecar_helpers import (
-    alive,
     children,
     health_status,
     raw_request,
@@ -29,6 +28,7 @@ from sidecar_helpers import (
 )
 
 from modelplane.errors import error_info
+from modelplane.testing.processes import alive
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.observer_process import offloaded
 from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs

@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument(
         "--jwt-key",
         metavar="FILE",
-        help="with --auth jwt: PEM public key (RS256) or a file holding an HMAC secret (HS256)",
+        help="with --auth jwt: PEM public key (RS*, PS*, ES*, EdDSA) or a file holding an HMAC "
+        "secret (HS256, HS384, HS512)",
     )
     serve.add_argument(
         "--jwt-roles-claim", help="with --auth jwt: the claim holding roles (default roles)"
