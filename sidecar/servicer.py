@@ -10,8 +10,8 @@ does): :func:`new_request_id`; it is answered under that id.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -75,12 +75,22 @@ def parsing(
     return handler
 
 
+#: Random bits for request ids, seeded from the OS once per process. ``uuid.uuid4()`` reads
+#: ``os.urandom`` on every call, and that system call lets go of the GIL: with many request
+#: threads each one then waits to get it back, which cost a logged sidecar about a fifth of
+#: its throughput. Request ids need to be unique, not secret.
+_ID_BITS = random.Random()
+_ID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_ID_SET = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+
+
 def new_request_id() -> str:
     """The id given to a request sent without one when something records it under its id (the
     prediction log, an observer that reads ids, a managed sidecar's label index): the records,
     the label index and the answer's ``id`` all carry it, so that labels can name the
-    prediction."""
-    return str(uuid.uuid4())
+    prediction. A random (version 4) UUID in its canonical text."""
+    h = f"{(_ID_BITS.getrandbits(128) & _ID_CLEAR) | _ID_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:

@@ -9,6 +9,7 @@ import resource
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,8 @@ def test_a_request_without_id_is_answered_under_the_id_it_is_logged_under(
         s.ModelInfer(refused, timeout=30)
     handle.stop(5)
     assert all(answered) and len(set(answered)) == 4
+    # Each is a random (version 4) UUID in canonical text.
+    assert all(str(uuid.UUID(rid)) == rid and uuid.UUID(rid).version == 4 for rid in answered)
     logged = _by_request(read_logs(tmp_path))
     assert set(answered) <= set(logged) and len(logged) == 5
     assert all([r["row"] for r in logged[rid]] == [0, 1, 2] for rid in answered)
