@@ -72,7 +72,7 @@ def check_log_columns(
         ) from None
 
 
-class _Errors:
+class LogErrors:
     """Counts records a log path could not take and reports the first of each kind."""
 
     def __init__(self, writer: PredictionLogWriter) -> None:
@@ -80,6 +80,8 @@ class _Errors:
         self._seen: set[str] = set()
 
     def report(self, exc: Exception, requests: int) -> None:
+        """Count one log error (the records of ``requests`` requests, left out because of
+        ``exc``) and log the first error of each kind."""
         self._writer.metrics.errors.inc()
         what = f"{type(exc).__name__}: {exc}"
         if what in self._seen or len(self._seen) >= _REPORTED_ERRORS:
@@ -151,7 +153,7 @@ class LogFeed:
         #: Records the writer refused after it failed (it logged why, once), or that it
         #: could not take at all (counted as log errors).
         self.refused = 0
-        self._errors = _Errors(writer)
+        self._errors = LogErrors(writer)
 
     def on_records(self, records: Sequence[BatchRecord | RejectedRecord]) -> None:
         """Append a list of records, gathered into runs first."""
@@ -193,7 +195,7 @@ class SyncLog:
         self.writer = writer
         self.feature_names = feature_names
         self.arm = arm
-        self._errors = _Errors(writer)
+        self._errors = LogErrors(writer)
 
     def append(self, record: BatchRecord) -> Future[None]:
         """Queue the records of one session batch; the returned ticket fails when the log

@@ -21,7 +21,7 @@ from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
 from sidecar.managed.window import LabelTally, Window, carries
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.predlog import PredictionLogError, PredictionLogWriter
-from sidecar.recording import run_to_prediction_batch, to_rejected_request
+from sidecar.recording import LogErrors, run_to_prediction_batch, to_rejected_request
 
 log = structlog.get_logger("modelplane.sidecar.managed")
 
@@ -55,8 +55,10 @@ class ManagedObserver:
         self._dropped = dropped
         self.labels = LabelTally()
         self.window: Window | None = None
-        #: Records the log refused after it failed.
+        #: Records the log refused after it failed, or that it could not take at all
+        #: (counted as log errors).
         self.refused = 0
+        self._errors = None if writer is None else LogErrors(writer)
 
     # -- hub interface -------------------------------------------------------------------
 
@@ -246,7 +248,8 @@ class ManagedObserver:
 
     def _log(self, records: Sequence[Any], served: list[RecordRun]) -> None:
         writer = self.writer
-        if writer is None:
+        errors = self._errors
+        if writer is None or errors is None:
             return
         shadows = [
             r.record for r in records if isinstance(r, ShadowRecord) and r.record is not None
@@ -262,6 +265,11 @@ class ManagedObserver:
                 writer.append(run_to_prediction_batch(run, names, arm))
             except PredictionLogError:
                 self.refused += len(run.request_ids)
+            except Exception as exc:
+                # A run the log cannot take (its columns clash) must not cost the runs and
+                # rejected requests after it.
+                self.refused += len(run.request_ids)
+                errors.report(exc, len(run.request_ids))
         if not self._log_batches:
             return
         for record in records:
@@ -274,6 +282,9 @@ class ManagedObserver:
                     )
                 except PredictionLogError:
                     self.refused += 1
+                except Exception as exc:
+                    self.refused += 1
+                    errors.report(exc, 1)
 
     def _arm(self, label: str) -> str:
         version = self._versions(label)
