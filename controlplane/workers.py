@@ -71,9 +71,11 @@ def main() -> int:
     die_with_supervisor()
     from controlplane.server import start
     from modelplane.server import configure_logging
+    from modelplane.server.lifecycle import hold_stop_signals
 
     settings = ControlPlaneSettings()  # type: ignore[call-arg]
     configure_logging(settings.log_level)
+    hold_stop_signals()
     handle = start(settings)
     handle.stop_on_signals()
     print(json.dumps({"event": READY, "port": handle.port, "pid": os.getpid()}), flush=True)

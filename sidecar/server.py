@@ -27,6 +27,8 @@ from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
     grpc_options,
+    hold_stop_signals,
+    on_stop_signals,
     run_closers,
     serve_metrics,
     set_serving,
@@ -164,9 +166,10 @@ class SidecarHandle:
             self._stopped.wait()
 
     def stop_on_signals(self) -> None:
-        """Drain and stop on SIGTERM/SIGINT (call from the main thread)."""
+        """Drain and stop on SIGTERM/SIGINT, or at once for one held while the sidecar
+        started (call from the main thread)."""
 
-        def handler(signum: int, _frame: Any) -> None:
+        def handler(signum: int) -> None:
             log.info(
                 "draining",
                 signal=signal.Signals(signum).name,
@@ -175,8 +178,7 @@ class SidecarHandle:
             )
             threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
+        on_stop_signals(handler)
 
 
 def metrics_registry(settings: SidecarSettings) -> tuple[CollectorRegistry | None, bool]:
@@ -356,6 +358,7 @@ def announce(settings: SidecarSettings, port: int, **extra: Any) -> None:
 
 def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | None = None) -> int:
     """Run one server process until SIGTERM/SIGINT; returns the exit code."""
+    hold_stop_signals()
     handle = start(settings, log_settings=log_settings)
     handle.stop_on_signals()
     wait_ready = getattr(handle, "wait_ready", None)

@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         from controlplane.store import check_db_url
         from controlplane.workers import supervise
         from modelplane.server import configure_logging
+        from modelplane.server.lifecycle import hold_stop_signals
         from modelplane.server.supervisor import worker_count
     except ImportError as exc:
         raise CliError(
@@ -179,6 +180,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
     try:
         if count > 1:
             return supervise(settings, count)
+        hold_stop_signals()  # a SIGTERM while it starts stops it once it has started
         handle = start(settings)
     except AccessConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE, reason="INVALID_ACCESS_CONFIG") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,30 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 log = structlog.get_logger("modelplane.server")
+
+#: The signals a server stops on.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Stop signals that arrived while the server was starting (see :func:`hold_stop_signals`).
+_pending: list[int] = []
+
+
+def hold_stop_signals() -> None:
+    """Until a server's stop handlers are installed, remember SIGTERM/SIGINT instead of dying
+    of them: a signal that arrives while the server starts (as soon as it says it serves, say)
+    then stops it gracefully once it has started. Call from the main thread."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: _pending.append(signum))
+
+
+def on_stop_signals(handler: Callable[[int], None]) -> None:
+    """Call ``handler(signum)`` on SIGTERM/SIGINT from now on, and at once for one that
+    arrived while they were held. Call from the main thread."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: handler(signum))
+    held, _pending[:] = list(_pending), []
+    if held:
+        handler(held[0])
+
 
 #: Clients (tritonclient among them) raise their limits to 2 GiB - 1; servers match that.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -142,10 +166,11 @@ class GrpcServerHandle:
         if self._stopped.is_set():
             self._closed.wait()
 
-    def stop_on_signals(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Stop gracefully on SIGTERM/SIGINT (call from the main thread)."""
+    def stop_on_signals(self) -> None:
+        """Stop gracefully on SIGTERM/SIGINT, or at once for one held while the server
+        started (call from the main thread)."""
 
-        def handler(signum: int, _frame: Any) -> None:
+        def handler(signum: int) -> None:
             log.info(
                 "shutting down",
                 signal=signal.Signals(signum).name,
@@ -154,5 +179,4 @@ class GrpcServerHandle:
             )
             threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
-        for sig in signals:
-            signal.signal(sig, handler)
+        on_stop_signals(handler)
