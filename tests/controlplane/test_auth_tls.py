@@ -30,6 +30,7 @@ from modelplane import Client
 from modelplane._client import ServerUnreachable
 from modelplane.cli import main
 from modelplane.errors import InvalidArgument
+from modelplane.testing.processes import free_port
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, _start
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
@@ -268,12 +269,6 @@ def test_cli_over_tls_and_mutual_tls(
     assert code == 2 and "UNREADABLE_TLS_FILE" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command_with_tokens_and_mutual_tls(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,7 +276,7 @@ def test_serve_command_with_tokens_and_mutual_tls(
     (tmp_path / "tokens.yaml").write_text(
         f"tokens:\n- token: {token}\n  principal: ops\n  roles: [viewer]\n"
     )
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -381,7 +376,6 @@ def test_serve_command_refuses_a_public_address_without_auth(tmp_path: Path) -> 
 
 
 def _ipv6_loopback() -> bool:
-    import socket
 
     try:
         with socket.socket(socket.AF_INET6) as s:

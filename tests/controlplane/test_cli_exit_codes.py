@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelplane import Client
+from modelplane.testing.processes import free_port
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel
 from tests.controlplane.test_cli import Cli
@@ -132,12 +132,6 @@ def test_operations_list_fetches_every_page(cli: Cli, controlplane: RunningContr
     assert len(rest["operations"]) == 35
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("option", "value", "code", "says"),
     [
@@ -158,7 +152,7 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
     tmp_path: Path, option: str, value: str, code: int, says: str
 ) -> None:
     argv = ["--listen", "127.0.0.1:0", "--artifact-root", str(tmp_path / "artifacts")]
-    argv += [option, value.format(closed=_free_port())]
+    argv += [option, value.format(closed=free_port())]
     result = subprocess.run(
         [str(BIN / "modelplane"), "controlplane", "serve", *argv],
         capture_output=True,

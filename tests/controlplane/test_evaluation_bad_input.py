@@ -165,16 +165,21 @@ def test_unusable_model_outputs(model) -> None:
     assert err.reason == "NON_NUMERIC_LABEL"
 
 
-def test_integer_inputs_refuse_fractions_and_nulls() -> None:
+def _cast_model(input_type: int) -> bytes:
+    """A regression model that casts its one ``input_type`` feature ``x`` to float."""
     graph = helper.make_graph(
         [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
         "cast",
-        [helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 1])],
+        [helper.make_tensor_value_info("x", input_type, ["n", 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
     )
     cast = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     cast.ir_version = 8
-    data = cast.SerializeToString()
+    return cast.SerializeToString()
+
+
+def test_integer_inputs_refuse_fractions_and_nulls() -> None:
+    data = _cast_model(TensorProto.INT64)
     good = evaluate(data, None, pa.table({"x": [1.0, 2.0], "t": [1.0, 3.0]}), label="t")
     assert good.metrics["mae"] == pytest.approx(0.5)
     err = _reason(
@@ -284,15 +289,7 @@ def test_nan_labels_are_missing_and_unknown_labels_list_only_the_failures(model)
 
 
 def test_integer_inputs_refuse_values_outside_their_range() -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-        "cast",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
-    )
-    cast = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    cast.ir_version = 8
-    data = cast.SerializeToString()
+    data = _cast_model(TensorProto.INT8)
     good = evaluate(
         data, None, pa.table({"x": [1, -128, 127], "t": [1.0, -128.0, 127.0]}), label="t"
     )
@@ -304,15 +301,7 @@ def test_integer_inputs_refuse_values_outside_their_range() -> None:
 
 
 def test_integer_inputs_take_float16_columns() -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-        "cast",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
-    )
-    cast = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    cast.ir_version = 8
-    data = cast.SerializeToString()
+    data = _cast_model(TensorProto.INT8)
     half = pa.array(np.array([1, -128, 127], np.float16))
     good = evaluate(data, None, pa.table({"x": half, "t": [1.0, -128.0, 127.0]}), label="t")
     assert good.metrics["mae"] == 0.0

@@ -20,13 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelplane import Client
 from modelplane.testing import wait_serving
-from modelplane.testing.processes import alive
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from modelplane.testing.processes import alive, free_port
 
 
 def _health(address: str) -> int:
@@ -36,7 +30,7 @@ def _health(address: str) -> int:
 
 
 def test_serve_process_health_metrics_and_sigterm(tmp_path: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -122,7 +116,7 @@ def test_health_turns_not_serving_before_stop(controlplane) -> None:  # type: ig
 
 
 def test_workers_share_the_port_and_merge_metrics(tmp_path: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -194,7 +188,7 @@ def _environ(pid: int) -> dict[str, str]:
 def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
     from modelplane.server.supervisor import sweep_stale_metrics_dirs
 
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -314,7 +308,7 @@ def _status_name(address: str) -> str:
 def test_sigterm_answers_not_serving_and_serves_through_the_shutdown_delay(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         [

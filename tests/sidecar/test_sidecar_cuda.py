@@ -23,6 +23,7 @@ import pytest
 from sidecar_helpers import output_array, raw_request, spawn_sidecar, stub
 
 from modelplane.testing import onnx_models
+from modelplane.testing.processes import free_port
 from sidecar.cuda import gpu_present
 
 pytestmark = [
@@ -32,12 +33,6 @@ pytestmark = [
         reason="no NVIDIA GPU with ONNX Runtime's CUDA execution provider on this machine",
     ),
 ]
-
-
-def _free_port() -> int:
-    from modelplane.testing.processes import free_port
-
-    return free_port()
 
 
 def _cpu_answer(model: Path, name: str, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -70,7 +65,7 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(model: Path, *flags: str) -> tuple[Any, dict[str, Any], int]:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     proc, ready = spawn_sidecar(
         [
             "--model",

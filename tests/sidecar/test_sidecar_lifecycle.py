@@ -31,6 +31,7 @@ from sidecar_helpers import (
 
 from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.testing import onnx_models
+from modelplane.testing.processes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +41,9 @@ def heavy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_health_then_drain_on_sigterm(heavy_model: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -472,7 +465,7 @@ def test_sigterm_answers_not_serving_and_serves_through_the_shutdown_delay(
     tmp_path: Path,
 ) -> None:
     model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [PYTHON, "-m", "sidecar", "--model", str(model), "--listen", f"127.0.0.1:{port}",
          "--device", "cpu", "--shutdown-delay", "2s"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +20,6 @@ def say(text: str) -> None:
 def note(text: str) -> None:
     """A detail under the current step."""
     print(f"    {text}", flush=True)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_serving(address: str, proc: subprocess.Popen[Any], what: str) -> None:

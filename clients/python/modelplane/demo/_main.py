@@ -8,11 +8,12 @@ import subprocess
 import time
 from contextlib import ExitStack
 
-from modelplane.demo._console import MODEL, STATE, cli, free_port, note, say, stop, wait_serving
+from modelplane.demo._console import MODEL, STATE, cli, note, say, stop, wait_serving
 from modelplane.demo._governance import govern
 from modelplane.demo._rollouts import DEPLOYMENT, drift, hooks_file, rollouts, start_sidecar
 from modelplane.demo._traffic import Traffic
 from modelplane.demo._training import train
+from modelplane.testing.processes import free_port
 
 
 def main() -> int:

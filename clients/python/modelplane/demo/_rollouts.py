@@ -10,8 +10,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from modelplane.demo._console import MODEL, STATE, cli, free_port, note, say, stop, wait_serving
+from modelplane.demo._console import MODEL, STATE, cli, note, say, stop, wait_serving
 from modelplane.demo._traffic import Traffic
+from modelplane.testing.processes import free_port
 from modelplane.v1 import deployments_pb2 as dp
 
 DEPLOYMENT = MODEL
