@@ -75,6 +75,8 @@ class ServingModel:
         self.drift = drift
         #: Whether anything records this model's predictions (observers or a ``sync`` log).
         self.observed = self.observers.active or sync_log is not None
+        #: Whether a request sent without an id must be given one (something records ids).
+        self.needs_ids = self.observers.needs_ids or sync_log is not None
         sig = self.signature
         # Every dim after the first fixed: all records carrying every output share one
         # tensor layout, so consumers can gather them without comparing shapes.

@@ -217,9 +217,7 @@ def start(
     if settings.managed:
         from sidecar.managed.server import start_managed
 
-        managed = start_managed(settings, observers, log_settings)
-        managed.grpc.shutdown_delay = settings.shutdown_delay
-        return managed
+        return start_managed(settings, observers, log_settings)
     assert settings.model is not None
     slot = ModelSlot()
     servicer = InferenceServicer(slot)

@@ -188,7 +188,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.in_flight(1)
         trace = ""
         try:
-            if not request.id and (model.observers.needs_ids or model.sync_log is not None):
+            if not request.id and model.needs_ids:
                 request.id = new_request_id()
             if request.model_name != model.name or (
                 request.model_version and request.model_version != model.version

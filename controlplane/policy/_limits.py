@@ -20,10 +20,10 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import Evaluator, base_functions
 
-from controlplane.policy._references import unwrap
+from controlplane.policy._references import BINDING_MACROS, call_args, unwrap
 
 #: Macros that evaluate their second argument once per element of the receiver.
-ITERATING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+ITERATING_MACROS = BINDING_MACROS
 #: Function-like macros the evaluator handles itself.
 CALL_MACROS = frozenset({"has", "dyn"})
 #: How deep macros may nest: ``a.all(x, b.exists(y, ...))`` is 2.
@@ -60,20 +60,14 @@ class Call:
     column: int
 
 
-def _args(node: lark.Tree) -> list[lark.Tree]:
-    rest = node.children[2:]
-    if rest and isinstance(rest[0], lark.Tree) and rest[0].data == "exprlist":
-        return [c for c in rest[0].children if isinstance(c, lark.Tree)]
-    return []
-
-
 def _macro(node: lark.Tree) -> tuple[lark.Tree, list[lark.Tree]] | None:
     """The receiver and arguments of an iterating macro call; None for any other node."""
     if node.data != "member_dot_arg" or str(node.children[1]) not in ITERATING_MACROS:
         return None
     target = node.children[0]
     assert isinstance(target, lark.Tree)
-    return target, _args(node)
+    rest = node.children[2:]
+    return target, call_args(rest[0] if rest else None)
 
 
 def _literal_size(node: lark.Tree) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import lark
 
 #: Macros whose first argument binds a variable over the receiver's elements.
-_BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 #: Identifiers CEL itself defines (type names usable as values).
 BUILTIN_IDENTS = frozenset(
     {"bool", "bytes", "double", "duration", "int", "list", "map", "null_type", "string",
@@ -90,7 +90,8 @@ def _static_path(node: lark.Tree, bound: Container[str]) -> tuple[str, ...] | No
     return None
 
 
-def _args(node: lark.Tree | lark.Token | None) -> list[lark.Tree]:
+def call_args(node: lark.Tree | lark.Token | None) -> list[lark.Tree]:
+    """The argument expressions of a call, given its ``exprlist`` node (none without)."""
     if isinstance(node, lark.Tree) and node.data == "exprlist":
         return [c for c in node.children if isinstance(c, lark.Tree)]
     return []
@@ -125,10 +126,10 @@ def _walk(
             return
     if node.data == "member_dot_arg":
         target, method, *rest = node.children
-        args = _args(rest[0] if rest else None)
+        args = call_args(rest[0] if rest else None)
         assert isinstance(target, lark.Tree)
         yield from _walk(target, bound)
-        if str(method) in _BINDING_MACROS and args:
+        if str(method) in BINDING_MACROS and args:
             variable = unwrap(args[0])
             inner = dict(bound)
             if variable.data == "ident":

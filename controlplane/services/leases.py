@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from controlplane.services.operations import error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
@@ -107,10 +108,14 @@ class Leases:
                 lease = current.lease_expire_time
                 if lease is None or lease >= tx.now:
                     continue
-                error = {"code": err.code.value, "reason": err.reason, "message": err.message}
                 after = tx.operations.update(
                     op.id,
-                    {"done": True, "owner": "", "lease_expire_time": None, "error": error},
+                    {
+                        "done": True,
+                        "owner": "",
+                        "lease_expire_time": None,
+                        "error": error_json(err),
+                    },
                     tx.now,
                 )
                 tx.record("FailOperation", after.name, current, after)

@@ -132,7 +132,7 @@ class OperationService:
             raise OperationLost(op_id)
         changes: dict[str, Any] = {"done": True, "owner": "", "lease_expire_time": None}
         if error is not None:
-            changes["error"] = _error_json(error)
+            changes["error"] = error_json(error)
         else:
             changes.update(progress=1.0, result_type=result_type, result=result)
         op = tx.operations.update(op_id, changes, tx.now)
@@ -154,7 +154,7 @@ class OperationService:
             err = Cancelled(f"cancelled by {ctx.principal or 'a caller'}", reason="CANCELLED")
             after = tx.operations.update(
                 op_id,
-                {"done": True, "owner": "", "lease_expire_time": None, "error": _error_json(err)},
+                {"done": True, "owner": "", "lease_expire_time": None, "error": error_json(err)},
                 tx.now,
             )
             tx.record("CancelOperation", after.name, before, after)
@@ -191,5 +191,6 @@ class OperationService:
             time.sleep(POLL_SECONDS)
 
 
-def _error_json(error: ModelplaneError) -> dict[str, str]:
+def error_json(error: ModelplaneError) -> dict[str, str]:
+    """How an operation's error is stored."""
     return {"code": error.code.value, "reason": error.reason, "message": error.message}

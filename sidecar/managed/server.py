@@ -215,7 +215,14 @@ def start_managed(
     health = add_health_and_reflection(server, services)
     server.start()
     handle = ManagedHandle(
-        GrpcServerHandle(server, port, health, services, settings.drain_seconds),
+        GrpcServerHandle(
+            server,
+            port,
+            health,
+            services,
+            settings.drain_seconds,
+            shutdown_delay=settings.shutdown_delay,
+        ),
         servicer,
         slot,
         metrics_port=metrics_port,

@@ -139,14 +139,14 @@ class GrpcServerHandle:
     def mark_serving(self) -> None:
         set_serving(self.health, self.service_names, True)
 
-    def stop(self, grace: float | None = None, delay: float | None = None) -> None:
-        """NOT_SERVING first, still serving for the shutdown delay (``delay`` seconds when
-        given), then let unary calls finish and end streams after the grace."""
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, still serving for the shutdown delay, then let unary calls
+        finish and end streams after the grace."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         set_serving(self.health, self.service_names, False)
-        delay = self.shutdown_delay if delay is None else delay
+        delay = self.shutdown_delay
         if delay > 0:
             log.info("NOT_SERVING; serving on until the shutdown delay ends", delay_s=delay)
             time.sleep(delay)
