@@ -70,7 +70,6 @@ def record_event(
             tx.request_id,
             before,
             after,
-            tx.now,
         )
     )
     tx.resource = deployment.name

@@ -20,7 +20,6 @@ from controlplane.services.operations import error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
-from controlplane.store.tables import OperationRow
 from modelplane.errors import Unavailable
 from modelplane.server.context import RequestContext
 
@@ -67,14 +66,12 @@ class Leases:
         lost = []
         with self.store.write(RequestContext(principal="system"), "RenewLease") as tx:
             for op_id in running:
-                row = tx.session.get(
-                    OperationRow, op_id, with_for_update=True, populate_existing=True
-                )
+                row = tx.operations.locked(op_id)
                 if row is None or row.done or (self.replica_id and row.owner != self.replica_id):
                     lost.append(op_id)
                     continue
                 expiry = tx.now + timedelta(seconds=self.lease_seconds)
-                tx.operations.update(op_id, {"lease_expire_time": expiry}, tx.now)
+                tx.operations.update(row, {"lease_expire_time": expiry}, tx.now)
         for op_id in lost:
             self.release(op_id)
             if self.on_lost is not None:
@@ -99,9 +96,7 @@ class Leases:
             with self.store.write(ctx, "FailOperation") as tx:
                 # Locked and read afresh: a cancel or finish committing meanwhile is seen here
                 # (and kept) instead of being overwritten from a stale copy.
-                row = tx.session.get(
-                    OperationRow, op.id, with_for_update=True, populate_existing=True
-                )
+                row = tx.operations.locked(op.id)
                 if row is None or row.done:
                     continue
                 current = operation_from_row(row)
@@ -109,7 +104,7 @@ class Leases:
                 if lease is None or lease >= tx.now:
                     continue
                 after = tx.operations.update(
-                    op.id,
+                    row,
                     {
                         "done": True,
                         "owner": "",

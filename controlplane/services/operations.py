@@ -53,13 +53,13 @@ class OperationService:
         with self._lock:
             self._cancel_listeners.append(listener)
 
-    def held(self, tx: Tx, op_id: str) -> Operation | None:
-        """The operation, locked until ``tx`` ends, while this replica holds it (not done and
-        owned by this replica); None otherwise."""
-        row = tx.session.get(OperationRow, op_id, with_for_update=True, populate_existing=True)
+    def held(self, tx: Tx, op_id: str) -> OperationRow | None:
+        """The operation's row, locked until ``tx`` ends, while this replica holds it (not done
+        and owned by this replica); None otherwise."""
+        row = tx.operations.locked(op_id)
         if row is None or row.done or row.owner != self.replica_id:
             return None
-        return operation_from_row(row)
+        return row
 
     def start(
         self,
@@ -93,10 +93,11 @@ class OperationService:
     ) -> Operation:
         """Record progress; :class:`OperationLost` when this replica no longer holds it."""
         with self.store.write(ctx, "UpdateOperation") as tx:
-            if self.held(tx, op_id) is None:
+            row = self.held(tx, op_id)
+            if row is None:
                 raise OperationLost(op_id)
             op = tx.operations.update(
-                op_id,
+                row,
                 {"progress": max(0.0, min(1.0, fraction)), "progress_message": message},
                 tx.now,
             )
@@ -128,14 +129,15 @@ class OperationService:
     ) -> Operation:
         """:meth:`finish` inside the write transaction ``tx``, so that what the result stands
         for is stored together with it, or not at all."""
-        if self.held(tx, op_id) is None:
+        row = self.held(tx, op_id)
+        if row is None:
             raise OperationLost(op_id)
         changes: dict[str, Any] = {"done": True, "owner": "", "lease_expire_time": None}
         if error is not None:
             changes["error"] = error_json(error)
         else:
             changes.update(progress=1.0, result_type=result_type, result=result)
-        op = tx.operations.update(op_id, changes, tx.now)
+        op = tx.operations.update(row, changes, tx.now)
         tx.record("FinishOperation", op.name, None, op)
         return op
 
@@ -145,7 +147,7 @@ class OperationService:
         changes nothing)."""
         op_id = parse_operation(name)
         with self.store.write(ctx, "CancelOperation") as tx:
-            row = tx.session.get(OperationRow, op_id, with_for_update=True, populate_existing=True)
+            row = tx.operations.locked(op_id)
             if row is None:
                 raise NotFound(f"operation {name} does not exist", reason="OPERATION_NOT_FOUND")
             before = operation_from_row(row)
@@ -153,7 +155,7 @@ class OperationService:
                 return before
             err = Cancelled(f"cancelled by {ctx.principal or 'a caller'}", reason="CANCELLED")
             after = tx.operations.update(
-                op_id,
+                row,
                 {"done": True, "owner": "", "lease_expire_time": None, "error": error_json(err)},
                 tx.now,
             )

@@ -668,9 +668,13 @@ class OperationRepo:
         self.s.flush()
         return convert.operation(row)
 
-    def update(self, op_id: str, changes: dict[str, Any], now: datetime) -> Operation:
-        row = self.s.get(OperationRow, op_id, with_for_update=True)
-        assert row is not None
+    def locked(self, op_id: str) -> OperationRow | None:
+        """The operation's row, read afresh and locked until the transaction ends (so that a
+        cancel or finish committed meanwhile is seen, not overwritten from a stale copy)."""
+        return self.s.get(OperationRow, op_id, with_for_update=True, populate_existing=True)
+
+    def update(self, row: OperationRow, changes: dict[str, Any], now: datetime) -> Operation:
+        """Apply ``changes`` to ``row``, which the caller read with :meth:`locked`."""
         for key, value in changes.items():
             setattr(row, key, value)
         row.update_time = now

@@ -73,7 +73,6 @@ class Mutation:
     request_id: str
     before: Any
     after: Any
-    time: datetime
 
 
 #: Called inside the write transaction, before commit, with the session and the mutations.
@@ -141,7 +140,7 @@ class WriteTx(Tx):
     def record(self, action: str, resource: str, before: Any, after: Any) -> None:
         """Note a change for the mutation hooks; the last resource is what a replay returns."""
         self.mutations.append(
-            Mutation(action, resource, self.ctx.principal, self.request_id, before, after, self.now)
+            Mutation(action, resource, self.ctx.principal, self.request_id, before, after)
         )
         self.resource = resource
 
