@@ -207,6 +207,7 @@ class ShadowRunner:
             self._drain()
 
     def _count_errors(self, jobs: list[ShadowJob]) -> None:
+        """Publish ``jobs`` as failed copies, one count per champion and shadow pair."""
         failed: dict[tuple[str, str], int] = {}
         for job in jobs:
             pair = (job.champion.label, job.shadow.label)
@@ -222,7 +223,7 @@ class ShadowRunner:
 
     def _run_jobs(self, jobs: list[ShadowJob]) -> None:
         groups: dict[Any, list[tuple[ShadowJob, Any]]] = {}
-        failed: dict[tuple[str, str], int] = {}
+        undecodable = []
         for job in jobs:
             shadow = job.shadow.model
             try:
@@ -230,54 +231,50 @@ class ShadowRunner:
             except Exception as exc:
                 if not isinstance(exc, ModelplaneError):
                     log.warning("shadow copy could not be decoded", error=str(exc))
-                pair = (job.champion.label, job.shadow.label)
-                failed[pair] = failed.get(pair, 0) + 1
+                undecodable.append(job)
                 continue
             key = (id(job.shadow), job.champion.label, decoded.key)
             groups.setdefault(key, []).append((job, decoded))
-        for (champion_label, shadow_label), count in failed.items():
-            self._publish(ShadowRecord(None, champion_label, {}, count, shadow_label))
+        self._count_errors(undecodable)
         for members in groups.values():
-            try:
-                self._run_group(members)
-            except Exception as exc:
-                log.warning("shadow run failed", error=str(exc))
-                first = members[0][0]
-                self._publish(
-                    ShadowRecord(None, first.champion.label, {}, len(members), first.shadow.label)
-                )
+            batched = members[0][1].key is not None and len(members) > 1
+            # Copies that cannot share a session call run one by one; one that fails leaves
+            # the others' results standing.
+            for part in [members] if batched else [[m] for m in members]:
+                try:
+                    self._run_part(part)
+                except Exception as exc:
+                    log.warning("shadow run failed", error=str(exc))
+                    self._count_errors([job for job, _ in part])
 
-    def _run_group(self, members: list[tuple[ShadowJob, Any]]) -> None:
-        first_job, first = members[0]
+    def _run_part(self, part: list[tuple[ShadowJob, Any]]) -> None:
+        """One session call of the shadow on ``part``'s rows, published with the champion's
+        answers for the same rows."""
+        first_job, first = part[0]
         shadow = first_job.shadow.model
         runtime = shadow.runtime
         names = shadow.signature.output_names
-        batched = first.key is not None and len(members) > 1
-        groups = [members] if batched else [[m] for m in members]
-        for part in groups:
-            start = time.perf_counter()
-            parts = {n: [d.arrays[n] for _, d in part] for n in first.arrays}
-            results, feeds = runtime.run_rows(names, parts, keep_inputs=True)
-            elapsed = time.perf_counter() - start
-            now = time.monotonic()
-            champion = _stack([job.outputs for job, _ in part])
-            record = BatchRecord(
-                model=shadow.name,
-                version=shadow.version,
-                provider=runtime.provider,
-                inputs=feeds,
-                outputs=dict(zip(names, results, strict=True)),
-                request_ids=[d.request_id for _, d in part],
-                trace_ids=[job.trace_id for job, _ in part],
-                row_counts=[d.rows for _, d in part],
-                latencies_s=[now - job.queued_at for job, _ in part],
-                status=["OK"] * len(part),
-                compute_s=elapsed,
-            )
-            self.completed += len(part)
-            self._publish(
-                ShadowRecord(record, first_job.champion.label, champion, 0, shadow.version)
-            )
+        start = time.perf_counter()
+        parts = {n: [d.arrays[n] for _, d in part] for n in first.arrays}
+        results, feeds = runtime.run_rows(names, parts, keep_inputs=True)
+        elapsed = time.perf_counter() - start
+        now = time.monotonic()
+        champion = _stack([job.outputs for job, _ in part])
+        record = BatchRecord(
+            model=shadow.name,
+            version=shadow.version,
+            provider=runtime.provider,
+            inputs=feeds,
+            outputs=dict(zip(names, results, strict=True)),
+            request_ids=[d.request_id for _, d in part],
+            trace_ids=[job.trace_id for job, _ in part],
+            row_counts=[d.rows for _, d in part],
+            latencies_s=[now - job.queued_at for job, _ in part],
+            status=["OK"] * len(part),
+            compute_s=elapsed,
+        )
+        self.completed += len(part)
+        self._publish(ShadowRecord(record, first_job.champion.label, champion, 0, shadow.version))
 
 
 def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:
