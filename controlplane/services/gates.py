@@ -92,29 +92,31 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
     """FAILED_PRECONDITION (GATE_FAILED) unless ``alias`` is ungoverned or the latest gate
     decision of the version for it passed on the current evidence."""
     gov = Governance(tx.session)
-    if gov.policy_for_target(alias) is None:
+    policy = gov.policy_for_target(alias)
+    if policy is None:
         return
     got = tx.versions.get(model_id, version)
     if got is None:
         return
-    inputs = gate_inputs(tx, got, alias)
-    policy = inputs.policy
     decision = gov.latest_decision(model_id, version, alias)
     hint = f"run `modelplane gate {model_id} {version} --target {alias}`"
     if decision is None:
         problem = f"no gate decision exists for {got.name} and target {alias!r}"
     elif not decision.passed:
         problem = f"the latest gate decision {decision.name} failed"
-    elif decision.evidence_sha256 != inputs.sha256:
+    else:
+        # Only a passed decision needs the current evidence (evaluations, approvals and their
+        # signatures) gathered, to see that it still stands.
+        inputs = gate_inputs(tx, got, alias)
+        if decision.evidence_sha256 == inputs.sha256:
+            return
         problem = (
             f"the evidence changed since gate decision {decision.name} "
             f"({_what_changed(decision, inputs)})"
         )
-    else:
-        return
+        policy = inputs.policy or policy
     raise FailedPrecondition(
-        f"alias {alias!r} is governed by {policy.name if policy else 'a policy'}: {problem}; "
-        f"{hint}",
+        f"alias {alias!r} is governed by {policy.name}: {problem}; {hint}",
         reason="GATE_FAILED",
         metadata={"target": alias, "version": got.name},
     )
