@@ -67,6 +67,25 @@ def test_go_client_unit_tests_pass(go_module: tuple[Path, dict[str, str]]) -> No
     assert test.returncode == 0, test.stdout + test.stderr
 
 
+def test_go_client_tests_against_a_live_control_plane(
+    go_module: tuple[Path, dict[str, str]],
+    live_controlplane: LiveControlPlane,
+    classifier: Classifier,
+) -> None:
+    """clients/go/client's TestLive tests, which skip without a server: answers over
+    grpc-go's default 4 MiB receive limit arrive."""
+    folder, env = go_module
+    live_env = {
+        **env,
+        "MODELPLANE_TEST_SERVER": live_controlplane.address,
+        "MODELPLANE_TEST_ONNX": str(classifier.onnx),
+    }
+    test = _go(["test", "-count=1", "-v", "-run", "^TestLive", "./client/"], (folder, live_env))
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "--- PASS: TestLive" in test.stdout
+    assert "--- SKIP" not in test.stdout, test.stdout
+
+
 def test_go_example_registers_and_gates_against_a_live_control_plane(
     go_module: tuple[Path, dict[str, str]],
     live_controlplane: LiveControlPlane,

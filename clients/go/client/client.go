@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -28,6 +29,12 @@ const (
 // ChunkBytes is the size of each UploadBlob chunk message.
 const ChunkBytes = 1 << 20
 
+// MaxMessageBytes bounds the messages a Client sends and receives, as in the Python SDK and
+// the servers: grpc-go's default 4 MiB receive limit would refuse a large answer (a version
+// with much lineage, an ExportAuditEvents message of 500 large events) with
+// RESOURCE_EXHAUSTED.
+const MaxMessageBytes = math.MaxInt32
+
 // Options say how to present yourself to a control plane.
 type Options struct {
 	// Principal is named to a server without access control.
@@ -40,7 +47,9 @@ type Options struct {
 	// UploadBlob. Server streams (DownloadBlob, ExportAuditEvents, WatchDeployment) are not
 	// bounded by it; they end with their context.
 	Timeout time.Duration
-	// DialOptions replace the default transport (plaintext); pass TLS credentials here.
+	// DialOptions replace the default transport (plaintext); pass TLS credentials here. They
+	// apply after the MaxMessageBytes limits, so a grpc.WithDefaultCallOptions here may
+	// lower them.
 	DialOptions []grpc.DialOption
 }
 
@@ -74,9 +83,13 @@ func Dial(address string, opts Options) (*Client, error) {
 	if opts.Token != "" {
 		pairs = append(pairs, "authorization", "Bearer "+opts.Token)
 	}
-	dial := opts.DialOptions
-	if len(dial) == 0 {
-		dial = []grpc.DialOption{grpc.WithInsecure()}
+	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes),
+	)}
+	if len(opts.DialOptions) == 0 {
+		dial = append(dial, grpc.WithInsecure())
+	} else {
+		dial = append(dial, opts.DialOptions...)
 	}
 	dial = append(dial,
 		grpc.WithChainUnaryInterceptor(unaryIdentity(pairs, timeout)),
