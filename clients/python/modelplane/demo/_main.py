@@ -111,7 +111,6 @@ def main() -> int:
         say("Checking the audit trail")
         result = alice.verify_audit()
         note(f"audit chain verified: {result.ok}, {result.checked} events")
-        stop(cp)
 
         say("Where things are")
         note(f"database:    {STATE / 'controlplane.db'}")
@@ -120,8 +119,9 @@ def main() -> int:
         note(f"server logs: {STATE}/controlplane.log, {STATE}/sidecar.log (JSON lines)")
         note(
             f"metrics:     http://127.0.0.1:{cp_metrics}/metrics (control plane), "
-            f"http://127.0.0.1:{sc_metrics}/metrics (sidecar), while they run"
+            f"http://127.0.0.1:{sc_metrics}/metrics (sidecar); both servers stop now"
         )
         note(f"predictions: {log_dir} (Arrow IPC streams; `modelplane logs read {log_dir}`)")
+        stop(cp)
     say(f"Done in {time.monotonic() - started:.0f}s")
     return 0
