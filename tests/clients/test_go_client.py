@@ -72,7 +72,8 @@ def test_go_client_tests_against_a_live_control_plane(
     live_controlplane: LiveControlPlane,
     classifier: Classifier,
 ) -> None:
-    """clients/go/client's TestLive tests, which skip without a server: answers over
+    """clients/go/client's TestLive tests, which skip without a server: a CreateModel or
+    EvaluateGate retried with its request id replays the first answer, and answers over
     grpc-go's default 4 MiB receive limit arrive."""
     folder, env = go_module
     live_env = {

@@ -144,19 +144,58 @@ func (c *Client) UploadBlob(ctx context.Context, data []byte, mediaType string) 
 	return stream.CloseAndRecv()
 }
 
-// CreateModel creates models/{modelID}.
-func (c *Client) CreateModel(ctx context.Context, modelID, description string) (*modelplanev1.Model, error) {
-	return c.Registry.CreateModel(ctx, &modelplanev1.CreateModelRequest{
+// CallOption changes one call of CreateModel or EvaluateGate.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	requestID string
+}
+
+// WithRequestID sends id as the call's request id instead of a new one. A call whose answer
+// was lost (DEADLINE_EXCEEDED, UNAVAILABLE) may have been applied: sent again with the same
+// arguments and the id of its error (RequestIDOf), it answers what the first call did
+// instead of applying it twice. An empty id is ignored.
+func WithRequestID(id string) CallOption {
+	return func(o *callOptions) {
+		if id != "" {
+			o.requestID = id
+		}
+	}
+}
+
+// requestID is the id WithRequestID set among opts, or a new one.
+func requestID(opts []CallOption) string {
+	o := callOptions{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.requestID == "" {
+		return RequestID()
+	}
+	return o.requestID
+}
+
+// CreateModel creates models/{modelID}. Its error carries the request id (RequestIDOf).
+func (c *Client) CreateModel(
+	ctx context.Context, modelID, description string, opts ...CallOption,
+) (*modelplanev1.Model, error) {
+	id := requestID(opts)
+	model, err := c.Registry.CreateModel(ctx, &modelplanev1.CreateModelRequest{
 		ModelId:   modelID,
 		Model:     &modelplanev1.Model{Description: description},
-		RequestId: RequestID(),
+		RequestId: id,
 	})
+	if err != nil {
+		return nil, withRequestID(err, id)
+	}
+	return model, nil
 }
 
 // RegisterVersion uploads the ONNX bytes, then registers them as the model's next version.
 // Fields set in template (lineage, labels, ...) are sent as they are; Parent and
 // ArtifactSha256 are filled in, and RequestId when empty. They are set on a copy: template is
 // not modified, so one template serves several models or a retry with another artifact.
+// When CreateModelVersion fails, the error carries the request id sent (RequestIDOf).
 func (c *Client) RegisterVersion(
 	ctx context.Context, model string, onnx []byte, template *modelplanev1.CreateModelVersionRequest,
 ) (*modelplanev1.ModelVersion, error) {
@@ -173,19 +212,30 @@ func (c *Client) RegisterVersion(
 	if req.RequestId == "" {
 		req.RequestId = RequestID()
 	}
-	return c.Registry.CreateModelVersion(ctx, req)
+	version, err := c.Registry.CreateModelVersion(ctx, req)
+	if err != nil {
+		return nil, withRequestID(err, req.RequestId)
+	}
+	return version, nil
 }
 
 // EvaluateGate evaluates the policy bound to target (an alias or deployments/NAME) for a
-// version; the decision is recorded on the server.
+// version; the decision is recorded on the server. Its error carries the request id
+// (RequestIDOf): retried with WithRequestID, a call that was applied answers the decision it
+// recorded instead of recording another.
 func (c *Client) EvaluateGate(
-	ctx context.Context, model string, version int64, target string,
+	ctx context.Context, model string, version int64, target string, opts ...CallOption,
 ) (*modelplanev1.GateDecision, error) {
-	return c.Governance.EvaluateGate(ctx, &modelplanev1.EvaluateGateRequest{
+	id := requestID(opts)
+	decision, err := c.Governance.EvaluateGate(ctx, &modelplanev1.EvaluateGateRequest{
 		Name:      VersionName(model, version),
 		Target:    target,
-		RequestId: RequestID(),
+		RequestId: id,
 	})
+	if err != nil {
+		return nil, withRequestID(err, id)
+	}
+	return decision, nil
 }
 
 // ModelName is models/{model}; a full name (models/fraud) passes through, as in the Python

@@ -175,6 +175,9 @@ func TestRegisterVersionKeepsARequestIdSetInTheTemplate(t *testing.T) {
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("reused request id: err = %v, want AlreadyExists", err)
 	}
+	if got := RequestIDOf(err); got != "fixed-id" {
+		t.Errorf("RequestIDOf(err) = %q, want fixed-id", got)
+	}
 }
 
 // within runs call and fails the test when it has not returned after limit.

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"errors"
+
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 )
@@ -26,4 +28,34 @@ func ErrorInfo(err error) *errdetails.ErrorInfo {
 // Reason is the ErrorInfo reason of err, or "" when there is none.
 func Reason(err error) string {
 	return ErrorInfo(err).GetReason()
+}
+
+// RequestError is the error of a mutation (CreateModel, RegisterVersion, EvaluateGate) with
+// the request id it was sent with: the call sent again with that id and the same arguments
+// answers what this one did if the server applied it, as the Python SDK's
+// metadata["request_id"] allows.
+type RequestError struct {
+	RequestID string
+	Err       error
+}
+
+func (e *RequestError) Error() string { return e.Err.Error() }
+
+func (e *RequestError) Unwrap() error { return e.Err }
+
+// GRPCStatus is the status of the wrapped error: grpc-go's status.FromError and status.Code
+// (and so ErrorInfo and Reason) look for this method on the error itself, not on what it wraps.
+func (e *RequestError) GRPCStatus() *status.Status { return status.Convert(e.Err) }
+
+// RequestIDOf is the request id a failed mutation was sent with, or "" when err carries none.
+func RequestIDOf(err error) string {
+	var re *RequestError
+	if errors.As(err, &re) {
+		return re.RequestID
+	}
+	return ""
+}
+
+func withRequestID(err error, id string) error {
+	return &RequestError{RequestID: id, Err: err}
 }

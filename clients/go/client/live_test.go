@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	modelplanev1 "github.com/modelplane/modelplane/clients/go/modelplane/v1"
@@ -36,6 +38,90 @@ func live(t *testing.T) (*Client, []byte) {
 // uniqueModel is a model id no other test (or run against the same server) uses.
 func uniqueModel(prefix string) string {
 	return prefix + "-" + RequestID()[:8]
+}
+
+func TestLiveCreateModelRetriedWithItsRequestIDReplaysTheFirstAnswer(t *testing.T) {
+	c, _ := live(t)
+	ctx := context.Background()
+	model, id := uniqueModel("go-retry"), RequestID()
+	first, err := c.CreateModel(ctx, model, "first", WithRequestID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The retry of a call whose answer was lost: the same arguments and request id.
+	again, err := c.CreateModel(ctx, model, "first", WithRequestID(id))
+	if err != nil {
+		t.Fatalf("CreateModel retried with its request id: %v", err)
+	}
+	if !proto.Equal(first, again) {
+		t.Errorf("retry answered %v, want the first answer %v", again, first)
+	}
+	// Without the id it is another request, refused as the model exists; its error says
+	// which id it was sent with.
+	_, err = c.CreateModel(ctx, model, "first")
+	if status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("CreateModel with a new request id: err = %v, want AlreadyExists", err)
+	}
+	if got := RequestIDOf(err); got == "" || got == id {
+		t.Errorf("RequestIDOf(err) = %q, want the new request id", got)
+	}
+}
+
+func TestLiveAFailedCallsErrorCarriesItsRequestIDAndStatus(t *testing.T) {
+	c, _ := live(t)
+	id := RequestID()
+	_, err := c.CreateModel(context.Background(), "Bad_Id", "", WithRequestID(id))
+	if got := RequestIDOf(err); got != id {
+		t.Errorf("RequestIDOf(err) = %q, want %s", got, id)
+	}
+	if status.Code(err) != codes.InvalidArgument || Reason(err) != "INVALID_NAME" {
+		t.Errorf("err = %v (reason %q), want InvalidArgument INVALID_NAME", err, Reason(err))
+	}
+}
+
+func TestLiveEvaluateGateRetriedWithItsRequestIDRecordsOneDecision(t *testing.T) {
+	c, onnx := live(t)
+	ctx := context.Background()
+	model := uniqueModel("go-gate")
+	if _, err := c.CreateModel(ctx, model, ""); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.RegisterVersion(ctx, model, onnx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decisions := func() []*modelplanev1.GateDecision {
+		t.Helper()
+		listed, err := c.Governance.ListGateDecisions(ctx, &modelplanev1.ListGateDecisionsRequest{
+			Parent: v.GetName(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return listed.GetDecisions()
+	}
+	id := RequestID()
+	first, err := c.EvaluateGate(ctx, model, v.GetVersion(), "production", WithRequestID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.EvaluateGate(ctx, model, v.GetVersion(), "production", WithRequestID(id))
+	if err != nil {
+		t.Fatalf("EvaluateGate retried with its request id: %v", err)
+	}
+	if !proto.Equal(first, again) {
+		t.Errorf("retry answered %v, want the first decision %v", again, first)
+	}
+	if got := decisions(); len(got) != 1 || got[0].GetName() != first.GetName() {
+		t.Fatalf("decisions recorded = %v, want only %s", got, first.GetName())
+	}
+	// A call without the id is a new evaluation, recorded as another decision.
+	if _, err := c.EvaluateGate(ctx, model, v.GetVersion(), "production"); err != nil {
+		t.Fatal(err)
+	}
+	if got := decisions(); len(got) != 2 {
+		t.Errorf("%d decisions recorded after a new evaluation, want 2", len(got))
+	}
 }
 
 // An answer over grpc-go's default 4 MiB receive limit: a version whose lineage parameters
