@@ -5,7 +5,9 @@
 //	    -target production [-as ci-bot]
 //
 // The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when
-// it fails, 3 when the server answers an error (its status and reason are printed).
+// it fails, 2 on a usage error or an unreadable file, 3 when the server answers an error (its
+// status and reason are printed), 4 when it is unavailable (unreachable, or too busy to
+// answer).
 package main
 
 import (
