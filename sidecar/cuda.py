@@ -81,6 +81,10 @@ _HOST_REGISTER_PORTABLE = 1
 _PAGE = 4096
 
 
+#: What the staging buffers of one model may hold in all (bytes).
+MAX_STAGING_BYTES = 1 << 30
+
+
 class StagingBuffers:
     """One host buffer per input of a batchable CUDA model, page-locked for the GPU.
 
@@ -89,13 +93,18 @@ class StagingBuffers:
     copies it once more through a pinned bounce buffer of its own, on the CPU. Each buffer holds
     the largest batch size; a smaller batch uses its first rows. Only the session's own thread
     uses them, one call at a time, so a buffer is free again once a call's input is on the GPU.
-    ``MODELPLANE_CUDA_PINNED=0`` keeps them pageable.
+    ``MODELPLANE_CUDA_PINNED=0`` keeps them pageable. All buffers together hold at most
+    ``max_bytes`` (page-locked memory is taken from the host for good); an input whose buffer
+    would pass that goes without one.
     """
 
-    def __init__(self, rows: int, pin: bool) -> None:
+    def __init__(self, rows: int, pin: bool, max_bytes: int = MAX_STAGING_BYTES) -> None:
         self.rows = rows
         self.pin = pin and cudart() is not None
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._buffers: dict[str, np.ndarray[Any, Any]] = {}
+        self._refused: set[str] = set()
         self._pinned: list[int] = []
 
     def buffer(self, name: str, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
@@ -103,7 +112,22 @@ class StagingBuffers:
         ``like``'s layout differs from the one the buffer was made for."""
         buf = self._buffers.get(name)
         if buf is None:
-            buf = self._buffers[name] = self._allocate((self.rows, *like.shape[1:]), like.dtype)
+            if name in self._refused:
+                return None
+            shape = (self.rows, *like.shape[1:])
+            nbytes = int(np.prod(shape, dtype=np.int64)) * like.dtype.itemsize
+            if self.nbytes + nbytes > self.max_bytes:
+                self._refused.add(name)
+                log.warning(
+                    "an input's batch buffer would pass the staging budget; its batches are "
+                    "stacked in ordinary memory",
+                    input=name,
+                    nbytes=nbytes,
+                    budget_bytes=self.max_bytes,
+                )
+                return None
+            buf = self._buffers[name] = self._allocate(shape, like.dtype)
+            self.nbytes += nbytes
         if buf.dtype != like.dtype or buf.shape[1:] != like.shape[1:]:
             return None
         return buf
@@ -134,6 +158,8 @@ class StagingBuffers:
             lib.cudaHostUnregister(address)
         self._pinned.clear()
         self._buffers.clear()
+        self._refused.clear()
+        self.nbytes = 0
 
 
 @functools.cache

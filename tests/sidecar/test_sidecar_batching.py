@@ -231,6 +231,33 @@ def test_gpu_staging_stacks_and_pads_in_one_reused_buffer() -> None:
         assert not np.shares_memory(out, staged)
 
 
+def test_gpu_staging_buffers_stay_within_their_byte_budget() -> None:
+    from sidecar.cuda import CUDA, StagingBuffers
+    from sidecar.runtime import Runtime, stack_rows
+    from sidecar.signature import Signature, TensorSpec
+
+    signature = Signature(
+        inputs=(
+            TensorSpec("small", "FP32", (-1, 4), np.dtype(np.float32)),
+            TensorSpec("image", "FP32", (-1, 3, 64, 64), np.dtype(np.float32)),
+        ),
+        outputs=(),
+    )
+    runtime = Runtime(None, signature, CUDA, Path("m.onnx"), buckets=(1, 2, 4, 8))
+    # 8 rows of 4 floats take 128 bytes; 8 images of 3x64x64 floats take 393,216.
+    runtime._staging = staging = StagingBuffers(8, pin=False, max_bytes=100_000)
+    rng = np.random.default_rng(7)
+    small = rng.standard_normal((3, 4)).astype(np.float32)
+    image = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    first = runtime._stage("small", [small], 4)
+    assert np.shares_memory(first, runtime._stage("small", [small], 4))
+    for _ in range(2):  # refused once, and not tried again
+        out = runtime._stage("image", [image], 2)
+        np.testing.assert_array_equal(out, stack_rows([image], 2))
+        assert not np.shares_memory(out, first)
+    assert staging.nbytes == 8 * 4 * 4 and set(staging._buffers) == {"small"}
+
+
 def _gpu_like_runtime(path: Path) -> tuple[Any, Any, list[tuple[str, int]]]:
     """A runtime on the GPU call path (own thread, batch buckets, a session per bucket) whose
     device call is a CPU session call instead, since this machine may have no GPU; it records
