@@ -1,5 +1,7 @@
-"""The TypeScript client (clients/node) against a live control plane: its own node:test suite,
-and the register-and-gate example as a CI job would run it."""
+"""The TypeScript client (clients/node) against a live control plane: its own node:test suite
+(with a control plane that serves one watch at a time and one that asks for client
+certificates beside the plain one), and the register-and-gate example as a CI job would run
+it."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from modelplane import Client
 from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
+from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.test_auth_tls import _cert, _key, _write
 
 NODE = ROOT / "clients" / "node"
 EXAMPLE = NODE / "dist" / "examples" / "register-and-gate.js"
@@ -44,6 +49,50 @@ def node_built() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(scope="module")
+def one_watch_controlplane(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningControlPlane]:
+    """A control plane that refuses a second watch while one is open (TOO_MANY_WATCHES)."""
+    tmp = tmp_path_factory.mktemp("one-watch")
+    cp = _start(tmp, f"sqlite:///{tmp / 'cp.db'}", max_watches=1)
+    yield cp
+    cp.handle.stop(0)
+
+
+@dataclass
+class MutualTls:
+    """A control plane asking for client certificates, and the PEM files of its CA and of a
+    client certificate that CA signed."""
+
+    cp: RunningControlPlane
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+
+@pytest.fixture(scope="module")
+def mtls_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MutualTls]:
+    """TLS with client certificates from a test CA (no access control: loopback)."""
+    tmp = tmp_path_factory.mktemp("mtls")
+    ca_key, server_key, client_key = _key(), _key(), _key()
+    ca_cert = _cert("test-ca", ca_key, "test-ca", ca_key, ca=True)
+    ca, _ = _write(tmp, "ca", ca_cert, ca_key)
+    server = _cert("localhost", server_key, "test-ca", ca_key, server=True)
+    server_cert, server_key_path = _write(tmp, "server", server, server_key)
+    client = _cert("node-ci", client_key, "test-ca", ca_key)
+    client_cert, client_key_path = _write(tmp, "client", client, client_key)
+    cp = _start(
+        tmp,
+        f"sqlite:///{tmp / 'cp.db'}",
+        tls_cert=str(server_cert),
+        tls_key=str(server_key_path),
+        client_ca=str(ca),
+    )
+    yield MutualTls(cp, ca, client_cert, client_key_path)
+    cp.handle.stop(0)
+
+
 def _run(args: list[str], address: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
@@ -56,17 +105,26 @@ def _run(args: list[str], address: str, **env: str) -> subprocess.CompletedProce
 
 
 def test_node_suite_passes_against_a_live_control_plane(
-    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier
+    node_built: None,
+    live_controlplane: LiveControlPlane,
+    one_watch_controlplane: RunningControlPlane,
+    mtls_controlplane: MutualTls,
+    classifier: Classifier,
 ) -> None:
     result = _run(
         ["node", "--test", "dist/test/"],
         live_controlplane.address,
         MODELPLANE_TEST_ONNX=str(classifier.onnx),
+        MODELPLANE_ONE_WATCH_SERVER=one_watch_controlplane.address,
+        MODELPLANE_MTLS_SERVER=mtls_controlplane.cp.address,
+        MODELPLANE_TLS_CA=str(mtls_controlplane.ca),
+        MODELPLANE_TLS_CERT=str(mtls_controlplane.client_cert),
+        MODELPLANE_TLS_KEY=str(mtls_controlplane.client_key),
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
     passed = next(line for line in result.stdout.splitlines() if line.startswith("# pass "))
-    assert int(passed.split()[-1]) >= 8
+    assert int(passed.split()[-1]) >= 15
 
 
 def test_example_registers_a_version_and_passes_an_unbound_gate(

@@ -11,7 +11,7 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { create, type DescService } from "@bufbuild/protobuf";
+import { create, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
 import { AuditService } from "./gen/modelplane/v1/audit_pb.js";
 import {
   BlobService,
@@ -28,7 +28,7 @@ import {
   CodeRefSchema,
   ModelSchema,
   RegistryService,
-  type DatasetInput,
+  type DatasetInputSchema,
   type Model,
   type ModelVersion,
 } from "./gen/modelplane/v1/registry_pb.js";
@@ -55,8 +55,26 @@ export interface ClientOptions {
    * `watchDeployment`) are not bounded by it: they may rightly run longer. As in the Go client.
    */
   timeoutMs?: number;
-  /** `https://` for TLS (Node's default trust store); default plain HTTP/2. */
+  /**
+   * `https://` for TLS (Node's default trust store); default plain HTTP/2, or TLS when `tls` is
+   * given.
+   */
   scheme?: "http" | "https";
+  /**
+   * TLS with a private CA, or with a client certificate for a server that asks for one
+   * (`--client-ca`).
+   */
+  tls?: TlsOptions;
+}
+
+/** PEM contents (not file names), as Node's `tls.connect` takes them. */
+export interface TlsOptions {
+  /** CA certificate(s) to trust instead of Node's default trust store. */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** The client certificate chain, for mutual TLS (with `key`). */
+  cert?: string | Buffer | Array<string | Buffer>;
+  /** The client certificate's private key. */
+  key?: string | Buffer | Array<string | Buffer>;
 }
 
 /** What `registerVersion` records beyond the ONNX bytes. */
@@ -64,7 +82,7 @@ export interface RegisterOptions {
   description?: string;
   labels?: Record<string, string>;
   /** Datasets uploaded beforehand (`uploadBlob`), by role: `train`, `holdout`, ... */
-  datasets?: DatasetInput[];
+  datasets?: MessageInitShape<typeof DatasetInputSchema>[];
   labelColumn?: string;
   featureNames?: string[];
   parameters?: Record<string, string>;
@@ -100,8 +118,9 @@ export class ModelplaneClient {
 
   /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051`. */
   constructor(address: string, options: ClientOptions = {}) {
-    const baseUrl = `${options.scheme ?? "http"}://${address}`;
-    this.sessions = new Http2SessionManager(baseUrl);
+    const scheme = options.scheme ?? (options.tls ? "https" : "http");
+    const baseUrl = `${scheme}://${address}`;
+    this.sessions = new Http2SessionManager(baseUrl, undefined, options.tls);
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: this.sessions,
@@ -109,7 +128,12 @@ export class ModelplaneClient {
     });
     const timeoutMs = options.timeoutMs ?? 60_000;
     const connect = <S extends DescService>(service: S): Client<S> =>
-      withModelplaneErrors(withTimeout(service, createClient(service, transport), timeoutMs));
+      withModelplaneErrors(
+        cancelledWhenLeft(
+          service,
+          withTimeout(service, createClient(service, transport), timeoutMs),
+        ),
+      );
     this.registry = connect(RegistryService);
     this.blobs = connect(BlobService);
     this.evaluation = connect(EvaluationService);
@@ -221,6 +245,53 @@ function withTimeout<S extends DescService>(
         value.call(target, request, { ...options, timeoutMs: options.timeoutMs ?? timeoutMs });
     },
   });
+}
+
+/**
+ * A service client whose server streams are cancelled when the caller stops reading them
+ * (`break`, `return` or a throw out of `for await`). Connect's streams have no `return()`, so
+ * otherwise the HTTP/2 stream stayed open, holding a watch slot on the server or a download's
+ * worker, until `close()`. The caller's own `signal` still cancels the stream too.
+ */
+function cancelledWhenLeft<S extends DescService>(service: S, client: Client<S>): Client<S> {
+  const streaming = new Set(
+    service.methods.filter((m) => m.methodKind === "server_streaming").map((m) => m.localName),
+  );
+  return new Proxy(client, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof value !== "function" || typeof prop !== "string" || !streaming.has(prop)) {
+        return value;
+      }
+      return (request: unknown, options: CallOptions = {}) =>
+        cancelling(
+          (signal) => value.call(target, request, { ...options, signal }) as AsyncIterable<unknown>,
+          options.signal,
+        );
+    },
+  });
+}
+
+/**
+ * Start the stream once read, with a signal of its own that follows the caller's (by hand:
+ * `AbortSignal.any` needs Node 20.3), and abort it however reading ends.
+ */
+async function* cancelling<M>(
+  start: (signal: AbortSignal) => AsyncIterable<M>,
+  caller: AbortSignal | undefined,
+): AsyncGenerator<M> {
+  const own = new AbortController();
+  const follow = () => own.abort(caller?.reason);
+  if (caller?.aborted) {
+    follow();
+  }
+  caller?.addEventListener("abort", follow, { once: true });
+  try {
+    yield* start(own.signal);
+  } finally {
+    caller?.removeEventListener("abort", follow);
+    own.abort();
+  }
 }
 
 function identity(options: ClientOptions): Interceptor {

@@ -27,7 +27,8 @@ export class ModelplaneError extends ConnectError {
 
   constructor(error: ConnectError, reason: string, info: Record<string, string>) {
     super(error.rawMessage, error.code, error.metadata, undefined, error.cause);
-    this.name = "ModelplaneError";
+    // `name` stays "ConnectError": ConnectError's instanceof check (and so ConnectError.from,
+    // which would otherwise wrap this as Unknown) accepts a subclass only under that name.
     this.details = error.details;
     this.status = statusName(error.code);
     this.reason = reason;

@@ -1,6 +1,7 @@
 /**
  * The TypeScript client against a live control plane. `tests/clients/test_node_client.py`
- * starts the server and passes MODELPLANE_SERVER and MODELPLANE_TEST_ONNX (an MLP built with
+ * starts the servers and passes MODELPLANE_SERVER, MODELPLANE_ONE_WATCH_SERVER (one that
+ * serves a single watch at a time) and MODELPLANE_TEST_ONNX (an MLP built with
  * modelplane.testing): `npm test` on its own has nothing to talk to.
  */
 import assert from "node:assert/strict";
@@ -8,7 +9,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ModelplaneClient,
   ModelplaneError,
@@ -18,8 +19,9 @@ import {
 } from "../src/index.js";
 
 const server = process.env.MODELPLANE_SERVER;
+const oneWatchServer = process.env.MODELPLANE_ONE_WATCH_SERVER;
 const onnxPath = process.env.MODELPLANE_TEST_ONNX;
-if (!server || !onnxPath) {
+if (!server || !oneWatchServer || !onnxPath) {
   throw new Error("run through tests/clients/test_node_client.py: it starts the control plane");
 }
 const onnx = readFileSync(onnxPath);
@@ -80,6 +82,21 @@ describe("ModelplaneClient against a live control plane", () => {
     assert.deepEqual(Buffer.concat(chunks), onnx);
   });
 
+  test("registers a version with datasets given as plain objects", async () => {
+    const model = unique("node-data");
+    await alice.createModel(model);
+    const csv = Buffer.from("f0,f1,f2,f3,label\n0.1,0.2,0.3,0.4,1\n0.5,0.6,0.7,0.8,0\n");
+    const holdout = await alice.uploadBlob(csv, "text/csv");
+    // No `create(v1.DatasetInputSchema, ...)`: RegisterOptions takes the message's init shape.
+    const version = await alice.registerVersion(model, onnx, {
+      datasets: [{ role: "holdout", source: "holdout.csv", sha256: holdout.sha256 }],
+    });
+    const [dataset] = version.lineage?.datasets ?? [];
+    assert.equal(dataset?.role, "holdout");
+    assert.equal(dataset?.sha256, holdout.sha256);
+    assert.equal(dataset?.rowCount, 2n);
+  });
+
   test("runs a gate: failing rule, then a target without a policy", async () => {
     const model = unique("node-gate");
     const target = unique("release");
@@ -130,6 +147,18 @@ describe("ModelplaneClient against a live control plane", () => {
     assert.equal(err.status, "NOT_FOUND");
     assert.equal(err.reason, "MODEL_NOT_FOUND");
     assert.match(err.message, new RegExp(model));
+  });
+
+  test("a ModelplaneError is a ConnectError: ConnectError.from keeps it whole", async () => {
+    const err = await rejection(alice.registry.getModel({ name: modelName(unique("absent")) }));
+    assert.ok(err instanceof ConnectError);
+    assert.ok(err instanceof Error);
+    const connect = ConnectError.from(err);
+    assert.equal(connect, err);
+    assert.equal(connect.code, Code.NotFound);
+    assert.ok(connect.details.length > 0, "the ErrorInfo detail was lost");
+    // The other way round: a plain ConnectError is not a ModelplaneError.
+    assert.ok(!(new ConnectError("plain", Code.Internal) instanceof ModelplaneError));
   });
 
   test("an invalid model id is INVALID_ARGUMENT with reason INVALID_NAME", async () => {
@@ -227,5 +256,91 @@ describe("ModelplaneClient against a live control plane", () => {
     } finally {
       nobody.close();
     }
+  });
+});
+
+describe("a server stream left early, on a control plane serving one watch at a time", () => {
+  let client: ModelplaneClient;
+  let deployment: string;
+
+  before(async () => {
+    client = new ModelplaneClient(oneWatchServer, { principal: "ops-admin", timeoutMs: 30_000 });
+    const model = unique("node-once");
+    await client.createModel(model);
+    const version = await client.registerVersion(model, onnx);
+    const id = unique("w");
+    await client.deployments.createDeployment({
+      deploymentId: id,
+      deployment: { model: modelName(model), championVersion: version.version },
+      requestId: randomUUID(),
+    });
+    deployment = `deployments/${id}`;
+  });
+  after(() => {
+    client.close();
+  });
+
+  /**
+   * Retry `watch` while the server refuses it with TOO_MANY_WATCHES. The server notices a watch
+   * that was left within its poll (a quarter second), so the slot may stay taken a moment
+   * longer; a watch left open while its client stays open never frees it.
+   */
+  async function retried<T>(watch: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      try {
+        return await watch();
+      } catch (err) {
+        if (!(err instanceof ModelplaneError && err.reason === "TOO_MANY_WATCHES")) {
+          throw err;
+        }
+        if (Date.now() > deadline) {
+          assert.fail("a watch left earlier still holds the only slot");
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  }
+
+  /** The first state of a watch, leaving its loop by `return`. */
+  async function firstState(): Promise<bigint> {
+    for await (const state of client.deployments.watchDeployment({ name: deployment })) {
+      return state.generation;
+    }
+    assert.fail("the watch ended without a state");
+  }
+
+  test("leaving the loop (break, return) cancels the stream, freeing the slot", async () => {
+    const byBreak = async () => {
+      const states: bigint[] = [];
+      for await (const state of client.deployments.watchDeployment({ name: deployment })) {
+        states.push(state.generation);
+        break;
+      }
+      return states;
+    };
+    for (let i = 0; i < 3; i++) {
+      const states = await retried(byBreak);
+      assert.equal(states.length, 1);
+      assert.ok(states[0] >= 1n);
+      assert.ok((await retried(firstState)) >= 1n);
+    }
+  });
+
+  // A timeout: were the caller's signal not followed, the loop would wait for heartbeats forever.
+  test("the caller's own signal still cancels the stream", { timeout: 20_000 }, async () => {
+    const abort = new AbortController();
+    const stream = async () => {
+      const watch = client.deployments.watchDeployment(
+        { name: deployment },
+        { signal: abort.signal },
+      );
+      for await (const _ of watch) {
+        abort.abort();
+      }
+    };
+    const err = await rejection(retried(stream));
+    assert.equal(err.code, Code.Canceled);
+    assert.ok((await retried(firstState)) >= 1n);
   });
 });

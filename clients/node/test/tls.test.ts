@@ -1,0 +1,63 @@
+/**
+ * Mutual TLS: `tests/clients/test_node_client.py` starts a control plane that asks for a client
+ * certificate from its test CA (MODELPLANE_MTLS_SERVER) and passes the PEM files of that CA and
+ * of a client certificate it signed (MODELPLANE_TLS_CA, _CERT, _KEY).
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { describe, test } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { ModelplaneClient, ModelplaneError } from "../src/index.js";
+
+const server = process.env.MODELPLANE_MTLS_SERVER;
+const caPath = process.env.MODELPLANE_TLS_CA;
+const certPath = process.env.MODELPLANE_TLS_CERT;
+const keyPath = process.env.MODELPLANE_TLS_KEY;
+if (!server || !caPath || !certPath || !keyPath) {
+  throw new Error("run through tests/clients/test_node_client.py: it starts the control plane");
+}
+const ca = readFileSync(caPath, "utf8");
+const cert = readFileSync(certPath);
+const key = readFileSync(keyPath);
+
+/** Create a model and list the models, closing the client after. */
+async function createAndList(client: ModelplaneClient, model: string): Promise<string[]> {
+  try {
+    await client.createModel(model);
+    return (await client.registry.listModels({})).models.map((m) => m.name);
+  } finally {
+    client.close();
+  }
+}
+
+async function refusal(client: ModelplaneClient): Promise<ModelplaneError> {
+  try {
+    await createAndList(client, `node-tls-${randomUUID().slice(0, 8)}`);
+  } catch (err) {
+    assert.ok(err instanceof ModelplaneError, `expected a ModelplaneError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("a control plane that asks for client certificates", () => {
+  test("answers a client presenting one from its CA (tls implies https)", async () => {
+    const client = new ModelplaneClient(server, { tls: { ca, cert, key }, timeoutMs: 10_000 });
+    const model = `node-tls-${randomUUID().slice(0, 8)}`;
+    assert.ok((await createAndList(client, model)).includes(`models/${model}`));
+  });
+
+  test("refuses a client trusting its CA but presenting no certificate", async () => {
+    // The server refuses after the handshake (TLS 1.3): the client sees its stream cancelled.
+    const client = new ModelplaneClient(server, { tls: { ca }, timeoutMs: 10_000 });
+    const err = await refusal(client);
+    assert.notEqual(err.code, Code.DeadlineExceeded, err.message);
+  });
+
+  test("is not trusted without its CA", async () => {
+    const client = new ModelplaneClient(server, { scheme: "https", timeoutMs: 10_000 });
+    const err = await refusal(client);
+    assert.match(err.message, /unable to verify/);
+  });
+});
