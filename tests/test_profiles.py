@@ -333,3 +333,24 @@ def test_a_repeated_column_name_is_invalid_dataset(label: str | None) -> None:
         with pytest.raises(InvalidArgument) as info:
             call()
         assert info.value.reason == "DUPLICATE_COLUMNS" and "'a'" in info.value.message
+
+
+def test_csv_true_false_text_stays_the_category_served_strings_carry() -> None:
+    # pandas writes booleans as True/False; a BYTES input carrying the same rows sends the
+    # strings "True"/"False", which must match the profile's categories.
+    rows = [
+        f"{i / 10},{'True' if i % 3 else 'False'},{'true' if i % 2 else 'false'}" for i in range(30)
+    ]
+    data = ("x,flag,lower\n" + "\n".join(rows) + "\n").encode()
+    profile = load_baseline(data)
+    flag = profile.feature("flag")
+    assert isinstance(flag, CategoricalFeature)
+    assert flag.categories == {"True": 20, "False": 10}
+    # Lowercase text reads as boolean and stringifies back to the same text.
+    lower = profile.feature("lower")
+    assert isinstance(lower, CategoricalFeature)
+    assert lower.categories == {"true": 15, "false": 15}
+    # read_table keeps reading every spelling as boolean by default (evaluation datasets
+    # feed such columns to BOOL inputs and use them as labels).
+    assert read_table(data).schema.field("flag").type == pa.bool_()
+    assert read_table(data, text_booleans=True).schema.field("flag").type == pa.string()

@@ -43,14 +43,16 @@ def load_baseline(
     """A profile from ``source`` (bytes or a file path) holding a profile or a dataset.
 
     A serialised profile is parsed as is. A dataset (Parquet, Arrow IPC, CSV) is profiled on
-    ``feature_names``, or on every column but ``label`` when no names are given.
+    ``feature_names``, or on every column but ``label`` when no names are given; a CSV is read
+    with ``text_booleans`` (see :func:`read_table`), so ``True``/``False`` text stays a
+    category spelled as in the file.
     """
     data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else None
     if data is None:
         data = _read_bytes(source)  # type: ignore[arg-type]
     if is_profile(data):
         return BaselineProfile.from_bytes(data)
-    table = read_table(data)
+    table = read_table(data, text_booleans=True)
     names = list(feature_names or []) or default_feature_names(table, label)
     return build_profile(table, names, bins=bins, sample_size=sample_size, seed=seed)
 

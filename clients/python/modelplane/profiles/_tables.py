@@ -96,10 +96,17 @@ def _read_arrow(data: bytes | str | os.PathLike[str]) -> pa.Table:
         return ipc.open_stream(source).read_all()
 
 
-def _read_csv(data: bytes | str | os.PathLike[str]) -> pa.Table:
+#: CSV reading for profiles: a column becomes boolean only when spelled ``true``/``false``,
+#: the spelling :func:`modelplane.profiles.category_strings` gives booleans back, so every
+#: other spelling (``True``, ``FALSE``, ...) stays the text that served strings match.
+_TEXT_BOOLEANS = pacsv.ConvertOptions(true_values=["true"], false_values=["false"])
+
+
+def _read_csv(data: bytes | str | os.PathLike[str], text_booleans: bool) -> pa.Table:
+    options = _TEXT_BOOLEANS if text_booleans else None
     if isinstance(data, bytes | bytearray | memoryview):
-        return pacsv.read_csv(io.BytesIO(bytes(data)))
-    return pacsv.read_csv(os.fspath(data))
+        return pacsv.read_csv(io.BytesIO(bytes(data)), convert_options=options)
+    return pacsv.read_csv(os.fspath(data), convert_options=options)
 
 
 def check_unique_columns(table: pa.Table) -> None:
@@ -123,13 +130,19 @@ def check_unique_columns(table: pa.Table) -> None:
     )
 
 
-def read_table(data: bytes | str | os.PathLike[str]) -> pa.Table:
+def read_table(data: bytes | str | os.PathLike[str], *, text_booleans: bool = False) -> pa.Table:
     """Read a dataset given as bytes or a file path into a pyarrow Table.
 
     The format comes from the content (see :func:`detect_format`). Unreadable, truncated or
     malformed data, and data that repeats a column name, raise
     ``InvalidArgument(reason="INVALID_DATASET")`` whose message names the format that was
     tried and the parser's complaint, or the repeated column.
+
+    A CSV column of ``true``/``false``, ``True``/``False``, ``TRUE``/``FALSE`` or ``1``/``0``
+    text reads as boolean (``1``/``0`` alone as integers). With ``text_booleans`` only the
+    ``true``/``false`` spelling does and other spellings stay strings: what profiling wants,
+    since a category keeps the text a served string input carries (a profile would otherwise
+    hold ``true`` where requests send ``True``).
     """
     fmt = detect_format(data)
     try:
@@ -141,7 +154,7 @@ def read_table(data: bytes | str | os.PathLike[str]) -> pa.Table:
         elif fmt == "arrow":
             table = _read_arrow(data)
         else:
-            table = _read_csv(data)
+            table = _read_csv(data, text_booleans)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _invalid(f"cannot read the dataset as {fmt}: {err}") from err
     check_unique_columns(table)
