@@ -354,3 +354,18 @@ def test_csv_true_false_text_stays_the_category_served_strings_carry() -> None:
     # feed such columns to BOOL inputs and use them as labels).
     assert read_table(data).schema.field("flag").type == pa.bool_()
     assert read_table(data, text_booleans=True).schema.field("flag").type == pa.string()
+
+
+@pytest.mark.parametrize("cells", ["", "NaN", "nan"])
+def test_an_all_missing_csv_column_is_numeric_like_its_parquet_float64(cells: str) -> None:
+    data = "".join(f"{a},{cells}\n" for a in (1.5, 2.5, 3.5))
+    from_csv = load_baseline(("a,b\n" + data).encode())
+    as_float = pa.table({"a": [1.5, 2.5, 3.5], "b": pa.array([None] * 3, pa.float64())})
+    from_parquet = load_baseline(_parquet_bytes(as_float))
+    b = from_csv.feature("b")
+    assert isinstance(b, NumericFeature)
+    assert b.count == 0 and b.missing == 3 and b.min is None
+    assert from_csv.to_bytes() == from_parquet.to_bytes()
+    # The same holds for a null-typed column handed to build_profile directly.
+    null_column = pa.table({"a": as_float["a"], "b": pa.nulls(3)})
+    assert build_profile(null_column, []).to_bytes() == from_parquet.to_bytes()

@@ -161,8 +161,9 @@ def build_profile(
     Numeric columns (integer, floating, decimal) get quantile bin edges and counts, a sorted
     reference sample of at most ``sample_size`` finite values drawn uniformly without
     replacement with ``seed`` (every finite value when there are no more than that), and
-    count, missing, min, max, mean and std. String, boolean and dictionary columns get
-    category counts. Other column types, unknown or repeated names, and a table that repeats
+    count, missing, min, max, mean and std; a column of type null (no values at all) is
+    numeric with every row missing. String, boolean and dictionary columns get category
+    counts. Other column types, unknown or repeated names, and a table that repeats
     a column name raise ``InvalidArgument(reason="INVALID_DATASET")``.
     """
     if bins < 1:
@@ -181,7 +182,10 @@ def build_profile(
                 name,
             )
         column = table.column(name)
-        if is_numeric_type(column.type):
+        # A column with no value at all has type null (a CSV column of empty or NaN cells
+        # reads so): profiled as numeric with every row missing, as the same data stored as
+        # float64 would be.
+        if is_numeric_type(column.type) or pa.types.is_null(column.type):
             features.append(_numeric_feature(name, column, bins, sample_size, seed))
         elif is_categorical_type(column.type):
             features.append(_categorical_feature(name, column))
