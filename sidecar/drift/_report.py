@@ -20,8 +20,9 @@ class DriftThresholds:
     """When a feature counts as drifted: any configured test that fires (None disables it).
 
     Numeric features: ``psi >= psi``, KS ``p < ks_pvalue`` or ``js >= js``. Categorical
-    features: ``psi >= psi`` or chi-square ``p < chi2_pvalue``. An undefined statistic (empty
-    window, baseline without values) never fires.
+    features (all unseen categories in one bin): ``psi >= psi`` or chi-square
+    ``p < chi2_pvalue``. An undefined statistic (empty window, baseline without values) never
+    fires.
     """
 
     psi: float | None = 0.2
@@ -125,16 +126,13 @@ def _score_categorical(
     grid: BaselineGrid, window: WindowState, position: int, thresholds: DriftThresholds
 ) -> FeatureDrift:
     feature = grid.categorical[position]
-    unseen = window.unseen[position]
-    names = sorted(unseen)
-    ref = np.concatenate(
-        (np.fromiter(feature.categories.values(), np.int64), np.zeros(len(names), np.int64))
-    )
-    cur = np.concatenate(
-        (window.categories[position], np.array([unseen[n] for n in names], dtype=np.int64))
-    )
+    # Every unseen category shares one bin (0 in the baseline), as the control plane scores
+    # merged windows (controlplane.rollouts.drift): how an unseen share is spread over names,
+    # or which names a merge folded into the overflow category, does not change the result.
+    unseen_count = int(sum(window.unseen[position].values()))
+    ref = np.fromiter((*feature.categories.values(), 0), np.int64)
+    cur = np.append(window.categories[position], unseen_count)
     count = int(cur.sum())
-    unseen_count = int(cur[len(feature.categories) :].sum())
     statistic, pvalue = chi_square(ref, cur)
     psi = psi_from_counts(ref, cur)
     drifted = bool(
@@ -164,9 +162,11 @@ def score_window(
     Features come in profile order. Numeric: PSI and Jensen-Shannon distance over the
     profile's bins, KS (statistic and asymptotic p-value) against the profile's reference
     sample, exactly as :func:`sidecar.drift.ks_2samp` on that sample and the window's finite
-    values. Categorical: chi-square over known plus unseen categories and PSI over the same.
-    For categoricals the out-of-range share is the share of unseen categories. An empty window
-    gives undefined (None) statistics and shares, no drifted feature and a None drifted share.
+    values. Categorical: chi-square and PSI over the profile's categories plus one bin for all
+    unseen categories (empty in the baseline), the bins the control plane scores merged
+    windows over. For categoricals the out-of-range share is the share of unseen categories.
+    An empty window gives undefined (None) statistics and shares, no drifted feature and a
+    None drifted share.
     """
     thresholds = thresholds or DriftThresholds()
     if window.baseline != grid.digest:

@@ -7,7 +7,8 @@ bound: categories the baseline never saw are kept by name up to :data:`MAX_UNSEE
 feature. Past it a merge keeps the most frequent names (ties by name) and folds the rest into
 :data:`OVERFLOW_CATEGORY`, so its result does not depend on which window comes first and
 every total stays exact, but which names keep a count of their own can depend on how the
-windows were grouped (a name folded in one merge is not split out again).
+windows were grouped (a name folded in one merge is not split out again). Reports score all
+unseen categories as one bin, so no statistic depends on that grouping.
 """
 
 from __future__ import annotations

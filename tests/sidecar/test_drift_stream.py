@@ -10,8 +10,22 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from modelplane.profiles import BaselineProfile, NumericFeature, build_profile
-from sidecar.drift import DriftMonitor, DriftThresholds, WindowState, psi_from_counts
+from controlplane.domain.deployments import DriftSummary, FeatureCounts
+from controlplane.rollouts.drift import feature_psi
+from modelplane.profiles import (
+    BaselineProfile,
+    CategoricalFeature,
+    NumericFeature,
+    build_profile,
+    load_baseline,
+)
+from sidecar.drift import (
+    DriftMonitor,
+    DriftThresholds,
+    WindowState,
+    psi_from_counts,
+    score_window,
+)
 
 
 class Clock:
@@ -213,6 +227,55 @@ def test_categorical_report_with_unseen_categories() -> None:
     )
     assert colour.chi2_statistic == pytest.approx(float(expected.statistic), rel=1e-9)
     assert colour.drifted
+
+
+def _summary(profile: BaselineProfile, window: WindowState) -> DriftSummary:
+    # What sidecar/managed/window.py reports to the control plane for the one categorical
+    # feature "colour": its known counts, unseen total and missing count.
+    counts = FeatureCounts(
+        "colour",
+        tuple(window.categories[0].tolist()),
+        sum(window.unseen[0].values()),
+        int(window.categorical_missing[0]),
+    )
+    return DriftSummary(profile.digest(), window.rows, (counts,))
+
+
+@pytest.mark.parametrize("names", [1, 2, 20, 1000])
+def test_categorical_psi_is_the_control_planes_however_unseen_rows_spread(names: int) -> None:
+    profile = build_profile(pa.table({"colour": ["red"] * 60 + ["green"] * 40}), [])
+    monitor = DriftMonitor(profile)
+    unseen = [f"new{i % names}" for i in range(max(20, names))]
+    known = ["red"] * (len(unseen) * 12 // 5) + ["green"] * (len(unseen) * 8 // 5)
+    monitor.update({"colour": known + unseen})
+    window = monitor.flush()
+    colour = monitor.score(window).feature("colour")
+    assert colour.unseen_share == pytest.approx(0.2)
+    expected = feature_psi(_summary(profile, window), profile)["colour"]
+    assert expected is not None and expected > 1.0
+    assert colour.psi == pytest.approx(expected, rel=1e-12)
+    # One unseen bin for chi-square too: scipy on known counts plus the unseen total.
+    baseline = profile.feature("colour")
+    assert isinstance(baseline, CategoricalFeature)
+    table = [[*baseline.categories.values(), 0], [*window.categories[0].tolist(), len(unseen)]]
+    reference = stats.chi2_contingency(table)
+    assert colour.chi2_statistic == pytest.approx(float(reference.statistic), rel=1e-9)
+    assert colour.chi2_pvalue == pytest.approx(float(reference.pvalue), rel=1e-6, abs=1e-300)
+    # A fifth of the rows in categories the baseline never saw is drift, by PSI alone too.
+    assert colour.drifted
+    only_psi = DriftThresholds(psi=0.2, ks_pvalue=None, chi2_pvalue=None)
+    assert score_window(monitor.grid, window, only_psi).feature("colour").drifted
+
+
+def test_csv_true_false_baseline_sees_its_own_rows_as_unchanged() -> None:
+    rows = [f"{i / 10},{'True' if i % 3 else 'False'}" for i in range(300)]
+    profile = load_baseline(("x,flag\n" + "\n".join(rows) + "\n").encode())
+    monitor = DriftMonitor(profile)
+    x, flag = zip(*(r.split(",") for r in rows), strict=True)
+    # A BYTES input decodes to str: the training rows served back, as text.
+    monitor.update({"x": np.array(x, dtype=np.float64), "flag": np.array(flag, dtype=object)})
+    report = monitor.score(monitor.flush()).feature("flag")
+    assert report.unseen_share == 0.0 and report.psi == 0.0 and not report.drifted
 
 
 def test_windows_by_count_split_batches() -> None:

@@ -51,3 +51,24 @@ def test_merging_below_the_cap_keeps_every_name() -> None:
     a = _window(profile, ["p", "q", "q", "red"])
     b = _window(profile, ["q", "r"])
     assert a.merge(b).unseen == [{"p": 1, "q": 3, "r": 1}]
+
+
+def test_report_does_not_depend_on_how_windows_were_merged() -> None:
+    # Past the cap, which names a merge folds into the overflow depends on the grouping; the
+    # report scores every unseen category as one bin, so its statistics do not.
+    profile = _profile()
+    monitor = DriftMonitor(profile)
+    n = [f"n{i}" for i in range(MAX_UNSEEN)]
+    m = [f"m{i}" for i in range(MAX_UNSEEN)]
+    x = _window(profile, ["red"] * 900 + n)
+    y = _window(profile, ["green"] * 300 + m)
+    z = _window(profile, ["red"] * 100 + n)
+    # x + z first: the n names count 2 and keep their names; z + y first: every name counts
+    # 1, the m names win the tie and the n names fold for good.
+    left, right = x.merge(z).merge(y), x.merge(z.merge(y))
+    assert left.unseen != right.unseen
+    assert sum(left.unseen[0].values()) == sum(right.unseen[0].values())
+    first, second = monitor.score(left), monitor.score(right)
+    assert first.features == second.features
+    colour = first.feature("colour")
+    assert colour.psi is not None and colour.chi2_statistic is not None
