@@ -122,13 +122,26 @@ class DriftMonitor:
         start = self._window.start
         if now < start + self.window_seconds:
             return
-        spans = math.floor((now - start) / self.window_seconds)
-        end = start + self.window_seconds
+        # At wall-clock epochs (now - start) / window_seconds can round to either side of the
+        # count of whole windows that passed (to 0 right on a boundary), so the next start is
+        # settled on the same arithmetic as the check above: the last start + k * window at or
+        # before now, at least one window on. Rounding is off by a window at most; the steps
+        # are bounded so that a count too large for float steps cannot loop.
+        ws = self.window_seconds
+        spans = max(1, math.floor((now - start) / ws))
+        for _ in range(4):
+            if spans > 1 and start + spans * ws > now:
+                spans -= 1
+            elif start + (spans + 1) * ws <= now:
+                spans += 1
+            else:
+                break
+        end = start + ws
         if self._window.rows:
             window = self._window
             window.end = end
             closed.append(window)
-        self._window = WindowState.empty(self.grid, start + spans * self.window_seconds)
+        self._window = WindowState.empty(self.grid, start + spans * ws)
 
     def _check_matrix(self, batch: np.ndarray) -> np.ndarray:
         if self.grid.categorical:

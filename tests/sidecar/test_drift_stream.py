@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
@@ -333,6 +334,33 @@ def test_edge_cases_are_defined() -> None:
     monitor.update(np.column_stack([np.full(40, 3.0), np.zeros(40), np.zeros(40)]))
     moved = monitor.score(monitor.flush()).features[0]
     assert moved.out_of_range_share == 1.0 and moved.ks_statistic == 1.0 and moved.drifted
+
+
+def test_a_window_closed_on_its_boundary_at_an_epoch_moves_on() -> None:
+    # At this epoch (start + ws - start) / ws rounds below 1 although start + ws is reached.
+    start, ws = 1_700_000_100.0, 0.3
+    assert math.floor(((start + ws) - start) / ws) == 0
+    clock = Clock(start)
+    monitor = DriftMonitor(_numeric_profile(), window_seconds=ws, clock=clock)
+    batch = np.ones((5, 5))
+    monitor.update(batch)
+    clock.now = start + ws
+    closed = monitor.update(batch)
+    assert [(w.start, w.end, w.rows) for w in closed] == [(start, start + ws, 5)]
+    assert monitor.current().start == start + ws
+    # Later in the same window: nothing closes, and no window is reported twice.
+    clock.now = start + ws + 0.01
+    assert monitor.update(batch) == []
+    assert monitor.current().start == start + ws and monitor.current().rows == 10
+    # Across many boundaries the windows tile time: each starts where the last one ended.
+    ends = [start + ws]
+    for step in range(2, 400):
+        clock.now = start + step * ws
+        for window in monitor.update(batch[:1]):
+            assert window.start == ends[-1] and window.end > window.start
+            ends.append(window.end)
+        assert monitor.current().start <= clock.now < monitor.current().start + ws
+    assert len(ends) == 399
 
 
 def test_bad_batches() -> None:
