@@ -186,3 +186,16 @@ def test_example_exits_4_when_the_server_is_unreachable(
     result = _run([*argv, "--server", closed], closed)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_example_exits_4_when_a_tls_server_closes_the_connection(
+    node_built: None, mtls_controlplane: MutualTls, classifier: Classifier
+) -> None:
+    # The example speaks plaintext; a server asking for TLS and client certificates closes the
+    # connection before any answer: UNAVAILABLE, as gRPC core reports it, not CANCELLED.
+    address = mtls_controlplane.cp.address
+    argv = ["node", str(EXAMPLE), "--model", "m", "--onnx", str(classifier.onnx)]
+    result = _run([*argv, "--server", address], address)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "UNAVAILABLE" in result.stderr
+    assert "closed the connection before answering" in result.stderr

@@ -7,7 +7,8 @@
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
  * fails, 3 when the server answers an error (its status and reason are printed), 4 when it
- * cannot be reached (UNAVAILABLE), as the Go example and the `modelplane` CLI exit.
+ * cannot be reached (UNAVAILABLE: refused, reset, or a TLS handshake or certificate check that
+ * failed), as the Go example and the `modelplane` CLI exit.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";

@@ -10,7 +10,7 @@ import {
   type Client,
   type Interceptor,
 } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { create, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
 import { AuditService } from "./gen/modelplane/v1/audit_pb.js";
 import {
@@ -32,6 +32,7 @@ import {
   type Model,
   type ModelVersion,
 } from "./gen/modelplane/v1/registry_pb.js";
+import { TracingSessionManager, unavailableWhenUnreached } from "./connection.js";
 import { withModelplaneErrors } from "./errors.js";
 
 /** Metadata keys a server without access control reads the caller from. */
@@ -114,17 +115,19 @@ export class ModelplaneClient {
   readonly operations: Client<typeof OperationsService>;
   readonly deployments: Client<typeof DeploymentService>;
   readonly audit: Client<typeof AuditService>;
-  private readonly sessions: Http2SessionManager;
+  private readonly sessions: TracingSessionManager;
 
   /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051`. */
   constructor(address: string, options: ClientOptions = {}) {
     const scheme = options.scheme ?? (options.tls ? "https" : "http");
     const baseUrl = `${scheme}://${address}`;
-    this.sessions = new Http2SessionManager(baseUrl, undefined, options.tls);
+    this.sessions = new TracingSessionManager(baseUrl, undefined, options.tls);
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: this.sessions,
-      interceptors: [identity(options)],
+      // A connection that fails before the server answers (a refused TLS handshake, a reset)
+      // is UNAVAILABLE, as gRPC core says, not whatever the Node error maps to.
+      interceptors: [unavailableWhenUnreached(), identity(options)],
     });
     const timeoutMs = options.timeoutMs ?? 60_000;
     const connect = <S extends DescService>(service: S): Client<S> =>

@@ -48,16 +48,24 @@ describe("a control plane that asks for client certificates", () => {
     assert.ok((await createAndList(client, model)).includes(`models/${model}`));
   });
 
-  test("refuses a client trusting its CA but presenting no certificate", async () => {
-    // The server refuses after the handshake (TLS 1.3): the client sees its stream cancelled.
+  test("refuses a client trusting its CA but presenting no certificate: UNAVAILABLE", async () => {
+    // The server closes the connection after the handshake (TLS 1.3), before any answer: the
+    // stream Connect saw cancelled is reported as gRPC core reports it.
     const client = new ModelplaneClient(server, { tls: { ca }, timeoutMs: 10_000 });
     const err = await refusal(client);
-    assert.notEqual(err.code, Code.DeadlineExceeded, err.message);
+    assert.equal(err.code, Code.Unavailable, err.message);
+    assert.equal(err.status, "UNAVAILABLE");
+    assert.match(err.message, /closed the connection before answering/);
+    assert.match(err.message, /no certificate it trusts/);
   });
 
-  test("is not trusted without its CA", async () => {
+  test("is not trusted without its CA: UNAVAILABLE, Node's message and cause kept", async () => {
     const client = new ModelplaneClient(server, { scheme: "https", timeoutMs: 10_000 });
     const err = await refusal(client);
-    assert.match(err.message, /unable to verify/);
+    assert.equal(err.code, Code.Unavailable, err.message);
+    assert.match(err.message, /^UNAVAILABLE: unable to verify/);
+    assert.match(err.message, /UNABLE_TO_VERIFY_LEAF_SIGNATURE/);
+    const cause = err.cause as { code?: string } | undefined;
+    assert.equal(cause?.code, "UNABLE_TO_VERIFY_LEAF_SIGNATURE");
   });
 });
