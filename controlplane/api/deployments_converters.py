@@ -70,6 +70,14 @@ def seconds_of(d: duration_pb2.Duration) -> float:
 
 # Summaries ------------------------------------------------------------------------------------
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _n(value: int) -> int:
+    """A stored count as the wire's int64 can hold it (evidence merged before sums were kept
+    within int64 may hold more)."""
+    return min(max(value, _INT64[0]), _INT64[1])
+
 
 def histogram_to_proto(h: Histogram | None) -> pb.Histogram | None:
     if h is None:
@@ -78,9 +86,9 @@ def histogram_to_proto(h: Histogram | None) -> pb.Histogram | None:
         low=h.low,
         high=h.high,
         log_scale=h.log_scale,
-        counts=list(h.counts),
-        underflow=h.underflow,
-        overflow=h.overflow,
+        counts=[_n(c) for c in h.counts],
+        underflow=_n(h.underflow),
+        overflow=_n(h.overflow),
         sum=h.sum,
         symlog=h.symlog,
     )
@@ -110,10 +118,13 @@ def drift_to_proto(d: DriftSummary | None) -> pb.DriftSummary | None:
         return None
     return pb.DriftSummary(
         baseline_sha256=d.baseline_sha256,
-        rows=d.rows,
+        rows=_n(d.rows),
         features=[
             pb.FeatureCounts(
-                name=f.name, counts=list(f.counts), out_of_range=f.out_of_range, missing=f.missing
+                name=f.name,
+                counts=[_n(c) for c in f.counts],
+                out_of_range=_n(f.out_of_range),
+                missing=_n(f.missing),
             )
             for f in d.features
         ],
@@ -138,15 +149,15 @@ def arm_to_proto(a: ArmSummary | None) -> pb.ArmSummary | None:
     return pb.ArmSummary(
         arm=a.arm,
         version=a.version,
-        requests=a.requests,
-        errors=a.errors,
-        rows=a.rows,
+        requests=_n(a.requests),
+        errors=_n(a.errors),
+        rows=_n(a.rows),
         latency=histogram_to_proto(a.latency),
         scores=histogram_to_proto(a.scores),
-        label_counts=a.label_counts,
+        label_counts={k: _n(v) for k, v in a.label_counts.items()},
         drift=drift_to_proto(a.drift),
-        labeled=a.labeled,
-        correct=a.correct,
+        labeled=_n(a.labeled),
+        correct=_n(a.correct),
         error_rate=a.error_rate,
         latency_p50=a.latency_p50,
         latency_p99=a.latency_p99,
@@ -176,11 +187,11 @@ def shadow_to_proto(s: ShadowSummary | None) -> pb.ShadowSummary | None:
         return None
     return pb.ShadowSummary(
         version=s.version,
-        pairs=s.pairs,
-        disagreements=s.disagreements,
+        pairs=_n(s.pairs),
+        disagreements=_n(s.disagreements),
         abs_diff_sum=s.abs_diff_sum,
-        errors=s.errors,
-        dropped=s.dropped,
+        errors=_n(s.errors),
+        dropped=_n(s.dropped),
         champion_scores=histogram_to_proto(s.champion_scores),
         shadow_scores=histogram_to_proto(s.shadow_scores),
         disagreement_rate=s.disagreement_rate,
@@ -226,7 +237,7 @@ def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
         guards=[guard_to_proto(g) for g in e.guards],
         window_end_time=ts(e.window_end_time) if e.window_end_time else None,
         replica_count=e.replica_count,
-        step_candidate_requests=e.step_candidate_requests,
+        step_candidate_requests=_n(e.step_candidate_requests),
         unloaded_replicas=[unloaded_to_proto(u) for u in e.unloaded],
     )
 

@@ -16,7 +16,8 @@ underflow answers ``low``, one in the overflow ``high``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -25,6 +26,24 @@ from modelplane.errors import InvalidArgument
 
 #: The most buckets a histogram may have.
 MAX_BUCKETS = 4096
+#: The largest count one report may carry (a window's requests, a bucket, a histogram's total):
+#: far beyond any window's traffic, and 32,768 reports of it still add up within int64.
+MAX_COUNT = 2**48
+#: The largest merged count: int64's largest, what the API's counts can hold. A sum that would
+#: pass it stays there (see :func:`saturated`).
+MAX_SUM = 2**63 - 1
+
+
+def saturated(values: Iterable[int]) -> int:
+    """The sum of ``values`` (Python ints, so it cannot wrap), at most :data:`MAX_SUM`."""
+    return min(sum(int(v) for v in values), MAX_SUM)
+
+
+def saturated_float(values: Iterable[float]) -> float:
+    """The sum of finite ``values``, kept finite: one that overflows stays at the largest
+    double of its sign (stored evidence is JSON, which has no infinities)."""
+    total = float(sum(values))
+    return total if math.isfinite(total) else math.copysign(sys.float_info.max, total)
 
 
 def layout_mismatch(what: str, detail: str) -> InvalidArgument:
@@ -57,6 +76,11 @@ def check(h: Histogram, what: str) -> Histogram:
         raise bad("a log-scale histogram needs low > 0")
     if min(h.counts) < 0 or h.underflow < 0 or h.overflow < 0:
         raise bad("counts cannot be negative")
+    if h.total > MAX_COUNT:
+        raise bad(
+            f"it counts {h.total} values in all (buckets, underflow and overflow); one report "
+            f"counts at most {MAX_COUNT}"
+        )
     if not math.isfinite(h.sum):
         raise bad("sum must be finite")
     return h
@@ -92,16 +116,15 @@ def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
     for other in items[1:]:
         if other.layout != first.layout:
             raise layout_mismatch(what, f"{_shown(other)} vs {_shown(first)}")
-    counts = np.sum([np.asarray(h.counts, dtype=np.int64) for h in items], axis=0)
     return Histogram(
         low=first.low,
         high=first.high,
         log_scale=first.log_scale,
         symlog=first.symlog,
-        counts=tuple(int(c) for c in counts),
-        underflow=sum(h.underflow for h in items),
-        overflow=sum(h.overflow for h in items),
-        sum=float(sum(h.sum for h in items)),
+        counts=tuple(saturated(bucket) for bucket in zip(*(h.counts for h in items), strict=True)),
+        underflow=saturated(h.underflow for h in items),
+        overflow=saturated(h.overflow for h in items),
+        sum=saturated_float(h.sum for h in items),
     )
 
 

@@ -7,14 +7,18 @@ labeled``, latency p50/p99 from the merged latency histogram, and for the shadow
 ``disagreement_rate = disagreements / pairs``, ``mean_abs_diff = abs_diff_sum / pairs`` and
 ``ks_statistic`` = the largest distance between the CDFs of the two merged score histograms.
 A derived value whose denominator is zero is None (unknown), never 0.
+
+Counts add as Python ints and a sum stays at :data:`~controlplane.rollouts.histograms.MAX_SUM`
+(int64's largest) rather than pass it, float sums stay finite, and a merged arm keeps the
+:data:`MAX_LABELS` most frequent predicted labels (ties: the smaller label), so that what is
+merged, kept and stored always fits the API's messages and stays bounded however many reports
+a step or window holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-
-import numpy as np
 
 from controlplane.domain.deployments import (
     ArmSummary,
@@ -25,7 +29,10 @@ from controlplane.domain.deployments import (
     WindowReport,
 )
 from controlplane.rollouts import histograms
-from controlplane.rollouts.histograms import layout_mismatch
+from controlplane.rollouts.histograms import layout_mismatch, saturated, saturated_float
+
+#: The most predicted labels one report may count, and a merged arm keeps.
+MAX_LABELS = 1024
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -52,18 +59,17 @@ def merge_drift(items: Sequence[DriftSummary | None], what: str) -> DriftSummary
     features = []
     for i, feature in enumerate(first.features):
         parts = [d.features[i] for d in present]
-        counts = np.sum([np.asarray(p.counts, dtype=np.int64) for p in parts], axis=0)
         features.append(
             FeatureCounts(
                 name=feature.name,
-                counts=tuple(int(c) for c in np.atleast_1d(counts)),
-                out_of_range=sum(p.out_of_range for p in parts),
-                missing=sum(p.missing for p in parts),
+                counts=tuple(saturated(b) for b in zip(*(p.counts for p in parts), strict=True)),
+                out_of_range=saturated(p.out_of_range for p in parts),
+                missing=saturated(p.missing for p in parts),
             )
         )
     return DriftSummary(
         baseline_sha256=first.baseline_sha256,
-        rows=sum(d.rows for d in present),
+        rows=saturated(d.rows for d in present),
         features=tuple(features),
     )
 
@@ -72,24 +78,32 @@ def merge_arms(items: Sequence[ArmSummary], arm: str) -> ArmSummary | None:
     """The sum of one arm's summaries, with its derived fields (None for none)."""
     if not items:
         return None
-    labels: dict[int, int] = {}
-    for item in items:
-        for key, value in item.label_counts.items():
-            labels[key] = labels.get(key, 0) + value
     merged = ArmSummary(
         arm=arm,
         version=items[0].version,
-        requests=sum(a.requests for a in items),
-        errors=sum(a.errors for a in items),
-        rows=sum(a.rows for a in items),
+        requests=saturated(a.requests for a in items),
+        errors=saturated(a.errors for a in items),
+        rows=saturated(a.rows for a in items),
         latency=histograms.merge(_present([a.latency for a in items]), f"{arm}.latency"),
         scores=histograms.merge(_present([a.scores for a in items]), f"{arm}.scores"),
-        label_counts=labels,
+        label_counts=merge_labels([a.label_counts for a in items]),
         drift=merge_drift([a.drift for a in items], f"{arm}.drift"),
-        labeled=sum(a.labeled for a in items),
-        correct=sum(a.correct for a in items),
+        labeled=saturated(a.labeled for a in items),
+        correct=saturated(a.correct for a in items),
     )
     return derive_arm(merged)
+
+
+def merge_labels(items: Sequence[dict[int, int]]) -> dict[int, int]:
+    """The summed predicted-label counts: the :data:`MAX_LABELS` most frequent labels."""
+    labels: dict[int, int] = {}
+    for item in items:
+        for key, value in item.items():
+            labels[key] = min(labels.get(key, 0) + value, histograms.MAX_SUM)
+    if len(labels) <= MAX_LABELS:
+        return labels
+    kept = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_LABELS]
+    return dict(sorted(kept))
 
 
 def derive_arm(a: ArmSummary) -> ArmSummary:
@@ -109,11 +123,11 @@ def merge_shadow(items: Sequence[ShadowSummary]) -> ShadowSummary | None:
         return None
     merged = ShadowSummary(
         version=items[0].version,
-        pairs=sum(s.pairs for s in items),
-        disagreements=sum(s.disagreements for s in items),
-        abs_diff_sum=float(sum(s.abs_diff_sum for s in items)),
-        errors=sum(s.errors for s in items),
-        dropped=sum(s.dropped for s in items),
+        pairs=saturated(s.pairs for s in items),
+        disagreements=saturated(s.disagreements for s in items),
+        abs_diff_sum=saturated_float(s.abs_diff_sum for s in items),
+        errors=saturated(s.errors for s in items),
+        dropped=saturated(s.dropped for s in items),
         champion_scores=histograms.merge(
             _present([s.champion_scores for s in items]), "shadow.champion_scores"
         ),

@@ -12,10 +12,21 @@ one that fails there rolls back) and no replica says it cannot load the candidat
 :mod:`controlplane.rollouts.unloaded`, which also records the events); drift past the
 deployment's thresholds (outside its cooldown) records a ``drift`` event and, after commit,
 calls the retraining hooks.
+
+Before anything is stored, :func:`check_report` refuses (INVALID_ARGUMENT, nothing written) a
+report the control plane could not store or serve back: a count below 0 or above
+:data:`~controlplane.rollouts.histograms.MAX_COUNT` (histogram buckets and totals included),
+more than :data:`~controlplane.rollouts.merge.MAX_LABELS` predicted labels in an arm, a shadow
+``abs_diff_sum`` that is not a finite number of at least 0, a ``rollout_id`` that is not a
+rollout id, or a replica name with control characters; a sidecar's error text is kept
+without control characters and bounded.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -31,6 +42,7 @@ from controlplane.domain.deployments import (
     Rollout,
     WindowReport,
 )
+from controlplane.names import check_id
 from controlplane.rollouts import (
     drift,
     guards,
@@ -41,9 +53,10 @@ from controlplane.rollouts import (
     transitions,
     unloaded,
 )
+from controlplane.rollouts.histograms import MAX_COUNT, MAX_SUM
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
-from controlplane.rollouts.merge import merge_reports
+from controlplane.rollouts.merge import MAX_LABELS, merge_reports
 from controlplane.rollouts.notifier import GenerationHub
 from controlplane.services.deployments import parse_deployment, require_deployment
 from controlplane.store import Store, WriteTx
@@ -57,18 +70,70 @@ log = structlog.get_logger("modelplane.controlplane.rollouts")
 
 ARMS = ("champion", "candidate")
 MAX_REPLICA_LENGTH = 200
+#: What a replica name may not contain: NUL and the other control characters.
+_REPLICA_BAD = re.compile(r"[\x00-\x1f\x7f]")
+#: What a sidecar's error text may not carry into stored events: NUL and the other control
+#: characters but tab and newline (each replaced with U+FFFD).
+_ERROR_BAD = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _bad(message: str, field: str, reason: str = "INVALID_REPORT") -> InvalidArgument:
     return InvalidArgument(message, reason=reason, metadata={"field": field})
 
 
+def _check_counts(what: str, field: str, counts: dict[str, int | Iterable[int]]) -> None:
+    """Every count (name → its value or values) non-negative and at most :data:`MAX_COUNT`."""
+    for name, values in counts.items():
+        for value in (values,) if isinstance(values, int) else values:
+            if value < 0:
+                raise _bad(f"{what}.{name} is {value}: counts cannot be negative", field)
+            if value > MAX_COUNT:
+                raise _bad(
+                    f"{what}.{name} is {value}: one report counts at most {MAX_COUNT}; report "
+                    "shorter windows",
+                    field,
+                )
+
+
+def _check_drift(d: DriftSummary, what: str) -> None:
+    _check_counts(what, what, {"rows": d.rows})
+    for f in d.features:
+        _check_counts(
+            f"{what}.features[{f.name[:40]!r}]",
+            what,
+            {"counts": f.counts, "out_of_range": f.out_of_range, "missing": f.missing},
+        )
+
+
+def _clean_error(text: str) -> str:
+    """A sidecar's error text as stored: at most :data:`unloaded.MAX_ERROR` characters, its
+    control characters (NUL included) replaced."""
+    return _ERROR_BAD.sub("\ufffd", text[: unloaded.MAX_ERROR])
+
+
 def check_report(report: WindowReport) -> WindowReport:
-    """INVALID_ARGUMENT for a report that cannot be right, before anything is stored."""
+    """INVALID_ARGUMENT for a report that cannot be right, before anything is stored; the
+    report as it is stored (the error texts of ``unloaded_versions`` cleaned and bounded)."""
     if not report.replica or len(report.replica) > MAX_REPLICA_LENGTH:
         raise _bad(
             f"replica must name the sidecar replica (1-{MAX_REPLICA_LENGTH} characters)", "replica"
         )
+    if _REPLICA_BAD.search(report.replica):
+        raise _bad(
+            f"replica {report.replica[:80]!r} contains a control character; name the replica "
+            "with printable characters",
+            "replica",
+        )
+    if report.rollout_id:
+        try:
+            check_id(report.rollout_id, "rollout_id")
+        except InvalidArgument:
+            raise _bad(
+                f"rollout_id {report.rollout_id[:80]!r} is not a rollout id (1-63 lowercase "
+                "letters, digits and '-'); send the rollout_id of the desired state the sidecar "
+                "applied, or none",
+                "rollout_id",
+            ) from None
     if report.sequence < 0 or report.generation < 0:
         raise _bad("sequence and generation must not be negative", "sequence")
     if report.start_time and report.end_time and report.end_time < report.start_time:
@@ -80,26 +145,59 @@ def check_report(report: WindowReport) -> WindowReport:
         if a.arm in seen:
             raise _bad(f"arm {a.arm!r} appears twice; send one summary per arm", "arms.arm")
         seen.add(a.arm)
-        counts = (a.requests, a.errors, a.rows, a.labeled, a.correct, *a.label_counts.values())
-        if min(counts) < 0:
-            raise _bad(f"{a.arm}: counts cannot be negative", f"arms.{a.arm}")
-        if a.errors > a.requests or a.correct > a.labeled:
+        field = f"arms.{a.arm}"
+        _check_counts(
+            a.arm,
+            field,
+            {
+                "requests": a.requests,
+                "errors": a.errors,
+                "rows": a.rows,
+                "labeled": a.labeled,
+                "correct": a.correct,
+            },
+        )
+        if len(a.label_counts) > MAX_LABELS:
             raise _bad(
-                f"{a.arm}: errors exceed requests or correct exceeds labeled", f"arms.{a.arm}"
+                f"{a.arm}.label_counts has {len(a.label_counts)} labels; at most {MAX_LABELS} "
+                "are allowed (predicted classes of a classifier)",
+                f"{field}.label_counts",
             )
+        _check_counts(a.arm, f"{field}.label_counts", {"label_counts": a.label_counts.values()})
+        if a.errors > a.requests or a.correct > a.labeled:
+            raise _bad(f"{a.arm}: errors exceed requests or correct exceeds labeled", field)
         for h, what in ((a.latency, "latency"), (a.scores, "scores")):
             if h is not None:
                 histograms.check(h, f"{a.arm}.{what}")
+        if a.drift is not None:
+            _check_drift(a.drift, f"{a.arm}.drift")
     s = report.shadow
     if s is not None:
-        if min(s.pairs, s.disagreements, s.errors, s.dropped) < 0 or s.disagreements > s.pairs:
-            raise _bad("shadow: counts are negative or disagreements exceed pairs", "shadow")
+        _check_counts(
+            "shadow",
+            "shadow",
+            {
+                "pairs": s.pairs,
+                "disagreements": s.disagreements,
+                "errors": s.errors,
+                "dropped": s.dropped,
+            },
+        )
+        if s.disagreements > s.pairs:
+            raise _bad("shadow: disagreements exceed pairs", "shadow")
+        if not math.isfinite(s.abs_diff_sum) or s.abs_diff_sum < 0:
+            raise _bad(
+                f"shadow.abs_diff_sum is {s.abs_diff_sum}: it is a sum of absolute differences, "
+                "a finite number of at least 0",
+                "shadow.abs_diff_sum",
+            )
         for h, what in ((s.champion_scores, "champion_scores"), (s.shadow_scores, "shadow_scores")):
             if h is not None:
                 histograms.check(h, f"shadow.{what}")
     if any(u.version <= 0 for u in report.unloaded):
         raise _bad("unloaded_versions: versions are positive numbers", "unloaded_versions")
-    return report
+    cleaned = tuple(replace(u, error=_clean_error(u.error)) for u in report.unloaded)
+    return replace(report, unloaded=cleaned) if cleaned != report.unloaded else report
 
 
 @dataclass(frozen=True)
@@ -198,7 +296,10 @@ class ReportService:
         if row is None:
             return
         if report.generation == 0 or report.generation >= row.step_generation:
-            repo.add_step_requests(d.id, r.id, candidate.requests)
+            # The count stays at int64's largest rather than overflow the column.
+            counted = min(candidate.requests, MAX_SUM - row.step_candidate_requests)
+            if counted > 0:
+                repo.add_step_requests(d.id, r.id, counted)
 
     def _track_unloaded(
         self, tx: WriteTx, d: Deployment, r: Rollout, report: WindowReport, evidence: Evidence

@@ -4,7 +4,8 @@ A complete canary step or blue/green phase is judged over the sum of every repor
 (:mod:`controlplane.rollouts.steps`), and judged again on every report while a guard cannot
 be evaluated yet. Re-reading and re-merging the step's reports each time would cost more with
 every report the step holds, so the sum is kept with the rollout (``rollouts.step_sum``).
-Merging is associative, so the kept sum equals the sum of the reports it took in.
+Merging is associative, so the kept sum equals the sum of the reports it took in (within
+the bounds :mod:`controlplane.rollouts.merge` keeps: int64 counts, the most frequent labels).
 
 A report belongs to the step when it was made under the rollout, received since the step
 began, and made under the step's generation or later (or by a sidecar that does not say which
