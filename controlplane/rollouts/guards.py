@@ -27,10 +27,18 @@ Defaults, used when neither the deployment nor the rollout names a guard:
   point above the champion's, and at most 10% of the compared rows disagreeing.
 
 User guards apply in every phase (and are skipped where what they read is absent).
+
+A guard is checked when it is set (:func:`check_guards`): it may read only the fields above
+(a misspelled one would never be present, so the guard would be skipped for ever, and as user
+guards replace the defaults, nothing would roll a failing candidate back), and it must yield a
+bool: it is evaluated once on sample values with every field present, and one that yields
+anything else, or cannot be evaluated at all, is refused (it would hold a step for ever).
+Either is INVALID_ARGUMENT with reason ``INVALID_GUARD``.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -55,23 +63,92 @@ DEFAULT_SHADOW_GUARDS = (
     "shadow.disagreement_rate <= 0.1",
 )
 MAX_GUARDS = 50
+#: The fields of ``champion`` and ``candidate`` (see the module docstring), of their ``drift``,
+#: and of ``shadow``.
+ARM_FIELDS = (
+    "version", "requests", "errors", "rows", "error_rate", "latency_p50", "latency_p99",
+    "latency_mean", "labeled", "correct", "accuracy", "drift",
+)  # fmt: skip
+DRIFT_FIELDS = ("rows", "max_psi", "drifted_share")
+SHADOW_FIELDS = (
+    "version", "pairs", "disagreements", "errors", "dropped", "error_rate",
+    "disagreement_rate", "mean_abs_diff", "ks_statistic",
+)  # fmt: skip
+
+
+def _sample() -> dict[str, Any]:
+    """Guard variables with every field present (each number 1), to evaluate guards on."""
+    arm: dict[str, Any] = {f: 1.0 for f in ARM_FIELDS}
+    arm["drift"] = {f: 1.0 for f in DRIFT_FIELDS}
+    return {"champion": arm, "candidate": dict(arm), "shadow": {f: 1.0 for f in SHADOW_FIELDS}}
+
+
+def _invalid(what: str, rule: CompiledRule, problem: str, **where: int) -> InvalidArgument:
+    metadata = {"field": what, "rule_index": str(rule.index)}
+    metadata.update({k: str(v) for k, v in where.items()})
+    return InvalidArgument(
+        f"{what}[{rule.index}] {rule.expression[:200]!r}: {problem}",
+        reason="INVALID_GUARD",
+        metadata=metadata,
+    )
+
+
+def _unknown_field(path: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """The first field of ``path`` that the guard variables do not have, with the fields
+    there are (None when every field is known)."""
+    known: tuple[str, ...] = SHADOW_FIELDS if path[0] == "shadow" else ARM_FIELDS
+    for depth, name in enumerate(path[1:], start=1):
+        if name not in known:
+            return ".".join(path[: depth + 1]), known
+        known = DRIFT_FIELDS if depth == 1 and name == "drift" else ()
+    return None
+
+
+def _check_rule(rule: CompiledRule, what: str) -> None:
+    for ref in rule.refs:
+        unknown = _unknown_field(ref.path)
+        if unknown is None:
+            continue
+        text, known = unknown
+        parent, _, name = text.rpartition(".")
+        if not known:
+            problem = f"{parent} is a number; it has no field {name!r}"
+        else:
+            problem = f"{parent} has no field {name!r}"
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                problem += f" (did you mean {parent}.{close[0]}?)"
+            problem += f"; its fields are {', '.join(known)}"
+        where = f" at line {ref.line}, column {ref.column}"
+        raise _invalid(what, rule, problem + where, line=ref.line, column=ref.column)
+    (result,) = evaluate_rules([rule], _sample()).results
+    if result.outcome is Outcome.ERROR:
+        raise _invalid(
+            what,
+            rule,
+            f"{result.message}; a guard must be a condition (true or false) on the fields, "
+            "such as candidate.error_rate <= 0.01",
+        )
 
 
 def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]:
-    """Guards that compile against the guard variables; INVALID_ARGUMENT (INVALID_GUARD)."""
+    """Guards that compile against the guard variables, read only their fields and yield a
+    bool (see the module docstring); INVALID_ARGUMENT (INVALID_GUARD)."""
     items = tuple(guards)
     if len(items) > MAX_GUARDS:
         raise InvalidArgument(
             f"at most {MAX_GUARDS} {what} are allowed, got {len(items)}", reason="INVALID_GUARD"
         )
     try:
-        compile_rules(list(items), variables=GUARD_VARIABLES)
+        rules = compile_rules(list(items), variables=GUARD_VARIABLES)
     except InvalidArgument as exc:
         raise InvalidArgument(
             f"{what}: {exc.message}",
             reason="INVALID_GUARD",
             metadata={**exc.metadata, "field": what},
         ) from None
+    for rule in rules:
+        _check_rule(rule, what)
     return items
 
 
