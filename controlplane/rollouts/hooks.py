@@ -8,9 +8,11 @@ a slow hook never delays a window report:
   is not followed (it would turn the POST into a GET elsewhere): a 3xx is a failed delivery;
 - a command: an argv list from the server's hooks file (``MODELPLANE_HOOKS_FILE``), never
   from the API. It runs without a shell, in a session of its own, with the event JSON on stdin
-  and in the ``MODELPLANE_DRIFT_EVENT`` environment variable, and with the server's
-  environment less its ``MODELPLANE_*`` settings (the database URL and its password among
-  them); a non-zero exit is logged.
+  and, when it is at most :data:`MAX_ENV_EVENT` bytes, in the ``MODELPLANE_DRIFT_EVENT``
+  environment variable (Linux refuses to start a program with one environment string over
+  128 KiB; a larger event, a model with thousands of features, is on stdin only and the
+  variable is unset), and with the server's environment less its ``MODELPLANE_*`` settings
+  (the database URL and its password among them); a non-zero exit is logged.
 
 Each call has ``hook_timeout_seconds`` in all: a webhook whose answer has not arrived by then
 (a server that drips it byte by byte included) is cut off, and a command is killed with
@@ -50,6 +52,9 @@ from modelplane.errors import InvalidArgument
 log = structlog.get_logger("modelplane.controlplane.hooks")
 
 EVENT_ENV = "MODELPLANE_DRIFT_EVENT"
+#: The largest event (JSON bytes) also put in ``MODELPLANE_DRIFT_EVENT``: below Linux's limit
+#: on one environment string (128 KiB, ``MAX_ARG_STRLEN``), name and '=' included.
+MAX_ENV_EVENT = 100_000
 MAX_URL_LENGTH = 2048
 #: Threads running hooks, shared by all deployments (each call is bounded by the timeout).
 POOL_THREADS = 4
@@ -105,9 +110,11 @@ def load_commands(path: str) -> dict[str, list[str]]:
 
 def command_env(body: bytes) -> dict[str, str]:
     """A retraining command's environment: the server's, less its ``MODELPLANE_*`` settings
-    (secrets such as the database URL), plus the event in ``MODELPLANE_DRIFT_EVENT``."""
+    (secrets such as the database URL), plus the event in ``MODELPLANE_DRIFT_EVENT`` when it
+    is at most :data:`MAX_ENV_EVENT` bytes (stdin always carries it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
-    env[EVENT_ENV] = body.decode()
+    if len(body) <= MAX_ENV_EVENT:
+        env[EVENT_ENV] = body.decode()
     return env
 
 
