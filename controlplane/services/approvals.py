@@ -8,7 +8,6 @@ sends (see :mod:`controlplane.api.roles`), which proves nothing about the caller
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -33,20 +32,6 @@ from modelplane.errors import InvalidArgument, NotFound, PermissionDenied
 from modelplane.server.context import RequestContext
 
 DECISIONS = ("approve", "reject")
-
-
-def _offset(after: list[Any] | None) -> int:
-    """The list position a page token of :meth:`ApprovalService.list_approvals` resumes at."""
-    if not after:
-        return 0
-    start = after[0]
-    if len(after) != 1 or type(start) is not int or start < 0:
-        raise InvalidArgument(
-            "page_token is malformed; pass a next_page_token exactly as received, or start "
-            "again without a token",
-            reason="INVALID_PAGE_TOKEN",
-        )
-    return start
 
 
 class ApprovalService:
@@ -143,24 +128,24 @@ class ApprovalService:
         model_id, number, _ = parse_version_number(parent)
         assert number is not None
         query = {"parent": parent}
-        start = _offset(decode(page_token, query))
+        after = decode(page_token, query)
         limit = page_size(page_size_)
         with self.store.read() as tx:
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
-            everything = Governance(tx.session).approvals(model_id, number)
+            gov = Governance(tx.session)
+            # Pages resume after the last row's (create time, id), not at a position: an
+            # approval recorded between two pages neither repeats nor hides a row.
+            page, next_key = gov.approvals_page(model_id, number, after, limit)
             # Current: standing as a gate counts it (the approver's latest decision for its
-            # target, made on the evidence as it is now).
+            # target, made on the evidence as it is now), which takes all of a target's.
             standing: set[str] = set()
-            for target in {a.target for a in everything}:
+            for target in {a.target for a in page}:
                 evidence = current_evidence(tx, version, target)[0]
-                mine = [a for a in everything if a.target == target]
+                mine = gov.approvals(model_id, number, target)
                 standing |= {a.id for a in standing_approvals(mine, evidence)}
-            marked = [
-                replace(a, current=a.id in standing) for a in everything[start : start + limit]
-            ]
-        more = start + limit < len(everything)
-        return marked, encode(query, [start + limit]) if more else ""
+            marked = [replace(a, current=a.id in standing) for a in page]
+        return marked, encode(query, next_key) if next_key else ""
 
     def verify_version(self, name: str) -> list[SignatureCheck]:
         """Check every approval's signature and evidence digest, and every evaluation's report

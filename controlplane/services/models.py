@@ -229,6 +229,9 @@ class ModelService:
                         reason="ALIAS_NOT_FOUND",
                     )
                 return Alias(model_id, alias, event.version, event.actor, event.reason, event.time)
+            # Stamped now that the lock is held, and after the model's last alias event: alias
+            # history runs forward in time, so as_of answers what the alias pointed to then.
+            tx.restamp(tx.aliases.next_event_time(model_id))
             assert ref.version is not None
             version = tx.versions.get(model_id, ref.version)
             if version is None:
@@ -283,6 +286,7 @@ class ModelService:
             before = tx.aliases.get(model_id, alias)
             if before is None:
                 raise NotFound(f"alias {name} does not exist", reason="ALIAS_NOT_FOUND")
+            tx.restamp(tx.aliases.next_event_time(model_id))  # as in set_alias
             tx.aliases.delete(model_id, alias, ctx.principal, reason, tx.now)
             tx.record("DeleteAlias", name, before, None)
 

@@ -134,6 +134,9 @@ class PolicyService:
         )
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdatePolicy", request_id, request=request) as tx:
+            # Locked, then read: a concurrent update waits for this one (a blind update cannot
+            # lose a race it never saw), and the etag is checked against the committed row.
+            Governance(tx.session).policy_row(policy_id, for_update=True)
             before = require_policy(tx, policy_id)
             if tx.replay is not None:
                 return before
@@ -151,8 +154,12 @@ class PolicyService:
         with self.store.write(ctx, "DeletePolicy", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
+            # Locked, then read, as in update: an update committed meanwhile is seen, so an
+            # etag of the revision before it no longer matches.
+            gov = Governance(tx.session)
+            gov.policy_row(policy_id, for_update=True)
             before = require_policy(tx, policy_id)
             if etag and etag != before.etag:
                 raise stale_etag(before.name)
-            Governance(tx.session).delete_policy(policy_id)
+            gov.delete_policy(policy_id, before.revision)
             tx.record("DeletePolicy", before.name, before, None)

@@ -21,7 +21,7 @@ from controlplane.domain.governance import (
     Policy,
 )
 from controlplane.store import convert
-from controlplane.store.repos import _scan, stale_etag
+from controlplane.store.repos import INT32_MAX, _scan, stale_etag
 from controlplane.store.tables import (
     ApprovalRow,
     EvaluationRow,
@@ -184,7 +184,11 @@ class Governance:
 
     # Policies ---------------------------------------------------------------------------------
 
-    def policy_row(self, policy_id: str) -> PolicyRow | None:
+    def policy_row(self, policy_id: str, *, for_update: bool = False) -> PolicyRow | None:
+        """The policy's row; with ``for_update``, locked until commit and read afresh (not the
+        copy this session may hold from before the lock)."""
+        if for_update:
+            return self.s.get(PolicyRow, policy_id, with_for_update=True, populate_existing=True)
         return self.s.get(PolicyRow, policy_id)
 
     def get_policy(self, policy_id: str, revision: int = 0) -> Policy | None:
@@ -193,6 +197,8 @@ class Governance:
             return None
         if not revision or revision == current.revision:
             return policy(current, current)
+        if not 0 < revision <= INT32_MAX:  # no such revision; the column could not compare it
+            return None
         old = self.s.get(PolicyRevisionRow, (policy_id, revision))
         return policy(old, current) if old else None
 
@@ -232,8 +238,12 @@ class Governance:
     def update_policy(
         self, policy_id: str, if_etag: str, changes: dict[str, Any], actor: str, now: datetime
     ) -> Policy:
-        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty)."""
-        current = self.policy_row(policy_id)
+        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty).
+
+        Without an etag the row is locked first, so that a concurrent update cannot slip in
+        between the read and the compare-and-set and make a blind update fail.
+        """
+        current = self.policy_row(policy_id, for_update=not if_etag)
         assert current is not None
         name = f"policies/{policy_id}"
         if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
@@ -267,10 +277,17 @@ class Governance:
         )
         return [policy(r, r) for r in rows], next_key
 
-    def delete_policy(self, policy_id: str) -> None:
-        """Delete the policy. Its revisions stay: gate decisions and approvals name them, and a
-        policy re-created under the same id numbers its revisions after them."""
-        self.s.exec(delete(PolicyRow).where(col(PolicyRow.id) == policy_id))  # type: ignore[call-overload]
+    def delete_policy(self, policy_id: str, revision: int) -> None:
+        """Delete the policy when it is still at ``revision``; ABORTED (ETAG_MISMATCH) when a
+        concurrent update moved it on. Its revisions stay: gate decisions and approvals name
+        them, and a policy re-created under the same id numbers its revisions after them."""
+        result = self.s.exec(  # type: ignore[call-overload]
+            delete(PolicyRow).where(
+                col(PolicyRow.id) == policy_id, col(PolicyRow.revision) == revision
+            )
+        )
+        if result.rowcount != 1:
+            raise stale_etag(f"policies/{policy_id}")
 
     # Gate decisions ---------------------------------------------------------------------------
 
@@ -335,6 +352,26 @@ class Governance:
             q = q.where(ApprovalRow.target == target)
         q = q.order_by(col(ApprovalRow.create_time).desc(), col(ApprovalRow.id).desc())
         return [approval(r) for r in self.s.exec(q)]
+
+    def approvals_page(
+        self, model_id: str, version: int, after: list[Any] | None, limit: int
+    ) -> tuple[list[Approval], list[Any] | None]:
+        """A version's approvals, newest first, after the key ``after`` (create time and id,
+        as a page token holds them): one recorded between two pages shifts no row."""
+        q = select(ApprovalRow).where(
+            ApprovalRow.model_id == model_id, ApprovalRow.version == version
+        )
+        rows, next_key = _scan(
+            self.s,
+            q,
+            [col(ApprovalRow.create_time), col(ApprovalRow.id)],
+            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
+            after,
+            True,
+            limit,
+            lambda r: True,
+        )
+        return [approval(r) for r in rows], next_key
 
     # Operations -------------------------------------------------------------------------------
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     DateTime,
     Integer,
@@ -154,11 +155,25 @@ def _kind(column: Any) -> type:
     raise TypeError(f"no page-token kind for column {column} of type {sql_type}")
 
 
+#: The range of a 32-bit SQL INTEGER column (a PostgreSQL ``integer``): a larger value bound
+#: against one fails the statement ("integer out of range") instead of comparing.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _int32(column: Any) -> bool:
+    """Whether ``column`` holds 32-bit integers (INTEGER, not BIGINT)."""
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):
+        sql_type = sql_type.impl_instance
+    return isinstance(sql_type, Integer) and not isinstance(sql_type, BigInteger)
+
+
 def _resume_key(columns: list[Any], after: list[Any]) -> list[Any]:
     """``after`` as values of ``columns``, or INVALID_PAGE_TOKEN when it cannot be one.
 
     A page token is not signed, so its key may be hand-made: it must hold one value per column,
-    of that column's kind (a time as ISO 8601 text), before it reaches SQL.
+    of that column's kind (a time as ISO 8601 text, an integer within the column's range),
+    before it reaches SQL.
     """
     if len(after) != len(columns):
         raise malformed_token()
@@ -171,6 +186,8 @@ def _resume_key(columns: list[Any], after: list[Any]) -> list[Any]:
             except ValueError:
                 raise malformed_token() from None
         if not isinstance(value, kind) or isinstance(value, bool):
+            raise malformed_token()
+        if isinstance(value, int) and _int32(column) and not INT32_MIN <= value <= INT32_MAX:
             raise malformed_token()
         key.append(value)
     return key
@@ -477,6 +494,14 @@ class AliasRepo:
         self._event(model_id, alias, None, previous, actor, reason, now)
         self._touch(model_id, [previous], now)
         return previous
+
+    def next_event_time(self, model_id: str) -> datetime | None:
+        """The earliest time the model's next alias event may carry: just after its last one
+        (None when it has none). Events stamped so run in the order of their ids, which is the
+        order ``as_of`` reads them in; the caller holds the model's lock."""
+        q = select(func.max(AliasEventRow.time)).where(AliasEventRow.model_id == model_id)
+        last = self.s.exec(q).one()
+        return None if last is None else convert.utc(last) + timedelta(microseconds=1)
 
     def _touch(self, model_id: str, versions: list[int], now: datetime) -> None:
         """A version lists its aliases: one gained or lost is a change of the version (a new

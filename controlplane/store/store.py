@@ -137,6 +137,19 @@ class WriteTx(Tx):
     def __post_init__(self) -> None:
         Tx.__init__(self, self.session)
 
+    def restamp(self, not_before: datetime | None = None) -> datetime:
+        """Take the transaction's time (``now``) again, at least ``not_before``, and return it.
+
+        ``now`` is read when the transaction starts; a write that then waits for a row lock
+        commits after writes stamped later. One whose records are ordered by time (alias
+        history) calls this once it holds the lock, so its time follows theirs.
+        """
+        now = datetime.now(UTC)
+        if not_before is not None:
+            now = max(now, not_before)
+        self.now = max(self.now, now)
+        return self.now
+
     def record(self, action: str, resource: str, before: Any, after: Any) -> None:
         """Note a change for the mutation hooks; the last resource is what a replay returns."""
         self.mutations.append(
