@@ -14,11 +14,16 @@ from modelplane.errors import InvalidArgument
 _ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_LABEL_KEY = re.compile(r"[a-z](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
-_LABEL_VALUE = re.compile(r"[a-zA-Z0-9_.-]{0,63}")
+#: A label key: 1-63 lowercase letters, digits, '_', '.', '-', from a letter to a letter or digit.
+LABEL_KEY = re.compile(r"[a-z](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
+#: A label value as Kubernetes takes one: empty, or up to 63 letters, digits, '_', '.', '-'
+#: that start and end with a letter or digit.
+LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to 80 characters: a message echoes what the
+    caller sent, and gRPC refuses a status whose metadata outgrows 16 KiB."""
     text = value if len(value) <= 80 else value[:77] + "..."
     return repr(text)
 
@@ -27,7 +32,7 @@ def check_id(value: str, what: str = "id") -> str:
     """``value`` when it is a valid lowercase RFC-1034 identifier."""
     if not _ID.fullmatch(value):
         raise InvalidArgument(
-            f"{what} {_shown(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
+            f"{what} {shown(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
             reason="INVALID_NAME",
             metadata={"field": what},
@@ -39,7 +44,7 @@ def check_sha256(value: str, what: str = "sha256") -> str:
     """``value`` when it is a lowercase hex sha256 digest."""
     if not _SHA256.fullmatch(value):
         raise InvalidArgument(
-            f"{what} {_shown(value)} is not a sha256 digest (64 lowercase hex characters)",
+            f"{what} {shown(value)} is not a sha256 digest (64 lowercase hex characters)",
             reason="INVALID_DIGEST",
             metadata={"field": what},
         )
@@ -54,7 +59,7 @@ def _parts(name: str, what: str, expected: str) -> list[str]:
 
 def _bad(name: str, expected: str) -> InvalidArgument:
     return InvalidArgument(
-        f"resource name {_shown(name)} is invalid; expected {expected}", reason="INVALID_NAME"
+        f"resource name {shown(name)} is invalid; expected {expected}", reason="INVALID_NAME"
     )
 
 
@@ -90,7 +95,7 @@ def parse_version(name: str, *, allow_alias: bool = False) -> VersionRef:
     model_id = check_id(parts[1], "model id")
     if not _VERSION.fullmatch(parts[3]):
         raise InvalidArgument(
-            f"version {_shown(parts[3])} is invalid: versions are positive integers",
+            f"version {shown(parts[3])} is invalid: versions are positive integers",
             reason="INVALID_NAME",
         )
     return VersionRef(model_id, version=int(parts[3]))
@@ -128,16 +133,17 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > 64:
         raise InvalidArgument("at most 64 labels are allowed", reason="INVALID_LABELS")
     for key, value in labels.items():
-        if not _LABEL_KEY.fullmatch(key):
+        if not LABEL_KEY.fullmatch(key):
             raise InvalidArgument(
-                f"label key {_shown(key)} is invalid: use lowercase letters, digits, '_', '.', '-'"
+                f"label key {shown(key)} is invalid: use lowercase letters, digits, '_', '.', '-'"
                 " (1-63, starting with a letter)",
                 reason="INVALID_LABELS",
             )
-        if not _LABEL_VALUE.fullmatch(value):
+        if not LABEL_VALUE.fullmatch(value):
             raise InvalidArgument(
-                f"label value {_shown(value)} of {key!r} is invalid: use up to 63 letters, "
-                "digits, '_', '.', '-'",
+                f"label value {shown(value)} of {key!r} is invalid: use up to 63 letters, "
+                "digits, '_', '.', '-', starting and ending with a letter or digit (or leave "
+                "it empty)",
                 reason="INVALID_LABELS",
             )
     return dict(labels)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.names import LABEL_KEY, LABEL_VALUE, shown
 from modelplane.errors import InvalidArgument
 
 
@@ -22,33 +23,76 @@ class Filter:
     matches_nothing: bool
 
 
+def _term_error(term: str, allowed: Mapping[str, object]) -> InvalidArgument:
+    return InvalidArgument(
+        f"filter term {shown(term)} is invalid; use space-separated labels.KEY=VALUE"
+        + (f" or {' or '.join(f'{a}=VALUE' for a in allowed)}" if allowed else "")
+        + ' terms, each VALUE bare or in double quotes ("VALUE")',
+        reason="INVALID_FILTER",
+    )
+
+
+def _unquoted(value: str, term: str) -> str:
+    """``value`` without one pair of enclosing double quotes (AIP-160 string literals).
+
+    No value a filter can compare holds a quote or a backslash, so neither may remain: a quote
+    left over (unbalanced, or inside the value) or an escape is refused rather than compared
+    literally, which would match nothing.
+    """
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if '"' in value or "\\" in value:
+        raise InvalidArgument(
+            f"filter term {shown(term)} is invalid: quote a value with one pair of double "
+            'quotes (KEY="VALUE"); quotes inside a value and backslash escapes are not allowed',
+            reason="INVALID_FILTER",
+        )
+    return value
+
+
 def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = None) -> Filter:
     """Space-separated ``labels.KEY=VALUE`` and ``FIELD=VALUE`` terms, all of which must hold.
 
-    ``fields`` maps each field that may be filtered on to a function that checks a value and
-    gives its canonical form (so that two spellings of one value are one term). A label value
-    may be empty (labels allow it) and matches only an empty value; a key repeated with the
-    same value is one term, with different values the filter matches nothing.
+    A value may be written in double quotes (``labels.team="risk"``), as AIP-160 writes string
+    literals. ``fields`` maps each field that may be filtered on to a function that checks a
+    value and gives its canonical form (so that two spellings of one value are one term). A
+    label value may be empty (labels allow it) and matches only an empty value; a key repeated
+    with the same value is one term, with different values the filter matches nothing. A label
+    key or value that no label can have is refused (INVALID_FILTER) rather than matching
+    nothing.
     """
     allowed = dict(fields or {})
     labels: dict[str, str] = {}
     values: dict[str, str] = {}
     conflict = False
     for term in text.split():
-        key, sep, value = term.partition("=")
+        key, sep, raw = term.partition("=")
         label = key.removeprefix("labels.") if key.startswith("labels.") else None
-        if not sep or not key or label == "" or (label is None and not value):
-            raise InvalidArgument(
-                f"filter term {term[:100]!r} is invalid; use labels.KEY=VALUE"
-                + (f" or one of {', '.join(f'{a}=VALUE' for a in allowed)}" if allowed else ""),
-                reason="INVALID_FILTER",
-            )
+        if not sep or not key or label == "":
+            raise _term_error(term, allowed)
+        value = _unquoted(raw, term)
+        if label is None and not value:
+            raise _term_error(term, allowed)
         if label is not None:
+            if not LABEL_KEY.fullmatch(label):
+                raise InvalidArgument(
+                    f"label key {shown(label)} in filter term {shown(term)} is invalid, so no "
+                    "label can match it: label keys are 1-63 lowercase letters, digits, '_', "
+                    "'.', '-', starting with a letter",
+                    reason="INVALID_FILTER",
+                )
+            if not LABEL_VALUE.fullmatch(value):
+                raise InvalidArgument(
+                    f"label value {shown(value)} in filter term {shown(term)} is invalid, so "
+                    "no label can match it: label values are empty or up to 63 letters, digits, "
+                    "'_', '.', '-', starting and ending with a letter or digit",
+                    reason="INVALID_FILTER",
+                )
             terms, name, canonical = labels, label, value
         elif key in allowed:
             terms, name, canonical = values, key, allowed[key](value)
         else:
-            raise InvalidArgument(f"cannot filter on {key[:100]!r}", reason="INVALID_FILTER")
+            raise InvalidArgument(f"cannot filter on {shown(key)}", reason="INVALID_FILTER")
         if terms.setdefault(name, canonical) != canonical:
             conflict = True
     return Filter(labels, values, conflict)
@@ -59,13 +103,14 @@ def parse_order(text: str, allowed: tuple[str, ...], default: str) -> tuple[str,
     parts = (text or default).split()
     if not parts or parts[0] not in allowed or len(parts) > 2:
         raise InvalidArgument(
-            f"order_by {text!r} is invalid; use one of {', '.join(allowed)}, "
+            f"order_by {shown(text)} is invalid; use one of {', '.join(allowed)}, "
             "optionally followed by ' desc'",
             reason="INVALID_ORDER_BY",
         )
     if len(parts) == 2 and parts[1].lower() not in ("asc", "desc"):
         raise InvalidArgument(
-            f"order_by direction {parts[1]!r} is invalid", reason="INVALID_ORDER_BY"
+            f"order_by direction {shown(parts[1])} is invalid; use asc or desc",
+            reason="INVALID_ORDER_BY",
         )
     return parts[0], len(parts) == 2 and parts[1].lower() == "desc"
 
@@ -92,7 +137,7 @@ def masked_changes(
     for path in paths:
         if path not in allowed:
             raise InvalidArgument(
-                f"field {path!r} cannot be updated; use {', '.join(allowed)}",
+                f"field {shown(path)} cannot be updated; use {', '.join(allowed)}",
                 reason="INVALID_UPDATE_MASK",
             )
         value = values[path]

@@ -25,6 +25,7 @@ from controlplane.names import (
     check_text,
     parse_model,
     parse_version,
+    shown,
 )
 from controlplane.services.blobs import require_readable
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
@@ -109,16 +110,7 @@ def _check_new(new: NewVersion) -> None:
     check_text(new.training_run_id, "training_run_id", 256, single_line=True)
     check_text(new.code_repository, "code.repository", 2048, single_line=True)
     check_text(new.code_commit, "code.commit", 256, single_line=True)
-    if len(new.feature_names) > MAX_FEATURES:
-        raise InvalidArgument(
-            f"at most {MAX_FEATURES} feature names are allowed", reason="TOO_MANY_FEATURES"
-        )
-    for name in new.feature_names:
-        if not name:
-            raise InvalidArgument("feature names must not be empty", reason="INVALID_FEATURE_NAMES")
-        check_text(name, "feature name", 256, single_line=True)
-    if len(set(new.feature_names)) != len(new.feature_names):
-        raise InvalidArgument("feature names must be unique", reason="INVALID_FEATURE_NAMES")
+    _check_feature_names(new.feature_names)
     for key, value in new.parameters.items():
         check_text(key, "parameter name", 256, single_line=True)
         check_text(value, f"parameter {key!r}", 10_000)
@@ -134,6 +126,36 @@ def _check_new(new: NewVersion) -> None:
         check_id(d.role, "dataset role")
         check_text(d.source, "dataset source", 2048, single_line=True)
         check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+
+
+def _check_feature_names(names: list[str]) -> None:
+    """Feature names as a version stores them: at most MAX_FEATURES, each non-empty single-line
+    text of at most 256 characters without control characters, no two alike."""
+    if len(names) > MAX_FEATURES:
+        raise InvalidArgument(
+            f"at most {MAX_FEATURES} feature names are allowed", reason="TOO_MANY_FEATURES"
+        )
+    for name in names:
+        if not name:
+            raise InvalidArgument("feature names must not be empty", reason="INVALID_FEATURE_NAMES")
+        check_text(name, f"feature name {shown(name)}", 256, single_line=True)
+    if len(set(names)) != len(names):
+        raise InvalidArgument("feature names must be unique", reason="INVALID_FEATURE_NAMES")
+
+
+def _check_derived_feature_names(names: list[str]) -> None:
+    """Feature names taken from the train dataset's columns pass the checks given ones do;
+    INVALID_ARGUMENT (DATASET_COLUMNS_INVALID) naming the column when one does not."""
+    try:
+        _check_feature_names(names)
+    except InvalidArgument as err:
+        raise InvalidArgument(
+            "no feature_names were given, and the train dataset's columns cannot serve as "
+            f"feature names: {err.message}; rename the column(s) in the dataset, or pass "
+            "feature_names naming the columns the model takes",
+            reason="DATASET_COLUMNS_INVALID",
+            metadata={"field": "feature_names"},
+        ) from None
 
 
 def _environment_text(value: str, field_: str, limit: int, what: str = "") -> None:
@@ -173,9 +195,13 @@ def _check_environment(new: NewVersion) -> None:
 
 def _state_term(value: str) -> str:
     """The state a ``state=`` filter term names (``ARCHIVED`` or ``VERSION_STATE_ARCHIVED``)."""
-    state = value.upper().removeprefix("VERSION_STATE_")
+    # ASCII only: str.upper() maps some other letters onto ASCII ones (dotless i to I).
+    state = value.upper().removeprefix("VERSION_STATE_") if value.isascii() else ""
     if state not in VersionState.__members__:
-        raise InvalidArgument(f"unknown state {value[:100]!r}", reason="INVALID_FILTER")
+        raise InvalidArgument(
+            f"unknown state {shown(value)}; use one of {', '.join(VersionState.__members__)}",
+            reason="INVALID_FILTER",
+        )
     return state
 
 
@@ -228,7 +254,7 @@ class VersionService:
         width = _tabular_width(signature)
         if width is not None and feature_names and len(feature_names) != width:
             raise InvalidArgument(
-                f"the model's input {signature.inputs[0].name!r} takes {width} features but "
+                f"the model's input {shown(signature.inputs[0].name)} takes {width} features but "
                 f"{len(feature_names)} feature names were given or derived",
                 reason="FEATURE_COUNT_MISMATCH",
             )
@@ -307,6 +333,7 @@ class VersionService:
                 )
             if not feature_names:
                 feature_names = profiles.default_feature_names(table, new.label_column or None)
+                _check_derived_feature_names(feature_names)
             missing = [f for f in feature_names if f not in table.column_names]
             if missing:
                 raise InvalidArgument(

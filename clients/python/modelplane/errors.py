@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -188,8 +189,16 @@ def to_grpc_status(error: ModelplaneError) -> grpc.Status:
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo detail of a failed call, if the server attached one."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    """The ErrorInfo detail of a failed call, if the server attached one.
+
+    None as well when the status the call ended with is not the one the server sent: a status
+    whose metadata outgrew what the client accepts ends as RESOURCE_EXHAUSTED with the
+    server's detail still attached, which ``rpc_status`` refuses with ValueError.
+    """
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, DecodeError):  # DecodeError: a detail that is not a Status
+        return None
     if status is None:
         return None
     for detail in status.details:
