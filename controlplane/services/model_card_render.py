@@ -10,10 +10,13 @@ from typing import Any
 
 
 def _num(value: Any) -> str:
+    """A number as a person reads it: six significant digits (an r2 of 0.9999987 is not 1, an
+    error of 2e-05 is not 0), and no negative zero."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        shown = f"{value:.6g}"
+        return "0" if shown in ("-0", "0") else shown
     return str(value)
 
 

@@ -83,7 +83,7 @@ def test_model_card_in_every_format(
         "## Approvals",
     ):
         assert section in md
-    assert f"| roc_auc | {ev.metrics['roc_auc']:.4f} |" in md
+    assert f"| roc_auc | {ev.metrics['roc_auc']:.6g} |" in md
     assert "size=large" in md and "group a" in md and "run-42" in md
     assert "not for children" in md
     assert "&lt;tumours&gt;" in page and "<tumours>" not in page
