@@ -123,10 +123,20 @@ def _invalid(index: int, message: str, line: int, column: int) -> InvalidArgumen
     )
 
 
+#: Characters of a rule's line shown on each side of the column an error points at.
+POINTER_CONTEXT = 60
+
+
 def _pointer(expression: str, line: int, column: int) -> str:
+    """The rule's line with a caret under ``column``; a long line is cut to a window around
+    it (error messages travel in gRPC metadata, which holds about 16 KiB in all)."""
     lines = expression.splitlines() or [""]
     text = lines[min(max(line, 1), len(lines)) - 1]
-    return f"\n  {text}\n  {' ' * max(column - 1, 0)}^"
+    at = max(column - 1, 0)
+    start = max(at - POINTER_CONTEXT, 0)
+    end = at + POINTER_CONTEXT
+    shown = ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+    return f"\n  {shown}\n  {' ' * (at - start + (1 if start else 0))}^"
 
 
 def compile_rule(

@@ -115,6 +115,20 @@ def test_a_rule_calling_an_unknown_function_is_refused_when_written(client: Clie
     assert policy.revision == 1
 
 
+def test_a_long_rule_with_a_syntax_error_is_answered_with_its_reason(client: Client) -> None:
+    # Within the rule length limit, but its line no longer fits in an error message whole.
+    rule = " && ".join(f"metrics.m{i} >= 0.5" for i in range(170)) + " &&"
+    assert 3000 < len(rule) <= 4096
+    with pytest.raises(InvalidArgument) as err:
+        client.create_policy(unique("p"), target="production", rules=[rule])
+    assert err.value.reason == "INVALID_POLICY_RULE"
+    assert err.value.metadata["column"] == str(len(rule) - 1)  # the dangling "&&"
+    text_line, caret_line = err.value.message.splitlines()[-2:]
+    assert text_line.strip().startswith("…") and text_line.rstrip().endswith("m169 >= 0.5 &&")
+    assert len(text_line) < 200 and text_line[caret_line.index("^")] == "&"
+    assert client.list_models() is not None  # the server and the channel still serve
+
+
 def test_a_stored_rule_the_limits_now_refuse_fails_the_gate_as_a_precondition(
     controlplane: RunningControlPlane, tmp_path: Path
 ) -> None:

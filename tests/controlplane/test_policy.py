@@ -104,6 +104,17 @@ def test_syntax_errors_carry_line_and_column(
     assert source_line[column - 1] == {"&&": "&", ")": ")", "@": "@"}[bad]
 
 
+def test_a_syntax_error_in_a_long_line_shows_a_window_around_it() -> None:
+    expression = "metrics.a > 0 && " * 40 + "@" + " || metrics.b > 0" * 40
+    column = expression.index("@") + 1
+    with pytest.raises(InvalidArgument) as info:
+        compile_rule(expression)
+    text_line, caret_line = info.value.message.splitlines()[-2:]
+    assert text_line.startswith("  …") and text_line.endswith("…") and len(text_line) < 140
+    assert text_line[caret_line.index("^")] == "@"
+    assert info.value.metadata["column"] == str(column)
+
+
 def test_unknown_variable_is_refused_with_its_position() -> None:
     with pytest.raises(InvalidArgument) as info:
         compile_rule(
