@@ -1,5 +1,8 @@
-"""A server error whose status outgrows what a gRPC client accepts in metadata reaches the
-caller as RESOURCE_EXHAUSTED with the server's own status still attached: the SDK raises a
+"""Errors whose text would outgrow what a gRPC client accepts in metadata.
+
+Our servers cut a message and its metadata values (``to_status``), so such an error reaches
+the caller with its own code and reason. A status from elsewhere that does outgrow the limit
+reaches the caller as RESOURCE_EXHAUSTED with that status still attached: the SDK raises a
 ModelplaneError for it (not a ValueError from unpacking the mismatched status), and the CLI
 reports it on one line with the exit code of a refused request, not that of a bug."""
 
@@ -10,27 +13,49 @@ from concurrent import futures
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from modelplane import Client
 from modelplane.cli import main
-from modelplane.errors import InvalidArgument, ModelplaneError, error_info, to_grpc_status
+from modelplane.errors import (
+    MAX_MESSAGE_BYTES,
+    InvalidArgument,
+    ModelplaneError,
+    error_info,
+    to_grpc_status,
+)
 from modelplane.v1 import registry_pb2
+
+LONG = InvalidArgument(
+    "order_by " + "é" * 12_000 + " is invalid",
+    reason="INVALID_ORDER_BY",
+    metadata={"order_by": "x" * 12_000},
+)
 
 
 def _overflowing(request: registry_pb2.ListModelsRequest, context: grpc.ServicerContext) -> None:
-    error = InvalidArgument("order_by " + "x" * 12_000 + " is invalid", reason="INVALID_ORDER_BY")
-    context.abort_with_status(to_grpc_status(error))
+    # Built by hand: to_status would cut it to fit.
+    status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    status.message = LONG.message
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=LONG.reason))
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _long(request: registry_pb2.ListModelsRequest, context: grpc.ServicerContext) -> None:
+    context.abort_with_status(to_grpc_status(LONG))
 
 
 @pytest.fixture
 def address() -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(2))
     handlers = {
-        "ListModels": grpc.unary_unary_rpc_method_handler(
-            _overflowing,
+        method: grpc.unary_unary_rpc_method_handler(
+            handler,
             request_deserializer=registry_pb2.ListModelsRequest.FromString,
             response_serializer=registry_pb2.ListModelsResponse.SerializeToString,
         )
+        for method, handler in (("ListModels", _overflowing), ("GetModel", _long))
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("modelplane.v1.RegistryService", handlers),)
@@ -60,3 +85,13 @@ def test_the_cli_reports_an_overflowing_status_on_one_line(
     assert code not in (0, 70) and out == ""
     assert err.startswith("error: RESOURCE_EXHAUSTED") and err.count("\n") == 1
     assert "Traceback" not in err and "ValueError" not in err
+
+
+def test_a_long_error_of_our_servers_is_cut_and_keeps_its_code_and_reason(address: str) -> None:
+    with Client(address, timeout=10, retries=1) as c, pytest.raises(InvalidArgument) as err:
+        c.get_model("m")
+    assert err.value.reason == "INVALID_ORDER_BY"
+    assert err.value.message.startswith("order_by éé") and err.value.message.endswith("...")
+    assert len(err.value.message.encode("utf-8")) <= MAX_MESSAGE_BYTES
+    value = err.value.metadata["order_by"]
+    assert value.startswith("xxx") and value.endswith("...") and len(value) <= 256

@@ -173,12 +173,28 @@ _BY_CODE: dict[Code, type[ModelplaneError]] = {
 }
 
 
+#: The most UTF-8 bytes of a message, and of each ErrorInfo metadata value, a server sends. The
+#: status travels twice in gRPC metadata (``grpc-message`` and ``grpc-status-details-bin``),
+#: which clients cap at 16 KiB in all; past it the caller gets RESOURCE_EXHAUSTED instead.
+MAX_MESSAGE_BYTES = 2048
+MAX_METADATA_VALUE_BYTES = 256
+
+
+def _bounded(text: str, limit: int) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
 def to_status(error: ModelplaneError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` (with ErrorInfo) a server sends for ``error``."""
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-    )
-    status = status_pb2.Status(code=GRPC_CODES[error.code].value[0], message=error.message)
+    """The ``google.rpc.Status`` (with ErrorInfo) a server sends for ``error``; an overlong
+    message or metadata value is cut (a message should name what the caller sent, not echo
+    all of it)."""
+    metadata = {k: _bounded(v, MAX_METADATA_VALUE_BYTES) for k, v in error.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    message = _bounded(error.message, MAX_MESSAGE_BYTES)
+    status = status_pb2.Status(code=GRPC_CODES[error.code].value[0], message=message)
     status.details.add().Pack(info)
     return status
 
