@@ -112,10 +112,10 @@ def _check_new(new: NewVersion) -> None:
     check_text(new.code_commit, "code.commit", 256, single_line=True)
     _check_feature_names(new.feature_names)
     for key, value in new.parameters.items():
-        check_text(key, "parameter name", 256, single_line=True)
+        _check_lineage_key(key, "parameter")
         check_text(value, f"parameter {key!r}", 10_000)
     for key, metric in new.metrics.items():
-        check_text(key, "metric name", 256, single_line=True)
+        _check_lineage_key(key, "metric")
         if not math.isfinite(metric):
             raise InvalidArgument(f"metric {key!r} is not a finite number", reason="INVALID_METRIC")
     _check_environment(new)
@@ -126,6 +126,16 @@ def _check_new(new: NewVersion) -> None:
         check_id(d.role, "dataset role")
         check_text(d.source, "dataset source", 2048, single_line=True)
         check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+
+
+def _check_lineage_key(key: str, what: str) -> None:
+    if not key:
+        raise InvalidArgument(
+            f"a {what} name must not be empty (policies read {what}s by name)",
+            reason="INVALID_ARGUMENT",
+            metadata={"field": f"lineage.{what}s"},
+        )
+    check_text(key, f"{what} name", 256, single_line=True)
 
 
 def _check_feature_names(names: list[str]) -> None:

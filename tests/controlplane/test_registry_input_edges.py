@@ -189,3 +189,20 @@ def test_feature_names_from_dataset_columns_are_checked_like_given_ones(
         )
         assert list(v.feature_names) == ["f1", "f3", "f4"]
         assert c.get_model(model_id).latest_version == 1
+
+
+def test_lineage_parameter_and_metric_names_must_not_be_empty(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    with controlplane.client() as c:
+        model_id = unique()
+        c.create_model(model_id)
+        onnx = _onnx(tmp_path)
+        for kwargs in ({"params": {"": "1"}}, {"metrics": {"": 0.5}}):
+            with pytest.raises(InvalidArgument) as err:
+                c.register_version(model_id, onnx, capture_env=False, **kwargs)  # type: ignore[arg-type]
+            assert "name must not be empty" in err.value.message
+        v = c.register_version(
+            model_id, onnx, capture_env=False, params={"c": ""}, metrics={"auc": 0.5}
+        )
+        assert v.name == f"models/{model_id}/versions/1"  # nothing half-registered before
