@@ -31,7 +31,7 @@ from controlplane.store.deployment_tables import (
     RolloutRow,
     WindowReportRow,
 )
-from controlplane.store.repos import _scan, stale_etag
+from controlplane.store.repos import scan_by_id, stale_etag
 
 
 def deployment_etag(row: DeploymentRow) -> str:
@@ -209,15 +209,8 @@ class Deployments:
     def page(
         self, after: list[Any] | None, limit: int
     ) -> tuple[list[Deployment], list[Any] | None]:
-        rows, next_key = _scan(
-            self.s,
-            select(DeploymentRow),
-            [col(DeploymentRow.id)],
-            lambda r: [r.id],
-            after,
-            False,
-            limit,
-            lambda r: True,
+        rows, next_key = scan_by_id(
+            self.s, select(DeploymentRow), col(DeploymentRow.id), after, limit, False
         )
         return [deployment(r, self.rollout_row(r.id, r.rollout_id)) for r in rows], next_key
 
@@ -357,15 +350,13 @@ class Deployments:
     def events_page(
         self, deployment_id: str, after: list[Any] | None, limit: int
     ) -> tuple[list[RolloutEvent], list[Any] | None]:
-        rows, next_key = _scan(
+        rows, next_key = scan_by_id(
             self.s,
             select(RolloutEventRow).where(RolloutEventRow.deployment_id == deployment_id),
-            [col(RolloutEventRow.id)],
-            lambda r: [r.id],
+            col(RolloutEventRow.id),
             after,
-            True,
             limit,
-            lambda r: True,
+            True,
         )
         return [event(r) for r in rows], next_key
 

@@ -21,7 +21,7 @@ from controlplane.domain.governance import (
     Policy,
 )
 from controlplane.store import convert
-from controlplane.store.repos import INT32_MAX, _scan, stale_etag
+from controlplane.store.repos import INT32_MAX, scan_by_id, scan_newest, stale_etag
 from controlplane.store.tables import (
     ApprovalRow,
     EvaluationRow,
@@ -170,16 +170,7 @@ class Governance:
         q = select(EvaluationRow).where(
             EvaluationRow.model_id == model_id, EvaluationRow.version == version
         )
-        rows, next_key = _scan(
-            self.s,
-            q,
-            [col(EvaluationRow.create_time), col(EvaluationRow.id)],
-            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
-            after,
-            True,
-            limit,
-            lambda r: True,
-        )
+        rows, next_key = scan_newest(self.s, q, EvaluationRow, after, limit)
         return [evaluation(r) for r in rows], next_key
 
     # Policies ---------------------------------------------------------------------------------
@@ -265,15 +256,8 @@ class Governance:
     def policies_page(
         self, after: list[Any] | None, limit: int
     ) -> tuple[list[Policy], list[Any] | None]:
-        rows, next_key = _scan(
-            self.s,
-            select(PolicyRow),
-            [col(PolicyRow.id)],
-            lambda r: [r.id],
-            after,
-            False,
-            limit,
-            lambda r: True,
+        rows, next_key = scan_by_id(
+            self.s, select(PolicyRow), col(PolicyRow.id), after, limit, False
         )
         return [policy(r, r) for r in rows], next_key
 
@@ -324,16 +308,7 @@ class Governance:
         )
         if target:
             q = q.where(GateDecisionRow.target == target)
-        rows, next_key = _scan(
-            self.s,
-            q,
-            [col(GateDecisionRow.create_time), col(GateDecisionRow.id)],
-            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
-            after,
-            True,
-            limit,
-            lambda r: True,
-        )
+        rows, next_key = scan_newest(self.s, q, GateDecisionRow, after, limit)
         return [gate_decision(r) for r in rows], next_key
 
     # Approvals --------------------------------------------------------------------------------
@@ -361,16 +336,7 @@ class Governance:
         q = select(ApprovalRow).where(
             ApprovalRow.model_id == model_id, ApprovalRow.version == version
         )
-        rows, next_key = _scan(
-            self.s,
-            q,
-            [col(ApprovalRow.create_time), col(ApprovalRow.id)],
-            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
-            after,
-            True,
-            limit,
-            lambda r: True,
-        )
+        rows, next_key = scan_newest(self.s, q, ApprovalRow, after, limit)
         return [approval(r) for r in rows], next_key
 
     # Operations -------------------------------------------------------------------------------

@@ -229,6 +229,37 @@ def _scan(
             return found, None
 
 
+def scan_by_id(
+    session: Session, query: Any, id_column: Any, after: list[Any] | None, limit: int, desc: bool
+) -> tuple[list[Any], list[Any] | None]:
+    """:func:`_scan` of every row of ``query`` in the order of its unique ``id_column``."""
+    return _scan(
+        session, query, [id_column], lambda r: [getattr(r, id_column.key)], after, desc, limit, _all
+    )
+
+
+def scan_newest(
+    session: Session, query: Any, row_type: Any, after: list[Any] | None, limit: int
+) -> tuple[list[Any], list[Any] | None]:
+    """:func:`_scan` of every row of ``query`` newest first, by ``create_time`` then ``id`` (a
+    row recorded between two pages shifts no other)."""
+    columns = [col(row_type.create_time), col(row_type.id)]
+    return _scan(
+        session,
+        query,
+        columns,
+        lambda r: [convert.utc(r.create_time).isoformat(), r.id],
+        after,
+        True,
+        limit,
+        _all,
+    )
+
+
+def _all(row: Any) -> bool:
+    return True
+
+
 class ModelRepo:
     """Models."""
 
@@ -550,9 +581,7 @@ class AliasRepo:
         q = select(AliasEventRow).where(AliasEventRow.model_id == model_id)
         if alias is not None:
             q = q.where(AliasEventRow.alias == alias)
-        rows, next_key = _scan(
-            self.s, q, [col(AliasEventRow.id)], lambda r: [r.id], after, True, limit, lambda r: True
-        )
+        rows, next_key = scan_by_id(self.s, q, col(AliasEventRow.id), after, limit, True)
         return [convert.alias_event(r) for r in rows], next_key
 
     def as_of(self, model_id: str, alias: str, when: datetime) -> AliasEvent | None:
@@ -714,14 +743,5 @@ class OperationRepo:
         q = select(OperationRow)
         if target:
             q = q.where(OperationRow.target == target)
-        rows, next_key = _scan(
-            self.s,
-            q,
-            [col(OperationRow.create_time), col(OperationRow.id)],
-            lambda r: [convert.utc(r.create_time).isoformat(), r.id],
-            after,
-            True,
-            limit,
-            lambda r: True,
-        )
+        rows, next_key = scan_newest(self.s, q, OperationRow, after, limit)
         return [convert.operation(r) for r in rows], next_key
