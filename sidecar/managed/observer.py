@@ -1,10 +1,14 @@
 """The managed sidecar's one observer on the hub: comparison, drift, labels and the log.
 
-Everything here runs on the hub's thread, never on the response path. A record's arm is the
-role its version had in the routing table that last included it (a version keeps one role
-per table). The window closes every report interval (checked on each hub wake-up, at least
-every quarter second) and whenever a new routing table serves, so each report belongs to one
-generation.
+Everything here runs on the hub's thread, never on the response path. The window closes every
+report interval (checked on each hub wake-up, at least every quarter second) and whenever a
+new routing table serves, so each report belongs to one generation. A record counts under the
+arm its version holds in the routing table of the window it reaches the observer in (a
+version holds one arm per table): a candidate's records still queued when it is promoted
+count for the champion. Records of a version that table no longer routes to (retired, or
+its number now holds another artifact) are left out of the report and counted in
+:attr:`ManagedObserver.late`: a report has one summary per arm, and the version holding that
+arm now is the one the control plane expects.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class ManagedObserver:
         #: Records the log refused after it failed, or that it could not take at all
         #: (counted as log errors).
         self.refused = 0
+        #: Requests left out of the reports: answered by a version that the routing table of
+        #: the window they reached the observer in no longer routes to (see the docstring).
+        self.late = 0
         self._errors = None if writer is None else LogErrors(writer)
 
     # -- hub interface -------------------------------------------------------------------
@@ -151,14 +158,26 @@ class ManagedObserver:
             self._emit(request)
         except Exception:
             log.exception("could not close the report window")
+        if window.late:
+            self.late += window.late
+            log.info(
+                "requests of versions no longer routed to are left out of the report",
+                deployment=self.name,
+                generation=window.table.generation,
+                requests=window.late,
+                total=self.late,
+            )
 
     def _served(self, record: RecordRun) -> None:
         version = self._versions(record.version)
         window = self.window
         if version is None or window is None:
             return
-        counts = window.arm(version, version.arm)
-        counts.add_requests(record.latencies_s, record.codes, record.status)
+        counts = window.counts(version)
+        if counts is None:
+            window.late += len(record.codes)
+        else:
+            counts.add_requests(record.latencies_s, record.codes, record.status)
         mask = record.ok_rows()
         outputs = record.outputs
         inputs = record.inputs
@@ -172,11 +191,12 @@ class ManagedObserver:
             labels = None
         if scores is not None and len(scores) != rows:
             scores = None
-        counts.add_rows(rows, labels, scores)
         if version.drift is not None:
             version.drift.on_runs([record])
-        if version.window_drift is not None and version.source is not None and rows:
-            version.window_drift.update(version.source.extract(inputs))
+        if counts is not None:
+            counts.add_rows(rows, labels, scores)
+            if version.window_drift is not None and version.source is not None and rows:
+                version.window_drift.update(version.source.extract(inputs))
         self._index(record, version, labels, scores, mask)
 
     def _index(
@@ -213,9 +233,13 @@ class ManagedObserver:
 
     def _rejected(self, record: RejectedRecord) -> None:
         version = self._versions(record.version)
-        if version is None or self.window is None:
+        window = self.window
+        if version is None or window is None:
             return
-        counts = self.window.arm(version, version.arm)
+        counts = window.counts(version)
+        if counts is None:
+            window.late += 1
+            return
         latency = record.latency_s or 0.0
         counts.add_requests([latency], [record.code], [record.reason])
 

@@ -65,6 +65,16 @@ def drift_summary(version: LoadedVersion, window: WindowState) -> Any:
     )
 
 
+def holder(table: RoutingTable, version: LoadedVersion) -> str | None:
+    """The arm ``version`` answers as in ``table``: champion or candidate; None when the table
+    does not route to it (a retired version, or one whose number now has another artifact)."""
+    if version is table.champion:
+        return CHAMPION
+    if version is table.candidate:
+        return CANDIDATE
+    return None
+
+
 def carries(table: RoutingTable, arm: str, version: int) -> bool:
     """Whether reports of ``table``'s windows can carry labels of ``version`` answering as
     ``arm``: no other version answers as ``arm`` there (a report holds one summary per arm)."""
@@ -108,10 +118,20 @@ class Window:
         self.start = time.time() if start is None else start
         self.opened = time.monotonic()
         self.arms: dict[tuple[str, int], ArmCounts] = {}
+        #: Requests of versions this window's table does not route to, left out of its report.
+        self.late = 0
         shadow = table.shadow
         self.shadow = (
             None if shadow is None else ShadowCounts(shadow.number, table.champion.rule.layout)
         )
+
+    def counts(self, version: LoadedVersion) -> ArmCounts | None:
+        """The counts of ``version`` under the arm it holds in this window's table; None for a
+        version the table does not route to (see :func:`holder`): the report has one summary
+        per arm, and records of a version retired or replaced while they waited for the
+        observer must not add a second one (the caller counts them in :attr:`late`)."""
+        arm = holder(self.table, version)
+        return None if arm is None else self.arm(version, arm)
 
     def arm(self, version: LoadedVersion, arm: str) -> ArmCounts:
         """The counts of ``version`` answering as ``arm``."""
@@ -172,7 +192,24 @@ class Window:
                     counts.labeled += labeled
                     counts.correct += right
         summaries = []
-        for (_, number), counts in self.arms.items():
+        held = {CHAMPION: table.champion.number}
+        if table.candidate is not None:
+            held[CANDIDATE] = table.candidate.number
+        reported: set[str] = set()
+        # The table's own versions first: should two versions ever hold one arm here, the
+        # one the table routes to is reported (the control plane refuses a report with two).
+        ordered = sorted(self.arms.items(), key=lambda kv: held.get(kv[0][0]) != kv[0][1])
+        for (arm, number), counts in ordered:
+            if arm in reported:
+                log.error(
+                    "left a second summary of an arm out of the report",
+                    arm=arm,
+                    version=number,
+                    requests=counts.requests,
+                )
+                self.late += counts.requests
+                continue
+            reported.add(arm)
             summary = counts.to_proto()
             version = next((v for v in table.by_label.values() if v.number == number), None)
             if version is not None and version.window_drift is not None:
