@@ -17,6 +17,9 @@ for ``[-1, K]`` float scores (K >= 2), ``score >= 0.5`` for ``[-1]``/``[-1, 1]``
 outputs (whose scores then come from a second, float output when there is one). Any other
 ``[-1]``/``[-1, 1]`` float output is a regression value: no label; a prediction is correct,
 and a shadow pair agrees, while the relative difference stays within the tolerance.
+
+An arm's summary counts predicted labels by value, at most :data:`MAX_LABELS` of them (what
+the control plane takes): the most frequent of the window, ties going to the smaller label.
 """
 
 from __future__ import annotations
@@ -266,6 +269,13 @@ class OutputRule:
         return np.asarray(array.reshape(array.shape[0], -1)[:, 0], dtype=np.float64)
 
 
+#: The most predicted labels one arm's summary carries (the control plane refuses a report
+#: with more, and keeps as many when it merges reports).
+MAX_LABELS = 1024
+#: The most distinct labels one arm counts in a window, of which its summary reports the
+#: :data:`MAX_LABELS` most frequent: labels first seen after that many are left out.
+MAX_COUNTED_LABELS = 16 * MAX_LABELS
+
 #: Status codes counted as the arm's errors (the server or model failed, not the caller).
 ERROR_CODES = frozenset(
     {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
@@ -286,6 +296,10 @@ class ArmCounts:
         self.latency = Hist(LATENCY)
         self.scores = Hist(layout) if layout is not None else None
         self.labels: dict[int, int] = {}
+        #: Rows whose predicted label the summary left out (set by :meth:`to_proto`; see
+        #: :meth:`top_labels`).
+        self.labels_left_out = 0
+        self._unheld = 0
         self.labeled = 0
         self.correct = 0
 
@@ -304,8 +318,25 @@ class ArmCounts:
             self.scores.add(scores)
         if labels is not None and labels.size:
             values, counts = np.unique(labels, return_counts=True)
+            held = self.labels
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-                self.labels[value] = self.labels.get(value, 0) + count
+                if value in held:
+                    held[value] += count
+                elif len(held) < MAX_COUNTED_LABELS:
+                    held[value] = count
+                else:
+                    self._unheld += count
+
+    def top_labels(self) -> dict[int, int]:
+        """The label counts the summary carries: all of them up to :data:`MAX_LABELS`
+        labels, else the :data:`MAX_LABELS` most frequent (ties: the smaller label), as the
+        control plane keeps when it merges reports. A window counts at most
+        :data:`MAX_COUNTED_LABELS` distinct labels, in the order it sees them: rows of labels
+        first seen after that are left out too."""
+        if len(self.labels) <= MAX_LABELS:
+            return dict(self.labels)
+        ranked = sorted(self.labels.items(), key=lambda kv: (-kv[1], kv[0]))
+        return dict(sorted(ranked[:MAX_LABELS]))
 
     def to_proto(self) -> Any:
         """The wire form (drift is added by the caller)."""
@@ -321,8 +352,10 @@ class ArmCounts:
         )
         if self.scores is not None:
             summary.scores.CopyFrom(self.scores.to_proto())
-        for label, count in self.labels.items():
+        top = self.top_labels()
+        for label, count in top.items():
             summary.label_counts[label] = count
+        self.labels_left_out = self._unheld + sum(self.labels.values()) - sum(top.values())
         return summary
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from sidecar.managed.compare import MAX_LABELS
 from sidecar.managed.labels import Predicted, PredictionIndex
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
@@ -65,6 +66,10 @@ class ManagedObserver:
         #: Requests left out of the reports: answered by a version that the routing table of
         #: the window they reached the observer in no longer routes to (see the docstring).
         self.late = 0
+        #: Rows whose predicted label the reports left out (see
+        #: :meth:`sidecar.managed.compare.ArmCounts.top_labels`).
+        self.labels_left_out = 0
+        self._warned_labels = False
         self._errors = None if writer is None else LogErrors(writer)
 
     # -- hub interface -------------------------------------------------------------------
@@ -158,6 +163,16 @@ class ManagedObserver:
             self._emit(request)
         except Exception:
             log.exception("could not close the report window")
+        if window.labels_left_out:
+            self.labels_left_out += window.labels_left_out
+            (log.debug if self._warned_labels else log.warning)(
+                "predicted labels left out of the report: an arm reports its "
+                f"{MAX_LABELS} most frequent labels",
+                deployment=self.name,
+                rows=window.labels_left_out,
+                total=self.labels_left_out,
+            )
+            self._warned_labels = True
         if window.late:
             self.late += window.late
             log.info(

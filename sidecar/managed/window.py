@@ -120,6 +120,8 @@ class Window:
         self.arms: dict[tuple[str, int], ArmCounts] = {}
         #: Requests of versions this window's table does not route to, left out of its report.
         self.late = 0
+        #: Rows whose predicted label the report left out (more labels than an arm carries).
+        self.labels_left_out = 0
         shadow = table.shadow
         self.shadow = (
             None if shadow is None else ShadowCounts(shadow.number, table.champion.rule.layout)
@@ -211,6 +213,7 @@ class Window:
                 continue
             reported.add(arm)
             summary = counts.to_proto()
+            self.labels_left_out += counts.labels_left_out
             version = next((v for v in table.by_label.values() if v.number == number), None)
             if version is not None and version.window_drift is not None:
                 window = version.take_drift()

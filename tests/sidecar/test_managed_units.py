@@ -298,3 +298,40 @@ def test_managed_settings() -> None:
         with pytest.raises(ValueError):
             make(**bad)
     assert make(model=Path("m.onnx")).listen == "0.0.0.0:8001"
+
+
+# -- bounds and shutdown of reports, silent watches ----------------------------------------
+
+
+def test_an_arm_reports_its_most_frequent_labels() -> None:
+    from sidecar.managed.compare import MAX_COUNTED_LABELS, MAX_LABELS, ArmCounts
+
+    counts = ArmCounts("champion", 1, None)
+    # Labels 0..2999 once each, then 5000 three times and 7000 and 7001 twice each.
+    counts.add_rows(3000, np.arange(3000, dtype=np.int64), None)
+    counts.add_rows(7, np.array([5000, 5000, 5000, 7001, 7000, 7001, 7000]), None)
+    summary = counts.to_proto()
+    assert len(summary.label_counts) == MAX_LABELS
+    assert summary.label_counts[5000] == 3
+    assert summary.label_counts[7000] == summary.label_counts[7001] == 2
+    # The rest of the places go to the smallest of the labels seen once.
+    assert sorted(k for k, v in summary.label_counts.items() if v == 1) == list(
+        range(MAX_LABELS - 3)
+    )
+    assert counts.labels_left_out == 3007 - sum(summary.label_counts.values())
+    assert counts.to_proto() == summary
+    # However many distinct labels a window sees, it holds a bounded number of them.
+    many = ArmCounts("champion", 1, None)
+    many.add_rows(MAX_COUNTED_LABELS + 500, np.arange(MAX_COUNTED_LABELS + 500), None)
+    assert len(many.labels) == MAX_COUNTED_LABELS
+    assert len(many.to_proto().label_counts) == MAX_LABELS
+    assert many.labels_left_out == MAX_COUNTED_LABELS + 500 - MAX_LABELS
+
+
+def test_few_labels_are_all_reported() -> None:
+    from sidecar.managed.compare import ArmCounts
+
+    counts = ArmCounts("candidate", 2, None)
+    counts.add_rows(4, np.array([3, 1, 3, -2]), None)
+    assert dict(counts.to_proto().label_counts) == {3: 2, 1: 1, -2: 1}
+    assert counts.labels_left_out == 0
