@@ -25,6 +25,7 @@ from controlplane.domain.deployments import (
     UnloadedVersion,
     WindowReport,
 )
+from controlplane.services.deployments import WatchedState
 from modelplane.v1 import deployments_pb2 as pb
 
 
@@ -332,7 +333,7 @@ def event_to_proto(e: RolloutEvent) -> pb.RolloutEvent:
 
 
 def state_to_proto(s: DeploymentState) -> pb.DeploymentState:
-    return pb.DeploymentState(
+    message = pb.DeploymentState(
         name=f"deployments/{s.deployment_id}",
         generation=s.generation,
         model=f"models/{s.model_id}",
@@ -356,6 +357,12 @@ def state_to_proto(s: DeploymentState) -> pb.DeploymentState:
         report_interval=duration(s.report_interval_seconds),
         regression_tolerance=s.regression_tolerance,
     )
+    if isinstance(s, WatchedState):
+        if s.create_time is not None:
+            message.create_time.CopyFrom(ts(s.create_time))
+        if s.heartbeat_seconds > 0:
+            message.heartbeat_interval.CopyFrom(duration(s.heartbeat_seconds))
+    return message
 
 
 def _time(msg: Any, field: str) -> datetime | None:

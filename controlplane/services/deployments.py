@@ -6,7 +6,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from controlplane.domain import VersionState
@@ -45,6 +46,16 @@ DEPLOYMENT_UPDATE_PATHS = (
     "drift_thresholds",
     "retraining_hook",
 )
+
+
+@dataclass(frozen=True)
+class WatchedState(DeploymentState):
+    """A desired state as ``WatchDeployment`` streams it: with when its deployment was created
+    (a deployment deleted and created again under the same name is another one, whose
+    generations start over) and how often the stream repeats it while nothing changes."""
+
+    create_time: datetime | None = None
+    heartbeat_seconds: float = 0.0
 
 
 def parse_deployment(name: str, what: str = "name") -> str:
@@ -292,7 +303,7 @@ class DeploymentService:
 
     # Desired state ----------------------------------------------------------------------------
 
-    def _state(self, tx: Tx, d: Deployment) -> DeploymentState:
+    def _state(self, tx: Tx, d: Deployment) -> WatchedState:
         r = d.active_rollout
         numbers = [d.champion_version]
         if r is not None and r.candidate_version != d.champion_version:
@@ -312,7 +323,7 @@ class DeploymentService:
                 )
             )
         last = d.rollout
-        return DeploymentState(
+        return WatchedState(
             deployment_id=d.id,
             generation=d.generation,
             model_id=d.model_id,
@@ -326,9 +337,11 @@ class DeploymentService:
             phase=r.phase if r else "",
             report_interval_seconds=self.report_interval,
             regression_tolerance=self.regression_tolerance,
+            create_time=d.create_time,
+            heartbeat_seconds=self.heartbeat,
         )
 
-    def state(self, name: str) -> DeploymentState:
+    def state(self, name: str) -> WatchedState:
         """What the deployment's sidecars serve now."""
         deployment_id = parse_deployment(name)
         with self.store.read() as tx:
@@ -336,8 +349,9 @@ class DeploymentService:
 
     def watch(
         self, name: str, is_active: Callable[[], bool] = lambda: True
-    ) -> Iterator[DeploymentState]:
-        """The current state at once, then on every generation change, and again every
+    ) -> Iterator[WatchedState]:
+        """The current state at once, then on every generation change (a deployment deleted
+        and created again in between included, whatever its generation), and again every
         heartbeat. Ends when the deployment is deleted, the caller leaves or the server
         stops."""
         deployment_id = parse_deployment(name)
@@ -367,7 +381,11 @@ class DeploymentService:
                     fresh = self.state(name)
                 except NotFound:
                     return
-                if fresh.generation != current.generation or due:
+                if (
+                    fresh.generation != current.generation
+                    or fresh.create_time != current.create_time
+                    or due
+                ):
                     current = fresh
                     last_sent = time.monotonic()
                     yield current

@@ -1,9 +1,11 @@
 """Following the desired state: load what is missing in the background, then switch.
 
 The watcher hands every ``DeploymentState`` to :meth:`DeploymentManager.offer`, which only
-keeps the newest one; a single background thread applies it: it loads each version the state
-needs and this sidecar lacks (download, verify, ORT, warm-up, baseline), and only once all
-are loaded replaces the routing table with one assignment. A state whose champion cannot be
+keeps the newest one (by generation; a deployment deleted and created again under the same
+name, whose generations start over, is told apart by its ``create_time``); a single
+background thread applies it: it loads each version the state needs and this sidecar lacks
+(download, verify, ORT, warm-up, baseline), and only once all are loaded replaces the
+routing table with one assignment. A state whose champion cannot be
 loaded (a corrupt artifact, an unreachable control plane) is logged and retried with backoff
 while the previous table keeps serving. When only another version fails (the candidate, as
 canary or shadow), the state is served without it: the champion answers the candidate's share
@@ -34,6 +36,19 @@ from sidecar.managed.versions import (
 )
 
 log = structlog.get_logger("modelplane.sidecar.managed")
+
+
+def incarnation(state: Any) -> int:
+    """Which deployment of its name ``state`` belongs to: its ``create_time`` in nanoseconds
+    (0 from a control plane that does not send it). A deployment deleted and created again is
+    another one, whose generations start over at 1."""
+    return state.create_time.ToNanoseconds() if state.HasField("create_time") else 0
+
+
+def state_key(state: Any) -> tuple[int, int]:
+    """What tells states apart: the deployment's :func:`incarnation` and the generation."""
+    return incarnation(state), state.generation
+
 
 _RETRY_BASE = 0.5
 _RETRY_MAX = 30.0
@@ -71,7 +86,9 @@ class DeploymentManager:
         self._retry_max = retry_max
         self._cond = threading.Condition()
         self._desired: Any = None
-        self._applied_generation: int | None = None
+        #: The state applied last (its :func:`state_key`), and the one the table serves.
+        self._applied: tuple[int, int] | None = None
+        self._served: tuple[int, int] | None = None
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -93,10 +110,23 @@ class DeploymentManager:
             self._thread.join(10)
 
     def offer(self, state: Any) -> None:
-        """Take a desired state from the control plane (only the newest is kept)."""
+        """Take a desired state from the control plane (only the newest is kept): one of an
+        older generation of the same deployment is ignored; one of another deployment of the
+        name (deleted and created again: another :func:`incarnation`) replaces the state
+        whatever its generation."""
         with self._cond:
-            if self._desired is not None and state.generation < self._desired.generation:
-                return
+            desired = self._desired
+            if desired is not None:
+                if incarnation(state) == incarnation(desired):
+                    if state.generation < desired.generation:
+                        return
+                elif incarnation(desired):
+                    log.info(
+                        "the deployment was created again; following the new one",
+                        deployment=self.name,
+                        generation=state.generation,
+                        previous_generation=desired.generation,
+                    )
             self._desired = state
             self._cond.notify_all()
 
@@ -112,22 +142,20 @@ class DeploymentManager:
     def _run(self) -> None:
         attempt = 0
         retry_at: float | None = None
-        failed_generation: int | None = None
+        failed: tuple[int, int] | None = None
         while True:
             with self._cond:
                 while not self._stopped:
                     desired = self._desired
                     pending = desired is not None and (
-                        desired.generation != self._applied_generation
+                        state_key(desired) != self._applied
                         or self.table is None
                         or bool(self.unloaded)
                     )
                     now = time.monotonic()
                     # A newer state is tried at once; the one that failed waits its backoff.
                     if pending and (
-                        retry_at is None
-                        or now >= retry_at
-                        or desired.generation != failed_generation
+                        retry_at is None or now >= retry_at or state_key(desired) != failed
                     ):
                         break
                     timeout = 0.2 if self.retiring else None
@@ -138,7 +166,7 @@ class DeploymentManager:
                 if self._stopped:
                     return
                 state = self._desired
-            if state.generation != failed_generation:
+            if state_key(state) != failed:
                 attempt = 0
             try:
                 unloaded = self._apply(state)
@@ -147,7 +175,7 @@ class DeploymentManager:
                 message = "could not apply the desired state; the previous one keeps serving"
             else:
                 if not unloaded:
-                    attempt, retry_at, failed_generation = 0, None, None
+                    attempt, retry_at, failed = 0, None, None
                     self._reap()
                     continue
                 error = "; ".join(f"version {n}: {e}" for n, e in sorted(unloaded.items()))
@@ -156,7 +184,7 @@ class DeploymentManager:
             attempt += 1
             self.failures += 1
             self.last_error = error
-            failed_generation = state.generation
+            failed = state_key(state)
             delay = min(self._retry_max, self._retry_base * 2 ** min(attempt - 1, 16))
             delay *= 0.5 + random.random() / 2
             retry_at = time.monotonic() + delay
@@ -175,7 +203,7 @@ class DeploymentManager:
         (number -> why). Raises when the champion cannot be loaded (nothing changes then)."""
         problem = check_state(state)
         if problem is not None:
-            self._applied_generation = state.generation
+            self._applied = state_key(state)
             self.unloaded = {}
             log.error(
                 "ignoring a desired state that cannot be served",
@@ -223,7 +251,7 @@ class DeploymentManager:
         if (
             not loaded_any
             and current is not None
-            and current.generation == state.generation
+            and self._served == state_key(state)
             and current.unloaded.keys() == unloaded.keys()
         ):
             # A retry that loaded nothing new: the table serving is still the right one.
@@ -233,7 +261,7 @@ class DeploymentManager:
         for version in table.by_label.values():
             version.assign(table.arm_of(version.label))
         old, self.table = self.table, table
-        self._applied_generation = state.generation
+        self._applied = self._served = state_key(state)
         self.unloaded = unloaded
         keep = {v.number for v in table.by_label.values()}
         for number in [n for n in self.loaded if n not in keep]:

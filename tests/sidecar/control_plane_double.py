@@ -1,13 +1,18 @@
 """A small in-test stand-in for the control plane's DeploymentService and BlobService.
 
-It streams desired states that a test pushes, records every ReportWindow, and serves blobs
-from memory (optionally corrupted). The real control plane is exercised by end-to-end tests.
+It streams desired states that a test pushes (repeating the current one every ``heartbeat``
+seconds, as the real one does), records every ReportWindow, and serves blobs from memory
+(optionally corrupted). It can misbehave in ways the real control plane does not on demand:
+refuse reports with any status code, or fall silent on the open watch streams. The real
+control plane is exercised by end-to-end tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -26,7 +31,9 @@ class _Deployments(deployments_pb2_grpc.DeploymentServiceServicer):
             plane.watchers += 1
             plane.watch_requests.append(request)
             epoch = plane.break_streams
+            muted = plane.muted
         sent = -1
+        last = 0.0
         while context.is_active():
             with plane.cond:
                 if plane.refuse_watch is not None:
@@ -34,10 +41,12 @@ class _Deployments(deployments_pb2_grpc.DeploymentServiceServicer):
                 if plane.break_streams > epoch:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken by the test")
                 state, version = plane.state, plane.version
-                if state is None or version == sent:
+                due = time.monotonic() >= last + plane.heartbeat
+                if plane.muted > muted or state is None or (version == sent and not due):
                     plane.cond.wait(0.2)
                     continue
             sent = version
+            last = time.monotonic()
             yield state
 
     def ReportWindow(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -45,6 +54,11 @@ class _Deployments(deployments_pb2_grpc.DeploymentServiceServicer):
         with plane.cond:
             if plane.refuse_reports:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "reports refused by the test")
+            code = plane.refuse(request) if plane.refuse is not None else None
+            if code is not None:
+                plane.refused.append(request)
+                plane.cond.notify_all()
+                context.abort(code, f"report refused by the test ({code.name})")
             seen = (request.replica, request.sequence) in plane.seen
             plane.seen.add((request.replica, request.sequence))
             if not seen:
@@ -87,8 +101,15 @@ class FakeControlPlane:
         self.watch_requests: list[Any] = []
         self.watchers = 0
         self.refuse_reports = False
+        #: Decides per report: a status code to refuse it with, or None to take it.
+        self.refuse: Callable[[Any], grpc.StatusCode | None] | None = None
+        self.refused: list[Any] = []
         self.refuse_watch: grpc.StatusCode | None = None
         self.break_streams = 0
+        #: Watch streams opened before the last :meth:`mute_watch` send nothing more.
+        self.muted = 0
+        #: Seconds between repeats of an unchanged state on a watch stream.
+        self.heartbeat = 1.0
         self.server = grpc.server(futures.ThreadPoolExecutor(16))
         deployments_pb2_grpc.add_DeploymentServiceServicer_to_server(
             _Deployments(self), self.server
@@ -121,6 +142,13 @@ class FakeControlPlane:
             self.break_streams += 1
             self.cond.notify_all()
 
+    def mute_watch(self) -> None:
+        """Make every open watch stream fall silent (open, but sending nothing more), as a
+        dead connection does; streams opened later are served as usual."""
+        with self.cond:
+            self.muted += 1
+            self.cond.notify_all()
+
     def wait_reports(self, predicate: Any, timeout: float = 20.0) -> list[Any]:
         """Wait until ``predicate(reports)`` holds; returns the reports."""
         with self.cond:
@@ -144,8 +172,12 @@ def state(
     interval_s: float = 0.3,
     tolerance: float = 0.0,
     rollout_state: int = 0,
+    created_s: float | None = None,
+    heartbeat_s: float | None = None,
 ) -> Any:
-    """A DeploymentState: ``versions`` maps number -> (artifact sha, size, baseline sha)."""
+    """A DeploymentState: ``versions`` maps number -> (artifact sha, size, baseline sha);
+    ``created_s``: the deployment's create_time (seconds since the epoch); ``heartbeat_s``: the
+    heartbeat interval the state announces."""
     message = deployments_pb2.DeploymentState(
         name=f"deployments/{name}",
         generation=generation,
@@ -167,4 +199,8 @@ def state(
             baseline_sha256=baseline,
         )
     message.report_interval.FromNanoseconds(int(interval_s * 1e9))
+    if created_s is not None:
+        message.create_time.FromNanoseconds(int(created_s * 1e9))
+    if heartbeat_s is not None:
+        message.heartbeat_interval.FromNanoseconds(int(heartbeat_s * 1e9))
     return message

@@ -510,7 +510,7 @@ class ServedVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., name: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., baseline_sha256: _Optional[str] = ...) -> None: ...
 
 class DeploymentState(_message.Message):
-    __slots__ = ("name", "generation", "model", "versions", "champion_version", "candidate_version", "candidate_percent", "shadow_fraction", "rollout_id", "rollout_state", "phase", "report_interval", "regression_tolerance")
+    __slots__ = ("name", "generation", "model", "versions", "champion_version", "candidate_version", "candidate_percent", "shadow_fraction", "rollout_id", "rollout_state", "phase", "report_interval", "regression_tolerance", "create_time", "heartbeat_interval")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +524,8 @@ class DeploymentState(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     REGRESSION_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     model: str
@@ -537,7 +539,9 @@ class DeploymentState(_message.Message):
     phase: RolloutPhase
     report_interval: _duration_pb2.Duration
     regression_tolerance: float
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ServedVersion, _Mapping]]] = ..., champion_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., candidate_percent: _Optional[float] = ..., shadow_fraction: _Optional[float] = ..., rollout_id: _Optional[str] = ..., rollout_state: _Optional[_Union[RolloutState, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., regression_tolerance: _Optional[float] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ServedVersion, _Mapping]]] = ..., champion_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., candidate_percent: _Optional[float] = ..., shadow_fraction: _Optional[float] = ..., rollout_id: _Optional[str] = ..., rollout_state: _Optional[_Union[RolloutState, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., regression_tolerance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReportWindowRequest(_message.Message):
     __slots__ = ("name", "replica", "sequence", "generation", "rollout_id", "start_time", "end_time", "arms", "shadow", "unloaded_versions")

@@ -1,0 +1,53 @@
+"""A managed sidecar's watch against a control plane (the double) that misbehaves as the real
+one cannot on demand: a deployment created again while the watch stream stays open (with any
+generation, the same as before included)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from control_plane_double import FakeControlPlane, state
+from sidecar_helpers import raw_request, stub
+
+NAME = "fraud"
+
+
+def _versions(plane: FakeControlPlane, artifacts: dict[int, bytes], *numbers: int) -> dict:
+    return {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in numbers}
+
+
+def _request(seed: int = 0) -> Any:
+    x = np.random.default_rng(seed).standard_normal((1, 8)).astype(np.float32)
+    return raw_request(NAME, {"input": ("FP32", x)})
+
+
+def _until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_deployment_created_again_is_followed_on_an_open_stream(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    versions = _versions(plane, artifacts, 1, 2, 3)
+    plane.push(state(NAME, 3, versions, champion=1, created_s=1000.0))
+    handle = managed()
+    assert handle.wait_ready(60)
+    s = stub(handle.port)
+    assert s.ModelInfer(_request()).model_version == "1"
+    # Deleted and created again: generations start over.
+    plane.push(state(NAME, 1, versions, champion=2, created_s=2000.0))
+    _until(lambda: handle.manager.table.champion.number == 2)
+    assert handle.manager.table.generation == 1
+    assert s.ModelInfer(_request()).model_version == "2"
+    # An older generation of the same deployment is still ignored.
+    plane.push(state(NAME, 0, versions, champion=1, created_s=2000.0))
+    # Created again once more, at the same generation as the one it replaces.
+    plane.push(state(NAME, 1, versions, champion=3, created_s=3000.0))
+    _until(lambda: handle.manager.table.champion.number == 3)
+    assert s.ModelInfer(_request()).model_version == "3"
+    assert handle.watcher.errors == 0
