@@ -12,9 +12,23 @@ for a repeat and the control plane's "newest report per replica" is the new proc
 wall clock set back by more than the restart took would break that; NTP slews rather than
 steps small corrections.)
 
-Reports that fail wait in a bounded queue and go out, oldest first, with the next window;
-when the queue is full the oldest report is dropped (and counted). The reporter never blocks
-the observer thread.
+Reports wait in a bounded queue and go out oldest first; when the queue is full the oldest
+report is dropped (and counted). The reporter never blocks the observer thread. What a failed
+report becomes depends on the status code:
+
+- UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED (the control plane is down, slow, busy
+  or the connection broke): the report stays first in the queue and is tried again, with the
+  ones after it, when the next window closes;
+- RESOURCE_EXHAUSTED, UNKNOWN, INTERNAL, or an error that is no status at all: tried again
+  likewise, at most :data:`MAX_ATTEMPTS` times in all, then dropped as refused;
+- ALREADY_EXISTS: the control plane has the report already; it counts as sent;
+- any other code (INVALID_ARGUMENT: a report it will never take; NOT_FOUND: the deployment
+  is gone; FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED, UNIMPLEMENTED, ...):
+  refused for good, logged with the control plane's reason, counted in
+  :attr:`Reporter.refused` and dropped, and the reports after it go on at once.
+
+:meth:`Reporter.stop` tries every queued report once more (also after a failure, the final
+window included), each call bounded by the time left of ``flush_timeout``, and then stops.
 """
 
 from __future__ import annotations
@@ -31,6 +45,17 @@ import structlog
 log = structlog.get_logger("modelplane.sidecar.reporter")
 
 MAX_PENDING = 64
+#: How long one ReportWindow call may take (less during the flush at shutdown).
+CALL_TIMEOUT_S = 10.0
+#: Attempts of one report that failed with an uncertain code (see the module docstring).
+MAX_ATTEMPTS = 5
+
+_C = grpc.StatusCode
+#: Codes after which the same report may well be taken later: it is retried.
+RETRIED = frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.ABORTED, _C.CANCELLED})
+#: Codes that may pass (a proxy, an overloaded or failing server) or never do (a message too
+#: large, a bug): retried up to :data:`MAX_ATTEMPTS` attempts.
+UNCERTAIN = frozenset({_C.RESOURCE_EXHAUSTED, _C.UNKNOWN, _C.INTERNAL})
 
 
 def next_sequence(previous: int, now: float) -> int:
@@ -39,8 +64,37 @@ def next_sequence(previous: int, now: float) -> int:
     return max(previous + 1, int(now * 1000))
 
 
+def _code(exc: BaseException) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    try:
+        got = code() if callable(code) else None
+    except Exception:
+        return None
+    return got if isinstance(got, grpc.StatusCode) else None
+
+
+def _details(exc: BaseException) -> str:
+    details = getattr(exc, "details", None)
+    try:
+        text = details() if callable(details) else None
+    except Exception:
+        text = None
+    return str(text or exc)[:500]
+
+
+class _Entry:
+    """A queued report and the attempts that failed with an uncertain code."""
+
+    __slots__ = ("attempts", "request")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.attempts = 0
+
+
 class Reporter:
-    """A thread sending queued window reports through ``send(request)``."""
+    """A thread sending queued window reports through ``send(request)``; ``send`` bounds its
+    call by :meth:`call_timeout`."""
 
     def __init__(
         self,
@@ -48,22 +102,29 @@ class Reporter:
         max_pending: int = MAX_PENDING,
         on_response: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
+        call_timeout: float = CALL_TIMEOUT_S,
     ) -> None:
         self._send = send
-        self._pending: deque[Any] = deque()
+        self._pending: deque[_Entry] = deque()
         self._max_pending = max_pending
         self._on_response = on_response
         self._clock = clock
+        self._call_timeout = call_timeout
         #: The last sequence number given (see the module's docstring).
         self.sequence = 0
         self._cond = threading.Condition()
         self._stopped = False
+        #: When the flush at shutdown ends (monotonic; None until :meth:`stop`).
+        self._deadline: float | None = None
         self._emitted = 0
         self._thread: threading.Thread | None = None
-        #: Reports acknowledged, failed attempts, and reports dropped from a full queue.
+        #: Reports acknowledged, failed attempts, reports dropped from a full queue, and
+        #: reports the control plane refused for good (dropped), by status code.
         self.sent = 0
         self.failures = 0
         self.dropped = 0
+        self.refused = 0
+        self.refused_codes: dict[str, int] = {}
 
     def start(self) -> None:
         """Start the sending thread."""
@@ -76,7 +137,7 @@ class Reporter:
             self.sequence = next_sequence(self.sequence, self._clock())
             request.sequence = self.sequence
             self._emitted += 1
-            self._pending.append(request)
+            self._pending.append(_Entry(request))
             while len(self._pending) > self._max_pending:
                 self._pending.popleft()
                 self.dropped += 1
@@ -87,9 +148,19 @@ class Reporter:
         """Reports waiting to be sent."""
         return len(self._pending)
 
+    def call_timeout(self) -> float:
+        """How long the next call may take: :data:`CALL_TIMEOUT_S`, or what is left of the
+        flush at shutdown."""
+        deadline = self._deadline
+        if deadline is None:
+            return self._call_timeout
+        return max(0.0, min(self._call_timeout, deadline - time.monotonic()))
+
     def stop(self, flush_timeout: float = 2.0) -> None:
-        """Try to send what is queued (up to ``flush_timeout``), then stop."""
+        """Try once more to send what is queued (for up to ``flush_timeout``), then stop."""
         with self._cond:
+            if not self._stopped:
+                self._deadline = time.monotonic() + flush_timeout
             self._stopped = True
             self._cond.notify_all()
         if self._thread is not None:
@@ -104,36 +175,76 @@ class Reporter:
                     return
                 batch = list(self._pending)
                 stopping = self._stopped
-            for request in batch:
-                try:
-                    response = self._send(request)
-                except grpc.RpcError as exc:
-                    self.failures += 1
-                    log.warning(
-                        "could not report a window; it is retried with the next one",
-                        sequence=request.sequence,
-                        code=exc.code().name if hasattr(exc, "code") else "",
-                        pending=len(self._pending),
-                    )
-                    break
-                except Exception:
-                    self.failures += 1
-                    log.exception("could not report a window", sequence=request.sequence)
-                    break
-                with self._cond:
-                    if self._pending and self._pending[0] is request:
-                        self._pending.popleft()
-                self.sent += 1
-                if self._on_response is not None:
-                    self._on_response(response)
-            else:
+            if self._send_batch(batch):
                 continue
             if stopping:
+                self._left_unsent()
                 return
-            # Failed: wait for the next window (or stop) before trying again.
+            # A report to retry: wait for the next window, or for stop (a last attempt).
             with self._cond:
                 seen = self._emitted
                 while self._emitted == seen and not self._stopped:
                     self._cond.wait()
-                if self._stopped:
-                    return
+
+    def _send_batch(self, batch: list[_Entry]) -> bool:
+        """Send ``batch`` in order; False when a report is left to retry (or time is up)."""
+        for entry in batch:
+            request = entry.request
+            if self._deadline is not None and self.call_timeout() <= 0:
+                return False
+            try:
+                response = self._send(request)
+            except Exception as exc:
+                code = _code(exc) if isinstance(exc, grpc.RpcError) else None
+                if code is grpc.StatusCode.ALREADY_EXISTS:
+                    # The control plane has it (a repeat it answered as an error).
+                    self._done(entry)
+                    self.sent += 1
+                    continue
+                self.failures += 1
+                entry.attempts += 1
+                name = code.name if code is not None else type(exc).__name__
+                if code in RETRIED or (
+                    (code is None or code in UNCERTAIN) and entry.attempts < MAX_ATTEMPTS
+                ):
+                    log.warning(
+                        "could not report a window; it is retried with the next one",
+                        sequence=request.sequence,
+                        code=name,
+                        error=_details(exc),
+                        pending=len(self._pending),
+                        exc_info=code is None,
+                    )
+                    return False
+                self._done(entry)
+                self.refused += 1
+                self.refused_codes[name] = self.refused_codes.get(name, 0) + 1
+                log.error(
+                    "the control plane refused a window report; it is dropped",
+                    sequence=request.sequence,
+                    generation=request.generation,
+                    code=name,
+                    error=_details(exc),
+                    attempts=entry.attempts,
+                    refused=self.refused,
+                    exc_info=code is None,
+                )
+                continue
+            self._done(entry)
+            self.sent += 1
+            if self._on_response is not None:
+                self._on_response(response)
+        return True
+
+    def _done(self, entry: _Entry) -> None:
+        with self._cond:
+            if self._pending and self._pending[0] is entry:
+                self._pending.popleft()
+
+    def _left_unsent(self) -> None:
+        if self._pending:
+            log.warning(
+                "window reports left unsent at shutdown",
+                pending=len(self._pending),
+                first_sequence=self._pending[0].request.sequence,
+            )

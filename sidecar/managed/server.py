@@ -178,8 +178,9 @@ def start_managed(
         closers.append(label_log.close)
     reporter = Reporter(
         lambda request: deployments.ReportWindow(
-            request, metadata=metadata, timeout=_CALL_TIMEOUT_S
-        )
+            request, metadata=metadata, timeout=reporter.call_timeout()
+        ),
+        call_timeout=_CALL_TIMEOUT_S,
     )
     closers.append(reporter.stop)
     index = PredictionIndex(settings.label_index_rows)

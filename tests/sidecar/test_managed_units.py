@@ -335,3 +335,32 @@ def test_few_labels_are_all_reported() -> None:
     counts.add_rows(4, np.array([3, 1, 3, -2]), None)
     assert dict(counts.to_proto().label_counts) == {3: 2, 1: 1, -2: 1}
     assert counts.labels_left_out == 0
+
+
+def test_the_flush_at_stop_bounds_each_call_by_the_time_left() -> None:
+    from modelplane.v1 import deployments_pb2 as dpb
+
+    up = threading.Event()
+    timeouts: list[float] = []
+    received: list[int] = []
+    reporter: Reporter
+
+    def send(request: Any) -> Any:
+        timeouts.append(reporter.call_timeout())
+        if not up.is_set():
+            raise _Unavailable()
+        received.append(request.sequence)
+        return dpb.ReportWindowResponse(accepted=True)
+
+    reporter = Reporter(send, clock=lambda: 0.0, call_timeout=10.0)
+    reporter.start()
+    reporter.emit(dpb.ReportWindowRequest())
+    deadline = time.monotonic() + 5
+    while reporter.failures < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reporter.failures == 1 and timeouts == [10.0]
+    up.set()
+    reporter.emit(dpb.ReportWindowRequest())  # the last window, closed at shutdown
+    reporter.stop(flush_timeout=1.5)
+    assert received == [1, 2] and reporter.pending == 0
+    assert all(0 < t <= 1.5 for t in timeouts[-2:])
