@@ -74,6 +74,14 @@ SERVICE_NAMES = [
     deployments_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
 ]
 SIGNING_KEY_FILE = "keys/signing-key.pem"
+#: Keepalive pings the server accepts: one every 10 s at most, also on a connection without
+#: an open call (managed sidecars ping every 20 s, ``sidecar.managed.server.KEEPALIVE_OPTIONS``,
+#: to notice a connection that died silently). Pings more frequent than that, with no data
+#: in between, still end the connection (GOAWAY too_many_pings) after two strikes.
+PING_POLICY: list[tuple[str, int]] = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 def signing_key_path(settings: ControlPlaneSettings) -> Path:
@@ -111,7 +119,8 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         interceptors=[interceptor],
         options=grpc_options(
             reuse_port=settings.reuse_port, max_receive_bytes=settings.max_request_bytes
-        ),
+        )
+        + PING_POLICY,
     )
     models = ModelService(store)
     versions = VersionService(store, blobs, baseline_sample_size=settings.baseline_sample_size)

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,14 +99,77 @@ def replica_name(settings: SidecarSettings) -> str:
     return f"{settings.replica}-{os.getpid()}" if settings.worker else settings.replica
 
 
+#: HTTP/2 keepalive on the connections to the control plane: a ping after 20 s without
+#: reading anything, also while no call is open, and the connection ends (its calls fail
+#: UNAVAILABLE and are retried on a new one) when no answer comes within 10 s, so a connection
+#: that died silently does not hold the watch or the reports for good. The control plane
+#: accepts pings this often (``controlplane.server.PING_POLICY``).
+KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # gRPC core waits this long for a ping's answer (60 s unless set), keepalive's included.
+    ("grpc.http2.ping_timeout_ms", 10_000),
+]
+
+
 def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
-    """A channel to ``--control-plane`` (TLS when a CA file is given)."""
-    options = [("grpc.max_receive_message_length", 64 << 20)]
+    """A channel to ``--control-plane`` (TLS when a CA file is given) on a connection of its
+    own, never one that another channel of this process opened."""
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.use_local_subchannel_pool", 1),
+        *KEEPALIVE_OPTIONS,
+    ]
     assert settings.control_plane is not None
     if settings.control_plane_tls_ca is not None:
         credentials = grpc.ssl_channel_credentials(settings.control_plane_tls_ca.read_bytes())
         return grpc.secure_channel(settings.control_plane, credentials, options=options)
     return grpc.insecure_channel(settings.control_plane, options=options)
+
+
+class ControlPlane:
+    """The control plane's DeploymentService and BlobService over one channel, which
+    :meth:`renew` replaces by one on a new connection (calls on the old one end CANCELLED, and
+    are retried as after any failure): the watcher renews it when its stream went silent, as
+    the connection every call shares may have died with it."""
+
+    def __init__(self, settings: SidecarSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._channel = control_plane_channel(settings)
+        self._deployments = deployments_pb2_grpc.DeploymentServiceStub(self._channel)
+        self._blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
+        self._closed = False
+
+    def WatchDeployment(self, request: Any, **kwargs: Any) -> Any:
+        return self._deployments.WatchDeployment(request, **kwargs)
+
+    def ReportWindow(self, request: Any, **kwargs: Any) -> Any:
+        return self._deployments.ReportWindow(request, **kwargs)
+
+    def DownloadBlob(self, request: Any, **kwargs: Any) -> Any:
+        return self._blobs.DownloadBlob(request, **kwargs)
+
+    def renew(self) -> ControlPlane:
+        """Open a new connection for every later call and close the old one."""
+        with self._lock:
+            if self._closed:
+                return self
+            old = self._channel
+            self._channel = control_plane_channel(self._settings)
+            self._deployments = deployments_pb2_grpc.DeploymentServiceStub(self._channel)
+            self._blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
+        log.info("opened a new connection to the control plane")
+        old.close()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channel = self._channel
+        channel.close()
 
 
 def _cache_dir(
@@ -139,16 +203,14 @@ def start_managed(
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
-    channel = control_plane_channel(settings)
+    control_plane = ControlPlane(settings)
     metadata = [(PRINCIPAL_METADATA_KEY, f"sidecar-{name}")]
     if settings.control_plane_token:
         metadata.append(("authorization", f"Bearer {settings.control_plane_token}"))
-    deployments = deployments_pb2_grpc.DeploymentServiceStub(channel)
-    blobs = blobs_pb2_grpc.BlobServiceStub(channel)
     cache_dir, temporary = _cache_dir(settings, log_settings)
-    cache = ArtifactCache(cache_dir, blob_downloader(blobs, metadata, _DOWNLOAD_TIMEOUT_S))
+    cache = ArtifactCache(cache_dir, blob_downloader(control_plane, metadata, _DOWNLOAD_TIMEOUT_S))
 
-    closers: list[Any] = [channel.close]
+    closers: list[Any] = [control_plane.close]
     if temporary:
         closers.append(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
     registry, serve = metrics_registry(settings)
@@ -177,7 +239,7 @@ def start_managed(
     if label_log is not None:
         closers.append(label_log.close)
     reporter = Reporter(
-        lambda request: deployments.ReportWindow(
+        lambda request: control_plane.ReportWindow(
             request, metadata=metadata, timeout=reporter.call_timeout()
         ),
         call_timeout=_CALL_TIMEOUT_S,
@@ -247,7 +309,14 @@ def start_managed(
             log.info("sidecar ready", deployment=name, champion=table.champion.label)
 
     manager._on_table = on_table
-    watcher = Watcher(deployments, f"deployments/{name}", replica, manager.offer, metadata)
+    watcher = Watcher(
+        control_plane,
+        f"deployments/{name}",
+        replica,
+        manager.offer,
+        metadata,
+        renew=control_plane.renew,
+    )
     handle.watcher = watcher
     closers.append(watcher.stop)
     closers.append(manager.stop)

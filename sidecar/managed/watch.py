@@ -5,12 +5,20 @@ control plane is unreachable, or the stream breaks, the watcher waits an exponen
 growing, jittered delay (``base * 2^n`` capped at ``cap``, times a random factor in [0.5, 1))
 and tries again; the delay starts over after a state arrives. Meanwhile the sidecar keeps
 serving the last state it applied.
+
+A connection can also die silently (a node, NAT or load balancer flow gone: packets dropped,
+nothing closed). When no state arrives for :data:`STALE_HEARTBEATS` heartbeat intervals (the
+state's ``heartbeat_interval``, else :data:`DEFAULT_HEARTBEAT_S`; counted from the call's
+start), a watchdog cancels the stream and the watcher reconnects likewise, over a new
+connection when it was given ``renew`` (keepalive pings on the channel end a dead connection
+too, but later).
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +26,14 @@ import grpc
 import structlog
 
 log = structlog.get_logger("modelplane.sidecar.watch")
+
+#: How often the control plane repeats the state by default (its ``watch_heartbeat_seconds``),
+#: for states that do not say.
+DEFAULT_HEARTBEAT_S = 5.0
+#: Heartbeats missed before the stream is taken for dead.
+STALE_HEARTBEATS = 3.0
+#: The shortest silence taken for a dead stream, however short the heartbeat.
+MIN_STALE_S = 1.0
 
 
 def backoff(
@@ -39,8 +55,12 @@ class Watcher:
         metadata: list[tuple[str, str]],
         base: float = 0.2,
         cap: float = 10.0,
+        renew: Callable[[], Any] | None = None,
     ) -> None:
+        """``renew``: returns a stub on a new connection, used after a stream was taken for
+        dead (the old connection may be dead too)."""
         self._stub = stub
+        self._renew = renew
         self._name = name
         self._replica = replica
         self._on_state = on_state
@@ -51,15 +71,49 @@ class Watcher:
         self._call: Any = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        #: States received, and streams that ended in an error.
+        self._watchdog: threading.Thread | None = None
+        #: When the open call started or last received a state (monotonic), how long it may
+        #: stay silent, and whether the watchdog cancelled it.
+        self._heard = 0.0
+        self._stale_after = self.stale_after(None)
+        self._stale = False
+        #: States received, streams that ended in an error, and of those the ones the
+        #: watchdog ended after a silence.
         self.states = 0
         self.errors = 0
+        self.stale = 0
         self.connected = False
+
+    @staticmethod
+    def stale_after(state: Any) -> float:
+        """How long a stream may stay silent after ``state`` (None: before any)."""
+        heartbeat = DEFAULT_HEARTBEAT_S
+        if state is not None and state.HasField("heartbeat_interval"):
+            heartbeat = state.heartbeat_interval.ToTimedelta().total_seconds() or heartbeat
+        return max(MIN_STALE_S, STALE_HEARTBEATS * heartbeat)
 
     def start(self) -> None:
         """Start watching."""
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch_dog, name="watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch_dog(self) -> None:
+        """Cancel the open call once it has been silent for too long."""
+        while not self._stop.wait(min(0.25, MIN_STALE_S / 4)):
+            with self._lock:
+                call = self._call
+                silent = time.monotonic() - self._heard
+                if call is None or self._stale or silent < self._stale_after:
+                    continue
+                self._stale = True
+            log.warning(
+                "no desired state or heartbeat from the control plane; reconnecting",
+                deployment=self._name,
+                silent_s=round(silent, 1),
+            )
+            call.cancel()
 
     def stop(self) -> None:
         """Stop watching and cancel the open stream."""
@@ -67,8 +121,9 @@ class Watcher:
         with self._lock:
             if self._call is not None:
                 self._call.cancel()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(5)
 
     def _run(self) -> None:
         from modelplane.v1 import deployments_pb2 as dpb
@@ -80,8 +135,13 @@ class Watcher:
                 with self._lock:
                     if self._stop.is_set():
                         return
-                    self._call = self._stub.WatchDeployment(request, metadata=self._metadata)
-                for state in self._call:
+                    self._call = call = self._stub.WatchDeployment(request, metadata=self._metadata)
+                    self._heard = time.monotonic()
+                    self._stale = False
+                for state in call:
+                    with self._lock:
+                        self._heard = time.monotonic()
+                        self._stale_after = self.stale_after(state)
                     if not self.connected:
                         log.info("watching the deployment", deployment=self._name)
                     self.connected = True
@@ -103,6 +163,16 @@ class Watcher:
             finally:
                 with self._lock:
                     self._call = None
+                    stale, self._stale = self._stale, False
+            if stale:
+                self.stale += 1
+                code = "DEADLINE_EXCEEDED"
+                problem = f"no state for {self._stale_after:g} s: the connection seems dead"
+                if self._renew is not None:
+                    try:
+                        self._stub = self._renew()
+                    except Exception:
+                        log.exception("could not open a new connection to the control plane")
             self.connected = False
             self.errors += 1
             attempt += 1

@@ -1,6 +1,6 @@
 """A managed sidecar's watch against a control plane (the double) that misbehaves as the real
 one cannot on demand: a deployment created again while the watch stream stays open (with any
-generation, the same as before included)."""
+generation, the same as before included), and a watch stream that falls silent."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ def test_a_deployment_created_again_is_followed_on_an_open_stream(
     _until(lambda: handle.manager.table.champion.number == 3)
     assert s.ModelInfer(_request()).model_version == "3"
     assert handle.watcher.errors == 0
+
+
+def test_a_silent_watch_stream_is_replaced(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    versions = _versions(plane, artifacts, 1, 2)
+    plane.push(state(NAME, 1, versions, champion=1, heartbeat_s=0.2))
+    handle = managed()
+    assert handle.wait_ready(60)
+    plane.mute_watch()
+    plane.push(state(NAME, 2, versions, champion=2, heartbeat_s=0.2))
+    _until(lambda: handle.manager.table.champion.number == 2)
+    assert handle.watcher.stale >= 1
+    assert plane.watchers >= 2
