@@ -329,7 +329,8 @@ type ListModelsRequest struct {
 
 	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Space-separated `labels.KEY=VALUE` terms, all of which must hold.
+	// Space-separated `labels.KEY=VALUE` terms, all of which must hold; a VALUE may be
+	// double-quoted (`labels.team="risk"`).
 	Filter string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	// `name` (default), `create_time`, `update_time`, each optionally followed by ` desc`.
 	OrderBy string `protobuf:"bytes,4,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`
@@ -1723,7 +1724,8 @@ type ListModelVersionsRequest struct {
 	Parent    string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like.
+	// Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like; a VALUE may be
+	// double-quoted (`labels.stage="beta"`).
 	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	// `version desc` (default) or `version`.
 	OrderBy string `protobuf:"bytes,5,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`

@@ -152,7 +152,8 @@ export type ListModelsRequest = Message<"modelplane.v1.ListModelsRequest"> & {
   pageToken: string;
 
   /**
-   * Space-separated `labels.KEY=VALUE` terms, all of which must hold.
+   * Space-separated `labels.KEY=VALUE` terms, all of which must hold; a VALUE may be
+   * double-quoted (`labels.team="risk"`).
    *
    * @generated from field: string filter = 3;
    */
@@ -851,7 +852,8 @@ export type ListModelVersionsRequest = Message<"modelplane.v1.ListModelVersionsR
   pageToken: string;
 
   /**
-   * Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like.
+   * Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like; a VALUE may be
+   * double-quoted (`labels.stage="beta"`).
    *
    * @generated from field: string filter = 4;
    */
