@@ -15,11 +15,11 @@ calls the retraining hooks.
 
 Before anything is stored, :func:`check_report` refuses (INVALID_ARGUMENT, nothing written) a
 report the control plane could not store or serve back: a count below 0 or above
-:data:`~controlplane.rollouts.histograms.MAX_COUNT` (histogram buckets and totals included),
-more than :data:`~controlplane.rollouts.merge.MAX_LABELS` predicted labels in an arm, a shadow
-``abs_diff_sum`` that is not a finite number of at least 0, a ``rollout_id`` that is not a
+:data:`~controlplane.rollouts.histograms.MAX_COUNT` (histogram buckets and totals included), a
+shadow ``abs_diff_sum`` that is not a finite number of at least 0, a ``rollout_id`` that is not a
 rollout id, or a replica name with control characters; a sidecar's error text is kept
-without control characters and bounded.
+without control characters and bounded, and an arm's predicted labels are cut to the
+:data:`~controlplane.rollouts.merge.MAX_LABELS` most frequent.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from controlplane.rollouts import (
 from controlplane.rollouts.histograms import MAX_COUNT, MAX_SUM
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
-from controlplane.rollouts.merge import MAX_LABELS, merge_reports
+from controlplane.rollouts.merge import MAX_LABELS, merge_labels, merge_reports
 from controlplane.rollouts.notifier import GenerationHub
 from controlplane.services.deployments import parse_deployment, require_deployment
 from controlplane.store import Store, WriteTx
@@ -157,12 +157,6 @@ def check_report(report: WindowReport) -> WindowReport:
                 "correct": a.correct,
             },
         )
-        if len(a.label_counts) > MAX_LABELS:
-            raise _bad(
-                f"{a.arm}.label_counts has {len(a.label_counts)} labels; at most {MAX_LABELS} "
-                "are allowed (predicted classes of a classifier)",
-                f"{field}.label_counts",
-            )
         _check_counts(a.arm, f"{field}.label_counts", {"label_counts": a.label_counts.values()})
         if a.errors > a.requests or a.correct > a.labeled:
             raise _bad(f"{a.arm}: errors exceed requests or correct exceeds labeled", field)
@@ -197,7 +191,18 @@ def check_report(report: WindowReport) -> WindowReport:
     if any(u.version <= 0 for u in report.unloaded):
         raise _bad("unloaded_versions: versions are positive numbers", "unloaded_versions")
     cleaned = tuple(replace(u, error=_clean_error(u.error)) for u in report.unloaded)
-    return replace(report, unloaded=cleaned) if cleaned != report.unloaded else report
+    if cleaned != report.unloaded:
+        report = replace(report, unloaded=cleaned)
+    if any(len(a.label_counts) > MAX_LABELS for a in report.arms):
+        # Sidecars that predate the bound send every label: they are kept, as a merge keeps them.
+        arms = tuple(
+            replace(a, label_counts=merge_labels([a.label_counts]))
+            if len(a.label_counts) > MAX_LABELS
+            else a
+            for a in report.arms
+        )
+        report = replace(report, arms=arms)
+    return report
 
 
 @dataclass(frozen=True)
