@@ -16,9 +16,9 @@ _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: A label key: 1-63 lowercase letters, digits, '_', '.', '-', from a letter to a letter or digit.
 LABEL_KEY = re.compile(r"[a-z](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
-#: A label value as Kubernetes takes one: empty, or up to 63 letters, digits, '_', '.', '-'
-#: that start and end with a letter or digit.
-LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
+#: A label value: up to 63 letters, digits, '_', '.', '-' (stored values of this form exist, so
+#: it is not narrowed to Kubernetes' rule that a value start and end with a letter or digit).
+LABEL_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 
 
 def shown(value: str) -> str:
@@ -142,8 +142,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         if not LABEL_VALUE.fullmatch(value):
             raise InvalidArgument(
                 f"label value {shown(value)} of {key!r} is invalid: use up to 63 letters, "
-                "digits, '_', '.', '-', starting and ending with a letter or digit (or leave "
-                "it empty)",
+                "digits, '_', '.', '-' (or leave it empty)",
                 reason="INVALID_LABELS",
             )
     return dict(labels)

@@ -84,8 +84,8 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
             if not LABEL_VALUE.fullmatch(value):
                 raise InvalidArgument(
                     f"label value {shown(value)} in filter term {shown(term)} is invalid, so "
-                    "no label can match it: label values are empty or up to 63 letters, digits, "
-                    "'_', '.', '-', starting and ending with a letter or digit",
+                    "no label can match it: label values are up to 63 letters, digits, '_', "
+                    "'.', '-'",
                     reason="INVALID_FILTER",
                 )
             terms, name, canonical = labels, label, value
