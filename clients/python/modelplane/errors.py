@@ -8,7 +8,7 @@ failed call back into the same class by its code (never by a class name sent ove
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -173,27 +173,49 @@ _BY_CODE: dict[Code, type[ModelplaneError]] = {
 }
 
 
-#: The most UTF-8 bytes of a message, and of each ErrorInfo metadata value, a server sends. The
-#: status travels twice in gRPC metadata (``grpc-message`` and ``grpc-status-details-bin``),
-#: which clients cap at 16 KiB in all; past it the caller gets RESOURCE_EXHAUSTED instead.
+#: What an error may take in gRPC metadata, which clients cap at 8 KiB before they start
+#: refusing statuses (at random up to 16 KiB): the message as ``grpc-message`` sends it
+#: (percent-encoded: three characters for each byte outside printable ASCII) and the ErrorInfo
+#: as serialized (it travels in ``grpc-status-details-bin`` with the message again, base64).
 MAX_MESSAGE_BYTES = 2048
+MAX_INFO_BYTES = 1024
 MAX_METADATA_VALUE_BYTES = 256
 
 
-def _bounded(text: str, limit: int) -> str:
-    data = text.encode("utf-8")
-    if len(data) <= limit:
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _sent_size(text: str) -> int:
+    """Characters of ``text`` once percent-encoded for ``grpc-message``."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode("utf-8"))
+
+
+def _bounded(text: str, limit: int, size: Callable[[str], int] = _utf8_size) -> str:
+    """``text``, cut (ending in ``...``) to a ``size`` of at most ``limit``."""
+    if size(text) <= limit:
         return text
-    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+    out, used = [], 3
+    for ch in text:
+        used += size(ch)
+        if used > limit:
+            break
+        out.append(ch)
+    return "".join(out) + "..."
 
 
 def to_status(error: ModelplaneError) -> status_pb2.Status:
     """The ``google.rpc.Status`` (with ErrorInfo) a server sends for ``error``; an overlong
-    message or metadata value is cut (a message should name what the caller sent, not echo
-    all of it)."""
-    metadata = {k: _bounded(v, MAX_METADATA_VALUE_BYTES) for k, v in error.metadata.items()}
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
-    message = _bounded(error.message, MAX_MESSAGE_BYTES)
+    message or metadata is cut (a message should name what the caller sent, not echo all of
+    it), so that every error reaches the caller with its code and reason."""
+    info = error_details_pb2.ErrorInfo(reason=error.reason[:128], domain=ERROR_DOMAIN)
+    for key, value in error.metadata.items():
+        key = _bounded(key, 64)
+        info.metadata[key] = _bounded(value, MAX_METADATA_VALUE_BYTES)
+        if info.ByteSize() > MAX_INFO_BYTES:
+            del info.metadata[key]
+            break
+    message = _bounded(error.message, MAX_MESSAGE_BYTES, _sent_size)
     status = status_pb2.Status(code=GRPC_CODES[error.code].value[0], message=message)
     status.details.add().Pack(info)
     return status
