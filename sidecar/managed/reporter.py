@@ -202,11 +202,11 @@ class Reporter:
                     self.sent += 1
                     continue
                 self.failures += 1
-                entry.attempts += 1
+                uncertain = code is None or code in UNCERTAIN
+                if uncertain:  # failures that pass (an outage) do not use up its attempts
+                    entry.attempts += 1
                 name = code.name if code is not None else type(exc).__name__
-                if code in RETRIED or (
-                    (code is None or code in UNCERTAIN) and entry.attempts < MAX_ATTEMPTS
-                ):
+                if code in RETRIED or (uncertain and entry.attempts < MAX_ATTEMPTS):
                     log.warning(
                         "could not report a window; it is retried with the next one",
                         sequence=request.sequence,

@@ -95,6 +95,30 @@ def test_an_uncertain_refusal_is_retried_a_few_times_then_dropped(
     plane.wait_reports(lambda rs: _requests(rs) >= 1)
 
 
+def test_an_outage_does_not_use_up_the_attempts_of_an_uncertain_refusal(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    # The first report with requests meets an outage (UNAVAILABLE, more often than its
+    # attempts at uncertain codes), then one INTERNAL, then goes through.
+    first: list[int] = []
+    answers = [grpc.StatusCode.UNAVAILABLE] * (MAX_ATTEMPTS + 1) + [grpc.StatusCode.INTERNAL]
+
+    def refuse(request: Any) -> grpc.StatusCode | None:
+        if not first and any(a.requests for a in request.arms):
+            first.append(request.sequence)
+        if first and request.sequence == first[0] and answers:
+            return answers.pop(0)
+        return None
+
+    plane.refuse = refuse
+    handle = managed()
+    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    assert handle.wait_ready(60)
+    stub(handle.port).ModelInfer(_request(0))
+    plane.wait_reports(lambda rs: any(r.sequence == first[0] for r in rs))
+    assert not answers and handle.reporter.refused == 0
+
+
 def test_a_report_the_control_plane_already_has_counts_as_sent(
     managed: Any, plane: FakeControlPlane, artifacts: dict
 ) -> None:
