@@ -129,47 +129,115 @@ def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
     return grpc.insecure_channel(settings.control_plane, options=options)
 
 
+class _Connection:
+    """A channel to the control plane, its stubs and the calls open on it."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.deployments = deployments_pb2_grpc.DeploymentServiceStub(channel)
+        self.blobs = blobs_pb2_grpc.BlobServiceStub(channel)
+        self.calls = 0
+        self.retired = False
+        self.closed = False
+
+
 class ControlPlane:
     """The control plane's DeploymentService and BlobService over one channel, which
-    :meth:`renew` replaces by one on a new connection (calls on the old one end CANCELLED, and
-    are retried as after any failure): the watcher renews it when its stream went silent, as
-    the connection every call shares may have died with it."""
+    :meth:`renew` replaces by one on a new connection: the watcher renews it when its stream
+    went silent, as the connection every call shares may have died with it.
+
+    Calls started before a renewal go on on the old channel (a download may take minutes, and
+    the renewal may have been needless): it is closed once they have ended, at the next
+    renewal (so at most one old channel is kept: calls still open on it two renewals later
+    end CANCELLED and are retried as after any failure) or at :meth:`close`."""
 
     def __init__(self, settings: SidecarSettings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._channel = control_plane_channel(settings)
-        self._deployments = deployments_pb2_grpc.DeploymentServiceStub(self._channel)
-        self._blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
+        self._current = _Connection(control_plane_channel(settings))
+        self._retired: _Connection | None = None
         self._closed = False
 
     def WatchDeployment(self, request: Any, **kwargs: Any) -> Any:
-        return self._deployments.WatchDeployment(request, **kwargs)
+        connection = self._acquire()
+        return self._streaming(connection, connection.deployments.WatchDeployment, request, kwargs)
 
     def ReportWindow(self, request: Any, **kwargs: Any) -> Any:
-        return self._deployments.ReportWindow(request, **kwargs)
+        connection = self._acquire()
+        try:
+            return connection.deployments.ReportWindow(request, **kwargs)
+        finally:
+            self._release(connection)
 
     def DownloadBlob(self, request: Any, **kwargs: Any) -> Any:
-        return self._blobs.DownloadBlob(request, **kwargs)
+        connection = self._acquire()
+        return self._streaming(connection, connection.blobs.DownloadBlob, request, kwargs)
+
+    def _streaming(
+        self, connection: _Connection, method: Any, request: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        """Start a response-streaming call on ``connection``, counted open until it ends."""
+        try:
+            call = method(request, **kwargs)
+        except BaseException:
+            self._release(connection)
+            raise
+        # add_callback, not add_done_callback: that would hold the call, which then never
+        # gets cancelled when dropped unfinished.
+        if not call.add_callback(lambda: self._release(connection)):
+            self._release(connection)
+        return call
+
+    def _acquire(self) -> _Connection:
+        with self._lock:
+            connection = self._current
+            connection.calls += 1
+            return connection
+
+    def _release(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.calls -= 1
+            if not connection.retired or connection.calls > 0 or connection.closed:
+                return
+            connection.closed = True
+            if self._retired is connection:
+                self._retired = None
+        # Possibly on the thread that runs the channel's callbacks: close it on another.
+        threading.Thread(
+            target=connection.channel.close, name="control-plane-close", daemon=True
+        ).start()
 
     def renew(self) -> ControlPlane:
-        """Open a new connection for every later call and close the old one."""
+        """Open a new connection for every later call; the old one is closed once the calls
+        open on it have ended, and the one it replaced before, if still open, at once."""
         with self._lock:
             if self._closed:
                 return self
-            old = self._channel
-            self._channel = control_plane_channel(self._settings)
-            self._deployments = deployments_pb2_grpc.DeploymentServiceStub(self._channel)
-            self._blobs = blobs_pb2_grpc.BlobServiceStub(self._channel)
-        log.info("opened a new connection to the control plane")
-        old.close()
+            old = self._current
+            older, self._retired = self._retired, old
+            old.retired = True
+            self._current = _Connection(control_plane_channel(self._settings))
+            left = old.calls
+            close = [c for c in (older, old if left == 0 else None) if c and not c.closed]
+            for connection in close:
+                connection.closed = True
+                if self._retired is connection:
+                    self._retired = None
+        log.info("opened a new connection to the control plane", calls_left_on_the_old_one=left)
+        for connection in close:
+            connection.channel.close()
         return self
 
     def close(self) -> None:
+        """Close every channel, ending the calls still open."""
         with self._lock:
             self._closed = True
-            channel = self._channel
-        channel.close()
+            close = [c for c in (self._current, self._retired) if c is not None and not c.closed]
+            for connection in close:
+                connection.closed = True
+            self._retired = None
+        for connection in close:
+            connection.channel.close()
 
 
 def _cache_dir(

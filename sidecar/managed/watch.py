@@ -8,10 +8,12 @@ serving the last state it applied.
 
 A connection can also die silently (a node, NAT or load balancer flow gone: packets dropped,
 nothing closed). When no state arrives for :data:`STALE_HEARTBEATS` heartbeat intervals (the
-state's ``heartbeat_interval``, else :data:`DEFAULT_HEARTBEAT_S`; counted from the call's
-start), a watchdog cancels the stream and the watcher reconnects likewise, over a new
-connection when it was given ``renew`` (keepalive pings on the channel end a dead connection
-too, but later).
+last state's ``heartbeat_interval``; counted from the call's start, and before any state
+arrived :data:`DEFAULT_HEARTBEAT_S`, the first state coming at once), a watchdog cancels the
+stream and the watcher reconnects likewise, over a new connection when it was given ``renew``
+(keepalive pings on the channel end a dead connection too, but later). A control plane that
+does not announce its heartbeat (one older than the field, whose heartbeat was configurable)
+gets no watchdog: keepalive alone ends a dead connection then.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import structlog
 
 log = structlog.get_logger("modelplane.sidecar.watch")
 
-#: How often the control plane repeats the state by default (its ``watch_heartbeat_seconds``),
-#: for states that do not say.
+#: The heartbeat assumed before the first state of a stream arrived (every control plane sends
+#: one at once), until a state announces its own.
 DEFAULT_HEARTBEAT_S = 5.0
 #: Heartbeats missed before the stream is taken for dead.
 STALE_HEARTBEATS = 3.0
@@ -73,10 +75,12 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         #: When the open call started or last received a state (monotonic), how long it may
-        #: stay silent, and whether the watchdog cancelled it.
+        #: stay silent (None: for ever, the control plane announcing no heartbeat), and
+        #: whether the watchdog cancelled it.
         self._heard = 0.0
-        self._stale_after = self.stale_after(None)
+        self._stale_after: float | None = self.stale_after(None)
         self._stale = False
+        self._unannounced_logged = False
         #: States received, streams that ended in an error, and of those the ones the
         #: watchdog ended after a silence.
         self.states = 0
@@ -85,11 +89,17 @@ class Watcher:
         self.connected = False
 
     @staticmethod
-    def stale_after(state: Any) -> float:
-        """How long a stream may stay silent after ``state`` (None: before any)."""
+    def stale_after(state: Any) -> float | None:
+        """How long a stream may stay silent after ``state`` (``state`` None: before any);
+        None, for ever, when the state announces no heartbeat (an older control plane, whose
+        heartbeat may be anything)."""
         heartbeat = DEFAULT_HEARTBEAT_S
-        if state is not None and state.HasField("heartbeat_interval"):
-            heartbeat = state.heartbeat_interval.ToTimedelta().total_seconds() or heartbeat
+        if state is not None:
+            if not state.HasField("heartbeat_interval"):
+                return None
+            heartbeat = state.heartbeat_interval.ToTimedelta().total_seconds()
+            if heartbeat <= 0:
+                return None
         return max(MIN_STALE_S, STALE_HEARTBEATS * heartbeat)
 
     def start(self) -> None:
@@ -105,7 +115,8 @@ class Watcher:
             with self._lock:
                 call = self._call
                 silent = time.monotonic() - self._heard
-                if call is None or self._stale or silent < self._stale_after:
+                limit = self._stale_after
+                if call is None or self._stale or limit is None or silent < limit:
                     continue
                 self._stale = True
             log.warning(
@@ -139,9 +150,17 @@ class Watcher:
                     self._heard = time.monotonic()
                     self._stale = False
                 for state in call:
+                    stale_after = self.stale_after(state)
                     with self._lock:
                         self._heard = time.monotonic()
-                        self._stale_after = self.stale_after(state)
+                        self._stale_after = stale_after
+                    if stale_after is None and not self._unannounced_logged:
+                        self._unannounced_logged = True
+                        log.info(
+                            "the control plane does not announce its watch heartbeat; a silent "
+                            "connection is left to keepalive to end",
+                            deployment=self._name,
+                        )
                     if not self.connected:
                         log.info("watching the deployment", deployment=self._name)
                     self.connected = True
@@ -167,7 +186,7 @@ class Watcher:
             if stale:
                 self.stale += 1
                 code = "DEADLINE_EXCEEDED"
-                problem = f"no state for {self._stale_after:g} s: the connection seems dead"
+                problem = f"no state for {self._stale_after or 0:g} s: the connection seems dead"
                 if self._renew is not None:
                     try:
                         self._stub = self._renew()

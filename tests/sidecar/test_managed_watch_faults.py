@@ -65,3 +65,31 @@ def test_a_silent_watch_stream_is_replaced(
     _until(lambda: handle.manager.table.champion.number == 2)
     assert handle.watcher.stale >= 1
     assert plane.watchers >= 2
+
+
+def test_no_watchdog_when_the_control_plane_does_not_announce_its_heartbeat(
+    managed: Any, plane: FakeControlPlane, artifacts: dict, monkeypatch: Any
+) -> None:
+    """A control plane older than DeploymentState.heartbeat_interval repeats the state as
+    often as it was configured to, which may be rarer than three default heartbeats: its
+    stream is not taken for dead. (Three heartbeats shrunk to half of one here, floored at 1 s,
+    so that the stream below, repeated every 2 s, keeps the test short.)"""
+    monkeypatch.setattr("sidecar.managed.watch.STALE_HEARTBEATS", 0.1)
+    plane.heartbeat = 2.0
+    versions = _versions(plane, artifacts, 1, 2, 3)
+    plane.push(state(NAME, 1, versions, champion=1))
+    handle = managed()
+    assert handle.wait_ready(60)
+    _until(lambda: handle.watcher.states >= 3)  # two silences of 2 s each
+    plane.push(state(NAME, 2, versions, champion=2))
+    _until(lambda: handle.manager.table.champion.number == 2)
+    assert handle.watcher.stale == 0
+    assert handle.watcher.errors == 0
+    assert plane.watchers == 1
+    # A control plane that announces its heartbeat gets the watchdog again.
+    plane.push(state(NAME, 3, versions, champion=2, heartbeat_s=0.2))
+    _until(lambda: handle.manager.table.generation == 3)
+    plane.mute_watch()
+    plane.push(state(NAME, 4, versions, champion=3, heartbeat_s=0.2))
+    _until(lambda: handle.manager.table.champion.number == 3)
+    assert handle.watcher.stale >= 1
