@@ -129,6 +129,10 @@ class FakeControlPlane:
             self.blobs[sha] = data
         return sha
 
+    def versions(self, artifacts: dict[int, bytes], *numbers: int) -> dict[int, Any]:
+        """The versions ``numbers`` of ``artifacts`` stored, as :func:`state` takes them."""
+        return {n: (self.add_blob(artifacts[n]), len(artifacts[n]), "") for n in numbers}
+
     def push(self, state: Any) -> None:
         """Make ``state`` the desired state streamed to every watcher."""
         with self.cond:

@@ -113,6 +113,20 @@ def wait_for(check: Any, timeout: float = 20.0) -> Any:
         time.sleep(0.05)
 
 
+def until(predicate: Any, timeout: float = 30.0) -> None:
+    """Wait until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def managed_request(model: str, rows: int = 1, seed: int = 0, **kw: Any) -> Any:
+    """A request of ``rows`` random rows for the 8-feature models of the managed tests."""
+    x = np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
+    return raw_request(model, {"input": ("FP32", x)}, **kw)
+
+
 def children(pid: int) -> list[int]:
     """The pids of ``pid``'s child processes."""
     from modelplane.testing.processes import proc_stats

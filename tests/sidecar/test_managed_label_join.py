@@ -4,7 +4,6 @@ the one it is counted for, even when its row is predicted again while the call r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import output_array, raw_request, stub
+from sidecar_helpers import output_array, raw_request, stub, until
 
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.predlog import list_log_files, read_file_batches
@@ -29,13 +28,6 @@ def _classes(h: Any, request_id: str, rows: int, seed: int) -> list[int]:
     x = np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
     reply = stub(h.port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id=request_id))
     return [int(v) for v in np.argmax(output_array(reply, 0, np.float32), axis=1)]
-
-
-def _until(check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _tally(plane: FakeControlPlane, settle_windows: int = 3) -> tuple[int, int]:
@@ -54,7 +46,7 @@ def test_labels_of_a_retired_classifier_are_not_checked_against_it(
     plane.push(state(NAME, 1, {1: versions[1]}, 1))
     assert h.wait_ready(60)
     _classes(h, "r", 2, seed=0)
-    _until(lambda: len(h.observer.index) == 2)
+    until(lambda: len(h.observer.index) == 2)
     admin = _admin(h)
     # While version 1 is the champion, a fractional target for its row is refused.
     with pytest.raises(grpc.RpcError) as caught:
@@ -66,7 +58,7 @@ def test_labels_of_a_retired_classifier_are_not_checked_against_it(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Version 2 is promoted: version 1's rows join nothing, so nothing is checked against it.
     plane.push(state(NAME, 2, {2: versions[2]}, 2))
-    _until(lambda: h.manager.table.generation == 2, 60)
+    until(lambda: h.manager.table.generation == 2, 60)
     reply = admin.IngestLabels(
         sidecar_pb2.IngestLabelsRequest(
             labels=[
@@ -90,7 +82,7 @@ def test_a_row_predicted_again_while_labeled_is_counted_as_logged(
     plane.push(state(NAME, 1, {1: (plane.add_blob(blob), len(blob), "")}, 1))
     assert h.wait_ready(60)
     predicted = _classes(h, "r", 1, seed=0)
-    _until(lambda: h.observer.index.get("r", 0) is not None)
+    until(lambda: h.observer.index.get("r", 0) is not None)
     label_log = h.labels.log
 
     class PredictAgainFirst:
@@ -102,7 +94,7 @@ def test_a_row_predicted_again_while_labeled_is_counted_as_logged(
         def append(self, batch: pa.RecordBatch) -> None:
             before = h.observer.index.get("r", 0)
             _classes(h, "r", 1, seed=1)
-            _until(lambda: h.observer.index.get("r", 0) is not before)
+            until(lambda: h.observer.index.get("r", 0) is not before)
             label_log.append(batch)
 
     h.labels.log = PredictAgainFirst()

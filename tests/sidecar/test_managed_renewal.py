@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from control_plane_double import FakeControlPlane
+from sidecar_helpers import until
 
 from modelplane.v1 import blobs_pb2, deployments_pb2
 from sidecar.managed.server import ControlPlane
@@ -34,13 +34,6 @@ def control_plane(plane: FakeControlPlane) -> Iterator[ControlPlane]:
 
 def _download(cp: ControlPlane, sha: str) -> Any:
     return cp.DownloadBlob(blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha}"), timeout=30)
-
-
-def _until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _closed(channel: grpc.Channel) -> bool:
@@ -75,7 +68,7 @@ def test_the_old_connection_is_closed_once_its_calls_end(
     control_plane.renew()
     assert not _closed(old)
     assert sum(1 for _ in call) == 15
-    _until(lambda: _closed(old))
+    until(lambda: _closed(old))
 
 
 def test_a_report_goes_on_across_a_renewal(
@@ -158,4 +151,4 @@ def test_a_dropped_download_does_not_hold_the_old_connection(
     old = control_plane._current.channel
     control_plane.renew()
     del call
-    _until(lambda: _closed(old))
+    until(lambda: _closed(old))

@@ -3,34 +3,18 @@ every kind of status code, and a stop right after a failed report."""
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import raw_request, stub
+from sidecar_helpers import managed_request, stub, until
 
 from sidecar.managed.reporter import MAX_ATTEMPTS
 
 NAME = "fraud"
-
-
-def _versions(plane: FakeControlPlane, artifacts: dict[int, bytes], *numbers: int) -> dict:
-    return {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in numbers}
-
-
-def _request(seed: int = 0) -> Any:
-    x = np.random.default_rng(seed).standard_normal((1, 8)).astype(np.float32)
-    return raw_request(NAME, {"input": ("FP32", x)})
-
-
-def _until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+_request = functools.partial(managed_request, NAME)
 
 
 def _requests(reports: list[Any]) -> int:
@@ -59,13 +43,13 @@ def test_a_report_refused_for_good_is_dropped_and_later_windows_go_on(
 
     plane.refuse = refuse
     handle = managed()
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
-    s.ModelInfer(_request(0))
-    _until(lambda: handle.reporter.refused == 1)
+    s.ModelInfer(_request(seed=0))
+    until(lambda: handle.reporter.refused == 1)
     for i in range(3):
-        s.ModelInfer(_request(i + 1))
+        s.ModelInfer(_request(seed=i + 1))
     plane.wait_reports(lambda rs: _requests(rs) >= 3)
     assert len(plane.refused) == 1 and plane.refused[0].sequence == first[0]
     assert handle.reporter.refused_codes == {code.name: 1}
@@ -84,14 +68,14 @@ def test_an_uncertain_refusal_is_retried_a_few_times_then_dropped(
 
     plane.refuse = refuse
     handle = managed()
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
-    s.ModelInfer(_request(0))
-    _until(lambda: handle.reporter.refused == 1)
+    s.ModelInfer(_request(seed=0))
+    until(lambda: handle.reporter.refused == 1)
     assert len(plane.refused) == MAX_ATTEMPTS
     assert handle.reporter.refused_codes == {"UNKNOWN": 1}
-    s.ModelInfer(_request(1))
+    s.ModelInfer(_request(seed=1))
     plane.wait_reports(lambda rs: _requests(rs) >= 1)
 
 
@@ -112,9 +96,9 @@ def test_an_outage_does_not_use_up_the_attempts_of_an_uncertain_refusal(
 
     plane.refuse = refuse
     handle = managed()
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
-    stub(handle.port).ModelInfer(_request(0))
+    stub(handle.port).ModelInfer(_request(seed=0))
     plane.wait_reports(lambda rs: any(r.sequence == first[0] for r in rs))
     assert not answers and handle.reporter.refused == 0
 
@@ -124,9 +108,9 @@ def test_a_report_the_control_plane_already_has_counts_as_sent(
 ) -> None:
     plane.refuse = lambda request: grpc.StatusCode.ALREADY_EXISTS
     handle = managed()
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
-    _until(lambda: handle.reporter.sent >= 3)
+    until(lambda: handle.reporter.sent >= 3)
     assert handle.reporter.failures == 0 and handle.reporter.refused == 0
     # Each went once: none was retried.
     sequences = [r.sequence for r in plane.refused]
@@ -137,15 +121,15 @@ def test_stopping_after_a_failed_report_sends_every_window(
     managed: Any, plane: FakeControlPlane, artifacts: dict
 ) -> None:
     # Long windows: the sidecar stops before the one after the failed report closes.
-    versions = _versions(plane, artifacts, 1)
+    versions = plane.versions(artifacts, 1)
     plane.push(state(NAME, 1, versions, champion=1, interval_s=3.0))
     handle = managed()
     assert handle.wait_ready(60)
     plane.refuse_reports = True
     s = stub(handle.port)
     for i in range(20):
-        s.ModelInfer(_request(i))
-    _until(lambda: handle.reporter.failures >= 1)
+        s.ModelInfer(_request(seed=i))
+    until(lambda: handle.reporter.failures >= 1)
     plane.refuse_reports = False
     handle.stop(0)
     assert _requests(plane.reports) == 20

@@ -3,6 +3,7 @@ corrupt artifacts, reports, shadow, labels and bad input."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
 from fuzzing import Vocabulary, drive
-from sidecar_helpers import health_status, output_array, raw_request, stub
+from sidecar_helpers import health_status, managed_request, output_array, raw_request, stub
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
@@ -24,15 +25,7 @@ from modelplane.v1 import deployments_pb2 as dpb
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 NAME = "fraud"
-
-
-def _versions(plane: FakeControlPlane, artifacts: dict[int, bytes], *numbers: int) -> dict:
-    return {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in numbers}
-
-
-def _request(rows: int = 1, seed: int = 0, **kw: Any) -> Any:
-    x = np.random.default_rng(seed).standard_normal((rows, 8)).astype(np.float32)
-    return raw_request(NAME, {"input": ("FP32", x)}, **kw)
+_request = functools.partial(managed_request, NAME)
 
 
 def _keyed(key: str, **kw: Any) -> Any:
@@ -43,7 +36,7 @@ def _keyed(key: str, **kw: Any) -> Any:
 
 def _start_ready(managed: Any, plane: FakeControlPlane, artifacts: dict, **kw: Any) -> Any:
     handle = managed(**kw)
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     return handle
 
@@ -57,7 +50,7 @@ def test_ready_only_once_the_first_champion_is_loaded(
     with pytest.raises(grpc.RpcError) as err:
         s.ModelInfer(_request())
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     assert s.ServerReady(pb.ServerReadyRequest()).ready
     assert s.ModelReady(pb.ModelReadyRequest(name=NAME)).ready
@@ -96,7 +89,7 @@ def test_switching_champion_under_load_fails_no_request(
         deadline = time.monotonic() + 30
         while answered.get("1", 0) < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
-        plane.push(state(NAME, 2, _versions(plane, artifacts, 2), champion=2))
+        plane.push(state(NAME, 2, plane.versions(artifacts, 2), champion=2))
         while answered.get("2", 0) < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
@@ -117,9 +110,7 @@ def test_canary_split_is_sticky_by_routing_key(
 ) -> None:
     handle = _start_ready(managed, plane, artifacts)
     plane.push(
-        state(
-            NAME, 2, _versions(plane, artifacts, 1, 2), 1, candidate=2, percent=50, rollout_id="r"
-        )
+        state(NAME, 2, plane.versions(artifacts, 1, 2), 1, candidate=2, percent=50, rollout_id="r")
     )
     s = stub(handle.port)
     deadline = time.monotonic() + 60
@@ -144,7 +135,7 @@ def test_windows_belong_to_the_rollout_only_while_it_is_in_progress(
     """The desired state keeps naming the last rollout after it ends; windows served after
     that belong to no rollout (the control plane counts them as the champion's own)."""
     handle = _start_ready(managed, plane, artifacts)
-    versions = _versions(plane, artifacts, 1, 2)
+    versions = plane.versions(artifacts, 1, 2)
     running = dpb.ROLLOUT_STATE_RUNNING
     plane.push(state(NAME, 2, versions, 1, 2, percent=50, rollout_id="r", rollout_state=running))
     s = stub(handle.port)
@@ -209,7 +200,7 @@ def test_fuzzed_requests_never_break_a_managed_sidecar(
         state(
             NAME,
             2,
-            _versions(plane, artifacts, 1, 2),
+            plane.versions(artifacts, 1, 2),
             1,
             candidate=2,
             percent=50,
@@ -248,7 +239,7 @@ def test_corrupt_artifact_is_never_loaded_and_is_retried(
     managed: Any, plane: FakeControlPlane, artifacts: dict
 ) -> None:
     handle = _start_ready(managed, plane, artifacts)
-    versions = _versions(plane, artifacts, 2)
+    versions = plane.versions(artifacts, 2)
     sha2 = versions[2][0]
     plane.corrupt.add(sha2)
     plane.push(state(NAME, 2, versions, champion=2))
@@ -332,9 +323,7 @@ def test_shadow_pairs_are_compared_and_never_answer(
         log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05),
     )
     plane.push(
-        state(
-            NAME, 2, _versions(plane, artifacts, 1, 2), 1, candidate=2, shadow=1.0, rollout_id="s"
-        )
+        state(NAME, 2, plane.versions(artifacts, 1, 2), 1, candidate=2, shadow=1.0, rollout_id="s")
     )
     deadline = time.monotonic() + 60
     while handle.manager.table.generation != 2 and time.monotonic() < deadline:
@@ -429,7 +418,7 @@ def test_watch_reconnects_and_keeps_serving(
         time.sleep(0.02)
     assert handle.watcher.errors >= 1
     assert s.ModelInfer(_request()).model_version == "1"
-    plane.push(state(NAME, 2, _versions(plane, artifacts, 2), champion=2))
+    plane.push(state(NAME, 2, plane.versions(artifacts, 2), champion=2))
     while handle.manager.table.generation != 2 and time.monotonic() < deadline + 40:
         time.sleep(0.05)
     assert s.ModelInfer(_request()).model_version == "2"
@@ -488,7 +477,7 @@ def test_cli_serves_a_deployment_in_a_subprocess(
 
     from sidecar_helpers import spawn_sidecar
 
-    plane.push(state(NAME, 1, _versions(plane, artifacts, 1), champion=1))
+    plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     proc, ready = spawn_sidecar(
         [
             "--control-plane",

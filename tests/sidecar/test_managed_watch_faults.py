@@ -4,36 +4,20 @@ generation, the same as before included), and a watch stream that falls silent."
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any
 
-import numpy as np
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import raw_request, stub
+from sidecar_helpers import managed_request, stub, until
 
 NAME = "fraud"
-
-
-def _versions(plane: FakeControlPlane, artifacts: dict[int, bytes], *numbers: int) -> dict:
-    return {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in numbers}
-
-
-def _request(seed: int = 0) -> Any:
-    x = np.random.default_rng(seed).standard_normal((1, 8)).astype(np.float32)
-    return raw_request(NAME, {"input": ("FP32", x)})
-
-
-def _until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+_request = functools.partial(managed_request, NAME)
 
 
 def test_a_deployment_created_again_is_followed_on_an_open_stream(
     managed: Any, plane: FakeControlPlane, artifacts: dict
 ) -> None:
-    versions = _versions(plane, artifacts, 1, 2, 3)
+    versions = plane.versions(artifacts, 1, 2, 3)
     plane.push(state(NAME, 3, versions, champion=1, created_s=1000.0))
     handle = managed()
     assert handle.wait_ready(60)
@@ -41,14 +25,14 @@ def test_a_deployment_created_again_is_followed_on_an_open_stream(
     assert s.ModelInfer(_request()).model_version == "1"
     # Deleted and created again: generations start over.
     plane.push(state(NAME, 1, versions, champion=2, created_s=2000.0))
-    _until(lambda: handle.manager.table.champion.number == 2)
+    until(lambda: handle.manager.table.champion.number == 2)
     assert handle.manager.table.generation == 1
     assert s.ModelInfer(_request()).model_version == "2"
     # An older generation of the same deployment is still ignored.
     plane.push(state(NAME, 0, versions, champion=1, created_s=2000.0))
     # Created again once more, at the same generation as the one it replaces.
     plane.push(state(NAME, 1, versions, champion=3, created_s=3000.0))
-    _until(lambda: handle.manager.table.champion.number == 3)
+    until(lambda: handle.manager.table.champion.number == 3)
     assert s.ModelInfer(_request()).model_version == "3"
     assert handle.watcher.errors == 0
 
@@ -56,13 +40,13 @@ def test_a_deployment_created_again_is_followed_on_an_open_stream(
 def test_a_silent_watch_stream_is_replaced(
     managed: Any, plane: FakeControlPlane, artifacts: dict
 ) -> None:
-    versions = _versions(plane, artifacts, 1, 2)
+    versions = plane.versions(artifacts, 1, 2)
     plane.push(state(NAME, 1, versions, champion=1, heartbeat_s=0.2))
     handle = managed()
     assert handle.wait_ready(60)
     plane.mute_watch()
     plane.push(state(NAME, 2, versions, champion=2, heartbeat_s=0.2))
-    _until(lambda: handle.manager.table.champion.number == 2)
+    until(lambda: handle.manager.table.champion.number == 2)
     assert handle.watcher.stale >= 1
     assert plane.watchers >= 2
 
@@ -76,20 +60,20 @@ def test_no_watchdog_when_the_control_plane_does_not_announce_its_heartbeat(
     so that the stream below, repeated every 2 s, keeps the test short.)"""
     monkeypatch.setattr("sidecar.managed.watch.STALE_HEARTBEATS", 0.1)
     plane.heartbeat = 2.0
-    versions = _versions(plane, artifacts, 1, 2, 3)
+    versions = plane.versions(artifacts, 1, 2, 3)
     plane.push(state(NAME, 1, versions, champion=1))
     handle = managed()
     assert handle.wait_ready(60)
-    _until(lambda: handle.watcher.states >= 3)  # two silences of 2 s each
+    until(lambda: handle.watcher.states >= 3)  # two silences of 2 s each
     plane.push(state(NAME, 2, versions, champion=2))
-    _until(lambda: handle.manager.table.champion.number == 2)
+    until(lambda: handle.manager.table.champion.number == 2)
     assert handle.watcher.stale == 0
     assert handle.watcher.errors == 0
     assert plane.watchers == 1
     # A control plane that announces its heartbeat gets the watchdog again.
     plane.push(state(NAME, 3, versions, champion=2, heartbeat_s=0.2))
-    _until(lambda: handle.manager.table.generation == 3)
+    until(lambda: handle.manager.table.generation == 3)
     plane.mute_watch()
     plane.push(state(NAME, 4, versions, champion=3, heartbeat_s=0.2))
-    _until(lambda: handle.manager.table.champion.number == 3)
+    until(lambda: handle.manager.table.champion.number == 3)
     assert handle.watcher.stale >= 1
