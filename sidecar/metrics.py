@@ -1,4 +1,5 @@
-"""Prometheus metrics of the sidecar (``modelplane_inference_*``).
+"""Prometheus metrics of the sidecar (``modelplane_inference_*``, and in managed mode
+``modelplane_sidecar_*``).
 
 :class:`NoMetrics` stands in when no metrics endpoint was asked for, so the hot path pays
 nothing. The metric families live once per registry (:class:`InferenceFamilies`); each
@@ -11,6 +12,11 @@ With several worker processes, prometheus_client's multiprocess mode (the
 ``PROMETHEUS_MULTIPROC_DIR`` environment) merges the workers' values in the parent. That mode
 cannot remove series: closing a binding there zeroes its gauges instead, and its counters stay
 until the worker exits.
+
+A managed sidecar also counts, per deployment (:class:`ManagedMetrics`), what its reports to
+the control plane left out, the reports refused or failed (by gRPC code) and the watch
+streams replaced; their labels are bounded too (``reason`` is a fixed set, ``code`` a gRPC
+status code name).
 """
 
 from __future__ import annotations
@@ -174,6 +180,94 @@ class InferenceFamilies(RegistryFamilies):
             self.in_flight,
             self.queue_rows,
         )
+
+
+class ManagedFamilies(RegistryFamilies):
+    """The ``modelplane_sidecar_*`` families of one registry (managed mode)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.left_out = Counter(
+            "modelplane_sidecar_report_records_left_out",
+            "Requests or rows the window reports left out, by reason (late_version: answered "
+            "by a version that no longer holds its arm; label_beyond_limit: a predicted label "
+            "beyond those an arm reports)",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "modelplane_sidecar_reports_refused",
+            "Window reports the control plane refused for good (dropped), by gRPC status code",
+            ["model", "code"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "modelplane_sidecar_report_failures",
+            "Failed attempts to send a window report, by gRPC status code",
+            ["model", "code"],
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "modelplane_sidecar_watch_reconnects",
+            "Watch streams replaced by a new one, by reason (stale: no state for three heartbeats)",
+            ["model", "reason"],
+            registry=registry,
+        )
+
+
+#: ``reason`` values of the managed counters, whose series exist from the start.
+LATE_VERSION = "late_version"
+LABEL_BEYOND_LIMIT = "label_beyond_limit"
+STALE = "stale"
+
+
+def grpc_code_label(code: Any) -> str:
+    """A ``code`` label value: the gRPC status code's name, UNKNOWN for anything else (an
+    error that is no RPC error), so the label stays a fixed set."""
+    name = getattr(code, "name", None)
+    return name if isinstance(name, str) else "UNKNOWN"
+
+
+class NoManagedMetrics:
+    """Managed-mode counters that record nothing (metrics off)."""
+
+    def left_out(self, reason: str, count: int) -> None:
+        """``count`` requests or rows left out of a report for ``reason``."""
+
+    def report_refused(self, code: Any) -> None:
+        """A window report refused for good with ``code`` (a grpc.StatusCode or None)."""
+
+    def report_failed(self, code: Any) -> None:
+        """A failed attempt to send a window report, with ``code`` (grpc.StatusCode or None)."""
+
+    def reconnected(self, reason: str) -> None:
+        """A watch stream replaced for ``reason``."""
+
+
+class ManagedMetrics(NoManagedMetrics):
+    """The managed-mode counters of deployment ``model``, bound in ``registry``. Counters
+    only, never removed: in multiprocess mode each worker's values are summed."""
+
+    def __init__(self, registry: CollectorRegistry, model: str) -> None:
+        families: ManagedFamilies = ManagedFamilies.of(registry)
+        self._families = families
+        self._model = model
+        for reason in (LATE_VERSION, LABEL_BEYOND_LIMIT):
+            families.left_out.labels(model, reason)
+        families.reconnects.labels(model, STALE)
+
+    def left_out(self, reason: str, count: int) -> None:
+        if count > 0:
+            self._families.left_out.labels(self._model, reason).inc(count)
+
+    def report_refused(self, code: Any) -> None:
+        self._families.refused.labels(self._model, grpc_code_label(code)).inc()
+
+    def report_failed(self, code: Any) -> None:
+        self._families.failures.labels(self._model, grpc_code_label(code)).inc()
+
+    def reconnected(self, reason: str) -> None:
+        self._families.reconnects.labels(self._model, reason).inc()
 
 
 class NoMetrics:

@@ -24,6 +24,7 @@ from sidecar.managed.labels import Predicted, PredictionIndex
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
 from sidecar.managed.window import LabelTally, Window, carries
+from sidecar.metrics import LABEL_BEYOND_LIMIT, LATE_VERSION, NoManagedMetrics
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.predlog import PredictionLogError, PredictionLogWriter
 from sidecar.recording import LogErrors, run_to_prediction_batch, to_rejected_request
@@ -46,8 +47,10 @@ class ManagedObserver:
         log_batches: bool = True,
         extra: Sequence[Any] = (),
         dropped: Callable[[], int] = lambda: 0,
+        metrics: NoManagedMetrics | None = None,
     ) -> None:
         self.name = name
+        self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self.replica = replica
         self._tables = tables
         self._versions = versions
@@ -165,6 +168,7 @@ class ManagedObserver:
             log.exception("could not close the report window")
         if window.labels_left_out:
             self.labels_left_out += window.labels_left_out
+            self._metrics.left_out(LABEL_BEYOND_LIMIT, window.labels_left_out)
             (log.debug if self._warned_labels else log.warning)(
                 "predicted labels left out of the report: an arm reports its "
                 f"{MAX_LABELS} most frequent labels",
@@ -175,6 +179,7 @@ class ManagedObserver:
             self._warned_labels = True
         if window.late:
             self.late += window.late
+            self._metrics.left_out(LATE_VERSION, window.late)
             log.info(
                 "requests of versions no longer routed to are left out of the report",
                 deployment=self.name,

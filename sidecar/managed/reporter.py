@@ -42,6 +42,8 @@ from typing import Any
 import grpc
 import structlog
 
+from sidecar.metrics import NoManagedMetrics
+
 log = structlog.get_logger("modelplane.sidecar.reporter")
 
 MAX_PENDING = 64
@@ -103,8 +105,10 @@ class Reporter:
         on_response: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
         call_timeout: float = CALL_TIMEOUT_S,
+        metrics: NoManagedMetrics | None = None,
     ) -> None:
         self._send = send
+        self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._pending: deque[_Entry] = deque()
         self._max_pending = max_pending
         self._on_response = on_response
@@ -202,6 +206,7 @@ class Reporter:
                     self.sent += 1
                     continue
                 self.failures += 1
+                self._metrics.report_failed(code)
                 uncertain = code is None or code in UNCERTAIN
                 if uncertain:  # failures that pass (an outage) do not use up its attempts
                     entry.attempts += 1
@@ -219,6 +224,7 @@ class Reporter:
                 self._done(entry)
                 self.refused += 1
                 self.refused_codes[name] = self.refused_codes.get(name, 0) + 1
+                self._metrics.report_refused(code)
                 log.error(
                     "the control plane refused a window report; it is dropped",
                     sequence=request.sequence,

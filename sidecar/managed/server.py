@@ -6,7 +6,8 @@ only then does the sidecar report ready (health SERVING, ServerReady true):
 :meth:`ManagedHandle.wait_ready` blocks until then.
 
 With ``--metrics-listen`` it serves the plain sidecar's Prometheus metrics, one series set per
-loaded version under the deployment's name (see :mod:`sidecar.metrics`); as a worker of
+loaded version under the deployment's name, and the managed ``modelplane_sidecar_*`` counters
+(see :mod:`sidecar.metrics`); as a worker of
 ``--workers N`` it records them for the supervisor's merged endpoint instead.
 """
 
@@ -45,6 +46,7 @@ from sidecar.managed.servicer import ManagedServicer
 from sidecar.managed.shadow import ShadowRunner
 from sidecar.managed.versions import RoutingTable, VersionLoader
 from sidecar.managed.watch import Watcher
+from sidecar.metrics import ManagedMetrics, NoManagedMetrics
 from sidecar.model import ModelSlot
 from sidecar.observers import Observer, ObserverHub
 from sidecar.predlog import PredictionLogSettings, open_prediction_log
@@ -291,6 +293,7 @@ def start_managed(
                 close()
             raise
         closers.append(httpd.shutdown)
+    managed_metrics = NoManagedMetrics() if registry is None else ManagedMetrics(registry, name)
     writer = None
     handle_box: list[ManagedHandle] = []
     if logging_on:
@@ -311,6 +314,7 @@ def start_managed(
             request, metadata=metadata, timeout=reporter.call_timeout()
         ),
         call_timeout=_CALL_TIMEOUT_S,
+        metrics=managed_metrics,
     )
     closers.append(reporter.stop)
     index = PredictionIndex(settings.label_index_rows)
@@ -327,6 +331,7 @@ def start_managed(
         log_batches=not sync,
         extra=observers or (),
         dropped=lambda: shadow_box[0].take_dropped(),
+        metrics=managed_metrics,
     )
     closers.append(observer.flush)
     hub = ObserverHub([observer], lossless=writer is not None)
@@ -384,6 +389,7 @@ def start_managed(
         manager.offer,
         metadata,
         renew=control_plane.renew,
+        metrics=managed_metrics,
     )
     handle.watcher = watcher
     closers.append(watcher.stop)

@@ -27,6 +27,8 @@ from typing import Any
 import grpc
 import structlog
 
+from sidecar.metrics import STALE, NoManagedMetrics
+
 log = structlog.get_logger("modelplane.sidecar.watch")
 
 #: The heartbeat assumed before the first state of a stream arrived (every control plane sends
@@ -58,10 +60,12 @@ class Watcher:
         base: float = 0.2,
         cap: float = 10.0,
         renew: Callable[[], Any] | None = None,
+        metrics: NoManagedMetrics | None = None,
     ) -> None:
         """``renew``: returns a stub on a new connection, used after a stream was taken for
-        dead (the old connection may be dead too)."""
+        dead (the old connection may be dead too); ``metrics`` counts the streams replaced."""
         self._stub = stub
+        self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._renew = renew
         self._name = name
         self._replica = replica
@@ -185,6 +189,7 @@ class Watcher:
                     stale, self._stale = self._stale, False
             if stale:
                 self.stale += 1
+                self._metrics.reconnected(STALE)
                 code = "DEADLINE_EXCEEDED"
                 problem = f"no state for {self._stale_after or 0:g} s: the connection seems dead"
                 if self._renew is not None:

@@ -120,6 +120,13 @@ def test_series_per_version_across_a_champion_switch(
     assert _value(series, "modelplane_inference_in_flight_requests", model=NAME, version="1") == 0
     assert _value(series, "modelplane_inference_queue_rows", model=NAME, version="1") == 0
     assert _value(series, "modelplane_inference_batch_size_count", model=NAME, version="1") == 25
+    # The managed counters exist from the start, at zero.
+    left_out = "modelplane_sidecar_report_records_left_out_total"
+    assert _value(series, left_out, model=NAME, reason="late_version") == 0
+    assert _value(series, left_out, model=NAME, reason="label_beyond_limit") == 0
+    assert (
+        _value(series, "modelplane_sidecar_watch_reconnects_total", model=NAME, reason="stale") == 0
+    )
     info = "modelplane_inference_model_info"
     assert (
         _value(
@@ -167,6 +174,46 @@ def test_series_per_version_across_a_champion_switch(
     assert [dict(labels) for name, labels in series if name == info] == [
         {"model": NAME, "version": "2", "provider": cpu, "arm": "champion"}
     ]
+
+
+def test_records_left_out_of_reports_are_counted_by_reason() -> None:
+    from types import SimpleNamespace
+
+    from sidecar.managed.labels import PredictionIndex
+    from sidecar.managed.observer import ManagedObserver
+    from sidecar.metrics import ManagedMetrics
+
+    registry = CollectorRegistry()
+    emitted: list[Any] = []
+    observer = ManagedObserver(
+        NAME,
+        "replica",
+        tables=lambda: None,
+        versions=lambda label: None,
+        index=PredictionIndex(16),
+        emit=emitted.append,
+        metrics=ManagedMetrics(registry, NAME),
+    )
+
+    def window(late: int, labels: int) -> Any:
+        return SimpleNamespace(
+            late=late,
+            labels_left_out=labels,
+            table=SimpleNamespace(generation=1),
+            close=lambda *args: (object(), {}),
+        )
+
+    def get(reason: str) -> float | None:
+        return registry.get_sample_value(
+            "modelplane_sidecar_report_records_left_out_total", {"model": NAME, "reason": reason}
+        )
+
+    observer._close(window(late=3, labels=5))
+    observer._close(window(late=2, labels=0))
+    assert len(emitted) == 2
+    assert observer.late == 5 and observer.labels_left_out == 5
+    assert get("late_version") == 5
+    assert get("label_beyond_limit") == 5
 
 
 def test_metrics_listener_that_cannot_bind_fails_the_start(
@@ -268,6 +315,9 @@ def test_workers_are_replicas_of_their_own_with_merged_metrics(
         assert (
             _value(series, "modelplane_inference_in_flight_requests", model=NAME, version="1") == 0
         )
+        # The managed counters of the workers merge (summed) under the deployment's name.
+        reconnects = "modelplane_sidecar_watch_reconnects_total"
+        assert _value(series, reconnects, model=NAME, reason="stale") == 0
         # Each worker watches and reports as its own replica, named after --replica and its pid.
         watchers = {w.replica for w in plane.watch_requests}
         assert len(watchers) == 2 and all(r.startswith("pod-a-") for r in watchers)

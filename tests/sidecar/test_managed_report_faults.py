@@ -4,11 +4,13 @@ every kind of status code, and a stop right after a failed report."""
 from __future__ import annotations
 
 import functools
+import urllib.request
 from typing import Any
 
 import grpc
 import pytest
 from control_plane_double import FakeControlPlane, state
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import managed_request, stub, until
 
 from sidecar.managed.reporter import MAX_ATTEMPTS
@@ -19,6 +21,22 @@ _request = functools.partial(managed_request, NAME)
 
 def _requests(reports: list[Any]) -> int:
     return sum(a.requests for r in reports for a in r.arms)
+
+
+def _counter(handle: Any, name: str, **labels: str) -> float | None:
+    """A sample scraped from the sidecar's metrics endpoint (None when absent)."""
+    url = f"http://127.0.0.1:{handle.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    want = {"model": NAME, **labels}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == want:
+                return float(sample.value)
+    return None
+
+
+REFUSED = "modelplane_sidecar_reports_refused_total"
+FAILURES = "modelplane_sidecar_report_failures_total"
 
 
 @pytest.mark.parametrize(
@@ -42,7 +60,7 @@ def test_a_report_refused_for_good_is_dropped_and_later_windows_go_on(
         return code if first and request.sequence == first[0] else None
 
     plane.refuse = refuse
-    handle = managed()
+    handle = managed(metrics_listen="127.0.0.1:0")
     plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
@@ -53,6 +71,8 @@ def test_a_report_refused_for_good_is_dropped_and_later_windows_go_on(
     plane.wait_reports(lambda rs: _requests(rs) >= 3)
     assert len(plane.refused) == 1 and plane.refused[0].sequence == first[0]
     assert handle.reporter.refused_codes == {code.name: 1}
+    assert _counter(handle, REFUSED, code=code.name) == 1
+    assert _counter(handle, FAILURES, code=code.name) == 1
     assert all(r.sequence > first[0] for r in plane.reports if any(a.requests for a in r.arms))
 
 
@@ -67,7 +87,7 @@ def test_an_uncertain_refusal_is_retried_a_few_times_then_dropped(
         return grpc.StatusCode.UNKNOWN if first and request.sequence == first[0] else None
 
     plane.refuse = refuse
-    handle = managed()
+    handle = managed(metrics_listen="127.0.0.1:0")
     plane.push(state(NAME, 1, plane.versions(artifacts, 1), champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
@@ -75,6 +95,8 @@ def test_an_uncertain_refusal_is_retried_a_few_times_then_dropped(
     until(lambda: handle.reporter.refused == 1)
     assert len(plane.refused) == MAX_ATTEMPTS
     assert handle.reporter.refused_codes == {"UNKNOWN": 1}
+    until(lambda: _counter(handle, REFUSED, code="UNKNOWN") == 1)
+    assert _counter(handle, FAILURES, code="UNKNOWN") == MAX_ATTEMPTS
     s.ModelInfer(_request(seed=1))
     plane.wait_reports(lambda rs: _requests(rs) >= 1)
 

@@ -5,9 +5,11 @@ generation, the same as before included), and a watch stream that falls silent."
 from __future__ import annotations
 
 import functools
+import urllib.request
 from typing import Any
 
 from control_plane_double import FakeControlPlane, state
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import managed_request, stub, until
 
 NAME = "fraud"
@@ -42,13 +44,23 @@ def test_a_silent_watch_stream_is_replaced(
 ) -> None:
     versions = plane.versions(artifacts, 1, 2)
     plane.push(state(NAME, 1, versions, champion=1, heartbeat_s=0.2))
-    handle = managed()
+    handle = managed(metrics_listen="127.0.0.1:0")
     assert handle.wait_ready(60)
     plane.mute_watch()
     plane.push(state(NAME, 2, versions, champion=2, heartbeat_s=0.2))
     until(lambda: handle.manager.table.champion.number == 2)
     assert handle.watcher.stale >= 1
     assert plane.watchers >= 2
+    url = f"http://127.0.0.1:{handle.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    reconnects = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "modelplane_sidecar_watch_reconnects_total"
+        and sample.labels == {"model": NAME, "reason": "stale"}
+    ]
+    assert len(reconnects) == 1 and reconnects[0] >= 1
 
 
 def test_no_watchdog_when_the_control_plane_does_not_announce_its_heartbeat(
