@@ -202,6 +202,23 @@ def log_feature_names(settings: SidecarSettings, signature: Signature) -> list[s
     return feature_names(settings, signature, None)
 
 
+def start_services(server: grpc.Server, port: int, settings: SidecarSettings) -> GrpcServerHandle:
+    """Add health and reflection for the OIP and admin services (registered already) to
+    ``server``, start it, and return its handle with the drain and shutdown delay of
+    ``settings``."""
+    services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
+    health = add_health_and_reflection(server, services)
+    server.start()
+    return GrpcServerHandle(
+        server,
+        port,
+        health,
+        services,
+        settings.drain_seconds,
+        shutdown_delay=settings.shutdown_delay,
+    )
+
+
 def start(
     settings: SidecarSettings,
     observers: list[Observer] | None = None,
@@ -230,24 +247,10 @@ def start(
     server = grpc.server(pool, options=grpc_options(reuse_port=settings.worker))
     add_to_server(servicer, server)
     add_admin_to_server(AdminServicer(slot), server)
-    services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
-    health = add_health_and_reflection(server, services)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
-    server.start()
-    handle = SidecarHandle(
-        GrpcServerHandle(
-            server,
-            port,
-            health,
-            services,
-            settings.drain_seconds,
-            shutdown_delay=settings.shutdown_delay,
-        ),
-        servicer,
-        slot,
-    )
+    handle = SidecarHandle(start_services(server, port, settings), servicer, slot)
     try:
         runtime = rt.load_for(settings, settings.model)
         name = settings.served_name

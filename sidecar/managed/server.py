@@ -29,13 +29,10 @@ import structlog
 
 from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
-    GrpcServerHandle,
-    add_health_and_reflection,
     grpc_options,
     serve_metrics,
 )
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
-from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.managed.artifacts import ArtifactCache, blob_downloader
 from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
@@ -51,8 +48,8 @@ from sidecar.model import ModelSlot
 from sidecar.observers import Observer, ObserverHub
 from sidecar.predlog import PredictionLogSettings, open_prediction_log
 from sidecar.recording import SyncLog
-from sidecar.server import SidecarHandle, metrics_registry
-from sidecar.servicer import SERVICE_NAME, add_to_server
+from sidecar.server import SidecarHandle, metrics_registry, start_services
+from sidecar.servicer import add_to_server
 from sidecar.settings import SidecarSettings
 
 log = structlog.get_logger("modelplane.sidecar")
@@ -347,18 +344,8 @@ def start_managed(
     labels = LabelIngestor(index, observer, label_log)
     add_to_server(servicer, server)
     add_admin_to_server(AdminServicer(slot, labels=labels), server)
-    services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
-    health = add_health_and_reflection(server, services)
-    server.start()
     handle = ManagedHandle(
-        GrpcServerHandle(
-            server,
-            port,
-            health,
-            services,
-            settings.drain_seconds,
-            shutdown_delay=settings.shutdown_delay,
-        ),
+        start_services(server, port, settings),
         servicer,
         slot,
         metrics_port=metrics_port,
