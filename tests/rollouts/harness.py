@@ -32,6 +32,20 @@ def rows(n: int, seed: int = 0) -> np.ndarray[Any, Any]:
     return np.random.default_rng(seed).standard_normal((n, FEATURES)).astype(np.float32)
 
 
+def start_held_canary(client: Client, deployment: str, candidate: int) -> None:
+    """Start a canary of ``candidate`` at 50% whose step never completes (an hour and a million
+    requests) and whose guard always passes: it holds until the test moves it."""
+    client.start_rollout(
+        deployment,
+        candidate,
+        strategy="canary",
+        steps=[50, 100],
+        step_duration=3600,
+        min_requests=10**6,
+        guards=["candidate.error_rate <= 1"],
+    )
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail saying ``what``."""
     deadline = time.monotonic() + timeout

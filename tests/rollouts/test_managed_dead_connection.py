@@ -13,7 +13,7 @@ import pytest
 
 import controlplane.server
 import sidecar.managed.server
-from tests.rollouts.harness import register, wait_for
+from tests.rollouts.harness import register, start_held_canary, wait_for
 from tests.rollouts.inprocess import FreezingProxy, client_of, managed, plane  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
@@ -38,15 +38,7 @@ def _follows_after_a_freeze(
     proxies.append(proxy)
     sc = start_sidecar(proxy.address, "m")
     assert proxy.freeze() >= 1
-    client.start_rollout(
-        "m",
-        v["two"],
-        strategy="canary",
-        steps=[50, 100],
-        step_duration=3600,
-        min_requests=10**6,
-        guards=["candidate.error_rate <= 1"],
-    )
+    start_held_canary(client, "m", v["two"])
     generation = client.get_deployment("m").generation
     wait_for(
         lambda: sc.manager.table.generation == generation and sc.manager.table.candidate,

@@ -13,7 +13,7 @@ import pytest
 
 from modelplane.oip import grpc_service_pb2_grpc as pbg
 from modelplane.testing.traffic import infer
-from tests.rollouts.harness import register, rows, wait_for
+from tests.rollouts.harness import register, rows, start_held_canary, wait_for
 from tests.rollouts.inprocess import client_of, managed, plane, spy_reports  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,15 +58,7 @@ def test_records_of_the_retired_champion_do_not_make_a_second_champion_summary(
         # Answered by the champion; their records wait behind the held observer.
         held = [infer(stub, "m", x[i], routing_key=f"k{i}").model_version for i in range(1, 20)]
         assert set(held) == {str(v["champion"])}
-        client.start_rollout(
-            "m",
-            v["candidate"],
-            strategy="canary",
-            steps=[50, 100],
-            step_duration=3600,
-            min_requests=10**6,
-            guards=["candidate.error_rate <= 1"],
-        )
+        start_held_canary(client, "m", v["candidate"])
         client.promote_rollout("m")
         wait_for(
             lambda: sc.manager.table.champion.number == v["candidate"],

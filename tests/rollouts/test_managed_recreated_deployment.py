@@ -20,7 +20,7 @@ from modelplane.oip import grpc_service_pb2_grpc as pbg
 from modelplane.testing.traffic import infer
 from modelplane.v1 import deployments_pb2 as dpb
 from modelplane.v1 import deployments_pb2_grpc
-from tests.rollouts.harness import register, rows, wait_for
+from tests.rollouts.harness import register, rows, start_held_canary, wait_for
 from tests.rollouts.inprocess import client_of, managed, plane  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,15 +41,7 @@ def test_a_sidecar_follows_a_deployment_created_again(
     v = register(client, tmp_path, "m", one={"seed": 0}, two={"seed": 1})
     client.create_deployment("m", model="m", champion_version=v["one"])
     sc = managed(cp.address, "m")
-    client.start_rollout(
-        "m",
-        v["two"],
-        strategy="canary",
-        steps=[50, 100],
-        step_duration=3600,
-        min_requests=10**6,
-        guards=["candidate.error_rate <= 1"],
-    )
+    start_held_canary(client, "m", v["two"])
     client.abort_rollout("m")
     wait_for(lambda: sc.manager.table.generation == 3, 30, "the sidecar to apply generation 3")
     assert _served_by(sc.port) == str(v["one"])

@@ -15,7 +15,7 @@ from modelplane.oip import grpc_service_pb2_grpc as pbg
 from modelplane.testing.processes import Server, controlplane, sidecar
 from modelplane.testing.traffic import infer
 from tests.conftest import unique
-from tests.rollouts.harness import register, rows, wait_for
+from tests.rollouts.harness import register, rows, start_held_canary, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,15 +34,7 @@ def test_a_restarted_replica_reports_are_counted(tmp_path: Path, procs: list[Ser
     client.create_deployment(model, model=model, champion_version=v["champion"])
     # A canary step that never completes: every accepted report only adds its candidate
     # requests to the step's count.
-    client.start_rollout(
-        model,
-        v["candidate"],
-        strategy="canary",
-        steps=[50, 100],
-        step_duration=3600,
-        min_requests=10**6,
-        guards=["candidate.error_rate <= 1"],
-    )
+    start_held_canary(client, model, v["candidate"])
     x = rows(200)
 
     def serve_a_while(name: str, seed: int) -> None:
