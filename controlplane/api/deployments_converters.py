@@ -381,4 +381,5 @@ def report_from_proto(msg: pb.ReportWindowRequest) -> WindowReport:
         arms=tuple(arm_from_proto(a) for a in msg.arms),
         shadow=shadow_from_proto(msg.shadow) if msg.HasField("shadow") else None,
         unloaded=tuple(UnloadedVersion(u.version, u.error) for u in msg.unloaded_versions),
+        deployment_create_time=_time(msg, "deployment_create_time"),
     )

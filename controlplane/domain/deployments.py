@@ -163,6 +163,9 @@ class WindowReport:
     arms: tuple[ArmSummary, ...]
     shadow: ShadowSummary | None = None
     unloaded: tuple[UnloadedVersion, ...] = ()
+    #: When the deployment whose desired state the sidecar applied was created (None from
+    #: sidecars that do not say).
+    deployment_create_time: datetime | None = None
     #: When received (stored reports only).
     receive_time: datetime | None = None
     #: The stored report's number (0 until stored).

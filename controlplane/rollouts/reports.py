@@ -63,7 +63,7 @@ from controlplane.store import Store, WriteTx
 from controlplane.store.deployment_json import to_json
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.deployment_tables import WindowReportRow
-from modelplane.errors import InvalidArgument
+from modelplane.errors import FailedPrecondition, InvalidArgument
 from modelplane.server.context import RequestContext
 
 log = structlog.get_logger("modelplane.controlplane.rollouts")
@@ -218,6 +218,22 @@ def _bare(sha: str) -> str:
     return sha.removeprefix("sha256:")
 
 
+def _check_incarnation(d: Deployment, report: WindowReport) -> None:
+    """FAILED_PRECONDITION (DEPLOYMENT_REPLACED) when ``report`` was counted under another
+    deployment of the name, one since deleted (its sidecar has not yet applied the new one's
+    state): its records are no evidence about this one."""
+    said = report.deployment_create_time
+    if said is None or said == d.create_time:
+        return
+    raise FailedPrecondition(
+        f"the report was counted under deployments/{d.id} created at {said.isoformat()}, "
+        f"which was deleted; the deployment of that name now was created at "
+        f"{d.create_time.isoformat()}: report windows of its desired state instead",
+        reason="DEPLOYMENT_REPLACED",
+        metadata={"deployment": f"deployments/{d.id}"},
+    )
+
+
 class ReportService:
     """Takes window reports (see the module docstring)."""
 
@@ -248,6 +264,7 @@ class ReportService:
         with self.store.write(ctx, "ReportWindow") as tx:
             repo = Deployments(tx.session)
             d = require_deployment(tx, deployment_id)
+            _check_incarnation(d, report)
             self._check_drift_layout(tx, d, report)
             if not repo.add_report(_row(report, tx)):
                 return ReportResult(d.generation, False)

@@ -118,6 +118,9 @@ class RoutingTable:
     #: The rollout windows are reported under: the desired state's while it is in progress,
     #: "" once it has ended (the state still names the last rollout).
     report_rollout_id: str = ""
+    #: The desired state's ``create_time`` (a protobuf Timestamp; None from control planes
+    #: that do not send it): reports say which deployment of the name they were counted under.
+    create_time: Any = None
 
     @property
     def shadow(self) -> LoadedVersion | None:
@@ -168,6 +171,7 @@ def build_table(
         by_label={loaded[v].label: loaded[v] for v in wanted - gone.keys() if v in loaded},
         unloaded=gone,
         report_rollout_id="" if state.rollout_state in ENDED else state.rollout_id,
+        create_time=state.create_time if state.HasField("create_time") else None,
     )
 
 

@@ -233,6 +233,8 @@ class Window:
                 for number, error in sorted(table.unloaded.items())
             ],
         )
+        if table.create_time is not None:
+            request.deployment_create_time.CopyFrom(table.create_time)
         if self.shadow is not None:
             self.shadow.dropped += dropped
             request.shadow.CopyFrom(self.shadow.to_proto())

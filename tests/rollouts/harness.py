@@ -3,16 +3,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from controlplane.store import Store
 from modelplane import Client
 from modelplane.testing.onnx_models import mlp, save
+from tests.controlplane.conftest import _start
 
 FEATURES = 8
+#: A client of a control plane, and a store on its database.
+Plane = tuple[Client, Store]
+
+
+@contextlib.contextmanager
+def client_and_store(tmp: Path, db_url: str) -> Iterator[Plane]:
+    """A client of a control plane of its own on ``db_url``, and a store on its database."""
+    running = _start(tmp, db_url)
+    store = Store.open(db_url)
+    try:
+        with running.client() as c:
+            yield c, store
+    finally:
+        running.handle.stop(0)
+        store.close()
 
 
 def register(client: Client, tmp: Path, model: str, **kinds: Any) -> dict[str, int]:

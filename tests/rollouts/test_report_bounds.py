@@ -23,29 +23,21 @@ from controlplane.store.deployment_tables import RolloutEventRow, RolloutRow, Wi
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import Sidecar, arm, deployed
+from tests.rollouts.harness import Plane, client_and_store
 
 pytestmark = pytest.mark.timeout(120)
 
 #: The most one report may count (each count, each histogram's total).
 LIMIT = 2**48
 INT64_MAX = 2**63 - 1
-#: A client of a control plane, and a store on its database.
-Plane = tuple[Client, Store]
 
 
 @pytest.fixture
 def plane(tmp_path: Path, db_url: str) -> Iterator[Plane]:
     """A client of a control plane of its own on each backend, and a store on its database."""
-    running = _start(tmp_path, db_url)
-    store = Store.open(db_url)
-    try:
-        with running.client() as c:
-            yield c, store
-    finally:
-        running.handle.stop(0)
-        store.close()
+    with client_and_store(tmp_path, db_url) as both:
+        yield both
 
 
 def _stored_reports(store: Store, dep: str) -> int:

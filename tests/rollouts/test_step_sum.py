@@ -24,7 +24,6 @@ from controlplane.rollouts.service import SYSTEM
 from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.deployment_tables import RolloutRow, WindowReportRow
-from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import (
@@ -34,27 +33,19 @@ from tests.controlplane.test_deployments_api import (
     report_until,
     wait_for,
 )
+from tests.rollouts.harness import Plane, client_and_store
 
 pytestmark = pytest.mark.timeout(180)
 
 ERRORS = "candidate.error_rate <= champion.error_rate + 0.01"
 LENIENT = "candidate.error_rate <= 0.5"
-#: A client of a control plane, and a store on its database.
-Plane = tuple[Client, Store]
 
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[Plane]:
     """A client of a control plane of its own (SQLite), and a store on its database."""
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    running = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with running.client() as c:
-            yield c, store
-    finally:
-        running.handle.stop(0)
-        store.close()
+    with client_and_store(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}") as both:
+        yield both
 
 
 def _ended(d: pb.Deployment) -> bool:

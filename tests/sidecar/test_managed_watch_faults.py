@@ -89,3 +89,29 @@ def test_no_watchdog_when_the_control_plane_does_not_announce_its_heartbeat(
     plane.push(state(NAME, 4, versions, champion=3, heartbeat_s=0.2))
     until(lambda: handle.manager.table.champion.number == 3)
     assert handle.watcher.stale >= 1
+
+
+def test_reports_say_which_deployment_of_the_name_they_were_counted_under(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    versions = plane.versions(artifacts, 1, 2)
+    plane.push(state(NAME, 2, versions, champion=1, created_s=1000.0))
+    handle = managed()
+    assert handle.wait_ready(60)
+    s = stub(handle.port)
+    s.ModelInfer(_request())
+
+    def reported(created_s: float) -> bool:
+        with plane.cond:
+            return any(
+                r.arms and r.deployment_create_time.ToNanoseconds() == int(created_s * 1e9)
+                for r in plane.reports
+            )
+
+    until(lambda: reported(1000.0))
+    plane.push(state(NAME, 1, versions, champion=2, created_s=2000.0))
+    until(lambda: handle.manager.table.champion.number == 2)
+    s.ModelInfer(_request())
+    until(lambda: reported(2000.0))
+    with plane.cond:
+        assert all(r.HasField("deployment_create_time") for r in plane.reports)
