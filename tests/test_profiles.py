@@ -19,7 +19,9 @@ from modelplane.profiles import (
     BaselineProfile,
     CategoricalFeature,
     NumericFeature,
+    boolean_spelling,
     build_profile,
+    category_strings,
     default_feature_names,
     detect_format,
     load_baseline,
@@ -369,3 +371,34 @@ def test_an_all_missing_csv_column_is_numeric_like_its_parquet_float64(cells: st
     # The same holds for a null-typed column handed to build_profile directly.
     null_column = pa.table({"a": as_float["a"], "b": pa.nulls(3)})
     assert build_profile(null_column, []).to_bytes() == from_parquet.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("categories", "expected"),
+    [
+        (["False", "True"], ("True", "False")),
+        (["true", "false"], ("true", "false")),
+        (["TRUE"], ("TRUE", "FALSE")),
+        (["False"], ("True", "False")),
+        (["false"], ("true", "false")),
+        (["True", "true"], None),
+        (["True", "False", "maybe"], None),
+        (["yes", "no"], None),
+        ([], None),
+    ],
+)
+def test_boolean_spelling(categories: list[str], expected: tuple[str, str] | None) -> None:
+    assert boolean_spelling(categories) == expected
+
+
+def test_served_booleans_take_the_baselines_spelling() -> None:
+    served = pa.array([True, None, False, True])
+    assert category_strings(served).to_pylist() == ["true", None, "false", "true"]
+    assert category_strings(served, ("True", "False")).to_pylist() == [
+        "True",
+        None,
+        "False",
+        "True",
+    ]
+    # Text is never respelled.
+    assert category_strings(pa.array(["true"]), ("True", "False")).to_pylist() == ["true"]

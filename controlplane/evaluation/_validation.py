@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from modelplane.profiles import (
     BaselineProfile,
     CategoricalFeature,
+    boolean_spelling,
     category_strings,
     is_categorical_type,
     is_numeric_type,
@@ -116,7 +117,7 @@ def _numeric_check(
 def _categorical_check(
     column: pa.ChunkedArray, known: dict[str, int]
 ) -> tuple[float, list[str], float]:
-    strings = category_strings(column)
+    strings = category_strings(column, boolean_spelling(known))
     present = pc.drop_null(strings)
     counts = pc.value_counts(present)
     pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)

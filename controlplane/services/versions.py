@@ -351,7 +351,9 @@ class VersionService:
                     reason="DATASET_COLUMNS_MISSING",
                 )
             profile = profiles.build_profile(
-                table, feature_names, sample_size=self.baseline_sample_size
+                profiles.profiling_table(data[d.role], table),
+                feature_names,
+                sample_size=self.baseline_sample_size,
             )
             sha = self.blobs.put_bytes(profile.to_bytes())
             baseline = BaselineRef(

@@ -13,7 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from modelplane.profiles import BaselineProfile, category_strings, numeric_values
+from modelplane.profiles import (
+    BaselineProfile,
+    boolean_spelling,
+    category_strings,
+    numeric_values,
+)
 from sidecar.drift._grid import BaselineGrid
 from sidecar.drift._kernels import accumulate, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
@@ -202,8 +207,11 @@ class DriftMonitor:
                 window.missing,
             )
         if categorical:
-            for position, name in enumerate(self.grid.categorical_names):
-                values = category_strings(pa.array(categorical[name])[start:stop])
+            for position, feature in enumerate(self.grid.categorical):
+                values = category_strings(
+                    pa.array(categorical[feature.name])[start:stop],
+                    boolean_spelling(feature.categories),
+                )
                 window.categorical_missing[position] += values.null_count
                 counts = pc.value_counts(pc.drop_null(values))
                 window.add_categories(

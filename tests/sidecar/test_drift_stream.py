@@ -392,3 +392,22 @@ def test_concurrent_updates_lose_nothing() -> None:
     window = monitor.flush()
     assert window.rows == 4 * 20 * 200
     assert int(window.cells.sum()) == 4 * 20 * 200 * 5
+
+
+def test_served_booleans_match_a_baseline_of_true_false_text() -> None:
+    # pandas writes booleans as True/False: the profile keeps that text, and a BOOL input
+    # serving the same rows must count in those categories rather than as unseen.
+    rows = [f"{i},{'True' if i % 4 else 'False'}" for i in range(400)]
+    profile = load_baseline(("x,flag\n" + "\n".join(rows) + "\n").encode())
+    assert profile.feature("flag").categories == {"False": 100, "True": 300}
+    monitor = DriftMonitor(profile)
+    flags = np.arange(400) % 4 != 0
+    monitor.update({"x": np.arange(400, dtype=np.float64), "flag": flags})
+    window = monitor.flush()
+    flag = monitor.score(window).feature("flag")
+    assert flag.unseen_share == 0.0
+    assert dict(zip(("False", "True"), window.categories[0].tolist(), strict=True)) == {
+        "False": 100,
+        "True": 300,
+    }
+    assert not flag.drifted

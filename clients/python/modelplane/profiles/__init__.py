@@ -8,6 +8,7 @@ pyarrow only.
 
 from modelplane.profiles._build import (
     bin_counts,
+    boolean_spelling,
     build_profile,
     category_strings,
     default_feature_names,
@@ -16,7 +17,12 @@ from modelplane.profiles._build import (
     numeric_values,
     quantile_edges,
 )
-from modelplane.profiles._load import is_profile, load_baseline, profile_from_file
+from modelplane.profiles._load import (
+    is_profile,
+    load_baseline,
+    profile_from_file,
+    profiling_table,
+)
 from modelplane.profiles._model import (
     FORMAT,
     FORMAT_VERSION,
@@ -38,6 +44,7 @@ __all__ = [
     "Format",
     "NumericFeature",
     "bin_counts",
+    "boolean_spelling",
     "build_profile",
     "category_strings",
     "check_unique_columns",
@@ -49,6 +56,7 @@ __all__ = [
     "load_baseline",
     "numeric_values",
     "profile_from_file",
+    "profiling_table",
     "psi_from_counts",
     "quantile_edges",
     "read_table",

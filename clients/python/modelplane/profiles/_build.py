@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -125,8 +126,33 @@ def _numeric_feature(
     )
 
 
-def category_strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """A categorical column as strings (booleans as ``true``/``false``), nulls kept."""
+def boolean_spelling(categories: Iterable[str]) -> tuple[str, str] | None:
+    """How a categorical feature whose every category is a boolean word spells true and false
+    (``("True", "False")`` for a column written by pandas), or None for any other feature.
+    A feature that saw one of the two spells the other in the same letter case."""
+    words = list(itertools.islice(categories, 3))
+    if not 1 <= len(words) <= 2 or len({w.lower() for w in words}) != len(words):
+        return None
+    spelled = {w.lower(): w for w in words}
+    if not spelled.keys() <= {"true", "false"}:
+        return None
+    for word, other in (("true", "false"), ("false", "true")):
+        if word in spelled and other not in spelled:
+            seen = spelled[word]
+            spelled[other] = (
+                other.upper() if seen.isupper() else other.title() if seen.istitle() else other
+            )
+    return spelled["true"], spelled["false"]
+
+
+def category_strings(
+    column: pa.ChunkedArray | pa.Array, booleans: tuple[str, str] | None = None
+) -> pa.ChunkedArray | pa.Array:
+    """A categorical column as strings, nulls kept. Booleans read ``true``/``false``, or
+    ``booleans`` (true's and false's text: see :func:`boolean_spelling`), so that served
+    booleans match a baseline that spelled them as text."""
+    if booleans is not None and pa.types.is_boolean(column.type):
+        return pc.if_else(column, booleans[0], booleans[1])
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import pyarrow as pa
+
 from modelplane.errors import InvalidArgument
 from modelplane.profiles._build import build_profile, default_feature_names
 from modelplane.profiles._model import BaselineProfile
-from modelplane.profiles._tables import read_table
+from modelplane.profiles._tables import detect_format, read_table
 
 
 def is_profile(data: bytes) -> bool:
@@ -52,9 +54,20 @@ def load_baseline(
         data = _read_bytes(source)  # type: ignore[arg-type]
     if is_profile(data):
         return BaselineProfile.from_bytes(data)
-    table = read_table(data, text_booleans=True)
+    table = profiling_table(data)
     names = list(feature_names or []) or default_feature_names(table, label)
     return build_profile(table, names, bins=bins, sample_size=sample_size, seed=seed)
+
+
+def profiling_table(data: bytes, read: pa.Table | None = None) -> pa.Table:
+    """The table a profile of the dataset ``data`` summarises: a CSV read with
+    ``text_booleans`` (see :func:`read_table`), so that ``True``/``False`` text stays a
+    category spelled as in the file, which served strings carrying that text match (served
+    booleans take the same spelling: see :func:`boolean_spelling`). ``read`` is ``data``
+    already read with the default options, kept for every other format."""
+    if read is not None and detect_format(data) != "csv":
+        return read
+    return read_table(data, text_booleans=True)
 
 
 def profile_from_file(
