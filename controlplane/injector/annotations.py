@@ -35,7 +35,15 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 
 # A Kubernetes resource.Quantity: a decimal number with an optional binary (Ki..Ei),
 # decimal (n, u, m, k, M..E) or exponent suffix.
-_QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# Digits are ASCII: Python's \d and str.isdigit() also take ², ٣ and the like, which
+# Kubernetes does not.
+_QUANTITY = re.compile(
+    r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
+#: Largest exponent (``e`` form) a quantity may have either way: the suffixes span 1e-9 to
+#: 1e18, and Kubernetes caps every quantity below 2**63.
+MAX_QUANTITY_EXPONENT = 18
+_DIGITS = re.compile(r"[0-9]+")
 # A host a gRPC target names: dot-separated DNS labels (an IPv4 address is one too).
 _HOST = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -122,11 +130,16 @@ def read_spec(pod: Mapping[str, Any], deployment: str, default_control_plane: st
     return SidecarSpec(deployment, control_plane, port, resources, gpus)
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (at most 18 of them, so that ``int`` takes it)."""
+    return len(text) <= 18 and _DIGITS.fullmatch(text) is not None
+
+
 def is_grpc_address(value: str) -> bool:
     """Whether ``value`` is ``HOST:PORT`` as a gRPC client dials it: a DNS name or IPv4
     address (or ``[IPv6]``) and a port from 1 to 65535; no scheme, path or spaces."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not is_number(port) or not 0 < int(port) <= 65535:
         return False
     if host.startswith("[") and host.endswith("]"):
         try:
@@ -149,7 +162,7 @@ def _port(value: object) -> int:
     if value is None:
         return DEFAULT_PORT
     text = str(value).strip()
-    if not text.isdigit() or not 0 < int(text) <= 65535:
+    if not is_number(text) or not 0 < int(text) <= 65535:
         raise AnnotationError(ANNOTATION_PORT, f"{text!r} is not a port number (1-65535)")
     if int(text) == METRICS_PORT:
         raise AnnotationError(
@@ -164,7 +177,7 @@ def _gpus(value: object) -> int:
     text = str(value).strip().lower()
     if text in ("true", "false"):
         return 1 if text == "true" else 0
-    if not text.isdigit() or int(text) > 64:
+    if not is_number(text) or int(text) > 64:
         raise AnnotationError(
             ANNOTATION_GPU, f"{text!r} is not a GPU count (0-64, or true for one GPU)"
         )
@@ -213,20 +226,39 @@ def _quantity(name: str, amount: object) -> str:
             f"{ANNOTATION_GPU})",
         )
     text = str(amount).strip()
-    if isinstance(amount, bool) or not _QUANTITY.match(text):
+    match = _QUANTITY.match(text)
+    if isinstance(amount, bool) or match is None:
         raise AnnotationError(
             ANNOTATION_RESOURCES, f"{name}={text!r} is not a quantity (e.g. 500m, 2, 1Gi)"
+        )
+    if not _exponent_in_range(match.group(3) or ""):
+        raise AnnotationError(
+            ANNOTATION_RESOURCES,
+            f"{name}={text!r} has an exponent beyond e{MAX_QUANTITY_EXPONENT} or "
+            f"e-{MAX_QUANTITY_EXPONENT} (e.g. 500m, 2, 1Gi)",
         )
     return text
 
 
+def _exponent_in_range(suffix: str) -> bool:
+    """Whether an ``e`` suffix (``e3``, ``E-6``) is within :data:`MAX_QUANTITY_EXPONENT`
+    either way; true of every other suffix."""
+    if suffix[:1] not in ("e", "E") or len(suffix) == 1:
+        return True
+    digits = suffix[1:].lstrip("+-").lstrip("0")
+    return len(digits) <= 2 and int(digits or "0") <= MAX_QUANTITY_EXPONENT
+
+
 def quantity_value(text: str) -> Decimal:
     """The amount a Kubernetes quantity stands for: ``500m`` is 0.5, ``1Gi`` 1073741824,
-    ``1G`` 10**9, ``2e3`` 2000 (``text`` already matched the quantity form)."""
+    ``1G`` 10**9, ``2e3`` 2000 (``text`` already matched the quantity form); ValueError
+    when it does not, or its exponent is out of range."""
     match = _QUANTITY.match(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a quantity")
     number, suffix = Decimal(match.group(1)), match.group(3) or ""
+    if not _exponent_in_range(suffix):
+        raise ValueError(f"{text!r} has an exponent beyond e{MAX_QUANTITY_EXPONENT}")
     if suffix[:1] in ("e", "E") and len(suffix) > 1:
         return number.scaleb(int(suffix[1:]))
     return number * _SUFFIXES[suffix]

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controlplane.injector.annotations import is_grpc_address
+from controlplane.injector.annotations import is_grpc_address, is_number
 
 #: The control plane's Service in the base kustomization (``deploy/base``).
 DEFAULT_CONTROL_PLANE = "modelplane-controlplane.modelplane.svc:50051"
@@ -17,7 +17,7 @@ DEFAULT_SIDECAR_GPU_IMAGE = "modelplane/sidecar-gpu:0.1.0"
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not is_number(port) or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:8443)")
     return value
 
