@@ -63,7 +63,8 @@ def already_injected(pod: Mapping[str, Any]) -> bool:
 
 
 def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
-    """Leave ``pod`` alone, patch it to add the sidecar, or refuse it (a bad annotation)."""
+    """Leave ``pod`` alone, patch it to add the sidecar, or refuse it (a bad annotation, or
+    no containers to add the sidecar beside)."""
     if not is_labelled(pod) or already_injected(pod):
         return Decision(True)
     try:
@@ -81,13 +82,35 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
         _check_ports(pod, spec)
     except AnnotationError as exc:
         return Decision(False, message=str(exc), reason="INVALID_ANNOTATION")
+    except (ValueError, ArithmeticError) as exc:
+        # A value no check above foresaw: refuse the pod with a message rather than fail
+        # the review (the API server would show the user only "failed calling webhook").
+        return Decision(
+            False,
+            message=f"the pod's modelplane.dev/* annotations could not be read: {exc!r}",
+            reason="INVALID_ANNOTATION",
+        )
+    if not (pod.get("spec") or {}).get("containers"):
+        return Decision(
+            False,
+            message="the pod has no containers (spec.containers) for the sidecar to serve",
+            reason="MALFORMED_POD",
+        )
     return Decision(True, patch=_patch(pod, spec, config))
 
 
 def _check_ports(pod: Mapping[str, Any], spec: SidecarSpec) -> None:
+    """AnnotationError when a container running beside the sidecar has its port or port name.
+
+    An init container without ``restartPolicy: Always`` has finished before the sidecar
+    starts (the sidecar comes after it in either mode), so it may use the same ports."""
     ours = {spec.port, METRICS_PORT}
     pod_spec = pod.get("spec") or {}
-    for container in [*(pod_spec.get("containers") or []), *(pod_spec.get("initContainers") or [])]:
+    beside = [
+        *(pod_spec.get("containers") or []),
+        *(c for c in pod_spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"),
+    ]
+    for container in beside:
         for port in container.get("ports") or []:
             if port.get("name") in PORT_NAMES:
                 raise AnnotationError(

@@ -74,6 +74,12 @@ def _check_pod(pod: dict[str, Any]) -> None:
         if value is not None and not isinstance(value, dict):
             raise BadReview("MALFORMED_POD", f"the pod's {where} must be an object")
 
+    def scalar(item: dict[str, Any], key: str, kind: type, where: str) -> None:
+        value = item.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            noun = "an integer" if kind is int else "a string"
+            raise BadReview("MALFORMED_POD", f"the pod's {where}.{key} must be {noun}")
+
     meta = pod.get("metadata", {})
     if not isinstance(meta, dict):
         raise BadReview("MALFORMED_POD", "the pod's metadata must be an object")
@@ -82,9 +88,14 @@ def _check_pod(pod: dict[str, Any]) -> None:
     spec = pod["spec"]
     for part in ("containers", "initContainers"):
         for i, container in enumerate(objects(spec.get(part), f"spec.{part}")):
-            objects(container.get("ports"), f"spec.{part}[{i}].ports")
+            scalar(container, "name", str, f"spec.{part}[{i}]")
+            for j, port in enumerate(objects(container.get("ports"), f"spec.{part}[{i}].ports")):
+                scalar(port, "name", str, f"spec.{part}[{i}].ports[{j}]")
+                scalar(port, "containerPort", int, f"spec.{part}[{i}].ports[{j}]")
             objects(container.get("volumeMounts"), f"spec.{part}[{i}].volumeMounts")
-    objects(spec.get("volumes"), "spec.volumes")
+    for i, volume in enumerate(objects(spec.get("volumes"), "spec.volumes")):
+        scalar(volume, "name", str, f"spec.volumes[{i}]")
+    objects(spec.get("tolerations"), "spec.tolerations")
 
 
 def answer_review(body: bytes, config: InjectionConfig) -> dict[str, Any]:

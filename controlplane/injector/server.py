@@ -10,6 +10,7 @@ length or content type.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import threading
@@ -30,6 +31,10 @@ HEALTH_PATH = "/healthz"
 #: Largest refused body read to its end before answering; larger ones get the answer and a
 #: closed connection.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+#: Stands for a Content-Length too long to read as a number (over 18 digits).
+_TOO_LONG = 10**18
+# str.isdigit() takes "²" and other digits that int() and HTTP do not.
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class _Server(ThreadingHTTPServer):
@@ -110,12 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
                 f"Content-Type must be application/json, not {media or 'missing'!r}",
             )
             return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
+        length = self._content_length()
+        if length is None:
             self.close_connection = True
             self._error(411, "LENGTH_REQUIRED", "send the AdmissionReview with a Content-Length")
             return
-        length = int(length_text)
         if length > self.server.settings.max_body_bytes:
             self._drain_and_close()
             self._error(
@@ -146,12 +150,20 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._send_json(200, answer)
 
+    def _content_length(self) -> int | None:
+        """The Content-Length in bytes; ``None`` when it is missing or not ASCII digits."""
+        text = (self.headers.get("Content-Length") or "").strip()
+        if _DIGITS.fullmatch(text) is None:
+            return None
+        digits = text.lstrip("0") or "0"
+        # int() refuses thousands of digits; any length of 19 or more is too large anyway.
+        return int(digits) if len(digits) <= 18 else _TOO_LONG
+
     def _drain_and_close(self) -> None:
         # Read (and drop) an unwanted body of reasonable size, so that the client gets to
         # read the answer instead of a reset; then close the connection.
         self.close_connection = True
-        length = self.headers.get("Content-Length") or ""
-        left = int(length) if length.isdigit() else 0
+        left = self._content_length() or 0
         if left > _DRAIN_LIMIT:
             return
         while left > 0:

@@ -4,15 +4,18 @@ serve`` as a process."""
 from __future__ import annotations
 
 import base64
+import decimal
 import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import jsonpatch
 import pytest
@@ -194,3 +197,148 @@ def test_cli_refuses_bad_options(args: list[str], words: str) -> None:
     )  # fmt: skip
     assert done.returncode in (1, 2)
     assert words in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("modelplane.dev/port", "\u00b2"),
+        ("modelplane.dev/port", "\u0668\u0660\u0660\u0662"),
+        ("modelplane.dev/gpu", "\u00b2"),
+        ("modelplane.dev/control-plane", "cp.modelplane.svc:\u00b9"),
+        ("modelplane.dev/resources", "memory=1e9999999"),
+        ("modelplane.dev/resources", "cpu=1e-9999999"),
+        ("modelplane.dev/resources", "memory=\u0661Gi"),
+        (
+            "modelplane.dev/resources",
+            '{"requests": {"cpu": "1e999999999"}, "limits": {"cpu": "1"}}',
+        ),
+    ],
+)
+def test_non_ascii_digits_and_huge_exponents_refuse_the_pod_naming_the_annotation(
+    injector: Any, tls_files: tuple[Path, Path], annotation: str, value: str
+) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(annotations={annotation: value}))
+    assert response["allowed"] is False and "patch" not in response
+    assert annotation in response["status"]["message"]
+
+
+@pytest.mark.parametrize("error", [ValueError("bad"), decimal.InvalidOperation()])
+def test_an_unforeseen_error_reading_the_annotations_refuses_the_pod(
+    injector: Any, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr("controlplane.injector.mutate.read_spec", broken)
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod())
+    assert response["allowed"] is False and "patch" not in response
+    assert "modelplane.dev/" in response["status"]["message"]
+
+
+def test_init_containers_that_run_to_completion_may_use_the_sidecar_ports(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    migrate = {
+        "name": "migrate",
+        "image": "registry.example.com/migrate:1",
+        "ports": [{"name": "mp-metrics", "containerPort": 8001}, {"containerPort": 9465}],
+    }
+    pod = model_pod(initContainers=[migrate])
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate_strict(patched)
+    # A native sidecar of the pod's own runs beside ours: its ports still count.
+    proxy = {**migrate, "name": "proxy", "restartPolicy": "Always"}
+    for ports in ([{"containerPort": 9465}], [{"name": "oip-grpc", "containerPort": 1}]):
+        response = _admit(injector, cert, model_pod(initContainers=[{**proxy, "ports": ports}]))
+        assert response["allowed"] is False
+        assert "'proxy'" in response["status"]["message"]
+
+
+def _raw(port: int, cert: Path, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send ``request`` as it is (headers http.client would not send) and read the answer."""
+    context = ssl.create_default_context(cafile=str(cert))
+    plain = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(plain, server_hostname="127.0.0.1") as conn:
+        conn.sendall(request)
+        response = http.client.HTTPResponse(conn)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "length", "status", "reason"),
+    [
+        ("/inject", "application/json", b"\xb2", 411, "LENGTH_REQUIRED"),
+        ("/inject", "application/json", b"\xd9\xa2", 411, "LENGTH_REQUIRED"),
+        ("/inject", "application/json", b"9" * 5000, 413, "BODY_TOO_LARGE"),
+        ("/mutate", "application/json", b"\xb2", 404, "NOT_FOUND"),
+        ("/inject", "text/plain", b"\xb9", 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ],
+)
+def test_a_content_length_of_other_than_ascii_digits_gets_a_json_answer(
+    injector: Any,
+    tls_files: tuple[Path, Path],
+    path: str,
+    content_type: str,
+    length: bytes,
+    status: int,
+    reason: str,
+) -> None:
+    cert, _ = tls_files
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n".encode()
+        + b"Content-Length: "
+        + length
+        + b"\r\n\r\n{}"
+    )
+    assert _raw(injector.port, cert, request) == (status, {"reason": reason, "message": ANY})
+    status, answer = _post(injector.port, cert, body(review(model_pod())))
+    assert status == 200 and answer["response"]["allowed"] is True
+
+
+def _wrong_type(where: str) -> dict[str, Any]:
+    doc = review(model_pod(annotations={"modelplane.dev/gpu": "1"}))
+    pod = doc["request"]["object"]
+    if where == "tolerations":
+        pod["spec"]["tolerations"] = "x"
+    elif where == "containerPort":
+        pod["spec"]["containers"][0]["ports"] = [{"containerPort": [1]}]
+    elif where == "port name":
+        pod["spec"]["containers"][0]["ports"] = [{"name": ["oip-grpc"], "containerPort": 1}]
+    elif where == "container name":
+        pod["spec"]["containers"][0]["name"] = {"a": 1}
+    elif where == "volume name":
+        pod["spec"]["volumes"] = [{"name": ["modelplane-logs"], "emptyDir": {}}]
+    return doc
+
+
+@pytest.mark.parametrize(
+    "where", ["tolerations", "containerPort", "port name", "container name", "volume name"]
+)
+def test_pod_fields_of_the_wrong_json_type_are_400_malformed_pod(
+    injector: Any, tls_files: tuple[Path, Path], where: str
+) -> None:
+    cert, _ = tls_files
+    status, answer = _post(injector.port, cert, body(_wrong_type(where)))
+    assert status == 400 and answer["reason"] == "MALFORMED_POD" and answer["message"]
+
+
+@pytest.mark.parametrize("containers", [None, []])
+def test_a_labelled_pod_without_containers_is_refused(
+    injector: Any, tls_files: tuple[Path, Path], containers: list[Any] | None
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod()
+    if containers is None:
+        del pod["spec"]["containers"]
+    else:
+        pod["spec"]["containers"] = containers
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is False and "patch" not in response
+    assert "spec.containers" in response["status"]["message"]
