@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,11 @@ from sidecar.predlog.reader import LogFilter, file_schema, read_file_batches
 from sidecar.predlog.schemas import conform, unify
 
 PARTITION_COLUMNS = ("date", "model_version")
+#: Parquet being written is named ``.<log file name>-0.parquet.tmp-<random>``.
+_TMP_PREFIX = "."
+_TMP_MARK = ".tmp-"
+#: A temporary older than this was left by a compaction killed midway.
+STALE_TMP_S = 3600.0
 
 
 @dataclass
@@ -68,17 +75,49 @@ def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
     columns clash (model versions with different outputs) are written with their own schema;
     files of one version may differ in columns, so read them by name
     (``union_by_name = true`` in DuckDB).
+
+    Each file is written under a hidden temporary name and renamed once complete, so a
+    compaction killed midway leaves every Parquet file whole (the previous version of the
+    one being rewritten); temporaries left by killed runs are removed once stale. A log
+    file that cannot be read (permissions, I/O errors) raises ``OSError``.
     """
     paths = LogFilter().files(Path(directory))
-    result = CompactResult(source_files=len(paths))
     readable = {p: s for p, s in ((p, file_schema(p)) for p in paths) if s is not None}
+    result = CompactResult(source_files=len(readable))
     targets = schema_groups(readable)
     if any("date" in schema.names for schema in targets.values()):
         raise ValueError("the log has a feature named 'date', which clashes with the partition")
     filesystem, base = resolve_destination(out)
+    remove_stale_temporaries(filesystem, base)
     for path, schema in targets.items():
         _compact_file(path, schema, filesystem, base, result)
     return result
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(_TMP_PREFIX) and _TMP_MARK in name
+
+
+def remove_stale_temporaries(
+    filesystem: pafs.FileSystem, base: str, older_than_s: float = STALE_TMP_S
+) -> list[str]:
+    """Delete the temporaries under ``base`` that compactions killed midway left behind
+    (those older than ``older_than_s``: younger ones may belong to a compaction still
+    running); returns their paths."""
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    cutoff = time.time() - older_than_s
+    removed = []
+    for info in filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File or not _is_temporary(info.base_name):
+            continue
+        if info.mtime is not None and info.mtime.timestamp() > cutoff:
+            continue
+        try:
+            filesystem.delete_file(info.path)
+        except FileNotFoundError:
+            continue
+        removed.append(info.path)
+    return removed
 
 
 def _compact_file(
@@ -97,7 +136,14 @@ def _compact_file(
     partitioning = ds.partitioning(
         pa.schema([("date", pa.string()), ("model_version", pa.string())]), flavor="hive"
     )
+    # One partition per call, so ``{i}`` is always 0 and the final name depends only on the
+    # log file: a later run replaces exactly this file. The temporary name starts with "."
+    # and does not end in ".parquet", so neither pyarrow datasets, Spark nor DuckDB globs
+    # ("**/*.parquet") read a half-written file.
+    final_name = f"{path.stem}-0.parquet"
+    temporary = f"{_TMP_PREFIX}{path.stem}-{{i}}.parquet{_TMP_MARK}{uuid.uuid4().hex}"
     keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    written: list[str] = []
     for date, version in zip(
         keys.column("date").to_pylist(), keys.column("model_version").to_pylist(), strict=True
     ):
@@ -107,8 +153,7 @@ def _compact_file(
             else pc.equal(table.column("model_version"), version)
         )
         part = table.filter(pc.and_(pc.equal(table.column("date"), date), same_version))
-        # One partition per call, so ``{i}`` is always 0 and the name depends only on the
-        # log file: a later run overwrites exactly this file.
+        written.clear()
         ds.write_dataset(
             part,
             base,
@@ -116,7 +161,11 @@ def _compact_file(
             filesystem=filesystem,
             format="parquet",
             partitioning=partitioning,
-            basename_template=f"{path.stem}-{{i}}.parquet",
+            basename_template=temporary,
             existing_data_behavior="overwrite_or_ignore",
-            file_visitor=lambda written: result.files.append(written.path),
+            file_visitor=lambda file: written.append(file.path),
         )
+        for temp_path in written:
+            final_path = f"{temp_path.rsplit('/', 1)[0]}/{final_name}"
+            filesystem.move(temp_path, final_path)
+            result.files.append(final_path)
