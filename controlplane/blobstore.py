@@ -137,9 +137,10 @@ class BlobStore:
         digest = hashlib.sha256()
         total = 0
         kept: list[bytes] | None = [] if size_bytes <= RECENT_BLOB_MAX_BYTES else None
-        fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self._tmp_dir)
+        with _storage_full():
+            fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self._tmp_dir)
         try:
-            with _FileWriter(fd) as out:
+            with _storage_full(), _FileWriter(fd) as out:
                 for chunk in chunks:
                     total += len(chunk)
                     if total > self.max_upload_bytes:
@@ -217,6 +218,26 @@ class BlobStore:
         if not self.exists(sha):
             self.receive([data], sha, len(data))
         return sha
+
+
+#: Write errors that say the file system has no room for the blob.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def _storage_full() -> Iterator[None]:
+    """Turn a write that found no room into RESOURCE_EXHAUSTED (STORAGE_FULL): the caller can
+    retry once an operator frees space, and it is not taken for a server bug."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _NO_ROOM:
+            raise
+        raise ResourceExhausted(
+            f"the server's blob storage has no room for this upload ({os.strerror(err.errno)}); "
+            "nothing was stored: retry once an operator has freed space",
+            reason="STORAGE_FULL",
+        ) from err
 
 
 def sweep_uploads(folder: str | os.PathLike[str], older_than_seconds: float) -> int:

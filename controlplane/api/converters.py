@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, timestamp_pb2
 
 from controlplane.domain import (
     Alias,
@@ -28,6 +28,12 @@ def ts(value: datetime) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value)
     return out
+
+
+def seconds_of(d: duration_pb2.Duration) -> float:
+    """A Duration in seconds, for any seconds and nanos (a float cannot overflow where
+    ``ToTimedelta`` raises past timedelta's range)."""
+    return d.seconds + d.nanos / 1e9
 
 
 def time_from_proto(value: timestamp_pb2.Timestamp, field: str) -> datetime:

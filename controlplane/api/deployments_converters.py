@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from controlplane.api.converters import time_from_proto, ts
+from controlplane.api.converters import seconds_of, time_from_proto, ts
 from controlplane.domain.deployments import (
     ArmSummary,
     Deployment,
@@ -63,10 +63,6 @@ def duration(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromTimedelta(timedelta(seconds=seconds))
     return out
-
-
-def seconds_of(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
 
 
 # Summaries ------------------------------------------------------------------------------------

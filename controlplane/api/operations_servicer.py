@@ -34,9 +34,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
     def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
-        timeout = (
-            request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 10.0
-        )
+        timeout = cv.seconds_of(request.timeout) if request.HasField("timeout") else 10.0
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining - 0.1, 0.0))

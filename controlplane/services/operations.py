@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from controlplane.domain import Operation
-from controlplane.names import parse_operation
+from controlplane.names import check_text, parse_operation
 from controlplane.store import Store, Tx, WriteTx
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.pagination import decode, encode, page_size
@@ -177,6 +177,9 @@ class OperationService:
     def list_operations(
         self, target: str = "", page_size_: int = 0, page_token: str = ""
     ) -> tuple[list[Operation], str]:
+        # Targets are resource names; a filter no stored target can equal (one PostgreSQL
+        # text cannot hold, say) is refused rather than sent to the database.
+        check_text(target, "target", 1_000, single_line=True)
         query = {"target": target}
         after = decode(page_token, query)
         with self.store.read() as tx:
