@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 
 from modelplane.units import parse_duration
 from sidecar.predlog.files import list_log_files
+from sidecar.predlog.schemas import unify
 
 #: The columns every record has (feature and output columns follow).
 BASE_SCHEMA = pa.schema(
@@ -45,8 +47,8 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     if value.startswith("-"):
         try:
             return datetime.fromtimestamp(now.timestamp() - parse_duration(value[1:]), UTC)
-        except ValueError:
-            pass
+        except (ValueError, OverflowError, OSError):
+            pass  # not a duration, or one reaching past the years a datetime can hold
     else:
         try:
             parsed = datetime.fromisoformat(value)
@@ -68,31 +70,51 @@ def _instant(value: TimeLike) -> datetime | None:
     return parse_time(value)
 
 
-def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The complete batches of one file; a torn tail (a crash mid-write) ends it quietly."""
+def _map_file(path: Path) -> pa.BufferReader | None:
+    """The bytes of ``path`` memory-mapped, or None when it is empty or was removed by
+    retention since it was listed; other errors (permissions, I/O) propagate."""
     try:
-        source = pa.memory_map(str(path))
-    except (FileNotFoundError, pa.ArrowInvalid, OSError):
-        return  # removed by retention since listing, or empty
-    with source:
+        with open(path, "rb") as fh:  # a Path, so names that are not UTF-8 open too
+            if os.fstat(fh.fileno()).st_size == 0:
+                return None
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        return None
+    # Batches read from the buffer point into the mapping, which stays open until they are
+    # all gone.
+    return pa.BufferReader(pa.py_buffer(mapped))
+
+
+def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The complete batches of one file; a torn tail (a crash mid-write) ends it quietly.
+
+    A file removed since it was listed (retention) has no batches; a file that cannot be
+    read (permissions, I/O errors) raises ``OSError``.
+    """
+    source = _map_file(path)
+    if source is None:
+        return
+    try:
+        reader = pa.ipc.open_stream(source)
+    except (pa.ArrowInvalid, OSError):
+        return  # the stream is in memory: these mean a torn schema, not a failing disk
+    while True:
         try:
-            reader = pa.ipc.open_stream(source)
-        except (pa.ArrowInvalid, OSError):
+            yield reader.read_next_batch()
+        except StopIteration:
             return
-        while True:
-            try:
-                yield reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, OSError):
-                return  # an incomplete last message
+        except (pa.ArrowInvalid, OSError):
+            return  # an incomplete last message
 
 
 def file_schema(path: Path) -> pa.Schema | None:
-    """The schema of one log file, or None when it cannot be read."""
+    """The schema of one log file, or None when it is empty, torn before its first message or
+    removed since it was listed; a file that cannot be read raises ``OSError``."""
+    source = _map_file(path)
+    if source is None:
+        return None
     try:
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_stream(source).schema
+        return pa.ipc.open_stream(source).schema
     except (pa.ArrowInvalid, OSError):
         return None
 
@@ -174,6 +196,18 @@ def _tables(batches: Iterator[pa.RecordBatch]) -> list[pa.Table]:
     return tables
 
 
+def _empty_result(directory: Path) -> pa.Table:
+    """No records, with the columns of every file under ``directory`` (the first file's type
+    where types conflict), so a window without records still names the log's columns."""
+    fields: dict[str, pa.Field] = {f.name: f for f in BASE_SCHEMA}
+    schemas = [s for s in map(file_schema, LogFilter().files(directory)) if s is not None]
+    merged = unify(schemas) if schemas else None
+    for schema in [merged] if merged is not None else schemas:
+        for f in schema:
+            fields.setdefault(f.name, f)
+    return pa.schema(list(fields.values())).empty_table()
+
+
 def read_logs(
     directory: str | os.PathLike[str],
     since: TimeLike = None,
@@ -191,7 +225,7 @@ def read_logs(
     log_filter = LogFilter(since, until, model_version, arm)
     tables = _tables(iter_log_batches(directory, log_filter))
     if not tables:
-        return BASE_SCHEMA.empty_table()
+        return _empty_result(Path(directory))
     if len(tables) == 1:
         return tables[0]
     try:
