@@ -1,9 +1,10 @@
 """Splitting rows into groups by the values of a column (slices and protected attributes).
 
 A group's name is the value's string form: strings as they are, booleans ``true``/``false``,
-numbers as pyarrow prints them (``3``, ``2.5``); missing values (null, and NaN in a float
-column) form the group ``<null>``. A value spelled like a reserved group name (``<null>``,
-``<other>``) is shown in double quotes, so it never merges with that group.
+numbers as pyarrow prints them (``3``, ``2.5``), with ``-0.0`` and ``0.0`` both ``0``; missing
+values (null, and NaN in a float column, dictionary-encoded or not) form the group ``<null>``.
+A value spelled like a reserved group name (``<null>``, ``<other>``) is shown in double quotes,
+so it never merges with that group.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ class Groups:
 def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_null(column.type):
         return pc.cast(column, pa.string())
+    if pa.types.is_dictionary(column.type) and pa.types.is_floating(column.type.value_type):
+        column = pc.cast(column, column.type.value_type)
     if is_categorical_type(column.type):
         strings = category_strings(column)
         for reserved in (NULL_GROUP, OTHER_GROUP):
             strings = pc.if_else(pc.equal(strings, reserved), f'"{reserved}"', strings)
         return strings
     if pa.types.is_floating(column.type):
-        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        values = column.to_numpy()
+        # Adding +0.0 turns -0.0 into 0.0 and leaves every other value as it is.
+        column = pa.chunked_array([pa.array(values + values.dtype.type(0), mask=np.isnan(values))])
     if is_numeric_type(column.type) or (
         pa.types.is_temporal(column.type) and not pa.types.is_interval(column.type)
     ):

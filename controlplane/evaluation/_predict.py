@@ -1,10 +1,21 @@
 """Running the model over the dataset in chunks, and reading its outputs as scores and classes.
 
-Classification scores become a probability matrix: a float matrix whose values lie in [0, 1]
-and whose rows sum to 1 within 1e-3 is renormalised to sum exactly 1; any other finite matrix
-is treated as logits and passed through softmax, with a ``SCORES_NOT_PROBABILITIES`` warning.
-A single float column is the positive-class probability of a binary problem and must lie in
-[0, 1]. Non-finite scores make the output unusable.
+Classification scores become a probability matrix, decided for the whole matrix at once:
+
+* when every value lies in [0, 1] (within 1e-6), the scores are per-class probabilities:
+  they are clipped to [0, 1] and each row is divided by its sum, as scikit-learn's
+  ``OneVsRestClassifier.predict_proba`` does with independent sigmoid heads. Rows that sum to
+  1 within 1e-3 (a softmax in float16, say) are only tidied; when some row is further from 1
+  the report carries a ``PROBABILITIES_RENORMALISED`` warning, and a row of zeros becomes
+  uniform;
+* otherwise the scores are logits and pass through softmax, with a
+  ``SCORES_NOT_PROBABILITIES`` warning.
+
+The rule applies to the matrix, not row by row: one output head is either probabilities or
+logits, and a logit row that happened to fall inside [0, 1] must not be renormalised while
+its neighbours are softmaxed, which would leave rows on different scales for AUC and
+calibration. A single float column is the positive-class probability of a binary problem and
+must lie in [0, 1]. Non-finite scores make the output unusable.
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ from controlplane.evaluation._model import OutputPlan, graph_classes, observed_c
 
 #: Share of the progress scale that inference covers; the metrics take the rest.
 INFERENCE_SHARE = 0.9
+#: How far outside [0, 1] a score may stray and still count as a probability (float rounding).
+_PROBABILITY_SLACK = 1e-6
+#: How far from 1 a row of probabilities may sum before the report warns about it.
+_SUM_TOLERANCE = 1e-3
 
 
 class RunControl:
@@ -132,19 +147,40 @@ def probabilities(scores: np.ndarray, name: str, warnings: list[EvaluationWarnin
         return np.column_stack([1.0 - p, p])
     if scores.ndim != 2:
         raise _unusable(name, f"has {scores.ndim} dimensions; a classifier needs [-1, C]")
-    sums = scores.sum(axis=1)
-    if np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.all(np.abs(sums - 1.0) <= 1e-3):
-        return scores / sums[:, None]
+    if np.all(scores >= -_PROBABILITY_SLACK) and np.all(scores <= 1.0 + _PROBABILITY_SLACK):
+        return _renormalised(np.clip(scores, 0.0, 1.0), name, warnings)
     warnings.append(
         EvaluationWarning(
             "SCORES_NOT_PROBABILITIES",
-            f"output {name!r} does not hold probabilities (rows in [0, 1] summing to 1); "
-            "softmax was applied to treat its values as logits",
+            f"output {name!r} does not hold probabilities (values in [0, 1]); softmax was "
+            "applied to treat its values as logits",
             "model",
         )
     )
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _renormalised(p: np.ndarray, name: str, warnings: list[EvaluationWarning]) -> np.ndarray:
+    """Rows of ``p`` (values in [0, 1]) divided by their sums, warning when some sum is off 1."""
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1.0) > _SUM_TOLERANCE
+    if np.any(off):
+        zero = sums == 0.0
+        detail = f"; {int(zero.sum())} rows of zeros were made uniform" if zero.any() else ""
+        warnings.append(
+            EvaluationWarning(
+                "PROBABILITIES_RENORMALISED",
+                f"output {name!r} holds per-class probabilities whose rows do not sum to 1 "
+                f"(on {int(off.sum())} rows; row sums range from {sums.min():.4g} to "
+                f"{sums.max():.4g}, as independent sigmoid heads give); each row was divided "
+                f"by its sum{detail}",
+                "model",
+            )
+        )
+        p = np.where(zero[:, None], 1.0, p)
+        sums = np.where(zero, p.shape[1], sums)
+    return p / sums[:, None]
 
 
 def resolve_classes(

@@ -4,8 +4,10 @@
 * ``rmse``: square root of the mean of ``(y - p)^2``.
 * ``mape``: mean of ``|y - p| / max(|y|, eps)`` with ``eps = 2.22e-16`` (float64 machine
   epsilon), as a fraction (0.1 means 10 %); huge where labels are near zero.
-* ``r2``: ``1 - sum (y - p)^2 / sum (y - mean(y))^2``; None, with a warning, when the labels
-  are constant (the denominator is zero).
+* ``r2``: ``1 - sum (y - p)^2 / sum (y - mean(y))^2``; None, with a ``CONSTANT_LABELS``
+  warning, when every label has the same value. Constancy is tested on the labels themselves
+  (``min == max``): the mean of labels such as ``0.1`` is off by an ulp, which leaves a tiny
+  positive denominator and an r2 near ``-1e37`` instead of "undefined".
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ def regression_metrics(
     centred = y - y.mean()
     ss_tot = float(np.dot(centred, centred))
     warnings: list[EvaluationWarning] = []
-    r2: float | None
-    if ss_tot > 0.0:
+    r2: float | None = None
+    why = ""
+    if y.min() == y.max():
+        why = "every label has the same value"
+    elif ss_tot > 0.0:
         r2 = 1.0 - ss_res / ss_tot
     else:
-        r2 = None
+        why = "the labels vary too little for their variance to be measured in float64"
+    if why:
         warnings.append(
-            EvaluationWarning(
-                "CONSTANT_LABELS", "r2 is undefined: every label has the same value", scope, "r2"
-            )
+            EvaluationWarning("CONSTANT_LABELS", f"r2 is undefined: {why}", scope, "r2")
         )
     metrics: dict[str, float | None] = {
         "mae": float(abs_err.mean()),

@@ -16,12 +16,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from fairlearn import metrics as flm
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn import metrics as skm
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -33,7 +34,9 @@ from controlplane.evaluation import (
     REGRESSION_METRICS,
     compare,
     evaluate,
+    expected_calibration_error,
 )
+from controlplane.evaluation._predict import probabilities
 from modelplane.errors import InvalidArgument
 from modelplane.profiles import NumericFeature, build_profile
 from modelplane.testing.onnx_models import mlp
@@ -246,6 +249,51 @@ def test_fairness_matches_fairlearn_on_a_derived_attribute(binary: Binary) -> No
     assert doc["demographic_parity_ratio"] == pytest.approx(fair.demographic_parity_ratio)
 
 
+def test_zeros_of_either_sign_and_dictionary_nans_form_one_group_each(binary: Binary) -> None:
+    """-0.0 and 0.0 are one group, and NaN in a dictionary-encoded float column is missing like
+    null, as fairlearn (which groups by numpy equality) and the slices agree."""
+    n = binary.test.num_rows
+    rng = np.random.default_rng(5)
+    zero = rng.choice([-0.0, 0.0, 1.0], n)
+    level = rng.choice([1.5, 2.5, np.nan], n).tolist()
+    level = [None if i % 11 == 0 else v for i, v in enumerate(level)]
+    table = binary.test.append_column("zero", pa.array(zero)).append_column(
+        "level", pa.array(level, pa.float64()).dictionary_encode()
+    )
+    columns = ["zero", "level"]
+    report = evaluate(
+        binary.lr,
+        None,
+        table,
+        label="diagnosis",
+        feature_names=binary.names,
+        slices=columns,
+        protected=columns,
+    )
+    assert [s.value for s in report.slices["zero"]] == ["0", "1"]
+    assert [s.value for s in report.slices["level"]] == ["1.5", "2.5", "<null>"]
+    proba = _proba(binary.lr, binary.x_test)
+    y = (np.asarray(binary.test.column("diagnosis")) == "malignant").astype(int)
+    pred = (proba[:, 1] > proba[:, 0]).astype(int)
+    groups = {
+        "zero": zero,
+        "level": np.array(["<null>" if v is None or np.isnan(v) else str(v) for v in level]),
+    }
+    for name, group in groups.items():
+        fair = report.fairness[name]
+        assert len(fair.groups) == len(np.unique(group))
+        assert [s.count for s in report.slices[name]] == np.unique(group, return_counts=True)[
+            1
+        ].tolist()
+        kw = {"sensitive_features": group}
+        assert fair.demographic_parity_difference == pytest.approx(
+            flm.demographic_parity_difference(y, pred, **kw)
+        )
+        assert fair.equalized_odds_difference == pytest.approx(
+            flm.equalized_odds_difference(y, pred, **kw)
+        )
+
+
 def test_validation_against_the_baseline_profile(binary: Binary) -> None:
     train = binary.train.append_column(
         "region", pa.array(np.array(["n", "s"])[np.arange(binary.train.num_rows) % 2])
@@ -430,6 +478,83 @@ def test_logits_are_softmaxed_with_a_warning(wine: Multiclass) -> None:
     assert report.classes == [0, 1, 2]
     assert any(w.code == "SCORES_NOT_PROBABILITIES" for w in report.warnings)
     assert report.metrics["log_loss"] == pytest.approx(skm.log_loss(y, expected), rel=1e-5)
+
+
+def test_one_vs_rest_sigmoid_heads_are_renormalised_like_sklearn() -> None:
+    """Per-class sigmoids whose rows do not sum to 1 are probabilities to renormalise, as
+    OneVsRestClassifier.predict_proba does, not logits to softmax."""
+    data = load_iris()
+    x = data.data.astype(np.float32)
+    ovr = OneVsRestClassifier(LogisticRegression(max_iter=3000)).fit(x, data.target)
+    weights = np.column_stack([e.coef_[0] for e in ovr.estimators_]).astype(np.float32)
+    bias = np.array([e.intercept_[0] for e in ovr.estimators_], np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["z0"]),
+            helper.make_node("Add", ["z0", "b"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["probabilities"]),
+        ],
+        "ovr",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx_bytes = model.SerializeToString()
+    (raw,) = _ort(onnx_bytes, x)
+    assert np.abs(raw.sum(axis=1) - 1.0).max() > 0.1
+    y = data.target
+    table = pa.table({**{f"f{i}": x[:, i].astype(np.float64) for i in range(4)}, "y": y})
+    report = evaluate(onnx_bytes, None, table, label="y")
+    codes = [w.code for w in report.warnings]
+    assert "PROBABILITIES_RENORMALISED" in codes and "SCORES_NOT_PROBABILITIES" not in codes
+    proba = ovr.predict_proba(x)
+    onehot = np.eye(3)[y]
+    m = report.metrics
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba), rel=1e-5)
+    assert m["brier"] == pytest.approx(np.mean(np.sum((proba - onehot) ** 2, axis=1)), rel=1e-5)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"), rel=1e-6)
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(onehot, proba), rel=1e-6)
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y
+    assert m["ece"] == pytest.approx(expected_calibration_error(confidence, correct), abs=1e-6)
+
+
+def test_probability_matrices_are_read_as_a_whole() -> None:
+    warnings: list = []
+    tidy = probabilities(np.array([[0.3, 0.7], [0.5, 0.5004]]), "p", warnings)
+    assert tidy == pytest.approx(np.array([[0.3, 0.7], [0.5 / 1.0004, 0.5004 / 1.0004]]))
+    assert warnings == []
+    sigmoids = probabilities(np.array([[0.2, 0.6], [0.0, 0.0], [1.0, 1.0]]), "p", warnings)
+    assert sigmoids == pytest.approx(np.array([[0.25, 0.75], [0.5, 0.5], [0.5, 0.5]]))
+    assert [w.code for w in warnings] == ["PROBABILITIES_RENORMALISED"]
+    warnings.clear()
+    logits = probabilities(np.array([[0.2, 0.6], [2.0, -1.0]]), "p", warnings)
+    assert logits[0] == pytest.approx(np.exp([0.2, 0.6]) / np.exp([0.2, 0.6]).sum())
+    assert [w.code for w in warnings] == ["SCORES_NOT_PROBABILITIES"]
+
+
+def test_r2_of_a_slice_with_constant_labels_is_undefined() -> None:
+    """Labels such as 0.1 have a mean one ulp off; r2 is still undefined, not -1e37."""
+    data = load_diabetes()
+    x = data.data.astype(np.float32)
+    model = LinearRegression().fit(x, data.target)
+    onnx_bytes = to_onnx(model, x[:1], target_opset=17).SerializeToString()
+    segment = np.where(np.arange(len(x)) % 4 == 0, "flat", "other")
+    y = np.where(segment == "flat", 0.1, data.target)
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(10)}, "y": y, "segment": segment})
+    report = evaluate(onnx_bytes, None, table, label="y", slices=["segment"])
+    (pred,) = _ort(onnx_bytes, x)
+    pred = pred.ravel().astype(np.float64)
+    flat, other = report.slices["segment"]
+    assert flat.value == "flat" and flat.metrics["r2"] is None
+    assert [(w.code, w.metric) for w in report.warnings if w.scope == "slice:segment=flat"] == [
+        ("CONSTANT_LABELS", "r2")
+    ]
+    rows = segment == "other"
+    assert other.metrics["r2"] == pytest.approx(skm.r2_score(y[rows], pred[rows]))
+    assert report.metrics["r2"] == pytest.approx(skm.r2_score(y, pred))
 
 
 def test_regression_on_diabetes() -> None:

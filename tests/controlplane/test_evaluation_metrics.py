@@ -186,6 +186,20 @@ def test_regression_metrics_match_sklearn() -> None:
     assert [w.code for w in flat_warnings] == ["CONSTANT_LABELS"]
 
 
+@pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3, 7.7, 123.456])
+@pytest.mark.parametrize("n", [3, 7, 1000])
+def test_r2_is_undefined_for_constant_labels_whose_mean_is_inexact(value: float, n: int) -> None:
+    y = np.full(n, value)
+    got, warnings = regression_metrics(y, y + 0.01)
+    assert got["r2"] is None
+    assert [(w.code, w.metric) for w in warnings] == [("CONSTANT_LABELS", "r2")]
+    assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, y + 0.01)))
+    almost = y.copy()
+    almost[0] = np.nextafter(value, np.inf)
+    varied, none = regression_metrics(almost, almost)
+    assert varied["r2"] == pytest.approx(1.0) and none == []
+
+
 def test_fairness_matches_fairlearn() -> None:
     import pyarrow as pa
 
@@ -271,5 +285,14 @@ def test_grouping_keeps_missing_values_apart_from_values_that_look_like_them() -
     assert [r.tolist() for r in text.rows] == [[0], [3], [1, 4], [2]]
     capped, pooled = cap_groups(text, 2)
     assert capped.names == ["<null>", "<other>"] and pooled == 3
+    zeros = group_rows(pa.chunked_array([[0.0, -0.0, 1.0], [-0.0]]))
+    assert zeros.names == ["0", "1"] and zeros.rows[0].tolist() == [0, 1, 3]
+    half = group_rows(pa.chunked_array([np.array([-0.0, 0.0, np.nan, 0.5], np.float16)]))
+    assert half.names == ["0", "0.5", "<null>"]
+    for values in ([1.0, float("nan"), None, -0.0, 0.0], [float("nan"), 2.5, None]):
+        plain = group_rows(pa.chunked_array([pa.array(values, pa.float64())]))
+        encoded = group_rows(pa.chunked_array([pa.array(values, pa.float64()).dictionary_encode()]))
+        assert encoded.names == plain.names and "nan" not in plain.names
+        assert [r.tolist() for r in encoded.rows] == [r.tolist() for r in plain.rows]
     nulls = group_rows(pa.chunked_array([pa.nulls(3)]))
     assert nulls.names == ["<null>"] and nulls.rows[0].tolist() == [0, 1, 2]
