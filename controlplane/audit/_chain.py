@@ -100,10 +100,11 @@ def event_from_row(row: AuditEventRow) -> AuditEvent:
 
 
 def _newest(session: Session) -> tuple[int, str, datetime | None]:
-    """The sequence number, hash and time of the newest event; ``(0, GENESIS_HASH, None)``
-    when there is none."""
+    """The sequence number, hash and time of the newest event of the chain (a row numbered
+    below 1 is none of it); ``(0, GENESIS_HASH, None)`` when there is none."""
     row = session.exec(
         select(AuditEventRow.seq, AuditEventRow.hash, AuditEventRow.time)
+        .where(col(AuditEventRow.seq) >= 1)
         .order_by(col(AuditEventRow.seq).desc())
         .limit(1)
     ).first()

@@ -25,7 +25,8 @@ SCAN_BATCH = 1000
 def iter_events(
     store: Store, after_seq: int = 0, batch: int = SCAN_BATCH
 ) -> Generator[AuditEvent, None, None]:
-    """Every event after ``after_seq`` in sequence order, read in batches."""
+    """Every event after ``after_seq`` in sequence order, read in batches (by default the
+    whole chain, which starts at 1)."""
     with store.read() as tx:
         last = after_seq
         while True:
@@ -53,7 +54,8 @@ def list_events(
     page_size_: int = 0,
     page_token: str = "",
 ) -> tuple[list[AuditEvent], str]:
-    """A page of events in sequence order, and the token of the next page ("" at the end).
+    """A page of the chain's events in sequence order (those numbered from 1, as export and
+    verify read them), and the token of the next page ("" at the end).
 
     ``resource`` matches that resource and the resources under it (``models/m`` also matches
     ``models/m/versions/1``); ``actor`` matches exactly; ``since`` keeps events at or after it.
@@ -67,7 +69,8 @@ def list_events(
     }
     after = decode(page_token, query)
     limit = page_size(page_size_)
-    conditions: list[ColumnElement[bool]] = []
+    # The chain starts at 1, as export and verify read it; a row below 1 is not part of it.
+    conditions: list[ColumnElement[bool]] = [col(AuditEventRow.seq) >= 1]
     if resource:
         conditions.append(
             or_(

@@ -6,16 +6,21 @@ import enum
 from contextlib import closing
 from dataclasses import dataclass
 
+from sqlalchemy import func
+from sqlmodel import col, select
+
 from controlplane.audit._canonical import GENESIS_HASH
 from controlplane.audit._query import iter_events
 from controlplane.audit._signing import Checkpoint, PublicKeyLike
 from controlplane.store import Store
+from controlplane.store.tables import AuditEventRow
 
 
 class Problem(enum.StrEnum):
     """What broke the chain."""
 
     EVENT_ALTERED = "EVENT_ALTERED"
+    EVENT_OUT_OF_RANGE = "EVENT_OUT_OF_RANGE"
     EVENT_MISSING = "EVENT_MISSING"
     CHAIN_BROKEN = "CHAIN_BROKEN"
     TRUNCATED = "TRUNCATED"
@@ -29,6 +34,7 @@ class VerifyResult:
 
     ``first_bad_seq`` names the first event found broken (for a missing event, the sequence
     number that is missing); ``problem`` says how, ``message`` says it for a person.
+    ``checked``, ``head_seq`` and ``head_hash`` describe the chain up to its last good event.
     ``signature_verified`` is None when no checkpoint or no public key was given.
     """
 
@@ -42,35 +48,59 @@ class VerifyResult:
     signature_verified: bool | None = None
 
 
+_SIGNATURE_INVALID = (
+    "the checkpoint's signature does not verify with the given public key; the checkpoint was "
+    "altered or signed by another key"
+)
+
+
+def _below_one(store: Store) -> tuple[int, int] | None:
+    """The lowest sequence number under 1 and how many events have one; None when none do."""
+    with store.read() as tx:
+        lowest, count = tx.session.exec(
+            select(func.min(AuditEventRow.seq), func.count()).where(col(AuditEventRow.seq) < 1)
+        ).one()
+    return (int(lowest), int(count)) if count else None
+
+
 def verify(
     store: Store, checkpoint: Checkpoint | None = None, public_key: PublicKeyLike | None = None
 ) -> VerifyResult:
     """Recompute the chain from the first event and report the first break.
 
     Detects an edited event (its hash no longer matches its fields), a deleted one (a gap in
-    the sequence numbers), a relinked one (``prev_hash`` not the previous event's hash) and,
-    given a checkpoint, a chain cut back behind it or rewritten up to it. With ``public_key``
-    the checkpoint's signature is checked first. Without a checkpoint, removing the newest
+    the sequence numbers), a relinked one (``prev_hash`` not the previous event's hash), one
+    inserted outside the chain (a sequence number below 1) and, given a checkpoint, a chain
+    cut back behind it or rewritten up to it. With ``public_key`` the checkpoint's signature is
+    checked too: a checkpoint whose signature does not verify fails the result
+    (``CHECKPOINT_SIGNATURE_INVALID`` when the chain itself is intact) and is not compared with
+    the chain, which is still walked to its head. Without a checkpoint, removing the newest
     events cannot be told from their never having been written.
     """
     signature_ok: bool | None = None
     if checkpoint is not None and public_key is not None:
         signature_ok = checkpoint.signature_valid(public_key)
+    trusted = checkpoint if signature_ok is not False else None
 
     expected, prev, checked = 1, GENESIS_HASH, 0
     head_seq, head_hash = 0, GENESIS_HASH
 
     def broken(seq: int | None, problem: Problem, message: str) -> VerifyResult:
+        if signature_ok is False:
+            message = f"{message}; besides, {_SIGNATURE_INVALID}"
         return VerifyResult(
             False, checked, head_seq, head_hash, seq, problem, message, signature_ok
         )
 
-    if signature_ok is False:
+    below = _below_one(store)
+    if below is not None:
+        lowest, count = below
         return broken(
-            None,
-            Problem.CHECKPOINT_SIGNATURE_INVALID,
-            "the checkpoint's signature does not verify with the given public key; the "
-            "checkpoint was altered or signed by another key",
+            lowest,
+            Problem.EVENT_OUT_OF_RANGE,
+            f"event {lowest} is out of range: sequence numbers start at 1, and {count} "
+            f"event{'s' if count > 1 else ''} below 1 {'were' if count > 1 else 'was'} "
+            "inserted outside the chain",
         )
     with closing(iter_events(store)) as events:
         for event in events:
@@ -94,29 +124,37 @@ def verify(
                     f"event {event.seq} does not follow event {event.seq - 1}: its prev_hash "
                     "is not that event's hash (an event before it was replaced)",
                 )
-            if (
-                checkpoint is not None
-                and event.seq == checkpoint.seq
-                and event.hash != checkpoint.head_hash
-            ):
+            if trusted is not None and event.seq == trusted.seq and event.hash != trusted.head_hash:
                 return broken(
                     event.seq,
                     Problem.CHECKPOINT_MISMATCH,
                     f"event {event.seq} differs from the checkpoint of "
-                    f"{checkpoint.time.isoformat()}: the chain was rewritten up to it",
+                    f"{trusted.time.isoformat()}: the chain was rewritten up to it",
                 )
             checked += 1
             expected, prev = event.seq + 1, event.hash
             head_seq, head_hash = event.seq, event.hash
-    if checkpoint is not None:
-        if head_seq < checkpoint.seq:
+    if trusted is not None:
+        if head_seq < trusted.seq:
             return broken(
                 head_seq + 1,
                 Problem.TRUNCATED,
                 f"the chain ends at event {head_seq} but the checkpoint of "
-                f"{checkpoint.time.isoformat()} saw {checkpoint.seq} events: events "
-                f"{head_seq + 1} to {checkpoint.seq} were removed",
+                f"{trusted.time.isoformat()} saw {trusted.seq} events: events "
+                f"{head_seq + 1} to {trusted.seq} were removed",
             )
-        if checkpoint.seq == 0 and checkpoint.head_hash != GENESIS_HASH:
+        if trusted.seq == 0 and trusted.head_hash != GENESIS_HASH:
             return broken(0, Problem.CHECKPOINT_MISMATCH, "the empty-chain checkpoint is malformed")
+    if signature_ok is False:
+        return VerifyResult(
+            False,
+            checked,
+            head_seq,
+            head_hash,
+            None,
+            Problem.CHECKPOINT_SIGNATURE_INVALID,
+            f"{_SIGNATURE_INVALID}; the chain itself is intact ({checked} events, head event "
+            f"{head_seq})",
+            signature_ok,
+        )
     return VerifyResult(True, checked, head_seq, head_hash, signature_verified=signature_ok)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -135,6 +144,7 @@ class AuditEventRow(SQLModel, table=True):
         Index("ix_audit_events_resource_seq", "resource", "seq"),
         Index("ix_audit_events_actor_seq", "actor", "seq"),
         Index("ix_audit_events_time", "time"),
+        CheckConstraint("seq >= 1", name="ck_audit_events_seq_from_one"),
     )
 
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))

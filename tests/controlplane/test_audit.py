@@ -15,14 +15,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from controlplane import audit
 from controlplane.audit import Problem
 from controlplane.services import ModelService
 from controlplane.store import Mutation, Store
+from modelplane.cli import main
 from modelplane.errors import AlreadyExists, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
+from tests.controlplane.conftest import _start
 
 CTX = RequestContext(principal="alice")
 
@@ -491,3 +494,109 @@ def test_hash_template_gaps_give_the_canonical_event_hash(actor: str, resource: 
     )
     text_ = head + event.prev_hash + mid + str(event.seq) + tail
     assert hashlib.sha256(text_.encode("utf-8")).hexdigest() == event.computed_hash()
+
+
+# Events numbered below 1 ------------------------------------------------------------------------
+
+
+def _forge_below_one(url: str, seqs: list[int]) -> None:
+    """Insert events numbered ``seqs`` with made-up hashes, as into a database of before the
+    CHECK on ``seq`` (revision 0011) or one tampered with directly: the constraint is taken
+    away for the insert and the database migrated again, keeping the rows."""
+    from alembic import command
+
+    from controlplane.store.migrate import alembic_config, upgrade
+
+    store = Store.open(url)
+    try:
+        cfg = alembic_config()
+        with store.engines.write.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0010")
+            conn.commit()
+        for seq in seqs:
+            sql(
+                store,
+                "INSERT INTO audit_events (seq, time, actor, action, resource, request_id, "
+                "before_sha256, after_sha256, prev_hash, hash) VALUES (:seq, CURRENT_TIMESTAMP, "
+                "'mallory', 'DeleteModel', 'models/prod', '', '', '', :prev, :hash)",
+                seq=seq,
+                prev="0" * 64,
+                hash=f"{seq % 16:x}" * 64,
+            )
+        upgrade(store.engines)
+    finally:
+        store.close()
+
+
+def test_events_numbered_below_one_fail_verification_and_are_not_listed(
+    fresh_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cp = _start(tmp_path, fresh_url)
+    try:
+        with cp.client() as c:
+            for i in range(3):
+                c.create_model(f"m{i}")
+            checkpoint = c.create_checkpoint()
+    finally:
+        cp.handle.stop(0)
+    _forge_below_one(fresh_url, [0, -1])
+
+    cp = _start(tmp_path, fresh_url)
+    try:
+        with cp.client() as c:
+            assert [e.seq for e in c.audit_events()] == [1, 2, 3]
+            assert [e.seq for e in c.audit_events(actor="mallory")] == []
+            assert [e.seq for e in c.audit_events(resource="models/prod", page_size=1)] == []
+            sink = tmp_path / "export.jsonl"
+            with sink.open("wb") as f:
+                c.export_audit(f)
+            assert [json.loads(line)["seq"] for line in sink.read_text().splitlines()] == [1, 2, 3]
+            for result in (c.verify_audit(), c.verify_audit(checkpoint)):
+                assert not result.ok
+                assert (result.problem, result.first_bad_seq) == ("EVENT_OUT_OF_RANGE", -1)
+                assert "event -1 is out of range" in result.message and "2 events" in result.message
+            assert c.verify_audit(checkpoint).signature == "verified"
+            # Appends go on from the chain's head, past the rows below 1.
+            c.create_model("after")
+            assert [e.seq for e in c.audit_events()] == [1, 2, 3, 4]
+        capsys.readouterr()
+        code = main(["--server", cp.address, "--as", "auditor", "audit", "verify"])
+        assert code == 1 and "audit chain broken at event -1" in capsys.readouterr().err
+    finally:
+        cp.handle.stop(0)
+
+    # With the constraint in force a row below 1 is refused.
+    store = open_store(fresh_url)
+    try:
+        with pytest.raises(IntegrityError):
+            sql(
+                store,
+                "INSERT INTO audit_events (seq, time, actor, action, resource, request_id, "
+                "before_sha256, after_sha256, prev_hash, hash) VALUES (-2, CURRENT_TIMESTAMP, "
+                "'mallory', 'A', 'r', '', '', '', '', '')",
+            )
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("seqs", [[0], [-1], [0, -1]])
+def test_a_row_below_one_is_never_the_head_of_an_empty_chain(
+    fresh_url: str, seqs: list[int]
+) -> None:
+    _forge_below_one(fresh_url, seqs)
+    store = open_store(fresh_url)
+    try:
+        ModelService(store).create(CTX, "first")
+        (event,) = all_events(store)
+        assert (event.seq, event.prev_hash) == (1, audit.GENESIS_HASH)
+        result = audit.verify(store)
+        assert (result.ok, result.problem, result.first_bad_seq) == (
+            False,
+            Problem.EVENT_OUT_OF_RANGE,
+            min(seqs),
+        )
+        sql(store, "DELETE FROM audit_events WHERE seq < 1")
+        assert audit.verify(store).ok
+    finally:
+        store.close()

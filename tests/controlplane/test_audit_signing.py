@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy import text
 
 from controlplane import audit
 from controlplane.audit import Checkpoint, Problem
@@ -124,8 +125,24 @@ def test_a_tampered_checkpoint_file_fails_verification(
     assert not result.ok
     assert result.problem is Problem.CHECKPOINT_SIGNATURE_INVALID
     assert result.signature_verified is False
+    # The chain is still walked: its real head and count, and no event named as broken.
+    head = audit.list_events(store)[0][-1]
+    assert (result.checked, result.head_seq, result.head_hash) == (3, 3, head.hash)
+    assert result.first_bad_seq is None
+    assert result.message.startswith("the checkpoint's signature does not verify")
     # Without the key the forged checkpoint is only compared, and the chain itself is fine.
     assert audit.verify(store).ok
+
+
+def test_a_broken_chain_is_reported_beside_an_invalid_signature(store: Store) -> None:
+    ours = Ed25519PrivateKey.generate()
+    cp = audit.checkpoint(store, Ed25519PrivateKey.generate())
+    with store.engines.write.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2"))
+    result = audit.verify(store, cp, ours.public_key())
+    assert (result.ok, result.problem, result.first_bad_seq) == (False, Problem.EVENT_ALTERED, 2)
+    assert (result.checked, result.head_seq, result.signature_verified) == (1, 1, False)
+    assert "event 2" in result.message and "signature does not verify" in result.message
 
 
 def test_a_checkpoint_signed_by_another_key_fails(store: Store, tmp_path: Path) -> None:
