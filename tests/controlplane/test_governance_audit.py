@@ -102,6 +102,85 @@ def test_checkpoint_and_verify_detect_tampering(
     assert code == 2
 
 
+def test_verify_with_a_badly_signed_checkpoint_still_walks_the_chain(
+    controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    history(controlplane)
+    cp_file = tmp_path / "checkpoint.json"
+    code, _, _ = cli(controlplane, capsys, "audit", "checkpoint", "--out", str(cp_file))
+    assert code == 0
+    with controlplane.client() as c:
+        events = list(c.audit_events())
+    forged = dict(json.loads(cp_file.read_text()), head_hash="0" * 64)
+    cp_file.write_text(json.dumps(forged))
+    code, out, err = cli(controlplane, capsys, "audit", "verify", "--checkpoint", str(cp_file))
+    doc = json.loads(out)
+    assert code == 1 and doc["problem"] == "CHECKPOINT_SIGNATURE_INVALID"
+    assert doc["signature"] == "invalid" and doc["first_bad_seq"] == "0"
+    assert (doc["checked"], doc["head_seq"]) == (str(len(events)), str(events[-1].seq))
+    assert doc["head_hash"] == events[-1].hash
+    assert "the checkpoint's signature does not verify" in err
+    assert "chain broken" not in err
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+00:00:01",
+    ],
+)
+def test_list_since_past_the_calendar_in_utc_is_a_usage_error(
+    controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str], since: str
+) -> None:
+    code, _, err = cli(controlplane, capsys, "audit", "list", "--since", since)
+    assert code == 2 and "--since" in err
+    for at_the_ends in ("0001-01-01T01:00:00+01:00", "9999-12-31T23:59:59Z", "0001-01-01"):
+        code, _, _ = cli(controlplane, capsys, "audit", "list", "--since", at_the_ends)
+        assert code == 0, at_the_ends
+
+
+@pytest.mark.parametrize(
+    "seq",
+    ["1e400", "-1e400", "NaN", "2.0", "2.5", "true", '"3"', "null", "-1", str(2**63), "[1]"],
+)
+def test_verify_refuses_a_checkpoint_file_whose_seq_is_not_a_whole_number(
+    controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str], tmp_path: Path, seq: str
+) -> None:
+    history(controlplane)
+    cp_file = tmp_path / "checkpoint.json"
+    code, _, _ = cli(controlplane, capsys, "audit", "checkpoint", "--out", str(cp_file))
+    good = json.loads(cp_file.read_text())
+    text = json.dumps(dict(good, seq="SEQ")).replace('"SEQ"', seq)
+    cp_file.write_text(text)
+    code, _, err = cli(controlplane, capsys, "audit", "verify", "--checkpoint", str(cp_file))
+    assert code == 2 and "not a checkpoint file" in err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1]",
+        "null",
+        '"text"',
+        "1",
+        '{"seq": 1}',
+        '{"seq": 1, "head_hash": 5, "time": "", "key_id": "", "signature": ""}',
+    ],
+)
+def test_verify_refuses_a_checkpoint_file_that_is_not_a_checkpoint_object(
+    controlplane: RunningControlPlane,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    content: str,
+) -> None:
+    cp_file = tmp_path / "checkpoint.json"
+    cp_file.write_text(content)
+    code, _, err = cli(controlplane, capsys, "audit", "verify", "--checkpoint", str(cp_file))
+    assert code == 2 and "not a checkpoint file" in err
+
+
 def test_bad_export_format_is_refused(controlplane: RunningControlPlane, tmp_path: Path) -> None:
     with (
         controlplane.client() as c,

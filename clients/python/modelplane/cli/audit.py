@@ -55,9 +55,13 @@ def _since(text: str) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"--since {text!r} is not an ISO 8601 time", EXIT_USAGE) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        # In UTC here, where a time whose offset takes it past year 1 or 9999 is refused.
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise CliError(
+            f"--since {text!r} is not an ISO 8601 time between years 1 and 9999 in UTC",
+            EXIT_USAGE,
+        ) from None
 
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
@@ -109,17 +113,23 @@ def _checkpoint(args: argparse.Namespace, out: Printer) -> int:
     return 0
 
 
+#: The text fields of a checkpoint file, besides its integer ``seq``.
+_CHECKPOINT_TEXT = ("head_hash", "time", "key_id", "signature")
+
+
 def _load(path: Path) -> audit_pb2.Checkpoint:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return audit_pb2.Checkpoint(
-            seq=int(data["seq"]),
-            head_hash=str(data["head_hash"]),
-            time=str(data["time"]),
-            key_id=str(data["key_id"]),
-            signature=str(data["signature"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        seq, texts = data["seq"], [data[name] for name in _CHECKPOINT_TEXT]
+        # bool is an int to Python; a checkpoint's seq is a whole JSON number.
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise TypeError("seq is not a whole number >= 0")
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"{', '.join(_CHECKPOINT_TEXT)} must be text")
+        return audit_pb2.Checkpoint(seq=seq, **dict(zip(_CHECKPOINT_TEXT, texts, strict=True)))
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
 
 
@@ -142,6 +152,9 @@ def _verify(args: argparse.Namespace, out: Printer) -> int:
             ]
         ],
     )
-    if not r.ok:
+    if r.problem == "CHECKPOINT_SIGNATURE_INVALID":
+        # The chain itself was intact; the message says so and why the checkpoint failed.
+        out.progress(r.message)
+    elif not r.ok:
         out.progress(f"audit chain broken at event {r.first_bad_seq}: {r.message}")
     return EXIT_OK if r.ok else EXIT_CHECK_FAILED
