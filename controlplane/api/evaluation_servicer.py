@@ -35,6 +35,8 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
                 slices=tuple(request.slice_columns),
                 protected=tuple(request.protected_columns),
                 compare_to=request.compare_to or DEFAULT_COMPARE_TO,
+                task=request.task,
+                positive_class=request.positive_class,
             ),
             request.request_id,
         )

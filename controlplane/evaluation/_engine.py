@@ -118,6 +118,13 @@ def _positive_index(classes: list[Any], positive_class: Any) -> int:
     )
 
 
+def _positive_needs_binary(why: str) -> Exception:
+    return invalid(
+        "POSITIVE_CLASS_NEEDS_BINARY",
+        f"a positive class is only for binary classification; {why}: leave it unset",
+    )
+
+
 def _fairness(
     table: pa.Table,
     protected: Sequence[str],
@@ -172,14 +179,15 @@ def evaluate(
     ``signature`` describes the model (None: read from the model); ``feature_names`` are the
     version's features; ``features`` overrides the feature columns (see ``_inputs`` for how
     columns are chosen; ``require_feature_names`` refuses to guess them when the version
-    records none); ``task`` overrides the
-    detected task; ``classes`` gives class labels in probability-column order when the model
-    does not carry them; ``positive_class`` (default: the second class) is what binary metrics
-    and fairness call positive; ``output`` names the score output; ``baseline`` is the training
-    profile to validate against. Each distinct value of a ``slices`` column is a slice; past
-    ``max_slices`` values the ``max_slices - 1`` largest stay and the rest pool into
-    ``<other>`` (with a SLICES_POOLED warning). A ``protected`` column with more than
-    ``max_slices`` values is refused (TOO_MANY_GROUPS): pooling would hide disparities.
+    records none); ``task`` overrides the detected task (see ``_model``); ``classes`` gives
+    class labels in probability-column order when the model does not carry them;
+    ``positive_class`` (default: the second class) is what binary metrics and fairness call
+    positive (POSITIVE_CLASS_NEEDS_BINARY for any other model); ``output`` names the score
+    output; ``baseline`` is the training profile to validate against. Each distinct value of a
+    ``slices`` column is a slice; past ``max_slices`` values the ``max_slices - 1`` largest stay
+    and the rest pool into ``<other>`` (with a SLICES_POOLED warning). A ``protected`` column
+    with more than ``max_slices`` values is refused (TOO_MANY_GROUPS): pooling would hide
+    disparities.
     ``progress`` is called with fractions of work done (0 to 1,
     non-decreasing, 1 at the end); an exception it raises aborts the evaluation. ``control``
     stops it from another thread, a model run in progress included (see :class:`RunControl`).
@@ -237,6 +245,8 @@ def evaluate(
             )
     warnings: list[EvaluationWarning] = []
     fairness: dict[str, FairnessReport] = {}
+    if positive_class is not None and resolved == "regression":
+        raise _positive_needs_binary("this is a regression")
     if resolved == "regression":
         if raw.scores.ndim > 1 and raw.scores.shape[1] != 1:
             raise invalid("UNUSABLE_MODEL_OUTPUT", f"output {plan.score!r} has several columns")
@@ -258,6 +268,8 @@ def evaluate(
         proba = probabilities(raw.scores, plan.score, warnings)
         class_list = resolve_classes(onnx_bytes, proba, raw.labels, classes, warnings)
         y_idx = encode_classes(label_column, label, class_list)
+        if positive_class is not None and proba.shape[1] != 2:
+            raise _positive_needs_binary(f"this model has {proba.shape[1]} classes")
         positive = _positive_index(class_list, positive_class) if proba.shape[1] == 2 else 1
         positive_value = class_list[positive] if proba.shape[1] == 2 else None
 

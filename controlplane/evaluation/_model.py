@@ -4,12 +4,17 @@ Task detection, from the signature's outputs (``task=None``):
 
 * a float output ``[-1, C]`` with ``C >= 2`` (or a dynamic ``C`` that turns out ``>= 2``)
   makes a classifier; its columns are class probabilities in class order;
-* otherwise exactly one float output ``[-1]`` or ``[-1, 1]`` makes a regressor.
+* otherwise exactly one float output ``[-1]`` or ``[-1, 1]`` makes a binary classifier when
+  the model also has a label output (below): the column is the probability of the second
+  class, as a sigmoid head exported from torch or keras gives it; without a label output it
+  makes a regressor.
 
 ``task="classification"`` also accepts one float column ``[-1]`` / ``[-1, 1]`` as the
-probability of the second class of a binary problem. When several outputs qualify, the one
-named ``probabilities`` / ``probability`` / ``output_probability`` wins, or the caller names it.
-A classifier's labels come from an integer or string output ``[-1]`` (skl2onnx's ``label``).
+probability of the second class of a binary problem; ``task="regression"`` reads it as the
+prediction even when a label output exists. When several outputs qualify, the one named
+``probabilities`` / ``probability`` / ``output_probability`` wins, or the caller names it.
+A classifier's labels come from an integer, string or boolean output ``[-1]`` / ``[-1, 1]``
+(skl2onnx's ``label``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from controlplane.domain import Signature, TensorSpec
 from controlplane.evaluation._errors import invalid
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
-LABEL_DATATYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "BYTES"})
+LABEL_DATATYPES = frozenset(
+    {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BYTES", "BOOL"}
+)
 _PREFERRED_SCORES = ("probabilities", "probability", "output_probability")
 _PREFERRED_LABELS = ("label", "output_label")
 _ORT_DATATYPES = {
@@ -134,12 +141,14 @@ def plan_outputs(outputs: list[TensorSpec], task: str | None, output: str | None
             )
         matrices = [o for o in matrices if o.name == output]
         columns = [o for o in columns if o.name == output]
+    labels = [o for o in outputs if o.datatype in LABEL_DATATYPES and _is_column(o)]
     if task is None:
         if matrices:
             chosen = _pick(matrices, _PREFERRED_SCORES)
             resolved = "classification" if chosen and chosen.shape[1] > 1 else None
         elif len(columns) == 1:
-            chosen, resolved = columns[0], "regression"
+            chosen = columns[0]
+            resolved = "classification" if labels else "regression"
         else:
             chosen, resolved = None, None
     elif task == "classification":
@@ -158,7 +167,6 @@ def plan_outputs(outputs: list[TensorSpec], task: str | None, output: str | None
         )
     label = None
     if resolved != "regression":
-        labels = [o for o in outputs if o.datatype in LABEL_DATATYPES and _is_column(o)]
         picked = _pick(labels, _PREFERRED_LABELS)
         label = picked.name if picked else None
     return OutputPlan(resolved, chosen.name, label)

@@ -143,7 +143,11 @@ def probabilities(scores: np.ndarray, name: str, warnings: list[EvaluationWarnin
     if scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1):
         p = scores.reshape(-1)
         if np.any(p < 0.0) or np.any(p > 1.0):
-            raise _unusable(name, "is one column but not a probability in [0, 1]")
+            raise _unusable(
+                name,
+                "is one column but not a probability in [0, 1]; if it is a prediction, set "
+                "the task to 'regression'",
+            )
         return np.column_stack([1.0 - p, p])
     if scores.ndim != 2:
         raise _unusable(name, f"has {scores.ndim} dimensions; a classifier needs [-1, C]")
@@ -208,7 +212,7 @@ def resolve_classes(
         return list(range(k))
     argmax = np.argmax(proba, axis=1)
     classes = graph_classes(onnx_bytes, k) or observed_classes(labels, argmax, k)
-    if classes is None and labels.dtype.kind in "iu" and np.all(labels == argmax):
+    if classes is None and labels.dtype.kind in "iub" and np.all(labels == argmax):
         classes = list(range(k))
     if classes is None:
         raise invalid(

@@ -54,6 +54,7 @@ log = structlog.get_logger("modelplane.evaluations")
 OPERATION_KIND = "evaluation"
 DEFAULT_COMPARE_TO = "champion"
 NO_COMPARISON = ("-", "none")
+TASKS = ("classification", "regression")
 MAX_COLUMNS = 10_000
 #: Progress is written at most once per this fraction of the work.
 PROGRESS_STEP = 0.1
@@ -63,7 +64,9 @@ ResultEncoder = Callable[[Evaluation], tuple[str, bytes]]
 
 @dataclass(frozen=True)
 class EvaluationRequest:
-    """What to evaluate: a version on an uploaded dataset."""
+    """What to evaluate: a version on an uploaded dataset; ``task`` and ``positive_class``
+    (empty: detected from the model, and its second class) are passed to the evaluation of the
+    version and of the version it is compared with."""
 
     name: str
     dataset_sha256: str
@@ -73,6 +76,8 @@ class EvaluationRequest:
     slices: tuple[str, ...] = ()
     protected: tuple[str, ...] = ()
     compare_to: str = DEFAULT_COMPARE_TO
+    task: str = ""
+    positive_class: str = ""
 
 
 def _check_columns(names: tuple[str, ...], what: str) -> None:
@@ -140,6 +145,19 @@ class EvaluationService:
         check_id(r.dataset_role, "dataset_role")
         if r.compare_to not in NO_COMPARISON:
             check_id(r.compare_to, "compare_to")
+        if r.task not in ("", *TASKS):
+            raise InvalidArgument(
+                f"task must be one of {', '.join(TASKS)} or empty (detected), not {r.task!r}",
+                reason="INVALID_TASK",
+                metadata={"task": r.task[:200]},
+            )
+        if r.positive_class:
+            check_text(r.positive_class, "positive_class", 256, single_line=True)
+            if r.task == "regression":
+                raise InvalidArgument(
+                    "positive_class is only for binary classification, not task regression",
+                    reason="POSITIVE_CLASS_NEEDS_BINARY",
+                )
         _check_columns(r.features, "features")
         _check_columns(r.slices, "slice columns")
         _check_columns(r.protected, "protected columns")
@@ -247,6 +265,8 @@ class EvaluationService:
                     "dataset_role": r.dataset_role,
                     "label": r.label,
                     "compare_to": r.compare_to,
+                    **({"task": r.task} if r.task else {}),
+                    **({"positive_class": r.positive_class} if r.positive_class else {}),
                 },
                 created_by=ctx.principal,
                 create_time=tx.now,
@@ -373,17 +393,22 @@ class EvaluationService:
             features=list(r.features) or None,
             slices=list(r.slices),
             protected=list(r.protected),
+            task=r.task or None,
+            positive_class=r.positive_class or None,
             baseline=baseline,
             progress=self._progress(ctx, op_id, 0.0, split, control),
             control=control,
         ).to_dict()
+        if isinstance(reference, Evaluation) and not _same_framing(reference.report, report):
+            with self.store.read() as tx:
+                reference = tx.versions.get(reference.model_id, reference.version)
         compared, deltas = "", {}
         if reference is not None:
             warnings = report.setdefault("warnings", [])
             ref_report: dict[str, Any] | None
             if isinstance(reference, ModelVersion):
                 ref_report = self._reference_report(
-                    ctx, op_id, reference, data, r, split, control, warnings
+                    ctx, op_id, reference, data, r, split, control, warnings, report
                 )
                 compared = reference.name if ref_report is not None else ""
             else:
@@ -406,9 +431,11 @@ class EvaluationService:
         split: float,
         control: RunControl,
         warnings: list[dict[str, str]],
+        report: dict[str, Any],
     ) -> dict[str, Any] | None:
         """The reference version evaluated on the same data, fed by its own feature names (never
-        the caller's ``features``, chosen for the version under evaluation); None, with a
+        the caller's ``features``, chosen for the version under evaluation), with the task and
+        positive class of ``report`` (the evaluation it is compared with); None, with a
         warning, when it cannot be: its features are unknown or absent, or it fails."""
         from controlplane.evaluation import evaluate
 
@@ -420,6 +447,8 @@ class EvaluationService:
                 label=r.label,
                 feature_names=reference.feature_names,
                 require_feature_names=True,
+                task=r.task or None,
+                positive_class=report.get("positive_class"),
                 progress=self._progress(ctx, op_id, split, 1.0, control),
                 control=control,
             ).to_dict()
@@ -550,6 +579,14 @@ class EvaluationService:
 
 class _Stopped(Exception):
     """Raised from a progress report when the server is stopping."""
+
+
+def _same_framing(stored: dict[str, Any], report: dict[str, Any]) -> bool:
+    """Whether a stored report read the problem as ``report`` does (same task, same positive
+    class), so that deltas against it compare like with like."""
+    return stored.get("task") == report.get("task") and str(stored.get("positive_class")) == str(
+        report.get("positive_class")
+    )
 
 
 def _compare_warning(code: str, message: str) -> dict[str, str]:

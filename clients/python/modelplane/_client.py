@@ -681,9 +681,17 @@ class Client(DeploymentsMixin):
         protected: Sequence[str] = (),
         compare_to: str = "champion",
         role: str = "holdout",
+        task: str = "",
+        positive_class: str | int = "",
         request_id: str | None = None,
     ) -> operations_pb2.Operation:
-        """Upload ``data`` and start a server-side evaluation; returns its operation."""
+        """Upload ``data`` and start a server-side evaluation; returns its operation.
+
+        ``task`` (``classification`` or ``regression``; empty: detected from the model's
+        outputs) overrides the detection, e.g. for a one-column sigmoid classifier without a
+        label output; ``positive_class`` names the class binary metrics and fairness call
+        positive (empty: the model's second class).
+        """
         blob = self.upload_blob(data)
         return self._call(
             self.evaluation.Evaluate,
@@ -696,6 +704,8 @@ class Client(DeploymentsMixin):
                 slice_columns=list(slices),
                 protected_columns=list(protected),
                 compare_to=compare_to,
+                task=task,
+                positive_class=str(positive_class),
                 request_id=request_id or self._rid(),
             ),
         )

@@ -42,6 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="alias whose version is compared on the same data (default champion; '-' for none)",
     )
     p.add_argument("--role", default="holdout", help="dataset role (default holdout)")
+    p.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        default="",
+        help="the model's task when its outputs leave it unclear (default: detected; a single "
+        "float output is a regressor unless the model also outputs labels)",
+    )
+    p.add_argument(
+        "--positive-class",
+        default="",
+        metavar="CLASS",
+        help="the class binary metrics and fairness call positive (default: the model's second "
+        "class)",
+    )
     p.add_argument("--wait", action="store_true", help="wait and print the report")
     p.add_argument(
         "--wait-timeout",
@@ -79,6 +93,8 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
             protected=args.protected,
             compare_to=args.compare_to,
             role=args.role,
+            task=args.task,
+            positive_class=args.positive_class,
         )
         if not args.wait:
             out.emit(op, columns=["operation", "target"], rows=[[op.name, op.target]])

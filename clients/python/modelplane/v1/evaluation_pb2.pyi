@@ -69,7 +69,7 @@ class Evaluation(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., dataset_role: _Optional[str] = ..., label: _Optional[str] = ..., task: _Optional[str] = ..., rows: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., slices: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fairness: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., validation: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., compared_version: _Optional[str] = ..., deltas: _Optional[_Mapping[str, float]] = ..., report_sha256: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., operation: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., compare_to: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("name", "dataset_sha256", "dataset_role", "label", "features", "slice_columns", "protected_columns", "compare_to", "request_id")
+    __slots__ = ("name", "dataset_sha256", "dataset_role", "label", "features", "slice_columns", "protected_columns", "compare_to", "request_id", "task", "positive_class")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     DATASET_ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class EvaluateRequest(_message.Message):
     PROTECTED_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     COMPARE_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_CLASS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset_sha256: str
     dataset_role: str
@@ -88,7 +90,9 @@ class EvaluateRequest(_message.Message):
     protected_columns: _containers.RepeatedScalarFieldContainer[str]
     compare_to: str
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., dataset_role: _Optional[str] = ..., label: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., slice_columns: _Optional[_Iterable[str]] = ..., protected_columns: _Optional[_Iterable[str]] = ..., compare_to: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    task: str
+    positive_class: str
+    def __init__(self, name: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., dataset_role: _Optional[str] = ..., label: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., slice_columns: _Optional[_Iterable[str]] = ..., protected_columns: _Optional[_Iterable[str]] = ..., compare_to: _Optional[str] = ..., request_id: _Optional[str] = ..., task: _Optional[str] = ..., positive_class: _Optional[str] = ...) -> None: ...
 
 class GetEvaluationRequest(_message.Message):
     __slots__ = ("name",)
