@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from modelplane.cli._logs_export import for_csv, write_out
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps
 
 
@@ -38,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--format",
         choices=("table", "csv", "parquet"),
         default="table",
-        help="table (default; JSON with --output json), csv, or parquet (needs --out)",
+        help=(
+            "table (default; JSON with --output json), csv (lists split into name[0], "
+            "name[1], ...; binary values as hex), or parquet (needs --out)"
+        ),
     )
     read.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     read.add_argument("--limit", type=int, metavar="N", help="only the first N records")
@@ -106,57 +111,47 @@ def _load(args: argparse.Namespace) -> Any:
     return table
 
 
-def _flat_for_csv(table: Any) -> Any:
-    """List columns split into ``name[0]``, ``name[1]``, ... (CSV holds scalars only)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    columns, names = [], []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_fixed_size_list(field.type):
-            for j in range(field.type.list_size):
-                columns.append(pc.list_element(column, j))
-                names.append(f"{field.name}[{j}]")
-        else:
-            columns.append(column)
-            names.append(field.name)
-    return pa.table(columns, names=names)
-
-
 def _read(args: argparse.Namespace, printer: Printer) -> int:
     table = _load(args)
-    if args.format == "parquet":
-        if not args.out:
-            raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, args.out)
-        printer.progress(f"wrote {table.num_rows} records to {args.out}")
+    if args.format == "parquet" and not args.out:
+        raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
+    if args.format == "table" and not args.out:
+        records = table.to_pylist()
+        printer.emit(
+            records,
+            columns=table.column_names,
+            rows=([r[c] for c in table.column_names] for r in records),
+            title=f"{table.num_rows} prediction records",
+        )
         return 0
-    if args.format == "csv":
-        import pyarrow.csv as pacsv
+    import pyarrow as pa
 
-        flat = _flat_for_csv(table)
+    try:
+        write = _writer(args.format, table)
         if args.out:
-            pacsv.write_csv(flat, args.out)
+            write_out(args.out, write)
             printer.progress(f"wrote {table.num_rows} records to {args.out}")
         else:
-            pacsv.write_csv(flat, sys.stdout.buffer)
+            write(sys.stdout.buffer)
             sys.stdout.flush()
-        return 0
-    records = table.to_pylist()
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(dumps(records))
-        printer.progress(f"wrote {table.num_rows} records to {args.out}")
-        return 0
-    printer.emit(
-        records,
-        columns=table.column_names,
-        rows=([r[c] for c in table.column_names] for r in records),
-        title=f"{table.num_rows} prediction records",
-    )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise CliError(f"cannot write these records as {args.format}: {exc}", EXIT_USAGE) from None
     return 0
+
+
+def _writer(fmt: str, table: Any) -> Callable[[BinaryIO], object]:
+    """What writes ``table`` in format ``fmt`` to a binary file."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return lambda fh: pq.write_table(table, fh)
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        flat = for_csv(table)
+        return lambda fh: pacsv.write_csv(flat, fh)
+    text = dumps(table.to_pylist()).encode("utf-8")
+    return lambda fh: fh.write(text)
 
 
 def _compact(args: argparse.Namespace, printer: Printer) -> int:
