@@ -1,9 +1,10 @@
 """Checking appended batches (caller side) and turning many of them into one RecordBatch.
 
-``prepare_*`` run on the caller's thread: they only check lengths and shapes and look up the
-column layout (planned once per shape). ``to_record_batch`` runs on the writer thread: it
-stacks the arrays of many appends with numpy and builds each column with one vectorised call,
-so its cost does not grow with Python work per row.
+``prepare_*`` run on the caller's thread: they only check lengths and shapes, escape text
+UTF-8 cannot encode (:mod:`sidecar.predlog.text`) and look up the column layout (planned once
+per shape). ``to_record_batch`` runs on the writer thread: it stacks the arrays of many
+appends with numpy and builds each column with one vectorised call, so its cost does not grow
+with Python work per row.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sidecar.predlog.records import (
     RejectedRequest,
     status_code_name,
 )
+from sidecar.predlog.text import safe_batch
 
 Kind = Literal["prediction", "rejected"]
 _SCALAR_TYPES = frozenset(
@@ -155,6 +157,7 @@ def prepare_batch(batch: PredictionBatch, cache: LayoutCache, now: float) -> Ent
         codes = [status_code_name(c) for c in codes_in]
     else:
         codes = status_code_name(codes_in)
+    batch = safe_batch(batch)
     key, layout = cache.get(batch.inputs, batch.outputs, batch.feature_names, True)
     return Entry(key, layout, "prediction", batch, codes, n_req, n_rows, now)
 
@@ -187,7 +190,8 @@ def prepare_rejected(request: RejectedRequest, cache: LayoutCache, now: float) -
         status_messages=request.message,
         feature_names=request.feature_names,
     )
-    key, layout = cache.get(decoded, {}, request.feature_names, False)
+    batch = safe_batch(batch)
+    key, layout = cache.get(batch.inputs, {}, request.feature_names, False)
     return Entry(("rejected", key), layout, "rejected", batch, code, 1, n_rows, now)
 
 

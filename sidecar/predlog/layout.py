@@ -171,3 +171,10 @@ def _check_unique(layout: Layout) -> None:
                 "leave it out of the log with --log-exclude-features"
             )
         seen.add(column)
+        try:
+            column.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"column name {column!r} of the prediction log is not valid UTF-8 text; "
+                "rename the feature or the tensor"
+            ) from None
