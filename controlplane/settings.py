@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from threading import TIMEOUT_MAX
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,7 +49,9 @@ class ControlPlaneSettings(BaseSettings):
     )
     workers: int = Field(
         1,
-        description="server processes sharing the port (SO_REUSEPORT); 0 means one per usable core",
+        ge=0,
+        description="server processes sharing the port (SO_REUSEPORT); 0 or auto means one per "
+        "usable core",
     )
     reuse_port: bool = Field(
         False, description="bind with SO_REUSEPORT (set for the processes that --workers starts)"
@@ -174,3 +176,9 @@ class ControlPlaneSettings(BaseSettings):
     report_retention_seconds: float = Field(
         3600.0, description="how long stored window reports are kept"
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        """``auto`` (as ``--workers auto`` takes it) is 0: one process per usable core."""
+        return 0 if isinstance(value, str) and value.strip().lower() == "auto" else value

@@ -360,3 +360,23 @@ def test_a_stop_signal_while_starting_stops_the_server_once_started(tmp_path: Pa
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize(("value", "workers"), [("auto", 0), ("AUTO", 0), ("0", 0), ("3", 3)])
+def test_the_workers_variable_takes_what_the_option_takes(
+    monkeypatch: pytest.MonkeyPatch, value: str, workers: int
+) -> None:
+    from controlplane.settings import ControlPlaneSettings
+
+    monkeypatch.setenv("MODELPLANE_WORKERS", value)
+    assert ControlPlaneSettings().workers == workers
+
+
+def test_a_negative_workers_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from controlplane.settings import ControlPlaneSettings
+
+    monkeypatch.setenv("MODELPLANE_WORKERS", "-2")
+    with pytest.raises(ValidationError, match="workers"):
+        ControlPlaneSettings()
