@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Serve one ONNX model over the Open Inference Protocol (--model), or the versions a "
             "deployment's desired state names (--control-plane ADDR --deployment NAME). Prints "
             'one JSON line on stdout once ready: {"event": "sidecar ready", "address": ..., '
-            '"port": ...}. Every option also reads MODELPLANE_SIDECAR_<OPTION>.'
+            '"port": ...}. Every option also reads MODELPLANE_SIDECAR_<OPTION>, except the '
+            "--log-* options, which read MODELPLANE_LOG_<OPTION> (MODELPLANE_LOG_DIR for "
+            "--log-dir)."
         ),
     )
     add = serve.add_argument
