@@ -199,3 +199,16 @@ def test_example_exits_4_when_a_tls_server_closes_the_connection(
     assert result.returncode == 4, result.stdout + result.stderr
     assert "UNAVAILABLE" in result.stderr
     assert "closed the connection before answering" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv", [["--model", "m", "--onnx", "m.onnx", "--bogus"], ["--model", "m"]]
+)
+def test_example_exits_2_on_a_usage_error(node_built: None, argv: list[str]) -> None:
+    # A mistyped option must not read as a failed gate (1) in a CI job.
+    result = subprocess.run(
+        ["node", str(EXAMPLE), *argv], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: register-and-gate" in result.stderr
+    assert "    at " not in result.stderr  # no stack trace

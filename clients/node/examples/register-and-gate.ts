@@ -6,7 +6,7 @@
  *       --model fraud --onnx model.onnx --target production [--as ci-bot]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 3 when the server answers an error (its status and reason are printed), 4 when it
+ * fails, 2 on a usage error (an unknown or missing option), 3 when the server answers an error (its status and reason are printed), 4 when it
  * cannot be reached (UNAVAILABLE: refused, reset, or a TLS handshake or certificate check that
  * failed), as the Go example and the `modelplane` CLI exit.
  */
@@ -15,18 +15,29 @@ import { parseArgs } from "node:util";
 import { Code } from "@connectrpc/connect";
 import { ModelplaneClient, ModelplaneError } from "../src/index.js";
 
+const USAGE =
+  "usage: register-and-gate --model MODEL --onnx FILE [--server HOST:PORT] [--target NAME] " +
+  "[--as PRINCIPAL]";
+
+const OPTIONS = {
+  server: { type: "string", default: process.env.MODELPLANE_SERVER ?? "127.0.0.1:50051" },
+  model: { type: "string" },
+  onnx: { type: "string" },
+  target: { type: "string", default: "production" },
+  as: { type: "string", default: "ci" },
+} as const;
+
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      server: { type: "string", default: process.env.MODELPLANE_SERVER ?? "127.0.0.1:50051" },
-      model: { type: "string" },
-      onnx: { type: "string" },
-      target: { type: "string", default: "production" },
-      as: { type: "string", default: "ci" },
-    },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({ options: OPTIONS }));
+  } catch (err) {
+    // A mistyped option is a usage error (2), not a failed gate (1).
+    console.error(`error: ${err instanceof Error ? err.message : String(err)}\n${USAGE}`);
+    return 2;
+  }
   if (!values.model || !values.onnx) {
-    console.error("usage: register-and-gate --model MODEL --onnx FILE [--server HOST:PORT]");
+    console.error(USAGE);
     return 2;
   }
   const client = new ModelplaneClient(values.server, { principal: values.as });
