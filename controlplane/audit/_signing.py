@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from controlplane.audit._canonical import canonical_json, utc_text
+from controlplane.audit._canonical import checkpoint_payload, utc_text
 from controlplane.audit._chain import head
 from controlplane.store import Store
 from modelplane.errors import FailedPrecondition, InvalidArgument
@@ -113,15 +113,7 @@ class Checkpoint:
 
     def payload(self) -> bytes:
         """The bytes the signature covers."""
-        return canonical_json(
-            {
-                "v": 1,
-                "seq": self.seq,
-                "head_hash": self.head_hash,
-                "time": utc_text(self.time),
-                "key_id": self.key_id,
-            }
-        )
+        return checkpoint_payload(self.seq, self.head_hash, self.time, self.key_id)
 
     def signature_valid(self, public_key: PublicKeyLike) -> bool:
         """Whether the signature is ``public_key``'s over :meth:`payload`."""

@@ -7,7 +7,9 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from modelplane.audit_chain import CheckpointClaim, verify_export
 from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
@@ -42,8 +44,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(handler=_checkpoint)
 
-    v = s.add_parser("verify", help="recompute the chain (exit 1 naming the first broken event)")
+    v = s.add_parser(
+        "verify",
+        help="recompute the chain on the server, or an export file offline (exit 1 naming the "
+        "first broken event)",
+    )
     v.add_argument("--checkpoint", type=Path, help="a checkpoint saved earlier")
+    v.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="check this `audit export` file here, without the server",
+    )
+    v.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PEM",
+        help="with --export and --checkpoint: the server's public key as `keys show` prints it, "
+        "to check the checkpoint's signature (needs the cryptography package)",
+    )
     v.set_defaults(handler=_verify)
 
 
@@ -117,7 +136,8 @@ def _checkpoint(args: argparse.Namespace, out: Printer) -> int:
 _CHECKPOINT_TEXT = ("head_hash", "time", "key_id", "signature")
 
 
-def _load(path: Path) -> audit_pb2.Checkpoint:
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint file's JSON object, its fields of the right types; exit 2 otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -128,12 +148,26 @@ def _load(path: Path) -> audit_pb2.Checkpoint:
             raise TypeError("seq is not a whole number >= 0")
         if not all(isinstance(t, str) for t in texts):
             raise TypeError(f"{', '.join(_CHECKPOINT_TEXT)} must be text")
-        return audit_pb2.Checkpoint(seq=seq, **dict(zip(_CHECKPOINT_TEXT, texts, strict=True)))
+        return {"seq": seq, **dict(zip(_CHECKPOINT_TEXT, texts, strict=True))}
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
 
 
+def _load(path: Path) -> audit_pb2.Checkpoint:
+    try:
+        return audit_pb2.Checkpoint(**_read_checkpoint(path))
+    except ValueError as exc:  # a seq past int64
+        raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
+
+
 def _verify(args: argparse.Namespace, out: Printer) -> int:
+    if args.export is not None:
+        return _verify_export(args, out)
+    if args.public_key is not None:
+        raise CliError(
+            "--public-key goes with --export: the server checks a checkpoint with its own key",
+            EXIT_USAGE,
+        )
     checkpoint = _load(args.checkpoint) if args.checkpoint else None
     with server_errors(), client(args) as c:
         r = c.verify_audit(checkpoint)
@@ -157,4 +191,63 @@ def _verify(args: argparse.Namespace, out: Printer) -> int:
         out.progress(r.message)
     elif not r.ok:
         out.progress(f"audit chain broken at event {r.first_bad_seq}: {r.message}")
+    return EXIT_OK if r.ok else EXIT_CHECK_FAILED
+
+
+def _verify_export(args: argparse.Namespace, out: Printer) -> int:
+    """``audit verify --export FILE``: check the file here; no server is asked."""
+    checkpoint = None
+    if args.checkpoint is not None:
+        try:
+            checkpoint = CheckpointClaim.from_dict(_read_checkpoint(args.checkpoint))
+        except ValueError as exc:
+            raise CliError(
+                f"--checkpoint {args.checkpoint}: not a checkpoint file ({exc})", EXIT_USAGE
+            ) from None
+    public_key = None
+    if args.public_key is not None:
+        if checkpoint is None:
+            raise CliError("--public-key checks a checkpoint: give --checkpoint too", EXIT_USAGE)
+        try:
+            public_key = args.public_key.read_bytes()
+        except OSError as exc:
+            raise CliError(
+                f"--public-key {args.public_key}: {exc.strerror or exc}", EXIT_USAGE
+            ) from None
+    try:
+        r = verify_export(args.export, checkpoint, public_key)
+    except OSError as exc:
+        raise CliError(f"--export {args.export}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CliError(f"--public-key {args.public_key}: {exc}", EXIT_USAGE) from None
+    out.emit(
+        {"export": str(args.export), **r.to_dict()},
+        columns=[
+            "ok",
+            "checked",
+            "head_seq",
+            "first_bad_line",
+            "first_bad_seq",
+            "problem",
+            "signature",
+            "message",
+        ],
+        rows=[
+            [
+                r.ok,
+                r.checked,
+                r.head_seq,
+                r.first_bad_line or "",
+                "" if r.first_bad_seq is None else r.first_bad_seq,
+                r.problem,
+                r.signature,
+                r.message,
+            ]
+        ],
+    )
+    if r.problem == "CHECKPOINT_SIGNATURE_INVALID":
+        out.progress(r.message)
+    elif not r.ok:
+        where = f"line {r.first_bad_line}" if r.first_bad_line else str(args.export)
+        out.progress(f"audit export broken at {where}: {r.message}")
     return EXIT_OK if r.ok else EXIT_CHECK_FAILED
