@@ -15,6 +15,7 @@ from modelplane import Client
 from modelplane.errors import InvalidArgument, NotFound, ResourceExhausted
 from modelplane.testing.processes import controlplane
 from modelplane.v1 import operations_pb2
+from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +50,8 @@ def test_operation_requests_the_database_cannot_take_are_refused(
         with pytest.raises(InvalidArgument) as err:
             c.list_operations(target="models/m\x00/versions/1")
         assert "target" in err.value.message and "control character" in err.value.message
-        assert c.list_operations(target="models/m/versions/1").operations == []
+        # (The PostgreSQL database is shared with other tests: a model no other test names.)
+        assert c.list_operations(target=f"models/{unique()}/versions/1").operations == []
         for seconds in (2**62, -(2**62)):
             request = operations_pb2.WaitOperationRequest(name="operations/nope")
             request.timeout.seconds = seconds
