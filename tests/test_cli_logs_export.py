@@ -18,6 +18,8 @@ from modelplane.cli import main
 from sidecar.predlog import PredictionBatch, PredictionLogSettings, open_prediction_log
 
 REPO = Path(__file__).resolve().parents[1]
+#: Two rows of two features.
+X2 = np.arange(4, dtype=np.float32).reshape(2, 2)
 
 # The CLI with a file size limit: writing past it fails with EFBIG (Python ignores SIGXFSZ).
 LIMITED_CLI = """
@@ -117,3 +119,37 @@ def test_a_failed_write_leaves_an_earlier_out_file_as_it_was(tmp_path: Path, fmt
     if fmt == "parquet":
         assert pq.read_table(out).num_rows == 500
     assert list(out.parent.iterdir()) == [out]
+
+
+def test_out_dev_stdout_writes_into_the_pipe_or_redirect_as_it_is(tmp_path: Path) -> None:
+    log = _write(tmp_path / "log", PredictionBatch("m", "1", ["a", "b"], [1, 1], {"x": X2}))
+    cli = [sys.executable, "-m", "modelplane.cli", "logs", "read", str(log), "--format", "csv"]
+    piped = subprocess.run(
+        [*cli, "--out", "/dev/stdout"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert [row["request_id"] for row in _csv(piped.stdout)] == ["a", "b"]
+    # A shell redirect shared with other writers keeps what they wrote around the export.
+    combined = tmp_path / "combined.csv"
+    script = f"echo header; {' '.join(cli)} --out /dev/stdout; echo trailer"
+    shell = subprocess.run(
+        ["bash", "-c", f"{{ {script}; }} > {combined}"], cwd=REPO, timeout=60, text=True
+    )
+    assert shell.returncode == 0
+    lines = combined.read_text().splitlines()
+    assert lines[0] == "header" and lines[-1] == "trailer" and len(lines) == 2 + 1 + 2
+
+
+def test_out_through_a_symlink_replaces_its_file_and_keeps_permissions(tmp_path: Path) -> None:
+    log = _write(tmp_path / "log", PredictionBatch("m", "1", ["a"], [1], {"x": X2[:1]}))
+    real = tmp_path / "exports" / "latest.csv"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    real.chmod(0o600)
+    link = tmp_path / "latest.csv"
+    link.symlink_to(real)
+    assert main(["logs", "read", str(log), "--format", "csv", "--out", str(link)]) == 0
+    assert link.is_symlink()
+    assert [row["request_id"] for row in _csv(real.read_text())] == ["a"]
+    assert (real.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in real.parent.iterdir()) == ["latest.csv"]

@@ -3,14 +3,11 @@ files that appear only once complete. pyarrow is imported by the functions that 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-import uuid
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from modelplane.cli._output import dumps
+from modelplane.files import replaced_atomically
 
 
 def for_csv(table: Any) -> Any:
@@ -78,26 +75,8 @@ def _is_binary(kind: Any) -> bool:
 
 
 def write_out(out: str, write: Callable[[BinaryIO], object]) -> None:
-    """Write the file ``out`` with ``write`` so that it appears only once complete.
-
-    The bytes go to a hidden temporary file beside it that is renamed over ``out`` at the
-    end; when writing fails the temporary is removed and an earlier ``out`` is left as it
-    was. A path that is not a regular file (``/dev/stdout``, a pipe) is written directly.
-    """
-    final = os.path.realpath(out)
-    if os.path.exists(final) and not os.path.isfile(final):
-        with open(final, "wb") as fh:
-            write(fh)
-        return
-    folder, name = os.path.split(final)
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "xb") as fh:
-            write(fh)
-        if os.path.exists(final):
-            os.chmod(temporary, stat.S_IMODE(os.stat(final).st_mode))
-        os.replace(temporary, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    """Write the file ``out`` with ``write`` so that it appears only once complete (see
+    :func:`modelplane.files.replaced_atomically`; ``/dev/stdout`` or a pipe is written
+    directly)."""
+    with replaced_atomically(out) as fh:
+        write(fh)
