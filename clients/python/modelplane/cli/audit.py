@@ -132,30 +132,24 @@ def _checkpoint(args: argparse.Namespace, out: Printer) -> int:
     return 0
 
 
-#: The text fields of a checkpoint file, besides its integer ``seq``.
-_CHECKPOINT_TEXT = ("head_hash", "time", "key_id", "signature")
+#: The fields of a checkpoint file.
+_CHECKPOINT_FIELDS = ("seq", "head_hash", "time", "key_id", "signature")
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint file's JSON object, its fields of the right types; exit 2 otherwise."""
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], CheckpointClaim]:
+    """The checkpoint file's fields as written, and what they claim; exit 2 unless it is one
+    (checked by :meth:`CheckpointClaim.from_dict`)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise TypeError("not a JSON object")
-        seq, texts = data["seq"], [data[name] for name in _CHECKPOINT_TEXT]
-        # bool is an int to Python; a checkpoint's seq is a whole JSON number.
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise TypeError("seq is not a whole number >= 0")
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"{', '.join(_CHECKPOINT_TEXT)} must be text")
-        return {"seq": seq, **dict(zip(_CHECKPOINT_TEXT, texts, strict=True))}
-    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        claim = CheckpointClaim.from_dict(data)
+    except (OSError, ValueError, OverflowError) as exc:
         raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
+    return {name: data[name] for name in _CHECKPOINT_FIELDS}, claim
 
 
 def _load(path: Path) -> audit_pb2.Checkpoint:
     try:
-        return audit_pb2.Checkpoint(**_read_checkpoint(path))
+        return audit_pb2.Checkpoint(**_read_checkpoint(path)[0])
     except ValueError as exc:  # a seq past int64
         raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
 
@@ -196,14 +190,7 @@ def _verify(args: argparse.Namespace, out: Printer) -> int:
 
 def _verify_export(args: argparse.Namespace, out: Printer) -> int:
     """``audit verify --export FILE``: check the file here; no server is asked."""
-    checkpoint = None
-    if args.checkpoint is not None:
-        try:
-            checkpoint = CheckpointClaim.from_dict(_read_checkpoint(args.checkpoint))
-        except ValueError as exc:
-            raise CliError(
-                f"--checkpoint {args.checkpoint}: not a checkpoint file ({exc})", EXIT_USAGE
-            ) from None
+    checkpoint = _read_checkpoint(args.checkpoint)[1] if args.checkpoint is not None else None
     public_key = None
     if args.public_key is not None:
         if checkpoint is None:
