@@ -130,9 +130,15 @@ def read_spec(pod: Mapping[str, Any], deployment: str, default_control_plane: st
     return SidecarSpec(deployment, control_plane, port, resources, gpus)
 
 
+def is_digits(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (``str.isdigit`` also takes ``²`` and ``٣``, which
+    ``int`` refuses or reads otherwise)."""
+    return _DIGITS.fullmatch(text) is not None
+
+
 def is_number(text: str) -> bool:
     """Whether ``text`` is ASCII digits only (at most 18 of them, so that ``int`` takes it)."""
-    return len(text) <= 18 and _DIGITS.fullmatch(text) is not None
+    return len(text) <= 18 and is_digits(text)
 
 
 def is_grpc_address(value: str) -> bool:

@@ -10,7 +10,6 @@ length or content type.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import ssl
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from controlplane.injector.annotations import is_digits
 from controlplane.injector.review import BadReview, answer_review
 from controlplane.injector.settings import InjectorSettings
 from controlplane.injector.tls import ReloadingContext
@@ -34,7 +34,6 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 #: Stands for a Content-Length too long to read as a number (over 18 digits).
 _TOO_LONG = 10**18
 # str.isdigit() takes "²" and other digits that int() and HTTP do not.
-_DIGITS = re.compile(r"[0-9]+")
 
 
 class _Server(ThreadingHTTPServer):
@@ -153,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _content_length(self) -> int | None:
         """The Content-Length in bytes; ``None`` when it is missing or not ASCII digits."""
         text = (self.headers.get("Content-Length") or "").strip()
-        if _DIGITS.fullmatch(text) is None:
+        if not is_digits(text):
             return None
         digits = text.lstrip("0") or "0"
         # int() refuses thousands of digits; any length of 19 or more is too large anyway.
