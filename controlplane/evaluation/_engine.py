@@ -18,6 +18,7 @@ from controlplane.evaluation._grouping import Groups, cap_groups, group_rows
 from controlplane.evaluation._inputs import check_types, plan_inputs
 from controlplane.evaluation._labels import encode_classes, regression_targets
 from controlplane.evaluation._model import (
+    ModelGraph,
     check_signature,
     open_session,
     plan_outputs,
@@ -106,12 +107,22 @@ def _slices(
     return out
 
 
+_BOOLEAN_SPELLINGS = {"true": True, "1": True, "false": False, "0": False}
+
+
 def _positive_index(classes: list[Any], positive_class: Any) -> int:
+    """The index of ``positive_class`` in ``classes``; boolean classes take true/false in any
+    letter case, or 1/0."""
     if positive_class is None:
         return 1
-    for i, c in enumerate(classes):
-        if c == positive_class or str(c) == str(positive_class):
-            return i
+    if classes and all(isinstance(c, bool) for c in classes):
+        wanted = _BOOLEAN_SPELLINGS.get(str(positive_class).strip().lower())
+        if wanted is not None and wanted in classes:
+            return classes.index(wanted)
+    else:
+        for i, c in enumerate(classes):
+            if c == positive_class or str(c) == str(positive_class):
+                return i
     raise invalid(
         "UNKNOWN_POSITIVE_CLASS",
         f"positive class {positive_class!r} is not one of the model's classes {classes}",
@@ -211,7 +222,8 @@ def evaluate(
         signature = session_signature(session)
     else:
         check_signature(signature, session)
-    plan = plan_outputs(signature.outputs, task, output)
+    graph = ModelGraph(onnx_bytes)
+    plan = plan_outputs(signature.outputs, task, output, graph.producer)
     if protected and plan.task == "regression":
         raise invalid("FAIRNESS_NEEDS_BINARY", "fairness metrics need a binary classifier")
     known = [label, *slices, *protected]
@@ -244,6 +256,18 @@ def evaluate(
                 "'regression' or 'classification' (positive-class probability)",
             )
     warnings: list[EvaluationWarning] = []
+    if plan.unused_labels:
+        warnings.append(
+            EvaluationWarning(
+                "REGRESSION_ASSUMED",
+                f"output {plan.score!r} was read as a regression prediction: it is not made "
+                "by Sigmoid or Softmax, its name does not contain 'prob', and no label output "
+                f"is named '*label*'; the outputs {list(plan.unused_labels)} were not read as "
+                "class labels. If the model is a binary classifier and the column the "
+                "positive-class probability, set the task to 'classification'",
+                "model",
+            )
+        )
     fairness: dict[str, FairnessReport] = {}
     if positive_class is not None and resolved == "regression":
         raise _positive_needs_binary("this is a regression")
@@ -266,7 +290,7 @@ def evaluate(
         positive_value = None
     else:
         proba = probabilities(raw.scores, plan.score, warnings)
-        class_list = resolve_classes(onnx_bytes, proba, raw.labels, classes, warnings)
+        class_list = resolve_classes(graph, proba, raw.labels, classes, warnings)
         y_idx = encode_classes(label_column, label, class_list)
         if positive_class is not None and proba.shape[1] != 2:
             raise _positive_needs_binary(f"this model has {proba.shape[1]} classes")

@@ -2,7 +2,9 @@
 
 Classification labels are matched to the model's class list (probability-column order):
 integer classes accept integer labels, integral floats and booleans (``true`` is 1); string
-classes accept strings, and integers or booleans by their string form (``1``, ``true``).
+classes accept strings, and integers or booleans by their string form (``1``, ``true``);
+boolean classes (a model's boolean label output) accept booleans, ``true``/``false`` text in
+any letter case, and the numbers 1 and 0.
 Dates, times, timestamps, durations and intervals are not class labels (INVALID_LABEL_TYPE);
 nulls and NaN are missing labels (MISSING_LABELS); UNKNOWN_LABELS lists only the values that
 match no class.
@@ -69,8 +71,27 @@ def _as_class_type(column: pa.ChunkedArray, classes: Sequence[int] | Sequence[st
     return pc.cast(combined, pa.int64())
 
 
+_BOOLEAN_TEXT = pa.array(["false", "true", "0", "1"])
+
+
+def _boolean_indices(column: pa.ChunkedArray, label: str, classes: Sequence[bool]) -> np.ndarray:
+    """Each label's index in the boolean ``classes``."""
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    text = category_strings(combined)
+    found = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=_BOOLEAN_TEXT)
+    if found.null_count:
+        unknown = pc.unique(pc.filter(combined, pc.is_null(found))).to_pylist()
+        raise _unknown(label, unknown, classes)
+    truth = np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64) % 2 == 1
+    position = {c: i for i, c in enumerate(classes)}
+    absent: list[object] = [v for v in (False, True) if v not in position and np.any(truth == v)]
+    if absent:
+        raise _unknown(label, absent, classes)
+    return np.where(truth, position.get(True, -1), position.get(False, -1)).astype(np.int64)
+
+
 def encode_classes(
-    column: pa.ChunkedArray, label: str, classes: Sequence[int] | Sequence[str]
+    column: pa.ChunkedArray, label: str, classes: Sequence[int] | Sequence[str] | Sequence[bool]
 ) -> np.ndarray:
     """Each label's index in ``classes`` (int64); UNKNOWN_LABELS names values with no class."""
     _no_nulls(column, label)
@@ -83,8 +104,10 @@ def encode_classes(
             "duration",
             label=label,
         )
+    if classes and all(isinstance(c, bool) for c in classes):
+        return _boolean_indices(column, label, classes)  # type: ignore[arg-type]
     try:
-        values = _as_class_type(column, classes)
+        values = _as_class_type(column, classes)  # type: ignore[arg-type]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         combined = column.combine_chunks()
         if pa.types.is_dictionary(combined.type):

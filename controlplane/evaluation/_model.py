@@ -4,23 +4,29 @@ Task detection, from the signature's outputs (``task=None``):
 
 * a float output ``[-1, C]`` with ``C >= 2`` (or a dynamic ``C`` that turns out ``>= 2``)
   makes a classifier; its columns are class probabilities in class order;
-* otherwise exactly one float output ``[-1]`` or ``[-1, 1]`` makes a binary classifier when
-  the model also has a label output (below): the column is the probability of the second
-  class, as a sigmoid head exported from torch or keras gives it; without a label output it
-  makes a regressor.
+* otherwise exactly one float output ``[-1]`` or ``[-1, 1]`` makes a binary classifier, the
+  column being the probability of the second class (as a sigmoid head exported from torch or
+  keras gives it), when it is a probability by the rule the managed sidecar applies too
+  (:mod:`modelplane.output_kinds`): the graph node producing it is ``Sigmoid`` or
+  ``Softmax``, or its name contains ``prob``; or when the model has a label output (below)
+  whose name contains ``label`` (``label``, ``output_label``, ``predicted_label``). Otherwise
+  it makes a regressor, also beside other integer, string or boolean outputs (a ``count``
+  rounded from the prediction); the report then warns (REGRESSION_ASSUMED) that setting the
+  task to classification reads the column as a probability instead.
 
 ``task="classification"`` also accepts one float column ``[-1]`` / ``[-1, 1]`` as the
 probability of the second class of a binary problem; ``task="regression"`` reads it as the
 prediction even when a label output exists. When several outputs qualify, the one named
 ``probabilities`` / ``probability`` / ``output_probability`` wins, or the caller names it.
 A classifier's labels come from an integer, string or boolean output ``[-1]`` / ``[-1, 1]``
-(skl2onnx's ``label``).
+(skl2onnx's ``label``; among several, ``label``, ``output_label``, or the only one whose name
+contains ``label``). A boolean label output makes the classes ``[False, True]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,7 @@ from onnx import numpy_helper
 
 from controlplane.domain import Signature, TensorSpec
 from controlplane.evaluation._errors import invalid
+from modelplane.output_kinds import column_is_classifier, is_label_name, output_producers
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
 LABEL_DATATYPES = frozenset(
@@ -117,15 +124,27 @@ def _pick(candidates: list[TensorSpec], preferred: Sequence[str]) -> TensorSpec 
 @dataclass(frozen=True)
 class OutputPlan:
     """Which output holds the scores, which the labels, and the task (None: decided by the
-    width of the score output once it has run)."""
+    width of the score output once it has run); ``unused_labels`` are the integer, string or
+    boolean outputs of a model detected as a regressor."""
 
     task: str | None
     score: str
     label: str | None
+    unused_labels: tuple[str, ...] = field(default=())
 
 
-def plan_outputs(outputs: list[TensorSpec], task: str | None, output: str | None) -> OutputPlan:
-    """Choose the score and label outputs for ``task`` (see the module docstring)."""
+def _no_producer(name: str) -> str:
+    return ""
+
+
+def plan_outputs(
+    outputs: list[TensorSpec],
+    task: str | None,
+    output: str | None,
+    producer: Callable[[str], str] = _no_producer,
+) -> OutputPlan:
+    """Choose the score and label outputs for ``task`` (see the module docstring);
+    ``producer`` gives the op type of the node making an output (``ModelGraph.producer``)."""
     floats = [o for o in outputs if o.datatype in FLOAT_DATATYPES]
     matrices = [o for o in floats if len(o.shape) == 2 and o.shape[1] != 1]
     columns = [o for o in floats if _is_column(o)]
@@ -142,13 +161,18 @@ def plan_outputs(outputs: list[TensorSpec], task: str | None, output: str | None
         matrices = [o for o in matrices if o.name == output]
         columns = [o for o in columns if o.name == output]
     labels = [o for o in outputs if o.datatype in LABEL_DATATYPES and _is_column(o)]
+    unused: tuple[str, ...] = ()
     if task is None:
         if matrices:
             chosen = _pick(matrices, _PREFERRED_SCORES)
             resolved = "classification" if chosen and chosen.shape[1] > 1 else None
         elif len(columns) == 1:
             chosen = columns[0]
-            resolved = "classification" if labels else "regression"
+            names = [o.name for o in labels]
+            is_classifier = column_is_classifier(chosen.name, producer(chosen.name), names)
+            resolved = "classification" if is_classifier else "regression"
+            if not is_classifier and names:
+                unused = tuple(names)
         else:
             chosen, resolved = None, None
     elif task == "classification":
@@ -167,38 +191,69 @@ def plan_outputs(outputs: list[TensorSpec], task: str | None, output: str | None
         )
     label = None
     if resolved != "regression":
-        picked = _pick(labels, _PREFERRED_LABELS)
+        picked = _pick(labels, _PREFERRED_LABELS) or _pick(
+            [o for o in labels if is_label_name(o.name)], ()
+        )
         label = picked.name if picked else None
-    return OutputPlan(resolved, chosen.name, label)
+    return OutputPlan(resolved, chosen.name, label, unused)
 
 
-def _decode(values: list[Any]) -> list[int] | list[str]:
+def _decode(values: list[Any]) -> list[int] | list[str] | list[bool]:
     if values and isinstance(values[0], bytes):
         return [v.decode("utf-8") for v in values]
     if values and isinstance(values[0], str):
         return [str(v) for v in values]
+    if values and isinstance(values[0], bool | np.bool_):
+        return [bool(v) for v in values]
     return [int(v) for v in values]
 
 
-def graph_classes(onnx_bytes: bytes, width: int) -> list[int] | list[str] | None:
-    """The class labels the graph carries, in probability-column order, if it names exactly
-    one list of ``width`` labels: a classifier node's ``classlabels_*`` attribute, or the
-    constant table an ``ArrayFeatureExtractor`` maps the arg-max through."""
-    model = onnx.load_from_string(onnx_bytes)
-    inits = {i.name: i for i in model.graph.initializer}
-    found: set[tuple[Any, ...]] = set()
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.name in ("classlabels_ints", "classlabels_int64s") and attr.ints:
-                found.add(tuple(_decode(list(attr.ints))))
-            elif attr.name == "classlabels_strings" and attr.strings:
-                found.add(tuple(_decode(list(attr.strings))))
-        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in inits:
-            table = numpy_helper.to_array(inits[node.input[0]]).ravel()
-            if table.dtype.kind in "iuSUO":
-                found.add(tuple(_decode(table.tolist())))
-    fitting = [c for c in found if len(c) == width]
-    return list(fitting[0]) if len(fitting) == 1 else None  # type: ignore[return-value]
+class ModelGraph:
+    """What evaluation reads from the ONNX graph itself, parsed once when first asked: the
+    op type producing each graph output, and the class-label tables the graph carries (a
+    classifier node's ``classlabels_*`` attribute, or the constant table an
+    ``ArrayFeatureExtractor`` maps the arg-max through). A graph the onnx package cannot
+    parse has neither."""
+
+    def __init__(self, onnx_bytes: bytes) -> None:
+        self._bytes = onnx_bytes
+        self._producers: dict[str, str] = {}
+        self._tables: list[tuple[Any, ...]] | None = None
+
+    def _load(self) -> list[tuple[Any, ...]]:
+        if self._tables is not None:
+            return self._tables
+        self._tables = []
+        try:
+            model = onnx.load_from_string(self._bytes)
+        except Exception:
+            return self._tables
+        self._producers = output_producers(model.graph)
+        inits = {i.name: i for i in model.graph.initializer}
+        found: set[tuple[Any, ...]] = set()
+        for node in model.graph.node:
+            for attr in node.attribute:
+                if attr.name in ("classlabels_ints", "classlabels_int64s") and attr.ints:
+                    found.add(tuple(_decode(list(attr.ints))))
+                elif attr.name == "classlabels_strings" and attr.strings:
+                    found.add(tuple(_decode(list(attr.strings))))
+            if node.op_type == "ArrayFeatureExtractor" and node.input[0] in inits:
+                table = numpy_helper.to_array(inits[node.input[0]]).ravel()
+                if table.dtype.kind in "iuSUO":
+                    found.add(tuple(_decode(table.tolist())))
+        self._tables = sorted(found, key=repr)
+        return self._tables
+
+    def producer(self, output: str) -> str:
+        """The op type of the node producing graph output ``output`` ("" if none)."""
+        self._load()
+        return self._producers.get(output, "")
+
+    def classes(self, width: int) -> list[int] | list[str] | None:
+        """The class labels in probability-column order, if the graph names exactly one list
+        of ``width`` labels."""
+        fitting = [c for c in self._load() if len(c) == width]
+        return list(fitting[0]) if len(fitting) == 1 else None
 
 
 def observed_classes(labels: np.ndarray, argmax: np.ndarray, width: int) -> list[Any] | None:

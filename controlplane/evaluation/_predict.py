@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from controlplane.evaluation._errors import EvaluationWarning, invalid
 from controlplane.evaluation._inputs import InputPlan, build_feeds
-from controlplane.evaluation._model import OutputPlan, graph_classes, observed_classes
+from controlplane.evaluation._model import ModelGraph, OutputPlan, observed_classes
 
 #: Share of the progress scale that inference covers; the metrics take the rest.
 INFERENCE_SHARE = 0.9
@@ -188,7 +188,7 @@ def _renormalised(p: np.ndarray, name: str, warnings: list[EvaluationWarning]) -
 
 
 def resolve_classes(
-    onnx_bytes: bytes,
+    graph: ModelGraph,
     proba: np.ndarray,
     labels: np.ndarray | None,
     given: Sequence[Any] | None,
@@ -198,7 +198,9 @@ def resolve_classes(
 
     In order of preference: ``given``; the graph's class table; the classes read off the label
     output of this run; ``0..k-1`` when the model has no label output, or when its integer
-    labels agree with the column index wherever seen. CLASSES_UNKNOWN otherwise.
+    labels agree with the column index wherever seen. A boolean label output gives
+    ``[False, True]`` unless the run shows the columns the other way round. CLASSES_UNKNOWN
+    otherwise.
     """
     k = proba.shape[1]
     if given is not None:
@@ -211,9 +213,12 @@ def resolve_classes(
     if labels is None:
         return list(range(k))
     argmax = np.argmax(proba, axis=1)
-    classes = graph_classes(onnx_bytes, k) or observed_classes(labels, argmax, k)
-    if classes is None and labels.dtype.kind in "iub" and np.all(labels == argmax):
-        classes = list(range(k))
+    if labels.dtype.kind == "b":
+        classes = observed_classes(labels, argmax, k) or ([False, True] if k == 2 else None)
+    else:
+        classes = graph.classes(k) or observed_classes(labels, argmax, k)
+        if classes is None and labels.dtype.kind in "iu" and np.all(labels == argmax):
+            classes = list(range(k))
     if classes is None:
         raise invalid(
             "CLASSES_UNKNOWN",

@@ -14,9 +14,13 @@ proto's ``Histogram`` says.
 The *label rule* turns the first output into a predicted label: argmax over the last axis
 for ``[-1, K]`` float scores (K >= 2), ``score >= 0.5`` for ``[-1]``/``[-1, 1]`` probabilities
 (an output made by Sigmoid or Softmax, or named ``*prob*``), the value itself for integer
-outputs (whose scores then come from a second, float output when there is one). Any other
-``[-1]``/``[-1, 1]`` float output is a regression value: no label; a prediction is correct,
-and a shadow pair agrees, while the relative difference stays within the tolerance.
+outputs (whose scores then come from a second, float output when there is one). A first
+``[-1]``/``[-1, 1]`` float output that is no probability is a classifier's score too when an
+integer or boolean column output is named as a label (``*label*``): that output gives the
+labels. Which float column is a probability, and which output a label, is the control plane
+evaluation's rule too (:mod:`modelplane.output_kinds`). Any other ``[-1]``/``[-1, 1]`` float
+output is a regression value: no label; a prediction is correct, and a shadow pair agrees,
+while the relative difference stays within the tolerance.
 
 An arm's summary counts predicted labels by value, at most :data:`MAX_LABELS` of them (what
 the control plane takes): the most frequent of the window, ties going to the smaller label.
@@ -32,6 +36,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from modelplane.output_kinds import is_label_name, is_probability, output_producers
 from modelplane.v1 import deployments_pb2 as dpb
 from sidecar.signature import Signature, TensorSpec
 
@@ -193,8 +198,7 @@ def _producer_ops(path: Path | None) -> dict[str, str]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         return {}
-    made = {out: node.op_type for node in model.graph.node for out in node.output}
-    return {o.name: made.get(o.name, "") for o in model.graph.output}
+    return output_producers(model.graph)
 
 
 def _column(spec: TensorSpec) -> bool:
@@ -240,8 +244,11 @@ class OutputRule:
             return cls(first.name, "argmax", first.name, mode, PROBABILITY)
         if floats and _column(first):
             op = _producer_ops(path).get(first.name, "")
-            if op in ("Sigmoid", "Softmax") or "prob" in first.name.lower():
+            if is_probability(first.name, op):
                 return cls(first.name, "threshold", first.name, "value", PROBABILITY)
+            for spec in signature.outputs[1:]:
+                if spec.dtype.kind in "iub" and _column(spec) and is_label_name(spec.name):
+                    return cls(spec.name, "value", first.name, "value", PROBABILITY)
             return cls(None, "", first.name, "value", REGRESSION)
         return cls()
 
