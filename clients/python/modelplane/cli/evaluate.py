@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         choices=["classification", "regression"],
         default="",
         help="the model's task when its outputs leave it unclear (default: detected; a single "
-        "float output is a regressor unless the model also outputs labels)",
+        "float output is a probability, so a classifier, when a Sigmoid or Softmax makes it or "
+        "its name says prob, or when another output's name says label; else a regressor)",
     )
     p.add_argument(
         "--positive-class",
