@@ -74,6 +74,8 @@ class Decoded:
 
     arrays: dict[str, np.ndarray[Any, Any]]
     outputs: tuple[str, ...]
+    #: The first dim the inputs that count rows share (``TensorSpec.per_row``); 1 when they
+    #: disagree or there is none.
     rows: int
     key: tuple[Any, ...] | None
     request_id: str
@@ -349,7 +351,7 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
             count = _check_shape(spec, shape, limits)
         if tensor.parameters:
             _check_parameters(tensor.parameters, f"input {name!r}")
-        if spec.rank:
+        if spec.per_row:
             if rows == -1:
                 rows = first
             elif rows != first:

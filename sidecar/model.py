@@ -15,9 +15,15 @@ every request in it is answered only once that append's ticket completes (writte
 fsynced); a log that has failed fails the request with UNAVAILABLE, records the log cannot
 take at all (clashing column names) fail it with INTERNAL (``PREDICTION_LOG_REJECTED``).
 
-An output that is not one row per input row (a scalar, or a first dim that is fixed) is
-recorded repeated on each row of its request; such a model never batches, since its
-signature is not batchable.
+Records hold one row per request row. An output that is not one row per input row (a
+scalar, or a first dim that is fixed) is recorded repeated on each row of its request; one
+whose first dim varies but turns out to differ from the request's rows is left out of that
+request's record (repeated, it would change its column's type from record to record). An
+input that is not one row per request row (a scalar, a fixed first dim, a first dim named
+apart from the rows': see :class:`sidecar.signature.Signature`) is left out of the records,
+and so is every input of a request whose row inputs disagree on the rows (it counts as one
+row). A model with such a tensor never batches, nor one whose outputs may change size with
+the values in a batch (``Signature.unbatchable``).
 """
 
 from __future__ import annotations
@@ -78,18 +84,32 @@ class ServingModel:
         #: Whether a request sent without an id must be given one (something records ids).
         self.needs_ids = self.observers.needs_ids or sync_log is not None
         sig = self.signature
+        logged = [t for t in sig.inputs if t.per_row]
+        #: The inputs records carry, when some are left out (None: all of them).
+        self._logged_inputs = (
+            None if len(logged) == len(sig.inputs) else frozenset(t.name for t in logged)
+        )
+        #: Whether the logged inputs can disagree on the rows (then one that does is left out).
+        self._rows_may_differ = len(logged) > 1
         # Every dim after the first fixed: all records carrying every output share one
         # tensor layout, so consumers can gather them without comparing shapes.
-        fixed = all(t.tail is not None for t in (*sig.inputs, *sig.outputs))
+        fixed = all(t.tail is not None for t in (*logged, *sig.outputs))
         self._layout: object | None = object() if fixed else None
         #: Outputs that are not one row per input row (a scalar, a fixed first dim): records
         #: carry them repeated on each row of the request, so that every row has its outputs.
-        self._whole = tuple(t.name for t in sig.outputs if not t.batch_dynamic)
+        self._whole = frozenset(t.name for t in sig.outputs if not t.batch_dynamic)
         self._timed = self.metrics.enabled
         self.encoder = ResponseEncoder(name, version, self.signature)
         self._order = {n: i for i, n in enumerate(self.signature.output_names)}
         self.batcher: Batcher | None = None
-        if max_batch_rows > 1 and self.signature.batchable:
+        #: Why requests are not batched although the batch size allows it (None: they are,
+        #: or the batch size is 1).
+        self.batching_off = sig.unbatchable if max_batch_rows > 1 else None
+        if self.batching_off is not None:
+            log.info(
+                "batching off for this model", model=name, version=version, reason=self.batching_off
+            )
+        elif max_batch_rows > 1:
             self.batcher = Batcher(
                 self._execute,
                 max_rows=max_batch_rows,
@@ -240,10 +260,23 @@ class ServingModel:
     ) -> None:
         now = time.monotonic()
         layout = self._layout if outputs else None
-        if self._whole and outputs:
-            rows = sum(it.decoded.rows for it in batch)
-            for name in self._whole:
-                outputs[name] = np.repeat(outputs[name][np.newaxis], rows, axis=0)
+        rows = batch[0].decoded.rows if len(batch) == 1 else sum(it.decoded.rows for it in batch)
+        if self._logged_inputs is not None:
+            inputs = {n: a for n, a in inputs.items() if n in self._logged_inputs}
+        if self._rows_may_differ and any(a.shape[0] != rows for a in inputs.values()):
+            # The inputs disagree on the request's rows, so it counts as one (sidecar.codec).
+            inputs = {n: a for n, a in inputs.items() if a.shape[0] == rows}
+            layout = None
+        whole = self._whole
+        stray = None
+        for name, array in outputs.items():
+            if name in whole:
+                outputs[name] = np.repeat(array[np.newaxis], rows, axis=0)
+            elif array.ndim == 0 or array.shape[0] != rows:
+                stray = [name] if stray is None else [*stray, name]
+        if stray is not None:
+            outputs = {n: a for n, a in outputs.items() if n not in stray}
+            layout = None
         if len(batch) == 1:
             # One request per call is the common case: build its lists directly.
             it = batch[0]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import structlog
@@ -24,6 +25,7 @@ from modelplane.errors import (
     Internal,
     InvalidArgument,
     ModelplaneError,
+    ResourceExhausted,
     Unavailable,
     to_grpc_status,
 )
@@ -93,8 +95,52 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
-    """Register ``servicer``'s six RPCs on ``server``; others answer UNIMPLEMENTED."""
+class Admission(Protocol):
+    """Where ModelInfer calls run, and whether one more may wait there (see
+    :func:`add_to_server`)."""
+
+    def admit(self) -> bool:
+        """Whether a ModelInfer call that just arrived may wait for a request thread; asked
+        on gRPC's polling thread, which every call goes through, so it must be quick."""
+        ...
+
+    def route(self, behavior: Any, shed: bool) -> None:
+        """Make gRPC run ``behavior`` on a thread pool of its own (``experimental_thread_pool``):
+        ModelInfer's on the request threads, or (``shed``) the one that refuses calls."""
+        ...
+
+
+class _Methods(grpc.GenericRpcHandler):
+    """The OIP methods by name; ModelInfer only while ``admit`` lets it in, else ``shed``."""
+
+    def __init__(
+        self,
+        handlers: dict[str, grpc.RpcMethodHandler],
+        admit: Callable[[], bool],
+        shed: grpc.RpcMethodHandler,
+    ) -> None:
+        self._handlers = handlers
+        self._infer = handlers[f"/{SERVICE_NAME}/ModelInfer"]
+        self._admit = admit
+        self._shed = shed
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        handler = self._handlers.get(handler_call_details.method)
+        if handler is self._infer and not self._admit():
+            return self._shed
+        return handler
+
+
+def add_to_server(
+    servicer: InferenceServicer, server: grpc.Server, admission: Admission | None = None
+) -> None:
+    """Register ``servicer``'s six RPCs on ``server``; others answer UNIMPLEMENTED.
+
+    With ``admission``, ModelInfer calls run on its threads rather than the server's, so that
+    health checks and metadata never wait behind them, and a call it does not admit is
+    refused at once (RESOURCE_EXHAUSTED, reason ``QUEUE_FULL``) without being read: an
+    overloaded sidecar sheds load instead of queueing calls without bound.
+    """
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
@@ -112,7 +158,21 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
             "ModelInfer",
         )
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    if admission is None:
+        generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+        server.add_generic_rpc_handlers((generic,))
+        return
+
+    # Streaming on the server's side, so that a shed call is answered without reading its
+    # request; a unary call is one message on the wire either way.
+    def refuse(requests: Any, context: grpc.ServicerContext) -> NoReturn:
+        servicer.Shed(requests, context)
+
+    shed = grpc.stream_unary_rpc_method_handler(refuse)
+    admission.route(handlers["ModelInfer"].unary_unary, shed=False)
+    admission.route(shed.stream_unary, shed=True)
+    by_path = {f"/{SERVICE_NAME}/{name}": handler for name, handler in handlers.items()}
+    server.add_generic_rpc_handlers((_Methods(by_path, admission.admit, shed),))
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -121,6 +181,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, slot: ModelSlot) -> None:
         self.slot = slot
         self.ready = False
+        self._shed_lock = threading.Lock()
+        self._shed = 0
+        self._shed_reported = 0.0
 
     def _model(self) -> ServingModel:
         model = self.slot.current
@@ -213,6 +276,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if timed:
             metrics.request("OK", time.perf_counter() - start)
         return response
+
+    def Shed(self, requests: Any, context: grpc.ServicerContext) -> NoReturn:
+        """Refuse a ModelInfer call that the admission turned away, unread: counted in the
+        request metrics as RESOURCE_EXHAUSTED, logged at most once a second."""
+        err = ResourceExhausted(
+            "too many requests are waiting to be served; retry with backoff", reason="QUEUE_FULL"
+        )
+        model = self.slot.current
+        if model is not None:
+            model.metrics.request(err.code.value, 0.0)
+        now = time.monotonic()
+        with self._shed_lock:
+            self._shed += 1
+            report = now - self._shed_reported >= 1.0
+            if report:
+                count, self._shed, self._shed_reported = self._shed, 0, now
+        if report:
+            log.warning(
+                "ModelInfer calls shed: too many wait for a request thread",
+                calls=count,
+                hint="add replicas or workers, or raise --max-queue-rows",
+            )
+        self._abort(context, err)
 
     def _unhandled(
         self,

@@ -116,7 +116,14 @@ class SidecarSettings(BaseSettings):
         ),
     )
     max_queue_rows: int = Field(
-        4096, ge=1, description="Rows waiting in the batch queue beyond which requests are shed."
+        4096,
+        ge=1,
+        description=(
+            "Rows waiting to run beyond which ModelInfer calls are shed (RESOURCE_EXHAUSTED, "
+            "reason QUEUE_FULL): the rows in the batch queue, plus (standalone mode) one for "
+            "each call still waiting for a request thread, which is refused unread. Health "
+            "checks and metadata run on threads of their own and answer under overload."
+        ),
     )
     max_request_rows: int = Field(
         65536, ge=1, description="Most rows one request may carry (BATCH_TOO_LARGE above)."

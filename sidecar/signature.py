@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,10 +44,16 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    #: The model's name for each dim that varies (ONNX ``dim_param``), None for a fixed or an
+    #: unnamed one; empty when not known.
+    symbols: tuple[str | None, ...] = field(default=(), compare=False, repr=False)
     #: Number of dimensions.
     rank: int = field(init=False, repr=False, compare=False)
     #: Whether the first dimension varies (so rows of requests can be stacked).
     batch_dynamic: bool = field(init=False, repr=False, compare=False)
+    #: Whether the first dimension counts the request's rows (set for the inputs of a
+    #: :class:`Signature`, which says how).
+    per_row: bool = field(init=False, repr=False, compare=False)
     #: The dims after the first when all are fixed (else None): the fast shape check.
     tail: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
     #: Elements per row when ``tail`` is fixed.
@@ -59,23 +65,46 @@ class TensorSpec:
         size = 1
         for d in tail:
             size *= max(d, 0)
+        dynamic = bool(self.shape) and self.shape[0] == -1
         object.__setattr__(self, "rank", len(self.shape))
-        object.__setattr__(self, "batch_dynamic", bool(self.shape) and self.shape[0] == -1)
+        object.__setattr__(self, "batch_dynamic", dynamic)
+        object.__setattr__(self, "per_row", dynamic)
         object.__setattr__(self, "tail", tail if all(d >= 0 for d in tail) else None)
         object.__setattr__(self, "tail_size", size)
+
+    def symbol(self, dim: int) -> str | None:
+        """The model's name for dim ``dim`` (None: fixed, unnamed or not known)."""
+        return self.symbols[dim] if dim < len(self.symbols) else None
+
+    def described(self) -> str:
+        """The shape as the model declares it: sizes, names, and ? for unnamed dims."""
+        dims = [
+            str(d) if d >= 0 else repr(self.symbol(i)) if self.symbol(i) else "?"
+            for i, d in enumerate(self.shape)
+        ]
+        return f"[{', '.join(dims)}]"
 
 
 @dataclass(frozen=True)
 class Signature:
-    """The inputs and outputs of a model, in the session's order."""
+    """The inputs and outputs of a model, in the session's order.
+
+    The inputs whose first dim counts the request's rows (``per_row``) are those whose first
+    dim varies, less those whose first dim the model names differently from the others' (an
+    input ``k[m, 2]`` next to ``q[n, 2]``); a model without such an input counts the first
+    dim of each input that has one.
+    """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_input", {t.name: t for t in self.inputs})
+        inputs = _with_rows(self.inputs, self.outputs)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "_by_input", {t.name: t for t in inputs})
         object.__setattr__(self, "_by_output", {t.name: t for t in self.outputs})
         object.__setattr__(self, "_output_names", tuple(t.name for t in self.outputs))
+        object.__setattr__(self, "_unbatchable", _why_not_batchable(inputs, self.outputs))
 
     def input(self, name: str) -> TensorSpec | None:
         return self._by_input.get(name)  # type: ignore[attr-defined,no-any-return]
@@ -89,14 +118,84 @@ class Signature:
 
     @property
     def batchable(self) -> bool:
-        """Rows of several requests can run as one call: every first dim is dynamic."""
-        return all(t.batch_dynamic for t in (*self.inputs, *self.outputs))
+        """Rows of several requests can run as one call: see :attr:`unbatchable`."""
+        return self._unbatchable is None  # type: ignore[attr-defined]
+
+    @property
+    def unbatchable(self) -> str | None:
+        """Why rows of several requests cannot run as one call (None: they can).
+
+        Every input and output must be one row per request row, and each of an output's other
+        dims fixed, or named like a dim after the first of an input: requests batch only with
+        others whose inputs agree on those dims, so such an output has the same size for each
+        request of a batch. A dim the model leaves unnamed, or names after nothing in the
+        inputs, may depend on the values in the rows (the longest string of the batch, the
+        largest index, the boxes kept), and batching would change each request's answer.
+        """
+        return self._unbatchable  # type: ignore[attr-defined,no-any-return]
+
+
+def _with_rows(
+    inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> tuple[TensorSpec, ...]:
+    """Copies of ``inputs`` with ``per_row`` set for this signature."""
+    dynamic = [t for t in inputs if t.batch_dynamic]
+    if not dynamic:
+        # No dim varies with the request (a model exported for one batch size): its first
+        # dims are what it calls rows.
+        rows = {t.name for t in inputs if t.rank}
+    else:
+        named = [t.symbol(0) for t in dynamic if t.symbol(0)]
+        if len(set(named)) > 1:
+            # Inputs name their first dims differently: the rows are the most common name's
+            # (an output's first dim breaks a tie, then the order of the inputs).
+            by_outputs = [t.symbol(0) for t in outputs]
+            batch = max(dict.fromkeys(named), key=lambda s: (named.count(s), by_outputs.count(s)))
+            rows = {t.name for t in dynamic if t.symbol(0) in (None, batch)}
+        else:
+            rows = {t.name for t in dynamic}
+    copies = []
+    for t in inputs:
+        copy = replace(t)
+        object.__setattr__(copy, "per_row", t.name in rows)
+        copies.append(copy)
+    return tuple(copies)
+
+
+def _why_not_batchable(
+    inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> str | None:
+    for t in inputs:
+        if not (t.per_row and t.batch_dynamic):
+            return f"input {t.name!r} {t.described()} is not one row per request row"
+    batch = {t.symbol(0) for t in inputs} - {None}
+    pinned = {t.symbol(i) for t in inputs for i in range(1, t.rank)} - {None}
+    for t in inputs:
+        grows = batch & {t.symbol(i) for i in range(1, t.rank)}
+        if grows:
+            return f"input {t.name!r} {t.described()} has a dim that grows with the rows"
+    for t in outputs:
+        if not t.batch_dynamic or t.symbol(0) in pinned:
+            return f"output {t.name!r} {t.described()} is not one row per request row"
+        for i in range(1, t.rank):
+            if t.shape[i] < 0 and t.symbol(i) not in pinned:
+                return (
+                    f"output {t.name!r} {t.described()}: the size of dim {i} is neither fixed "
+                    "nor that of an input's dim, so it may depend on the values in the rows"
+                )
+    return None
 
 
 def _dims(shape: list[Any] | None) -> tuple[int, ...]:
     if shape is None:
         return ()
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def _symbols(shape: list[Any] | None) -> tuple[str | None, ...]:
+    if shape is None:
+        return ()
+    return tuple(d if isinstance(d, str) and d else None for d in shape)
 
 
 def _spec(arg: Any, kind: str) -> TensorSpec | None:
@@ -109,7 +208,7 @@ def _spec(arg: Any, kind: str) -> TensorSpec | None:
                 reason="UNSUPPORTED_MODEL",
             )
         return None
-    return TensorSpec(arg.name, types[0], _dims(arg.shape), types[1])
+    return TensorSpec(arg.name, types[0], _dims(arg.shape), types[1], _symbols(arg.shape))
 
 
 def signature_of(session: Any) -> Signature:
