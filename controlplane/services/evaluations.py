@@ -399,7 +399,7 @@ class EvaluationService:
             progress=self._progress(ctx, op_id, 0.0, split, control),
             control=control,
         ).to_dict()
-        if isinstance(reference, Evaluation) and not _same_framing(reference.report, report):
+        if isinstance(reference, Evaluation) and not same_framing(reference.report, report):
             with self.store.read() as tx:
                 reference = tx.versions.get(reference.model_id, reference.version)
         compared, deltas = "", {}
@@ -581,7 +581,7 @@ class _Stopped(Exception):
     """Raised from a progress report when the server is stopping."""
 
 
-def _same_framing(stored: dict[str, Any], report: dict[str, Any]) -> bool:
+def same_framing(stored: dict[str, Any], report: dict[str, Any]) -> bool:
     """Whether a stored report read the problem as ``report`` does (same task, same positive
     class), so that deltas against it compare like with like."""
     return stored.get("task") == report.get("task") and str(stored.get("positive_class")) == str(

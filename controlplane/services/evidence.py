@@ -6,14 +6,15 @@ Its digest changes whenever any of them does: a new evaluation, a policy update.
 signs this evidence and stops counting once it changes.
 
 A gate decision rests on more: everything the policy's rules can read (:class:`GateInputs`),
-which adds the approvals standing on that evidence, the version's labels and its lineage. A
+which adds the approvals standing on that evidence, the version's labels and its lineage, and
+the version the target serves now, which ``delta`` is measured against (:class:`Comparison`). A
 decision whose digest differs from :func:`gate_inputs` now no longer lets an alias move.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -23,9 +24,14 @@ from controlplane.audit import canonical_json, object_digest
 from controlplane.audit._canonical import utc_text
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, EvidenceItem, Policy
+from controlplane.services.evaluations import same_framing
 from controlplane.store import Tx
 from controlplane.store.convert import lineage_to_json
+from controlplane.store.deployment_repos import Deployments
 from controlplane.store.governance_repos import Governance, evidence_to_json
+from modelplane.errors import InvalidArgument
+
+DEPLOYMENT_TARGET = "deployments/"
 
 
 def evidence_digest(version_name: str, target: str, evidence: Evidence) -> str:
@@ -109,13 +115,96 @@ def standing_approvals(approvals: list[Approval], evidence: Evidence) -> list[Ap
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """What a gate's ``delta`` is measured against: the version the target serves now.
+
+    ``serving`` names that version (the alias's version, or the deployment's champion); it is
+    empty when the target serves no version of this model, or serves this very version.
+    ``compared_version`` is ``serving`` when ``deltas`` could be had for it, else empty (and
+    ``deltas`` too), with ``missing`` saying why and what to run. ``evaluation`` names the
+    stored evaluation of ``serving`` the deltas were computed from, or is empty when they are
+    the deltas the version's own evaluation recorded against ``serving``.
+    """
+
+    serving: str = ""
+    compared_version: str = ""
+    deltas: dict[str, float | None] = field(default_factory=dict)
+    evaluation: str = ""
+    missing: str = ""
+
+
+def serving_version(tx: Tx, model_id: str, target: str) -> int | None:
+    """The version of ``model_id`` that ``target`` serves now: the version an alias points to,
+    or the champion of ``deployments/{d}`` (None when it points nowhere, or serves another
+    model)."""
+    if target.startswith(DEPLOYMENT_TARGET):
+        row = Deployments(tx.session).row(target.removeprefix(DEPLOYMENT_TARGET))
+        return row.champion_version if row is not None and row.model_id == model_id else None
+    alias = tx.aliases.get(model_id, target)
+    return alias.version if alias is not None else None
+
+
+def comparison_for(
+    tx: Tx, version: ModelVersion, target: str, latest: Evaluation | None
+) -> Comparison:
+    """The deltas of ``latest`` (the version's latest evaluation) against the version
+    ``target`` serves now: the evaluation's own deltas when it was compared with exactly that
+    version, else computed from the latest stored evaluation of that version on the same
+    dataset and label; empty, with the reason, when neither exists."""
+    served = serving_version(tx, version.model_id, target)
+    if served is None:
+        return Comparison(
+            missing=f"{target} serves no version of this model yet (a rule can let a first "
+            "release through: !has(delta.roc_auc) || delta.roc_auc >= -0.005)"
+        )
+    if served == version.version:
+        return Comparison(missing=f"{target} already serves this version")
+    serving = f"models/{version.model_id}/versions/{served}"
+    if latest is None:
+        return Comparison(serving, missing="the version has no evaluation")
+    if latest.compared_version == serving:
+        return Comparison(serving, serving, dict(latest.deltas))
+    stored = Governance(tx.session).latest_evaluation(
+        version.model_id, served, latest.dataset_sha256, latest.label
+    )
+    if stored is not None and same_framing(stored.report, latest.report):
+        # The evaluation package loads the model runtime; only this path needs it.
+        from controlplane.evaluation import compare
+
+        try:
+            deltas = compare(latest.report, stored.report)
+        except InvalidArgument:
+            pass
+        else:
+            return Comparison(serving, serving, deltas, stored.name)
+    if target.startswith(DEPLOYMENT_TARGET):
+        run = (
+            f"evaluate version {served} on dataset {latest.dataset_sha256} (label "
+            f"{latest.label!r}), or evaluate this version with --compare-to an alias that "
+            f"points to version {served}"
+        )
+    else:
+        run = f"evaluate this version with --compare-to {target}"
+    return Comparison(
+        serving,
+        missing=(
+            f"its latest evaluation {latest.name} was compared with "
+            f"{latest.compared_version or 'no version'}, not with {serving}, which {target} "
+            f"serves, and no evaluation of {serving} on the same dataset exists; {run}"
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class GateInputs:
     """Everything the rules of a target's policy can read for one version, and its digest.
 
     ``sha256`` is what a gate decision records as ``evidence_sha256``: it covers the evidence
     (artifact, latest evaluation, policy revision), each standing approval as recorded
     (signature included, so the counted set cannot change without it changing), the version's
-    labels and its lineage. A change to any of them makes earlier gate decisions stale.
+    labels and its lineage, and the :class:`Comparison` (the version the target serves and the
+    evaluation the deltas come from). A change to any of them makes earlier gate decisions
+    stale: moving the target's alias, or promoting another champion, included.
     """
 
     version: ModelVersion
@@ -125,6 +214,7 @@ class GateInputs:
     policy: Policy | None
     approvals: list[Approval]
     sha256: str
+    comparison: Comparison = field(default_factory=Comparison)
 
 
 def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
@@ -132,9 +222,10 @@ def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
     evidence, latest, policy = current_evidence(tx, version, target)
     everything = Governance(tx.session).approvals(version.model_id, version.version, target)
     standing = standing_approvals(everything, evidence)
+    comparison = comparison_for(tx, version, target, latest)
     digest = object_digest(
         {
-            "v": 1,
+            "v": 2,
             "version": version.name,
             "target": target,
             "evidence": evidence.sha256,
@@ -153,9 +244,14 @@ def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
             ],
             "labels": dict(version.labels),
             "lineage": lineage_to_json(version.lineage),
+            "reference": {
+                "serving": comparison.serving,
+                "compared_version": comparison.compared_version,
+                "evaluation": comparison.evaluation,
+            },
         }
     )
-    return GateInputs(version, target, evidence, latest, policy, standing, digest)
+    return GateInputs(version, target, evidence, latest, policy, standing, digest, comparison)
 
 
 def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
 from controlplane.policy import POLICY_VARIABLES, compile_rules, evaluate_rules
 from controlplane.services.evidence import (
+    DEPLOYMENT_TARGET,
+    Comparison,
     GateInputs,
     approval_variables,
     check_approval,
@@ -51,10 +53,10 @@ def counted_approvals(key: Ed25519PrivateKey, standing: list[Approval]) -> list[
 #: must be added here, and to the digest, or every gate fails the assertion below.
 DIGEST_COVERS = {
     "metrics": "evidence (latest evaluation)",
-    "delta": "evidence (latest evaluation)",
+    "delta": "evidence (latest evaluation) and comparison (what the target serves)",
     "fairness": "evidence (latest evaluation)",
     "validation": "evidence (latest evaluation)",
-    "evaluation": "evidence (latest evaluation)",
+    "evaluation": "evidence (latest evaluation) and comparison (compared_version)",
     "approvals": "approvals",
     "labels": "labels",
     "lineage": "lineage",
@@ -62,9 +64,18 @@ DIGEST_COVERS = {
 
 
 def gate_variables(
-    version: ModelVersion, latest: Evaluation | None, approvals: list[Approval]
+    version: ModelVersion,
+    latest: Evaluation | None,
+    approvals: list[Approval],
+    comparison: Comparison | None = None,
 ) -> dict[str, Any]:
-    """The variables of :data:`controlplane.policy.POLICY_VARIABLES` for one version."""
+    """The variables of :data:`controlplane.policy.POLICY_VARIABLES` for one version.
+
+    ``delta`` holds the deltas of ``comparison`` (against the version the gate's target serves
+    now, see :func:`controlplane.services.evidence.comparison_for`), never those the latest
+    evaluation recorded against an alias of its caller's choosing; without a comparison it is
+    empty."""
+    comparison = comparison or Comparison()
     report = latest.report if latest else {}
     evaluation: dict[str, Any] = {}
     if latest is not None:
@@ -73,10 +84,11 @@ def gate_variables(
             "dataset_sha256": latest.dataset_sha256,
             "dataset_role": latest.dataset_role,
             "time": latest.create_time,
+            "compared_version": comparison.compared_version,
         }
     variables = {
         "metrics": dict(report.get("metrics") or {}),
-        "delta": dict(latest.deltas) if latest else {},
+        "delta": dict(comparison.deltas),
         "fairness": dict(report.get("fairness") or {}),
         "validation": dict(report.get("validation") or {}),
         "evaluation": evaluation,
@@ -89,8 +101,9 @@ def gate_variables(
 
 
 def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None:
-    """FAILED_PRECONDITION (GATE_FAILED) unless ``alias`` is ungoverned or the latest gate
-    decision of the version for it passed on the current evidence."""
+    """FAILED_PRECONDITION (GATE_FAILED) unless ``alias`` (an alias name or
+    ``deployments/{d}``) is ungoverned or the latest gate decision of the version for it passed
+    on the current evidence."""
     gov = Governance(tx.session)
     policy = gov.policy_for_target(alias)
     if policy is None:
@@ -115,8 +128,9 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
             f"({_what_changed(decision, inputs)})"
         )
         policy = inputs.policy or policy
+    kind = "deployment" if alias.startswith(DEPLOYMENT_TARGET) else "alias"
     raise FailedPrecondition(
-        f"alias {alias!r} is governed by {policy.name}: {problem}; {hint}",
+        f"{kind} {alias!r} is governed by {policy.name}: {problem}; {hint}",
         reason="GATE_FAILED",
         metadata={"target": alias, "version": got.name},
     )
@@ -129,7 +143,24 @@ def _what_changed(decision: GateDecision, inputs: GateInputs) -> str:
     revision = inputs.policy.revision if inputs.policy else 0
     if decision.policy_revision != revision:
         return f"{decision.policy or 'the policy'} is at revision {revision} now"
-    return "an approval was given or withdrawn, or the version's labels changed"
+    serving = inputs.comparison.serving
+    now = f"delta is against {serving} now" if serving else "delta is empty now"
+    return (
+        "an approval was given or withdrawn, the version's labels changed, or what "
+        f"{inputs.target} serves moved ({now})"
+    )
+
+
+def _explained(results: list[dict[str, Any]], comparison: Comparison) -> list[dict[str, Any]]:
+    """``results``, with why ``delta`` is empty added to each rule that did not pass and read
+    it."""
+    if comparison.compared_version:
+        return results
+    for r in results:
+        reads_delta = any(m.split(".")[0].split("[")[0] == "delta" for m in r["missing"])
+        if r["outcome"] != "passed" and reads_delta:
+            r["message"] = f"{r['message']}; delta is empty: {comparison.missing}"
+    return results
 
 
 class GateService:
@@ -176,8 +207,9 @@ class GateService:
                         reason="POLICY_RULE_REFUSED",
                         metadata={"policy": policy.name},
                     ) from exc
-                decision = evaluate_rules(rules, gate_variables(version, latest, approvals))
-                results = decision.to_dict()["results"]
+                variables = gate_variables(version, latest, approvals, inputs.comparison)
+                decision = evaluate_rules(rules, variables)
+                results = _explained(decision.to_dict()["results"], inputs.comparison)
                 passed = decision.allowed
             made = gov.add_decision(
                 GateDecisionRow(
