@@ -1,7 +1,10 @@
 """The rollout state machine: pure functions from a rollout (and the time) to its next state.
 
 States: ``running`` → ``paused`` ⇄ ``running``; any active state → ``promoted`` (the candidate
-becomes the champion), ``rolled_back`` or ``aborted`` (the champion serves everything).
+becomes the champion), ``rolled_back`` or ``aborted`` (the champion serves everything). A
+promotion also needs the gate of ``deployments/{d}`` to pass when a policy governs it (checked
+where transitions are persisted, :mod:`controlplane.rollouts.transitions`); an automatic one
+that it refuses pauses the rollout instead (:func:`gate_hold`).
 
 Phases by strategy:
 
@@ -191,6 +194,13 @@ def manual(r: Rollout | None, action: str, now: datetime, reason: str, name: str
         )
     assert action == "abort", action
     return Transition("aborted", _ended(cur, ABORTED, now, reason), cur.champion_version, reason)
+
+
+def gate_hold(r: Rollout, reason: str) -> Transition:
+    """The automatic pause in place of a promotion the gate no longer allows: the candidate
+    keeps its share until a person resumes (once the gate passes again), promotes or rolls
+    back."""
+    return Transition("paused", replace(r, state=PAUSED, reason=reason), r.champion_version, reason)
 
 
 def guard_rollback(r: Rollout, now: datetime, reason: str) -> Transition:

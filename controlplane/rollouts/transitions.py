@@ -5,20 +5,34 @@ the generation and may move the champion), the rollout row's new state, a rollou
 the evidence, an audit record under ``deployments/{deployment}``, and a change notification
 published at commit. When the compare-and-set misses, another request or replica moved the
 deployment first and nothing is written.
+
+A promotion makes the candidate champion only while the gate of ``deployments/{deployment}``
+passes for it (:func:`controlplane.services.gates.require_gate_passed`: the latest decision
+passed, on the evidence as it is now), since approvals may have been withdrawn or the policy
+tightened after the rollout started. A person's promotion is refused with the gate's error; an
+automatic one pauses the rollout instead, with the gate's reason as the event's reason; a
+paused rollout does not move on its own, so this happens once until a person resumes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import structlog
+
 from controlplane.domain.deployments import Deployment, Evidence, Rollout, RolloutEvent
+from controlplane.rollouts import machine
 from controlplane.rollouts.machine import Transition
 from controlplane.rollouts.notifier import publish
+from controlplane.services.gates import require_gate_passed
 from controlplane.store import Mutation, WriteTx
 from controlplane.store.deployment_json import to_json
 from controlplane.store.deployment_repos import Deployments, deployment_etag
 from controlplane.store.deployment_tables import RolloutEventRow
 from controlplane.store.repos import stale_etag
+from modelplane.errors import FailedPrecondition
+
+log = structlog.get_logger("modelplane.controlplane.rollouts")
 
 #: Audit action of each rollout event action.
 AUDIT_ACTIONS = {
@@ -88,7 +102,10 @@ def apply(
     """Persist ``transition`` of ``deployment`` (as read in this transaction).
 
     Returns the deployment afterwards, or None when another writer moved it first; with
-    ``strict`` that case raises ABORTED instead.
+    ``strict`` that case raises ABORTED instead. A promotion the deployment's gate refuses
+    raises its FAILED_PRECONDITION (GATE_FAILED) with ``strict`` (a person's action), and is
+    persisted as a pause without (the automatic promotion after a canary's last step or a
+    blue/green watch).
     """
     repo = Deployments(tx.session)
     current = repo.row(deployment.id)
@@ -97,6 +114,8 @@ def apply(
         if strict:
             raise stale_etag(deployment.name)
         return None
+    if transition.action == "promoted":
+        transition = _gated(tx, deployment, transition, strict)
     rollout = transition.rollout
     if evidence is not None:
         rollout = replace(rollout, evidence=evidence)
@@ -131,3 +150,16 @@ def apply(
     )
     publish(tx.session, deployment.id)
     return after
+
+
+def _gated(tx: WriteTx, d: Deployment, promotion: Transition, strict: bool) -> Transition:
+    try:
+        require_gate_passed(tx, d.model_id, promotion.champion_version, d.name)
+    except FailedPrecondition as exc:
+        r = d.active_rollout
+        if strict or r is None:
+            raise
+        why = f"promotion held: {exc.message}; resume the rollout once the gate passes"
+        log.warning("rollout promotion held by the gate", deployment=d.id, rollout=r.id)
+        return machine.gate_hold(r, why)
+    return promotion

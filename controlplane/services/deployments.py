@@ -22,6 +22,7 @@ from controlplane.rollouts.guards import check_guards
 from controlplane.rollouts.hooks import HookRunner, check_webhook_url
 from controlplane.rollouts.notifier import GenerationHub, publish
 from controlplane.services.filters import masked_changes
+from controlplane.services.gates import require_gate_passed
 from controlplane.services.models import lock_model
 from controlplane.services.versions import require_version
 from controlplane.store import Store, Tx, WriteTx
@@ -187,6 +188,12 @@ class DeploymentService:
         webhook_url: str = "",
         request_id: str = "",
     ) -> Deployment:
+        """Create ``deployments/{deployment_id}`` serving ``champion_version`` of ``model``.
+
+        ALREADY_EXISTS (DEPLOYMENT_EXISTS) when the name is taken; FAILED_PRECONDITION when
+        the version cannot be served, or (GATE_FAILED) when a policy is bound to the
+        deployment already and the version's latest gate decision for it did not pass on the
+        current evidence, as for a rollout's candidate."""
         check_id(deployment_id, "deployment id")
         model_id = parse_model(model) if model else ""
         if not model_id:
@@ -219,6 +226,7 @@ class DeploymentService:
                 )
             lock_model(tx, model_id)
             require_servable(tx, model_id, champion_version, "deployment.champion_version")
+            require_gate_passed(tx, model_id, champion_version, f"deployments/{deployment_id}")
             made = repo.add(
                 DeploymentRow(
                     id=deployment_id,
