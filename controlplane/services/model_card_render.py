@@ -142,8 +142,12 @@ def _only(rows: list[list[str]]) -> list[list[str]]:
 #: (``roc_auc``) never starts emphasis and stays as it is.
 _MD_INLINE = re.compile(r"[\\`*\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-#: What makes a line a heading, quote, list item, rule or setext underline.
-_MD_BLOCK = re.compile(r"^(\s*)(?=[#>+=~-])|^(\s*\d+)(?=[.)])")
+#: What makes a line (its indentation already replaced) a heading, quote, list item, rule or
+#: setext underline.
+_MD_BLOCK = re.compile(r"^(?=[#>+=~-])|^(\d+)(?=[.)])")
+#: A line's indentation: four spaces or a tab after a blank line would start a code block.
+_MD_INDENT = re.compile(r"^[ \t]+")
+_NBSP = "&nbsp;"
 
 
 def _md_inline(text: str) -> str:
@@ -151,12 +155,23 @@ def _md_inline(text: str) -> str:
     return _MD_INLINE.sub(lambda m: "\\" + m.group(), text)
 
 
+def _md_line(line: str) -> str:
+    if not line.strip(" \t"):
+        return ""
+    indent = _MD_INDENT.match(line)
+    lead = indent.group() if indent else ""
+    shown = _md_inline(line[len(lead) :])
+    if lead:
+        # Kept as no-break spaces, which Markdown reads as text: the indentation shows, and
+        # nothing after it is read as a block marker.
+        return lead.replace("\t", _NBSP * 4).replace(" ", _NBSP) + shown
+    return _MD_BLOCK.sub(lambda m: m.group() + "\\", shown, count=1)
+
+
 def _md_paragraph(text: str) -> str:
-    """``text`` shown as written: each line escaped, none read as a block marker."""
-    return "\n".join(
-        _MD_BLOCK.sub(lambda m: m.group() + "\\", _md_inline(line), count=1)
-        for line in text.split("\n")
-    )
+    """``text`` shown as written: each line escaped, none read as a block marker or as
+    indented code (leading spaces and tabs become no-break spaces)."""
+    return "\n".join(_md_line(line) for line in text.split("\n"))
 
 
 def _md_cell(text: str) -> str:

@@ -156,8 +156,10 @@ class _Rendered(HTMLParser):
 
 
 HOSTILE = {
-    "description": "see [docs](http://evil.example) and <b>bold</b>\n# not a heading",
-    "intended_use": "1. not a list\n- nor this\n> nor a quote\n_under_ *star* `code` a\\|b",
+    "description": "see [docs](http://evil.example) and <b>bold</b>\n# not a heading"
+    "\n\n    not indented code\n\n\tnor this",
+    "intended_use": "1. not a list\n- nor this\n> nor a quote\n_under_ *star* `code` a\\|b"
+    "\n\n      <not html>\n\n    - nor an indented item\n  \n   # nor a heading",
     "limitations": "a | b <script>x</script> &amp; stays as typed",
 }
 
@@ -191,7 +193,12 @@ def test_markdown_card_shows_every_value_as_written(
     text = "\n".join(rendered.text)
     for value in (*HOSTILE.values(), "1|<i>x</i>"):
         for line in value.split("\n"):
-            assert line in text, line
+            # Indentation shows as no-break spaces (a tab as four); a blank line stays blank.
+            bare = line.lstrip(" \t")
+            if not bare:
+                continue
+            indent = line[: len(line) - len(bare)].replace("\t", "    ")
+            assert "\xa0" * len(indent) + bare in text, line
     capsys.readouterr()
     code = main(["--server", controlplane.address, "model-card", model_id, "@champion"])
     assert code == 0 and capsys.readouterr().out.strip() == md.strip()
