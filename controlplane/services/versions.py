@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ def _check_new(new: NewVersion) -> None:
     check_text(new.label_column, "label_column", 256, single_line=True)
     check_text(new.training_run_id, "training_run_id", 256, single_line=True)
     check_text(new.code_repository, "code.repository", 2048, single_line=True)
+    check_no_credentials(new.code_repository)
     check_text(new.code_commit, "code.commit", 256, single_line=True)
     _check_feature_names(new.feature_names)
     for key, value in new.parameters.items():
@@ -126,6 +128,29 @@ def _check_new(new: NewVersion) -> None:
         check_id(d.role, "dataset role")
         check_text(d.source, "dataset source", 2048, single_line=True)
         check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+
+
+# ``scheme://userinfo@host...``: the userinfo runs up to the last "@" before the path.
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)@")
+
+
+def check_no_credentials(url: str) -> None:
+    """Refuse a code repository URL that carries credentials, which immutable lineage would
+    show to every reader: INVALID_ARGUMENT (CREDENTIALS_IN_URL) for a password in any
+    ``scheme://user:password@host`` URL, and for any user name in an http(s) URL (where a
+    token often goes as the user name). ``ssh://git@host/...`` and scp-like ``git@host:org/repo``
+    name a login, not a secret, and pass. The message does not repeat the URL."""
+    match = _URL_USERINFO.match(url)
+    if match is None:
+        return
+    scheme, userinfo = match.group(1).lower(), match.group(2)
+    if ":" in userinfo or scheme in ("http", "https"):
+        raise InvalidArgument(
+            "code.repository carries credentials (user:password@ or a user name in an http(s) "
+            "URL); record the URL without them",
+            reason="CREDENTIALS_IN_URL",
+            metadata={"field": "code.repository"},
+        )
 
 
 def _check_lineage_key(key: str, what: str) -> None:

@@ -456,13 +456,16 @@ class Client(DeploymentsMixin):
         request_id: str | None = None,
     ) -> registry_pb2.ModelVersion:
         """Upload the ONNX file and datasets, then register a version with full lineage."""
+        # The environment first: a failure to read it must not come after the uploads.
+        environment = capture_environment() if capture_env else None
         artifact = self.upload_blob(onnx)
         inputs = []
         for role, path in (datasets or {}).items():
             blob = self.upload_blob(path)
-            inputs.append(
-                registry_pb2.DatasetInput(role=role, source=str(path), sha256=blob.sha256)
-            )
+            # A file name that is not UTF-8 is recorded with \xNN escapes (protobuf strings
+            # are UTF-8), so it reads as the bytes it was.
+            source = os.fsencode(path).decode("utf-8", "backslashreplace")
+            inputs.append(registry_pb2.DatasetInput(role=role, source=source, sha256=blob.sha256))
         request = registry_pb2.CreateModelVersionRequest(
             parent=model_name(model),
             artifact_sha256=artifact.sha256,
@@ -477,8 +480,8 @@ class Client(DeploymentsMixin):
             code=registry_pb2.CodeRef(repository=code_repo, commit=code_commit),
             request_id=request_id or self._rid(),
         )
-        if capture_env:
-            request.environment.CopyFrom(capture_environment())
+        if environment is not None:
+            request.environment.CopyFrom(environment)
         return self._call(self.registry.CreateModelVersion, request)
 
     def get_version(self, model: str, version: int | str) -> registry_pb2.ModelVersion:
@@ -582,10 +585,19 @@ class Client(DeploymentsMixin):
     def get_alias(
         self, model: str, alias: str, *, as_of: datetime | None = None
     ) -> registry_pb2.Alias:
+        """Where ``alias`` points now, or at ``as_of`` (a naive time is taken as UTC); a time
+        outside the years 1 to 9999 in UTC is :class:`InvalidArgument` (INVALID_TIMESTAMP)."""
         request = registry_pb2.GetAliasRequest(name=f"{model_name(model)}/aliases/{alias}")
         if as_of is not None:
             stamp = timestamp_pb2.Timestamp()
-            stamp.FromDatetime(as_of)
+            try:
+                stamp.FromDatetime(as_of)
+            except (OverflowError, ValueError):
+                raise InvalidArgument(
+                    f"as_of {as_of.isoformat()} is outside the years 1 to 9999 in UTC",
+                    reason="INVALID_TIMESTAMP",
+                    metadata={"field": "as_of"},
+                ) from None
             request.as_of.CopyFrom(stamp)
         return self._call(self.registry.GetAlias, request)
 

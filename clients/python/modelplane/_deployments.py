@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from modelplane.errors import InvalidArgument, ModelplaneError
 from modelplane.v1 import deployments_pb2, deployments_pb2_grpc
@@ -21,6 +21,33 @@ STRATEGIES = {
     "ab": deployments_pb2.ROLLOUT_STRATEGY_AB,
     "blue_green": deployments_pb2.ROLLOUT_STRATEGY_BLUE_GREEN,
 }
+
+
+#: The longest drift cooldown the SDK sends: 366 days. Protobuf's Duration would carry up to
+#: about 10,000 years, but a cooldown beyond a year is a typo, and one beyond Duration's range
+#: is stored yet cannot be read back as JSON.
+MAX_DRIFT_COOLDOWN_SECONDS = 366 * 86400
+#: The longest canary step or blue-green phase, as the server allows it: 7 days.
+MAX_STEP_DURATION_SECONDS = 7 * 86400
+
+
+def check_seconds(value: float, what: str, maximum: float, reason: str) -> float:
+    """``value`` when it is a number of seconds from 0 to ``maximum``; else
+    :class:`InvalidArgument` with ``reason`` (NaN, infinities and values no Duration holds
+    included), raised before anything is sent."""
+    if not (math.isfinite(value) and 0 <= value <= maximum):
+        raise InvalidArgument(
+            f"{what} must be between 0 and {maximum:.0f} seconds, not {value:g}",
+            reason=reason,
+            metadata={"field": what, "maximum_seconds": f"{maximum:.0f}"},
+        )
+    return value
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=seconds))
+    return out
 
 
 def deployment_name(deployment: str) -> str:
@@ -40,14 +67,23 @@ def _thresholds(
     if max_drifted_share is not None:
         out.max_drifted_share = max_drifted_share
     if cooldown is not None:
-        out.cooldown.FromTimedelta(timedelta(seconds=cooldown))
+        check_seconds(
+            cooldown,
+            "drift_thresholds.cooldown",
+            MAX_DRIFT_COOLDOWN_SECONDS,
+            "INVALID_DRIFT_THRESHOLDS",
+        )
+        out.cooldown.CopyFrom(_duration(cooldown))
     return out
 
 
 class DeploymentsMixin:
     """Deployments, rollouts, the desired-state watch and window reports.
 
-    Strategy names: ``shadow``, ``canary``, ``ab``, ``blue_green``. Durations are seconds.
+    Strategy names: ``shadow``, ``canary``, ``ab``, ``blue_green``. Durations are seconds: a
+    drift cooldown from 0 to 366 days (:data:`MAX_DRIFT_COOLDOWN_SECONDS`), a rollout step from
+    0 to 7 days (:data:`MAX_STEP_DURATION_SECONDS`); other values are refused with
+    :class:`InvalidArgument` before anything is sent.
     """
 
     deployments: deployments_pb2_grpc.DeploymentServiceStub
@@ -187,7 +223,8 @@ class DeploymentsMixin:
         defaults. The request cannot carry a 0 for ``split``, ``shadow_fraction``,
         ``step_duration`` (seconds) or ``min_requests`` apart from "default", so an explicit 0
         is refused here (:class:`InvalidArgument`, with the reason the server gives other bad
-        values) rather than sent; the server judges every other value."""
+        values) rather than sent, as is a ``step_duration`` outside 0 to 7 days; the server
+        judges every other value."""
         zero_reasons = {
             "split": (split, "INVALID_SPLIT"),
             "shadow_fraction": (shadow_fraction, "INVALID_SHADOW_FRACTION"),
@@ -210,12 +247,10 @@ class DeploymentsMixin:
             guards=list(guards),
         )
         if step_duration is not None:
-            if not math.isfinite(step_duration):
-                raise InvalidArgument(
-                    f"step_duration must be a number of seconds, not {step_duration}",
-                    reason="INVALID_DURATION",
-                )
-            rollout.step_duration.FromTimedelta(timedelta(seconds=step_duration))
+            check_seconds(
+                step_duration, "step_duration", MAX_STEP_DURATION_SECONDS, "INVALID_DURATION"
+            )
+            rollout.step_duration.CopyFrom(_duration(step_duration))
         return self._call(  # type: ignore[no-any-return]
             self.deployments.StartRollout,
             deployments_pb2.StartRolloutRequest(

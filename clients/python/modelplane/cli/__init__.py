@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from modelplane.cli._checks import has_surrogates, printable
 from modelplane.cli._output import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -57,15 +58,42 @@ def _default_principal() -> str:
         return "anonymous"
 
 
+#: The longest ``--timeout``: 10^8 seconds (about 3 years). gRPC adds a call's timeout to the
+#: clock in nanoseconds, and past about 9.2 * 10^9 seconds that overflows into a deadline
+#: already passed, failing every call at once with DEADLINE_EXCEEDED.
+MAX_TIMEOUT_SECONDS = 1e8
+
+
 def _positive_seconds(text: str) -> float:
-    """A number of seconds above 0; anything else is a usage error."""
+    """A number of seconds above 0 and at most :data:`MAX_TIMEOUT_SECONDS`; anything else is
+    a usage error."""
     try:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than the longest timeout, {MAX_TIMEOUT_SECONDS:.0f} seconds"
+        )
     return seconds
+
+
+def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
+    """The usage error for text that held bytes that are not UTF-8 (the OS hands them over as
+    surrogates, which protobuf strings cannot carry), naming the arguments that held them;
+    None when ``exc`` is about something else."""
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+    if not bad or not all("\udc80" <= ch <= "\udcff" for ch in bad):
+        return None
+    named = [printable(a) for a in argv if has_surrogates(a)]
+    what = ", ".join(f"'{a}'" for a in named or [printable(exc.object)])
+    return CliError(
+        f"{what}: not UTF-8 text (bytes shown as \\xNN); the server takes names, labels and "
+        "other text as UTF-8",
+        EXIT_USAGE,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_seconds,
         default=60.0,
-        help="seconds to wait for each call (default 60)",
+        help="seconds to wait for each call, above 0 and at most 100000000 (default 60)",
     )
     parser.add_argument(
         "--roles",
@@ -141,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -165,12 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         printer.error(CliError(f"{where}{exc.strerror or exc}"))
         return EXIT_USAGE
     except Exception as exc:
-        # A bug, not a failed check: one line naming it, and an exit code of its own.
-        detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        printer.error(
-            CliError(f"internal error in the CLI ({args.command}): {detail}", EXIT_INTERNAL)
-        )
-        return EXIT_INTERNAL
+        error = _not_utf8(exc, argv) if isinstance(exc, UnicodeEncodeError) else None
+        if error is None:
+            # A bug, not a failed check: one line naming it, and an exit code of its own.
+            detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            error = CliError(f"internal error in the CLI ({args.command}): {detail}", EXIT_INTERNAL)
+        printer.error(error)
+        return error.exit_code
     return EXIT_OK if code is None else int(code)
 
 

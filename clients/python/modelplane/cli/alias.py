@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import UTC, datetime
 
 from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
@@ -67,6 +67,12 @@ def _get(args: argparse.Namespace, out: Printer) -> int:
             raise CliError(f"--as-of {args.as_of!r} is not an ISO-8601 time", EXIT_USAGE) from None
         if as_of.tzinfo is None:
             raise CliError("--as-of needs a time zone, e.g. 2026-01-31T12:00:00Z", EXIT_USAGE)
+        try:  # 0001-01-01T00:00:00+01:00 is a time before the year 1 in UTC
+            as_of = as_of.astimezone(UTC)
+        except OverflowError:
+            raise CliError(
+                f"--as-of {args.as_of!r} is outside the years 1 to 9999 in UTC", EXIT_USAGE
+            ) from None
     with server_errors(), client(args) as c:
         a = c.get_alias(args.name, args.alias, as_of=as_of)
     out.emit(a, columns=COLUMNS, rows=[_row(a)])

@@ -91,10 +91,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _ascii_digits(text: str) -> bool:
+    """Whether ``text`` is one or more of the ASCII digits 0-9 (``str.isdigit`` also takes
+    "²" and other digits ``int`` refuses)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def _check_address(option: str, address: str) -> None:
     """``HOST:PORT`` with a port from 0 to 65535 (``[::1]:PORT`` for IPv6), or exit 2."""
     _, sep, port = address.rpartition(":")
-    if not (sep and port.isdigit() and int(port) <= 65535):
+    if not (sep and _ascii_digits(port) and int(port) <= 65535):
         raise CliError(f"{option} {address!r}: use HOST:PORT (port 0 picks a free one)", EXIT_USAGE)
 
 
@@ -154,7 +160,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         except ValueError as exc:
             raise CliError(f"--shutdown-delay: {exc}", EXIT_USAGE) from None
     if args.workers:
-        if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
+        if args.workers != "auto" and not (_ascii_digits(args.workers) and int(args.workers) > 0):
             raise CliError(f"--workers {args.workers!r}: use a positive number or auto", EXIT_USAGE)
         overrides["workers"] = 0 if args.workers == "auto" else int(args.workers)
     try:

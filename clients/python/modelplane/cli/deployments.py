@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelplane._deployments import deployment_name
+from modelplane._deployments import MAX_DRIFT_COOLDOWN_SECONDS, check_seconds, deployment_name
+from modelplane.cli._checks import message_dict
 from modelplane.cli._common import client, key_values, server_errors
-from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer
+from modelplane.errors import InvalidArgument
 from modelplane.units import parse_duration
 from modelplane.v1 import deployments_pb2
 
@@ -61,7 +63,11 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
         help="drift when the share of drifted features ≥ this",
     )
     p.add_argument("--drift-min-rows", type=int, metavar="N", help="rows a window needs first")
-    p.add_argument("--drift-cooldown", metavar="DURATION", help="time between two drift events")
+    p.add_argument(
+        "--drift-cooldown",
+        metavar="DURATION",
+        help="time between two drift events, from 0 to 366d",
+    )
     p.add_argument("--webhook", metavar="URL", help="retraining hook URL (admins only)")
 
 
@@ -88,7 +94,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.drift_min_rows is not None:
         drift["min_rows"] = args.drift_min_rows
     if args.drift_cooldown is not None:
-        drift["cooldown"] = _duration(args.drift_cooldown)
+        drift["cooldown"] = bounded_duration(
+            "--drift-cooldown", args.drift_cooldown, MAX_DRIFT_COOLDOWN_SECONDS
+        )
     if drift:
         out["drift_thresholds"] = drift
     return out
@@ -99,6 +107,16 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def bounded_duration(option: str, text: str, maximum: float) -> float:
+    """Seconds in ``text``, from 0 to ``maximum``; a usage error (exit 2) otherwise, before
+    anything is sent."""
+    seconds = _duration(text)
+    try:
+        return check_seconds(seconds, option, maximum, "INVALID_DURATION")
+    except InvalidArgument as exc:
+        raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
 
 
 COLUMNS = ["name", "model", "champion", "rollout", "state", "candidate", "percent", "generation"]
@@ -133,14 +151,14 @@ def _create(args: argparse.Namespace, out: Printer) -> int:
             drift_cooldown=drift.get("cooldown"),
             **kw,
         )
-    out.emit(created, columns=COLUMNS, rows=[row(created)])
+    out.emit(message_dict(created), columns=COLUMNS, rows=[row(created)])
     return 0
 
 
 def _get(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         d = c.get_deployment(args.name)
-    out.emit(d, columns=COLUMNS, rows=[row(d)])
+    out.emit(message_dict(d), columns=COLUMNS, rows=[row(d)])
     return 0
 
 
@@ -148,7 +166,7 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         items = list(c.list_deployments())
     out.emit(
-        {"deployments": [to_dict(d) for d in items]},
+        {"deployments": [message_dict(d) for d in items]},
         columns=COLUMNS,
         rows=[row(d) for d in items],
     )
@@ -165,7 +183,7 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
         )
     with server_errors(), client(args) as c:
         updated = c.update_deployment(args.name, etag=args.etag, **kw)
-    out.emit(updated, columns=COLUMNS, rows=[row(updated)])
+    out.emit(message_dict(updated), columns=COLUMNS, rows=[row(updated)])
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from modelplane._deployments import MAX_STEP_DURATION_SECONDS
 from modelplane.cli._common import client, csv_list, server_errors
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
@@ -17,7 +18,7 @@ from modelplane.cli._output import (
     dumps,
     to_dict,
 )
-from modelplane.cli.deployments import _duration
+from modelplane.cli.deployments import bounded_duration
 from modelplane.v1 import deployments_pb2 as dp
 
 STRATEGIES = {
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument(
         "--step-duration",
         metavar="DURATION",
-        help="canary step / blue-green phase length, e.g. 30s, 5m (default 60s)",
+        help="canary step / blue-green phase length, e.g. 30s, 5m, at most 7d (default 60s)",
     )
     st.add_argument(
         "--min-requests", type=int, metavar="N", help="candidate requests per step (default 100)"
@@ -77,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "was promoted (or there is none), 1 when it was rolled back or aborted",
     )
     ss.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between polls with --watch"
+        "--interval",
+        type=_interval,
+        default=0.5,
+        help=f"seconds between polls with --watch, above 0 and at most {MAX_INTERVAL:g}",
     )
     ss.set_defaults(handler=_status)
 
@@ -99,6 +103,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ev.add_argument("--limit", type=int, default=0, metavar="N", help="at most N events (0: all)")
     ev.set_defaults(handler=_events)
+
+
+#: The longest pause between two polls of ``rollout status --watch``: an hour.
+MAX_INTERVAL = 3600.0
+
+
+def _interval(text: str) -> float:
+    """A poll interval: seconds above 0 and at most :data:`MAX_INTERVAL`."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_INTERVAL:  # NaN and infinities too
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use a number of seconds above 0 and at most {MAX_INTERVAL:g}"
+        )
+    return seconds
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str | None:
@@ -194,7 +215,9 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any]:
     given = {
         "split": args.split,
         "shadow_fraction": args.shadow_fraction,
-        "step_duration": None if args.step_duration is None else _duration(args.step_duration),
+        "step_duration": None
+        if args.step_duration is None
+        else bounded_duration("--step-duration", args.step_duration, MAX_STEP_DURATION_SECONDS),
         "min_requests": args.min_requests,
     }
     for key, value in given.items():

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from modelplane.cli._common import client, csv_list, key_floats, key_values, server_errors
+from modelplane.cli._checks import printable, unique_key_values, without_credentials
+from modelplane.cli._common import client, csv_list, key_floats, server_errors
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -31,26 +32,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--dataset",
         action="append",
         metavar="ROLE=FILE",
-        help="a dataset (Parquet, Arrow or CSV) by role, e.g. train=train.parquet (repeatable); "
-        "the train dataset gives the baseline profile",
+        help="a dataset (Parquet, Arrow or CSV) by role, e.g. train=train.parquet (repeatable, "
+        "each role once); the train dataset gives the baseline profile",
     )
     r.add_argument("--label", default="", help="label column of the datasets (not a feature)")
     r.add_argument("--feature-names", help="comma-separated feature names in model-input order")
     r.add_argument(
-        "--param", action="append", metavar="K=V", help="a training parameter (repeatable)"
+        "--param",
+        action="append",
+        metavar="K=V",
+        help="a training parameter (repeatable, each key once)",
     )
     r.add_argument(
-        "--metric", action="append", metavar="K=V", help="a training metric (repeatable)"
+        "--metric",
+        action="append",
+        metavar="K=V",
+        help="a training metric (repeatable, each key once)",
     )
     r.add_argument(
         "--code-commit", help="source commit (default: HEAD of the git repo here, if any)"
     )
     r.add_argument(
-        "--code-repo", help="source repository URL (default: the git remote here, if any)"
+        "--code-repo",
+        help="source repository URL (default: the git remote here, if any); credentials in "
+        "the URL are not recorded: a password always goes, and the user name too unless the "
+        "URL is ssh:// (https://TOKEN@host/... is a token)",
     )
     r.add_argument("--training-run-id", default="")
     r.add_argument("--description", default="")
-    r.add_argument("--set-label", action="append", metavar="KEY=VALUE", help="a version label")
+    r.add_argument(
+        "--set-label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a version label (repeatable, each key once)",
+    )
     r.add_argument("--no-environment", action="store_true", help="do not record installed packages")
     r.set_defaults(handler=_register)
 
@@ -71,7 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("name")
     u.add_argument("version")
     u.add_argument("--description")
-    u.add_argument("--set-label", action="append", metavar="KEY=VALUE", help="replaces all labels")
+    u.add_argument(
+        "--set-label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="replaces all labels (repeatable, each key once)",
+    )
     u.add_argument("--etag", default="")
     u.set_defaults(handler=_update)
 
@@ -113,24 +133,31 @@ def _row(v: registry_pb2.ModelVersion) -> list[object]:
 
 
 def _git(*argv: str) -> str:
+    """What ``git ARGV`` prints, or "" when it fails; bytes that are not UTF-8 (a remote URL
+    in another encoding) come back as ``\\xNN`` escapes."""
     try:
-        done = subprocess.run(
-            ["git", *argv], capture_output=True, text=True, timeout=5, check=False
-        )
+        done = subprocess.run(["git", *argv], capture_output=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
+    if done.returncode != 0:
+        return ""
+    return done.stdout.decode("utf-8", "backslashreplace").strip()
 
 
 def _register(args: argparse.Namespace, out: Printer) -> int:
     if not args.onnx.is_file():
         raise CliError(f"--onnx {args.onnx}: no such file", EXIT_USAGE)
-    datasets = key_values(args.dataset, "--dataset")
+    datasets = unique_key_values(args.dataset, "--dataset")
     for role, path in datasets.items():
         if not Path(path).is_file():
-            raise CliError(f"--dataset {role}={path}: no such file", EXIT_USAGE)
+            raise CliError(f"--dataset {role}={printable(path)}: no such file", EXIT_USAGE)
+    params = unique_key_values(args.param, "--param")
+    unique_key_values(args.metric, "--metric")
+    metrics = key_floats(args.metric, "--metric")
+    labels = unique_key_values(args.set_label, "--set-label")
     commit = args.code_commit if args.code_commit is not None else _git("rev-parse", "HEAD")
     repo = args.code_repo if args.code_repo is not None else _git("remote", "get-url", "origin")
+    repo = without_credentials(repo)
     with server_errors(), client(args) as c:
         out.progress(f"uploading {args.onnx} and {len(datasets)} dataset(s)")
         v = c.register_version(
@@ -139,13 +166,13 @@ def _register(args: argparse.Namespace, out: Printer) -> int:
             datasets=datasets,
             label=args.label,
             feature_names=csv_list(args.feature_names),
-            params=key_values(args.param, "--param"),
-            metrics=key_floats(args.metric, "--metric"),
+            params=params,
+            metrics=metrics,
             code_repo=repo,
             code_commit=commit,
             training_run_id=args.training_run_id,
             description=args.description,
-            labels=key_values(args.set_label, "--set-label"),
+            labels=labels,
             capture_env=not args.no_environment,
         )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
@@ -188,7 +215,7 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
     if args.description is not None:
         fields["description"] = args.description
     if args.set_label is not None:
-        fields["labels"] = key_values(args.set_label, "--set-label")
+        fields["labels"] = unique_key_values(args.set_label, "--set-label")
     with server_errors(), client(args) as c:
         v = c.update_version(args.name, args.version, etag=args.etag, **fields)
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
