@@ -59,9 +59,16 @@ def _phase(name: str) -> Any:
     return _enum_value(pb.RolloutPhase, "ROLLOUT_PHASE_", name)
 
 
+#: The longest Duration protobuf's JSON mapping and other languages accept (10,000 years).
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def duration(seconds: float) -> duration_pb2.Duration:
+    """``seconds`` as a Duration, kept within Duration's range (values stored before their
+    bounds were checked would otherwise fail every client that prints them)."""
     out = duration_pb2.Duration()
-    out.FromTimedelta(timedelta(seconds=seconds))
+    bounded = max(-_MAX_DURATION_SECONDS, min(_MAX_DURATION_SECONDS, seconds))
+    out.FromTimedelta(timedelta(seconds=bounded))
     return out
 
 

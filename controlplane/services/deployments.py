@@ -88,6 +88,10 @@ def require_deployment(tx: Tx, deployment_id: str) -> Deployment:
     return got
 
 
+#: The longest drift cooldown a deployment takes (the SDK's bound too).
+MAX_COOLDOWN_SECONDS = 366 * 86400.0
+
+
 def check_thresholds(t: DriftThresholds) -> DriftThresholds:
     """Drift thresholds in range; INVALID_ARGUMENT (INVALID_DRIFT_THRESHOLDS)."""
 
@@ -104,8 +108,11 @@ def check_thresholds(t: DriftThresholds) -> DriftThresholds:
         raise bad(f"max_drifted_share must be in [0, 1], got {t.max_drifted_share}")
     if t.min_rows < 0:
         raise bad(f"min_rows must not be negative, got {t.min_rows}")
-    if not math.isfinite(t.cooldown_seconds) or t.cooldown_seconds < 0:
-        raise bad(f"cooldown must not be negative, got {t.cooldown_seconds}s")
+    if not (math.isfinite(t.cooldown_seconds) and 0 <= t.cooldown_seconds <= MAX_COOLDOWN_SECONDS):
+        raise bad(
+            f"cooldown must be from 0 to {MAX_COOLDOWN_SECONDS:g} seconds (366 days), got "
+            f"{t.cooldown_seconds:g}s"
+        )
     return t
 
 
