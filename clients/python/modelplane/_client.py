@@ -701,8 +701,8 @@ class Client(DeploymentsMixin):
 
         ``task`` (``classification`` or ``regression``; empty: detected from the model's
         outputs) overrides the detection, e.g. for a one-column classifier whose score is no
-        Sigmoid or Softmax output and whose outputs name no label; ``positive_class`` names the class binary metrics and fairness call
-        positive (empty: the model's second class).
+        Sigmoid or Softmax output and whose outputs name no label; ``positive_class`` names
+        the class binary metrics and fairness call positive (empty: the model's second class).
         """
         blob = self.upload_blob(data)
         return self._call(
