@@ -99,6 +99,8 @@ class ObserverProcess:
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closing = False
+        #: Set once a send waited past STALL_SECONDS (the child stopped reading).
+        self._stalled = False
         #: Set once the child has ended, asked to or not.
         self._closed = threading.Event()
         #: Requests that could not be handed over because the child had ended.
@@ -203,6 +205,7 @@ class ObserverProcess:
         while not self._closed.wait(1.0):
             since = self._sending_since
             if since is not None and time.monotonic() - since > STALL_SECONDS:
+                self._stalled = True
                 log.error(
                     "the observer process stopped reading",
                     pid=self._process.pid,
@@ -231,6 +234,11 @@ class ObserverProcess:
         if self._closed.is_set():
             raise Unavailable(
                 "the sidecar's observer process is not running (see the sidecar's log)",
+                reason="OBSERVERS_UNAVAILABLE",
+            )
+        if self._stalled:
+            raise Unavailable(
+                "the sidecar's observer process stopped reading (see the sidecar's log)",
                 reason="OBSERVERS_UNAVAILABLE",
             )
         ticket: Future[Any] = Future()
@@ -306,7 +314,9 @@ class ObserverProcess:
             log.warning("the observer process is not reading; killing it", pid=self._process.pid)
             self._process.kill()
             killed = True
-        self._closed.wait(5.0 if killed else timeout)
+        # A child found not reading earlier gets a short while to write what it has: waiting
+        # the whole timeout for one that may never read again would hold up the shutdown.
+        self._closed.wait(5.0 if killed or self._stalled else timeout)
         self._process.join(5)
         if self._process.is_alive():
             log.warning("the observer process did not stop; killing it", pid=self._process.pid)
