@@ -90,9 +90,9 @@ class Signature:
     """The inputs and outputs of a model, in the session's order.
 
     The inputs whose first dim counts the request's rows (``per_row``) are those whose first
-    dim varies, less those whose first dim the model names differently from the others' (an
-    input ``k[m, 2]`` next to ``q[n, 2]``); a model without such an input counts the first
-    dim of each input that has one.
+    dim varies, less those whose first dim, named apart from the others', sizes a later dim of
+    another tensor (an input ``k[m, 2]`` next to ``q[n, 2]`` giving ``out[n, m]``); a model
+    without such an input counts the first dim of each input that has one.
     """
 
     inputs: tuple[TensorSpec, ...]
@@ -146,14 +146,21 @@ def _with_rows(
         rows = {t.name for t in inputs if t.rank}
     else:
         named = [t.symbol(0) for t in dynamic if t.symbol(0)]
+        rows = {t.name for t in dynamic}
         if len(set(named)) > 1:
-            # Inputs name their first dims differently: the rows are the most common name's
-            # (an output's first dim breaks a tie, then the order of the inputs).
-            by_outputs = [t.symbol(0) for t in outputs]
-            batch = max(dict.fromkeys(named), key=lambda s: (named.count(s), by_outputs.count(s)))
-            rows = {t.name for t in dynamic if t.symbol(0) in (None, batch)}
-        else:
-            rows = {t.name for t in dynamic}
+            # Inputs name their first dims differently. Exporters name them per input (batch,
+            # batch_size): each is rows, unless its first dim sizes another tensor's later
+            # dim (k[m, 2] beside q[n, 2] giving out[n, m]), which makes it a side input.
+            later = {u.symbol(i) for u in (*inputs, *outputs) for i in range(1, u.rank)}
+            rows = {t.name for t in dynamic if t.symbol(0) is None or t.symbol(0) not in later}
+            if not rows:
+                # Every first dim sizes something: the rows are the most common name's (an
+                # output's first dim breaks a tie, then the order of the inputs).
+                by_outputs = [t.symbol(0) for t in outputs]
+                batch = max(
+                    dict.fromkeys(named), key=lambda s: (named.count(s), by_outputs.count(s))
+                )
+                rows = {t.name for t in dynamic if t.symbol(0) in (None, batch)}
     copies = []
     for t in inputs:
         copy = replace(t)

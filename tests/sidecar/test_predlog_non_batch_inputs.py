@@ -76,6 +76,38 @@ def _query_key_model() -> Any:
     )
 
 
+def _per_input_names_model() -> Any:
+    """``a`` FP32 [batch,4] and ``b`` FP32 [batch_size,2], each rows though named apart (as
+    exporters name dynamic axes per input) -> ``ya`` [batch,4], ``yb`` [batch_size,2]."""
+    return _model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["a"], ["ya"]), helper.make_node("Neg", ["b"], ["yb"])],
+            "per_input_names",
+            [
+                helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 4]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch_size", 2]),
+            ],
+            [
+                helper.make_tensor_value_info("ya", TensorProto.FLOAT, ["batch", 4]),
+                helper.make_tensor_value_info("yb", TensorProto.FLOAT, ["batch_size", 2]),
+            ],
+        )
+    )
+
+
+def test_inputs_naming_their_rows_apart_are_all_rows_and_batch(tmp_path: Path) -> None:
+    sig = _signature(_per_input_names_model(), tmp_path / "pin.onnx")
+    assert [t.per_row for t in sig.inputs] == [True, True]
+    assert sig.unbatchable is None
+    limits = Limits(max_request_rows=1000, max_tensor_elements=1 << 20)
+    a, b = np.ones((3, 4), np.float32), np.ones((3, 2), np.float32)
+    even = decode(raw_request("pin", {"a": ("FP32", a), "b": ("FP32", b)}), sig, limits)
+    assert even.rows == 3 and even.key is not None
+    # Rows that disagree run alone.
+    uneven = decode(raw_request("pin", {"a": ("FP32", a), "b": ("FP32", b[:2])}), sig, limits)
+    assert uneven.key is None
+
+
 def _signature(model: Any, path: Path) -> Any:
     saved = onnx_models.save(model, path)
     return signature_of(ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"]))
