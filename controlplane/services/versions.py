@@ -137,14 +137,15 @@ _URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)@")
 def check_no_credentials(url: str) -> None:
     """Refuse a code repository URL that carries credentials, which immutable lineage would
     show to every reader: INVALID_ARGUMENT (CREDENTIALS_IN_URL) for a password in any
-    ``scheme://user:password@host`` URL, and for any user name in an http(s) URL (where a
-    token often goes as the user name). ``ssh://git@host/...`` and scp-like ``git@host:org/repo``
-    name a login, not a secret, and pass. The message does not repeat the URL."""
+    ``scheme://user:password@host`` URL, and for any user name in an http(s) URL, ``git+https``
+    too (where a token often goes as the user name). ``ssh://git@host/...`` and scp-like
+    ``git@host:org/repo`` name a login, not a secret, and pass. The message does not repeat
+    the URL."""
     match = _URL_USERINFO.match(url)
     if match is None:
         return
     scheme, userinfo = match.group(1).lower(), match.group(2)
-    if ":" in userinfo or scheme in ("http", "https"):
+    if ":" in userinfo or scheme.endswith(("http", "https")):
         raise InvalidArgument(
             "code.repository carries credentials (user:password@ or a user name in an http(s) "
             "URL); record the URL without them",

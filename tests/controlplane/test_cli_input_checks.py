@@ -101,17 +101,33 @@ def test_register_reads_a_remote_that_is_not_utf8(
         "https://alice:ghp_SECRET@github.com/org/repo.git",
         "https://ghp_SECRET@github.com/org/repo.git",
         "ssh://git:SECRET@host/org/repo",
+        "git+https://SECRET@host/org/repo",
     ],
 )
 def test_the_server_refuses_credentials_in_the_code_repository(
-    client: Client, trained_model: TrainedModel, url: str
+    client: Client, trained_model: TrainedModel, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As a client that sends the URL as given (other languages, SDKs older than the check).
+    monkeypatch.setattr("modelplane._client.without_credentials", lambda given: given)
     name = unique()
     client.create_model(name)
     with pytest.raises(InvalidArgument) as err:
         client.register_version(name, trained_model.onnx, code_repo=url, capture_env=False)
     assert err.value.reason == "CREDENTIALS_IN_URL"
     assert "SECRET" not in err.value.message
+
+
+def test_the_sdk_records_a_code_repository_without_its_credentials(
+    client: Client, trained_model: TrainedModel
+) -> None:
+    name = unique()
+    client.create_model(name)
+    for given, recorded in (
+        ("https://org@dev.azure.com/org/p/_git/r", "https://dev.azure.com/org/p/_git/r"),
+        ("git+https://SECRET@host/org/repo", "git+https://host/org/repo"),
+    ):
+        v = client.register_version(name, trained_model.onnx, code_repo=given, capture_env=False)
+        assert v.lineage.code.repository == recorded
 
 
 def test_the_server_takes_an_ssh_login(client: Client, trained_model: TrainedModel) -> None:

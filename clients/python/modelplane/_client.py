@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
+from modelplane._code import without_credentials
 from modelplane._deployments import DeploymentsMixin
 from modelplane._environment import capture_environment
 from modelplane.errors import (
@@ -455,7 +456,10 @@ class Client(DeploymentsMixin):
         capture_env: bool = True,
         request_id: str | None = None,
     ) -> registry_pb2.ModelVersion:
-        """Upload the ONNX file and datasets, then register a version with full lineage."""
+        """Upload the ONNX file and datasets, then register a version with full lineage.
+
+        ``code_repo`` is recorded without the credentials a git remote may carry (see
+        :func:`modelplane._code.without_credentials`)."""
         # The environment first: a failure to read it must not come after the uploads.
         environment = capture_environment() if capture_env else None
         artifact = self.upload_blob(onnx)
@@ -477,7 +481,9 @@ class Client(DeploymentsMixin):
             training_run_id=training_run_id,
             parameters={k: str(v) for k, v in (params or {}).items()},
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            code=registry_pb2.CodeRef(repository=code_repo, commit=code_commit),
+            code=registry_pb2.CodeRef(
+                repository=without_credentials(code_repo), commit=code_commit
+            ),
             request_id=request_id or self._rid(),
         )
         if environment is not None:

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from modelplane._code import without_credentials
 from modelplane.cli._common import key_values
 from modelplane.cli._output import EXIT_USAGE, CliError, to_dict
 
+__all__ = ["without_credentials"]
+
 #: Protobuf's Duration holds at most this many seconds either way (about 10,000 years).
 DURATION_MAX_SECONDS = 315_576_000_000
-
-# ``scheme://userinfo@host...``: the userinfo runs up to the last "@" before the path.
-_AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
-#: Schemes whose user name is a login on the host (``ssh://git@host/...``), not a secret.
-_USER_IS_LOGIN = frozenset({"ssh", "git+ssh", "ssh+git"})
 
 
 def unique_key_values(items: list[str] | None, what: str) -> dict[str, str]:
@@ -33,24 +30,6 @@ def unique_key_values(items: list[str] | None, what: str) -> dict[str, str]:
             raise CliError(f"{what} {key!r} is given more than once", EXIT_USAGE)
         seen.add(key)
     return key_values(items, what)
-
-
-def without_credentials(url: str) -> str:
-    """``url`` without the credentials a git remote may carry, for recording in lineage.
-
-    In a ``scheme://user:password@host/...`` URL the password is always dropped; the user
-    name is dropped too unless the scheme is ssh (``ssh://git@host/...``, a login name), since
-    over http(s) a token often goes as the user name (``https://TOKEN@github.com/...``).
-    scp-like remotes (``git@host:org/repo``) and local paths have no password and pass as
-    they are."""
-    match = _AUTHORITY.match(url)
-    if match is None:
-        return url
-    prefix, userinfo = match.group(1), match.group(2)
-    scheme = prefix[:-3].lower()
-    user = userinfo.partition(":")[0]
-    kept = f"{user}@" if scheme in _USER_IS_LOGIN and user else ""
-    return prefix + kept + url[match.end() :]
 
 
 def printable(text: str) -> str:
