@@ -243,11 +243,8 @@ class ModelService:
                 )
             from controlplane.services.gates import require_gate_passed
 
+            require_gate_passed(tx, model_id, ref.version, alias)
             before = tx.aliases.get(model_id, alias)
-            if before is None or before.version != ref.version:
-                # Setting an alias to the version it already points to moves nothing a gate
-                # governs (its decision, taken against what the alias served, is stale now).
-                require_gate_passed(tx, model_id, ref.version, alias)
             after, _previous = tx.aliases.set(
                 model_id, alias, ref.version, ctx.principal, reason, tx.now
             )

@@ -148,28 +148,3 @@ def test_a_first_release_and_a_decision_that_goes_stale_when_the_target_moves(
         assert again.passed and again.results[0].values["delta.roc_auc"] == pytest.approx(0.0)
         moved = a.set_alias(model_id, target, v2)
     assert moved.version == f"models/{model_id}/versions/{v2}"
-
-
-def test_setting_an_alias_again_to_the_version_it_serves_needs_no_new_gate(
-    controlplane_any: RunningControlPlane, trained_model: TrainedModel
-) -> None:
-    """A retry, or a new reason: the alias moves nothing, and the decision that moved it is
-    stale now that the alias serves the version itself."""
-    model_id, target = unique(), unique("prod")
-    with controlplane_any.client("alice") as a:
-        a.create_model(model_id)
-        v1 = add(a, trained_model, model_id, trained_model.onnx)
-        v2 = add(a, trained_model, model_id, trained_model.onnx)
-        a.create_policy(unique("p"), target=target, rules=[FIRST_RELEASE_OR_NO_WORSE])
-        evaluate(a, trained_model, model_id, v1)
-        assert a.evaluate_gate(model_id, v1, target).passed
-        a.set_alias(model_id, target, v1)
-        evaluate(a, trained_model, model_id, v2, compare_to=target)
-        assert a.evaluate_gate(model_id, v2, target).passed
-        a.set_alias(model_id, target, v2)
-        again = a.set_alias(model_id, target, v2, reason="retry")
-        assert again.version.endswith(f"/versions/{v2}") and again.reason == "retry"
-        # Moving it back still needs a gate that passes for v1 against what it serves now.
-        with pytest.raises(FailedPrecondition) as err:
-            a.set_alias(model_id, target, v1)
-        assert err.value.reason == "GATE_FAILED"
