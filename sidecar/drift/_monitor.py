@@ -50,6 +50,8 @@ class DriftMonitor:
         if window_seconds is not None and not window_seconds > 0:
             raise ValueError("window_seconds must be positive")
         self.grid = BaselineGrid.build(profile)
+        #: How each categorical feature's baseline spells booleans (None: not boolean words).
+        self._booleans = tuple(boolean_spelling(f.categories) for f in self.grid.categorical)
         self.window_rows = window_rows
         self.window_seconds = window_seconds
         self.thresholds = thresholds or DriftThresholds()
@@ -210,7 +212,7 @@ class DriftMonitor:
             for position, feature in enumerate(self.grid.categorical):
                 values = category_strings(
                     pa.array(categorical[feature.name])[start:stop],
-                    boolean_spelling(feature.categories),
+                    self._booleans[position],
                 )
                 window.categorical_missing[position] += values.null_count
                 counts = pc.value_counts(pc.drop_null(values))

@@ -236,7 +236,8 @@ def check_signature(checkpoint: CheckpointClaim, public_key: str | bytes | None)
 
 
 class ExportProblem(enum.StrEnum):
-    """What is wrong with an export file. The first six name what the server's verify names."""
+    """What is wrong with an export file; the first seven are also what the server's verify
+    of its own chain names (``controlplane.audit.Problem``)."""
 
     EVENT_ALTERED = "EVENT_ALTERED"
     EVENT_OUT_OF_RANGE = "EVENT_OUT_OF_RANGE"
