@@ -80,6 +80,7 @@ def decision_to_proto(d: GateDecision) -> governance_pb2.GateDecision:
         policy=d.policy,
         policy_revision=d.policy_revision,
         evaluation=d.evaluation,
+        compared_version=d.compared_version,
         passed=d.passed,
         results=[
             governance_pb2.RuleResult(

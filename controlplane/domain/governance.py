@@ -77,6 +77,14 @@ class GateDecision:
     evidence_sha256: str
     created_by: str
     create_time: datetime
+    #: What ``delta`` was measured against: ``serving``, ``compared_version`` and
+    #: ``evaluation`` of :class:`controlplane.services.evidence.Comparison` (empty for decisions
+    #: recorded before the store kept it).
+    reference: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compared_version(self) -> str:
+        return self.reference.get("compared_version", "")
 
     @property
     def name(self) -> str:

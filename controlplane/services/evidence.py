@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controlplane.audit import canonical_json, object_digest
 from controlplane.audit._canonical import utc_text
 from controlplane.domain import ModelVersion
-from controlplane.domain.governance import Approval, Evaluation, Evidence, EvidenceItem, Policy
+from controlplane.domain.governance import (
+    Approval,
+    Evaluation,
+    Evidence,
+    EvidenceItem,
+    GateDecision,
+    Policy,
+)
 from controlplane.services.evaluations import same_framing
 from controlplane.store import Tx
 from controlplane.store.convert import lineage_to_json
@@ -132,6 +139,15 @@ class Comparison:
     evaluation: str = ""
     missing: str = ""
 
+    @property
+    def reference(self) -> dict[str, str]:
+        """The part of a gate decision's evidence this comparison stands for."""
+        return {
+            "serving": self.serving,
+            "compared_version": self.compared_version,
+            "evaluation": self.evaluation,
+        }
+
 
 def serving_version(tx: Tx, model_id: str, target: str) -> int | None:
     """The version of ``model_id`` that ``target`` serves now: the version an alias points to,
@@ -216,6 +232,11 @@ class GateInputs:
     sha256: str
     comparison: Comparison = field(default_factory=Comparison)
 
+    def sha256_against(self, reference: dict[str, str]) -> str:
+        """The digest of these inputs with ``delta`` measured against ``reference`` instead of
+        what the target serves now."""
+        return inputs_digest(self.version, self.target, self.evidence, self.approvals, reference)
+
 
 def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
     """The inputs of a gate for ``version`` and ``target`` now, with their digest."""
@@ -223,7 +244,35 @@ def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
     everything = Governance(tx.session).approvals(version.model_id, version.version, target)
     standing = standing_approvals(everything, evidence)
     comparison = comparison_for(tx, version, target, latest)
-    digest = object_digest(
+    digest = inputs_digest(version, target, evidence, standing, comparison.reference)
+    return GateInputs(version, target, evidence, latest, policy, standing, digest, comparison)
+
+
+def decision_stands(tx: Tx, decision: GateDecision, inputs: GateInputs) -> bool:
+    """Whether ``decision`` was made on ``inputs`` (the gate's inputs now, for its version and
+    target).
+
+    Once the target serves the decision's own version (the decision moved it there), what its
+    ``delta`` was measured against cannot be found from the target any more: the reference
+    the decision recorded stands in for it, and everything else must be as it was."""
+    if decision.evidence_sha256 == inputs.sha256:
+        return True
+    return bool(
+        decision.reference
+        and serving_version(tx, inputs.version.model_id, inputs.target) == inputs.version.version
+        and decision.evidence_sha256 == inputs.sha256_against(decision.reference)
+    )
+
+
+def inputs_digest(
+    version: ModelVersion,
+    target: str,
+    evidence: Evidence,
+    standing: list[Approval],
+    reference: dict[str, str],
+) -> str:
+    """The digest :class:`GateInputs` records, of these parts."""
+    return object_digest(
         {
             "v": 2,
             "version": version.name,
@@ -245,13 +294,12 @@ def gate_inputs(tx: Tx, version: ModelVersion, target: str) -> GateInputs:
             "labels": dict(version.labels),
             "lineage": lineage_to_json(version.lineage),
             "reference": {
-                "serving": comparison.serving,
-                "compared_version": comparison.compared_version,
-                "evaluation": comparison.evaluation,
+                "serving": reference.get("serving", ""),
+                "compared_version": reference.get("compared_version", ""),
+                "evaluation": reference.get("evaluation", ""),
             },
         }
     )
-    return GateInputs(version, target, evidence, latest, policy, standing, digest, comparison)
 
 
 def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from controlplane.services.evidence import (
     GateInputs,
     approval_variables,
     check_approval,
+    decision_stands,
     gate_inputs,
     standing_approvals,
 )
@@ -121,7 +122,7 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         # Only a passed decision needs the current evidence (evaluations, approvals and their
         # signatures) gathered, to see that it still stands.
         inputs = gate_inputs(tx, got, alias)
-        if decision.evidence_sha256 == inputs.sha256:
+        if decision_stands(tx, decision, inputs):
             return
         problem = (
             f"the evidence changed since gate decision {decision.name} "
@@ -225,6 +226,7 @@ class GateService:
                     evidence_sha256=inputs.sha256,
                     created_by=ctx.principal,
                     create_time=tx.now,
+                    reference=inputs.comparison.reference,
                 )
             )
             tx.record("EvaluateGate", made.name, None, made)

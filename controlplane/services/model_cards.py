@@ -11,7 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane.audit import key_id as key_id_of
 from controlplane.audit._canonical import plain
-from controlplane.services.evidence import GateInputs, check_approval, gate_inputs
+from controlplane.services.evidence import (
+    GateInputs,
+    check_approval,
+    decision_stands,
+    gate_inputs,
+)
 from controlplane.services.governance_names import parse_version_number
 from controlplane.services.model_card_render import render_html, render_markdown
 from controlplane.services.models import require_model
@@ -58,6 +63,7 @@ class ModelCardService:
                 newest.setdefault(d.target, d)
             targets = set(newest) | {a.target for a in approvals}
             inputs: dict[str, GateInputs] = {t: gate_inputs(tx, version, t) for t in targets}
+            current = {t: decision_stands(tx, d, inputs[t]) for t, d in newest.items()}
         standing = {a.id for i in inputs.values() for a in i.approvals}
         evaluation = None
         if latest is not None:
@@ -105,7 +111,7 @@ class ModelCardService:
                     "policy": d.policy,
                     "policy_revision": d.policy_revision,
                     "passed": d.passed,
-                    "current": d.evidence_sha256 == inputs[d.target].sha256,
+                    "current": current[d.target],
                     "evaluation": d.evaluation,
                     "time": d.create_time,
                     "rules": [

@@ -83,6 +83,7 @@ def gate_decision(row: GateDecisionRow) -> GateDecision:
         evidence_sha256=row.evidence_sha256,
         created_by=row.created_by,
         create_time=convert.utc(row.create_time),
+        reference=dict(row.reference or {}),
     )
 
 

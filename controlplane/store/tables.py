@@ -233,6 +233,9 @@ class GateDecisionRow(SQLModel, table=True):
     evidence_sha256: str = Field(max_length=64)
     created_by: str = ""
     create_time: datetime = _ts(nullable=False)
+    # What ``delta`` was measured against (evidence.Comparison's serving, compared_version and
+    # evaluation); empty for decisions recorded before revision 0012.
+    reference: dict[str, str] = _json(server_default="{}")
 
 
 class ApprovalRow(SQLModel, table=True):

@@ -5,6 +5,7 @@ passed decision goes stale when the target moves."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,45 @@ def test_a_first_release_and_a_decision_that_goes_stale_when_the_target_moves(
         assert again.passed and again.results[0].values["delta.roc_auc"] == pytest.approx(0.0)
         moved = a.set_alias(model_id, target, v2)
     assert moved.version == f"models/{model_id}/versions/{v2}"
+
+
+def test_setting_an_alias_again_to_the_version_it_serves_keeps_its_decision(
+    controlplane_any: RunningControlPlane, trained_model: TrainedModel
+) -> None:
+    """A retry or a new reason moves nothing: the decision that moved the alias still stands
+    with the reference it was measured against, as long as nothing else changed."""
+    model_id, target = unique(), unique("prod")
+    with controlplane_any.client("alice") as a:
+        a.create_model(model_id)
+        v1, v2 = (add(a, trained_model, model_id, trained_model.onnx) for _ in range(2))
+        a.set_alias(model_id, target, v1)
+        a.create_policy(unique("p"), target=target, rules=[NO_WORSE])
+        evaluate(a, trained_model, model_id, v2, compare_to=target)
+        gated = a.evaluate_gate(model_id, v2, target)
+        assert gated.passed and gated.compared_version == f"models/{model_id}/versions/{v1}"
+        a.set_alias(model_id, target, v2)
+        again = a.set_alias(model_id, target, v2, reason="retry")
+        assert again.version.endswith(f"/versions/{v2}") and again.reason == "retry"
+        card = json.loads(a.model_card(model_id, v2, format="json").content)
+        assert [(d["name"], d["current"]) for d in card["gate_decisions"]] == [(gated.name, True)]
+        # Gated again now that it serves v2 itself, delta is empty and the plain rule fails.
+        regated = a.evaluate_gate(model_id, v2, target)
+        assert not regated.passed and regated.compared_version == ""
+        with pytest.raises(FailedPrecondition) as failed:
+            a.set_alias(model_id, target, v2, reason="after a failed gate")
+        assert failed.value.reason == "GATE_FAILED"
+        assert "latest gate decision" in failed.value.message
+        # A new evaluation still makes the decision stale on a re-set.
+        other, target2 = unique(), unique("prod")
+        a.create_model(other)
+        w1, w2 = (add(a, trained_model, other, trained_model.onnx) for _ in range(2))
+        a.set_alias(other, target2, w1)
+        a.create_policy(unique("p"), target=target2, rules=[NO_WORSE])
+        evaluate(a, trained_model, other, w2, compare_to=target2)
+        assert a.evaluate_gate(other, w2, target2).passed
+        a.set_alias(other, target2, w2)
+        evaluate(a, trained_model, other, w2, compare_to="none")
+        with pytest.raises(FailedPrecondition) as stale:
+            a.set_alias(other, target2, w2, reason="retry")
+        assert stale.value.reason == "GATE_FAILED"
+        assert "a new evaluation" in stale.value.message

@@ -38,10 +38,13 @@ def _gate(args: argparse.Namespace, out: Printer) -> int:
     ]
     verdict = "PASSED" if d.passed else "FAILED"
     policy = f"{d.policy} r{d.policy_revision}" if d.policy else "no policy bound"
+    against = f"; delta against {d.compared_version}" if d.compared_version else ""
     out.emit(
         data,
         columns=["#", "outcome", "rule", "values", "message"],
         rows=rows,
-        title=f"gate {args.target}: {verdict} ({policy}; evidence {d.evaluation or 'none'})",
+        title=(
+            f"gate {args.target}: {verdict} ({policy}; evidence {d.evaluation or 'none'}{against})"
+        ),
     )
     return EXIT_OK if d.passed else EXIT_CHECK_FAILED

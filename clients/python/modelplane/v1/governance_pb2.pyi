@@ -108,7 +108,7 @@ class RuleResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., expression: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ..., values: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GateDecision(_message.Message):
-    __slots__ = ("name", "target", "policy", "policy_revision", "evaluation", "passed", "results", "evidence_sha256", "created_by", "create_time")
+    __slots__ = ("name", "target", "policy", "policy_revision", "evaluation", "passed", "results", "evidence_sha256", "created_by", "create_time", "compared_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class GateDecision(_message.Message):
     EVIDENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     target: str
     policy: str
@@ -129,7 +130,8 @@ class GateDecision(_message.Message):
     evidence_sha256: str
     created_by: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ..., policy: _Optional[str] = ..., policy_revision: _Optional[int] = ..., evaluation: _Optional[str] = ..., passed: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[RuleResult, _Mapping]]] = ..., evidence_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    compared_version: str
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[str] = ..., policy: _Optional[str] = ..., policy_revision: _Optional[int] = ..., evaluation: _Optional[str] = ..., passed: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[RuleResult, _Mapping]]] = ..., evidence_sha256: _Optional[str] = ..., created_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., compared_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateGateRequest(_message.Message):
     __slots__ = ("name", "target", "request_id")
