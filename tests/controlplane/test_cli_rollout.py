@@ -189,3 +189,45 @@ def test_rollout_status_watch_exits_1_when_the_rollout_did_not_promote(
     assert code == 1, err
     assert [line["state"] for line in lines] == [ended["state"]]
     assert ended["state"] in {"aborted", "rolled_back"}
+
+
+def test_updating_one_drift_threshold_keeps_the_others(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    model = _model(client, tmp_path)
+    cli.json(
+        "deployments",
+        "create",
+        model,
+        "--model",
+        model,
+        "--champion",
+        "1",
+        "--drift-max-psi",
+        "0.2",
+        "--drift-max-share",
+        "0.5",
+        "--drift-min-rows",
+        "300",
+    )
+    updated = cli.json("deployments", "update", model, "--drift-cooldown", "1h")
+    t = updated["drift_thresholds"]
+    assert (t["max_psi"], t["max_drifted_share"], t["min_rows"], t["cooldown"]) == (
+        0.2,
+        0.5,
+        "300",
+        "3600s",
+    )
+    t = cli.json("deployments", "update", model, "--drift-max-psi", "0.3")["drift_thresholds"]
+    assert (t["max_psi"], t["max_drifted_share"], t["min_rows"], t["cooldown"]) == (
+        0.3,
+        0.5,
+        "300",
+        "3600s",
+    )
+    # An etag given is still the one checked: a stale one is refused, nothing changes.
+    stale = client.get_deployment(model).etag
+    client.update_deployment(model, description="moved on")
+    code, _, err = cli.run("deployments", "update", model, "--drift-min-rows", "5", "--etag", stale)
+    assert code == 3 and "ABORTED" in err, err
+    assert client.get_deployment(model).drift_thresholds.min_rows == 300

@@ -54,13 +54,20 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
         help="a CEL guard over champion/candidate/shadow window summaries (repeatable)",
     )
     p.add_argument("--description")
-    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
-    p.add_argument("--drift-max-psi", type=float, metavar="PSI", help="drift when any PSI ≥ this")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label (repeatable; on update, replaces all labels)",
+    )
+    p.add_argument(
+        "--drift-max-psi", type=float, metavar="PSI", help="drift when any PSI is above this"
+    )
     p.add_argument(
         "--drift-max-share",
         type=float,
         metavar="SHARE",
-        help="drift when the share of drifted features ≥ this",
+        help="drift when the share of drifted features is above this",
     )
     p.add_argument("--drift-min-rows", type=int, metavar="N", help="rows a window needs first")
     p.add_argument(
@@ -99,6 +106,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         )
     if drift:
         out["drift_thresholds"] = drift
+    return out
+
+
+def thresholds_dict(d: deployments_pb2.Deployment) -> dict[str, Any]:
+    """A deployment's drift thresholds as :meth:`update_deployment` takes them."""
+    t = d.drift_thresholds
+    out: dict[str, Any] = {"min_rows": t.min_rows}
+    if t.HasField("max_psi"):
+        out["max_psi"] = t.max_psi
+    if t.HasField("max_drifted_share"):
+        out["max_drifted_share"] = t.max_drifted_share
+    if t.HasField("cooldown"):
+        out["cooldown"] = t.cooldown.ToTimedelta().total_seconds()
     return out
 
 
@@ -181,8 +201,16 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
             "--drift-*, --webhook",
             EXIT_USAGE,
         )
+    etag = args.etag
     with server_errors(), client(args) as c:
-        updated = c.update_deployment(args.name, etag=args.etag, **kw)
+        if "drift_thresholds" in kw:
+            # The API replaces all four thresholds together: the ones not named keep their
+            # values, read here and sent back under the etag read with them, so that a change
+            # made in between is refused (ABORTED) rather than undone.
+            current = c.get_deployment(args.name)
+            kw["drift_thresholds"] = {**thresholds_dict(current), **kw["drift_thresholds"]}
+            etag = etag or current.etag
+        updated = c.update_deployment(args.name, etag=etag, **kw)
     out.emit(message_dict(updated), columns=COLUMNS, rows=[row(updated)])
     return 0
 
