@@ -131,3 +131,10 @@ def test_go_example_registers_and_gates_against_a_live_control_plane(
     missing = run("-model", model)
     assert missing.returncode == 2
     assert "usage" in missing.stderr
+
+    fresh = f"go-{uuid.uuid4().hex[:8]}"
+    unreadable = run("-model", fresh, "-onnx", str(tmp_path / "nope.onnx"))
+    assert unreadable.returncode == 2, unreadable.stdout + unreadable.stderr
+    assert unreadable.stderr.startswith("error: open "), unreadable.stderr
+    with Client(live_controlplane.address) as client:  # read before any call: nothing created
+        assert all(m.name != f"models/{fresh}" for m in client.list_models())

@@ -212,3 +212,21 @@ def test_example_exits_2_on_a_usage_error(node_built: None, argv: list[str]) -> 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "usage: register-and-gate" in result.stderr
     assert "    at " not in result.stderr  # no stack trace
+
+
+def test_example_exits_2_on_an_unreadable_onnx_file_before_any_call(
+    node_built: None, live_controlplane: LiveControlPlane, tmp_path: Path
+) -> None:
+    # A CI job reads 1 as "gate failed"; a missing file is a usage error, found before the
+    # model is created.
+    model = f"ts-{uuid.uuid4().hex[:8]}"
+    missing = tmp_path / "nope.onnx"
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(missing)]
+    result = _run([*argv, "--server", live_controlplane.address], live_controlplane.address)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ENOENT"), result.stderr
+    assert str(missing) in result.stderr
+    assert "    at " not in result.stderr  # no stack trace
+    assert "created" not in result.stdout
+    with Client(live_controlplane.address) as client:
+        assert all(m.name != f"models/{model}" for m in client.list_models())

@@ -6,9 +6,10 @@
  *       --model fraud --onnx model.onnx --target production [--as ci-bot]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 2 on a usage error (an unknown or missing option), 3 when the server answers an error (its status and reason are printed), 4 when it
- * cannot be reached (UNAVAILABLE: refused, reset, or a TLS handshake or certificate check that
- * failed), as the Go example and the `modelplane` CLI exit.
+ * fails, 2 on a usage error (an unknown or missing option) or an unreadable ONNX file (read
+ * before any call, so nothing is created), 3 when the server answers an error (its status and
+ * reason are printed), 4 when it cannot be reached (UNAVAILABLE: refused, reset, or a TLS
+ * handshake or certificate check that failed), as the Go example and the `modelplane` CLI exit.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -40,6 +41,14 @@ async function main(): Promise<number> {
     console.error(USAGE);
     return 2;
   }
+  let onnx: Buffer;
+  try {
+    onnx = await readFile(values.onnx);
+  } catch (err) {
+    // A missing or unreadable file is the caller's mistake (2), found before any call.
+    console.error(`error: ${err instanceof Error ? err.message : String(err)}`);
+    return 2;
+  }
   const client = new ModelplaneClient(values.server, { principal: values.as });
   try {
     try {
@@ -50,7 +59,7 @@ async function main(): Promise<number> {
         throw err;
       }
     }
-    const version = await client.registerVersion(values.model, await readFile(values.onnx), {
+    const version = await client.registerVersion(values.model, onnx, {
       description: "registered by the TypeScript example",
       labels: { source: "node-example" },
     });
