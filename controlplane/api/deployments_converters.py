@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2
 
@@ -299,7 +300,26 @@ def thresholds_from_proto(msg: pb.DriftThresholds) -> DriftThresholds:
     )
 
 
-def deployment_to_proto(d: Deployment) -> pb.Deployment:
+def shown_webhook(url: str) -> str:
+    """``url`` as shown to a caller who may not set it: its scheme and host, with the rest
+    (where hooks carry their tokens: the path, the query, user info) replaced by ``…``."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def deployment_to_proto(d: Deployment, *, full_webhook: bool = True) -> pb.Deployment:
+    """``d`` as a message; with ``full_webhook`` false, its webhook URL as :func:`shown_webhook`
+    gives it."""
+    webhook_url = d.webhook_url if full_webhook else shown_webhook(d.webhook_url)
     return pb.Deployment(
         name=d.name,
         model=d.model_name,
@@ -309,7 +329,7 @@ def deployment_to_proto(d: Deployment) -> pb.Deployment:
         guards=list(d.guards),
         drift_thresholds=thresholds_to_proto(d.drift_thresholds),
         retraining_hook=pb.RetrainingHook(
-            webhook_url=d.webhook_url, command_configured=d.command_configured
+            webhook_url=webhook_url, command_configured=d.command_configured
         ),
         rollout=rollout_to_proto(d.rollout),
         generation=d.generation,

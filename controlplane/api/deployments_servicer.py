@@ -8,6 +8,8 @@ import grpc
 from google.protobuf import empty_pb2
 
 from controlplane.api import deployments_converters as dcv
+from controlplane.auth.permissions import ADMIN
+from controlplane.domain.deployments import Deployment
 from controlplane.rollouts.reports import ReportService
 from controlplane.rollouts.service import RolloutService
 from controlplane.rollouts.spec import build_spec
@@ -15,6 +17,14 @@ from controlplane.services.deployments import DEPLOYMENT_UPDATE_PATHS, Deploymen
 from modelplane.server import current_context
 from modelplane.v1 import deployments_pb2 as pb
 from modelplane.v1 import deployments_pb2_grpc
+
+
+def _shown(d: Deployment) -> pb.Deployment:
+    """``d`` as the caller may see it: a retraining webhook URL (often carrying a token in its
+    path or query) in full only to those who may set it (admins, or anyone while access
+    control is off), else only its scheme and host."""
+    ctx = current_context()
+    return dcv.deployment_to_proto(d, full_webhook=not ctx.authenticated or ADMIN in ctx.roles)
 
 
 class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
@@ -43,19 +53,19 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
             webhook_url=d.retraining_hook.webhook_url,
             request_id=request.request_id,
         )
-        return dcv.deployment_to_proto(made)
+        return _shown(made)
 
     def GetDeployment(
         self, request: pb.GetDeploymentRequest, context: grpc.ServicerContext
     ) -> pb.Deployment:
-        return dcv.deployment_to_proto(self.deployments.get(request.name))
+        return _shown(self.deployments.get(request.name))
 
     def ListDeployments(
         self, request: pb.ListDeploymentsRequest, context: grpc.ServicerContext
     ) -> pb.ListDeploymentsResponse:
         items, token = self.deployments.list_deployments(request.page_size, request.page_token)
         return pb.ListDeploymentsResponse(
-            deployments=[dcv.deployment_to_proto(d) for d in items], next_page_token=token
+            deployments=[_shown(d) for d in items], next_page_token=token
         )
 
     def UpdateDeployment(
@@ -75,7 +85,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
         updated = self.deployments.update(
             current_context(), d.name, d.etag, paths, values, request.request_id
         )
-        return dcv.deployment_to_proto(updated)
+        return _shown(updated)
 
     def DeleteDeployment(
         self, request: pb.DeleteDeploymentRequest, context: grpc.ServicerContext
@@ -100,7 +110,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
         started = self.rollouts.start(
             current_context(), request.name, spec, request.etag, request.request_id
         )
-        return dcv.deployment_to_proto(started)
+        return _shown(started)
 
     def _act(self, action: str, request: pb.PauseRolloutRequest) -> pb.Deployment:
         moved = self.rollouts.act(
@@ -111,7 +121,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
             request.etag,
             request.request_id,
         )
-        return dcv.deployment_to_proto(moved)
+        return _shown(moved)
 
     def PauseRollout(
         self, request: pb.PauseRolloutRequest, context: grpc.ServicerContext

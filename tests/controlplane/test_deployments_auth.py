@@ -67,6 +67,31 @@ def test_only_admins_set_the_retraining_webhook(server: TokenServer, tmp_path: P
         assert dana.update_deployment(model, description="fraud scores").description
 
 
+def test_the_webhook_url_is_shown_in_full_only_to_admins(
+    server: TokenServer, tmp_path: Path
+) -> None:
+    """Hook URLs carry their tokens in the path or query: a developer or a sidecar sees the
+    scheme and host only, in every answer that holds the deployment."""
+    model = _model(server, tmp_path)
+    hook = "https://hooks.example.org:8443/services/T0/B0/SECRET-TOKEN?key=abc"
+    shown = "https://hooks.example.org:8443/…"
+    with server.client("ada") as ada, server.client("dana") as dana:
+        made = ada.create_deployment(model, model=model, champion_version=1, webhook_url=hook)
+        assert made.retraining_hook.webhook_url == hook
+        assert ada.get_deployment(model).retraining_hook.webhook_url == hook
+        assert dana.get_deployment(model).retraining_hook.webhook_url == shown
+        listed = [d for d in dana.list_deployments() if d.name == made.name]
+        assert [d.retraining_hook.webhook_url for d in listed] == [shown]
+        described = dana.update_deployment(model, description="scores")
+        assert described.retraining_hook.webhook_url == shown
+        started = dana.start_rollout(model, 2, strategy="shadow")
+        assert started.retraining_hook.webhook_url == shown
+        # The stored URL is unchanged by what developers were shown.
+        assert ada.get_deployment(model).retraining_hook.webhook_url == hook
+    with server.client("sid") as sid:
+        assert "SECRET" not in str(sid.get_deployment(model))
+
+
 def test_developers_roll_out_and_sidecars_only_follow(server: TokenServer, tmp_path: Path) -> None:
     model = _model(server, tmp_path)
     with server.client("dana") as dana, server.client("sid") as sid:

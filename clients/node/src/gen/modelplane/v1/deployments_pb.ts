@@ -160,7 +160,8 @@ export const DriftThresholdsSchema: GenMessage<DriftThresholds> = /*@__PURE__*/
  */
 export type RetrainingHook = Message<"modelplane.v1.RetrainingHook"> & {
   /**
-   * An http(s) URL that receives a POST of the drift event as JSON. Set by admins.
+   * An http(s) URL that receives a POST of the drift event as JSON. Set by admins, and shown
+   * in full only to them: other callers see its scheme and host followed by `/…`.
    *
    * @generated from field: string webhook_url = 1;
    */
