@@ -15,6 +15,10 @@ from modelplane.demo._traffic import Traffic
 from modelplane.demo._training import train
 from modelplane.testing.processes import free_port
 
+#: The prediction-log columns the closing suggestion shows: a whole record (30 features, the
+#: outputs) is too wide for a terminal, and the whole log (every request of the demo) too long.
+LOG_COLUMNS = "timestamp,request_id,model_version,arm,out_label,latency_s"
+
 
 def main() -> int:
     """Run the whole walkthrough; returns the exit code."""
@@ -121,7 +125,8 @@ def main() -> int:
             f"metrics:     http://127.0.0.1:{cp_metrics}/metrics (control plane), "
             f"http://127.0.0.1:{sc_metrics}/metrics (sidecar); both servers stop now"
         )
-        note(f"predictions: {log_dir} (Arrow IPC streams; `modelplane logs read {log_dir}`)")
+        note(f"predictions: {log_dir} (Arrow IPC streams); v3's shadow answers, for one:")
+        note(f"  $ modelplane logs read {log_dir} --arm shadow --limit 10 --columns {LOG_COLUMNS}")
         stop(cp)
     say(f"Done in {time.monotonic() - started:.0f}s")
     return 0

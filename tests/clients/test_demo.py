@@ -1,0 +1,64 @@
+"""`make demo` (python -m modelplane.demo) run once, end to end, in a temporary folder: what it
+prints is true of what it did, and what it suggests running works."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.clients.conftest import BIN
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class DemoRun:
+    """The folder the demo ran in and what it printed."""
+
+    folder: Path
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    folder = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "modelplane.demo"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return DemoRun(folder, result.stdout)
+
+
+def test_the_suggested_logs_command_is_quick_and_short(demo: DemoRun) -> None:
+    # Reading the whole log as a table took a minute and printed megabytes of squeezed columns.
+    found = re.search(r"(modelplane logs read [^`\n]*)", demo.stdout)
+    assert found, demo.stdout
+    argv = shlex.split(found.group(1).strip())
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "modelplane"), *argv[1:]],
+        cwd=demo.folder,
+        env={**os.environ, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 15, f"{elapsed:.1f}s"
+    lines = result.stdout.splitlines()
+    assert 3 <= len(lines) <= 20, result.stdout[:2000]
+    assert max(map(len, lines)) <= 120
+    assert "… │" not in result.stdout  # no column squeezed to an ellipsis
