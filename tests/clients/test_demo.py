@@ -62,3 +62,15 @@ def test_the_suggested_logs_command_is_quick_and_short(demo: DemoRun) -> None:
     assert 3 <= len(lines) <= 20, result.stdout[:2000]
     assert max(map(len, lines)) <= 120
     assert "… │" not in result.stdout  # no column squeezed to an ellipsis
+
+
+def test_each_canary_step_prints_the_shares_answered_over_that_step(demo: DemoRun) -> None:
+    # The shares were sampled when a step began, so each line showed the step before it.
+    steps = re.findall(
+        r"answered over step (\d) of 3 \((\d+)%\): (.*) of (\d+) answers", demo.stdout
+    )
+    assert [s[:2] for s in steps] == [("1", "10"), ("2", "50"), ("3", "100")], demo.stdout
+    for _, percent, shares, total in steps:
+        by_version = {v: int(p) for v, p in re.findall(r"(v\d) (\d+)%", shares)}
+        assert int(total) >= 30
+        assert abs(by_version.get("v2", 0) - int(percent)) <= 10, (percent, shares)

@@ -60,26 +60,60 @@ def start_sidecar(stack: ExitStack, control_plane: str) -> tuple[str, int, Path]
     return address, metrics, log_dir
 
 
+#: How long after a change the demo starts counting answers: the sidecar hears of a change
+#: over its watch stream a moment after the control plane makes it.
+SETTLE_SECONDS = 0.25
+
+
+def span_name(r: dp.Rollout) -> str:
+    """What the rollout is in now, as the share lines name it: ``step 2 of 3 (50%)``."""
+    if r.phase == dp.ROLLOUT_PHASE_CANARY and 0 <= r.step < len(r.steps):
+        return f"step {r.step + 1} of {len(r.steps)} ({r.steps[r.step]:g}%)"
+    phase = dp.RolloutPhase.Name(r.phase).removeprefix("ROLLOUT_PHASE_").lower()
+    return f"the {phase} phase"
+
+
+def answered_line(traffic: Traffic, since: float, until: float | None = None) -> str:
+    """The share of answers per version between two monotonic times, and their number."""
+    counts = traffic.answered(since, until)
+    total = sum(counts.values())
+    if not total:
+        return "no answers"
+    shares = ", ".join(f"{v} {n / total:.0%}" for v, n in sorted(counts.items()))
+    return f"{shares} of {total} answers"
+
+
 def follow(client: Any, traffic: Traffic, timeout: float) -> dp.Deployment:
-    """Print each change of the rollout (with who answers the traffic) until it ends."""
+    """Print each change of the rollout until it ends and, when a step or phase ends, who
+    answered the traffic over it; after the end, who answers in the next second.
+
+    A span's answers are counted from the poll that first saw it (plus the sidecar's moment
+    to hear of it) to the last poll that still saw it, so none belong to a neighbouring step.
+    """
     deadline = time.monotonic() + timeout
     last: tuple[Any, ...] | None = None
+    span, since, until = "", 0.0, 0.0
     while True:
+        asked = time.monotonic()
         d = client.get_deployment(DEPLOYMENT)
         r = d.rollout
         key = (r.state, r.phase, r.step)
-        if key != last:
-            last = key
+        if key == last:
+            until = asked  # the state was still on when this poll went out
+        else:
+            if span:
+                note(f"            answered over {span}: {answered_line(traffic, since, until)}")
+            last, since = key, time.monotonic() + SETTLE_SECONDS
+            until = since
             state = dp.RolloutState.Name(r.state).removeprefix("ROLLOUT_STATE_").lower()
             phase = dp.RolloutPhase.Name(r.phase).removeprefix("ROLLOUT_PHASE_").lower()
-            shares = ", ".join(f"{v} {s:.0%}" for v, s in traffic.shares().items())
-            note(
-                f"{state:<11} phase {phase:<7} candidate {r.candidate_percent:5.1f}% of traffic"
-                f"   answered lately: {shares or '-'}"
-            )
+            span = span_name(r) if r.state not in FINAL else ""
+            note(f"{state:<11} phase {phase:<7} candidate {r.candidate_percent:5.1f}% of traffic")
             if r.reason:
                 note(f"            reason: {r.reason}")
         if r.state in FINAL:
+            time.sleep(SETTLE_SECONDS + 1)
+            note(f"            answered in the second after: {answered_line(traffic, since)}")
             return d
         if time.monotonic() > deadline:
             raise SystemExit(f"the rollout did not end within {timeout:.0f}s; see {STATE}/*.log")

@@ -53,14 +53,13 @@ class Traffic:
         for t in self._workers:
             t.join(timeout=10)
 
-    def shares(self, seconds: float = 2.0) -> dict[str, float]:
-        """Share of the answers of the last ``seconds`` per answering version."""
-        since = time.monotonic() - seconds
+    def answered(self, since: float, until: float | None = None) -> collections.Counter[str]:
+        """Answers per answering version (``v1``, ...) received between the monotonic times
+        ``since`` and ``until`` (now when None)."""
+        end = time.monotonic() if until is None else until
         with self._lock:
-            recent = [v for t, v in self._answers if t >= since]
-        counts = collections.Counter(recent)
-        total = sum(counts.values()) or 1
-        return {f"v{k}": n / total for k, n in sorted(counts.items())}
+            recent = [v for t, v in self._answers if since <= t <= end]
+        return collections.Counter(f"v{v}" for v in recent)
 
     def _send(self, worker: int) -> None:
         import grpc
