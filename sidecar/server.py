@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,6 @@ from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
-    grpc_options,
     hold_stop_signals,
     on_stop_signals,
     run_closers,
@@ -36,6 +34,7 @@ from modelplane.server.lifecycle import (
 from sidecar import runtime as rt
 from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
+from sidecar.admission import batch_queue_rows, open_server
 from sidecar.codec import Limits
 from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
 from sidecar.model import ModelSlot, ServingModel
@@ -49,88 +48,6 @@ from sidecar.settings import SidecarSettings
 from sidecar.signature import Signature
 
 log = structlog.get_logger("modelplane.sidecar")
-
-
-class RequestPool(futures.Executor):
-    """The threads that run ModelInfer calls, resizable once the model is loaded, and the
-    admission that keeps calls from queueing for them without bound.
-
-    The listener opens before the model loads (health answers meanwhile), but how many request
-    threads serve best depends on whether requests get batched, which warm-up decides: batched
-    requests wait in threads of their own, unbatched ones only add GIL contention beyond a few.
-
-    gRPC hands a call to a thread pool as soon as it arrives, and the pool queues what its
-    threads cannot take yet: :meth:`admit` turns a ModelInfer call away (answered by a pool of
-    :data:`SHED_THREADS` threads of its own) while ``max_waiting`` rows already wait, counting
-    the rows in the batch queue and each call not yet on a thread as one.
-    """
-
-    def __init__(self, threads: int, max_waiting: int = 0, slot: ModelSlot | None = None) -> None:
-        self._threads = threads
-        self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="oip")
-        self._lock = threading.Lock()
-        self._max_waiting = max_waiting
-        self._slot = slot
-        self._routed: list[Any] = []
-        self._shed_pool: futures.ThreadPoolExecutor | None = None
-
-    def route(self, behavior: Any, shed: bool) -> None:
-        """Run the gRPC method function ``behavior`` on these threads, or (``shed``) on the
-        few that refuse the calls :meth:`admit` turns away."""
-        if shed:
-            if self._shed_pool is None:
-                self._shed_pool = futures.ThreadPoolExecutor(
-                    SHED_THREADS, thread_name_prefix="oip-shed"
-                )
-            behavior.experimental_thread_pool = self._shed_pool
-            return
-        with self._lock:
-            behavior.experimental_thread_pool = self._pool
-            self._routed.append(behavior)
-
-    def admit(self) -> bool:
-        """Whether one more ModelInfer call may wait (always, without ``max_waiting``)."""
-        if not self._max_waiting:
-            return True
-        model = self._slot.current if self._slot is not None else None
-        batcher = None if model is None else model.batcher
-        queued = 0 if batcher is None else batcher.queued_rows
-        return self._pool._work_queue.qsize() + queued < self._max_waiting
-
-    def resize(self, threads: int) -> None:
-        """Serve new requests with ``threads`` threads (running ones finish where they are)."""
-        if threads == self._threads:
-            return
-        with self._lock:
-            self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix="oip")
-            self._threads = threads
-            for behavior in self._routed:
-                behavior.experimental_thread_pool = self._pool
-        # The old pool is not shut down: gRPC's polling thread may have read it from a routed
-        # method just now, and submitting to a pool that was shut down would end that thread.
-        # Its threads finish what they run and end once it is collected.
-
-    @property
-    def threads(self) -> int:
-        """How many request threads serve new requests."""
-        return self._threads
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
-        with self._lock:
-            return self._pool.submit(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            pools = [self._pool] if self._shed_pool is None else [self._pool, self._shed_pool]
-        for pool in pools:
-            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-#: Threads that answer the ModelInfer calls :meth:`RequestPool.admit` turns away.
-SHED_THREADS = 2
-#: Threads of the gRPC server for everything but ModelInfer (health, metadata, reflection,
-#: the admin service): a few, never busy with inference.
-CONTROL_THREADS = 4
 
 
 @dataclass
@@ -287,18 +204,19 @@ def start(
         and log_settings.dir is not None
         and log_settings.durability == "sync"
     )
-    pool = RequestPool(
-        settings.request_threads(waits, settings.may_batch), settings.max_queue_rows, slot
+    server, pool, close_pools = open_server(
+        settings.request_threads(waits, settings.may_batch),
+        settings.max_queue_rows,
+        batch_queue_rows(slot),
+        reuse_port=settings.worker,
     )
-    control = futures.ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="grpc")
-    server = grpc.server(control, options=grpc_options(reuse_port=settings.worker))
     add_to_server(servicer, server, pool)
     add_admin_to_server(AdminServicer(slot), server)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
     handle = SidecarHandle(start_services(server, port, settings), servicer, slot)
-    handle.closers += [lambda: control.shutdown(wait=False), lambda: pool.shutdown(wait=False)]
+    handle.closers += close_pools
     try:
         runtime = rt.load_for(settings, settings.model)
         name = settings.served_name

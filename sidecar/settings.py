@@ -120,9 +120,10 @@ class SidecarSettings(BaseSettings):
         ge=1,
         description=(
             "Rows waiting to run beyond which ModelInfer calls are shed (RESOURCE_EXHAUSTED, "
-            "reason QUEUE_FULL): the rows in the batch queue, plus (standalone mode) one for "
-            "each call still waiting for a request thread, which is refused unread. Health "
-            "checks and metadata run on threads of their own and answer under overload."
+            "reason QUEUE_FULL): the rows in the batch queue (managed mode: the queues of "
+            "every loaded version, shadow copies included), plus one for each call still "
+            "waiting for a request thread, which is refused unread. Health checks, metadata "
+            "and the admin service run on threads of their own and answer under overload."
         ),
     )
     max_request_rows: int = Field(

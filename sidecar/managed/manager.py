@@ -289,6 +289,17 @@ class DeploymentManager:
         self._retired_at[id(version)] = time.monotonic()
         self.retiring.append(version)
 
+    def queued_rows(self) -> int:
+        """Rows waiting in the batch queues of every loaded version: those the routing table
+        serves and those retired but still finishing their requests (any thread)."""
+        table = self.table
+        rows = 0 if table is None else table.queued_rows()
+        for version in list(self.retiring):
+            batcher = version.model.batcher
+            if batcher is not None:
+                rows += batcher.queued_rows
+        return rows
+
     def version(self, label: str) -> LoadedVersion | None:
         """A loaded (or retiring) version by its label (any thread)."""
         table = self.table

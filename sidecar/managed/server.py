@@ -19,7 +19,6 @@ import shutil
 import socket
 import tempfile
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,10 @@ import grpc
 import structlog
 
 from modelplane.server.cpus import process_budget
-from modelplane.server.lifecycle import (
-    grpc_options,
-    serve_metrics,
-)
+from modelplane.server.lifecycle import serve_metrics
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
 from sidecar.admin import AdminServicer, add_admin_to_server
+from sidecar.admission import open_server
 from sidecar.managed.artifacts import ArtifactCache, blob_downloader
 from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
 from sidecar.managed.manager import DeploymentManager
@@ -263,12 +260,20 @@ def start_managed(
     # Versions come and go, each with its own batch size: keep threads for batching unless
     # batching is off for all of them.
     request_threads = settings.request_threads(sync, settings.may_batch)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(request_threads, thread_name_prefix="oip"),
-        options=grpc_options(reuse_port=settings.worker),
+    manager_box: list[DeploymentManager] = []
+    # ModelInfer on request threads of its own, admitted while fewer than --max-queue-rows
+    # rows wait (in every loaded version's batch queue and for a thread); health, metadata,
+    # the admin service and label ingestion on control threads that inference never holds.
+    server, pool, close_pools = open_server(
+        request_threads,
+        settings.max_queue_rows,
+        lambda: manager_box[0].queued_rows() if manager_box else 0,
+        reuse_port=settings.worker,
     )
     port = server.add_insecure_port(settings.listen)
     if port == 0:
+        for close in close_pools:
+            close()
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")
     control_plane = ControlPlane(settings)
     metadata = [(PRINCIPAL_METADATA_KEY, f"sidecar-{name}")]
@@ -277,7 +282,7 @@ def start_managed(
     cache_dir, temporary = _cache_dir(settings, log_settings)
     cache = ArtifactCache(cache_dir, blob_downloader(control_plane, metadata, _DOWNLOAD_TIMEOUT_S))
 
-    closers: list[Any] = [control_plane.close]
+    closers: list[Any] = [control_plane.close, *close_pools]
     if temporary:
         closers.append(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
     registry, serve = metrics_registry(settings)
@@ -315,7 +320,6 @@ def start_managed(
     )
     closers.append(reporter.stop)
     index = PredictionIndex(settings.label_index_rows)
-    manager_box: list[DeploymentManager] = []
     shadow_box: list[ShadowRunner] = []
     observer = ManagedObserver(
         name,
@@ -342,7 +346,7 @@ def start_managed(
     manager_box.append(manager)
     servicer = ManagedServicer(slot, manager, shadow)
     labels = LabelIngestor(index, observer, label_log)
-    add_to_server(servicer, server)
+    add_to_server(servicer, server, pool)
     add_admin_to_server(AdminServicer(slot, labels=labels), server)
     handle = ManagedHandle(
         start_services(server, port, settings),

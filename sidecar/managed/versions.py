@@ -131,6 +131,16 @@ class RoutingTable:
         """The arm a version's answers belong to."""
         return CHAMPION if label == self.champion.label else CANDIDATE
 
+    def queued_rows(self) -> int:
+        """Rows waiting in the batch queues of the versions this table serves (the champion,
+        the candidate answering its share or shadow copies)."""
+        rows = 0
+        for version in self.by_label.values():
+            batcher = version.model.batcher
+            if batcher is not None:
+                rows += batcher.queued_rows
+        return rows
+
     def pick(self, key: bytes | None) -> LoadedVersion:
         """The version answering ``key``."""
         if self.candidate is not None and self.splitter.candidate(key):

@@ -270,7 +270,7 @@ def test_request_threads_follow_the_cpu_budget(
 
 
 def test_request_pool_resizes_without_losing_running_work() -> None:
-    from sidecar.server import RequestPool
+    from sidecar.admission import RequestPool
 
     pool = RequestPool(8)
     started, release = threading.Event(), threading.Event()
