@@ -5,7 +5,11 @@ a slow hook never delays a window report:
 
 - a webhook: an http(s) URL on the deployment (set by admins through the API), sent a POST
   with ``Content-Type: application/json``; failures and non-2xx answers are logged. A redirect
-  is not followed (it would turn the POST into a GET elsewhere): a 3xx is a failed delivery;
+  is not followed (it would turn the POST into a GET elsewhere): a 3xx is a failed delivery.
+  The URL may not carry credentials (``https://user:token@host/...``): they would be stored and
+  shown with the deployment, and urllib does not send them; a webhook takes no headers, so a
+  receiver that needs credentials is called from a command, whose secrets stay on the server.
+  One stored before this check is not called (logged, without the URL);
 - a command: an argv list from the server's hooks file (``MODELPLANE_HOOKS_FILE``), never
   from the API. It runs without a shell, in a session of its own, with the event JSON on stdin
   and, when it is at most :data:`MAX_ENV_EVENT` bytes, in the ``MODELPLANE_DRIFT_EVENT``
@@ -66,16 +70,40 @@ class HooksFileError(ValueError):
     """The hooks file cannot be read or says something this server cannot do."""
 
 
+def _has_userinfo(url: str) -> bool:
+    return "@" in urlparse(url).netloc
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***``, for messages."""
+    parsed = urlparse(url)
+    if "@" not in parsed.netloc:
+        return url
+    return parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]).geturl()
+
+
 def check_webhook_url(url: str) -> str:
-    """An http(s) URL with a host, or empty; INVALID_ARGUMENT (INVALID_WEBHOOK_URL)."""
+    """An http(s) URL with a host and no credentials, or empty; INVALID_ARGUMENT
+    (INVALID_WEBHOOK_URL)."""
     if not url:
         return ""
+    field = "retraining_hook.webhook_url"
     parsed = urlparse(url)
+    if _has_userinfo(url):
+        raise InvalidArgument(
+            f"{field} {_without_userinfo(url)[:80]!r} carries credentials (user:password@): "
+            "they would be stored and shown with the deployment, and are never sent; remove "
+            "them. Webhooks take no headers: for a receiver that needs credentials, configure "
+            "a command for the deployment in the server's hooks file (MODELPLANE_HOOKS_FILE), "
+            "which keeps its secrets on the server",
+            reason="INVALID_WEBHOOK_URL",
+            metadata={"field": field},
+        )
     if len(url) > MAX_URL_LENGTH or parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise InvalidArgument(
-            f"retraining_hook.webhook_url {url[:80]!r} is not an http(s) URL with a host",
+            f"{field} {url[:80]!r} is not an http(s) URL with a host",
             reason="INVALID_WEBHOOK_URL",
-            metadata={"field": "retraining_hook.webhook_url"},
+            metadata={"field": field},
         )
     return url
 
@@ -230,6 +258,13 @@ class HookRunner:
                 log.exception("retraining hook failed")
 
     def _post(self, deployment_id: str, url: str, body: bytes) -> None:
+        if _has_userinfo(url):
+            # Stored before such URLs were refused: never sent, and never logged.
+            log.warning(
+                "retraining webhook not called: its URL carries credentials; set one without",
+                deployment=deployment_id,
+            )
+            return
         request = urllib.request.Request(
             url,
             data=body,

@@ -448,8 +448,9 @@ type RetrainingHook struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// An http(s) URL that receives a POST of the drift event as JSON. Set by admins, and shown
-	// in full only to them: other callers see its scheme and host followed by `/…`.
+	// An http(s) URL that receives a POST of the drift event as JSON; one with credentials
+	// (`user:password@`) is refused, as they are never sent. Set by admins, and shown in full
+	// only to them: other callers see its scheme and host followed by `/…`.
 	WebhookUrl string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
 	// Output only: whether the server's configuration file names a command for this
 	// deployment (commands are never set through the API).

@@ -160,8 +160,9 @@ export const DriftThresholdsSchema: GenMessage<DriftThresholds> = /*@__PURE__*/
  */
 export type RetrainingHook = Message<"modelplane.v1.RetrainingHook"> & {
   /**
-   * An http(s) URL that receives a POST of the drift event as JSON. Set by admins, and shown
-   * in full only to them: other callers see its scheme and host followed by `/…`.
+   * An http(s) URL that receives a POST of the drift event as JSON; one with credentials
+   * (`user:password@`) is refused, as they are never sent. Set by admins, and shown in full
+   * only to them: other callers see its scheme and host followed by `/…`.
    *
    * @generated from field: string webhook_url = 1;
    */
