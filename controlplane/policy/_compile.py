@@ -16,6 +16,7 @@ from controlplane.policy._limits import (
     BudgetRunner,
     bounded_add,
     calls,
+    charged,
     cost_problem,
     function_names,
 )
@@ -81,6 +82,14 @@ _FUNCTIONS: dict[str, Any] = {
 }
 #: The functions and methods a rule may call.
 FUNCTION_NAMES = function_names(_FUNCTIONS)
+#: Operators that read into their operands (``+`` charges what it builds itself).
+_CHARGED = frozenset({"_==_", "_!=_", "_in_", "_<_", "_<=_", "_>_", "_>=_"})
+#: What rules run with: these operators charge the size of their operands to the evaluation's
+#: budget (see :func:`controlplane.policy._limits.charged`).
+_PROGRAM_FUNCTIONS = {
+    name: charged(function) if name in _CHARGED else function
+    for name, function in {**base_functions, **_FUNCTIONS}.items()
+}
 _CALLABLE = (
     ", ".join(sorted(n for n in FUNCTION_NAMES if not n.startswith("get")))
     + ", the get... methods of timestamps and durations (getFullYear, getHours...), and the "
@@ -166,7 +175,7 @@ def compile_rule(
         with _lock:
             env = _env()
             ast = env.compile(expression)
-            program = env.program(ast, functions=_FUNCTIONS)
+            program = env.program(ast, functions=_PROGRAM_FUNCTIONS)
     except celpy.CELParseError as exc:
         line, column = exc.line or 1, exc.column or 1
         raise _invalid(

@@ -14,7 +14,12 @@ from celpy.evaluation import CELEvalError, CELSyntaxError, CELUnsupportedError
 
 from controlplane.policy._compile import CompiledRule
 from controlplane.policy._convert import to_cel, to_plain
-from controlplane.policy._limits import BudgetExceeded, calls
+from controlplane.policy._limits import (
+    MAX_POLICY_SECONDS,
+    BudgetExceeded,
+    calls,
+    policy_deadline,
+)
 
 
 class Outcome(enum.StrEnum):
@@ -174,8 +179,8 @@ def _evaluate_one(
     except BudgetExceeded as err:
         return result(
             Outcome.ERROR,
-            f"the rule was stopped: {err} for these inputs; "
-            "write it with fewer or shallower macros",
+            f"the rule did too much work and was stopped: {err} for these inputs; write it "
+            "with fewer or shallower macros, over smaller values",
         )
     if isinstance(value, CELEvalError):
         return result(Outcome.ERROR, _explain(rule, value, variables))
@@ -194,8 +199,11 @@ def evaluate_rules(rules: Iterable[CompiledRule], variables: Mapping[str, Any]) 
     missing key, a type mismatch) is reported with outcome ``error`` and a message, and counts
     as not passed; it never raises. Values are converted by :func:`to_cel` (numbers as
     doubles). Raises ``InvalidArgument`` (``INVALID_POLICY_INPUT``) only for an input value
-    that has no CEL form.
+    that has no CEL form. Each rule's evaluation is bounded (see
+    :mod:`controlplane.policy._limits`), and all of them together stop after
+    :data:`MAX_POLICY_SECONDS`: a rule stopped so has outcome ``error``.
     """
     activation = {name: to_cel(value, name) for name, value in variables.items()}
-    results = tuple(_evaluate_one(rule, activation, variables) for rule in rules)
+    with policy_deadline(MAX_POLICY_SECONDS):
+        results = tuple(_evaluate_one(rule, activation, variables) for rule in rules)
     return Decision(all(r.passed for r in results), results)

@@ -7,12 +7,24 @@ characters. So a rule is refused when it is written if its macros nest more than
 :data:`MAX_MACRO_NESTING` deep, or if the list and map literals its macros run over would make
 more than :data:`MAX_ITERATIONS` iterations; and each evaluation stops after
 :data:`MAX_EVALUATION_STEPS` steps, so that a rule over large inputs is bounded too.
+
+A step is a syntax node visited, but an operation on a large value (``in``, ``==``, ``+``,
+``matches``, conversions...) is not one step: each call charges the size of the values it is
+given (:func:`charged`), one step per element of a list or map, nested ones included, and one
+per :data:`CHARS_PER_STEP` characters of a string. ``+`` refuses to build a value over
+:data:`MAX_VALUE_SIZE`. A wall-clock deadline backs the count: one evaluation of one rule stops
+after :data:`MAX_RULE_SECONDS`, and the rules evaluated under one :func:`policy_deadline`
+after :data:`MAX_POLICY_SECONDS` in all.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import celpy
@@ -36,8 +48,15 @@ MAX_ITERATIONS = 1_000
 #: builds); a rule that takes more is reported as an error.
 MAX_EVALUATION_STEPS = 50_000
 ITERATION_STEPS = 10
-#: Longest list or string that ``+`` may build.
+#: Longest string that ``+`` may build, and most elements (nested ones included) of a list.
 MAX_VALUE_SIZE = 100_000
+#: Characters of a string or bytes value that an operation reading it is charged one step for.
+CHARS_PER_STEP = 64
+#: Longest one evaluation of one rule may run, in seconds (the step count bounds it first,
+#: on any ordinary machine).
+MAX_RULE_SECONDS = 1.0
+#: Longest the rules evaluated under one :func:`policy_deadline` may run in all, in seconds.
+MAX_POLICY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -158,57 +177,184 @@ def function_names(functions: dict[str, Any]) -> frozenset[str]:
 
 
 class BudgetExceeded(Exception):
-    """An evaluation took more than :data:`MAX_EVALUATION_STEPS` steps or built a value over
-    :data:`MAX_VALUE_SIZE`."""
+    """An evaluation did too much work: more than :data:`MAX_EVALUATION_STEPS` steps, a value
+    over :data:`MAX_VALUE_SIZE`, or longer than its deadline."""
+
+
+class _Budget:
+    """The steps one evaluation of one rule has taken, and when it must stop."""
+
+    __slots__ = ("deadline", "late", "steps")
+
+    def __init__(self, deadline: float, late: str) -> None:
+        self.steps = 0
+        self.deadline = deadline
+        self.late = late
+
+    def charge(self, steps: int) -> None:
+        self.steps += steps
+        if self.steps > MAX_EVALUATION_STEPS:
+            raise BudgetExceeded(f"it took more than {MAX_EVALUATION_STEPS} evaluation steps")
+        if time.monotonic() > self.deadline:
+            raise BudgetExceeded(self.late)
+
+    def left(self) -> int:
+        return MAX_EVALUATION_STEPS - self.steps
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("policy_budget", default=None)
+_policy_deadline: ContextVar[tuple[float, float] | None] = ContextVar(
+    "policy_deadline", default=None
+)
+_END = object()
+_TEXT = (str, bytes)
+_SEQUENCES = (list, tuple)
+
+
+def measure(value: Any, limit: int) -> int:
+    """The size of ``value`` in steps: one for it, one for each element of a list or map
+    (keys and values, nested ones included), one per :data:`CHARS_PER_STEP` characters of a
+    string or bytes. Stops counting past ``limit``, so that it costs no more than that."""
+    total = 0
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            continue
+        total += 1
+        # Tuples of classes, not unions or ABCs: this loop runs once per element.
+        if isinstance(item, _SEQUENCES):
+            stack.append(iter(item))
+        elif isinstance(item, _TEXT):
+            total += len(item) // CHARS_PER_STEP
+        elif isinstance(item, dict):
+            stack.append(chain.from_iterable(item.items()))
+        if total > limit:
+            break
+    return total
+
+
+#: Functions whose cost does not grow with their arguments: not charged for their size.
+FLAT_FUNCTIONS = frozenset({"size", "type", "dyn"})
+
+
+def _charge(steps: int) -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.charge(steps)
+
+
+def _charge_values(values: tuple[Any, ...]) -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    for value in values:
+        budget.charge(measure(value, budget.left()))
+
+
+def charged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The operator ``function``, charging the current evaluation the size of its operands
+    (see :func:`measure`) before it runs: comparing or searching a value costs in proportion
+    to it. (Functions and methods are charged by the evaluator itself.)"""
+
+    def run(*args: Any) -> Any:
+        _charge_values(args)
+        return function(*args)
+
+    run.__name__ = getattr(function, "__name__", "function")
+    return run
+
+
+def bounded_add(add: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``+`` that refuses to build a string longer than :data:`MAX_VALUE_SIZE` or a list of
+    more elements (nested ones included; repeated ``x + x`` in chained macros doubles a value
+    each time), and charges the size of what it builds."""
+
+    def plus(a: Any, b: Any) -> Any:
+        # celpy's lists, strings and bytes are Python's; ``+`` of two lists gives a plain list.
+        if isinstance(a, list) and isinstance(b, list):
+            size = measure(a, MAX_VALUE_SIZE) + measure(b, MAX_VALUE_SIZE)
+        elif isinstance(a, str | bytes) and isinstance(b, str | bytes):
+            size = len(a) + len(b)
+        else:
+            _charge_values((a, b))
+            return add(a, b)
+        if size > MAX_VALUE_SIZE:
+            raise BudgetExceeded(f"it built a list or string longer than {MAX_VALUE_SIZE}")
+        _charge(size if isinstance(a, list) else 2 + size // CHARS_PER_STEP)
+        return add(a, b)
+
+    plus.__name__ = "plus"
+    return plus
 
 
 class _CountingEvaluator(Evaluator):
     """celpy's interpreter, counting the nodes it visits (macro bodies included, as their
     sub-evaluators share the count) and stopping at the budget."""
 
-    def __init__(self, ast: lark.Tree, activation: Any, steps: list[int]) -> None:
+    def __init__(self, ast: lark.Tree, activation: Any, budget: _Budget) -> None:
         super().__init__(ast, activation=activation)
-        self._steps = steps
-
-    def _step(self, steps: int = 1) -> None:
-        self._steps[0] += steps
-        if self._steps[0] > MAX_EVALUATION_STEPS:
-            raise BudgetExceeded(f"it took more than {MAX_EVALUATION_STEPS} evaluation steps")
+        self._budget = budget
 
     def visit(self, tree: lark.Tree) -> Any:
-        self._step()
+        self._budget.charge(1)
         return super().visit(tree)
 
     def visit_children(self, tree: lark.Tree) -> list[Any]:
-        self._step()
+        self._budget.charge(1)
         return super().visit_children(tree)
 
     def evaluate(self, context: Any = None) -> celtypes.Value:
         if context:  # a macro's iteration: a new scope
-            self._step(ITERATION_STEPS)
+            self._budget.charge(ITERATION_STEPS)
         return super().evaluate(context)
 
     def sub_evaluator(self, ast: lark.Tree) -> Evaluator:
-        return _CountingEvaluator(ast, self.activation, self._steps)
+        return _CountingEvaluator(ast, self.activation, self._budget)
+
+    def _charge_values(self, values: Any) -> None:
+        if isinstance(values, list | tuple):
+            for value in values:
+                self._budget.charge(measure(value, self._budget.left()))
+
+    def function_eval(self, name_token: lark.Token, exprlist: Any = None) -> Any:
+        # Functions and methods are charged here rather than wrapped in the function table:
+        # the table's type names (``double``, ``string``) are values too (``type(x) == int``).
+        if name_token.value not in FLAT_FUNCTIONS:
+            self._charge_values(exprlist)
+        return super().function_eval(name_token, exprlist)
+
+    def method_eval(self, object: Any, method_ident: lark.Token, exprlist: Any = None) -> Any:
+        if method_ident.value not in FLAT_FUNCTIONS:
+            self._charge_values([object, *(exprlist if isinstance(exprlist, list) else ())])
+        return super().method_eval(object, method_ident, exprlist)
+
+
+@contextmanager
+def policy_deadline(seconds: float = MAX_POLICY_SECONDS) -> Iterator[None]:
+    """Evaluations in this block stop once ``seconds`` have passed since it began, in all."""
+    token = _policy_deadline.set((time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _policy_deadline.reset(token)
 
 
 class BudgetRunner(celpy.InterpretedRunner):
-    """A runner whose every evaluation stops after :data:`MAX_EVALUATION_STEPS` steps."""
+    """A runner whose every evaluation stops after :data:`MAX_EVALUATION_STEPS` steps (the
+    size of the values its operations read included) or :data:`MAX_RULE_SECONDS`, or at the
+    enclosing :func:`policy_deadline`."""
 
     def evaluate(self, context: Any) -> celtypes.Value:
-        evaluator = _CountingEvaluator(self.ast, self.new_activation(), [0])
-        return evaluator.evaluate(context)
-
-
-def bounded_add(add: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """``+`` that refuses to build a list or string longer than :data:`MAX_VALUE_SIZE`
-    (repeated ``x + x`` in chained macros doubles a value each time)."""
-
-    def plus(a: Any, b: Any) -> Any:
-        # celpy's lists, strings and bytes are Python's; ``+`` of two lists gives a plain list.
-        sized = (list, str, bytes)
-        if isinstance(a, sized) and isinstance(b, sized) and len(a) + len(b) > MAX_VALUE_SIZE:
-            raise BudgetExceeded(f"it built a list or string longer than {MAX_VALUE_SIZE}")
-        return add(a, b)
-
-    return plus
+        deadline = time.monotonic() + MAX_RULE_SECONDS
+        budget = _Budget(deadline, f"it ran longer than {MAX_RULE_SECONDS:g} s")
+        shared = _policy_deadline.get()
+        if shared is not None and shared[0] < deadline:
+            budget = _Budget(shared[0], f"the rules ran longer than {shared[1]:g} s in all")
+        token = _budget.set(budget)
+        try:
+            evaluator = _CountingEvaluator(self.ast, self.new_activation(), budget)
+            return evaluator.evaluate(context)
+        finally:
+            _budget.reset(token)

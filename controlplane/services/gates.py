@@ -29,7 +29,7 @@ from controlplane.store.convert import lineage_to_json
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import GateDecisionRow
-from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from modelplane.errors import FailedPrecondition, InvalidArgument, ModelplaneError, NotFound
 from modelplane.server.context import RequestContext
 
 
@@ -177,6 +177,10 @@ class GateService:
         model_id, number, _ = parse_version_number(name)
         assert number is not None
         check_target(target)
+        # The rules run before the write transaction, so that other writes need not wait on
+        # them; the transaction records their results when the inputs are still those they
+        # read (the same evidence digest), and runs them again otherwise.
+        ready = self._evaluated_ahead(model_id, number, target)
         request = {"name": name, "target": target}
         with self.store.write(ctx, "EvaluateGate", request_id, request=request) as tx:
             gov = Governance(tx.session)
@@ -193,25 +197,10 @@ class GateService:
             version = require_version(tx, model_id, number)
             inputs = gate_inputs(tx, version, target)
             latest, policy = inputs.latest, inputs.policy
-            results: list[dict[str, Any]] = []
-            passed = True
-            if policy is not None:
-                approvals = counted_approvals(self.key, inputs.approvals)
-                try:
-                    rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
-                except InvalidArgument as exc:
-                    # Stored before a rule limit it now breaks: the policy, not this call,
-                    # needs changing.
-                    raise FailedPrecondition(
-                        f"{policy.name} (revision {policy.revision}) has a rule this server "
-                        f"no longer accepts: {exc.message}; update the policy",
-                        reason="POLICY_RULE_REFUSED",
-                        metadata={"policy": policy.name},
-                    ) from exc
-                variables = gate_variables(version, latest, approvals, inputs.comparison)
-                decision = evaluate_rules(rules, variables)
-                results = _explained(decision.to_dict()["results"], inputs.comparison)
-                passed = decision.allowed
+            if ready is not None and ready[0] == inputs.sha256:
+                results, passed = ready[1], ready[2]
+            else:
+                results, passed = self._evaluate(version, inputs)
             made = gov.add_decision(
                 GateDecisionRow(
                     id=new_id("gd"),
@@ -231,6 +220,48 @@ class GateService:
             )
             tx.record("EvaluateGate", made.name, None, made)
             return made
+
+    def _evaluated_ahead(
+        self, model_id: str, number: int, target: str
+    ) -> tuple[str, list[dict[str, Any]], bool] | None:
+        """The gate's rules evaluated in a read transaction: the inputs' digest, the results
+        and whether they passed. None when that fails: the write transaction meets the same
+        problem and answers it (a replay first)."""
+        try:
+            with self.store.read() as tx:
+                require_model(tx, model_id)
+                version = require_version(tx, model_id, number)
+                inputs = gate_inputs(tx, version, target)
+        except ModelplaneError:
+            return None
+        try:
+            return (inputs.sha256, *self._evaluate(version, inputs))
+        except ModelplaneError:
+            return None
+
+    def _evaluate(
+        self, version: ModelVersion, inputs: GateInputs
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The results of the policy's rules on ``inputs``, and whether they all passed (no
+        policy: none, passed)."""
+        policy = inputs.policy
+        if policy is None:
+            return [], True
+        approvals = counted_approvals(self.key, inputs.approvals)
+        try:
+            rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
+        except InvalidArgument as exc:
+            # Stored before a rule limit it now breaks: the policy, not this call, needs
+            # changing.
+            raise FailedPrecondition(
+                f"{policy.name} (revision {policy.revision}) has a rule this server no longer "
+                f"accepts: {exc.message}; update the policy",
+                reason="POLICY_RULE_REFUSED",
+                metadata={"policy": policy.name},
+            ) from exc
+        variables = gate_variables(version, inputs.latest, approvals, inputs.comparison)
+        decision = evaluate_rules(rules, variables)
+        return _explained(decision.to_dict()["results"], inputs.comparison), decision.allowed
 
     def list_decisions(
         self, parent: str, target: str = "", page_size_: int = 0, page_token: str = ""

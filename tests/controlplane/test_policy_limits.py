@@ -1,0 +1,151 @@
+"""What a rule may cost: work charged by the size of the values it reads and builds, deadlines
+per rule and per policy, and gate rules evaluated without holding up other writes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.policy import (
+    MAX_EVALUATION_STEPS,
+    MAX_VALUE_SIZE,
+    POLICY_VARIABLES,
+    Outcome,
+    _evaluate,
+    _limits,
+    compile_rule,
+    evaluate_rules,
+)
+from controlplane.services import gates
+from modelplane import Client
+from tests.conftest import unique
+from tests.controlplane.conftest import RunningControlPlane
+from tests.controlplane.test_deployments_api import register_versions
+
+TEN = "[0,1,2,3,4,5,6,7,8,9]"
+#: [[0..9]] doubled 13 times: one list of 81,920 elements, from a rule of a few dozen nodes.
+DOUBLED = f"[{TEN}]" + ".map(a, a + a)" * 13
+#: Shared rather than copied: 2**20 leaves from a rule of a few dozen nodes.
+SHARED = f"[{TEN}]" + ".map(a, [a, a])" * 20
+TOO_MUCH = "did too much work"
+
+
+def result(expression: str, variables: dict[str, Any] | None = None) -> Any:
+    rule = compile_rule(expression, variables=POLICY_VARIABLES)
+    return evaluate_rules([rule], variables or {}).results[0]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        # One step each, but each reads every element of a list built by doubling.
+        f"{DOUBLED}.all(a, !(-1 in a))",
+        f"{DOUBLED}.all(a, a != [1])",
+        f"{DOUBLED}.all(a, a.exists(i, i == -1) || size(a) > 0)",
+        f"{SHARED}.all(a, a == {SHARED}[0])",
+        f"{SHARED}.all(a, string(a) != '')",
+        f"{SHARED}.all(a, [1] in a || true)",
+    ],
+)
+def test_operations_are_charged_by_the_size_of_their_values(expression: str) -> None:
+    started = time.monotonic()
+    got = result(expression)
+    assert time.monotonic() - started < 1.0
+    assert got.outcome is Outcome.ERROR, got.message
+    assert TOO_MUCH in got.message
+    assert f"more than {MAX_EVALUATION_STEPS} evaluation steps" in got.message
+
+
+def test_a_rule_that_would_run_for_seconds_is_stopped_at_once() -> None:
+    # Accepted when written (234 characters); it ran for 20 s when `in` was one step.
+    expression = f"{DOUBLED}.all(a, a.all(i, !(-1 in a)))"
+    started = time.monotonic()
+    got = result(expression)
+    assert time.monotonic() - started < 1.0
+    assert got.outcome is Outcome.ERROR and TOO_MUCH in got.message
+
+
+def test_values_built_are_bounded_in_size() -> None:
+    big = {"lineage": {"xs": list(range(60_000)), "s": "x" * 60_000}}
+    for expression in ["size(lineage.xs + lineage.xs) > 0", "size(lineage.s + lineage.s) > 0"]:
+        got = result(expression, big)
+        assert got.outcome is Outcome.ERROR, got.message
+        assert f"longer than {MAX_VALUE_SIZE}" in got.message and TOO_MUCH in got.message
+
+
+def test_ordinary_rules_are_not_stopped() -> None:
+    variables = {
+        "metrics": {f"m{i}": 0.9 for i in range(200)},
+        "labels": {"team": "fraud", "note": "n" * 5000},
+        "lineage": {"datasets": [{"name": f"d{i}", "rows": i} for i in range(500)]},
+    }
+    for expression in [
+        "metrics.all(k, metrics[k] >= 0.5)",
+        'labels.note.startsWith("n") && labels.team in ["fraud", "risk"]',
+        'lineage.datasets.exists(d, d.name == "d499") && size(lineage.datasets) == 500',
+        "[1, 2, 3] + [4] == [1, 2, 3, 4] && type(metrics.m0) == double",
+    ]:
+        assert result(expression, variables).outcome is Outcome.PASSED, expression
+
+
+def test_a_rule_is_stopped_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_limits, "MAX_RULE_SECONDS", 0.02)
+    metrics = {f"m{i}": 0.5 for i in range(150)}  # 22,500 iterations: within the step budget
+    got = result("metrics.all(k, metrics.all(j, metrics[k] >= metrics[j]))", {"metrics": metrics})
+    assert got.outcome is Outcome.ERROR
+    assert "ran longer than 0.02 s" in got.message and TOO_MUCH in got.message
+
+
+def test_a_policy_is_stopped_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_evaluate, "MAX_POLICY_SECONDS", 0.05)
+    metrics = {f"m{i}": 0.5 for i in range(150)}
+    rule = compile_rule("metrics.all(k, metrics.all(j, metrics[k] >= metrics[j]))")
+    decision = evaluate_rules([rule] * 4, {"metrics": metrics})
+    assert not decision.allowed
+    last = decision.results[-1]
+    assert last.outcome is Outcome.ERROR
+    assert "the rules ran longer than 0.05 s in all" in last.message
+
+
+def test_a_gate_with_an_expensive_rule_is_decided_quickly(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    expensive = f"{DOUBLED}.all(a, a.all(i, !(-1 in a)))"
+    with controlplane.client() as c:
+        model_id, (v1,) = register_versions(c, tmp_path, 1, capture_env=False)
+        target = unique("prod")
+        c.create_policy(unique("p"), target=target, rules=[expensive, expensive])
+        with Client(controlplane.address, principal="alice", timeout=10) as quick:
+            started = time.monotonic()
+            decision = quick.evaluate_gate(model_id, v1, target)
+        assert time.monotonic() - started < 5
+        assert not decision.passed
+        assert [r.outcome for r in decision.results] == ["error", "error"]
+        assert all(TOO_MUCH in r.message for r in decision.results)
+        (listed,) = c.list_gate_decisions(model_id, v1, target=target)
+        assert listed.name == decision.name and not listed.passed
+
+
+def test_other_writes_go_on_while_a_gate_evaluates(
+    controlplane: RunningControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules run outside the gate's write transaction: a write made while they run neither
+    waits for them nor changes the decision when it touches nothing the gate reads."""
+    created: list[str] = []
+
+    def evaluate_while_writing(*args: Any, **kwargs: Any) -> Any:
+        with Client(controlplane.address, principal="bob", timeout=5) as bob:
+            created.append(bob.create_policy(unique("p"), target=unique("t"), rules=["true"]).name)
+        return evaluate_rules(*args, **kwargs)
+
+    monkeypatch.setattr(gates, "evaluate_rules", evaluate_while_writing)
+    with controlplane.client() as c:
+        model_id, (v1,) = register_versions(c, tmp_path, 1, capture_env=False)
+        target = unique("prod")
+        c.create_policy(unique("p"), target=target, rules=["size(labels) >= 0"])
+        decision = c.evaluate_gate(model_id, v1, target)
+    assert decision.passed
+    assert len(created) == 1
