@@ -74,6 +74,12 @@ def check(h: Histogram, what: str) -> Histogram:
         raise bad("a histogram is on one scale: log_scale and symlog cannot both be set")
     if h.log_scale and h.low <= 0:
         raise bad("a log-scale histogram needs low > 0")
+    width = (_to_scale(h, h.high) - _to_scale(h, h.low)) / len(h.counts)
+    if not math.isfinite(width) or width <= 0:
+        raise bad(
+            f"its buckets on [{h.low}, {h.high}) have no finite, positive width on its scale "
+            f"({width}); use a narrower range, or log_scale or symlog for a wide one"
+        )
     if min(h.counts) < 0 or h.underflow < 0 or h.overflow < 0:
         raise bad("counts cannot be negative")
     if h.total > MAX_COUNT:
