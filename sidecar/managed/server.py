@@ -109,6 +109,18 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.ping_timeout_ms", 10_000),
 ]
 
+#: How soon the channel tries to connect again after the control plane could not be reached:
+#: 1 s at first, growing by 1.6x per failed attempt (with jitter) up to 3 s, within the
+#: watcher's own backoff (at most 10 s, :class:`sidecar.managed.watch.Watcher`). gRPC's
+#: default goes up to 120 s: after a minute's outage the sidecar took most of a minute more
+#: to reconnect once the control plane was back, as every watch and report failed at once
+#: while the channel waited. ``grpc.min_reconnect_backoff_ms`` is left alone: gRPC takes it
+#: as the time one connection attempt may take (20 s), not as a backoff.
+RECONNECT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", 3_000),
+]
+
 
 def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
     """A channel to ``--control-plane`` (TLS when a CA file is given) on a connection of its
@@ -117,6 +129,7 @@ def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.use_local_subchannel_pool", 1),
         *KEEPALIVE_OPTIONS,
+        *RECONNECT_OPTIONS,
     ]
     assert settings.control_plane is not None
     if settings.control_plane_tls_ca is not None:

@@ -87,9 +87,10 @@ class _Blobs(blobs_pb2_grpc.BlobServiceServicer):
 
 
 class FakeControlPlane:
-    """A gRPC server on a free loopback port with the two services sidecars call."""
+    """A gRPC server on a loopback port (``port``; 0: a free one) with the two services
+    sidecars call."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.cond = threading.Condition()
         self.state: Any = None
         self.version = 0
@@ -115,7 +116,8 @@ class FakeControlPlane:
             _Deployments(self), self.server
         )
         blobs_pb2_grpc.add_BlobServiceServicer_to_server(_Blobs(self), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        assert self.port, f"could not listen on 127.0.0.1:{port}"
         self.server.start()
 
     @property
