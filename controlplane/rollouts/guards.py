@@ -18,7 +18,11 @@ reads has at least ``min_requests`` requests (for ``shadow``, copies answered or
 evaluated at all (a type error): only a guard that evaluates to false fails, and a failed
 guard rolls the rollout back.
 
-Defaults, used when neither the deployment nor the rollout names a guard:
+Defaults. The guards in force in a phase are the deployment's and the rollout's; when none of
+them *judges* the version under test there (reads ``candidate`` where the candidate answers
+traffic, ``shadow`` in a shadow phase, and nothing the phase never has), the phase's defaults
+follow them (:func:`effective_guards`), so that guards meant for one phase (a deployment's
+shadow guards, say) never leave another unguarded:
 
 - phases where the candidate answers traffic (canary, A/B, blue/green switch and watch):
   :data:`DEFAULT_TRAFFIC_GUARDS`, i.e. the candidate's error rate at most one point above the
@@ -26,13 +30,14 @@ Defaults, used when neither the deployment nor the rollout names a guard:
 - shadow phases: :data:`DEFAULT_SHADOW_GUARDS`, i.e. the shadow's error rate at most one
   point above the champion's, and at most 10% of the compared rows disagreeing.
 
-User guards apply in every phase (and are skipped where what they read is absent).
+A guard reading what a phase never has (``shadow`` where the candidate answers traffic,
+``candidate`` in a shadow phase) does not apply there: it is skipped.
 
 A guard is checked when it is set (:func:`check_guards`): it may read only the fields above
-(a misspelled one would never be present, so the guard would be skipped for ever, and as user
-guards replace the defaults, nothing would roll a failing candidate back), and it must yield a
-bool: it is evaluated once on sample values with every field present, and one that yields
-anything else, or cannot be evaluated at all, is refused (it would hold a step for ever).
+(a misspelled one would never be present, so the guard would be skipped for ever while it
+still kept the defaults from applying), and it must yield a bool: it is evaluated once on
+sample values with every field present, and one that yields anything else, or cannot be
+evaluated at all, is refused (it would hold a step for ever).
 Either is INVALID_ARGUMENT with reason ``INVALID_GUARD``.
 """
 
@@ -62,6 +67,9 @@ DEFAULT_SHADOW_GUARDS = (
     "shadow.error_rate <= champion.error_rate + 0.01",
     "shadow.disagreement_rate <= 0.1",
 )
+#: The variables a phase where the candidate answers traffic never has, and a shadow phase.
+ABSENT_WITH_TRAFFIC = frozenset({"shadow"})
+ABSENT_IN_SHADOW = frozenset({"candidate"})
 MAX_GUARDS = 50
 #: The fields of ``champion`` and ``candidate`` (see the module docstring), of their ``drift``,
 #: and of ``shadow``.
@@ -152,14 +160,69 @@ def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]
     return items
 
 
+def absent_in(phase: str) -> frozenset[str]:
+    """The guard variables ``phase`` never has."""
+    return ABSENT_IN_SHADOW if phase in SHADOW_PHASES else ABSENT_WITH_TRAFFIC
+
+
+def subject(phase: str) -> str:
+    """The variable of the version under test in ``phase``: ``shadow`` or ``candidate``."""
+    return "shadow" if phase in SHADOW_PHASES else "candidate"
+
+
+def defaults(phase: str) -> tuple[str, ...]:
+    """The default guards of ``phase``."""
+    return DEFAULT_SHADOW_GUARDS if phase in SHADOW_PHASES else DEFAULT_TRAFFIC_GUARDS
+
+
+def _judged(own: Sequence[str], phase: str) -> bool:
+    """Whether a guard of ``own`` judges the version under test in ``phase`` (reads its
+    variable and nothing the phase never has)."""
+    never = absent_in(phase)
+    try:
+        return any(subject(phase) in read and not (read & never) for read in map(arms_read, own))
+    except InvalidArgument:
+        # Stored before a rule limit they now break: evaluate() holds the rollout, saying why.
+        return True
+
+
 def effective_guards(
     deployment_guards: Sequence[str], rollout_guards: Sequence[str], phase: str
 ) -> tuple[str, ...]:
-    """The guards in force in ``phase``: the deployment's and the rollout's, or the defaults."""
+    """The guards in force in ``phase``: the deployment's and the rollout's, followed by the
+    phase's defaults when none of those judges the version under test there."""
     own = (*deployment_guards, *rollout_guards)
-    if own:
-        return tuple(own)
-    return DEFAULT_SHADOW_GUARDS if phase in SHADOW_PHASES else DEFAULT_TRAFFIC_GUARDS
+    if own and _judged(own, phase):
+        return own
+    return (*own, *(g for g in defaults(phase) if g not in own))
+
+
+def defaults_added(
+    deployment_guards: Sequence[str], rollout_guards: Sequence[str], phase: str
+) -> bool:
+    """Whether the defaults of ``phase`` are in force although guards were set, because none
+    of those judges the version under test there."""
+    own = (*deployment_guards, *rollout_guards)
+    return bool(own) and not _judged(own, phase)
+
+
+def why_in_force(
+    guard: str,
+    deployment_guards: Sequence[str],
+    rollout_guards: Sequence[str],
+    phase: str,
+    scope: str,
+) -> str:
+    """Why ``guard``, one nobody set, is in force in ``phase`` (empty for one that was set, or
+    for the defaults when no guard was set at all)."""
+    if guard in (*deployment_guards, *rollout_guards):
+        return ""
+    if guard in defaults(phase) and defaults_added(deployment_guards, rollout_guards, phase):
+        return (
+            f"a default guard of the {phase} phase: none of the deployment's or rollout's guards "
+            f"judges the {subject(phase)} there"
+        )
+    return ""
 
 
 def _arm(a: ArmSummary) -> dict[str, Any]:

@@ -414,7 +414,7 @@ class ReportService:
                     waiting=steps.describe(verdict),
                 )
                 return False
-            why = f"{due.reason}; every guard passed over the {scope}"
+            why = f"{due.reason}; {steps.passed_reason(verdict, d, r)}"
             due = replace(due, reason=why, rollout=replace(due.rollout, reason=why))
         moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
         return moved is not None
@@ -431,6 +431,10 @@ class ReportService:
         why = f"guard failed{scope}: {failure.expression}"
         if failure.detail:
             why += f" ({failure.detail})"
+        where = steps.scope(r)
+        note = guards.why_in_force(failure.expression, d.guards, r.guards, r.phase, where)
+        if note:
+            why += f"; {note}"
         transition = machine.guard_rollback(r, tx.now, why)
         moved = transitions.apply(
             tx, d, transition, AUTOMATIC_ACTOR, evidence=evidence, strict=False

@@ -15,10 +15,13 @@ the candidate back; a guard that cannot be evaluated yet (too few requests, a va
 ``accuracy`` not reported) holds it until more evidence arrives. A guard reading what the step
 or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
 blue/green watch, ``candidate`` in the blue/green shadow phase (the candidate answers only
-copies). A blue/green phase also needs at least one guard that applies (the defaults do), so it
-never moves on time alone. Nothing moves, either, while a replica says it cannot load the
-candidate (:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held,
-with the replicas and their errors.
+copies). A step or
+phase also needs at least one guard that applies, evaluated and passed, so it never moves on
+time alone; there always is one, as the phase's defaults are in force wherever no guard that
+was set judges the version under test (:mod:`controlplane.rollouts.guards`). Nothing moves,
+either, while a replica says it cannot load the candidate
+(:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held, with the
+replicas and their errors.
 
 The champion is compared with its own requests in the step when it has enough; otherwise (the
 100% step, the blue/green watch, or a thin share) with its reference: the last window or step
@@ -44,8 +47,8 @@ from controlplane.rollouts import guards, step_sum, unloaded
 from controlplane.store import WriteTx
 
 #: Variables a step or phase never has, so guards reading them hold nothing there.
-ABSENT_WITH_TRAFFIC = frozenset({"shadow"})
-ABSENT_IN_SHADOW = frozenset({"candidate"})
+ABSENT_WITH_TRAFFIC = guards.ABSENT_WITH_TRAFFIC
+ABSENT_IN_SHADOW = guards.ABSENT_IN_SHADOW
 
 
 def scope(r: Rollout) -> str:
@@ -55,7 +58,7 @@ def scope(r: Rollout) -> str:
 
 def absent(r: Rollout) -> frozenset[str]:
     """The guard variables ``r``'s current step or phase never has."""
-    return ABSENT_IN_SHADOW if r.phase in SHADOW_PHASES else ABSENT_WITH_TRAFFIC
+    return guards.absent_in(r.phase)
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,8 @@ def judge_step(
     failure = guards.first_failure(results)
     missing = absent(r)
     applicable = [g for g in results if _applies(g.expression, missing)]
-    passed = failure is None and all(g.passed for g in applicable)
-    if r.strategy == BLUE_GREEN and not applicable:
-        passed = False
+    # Never "every guard passed" with none evaluated (the defaults see that one applies).
+    passed = failure is None and bool(applicable) and all(g.passed for g in applicable)
     if failure is None and not_loaded:
         held = unloaded.describe(tuple(not_loaded))
         results = tuple(
@@ -135,6 +137,26 @@ def judge_step(
         passed = False
     evidence = replace(evidence, guards=results)
     return StepVerdict(evidence, reference, failure, passed, missing)
+
+
+def passed_reason(verdict: StepVerdict, d: Deployment, r: Rollout) -> str:
+    """What passed over a step or phase that moves, for its transition's reason."""
+    where = scope(r)
+    results = verdict.evidence.guards
+    applicable = [g for g in results if _applies(g.expression, verdict.absent)]
+    if len(applicable) == len(results):
+        why = f"every guard passed over the {where}"
+    else:
+        why = (
+            f"every guard that applies passed over the {where} ({len(applicable)} of "
+            f"{len(results)}; the others read {' or '.join(sorted(verdict.absent))}, which this "
+            f"{where} does not have)"
+        )
+    notes = {
+        guards.why_in_force(g.expression, d.guards, r.guards, r.phase, where) for g in applicable
+    }
+    notes.discard("")
+    return "; ".join([why, *sorted(notes)])
 
 
 def describe(verdict: StepVerdict) -> str:

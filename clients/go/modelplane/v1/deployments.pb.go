@@ -526,8 +526,9 @@ type Rollout struct {
 	StepDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=step_duration,json=stepDuration,proto3" json:"step_duration,omitempty"`
 	// Candidate requests a canary step needs before it advances (default 100).
 	MinRequests int64 `protobuf:"varint,9,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
-	// Guards of this rollout, added to the deployment's. When neither has any, the default
-	// guards on error rate and p99 latency apply.
+	// Guards of this rollout, added to the deployment's. In a phase where none of them judges
+	// the version under test (reads `candidate` while it answers traffic, `shadow` in a shadow
+	// phase), that phase's default guards apply as well (see `effective_guards`).
 	Guards []string `protobuf:"bytes,10,rep,name=guards,proto3" json:"guards,omitempty"`
 	// Output only.
 	State RolloutState `protobuf:"varint,11,opt,name=state,proto3,enum=modelplane.v1.RolloutState" json:"state,omitempty"`
@@ -545,7 +546,8 @@ type Rollout struct {
 	Reason string `protobuf:"bytes,19,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The evidence of the latest evaluated window.
 	Evidence *Evidence `protobuf:"bytes,20,opt,name=evidence,proto3" json:"evidence,omitempty"`
-	// The guards in force (deployment's, rollout's, or the defaults).
+	// The guards in force in the current phase: the deployment's and the rollout's, followed by
+	// the phase's defaults when none of those judges the version under test there.
 	EffectiveGuards []string `protobuf:"bytes,21,rep,name=effective_guards,json=effectiveGuards,proto3" json:"effective_guards,omitempty"`
 }
 
@@ -737,7 +739,9 @@ type Evidence struct {
 	Champion  *ArmSummary    `protobuf:"bytes,1,opt,name=champion,proto3" json:"champion,omitempty"`
 	Candidate *ArmSummary    `protobuf:"bytes,2,opt,name=candidate,proto3" json:"candidate,omitempty"`
 	Shadow    *ShadowSummary `protobuf:"bytes,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
-	// Each guard's result; an empty list when no guard could be evaluated yet.
+	// Each guard's result, in the order of `effective_guards`. A guard that could not be
+	// evaluated (a value absent, too few requests) is listed with `passed` false and `error`
+	// saying why. Empty only before the first report.
 	Guards        []*GuardResult         `protobuf:"bytes,4,rep,name=guards,proto3" json:"guards,omitempty"`
 	WindowEndTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=window_end_time,json=windowEndTime,proto3" json:"window_end_time,omitempty"`
 	// Replicas whose reports were merged.

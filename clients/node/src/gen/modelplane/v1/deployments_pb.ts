@@ -251,8 +251,9 @@ export type Rollout = Message<"modelplane.v1.Rollout"> & {
   minRequests: bigint;
 
   /**
-   * Guards of this rollout, added to the deployment's. When neither has any, the default
-   * guards on error rate and p99 latency apply.
+   * Guards of this rollout, added to the deployment's. In a phase where none of them judges
+   * the version under test (reads `candidate` while it answers traffic, `shadow` in a shadow
+   * phase), that phase's default guards apply as well (see `effective_guards`).
    *
    * @generated from field: repeated string guards = 10;
    */
@@ -321,7 +322,8 @@ export type Rollout = Message<"modelplane.v1.Rollout"> & {
   evidence?: Evidence | undefined;
 
   /**
-   * The guards in force (deployment's, rollout's, or the defaults).
+   * The guards in force in the current phase: the deployment's and the rollout's, followed by
+   * the phase's defaults when none of those judges the version under test there.
    *
    * @generated from field: repeated string effective_guards = 21;
    */
@@ -357,7 +359,9 @@ export type Evidence = Message<"modelplane.v1.Evidence"> & {
   shadow?: ShadowSummary | undefined;
 
   /**
-   * Each guard's result; an empty list when no guard could be evaluated yet.
+   * Each guard's result, in the order of `effective_guards`. A guard that could not be
+   * evaluated (a value absent, too few requests) is listed with `passed` false and `error`
+   * saying why. Empty only before the first report.
    *
    * @generated from field: repeated modelplane.v1.GuardResult guards = 4;
    */
