@@ -31,7 +31,12 @@ shadow guards, say) never leave another unguarded:
   point above the champion's, and at most 10% of the compared rows disagreeing.
 
 A guard reading what a phase never has (``shadow`` where the candidate answers traffic,
-``candidate`` in a shadow phase) does not apply there: it is skipped.
+``candidate`` in a shadow phase) does not apply there: it is skipped. When there is no
+champion to compare with (no champion request in the window or step and no reference, as in a
+canary whose only step is 100% on a new deployment), every guard reading ``champion`` is
+skipped; so where the candidate answers traffic and no guard in force judges it without the
+champion, :data:`NO_CHAMPION_GUARD` (its error rate at most 1%) is evaluated as well
+(:func:`in_force`), and a candidate that fails is still rolled back.
 
 A guard is checked when it is set (:func:`check_guards`): it may read only the fields above
 (a misspelled one would never be present, so the guard would be skipped for ever while it
@@ -67,6 +72,9 @@ DEFAULT_SHADOW_GUARDS = (
     "shadow.error_rate <= champion.error_rate + 0.01",
     "shadow.disagreement_rate <= 0.1",
 )
+#: Evaluated where the candidate answers traffic and there is no champion to compare with
+#: (see the module docstring): the champion-relative default with the champion's rate at 0.
+NO_CHAMPION_GUARD = "candidate.error_rate <= 0.01"
 #: The variables a phase where the candidate answers traffic never has, and a shadow phase.
 ABSENT_WITH_TRAFFIC = frozenset({"shadow"})
 ABSENT_IN_SHADOW = frozenset({"candidate"})
@@ -175,10 +183,10 @@ def defaults(phase: str) -> tuple[str, ...]:
     return DEFAULT_SHADOW_GUARDS if phase in SHADOW_PHASES else DEFAULT_TRAFFIC_GUARDS
 
 
-def _judged(own: Sequence[str], phase: str) -> bool:
+def _judged(own: Sequence[str], phase: str, without_champion: bool = False) -> bool:
     """Whether a guard of ``own`` judges the version under test in ``phase`` (reads its
-    variable and nothing the phase never has)."""
-    never = absent_in(phase)
+    variable and nothing the phase never has; with ``without_champion``, nor ``champion``)."""
+    never = absent_in(phase) | ({"champion"} if without_champion else set())
     try:
         return any(subject(phase) in read and not (read & never) for read in map(arms_read, own))
     except InvalidArgument:
@@ -206,6 +214,25 @@ def defaults_added(
     return bool(own) and not _judged(own, phase)
 
 
+def no_champion(values: dict[str, Any]) -> bool:
+    """Whether the guard variables ``values`` have no champion to compare with (none, or one
+    without requests)."""
+    champion = values.get("champion")
+    return champion is None or not champion.get("requests", 0)
+
+
+def in_force(effective: Sequence[str], values: dict[str, Any], phase: str) -> tuple[str, ...]:
+    """The guards to evaluate on ``values`` in ``phase``: ``effective``, and
+    :data:`NO_CHAMPION_GUARD` where the candidate answers traffic, there is no champion to
+    compare with, and no guard of ``effective`` judges the candidate without the champion."""
+    guards = tuple(effective)
+    if phase in SHADOW_PHASES or not no_champion(values):
+        return guards
+    if NO_CHAMPION_GUARD in guards or _judged(guards, phase, without_champion=True):
+        return guards
+    return (*guards, NO_CHAMPION_GUARD)
+
+
 def why_in_force(
     guard: str,
     deployment_guards: Sequence[str],
@@ -217,6 +244,11 @@ def why_in_force(
     for the defaults when no guard was set at all)."""
     if guard in (*deployment_guards, *rollout_guards):
         return ""
+    if guard == NO_CHAMPION_GUARD:
+        return (
+            f"no champion to compare with in this {scope}, so the candidate's error rate is "
+            "bounded at 1%"
+        )
     if guard in defaults(phase) and defaults_added(deployment_guards, rollout_guards, phase):
         return (
             f"a default guard of the {phase} phase: none of the deployment's or rollout's guards "

@@ -376,7 +376,8 @@ class ReportService:
         """Evaluate the guards; roll back on a failure, else advance a completed step."""
         repo = Deployments(tx.session)
         values = guards.variables(evidence, r.champion_reference)
-        results = guards.evaluate(r.effective_guards, values, self.guard_min_requests)
+        in_force = guards.in_force(r.effective_guards, values, r.phase)
+        results = guards.evaluate(in_force, values, self.guard_min_requests)
         evidence = replace(evidence, guards=results)
         champion = evidence.champion
         reference = (

@@ -15,7 +15,9 @@ the candidate back; a guard that cannot be evaluated yet (too few requests, a va
 ``accuracy`` not reported) holds it until more evidence arrives. A guard reading what the step
 or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
 blue/green watch, ``candidate`` in the blue/green shadow phase (the candidate answers only
-copies). A step or
+copies), nor, in a step where the champion answers nothing and has no comparison (a single
+100% step on a new deployment), ``champion``: there the absolute bound on the candidate's
+error rate stands in (:data:`~controlplane.rollouts.guards.NO_CHAMPION_GUARD`). A step or
 phase also needs at least one guard that applies, evaluated and passed, so it never moves on
 time alone; there always is one, as the phase's defaults are in force wherever no guard that
 was set judges the version under test (:mod:`controlplane.rollouts.guards`). Nothing moves,
@@ -120,9 +122,14 @@ def judge_step(
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
-    results = guards.evaluate(r.effective_guards, values, min_requests, scope=scope(r))
+    in_force = guards.in_force(r.effective_guards, values, r.phase)
+    results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
     failure = guards.first_failure(results)
     missing = absent(r)
+    if r.candidate_percent >= 100 and guards.no_champion(values):
+        # The champion answers nothing here and has no comparison: guards reading it never
+        # apply in this step (NO_CHAMPION_GUARD is in force instead).
+        missing = missing | {"champion"}
     applicable = [g for g in results if _applies(g.expression, missing)]
     # Never "every guard passed" with none evaluated (the defaults see that one applies).
     passed = failure is None and bool(applicable) and all(g.passed for g in applicable)

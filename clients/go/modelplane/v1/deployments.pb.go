@@ -739,9 +739,10 @@ type Evidence struct {
 	Champion  *ArmSummary    `protobuf:"bytes,1,opt,name=champion,proto3" json:"champion,omitempty"`
 	Candidate *ArmSummary    `protobuf:"bytes,2,opt,name=candidate,proto3" json:"candidate,omitempty"`
 	Shadow    *ShadowSummary `protobuf:"bytes,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
-	// Each guard's result, in the order of `effective_guards`. A guard that could not be
-	// evaluated (a value absent, too few requests) is listed with `passed` false and `error`
-	// saying why. Empty only before the first report.
+	// Each guard's result, in the order of `effective_guards`, followed by
+	// `candidate.error_rate <= 0.01` when the candidate answers traffic and there is no champion
+	// to compare with. A guard that could not be evaluated (a value absent, too few requests)
+	// is listed with `passed` false and `error` saying why. Empty only before the first report.
 	Guards        []*GuardResult         `protobuf:"bytes,4,rep,name=guards,proto3" json:"guards,omitempty"`
 	WindowEndTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=window_end_time,json=windowEndTime,proto3" json:"window_end_time,omitempty"`
 	// Replicas whose reports were merged.

@@ -359,9 +359,10 @@ export type Evidence = Message<"modelplane.v1.Evidence"> & {
   shadow?: ShadowSummary | undefined;
 
   /**
-   * Each guard's result, in the order of `effective_guards`. A guard that could not be
-   * evaluated (a value absent, too few requests) is listed with `passed` false and `error`
-   * saying why. Empty only before the first report.
+   * Each guard's result, in the order of `effective_guards`, followed by
+   * `candidate.error_rate <= 0.01` when the candidate answers traffic and there is no champion
+   * to compare with. A guard that could not be evaluated (a value absent, too few requests)
+   * is listed with `passed` false and `error` saying why. Empty only before the first report.
    *
    * @generated from field: repeated modelplane.v1.GuardResult guards = 4;
    */
