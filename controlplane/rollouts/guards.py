@@ -333,6 +333,12 @@ def arms_read(guard: str) -> frozenset[str]:
     return frozenset(ref.path[0] for ref in rule.refs)
 
 
+def fields_read(guard: str) -> frozenset[str]:
+    """The fields ``guard`` reads, dotted (``candidate.latency_p99``, ``shadow.pairs``)."""
+    (rule,) = _compiled((guard,))
+    return frozenset(ref.text for ref in rule.refs)
+
+
 def evaluate(
     guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str = "window"
 ) -> tuple[GuardResult, ...]:

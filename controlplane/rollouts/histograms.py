@@ -121,7 +121,7 @@ def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
     first = items[0]
     for other in items[1:]:
         if other.layout != first.layout:
-            raise layout_mismatch(what, f"{_shown(other)} vs {_shown(first)}")
+            raise layout_mismatch(what, f"{shown(other)} vs {shown(first)}")
     return Histogram(
         low=first.low,
         high=first.high,
@@ -134,7 +134,8 @@ def merge(items: Sequence[Histogram], what: str) -> Histogram | None:
     )
 
 
-def _shown(h: Histogram) -> str:
+def shown(h: Histogram) -> str:
+    """``h``'s layout, for people: ``50 log buckets on [0.0001, 10.0)``."""
     scale = "log" if h.log_scale else "symlog" if h.symlog else "linear"
     return f"{len(h.counts)} {scale} buckets on [{h.low}, {h.high})"
 
@@ -175,5 +176,5 @@ def ks_statistic(a: Histogram | None, b: Histogram | None, what: str) -> float |
     if a is None or b is None or a.total <= 0 or b.total <= 0:
         return None
     if a.layout != b.layout:
-        raise layout_mismatch(what, f"{_shown(a)} vs {_shown(b)}")
+        raise layout_mismatch(what, f"{shown(a)} vs {shown(b)}")
     return float(np.max(np.abs(cdf(a) - cdf(b))))

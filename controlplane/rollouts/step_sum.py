@@ -21,6 +21,13 @@ sum starts again from the reports stored for the new step. From then on the sum 
 took in, so a step's evidence outlives the pruning of its reports
 (``report_retention_seconds``).
 
+A report whose histogram layout (latency or score buckets, or drift bins) differs from the
+step's sum of it (a sidecar upgraded mid-step, once the replicas of the old layout have
+stopped reporting) never fails because of the sum: that histogram of the sum restarts from the
+report's, its counts before are dropped, the other counts are kept, and the sum says so
+(``restarted``, shown with the guards that read values derived from it). Reports of different
+layouts in one latest window are still refused (:mod:`controlplane.rollouts.merge`).
+
 The champion's windows reported before the rollout began, its comparison when it has too few
 requests in a step and no better reference (:mod:`controlplane.rollouts.steps`), are summed
 once, the first time a step needs them, and kept with the rollout
@@ -30,25 +37,33 @@ once, the first time a step needs them, and kept with the rollout
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+import structlog
 
 from controlplane.domain.deployments import (
     BLUE_GREEN,
     CANARY,
     ArmSummary,
     Deployment,
+    DriftSummary,
+    Histogram,
     Rollout,
     ShadowSummary,
     WindowReport,
 )
+from controlplane.rollouts.histograms import shown
 from controlplane.rollouts.merge import merge_arms, merge_reports, merge_shadow
 from controlplane.store import Tx, WriteTx
 from controlplane.store import deployment_json as dj
 from controlplane.store.convert import utc
 from controlplane.store.deployment_json import to_json
 from controlplane.store.deployment_repos import Deployments
+from modelplane.errors import InvalidArgument
+
+log = structlog.get_logger("modelplane.controlplane.rollouts")
 
 #: The strategies whose steps or phases are judged as a whole.
 JUDGED = frozenset({CANARY, BLUE_GREEN})
@@ -63,6 +78,8 @@ class StepSum:
     shadow: ShadowSummary | None = None
     replicas: frozenset[str] = frozenset()
     window_end_time: datetime | None = None
+    #: The histograms that restarted (``candidate.latency``, ...) and why, for people.
+    restarted: tuple[tuple[str, str], ...] = ()
 
 
 def _versions(r: Rollout) -> dict[str, int]:
@@ -90,7 +107,20 @@ def step_reports(
 
 
 def summed(reports: Sequence[WindowReport], r: Rollout) -> StepSum:
-    """The sum of ``reports`` (each arm of ``r``'s versions only)."""
+    """The sum of ``reports`` (each arm of ``r``'s versions only); a histogram whose layout
+    changes between them restarts (see the module docstring)."""
+    try:
+        return _summed(reports, r)
+    except InvalidArgument as exc:
+        if exc.reason != "HISTOGRAM_LAYOUT_MISMATCH":
+            raise
+    total = StepSum()
+    for report in reports:
+        total = combined(total, _summed([report], r))
+    return total
+
+
+def _summed(reports: Sequence[WindowReport], r: Rollout) -> StepSum:
     champion, candidate, shadow = merge_reports(reports, _versions(r))
     ends = [x.end_time for x in reports if x.end_time is not None]
     return StepSum(
@@ -102,20 +132,92 @@ def summed(reports: Sequence[WindowReport], r: Rollout) -> StepSum:
     )
 
 
+def _drift_layout(d: DriftSummary) -> tuple[object, ...]:
+    return (d.baseline_sha256, tuple((f.name, len(f.counts)) for f in d.features))
+
+
+def _differs(kept: object, added: object, what: str, notes: dict[str, str]) -> bool:
+    """Whether ``added``'s layout differs from ``kept``'s (so ``kept`` restarts): noted."""
+    if kept is None or added is None:
+        return False
+    if isinstance(kept, Histogram) and isinstance(added, Histogram):
+        if kept.layout == added.layout:
+            return False
+        change = f"a report's buckets ({shown(added)}) differ from the step's ({shown(kept)})"
+    elif isinstance(kept, DriftSummary) and isinstance(added, DriftSummary):
+        if _drift_layout(kept) == _drift_layout(added):
+            return False
+        change = "a report's drift counts have other baselines, features or bins"
+    else:
+        return False
+    notes[what] = (
+        f"{what} restarted in this step: {change}; the step's {what} counts only the reports since"
+    )
+    log.warning("step histogram restarted", histogram=what, reason=notes[what])
+    return True
+
+
+def _fitted_arm(kept: ArmSummary | None, added: ArmSummary | None, notes: dict[str, str]) -> Any:
+    """``kept`` less each histogram whose layout ``added``'s differs from."""
+    if kept is None or added is None:
+        return kept
+    changes: dict[str, Any] = {
+        field: None
+        for field in ("latency", "scores", "drift")
+        if _differs(getattr(kept, field), getattr(added, field), f"{kept.arm}.{field}", notes)
+    }
+    return replace(kept, **changes) if changes else kept
+
+
+def _fitted_shadow(
+    kept: ShadowSummary | None, added: ShadowSummary | None, notes: dict[str, str]
+) -> Any:
+    """``kept`` less each score histogram whose layout ``added``'s differs from."""
+    if kept is None or added is None:
+        return kept
+    changes: dict[str, Any] = {
+        field: None
+        for field in ("champion_scores", "shadow_scores")
+        if _differs(getattr(kept, field), getattr(added, field), f"shadow.{field}", notes)
+    }
+    return replace(kept, **changes) if changes else kept
+
+
+def fold_arms(items: Sequence[ArmSummary], arm: str) -> ArmSummary | None:
+    """The sum of one arm's summaries in order, a histogram restarting where its layout
+    changes (None for none)."""
+    try:
+        return merge_arms(items, arm)
+    except InvalidArgument as exc:
+        if exc.reason != "HISTOGRAM_LAYOUT_MISMATCH":
+            raise
+    total: ArmSummary | None = None
+    for item in items:
+        total = _both(_fitted_arm(total, item, {}), item, merge_arms, arm)
+    return total
+
+
 def _both(kept: Any, added: Any, merge: Any, *name: str) -> Any:
     parts = [x for x in (kept, added) if x is not None]
     return merge(parts, *name) if parts else None
 
 
 def combined(a: StepSum, b: StepSum) -> StepSum:
-    """The sum of two sums."""
+    """The sum of two sums (``b`` the later): a histogram of ``a`` whose layout ``b``'s
+    differs from restarts from ``b``'s."""
     ends = [x for x in (a.window_end_time, b.window_end_time) if x is not None]
+    notes = dict(a.restarted)
+    notes.update(b.restarted)
+    champion = _fitted_arm(a.champion, b.champion, notes)
+    candidate = _fitted_arm(a.candidate, b.candidate, notes)
+    shadow = _fitted_shadow(a.shadow, b.shadow, notes)
     return StepSum(
-        champion=_both(a.champion, b.champion, merge_arms, "champion"),
-        candidate=_both(a.candidate, b.candidate, merge_arms, "candidate"),
-        shadow=_both(a.shadow, b.shadow, merge_shadow),
+        champion=_both(champion, b.champion, merge_arms, "champion"),
+        candidate=_both(candidate, b.candidate, merge_arms, "candidate"),
+        shadow=_both(shadow, b.shadow, merge_shadow),
         replicas=a.replicas | b.replicas,
         window_end_time=max(ends) if ends else None,
+        restarted=tuple(sorted(notes.items())),
     )
 
 
@@ -129,6 +231,7 @@ def _to_json(tag: dict[str, Any], s: StepSum, last: tuple[int, datetime] | None)
         "shadow": to_json(s.shadow),
         "replicas": sorted(s.replicas),
         "window_end_time": utc(s.window_end_time).isoformat() if s.window_end_time else None,
+        "restarted": dict(s.restarted),
     }
 
 
@@ -144,6 +247,7 @@ def _from_json(d: dict[str, Any]) -> tuple[StepSum, tuple[int, datetime] | None]
         shadow=dj.shadow(d.get("shadow")),
         replicas=frozenset(str(x) for x in d.get("replicas", [])),
         window_end_time=_time(d.get("window_end_time")),
+        restarted=tuple(sorted((str(k), str(v)) for k, v in (d.get("restarted") or {}).items())),
     )
     return total, (int(d.get("last_id", 0)), last_time) if last_time else None
 
@@ -207,7 +311,7 @@ def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None
         for a in x.arms
         if a.arm == "champion" and a.version == r.champion_version
     ]
-    total = merge_arms(arms, "champion")
+    total = fold_arms(arms, "champion")
     if row is not None:
         repo.update_rollout(d.id, r.id, champion_before={"summary": to_json(total)})
     return total

@@ -47,6 +47,7 @@ from controlplane.domain.deployments import (
 )
 from controlplane.rollouts import guards, step_sum, unloaded
 from controlplane.store import WriteTx
+from modelplane.errors import InvalidArgument
 
 #: Variables a step or phase never has, so guards reading them hold nothing there.
 ABSENT_WITH_TRAFFIC = guards.ABSENT_WITH_TRAFFIC
@@ -79,6 +80,8 @@ class StepVerdict:
     passed: bool
     #: The guard variables the step or phase never has.
     absent: frozenset[str] = ABSENT_WITH_TRAFFIC
+    #: Why histograms that guards read over the step restarted (see :mod:`.step_sum`).
+    restarted: tuple[str, ...] = ()
 
     def waiting_for(self) -> list[GuardResult]:
         """The applicable guards that could not be evaluated (or are held) on the step."""
@@ -124,6 +127,7 @@ def judge_step(
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
     in_force = guards.in_force(r.effective_guards, values, r.phase)
     results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
+    results, restarted = _noted(results, total.restarted)
     failure = guards.first_failure(results)
     missing = absent(r)
     if r.candidate_percent >= 100 and guards.no_champion(values):
@@ -143,7 +147,41 @@ def judge_step(
         )
         passed = False
     evidence = replace(evidence, guards=results)
-    return StepVerdict(evidence, reference, failure, passed, missing)
+    return StepVerdict(evidence, reference, failure, passed, missing, restarted)
+
+
+#: The guard fields derived from each histogram (or drift counts) of a step's sum.
+_DERIVED = {
+    "latency": ("latency_p50", "latency_p99", "latency_mean"),
+    "drift": ("drift",),
+    "champion_scores": ("ks_statistic",),
+    "shadow_scores": ("ks_statistic",),
+}
+
+
+def _noted(
+    results: Sequence[GuardResult], restarted: Sequence[tuple[str, str]]
+) -> tuple[tuple[GuardResult, ...], tuple[str, ...]]:
+    """``results`` with the reason a histogram of the step restarted added to the detail of
+    each guard that reads a value derived from it, and those reasons."""
+    if not restarted:
+        return tuple(results), ()
+    out = []
+    used: dict[str, None] = {}
+    for g in results:
+        try:
+            read = guards.fields_read(g.expression)
+        except InvalidArgument:
+            read = frozenset()
+        notes = []
+        for what, why in restarted:
+            arm, _, histogram = what.partition(".")
+            derived = [f"{arm}.{field}" for field in _DERIVED.get(histogram, ())]
+            if any(f == x or f.startswith(x + ".") for f in read for x in derived):
+                notes.append(why)
+                used[why] = None
+        out.append(replace(g, detail="; ".join([g.detail, *notes])) if notes else g)
+    return tuple(out), tuple(used)
 
 
 def passed_reason(verdict: StepVerdict, d: Deployment, r: Rollout) -> str:
@@ -163,7 +201,7 @@ def passed_reason(verdict: StepVerdict, d: Deployment, r: Rollout) -> str:
         guards.why_in_force(g.expression, d.guards, r.guards, r.phase, where) for g in applicable
     }
     notes.discard("")
-    return "; ".join([why, *sorted(notes)])
+    return "; ".join([why, *sorted(notes), *verdict.restarted])
 
 
 def describe(verdict: StepVerdict) -> str:
