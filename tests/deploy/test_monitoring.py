@@ -120,3 +120,47 @@ def test_hpa_metrics_come_from_the_adapter_rules(exported: set[str]) -> None:
     assert any(
         d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"] for d in deployments
     )
+
+
+def _long_calls() -> set[str]:
+    """Control-plane methods whose duration is not a unary call's: every streaming RPC (timed
+    until the stream ends) and WaitOperation (a long-poll), read from the service descriptors."""
+    from modelplane.v1 import (
+        audit_pb2,
+        blobs_pb2,
+        deployments_pb2,
+        evaluation_pb2,
+        governance_pb2,
+        operations_pb2,
+        registry_pb2,
+    )
+
+    names = {"WaitOperation"}
+    for module in (
+        audit_pb2,
+        blobs_pb2,
+        deployments_pb2,
+        evaluation_pb2,
+        governance_pb2,
+        operations_pb2,
+        registry_pb2,
+    ):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names |= {m.name for m in service.methods if m.client_streaming or m.server_streaming}
+    return names
+
+
+def test_control_plane_latency_leaves_out_streams_and_long_polls() -> None:
+    long_calls = _long_calls()
+    assert {"WatchDeployment", "UploadBlob", "DownloadBlob", "ExportAuditEvents"} <= long_calls
+    rules = yaml.safe_load((DEPLOY / "monitoring/prometheus-rules.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((DEPLOY / "monitoring/grafana-dashboard.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    timed = [e for e in exprs if "modelplane_controlplane_request_duration_seconds" in e]
+    assert timed
+    for expr in timed:
+        matcher = re.search(r'method!~"([^"]*)"', expr)
+        assert matcher, expr
+        left_out = set(matcher.group(1).split("|"))
+        assert long_calls <= left_out, long_calls - left_out
