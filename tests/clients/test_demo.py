@@ -74,3 +74,24 @@ def test_each_canary_step_prints_the_shares_answered_over_that_step(demo: DemoRu
         by_version = {v: int(p) for v, p in re.findall(r"(v\d) (\d+)%", shares)}
         assert int(total) >= 30
         assert abs(by_version.get("v2", 0) - int(percent)) <= 10, (percent, shares)
+
+
+def _drift_window(stdout: str, when: str) -> tuple[int, int]:
+    found = re.search(
+        rf"{when}, the sidecar's drift window: (\d+) rows[^,]*, (\d+)% of features drifted", stdout
+    )
+    assert found, stdout
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_undrifted_traffic_reads_undrifted_and_scaled_traffic_drifted(demo: DemoRun) -> None:
+    # Replaying the 171 holdout rows read as 70-80% drifted before any shift (the KS test on
+    # a window of thousands of rows drawn from 171), and the report was read after the shift
+    # had been turned off again.
+    rows, share = _drift_window(demo.stdout, "before the shift")
+    assert rows > 0 and share <= 10, demo.stdout
+    scaled = re.search(r"with the shift, .*?\(the last (\d+) scaled\)", demo.stdout)
+    assert scaled and int(scaled.group(1)) > 0, demo.stdout
+    rows, share = _drift_window(demo.stdout, "with the shift")
+    assert share >= 50, demo.stdout
+    assert re.search(r"drift event on the champion \(v2, \d+ rows .*\): max_psi", demo.stdout)

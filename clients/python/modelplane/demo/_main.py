@@ -99,14 +99,13 @@ def main() -> int:
         sc_address, sc_metrics, log_dir = start_sidecar(stack, address)
         note(f"sidecar on {sc_address} follows the deployment (OIP model name {DEPLOYMENT!r})")
         note(f"metrics: http://127.0.0.1:{sc_metrics}/metrics   logs: {STATE}/sidecar.log")
-        labels = trained.x_holdout  # rows; labels come from the holdout file
-        import pyarrow.csv as pacsv
-
-        truth = pacsv.read_csv(trained.holdout).column("diagnosis").to_numpy()
-        traffic = Traffic(sc_address, DEPLOYMENT, labels, truth).start()
+        traffic = Traffic(sc_address, DEPLOYMENT, trained.x_traffic, trained.y_traffic).start()
         stack.callback(traffic.stop)
         time.sleep(2)
-        note(f"traffic running: {traffic.sent} answered so far, labels sent back every second")
+        note(
+            f"traffic running: rows of the whole data set, {traffic.sent} answered so far, "
+            "labels sent back every second"
+        )
 
         rollouts(alice, address, sc_address, traffic)
         drift(alice, sc_address, traffic, hook_output)

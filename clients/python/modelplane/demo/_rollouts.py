@@ -164,31 +164,54 @@ def rollouts(alice: Any, address: str, sc_address: str, traffic: Traffic) -> Non
     note(f"clients saw {traffic.errors} failed requests out of {traffic.sent + traffic.errors}")
 
 
-def drift(alice: Any, sc_address: str, traffic: Traffic, request: Path) -> None:
-    """Shift the live features until drift crosses the deployment's threshold."""
+def drift_report(sc_address: str) -> Any:
+    """The sidecar's report on its open drift window."""
+    import grpc
+
     from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 
+    with grpc.insecure_channel(sc_address) as ch:
+        return sidecar_pb2_grpc.SidecarAdminServiceStub(ch).GetDriftReport(
+            sidecar_pb2.GetDriftReportRequest(), timeout=10
+        )
+
+
+def report_line(report: Any, scaled: int | None = None) -> str:
+    """A drift report's rows (``scaled``: how many of the latest were scaled), drifted share
+    and largest PSIs."""
+    rows = f"{report.row_count} rows"
+    if scaled is not None:
+        rows += f" (the last {min(scaled, report.row_count)} scaled)"
+    share = f"{report.drifted_share:.0%}" if report.HasField("drifted_share") else "-"
+    worst = sorted((f for f in report.features if f.HasField("psi")), key=lambda f: -f.psi)[:3]
+    largest = ", ".join(f"{f.name} {f.psi:.2f}" for f in worst) or "-"
+    return f"{rows}, {share} of features drifted (PSI >= 0.2 or KS p < 0.05); largest PSI {largest}"
+
+
+def drift(alice: Any, sc_address: str, traffic: Traffic, request: Path) -> None:
+    """Shift the live features until drift crosses the deployment's threshold."""
     say("Injecting drift: every feature of the live traffic scaled by 1.6")
+    note(f"before the shift, the sidecar's drift window: {report_line(drift_report(sc_address))}")
+    sent = traffic.sent
     traffic.shift = 1.6
     deadline = time.monotonic() + 60
     while not request.exists() and time.monotonic() < deadline:
         time.sleep(0.25)
+    # Read while the shift is still on: the open window then holds the scaled rows.
+    during = drift_report(sc_address) if request.exists() else None
+    scaled = traffic.sent - sent
     traffic.shift = 1.0
-    if not request.exists():
+    if during is None:
         raise SystemExit(f"the retraining hook did not fire within 60s; see {STATE}/*.log")
-    import grpc
-
-    with grpc.insecure_channel(sc_address) as ch:
-        report = sidecar_pb2_grpc.SidecarAdminServiceStub(ch).GetDriftReport(
-            sidecar_pb2.GetDriftReportRequest(), timeout=10
-        )
-    worst = sorted((f for f in report.features if f.HasField("psi")), key=lambda f: -f.psi)[:3]
-    note(
-        f"sidecar drift report: {report.row_count} rows, drifted share "
-        f"{report.drifted_share:.0%}; worst: "
-        + ", ".join(f"{f.name} PSI {f.psi:.2f}" for f in worst)
-    )
+    note(f"with the shift, the sidecar's drift window: {report_line(during, scaled)}")
     event = json.loads(request.read_text())
+    for arm in event["arms"]:
+        share = arm.get("drifted_share")
+        note(
+            f"drift event on the {arm['arm']} (v{arm['version']}, {arm['rows']} rows merged by "
+            f"the control plane): {'; '.join(arm['crossed'])}"
+            + (f", {share:.0%} of features at PSI >= 0.2" if share is not None else "")
+        )
     note(f"retraining hook fired with the drift event: {request}")
     note(f"  {json.dumps(event)[:200]}...")
     events = [e for e in alice.list_rollout_events(DEPLOYMENT) if e.action == "drift"]

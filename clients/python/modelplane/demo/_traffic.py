@@ -1,4 +1,4 @@
-"""Client traffic for the demo: holdout rows sent over OIP from a few threads, with labels.
+"""Client traffic for the demo: data rows sent over OIP from a few threads, with labels.
 
 Each request carries a unique id, so the sidecar's sticky routing spreads requests over the
 arms by hash. The answering version of every reply (``model_version``) is counted so the demo

@@ -18,12 +18,14 @@ class Candidate:
 
 @dataclass
 class Trained:
-    """What the demo trains: the candidates and the data files."""
+    """What the demo trains: the candidates, the data files, and the rows its client traffic
+    sends with their labels."""
 
     candidates: dict[str, Candidate]
     train: Path
     holdout: Path
-    x_holdout: Any
+    x_traffic: Any
+    y_traffic: Any
 
 
 def train(folder: Path) -> Trained:
@@ -84,4 +86,11 @@ def train(folder: Path) -> Trained:
 
     pq.write_table(table(x_tr, y_tr), folder / "train.parquet")
     pacsv.write_csv(table(x_te, y_te), folder / "holdout.csv")
-    return Trained(candidates, folder / "train.parquet", folder / "holdout.csv", x_te)
+    # Live traffic: every row of the data set, shuffled, as patients from the population the
+    # training data (and so the baseline) was drawn from. Replaying only the 171 holdout rows
+    # made a drift window of thousands of rows a large sample from a distribution a little off
+    # the training data's: the KS test called most features drifted with no drift at all.
+    order = np.random.default_rng(7).permutation(len(x))
+    return Trained(
+        candidates, folder / "train.parquet", folder / "holdout.csv", x[order], data.target[order]
+    )
