@@ -138,7 +138,7 @@ def test_configmap_settings_are_real_settings(
         cls(**values)  # the values parse as the settings' types
 
 
-def test_service_pdb_and_rbac(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_service_pdb_and_no_api_access(rendered: dict[str, list[dict[str, Any]]]) -> None:
     base = rendered["base"]
     service = find(base, "Service", "modelplane-controlplane")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
@@ -149,15 +149,13 @@ def test_service_pdb_and_rbac(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert service["spec"]["selector"] == labels["matchLabels"]
     pdb = find(base, "PodDisruptionBudget", "modelplane-controlplane")
     assert pdb["spec"]["selector"] == labels and pdb["spec"]["minAvailable"] == 1
-    binding = find(base, "RoleBinding", "modelplane-controlplane")
-    assert (
-        binding["roleRef"]["name"]
-        == find(base, "Role", "modelplane-controlplane")["metadata"]["name"]
-    )
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "modelplane-controlplane", "namespace": "modelplane"}
-    ]
-    find(base, "ServiceAccount", "modelplane-controlplane")
+    # Neither server calls the Kubernetes API: no role grants their accounts anything, and
+    # their tokens stay unmounted.
+    for variant, docs in rendered.items():
+        kinds = {d["kind"] for d in docs}
+        assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}, variant
+    for name in ("modelplane-controlplane", "modelplane-injector"):
+        assert find(base, "ServiceAccount", name)["automountServiceAccountToken"] is False
     assert (
         find(rendered["overlays/production"], "PodDisruptionBudget", "modelplane-controlplane")[
             "spec"
