@@ -50,11 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="control plane HOST:PORT for pods without the modelplane.dev/control-plane "
         "annotation (default modelplane-controlplane.modelplane.svc:50051)",
     )
-    add("--sidecar-image", metavar="IMAGE", help="sidecar image (default modelplane/sidecar)")
+    add("--sidecar-image", metavar="IMAGE", help="sidecar image (default modelplane/sidecar:0.1.0)")
     add(
         "--sidecar-gpu-image",
         metavar="IMAGE",
-        help="sidecar image for pods asking for GPUs (default modelplane/sidecar-gpu)",
+        help="sidecar image for pods asking for GPUs (default modelplane/sidecar-gpu:0.1.0)",
     )
     add(
         "--native-sidecars",
