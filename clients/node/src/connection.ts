@@ -6,7 +6,7 @@
  * connection reset during the handshake is ABORTED, and a server that closes the connection
  * right after the TLS 1.3 handshake (as gRPC servers do to a client presenting no client
  * certificate, or speaking plaintext to a TLS port) leaves the call's stream cancelled:
- * CANCELED. gRPC core (the Python SDK, the Go client) says UNAVAILABLE for all of these, so
+ * CANCELLED. gRPC core (the Python SDK, the Go client) says UNAVAILABLE for all of these, so
  * this client does too, keeping the original message and its cause.
  *
  * Only errors of calls that got no answer at all are changed: an answer of the server, even

@@ -39,10 +39,34 @@ export class ModelplaneError extends ConnectError {
   }
 }
 
-/** `Code.InvalidArgument` as gRPC spells it: `INVALID_ARGUMENT`. */
+/**
+ * gRPC's canonical status names, by code number. A table, not Connect's enum names
+ * upper-cased: Connect spells code 1 `Canceled`, gRPC `CANCELLED`.
+ */
+const STATUS_NAMES: readonly string[] = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+];
+
+/** A code as gRPC names it: `Code.InvalidArgument` is `INVALID_ARGUMENT`, `Code.Canceled`
+ * `CANCELLED`; a number outside the 17 codes is `UNKNOWN`. */
 export function statusName(code: Code): string {
-  const camel = Code[code] ?? "Unknown";
-  return camel.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+  return STATUS_NAMES[code] ?? "UNKNOWN";
 }
 
 /** Turn whatever a call threw into a ModelplaneError, reading ErrorInfo from the trailers. */

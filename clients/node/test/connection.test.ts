@@ -100,22 +100,23 @@ describe("connection-level failures", () => {
   });
 
   test("CANCELLED and INTERNAL answered by the server stay as they are", async () => {
-    for (const [status, code] of [
-      ["1", Code.Canceled],
-      ["13", Code.Internal],
+    for (const [status, code, name] of [
+      ["1", Code.Canceled, "CANCELLED"],
+      ["13", Code.Internal, "INTERNAL"],
     ] as const) {
       const err = await call(`status-${status}`);
       assert.equal(err.code, code, err.message);
+      assert.equal(err.status, name);
       assert.match(err.message, /the server says so/);
     }
   });
 
-  test("a stream the server resets on a live connection stays CANCELED", async () => {
+  test("a stream the server resets on a live connection stays CANCELLED", async () => {
     const err = await call("reset");
     assert.equal(err.code, Code.Canceled, err.message);
   });
 
-  test("a call cut by close() or by its caller stays CANCELED", async () => {
+  test("a call cut by close() or by its caller stays CANCELLED", async () => {
     const closed = new ModelplaneClient(address);
     setTimeout(() => closed.close(), 50);
     assert.equal((await call("wait", closed)).code, Code.Canceled);

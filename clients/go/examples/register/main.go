@@ -92,7 +92,7 @@ func run() int {
 
 func report(err error) int {
 	st := status.Convert(err)
-	code := strings.ToUpper(snake(st.Code().String()))
+	code := statusName(st.Code())
 	if reason := client.Reason(err); reason != "" {
 		fmt.Fprintf(os.Stderr, "error: %s %s: %s\n", code, reason, st.Message())
 	} else {
@@ -104,16 +104,34 @@ func report(err error) int {
 	return 3
 }
 
-// snake turns a code name such as "InvalidArgument" into "Invalid_Argument".
-func snake(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
+// statusNames are gRPC's canonical status names by code: codes.Code's String spells
+// codes.Canceled "Canceled", gRPC "CANCELLED".
+var statusNames = [...]string{
+	codes.OK:                 "OK",
+	codes.Canceled:           "CANCELLED",
+	codes.Unknown:            "UNKNOWN",
+	codes.InvalidArgument:    "INVALID_ARGUMENT",
+	codes.DeadlineExceeded:   "DEADLINE_EXCEEDED",
+	codes.NotFound:           "NOT_FOUND",
+	codes.AlreadyExists:      "ALREADY_EXISTS",
+	codes.PermissionDenied:   "PERMISSION_DENIED",
+	codes.ResourceExhausted:  "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION",
+	codes.Aborted:            "ABORTED",
+	codes.OutOfRange:         "OUT_OF_RANGE",
+	codes.Unimplemented:      "UNIMPLEMENTED",
+	codes.Internal:           "INTERNAL",
+	codes.Unavailable:        "UNAVAILABLE",
+	codes.DataLoss:           "DATA_LOSS",
+	codes.Unauthenticated:    "UNAUTHENTICATED",
+}
+
+// statusName is a code as gRPC names it, e.g. "INVALID_ARGUMENT"; UNKNOWN outside the 17.
+func statusName(c codes.Code) string {
+	if int(c) < len(statusNames) {
+		return statusNames[c]
 	}
-	return b.String()
+	return "UNKNOWN"
 }
 
 func envOr(name, fallback string) string {
