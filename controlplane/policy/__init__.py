@@ -8,6 +8,7 @@ values map to CEL types (numbers are doubles).
 """
 
 from controlplane.policy._compile import (
+    MAX_RULE_DEPTH,
     MAX_RULE_LENGTH,
     POLICY_ELEMENT_FIELDS,
     POLICY_VARIABLES,
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_EVALUATION_STEPS",
     "MAX_ITERATIONS",
     "MAX_MACRO_NESTING",
+    "MAX_RULE_DEPTH",
     "MAX_RULE_LENGTH",
     "MAX_VALUE_SIZE",
     "POLICY_ELEMENT_FIELDS",

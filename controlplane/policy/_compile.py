@@ -42,6 +42,10 @@ POLICY_ELEMENT_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 #: Longest rule accepted, in characters.
 MAX_RULE_LENGTH = 4096
+#: Deepest syntax tree a rule may have. The evaluator (and the checks below) recurse once or
+#: more per level; at this depth a rule still evaluates with room to spare. A parenthesis, list
+#: or call adds about 10 levels, each term of a chain (``a + b + ...``, ``a.b.c``) 1 or 2.
+MAX_RULE_DEPTH = 250
 
 _NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
 
@@ -148,6 +152,18 @@ def _pointer(expression: str, line: int, column: int) -> str:
     return f"\n  {shown}\n  {' ' * (at - start + (1 if start else 0))}^"
 
 
+def _too_deep(ast: lark.Tree) -> lark.Tree | None:
+    """The first node found below :data:`MAX_RULE_DEPTH` levels, or None (iteratively: a
+    tree too deep for recursion is what this looks for)."""
+    stack = [(ast, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_RULE_DEPTH:
+            return node
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+    return None
+
+
 def compile_rule(
     expression: str,
     *,
@@ -171,10 +187,29 @@ def compile_rule(
         raise _invalid(
             index, f"the rule is {len(expression)} characters long; at most {MAX_RULE_LENGTH}", 1, 1
         )
+
+    def refuse(problem: str, hint: str, line: int, column: int) -> InvalidArgument:
+        message = f"{problem} at line {line}, column {column}; {hint}"
+        return _invalid(index, message + _pointer(expression, line, column), line, column)
+
+    deep_hint = (
+        f"its syntax tree may be at most {MAX_RULE_DEPTH} levels deep (a parenthesis, list or "
+        "call adds about 10, each term of a chain such as a + b + c 1 or 2); use fewer "
+        "parentheses or split the rule into several rules"
+    )
     try:
+        # The parser is not recursive; the program, and every check after this, are.
         with _lock:
             env = _env()
             ast = env.compile(expression)
+        deepest = _too_deep(ast)
+        if deepest is not None:
+            # Not every node has a position (tokens here have none): the first below it that has.
+            placed = (t.meta for t in deepest.iter_subtrees_topdown())
+            at = next((m for m in placed if getattr(m, "line", None)), None)
+            line, column = (at.line, at.column) if at is not None else (1, 1)
+            raise refuse("the rule is nested too deeply", deep_hint, line, column)
+        with _lock:
             program = env.program(ast, functions=_PROGRAM_FUNCTIONS)
     except celpy.CELParseError as exc:
         line, column = exc.line or 1, exc.column or 1
@@ -185,12 +220,8 @@ def compile_rule(
             column,
         ) from None
     except RecursionError:
-        raise _invalid(index, "the rule is nested too deeply", 1, 1) from None
+        raise refuse("the rule is nested too deeply", deep_hint, 1, 1) from None
     refs = references(ast)
-
-    def refuse(problem: str, hint: str, line: int, column: int) -> InvalidArgument:
-        message = f"{problem} at line {line}, column {column}; {hint}"
-        return _invalid(index, message + _pointer(expression, line, column), line, column)
 
     for call in calls(ast):
         if call.name not in FUNCTION_NAMES:

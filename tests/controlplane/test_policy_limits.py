@@ -3,6 +3,7 @@ per rule and per policy, and gate rules evaluated without holding up other write
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from controlplane.policy import (
     MAX_EVALUATION_STEPS,
+    MAX_RULE_DEPTH,
     MAX_VALUE_SIZE,
     POLICY_VARIABLES,
     Outcome,
@@ -21,6 +23,7 @@ from controlplane.policy import (
 )
 from controlplane.services import gates
 from modelplane import Client
+from modelplane.errors import InvalidArgument
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_deployments_api import register_versions
@@ -149,3 +152,59 @@ def test_other_writes_go_on_while_a_gate_evaluates(
         decision = c.evaluate_gate(model_id, v1, target)
     assert decision.passed
     assert len(created) == 1
+
+
+#: Ways to nest a rule deeply, each with n levels.
+NESTINGS = {
+    "parentheses": lambda n: "(" * n + "true" + ")" * n,
+    "not": lambda n: "!" * (2 * n) + "true",
+    "fields": lambda n: "metrics" + ".a" * n + " > 0",
+    "plus": lambda n: " + ".join(["1"] * n) + " > 0",
+    "and": lambda n: " && ".join(["true"] * n),
+    "lists": lambda n: "[" * n + "]" * n + " == []",
+    "calls": lambda n: "size(" * n + "'a'" + ")" * n + " > 0",
+    "comparisons": lambda n: "1 < 2 == " * n + "true",
+    "ternaries": lambda n: "(true ? " * n + "true" + " : false)" * n,
+}
+
+
+def test_deeply_nested_rules_are_refused_when_written(client: Client) -> None:
+    for rule in ["(" * 500 + "true" + ")" * 500, "!" * 2000 + "true", "metrics" + ".a" * 2000]:
+        started = time.monotonic()
+        with pytest.raises(InvalidArgument) as err:
+            client.create_policy(unique("p"), target=unique("t"), rules=[rule + " > 0"])
+        assert time.monotonic() - started < 5
+        assert err.value.reason == "INVALID_POLICY_RULE"
+        assert "nested too deeply" in err.value.message
+        assert f"at most {MAX_RULE_DEPTH} levels" in err.value.message
+        assert len(err.value.message) < 1000
+
+
+def _deepest_accepted(nest: Any) -> str:
+    rule = nest(1)
+    for n in range(2, 1000):
+        try:
+            compile_rule(nest(n), variables=POLICY_VARIABLES)
+        except InvalidArgument as err:
+            assert "nested too deeply" in err.message, err.message
+            return rule
+        rule = nest(n)
+    raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize("form", sorted(NESTINGS))
+def test_the_deepest_rule_accepted_evaluates(form: str) -> None:
+    """On a thread with frames below it, as a server's rule is."""
+    rule = compile_rule(_deepest_accepted(NESTINGS[form]), variables=POLICY_VARIABLES)
+    got: list[Any] = []
+
+    def below(frames: int) -> None:
+        if frames:
+            below(frames - 1)
+        else:
+            got.append(evaluate_rules([rule], {"metrics": {"a": 1.0}}).results[0])
+
+    worker = threading.Thread(target=below, args=(150,))
+    worker.start()
+    worker.join()
+    assert "recursed" not in got[0].message, got[0].message
