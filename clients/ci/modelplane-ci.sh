@@ -14,11 +14,13 @@
 #                         version as champion when missing
 #   GATE_TARGET           target whose policy gates the version (default: deployments/$DEPLOYMENT)
 #   ROLLOUT_STEPS         canary traffic percents (default: 10,50,100)
-#   ROLLOUT               "off" stops after the gate (e.g. on pull requests); default "on"
+#   ROLLOUT               "on" (the default) or "off", in any case: "off" stops after the
+#                         gate (e.g. on pull requests); any other value is a bad input
 #   MODELPLANE, PYTHON    the CLI and Python to run (default: modelplane, python3)
 #
 # Exit status: 0 done, 1 the gate failed (nothing rolled out), 2 bad inputs, 3 the server
-# answered an error, 4 the server could not be reached.
+# answered an error, 4 the server could not be reached, 5 the evaluation was still running
+# after the CLI's wait (`evaluate --wait`, 600 s), 70 an internal error of the CLI.
 set -euo pipefail
 
 for name in MODEL ONNX LABEL HOLDOUT_DATA; do
@@ -37,6 +39,15 @@ DEPLOYMENT="${DEPLOYMENT:-$MODEL}"
 GATE_TARGET="${GATE_TARGET:-deployments/$DEPLOYMENT}"
 ROLLOUT_STEPS="${ROLLOUT_STEPS:-10,50,100}"
 ROLLOUT="${ROLLOUT:-on}"
+case "$ROLLOUT" in # patterns, not ${ROLLOUT,,}: macOS still ships bash 3.2
+  [Oo][Nn]) ROLLOUT=on ;;
+  [Oo][Ff][Ff]) ROLLOUT=off ;;
+  *)
+    # A value such as "false" or "no" must not start a canary.
+    echo "modelplane-ci.sh: ROLLOUT=$ROLLOUT: set it to on or off" >&2
+    exit 2
+    ;;
+esac
 MODELPLANE="${MODELPLANE:-modelplane}"
 PYTHON="${PYTHON:-python3}"
 

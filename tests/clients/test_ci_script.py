@@ -190,3 +190,33 @@ def test_workflow_steps_run_against_a_live_control_plane(
             assert v1.lineage.code.repository == "https://github.com/acme/fraud"
             assert v1.lineage.training_run_id == "github-42"
     assert _deployment_code(live_controlplane.address, model) == grpc.StatusCode.OK
+
+
+def test_script_refuses_a_rollout_switch_other_than_on_or_off(
+    live_controlplane: LiveControlPlane, classifier: Classifier, tmp_path: Path
+) -> None:
+    # ROLLOUT=false used to start a canary: anything but exactly "off" rolled out.
+    for value in ("false", "no", "0"):
+        model = f"ci-{uuid.uuid4().hex[:8]}"
+        env = _env(live_controlplane, classifier, MODEL=model, ROLLOUT=value)
+        result = _script(env, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"ROLLOUT={value}: set it to on or off" in result.stderr
+        with Client(live_controlplane.address) as client:  # refused before any call
+            assert all(m.name != f"models/{model}" for m in client.list_models())
+
+
+def test_script_reads_the_rollout_switch_in_any_case(
+    live_controlplane: LiveControlPlane, classifier: Classifier, tmp_path: Path
+) -> None:
+    model = f"ci-{uuid.uuid4().hex[:8]}"
+    env = _env(live_controlplane, classifier, MODEL=model, ROLLOUT="On")
+    assert _script(env, tmp_path).returncode == 0  # creates the deployment with v1
+    result = _script({**env, "ROLLOUT": "OFF"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    assert "ROLLOUT=off: stopping after the gate" in result.stderr
+    with Client(live_controlplane.address) as client:
+        deployment = client.get_deployment(model)
+    assert deployment.champion_version == 1
+    assert not deployment.rollout.candidate_version
