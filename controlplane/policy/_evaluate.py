@@ -176,6 +176,13 @@ def _evaluate_one(
         return result(Outcome.ERROR, f"the rule cannot be evaluated: {err.args[0]}")
     except RecursionError:
         return result(Outcome.ERROR, "the rule recursed too deeply")
+    except OverflowError as err:
+        # celpy lets this one through: int() or uint() of an infinite double (x / 0.0).
+        return result(
+            Outcome.ERROR,
+            f"a number is out of range: {err} (an int() or uint() of an infinite double, such "
+            "as the result of dividing by 0.0?)",
+        )
     except BudgetExceeded as err:
         return result(
             Outcome.ERROR,

@@ -208,3 +208,27 @@ def test_the_deepest_rule_accepted_evaluates(form: str) -> None:
     worker.start()
     worker.join()
     assert "recursed" not in got[0].message, got[0].message
+
+
+@pytest.mark.parametrize(
+    "expression", ["int(1.0 / 0.0) > 0", "uint(-1.0 / 0.0) > 0u", "int(metrics.loss / 0.0) < 2"]
+)
+def test_an_infinite_double_made_an_integer_is_a_rule_error(expression: str) -> None:
+    got = result(expression, {"metrics": {"loss": 0.5}})
+    assert got.outcome is Outcome.ERROR
+    assert "out of range" in got.message and "infinity" in got.message
+
+
+def test_a_gate_whose_rule_overflows_records_a_failed_decision(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    with controlplane.client() as c:
+        model_id, (v1,) = register_versions(c, tmp_path, 1, capture_env=False)
+        target = unique("prod")
+        c.create_policy(unique("p"), target=target, rules=["int(1.0 / 0.0) > 0", "true"])
+        decision = c.evaluate_gate(model_id, v1, target)
+        assert not decision.passed
+        assert [r.outcome for r in decision.results] == ["error", "passed"]
+        assert "out of range" in decision.results[0].message
+        (listed,) = c.list_gate_decisions(model_id, v1, target=target)
+        assert listed.name == decision.name
