@@ -52,8 +52,9 @@ def state_key(state: Any) -> tuple[int, int]:
 
 _RETRY_BASE = 0.5
 _RETRY_MAX = 30.0
-#: A retired version stays known this long, so that its records still in the observer hub
-#: are attributed to it.
+#: A retired version stays loaded this long after it left the table, for a request that
+#: picked it from the previous table but has not entered it yet. (Its records still in the
+#: observer hub carry the version with them: see :class:`sidecar.managed.versions.Served`.)
 _LINGER_S = 1.0
 
 

@@ -6,15 +6,21 @@ new routing table serves, so each report belongs to one generation. A record cou
 arm its version holds in the routing table of the window it reaches the observer in (a
 version holds one arm per table): a candidate's records still queued when it is promoted
 count for the champion. Records of a version that table no longer routes to (retired, or
-its number now holds another artifact) are left out of the report and counted in
-:attr:`ManagedObserver.late`: a report has one summary per arm, and the version holding that
-arm now is the one the control plane expects.
+its number now holds another artifact, or already released) are left out of the report and
+counted in :attr:`ManagedObserver.late`: a report has one summary per arm, and the version
+holding that arm now is the one the control plane expects.
+
+Each record arrives with the version that answered it and the arm it answered as
+(:class:`sidecar.managed.versions.Served`, and the versions a :class:`ShadowRecord` names), so
+nothing is looked up by label here: a version may have been released while its records
+waited in the hub. The prediction log and the label index take the arm a record was
+answered as; so does the log's feature naming, which follows the version that answered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -22,7 +28,7 @@ import structlog
 from sidecar.managed.compare import MAX_LABELS
 from sidecar.managed.labels import Predicted, PredictionIndex
 from sidecar.managed.shadow import ShadowRecord
-from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable
+from sidecar.managed.versions import SHADOW, LoadedVersion, RoutingTable, Served
 from sidecar.managed.window import LabelTally, Window, carries
 from sidecar.metrics import LABEL_BEYOND_LIMIT, LATE_VERSION, NoManagedMetrics
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
@@ -30,6 +36,9 @@ from sidecar.predlog import PredictionLogError, PredictionLogWriter
 from sidecar.recording import LogErrors, run_to_prediction_batch, to_rejected_request
 
 log = structlog.get_logger("modelplane.sidecar.managed")
+
+#: Whose records a run holds: a version, or a version with the arm it answered as.
+Owner = TypeVar("Owner")
 
 
 class ManagedObserver:
@@ -40,7 +49,6 @@ class ManagedObserver:
         name: str,
         replica: str,
         tables: Callable[[], RoutingTable | None],
-        versions: Callable[[str], LoadedVersion | None],
         index: PredictionIndex,
         emit: Callable[[Any], None],
         writer: PredictionLogWriter | None = None,
@@ -53,7 +61,6 @@ class ManagedObserver:
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self.replica = replica
         self._tables = tables
-        self._versions = versions
         self.index = index
         self._emit = emit
         self.writer = writer
@@ -80,22 +87,33 @@ class ManagedObserver:
     def on_records(self, records: Sequence[Any]) -> None:
         """Count, index and log everything the hub handed over."""
         table = self._roll()
-        # Served session batches are gathered into runs (one per version and layout), so
-        # counting, drift, the label index and the log each work once per run.
-        runs = [
-            p
-            for p in gather([r for r in records if isinstance(r, BatchRecord)])
-            if isinstance(p, RecordRun)
-        ]
-        for run in runs:
-            self._served(run)
-        for record in records:
-            if isinstance(record, RejectedRecord):
-                self._rejected(record)
-            elif isinstance(record, ShadowRecord):
-                self._shadow(record, table)
-        self._log(records, runs)
-        plain = [r for r in records if isinstance(r, BatchRecord | RejectedRecord)]
+        batches: list[tuple[BatchRecord, tuple[LoadedVersion, str]]] = []
+        rejected: list[tuple[RejectedRecord, LoadedVersion, str]] = []
+        shadows: list[ShadowRecord] = []
+        plain: list[BatchRecord | RejectedRecord] = []
+        for item in records:
+            if isinstance(item, Served):
+                plain.append(item.record)
+                if isinstance(item.record, RejectedRecord):
+                    rejected.append((item.record, item.version, item.arm))
+                else:
+                    batches.append((item.record, (item.version, item.arm)))
+            elif isinstance(item, ShadowRecord):
+                shadows.append(item)
+            elif isinstance(item, BatchRecord | RejectedRecord):
+                # Not published through a version: nothing says which answered.
+                self._left_out(len(item.request_ids) if isinstance(item, BatchRecord) else 1)
+                plain.append(item)
+        # Served session batches are gathered into runs (one per version, arm and layout),
+        # so counting, drift, the label index and the log each work once per run.
+        served = [(run, owner[0], owner[1]) for run, owner in _runs_by_owner(batches)]
+        for run, version, arm in served:
+            self._served(run, version, arm)
+        for record, version, _ in rejected:
+            self._rejected(record, version)
+        for shadow in shadows:
+            self._shadow(shadow, table)
+        self._log(served, rejected, shadows)
         for observer in self._extra:
             try:
                 bulk = getattr(observer, "on_records", None)
@@ -188,14 +206,19 @@ class ManagedObserver:
                 total=self.late,
             )
 
-    def _served(self, record: RecordRun) -> None:
-        version = self._versions(record.version)
+    def _left_out(self, requests: int) -> None:
+        """Count ``requests`` in :attr:`late` (with the open window's, when one is open)."""
+        if self.window is not None:
+            self.window.late += requests
+        else:
+            self.late += requests
+            self._metrics.left_out(LATE_VERSION, requests)
+
+    def _served(self, record: RecordRun, version: LoadedVersion, arm: str) -> None:
         window = self.window
-        if version is None or window is None:
-            return
-        counts = window.counts(version)
+        counts = None if window is None else window.counts(version)
         if counts is None:
-            window.late += len(record.codes)
+            self._left_out(len(record.codes))
         else:
             counts.add_requests(record.latencies_s, record.codes, record.status)
         mask = record.ok_rows()
@@ -211,18 +234,19 @@ class ManagedObserver:
             labels = None
         if scores is not None and len(scores) != rows:
             scores = None
-        if version.drift is not None:
+        if version.drift is not None and not version.released:
             version.drift.on_runs([record])
         if counts is not None:
             counts.add_rows(rows, labels, scores)
             if version.window_drift is not None and version.source is not None and rows:
                 version.window_drift.update(version.source.extract(inputs))
-        self._index(record, version, labels, scores, mask)
+        self._index(record, version, arm, labels, scores, mask)
 
     def _index(
         self,
         record: RecordRun,
         version: LoadedVersion,
+        arm: str,
         labels: np.ndarray[Any, Any] | None,
         scores: np.ndarray[Any, Any] | None,
         mask: np.ndarray[Any, Any] | None,
@@ -236,8 +260,7 @@ class ManagedObserver:
         table = self._tables()
         tolerance = 0.1 if table is None else table.tolerance
         predicted = [
-            Predicted(version.arm, version.number, v, regression, tolerance)
-            for v in values.tolist()
+            Predicted(arm, version.number, v, regression, tolerance) for v in values.tolist()
         ]
         if mask is None:
             self.index.add(record.request_ids, record.row_counts, predicted)
@@ -251,14 +274,11 @@ class ManagedObserver:
             ]
             self.index.add([r for r, _ in ok], [n for _, n in ok], predicted)
 
-    def _rejected(self, record: RejectedRecord) -> None:
-        version = self._versions(record.version)
+    def _rejected(self, record: RejectedRecord, version: LoadedVersion) -> None:
         window = self.window
-        if version is None or window is None:
-            return
-        counts = window.counts(version)
+        counts = None if window is None else window.counts(version)
         if counts is None:
-            window.late += 1
+            self._left_out(1)
             return
         latency = record.latency_s or 0.0
         counts.add_requests([latency], [record.code], [record.reason])
@@ -270,16 +290,13 @@ class ManagedObserver:
         shadow = window.shadow
         # Copies of a version that no longer shadows (queued before the table changed)
         # belong to no summary of this window.
-        theirs_version = self._versions(record.shadow_version)
-        if theirs_version is None or theirs_version.number != shadow.version:
+        candidate = window.table.shadow
+        if candidate is None or record.shadow is not candidate:
             return
         shadow.errors += record.errors
         if record.record is None:
             return
-        champion = self._versions(record.champion_version)
-        candidate = self._versions(record.record.version)
-        if champion is None or candidate is None:
-            return
+        champion = record.champion
         mine = (
             champion.rule.labels(record.champion_outputs),
             champion.rule.scores(record.champion_outputs),
@@ -290,23 +307,24 @@ class ManagedObserver:
         )
         shadow.add_pairs(mine, theirs, table.tolerance)
 
-    def _log(self, records: Sequence[Any], served: list[RecordRun]) -> None:
+    def _log(
+        self,
+        served: list[tuple[RecordRun, LoadedVersion, str]],
+        rejected: list[tuple[RejectedRecord, LoadedVersion, str]],
+        shadows: list[ShadowRecord],
+    ) -> None:
         writer = self.writer
         errors = self._errors
         if writer is None or errors is None:
             return
-        shadows = [
-            r.record for r in records if isinstance(r, ShadowRecord) and r.record is not None
-        ]
-        appends: list[tuple[RecordRun, str]] = []
+        appends: list[tuple[RecordRun, LoadedVersion, str]] = []
         if self._log_batches:
-            appends += [(run, self._arm(run.version)) for run in served]
-        appends += [(run, SHADOW) for run in gather(shadows) if isinstance(run, RecordRun)]
-        for run, arm in appends:
-            version = self._versions(run.version)
-            names = None if version is None else version.feature_names
+            appends += served
+        copies = [(r.record, r.shadow) for r in shadows if r.record is not None]
+        appends += [(run, version, SHADOW) for run, version in _runs_by_owner(copies)]
+        for run, version, arm in appends:
             try:
-                writer.append(run_to_prediction_batch(run, names, arm))
+                writer.append(run_to_prediction_batch(run, version.feature_names, arm))
             except PredictionLogError:
                 self.refused += len(run.request_ids)
             except Exception as exc:
@@ -316,20 +334,26 @@ class ManagedObserver:
                 errors.report(exc, len(run.request_ids))
         if not self._log_batches:
             return
-        for record in records:
-            if isinstance(record, RejectedRecord):
-                version = self._versions(record.version)
-                names = None if version is None else version.feature_names
-                try:
-                    writer.append_rejected(
-                        to_rejected_request(record, names, self._arm(record.version))
-                    )
-                except PredictionLogError:
-                    self.refused += 1
-                except Exception as exc:
-                    self.refused += 1
-                    errors.report(exc, 1)
+        for record, version, arm in rejected:
+            try:
+                writer.append_rejected(to_rejected_request(record, version.feature_names, arm))
+            except PredictionLogError:
+                self.refused += 1
+            except Exception as exc:
+                self.refused += 1
+                errors.report(exc, 1)
 
-    def _arm(self, label: str) -> str:
-        version = self._versions(label)
-        return "champion" if version is None else version.arm
+
+def _runs_by_owner(batches: list[tuple[BatchRecord, Owner]]) -> list[tuple[RecordRun, Owner]]:
+    """Consecutive session batches of one owner (a version, with the arm it answered as)
+    gathered into runs, each with its owner: runs never mix versions, not even two that share
+    a label (a number whose artifact was replaced)."""
+    out: list[tuple[RecordRun, Owner]] = []
+    start = 0
+    for end in range(1, len(batches) + 1):
+        if end == len(batches) or batches[end][1] != batches[start][1]:
+            owner = batches[start][1]
+            part = [record for record, _ in batches[start:end]]
+            out += [(run, owner) for run in gather(part) if isinstance(run, RecordRun)]
+            start = end
+    return out

@@ -338,7 +338,6 @@ def start_managed(
         name,
         replica,
         tables=lambda: manager_box[0].table,
-        versions=lambda label: manager_box[0].version(label),
         index=index,
         emit=reporter.emit,
         writer=writer,

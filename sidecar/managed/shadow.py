@@ -68,11 +68,12 @@ class ShadowRecord:
     """
 
     record: BatchRecord | None
-    champion_version: str
+    #: The champion version (a LoadedVersion) whose answers were copied.
+    champion: Any
     champion_outputs: dict[str, Array]
     errors: int = 0
-    #: The shadow version's label (also ``record.version`` when there is a record).
-    shadow_version: str = ""
+    #: The shadow version (a LoadedVersion; ``record.version`` is its label).
+    shadow: Any = None
 
 
 class ShadowRunner:
@@ -208,12 +209,14 @@ class ShadowRunner:
 
     def _count_errors(self, jobs: list[ShadowJob]) -> None:
         """Publish ``jobs`` as failed copies, one count per champion and shadow pair."""
-        failed: dict[tuple[str, str], int] = {}
+        failed: dict[tuple[int, int], list[Any]] = {}
         for job in jobs:
-            pair = (job.champion.label, job.shadow.label)
-            failed[pair] = failed.get(pair, 0) + 1
-        for (champion_label, shadow_label), count in failed.items():
-            self._publish(ShadowRecord(None, champion_label, {}, count, shadow_label))
+            pair = failed.setdefault(
+                (id(job.champion), id(job.shadow)), [job.champion, job.shadow, 0]
+            )
+            pair[2] += 1
+        for champion, shadow, count in failed.values():
+            self._publish(ShadowRecord(None, champion, {}, count, shadow))
 
     def _work(self, jobs: list[ShadowJob]) -> None:
         try:
@@ -233,7 +236,7 @@ class ShadowRunner:
                     log.warning("shadow copy could not be decoded", error=str(exc))
                 undecodable.append(job)
                 continue
-            key = (id(job.shadow), job.champion.label, decoded.key)
+            key = (id(job.shadow), id(job.champion), decoded.key)
             groups.setdefault(key, []).append((job, decoded))
         self._count_errors(undecodable)
         for members in groups.values():
@@ -274,7 +277,7 @@ class ShadowRunner:
             compute_s=elapsed,
         )
         self.completed += len(part)
-        self._publish(ShadowRecord(record, first_job.champion.label, champion, 0, shadow.version))
+        self._publish(ShadowRecord(record, first_job.champion, champion, 0, first_job.shadow))
 
 
 def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -30,7 +30,7 @@ from sidecar.managed.compare import OutputRule, warm_kernels
 from sidecar.managed.router import Splitter
 from sidecar.metrics import NoMetrics, SidecarMetrics
 from sidecar.model import ServingModel
-from sidecar.observers import ObserverHub
+from sidecar.observers import BatchRecord, ObserverHub, RejectedRecord
 from sidecar.observing import feature_names
 from sidecar.predlog.records import FeatureNames
 from sidecar.settings import SidecarSettings
@@ -62,6 +62,8 @@ class LoadedVersion:
     arm: str = CHAMPION
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     in_flight: int = 0
+    #: Set once the version is unloaded (its records may still wait for the observer).
+    released: bool = False
 
     def enter(self) -> None:
         """A request starts on this version."""
@@ -82,6 +84,7 @@ class LoadedVersion:
 
     def release(self) -> None:
         """The version is unloaded: drop its Prometheus series, end its session thread."""
+        self.released = True
         self.model.metrics.close()
         self.model.runtime.close()
         if self.drift is not None and self.drift.gauges is not None:
@@ -90,6 +93,51 @@ class LoadedVersion:
     def take_drift(self) -> WindowState | None:
         """The report window's drift counts so far, starting a new window."""
         return None if self.window_drift is None else self.window_drift.flush()
+
+
+@dataclass(slots=True)
+class Served:
+    """A record one loaded version published (see :class:`VersionPublisher`)."""
+
+    record: BatchRecord | RejectedRecord
+    #: The version that answered; it may have been released by the time the observer sees it.
+    version: LoadedVersion
+    #: The arm it answered as.
+    arm: str
+
+
+class VersionPublisher:
+    """The observer hub as one version's :class:`ServingModel` sees it: every record the model
+    publishes (served batches, refused requests) goes to the hub as :class:`Served`, with the
+    version and the arm it holds at that moment. The observer then never looks a version up by
+    its label, which a version released while its records still waited in the hub no longer
+    has, and which a replaced artifact shares with its successor."""
+
+    def __init__(self, hub: ObserverHub) -> None:
+        self._hub = hub
+        #: The version the records are of (set once it is built, before it serves).
+        self.version: LoadedVersion | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens (see :attr:`ObserverHub.active`)."""
+        return self._hub.active
+
+    @property
+    def needs_ids(self) -> bool:
+        """Whether an observer reads request ids (see :attr:`ObserverHub.needs_ids`)."""
+        return self._hub.needs_ids
+
+    @property
+    def lossless(self) -> bool:
+        """Whether publishing waits for room (see :attr:`ObserverHub.lossless`)."""
+        return self._hub.lossless
+
+    def publish(self, record: BatchRecord | RejectedRecord) -> None:
+        """Hand ``record`` to the hub with its version and that version's arm."""
+        version = self.version
+        if version is not None:
+            self._hub.publish(Served(record, version, version.arm))  # type: ignore[arg-type]
 
 
 #: Rollout states after which windows belong to no rollout.
@@ -255,6 +303,7 @@ class VersionLoader:
             gauges = None if registry is None else DriftGauges(registry, name, label)
             drift = DriftFeed(monitor, source, gauges)
             window = DriftMonitor(profile, thresholds=thresholds)
+        publisher = VersionPublisher(self.hub)
         metrics: NoMetrics = NoMetrics()
         if registry is not None:
             # The routing table that includes the version assigns its arm (see assign).
@@ -269,7 +318,8 @@ class VersionLoader:
                 max_delay=s.max_queue_delay,
                 max_queue_rows=s.max_queue_rows,
                 metrics=metrics,
-                observers=self.hub,
+                # ServingModel only publishes to it and reads active and needs_ids.
+                observers=cast(ObserverHub, publisher),
                 sync_log=None if self.sync_logs is None else self.sync_logs(names),
                 drift=drift,
             )
@@ -285,7 +335,7 @@ class VersionLoader:
             provider=runtime.provider,
             drift=profile is not None,
         )
-        return LoadedVersion(
+        loaded = LoadedVersion(
             number=served.version,
             label=label,
             artifact_sha256=served.artifact_sha256,
@@ -297,3 +347,5 @@ class VersionLoader:
             window_drift=window,
             source=source,
         )
+        publisher.version = loaded
+        return loaded

@@ -21,6 +21,7 @@ from sidecar_helpers import raw_request, stub
 
 from modelplane.profiles import build_profile
 from sidecar.managed.shadow import ShadowRecord
+from sidecar.managed.versions import Served
 from sidecar.observers import BatchRecord, RejectedRecord
 from sidecar.predlog import PredictionLogSettings, read_logs
 
@@ -42,6 +43,8 @@ def _buffered(hub: Any) -> Counter[str]:
             continue
     ids: Counter[str] = Counter()
     for r in records:
+        if isinstance(r, Served):
+            r = r.record
         if isinstance(r, BatchRecord):
             ids["served"] += len(r.request_ids)
         elif isinstance(r, RejectedRecord):

@@ -189,7 +189,6 @@ def test_records_left_out_of_reports_are_counted_by_reason() -> None:
         NAME,
         "replica",
         tables=lambda: None,
-        versions=lambda label: None,
         index=PredictionIndex(16),
         emit=emitted.append,
         metrics=ManagedMetrics(registry, NAME),

@@ -1,0 +1,100 @@
+"""Records that reach a managed sidecar's observer after the version that answered them was
+released (the observer hub lagging behind, as on a slow log disk): the prediction log keeps
+the arm they were answered as and their version's feature names, and the reports count them
+as left out (``late``) instead of losing them. A real managed sidecar on the control-plane
+double, real ONNX models, the log read back."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+from control_plane_double import FakeControlPlane, state
+from sidecar_helpers import raw_request, stub, until
+
+from modelplane.profiles import build_profile
+from modelplane.v1 import deployments_pb2 as dpb
+from sidecar.predlog import PredictionLogSettings, read_logs
+
+NAME = "fraud"
+
+
+def _request(i: int, width: int = 8, **kw: Any) -> Any:
+    x = np.random.default_rng(i).standard_normal((1, width)).astype(np.float32)
+    request = raw_request(NAME, {"input": ("FP32", x)}, id=f"r{i}", **kw)
+    request.parameters["routing_key"].string_param = f"key{i}"
+    return request
+
+
+def test_records_of_a_released_version_keep_their_arm_and_names_and_count_as_late(
+    managed: Any,
+    plane: FakeControlPlane,
+    artifacts: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"a{j}" for j in range(8)]
+    profile = build_profile(pa.table({n: rng.standard_normal(500) for n in names}), names, bins=5)
+    baseline = plane.add_blob(profile.to_bytes())
+    versions = {
+        1: (plane.add_blob(artifacts[1]), len(artifacts[1]), ""),
+        2: (plane.add_blob(artifacts[2]), len(artifacts[2]), baseline),
+    }
+    log_dir = tmp_path / "log"
+    handle = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
+    plane.push(state(NAME, 1, versions, 1, candidate=2, percent=50, rollout_id="r"))
+    assert handle.wait_ready(60)
+    observer = handle.observer
+    # Hold the hub (as a slow disk would): every record below waits in it.
+    held, release = threading.Event(), threading.Event()
+    tick = observer.on_tick
+
+    def holding() -> None:
+        held.set()
+        release.wait(60)
+        tick()
+
+    monkeypatch.setattr(observer, "on_tick", holding)
+    assert held.wait(10)
+    try:
+        s = stub(handle.port)
+        served = Counter(s.ModelInfer(_request(i)).model_version for i in range(40))
+        assert served["1"] > 0 and served["2"] > 0, served
+        with pytest.raises(grpc.RpcError) as err:
+            s.ModelInfer(_request(99, width=7, model_version="2"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Rolled back: the candidate leaves the table and is released while its records wait.
+        rolled_back = dpb.ROLLOUT_STATE_ROLLED_BACK
+        plane.push(state(NAME, 2, {1: versions[1]}, 1, rollout_id="r", rollout_state=rolled_back))
+        manager = handle.manager
+        until(lambda: manager.table.generation == 2 and not manager.retiring)
+        assert manager.version("2") is None
+    finally:
+        release.set()
+
+    def champion_requests(reports: list[Any]) -> int:
+        return sum(a.requests for r in reports for a in r.arms if a.arm == "champion")
+
+    reports = plane.wait_reports(lambda rs: champion_requests(rs) >= served["1"])
+    # Left out of the reports (the table no longer routes to that version), and counted so.
+    late = served["2"] + 1
+    until(lambda: observer.late >= late, timeout=10)
+    assert observer.late == late
+    assert champion_requests(reports) == served["1"]
+    assert not any(a.arm == "candidate" and a.requests for r in reports for a in r.arms)
+    handle.stop(5)
+
+    rows = read_logs(log_dir).to_pylist()
+    by_version = Counter((r["model_version"], r["arm"]) for r in rows)
+    # Each row under the arm that answered it, the refused request's included.
+    assert by_version == {("1", "champion"): served["1"], ("2", "candidate"): served["2"] + 1}
+    # The candidate's rows are named after its own baseline's features.
+    answered = [r for r in rows if r["model_version"] == "2" and r["request_id"] != "r99"]
+    assert answered and all(r["a0"] is not None for r in answered)
