@@ -149,8 +149,9 @@ class ControlPlaneSettings(BaseSettings):
     )
     regression_tolerance: float = Field(
         0.1,
+        gt=0,
         description="relative difference beyond which two regression outputs disagree "
-        "(sent to sidecars in the desired state)",
+        "(sent to sidecars in the desired state); above 0, as sidecars read 0 as unset",
     )
     guard_min_requests: int = Field(
         20,

@@ -225,6 +225,8 @@ def build_table(
             state.shadow_fraction if candidate is not None else 0.0,
         ),
         report_interval=max(0.05, interval),
+        # 0 is the field unset (a control plane older than it), never a tolerance: the
+        # control plane refuses a setting of 0 (controlplane.settings.regression_tolerance).
         tolerance=state.regression_tolerance or DEFAULT_TOLERANCE,
         by_label={loaded[v].label: loaded[v] for v in wanted - gone.keys() if v in loaded},
         unloaded=gone,
