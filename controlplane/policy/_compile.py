@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 import celpy
 import lark
 from celpy import celtypes
-from celpy.evaluation import base_functions
+from celpy.evaluation import CELEvalError, base_functions
 
 from controlplane.policy._limits import (
     BudgetRunner,
@@ -56,32 +57,91 @@ def _number(value: Any) -> int | float | None:
     return float(value) if isinstance(value, celtypes.DoubleType) else int(value)
 
 
-def _eq(a: Any, b: Any) -> Any:
+def _key(key: Any) -> Any:
+    """A map key as equality sees it: ``1``, ``1u`` and ``1.0`` alike."""
+    number = _number(key)
+    return number if number is not None else (type(key), key)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """CEL's equality: numbers across int, uint and double; null equal to null only; lists and
+    maps element by element, with this same equality. Other values of different types raise
+    ``TypeError`` as celpy does (the rule errs)."""
     x, y = _number(a), _number(b)
     if x is not None and y is not None:
-        return celtypes.BoolType(x == y)
-    return base_functions["_==_"](a, b)
+        return x == y
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(i, j) for i, j in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        if len(a) != len(b):
+            return False
+        other = {_key(k): v for k, v in b.items()}
+        missing = object()
+        return all(
+            (v := other.get(_key(k), missing)) is not missing and _equal(value, v)
+            for k, value in a.items()
+        )
+    return bool(base_functions["_==_"](a, b))
+
+
+def _error(a: Any, b: Any) -> CELEvalError | None:
+    """An operand that is an error already (``1 / 0 == 1``): it is the answer."""
+    return next((v for v in (a, b) if isinstance(v, CELEvalError)), None)
+
+
+def _eq(a: Any, b: Any) -> Any:
+    error = _error(a, b)
+    return error if error is not None else celtypes.BoolType(_equal(a, b))
 
 
 def _ne(a: Any, b: Any) -> Any:
-    x, y = _number(a), _number(b)
-    if x is not None and y is not None:
-        return celtypes.BoolType(x != y)
-    return base_functions["_!=_"](a, b)
+    error = _error(a, b)
+    return error if error is not None else celtypes.BoolType(not _equal(a, b))
 
 
 def _in(item: Any, container: Any) -> Any:
-    x = _number(item)
-    if x is not None and isinstance(container, celtypes.ListType):
-        return celtypes.BoolType(any(_number(e) == x for e in container))
-    return base_functions["_in_"](item, container)
+    if _error(item, container) is not None or not isinstance(container, list):
+        return base_functions["_in_"](item, container)
+    # As celpy does: elements of another type are skipped, but if none matched, the error
+    # of the first is the answer.
+    error: TypeError | None = None
+    for element in container:
+        try:
+            if _equal(item, element):
+                return celtypes.BoolType(True)
+        except TypeError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return celtypes.BoolType(False)
 
 
-#: Cross-type numeric equality, as the current CEL specification defines it; ``+`` bounded.
+def _ordering(name: str, compare: Any) -> Any:
+    """``name`` (``_<_``...) comparing numbers across int, uint and double."""
+    base = base_functions[name]
+
+    def ordered(a: Any, b: Any) -> Any:
+        x, y = _number(a), _number(b)
+        if x is not None and y is not None:
+            return celtypes.BoolType(compare(x, y))
+        return base(a, b)
+
+    ordered.__name__ = f"ordered{name}"
+    return ordered
+
+
+#: Numbers compare and equal across int, uint and double, as the current CEL specification
+#: defines; null is equal to null only, lists and maps element by element; ``+`` is bounded.
 _FUNCTIONS: dict[str, Any] = {
     "_==_": _eq,
     "_!=_": _ne,
     "_in_": _in,
+    "_<_": _ordering("_<_", operator.lt),
+    "_<=_": _ordering("_<=_", operator.le),
+    "_>_": _ordering("_>_", operator.gt),
+    "_>=_": _ordering("_>=_", operator.ge),
     "_+_": bounded_add(base_functions["_+_"]),
 }
 #: The functions and methods a rule may call.
