@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+
+from sqlmodel import col, select
 
 from controlplane.domain.governance import Policy
 from controlplane.names import check_id, check_text
 from controlplane.policy import POLICY_ELEMENT_FIELDS, POLICY_VARIABLES, compile_rules
 from controlplane.services.filters import masked_changes
 from controlplane.services.governance_names import check_target, parse_policy
-from controlplane.store import Store, Tx
+from controlplane.store import Store, Tx, WriteTx
+from controlplane.store.convert import etag as etag_of
+from controlplane.store.convert import utc
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
-from controlplane.store.tables import PolicyRow
+from controlplane.store.tables import PolicyRevisionRow, PolicyRow
 from modelplane.errors import AlreadyExists, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
 
@@ -41,6 +46,31 @@ def require_policy(tx: Tx, policy_id: str, revision: int = 0) -> Policy:
             f"policy policies/{policy_id}{which} does not exist", reason="POLICY_NOT_FOUND"
         )
     return got
+
+
+def _replayed(tx: WriteTx, policy_id: str, request_id: str) -> Policy:
+    """The revision of ``policy_id`` that the request being replayed made, with the etag it
+    answered (AIP-155), even when later updates have moved the policy on. NOT_FOUND when the
+    policy was deleted since."""
+    assert tx.replay_time is not None
+    made_at = utc(tx.replay_time)
+    revisions = tx.session.exec(
+        select(PolicyRevisionRow).where(col(PolicyRevisionRow.policy_id) == policy_id)
+    ).all()
+    made = max(
+        (r for r in revisions if utc(r.time) <= made_at), key=lambda r: r.revision, default=None
+    )
+    current = Governance(tx.session).policy_row(policy_id)
+    if made is None or current is None or utc(current.create_time) > utc(made.time):
+        which = f" revision {made.revision}" if made is not None else ""
+        raise NotFound(
+            f"policy policies/{policy_id}{which}, which request_id {request_id} made, was "
+            "deleted since",
+            reason="POLICY_NOT_FOUND",
+        )
+    policy = require_policy(tx, policy_id, made.revision)
+    etag = etag_of(f"policies/{policy_id}", made.revision, current.create_time)
+    return dataclasses.replace(policy, etag=etag)
 
 
 def _target_free(tx: Tx, target: str, policy_id: str) -> None:
@@ -80,7 +110,7 @@ class PolicyService:
         }
         with self.store.write(ctx, "CreatePolicy", request_id, request=request) as tx:
             if tx.replay is not None:
-                return require_policy(tx, parse_policy(tx.replay))
+                return _replayed(tx, parse_policy(tx.replay), request_id)
             gov = Governance(tx.session)
             if gov.policy_row(policy_id) is not None:
                 raise AlreadyExists(
@@ -134,12 +164,12 @@ class PolicyService:
         )
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdatePolicy", request_id, request=request) as tx:
+            if tx.replay is not None:
+                return _replayed(tx, policy_id, request_id)
             # Locked, then read: a concurrent update waits for this one (a blind update cannot
             # lose a race it never saw), and the etag is checked against the committed row.
             Governance(tx.session).policy_row(policy_id, for_update=True)
             before = require_policy(tx, policy_id)
-            if tx.replay is not None:
-                return before
             if "target" in changes:
                 _target_free(tx, str(changes["target"]), policy_id)
             after = Governance(tx.session).update_policy(
