@@ -123,8 +123,28 @@ def test_node_suite_passes_against_a_live_control_plane(
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
+    assert "# SKIP" not in result.stdout  # every live suite got its servers
     passed = next(line for line in result.stdout.splitlines() if line.startswith("# pass "))
     assert int(passed.split()[-1]) >= 15
+
+
+def test_npm_test_on_its_own_skips_the_live_suites_saying_how_to_run_them(
+    node_built: None,
+) -> None:
+    # Without the harness's variables, the live test files threw at import: npm test failed.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    result = subprocess.run(
+        ["npm", "test"], cwd=NODE, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout
+    skipped = [line for line in result.stdout.splitlines() if "# SKIP" in line]
+    assert len(skipped) == 3, result.stdout
+    assert all("pytest tests/clients/test_node_client.py" in line for line in skipped)
+    assert (
+        "MODELPLANE_SERVER, MODELPLANE_ONE_WATCH_SERVER, MODELPLANE_TEST_ONNX unset" in skipped[0]
+    )
+    assert "statusName spells each of the 17 codes" in result.stdout  # the rest still runs
 
 
 def test_example_registers_a_version_and_passes_an_unbound_gate(
