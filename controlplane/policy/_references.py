@@ -108,6 +108,36 @@ class ElementField:
     column: int
 
 
+def _list_path(
+    node: lark.Tree, bound: Mapping[str, tuple[str, ...] | None]
+) -> tuple[str, ...] | None:
+    """The static path of the list variable ``node`` is, or is a ``filter`` of (its elements
+    are that variable's elements); None otherwise."""
+    node = unwrap(node)
+    if node.data == "member_dot_arg":
+        target, method, *_ = node.children
+        assert isinstance(target, lark.Tree)
+        return _list_path(target, bound) if str(method) == "filter" else None
+    return _static_path(node, bound)
+
+
+def _element_of(
+    node: lark.Tree, bound: Mapping[str, tuple[str, ...] | None]
+) -> tuple[str, ...] | None:
+    """The static path of the list variable ``node`` is an element of: a variable a macro
+    bound over it (``a`` in ``approvals.exists(a, ...)``), or a position in it
+    (``approvals[0]``); None otherwise."""
+    node = unwrap(node)
+    if node.data == "ident":
+        return bound.get(str(node.children[0]))
+    if node.data == "member_index":
+        base, index = node.children
+        assert isinstance(base, lark.Tree) and isinstance(index, lark.Tree)
+        if _string_literal(index) is None:
+            return _list_path(base, bound)
+    return None
+
+
 def _walk(
     node: lark.Tree, bound: Mapping[str, tuple[str, ...] | None]
 ) -> Iterator[Reference | ElementField]:
@@ -118,11 +148,18 @@ def _walk(
     if path is not None:
         yield Reference(path, node.meta.line, node.meta.column)
         return
-    if node.data == "member_dot":
-        base = unwrap(node.children[0])  # type: ignore[arg-type]
-        items = bound.get(str(base.children[0])) if base.data == "ident" else None
-        if items is not None:
-            yield ElementField(items, str(node.children[1]), node.meta.line, node.meta.column)
+    if node.data in ("member_dot", "member_index"):
+        # A field of a list variable's element: ``a.principal``, ``a["principal"]``,
+        # ``approvals[0].principal``.
+        base, selector = node.children
+        assert isinstance(base, lark.Tree)
+        items = _element_of(base, bound)
+        field = (
+            str(selector) if node.data == "member_dot" else _string_literal(selector)  # type: ignore[arg-type]
+        )
+        if items is not None and field is not None:
+            yield ElementField(items, field, node.meta.line, node.meta.column)
+            yield from _walk(base, bound)
             return
     if node.data == "member_dot_arg":
         target, method, *rest = node.children
@@ -133,7 +170,7 @@ def _walk(
             variable = unwrap(args[0])
             inner = dict(bound)
             if variable.data == "ident":
-                inner[str(variable.children[0])] = _static_path(target, bound)
+                inner[str(variable.children[0])] = _list_path(target, bound)
             for arg in args[1:]:
                 yield from _walk(arg, inner)
             return

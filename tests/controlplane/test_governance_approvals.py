@@ -111,6 +111,24 @@ def test_a_rule_on_a_field_approvals_do_not_have_is_refused_when_written(
         alice.create_policy(pid, target="prod", rules=["size(approvals) >= 0"])
         with pytest.raises(InvalidArgument):
             alice.update_policy(pid, rules=["approvals.all(x, x.role == 'risk')"])
+        # However an element is reached: by position, by a string index, through a filter.
+        for rule in (
+            "approvals[0].decison == 'approve'",
+            "approvals[size(approvals) - 1].decison == 'approve'",
+            "approvals.exists(a, a['decison'] == 'approve')",
+            "approvals.filter(a, true).exists(b, b.decison == 'approve')",
+            "approvals.filter(a, a.decision == 'approve').all(b, b['rols'].size() > 0)",
+        ):
+            with pytest.raises(InvalidArgument) as refused:
+                alice.update_policy(pid, rules=[rule])
+            assert refused.value.reason == "INVALID_POLICY_RULE", rule
+            assert "approvals elements have no field" in refused.value.message, rule
+        for rule in (
+            "approvals[0].decision == 'approve'",
+            "approvals.exists(a, a['principal'] == 'bob')",
+            "approvals.filter(a, a.decision == 'approve').map(a, a.principal).size() >= 0",
+        ):
+            alice.update_policy(pid, rules=[rule])
 
 
 def test_the_approval_fields_rules_are_checked_against_are_those_they_get() -> None:
