@@ -116,6 +116,10 @@ def _cel_type(value: Any) -> str:
     return _TYPE_NAMES.get(type(value).__name__, type(value).__name__)
 
 
+#: celpy's repr of a value in an error's details: ``StringType('1')`` → ``'1'``.
+_CEL_VALUE = re.compile(r"\b[A-Z][A-Za-z]*Type\(([^()]*)\)")
+
+
 def _explain(rule: CompiledRule, err: CELEvalError, variables: Mapping[str, Any]) -> str:
     text, kind, details = [*err.args, None, None, None][:3]
     where = f"line {err.line}, column {err.column}" if err.line else "the rule"
@@ -134,6 +138,14 @@ def _explain(rule: CompiledRule, err: CELEvalError, variables: Mapping[str, Any]
         return f"no such key {str(key)!r}{at} (at {where})"
     if kind is ZeroDivisionError:
         return f"division by zero{at} (at {where})"
+    if text in ("return error for overflow", "match error") and isinstance(details, tuple):
+        # celpy's words for any failure of a conversion or of matches(): the cause is in the
+        # details ("Invalid duration StringType('1')", "missing ): (").
+        detail = details[0] if details else ""
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+        detail = _CEL_VALUE.sub(r"\1", detail)
+        what = "invalid regular expression" if text == "match error" else "invalid value"
+        return f"{what}{at} (at {where}): {detail}"
     if kind is TypeError:
         message = _CLASS_REPR.sub(lambda m: _TYPE_NAMES.get(m.group(1), m.group(1)), text)
         message = message.replace("found no matching overload for", "no operator")

@@ -319,6 +319,16 @@ def test_times_and_durations() -> None:
         ("labels.team > 1", "type error in labels.team > 1"),
         ("metrics.roc_auc / 0 > 1.0", "type error"),
         ("1 / 0 == 1", "division by zero"),
+        (
+            "duration('1') > duration('0s')",
+            "invalid value (at line 1, column 1): Invalid duration '1'",
+        ),
+        (
+            "double('abc') > 1.0",
+            "invalid value (at line 1, column 1): could not convert string to float: 'abc'",
+        ),
+        ("timestamp('2024-13-01T00:00:00Z') > timestamp('2024-01-01T00:00:00Z')", "invalid value"),
+        ("'a'.matches('(')", "invalid regular expression"),
     ],
 )
 def test_evaluation_errors_are_reported_per_rule(expression: str, fragment: str) -> None:
