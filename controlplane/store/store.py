@@ -7,7 +7,9 @@ anything changed, and translates database errors at the boundary.
 
 A request id seen before replays the stored result only for the same request (same method,
 caller and arguments); a different request under the same id is refused with
-``REQUEST_ID_REUSED``, so that a reused id can neither skip a change nor hide one. A request
+``REQUEST_ID_REUSED``, so that a reused id can neither skip a change nor hide one; one whose
+resource was deleted since, and another created under its name, is NOT_FOUND (see
+:mod:`controlplane.store.replay`). A request
 id is reserved before it is looked up, so that a retry racing the original (a client that gave
 up waiting) waits for it to commit and then replays its answer: on PostgreSQL by a
 transaction-scoped advisory lock on the id, on SQLite by the write lock that every write
@@ -35,6 +37,7 @@ from controlplane.store.convert import utc
 from controlplane.store.direct import Direct
 from controlplane.store.engine import Engines, create_engines, normalize_url
 from controlplane.store.migrate import upgrade
+from controlplane.store.replay import check_replayed
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
 from controlplane.store.tables import RequestIdRow
 from modelplane.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -249,6 +252,7 @@ class Store:
                         )
                     tx.replay = seen_resource
                     tx.replay_time = _request_time(session, request_id)
+                    check_replayed(session, method, request_id, seen_resource, tx.replay_time)
             yield tx
             if tx.mutations:
                 # Every change is audited, a replay's included: nothing writes around the trail.
