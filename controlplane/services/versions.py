@@ -229,13 +229,26 @@ def _check_environment(new: NewVersion) -> None:
         )
 
 
+#: States the API defines (for wire compatibility) that nothing sets: a filter on them is refused.
+_UNSET_STATES = (VersionState.APPROVED.value, VersionState.REJECTED.value)
+_FILTER_STATES = [s for s in VersionState.__members__ if s not in _UNSET_STATES]
+
+
 def _state_term(value: str) -> str:
     """The state a ``state=`` filter term names (``ARCHIVED`` or ``VERSION_STATE_ARCHIVED``)."""
     # ASCII only: str.upper() maps some other letters onto ASCII ones (dotless i to I).
     state = value.upper().removeprefix("VERSION_STATE_") if value.isascii() else ""
+    if state in _UNSET_STATES:
+        raise InvalidArgument(
+            f"state={state} matches no version: no version is ever {state}, as approvals and "
+            "gate decisions are made per target (an alias or a deployment), not for the version "
+            "as a whole; read them with ListApprovals and ListGateDecisions, or in the model "
+            f"card (a state filter takes {' or '.join(_FILTER_STATES)})",
+            reason="INVALID_FILTER",
+        )
     if state not in VersionState.__members__:
         raise InvalidArgument(
-            f"unknown state {shown(value)}; use one of {', '.join(VersionState.__members__)}",
+            f"unknown state {shown(value)}; use one of {', '.join(_FILTER_STATES)}",
             reason="INVALID_FILTER",
         )
     return state

@@ -25,16 +25,20 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// The state of a version in its governance life cycle.
+// The state of a version in its life cycle: REGISTERED or ARCHIVED. Approvals and gate
+// decisions are not states of a version: they are made per target (an alias or a deployment),
+// and are read with GovernanceService.ListApprovals and ListGateDecisions, or in the model card.
 type VersionState int32
 
 const (
 	VersionState_VERSION_STATE_UNSPECIFIED VersionState = 0
-	// Registered; no decision yet.
+	// Registered and not archived, whatever approvals and gate decisions it has.
 	VersionState_VERSION_STATE_REGISTERED VersionState = 1
-	// Passed the checks a policy asked for at least once.
+	// Not set by this server (kept for wire compatibility): a version approved for one target
+	// may be rejected for another. A list filter on it is refused (INVALID_FILTER).
 	VersionState_VERSION_STATE_APPROVED VersionState = 2
-	// Rejected by an approver.
+	// Not set by this server (kept for wire compatibility), for the same reason as APPROVED. A
+	// list filter on it is refused (INVALID_FILTER).
 	VersionState_VERSION_STATE_REJECTED VersionState = 3
 	// Retired; cannot be aliased or deployed.
 	VersionState_VERSION_STATE_ARCHIVED VersionState = 4
@@ -1724,8 +1728,9 @@ type ListModelVersionsRequest struct {
 	Parent    string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like; a VALUE may be
-	// double-quoted (`labels.stage="beta"`).
+	// Space-separated terms: `labels.KEY=VALUE`, `state=REGISTERED` or `state=ARCHIVED`; a VALUE
+	// may be double-quoted (`labels.stage="beta"`). `state=APPROVED` and `state=REJECTED` are
+	// refused (INVALID_FILTER): no version is in those states (see VersionState).
 	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	// `version desc` (default) or `version`.
 	OrderBy string `protobuf:"bytes,5,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`

@@ -852,8 +852,9 @@ export type ListModelVersionsRequest = Message<"modelplane.v1.ListModelVersionsR
   pageToken: string;
 
   /**
-   * Space-separated terms: `labels.KEY=VALUE`, `state=ARCHIVED` and the like; a VALUE may be
-   * double-quoted (`labels.stage="beta"`).
+   * Space-separated terms: `labels.KEY=VALUE`, `state=REGISTERED` or `state=ARCHIVED`; a VALUE
+   * may be double-quoted (`labels.stage="beta"`). `state=APPROVED` and `state=REJECTED` are
+   * refused (INVALID_FILTER): no version is in those states (see VersionState).
    *
    * @generated from field: string filter = 4;
    */
@@ -1218,7 +1219,9 @@ export const ListAliasHistoryResponseSchema: GenMessage<ListAliasHistoryResponse
   messageDesc(file_modelplane_v1_registry, 33);
 
 /**
- * The state of a version in its governance life cycle.
+ * The state of a version in its life cycle: REGISTERED or ARCHIVED. Approvals and gate
+ * decisions are not states of a version: they are made per target (an alias or a deployment),
+ * and are read with GovernanceService.ListApprovals and ListGateDecisions, or in the model card.
  *
  * @generated from enum modelplane.v1.VersionState
  */
@@ -1229,21 +1232,23 @@ export enum VersionState {
   UNSPECIFIED = 0,
 
   /**
-   * Registered; no decision yet.
+   * Registered and not archived, whatever approvals and gate decisions it has.
    *
    * @generated from enum value: VERSION_STATE_REGISTERED = 1;
    */
   REGISTERED = 1,
 
   /**
-   * Passed the checks a policy asked for at least once.
+   * Not set by this server (kept for wire compatibility): a version approved for one target
+   * may be rejected for another. A list filter on it is refused (INVALID_FILTER).
    *
    * @generated from enum value: VERSION_STATE_APPROVED = 2;
    */
   APPROVED = 2,
 
   /**
-   * Rejected by an approver.
+   * Not set by this server (kept for wire compatibility), for the same reason as APPROVED. A
+   * list filter on it is refused (INVALID_FILTER).
    *
    * @generated from enum value: VERSION_STATE_REJECTED = 3;
    */
