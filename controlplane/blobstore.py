@@ -26,12 +26,14 @@ import fcntl
 import hashlib
 import mmap
 import os
+import re
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -49,6 +51,33 @@ STALE_UPLOAD_SECONDS = 3600.0
 UPLOAD_PREFIX = "upload-"
 
 log = structlog.get_logger("modelplane.controlplane")
+
+#: ``scheme://`` at the start of a root: a URI, not a folder name.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_root(root: str | os.PathLike[str]) -> str:
+    """The folder an artifact root names: a path as given, or the path of a ``file://`` URI.
+
+    INVALID_ARGUMENT (INVALID_ARTIFACT_ROOT) for any other URI (``s3://``, ``gs://``...): the
+    blob store writes to a local or mounted file system only, and such a root would otherwise
+    become a folder named ``s3:`` under the working directory."""
+    text = os.fspath(root)
+    if not _URI.match(text):
+        return text
+    parts = urlsplit(text)
+    if parts.scheme.lower() != "file":
+        raise InvalidArgument(
+            f"artifact root {text!r}: {parts.scheme}:// URIs are not supported; artifacts are "
+            "kept on a local or mounted file system: give a folder (a path or file:///path)",
+            reason="INVALID_ARTIFACT_ROOT",
+        )
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not parts.path:
+        raise InvalidArgument(
+            f"artifact root {text!r}: a file URI names a local folder as file:///path",
+            reason="INVALID_ARTIFACT_ROOT",
+        )
+    return unquote(parts.path)
 
 
 class RecentUploads:
@@ -104,8 +133,11 @@ class BlobStore:
     ) -> BlobStore:
         """Create the folders under ``root`` and remove the temporary files of uploads that
         stopped ``stale_upload_seconds`` ago or more (a process killed mid-upload leaves its
-        file behind; younger files may be the uploads of another process sharing the root)."""
-        path = Path(root).expanduser().resolve()
+        file behind; younger files may be the uploads of another process sharing the root).
+
+        ``root`` is a folder or a ``file://`` URI; INVALID_ARGUMENT (INVALID_ARTIFACT_ROOT)
+        for any other URI (see :func:`local_root`)."""
+        path = Path(local_root(root)).expanduser().resolve()
         (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (path / "tmp").mkdir(parents=True, exist_ok=True)
         removed = sweep_uploads(path / "tmp", stale_upload_seconds)

@@ -7,6 +7,9 @@ from threading import TIMEOUT_MAX
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.blobstore import local_root
+from modelplane.errors import InvalidArgument
+
 
 class ControlPlaneSettings(BaseSettings):
     """How the control plane listens, where it keeps state, and its limits."""
@@ -23,7 +26,9 @@ class ControlPlaneSettings(BaseSettings):
     )
     artifact_root: str = Field(
         ".modelplane/artifacts",
-        description="folder holding uploaded artifacts and datasets by digest",
+        description="folder holding uploaded artifacts and datasets by digest, on a local or "
+        "mounted file system: a path or a file:///path URI (object storage URIs such as "
+        "s3://... are refused)",
     )
     metrics_listen: str = Field(
         "", description="HOST:PORT of the Prometheus endpoint; none when empty"
@@ -177,6 +182,15 @@ class ControlPlaneSettings(BaseSettings):
     report_retention_seconds: float = Field(
         3600.0, description="how long stored window reports are kept"
     )
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _local_artifact_root(cls, value: str) -> str:
+        """A folder: a ``file://`` URI becomes its path, any other URI is refused."""
+        try:
+            return local_root(value)
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("workers", mode="before")
     @classmethod
