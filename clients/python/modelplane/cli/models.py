@@ -7,6 +7,7 @@ from typing import Any
 
 from modelplane.cli._common import client, key_values, server_errors
 from modelplane.cli._output import Printer, to_dict
+from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
 
 
@@ -98,6 +99,7 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
         columns=COLUMNS,
         rows=[_row(m) for m in models],
     )
+    note_next_page(out, token)
     return 0
 
 

@@ -17,6 +17,7 @@ from modelplane.cli._output import (
     Printer,
     to_dict,
 )
+from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
 
 
@@ -207,6 +208,7 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
         columns=COLUMNS,
         rows=[_row(v) for v in versions],
     )
+    note_next_page(out, token)
     return 0
 
 
