@@ -469,7 +469,13 @@ class VersionService:
         with self.store.write(ctx, "ArchiveModelVersion", request_id, request=request) as tx:
             lock_model(tx, ref.model_id)
             before = require_version(tx, ref.model_id, ref.version)
-            if tx.replay is not None or before.state is VersionState.ARCHIVED:
+            if tx.replay is not None:
+                return before
+            # Checked here, as in update: before the no-op, so that a stale etag is refused
+            # even when the version is archived already.
+            if etag and etag != before.etag:
+                raise stale_etag(before.name)
+            if before.state is VersionState.ARCHIVED:
                 return before
             if before.aliases:
                 raise FailedPrecondition(
@@ -486,8 +492,6 @@ class VersionService:
                     reason="VERSION_IN_USE",
                     metadata={"deployments": ",".join(serving)},
                 )
-            if etag and etag != before.etag:  # checked here, as in update
-                raise stale_etag(before.name)
             after = tx.versions.update(
                 ref.model_id, ref.version, "", {"state": VersionState.ARCHIVED.value}, tx.now
             )
