@@ -29,6 +29,7 @@ from sqlalchemy import (
     select as core_select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
@@ -45,7 +46,7 @@ from controlplane.store.tables import (
     ModelVersionRow,
     OperationRow,
 )
-from modelplane.errors import Aborted
+from modelplane.errors import Aborted, AlreadyExists
 
 T = TypeVar("T")
 
@@ -124,6 +125,17 @@ _INSERT_NEW_BLOB_SQLITE = Direct(
     .on_conflict_do_nothing(index_elements=[_BLOBS.c.sha256])
     .returning(_BLOBS.c.sha256)
 )
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` refuses a row whose key another row already has."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "23505":  # psycopg: unique_violation
+        return True
+    return getattr(orig, "sqlite_errorname", "") in (
+        "SQLITE_CONSTRAINT_PRIMARYKEY",
+        "SQLITE_CONSTRAINT_UNIQUE",
+    ) or "UNIQUE constraint failed" in str(orig)
 
 
 def stale_etag(name: str) -> Aborted:
@@ -284,8 +296,18 @@ class ModelRepo:
         return self.s.connection().execute(q).first() is not None
 
     def add(self, row: ModelRow) -> Model:
+        """Insert the model; ALREADY_EXISTS (MODEL_EXISTS) when its id is taken, including by
+        a concurrent create that committed after this transaction looked (on PostgreSQL the
+        insert then waits for that one and fails on the primary key)."""
         self.s.add(row)
-        self.s.flush()
+        try:
+            self.s.flush()
+        except IntegrityError as exc:
+            if not _is_unique_violation(exc):
+                raise
+            raise AlreadyExists(
+                f"model models/{row.id} already exists", reason="MODEL_EXISTS"
+            ) from exc
         return convert.model(row)
 
     def page(
