@@ -56,3 +56,21 @@ def test_versions_list_pages_tell_how_to_continue(cli: Cli, tmp_path: Path) -> N
     # JSON output carries the token in the document and says nothing on stderr.
     code, _, err = cli.run("versions", "list", model_id, "--page-size", "2")
     assert code == 0 and err == ""
+
+
+def test_operations_list_pages_tell_how_to_continue(
+    cli: Cli, controlplane: RunningControlPlane
+) -> None:
+    from controlplane.services import OperationService
+    from controlplane.store import Store
+    from modelplane.server import RequestContext
+
+    target = f"models/{unique()}/versions/1"
+    store = Store.open(controlplane.db_url)
+    try:
+        ops = OperationService(store)
+        made = {ops.start(RequestContext(principal="ci"), "evaluation", target).name for _ in "abc"}
+    finally:
+        store.close()
+    listed = pages(cli, "operations", "list", "--target", target)
+    assert sorted(listed) == sorted(made) and len(listed) == 3

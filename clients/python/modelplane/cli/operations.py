@@ -9,6 +9,7 @@ import time
 from modelplane._client import operation_error
 from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._pages import note_next_page
 from modelplane.v1 import operations_pb2
 
 
@@ -92,6 +93,7 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
         columns=COLUMNS,
         rows=[_row(o) for o in operations],
     )
+    note_next_page(out, token)
     return 0
 
 
