@@ -46,7 +46,9 @@ MAX_RULE_LENGTH = 4096
 #: Deepest syntax tree a rule may have. The evaluator (and the checks below) recurse once or
 #: more per level; at this depth a rule still evaluates with room to spare. A parenthesis, list
 #: or call adds about 10 levels, each term of a chain (``a + b + ...``, ``a.b.c``) 1 or 2.
-MAX_RULE_DEPTH = 250
+#: Every rule an earlier server without this limit could evaluate (30 nested parentheses) is
+#: within it.
+MAX_RULE_DEPTH = 350
 
 _NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
 

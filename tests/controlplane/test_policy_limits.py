@@ -232,3 +232,20 @@ def test_a_gate_whose_rule_overflows_records_a_failed_decision(
         assert "out of range" in decision.results[0].message
         (listed,) = c.list_gate_decisions(model_id, v1, target=target)
         assert listed.name == decision.name
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "(" * 30 + "metrics.a > 0.0" + ")" * 30,
+        " + ".join(["metrics.a"] * 150) + " > 0.0",
+        "int(" * 30 + "metrics.a" + ")" * 30 + " > 0",
+        "approvals.exists(x, " + "(" * 30 + "x.decision == 'approve'" + ")" * 30 + ") || true",
+    ],
+)
+def test_rules_as_deep_as_earlier_servers_evaluated_are_still_accepted(expression: str) -> None:
+    """Policies stored by a server before the depth limit keep working: what its evaluator
+    could run (30 nested parentheses or calls, a chain of 150 terms) is within the limit."""
+    rule = compile_rule(expression, variables=POLICY_VARIABLES)
+    got = evaluate_rules([rule], {"metrics": {"a": 1.0}, "approvals": []}).results[0]
+    assert got.outcome is Outcome.PASSED, got.message
