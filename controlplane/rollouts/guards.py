@@ -214,19 +214,23 @@ def defaults_added(
     return bool(own) and not _judged(own, phase)
 
 
-def no_champion(values: dict[str, Any]) -> bool:
-    """Whether the guard variables ``values`` have no champion to compare with (none, or one
-    without requests)."""
+def no_champion(values: dict[str, Any], min_requests: int = 1) -> bool:
+    """Whether the guard variables ``values`` have no champion to compare with: none, or one
+    with fewer than ``min_requests`` requests (a few stragglers answered before every replica
+    switched are no comparison, and guards reading it would be skipped for ever)."""
     champion = values.get("champion")
-    return champion is None or not champion.get("requests", 0)
+    return champion is None or champion.get("requests", 0) < max(min_requests, 1)
 
 
-def in_force(effective: Sequence[str], values: dict[str, Any], phase: str) -> tuple[str, ...]:
+def in_force(
+    effective: Sequence[str], values: dict[str, Any], phase: str, min_requests: int = 1
+) -> tuple[str, ...]:
     """The guards to evaluate on ``values`` in ``phase``: ``effective``, and
     :data:`NO_CHAMPION_GUARD` where the candidate answers traffic, there is no champion to
-    compare with, and no guard of ``effective`` judges the candidate without the champion."""
+    compare with (see :func:`no_champion`), and no guard of ``effective`` judges the candidate
+    without the champion."""
     guards = tuple(effective)
-    if phase in SHADOW_PHASES or not no_champion(values):
+    if phase in SHADOW_PHASES or not no_champion(values, min_requests):
         return guards
     if NO_CHAMPION_GUARD in guards or _judged(guards, phase, without_champion=True):
         return guards
@@ -299,12 +303,16 @@ def _shadow(s: ShadowSummary) -> dict[str, Any]:
     return out
 
 
-def variables(evidence: Evidence, champion_reference: ArmSummary | None = None) -> dict[str, Any]:
+def variables(
+    evidence: Evidence, champion_reference: ArmSummary | None = None, min_requests: int = 1
+) -> dict[str, Any]:
     """The guard variables of a window; the champion falls back to ``champion_reference``
-    when it had no traffic in the window (the candidate serving everything)."""
+    when it had fewer than ``min_requests`` requests in the window (the candidate serving
+    everything, or nearly)."""
     out: dict[str, Any] = {}
     champion = evidence.champion
-    if (champion is None or champion.requests == 0) and champion_reference is not None:
+    thin = champion is None or champion.requests < max(min_requests, 1)
+    if thin and champion_reference is not None:
         champion = champion_reference
     if champion is not None:
         out["champion"] = _arm(champion)

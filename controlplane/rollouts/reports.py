@@ -375,8 +375,11 @@ class ReportService:
     def _judge(self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence) -> bool:
         """Evaluate the guards; roll back on a failure, else advance a completed step."""
         repo = Deployments(tx.session)
-        values = guards.variables(evidence, r.champion_reference)
-        in_force = guards.in_force(r.effective_guards, values, r.phase)
+        # As over a step (see steps.judge_step): a thin champion is no comparison only where
+        # the candidate serves everything.
+        thin = self.guard_min_requests if r.candidate_percent >= 100 else 1
+        values = guards.variables(evidence, r.champion_reference, thin)
+        in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
         results = guards.evaluate(in_force, values, self.guard_min_requests)
         evidence = replace(evidence, guards=results)
         champion = evidence.champion

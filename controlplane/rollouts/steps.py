@@ -125,12 +125,15 @@ def judge_step(
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
-    in_force = guards.in_force(r.effective_guards, values, r.phase)
+    # Where the candidate serves everything, a champion with a few requests (answered before
+    # every replica switched) is no comparison; elsewhere only one with none is.
+    thin = min_requests if r.candidate_percent >= 100 else 1
+    in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
     results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
     results, restarted = _noted(results, total.restarted)
     failure = guards.first_failure(results)
     missing = absent(r)
-    if r.candidate_percent >= 100 and guards.no_champion(values):
+    if r.candidate_percent >= 100 and guards.no_champion(values, thin):
         # The champion answers nothing here and has no comparison: guards reading it never
         # apply in this step (NO_CHAMPION_GUARD is in force instead).
         missing = missing | {"champion"}
