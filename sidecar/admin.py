@@ -9,6 +9,7 @@ which joins labels with its recent predictions (see :mod:`sidecar.managed.labels
 from __future__ import annotations
 
 import os
+from concurrent import futures
 from typing import Any, NoReturn
 
 import grpc
@@ -147,9 +148,12 @@ class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
         return report_message(report, model.name, model.version, window)
 
 
-def add_admin_to_server(servicer: AdminServicer, server: grpc.Server) -> None:
-    """Register the admin service on ``server``; request bytes that do not parse get
-    INVALID_ARGUMENT, as on the inference service."""
+def add_admin_to_server(
+    servicer: AdminServicer, server: grpc.Server, threads: futures.Executor | None = None
+) -> None:
+    """Register the admin service on ``server`` (its calls on ``threads`` when given, so that
+    label uploads never hold the threads health checks answer on); request bytes that do not
+    parse get INVALID_ARGUMENT, as on the inference service."""
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             parsing(getattr(servicer, method.name), getattr(pb, method.input_type.name)),
@@ -157,4 +161,7 @@ def add_admin_to_server(servicer: AdminServicer, server: grpc.Server) -> None:
         )
         for method in pb.DESCRIPTOR.services_by_name["SidecarAdminService"].methods
     }
+    if threads is not None:
+        for handler in handlers.values():
+            handler.unary_unary.experimental_thread_pool = threads  # type: ignore[union-attr]
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

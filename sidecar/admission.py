@@ -3,8 +3,9 @@
 Standalone and managed sidecars build their gRPC server the same way (:func:`open_server`):
 ModelInfer runs on the request threads of a :class:`RequestPool`, which admits a call only
 while fewer than ``--max-queue-rows`` rows wait (in the batch queues and for a thread), and
-everything else (health, metadata, reflection, the admin service, label ingestion) runs on
-:data:`CONTROL_THREADS` threads of its own, so it answers while inference is saturated.
+the admin service (drift reports, label ingestion) on :data:`ADMIN_THREADS` threads of its own,
+and everything else (health, metadata, reflection) on :data:`CONTROL_THREADS` threads that
+neither inference nor a flood of label uploads ever holds, so it answers under any load.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from sidecar.model import ModelSlot
 
 #: Threads that answer the ModelInfer calls :meth:`RequestPool.admit` turns away.
 SHED_THREADS = 2
-#: Threads of the gRPC server for everything but ModelInfer (health, metadata, reflection,
-#: the admin service): a few, never busy with inference.
+#: Threads of the gRPC server for health, metadata and reflection: a few, never busy with
+#: inference or the admin service.
 CONTROL_THREADS = 4
+#: Threads for the admin service (GetDriftReport, IngestLabels: a label upload may take a
+#: while to store).
+ADMIN_THREADS = 4
 
 
 class _Threads(futures.ThreadPoolExecutor):
@@ -147,15 +151,22 @@ def batch_queue_rows(slot: ModelSlot) -> Callable[[], int]:
 
 def open_server(
     threads: int, max_waiting: int, queued_rows: Callable[[], int], reuse_port: bool
-) -> tuple[grpc.Server, RequestPool, list[Callable[[], None]]]:
+) -> tuple[grpc.Server, RequestPool, futures.Executor, list[Callable[[], None]]]:
     """A gRPC server (not started) whose default threads are :data:`CONTROL_THREADS` control
     threads, the :class:`RequestPool` for ModelInfer (register the OIP service with it:
-    :func:`sidecar.servicer.add_to_server`), and the closers that end both pools."""
+    :func:`sidecar.servicer.add_to_server`), the :data:`ADMIN_THREADS` threads for the admin
+    service (:func:`sidecar.admin.add_admin_to_server`), and the closers that end the pools."""
     pool = RequestPool(threads, max_waiting, queued_rows)
     control = futures.ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="grpc")
+    admin = futures.ThreadPoolExecutor(ADMIN_THREADS, thread_name_prefix="admin")
     server = grpc.server(control, options=grpc_options(reuse_port=reuse_port))
     return (
         server,
         pool,
-        [lambda: control.shutdown(wait=False), lambda: pool.shutdown(wait=False)],
+        admin,
+        [
+            lambda: control.shutdown(wait=False),
+            lambda: pool.shutdown(wait=False),
+            lambda: admin.shutdown(wait=False),
+        ],
     )

@@ -204,14 +204,14 @@ def start(
         and log_settings.dir is not None
         and log_settings.durability == "sync"
     )
-    server, pool, close_pools = open_server(
+    server, pool, admin, close_pools = open_server(
         settings.request_threads(waits, settings.may_batch),
         settings.max_queue_rows,
         batch_queue_rows(slot),
         reuse_port=settings.worker,
     )
     add_to_server(servicer, server, pool)
-    add_admin_to_server(AdminServicer(slot), server)
+    add_admin_to_server(AdminServicer(slot), server, admin)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind the gRPC listener to {settings.listen}")

@@ -275,9 +275,10 @@ def start_managed(
     request_threads = settings.request_threads(sync, settings.may_batch)
     manager_box: list[DeploymentManager] = []
     # ModelInfer on request threads of its own, admitted while fewer than --max-queue-rows
-    # rows wait (in every loaded version's batch queue and for a thread); health, metadata,
-    # the admin service and label ingestion on control threads that inference never holds.
-    server, pool, close_pools = open_server(
+    # rows wait (in every loaded version's batch queue and for a thread); the admin service
+    # (drift reports, label ingestion) on threads of its own; health and metadata on control
+    # threads that neither ever holds.
+    server, pool, admin, close_pools = open_server(
         request_threads,
         settings.max_queue_rows,
         lambda: manager_box[0].queued_rows() if manager_box else 0,
@@ -359,7 +360,7 @@ def start_managed(
     servicer = ManagedServicer(slot, manager, shadow)
     labels = LabelIngestor(index, observer, label_log)
     add_to_server(servicer, server, pool)
-    add_admin_to_server(AdminServicer(slot, labels=labels), server)
+    add_admin_to_server(AdminServicer(slot, labels=labels), server, admin)
     handle = ManagedHandle(
         start_services(server, port, settings),
         servicer,

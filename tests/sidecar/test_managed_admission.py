@@ -119,3 +119,47 @@ def test_admission_counts_the_batch_queues_of_every_loaded_version() -> None:
     assert RoutingTable.queued_rows(table) == 11  # type: ignore[arg-type]
     table.by_label["3"] = _version("3", None)
     assert RoutingTable.queued_rows(table) == 11  # type: ignore[arg-type]
+
+
+def test_health_answers_while_label_uploads_hold_every_admin_thread(
+    managed: Any, plane: FakeControlPlane, tmp_path: Path
+) -> None:
+    """Label uploads that take long to store (a slow disk, held here) occupy the admin
+    service's threads only: health, readiness and metadata answer meanwhile."""
+    from sidecar.admission import ADMIN_THREADS, CONTROL_THREADS
+
+    artifact = onnx_models.save(onnx_models.mlp(4), tmp_path / "v1.onnx").read_bytes()
+    handle = managed()
+    plane.push(state(NAME, 1, plane.versions({1: artifact}, 1), champion=1))
+    assert handle.wait_ready(120)
+    release = threading.Event()
+    entered: list[int] = []
+    ingest = handle.labels.ingest
+
+    def slow_ingest(labels: Any) -> Any:
+        entered.append(1)
+        release.wait(60)
+        return ingest(labels)
+
+    handle.labels.ingest = slow_ingest
+    with grpc.insecure_channel(handle.address) as channel:
+        admin = sidecar_pb2_grpc.SidecarAdminServiceStub(channel)
+        uploads = [
+            admin.IngestLabels.future(sidecar_pb2.IngestLabelsRequest(), timeout=90)
+            for _ in range(ADMIN_THREADS + CONTROL_THREADS)
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            while len(entered) < ADMIN_THREADS and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(entered) == ADMIN_THREADS
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(3):
+                got = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert got.status == health_pb2.HealthCheckResponse.SERVING
+                assert stub(handle.port).ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        finally:
+            release.set()
+        for upload in uploads:
+            upload.result()
+    assert len(entered) == ADMIN_THREADS + CONTROL_THREADS
