@@ -95,3 +95,32 @@ def test_undrifted_traffic_reads_undrifted_and_scaled_traffic_drifted(demo: Demo
     rows, share = _drift_window(demo.stdout, "with the shift")
     assert share >= 50, demo.stdout
     assert re.search(r"drift event on the champion \(v2, \d+ rows .*\): max_psi", demo.stdout)
+
+
+def test_ground_truth_goes_back_only_for_rows_the_models_never_saw(tmp_path: Path) -> None:
+    """Live accuracy measures what the holdout measures: the traffic covers the whole data set
+    (so drift windows see the training population), but only the holdout rows' labels are
+    sent back."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from modelplane.demo._training import train
+
+    trained = train(tmp_path)
+    holdout = pacsv.read_csv(trained.holdout)
+    training = pq.read_table(trained.train)
+    features = [n for n in holdout.column_names if n != "diagnosis"]
+
+    def rows(table: pa.Table) -> list[tuple[float, ...]]:
+        cols = [np.asarray(table.column(n), dtype=np.float32) for n in features]
+        return [tuple(r) for r in np.stack(cols, axis=1)]
+
+    x, y = np.asarray(trained.x_traffic), np.asarray(trained.y_traffic)
+    labeled = y >= 0
+    assert len(x) == holdout.num_rows + training.num_rows
+    assert {tuple(r) for r in x[labeled]} == set(rows(holdout))
+    assert {tuple(r) for r in x[~labeled]} == set(rows(training))
+    truth = dict(zip(map(tuple, x[labeled]), y[labeled], strict=True))
+    assert [truth[r] for r in rows(holdout)] == holdout.column("diagnosis").to_pylist()

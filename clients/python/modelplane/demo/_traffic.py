@@ -3,7 +3,8 @@
 Each request carries a unique id, so the sidecar's sticky routing spreads requests over the
 arms by hash. The answering version of every reply (``model_version``) is counted so the demo
 can show how traffic moves during a rollout; ``shift`` scales the features to inject drift.
-Ground-truth labels go back to the sidecar in batches (live accuracy per arm).
+Ground-truth labels go back to the sidecar in batches (live accuracy per arm), for the rows
+that have one (the holdout's: the models never saw them).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Traffic:
                     with self._lock:
                         self.sent += 1
                         self._answers.append((time.monotonic(), reply.model_version))
-                        self._pending_labels.append((rid, int(self.labels[i % n])))
+                        label = int(self.labels[i % n])
+                        if label >= 0:
+                            self._pending_labels.append((rid, label))
                 i += self.threads
                 time.sleep(0.002)
 
