@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.artifacts import inspect_onnx
@@ -262,6 +262,76 @@ def _tabular_width(signature: Signature) -> int | None:
     return None
 
 
+def _check_feature_count(signature: Signature, feature_names: list[str]) -> None:
+    width = _tabular_width(signature)
+    if width is not None and feature_names and len(feature_names) != width:
+        raise InvalidArgument(
+            f"the model's input {shown(signature.inputs[0].name)} takes {width} features but "
+            f"{len(feature_names)} feature names were given or derived",
+            reason="FEATURE_COUNT_MISMATCH",
+        )
+
+
+def input_columns(signature: Signature, profiled: Sequence[str]) -> list[str]:
+    """The feature columns a managed sidecar reads from the model's inputs when it monitors
+    drift against a baseline that profiles ``profiled``: a ``[-1]`` input is one column named
+    after the input; a ``[-1, F]`` input is ``F`` columns, named by the profile when it is the
+    only such input and the profile has ``F`` features, else ``x_0..x_{F-1}`` (``<input>_0..``
+    when the model has several). Other inputs give none.
+
+    The sidecar's rule (``sidecar.driftfeed.column_names`` with the names
+    ``sidecar.observing.feature_names`` picks without ``--feature-names``); it is repeated here
+    because that module needs the sidecar's dependencies (Numba), and
+    ``tests/controlplane/test_registry_baseline_features.py`` holds the two to the same answers.
+    """
+    tabular = [t for t in signature.inputs if len(t.shape) == 2 and t.shape[1] >= 0]
+    names = None
+    if len(tabular) == 1 and tabular[0].shape[1] == len(profiled):
+        names = list(profiled)
+    columns: list[str] = []
+    for spec in signature.inputs:
+        if len(spec.shape) == 1:
+            columns.append(spec.name)
+        elif spec in tabular:
+            if names is not None:
+                columns.extend(names)
+            else:
+                prefix = f"{spec.name}_" if len(tabular) > 1 else "x_"
+                columns.extend(f"{prefix}{j}" for j in range(spec.shape[1]))
+    return columns
+
+
+def _listed(names: Sequence[str], limit: int = 10) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown(n) for n in names[:limit]) + more
+
+
+def _check_baseline_inputs(signature: Signature, profiled: list[str], given: bool) -> None:
+    """INVALID_ARGUMENT (BASELINE_MISMATCH) when the baseline would profile a feature that the
+    model's inputs do not provide: no sidecar could monitor the version's drift against it."""
+    columns = input_columns(signature, profiled)
+    provided = set(columns)
+    extra = [n for n in profiled if n not in provided]
+    if not extra:
+        return
+    have = _listed(columns) if columns else "no feature columns"
+    if given:
+        fix = "list only features the model's inputs provide in feature_names (--feature-names)"
+    else:
+        fix = (
+            "leave those columns out of the train dataset, name the label column with "
+            "label_column (--label), or list the model's features with feature_names "
+            "(--feature-names)"
+        )
+    raise InvalidArgument(
+        f"the baseline profile of the train dataset would hold feature(s) {_listed(extra)}, "
+        f"which the model's inputs do not provide (they provide {have}), so no sidecar could "
+        f"monitor this version's drift: {fix}",
+        reason="BASELINE_MISMATCH",
+        metadata={"field": "datasets", "features": ",".join(extra)[:1000]},
+    )
+
+
 class VersionService:
     """Registers versions and answers for them."""
 
@@ -299,14 +369,8 @@ class VersionService:
         }
         artifact, signature = inspect_onnx(artifact_bytes, new.artifact_sha256)
         del artifact_bytes
-        datasets, feature_names, baseline = self._read_datasets(new, dataset_bytes)
-        width = _tabular_width(signature)
-        if width is not None and feature_names and len(feature_names) != width:
-            raise InvalidArgument(
-                f"the model's input {shown(signature.inputs[0].name)} takes {width} features but "
-                f"{len(feature_names)} feature names were given or derived",
-                reason="FEATURE_COUNT_MISMATCH",
-            )
+        datasets, feature_names, baseline = self._read_datasets(new, dataset_bytes, signature)
+        _check_feature_count(signature, feature_names)
         lineage = Lineage(
             training_run_id=new.training_run_id,
             datasets=datasets,
@@ -354,7 +418,7 @@ class VersionService:
             return version
 
     def _read_datasets(
-        self, new: NewVersion, data: dict[str, bytes]
+        self, new: NewVersion, data: dict[str, bytes], signature: Signature
     ) -> tuple[list[DatasetRef], list[str], BaselineRef | None]:
         from modelplane import profiles
 
@@ -389,6 +453,8 @@ class VersionService:
                     f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",
                     reason="DATASET_COLUMNS_MISSING",
                 )
+            _check_feature_count(signature, feature_names)
+            _check_baseline_inputs(signature, feature_names, bool(new.feature_names))
             profile = profiles.build_profile(
                 profiles.profiling_table(data[d.role], table),
                 feature_names,
