@@ -9,7 +9,8 @@ Input tensors become named columns by the prediction log's rules: a ``[-1]`` inp
 column named after the input; a ``[-1, F]`` input is ``F`` columns named by the feature names
 (``--feature-names``, else the baseline's names when it has exactly ``F`` features), else
 ``x_0..x_{F-1}`` (``<input>_0..`` when the model has several 2-D inputs). Rows of requests
-that failed in the model are left out.
+that failed in the model are left out. FP32 and FP16 values keep their type, so that the
+monitor compares them with the baseline at their precision.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from sidecar.drift import DriftMonitor, DriftReport, WindowState
 from sidecar.metrics import RegistryFamilies, multiprocess
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.signature import Signature
+
+#: Value types the monitor takes as they are; others are widened to float64 first.
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _floats(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return array if array.dtype in _FLOATS else np.asarray(array, dtype=np.float64)
 
 
 def column_names(
@@ -84,18 +92,17 @@ class FeatureSource:
         return cls(names, tuple(available[n] for n in names), categorical)
 
     def extract(self, inputs: dict[str, np.ndarray[Any, Any]]) -> Any:
-        """The features of ``inputs``: a matrix (numeric profiles) or a name -> column map."""
+        """The features of ``inputs``: a matrix (numeric profiles) or a name -> column map
+        (categorical profiles, or numeric inputs of several float types)."""
         tensors = {tensor for tensor, _ in self.sources}
         if not self.categorical and len(tensors) == 1:
             # The usual case, one tabular input: one slice (or none) instead of F columns.
-            array = inputs[next(iter(tensors))]
+            array = _floats(inputs[next(iter(tensors))])
             indices = [index for _, index in self.sources if index is not None]
             if len(indices) < len(self.sources):
-                return np.asarray(array, dtype=np.float64).reshape(-1, 1)
+                return array.reshape(-1, 1)
             if indices != list(range(array.shape[1])):
                 array = array[:, indices]
-            if array.dtype not in (np.float32, np.float64):
-                array = array.astype(np.float64)
             return array
         columns = []
         for tensor, index in self.sources:
@@ -103,7 +110,11 @@ class FeatureSource:
             columns.append(array if index is None else array[:, index])
         if self.categorical:
             return dict(zip(self.names, columns, strict=True))
-        return np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+        columns = [_floats(c) for c in columns]
+        if len({c.dtype for c in columns}) > 1:
+            # Each column is compared at its own precision: the monitor reads their types.
+            return dict(zip(self.names, columns, strict=True))
+        return np.column_stack(columns)
 
 
 class DriftFamilies(RegistryFamilies):

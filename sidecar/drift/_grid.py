@@ -6,11 +6,16 @@ cells (one per grid point for equal values, one per gap between points); since e
 sample value is a grid point, those cell counts determine exactly the window's bin counts, its
 out-of-range count and its KS distance to the reference sample. Cell counts add up, so windows
 merge exactly.
+
+Served float32 or float16 values are compared at their own precision: a value counts as equal
+to a grid point when it equals the point rounded to its type, so that ``float32(0.7)`` is the
+baseline's 0.7 rather than a value just below it (see :class:`NarrowGrid`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,26 +51,90 @@ class NumericGrid:
             parts.append(np.array([feature.min, feature.max]))
         points = np.unique(np.concatenate(parts)).astype(np.float64)
         size = len(points)
-        cell_to_sample = np.empty(2 * size + 1, dtype=np.int64)
         cell_to_bin = np.empty(2 * size + 1, dtype=np.int64)
         # Gap cell 2i holds values just below points[i] (above every point when i == size).
         upper = np.concatenate((points, [np.inf]))
-        cell_to_sample[0::2] = 2 * np.searchsorted(sample_values, upper, side="left")
         cell_to_bin[0::2] = np.searchsorted(feature.edges, upper, side="left")
-        equal_pos = np.searchsorted(sample_values, points, side="left")
-        in_sample = np.zeros(size, dtype=bool)
-        inside = equal_pos < len(sample_values)
-        in_sample[inside] = sample_values[equal_pos[inside]] == points[inside]
-        cell_to_sample[1::2] = np.where(in_sample, 2 * equal_pos + 1, 2 * equal_pos)
         cell_to_bin[1::2] = np.searchsorted(feature.edges, points, side="right")
+        sample_values = sample_values.astype(np.float64)
         return cls(
             feature=feature,
             points=points,
-            sample_values=sample_values.astype(np.float64),
+            sample_values=sample_values,
             sample_cum=np.cumsum(multiplicity).astype(np.int64),
-            cell_to_sample_cell=cell_to_sample,
+            cell_to_sample_cell=_cell_to_sample(points, sample_values),
             cell_to_bin=cell_to_bin,
         )
+
+    def narrow(self, dtype: np.dtype[Any]) -> NarrowGrid:
+        """How this grid reads values of the float type ``dtype`` (float32 or float16)."""
+        with np.errstate(over="ignore"):
+            rounded = _rounded(self.points, dtype)
+            sample = _rounded(self.feature.sample, dtype)
+        if np.array_equal(rounded, self.points):
+            return NarrowGrid(self, rounded, exact=True)
+        sample_values, multiplicity = np.unique(sample, return_counts=True)
+        scoring = NumericGrid(
+            feature=self.feature,
+            points=self.points,
+            sample_values=sample_values,
+            sample_cum=np.cumsum(multiplicity).astype(np.int64),
+            cell_to_sample_cell=_cell_to_sample(rounded, sample_values),
+            cell_to_bin=self.cell_to_bin,
+        )
+        return NarrowGrid(scoring, rounded, exact=False)
+
+
+def _rounded(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``values`` rounded to ``dtype`` (to nearest, beyond its range to an infinity), as float64."""
+    return np.asarray(values, dtype=np.float64).astype(dtype).astype(np.float64)
+
+
+def _cell_to_sample(points: np.ndarray, sample_values: np.ndarray) -> np.ndarray:
+    """For each cell of sorted ``points``, the reference sample's cell holding its values: gap
+    cell ``2j`` (just below distinct sample value ``j``) or equal cell ``2j + 1``."""
+    size = len(points)
+    cell_to_sample = np.empty(2 * size + 1, dtype=np.int64)
+    upper = np.concatenate((points, [np.inf]))
+    cell_to_sample[0::2] = 2 * np.searchsorted(sample_values, upper, side="left")
+    equal_pos = np.searchsorted(sample_values, points, side="left")
+    in_sample = np.zeros(size, dtype=bool)
+    inside = equal_pos < len(sample_values)
+    in_sample[inside] = sample_values[equal_pos[inside]] == points[inside]
+    cell_to_sample[1::2] = np.where(in_sample, 2 * equal_pos + 1, 2 * equal_pos)
+    return cell_to_sample
+
+
+@dataclass(frozen=True, eq=False)
+class NarrowGrid:
+    """One numeric feature's grid as values of a narrower float type (float32, float16) see it.
+
+    Comparing at the values' precision means comparing them with the baseline's points
+    rounded to that type. Rounding keeps the points' order but may make neighbours equal; a
+    value equal to such a rounded group counts in the cell of the group's last point (every
+    edge of the group is then at or below it, as every rounded edge is at or below the
+    value), and any other value already lies between the same two points unrounded. So the
+    cells, the bins and the windows stay the baseline's; only the KS distance needs the
+    reference sample rounded too, which :attr:`scoring` holds (its sample values that
+    rounding made equal count as one). ``exact``: every point is a value of the type, and
+    values need no mapping.
+    """
+
+    scoring: NumericGrid
+    rounded: np.ndarray
+    exact: bool
+
+    def snap(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (of the narrow type) as float64 values that fall in the cells they
+        belong to at their precision."""
+        out = np.array(values, dtype=np.float64)
+        if self.exact:
+            return out
+        at = np.searchsorted(self.rounded, out, side="right") - 1
+        hit = np.isfinite(out) & (at >= 0)
+        hit[hit] = self.rounded[at[hit]] == out[hit]
+        out[hit] = self.scoring.points[at[hit]]
+        return out
 
 
 @dataclass(frozen=True, eq=False)

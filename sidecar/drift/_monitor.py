@@ -19,10 +19,17 @@ from modelplane.profiles import (
     category_strings,
     numeric_values,
 )
-from sidecar.drift._grid import BaselineGrid
+from sidecar.drift._grid import BaselineGrid, NarrowGrid
 from sidecar.drift._kernels import accumulate, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
 from sidecar.drift._window import WindowState
+
+#: Float types whose values are compared with the baseline at their own precision.
+NARROW_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
+_ARROW_NARROW: dict[pa.DataType, np.dtype[Any]] = {
+    pa.float16(): np.dtype(np.float16),
+    pa.float32(): np.dtype(np.float32),
+}
 
 
 class DriftMonitor:
@@ -34,6 +41,15 @@ class DriftMonitor:
     skipped). Updates are O(rows x features) with one binary search per numeric value and no
     per-row allocation; a lock makes each batch update atomic, so several threads may feed
     one monitor. ``clock`` gives wall-clock seconds.
+
+    Values that arrive as float32 or float16 (a matrix of that type, or such a column) are
+    compared with the baseline at their own precision, as if its edges and reference sample
+    had been rounded to that type: a model's FP32 input carrying the training data's 0.7
+    holds ``float32(0.7)``, which is not the float64 0.7 and must still count as equal to it.
+    The bins stay the baseline's (an edge that rounding makes equal to its neighbour leaves
+    the bin between them empty), so windows merge and compare with the profile's counts as
+    before; a feature once fed at a narrower precision is scored at it (KS against the
+    rounded reference sample).
     """
 
     def __init__(
@@ -58,6 +74,10 @@ class DriftMonitor:
         self._clock = clock
         self._lock = threading.Lock()
         self._window = WindowState.empty(self.grid, clock())
+        #: Per narrow float type, each numeric feature's view of the grid (built when needed).
+        self._narrow: dict[np.dtype[Any], tuple[NarrowGrid, ...]] = {}
+        #: The narrowest float type each numeric feature's values arrived in (None: wider).
+        self._precision: list[np.dtype[Any] | None] = [None] * len(self.grid.numeric)
         # Compile (or load from Numba's cache) the scoring kernel now, at start-up, rather
         # than when the first window closes or the first report is asked for.
         warm_scoring()
@@ -74,25 +94,43 @@ class DriftMonitor:
 
     def score(self, window: WindowState) -> DriftReport:
         """The drift report of a (closed or merged) window."""
-        return score_window(self.grid, window, self.thresholds)
+        with self._lock:
+            precision = list(self._precision)
+        numeric = [
+            g if p is None else self._narrow_grids(p)[i].scoring
+            for i, (g, p) in enumerate(zip(self.grid.numeric, precision, strict=True))
+        ]
+        return score_window(self.grid, window, self.thresholds, numeric=numeric)
+
+    def _narrow_grids(self, dtype: np.dtype[Any]) -> tuple[NarrowGrid, ...]:
+        grids = self._narrow.get(dtype)
+        if grids is None:
+            grids = tuple(g.narrow(dtype) for g in self.grid.numeric)
+            self._narrow[dtype] = grids
+        return grids
 
     def update(
         self, batch: np.ndarray | Mapping[str, Any] | pa.RecordBatch | pa.Table
     ) -> list[WindowState]:
         """Add a batch of rows; returns the windows this closed (usually none).
 
-        ``batch`` is a rows x features float32/float64 matrix whose columns are
-        :attr:`numeric_names` (profiles without categorical features), or a mapping from
-        feature name to a column (anything ``pyarrow.array`` takes), or a pyarrow
-        RecordBatch/Table with the features as columns. Every profile feature must be there.
+        ``batch`` is a rows x features matrix whose columns are :attr:`numeric_names`
+        (profiles without categorical features), or a mapping from feature name to a column
+        (anything ``pyarrow.array`` takes), or a pyarrow RecordBatch/Table with the features
+        as columns. Every profile feature must be there. Float32 and float16 values are
+        compared at their precision (see the class docstring).
         """
         if isinstance(batch, np.ndarray):
-            matrix, categorical = self._check_matrix(batch), None
+            matrix, categorical, types = self._check_matrix(batch)
         else:
-            matrix, categorical = self._columns(batch)
+            matrix, categorical, types = self._columns(batch)
         rows = matrix.shape[0]
         closed: list[WindowState] = []
         with self._lock:
+            for i, dtype in enumerate(types):
+                seen = self._precision[i]
+                if dtype is not None and (seen is None or dtype.itemsize < seen.itemsize):
+                    self._precision[i] = dtype
             self._rotate_by_time(closed)
             start = 0
             while start < rows:
@@ -150,7 +188,9 @@ class DriftMonitor:
             closed.append(window)
         self._window = WindowState.empty(self.grid, start + spans * ws)
 
-    def _check_matrix(self, batch: np.ndarray) -> np.ndarray:
+    def _check_matrix(
+        self, batch: np.ndarray
+    ) -> tuple[np.ndarray, None, list[np.dtype[Any] | None]]:
         if self.grid.categorical:
             raise ValueError(
                 "this profile has categorical features; pass a mapping or an Arrow batch"
@@ -160,13 +200,24 @@ class DriftMonitor:
                 f"expected a rows x {len(self.grid.numeric)} matrix with columns "
                 f"{self.grid.numeric_names}, got shape {batch.shape}"
             )
-        if batch.dtype not in (np.float32, np.float64):
+        features = batch.shape[1]
+        if batch.dtype in NARROW_FLOATS:
+            grids = self._narrow_grids(batch.dtype)
+            if not all(g.exact for g in grids):
+                columns = [grids[j].snap(batch[:, j]) for j in range(features)]
+                return (
+                    np.ascontiguousarray(np.column_stack(columns)),
+                    None,
+                    [batch.dtype] * features,
+                )
+            return np.ascontiguousarray(batch), None, [batch.dtype] * features
+        if batch.dtype != np.float64:
             batch = batch.astype(np.float64)
-        return np.ascontiguousarray(batch)
+        return np.ascontiguousarray(batch), None, [None] * features
 
     def _columns(
         self, batch: Mapping[str, Any] | pa.RecordBatch | pa.Table
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    ) -> tuple[np.ndarray, dict[str, Any], list[np.dtype[Any] | None]]:
         def column(name: str) -> Any:
             try:
                 if isinstance(batch, pa.RecordBatch | pa.Table):
@@ -175,7 +226,12 @@ class DriftMonitor:
             except KeyError as err:
                 raise ValueError(f"the batch has no column for feature {name!r}") from err
 
-        numeric = [numeric_values(pa.array(column(n))) for n in self.grid.numeric_names]
+        arrays = [pa.array(column(n)) for n in self.grid.numeric_names]
+        types: list[np.dtype[Any] | None] = [_ARROW_NARROW.get(a.type) for a in arrays]
+        numeric = [
+            numeric_values(a) if t is None else self._narrow_grids(t)[i].snap(numeric_values(a))
+            for i, (a, t) in enumerate(zip(arrays, types, strict=True))
+        ]
         lengths = {len(c) for c in numeric}
         categorical = {n: column(n) for n in self.grid.categorical_names}
         lengths |= {len(c) for c in categorical.values()}
@@ -187,7 +243,7 @@ class DriftMonitor:
             if numeric
             else np.empty((rows, 0), dtype=np.float64)
         )
-        return matrix, categorical
+        return matrix, categorical, types
 
     def _add(
         self, matrix: np.ndarray, categorical: dict[str, Any] | None, start: int, stop: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -155,7 +156,11 @@ def _score_categorical(
 
 
 def score_window(
-    grid: BaselineGrid, window: WindowState, thresholds: DriftThresholds | None = None
+    grid: BaselineGrid,
+    window: WindowState,
+    thresholds: DriftThresholds | None = None,
+    *,
+    numeric: Sequence[NumericGrid] | None = None,
 ) -> DriftReport:
     """Every feature's statistics for ``window`` and the share of drifted features.
 
@@ -166,13 +171,14 @@ def score_window(
     unseen categories (empty in the baseline), the bins the control plane scores merged
     windows over. For categoricals the out-of-range share is the share of unseen categories.
     An empty window gives undefined (None) statistics and shares, no drifted feature and a
-    None drifted share.
+    None drifted share. ``numeric`` replaces ``grid``'s numeric grids for scoring (the same
+    cells read at a narrower precision: see :meth:`NumericGrid.narrow`).
     """
     thresholds = thresholds or DriftThresholds()
     if window.baseline != grid.digest:
         raise ValueError("the window was counted against a different baseline")
     by_name: dict[str, FeatureDrift] = {}
-    for i, ngrid in enumerate(grid.numeric):
+    for i, ngrid in enumerate(grid.numeric if numeric is None else numeric):
         lo, hi = grid.cell_offsets[i], grid.cell_offsets[i + 1]
         by_name[ngrid.feature.name] = _score_numeric(
             ngrid, window.cells[lo:hi], int(window.missing[i]), window.rows, thresholds
