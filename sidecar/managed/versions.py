@@ -3,11 +3,13 @@
 :class:`VersionLoader` makes a :class:`LoadedVersion` from a ``ServedVersion`` of the desired
 state: the artifact is fetched and verified through the cache, opened in ONNX Runtime and
 warmed up; the version's baseline profile (when it has one) is fetched the same way and
-turns drift monitoring on for that version. With a metrics registry each version binds its
-own Prometheus series (model = the deployment, version = its number), dropped again when the
-version is released. :class:`RoutingTable` is an immutable snapshot of
-what serves now; the server replaces it with one reference assignment, so a request sees
-either the old table or the new one, and finishes on the version it started with.
+turns drift monitoring on for that version, unless the model's inputs do not provide the
+features it profiles: the version then serves with drift off, logged once with the reason,
+which the admin drift report answers (FAILED_PRECONDITION, DRIFT_OFF). With a metrics
+registry each version binds its own Prometheus series (model = the deployment, version = its
+number), dropped again when the version is released. :class:`RoutingTable` is an immutable
+snapshot of what serves now; the server replaces it with one reference assignment, so a
+request sees either the old table or the new one, and finishes on the version it started with.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any, cast
 import structlog
 from prometheus_client import CollectorRegistry
 
+from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile
 from modelplane.v1 import deployments_pb2 as dpb
 from sidecar import runtime as rt
 from sidecar.codec import Limits
-from sidecar.drift import DriftMonitor, DriftThresholds, WindowState
-from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource
+from sidecar.drift import DriftMonitor, DriftReport, DriftThresholds, WindowState
+from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource, column_names
 from sidecar.managed.artifacts import ArtifactCache
 from sidecar.managed.compare import OutputRule, warm_kernels
 from sidecar.managed.router import Splitter
@@ -34,6 +37,7 @@ from sidecar.observers import BatchRecord, ObserverHub, RejectedRecord
 from sidecar.observing import feature_names
 from sidecar.predlog.records import FeatureNames
 from sidecar.settings import SidecarSettings
+from sidecar.signature import Signature
 
 log = structlog.get_logger("modelplane.sidecar.managed")
 
@@ -58,6 +62,9 @@ class LoadedVersion:
     #: Report-window drift counts (None without a baseline).
     window_drift: DriftMonitor | None = None
     source: FeatureSource | None = None
+    #: Why drift is not monitored although the version has a baseline ("" when it is, or
+    #: when there is none).
+    drift_off: str = ""
     #: The role in the newest routing table that included this version.
     arm: str = CHAMPION
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -196,6 +203,40 @@ class RoutingTable:
         return self.champion
 
 
+def _unmonitored(
+    label: str, signature: Signature, profile: BaselineProfile, names: list[str] | None
+) -> str:
+    """Why version ``label`` cannot watch drift against ``profile``: features it lacks."""
+    available = column_names(signature, names)
+    missing = [n for n in profile.feature_names if n not in available]
+    shown = ", ".join(missing[:10]) + (
+        f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    )
+    have = ", ".join(list(available)[:20]) or "no feature columns"
+    return (
+        f"drift monitoring is off for version {label}: its baseline profiles {shown}, which the "
+        f"model's inputs do not provide (they provide {have}); the version serves without "
+        "it. Register a version whose train dataset holds only the model's features (name the "
+        "label column, or list the features)"
+    )
+
+
+class DriftOff:
+    """What the admin drift report finds for a version whose drift is not monitored:
+    FAILED_PRECONDITION (DRIFT_OFF) saying why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def current(self) -> tuple[Any, DriftReport]:
+        """Refused: drift is not monitored."""
+        raise FailedPrecondition(self.reason, reason="DRIFT_OFF")
+
+    def last(self) -> tuple[Any, DriftReport] | None:
+        """Refused: drift is not monitored."""
+        raise FailedPrecondition(self.reason, reason="DRIFT_OFF")
+
+
 def build_table(
     state: Any, loaded: dict[int, LoadedVersion], without: dict[int, str] | None = None
 ) -> RoutingTable:
@@ -288,6 +329,7 @@ class VersionLoader:
         label = str(served.version)
         registry = self.registry
         drift = window = source = None
+        drift_off = ""
         if profile is not None:
             thresholds = DriftThresholds(
                 psi=s.drift_psi,
@@ -301,10 +343,23 @@ class VersionLoader:
                 window_seconds=s.drift_window,
                 thresholds=thresholds,
             )
-            source = FeatureSource.plan(runtime.signature, profile, names, monitor.numeric_names)
-            gauges = None if registry is None else DriftGauges(registry, name, label)
-            drift = DriftFeed(monitor, source, gauges)
-            window = DriftMonitor(profile, thresholds=thresholds)
+            try:
+                source = FeatureSource.plan(
+                    runtime.signature, profile, names, monitor.numeric_names
+                )
+            except FailedPrecondition:
+                # The version serves all the same; only its drift goes unwatched.
+                drift_off = _unmonitored(label, runtime.signature, profile, names)
+                log.warning(
+                    "drift monitoring off for this version",
+                    deployment=name,
+                    version=label,
+                    reason=drift_off,
+                )
+            if source is not None:
+                gauges = None if registry is None else DriftGauges(registry, name, label)
+                drift = DriftFeed(monitor, source, gauges)
+                window = DriftMonitor(profile, thresholds=thresholds)
         publisher = VersionPublisher(self.hub)
         metrics: NoMetrics = NoMetrics()
         if registry is not None:
@@ -323,7 +378,7 @@ class VersionLoader:
                 # ServingModel only publishes to it and reads active and needs_ids.
                 observers=cast(ObserverHub, publisher),
                 sync_log=None if self.sync_logs is None else self.sync_logs(names),
-                drift=drift,
+                drift=DriftOff(drift_off) if drift_off else drift,
             )
         except BaseException:
             metrics.close()
@@ -335,7 +390,7 @@ class VersionLoader:
             deployment=name,
             version=label,
             provider=runtime.provider,
-            drift=profile is not None,
+            drift=drift is not None,
         )
         loaded = LoadedVersion(
             number=served.version,
@@ -348,6 +403,7 @@ class VersionLoader:
             drift=drift,
             window_drift=window,
             source=source,
+            drift_off=drift_off,
         )
         publisher.version = loaded
         return loaded
