@@ -8,9 +8,12 @@ engine's definition and epsilon) of the baseline's counts against the merged win
 - categorical features: the profile's category counts (in profile order) plus one bin for
   unseen categories (0 in the baseline) against the reported counts plus ``out_of_range``.
 
-``max_psi`` is the largest defined PSI; ``drifted_share`` the share of features whose PSI is at
-least :data:`DRIFTED_FEATURE_PSI` (the sidecar's default PSI threshold). Both are None when no
-feature's PSI is defined (an empty window).
+``max_psi`` is the largest defined PSI; ``drifted_share`` the share of features that count as
+drifted (:func:`drifted`): whose PSI is above the deployment's ``max_psi`` when it sets one,
+else at least :data:`DRIFTED_FEATURE_PSI` (the sidecar's default PSI threshold). So a window
+that crosses ``max_psi`` has at least one drifted feature, and ``max_drifted_share`` counts
+the features that crossed the same PSI. Both are None when no feature's PSI is defined (an
+empty window).
 """
 
 from __future__ import annotations
@@ -35,8 +38,19 @@ from modelplane.profiles import (
     psi_from_counts,
 )
 
-#: A feature whose PSI reaches this counts as drifted (for ``drifted_share``).
+#: A feature whose PSI reaches this counts as drifted when the deployment sets no ``max_psi``.
 DRIFTED_FEATURE_PSI = 0.2
+
+
+def drifted(psi: float | None, thresholds: DriftThresholds | None = None) -> bool:
+    """Whether a feature of PSI ``psi`` (None: undefined) counts as drifted: above
+    ``thresholds.max_psi`` (the comparison :func:`crossed` makes) when set, else at least
+    :data:`DRIFTED_FEATURE_PSI`."""
+    if psi is None:
+        return False
+    if thresholds is not None and thresholds.max_psi is not None:
+        return psi > thresholds.max_psi
+    return psi >= DRIFTED_FEATURE_PSI
 
 
 def _reference(feature: Feature) -> np.ndarray:
@@ -89,13 +103,16 @@ def feature_psi(summary: DriftSummary, profile: BaselineProfile) -> dict[str, fl
     return out
 
 
-def score(summary: DriftSummary, profile: BaselineProfile) -> DriftSummary:
-    """``summary`` with ``max_psi`` and ``drifted_share`` filled in."""
+def score(
+    summary: DriftSummary, profile: BaselineProfile, thresholds: DriftThresholds | None = None
+) -> DriftSummary:
+    """``summary`` with ``max_psi`` and ``drifted_share`` (features :func:`drifted` under
+    ``thresholds``) filled in."""
     values = [v for v in feature_psi(summary, profile).values() if v is not None]
     if not values:
         return replace(summary, max_psi=None, drifted_share=None)
-    drifted = sum(v >= DRIFTED_FEATURE_PSI for v in values)
-    return replace(summary, max_psi=max(values), drifted_share=drifted / len(values))
+    count = sum(drifted(v, thresholds) for v in values)
+    return replace(summary, max_psi=max(values), drifted_share=count / len(values))
 
 
 def crossed(summary: DriftSummary | None, thresholds: DriftThresholds) -> list[str]:
@@ -119,9 +136,13 @@ def crossed(summary: DriftSummary | None, thresholds: DriftThresholds) -> list[s
 
 
 def drift_report(
-    summary: DriftSummary, profile: BaselineProfile, reasons: list[str]
+    summary: DriftSummary,
+    profile: BaselineProfile,
+    reasons: list[str],
+    thresholds: DriftThresholds,
 ) -> dict[str, Any]:
-    """The per-feature part of a drift event's JSON."""
+    """The per-feature part of a drift event's JSON (features :func:`drifted` under
+    ``thresholds``)."""
     psi = feature_psi(summary, profile)
     return {
         "baseline_sha256": summary.baseline_sha256,
@@ -133,7 +154,7 @@ def drift_report(
             {
                 "name": f.name,
                 "psi": psi.get(f.name),
-                "drifted": (psi.get(f.name) or 0.0) >= DRIFTED_FEATURE_PSI,
+                "drifted": drifted(psi.get(f.name), thresholds),
                 "missing": f.missing,
                 "out_of_range": f.out_of_range,
             }

@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -370,7 +370,7 @@ class ReportService:
         )
         if profile is None:
             return a
-        return replace(a, drift=drift.score(a.drift, profile))
+        return replace(a, drift=drift.score(a.drift, profile, d.drift_thresholds))
 
     def _judge(self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence) -> bool:
         """Evaluate the guards; roll back on a failure, else advance a completed step."""
@@ -463,25 +463,33 @@ class ReportService:
         repo = Deployments(tx.session)
         if not repo.claim_drift(d.id, tx.now, tx.now - timedelta(seconds=t.cooldown_seconds)):
             return []
+        # The reports merged into the evidence: each replica's newest, as in _merged.
+        merged = repo.latest_reports(d.id, rollout_id, tx.now - self.max_age)
         arms = []
         for a, summary, reasons in crossings:
             version = tx.versions.get(d.model_id, a.version)
             profile = (
                 self.profiles.get(version.baseline.sha256) if version and version.baseline else None
             )
-            part: dict[str, Any] = {"arm": a.arm, "version": a.version}
+            start, end = _span(x for x in merged if _counted(x, a))
+            part: dict[str, Any] = {
+                "arm": a.arm,
+                "version": a.version,
+                "window_start_time": _iso(start),
+                "window_end_time": _iso(end),
+            }
             if profile is not None:
-                part.update(drift.drift_report(summary, profile, reasons))
+                part.update(drift.drift_report(summary, profile, reasons, t))
             arms.append(part)
+        start, _ = _span(merged)
         event = {
             "event": "drift",
             "deployment": d.name,
             "model": d.model_name,
             "rollout_id": rollout_id,
             "time": tx.now.isoformat(),
-            "window_end_time": evidence.window_end_time.isoformat()
-            if evidence.window_end_time
-            else None,
+            "window_start_time": _iso(start),
+            "window_end_time": _iso(evidence.window_end_time),
             "thresholds": {
                 "max_psi": t.max_psi,
                 "max_drifted_share": t.max_drifted_share,
@@ -498,6 +506,24 @@ class ReportService:
         )
         log.warning("drift detected", deployment=d.id, reason=why)
         return [(d.id, d.webhook_url, event)]
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def _counted(report: WindowReport, a: ArmSummary) -> bool:
+    """Whether ``report`` holds drift counts of ``a``'s arm and version."""
+    mine = report.arm(a.arm)
+    return mine is not None and mine.version == a.version and mine.drift is not None
+
+
+def _span(reports: Iterable[WindowReport]) -> tuple[datetime | None, datetime | None]:
+    """When the earliest of ``reports``' windows started and the latest ended."""
+    listed = list(reports)
+    starts = [x.start_time for x in listed if x.start_time is not None]
+    ends = [x.end_time for x in listed if x.end_time is not None]
+    return (min(starts) if starts else None, max(ends) if ends else None)
 
 
 def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:
