@@ -24,12 +24,18 @@ class DriftThresholds:
     features (all unseen categories in one bin): ``psi >= psi`` or chi-square
     ``p < chi2_pvalue``. An undefined statistic (empty window, baseline without values) never
     fires.
+
+    PSI and Jensen-Shannon fire only in windows of at least ``min_rows`` rows: over a few
+    rows they read large for unchanged traffic (a bin left empty by chance adds about 0.7 to
+    the PSI of 20 rows), whereas the KS and chi-square p-values take the window's size into
+    account and judge windows of any size.
     """
 
     psi: float | None = 0.2
     ks_pvalue: float | None = 0.05
     chi2_pvalue: float | None = 0.05
     js: float | None = None
+    min_rows: int = 100
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,11 @@ class FeatureDrift:
 
 @dataclass(frozen=True)
 class DriftReport:
-    """A window's drift report: each feature's statistics and the share that drifted."""
+    """A window's drift report: each feature's statistics and the share that drifted.
+
+    ``min_rows`` is the threshold's: a window of fewer rows reports PSI and Jensen-Shannon but
+    they flag no feature (:attr:`distances_judged` is False); see :class:`DriftThresholds`.
+    """
 
     baseline: str
     start: float
@@ -66,6 +76,12 @@ class DriftReport:
     rows: int
     features: tuple[FeatureDrift, ...]
     drifted_share: float | None
+    min_rows: int = 0
+
+    @property
+    def distances_judged(self) -> bool:
+        """Whether the window held enough rows for PSI and Jensen-Shannon to flag drift."""
+        return self.rows >= self.min_rows
 
     @property
     def drifted_features(self) -> list[str]:
@@ -104,10 +120,11 @@ def _score_numeric(
     psi = psi_from_counts(grid.feature.bin_counts, bins)
     js = jensen_shannon(grid.feature.bin_counts, bins)
     ks_p = math.nan if math.isnan(ks_stat) else ks_pvalue(ks_stat, reference, count)
+    judged = rows >= thresholds.min_rows
     drifted = bool(
-        (thresholds.psi is not None and psi >= thresholds.psi)
+        (judged and thresholds.psi is not None and psi >= thresholds.psi)
         or (thresholds.ks_pvalue is not None and ks_p < thresholds.ks_pvalue)
-        or (thresholds.js is not None and js >= thresholds.js)
+        or (judged and thresholds.js is not None and js >= thresholds.js)
     )
     return FeatureDrift(
         name=grid.feature.name,
@@ -136,11 +153,11 @@ def _score_categorical(
     count = int(cur.sum())
     statistic, pvalue = chi_square(ref, cur)
     psi = psi_from_counts(ref, cur)
+    rows = window.rows
     drifted = bool(
-        (thresholds.psi is not None and psi >= thresholds.psi)
+        (rows >= thresholds.min_rows and thresholds.psi is not None and psi >= thresholds.psi)
         or (thresholds.chi2_pvalue is not None and pvalue < thresholds.chi2_pvalue)
     )
-    rows = window.rows
     return FeatureDrift(
         name=feature.name,
         kind="categorical",
@@ -170,6 +187,7 @@ def score_window(
     values. Categorical: chi-square and PSI over the profile's categories plus one bin for all
     unseen categories (empty in the baseline), the bins the control plane scores merged
     windows over. For categoricals the out-of-range share is the share of unseen categories.
+    Below ``thresholds.min_rows`` rows PSI and Jensen-Shannon are reported but flag nothing.
     An empty window gives undefined (None) statistics and shares, no drifted feature and a
     None drifted share. ``numeric`` replaces ``grid``'s numeric grids for scoring (the same
     cells read at a narrower precision: see :meth:`NumericGrid.narrow`).
@@ -195,4 +213,5 @@ def score_window(
         rows=window.rows,
         features=features,
         drifted_share=share,
+        min_rows=thresholds.min_rows,
     )
