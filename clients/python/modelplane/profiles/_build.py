@@ -150,9 +150,19 @@ def category_strings(
 ) -> pa.ChunkedArray | pa.Array:
     """A categorical column as strings, nulls kept. Booleans read ``true``/``false``, or
     ``booleans`` (true's and false's text: see :func:`boolean_spelling`), so that served
-    booleans match a baseline that spelled them as text."""
+    booleans match a baseline that spelled them as text. Given ``booleans``, numbers 1 and 0
+    read as true's and false's text too (a boolean served as a numeric 0/1 input); other
+    numbers keep their own text."""
     if booleans is not None and pa.types.is_boolean(column.type):
         return pc.if_else(column, booleans[0], booleans[1])
+    if booleans is not None and is_numeric_type(column.type):
+        number = pc.cast(column, pa.float64(), safe=False)
+        text = pc.cast(column, pa.string())
+        return pc.if_else(
+            pc.equal(number, 1.0),
+            booleans[0],
+            pc.if_else(pc.equal(number, 0.0), booleans[1], text),
+        )
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
