@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from modelplane.cli._common import call_sidecar, server_errors
-from modelplane.cli._output import Printer
+from modelplane.cli._output import Printer, to_dict
 
 _WINDOWS = {"current": "DRIFT_WINDOW_CURRENT", "last": "DRIFT_WINDOW_LAST"}
 _COLUMNS = ["feature", "kind", "drifted", "psi", "ks", "p-value", "js", "missing", "out of range"]
@@ -50,11 +50,9 @@ def _number(value: Any, digits: int = 4) -> str:
 
 
 def _report(args: argparse.Namespace, printer: Printer) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     with server_errors():
         message = _fetch(args.sidecar, args.window, args.timeout)
-    doc = MessageToDict(message, preserving_proto_field_name=True)
+    doc = to_dict(message)
     if printer.json_output:
         printer.emit(doc)
         return 0
