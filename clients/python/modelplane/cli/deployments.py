@@ -69,7 +69,13 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="drift when the share of drifted features is above this",
     )
-    p.add_argument("--drift-min-rows", type=int, metavar="N", help="rows a window needs first")
+    p.add_argument(
+        "--drift-min-rows",
+        type=int,
+        metavar="N",
+        help="rows a window needs before drift is judged (default 200; 1 judges every window "
+        "with rows)",
+    )
     p.add_argument(
         "--drift-cooldown",
         metavar="DURATION",

@@ -132,7 +132,8 @@ export type DriftThresholds = Message<"modelplane.v1.DriftThresholds"> & {
   maxDriftedShare?: number | undefined;
 
   /**
-   * Rows a window must hold before drift is judged (default 200).
+   * Rows a window must hold before drift is judged; 0 or unset takes the default 200 (set 1 to
+   * judge every window that has rows).
    *
    * @generated from field: int64 min_rows = 3;
    */
