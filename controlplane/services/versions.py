@@ -454,6 +454,11 @@ class VersionService:
                     reason="DATASET_COLUMNS_MISSING",
                 )
             _check_feature_count(signature, feature_names)
+            if not input_columns(signature, feature_names):
+                # No input of the model is a column or a fixed-width table (an image, a
+                # [-1, -1] tensor): drift cannot be watched on it, so there is no baseline; the
+                # dataset stays in the lineage.
+                continue
             _check_baseline_inputs(signature, feature_names, bool(new.feature_names))
             profile = profiles.build_profile(
                 profiles.profiling_table(data[d.role], table),

@@ -116,3 +116,28 @@ def test_a_train_column_the_model_does_not_take_is_refused(client: Client, tmp_p
         capture_env=False,
     )
     assert v.baseline.feature_count == 2
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [[("image", ["N", 3, 8, 8])], [("x", ["N", "F"])]],
+    ids=["image", "dynamic-width"],
+)
+def test_a_model_without_feature_columns_registers_its_train_dataset_without_a_baseline(
+    client: Client, tmp_path: Path, inputs: list[tuple[str, list[Dim]]]
+) -> None:
+    """No input is a column or a fixed-width table: drift cannot be watched on the model, so
+    the train dataset is lineage only (no baseline), not a reason to refuse the version."""
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(_model(inputs))
+    model_id = unique()
+    client.create_model(model_id)
+    v = client.register_version(
+        model_id,
+        onnx_path,
+        datasets={"train": _train(tmp_path, ["a", "b"])},
+        label="label",
+        capture_env=False,
+    )
+    assert [d.role for d in v.lineage.datasets] == ["train"]
+    assert not v.HasField("baseline") or not v.baseline.sha256
