@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelplane.profiles import BaselineProfile, CategoricalFeature, NumericFeature
-from sidecar.drift._kernels import bucket_table
+from sidecar.drift._kernels import bucket_table, snap_narrow
 
 #: Lookup buckets per grid point; more buckets mean shorter searches and a larger table.
 BUCKETS_PER_POINT = 2
@@ -124,17 +124,60 @@ class NarrowGrid:
     rounded: np.ndarray
     exact: bool
 
-    def snap(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (of the narrow type) as float64 values that fall in the cells they
-        belong to at their precision."""
-        out = np.array(values, dtype=np.float64)
-        if self.exact:
-            return out
-        at = np.searchsorted(self.rounded, out, side="right") - 1
-        hit = np.isfinite(out) & (at >= 0)
-        hit[hit] = self.rounded[at[hit]] == out[hit]
-        out[hit] = self.scoring.points[at[hit]]
-        return out
+
+@dataclass(frozen=True, eq=False)
+class NarrowGrids:
+    """Every numeric feature's :class:`NarrowGrid` for one float type, packed for the kernel
+    that maps values to their cells."""
+
+    baseline: BaselineGrid
+    grids: tuple[NarrowGrid, ...]
+    rounded: np.ndarray
+    exact_features: np.ndarray
+
+    @classmethod
+    def build(cls, baseline: BaselineGrid, dtype: np.dtype[Any]) -> NarrowGrids:
+        """The views of ``baseline``'s numeric grids at the float type ``dtype``."""
+        grids = tuple(g.narrow(dtype) for g in baseline.numeric)
+        rounded = [n.rounded for n in grids]
+        return cls(
+            baseline=baseline,
+            grids=grids,
+            rounded=np.ascontiguousarray(
+                np.concatenate(rounded) if rounded else np.empty(0), dtype=np.float64
+            ),
+            exact_features=np.array([n.exact for n in grids], dtype=np.bool_),
+        )
+
+    @property
+    def exact(self) -> bool:
+        """Whether every feature's points are values of the type (nothing to map)."""
+        return bool(self.exact_features.all())
+
+    def snap(self, batch: np.ndarray, feature: int | None = None) -> np.ndarray:
+        """A rows x features matrix of the type (or one column of feature ``feature``) as
+        float64 values that fall in the cells they belong to at their precision."""
+        values = np.asarray(batch)
+        if values.dtype == np.float16:
+            values = values.astype(np.float32)  # exact: every float16 is a float32
+        matrix = np.ascontiguousarray(values.reshape(-1, 1) if feature is not None else values)
+        g = self.baseline
+        part = slice(None) if feature is None else slice(feature, feature + 2)
+        one = slice(None) if feature is None else slice(feature, feature + 1)
+        out = np.empty(matrix.shape, dtype=np.float64)
+        snap_narrow(
+            matrix,
+            g.points,
+            g.point_offsets[part],
+            g.table,
+            g.table_offsets[part],
+            g.lows[one],
+            g.scales[one],
+            self.rounded,
+            self.exact_features[one],
+            out,
+        )
+        return out if feature is None else out[:, 0]
 
 
 @dataclass(frozen=True, eq=False)

@@ -192,6 +192,50 @@ def accumulate(
 
 
 @nb.njit(cache=True, nogil=True)
+def snap_narrow(
+    batch, grid, grid_offsets, table, table_offsets, lows, scales, rounded, exact, out
+):  # pragma: no cover - compiled
+    """Write a rows x features batch of float32 values (float16 widened) into ``out`` as
+    float64, each value equal to some of feature ``f``'s grid points rounded to the values'
+    type (``rounded``, aligned with ``grid``) replaced by the last such point. Features
+    marked ``exact`` are copied unchanged.
+
+    A point below the value rounds to at most the value (rounding is monotone and the value
+    is of the type), so the last point rounding to at most the value is found by walking up
+    from the last point below it, which the bucket table finds as in :func:`accumulate`.
+    """
+    rows = batch.shape[0]
+    features = batch.shape[1]
+    for f in range(features):
+        g0 = grid_offsets[f]
+        g1 = grid_offsets[f + 1]
+        t0 = table_offsets[f]
+        buckets = table_offsets[f + 1] - t0 - 1
+        low = lows[f]
+        scale = scales[f]
+        for r in range(rows):
+            x = np.float64(batch[r, f])
+            out[r, f] = x
+            if exact[f] or g1 == g0 or not np.isfinite(x):
+                continue
+            b = t0 + _bucket(x, low, scale, buckets)
+            lo = g0 + table[b]
+            n = table[b + 1] - table[b]
+            while n > 0:
+                half = n >> 1
+                if grid[lo + half] < x:
+                    lo += half + 1
+                    n -= half + 1
+                else:
+                    n = half
+            k = lo - 1
+            while k + 1 < g1 and rounded[k + 1] <= x:
+                k += 1
+            if k >= g0 and rounded[k] == x:
+                out[r, f] = grid[k]
+
+
+@nb.njit(cache=True, nogil=True)
 def summarize_cells(
     cells, cell_to_sample, cell_to_bin, sample_cum, reference, bins
 ):  # pragma: no cover - compiled

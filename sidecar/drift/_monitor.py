@@ -19,7 +19,7 @@ from modelplane.profiles import (
     category_strings,
     numeric_values,
 )
-from sidecar.drift._grid import BaselineGrid, NarrowGrid
+from sidecar.drift._grid import BaselineGrid, NarrowGrids
 from sidecar.drift._kernels import accumulate, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
 from sidecar.drift._window import WindowState
@@ -75,7 +75,7 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._window = WindowState.empty(self.grid, clock())
         #: Per narrow float type, each numeric feature's view of the grid (built when needed).
-        self._narrow: dict[np.dtype[Any], tuple[NarrowGrid, ...]] = {}
+        self._narrow: dict[np.dtype[Any], NarrowGrids] = {}
         #: The narrowest float type each numeric feature's values arrived in (None: wider).
         self._precision: list[np.dtype[Any] | None] = [None] * len(self.grid.numeric)
         # Compile (or load from Numba's cache) the scoring kernel now, at start-up, rather
@@ -97,15 +97,15 @@ class DriftMonitor:
         with self._lock:
             precision = list(self._precision)
         numeric = [
-            g if p is None else self._narrow_grids(p)[i].scoring
+            g if p is None else self._narrow_grids(p).grids[i].scoring
             for i, (g, p) in enumerate(zip(self.grid.numeric, precision, strict=True))
         ]
         return score_window(self.grid, window, self.thresholds, numeric=numeric)
 
-    def _narrow_grids(self, dtype: np.dtype[Any]) -> tuple[NarrowGrid, ...]:
+    def _narrow_grids(self, dtype: np.dtype[Any]) -> NarrowGrids:
         grids = self._narrow.get(dtype)
         if grids is None:
-            grids = tuple(g.narrow(dtype) for g in self.grid.numeric)
+            grids = NarrowGrids.build(self.grid, dtype)
             self._narrow[dtype] = grids
         return grids
 
@@ -203,13 +203,8 @@ class DriftMonitor:
         features = batch.shape[1]
         if batch.dtype in NARROW_FLOATS:
             grids = self._narrow_grids(batch.dtype)
-            if not all(g.exact for g in grids):
-                columns = [grids[j].snap(batch[:, j]) for j in range(features)]
-                return (
-                    np.ascontiguousarray(np.column_stack(columns)),
-                    None,
-                    [batch.dtype] * features,
-                )
+            if not grids.exact:
+                return grids.snap(batch), None, [batch.dtype] * features
             return np.ascontiguousarray(batch), None, [batch.dtype] * features
         if batch.dtype != np.float64:
             batch = batch.astype(np.float64)
@@ -229,7 +224,7 @@ class DriftMonitor:
         arrays = [pa.array(column(n)) for n in self.grid.numeric_names]
         types: list[np.dtype[Any] | None] = [_ARROW_NARROW.get(a.type) for a in arrays]
         numeric = [
-            numeric_values(a) if t is None else self._narrow_grids(t)[i].snap(numeric_values(a))
+            numeric_values(a) if t is None else self._narrow_grids(t).snap(numeric_values(a), i)
             for i, (a, t) in enumerate(zip(arrays, types, strict=True))
         ]
         lengths = {len(c) for c in numeric}

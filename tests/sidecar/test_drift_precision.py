@@ -210,3 +210,33 @@ def test_a_managed_sidecar_reports_fp32_rows_in_the_baselines_bins(
         # Compared with the profile's counts, as the control plane does: unchanged traffic.
         assert _psi(feature.bin_counts, counts) < 0.1
         assert sum(d.features[j].out_of_range + d.features[j].missing for d in drift) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_dense_baselines_whose_values_round_together_score_as_scipy(seed: int, dtype: Any) -> None:
+    # Training values in clusters narrower than the type's spacing: many sample values and
+    # edges round to one value; the window mixes those values, others and non-finite ones.
+    rng = np.random.default_rng(seed)
+    centres = rng.choice(np.linspace(-3, 3, 40), 3_000)
+    train = centres * (1 + rng.uniform(-1e-9, 1e-9, 3_000)) + rng.normal(0, 1, 3_000) * (
+        rng.random(3_000) < 0.3
+    )
+    profile = build_profile(pa.table({"x": train}), [], bins=12, sample_size=1_500, seed=seed)
+    feature = profile.features[0]
+    assert isinstance(feature, NumericFeature)
+    live = np.concatenate(
+        [rng.choice(train, 800), rng.normal(0, 2, 200), [np.nan, np.inf, -np.inf]]
+    ).astype(dtype)
+    monitor = DriftMonitor(profile)
+    monitor.update(live[:500].reshape(-1, 1))
+    monitor.update({"x": live[500:]})
+    window = monitor.flush()
+    got = monitor.score(window).features[0]
+    want = _expected(feature, live)
+    np.testing.assert_array_equal(_window_bins(monitor, window), want["bins"])
+    assert got.ks_statistic == pytest.approx(want["ks"], abs=1e-12)
+    assert got.ks_pvalue == pytest.approx(want["p"], abs=1e-6)
+    assert got.psi == pytest.approx(want["psi"], rel=1e-9)
+    assert got.out_of_range_share == pytest.approx(want["out"])
+    assert got.missing_share == pytest.approx(3 / len(live))
