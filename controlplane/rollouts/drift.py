@@ -43,14 +43,18 @@ DRIFTED_FEATURE_PSI = 0.2
 
 
 def drifted(psi: float | None, thresholds: DriftThresholds | None = None) -> bool:
-    """Whether a feature of PSI ``psi`` (None: undefined) counts as drifted: above
-    ``thresholds.max_psi`` (the comparison :func:`crossed` makes) when set, else at least
-    :data:`DRIFTED_FEATURE_PSI`."""
+    """Whether a feature of PSI ``psi`` (None: undefined) counts as drifted: at least
+    :data:`DRIFTED_FEATURE_PSI`, or above ``thresholds.max_psi`` (the comparison
+    :func:`crossed` makes) when that is set lower. A feature that fires a ``max_psi`` event is
+    always among the drifted ones, and a ``max_psi`` set higher than the default leaves the
+    share of drifted features (``max_drifted_share``) a check of its own."""
     if psi is None:
         return False
-    if thresholds is not None and thresholds.max_psi is not None:
-        return psi > thresholds.max_psi
-    return psi >= DRIFTED_FEATURE_PSI
+    if psi >= DRIFTED_FEATURE_PSI:
+        return True
+    return bool(
+        thresholds is not None and thresholds.max_psi is not None and psi > thresholds.max_psi
+    )
 
 
 def _reference(feature: Feature) -> np.ndarray:

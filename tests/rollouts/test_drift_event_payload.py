@@ -100,3 +100,37 @@ def test_the_payload_flags_the_features_that_crossed_max_psi(
             assert datetime.fromisoformat(event["window_end_time"]) == start + timedelta(seconds=3)
     finally:
         cp.handle.stop(0)
+
+
+def test_the_drifted_share_is_a_check_of_its_own_when_max_psi_is_set_higher() -> None:
+    """Features at PSI 0.2 or more count as drifted whatever ``max_psi`` is: with ``max_psi``
+    0.5, half the features near PSI 0.3 still cross ``max_drifted_share`` 0.25 on their own."""
+    import math
+
+    import numpy as np
+    import pyarrow as pa
+
+    from controlplane.domain.deployments import DriftSummary, DriftThresholds, FeatureCounts
+    from controlplane.rollouts import drift
+    from modelplane.profiles import build_profile
+
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(8)]
+    profile = build_profile(pa.table({n: rng.normal(size=5000) for n in names}), [])
+
+    def counts(name: str, shift: float, rows: int = 2000) -> tuple[int, ...]:
+        edges = profile.feature(name).edges  # type: ignore[attr-defined]
+        cdf = np.array([0.5 * (1 + math.erf((e - shift) / math.sqrt(2))) for e in edges])
+        shares = np.diff(np.concatenate(([0.0], cdf, [1.0])))
+        return tuple(int(v) for v in np.round(shares * rows))
+
+    features = tuple(
+        FeatureCounts(n, counts(n, 0.55 if i < 4 else 0.0)) for i, n in enumerate(names)
+    )
+    summary = DriftSummary("sha", 2000, features)
+    psi = drift.feature_psi(summary, profile)
+    assert all(0.2 < psi[n] < 0.5 for n in names[:4]) and all(psi[n] < 0.1 for n in names[4:])  # type: ignore[operator]
+    thresholds = DriftThresholds(max_psi=0.5, max_drifted_share=0.25, min_rows=200)
+    scored = drift.score(summary, profile, thresholds)
+    assert scored.drifted_share == 0.5
+    assert drift.crossed(scored, thresholds) == ["drifted_share 0.5 > 0.25"]
