@@ -205,7 +205,9 @@ class DriftMonitor:
             grids = self._narrow_grids(batch.dtype)
             if not grids.exact:
                 return grids.snap(batch), None, [batch.dtype] * features
-            return np.ascontiguousarray(batch), None, [batch.dtype] * features
+            # The counting kernels take float32 and float64; float16 widens to float32 exactly.
+            values = batch.astype(np.float32) if batch.dtype == np.float16 else batch
+            return np.ascontiguousarray(values), None, [batch.dtype] * features
         if batch.dtype != np.float64:
             batch = batch.astype(np.float64)
         return np.ascontiguousarray(batch), None, [None] * features

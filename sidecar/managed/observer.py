@@ -80,6 +80,7 @@ class ManagedObserver:
         #: :meth:`sidecar.managed.compare.ArmCounts.top_labels`).
         self.labels_left_out = 0
         self._warned_labels = False
+        self._warned_drift = False
         self._errors = None if writer is None else LogErrors(writer)
 
     # -- hub interface -------------------------------------------------------------------
@@ -235,12 +236,22 @@ class ManagedObserver:
         if scores is not None and len(scores) != rows:
             scores = None
         if version.drift is not None and not version.released:
-            version.drift.on_runs([record])
+            self._drift(lambda: version.drift.on_runs([record]))  # type: ignore[union-attr]
         if counts is not None:
             counts.add_rows(rows, labels, scores)
             if version.window_drift is not None and version.source is not None and rows:
-                version.window_drift.update(version.source.extract(inputs))
+                monitor, source = version.window_drift, version.source
+                self._drift(lambda: monitor.update(source.extract(inputs)))
         self._index(record, version, arm, labels, scores, mask)
+
+    def _drift(self, update: Callable[[], object]) -> None:
+        """Run a drift update; one that fails is logged and leaves the request counts, the
+        label index and the prediction log of the run untouched."""
+        try:
+            update()
+        except Exception:
+            (log.debug if self._warned_drift else log.exception)("drift update failed")
+            self._warned_drift = True
 
     def _index(
         self,

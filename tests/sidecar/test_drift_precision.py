@@ -23,6 +23,7 @@ from modelplane.profiles import (
     bin_counts,
     build_profile,
 )
+from modelplane.testing import onnx_models
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.drift import DriftMonitor
 
@@ -240,3 +241,48 @@ def test_dense_baselines_whose_values_round_together_score_as_scipy(seed: int, d
     assert got.psi == pytest.approx(want["psi"], rel=1e-9)
     assert got.out_of_range_share == pytest.approx(want["out"])
     assert got.missing_share == pytest.approx(3 / len(live))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_values_exact_at_their_precision_are_counted_as_float64_ones(dtype: Any) -> None:
+    """A baseline whose every point the narrow type holds exactly (small integers) takes the
+    narrow matrix as it is: float16 included, and with the same counts as float64."""
+    rng = np.random.default_rng(5)
+    profile = build_profile(
+        pa.table({n: rng.integers(0, 8, 4_000).astype(np.float64) for n in ("a", "b")}), []
+    )
+    live = rng.integers(0, 8, (300, 2)).astype(np.float64)
+    narrow, wide = DriftMonitor(profile), DriftMonitor(profile)
+    narrow.update(live.astype(dtype))
+    wide.update(live)
+    got, want = narrow.score(narrow.flush()), wide.score(wide.flush())
+    assert got.rows == want.rows == len(live)
+    for g, w in zip(got.features, want.features, strict=True):
+        assert (g.name, g.psi, g.ks_statistic) == (w.name, w.psi, w.ks_statistic)
+
+
+def test_a_managed_fp16_model_on_an_integer_baseline_keeps_counting_and_logging(
+    managed: Any, plane: FakeControlPlane, tmp_path: Path
+) -> None:
+    """A drift update that cannot run must never take the run's request counts with it; here
+    it runs, and the rows are counted in the report and in drift."""
+    rng = np.random.default_rng(4)
+    model = onnx_models.save(
+        onnx_models.identity_model("FP16", ["n", 3]), tmp_path / "m.onnx"
+    ).read_bytes()
+    columns = {f"x_{j}": rng.integers(0, 8, 3_000).astype(np.float64) for j in range(3)}
+    baseline = plane.add_blob(build_profile(pa.table(columns), list(columns)).to_bytes())
+    sha = plane.add_blob(model)
+    handle = managed()
+    plane.push(state("fraud", 1, {1: (sha, len(model), baseline)}, champion=1))
+    assert handle.wait_ready(60)
+    live = rng.integers(0, 8, (200, 3)).astype(np.float16)
+    s = stub(handle.port)
+    for lo in range(0, len(live), 50):
+        s.ModelInfer(raw_request("fraud", {"x": ("FP16", live[lo : lo + 50])}), timeout=30)
+    reports = plane.wait_reports(
+        lambda rs: sum(a.rows for r in rs for a in r.arms if a.arm == "champion") >= 200
+    )
+    arms = [a for r in reports for a in r.arms if a.arm == "champion"]
+    assert sum(a.rows for a in arms) == 200
+    assert sum(a.drift.rows for a in arms) == 200
