@@ -76,6 +76,7 @@ def _drift(
             ks_pvalue=settings.drift_ks_pvalue,
             chi2_pvalue=settings.drift_chi2_pvalue,
             js=settings.drift_js,
+            min_rows=settings.drift_min_rows,
         ),
     )
     source = FeatureSource.plan(signature, profile, names, monitor.numeric_names)

@@ -240,6 +240,14 @@ class SidecarSettings(BaseSettings):
     drift_js: float | None = Field(
         None, description="Jensen-Shannon distance at or above which a feature drifted."
     )
+    drift_min_rows: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Rows a drift window needs before PSI or Jensen-Shannon may flag a feature (over a "
+            "few rows they read high for unchanged traffic; KS and chi-square judge any window)."
+        ),
+    )
     worker: bool = Field(
         False,
         description=(

@@ -336,6 +336,7 @@ class VersionLoader:
                 ks_pvalue=s.drift_ks_pvalue,
                 chi2_pvalue=s.drift_chi2_pvalue,
                 js=s.drift_js,
+                min_rows=s.drift_min_rows,
             )
             monitor = DriftMonitor(
                 profile,

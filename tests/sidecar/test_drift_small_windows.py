@@ -117,3 +117,30 @@ def test_a_served_small_window_is_not_flagged_on_its_psi(
     assert float(share.rsplit(" ", 1)[1]) == 0.0
     flags = [ln for ln in text.splitlines() if ln.startswith("modelplane_drift_feature_drifted{")]
     assert len(flags) == 3 and all(float(ln.rsplit(" ", 1)[1]) == 0.0 for ln in flags)
+
+
+def test_drift_min_rows_lets_psi_judge_smaller_windows(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path
+) -> None:
+    """``--drift-min-rows 20`` with 20-row windows: the PSI of a window that moved whole
+    flags its features."""
+    rng = np.random.default_rng(5)
+    train = pa.table({n: rng.normal(size=5_000) for n in ("a", "b", "c")})
+    pq.write_table(train, tmp_path / "train.parquet")
+    handle = sidecar_factory(
+        model_dir / "id_fp32.onnx",
+        baseline=tmp_path / "train.parquet",
+        drift_window_rows=20,
+        drift_min_rows=20,
+        drift_ks_pvalue=None,
+    )
+    rows = (rng.normal(size=(20, 3)) + 3.0).astype(np.float32)
+    stub(handle.port).ModelInfer(raw_request("id_fp32", {"x": ("FP32", rows)}), timeout=30)
+    admin = sidecar_pb2_grpc.SidecarAdminServiceStub(grpc.insecure_channel(handle.address))
+    last = wait_for(
+        lambda: admin.GetDriftReport(
+            sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST), timeout=10
+        )
+    )
+    assert last.row_count == 20
+    assert all(f.drifted for f in last.features) and last.drifted_share == 1.0

@@ -42,6 +42,7 @@ _FIELDS = (
     "drift_ks_pvalue",
     "drift_chi2_pvalue",
     "drift_js",
+    "drift_min_rows",
     "control_plane",
     "deployment",
     "cache_dir",
@@ -156,6 +157,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--drift-chi2-pvalue", metavar="P|off", help="chi-square p-value threshold (default 0.05)"
     )
     drift.add_argument("--drift-js", metavar="X|off", help="Jensen-Shannon threshold (default off)")
+    drift.add_argument(
+        "--drift-min-rows",
+        type=int,
+        metavar="N",
+        help="rows a window needs before PSI or Jensen-Shannon flag a feature (default 100)",
+    )
     serve.set_defaults(handler=_serve)
 
 
