@@ -134,6 +134,23 @@ def _bucket(x, low, scale, buckets):  # pragma: no cover - compiled
     return int(q)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _first_not_below(x, grid, g0, table, t0, buckets, low, scale):  # pragma: no cover - compiled
+    """Index in ``grid`` of the first of feature's points (from ``g0``) not below ``x``: the
+    bucket table narrows the search to the points of ``x``'s bucket, bisected."""
+    b = t0 + _bucket(x, low, scale, buckets)
+    lo = g0 + table[b]
+    n = table[b + 1] - table[b]
+    while n > 0:
+        half = n >> 1
+        if grid[lo + half] < x:
+            lo += half + 1
+            n -= half + 1
+        else:
+            n = half
+    return lo
+
+
 @nb.njit(cache=True, nogil=True)
 def bucket_table(points, low, scale, buckets):  # pragma: no cover - compiled
     """For sorted ``points``: entry ``b`` is how many points fall in buckets before ``b``
@@ -174,16 +191,7 @@ def accumulate(
             if not np.isfinite(x):
                 missing[f] += 1
                 continue
-            b = t0 + _bucket(x, low, scale, buckets)
-            lo = g0 + table[b]
-            n = table[b + 1] - table[b]
-            while n > 0:
-                half = n >> 1
-                if grid[lo + half] < x:
-                    lo += half + 1
-                    n -= half + 1
-                else:
-                    n = half
+            lo = _first_not_below(x, grid, g0, table, t0, buckets, low, scale)
             pos = lo - g0
             cell = 2 * pos
             if pos < size and grid[lo] == x:
@@ -218,17 +226,7 @@ def snap_narrow(
             out[r, f] = x
             if exact[f] or g1 == g0 or not np.isfinite(x):
                 continue
-            b = t0 + _bucket(x, low, scale, buckets)
-            lo = g0 + table[b]
-            n = table[b + 1] - table[b]
-            while n > 0:
-                half = n >> 1
-                if grid[lo + half] < x:
-                    lo += half + 1
-                    n -= half + 1
-                else:
-                    n = half
-            k = lo - 1
+            k = _first_not_below(x, grid, g0, table, t0, buckets, low, scale) - 1
             while k + 1 < g1 and rounded[k + 1] <= x:
                 k += 1
             if k >= g0 and rounded[k] == x:
