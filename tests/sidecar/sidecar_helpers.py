@@ -132,3 +132,20 @@ def children(pid: int) -> list[int]:
     from modelplane.testing.processes import proc_stats
 
     return [child for child, fields in proc_stats() if int(fields[1]) == pid]
+
+
+def answered_or_shed(call: Any, check: Any = None) -> str:
+    """``OK`` when the ModelInfer future ``call`` was answered (``check(response)`` holding),
+    else ``RESOURCE_EXHAUSTED``: a refusal must be the queue limit's (reason ``QUEUE_FULL``)."""
+    from modelplane.errors import error_info
+
+    try:
+        response = call.result()
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
+        info = error_info(exc)
+        assert info is not None and info.reason == "QUEUE_FULL"
+        return "RESOURCE_EXHAUSTED"
+    if check is not None:
+        check(response)
+    return "OK"

@@ -15,9 +15,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_helpers import output_array, raw_request, stub
+from sidecar_helpers import answered_or_shed, output_array, raw_request, stub
 
-from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
 from modelplane.testing import onnx_models
 
@@ -83,16 +82,12 @@ def test_one_row_calls_beyond_the_queue_limit_are_shed_and_health_answers(
             flooding.set()
         codes: dict[str, int] = {}
         for future in futures:
-            try:
-                np.testing.assert_allclose(
-                    output_array(future.result(), 0, np.float32), want, rtol=1e-5
-                )
-                code = "OK"
-            except grpc.RpcError as exc:
-                code = exc.code().name
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
-                info = error_info(exc)
-                assert info is not None and info.reason == "QUEUE_FULL"
+            code = answered_or_shed(
+                future,
+                lambda r: np.testing.assert_allclose(
+                    output_array(r, 0, np.float32), want, rtol=1e-5
+                ),
+            )
             codes[code] = codes.get(code, 0) + 1
     finally:
         done.set()
