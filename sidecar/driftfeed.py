@@ -24,7 +24,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from modelplane.errors import FailedPrecondition
-from modelplane.profiles import BaselineProfile, CategoricalFeature
+from modelplane.profiles import BaselineProfile, CategoricalFeature, input_columns
 from sidecar.drift import DriftMonitor, DriftReport, WindowState
 from sidecar.metrics import RegistryFamilies, multiprocess
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
@@ -41,22 +41,9 @@ def _floats(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 def column_names(
     signature: Signature, feature_names: Sequence[str] | None
 ) -> dict[str, tuple[str, int | None]]:
-    """Every feature column the inputs provide: name -> (input, column index or None)."""
-    tabular = [t for t in signature.inputs if t.rank == 2 and t.tail is not None]
-    columns: dict[str, tuple[str, int | None]] = {}
-    for spec in signature.inputs:
-        if spec.rank == 1:
-            columns[spec.name] = (spec.name, None)
-        elif spec in tabular:
-            width = spec.tail_size
-            if feature_names is not None and len(tabular) == 1 and len(feature_names) == width:
-                names = list(feature_names)
-            else:
-                prefix = f"{spec.name}_" if len(tabular) > 1 else "x_"
-                names = [f"{prefix}{j}" for j in range(width)]
-            for j, name in enumerate(names):
-                columns[name] = (spec.name, j)
-    return columns
+    """Every feature column the inputs provide: name -> (input, column index or None), by
+    :func:`modelplane.profiles.input_columns`."""
+    return input_columns([(s.name, s.shape) for s in signature.inputs], feature_names)
 
 
 @dataclass(frozen=True)

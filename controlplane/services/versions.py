@@ -273,32 +273,12 @@ def _check_feature_count(signature: Signature, feature_names: list[str]) -> None
 
 
 def input_columns(signature: Signature, profiled: Sequence[str]) -> list[str]:
-    """The feature columns a managed sidecar reads from the model's inputs when it monitors
-    drift against a baseline that profiles ``profiled``: a ``[-1]`` input is one column named
-    after the input; a ``[-1, F]`` input is ``F`` columns, named by the profile when it is the
-    only such input and the profile has ``F`` features, else ``x_0..x_{F-1}`` (``<input>_0..``
-    when the model has several). Other inputs give none.
+    """The feature columns a sidecar reads from the model's inputs when it monitors drift
+    against a baseline that profiles ``profiled`` (:func:`modelplane.profiles.input_columns`,
+    the rule the sidecar applies, with the names it picks without ``--feature-names``)."""
+    from modelplane import profiles
 
-    The sidecar's rule (``sidecar.driftfeed.column_names`` with the names
-    ``sidecar.observing.feature_names`` picks without ``--feature-names``); it is repeated here
-    because that module needs the sidecar's dependencies (Numba), and
-    ``tests/controlplane/test_registry_baseline_features.py`` holds the two to the same answers.
-    """
-    tabular = [t for t in signature.inputs if len(t.shape) == 2 and t.shape[1] >= 0]
-    names = None
-    if len(tabular) == 1 and tabular[0].shape[1] == len(profiled):
-        names = list(profiled)
-    columns: list[str] = []
-    for spec in signature.inputs:
-        if len(spec.shape) == 1:
-            columns.append(spec.name)
-        elif spec in tabular:
-            if names is not None:
-                columns.extend(names)
-            else:
-                prefix = f"{spec.name}_" if len(tabular) > 1 else "x_"
-                columns.extend(f"{prefix}{j}" for j in range(spec.shape[1]))
-    return columns
+    return list(profiles.input_columns([(t.name, t.shape) for t in signature.inputs], profiled))
 
 
 def _listed(names: Sequence[str], limit: int = 10) -> str:

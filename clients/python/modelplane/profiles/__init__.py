@@ -17,6 +17,7 @@ from modelplane.profiles._build import (
     numeric_values,
     quantile_edges,
 )
+from modelplane.profiles._columns import input_columns
 from modelplane.profiles._load import (
     is_profile,
     load_baseline,
@@ -50,6 +51,7 @@ __all__ = [
     "check_unique_columns",
     "default_feature_names",
     "detect_format",
+    "input_columns",
     "is_categorical_type",
     "is_numeric_type",
     "is_profile",
