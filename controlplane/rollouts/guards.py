@@ -214,6 +214,13 @@ def defaults_added(
     return bool(own) and not _judged(own, phase)
 
 
+def champion_minimum(candidate_percent: float, min_requests: int) -> int:
+    """The champion requests that make a comparison: where the candidate serves everything, a
+    champion with fewer than ``min_requests`` (a few answered before every replica switched)
+    is none; elsewhere only one with no request is."""
+    return min_requests if candidate_percent >= 100 else 1
+
+
 def no_champion(values: dict[str, Any], min_requests: int = 1) -> bool:
     """Whether the guard variables ``values`` have no champion to compare with: none, or one
     with fewer than ``min_requests`` requests (a few stragglers answered before every replica

@@ -375,9 +375,7 @@ class ReportService:
     def _judge(self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence) -> bool:
         """Evaluate the guards; roll back on a failure, else advance a completed step."""
         repo = Deployments(tx.session)
-        # As over a step (see steps.judge_step): a thin champion is no comparison only where
-        # the candidate serves everything.
-        thin = self.guard_min_requests if r.candidate_percent >= 100 else 1
+        thin = guards.champion_minimum(r.candidate_percent, self.guard_min_requests)
         values = guards.variables(evidence, r.champion_reference, thin)
         in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
         results = guards.evaluate(in_force, values, self.guard_min_requests)

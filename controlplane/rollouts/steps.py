@@ -125,9 +125,7 @@ def judge_step(
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
-    # Where the candidate serves everything, a champion with a few requests (answered before
-    # every replica switched) is no comparison; elsewhere only one with none is.
-    thin = min_requests if r.candidate_percent >= 100 else 1
+    thin = guards.champion_minimum(r.candidate_percent, min_requests)
     in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
     results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
     results, restarted = _noted(results, total.restarted)
