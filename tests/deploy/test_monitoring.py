@@ -125,26 +125,19 @@ def test_hpa_metrics_come_from_the_adapter_rules(exported: set[str]) -> None:
 def _long_calls() -> set[str]:
     """Control-plane methods whose duration is not a unary call's: every streaming RPC (timed
     until the stream ends) and WaitOperation (a long-poll), read from the service descriptors."""
-    from modelplane.v1 import (
-        audit_pb2,
-        blobs_pb2,
-        deployments_pb2,
-        evaluation_pb2,
-        governance_pb2,
-        operations_pb2,
-        registry_pb2,
-    )
+    import importlib
 
     names = {"WaitOperation"}
-    for module in (
-        audit_pb2,
-        blobs_pb2,
-        deployments_pb2,
-        evaluation_pb2,
-        governance_pb2,
-        operations_pb2,
-        registry_pb2,
+    for api in (
+        "audit",
+        "blobs",
+        "deployments",
+        "evaluation",
+        "governance",
+        "operations",
+        "registry",
     ):
+        module = importlib.import_module(f"modelplane.v1.{api}_pb2")
         for service in module.DESCRIPTOR.services_by_name.values():
             names |= {m.name for m in service.methods if m.client_streaming or m.server_streaming}
     return names
