@@ -10,8 +10,9 @@ and requests are complete, or a blue/green shadow or watch phase whose time is, 
 when every guard also passes on the whole step or phase (see :mod:`controlplane.rollouts.steps`;
 one that fails there rolls back) and no replica says it cannot load the candidate (see
 :mod:`controlplane.rollouts.unloaded`, which also records the events); drift past the
-deployment's thresholds (outside its cooldown) records a ``drift`` event and, after commit,
-calls the retraining hooks.
+deployment's thresholds, judged over windows of at least ``min_rows`` rows summed across
+reports (see :mod:`controlplane.rollouts.drift_windows`), records a ``drift`` event (outside
+its cooldown) and, after commit, calls the retraining hooks.
 
 Before anything is stored, :func:`check_report` refuses (INVALID_ARGUMENT, nothing written) a
 report the control plane could not store or serve back: a count below 0 or above
@@ -28,7 +29,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -45,6 +46,7 @@ from controlplane.domain.deployments import (
 from controlplane.names import check_id
 from controlplane.rollouts import (
     drift,
+    drift_windows,
     guards,
     histograms,
     machine,
@@ -278,7 +280,8 @@ class ReportService:
             if current and r is not None:
                 evidence = self._track_unloaded(tx, d, r, report, evidence)
                 moved = self._judge(tx, d, r, evidence)
-            fire = self._drift(tx, d, evidence, report.rollout_id)
+            judged = drift_windows.take_in(tx, d, report, self.profiles)
+            fire = drift_windows.respond(tx, d, judged, evidence, report.rollout_id)
             row = repo.row(deployment_id)
             generation = row.generation if row else d.generation
         if moved:
@@ -444,84 +447,6 @@ class ReportService:
         if moved is not None:
             log.warning("rollout rolled back", deployment=d.id, rollout=r.id, reason=why)
         return moved is not None
-
-    def _drift(
-        self, tx: WriteTx, d: Deployment, evidence: Evidence, rollout_id: str
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        """Record a drift event when an arm's merged drift crosses the thresholds."""
-        t = d.drift_thresholds
-        crossings: list[tuple[ArmSummary, DriftSummary, list[str]]] = []
-        for a in (evidence.champion, evidence.candidate):
-            if a is not None and a.drift is not None:
-                reasons = drift.crossed(a.drift, t)
-                if reasons:
-                    crossings.append((a, a.drift, reasons))
-        if not crossings:
-            return []
-        repo = Deployments(tx.session)
-        if not repo.claim_drift(d.id, tx.now, tx.now - timedelta(seconds=t.cooldown_seconds)):
-            return []
-        # The reports merged into the evidence: each replica's newest, as in _merged.
-        merged = repo.latest_reports(d.id, rollout_id, tx.now - self.max_age)
-        arms = []
-        for a, summary, reasons in crossings:
-            version = tx.versions.get(d.model_id, a.version)
-            profile = (
-                self.profiles.get(version.baseline.sha256) if version and version.baseline else None
-            )
-            start, end = _span(x for x in merged if _counted(x, a))
-            part: dict[str, Any] = {
-                "arm": a.arm,
-                "version": a.version,
-                "window_start_time": _iso(start),
-                "window_end_time": _iso(end),
-            }
-            if profile is not None:
-                part.update(drift.drift_report(summary, profile, reasons, t))
-            arms.append(part)
-        start, _ = _span(merged)
-        event = {
-            "event": "drift",
-            "deployment": d.name,
-            "model": d.model_name,
-            "rollout_id": rollout_id,
-            "time": tx.now.isoformat(),
-            "window_start_time": _iso(start),
-            "window_end_time": _iso(evidence.window_end_time),
-            "thresholds": {
-                "max_psi": t.max_psi,
-                "max_drifted_share": t.max_drifted_share,
-                "min_rows": t.min_rows,
-                "cooldown_seconds": t.cooldown_seconds,
-            },
-            "arms": arms,
-        }
-        why = "drift crossed the thresholds: " + "; ".join(
-            f"{a.arm} v{a.version} {', '.join(reasons)}" for a, _, reasons in crossings
-        )
-        transitions.record_event(
-            tx, d, d.active_rollout, "drift", why, AUTOMATIC_ACTOR, evidence, None, event
-        )
-        log.warning("drift detected", deployment=d.id, reason=why)
-        return [(d.id, d.webhook_url, event)]
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
-def _counted(report: WindowReport, a: ArmSummary) -> bool:
-    """Whether ``report`` holds drift counts of ``a``'s arm and version."""
-    mine = report.arm(a.arm)
-    return mine is not None and mine.version == a.version and mine.drift is not None
-
-
-def _span(reports: Iterable[WindowReport]) -> tuple[datetime | None, datetime | None]:
-    """When the earliest of ``reports``' windows started and the latest ended."""
-    listed = list(reports)
-    starts = [x.start_time for x in listed if x.start_time is not None]
-    ends = [x.end_time for x in listed if x.end_time is not None]
-    return (min(starts) if starts else None, max(ends) if ends else None)
 
 
 def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:

@@ -1,4 +1,4 @@
-"""The SQL behind deployments, rollouts, rollout events and window reports.
+"""The SQL behind deployments, rollouts, rollout events, window reports and drift windows.
 
 Works on the session of any :class:`~controlplane.store.Tx`: ``Deployments(tx.session)``.
 Transitions are compare-and-set on the deployment's ``revision``: of two replicas applying
@@ -7,6 +7,7 @@ the same transition, exactly one update matches and the other sees ``False``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from controlplane.store import convert
 from controlplane.store import deployment_json as dj
 from controlplane.store.deployment_tables import (
     DeploymentRow,
+    DriftWindowRow,
     RolloutEventRow,
     RolloutRow,
     WindowReportRow,
@@ -256,7 +258,7 @@ class Deployments:
         return bool(result.rowcount == 1)
 
     def delete(self, deployment_id: str) -> None:
-        for table in (WindowReportRow, RolloutEventRow, RolloutRow):
+        for table in (DriftWindowRow, WindowReportRow, RolloutEventRow, RolloutRow):
             self.s.exec(  # type: ignore[call-overload]
                 delete(table).where(col(table.deployment_id) == deployment_id)
             )
@@ -446,3 +448,21 @@ class Deployments:
             delete(WindowReportRow).where(col(WindowReportRow.receive_time) < before)
         )
         return int(result.rowcount or 0)
+
+    # Drift windows ----------------------------------------------------------------------------
+
+    def drift_window(self, deployment_id: str, arm: str) -> DriftWindowRow | None:
+        """The open drift window of a deployment's arm."""
+        return self.s.get(DriftWindowRow, (deployment_id, arm))
+
+    def save_drift_window(self, row: DriftWindowRow) -> None:
+        """Insert or overwrite an arm's open drift window."""
+        self.s.merge(row)
+        self.s.flush()
+
+    def close_drift_windows(self, deployment_id: str, arms: Iterable[str] | None = None) -> None:
+        """Delete the open drift windows of ``arms`` (all arms for None)."""
+        q = delete(DriftWindowRow).where(col(DriftWindowRow.deployment_id) == deployment_id)
+        if arms is not None:
+            q = q.where(col(DriftWindowRow.arm).in_(list(arms)))
+        self.s.exec(q)  # type: ignore[call-overload]

@@ -108,3 +108,21 @@ class WindowReportRow(SQLModel, table=True):
     end_time: datetime | None = _ts(nullable=True)
     receive_time: datetime = _ts(nullable=False)
     body: dict[str, Any] = _json()
+
+
+class DriftWindowRow(SQLModel, table=True):
+    """The drift counts of one arm summed over reports until they hold enough rows to judge
+    (:mod:`controlplane.rollouts.drift_windows`)."""
+
+    __tablename__ = "drift_windows"
+
+    deployment_id: str = Field(primary_key=True, max_length=63)
+    arm: str = Field(primary_key=True, max_length=16)
+    version: int = Field(sa_type=BigInteger)
+    baseline_sha256: str = Field(max_length=64)
+    rows: int = Field(default=0, sa_type=BigInteger)
+    start_time: datetime | None = _ts(nullable=True)
+    end_time: datetime | None = _ts(nullable=True)
+    reports: int = Field(default=0, sa_type=BigInteger)
+    #: The summed :class:`~controlplane.domain.deployments.DriftSummary`.
+    body: dict[str, Any] = _json()

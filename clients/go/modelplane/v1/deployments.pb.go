@@ -376,8 +376,9 @@ type DriftThresholds struct {
 	MaxPsi *float64 `protobuf:"fixed64,1,opt,name=max_psi,json=maxPsi,proto3,oneof" json:"max_psi,omitempty"`
 	// Share of features flagged as drifted.
 	MaxDriftedShare *float64 `protobuf:"fixed64,2,opt,name=max_drifted_share,json=maxDriftedShare,proto3,oneof" json:"max_drifted_share,omitempty"`
-	// Rows a window must hold before drift is judged; 0 or unset takes the default 200 (set 1 to
-	// judge every window that has rows).
+	// Rows a window must hold before drift is judged; an arm's counts are summed over the reports
+	// of every replica until they hold this many rows. 0 or unset takes the default 200 (set 1
+	// to judge every report that has rows).
 	MinRows int64 `protobuf:"varint,3,opt,name=min_rows,json=minRows,proto3" json:"min_rows,omitempty"`
 	// The shortest time between two drift events of the deployment (default 10 minutes).
 	Cooldown *durationpb.Duration `protobuf:"bytes,4,opt,name=cooldown,proto3" json:"cooldown,omitempty"`

@@ -73,8 +73,8 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
         "--drift-min-rows",
         type=int,
         metavar="N",
-        help="rows a window needs before drift is judged (default 200; 1 judges every window "
-        "with rows)",
+        help="rows drift is judged over: each arm's counts are summed across reports and "
+        "replicas until they hold N (default 200; 1 judges every report with rows)",
     )
     p.add_argument(
         "--drift-cooldown",

@@ -132,8 +132,9 @@ export type DriftThresholds = Message<"modelplane.v1.DriftThresholds"> & {
   maxDriftedShare?: number | undefined;
 
   /**
-   * Rows a window must hold before drift is judged; 0 or unset takes the default 200 (set 1 to
-   * judge every window that has rows).
+   * Rows a window must hold before drift is judged; an arm's counts are summed over the reports
+   * of every replica until they hold this many rows. 0 or unset takes the default 200 (set 1
+   * to judge every report that has rows).
    *
    * @generated from field: int64 min_rows = 3;
    */

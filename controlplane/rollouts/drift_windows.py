@@ -1,0 +1,195 @@
+"""Drift judged over windows of at least ``min_rows`` rows, and the drift event it raises.
+
+A report carries one replica's drift counts of one report interval (a couple of seconds), so
+at low traffic no single report, nor the newest report of every replica together, holds the
+deployment's ``min_rows``. Each arm therefore has an open drift window (``drift_windows``):
+every accepted report adds its counts of an arm serving the version the deployment wants
+there (the champion's, and the candidate's during a rollout) and counted against that
+version's baseline. Once the window holds ``min_rows`` rows it is judged
+(:func:`controlplane.rollouts.drift.crossed`) and closed, and the next report opens a new
+one: tumbling windows of at least ``min_rows`` rows, summed across replicas and however long
+they take to fill. A window whose arm changes version (a promotion, a new candidate) or
+baseline starts again, and a deployment without thresholds keeps no windows. At high traffic
+one report already holds ``min_rows`` rows and is judged alone.
+
+A judged window that crosses the thresholds records a ``drift`` event unless one was recorded
+within the cooldown; the event (and the retraining hooks' payload) names each crossing arm's
+window: its span, rows and per-feature PSI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from controlplane.domain.deployments import Deployment, DriftSummary, Evidence, WindowReport
+from controlplane.rollouts import drift, transitions
+from controlplane.rollouts.machine import AUTOMATIC_ACTOR
+from controlplane.rollouts.merge import merge_drift
+from controlplane.store import WriteTx, convert
+from controlplane.store import deployment_json as dj
+from controlplane.store.deployment_json import to_json
+from controlplane.store.deployment_repos import Deployments
+from controlplane.store.deployment_tables import DriftWindowRow
+from modelplane.profiles import BaselineProfile
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A closed drift window that crossed the thresholds."""
+
+    arm: str
+    version: int
+    summary: DriftSummary
+    profile: BaselineProfile
+    reasons: list[str]
+    start: datetime | None
+    end: datetime | None
+
+
+def _wanted(d: Deployment) -> dict[str, int]:
+    """The version the deployment wants each arm to serve."""
+    r = d.active_rollout
+    if r is None:
+        return {"champion": d.champion_version}
+    return {"champion": r.champion_version, "candidate": r.candidate_version}
+
+
+def _earliest(stored: datetime | None, new: datetime | None) -> datetime | None:
+    times = [t for t in (stored and convert.utc(stored), new) if t is not None]
+    return min(times) if times else None
+
+
+def _latest(stored: datetime | None, new: datetime | None) -> datetime | None:
+    times = [t for t in (stored and convert.utc(stored), new) if t is not None]
+    return max(times) if times else None
+
+
+def _same_layout(a: DriftSummary, b: DriftSummary) -> bool:
+    return [(f.name, len(f.counts)) for f in a.features] == [
+        (f.name, len(f.counts)) for f in b.features
+    ]
+
+
+def take_in(
+    tx: WriteTx, d: Deployment, report: WindowReport, profiles: drift.ProfileCache
+) -> list[Judged]:
+    """Add ``report``'s drift counts to the open windows of its arms; judge and close each
+    window that reached ``min_rows``; return those that crossed the thresholds."""
+    repo = Deployments(tx.session)
+    t = d.drift_thresholds
+    if not t.enabled:
+        repo.close_drift_windows(d.id)
+        return []
+    wanted = _wanted(d)
+    repo.close_drift_windows(d.id, [a for a in ("champion", "candidate") if a not in wanted])
+    judged: list[Judged] = []
+    for a in report.arms:
+        if a.drift is None or wanted.get(a.arm) != a.version:
+            continue
+        version = tx.versions.get(d.model_id, a.version)
+        sha = version.baseline.sha256 if version and version.baseline else ""
+        profile = profiles.get(sha)
+        if profile is None:
+            continue
+        counts = a.drift
+        row = repo.drift_window(d.id, a.arm)
+        start, end, reports = report.start_time, report.end_time, 1
+        if row is not None and row.version == a.version and row.baseline_sha256 == sha:
+            before = dj.drift(row.body)
+            if before is not None and _same_layout(before, counts):
+                merged = merge_drift([before, counts], f"{a.arm}.drift")
+                assert merged is not None
+                counts = merged
+                start = _earliest(row.start_time, start)
+                end = _latest(row.end_time, end)
+                reports += row.reports
+        if counts.rows < t.min_rows:
+            repo.save_drift_window(
+                DriftWindowRow(
+                    deployment_id=d.id,
+                    arm=a.arm,
+                    version=a.version,
+                    baseline_sha256=sha,
+                    rows=counts.rows,
+                    start_time=start,
+                    end_time=end,
+                    reports=reports,
+                    body=to_json(counts),
+                )
+            )
+            continue
+        repo.close_drift_windows(d.id, [a.arm])
+        scored = drift.score(counts, profile, t)
+        reasons = drift.crossed(scored, t)
+        log.debug(
+            "drift window judged",
+            deployment=d.id,
+            arm=a.arm,
+            version=a.version,
+            rows=scored.rows,
+            reports=reports,
+            max_psi=scored.max_psi,
+            crossed=reasons,
+        )
+        if reasons:
+            judged.append(Judged(a.arm, a.version, scored, profile, reasons, start, end))
+    return judged
+
+
+def respond(
+    tx: WriteTx, d: Deployment, judged: list[Judged], evidence: Evidence, rollout_id: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Record a drift event for the ``judged`` windows unless the deployment is within its
+    cooldown; the hook calls to make after commit."""
+    if not judged:
+        return []
+    t = d.drift_thresholds
+    repo = Deployments(tx.session)
+    if not repo.claim_drift(d.id, tx.now, tx.now - timedelta(seconds=t.cooldown_seconds)):
+        return []
+    arms = []
+    for j in judged:
+        part: dict[str, Any] = {
+            "arm": j.arm,
+            "version": j.version,
+            "window_start_time": _iso(j.start),
+            "window_end_time": _iso(j.end),
+        }
+        part.update(drift.drift_report(j.summary, j.profile, j.reasons, t))
+        arms.append(part)
+    starts = [j.start for j in judged if j.start is not None]
+    ends = [j.end for j in judged if j.end is not None]
+    event = {
+        "event": "drift",
+        "deployment": d.name,
+        "model": d.model_name,
+        "rollout_id": rollout_id,
+        "time": tx.now.isoformat(),
+        "window_start_time": _iso(min(starts) if starts else None),
+        "window_end_time": _iso(max(ends) if ends else evidence.window_end_time),
+        "thresholds": {
+            "max_psi": t.max_psi,
+            "max_drifted_share": t.max_drifted_share,
+            "min_rows": t.min_rows,
+            "cooldown_seconds": t.cooldown_seconds,
+        },
+        "arms": arms,
+    }
+    why = "drift crossed the thresholds: " + "; ".join(
+        f"{j.arm} v{j.version} {', '.join(j.reasons)}" for j in judged
+    )
+    transitions.record_event(
+        tx, d, d.active_rollout, "drift", why, AUTOMATIC_ACTOR, evidence, None, event
+    )
+    log.warning("drift detected", deployment=d.id, reason=why)
+    return [(d.id, d.webhook_url, event)]
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None

@@ -1,0 +1,117 @@
+"""Drift is judged over windows of at least ``min_rows`` rows summed across reports: a
+deployment whose replicas each report a few rows per interval still gets its drift event,
+once enough rows arrived, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from modelplane import Client
+from tests.conftest import unique
+from tests.controlplane.conftest import _start
+from tests.controlplane.test_deployments_api import wait_for
+from tests.controlplane.test_deployments_drift import Hook, _drift_arm, _with_baseline
+from tests.controlplane.test_deployments_drift import webhook as webhook
+
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+def _send(c: Client, name: str, replica: str, seq: int, arm: object, second: int) -> None:
+    c.report_window(
+        name,
+        replica=replica,
+        sequence=seq,
+        arms=[arm],  # type: ignore[list-item]
+        start_time=T0 + timedelta(seconds=second),
+        end_time=T0 + timedelta(seconds=second + 2),
+    )
+
+
+def _drift_events(c: Client, name: str) -> list[object]:
+    return [e for e in c.list_rollout_events(name) if e.action == "drift"]
+
+
+def test_few_rows_per_report_add_up_to_a_drift_event(
+    tmp_path: Path, db_url: str, webhook: str
+) -> None:
+    cp = _start(tmp_path, db_url)
+    try:
+        with cp.client() as c:
+            model_id, version, profile = _with_baseline(c, tmp_path)
+            sha = c.get_version(model_id, version).baseline.sha256
+            name = unique()
+            c.create_deployment(
+                name,
+                model=model_id,
+                champion_version=version,
+                max_psi=0.25,
+                min_rows=200,
+                webhook_url=webhook,
+            )
+            shifted = _drift_arm(version, profile, sha, 1.5, 30)
+            # Two replicas, 30 rows a report: six reports hold 180 rows, too few to judge.
+            for i in range(6):
+                _send(c, name, "ab"[i % 2], i // 2 + 1, shifted, 2 * i)
+            assert _drift_events(c, name) == [] and not Hook.received
+            # A replica still serving another version adds nothing to the champion's window.
+            _send(c, name, "c", 1, _drift_arm(version + 7, profile, sha, 1.5, 500), 12)
+            assert _drift_events(c, name) == []
+            _send(c, name, "a", 4, shifted, 14)
+            event = wait_for(lambda: Hook.received and Hook.received[0], "the webhook")
+            part = event["arms"][0]
+            assert (part["arm"], part["version"], part["rows"]) == ("champion", version, 210)
+            assert part["max_psi"] > 0.25 and part["crossed"]
+            assert datetime.fromisoformat(part["window_start_time"]) == T0
+            assert datetime.fromisoformat(part["window_end_time"]) == T0 + timedelta(seconds=16)
+            assert datetime.fromisoformat(event["window_start_time"]) == T0
+            assert len(_drift_events(c, name)) == 1
+    finally:
+        cp.handle.stop(0)
+
+
+def test_a_judged_window_closes_and_the_next_starts_empty(tmp_path: Path) -> None:
+    db = tmp_path / "cp.db"
+    cp = _start(tmp_path, f"sqlite:///{db}")
+
+    def open_rows() -> list[tuple[str, int, int]]:
+        with sqlite3.connect(db) as con:
+            return list(con.execute("SELECT arm, rows, reports FROM drift_windows"))
+
+    try:
+        with cp.client() as c:
+            model_id, version, profile = _with_baseline(c, tmp_path)
+            sha = c.get_version(model_id, version).baseline.sha256
+            name = unique()
+            c.create_deployment(
+                name, model=model_id, champion_version=version, max_psi=0.25, min_rows=200
+            )
+            calm = _drift_arm(version, profile, sha, 0.0, 120)
+            shifted = _drift_arm(version, profile, sha, 1.5, 120)
+            _send(c, name, "a", 1, calm, 0)
+            assert open_rows() == [("champion", 120, 1)]
+            # 240 calm rows: judged, no event, closed.
+            _send(c, name, "a", 2, calm, 2)
+            assert open_rows() == [] and _drift_events(c, name) == []
+            # The shifted rows that follow are judged on their own once they are 200.
+            _send(c, name, "a", 3, shifted, 4)
+            assert open_rows() == [("champion", 120, 1)] and _drift_events(c, name) == []
+            # A repeated report adds nothing.
+            _send(c, name, "a", 3, shifted, 4)
+            assert open_rows() == [("champion", 120, 1)]
+            _send(c, name, "b", 1, shifted, 4)
+            assert open_rows() == []
+            [event] = _drift_events(c, name)
+            assert "max_psi" in event.reason  # type: ignore[attr-defined]
+            # Without thresholds no window is kept; deleting the deployment removes its own.
+            _send(c, name, "a", 4, calm, 6)
+            assert open_rows() == [("champion", 120, 1)]
+            c.delete_deployment(name)
+            assert open_rows() == []
+            other = unique()
+            c.create_deployment(other, model=model_id, champion_version=version)
+            _send(c, other, "a", 1, shifted, 0)
+            assert open_rows() == []
+    finally:
+        cp.handle.stop(0)
