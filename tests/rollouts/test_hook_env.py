@@ -72,8 +72,12 @@ def test_a_wide_models_drift_event_reaches_the_retraining_command(tmp_path: Path
     script = (
         "import json, os, pathlib, sys; "
         "event = sys.stdin.read(); "
-        f"pathlib.Path({str(seen)!r}, json.loads(event)['deployment'].split('/')[-1])"
-        ".write_text(json.dumps({'stdin': event, 'env': os.environ.get('MODELPLANE_DRIFT_EVENT')}))"
+        f"out = pathlib.Path({str(seen)!r}, json.loads(event)['deployment'].split('/')[-1]); "
+        "part = out.with_suffix('.part'); "
+        "env = os.environ.get('MODELPLANE_DRIFT_EVENT'); "
+        "part.write_text(json.dumps({'stdin': event, 'env': env})); "
+        # Renamed into place, so the test never reads a half-written file.
+        "os.replace(part, out)"
     )
     hooks = tmp_path / "hooks.yaml"
     hooks.write_text(
