@@ -4,9 +4,12 @@ There is no batching thread. The request threads of the gRPC pool take turns as 
 a request that finds nobody leading runs the next batch itself (so a lone request runs at
 once, without a thread hop); under load, requests queue, and each leader, after its own
 batch, hands the lead to the oldest waiting request. A leader waits up to ``max_delay`` for
-more rows before it runs, takes requests in arrival order that share its batch key (the same
-inputs with the same non-batch dims) up to ``max_rows`` rows, and drops those whose deadline
-passed or whose caller went away: an expired request never runs.
+more rows before it runs, but stops waiting while its oldest request's deadline still leaves
+:data:`DEADLINE_CALLS` times the recent batch call time (plus :data:`DEADLINE_SLACK_S`): a
+request whose deadline is shorter than the queue delay still runs in time. It takes requests
+in arrival order that share its batch key (the same inputs with the same non-batch dims) up
+to ``max_rows`` rows, and drops those whose deadline passed or whose caller went away: an
+expired request never runs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from modelplane.errors import (
 log = structlog.get_logger("modelplane.sidecar.batcher")
 
 _QUEUED, _TAKEN, _DONE = 0, 1, 2
+
+#: A leader stops waiting for rows when its oldest request's deadline leaves this many times the
+#: recent batch call time, plus :data:`DEADLINE_SLACK_S` for the hand-off and the answer.
+DEADLINE_CALLS = 2.0
+DEADLINE_SLACK_S = 0.002
 
 
 class Item:
@@ -84,8 +92,12 @@ class Batcher:
         max_delay: float,
         max_queue_rows: int,
         on_queue_rows: Callable[[int], None] | None = None,
+        call_s: float = 0.0,
     ) -> None:
+        """``call_s``: the expected time of one session call (warm-up's measure), the start
+        of the running estimate the deadline margin uses."""
         self._execute = execute
+        self._call_s = call_s if 0.0 < call_s < float("inf") else 0.0
         self._max_rows = max_rows
         self._max_delay = max_delay
         self._max_queue_rows = max_queue_rows
@@ -182,6 +194,9 @@ class Batcher:
                     it.started = now
                 try:
                     self._execute(batch)
+                    took = time.monotonic() - now
+                    # A running estimate: the last few batches' call time.
+                    self._call_s = took if not self._call_s else 0.8 * self._call_s + 0.2 * took
                 except Exception:
                     log.exception("a batch failed", requests=len(batch))
                     for it in batch:
@@ -217,7 +232,8 @@ class Batcher:
             if self._max_delay > 0 and head.decoded.rows < self._max_rows:
                 until = head.enqueued + self._max_delay
                 if head.deadline is not None:
-                    until = min(until, head.deadline)
+                    margin = DEADLINE_CALLS * self._call_s + DEADLINE_SLACK_S
+                    until = min(until, head.deadline - margin)
                 self._waiting_leader = True
                 try:
                     while self._compatible_rows(head) < self._max_rows:

@@ -116,6 +116,7 @@ class ServingModel:
                 max_delay=max_delay,
                 max_queue_rows=max_queue_rows,
                 on_queue_rows=self.metrics.queue_rows if self.metrics.enabled else None,
+                call_s=runtime.single_call_s,
             )
 
     def check_target(self, name: str, version: str) -> None:

@@ -16,9 +16,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_helpers import output_array, raw_request, stub, wait_for
+from sidecar_helpers import output_array, raw_request, stub
 
-from modelplane.errors import error_info
+from modelplane.errors import DeadlineExceeded, error_info
+from sidecar.batcher import Batcher, Item
+from sidecar.codec import Decoded
 
 
 def _metric_samples(port: int, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -144,28 +146,75 @@ def test_full_queue_sheds_with_resource_exhausted(model_dir: Path, sidecar_facto
     assert np.array_equal(output_array(resp, 0, np.float32), x)
 
 
-def test_expired_request_never_runs(model_dir: Path, sidecar_factory: Any) -> None:
+def test_a_deadline_shorter_than_the_queue_delay_still_runs(
+    model_dir: Path, sidecar_factory: Any
+) -> None:
+    """On an idle sidecar, the leader stops waiting for rows while the request's deadline
+    still leaves time to run it: a 50 ms deadline under a 500 ms queue delay is answered."""
     recorder = Recorder()
     handle = sidecar_factory(
         model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=0.5, observers=[recorder]
     )
     s = stub(handle.port)
     x = np.ones((1, 3), np.float32)
-    try:
-        s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}, id="late"), timeout=0.05)
-        raise AssertionError("the call should have timed out")
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    resp = s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}, id="on-time"), timeout=5)
-    assert resp.id == "on-time"
+    for i in range(3):
+        resp = s.ModelInfer(
+            raw_request("id_fp32", {"x": ("FP32", x)}, id=f"short-{i}"), timeout=0.05
+        )
+        assert resp.id == f"short-{i}"
+        assert np.array_equal(output_array(resp, 0, np.float32), x)
 
-    def ran() -> list[str]:
-        ids = [rid for b in recorder.batches for rid in b.request_ids]
-        assert "on-time" in ids
-        return ids
 
-    # Records reach observers in the order their calls ran: "late" would come first.
-    assert "late" not in wait_for(ran)
+def _decoded(rid: str) -> Decoded:
+    return Decoded(arrays={}, outputs=(), rows=1, key=("k",), request_id=rid)
+
+
+def test_expired_request_never_runs() -> None:
+    """A request whose deadline passes while an earlier batch runs is answered
+    DEADLINE_EXCEEDED and never reaches the session; one with time left runs next."""
+    ran: list[str] = []
+    started = threading.Event()
+
+    def execute(batch: list[Item]) -> None:
+        started.set()
+        if not ran:
+            time.sleep(0.4)
+        ran.extend(it.decoded.request_id for it in batch)
+        for it in batch:
+            it.result = "ok"
+
+    batcher = Batcher(execute, max_rows=8, max_delay=0.0, max_queue_rows=64)
+    first = Item(_decoded("first"), None, None)
+    t = threading.Thread(target=batcher.submit, args=(first,))
+    t.start()
+    assert started.wait(5)
+    late = Item(_decoded("late"), time.monotonic() + 0.05, None)
+    patient = Item(_decoded("patient"), time.monotonic() + 10, None)
+    others = [threading.Thread(target=batcher.submit, args=(it,)) for it in (late, patient)]
+    for th in others:
+        th.start()
+    for th in [t, *others]:
+        th.join(10)
+    assert isinstance(late.error, DeadlineExceeded) and late.result is None
+    assert ran == ["first", "patient"] and patient.result == "ok"
+
+
+def test_the_deadline_margin_follows_the_measured_call_time() -> None:
+    """The leader stops waiting early enough for a batch as slow as the recent ones."""
+    ran_at: list[float] = []
+
+    def execute(batch: list[Item]) -> None:
+        time.sleep(0.03)
+        ran_at.append(time.monotonic())
+        for it in batch:
+            it.result = "ok"
+
+    batcher = Batcher(execute, max_rows=8, max_delay=1.0, max_queue_rows=64, call_s=0.03)
+    deadline = time.monotonic() + 0.2
+    item = Item(_decoded("one"), deadline, None)
+    batcher.submit(item)
+    assert item.result == "ok" and item.error is None
+    assert ran_at[0] <= deadline
 
 
 def test_gpu_buckets_are_powers_of_two_up_to_the_batch_size() -> None:
