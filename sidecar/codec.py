@@ -59,6 +59,14 @@ _PARAMETER_KINDS = {
 }
 
 
+#: The shared-memory extension's parameters: a tensor placed in (or to be written to) a region
+#: registered with the server. The extension is not offered, so these are refused rather than
+#: answered inline while the client reads its region.
+_SHARED_MEMORY = frozenset(
+    {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
+)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one request may declare."""
@@ -98,6 +106,13 @@ def _check_parameters(params: Any, where: str) -> None:
             )
         if key == "classification":
             raise _bad("UNSUPPORTED_PARAMETER", f"{where}: classification outputs are not offered")
+        if key in _SHARED_MEMORY:
+            raise _bad(
+                "UNSUPPORTED_PARAMETER",
+                f"{where}: parameter {key!r} names shared memory, which this server does not "
+                "offer; send the tensor in the request (raw_input_contents or contents) and read "
+                "outputs from raw_output_contents",
+            )
 
 
 def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:

@@ -54,24 +54,26 @@ def _ids(context: grpc.ServicerContext) -> tuple[str, str]:
 
 
 def parsing(
-    method: Callable[[Any, grpc.ServicerContext], Any], message: Any
+    method: Callable[[Any, grpc.ServicerContext], Any],
+    message: Any,
+    refuse: Callable[[ModelplaneError, grpc.ServicerContext], None] | None = None,
 ) -> Callable[[bytes, grpc.ServicerContext], Any]:
     """Wrap ``method`` to parse its request itself, so that bytes that are not a valid
-    ``message`` get INVALID_ARGUMENT rather than the transport's INTERNAL."""
+    ``message`` get INVALID_ARGUMENT rather than the transport's INTERNAL (through
+    ``refuse`` when given, which answers it like the method's other refusals)."""
     parse = message.FromString
 
     def handler(data: bytes, context: grpc.ServicerContext) -> Any:
         try:
             request = parse(data)
         except DecodeError:
-            context.abort_with_status(
-                to_grpc_status(
-                    InvalidArgument(
-                        f"the request is not a valid {message.DESCRIPTOR.full_name} message",
-                        reason="MALFORMED_REQUEST",
-                    )
-                )
+            err = InvalidArgument(
+                f"the request is not a valid {message.DESCRIPTOR.full_name} message",
+                reason="MALFORMED_REQUEST",
             )
+            if refuse is not None:
+                refuse(err, context)
+            context.abort_with_status(to_grpc_status(err))
         return method(request, context)
 
     return handler
@@ -143,7 +145,11 @@ def add_to_server(
     """
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            parsing(getattr(servicer, name), getattr(pb, f"{name}Request")),
+            parsing(
+                getattr(servicer, name),
+                getattr(pb, f"{name}Request"),
+                servicer.Malformed if name == "ModelInfer" else None,
+            ),
             # ModelInfer returns its response already serialized.
             response_serializer=(
                 None if name == "ModelInfer" else getattr(pb, f"{name}Response").SerializeToString
@@ -276,6 +282,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if timed:
             metrics.request("OK", time.perf_counter() - start)
         return response
+
+    def Malformed(self, err: ModelplaneError, context: grpc.ServicerContext) -> NoReturn:
+        """Refuse a ModelInfer call whose bytes are not a request: counted in the request
+        metrics, logged and recorded in the prediction log like any other refusal."""
+        self._reject(
+            self.slot.current, pb.ModelInferRequest(), context, err, time.perf_counter(), ""
+        )
 
     def Shed(self, requests: Any, context: grpc.ServicerContext) -> NoReturn:
         """Refuse a ModelInfer call that the admission turned away, unread: counted in the

@@ -3,6 +3,7 @@ and a message naming the tensor, and the server keeps answering valid requests."
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import output_array, raw_request, stub
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
+from sidecar.predlog import PredictionLogSettings, read_logs
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 A = np.ones((2, 4), np.float32)
@@ -204,6 +207,24 @@ CASES: list[tuple[str, Callable[[], Any], grpc.StatusCode, str, str]] = [
         "'priority'",
     ),
     (
+        "shared-memory output",
+        mutate(
+            lambda r: _set(
+                r.outputs.add(name="total").parameters["shared_memory_region"], string_param="r"
+            )
+        ),
+        INVALID,
+        "UNSUPPORTED_PARAMETER",
+        "'shared_memory_region'",
+    ),
+    (
+        "shared-memory input",
+        mutate(lambda r: _set(r.inputs[0].parameters["shared_memory_byte_size"], uint64_param=64)),
+        INVALID,
+        "UNSUPPORTED_PARAMETER",
+        "'shared_memory_byte_size'",
+    ),
+    (
         "typed count mismatch",
         typed(lambda r: r.inputs[0].contents.fp32_contents.append(5)),
         INVALID,
@@ -356,6 +377,39 @@ def test_undecodable_bytes_are_invalid_argument(servers: Any) -> None:
     assert caught.value.code() == INVALID
     info = error_info(caught.value)
     assert info is not None and info.reason == "MALFORMED_REQUEST"
+
+
+def test_undecodable_requests_are_counted_and_logged(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path
+) -> None:
+    """A ModelInfer call whose bytes are no request counts in the request metrics and is in
+    the prediction log like any other refusal."""
+    handle = sidecar_factory(
+        model_dir / "mlp.onnx",
+        metrics_listen="127.0.0.1:0",
+        log_settings=PredictionLogSettings(dir=tmp_path, flush_interval=0.05),
+    )
+    call = grpc.insecure_channel(handle.address).unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer"
+    )
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff", timeout=10)
+        assert caught.value.code() == INVALID
+    text = urllib.request.urlopen(
+        f"http://127.0.0.1:{handle.metrics_port}/metrics", timeout=10
+    ).read()
+    counted = {
+        s.labels["code"]: s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+        if s.name == "modelplane_inference_requests_total"
+    }
+    assert counted.get("INVALID_ARGUMENT") == 3
+    handle.stop(5)
+    rows = read_logs(tmp_path).to_pylist()
+    assert [r["status_reason"] for r in rows] == ["MALFORMED_REQUEST"] * 3
+    assert all(r["status_code"] == "INVALID_ARGUMENT" and r["request_id"] for r in rows)
 
 
 @pytest.mark.parametrize(
