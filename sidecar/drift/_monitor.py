@@ -20,7 +20,7 @@ from modelplane.profiles import (
     numeric_values,
 )
 from sidecar.drift._grid import BaselineGrid, NarrowGrids
-from sidecar.drift._kernels import accumulate, warm_scoring
+from sidecar.drift._kernels import accumulate, snap_narrow, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
 from sidecar.drift._window import WindowState
 
@@ -78,9 +78,10 @@ class DriftMonitor:
         self._narrow: dict[np.dtype[Any], NarrowGrids] = {}
         #: The narrowest float type each numeric feature's values arrived in (None: wider).
         self._precision: list[np.dtype[Any] | None] = [None] * len(self.grid.numeric)
-        # Compile (or load from Numba's cache) the scoring kernel now, at start-up, rather
-        # than when the first window closes or the first report is asked for.
+        # Compile (or load from Numba's cache) the kernels now, at start-up, rather than on
+        # the first batch, the first closed window or the first report.
         warm_scoring()
+        _warm_counting(self.grid, self._window)
 
     @property
     def numeric_names(self) -> list[str]:
@@ -283,3 +284,18 @@ class DriftMonitor:
                     ),
                 )
         window.rows += stop - start
+
+
+def _warm_counting(grid: BaselineGrid, window: WindowState) -> None:
+    """Compile the counting kernels for the types updates pass them, counting nothing (the
+    batches have no rows): float64 matrices, and the float64 columns of narrow inputs to snap,
+    which Arrow hands over read-only (without nulls) or writable (with them)."""
+    n = len(grid.numeric)
+    if not n:
+        return
+    args = (grid.points, grid.point_offsets, grid.table, grid.table_offsets, grid.lows, grid.scales)
+    accumulate(np.zeros((0, n)), *args, window.cells, grid.cell_offsets, window.missing)
+    read_only = np.zeros((0, 1))
+    read_only.flags.writeable = False
+    for column in (read_only, np.zeros((0, 1))):
+        snap_narrow(column, *args, grid.points, np.ones(1, np.bool_), np.zeros((0, 1)))
