@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
 from modelplane.errors import InvalidArgument, ModelplaneError, Unavailable
 from modelplane.units import parse_duration, parse_size
@@ -105,7 +106,7 @@ def _check_address(option: str, address: str) -> None:
 
 
 def _serve(args: argparse.Namespace, out: Printer) -> int:
-    try:
+    with extra("controlplane", "the control plane"):
         from pydantic import ValidationError
 
         from controlplane.auth import AccessConfigError
@@ -116,12 +117,6 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         from modelplane.server import configure_logging
         from modelplane.server.lifecycle import hold_stop_signals
         from modelplane.server.supervisor import worker_count
-    except ImportError as exc:
-        raise CliError(
-            f"the control plane is not installed ({exc.name} is missing): "
-            "pip install 'modelplane[controlplane]'",
-            EXIT_USAGE,
-        ) from None
     overrides: dict[str, object] = {}
     for option, field in (
         ("listen", "listen"),

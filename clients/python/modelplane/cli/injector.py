@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any
 
+from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
 
 #: CLI dest -> settings field; options left out fall back to MODELPLANE_INJECTOR_* or defaults.
@@ -67,16 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    try:
+    with extra("controlplane", "the injector"):
         from pydantic import ValidationError
 
         from controlplane.injector import InjectorSettings
-    except ImportError as exc:
-        raise CliError(
-            f"the injector is not installed ({exc.name} is missing): "
-            "pip install 'modelplane[controlplane]'",
-            EXIT_USAGE,
-        ) from None
     given = {field: getattr(args, dest) for dest, field in _FIELDS if getattr(args, dest)}
     try:
         return InjectorSettings(**given)
@@ -93,10 +88,11 @@ def _settings(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace, printer: Printer) -> int:
     import ssl
 
-    from controlplane.injector import start
-    from modelplane.server.logging import configure_logging
-
     settings = _settings(args)
+    with extra("controlplane", "the injector"):
+        from controlplane.injector import start
+        from modelplane.server.logging import configure_logging
+
     configure_logging(settings.log_level)
     try:
         handle = start(settings)

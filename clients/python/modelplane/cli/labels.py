@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.cli._common import call_sidecar, server_errors
+from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 
 BATCH = 5_000
@@ -52,10 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _read(path: Path, label: str) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.feather as feather
-    import pyarrow.parquet as pq
+    with extra("sidecar", "reading labels from a file"):
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.feather as feather
+        import pyarrow.parquet as pq
 
     try:
         if path.suffix == ".csv":

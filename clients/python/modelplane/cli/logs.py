@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modelplane.cli._extras import extra
 from modelplane.cli._logs_export import for_csv, write_out
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps
 
@@ -79,13 +80,8 @@ _TIME_HELP = (
 
 
 def _predlog() -> Any:
-    try:
+    with extra("sidecar", "reading prediction logs"):
         import sidecar.predlog as predlog
-    except ImportError as exc:
-        raise CliError(
-            f"reading prediction logs needs pyarrow ({exc}); install modelplane[sidecar]",
-            EXIT_USAGE,
-        ) from None
     return predlog
 
 

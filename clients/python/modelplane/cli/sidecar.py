@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
 
 #: CLI flag -> settings field; flags left out fall back to MODELPLANE_SIDECAR_* or defaults.
@@ -208,9 +209,10 @@ def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from pydantic import ValidationError
+    with extra("sidecar", "the sidecar"):
+        from pydantic import ValidationError
 
-    from sidecar.settings import SidecarSettings
+        from sidecar.settings import SidecarSettings
 
     given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
     try:
@@ -223,9 +225,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _log_settings(args: argparse.Namespace) -> Any:
-    from pydantic import ValidationError
+    with extra("sidecar", "the sidecar"):
+        from pydantic import ValidationError
 
-    from sidecar.predlog.settings import PredictionLogSettings
+        from sidecar.predlog.settings import PredictionLogSettings
 
     try:
         return PredictionLogSettings.from_args(args)
@@ -238,16 +241,17 @@ def _log_settings(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace, printer: Printer) -> int:
     from modelplane.errors import ModelplaneError
-    from modelplane.server.logging import configure_logging
 
     settings = _settings(args)
     if settings.model is not None and not settings.model.is_file():
         raise CliError(f"--model {settings.model}: no such file", EXIT_USAGE)
     log_settings = _log_settings(args)
+    with extra("sidecar", "the sidecar"):
+        from modelplane.server.logging import configure_logging
+        from sidecar.cuda import gpu_present
+        from sidecar.server import serve_one
+        from sidecar.workers import supervise
     configure_logging(settings.log_level)
-    from sidecar.cuda import gpu_present
-    from sidecar.server import serve_one
-    from sidecar.workers import supervise
 
     try:
         count = settings.worker_count(gpu_present())
