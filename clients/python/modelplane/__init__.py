@@ -8,7 +8,10 @@ from modelplane._client import Client, ServerUnreachable
 from modelplane.errors import (
     Aborted,
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     ModelplaneError,
     NotFound,
@@ -16,6 +19,7 @@ from modelplane.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 
 __version__ = "0.1.0"
@@ -23,8 +27,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "Cancelled",
     "Client",
+    "DeadlineExceeded",
     "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "ModelplaneError",
     "NotFound",
@@ -33,5 +40,6 @@ __all__ = [
     "ServerUnreachable",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "__version__",
 ]
