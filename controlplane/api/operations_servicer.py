@@ -6,8 +6,13 @@ import grpc
 
 from controlplane.api import converters as cv
 from controlplane.services import OperationService
+from controlplane.services.operations import POLL_SECONDS
 from modelplane.server import current_context
 from modelplane.v1 import operations_pb2, operations_pb2_grpc
+
+#: How much sooner than the call's deadline a wait ends: a wait can overrun its end by one
+#: poll's sleep, and then reads the operation once more and sends it.
+WAIT_MARGIN_SECONDS = POLL_SECONDS + 0.3
 
 
 class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
@@ -37,7 +42,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         timeout = cv.seconds_of(request.timeout) if request.HasField("timeout") else 10.0
         remaining = context.time_remaining()
         if remaining is not None:
-            timeout = min(timeout, max(remaining - 0.1, 0.0))
+            timeout = min(timeout, max(remaining - WAIT_MARGIN_SECONDS, 0.0))
         self._admit(request.name)
         return cv.operation_to_proto(self.operations.wait(request.name, timeout))
 

@@ -175,6 +175,10 @@ def _open_channel(
     return grpc.secure_channel(address, credentials, options=options)
 
 
+#: How much longer than the wait it asks for a WaitOperation call may take: the server ends
+#: the wait, reads the operation once more and answers within it.
+WAIT_CALL_MARGIN_S = 5.0
+
 #: The first pause before a call is tried again (doubled for each further try, with jitter).
 RETRY_BACKOFF_S = 0.2
 
@@ -258,14 +262,18 @@ class Client(DeploymentsMixin):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, **kw: Any) -> T:
-        """Call ``method``, retrying as the class says. For a client-streaming method,
-        ``request`` is a function returning a fresh request iterator: each try sends the
-        whole stream again (an iterator is spent by the first)."""
+    def _call(
+        self, method: Callable[..., T], request: Any, *, timeout: float | None = None, **kw: Any
+    ) -> T:
+        """Call ``method``, retrying as the class says, with a deadline of ``timeout`` seconds
+        (default: the client's). For a client-streaming method, ``request`` is a function
+        returning a fresh request iterator: each try sends the whole stream again (an iterator
+        is spent by the first)."""
+        deadline = self.timeout if timeout is None else timeout
         for attempt in range(1, self.retries + 1):
             payload = request() if callable(request) else request
             try:
-                return method(payload, timeout=self.timeout, metadata=self._metadata, **kw)
+                return method(payload, timeout=deadline, metadata=self._metadata, **kw)
             except grpc.RpcError as exc:
                 if attempt < self.retries and _retryable(exc, request):
                     time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
@@ -682,10 +690,18 @@ class Client(DeploymentsMixin):
         return self
 
     def wait_operation(self, name: str, timeout: float = 10.0) -> operations_pb2.Operation:
-        """Wait on the server until the operation is done or ``timeout`` (capped) passes."""
+        """Wait on the server until the operation is done or ``timeout`` (capped) passes.
+
+        The call's deadline is the client's timeout or, when that is shorter, ``timeout`` and
+        :data:`WAIT_CALL_MARGIN_S`, so that a wait longer than the client's timeout is
+        answered by the server rather than cut off here."""
         request = operations_pb2.WaitOperationRequest(name=name)
         request.timeout.FromTimedelta(timedelta(seconds=timeout))
-        return self._call(self.operations.WaitOperation, request)
+        return self._call(
+            self.operations.WaitOperation,
+            request,
+            timeout=max(self.timeout, timeout + WAIT_CALL_MARGIN_S),
+        )
 
     def evaluate(
         self,

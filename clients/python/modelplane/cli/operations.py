@@ -106,10 +106,8 @@ def _wait(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         o = c.get_operation(args.name)
         while not o.done and (left := deadline - time.monotonic()) > 0:
-            # The server caps one wait; each call's deadline leaves it room to answer.
-            step = min(left, MAX_WAIT_STEP_S)
-            c.timeout = max(c.timeout, step + 5)
-            o = c.wait_operation(args.name, step)
+            # The server caps one wait; wait_operation gives each call a deadline past it.
+            o = c.wait_operation(args.name, min(left, MAX_WAIT_STEP_S))
         if o.HasField("error"):
             raise operation_error(o.error)
     out.emit(o, columns=COLUMNS, rows=[_row(o)])
