@@ -1,10 +1,12 @@
 """Call deadlines against a real server: a wait longer than the client's per-call timeout is
-answered by the server."""
+answered by the server, and a deadline that passes on the caller's side is told apart from an
+error the server sent."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -13,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelplane import Client, DeadlineExceeded, ModelplaneError
+from modelplane import CallDeadlineExceeded, Client, DeadlineExceeded, ModelplaneError
 from modelplane.testing.onnx_models import mlp, save
 from modelplane.v1 import operations_pb2, operations_pb2_grpc
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane
+from tests.controlplane.conftest import RunningControlPlane, _start
 from tests.controlplane.test_cli import Cli
 
 
@@ -114,3 +116,52 @@ def test_evaluate_wait_outlasts_the_global_timeout(
     assert code == 0, err
     assert time.monotonic() - started > 1  # it ran past one call's deadline
     assert int(json.loads(out)["rows"]) == 150_000
+
+
+@pytest.fixture
+def busy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[Cli, str]]:
+    """A control plane whose two RPC threads are each held by a 2 s WaitOperation, so that a
+    call sent meanwhile waits for a thread, and its CLI."""
+    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=1, max_watches=1)
+    request = operations_pb2.WaitOperationRequest(name=_operation(cp))
+    request.timeout.FromSeconds(2)
+    channel = grpc.insecure_channel(cp.address)
+    stub = operations_pb2_grpc.OperationsServiceStub(channel)
+    metadata = (("x-modelplane-principal", "alice"),)
+    waits = [stub.WaitOperation.future(request, timeout=30, metadata=metadata) for _ in range(2)]
+    time.sleep(0.3)
+    try:
+        yield Cli(cp.address, capsys), cp.address
+    finally:
+        for wait in waits:
+            wait.result()
+        channel.close()
+        cp.handle.stop(0)
+
+
+def test_a_deadline_passed_here_is_exit_4(busy: tuple[Cli, str]) -> None:
+    cli, _ = busy
+    code, out, err = cli.run("--timeout", "0.3", "models", "list")
+    assert (code, out) == (4, "")
+    assert "DEADLINE_EXCEEDED" in err and "--timeout" in err
+
+
+def test_a_deadline_the_server_reports_stays_exit_3(
+    cli: Cli, controlplane: RunningControlPlane
+) -> None:
+    failed = _operation(
+        controlplane, DeadlineExceeded("ran for too long", reason="EVALUATION_TIMEOUT")
+    )
+    code, out, err = cli.run("operations", "wait", failed, "--timeout", "1")
+    assert (code, out) == (3, "")
+    assert "EVALUATION_TIMEOUT" in err
+
+
+def test_the_sdk_tells_a_passed_deadline_from_a_reported_one(busy: tuple[Cli, str]) -> None:
+    _, address = busy
+    c = Client(address, principal="alice", timeout=0.3)
+    with c, pytest.raises(CallDeadlineExceeded) as passed:
+        c.get_model(unique())
+    assert isinstance(passed.value, DeadlineExceeded)
+    assert passed.value.reason == "DEADLINE_EXCEEDED"
+    assert address in passed.value.message

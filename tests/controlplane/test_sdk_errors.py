@@ -18,5 +18,6 @@ def test_every_error_class_is_importable_from_the_package() -> None:
     for name in classes:
         assert name in modelplane.__all__
         assert getattr(modelplane, name) is getattr(errors, name)
-    assert "ServerUnreachable" in modelplane.__all__
-    assert issubclass(modelplane.ServerUnreachable, errors.ModelplaneError)
+    for name in ("ServerUnreachable", "CallDeadlineExceeded"):
+        assert name in modelplane.__all__
+        assert issubclass(getattr(modelplane, name), errors.ModelplaneError)

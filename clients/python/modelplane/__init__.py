@@ -4,7 +4,7 @@ The library users import: :class:`Client` (the SDK the CLI itself uses), the err
 and the generated stubs under :mod:`modelplane.v1`.
 """
 
-from modelplane._client import Client, ServerUnreachable
+from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable
 from modelplane.errors import (
     Aborted,
     AlreadyExists,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "CallDeadlineExceeded",
     "Cancelled",
     "Client",
     "DeadlineExceeded",

@@ -102,6 +102,11 @@ class ServerUnreachable(Unavailable):
     default_reason = "SERVER_UNREACHABLE"
 
 
+class CallDeadlineExceeded(DeadlineExceeded):
+    """The call's own deadline (the client's ``timeout``) passed before the server answered,
+    as opposed to a DEADLINE_EXCEEDED the server sent (which carries its reason)."""
+
+
 def _sha256_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -290,6 +295,11 @@ class Client(DeploymentsMixin):
         if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
             return ServerUnreachable(
                 f"cannot reach the control plane at {self.address}: {exc.details()}",  # type: ignore[attr-defined]
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and error_info(exc) is None:
+            return CallDeadlineExceeded(
+                f"no answer from the control plane at {self.address} before the call's "
+                f"deadline: {exc.details()}",  # type: ignore[attr-defined]
             )
         return from_rpc_error(exc)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from modelplane._client import Client, ServerUnreachable
+from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from modelplane.errors import ModelplaneError
 
@@ -32,11 +32,19 @@ def client(args: argparse.Namespace) -> Client:
 
 @contextmanager
 def server_errors() -> Iterator[None]:
-    """Turn SDK errors into the CLI's exit codes: 4 unreachable, 3 any error the server sent."""
+    """Turn SDK errors into the CLI's exit codes: 4 unreachable or no answer before the call's
+    deadline (``--timeout``), 3 any error the server sent."""
     try:
         yield
     except ServerUnreachable as exc:
         raise CliError(exc.message, EXIT_UNREACHABLE, status="UNAVAILABLE") from None
+    except CallDeadlineExceeded as exc:
+        raise CliError(
+            f"{exc.message}; a longer --timeout gives it more time",
+            EXIT_UNREACHABLE,
+            status=exc.code.value,
+            reason=exc.reason,
+        ) from None
     except ModelplaneError as exc:
         raise CliError(
             exc.message, EXIT_SERVER_ERROR, status=exc.code.value, reason=exc.reason
@@ -89,5 +97,10 @@ def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any
             if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
                 raise ServerUnreachable(
                     f"cannot reach the sidecar at {address}: {exc.details()}"  # type: ignore[attr-defined]
+                ) from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and error_info(exc) is None:
+                raise CallDeadlineExceeded(
+                    f"no answer from the sidecar at {address} before the call's deadline: "
+                    f"{exc.details()}"  # type: ignore[attr-defined]
                 ) from None
             raise from_rpc_error(exc) from None
