@@ -1,6 +1,6 @@
 """Call deadlines against a real server: a wait longer than the client's per-call timeout is
-answered by the server, and a deadline that passes on the caller's side is told apart from an
-error the server sent."""
+answered by the server, a deadline that passes on the caller's side is told apart from an error
+the server sent, and a watch ends quietly at its own timeout."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from modelplane.v1 import operations_pb2, operations_pb2_grpc
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, _start
 from tests.controlplane.test_cli import Cli
+from tests.controlplane.test_deployments_api import deployed
 
 
 @pytest.fixture
@@ -165,3 +166,11 @@ def test_the_sdk_tells_a_passed_deadline_from_a_reported_one(busy: tuple[Cli, st
     assert isinstance(passed.value, DeadlineExceeded)
     assert passed.value.reason == "DEADLINE_EXCEEDED"
     assert address in passed.value.message
+
+
+def test_a_watch_ends_without_error_at_its_timeout(client: Client, tmp_path: Path) -> None:
+    dep, _ = deployed(client, tmp_path)
+    started = time.monotonic()
+    states = list(client.watch_deployment(dep, replica="w", timeout=1.5))
+    assert states and states[0].name == f"deployments/{dep}"
+    assert 1.4 <= time.monotonic() - started < 10

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from modelplane.errors import InvalidArgument, ModelplaneError
+from modelplane.errors import InvalidArgument, ModelplaneError, error_info
 from modelplane.v1 import deployments_pb2, deployments_pb2_grpc
 
 T = TypeVar("T")
@@ -367,7 +367,7 @@ class DeploymentsMixin:
     ) -> Iterator[deployments_pb2.DeploymentState]:
         """The desired state now, then on every change and every heartbeat; runs until the
         server ends the stream, ``timeout`` (seconds, none by default) passes, or the caller
-        stops iterating (the call is cancelled)."""
+        stops iterating (the call is cancelled); the last two end it without an error."""
         stream = self.deployments.WatchDeployment(
             deployments_pb2.WatchDeploymentRequest(
                 name=deployment_name(deployment), replica=replica
@@ -378,8 +378,15 @@ class DeploymentsMixin:
         try:
             yield from stream
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.CANCELLED:
                 return
+            if (
+                timeout is not None
+                and code == grpc.StatusCode.DEADLINE_EXCEEDED
+                and error_info(exc) is None
+            ):
+                return  # ``timeout`` passed: the stream ran its time
             raise self._error(exc) from None
         finally:
             stream.cancel()
