@@ -223,8 +223,14 @@ class DeploymentsMixin:
         defaults. The request cannot carry a 0 for ``split``, ``shadow_fraction``,
         ``step_duration`` (seconds) or ``min_requests`` apart from "default", so an explicit 0
         is refused here (:class:`InvalidArgument`, with the reason the server gives other bad
-        values) rather than sent, as is a ``step_duration`` outside 0 to 7 days; the server
-        judges every other value."""
+        values) rather than sent, as is a ``step_duration`` outside 0 to 7 days and a
+        ``strategy`` not in :data:`STRATEGIES`; the server judges every other value."""
+        if strategy not in STRATEGIES:
+            raise InvalidArgument(
+                f"strategy {strategy!r} is invalid: use one of {', '.join(STRATEGIES)}",
+                reason="INVALID_STRATEGY",
+                metadata={"field": "rollout.strategy"},
+            )
         zero_reasons = {
             "split": (split, "INVALID_SPLIT"),
             "shadow_fraction": (shadow_fraction, "INVALID_SHADOW_FRACTION"),
@@ -239,7 +245,7 @@ class DeploymentsMixin:
                 )
         rollout = deployments_pb2.Rollout(
             candidate_version=candidate_version,
-            strategy=STRATEGIES.get(strategy, deployments_pb2.ROLLOUT_STRATEGY_UNSPECIFIED),
+            strategy=STRATEGIES[strategy],
             steps=list(steps),
             split=split or 0.0,
             shadow_fraction=shadow_fraction or 0.0,
