@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from modelplane._client import model_name
 from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.v1 import registry_pb2
@@ -91,7 +92,7 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         c.delete_alias(args.name, args.alias, reason=args.reason)
-    out.emit({"deleted": f"models/{args.name}/aliases/{args.alias}"})
+    out.emit({"deleted": f"{model_name(args.name)}/aliases/{args.alias}"})
     return 0
 
 

@@ -1,0 +1,37 @@
+"""CLI commands at the edges of their options, against a real server: names given in full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelplane import Client
+from modelplane.testing.onnx_models import mlp, save
+from tests.conftest import unique
+from tests.controlplane.conftest import RunningControlPlane
+from tests.controlplane.test_cli import Cli
+
+
+@pytest.fixture
+def cli(controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(controlplane.address, capsys)
+
+
+def _model(client: Client, tmp_path: Path, versions: int = 1) -> str:
+    name = unique()
+    client.create_model(name)
+    for seed in range(versions):
+        path = save(mlp(8, (16,), 2, seed=seed), tmp_path / f"{name}-{seed}.onnx")
+        client.register_version(name, path, capture_env=False)
+    return name
+
+
+def test_alias_delete_names_a_full_model_name_once(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    model = _model(client, tmp_path)
+    for given in (model, f"models/{model}"):
+        client.set_alias(model, "champion", 1)
+        deleted = cli.json("alias", "delete", given, "champion")
+        assert deleted == {"deleted": f"models/{model}/aliases/champion"}
