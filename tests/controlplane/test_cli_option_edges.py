@@ -1,4 +1,5 @@
-"""CLI commands at the edges of their options, against a real server: names given in full."""
+"""CLI commands at the edges of their options, against a real server: repeated label keys
+refused before anything is sent, and names given in full."""
 
 from __future__ import annotations
 
@@ -35,3 +36,27 @@ def test_alias_delete_names_a_full_model_name_once(
         client.set_alias(model, "champion", 1)
         deleted = cli.json("alias", "delete", given, "champion")
         assert deleted == {"deleted": f"models/{model}/aliases/champion"}
+
+
+def test_a_label_key_given_twice_is_a_usage_error(cli: Cli, client: Client, tmp_path: Path) -> None:
+    twice = ("--label", "team=risk", "--label", "team=fraud")
+    name = unique()
+    code, out, err = cli.run("models", "create", name, *twice)
+    assert (code, out) == (2, "") and "'team'" in err and "more than once" in err
+    assert cli.run("models", "get", name)[0] == 3  # nothing was created
+
+    model = _model(client, tmp_path)
+    code, out, err = cli.run("models", "update", model, *twice)
+    assert (code, out) == (2, "") and "more than once" in err
+    assert dict(client.get_model(model).labels) == {}
+
+    dep = unique("d")
+    code, out, err = cli.run(
+        "deployments", "create", dep, "--model", model, "--champion", "1", *twice
+    )
+    assert (code, out) == (2, "") and "more than once" in err
+    assert cli.run("deployments", "get", dep)[0] == 3
+    cli.json("deployments", "create", dep, "--model", model, "--champion", "1")
+    code, out, err = cli.run("deployments", "update", dep, *twice)
+    assert (code, out) == (2, "") and "more than once" in err
+    assert dict(client.get_deployment(dep).labels) == {}

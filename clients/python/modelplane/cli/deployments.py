@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from modelplane._deployments import MAX_DRIFT_COOLDOWN_SECONDS, check_seconds, deployment_name
-from modelplane.cli._checks import message_dict
-from modelplane.cli._common import client, key_values, server_errors
+from modelplane.cli._checks import message_dict, unique_key_values
+from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 from modelplane.errors import InvalidArgument
 from modelplane.units import parse_duration
@@ -96,7 +96,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.description is not None:
         out["description"] = args.description
     if args.label is not None:
-        out["labels"] = key_values(args.label, "--label")
+        out["labels"] = unique_key_values(args.label, "--label")
     if args.webhook is not None:
         out["webhook_url"] = args.webhook
     drift: dict[str, Any] = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelplane.cli._common import client, key_values, server_errors
+from modelplane.cli._checks import unique_key_values
+from modelplane.cli._common import client, server_errors
 from modelplane.cli._output import Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
@@ -67,7 +68,7 @@ def _create(args: argparse.Namespace, out: Printer) -> int:
         m = c.create_model(
             args.name,
             description=args.description,
-            labels=key_values(args.label, "--label"),
+            labels=unique_key_values(args.label, "--label"),
             intended_use=args.intended_use,
             limitations=args.limitations,
         )
@@ -109,7 +110,7 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     if args.label is not None or args.clear_labels:
-        fields["labels"] = key_values(args.label, "--label")
+        fields["labels"] = unique_key_values(args.label, "--label")
     with server_errors(), client(args) as c:
         m = c.update_model(args.name, etag=args.etag, **fields)
     out.emit(m, columns=COLUMNS, rows=[_row(m)])
