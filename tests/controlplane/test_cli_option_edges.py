@@ -1,5 +1,5 @@
-"""CLI commands at the edges of their options, against a real server: repeated label keys
-refused before anything is sent, and names given in full."""
+"""CLI commands at the edges of their options, against a real server: repeated label keys and
+empty updates refused before anything is sent, and names given in full."""
 
 from __future__ import annotations
 
@@ -60,3 +60,12 @@ def test_a_label_key_given_twice_is_a_usage_error(cli: Cli, client: Client, tmp_
     code, out, err = cli.run("deployments", "update", dep, *twice)
     assert (code, out) == (2, "") and "more than once" in err
     assert dict(client.get_deployment(dep).labels) == {}
+
+
+def test_models_update_with_nothing_to_change_is_a_usage_error(cli: Cli, client: Client) -> None:
+    name = unique()
+    client.create_model(name, description="scores")
+    for extra in ((), ("--etag", "x")):
+        code, out, err = cli.run("models", "update", name, *extra)
+        assert (code, out) == (2, "") and "name something to change" in err
+    assert cli.json("models", "update", name, "--clear-labels")["labels"] == {}

@@ -7,7 +7,7 @@ from typing import Any
 
 from modelplane.cli._checks import unique_key_values
 from modelplane.cli._common import client, server_errors
-from modelplane.cli._output import Printer, to_dict
+from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
 
@@ -111,6 +111,12 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
             fields[key] = getattr(args, key)
     if args.label is not None or args.clear_labels:
         fields["labels"] = unique_key_values(args.label, "--label")
+    if not fields:
+        raise CliError(
+            "name something to change: --description, --label, --clear-labels, "
+            "--intended-use or --limitations",
+            EXIT_USAGE,
+        )
     with server_errors(), client(args) as c:
         m = c.update_model(args.name, etag=args.etag, **fields)
     out.emit(m, columns=COLUMNS, rows=[_row(m)])
