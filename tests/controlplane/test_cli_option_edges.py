@@ -1,5 +1,6 @@
 """CLI commands at the edges of their options, against a real server: repeated label keys and
-empty updates refused before anything is sent, and names given in full."""
+empty updates refused before anything is sent, names given in full, and JSON documents that
+keep their keys whether or not there is something to fill them."""
 
 from __future__ import annotations
 
@@ -69,3 +70,17 @@ def test_models_update_with_nothing_to_change_is_a_usage_error(cli: Cli, client:
         code, out, err = cli.run("models", "update", name, *extra)
         assert (code, out) == (2, "") and "name something to change" in err
     assert cli.json("models", "update", name, "--clear-labels")["labels"] == {}
+
+
+def test_rollout_status_keeps_its_keys_without_a_rollout(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    model = _model(client, tmp_path, versions=2)
+    cli.json("deployments", "create", model, "--model", model, "--champion", "1")
+    none = cli.json("rollout", "status", model)
+    assert none["state"] is None and none["effective_guards"] == []
+    for key in ("candidate_percent", "strategy", "reason"):
+        assert none[key] is None
+    cli.json("rollout", "start", model, "--candidate", "2", "--strategy", "canary")
+    running = cli.json("rollout", "status", model)
+    assert list(none) == list(running)

@@ -139,8 +139,12 @@ def status(d: dp.Deployment) -> dict[str, Any]:
             phase=None,
             step=None,
             candidate_version=None,
-            evidence=None,
+            candidate_percent=None,
+            strategy=None,
             rollout=None,
+            reason=None,
+            effective_guards=[],
+            evidence=None,
             unloaded_replicas=[],
         )
         return doc
