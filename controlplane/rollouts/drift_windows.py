@@ -8,24 +8,32 @@ there (the champion's, and the candidate's during a rollout) and counted against
 version's baseline. Once the window holds ``min_rows`` rows it is judged
 (:func:`controlplane.rollouts.drift.crossed`) and closed, and the next report opens a new
 one: tumbling windows of at least ``min_rows`` rows, summed across replicas and however long
-they take to fill. A window whose arm changes version (a promotion, a new candidate) or
-baseline starts again, and a deployment without thresholds keeps no windows. At high traffic
-one report already holds ``min_rows`` rows and is judged alone.
+they take to fill. A window starts again when its arm's version, baseline or the rollout in
+progress changes (a promotion, a rollback, a new rollout), and a deployment without
+thresholds keeps no windows. At high traffic one report already holds ``min_rows`` rows and
+is judged alone.
 
 A judged window that crosses the thresholds records a ``drift`` event unless one was recorded
-within the cooldown; the event (and the retraining hooks' payload) names each crossing arm's
-window: its span, rows and per-feature PSI.
+within the cooldown (a window judged within it is closed all the same); the event (and the
+retraining hooks' payload) names each crossing arm's window: its span, rows and per-feature
+PSI, and the event's evidence carries the judged counts in place of the latest window's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from controlplane.domain.deployments import Deployment, DriftSummary, Evidence, WindowReport
+from controlplane.domain.deployments import (
+    ArmSummary,
+    Deployment,
+    DriftSummary,
+    Evidence,
+    WindowReport,
+)
 from controlplane.rollouts import drift, transitions
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
 from controlplane.rollouts.merge import merge_drift
@@ -87,6 +95,7 @@ def take_in(
         repo.close_drift_windows(d.id)
         return []
     wanted = _wanted(d)
+    rollout = d.active_rollout.id if d.active_rollout is not None else ""
     repo.close_drift_windows(d.id, [a for a in ("champion", "candidate") if a not in wanted])
     judged: list[Judged] = []
     for a in report.arms:
@@ -97,24 +106,29 @@ def take_in(
         profile = profiles.get(sha)
         if profile is None:
             continue
-        counts = a.drift
+        # Reports may spell the digest "sha256:<hex>"; the window keeps the version's.
+        counts = replace(a.drift, baseline_sha256=sha)
         row = repo.drift_window(d.id, a.arm)
         start, end, reports = report.start_time, report.end_time, 1
-        if row is not None and row.version == a.version and row.baseline_sha256 == sha:
-            before = dj.drift(row.body)
-            if before is not None and _same_layout(before, counts):
-                merged = merge_drift([before, counts], f"{a.arm}.drift")
-                assert merged is not None
-                counts = merged
-                start = _earliest(row.start_time, start)
-                end = _latest(row.end_time, end)
-                reports += row.reports
+        if (
+            row is not None
+            and (row.version, row.baseline_sha256, row.rollout_id) == (a.version, sha, rollout)
+            and (before := dj.drift(row.body)) is not None
+            and _same_layout(before, counts)
+        ):
+            merged = merge_drift([replace(before, baseline_sha256=sha), counts], f"{a.arm}.drift")
+            assert merged is not None
+            counts = merged
+            start = _earliest(row.start_time, start)
+            end = _latest(row.end_time, end)
+            reports += row.reports
         if counts.rows < t.min_rows:
             repo.save_drift_window(
                 DriftWindowRow(
                     deployment_id=d.id,
                     arm=a.arm,
                     version=a.version,
+                    rollout_id=rollout,
                     baseline_sha256=sha,
                     rows=counts.rows,
                     start_time=start,
@@ -185,7 +199,15 @@ def respond(
         f"{j.arm} v{j.version} {', '.join(j.reasons)}" for j in judged
     )
     transitions.record_event(
-        tx, d, d.active_rollout, "drift", why, AUTOMATIC_ACTOR, evidence, None, event
+        tx,
+        d,
+        d.active_rollout,
+        "drift",
+        why,
+        AUTOMATIC_ACTOR,
+        _judged(evidence, judged),
+        None,
+        event,
     )
     log.warning("drift detected", deployment=d.id, reason=why)
     return [(d.id, d.webhook_url, event)]
@@ -193,3 +215,16 @@ def respond(
 
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
+
+
+def _judged(evidence: Evidence, judged: list[Judged]) -> Evidence:
+    """``evidence`` whose arms carry the judged windows' counts (and the judged rows): what
+    the event's reason and payload describe, rather than the latest report's window."""
+    arms = {"champion": evidence.champion, "candidate": evidence.candidate}
+    for j in judged:
+        a = arms.get(j.arm)
+        if a is not None and a.version == j.version:
+            arms[j.arm] = replace(a, drift=j.summary)
+        else:
+            arms[j.arm] = ArmSummary(arm=j.arm, version=j.version, drift=j.summary)
+    return replace(evidence, champion=arms["champion"], candidate=arms["candidate"])

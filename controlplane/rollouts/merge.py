@@ -48,9 +48,10 @@ def merge_drift(items: Sequence[DriftSummary | None], what: str) -> DriftSummary
     present = [d for d in items if d is not None]
     if not present:
         return None
-    first = present[0]
+    # Reports stored before digests were kept bare may spell them "sha256:<hex>".
+    first = replace(present[0], baseline_sha256=present[0].baseline_sha256.removeprefix("sha256:"))
     for other in present[1:]:
-        if other.baseline_sha256 != first.baseline_sha256:
+        if other.baseline_sha256.removeprefix("sha256:") != first.baseline_sha256:
             raise layout_mismatch(what, "counted against different baselines")
         if [f.name for f in other.features] != [f.name for f in first.features] or [
             len(f.counts) for f in other.features

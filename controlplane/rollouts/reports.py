@@ -195,6 +195,18 @@ def check_report(report: WindowReport) -> WindowReport:
     cleaned = tuple(replace(u, error=_clean_error(u.error)) for u in report.unloaded)
     if cleaned != report.unloaded:
         report = replace(report, unloaded=cleaned)
+    if any(
+        a.drift is not None and a.drift.baseline_sha256 != _bare(a.drift.baseline_sha256)
+        for a in report.arms
+    ):
+        # Stored with the bare digest, so that replicas spelling it either way merge.
+        arms = tuple(
+            replace(a, drift=replace(a.drift, baseline_sha256=_bare(a.drift.baseline_sha256)))
+            if a.drift is not None
+            else a
+            for a in report.arms
+        )
+        report = replace(report, arms=arms)
     if any(len(a.label_counts) > MAX_LABELS for a in report.arms):
         # Sidecars that predate the bound send every label: they are kept, as a merge keeps them.
         arms = tuple(

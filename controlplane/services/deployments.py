@@ -292,7 +292,11 @@ class DeploymentService:
             before = require_deployment(tx, deployment_id)
             if tx.replay is not None:
                 return self.finish(before)
-            after = Deployments(tx.session).update(deployment_id, etag, changes, tx.now)
+            repo = Deployments(tx.session)
+            after = repo.update(deployment_id, etag, changes, tx.now)
+            if not after.drift_thresholds.enabled:
+                # Without thresholds no drift window is kept (set again, they start afresh).
+                repo.close_drift_windows(deployment_id)
             tx.record("UpdateDeployment", after.name, before, after)
             return self.finish(after)
 

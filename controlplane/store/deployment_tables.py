@@ -119,6 +119,8 @@ class DriftWindowRow(SQLModel, table=True):
     deployment_id: str = Field(primary_key=True, max_length=63)
     arm: str = Field(primary_key=True, max_length=16)
     version: int = Field(sa_type=BigInteger)
+    #: The rollout in progress when the window opened ("" for none).
+    rollout_id: str = Field(default="", max_length=63)
     baseline_sha256: str = Field(max_length=64)
     rows: int = Field(default=0, sa_type=BigInteger)
     start_time: datetime | None = _ts(nullable=True)

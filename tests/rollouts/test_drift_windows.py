@@ -7,8 +7,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from modelplane import Client
+from modelplane.testing import onnx_models
+from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
 from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import wait_for
@@ -113,5 +116,98 @@ def test_a_judged_window_closes_and_the_next_starts_empty(tmp_path: Path) -> Non
             c.create_deployment(other, model=model_id, champion_version=version)
             _send(c, other, "a", 1, shifted, 0)
             assert open_rows() == []
+    finally:
+        cp.handle.stop(0)
+
+
+def _second_version(c: Client, model_id: str, folder: Path) -> int:
+    onnx = onnx_models.save(onnx_models.mlp(8, (8,)), folder / "m2.onnx")
+    v = c.register_version(
+        model_id, onnx, datasets={"train": folder / "train.parquet"}, label="target"
+    )
+    return int(v.version)
+
+
+def _as(a: Any, arm: str) -> Any:
+    out = pb.ArmSummary()
+    out.CopyFrom(a)
+    out.arm = arm
+    return out
+
+
+def test_windows_restart_with_the_rollout_and_the_thresholds(tmp_path: Path) -> None:
+    db = tmp_path / "cp.db"
+    cp = _start(tmp_path, f"sqlite:///{db}")
+
+    def open_rows(name: str) -> list[tuple[str, int]]:
+        with sqlite3.connect(db) as con:
+            q = "SELECT arm, rows FROM drift_windows WHERE deployment_id = ? ORDER BY arm"
+            return list(con.execute(q, (name,)))
+
+    try:
+        with cp.client() as c:
+            model_id, v1, profile = _with_baseline(c, tmp_path)
+            sha = c.get_version(model_id, v1).baseline.sha256
+            v2 = _second_version(c, model_id, tmp_path)
+            name = unique()
+            c.create_deployment(name, model=model_id, champion_version=v1, max_psi=0.25)
+            # A candidate's rows under one rollout do not count toward the next one's.
+            c.start_rollout(name, v2, steps=[50], step_duration=3600, min_requests=10**6)
+            r1 = c.get_deployment(name).rollout.id
+            shifted = _as(_drift_arm(v2, profile, sha, 1.5, 150), "candidate")
+            c.report_window(name, replica="a", sequence=1, arms=[shifted], rollout_id=r1)
+            assert open_rows(name) == [("candidate", 150)]
+            c.rollback_rollout(name, reason="bad")
+            c.start_rollout(name, v2, steps=[50], step_duration=3600, min_requests=10**6)
+            r2 = c.get_deployment(name).rollout.id
+            more = _as(_drift_arm(v2, profile, sha, 1.5, 60), "candidate")
+            c.report_window(name, replica="a", sequence=2, arms=[more], rollout_id=r2)
+            assert open_rows(name) == [("candidate", 60)] and _drift_events(c, name) == []
+            c.abort_rollout(name, reason="done")
+            # Thresholds removed drop the windows; set again, they start afresh.
+            c.report_window(
+                name, replica="a", sequence=3, arms=[_drift_arm(v1, profile, sha, 1.5, 150)]
+            )
+            assert ("champion", 150) in open_rows(name)
+            c.update_deployment(name, drift_thresholds={})
+            assert open_rows(name) == []
+            c.update_deployment(name, drift_thresholds={"max_psi": 0.25, "min_rows": 200})
+            calm = _drift_arm(v1, profile, sha, 0.0, 60)
+            c.report_window(name, replica="a", sequence=4, arms=[calm])
+            assert open_rows(name) == [("champion", 60)] and _drift_events(c, name) == []
+    finally:
+        cp.handle.stop(0)
+
+
+def test_both_digest_spellings_add_up_and_the_event_shows_the_judged_window(
+    tmp_path: Path,
+) -> None:
+    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    try:
+        with cp.client() as c:
+            model_id, version, profile = _with_baseline(c, tmp_path)
+            sha = c.get_version(model_id, version).baseline.sha256
+            name = unique()
+            c.create_deployment(
+                name, model=model_id, champion_version=version, max_psi=0.25, min_rows=200
+            )
+            prefixed = _drift_arm(version, profile, sha, 1.5, 150)
+            prefixed.drift.baseline_sha256 = "sha256:" + sha
+            _send(c, name, "old", 1, prefixed, 0)
+            # Seconds later, past the latest-window merge: a replica spelling the digest bare
+            # adds to the same window instead of being refused.
+            calm = _drift_arm(version, profile, sha, 0.0, 60)
+            assert c.report_window(
+                name,
+                replica="new",
+                sequence=1,
+                arms=[calm],
+                start_time=T0 + timedelta(seconds=600),
+                end_time=T0 + timedelta(seconds=602),
+            ).accepted
+            [event] = _drift_events(c, name)
+            judged = event.evidence.champion.drift  # type: ignore[attr-defined]
+            assert judged.rows == 210
+            assert f"max_psi {judged.max_psi:.4g}" in event.reason  # type: ignore[attr-defined]
     finally:
         cp.handle.stop(0)
