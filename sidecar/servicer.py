@@ -285,10 +285,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def Malformed(self, err: ModelplaneError, context: grpc.ServicerContext) -> NoReturn:
         """Refuse a ModelInfer call whose bytes are not a request: counted in the request
-        metrics, logged and recorded in the prediction log like any other refusal."""
-        self._reject(
-            self.slot.current, pb.ModelInferRequest(), context, err, time.perf_counter(), ""
-        )
+        metrics, logged and recorded in the prediction log like any other refusal, under the
+        call's ``x-request-id`` when it has one."""
+        unread = pb.ModelInferRequest(id=_ids(context)[0])
+        self._reject(self.slot.current, unread, context, err, time.perf_counter(), "")
 
     def Shed(self, requests: Any, context: grpc.ServicerContext) -> NoReturn:
         """Refuse a ModelInfer call that the admission turned away, unread: counted in the

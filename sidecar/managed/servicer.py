@@ -15,7 +15,7 @@ with its subset), so the comparison never depends on what the client asked for.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -117,6 +117,23 @@ class ManagedServicer(InferenceServicer):
             inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs],
             outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
         )
+
+    def Malformed(self, err: ModelplaneError, context: grpc.ServicerContext) -> NoReturn:
+        """Refuse a ModelInfer call whose bytes are not a request. It was routed to no
+        version, so it is counted in the request metrics and logged, but in no arm's window
+        (where it would pass for the champion's traffic) and not in the prediction log,
+        whose records belong to a version and an arm."""
+        model = self.slot.current
+        if model is not None:
+            model.metrics.request(err.code.value, 0.0)
+        log.info(
+            "request refused",
+            code=err.code.value,
+            reason=err.reason,
+            request_id=_ids(context)[0],
+            message=err.message,
+        )
+        self._abort(context, err)
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> bytes:
         """Answers with the serialized response (the handler has no serializer)."""

@@ -39,3 +39,32 @@ def test_model_execution_failures_count_once(
     assert sum(a.rows for a in arms) == 10
     latencies = sum(sum(a.latency.counts) + a.latency.underflow + a.latency.overflow for a in arms)
     assert latencies == 40
+
+
+def test_undecodable_calls_count_in_no_arm(
+    plane: FakeControlPlane, managed: Any, artifacts: dict[int, bytes]
+) -> None:
+    """Bytes that are no request were routed to no version: refused, but not passed off as
+    the champion's traffic in the reports a rollout's guards judge."""
+    versions = {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in (1, 2)}
+    handle = managed()
+    plane.push(state("fraud", 1, versions, champion=1, candidate=2, percent=50.0, rollout_id="r-1"))
+    assert handle.wait_ready(60)
+    call = grpc.insecure_channel(f"127.0.0.1:{handle.port}").unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer"
+    )
+    for _ in range(30):
+        try:
+            call(b"\xff\xff", timeout=10)
+            raise AssertionError("an undecodable call was answered")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    s = stub(handle.port)
+    x = np.zeros((1, 8), np.float32)
+    for i in range(10):
+        s.ModelInfer(raw_request("fraud", {"input": ("FP32", x)}, id=f"ok{i}"), timeout=30)
+    reports = plane.wait_reports(lambda rs: sum(a.requests for r in rs for a in r.arms) >= 10)
+    seen = len(reports)
+    # One more report after the valid calls were counted: nothing else arrives.
+    reports = plane.wait_reports(lambda rs: len(rs) > seen)
+    assert sum(a.requests for r in reports for a in r.arms) == 10
