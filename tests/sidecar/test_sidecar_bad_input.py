@@ -392,9 +392,9 @@ def test_undecodable_requests_are_counted_and_logged(
     call = grpc.insecure_channel(handle.address).unary_unary(
         "/inference.GRPCInferenceService/ModelInfer"
     )
-    for _ in range(3):
+    for i in range(3):
         with pytest.raises(grpc.RpcError) as caught:
-            call(b"\xff\xff", timeout=10)
+            call(b"\xff\xff", timeout=10, metadata=(("x-request-id", f"bad-{i}"),))
         assert caught.value.code() == INVALID
     text = urllib.request.urlopen(
         f"http://127.0.0.1:{handle.metrics_port}/metrics", timeout=10
@@ -409,7 +409,8 @@ def test_undecodable_requests_are_counted_and_logged(
     handle.stop(5)
     rows = read_logs(tmp_path).to_pylist()
     assert [r["status_reason"] for r in rows] == ["MALFORMED_REQUEST"] * 3
-    assert all(r["status_code"] == "INVALID_ARGUMENT" and r["request_id"] for r in rows)
+    assert all(r["status_code"] == "INVALID_ARGUMENT" for r in rows)
+    assert sorted(r["request_id"] for r in rows) == ["bad-0", "bad-1", "bad-2"]
 
 
 @pytest.mark.parametrize(
