@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelplane.profiles import BaselineProfile, CategoricalFeature, NumericFeature
-from sidecar.drift._kernels import bucket_table, snap_narrow
+from sidecar.drift._kernels import bucket_table, frozen, snap_narrow
 
 #: Lookup buckets per grid point; more buckets mean shorter searches and a larger table.
 BUCKETS_PER_POINT = 2
@@ -166,7 +166,7 @@ class NarrowGrids:
         one = slice(None) if feature is None else slice(feature, feature + 1)
         out = np.empty(matrix.shape, dtype=np.float64)
         snap_narrow(
-            matrix,
+            frozen(matrix),
             g.points,
             g.point_offsets[part],
             g.table,

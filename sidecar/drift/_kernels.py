@@ -275,6 +275,16 @@ def summarize_cells(
     return count, statistic
 
 
+def frozen(batch: np.ndarray) -> np.ndarray:
+    """A read-only view of ``batch`` (no copy). Numba compiles a kernel once per argument
+    type, and whether an array is writable is part of its type: batches decoded from request
+    bytes are read-only, others are not, so the counting kernels are always handed read-only
+    views and compile (and warm up) once per float type."""
+    view = batch.view()
+    view.flags.writeable = False
+    return view
+
+
 def warm_scoring() -> None:
     """Compile :func:`summarize_cells` for the types the reports pass (a no-op once done)."""
     one = np.zeros(1, np.int64)

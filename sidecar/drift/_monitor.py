@@ -20,7 +20,7 @@ from modelplane.profiles import (
     numeric_values,
 )
 from sidecar.drift._grid import BaselineGrid, NarrowGrids
-from sidecar.drift._kernels import accumulate, snap_narrow, warm_scoring
+from sidecar.drift._kernels import accumulate, frozen, snap_narrow, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
 from sidecar.drift._window import WindowState
 
@@ -251,7 +251,7 @@ class DriftMonitor:
         if part.shape[1]:
             grid = self.grid
             accumulate(
-                part,
+                frozen(part),
                 grid.points,
                 grid.point_offsets,
                 grid.table,
@@ -287,15 +287,20 @@ class DriftMonitor:
 
 
 def _warm_counting(grid: BaselineGrid, window: WindowState) -> None:
-    """Compile the counting kernels for the types updates pass them, counting nothing (the
-    batches have no rows): float64 matrices, and the float64 columns of narrow inputs to snap,
-    which Arrow hands over read-only (without nulls) or writable (with them)."""
+    """Compile the counting kernels for the batches updates hand them, counting nothing (the
+    batches have no rows): read-only (:func:`frozen`) float64 and float32 matrices."""
     n = len(grid.numeric)
     if not n:
         return
     args = (grid.points, grid.point_offsets, grid.table, grid.table_offsets, grid.lows, grid.scales)
-    accumulate(np.zeros((0, n)), *args, window.cells, grid.cell_offsets, window.missing)
-    read_only = np.zeros((0, 1))
-    read_only.flags.writeable = False
-    for column in (read_only, np.zeros((0, 1))):
-        snap_narrow(column, *args, grid.points, np.ones(1, np.bool_), np.zeros((0, 1)))
+    for dtype in (np.float64, np.float32):
+        accumulate(
+            frozen(np.zeros((0, n), dtype)), *args, window.cells, grid.cell_offsets, window.missing
+        )
+        snap_narrow(
+            frozen(np.zeros((0, 1), dtype)),
+            *args,
+            grid.points,
+            np.ones(1, np.bool_),
+            np.zeros((0, 1)),
+        )
