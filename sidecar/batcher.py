@@ -4,9 +4,10 @@ There is no batching thread. The request threads of the gRPC pool take turns as 
 a request that finds nobody leading runs the next batch itself (so a lone request runs at
 once, without a thread hop); under load, requests queue, and each leader, after its own
 batch, hands the lead to the oldest waiting request. A leader waits up to ``max_delay`` for
-more rows before it runs, but stops waiting while its oldest request's deadline still leaves
-:data:`DEADLINE_CALLS` times the recent batch call time (plus :data:`DEADLINE_SLACK_S`): a
-request whose deadline is shorter than the queue delay still runs in time. It takes requests
+more rows before it runs, but stops waiting while the deadline of each request that would
+join the batch still leaves :data:`DEADLINE_CALLS` times the recent batch call time (plus
+:data:`DEADLINE_SLACK_S`): a request whose deadline is shorter than the queue delay still runs
+in time. It takes requests
 in arrival order that share its batch key (the same inputs with the same non-batch dims) up
 to ``max_rows`` rows, and drops those whose deadline passed or whose caller went away: an
 expired request never runs.
@@ -34,7 +35,7 @@ log = structlog.get_logger("modelplane.sidecar.batcher")
 
 _QUEUED, _TAKEN, _DONE = 0, 1, 2
 
-#: A leader stops waiting for rows when its oldest request's deadline leaves this many times the
+#: A leader stops waiting for rows when a deadline in its batch leaves this many times the
 #: recent batch call time, plus :data:`DEADLINE_SLACK_S` for the hand-off and the answer.
 DEADLINE_CALLS = 2.0
 DEADLINE_SLACK_S = 0.002
@@ -230,13 +231,12 @@ class Batcher:
                 return []
             head = self._queue[0]
             if self._max_delay > 0 and head.decoded.rows < self._max_rows:
-                until = head.enqueued + self._max_delay
-                if head.deadline is not None:
-                    margin = DEADLINE_CALLS * self._call_s + DEADLINE_SLACK_S
-                    until = min(until, head.deadline - margin)
                 self._waiting_leader = True
                 try:
-                    while self._compatible_rows(head) < self._max_rows:
+                    while True:
+                        rows, until = self._gathered(head)
+                        if rows >= self._max_rows:
+                            break
                         left = until - time.monotonic()
                         if left <= 0 or not self._more.wait(left):
                             break
@@ -264,9 +264,20 @@ class Batcher:
             self._queued_rows -= rows
             return batch
 
-    def _compatible_rows(self, head: Item) -> int:
+    def _gathered(self, head: Item) -> tuple[int, float]:
+        """The rows queued that could join ``head``'s batch, and until when to wait for more:
+        the queue delay after ``head`` arrived, or earlier while each of those requests'
+        deadline still leaves time for a batch call."""
         key = head.decoded.key
-        return sum(it.decoded.rows for it in self._queue if it.decoded.key == key)
+        margin = DEADLINE_CALLS * self._call_s + DEADLINE_SLACK_S
+        rows = 0
+        until = head.enqueued + self._max_delay
+        for it in self._queue:
+            if it.decoded.key == key:
+                rows += it.decoded.rows
+                if it.deadline is not None:
+                    until = min(until, it.deadline - margin)
+        return rows, until
 
     def _drop_dead(self) -> None:
         now = time.monotonic()

@@ -541,3 +541,27 @@ def test_default_sidecar_batches_the_heavy_model_and_not_the_tiny_one(
     reply = stub(tiny.port).ModelInfer(raw_request("tiny", {"input": ("FP32", x)}), timeout=10)
     want = ort.InferenceSession(str(tmp_path / "tiny.onnx")).run(None, {"input": x})[0]
     np.testing.assert_allclose(output_array(reply, 0, np.float32), want, rtol=1e-5)
+
+
+def test_a_short_deadline_behind_a_patient_head_still_runs() -> None:
+    """The leader stops waiting for rows when any request that would join its batch is about
+    to run out of time, not only the one at the head of the queue."""
+    batches: list[tuple[float, list[str]]] = []
+
+    def execute(batch: list[Item]) -> None:
+        batches.append((time.monotonic(), [it.decoded.request_id for it in batch]))
+        for it in batch:
+            it.result = "ok"
+
+    batcher = Batcher(execute, max_rows=8, max_delay=1.0, max_queue_rows=64)
+    head = Item(_decoded("head"), time.monotonic() + 30, None)
+    first = threading.Thread(target=batcher.submit, args=(head,))
+    first.start()
+    time.sleep(0.05)
+    deadline = time.monotonic() + 0.15
+    hurried = Item(_decoded("hurried"), deadline, None)
+    batcher.submit(hurried)
+    first.join(5)
+    assert hurried.error is None and hurried.result == "ok"
+    [(ran, ids)] = batches
+    assert ran <= deadline and ids == ["head", "hurried"]
