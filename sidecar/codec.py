@@ -104,6 +104,11 @@ def _check_parameters(params: Any, where: str) -> None:
                 "INVALID_PARAMETER",
                 f"parameter {key!r} of {where} must be one of {', '.join(allowed)}, not {choice}",
             )
+        if key in ("timeout", "priority") and value.int64_param < 0:
+            raise _bad(
+                "INVALID_PARAMETER",
+                f"parameter {key!r} of {where} is {value.int64_param}; it is at least 0",
+            )
         if key == "classification":
             raise _bad("UNSUPPORTED_PARAMETER", f"{where}: classification outputs are not offered")
         if key in _SHARED_MEMORY:

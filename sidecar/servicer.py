@@ -79,6 +79,25 @@ def parsing(
     return handler
 
 
+def queue_deadline(request: Any, context: grpc.ServicerContext) -> float | None:
+    """When a batched request must have started to run (``time.monotonic()``; None: never
+    expires): the call's gRPC deadline, or sooner the request's ``timeout`` parameter, in
+    microseconds from its arrival (what ``tritonclient``'s ``infer(timeout=...)`` sends; 0 or
+    unset: none). A request still queued then is answered DEADLINE_EXCEEDED, unrun."""
+    now = time.monotonic()
+    deadline = None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < _NO_DEADLINE:
+        deadline = now + remaining
+    if "timeout" in request.parameters:
+        param = request.parameters["timeout"]
+        micros = param.int64_param or param.uint64_param
+        if micros > 0:
+            own = now + micros / 1e6
+            deadline = own if deadline is None else min(deadline, own)
+    return deadline
+
+
 #: Random bits for request ids, seeded from the OS once per process. ``uuid.uuid4()`` reads
 #: ``os.urandom`` on every call, and that system call lets go of the GIL: with many request
 #: threads each one then waits to get it back, which cost a logged sidecar about a fifth of
@@ -265,11 +284,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model.check_target(request.model_name, request.model_version)
             if model.observed:
                 trace = _ids(context)[1]
-            deadline = None
-            if model.batcher is not None:
-                remaining = context.time_remaining()
-                if remaining is not None and remaining < _NO_DEADLINE:
-                    deadline = time.monotonic() + remaining
+            deadline = queue_deadline(request, context) if model.batcher is not None else None
             names, arrays = model.infer(request, deadline, context, trace)
             response = model.encoder.encode(request.id, names, arrays)
         except ModelplaneError as err:

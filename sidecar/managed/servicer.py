@@ -27,7 +27,7 @@ from sidecar.managed.router import routing_key
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
 from sidecar.managed.versions import LoadedVersion, RoutingTable
 from sidecar.model import ModelSlot
-from sidecar.servicer import _NO_DEADLINE, PLATFORM, InferenceServicer, _ids, new_request_id
+from sidecar.servicer import PLATFORM, InferenceServicer, _ids, new_request_id, queue_deadline
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
 
@@ -161,11 +161,7 @@ class ManagedServicer(InferenceServicer):
             if model.metrics.enabled:
                 model.metrics.in_flight(1)
             trace = _ids(context)[1]
-            deadline = None
-            if model.batcher is not None:
-                remaining = context.time_remaining()
-                if remaining is not None and remaining < _NO_DEADLINE:
-                    deadline = time.monotonic() + remaining
+            deadline = queue_deadline(request, context) if model.batcher is not None else None
             shadowed = (
                 table.shadow is not None
                 and version is table.champion

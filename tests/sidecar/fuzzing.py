@@ -26,6 +26,8 @@ ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # A ``timeout`` parameter of a few microseconds expires a request in the batch queue.
+    grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 DATATYPES = [
     "BOOL",

@@ -207,6 +207,13 @@ CASES: list[tuple[str, Callable[[], Any], grpc.StatusCode, str, str]] = [
         "'priority'",
     ),
     (
+        "negative timeout",
+        mutate(lambda r: _set(r.parameters["timeout"], int64_param=-5)),
+        INVALID,
+        "INVALID_PARAMETER",
+        "'timeout'",
+    ),
+    (
         "shared-memory output",
         mutate(
             lambda r: _set(

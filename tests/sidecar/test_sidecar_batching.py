@@ -165,6 +165,28 @@ def test_a_deadline_shorter_than_the_queue_delay_still_runs(
         assert np.array_equal(output_array(resp, 0, np.float32), x)
 
 
+def test_the_timeout_parameter_bounds_the_time_in_the_batch_queue(
+    model_dir: Path, sidecar_factory: Any
+) -> None:
+    """``timeout`` (microseconds, what tritonclient's ``infer(timeout=)`` sends) expires a
+    request still queued, as a gRPC deadline does; 0 means none."""
+    handle = sidecar_factory(model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=0.5)
+    s = stub(handle.port)
+    x = np.ones((1, 3), np.float32)
+
+    def request(micros: int) -> Any:
+        r = raw_request("id_fp32", {"x": ("FP32", x)})
+        r.parameters["timeout"].int64_param = micros
+        return r
+
+    with pytest.raises(grpc.RpcError) as caught:
+        s.ModelInfer(request(1), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not run" in caught.value.details()
+    resp = s.ModelInfer(request(0), timeout=10)
+    assert np.array_equal(output_array(resp, 0, np.float32), x)
+
+
 def _decoded(rid: str) -> Decoded:
     return Decoded(arrays={}, outputs=(), rows=1, key=("k",), request_id=rid)
 
