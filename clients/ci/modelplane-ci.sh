@@ -19,8 +19,9 @@
 #   MODELPLANE, PYTHON    the CLI and Python to run (default: modelplane, python3)
 #
 # Exit status: 0 done, 1 the gate failed (nothing rolled out), 2 bad inputs, 3 the server
-# answered an error, 4 the server could not be reached, 5 the evaluation was still running
-# after the CLI's wait (`evaluate --wait`, 600 s), 70 an internal error of the CLI.
+# answered an error, 4 the server could not be reached or did not answer in time, 5 the
+# evaluation was still running after the CLI's wait (`evaluate --wait`, 600 s), 70 an internal
+# error of the CLI.
 set -euo pipefail
 
 for name in MODEL ONNX LABEL HOLDOUT_DATA; do

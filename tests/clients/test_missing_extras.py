@@ -16,7 +16,7 @@ blocked = set(sys.argv[1].split(","))
 
 class Missing(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in blocked:
+        if name in blocked or name.split(".")[0] in blocked:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -75,3 +75,11 @@ def test_a_missing_extra_is_a_usage_error_with_the_install_command(
     assert code == 2, err
     assert f"pip install 'modelplane[{extra}]'" in err and missing in err, err
     assert "Traceback" not in err
+
+
+def test_an_import_failure_of_our_own_is_a_bug_not_a_missing_extra(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    code, err = _run("sidecar.server", "sidecar", "serve", "--model", str(model))
+    assert code == 70, err
+    assert "sidecar.server" in err and "pip install" not in err, err

@@ -183,6 +183,8 @@ def _open_channel(
 #: How much longer than the wait it asks for a WaitOperation call may take: the server ends
 #: the wait, reads the operation once more and answers within it.
 WAIT_CALL_MARGIN_S = 5.0
+#: The longest one WaitOperation call waits on the server; a longer wait is asked for as this.
+MAX_WAIT_S = 60.0
 
 #: The first pause before a call is tried again (doubled for each further try, with jitter).
 RETRY_BACKOFF_S = 0.2
@@ -700,18 +702,18 @@ class Client(DeploymentsMixin):
         return self
 
     def wait_operation(self, name: str, timeout: float = 10.0) -> operations_pb2.Operation:
-        """Wait on the server until the operation is done or ``timeout`` (capped) passes.
+        """Wait on the server until the operation is done or ``timeout`` (at most
+        :data:`MAX_WAIT_S`) passes.
 
-        The call's deadline is the client's timeout or, when that is shorter, ``timeout`` and
+        The call's deadline is the client's timeout or, when that is shorter, the wait and
         :data:`WAIT_CALL_MARGIN_S`, so that a wait longer than the client's timeout is
-        answered by the server rather than cut off here."""
+        answered by the server rather than cut off here (a client without a timeout waits
+        without a deadline)."""
+        wait = min(max(timeout, 0.0), MAX_WAIT_S)
         request = operations_pb2.WaitOperationRequest(name=name)
-        request.timeout.FromTimedelta(timedelta(seconds=timeout))
-        return self._call(
-            self.operations.WaitOperation,
-            request,
-            timeout=max(self.timeout, timeout + WAIT_CALL_MARGIN_S),
-        )
+        request.timeout.FromTimedelta(timedelta(seconds=wait))
+        deadline = None if self.timeout is None else max(self.timeout, wait + WAIT_CALL_MARGIN_S)
+        return self._call(self.operations.WaitOperation, request, timeout=deadline)
 
     def evaluate(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -374,6 +375,7 @@ class DeploymentsMixin:
         """The desired state now, then on every change and every heartbeat; runs until the
         server ends the stream, ``timeout`` (seconds, none by default) passes, or the caller
         stops iterating (the call is cancelled); the last two end it without an error."""
+        started = time.monotonic()
         stream = self.deployments.WatchDeployment(
             deployments_pb2.WatchDeploymentRequest(
                 name=deployment_name(deployment), replica=replica
@@ -381,18 +383,25 @@ class DeploymentsMixin:
             timeout=timeout,
             metadata=self._metadata,
         )
+        answered = False
         try:
-            yield from stream
+            for state in stream:
+                answered = True
+                yield state
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             if code == grpc.StatusCode.CANCELLED:
                 return
             if (
                 timeout is not None
+                and answered
                 and code == grpc.StatusCode.DEADLINE_EXCEEDED
                 and error_info(exc) is None
+                and time.monotonic() - started >= timeout * 0.99
             ):
-                return  # ``timeout`` passed: the stream ran its time
+                # ``timeout`` passed on a stream that was answering: it ran its time. A server
+                # that never answered, or a stream cut short, still raises.
+                return
             raise self._error(exc) from None
         finally:
             stream.cancel()

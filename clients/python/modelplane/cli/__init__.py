@@ -2,8 +2,9 @@
 
 Global options come before the subcommand. With ``--output json`` every command prints exactly
 one JSON document on stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a check
-that failed, 2 usage error, 3 the server answered an error, 4 server unreachable, 5 not done
-when a wait's timeout passed, 70 an internal error (a bug in the CLI, named in one line).
+that failed, 2 usage error, 3 the server answered an error, 4 server unreachable or no answer
+before the call's deadline, 5 not done when a wait's timeout passed, 70 an internal error (a
+bug in the CLI, named in one line).
 """
 
 from __future__ import annotations
