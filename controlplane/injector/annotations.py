@@ -34,11 +34,13 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 }
 
 # A Kubernetes resource.Quantity: a decimal number with an optional binary (Ki..Ei),
-# decimal (n, u, m, k, M..E) or exponent suffix.
+# decimal (n, u, m, k, M..E) or exponent suffix. "1E" is exa and "1Ei" exbi: only an e or E
+# followed by digits ("1E3", "5e-3") is an exponent.
 # Digits are ASCII: Python's \d and str.isdigit() also take ², ٣ and the like, which
 # Kubernetes does not.
 _QUANTITY = re.compile(
-    r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+    r"^[+]?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+    r"(?:(?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?$"
 )
 #: Largest exponent (``e`` form) a quantity may have either way: the suffixes span 1e-9 to
 #: 1e18, and Kubernetes caps every quantity below 2**63.
@@ -237,7 +239,7 @@ def _quantity(name: str, amount: object) -> str:
         raise AnnotationError(
             ANNOTATION_RESOURCES, f"{name}={text!r} is not a quantity (e.g. 500m, 2, 1Gi)"
         )
-    if not _exponent_in_range(match.group(3) or ""):
+    if not _exponent_in_range(match.group("exponent")):
         raise AnnotationError(
             ANNOTATION_RESOURCES,
             f"{name}={text!r} has an exponent beyond e{MAX_QUANTITY_EXPONENT} or "
@@ -246,28 +248,28 @@ def _quantity(name: str, amount: object) -> str:
     return text
 
 
-def _exponent_in_range(suffix: str) -> bool:
-    """Whether an ``e`` suffix (``e3``, ``E-6``) is within :data:`MAX_QUANTITY_EXPONENT`
-    either way; true of every other suffix."""
-    if suffix[:1] not in ("e", "E") or len(suffix) == 1:
+def _exponent_in_range(exponent: str | None) -> bool:
+    """Whether the digits of an ``e`` form (``3`` of ``e3``, ``-6`` of ``E-6``) are within
+    :data:`MAX_QUANTITY_EXPONENT` either way; true when there is none."""
+    if exponent is None:
         return True
-    digits = suffix[1:].lstrip("+-").lstrip("0")
+    digits = exponent.lstrip("+-").lstrip("0")
     return len(digits) <= 2 and int(digits or "0") <= MAX_QUANTITY_EXPONENT
 
 
 def quantity_value(text: str) -> Decimal:
     """The amount a Kubernetes quantity stands for: ``500m`` is 0.5, ``1Gi`` 1073741824,
-    ``1G`` 10**9, ``2e3`` 2000 (``text`` already matched the quantity form); ValueError
-    when it does not, or its exponent is out of range."""
+    ``1G`` 10**9, ``1Ei`` 2**60, ``1E`` 10**18, ``2e3`` 2000; ValueError when ``text`` is not
+    a quantity, or its exponent is out of range."""
     match = _QUANTITY.match(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a quantity")
-    number, suffix = Decimal(match.group(1)), match.group(3) or ""
-    if not _exponent_in_range(suffix):
+    number, exponent = Decimal(match.group("number")), match.group("exponent")
+    if not _exponent_in_range(exponent):
         raise ValueError(f"{text!r} has an exponent beyond e{MAX_QUANTITY_EXPONENT}")
-    if suffix[:1] in ("e", "E") and len(suffix) > 1:
-        return number.scaleb(int(suffix[1:]))
-    return number * _SUFFIXES[suffix]
+    if exponent is not None:
+        return number.scaleb(int(exponent))
+    return number * _SUFFIXES[match.group("suffix") or ""]
 
 
 def _check_requests_within_limits(resources: Mapping[str, Mapping[str, str]]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from controlplane.injector import (
     answer_review,
     decide,
 )
+from controlplane.injector.annotations import quantity_value
 from controlplane.injector.patch import escape
 from tests.deploy.conftest import injector_settings, validate_strict
 from tests.deploy.pods import body, model_pod, review
@@ -372,6 +374,8 @@ def test_settings_read_on_off(tls_files: tuple[Path, Path]) -> None:
         ({"cpu": "999m"}, {"cpu": "1"}),
         ({"memory": "1024Mi"}, {"memory": "1Gi"}),
         ({"memory": "1k"}, {"memory": "1Ki"}),
+        ({"memory": "1E"}, {"memory": "1Ei"}),
+        ({"memory": "1Pi"}, {"memory": "2Ei"}),
     ],
 )
 def test_requests_within_their_limits_are_kept_as_written(
@@ -393,3 +397,42 @@ def test_the_default_control_plane_must_be_a_grpc_address(
         injector_settings(tls_cert=cert, tls_key=key, control_plane=address)
     for good in ("10.0.0.7:50051", "[fd00::7]:50051", "cp.modelplane.svc.cluster.local.:50051"):
         assert injector_settings(tls_cert=cert, tls_key=key, control_plane=good).control_plane
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", Decimal("0.5")),
+        ("2", Decimal(2)),
+        ("1Ki", Decimal(1024)),
+        ("1Gi", Decimal(2**30)),
+        ("1Pi", Decimal(2**50)),
+        ("1Ei", Decimal(2**60)),
+        ("1k", Decimal(1000)),
+        ("1G", Decimal(10**9)),
+        ("1E", Decimal(10**18)),
+        ("1E3", Decimal(1000)),
+        ("5e-3", Decimal("0.005")),
+        ("+.5Mi", Decimal(2**19)),
+    ],
+)
+def test_quantity_value_reads_every_suffix(text: str, value: Decimal) -> None:
+    assert quantity_value(text) == value
+
+
+@pytest.mark.parametrize(
+    ("resources", "words"),
+    [
+        ("memory=1Eix", "not a quantity"),
+        ("memory=1e", "not a quantity"),
+        ("memory=1EiB", "not a quantity"),
+        ('{"requests": {"memory": "2Ei"}, "limits": {"memory": "1Ei"}}', "is above limits"),
+        ('{"requests": {"memory": "1Ei"}, "limits": {"memory": "1E"}}', "is above limits"),
+    ],
+)
+def test_exbi_and_exa_quantities_are_compared_or_refused_by_name(
+    settings: InjectorSettings, resources: str, words: str
+) -> None:
+    decision = decide(model_pod(annotations={"modelplane.dev/resources": resources}), settings)
+    assert not decision.allowed and decision.reason == "INVALID_ANNOTATION"
+    assert "modelplane.dev/resources" in decision.message and words in decision.message
