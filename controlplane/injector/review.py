@@ -29,8 +29,12 @@ def parse_review(body: bytes) -> dict[str, Any]:
     """The ``request`` of an AdmissionReview v1 body; :class:`BadReview` otherwise."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadReview("MALFORMED_JSON", f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON (JSONDecodeError), or an integer of more digits
+        # than int() takes; RecursionError: arrays or objects nested too deep to read.
+        raise BadReview(
+            "MALFORMED_JSON", f"the body is not JSON the webhook can read: {exc}"
+        ) from None
     if not isinstance(doc, dict):
         raise BadReview("NOT_ADMISSION_REVIEW", "the body must be a JSON object (AdmissionReview)")
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":

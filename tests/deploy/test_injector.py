@@ -298,6 +298,9 @@ def test_only_pod_creation_is_mutated(settings: InjectorSettings) -> None:
     ("payload", "reason"),
     [
         (b"{not json", "MALFORMED_JSON"),
+        (b"\xff", "MALFORMED_JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "MALFORMED_JSON"),
+        (b'{"request": {"n": ' + b"9" * 5000 + b"}}", "MALFORMED_JSON"),
         (b"[1, 2]", "NOT_ADMISSION_REVIEW"),
         (
             b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',

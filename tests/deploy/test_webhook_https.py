@@ -95,6 +95,8 @@ def test_bad_annotation_is_refused_with_a_message(
     ("payload", "reason"),
     [
         (b"this is not json", "MALFORMED_JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "MALFORMED_JSON"),
+        (b'{"request": {"uid": "u", "n": ' + b"9" * 5000 + b"}}", "MALFORMED_JSON"),
         (b'{"apiVersion": "v1", "kind": "Pod"}', "NOT_ADMISSION_REVIEW"),
         (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "MISSING_REQUEST"),
     ],
