@@ -85,10 +85,13 @@ def sidecar_container(spec: SidecarSpec, image: str, native: bool) -> dict[str, 
             {"name": LOG_VOLUME, "mountPath": LOG_DIR},
             {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
         ],
+        # What the "restricted" Pod Security Standard asks of every container; seccomp is
+        # set here too, as the pod's own securityContext may not set it.
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     if native:

@@ -69,6 +69,24 @@ def test_managed_pod_is_patched_into_a_valid_pod(
     assert again["allowed"] is True and "patch" not in again
 
 
+def test_injected_sidecar_meets_the_restricted_pod_security_standard(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod()
+    assert pod["spec"]["securityContext"] == {}  # the pod sets no seccomp profile of its own
+    response = _admit(injector, cert, pod)
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    containers = patched["spec"].get("initContainers", []) + patched["spec"]["containers"]
+    (sidecar,) = [c for c in containers if c["name"] == SIDECAR_NAME]
+    assert sidecar["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def test_unmanaged_pod_is_allowed_unchanged(injector: Any, tls_files: tuple[Path, Path]) -> None:
     cert, _ = tls_files
     response = _admit(injector, cert, model_pod(labels={"app": "web"}))
