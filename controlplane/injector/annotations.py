@@ -1,9 +1,10 @@
 """Reading a pod's ``modelplane.dev/*`` label and annotations into a :class:`SidecarSpec`.
 
 A labelled pod with no annotations works on the defaults: the deployment is named by its
-``app.kubernetes.io/name`` label (else ``app``), the control plane comes from the webhook's
-``--control-plane``. A value that is present but wrong raises :class:`AnnotationError`, whose
-message names the annotation and the form it takes.
+``app.kubernetes.io/name`` label, else its ``app`` label (the first that is a deployment id),
+and the control plane comes from the webhook's ``--control-plane``. A value that is present
+but wrong raises :class:`AnnotationError`, whose message names the annotation and the form it
+takes; so does a pod with no deployment id at all.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ _SUFFIXES = {
 }
 # A deployment id: an RFC 1034 label (a lowercase letter, then letters, digits and dashes).
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME_FORM = "a lowercase letter, then lowercase letters, digits and dashes, at most 63 characters"
+#: The pod labels that name its deployment when the annotation does not, in order.
+NAME_LABELS = ("app.kubernetes.io/name", "app")
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
@@ -92,9 +96,12 @@ def is_labelled(pod: Mapping[str, Any]) -> bool:
     return str(labels.get(INJECT_LABEL, "")).lower() == "true"
 
 
-def deployment_name(pod: Mapping[str, Any]) -> str | None:
+def deployment_name(pod: Mapping[str, Any]) -> str:
     """The deployment the sidecar serves: the annotation, else the pod's
-    ``app.kubernetes.io/name`` label, else its ``app`` label; ``None`` when there is none."""
+    ``app.kubernetes.io/name`` label, else its ``app`` label, whichever first is a deployment
+    id. :class:`AnnotationError` when the annotation is no deployment id, or when there is
+    none and neither label is one: a pod that asks for the sidecar is not created without it.
+    """
     meta = pod.get("metadata", {})
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
@@ -102,18 +109,27 @@ def deployment_name(pod: Mapping[str, Any]) -> str | None:
         name = str(annotations[ANNOTATION_DEPLOYMENT]).strip()
         if not _NAME.match(name):
             raise AnnotationError(
-                ANNOTATION_DEPLOYMENT,
-                f"{name!r} is not a deployment id (a lowercase letter, then lowercase letters, "
-                "digits and dashes, at most 63 characters)",
+                ANNOTATION_DEPLOYMENT, f"{name!r} is not a deployment id ({_NAME_FORM})"
             )
         return name
-    for label in ("app.kubernetes.io/name", "app"):
+    # A label may hold what no deployment id can (Fraud_API, fraud.v2): the next one is tried.
+    unusable = []
+    for label in NAME_LABELS:
         value = str(labels.get(label, "")).strip()
+        if _NAME.match(value):
+            return value
         if value:
-            # A label may hold what no deployment id can (Fraud_API, fraud.v2): such a pod
-            # gets no sidecar rather than one that waits for a deployment that cannot exist.
-            return value if _NAME.match(value) else None
-    return None
+            unusable.append(f"{label}={value!r}")
+    why = (
+        f"no deployment id in the label{'s' if len(unusable) > 1 else ''} {' or '.join(unusable)}"
+        if unusable
+        else f"no {' or '.join(NAME_LABELS)} label"
+    )
+    raise AnnotationError(
+        ANNOTATION_DEPLOYMENT,
+        f"not set and {why}; set the annotation (or the {NAME_LABELS[0]} label) to the "
+        f"deployment id the sidecar serves ({_NAME_FORM})",
+    )
 
 
 def read_spec(pod: Mapping[str, Any], deployment: str, default_control_plane: str) -> SidecarSpec:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.injector.annotations import (
-    ANNOTATION_DEPLOYMENT,
     ANNOTATION_STATUS,
     METRICS_PORT,
     AnnotationError,
@@ -63,22 +62,12 @@ def already_injected(pod: Mapping[str, Any]) -> bool:
 
 
 def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
-    """Leave ``pod`` alone, patch it to add the sidecar, or refuse it (a bad annotation, or
-    no containers to add the sidecar beside)."""
+    """Leave ``pod`` alone, patch it to add the sidecar, or refuse it (a bad annotation, no
+    deployment for the sidecar to serve, or no containers to add the sidecar beside)."""
     if not is_labelled(pod) or already_injected(pod):
         return Decision(True)
     try:
-        deployment = deployment_name(pod)
-        if deployment is None:
-            return Decision(
-                True,
-                # Admission warnings over 120 characters may be cut short.
-                warnings=[
-                    f"no Modelplane sidecar: set a deployment id in the {ANNOTATION_DEPLOYMENT} "
-                    "annotation or app.kubernetes.io/name label"
-                ],
-            )
-        spec = read_spec(pod, deployment, config.control_plane)
+        spec = read_spec(pod, deployment_name(pod), config.control_plane)
         _check_ports(pod, spec)
     except AnnotationError as exc:
         return Decision(False, message=str(exc), reason="INVALID_ANNOTATION")

@@ -173,22 +173,37 @@ def test_app_label_is_the_fallback_deployment(settings: InjectorSettings) -> Non
     assert _flag(_sidecar(pod), "--deployment") == "churn"
 
 
-def test_pod_with_no_name_is_allowed_unchanged_with_a_warning(settings: InjectorSettings) -> None:
+def test_pod_with_no_name_is_refused(settings: InjectorSettings) -> None:
     decision = decide(model_pod(labels={"modelplane.dev/inject": "true"}), settings)
-    assert decision.allowed and not decision.patch
-    (warning,) = decision.warnings
-    assert "modelplane.dev/deployment" in warning and len(warning) <= 120
+    assert not decision.allowed and not decision.patch
+    assert decision.reason == "INVALID_ANNOTATION"
+    for words in ("modelplane.dev/deployment", "app.kubernetes.io/name", "app label"):
+        assert words in decision.message
 
 
 @pytest.mark.parametrize("name", ["Fraud_API", "fraud.v2", "1fraud", "-fraud"])
-def test_a_label_that_is_no_deployment_id_adds_no_sidecar(
+def test_a_label_that_is_no_deployment_id_gives_way_to_the_app_label(
     settings: InjectorSettings, name: str
 ) -> None:
-    pod = model_pod(labels={"app.kubernetes.io/name": name, "modelplane.dev/inject": "true"})
-    decision = decide(pod, settings)
-    assert decision.allowed and not decision.patch
-    (warning,) = decision.warnings
-    assert "modelplane.dev/deployment" in warning and len(warning) <= 120
+    labels = {"app.kubernetes.io/name": name, "app": "fraud", "modelplane.dev/inject": "true"}
+    pod = _patched(model_pod(labels=labels), settings)
+    assert _flag(_sidecar(pod), "--deployment") == "fraud"
+
+
+@pytest.mark.parametrize("name", ["Fraud_API", "fraud.v2", "1fraud", "-fraud"])
+def test_a_pod_whose_labels_hold_no_deployment_id_is_refused(
+    settings: InjectorSettings, name: str
+) -> None:
+    for labels in (
+        {"app.kubernetes.io/name": name},
+        {"app": name},
+        {"app.kubernetes.io/name": name, "app": "Fraud"},
+    ):
+        pod = model_pod(labels={**labels, "modelplane.dev/inject": "true"})
+        decision = decide(pod, settings)
+        assert not decision.allowed and not decision.patch, labels
+        assert decision.reason == "INVALID_ANNOTATION"
+        assert "modelplane.dev/deployment" in decision.message and repr(name) in decision.message
 
 
 @pytest.mark.parametrize(

@@ -93,11 +93,38 @@ def test_unmanaged_pod_is_allowed_unchanged(injector: Any, tls_files: tuple[Path
     assert response == {"uid": response["uid"], "allowed": True}
 
 
-def test_pod_without_a_name_gets_a_warning(injector: Any, tls_files: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    "labels", [{}, {"app.kubernetes.io/name": "Fraud_API"}, {"app": "fraud.v2"}]
+)
+def test_a_pod_without_a_deployment_id_is_refused(
+    injector: Any, tls_files: tuple[Path, Path], labels: dict[str, str]
+) -> None:
     cert, _ = tls_files
-    response = _admit(injector, cert, model_pod(labels={"modelplane.dev/inject": "true"}))
-    assert response["allowed"] is True and "patch" not in response
-    assert "modelplane.dev/deployment" in response["warnings"][0]
+    pod = model_pod(labels={**labels, "modelplane.dev/inject": "true"})
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is False and "patch" not in response
+    message = response["status"]["message"]
+    assert "modelplane.dev/deployment" in message and "app.kubernetes.io/name" in message
+    for value in labels.values():
+        assert repr(value) in message
+
+
+def test_an_invalid_name_label_gives_way_to_the_app_label(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    labels = {
+        "app.kubernetes.io/name": "Fraud_API",
+        "app": "fraud",
+        "modelplane.dev/inject": "true",
+    }
+    pod = model_pod(labels=labels)
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    containers = patched["spec"].get("initContainers", []) + patched["spec"]["containers"]
+    (sidecar,) = [c for c in containers if c["name"] == SIDECAR_NAME]
+    assert sidecar["args"][sidecar["args"].index("--deployment") + 1] == "fraud"
 
 
 def test_bad_annotation_is_refused_with_a_message(
