@@ -1,10 +1,16 @@
 """The webhook's HTTPS server: ``POST /inject`` answers AdmissionReviews, ``GET /healthz``
-answers probes. Standard library only (``http.server`` and ``ssl``).
+(readiness) and ``GET /livez`` (liveness) answer probes. Standard library only
+(``http.server`` and ``ssl``).
 
 Each connection's TLS handshake runs in its own thread, so a slow client cannot hold up the
 listener. Answers: 200 with an AdmissionReview; 400 with ``{"reason", "message"}`` for a body
 that is not an AdmissionReview v1; 404, 405, 411, 413 and 415 for the wrong path, method,
 length or content type.
+
+:meth:`InjectorHandle.stop` shuts down gracefully: ``/healthz`` answers 503 at once while
+reviews are still answered for the shutdown delay, so that the Service's endpoints drop the
+pod before its port closes; then the listener closes and the reviews in flight get up to the
+grace to be answered.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import json
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,7 +36,10 @@ from controlplane.injector.tls import ReloadingContext
 log = structlog.get_logger("modelplane.injector")
 
 INJECT_PATH = "/inject"
+#: Readiness: 503 from the moment the webhook is told to stop.
 HEALTH_PATH = "/healthz"
+#: Liveness: 200 as long as the webhook answers at all.
+LIVE_PATH = "/livez"
 #: Largest refused body read to its end before answering; larger ones get the answer and a
 #: closed connection.
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -37,6 +49,8 @@ _TOO_LONG = 10**18
 
 
 class _Server(ThreadingHTTPServer):
+    # Connections idling between requests must not keep the process alive once it stops; the
+    # requests being answered are waited for by count (in_flight), up to the grace.
     daemon_threads = True
     allow_reuse_address = True
 
@@ -46,7 +60,31 @@ class _Server(ThreadingHTTPServer):
         self.tls.current()  # fail now, not on the first request, when the files are wrong
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
+        #: Set when the webhook is told to stop: /healthz answers 503, connections close
+        #: after each answer.
+        self.stopping = threading.Event()
+        self._in_flight = 0
+        self._idle = threading.Condition()
         super().__init__(address, _Handler)
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Counts a request as in flight while it is read and answered."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_answered(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the requests in flight to be answered; the
+        number still in flight then."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            return self._in_flight
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -82,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.server.stopping.is_set():
+            # Stopping: the client's next request goes over a new connection, to another pod.
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -90,8 +131,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"reason": reason, "message": message})
 
     def do_GET(self) -> None:
-        """Health probe of the webhook's own Deployment."""
-        if self.path == HEALTH_PATH:
+        """Readiness and liveness probes of the webhook's own Deployment."""
+        with self.server.answering():
+            self._get()
+
+    def _get(self) -> None:
+        if self.path == HEALTH_PATH and self.server.stopping.is_set():
+            self._send_json(503, {"status": "stopping"})
+        elif self.path in (HEALTH_PATH, LIVE_PATH):
             self._send_json(200, {"status": "ok"})
         elif self.path == INJECT_PATH:
             self._error(405, "METHOD_NOT_ALLOWED", f"{INJECT_PATH} takes POST")
@@ -100,6 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """Answer one AdmissionReview."""
+        with self.server.answering():
+            self._post()
+
+    def _post(self) -> None:
         path = self.path.split("?", 1)[0]
         if path != INJECT_PATH:
             self._drain_and_close()
@@ -178,6 +229,8 @@ class InjectorHandle:
 
     server: _Server
     thread: threading.Thread
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed: threading.Event = field(default_factory=threading.Event)
 
     @property
     def port(self) -> int:
@@ -185,14 +238,39 @@ class InjectorHandle:
         return int(self.server.server_address[1])
 
     def stop(self) -> None:
-        """Stop accepting, close the listener and wait for the serving thread."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        """Stop gracefully: ``/healthz`` answers 503 at once while reviews are still answered
+        for the shutdown delay; then stop accepting, close the listener and wait up to the
+        grace for the reviews in flight. A second call waits for the first to finish."""
+        if not self._stop_lock.acquire(blocking=False):
+            self._closed.wait()
+            return
+        settings = self.server.settings
+        try:
+            self.server.stopping.set()
+            log.info(
+                "stopping: /healthz answers 503 while reviews are still answered",
+                delay_s=settings.shutdown_delay_seconds,
+                grace_s=settings.grace_seconds,
+            )
+            time.sleep(settings.shutdown_delay_seconds)
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+            left = self.server.wait_answered(settings.grace_seconds)
+            if left:
+                log.warning(
+                    "stopped with reviews unanswered",
+                    in_flight=left,
+                    grace_s=settings.grace_seconds,
+                )
+            else:
+                log.info("stopped")
+        finally:
+            self._closed.set()
 
     def wait(self) -> None:
-        """Block until :meth:`stop` is called from another thread or a signal handler."""
-        self.thread.join()
+        """Block until :meth:`stop`, called from another thread, has finished."""
+        self._closed.wait()
 
 
 def start(settings: InjectorSettings) -> InjectorHandle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from threading import TIMEOUT_MAX
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,21 @@ class InjectorSettings(BaseSettings):
     )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest AdmissionReview body accepted."
+    )
+    shutdown_delay_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=TIMEOUT_MAX,
+        description="On SIGTERM, how long /healthz answers 503 while reviews are still "
+        "answered, before the listener closes: the Service's endpoints drop the pod (after "
+        "failed readiness probes) before its port closes. 0 closes it at once.",
+    )
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=TIMEOUT_MAX,
+        description="After the shutdown delay, how long reviews in flight may take to be "
+        "answered before the process exits.",
     )
     log_level: str = Field("info", description="Log level of the JSON logs on stderr.")
 

@@ -144,6 +144,7 @@ def injector(request: pytest.FixtureRequest, tls_files: tuple[Path, Path]) -> It
         tls_key=key,
         control_plane="cp.modelplane.svc:50051",
         native_sidecars=request.param,
+        shutdown_delay_seconds=0,
     )
     handle = start(settings)
     try:

@@ -3,6 +3,7 @@ a termination grace that covers its shutdown."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +52,31 @@ def test_the_caBundle_is_a_long_lived_ca_not_the_serving_certificate(
     # The CA outlives many serving certificates, and keeps its key when it is renewed.
     assert _hours(ca["spec"]["duration"]) >= 5 * _hours(serving["spec"]["duration"])
     assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_termination_grace_covers_the_shutdown_delay_and_the_drain(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    from controlplane.injector import InjectorSettings
+
+    resources = rendered[variant]
+    pod = find(resources, "Deployment", "modelplane-injector")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    data = find(resources, "ConfigMap", "modelplane-injector")["data"]
+    settings = InjectorSettings(
+        tls_cert=Path("/tls.crt"),
+        tls_key=Path("/tls.key"),
+        **{key.removeprefix("MODELPLANE_INJECTOR_").lower(): value for key, value in data.items()},
+    )
+    # Not ready from SIGTERM on, long enough for the readiness probe to take the pod out of
+    # the Service's endpoints; liveness stays on a path that does not fail meanwhile.
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    assert readiness["httpGet"]["path"] == "/healthz" and liveness["httpGet"]["path"] == "/livez"
+    delay = settings.shutdown_delay_seconds
+    assert delay >= readiness["periodSeconds"] * readiness.get("failureThreshold", 3)
+    # Reviews in flight get as long as the API server waits for them...
+    webhook = find(resources, "MutatingWebhookConfiguration", "modelplane-sidecar-injector")
+    assert settings.grace_seconds >= webhook["webhooks"][0]["timeoutSeconds"]
+    # ...and all of it ends before the kubelet's SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] > delay + settings.grace_seconds

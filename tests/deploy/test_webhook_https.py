@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -204,7 +205,7 @@ def test_cli_serves_until_sigterm(tls_files: tuple[Path, Path]) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
          "--tls-cert", str(cert), "--tls-key", str(key), "--control-plane", "cp:50051",
-         "--sidecar-image", "modelplane/sidecar:test"],
+         "--sidecar-image", "modelplane/sidecar:test", "--shutdown-delay", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -228,10 +229,119 @@ def test_cli_serves_until_sigterm(tls_files: tuple[Path, Path]) -> None:
             proc.wait()
 
 
+def _get(port: int, cert: Path, path: str) -> tuple[int, str | None]:
+    """The status of ``GET path`` over a new connection, and its Connection header."""
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Connection")
+    finally:
+        conn.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_not_ready_serves_through_the_delay_and_answers_reviews_in_flight(
+    tls_files: tuple[Path, Path],
+) -> None:
+    cert, key = tls_files
+    env = {
+        **os.environ,
+        "MODELPLANE_INJECTOR_SHUTDOWN_DELAY_SECONDS": "2",
+        "MODELPLANE_INJECTOR_GRACE_SECONDS": "5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        assert _get(port, cert, "/healthz") == (200, None)
+        # A review in flight: its headers and half its body sent before SIGTERM.
+        payload = body(review(model_pod()))
+        context = ssl.create_default_context(cafile=str(cert))
+        plain = socket.create_connection(("127.0.0.1", port), timeout=10)
+        in_flight = context.wrap_socket(plain, server_hostname="127.0.0.1")
+        in_flight.sendall(
+            b"POST /inject HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload[:100]
+        )
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        # Not ready at once, but still alive and still answering reviews, over connections
+        # that close after each answer.
+        status = 200
+        while status == 200 and time.monotonic() - signalled < 1.5:
+            status, _ = _get(port, cert, "/healthz")
+        assert status == 503
+        assert _get(port, cert, "/livez")[0] == 200
+        status, answer = _post(port, cert, body(review(model_pod())))
+        assert status == 200 and answer["response"]["allowed"] is True
+        assert _get(port, cert, "/livez")[1] == "close"
+        # The listener closes once the delay is over...
+        while not _refused(port) and time.monotonic() - signalled < 10:
+            time.sleep(0.05)
+        assert _refused(port) and time.monotonic() - signalled >= 1.9
+        # ...and the review in flight is still answered before the process exits.
+        in_flight.sendall(payload[100:])
+        response = http.client.HTTPResponse(in_flight)  # type: ignore[arg-type]
+        response.begin()
+        assert response.status == 200
+        assert json.loads(response.read())["response"]["allowed"] is True
+        in_flight.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stop_waits_for_reviews_in_flight_up_to_the_grace(tls_files: tuple[Path, Path]) -> None:
+    from controlplane.injector import start
+    from tests.deploy.conftest import injector_settings
+
+    cert, key = tls_files
+    settings = injector_settings(
+        listen="127.0.0.1:0",
+        tls_cert=cert,
+        tls_key=key,
+        shutdown_delay_seconds=0,
+        grace_seconds=1,
+    )
+    handle = start(settings)
+    context = ssl.create_default_context(cafile=str(cert))
+    plain = socket.create_connection(("127.0.0.1", handle.port), timeout=10)
+    with context.wrap_socket(plain, server_hostname="127.0.0.1") as stuck:
+        # A review whose body never comes.
+        stuck.sendall(
+            b"POST /inject HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        time.sleep(0.3)
+        began = time.monotonic()
+        handle.stop()
+        waited = time.monotonic() - began
+    assert 0.9 <= waited < 5
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
         (["--listen", "127.0.0.1:0"], "tls_cert"),
+        (["--shutdown-delay", "soon"], "--shutdown-delay"),
         (["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "cannot serve"),
         (["--native-sidecars", "maybe"], "invalid choice"),
     ],

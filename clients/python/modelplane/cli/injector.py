@@ -13,6 +13,7 @@ from typing import Any
 
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
+from modelplane.units import parse_duration
 
 #: CLI dest -> settings field; options left out fall back to MODELPLANE_INJECTOR_* or defaults.
 _FIELDS = (
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Add the Modelplane sidecar to pods labelled modelplane.dev/inject=true. Prints "
             'one JSON line on stdout once listening: {"event": "injector ready", "port": ...}. '
-            "Every option also reads MODELPLANE_INJECTOR_<OPTION>."
+            "Every option also reads MODELPLANE_INJECTOR_<OPTION> (--shutdown-delay: "
+            "MODELPLANE_INJECTOR_SHUTDOWN_DELAY_SECONDS, in seconds)."
         ),
     )
     add = serve.add_argument
@@ -63,6 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="on (default, Kubernetes 1.29+): an init container with restartPolicy Always; "
         "off: a regular container",
     )
+    add(
+        "--shutdown-delay",
+        metavar="DURATION",
+        help="on SIGTERM, answer /healthz with 503 but keep answering reviews this long, e.g. "
+        "10s, so that the Service's endpoints drop the pod before its port closes; then "
+        "reviews in flight get MODELPLANE_INJECTOR_GRACE_SECONDS (default 10) to be answered "
+        "(default 5s)",
+    )
     add("--log-level", metavar="LEVEL", help="log level (default info)")
     serve.set_defaults(handler=_serve)
 
@@ -73,6 +83,11 @@ def _settings(args: argparse.Namespace) -> Any:
 
         from controlplane.injector import InjectorSettings
     given = {field: getattr(args, dest) for dest, field in _FIELDS if getattr(args, dest)}
+    if args.shutdown_delay:
+        try:
+            given["shutdown_delay_seconds"] = parse_duration(args.shutdown_delay)
+        except ValueError as exc:
+            raise CliError(f"--shutdown-delay: {exc}", EXIT_USAGE) from None
     try:
         return InjectorSettings(**given)
     except ValidationError as exc:
@@ -87,6 +102,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace, printer: Printer) -> int:
     import ssl
+    import threading
 
     settings = _settings(args)
     with extra("controlplane", "the injector"):
@@ -100,8 +116,8 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
         raise CliError(f"cannot serve the injector: {exc}", EXIT_CHECK_FAILED) from None
 
     def stop(signum: int, frame: object) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        handle.server.shutdown()
+        signal.signal(signum, signal.SIG_DFL)  # the same signal again ends it at once
+        threading.Thread(target=handle.stop, name="injector-shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -109,5 +125,4 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     handle.wait()
-    handle.server.server_close()
     return 0
