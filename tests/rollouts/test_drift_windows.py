@@ -32,6 +32,16 @@ def _send(c: Client, name: str, replica: str, seq: int, arm: object, second: int
     )
 
 
+def _deployed(c: Client, folder: Path, **thresholds: Any) -> tuple[str, str, int, Any, str]:
+    """A model version with a baseline and a deployment of it with ``max_psi`` 0.25 and
+    ``thresholds``: (deployment, model, version, profile, baseline digest)."""
+    model_id, version, profile = _with_baseline(c, folder)
+    sha = c.get_version(model_id, version).baseline.sha256
+    name = unique()
+    c.create_deployment(name, model=model_id, champion_version=version, max_psi=0.25, **thresholds)
+    return name, model_id, version, profile, sha
+
+
 def _drift_events(c: Client, name: str) -> list[object]:
     return [e for e in c.list_rollout_events(name) if e.action == "drift"]
 
@@ -42,16 +52,8 @@ def test_few_rows_per_report_add_up_to_a_drift_event(
     cp = _start(tmp_path, db_url)
     try:
         with cp.client() as c:
-            model_id, version, profile = _with_baseline(c, tmp_path)
-            sha = c.get_version(model_id, version).baseline.sha256
-            name = unique()
-            c.create_deployment(
-                name,
-                model=model_id,
-                champion_version=version,
-                max_psi=0.25,
-                min_rows=200,
-                webhook_url=webhook,
+            name, _, version, profile, sha = _deployed(
+                c, tmp_path, min_rows=200, webhook_url=webhook
             )
             shifted = _drift_arm(version, profile, sha, 1.5, 30)
             # Two replicas, 30 rows a report: six reports hold 180 rows, too few to judge.
@@ -84,12 +86,7 @@ def test_a_judged_window_closes_and_the_next_starts_empty(tmp_path: Path) -> Non
 
     try:
         with cp.client() as c:
-            model_id, version, profile = _with_baseline(c, tmp_path)
-            sha = c.get_version(model_id, version).baseline.sha256
-            name = unique()
-            c.create_deployment(
-                name, model=model_id, champion_version=version, max_psi=0.25, min_rows=200
-            )
+            name, model_id, version, profile, sha = _deployed(c, tmp_path, min_rows=200)
             calm = _drift_arm(version, profile, sha, 0.0, 120)
             shifted = _drift_arm(version, profile, sha, 1.5, 120)
             _send(c, name, "a", 1, calm, 0)
@@ -146,11 +143,8 @@ def test_windows_restart_with_the_rollout_and_the_thresholds(tmp_path: Path) -> 
 
     try:
         with cp.client() as c:
-            model_id, v1, profile = _with_baseline(c, tmp_path)
-            sha = c.get_version(model_id, v1).baseline.sha256
+            name, model_id, v1, profile, sha = _deployed(c, tmp_path)
             v2 = _second_version(c, model_id, tmp_path)
-            name = unique()
-            c.create_deployment(name, model=model_id, champion_version=v1, max_psi=0.25)
             # A candidate's rows under one rollout do not count toward the next one's.
             c.start_rollout(name, v2, steps=[50], step_duration=3600, min_requests=10**6)
             r1 = c.get_deployment(name).rollout.id
@@ -185,12 +179,7 @@ def test_both_digest_spellings_add_up_and_the_event_shows_the_judged_window(
     cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     try:
         with cp.client() as c:
-            model_id, version, profile = _with_baseline(c, tmp_path)
-            sha = c.get_version(model_id, version).baseline.sha256
-            name = unique()
-            c.create_deployment(
-                name, model=model_id, champion_version=version, max_psi=0.25, min_rows=200
-            )
+            name, _, version, profile, sha = _deployed(c, tmp_path, min_rows=200)
             prefixed = _drift_arm(version, profile, sha, 1.5, 150)
             prefixed.drift.baseline_sha256 = "sha256:" + sha
             _send(c, name, "old", 1, prefixed, 0)
