@@ -157,7 +157,7 @@ def take_in(
 
 
 def respond(
-    tx: WriteTx, d: Deployment, judged: list[Judged], evidence: Evidence, rollout_id: str
+    tx: WriteTx, d: Deployment, judged: list[Judged], evidence: Evidence
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """Record a drift event for the ``judged`` windows unless the deployment is within its
     cooldown; the hook calls to make after commit."""
@@ -183,7 +183,8 @@ def respond(
         "event": "drift",
         "deployment": d.name,
         "model": d.model_name,
-        "rollout_id": rollout_id,
+        # The rollout the judged windows were counted under (the one in progress).
+        "rollout_id": d.active_rollout.id if d.active_rollout is not None else "",
         "time": tx.now.isoformat(),
         "window_start_time": _iso(min(starts) if starts else None),
         "window_end_time": _iso(max(ends) if ends else evidence.window_end_time),
@@ -218,8 +219,9 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def _judged(evidence: Evidence, judged: list[Judged]) -> Evidence:
-    """``evidence`` whose arms carry the judged windows' counts (and the judged rows): what
-    the event's reason and payload describe, rather than the latest report's window."""
+    """``evidence`` whose arms carry the judged windows' counts (and the judged rows) and
+    whose end is theirs: what the event's reason and payload describe, rather than the latest
+    report's window (``replica_count`` still counts the replicas of that latest window)."""
     arms = {"champion": evidence.champion, "candidate": evidence.candidate}
     for j in judged:
         a = arms.get(j.arm)
@@ -227,4 +229,10 @@ def _judged(evidence: Evidence, judged: list[Judged]) -> Evidence:
             arms[j.arm] = replace(a, drift=j.summary)
         else:
             arms[j.arm] = ArmSummary(arm=j.arm, version=j.version, drift=j.summary)
-    return replace(evidence, champion=arms["champion"], candidate=arms["candidate"])
+    ends = [j.end for j in judged if j.end is not None]
+    return replace(
+        evidence,
+        champion=arms["champion"],
+        candidate=arms["candidate"],
+        window_end_time=max(ends) if ends else evidence.window_end_time,
+    )

@@ -293,7 +293,7 @@ class ReportService:
                 evidence = self._track_unloaded(tx, d, r, report, evidence)
                 moved = self._judge(tx, d, r, evidence)
             judged = drift_windows.take_in(tx, d, report, self.profiles)
-            fire = drift_windows.respond(tx, d, judged, evidence, report.rollout_id)
+            fire = drift_windows.respond(tx, d, judged, evidence)
             row = repo.row(deployment_id)
             generation = row.generation if row else d.generation
         if moved:

@@ -200,3 +200,39 @@ def test_both_digest_spellings_add_up_and_the_event_shows_the_judged_window(
             assert f"max_psi {judged.max_psi:.4g}" in event.reason  # type: ignore[attr-defined]
     finally:
         cp.handle.stop(0)
+
+
+def test_the_event_names_the_rollout_its_window_was_counted_under(
+    tmp_path: Path,
+    webhook: str,
+) -> None:
+    """A window filled by a replica that applied the rollout and one that had not yet is one
+    window of the rollout in progress: the event and its payload name that rollout."""
+    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    try:
+        with cp.client() as c:
+            name, model_id, v1, profile, sha = _deployed(
+                c, tmp_path, min_rows=200, webhook_url=webhook
+            )
+            v2 = _second_version(c, model_id, tmp_path)
+            c.start_rollout(name, v2, steps=[50], step_duration=3600, min_requests=10**6)
+            rollout = c.get_deployment(name).rollout.id
+            shifted = _drift_arm(v1, profile, sha, 1.5, 150)
+            c.report_window(
+                name,
+                replica="a",
+                sequence=1,
+                arms=[shifted],
+                rollout_id=rollout,
+                start_time=T0,
+                end_time=T0 + timedelta(seconds=2),
+            )
+            _send(c, name, "b", 1, _drift_arm(v1, profile, sha, 1.5, 60), 2)
+            payload = wait_for(lambda: Hook.received and Hook.received[0], "the webhook")
+            [event] = _drift_events(c, name)
+            assert payload["rollout_id"] == event.rollout_id == rollout  # type: ignore[attr-defined]
+            assert payload["arms"][0]["rows"] == 210
+            end = event.evidence.window_end_time.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined]
+            assert end == T0 + timedelta(seconds=4)
+    finally:
+        cp.handle.stop(0)

@@ -27,7 +27,6 @@ def upgrade() -> None:
         sa.Column("deployment_id", sa.String(length=63), nullable=False),
         sa.Column("arm", sa.String(length=16), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
-        sa.Column("rollout_id", sa.String(length=63), nullable=False),
         sa.Column("baseline_sha256", sa.String(length=64), nullable=False),
         sa.Column("rows", sa.BigInteger(), nullable=False),
         sa.Column("start_time", sa.DateTime(timezone=True), nullable=True),
