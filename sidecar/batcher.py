@@ -153,8 +153,9 @@ class Batcher:
                 item.event = threading.Event()
                 continue
             timeout = None if item.deadline is None else item.deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                timeout = 0.0
+            if timeout is not None:
+                # A wait past threading.TIMEOUT_MAX raises instead of waiting.
+                timeout = min(max(timeout, 0.0), threading.TIMEOUT_MAX)
             woke = item.event.wait(timeout)
             with self._lock:
                 if item.promoted:
@@ -238,7 +239,7 @@ class Batcher:
                         if rows >= self._max_rows:
                             break
                         left = until - time.monotonic()
-                        if left <= 0 or not self._more.wait(left):
+                        if left <= 0 or not self._more.wait(min(left, threading.TIMEOUT_MAX)):
                             break
                 finally:
                     self._waiting_leader = False

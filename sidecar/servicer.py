@@ -82,8 +82,9 @@ def parsing(
 def queue_deadline(request: Any, context: grpc.ServicerContext) -> float | None:
     """When a batched request must have started to run (``time.monotonic()``; None: never
     expires): the call's gRPC deadline, or sooner the request's ``timeout`` parameter, in
-    microseconds from its arrival (what ``tritonclient``'s ``infer(timeout=...)`` sends; 0 or
-    unset: none). A request still queued then is answered DEADLINE_EXCEEDED, unrun."""
+    microseconds from when a request thread takes the call up (what ``tritonclient``'s
+    ``infer(timeout=...)`` sends; 0, unset or ten years and more: none). A request still queued
+    then is answered DEADLINE_EXCEEDED, unrun."""
     now = time.monotonic()
     deadline = None
     remaining = context.time_remaining()
@@ -91,9 +92,10 @@ def queue_deadline(request: Any, context: grpc.ServicerContext) -> float | None:
         deadline = now + remaining
     if "timeout" in request.parameters:
         param = request.parameters["timeout"]
-        micros = param.int64_param or param.uint64_param
-        if micros > 0:
-            own = now + micros / 1e6
+        seconds = (param.int64_param or param.uint64_param) / 1e6
+        # Huge values (INT64_MAX and the like) mean "none", as a far gRPC deadline does.
+        if 0 < seconds < _NO_DEADLINE:
+            own = now + seconds
             deadline = own if deadline is None else min(deadline, own)
     return deadline
 

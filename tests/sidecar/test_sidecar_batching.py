@@ -187,6 +187,49 @@ def test_the_timeout_parameter_bounds_the_time_in_the_batch_queue(
     assert np.array_equal(output_array(resp, 0, np.float32), x)
 
 
+def test_a_huge_timeout_parameter_means_none(model_dir: Path, sidecar_factory: Any) -> None:
+    """INT64_MAX microseconds (a common "no timeout") is no deadline: a request that waits
+    in the queue with it is answered, and batching goes on for everyone after it."""
+    handle = sidecar_factory(model_dir / "id_fp32.onnx", max_batch_size=4, max_queue_delay=0.3)
+    s = stub(handle.port)
+
+    def send(rows: int, micros: int) -> Any:
+        x = np.full((rows, 3), rows, np.float32)
+        r = raw_request("id_fp32", {"x": ("FP32", x)})
+        if micros:
+            r.parameters["timeout"].int64_param = micros
+        # No gRPC deadline: the parameter alone bounds the wait (the futures below bound it).
+        return output_array(s.ModelInfer(r), 0, np.float32)
+
+    with ThreadPoolExecutor(2) as pool:
+        # 3 rows lead and wait for a fourth; 2 rows cannot join them and wait their turn.
+        leader = pool.submit(send, 3, 0)
+        time.sleep(0.05)
+        waiter = pool.submit(send, 2, 2**63 - 1)
+        assert np.array_equal(leader.result(timeout=30), np.full((3, 3), 3, np.float32))
+        assert np.array_equal(waiter.result(timeout=30), np.full((2, 3), 2, np.float32))
+        after = pool.submit(send, 1, 0)
+        assert np.array_equal(after.result(timeout=30), np.ones((1, 3), np.float32))
+
+
+def test_a_deadline_beyond_what_a_wait_takes_is_waited_for() -> None:
+    def execute(batch: list[Item]) -> None:
+        if batch[0].decoded.request_id == "first":
+            time.sleep(0.2)
+        for it in batch:
+            it.result = "ok"
+
+    batcher = Batcher(execute, max_rows=1, max_delay=0.0, max_queue_rows=64)
+    first = Item(_decoded("first"), None, None)
+    t = threading.Thread(target=batcher.submit, args=(first,))
+    t.start()
+    time.sleep(0.05)
+    far = Item(_decoded("far"), time.monotonic() + 1e12, None)
+    batcher.submit(far)
+    t.join(5)
+    assert far.result == "ok" and first.result == "ok"
+
+
 def _decoded(rid: str) -> Decoded:
     return Decoded(arrays={}, outputs=(), rows=1, key=("k",), request_id=rid)
 
