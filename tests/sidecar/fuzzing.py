@@ -106,6 +106,12 @@ def corrupt(rng: random.Random, req: Any, words: Vocabulary) -> bytes:
                 param.bool_param = True
             elif choice == 3:
                 param.double_param = float("nan")
+            else:
+                # The far end: INT64_MAX or UINT64_MAX ("no timeout" to many clients).
+                if rng.random() < 0.5:
+                    param.int64_param = 2**63 - 1
+                else:
+                    param.uint64_param = 2**64 - 1
         elif kind == 9:
             req.model_name = rng.choice(words.model_names())
             req.model_version = rng.choice(words.versions)
