@@ -28,6 +28,7 @@ def drive(
     server_pgid: int,
     procs: int = 1,
     prefix: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> list[dict]:
     """Run the load generator against ``target``; one merged line per concurrency point.
 
@@ -35,13 +36,15 @@ def drive(
     the same synchronised windows (one Python client process carries about 1,000 large or
     3,000 small calls per second): their rates add up, ``concurrency`` is the total, ``p50_ms``
     is the median of their medians and ``p99_ms`` the largest of their 99th percentiles.
-    ``prefix`` goes before the command (``taskset -c 0`` to pin the generator).
+    ``prefix`` goes before the command (``taskset -c 0`` to pin the generator); ``timeout`` is
+    each call's gRPC deadline (a call past it counts in ``errors``).
     """
     argv = [*prefix, servers.python(), "-m", "sidecar_tools.loadgen", "--target", target]
     argv += ["--request", str(request), "--expect-bytes", str(out_bytes)]
     argv += ["--concurrency", ",".join(map(str, points))]
     argv += ["--duration", str(duration), "--warmup", str(warmup)]
     argv += ["--channels", str(channels), "--server-pgid", str(server_pgid)]
+    argv += ["--timeout", str(timeout)]
     limit = len(points) * (duration + warmup + SLOT_SLACK + 10) + 60
     if procs > 1:
         argv += ["--start-at", f"{time.time() + START_DELAY:.3f}"]

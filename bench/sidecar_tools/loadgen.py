@@ -86,6 +86,7 @@ async def _point(
     warmup: float,
     check,
     server_pgid: int,
+    timeout: float = 30.0,
 ) -> dict:
     latencies: list[float] = []
     state = _State()
@@ -96,9 +97,10 @@ async def _point(
         while not state.stop:
             t0 = perf()
             try:
-                resp = await call(payload, timeout=30.0)
+                resp = await call(payload, timeout=timeout)
             except grpc.aio.AioRpcError as err:
-                state.errors += 1
+                if state.recording:
+                    state.errors += 1
                 if not state.first_error:
                     state.first_error = f"{err.code().name}: {err.details()}"
                 await asyncio.sleep(0.01)
@@ -161,8 +163,16 @@ async def _main(args: argparse.Namespace) -> None:
             # wall-clock moment in all of them, so their measured windows overlap.
             await asyncio.sleep(max(0.0, args.start_at + k * slot - time.time()))
         result = await _point(
-            calls, payload, concurrency, args.duration, args.warmup, check, args.server_pgid
+            calls,
+            payload,
+            concurrency,
+            args.duration,
+            args.warmup,
+            check,
+            args.server_pgid,
+            args.timeout,
         )
+        result["timeout_s"] = args.timeout
         result["channels"] = n_channels
         print(json.dumps(result), flush=True)
         for ch in channels:
@@ -179,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--expect-bytes", type=int, default=0)
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="each call's gRPC deadline in seconds"
+    )
     parser.add_argument(
         "--server-pgid", type=int, default=0, help="process group whose CPU time to report"
     )
