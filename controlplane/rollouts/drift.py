@@ -30,6 +30,7 @@ import numpy as np
 from controlplane.blobstore import BlobStore
 from controlplane.domain.deployments import DriftSummary, DriftThresholds, FeatureCounts
 from controlplane.rollouts.histograms import layout_mismatch
+from controlplane.store import Tx
 from modelplane.profiles import (
     BaselineProfile,
     CategoricalFeature,
@@ -195,3 +196,23 @@ class ProfileCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return profile
+
+
+class Baselines:
+    """The baseline digest and profile of a model's versions, each version read once: one
+    report's layout check, scoring and drift windows ask for the same versions."""
+
+    def __init__(self, tx: Tx, model_id: str, profiles: ProfileCache) -> None:
+        self._tx = tx
+        self._model_id = model_id
+        self._profiles = profiles
+        self._known: dict[int, tuple[str, BaselineProfile | None]] = {}
+
+    def __call__(self, version: int) -> tuple[str, BaselineProfile | None]:
+        """Version ``version``'s baseline digest ("" for none) and its profile (None when it
+        has none, or the blob is absent or unreadable)."""
+        if version not in self._known:
+            v = self._tx.versions.get(self._model_id, version)
+            sha = v.baseline.sha256 if v is not None and v.baseline else ""
+            self._known[version] = (sha, self._profiles.get(sha))
+        return self._known[version]

@@ -36,7 +36,7 @@ from controlplane.domain.deployments import (
 )
 from controlplane.rollouts import drift, transitions
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR
-from controlplane.rollouts.merge import merge_drift
+from controlplane.rollouts.merge import drift_layout, merge_drift
 from controlplane.store import WriteTx, convert
 from controlplane.store import deployment_json as dj
 from controlplane.store.deployment_json import to_json
@@ -68,31 +68,24 @@ def _wanted(d: Deployment) -> dict[str, int]:
     return {"champion": r.champion_version, "candidate": r.candidate_version}
 
 
-def _earliest(stored: datetime | None, new: datetime | None) -> datetime | None:
-    times = [t for t in (stored and convert.utc(stored), new) if t is not None]
-    return min(times) if times else None
-
-
-def _latest(stored: datetime | None, new: datetime | None) -> datetime | None:
-    times = [t for t in (stored and convert.utc(stored), new) if t is not None]
-    return max(times) if times else None
-
-
-def _same_layout(a: DriftSummary, b: DriftSummary) -> bool:
-    return [(f.name, len(f.counts)) for f in a.features] == [
-        (f.name, len(f.counts)) for f in b.features
-    ]
+def _widened(
+    row: DriftWindowRow, start: datetime | None, end: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """The span of ``row``'s window and a report from ``start`` to ``end``."""
+    starts = [t for t in (row.start_time and convert.utc(row.start_time), start) if t]
+    ends = [t for t in (row.end_time and convert.utc(row.end_time), end) if t]
+    return (min(starts) if starts else None, max(ends) if ends else None)
 
 
 def take_in(
-    tx: WriteTx, d: Deployment, report: WindowReport, profiles: drift.ProfileCache
+    tx: WriteTx, d: Deployment, report: WindowReport, baselines: drift.Baselines
 ) -> list[Judged]:
     """Add ``report``'s drift counts to the open windows of its arms; judge and close each
     window that reached ``min_rows``; return those that crossed the thresholds."""
     repo = Deployments(tx.session)
     t = d.drift_thresholds
     if not t.enabled:
-        repo.close_drift_windows(d.id)
+        # None are open: removing the thresholds closed them (DeploymentService.update).
         return []
     wanted = _wanted(d)
     rollout = d.active_rollout.id if d.active_rollout is not None else ""
@@ -101,26 +94,23 @@ def take_in(
     for a in report.arms:
         if a.drift is None or wanted.get(a.arm) != a.version:
             continue
-        version = tx.versions.get(d.model_id, a.version)
-        sha = version.baseline.sha256 if version and version.baseline else ""
-        profile = profiles.get(sha)
+        sha, profile = baselines(a.version)
         if profile is None:
             continue
-        # Reports may spell the digest "sha256:<hex>"; the window keeps the version's.
-        counts = replace(a.drift, baseline_sha256=sha)
+        # check_report stored the digest bare, and the layout check matched it to ``sha``.
+        counts = a.drift
         row = repo.drift_window(d.id, a.arm)
         start, end, reports = report.start_time, report.end_time, 1
         if (
             row is not None
             and (row.version, row.baseline_sha256, row.rollout_id) == (a.version, sha, rollout)
             and (before := dj.drift(row.body)) is not None
-            and _same_layout(before, counts)
+            and drift_layout(before) == drift_layout(counts)
         ):
-            merged = merge_drift([replace(before, baseline_sha256=sha), counts], f"{a.arm}.drift")
+            merged = merge_drift([before, counts], f"{a.arm}.drift")
             assert merged is not None
             counts = merged
-            start = _earliest(row.start_time, start)
-            end = _latest(row.end_time, end)
+            start, end = _widened(row, start, end)
             reports += row.reports
         if counts.rows < t.min_rows:
             repo.save_drift_window(

@@ -43,6 +43,11 @@ def _present(items: Sequence[Histogram | None]) -> list[Histogram]:
     return [h for h in items if h is not None]
 
 
+def drift_layout(d: DriftSummary) -> list[tuple[str, int]]:
+    """Each feature's name and number of bins: what counts must share to be added."""
+    return [(f.name, len(f.counts)) for f in d.features]
+
+
 def merge_drift(items: Sequence[DriftSummary | None], what: str) -> DriftSummary | None:
     """The sum of drift counts against one baseline (None for none)."""
     present = [d for d in items if d is not None]
@@ -53,9 +58,7 @@ def merge_drift(items: Sequence[DriftSummary | None], what: str) -> DriftSummary
     for other in present[1:]:
         if other.baseline_sha256.removeprefix("sha256:") != first.baseline_sha256:
             raise layout_mismatch(what, "counted against different baselines")
-        if [f.name for f in other.features] != [f.name for f in first.features] or [
-            len(f.counts) for f in other.features
-        ] != [len(f.counts) for f in first.features]:
+        if drift_layout(other) != drift_layout(first):
             raise layout_mismatch(what, "different features or bins")
     features = []
     for i, feature in enumerate(first.features):

@@ -279,7 +279,8 @@ class ReportService:
             repo = Deployments(tx.session)
             d = require_deployment(tx, deployment_id)
             _check_incarnation(d, report)
-            self._check_drift_layout(tx, d, report)
+            baselines = drift.Baselines(tx, d.model_id, self.profiles)
+            self._check_drift_layout(report, baselines)
             if not repo.add_report(_row(report, tx)):
                 return ReportResult(d.generation, False)
             r = d.active_rollout
@@ -287,12 +288,12 @@ class ReportService:
             if current and r is not None:
                 self._count_step(repo, d, r, report)
                 step_sum.take_in(tx, d, r)
-            evidence = self._merged(tx, d, report.rollout_id, r if current else None)
+            evidence = self._merged(tx, d, report.rollout_id, r if current else None, baselines)
             moved = False
             if current and r is not None:
                 evidence = self._track_unloaded(tx, d, r, report, evidence)
-                moved = self._judge(tx, d, r, evidence)
-            judged = drift_windows.take_in(tx, d, report, self.profiles)
+                moved = self._judge(tx, d, r, evidence, baselines)
+            judged = drift_windows.take_in(tx, d, report, baselines)
             fire = drift_windows.respond(tx, d, judged, evidence)
             row = repo.row(deployment_id)
             generation = row.generation if row else d.generation
@@ -302,12 +303,11 @@ class ReportService:
             self.hooks.fire(dep_id, url, event)
         return ReportResult(generation, True, moved)
 
-    def _check_drift_layout(self, tx: WriteTx, d: Deployment, report: WindowReport) -> None:
+    def _check_drift_layout(self, report: WindowReport, baselines: drift.Baselines) -> None:
         for a in report.arms:
             if a.drift is None:
                 continue
-            version = tx.versions.get(d.model_id, a.version)
-            expected = version.baseline.sha256 if version and version.baseline else ""
+            expected, profile = baselines(a.version)
             if not expected:
                 continue
             if _bare(a.drift.baseline_sha256) != expected:
@@ -317,7 +317,6 @@ class ReportService:
                     f"arms.{a.arm}.drift",
                     "BASELINE_MISMATCH",
                 )
-            profile = self.profiles.get(expected)
             if profile is not None:
                 drift.check_layout(a.drift, profile, f"{a.arm}.drift")
 
@@ -354,7 +353,14 @@ class ReportService:
             log.warning(change.action, deployment=d.id, rollout=r.id, reason=change.reason)
         return evidence
 
-    def _merged(self, tx: WriteTx, d: Deployment, rollout_id: str, r: Rollout | None) -> Evidence:
+    def _merged(
+        self,
+        tx: WriteTx,
+        d: Deployment,
+        rollout_id: str,
+        r: Rollout | None,
+        baselines: drift.Baselines,
+    ) -> Evidence:
         repo = Deployments(tx.session)
         reports = repo.latest_reports(d.id, rollout_id, tx.now - self.max_age)
         versions = {"champion": d.champion_version}
@@ -368,26 +374,17 @@ class ReportService:
             row = repo.rollout_row(d.id, r.id)
             steps = row.step_candidate_requests if row else 0
         return Evidence(
-            champion=self._scored(tx, d, champion),
-            candidate=self._scored(tx, d, candidate),
+            champion=_scored(d, champion, baselines),
+            candidate=_scored(d, candidate, baselines),
             shadow=shadow,
             window_end_time=max(ends) if ends else tx.now,
             replica_count=len(reports),
             step_candidate_requests=steps,
         )
 
-    def _scored(self, tx: WriteTx, d: Deployment, a: ArmSummary | None) -> ArmSummary | None:
-        if a is None or a.drift is None:
-            return a
-        version = tx.versions.get(d.model_id, a.version)
-        profile = (
-            self.profiles.get(version.baseline.sha256) if version and version.baseline else None
-        )
-        if profile is None:
-            return a
-        return replace(a, drift=drift.score(a.drift, profile, d.drift_thresholds))
-
-    def _judge(self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence) -> bool:
+    def _judge(
+        self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence, baselines: drift.Baselines
+    ) -> bool:
         """Evaluate the guards; roll back on a failure, else advance a completed step."""
         repo = Deployments(tx.session)
         thin = guards.champion_minimum(r.candidate_percent, self.guard_min_requests)
@@ -415,7 +412,7 @@ class ReportService:
                 d,
                 fresh,
                 self.guard_min_requests,
-                lambda a: self._scored(tx, d, a),
+                lambda a: _scored(d, a, baselines),
                 evidence.unloaded,
             )
             evidence = verdict.evidence
@@ -459,6 +456,16 @@ class ReportService:
         if moved is not None:
             log.warning("rollout rolled back", deployment=d.id, rollout=r.id, reason=why)
         return moved is not None
+
+
+def _scored(d: Deployment, a: ArmSummary | None, baselines: drift.Baselines) -> ArmSummary | None:
+    """``a`` with its drift's derived fields, when its version's baseline profile is known."""
+    if a is None or a.drift is None:
+        return a
+    _, profile = baselines(a.version)
+    if profile is None:
+        return a
+    return replace(a, drift=drift.score(a.drift, profile, d.drift_thresholds))
 
 
 def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:
