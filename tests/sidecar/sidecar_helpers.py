@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,20 @@ def answered_or_shed(call: Any, check: Any = None) -> str:
     if check is not None:
         check(response)
     return "OK"
+
+
+def hold_observer(observer: Any, monkeypatch: Any) -> threading.Event:
+    """Hold a managed sidecar's observer hub on its next wake-up (as a slow disk would), so
+    that every record published meanwhile reaches the observer in one dispatch once the
+    returned event is set."""
+    held, release = threading.Event(), threading.Event()
+    tick = observer.on_tick
+
+    def holding() -> None:
+        held.set()
+        release.wait(60)
+        tick()
+
+    monkeypatch.setattr(observer, "on_tick", holding)
+    assert held.wait(10)
+    return release

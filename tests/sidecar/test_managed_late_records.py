@@ -6,7 +6,6 @@ double, real ONNX models, the log read back."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import raw_request, stub, until
+from sidecar_helpers import hold_observer, raw_request, stub, until
 
 from modelplane.profiles import build_profile
 from modelplane.v1 import deployments_pb2 as dpb
@@ -53,16 +52,7 @@ def test_records_of_a_released_version_keep_their_arm_and_names_and_count_as_lat
     assert handle.wait_ready(60)
     observer = handle.observer
     # Hold the hub (as a slow disk would): every record below waits in it.
-    held, release = threading.Event(), threading.Event()
-    tick = observer.on_tick
-
-    def holding() -> None:
-        held.set()
-        release.wait(60)
-        tick()
-
-    monkeypatch.setattr(observer, "on_tick", holding)
-    assert held.wait(10)
+    release = hold_observer(observer, monkeypatch)
     try:
         s = stub(handle.port)
         served = Counter(s.ModelInfer(_request(i)).model_version for i in range(40))

@@ -6,7 +6,6 @@ control-plane double, real ONNX models, the log read back."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import raw_request, stub
+from sidecar_helpers import hold_observer, raw_request, stub
 
 from modelplane.profiles import build_profile
 from sidecar.managed.shadow import ShadowRecord
@@ -79,16 +78,7 @@ def test_a_run_the_log_cannot_take_is_counted_and_the_rest_of_its_dispatch_is_wr
     # Hold the hub on its next wake-up, so that everything below reaches the observer in
     # one dispatch: the champion's run (whose columns clash) comes before the shadow's run
     # and the rejected request.
-    held, release = threading.Event(), threading.Event()
-    tick = observer.on_tick
-
-    def holding() -> None:
-        held.set()
-        release.wait(30)
-        tick()
-
-    monkeypatch.setattr(observer, "on_tick", holding)
-    assert held.wait(10)
+    release = hold_observer(observer, monkeypatch)
     s = stub(handle.port)
     answered = [s.ModelInfer(_request(seed=i, id=f"ok{i}")).model_version for i in range(8)]
     with pytest.raises(grpc.RpcError) as err:
