@@ -143,8 +143,7 @@ def batch_queue_rows(slot: ModelSlot) -> Callable[[], int]:
 
     def queued() -> int:
         model = slot.current
-        batcher = None if model is None else model.batcher
-        return 0 if batcher is None else batcher.queued_rows
+        return 0 if model is None else model.queued_rows
 
     return queued
 

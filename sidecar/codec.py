@@ -59,12 +59,20 @@ _PARAMETER_KINDS = {
 }
 
 
-#: The shared-memory extension's parameters: a tensor placed in (or to be written to) a region
-#: registered with the server. The extension is not offered, so these are refused rather than
-#: answered inline while the client reads its region.
-_SHARED_MEMORY = frozenset(
-    {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
+_SHARED_MEMORY = (
+    "parameter {key!r} names shared memory, which this server does not offer; send the tensor "
+    "in the request (raw_input_contents or contents) and read outputs from raw_output_contents"
 )
+#: Parameters of extensions this server does not offer, refused (UNSUPPORTED_PARAMETER) with
+#: their message. The shared-memory ones place a tensor in (or ask for it in) a region
+#: registered with the server: answering inline instead would leave the client reading its
+#: region.
+_UNSUPPORTED = {
+    "classification": "classification outputs are not offered",
+    "shared_memory_region": _SHARED_MEMORY,
+    "shared_memory_byte_size": _SHARED_MEMORY,
+    "shared_memory_offset": _SHARED_MEMORY,
+}
 
 
 @dataclass(frozen=True)
@@ -109,15 +117,9 @@ def _check_parameters(params: Any, where: str) -> None:
                 "INVALID_PARAMETER",
                 f"parameter {key!r} of {where} is {value.int64_param}; it is at least 0",
             )
-        if key == "classification":
-            raise _bad("UNSUPPORTED_PARAMETER", f"{where}: classification outputs are not offered")
-        if key in _SHARED_MEMORY:
-            raise _bad(
-                "UNSUPPORTED_PARAMETER",
-                f"{where}: parameter {key!r} names shared memory, which this server does not "
-                "offer; send the tensor in the request (raw_input_contents or contents) and read "
-                "outputs from raw_output_contents",
-            )
+        unsupported = _UNSUPPORTED.get(key)
+        if unsupported is not None:
+            raise _bad("UNSUPPORTED_PARAMETER", f"{where}: {unsupported.format(key=key)}")
 
 
 def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:

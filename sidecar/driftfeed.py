@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, CategoricalFeature, input_columns
-from sidecar.drift import DriftMonitor, DriftReport, WindowState
+from sidecar.drift import DriftMonitor, DriftReport, DriftThresholds, WindowState
 from sidecar.metrics import RegistryFamilies, multiprocess
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.signature import Signature
@@ -36,6 +36,17 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 def _floats(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return array if array.dtype in _FLOATS else np.asarray(array, dtype=np.float64)
+
+
+def thresholds_of(settings: Any) -> DriftThresholds:
+    """The drift thresholds a sidecar's settings (``--drift-*``) set."""
+    return DriftThresholds(
+        psi=settings.drift_psi,
+        ks_pvalue=settings.drift_ks_pvalue,
+        chi2_pvalue=settings.drift_chi2_pvalue,
+        js=settings.drift_js,
+        min_rows=settings.drift_min_rows,
+    )
 
 
 def column_names(

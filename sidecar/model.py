@@ -119,6 +119,11 @@ class ServingModel:
                 call_s=runtime.single_call_s,
             )
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in this model's batch queue (0 unbatched)."""
+        return 0 if self.batcher is None else self.batcher.queued_rows
+
     def check_target(self, name: str, version: str) -> None:
         """Raise NOT_FOUND unless ``name``/``version`` address this model."""
         if name != self.name:

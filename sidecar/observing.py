@@ -15,8 +15,8 @@ import structlog
 
 from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, profile_from_file
-from sidecar.drift import DriftMonitor, DriftThresholds
-from sidecar.driftfeed import DriftFeed, DriftGauges, DriftReports, FeatureSource
+from sidecar.drift import DriftMonitor
+from sidecar.driftfeed import DriftFeed, DriftGauges, DriftReports, FeatureSource, thresholds_of
 from sidecar.predlog import PredictionLogSettings, PredictionLogWriter, open_prediction_log
 from sidecar.recording import LogFeed, SyncLog
 from sidecar.settings import SidecarSettings
@@ -71,13 +71,7 @@ def _drift(
         profile,
         window_rows=settings.drift_rows,
         window_seconds=settings.drift_window,
-        thresholds=DriftThresholds(
-            psi=settings.drift_psi,
-            ks_pvalue=settings.drift_ks_pvalue,
-            chi2_pvalue=settings.drift_chi2_pvalue,
-            js=settings.drift_js,
-            min_rows=settings.drift_min_rows,
-        ),
+        thresholds=thresholds_of(settings),
     )
     source = FeatureSource.plan(signature, profile, names, monitor.numeric_names)
     gauges = None

@@ -357,7 +357,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         err: ModelplaneError,
         start: float,
         trace: str,
+        *,
+        record: bool = True,
     ) -> NoReturn:
+        """Count, log and (``record``, when the model is observed) record a refusal, then
+        abort the call with it."""
         if model is not None:
             model.metrics.request(err.code.value, time.perf_counter() - start)
             request_id, trace = _ids(context)
@@ -370,7 +374,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 message=err.message,
             )
             recorded = isinstance(err, ModelExecutionFailed) and err.published
-            if model.observed and not recorded:
+            if record and model.observed and not recorded:
                 self._record_rejection(model, request.id, trace, err, start)
         self._abort(context, err)
 

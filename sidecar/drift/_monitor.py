@@ -227,7 +227,9 @@ class DriftMonitor:
         arrays = [pa.array(column(n)) for n in self.grid.numeric_names]
         types: list[np.dtype[Any] | None] = [_ARROW_NARROW.get(a.type) for a in arrays]
         numeric = [
-            numeric_values(a) if t is None else self._narrow_grids(t).snap(numeric_values(a), i)
+            numeric_values(a)
+            if t is None or self._narrow_grids(t).exact_features[i]
+            else self._narrow_grids(t).snap(numeric_values(a), i)
             for i, (a, t) in enumerate(zip(arrays, types, strict=True))
         ]
         lengths = {len(c) for c in numeric}

@@ -295,11 +295,7 @@ class DeploymentManager:
         serves and those retired but still finishing their requests (any thread)."""
         table = self.table
         rows = 0 if table is None else table.queued_rows()
-        for version in list(self.retiring):
-            batcher = version.model.batcher
-            if batcher is not None:
-                rows += batcher.queued_rows
-        return rows
+        return rows + sum(version.model.queued_rows for version in list(self.retiring))
 
     def version(self, label: str) -> LoadedVersion | None:
         """A loaded (or retiring) version by its label (any thread)."""

@@ -123,17 +123,8 @@ class ManagedServicer(InferenceServicer):
         version, so it is counted in the request metrics and logged, but in no arm's window
         (where it would pass for the champion's traffic) and not in the prediction log,
         whose records belong to a version and an arm."""
-        model = self.slot.current
-        if model is not None:
-            model.metrics.request(err.code.value, 0.0)
-        log.info(
-            "request refused",
-            code=err.code.value,
-            reason=err.reason,
-            request_id=_ids(context)[0],
-            message=err.message,
-        )
-        self._abort(context, err)
+        unread = pb.ModelInferRequest(id=_ids(context)[0])
+        self._reject(self.slot.current, unread, context, err, time.perf_counter(), "", record=False)
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> bytes:
         """Answers with the serialized response (the handler has no serializer)."""

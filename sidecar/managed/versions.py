@@ -26,8 +26,8 @@ from modelplane.profiles import BaselineProfile
 from modelplane.v1 import deployments_pb2 as dpb
 from sidecar import runtime as rt
 from sidecar.codec import Limits
-from sidecar.drift import DriftMonitor, DriftReport, DriftThresholds, WindowState
-from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource, column_names
+from sidecar.drift import DriftMonitor, DriftReport, WindowState
+from sidecar.driftfeed import DriftFeed, DriftGauges, FeatureSource, column_names, thresholds_of
 from sidecar.managed.artifacts import ArtifactCache
 from sidecar.managed.compare import OutputRule, warm_kernels
 from sidecar.managed.router import Splitter
@@ -189,12 +189,7 @@ class RoutingTable:
     def queued_rows(self) -> int:
         """Rows waiting in the batch queues of the versions this table serves (the champion,
         the candidate answering its share or shadow copies)."""
-        rows = 0
-        for version in self.by_label.values():
-            batcher = version.model.batcher
-            if batcher is not None:
-                rows += batcher.queued_rows
-        return rows
+        return sum(version.model.queued_rows for version in self.by_label.values())
 
     def pick(self, key: bytes | None) -> LoadedVersion:
         """The version answering ``key``."""
@@ -331,13 +326,7 @@ class VersionLoader:
         drift = window = source = None
         drift_off = ""
         if profile is not None:
-            thresholds = DriftThresholds(
-                psi=s.drift_psi,
-                ks_pvalue=s.drift_ks_pvalue,
-                chi2_pvalue=s.drift_chi2_pvalue,
-                js=s.drift_js,
-                min_rows=s.drift_min_rows,
-            )
+            thresholds = thresholds_of(s)
             monitor = DriftMonitor(
                 profile,
                 window_rows=s.drift_rows,

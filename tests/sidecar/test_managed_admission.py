@@ -89,8 +89,12 @@ def test_managed_sidecar_sheds_beyond_the_queue_limit_and_health_answers(
 
 
 def _version(label: str, queued: int | None) -> Any:
-    batcher = None if queued is None else SimpleNamespace(queued_rows=queued)
-    return SimpleNamespace(label=label, model=SimpleNamespace(batcher=batcher))
+    from sidecar.model import ServingModel
+
+    # A ServingModel with only its batch queue: queued_rows reads that.
+    model = object.__new__(ServingModel)
+    model.batcher = None if queued is None else SimpleNamespace(queued_rows=queued)  # type: ignore[assignment]
+    return SimpleNamespace(label=label, model=model)
 
 
 def test_admission_counts_the_batch_queues_of_every_loaded_version() -> None:
