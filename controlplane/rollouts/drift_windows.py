@@ -89,7 +89,6 @@ def take_in(
         return []
     wanted = _wanted(d)
     rollout = d.active_rollout.id if d.active_rollout is not None else ""
-    repo.close_drift_windows(d.id, [a for a in ("champion", "candidate") if a not in wanted])
     judged: list[Judged] = []
     for a in report.arms:
         if a.drift is None or wanted.get(a.arm) != a.version:

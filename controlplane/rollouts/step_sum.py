@@ -55,7 +55,7 @@ from controlplane.domain.deployments import (
     WindowReport,
 )
 from controlplane.rollouts.histograms import shown
-from controlplane.rollouts.merge import merge_arms, merge_reports, merge_shadow
+from controlplane.rollouts.merge import drift_layout, merge_arms, merge_reports, merge_shadow
 from controlplane.store import Tx, WriteTx
 from controlplane.store import deployment_json as dj
 from controlplane.store.convert import utc
@@ -132,10 +132,6 @@ def _summed(reports: Sequence[WindowReport], r: Rollout) -> StepSum:
     )
 
 
-def _drift_layout(d: DriftSummary) -> tuple[object, ...]:
-    return (d.baseline_sha256, tuple((f.name, len(f.counts)) for f in d.features))
-
-
 def _differs(kept: object, added: object, what: str, notes: dict[str, str]) -> bool:
     """Whether ``added``'s layout differs from ``kept``'s (so ``kept`` restarts): noted."""
     if kept is None or added is None:
@@ -145,7 +141,10 @@ def _differs(kept: object, added: object, what: str, notes: dict[str, str]) -> b
             return False
         change = f"a report's buckets ({shown(added)}) differ from the step's ({shown(kept)})"
     elif isinstance(kept, DriftSummary) and isinstance(added, DriftSummary):
-        if _drift_layout(kept) == _drift_layout(added):
+        if (kept.baseline_sha256, drift_layout(kept)) == (
+            added.baseline_sha256,
+            drift_layout(added),
+        ):
             return False
         change = "a report's drift counts have other baselines, features or bins"
     else:

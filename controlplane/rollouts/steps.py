@@ -49,19 +49,10 @@ from controlplane.rollouts import guards, step_sum, unloaded
 from controlplane.store import WriteTx
 from modelplane.errors import InvalidArgument
 
-#: Variables a step or phase never has, so guards reading them hold nothing there.
-ABSENT_WITH_TRAFFIC = guards.ABSENT_WITH_TRAFFIC
-ABSENT_IN_SHADOW = guards.ABSENT_IN_SHADOW
-
 
 def scope(r: Rollout) -> str:
     """What ``r`` moves by, for people: ``phase`` (blue/green) or ``step`` (canary)."""
     return "phase" if r.strategy == BLUE_GREEN else "step"
-
-
-def absent(r: Rollout) -> frozenset[str]:
-    """The guard variables ``r``'s current step or phase never has."""
-    return guards.absent_in(r.phase)
 
 
 @dataclass(frozen=True)
@@ -79,7 +70,7 @@ class StepVerdict:
     failure: GuardResult | None
     passed: bool
     #: The guard variables the step or phase never has.
-    absent: frozenset[str] = ABSENT_WITH_TRAFFIC
+    absent: frozenset[str] = guards.ABSENT_WITH_TRAFFIC
     #: Why histograms that guards read over the step restarted (see :mod:`.step_sum`).
     restarted: tuple[str, ...] = ()
 
@@ -130,7 +121,7 @@ def judge_step(
     results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
     results, restarted = _noted(results, total.restarted)
     failure = guards.first_failure(results)
-    missing = absent(r)
+    missing = guards.absent_in(r.phase)
     if r.candidate_percent >= 100 and guards.no_champion(values, thin):
         # The champion answers nothing here and has no comparison: guards reading it never
         # apply in this step (NO_CHAMPION_GUARD is in force instead).

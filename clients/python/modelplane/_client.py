@@ -107,6 +107,21 @@ class CallDeadlineExceeded(DeadlineExceeded):
     as opposed to a DEADLINE_EXCEEDED the server sent (which carries its reason)."""
 
 
+def rpc_error(exc: grpc.RpcError, server: str) -> ModelplaneError:
+    """The SDK error for a failed call to ``server`` (e.g. "the sidecar at HOST:PORT"):
+    ``ServerUnreachable`` or ``CallDeadlineExceeded`` when the server sent nothing (no
+    ErrorInfo), else the error it answered."""
+    code = exc.code()  # type: ignore[attr-defined]
+    if error_info(exc) is None:
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServerUnreachable(f"cannot reach {server}: {exc.details()}")  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CallDeadlineExceeded(
+                f"no answer from {server} before the call's deadline: {exc.details()}"  # type: ignore[attr-defined]
+            )
+    return from_rpc_error(exc)
+
+
 def _sha256_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -293,17 +308,7 @@ class Client(DeploymentsMixin):
         raise AssertionError("unreachable")
 
     def _error(self, exc: grpc.RpcError) -> ModelplaneError:
-        code = exc.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
-            return ServerUnreachable(
-                f"cannot reach the control plane at {self.address}: {exc.details()}",  # type: ignore[attr-defined]
-            )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and error_info(exc) is None:
-            return CallDeadlineExceeded(
-                f"no answer from the control plane at {self.address} before the call's "
-                f"deadline: {exc.details()}",  # type: ignore[attr-defined]
-            )
-        return from_rpc_error(exc)
+        return rpc_error(exc, f"the control plane at {self.address}")
 
     @staticmethod
     def _rid() -> str:

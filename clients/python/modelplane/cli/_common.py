@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable
+from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable, rpc_error
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from modelplane.errors import ModelplaneError
 
@@ -85,7 +85,6 @@ def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any
     control-plane client raises them (``ServerUnreachable`` when nothing answered)."""
     import grpc
 
-    from modelplane.errors import error_info, from_rpc_error
     from modelplane.v1 import sidecar_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
@@ -93,14 +92,4 @@ def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.UNAVAILABLE and error_info(exc) is None:
-                raise ServerUnreachable(
-                    f"cannot reach the sidecar at {address}: {exc.details()}"  # type: ignore[attr-defined]
-                ) from None
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and error_info(exc) is None:
-                raise CallDeadlineExceeded(
-                    f"no answer from the sidecar at {address} before the call's deadline: "
-                    f"{exc.details()}"  # type: ignore[attr-defined]
-                ) from None
-            raise from_rpc_error(exc) from None
+            raise rpc_error(exc, f"the sidecar at {address}") from None
