@@ -247,6 +247,9 @@ def _refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # The listener closed while this probe sat in its backlog: the next one is refused.
+        return False
     return False
 
 
