@@ -52,6 +52,10 @@ go-tools: ## Install Debian's Go toolchain and Go protobuf/gRPC packages when an
 demo: $(VENV)/.installed-all ## Run the end-to-end lifecycle demo on the embedded SQLite default
 	$(BIN)/python -m modelplane.demo
 
+# Two pytest workers; each module's tests stay on one (module fixtures such as the demo run once).
+# `make test PYTEST_ARGS="-n 0 -x tests/sidecar"` runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadscope
+
 .PHONY: test
 test: $(VENV)/.installed-dev node-deps ## Run the whole test suite (PostgreSQL tests skip unless a server is reachable)
 	@$(MAKE) --no-print-directory go-tools || echo "Go packages not installable here: the Go client tests skip"
