@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import grpc
 import pytest
 
 from modelplane import Client
-from modelplane.errors import InvalidArgument, ModelplaneError
+from modelplane.errors import DeadlineExceeded, InvalidArgument, ModelplaneError, Unavailable
 from modelplane.v1 import blobs_pb2, registry_pb2
 
 
@@ -24,13 +25,19 @@ class FlakyRegistry:
 
     failures: int
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    #: Seconds each call takes before it answers.
+    delay: float = 0.0
     seen: list[str] = field(default_factory=list)
+    #: The deadline each call arrived with (seconds left).
+    remaining: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _answer(self, key: str, context: grpc.ServicerContext) -> None:
         with self.lock:
             self.seen.append(key)
+            self.remaining.append(context.time_remaining())
             failing = len(self.seen) <= self.failures
+        time.sleep(self.delay)
         if failing:
             context.abort(self.code, "the database is busy")
 
@@ -95,6 +102,22 @@ def test_a_failed_mutation_hands_back_its_request_id(serve) -> None:  # type: ig
         # The manual retry with that id sends the same request again.
         c.create_model("m", request_id=err.value.metadata["request_id"])
     assert registry.seen[-1] == sent
+
+
+def test_retries_share_the_calls_timeout(serve) -> None:  # type: ignore[no-untyped-def]
+    """Each try gets what is left of the timeout, and no try starts once the backoff would
+    leave it no time: a server that answers UNAVAILABLE after 0.6 s is tried at most twice
+    within a 1 s timeout, not ``retries`` times with 1 s each."""
+    registry = FlakyRegistry(failures=100, delay=0.6)
+    with (
+        Client(serve(registry), timeout=1.0, retries=5) as c,
+        pytest.raises((Unavailable, DeadlineExceeded)),
+    ):
+        c.get_model("m")
+    assert 1 <= len(registry.seen) <= 2
+    assert registry.remaining[0] <= 1.0
+    if len(registry.remaining) == 2:
+        assert registry.remaining[1] <= 1.0 - 0.6
 
 
 def test_only_unavailable_is_retried(serve) -> None:  # type: ignore[no-untyped-def]

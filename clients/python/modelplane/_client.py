@@ -222,10 +222,11 @@ class Client(DeploymentsMixin):
     Every method raises a :class:`modelplane.ModelplaneError` subclass on failure;
     :class:`ServerUnreachable` when no server answered. A call the server could not take
     (UNAVAILABLE: unreachable, or its database busy) is tried ``retries`` times in all, with
-    backoff. Mutations carry a request id, the same on every try, so a retry never applies
-    one twice; when a mutation fails anyway (a deadline that passed while the server worked,
-    say), its error holds that id in ``metadata["request_id"]``: passing it back as
-    ``request_id=`` with the same arguments answers what the first call did, if it landed.
+    backoff, all within the call's ``timeout``. Mutations carry a request id, the same on
+    every try, so a retry never applies one twice; when a mutation fails anyway (a deadline
+    that passed while the server worked, say), its error holds that id in
+    ``metadata["request_id"]``: passing it back as ``request_id=`` with the same arguments
+    answers what the first call did, if it landed.
     """
 
     def __init__(
@@ -287,18 +288,28 @@ class Client(DeploymentsMixin):
     def _call(
         self, method: Callable[..., T], request: Any, *, timeout: float | None = None, **kw: Any
     ) -> T:
-        """Call ``method``, retrying as the class says, with a deadline of ``timeout`` seconds
-        (default: the client's). For a client-streaming method, ``request`` is a function
-        returning a fresh request iterator: each try sends the whole stream again (an iterator
-        is spent by the first)."""
-        deadline = self.timeout if timeout is None else timeout
+        """Call ``method``, retrying as the class says, within ``timeout`` seconds in all
+        (default: the client's): each try gets what is left of it, and no try starts that the
+        backoff would leave no time for. For a client-streaming method, ``request`` is a
+        function returning a fresh request iterator: each try sends the whole stream again (an
+        iterator is spent by the first)."""
+        budget = self.timeout if timeout is None else timeout
+        end = None if budget is None else time.monotonic() + budget
+        left = budget
         for attempt in range(1, self.retries + 1):
             payload = request() if callable(request) else request
             try:
-                return method(payload, timeout=deadline, metadata=self._metadata, **kw)
+                return method(payload, timeout=left, metadata=self._metadata, **kw)
             except grpc.RpcError as exc:
-                if attempt < self.retries and _retryable(exc, request):
-                    time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+                pause = RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                if end is not None:
+                    left = end - time.monotonic() - pause
+                if (
+                    attempt < self.retries
+                    and _retryable(exc, request)
+                    and (left is None or left > 0)
+                ):
+                    time.sleep(pause)
                     continue
                 err = self._error(exc)
                 request_id = getattr(request, "request_id", "")
