@@ -30,6 +30,29 @@ def client(args: argparse.Namespace) -> Client:
         raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
 
 
+def add_request_id(parser: argparse.ArgumentParser) -> None:
+    """``--request-id`` for a command that changes something on the server."""
+    parser.add_argument(
+        "--request-id",
+        default="",
+        metavar="ID",
+        help="idempotency key: this command run again with the same ID and arguments answers "
+        "what the first run did instead of applying it twice (default: a new one per run)",
+    )
+
+
+def _may_have_landed(exc: ModelplaneError) -> str:
+    """For a change whose outcome is unknown (no answer came back), how to learn it without
+    applying it twice; empty otherwise."""
+    request_id = exc.metadata.get("request_id", "")
+    if not request_id:
+        return ""
+    return (
+        f"; the change may have been applied: run the command again with "
+        f"--request-id {request_id} to get its answer without applying it twice"
+    )
+
+
 @contextmanager
 def server_errors() -> Iterator[None]:
     """Turn SDK errors into the CLI's exit codes: 4 unreachable or no answer before the call's
@@ -37,10 +60,12 @@ def server_errors() -> Iterator[None]:
     try:
         yield
     except ServerUnreachable as exc:
-        raise CliError(exc.message, EXIT_UNREACHABLE, status="UNAVAILABLE") from None
+        raise CliError(
+            exc.message + _may_have_landed(exc), EXIT_UNREACHABLE, status="UNAVAILABLE"
+        ) from None
     except CallDeadlineExceeded as exc:
         raise CliError(
-            f"{exc.message}; a longer --timeout gives it more time",
+            f"{exc.message}; a longer --timeout gives it more time{_may_have_landed(exc)}",
             EXIT_UNREACHABLE,
             status=exc.code.value,
             reason=exc.reason,

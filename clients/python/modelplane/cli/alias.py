@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 from modelplane._client import model_name
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.v1 import registry_pb2
 
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument("alias")
     st.add_argument("version", help="version number")
     st.add_argument("--reason", default="", help="why (kept in the history)")
+    add_request_id(st)
     st.set_defaults(handler=_set)
 
     g = s.add_parser("get", help="where an alias points (now, or --as-of a past time)")
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("name")
     d.add_argument("alias")
     d.add_argument("--reason", default="")
+    add_request_id(d)
     d.set_defaults(handler=_delete)
 
     h = s.add_parser("history", help="every move of an alias (or of all the model's aliases)")
@@ -54,7 +56,13 @@ def _row(a: registry_pb2.Alias) -> list[object]:
 
 def _set(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        a = c.set_alias(args.name, args.alias, args.version, reason=args.reason)
+        a = c.set_alias(
+            args.name,
+            args.alias,
+            args.version,
+            reason=args.reason,
+            request_id=args.request_id or None,
+        )
     out.emit(a, columns=COLUMNS, rows=[_row(a)])
     return 0
 
@@ -91,7 +99,9 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        c.delete_alias(args.name, args.alias, reason=args.reason)
+        c.delete_alias(
+            args.name, args.alias, reason=args.reason, request_id=args.request_id or None
+        )
     out.emit({"deleted": f"{model_name(args.name)}/aliases/{args.alias}"})
     return 0
 

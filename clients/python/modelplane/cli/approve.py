@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors
 from modelplane.cli._output import Printer
 
 
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--target", required=True, help="an alias name or deployments/NAME")
     p.add_argument("--reject", action="store_true", help="record a rejection")
     p.add_argument("--comment", default="")
+    add_request_id(p)
     p.set_defaults(handler=_approve)
 
 
@@ -37,6 +38,7 @@ def _approve(args: argparse.Namespace, out: Printer) -> int:
             args.target,
             decision="reject" if args.reject else "approve",
             comment=args.comment,
+            request_id=args.request_id or None,
         )
     out.emit(
         a,

@@ -7,7 +7,7 @@ from typing import Any
 
 from modelplane._deployments import MAX_DRIFT_COOLDOWN_SECONDS, check_seconds, deployment_name
 from modelplane.cli._checks import message_dict, unique_key_values
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 from modelplane.errors import InvalidArgument
 from modelplane.units import parse_duration
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--model", required=True, help="the model (NAME or models/NAME)")
     c.add_argument("--champion", required=True, type=int, metavar="V", help="champion version")
     _settings_arguments(c)
+    add_request_id(c)
     c.set_defaults(handler=_create)
 
     g = s.add_parser("get", help="show a deployment")
@@ -38,11 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _settings_arguments(u)
     u.add_argument("--clear-guards", action="store_true", help="remove every guard")
     u.add_argument("--etag", default="")
+    add_request_id(u)
     u.set_defaults(handler=_update)
 
     d = s.add_parser("delete", help="delete a deployment with no rollout in progress")
     d.add_argument("name")
     d.add_argument("--etag", default="")
+    add_request_id(d)
     d.set_defaults(handler=_delete)
 
 
@@ -175,6 +178,7 @@ def _create(args: argparse.Namespace, out: Printer) -> int:
             max_drifted_share=drift.get("max_drifted_share"),
             min_rows=drift.get("min_rows", 0),
             drift_cooldown=drift.get("cooldown"),
+            request_id=args.request_id or None,
             **kw,
         )
     out.emit(message_dict(created), columns=COLUMNS, rows=[row(created)])
@@ -216,13 +220,15 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
             current = c.get_deployment(args.name)
             kw["drift_thresholds"] = {**thresholds_dict(current), **kw["drift_thresholds"]}
             etag = etag or current.etag
-        updated = c.update_deployment(args.name, etag=etag, **kw)
+        updated = c.update_deployment(
+            args.name, etag=etag, request_id=args.request_id or None, **kw
+        )
     out.emit(message_dict(updated), columns=COLUMNS, rows=[row(updated)])
     return 0
 
 
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        c.delete_deployment(args.name, etag=args.etag)
+        c.delete_deployment(args.name, etag=args.etag, request_id=args.request_id or None)
     out.emit({"deleted": deployment_name(args.name)})
     return 0

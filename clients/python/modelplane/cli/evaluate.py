@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelplane.cli._common import client, csv_list, server_errors
+from modelplane.cli._common import add_request_id, client, csv_list, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.errors import DeadlineExceeded
 from modelplane.v1 import evaluation_pb2
@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=600.0,
         help="seconds to wait (default 600); still running then: exit 5",
     )
+    add_request_id(p)
     p.set_defaults(handler=_evaluate)
 
 
@@ -96,6 +97,7 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
             role=args.role,
             task=args.task,
             positive_class=args.positive_class,
+            request_id=args.request_id or None,
         )
         if not args.wait:
             out.emit(op, columns=["operation", "target"], rows=[[op.name, op.target]])

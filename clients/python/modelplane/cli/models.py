@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from modelplane.cli._checks import unique_key_values
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--label", action="append", metavar="KEY=VALUE", help="a label (repeatable)")
     c.add_argument("--intended-use", default="", help="what the model is for (model cards)")
     c.add_argument("--limitations", default="", help="known limitations (model cards)")
+    add_request_id(c)
     c.set_defaults(handler=_create)
 
     g = s.add_parser("get", help="show a model")
@@ -46,12 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("--intended-use")
     u.add_argument("--limitations")
     u.add_argument("--etag", default="", help="fail with ABORTED unless the model still has it")
+    add_request_id(u)
     u.set_defaults(handler=_update)
 
     d = s.add_parser("delete", help="delete a model")
     d.add_argument("name")
     d.add_argument("--force", action="store_true", help="also delete its versions and aliases")
     d.add_argument("--etag", default="")
+    add_request_id(d)
     d.set_defaults(handler=_delete)
 
 
@@ -71,6 +74,7 @@ def _create(args: argparse.Namespace, out: Printer) -> int:
             labels=unique_key_values(args.label, "--label"),
             intended_use=args.intended_use,
             limitations=args.limitations,
+            request_id=args.request_id or None,
         )
     out.emit(m, columns=COLUMNS, rows=[_row(m)])
     return 0
@@ -118,13 +122,15 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
             EXIT_USAGE,
         )
     with server_errors(), client(args) as c:
-        m = c.update_model(args.name, etag=args.etag, **fields)
+        m = c.update_model(args.name, etag=args.etag, request_id=args.request_id or None, **fields)
     out.emit(m, columns=COLUMNS, rows=[_row(m)])
     return 0
 
 
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        c.delete_model(args.name, etag=args.etag, force=args.force)
+        c.delete_model(
+            args.name, etag=args.etag, force=args.force, request_id=args.request_id or None
+        )
     out.emit({"deleted": f"models/{args.name.removeprefix('models/')}"})
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.v1 import governance_pb2
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--rule", action="append", required=True, metavar="EXPR", help="a CEL rule (repeatable)"
     )
     c.add_argument("--description", default="")
+    add_request_id(c)
     c.set_defaults(handler=_create)
 
     g = s.add_parser("get", help="show a policy")
@@ -39,11 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("--description")
     u.add_argument("--target")
     u.add_argument("--etag", default="")
+    add_request_id(u)
     u.set_defaults(handler=_update)
 
     d = s.add_parser("delete", help="delete a policy")
     d.add_argument("name")
     d.add_argument("--etag", default="")
+    add_request_id(d)
     d.set_defaults(handler=_delete)
 
 
@@ -64,7 +67,11 @@ def _row(p: governance_pb2.Policy) -> list[object]:
 def _create(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         p = c.create_policy(
-            args.name, target=args.target, rules=args.rule, description=args.description
+            args.name,
+            target=args.target,
+            rules=args.rule,
+            description=args.description,
+            request_id=args.request_id or None,
         )
     out.emit(p, columns=COLUMNS, rows=[_row(p)])
     return 0
@@ -96,6 +103,7 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
             rules=args.rule,
             description=args.description,
             target=args.target,
+            request_id=args.request_id or None,
         )
     out.emit(p, columns=COLUMNS, rows=[_row(p)])
     return 0
@@ -103,6 +111,6 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
 
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        c.delete_policy(args.name, etag=args.etag)
+        c.delete_policy(args.name, etag=args.etag, request_id=args.request_id or None)
     out.emit({"deleted": f"policies/{args.name.removeprefix('policies/')}"})
     return 0

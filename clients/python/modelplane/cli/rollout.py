@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from modelplane._deployments import MAX_STEP_DURATION_SECONDS
-from modelplane.cli._common import client, csv_list, server_errors
+from modelplane.cli._common import add_request_id, client, csv_list, server_errors
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "default guards on error rate and p99 latency apply",
     )
     st.add_argument("--etag", default="")
+    add_request_id(st)
     st.set_defaults(handler=_start)
 
     ss = s.add_parser("status", help="the rollout's state, phase, step, versions and evidence")
@@ -90,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         a.add_argument("name")
         a.add_argument("--reason", default="", help="why (recorded in the audit trail)")
         a.add_argument("--etag", default="")
+        add_request_id(a)
         a.set_defaults(handler=_act, action=action)
 
     ev = s.add_parser(
@@ -237,7 +239,9 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any]:
 def _start(args: argparse.Namespace, out: Printer) -> int:
     kw = _rollout(args)
     with server_errors(), client(args) as c:
-        d = c.start_rollout(args.name, args.candidate, etag=args.etag, **kw)
+        d = c.start_rollout(
+            args.name, args.candidate, etag=args.etag, request_id=args.request_id or None, **kw
+        )
     out.emit(status(d))
     return 0
 
@@ -268,7 +272,9 @@ def _status(args: argparse.Namespace, out: Printer) -> int:
 def _act(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         method = getattr(c, f"{args.action}_rollout")
-        d = method(args.name, reason=args.reason, etag=args.etag)
+        d = method(
+            args.name, reason=args.reason, etag=args.etag, request_id=args.request_id or None
+        )
     out.emit(status(d))
     return 0
 

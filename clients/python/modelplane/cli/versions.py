@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.cli._checks import printable, unique_key_values, without_credentials
-from modelplane.cli._common import client, csv_list, key_floats, server_errors
+from modelplane.cli._common import add_request_id, client, csv_list, key_floats, server_errors
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a version label (repeatable, each key once)",
     )
     r.add_argument("--no-environment", action="store_true", help="do not record installed packages")
+    add_request_id(r)
     r.set_defaults(handler=_register)
 
     g = s.add_parser("get", help="show a version")
@@ -94,12 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="replaces all labels (repeatable, each key once)",
     )
     u.add_argument("--etag", default="")
+    add_request_id(u)
     u.set_defaults(handler=_update)
 
     a = s.add_parser("archive", help="archive a version")
     a.add_argument("name")
     a.add_argument("version")
     a.add_argument("--etag", default="")
+    add_request_id(a)
     a.set_defaults(handler=_archive)
 
     d = s.add_parser("download", help="download a version's ONNX file")
@@ -175,6 +178,7 @@ def _register(args: argparse.Namespace, out: Printer) -> int:
             description=args.description,
             labels=labels,
             capture_env=not args.no_environment,
+            request_id=args.request_id or None,
         )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
     return 0
@@ -219,14 +223,18 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
     if args.set_label is not None:
         fields["labels"] = unique_key_values(args.set_label, "--set-label")
     with server_errors(), client(args) as c:
-        v = c.update_version(args.name, args.version, etag=args.etag, **fields)
+        v = c.update_version(
+            args.name, args.version, etag=args.etag, request_id=args.request_id or None, **fields
+        )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
     return 0
 
 
 def _archive(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        v = c.archive_version(args.name, args.version, etag=args.etag)
+        v = c.archive_version(
+            args.name, args.version, etag=args.etag, request_id=args.request_id or None
+        )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
     return 0
 
