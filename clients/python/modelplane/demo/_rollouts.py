@@ -197,12 +197,21 @@ def drift(alice: Any, sc_address: str, traffic: Traffic, request: Path) -> None:
     deadline = time.monotonic() + 60
     while not request.exists() and time.monotonic() < deadline:
         time.sleep(0.25)
-    # Read while the shift is still on: the open window then holds the scaled rows.
-    during = drift_report(sc_address) if request.exists() else None
-    scaled = traffic.sent - sent
-    traffic.shift = 1.0
-    if during is None:
+    if not request.exists():
+        traffic.shift = 1.0
         raise SystemExit(f"the retraining hook did not fire within 60s; see {STATE}/*.log")
+    # The control plane judges the short windows the sidecar reports, so the hook may fire
+    # while the sidecar's own open window (10,000 rows) still holds mostly rows from before
+    # the shift: keep the shift on until scaled rows fill it or dominate it.
+    deadline = time.monotonic() + 60
+    while True:
+        during = drift_report(sc_address)
+        scaled = traffic.sent - sent
+        dominated = during.HasField("drifted_share") and during.drifted_share >= 0.5
+        if during.row_count <= scaled or dominated or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    traffic.shift = 1.0
     note(f"with the shift, the sidecar's drift window: {report_line(during, scaled)}")
     event = json.loads(request.read_text())
     for arm in event["arms"]:
