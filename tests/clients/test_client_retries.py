@@ -115,9 +115,10 @@ def test_retries_share_the_calls_timeout(serve) -> None:  # type: ignore[no-unty
     ):
         c.get_model("m")
     assert 1 <= len(registry.seen) <= 2
-    assert registry.remaining[0] <= 1.0
+    # (gRPC rounds a deadline it sends up a little, so compare the tries with each other.)
+    assert registry.remaining[0] < 1.5
     if len(registry.remaining) == 2:
-        assert registry.remaining[1] <= 1.0 - 0.6
+        assert registry.remaining[1] < registry.remaining[0] - 0.5
 
 
 def test_only_unavailable_is_retried(serve) -> None:  # type: ignore[no-untyped-def]
