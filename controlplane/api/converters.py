@@ -156,6 +156,7 @@ def alias_to_proto(a: Alias) -> registry_pb2.Alias:
         updated_by=a.updated_by,
         reason=a.reason,
         update_time=ts(a.update_time),
+        etag=a.etag,
     )
 
 

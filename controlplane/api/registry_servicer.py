@@ -138,7 +138,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.SetAliasRequest, context: grpc.ServicerContext
     ) -> registry_pb2.Alias:
         alias = self.models.set_alias(
-            current_context(), request.name, request.version, request.reason, request.request_id
+            current_context(),
+            request.name,
+            request.version,
+            request.reason,
+            request.request_id,
+            etag=request.etag,
         )
         return cv.alias_to_proto(alias)
 
@@ -159,7 +164,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DeleteAliasRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
         self.models.delete_alias(
-            current_context(), request.name, request.reason, request.request_id
+            current_context(), request.name, request.reason, request.request_id, etag=request.etag
         )
         return empty_pb2.Empty()
 

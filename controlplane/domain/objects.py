@@ -143,6 +143,8 @@ class Alias:
     updated_by: str
     reason: str
     update_time: datetime
+    #: Changes with every move (a new update time each, even to the same version).
+    etag: str
 
     @property
     def name(self) -> str:

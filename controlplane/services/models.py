@@ -16,6 +16,7 @@ from controlplane.names import (
 )
 from controlplane.services.filters import masked_changes, parse_filter, parse_order
 from controlplane.store import Store, Tx
+from controlplane.store.convert import alias_as_set
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
@@ -205,7 +206,10 @@ class ModelService:
         version_name: str,
         reason: str = "",
         request_id: str = "",
+        etag: str = "",
     ) -> Alias:
+        """Point alias ``name`` at ``version_name``; with ``etag``, only while the alias is
+        still as read (it exists and has not moved since)."""
         model_id, alias = parse_alias(name)
         ref = parse_version(version_name)
         if ref.model_id != model_id:
@@ -214,7 +218,7 @@ class ModelService:
                 reason="MODEL_MISMATCH",
             )
         check_text(reason, "reason", 2000)
-        request = {"name": name, "version": version_name, "reason": reason}
+        request = {"name": name, "version": version_name, "reason": reason, "etag": etag}
         with self.store.write(ctx, "SetAlias", request_id, request=request) as tx:
             # The model's row lock first: concurrent alias writes, archiving and DeleteModel
             # take turns, and each reads what the one before it committed.
@@ -228,10 +232,15 @@ class ModelService:
                         f"alias {name} set by request_id {request_id} no longer exists",
                         reason="ALIAS_NOT_FOUND",
                     )
-                return Alias(model_id, alias, event.version, event.actor, event.reason, event.time)
+                return alias_as_set(
+                    model_id, alias, event.version, event.actor, event.reason, event.time
+                )
             # Stamped now that the lock is held, and after the model's last alias event: alias
             # history runs forward in time, so as_of answers what the alias pointed to then.
             tx.restamp(tx.aliases.next_event_time(model_id))
+            before = tx.aliases.get(model_id, alias)
+            if etag and (before is None or before.etag != etag):
+                raise stale_etag(name)
             assert ref.version is not None
             version = tx.versions.get(model_id, ref.version)
             if version is None:
@@ -244,7 +253,6 @@ class ModelService:
             from controlplane.services.gates import require_gate_passed
 
             require_gate_passed(tx, model_id, ref.version, alias)
-            before = tx.aliases.get(model_id, alias)
             after, _previous = tx.aliases.set(
                 model_id, alias, ref.version, ctx.principal, reason, tx.now
             )
@@ -265,7 +273,9 @@ class ModelService:
                 raise NotFound(
                     f"alias {name} pointed nowhere at {as_of.isoformat()}", reason="ALIAS_NOT_FOUND"
                 )
-            return Alias(model_id, alias, event.version, event.actor, event.reason, event.time)
+            return alias_as_set(
+                model_id, alias, event.version, event.actor, event.reason, event.time
+            )
 
     def list_aliases(self, parent: str) -> list[Alias]:
         model_id = parse_model(parent)
@@ -274,11 +284,17 @@ class ModelService:
             return tx.aliases.all(model_id)
 
     def delete_alias(
-        self, ctx: RequestContext, name: str, reason: str = "", request_id: str = ""
+        self,
+        ctx: RequestContext,
+        name: str,
+        reason: str = "",
+        request_id: str = "",
+        etag: str = "",
     ) -> None:
+        """Remove alias ``name``; with ``etag``, only while it is still as read."""
         model_id, alias = parse_alias(name)
         check_text(reason, "reason", 2000)
-        request = {"name": name, "reason": reason}
+        request = {"name": name, "reason": reason, "etag": etag}
         with self.store.write(ctx, "DeleteAlias", request_id, request=request) as tx:
             if tx.replay is not None:
                 return
@@ -286,6 +302,8 @@ class ModelService:
             before = tx.aliases.get(model_id, alias)
             if before is None:
                 raise NotFound(f"alias {name} does not exist", reason="ALIAS_NOT_FOUND")
+            if etag and before.etag != etag:
+                raise stale_etag(name)
             tx.restamp(tx.aliases.next_event_time(model_id))  # as in set_alias
             tx.aliases.delete(model_id, alias, ctx.principal, reason, tx.now)
             tx.record("DeleteAlias", name, before, None)

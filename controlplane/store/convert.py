@@ -156,13 +156,23 @@ def version(row: ModelVersionRow | Any, aliases: list[str]) -> ModelVersion:
 
 
 def alias(row: AliasRow) -> Alias:
+    return alias_as_set(
+        row.model_id, row.alias, row.version, row.updated_by, row.reason, row.update_time
+    )
+
+
+def alias_as_set(
+    model_id: str, name: str, version: int, actor: str, reason: str, time: datetime
+) -> Alias:
+    """The alias as one move (at ``time``, by ``actor``) left it."""
     return Alias(
-        model_id=row.model_id,
-        alias=row.alias,
-        version=row.version,
-        updated_by=row.updated_by,
-        reason=row.reason,
-        update_time=utc(row.update_time),
+        model_id=model_id,
+        alias=name,
+        version=version,
+        updated_by=actor,
+        reason=reason,
+        update_time=utc(time),
+        etag=etag(f"models/{model_id}/aliases/{name}", version, time),
     )
 
 

@@ -612,14 +612,18 @@ class Client(DeploymentsMixin):
         version: int | str,
         *,
         reason: str = "",
+        etag: str = "",
         request_id: str | None = None,
     ) -> registry_pb2.Alias:
+        """Point ``alias`` at ``version``; with ``etag`` (an alias's ``etag`` as read), only
+        while it has not moved since (else :class:`Aborted`, ETAG_MISMATCH)."""
         return self._call(
             self.registry.SetAlias,
             registry_pb2.SetAliasRequest(
                 name=f"{model_name(model)}/aliases/{alias}",
                 version=version_name(model, version),
                 reason=reason,
+                etag=etag,
                 request_id=request_id or self._rid(),
             ),
         )
@@ -651,13 +655,21 @@ class Client(DeploymentsMixin):
         )
 
     def delete_alias(
-        self, model: str, alias: str, *, reason: str = "", request_id: str | None = None
+        self,
+        model: str,
+        alias: str,
+        *,
+        reason: str = "",
+        etag: str = "",
+        request_id: str | None = None,
     ) -> None:
+        """Remove ``alias``; with ``etag``, only while it has not moved since it was read."""
         self._call(
             self.registry.DeleteAlias,
             registry_pb2.DeleteAliasRequest(
                 name=f"{model_name(model)}/aliases/{alias}",
                 reason=reason,
+                etag=etag,
                 request_id=request_id or self._rid(),
             ),
         )

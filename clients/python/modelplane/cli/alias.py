@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument("alias")
     st.add_argument("version", help="version number")
     st.add_argument("--reason", default="", help="why (kept in the history)")
+    st.add_argument("--etag", default="", help="only if the alias has not moved since read")
     add_request_id(st)
     st.set_defaults(handler=_set)
 
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("name")
     d.add_argument("alias")
     d.add_argument("--reason", default="")
+    d.add_argument("--etag", default="", help="only if the alias has not moved since read")
     add_request_id(d)
     d.set_defaults(handler=_delete)
 
@@ -61,6 +63,7 @@ def _set(args: argparse.Namespace, out: Printer) -> int:
             args.alias,
             args.version,
             reason=args.reason,
+            etag=args.etag,
             request_id=args.request_id or None,
         )
     out.emit(a, columns=COLUMNS, rows=[_row(a)])
@@ -100,7 +103,11 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 def _delete(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         c.delete_alias(
-            args.name, args.alias, reason=args.reason, request_id=args.request_id or None
+            args.name,
+            args.alias,
+            reason=args.reason,
+            etag=args.etag,
+            request_id=args.request_id or None,
         )
     out.emit({"deleted": f"{model_name(args.name)}/aliases/{args.alias}"})
     return 0
