@@ -123,7 +123,13 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         + PING_POLICY,
     )
     models = ModelService(store)
-    versions = VersionService(store, blobs, baseline_sample_size=settings.baseline_sample_size)
+    versions = VersionService(
+        store,
+        blobs,
+        baseline_sample_size=settings.baseline_sample_size,
+        max_rows=settings.registration_max_rows,
+        max_cells=settings.registration_max_cells,
+    )
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(models, versions), server
     )

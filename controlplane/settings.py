@@ -109,6 +109,18 @@ class ControlPlaneSettings(BaseSettings):
         description="rows times columns an evaluation dataset may have; larger ones are refused "
         "(DATASET_TOO_LARGE) before they are read",
     )
+    registration_max_rows: int = Field(
+        10_000_000,
+        gt=0,
+        description="rows each dataset of a version registration may have; larger ones are "
+        "refused (DATASET_TOO_LARGE) before they are read",
+    )
+    registration_max_cells: int = Field(
+        50_000_000,
+        gt=0,
+        description="rows times columns each dataset of a version registration may have; "
+        "larger ones are refused (DATASET_TOO_LARGE) before they are read",
+    )
     operation_lease_seconds: float = Field(
         60.0,
         gt=0,

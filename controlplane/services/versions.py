@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from controlplane.artifacts import inspect_onnx
 from controlplane.blobstore import BlobStore
+from controlplane.dataset_size import check_dataset_size
 from controlplane.domain import (
     BaselineRef,
     Blob,
@@ -47,6 +48,8 @@ from modelplane.server.context import RequestContext
 VERSION_UPDATE_PATHS = ("description", "labels")
 MAX_FEATURES = 100_000
 MAX_PACKAGES = 10_000
+#: Datasets one registration may attach: each is read and decoded by the server.
+MAX_DATASETS = 32
 PROFILE_MEDIA_TYPE = "application/vnd.modelplane.profile+json"
 
 
@@ -121,6 +124,13 @@ def _check_new(new: NewVersion) -> None:
         if not math.isfinite(metric):
             raise InvalidArgument(f"metric {key!r} is not a finite number", reason="INVALID_METRIC")
     _check_environment(new)
+    if len(new.datasets) > MAX_DATASETS:
+        raise InvalidArgument(
+            f"a version records at most {MAX_DATASETS} datasets (one per role), and "
+            f"{len(new.datasets)} were given; attach at most {MAX_DATASETS}",
+            reason="TOO_MANY_DATASETS",
+            metadata={"field": "datasets", "limit": str(MAX_DATASETS)},
+        )
     roles = [d.role for d in new.datasets]
     if len(set(roles)) != len(roles):
         raise InvalidArgument("each dataset role may appear once", reason="DUPLICATE_DATASET_ROLE")
@@ -313,22 +323,32 @@ def _check_baseline_inputs(signature: Signature, profiled: list[str], given: boo
 
 
 class VersionService:
-    """Registers versions and answers for them."""
+    """Registers versions and answers for them.
+
+    A registration's datasets are held to ``max_rows`` rows and ``max_cells`` rows x columns
+    each, read from their metadata before they are decoded, and are read one at a time."""
 
     def __init__(
-        self, store: Store, blobs: BlobStore, *, baseline_sample_size: int = 10_000
+        self,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        baseline_sample_size: int = 10_000,
+        max_rows: int = 10_000_000,
+        max_cells: int = 50_000_000,
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.baseline_sample_size = baseline_sample_size
+        self.max_rows = max_rows
+        self.max_cells = max_cells
 
-    def _stored_blob(self, recorded: set[str], sha256: str, what: str) -> bytes:
+    def _require_stored(self, recorded: set[str], sha256: str, what: str) -> None:
         if sha256 not in recorded or not self.blobs.exists(sha256):
             raise FailedPrecondition(
                 f"{what} blobs/{sha256} has not been uploaded; upload it first with UploadBlob",
                 reason="BLOB_NOT_FOUND",
             )
-        return self.blobs.read_bytes(sha256)
 
     def create(
         self, ctx: RequestContext, parent: str, new: NewVersion, request_id: str = ""
@@ -342,14 +362,13 @@ class VersionService:
                 raise model_not_found(model_id)
             # The server reads these blobs for the caller: only those it may read itself.
             require_readable(tx, ctx, digests)
-        artifact_bytes = self._stored_blob(recorded, new.artifact_sha256, "artifact")
-        dataset_bytes = {
-            d.role: self._stored_blob(recorded, d.sha256, f"dataset {d.role!r}")
-            for d in new.datasets
-        }
-        artifact, signature = inspect_onnx(artifact_bytes, new.artifact_sha256)
-        del artifact_bytes
-        datasets, feature_names, baseline = self._read_datasets(new, dataset_bytes, signature)
+        self._require_stored(recorded, new.artifact_sha256, "artifact")
+        for d in new.datasets:
+            self._require_stored(recorded, d.sha256, f"dataset {d.role!r}")
+        artifact, signature = inspect_onnx(
+            self.blobs.read_bytes(new.artifact_sha256), new.artifact_sha256
+        )
+        datasets, feature_names, baseline = self._read_datasets(new, signature)
         _check_feature_count(signature, feature_names)
         lineage = Lineage(
             training_run_id=new.training_run_id,
@@ -398,58 +417,78 @@ class VersionService:
             return version
 
     def _read_datasets(
-        self, new: NewVersion, data: dict[str, bytes], signature: Signature
+        self, new: NewVersion, signature: Signature
     ) -> tuple[list[DatasetRef], list[str], BaselineRef | None]:
-        from modelplane import profiles
-
         refs: list[DatasetRef] = []
         feature_names = list(new.feature_names)
         baseline: BaselineRef | None = None
         for d in new.datasets:
-            table = profiles.read_table(data[d.role])
-            refs.append(
-                DatasetRef(
-                    role=d.role,
-                    source=d.source,
-                    sha256=d.sha256,
-                    row_count=table.num_rows,
-                    schema=[Column(f.name, str(f.type)) for f in table.schema],
-                    format=profiles.detect_format(data[d.role]),
-                )
-            )
-            if d.role != "train":
-                continue
-            if new.label_column and new.label_column not in table.column_names:
-                raise InvalidArgument(
-                    f"label column {new.label_column!r} is not in the train dataset",
-                    reason="DATASET_COLUMNS_MISSING",
-                )
-            if not feature_names:
-                feature_names = profiles.default_feature_names(table, new.label_column or None)
-                _check_derived_feature_names(feature_names)
-            missing = [f for f in feature_names if f not in table.column_names]
-            if missing:
-                raise InvalidArgument(
-                    f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",
-                    reason="DATASET_COLUMNS_MISSING",
-                )
-            _check_feature_count(signature, feature_names)
-            if not input_columns(signature, feature_names):
-                # No input of the model is a column or a fixed-width table (an image, a
-                # [-1, -1] tensor): drift cannot be watched on it, so there is no baseline; the
-                # dataset stays in the lineage.
-                continue
-            _check_baseline_inputs(signature, feature_names, bool(new.feature_names))
-            profile = profiles.build_profile(
-                profiles.profiling_table(data[d.role], table),
-                feature_names,
-                sample_size=self.baseline_sample_size,
-            )
-            sha = self.blobs.put_bytes(profile.to_bytes())
-            baseline = BaselineRef(
-                sha256=sha, row_count=table.num_rows, feature_count=len(feature_names)
-            )
+            # One at a time: a dataset's bytes and table are let go before the next is read.
+            ref, feature_names, profiled = self._read_dataset(new, d, feature_names, signature)
+            refs.append(ref)
+            baseline = profiled or baseline
         return refs, feature_names, baseline
+
+    def _read_dataset(
+        self, new: NewVersion, d: NewDataset, feature_names: list[str], signature: Signature
+    ) -> tuple[DatasetRef, list[str], BaselineRef | None]:
+        """The dataset's lineage entry; for the train dataset also the feature names (given,
+        or derived from its columns) and the baseline profile, stored as a blob."""
+        from modelplane import profiles
+
+        data = self.blobs.read_bytes(d.sha256)
+        check_dataset_size(
+            data,
+            max_rows=self.max_rows,
+            max_cells=self.max_cells,
+            settings=("registration_max_rows", "registration_max_cells"),
+            dataset=f"dataset {d.role!r}",
+            serves="registers versions with",
+            advice="attach a sample",
+            metadata={"field": "datasets", "role": d.role},
+        )
+        table = profiles.read_table(data)
+        ref = DatasetRef(
+            role=d.role,
+            source=d.source,
+            sha256=d.sha256,
+            row_count=table.num_rows,
+            schema=[Column(f.name, str(f.type)) for f in table.schema],
+            format=profiles.detect_format(data),
+        )
+        if d.role != "train":
+            return ref, feature_names, None
+        if new.label_column and new.label_column not in table.column_names:
+            raise InvalidArgument(
+                f"label column {new.label_column!r} is not in the train dataset",
+                reason="DATASET_COLUMNS_MISSING",
+            )
+        if not feature_names:
+            feature_names = profiles.default_feature_names(table, new.label_column or None)
+            _check_derived_feature_names(feature_names)
+        missing = [f for f in feature_names if f not in table.column_names]
+        if missing:
+            raise InvalidArgument(
+                f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",
+                reason="DATASET_COLUMNS_MISSING",
+            )
+        _check_feature_count(signature, feature_names)
+        if not input_columns(signature, feature_names):
+            # No input of the model is a column or a fixed-width table (an image, a [-1, -1]
+            # tensor): drift cannot be watched on it, so there is no baseline; the dataset
+            # stays in the lineage.
+            return ref, feature_names, None
+        _check_baseline_inputs(signature, feature_names, bool(new.feature_names))
+        profile = profiles.build_profile(
+            profiles.profiling_table(data, table),
+            feature_names,
+            sample_size=self.baseline_sample_size,
+        )
+        sha = self.blobs.put_bytes(profile.to_bytes())
+        baseline = BaselineRef(
+            sha256=sha, row_count=table.num_rows, feature_count=len(feature_names)
+        )
+        return ref, feature_names, baseline
 
     def get(self, name: str) -> ModelVersion:
         ref = parse_version(name, allow_alias=True)

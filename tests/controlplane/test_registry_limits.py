@@ -1,0 +1,164 @@
+"""What a registration refuses before the server spends memory on it: a dataset larger than
+the registration limits (read from its metadata, before it is decoded), and more datasets than
+a version records. Datasets are read one at a time."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from onnx import TensorProto, helper
+
+from controlplane.services.versions import MAX_DATASETS
+from modelplane import Client
+from modelplane.errors import InvalidArgument, ResourceExhausted
+from tests.conftest import unique
+from tests.controlplane.conftest import RunningControlPlane, _start
+
+
+def _add_model(external: TensorProto | None = None) -> bytes:
+    """y = x + W over two features; ``external`` replaces the initializer W when given."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    w = external or helper.make_tensor("W", TensorProto.FLOAT, [2], [1.0, 1.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "W"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _parquet(rows: int) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"a": np.zeros(rows), "b": np.zeros(rows)}), sink)
+    return sink.getvalue()
+
+
+def _csv(rows: int = 5) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(pa.table({"a": np.arange(rows, dtype=float), "b": np.ones(rows)}), sink)
+    return sink.getvalue()
+
+
+@pytest.fixture
+def limited(tmp_path: Path, db_url: str) -> Iterator[RunningControlPlane]:
+    """A control plane on each backend whose registrations take datasets of at most 1,000 rows
+    and 1,500 cells."""
+    cp = _start(tmp_path, db_url, registration_max_rows=1000, registration_max_cells=1500)
+    yield cp
+    cp.handle.stop(0)
+
+
+def _register(c: Client, tmp: Path, model_id: str, datasets: dict[str, bytes]) -> int:
+    (tmp / "model.onnx").write_bytes(_add_model())
+    paths = {}
+    for role, data in datasets.items():
+        paths[role] = tmp / f"{role}.data"
+        paths[role].write_bytes(data)
+    version = c.register_version(model_id, tmp / "model.onnx", datasets=paths, capture_env=False)
+    return int(version.version)
+
+
+@pytest.mark.parametrize(
+    ("data", "setting", "limit"),
+    [
+        (_parquet(1001), "registration_max_rows", "1,000 rows"),
+        (_csv(800), "registration_max_cells", "1,500 cells"),
+    ],
+    ids=["rows", "cells"],
+)
+def test_a_dataset_over_the_registration_limits_is_refused(
+    limited: RunningControlPlane, tmp_path: Path, data: bytes, setting: str, limit: str
+) -> None:
+    model_id = unique()
+    with limited.client() as c:
+        c.create_model(model_id)
+        with pytest.raises(ResourceExhausted) as err:
+            _register(c, tmp_path, model_id, {"train": _csv(), "holdout": data})
+        assert list(c.list_versions(model_id)) == []
+        # Datasets within the limits are registered.
+        assert _register(c, tmp_path, model_id, {"train": _csv(), "holdout": _parquet(750)}) == 1
+    assert err.value.reason == "DATASET_TOO_LARGE"
+    assert "dataset 'holdout'" in err.value.message
+    assert setting in err.value.message and limit in err.value.message
+    assert err.value.metadata["role"] == "holdout"
+
+
+def test_the_size_is_checked_before_the_dataset_is_decoded(
+    limited: RunningControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelplane import profiles
+
+    decoded: list[int] = []
+    read_table = profiles.read_table
+
+    def counting(data: bytes, **kw: bool) -> pa.Table:
+        decoded.append(len(data))
+        return read_table(data, **kw)
+
+    monkeypatch.setattr(profiles, "read_table", counting)
+    big = _parquet(100_000)
+    model_id = unique()
+    with limited.client() as c:
+        c.create_model(model_id)
+        with pytest.raises(ResourceExhausted):
+            _register(c, tmp_path, model_id, {"train": big})
+    assert len(big) not in decoded
+
+
+def test_a_version_records_at_most_max_datasets(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    small = _csv()
+    model_id = unique()
+    with controlplane_any.client() as c:
+        c.create_model(model_id)
+        too_many = {f"r{i}": small for i in range(MAX_DATASETS + 1)}
+        with pytest.raises(InvalidArgument) as err:
+            _register(c, tmp_path, model_id, too_many)
+        assert list(c.list_versions(model_id)) == []
+        # As many as the limit, all one blob, are registered.
+        at_limit = {f"r{i}": small for i in range(MAX_DATASETS)}
+        version = _register(c, tmp_path, model_id, at_limit)
+        lineage = c.get_version(model_id, version).lineage
+    assert err.value.reason == "TOO_MANY_DATASETS"
+    assert str(MAX_DATASETS) in err.value.message and err.value.metadata["field"] == "datasets"
+    assert len(lineage.datasets) == MAX_DATASETS
+
+
+def test_datasets_are_read_and_decoded_one_at_a_time(
+    controlplane: RunningControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each dataset's bytes are decoded before the next dataset's are read, so that a
+    registration holds one dataset's bytes at a time."""
+    from controlplane.blobstore import BlobStore
+    from modelplane import profiles
+
+    datasets = {"validation": _csv(5), "test": _csv(6), "holdout": _csv(7)}
+    sizes = {len(data) for data in datasets.values()}
+    events: list[str] = []
+    read_bytes, read_table = BlobStore.read_bytes, profiles.read_table
+
+    def reading(self: BlobStore, sha256: str) -> bytes:
+        data = read_bytes(self, sha256)
+        if len(data) in sizes:
+            events.append("read")
+        return data
+
+    def decoding(data: bytes, **kw: bool) -> pa.Table:
+        if len(data) in sizes:
+            events.append("decode")
+        return read_table(data, **kw)
+
+    monkeypatch.setattr(BlobStore, "read_bytes", reading)
+    monkeypatch.setattr(profiles, "read_table", decoding)
+    model_id = unique()
+    with controlplane.client() as c:
+        c.create_model(model_id)
+        _register(c, tmp_path, model_id, datasets)
+    assert events == ["read", "decode"] * 3
