@@ -226,6 +226,8 @@ class PredictionLogWriter:
 
     def _run(self) -> None:
         ticket: Future[None] | None = None
+        #: The round being written: lost with the queue when the writer fails.
+        entries: list[Entry] = []
         try:
             while True:
                 with self._lock:
@@ -242,13 +244,13 @@ class PredictionLogWriter:
                     self._has_room.notify_all()
                 self._write(entries, durable=self._sync or forced)
                 ticket.set_result(None)
-                ticket = None
+                ticket, entries = None, []
                 if closing:
                     self._files.close_all()
                     return
                 self._timed_duties()
         except BaseException as exc:  # any failure stops the log, loudly
-            self._fail(exc, ticket)
+            self._fail(exc, ticket, entries)
 
     def _write(self, entries: list[Entry], durable: bool) -> None:
         written: list[tuple[pa.RecordBatch, str]] = []
@@ -286,13 +288,20 @@ class PredictionLogWriter:
         if deleted:
             self.metrics.deleted_files.inc(deleted)
 
-    def _fail(self, exc: BaseException, ticket: Future[None] | None) -> None:
+    def _fail(
+        self, exc: BaseException, ticket: Future[None] | None, in_flight: list[Entry]
+    ) -> None:
+        """Stop for good after ``exc``: fail the tickets of the round being written
+        (``in_flight``, whose ticket is ``ticket``) and of everything queued, and say how many
+        rows that leaves unwritten."""
         error = PredictionLogFailed(f"the prediction log writer stopped: {exc}")
         error.__cause__ = exc
         with self._lock:
             self._error = error
             pending, self._group = self._group, Future()
-            lost = self._queued_rows
+            # The failed round's rows count too: its ticket fails, so none of them is
+            # acknowledged as written (a reader may still find batches it completed).
+            lost = self._queued_rows + sum(e.n_rows for e in in_flight)
             self._queue, self._queued_rows = [], 0
             self._has_room.notify_all()
         for waiting in (ticket, pending):
