@@ -31,7 +31,8 @@ shadow guards, say) never leave another unguarded:
   point above the champion's, and at most 10% of the compared rows disagreeing.
 
 A guard reading what a phase never has (``shadow`` where the candidate answers traffic,
-``candidate`` in a shadow phase) does not apply there: it is skipped. When there is no
+``candidate`` in a shadow phase) does not apply there: it is skipped, on every window as over
+a whole step, even when a report carries that arm (:func:`in_phase` drops it). When there is no
 champion to compare with (no champion request in the window or step and no reference, as in a
 canary whose only step is 100% on a new deployment), every guard reading ``champion`` is
 skipped; so where the candidate answers traffic and no guard in force judges it without the
@@ -51,6 +52,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from controlplane.domain.deployments import (
@@ -171,6 +173,19 @@ def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]
 def absent_in(phase: str) -> frozenset[str]:
     """The guard variables ``phase`` never has."""
     return ABSENT_IN_SHADOW if phase in SHADOW_PHASES else ABSENT_WITH_TRAFFIC
+
+
+def in_phase(evidence: Evidence, phase: str) -> Evidence:
+    """``evidence`` without the arms ``phase`` never has (:func:`absent_in`), so that no guard
+    judges them there: a shadow summary where the candidate answers traffic (copies compared by
+    a replica that had not yet applied the blue/green switch), the candidate's requests in a
+    shadow phase (requests that pinned its version with ``model_version``)."""
+    absent = absent_in(phase)
+    return replace(
+        evidence,
+        candidate=None if "candidate" in absent else evidence.candidate,
+        shadow=None if "shadow" in absent else evidence.shadow,
+    )
 
 
 def subject(phase: str) -> str:

@@ -5,7 +5,8 @@ sequence) is acknowledged with ``accepted=False`` and changes nothing); the cand
 requests count toward the current canary step when the sidecar applied the step's generation;
 the latest window (each replica's newest report of the same rollout received within
 ``stale_factor`` report intervals) is merged and its derived fields computed; guards are
-evaluated on it, and a failed guard rolls the rollout back at once; a canary step whose time
+evaluated on it, less any arm the phase never has (:func:`~controlplane.rollouts.guards.in_phase`,
+as over a whole step), and a failed guard rolls the rollout back at once; a canary step whose time
 and requests are complete, or a blue/green shadow or watch phase whose time is, moves only
 when every guard also passes on the whole step or phase (see :mod:`controlplane.rollouts.steps`;
 one that fails there rolls back) and no replica says it cannot load the candidate (see
@@ -385,8 +386,10 @@ class ReportService:
     def _judge(
         self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence, baselines: drift.Baselines
     ) -> bool:
-        """Evaluate the guards; roll back on a failure, else advance a completed step."""
+        """Evaluate the guards on the window, without the arms the phase never has; roll back
+        on a failure, else advance a completed step."""
         repo = Deployments(tx.session)
+        evidence = guards.in_phase(evidence, r.phase)
         thin = guards.champion_minimum(r.candidate_percent, self.guard_min_requests)
         values = guards.variables(evidence, r.champion_reference, thin)
         in_force = guards.in_force(r.effective_guards, values, r.phase, thin)

@@ -37,7 +37,6 @@ from dataclasses import dataclass, replace
 
 from controlplane.domain.deployments import (
     BLUE_GREEN,
-    SHADOW_PHASES,
     ArmSummary,
     Deployment,
     Evidence,
@@ -96,15 +95,20 @@ def judge_step(
     candidate now)."""
     total = step_sum.current(tx, d, r)
     champion = total.champion
-    in_shadow = r.phase in SHADOW_PHASES
-    evidence = Evidence(
-        champion=scored(champion),
-        candidate=None if in_shadow else scored(total.candidate),
-        shadow=total.shadow if in_shadow else None,
-        window_end_time=total.window_end_time or tx.now,
-        replica_count=len(total.replicas),
-        step_candidate_requests=r.step_candidate_requests,
-        unloaded=tuple(not_loaded),
+    evidence = guards.in_phase(
+        Evidence(
+            champion=champion,
+            candidate=total.candidate,
+            shadow=total.shadow,
+            window_end_time=total.window_end_time or tx.now,
+            replica_count=len(total.replicas),
+            step_candidate_requests=r.step_candidate_requests,
+            unloaded=tuple(not_loaded),
+        ),
+        r.phase,
+    )
+    evidence = replace(
+        evidence, champion=scored(evidence.champion), candidate=scored(evidence.candidate)
     )
     enough = champion is not None and champion.requests >= min_requests
     reference: ArmSummary | None = evidence.champion if enough else None
