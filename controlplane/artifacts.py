@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
 from onnx import TensorProto
 
 from controlplane.domain import Artifact, Signature, TensorSpec
+from controlplane.names import shown
 from modelplane.errors import InvalidArgument
 
 #: ONNX element types and their Open Inference Protocol datatype names.
@@ -50,10 +52,53 @@ def _spec(value: Any) -> TensorSpec:
     return TensorSpec(value.name, datatype, shape)
 
 
+def _tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor a model holds: initializers (sparse ones too) and tensor attributes of the
+    nodes of its graph, of the subgraphs those nodes carry (If, Loop, Scan), of its training
+    graphs, and of its functions."""
+    graphs = [model.graph]
+    for info in model.training_info:
+        graphs += [info.initialization, info.algorithm]
+    attributes = [a for f in model.functions for a in f.attribute_proto]
+    attributes += [a for f in model.functions for n in f.node for a in n.attribute]
+    while graphs or attributes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            attributes += [a for n in graph.node for a in n.attribute]
+            continue
+        attribute = attributes.pop()
+        yield attribute.t
+        yield from attribute.tensors
+        for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
+            yield from (sparse.values, sparse.indices)
+        graphs += [attribute.g, *attribute.graphs]
+
+
+def _refuse_external_data(model: onnx.ModelProto) -> None:
+    """INVALID_ONNX_MODEL when a tensor keeps its data in another file: the server has only the
+    uploaded bytes, and resolving the file's location (as onnx.checker would) would read the
+    server's own files."""
+    for tensor in _tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL and not tensor.external_data:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        named = f" {shown(location)}" if location else ""
+        raise _invalid(
+            f"tensor {shown(tensor.name)} keeps its data in an external file{named}; "
+            "external data is not supported: the artifact must be one "
+            "self-contained ONNX file (load the model with its data and save it with "
+            "onnx.save_model(model, path, save_as_external_data=False))"
+        )
+
+
 def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
     """Validate ONNX bytes and extract header facts and the signature.
 
-    Raises INVALID_ARGUMENT (reason INVALID_ONNX_MODEL) when the bytes are not a valid model.
+    Raises INVALID_ARGUMENT (reason INVALID_ONNX_MODEL) when the bytes are not a valid model,
+    or when a tensor keeps its data in an external file (refused before onnx.checker runs).
     """
     try:
         model = onnx.load_from_string(data)
@@ -61,6 +106,7 @@ def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
         raise _invalid(f"the artifact is not an ONNX model: {type(exc).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise _invalid("the artifact is not an ONNX model: it has no graph")
+    _refuse_external_data(model)
     try:
         # The checker takes the bytes we hold; given the parsed model it would serialise it again.
         onnx.checker.check_model(data)

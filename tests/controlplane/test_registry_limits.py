@@ -1,20 +1,24 @@
-"""What a registration refuses before the server spends memory on it: a dataset larger than
-the registration limits (read from its metadata, before it is decoded), and more datasets than
-a version records. Datasets are read one at a time."""
+"""What a registration refuses before the server spends memory or reads its own files on it:
+a dataset larger than the registration limits (read from its metadata, before it is decoded),
+more datasets than a version records, and an ONNX artifact whose tensors keep their data in
+external files. Datasets are read one at a time."""
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper
 
+from controlplane.artifacts import inspect_onnx
 from controlplane.services.versions import MAX_DATASETS
 from modelplane import Client
 from modelplane.errors import InvalidArgument, ResourceExhausted
@@ -162,3 +166,86 @@ def test_datasets_are_read_and_decoded_one_at_a_time(
         c.create_model(model_id)
         _register(c, tmp_path, model_id, datasets)
     assert events == ["read", "decode"] * 3
+
+
+def _external(location: str) -> TensorProto:
+    tensor = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[2])
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    tensor.external_data.add(key="length", value="8")
+    return tensor
+
+
+def _with_constant(tensor: TensorProto) -> bytes:
+    """y = x + C where C is a Constant node's tensor attribute."""
+    model = onnx.load_from_string(_add_model())
+    del model.graph.initializer[:]
+    tensor.name = "W"
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["W"], value=tensor))
+    return model.SerializeToString()
+
+
+def _in_subgraph(tensor: TensorProto) -> bytes:
+    """y = If(cond) { x + W } else { x }, with W an initializer of the then-branch."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [None, 2])
+    then = helper.make_graph([helper.make_node("Add", ["x", "W"], ["o"])], "t", [], [out], [tensor])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "e", [], [out])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)
+    graph = helper.make_graph([node], "g", [x, cond], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _sparse(tensor: TensorProto) -> bytes:
+    model = onnx.load_from_string(_add_model())
+    del model.graph.initializer[:]
+    indices = helper.make_tensor("W_indices", TensorProto.INT64, [2], [0, 1])
+    model.graph.sparse_initializer.add().CopyFrom(helper.make_sparse_tensor(tensor, indices, [2]))
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_add_model, _with_constant, _in_subgraph, _sparse],
+    ids=["initializer", "constant", "subgraph", "sparse"],
+)
+def test_tensors_with_external_data_are_refused_before_the_checker(
+    build: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def checker(*_: object, **__: object) -> None:
+        raise AssertionError("onnx.checker ran on a model with external data")
+
+    monkeypatch.setattr(onnx.checker, "check_model", checker)
+    with pytest.raises(InvalidArgument) as err:
+        inspect_onnx(build(_external("server.log")), "0" * 64)  # type: ignore[operator]
+    assert err.value.reason == "INVALID_ONNX_MODEL"
+    assert "external data is not supported" in err.value.message
+    assert "self-contained" in err.value.message and "'server.log'" in err.value.message
+
+
+def test_a_registration_naming_the_servers_files_learns_nothing_of_them(
+    controlplane_any: RunningControlPlane, tmp_path: Path
+) -> None:
+    """An artifact whose initializer names a file the server can read (relative to its working
+    directory, or absolute), or one that does not exist, gets one answer whatever the file:
+    external data is refused, and no version is registered."""
+    present = tmp_path / "present.bin"
+    present.write_bytes(b"\x00" * 8)
+    locations = [os.path.relpath(present), str(present), os.path.relpath(tmp_path / "absent.bin")]
+    model_id = unique()
+    answers = set()
+    with controlplane_any.client() as c:
+        c.create_model(model_id)
+        for location in locations:
+            (tmp_path / "model.onnx").write_bytes(_add_model(_external(location)))
+            with pytest.raises(InvalidArgument) as err:
+                c.register_version(model_id, tmp_path / "model.onnx", capture_env=False)
+            answers.add((err.value.reason, err.value.message.replace(repr(location), "LOCATION")))
+        assert list(c.list_versions(model_id)) == []
+    assert len(answers) == 1
+    reason, message = answers.pop()
+    assert reason == "INVALID_ONNX_MODEL" and "external data is not supported" in message
