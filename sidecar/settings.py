@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelplane.server.cpus import available_cores, process_budget
 from modelplane.units import parse_duration
@@ -207,11 +208,13 @@ class SidecarSettings(BaseSettings):
     )
     warmup_runs: int = Field(3, ge=1, description="Session calls made during warm-up.")
     log_level: str = Field("info", description="Log level of the JSON logs on stderr.")
-    feature_names: tuple[str, ...] | None = Field(
+    # NoDecode: the env var takes the flag's A,B (pydantic-settings would try it as JSON).
+    feature_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
         None,
         description=(
             "Names of the columns of the model's [-1, F] input, for the prediction log and "
-            "drift; default: the baseline's feature names when it has F, else x_0..x_{F-1}."
+            "drift, as A,B (a JSON list is read too); default: the baseline's feature names "
+            "when it has F, else x_0..x_{F-1}."
         ),
     )
     baseline: Path | None = Field(
@@ -264,6 +267,14 @@ class SidecarSettings(BaseSettings):
     @classmethod
     def _names(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                # A JSON list: how the supervisor of --workers N hands them to its workers.
+                try:
+                    decoded = json.loads(value)
+                except ValueError:
+                    pass
+                else:
+                    return tuple(decoded) if isinstance(decoded, list) and decoded else None
             names = tuple(n.strip() for n in value.split(",") if n.strip())
             return names or None
         return value

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelplane.units import parse_duration, parse_size
 
@@ -56,9 +57,11 @@ class PredictionLogSettings(BaseSettings):
         description="Fraction of requests logged, chosen by a hash of the request id (rejected "
         "requests are always logged).",
     )
-    exclude_features: tuple[str, ...] = Field(
+    # NoDecode: the env var takes the flag's A,B (pydantic-settings would read it as JSON).
+    exclude_features: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Feature columns or whole inputs never written (e.g. personal data).",
+        description="Feature columns or whole inputs never written (e.g. personal data): "
+        "A,B like the flag (a JSON list is read too).",
     )
     queue_rows: int = Field(
         default=65536, ge=1, description="Rows waiting to be written beyond which appends wait."
@@ -92,7 +95,7 @@ class PredictionLogSettings(BaseSettings):
     @field_validator("exclude_features", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
-        return parse_names(value) if isinstance(value, str) else value
+        return names_value(value)
 
     @model_validator(mode="after")
     def _retention_after_rotation(self) -> PredictionLogSettings:
@@ -135,6 +138,23 @@ def parse_rate(text: str) -> float:
 def parse_names(text: str) -> tuple[str, ...]:
     """A comma-separated list of names."""
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def names_value(value: Any) -> Any:
+    """A list-of-names setting given as text (a flag, an env var): ``A,B``, or a JSON list
+    (what the supervisor of ``--workers N`` hands its workers); anything else is left to
+    validation."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            pass
+        else:
+            if isinstance(decoded, list):
+                return tuple(decoded)
+    return parse_names(value)
 
 
 def _arg(parse: Any, minimum: float | None = None) -> Any:
