@@ -31,14 +31,21 @@ _STALE_TMP_S = 3600.0
 
 
 def list_log_files(directory: Path, labels: bool = False) -> list[Path]:
-    """Every prediction ``.arrows`` file under ``directory`` (one level of subfolders),
-    oldest first; ``labels`` lists the label log's files instead."""
-    found = list(directory.glob(f"*{SUFFIX}")) + list(directory.glob(f"*/*{SUFFIX}"))
-    found = [
-        p
-        for p in found
-        if not p.name.startswith(".") and p.name.startswith(LABELS_PREFIX) == labels
-    ]
+    """Every prediction ``.arrows`` file under ``directory``, at any depth (a sidecar's log
+    dir holds date folders; a parent of several replicas' log dirs holds theirs), sorted by
+    path relative to ``directory``: oldest first within each folder, one log dir after
+    another. Hidden files and folders are skipped, symbolic links to folders not followed.
+    ``labels`` lists the label log's files instead."""
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(directory):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [
+            Path(folder, name)
+            for name in names
+            if name.endswith(SUFFIX)
+            and not name.startswith(".")
+            and name.startswith(LABELS_PREFIX) == labels
+        ]
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
