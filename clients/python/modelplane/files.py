@@ -75,6 +75,19 @@ def replaced_atomically(
         with contextlib.suppress(FileNotFoundError):
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if str(tmp) in (exc.filename, exc.filename2):
+            # The temporary is ours, not the caller's: name the file they asked for.
+            raise _naming(exc, text) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _naming(exc: OSError, target: str) -> OSError:
+    """``exc`` (same class and errno) naming ``target`` instead of the temporary file."""
+    if exc.errno is None:
+        return type(exc)(f"{target}: {exc}")
+    return type(exc)(exc.errno, exc.strerror, target)

@@ -1,9 +1,9 @@
 """`modelplane logs` commands: read and compact the sidecar's Arrow prediction log.
 
 Times (``--since``, ``--until``) are ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no
-zone means UTC), ``now``, or relative to now: ``-30m``, ``-1h``, ``-7d``. ``--since`` is
-inclusive, ``--until`` exclusive. pyarrow is imported only when a command runs: the plain
-CLI install does not need it for anything else.
+zone means UTC), ``now``, or relative to now: ``-30m``, ``-1h``, ``-7d``, ``-1w``, ``-1h30m``.
+``--since`` is inclusive, ``--until`` exclusive. pyarrow is imported only when a command runs:
+the plain CLI install does not need it for anything else.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--columns", metavar="A,B", help="only these columns (e.g. request_id,row,arm,x_0)"
     )
     read.set_defaults(handler=_read)
-    # argparse takes "-1h" for an option; let relative times through as values, like numbers.
-    read._negative_number_matcher = re.compile(  # type: ignore[attr-defined]
-        r"^-\d+$|^-\d*\.\d+$|^-\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d)$"
-    )
+    # argparse takes "-1h" for an option; let relative times through as values, like
+    # numbers. No option of `logs read` starts with a digit, so every "-<digit>..." is a
+    # value (-1h, -1h30m, -1w); parse_time words the error when it is no time.
+    read._negative_number_matcher = re.compile(r"^-\.?\d")  # type: ignore[attr-defined]
 
     compact = cmds.add_parser(
         "compact",
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 _TIME_HELP = (
     "T is ISO-8601 (2026-11-26T10:00:00Z, 2026-11-26; UTC unless a zone is given), 'now', "
-    "or relative to now (-30m, -1h, -7d)."
+    "or relative to now (-30m, -1h, -7d, -1w, -1h30m)."
 )
 
 
