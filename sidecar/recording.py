@@ -18,6 +18,7 @@ goes on with the next run, in ``sync`` durability the requests of that batch fai
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import FailedPrecondition
+from modelplane.errors import FailedPrecondition, InvalidArgument
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather, run_of
 from sidecar.predlog import (
     PredictionBatch,
@@ -33,7 +34,7 @@ from sidecar.predlog import (
     PredictionLogWriter,
     RejectedRequest,
 )
-from sidecar.predlog.layout import ColumnClash, TensorSpec, plan_layout
+from sidecar.predlog.layout import ColumnClash, TensorSpec, excludable_names, plan_layout
 from sidecar.predlog.records import FeatureNames
 from sidecar.signature import Signature
 
@@ -46,8 +47,11 @@ _REPORTED_ERRORS = 32
 def check_log_columns(
     signature: Signature, feature_names: FeatureNames, exclude: Iterable[str]
 ) -> None:
-    """Refuse, at start-up, a prediction log whose columns would clash for this model
-    (``FailedPrecondition``, reason ``LOG_COLUMN_CLASH``, naming the column)."""
+    """Refuse, at start-up, a prediction log that cannot serve this model: an
+    ``--log-exclude-features`` name that is no input or feature column of it
+    (``InvalidArgument``, reason ``UNKNOWN_EXCLUDED_FEATURE``: a misspelt name would leave the
+    feature it meant in the log), or columns that would clash (``FailedPrecondition``, reason
+    ``LOG_COLUMN_CLASH``, naming the column)."""
 
     def specs(tensors: Sequence[Any], per_row: bool) -> list[TensorSpec]:
         # Column names do not depend on dims that vary; outputs that are not one row per
@@ -58,18 +62,52 @@ def check_log_columns(
             out.append((t.name, tuple(max(d, 1) for d in shape), t.dtype.str))
         return out
 
+    excluded = frozenset(exclude)
+    inputs = specs(signature.inputs, True)
+    _check_excluded(signature, excluded, excludable_names(inputs, feature_names))
     try:
-        plan_layout(
-            specs(signature.inputs, True),
-            specs(signature.outputs, False),
-            feature_names,
-            frozenset(exclude),
-        )
+        plan_layout(inputs, specs(signature.outputs, False), feature_names, excluded)
     except ColumnClash as exc:
         raise FailedPrecondition(
             f"the prediction log cannot name its columns for this model: {exc}",
             reason="LOG_COLUMN_CLASH",
         ) from None
+
+
+#: Names listed in the error about an unknown excluded name, at most.
+_LISTED_NAMES = 20
+
+
+def _check_excluded(signature: Signature, excluded: frozenset[str], known: list[str]) -> None:
+    """Raise ``InvalidArgument`` naming every excluded name that is no input or feature column
+    (``known``), with the names it could be."""
+    # A [-1, -1] input has as many x_j (or <input>_j) columns as a request's rows are wide.
+    open_widths = [
+        "x_" if len(signature.inputs) == 1 else f"{t.name}_"
+        for t in signature.inputs
+        if t.rank == 2 and t.shape[1] < 0
+    ]
+    unknown = [
+        name
+        for name in sorted(excluded)
+        if name not in known
+        and not any(
+            name.startswith(p) and name[len(p) :].isascii() and name[len(p) :].isdigit()
+            for p in open_widths
+        )
+    ]
+    if not unknown:
+        return
+    guesses = {g for name in unknown for g in difflib.get_close_matches(name, known, n=3)}
+    listed = ", ".join(known[:_LISTED_NAMES])
+    if len(known) > _LISTED_NAMES:
+        listed += f", ... ({len(known) - _LISTED_NAMES} more)"
+    meant = f" (did you mean {', '.join(map(repr, sorted(guesses)))}?)" if guesses else ""
+    raise InvalidArgument(
+        f"--log-exclude-features: this model has no input or feature column named "
+        f"{' or '.join(map(repr, unknown))}{meant}; it has: {listed}",
+        reason="UNKNOWN_EXCLUDED_FEATURE",
+    )
 
 
 class LogErrors:

@@ -160,6 +160,22 @@ def plan_layout(
     return layout
 
 
+def excludable_names(
+    inputs: Sequence[TensorSpec],
+    feature_names: Sequence[str] | Mapping[str, Sequence[str]] | None,
+) -> list[str]:
+    """What ``--log-exclude-features`` may name for inputs of these shapes: each input, then
+    the feature columns of each tabular ``[-1, F]`` one (as :func:`plan_layout` names them)."""
+    tabular = [name for name, shape, _ in inputs if len(shape) == 1]
+    names_by_input = _feature_names_by_input(feature_names, tabular, strict=True)
+    names: list[str] = []
+    for name, shape, _ in inputs:
+        names.append(name)
+        if len(shape) == 1:
+            names += _names_for(name, shape[0], names_by_input.get(name), len(tabular) > 1, True)
+    return names
+
+
 def _check_unique(layout: Layout) -> None:
     seen = set(RESERVED_COLUMNS)
     for column in layout.column_names():
