@@ -6,11 +6,14 @@ requests count toward the current canary step when the sidecar applied the step'
 the latest window (each replica's newest report of the same rollout received within
 ``stale_factor`` report intervals) is merged and its derived fields computed; guards are
 evaluated on it, less any arm the phase never has (:func:`~controlplane.rollouts.guards.in_phase`,
-as over a whole step), and a failed guard rolls the rollout back at once; a canary step whose time
-and requests are complete, or a blue/green shadow or watch phase whose time is, moves only
+as over a whole step), and a failed guard rolls the rollout back at once; a canary step whose
+time and requests are complete, or a blue/green shadow or watch phase whose time is, moves only
 when every guard also passes on the whole step or phase (see :mod:`controlplane.rollouts.steps`;
 one that fails there rolls back) and no replica says it cannot load the candidate (see
-:mod:`controlplane.rollouts.unloaded`, which also records the events); drift past the
+:mod:`controlplane.rollouts.unloaded`, which also records the events); an A/B or shadow
+rollout, which never moves on its own, is judged over its whole phase too once the version
+under test has answered its ``min_requests`` requests there, and rolled back when a guard fails
+(:func:`~controlplane.rollouts.steps.judge_open`); drift past the
 deployment's thresholds, judged over windows of at least ``min_rows`` rows summed across
 reports (see :mod:`controlplane.rollouts.drift_windows`), records a ``drift`` event (outside
 its cooldown) and, after commit, calls the retraining hooks.
@@ -406,6 +409,8 @@ class ReportService:
         if failure is not None:
             return self._roll_back(tx, d, r, failure, evidence, "")
         fresh = replace(r, step_candidate_requests=evidence.step_candidate_requests)
+        if r.strategy in steps.OPEN_ENDED:
+            return self._judge_open(tx, d, fresh, evidence, baselines)
         due = machine.due(fresh, tx.now, self.switch_seconds)
         if due is None:
             return False
@@ -435,6 +440,24 @@ class ReportService:
             due = replace(due, reason=why, rollout=replace(due.rollout, reason=why))
         moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
         return moved is not None
+
+    def _judge_open(
+        self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence, baselines: drift.Baselines
+    ) -> bool:
+        """Roll an A/B or shadow rollout back when a guard fails over its phase so far (see
+        :func:`controlplane.rollouts.steps.judge_open`); nothing else moves it."""
+        verdict = steps.judge_open(
+            tx,
+            d,
+            r,
+            self.guard_min_requests,
+            lambda a: _scored(d, a, baselines),
+            evidence.unloaded,
+        )
+        if verdict is None or verdict.failure is None:
+            return False
+        scope = f" over the {steps.scope(r)}"
+        return self._roll_back(tx, d, r, verdict.failure, verdict.evidence, scope)
 
     def _roll_back(
         self,

@@ -2,16 +2,18 @@
 
 A complete canary step or blue/green phase is judged over the sum of every report made in it
 (:mod:`controlplane.rollouts.steps`), and judged again on every report while a guard cannot
-be evaluated yet. Re-reading and re-merging the step's reports each time would cost more with
-every report the step holds, so the sum is kept with the rollout (``rollouts.step_sum``).
-Merging is associative, so the kept sum equals the sum of the reports it took in (within
-the bounds :mod:`controlplane.rollouts.merge` keeps: int64 counts, the most frequent labels).
+be evaluated yet; an A/B or shadow phase (from the rollout's start, or its last resume) is
+judged over its sum on every report, for a failure only. Re-reading and re-merging the step's
+reports each time would cost more with every report the step holds, so the sum is kept with
+the rollout (``rollouts.step_sum``). Merging is associative, so the kept sum equals the sum of
+the reports it took in (within the bounds :mod:`controlplane.rollouts.merge` keeps: int64
+counts, the most frequent labels).
 
 A report belongs to the step when it was made under the rollout, received since the step
 began, and made under the step's generation or later (or by a sidecar that does not say which
 generation it applied). The kept sum is tagged with its step (start time, in UTC, and
 generation) and remembers the last report it took in (its id and receive time). On every
-report of a canary or blue/green rollout, in the report's transaction and under the
+report of the rollout, whatever its strategy, in the report's transaction and under the
 deployment's row lock that every report takes first, the sum takes in every report of the
 step stored after that one: normally the report itself, and also any stored by a writer that
 does not keep the sum (a control plane of an earlier version, during a rolling upgrade). So
@@ -44,8 +46,6 @@ from typing import Any
 import structlog
 
 from controlplane.domain.deployments import (
-    BLUE_GREEN,
-    CANARY,
     ArmSummary,
     Deployment,
     DriftSummary,
@@ -64,9 +64,6 @@ from controlplane.store.deployment_repos import Deployments
 from modelplane.errors import InvalidArgument
 
 log = structlog.get_logger("modelplane.controlplane.rollouts")
-
-#: The strategies whose steps or phases are judged as a whole.
-JUDGED = frozenset({CANARY, BLUE_GREEN})
 
 
 @dataclass(frozen=True)
@@ -292,9 +289,8 @@ def current(tx: Tx, d: Deployment, r: Rollout) -> StepSum:
 
 def take_in(tx: WriteTx, d: Deployment, r: Rollout) -> None:
     """Bring the kept sum of ``r``'s current step up to date with its stored reports (called
-    on every report of ``r``, once the report is stored)."""
-    if r.strategy in JUDGED:
-        current(tx, d, r)
+    on every report of ``r``, once the report is stored, whatever its strategy)."""
+    current(tx, d, r)
 
 
 def champion_before(tx: WriteTx, d: Deployment, r: Rollout) -> ArmSummary | None:

@@ -1,4 +1,5 @@
-"""Judging a canary step or a blue/green phase over every window reported since it began.
+"""Judging a canary step or a phase of another strategy over every window reported since it
+began.
 
 Guards run on each merged window so that a bad candidate is rolled back at once, but one window
 of one report interval holds few requests when traffic is modest, and a guard is skipped while
@@ -25,6 +26,14 @@ either, while a replica says it cannot load the candidate
 (:mod:`controlplane.rollouts.unloaded`): the guards that passed are then shown held, with the
 replicas and their errors.
 
+An A/B or shadow rollout never moves on its own (a person promotes it), but at low traffic its
+windows are as thin, so a candidate (or shadow) failing every request would serve for ever. Its
+phase, from the rollout's start or its last resume, is therefore judged the same way on every
+report (:func:`judge_open`) once the version under test has answered or failed the rollout's
+``min_requests`` requests there (for ``shadow``: copies compared or failed), each guard still
+needing ``guard_min_requests`` requests of every arm it reads: a guard that evaluates to false
+rolls the candidate back; guards that pass, or cannot be evaluated yet, change nothing.
+
 The champion is compared with its own requests in the step when it has enough; otherwise (the
 100% step, the blue/green watch, or a thin share) with its reference: the last window or step
 in which it had enough, or else the sum of its windows reported before the rollout began.
@@ -36,7 +45,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from controlplane.domain.deployments import (
-    BLUE_GREEN,
+    AB,
+    CANARY,
+    SHADOW,
+    SHADOW_PHASES,
     ArmSummary,
     Deployment,
     Evidence,
@@ -48,10 +60,14 @@ from controlplane.rollouts import guards, step_sum, unloaded
 from controlplane.store import WriteTx
 from modelplane.errors import InvalidArgument
 
+#: The strategies with no automatic end (a person promotes or rolls back): their phase is
+#: judged as a whole on every report, and only a failure counts.
+OPEN_ENDED = frozenset({AB, SHADOW})
+
 
 def scope(r: Rollout) -> str:
-    """What ``r`` moves by, for people: ``phase`` (blue/green) or ``step`` (canary)."""
-    return "phase" if r.strategy == BLUE_GREEN else "step"
+    """What ``r`` is judged over, for people: ``step`` (canary) or ``phase`` (the others)."""
+    return "step" if r.strategy == CANARY else "phase"
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,43 @@ def judge_step(
     """The verdict of ``r``'s effective guards on its current step or phase (``scored`` adds
     drift scores to a merged arm; ``not_loaded``: the replicas that cannot load the
     candidate now)."""
+    return _verdict(tx, d, r, step_sum.current(tx, d, r), min_requests, scored, not_loaded)
+
+
+def _tested(total: step_sum.StepSum, phase: str) -> int:
+    """The requests the version under test in ``phase`` answered or failed in ``total``: the
+    shadow's copies in a shadow phase, else the candidate's requests."""
+    if phase in SHADOW_PHASES:
+        return total.shadow.pairs + total.shadow.errors if total.shadow is not None else 0
+    return total.candidate.requests if total.candidate is not None else 0
+
+
+def judge_open(
+    tx: WriteTx,
+    d: Deployment,
+    r: Rollout,
+    min_requests: int,
+    scored: Callable[[ArmSummary | None], ArmSummary | None],
+    not_loaded: Sequence[UnloadedCandidate] = (),
+) -> StepVerdict | None:
+    """The verdict of ``r``'s effective guards on its A/B or shadow phase so far, once the
+    version under test has answered ``r.min_requests`` requests in it (None before): only a
+    failure counts, as these phases have no automatic end (see the module docstring)."""
     total = step_sum.current(tx, d, r)
+    if _tested(total, r.phase) < max(r.min_requests, min_requests):
+        return None
+    return _verdict(tx, d, r, total, min_requests, scored, not_loaded)
+
+
+def _verdict(
+    tx: WriteTx,
+    d: Deployment,
+    r: Rollout,
+    total: step_sum.StepSum,
+    min_requests: int,
+    scored: Callable[[ArmSummary | None], ArmSummary | None],
+    not_loaded: Sequence[UnloadedCandidate],
+) -> StepVerdict:
     champion = total.champion
     evidence = guards.in_phase(
         Evidence(

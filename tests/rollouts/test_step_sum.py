@@ -328,7 +328,9 @@ def test_the_champions_windows_before_a_second_rollout_count_whatever_rollout_th
     assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
 
 
-def test_strategies_without_judged_steps_keep_no_sum(plane: Plane, tmp_path: Path) -> None:
+def test_ab_keeps_the_sum_of_its_phase(plane: Plane, tmp_path: Path) -> None:
+    """A/B and shadow phases are judged over their sum too (for a failure only), so it is
+    kept for them as for canary steps."""
     c, store = plane
     dep, versions = deployed(c, tmp_path)
     c.start_rollout(dep, versions[1], strategy="ab", split=50)
@@ -338,6 +340,6 @@ def test_strategies_without_judged_steps_keep_no_sum(plane: Plane, tmp_path: Pat
     with store.read() as tx:
         d = Deployments(tx.session).get(dep)
         assert d is not None and d.active_rollout is not None
-        assert step_sum.kept(tx, d, d.active_rollout) is None
-        row = tx.session.get(RolloutRow, (dep, d.active_rollout.id))
-        assert row is not None and row.step_sum == {}
+        total = step_sum.kept(tx, d, d.active_rollout)
+        assert total is not None and total.champion is not None and total.candidate is not None
+        assert (total.champion.requests, total.candidate.requests) == (30, 30)
