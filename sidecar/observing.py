@@ -18,7 +18,7 @@ from modelplane.profiles import BaselineProfile, profile_from_file
 from sidecar.drift import DriftMonitor
 from sidecar.driftfeed import DriftFeed, DriftGauges, DriftReports, FeatureSource, thresholds_of
 from sidecar.predlog import PredictionLogSettings, PredictionLogWriter, open_prediction_log
-from sidecar.recording import LogFeed, SyncLog
+from sidecar.recording import LogFeed, SyncLog, output_shapes
 from sidecar.settings import SidecarSettings
 from sidecar.signature import Signature
 
@@ -103,9 +103,10 @@ def observe(
     if log_settings is not None and log_settings.dir is not None:
         writer = open_prediction_log(log_settings, registry=registry, on_failure=on_log_failure)
         wiring.writer = writer
+        shapes = output_shapes(signature)
         if log_settings.durability == "sync":
-            wiring.sync_log = SyncLog(writer, names)
+            wiring.sync_log = SyncLog(writer, names, shapes=shapes)
         else:
-            wiring.observers.append(LogFeed(writer, names))
+            wiring.observers.append(LogFeed(writer, names, shapes=shapes))
             wiring.lossless = True
     return wiring

@@ -134,10 +134,22 @@ class LogErrors:
         )
 
 
+def output_shapes(signature: Signature) -> dict[str, tuple[int, ...]]:
+    """Each output's declared shape as a log row holds it (-1 where a dim varies): after the
+    row dim, or whole for an output that is not one row per input row (the sidecar repeats
+    it on each row). The log types each output's column by it (``PredictionBatch.
+    output_shapes``), so that a width that varies never turns a list column into a plain one."""
+    return {t.name: t.shape[1:] if t.batch_dynamic else t.shape for t in signature.outputs}
+
+
 def run_to_prediction_batch(
-    run: RecordRun, feature_names: FeatureNames, arm: str = "champion"
+    run: RecordRun,
+    feature_names: FeatureNames,
+    arm: str = "champion",
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> PredictionBatch:
-    """One append for a gathered run of session batches."""
+    """One append for a gathered run of session batches (``shapes``: the model's
+    :func:`output_shapes`)."""
     calls = run.call_rows
     return PredictionBatch(
         model_name=run.model,
@@ -154,6 +166,7 @@ def run_to_prediction_batch(
         status_codes="OK" if not run.failed else run.codes,
         status_reasons=None if not run.failed else [None if s == "OK" else s for s in run.status],
         feature_names=feature_names,
+        output_shapes=shapes,
     )
 
 
@@ -183,11 +196,17 @@ class LogFeed:
     needs_ids = True
 
     def __init__(
-        self, writer: PredictionLogWriter, feature_names: FeatureNames, arm: str = "champion"
+        self,
+        writer: PredictionLogWriter,
+        feature_names: FeatureNames,
+        arm: str = "champion",
+        shapes: dict[str, tuple[int, ...]] | None = None,
     ) -> None:
         self.writer = writer
         self.feature_names = feature_names
         self.arm = arm
+        #: The model's :func:`output_shapes`.
+        self.shapes = shapes
         #: Records the writer refused after it failed (it logged why, once), or that it
         #: could not take at all (counted as log errors).
         self.refused = 0
@@ -202,7 +221,9 @@ class LogFeed:
         for part in runs:
             try:
                 if isinstance(part, RecordRun):
-                    self.writer.append(run_to_prediction_batch(part, self.feature_names, self.arm))
+                    self.writer.append(
+                        run_to_prediction_batch(part, self.feature_names, self.arm, self.shapes)
+                    )
                 else:
                     self.writer.append_rejected(
                         to_rejected_request(part, self.feature_names, self.arm)
@@ -228,11 +249,17 @@ class SyncLog:
     """Appends from the request path and hands out the tickets to wait on (``sync``)."""
 
     def __init__(
-        self, writer: PredictionLogWriter, feature_names: FeatureNames, arm: str = "champion"
+        self,
+        writer: PredictionLogWriter,
+        feature_names: FeatureNames,
+        arm: str = "champion",
+        shapes: dict[str, tuple[int, ...]] | None = None,
     ) -> None:
         self.writer = writer
         self.feature_names = feature_names
         self.arm = arm
+        #: The model's :func:`output_shapes`.
+        self.shapes = shapes
         self._errors = LogErrors(writer)
 
     def append(self, record: BatchRecord) -> Future[None]:
@@ -241,7 +268,7 @@ class SyncLog:
         with the error that kept these records out)."""
         try:
             return self.writer.append(
-                run_to_prediction_batch(run_of(record), self.feature_names, self.arm)
+                run_to_prediction_batch(run_of(record), self.feature_names, self.arm, self.shapes)
             )
         except PredictionLogError as exc:
             failed: Future[None] = Future()

@@ -76,8 +76,9 @@ class LayoutCache:
         outputs: Mapping[str, Array],
         feature_names: FeatureNames,
         strict: bool,
+        output_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> tuple[tuple[Any, ...], Layout]:
-        """The layout for these arrays and its cache key."""
+        """The layout for these arrays (and declared output shapes) and its cache key."""
         in_specs = tuple([(k, v.shape[1:], v.dtype) for k, v in inputs.items()])
         out_specs = tuple([(k, v.shape[1:], v.dtype) for k, v in outputs.items()])
         if feature_names is None:
@@ -86,7 +87,12 @@ class LayoutCache:
             names_key = tuple(sorted((k, tuple(v)) for k, v in feature_names.items()))
         else:
             names_key = tuple(feature_names) if not isinstance(feature_names, str) else ()
-        key = (in_specs, out_specs, names_key, strict)
+        declared = (
+            None
+            if output_shapes is None or not outputs
+            else tuple([(k, tuple(output_shapes[k])) for k in outputs if k in output_shapes])
+        )
+        key = (in_specs, out_specs, names_key, strict, declared)
         layout = self._layouts.get(key)
         if layout is None:
             layout = plan_layout(
@@ -95,6 +101,7 @@ class LayoutCache:
                 feature_names,
                 self._exclude,
                 strict=strict,
+                declared=None if declared is None else dict(declared),
             )
             if len(self._layouts) >= self._limit:
                 self._layouts.clear()
@@ -158,7 +165,9 @@ def prepare_batch(batch: PredictionBatch, cache: LayoutCache, now: float) -> Ent
     else:
         codes = status_code_name(codes_in)
     batch = safe_batch(batch)
-    key, layout = cache.get(batch.inputs, batch.outputs, batch.feature_names, True)
+    key, layout = cache.get(
+        batch.inputs, batch.outputs, batch.feature_names, True, batch.output_shapes
+    )
     return Entry(key, layout, "prediction", batch, codes, n_req, n_rows, now)
 
 

@@ -6,7 +6,15 @@
 * any other input ``[-1, d1, d2, ...]`` becomes one fixed-size-list column named after the
   input, holding each row's ``d1*d2*...`` elements in row-major order;
 * every output becomes one column ``out_<output name>``: a plain column for ``[-1]`` and
-  ``[-1, 1]`` outputs, a fixed-size list (row-major) for ``[-1, K]`` and wider ones.
+  ``[-1, 1]`` outputs, a fixed-size list (row-major) for ``[-1, K]`` and wider ones. Which
+  of the two follows the model's declared shape when the batch gives it
+  (``PredictionBatch.output_shapes``, as the sidecar does): an output whose width varies
+  (``[-1, -1]``) is a list even for a batch one wide, so a version's files never disagree
+  on the column's type and read back together.
+
+An input column's kind depends only on the input's rank, which requests cannot change; a
+``[-1, -1]`` input has as many ``x_j`` columns as its rows are wide (each one value of the
+input's type), so batches of different widths still read back together.
 
 An output that is not one row per input row (a scalar, or a tensor whose first dimension is
 fixed, such as a sum over the request) is the request's: the sidecar repeats it on each of the
@@ -120,13 +128,16 @@ def plan_layout(
     exclude: frozenset[str],
     *,
     strict: bool = True,
+    declared: Mapping[str, Sequence[int]] | None = None,
 ) -> Layout:
     """The columns for tensors of these shapes; raises :class:`ColumnClash` (a
     ``ValueError``) on clashing names.
 
     ``strict`` rejects feature names whose count differs from the input's width; rejected
     requests (whose inputs may have the wrong width) pass ``strict=False`` and get
-    ``x_j`` names instead.
+    ``x_j`` names instead. ``declared`` holds the model's shape of outputs as a row holds
+    them (-1 where a dim varies): an output it names is a plain column only when declared
+    one value per row.
     """
     tabular = [name for name, shape, _ in inputs if len(shape) == 1]
     names_by_input = _feature_names_by_input(feature_names, tabular, strict)
@@ -153,7 +164,13 @@ def plan_layout(
     for name, shape, _ in outputs:
         width = math.prod(shape)
         column = OUTPUT_PREFIX + name
-        kind: Literal["scalar", "list"] = "scalar" if width == 1 and len(shape) <= 1 else "list"
+        one_value = width == 1 and len(shape) <= 1
+        declaration = None if declared is None else declared.get(name)
+        if declaration is not None and not (
+            len(declaration) <= 1 and all(d == 1 for d in declaration)
+        ):
+            one_value = False  # declared to vary or to be wider: a list, even one wide
+        kind: Literal["scalar", "list"] = "scalar" if one_value else "list"
         planned_outputs.append(TensorColumns(name, kind, (column,), (), width, shape))
     layout = Layout(tuple(planned_inputs), tuple(planned_outputs))
     _check_unique(layout)

@@ -82,6 +82,12 @@ class PredictionBatch:
     #: Column names of tabular ``[-1, F]`` inputs: a list for the model's only 2-D input,
     #: or a mapping from input name to its names. ``x_0..x_{F-1}`` when unset.
     feature_names: FeatureNames = None
+    #: The model's declared shape of each output as a row holds it (-1 where a dim varies):
+    #: an output's column then holds plain values only when its declaration says one value
+    #: per row (``[]`` or ``[1]``), and lists otherwise, whatever the arrays of this batch,
+    #: so that every batch of a model version has the same column types. Unset (or an
+    #: output it does not name): the arrays decide.
+    output_shapes: Mapping[str, Sequence[int]] | None = None
 
 
 @dataclass(slots=True)
