@@ -232,7 +232,9 @@ class JwtAuthenticator:
                 reason="MISSING_CLAIM",
                 metadata={"claim": exc.claim},
             ) from None
-        except jwt.InvalidTokenError:
+        except jwt.PyJWTError:
+            # InvalidTokenError, and InvalidKeyError for a header naming an algorithm the key
+            # cannot verify: the caller's token is wrong either way.
             raise Unauthenticated(
                 "the token is malformed or its signature does not verify", reason="INVALID_TOKEN"
             ) from None
@@ -273,15 +275,33 @@ def _verification_key(raw: bytes, where: str) -> tuple[Any, list[str]]:
         if isinstance(key, rsa.RSAPublicKey):
             return key, ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
         if isinstance(key, ec.EllipticCurvePublicKey):
-            return key, ["ES256", "ES384", "ES512"]
+            # Each ES algorithm is defined on one curve: accept only the key's own.
+            algorithm = _EC_ALGORITHMS.get(key.curve.name)
+            if algorithm is None:
+                raise AccessConfigError(
+                    f"{where}: an EC key on curve {key.curve.name} verifies no JWT algorithm "
+                    "(use P-256, P-384 or P-521)"
+                )
+            return key, [algorithm]
         if isinstance(key, ed25519.Ed25519PublicKey):
             return key, ["EdDSA"]
         raise AccessConfigError(f"{where}: unsupported public key type {type(key).__name__}")
+    if b"-----BEGIN" in text or text.startswith((b"{", b"ssh-", b"ecdsa-")):
+        # Not a secret: a PEM block after other text, a JWKS document or an SSH key, which
+        # PyJWT would refuse on every call.
+        raise AccessConfigError(
+            f"{where} is neither a PEM public key (starting with -----BEGIN) nor a raw HMAC "
+            "secret; a JWKS document is not supported: give one PEM public key"
+        )
     if len(text) < MIN_HMAC_KEY_BYTES:
         raise AccessConfigError(
             f"{where}: an HMAC secret needs at least {MIN_HMAC_KEY_BYTES} bytes"
         )
     return text, ["HS256", "HS384", "HS512"]
+
+
+#: The JWT algorithm each NIST curve's keys sign with (RFC 7518, section 3.4).
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
 def is_loopback_peer(peer: str) -> bool:

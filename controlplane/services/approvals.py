@@ -29,7 +29,7 @@ from controlplane.store.governance_repos import Governance, evidence_to_json
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import ApprovalRow
 from modelplane.errors import InvalidArgument, NotFound, PermissionDenied
-from modelplane.server.context import RequestContext
+from modelplane.server.context import RequestContext, same_principal
 
 DECISIONS = ("approve", "reject")
 
@@ -78,7 +78,7 @@ class ApprovalService:
                 )
             require_model(tx, model_id)
             version = require_version(tx, model_id, number)
-            if version.created_by == ctx.principal:
+            if same_principal(version.created_by, ctx.principal):
                 raise PermissionDenied(
                     f"{ctx.principal} created {version.name} and cannot approve it (separation "
                     "of duties); ask someone else",

@@ -104,13 +104,14 @@ def check_approval(key: Ed25519PrivateKey, key_id: str, a: Approval) -> tuple[bo
 
 def latest_per_approver(approvals: list[Approval]) -> list[Approval]:
     """Each approver's latest decision, newest first: a later reject withdraws an earlier
-    approve, and an approver who approved twice is one approval."""
+    approve, and an approver who approved twice is one approval (names compared as
+    :func:`modelplane.server.context.same_principal` does: ``Bob`` and ``bob`` are one)."""
     newest_first = sorted(approvals, key=lambda a: (a.create_time, a.id), reverse=True)
     seen: set[str] = set()
     out = []
     for a in newest_first:
-        if a.approver not in seen:
-            seen.add(a.approver)
+        if a.approver.casefold() not in seen:
+            seen.add(a.approver.casefold())
             out.append(a)
     return out
 

@@ -16,7 +16,10 @@ REQUEST_ID_METADATA_KEY = "x-request-id"
 TRACEPARENT_METADATA_KEY = "traceparent"
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_PRINCIPAL = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
+_PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
+#: Names the server itself acts under (automatic rollout moves, work outside any call): no
+#: caller may take them, in any case.
+RESERVED_PRINCIPALS = frozenset({"modelplane", "system"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,14 @@ def trace_id_from(traceparent: str | None) -> str:
 
 
 def clean_principal(name: str | None) -> str | None:
-    """``name`` when it is a usable principal name, else None."""
-    if name and _PRINCIPAL.match(name):
+    """``name`` when it is a usable principal name (the whole of it: a trailing newline is
+    not), and not one the server acts under, else None."""
+    if name and _PRINCIPAL.fullmatch(name) and name.lower() not in RESERVED_PRINCIPALS:
         return name
     return None
+
+
+def same_principal(a: str, b: str) -> bool:
+    """Whether two principal names name the same person: compared without regard to case,
+    as identity providers compare user names."""
+    return a.casefold() == b.casefold()
