@@ -33,7 +33,12 @@ from sidecar.managed.window import LabelTally, Window, carries
 from sidecar.metrics import LABEL_BEYOND_LIMIT, LATE_VERSION, NoManagedMetrics
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.predlog import PredictionLogError, PredictionLogWriter
-from sidecar.recording import LogErrors, run_to_prediction_batch, to_rejected_request
+from sidecar.recording import (
+    LogErrors,
+    output_shapes,
+    run_to_prediction_batch,
+    to_rejected_request,
+)
 
 log = structlog.get_logger("modelplane.sidecar.managed")
 
@@ -335,7 +340,11 @@ class ManagedObserver:
         appends += [(run, version, SHADOW) for run, version in _runs_by_owner(copies)]
         for run, version, arm in appends:
             try:
-                writer.append(run_to_prediction_batch(run, version.feature_names, arm))
+                writer.append(
+                    run_to_prediction_batch(
+                        run, version.feature_names, arm, output_shapes(version.model.signature)
+                    )
+                )
             except PredictionLogError:
                 self.refused += len(run.request_ids)
             except Exception as exc:

@@ -353,7 +353,11 @@ def start_managed(
     shadow = ShadowRunner(hub.publish, capacity=settings.shadow_queue)
     shadow_box.append(shadow)
     closers.append(shadow.close)
-    sync_logs = (lambda names: SyncLog(writer, names)) if sync and writer is not None else None
+    sync_logs = (
+        (lambda names, shapes: SyncLog(writer, names, shapes=shapes))
+        if sync and writer is not None
+        else None
+    )
     loader = VersionLoader(settings, cache, hub, sync_logs, registry)
     manager = DeploymentManager(loader, name)
     manager_box.append(manager)

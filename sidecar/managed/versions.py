@@ -36,6 +36,7 @@ from sidecar.model import ServingModel
 from sidecar.observers import BatchRecord, ObserverHub, RejectedRecord
 from sidecar.observing import feature_names
 from sidecar.predlog.records import FeatureNames
+from sidecar.recording import output_shapes
 from sidecar.settings import SidecarSettings
 from sidecar.signature import Signature
 
@@ -303,7 +304,8 @@ class VersionLoader:
         self.hub = hub
         #: Where versions' Prometheus metrics go (None: metrics off).
         self.registry = registry
-        #: ``sync`` log durability: makes a version's SyncLog from its feature names.
+        #: ``sync`` log durability: makes a version's SyncLog from its feature names and
+        #: output shapes (:func:`sidecar.recording.output_shapes`).
         self.sync_logs = sync_logs
         self._warm = False
 
@@ -367,7 +369,9 @@ class VersionLoader:
                 metrics=metrics,
                 # ServingModel only publishes to it and reads active and needs_ids.
                 observers=cast(ObserverHub, publisher),
-                sync_log=None if self.sync_logs is None else self.sync_logs(names),
+                sync_log=None
+                if self.sync_logs is None
+                else self.sync_logs(names, output_shapes(runtime.signature)),
                 drift=DriftOff(drift_off) if drift_off else drift,
             )
         except BaseException:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from control_plane_double import FakeControlPlane, state
 from sidecar_helpers import raw_request, stub
 
 from modelplane.testing import onnx_models
@@ -68,3 +69,27 @@ def test_an_output_declared_one_wide_stays_a_plain_column(
     assert table.schema.field("out_total").type == pa.float32()
     assert table.column("out_total").to_pylist() == [6.0, 22.0]
     assert pa.types.is_fixed_size_list(table.schema.field("out_square").type)
+
+
+@pytest.mark.parametrize("durability", ["async", "sync"])
+def test_a_managed_version_with_a_varying_output_width_reads_back(
+    managed: Any, plane: FakeControlPlane, tmp_path: Path, durability: str
+) -> None:
+    model = onnx_models.identity_model("FP32", ["n", "m"])
+    artifact = onnx_models.save(model, tmp_path / "f.onnx").read_bytes()
+    versions = {1: (plane.add_blob(artifact), len(artifact), "")}
+    log_dir = tmp_path / "log"
+    handle = managed(
+        log_settings=PredictionLogSettings(dir=log_dir, durability=durability, flush_interval=0.02)
+    )
+    plane.push(state("fraud", 1, versions, champion=1))
+    assert handle.wait_ready(60)
+    s = stub(handle.port)
+    for i, width in enumerate([1, 2, 1, 3]):
+        x = np.arange(width, dtype=np.float32).reshape(1, width) + 10 * i
+        s.ModelInfer(raw_request("fraud", {"x": ("FP32", x)}, id=f"w{i}"), timeout=10)
+    handle.stop(5)
+    table = read_logs(log_dir)
+    assert pa.types.is_list(table.schema.field("out_y").type)
+    outputs = {r["request_id"]: r["out_y"] for r in table.to_pylist()}
+    assert outputs == {"w0": [0.0], "w1": [10.0, 11.0], "w2": [20.0], "w3": [30.0, 31.0, 32.0]}
