@@ -282,6 +282,9 @@ class ReportService:
         with self.store.write(ctx, "ReportWindow") as tx:
             repo = Deployments(tx.session)
             d = require_deployment(tx, deployment_id)
+            # Received once the lock is held: after every transition committed before it (see
+            # step_sum: each report counts in exactly one step).
+            tx.restamp()
             _check_incarnation(d, report)
             baselines = drift.Baselines(tx, d.model_id, self.profiles)
             self._check_drift_layout(report, baselines)

@@ -126,6 +126,8 @@ class RolloutService:
                 return self.deployments.finish(d)
             if etag and etag != d.etag:
                 raise stale_etag(d.name)
+            # A phase restarted now begins after every report stored before (see step_sum).
+            tx.restamp()
             why = reason or f"{action} by {ctx.principal}"
             transition = machine.manual(d.rollout, action, tx.now, why, d.name)
             if action == "promote":
@@ -158,6 +160,7 @@ class RolloutService:
         (False when none was due or another replica applied it first)."""
         with self.store.write(SYSTEM, "AdvanceRollout") as tx:
             d = Deployments(tx.session).get(deployment_id, lock=True)
+            tx.restamp()  # as in act
             r = d.active_rollout if d else None
             transition = machine.due(r, tx.now, self.switch_seconds) if r else None
             if d is None or transition is None or transition.needs_verdict:

@@ -9,19 +9,25 @@ the rollout (``rollouts.step_sum``). Merging is associative, so the kept sum equ
 the reports it took in (within the bounds :mod:`controlplane.rollouts.merge` keeps: int64
 counts, the most frequent labels).
 
-A report belongs to the step when it was made under the rollout, received since the step
+A report belongs to the step when it was made under the rollout, received after the step
 began, and made under the step's generation or later (or by a sidecar that does not say which
-generation it applied). The kept sum is tagged with its step (start time, in UTC, and
-generation) and remembers the last report it took in (its id and receive time). On every
-report of the rollout, whatever its strategy, in the report's transaction and under the
-deployment's row lock that every report takes first, the sum takes in every report of the
-step stored after that one: normally the report itself, and also any stored by a writer that
-does not keep the sum (a control plane of an earlier version, during a rolling upgrade). So
-several control-plane workers sharing a database agree on the sum, and each report is counted
-once. When the step moves on (or for a rollout that kept no sum yet), the tag is stale and the
-sum starts again from the reports stored for the new step. From then on the sum keeps what it
-took in, so a step's evidence outlives the pruning of its reports
-(``report_retention_seconds``).
+generation it applied). A step that moves on does so in the transaction of the report that
+completed it, and the next step begins at that report's receive time: received *at* the
+step's start, that report counted in the step before and does not count again. Reports and
+the transitions of rollouts under way take their time again once they hold the deployment's
+lock (:meth:`controlplane.store.WriteTx.restamp`), so a report received after a step began was
+stored after it, and one stored before it began was received before.
+
+The kept sum is tagged with its step (start time, in UTC, and generation) and remembers the
+last report it took in (its id and receive time). On every report of the rollout, whatever its
+strategy, in the report's transaction and under the deployment's row lock that every report
+takes first, the sum takes in every report of the step stored after that one: normally the
+report itself, and also any stored by a writer that does not keep the sum (a control plane of
+an earlier version, during a rolling upgrade). So several control-plane workers sharing a
+database agree on the sum, and each report is counted once, in one step. When the step moves
+on (or for a rollout that kept no sum yet), the tag is stale and the sum starts again from the
+reports stored for the new step. From then on the sum keeps what it took in, so a step's
+evidence outlives the pruning of its reports (``report_retention_seconds``).
 
 A report whose histogram layout (latency or score buckets, or drift bins) differs from the
 step's sum of it (a sidecar upgraded mid-step, once the replicas of the old layout have

@@ -389,13 +389,15 @@ class Deployments:
         *,
         newer_than: tuple[int, datetime] | None = None,
     ) -> list[WindowReport]:
-        """Reports of a rollout (or of no rollout, for ``""``) received at or after ``since``;
-        with ``newer_than`` (a report id and a receive time), only those with a higher id or
-        received later (SQLite may give a new row the id of a deleted one)."""
+        """Reports of a rollout (or of no rollout, for ``""``) received after ``since`` (not at
+        it: a step that began at ``since`` began in the transaction of the report received
+        then, which counted in the step before); with ``newer_than`` (a report id and a
+        receive time), only those with a higher id or received later (SQLite may give a new
+        row the id of a deleted one)."""
         q = select(WindowReportRow).where(
             WindowReportRow.deployment_id == deployment_id,
             WindowReportRow.rollout_id == rollout_id,
-            col(WindowReportRow.receive_time) >= since,
+            col(WindowReportRow.receive_time) > since,
         )
         if newer_than is not None:
             last_id, last_time = newer_than
