@@ -113,6 +113,8 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     server = grpc.server(
         # Watch streams hold their thread for as long as they last: they get threads of their
         # own on top of max_workers (DeploymentService refuses those past max_watches).
+        # Uploads run on the max_workers threads, fewer at once than those (BlobServicer
+        # refuses those past max_uploads, and ends those that stall).
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers + settings.max_watches, thread_name_prefix="rpc"
         ),
@@ -134,7 +136,12 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
         RegistryServicer(models, versions), server
     )
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(
-        BlobServicer(BlobService(store, blobs)), server
+        BlobServicer(
+            BlobService(store, blobs),
+            max_uploads=settings.upload_slots,
+            idle_seconds=settings.upload_idle_seconds,
+        ),
+        server,
     )
     operations = OperationService(store)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(

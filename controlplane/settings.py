@@ -52,6 +52,21 @@ class ControlPlaneSettings(BaseSettings):
         "watches never starve other calls or health checks. More are refused with "
         "RESOURCE_EXHAUSTED (TOO_MANY_WATCHES) and their sidecars retry",
     )
+    max_uploads: int = Field(
+        0,
+        ge=0,
+        description="UploadBlob streams each process receives at once, on its max_workers "
+        "threads (an upload holds one while it lasts); 0: half of max_workers, at least 1. "
+        "Keep it below max_workers, so that uploads leave threads to other calls and health "
+        "checks. More are refused at once with RESOURCE_EXHAUSTED (TOO_MANY_UPLOADS)",
+    )
+    upload_idle_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=TIMEOUT_MAX,  # the longest a queue can wait
+        description="how long an upload may send no message before it is ended with "
+        "DEADLINE_EXCEEDED (UPLOAD_IDLE) and its partial file removed, freeing its thread",
+    )
     workers: int = Field(
         1,
         ge=0,
@@ -194,6 +209,12 @@ class ControlPlaneSettings(BaseSettings):
     report_retention_seconds: float = Field(
         3600.0, description="how long stored window reports are kept"
     )
+
+    @property
+    def upload_slots(self) -> int:
+        """How many uploads each process receives at once: ``max_uploads``, or when it is 0
+        half of ``max_workers`` (at least 1)."""
+        return self.max_uploads or max(1, self.max_workers // 2)
 
     @field_validator("artifact_root")
     @classmethod
