@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from controlplane.auth.permissions import READ
 from controlplane.blobstore import BlobStore
 from controlplane.domain import Blob
 from controlplane.names import check_sha256, check_text, parse_blob
@@ -67,17 +68,26 @@ class BlobService:
 def require_readable(tx: Tx, ctx: RequestContext | None, digests: Iterable[str]) -> None:
     """Refuse (PERMISSION_DENIED, BLOB_NOT_IN_SCOPE) when a caller whose roles hold only on some
     models names a blob it may not read: one it did not upload and that no version or
-    evaluation of those models uses. Requests that name digests for the server to read on the
-    caller's behalf (registering a version, evaluating) check them here, as downloads do."""
-    scope = None if ctx is None else _model_scope(ctx)
-    if scope is None:
+    evaluation of those models uses; and when a caller holding no role that reads (only
+    ``sidecar``) names a blob that is not the artifact or the baseline profile of a version of
+    a deployed model, the only blobs a sidecar loads. Requests that name digests for the
+    server to read on the caller's behalf (registering a version, evaluating) check them
+    here, as downloads do."""
+    if ctx is None:
         return
-    assert ctx is not None
+    scope = _model_scope(ctx)
+    sidecar_only = bool(ctx.grants) and not any(set(g.roles) & READ for g in ctx.grants)
     for sha256 in digests:
-        if not tx.blobs.used_by(sha256, scope, ctx.principal):
+        if scope is not None and not tx.blobs.used_by(sha256, scope, ctx.principal):
             raise PermissionDenied(
                 f"blob blobs/{sha256} is not used by the models your roles hold on "
                 f"({', '.join(sorted(scope)) or 'none'})",
+                reason="BLOB_NOT_IN_SCOPE",
+            )
+        if sidecar_only and not tx.blobs.served(sha256):
+            raise PermissionDenied(
+                f"blob blobs/{sha256} is no artifact or baseline profile of a deployed model's "
+                "version: a caller holding only the sidecar role reads nothing else",
                 reason="BLOB_NOT_IN_SCOPE",
             )
 

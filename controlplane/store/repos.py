@@ -34,6 +34,7 @@ from sqlmodel import Session, col, select
 
 from controlplane.domain import Alias, AliasEvent, Blob, Model, ModelVersion, Operation
 from controlplane.store import convert
+from controlplane.store.deployment_tables import DeploymentRow
 from controlplane.store.direct import Direct
 from controlplane.store.pagination import malformed_token
 from controlplane.store.tables import (
@@ -696,6 +697,23 @@ class BlobRepo:
             col(EvaluationRow.model_id).in_(models), EvaluationRow.dataset_sha256 == sha256
         )
         return self.s.exec(evaluated.limit(1)).first() is not None
+
+    def served(self, sha256: str) -> bool:
+        """Whether blob ``sha256`` is the artifact or the baseline profile of a version of a
+        model that some deployment serves: what a sidecar loads (no lineage dataset, no
+        evaluation data)."""
+        deployed = select(DeploymentRow.model_id)
+        held = select(ModelVersionRow.artifact_sha256, ModelVersionRow.baseline).where(
+            col(ModelVersionRow.model_id).in_(deployed),
+            or_(
+                col(ModelVersionRow.artifact_sha256) == sha256,
+                cast(ModelVersionRow.baseline, String).contains(sha256),
+            ),
+        )
+        for artifact, baseline in self.s.exec(held):
+            if sha256 in _version_digests(artifact, None, baseline):
+                return True
+        return False
 
     def add_if_absent(self, blob: Blob) -> bool:
         """Insert ``blob`` unless a row for its digest exists; True when this call inserted it.
