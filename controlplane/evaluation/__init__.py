@@ -7,6 +7,7 @@ evaluations on the same dataset. Metric definitions are in the docstrings of
 ``_classification``, ``_regression``, ``_fairness`` and ``_validation``.
 """
 
+from controlplane.dataset_size import check_dataset_size
 from controlplane.evaluation._classification import (
     CLASSIFICATION_METRICS,
     ECE_EDGES,
@@ -21,7 +22,6 @@ from controlplane.evaluation._predict import RunControl
 from controlplane.evaluation._ranking import average_precision, roc_auc
 from controlplane.evaluation._regression import REGRESSION_METRICS, regression_metrics
 from controlplane.evaluation._report import EvaluationReport, SliceReport, compare
-from controlplane.evaluation._size import check_dataset_size
 from controlplane.evaluation._validation import FeatureCheck, ValidationReport, ValidationThresholds
 
 __all__ = [
