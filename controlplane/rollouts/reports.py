@@ -300,6 +300,10 @@ class ReportService:
             if current and r is not None:
                 evidence = self._track_unloaded(tx, d, r, report, evidence)
                 moved = self._judge(tx, d, r, evidence, baselines)
+            if moved:
+                # Drift is judged on the deployment as this report left it: a rollout it
+                # rolled back (or promoted) is no longer in progress.
+                d = require_deployment(tx, deployment_id)
             judged = drift_windows.take_in(tx, d, report, baselines)
             fire = drift_windows.respond(tx, d, judged, evidence)
             row = repo.row(deployment_id)
