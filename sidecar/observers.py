@@ -61,7 +61,8 @@ class BatchRecord:
 
 @dataclass(slots=True)
 class RejectedRecord:
-    """A request refused before it ran (bad input, shed, expired)."""
+    """A request refused before it ran (bad input, shed, expired), with its inputs as far
+    as they could be decoded (:func:`sidecar.recording.rejected_inputs`; possibly none)."""
 
     model: str
     version: str
@@ -72,6 +73,10 @@ class RejectedRecord:
     message: str
     at: float = field(default_factory=time.time)
     latency_s: float | None = None
+    inputs: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+    #: Column names of the inputs, when the model's records name them apart from what the
+    #: decoded ones alone would be named (:func:`sidecar.recording.tabular_column_names`).
+    column_names: dict[str, list[str]] | None = None
 
 
 Record = BatchRecord | RejectedRecord

@@ -10,6 +10,9 @@ ran it and gives every request the append's ticket; the request is answered only
 ticket completes, i.e. once its records are written and fsynced (the writer commits every
 append of a round with one fsync).
 
+A refused request is recorded with its inputs as far as they decode against the model's
+signature (:func:`rejected_inputs`: those whose shape fits the version's columns).
+
 Records the log cannot take at all (their columns clash: :class:`sidecar.predlog.layout.
 ColumnClash`, which the sidecar refuses at start-up already) are left out and counted in
 ``modelplane_prediction_log_errors_total`` with a log line: in ``async`` durability the feed
@@ -18,6 +21,7 @@ goes on with the next run, in ``sync`` durability the requests of that batch fai
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -26,7 +30,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import FailedPrecondition, InvalidArgument
+from modelplane.errors import FailedPrecondition, InvalidArgument, ModelplaneError
+from sidecar.codec import Limits, decode
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather, run_of
 from sidecar.predlog import (
     PredictionBatch,
@@ -170,10 +175,90 @@ def run_to_prediction_batch(
     )
 
 
+def rejected_inputs(
+    request: Any, name: str, version: str, signature: Signature, limits: Limits
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The inputs of a refused ``request`` as far as they could be decoded, for its log
+    record (features the log excludes are left out by the log, as for any record).
+
+    "As far as they could be decoded" means: each input that decodes on its own against the
+    model's signature, within the request limits, as an accepted request's would. So an
+    input is logged only when its shape fits the columns the model's records have (every
+    fixed dim as declared: a ``[2, 5]`` tensor for a ``[-1, 4]`` input is not split into
+    five columns that the version's feature names, and so ``--log-exclude-features``, do not
+    fit), its datatype is the model's, and its contents are whole; others are left null.
+    Non-finite values are kept (``--reject-non-finite`` refusals log what was refused).
+    Nothing is decoded for a request addressed to another model or version, and inputs
+    that are not one row per request row are left out, as they are of every record. When
+    the decoded inputs disagree on the rows, the log keeps one record with null features.
+    """
+    if (
+        not request.inputs
+        or request.model_name != name
+        or (request.model_version and request.model_version != version)
+    ):
+        return {}
+    lenient = dataclasses.replace(limits, reject_non_finite=False)
+    try:
+        try:
+            arrays = decode(request, signature, lenient).arrays
+        except ModelplaneError:
+            arrays = _each_input(request, signature, lenient)
+    except Exception:  # the refusal is answered and recorded all the same
+        log.debug("inputs of a refused request not decoded", exc_info=True)
+        return {}
+    return {n: a for n, a in arrays.items() if _per_row(signature, n)}
+
+
+def tabular_column_names(signature: Signature) -> dict[str, list[str]] | None:
+    """For a model whose records carry several ``[-1, F]`` inputs: each one's columns,
+    ``<input>_0..`` as its records name them. A refused request's record may carry only some
+    of those inputs, which alone would be named ``x_j``; with these names they are named as
+    in every other record. None for other models (their names do not depend on which
+    inputs a record carries)."""
+    tabular = [t for t in signature.inputs if t.per_row and t.rank == 2]
+    if len(tabular) < 2:
+        return None
+    return {
+        t.name: [f"{t.name}_{j}" for j in range(t.shape[1])] for t in tabular if t.shape[1] >= 0
+    }
+
+
+def _per_row(signature: Signature, name: str) -> bool:
+    spec = signature.input(name)
+    return spec is not None and spec.per_row
+
+
+def _each_input(
+    request: Any, signature: Signature, limits: Limits
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The inputs of ``request`` that decode one by one (the request as a whole did not)."""
+    raws = request.raw_input_contents
+    if raws and len(raws) != len(request.inputs):
+        return {}  # which bytes belong to which input is unknown
+    names = [t.name for t in request.inputs]
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = signature.input(tensor.name)
+        if spec is None or not spec.per_row or names.count(tensor.name) > 1:
+            continue
+        alone = type(request)(id=request.id, model_name=request.model_name)
+        copy = alone.inputs.add()
+        copy.CopyFrom(tensor)
+        copy.ClearField("parameters")
+        if raws:
+            alone.raw_input_contents.append(raws[i])
+        try:
+            arrays.update(decode(alone, Signature((spec,), signature.outputs), limits).arrays)
+        except ModelplaneError:
+            continue
+    return arrays
+
+
 def to_rejected_request(
     record: RejectedRecord, feature_names: FeatureNames, arm: str = "champion"
 ) -> RejectedRequest:
-    """The log entry of one rejected request."""
+    """The log entry of one rejected request, with its inputs as far as decoded."""
     return RejectedRequest(
         request_id=record.request_id,
         status_code=record.code,
@@ -183,9 +268,10 @@ def to_rejected_request(
         model_version=record.version,
         arm=arm,
         trace_id=record.trace_id or None,
+        inputs=record.inputs,
         latency_s=record.latency_s,
         timestamp=record.at if record.latency_s is None else record.at - record.latency_s,
-        feature_names=feature_names,
+        feature_names=feature_names if record.column_names is None else record.column_names,
     )
 
 

@@ -34,6 +34,7 @@ from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
 from modelplane.server.context import trace_id_from
 from sidecar.model import ModelExecutionFailed, ModelSlot, ServingModel
 from sidecar.observers import RejectedRecord
+from sidecar.recording import rejected_inputs, tabular_column_names
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
 
@@ -375,21 +376,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             recorded = isinstance(err, ModelExecutionFailed) and err.published
             if record and model.observed and not recorded:
-                self._record_rejection(model, request.id, trace, err, start)
+                self._record_rejection(model, request, trace, err, start)
         self._abort(context, err)
 
     def _record_rejection(
-        self, model: ServingModel, request_id: str, trace: str, err: ModelplaneError, start: float
+        self, model: ServingModel, request: Any, trace: str, err: ModelplaneError, start: float
     ) -> None:
+        # Its inputs as far as they decode, when something records requests (the log).
+        inputs = (
+            rejected_inputs(request, model.name, model.version, model.signature, model.limits)
+            if model.needs_ids
+            else {}
+        )
         record = RejectedRecord(
             model=model.name,
             version=model.version,
-            request_id=request_id,
+            request_id=request.id,
             trace_id=trace,
             code=err.code.value,
             reason=err.reason,
             message=err.message,
             latency_s=time.perf_counter() - start,
+            inputs=inputs,
+            column_names=tabular_column_names(model.signature) if inputs else None,
         )
         if model.sync_log is not None:
             # sync durability covers refusals too: answered once the record is on disk.

@@ -148,9 +148,12 @@ def plan_layout(
         if len(shape) == 0:
             planned_inputs.append(TensorColumns(name, "scalar", (name,), (0,), 1, shape))
         elif len(shape) == 1:
-            all_names = _names_for(
-                name, shape[0], names_by_input.get(name), len(tabular) > 1, strict
-            )
+            given = names_by_input.get(name)
+            if given is not None and len(given) != shape[0] and exclude.intersection(given):
+                # Not strict (a rejected request's input of another width): which column
+                # would hold an excluded feature is unknown, so none of the input is logged.
+                continue
+            all_names = _names_for(name, shape[0], given, len(tabular) > 1, strict)
             keep = tuple(j for j, n in enumerate(all_names) if n not in exclude)
             planned_inputs.append(
                 TensorColumns(

@@ -1,0 +1,209 @@
+"""A refused request is logged with its features as far as they could be decoded: each input
+that decodes against the model's signature (shape fitting the version's columns, datatype
+and contents whole), excluded features left out; inputs that do not fit stay null. Real
+sidecars (standalone in every durability and observer mode, and managed) on loopback, real
+ONNX models, the log read back with pyarrow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from control_plane_double import FakeControlPlane, state
+from sidecar_helpers import raw_request, stub
+
+from modelplane.oip import grpc_service_pb2 as pb
+from sidecar.predlog import (
+    PredictionLogSettings,
+    RejectedRequest,
+    open_prediction_log,
+    read_logs,
+)
+
+NAMES = [f"f{i}" for i in range(32)]
+MODES = [("async", "thread"), ("async", "process"), ("sync", "thread")]
+
+
+def _by_request(table: Any) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        out.setdefault(row["request_id"], []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["row"])
+    return out
+
+
+@pytest.mark.parametrize(("durability", "mode"), MODES)
+def test_refused_requests_are_logged_with_the_inputs_that_decoded(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path, durability: str, mode: str
+) -> None:
+    handle = sidecar_factory(
+        model_dir / "two.onnx",
+        log_settings=PredictionLogSettings(
+            dir=tmp_path / "log",
+            durability=durability,
+            flush_interval=0.02,
+            exclude_features=("a_1",),
+        ),
+        observer_mode=mode,
+    )
+    s = stub(handle.port)
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    good_b = np.arange(4, dtype=np.int64).reshape(2, 2)
+    # b has a column too many: a decodes and is logged, b does not fit b_0, b_1.
+    wrong_b = raw_request(
+        "two", {"a": ("FP32", a), "b": ("INT64", np.ones((2, 3), np.int64))}, id="wrong-b"
+    )
+    # An input the model does not take: both of its own inputs decode.
+    extra = raw_request(
+        "two",
+        {"a": ("FP32", a), "b": ("INT64", good_b), "c": ("FP32", np.ones((2, 1), np.float32))},
+        id="extra",
+    )
+    # a's width does not fit a_0..a_3: no feature of it is logged (nor can exclusion apply).
+    wide_a = raw_request(
+        "two",
+        {"a": ("FP32", np.ones((2, 5), np.float32)), "b": ("INT64", good_b)},
+        id="wide-a",
+    )
+    # Typed contents of the wrong count for b: b does not decode, a does.
+    typed = pb.ModelInferRequest(model_name="two", id="typed")
+    typed.inputs.add(name="a", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend(
+        a.reshape(-1).tolist()
+    )
+    typed.inputs.add(name="b", datatype="INT64", shape=[2, 2]).contents.int64_contents.extend(
+        [1, 2, 3]
+    )
+    # Addressed to another model: nothing is decoded against this one.
+    other = raw_request("nope", {"a": ("FP32", a), "b": ("INT64", good_b)}, id="other")
+    for request in (wrong_b, extra, wide_a, typed, other):
+        with pytest.raises(grpc.RpcError) as err:
+            s.ModelInfer(request, timeout=30)
+        assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    handle.stop(5)
+
+    table = read_logs(tmp_path / "log")
+    assert "a_1" not in table.column_names
+    logged = _by_request(table)
+    assert set(logged) == {"wrong-b", "extra", "wide-a", "typed", "other"}
+    reasons = {rid: {r["status_reason"] for r in rows} for rid, rows in logged.items()}
+    assert reasons == {
+        "wrong-b": {"WRONG_SHAPE"},
+        "extra": {"UNKNOWN_INPUT"},
+        "wide-a": {"WRONG_SHAPE"},
+        "typed": {"CONTENTS_SIZE_MISMATCH"},
+        "other": {"MODEL_NOT_FOUND"},
+    }
+    kept = ["a_0", "a_2", "a_3"]
+    for rid in ("wrong-b", "extra", "typed"):
+        rows = logged[rid]
+        assert [r["row"] for r in rows] == [0, 1]
+        assert [[r[n] for n in kept] for r in rows] == a[:, [0, 2, 3]].tolist()
+    assert [[r["b_0"], r["b_1"]] for r in logged["extra"]] == good_b.tolist()
+    assert all(r["b_0"] is None for rid in ("wrong-b", "typed") for r in logged[rid])
+    assert "c" not in table.column_names
+    # Only b fits: its rows are logged, a's features null.
+    assert [[r["b_0"], r["b_1"]] for r in logged["wide-a"]] == good_b.tolist()
+    assert all(r[n] is None for r in logged["wide-a"] for n in kept)
+    assert len(logged["other"]) == 1 and logged["other"][0]["a_0"] is None
+    # Nothing of a wrong width reaches the log under x_j names.
+    assert not any(c.startswith("x_") for c in table.column_names)
+
+
+@pytest.mark.parametrize(("durability", "mode"), MODES)
+def test_named_features_of_a_refused_request_are_logged_and_excluded_as_named(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path, durability: str, mode: str
+) -> None:
+    handle = sidecar_factory(
+        model_dir / "mlp.onnx",
+        log_settings=PredictionLogSettings(
+            dir=tmp_path / "log",
+            durability=durability,
+            flush_interval=0.02,
+            exclude_features=("f1", "f30"),
+        ),
+        feature_names=tuple(NAMES),
+        observer_mode=mode,
+        reject_non_finite=True,
+    )
+    s = stub(handle.port)
+    x = np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(grpc.RpcError) as err:
+        s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}, id="nan"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    wide = raw_request("mlp", {"input": ("FP32", np.full((2, 33), 7, np.float32))}, id="wide")
+    with pytest.raises(grpc.RpcError):
+        s.ModelInfer(wide, timeout=30)
+    handle.stop(5)
+
+    table = read_logs(tmp_path / "log")
+    assert "f1" not in table.column_names and "f30" not in table.column_names
+    logged = _by_request(table)
+    kept = [n for n in NAMES if n not in ("f1", "f30")]
+    rows = logged["nan"]
+    assert {r["status_reason"] for r in rows} == {"NON_FINITE_VALUE"}
+    got = np.array([[r[n] for n in kept] for r in rows], np.float32)
+    np.testing.assert_array_equal(got, np.delete(x, [1, 30], axis=1))
+    # 33 values do not fit the 32 named columns: one record, its features null.
+    assert len(logged["wide"]) == 1
+    assert all(logged["wide"][0][n] is None for n in kept)
+
+
+def test_a_managed_sidecar_logs_a_refused_requests_features_under_its_version(
+    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+) -> None:
+    versions = plane.versions(artifacts, 1)
+    handle = managed(
+        log_settings=PredictionLogSettings(
+            dir=tmp_path / "log", flush_interval=0.02, exclude_features=("x_2",)
+        )
+    )
+    plane.push(state("fraud", 1, versions, champion=1))
+    assert handle.wait_ready(60)
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    request = raw_request(
+        "fraud",
+        {"input": ("FP32", x), "extra": ("FP32", np.ones((2, 1), np.float32))},
+        id="extra",
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub(handle.port).ModelInfer(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    handle.stop(5)
+    table = read_logs(tmp_path / "log")
+    assert "x_2" not in table.column_names
+    rows = _by_request(table)["extra"]
+    assert [(r["arm"], r["model_version"], r["status_reason"]) for r in rows] == [
+        ("champion", "1", "UNKNOWN_INPUT")
+    ] * 2
+    kept = [j for j in range(8) if j != 2]
+    got = np.array([[r[f"x_{j}"] for j in kept] for r in rows], np.float32)
+    np.testing.assert_array_equal(got, x[:, kept])
+
+
+def test_the_writer_leaves_out_an_input_whose_width_its_excluded_names_do_not_fit(
+    tmp_path: Path,
+) -> None:
+    names = ["age", "ssn", "c", "e"]
+    settings = PredictionLogSettings(dir=tmp_path / "log", exclude_features=("ssn",))
+    with open_prediction_log(settings) as writer:
+        for rid, width in (("fits", 4), ("wide", 5)):
+            x = np.arange(2 * width, dtype=np.float32).reshape(2, width)
+            request = RejectedRequest(
+                rid, "INVALID_ARGUMENT", "BAD", inputs={"input": x}, feature_names=names
+            )
+            writer.append_rejected(request)
+    table = read_logs(tmp_path / "log")
+    # Which of the five columns holds ssn is unknown: none of them is written.
+    assert "ssn" not in table.column_names
+    assert not any(c.startswith("x_") for c in table.column_names)
+    logged = _by_request(table)
+    assert all(r["age"] is None for r in logged["wide"])
+    assert [[r["age"], r["c"], r["e"]] for r in logged["fits"]] == [
+        [0.0, 2.0, 3.0],
+        [4.0, 6.0, 7.0],
+    ]
