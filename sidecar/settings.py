@@ -77,6 +77,16 @@ class SidecarSettings(BaseSettings):
     control_plane_tls_ca: Path | None = Field(
         None, description="Managed mode: CA file to verify the control plane's TLS certificate."
     )
+    control_plane_tls_cert: Path | None = Field(
+        None,
+        description=(
+            "Managed mode: client certificate (PEM) for a control plane that requires mutual "
+            "TLS; with --control-plane-tls-key."
+        ),
+    )
+    control_plane_tls_key: Path | None = Field(
+        None, description="Managed mode: the client certificate's private key (PEM)."
+    )
     label_index_rows: int = Field(
         100_000,
         ge=0,
@@ -320,9 +330,16 @@ class SidecarSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _mode(self) -> SidecarSettings:
+        client_cert = (self.control_plane_tls_cert, self.control_plane_tls_key)
+        if (client_cert[0] is None) != (client_cert[1] is None):
+            raise ValueError(
+                "--control-plane-tls-cert and --control-plane-tls-key go together (mutual TLS)"
+            )
         if self.control_plane is None:
             if self.model is None:
                 raise ValueError("give --model FILE.onnx, or --control-plane with --deployment")
+            if client_cert[0] is not None:
+                raise ValueError("--control-plane-tls-cert is for managed mode (--control-plane)")
             return self
         _host_port(self.control_plane)
         if not self.deployment:

@@ -123,8 +123,9 @@ RECONNECT_OPTIONS: list[tuple[str, Any]] = [
 
 
 def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
-    """A channel to ``--control-plane`` (TLS when a CA file is given) on a connection of its
-    own, never one that another channel of this process opened."""
+    """A channel to ``--control-plane`` on a connection of its own, never one that another
+    channel of this process opened: TLS when a CA file (else the system's CAs) or a client
+    certificate (mutual TLS) is given."""
     options = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.use_local_subchannel_pool", 1),
@@ -132,8 +133,17 @@ def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
         *RECONNECT_OPTIONS,
     ]
     assert settings.control_plane is not None
-    if settings.control_plane_tls_ca is not None:
-        credentials = grpc.ssl_channel_credentials(settings.control_plane_tls_ca.read_bytes())
+    ca, cert, key = (
+        settings.control_plane_tls_ca,
+        settings.control_plane_tls_cert,
+        settings.control_plane_tls_key,
+    )
+    if ca is not None or cert is not None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=None if ca is None else ca.read_bytes(),
+            private_key=None if key is None else key.read_bytes(),
+            certificate_chain=None if cert is None else cert.read_bytes(),
+        )
         return grpc.secure_channel(settings.control_plane, credentials, options=options)
     return grpc.insecure_channel(settings.control_plane, options=options)
 

@@ -50,6 +50,8 @@ _FIELDS = (
     "replica",
     "control_plane_token",
     "control_plane_tls_ca",
+    "control_plane_tls_cert",
+    "control_plane_tls_key",
     "label_index_rows",
     "shadow_queue",
 )
@@ -180,6 +182,12 @@ def _add_managed_arguments(parser: argparse.ArgumentParser) -> None:
     add("--replica", metavar="NAME", help="replica name in reports (default host-pid-random)")
     add("--control-plane-token", metavar="TOKEN", help="bearer token for the control plane")
     add("--control-plane-tls-ca", metavar="FILE", help="CA file: reach the control plane by TLS")
+    add(
+        "--control-plane-tls-cert",
+        metavar="FILE",
+        help="client certificate for a control plane that requires mutual TLS (with the key)",
+    )
+    add("--control-plane-tls-key", metavar="FILE", help="the client certificate's private key")
     add(
         "--label-index-rows",
         type=int,
