@@ -88,6 +88,12 @@ def require_deployment(tx: Tx, deployment_id: str) -> Deployment:
     return got
 
 
+def _exists(deployment_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"deployment deployments/{deployment_id} already exists", reason="DEPLOYMENT_EXISTS"
+    )
+
+
 #: The longest drift cooldown a deployment takes (the SDK's bound too).
 MAX_COOLDOWN_SECONDS = 366 * 86400.0
 
@@ -197,7 +203,8 @@ class DeploymentService:
     ) -> Deployment:
         """Create ``deployments/{deployment_id}`` serving ``champion_version`` of ``model``.
 
-        ALREADY_EXISTS (DEPLOYMENT_EXISTS) when the name is taken; FAILED_PRECONDITION when
+        ALREADY_EXISTS (DEPLOYMENT_EXISTS) when the name is taken, also by a concurrent
+        request that commits first; FAILED_PRECONDITION when
         the version cannot be served, or (GATE_FAILED) when a policy is bound to the
         deployment already and the version's latest gate decision for it did not pass on the
         current evidence, as for a rollout's candidate."""
@@ -227,10 +234,7 @@ class DeploymentService:
             if tx.replay is not None:
                 return self.finish(require_deployment(tx, parse_deployment(tx.replay)))
             if repo.row(deployment_id) is not None:
-                raise AlreadyExists(
-                    f"deployment deployments/{deployment_id} already exists",
-                    reason="DEPLOYMENT_EXISTS",
-                )
+                raise _exists(deployment_id)
             lock_model(tx, model_id)
             require_servable(tx, model_id, champion_version, "deployment.champion_version")
             require_gate_passed(tx, model_id, champion_version, f"deployments/{deployment_id}")
@@ -250,6 +254,9 @@ class DeploymentService:
                     update_time=tx.now,
                 )
             )
+            if made is None:
+                # A concurrent request made it after the check above.
+                raise _exists(deployment_id)
             tx.record("CreateDeployment", made.name, None, made)
             publish(tx.session, deployment_id)
         self.hub.changed(deployment_id)

@@ -178,9 +178,17 @@ class Deployments:
             return None
         return deployment(row, self.rollout_row(row.id, row.rollout_id))
 
-    def add(self, row: DeploymentRow) -> Deployment:
-        self.s.add(row)
-        self.s.flush()
+    def add(self, row: DeploymentRow) -> Deployment | None:
+        """Insert a new deployment; None when its id is taken (by a request that committed
+        while this one ran)."""
+        try:
+            with self.s.begin_nested():
+                self.s.add(row)
+                self.s.flush()
+        except IntegrityError:
+            if self.row(row.id) is None:
+                raise
+            return None
         return deployment(row, None)
 
     def for_model(self, model_id: str) -> list[str]:
