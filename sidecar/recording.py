@@ -68,8 +68,11 @@ def check_log_columns(
         return out
 
     excluded = frozenset(exclude)
-    inputs = specs(signature.inputs, True)
-    _check_excluded(signature, excluded, excludable_names(inputs, feature_names))
+    # Records carry the inputs that are one row per request row (sidecar.model), and name
+    # their columns among those alone; any input may be named to exclude, logged or not.
+    inputs = specs([t for t in signature.inputs if t.per_row], True)
+    known = [t.name for t in signature.inputs if not t.per_row]
+    _check_excluded(signature, excluded, excludable_names(inputs, feature_names) + known)
     try:
         plan_layout(inputs, specs(signature.outputs, False), feature_names, excluded)
     except ColumnClash as exc:
@@ -87,11 +90,8 @@ def _check_excluded(signature: Signature, excluded: frozenset[str], known: list[
     """Raise ``InvalidArgument`` naming every excluded name that is no input or feature column
     (``known``), with the names it could be."""
     # A [-1, -1] input has as many x_j (or <input>_j) columns as a request's rows are wide.
-    open_widths = [
-        "x_" if len(signature.inputs) == 1 else f"{t.name}_"
-        for t in signature.inputs
-        if t.rank == 2 and t.shape[1] < 0
-    ]
+    tabular = [t for t in signature.inputs if t.per_row and t.rank == 2]
+    open_widths = ["x_" if len(tabular) == 1 else f"{t.name}_" for t in tabular if t.shape[1] < 0]
     unknown = [
         name
         for name in sorted(excluded)
