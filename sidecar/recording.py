@@ -30,7 +30,12 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import FailedPrecondition, InvalidArgument, ModelplaneError
+from modelplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelplaneError,
+    Unavailable,
+)
 from sidecar.codec import Limits, decode
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather, run_of
 from sidecar.predlog import (
@@ -112,6 +117,18 @@ def _check_excluded(signature: Signature, excluded: frozenset[str], known: list[
         f"--log-exclude-features: this model has no input or feature column named "
         f"{' or '.join(map(repr, unknown))}{meant}; it has: {listed}",
         reason="UNKNOWN_EXCLUDED_FEATURE",
+    )
+
+
+def log_failed(error: BaseException) -> Unavailable:
+    """The refusal of a request once the prediction log cannot take records (its disk
+    failed, or the observer process that writes it ended): UNAVAILABLE with reason
+    ``PREDICTION_LOG_FAILED``, as ``sync`` durability answers a request whose record failed
+    to write. Answering would leave the prediction out of the log, silently."""
+    return Unavailable(
+        "the prediction log failed, so predictions are refused rather than answered "
+        f"without a record: {error}; this sidecar stopped serving (see its log)",
+        reason="PREDICTION_LOG_FAILED",
     )
 
 
@@ -293,7 +310,8 @@ class LogFeed:
         self.arm = arm
         #: The model's :func:`output_shapes`.
         self.shapes = shapes
-        #: Records the writer refused after it failed (it logged why, once), or that it
+        #: Requests whose records the writer refused after it failed (it logged why, once;
+        #: their rows are in modelplane_prediction_log_dropped_records_total), or that it
         #: could not take at all (counted as log errors).
         self.refused = 0
         self._errors = LogErrors(writer)

@@ -41,7 +41,7 @@ from sidecar.model import ModelSlot, ServingModel
 from sidecar.observer_process import ObserverProcess, ObserverProcessError, offloaded
 from sidecar.observers import Observer, ObserverHub
 from sidecar.observing import Wiring, feature_names, observe
-from sidecar.predlog import PredictionLogSettings
+from sidecar.predlog import PredictionLogError, PredictionLogSettings
 from sidecar.recording import check_log_columns
 from sidecar.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from sidecar.settings import SidecarSettings
@@ -102,7 +102,18 @@ class SidecarHandle:
 
     def fail(self, error: BaseException) -> None:
         """Report NOT_SERVING for good (a failing prediction-log disk, an observer process
-        that died): keep answering, but tell load balancers to send traffic elsewhere."""
+        that died), so that load balancers send traffic elsewhere. When predictions can no
+        longer be logged (the log failed, or the observer process writing it ended), every
+        ModelInfer is refused from now on (UNAVAILABLE, ``PREDICTION_LOG_FAILED``), in
+        ``async`` durability as in ``sync``: an answer would have no record. A sidecar
+        without a log (drift only) keeps answering."""
+        unlogged = isinstance(error, PredictionLogError) or (
+            isinstance(error, ObserverProcessError)
+            and self.observer_process is not None
+            and self.observer_process.log_dir is not None
+        )
+        if unlogged and self.servicer.log_failure is None:
+            self.servicer.log_failure = error
         if isinstance(error, ObserverProcessError):
             log.error(
                 "sidecar is NOT_SERVING: the observer process ended",

@@ -34,7 +34,7 @@ from modelplane.oip import grpc_service_pb2_grpc as pb_grpc
 from modelplane.server.context import trace_id_from
 from sidecar.model import ModelExecutionFailed, ModelSlot, ServingModel
 from sidecar.observers import RejectedRecord
-from sidecar.recording import rejected_inputs, tabular_column_names
+from sidecar.recording import log_failed, rejected_inputs, tabular_column_names
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
 
@@ -209,6 +209,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, slot: ModelSlot) -> None:
         self.slot = slot
         self.ready = False
+        #: Why predictions can no longer be logged (set by the server once the prediction log
+        #: or the observer process writing it failed): every ModelInfer is then refused
+        #: (:func:`sidecar.recording.log_failed`) rather than answered without a record.
+        self.log_failure: BaseException | None = None
         self._shed_lock = threading.Lock()
         self._shed = 0
         self._shed_reported = 0.0
@@ -279,6 +283,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.in_flight(1)
         trace = ""
         try:
+            if self.log_failure is not None:
+                raise log_failed(self.log_failure)
             if not request.id and model.needs_ids:
                 request.id = new_request_id()
             if request.model_name != model.name or (
@@ -382,10 +388,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _record_rejection(
         self, model: ServingModel, request: Any, trace: str, err: ModelplaneError, start: float
     ) -> None:
-        # Its inputs as far as they decode, when something records requests (the log).
+        # Its inputs as far as they decode, when something records requests (the log) and
+        # still can.
         inputs = (
             rejected_inputs(request, model.name, model.version, model.signature, model.limits)
-            if model.needs_ids
+            if model.needs_ids and self.log_failure is None
             else {}
         )
         record = RejectedRecord(

@@ -27,6 +27,7 @@ from sidecar.managed.router import routing_key
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
 from sidecar.managed.versions import LoadedVersion, RoutingTable
 from sidecar.model import ModelSlot
+from sidecar.recording import log_failed
 from sidecar.servicer import PLATFORM, InferenceServicer, _ids, new_request_id, queue_deadline
 
 log = structlog.get_logger("modelplane.sidecar.rpc")
@@ -138,6 +139,10 @@ class ManagedServicer(InferenceServicer):
         key: bytes | None = None
         entered = False
         try:
+            if self.log_failure is not None:
+                # Counted, logged and recorded (as far as the log still can) as the
+                # champion's refusal, like any other refused before routing.
+                raise log_failed(self.log_failure)
             if request.model_name != table.name or request.model_version:
                 version = self._version(table, request.model_name, request.model_version)
             else:

@@ -35,6 +35,15 @@ class PredictionLogMetrics:
             "could not take (their records are left out; the log says why).",
             registry=self.registry,
         )
+        self.dropped = Counter(
+            f"{prefix}_dropped_records",
+            "Records that could not be written, by kind (prediction or rejected): those being "
+            "written or queued when the writer failed, and those appended after it failed or "
+            "closed (a sidecar refuses requests once its log has failed, so these are the "
+            "records of requests in flight then, and of the refusals).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.sampled_out = Counter(
             f"{prefix}_sampled_out_records",
             "Prediction records left out by --log-sample-rate.",

@@ -6,7 +6,8 @@ writes it, and completes the appends' shared ticket: in ``sync`` mode after an f
 commit: every append of the round shares one fsync), in ``async`` mode once the bytes are
 handed to the OS, which happens at least every flush interval. Any failure to write stops
 the writer for good: tickets fail, appends raise :class:`PredictionLogFailed`, failure
-callbacks run and ``healthy`` turns False. Nothing is dropped silently.
+callbacks run and ``healthy`` turns False. Nothing is dropped silently: records that could
+not be written are counted (``modelplane_prediction_log_dropped_records_total``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ class PredictionLogWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_taken(self, entry: Entry) -> None:
+        """:meth:`_check_open` for an append, counting its records as dropped when refused."""
+        try:
+            self._check_open()
+        except PredictionLogError:
+            self.metrics.dropped.labels(entry.kind).inc(entry.n_rows)
+            raise
+
     def _check_open(self) -> None:
         if self._error is not None:
             raise PredictionLogFailed(str(self._error)) from self._error.__cause__
@@ -171,12 +180,12 @@ class PredictionLogWriter:
         waited = 0.0
         limit = self.settings.queue_rows
         with self._lock:
-            self._check_open()
+            self._check_taken(entry)
             if self._queued_rows and self._queued_rows + entry.n_rows > limit:
                 started = time.perf_counter()
                 while self._queued_rows and self._queued_rows + entry.n_rows > limit:
                     self._has_room.wait()
-                    self._check_open()
+                    self._check_taken(entry)
                 waited = time.perf_counter() - started
             first = not self._queue
             if first:
@@ -301,19 +310,22 @@ class PredictionLogWriter:
             pending, self._group = self._group, Future()
             # The failed round's rows count too: its ticket fails, so none of them is
             # acknowledged as written (a reader may still find batches it completed).
-            lost = self._queued_rows + sum(e.n_rows for e in in_flight)
+            unwritten = [*in_flight, *self._queue]
             self._queue, self._queued_rows = [], 0
             self._has_room.notify_all()
+        for entry in unwritten:
+            self.metrics.dropped.labels(entry.kind).inc(entry.n_rows)
+        lost = sum(e.n_rows for e in unwritten)
         for waiting in (ticket, pending):
             if waiting is not None and not waiting.done():
                 waiting.set_exception(error)
-        dropped = self._files.abandon_all()
+        abandoned = self._files.abandon_all()
         self.metrics.errors.inc()
         self.metrics.healthy.set(0)
         log.error(
             "prediction_log_failed",
             dir=str(self.directory),
-            files=[str(p) for p in dropped],
+            files=[str(p) for p in abandoned],
             error=str(exc),
             errno=getattr(exc, "errno", None),
             unwritten_rows=lost,

@@ -262,12 +262,17 @@ def test_a_failing_disk_turns_health_not_serving(model_dir: Path, tmp_path: Path
         status = "SERVING"
         while status == "SERVING" and time.monotonic() < deadline:
             for _ in range(20):
-                s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+                try:
+                    s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+                except grpc.RpcError as exc:  # refused once the log failed
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
             time.sleep(0.05)
             status = health_status(port)
         assert status == "NOT_SERVING"
-        # The server still answers (load balancers move traffic away on the health status).
-        s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+        # Predictions are refused from now on: an answer would have no record.
+        with pytest.raises(grpc.RpcError) as refused:
+            s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

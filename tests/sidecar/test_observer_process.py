@@ -237,17 +237,22 @@ def test_drift_goes_on_in_the_child_after_its_log_fails(
     )
     try:
         port = ready["port"]
-        x = np.random.default_rng(3).standard_normal((64, 32))
+        s = stub(port)
+        x = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
         deadline = time.monotonic() + 60
-        sent = 0
+        answered = 0
         while health_status(port) == "SERVING" and time.monotonic() < deadline:
-            _send(port, x, per_request=64)
-            sent += 64
+            try:
+                s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=30)
+                answered += 64
+            except grpc.RpcError as exc:  # refused once the log failed
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
         assert health_status(port) == "NOT_SERVING"
-        # Rows sent after the log failed are counted too: every row sent is in the window.
-        _send(port, x, per_request=64)
-        sent += 64
-        wait_for(lambda: _check_rows(port, sidecar_pb2.DRIFT_WINDOW_CURRENT, sent))
+        # Requests are refused now (their answers would go unlogged), but the child's drift
+        # goes on: its window holds every row answered, those after the failure included.
+        with pytest.raises(grpc.RpcError):
+            s.ModelInfer(raw_request("mlp", {"input": ("FP32", x)}), timeout=30)
+        wait_for(lambda: _check_rows(port, sidecar_pb2.DRIFT_WINDOW_CURRENT, answered))
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

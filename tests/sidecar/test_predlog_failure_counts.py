@@ -50,7 +50,12 @@ for batch in (rows("after", 7), RejectedRequest("after-rejected", "INVALID_ARGUM
     except PredictionLogError:
         refused += 1
 writer.close()  # waits for the writer thread, which logs the failure after failing tickets
-print(json.dumps({"refused": refused}))
+dropped = {
+    s.labels["kind"]: s.value
+    for m in writer.metrics.registry.collect() for s in m.samples
+    if s.name == "modelplane_prediction_log_dropped_records_total"
+}
+print(json.dumps({"refused": refused, "dropped": dropped}))
 """
 
 
@@ -75,6 +80,8 @@ def test_the_failure_line_counts_the_rows_of_the_round_that_failed(tmp_path: Pat
     # The 4,000 rows being written when the disk failed are lost, and the line says so.
     assert failure["unwritten_rows"] == 4000
     assert result["refused"] == 2
+    # Counted as dropped: the failed round's rows, and what was appended after the failure.
+    assert result["dropped"] == {"prediction": 4000 + 7, "rejected": 1}
     # What was written before the failure reads back; nothing of the failed round does.
     table = read_logs(log_dir)
     assert set(table.column("request_id").to_pylist()) == {"small"}
