@@ -176,11 +176,16 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
         ("EVALUATION_TIMEOUT_SECONDS", "1e12", "evaluation_timeout_seconds: Input should be less"),
         ("OPERATION_LEASE_SECONDS", "nan", "operation_lease_seconds: Input should be a finite"),
         ("GRACE_SECONDS", "-inf", "grace_seconds: Input should be a finite"),
+        ("UPLOAD_IDLE_SECONDS", "0", "upload_idle_seconds: Input should be greater than 0"),
+        ("UPLOAD_IDLE_SECONDS", "inf", "upload_idle_seconds: Input should be a finite"),
+        ("UPLOAD_IDLE_SECONDS", "1e12", "upload_idle_seconds: Input should be less"),
+        ("MAX_UPLOADS", "-1", "max_uploads: Input should be greater than or equal to 0"),
     ],
 )
 def test_controlplane_serve_refuses_seconds_no_timer_can_wait(
     tmp_path: Path, variable: str, value: str, says: str
 ) -> None:
+    """Durations no timer can wait for, and the other limits read only from the environment."""
     argv = ["--listen", "127.0.0.1:0", "--artifact-root", str(tmp_path / "artifacts")]
     result = subprocess.run(
         [str(BIN / "modelplane"), "controlplane", "serve", *argv],
