@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from modelplane.server.cpus import available_cores, process_budget
 from modelplane.units import parse_duration
 from sidecar.mps import Mps
+from sidecar.predlog.settings import names_value
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -276,18 +276,7 @@ class SidecarSettings(BaseSettings):
     @field_validator("feature_names", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                # A JSON list: how the supervisor of --workers N hands them to its workers.
-                try:
-                    decoded = json.loads(value)
-                except ValueError:
-                    pass
-                else:
-                    return tuple(decoded) if isinstance(decoded, list) and decoded else None
-            names = tuple(n.strip() for n in value.split(",") if n.strip())
-            return names or None
-        return value
+        return names_value(value) or None
 
     @field_validator("feature_names")
     @classmethod
