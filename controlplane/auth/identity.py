@@ -25,7 +25,12 @@ from controlplane.api.roles import ROLE_NAME, clean_roles, parse_roles, principa
 from controlplane.auth.errors import AccessConfigError
 from controlplane.names import check_id
 from modelplane.errors import InvalidArgument, Unauthenticated
-from modelplane.server.context import Grant, RequestContext, clean_principal
+from modelplane.server.context import (
+    Grant,
+    RequestContext,
+    clean_principal,
+    reserved_principal,
+)
 from modelplane.server.interceptor import Authenticator
 
 AUTHORIZATION_METADATA_KEY = "authorization"
@@ -137,6 +142,11 @@ def _entry(item: Any, where: str) -> tuple[str, TokenEntry]:
         raise AccessConfigError(
             f"{where}: principal must be 1-128 characters of letters, digits and ._@:+-"
         )
+    if reserved_principal(principal):
+        raise AccessConfigError(
+            f"{where}: principal {principal!r} is the name the server acts under itself "
+            "(automatic rollout moves); give the token another"
+        )
     roles = _names(item.get("roles", []), where, "roles", lambda r: bool(ROLE_NAME.match(r)))
     models = _names(item.get("models", []), where, "models", _is_model_id)
     if not roles:
@@ -243,6 +253,12 @@ class JwtAuthenticator:
             raise Unauthenticated(
                 "the token's sub claim is not a usable principal name "
                 "(1-128 letters, digits and ._@:+-)",
+                reason="INVALID_TOKEN",
+            )
+        if reserved_principal(principal):
+            raise Unauthenticated(
+                f"the token's sub claim {principal!r} is the name the server acts under itself "
+                "(automatic rollout moves); no token may carry it",
                 reason="INVALID_TOKEN",
             )
         roles = self._roles(claims)

@@ -20,7 +20,7 @@ from controlplane.auth import AccessConfigError
 from controlplane.server import start
 from modelplane import Client
 from modelplane.errors import PermissionDenied, Unauthenticated
-from modelplane.server.context import clean_principal
+from modelplane.server.context import clean_principal, reserved_principal
 from modelplane.testing import onnx_models
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane
@@ -106,9 +106,7 @@ def test_key_files_that_are_no_usable_key_refuse_to_start(tmp_path: Path) -> Non
     assert not (tmp_path / "cp.db").exists()
 
 
-@pytest.mark.parametrize(
-    "name", ["alice\n", "alice\r", " alice", "modelplane", "ModelPlane", "system", "SYSTEM"]
-)
+@pytest.mark.parametrize("name", ["alice\n", "alice\r", " alice", "", "a" * 129])
 def test_names_that_are_no_principal(name: str) -> None:
     assert clean_principal(name) is None
 
@@ -116,7 +114,17 @@ def test_names_that_are_no_principal(name: str) -> None:
 def test_ordinary_names_are_principals() -> None:
     for name in ("alice", "ci-bot", "rita@example.com", "svc:deploy+1", "a" * 128):
         assert clean_principal(name) == name
-    assert clean_principal("a" * 129) is None
+        assert not reserved_principal(name)
+    assert all(reserved_principal(n) for n in ("modelplane", "ModelPlane", "system", "SYSTEM"))
+
+
+def test_a_tokens_file_giving_a_reserved_name_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text(
+        "tokens:\n- {token: 0123456789abcdefgh, principal: System, roles: [admin]}\n"
+    )
+    settings = _settings(tmp_path, auth=f"tokens:{tmp_path / 'tokens.yaml'}")
+    with pytest.raises(AccessConfigError, match="'System' is the name the server acts under"):
+        start(settings)
 
 
 @pytest.fixture
@@ -178,10 +186,11 @@ def test_two_cases_of_one_approver_are_one_approval(
         assert ada.evaluate_gate(model_id, 1, "production").passed
 
 
-def test_the_unauthenticated_server_refuses_a_reserved_name_from_metadata(
+def test_without_access_control_a_caller_may_name_itself_anything_it_likes(
     controlplane: RunningControlPlane,
 ) -> None:
-    # Without access control the client names itself; a reserved name is not taken as one.
+    # Without access control a name proves nothing: the CLI in the project's images runs as
+    # the user modelplane, and keeps that name.
     with grpc.insecure_channel(controlplane.address) as channel:
         from modelplane.v1 import registry_pb2, registry_pb2_grpc
 
@@ -193,4 +202,4 @@ def test_the_unauthenticated_server_refuses_a_reserved_name_from_metadata(
             timeout=10,
         )
         got = stub.GetModel(registry_pb2.GetModelRequest(name=f"models/{model_id}"), timeout=10)
-    assert got.created_by == "anonymous"
+    assert got.created_by == "modelplane"

@@ -18,7 +18,8 @@ TRACEPARENT_METADATA_KEY = "traceparent"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
 #: Names the server itself acts under (automatic rollout moves, work outside any call): no
-#: caller may take them, in any case.
+#: credentials may prove them, in any case (without access control callers name themselves,
+#: and any name proves nothing).
 RESERVED_PRINCIPALS = frozenset({"modelplane", "system"})
 
 
@@ -91,10 +92,15 @@ def trace_id_from(traceparent: str | None) -> str:
 
 def clean_principal(name: str | None) -> str | None:
     """``name`` when it is a usable principal name (the whole of it: a trailing newline is
-    not), and not one the server acts under, else None."""
-    if name and _PRINCIPAL.fullmatch(name) and name.lower() not in RESERVED_PRINCIPALS:
+    not), else None."""
+    if name and _PRINCIPAL.fullmatch(name):
         return name
     return None
+
+
+def reserved_principal(name: str) -> bool:
+    """Whether ``name`` is one the server acts under (:data:`RESERVED_PRINCIPALS`)."""
+    return name.lower() in RESERVED_PRINCIPALS
 
 
 def same_principal(a: str, b: str) -> bool:
