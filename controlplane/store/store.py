@@ -98,7 +98,12 @@ def _jsonable(value: Any) -> Any:
 
 def request_fingerprint(method: str, principal: str, request: Any) -> str:
     """SHA-256 of what makes a request the same request: the method, the caller and the
-    arguments (``request``, JSON-like values and dataclasses)."""
+    arguments (``request``, JSON-like values and dataclasses). An ``etag`` among them is left
+    out: it is a precondition, not part of the change, and a retry that read the resource
+    again after the first try landed (the CLI merging drift thresholds does) carries the etag
+    that try left, yet asks for the same change."""
+    if isinstance(request, Mapping) and "etag" in request:
+        request = {k: v for k, v in request.items() if k != "etag"}
     body = json.dumps(
         {"method": method, "principal": principal, "request": request},
         sort_keys=True,

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -131,3 +132,31 @@ def test_reads_take_no_request_id(
     code, out, err = _run(capsys, controlplane.address, "models", "get", "m", "--request-id", "x")
     assert code == 2 and out == ""
     assert "unrecognized arguments: --request-id" in err
+
+
+def test_a_drift_update_run_again_with_its_request_id_replays(
+    controlplane: RunningControlPlane, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`deployments update --drift-*` reads the deployment and sends the etag it read: run
+    again after the first run landed, it sends the newer etag, and is still the same request
+    (an etag is a precondition, not part of the change)."""
+    from tests.controlplane.test_deployments_api import register_versions
+
+    with controlplane.client() as c:
+        model_id, versions = register_versions(c, tmp_path, 1)
+        deployment = unique("d")
+        c.create_deployment(deployment, model=model_id, champion_version=versions[0])
+    update = ("deployments", "update", deployment, "--drift-max-psi", "0.3")
+    rid = f"rid-{deployment}"
+    answers = []
+    for _ in range(2):
+        code, out, err = _run(capsys, controlplane.address, *update, "--request-id", rid)
+        assert code == 0, err
+        answers.append(json.loads(out))
+    assert answers[0] == answers[1]
+    # The same id for another change is still refused.
+    code, _, err = _run(
+        capsys, controlplane.address, "deployments", "update", deployment,
+        "--drift-max-psi", "0.4", "--request-id", rid,
+    )  # fmt: skip
+    assert code == 3 and "(REQUEST_ID_REUSED)" in err
