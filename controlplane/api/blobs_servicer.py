@@ -69,9 +69,10 @@ def _idle_limited(
                 item = messages.get(timeout=idle_seconds)
             except queue.Empty:
                 raise DeadlineExceeded(
-                    f"the upload sent no message for {idle_seconds:g} seconds (setting "
-                    "upload_idle_seconds) and was ended; nothing was stored: upload again, "
-                    "sending without such pauses",
+                    f"no whole upload message arrived for {idle_seconds:g} seconds (setting "
+                    "upload_idle_seconds) and the upload was ended; nothing was stored: upload "
+                    "again without such pauses, over a link that carries a message (1 MiB from "
+                    "the SDK) within that time",
                     reason="UPLOAD_IDLE",
                     metadata={"idle_seconds": f"{idle_seconds:g}"},
                 ) from None
