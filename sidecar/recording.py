@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -227,17 +227,23 @@ def rejected_inputs(
     return {n: a for n, a in arrays.items() if _per_row(signature, n)}
 
 
-def tabular_column_names(signature: Signature) -> dict[str, list[str]] | None:
-    """For a model whose records carry several ``[-1, F]`` inputs: each one's columns,
-    ``<input>_0..`` as its records name them. A refused request's record may carry only some
-    of those inputs, which alone would be named ``x_j``; with these names they are named as
-    in every other record. None for other models (their names do not depend on which
-    inputs a record carries)."""
-    tabular = [t for t in signature.inputs if t.per_row and t.rank == 2]
+def tabular_column_names(
+    signature: Signature, arrays: Mapping[str, np.ndarray[Any, Any]]
+) -> dict[str, list[str]] | None:
+    """For a model whose records carry several ``[-1, F]`` inputs: the columns of each of
+    those among ``arrays`` (a refused request's decoded inputs), ``<input>_0..`` as its
+    records name them, as wide as it decoded (an open width too). A refused request's record
+    may carry only some of those inputs, which alone would be named ``x_j``, where the
+    version's ``<input>_j`` exclusions would not find them; with these names they are named as
+    in every other record. None for other models (their names do not depend on which inputs
+    a record carries)."""
+    tabular = {t.name for t in signature.inputs if t.per_row and t.rank == 2}
     if len(tabular) < 2:
         return None
     return {
-        t.name: [f"{t.name}_{j}" for j in range(t.shape[1])] for t in tabular if t.shape[1] >= 0
+        name: [f"{name}_{j}" for j in range(array.shape[1])]
+        for name, array in arrays.items()
+        if name in tabular and array.ndim == 2
     }
 
 

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 import modelplane
 from modelplane.errors import (
+    Code,
     Internal,
     InvalidArgument,
     ModelplaneError,
@@ -389,10 +390,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, model: ServingModel, request: Any, trace: str, err: ModelplaneError, start: float
     ) -> None:
         # Its inputs as far as they decode, when something records requests (the log) and
-        # still can.
+        # still can, for a request refused for what it holds (INVALID_ARGUMENT): one shed for
+        # load (a full queue, a deadline, the caller gone) is one record without features, so
+        # that an overloaded sidecar does not also write every row it could not serve.
         inputs = (
             rejected_inputs(request, model.name, model.version, model.signature, model.limits)
-            if model.needs_ids and self.log_failure is None
+            if model.needs_ids and self.log_failure is None and err.code is Code.INVALID_ARGUMENT
             else {}
         )
         record = RejectedRecord(
@@ -405,7 +408,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             message=err.message,
             latency_s=time.perf_counter() - start,
             inputs=inputs,
-            column_names=tabular_column_names(model.signature) if inputs else None,
+            column_names=tabular_column_names(model.signature, inputs) if inputs else None,
         )
         if model.sync_log is not None:
             # sync durability covers refusals too: answered once the record is on disk.

@@ -207,3 +207,94 @@ def test_the_writer_leaves_out_an_input_whose_width_its_excluded_names_do_not_fi
         [0.0, 2.0, 3.0],
         [4.0, 6.0, 7.0],
     ]
+
+
+def _open_width_model(path: Path) -> Path:
+    """Inputs ``a [N, 3]`` and ``b [N, M]`` (an open width), ``y = sum(a) + sum(b)``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["a", "axes"], ["sa"], keepdims=1),
+            helper.make_node("ReduceSum", ["b", "axes"], ["sb"], keepdims=1),
+            helper.make_node("Add", ["sa", "sb"], ["y"]),
+        ],
+        "open_width",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "M"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        initializer=[axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_an_excluded_column_of_an_open_width_input_stays_out_of_a_refused_record(
+    sidecar_factory: Any, tmp_path: Path, mode: str
+) -> None:
+    """Beside another table, an open-width input's columns are `b_j` in every record: in a
+    refused request whose only decoded input it is too, so `b_3` excluded stays out."""
+    handle = sidecar_factory(
+        _open_width_model(tmp_path / "open_width.onnx"),
+        log_settings=PredictionLogSettings(
+            dir=tmp_path / "log", flush_interval=0.02, exclude_features=("b_3",)
+        ),
+        observer_mode=mode,
+    )
+    s = stub(handle.port)
+    b = np.array([[1, 2, 3, 999]], np.float32)
+    s.ModelInfer(
+        raw_request("open_width", {"a": ("FP32", np.ones((1, 3), np.float32)), "b": ("FP32", b)}),
+        timeout=30,
+    )
+    refused = raw_request(
+        "open_width", {"a": ("FP32", np.ones((1, 2), np.float32)), "b": ("FP32", b)}, id="bad-a"
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        s.ModelInfer(refused, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    handle.stop(5)
+    table = read_logs(tmp_path / "log")
+    assert "b_3" not in table.column_names and not any(
+        n.startswith("x_") for n in table.column_names
+    )
+    rows = _by_request(table)["bad-a"]
+    assert [(r["b_0"], r["b_1"], r["b_2"]) for r in rows] == [(1.0, 2.0, 3.0)]
+    assert all(999.0 not in r.values() for r in table.to_pylist())
+
+
+def test_a_request_shed_for_load_is_one_record_without_features(
+    model_dir: Path, sidecar_factory: Any, tmp_path: Path
+) -> None:
+    """A request refused for what it holds is logged with its rows; one shed for load (here
+    its deadline passing in the batch queue) is one record with null features, so that an
+    overloaded sidecar does not also write every row it did not serve."""
+    handle = sidecar_factory(
+        model_dir / "id_fp32.onnx",
+        max_batch_size=64,
+        max_queue_delay=0.5,
+        log_settings=PredictionLogSettings(dir=tmp_path / "log", flush_interval=0.02),
+        observer_mode="thread",
+    )
+    s = stub(handle.port)
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    s.ModelInfer(raw_request("id_fp32", {"x": ("FP32", x)}, id="served"), timeout=10)
+    shed = raw_request("id_fp32", {"x": ("FP32", x)}, id="shed")
+    shed.parameters["timeout"].int64_param = 1  # microseconds: expires in the queue
+    with pytest.raises(grpc.RpcError) as err:
+        s.ModelInfer(shed, timeout=10)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    handle.stop(5)
+    logged = _by_request(read_logs(tmp_path / "log"))
+    assert [r["x_2"] for r in logged["served"]] == [float(3 * i + 2) for i in range(8)]
+    rows = logged["shed"]
+    assert len(rows) == 1
+    assert rows[0]["status_reason"] == "DEADLINE_EXCEEDED_IN_QUEUE"
+    assert all(rows[0][f"x_{j}"] is None for j in range(3))
