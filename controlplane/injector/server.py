@@ -268,9 +268,10 @@ class InjectorHandle:
         finally:
             self._closed.set()
 
-    def wait(self) -> None:
-        """Block until :meth:`stop`, called from another thread, has finished."""
-        self._closed.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop`, called from another thread, has finished (True), or
+        ``timeout`` seconds pass (False)."""
+        return self._closed.wait(timeout)
 
 
 def start(settings: InjectorSettings) -> InjectorHandle:

@@ -107,22 +107,26 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     settings = _settings(args)
     with extra("controlplane", "the injector"):
         from controlplane.injector import start
+        from modelplane.server.lifecycle import hold_stop_signals, on_stop_signals
         from modelplane.server.logging import configure_logging
 
     configure_logging(settings.log_level)
+    hold_stop_signals()  # a SIGTERM while it starts stops it once it has started
     try:
         handle = start(settings)
     except (OSError, ssl.SSLError) as exc:
         raise CliError(f"cannot serve the injector: {exc}", EXIT_CHECK_FAILED) from None
 
-    def stop(signum: int, frame: object) -> None:
+    def stop(signum: int) -> None:
         signal.signal(signum, signal.SIG_DFL)  # the same signal again ends it at once
         threading.Thread(target=handle.stop, name="injector-shutdown", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signals(stop)
     ready = {"event": "injector ready", "address": settings.listen, "port": handle.port}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
-    handle.wait()
+    # Wake now and then: a signal the kernel hands to another thread sets Python's flag but
+    # does not interrupt a wait of the main thread, where the handler has to run.
+    while not handle.wait(0.2):
+        pass
     return 0
