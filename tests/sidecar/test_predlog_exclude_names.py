@@ -104,32 +104,11 @@ def test_inputs_feature_names_and_default_columns_are_all_known(
     assert [f"x_{j}" for j in range(5)] == [c for c in second.column_names if c.startswith("x_")]
 
 
-def _query_key_model() -> Any:
-    """``q`` FP32 [n,2] (the rows), ``k`` FP32 [m,2] (a side input) -> ``out`` [n,m]."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
-            helper.make_node("MatMul", ["q", "kt"], ["out"]),
-        ],
-        "query_key",
-        [
-            helper.make_tensor_value_info("q", TensorProto.FLOAT, ["n", 2]),
-            helper.make_tensor_value_info("k", TensorProto.FLOAT, ["m", 2]),
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def test_names_follow_the_columns_records_have_beside_a_side_input(
     sidecar_factory: Any, tmp_path: Path
 ) -> None:
     # Records carry q alone (k is no row input), so q's columns are x_0, x_1.
-    model = onnx_models.save(_query_key_model(), tmp_path / "qk.onnx")
+    model = onnx_models.save(onnx_models.query_key(), tmp_path / "qk.onnx")
     with pytest.raises(InvalidArgument) as err:
         sidecar_factory(
             model, log_settings=PredictionLogSettings(dir=tmp_path / "a", exclude_features=("q_1",))

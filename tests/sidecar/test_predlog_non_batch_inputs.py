@@ -58,24 +58,6 @@ def _scale_model() -> Any:
     )
 
 
-def _query_key_model() -> Any:
-    """``q`` FP32 [n,2], ``k`` FP32 [m,2] -> ``out`` [n,m] = q @ k^T."""
-    return _model(
-        helper.make_graph(
-            [
-                helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
-                helper.make_node("MatMul", ["q", "kt"], ["out"]),
-            ],
-            "query_key",
-            [
-                helper.make_tensor_value_info("q", TensorProto.FLOAT, ["n", 2]),
-                helper.make_tensor_value_info("k", TensorProto.FLOAT, ["m", 2]),
-            ],
-            [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
-        )
-    )
-
-
 def _per_input_names_model() -> Any:
     """``a`` FP32 [batch,4] and ``b`` FP32 [batch_size,2], each rows though named apart (as
     exporters name dynamic axes per input) -> ``ya`` [batch,4], ``yb`` [batch_size,2]."""
@@ -121,7 +103,7 @@ def test_rows_are_counted_from_the_row_inputs_alone(tmp_path: Path) -> None:
     limits = Limits(max_request_rows=1000, max_tensor_elements=1 << 20)
     weights = _signature(_weights_model(), tmp_path / "w.onnx")
     scale = _signature(_scale_model(), tmp_path / "s.onnx")
-    query_key = _signature(_query_key_model(), tmp_path / "qk.onnx")
+    query_key = _signature(onnx_models.query_key(), tmp_path / "qk.onnx")
     assert [t.per_row for t in weights.inputs] == [True, False]
     assert [t.per_row for t in scale.inputs] == [True, False]
     assert [t.per_row for t in query_key.inputs] == [True, False]
@@ -197,7 +179,7 @@ def test_a_scalar_input_is_left_out_of_the_log_and_every_request_answers(
 def test_an_input_named_apart_from_the_rows_is_left_out_of_the_log(
     sidecar_factory: Any, tmp_path: Path
 ) -> None:
-    model = onnx_models.save(_query_key_model(), tmp_path / "qk.onnx")
+    model = onnx_models.save(onnx_models.query_key(), tmp_path / "qk.onnx")
     handle = sidecar_factory(model, log_settings=_log(tmp_path, "sync"), observer_mode="thread")
     s = stub(handle.port)
     q = np.arange(6, dtype=np.float32).reshape(3, 2)

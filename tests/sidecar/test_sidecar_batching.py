@@ -422,32 +422,11 @@ def test_gpu_runtime_calls_its_session_from_one_thread_and_trims_padding(tmp_pat
     assert {rows for _, rows in seen} == {4}
 
 
-def _query_key_model() -> Any:
-    """``out[n, m] = q[n, 2] @ k[m, 2]^T``: every first dim dynamic, row counts independent."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
-            helper.make_node("MatMul", ["q", "kt"], ["out"]),
-        ],
-        "query_key",
-        [
-            helper.make_tensor_value_info("q", TensorProto.FLOAT, ["n", 2]),
-            helper.make_tensor_value_info("k", TensorProto.FLOAT, ["m", 2]),
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def test_gpu_runtime_runs_inputs_of_different_row_counts_unpadded(tmp_path: Path) -> None:
     from modelplane.testing import onnx_models
 
     runtime, sess, seen = _gpu_like_runtime(
-        onnx_models.save(_query_key_model(), tmp_path / "qk.onnx")
+        onnx_models.save(onnx_models.query_key(), tmp_path / "qk.onnx")
     )
     q = np.ones((3, 2), np.float32)
     try:

@@ -137,6 +137,24 @@ def identity_model(datatype: str, shape: list[int | str]) -> onnx.ModelProto:
     return _finish(graph, f"identity {datatype}")
 
 
+def query_key() -> onnx.ModelProto:
+    """``out[n, m] = q[n, 2] @ k[m, 2]^T`` (FP32): ``q`` is one row per request row, ``k`` a
+    side input whose first dim is independent of it."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["q", "kt"], ["out"]),
+        ],
+        "query_key",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, ["m", 2]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
+    )
+    return _finish(graph, "query key")
+
+
 def save(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write ``model`` to ``path`` and return the path."""
     path = Path(path)
