@@ -48,6 +48,16 @@ def raw_request(model: str, inputs: dict[str, tuple[str, np.ndarray[Any, Any]]],
     return req
 
 
+def rows_by_request(table: Any) -> dict[str, list[dict[str, Any]]]:
+    """A prediction log table's records by request id, each request's in row order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        out.setdefault(row["request_id"], []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["row"])
+    return out
+
+
 def output_array(response: Any, index: int, dtype: Any) -> np.ndarray[Any, Any]:
     """Output ``index`` of a response as a numpy array."""
     out = response.outputs[index]

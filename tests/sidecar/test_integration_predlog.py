@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub
+from sidecar_helpers import health_status, raw_request, rows_by_request, spawn_sidecar, stub
 
 from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
 
@@ -31,15 +31,6 @@ def _serve_args(model: Path, *extra: str) -> list[str]:
 def _reference(model: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0]
-
-
-def _by_request(table: Any) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
-        out.setdefault(row["request_id"], []).append(row)
-    for rows in out.values():
-        rows.sort(key=lambda r: r["row"])
-    return out
 
 
 @pytest.mark.parametrize(
@@ -86,7 +77,7 @@ def test_every_request_and_rejection_is_logged_exactly(
             s.ModelInfer(request, timeout=30)
     handle.stop(5)
 
-    logged = _by_request(read_logs(tmp_path))
+    logged = rows_by_request(read_logs(tmp_path))
     assert set(logged) == set(sent) | set(bad)
     for rid, x in sent.items():
         rows = logged[rid]
@@ -124,7 +115,7 @@ def test_a_request_without_id_is_answered_under_the_id_it_is_logged_under(
     assert all(answered) and len(set(answered)) == 4
     # Each is a random (version 4) UUID in canonical text.
     assert all(str(uuid.UUID(rid)) == rid and uuid.UUID(rid).version == 4 for rid in answered)
-    logged = _by_request(read_logs(tmp_path))
+    logged = rows_by_request(read_logs(tmp_path))
     assert set(answered) <= set(logged) and len(logged) == 5
     assert all([r["row"] for r in logged[rid]] == [0, 1, 2] for rid in answered)
     # Without anything recording them, id-less requests are answered without one.
@@ -156,7 +147,7 @@ def test_a_request_the_model_fails_on_is_logged_once(
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     handle.stop(5)
 
-    logged = _by_request(read_logs(tmp_path))
+    logged = rows_by_request(read_logs(tmp_path))
     assert set(logged) == set(sent)
     for rid, idx in sent.items():
         rows = logged[rid]
@@ -306,7 +297,7 @@ def test_workers_each_write_their_own_files_into_one_log(model_dir: Path, tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    logged = _by_request(read_logs(log_dir))
+    logged = rows_by_request(read_logs(log_dir))
     assert set(logged) == set(sent)
     for rid, x in sent.items():
         features = np.array([[r[n] for n in NAMES] for r in logged[rid]], dtype=np.float32)

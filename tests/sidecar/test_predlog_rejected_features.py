@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
-from sidecar_helpers import raw_request, stub
+from sidecar_helpers import raw_request, rows_by_request, stub
 
 from modelplane.oip import grpc_service_pb2 as pb
 from sidecar.predlog import (
@@ -25,15 +25,6 @@ from sidecar.predlog import (
 
 NAMES = [f"f{i}" for i in range(32)]
 MODES = [("async", "thread"), ("async", "process"), ("sync", "thread")]
-
-
-def _by_request(table: Any) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
-        out.setdefault(row["request_id"], []).append(row)
-    for rows in out.values():
-        rows.sort(key=lambda r: r["row"])
-    return out
 
 
 @pytest.mark.parametrize(("durability", "mode"), MODES)
@@ -87,7 +78,7 @@ def test_refused_requests_are_logged_with_the_inputs_that_decoded(
 
     table = read_logs(tmp_path / "log")
     assert "a_1" not in table.column_names
-    logged = _by_request(table)
+    logged = rows_by_request(table)
     assert set(logged) == {"wrong-b", "extra", "wide-a", "typed", "other"}
     reasons = {rid: {r["status_reason"] for r in rows} for rid, rows in logged.items()}
     assert reasons == {
@@ -142,7 +133,7 @@ def test_named_features_of_a_refused_request_are_logged_and_excluded_as_named(
 
     table = read_logs(tmp_path / "log")
     assert "f1" not in table.column_names and "f30" not in table.column_names
-    logged = _by_request(table)
+    logged = rows_by_request(table)
     kept = [n for n in NAMES if n not in ("f1", "f30")]
     rows = logged["nan"]
     assert {r["status_reason"] for r in rows} == {"NON_FINITE_VALUE"}
@@ -176,7 +167,7 @@ def test_a_managed_sidecar_logs_a_refused_requests_features_under_its_version(
     handle.stop(5)
     table = read_logs(tmp_path / "log")
     assert "x_2" not in table.column_names
-    rows = _by_request(table)["extra"]
+    rows = rows_by_request(table)["extra"]
     assert [(r["arm"], r["model_version"], r["status_reason"]) for r in rows] == [
         ("champion", "1", "UNKNOWN_INPUT")
     ] * 2
@@ -201,7 +192,7 @@ def test_the_writer_leaves_out_an_input_whose_width_its_excluded_names_do_not_fi
     # Which of the five columns holds ssn is unknown: none of them is written.
     assert "ssn" not in table.column_names
     assert not any(c.startswith("x_") for c in table.column_names)
-    logged = _by_request(table)
+    logged = rows_by_request(table)
     assert all(r["age"] is None for r in logged["wide"])
     assert [[r["age"], r["c"], r["e"]] for r in logged["fits"]] == [
         [0.0, 2.0, 3.0],
@@ -265,7 +256,7 @@ def test_an_excluded_column_of_an_open_width_input_stays_out_of_a_refused_record
     assert "b_3" not in table.column_names and not any(
         n.startswith("x_") for n in table.column_names
     )
-    rows = _by_request(table)["bad-a"]
+    rows = rows_by_request(table)["bad-a"]
     assert [(r["b_0"], r["b_1"], r["b_2"]) for r in rows] == [(1.0, 2.0, 3.0)]
     assert all(999.0 not in r.values() for r in table.to_pylist())
 
@@ -292,7 +283,7 @@ def test_a_request_shed_for_load_is_one_record_without_features(
         s.ModelInfer(shed, timeout=10)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     handle.stop(5)
-    logged = _by_request(read_logs(tmp_path / "log"))
+    logged = rows_by_request(read_logs(tmp_path / "log"))
     assert [r["x_2"] for r in logged["served"]] == [float(3 * i + 2) for i in range(8)]
     rows = logged["shed"]
     assert len(rows) == 1
