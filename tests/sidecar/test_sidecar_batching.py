@@ -150,16 +150,17 @@ def test_a_deadline_shorter_than_the_queue_delay_still_runs(
     model_dir: Path, sidecar_factory: Any
 ) -> None:
     """On an idle sidecar, the leader stops waiting for rows while the request's deadline
-    still leaves time to run it: a 50 ms deadline under a 500 ms queue delay is answered."""
+    still leaves time to run it: a 250 ms deadline under a 2 s queue delay is answered (the
+    deadline leaves a busy machine room for the round trip; waiting out the delay would not)."""
     recorder = Recorder()
     handle = sidecar_factory(
-        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=0.5, observers=[recorder]
+        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=2.0, observers=[recorder]
     )
     s = stub(handle.port)
     x = np.ones((1, 3), np.float32)
     for i in range(3):
         resp = s.ModelInfer(
-            raw_request("id_fp32", {"x": ("FP32", x)}, id=f"short-{i}"), timeout=0.05
+            raw_request("id_fp32", {"x": ("FP32", x)}, id=f"short-{i}"), timeout=0.25
         )
         assert resp.id == f"short-{i}"
         assert np.array_equal(output_array(resp, 0, np.float32), x)
