@@ -263,8 +263,10 @@ def join_labels(
     """``table`` with the columns of ``labels`` joined on request id and row (left join).
 
     Without a ``row`` column in ``labels``, a label applies to every row of its request.
-    Records without a label get nulls; label columns clashing with log columns get a
-    ``_label`` suffix. The order of ``table`` is kept.
+    A key ``labels`` holds more than once (a label sent again, or corrected later) counts once,
+    with its last label: each record appears once in the result. Records without a label get
+    nulls; label columns clashing with log columns get a ``_label`` suffix. The order of
+    ``table`` is kept.
     """
     on = [k for k in keys if k in labels.column_names]
     if "request_id" not in on:
@@ -276,7 +278,13 @@ def join_labels(
                 labels.schema.get_field_index(key), key, labels.column(key).cast(want)
             )
     left = table.select(on).append_column("__left", pa.array(np.arange(table.num_rows)))
-    right = labels.select(on).append_column("__right", pa.array(np.arange(labels.num_rows)))
+    right = (
+        labels.select(on)
+        .append_column("__right", pa.array(np.arange(labels.num_rows)))
+        .group_by(on, use_threads=False)
+        .aggregate([("__right", "max")])
+    )
+    right = right.rename_columns([n.removesuffix("_max") for n in right.column_names])
     joined = left.join(right, keys=on, join_type="left outer").sort_by("__left")
     result = table.take(joined.column("__left"))
     payload = labels.drop_columns(on).take(joined.column("__right"))

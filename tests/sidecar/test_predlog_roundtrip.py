@@ -203,6 +203,15 @@ def test_join_labels(tmp_path: Path) -> None:
     assert per_request.column("outcome").to_pylist() == ["churned"] * 3 + [None] * 2
     with pytest.raises(ValueError, match="request_id"):
         join_labels(table, pa.table({"row": [0]}))
+    # A label sent again, and one corrected later: each record once, with its last label.
+    repeated = pa.table(
+        {"request_id": ["a", "b", "a", "a"], "row": pa.array([2, 1, 2, 0], pa.int64()),
+         "y": [1, 1, 0, 1]}
+    )  # fmt: skip
+    once = join_labels(table, repeated)
+    assert once.num_rows == table.num_rows
+    got = {(r["request_id"], r["row"]): r["y"] for r in once.to_pylist()}
+    assert got == {("a", 0): 1, ("a", 1): None, ("a", 2): 0, ("b", 0): None, ("b", 1): 1}
 
 
 def test_duckdb_queries_table_and_compacted_parquet(tmp_path: Path) -> None:
