@@ -16,7 +16,10 @@ absent, and a guard reading an absent value is *skipped* for that window: record
 reads has at least ``min_requests`` requests (for ``shadow``, copies answered or failed:
 ``pairs + errors``, so that a shadow failing every request is judged too), and when it cannot be
 evaluated at all (a type error): only a guard that evaluates to false fails, and a failed
-guard rolls the rollout back.
+guard rolls the rollout back. On a single window, a guard reading an arm's ``latency_p99``
+also waits for :data:`WINDOW_P99_REQUESTS` requests of that arm: over fewer, the p99 is the
+slowest request or close to it, and one slow request (a pause of the machine) would roll a
+healthy candidate back; the sum over a whole step judges it as before.
 
 Defaults. The guards in force in a phase are the deployment's and the rollout's; when none of
 them *judges* the version under test there (reads ``candidate`` where the candidate answers
@@ -369,6 +372,19 @@ def fields_read(guard: str) -> frozenset[str]:
     return frozenset(ref.text for ref in rule.refs)
 
 
+#: Requests an arm needs in one window before a guard reading its ``latency_p99`` is evaluated
+#: there: with 100, the p99 is not simply the slowest request.
+WINDOW_P99_REQUESTS = 100
+
+
+def _needed(rule: CompiledRule, arm: str, min_requests: int, scope: str) -> int:
+    if scope == "window" and any(
+        ref.path[0] == arm and ref.path[1:2] == ("latency_p99",) for ref in rule.refs
+    ):
+        return max(min_requests, WINDOW_P99_REQUESTS)
+    return min_requests
+
+
 def evaluate(
     guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str = "window"
 ) -> tuple[GuardResult, ...]:
@@ -389,13 +405,15 @@ def evaluate(
     for rule in rules:
         arms = sorted({ref.path[0] for ref in rule.refs})
         absent = [a for a in arms if a not in values]
-        thin = [a for a in arms if a in values and _volume(values, a) < min_requests]
+        needed = {a: _needed(rule, a, min_requests, scope) for a in arms}
+        thin = [a for a in arms if a in values and _volume(values, a) < needed[a]]
         if absent:
             skipped[rule.index] = f"skipped: no {', '.join(absent)} in this {scope}"
         elif thin:
             unit = "shadow requests" if thin == ["shadow"] else "requests"
+            least = max(needed[a] for a in thin)
             skipped[rule.index] = (
-                f"skipped: {', '.join(thin)} has fewer than {min_requests} {unit} in this {scope}"
+                f"skipped: {', '.join(thin)} has fewer than {least} {unit} in this {scope}"
             )
         else:
             ready.append(rule)

@@ -477,7 +477,12 @@ def test_violated_guard_rolls_back_within_one_window(
         side.report(champion=200, candidate=5, candidate_errors=5)
         d = c.get_deployment(dep)
         assert state_of(d) == "ROLLOUT_STATE_RUNNING"
-        assert all("fewer than 20" in g.error for g in d.rollout.evidence.guards)
+        # (A window's latency_p99 guard waits for 100 requests of each arm it reads.)
+        assert all("fewer than" in g.error for g in d.rollout.evidence.guards)
+        assert {g.error.split("fewer than ")[1].split()[0] for g in d.rollout.evidence.guards} == {
+            "20",
+            "100",
+        }
         bad = side.report(champion=200, candidate=100, candidate_errors=30)
         d = c.get_deployment(dep)
         assert bad.generation == d.generation == before.generation + 1
@@ -523,6 +528,28 @@ def test_guards_on_latency_missing_values_and_custom_rules(
         d = c.get_deployment(dep)
         assert state_of(d) == "ROLLOUT_STATE_ROLLED_BACK"
         assert "candidate.latency_p99 <= 0.05" in d.rollout.reason
+
+
+def test_a_windows_p99_over_few_requests_rolls_nothing_back(
+    cp: RunningControlPlane, tmp_path: Path
+) -> None:
+    """Over 42 requests a window's p99 is its slowest request: a latency guard waits for 100
+    requests of each arm it reads before it judges one window (the step's sum judges it as
+    before), so one slow window of a healthy candidate does not roll it back."""
+    with cp.client() as c:
+        dep, versions = deployed(c, tmp_path)
+        c.start_rollout(dep, versions[1], step_duration=60, min_requests=10_000)
+        side = Sidecar(c, dep)
+        side.report(champion=200, candidate=42, candidate_seconds=0.2)
+        d = c.get_deployment(dep)
+        assert state_of(d) == "ROLLOUT_STATE_RUNNING", d.rollout.reason
+        errors, p99 = d.rollout.evidence.guards
+        assert errors.passed and not errors.error
+        assert p99.error == "skipped: candidate has fewer than 100 requests in this window"
+        side.report(champion=200, candidate=100, candidate_seconds=0.2)
+        d = c.get_deployment(dep)
+        assert state_of(d) == "ROLLOUT_STATE_ROLLED_BACK"
+        assert "candidate.latency_p99" in d.rollout.reason
 
 
 def test_ab_and_shadow_end_by_promote_or_rollback(cp: RunningControlPlane, tmp_path: Path) -> None:
