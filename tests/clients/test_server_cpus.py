@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from modelplane.server.cpus import CpuBudget, cgroup_quota, cpu_budget
-from modelplane.testing.cgroups import CgroupUnavailable, cpu_quota_group, join
+from modelplane.testing import launch
+from modelplane.testing.cgroups import CgroupUnavailable, cpu_quota_group
 
 PROBE = (
     "import json; from modelplane.server.cpus import cpu_budget, available_cores; "
@@ -20,14 +21,13 @@ PROBE = (
 )
 
 
-def _probe(prefix: list[str] | None = None, **popen: object) -> list[object]:
+def _probe(prefix: list[str] | None = None) -> list[object]:
     done = subprocess.run(
         [*(prefix or []), sys.executable, "-c", PROBE],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
-        **popen,  # type: ignore[call-overload]
     )
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -144,7 +144,7 @@ def test_a_real_cgroup_quota_limits_the_cores() -> None:
     """Runs where the test may create a cgroup (root on a cgroup v1 or delegated v2 tree)."""
     try:
         with cpu_quota_group(50_000) as procs:
-            affinity, quota, cores, available = _probe(preexec_fn=lambda: join(procs))
+            affinity, quota, cores, available = _probe(launch.prefix(cgroup_procs=procs))
     except CgroupUnavailable as exc:
         pytest.skip(str(exc))
     assert quota == 0.5

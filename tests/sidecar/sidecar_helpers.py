@@ -8,14 +8,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
+from modelplane.testing import launch
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+# For spawn_sidecar: no file may grow past 64 KiB, so the log's writes fail with EFBIG.
+FAILING_DISK = launch.prefix(file_size_limit=64 * 1024)
 
 
 def stub(port: int) -> Any:
@@ -69,21 +74,21 @@ def spawn_sidecar(
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     stderr: Path | None = None,
-    preexec_fn: Any = None,
+    launch: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Run ``modelplane sidecar serve ARGS`` in a subprocess; returns it and its ready line.
 
-    ``stderr`` names a file for the server's JSON logs (discarded otherwise)."""
+    ``stderr`` names a file for the server's JSON logs (discarded otherwise); ``launch`` is
+    a :func:`modelplane.testing.launch.prefix` that applies process limits first."""
     full_env = {**os.environ, **(env or {})}
     err = stderr.open("w") if stderr is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", *args],
+        [*launch, PYTHON, "-m", "modelplane.cli", "sidecar", "serve", *args],
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
         env=full_env,
         cwd=ROOT,
-        preexec_fn=preexec_fn,
     )
     if stderr is not None:
         err.close()  # type: ignore[union-attr]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import threading
 import time
@@ -17,7 +16,14 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from sidecar_helpers import health_status, raw_request, rows_by_request, spawn_sidecar, stub
+from sidecar_helpers import (
+    FAILING_DISK,
+    health_status,
+    raw_request,
+    rows_by_request,
+    spawn_sidecar,
+    stub,
+)
 
 from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
 
@@ -229,11 +235,6 @@ def test_async_mode_loses_at_most_one_flush_interval_on_kill_9(
     assert killed_at - oldest_lost <= interval + 0.5
 
 
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-
 def test_a_failing_disk_turns_health_not_serving(model_dir: Path, tmp_path: Path) -> None:
     log_dir = tmp_path / "log"
     errors = tmp_path / "stderr.log"
@@ -242,7 +243,7 @@ def test_a_failing_disk_turns_health_not_serving(model_dir: Path, tmp_path: Path
             model_dir / "mlp.onnx", "--log-dir", str(log_dir), "--log-flush-interval", "20ms"
         ),
         stderr=errors,
-        preexec_fn=_limit_file_size,
+        launch=FAILING_DISK,
     )
     try:
         port = ready["port"]

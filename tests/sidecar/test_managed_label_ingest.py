@@ -4,7 +4,6 @@ report and the label log holds."""
 
 from __future__ import annotations
 
-import resource
 import signal
 import time
 from pathlib import Path
@@ -15,7 +14,14 @@ import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
-from sidecar_helpers import health_status, output_array, raw_request, spawn_sidecar, stub
+from sidecar_helpers import (
+    FAILING_DISK,
+    health_status,
+    output_array,
+    raw_request,
+    spawn_sidecar,
+    stub,
+)
 
 from modelplane.errors import error_info
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -142,12 +148,6 @@ def test_a_regression_version_takes_targets_and_classes_as_values(
     assert _tally(plane) == (3, 1)
 
 
-def _limit_file_size() -> None:
-    """In the sidecar's process: no file may grow past 64 KiB (writes then fail with EFBIG)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-
 def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
     plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
 ) -> None:
@@ -165,7 +165,7 @@ def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
             *("--log-dir", str(log_dir), "--cache-dir", str(tmp_path / "cache")),
         ],
         stderr=tmp_path / "stderr.log",
-        preexec_fn=_limit_file_size,
+        launch=FAILING_DISK,
     )
     try:
         port = ready["port"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import signal
 import time
 import urllib.request
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sidecar_helpers import (
+    FAILING_DISK,
     children,
     health_status,
     raw_request,
@@ -218,11 +218,6 @@ def test_a_stalled_observer_process_turns_the_sidecar_not_serving_and_stop_ends(
             os.kill(child, signal.SIGKILL)
 
 
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-
 def test_drift_goes_on_in_the_child_after_its_log_fails(
     model_dir: Path, baseline: Path, tmp_path: Path
 ) -> None:
@@ -232,7 +227,7 @@ def test_drift_goes_on_in_the_child_after_its_log_fails(
             *("--device", "cpu", "--log-dir", str(tmp_path / "log"), "--baseline", str(baseline)),
             *("--log-flush-interval", "20ms", "--drift-window-rows", "1000000"),
         ],
-        preexec_fn=_limit_file_size,
+        launch=FAILING_DISK,
         stderr=tmp_path / "stderr.log",
     )
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import time
 import urllib.request
@@ -20,16 +19,10 @@ import numpy as np
 import pytest
 from control_plane_double import FakeControlPlane, state
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar_helpers import health_status, raw_request, spawn_sidecar, stub, wait_for
+from sidecar_helpers import FAILING_DISK, health_status, raw_request, spawn_sidecar, stub, wait_for
 
 from modelplane.errors import error_info
 from sidecar.predlog import PredictionLogSettings, read_logs
-
-
-def _limit_file_size() -> None:
-    """In the sidecar's process: no file may grow past 64 KiB (writes then fail with EFBIG)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
 def _dropped(metrics_port: int) -> dict[str, float]:
@@ -89,7 +82,7 @@ def test_after_the_disk_fails_requests_are_refused_and_dropped_records_counted(
             *("--metrics-listen", "127.0.0.1:0"),
         ],
         stderr=stderr,
-        preexec_fn=_limit_file_size,
+        launch=FAILING_DISK,
     )
     try:
         port, metrics_port = ready["port"], ready["metrics_port"]
@@ -133,7 +126,7 @@ def test_a_managed_sidecar_refuses_requests_once_its_log_failed(
             *("--log-flush-interval", "20ms", "--cache-dir", str(tmp_path / "cache")),
         ],
         stderr=stderr,
-        preexec_fn=_limit_file_size,
+        launch=FAILING_DISK,
     )
     try:
         port = ready["port"]

@@ -340,7 +340,8 @@ def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str
     one intra-op thread without measuring a multi-threaded session, and says so."""
     import os
 
-    from modelplane.testing.cgroups import CgroupUnavailable, cpu_quota_group, join
+    from modelplane.testing import launch
+    from modelplane.testing.cgroups import CgroupUnavailable, cpu_quota_group
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU only: a one-core limit changes nothing here")
@@ -352,9 +353,7 @@ def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str
         if limit == "affinity":
             cpu = min(os.sched_getaffinity(0))
             expected = {"cores": 1, "affinity_cpus": 1, "cgroup_cpu_quota": None}
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {cpu})
+            limited = launch.prefix(cpus=[cpu])
         else:
             try:
                 procs = stack.enter_context(cpu_quota_group(50_000))
@@ -365,11 +364,9 @@ def test_sidecar_sizes_itself_by_the_cores_it_may_use(tmp_path: Path, limit: str
                 "affinity_cpus": len(os.sched_getaffinity(0)),
                 "cgroup_cpu_quota": 0.5,
             }
+            limited = launch.prefix(cgroup_procs=procs)
 
-            def preexec() -> None:
-                join(procs)
-
-        proc, ready = spawn_sidecar(args, stderr=log, preexec_fn=preexec)
+        proc, ready = spawn_sidecar(args, stderr=log, launch=limited)
         try:
             x = np.ones((1, 32), np.float32)
             reply = stub(ready["port"]).ModelInfer(

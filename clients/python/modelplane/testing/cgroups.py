@@ -8,7 +8,6 @@ delegated cgroup v2 tree with the ``cpu`` controller on); :func:`cpu_quota_group
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +47,3 @@ def cpu_quota_group(quota_us: int, period_us: int = 100_000) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             group.rmdir()
-
-
-def join(procs: Path) -> None:
-    """Move the calling process into the group whose ``cgroup.procs`` is ``procs`` (for a
-    ``preexec_fn``)."""
-    procs.write_text(str(os.getpid()))

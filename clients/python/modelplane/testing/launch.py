@@ -1,0 +1,74 @@
+"""Start a command with process settings applied first: a file size limit, a CPU affinity
+mask, a cgroup to join.
+
+A test process that has used gRPC must not start children with ``subprocess.Popen(...,
+preexec_fn=...)``: a ``preexec_fn`` makes Python ``fork()`` the whole process, gRPC's fork
+handlers restart its poller thread in the child, ``Popen`` closes that poller's epoll
+descriptor before ``exec``, and now and then the child aborts before it runs the command
+(``epoll_wait error: Bad file descriptor``, SIGABRT). Without a ``preexec_fn`` Python
+starts children with ``vfork``, which runs no fork handlers. So the settings are applied by
+a fresh interpreter that then replaces itself with the command::
+
+    python -m modelplane.testing.launch [--file-size-limit BYTES] [--cpus 0,2]
+        [--cgroup-procs FILE] -- COMMAND [ARG...]
+
+:func:`prefix` builds the part before ``COMMAND``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+def prefix(
+    *,
+    file_size_limit: int | None = None,
+    cpus: Iterable[int] | None = None,
+    cgroup_procs: Path | None = None,
+) -> list[str]:
+    """The argv that runs the command after it with these settings applied."""
+    argv = [sys.executable, "-m", __name__]
+    if file_size_limit is not None:
+        argv += ["--file-size-limit", str(file_size_limit)]
+    if cpus is not None:
+        argv += ["--cpus", ",".join(str(c) for c in sorted(cpus))]
+    if cgroup_procs is not None:
+        argv += ["--cgroup-procs", str(cgroup_procs)]
+    return [*argv, "--"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m modelplane.testing.launch")
+    parser.add_argument(
+        "--file-size-limit",
+        type=int,
+        help="RLIMIT_FSIZE in bytes; SIGXFSZ is ignored, so writes past it fail with EFBIG",
+    )
+    parser.add_argument("--cpus", help="CPU affinity mask as a comma-separated list")
+    parser.add_argument("--cgroup-procs", type=Path, help="a cgroup's cgroup.procs file to join")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    if args.cgroup_procs is not None:
+        args.cgroup_procs.write_text(str(os.getpid()))
+    if args.cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    if args.file_size_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        sys.exit(f"cannot run {command[0]}: {exc.strerror}")
+
+
+if __name__ == "__main__":
+    main()
