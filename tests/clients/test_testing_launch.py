@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,16 @@ def test_a_missing_command_is_named() -> None:
     done = _run([*launch.prefix(), "/nonexistent/command"])
     assert done.returncode != 0
     assert "/nonexistent/command" in done.stderr
+
+
+def test_no_code_here_starts_a_child_with_a_preexec_fn() -> None:
+    """Tests, benchmarks and servers all run gRPC; a ``preexec_fn`` would fork them."""
+    root = Path(__file__).resolve().parents[2]
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for top in ("tests", "bench", "controlplane", "sidecar", "clients/python")
+        for path in (root / top).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"preexec_fn\s*=\s*[A-Za-z_(]", line)
+    ]
+    assert not found, f"use modelplane.testing.launch.prefix instead: {found}"
