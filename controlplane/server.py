@@ -103,6 +103,8 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     # Worker processes find the schema migrated by their supervisor.
     store = Store.open(settings.db_url, migrate=not settings.reuse_port)
     audit.install(store)
+    if isinstance(access.authorizer, auth.PermissionPolicy):
+        access.authorizer.find_deployments_with(lambda d: _deployment_model(store, d))
     blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
     interceptor = RequestInterceptor(
@@ -238,6 +240,15 @@ class _Deployments:
         feed.start()
         reconciler = Reconciler(self.rollouts, settings.reconcile_interval_seconds).start()
         return [reconciler.close, feed.close]
+
+
+def _deployment_model(store: Store, deployment_id: str) -> str | None:
+    """The id of the model ``deployments/{deployment_id}`` serves; None when there is none."""
+    from controlplane.store.deployment_repos import Deployments
+
+    with store.read() as tx:
+        row = Deployments(tx.session).row(deployment_id)
+        return row.model_id if row is not None else None
 
 
 def _generations(store: Store) -> dict[str, int]:

@@ -13,9 +13,10 @@ rollouts and pause, resume, abort, promote or roll them back (gates still apply 
 and only an admin may set a retraining webhook); deleting a deployment is admin-only. The
 ``sidecar`` role is what a sidecar's token holds: it may watch deployments, report windows,
 read deployments and download the blobs it serves, and nothing else (``developer`` and
-``admin`` may report windows too, for tests and tools). A deployment names no model, so a
-grant scoped to some models does not cover deployment RPCs (ListDeployments shows a scoped
-caller the deployments of its models).
+``admin`` may report windows too, for tests and tools). A deployment serves one model, fixed
+at its creation, and a grant scoped to some models covers the deployments of those models
+(ListDeployments shows a scoped caller those deployments only): a sidecar token scoped to
+``fraud`` follows, reports on and downloads for ``fraud``'s deployments and no others.
 """
 
 from __future__ import annotations

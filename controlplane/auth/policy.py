@@ -2,8 +2,11 @@
 
 A grant holds roles on every model, or only on the models it names. The model a request is
 about is read from its deserialised fields (``name``, ``parent``, ``target``, ``resource``,
-``version``, ``model_id``, ``model.name``, ``version.name``). The request context handed on
-carries the roles that hold for that model, which is what approvals record and policies check.
+``version``, ``model_id``, ``model.name``, ``version.name``, ``deployment.model``); a
+deployment (``deployments/{id}``, or ``deployment.name``) is about the model it serves, which
+is fixed at its creation and looked up in the store when the caller's grants are scoped. The
+request context handed on carries the roles that hold for that model, which is what approvals
+record and policies check.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from modelplane.server.context import Grant, RequestContext
 from modelplane.server.interceptor import Authorization
 
 _NAME_FIELDS = ("name", "parent", "target", "resource", "version")
-_NESTED_FIELDS = ("model", "version")
+_NESTED_FIELDS = ("model", "version", "deployment")
+_DEPLOYMENTS = "deployments/"
+
+#: ``deployment id`` → the id of the model it serves, None when there is no such deployment.
+DeploymentModels = Callable[[str], str | None]
 
 
 def model_of(resource: str) -> str | None:
@@ -33,27 +40,48 @@ def model_of(resource: str) -> str | None:
     return rest[:end] or None
 
 
-def models_named(request: Message) -> set[str]:
-    """The model ids a request names in its naming fields."""
-    fields = request.DESCRIPTOR.fields_by_name
+def models_named(request: Message, deployment_models: DeploymentModels | None = None) -> set[str]:
+    """The model ids a request names in its naming fields; with ``deployment_models``, also
+    those of the deployments it names (a deployment that does not exist names none)."""
     out: set[str] = set()
-    for name in _NAME_FIELDS:
-        f = fields.get(name)
-        if f is not None and f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated:
-            model = model_of(getattr(request, name))
-            if model:
-                out.add(model)
-    for name in _NESTED_FIELDS:
-        f = fields.get(name)
-        if f is not None and f.type == FieldDescriptor.TYPE_MESSAGE and request.HasField(name):
-            model = model_of(getattr(getattr(request, name), "name", ""))
-            if model:
-                out.add(model)
-    if "model_id" in fields:
+    for resource in _resources_named(request):
+        model = model_of(resource)
+        if model is None and deployment_models is not None:
+            deployment = deployment_of(resource)
+            model = deployment_models(deployment) if deployment else None
+        if model:
+            out.add(model)
+    if "model_id" in request.DESCRIPTOR.fields_by_name:
         model_id = getattr(request, "model_id", "")
         if model_id:
             out.add(model_id)
     return out
+
+
+def deployment_of(resource: str) -> str | None:
+    """``deployments/fraud-prod`` → ``fraud-prod``; None when ``resource`` names none."""
+    if not resource.startswith(_DEPLOYMENTS):
+        return None
+    return resource[len(_DEPLOYMENTS) :].split("/", 1)[0] or None
+
+
+def _resources_named(request: Message) -> list[str]:
+    fields = request.DESCRIPTOR.fields_by_name
+    names: list[str] = []
+    for name in _NAME_FIELDS:
+        f = fields.get(name)
+        if f is not None and f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated:
+            names.append(getattr(request, name))
+    for name in _NESTED_FIELDS:
+        f = fields.get(name)
+        if f is not None and f.type == FieldDescriptor.TYPE_MESSAGE and request.HasField(name):
+            nested = getattr(request, name)
+            if name == "deployment":
+                names.append(nested.model)
+                if "deployment_id" in fields:  # a create names its new deployment by id
+                    continue
+            names.append(getattr(nested, "name", ""))
+    return names
 
 
 def roles_on(grants: Iterable[Grant], model: str | None) -> set[str]:
@@ -70,10 +98,18 @@ def _short(method: str) -> str:
 
 
 class PermissionPolicy:
-    """An :data:`modelplane.server.interceptor.Authorizer` over a permission table."""
+    """An :data:`modelplane.server.interceptor.Authorizer` over a permission table.
+
+    Until :meth:`find_deployments_with` gives it the store's lookup, no deployment counts as
+    one of a scoped grant's models, so only unscoped grants allow requests about one."""
 
     def __init__(self, table: Mapping[str, Rule] = PERMISSIONS) -> None:
         self._table = dict(table)
+        self._deployment_models: DeploymentModels | None = None
+
+    def find_deployments_with(self, deployment_models: DeploymentModels) -> None:
+        """Scoped grants cover the deployments of their models, found with this lookup."""
+        self._deployment_models = deployment_models
 
     def __call__(self, ctx: RequestContext, method: str, request: Any) -> Authorization:
         rule = self._table.get(method)
@@ -97,7 +133,24 @@ class PermissionPolicy:
                     metadata={"required_roles": ",".join(sorted(rule.roles))},
                 )
             return Authorization(replace(ctx, roles=tuple(sorted(unscoped))))
-        named = models_named(request) if isinstance(request, Message) else set()
+        named: set[str] = set()
+        if isinstance(request, Message):
+            # Only a scoped grant needs a deployment's model (a store read): with an unscoped
+            # one, every model is covered.
+            if any(g.scoped for g in ctx.grants):
+                # Without a lookup no deployment is known to be one of the scoped models.
+                lookup = self._deployment_models or (lambda _: None)
+                found: dict[str, str | None] = {}
+
+                def model_of_deployment(deployment: str) -> str | None:
+                    if deployment not in found:
+                        found[deployment] = lookup(deployment)
+                    return found[deployment]
+
+                named = models_named(request, model_of_deployment)
+                _deployments_covered(ctx, method, rule, found)
+            else:
+                named = models_named(request)
         if rule.scope is Scope.MODEL or named:
             roles = _covering(ctx, method, rule, named)
             if rule.scope is Scope.MODEL:
@@ -138,6 +191,28 @@ def _covering(ctx: RequestContext, method: str, rule: Rule, named: set[str]) -> 
             )
         covered = roles if covered is None else covered & roles
     return covered or set()
+
+
+def _deployments_covered(
+    ctx: RequestContext, method: str, rule: Rule, found: Mapping[str, str | None]
+) -> None:
+    """Refuses a request about a deployment of a model the caller's roles do not hold on, or
+    about one that does not exist: both get the same answer, so that a scoped caller learns
+    neither which deployments exist nor which models they serve."""
+    for deployment, model in sorted(found.items(), key=lambda item: item[0]):
+        # One that does not exist is for an unscoped grant to hear about (NOT_FOUND).
+        if not roles_on(ctx.grants, model) & rule.roles:
+            raise PermissionDenied(
+                f"{ctx.principal} may not call {_short(method)} on deployments/{deployment}: "
+                f"it is no deployment of the models its "
+                f"{_names(rule.roles & _all_roles(ctx.grants))} role holds on "
+                f"({_names(_scoped_models(ctx.grants))})",
+                reason="MODEL_NOT_IN_SCOPE",
+                metadata={
+                    "deployment": f"deployments/{deployment}",
+                    "required_roles": ",".join(sorted(rule.roles)),
+                },
+            )
 
 
 def _listed_filter(rule: Rule, allowed: set[str]) -> Callable[[Any], Any]:
