@@ -166,8 +166,9 @@ def comparison_for(
 ) -> Comparison:
     """The deltas of ``latest`` (the version's latest evaluation) against the version
     ``target`` serves now: the evaluation's own deltas when it was compared with exactly that
-    version, else computed from the latest stored evaluation of that version on the same
-    dataset and label; empty, with the reason, when neither exists."""
+    version, else computed from the newest stored evaluation of that version on the same
+    dataset and label that frames the problem as ``latest`` does (same task and positive
+    class); empty, with the reason, when neither exists."""
     served = serving_version(tx, version.model_id, target)
     if served is None:
         return Comparison(
@@ -181,35 +182,52 @@ def comparison_for(
         return Comparison(serving, missing="the version has no evaluation")
     if latest.compared_version == serving:
         return Comparison(serving, serving, dict(latest.deltas))
-    stored = Governance(tx.session).latest_evaluation(
+    reframed: Evaluation | None = None
+    for stored in Governance(tx.session).evaluations_newest(
         version.model_id, served, latest.dataset_sha256, latest.label
-    )
-    if stored is not None and same_framing(stored.report, latest.report):
+    ):
+        if not same_framing(stored.report, latest.report):
+            reframed = reframed or stored
+            continue
         # The evaluation package loads the model runtime; only this path needs it.
         from controlplane.evaluation import compare
 
         try:
             deltas = compare(latest.report, stored.report)
         except InvalidArgument:
-            pass
-        else:
-            return Comparison(serving, serving, deltas, stored.name)
+            continue
+        return Comparison(serving, serving, deltas, stored.name)
     if target.startswith(DEPLOYMENT_TARGET):
         run = (
             f"evaluate version {served} on dataset {latest.dataset_sha256} (label "
-            f"{latest.label!r}), or evaluate this version with --compare-to an alias that "
-            f"points to version {served}"
+            f"{latest.label!r}, {_framing(latest)}), or evaluate this version with "
+            f"--compare-to an alias that points to version {served}"
         )
     else:
         run = f"evaluate this version with --compare-to {target}"
+    if reframed is None:
+        stored_text = f"no evaluation of {serving} on the same dataset exists"
+    else:
+        stored_text = (
+            f"no evaluation of {serving} on the same dataset reads the problem as it does "
+            f"({_framing(latest)}; the newest, {reframed.name}, has {_framing(reframed)})"
+        )
     return Comparison(
         serving,
         missing=(
             f"its latest evaluation {latest.name} was compared with "
             f"{latest.compared_version or 'no version'}, not with {serving}, which {target} "
-            f"serves, and no evaluation of {serving} on the same dataset exists; {run}"
+            f"serves, and {stored_text}; {run}"
         ),
     )
+
+
+def _framing(e: Evaluation) -> str:
+    """How ``e`` read the problem, as ``task ..., positive class ...`` (no positive class for
+    a regression)."""
+    task = e.report.get("task")
+    positive = e.report.get("positive_class")
+    return f"task {task}" + (f", positive class {positive!r}" if positive is not None else "")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ They work on the session of any :class:`~controlplane.store.Tx`: ``Governance(tx
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -164,6 +165,24 @@ class Governance:
         q = q.order_by(col(EvaluationRow.create_time).desc(), col(EvaluationRow.id).desc())
         row = self.s.exec(q.limit(1)).first()
         return evaluation(row) if row else None
+
+    def evaluations_newest(
+        self, model_id: str, version: int, dataset_sha256: str, label: str, page: int = 16
+    ) -> Iterator[Evaluation]:
+        """The version's evaluations on ``dataset_sha256`` with ``label``, newest first (the
+        order of :meth:`latest_evaluation`), read ``page`` at a time as the caller goes on."""
+        q = select(EvaluationRow).where(
+            EvaluationRow.model_id == model_id,
+            EvaluationRow.version == version,
+            EvaluationRow.dataset_sha256 == dataset_sha256,
+            EvaluationRow.label == label,
+        )
+        after: list[Any] | None = None
+        while True:
+            rows, after = scan_newest(self.s, q, EvaluationRow, after, page)
+            yield from (evaluation(r) for r in rows)
+            if after is None:
+                return
 
     def evaluations_page(
         self, model_id: str, version: int, after: list[Any] | None, limit: int
