@@ -255,10 +255,13 @@ type EvaluateRequest struct {
 	CompareTo string `protobuf:"bytes,8,opt,name=compare_to,json=compareTo,proto3" json:"compare_to,omitempty"`
 	// Optional UUID making the call idempotent.
 	RequestId string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// `classification` or `regression`; empty: read off the model's outputs (a float matrix of
-	// class probabilities, or one float column that is a binary classifier's positive-class
-	// probability when the model also has a label output and a regressor's prediction
-	// otherwise). INVALID_ARGUMENT (INVALID_TASK) for any other value.
+	// `classification` or `regression`; empty: read off the model's outputs, as the managed
+	// sidecar reads them: a float matrix [-1, C] (C >= 2) of class probabilities makes a
+	// classifier; one float column [-1] or [-1, 1] is a binary classifier's positive-class
+	// probability when a Sigmoid or Softmax node makes it, its name contains `prob` (any letter
+	// case), or the model also has an integer, string or boolean output whose name contains
+	// `label`, and a regressor's prediction otherwise. INVALID_ARGUMENT (INVALID_TASK) for any
+	// other value.
 	Task string `protobuf:"bytes,10,opt,name=task,proto3" json:"task,omitempty"`
 	// The class that binary metrics and fairness call positive, written as the class label
 	// (e.g. `malignant`, `1`); empty: the model's second class. Only for binary classifiers:

@@ -226,10 +226,13 @@ export type EvaluateRequest = Message<"modelplane.v1.EvaluateRequest"> & {
   requestId: string;
 
   /**
-   * `classification` or `regression`; empty: read off the model's outputs (a float matrix of
-   * class probabilities, or one float column that is a binary classifier's positive-class
-   * probability when the model also has a label output and a regressor's prediction
-   * otherwise). INVALID_ARGUMENT (INVALID_TASK) for any other value.
+   * `classification` or `regression`; empty: read off the model's outputs, as the managed
+   * sidecar reads them: a float matrix [-1, C] (C >= 2) of class probabilities makes a
+   * classifier; one float column [-1] or [-1, 1] is a binary classifier's positive-class
+   * probability when a Sigmoid or Softmax node makes it, its name contains `prob` (any letter
+   * case), or the model also has an integer, string or boolean output whose name contains
+   * `label`, and a regressor's prediction otherwise. INVALID_ARGUMENT (INVALID_TASK) for any
+   * other value.
    *
    * @generated from field: string task = 10;
    */
