@@ -57,7 +57,7 @@ DIGEST_COVERS = {
     "delta": "evidence (latest evaluation) and comparison (what the target serves)",
     "fairness": "evidence (latest evaluation)",
     "validation": "evidence (latest evaluation)",
-    "evaluation": "evidence (latest evaluation) and comparison (compared_version)",
+    "evaluation": "evidence (latest evaluation) and comparison (serving, compared_version)",
     "approvals": "approvals",
     "labels": "labels",
     "lineage": "lineage",
@@ -75,12 +75,21 @@ def gate_variables(
     ``delta`` holds the deltas of ``comparison`` (against the version the gate's target serves
     now, see :func:`controlplane.services.evidence.comparison_for`), never those the latest
     evaluation recorded against an alias of its caller's choosing; without a comparison it is
-    empty."""
+    empty.
+
+    ``evaluation.serving`` names the version the target serves now (``""`` when it serves no
+    version of this model yet, or this very version), whether or not ``delta`` could be
+    measured against it, and whether or not the version has an evaluation: it is what tells a
+    first release (``evaluation.serving == ""``) from a release whose ``delta`` is missing, so
+    ``evaluation.serving == "" || delta.roc_auc >= -0.005`` lets only a first release through
+    without a delta (``!has(delta.roc_auc)`` is also true when the candidate was evaluated on a
+    dataset the served version never was). The other fields of ``evaluation`` come from the
+    latest evaluation and are absent without one."""
     comparison = comparison or Comparison()
     report = latest.report if latest else {}
-    evaluation: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {"serving": comparison.serving}
     if latest is not None:
-        evaluation = {
+        evaluation |= {
             "name": latest.name,
             "dataset_sha256": latest.dataset_sha256,
             "dataset_role": latest.dataset_role,
