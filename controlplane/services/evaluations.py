@@ -383,6 +383,7 @@ class EvaluationService:
             baseline = BaselineProfile.from_bytes(self.blobs.read_bytes(version.baseline.sha256))
         with self.store.read() as tx:
             reference = self._reference(tx, version, r)
+            unknown_alias = self._unknown_alias(tx, version, r)
         split = 0.7 if isinstance(reference, ModelVersion) else 1.0
         report = evaluate(
             onnx,
@@ -399,6 +400,14 @@ class EvaluationService:
             progress=self._progress(ctx, op_id, 0.0, split, control),
             control=control,
         ).to_dict()
+        if unknown_alias:
+            report.setdefault("warnings", []).append(
+                _compare_warning(
+                    "COMPARE_ALIAS_NOT_FOUND",
+                    f"model {version.model_id} has no alias {r.compare_to!r} to compare with; "
+                    "no deltas were computed",
+                )
+            )
         if isinstance(reference, Evaluation) and not same_framing(reference.report, report):
             with self.store.read() as tx:
                 reference = tx.versions.get(reference.model_id, reference.version)
@@ -478,6 +487,15 @@ class EvaluationService:
         if previous is not None:
             return previous
         return tx.versions.get(version.model_id, alias.version)
+
+    @staticmethod
+    def _unknown_alias(tx: Tx, version: ModelVersion, r: EvaluationRequest) -> bool:
+        """Whether ``compare_to`` names an alias the model does not have. The default alias
+        (``champion``, what an empty ``compare_to`` means) is not missed: a model has none
+        before its first release."""
+        if r.compare_to in NO_COMPARISON or r.compare_to == DEFAULT_COMPARE_TO:
+            return False
+        return tx.aliases.get(version.model_id, r.compare_to) is None
 
     def _store(
         self,

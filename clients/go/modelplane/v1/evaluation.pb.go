@@ -252,6 +252,9 @@ type EvaluateRequest struct {
 	// Protected attributes for group fairness.
 	ProtectedColumns []string `protobuf:"bytes,7,rep,name=protected_columns,json=protectedColumns,proto3" json:"protected_columns,omitempty"`
 	// Alias whose version is compared on the same dataset (default `champion`; `-` for none).
+	// Another alias the model does not have leaves a COMPARE_ALIAS_NOT_FOUND warning (scope
+	// `compare`) in the report, and no deltas; a missing `champion` (before a first release)
+	// leaves none.
 	CompareTo string `protobuf:"bytes,8,opt,name=compare_to,json=compareTo,proto3" json:"compare_to,omitempty"`
 	// Optional UUID making the call idempotent.
 	RequestId string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

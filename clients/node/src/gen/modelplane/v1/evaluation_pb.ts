@@ -213,6 +213,9 @@ export type EvaluateRequest = Message<"modelplane.v1.EvaluateRequest"> & {
 
   /**
    * Alias whose version is compared on the same dataset (default `champion`; `-` for none).
+   * Another alias the model does not have leaves a COMPARE_ALIAS_NOT_FOUND warning (scope
+   * `compare`) in the report, and no deltas; a missing `champion` (before a first release)
+   * leaves none.
    *
    * @generated from field: string compare_to = 8;
    */
