@@ -1,9 +1,10 @@
 """Result objects of an evaluation, their JSON form, and deltas between two evaluations.
 
 Every ``to_dict`` returns plain JSON types; a metric that is undefined, NaN or infinite is
-None. Policies read the dictionaries as CEL variables: ``metrics``, ``delta``,
-``slices["region"]["eu"].metrics``, ``fairness["sex"].demographic_parity_ratio``,
-``validation.passed``.
+None. Policies read parts of them as CEL variables: ``metrics``, ``delta``,
+``fairness["sex"].demographic_parity_ratio``, ``validation.passed``. The slices
+(``slices["region"]["eu"]["metrics"]``) are in the stored report and the model card, not in a
+policy's variables.
 """
 
 from __future__ import annotations
