@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRe
 from controlplane.store.tables import RequestIdRow
 from modelplane.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from modelplane.server.context import RequestContext
+
+#: A request id: a UUID, or any id of ASCII letters, digits and dashes up to 64 long.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 _REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
 _SELECT_REQUEST_ID = Direct(
@@ -216,7 +220,7 @@ class Store:
         caller, make two requests the same); a ``request_id`` seen before with a different
         fingerprint is refused with INVALID_ARGUMENT (``REQUEST_ID_REUSED``).
         """
-        if request_id and (len(request_id) > 64 or not request_id.replace("-", "").isalnum()):
+        if request_id and not _REQUEST_ID.fullmatch(request_id):
             raise InvalidArgument(
                 "request_id must be a UUID (at most 64 letters, digits and '-')",
                 reason="INVALID_REQUEST_ID",

@@ -230,3 +230,30 @@ def test_every_mutation_refuses_its_request_id_for_another_request(
         assert [a.name.rsplit("/", 1)[1] for a in c.list_aliases(model_id)] == ["b"]
         assert c.get_policy(policy).target == "t1"
         assert c.get_version(model_id, v1).state != c.get_version(model_id, v2).state
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        "\u0661\u0662\u0663",
+        "\uff52\uff45\uff51-1",
+        "a b",
+        "with_underscore",
+        "x" * 65,
+        "tab\tid",
+        "-" * 65,
+    ],
+)
+def test_a_malformed_request_id_is_refused_and_changes_nothing(
+    controlplane: RunningControlPlane, request_id: str
+) -> None:
+    """Request ids are ASCII letters, digits and dashes (a UUID fits): other letters and
+    digits (Arabic-Indic, full-width) are refused too, before anything is written."""
+    model_id = unique()
+    with controlplane.client("alice") as c:
+        with pytest.raises(InvalidArgument) as refused:
+            c.create_model(model_id, request_id=request_id)
+        assert refused.value.reason == "INVALID_REQUEST_ID"
+        assert model_id not in [m.name.split("/")[-1] for m in c.list_models()]
+        valid = ("Id-" + uuid.uuid4().hex * 2)[:64]  # 64 long, mixed case
+        assert c.create_model(model_id, request_id=valid).name == f"models/{model_id}"
