@@ -20,8 +20,8 @@ class EvaluationWarning:
     """Something a reader of the report should know: a metric left undefined, a fallback taken.
 
     ``code`` is UPPER_SNAKE; ``scope`` says where it applies (``overall``,
-    ``slice:<column>=<value>``, ``fairness:<attribute>``, ``model``); ``metric`` names the metric
-    it concerns, or is empty.
+    ``slice:<column>=<value>``, ``fairness:<attribute>``, ``model``, or ``compare`` for the
+    comparison with another version); ``metric`` names the metric it concerns, or is empty.
     """
 
     code: str
