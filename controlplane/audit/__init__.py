@@ -7,7 +7,13 @@ appends nothing). :func:`checkpoint` signs the chain head with the server's Ed25
 """
 
 from controlplane.audit._canonical import GENESIS_HASH, canonical_json, event_hash, object_digest
-from controlplane.audit._chain import AUDIT_LOCK_KEY, AuditEvent, append_events, install
+from controlplane.audit._chain import (
+    AUDIT_LOCK_KEY,
+    UNREADABLE_TIME,
+    AuditEvent,
+    append_events,
+    install,
+)
 from controlplane.audit._query import export_jsonl, iter_events, list_events
 from controlplane.audit._signing import (
     Checkpoint,
@@ -21,6 +27,7 @@ from controlplane.audit._verify import Problem, VerifyResult, verify
 __all__ = [
     "AUDIT_LOCK_KEY",
     "GENESIS_HASH",
+    "UNREADABLE_TIME",
     "AuditEvent",
     "Checkpoint",
     "Problem",

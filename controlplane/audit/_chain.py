@@ -12,11 +12,11 @@ it, so times follow the sequence and a reader tailing the trail by time misses n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import ColumnElement, String, bindparam, func, insert, text, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
@@ -25,6 +25,7 @@ from controlplane.audit._canonical import (
     canonical_json,
     event_hash,
     object_digest,
+    plain,
     utc_text,
 )
 from controlplane.store import Mutation, Store
@@ -45,9 +46,39 @@ _APPEND = Direct(
 )
 
 
+#: The time an event shows when its stored ``time`` is not a timestamp (see
+#: :func:`event_from_row`).
+UNREADABLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: The text fields of an event.
+_TEXT_FIELDS = (
+    "actor",
+    "action",
+    "resource",
+    "request_id",
+    "before_sha256",
+    "after_sha256",
+    "prev_hash",
+    "hash",
+)
+
+#: The columns of an event as :func:`event_from_row` reads them: ``time`` as stored, so that a
+#: value that is not a timestamp reaches it rather than failing the read (SQLite hands back the
+#: text it holds; PostgreSQL's column holds timestamps only, handed back as such).
+EVENT_COLUMNS = (
+    AuditEventRow.seq,
+    type_coerce(AuditEventRow.time, String).label("time"),
+    *(getattr(AuditEventRow, name) for name in _TEXT_FIELDS),
+)
+
+
 @dataclass(frozen=True)
 class AuditEvent:
-    """One event of the audit trail."""
+    """One event of the audit trail.
+
+    ``stored`` holds, by field name, the stored values of the fields that could not be read as
+    their type (see :func:`event_from_row`); the hash is computed over them, not over the values
+    shown in their place."""
 
     seq: int
     time: datetime
@@ -59,10 +90,11 @@ class AuditEvent:
     after_sha256: str
     prev_hash: str
     hash: str
+    stored: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def hashed_fields(self) -> dict[str, Any]:
-        """The fields the hash covers (all but the hash itself)."""
-        return {
+        """The fields the hash covers (all but the hash itself), each as stored."""
+        fields = {
             "seq": self.seq,
             "time": utc_text(self.time),
             "actor": self.actor,
@@ -73,42 +105,77 @@ class AuditEvent:
             "after_sha256": self.after_sha256,
             "prev_hash": self.prev_hash,
         }
+        return {**fields, **{k: v for k, v in self.stored.items() if k != "hash"}}
 
     def computed_hash(self) -> str:
         """The hash the fields call for; differs from ``hash`` when the event was altered."""
         return event_hash(self.hashed_fields())
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form (time as ISO 8601 UTC text)."""
-        return {**self.hashed_fields(), "hash": self.hash}
+        """A JSON-ready form (time as ISO 8601 UTC text), each field as stored."""
+        return {**self.hashed_fields(), "hash": self.stored.get("hash", self.hash)}
 
 
-def event_from_row(row: AuditEventRow) -> AuditEvent:
-    """The domain event of a stored row."""
-    return AuditEvent(
-        seq=row.seq,
-        time=utc(row.time),
-        actor=row.actor,
-        action=row.action,
-        resource=row.resource,
-        request_id=row.request_id,
-        before_sha256=row.before_sha256,
-        after_sha256=row.after_sha256,
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-    )
+def stored_time(value: Any) -> datetime | None:
+    """A stored event ``time`` as a UTC datetime (read as SQLAlchemy reads SQLite's text); None
+    when it is not a timestamp."""
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, str):
+        try:
+            return utc(datetime.fromisoformat(value))
+        except ValueError:
+            return None
+    return None
+
+
+def event_from_row(row: Any) -> AuditEvent:
+    """The domain event of a stored row, read with :data:`EVENT_COLUMNS`.
+
+    Only an edit of the database by hand stores a value of the wrong type, on SQLite (whose
+    columns take a value of any type, and where :func:`chain_condition` keeps rows whose
+    ``seq`` is not a whole number out of the chain). Such an event is still read, so that
+    verify names it and listing and export show it: a ``time`` that is not a timestamp shows
+    as :data:`UNREADABLE_TIME` and a text field that is not text as the text of its value,
+    while :attr:`AuditEvent.stored` keeps the values as stored (JSON-ready), which its hash and
+    its export use. Its hash then no longer matches (the stored hash was computed over a
+    timestamp and text), so verify reports it ``EVENT_ALTERED``.
+    """
+    stored: dict[str, Any] = {}
+    time = stored_time(row.time)
+    if time is None:
+        stored["time"] = plain(row.time)
+        time = UNREADABLE_TIME
+    texts: dict[str, str] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(row, name)
+        if not isinstance(value, str):
+            stored[name] = plain(value)
+            value = str(stored[name])
+        texts[name] = value
+    return AuditEvent(seq=int(row.seq), time=time, **texts, stored=stored)
+
+
+def chain_condition(session: Session) -> ColumnElement[bool]:
+    """The condition a row of the chain meets: ``seq`` from 1, and on SQLite (whose columns
+    take a value of any type) a whole number; PostgreSQL's column holds whole numbers only."""
+    from_one = col(AuditEventRow.seq) >= 1
+    if session.get_bind().dialect.name != "sqlite":
+        return from_one
+    return from_one & (func.typeof(AuditEventRow.seq) == "integer")
 
 
 def _newest(session: Session) -> tuple[int, str, datetime | None]:
     """The sequence number, hash and time of the newest event of the chain (a row numbered
-    below 1 is none of it); ``(0, GENESIS_HASH, None)`` when there is none."""
+    below 1, or on SQLite not by a whole number, is none of it; its time None when it is not a
+    timestamp); ``(0, GENESIS_HASH, None)`` when there is none."""
     row = session.exec(
-        select(AuditEventRow.seq, AuditEventRow.hash, AuditEventRow.time)
-        .where(col(AuditEventRow.seq) >= 1)
+        select(AuditEventRow.seq, AuditEventRow.hash, EVENT_COLUMNS[1])
+        .where(chain_condition(session))
         .order_by(col(AuditEventRow.seq).desc())
         .limit(1)
     ).first()
-    return (int(row[0]), str(row[1]), utc(row[2])) if row else (0, GENESIS_HASH, None)
+    return (int(row[0]), str(row[1]), stored_time(row[2])) if row else (0, GENESIS_HASH, None)
 
 
 def head(session: Session) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, or_
 from sqlmodel import col, select
 
 from controlplane.audit._canonical import utc_text
-from controlplane.audit._chain import AuditEvent, event_from_row
+from controlplane.audit._chain import EVENT_COLUMNS, AuditEvent, chain_condition, event_from_row
 from controlplane.store import Store
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import AuditEventRow
@@ -25,15 +25,19 @@ SCAN_BATCH = 1000
 def iter_events(
     store: Store, after_seq: int = 0, batch: int = SCAN_BATCH
 ) -> Generator[AuditEvent, None, None]:
-    """Every event after ``after_seq`` in sequence order, read in batches (by default the
-    whole chain, which starts at 1)."""
+    """Every event of the chain after ``after_seq`` in sequence order, read in batches (by
+    default the whole chain, which starts at 1). A row out of the chain (numbered below 1, or
+    on SQLite not by a whole number) is not read, and :func:`controlplane.audit.verify` names
+    it; an event with a value of the wrong type is read as
+    :func:`controlplane.audit._chain.event_from_row` says."""
     with store.read() as tx:
         last = after_seq
+        chain = chain_condition(tx.session)
         while True:
             rows = list(
                 tx.session.exec(
-                    select(AuditEventRow)
-                    .where(col(AuditEventRow.seq) > last)
+                    select(*EVENT_COLUMNS)
+                    .where(chain, col(AuditEventRow.seq) > last)
                     .order_by(col(AuditEventRow.seq))
                     .limit(batch)
                 )
@@ -59,6 +63,8 @@ def list_events(
 
     ``resource`` matches that resource and the resources under it (``models/m`` also matches
     ``models/m/versions/1``); ``actor`` matches exactly; ``since`` keeps events at or after it.
+    Rows out of the chain and events with values of the wrong type are treated as in
+    :func:`iter_events`.
     """
     if since is not None and not isinstance(since, datetime):
         raise InvalidArgument("since must be a timestamp", reason="INVALID_ARGUMENT")
@@ -69,8 +75,7 @@ def list_events(
     }
     after = decode(page_token, query)
     limit = page_size(page_size_)
-    # The chain starts at 1, as export and verify read it; a row below 1 is not part of it.
-    conditions: list[ColumnElement[bool]] = [col(AuditEventRow.seq) >= 1]
+    conditions: list[ColumnElement[bool]] = []
     if resource:
         conditions.append(
             or_(
@@ -88,9 +93,11 @@ def list_events(
             raise InvalidArgument("page_token is malformed", reason="INVALID_PAGE_TOKEN")
         conditions.append(col(AuditEventRow.seq) > after[0])
     with store.read() as tx:
+        # The chain starts at 1, as export and verify read it; a row below 1 is not part of it.
+        conditions.append(chain_condition(tx.session))
         rows = list(
             tx.session.exec(
-                select(AuditEventRow)
+                select(*EVENT_COLUMNS)
                 .where(*conditions)
                 .order_by(col(AuditEventRow.seq))
                 .limit(limit + 1)

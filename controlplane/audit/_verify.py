@@ -55,6 +55,28 @@ def _below_one(store: Store) -> tuple[int, int] | None:
     return (int(lowest), int(count)) if count else None
 
 
+def _not_whole(store: Store) -> tuple[int, object, int] | None:
+    """On SQLite (whose columns take a value of any type), the first row in sequence order
+    whose ``seq`` is not a whole number: the sequence number it sits at (one after the whole
+    number before it), its ``seq`` as stored, and how many rows have one; None when none do
+    (always on PostgreSQL, whose column holds whole numbers only)."""
+    with store.read() as tx:
+        if tx.session.get_bind().dialect.name != "sqlite":
+            return None
+        kind = func.typeof(AuditEventRow.seq)
+        first, count = tx.session.exec(
+            select(func.min(AuditEventRow.seq), func.count()).where(kind != "integer")
+        ).one()
+        if not count:
+            return None
+        before = tx.session.exec(
+            select(func.max(AuditEventRow.seq)).where(
+                kind == "integer", col(AuditEventRow.seq) < first
+            )
+        ).one()
+    return int(before or 0) + 1, first, int(count)
+
+
 def verify(
     store: Store, checkpoint: Checkpoint | None = None, public_key: PublicKeyLike | None = None
 ) -> VerifyResult:
@@ -62,7 +84,8 @@ def verify(
 
     Detects an edited event (its hash no longer matches its fields), a deleted one (a gap in
     the sequence numbers), a relinked one (``prev_hash`` not the previous event's hash), one
-    inserted outside the chain (a sequence number below 1) and, given a checkpoint, a chain
+    inserted outside the chain (a sequence number below 1, or on SQLite one that is not a whole
+    number: ``first_bad_seq`` is then the number it sits at) and, given a checkpoint, a chain
     cut back behind it or rewritten up to it. With ``public_key`` the checkpoint's signature is
     checked too: a checkpoint whose signature does not verify fails the result
     (``CHECKPOINT_SIGNATURE_INVALID`` when the chain itself is intact) and is not compared with
@@ -93,6 +116,16 @@ def verify(
             f"event {lowest} is out of range: sequence numbers start at 1, and {count} "
             f"event{'s' if count > 1 else ''} below 1 {'were' if count > 1 else 'was'} "
             "inserted outside the chain",
+        )
+    not_whole = _not_whole(store)
+    if not_whole is not None:
+        at, value, count = not_whole
+        return broken(
+            at,
+            Problem.EVENT_OUT_OF_RANGE,
+            f"event {at} is out of range: its sequence number {value!r} is not a whole number, "
+            f"and {count} event{'s' if count > 1 else ''} with one "
+            f"{'were' if count > 1 else 'was'} altered or inserted outside the chain",
         )
     with closing(iter_events(store)) as events:
         for event in events:
