@@ -139,8 +139,11 @@ def _only(rows: list[list[str]]) -> list[list[str]]:
 
 #: Inline Markdown: emphasis, code, links and table pipes are backslash-escaped; ``<``, ``>``
 #: and ``&`` become entities, so no value can open an HTML tag. An underscore inside a word
-#: (``roc_auc``) never starts emphasis and stays as it is.
-_MD_INLINE = re.compile(r"[\\`*\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+#: (``roc_auc``) never starts emphasis and stays as it is. GitHub-flavoured Markdown's own
+#: inline syntax is escaped too: ``~`` (strikethrough), and what its autolinks are found by
+#: (every ``@``, for e-mail addresses; the ``:`` of ``scheme://``; the ``.`` of ``www.``), so
+#: no value is struck through or turned into a link; each still shows as written.
+_MD_INLINE = re.compile(r"[\\`*\[\]|~@]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|:(?=//)|(?<=[Ww]{3})\.")
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 #: What makes a line (its indentation already replaced) a heading, quote, list item, rule or
 #: setext underline.

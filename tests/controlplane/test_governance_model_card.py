@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -160,8 +161,12 @@ HOSTILE = {
     "\n\n    not indented code\n\n\tnor this",
     "intended_use": "1. not a list\n- nor this\n> nor a quote\n_under_ *star* `code` a\\|b"
     "\n\n      <not html>\n\n    - nor an indented item\n  \n   # nor a heading",
-    "limitations": "a | b <script>x</script> &amp; stays as typed",
+    "limitations": "a | b <script>x</script> &amp; stays as typed ~~not struck~~ ~nor this~"
+    "\nwww.evil.example WWW.evil.example https://evil.example/x ftp://e.example me@evil.example",
 }
+#: What GitHub-flavoured Markdown turns into a link: a ``www.`` or ``scheme://`` address, and an
+#: e-mail address, none of their characters escaped.
+GFM_AUTOLINK = re.compile(r"(?i)\bwww\.|[a-z]://|[\w.+-]@[\w-]")
 
 
 def test_markdown_card_shows_every_value_as_written(
@@ -185,10 +190,12 @@ def test_markdown_card_shows_every_value_as_written(
         md = alice.model_card(model_id, "@champion").content
         assert alice.model_card(model_id, 1).content == md
     rendered = _Rendered()
-    rendered.feed(MarkdownIt("commonmark").enable("table").render(md))
+    rendered.feed(MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(md))
     # One heading of the card's own, the sections, a paragraph per prose line and the
-    # tables: no link, emphasis, code, list, quote, script or heading from a value.
+    # tables: no link, emphasis, strikethrough, code, list, quote, script or heading from a
+    # value.
     assert set(rendered.tags) <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td"}
+    assert not GFM_AUTOLINK.search(md), GFM_AUTOLINK.search(md)
     assert rendered.tags.count("h1") == 1
     text = "\n".join(rendered.text)
     for value in (*HOSTILE.values(), "1|<i>x</i>"):
