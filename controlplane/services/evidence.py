@@ -173,7 +173,7 @@ def comparison_for(
     if served is None:
         return Comparison(
             missing=f"{target} serves no version of this model yet (a rule can let a first "
-            "release through: !has(delta.roc_auc) || delta.roc_auc >= -0.005)"
+            'release through: evaluation.serving == "" || delta.roc_auc >= -0.005)'
         )
     if served == version.version:
         return Comparison(missing=f"{target} already serves this version")
