@@ -222,14 +222,27 @@ def test_example_exits_4_when_a_tls_server_closes_the_connection(
 
 
 @pytest.mark.parametrize(
-    "argv", [["--model", "m", "--onnx", "m.onnx", "--bogus"], ["--model", "m"]]
+    ("argv", "says"),
+    [
+        (["--model", "m", "--onnx", "m.onnx", "--bogus"], "error: Unknown option '--bogus'"),
+        (["--model", "m"], "usage: "),
+        (
+            ["--model", "m", "--onnx", "m.onnx", "--server", "127.0.0.1:99999"],
+            'error: --server: address "127.0.0.1:99999": port 99999 is not from 1 to 65535',
+        ),
+        (
+            ["--model", "m", "--onnx", "m.onnx", "--server", "not a host"],
+            'error: --server: address "not a host": not HOST:PORT',
+        ),
+    ],
 )
-def test_example_exits_2_on_a_usage_error(node_built: None, argv: list[str]) -> None:
-    # A mistyped option must not read as a failed gate (1) in a CI job.
+def test_example_exits_2_on_a_usage_error(node_built: None, argv: list[str], says: str) -> None:
+    # A mistyped option or server address must not read as a failed gate (1) in a CI job.
     result = subprocess.run(
         ["node", str(EXAMPLE), *argv], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(says), result.stderr
     assert "usage: register-and-gate" in result.stderr
     assert "    at " not in result.stderr  # no stack trace
 

@@ -6,10 +6,11 @@
  *       --model fraud --onnx model.onnx --target production [--as ci-bot]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 2 on a usage error (an unknown or missing option) or an unreadable ONNX file (read
- * before any call, so nothing is created), 3 when the server answers an error (its status and
- * reason are printed), 4 when it cannot be reached (UNAVAILABLE: refused, reset, or a TLS
- * handshake or certificate check that failed), as the Go example and the `modelplane` CLI exit.
+ * fails, 2 on a usage error (an unknown or missing option, a --server that is not HOST:PORT)
+ * or an unreadable ONNX file (read before any call, so nothing is created), 3 when the server
+ * answers an error (its status and reason are printed), 4 when it cannot be reached
+ * (UNAVAILABLE: refused, reset, or a TLS handshake or certificate check that failed), as the
+ * Go example and the `modelplane` CLI exit.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -41,16 +42,26 @@ async function main(): Promise<number> {
     console.error(USAGE);
     return 2;
   }
-  let onnx: Buffer;
+  let client: ModelplaneClient;
   try {
-    onnx = await readFile(values.onnx);
+    // Dials nothing; a malformed --server (no port, a port past 65535, spaces) is refused here.
+    client = new ModelplaneClient(values.server, { principal: values.as });
   } catch (err) {
-    // A missing or unreadable file is the caller's mistake (2), found before any call.
-    console.error(`error: ${err instanceof Error ? err.message : String(err)}`);
-    return 2;
+    if (err instanceof ModelplaneError && err.code === Code.InvalidArgument) {
+      console.error(`error: --server: ${err.rawMessage}\n${USAGE}`);
+      return 2;
+    }
+    throw err;
   }
-  const client = new ModelplaneClient(values.server, { principal: values.as });
   try {
+    let onnx: Buffer;
+    try {
+      onnx = await readFile(values.onnx);
+    } catch (err) {
+      // A missing or unreadable file is the caller's mistake (2), found before any call.
+      console.error(`error: ${err instanceof Error ? err.message : String(err)}`);
+      return 2;
+    }
     try {
       await client.createModel(values.model, { description: "registered from TypeScript" });
       console.log(`created models/${values.model}`);

@@ -5,6 +5,8 @@
  */
 import { createHash, randomUUID } from "node:crypto";
 import {
+  Code,
+  ConnectError,
   createClient,
   type CallOptions,
   type Client,
@@ -33,7 +35,7 @@ import {
   type ModelVersion,
 } from "./gen/modelplane/v1/registry_pb.js";
 import { TracingSessionManager, unavailableWhenUnreached } from "./connection.js";
-import { withModelplaneErrors } from "./errors.js";
+import { ModelplaneError, toModelplaneError, withModelplaneErrors } from "./errors.js";
 
 /** Metadata keys a server without access control reads the caller from. */
 export const PRINCIPAL_HEADER = "x-modelplane-principal";
@@ -41,6 +43,12 @@ export const ROLES_HEADER = "x-modelplane-roles";
 
 /** Bytes per UploadBlob chunk message. */
 export const CHUNK_BYTES = 1 << 20;
+
+/**
+ * The longest deadline, in milliseconds (about 24.8 days): Node's timers run a longer delay
+ * after 1 ms, which would fail every call with DEADLINE_EXCEEDED at once.
+ */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** How to reach and present yourself to a control plane. */
 export interface ClientOptions {
@@ -54,6 +62,8 @@ export interface ClientOptions {
    * Deadline in milliseconds (default 60 s) of each unary call and each client stream with one
    * answer (UploadBlob) that does not pass its own `timeoutMs`. Server streams (a download, a
    * `watchDeployment`) are not bounded by it: they may rightly run longer. As in the Go client.
+   * `0` or `Infinity` is no deadline; NaN, a negative value or one over `MAX_TIMEOUT_MS` is
+   * refused (INVALID_ARGUMENT), here and in a call's own `timeoutMs`.
    */
   timeoutMs?: number;
   /**
@@ -106,7 +116,10 @@ export function versionName(model: string, version: bigint | number | string): s
   return v.startsWith("@") ? `${modelName(model)}${v}` : `${modelName(model)}/versions/${v}`;
 }
 
-/** A connection to one control plane. Nothing is dialled until the first call. */
+/**
+ * A connection to one control plane. Nothing is dialled until the first call; the address and
+ * options are checked at construction (a ModelplaneError INVALID_ARGUMENT when they are wrong).
+ */
 export class ModelplaneClient {
   readonly registry: Client<typeof RegistryService>;
   readonly blobs: Client<typeof BlobService>;
@@ -117,10 +130,11 @@ export class ModelplaneClient {
   readonly audit: Client<typeof AuditService>;
   private readonly sessions: TracingSessionManager;
 
-  /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051`. */
+  /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051` or `[::1]:50051`. */
   constructor(address: string, options: ClientOptions = {}) {
+    const timeoutMs = checkedTimeout(options.timeoutMs ?? 60_000, "timeoutMs");
     const scheme = options.scheme ?? (options.tls ? "https" : "http");
-    const baseUrl = `${scheme}://${address}`;
+    const baseUrl = `${scheme}://${checkedAddress(address)}`;
     this.sessions = new TracingSessionManager(baseUrl, undefined, options.tls);
     const transport = createGrpcTransport({
       baseUrl,
@@ -129,7 +143,6 @@ export class ModelplaneClient {
       // is UNAVAILABLE, as gRPC core says, not whatever the Node error maps to.
       interceptors: [unavailableWhenUnreached(), identity(options)],
     });
-    const timeoutMs = options.timeoutMs ?? 60_000;
     const connect = <S extends DescService>(service: S): Client<S> =>
       withModelplaneErrors(
         cancelledWhenLeft(
@@ -169,83 +182,111 @@ export class ModelplaneClient {
     return this.blobs.uploadBlob(messages());
   }
 
-  /** Create `models/{modelId}`. */
+  /** Create `models/{modelId}`; a failure's ModelplaneError carries `requestId`. */
   async createModel(
     modelId: string,
     model: { description?: string; labels?: Record<string, string> } = {},
     requestId: string = randomUUID(),
   ): Promise<Model> {
-    return this.registry.createModel({
-      modelId,
-      model: create(ModelSchema, model),
-      requestId,
-    });
+    return withRequestId(requestId, () =>
+      this.registry.createModel({
+        modelId,
+        model: create(ModelSchema, model),
+        requestId,
+      }),
+    );
   }
 
-  /** Upload the ONNX bytes, then register them as the model's next version. */
+  /**
+   * Upload the ONNX bytes, then register them as the model's next version; a failure's
+   * ModelplaneError carries `requestId` (made up here when `options` gives none).
+   */
   async registerVersion(
     model: string,
     onnx: Uint8Array,
     options: RegisterOptions = {},
   ): Promise<ModelVersion> {
-    const artifact = await this.uploadBlob(onnx, "application/onnx");
-    return this.registry.createModelVersion({
-      parent: modelName(model),
-      artifactSha256: artifact.sha256,
-      description: options.description ?? "",
-      labels: options.labels ?? {},
-      datasets: options.datasets ?? [],
-      labelColumn: options.labelColumn ?? "",
-      featureNames: options.featureNames ?? [],
-      trainingRunId: options.trainingRunId ?? "",
-      parameters: options.parameters ?? {},
-      metrics: options.metrics ?? {},
-      code: create(CodeRefSchema, {
-        repository: options.codeRepository ?? "",
-        commit: options.codeCommit ?? "",
-      }),
-      requestId: options.requestId ?? randomUUID(),
+    const requestId = options.requestId ?? randomUUID();
+    return withRequestId(requestId, async () => {
+      const artifact = await this.uploadBlob(onnx, "application/onnx");
+      return this.registry.createModelVersion({
+        parent: modelName(model),
+        artifactSha256: artifact.sha256,
+        description: options.description ?? "",
+        labels: options.labels ?? {},
+        datasets: options.datasets ?? [],
+        labelColumn: options.labelColumn ?? "",
+        featureNames: options.featureNames ?? [],
+        trainingRunId: options.trainingRunId ?? "",
+        parameters: options.parameters ?? {},
+        metrics: options.metrics ?? {},
+        code: create(CodeRefSchema, {
+          repository: options.codeRepository ?? "",
+          commit: options.codeCommit ?? "",
+        }),
+        requestId,
+      });
     });
   }
 
-  /** Evaluate the policy bound to `target` (an alias or `deployments/NAME`) for a version. */
+  /**
+   * Evaluate the policy bound to `target` (an alias or `deployments/NAME`) for a version; a
+   * failure's ModelplaneError carries `requestId`, to evaluate again without a second decision.
+   */
   async evaluateGate(
     model: string,
     version: bigint | number,
     target: string,
     requestId: string = randomUUID(),
   ): Promise<GateDecision> {
-    return this.governance.evaluateGate({
-      name: versionName(model, version),
-      target,
-      requestId,
-    });
+    return withRequestId(requestId, () =>
+      this.governance.evaluateGate({
+        name: versionName(model, version),
+        target,
+        requestId,
+      }),
+    );
   }
 }
 
 /**
  * A service client whose unary and client-streaming calls get `timeoutMs` unless the call
  * passes its own (a `timeoutMs` left undefined is none); server and bidi streams get no
- * deadline of ours.
+ * deadline of ours. A call's own `timeoutMs` is checked as the client's is: a wrong one fails
+ * the call (the promise rejects, a stream throws when read) before anything is sent.
  */
 function withTimeout<S extends DescService>(
   service: S,
   client: Client<S>,
   timeoutMs: number,
 ): Client<S> {
-  const bounded = new Set(
-    service.methods
-      .filter((m) => m.methodKind === "unary" || m.methodKind === "client_streaming")
-      .map((m) => m.localName),
-  );
+  const kinds = new Map(service.methods.map((m) => [m.localName, m.methodKind]));
   return new Proxy(client, {
     get(target, prop, receiver) {
       const value: unknown = Reflect.get(target, prop, receiver);
-      if (typeof value !== "function" || typeof prop !== "string" || !bounded.has(prop)) {
+      const kind = typeof prop === "string" ? kinds.get(prop) : undefined;
+      if (typeof value !== "function" || kind === undefined) {
         return value;
       }
-      return (request: unknown, options: CallOptions = {}) =>
-        value.call(target, request, { ...options, timeoutMs: options.timeoutMs ?? timeoutMs });
+      const bounded = kind === "unary" || kind === "client_streaming";
+      return (request: unknown, options: CallOptions = {}) => {
+        let own: number | undefined;
+        try {
+          own =
+            options.timeoutMs === undefined
+              ? undefined
+              : checkedTimeout(options.timeoutMs, "the call's timeoutMs");
+        } catch (err) {
+          if (bounded) {
+            return Promise.reject(err);
+          }
+          throw err; // inside the stream's generator (cancelledWhenLeft): thrown when read
+        }
+        return value.call(target, request, {
+          ...options,
+          timeoutMs: own ?? (bounded ? timeoutMs : undefined),
+        });
+      };
     },
   });
 }
@@ -310,4 +351,69 @@ function identity(options: ClientOptions): Interceptor {
     }
     return next(req);
   };
+}
+
+/** A ModelplaneError for a wrong argument found before any call. */
+function invalidArgument(message: string): ModelplaneError {
+  return new ModelplaneError(new ConnectError(message, Code.InvalidArgument), "", {});
+}
+
+/**
+ * A deadline as Connect takes it: `Infinity` is none (0, as Connect reads it); NaN, a
+ * negative value and one over MAX_TIMEOUT_MS (which Node's timers would fire after 1 ms) are
+ * refused.
+ */
+function checkedTimeout(timeoutMs: number, what: string): number {
+  if (timeoutMs === Infinity) {
+    return 0;
+  }
+  if (typeof timeoutMs !== "number" || !(timeoutMs >= 0 && timeoutMs <= MAX_TIMEOUT_MS)) {
+    throw invalidArgument(
+      `${what} ${String(timeoutMs)} is not a deadline: give milliseconds from 0 to ` +
+        `${MAX_TIMEOUT_MS} (about 24.8 days), or 0 or Infinity for none`,
+    );
+  }
+  return timeoutMs;
+}
+
+/** `HOST:PORT`: a host name or IPv4 address, or an IPv6 address in brackets, then a port. */
+const ADDRESS = /^(?:\[[0-9A-Fa-f:.]+\]|[^\s:/?#@[\]\\]+):(\d+)$/;
+
+/**
+ * The address, checked: `HOST:PORT` with a port from 1 to 65535 and a host a URL can hold,
+ * or a ModelplaneError INVALID_ARGUMENT naming the address and what is wrong with it.
+ */
+function checkedAddress(address: string): string {
+  const wrong = (why: string) => invalidArgument(`address ${JSON.stringify(address)}: ${why}`);
+  if (address.includes("://")) {
+    throw wrong("give HOST:PORT without a scheme (options.scheme or options.tls choose TLS)");
+  }
+  const match = ADDRESS.exec(address);
+  if (!match) {
+    throw wrong("not HOST:PORT (e.g. 127.0.0.1:50051, cp.internal:50051, [::1]:50051)");
+  }
+  const port = Number(match[1]);
+  if (port < 1 || port > 65535) {
+    throw wrong(`port ${match[1]} is not from 1 to 65535`);
+  }
+  try {
+    new URL(`http://${address}`);
+  } catch {
+    throw wrong("the host is not a valid host name or IP address");
+  }
+  return address;
+}
+
+/**
+ * Run a call made with `requestId`, putting the id on the ModelplaneError it fails with, so
+ * that the caller can send the call again with it.
+ */
+async function withRequestId<T>(requestId: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    const error = toModelplaneError(err);
+    error.requestId = requestId;
+    throw error;
+  }
 }

@@ -19,6 +19,13 @@ export class ModelplaneError extends ConnectError {
   readonly reason: string;
   /** The ErrorInfo metadata. */
   readonly info: Readonly<Record<string, string>>;
+  /**
+   * The request id (idempotency key) of the failed `createModel`, `registerVersion` or
+   * `evaluateGate`, made up or given: pass it to the same call again (after a lost answer, a
+   * deadline, UNAVAILABLE) to get the first call's answer instead of a second model, version
+   * or gate decision. Undefined on errors of other calls.
+   */
+  requestId?: string;
 
   /** Only errors made by this class; ConnectError's own check accepts any ConnectError. */
   static override [Symbol.hasInstance](v: unknown): boolean {

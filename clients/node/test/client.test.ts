@@ -8,6 +8,14 @@
 import assert from "node:assert/strict";
 import { createHash, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
+import {
+  connect as http2Connect,
+  constants as http2,
+  createServer,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Session,
+} from "node:http2";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -42,6 +50,43 @@ async function rejection(promise: Promise<unknown>): Promise<ModelplaneError> {
     return err;
   }
   assert.fail("the call succeeded");
+}
+
+/**
+ * A loopback proxy that passes each call on to `upstream`, waits for the whole answer, then
+ * resets the stream: the server has done what was asked, the caller never hears of it.
+ */
+async function answerLosingProxy(
+  upstream: string,
+): Promise<{ address: string; close: () => void }> {
+  const session = http2Connect(`http://${upstream}`);
+  const accepted: ServerHttp2Session[] = [];
+  const proxy = createServer();
+  proxy.on("session", (s) => accepted.push(s));
+  proxy.on("stream", (stream, headers) => {
+    const forwarded: OutgoingHttpHeaders = {};
+    for (const [name, value] of Object.entries(headers)) {
+      if (!name.startsWith(":") || name === ":method" || name === ":path") {
+        forwarded[name] = value;
+      }
+    }
+    const call = session.request(forwarded);
+    stream.pipe(call);
+    call.resume();
+    const lose = () => stream.close(http2.NGHTTP2_INTERNAL_ERROR);
+    stream.on("error", () => {}); // the reset, as this side sees it
+    call.on("end", lose);
+    call.on("error", lose);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+    close: () => {
+      accepted.forEach((s) => s.destroy());
+      proxy.close();
+      session.close();
+    },
+  };
 }
 
 describe("ModelplaneClient against a live control plane", { skip }, () => {
@@ -142,6 +187,66 @@ describe("ModelplaneClient against a live control plane", { skip }, () => {
     assert.equal(again.etag, first.etag);
     const version = await alice.registerVersion(`models/${model}`, onnx);
     assert.equal(version.name, `models/${model}/versions/1`);
+  });
+
+  test("a lost gate answer, sent again with its requestId, records one decision", async () => {
+    const model = unique("node-retry");
+    const target = unique("release");
+    await alice.createModel(model);
+    const version = await alice.registerVersion(model, onnx);
+    const decisions = async () =>
+      (
+        await alice.governance.listGateDecisions({ parent: versionName(model, version.version) })
+      ).decisions.map((d) => d.name);
+
+    const lossy = await answerLosingProxy(server);
+    const lost = new ModelplaneClient(lossy.address, { principal: "alice", timeoutMs: 30_000 });
+    let err: ModelplaneError;
+    try {
+      err = await rejection(lost.evaluateGate(model, version.version, target));
+    } finally {
+      lost.close();
+      lossy.close();
+    }
+    assert.match(err.requestId ?? "", /^[0-9a-f-]{36}$/, `no request id on ${err.message}`);
+    const recorded = await decisions();
+    assert.equal(recorded.length, 1, "the lost call was not evaluated");
+
+    const again = await alice.evaluateGate(model, version.version, target, err.requestId);
+    assert.equal(again.name, recorded[0]);
+    assert.deepEqual(await decisions(), recorded);
+    // Without the id it is a new evaluation: a second decision.
+    await alice.evaluateGate(model, version.version, target);
+    assert.equal((await decisions()).length, 2);
+  });
+
+  test("the helpers' errors carry the request id they sent; other calls' none", async () => {
+    const requestId = randomUUID();
+    const bad = await rejection(alice.createModel("Not_A_Valid_Id", {}, requestId));
+    assert.equal(bad.requestId, requestId);
+    const missing = unique("absent");
+    const unregistered = await rejection(alice.registerVersion(missing, onnx, { requestId }));
+    assert.equal(unregistered.code, Code.NotFound);
+    assert.equal(unregistered.requestId, requestId);
+    const made = await rejection(alice.registerVersion(missing, onnx));
+    assert.match(made.requestId ?? "", /^[0-9a-f-]{36}$/);
+    const plain = await rejection(alice.registry.getModel({ name: modelName(missing) }));
+    assert.equal(plain.requestId, undefined);
+  });
+
+  test("timeoutMs Infinity and the longest timer are no deadline of 1 ms", async () => {
+    const unbounded = new ModelplaneClient(server, { principal: "alice", timeoutMs: Infinity });
+    try {
+      const model = unique("node-inf");
+      await unbounded.createModel(model);
+      const got = await unbounded.registry.getModel(
+        { name: modelName(model) },
+        { timeoutMs: 2 ** 31 - 1 },
+      );
+      assert.equal(got.name, modelName(model));
+    } finally {
+      unbounded.close();
+    }
   });
 
   test("a missing model is NOT_FOUND with reason MODEL_NOT_FOUND", async () => {

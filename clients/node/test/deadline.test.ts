@@ -1,12 +1,17 @@
 /**
  * The deadline the client puts on unary calls, as a gRPC server sees it (`grpc-timeout`):
- * a loopback HTTP/2 server records each call's headers and answers UNIMPLEMENTED.
+ * a loopback HTTP/2 server records each call's headers and answers UNIMPLEMENTED (after
+ * 20 ms, so that a deadline that fires at once is seen as DEADLINE_EXCEEDED).
  */
 import assert from "node:assert/strict";
 import { createServer, type Http2Server, type IncomingHttpHeaders } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
+import { Code } from "@connectrpc/connect";
 import { ModelplaneClient, ModelplaneError } from "../src/index.js";
+
+/** The longest delay Node's timers keep (a longer one fires after 1 ms). */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** Milliseconds of a `grpc-timeout` header (`<digits><unit>`), or undefined without one. */
 function deadlineMs(headers: IncomingHttpHeaders): number | undefined {
@@ -37,7 +42,7 @@ describe("the deadline of unary calls", () => {
         stream.sendTrailers({ "grpc-status": "12", "grpc-message": "not here" });
       });
       stream.resume();
-      stream.on("end", () => stream.end());
+      stream.on("end", () => setTimeout(() => stream.end(), 20));
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -81,6 +86,89 @@ describe("the deadline of unary calls", () => {
     try {
       const ms = await sentDeadline(client, { timeoutMs: undefined });
       assert.ok(ms !== undefined && ms > 59_000 && ms <= 60_000, `sent ${ms} ms`);
+    } finally {
+      client.close();
+    }
+  });
+
+  /** A call's error: UNIMPLEMENTED when it reached the server with no deadline passed. */
+  async function failure(
+    client: ModelplaneClient,
+    options?: { timeoutMs?: number },
+  ): Promise<ModelplaneError> {
+    try {
+      await client.registry.getModel({ name: "models/x" }, options);
+    } catch (err) {
+      assert.ok(err instanceof ModelplaneError, `not a ModelplaneError: ${String(err)}`);
+      return err;
+    }
+    assert.fail("the call succeeded");
+  }
+
+  test("Infinity, the client's or a call's own, is no deadline (not 1 ms)", async () => {
+    const unbounded = new ModelplaneClient(address, { timeoutMs: Infinity });
+    const bounded = new ModelplaneClient(address, { timeoutMs: 7_000 });
+    try {
+      for (const [client, options] of [
+        [unbounded, undefined],
+        [bounded, { timeoutMs: Infinity }],
+        [bounded, { timeoutMs: 0 }],
+      ] as const) {
+        const before = seen.length;
+        const err = await failure(client, options);
+        assert.equal(err.status, "UNIMPLEMENTED", `options ${String(options?.timeoutMs)}`);
+        assert.equal(seen.length, before + 1);
+        assert.equal(deadlineMs(seen[before]), undefined);
+      }
+      // The longest deadline Node's timers keep is sent as it is, and does not fire at once.
+      const longest = await failure(bounded, { timeoutMs: MAX_TIMEOUT_MS });
+      assert.equal(longest.status, "UNIMPLEMENTED");
+      assert.equal(deadlineMs(seen[seen.length - 1]), MAX_TIMEOUT_MS);
+    } finally {
+      unbounded.close();
+      bounded.close();
+    }
+  });
+
+  const WRONG = [NaN, -1, -Infinity, MAX_TIMEOUT_MS + 1, 2 ** 31, 1e12];
+
+  test("NaN, a negative or too long timeoutMs is refused when the client is made", () => {
+    for (const timeoutMs of WRONG) {
+      assert.throws(
+        () => new ModelplaneClient(address, { timeoutMs }),
+        (err: unknown) =>
+          err instanceof ModelplaneError &&
+          err.code === Code.InvalidArgument &&
+          err.rawMessage.startsWith(`timeoutMs ${String(timeoutMs)} is not a deadline`),
+        String(timeoutMs),
+      );
+    }
+  });
+
+  test("NaN, a negative or too long timeoutMs fails its call before anything is sent", async () => {
+    const client = new ModelplaneClient(address);
+    try {
+      for (const timeoutMs of WRONG) {
+        const before = seen.length;
+        const err = await failure(client, { timeoutMs });
+        assert.equal(err.code, Code.InvalidArgument, String(timeoutMs));
+        assert.match(err.rawMessage, /^the call's timeoutMs .* is not a deadline/);
+        assert.equal(seen.length, before, `${timeoutMs}: the call was sent`);
+      }
+      // A server stream takes no default deadline, but its own is checked too: it throws
+      // when read.
+      const watch = client.deployments.watchDeployment(
+        { name: "deployments/x" },
+        { timeoutMs: -1 },
+      );
+      await assert.rejects(
+        (async () => {
+          for await (const _ of watch) {
+            assert.fail("a state arrived");
+          }
+        })(),
+        (err: unknown) => err instanceof ModelplaneError && err.code === Code.InvalidArgument,
+      );
     } finally {
       client.close();
     }
