@@ -4,7 +4,6 @@ per rule and per policy, and gate rules evaluated without holding up other write
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +53,19 @@ def result(expression: str, variables: dict[str, Any] | None = None) -> Any:
     ],
 )
 def test_operations_are_charged_by_the_size_of_their_values(expression: str) -> None:
-    started = time.monotonic()
     got = result(expression)
-    assert time.monotonic() - started < 10  # not the 20 s it once ran; generous for a busy machine
     assert got.outcome is Outcome.ERROR, got.message
     assert TOO_MUCH in got.message
+    # Stopped by its step count (work done), not by the wall-clock backstop.
     assert f"more than {MAX_EVALUATION_STEPS} evaluation steps" in got.message
 
 
 def test_a_rule_that_would_run_for_seconds_is_stopped_at_once() -> None:
     # Accepted when written (234 characters); it ran for 20 s when `in` was one step.
     expression = f"{DOUBLED}.all(a, a.all(i, !(-1 in a)))"
-    started = time.monotonic()
     got = result(expression)
-    assert time.monotonic() - started < 10  # not the 20 s it once ran; generous for a busy machine
     assert got.outcome is Outcome.ERROR and TOO_MUCH in got.message
+    assert f"more than {MAX_EVALUATION_STEPS} evaluation steps" in got.message
 
 
 def test_values_built_are_bounded_in_size() -> None:
@@ -113,7 +110,7 @@ def test_a_policy_is_stopped_at_its_deadline(monkeypatch: pytest.MonkeyPatch) ->
     assert "the rules ran longer than 0.05 s in all" in last.message
 
 
-def test_a_gate_with_an_expensive_rule_is_decided_quickly(
+def test_a_gate_with_an_expensive_rule_is_stopped_by_its_step_budget(
     controlplane: RunningControlPlane, tmp_path: Path
 ) -> None:
     expensive = f"{DOUBLED}.all(a, a.all(i, !(-1 in a)))"
@@ -121,13 +118,11 @@ def test_a_gate_with_an_expensive_rule_is_decided_quickly(
         model_id, (v1,) = register_versions(c, tmp_path, 1, capture_env=False)
         target = unique("prod")
         c.create_policy(unique("p"), target=target, rules=[expensive, expensive])
-        with Client(controlplane.address, principal="alice", timeout=10) as quick:
-            started = time.monotonic()
-            decision = quick.evaluate_gate(model_id, v1, target)
-        assert time.monotonic() - started < 5
+        decision = c.evaluate_gate(model_id, v1, target)
         assert not decision.passed
         assert [r.outcome for r in decision.results] == ["error", "error"]
-        assert all(TOO_MUCH in r.message for r in decision.results)
+        steps = f"more than {MAX_EVALUATION_STEPS} evaluation steps"
+        assert all(TOO_MUCH in r.message and steps in r.message for r in decision.results)
         (listed,) = c.list_gate_decisions(model_id, v1, target=target)
         assert listed.name == decision.name and not listed.passed
 
@@ -170,10 +165,8 @@ NESTINGS = {
 
 def test_deeply_nested_rules_are_refused_when_written(client: Client) -> None:
     for rule in ["(" * 500 + "true" + ")" * 500, "!" * 2000 + "true", "metrics" + ".a" * 2000]:
-        started = time.monotonic()
         with pytest.raises(InvalidArgument) as err:
             client.create_policy(unique("p"), target=unique("t"), rules=[rule + " > 0"])
-        assert time.monotonic() - started < 5
         assert err.value.reason == "INVALID_POLICY_RULE"
         assert "nested too deeply" in err.value.message
         assert f"at most {MAX_RULE_DEPTH} levels" in err.value.message
