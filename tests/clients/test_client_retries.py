@@ -5,6 +5,7 @@ for a manual retry, and nothing but UNAVAILABLE is retried."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -51,10 +52,11 @@ class FlakyRegistry:
 
 
 @pytest.fixture
-def serve() -> Iterator[object]:
+def serve_on() -> Iterator[object]:
+    """Start a server for a ``FlakyRegistry`` on a port (0: any free one); returns its port."""
     servers: list[grpc.Server] = []
 
-    def start(registry: FlakyRegistry) -> str:
+    def start(registry: FlakyRegistry, port: int = 0) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(4))
         handlers = {
             "CreateModel": grpc.unary_unary_rpc_method_handler(
@@ -71,14 +73,20 @@ def serve() -> Iterator[object]:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("modelplane.v1.RegistryService", handlers),)
         )
-        port = server.add_insecure_port("127.0.0.1:0")
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()
         servers.append(server)
-        return f"127.0.0.1:{port}"
+        return bound
 
     yield start
     for server in servers:
         server.stop(0)
+
+
+@pytest.fixture
+def serve(serve_on) -> object:  # type: ignore[no-untyped-def]
+    """Start a server for a ``FlakyRegistry`` on a free port; returns its address."""
+    return lambda registry: f"127.0.0.1:{serve_on(registry)}"
 
 
 def test_a_mutation_is_retried_with_one_request_id(serve) -> None:  # type: ignore[no-untyped-def]
@@ -163,3 +171,30 @@ def test_a_retried_upload_sends_the_whole_stream_again() -> None:
     finally:
         server.stop(0)
     assert seen == [(digest, len(data)), (digest, len(data))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_retry_reaches_a_server_that_came_back(serve_on) -> None:  # type: ignore[no-untyped-def]
+    """The server is down for the first try and up again right after it: a retry within the
+    call's timeout reaches it (the channel reconnects in time for the retries)."""
+    port = _free_port()
+    registry = FlakyRegistry(failures=0)
+    started = threading.Event()
+
+    def start_when_refused(state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE and not started.is_set():
+            started.set()
+            serve_on(registry, port)
+
+    with Client(f"127.0.0.1:{port}", timeout=10, retries=3) as c:
+        c._channel.subscribe(start_when_refused)
+        try:
+            assert c.get_model("m").name == "models/m"
+        finally:
+            c._channel.unsubscribe(start_when_refused)
+    assert started.is_set() and registry.seen == ["models/m"]

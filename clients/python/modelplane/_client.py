@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -176,10 +177,15 @@ def _open_channel(
     cert: str | os.PathLike[str] | None,
     key: str | os.PathLike[str] | None,
 ) -> grpc.Channel:
-    """A plaintext or TLS channel with the message limits the servers use."""
+    """A plaintext or TLS channel with the message limits the servers use, which tries to
+    reconnect to a server it lost within about ``RECONNECT_BACKOFF_MS`` (then at most every
+    ``MAX_RECONNECT_BACKOFF_MS``): gRPC's defaults (1 s, growing to 2 min) would leave the
+    retries of a call (``RETRY_BACKOFF_S``) all failing while the server is up again."""
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if not tls:
         return grpc.insecure_channel(address, options=options)
@@ -202,7 +208,31 @@ WAIT_CALL_MARGIN_S = 5.0
 MAX_WAIT_S = 60.0
 
 #: The first pause before a call is tried again (doubled for each further try, with jitter).
+#: After a failure to connect, the pause ends as soon as the channel is connected again.
 RETRY_BACKOFF_S = 0.2
+#: The first pause before the channel tries to reconnect to a server it could not reach, and
+#: the longest one (gRPC grows it by 1.6 times per failed attempt, with jitter).
+RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 1000
+
+
+def _pause(channel: grpc.Channel, seconds: float) -> None:
+    """Wait ``seconds`` before a call is tried again, or less: until a channel that was not
+    connected when the pause began is connected (so a server that is back is tried at once;
+    one that answered keeps its backoff)."""
+    reconnected = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def on_change(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state is grpc.ChannelConnectivity.READY and len(states) > 1:
+            reconnected.set()
+
+    channel.subscribe(on_change, try_to_connect=True)
+    try:
+        reconnected.wait(seconds)
+    finally:
+        channel.unsubscribe(on_change)
 
 
 def _retryable(exc: grpc.RpcError, request: Any) -> bool:
@@ -293,23 +323,33 @@ class Client(DeploymentsMixin):
         backoff would leave no time for. For a client-streaming method, ``request`` is a
         function returning a fresh request iterator: each try sends the whole stream again (an
         iterator is spent by the first)."""
+
+        def attempt(left: float | None) -> T:
+            payload = request() if callable(request) else request
+            return method(payload, timeout=left, metadata=self._metadata, **kw)
+
+        return self._retrying(attempt, request, timeout)
+
+    def _retrying(
+        self, attempt: Callable[[float | None], T], request: Any, timeout: float | None
+    ) -> T:
+        """``attempt(seconds_left)`` until it returns, retried as the class says."""
         budget = self.timeout if timeout is None else timeout
         end = None if budget is None else time.monotonic() + budget
         left = budget
-        for attempt in range(1, self.retries + 1):
-            payload = request() if callable(request) else request
+        for tries in range(1, self.retries + 1):
             try:
-                return method(payload, timeout=left, metadata=self._metadata, **kw)
+                return attempt(left)
             except grpc.RpcError as exc:
-                pause = RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                if end is not None:
-                    left = end - time.monotonic() - pause
+                pause = RETRY_BACKOFF_S * 2 ** (tries - 1) * random.uniform(0.5, 1.5)
                 if (
-                    attempt < self.retries
+                    tries < self.retries
                     and _retryable(exc, request)
-                    and (left is None or left > 0)
+                    and (end is None or end - time.monotonic() - pause > 0)
                 ):
-                    time.sleep(pause)
+                    _pause(self._channel, pause)
+                    if end is not None:
+                        left = end - time.monotonic()
                     continue
                 err = self._error(exc)
                 request_id = getattr(request, "request_id", "")
