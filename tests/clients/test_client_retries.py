@@ -5,6 +5,7 @@ for a manual retry, and nothing but UNAVAILABLE is retried."""
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from modelplane import Client
 from modelplane.errors import DeadlineExceeded, InvalidArgument, ModelplaneError, Unavailable
-from modelplane.v1 import blobs_pb2, registry_pb2
+from modelplane.v1 import audit_pb2, blobs_pb2, registry_pb2
 
 
 @dataclass
@@ -198,3 +199,84 @@ def test_a_retry_reaches_a_server_that_came_back(serve_on) -> None:  # type: ign
         finally:
             c._channel.unsubscribe(start_when_refused)
     assert started.is_set() and registry.seen == ["models/m"]
+
+
+@pytest.fixture
+def streaming_server() -> Iterator[tuple[str, list[str]]]:
+    """DownloadBlob and ExportAuditEvents that answer UNAVAILABLE to their first call, then
+    stream two chunks; returns the address and the methods called, in order."""
+    data = b"abc" * 1000
+    calls: list[str] = []
+
+    def chunks(method: str, context: grpc.ServicerContext) -> Iterator[bytes]:
+        calls.append(method)
+        if calls.count(method) == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the database is busy")
+        yield data[:1000]
+        yield data[1000:]
+
+    def download(request: blobs_pb2.DownloadBlobRequest, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        for chunk in chunks("DownloadBlob", context):
+            yield blobs_pb2.DownloadBlobResponse(chunk=chunk)
+
+    def export(request: audit_pb2.ExportAuditEventsRequest, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        for chunk in chunks("ExportAuditEvents", context):
+            yield audit_pb2.ExportAuditEventsResponse(chunk=chunk)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "modelplane.v1.BlobService",
+                {
+                    "DownloadBlob": grpc.unary_stream_rpc_method_handler(
+                        download,
+                        request_deserializer=blobs_pb2.DownloadBlobRequest.FromString,
+                        response_serializer=blobs_pb2.DownloadBlobResponse.SerializeToString,
+                    )
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "modelplane.v1.AuditService",
+                {
+                    "ExportAuditEvents": grpc.unary_stream_rpc_method_handler(
+                        export,
+                        request_deserializer=audit_pb2.ExportAuditEventsRequest.FromString,
+                        response_serializer=audit_pb2.ExportAuditEventsResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", calls
+    server.stop(0)
+
+
+def test_a_download_the_server_could_not_take_is_retried(streaming_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    address, calls = streaming_server
+    data = b"abc" * 1000
+    out = tmp_path / "blob.bin"
+    with Client(address, timeout=10, retries=3) as c:
+        assert c.download_blob(hashlib.sha256(data).hexdigest(), out) == out
+    assert out.read_bytes() == data
+    assert calls == ["DownloadBlob", "DownloadBlob"]
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]  # no temporary file left
+
+
+def test_an_audit_export_the_server_could_not_take_is_retried(streaming_server) -> None:  # type: ignore[no-untyped-def]
+    address, calls = streaming_server
+    out = io.BytesIO()
+    with Client(address, timeout=10, retries=3) as c:
+        assert c.export_audit(out) == 3000
+    assert out.getvalue() == b"abc" * 1000
+    assert calls == ["ExportAuditEvents", "ExportAuditEvents"]
+
+
+def test_a_download_that_keeps_failing_leaves_no_file(streaming_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    address, calls = streaming_server
+    out = tmp_path / "blob.bin"
+    with Client(address, timeout=10, retries=1) as c, pytest.raises(Unavailable):
+        c.download_blob(hashlib.sha256(b"abc" * 1000).hexdigest(), out)
+    assert calls == ["DownloadBlob"] and list(tmp_path.iterdir()) == []

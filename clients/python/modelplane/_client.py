@@ -252,7 +252,8 @@ class Client(DeploymentsMixin):
     Every method raises a :class:`modelplane.ModelplaneError` subclass on failure;
     :class:`ServerUnreachable` when no server answered. A call the server could not take
     (UNAVAILABLE: unreachable, or its database busy) is tried ``retries`` times in all, with
-    backoff, all within the call's ``timeout``. Mutations carry a request id, the same on
+    backoff, all within the call's ``timeout`` (a download or audit export until its first
+    bytes arrive). Mutations carry a request id, the same on
     every try, so a retry never applies one twice; when a mutation fails anyway (a deadline
     that passed while the server worked, say), its error holds that id in
     ``metadata["request_id"]``: passing it back as ``request_id=`` with the same arguments
@@ -329,6 +330,27 @@ class Client(DeploymentsMixin):
             return method(payload, timeout=left, metadata=self._metadata, **kw)
 
         return self._retrying(attempt, request, timeout)
+
+    def _stream(
+        self, method: Callable[..., Iterator[T]], request: Any, *, timeout: float | None = None
+    ) -> Iterator[T]:
+        """The messages of a server-streaming call, the whole stream within ``timeout``
+        (default: the client's). Opening it is retried as :meth:`_call` retries a call, until
+        the first message arrives; a failure after that is raised (its messages may have been
+        used already)."""
+
+        def attempt(left: float | None) -> tuple[T | None, Iterator[T]]:
+            stream = method(request, timeout=left, metadata=self._metadata)
+            return next(stream, None), stream
+
+        first, stream = self._retrying(attempt, request, timeout)
+        if first is None:
+            return
+        yield first
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
 
     def _retrying(
         self, attempt: Callable[[float | None], T], request: Any, timeout: float | None
@@ -494,22 +516,15 @@ class Client(DeploymentsMixin):
         checked (it is written under a temporary name of its own, then renamed)."""
         target = Path(out)
         digest = hashlib.sha256()
-        try:
-            with replaced_atomically(target) as f:
-                stream = self.blobs.DownloadBlob(
-                    blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha256}"),
-                    timeout=self.timeout,
-                    metadata=self._metadata,
+        request = blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha256}")
+        with replaced_atomically(target) as f:
+            for message in self._stream(self.blobs.DownloadBlob, request):
+                digest.update(message.chunk)
+                f.write(message.chunk)
+            if digest.hexdigest() != sha256:
+                raise ModelplaneError(
+                    f"downloaded bytes do not hash to {sha256}", reason="DIGEST_MISMATCH"
                 )
-                for message in stream:
-                    digest.update(message.chunk)
-                    f.write(message.chunk)
-                if digest.hexdigest() != sha256:
-                    raise ModelplaneError(
-                        f"downloaded bytes do not hash to {sha256}", reason="DIGEST_MISMATCH"
-                    )
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
         return target
 
     # Versions --------------------------------------------------------------------------------
@@ -1057,17 +1072,10 @@ class Client(DeploymentsMixin):
     def export_audit(self, out: BinaryIO, *, format: str = "jsonl") -> int:
         """Write the whole audit trail to ``out`` as JSON Lines; returns the bytes written."""
         written = 0
-        try:
-            stream = self.audit.ExportAuditEvents(
-                audit_pb2.ExportAuditEventsRequest(format=format),
-                timeout=self.timeout,
-                metadata=self._metadata,
-            )
-            for message in stream:
-                out.write(message.chunk)
-                written += len(message.chunk)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        request = audit_pb2.ExportAuditEventsRequest(format=format)
+        for message in self._stream(self.audit.ExportAuditEvents, request):
+            out.write(message.chunk)
+            written += len(message.chunk)
         return written
 
     def create_checkpoint(self) -> audit_pb2.Checkpoint:
