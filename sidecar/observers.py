@@ -9,8 +9,9 @@ once. Observers that implement ``on_runs`` get it gathered into runs of compatib
 Arrow append and one drift update, and the gathering is done once for all of them.
 
 When observers fall behind and the buffer is full, a *lossless* hub makes publishers wait
-for room (the prediction log must not lose records); otherwise records are dropped and
-counted in ``dropped``.
+for room (the prediction log and a managed sidecar's window reports must not lose records);
+otherwise records are dropped, counted in ``dropped`` and logged as a warning (at most once
+per :data:`DROP_WARNING_S`).
 
 An observer that never reads request ids (drift) says so with ``needs_ids = False``; when no
 observer reads them, a request sent without an ``id`` is not given one.
@@ -29,6 +30,9 @@ import numpy as np
 import structlog
 
 log = structlog.get_logger("modelplane.sidecar.observers")
+
+#: The least time between two warnings about records a lossy hub dropped.
+DROP_WARNING_S = 60.0
 
 
 @dataclass(slots=True)
@@ -254,6 +258,8 @@ class ObserverHub:
         self._sleeping = False
         self._closed = False
         self.dropped = 0
+        self._warned_dropped = 0
+        self._warned_at: float | None = None
         self._thread: threading.Thread | None = None
         #: Whether an observer reads request ids, so that a request sent without one must
         #: be given one (an observer without a ``needs_ids`` attribute is taken to).
@@ -289,6 +295,7 @@ class ObserverHub:
         if len(buffer) >= self._capacity:
             if not self._lossless:
                 self.dropped += 1
+                self._warn_dropped()
                 return
             with self._ready:
                 while len(buffer) >= self._capacity and not self._closed:
@@ -299,6 +306,19 @@ class ObserverHub:
         if self._sleeping:
             with self._ready:
                 self._ready.notify()
+
+    def _warn_dropped(self) -> None:
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < DROP_WARNING_S:
+            return
+        self._warned_at = now
+        log.warning(
+            "observers fell behind; records dropped",
+            dropped=self.dropped - self._warned_dropped,
+            total=self.dropped,
+            capacity=self._capacity,
+        )
+        self._warned_dropped = self.dropped
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is buffered, then stop the thread."""

@@ -358,7 +358,11 @@ def start_managed(
         metrics=managed_metrics,
     )
     closers.append(observer.flush)
-    hub = ObserverHub([observer], lossless=writer is not None)
+    # Lossless with or without the prediction log: the window reports must count every
+    # request answered (the control plane merges replicas' counts exactly and a rollout's
+    # guards compare them), so when the observer falls behind, requests wait for room in the
+    # hub's bounded buffer rather than vanish from the reports.
+    hub = ObserverHub([observer], lossless=True)
     closers.append(hub.close)
     shadow = ShadowRunner(hub.publish, capacity=settings.shadow_queue)
     shadow_box.append(shadow)
@@ -371,7 +375,7 @@ def start_managed(
     loader = VersionLoader(settings, cache, hub, sync_logs, registry)
     manager = DeploymentManager(loader, name)
     manager_box.append(manager)
-    servicer = ManagedServicer(slot, manager, shadow)
+    servicer = ManagedServicer(slot, manager, shadow, logged=writer is not None)
     labels = LabelIngestor(index, observer, label_log)
     add_to_server(servicer, server, pool)
     add_admin_to_server(AdminServicer(slot, labels=labels), server, admin)

@@ -38,19 +38,16 @@ _NOT_READY = "the deployment's first desired state is still loading; retry short
 class ManagedServicer(InferenceServicer):
     """Serves the versions of the routing table that ``tables()`` returns."""
 
-    def __init__(self, slot: ModelSlot, manager: Any, shadow: ShadowRunner) -> None:
+    def __init__(
+        self, slot: ModelSlot, manager: Any, shadow: ShadowRunner, *, logged: bool = False
+    ) -> None:
         super().__init__(slot)
         self.manager = manager
         self.shadow = shadow
         loader = manager.loader
         #: Whether predictions are recorded under their request ids: the label index keeps
-        #: rows, or the prediction log writes them (the hub is lossless only for the log;
-        #: ``sync`` durability logs from each version).
-        self.needs_ids = (
-            loader.settings.label_index_rows > 0
-            or loader.hub.lossless
-            or loader.sync_logs is not None
-        )
+        #: rows, or the prediction log (``logged``) writes them.
+        self.needs_ids = loader.settings.label_index_rows > 0 or logged
 
     def _table(self) -> RoutingTable:
         table = self.manager.table
