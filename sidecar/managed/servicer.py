@@ -134,17 +134,16 @@ class ManagedServicer(InferenceServicer):
         model = version.model
         trace = ""
         key: bytes | None = None
-        entered = False
+        entered = routed = False
         try:
             if self.log_failure is not None:
-                # Counted, logged and recorded (as far as the log still can) as the
-                # champion's refusal, like any other refused before routing.
                 raise log_failed(self.log_failure)
             if request.model_name != table.name or request.model_version:
                 version = self._version(table, request.model_name, request.model_version)
             else:
                 key = routing_key(request)
                 version = table.pick(key)
+            routed = True
             model = version.model
             if not request.id and self.needs_ids:
                 # After routing, which an id-less request takes at random either way.
@@ -175,7 +174,11 @@ class ManagedServicer(InferenceServicer):
         except ModelplaneError as err:
             if entered:
                 self._leave(version)
-            self._reject(model, request, context, err, start, trace)
+            # Refused before routing (the log failed, an unknown model or version, a bad
+            # routing_key): no version answered it, so like a malformed call it is counted in
+            # the request metrics (under the champion) and logged, but recorded in no arm's
+            # window, where it would pass for the champion's traffic.
+            self._reject(model, request, context, err, start, trace, record=routed)
         except Exception as exc:
             if entered:
                 self._leave(version)
