@@ -12,8 +12,10 @@ canary or shadow), the state is served without it: the champion answers the cand
 and no shadow copies are made, so a new sidecar becomes ready and an old one follows a
 rollback or a new champion; the failure is logged, kept in :attr:`DeploymentManager.unloaded`
 (which the window reports carry to the control plane) and the state is applied again with
-backoff until the version loads. Versions the new table no longer needs are released once
-their in-flight requests have finished.
+backoff until the version loads. A state that cannot be served at all (:func:`check_state`:
+a candidate it does not list, ...) is logged once and ignored until a newer one arrives; the
+previous table keeps serving, or, for a first state, the sidecar stays not ready. Versions the
+new table no longer needs are released once their in-flight requests have finished.
 """
 
 from __future__ import annotations
@@ -148,10 +150,10 @@ class DeploymentManager:
             with self._cond:
                 while not self._stopped:
                     desired = self._desired
+                    # A state check_state refused counts as applied: it is not tried
+                    # again, and the sidecar waits for a newer one.
                     pending = desired is not None and (
-                        state_key(desired) != self._applied
-                        or self.table is None
-                        or bool(self.unloaded)
+                        state_key(desired) != self._applied or bool(self.unloaded)
                     )
                     now = time.monotonic()
                     # A newer state is tried at once; the one that failed waits its backoff.
