@@ -18,11 +18,13 @@ IPC stream files in the prediction log's directory, written with the prediction 
 helpers. A sidecar without a prediction log (no ``--log-dir``) keeps no label log: it joins
 and counts labels, and answers that it wrote none (``accepted`` 0).
 
-A label joins only predictions that the coming window reports can carry: those of a version
-that still answers as the same arm (or whose arm no other version holds now) in the routing
-table. The rows of a version that left it - the champion after a promotion, the candidate
-after a rollback - are unmatched (``matched`` false in the answer and the log; the prediction
-log still has them).
+A label joins only predictions that the coming window reports can carry (a report holds one
+summary per arm): those of a version that still answers as the same arm in the routing table,
+or whose arm no other version holds now. The rows of a version whose arm another version now
+holds - the champion after a promotion, a candidate replaced by the next one - are unmatched
+(``matched`` false in the answer and the log; the prediction log still has them). A candidate
+after a rollback (or a promotion) leaves its arm empty, so the rows it really answered still
+join and are reported under its arm and version: they are evidence about it all the same.
 
 A predicted row counts toward ``labeled``/``correct`` once: the first label joined with it is
 counted, and any later label for the same (request id, row) - a retried ``IngestLabels``, or
@@ -255,9 +257,10 @@ class LabelIngestor:
         keys = [(label.request_id, label.row) for label in labels]
         reportable = self.counts.reportable
         with self._lock:
-            # A version that left the routing table (a champion after a promotion, a
-            # candidate after a rollback) is in no report to come: its rows no longer join,
-            # so their labels are not checked against it either.
+            # A version whose arm another one now holds (a champion after a promotion, a
+            # candidate replaced by the next) is in no report to come: its rows no longer
+            # join, so their labels are not checked against it either. A candidate after a
+            # rollback leaves its arm empty: its rows still join.
             hits, marks = self.index.join(
                 keys,
                 lambda hit: reportable(hit.arm, hit.version),
