@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable, rpc_error
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from modelplane.errors import ModelplaneError
+
+#: The largest values of protobuf's int32 and int64 fields (page sizes are int32; versions,
+#: revisions and counts int64).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def whole_number(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, so that a value the
+    request's field cannot hold is a usage error naming the option (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: use {low} to {high}")
+        return value
+
+    return parse
+
+
+#: ``--page-size``: 0 (the server's default) up to int32.
+page_size = whole_number(0, INT32_MAX)
+#: A version number: 1 up to int64.
+version_number = whole_number(1, INT64_MAX)
 
 
 def client(args: argparse.Namespace) -> Client:

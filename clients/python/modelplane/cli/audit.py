@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.audit_chain import CheckpointClaim, verify_export
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import client, server_errors, whole_number
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--resource", default="", help="this resource and those under it")
     ls.add_argument("--actor", default="")
     ls.add_argument("--since", default="", help="ISO 8601 time, e.g. 2026-11-26T10:00:00Z")
-    ls.add_argument("--limit", type=int, default=0, help="at most this many events (0: all)")
+    ls.add_argument(
+        "--limit", type=whole_number(), default=0, help="at most this many events (0: all)"
+    )
     ls.set_defaults(handler=_list)
 
     e = s.add_parser("export", help="export the whole trail")
@@ -84,8 +86,6 @@ def _since(text: str) -> datetime | None:
 
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
-    if args.limit < 0:
-        raise CliError("--limit takes a number >= 0", EXIT_USAGE)
     since = _since(args.since)
     events = []
     with server_errors(), client(args) as c:

@@ -7,7 +7,13 @@ from typing import Any
 
 from modelplane._deployments import MAX_DRIFT_COOLDOWN_SECONDS, check_seconds, deployment_name
 from modelplane.cli._checks import message_dict, unique_key_values
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import (
+    add_request_id,
+    client,
+    server_errors,
+    version_number,
+    whole_number,
+)
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 from modelplane.errors import InvalidArgument
 from modelplane.units import parse_duration
@@ -22,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c = s.add_parser("create", help="create a deployment of a model")
     c.add_argument("name", help="deployment id (the OIP model name sidecars serve it under)")
     c.add_argument("--model", required=True, help="the model (NAME or models/NAME)")
-    c.add_argument("--champion", required=True, type=int, metavar="V", help="champion version")
+    c.add_argument(
+        "--champion", required=True, type=version_number, metavar="V", help="champion version"
+    )
     _settings_arguments(c)
     add_request_id(c)
     c.set_defaults(handler=_create)
@@ -74,7 +82,7 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--drift-min-rows",
-        type=int,
+        type=whole_number(),
         metavar="N",
         help="rows drift is judged over: each arm's counts are summed across reports and "
         "replicas until they hold N (default 200; 1 judges every report with rows)",

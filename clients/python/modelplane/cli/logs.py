@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modelplane.cli._common import whole_number
 from modelplane.cli._extras import extra
 from modelplane.cli._logs_export import for_csv, write_out
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, dumps
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     read.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    read.add_argument("--limit", type=int, metavar="N", help="only the first N records")
+    read.add_argument("--limit", type=whole_number(), metavar="N", help="only the first N records")
     read.add_argument(
         "--columns", metavar="A,B", help="only these columns (e.g. request_id,row,arm,x_0)"
     )

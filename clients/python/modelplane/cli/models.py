@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from modelplane.cli._checks import unique_key_values
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import add_request_id, client, page_size, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import registry_pb2
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = s.add_parser("list", help="list models")
     ls.add_argument("--filter", default="", help="e.g. 'labels.team=risk'")
     ls.add_argument("--order-by", default="", help="name, create_time or update_time [desc]")
-    ls.add_argument("--page-size", type=int, default=0, help="one page of this size")
+    ls.add_argument("--page-size", type=page_size, default=0, help="one page of this size")
     ls.add_argument("--page-token", default="", help="continue from a previous page")
     ls.set_defaults(handler=_list)
 

@@ -7,7 +7,7 @@ import math
 import time
 
 from modelplane._client import operation_error
-from modelplane.cli._common import client, server_errors
+from modelplane.cli._common import client, page_size, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import operations_pb2
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.set_defaults(handler=_get)
     ls = s.add_parser("list", help="list operations, newest first")
     ls.add_argument("--target", default="", help="only those about this resource")
-    ls.add_argument("--page-size", type=int, default=0)
+    ls.add_argument("--page-size", type=page_size, default=0)
     ls.add_argument("--page-token", default="")
     ls.set_defaults(handler=_list)
     w = s.add_parser("wait", help="wait until an operation is done")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors, whole_number
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.v1 import governance_pb2
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     g = s.add_parser("get", help="show a policy")
     g.add_argument("name")
-    g.add_argument("--revision", type=int, default=0, help="a past revision")
+    g.add_argument("--revision", type=whole_number(), default=0, help="a past revision")
     g.set_defaults(handler=_get)
 
     ls = s.add_parser("list", help="list policies")

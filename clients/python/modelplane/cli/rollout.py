@@ -8,7 +8,15 @@ import time
 from typing import Any
 
 from modelplane._deployments import MAX_STEP_DURATION_SECONDS
-from modelplane.cli._common import add_request_id, client, csv_list, server_errors
+from modelplane.cli._common import (
+    add_request_id,
+    client,
+    csv_list,
+    page_size,
+    server_errors,
+    version_number,
+    whole_number,
+)
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -39,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     st = s.add_parser("start", help="start a rollout of a candidate version")
     st.add_argument("name", help="the deployment")
-    st.add_argument("--candidate", required=True, type=int, metavar="V")
+    st.add_argument("--candidate", required=True, type=version_number, metavar="V")
     st.add_argument("--strategy", required=True, choices=sorted(STRATEGIES))
     st.add_argument(
         "--steps", metavar="P,P,...", help="canary traffic percents, ascending (default 10,50,100)"
@@ -57,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="canary step / blue-green phase length, e.g. 30s, 5m, at most 7d (default 60s)",
     )
     st.add_argument(
-        "--min-requests", type=int, metavar="N", help="candidate requests per step (default 100)"
+        "--min-requests",
+        type=whole_number(),
+        metavar="N",
+        help="candidate requests per step (default 100)",
     )
     st.add_argument(
         "--guard",
@@ -101,9 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ev.add_argument("name", help="the deployment")
     ev.add_argument(
-        "--page-size", type=int, default=0, metavar="N", help="events fetched per request"
+        "--page-size", type=page_size, default=0, metavar="N", help="events fetched per request"
     )
-    ev.add_argument("--limit", type=int, default=0, metavar="N", help="at most N events (0: all)")
+    ev.add_argument(
+        "--limit", type=whole_number(), default=0, metavar="N", help="at most N events (0: all)"
+    )
     ev.set_defaults(handler=_events)
 
 
@@ -280,8 +293,6 @@ def _act(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _events(args: argparse.Namespace, out: Printer) -> int:
-    if args.page_size < 0 or args.limit < 0:
-        raise CliError("--page-size and --limit take a number >= 0", EXIT_USAGE)
     docs = []
     with server_errors(), client(args) as c:
         for e in c.list_rollout_events(args.name, page_size=args.page_size):

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.cli._checks import printable, unique_key_values, without_credentials
-from modelplane.cli._common import add_request_id, client, csv_list, key_floats, server_errors
+from modelplane.cli._common import (
+    add_request_id,
+    client,
+    csv_list,
+    key_floats,
+    page_size,
+    server_errors,
+)
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -80,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("name")
     ls.add_argument("--filter", default="", help="e.g. 'state=ARCHIVED labels.stage=beta'")
     ls.add_argument("--order-by", default="", help="'version' or 'version desc' (default)")
-    ls.add_argument("--page-size", type=int, default=0)
+    ls.add_argument("--page-size", type=page_size, default=0)
     ls.add_argument("--page-token", default="")
     ls.set_defaults(handler=_list)
 
