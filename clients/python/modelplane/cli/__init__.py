@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        default=os.environ.get("MODELPLANE_SERVER", "127.0.0.1:50051"),
-        help="control plane HOST:PORT (env MODELPLANE_SERVER; default %(default)s)",
+        default=os.environ.get("MODELPLANE_SERVER") or "127.0.0.1:50051",
+        help="control plane HOST:PORT (env MODELPLANE_SERVER, unless empty; default "
+        "127.0.0.1:50051)",
     )
     parser.add_argument(
         "--output", choices=("table", "json"), default="table", help="output format (default table)"

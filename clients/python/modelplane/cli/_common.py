@@ -39,9 +39,28 @@ page_size = whole_number(0, INT32_MAX)
 version_number = whole_number(1, INT64_MAX)
 
 
+#: gRPC target schemes ``--server`` passes through as they are (``unix:/run/mp.sock``).
+_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def check_server(address: str) -> str:
+    """``--server``: ``HOST:PORT`` with a port from 1 to 65535 (``[::1]:PORT`` for IPv6), or a
+    gRPC target with a scheme (``dns:``, ``unix:``, ...); a usage error (exit 2) otherwise."""
+    if address.startswith(_TARGET_SCHEMES):
+        return address
+    host, sep, port = address.rpartition(":")
+    if sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
+        return address
+    raise CliError(
+        f"--server {address!r}: use HOST:PORT, e.g. 127.0.0.1:50051 (env MODELPLANE_SERVER)",
+        EXIT_USAGE,
+    )
+
+
 def client(args: argparse.Namespace) -> Client:
     """A client for the global ``--server``, ``--as``, ``--timeout``, ``--token`` and TLS
     options."""
+    check_server(args.server)
     try:
         return Client(
             args.server,
