@@ -72,6 +72,16 @@ def test_models_update_with_nothing_to_change_is_a_usage_error(cli: Cli, client:
     assert cli.json("models", "update", name, "--clear-labels")["labels"] == {}
 
 
+def test_versions_update_with_nothing_to_change_is_a_usage_error(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    name = _model(client, tmp_path)
+    for extra in ((), ("--etag", "x")):
+        code, out, err = cli.run("versions", "update", name, "1", *extra)
+        assert (code, out) == (2, "") and "name something to change" in err
+    assert cli.json("versions", "update", name, "1", "--description", "d")["description"] == "d"
+
+
 def test_rollout_status_keeps_its_keys_without_a_rollout(
     cli: Cli, client: Client, tmp_path: Path
 ) -> None:

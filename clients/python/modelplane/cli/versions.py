@@ -229,6 +229,8 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
         fields["description"] = args.description
     if args.set_label is not None:
         fields["labels"] = unique_key_values(args.set_label, "--set-label")
+    if not fields:
+        raise CliError("name something to change: --description or --set-label", EXIT_USAGE)
     with server_errors(), client(args) as c:
         v = c.update_version(
             args.name, args.version, etag=args.etag, request_id=args.request_id or None, **fields
