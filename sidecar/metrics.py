@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -219,6 +220,22 @@ class ManagedFamilies(RegistryFamilies):
 LATE_VERSION = "late_version"
 LABEL_BEYOND_LIMIT = "label_beyond_limit"
 STALE = "stale"
+
+
+def dropped_records_counter(registry: CollectorRegistry | None, model: str) -> Callable[[], None]:
+    """What counts a record a lossy observer hub dropped (drift without a prediction log,
+    fallen behind): ``modelplane_observer_dropped_records_total{model}``."""
+    if registry is None:
+        return lambda: None
+    counter = Counter(
+        "modelplane_observer_dropped_records",
+        "Records the observers fell too far behind to take, dropped: drift without a "
+        "prediction log (a prediction log or a managed sidecar's reports make requests wait "
+        "instead)",
+        ["model"],
+        registry=registry,
+    )
+    return counter.labels(model=model).inc
 
 
 def grpc_code_label(code: Any) -> str:

@@ -10,8 +10,8 @@ Arrow append and one drift update, and the gathering is done once for all of the
 
 When observers fall behind and the buffer is full, a *lossless* hub makes publishers wait
 for room (the prediction log and a managed sidecar's window reports must not lose records);
-otherwise records are dropped, counted in ``dropped`` and logged as a warning (at most once
-per :data:`DROP_WARNING_S`).
+otherwise records are dropped, counted in ``dropped`` (and by ``on_dropped``, a metric) and
+logged as a warning (at most once per :data:`DROP_WARNING_S`).
 
 An observer that never reads request ids (drift) says so with ``needs_ids = False``; when no
 observer reads them, a request sent without an ``id`` is not given one.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -245,8 +245,10 @@ class ObserverHub:
         lossless: bool = False,
         linger: float = 0.02,
         tick: float = 0.25,
+        on_dropped: Callable[[], None] | None = None,
     ) -> None:
         self._observers = list(observers or [])
+        self._on_dropped = on_dropped
         self._buffer: deque[Record] = deque()
         self._capacity = capacity
         self._lossless = lossless
@@ -295,6 +297,8 @@ class ObserverHub:
         if len(buffer) >= self._capacity:
             if not self._lossless:
                 self.dropped += 1
+                if self._on_dropped is not None:
+                    self._on_dropped()
                 self._warn_dropped()
                 return
             with self._ready:

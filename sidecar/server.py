@@ -36,7 +36,7 @@ from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.admission import batch_queue_rows, open_server
 from sidecar.codec import Limits
-from sidecar.metrics import NoMetrics, SidecarMetrics, multiprocess
+from sidecar.metrics import NoMetrics, SidecarMetrics, dropped_records_counter, multiprocess
 from sidecar.model import ModelSlot, ServingModel
 from sidecar.observer_process import ObserverProcess, ObserverProcessError, offloaded
 from sidecar.observers import Observer, ObserverHub
@@ -257,7 +257,11 @@ def start(
             if wiring.writer is not None:
                 handle.closers.append(wiring.writer.close)
             log_dir = None if wiring.writer is None else wiring.writer.directory
-        hub = ObserverHub([*(observers or []), *wiring.observers], lossless=wiring.lossless)
+        hub = ObserverHub(
+            [*(observers or []), *wiring.observers],
+            lossless=wiring.lossless,
+            on_dropped=dropped_records_counter(registry, name),
+        )
         hub.start()
         handle.closers.append(hub.close)
         batch_rows = rt.serving_batch_rows(settings, runtime)
