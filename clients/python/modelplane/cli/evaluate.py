@@ -116,4 +116,20 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
     title = f"{ev.name} ({ev.rows} rows"
     title += f", compared with {ev.compared_version})" if ev.compared_version else ")"
     out.emit(to_dict(ev), columns=COLUMNS, rows=_rows(ev), title=title)
+    if not out.json_output:  # the JSON document holds them in its report
+        for code, message in _warnings(ev):
+            out.progress(f"warning: {code} {message}")
     return 0
+
+
+def _warnings(ev: evaluation_pb2.Evaluation) -> list[tuple[str, str]]:
+    """The report's warnings as (code, message), each message on one line."""
+    listed = ev.report.fields.get("warnings")
+    if listed is None:
+        return []
+    out = []
+    for value in listed.list_value.values:
+        fields = value.struct_value.fields
+        message = " ".join(fields["message"].string_value.split()) if "message" in fields else ""
+        out.append((fields["code"].string_value if "code" in fields else "", message))
+    return out
