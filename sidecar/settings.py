@@ -122,7 +122,7 @@ class SidecarSettings(BaseSettings):
         0.0,
         ge=0,
         description=(
-            "How long (seconds; units like 500us, 2ms accepted) a batch waits for more rows "
+            "How long (seconds; units like 500us, 2ms, 1m30s accepted) a batch waits for more rows "
             "before it runs; 0 runs whatever is queued at once."
         ),
     )
@@ -194,7 +194,12 @@ class SidecarSettings(BaseSettings):
         ),
     )
     drain_seconds: float = Field(
-        30.0, ge=0, description="How long SIGTERM waits for in-flight requests before exiting."
+        30.0,
+        ge=0,
+        description=(
+            "How long SIGTERM waits for in-flight requests before exiting (seconds, or with "
+            "units: 30s, 1m30s)."
+        ),
     )
     shutdown_delay: float = Field(
         0.0,

@@ -1,10 +1,19 @@
-"""Durations and sizes as the CLI and settings take them (``500us``, ``2ms``, ``64MiB``)."""
+"""Durations, times and sizes as the CLI and settings take them (``1h30m``, ``500us``, ``90``,
+``-1h``, ``64MiB``)."""
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import UTC, datetime
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)\s*$")
+#: A number, then a unit (none for a bare number of seconds).
+_NUMBER = r"\d+(?:\.\d+)?"
+_UNIT = r"ns|us|µs|ms|s|m|h|d|w"
+_DURATION = re.compile(rf"(?:\s*{_NUMBER}\s*(?:{_UNIT}))+\s*")
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*({_UNIT})")
+#: A bare number of seconds, as ``float`` writes one (``90``, ``0.5``, ``1e3``).
+_SECONDS = re.compile(r"\s*(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -14,6 +23,7 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
     "d": 86400.0,
+    "w": 7 * 86400.0,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|k|K|M|G)?\s*$")
 _SIZE_UNITS = {
@@ -35,16 +45,41 @@ _SIZE_UNITS = {
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration with a unit: ``500us``, ``2ms``, ``30s``, ``10m``, ``1h``, ``7d``.
+    """Seconds in a duration: a number of seconds (``90``, ``0.5``), or amounts with units
+    (``500us``, ``2ms``, ``30s``, ``10m``, ``1h``, ``7d``, ``1w``), several of them adding up
+    (``1h30m``, ``1m30s``)."""
+    if _SECONDS.fullmatch(text) and math.isfinite(seconds := float(text)):
+        return seconds
+    if not _DURATION.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a duration; use seconds (90) or amounts with units "
+            "(500us, 2ms, 30s, 10m, 1h30m, 7d)"
+        )
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
-    A bare ``0`` is allowed; any other number needs a unit.
-    """
-    if text.strip() == "0":
-        return 0.0
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; use a number and a unit, e.g. 2ms, 30s, 10m")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A UTC instant from ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no zone means
+    UTC), ``now``, or a time a duration before now (``-1h``, ``-30m``, ``-7d``, ``-1h30m``)."""
+    value = text.strip()
+    now = now or datetime.now(UTC)
+    if value.lower() == "now":
+        return now
+    if value.startswith("-"):
+        try:
+            return datetime.fromtimestamp(now.timestamp() - parse_duration(value[1:]), UTC)
+        except (ValueError, OverflowError, OSError):
+            pass  # not a duration, or one reaching past the years a datetime can hold
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass  # not ISO-8601, or past the years 1 to 9999 once in UTC
+    raise ValueError(
+        f"{text!r} is not a time; use ISO-8601 (2026-11-26T10:00:00Z, 2026-11-26; no zone is "
+        "UTC) or a time relative to now (-1h, -30m, -7d, -1h30m)"
+    )
 
 
 def parse_size(text: str) -> int:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib
-import math
 import os
 import sys
 from collections.abc import Sequence
 
 from modelplane.cli._checks import has_surrogates, printable
+from modelplane.cli._common import MAX_SECONDS, duration
 from modelplane.cli._output import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -59,26 +59,8 @@ def _default_principal() -> str:
         return "anonymous"
 
 
-#: The longest ``--timeout``: 10^8 seconds (about 3 years). gRPC adds a call's timeout to the
-#: clock in nanoseconds, and past about 9.2 * 10^9 seconds that overflows into a deadline
-#: already passed, failing every call at once with DEADLINE_EXCEEDED.
-MAX_TIMEOUT_SECONDS = 1e8
-
-
-def _positive_seconds(text: str) -> float:
-    """A number of seconds above 0 and at most :data:`MAX_TIMEOUT_SECONDS`; anything else is
-    a usage error."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    if seconds > MAX_TIMEOUT_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is more than the longest timeout, {MAX_TIMEOUT_SECONDS:.0f} seconds"
-        )
-    return seconds
+#: The longest ``--timeout`` (see :data:`modelplane.cli._common.MAX_SECONDS`).
+MAX_TIMEOUT_SECONDS = MAX_SECONDS
 
 
 def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
@@ -121,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=duration(above_zero=True, maximum=MAX_TIMEOUT_SECONDS),
         default=60.0,
-        help="seconds to wait for each call, above 0 and at most 100000000 (default 60)",
+        metavar="DURATION",
+        help="time to wait for each call: seconds (90) or with units (30s, 10m, 1h30m), above 0 "
+        "and at most 100000000 seconds (default 60)",
     )
     parser.add_argument(
         "--roles",

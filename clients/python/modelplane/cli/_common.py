@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable, rpc_error
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from modelplane.errors import ModelplaneError
+from modelplane.units import format_duration, parse_duration
 
 #: The largest values of protobuf's int32 and int64 fields (page sizes are int32; versions,
 #: revisions and counts int64).
@@ -31,6 +33,40 @@ def whole_number(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+#: The longest duration an option takes: 10^8 seconds (about 3 years). gRPC adds a call's
+#: timeout to the clock in nanoseconds, and past about 9.2 * 10^9 seconds that overflows into
+#: a deadline already passed, failing every call at once with DEADLINE_EXCEEDED.
+MAX_SECONDS = 1e8
+
+
+def duration(*, above_zero: bool = False, maximum: float = MAX_SECONDS) -> Callable[[str], float]:
+    """An argparse ``type``: seconds in a duration as :func:`modelplane.units.parse_duration`
+    reads one (``90``, ``30s``, ``10m``, ``1h30m``), from 0 (above 0 with ``above_zero``) to
+    ``maximum``; anything else is a usage error naming the option (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if above_zero and seconds <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: use a duration above 0")
+        if seconds > maximum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is more than the longest, {format_duration(maximum)} "
+                f"({maximum:.0f} seconds)"
+            )
+        return seconds
+
+    return parse
+
+
+def takes_relative_times(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser``'s options take a value such as ``-1h`` (a time before now) as a value,
+    as argparse takes ``-1``, not as an unknown option."""
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")  # type: ignore[attr-defined]
 
 
 #: ``--page-size``: 0 (the server's default) up to int32.

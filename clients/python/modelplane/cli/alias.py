@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from modelplane._client import model_name
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors, takes_relative_times
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.units import parse_time
 from modelplane.v1 import registry_pb2
 
 
@@ -28,8 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = s.add_parser("get", help="where an alias points (now, or --as-of a past time)")
     g.add_argument("name")
     g.add_argument("alias")
-    g.add_argument("--as-of", help="ISO-8601 time, e.g. 2026-01-31T12:00:00Z")
+    g.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="ISO-8601 (2026-01-31T12:00:00Z; no zone is UTC) or relative to now (-1h, -7d)",
+    )
     g.set_defaults(handler=_get)
+    takes_relative_times(g)  # --as-of -1d
 
     ls = s.add_parser("list", help="a model's aliases")
     ls.add_argument("name")
@@ -73,18 +78,10 @@ def _set(args: argparse.Namespace, out: Printer) -> int:
 def _get(args: argparse.Namespace, out: Printer) -> int:
     as_of = None
     if args.as_of:
-        try:
-            as_of = datetime.fromisoformat(args.as_of.replace("Z", "+00:00"))
-        except ValueError:
-            raise CliError(f"--as-of {args.as_of!r} is not an ISO-8601 time", EXIT_USAGE) from None
-        if as_of.tzinfo is None:
-            raise CliError("--as-of needs a time zone, e.g. 2026-01-31T12:00:00Z", EXIT_USAGE)
-        try:  # 0001-01-01T00:00:00+01:00 is a time before the year 1 in UTC
-            as_of = as_of.astimezone(UTC)
-        except OverflowError:
-            raise CliError(
-                f"--as-of {args.as_of!r} is outside the years 1 to 9999 in UTC", EXIT_USAGE
-            ) from None
+        try:  # no zone means UTC, as the SDK's get_alias takes a naive datetime
+            as_of = parse_time(args.as_of)
+        except ValueError as exc:
+            raise CliError(f"--as-of: {exc}", EXIT_USAGE) from None
     with server_errors(), client(args) as c:
         a = c.get_alias(args.name, args.alias, as_of=as_of)
     out.emit(a, columns=COLUMNS, rows=[_row(a)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from modelplane.audit_chain import CheckpointClaim, verify_export
-from modelplane.cli._common import client, server_errors, whole_number
+from modelplane.cli._common import client, server_errors, takes_relative_times, whole_number
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -20,6 +20,7 @@ from modelplane.cli._output import (
     to_dict,
 )
 from modelplane.files import replaced_atomically
+from modelplane.units import parse_time
 from modelplane.v1 import audit_pb2
 
 
@@ -31,11 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = s.add_parser("list", help="list events in sequence order")
     ls.add_argument("--resource", default="", help="this resource and those under it")
     ls.add_argument("--actor", default="")
-    ls.add_argument("--since", default="", help="ISO 8601 time, e.g. 2026-11-26T10:00:00Z")
+    ls.add_argument(
+        "--since",
+        default="",
+        metavar="TIME",
+        help="ISO-8601 (2026-11-26T10:00:00Z; no zone is UTC) or relative to now (-1h, -7d)",
+    )
     ls.add_argument(
         "--limit", type=whole_number(), default=0, help="at most this many events (0: all)"
     )
     ls.set_defaults(handler=_list)
+    takes_relative_times(ls)  # --since -1h
 
     e = s.add_parser("export", help="export the whole trail")
     e.add_argument("--format", default="jsonl", choices=("jsonl",))
@@ -75,14 +82,9 @@ def _since(text: str) -> datetime | None:
     if not text:
         return None
     try:
-        when = datetime.fromisoformat(text)
-        # In UTC here, where a time whose offset takes it past year 1 or 9999 is refused.
-        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise CliError(
-            f"--since {text!r} is not an ISO 8601 time between years 1 and 9999 in UTC",
-            EXIT_USAGE,
-        ) from None
+        return parse_time(text)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", EXIT_USAGE) from None
 
 
 def _list(args: argparse.Namespace, out: Printer) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelplane.cli._common import add_request_id, client, csv_list, server_errors
+from modelplane.cli._common import add_request_id, client, csv_list, duration, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.errors import DeadlineExceeded
 from modelplane.v1 import evaluation_pb2
@@ -60,9 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--wait", action="store_true", help="wait and print the report")
     p.add_argument(
         "--wait-timeout",
-        type=float,
+        type=duration(above_zero=True),
         default=600.0,
-        help="seconds to wait (default 600); still running then: exit 5",
+        metavar="DURATION",
+        help="time to wait: seconds (90) or with units (30s, 10m) (default 600); still running "
+        "then: exit 5",
     )
     add_request_id(p)
     p.set_defaults(handler=_evaluate)
@@ -81,8 +83,6 @@ def _rows(ev: evaluation_pb2.Evaluation) -> list[list[object]]:
 def _evaluate(args: argparse.Namespace, out: Printer) -> int:
     if not args.data.is_file():
         raise CliError(f"--data {args.data}: no such file", EXIT_USAGE)
-    if not args.wait_timeout > 0:
-        raise CliError(f"--wait-timeout {args.wait_timeout}: use a positive number", EXIT_USAGE)
     with server_errors(), client(args) as c:
         out.progress(f"uploading {args.data}")
         op = c.evaluate(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 from modelplane._client import operation_error
-from modelplane.cli._common import client, page_size, server_errors
-from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, EXIT_USAGE, CliError, Printer, to_dict
+from modelplane.cli._common import client, duration, page_size, server_errors
+from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, Printer, to_dict
 from modelplane.cli._pages import note_next_page
 from modelplane.v1 import operations_pb2
 
@@ -30,9 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w.add_argument(
         "--timeout",
         dest="wait_timeout",
-        type=float,
+        type=duration(),
         default=60.0,
-        help="seconds to wait (default 60); exit 5 if not done by then, 3 if it failed",
+        metavar="DURATION",
+        help="time to wait: seconds (90) or with units (30s, 10m) (default 60); exit 5 if not "
+        "done by then, 3 if it failed",
     )
     w.set_defaults(handler=_wait)
     c = s.add_parser(
@@ -100,8 +101,6 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
 def _wait(args: argparse.Namespace, out: Printer) -> int:
     """Exit 0 when the operation succeeded, 3 with its error when it failed, 5 (with the
     operation on stdout) when it is still running at ``--timeout``."""
-    if not math.isfinite(args.wait_timeout) or args.wait_timeout < 0:
-        raise CliError("--timeout takes a number of seconds >= 0", EXIT_USAGE)
     deadline = time.monotonic() + args.wait_timeout
     with server_errors(), client(args) as c:
         o = c.get_operation(args.name)

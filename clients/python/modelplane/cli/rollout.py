@@ -12,6 +12,7 @@ from modelplane.cli._common import (
     add_request_id,
     client,
     csv_list,
+    duration,
     page_size,
     server_errors,
     version_number,
@@ -91,9 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ss.add_argument(
         "--interval",
-        type=_interval,
+        type=duration(above_zero=True, maximum=MAX_INTERVAL),
         default=0.5,
-        help=f"seconds between polls with --watch, above 0 and at most {MAX_INTERVAL:g}",
+        metavar="DURATION",
+        help="time between polls with --watch (seconds, or with units: 500ms, 2s), above 0 "
+        "and at most 1h",
     )
     ss.set_defaults(handler=_status)
 
@@ -122,19 +125,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 #: The longest pause between two polls of ``rollout status --watch``: an hour.
 MAX_INTERVAL = 3600.0
-
-
-def _interval(text: str) -> float:
-    """A poll interval: seconds above 0 and at most :data:`MAX_INTERVAL`."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < seconds <= MAX_INTERVAL:  # NaN and infinities too
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use a number of seconds above 0 and at most {MAX_INTERVAL:g}"
-        )
-    return seconds
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str | None:
