@@ -22,6 +22,12 @@ def _duration(value: object) -> object:
     return value
 
 
+def _seconds(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value, bare_seconds=True)
+    return value
+
+
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -122,7 +128,7 @@ class SidecarSettings(BaseSettings):
         0.0,
         ge=0,
         description=(
-            "How long (seconds; units like 500us, 2ms, 1m30s accepted) a batch waits for more rows "
+            "How long (with a unit: 500us, 2ms; 0 for none) a batch waits for more rows "
             "before it runs; 0 runs whatever is queued at once."
         ),
     )
@@ -275,8 +281,11 @@ class SidecarSettings(BaseSettings):
     )
 
     _validate_delay = field_validator(
-        "max_queue_delay", "drain_seconds", "shutdown_delay", "drift_window", mode="before"
+        "max_queue_delay", "shutdown_delay", "drift_window", mode="before"
     )(classmethod(lambda cls, v: _duration(v)))
+    _validate_seconds = field_validator("drain_seconds", mode="before")(
+        classmethod(lambda cls, v: _seconds(v))
+    )
 
     @field_validator("feature_names", mode="before")
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from modelplane.units import parse_duration
+from modelplane.units import parse_time
 from sidecar.predlog.files import list_log_files
 from sidecar.predlog.schemas import unify
 
@@ -36,50 +35,6 @@ BASE_SCHEMA = pa.schema(
 )
 
 TimeLike = datetime | str | None
-
-#: A duration of several parts (``1h30m``, ``1w2d``): amounts with units, weeks included.
-_PARTS = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d|w))+")
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
-
-
-def _ago(text: str) -> float:
-    """Seconds in ``text``: a duration (``90m``, ``7d``) or several parts (``1h30m``,
-    ``1w``); ``ValueError`` otherwise."""
-    try:
-        return parse_duration(text)
-    except ValueError:
-        if not _PARTS.fullmatch(text):
-            raise
-    return sum(
-        parse_duration(f"{amount}d") * 7 if unit == "w" else parse_duration(amount + unit)
-        for amount, unit in _PART.findall(text)
-    )
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """A UTC instant from ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no zone means
-    UTC), ``now``, or a time relative to now such as ``-1h``, ``-30m``, ``-7d``, ``-1w`` or
-    ``-1h30m``."""
-    value = text.strip()
-    now = now or datetime.now(UTC)
-    if value.lower() == "now":
-        return now
-    if value.startswith("-"):
-        try:
-            return datetime.fromtimestamp(now.timestamp() - _ago(value[1:]), UTC)
-        except (ValueError, OverflowError, OSError):
-            pass  # not a duration, or one reaching past the years a datetime can hold
-    else:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    raise ValueError(
-        f"{text!r} is not a time; use ISO-8601 (2026-11-26T10:00:00Z, 2026-11-26) or a time "
-        "relative to now (-1h, -30m, -7d, -1w, -1h30m)"
-    )
 
 
 def _instant(value: TimeLike) -> datetime | None:

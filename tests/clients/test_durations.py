@@ -1,6 +1,8 @@
-"""One way to write a duration everywhere: a bare number is seconds, amounts with units add up
-(``1h30m``), and the spellings taken before (``500us``, ``2ms``, ``30s``, ``10m``, ``7d``) still
-are. Every CLI duration option and the sidecar's duration settings read them alike; times
+"""One way to write a duration everywhere: amounts with units that add up (``1h30m``; the
+spellings taken before, ``500us``, ``2ms``, ``30s``, ``10m``, ``7d``, still are); a bare number
+is seconds only where the option is in seconds (``--timeout``, ``--drain-seconds``), and needs a
+unit elsewhere (``--max-queue-delay 2`` could mean 2 s or 2 ms). Every CLI duration option and
+the sidecar's duration settings read them alike; times
 (``audit list --since``, ``alias get --as-of``) are ISO-8601, naive meaning UTC, or relative to
 now (``-1h``)."""
 
@@ -23,9 +25,6 @@ DEAD = ["--server", "127.0.0.1:1", "--timeout", "1"]
     ("text", "seconds"),
     [
         ("0", 0.0),
-        ("90", 90.0),
-        ("0.5", 0.5),
-        ("1e3", 1000.0),
         ("500us", 500e-6),
         ("2ms", 0.002),
         ("30s", 30.0),
@@ -41,12 +40,22 @@ DEAD = ["--server", "127.0.0.1:1", "--timeout", "1"]
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+    assert parse_duration(text, bare_seconds=True) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("0.5", 0.5), ("1e3", 1000.0)])
+def test_a_bare_number_is_seconds_only_where_seconds_are_asked_for(
+    text: str, seconds: float
+) -> None:
+    assert parse_duration(text, bare_seconds=True) == pytest.approx(seconds)
+    with pytest.raises(ValueError, match="needs a unit"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize("text", ["", "s", "-1", "1x", "1h30", "nan", "inf", "1e999", "h1"])
 def test_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
-        parse_duration(text)
+        parse_duration(text, bare_seconds=True)
 
 
 def test_times() -> None:
@@ -145,6 +154,8 @@ def test_the_sidecar_takes_bare_seconds_and_compound_durations(
     assert settings.max_queue_delay == pytest.approx(0.002)
     monkeypatch.setenv("MODELPLANE_SIDECAR_DRAIN_SECONDS", "45")
     assert SidecarSettings(model="m.onnx").drain_seconds == 45.0  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="needs a unit"):
+        SidecarSettings(model="m.onnx", max_queue_delay="2")  # type: ignore[call-arg]
 
 
 def test_sidecar_serve_takes_drain_seconds_in_seconds() -> None:

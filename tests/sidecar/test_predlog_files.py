@@ -226,7 +226,8 @@ def test_flags_build_settings_and_refuse_bad_values(
     for flag, message in [
         ("--log-sample-rate=2", "within [0, 1]"),
         ("--log-durability=fast", "invalid choice"),
-        ("--log-flush-interval=1", "not a duration"),
+        ("--log-flush-interval=1", "needs a unit"),
+        ("--log-flush-interval=soon", "not a duration"),
         ("--log-rotate-size=100", "below the minimum"),
     ]:
         with pytest.raises(SystemExit) as exc:

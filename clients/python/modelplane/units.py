@@ -44,16 +44,23 @@ _SIZE_UNITS = {
 }
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration: a number of seconds (``90``, ``0.5``), or amounts with units
-    (``500us``, ``2ms``, ``30s``, ``10m``, ``1h``, ``7d``, ``1w``), several of them adding up
-    (``1h30m``, ``1m30s``)."""
+def parse_duration(text: str, *, bare_seconds: bool = False) -> float:
+    """Seconds in a duration: amounts with units (``500us``, ``2ms``, ``30s``, ``10m``, ``1h``,
+    ``7d``, ``1w``), several of them adding up (``1h30m``, ``1m30s``), or ``0``.
+
+    A bare number other than 0 is refused (is ``--max-queue-delay 2`` two seconds or two
+    milliseconds?) unless ``bare_seconds``: options named for seconds (``--timeout``,
+    ``--drain-seconds``) take ``90`` or ``0.5`` as seconds."""
     if _SECONDS.fullmatch(text) and math.isfinite(seconds := float(text)):
-        return seconds
+        if bare_seconds or seconds == 0:
+            return seconds
+        raise ValueError(
+            f"{text!r} needs a unit: {text.strip()}ms? {text.strip()}s? (500us, 2ms, 30s, 10m, "
+            "1h30m, 7d)"
+        )
     if not _DURATION.fullmatch(text):
         raise ValueError(
-            f"{text!r} is not a duration; use seconds (90) or amounts with units "
-            "(500us, 2ms, 30s, 10m, 1h30m, 7d)"
+            f"{text!r} is not a duration; use amounts with units (500us, 2ms, 30s, 10m, 1h30m, 7d)"
         )
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 

@@ -42,13 +42,14 @@ MAX_SECONDS = 1e8
 
 
 def duration(*, above_zero: bool = False, maximum: float = MAX_SECONDS) -> Callable[[str], float]:
-    """An argparse ``type``: seconds in a duration as :func:`modelplane.units.parse_duration`
-    reads one (``90``, ``30s``, ``10m``, ``1h30m``), from 0 (above 0 with ``above_zero``) to
-    ``maximum``; anything else is a usage error naming the option (exit 2)."""
+    """An argparse ``type`` for options in seconds: a bare number of seconds or a duration as
+    :func:`modelplane.units.parse_duration` reads one (``90``, ``30s``, ``10m``, ``1h30m``),
+    from 0 (above 0 with ``above_zero``) to ``maximum``; anything else is a usage error naming
+    the option (exit 2)."""
 
     def parse(text: str) -> float:
         try:
-            seconds = parse_duration(text)
+            seconds = parse_duration(text, bare_seconds=True)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         if above_zero and seconds <= 0:
