@@ -78,6 +78,8 @@ class ControlPlaneSettings(BaseSettings):
     )
     grace_seconds: float = Field(
         10.0,
+        ge=0,
+        le=TIMEOUT_MAX,  # the longest the server's stop can wait
         description="on SIGTERM, how long unary calls may finish before open streams are ended",
     )
     shutdown_delay_seconds: float = Field(

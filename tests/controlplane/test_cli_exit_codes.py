@@ -176,6 +176,8 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
         ("EVALUATION_TIMEOUT_SECONDS", "1e12", "evaluation_timeout_seconds: Input should be less"),
         ("OPERATION_LEASE_SECONDS", "nan", "operation_lease_seconds: Input should be a finite"),
         ("GRACE_SECONDS", "-inf", "grace_seconds: Input should be a finite"),
+        ("GRACE_SECONDS", "1e12", "grace_seconds: Input should be less"),
+        ("GRACE_SECONDS", "-5", "grace_seconds: Input should be greater than or equal to 0"),
         ("UPLOAD_IDLE_SECONDS", "0", "upload_idle_seconds: Input should be greater than 0"),
         ("UPLOAD_IDLE_SECONDS", "inf", "upload_idle_seconds: Input should be a finite"),
         ("UPLOAD_IDLE_SECONDS", "1e12", "upload_idle_seconds: Input should be less"),
