@@ -13,10 +13,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from controlplane.store.engine import Engines
+from modelplane.errors import FailedPrecondition
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: Arbitrary 64-bit key of the migration advisory lock.
@@ -45,7 +48,11 @@ def _sqlite_lock(engines: Engines) -> Iterator[None]:
 
 
 def upgrade(engines: Engines, revision: str = "head") -> None:
-    """Bring the schema to ``revision``."""
+    """Bring the schema to ``revision``.
+
+    FAILED_PRECONDITION (SCHEMA_TOO_NEW) when the database is at a revision this release does
+    not know: a newer release migrated it (an image rolled back after a newer replica
+    started), and this one can neither upgrade it nor serve it safely."""
     if engines.dialect == "sqlite":
         with _sqlite_lock(engines):
             _upgrade(engines, revision)
@@ -60,6 +67,7 @@ def _upgrade(engines: Engines, revision: str) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             conn.commit()
         try:
+            _refuse_unknown_revision(conn, cfg)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             conn.commit()
@@ -67,3 +75,21 @@ def _upgrade(engines: Engines, revision: str) -> None:
             if engines.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
                 conn.commit()
+
+
+def _refuse_unknown_revision(conn: Connection, cfg: Config) -> None:
+    """Raise SCHEMA_TOO_NEW when the database's revision is not one of our migrations."""
+    current = MigrationContext.configure(conn).get_current_heads()
+    conn.commit()  # end the read, so that the upgrade starts a transaction of its own
+    script = ScriptDirectory.from_config(cfg)
+    known = {s.revision for s in script.walk_revisions()}
+    unknown = [rev for rev in current if rev not in known]
+    if unknown:
+        head = script.get_current_head() or "none"
+        raise FailedPrecondition(
+            f"the database's schema is at revision {', '.join(unknown)}, which this release "
+            f"does not know (its newest is {head}): a newer release migrated it; run a "
+            "release that knows it",
+            reason="SCHEMA_TOO_NEW",
+            metadata={"revision": ",".join(unknown), "head": head},
+        )

@@ -41,7 +41,13 @@ from controlplane.store.migrate import upgrade
 from controlplane.store.replay import check_replayed
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
 from controlplane.store.tables import RequestIdRow
-from modelplane.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from modelplane.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from modelplane.server.context import RequestContext
 
 #: A request id: a UUID, or any id of ASCII letters, digits and dashes up to 64 long.
@@ -182,12 +188,16 @@ class Store:
         """Connect to ``url`` and, unless told otherwise, apply pending migrations.
 
         INVALID_ARGUMENT (INVALID_DB_URL) for a URL :func:`check_db_url` refuses; UNAVAILABLE
-        (DATABASE_UNAVAILABLE) when the database cannot be reached to migrate it."""
+        (DATABASE_UNAVAILABLE) when the database cannot be reached to migrate it;
+        FAILED_PRECONDITION (SCHEMA_TOO_NEW) when a newer release migrated it."""
         check_db_url(url)
         engines = create_engines(url)
         if migrate:
             try:
                 upgrade(engines)
+            except FailedPrecondition:  # SCHEMA_TOO_NEW
+                engines.dispose()
+                raise
             except OperationalError as exc:
                 engines.dispose()
                 detail = str(exc.orig or exc).strip().splitlines()[0]

@@ -1,0 +1,112 @@
+"""A database migrated by a newer release (an image rolled back after a newer replica started):
+the server refuses it with FAILED_PRECONDITION (SCHEMA_TOO_NEW), and the CLI exits 2 on one
+line naming the revision, instead of an internal error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from controlplane.store import Store
+from controlplane.store.engine import normalize_url
+from controlplane.store.migrate import alembic_config
+from modelplane.errors import FailedPrecondition
+
+BIN = Path(sys.executable).parent
+NEWER = "0099"
+
+
+@pytest.fixture
+def newer_db(db_url: str) -> Iterator[str]:
+    """A database of its own, migrated, then stamped with a revision this release lacks."""
+    if db_url.startswith("sqlite"):
+        url = db_url
+    else:
+        import psycopg
+
+        name = f"modelplane_newer_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"{db_url.rsplit('/', 1)[0]}/{name}"
+    Store.open(url).close()
+    _stamp(url, NEWER)
+    try:
+        yield url
+    finally:
+        if not db_url.startswith("sqlite"):
+            import psycopg
+
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def _stamp(url: str, revision: str) -> None:
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    engine.dispose()
+
+
+def _revision(url: str) -> str:
+    engine = create_engine(normalize_url(url))
+    with engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    engine.dispose()
+    return str(revision)
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
+
+
+def test_opening_a_newer_schema_is_refused_and_leaves_it_alone(newer_db: str) -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        Store.open(newer_db)
+    assert err.value.reason == "SCHEMA_TOO_NEW"
+    assert NEWER in err.value.message and _head() in err.value.message
+    assert "run a release that knows it" in err.value.message
+    assert _revision(newer_db) == NEWER
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_newer_schema_exits_2_in_one_line(
+    newer_db: str, tmp_path: Path, workers: str
+) -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "modelplane"),
+            "controlplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            newer_db,
+            "--artifact-root",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            workers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
+    )
+    err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 2, result.stderr
+    assert len(err) == 1 and err[0].startswith("error: "), result.stderr
+    assert f"revision {NEWER}" in err[0] and "run a release that knows it" in err[0]
+    assert "Traceback" not in result.stderr
+    assert _revision(newer_db) == NEWER
