@@ -2,9 +2,10 @@
 
 The replicas share nothing but the database and the artifact root, exactly as replicas on
 several machines do (optimistic concurrency by etag, leases on operations, the audit chain's
-lock), so one machine can use all its cores. The supervisor migrates the database and creates
-the signing key once, then starts the workers (``python -m controlplane.workers``) with their
-settings in ``MODELPLANE_*`` variables.
+lock), so one machine can use all its cores. The supervisor checks the access settings and
+the hooks file, migrates the database and creates the signing key once, then starts the
+workers (``python -m controlplane.workers``) with their settings in ``MODELPLANE_*``
+variables.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ def _env(settings: ControlPlaneSettings, port: int) -> dict[str, str]:
 def supervise(settings: ControlPlaneSettings, count: int) -> int:
     """Prepare shared state once, then run ``count`` worker processes until a signal."""
     from controlplane import audit, auth
+    from controlplane.rollouts.hooks import load_commands
     from controlplane.server import signing_key_path
     from controlplane.store import Store
     from modelplane.server.supervisor import reserve_port
     from modelplane.server.supervisor import supervise as run_workers
 
     auth.build(settings)  # refuses unusable access settings before anything starts
+    load_commands(settings.hooks_file)  # and a hooks file the workers could not load
     Store.open(settings.db_url).close()
     audit.load_or_create_signing_key(signing_key_path(settings))
     sock, port = reserve_port(settings.listen)

@@ -66,8 +66,11 @@ POOL_THREADS = 4
 SETTINGS_PREFIX = "MODELPLANE_"
 
 
-class HooksFileError(ValueError):
-    """The hooks file cannot be read or says something this server cannot do."""
+class HooksFileError(InvalidArgument):
+    """The hooks file cannot be read or says something this server cannot do; the server
+    refuses to start (the CLI exits 2 on one line)."""
+
+    default_reason = "INVALID_HOOKS_FILE"
 
 
 def _has_userinfo(url: str) -> bool:
@@ -116,7 +119,8 @@ def load_commands(path: str) -> dict[str, list[str]]:
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise HooksFileError(f"cannot read the hooks file {path}: {exc}") from None
+        detail = " ".join(str(exc).split())  # YAML's errors span lines: one line here
+        raise HooksFileError(f"cannot read the hooks file {path}: {detail}") from None
     entries = (doc or {}).get("deployments") if isinstance(doc, dict) else None
     if not isinstance(entries, dict):
         raise HooksFileError(f"the hooks file {path} needs a 'deployments' mapping")
