@@ -89,8 +89,9 @@ def signing_key_path(settings: ControlPlaneSettings) -> Path:
     return Path(settings.signing_key or Path(settings.artifact_root) / SIGNING_KEY_FILE)
 
 
-def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
-    """Open the store (migrating it), start serving, and report SERVING once ready.
+def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServerHandle:
+    """Open the store (migrating it unless ``migrate`` is False: a ``--workers`` worker, whose
+    supervisor migrated it), start serving, and report SERVING once ready.
 
     Raises :class:`controlplane.auth.AccessConfigError` before opening anything when the
     access-control or TLS settings cannot work (among them: a non-loopback ``listen`` without
@@ -100,8 +101,7 @@ def start(settings: ControlPlaneSettings) -> GrpcServerHandle:
     keep_large_buffers()
     hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
     key = audit.load_or_create_signing_key(signing_key_path(settings))
-    # Worker processes find the schema migrated by their supervisor.
-    store = Store.open(settings.db_url, migrate=not settings.reuse_port)
+    store = Store.open(settings.db_url, migrate=migrate)
     audit.install(store)
     if isinstance(access.authorizer, auth.PermissionPolicy):
         access.authorizer.find_deployments_with(lambda d: _deployment_model(store, d))

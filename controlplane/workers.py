@@ -79,7 +79,7 @@ def main() -> int:
     settings = ControlPlaneSettings()  # type: ignore[call-arg]
     configure_logging(settings.log_level)
     hold_stop_signals()
-    handle = start(settings)
+    handle = start(settings, migrate=False)  # the supervisor migrated the database
     handle.stop_on_signals()
     print(json.dumps({"event": READY, "port": handle.port, "pid": os.getpid()}), flush=True)
     handle.wait()
