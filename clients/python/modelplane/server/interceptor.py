@@ -133,8 +133,13 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 trace_id=trace_id_from(md.get(TRACEPARENT_METADATA_KEY)),
                 method=short,
             )
+            # "anonymous" until the caller is authenticated: a refused call (a bad token) is
+            # logged with it, never with what the caller sent.
             structlog.contextvars.bind_contextvars(
-                request_id=ctx.request_id, trace_id=ctx.trace_id, method=short
+                request_id=ctx.request_id,
+                trace_id=ctx.trace_id,
+                method=short,
+                principal=ctx.principal,
             )
             return set_context(ctx), time.perf_counter(), md
 
