@@ -48,7 +48,10 @@ def supervise(settings: ControlPlaneSettings, count: int) -> int:
     load_commands(settings.hooks_file)  # and a hooks file the workers could not load
     Store.open(settings.db_url).close()
     audit.load_or_create_signing_key(signing_key_path(settings))
-    sock, port = reserve_port(settings.listen)
+    try:
+        sock, port = reserve_port(settings.listen)
+    except OSError as exc:
+        raise OSError(exc.errno, f"--listen {settings.listen}: {exc.strerror}") from None
     try:
 
         def ready(metrics_port: int | None) -> None:
