@@ -123,16 +123,27 @@ def test_evaluate_wait_outlasts_the_global_timeout(
 
 @pytest.fixture
 def busy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[Cli, str]]:
-    """A control plane whose two RPC threads are each held by a 2 s WaitOperation, so that a
-    call sent meanwhile waits for a thread, and its CLI."""
+    """A control plane whose two RPC threads are each held by a 5 s WaitOperation, so that a
+    call sent meanwhile waits for a thread, and its CLI. The fixture returns once a short call
+    is seen waiting (on a loaded machine the two waits can take a while to be taken up)."""
     cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=1, max_watches=1)
     request = operations_pb2.WaitOperationRequest(name=_operation(cp))
-    request.timeout.FromSeconds(2)
+    request.timeout.FromSeconds(5)
     channel = grpc.insecure_channel(cp.address)
     stub = operations_pb2_grpc.OperationsServiceStub(channel)
     metadata = (("x-modelplane-principal", "alice"),)
     waits = [stub.WaitOperation.future(request, timeout=30, metadata=metadata) for _ in range(2)]
-    time.sleep(0.3)
+    probe = operations_pb2.ListOperationsRequest()
+    give_up = time.monotonic() + 15
+    while True:
+        try:
+            stub.ListOperations(probe, timeout=0.2, metadata=metadata)
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                break  # both threads are held
+            raise
+        assert time.monotonic() < give_up, "the two waits never held the server's threads"
+        time.sleep(0.05)
     try:
         yield Cli(cp.address, capsys), cp.address
     finally:
