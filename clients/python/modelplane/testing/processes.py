@@ -98,8 +98,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def controlplane(tmp: Path, db_url: str, *, name: str = "cp", port: int = 0) -> Server:
-    """A control plane (not yet started) on ``db_url`` sharing ``tmp/artifacts``."""
+def controlplane(
+    tmp: Path, db_url: str, *, name: str = "cp", port: int = 0, extra: tuple[str, ...] = ()
+) -> Server:
+    """A control plane (not yet started) on ``db_url`` sharing ``tmp/artifacts``; ``extra``
+    adds ``controlplane serve`` options."""
     address = f"127.0.0.1:{port or free_port()}"
     argv = [
         sys.executable,
@@ -115,6 +118,7 @@ def controlplane(tmp: Path, db_url: str, *, name: str = "cp", port: int = 0) -> 
         str(tmp / "artifacts"),
         "--log-level",
         "info",
+        *extra,
     ]
     return Server(argv, address, tmp / f"{name}.log", _env())
 
