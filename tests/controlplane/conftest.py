@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,4 +103,24 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     pacsv.write_csv(table(x_te, y_te), folder / "holdout.csv")
     return TrainedModel(
         folder / "model.onnx", folder / "train.parquet", folder / "holdout.csv", names, "target"
+    )
+
+
+def serve_refused(
+    tmp: Path, *options: str, db: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``modelplane controlplane serve OPTIONS`` run to its end (for settings it must refuse at
+    start) on ``db`` (a SQLite file under ``tmp`` by default), with the MODELPLANE_ settings of
+    this process left out and ``env`` added."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "modelplane"),
+            *("controlplane", "serve", "--db", db or f"sqlite:///{tmp / 'cp.db'}"),
+            *("--artifact-root", str(tmp / "artifacts"), *options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **(env or {})},
     )

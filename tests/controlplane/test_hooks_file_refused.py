@@ -3,14 +3,11 @@ with one line naming the file, with or without ``--workers``, and no traceback."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.controlplane.conftest import serve_refused
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -26,26 +23,10 @@ def test_serve_refuses_a_bad_hooks_file_in_one_line(
 ) -> None:
     hooks = tmp_path / "hooks.yaml"
     hooks.write_text(content)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
-    env["MODELPLANE_HOOKS_FILE"] = str(hooks)
-    result = subprocess.run(
-        [
-            str(BIN / "modelplane"),
-            "controlplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            f"sqlite:///{tmp_path / 'cp.db'}",
-            "--artifact-root",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            workers,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    result = serve_refused(
+        tmp_path,
+        *("--listen", "127.0.0.1:0", "--workers", workers),
+        env={"MODELPLANE_HOOKS_FILE": str(hooks)},
     )
     err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert result.returncode == 2, result.stderr

@@ -4,9 +4,6 @@ line naming the revision, instead of an internal error."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +15,8 @@ from controlplane.store import Store
 from controlplane.store.engine import normalize_url
 from controlplane.store.migrate import alembic_config
 from modelplane.errors import FailedPrecondition
+from tests.controlplane.conftest import serve_refused
 
-BIN = Path(sys.executable).parent
 NEWER = "0099"
 
 
@@ -85,25 +82,7 @@ def test_opening_a_newer_schema_is_refused_and_leaves_it_alone(newer_db: str) ->
 def test_serve_on_a_newer_schema_exits_2_in_one_line(
     newer_db: str, tmp_path: Path, workers: str
 ) -> None:
-    result = subprocess.run(
-        [
-            str(BIN / "modelplane"),
-            "controlplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            newer_db,
-            "--artifact-root",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            workers,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
-    )
+    result = serve_refused(tmp_path, "--listen", "127.0.0.1:0", "--workers", workers, db=newer_db)
     err = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert result.returncode == 2, result.stderr
     assert len(err) == 1 and err[0].startswith("error: "), result.stderr
