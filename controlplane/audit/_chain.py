@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from controlplane.audit._canonical import (
     GENESIS_HASH,
+    HASHED_FIELDS,
     canonical_json,
     event_hash,
     object_digest,
@@ -50,17 +51,8 @@ _APPEND = Direct(
 #: :func:`event_from_row`).
 UNREADABLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
-#: The text fields of an event.
-_TEXT_FIELDS = (
-    "actor",
-    "action",
-    "resource",
-    "request_id",
-    "before_sha256",
-    "after_sha256",
-    "prev_hash",
-    "hash",
-)
+#: The text fields of an event (all but ``seq`` and ``time``).
+_TEXT_FIELDS = tuple(f for f in (*HASHED_FIELDS, "hash") if f not in ("seq", "time"))
 
 #: The columns of an event as :func:`event_from_row` reads them: ``time`` as stored, so that a
 #: value that is not a timestamp reaches it rather than failing the read (SQLite hands back the
