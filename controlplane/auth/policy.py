@@ -26,6 +26,7 @@ from modelplane.server.interceptor import Authorization
 _NAME_FIELDS = ("name", "parent", "target", "resource", "version")
 _NESTED_FIELDS = ("model", "version", "deployment")
 _DEPLOYMENTS = "deployments/"
+_ACTED_ON = frozenset({"name", "parent"})
 
 #: ``deployment id`` → the id of the model it serves, None when there is no such deployment.
 DeploymentModels = Callable[[str], str | None]
@@ -44,9 +45,9 @@ def models_named(request: Message, deployment_models: DeploymentModels | None = 
     """The model ids a request names in its naming fields; with ``deployment_models``, also
     those of the deployments it names (a deployment that does not exist names none)."""
     out: set[str] = set()
-    for resource in _resources_named(request):
+    for resource, acted_on in _resources_named(request):
         model = model_of(resource)
-        if model is None and deployment_models is not None:
+        if model is None and acted_on and deployment_models is not None:
             deployment = deployment_of(resource)
             model = deployment_models(deployment) if deployment else None
         if model:
@@ -65,22 +66,26 @@ def deployment_of(resource: str) -> str | None:
     return resource[len(_DEPLOYMENTS) :].split("/", 1)[0] or None
 
 
-def _resources_named(request: Message) -> list[str]:
+def _resources_named(request: Message) -> list[tuple[str, bool]]:
+    """What the naming fields hold, each with whether it names the resource the request acts
+    on (``name``, ``parent``, ``deployment.name``): only there is a deployment resolved to its
+    model. A gate's ``target`` may name a deployment not created yet (its model is named by the
+    version), and ``resource`` filters audit events."""
     fields = request.DESCRIPTOR.fields_by_name
-    names: list[str] = []
+    names: list[tuple[str, bool]] = []
     for name in _NAME_FIELDS:
         f = fields.get(name)
         if f is not None and f.type == FieldDescriptor.TYPE_STRING and not f.is_repeated:
-            names.append(getattr(request, name))
+            names.append((getattr(request, name), name in _ACTED_ON))
     for name in _NESTED_FIELDS:
         f = fields.get(name)
         if f is not None and f.type == FieldDescriptor.TYPE_MESSAGE and request.HasField(name):
             nested = getattr(request, name)
             if name == "deployment":
-                names.append(nested.model)
+                names.append((nested.model, False))
                 if "deployment_id" in fields:  # a create names its new deployment by id
                     continue
-            names.append(getattr(nested, "name", ""))
+            names.append((getattr(nested, "name", ""), True))
     return names
 
 

@@ -407,6 +407,10 @@ class DeploymentService:
                     fresh = self.state(name)
                 except NotFound:
                     return
+                if fresh.model_id != current.model_id:
+                    # Deleted and created again for another model: the caller was authorized
+                    # for the model the stream opened on, so it must watch again.
+                    return
                 if (
                     fresh.generation != current.generation
                     or fresh.create_time != current.create_time

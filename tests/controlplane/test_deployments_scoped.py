@@ -40,6 +40,7 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
         "dana": (["developer"], [a]),
         "sid": (["sidecar"], [a]),
         "sam": (["sidecar"], []),
+        "pat": (["approver"], [a]),
     }
     server = start_token_server(tmp, people)
     with server.client("ada") as ada:
@@ -137,6 +138,64 @@ def test_a_scoped_sidecar_token_follows_and_reports_on_its_models_deployments_on
         assert not ada.get_deployment(two.b).HasField("rollout")
     with two.server.client("sam") as sam:  # an unscoped sidecar token follows every one
         assert next(iter(sam.watch_deployment(two.b, replica="r1", timeout=10))).model
+
+
+def test_a_scoped_developer_gates_and_creates_a_governed_deployment(two: Two) -> None:
+    """A gate's target may name a deployment that does not exist yet: the version names the
+    model, so scoped callers gate, approve and list decisions for it, then create it."""
+    target = f"deployments/{unique('gov')}"
+    with two.server.client("ada") as ada:
+        ada.create_policy(unique("p"), target=target, rules=["true"])
+    with two.server.client("dana") as dana, two.server.client("pat") as pat:
+        assert pat.approve(two.a, 1, target).decision == "approve"
+        assert dana.evaluate_gate(two.a, 1, target).passed
+        assert [d.passed for d in dana.list_gate_decisions(two.a, 1, target=target)] == [True]
+        made = dana.create_deployment(target.split("/")[1], model=two.a, champion_version=1)
+        assert made.model == f"models/{two.a}"
+        # The version still decides: a gate of another model's version is refused.
+        _refused(lambda: dana.evaluate_gate(two.b, 1, target))
+
+
+def test_a_watch_ends_when_its_deployment_is_created_again_for_another_model(
+    two: Two, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scope is checked when a watch opens; a deployment deleted and created again for another
+    model ends the stream, so the watcher is authorized again (for the same model, the stream
+    sends the new deployment's state at once)."""
+    import threading
+    import time
+
+    import controlplane.services.deployments as service
+
+    name = unique("shared")
+    real_state = service.DeploymentService.state
+    reads = {"n": 0}
+
+    def state(self: Any, deployment: str) -> Any:
+        if deployment == f"deployments/{name}":
+            reads["n"] += 1
+            if reads["n"] == 2:  # the watcher's first re-read waits for the re-creation
+                recreated.wait(30)
+        return real_state(self, deployment)
+
+    recreated = threading.Event()
+    monkeypatch.setattr(service.DeploymentService, "state", state)
+    with two.server.client("ada") as ada, two.server.client("sid") as sid:
+        ada.create_deployment(name, model=two.a, champion_version=1)
+        stream = iter(sid.watch_deployment(name, replica="r1", timeout=20))
+        assert next(stream).model == f"models/{two.a}"
+
+        def recreate() -> None:
+            time.sleep(0.2)
+            ada.delete_deployment(name)
+            ada.create_deployment(name, model=two.b, champion_version=1)
+            recreated.set()
+
+        worker = threading.Thread(target=recreate)
+        worker.start()
+        rest = list(stream)
+        worker.join()
+    assert [s.model for s in rest] == []
 
 
 def _exists(client: Any, deployment: str) -> bool:
