@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from threading import TIMEOUT_MAX
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -202,6 +203,7 @@ class SidecarSettings(BaseSettings):
     drain_seconds: float = Field(
         30.0,
         ge=0,
+        le=TIMEOUT_MAX,  # the longest the server's stop can wait
         description=(
             "How long SIGTERM waits for in-flight requests before exiting (seconds, or with "
             "units: 30s, 1m30s)."
@@ -210,6 +212,7 @@ class SidecarSettings(BaseSettings):
     shutdown_delay: float = Field(
         0.0,
         ge=0,
+        le=TIMEOUT_MAX,
         description=(
             "On SIGTERM, how long health answers NOT_SERVING while requests are still served "
             "before the listener closes and the drain starts, so that load balancers and "

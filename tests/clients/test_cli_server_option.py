@@ -8,7 +8,9 @@ import pytest
 from modelplane.cli import build_parser, main
 
 
-@pytest.mark.parametrize("server", ["", "fraud", "127.0.0.1", "127.0.0.1:", ":50051", "h:0", "h:x"])
+@pytest.mark.parametrize(
+    "server", ["", "fraud", "127.0.0.1", "127.0.0.1:", ":50051", "h:0", "h:x", "::1", "fe80::1"]
+)
 def test_a_server_that_is_not_host_port_is_a_usage_error(
     server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

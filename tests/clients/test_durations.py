@@ -35,6 +35,8 @@ DEAD = ["--server", "127.0.0.1:1", "--timeout", "1"]
         ("1h30m", 5400.0),
         ("1m30s", 90.0),
         ("1h 30m", 5400.0),
+        (".5s", 0.5),
+        ("1e-3s", 0.001),
         (" 30 s ", 30.0),
     ],
 )
@@ -52,7 +54,9 @@ def test_a_bare_number_is_seconds_only_where_seconds_are_asked_for(
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text", ["", "s", "-1", "1x", "1h30", "nan", "inf", "1e999", "h1"])
+@pytest.mark.parametrize(
+    "text", ["", "s", "-1", "1x", "1h30", "nan", "inf", "1e999", "h1", "1e400s"]
+)
 def test_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text, bare_seconds=True)
@@ -156,6 +160,9 @@ def test_the_sidecar_takes_bare_seconds_and_compound_durations(
     assert SidecarSettings(model="m.onnx").drain_seconds == 45.0  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="needs a unit"):
         SidecarSettings(model="m.onnx", max_queue_delay="2")  # type: ignore[call-arg]
+    for huge in ("1e300", "1e300s"):  # past what a stop can wait
+        with pytest.raises(ValueError, match="less than or equal"):
+            SidecarSettings(model="m.onnx", drain_seconds=huge)  # type: ignore[call-arg]
 
 
 def test_sidecar_serve_takes_drain_seconds_in_seconds() -> None:

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 
 #: A number, then a unit (none for a bare number of seconds).
-_NUMBER = r"\d+(?:\.\d+)?"
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _UNIT = r"ns|us|µs|ms|s|m|h|d|w"
 _DURATION = re.compile(rf"(?:\s*{_NUMBER}\s*(?:{_UNIT}))+\s*")
 _DURATION_PART = re.compile(rf"({_NUMBER})\s*({_UNIT})")
@@ -62,7 +62,10 @@ def parse_duration(text: str, *, bare_seconds: bool = False) -> float:
         raise ValueError(
             f"{text!r} is not a duration; use amounts with units (500us, 2ms, 30s, 10m, 1h30m, 7d)"
         )
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a duration: it is too long")
+    return seconds
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:

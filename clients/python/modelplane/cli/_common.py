@@ -86,7 +86,16 @@ def check_server(address: str) -> str:
     if address.startswith(_TARGET_SCHEMES):
         return address
     host, sep, port = address.rpartition(":")
-    if sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
+    # An IPv6 host is bracketed ([::1]:50051): ::1 alone is a host with no port.
+    bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if (
+        sep
+        and host
+        and not bare_ipv6
+        and port.isascii()
+        and port.isdigit()
+        and 1 <= int(port) <= 65535
+    ):
         return address
     raise CliError(
         f"--server {address!r}: use HOST:PORT, e.g. 127.0.0.1:50051 (env MODELPLANE_SERVER)",
