@@ -174,15 +174,26 @@ def test_deeply_nested_rules_are_refused_when_written(client: Client) -> None:
 
 
 def _deepest_accepted(nest: Any) -> str:
-    rule = nest(1)
-    for n in range(2, 1000):
+    """The rule of the largest ``n`` that ``compile_rule`` accepts (deeper ones are refused as
+    nested too deeply): doubling, then bisecting."""
+
+    def accepted(n: int) -> bool:
         try:
             compile_rule(nest(n), variables=POLICY_VARIABLES)
         except InvalidArgument as err:
             assert "nested too deeply" in err.message, err.message
-            return rule
-        rule = nest(n)
-    raise AssertionError("never refused")
+            return False
+        return True
+
+    assert accepted(1)
+    low, high = 1, 2
+    while accepted(high):
+        low, high = high, high * 2
+        assert high < 4096, "never refused"
+    while high - low > 1:  # accepted(low), refused(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if accepted(mid) else (low, mid)
+    return str(nest(low))
 
 
 @pytest.mark.parametrize("form", sorted(NESTINGS))
