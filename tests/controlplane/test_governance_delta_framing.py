@@ -34,15 +34,21 @@ def evaluate(
     return str(c.operation_result(op).name)
 
 
+def _governed(a: Client, trained_model: TrainedModel) -> tuple[str, str, int, int]:
+    """A new model with a served and a candidate version, its target under a delta rule."""
+    model_id, target = unique(), unique("prod")
+    a.create_model(model_id)
+    served, candidate = add(a, trained_model, model_id), add(a, trained_model, model_id)
+    a.set_alias(model_id, target, served)
+    a.create_policy(unique("p"), target=target, rules=[HAS_DELTA])
+    return model_id, target, served, candidate
+
+
 def test_delta_skips_a_newer_evaluation_of_the_served_version_with_another_positive_class(
     controlplane_any: RunningControlPlane, trained_model: TrainedModel
 ) -> None:
-    model_id, target = unique(), unique("prod")
     with controlplane_any.client("alice") as a:
-        a.create_model(model_id)
-        served, candidate = add(a, trained_model, model_id), add(a, trained_model, model_id)
-        a.set_alias(model_id, target, served)
-        a.create_policy(unique("p"), target=target, rules=[HAS_DELTA])
+        model_id, target, served, candidate = _governed(a, trained_model)
         evaluate(a, trained_model, model_id, served)
         evaluate(a, trained_model, model_id, candidate)
         before = a.evaluate_gate(model_id, candidate, target)
@@ -60,12 +66,8 @@ def test_delta_skips_a_newer_evaluation_of_the_served_version_with_another_posit
 def test_only_differently_framed_evaluations_of_the_served_version_say_so(
     controlplane_any: RunningControlPlane, trained_model: TrainedModel
 ) -> None:
-    model_id, target = unique(), unique("prod")
     with controlplane_any.client("alice") as a:
-        a.create_model(model_id)
-        served, candidate = add(a, trained_model, model_id), add(a, trained_model, model_id)
-        a.set_alias(model_id, target, served)
-        a.create_policy(unique("p"), target=target, rules=[HAS_DELTA])
+        model_id, target, served, candidate = _governed(a, trained_model)
         reframed = evaluate(a, trained_model, model_id, served, positive_class="0")
         evaluate(a, trained_model, model_id, candidate)
         gate = a.evaluate_gate(model_id, candidate, target)
