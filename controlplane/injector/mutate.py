@@ -6,6 +6,7 @@ JSONPatch is built as plain RFC 6902 operations against the pod it was given.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -107,13 +108,21 @@ def _check_ports(pod: Mapping[str, Any], spec: SidecarSpec) -> None:
                     f"container {container.get('name')!r} uses the port name "
                     f"{port.get('name')!r}, which the sidecar's port has; rename it",
                 )
-            if port.get("containerPort") in ours:
+            # Kubernetes keys ports by number and protocol: a UDP port of the same number is
+            # no clash with the sidecar's TCP ones.
+            tcp = str(port.get("protocol") or "TCP").upper() == "TCP"
+            if tcp and port.get("containerPort") in ours:
                 raise AnnotationError(
                     "modelplane.dev/port",
                     f"container {container.get('name')!r} already uses port "
                     f"{port.get('containerPort')}, which the sidecar needs; set another "
                     f"sidecar port (the metrics port {METRICS_PORT} is fixed)",
                 )
+
+
+def _same_dir(path: Any, directory: str) -> bool:
+    """Whether a mount path names ``directory`` (``/var/log/modelplane/`` does)."""
+    return isinstance(path, str) and bool(path) and posixpath.normpath(path) == directory
 
 
 def _patch(
@@ -131,7 +140,10 @@ def _patch(
     # The pod's own containers read the prediction logs from the shared volume.
     for index, app in enumerate(pod_spec.get("containers") or []):
         mounts = app.get("volumeMounts")
-        if any(m.get("mountPath") == LOG_DIR or m.get("name") == LOG_VOLUME for m in mounts or []):
+        if any(
+            _same_dir(m.get("mountPath"), LOG_DIR) or m.get("name") == LOG_VOLUME
+            for m in mounts or []
+        ):
             continue
         mount = {"name": LOG_VOLUME, "mountPath": LOG_DIR, "readOnly": True}
         ops += add_to_list(f"/spec/containers/{index}/volumeMounts", mounts is not None, [mount])

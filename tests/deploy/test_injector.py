@@ -235,6 +235,30 @@ def test_existing_log_volume_is_shared_not_duplicated(settings: InjectorSettings
 
 
 @pytest.mark.parametrize(
+    "path", ["/var/log/modelplane/", "/var/log//modelplane", "/var/log/./modelplane"]
+)
+def test_an_app_mount_of_the_log_directory_in_another_spelling_gets_no_second_mount(
+    settings: InjectorSettings, path: str
+) -> None:
+    pod = model_pod()
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": path}]
+    patched = _patched(pod, settings)
+    assert patched["spec"]["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": path}]
+
+
+def test_a_udp_port_of_the_sidecars_number_is_no_clash(settings: InjectorSettings) -> None:
+    pod = model_pod(annotations={"modelplane.dev/port": "8081"})
+    ports = pod["spec"]["containers"][0]["ports"]
+    ports.append({"name": "stats", "containerPort": 8081, "protocol": "UDP"})
+    patched = _patched(pod, settings)
+    validate_strict(patched)
+    tcp = dict(ports[-1], protocol="TCP", name="stats-tcp")
+    ports[-1] = tcp
+    refused = decide(pod, settings)
+    assert not refused.allowed and "already uses port 8081" in refused.message
+
+
+@pytest.mark.parametrize(
     ("annotation", "value", "words"),
     [
         ("modelplane.dev/port", "eighty", "not a port number"),
