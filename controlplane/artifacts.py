@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto
 
 from controlplane.domain import Artifact, Signature, TensorSpec
-from controlplane.names import shown
+from controlplane.names import check_text, shown
 from modelplane.errors import InvalidArgument
 
 #: ONNX element types and their Open Inference Protocol datatype names.
@@ -35,7 +35,18 @@ def _invalid(message: str) -> InvalidArgument:
     return InvalidArgument(message, reason="INVALID_ONNX_MODEL")
 
 
+def _text(value: str, what: str) -> str:
+    """``value``, a name or header string read from the model, when it is one line of at most
+    1,024 characters without control characters: it is shown in tables and logs, and a
+    terminal would act on escape sequences in it."""
+    try:
+        return check_text(value, what, 1024, single_line=True)
+    except InvalidArgument as exc:
+        raise _invalid(f"the ONNX model's {exc.message}") from None
+
+
 def _spec(value: Any) -> TensorSpec:
+    _text(value.name, f"tensor name {shown(value.name)}")
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
         raise _invalid(
@@ -118,6 +129,8 @@ def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
     outputs = [_spec(v) for v in model.graph.output]
     if not inputs or not outputs:
         raise _invalid("the ONNX model needs at least one input and one output")
+    _text(model.producer_name, "producer name")
+    _text(model.producer_version, "producer version")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     artifact = Artifact(
         sha256=sha256,

@@ -293,6 +293,49 @@ def test_invalid_onnx_is_refused_and_nothing_registered(
     assert client.get_model(name).latest_version == 0
 
 
+def _identity_onnx(input_name: str, producer: str) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph([helper.make_node("Identity", [input_name], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, producer_name=producer)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("input_name", "producer", "words"),
+    [
+        ("x\x1b[2J", "exporter", "tensor name 'x\\x1b[2J' contains a control character (code 27)"),
+        ("x\ny", "exporter", "contains a control character (code 10)"),
+        ("x", "p\x1b]0;title\x07", "producer name contains a control character (code 27)"),
+        ("x" * 1025, "exporter", "is longer than 1024 characters"),
+    ],
+)
+def test_onnx_names_with_control_characters_are_refused(
+    stub, client: Client, input_name: str, producer: str, words: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Names read out of the model are shown in tables and logs: escape sequences in them would
+    reach other users' terminals."""
+    name = unique()
+    client.create_model(name)
+    blob = client.upload_blob(_identity_onnx(input_name, producer))
+    request = registry_pb2.CreateModelVersionRequest(
+        parent=f"models/{name}", artifact_sha256=blob.sha256
+    )
+    error = _rpc_error(stub.CreateModelVersion, request)
+    _check(error, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ONNX_MODEL")
+    assert words in error.details(), error.details()
+    assert client.get_model(name).latest_version == 0
+    good = client.upload_blob(_identity_onnx("x", "exporter"))
+    ok = stub.CreateModelVersion(
+        registry_pb2.CreateModelVersionRequest(parent=f"models/{name}", artifact_sha256=good.sha256)
+    )
+    assert ok.version == 1
+
+
 def test_feature_and_dataset_mismatches(
     client: Client, trained_model: TrainedModel, tmp_path: Path
 ) -> None:

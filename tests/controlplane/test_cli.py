@@ -207,6 +207,21 @@ def test_table_output_shows_server_text_as_written(cli: Cli) -> None:
     assert "[/tmp/x]" in out and "[ml]" in out and "[bold]not bold[/bold]" in out
 
 
+def test_table_cells_escape_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    """Server data in a table (a name read out of a model stored before names were checked,
+    say) cannot clear the screen or retitle the terminal."""
+    from modelplane.cli._output import Printer
+
+    cell = "in\x1b]0;pwned\x07put\x1b[2J\x9b1m\x7f"
+    Printer(json_output=False).emit(
+        {}, columns=["name"], rows=[[cell], ["tab\there"]], title="t\x1b[31m"
+    )
+    out = capsys.readouterr().out
+    assert not any(ch in out for ch in "\x1b\x07\x9b\x7f"), repr(out)
+    assert "in\\x1b]0;pwned\\x07put\\x1b[2J\\x9b1m\\x7f" in out
+    assert "t\\x1b[31m" in out
+
+
 def test_files_that_cannot_be_written_are_usage_errors(
     cli: Cli, trained_model: TrainedModel, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -54,6 +55,18 @@ def finite(data: Any) -> Any:
     return data
 
 
+#: C0 and C1 control characters but tab and newline, and DEL: a terminal acts on them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(value: Any) -> str:
+    """``value`` as a table cell: control characters written as ``\\xNN`` escapes, so that
+    server data (a name read out of an uploaded model, say) cannot move the cursor, clear the
+    screen or retitle the terminal."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def dumps(data: Any, **kw: Any) -> str:
     """``data`` as strict JSON (see :func:`finite`); what JSON cannot hold goes as ``str``."""
     return json.dumps(finite(data), allow_nan=False, default=str, **kw)
@@ -88,16 +101,16 @@ class Printer:
         # printed as they are: as rich markup, "[/x]" would fail and "[ml]" would vanish.
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
         if rows is not None and columns is not None:
-            table = Table(title=None if title is None else Text(title), show_lines=False)
+            table = Table(title=None if title is None else Text(shown(title)), show_lines=False)
             for col in columns:
                 table.add_column(Text(col))
             for row in rows:
-                table.add_row(*(Text("" if v is None else str(v)) for v in row))
+                table.add_row(*(Text(shown(v)) for v in row))
             console.print(table)
         elif isinstance(data, Mapping):
             console.print_json(dumps(data))
         else:
-            console.print(data, markup=False, highlight=False)
+            console.print(shown(data), markup=False, highlight=False)
 
     def progress(self, text: str) -> None:
         """A progress note on stderr."""
