@@ -265,6 +265,9 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], limits: Limits) -> in
     count = _element_count(spec, shape, limits.max_tensor_elements)
     if spec.rank:
         first = shape[0]
+        if not spec.per_row:
+            # A side input (keys beside queries): its first dim counts no rows of the request.
+            return count
         if first == 0 and spec.batch_dynamic:
             raise _bad("EMPTY_BATCH", f"input {name!r} has no rows", tensor=name)
         if first > limits.max_request_rows:

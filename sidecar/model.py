@@ -23,7 +23,8 @@ input that is not one row per request row (a scalar, a fixed first dim, a first 
 apart from the rows': see :class:`sidecar.signature.Signature`) is left out of the records,
 and so is every input of a request whose row inputs disagree on the rows (it counts as one
 row). A model with such a tensor never batches, nor one whose outputs may change size with
-the values in a batch (``Signature.unbatchable``).
+the values in a batch (``Signature.unbatchable``), nor one whose answers to sample requests
+change when they run stacked (checked at load: :mod:`sidecar.batch_check`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import structlog
 from modelplane.errors import FailedPrecondition
 from modelplane.server.cpus import available_cores
 from sidecar import cuda
+from sidecar.batch_check import stacking_changes_answers
 from sidecar.cuda import CUDA
 from sidecar.signature import Signature, TensorSpec, signature_of
 
@@ -440,6 +441,10 @@ def _open(
 ) -> tuple[Runtime, float]:
     session = _session(path, providers, *threads)
     runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
+    if runtime.signature.batchable and batch_rows > 1:
+        refused = stacking_changes_answers(runtime.signature, runtime.run)
+        if refused is not None:
+            runtime.signature = runtime.signature.without_batching(refused)
     if runtime.on_gpu and runtime.signature.batchable and batch_rows > 1:
         runtime.buckets = gpu_buckets(batch_rows)
         pin = os.environ.get("MODELPLANE_CUDA_PINNED", "1") != "0"

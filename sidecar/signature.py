@@ -116,6 +116,13 @@ class Signature:
     def output_names(self) -> tuple[str, ...]:
         return self._output_names  # type: ignore[attr-defined,no-any-return]
 
+    def without_batching(self, reason: str) -> Signature:
+        """This signature, unbatchable for ``reason`` (found by running the model: see
+        :mod:`sidecar.batch_check`)."""
+        copy = replace(self)
+        object.__setattr__(copy, "_unbatchable", reason)
+        return copy
+
     @property
     def batchable(self) -> bool:
         """Rows of several requests can run as one call: see :attr:`unbatchable`."""
