@@ -128,17 +128,12 @@ def _listen_error(exc: OSError, listen: str, metrics_listen: str) -> CliError | 
 
 
 def _serve(args: argparse.Namespace, out: Printer) -> int:
+    # The settings are checked before the server's modules load (about a second): a bad
+    # option is reported at once.
     with extra("controlplane", "the control plane"):
         from pydantic import ValidationError
 
-        from controlplane.auth import AccessConfigError
-        from controlplane.server import start
         from controlplane.settings import ControlPlaneSettings
-        from controlplane.store import check_db_url
-        from controlplane.workers import supervise
-        from modelplane.server import configure_logging
-        from modelplane.server.lifecycle import hold_stop_signals
-        from modelplane.server.supervisor import worker_count
     overrides: dict[str, object] = {}
     for option, field in (
         ("listen", "listen"),
@@ -187,6 +182,8 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise CliError(f"invalid control plane settings: {problems}", EXIT_USAGE) from None
+    with extra("controlplane", "the control plane"):
+        from controlplane.store import check_db_url
     try:
         check_db_url(settings.db_url)
     except InvalidArgument as exc:
@@ -198,6 +195,13 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         raise CliError(
             f"--log-level {settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}", EXIT_USAGE
         )
+    with extra("controlplane", "the control plane"):
+        from controlplane.auth import AccessConfigError
+        from controlplane.server import start
+        from controlplane.workers import supervise
+        from modelplane.server import configure_logging
+        from modelplane.server.lifecycle import hold_stop_signals
+        from modelplane.server.supervisor import worker_count
     configure_logging(settings.log_level)
     count = worker_count(settings.workers)
     try:
