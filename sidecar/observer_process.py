@@ -182,6 +182,11 @@ class ObserverProcess:
         return int(self._process.pid)
 
     @property
+    def stalled(self) -> bool:
+        """Whether a send has waited past ``STALL_SECONDS`` (the child stopped reading)."""
+        return self._stalled
+
+    @property
     def alive(self) -> bool:
         """Whether the child is running."""
         return bool(self._process.is_alive())
@@ -316,8 +321,9 @@ class ObserverProcess:
             killed = True
         # A child found not reading earlier gets a short while to write what it has: waiting
         # the whole timeout for one that may never read again would hold up the shutdown.
-        self._closed.wait(5.0 if killed or self._stalled else timeout)
-        self._process.join(5)
+        closed = self._closed.wait(5.0 if killed or self._stalled else timeout)
+        # One that has not said it closed by then is not about to: no second wait for it.
+        self._process.join(5 if closed else 0.1)
         if self._process.is_alive():
             log.warning("the observer process did not stop; killing it", pid=self._process.pid)
             self._process.kill()

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
@@ -263,7 +264,7 @@ def start(
             on_dropped=dropped_records_counter(registry, name),
         )
         hub.start()
-        handle.closers.append(hub.close)
+        handle.closers.append(partial(_close_hub, hub, handle.observer_process))
         batch_rows = rt.serving_batch_rows(settings, runtime)
         model = ServingModel(
             runtime,
@@ -362,3 +363,10 @@ def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | N
     handle.wait()
     log.info("sidecar stopped")
     return 0
+
+
+def _close_hub(hub: ObserverHub, remote: ObserverProcess | None) -> None:
+    """Close ``hub``; briefly when its observer process stopped reading: the hub's thread then
+    waits on the full pipe until that process is killed, which its own closer (the next one)
+    does."""
+    hub.close(0.5 if remote is not None and remote.stalled else 5.0)
