@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,53 +45,145 @@ def _instant(value: TimeLike) -> datetime | None:
     return parse_time(value)
 
 
-def _map_file(path: Path) -> pa.BufferReader | None:
+class DamagedLogFile(ValueError):
+    """A log file holds bytes that are no Arrow message, or a message that does not decode,
+    where a crash cannot have left them: complete messages follow, or the damaged message
+    is complete. Reading stops rather than skip or misread the records of the file."""
+
+
+def _map_file(path: Path) -> mmap.mmap | None:
     """The bytes of ``path`` memory-mapped, or None when it is empty or was removed by
     retention since it was listed; other errors (permissions, I/O) propagate."""
     try:
         with open(path, "rb") as fh:  # a Path, so names that are not UTF-8 open too
             if os.fstat(fh.fileno()).st_size == 0:
                 return None
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
+        return None
+
+
+def _complete_message(data: pa.Buffer, at: int, schema: pa.Schema | None) -> bool:
+    """Whether a whole message starts at byte ``at``: readable, and a batch of ``schema``
+    when there is one (the file's schema message may be the damaged one)."""
+    try:
+        message = pa.ipc.read_message(pa.BufferReader(data.slice(at)))
+        if schema is None or message.type != "record batch":
+            return message.type in ("schema", "record batch", "dictionary batch")
+        pa.ipc.read_record_batch(message, schema).validate(full=True)
+    except (pa.ArrowException, OSError, EOFError):
+        return False
+    return True
+
+
+def _torn(data: pa.Buffer, at: int, schema: pa.Schema | None) -> bool:
+    """Whether the message at byte ``at``, which did not read, is a torn tail: one the file
+    ends inside, as a crash mid-write or a writer still writing leaves it.
+
+    A complete message there, or any complete message after it, means the bytes were
+    damaged instead. A torn message's body can hold the bytes that start messages (a
+    validity bitmap of 32 rows does), so a later message counts only when it reads whole
+    and, once the schema is known, decodes and validates as a batch of it. Arrow pads every
+    message to 8 bytes, so only those boundaries are tried, and only where the marker is
+    followed by a metadata length that fits (a positive multiple of 8) and a flatbuffer root
+    inside it: this keeps a torn tail of many megabytes quick to rule on.
+    """
+    if _complete_message(data, at, schema):
+        return False
+    words = np.frombuffer(data, dtype="<i4", offset=at, count=(data.size - at) // 8 * 2)
+    marker, length = words[0::2], words[1::2]
+    root = np.append(marker[1:], 0)  # where the metadata's flatbuffer table starts
+    ends = at + 8 * np.arange(len(length)) + 8 + length.astype(np.int64)
+    plausible = (marker == -1) & (length > 0) & (length % 8 == 0) & (ends <= data.size)
+    plausible &= (root > 0) & (root < length)
+    plausible[:1] = False  # the message at ``at`` itself
+    for index in np.flatnonzero(plausible):
+        if _complete_message(data, at + 8 * int(index), schema):
+            return False
+    return True
+
+
+def _damaged(path: Path, at: int, what: str, exc: BaseException) -> DamagedLogFile:
+    return DamagedLogFile(
+        f"prediction log file {path} is damaged at byte {at} ({what}): {exc}; "
+        "move it out of the log directory to read the other files"
+    )
+
+
+def _open_stream(
+    path: Path,
+) -> tuple[pa.Buffer, pa.BufferReader, pa.RecordBatchStreamReader] | None:
+    """The mapped bytes of ``path``, read by a stream reader past its schema, or None when
+    the file is empty, removed, or torn before its first message ends."""
+    mapped = _map_file(path)
+    if mapped is None:
         return None
     # Batches read from the buffer point into the mapping, which stays open until they are
     # all gone.
-    return pa.BufferReader(pa.py_buffer(mapped))
+    data = pa.py_buffer(mapped)
+    source = pa.BufferReader(data)
+    try:
+        reader = pa.ipc.open_stream(source)
+    except (pa.ArrowException, OSError) as exc:
+        # The stream is in memory: these mean torn or damaged bytes, not a failing disk.
+        if _torn(data, 0, None):
+            return None
+        raise _damaged(path, 0, "schema", exc) from None
+    try:
+        _decode_names(reader.schema)
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, 0, "schema", exc) from None
+    return data, source, reader
+
+
+def _decode_names(fields: Iterable[pa.Field]) -> None:
+    """Decode every field name, nested ones too: Arrow keeps them as bytes it does not check,
+    and a name that is not UTF-8 would fail wherever it is first read (a table's rows)."""
+    for field in fields:
+        _ = field.name
+        _decode_names(field.type.field(i) for i in range(field.type.num_fields))
 
 
 def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The complete batches of one file; a torn tail (a crash mid-write) ends it quietly.
+    """The complete batches of one file; a torn tail (a crash mid-write, or a message still
+    being written) ends it quietly.
 
-    A file removed since it was listed (retention) has no batches; a file that cannot be
-    read (permissions, I/O errors) raises ``OSError``.
+    Every batch is validated in full before it is yielded: damaged bytes that still decode
+    (offsets out of range, invalid UTF-8) would otherwise reach code that reads out of
+    bounds. A damaged file raises :class:`DamagedLogFile` (a ``ValueError``) naming the
+    byte and batch, rather than ending early: records after the damage must not vanish
+    silently. A file removed since it was listed (retention) has no batches; a file that
+    cannot be read (permissions, I/O errors) raises ``OSError``.
     """
-    source = _map_file(path)
-    if source is None:
+    opened = _open_stream(path)
+    if opened is None:
         return
-    try:
-        reader = pa.ipc.open_stream(source)
-    except (pa.ArrowInvalid, OSError):
-        return  # the stream is in memory: these mean a torn schema, not a failing disk
+    data, source, reader = opened
+    number = 0
     while True:
+        at = source.tell()
         try:
-            yield reader.read_next_batch()
+            batch = reader.read_next_batch()
         except StopIteration:
             return
-        except (pa.ArrowInvalid, OSError):
-            return  # an incomplete last message
+        except (pa.ArrowException, OSError) as exc:
+            if _torn(data, at, reader.schema):
+                return
+            raise _damaged(path, at, f"batch {number + 1}", exc) from None
+        try:
+            batch.validate(full=True)
+        except pa.ArrowException as exc:
+            raise _damaged(path, at, f"batch {number + 1}", exc) from None
+        number += 1
+        yield batch
 
 
 def file_schema(path: Path) -> pa.Schema | None:
     """The schema of one log file, or None when it is empty, torn before its first message or
-    removed since it was listed; a file that cannot be read raises ``OSError``."""
-    source = _map_file(path)
-    if source is None:
-        return None
-    try:
-        return pa.ipc.open_stream(source).schema
-    except (pa.ArrowInvalid, OSError):
-        return None
+    removed since it was listed; a damaged schema raises :class:`DamagedLogFile` and a file
+    that cannot be read ``OSError``."""
+    opened = _open_stream(path)
+    return None if opened is None else opened[2].schema
 
 
 class LogFilter:
@@ -195,7 +287,7 @@ def read_logs(
     Times are datetimes (naive means UTC) or strings for :func:`parse_time`. Files written by
     different model versions may have different feature columns: the result has them all,
     null where a file lacks them. Torn last batches and files still being written are read
-    up to their last complete batch.
+    up to their last complete batch; a damaged file raises :class:`DamagedLogFile`.
     """
     log_filter = LogFilter(since, until, model_version, arm)
     tables = _tables(iter_log_batches(directory, log_filter))
