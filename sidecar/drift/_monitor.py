@@ -156,7 +156,11 @@ class DriftMonitor:
             return self._close(self._clock())
 
     def _close(self, now: float) -> WindowState:
+        """Close the open window at ``now`` and open the next. A wall clock that stepped back
+        (NTP) would give a window ending before it started and a next one overlapping it:
+        the window ends no earlier than it started, and the next starts there."""
         window = self._window
+        now = max(now, window.start)
         window.end = now
         self._window = WindowState.empty(self.grid, now)
         return window
