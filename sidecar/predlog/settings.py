@@ -43,7 +43,11 @@ class PredictionLogSettings(BaseSettings):
     rotate_size: int = Field(
         default=64 * 2**20,
         ge=4096,
-        description="Bytes after which a file is closed and a new one begun.",
+        description=(
+            "Bytes after which a file is closed and a new one begun. A soft limit: it is "
+            "checked after each write round, which is written whole, so a file can pass it by "
+            "one round (up to queue_rows records, or one request holding more)."
+        ),
     )
     rotate_age: float = Field(
         default=3600.0, gt=0, description="Seconds after which a file is closed, even when idle."
@@ -192,7 +196,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-rotate-size",
         type=_arg(parse_size, 4096),
         metavar="SIZE",
-        help="start a new file after this many bytes (default 64MiB)",
+        help=(
+            "start a new file once one passes this many bytes (default 64MiB; checked after "
+            "each write round, so a file can pass it by one round: up to "
+            "MODELPLANE_LOG_QUEUE_ROWS records)"
+        ),
     )
     group.add_argument(
         "--log-rotate-age",
