@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -134,8 +135,27 @@ def _ordering(name: str, compare: Any) -> Any:
     return ordered
 
 
+#: Why ``0.0 / 0.0`` is an error (see :func:`_divide`).
+UNDEFINED_QUOTIENT = "0.0 / 0.0 is undefined"
+
+
+def _divide(a: Any, b: Any) -> Any:
+    """``/``, but ``0.0 / 0.0`` is an error rather than a number (NaN in IEEE 754, +inf in
+    celpy): either compares false with 2.0, so a ratio rule such as
+    ``candidate.error_rate / champion.error_rate <= 2.0`` would evaluate to false whenever
+    both rates are 0 (and roll a healthy candidate back). Any other double over 0.0 is
+    infinite with IEEE 754's sign (celpy's is always +inf); ints and uints divide as in celpy
+    (by 0, an error)."""
+    if isinstance(a, celtypes.DoubleType) and isinstance(b, celtypes.DoubleType) and b == 0.0:
+        if a == 0.0:
+            raise ZeroDivisionError(UNDEFINED_QUOTIENT)
+        return celtypes.DoubleType(math.copysign(math.inf, b) * a)
+    return operator.truediv(a, b)
+
+
 #: Numbers compare and equal across int, uint and double, as the current CEL specification
-#: defines; null is equal to null only, lists and maps element by element; ``+`` is bounded.
+#: defines; null is equal to null only, lists and maps element by element; ``+`` is bounded;
+#: ``0.0 / 0.0`` is an error.
 _FUNCTIONS: dict[str, Any] = {
     "_==_": _eq,
     "_!=_": _ne,
@@ -145,6 +165,7 @@ _FUNCTIONS: dict[str, Any] = {
     "_>_": _ordering("_>_", operator.gt),
     "_>=_": _ordering("_>=_", operator.ge),
     "_+_": bounded_add(base_functions["_+_"]),
+    "_/_": _divide,
 }
 #: The functions and methods a rule may call.
 FUNCTION_NAMES = function_names(_FUNCTIONS)

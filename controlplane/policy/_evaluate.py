@@ -12,7 +12,7 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import CELEvalError, CELSyntaxError, CELUnsupportedError
 
-from controlplane.policy._compile import CompiledRule
+from controlplane.policy._compile import UNDEFINED_QUOTIENT, CompiledRule
 from controlplane.policy._convert import to_cel, to_plain
 from controlplane.policy._limits import (
     MAX_POLICY_SECONDS,
@@ -137,6 +137,8 @@ def _explain(rule: CompiledRule, err: CELEvalError, variables: Mapping[str, Any]
         key = key.strip("'") if isinstance(key, str) else key
         return f"no such key {str(key)!r}{at} (at {where})"
     if kind is ZeroDivisionError:
+        if details == (UNDEFINED_QUOTIENT,):
+            return f"{UNDEFINED_QUOTIENT}{at} (at {where})"
         return f"division by zero{at} (at {where})"
     if text in ("return error for overflow", "match error") and isinstance(details, tuple):
         # celpy's words for any failure of a conversion or of matches(): the cause is in the

@@ -283,6 +283,30 @@ def test_integer_inputs_divide_as_doubles() -> None:
     assert result.passed
 
 
+def test_zero_over_zero_is_an_error_not_nan() -> None:
+    """0.0 / 0.0 has no value that compares as a ratio should (NaN in IEEE 754, +inf in
+    celpy): a ratio rule would fail, not err, when both of its numbers are 0 (two arms with no
+    error yet)."""
+    zeros = {"metrics": {"a": 0.0, "b": 0.0}}
+    for expression, column in (
+        ("metrics.a / metrics.b <= 2.0", 1),
+        ("!(metrics.a / metrics.b <= 2.0)", 3),
+    ):
+        result = one(expression, zeros)
+        assert result.outcome is Outcome.ERROR, result.message
+        assert result.message == (
+            f"0.0 / 0.0 is undefined in metrics.a / metrics.b (at line 1, column {column})"
+        )
+    # Another double over 0.0 is infinite, with IEEE 754's sign; ints over 0 still err.
+    assert one("metrics.x / metrics.a > 1e308", {"metrics": {"x": 1.0, "a": 0.0}}).passed
+    assert one("-1.0 / metrics.a < -1e308", {"metrics": {"a": 0.0}}).passed
+    assert one("1.0 / -0.0 < -1e308", {}).passed
+    assert "division by zero" in one("1 / 0 == 1", {}).message
+    # An error on one side of || or && is absorbed as CEL defines: such a rule can say what a
+    # ratio of zeros means.
+    assert one("metrics.a / metrics.b <= 2.0 || metrics.b == 0.0", zeros).passed
+
+
 def test_mixed_int_double_arithmetic_is_a_type_error_with_a_hint() -> None:
     result = one("1 + metrics.x > 1.5", {"metrics": {"x": 1.0}})
     assert result.outcome is Outcome.ERROR
