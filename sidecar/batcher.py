@@ -5,9 +5,10 @@ a request that finds nobody leading runs the next batch itself (so a lone reques
 once, without a thread hop); under load, requests queue, and each leader, after its own
 batch, hands the lead to the oldest waiting request. A leader waits up to ``max_delay`` for
 more rows before it runs, but stops waiting while the deadline of each request that would
-join the batch still leaves :data:`DEADLINE_CALLS` times the recent batch call time (plus
+join the batch still leaves :data:`DEADLINE_CALLS` times the recent batch call time, plus
+:data:`DEADLINE_SHARE` of the time that request had when it arrived (at least
 :data:`DEADLINE_SLACK_S`): a request whose deadline is shorter than the queue delay still runs
-in time. It takes requests
+in time, on a busy machine too. It takes requests
 in arrival order that share its batch key (the same inputs with the same non-batch dims) up
 to ``max_rows`` rows, and drops those whose deadline passed or whose caller went away: an
 expired request never runs.
@@ -36,8 +37,12 @@ log = structlog.get_logger("modelplane.sidecar.batcher")
 _QUEUED, _TAKEN, _DONE = 0, 1, 2
 
 #: A leader stops waiting for rows when a deadline in its batch leaves this many times the
-#: recent batch call time, plus :data:`DEADLINE_SLACK_S` for the hand-off and the answer.
+#: recent batch call time, plus time for the hand-off and the answer: :data:`DEADLINE_SHARE`
+#: of the time the request had when it arrived, at least :data:`DEADLINE_SLACK_S`. A fixed
+#: couple of milliseconds would be lost to one late wake-up of the leader on a loaded machine,
+#: and the request would expire in the queue although it came with time to spare.
 DEADLINE_CALLS = 2.0
+DEADLINE_SHARE = 0.1
 DEADLINE_SLACK_S = 0.002
 
 
@@ -270,14 +275,15 @@ class Batcher:
         the queue delay after ``head`` arrived, or earlier while each of those requests'
         deadline still leaves time for a batch call."""
         key = head.decoded.key
-        margin = DEADLINE_CALLS * self._call_s + DEADLINE_SLACK_S
+        calls = DEADLINE_CALLS * self._call_s
         rows = 0
         until = head.enqueued + self._max_delay
         for it in self._queue:
             if it.decoded.key == key:
                 rows += it.decoded.rows
                 if it.deadline is not None:
-                    until = min(until, it.deadline - margin)
+                    slack = max(DEADLINE_SLACK_S, DEADLINE_SHARE * (it.deadline - it.enqueued))
+                    until = min(until, it.deadline - calls - slack)
         return rows, until
 
     def _drop_dead(self) -> None:
