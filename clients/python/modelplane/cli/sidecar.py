@@ -209,7 +209,12 @@ def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
         help="async (default): written every flush interval; sync: answered once fsynced",
     )
     add("--log-flush-interval", metavar="DURATION", help="async: write at least this often (1s)")
-    add("--log-rotate-size", metavar="SIZE", help="new file after this many bytes (64MiB)")
+    add(
+        "--log-rotate-size",
+        metavar="SIZE",
+        help="new file once one passes this many bytes (64MiB; checked after each write round, "
+        "so a file may pass it by one round)",
+    )
     add("--log-rotate-age", metavar="DURATION", help="new file after this long (1h)")
     add("--log-retention", metavar="DURATION", help="delete older files (7d; none keeps them)")
     add("--log-sample-rate", metavar="FRACTION", help="share of requests logged (1)")
