@@ -94,9 +94,12 @@ def test_a_step_moves_after_the_latency_layout_changed_and_says_so(
         candidate=100,
         seconds=20,
     )
-    assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING and d.rollout.step == 1, d.rollout.reason
-    assert _actions(c, dep) == ["started", "advanced"]
-    advanced = next(iter(c.list_rollout_events(dep)))
+    # On a loaded machine the last 1 s step may have passed too before the poll saw step 1.
+    moved = d.rollout.state == pb.ROLLOUT_STATE_RUNNING and d.rollout.step == 1
+    assert moved or d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    assert _actions(c, dep)[:2] == ["started", "advanced"]
+    events = reversed(list(c.list_rollout_events(dep)))
+    advanced = next(e for e in events if e.action == "advanced")
     guards = {g.expression: g for g in advanced.evidence.guards}
     assert guards[LATENCY].passed and not guards[LATENCY].error
     assert "candidate.latency restarted in this step" in advanced.reason, advanced.reason
