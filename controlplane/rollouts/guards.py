@@ -14,12 +14,13 @@ A value that is unknown (no labels → no ``accuracy``; no shadow outside a shad
 absent, and a guard reading an absent value is *skipped* for that window: recorded with an
 ``error`` saying why, never counted as failed. A guard is also skipped until every arm it
 reads has at least ``min_requests`` requests (for ``shadow``, copies answered or failed:
-``pairs + errors``, so that a shadow failing every request is judged too), and when it cannot be
-evaluated at all (a type error): only a guard that evaluates to false fails, and a failed
-guard rolls the rollout back. On a single window, a guard reading an arm's ``latency_p99``
-also waits for :data:`WINDOW_P99_REQUESTS` requests of that arm: over fewer, the p99 is the
-slowest request or close to it, and one slow request (a pause of the machine) would roll a
-healthy candidate back; the sum over a whole step judges it as before.
+``pairs + errors``, so that a shadow failing every request is judged too). One that cannot be
+evaluated on the window (a division by a count that is 0) is *not evaluated*, with the error:
+only a guard that evaluates to false fails, and a failed guard rolls the rollout back. On a
+single window, a guard reading an arm's ``latency_p99`` also waits for
+:data:`WINDOW_P99_REQUESTS` requests of that arm: over fewer, the p99 is the slowest request
+or close to it, and one slow request (a pause of the machine) would roll a healthy candidate
+back; the sum over a whole step judges it as before.
 
 Defaults. The guards in force in a phase are the deployment's and the rollout's; when none of
 them *judges* the version under test there (reads ``candidate`` where the candidate answers
@@ -42,12 +43,21 @@ skipped; so where the candidate answers traffic and no guard in force judges it 
 champion, :data:`NO_CHAMPION_GUARD` (its error rate at most 1%) is evaluated as well
 (:func:`in_force`), and a candidate that fails is still rolled back.
 
+Likewise, when every guard in force that judges the version under test could not be evaluated
+on a window or step (an error, such as a division by a count that is 0 in a guard stored before
+the check below; not a skip for a missing value or too few requests), the phase's defaults (as
+they would be in force there) are evaluated as well (:func:`judge`), each result saying why:
+a failing candidate is still rolled back, and the guards whose place they took hold no step.
+
 A guard is checked when it is set (:func:`check_guards`): it may read only the fields above
 (a misspelled one would never be present, so the guard would be skipped for ever while it
-still kept the defaults from applying), and it must yield a bool: it is evaluated once on
-sample values with every field present, and one that yields anything else, or cannot be
-evaluated at all, is refused (it would hold a step for ever).
-Either is INVALID_ARGUMENT with reason ``INVALID_GUARD``.
+still kept the defaults from applying), and it must yield a bool: it is evaluated on sample
+values with every field present (each number 1), and one that yields anything else, or cannot
+be evaluated at all, is refused (it would hold a step for ever). It is evaluated again with
+every number 0, as in a window where no request failed, and refused when it cannot be evaluated
+there (``candidate.errors / champion.errors <= 2.0``: write ``candidate.errors <= 2.0 *
+champion.errors``; ``0.0 / 0.0`` is an error, see :mod:`controlplane.policy`, not a number
+that compares false). Each refusal is INVALID_ARGUMENT with reason ``INVALID_GUARD``.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.domain.deployments import (
@@ -97,11 +107,13 @@ SHADOW_FIELDS = (
 )  # fmt: skip
 
 
-def _sample() -> dict[str, Any]:
-    """Guard variables with every field present (each number 1), to evaluate guards on."""
-    arm: dict[str, Any] = {f: 1.0 for f in ARM_FIELDS}
-    arm["drift"] = {f: 1.0 for f in DRIFT_FIELDS}
-    return {"champion": arm, "candidate": dict(arm), "shadow": {f: 1.0 for f in SHADOW_FIELDS}}
+def _sample(number: float) -> dict[str, Any]:
+    """Guard variables with every field present (each number ``number``), to evaluate guards
+    on."""
+    arm: dict[str, Any] = {f: number for f in ARM_FIELDS}
+    arm["drift"] = {f: number for f in DRIFT_FIELDS}
+    shadow = {f: number for f in SHADOW_FIELDS}
+    return {"champion": arm, "candidate": dict(arm), "shadow": shadow}
 
 
 def _invalid(what: str, rule: CompiledRule, problem: str, **where: int) -> InvalidArgument:
@@ -142,13 +154,23 @@ def _check_rule(rule: CompiledRule, what: str) -> None:
             problem += f"; its fields are {', '.join(known)}"
         where = f" at line {ref.line}, column {ref.column}"
         raise _invalid(what, rule, problem + where, line=ref.line, column=ref.column)
-    (result,) = evaluate_rules([rule], _sample()).results
+    (result,) = evaluate_rules([rule], _sample(1.0)).results
     if result.outcome is Outcome.ERROR:
         raise _invalid(
             what,
             rule,
             f"{result.message}; a guard must be a condition (true or false) on the fields, "
             "such as candidate.error_rate <= 0.01",
+        )
+    (result,) = evaluate_rules([rule], _sample(0.0)).results
+    if result.outcome is Outcome.ERROR:
+        raise _invalid(
+            what,
+            rule,
+            f"it cannot be evaluated when every field is 0, as in a window where no request "
+            f"failed ({result.message}); write a ratio as a product, such as "
+            "candidate.errors <= 2.0 * champion.errors rather than candidate.errors / "
+            "champion.errors <= 2.0",
         )
 
 
@@ -390,6 +412,14 @@ def evaluate(
 ) -> tuple[GuardResult, ...]:
     """Each guard's result on the ``values`` of one window (or of the ``scope`` they were
     summed over, named in the reasons for skipping; see the module docstring)."""
+    return _evaluate(guards, values, min_requests, scope)[0]
+
+
+def _evaluate(
+    guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str
+) -> tuple[tuple[GuardResult, ...], dict[int, str]]:
+    """:func:`evaluate`'s results, and the message of each guard (by index) whose evaluation
+    erred (skipped guards, and guards this server no longer accepts, are not among them)."""
     try:
         rules = _compiled(tuple(guards))
     except InvalidArgument as exc:
@@ -399,7 +429,7 @@ def evaluate(
             f"not evaluated: this server no longer accepts the guards ({exc.message}); abort "
             "the rollout and start it again with guards it accepts"
         )
-        return tuple(GuardResult(g, False, why) for g in guards)
+        return tuple(GuardResult(g, False, why) for g in guards), {}
     ready: list[CompiledRule] = []
     skipped: dict[int, str] = {}
     for rule in rules:
@@ -419,6 +449,7 @@ def evaluate(
             ready.append(rule)
     decided = {r.index: r for r in evaluate_rules(ready, values).results}
     out = []
+    erred: dict[int, str] = {}
     for rule in rules:
         if rule.index in skipped:
             out.append(GuardResult(rule.expression, False, skipped[rule.index]))
@@ -429,9 +460,64 @@ def evaluate(
             out.append(GuardResult(rule.expression, False, error))
         elif result.outcome is Outcome.ERROR:
             out.append(GuardResult(rule.expression, False, f"not evaluated: {result.message}"))
+            erred[rule.index] = result.message
         else:
             out.append(GuardResult(rule.expression, result.passed, detail=result.message))
-    return tuple(out)
+    return tuple(out), erred
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The guards' results on one window, step or phase (see :func:`judge`)."""
+
+    results: tuple[GuardResult, ...]
+    #: The guards in force whose place the phase's defaults took: they erred, and hold nothing.
+    stood_in: frozenset[str] = frozenset()
+    #: Why the defaults judge in their place ("" when they do not).
+    note: str = ""
+
+
+def judge(
+    effective: Sequence[str],
+    values: dict[str, Any],
+    phase: str,
+    min_requests: int,
+    champion_requests: int = 1,
+    scope: str = "window",
+) -> Judged:
+    """The results of the guards in force on ``values`` in ``phase`` (:func:`in_force`, with
+    ``champion_requests`` as its minimum), evaluated as :func:`evaluate` does; and when every
+    one of them that judges the version under test erred (not skipped: it could not be
+    evaluated on these values, such as a division by a count that is 0), the results of the
+    phase's defaults that are not in force as well, standing in for them (see the module
+    docstring)."""
+    guards = in_force(effective, values, phase, champion_requests)
+    results, erred = _evaluate(guards, values, min_requests, scope)
+    judging = {i for i, g in enumerate(guards) if _judged((g,), phase)}
+    if not judging or not judging <= erred.keys():
+        return Judged(results)
+    # The defaults as they would be in force on these values (NO_CHAMPION_GUARD included).
+    extra = [
+        g for g in in_force(defaults(phase), values, phase, champion_requests) if g not in guards
+    ]
+    if not extra:
+        return Judged(results)
+    note = (
+        f"the guards that judge the {subject(phase)} could not be evaluated "
+        f"({erred[min(judging)]}), so the {phase} phase's defaults judge it"
+    )
+    # In the error, which the evidence shows (the detail is only for reasons).
+    instead = f"the {phase} phase's defaults judge the {subject(phase)} in its place"
+    results = tuple(
+        replace(g, error=f"{g.error}; {instead}") if i in judging else g
+        for i, g in enumerate(results)
+    )
+    added = (
+        replace(g, detail="; ".join(x for x in (g.detail, note) if x))
+        for g in evaluate(extra, values, min_requests, scope)
+    )
+    stood_in = frozenset(guards[i] for i in judging)
+    return Judged((*results, *added), stood_in, note)
 
 
 def first_failure(results: Sequence[GuardResult]) -> GuardResult | None:

@@ -402,8 +402,8 @@ class ReportService:
         evidence = guards.in_phase(evidence, r.phase)
         thin = guards.champion_minimum(r.candidate_percent, self.guard_min_requests)
         values = guards.variables(evidence, r.champion_reference, thin)
-        in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
-        results = guards.evaluate(in_force, values, self.guard_min_requests)
+        judged = guards.judge(r.effective_guards, values, r.phase, self.guard_min_requests, thin)
+        results = judged.results  # a failure of a default standing in says so in its detail
         evidence = replace(evidence, guards=results)
         champion = evidence.champion
         reference = (

@@ -13,7 +13,9 @@ say which generation it applied, received since it began), kept as a running sum
 arm it reads having at least ``guard_min_requests`` requests (for ``shadow``: compared or
 failed requests) there, and passed, does it move; a guard that evaluates to false there rolls
 the candidate back; a guard that cannot be evaluated yet (too few requests, a value such as
-``accuracy`` not reported) holds it until more evidence arrives. A guard reading what the step
+``accuracy`` not reported, an error on these values) holds it until more evidence arrives,
+unless the phase's defaults judge in its place (when every guard that judges the version under
+test erred: see :func:`controlplane.rollouts.guards.judge`). A guard reading what the step
 or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
 blue/green watch, ``candidate`` in the blue/green shadow phase (the candidate answers only
 copies), nor, in a step where the champion answers nothing and has no comparison (a single
@@ -88,10 +90,19 @@ class StepVerdict:
     absent: frozenset[str] = guards.ABSENT_WITH_TRAFFIC
     #: Why histograms that guards read over the step restarted (see :mod:`.step_sum`).
     restarted: tuple[str, ...] = ()
+    #: The guards that erred, the phase's defaults judging in their place, and why
+    #: (see :func:`controlplane.rollouts.guards.judge`): they hold nothing.
+    stood_in: frozenset[str] = frozenset()
+    stood_in_note: str = ""
+
+    def counts(self, g: GuardResult) -> bool:
+        """Whether ``g`` must be evaluated and pass for the step to move: it applies, and no
+        default took its place."""
+        return _applies(g.expression, self.absent) and g.expression not in self.stood_in
 
     def waiting_for(self) -> list[GuardResult]:
         """The applicable guards that could not be evaluated (or are held) on the step."""
-        return [g for g in self.evidence.guards if g.error and _applies(g.expression, self.absent)]
+        return [g for g in self.evidence.guards if g.error and self.counts(g)]
 
 
 def _applies(guard: str, absent: frozenset[str]) -> bool:
@@ -173,29 +184,28 @@ def _verdict(
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
     thin = guards.champion_minimum(r.candidate_percent, min_requests)
-    in_force = guards.in_force(r.effective_guards, values, r.phase, thin)
-    results = guards.evaluate(in_force, values, min_requests, scope=scope(r))
-    results, restarted = _noted(results, total.restarted)
+    judged = guards.judge(r.effective_guards, values, r.phase, min_requests, thin, scope(r))
+    results, restarted = _noted(judged.results, total.restarted)
     failure = guards.first_failure(results)
     missing = guards.absent_in(r.phase)
     if r.candidate_percent >= 100 and guards.no_champion(values, thin):
         # The champion answers nothing here and has no comparison: guards reading it never
         # apply in this step (NO_CHAMPION_GUARD is in force instead).
         missing = missing | {"champion"}
-    applicable = [g for g in results if _applies(g.expression, missing)]
+    verdict = StepVerdict(
+        evidence, reference, failure, False, missing, restarted, judged.stood_in, judged.note
+    )
+    applicable = [g for g in results if verdict.counts(g)]
     # Never "every guard passed" with none evaluated (the defaults see that one applies).
     passed = failure is None and bool(applicable) and all(g.passed for g in applicable)
     if failure is None and not_loaded:
         held = unloaded.describe(tuple(not_loaded))
         results = tuple(
-            replace(g, passed=False, error=held)
-            if g.passed and _applies(g.expression, missing)
-            else g
+            replace(g, passed=False, error=held) if g.passed and verdict.counts(g) else g
             for g in results
         )
         passed = False
-    evidence = replace(evidence, guards=results)
-    return StepVerdict(evidence, reference, failure, passed, missing, restarted)
+    return replace(verdict, evidence=replace(evidence, guards=results), passed=passed)
 
 
 #: The guard fields derived from each histogram (or drift counts) of a step's sum.
@@ -236,18 +246,24 @@ def passed_reason(verdict: StepVerdict, d: Deployment, r: Rollout) -> str:
     """What passed over a step or phase that moves, for its transition's reason."""
     where = scope(r)
     results = verdict.evidence.guards
-    applicable = [g for g in results if _applies(g.expression, verdict.absent)]
+    applicable = [g for g in results if verdict.counts(g)]
     if len(applicable) == len(results):
         why = f"every guard passed over the {where}"
     else:
+        others = []
+        if any(not _applies(g.expression, verdict.absent) for g in results):
+            absent = " or ".join(sorted(verdict.absent))
+            others.append(f"read {absent}, which this {where} does not have")
+        if verdict.stood_in:
+            others.append("could not be evaluated, the defaults judging in their place")
         why = (
             f"every guard that applies passed over the {where} ({len(applicable)} of "
-            f"{len(results)}; the others read {' or '.join(sorted(verdict.absent))}, which this "
-            f"{where} does not have)"
+            f"{len(results)}; the others {', or '.join(others)})"
         )
     notes = {
         guards.why_in_force(g.expression, d.guards, r.guards, r.phase, where) for g in applicable
     }
+    notes.add(verdict.stood_in_note)
     notes.discard("")
     return "; ".join([why, *sorted(notes), *verdict.restarted])
 
