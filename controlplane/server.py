@@ -243,9 +243,18 @@ class _Deployments:
 
 
 def _deployment_model(store: Store, deployment_id: str) -> str | None:
-    """The id of the model ``deployments/{deployment_id}`` serves; None when there is none."""
-    from controlplane.store.deployment_repos import Deployments
+    """The id of the model ``deployments/{deployment_id}`` serves; None when there is none.
 
+    An id that no deployment can have is none without asking the database: PostgreSQL refuses
+    text holding NUL, and that error must not turn a scoped caller's bad name into INTERNAL."""
+    from controlplane.names import check_id
+    from controlplane.store.deployment_repos import Deployments
+    from modelplane.errors import InvalidArgument
+
+    try:
+        check_id(deployment_id)
+    except InvalidArgument:
+        return None
     with store.read() as tx:
         row = Deployments(tx.session).row(deployment_id)
         return row.model_id if row is not None else None

@@ -272,3 +272,39 @@ def test_without_a_lookup_scoped_grants_reach_no_deployment() -> None:
     with pytest.raises(PermissionDenied) as denied:
         policy(ctx, _UPDATE, update)
     assert denied.value.reason == "MODEL_NOT_IN_SCOPE"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\x00", "é" * 10, "A_B", "x" * 300])
+def test_a_scoped_caller_naming_no_possible_deployment_is_refused_on_each_backend(
+    db_url: str, tmp_path: Path, name: str
+) -> None:
+    """A name no deployment can have is looked up in no database (PostgreSQL refuses text
+    holding NUL): the scoped caller gets the refusal a missing deployment gets, never
+    INTERNAL, and the server serves on."""
+    from modelplane.errors import error_info
+    from modelplane.v1 import deployments_pb2_grpc
+    from tests.controlplane.conftest import _start
+    from tests.controlplane.test_auth_permissions import write_tokens
+
+    model = unique("m")
+    tokens = write_tokens(
+        tmp_path / "tokens.yaml", {"dana": (["developer"], [model]), "sid": (["sidecar"], [model])}
+    )
+    cp = _start(tmp_path, db_url, auth=f"tokens:{tmp_path / 'tokens.yaml'}")
+    try:
+        with grpc.insecure_channel(cp.address) as channel:
+            stub = deployments_pb2_grpc.DeploymentServiceStub(channel)
+            for who in ("dana", "sid"):
+                md = (("authorization", f"Bearer {tokens[who]}"),)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.GetDeployment(
+                        pb.GetDeploymentRequest(name=f"deployments/{name}"), metadata=md, timeout=30
+                    )
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                info = error_info(refused.value)
+                assert info is not None and info.reason == "MODEL_NOT_IN_SCOPE"
+            md = (("authorization", f"Bearer {tokens['dana']}"),)
+            listed = stub.ListDeployments(pb.ListDeploymentsRequest(), metadata=md, timeout=30)
+            assert list(listed.deployments) == []
+    finally:
+        cp.handle.stop(0)
