@@ -302,11 +302,12 @@ class HookRunner:
     def _run(self, deployment_id: str, argv: list[str], body: bytes) -> None:
         try:
             # A session of its own: on timeout its children are killed with it, and none
-            # holds the output pipes open.
+            # holds the output pipes open. Its output goes nowhere (a chatty command would
+            # otherwise be held in memory whole): only the end of stderr is logged.
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=command_env(body),
                 start_new_session=True,

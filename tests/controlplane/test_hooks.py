@@ -200,3 +200,28 @@ def test_hooks_still_running_never_keep_the_process_from_exiting() -> None:
         assert proc.returncode == 0, proc.stderr
     finally:
         srv.close()
+
+
+def test_a_commands_output_is_not_held_only_the_end_of_its_stderr_is_logged(
+    tmp_path: Path, logged: _Log
+) -> None:
+    """A chatty command writes its stdout nowhere (the server would hold all of it in memory
+    to drop it), and a failing one has the end of its stderr logged."""
+    where = tmp_path / "stdout"
+    script = (
+        "import os, sys\n"
+        "with open(sys.argv[1] + '.new', 'w') as f:\n"
+        "    f.write(os.readlink('/proc/self/fd/1'))\n"
+        "os.replace(sys.argv[1] + '.new', sys.argv[1])\n"
+        "sys.stdout.write('x' * 300_000)\n"
+        "sys.stderr.write('no model to retrain\\n')\n"
+        "sys.exit(3)\n"
+    )
+    hooks = HookRunner({"fraud": [sys.executable, "-c", script, str(where)]}, timeout=30)
+    try:
+        hooks.fire("fraud", "", {})
+        failed = logged.wait_for("retraining command exited non-zero")
+    finally:
+        hooks.close()
+    assert where.read_text().strip() == "/dev/null"
+    assert failed["code"] == 3 and failed["stderr"].strip() == "no model to retrain"
