@@ -240,9 +240,13 @@ class ShadowRunner:
             groups.setdefault(key, []).append((job, decoded))
         self._count_errors(undecodable)
         for members in groups.values():
-            batched = members[0][1].key is not None and len(members) > 1
-            # Copies that cannot share a session call run one by one; one that fails leaves
-            # the others' results standing.
+            shadow = members[0][0].shadow.model
+            batched = (
+                shadow.signature.batchable and members[0][1].key is not None and len(members) > 1
+            )
+            # Copies that cannot share a session call (a model whose answers change when
+            # requests are stacked, see sidecar.batch_check) run one by one; one that fails
+            # leaves the others' results standing.
             for part in [members] if batched else [[m] for m in members]:
                 try:
                     self._run_part(part)

@@ -253,3 +253,61 @@ def test_the_log_holds_every_output_whether_a_request_was_shadowed_or_not(
     _wait(lambda: read_logs(log_dir).filter(pc.field("arm") == "shadow").num_rows > 0)
     rows = read_logs(log_dir).to_pylist()
     assert all(r["out_label"] is not None and r["out_probabilities"] for r in rows)
+
+
+def _attention(shift: float) -> bytes:
+    """``out[n, 2] = softmax(q @ k^T) @ k + shift``: each query attends over its own request's
+    keys, so stacking two requests' rows would change both answers."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["w"], axis=1),
+            helper.make_node("MatMul", ["w", "k"], ["attended"]),
+            helper.make_node("Add", ["attended", "shift"], ["out"]),
+        ],
+        "attend",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, [None, 2]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, [None, 2]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 2])],
+        initializer=[numpy_helper.from_array(np.array(shift, np.float32), "shift")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_copies_for_a_shadow_that_must_not_batch_run_one_by_one(
+    managed: Any, plane: FakeControlPlane
+) -> None:
+    """The load-time check found that stacking changes the shadow's answers: queued copies
+    are not stacked into one call either, so each is compared on its own answer."""
+    blobs = {n: _attention(float(n)) for n in (1, 2)}
+    versions = {n: (plane.add_blob(b), len(b), "") for n, b in blobs.items()}
+    h = managed(max_batch_size=8)
+    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=1.0, rollout_id="s"))
+    assert h.wait_ready(60)
+    table = h.manager.table
+    assert not table.shadow.model.signature.batchable
+    rng = np.random.default_rng(3)
+    feeds = [
+        {"q": rng.standard_normal((2, 2)).astype(np.float32), "k": np.full((2, 2), 10.0 * i, "f4")}
+        for i in range(3)
+    ]
+    published: list[Any] = []
+    runner = ShadowRunner(published.append, budget=1.0)
+    for i, feed in enumerate(feeds):
+        request = raw_request("attend", {n: ("FP32", a) for n, a in feed.items()}, id=f"c{i}")
+        (champion,) = table.champion.model.runtime.run(["out"], feed)
+        job = ShadowJob(request, table.champion, table.shadow, {"out": champion}, "", 0.0)
+        assert runner.submit(job)
+    runner.start()
+    runner.close(10)
+    session = ort.InferenceSession(blobs[2], providers=["CPUExecutionProvider"])
+    records = [p.record for p in published if p.record is not None]
+    assert [r.row_counts for r in records] == [[2], [2], [2]]
+    for feed, record in zip(feeds, records, strict=True):
+        (alone,) = session.run(None, feed)
+        np.testing.assert_allclose(record.outputs["out"], alone, rtol=1e-5, atol=1e-6)
