@@ -145,12 +145,31 @@ def _divide(a: Any, b: Any) -> Any:
     ``candidate.error_rate / champion.error_rate <= 2.0`` would evaluate to false whenever
     both rates are 0 (and roll a healthy candidate back). Any other double over 0.0 is
     infinite with IEEE 754's sign (celpy's is always +inf); ints and uints divide as in celpy
-    (by 0, an error)."""
+    (by 0, an error). Operands of two number types are a type error, as for ``+``, ``-`` and
+    ``*`` (celpy would floor-divide an int by a double: ``int(x) / 100.0`` gave 0 for 70)."""
+    _same_number_type(a, b)
     if isinstance(a, celtypes.DoubleType) and isinstance(b, celtypes.DoubleType) and b == 0.0:
         if a == 0.0:
             raise ZeroDivisionError(UNDEFINED_QUOTIENT)
         return celtypes.DoubleType(math.copysign(math.inf, b) * a)
     return operator.truediv(a, b)
+
+
+_NUMBER_TYPES = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
+
+
+def _same_number_type(a: Any, b: Any) -> None:
+    """TypeError (CEL's "no matching overload") for numbers of two types: CEL converts none
+    implicitly in arithmetic."""
+    numbers = isinstance(a, _NUMBER_TYPES) and isinstance(b, _NUMBER_TYPES)
+    if numbers and type(a) is not type(b):
+        raise TypeError(f"no such overload: {type(a).__name__} and {type(b).__name__}")
+
+
+def _modulo(a: Any, b: Any) -> Any:
+    """``%``, with operands of one number type only (see :func:`_divide`)."""
+    _same_number_type(a, b)
+    return base_functions["_%_"](a, b)
 
 
 #: Numbers compare and equal across int, uint and double, as the current CEL specification
@@ -166,6 +185,7 @@ _FUNCTIONS: dict[str, Any] = {
     "_>=_": _ordering("_>=_", operator.ge),
     "_+_": bounded_add(base_functions["_+_"]),
     "_/_": _divide,
+    "_%_": _modulo,
 }
 #: The functions and methods a rule may call.
 FUNCTION_NAMES = function_names(_FUNCTIONS)

@@ -314,6 +314,20 @@ def test_mixed_int_double_arithmetic_is_a_type_error_with_a_hint() -> None:
     assert one("1.0 + metrics.x > 1.5", {"metrics": {"x": 1.0}}).passed
 
 
+@pytest.mark.parametrize(
+    "expression", ["int(metrics.x) / 100.0 <= 0.05", "7 % 2.0 == 1.0", "1u / 2.0 == 0.5"]
+)
+def test_mixed_number_types_do_not_divide(expression: str) -> None:
+    """``/`` and ``%`` take operands of one type, as ``+``, ``-`` and ``*`` do: celpy would
+    floor-divide an int by a double, and ``int(x) / 100.0`` would be 0 for x = 70, a rule
+    that passes whatever the value."""
+    result = one(expression, {"metrics": {"x": 70.0}})
+    assert result.outcome is Outcome.ERROR, result.message
+    assert "type error" in result.message and "write 1.0, not 1" in result.message
+    assert one("metrics.x / 100.0 == 0.7", {"metrics": {"x": 70.0}}).passed
+    assert one("7 / 2 == 3 && 7u / 2u == 3u && 7 % 2 == 1", {}).passed
+
+
 def test_guard_rules_use_their_own_variables() -> None:
     rule = compile_rule("candidate.error_rate <= champion.error_rate + 0.01")
     assert rule.references == ("candidate.error_rate", "champion.error_rate")
