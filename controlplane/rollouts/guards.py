@@ -43,11 +43,12 @@ skipped; so where the candidate answers traffic and no guard in force judges it 
 champion, :data:`NO_CHAMPION_GUARD` (its error rate at most 1%) is evaluated as well
 (:func:`in_force`), and a candidate that fails is still rolled back.
 
-Likewise, when every guard in force that judges the version under test could not be evaluated
-on a window or step (an error, such as a division by a count that is 0 in a guard stored before
+Likewise, when a guard in force that judges the version under test could not be evaluated on
+a window or step (an error, such as a division by a count that is 0 in a guard stored before
 the check below; not a skip for a missing value or too few requests), the phase's defaults (as
 they would be in force there) are evaluated as well (:func:`judge`), each result saying why:
-a failing candidate is still rolled back, and the guards whose place they took hold no step.
+what that guard was there to catch (a failing candidate, say) is still caught, and the guards
+whose place they took hold no step. Guards that were evaluated still judge beside them.
 
 A guard is checked when it is set (:func:`check_guards`): it may read only the fields above
 (a misspelled one would never be present, so the guard would be skipped for ever while it
@@ -486,24 +487,25 @@ def judge(
     scope: str = "window",
 ) -> Judged:
     """The results of the guards in force on ``values`` in ``phase`` (:func:`in_force`, with
-    ``champion_requests`` as its minimum), evaluated as :func:`evaluate` does; and when every
-    one of them that judges the version under test erred (not skipped: it could not be
-    evaluated on these values, such as a division by a count that is 0), the results of the
-    phase's defaults that are not in force as well, standing in for them (see the module
-    docstring)."""
+    ``champion_requests`` as its minimum), evaluated as :func:`evaluate` does; and when one
+    of them that judges the version under test erred (not skipped: it could not be evaluated
+    on these values, such as a division by a count that is 0), the results of the phase's
+    defaults that are not in force as well, standing in for the guards that erred (see the
+    module docstring). A guard beside it that was evaluated does not make up for it: it may
+    judge something else (latency where the one that erred judged errors)."""
     guards = in_force(effective, values, phase, champion_requests)
     results, erred = _evaluate(guards, values, min_requests, scope)
-    judging = {i for i, g in enumerate(guards) if _judged((g,), phase)}
-    if not judging or not judging <= erred.keys():
+    judging = {i for i, g in enumerate(guards) if _judged((g,), phase)} & erred.keys()
+    if not judging:
         return Judged(results)
     # The defaults as they would be in force on these values (NO_CHAMPION_GUARD included).
     extra = [
         g for g in in_force(defaults(phase), values, phase, champion_requests) if g not in guards
     ]
-    if not extra:
-        return Judged(results)
+    # With the defaults in force already (set as guards), they judge: the guard that erred
+    # holds nothing either way.
     note = (
-        f"the guards that judge the {subject(phase)} could not be evaluated "
+        f"a guard that judges the {subject(phase)} could not be evaluated "
         f"({erred[min(judging)]}), so the {phase} phase's defaults judge it"
     )
     # In the error, which the evidence shows (the detail is only for reasons).

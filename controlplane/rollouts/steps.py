@@ -14,8 +14,8 @@ arm it reads having at least ``guard_min_requests`` requests (for ``shadow``: co
 failed requests) there, and passed, does it move; a guard that evaluates to false there rolls
 the candidate back; a guard that cannot be evaluated yet (too few requests, a value such as
 ``accuracy`` not reported, an error on these values) holds it until more evidence arrives,
-unless the phase's defaults judge in its place (when every guard that judges the version under
-test erred: see :func:`controlplane.rollouts.guards.judge`). A guard reading what the step
+unless the phase's defaults judge in its place (when it judges the version under test and
+erred: see :func:`controlplane.rollouts.guards.judge`). A guard reading what the step
 or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
 blue/green watch, ``candidate`` in the blue/green shadow phase (the candidate answers only
 copies), nor, in a step where the champion answers nothing and has no comparison (a single

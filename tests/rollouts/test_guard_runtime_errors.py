@@ -34,7 +34,7 @@ INT_RATIO = "int(candidate.errors) / int(champion.errors) <= 2"
 RATE_RATIO = "candidate.error_rate / champion.error_rate <= 2.0"
 ENDED = (pb.ROLLOUT_STATE_PROMOTED, pb.ROLLOUT_STATE_ROLLED_BACK, pb.ROLLOUT_STATE_ABORTED)
 DEFAULTS_NOTE = (
-    "the guards that judge the candidate could not be evaluated (division by zero in "
+    "a guard that judges the candidate could not be evaluated (division by zero in "
     "int(candidate.errors) / int(champion.errors) (at line 1, column 1)), so the canary phase's "
     "defaults judge it"
 )
@@ -155,15 +155,26 @@ CHAMPION = {"requests": 100.0, "errors": 0.0, "error_rate": 0.0, "latency_p99": 
 FAILING = {"requests": 100.0, "errors": 100.0, "error_rate": 1.0, "latency_p99": 0.01}
 
 
-def test_the_defaults_stand_in_only_when_every_guard_judging_the_candidate_erred() -> None:
+def test_the_defaults_stand_in_when_a_guard_judging_the_candidate_erred() -> None:
     values = {"champion": CHAMPION, "candidate": FAILING}
     judged = guards.judge([INT_RATIO], values, "canary", 20)
     assert judged.stood_in == {INT_RATIO}
     assert guards.first_failure(judged.results).expression == ERRORS  # type: ignore[union-attr]
-    # Another guard judging the candidate was evaluated: it judges, alone.
-    both = guards.judge([INT_RATIO, "candidate.errors <= 50.0"], values, "canary", 20)
-    assert not both.stood_in and not both.note
-    assert [g.expression for g in both.results] == [INT_RATIO, "candidate.errors <= 50.0"]
+    # Another guard judging the candidate was evaluated: it judges something else (latency),
+    # so the defaults still stand in for the one that erred, and it judges beside them.
+    latency = "candidate.latency_p99 <= 1.0"
+    both = guards.judge([INT_RATIO, latency], values, "canary", 20)
+    assert both.stood_in == {INT_RATIO} and both.note
+    assert [g.expression for g in both.results][:2] == [INT_RATIO, latency]
+    assert both.results[1].passed and not both.results[1].error
+    assert guards.first_failure(both.results).expression == ERRORS  # type: ignore[union-attr]
+    # The defaults set as guards already: nothing to add, and the one that erred holds nothing.
+    set_too = guards.judge([INT_RATIO, *guards.DEFAULT_TRAFFIC_GUARDS], values, "canary", 20)
+    assert set_too.stood_in == {INT_RATIO} and len(set_too.results) == 3
+    assert guards.first_failure(set_too.results).expression == ERRORS  # type: ignore[union-attr]
+    # Evaluated guards alone: nothing added.
+    fine = guards.judge([latency, "candidate.errors <= 50.0"], values, "canary", 20)
+    assert not fine.stood_in and not fine.note and len(fine.results) == 2
     # A guard that is skipped (too few requests, a value not there) is no error: nothing added.
     thin = guards.judge([INT_RATIO], values, "canary", 200)
     assert not thin.stood_in and [g.expression for g in thin.results] == [INT_RATIO]
