@@ -149,14 +149,15 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 def check_text(value: str, what: str, limit: int = 10_000, *, single_line: bool = False) -> str:
-    """Bounded free text without NUL or control characters (newlines unless single-line)."""
+    """Bounded free text without NUL or control characters (newlines unless single-line): C0,
+    DEL and C1 (a terminal takes U+009B for an escape sequence's start)."""
     if len(value) > limit:
         raise InvalidArgument(
             f"{what} is longer than {limit} characters", reason="INVALID_ARGUMENT"
         )
     allowed = "" if single_line else "\n\t"
     for ch in value:
-        if (ord(ch) < 32 and ch not in allowed) or ord(ch) == 127:
+        if (ord(ch) < 32 and ch not in allowed) or 127 <= ord(ch) < 160:
             raise InvalidArgument(
                 f"{what} contains a control character (code {ord(ch)})", reason="INVALID_ARGUMENT"
             )

@@ -311,6 +311,7 @@ def _identity_onnx(input_name: str, producer: str) -> bytes:
         ("x\x1b[2J", "exporter", "tensor name 'x\\x1b[2J' contains a control character (code 27)"),
         ("x\ny", "exporter", "contains a control character (code 10)"),
         ("x", "p\x1b]0;title\x07", "producer name contains a control character (code 27)"),
+        ("x\x9b2J", "exporter", "contains a control character (code 155)"),
         ("x" * 1025, "exporter", "is longer than 1024 characters"),
     ],
 )
