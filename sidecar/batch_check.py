@@ -57,6 +57,17 @@ def _close(alone: np.ndarray[Any, Any], stacked: np.ndarray[Any, Any]) -> bool:
     return bool(np.allclose(wide, stacked, rtol=rtol, atol=rtol * 1e-1 * scale, equal_nan=True))
 
 
+def _by(alone: np.ndarray[Any, Any], stacked: np.ndarray[Any, Any]) -> str:
+    """How far apart two float answers of one shape are, for the log (a GPU kernel's rounding
+    past the tolerance looks different from answers that mix requests)."""
+    if alone.shape != stacked.shape or alone.dtype.kind not in "fc":
+        return ""
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(alone.astype(np.float64) - stacked.astype(np.float64))
+    finite = gap[np.isfinite(gap)]
+    return f" by up to {float(finite.max()):.3g}" if finite.size else ""
+
+
 def stacking_changes_answers(signature: Signature, run: Run) -> str | None:
     """Why rows of several requests must not run as one call, found by running sample requests
     alone and stacked through ``run`` (None: the answers agree, or the model could not run the
@@ -95,8 +106,8 @@ def stacking_changes_answers(signature: Signature, run: Run) -> str | None:
             if not _close(answers[index], out[lo : lo + rows]):
                 return (
                     f"output {name!r}: a request's rows run stacked with another request's "
-                    "differ from the same rows run alone (its answers depend on the other "
-                    "rows of the call)"
+                    f"differ from the same rows run alone{_by(answers[index], out[lo : lo + rows])}"
+                    " (its answers depend on the other rows of the call)"
                 )
             lo += rows
     return None

@@ -381,6 +381,7 @@ def test_the_stacking_check_allows_rounding_but_not_different_answers(tmp_path: 
         signature, lambda o, f: [per_row(o, f)[0] + f["input"].mean()]
     )
     assert mixing is not None and "depend on the other rows" in mixing
+    assert "alone by up to " in mixing
     fewer = stacking_changes_answers(signature, lambda o, f: [per_row(o, f)[0][:2]])
     assert fewer is not None and "has 2 rows for 5 stacked input rows" in fewer
 
