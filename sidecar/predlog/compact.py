@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -120,6 +121,12 @@ def remove_stale_temporaries(
     return removed
 
 
+def _segment(value: str | None) -> str:
+    """A Hive partition value as a path segment: percent-encoded as pyarrow's Hive
+    partitioning reads it back, null as Hive writes it."""
+    return "__HIVE_DEFAULT_PARTITION__" if value is None else quote(value, safe="")
+
+
 def _compact_file(
     path: Path, schema: pa.Schema, filesystem: pafs.FileSystem, base: str, result: CompactResult
 ) -> None:
@@ -130,20 +137,18 @@ def _compact_file(
     table = table.append_column("date", pc.strftime(table.column("timestamp"), format="%Y-%m-%d"))
     result.rows += table.num_rows
 
-    # Imported here: pyarrow.dataset loads pandas, which a serving sidecar never needs.
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    partitioning = ds.partitioning(
-        pa.schema([("date", pa.string()), ("model_version", pa.string())]), flavor="hive"
-    )
-    # One partition per call, so ``{i}`` is always 0 and the final name depends only on the
-    # log file: a later run replaces exactly this file. The temporary name starts with "."
-    # and does not end in ".parquet", so neither pyarrow datasets, Spark nor DuckDB globs
-    # ("**/*.parquet") read a half-written file.
+    # Each partition's folder is named here, Hive style, and written with pq.write_table:
+    # pyarrow.dataset's writer (its thread pool and Python file visitor) made about one
+    # `modelplane logs compact` in eight abort at exit on a loaded machine ("terminate called
+    # without an active exception", exit 134) after it had written everything. The final name
+    # depends only on the log file, so a later run replaces exactly this file. The temporary
+    # name starts with "." and does not end in ".parquet", so neither pyarrow datasets, Spark
+    # nor DuckDB globs ("**/*.parquet") read a half-written file. The partition columns live in
+    # the folder names, not in the file, as Hive partitioning has them.
     final_name = f"{path.stem}-0.parquet"
-    temporary = f"{_TMP_PREFIX}{path.stem}-{{i}}.parquet{_TMP_MARK}{uuid.uuid4().hex}"
     keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
-    written: list[str] = []
     for date, version in zip(
         keys.column("date").to_pylist(), keys.column("model_version").to_pylist(), strict=True
     ):
@@ -153,19 +158,10 @@ def _compact_file(
             else pc.equal(table.column("model_version"), version)
         )
         part = table.filter(pc.and_(pc.equal(table.column("date"), date), same_version))
-        written.clear()
-        ds.write_dataset(
-            part,
-            base,
-            schema=table.schema,
-            filesystem=filesystem,
-            format="parquet",
-            partitioning=partitioning,
-            basename_template=temporary,
-            existing_data_behavior="overwrite_or_ignore",
-            file_visitor=lambda file: written.append(file.path),
-        )
-        for temp_path in written:
-            final_path = f"{temp_path.rsplit('/', 1)[0]}/{final_name}"
-            filesystem.move(temp_path, final_path)
-            result.files.append(final_path)
+        folder = f"{base}/date={_segment(date)}/model_version={_segment(version)}"
+        filesystem.create_dir(folder, recursive=True)
+        temporary = f"{folder}/{_TMP_PREFIX}{path.stem}-0.parquet{_TMP_MARK}{uuid.uuid4().hex}"
+        pq.write_table(part.drop_columns(list(PARTITION_COLUMNS)), temporary, filesystem=filesystem)
+        final_path = f"{folder}/{final_name}"
+        filesystem.move(temporary, final_path)
+        result.files.append(final_path)
