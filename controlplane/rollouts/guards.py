@@ -155,24 +155,17 @@ def _check_rule(rule: CompiledRule, what: str) -> None:
             problem += f"; its fields are {', '.join(known)}"
         where = f" at line {ref.line}, column {ref.column}"
         raise _invalid(what, rule, problem + where, line=ref.line, column=ref.column)
-    (result,) = evaluate_rules([rule], _sample(1.0)).results
-    if result.outcome is Outcome.ERROR:
-        raise _invalid(
-            what,
-            rule,
-            f"{result.message}; a guard must be a condition (true or false) on the fields, "
-            "such as candidate.error_rate <= 0.01",
-        )
-    (result,) = evaluate_rules([rule], _sample(0.0)).results
-    if result.outcome is Outcome.ERROR:
-        raise _invalid(
-            what,
-            rule,
-            f"it cannot be evaluated when every field is 0, as in a window where no request "
-            f"failed ({result.message}); write a ratio as a product, such as "
-            "candidate.errors <= 2.0 * champion.errors rather than candidate.errors / "
-            "champion.errors <= 2.0",
-        )
+    problems = (
+        "{}; a guard must be a condition (true or false) on the fields, such as "
+        "candidate.error_rate <= 0.01",
+        "it cannot be evaluated when every field is 0, as in a window where no request failed "
+        "({}); write a ratio as a product, such as candidate.errors <= 2.0 * champion.errors "
+        "rather than candidate.errors / champion.errors <= 2.0",
+    )
+    for number, problem in zip((1.0, 0.0), problems, strict=True):
+        (result,) = evaluate_rules([rule], _sample(number)).results
+        if result.outcome is Outcome.ERROR:
+            raise _invalid(what, rule, problem.format(result.message))
 
 
 def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]:

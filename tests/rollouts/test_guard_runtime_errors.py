@@ -22,8 +22,8 @@ from controlplane.store.deployment_tables import RolloutRow
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
+from tests.rollouts.harness import Plane, client_and_store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,18 +73,11 @@ def test_a_guard_that_errs_when_every_number_is_0_is_refused_when_set(
 
 
 @pytest.fixture
-def stored(tmp_path: Path) -> Iterator[tuple[Client, Store]]:
+def stored(tmp_path: Path) -> Iterator[Plane]:
     """A client of a control plane of its own, and its store, to write guards it would
     refuse."""
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
-    store = Store.open(url)
-    try:
-        with plane.client() as c:
-            yield c, store
-    finally:
-        plane.handle.stop(0)
-        store.close()
+    with client_and_store(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}") as plane:
+        yield plane
 
 
 def _canary_with_stored_guard(c: Client, store: Store, tmp_path: Path, guard: str) -> Any:
