@@ -22,7 +22,7 @@ from controlplane.services.evidence import (
     standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
-from controlplane.services.models import require_model
+from controlplane.services.models import lock_model, require_model
 from controlplane.services.versions import require_version
 from controlplane.store import Store
 from controlplane.store.governance_repos import Governance, evidence_to_json
@@ -76,7 +76,9 @@ class ApprovalService:
                     f"approval {tx.replay} recorded for request_id {request_id} no longer exists",
                     reason="APPROVAL_NOT_FOUND",
                 )
-            require_model(tx, model_id)
+            # The model's lock, as a forced DeleteModel takes it: an approval committed after
+            # the delete would count for a version 1 registered again with the same artifact.
+            lock_model(tx, model_id)
             version = require_version(tx, model_id, number)
             if same_principal(version.created_by, ctx.principal):
                 raise PermissionDenied(

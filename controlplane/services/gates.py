@@ -22,7 +22,7 @@ from controlplane.services.evidence import (
     standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
-from controlplane.services.models import require_model
+from controlplane.services.models import lock_model, require_model
 from controlplane.services.versions import require_version
 from controlplane.store import Store, Tx
 from controlplane.store.convert import lineage_to_json
@@ -202,7 +202,9 @@ class GateService:
                         reason="GATE_DECISION_NOT_FOUND",
                     )
                 return replayed
-            require_model(tx, model_id)
+            # The model's lock, as a forced DeleteModel takes it: a decision committed after
+            # the delete would be listed for a version 1 registered again.
+            lock_model(tx, model_id)
             version = require_version(tx, model_id, number)
             inputs = gate_inputs(tx, version, target)
             latest, policy = inputs.latest, inputs.policy
