@@ -91,6 +91,12 @@ def check_webhook_url(url: str) -> str:
     if not url:
         return ""
     field = "retraining_hook.webhook_url"
+    if any(ch.isspace() or ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in url):
+        raise InvalidArgument(
+            f"{field} holds whitespace or a control character; percent-encode it (%20)",
+            reason="INVALID_WEBHOOK_URL",
+            metadata={"field": field},
+        )
     parsed = urlparse(url)
     if _has_userinfo(url):
         raise InvalidArgument(

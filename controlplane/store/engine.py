@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 from modelplane.errors import InvalidArgument, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: PostgreSQL's ``lock_timeout`` for serving connections (a URL's own ``options`` replace it).
+LOCK_TIMEOUT_OPTION = f"-c lock_timeout={SQLITE_BUSY_TIMEOUT_MS}"
 
 
 class WriteGate:
@@ -143,7 +145,15 @@ def create_engines(url: str) -> Engines:
         )
     # Connections are recycled rather than pinged before each use: a ping is one more round
     # trip on every transaction.
-    engine = create_engine(url, pool_recycle=300, pool_size=10, max_overflow=20)
+    # A write waits for a row lock at most as long as SQLite waits for its write lock: one
+    # stuck lock holder must not keep every waiting request's connection (and then the pool).
+    engine = create_engine(
+        url,
+        pool_recycle=300,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={} if "options" in parsed.query else {"options": LOCK_TIMEOUT_OPTION},
+    )
     # Reads run in autocommit mode on the same pool. Under READ COMMITTED every statement takes
     # its own snapshot whether or not a transaction is open, so this changes nothing about
     # what a read sees, and spares two round trips per read (BEGIN and ROLLBACK).

@@ -64,6 +64,9 @@ def _upgrade(engines: Engines, revision: str) -> None:
     cfg = alembic_config()
     with engines.write.connect() as conn:
         if engines.dialect == "postgresql":
+            # Serving connections give up on a lock after a while (see create_engines); a
+            # migration waits for the other replicas' migration and for its tables instead.
+            conn.execute(text("SET lock_timeout = 0"))
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             conn.commit()
         try:
@@ -74,6 +77,7 @@ def _upgrade(engines: Engines, revision: str) -> None:
         finally:
             if engines.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                conn.execute(text("RESET lock_timeout"))
                 conn.commit()
 
 

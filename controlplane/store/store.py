@@ -31,7 +31,8 @@ from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from controlplane.store.convert import utc
@@ -297,11 +298,19 @@ def check_db_url(url: str) -> None:
     or one that does not parse (a port that is not a number, say); connects to nothing."""
     normalized = normalize_url(url)
     try:
-        make_url(normalized)
+        parsed = make_url(normalized)
     except (ArgumentError, ValueError) as exc:
         raise InvalidArgument(
             f"cannot parse the database URL: {exc}", reason="INVALID_DB_URL"
         ) from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Each pooled connection would open a database of its own, empty: the migrated one
+        # is not the one the next request reads.
+        raise InvalidArgument(
+            "an in-memory SQLite database cannot hold the control plane's state: give a file, "
+            "sqlite:///PATH",
+            reason="INVALID_DB_URL",
+        )
 
 
 def _request_time(session: Session, request_id: str) -> datetime | None:
@@ -326,9 +335,19 @@ def _translated() -> Iterator[None]:
             "the resource already exists (a concurrent request created it)",
             reason="ALREADY_EXISTS",
         ) from exc
-    except OperationalError as exc:
+    except (OperationalError, PoolTimeout) as exc:
+        # A pool with no free connection for its timeout is as busy as a lock that does not
+        # come: both are retryable, not the server's bug.
         raise Unavailable(
             "the database is unavailable or busy; retry shortly", reason="DATABASE_UNAVAILABLE"
+        ) from exc
+    except DataError as exc:
+        # A value the database cannot store that no check caught (PostgreSQL refuses NUL in
+        # text): the request's fault, said without echoing the value.
+        raise InvalidArgument(
+            "the database cannot store a value of this request (a NUL character in text, "
+            "say); remove it and retry",
+            reason="UNSTORABLE_VALUE",
         ) from exc
 
 

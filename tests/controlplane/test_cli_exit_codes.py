@@ -136,6 +136,8 @@ def test_operations_list_fetches_every_page(cli: Cli, controlplane: RunningContr
     ("option", "value", "code", "says"),
     [
         ("--db", "mysql://x/y", 2, "unsupported database URL"),
+        ("--db", "sqlite:///:memory:", 2, "an in-memory SQLite database cannot hold"),
+        ("--db", "sqlite:///", 2, "an in-memory SQLite database cannot hold"),
         ("--db", "postgresql://u@127.0.0.1:notaport/x", 2, "--db"),
         ("--db", "postgresql://u@127.0.0.1:{closed}/x", 4, "cannot reach the database"),
         ("--listen", "notaport", 2, "--listen 'notaport': use HOST:PORT"),
