@@ -18,8 +18,9 @@ from sqlalchemy.engine import make_url
 from modelplane.errors import InvalidArgument, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: PostgreSQL's ``lock_timeout`` for serving connections (a URL's own ``options`` replace it).
-LOCK_TIMEOUT_OPTION = f"-c lock_timeout={SQLITE_BUSY_TIMEOUT_MS}"
+#: PostgreSQL's ``lock_timeout`` for connections that have none of their own (PGOPTIONS, the
+#: URL's ``options`` or the server's settings may give one).
+LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
 
 
 class WriteGate:
@@ -145,15 +146,20 @@ def create_engines(url: str) -> Engines:
         )
     # Connections are recycled rather than pinged before each use: a ping is one more round
     # trip on every transaction.
-    # A write waits for a row lock at most as long as SQLite waits for its write lock: one
-    # stuck lock holder must not keep every waiting request's connection (and then the pool).
-    engine = create_engine(
-        url,
-        pool_recycle=300,
-        pool_size=10,
-        max_overflow=20,
-        connect_args={} if "options" in parsed.query else {"options": LOCK_TIMEOUT_OPTION},
-    )
+    engine = create_engine(url, pool_recycle=300, pool_size=10, max_overflow=20)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # A write waits for a row lock at most as long as SQLite waits for its write lock: one
+        # stuck lock holder must not keep every waiting request's connection (and then the
+        # pool). Set per session, so that PGOPTIONS and a URL's own options still apply, and
+        # a lock_timeout they set is kept.
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SHOW lock_timeout")
+            if cur.fetchone()[0] == "0":
+                cur.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+        dbapi_conn.commit()
+
     # Reads run in autocommit mode on the same pool. Under READ COMMITTED every statement takes
     # its own snapshot whether or not a transaction is open, so this changes nothing about
     # what a read sees, and spares two round trips per read (BEGIN and ROLLBACK).

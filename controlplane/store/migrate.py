@@ -63,9 +63,11 @@ def upgrade(engines: Engines, revision: str = "head") -> None:
 def _upgrade(engines: Engines, revision: str) -> None:
     cfg = alembic_config()
     with engines.write.connect() as conn:
+        serving_timeout = None
         if engines.dialect == "postgresql":
             # Serving connections give up on a lock after a while (see create_engines); a
             # migration waits for the other replicas' migration and for its tables instead.
+            serving_timeout = conn.execute(text("SHOW lock_timeout")).scalar()
             conn.execute(text("SET lock_timeout = 0"))
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             conn.commit()
@@ -77,7 +79,10 @@ def _upgrade(engines: Engines, revision: str) -> None:
         finally:
             if engines.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                conn.execute(text("RESET lock_timeout"))
+                # Back to the pool as it came (RESET would drop the timeout set on connect).
+                conn.execute(
+                    text("SELECT set_config('lock_timeout', :v, false)"), {"v": serving_timeout}
+                )
                 conn.commit()
 
 

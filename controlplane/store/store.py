@@ -342,11 +342,13 @@ def _translated() -> Iterator[None]:
             "the database is unavailable or busy; retry shortly", reason="DATABASE_UNAVAILABLE"
         ) from exc
     except DataError as exc:
-        # A value the database cannot store that no check caught (PostgreSQL refuses NUL in
-        # text): the request's fault, said without echoing the value.
+        # A NUL in text that no check caught (PostgreSQL cannot store one): the request's
+        # fault, said without echoing the value. Other data errors (an overflow, a value too
+        # long for its column) may come from what the server computed: they stay INTERNAL.
+        if "NUL" not in str(exc.orig):
+            raise
         raise InvalidArgument(
-            "the database cannot store a value of this request (a NUL character in text, "
-            "say); remove it and retry",
+            "the database cannot store a NUL character in text; remove it and retry",
             reason="UNSTORABLE_VALUE",
         ) from exc
 

@@ -76,14 +76,14 @@ def test_a_write_behind_a_held_row_lock_gives_up_as_unavailable(
     """A stuck lock holder does not keep waiting requests' connections for ever: they give up
     after the lock timeout, retryably, and the server serves others meanwhile. The timeout is
     30 s (as SQLite's busy timeout) unless the URL sets its own ``options``, as here (1 s)."""
-    from controlplane.store.engine import create_engines
+    from controlplane.store import Store
 
-    engines = create_engines(pg_url)
+    store = Store.open(pg_url)  # migrates on a connection it then gives back to the pool
     try:
-        with engines.write.connect() as conn:
+        with store.engines.write.connect() as conn:
             assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "30s"
     finally:
-        engines.write.dispose()
+        store.close()
     quick = _start(tmp_path, f"{pg_url}?options=-c%20lock_timeout%3D1000")
     try:
         with quick.client("alice") as alice:
@@ -125,6 +125,32 @@ def test_a_webhook_url_with_nul_or_whitespace_is_refused(
         assert refused.value.reason == "INVALID_WEBHOOK_URL"
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("pgoptions", "lock_timeout", "statement_timeout"),
+    [("-c statement_timeout=5000", "30s", "5s"), ("-c lock_timeout=1000", "1s", "0")],
+)
+def test_pgoptions_still_apply_beside_the_lock_timeout(
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    pgoptions: str,
+    lock_timeout: str,
+    statement_timeout: str,
+) -> None:
+    """Settings given through PGOPTIONS (a search_path, a statement timeout) are kept, and a
+    lock_timeout given there wins over the default."""
+    from controlplane.store.engine import create_engines
+
+    monkeypatch.setenv("PGOPTIONS", pgoptions)
+    engines = create_engines(pg_url)
+    try:
+        with engines.write.connect() as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == lock_timeout
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == statement_timeout
+    finally:
+        engines.write.dispose()
+
+
 def test_a_full_pool_and_an_unstorable_value_are_said_as_such() -> None:
     """No free pooled connection within the pool's timeout is as retryable as a busy lock;
     a value the database refuses to store (a check missed it) is the request's fault."""
@@ -137,6 +163,9 @@ def test_a_full_pool_and_an_unstorable_value_are_said_as_such() -> None:
         raise PoolTimeout("QueuePool limit of size 10 overflow 20 reached")
     assert busy.value.reason == "DATABASE_UNAVAILABLE"
     with pytest.raises(InvalidArgument) as unstorable, _translated():
-        raise DataError("INSERT ...", {}, ValueError("text fields cannot contain NUL"))
+        raise DataError("INSERT ...", {}, ValueError("text fields cannot contain NUL (0x00)"))
     assert unstorable.value.reason == "UNSTORABLE_VALUE"
     assert "NUL" in unstorable.value.message and "INSERT" not in unstorable.value.message
+    # Other data errors may come from what the server computed: not the caller's fault.
+    with pytest.raises(DataError), _translated():
+        raise DataError("UPDATE ...", {}, ValueError("value too long for type varchar(40)"))
