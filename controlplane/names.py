@@ -28,9 +28,14 @@ def shown(value: str) -> str:
     return repr(text)
 
 
+def is_id(value: str) -> bool:
+    """Whether ``value`` is a valid lowercase RFC-1034 identifier (see :func:`check_id`)."""
+    return _ID.fullmatch(value) is not None
+
+
 def check_id(value: str, what: str = "id") -> str:
     """``value`` when it is a valid lowercase RFC-1034 identifier."""
-    if not _ID.fullmatch(value):
+    if not is_id(value):
         raise InvalidArgument(
             f"{what} {shown(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter and not ending with '-'",
@@ -148,17 +153,25 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+def control_character(value: str, allowed: str = "") -> str | None:
+    """The first control character of ``value`` not in ``allowed``: C0, DEL or C1 (a terminal
+    takes U+009B for an escape sequence's start); None when there is none."""
+    return next(
+        (ch for ch in value if (ord(ch) < 32 and ch not in allowed) or 127 <= ord(ch) < 160),
+        None,
+    )
+
+
 def check_text(value: str, what: str, limit: int = 10_000, *, single_line: bool = False) -> str:
-    """Bounded free text without NUL or control characters (newlines unless single-line): C0,
-    DEL and C1 (a terminal takes U+009B for an escape sequence's start)."""
+    """Bounded free text without NUL or control characters (newlines and tabs unless
+    single-line; see :func:`control_character`)."""
     if len(value) > limit:
         raise InvalidArgument(
             f"{what} is longer than {limit} characters", reason="INVALID_ARGUMENT"
         )
-    allowed = "" if single_line else "\n\t"
-    for ch in value:
-        if (ord(ch) < 32 and ch not in allowed) or 127 <= ord(ch) < 160:
-            raise InvalidArgument(
-                f"{what} contains a control character (code {ord(ch)})", reason="INVALID_ARGUMENT"
-            )
+    ch = control_character(value, "" if single_line else "\n\t")
+    if ch is not None:
+        raise InvalidArgument(
+            f"{what} contains a control character (code {ord(ch)})", reason="INVALID_ARGUMENT"
+        )
     return value

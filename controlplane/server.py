@@ -247,13 +247,10 @@ def _deployment_model(store: Store, deployment_id: str) -> str | None:
 
     An id that no deployment can have is none without asking the database: PostgreSQL refuses
     text holding NUL, and that error must not turn a scoped caller's bad name into INTERNAL."""
-    from controlplane.names import check_id
+    from controlplane.names import is_id
     from controlplane.store.deployment_repos import Deployments
-    from modelplane.errors import InvalidArgument
 
-    try:
-        check_id(deployment_id)
-    except InvalidArgument:
+    if not is_id(deployment_id):
         return None
     with store.read() as tx:
         row = Deployments(tx.session).row(deployment_id)

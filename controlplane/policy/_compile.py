@@ -145,8 +145,8 @@ def _divide(a: Any, b: Any) -> Any:
     ``candidate.error_rate / champion.error_rate <= 2.0`` would evaluate to false whenever
     both rates are 0 (and roll a healthy candidate back). Any other double over 0.0 is
     infinite with IEEE 754's sign (celpy's is always +inf); ints and uints divide as in celpy
-    (by 0, an error). Operands of two number types are a type error, as for ``+``, ``-`` and
-    ``*`` (celpy would floor-divide an int by a double: ``int(x) / 100.0`` gave 0 for 70)."""
+    (by 0, an error). Operands of two number types are a type error, as CEL defines (celpy
+    would floor-divide an int by a double: ``int(x) / 100.0`` gave 0 for 70)."""
     _same_number_type(a, b)
     if isinstance(a, celtypes.DoubleType) and isinstance(b, celtypes.DoubleType) and b == 0.0:
         if a == 0.0:

@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 import structlog
 import yaml
 
+from controlplane.names import control_character
 from modelplane.errors import InvalidArgument
 
 log = structlog.get_logger("modelplane.controlplane.hooks")
@@ -91,7 +92,7 @@ def check_webhook_url(url: str) -> str:
     if not url:
         return ""
     field = "retraining_hook.webhook_url"
-    if any(ch.isspace() or ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in url):
+    if control_character(url) is not None or any(ch.isspace() for ch in url):
         raise InvalidArgument(
             f"{field} holds whitespace or a control character; percent-encode it (%20)",
             reason="INVALID_WEBHOOK_URL",

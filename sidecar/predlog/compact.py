@@ -137,7 +137,7 @@ def _compact_file(
     table = table.append_column("date", pc.strftime(table.column("timestamp"), format="%Y-%m-%d"))
     result.rows += table.num_rows
 
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # here: a serving sidecar imports this module, never compacts
 
     # Each partition's folder is named here, Hive style, and written with pq.write_table:
     # pyarrow.dataset's writer (its thread pool and Python file visitor) made about one
