@@ -83,6 +83,12 @@ def _target_free(tx: Tx, target: str, policy_id: str) -> None:
         )
 
 
+def _id_and_target_free(tx: Tx, policy_id: str, target: str) -> None:
+    if Governance(tx.session).policy_row(policy_id) is not None:
+        raise AlreadyExists(f"policy policies/{policy_id} already exists", reason="POLICY_EXISTS")
+    _target_free(tx, target, policy_id)
+
+
 class PolicyService:
     """Create, read, update (as new revisions) and delete policies."""
 
@@ -112,11 +118,7 @@ class PolicyService:
             if tx.replay is not None:
                 return _replayed(tx, parse_policy(tx.replay), request_id)
             gov = Governance(tx.session)
-            if gov.policy_row(policy_id) is not None:
-                raise AlreadyExists(
-                    f"policy policies/{policy_id} already exists", reason="POLICY_EXISTS"
-                )
-            _target_free(tx, target, policy_id)
+            _id_and_target_free(tx, policy_id, target)
             policy = gov.add_policy(
                 PolicyRow(
                     id=policy_id,
@@ -129,6 +131,15 @@ class PolicyService:
                     update_time=tx.now,
                 )
             )
+            if policy is None:
+                # A create or update that committed after the checks took the id or the target:
+                # checked again, they now see it and say which.
+                _id_and_target_free(tx, policy_id, target)
+                raise AlreadyExists(
+                    f"policy policies/{policy_id} or its target {target!r} was taken by a "
+                    "concurrent request; retry",
+                    reason="POLICY_EXISTS",
+                )
             tx.record("CreatePolicy", policy.name, None, policy)
             return policy
 
@@ -175,6 +186,14 @@ class PolicyService:
             after = Governance(tx.session).update_policy(
                 policy_id, etag, changes, ctx.principal, tx.now
             )
+            if after is None:
+                # Only the new target can collide: a policy that committed after the check took
+                # it, and the check, made again, names that policy.
+                _target_free(tx, str(changes["target"]), policy_id)
+                raise AlreadyExists(
+                    f"target {changes['target']!r} was taken by a concurrent request; retry",
+                    reason="TARGET_HAS_POLICY",
+                )
             tx.record("UpdatePolicy", after.name, before, after)
             return after
 

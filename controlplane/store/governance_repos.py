@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controlplane.domain import Operation
@@ -22,7 +23,13 @@ from controlplane.domain.governance import (
     Policy,
 )
 from controlplane.store import convert
-from controlplane.store.repos import INT32_MAX, scan_by_id, scan_newest, stale_etag
+from controlplane.store.repos import (
+    INT32_MAX,
+    is_unique_violation,
+    scan_by_id,
+    scan_newest,
+    stale_etag,
+)
 from controlplane.store.tables import (
     ApprovalRow,
     EvaluationRow,
@@ -217,10 +224,11 @@ class Governance:
         row = self.s.exec(select(PolicyRow).where(PolicyRow.target == target)).first()
         return policy(row, row) if row else None
 
-    def add_policy(self, row: PolicyRow) -> Policy:
-        """Store a new policy. Its first revision follows the last one a deleted policy of the
-        same id had, so that (policy, revision), which evidence names, never means two rule
-        sets."""
+    def add_policy(self, row: PolicyRow) -> Policy | None:
+        """Store a new policy; None when its id or its target is taken (by a create or an
+        update that committed after this transaction looked). Its first revision follows the
+        last one a deleted policy of the same id had, so that (policy, revision), which evidence
+        names, never means two rule sets."""
         last = self.s.exec(
             select(func.max(PolicyRevisionRow.revision)).where(
                 PolicyRevisionRow.policy_id == row.id
@@ -228,9 +236,15 @@ class Governance:
         ).one()
         if last is not None:
             row.revision = last + 1
-        self.s.add(row)
-        self._revision(row, row.created_by, row.create_time)
-        self.s.flush()
+        try:
+            with self.s.begin_nested():
+                self.s.add(row)
+                self._revision(row, row.created_by, row.create_time)
+                self.s.flush()
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            return None
         return policy(row, row)
 
     def _revision(self, row: PolicyRow, actor: str, now: datetime) -> None:
@@ -248,8 +262,9 @@ class Governance:
 
     def update_policy(
         self, policy_id: str, if_etag: str, changes: dict[str, Any], actor: str, now: datetime
-    ) -> Policy:
-        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty).
+    ) -> Policy | None:
+        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty); None
+        when a new target is taken (by a policy that committed after this transaction looked).
 
         Without an etag the row is locked first, so that a concurrent update cannot slip in
         between the read and the compare-and-set and make a blind update fail.
@@ -259,11 +274,21 @@ class Governance:
         name = f"policies/{policy_id}"
         if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
             raise stale_etag(name)
-        result = self.s.exec(  # type: ignore[call-overload]
-            update(PolicyRow)
-            .where(col(PolicyRow.id) == policy_id, col(PolicyRow.revision) == current.revision)
-            .values(**changes, updated_by=actor, update_time=now, revision=current.revision + 1)
-        )
+        try:
+            with self.s.begin_nested():
+                result = self.s.exec(  # type: ignore[call-overload]
+                    update(PolicyRow)
+                    .where(
+                        col(PolicyRow.id) == policy_id, col(PolicyRow.revision) == current.revision
+                    )
+                    .values(
+                        **changes, updated_by=actor, update_time=now, revision=current.revision + 1
+                    )
+                )
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            return None
         if result.rowcount != 1:
             raise stale_etag(name)
         self.s.expire_all()

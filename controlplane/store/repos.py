@@ -128,7 +128,7 @@ _INSERT_NEW_BLOB_SQLITE = Direct(
 )
 
 
-def _is_unique_violation(exc: IntegrityError) -> bool:
+def is_unique_violation(exc: IntegrityError) -> bool:
     """Whether ``exc`` refuses a row whose key another row already has."""
     orig = exc.orig
     if getattr(orig, "sqlstate", None) == "23505":  # psycopg: unique_violation
@@ -304,7 +304,7 @@ class ModelRepo:
         try:
             self.s.flush()
         except IntegrityError as exc:
-            if not _is_unique_violation(exc):
+            if not is_unique_violation(exc):
                 raise
             raise AlreadyExists(
                 f"model models/{row.id} already exists", reason="MODEL_EXISTS"
