@@ -41,11 +41,12 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import structlog
@@ -65,6 +66,8 @@ MAX_URL_LENGTH = 2048
 POOL_THREADS = 4
 #: Settings variables kept from a retraining command's environment.
 SETTINGS_PREFIX = "MODELPLANE_"
+#: Bytes of a failed command's stderr that are logged (its end).
+STDERR_TAIL = 500
 
 
 class HooksFileError(InvalidArgument):
@@ -221,6 +224,27 @@ def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect, Http, Https)
 
 
+def _feed(pipe: IO[bytes], body: bytes) -> None:
+    """Write ``body`` to a command's stdin and close it; a command that exits without
+    reading it all is no error."""
+    with contextlib.suppress(OSError), pipe:
+        pipe.write(body)
+
+
+class _Tail(threading.Thread):
+    """Reads a pipe to its end, keeping only its last :data:`STDERR_TAIL` bytes."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        super().__init__(name="hook-err", daemon=True)
+        self.pipe = pipe
+        self.tail = b""
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError), self.pipe:
+            while chunk := self.pipe.read1(65536):  # type: ignore[attr-defined]
+                self.tail = (self.tail + chunk)[-STDERR_TAIL:]
+
+
 class HookRunner:
     """Runs webhooks and commands in the background. Build with :meth:`load`."""
 
@@ -308,9 +332,9 @@ class HookRunner:
 
     def _run(self, deployment_id: str, argv: list[str], body: bytes) -> None:
         try:
-            # A session of its own: on timeout its children are killed with it, and none
-            # holds the output pipes open. Its output goes nowhere (a chatty command would
-            # otherwise be held in memory whole): only the end of stderr is logged.
+            # A session of its own: on timeout its children are killed with it. Its stdout
+            # goes nowhere and only the last STDERR_TAIL bytes of its stderr are kept (a
+            # chatty command is never held in memory whole); the end of stderr is logged.
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
@@ -322,14 +346,22 @@ class HookRunner:
         except OSError as exc:
             log.warning("retraining command failed", deployment=deployment_id, error=str(exc))
             return
-        try:
-            _, stderr = proc.communicate(body, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
+        assert proc.stdin is not None and proc.stderr is not None
+        deadline = time.monotonic() + self.timeout
+        threading.Thread(target=_feed, args=(proc.stdin, body), name="hook-in", daemon=True).start()
+        stderr = _Tail(proc.stderr)
+        stderr.start()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=self.timeout)
+        # Done once stderr is closed too: a process the command left behind in its session
+        # that still holds it counts as the command still running.
+        stderr.join(max(0.0, deadline - time.monotonic()))
+        if proc.returncode is None or stderr.is_alive():
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 proc.kill()
-            proc.communicate()
+            proc.wait()
             log.warning(
                 "retraining command failed",
                 deployment=deployment_id,
@@ -341,7 +373,7 @@ class HookRunner:
                 "retraining command exited non-zero",
                 deployment=deployment_id,
                 code=proc.returncode,
-                stderr=stderr[-500:].decode(errors="replace"),
+                stderr=stderr.tail.decode(errors="replace"),
             )
         else:
             log.info("retraining command ran", deployment=deployment_id)

@@ -225,3 +225,31 @@ def test_a_commands_output_is_not_held_only_the_end_of_its_stderr_is_logged(
         hooks.close()
     assert where.read_text().strip() == "/dev/null"
     assert failed["code"] == 3 and failed["stderr"].strip() == "no model to retrain"
+
+
+def test_a_command_flooding_its_stderr_is_not_held_in_memory() -> None:
+    """Hundreds of megabytes on stderr cost the server a few hundred bytes: only the end is
+    kept. Run in a process of its own, whose peak resident memory (VmHWM, which unlike
+    ru_maxrss does not count the forking parent's) is read back."""
+    code = (
+        "import json\n"
+        "from controlplane.rollouts import hooks\n"
+        "class Keep:\n"
+        "    events = []\n"
+        "    def warning(self, event, **fields):\n"
+        "        self.events.append({'event': event, **fields})\n"
+        "    info = warning\n"
+        "hooks.log = keep = Keep()\n"
+        "script = \"head -c 400000000 /dev/zero >&2; printf 'the end' >&2; exit 3\"\n"
+        "hooks.HookRunner({}, timeout=120)._run('d', ['sh', '-c', script], b'{}')\n"
+        "status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "peak = int(status.split()[0]) * 1024\n"
+        "print(json.dumps({'events': keep.events, 'peak': peak}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    [failed] = got["events"]
+    assert failed["event"] == "retraining command exited non-zero" and failed["code"] == 3
+    assert failed["stderr"].endswith("the end") and len(failed["stderr"]) == 500
+    assert got["peak"] < 200 * 1024 * 1024, got["peak"]
