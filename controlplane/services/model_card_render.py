@@ -43,17 +43,29 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         )
     )
     code = lineage.get("code", {})
+    env = lineage.get("environment", {})
+    packages = len(env.get("packages", []))
     rows = [
         ["field", "value"],
         ["training run", lineage.get("training_run_id") or "n/a"],
         ["code", f"{code.get('repository') or 'n/a'} @ {code.get('commit') or 'n/a'}"],
-        ["python", lineage.get("environment", {}).get("python_version") or "n/a"],
+        ["python", env.get("python_version") or "n/a"],
+        ["platform", env.get("platform") or "n/a"],
+        ["packages", f"{packages} (listed in the JSON card)" if packages else "none recorded"],
     ]
     rows += [
-        [f"dataset {d['role']}", f"{d['sha256']} ({d['row_count']} rows, {d['format']})"]
+        [
+            f"dataset {d['role']}",
+            f"{d['sha256']} ({d['row_count']} rows, {d['format']})"
+            + (f" from {d['source']}" if d.get("source") else ""),
+        ]
         for d in lineage.get("datasets", [])
     ]
     rows += [[f"parameter {k}", str(v)] for k, v in sorted(lineage.get("parameters", {}).items())]
+    # Metrics the trainer recorded at registration (the evaluation's are in their own section).
+    rows += [
+        [f"training metric {k}", _num(v)] for k, v in sorted(lineage.get("metrics", {}).items())
+    ]
     out.append(("Lineage", [], rows))
     ev = card["evaluation"]
     if ev is None:

@@ -34,6 +34,7 @@ def governed_version(
                 datasets={"train": trained.train},
                 label="target",
                 params={"C": "1.0"},
+                metrics={"train_auc": 0.98765432},
                 training_run_id="run-42",
             ).version
         )
@@ -86,6 +87,14 @@ def test_model_card_in_every_format(
         assert section in md
     assert f"| roc_auc | {ev.metrics['roc_auc']:.6g} |" in md
     assert "size=large" in md and "group a" in md and "run-42" in md
+    # The lineage the trainer recorded, as the JSON card holds it.
+    lineage = data["lineage"]
+    assert f"| platform | {lineage['environment']['platform']} |" in md
+    assert f"| packages | {len(lineage['environment']['packages'])} (listed" in md
+    assert lineage["environment"]["packages"]
+    train = lineage["datasets"][0]
+    assert f"{train['row_count']} rows, {train['format']}) from {train['source']} |" in md
+    assert "| training metric train_auc | 0.987654 |" in md and "| parameter C | 1.0 |" in md
     assert "not for children" in md
     assert "&lt;tumours&gt;" in page and "<tumours>" not in page
 
