@@ -36,9 +36,16 @@ def _no_nulls(column: pa.ChunkedArray, label: str) -> None:
 
 
 def _not_integers(values: pa.Array) -> list[object]:
-    """The distinct values of ``values`` that do not convert to an integer class."""
+    """The distinct values of ``values`` that do not convert to an integer class: fractions,
+    and numbers beyond int64."""
     if pa.types.is_floating(values.type):
-        bad = pc.not_equal(values, pc.floor(values))
+        out_of_range = pc.or_(
+            pc.greater_equal(values, pa.scalar(2.0**63, values.type)),
+            pc.less(values, pa.scalar(-(2.0**63), values.type)),
+        )
+        bad = pc.or_(pc.not_equal(values, pc.floor(values)), out_of_range)
+    elif pa.types.is_unsigned_integer(values.type):
+        bad = pc.greater(values, pa.scalar(2**63 - 1, values.type))
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         bad = pc.invert(pc.match_substring_regex(values, r"^[+-]?[0-9]{1,18}$"))
     else:

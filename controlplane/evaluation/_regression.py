@@ -8,6 +8,9 @@
   warning, when every label has the same value. Constancy is tested on the labels themselves
   (``min == max``): the mean of labels such as ``0.1`` is off by an ulp, which leaves a tiny
   positive denominator and an r2 near ``-1e37`` instead of "undefined".
+
+A metric whose value exceeds float64 (errors near 1e308) is None with a ``METRIC_OVERFLOW``
+warning.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ _EPS = float(np.finfo(np.float64).eps)
 def regression_metrics(
     y: np.ndarray, pred: np.ndarray, scope: str = "overall"
 ) -> tuple[dict[str, float | None], list[EvaluationWarning]]:
-    """The regression metrics of the module docstring for float64 ``y`` and ``pred``."""
-    err = y - pred
+    """The regression metrics of the module docstring for finite float64 ``y`` and ``pred``.
+
+    They are computed on values divided by a power of two that brings the largest below 2
+    (exact: only exponents change), so that squares and sums of labels as large as 1e200 do
+    not overflow; a metric whose value itself is beyond float64 is None with a
+    ``METRIC_OVERFLOW`` warning."""
+    scale = _power_of_two_above(max(float(np.max(np.abs(y))), float(np.max(np.abs(pred)))))
+    ys = y / scale
+    err = ys - pred / scale
     abs_err = np.abs(err)
     ss_res = float(np.dot(err, err))
-    centred = y - y.mean()
+    centred = ys - ys.mean()
     ss_tot = float(np.dot(centred, centred))
     warnings: list[EvaluationWarning] = []
     r2: float | None = None
@@ -42,10 +52,31 @@ def regression_metrics(
         warnings.append(
             EvaluationWarning("CONSTANT_LABELS", f"r2 is undefined: {why}", scope, "r2")
         )
-    metrics: dict[str, float | None] = {
-        "mae": float(abs_err.mean()),
-        "rmse": float(np.sqrt(ss_res / len(y))),
-        "mape": float(np.mean(abs_err / np.maximum(np.abs(y), _EPS))),
-        "r2": r2,
-    }
+    with np.errstate(over="ignore"):
+        metrics: dict[str, float | None] = {
+            "mae": float(abs_err.mean()) * scale,
+            "rmse": float(np.sqrt(ss_res / len(y))) * scale,
+            "mape": float(np.mean(abs_err / np.maximum(np.abs(ys), _EPS / scale))),
+            "r2": r2,
+        }
+    for name, value in metrics.items():
+        if value is not None and not np.isfinite(value):
+            metrics[name] = None
+            warnings.append(
+                EvaluationWarning(
+                    "METRIC_OVERFLOW",
+                    f"{name} is too large for a float64 (the errors are near 1e308)",
+                    scope,
+                    name,
+                )
+            )
     return metrics, warnings
+
+
+def _power_of_two_above(largest: float) -> float:
+    """The power of two that divides values up to ``largest`` into (-2, 2); 1 for values that
+    are already there, so that ordinary data is computed unscaled."""
+    if largest < 2.0:
+        return 1.0
+    _, exponent = np.frexp(largest)  # largest = m * 2**exponent with 0.5 <= m < 1
+    return float(np.ldexp(1.0, int(exponent) - 1))

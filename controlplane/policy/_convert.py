@@ -56,7 +56,9 @@ def to_cel(value: Any, path: str = "value") -> Any:
     if isinstance(value, enum.Enum):
         return to_cel(value.value, path)
     if isinstance(value, int | float):
-        return celtypes.DoubleType(float(value))
+        # NaN is null: every comparison with it is false, so a negated one (``!(x < 0.8)``)
+        # would pass; null makes the rule an error, which never passes.
+        return None if value != value else celtypes.DoubleType(float(value))
     if isinstance(value, str):
         return celtypes.StringType(value)
     if isinstance(value, bytes):

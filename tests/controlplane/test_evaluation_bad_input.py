@@ -286,6 +286,14 @@ def test_nan_labels_are_missing_and_unknown_labels_list_only_the_failures(model)
     text = np.where(np.arange(len(y)) == 3, "maybe", (np.arange(len(y)) % 2).astype(str))
     err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(text))))
     assert err.reason == "UNKNOWN_LABELS" and "('maybe')" in err.message
+    # Whole numbers beyond int64 are the failures too, not every label.
+    y[7] = 1e20
+    err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(y))))
+    assert err.reason == "UNKNOWN_LABELS" and "(1e+20)" in err.message
+    wide = (np.arange(len(y)) % 2).astype(np.uint64)
+    wide[5] = 2**63 + 5
+    err = _reason(**_eval(model, model[1].set_column(index, "y", pa.array(wide))))
+    assert err.reason == "UNKNOWN_LABELS" and f"({2**63 + 5})" in err.message
 
 
 def test_integer_inputs_refuse_values_outside_their_range() -> None:

@@ -186,6 +186,31 @@ def test_regression_metrics_match_sklearn() -> None:
     assert [w.code for w in flat_warnings] == ["CONSTANT_LABELS"]
 
 
+@pytest.mark.parametrize("magnitude", [1e160, 1e200, 1e300])
+def test_regression_metrics_of_huge_values_do_not_overflow(magnitude: float) -> None:
+    """Labels whose squares are beyond float64: sklearn on the values divided by the magnitude
+    is the reference (mae and rmse scale with it; r2 and mape do not change)."""
+    rng = np.random.default_rng(5)
+    y_unit = rng.normal(0, 1, size=300)
+    pred_unit = y_unit + rng.normal(0, 0.3, size=300)
+    got, warnings = regression_metrics(y_unit * magnitude, pred_unit * magnitude)
+    assert warnings == []
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(y_unit, pred_unit) * magnitude)
+    rmse = np.sqrt(skm.mean_squared_error(y_unit, pred_unit))
+    assert got["rmse"] == pytest.approx(rmse * magnitude)
+    assert got["r2"] == pytest.approx(skm.r2_score(y_unit, pred_unit))
+    assert got["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y_unit, pred_unit))
+
+
+def test_a_metric_beyond_float64_is_none_with_a_warning() -> None:
+    y = np.array([1.7e308, -1.7e308, 1.0, 2.0])
+    got, warnings = regression_metrics(y, -y)
+    # The mean error, (2 * 3.4e308 + 6) / 4, is within float64; its root mean square is not.
+    assert got["mae"] == pytest.approx(1.7e308) and got["rmse"] is None
+    assert [(w.code, w.metric) for w in warnings] == [("METRIC_OVERFLOW", "rmse")]
+    assert got["r2"] == pytest.approx(skm.r2_score(y / 1e308, -y / 1e308))
+
+
 @pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3, 7.7, 123.456])
 @pytest.mark.parametrize("n", [3, 7, 1000])
 def test_r2_is_undefined_for_constant_labels_whose_mean_is_inexact(value: float, n: int) -> None:

@@ -44,6 +44,16 @@ def test_comparisons_across_number_types_null_and_containers(
     assert got.outcome is (Outcome.PASSED if expected else Outcome.FAILED), got.message
 
 
+@pytest.mark.parametrize(
+    "expression", ["!(metrics.x < 0.8)", "!(metrics.x > 0.1)", "metrics.x >= 0.8"]
+)
+def test_a_nan_value_never_passes_even_negated(expression: str) -> None:
+    """NaN compares false with everything, so a negated ordering would pass: it is null, which
+    an ordering refuses, and the rule errs."""
+    got = evaluate_rules([compile_rule(expression)], {"metrics": {"x": float("nan")}}).results[0]
+    assert got.outcome is Outcome.ERROR and not got.passed, got.message
+
+
 @pytest.mark.parametrize("expression", ["labels.team > 1", "labels.team == 1", "[1] == ['a']"])
 def test_values_of_unrelated_types_still_do_not_compare(expression: str) -> None:
     got = evaluate_rules([compile_rule(expression)], VARIABLES).results[0]
