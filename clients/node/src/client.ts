@@ -103,6 +103,21 @@ export interface RegisterOptions {
   trainingRunId?: string;
   /** Idempotency key (a UUID); one is made up when absent. */
   requestId?: string;
+  /**
+   * Deadline in milliseconds of each of the two calls (UploadBlob, then CreateModelVersion)
+   * instead of the client's `timeoutMs`: a large ONNX file may need longer to upload. Checked
+   * as the client's is (`0` or `Infinity` is none).
+   */
+  timeoutMs?: number;
+}
+
+/** Per-call options of `uploadBlob`. */
+export interface UploadOptions {
+  /**
+   * Deadline in milliseconds of the upload instead of the client's `timeoutMs`; checked as
+   * the client's is (`0` or `Infinity` is none).
+   */
+  timeoutMs?: number;
 }
 
 /** `models/{model}` for a model id; a full name (`models/...`) is kept as it is. */
@@ -164,8 +179,15 @@ export class ModelplaneClient {
     this.sessions.abort();
   }
 
-  /** Upload bytes (the server checks the sha256 computed here); returns the stored blob. */
-  async uploadBlob(data: Uint8Array, mediaType = "application/octet-stream"): Promise<Blob> {
+  /**
+   * Upload bytes (the server checks the sha256 computed here); returns the stored blob.
+   * `options.timeoutMs` bounds this upload instead of the client's `timeoutMs`.
+   */
+  async uploadBlob(
+    data: Uint8Array,
+    mediaType = "application/octet-stream",
+    options: UploadOptions = {},
+  ): Promise<Blob> {
     const sha256 = createHash("sha256").update(data).digest("hex");
     const header = create(UploadBlobHeaderSchema, {
       sha256,
@@ -179,7 +201,7 @@ export class ModelplaneClient {
         yield create(UploadBlobRequestSchema, { chunk: data.subarray(i, i + CHUNK_BYTES) });
       }
     }
-    return this.blobs.uploadBlob(messages());
+    return this.blobs.uploadBlob(messages(), { timeoutMs: options.timeoutMs });
   }
 
   /** Create `models/{modelId}`; a failure's ModelplaneError carries `requestId`. */
@@ -200,6 +222,7 @@ export class ModelplaneClient {
   /**
    * Upload the ONNX bytes, then register them as the model's next version; a failure's
    * ModelplaneError carries `requestId` (made up here when `options` gives none).
+   * `options.timeoutMs` bounds each of the two calls instead of the client's `timeoutMs`.
    */
   async registerVersion(
     model: string,
@@ -208,24 +231,28 @@ export class ModelplaneClient {
   ): Promise<ModelVersion> {
     const requestId = options.requestId ?? randomUUID();
     return withRequestId(requestId, async () => {
-      const artifact = await this.uploadBlob(onnx, "application/onnx");
-      return this.registry.createModelVersion({
-        parent: modelName(model),
-        artifactSha256: artifact.sha256,
-        description: options.description ?? "",
-        labels: options.labels ?? {},
-        datasets: options.datasets ?? [],
-        labelColumn: options.labelColumn ?? "",
-        featureNames: options.featureNames ?? [],
-        trainingRunId: options.trainingRunId ?? "",
-        parameters: options.parameters ?? {},
-        metrics: options.metrics ?? {},
-        code: create(CodeRefSchema, {
-          repository: options.codeRepository ?? "",
-          commit: options.codeCommit ?? "",
-        }),
-        requestId,
-      });
+      const timeoutMs = options.timeoutMs;
+      const artifact = await this.uploadBlob(onnx, "application/onnx", { timeoutMs });
+      return this.registry.createModelVersion(
+        {
+          parent: modelName(model),
+          artifactSha256: artifact.sha256,
+          description: options.description ?? "",
+          labels: options.labels ?? {},
+          datasets: options.datasets ?? [],
+          labelColumn: options.labelColumn ?? "",
+          featureNames: options.featureNames ?? [],
+          trainingRunId: options.trainingRunId ?? "",
+          parameters: options.parameters ?? {},
+          metrics: options.metrics ?? {},
+          code: create(CodeRefSchema, {
+            repository: options.codeRepository ?? "",
+            commit: options.codeCommit ?? "",
+          }),
+          requestId,
+        },
+        { timeoutMs },
+      );
     });
   }
 

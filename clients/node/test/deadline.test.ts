@@ -130,6 +130,49 @@ describe("the deadline of unary calls", () => {
     }
   });
 
+  /** The deadline sent on each call `run` makes (its UNIMPLEMENTED failure expected). */
+  async function sentDeadlines(run: () => Promise<unknown>): Promise<(number | undefined)[]> {
+    const before = seen.length;
+    await assert.rejects(run(), (err: unknown) => err instanceof ModelplaneError);
+    return seen.slice(before).map(deadlineMs);
+  }
+
+  test("uploadBlob and registerVersion send their own timeoutMs, or the client's", async () => {
+    const client = new ModelplaneClient(address, { timeoutMs: 7_000 });
+    const onnx = new Uint8Array([1, 2, 3]);
+    const near = (ms: number | undefined, want: number) =>
+      ms !== undefined && ms > want - 1_000 && ms <= want;
+    try {
+      const [byDefault] = await sentDeadlines(() => client.uploadBlob(onnx));
+      assert.ok(near(byDefault, 7_000), `uploadBlob sent ${byDefault} ms`);
+      const [own] = await sentDeadlines(() =>
+        client.uploadBlob(onnx, "application/onnx", { timeoutMs: 300_000 }),
+      );
+      assert.ok(near(own, 300_000), `uploadBlob sent ${own} ms`);
+      // The upload fails (UNIMPLEMENTED), so it is the one call registerVersion makes here.
+      const [registered] = await sentDeadlines(() =>
+        client.registerVersion("m", onnx, { timeoutMs: 300_000 }),
+      );
+      assert.ok(near(registered, 300_000), `registerVersion sent ${registered} ms`);
+      const [unbounded] = await sentDeadlines(() =>
+        client.registerVersion("m", onnx, { timeoutMs: Infinity }),
+      );
+      assert.equal(unbounded, undefined);
+      // A wrong one fails before anything is sent, with the request id to retry with.
+      const before = seen.length;
+      await assert.rejects(
+        client.registerVersion("m", onnx, { timeoutMs: -1, requestId: "r-1" }),
+        (err: unknown) =>
+          err instanceof ModelplaneError &&
+          err.code === Code.InvalidArgument &&
+          err.requestId === "r-1",
+      );
+      assert.equal(seen.length, before);
+    } finally {
+      client.close();
+    }
+  });
+
   const WRONG = [NaN, -1, -Infinity, MAX_TIMEOUT_MS + 1, 2 ** 31, 1e12];
 
   test("NaN, a negative or too long timeoutMs is refused when the client is made", () => {
