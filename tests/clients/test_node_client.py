@@ -5,10 +5,13 @@ it."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +96,23 @@ def mtls_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mutu
     cp.handle.stop(0)
 
 
+def _test_files() -> list[str]:
+    """The compiled test files, sorted, relative to clients/node: from Node 21 on, `node --test`
+    takes globs and loads a directory as a module, so it is given the files themselves."""
+    files = sorted(
+        p.relative_to(NODE).as_posix() for p in (NODE / "dist" / "test").glob("*.test.js")
+    )
+    assert files, "no compiled tests under dist/test"
+    return files
+
+
+def test_npm_test_names_the_test_files_not_their_directory() -> None:
+    script = json.loads((NODE / "package.json").read_text())["scripts"]["test"]
+    run = shlex.split(script.split("&&")[-1])
+    assert run[:2] == ["node", "--test"], script
+    assert run[2:] == ["dist/test/*.test.js"], script  # sh expands it; Node 21+ would too
+
+
 def _run(args: list[str], address: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args,
@@ -112,7 +132,7 @@ def test_node_suite_passes_against_a_live_control_plane(
     classifier: Classifier,
 ) -> None:
     result = _run(
-        ["node", "--test", "dist/test/"],
+        ["node", "--test", *_test_files()],
         live_controlplane.address,
         MODELPLANE_TEST_ONNX=str(classifier.onnx),
         MODELPLANE_ONE_WATCH_SERVER=one_watch_controlplane.address,
@@ -208,6 +228,39 @@ def test_example_exits_4_when_the_server_is_unreachable(
     assert "UNAVAILABLE" in result.stderr
 
 
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """HOST:PORT of a listener that accepts connections and never answers on them."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def test_example_exits_4_when_the_server_does_not_answer_in_time(
+    node_built: None, silent_server: str, classifier: Classifier
+) -> None:
+    # DEADLINE_EXCEEDED is "could not be reached or did not answer in time", as UNAVAILABLE
+    # is: 4, as the CLI and the Go example exit, not 3 (a server's error answer).
+    argv = ["node", str(EXAMPLE), "--model", "m", "--onnx", str(classifier.onnx)]
+    result = _run([*argv, "--server", silent_server, "--timeout", "1s"], silent_server)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "DEADLINE_EXCEEDED" in result.stderr
+
+
 def test_example_exits_4_when_a_tls_server_closes_the_connection(
     node_built: None, mtls_controlplane: MutualTls, classifier: Classifier
 ) -> None:
@@ -233,6 +286,14 @@ def test_example_exits_4_when_a_tls_server_closes_the_connection(
         (
             ["--model", "m", "--onnx", "m.onnx", "--server", "not a host"],
             'error: --server: address "not a host": not HOST:PORT',
+        ),
+        (
+            ["--model", "m", "--onnx", "m.onnx", "--timeout", "soon"],
+            'error: --timeout: "soon" is not seconds or a duration',
+        ),
+        (
+            ["--model", "m", "--onnx", "m.onnx", "--timeout", "1000h"],
+            "error: --timeout: timeoutMs 3600000000 is not a deadline",
         ),
     ],
 )

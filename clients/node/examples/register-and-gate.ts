@@ -3,14 +3,18 @@
  * written in TypeScript would:
  *
  *   node dist/examples/register-and-gate.js --server 127.0.0.1:50051 \
- *       --model fraud --onnx model.onnx --target production [--as ci-bot]
+ *       --model fraud --onnx model.onnx --target production [--as ci-bot] [--timeout 90s]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 2 on a usage error (an unknown or missing option, a --server that is not HOST:PORT)
- * or an unreadable ONNX file (read before any call, so nothing is created), 3 when the server
- * answers an error (its status and reason are printed), 4 when it cannot be reached
- * (UNAVAILABLE: refused, reset, or a TLS handshake or certificate check that failed), as the
- * Go example and the `modelplane` CLI exit.
+ * fails, 2 on a usage error (an unknown or missing option, a --server that is not HOST:PORT,
+ * a --timeout that is not a duration) or an unreadable ONNX file (read before any call, so
+ * nothing is created), 3 when the server answers an error (its status and reason are
+ * printed), 4 when it cannot be reached or does not answer in time (UNAVAILABLE: refused,
+ * reset, or a TLS handshake or certificate check that failed; DEADLINE_EXCEEDED: no answer
+ * within --timeout), as the Go example and the `modelplane` CLI exit.
+ *
+ * --timeout (default 60s) bounds each call: seconds (`90`, `1.5`) or a duration (`90s`,
+ * `500ms`, `2m`, `1h`); `0` is none.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -19,7 +23,24 @@ import { ModelplaneClient, ModelplaneError } from "../src/index.js";
 
 const USAGE =
   "usage: register-and-gate --model MODEL --onnx FILE [--server HOST:PORT] [--target NAME] " +
-  "[--as PRINCIPAL]";
+  "[--as PRINCIPAL] [--timeout SECONDS|DURATION]";
+
+/** Milliseconds per unit of a --timeout; a bare number is seconds. */
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** --timeout in milliseconds, or undefined when it is not a duration. */
+function parseTimeout(text: string): number | undefined {
+  const match = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/.exec(text.trim());
+  return match ? Number(match[1]) * UNIT_MS[match[2] ?? "s"] : undefined;
+}
+
+/**
+ * 4 when the server could not be reached or did not answer in time, 3 when it answered an
+ * error, as the `modelplane` CLI exits.
+ */
+function exitCode(code: Code): number {
+  return code === Code.Unavailable || code === Code.DeadlineExceeded ? 4 : 3;
+}
 
 const OPTIONS = {
   server: { type: "string", default: process.env.MODELPLANE_SERVER ?? "127.0.0.1:50051" },
@@ -27,6 +48,7 @@ const OPTIONS = {
   onnx: { type: "string" },
   target: { type: "string", default: "production" },
   as: { type: "string", default: "ci" },
+  timeout: { type: "string", default: "60s" },
 } as const;
 
 async function main(): Promise<number> {
@@ -42,13 +64,23 @@ async function main(): Promise<number> {
     console.error(USAGE);
     return 2;
   }
+  const timeoutMs = parseTimeout(values.timeout);
+  if (timeoutMs === undefined) {
+    console.error(
+      `error: --timeout: ${JSON.stringify(values.timeout)} is not seconds or a duration ` +
+        `(e.g. 90, 90s, 500ms, 2m)\n${USAGE}`,
+    );
+    return 2;
+  }
   let client: ModelplaneClient;
   try {
-    // Dials nothing; a malformed --server (no port, a port past 65535, spaces) is refused here.
-    client = new ModelplaneClient(values.server, { principal: values.as });
+    // Dials nothing; a malformed --server (no port, a port past 65535, spaces) or a --timeout
+    // past MAX_TIMEOUT_MS is refused here.
+    client = new ModelplaneClient(values.server, { principal: values.as, timeoutMs });
   } catch (err) {
     if (err instanceof ModelplaneError && err.code === Code.InvalidArgument) {
-      console.error(`error: --server: ${err.rawMessage}\n${USAGE}`);
+      const option = err.rawMessage.startsWith("timeoutMs") ? "--timeout" : "--server";
+      console.error(`error: ${option}: ${err.rawMessage}\n${USAGE}`);
       return 2;
     }
     throw err;
@@ -88,7 +120,7 @@ async function main(): Promise<number> {
   } catch (err) {
     if (err instanceof ModelplaneError) {
       console.error(`error: ${err.message}`);
-      return err.code === Code.Unavailable ? 4 : 3;
+      return exitCode(err.code);
     }
     throw err;
   } finally {
