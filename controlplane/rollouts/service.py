@@ -11,6 +11,7 @@ import structlog
 from controlplane.domain.deployments import Deployment, RolloutEvent, RolloutSpec
 from controlplane.names import check_text
 from controlplane.rollouts import machine, transitions
+from controlplane.rollouts.compatibility import describe, interface_changes
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR, Transition
 from controlplane.rollouts.notifier import GenerationHub
 from controlplane.services.deployments import (
@@ -22,7 +23,8 @@ from controlplane.services.deployments import (
 from controlplane.services.gates import require_gate_passed
 from controlplane.services.governance_names import new_id
 from controlplane.services.models import lock_model
-from controlplane.store import Store
+from controlplane.services.versions import require_version
+from controlplane.store import Store, Tx
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
@@ -40,6 +42,23 @@ ACTION_METHODS = {
     "rollback": "RollbackRollout",
 }
 SYSTEM = RequestContext(principal=AUTOMATIC_ACTOR)
+
+
+def _require_compatible(tx: Tx, d: Deployment, candidate_version: int) -> None:
+    """FAILED_PRECONDITION (INCOMPATIBLE_SIGNATURE) when the candidate would refuse requests
+    the champion takes, or answer them in another form (see :mod:`.compatibility`)."""
+    champion = require_version(tx, d.model_id, d.champion_version)
+    candidate = require_version(tx, d.model_id, candidate_version)
+    changes = interface_changes(champion.signature, candidate.signature)
+    if changes:
+        raise FailedPrecondition(
+            f"version {candidate_version} cannot take the traffic of {d.name}'s champion, "
+            f"version {d.champion_version}: {describe(changes)}; callers' requests would be "
+            "refused by it. Deploy it as a new deployment, or register a version with the "
+            "champion's inputs and outputs",
+            reason="INCOMPATIBLE_SIGNATURE",
+            metadata={"candidate": candidate.name, "champion": champion.name},
+        )
 
 
 class RolloutService:
@@ -94,6 +113,7 @@ class RolloutService:
                     metadata={"field": "rollout.candidate_version"},
                 )
             require_servable(tx, d.model_id, spec.candidate_version, "rollout.candidate_version")
+            _require_compatible(tx, d, spec.candidate_version)
             require_gate_passed(tx, d.model_id, spec.candidate_version, d.name)
             rollout = machine.start(
                 new_id("ro"), d.id, spec, d.champion_version, ctx.principal, "", tx.now
