@@ -29,6 +29,13 @@ const (
 // ChunkBytes is the size of each UploadBlob chunk message.
 const ChunkBytes = 1 << 20
 
+// DefaultTimeout bounds each call whose context has no deadline when Options.Timeout is 0.
+const DefaultTimeout = 60 * time.Second
+
+// NoTimeout as Options.Timeout puts no deadline on calls whose context has none: they end
+// with their context only.
+const NoTimeout time.Duration = -1
+
 // MaxMessageBytes bounds the messages a Client sends and receives, as in the Python SDK and
 // the servers: grpc-go's default 4 MiB receive limit would refuse a large answer (a version
 // with much lineage, an ExportAuditEvents message of 500 large events) with
@@ -43,9 +50,10 @@ type Options struct {
 	Roles []string
 	// Token is a bearer token (or JWT) for a server with access control.
 	Token string
-	// Timeout bounds each call whose context has no deadline (default 60 s): unary calls and
-	// UploadBlob. Server streams (DownloadBlob, ExportAuditEvents, WatchDeployment) are not
-	// bounded by it; they end with their context.
+	// Timeout bounds each call whose context has no deadline: unary calls and UploadBlob.
+	// 0 is DefaultTimeout (60 s), NoTimeout is none; any other negative value is refused by
+	// Dial. Server streams (DownloadBlob, ExportAuditEvents, WatchDeployment) are not bounded
+	// by it; they end with their context.
 	Timeout time.Duration
 	// DialOptions replace the default transport (plaintext); pass TLS credentials here. They
 	// apply after the MaxMessageBytes limits, so a grpc.WithDefaultCallOptions here may
@@ -67,11 +75,19 @@ type Client struct {
 }
 
 // Dial connects to the control plane at address (HOST:PORT). The connection is made lazily:
-// an unreachable server shows up as UNAVAILABLE on the first call.
+// an unreachable server shows up as UNAVAILABLE on the first call. A negative
+// Options.Timeout other than NoTimeout is refused: every call would expire at once.
 func Dial(address string, opts Options) (*Client, error) {
 	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = 60 * time.Second
+	switch {
+	case timeout == 0:
+		timeout = DefaultTimeout
+	case timeout == NoTimeout:
+		timeout = 0 // no deadline added
+	case timeout < 0:
+		return nil, fmt.Errorf(
+			"client: Options.Timeout %v is negative: give a positive duration, 0 for %v, "+
+				"or NoTimeout for none", timeout, DefaultTimeout)
 	}
 	pairs := []string{}
 	if opts.Principal != "" {
@@ -264,12 +280,14 @@ func RequestID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
+// unaryIdentity sends the identity on every unary call, and bounds one whose context has no
+// deadline by timeout (0: none).
 func unaryIdentity(pairs []string, timeout time.Duration) grpc.UnaryClientInterceptor {
 	return func(
 		ctx context.Context, method string, req, reply interface{},
 		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
 	) error {
-		if _, ok := ctx.Deadline(); !ok {
+		if _, ok := ctx.Deadline(); !ok && timeout > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, timeout)
 			defer cancel()
@@ -282,8 +300,8 @@ func unaryIdentity(pairs []string, timeout time.Duration) grpc.UnaryClientInterc
 }
 
 // streamIdentity sends the identity on every stream, and bounds a client stream with one
-// answer (UploadBlob) by timeout when its context has no deadline. Server streams are left
-// unbounded: a download or a watch may rightly run longer.
+// answer (UploadBlob) by timeout (0: none) when its context has no deadline. Server streams
+// are left unbounded: a download or a watch may rightly run longer.
 func streamIdentity(pairs []string, timeout time.Duration) grpc.StreamClientInterceptor {
 	return func(
 		ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
@@ -292,7 +310,7 @@ func streamIdentity(pairs []string, timeout time.Duration) grpc.StreamClientInte
 		if len(pairs) > 0 {
 			ctx = metadata.AppendToOutgoingContext(ctx, pairs...)
 		}
-		if _, ok := ctx.Deadline(); ok || desc.ServerStreams {
+		if _, ok := ctx.Deadline(); ok || desc.ServerStreams || timeout == 0 {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
 		ctx, cancel := context.WithTimeout(ctx, timeout)

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"math"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,9 +28,17 @@ type fakeBlobs struct {
 	release chan struct{}
 	// pause is how long DownloadBlob waits between its two chunks.
 	pause time.Duration
+
+	mu sync.Mutex
+	// deadlines says, per UploadBlob, whether the call came with a deadline.
+	deadlines []bool
 }
 
 func (f *fakeBlobs) UploadBlob(stream modelplanev1.BlobService_UploadBlobServer) error {
+	_, ok := stream.Context().Deadline()
+	f.mu.Lock()
+	f.deadlines = append(f.deadlines, ok)
+	f.mu.Unlock()
 	h := sha256.New()
 	for {
 		m, err := stream.Recv()
@@ -69,6 +79,8 @@ type fakeRegistry struct {
 	modelplanev1.UnimplementedRegistryServiceServer
 	mu       sync.Mutex
 	requests []*modelplanev1.CreateModelVersionRequest
+	// deadlines says, per CreateModelVersion, whether the call came with a deadline.
+	deadlines []bool
 }
 
 func (f *fakeRegistry) CreateModelVersion(
@@ -76,6 +88,8 @@ func (f *fakeRegistry) CreateModelVersion(
 ) (*modelplanev1.ModelVersion, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	_, ok := ctx.Deadline()
+	f.deadlines = append(f.deadlines, ok)
 	for _, seen := range f.requests {
 		if seen.GetRequestId() == req.GetRequestId() {
 			return nil, status.Error(codes.AlreadyExists, "REQUEST_ID_REUSED")
@@ -177,6 +191,43 @@ func TestRegisterVersionKeepsARequestIdSetInTheTemplate(t *testing.T) {
 	}
 	if got := RequestIDOf(err); got != "fixed-id" {
 		t.Errorf("RequestIDOf(err) = %q, want fixed-id", got)
+	}
+}
+
+func TestDialRefusesANegativeTimeoutOtherThanNoTimeout(t *testing.T) {
+	for _, timeout := range []time.Duration{-time.Nanosecond * 2, -time.Second, math.MinInt64} {
+		c, err := Dial("127.0.0.1:50051", Options{Timeout: timeout})
+		if err == nil {
+			c.Close()
+			t.Errorf("Dial with Timeout %v: no error", timeout)
+			continue
+		}
+		if !strings.Contains(err.Error(), "is negative") || !strings.Contains(err.Error(), "NoTimeout") {
+			t.Errorf("Dial with Timeout %v: error %q does not say what to give", timeout, err)
+		}
+	}
+}
+
+func TestNoTimeoutPutsNoDeadlineOnCallsAndTheDefaultDoes(t *testing.T) {
+	for _, tc := range []struct {
+		timeout time.Duration
+		want    bool
+	}{{NoTimeout, false}, {0, true}, {time.Minute, true}} {
+		blobs, registry := &fakeBlobs{}, &fakeRegistry{}
+		c := serve(t, blobs, registry, Options{Timeout: tc.timeout})
+		if _, err := c.RegisterVersion(context.Background(), "fraud", []byte("onnx"), nil); err != nil {
+			t.Fatalf("Timeout %v: %v", tc.timeout, err)
+		}
+		blobs.mu.Lock()
+		upload := blobs.deadlines
+		blobs.mu.Unlock()
+		registry.mu.Lock()
+		create := registry.deadlines
+		registry.mu.Unlock()
+		if len(upload) != 1 || upload[0] != tc.want || len(create) != 1 || create[0] != tc.want {
+			t.Errorf("Timeout %v: deadline on UploadBlob %v, CreateModelVersion %v; want %v",
+				tc.timeout, upload, create, tc.want)
+		}
 	}
 }
 
