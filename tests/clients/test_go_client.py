@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,79 @@ def test_go_example_registers_and_gates_against_a_live_control_plane(
     assert unreadable.stderr.startswith("error: open "), unreadable.stderr
     with Client(live_controlplane.address) as client:  # read before any call: nothing created
         assert all(m.name != f"models/{fresh}" for m in client.list_models())
+
+
+@pytest.fixture(scope="module")
+def register_binary(
+    go_module: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The register example, built."""
+    binary = tmp_path_factory.mktemp("register") / "register"
+    build = _go(["build", "-o", str(binary), "./examples/register"], go_module)
+    assert build.returncode == 0, build.stderr
+    return binary
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """HOST:PORT of a listener that accepts connections and never answers on them."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def test_go_example_exits_4_when_the_server_does_not_answer_in_time(
+    register_binary: Path, silent_server: str
+) -> None:
+    # DEADLINE_EXCEEDED is "could not be reached or did not answer in time", as UNAVAILABLE
+    # is: 4, as the CLI and the Node example exit, not 3 (a server's error answer).
+    argv = ["-server", silent_server, "-timeout", "1s", "-model", "m", "-onnx", "go.mod"]
+    result = subprocess.run(
+        [str(register_binary), *argv],
+        cwd=GO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "DEADLINE_EXCEEDED" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["-server", "not an address"], "error: -server: address not an address: missing port"),
+        (["-server", "127.0.0.1:99999"], 'error: -server: address 127.0.0.1:99999: port "99999"'),
+        (["-timeout", "-5s"], "error: -timeout: -5s is negative"),
+    ],
+)
+def test_go_example_exits_2_on_a_malformed_server_or_timeout_before_dialing(
+    register_binary: Path, argv: list[str], says: str
+) -> None:
+    # A mistyped address is the caller's mistake (2), not an unreachable server (4).
+    result = subprocess.run(
+        [str(register_binary), *argv, "-model", "m", "-onnx", str(GO_ROOT / "go.mod")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert "usage: register" in result.stderr
 
 
 def test_readme_build_commands_work_without_a_module_proxy(tmp_path: Path) -> None:

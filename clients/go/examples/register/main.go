@@ -2,19 +2,24 @@
 // it, as a CI job written in Go would:
 //
 //	go run ./examples/register -server 127.0.0.1:50051 -model fraud -onnx model.onnx \
-//	    -target production [-as ci-bot]
+//	    -target production [-as ci-bot] [-timeout 90s]
 //
 // The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when
-// it fails, 2 on a usage error or an unreadable file, 3 when the server answers an error (its
-// status and reason are printed), 4 when it is unavailable (unreachable, or too busy to
-// answer).
+// it fails, 2 on a usage error (a -server that is not HOST:PORT, a negative -timeout
+// included) or an unreadable file, 3 when the server answers an error (its status and reason
+// are printed), 4 when it could not be reached or did not answer in time (UNAVAILABLE:
+// unreachable, or too busy to answer; DEADLINE_EXCEEDED: no answer within -timeout), as the
+// `modelplane` CLI and the Node example exit. -timeout (default 60s) bounds each call; 0 is
+// none.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -34,17 +39,32 @@ func run() int {
 	onnxPath := flag.String("onnx", "", "the ONNX file")
 	target := flag.String("target", "production", "gate target: an alias or deployments/NAME")
 	principal := flag.String("as", "ci", "principal named to a server without access control")
+	timeout := flag.Duration("timeout", client.DefaultTimeout, "deadline of each call (e.g. 90s, 5m); 0 is none")
 	flag.Parse()
+	const usage = "usage: register -model MODEL -onnx FILE [-server HOST:PORT] [-target T] [-as P] [-timeout D]"
 	if *model == "" || *onnxPath == "" {
-		fmt.Fprintln(os.Stderr, "usage: register -model MODEL -onnx FILE [-server HOST:PORT] [-target T]")
+		fmt.Fprintln(os.Stderr, usage)
 		return 2
+	}
+	// A malformed address is the caller's mistake (2), not an unreachable server (4).
+	if err := checkAddress(*server); err != nil {
+		fmt.Fprintf(os.Stderr, "error: -server: %v\n%s\n", err, usage)
+		return 2
+	}
+	if *timeout < 0 {
+		fmt.Fprintf(os.Stderr, "error: -timeout: %v is negative (0 is none)\n%s\n", *timeout, usage)
+		return 2
+	}
+	callTimeout := *timeout
+	if callTimeout == 0 {
+		callTimeout = client.NoTimeout
 	}
 	onnx, err := os.ReadFile(*onnxPath)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 2
 	}
-	c, err := client.Dial(*server, client.Options{Principal: *principal})
+	c, err := client.Dial(*server, client.Options{Principal: *principal, Timeout: callTimeout})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 4
@@ -98,10 +118,32 @@ func report(err error) int {
 	} else {
 		fmt.Fprintf(os.Stderr, "error: %s: %s\n", code, st.Message())
 	}
-	if st.Code() == codes.Unavailable {
+	return exitCode(st.Code())
+}
+
+// exitCode is 4 when the server could not be reached or did not answer in time, 3 when it
+// answered an error, as the `modelplane` CLI exits.
+func exitCode(code codes.Code) int {
+	if code == codes.Unavailable || code == codes.DeadlineExceeded {
 		return 4
 	}
 	return 3
+}
+
+// checkAddress accepts HOST:PORT (a host name, an IPv4 address or an IPv6 address in
+// brackets) with a port from 1 to 65535.
+func checkAddress(address string) error {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return fmt.Errorf("%v (give HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051)", err)
+	}
+	if host == "" || strings.ContainsAny(host, " \t\n/") {
+		return fmt.Errorf("address %s: %q is not a host name or IP address", address, host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %s: port %q is not from 1 to 65535", address, port)
+	}
+	return nil
 }
 
 // statusNames are gRPC's canonical status names by code: codes.Code's String spells

@@ -23,3 +23,30 @@ func TestStatusNameIsGRPCsCanonicalName(t *testing.T) {
 		}
 	}
 }
+
+func TestExitCodeIs4WhenTheServerWasNotReachedOrDidNotAnswerInTime(t *testing.T) {
+	for code, want := range map[codes.Code]int{
+		codes.Unavailable: 4, codes.DeadlineExceeded: 4,
+		codes.InvalidArgument: 3, codes.NotFound: 3, codes.Internal: 3, codes.Canceled: 3,
+	} {
+		if got := exitCode(code); got != want {
+			t.Errorf("exitCode(%s) = %d, want %d", statusName(code), got, want)
+		}
+	}
+}
+
+func TestCheckAddressTakesHostColonPort(t *testing.T) {
+	for _, ok := range []string{"127.0.0.1:50051", "cp.internal:443", "[::1]:50051", "localhost:1"} {
+		if err := checkAddress(ok); err != nil {
+			t.Errorf("checkAddress(%q) = %v, want nil", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"not an address", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:0",
+		"127.0.0.1:http", ":50051", "::1:50051", "not a host:50051", "http://cp:50051",
+	} {
+		if err := checkAddress(bad); err == nil {
+			t.Errorf("checkAddress(%q) = nil, want an error", bad)
+		}
+	}
+}
