@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import structlog
 
+from modelplane._client import read_pem
 from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import serve_metrics
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
@@ -133,19 +134,26 @@ def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
         *RECONNECT_OPTIONS,
     ]
     assert settings.control_plane is not None
-    ca, cert, key = (
-        settings.control_plane_tls_ca,
-        settings.control_plane_tls_cert,
-        settings.control_plane_tls_key,
-    )
-    if ca is not None or cert is not None:
+    if settings.control_plane_tls_ca is not None or settings.control_plane_tls_cert is not None:
+        root, private_key, chain = control_plane_tls_files(settings)
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=None if ca is None else ca.read_bytes(),
-            private_key=None if key is None else key.read_bytes(),
-            certificate_chain=None if cert is None else cert.read_bytes(),
+            root_certificates=root, private_key=private_key, certificate_chain=chain
         )
         return grpc.secure_channel(settings.control_plane, credentials, options=options)
     return grpc.insecure_channel(settings.control_plane, options=options)
+
+
+def control_plane_tls_files(settings: SidecarSettings) -> tuple[bytes | None, ...]:
+    """The CA bundle, client key and client certificate the control plane is reached with, as
+    PEM (None for each not given). A file that cannot be read, is empty or holds no PEM block
+    is InvalidArgument naming its option and the file (reason UNREADABLE_TLS_FILE or
+    INVALID_TLS_FILE): gRPC would take an empty CA bundle as none given and trust the system's
+    CAs, and report any other bad file only as a control plane it cannot reach."""
+    return (
+        read_pem(settings.control_plane_tls_ca, "--control-plane-tls-ca file"),
+        read_pem(settings.control_plane_tls_key, "--control-plane-tls-key file"),
+        read_pem(settings.control_plane_tls_cert, "--control-plane-tls-cert file"),
+    )
 
 
 class _Connection:

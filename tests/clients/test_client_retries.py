@@ -280,3 +280,19 @@ def test_a_download_that_keeps_failing_leaves_no_file(streaming_server, tmp_path
     with Client(address, timeout=10, retries=1) as c, pytest.raises(Unavailable):
         c.download_blob(hashlib.sha256(b"abc" * 1000).hexdigest(), out)
     assert calls == ["DownloadBlob"] and list(tmp_path.iterdir()) == []
+
+
+def test_each_pause_between_tries_is_capped(serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The backoff doubles per try but no pause is longer than ``MAX_RETRY_PAUSE_S``: with a
+    first pause of 100 s, uncapped it would not fit the call's 30 s and no retry would be
+    made; capped at 0.3 s the call is tried again at once."""
+    import modelplane._client as sdk
+
+    monkeypatch.setattr(sdk, "RETRY_BACKOFF_S", 100.0)
+    monkeypatch.setattr(sdk, "MAX_RETRY_PAUSE_S", 0.3, raising=False)
+    registry = FlakyRegistry(failures=2)
+    started = time.monotonic()
+    with Client(serve(registry), timeout=30, retries=3) as c:
+        assert c.get_model("m").name == "models/m"
+    assert len(registry.seen) == 3
+    assert time.monotonic() - started < 5

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -159,15 +161,46 @@ def _with_fields(message: M, fields: Mapping[str, Any]) -> M:
     return message
 
 
-def _read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def pem_problem(data: bytes) -> str | None:
+    """What is wrong with ``data`` as a PEM file (None when nothing is): gRPC takes an empty
+    CA bundle as none given, trusting the system's CAs instead, and reports other bad files
+    only once it connects, as a server it cannot reach."""
+    if not data.strip():
+        return "is empty"
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        return "holds no PEM block (-----BEGIN ...----- to -----END ...-----)"
+    for label, body in blocks:
+        try:
+            decoded = base64.b64decode(b"".join(body.split()), validate=True)
+        except ValueError:
+            decoded = b""
+        if not decoded:
+            return f"holds a PEM block ({label.decode()}) that is not base64 data"
+    return None
+
+
+def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    """The PEM file ``path`` (None when none is given); InvalidArgument naming ``what`` and
+    the file when it cannot be read (UNREADABLE_TLS_FILE) or is empty or not PEM
+    (INVALID_TLS_FILE)."""
     if path is None or str(path) == "":
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidArgument(
             f"cannot read the {what} {path}: {exc.strerror}", reason="UNREADABLE_TLS_FILE"
         ) from None
+    problem = pem_problem(data)
+    if problem is not None:
+        raise InvalidArgument(
+            f"the {what} {path} {problem}: give a PEM file", reason="INVALID_TLS_FILE"
+        )
+    return data
 
 
 def _open_channel(
@@ -194,9 +227,9 @@ def _open_channel(
             "a client certificate needs both tls_cert and tls_key", reason="INCOMPLETE_TLS_CLIENT"
         )
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(ca, "CA bundle"),
-        private_key=_read_pem(key, "TLS key"),
-        certificate_chain=_read_pem(cert, "TLS certificate"),
+        root_certificates=read_pem(ca, "CA bundle"),
+        private_key=read_pem(key, "TLS key"),
+        certificate_chain=read_pem(cert, "TLS certificate"),
     )
     return grpc.secure_channel(address, credentials, options=options)
 
@@ -210,6 +243,8 @@ MAX_WAIT_S = 60.0
 #: The first pause before a call is tried again (doubled for each further try, with jitter).
 #: After a failure to connect, the pause ends as soon as the channel is connected again.
 RETRY_BACKOFF_S = 0.2
+#: The longest pause between two tries, however many came before.
+MAX_RETRY_PAUSE_S = 10.0
 #: The first pause before the channel tries to reconnect to a server it could not reach, and
 #: the longest one (gRPC grows it by 1.6 times per failed attempt, with jitter).
 RECONNECT_BACKOFF_MS = 100
@@ -244,6 +279,23 @@ def _retryable(exc: grpc.RpcError, request: Any) -> bool:
     if descriptor is None or "request_id" not in descriptor.fields_by_name:
         return True
     return bool(request.request_id)
+
+
+def metadata_value(value: str, what: str, *, secret: bool = False) -> str:
+    """``value``, checked for sending as gRPC metadata, which carries printable ASCII only
+    (no accents, no CR or LF): anything else is InvalidArgument naming ``what`` (reason
+    INVALID_METADATA, ``metadata["field"]`` = ``what``) instead of gRPC's INTERNAL "Invalid
+    metadata" once a call is made. A ``secret`` value is not shown."""
+    bad = next((ch for ch in value if not " " <= ch <= "~"), None)
+    if bad is None:
+        return value
+    held = f"{what} holds a character" if secret else f"{what} {value!r} holds {bad!r}"
+    raise InvalidArgument(
+        f"{held} that gRPC metadata cannot carry: printable ASCII only "
+        "(no accents, no control characters or line breaks)",
+        reason="INVALID_METADATA",
+        metadata={"field": what},
+    )
 
 
 class Client(DeploymentsMixin):
@@ -287,9 +339,10 @@ class Client(DeploymentsMixin):
         token = token if token is not None else os.environ.get("MODELPLANE_TOKEN", "")
         metadata: list[tuple[str, str]] = []
         if principal:
-            metadata.append((PRINCIPAL_METADATA_KEY, principal))
+            metadata.append((PRINCIPAL_METADATA_KEY, metadata_value(principal, "principal")))
         if token:
-            metadata.append((AUTHORIZATION_METADATA_KEY, f"Bearer {token.strip()}"))
+            token = metadata_value(token.strip(), "token", secret=True)
+            metadata.append((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"))
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
         self._channel = channel or _open_channel(
             address, tls or bool(tls_ca or tls_cert or tls_key), tls_ca, tls_cert, tls_key
@@ -363,7 +416,10 @@ class Client(DeploymentsMixin):
             try:
                 return attempt(left)
             except grpc.RpcError as exc:
-                pause = RETRY_BACKOFF_S * 2 ** (tries - 1) * random.uniform(0.5, 1.5)
+                pause = min(
+                    RETRY_BACKOFF_S * 2 ** (tries - 1) * random.uniform(0.5, 1.5),
+                    MAX_RETRY_PAUSE_S,
+                )
                 if (
                     tries < self.retries
                     and _retryable(exc, request)
@@ -779,8 +835,8 @@ class Client(DeploymentsMixin):
         Only a server without access control reads them (and believes them); a server with
         access control ignores them and takes roles from the caller's token.
         """
+        names = metadata_value(",".join(r.strip() for r in roles if r.strip()), "roles")
         kept = tuple(kv for kv in self._metadata if kv[0] != ROLES_METADATA_KEY)
-        names = ",".join(r.strip() for r in roles if r.strip())
         self._metadata = (*kept, (ROLES_METADATA_KEY, names)) if names else kept
         return self
 

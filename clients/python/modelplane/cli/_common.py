@@ -80,9 +80,12 @@ version_number = whole_number(1, INT64_MAX)
 _TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
 
 
-def check_server(address: str) -> str:
-    """``--server``: ``HOST:PORT`` with a port from 1 to 65535 (``[::1]:PORT`` for IPv6), or a
-    gRPC target with a scheme (``dns:``, ``unix:``, ...); a usage error (exit 2) otherwise."""
+def check_server(
+    address: str, option: str = "--server", example: str = "127.0.0.1:50051 (env MODELPLANE_SERVER)"
+) -> str:
+    """``--server`` (or another ``option`` naming a server, such as ``--sidecar``):
+    ``HOST:PORT`` with a port from 1 to 65535 (``[::1]:PORT`` for IPv6), or a gRPC target with
+    a scheme (``dns:``, ``unix:``, ...); a usage error (exit 2) otherwise."""
     if address.startswith(_TARGET_SCHEMES):
         return address
     host, sep, port = address.rpartition(":")
@@ -97,10 +100,31 @@ def check_server(address: str) -> str:
         and 1 <= int(port) <= 65535
     ):
         return address
-    raise CliError(
-        f"--server {address!r}: use HOST:PORT, e.g. 127.0.0.1:50051 (env MODELPLANE_SERVER)",
-        EXIT_USAGE,
+    raise CliError(f"{option} {address!r}: use HOST:PORT, e.g. {example}", EXIT_USAGE)
+
+
+def check_sidecar(address: str) -> str:
+    """``--sidecar``: an address as :func:`check_server` takes one."""
+    return check_server(address, "--sidecar", "127.0.0.1:8001")
+
+
+#: The global option (and its environment variable) each value the SDK sends as gRPC
+#: metadata comes from (``modelplane._client.metadata_value``).
+_METADATA_OPTIONS = {
+    "principal": "--as (default: env MODELPLANE_PRINCIPAL, else the OS user)",
+    "token": "--token (env MODELPLANE_TOKEN)",
+    "roles": "--roles (env MODELPLANE_ROLES)",
+}
+
+
+def usage_error(exc: ModelplaneError) -> CliError:
+    """A usage error (exit 2) for an SDK error about the options given, naming the option a
+    value that cannot be sent as metadata came from."""
+    option = _METADATA_OPTIONS.get(exc.metadata.get("field", ""))
+    message = (
+        f"{option}: {exc.message}" if exc.reason == "INVALID_METADATA" and option else exc.message
     )
+    return CliError(message, EXIT_USAGE, reason=exc.reason)
 
 
 def client(args: argparse.Namespace) -> Client:
@@ -119,7 +143,15 @@ def client(args: argparse.Namespace) -> Client:
             tls=bool(getattr(args, "tls", False)),
         )
     except ModelplaneError as exc:
-        raise CliError(exc.message, EXIT_USAGE, reason=exc.reason) from None
+        raise usage_error(exc) from None
+
+
+def with_roles(c: Client, args: argparse.Namespace) -> Client:
+    """``c`` sending the global ``--roles``; a role that cannot be sent is a usage error."""
+    try:
+        return c.with_roles(getattr(args, "roles", []) or [])
+    except ModelplaneError as exc:
+        raise usage_error(exc) from None
 
 
 def add_request_id(parser: argparse.ArgumentParser) -> None:
@@ -199,11 +231,13 @@ def csv_list(text: str | None) -> list[str]:
 
 def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any:
     """Call ``SidecarAdminService.<method>`` on the sidecar at ``address``; SDK errors as the
-    control-plane client raises them (``ServerUnreachable`` when nothing answered)."""
+    control-plane client raises them (``ServerUnreachable`` when nothing answered); an
+    address that is not ``HOST:PORT`` is a usage error (:func:`check_sidecar`)."""
     import grpc
 
     from modelplane.v1 import sidecar_pb2_grpc
 
+    check_sidecar(address)
     with grpc.insecure_channel(address) as channel:
         stub = sidecar_pb2_grpc.SidecarAdminServiceStub(channel)
         try:

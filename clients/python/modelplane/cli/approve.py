@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import add_request_id, client, server_errors, with_roles
 from modelplane.cli._output import Printer
 
 
@@ -31,7 +31,7 @@ COLUMNS = ["name", "target", "decision", "approver", "roles", "evidence_sha256",
 
 def _approve(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        c.with_roles(getattr(args, "roles", []) or [])
+        with_roles(c, args)
         a = c.approve(
             args.name,
             args.version,

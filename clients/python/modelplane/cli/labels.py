@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modelplane.cli._common import call_sidecar, server_errors
+from modelplane.cli._common import call_sidecar, check_sidecar, server_errors
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
 
@@ -153,6 +153,8 @@ def _send_one(address: str, labels: list[Any], timeout: float) -> tuple[int, int
 
 
 def _send(args: argparse.Namespace, out: Printer) -> int:
+    for address in args.sidecar:  # all of them before any is sent to
+        check_sidecar(address)
     table = _read(args.file, args.label)
     labels = _labels(table, args.label, args.file, args.kind)
     results = []

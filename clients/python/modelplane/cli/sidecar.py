@@ -262,8 +262,16 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     with extra("sidecar", "the sidecar"):
         from modelplane.server.logging import configure_logging
         from sidecar.cuda import gpu_present
+        from sidecar.managed.server import control_plane_tls_files
         from sidecar.server import serve_one
         from sidecar.workers import supervise
+    if settings.control_plane is not None:
+        try:  # before any worker starts, which would fail on them one by one
+            control_plane_tls_files(settings)
+        except ModelplaneError as exc:
+            raise CliError(
+                f"invalid sidecar settings: {exc.message}", EXIT_USAGE, reason=exc.reason
+            ) from None
     configure_logging(settings.log_level)
 
     try:
