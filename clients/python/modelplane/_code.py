@@ -1,9 +1,14 @@
 """Code lineage as the SDK records it: a repository URL without the credentials a git remote
-may carry (lineage cannot be changed later and every reader of the version sees it)."""
+may carry (lineage cannot be changed later and every reader of the version sees it), and the
+repository and commit git gives for the code here."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 # ``scheme://userinfo@host...``: the userinfo runs up to the last "@" before the path.
 _AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
@@ -27,3 +32,63 @@ def without_credentials(url: str) -> str:
     user = userinfo.partition(":")[0]
     kept = f"{user}@" if scheme in _USER_IS_LOGIN and user else ""
     return prefix + kept + url[match.end() :]
+
+
+@dataclass(frozen=True)
+class GitLineage:
+    """What git says about the code here: the ``origin`` remote (as git has it, credentials
+    included) and the ``HEAD`` commit, with ``-dirty`` appended when tracked files differ from
+    it (as ``git describe --dirty`` marks a build); ``problem`` is git's reason when there is a
+    repository here but git gave no commit for it (git missing, a repository git refuses as
+    of "dubious ownership", no commit yet), "" otherwise."""
+
+    repository: str = ""
+    commit: str = ""
+    problem: str = ""
+
+
+#: Seconds each git command may take.
+GIT_TIMEOUT_S = 5.0
+
+
+def _git(argv: list[str], cwd: Path | None) -> tuple[int, str, str]:
+    """``git ARGV``'s exit status, stdout and stderr (bytes that are not UTF-8, as in a
+    remote URL in another encoding, as ``\\xNN`` escapes); status -1 with the reason as
+    stderr when git could not be run."""
+    try:
+        done = subprocess.run(
+            ["git", *argv], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return -1, "", f"git {argv[0]} took more than {GIT_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return -1, "", f"cannot run git: {exc.strerror or exc}"
+
+    def text(data: bytes) -> str:
+        return data.decode("utf-8", "backslashreplace").strip()
+
+    return done.returncode, text(done.stdout), text(done.stderr)
+
+
+def _repository_here(cwd: Path | None) -> bool:
+    """Whether a ``.git`` (folder or file) is in ``cwd`` or a folder above, or ``GIT_DIR``
+    names one: there is a repository, whatever git says about it."""
+    if os.environ.get("GIT_DIR"):
+        return True
+    here = (cwd or Path.cwd()).resolve()
+    return any((folder / ".git").exists() for folder in (here, *here.parents))
+
+
+def git_lineage(cwd: Path | None = None) -> GitLineage:
+    """The code lineage git gives for ``cwd`` (default: the current folder); empty, with no
+    problem, where there is no repository at all."""
+    status, commit, error = _git(["rev-parse", "HEAD"], cwd)
+    if status != 0:
+        if not _repository_here(cwd) and (status == -1 or "not a git repository" in error):
+            return GitLineage()
+        return GitLineage(problem=" ".join(error.split()) or f"git exited with status {status}")
+    status, changes, _ = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    if status == 0 and changes:
+        commit += "-dirty"
+    status, remote, _ = _git(["remote", "get-url", "origin"], cwd)
+    return GitLineage(repository=remote if status == 0 else "", commit=commit)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from modelplane._code import GitLineage, git_lineage
 from modelplane.cli._checks import printable, unique_key_values, without_credentials
 from modelplane.cli._common import (
     add_request_id,
@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a training metric (repeatable, each key once)",
     )
     r.add_argument(
-        "--code-commit", help="source commit (default: HEAD of the git repo here, if any)"
+        "--code-commit",
+        help="source commit (default: HEAD of the git repo here, if any, with -dirty appended "
+        "when tracked files were changed; a warning when git refuses the repository)",
     )
     r.add_argument(
         "--code-repo",
@@ -143,18 +145,6 @@ def _row(v: registry_pb2.ModelVersion) -> list[object]:
     ]
 
 
-def _git(*argv: str) -> str:
-    """What ``git ARGV`` prints, or "" when it fails; bytes that are not UTF-8 (a remote URL
-    in another encoding) come back as ``\\xNN`` escapes."""
-    try:
-        done = subprocess.run(["git", *argv], capture_output=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    if done.returncode != 0:
-        return ""
-    return done.stdout.decode("utf-8", "backslashreplace").strip()
-
-
 def _register(args: argparse.Namespace, out: Printer) -> int:
     if not args.onnx.is_file():
         raise CliError(f"--onnx {args.onnx}: no such file", EXIT_USAGE)
@@ -166,9 +156,16 @@ def _register(args: argparse.Namespace, out: Printer) -> int:
     unique_key_values(args.metric, "--metric")
     metrics = key_floats(args.metric, "--metric")
     labels = unique_key_values(args.set_label, "--set-label")
-    commit = args.code_commit if args.code_commit is not None else _git("rev-parse", "HEAD")
-    repo = args.code_repo if args.code_repo is not None else _git("remote", "get-url", "origin")
-    repo = without_credentials(repo)
+    found = GitLineage()
+    if args.code_commit is None or args.code_repo is None:
+        found = git_lineage()
+        if found.problem:
+            out.progress(
+                "warning: no code commit or repository recorded from git (give --code-commit "
+                f"and --code-repo to record them): {found.problem}"
+            )
+    commit = args.code_commit if args.code_commit is not None else found.commit
+    repo = without_credentials(args.code_repo if args.code_repo is not None else found.repository)
     with server_errors(), client(args) as c:
         out.progress(f"uploading {args.onnx} and {len(datasets)} dataset(s)")
         v = c.register_version(
