@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from modelplane.audit_chain import CheckpointClaim, verify_export
 from modelplane.cli._common import client, server_errors, takes_relative_times, whole_number
@@ -114,9 +114,26 @@ def _export(args: argparse.Namespace, out: Printer) -> int:
             sys.stdout.buffer.flush()
             return 0
         with replaced_atomically(args.out) as f:
-            size = c.export_audit(f, format=args.format)
+            counted = _LineCounter(f)
+            size = c.export_audit(cast(BinaryIO, counted), format=args.format)
     out.progress(f"wrote {size} bytes to {args.out}")
+    if out.json_output:  # one JSON document on stdout, as every command prints
+        out.emit(
+            {"path": str(args.out), "format": args.format, "events": counted.lines, "bytes": size}
+        )
     return 0
+
+
+class _LineCounter:
+    """A binary file's ``write`` that counts the lines (JSON Lines events) written."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.lines = 0
+
+    def write(self, data: bytes) -> int:
+        self.lines += data.count(b"\n")
+        return self._f.write(data)
 
 
 def _checkpoint(args: argparse.Namespace, out: Printer) -> int:

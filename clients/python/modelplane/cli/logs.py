@@ -128,6 +128,9 @@ def _read(args: argparse.Namespace, printer: Printer) -> int:
         if args.out:
             write_out(args.out, write)
             printer.progress(f"wrote {table.num_rows} records to {args.out}")
+            if printer.json_output:  # one JSON document on stdout, as every command prints
+                written = "json" if args.format == "table" else args.format
+                printer.emit({"path": args.out, "format": written, "records": table.num_rows})
         else:
             write(sys.stdout.buffer)
             sys.stdout.flush()
