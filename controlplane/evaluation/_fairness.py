@@ -14,7 +14,8 @@ Disparities, over the groups where the rate is defined (fairlearn's ``between_gr
 * ``equalized_odds_difference``: the larger of the TPR and FPR differences.
 
 These match ``fairlearn.metrics`` whenever every group has both classes; fairlearn instead
-counts an undefined rate as 0.
+counts an undefined rate as 0. A group of fewer than :data:`SMALL_GROUP_ROWS` rows is warned
+about (``GROUP_TOO_SMALL``): its figures stay in the report.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import numpy as np
 
 from controlplane.evaluation._errors import EvaluationWarning
 from controlplane.evaluation._grouping import Groups
+
+
+#: Groups with fewer rows get a ``GROUP_TOO_SMALL`` warning: one row more or less moves their
+#: rates by over 3 points, so a disparity they enter says little.
+SMALL_GROUP_ROWS = 30
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -111,6 +117,16 @@ def fairness_report(
                 accuracy=float(np.count_nonzero(yp == yt)) / len(rows),
             )
         )
+        if len(rows) < SMALL_GROUP_ROWS:
+            warnings.append(
+                EvaluationWarning(
+                    "GROUP_TOO_SMALL",
+                    f"group {name!r} has {len(rows)} row{'s' * (len(rows) != 1)}, fewer than "
+                    f"{SMALL_GROUP_ROWS}: its rates, and the disparities they enter, rest on "
+                    "too few rows to compare reliably",
+                    scope,
+                )
+            )
         if n_pos == 0 or n_neg == 0:
             missing = "positive" if n_pos == 0 else "negative"
             warnings.append(

@@ -278,10 +278,29 @@ def test_fairness_leaves_undefined_rates_out() -> None:
     assert b.tpr is None and b.fpr == pytest.approx(0.5)
     assert rep.equal_opportunity_difference == pytest.approx(0.0)
     assert rep.equalized_odds_difference == pytest.approx(0.5)
-    assert [w.code for w in rep.warnings] == ["GROUP_SINGLE_CLASS"]
+    assert [w.code for w in rep.warnings if w.code != "GROUP_TOO_SMALL"] == ["GROUP_SINGLE_CLASS"]
     nobody = fairness_report("g", group_rows(pa.chunked_array([group])), y, pred & False, "1")
     assert nobody.demographic_parity_ratio is None
     assert nobody.demographic_parity_difference == 0.0
+
+
+def test_fairness_warns_about_groups_too_small_to_compare() -> None:
+    import pyarrow as pa
+
+    from controlplane.evaluation._fairness import SMALL_GROUP_ROWS
+
+    rng = np.random.default_rng(3)
+    sizes = {"big": 200, "edge": SMALL_GROUP_ROWS, "tiny": SMALL_GROUP_ROWS - 1, "one": 1}
+    group = np.repeat(list(sizes), list(sizes.values()))
+    y = np.arange(len(group)) % 2 == 0
+    pred = rng.random(len(group)) < 0.5
+    rep = fairness_report("g", group_rows(pa.chunked_array([group])), y, pred, "1")
+    small = [w for w in rep.warnings if w.code == "GROUP_TOO_SMALL"]
+    assert [w.message.split(" has ")[0] for w in small] == ["group 'one'", "group 'tiny'"]
+    assert "has 1 row, fewer than 30" in small[0].message
+    assert all(w.scope == "fairness:g" for w in small)
+    # Their figures stay in the report.
+    assert {g.group: g.count for g in rep.groups} == sizes
 
 
 def test_grouping_names_nulls_and_pools_the_smallest_groups() -> None:
