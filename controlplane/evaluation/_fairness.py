@@ -28,7 +28,6 @@ import numpy as np
 from controlplane.evaluation._errors import EvaluationWarning
 from controlplane.evaluation._grouping import Groups
 
-
 #: Groups with fewer rows get a ``GROUP_TOO_SMALL`` warning: one row more or less moves their
 #: rates by over 3 points, so a disparity they enter says little.
 SMALL_GROUP_ROWS = 30
