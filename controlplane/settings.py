@@ -93,6 +93,8 @@ class ControlPlaneSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
     baseline_sample_size: int = Field(
         10_000,
+        gt=0,
+        le=10_000_000,
         description="rows of each numeric training feature kept as the drift reference sample",
     )
     signing_key: str = Field(
@@ -179,7 +181,10 @@ class ControlPlaneSettings(BaseSettings):
         "abandoned (the webhook's connection cut, the command killed with its children)",
     )
     report_interval_seconds: float = Field(
-        2.0, description="how often sidecars report a window (sent to them in the desired state)"
+        2.0,
+        ge=0.1,
+        le=TIMEOUT_MAX,
+        description="how often sidecars report a window (sent to them in the desired state)",
     )
     regression_tolerance: float = Field(
         0.1,
@@ -189,27 +194,38 @@ class ControlPlaneSettings(BaseSettings):
     )
     guard_min_requests: int = Field(
         20,
+        ge=1,
         description="requests (shadow pairs) an arm needs in the merged window before guards "
         "reading it are evaluated",
     )
     reconcile_interval_seconds: float = Field(
-        0.25, description="how often each process applies due time-driven rollout transitions"
+        0.25,
+        ge=0.01,
+        le=TIMEOUT_MAX,
+        description="how often each process applies due time-driven rollout transitions",
     )
     blue_green_switch_seconds: float = Field(
         2.0,
+        ge=0,
+        le=TIMEOUT_MAX,
         description="blue/green: how long the switch phase lasts (sidecars apply the switch) "
         "before the watch phase starts",
     )
     watch_heartbeat_seconds: float = Field(
-        5.0, description="WatchDeployment repeats the current state this often without changes"
+        5.0,
+        ge=0.1,
+        le=TIMEOUT_MAX,
+        description="WatchDeployment repeats the current state this often without changes",
     )
     watch_poll_seconds: float = Field(
         0.2,
+        ge=0.01,
+        le=TIMEOUT_MAX,
         description="on SQLite, how often each process polls deployment generations for "
         "other processes' changes (PostgreSQL uses LISTEN/NOTIFY)",
     )
     report_retention_seconds: float = Field(
-        3600.0, description="how long stored window reports are kept"
+        3600.0, ge=0, le=TIMEOUT_MAX, description="how long stored window reports are kept"
     )
 
     @property

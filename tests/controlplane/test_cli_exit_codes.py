@@ -184,6 +184,16 @@ def test_controlplane_serve_refuses_bad_settings_in_one_line(
         ("UPLOAD_IDLE_SECONDS", "inf", "upload_idle_seconds: Input should be a finite"),
         ("UPLOAD_IDLE_SECONDS", "1e12", "upload_idle_seconds: Input should be less"),
         ("MAX_UPLOADS", "-1", "max_uploads: Input should be greater than or equal to 0"),
+        # Intervals of loops: 0 would spin a CPU, a negative one is sent on to sidecars.
+        ("RECONCILE_INTERVAL_SECONDS", "0", "reconcile_interval_seconds: Input should be greater"),
+        ("WATCH_POLL_SECONDS", "0", "watch_poll_seconds: Input should be greater"),
+        ("WATCH_HEARTBEAT_SECONDS", "0", "watch_heartbeat_seconds: Input should be greater"),
+        ("REPORT_INTERVAL_SECONDS", "-1", "report_interval_seconds: Input should be greater"),
+        ("REPORT_INTERVAL_SECONDS", "nan", "report_interval_seconds: Input should be a finite"),
+        ("BLUE_GREEN_SWITCH_SECONDS", "-3", "blue_green_switch_seconds: Input should be greater"),
+        ("REPORT_RETENTION_SECONDS", "-1", "report_retention_seconds: Input should be greater"),
+        ("GUARD_MIN_REQUESTS", "-5", "guard_min_requests: Input should be greater"),
+        ("BASELINE_SAMPLE_SIZE", "-1", "baseline_sample_size: Input should be greater"),
     ],
 )
 def test_controlplane_serve_refuses_seconds_no_timer_can_wait(
