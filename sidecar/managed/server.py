@@ -28,7 +28,6 @@ import structlog
 
 from modelplane._client import read_pem
 from modelplane.server.cpus import process_budget
-from modelplane.server.lifecycle import serve_metrics
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.admission import open_server
@@ -46,7 +45,13 @@ from sidecar.model import ModelSlot
 from sidecar.observers import Observer, ObserverHub
 from sidecar.predlog import PredictionLogSettings, open_prediction_log
 from sidecar.recording import SyncLog
-from sidecar.server import SidecarHandle, metrics_registry, start_services
+from sidecar.server import (
+    SidecarHandle,
+    bind_listener,
+    metrics_registry,
+    open_metrics,
+    start_services,
+)
 from sidecar.servicer import add_to_server
 from sidecar.settings import SidecarSettings
 
@@ -302,11 +307,7 @@ def start_managed(
         lambda: manager_box[0].queued_rows() if manager_box else 0,
         reuse_port=settings.worker,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        for close in close_pools:
-            close()
-        raise OSError(f"could not bind the gRPC listener to {settings.listen}")
+    port = bind_listener(server, settings.listen, close_pools)
     control_plane = ControlPlane(settings)
     metadata = [(PRINCIPAL_METADATA_KEY, f"sidecar-{name}")]
     if settings.control_plane_token:
@@ -321,7 +322,7 @@ def start_managed(
     metrics_port = None
     if serve and settings.metrics_listen:
         try:
-            httpd, metrics_port = serve_metrics(settings.metrics_listen, registry)
+            httpd, metrics_port = open_metrics(settings.metrics_listen, registry)
         except BaseException:
             for close in reversed(closers):
                 close()
