@@ -19,6 +19,8 @@ import structlog
 from sqlalchemy import text
 from sqlmodel import Session
 
+from controlplane.failures import FailureStreak
+
 log = structlog.get_logger("modelplane.controlplane.rollouts")
 
 CHANNEL = "modelplane_deployments"
@@ -30,6 +32,7 @@ class GenerationHub:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._changes: dict[str, int] = {}
+        self._all = 0
         self._closed = False
 
     @property
@@ -39,7 +42,11 @@ class GenerationHub:
     def token(self, deployment_id: str) -> int:
         """The change count of a deployment; pass it to :meth:`wait`."""
         with self._cond:
-            return self._changes.get(deployment_id, 0)
+            return self._count(deployment_id)
+
+    def _count(self, deployment_id: str) -> int:
+        # Both terms only grow, so their sum moves whenever either does.
+        return self._changes.get(deployment_id, 0) + self._all
 
     def changed(self, deployment_id: str) -> None:
         """Wake everyone watching ``deployment_id``."""
@@ -47,11 +54,17 @@ class GenerationHub:
             self._changes[deployment_id] = self._changes.get(deployment_id, 0) + 1
             self._cond.notify_all()
 
+    def changed_all(self) -> None:
+        """Wake every watcher, whatever it watches (changes may have been missed)."""
+        with self._cond:
+            self._all += 1
+            self._cond.notify_all()
+
     def wait(self, deployment_id: str, token: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a change after ``token``; True when one came."""
         with self._cond:
             changed = self._cond.wait_for(
-                lambda: self._closed or self._changes.get(deployment_id, 0) != token, timeout
+                lambda: self._closed or self._count(deployment_id) != token, timeout
             )
             return changed and not self._closed
 
@@ -91,15 +104,29 @@ def postgres_feed(url: str, hub: GenerationHub) -> Feed:
     dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
 
     def run(stop: threading.Event) -> None:
+        streak = FailureStreak()
+        listened = False
         while not stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if listened:
+                        # Changes committed while no connection listened were not heard:
+                        # every watcher reads its deployment again.
+                        hub.changed_all()
+                    listened = True
+                    if failed := streak.succeeded():
+                        log.info("deployment change listener reconnected", failed_tries=failed)
                     while not stop.is_set():
                         for note in conn.notifies(timeout=0.25):
                             hub.changed(note.payload)
             except Exception as exc:
-                log.warning("deployment change listener failed; reconnecting", error=str(exc))
+                if streak.failed():
+                    log.warning(
+                        "deployment change listener failed; reconnecting",
+                        error=str(exc),
+                        failed_tries=streak.count,
+                    )
                 stop.wait(1.0)
 
     return Feed(run, "deployment-listener")
@@ -112,12 +139,20 @@ def polling_feed(
 
     def run(stop: threading.Event) -> None:
         seen: dict[str, int] | None = None
+        streak = FailureStreak()
         while not stop.wait(interval):
             try:
                 now = read_generations()
             except Exception as exc:
-                log.warning("polling deployment generations failed", error=str(exc))
+                if streak.failed():
+                    log.warning(
+                        "polling deployment generations failed",
+                        error=str(exc),
+                        failed_polls=streak.count,
+                    )
                 continue
+            if failed := streak.succeeded():
+                log.info("polling deployment generations works again", failed_polls=failed)
             if seen is not None:
                 for deployment_id, generation in now.items():
                     if seen.get(deployment_id) != generation:

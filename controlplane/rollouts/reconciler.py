@@ -8,17 +8,18 @@ advance or promotion and the end of a blue/green shadow or watch phase are left 
 reports, since they need the guards' verdict on the step's or phase's evidence.
 
 A pass that fails (the database away) is logged once, then once a minute while the failures
-go on, and the passes back off to one every :data:`MAX_BACKOFF_SECONDS`; the first pass that
-succeeds again is logged and the interval restored.
+go on (see :mod:`controlplane.failures`), and the passes back off to one every
+:data:`MAX_BACKOFF_SECONDS`; the first pass that succeeds again is logged and the interval
+restored.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import structlog
 
+from controlplane.failures import FailureStreak
 from controlplane.rollouts.service import RolloutService
 from modelplane.errors import Unavailable
 
@@ -26,8 +27,6 @@ log = structlog.get_logger("modelplane.controlplane.rollouts")
 
 #: The longest pause between passes while they fail (the interval when that is longer).
 MAX_BACKOFF_SECONDS = 5.0
-#: How often a failure that goes on is logged again.
-REPEAT_LOG_SECONDS = 60.0
 
 
 class Reconciler:
@@ -45,34 +44,30 @@ class Reconciler:
         return self
 
     def _run(self) -> None:
-        failed = 0  # passes failed in a row
-        said = 0.0  # when the failure was last logged
+        streak = FailureStreak()
         wait = self.interval
         while not self._stop.wait(wait):
             try:
                 self.rollouts.tick()
             except Exception as exc:
-                failed += 1
-                # Backing off, and logged when it starts and then once a minute: a database
-                # that is away must not fill the log with a traceback per pass.
-                wait = min(
-                    max(self.interval, MAX_BACKOFF_SECONDS), self.interval * 2 ** min(failed, 20)
-                )
-                now = time.monotonic()
-                if failed == 1 or now - said >= REPEAT_LOG_SECONDS:
-                    said = now
-                    if isinstance(exc, Unavailable):
-                        log.warning(
-                            "rollout reconciler pass failed; retrying with backoff",
-                            error=str(exc),
-                            failed_passes=failed,
-                        )
-                    else:
-                        log.exception("rollout reconciler pass failed", failed_passes=failed)
+                # Backing off: a database that is away is asked less and less often.
+                failed = streak.count + 1
+                longest = max(self.interval, MAX_BACKOFF_SECONDS)
+                wait = min(longest, self.interval * 2 ** min(failed, 20))
+                if not streak.failed():
+                    continue
+                if isinstance(exc, Unavailable):
+                    log.warning(
+                        "rollout reconciler pass failed; retrying with backoff",
+                        error=str(exc),
+                        failed_passes=failed,
+                    )
+                else:
+                    log.exception("rollout reconciler pass failed", failed_passes=failed)
                 continue
-            if failed:
+            if failed := streak.succeeded():
                 log.info("rollout reconciler passes succeed again", failed_passes=failed)
-                failed, wait = 0, self.interval
+                wait = self.interval
 
     def close(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from controlplane.failures import FailureStreak
 from controlplane.services.operations import error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
@@ -124,12 +125,24 @@ class Leases:
         self.fail_expired()
 
         def loop() -> None:
+            streak = FailureStreak()
             while not self._stopping.wait(interval):
                 try:
                     self.renew()
                     self.fail_expired()
                 except Exception as exc:
-                    log.warning("lease upkeep failed; retrying", exc_info=exc)
+                    if streak.failed():
+                        # A database away is said in a line; anything else with its traceback.
+                        trace = None if isinstance(exc, Unavailable) else exc
+                        log.warning(
+                            "lease upkeep failed; retrying",
+                            error=str(exc),
+                            failed_passes=streak.count,
+                            exc_info=trace,
+                        )
+                    continue
+                if failed := streak.succeeded():
+                    log.info("lease upkeep works again", failed_passes=failed)
 
         threading.Thread(target=loop, name="leases", daemon=True).start()
 

@@ -94,3 +94,15 @@ def test_a_database_outage_is_logged_once_and_the_recovery_too(
         assert len([e for e in logged.events if e["level"] != "info"]) == 1
     finally:
         cp.handle.stop(0)
+
+
+def test_a_failure_streak_is_logged_first_then_once_per_period() -> None:
+    from controlplane.failures import FailureStreak
+
+    streak = FailureStreak(repeat_seconds=0.2)
+    said = [streak.failed() for _ in range(5)]
+    assert said == [True, False, False, False, False] and streak.count == 5
+    time.sleep(0.25)
+    assert streak.failed() and not streak.failed()
+    assert streak.succeeded() == 7 and streak.succeeded() == 0
+    assert streak.failed()  # a new streak is said at once
