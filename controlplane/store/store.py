@@ -31,7 +31,13 @@ from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
@@ -190,7 +196,8 @@ class Store:
 
         INVALID_ARGUMENT (INVALID_DB_URL) for a URL :func:`check_db_url` refuses; UNAVAILABLE
         (DATABASE_UNAVAILABLE) when the database cannot be reached to migrate it;
-        FAILED_PRECONDITION (SCHEMA_TOO_NEW) when a newer release migrated it."""
+        FAILED_PRECONDITION (SCHEMA_TOO_NEW) when a newer release migrated it, and
+        (MIGRATION_FAILED) when the database refuses a migration (tables it did not expect)."""
         check_db_url(url)
         engines = create_engines(url)
         if migrate:
@@ -199,11 +206,23 @@ class Store:
             except FailedPrecondition:  # SCHEMA_TOO_NEW
                 engines.dispose()
                 raise
-            except OperationalError as exc:
+            except DBAPIError as exc:
+                if isinstance(exc, OperationalError) and not _refused_statement(exc):
+                    engines.dispose()
+                    detail = str(exc.orig or exc).strip().splitlines()[0]
+                    raise Unavailable(
+                        f"cannot reach the database: {detail}", reason="DATABASE_UNAVAILABLE"
+                    ) from exc
+                # The database refused a migration's statement: tables it did not expect
+                # (another application's, or changed by hand). Nothing was half-applied on
+                # PostgreSQL (one transaction); the error says what to look at.
                 engines.dispose()
                 detail = str(exc.orig or exc).strip().splitlines()[0]
-                raise Unavailable(
-                    f"cannot reach the database: {detail}", reason="DATABASE_UNAVAILABLE"
+                raise FailedPrecondition(
+                    f"migrating the database schema failed: {detail}. The database must be "
+                    "empty or Modelplane's own: check that no other application uses it and "
+                    "that its tables were not changed by hand",
+                    reason="MIGRATION_FAILED",
                 ) from exc
         return cls(engines)
 
@@ -351,6 +370,13 @@ def _translated() -> Iterator[None]:
             "the database cannot store a NUL character in text; remove it and retry",
             reason="UNSTORABLE_VALUE",
         ) from exc
+
+
+def _refused_statement(exc: OperationalError) -> bool:
+    """Whether SQLite refused a statement itself (``SQLITE_ERROR``: a table that already
+    exists, a missing column), which it reports as an OperationalError like a file it cannot
+    open or a lock it cannot take."""
+    return getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_ERROR"
 
 
 def _is_foreign_key_violation(exc: IntegrityError) -> bool:

@@ -89,3 +89,54 @@ def test_serve_on_a_newer_schema_exits_2_in_one_line(
     assert f"revision {NEWER}" in err[0] and "run a release that knows it" in err[0]
     assert "Traceback" not in result.stderr
     assert _revision(newer_db) == NEWER
+
+
+@pytest.fixture
+def foreign_db(db_url: str) -> Iterator[str]:
+    """A database of its own holding another application's ``models`` table."""
+    if db_url.startswith("sqlite"):
+        url = db_url
+    else:
+        import psycopg
+
+        name = f"modelplane_foreign_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"{db_url.rsplit('/', 1)[0]}/{name}"
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE models (id INTEGER, owner TEXT)"))
+        conn.execute(text("INSERT INTO models VALUES (1, 'payroll')"))
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        if not db_url.startswith("sqlite"):
+            import psycopg
+
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_a_migration_the_database_refuses_is_a_failed_precondition(
+    foreign_db: str, tmp_path: Path
+) -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        Store.open(foreign_db)
+    assert err.value.reason == "MIGRATION_FAILED"
+    assert "models" in err.value.message and "no other application uses it" in err.value.message
+    result = serve_refused(tmp_path, "--listen", "127.0.0.1:0", db=foreign_db)
+    err_lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 2, result.stderr
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: "), result.stderr
+    assert "migrating the database schema failed" in err_lines[0]
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    # The other application's table is as it was.
+    engine = create_engine(normalize_url(foreign_db))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT owner FROM models")).scalar_one() == "payroll"
+    engine.dispose()
