@@ -40,3 +40,23 @@ def test_refused_calls_are_logged_with_a_principal(tmp_path: Path) -> None:
     assert rpc["GetModel"]["principal"] == "anonymous"
     assert rpc["ListModels"]["code"] == "OK" and rpc["ListModels"]["principal"] == "ada"
     assert BAD_TOKEN not in log and TOKEN not in log
+
+
+def test_each_worker_logs_its_own_process_id(tmp_path: Path) -> None:
+    """With --workers 2, every line names the process that wrote it, so a request's line tells
+    which worker served it."""
+    server = processes.controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", extra=("--workers", "2")
+    ).start()
+    try:
+        for _ in range(8):  # new connections, which the kernel spreads over the workers
+            with Client(server.address, timeout=30) as c:
+                list(c.list_models())
+    finally:
+        server.stop()
+    assert server.proc is not None
+    lines = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith("{")]
+    assert lines and all(isinstance(x.get("pid"), int) for x in lines), lines[:3]
+    served = {x["pid"] for x in lines if x.get("event") == "rpc" and x["method"] == "ListModels"}
+    assert served and server.proc.pid not in served
+    assert {x["pid"] for x in lines} > served  # the supervisor's lines name its own

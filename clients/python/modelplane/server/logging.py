@@ -1,9 +1,13 @@
-"""structlog set-up: JSON lines on stderr, with the request context bound per RPC."""
+"""structlog set-up: JSON lines on stderr, with the request context bound per RPC and the
+process id on every line."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -11,11 +15,18 @@ import structlog
 _HANDLER = "modelplane-json"
 
 
+def _add_pid(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The process id on every record: with ``--workers N`` it tells the workers apart."""
+    event["pid"] = os.getpid()
+    return event
+
+
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Route structlog (and the standard library's logging) to stderr as JSON lines."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_pid,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
@@ -35,6 +46,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
             foreign_pre_chain=[
+                _add_pid,
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
