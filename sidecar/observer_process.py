@@ -173,7 +173,7 @@ class ObserverProcess:
         self._watchdog.start()
         if metrics == "forward":
             registry.register(_ForwardedMetrics(self))
-        log.info("observers run in their own process", pid=process.pid)
+        log.info("observers run in their own process", observer_pid=process.pid)
         return self
 
     @property
@@ -213,7 +213,7 @@ class ObserverProcess:
                 self._stalled = True
                 log.error(
                     "the observer process stopped reading",
-                    pid=self._process.pid,
+                    observer_pid=self._process.pid,
                     seconds=round(time.monotonic() - since, 1),
                 )
                 self._on_failure(
@@ -297,7 +297,7 @@ class ObserverProcess:
         if not self._closing:
             self._process.join(1)
             code = self._process.exitcode
-            log.error("the observer process ended", pid=self._process.pid, exitcode=code)
+            log.error("the observer process ended", observer_pid=self._process.pid, exitcode=code)
             self._on_failure(
                 ObserverProcessError(
                     f"the observer process (pid {self._process.pid}) ended with exit code "
@@ -316,7 +316,9 @@ class ObserverProcess:
         except TimeoutError:
             # The child is not reading: it cannot be asked to stop, only killed (which also
             # ends the send waiting on the full pipe).
-            log.warning("the observer process is not reading; killing it", pid=self._process.pid)
+            log.warning(
+                "the observer process is not reading; killing it", observer_pid=self._process.pid
+            )
             self._process.kill()
             killed = True
         # A child found not reading earlier gets a short while to write what it has: waiting
@@ -325,7 +327,9 @@ class ObserverProcess:
         # One that has not said it closed by then is not about to: no second wait for it.
         self._process.join(5 if closed else 0.1)
         if self._process.is_alive():
-            log.warning("the observer process did not stop; killing it", pid=self._process.pid)
+            log.warning(
+                "the observer process did not stop; killing it", observer_pid=self._process.pid
+            )
             self._process.kill()
             self._process.join(5)
         self._commands.close()

@@ -60,3 +60,25 @@ def test_each_worker_logs_its_own_process_id(tmp_path: Path) -> None:
     served = {x["pid"] for x in lines if x.get("event") == "rpc" and x["method"] == "ListModels"}
     assert served and server.proc.pid not in served
     assert {x["pid"] for x in lines} > served  # the supervisor's lines name its own
+
+
+def test_a_worker_that_dies_is_named_by_its_pid_in_the_supervisors_line(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    server = processes.controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", extra=("--workers", "2")
+    ).start()
+    try:
+        with Client(server.address, timeout=30) as c:
+            list(c.list_models())
+        lines = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith("{")]
+        [worker] = {x["pid"] for x in lines if x.get("event") == "rpc"}
+        os.kill(worker, signal.SIGKILL)
+        assert server.proc is not None
+        assert server.proc.wait(60) == 1  # one worker exiting stops them all
+    finally:
+        server.stop()
+    lines = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith("{")]
+    [exited] = [x for x in lines if x.get("event") == "worker exited"]
+    assert exited["worker_pid"] == worker and exited["pid"] == server.proc.pid

@@ -16,8 +16,9 @@ _HANDLER = "modelplane-json"
 
 
 def _add_pid(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """The process id on every record: with ``--workers N`` it tells the workers apart."""
-    event["pid"] = os.getpid()
+    """The process id on every record: with ``--workers N`` it tells the workers apart.
+    Other processes a record names take keys of their own (``worker_pid``, ``observer_pid``)."""
+    event.setdefault("pid", os.getpid())
     return event
 
 

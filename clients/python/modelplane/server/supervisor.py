@@ -202,7 +202,7 @@ def supervise(
                 ready.release()
         code = proc.wait()
         if not stopping.is_set():
-            log.error("worker exited", pid=proc.pid, code=code)
+            log.error("worker exited", worker_pid=proc.pid, code=code)
             failed.set()
             ready.release()
 
@@ -264,7 +264,7 @@ def _wait_all(procs: list[subprocess.Popen[str]], seconds: float) -> list[int]:
         try:
             codes.append(p.wait(max(0.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
-            log.error("worker did not stop in time; killing it", pid=p.pid)
+            log.error("worker did not stop in time; killing it", worker_pid=p.pid)
             p.kill()
             codes.append(p.wait())
     return codes
