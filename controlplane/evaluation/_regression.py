@@ -56,7 +56,7 @@ def regression_metrics(
         metrics: dict[str, float | None] = {
             "mae": float(abs_err.mean()) * scale,
             "rmse": float(np.sqrt(ss_res / len(y))) * scale,
-            "mape": float(np.mean(abs_err / np.maximum(np.abs(ys), _EPS / scale))),
+            "mape": _mape(y, pred, abs_err, ys),
             "r2": r2,
         }
     for name, value in metrics.items():
@@ -71,6 +71,18 @@ def regression_metrics(
                 )
             )
     return metrics, warnings
+
+
+def _mape(y: np.ndarray, pred: np.ndarray, abs_err: np.ndarray, ys: np.ndarray) -> float:
+    """The mean of ``|y - p| / max(|y|, eps)``, unscaled (the floor is an absolute amount),
+    except where ``y - p`` itself overflows: there ``|y|`` is above 1e292 and the ratio is
+    that of the scaled values."""
+    with np.errstate(over="ignore"):
+        raw = np.abs(y - pred)
+    ratio = raw / np.maximum(np.abs(y), _EPS)
+    beyond = np.isinf(raw)
+    ratio[beyond] = abs_err[beyond] / np.abs(ys[beyond])
+    return float(np.mean(ratio))
 
 
 def _power_of_two_above(largest: float) -> float:

@@ -209,6 +209,11 @@ def test_a_metric_beyond_float64_is_none_with_a_warning() -> None:
     assert got["mae"] == pytest.approx(1.7e308) and got["rmse"] is None
     assert [(w.code, w.metric) for w in warnings] == [("METRIC_OVERFLOW", "rmse")]
     assert got["r2"] == pytest.approx(skm.r2_score(y / 1e308, -y / 1e308))
+    assert got["mape"] == pytest.approx(2.0)
+    # A zero label beside labels near the top of float64: its floor is still eps.
+    near_top = np.array([1e308, 0.0, 5e307, 1.0])
+    exact, none = regression_metrics(near_top, near_top + np.array([0.0, 1e-10, 0.0, 0.5]))
+    assert none == [] and exact["mape"] == pytest.approx((1e-10 / 2.220446049250313e-16 + 0.5) / 4)
 
 
 @pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3, 7.7, 123.456])
