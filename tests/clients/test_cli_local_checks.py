@@ -26,6 +26,16 @@ BAD_PEMS = {
         b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
         "not base64",
     ),
+    "legacy-encrypted-key": (
+        b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+        b"DEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n"
+        b"-----END RSA PRIVATE KEY-----\n",
+        "encrypted private key",
+    ),
+    "pkcs8-encrypted-key": (
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        "encrypted private key",
+    ),
 }
 
 

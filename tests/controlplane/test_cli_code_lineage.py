@@ -148,3 +148,19 @@ def test_given_code_options_need_no_git(
     )
     assert code == 0 and "warning" not in err
     assert json.loads(out)["lineage"]["code"] == {"repository": "r", "commit": "abc"}
+
+
+def test_a_status_git_cannot_give_is_a_warning(
+    cli: Cli, trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged index: git gives the commit but not whether tracked files changed, so the
+    commit is recorded as it is, with a warning instead of a silent clean state."""
+    repo = _repo(tmp_path / "repo")
+    (repo / "train.py").write_text("print('v2, not committed')\n", encoding="utf-8")
+    (repo / ".git" / "index").write_bytes(b"not an index")
+    monkeypatch.chdir(repo)
+    code, err = _register(cli, trained_model.onnx)
+    head = _git(repo, "rev-parse", "HEAD")
+    assert code["commit"] == head
+    assert f"warning: commit {head} recorded without knowing whether tracked files" in err
+    assert "index" in err

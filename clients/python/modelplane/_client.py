@@ -174,6 +174,11 @@ def pem_problem(data: bytes) -> str | None:
     if not blocks:
         return "holds no PEM block (-----BEGIN ...----- to -----END ...-----)"
     for label, body in blocks:
+        if label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in body:
+            return (
+                "holds an encrypted private key, which gRPC cannot use (it takes no "
+                "passphrase): decrypt it, e.g. with openssl pkey -in KEY -out PLAIN"
+            )
         try:
             decoded = base64.b64decode(b"".join(body.split()), validate=True)
         except ValueError:

@@ -45,6 +45,9 @@ class GitLineage:
     repository: str = ""
     commit: str = ""
     problem: str = ""
+    #: git's reason when it gave the commit but could not tell whether tracked files differ
+    #: from it (a damaged index, a status past the timeout): the commit has no ``-dirty``.
+    unsure: str = ""
 
 
 #: Seconds each git command may take.
@@ -87,8 +90,11 @@ def git_lineage(cwd: Path | None = None) -> GitLineage:
         if not _repository_here(cwd) and (status == -1 or "not a git repository" in error):
             return GitLineage()
         return GitLineage(problem=" ".join(error.split()) or f"git exited with status {status}")
-    status, changes, _ = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-    if status == 0 and changes:
+    status, changes, error = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    unsure = ""
+    if status != 0:
+        unsure = " ".join(error.split()) or f"git status exited with status {status}"
+    elif changes:
         commit += "-dirty"
     status, remote, _ = _git(["remote", "get-url", "origin"], cwd)
-    return GitLineage(repository=remote if status == 0 else "", commit=commit)
+    return GitLineage(repository=remote if status == 0 else "", commit=commit, unsure=unsure)

@@ -164,6 +164,11 @@ def _register(args: argparse.Namespace, out: Printer) -> int:
                 "warning: no code commit or repository recorded from git (give --code-commit "
                 f"and --code-repo to record them): {found.problem}"
             )
+        elif found.unsure and args.code_commit is None:
+            out.progress(
+                f"warning: commit {found.commit} recorded without knowing whether tracked "
+                f"files were changed since (give --code-commit to say): {found.unsure}"
+            )
     commit = args.code_commit if args.code_commit is not None else found.commit
     repo = without_credentials(args.code_repo if args.code_repo is not None else found.repository)
     with server_errors(), client(args) as c:
