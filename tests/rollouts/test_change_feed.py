@@ -46,12 +46,16 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 20) -> bool:
     return False
 
 
-def test_the_listener_wakes_every_watcher_after_it_reconnects(pg_url: str) -> None:
+def test_the_listener_wakes_every_watcher_after_it_reconnects(
+    own_database: tuple[str, str],
+) -> None:
+    """On a database of its own: no other process listens there."""
     import psycopg
 
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    _, url = own_database
+    dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
     hub = GenerationHub()
-    feed = postgres_feed(pg_url, hub).start()
+    feed = postgres_feed(url, hub).start()
 
     def listening_pids() -> list[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -5,8 +5,6 @@ pass, backs off, and says so when its passes succeed again."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +30,6 @@ class _Log:
 
     def exception(self, event: str, **fields: Any) -> None:
         self.events.append({"level": "exception", "event": event, **fields})
-
-
-@pytest.fixture
-def own_database(pg_url: str) -> Iterator[tuple[str, str]]:
-    """A database of this test's own (its name, and its URL), which it may rename: the run's
-    shared one is left alone. ``pg_url`` skips, or fails, without a PostgreSQL server."""
-    import psycopg
-
-    name = f"modelplane_outage_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name, f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            for db in (name, f"{name}_away"):
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (db,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
 
 
 def _rename(old: str, new: str) -> None:
