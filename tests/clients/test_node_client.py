@@ -187,6 +187,20 @@ def test_example_registers_a_version_and_passes_an_unbound_gate(
     assert dict(v2.labels) == {"source": "node-example"}
 
 
+@pytest.mark.parametrize("timeout", ["10.0005s", "30.3333", "2500.5ms"])
+def test_example_takes_a_timeout_that_is_not_whole_milliseconds(
+    node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier, timeout: str
+) -> None:
+    # Sent as it was, the deadline was grpc-timeout "10000.5m", which the server refuses
+    # (INTERNAL: Error parsing 'grpc-timeout' metadata, exit 3): it is rounded up to whole ms.
+    model = f"ts-{uuid.uuid4().hex[:8]}"
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(classifier.onnx)]
+    result = _run([*argv, "--timeout", timeout], live_controlplane.address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"registered models/{model}/versions/1" in result.stdout
+    assert "gate production: passed" in result.stdout
+
+
 def test_example_exits_1_when_the_gate_fails(
     node_built: None, live_controlplane: LiveControlPlane, classifier: Classifier
 ) -> None:

@@ -14,7 +14,7 @@
  * within --timeout), as the Go example and the `modelplane` CLI exit.
  *
  * --timeout (default 60s) bounds each call: seconds (`90`, `1.5`) or a duration (`90s`,
- * `500ms`, `2m`, `1h`); `0` is none.
+ * `500ms`, `2m`, `1h`); `0` is none; a fraction of a millisecond is rounded up.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -28,10 +28,19 @@ const USAGE =
 /** Milliseconds per unit of a --timeout; a bare number is seconds. */
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
 
-/** --timeout in milliseconds, or undefined when it is not a duration. */
+/**
+ * --timeout in whole milliseconds, a fraction of one rounded up (`1.0005s` is 1001 ms, and
+ * `0.0001` 1 ms, not 0, which is none), or undefined when it is not a duration. The product
+ * is first rounded to a nanosecond, so that binary floating point does not turn `2.007` into
+ * 2008 ms (2.007 * 1000 is 2007.0000000000002).
+ */
 function parseTimeout(text: string): number | undefined {
   const match = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/.exec(text.trim());
-  return match ? Number(match[1]) * UNIT_MS[match[2] ?? "s"] : undefined;
+  if (!match) {
+    return undefined;
+  }
+  const ms = Number(match[1]) * UNIT_MS[match[2] ?? "s"];
+  return Math.ceil(Math.round(ms * 1e6) / 1e6);
 }
 
 /**

@@ -63,7 +63,8 @@ export interface ClientOptions {
    * answer (UploadBlob) that does not pass its own `timeoutMs`. Server streams (a download, a
    * `watchDeployment`) are not bounded by it: they may rightly run longer. As in the Go client.
    * `0` or `Infinity` is no deadline; NaN, a negative value or one over `MAX_TIMEOUT_MS` is
-   * refused (INVALID_ARGUMENT), here and in a call's own `timeoutMs`.
+   * refused (INVALID_ARGUMENT), here and in a call's own `timeoutMs`. A fraction of a
+   * millisecond is rounded up (`1000.5` is 1001 ms), here and in a call's own `timeoutMs`.
    */
   timeoutMs?: number;
   /**
@@ -388,7 +389,9 @@ function invalidArgument(message: string): ModelplaneError {
 /**
  * A deadline as Connect takes it: `Infinity` is none (0, as Connect reads it); NaN, a
  * negative value and one over MAX_TIMEOUT_MS (which Node's timers would fire after 1 ms) are
- * refused.
+ * refused. A fraction of a millisecond is rounded up to the next whole one: Connect writes
+ * `grpc-timeout` as the number it is given (`1000.5m`), which a gRPC server refuses (its
+ * header takes whole units), and rounding down could make a deadline of 0, which is none.
  */
 function checkedTimeout(timeoutMs: number, what: string): number {
   if (timeoutMs === Infinity) {
@@ -400,7 +403,7 @@ function checkedTimeout(timeoutMs: number, what: string): number {
         `${MAX_TIMEOUT_MS} (about 24.8 days), or 0 or Infinity for none`,
     );
   }
-  return timeoutMs;
+  return Math.ceil(timeoutMs);
 }
 
 /** `HOST:PORT`: a host name or IPv4 address, or an IPv6 address in brackets, then a port. */

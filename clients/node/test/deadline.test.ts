@@ -43,6 +43,7 @@ describe("the deadline of unary calls", () => {
       });
       stream.resume();
       stream.on("end", () => setTimeout(() => stream.end(), 20));
+      stream.on("error", () => {}); // a call whose deadline fired first resets its stream
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -170,6 +171,49 @@ describe("the deadline of unary calls", () => {
       assert.equal(seen.length, before);
     } finally {
       client.close();
+    }
+  });
+
+  test("a fraction of a millisecond, the client's or a call's own, is rounded up", async () => {
+    // Connect writes grpc-timeout as the number it is given ("1000.5m"), which a gRPC server
+    // refuses (INTERNAL: Error parsing 'grpc-timeout' metadata): whole milliseconds are sent.
+    const raw = (headers: IncomingHttpHeaders) => headers["grpc-timeout"];
+    const fractional = new ModelplaneClient(address, { timeoutMs: 1000.5 });
+    const whole = new ModelplaneClient(address, { timeoutMs: 7_000 });
+    const onnx = new Uint8Array([1, 2, 3]);
+    try {
+      assert.equal(await sentDeadline(fractional), 1001);
+      assert.equal(raw(seen[seen.length - 1]), "1001m");
+      for (const [timeoutMs, want] of [
+        [333.3, 334],
+        [1999.0001, 2000],
+        [MAX_TIMEOUT_MS - 0.5, MAX_TIMEOUT_MS],
+      ]) {
+        assert.equal(await sentDeadline(whole, { timeoutMs }), want, String(timeoutMs));
+        assert.equal(raw(seen[seen.length - 1]), `${want}m`);
+      }
+      const [uploaded] = await sentDeadlines(() =>
+        whole.uploadBlob(onnx, "application/onnx", { timeoutMs: 2500.25 }),
+      );
+      assert.equal(uploaded, 2501);
+      const [registered] = await sentDeadlines(() =>
+        whole.registerVersion("m", onnx, { timeoutMs: 2500.25 }),
+      );
+      assert.equal(registered, 2501);
+      // Under a millisecond is 1 ms, not 0 (no deadline): it fires before the answer, maybe
+      // before the server has the call; wait for it there, so that no later test sees it.
+      const before = seen.length;
+      const tiny = await failure(whole, { timeoutMs: 0.3 });
+      assert.equal(tiny.status, "DEADLINE_EXCEEDED");
+      for (let i = 0; i < 50 && seen.length === before; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      for (const headers of seen.slice(before)) {
+        assert.equal(raw(headers), "1m");
+      }
+    } finally {
+      fractional.close();
+      whole.close();
     }
   });
 
