@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.server import start
+from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
 from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
 
@@ -215,6 +218,55 @@ def test_go_example_exits_2_on_a_malformed_server_or_timeout_before_dialing(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith(says), result.stderr
     assert "usage: register" in result.stderr
+
+
+@pytest.fixture
+def unix_controlplane() -> Iterator[str]:
+    """The path of a control plane's unix socket (a short one: sun_path holds 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="mp-go-", dir="/tmp"))
+    settings = ControlPlaneSettings(  # type: ignore[call-arg]  # the rest from defaults
+        listen=f"unix:{folder / 'cp.sock'}",
+        auth="none",  # not a loopback HOST:PORT: access control is refused without it
+        db_url=f"sqlite:///{folder / 'cp.db'}",
+        artifact_root=str(folder / "artifacts"),
+        grace_seconds=1.0,
+    )
+    handle = start(settings)
+    yield str(folder / "cp.sock")
+    handle.stop(0)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_go_example_takes_grpc_targets_as_the_cli_does(
+    register_binary: Path,
+    unix_controlplane: str,
+    live_controlplane: LiveControlPlane,
+    classifier: Classifier,
+) -> None:
+    # unix: and dns: targets go to grpc.Dial as the `modelplane` CLI's --server passes them,
+    # not refused as "not HOST:PORT" (exit 2).
+    port = live_controlplane.address.rpartition(":")[2]
+    models = {
+        f"unix://{unix_controlplane}": f"go-{uuid.uuid4().hex[:8]}",
+        f"unix:{unix_controlplane}": f"go-{uuid.uuid4().hex[:8]}",
+        f"dns:///127.0.0.1:{port}": f"go-{uuid.uuid4().hex[:8]}",
+        f"passthrough:///127.0.0.1:{port}": f"go-{uuid.uuid4().hex[:8]}",
+    }
+    for server, model in models.items():
+        argv = ["-server", server, "-model", model, "-onnx", str(classifier.onnx)]
+        result = subprocess.run(
+            [str(register_binary), *argv], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"{server}: {result.stdout}{result.stderr}"
+        assert f"registered models/{model}/versions/1" in result.stdout
+        assert "gate production: passed" in result.stdout
+    # Each model is on the server its target names.
+    for address in (f"unix:{unix_controlplane}", live_controlplane.address):
+        with Client(address) as client:
+            names = {m.name for m in client.list_models()}
+        on_unix = address.startswith("unix:")
+        for server, model in models.items():
+            assert (f"models/{model}" in names) == (server.startswith("unix:") == on_unix)
 
 
 def test_readme_build_commands_work_without_a_module_proxy(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@
 //	    -target production [-as ci-bot] [-timeout 90s]
 //
 // The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when
-// it fails, 2 on a usage error (a -server that is not HOST:PORT, a negative -timeout
-// included) or an unreadable file, 3 when the server answers an error (its status and reason
-// are printed), 4 when it could not be reached or did not answer in time (UNAVAILABLE:
-// unreachable, or too busy to answer; DEADLINE_EXCEEDED: no answer within -timeout), as the
-// `modelplane` CLI and the Node example exit. -timeout (default 60s) bounds each call; 0 is
-// none.
+// it fails, 2 on a usage error (a -server that is neither HOST:PORT nor a gRPC target such as
+// unix:///tmp/cp.sock or dns:///cp.internal:50051, a negative -timeout included) or an
+// unreadable file, 3 when the server answers an error (its status and reason are printed), 4
+// when it could not be reached or did not answer in time (UNAVAILABLE: unreachable, or too
+// busy to answer; DEADLINE_EXCEEDED: no answer within -timeout), as the `modelplane` CLI and
+// the Node example exit. -timeout (default 60s) bounds each call; 0 is none.
 package main
 
 import (
@@ -34,14 +34,14 @@ func main() {
 }
 
 func run() int {
-	server := flag.String("server", envOr("MODELPLANE_SERVER", "127.0.0.1:50051"), "control plane HOST:PORT")
+	server := flag.String("server", envOr("MODELPLANE_SERVER", "127.0.0.1:50051"), "control plane HOST:PORT, or a gRPC target (unix:PATH, dns:///HOST:PORT, ...)")
 	model := flag.String("model", "", "model id (created when missing)")
 	onnxPath := flag.String("onnx", "", "the ONNX file")
 	target := flag.String("target", "production", "gate target: an alias or deployments/NAME")
 	principal := flag.String("as", "ci", "principal named to a server without access control")
 	timeout := flag.Duration("timeout", client.DefaultTimeout, "deadline of each call (e.g. 90s, 5m); 0 is none")
 	flag.Parse()
-	const usage = "usage: register -model MODEL -onnx FILE [-server HOST:PORT] [-target T] [-as P] [-timeout D]"
+	const usage = "usage: register -model MODEL -onnx FILE [-server HOST:PORT|TARGET] [-target T] [-as P] [-timeout D]"
 	if *model == "" || *onnxPath == "" {
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
@@ -130,12 +130,26 @@ func exitCode(code codes.Code) int {
 	return 3
 }
 
+// targetSchemes are the prefixes of gRPC target URIs (unix:///tmp/cp.sock,
+// dns:///cp.internal:50051, ...) that checkAddress lets through to grpc.Dial unchecked: the
+// `modelplane` CLI's --server takes the same ones (modelplane/cli/_common.py), and
+// passthrough: besides, which grpc-go resolves.
+var targetSchemes = []string{
+	"dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "passthrough:",
+}
+
 // checkAddress accepts HOST:PORT (a host name, an IPv4 address or an IPv6 address in
-// brackets) with a port from 1 to 65535.
+// brackets) with a port from 1 to 65535, or a gRPC target URI with one of targetSchemes,
+// which it leaves to grpc.Dial.
 func checkAddress(address string) error {
+	for _, scheme := range targetSchemes {
+		if strings.HasPrefix(address, scheme) {
+			return nil
+		}
+	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
-		return fmt.Errorf("%v (give HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051)", err)
+		return fmt.Errorf("%v (give HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051, or a gRPC target such as unix:///tmp/cp.sock)", err)
 	}
 	if host == "" || strings.ContainsAny(host, " \t\n/") {
 		return fmt.Errorf("address %s: %q is not a host name or IP address", address, host)

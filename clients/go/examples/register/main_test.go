@@ -50,3 +50,22 @@ func TestCheckAddressTakesHostColonPort(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAddressLeavesGRPCTargetsToDial(t *testing.T) {
+	// As the `modelplane` CLI's --server: a target with a scheme goes to grpc.Dial unchecked.
+	for _, ok := range []string{
+		"unix:///tmp/cp.sock", "unix:/tmp/cp.sock", "unix:cp.sock", "unix-abstract:cp",
+		"dns:///127.0.0.1:50051", "dns:cp.internal:50051", "ipv4:127.0.0.1:50051",
+		"ipv6:[::1]:50051", "passthrough:///127.0.0.1:50051", "vsock:3:50051",
+	} {
+		if err := checkAddress(ok); err != nil {
+			t.Errorf("checkAddress(%q) = %v, want nil", ok, err)
+		}
+	}
+	// A scheme is only one of those, spelled out at the start.
+	for _, bad := range []string{"unixx:/tmp/cp.sock", "dnss:///cp:1", "tcp://cp:50051", " unix:/s"} {
+		if err := checkAddress(bad); err == nil {
+			t.Errorf("checkAddress(%q) = nil, want an error", bad)
+		}
+	}
+}
