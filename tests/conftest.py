@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,17 +38,38 @@ def pg_url() -> Iterator[str]:
         if _require_pg():
             pytest.fail(f"MODELPLANE_REQUIRE_PG=1 but {reason}")
         pytest.skip(reason)
-    with admin:
+    admin.close()
+    with private_database(name) as url:
+        yield url
+
+
+@contextmanager
+def private_database(name: str, *, also_drop: tuple[str, ...] = ()) -> Iterator[str]:
+    """Create the PostgreSQL database ``name`` and give its URL; at the end, end its sessions
+    and drop it (and the databases ``also_drop`` names, which it may have been renamed to)."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            for db in (name, *also_drop):
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (db,),
+                )
+                admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+
+
+@pytest.fixture
+def taken() -> Iterator[str]:
+    """HOST:PORT of an address another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

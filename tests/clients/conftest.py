@@ -3,7 +3,9 @@ ONNX classifier with labelled data it scores perfectly, and the check for the ro
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,3 +74,25 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
         columns = {f"f{i}": x[:, i].astype(np.float64) for i in range(4)}
         pacsv.write_csv(pa.table({**columns, "label": y.astype(np.int64)}), folder / f"{name}.csv")
     return Classifier(folder / "model.onnx", folder / "train.csv", folder / "holdout.csv")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """HOST:PORT of a listener that accepts connections and never answers on them."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for conn in held:
+        conn.close()

@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,28 +154,6 @@ def register_binary(
     build = _go(["build", "-o", str(binary), "./examples/register"], go_module)
     assert build.returncode == 0, build.stderr
     return binary
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """HOST:PORT of a listener that accepts connections and never answers on them."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:  # closed at teardown
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    for conn in held:
-        conn.close()
 
 
 def test_go_example_exits_4_when_the_server_does_not_answer_in_time(

@@ -11,7 +11,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -240,28 +239,6 @@ def test_example_exits_4_when_the_server_is_unreachable(
     result = _run([*argv, "--server", closed], closed)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "UNAVAILABLE" in result.stderr
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """HOST:PORT of a listener that accepts connections and never answers on them."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:  # closed at teardown
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    for conn in held:
-        conn.close()
 
 
 def test_example_exits_4_when_the_server_does_not_answer_in_time(

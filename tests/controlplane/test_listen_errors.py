@@ -3,22 +3,11 @@ one line, with or without ``--workers``, for the gRPC listener and the metrics e
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.controlplane.conftest import serve_refused
-
-
-@pytest.fixture
-def taken() -> Iterator[str]:
-    """An address another socket listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,37 +16,29 @@ from controlplane.store import Store
 from controlplane.store.engine import normalize_url
 from controlplane.store.migrate import alembic_config
 from modelplane.errors import FailedPrecondition
+from tests.conftest import private_database
 from tests.controlplane.conftest import serve_refused
 
 NEWER = "0099"
 
 
+@contextmanager
+def _own(db_url: str, prefix: str) -> Iterator[str]:
+    """The SQLite file of ``db_url``, or a PostgreSQL database of the test's own."""
+    if db_url.startswith("sqlite"):
+        yield db_url
+    else:
+        with private_database(f"{prefix}_{uuid.uuid4().hex[:12]}") as url:
+            yield url
+
+
 @pytest.fixture
 def newer_db(db_url: str) -> Iterator[str]:
     """A database of its own, migrated, then stamped with a revision this release lacks."""
-    if db_url.startswith("sqlite"):
-        url = db_url
-    else:
-        import psycopg
-
-        name = f"modelplane_newer_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(db_url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{db_url.rsplit('/', 1)[0]}/{name}"
-    Store.open(url).close()
-    _stamp(url, NEWER)
-    try:
+    with _own(db_url, "modelplane_newer") as url:
+        Store.open(url).close()
+        _stamp(url, NEWER)
         yield url
-    finally:
-        if not db_url.startswith("sqlite"):
-            import psycopg
-
-            with psycopg.connect(db_url, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def _stamp(url: str, revision: str) -> None:
@@ -94,32 +87,13 @@ def test_serve_on_a_newer_schema_exits_2_in_one_line(
 @pytest.fixture
 def foreign_db(db_url: str) -> Iterator[str]:
     """A database of its own holding another application's ``models`` table."""
-    if db_url.startswith("sqlite"):
-        url = db_url
-    else:
-        import psycopg
-
-        name = f"modelplane_foreign_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(db_url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"{db_url.rsplit('/', 1)[0]}/{name}"
-    engine = create_engine(normalize_url(url))
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE models (id INTEGER, owner TEXT)"))
-        conn.execute(text("INSERT INTO models VALUES (1, 'payroll')"))
-    engine.dispose()
-    try:
+    with _own(db_url, "modelplane_foreign") as url:
+        engine = create_engine(normalize_url(url))
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE models (id INTEGER, owner TEXT)"))
+            conn.execute(text("INSERT INTO models VALUES (1, 'payroll')"))
+        engine.dispose()
         yield url
-    finally:
-        if not db_url.startswith("sqlite"):
-            import psycopg
-
-            with psycopg.connect(db_url, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def test_a_migration_the_database_refuses_is_a_failed_precondition(

@@ -10,7 +10,7 @@ import pytest
 
 from modelplane import Client
 from modelplane.testing.processes import Server
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import private_database
 from tests.controlplane.conftest import RunningControlPlane, _start
 
 
@@ -36,20 +36,9 @@ def c(tmp_path: Path) -> Iterator[Client]:
 
 @pytest.fixture
 def own_database(pg_url: str) -> Iterator[tuple[str, str]]:
-    """A database of this test's own (its name, and its URL), which it may rename: the run's
-    shared one is left alone. ``pg_url`` skips, or fails, without a PostgreSQL server."""
-    import psycopg
-
+    """A database of this test's own (its name, and its URL), which it may rename to NAME_away:
+    the run's shared one is left alone. ``pg_url`` skips, or fails, without a PostgreSQL
+    server."""
     name = f"modelplane_own_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name, f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            for db in (name, f"{name}_away"):
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (db,),
-                )
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+    with private_database(name, also_drop=(f"{name}_away",)) as url:
+        yield name, url

@@ -8,22 +8,12 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sidecar_helpers import PYTHON, ROOT
 
 from modelplane.testing import onnx_models
-
-
-@pytest.fixture
-def taken() -> Iterator[str]:
-    """An address another socket listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
