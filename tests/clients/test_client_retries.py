@@ -290,9 +290,16 @@ def test_each_pause_between_tries_is_capped(serve, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(sdk, "RETRY_BACKOFF_S", 100.0)
     monkeypatch.setattr(sdk, "MAX_RETRY_PAUSE_S", 0.3, raising=False)
+    pauses: list[float] = []
+    real_pause = sdk._pause
+
+    def pause(channel: object, seconds: float) -> None:
+        pauses.append(seconds)
+        real_pause(channel, seconds)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sdk, "_pause", pause)
     registry = FlakyRegistry(failures=2)
-    started = time.monotonic()
     with Client(serve(registry), timeout=30, retries=3) as c:
         assert c.get_model("m").name == "models/m"
     assert len(registry.seen) == 3
-    assert time.monotonic() - started < 5
+    assert len(pauses) == 2 and all(p == 0.3 for p in pauses), pauses

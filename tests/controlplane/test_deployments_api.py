@@ -439,14 +439,19 @@ def test_canary_walks_its_steps_to_promoted(cp: RunningControlPlane, tmp_path: P
         # Time alone does not advance a step without candidate requests.
         time.sleep(0.5)
         assert c.get_deployment(dep).rollout.step == 0
-        seen = set()
-
-        def moved(x: pb.Deployment) -> bool:
-            seen.add(x.rollout.candidate_percent)
-            return x.rollout.state == pb.ROLLOUT_STATE_PROMOTED
-
-        done = drive(side, moved, candidate=30)
-        assert seen >= {20.0, 60.0, 100.0} or 60.0 in seen
+        done = drive(side, lambda x: x.rollout.state == pb.ROLLOUT_STATE_PROMOTED, candidate=30)
+        # Every step was walked, in order: the events say so whatever the polling saw.
+        walked = [
+            (e.action, e.candidate_percent)
+            for e in reversed(list(c.list_rollout_events(dep)))
+            if e.action in ("started", "advanced", "promoted")
+        ]
+        assert walked == [
+            ("started", 20.0),
+            ("advanced", 60.0),
+            ("advanced", 100.0),
+            ("promoted", 0.0),
+        ]
         assert done.champion_version == versions[1] and done.rollout.end_time.seconds
         assert done.rollout.candidate_percent == 0
         ev = done.rollout.evidence

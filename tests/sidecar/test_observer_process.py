@@ -199,13 +199,12 @@ def test_a_stalled_observer_process_turns_the_sidecar_not_serving_and_stop_ends(
             assert health_status(port) == "NOT_SERVING"
 
         wait_for(not_serving, timeout=60)
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             _admin(port).GetDriftReport(sidecar_pb2.GetDriftReportRequest(), timeout=30)
+        # Known not to read: answered UNAVAILABLE, not DEADLINE_EXCEEDED after the query's
+        # timeout.
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        # Known not to read: answered at once rather than after the query's timeout.
         assert "stopped reading" in (err.value.details() or "")
-        assert time.monotonic() - started < 20
         stop.set()
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
