@@ -18,7 +18,16 @@ def session(model: Path, device: str, cuda_options: dict | None = None) -> ort.I
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
         providers.insert(0, ("CUDAExecutionProvider", cuda_options or {}))
-    return ort.InferenceSession(str(model), providers=providers)
+    sess = ort.InferenceSession(str(model), providers=providers)
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        # ONNX Runtime lists the provider whenever the wheel has it, and falls back to the CPU
+        # when it cannot load it: timings under a CUDA label would be the CPU's.
+        raise SystemExit(
+            "no usable CUDA GPU: ONNX Runtime's CUDA provider did not load (no GPU, or no CUDA "
+            f"libraries; the session got {sess.get_providers()}); --device cpu runs the "
+            "procedure without one"
+        )
+    return sess
 
 
 def _timed(call: Callable[[], object], rows: int, seconds: float) -> dict:
