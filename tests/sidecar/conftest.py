@@ -121,23 +121,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
 def managed(plane: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start in-process managed sidecars of deployment ``fraud`` on the control-plane double:
     ``managed(log_settings=None, **settings)``; all stop at teardown."""
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
+    from sidecar_helpers import managed_sidecars
 
-    handles: list[Any] = []
-
-    def factory(log_settings: Any = None, **kwargs: Any) -> Any:
-        kwargs.setdefault("deployment", "fraud")
-        kwargs.setdefault("listen", "127.0.0.1:0")
-        kwargs.setdefault("device", "cpu")
-        kwargs.setdefault("warmup_runs", 1)
-        kwargs.setdefault("cache_dir", tmp_path / f"cache{len(handles)}")
-        handle = start(
-            SidecarSettings(control_plane=plane.address, **kwargs), log_settings=log_settings
-        )
-        handles.append(handle)
-        return handle
-
-    yield factory
-    for h in handles:
-        h.stop(0)
+    with managed_sidecars(plane.address, tmp_path) as factory:
+        yield factory

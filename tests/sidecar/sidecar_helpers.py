@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,30 @@ def hold_observer(observer: Any, monkeypatch: Any) -> threading.Event:
     monkeypatch.setattr(observer, "on_tick", holding)
     assert held.wait(10)
     return release
+
+
+@contextmanager
+def managed_sidecars(address: str, tmp: Path) -> Iterator[Callable[..., Any]]:
+    """Start in-process managed sidecars of deployment ``fraud`` on the control plane at
+    ``address`` (caches under ``tmp``): ``factory(log_settings=None, **settings)``; all stop
+    when the block ends."""
+    from sidecar.server import start
+    from sidecar.settings import SidecarSettings
+
+    handles: list[Any] = []
+
+    def factory(log_settings: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("deployment", "fraud")
+        kwargs.setdefault("listen", "127.0.0.1:0")
+        kwargs.setdefault("device", "cpu")
+        kwargs.setdefault("warmup_runs", 1)
+        kwargs.setdefault("cache_dir", tmp / f"cache{len(handles)}")
+        handle = start(SidecarSettings(control_plane=address, **kwargs), log_settings=log_settings)
+        handles.append(handle)
+        return handle
+
+    try:
+        yield factory
+    finally:
+        for h in handles:
+            h.stop(0)
