@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import output_array, raw_request, stub
 
 from modelplane.cli import main
@@ -19,12 +19,15 @@ NAME = "fraud"
 
 
 @pytest.fixture
-def served(managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]) -> Any:
+def served(
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+) -> Any:
     """A managed sidecar that answered one row under each of three numeric-looking ids, and
     the class it predicted for them (the same row each time)."""
-    h = managed()
-    blob = artifacts[1]
-    plane.push(state(NAME, 1, {1: (plane.add_blob(blob), len(blob), "")}, champion=1))
+    real_plane.deploy({1: artifacts[1]})
+    h = real_managed()
     assert h.wait_ready(60)
     x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
     reply = stub(h.port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}))
@@ -37,9 +40,13 @@ def served(managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]) -
 
 
 def test_labels_send_keeps_ids_and_refuses_bad_cells(
-    served: Any, plane: FakeControlPlane, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    served: Any,
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     h, p = served
+    plane = real_plane
     labels = tmp_path / "labels.csv"
     labels.write_text(f"request_id,row,label\n000123,0,{p}\n1e5,0,{p}\n0042,0,{1 - p}\n")
     capsys.readouterr()

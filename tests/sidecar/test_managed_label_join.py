@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import output_array, raw_request, stub, until
 
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -30,8 +30,9 @@ def _classes(h: Any, request_id: str, rows: int, seed: int) -> list[int]:
     return [int(v) for v in np.argmax(output_array(reply, 0, np.float32), axis=1)]
 
 
-def _tally(plane: FakeControlPlane, settle_windows: int = 3) -> tuple[int, int]:
-    """(labeled, correct) over every report, once ``settle_windows`` more windows closed."""
+def _tally(plane: RealPlane, settle_windows: int = 3) -> tuple[int, int]:
+    """(labeled, correct) over every report the control plane stored, once ``settle_windows``
+    more windows were stored."""
     seen = len(plane.reports)
     reports = plane.wait_reports(lambda rs: len(rs) >= seen + settle_windows)
     arms = [a for r in reports for a in r.arms]
@@ -39,11 +40,13 @@ def _tally(plane: FakeControlPlane, settle_windows: int = 3) -> tuple[int, int]:
 
 
 def test_labels_of_a_retired_classifier_are_not_checked_against_it(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
-    h = managed()
-    versions = {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in (1, 2)}
-    plane.push(state(NAME, 1, {1: versions[1]}, 1))
+    plane = real_plane
+    plane.deploy({n: artifacts[n] for n in (1, 2)})
+    h = real_managed()
     assert h.wait_ready(60)
     _classes(h, "r", 2, seed=0)
     until(lambda: len(h.observer.index) == 2)
@@ -57,8 +60,10 @@ def test_labels_of_a_retired_classifier_are_not_checked_against_it(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Version 2 is promoted: version 1's rows join nothing, so nothing is checked against it.
-    plane.push(state(NAME, 2, {2: versions[2]}, 2))
-    until(lambda: h.manager.table.generation == 2, 60)
+    plane.canary(2, 50)
+    promoted = plane.client.promote_rollout(NAME)
+    until(lambda: h.manager.table.generation == promoted.generation, 60)
+    assert h.manager.table.champion.number == 2
     reply = admin.IngestLabels(
         sidecar_pb2.IngestLabelsRequest(
             labels=[
@@ -72,14 +77,17 @@ def test_labels_of_a_retired_classifier_are_not_checked_against_it(
 
 
 def test_a_row_predicted_again_while_labeled_is_counted_as_logged(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
     from sidecar.predlog import PredictionLogSettings
 
+    plane = real_plane
+    plane.deploy({1: artifacts[1]})
     log_dir = tmp_path / "log"
-    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    blob = artifacts[1]
-    plane.push(state(NAME, 1, {1: (plane.add_blob(blob), len(blob), "")}, 1))
+    h = real_managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
     assert h.wait_ready(60)
     predicted = _classes(h, "r", 1, seed=0)
     until(lambda: h.observer.index.get("r", 0) is not None)

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import output_array, raw_request, stub
 
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -18,10 +18,9 @@ NAME = "fraud"
 
 
 @pytest.fixture
-def handle(plane: FakeControlPlane, artifacts: dict, managed: Any) -> Any:
-    h = managed()
-    data = artifacts[1]
-    plane.push(state(NAME, 1, {1: (plane.add_blob(data), len(data), "")}, champion=1))
+def handle(real_plane: RealPlane, artifacts: dict, real_managed: Any) -> Any:  # noqa: F811
+    real_plane.deploy({1: artifacts[1]})
+    h = real_managed()
     assert h.wait_ready(60)
     return h
 
@@ -32,8 +31,9 @@ def _predict(h: Any, request_id: str, rows: int, seed: int) -> list[int]:
     return [int(v) for v in np.argmax(output_array(reply, 0, np.float32), axis=1)]
 
 
-def _tally(plane: FakeControlPlane, h: Any, settle_windows: int = 3) -> tuple[int, int]:
-    """(labeled, correct) over every report, once ``settle_windows`` more windows closed."""
+def _tally(plane: RealPlane, h: Any, settle_windows: int = 3) -> tuple[int, int]:
+    """(labeled, correct) over every report the control plane stored, once ``settle_windows``
+    more windows were stored."""
     seen = len(plane.reports)
     reports = plane.wait_reports(lambda rs: len(rs) >= seen + settle_windows)
     arms = [a for r in reports for a in r.arms]
@@ -41,8 +41,10 @@ def _tally(plane: FakeControlPlane, h: Any, settle_windows: int = 3) -> tuple[in
 
 
 def test_a_row_is_counted_once_however_often_it_is_labeled(
-    handle: Any, plane: FakeControlPlane
+    handle: Any,
+    real_plane: RealPlane,  # noqa: F811
 ) -> None:
+    plane = real_plane
     predicted = {"a": _predict(handle, "a", 3, 0), "b": _predict(handle, "b", 1, 1)}
     deadline = time.monotonic() + 10
     while len(handle.observer.index) < 4 and time.monotonic() < deadline:
