@@ -8,18 +8,21 @@ from typing import Any
 
 import grpc
 import numpy as np
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import raw_request, stub
 
 from modelplane.testing import onnx_models
 
 
 def test_model_execution_failures_count_once(
-    plane: FakeControlPlane, managed: Any, tmp_path: Path
+    real_plane: RealPlane,  # noqa: F811
+    real_managed: Any,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
+    plane = real_plane
     blob = onnx_models.save(onnx_models.faulty_classifier(8), tmp_path / "f.onnx").read_bytes()
-    handle = managed()
-    plane.push(state("fraud", 1, {1: (plane.add_blob(blob), len(blob), "")}, champion=1))
+    plane.deploy({1: blob})
+    handle = real_managed()
     assert handle.wait_ready(60)
     s = stub(handle.port)
     failed = 0
@@ -42,13 +45,16 @@ def test_model_execution_failures_count_once(
 
 
 def test_undecodable_calls_count_in_no_arm(
-    plane: FakeControlPlane, managed: Any, artifacts: dict[int, bytes]
+    real_plane: RealPlane,  # noqa: F811
+    real_managed: Any,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
     """Bytes that are no request were routed to no version: refused, but not passed off as
     the champion's traffic in the reports a rollout's guards judge."""
-    versions = {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in (1, 2)}
-    handle = managed()
-    plane.push(state("fraud", 1, versions, champion=1, candidate=2, percent=50.0, rollout_id="r-1"))
+    plane = real_plane
+    plane.deploy({n: artifacts[n] for n in (1, 2)})
+    plane.canary(2, 50.0)
+    handle = real_managed()
     assert handle.wait_ready(60)
     call = grpc.insecure_channel(f"127.0.0.1:{handle.port}").unary_unary(
         "/inference.GRPCInferenceService/ModelInfer"

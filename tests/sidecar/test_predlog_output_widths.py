@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import raw_request, stub
 
 from modelplane.testing import onnx_models
@@ -73,16 +73,17 @@ def test_an_output_declared_one_wide_stays_a_plain_column(
 
 @pytest.mark.parametrize("durability", ["async", "sync"])
 def test_a_managed_version_with_a_varying_output_width_reads_back(
-    managed: Any, plane: FakeControlPlane, tmp_path: Path, durability: str
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
+    durability: str,
 ) -> None:
     model = onnx_models.identity_model("FP32", ["n", "m"])
-    artifact = onnx_models.save(model, tmp_path / "f.onnx").read_bytes()
-    versions = {1: (plane.add_blob(artifact), len(artifact), "")}
+    real_plane.deploy({1: onnx_models.save(model, tmp_path / "f.onnx").read_bytes()})
     log_dir = tmp_path / "log"
-    handle = managed(
+    handle = real_managed(
         log_settings=PredictionLogSettings(dir=log_dir, durability=durability, flush_interval=0.02)
     )
-    plane.push(state("fraud", 1, versions, champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
     for i, width in enumerate([1, 2, 1, 3]):

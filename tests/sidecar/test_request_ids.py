@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import raw_request, stub, wait_for
 
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -59,8 +59,8 @@ def test_drift_alone_gives_no_id_and_still_counts(
 
 @pytest.mark.parametrize(("index_rows", "logged"), [(0, False), (1000, False), (0, True)])
 def test_a_managed_sidecar_gives_ids_only_to_index_or_log_them(
-    managed: Any,
-    plane: FakeControlPlane,
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
     artifacts: dict[int, bytes],
     tmp_path: Path,
     index_rows: int,
@@ -69,12 +69,11 @@ def test_a_managed_sidecar_gives_ids_only_to_index_or_log_them(
     from sidecar.predlog import PredictionLogSettings, read_logs
 
     log_dir = tmp_path / "log"
-    h = managed(
+    real_plane.deploy({1: artifacts[1]})
+    h = real_managed(
         log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05) if logged else None,
         label_index_rows=index_rows,
     )
-    blob = artifacts[1]
-    plane.push(state(NAME, 1, {1: (plane.add_blob(blob), len(blob), "")}, 1))
     assert h.wait_ready(60)
     x = np.random.default_rng(5).standard_normal((1, 8)).astype(np.float32)
     reply = stub(h.port).ModelInfer(raw_request(NAME, {"input": ("FP32", x)}), timeout=30)
