@@ -12,13 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.compute as pc
 import pytest
-from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
+from real_plane import NAME, RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import output_array, raw_request, stub
 
 from sidecar.managed.shadow import ShadowJob, ShadowRunner
-
-NAME = "fraud"
 
 
 def classifier(seed: int) -> bytes:
@@ -45,12 +43,16 @@ def classifier(seed: int) -> bytes:
 
 @pytest.mark.parametrize("asked", [["label"], ["probabilities"], []], ids=str)
 def test_shadow_compares_every_output_whatever_the_client_asked(
-    managed: Any, plane: FakeControlPlane, tmp_path: Path, asked: list[str]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
+    asked: list[str],
 ) -> None:
+    plane = real_plane
     models = {1: classifier(1), 2: classifier(2)}
-    versions = {n: (plane.add_blob(b), len(b), "") for n, b in models.items()}
-    h = managed()
-    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=1.0, rollout_id="s"))
+    plane.deploy(models)
+    plane.shadow(2, 1.0)
+    h = real_managed()
     assert h.wait_ready(60)
     x = np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32)
     s = stub(h.port)
@@ -62,8 +64,8 @@ def test_shadow_compares_every_output_whatever_the_client_asked(
         assert [o.name for o in reply.outputs] == (asked or ["label", "probabilities"])
         if asked == ["label"]:
             assert output_array(reply, 0, np.int64).shape == (1,)
-    reports = plane.wait_reports(lambda rs: sum(r.shadow.pairs for r in rs) >= len(x))
-    shadows = [r.shadow for r in reports if r.shadow.pairs]
+    reports = plane.wait_reports(lambda rs: sum(r.shadow.pairs for r in rs if r.shadow) >= len(x))
+    shadows = [r.shadow for r in reports if r.shadow and r.shadow.pairs]
     expected = {}
     for n, data in models.items():
         labels, probabilities = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(
@@ -77,23 +79,30 @@ def test_shadow_compares_every_output_whatever_the_client_asked(
     assert sum(sh.abs_diff_sum for sh in shadows) == pytest.approx(
         float(np.abs(expected[1][1] - expected[2][1]).sum()), rel=1e-4
     )
-    champion = np.sum([list(sh.champion_scores.counts) for sh in shadows], axis=0)
+    champion = np.sum(
+        [list(sh.champion_scores.counts) for sh in shadows if sh.champion_scores], axis=0
+    )
     want = np.bincount(
         np.minimum((expected[1][1].astype(np.float64) * 50).astype(np.int64), 49), minlength=50
     )
     assert champion.tolist() == want.tolist()
 
 
-def _shadowing(managed: Any, plane: FakeControlPlane) -> tuple[Any, dict[int, Any]]:
-    """A managed sidecar whose version 2 shadows champion 1 (version 3 loadable too)."""
-    blobs = {n: classifier(n) for n in (1, 2, 3)}
-    versions = {n: (plane.add_blob(b), len(b), "") for n, b in blobs.items()}
+def _shadowing(managed: Any, plane: RealPlane) -> Any:
+    """A managed sidecar whose version 2 shadows champion 1 (version 3 registered too)."""
+    plane.deploy({n: classifier(n) for n in (1, 2, 3)})
+    plane.shadow(2, 1.0)
     h = managed()
-    plane.push(
-        state(NAME, 1, {1: versions[1], 2: versions[2]}, 1, candidate=2, shadow=1.0, rollout_id="s")
-    )
     assert h.wait_ready(60)
-    return h, versions
+    return h
+
+
+def _shadow_three_instead(plane: RealPlane) -> int:
+    """End the shadow rollout of version 2 and start one of version 3; returns the
+    deployment's generation then."""
+    plane.client.abort_rollout(NAME)
+    plane.shadow(3, 1.0)
+    return int(plane.client.get_deployment(NAME).generation)
 
 
 def _jobs(table: Any, count: int) -> list[ShadowJob]:
@@ -122,9 +131,11 @@ def _wait(check: Any, timeout: float = 20.0) -> None:
 
 
 def test_queued_shadow_copies_keep_their_version_loaded_and_count_for_it_only(
-    managed: Any, plane: FakeControlPlane
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
 ) -> None:
-    h, versions = _shadowing(managed, plane)
+    plane = real_plane
+    h = _shadowing(real_managed, plane)
     table = h.manager.table
     retiring = table.shadow
     release = threading.Event()
@@ -140,8 +151,8 @@ def test_queued_shadow_copies_keep_their_version_loaded_and_count_for_it_only(
     runner.start()
     try:
         # Version 3 shadows from now on; version 2 leaves the table with copies still queued.
-        plane.push(state(NAME, 2, {1: versions[1], 3: versions[3]}, 1, candidate=3, shadow=1.0))
-        _wait(lambda: h.manager.table.generation == 2, 60)
+        generation = _shadow_three_instead(plane)
+        _wait(lambda: h.manager.table.generation == generation, 60)
         time.sleep(1.5)  # past the linger after which an idle retired version is released
         assert retiring in h.manager.retiring, "released while copies for it were queued"
         release.set()
@@ -149,16 +160,19 @@ def test_queued_shadow_copies_keep_their_version_loaded_and_count_for_it_only(
         assert retiring.in_flight == 0 and runner.queued_bytes == 0
         seen = len(plane.reports)
         reports = plane.wait_reports(lambda rs: len(rs) >= seen + 3)
-        later = [r.shadow for r in reports if r.generation == 2]
-        assert later and all(sh.version == 3 for sh in later)
+        later = [r.shadow for r in reports if r.generation == generation]
+        assert later and all(sh is not None and sh.version == 3 for sh in later)
         assert sum(sh.pairs + sh.errors for sh in later) == 0  # version 2's copies are not 3's
     finally:
         release.set()
         runner.close()
 
 
-def test_the_shadow_queue_is_bounded_in_bytes(managed: Any, plane: FakeControlPlane) -> None:
-    h, _ = _shadowing(managed, plane)
+def test_the_shadow_queue_is_bounded_in_bytes(
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+) -> None:
+    h = _shadowing(real_managed, real_plane)
     table = h.manager.table
     jobs = _jobs(table, 5)
     size = jobs[0].request.ByteSize() + sum(a.nbytes for a in jobs[0].outputs.values())
@@ -181,9 +195,10 @@ def test_the_shadow_queue_is_bounded_in_bytes(managed: Any, plane: FakeControlPl
 
 
 def test_copies_queued_at_close_still_leave_their_version(
-    managed: Any, plane: FakeControlPlane
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
 ) -> None:
-    h, versions = _shadowing(managed, plane)
+    h = _shadowing(real_managed, real_plane)
     table = h.manager.table
     retiring = table.shadow
     ran: list[Any] = []
@@ -204,13 +219,16 @@ def test_copies_queued_at_close_still_leave_their_version(
     assert retiring.in_flight == 0 and runner.queued_bytes == 0
     assert not runner.submit(_jobs(table, 1)[0])  # closed: refused, and nothing held
     assert retiring.in_flight == 0 and runner.queued_bytes == 0
-    plane.push(state(NAME, 2, {1: versions[1], 3: versions[3]}, 1, candidate=3, shadow=1.0))
-    _wait(lambda: h.manager.table.generation == 2, 60)
+    generation = _shadow_three_instead(real_plane)
+    _wait(lambda: h.manager.table.generation == generation, 60)
     _wait(lambda: retiring not in h.manager.retiring)  # released
 
 
-def test_the_shadow_worker_outlives_a_failing_round(managed: Any, plane: FakeControlPlane) -> None:
-    h, _ = _shadowing(managed, plane)
+def test_the_shadow_worker_outlives_a_failing_round(
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+) -> None:
+    h = _shadowing(real_managed, real_plane)
     table = h.manager.table
     calls: list[Any] = []
 
@@ -233,15 +251,16 @@ def test_the_shadow_worker_outlives_a_failing_round(managed: Any, plane: FakeCon
 
 
 def test_the_log_holds_every_output_whether_a_request_was_shadowed_or_not(
-    managed: Any, plane: FakeControlPlane, tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     from sidecar.predlog import PredictionLogSettings, read_logs
 
-    models = {1: classifier(1), 2: classifier(2)}
-    versions = {n: (plane.add_blob(b), len(b), "") for n, b in models.items()}
+    real_plane.deploy({1: classifier(1), 2: classifier(2)})
+    real_plane.shadow(2, 0.5)
     log_dir = tmp_path / "log"
-    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=0.5, rollout_id="s"))
+    h = real_managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
     assert h.wait_ready(60)
     x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
     s = stub(h.port)
@@ -280,14 +299,15 @@ def _attention(shift: float) -> bytes:
 
 
 def test_copies_for_a_shadow_that_must_not_batch_run_one_by_one(
-    managed: Any, plane: FakeControlPlane
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
 ) -> None:
     """The load-time check found that stacking changes the shadow's answers: queued copies
     are not stacked into one call either, so each is compared on its own answer."""
     blobs = {n: _attention(float(n)) for n in (1, 2)}
-    versions = {n: (plane.add_blob(b), len(b), "") for n, b in blobs.items()}
-    h = managed(max_batch_size=8)
-    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=1.0, rollout_id="s"))
+    real_plane.deploy(blobs)
+    real_plane.shadow(2, 1.0)
+    h = real_managed(max_batch_size=8)
     assert h.wait_ready(60)
     table = h.manager.table
     assert not table.shadow.model.signature.batchable
