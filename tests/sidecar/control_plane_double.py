@@ -1,10 +1,24 @@
-"""A small in-test stand-in for the control plane's DeploymentService and BlobService.
+"""A small in-test stand-in for the control plane's DeploymentService and BlobService, kept
+for the tests that need a control plane that misbehaves, which the real one will not do on
+demand; tests that only need a control plane run against a real one (:mod:`real_plane`).
 
 It streams desired states that a test pushes (repeating the current one every ``heartbeat``
 seconds, as the real one does), records every ReportWindow, and serves blobs from memory
-(optionally corrupted). It can misbehave in ways the real control plane does not on demand:
-refuse reports with any status code, or fall silent on the open watch streams. The real
-control plane is exercised by end-to-end tests.
+(optionally corrupted). On demand it refuses reports with any status code or holds them in
+flight (``refuse``, ``refuse_reports``), refuses or breaks watch streams (``refuse_watch``,
+:meth:`break_watch`), falls silent on them (:meth:`mute_watch`), serves corrupt blobs
+(``corrupt``), stops and comes back on the same port, and streams desired states the real
+one would refuse or that it sends only on its own schedule (a state it cannot serve, a
+rollout state set by hand, a tolerance of 0, baseline profiles built by the test).
+
+Used by test_managed_reconnect, test_managed_report_faults, test_managed_watch_faults,
+test_managed_unloadable, test_managed_sidecar, test_managed_bad_state, test_managed_renewal,
+test_managed_tolerance, and the managed tests not yet moved to a real control plane
+(test_drift_precision, test_managed_baseline_mismatch, test_managed_metrics,
+test_managed_late_records, test_managed_log_errors, test_managed_label_ingest,
+test_managed_refused_unrouted, test_managed_rollback_labels, test_managed_admission,
+test_managed_hub_backpressure, test_predlog_async_disk_failure,
+test_predlog_rejected_features).
 """
 
 from __future__ import annotations
