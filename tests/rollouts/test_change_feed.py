@@ -49,7 +49,8 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 20) -> bool:
 def test_the_listener_wakes_every_watcher_after_it_reconnects(
     own_database: tuple[str, str],
 ) -> None:
-    """On a database of its own: no other process listens there."""
+    """On a database of its own, whose sessions alone are counted (pg_stat_activity lists
+    the whole server's): no other process listens there."""
     import psycopg
 
     _, url = own_database
@@ -60,7 +61,8 @@ def test_the_listener_wakes_every_watcher_after_it_reconnects(
     def listening_pids() -> list[int]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE %s AND pid <> pg_backend_pid()",
                 (f"LISTEN {CHANNEL}%",),
             ).fetchall()
         return [r[0] for r in rows]
