@@ -88,19 +88,27 @@ class RealPlane:
     @property
     def reports(self) -> list[WindowReport]:
         """Every window report the control plane stored for ``fraud``, in arrival order."""
+        return self.reports_of(NAME)
+
+    def reports_of(self, name: str) -> list[WindowReport]:
+        """Every window report the control plane stored for deployment ``name``, in arrival
+        order."""
         later = datetime.now(UTC) + timedelta(days=1)
         with self.store.read() as tx:
-            stored = Deployments(tx.session).reports_before(NAME, later)
+            stored = Deployments(tx.session).reports_before(name, later)
         return sorted(stored, key=lambda r: r.id)
 
     def wait_reports(
-        self, predicate: Callable[[list[WindowReport]], Any], timeout: float = 20.0
+        self,
+        predicate: Callable[[list[WindowReport]], Any],
+        timeout: float = 20.0,
+        name: str = NAME,
     ) -> list[WindowReport]:
-        """Wait until ``predicate(stored reports)`` holds; returns the reports."""
+        """Wait until ``predicate(stored reports of name)`` holds; returns the reports."""
         out: list[list[WindowReport]] = []
 
         def holds() -> bool:
-            out[:] = [self.reports]
+            out[:] = [self.reports_of(name)]
             return bool(predicate(out[0]))
 
         wait_for(holds, timeout, "the stored reports to satisfy the condition", interval=0.1)
@@ -111,12 +119,11 @@ class RealPlane:
 def real_plane(tmp_path: Path) -> Iterator[RealPlane]:
     """A control plane on SQLite asking for reports every 0.3 s."""
     running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=0.3)
-    store = Store.open(running.db_url, migrate=False)
-    client = running.client()
     try:
-        yield RealPlane(running, client, store, tmp_path)
+        store = Store.open(running.db_url, migrate=False)
+        with running.client() as client:
+            yield RealPlane(running, client, store, tmp_path)
     finally:
-        client.close()
         running.handle.stop(0)
         store.close()
 

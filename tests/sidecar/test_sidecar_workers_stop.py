@@ -76,7 +76,7 @@ def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) ->
         os.kill(workers[0], signal.SIGSTOP)
         sup.send_signal(signal.SIGTERM)
         # The drain (1 s) and the grace after it (5 s), not forever: TimeoutExpired otherwise.
-        sup.wait(60)
+        sup.wait(30)
         assert _wait_for(lambda: not any(alive(p) for p in workers), 10)
     finally:
         if sup.poll() is None:
