@@ -112,14 +112,15 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
         authenticator=access.authenticator,
         authorizer=access.authorizer,
     )
+    # Watch streams hold their thread for as long as they last: they get threads of their
+    # own on top of max_workers (DeploymentService refuses those past max_watches). Uploads
+    # run on the max_workers threads, fewer at once than those (BlobServicer refuses those
+    # past max_uploads, and ends those that stall).
+    rpc_threads = futures.ThreadPoolExecutor(
+        max_workers=settings.max_workers + settings.max_watches, thread_name_prefix="rpc"
+    )
     server = grpc.server(
-        # Watch streams hold their thread for as long as they last: they get threads of their
-        # own on top of max_workers (DeploymentService refuses those past max_watches).
-        # Uploads run on the max_workers threads, fewer at once than those (BlobServicer
-        # refuses those past max_uploads, and ends those that stall).
-        futures.ThreadPoolExecutor(
-            max_workers=settings.max_workers + settings.max_watches, thread_name_prefix="rpc"
-        ),
+        rpc_threads,
         interceptors=[interceptor],
         options=grpc_options(
             reuse_port=settings.reuse_port, max_receive_bytes=settings.max_request_bytes
@@ -198,6 +199,8 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
         settings.grace_seconds,
         shutdown_delay=settings.shutdown_delay_seconds,
     )
+    # Closed last: gRPC's stop leaves the pool's idle threads running.
+    handle.closers.append(lambda: rpc_threads.shutdown(wait=False))
     handle.closers.append(store.close)
     handle.closers.append(evaluations.close)
     handle.closers.append(hooks.close)

@@ -380,3 +380,24 @@ def test_a_negative_workers_variable_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("MODELPLANE_WORKERS", "-2")
     with pytest.raises(ValidationError, match="workers"):
         ControlPlaneSettings()
+
+
+def test_a_stopped_server_leaves_no_request_threads(tmp_path: Path) -> None:
+    """gRPC's stop leaves its thread pool's idle threads running: a process that starts and
+    stops servers (tests, an embedding application) must not collect them."""
+    import threading
+
+    from tests.controlplane.conftest import _start
+
+    before = set(threading.enumerate())
+    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    with cp.client() as c:
+        for i in range(4):
+            c.create_model(f"m{i}")
+    ours = [t for t in threading.enumerate() if t not in before and t.name.startswith("rpc")]
+    assert ours  # the calls ran on the pool's threads
+    cp.handle.stop(0)
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in ours) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in ours if t.is_alive()]
