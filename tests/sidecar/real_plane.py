@@ -116,9 +116,11 @@ class RealPlane:
 
 
 @pytest.fixture
-def real_plane(tmp_path: Path) -> Iterator[RealPlane]:
-    """A control plane on SQLite asking for reports every 0.3 s."""
-    running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=0.3)
+def real_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealPlane]:
+    """A control plane on SQLite asking for reports every 0.3 s; a test parametrizing it
+    indirectly passes settings of its own (``{"regression_tolerance": 0.01}``)."""
+    settings: dict[str, Any] = {"report_interval_seconds": 0.3, **getattr(request, "param", {})}
+    running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **settings)
     try:
         store = Store.open(running.db_url, migrate=False)
         with running.client() as client:

@@ -1,6 +1,6 @@
 """``IngestLabels`` on a real managed sidecar: labels are checked against the prediction they
 join before any is counted or written, and what a call answers matches what the windows
-report and the label log holds."""
+report (as a real control plane stored them) and the label log holds."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from control_plane_double import FakeControlPlane, state
 from onnx import TensorProto, helper, numpy_helper
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import (
     FAILING_DISK,
     health_status,
@@ -33,11 +33,12 @@ def _admin(h: Any) -> Any:
     return sidecar_pb2_grpc.SidecarAdminServiceStub(grpc.insecure_channel(h.address))
 
 
-def _serve(h: Any, plane: FakeControlPlane, models: dict[int, bytes], **kw: Any) -> None:
-    versions = {n: (plane.add_blob(b), len(b), "") for n, b in models.items()}
-    kw.setdefault("champion", min(models))
-    plane.push(state(NAME, 1, versions, **kw))
+def _serve(managed: Any, plane: RealPlane, models: dict[int, bytes], **kw: Any) -> Any:
+    """Deploy ``models`` (the first the champion) and start a managed sidecar of them."""
+    plane.deploy(models, champion=min(models))
+    h = managed(**kw)
     assert h.wait_ready(60)
+    return h
 
 
 def _predict(h: Any, request_id: str, x: np.ndarray[Any, Any]) -> Any:
@@ -57,8 +58,9 @@ def _indexed(h: Any, rows: int) -> None:
     assert len(h.observer.index) >= rows
 
 
-def _tally(plane: FakeControlPlane, settle_windows: int = 3) -> tuple[int, int]:
-    """(labeled, correct) over every report, once ``settle_windows`` more windows closed."""
+def _tally(plane: RealPlane, settle_windows: int = 3) -> tuple[int, int]:
+    """(labeled, correct) over every report the control plane stored, once ``settle_windows``
+    more windows were stored."""
     seen = len(plane.reports)
     reports = plane.wait_reports(lambda rs: len(rs) >= seen + settle_windows)
     arms = [a for r in reports for a in r.arms]
@@ -88,10 +90,12 @@ def regression_model(seed: int) -> bytes:
 
 
 def test_a_classifier_takes_classes_not_fractional_targets(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
-    h = managed()
-    _serve(h, plane, {1: artifacts[1]})
+    plane = real_plane
+    h = _serve(real_managed, plane, {1: artifacts[1]})
     predicted = _classes(h, "r1", 4, seed=0)
     _indexed(h, 4)
     admin = _admin(h)
@@ -127,11 +131,14 @@ def test_a_classifier_takes_classes_not_fractional_targets(
     assert reply.matched == 0
 
 
+@pytest.mark.parametrize("real_plane", [{"regression_tolerance": 0.01}], indirect=True)
 def test_a_regression_version_takes_targets_and_classes_as_values(
-    managed: Any, plane: FakeControlPlane
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
 ) -> None:
-    h = managed()
-    _serve(h, plane, {1: regression_model(1)}, tolerance=0.01)
+    plane = real_plane
+    h = _serve(real_managed, plane, {1: regression_model(1)})
+    assert h.manager.table.tolerance == 0.01  # the control plane's setting, sent in its state
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     values = output_array(_predict(h, "v", x), 0, np.float32)[:, 0].tolist()
     _indexed(h, 3)
@@ -149,14 +156,16 @@ def test_a_regression_version_takes_targets_and_classes_as_values(
 
 
 def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
-    plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
     import pyarrow as pa
 
     from sidecar.predlog import list_log_files, read_file_batches
 
-    versions = {1: (plane.add_blob(artifacts[1]), len(artifacts[1]), "")}
-    plane.push(state(NAME, 1, versions, champion=1))
+    plane = real_plane
+    plane.deploy({1: artifacts[1]})
     log_dir = tmp_path / "log"
     proc, ready = spawn_sidecar(
         [
@@ -205,8 +214,8 @@ def test_a_label_log_that_cannot_write_refuses_the_call_and_keeps_nothing_of_it(
 
 
 def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
-    managed: Any,
-    plane: FakeControlPlane,
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
     artifacts: dict[int, bytes],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -218,8 +227,8 @@ def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
 
     from modelplane.cli import main
 
-    h = managed()  # no prediction log, so no label log
-    _serve(h, plane, {1: artifacts[1]})
+    plane = real_plane
+    h = _serve(real_managed, plane, {1: artifacts[1]})  # no prediction log, so no label log
     predicted = _classes(h, "n", 2, seed=0)
     _indexed(h, 2)
     reply = _admin(h).IngestLabels(
@@ -244,17 +253,20 @@ def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
 
 
 def test_labels_of_versions_that_left_the_table_are_reported_or_unmatched(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
     import pyarrow as pa
 
     from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches
 
+    plane = real_plane
+    plane.deploy({n: artifacts[n] for n in (1, 2, 3)})
+    plane.canary(3, 100.0)
     log_dir = tmp_path / "log"
-    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    blobs = {n: (plane.add_blob(artifacts[n]), len(artifacts[n]), "") for n in (1, 2, 3)}
-    rollout = {"candidate": 3, "percent": 100.0, "rollout_id": "r"}
-    plane.push(state(NAME, 1, {1: blobs[1], 3: blobs[3]}, champion=1, **rollout))
+    h = real_managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
     assert h.wait_ready(60)
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     s = stub(h.port)
@@ -262,11 +274,16 @@ def test_labels_of_versions_that_left_the_table_are_reported_or_unmatched(
     pinned = s.ModelInfer(raw_request(NAME, {"input": ("FP32", x)}, id="p", model_version="1"))
     assert (canary.model_version, pinned.model_version) == ("3", "1")
     _indexed(h, 4)
-    # Version 2 becomes the champion and the canary ends: versions 1 and 3 leave the table.
-    plane.push(state(NAME, 2, {2: blobs[2]}, champion=2))
+    # The canary of 3 is rolled back, and version 2 is promoted through a canary of its own:
+    # versions 1 and 3 leave the table.
+    plane.client.rollback_rollout(NAME)
+    plane.canary(2, 50.0)
+    promoted = plane.client.promote_rollout(NAME).generation
     deadline = time.monotonic() + 60
-    while h.manager.table.generation != 2 and time.monotonic() < deadline:
+    while h.manager.table.generation != promoted and time.monotonic() < deadline:
         time.sleep(0.02)
+    table = h.manager.table
+    assert (table.champion.number, table.candidate) == (2, None)
     classes = {
         rid: np.argmax(output_array(reply, 0, np.float32), axis=1).tolist()
         for rid, reply in (("c", canary), ("p", pinned))
@@ -297,15 +314,23 @@ def test_labels_of_versions_that_left_the_table_are_reported_or_unmatched(
 
 
 def test_a_request_without_id_can_be_labeled_under_the_id_it_was_answered_with(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
     import pyarrow as pa
 
     from sidecar.predlog import PredictionLogSettings, list_log_files, read_file_batches, read_logs
 
+    plane = real_plane
     log_dir = tmp_path / "log"
-    h = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    _serve(h, plane, {1: artifacts[1]})
+    h = _serve(
+        real_managed,
+        plane,
+        {1: artifacts[1]},
+        log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05),
+    )
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     reply = _predict(h, "", x)
     assert reply.id
