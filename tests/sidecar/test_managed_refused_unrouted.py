@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import managed_request, stub
 
 NAME = "fraud"
@@ -24,13 +24,14 @@ def _refused(call: Any) -> grpc.StatusCode:
 
 
 def test_requests_refused_before_routing_are_in_no_arm(
-    managed: Any, plane: FakeControlPlane, artifacts: Any
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: Any,
 ) -> None:
-    versions = plane.versions(artifacts, 1, 2)
-    h = managed(metrics_listen="127.0.0.1:0")
-    plane.push(
-        state(NAME, 1, versions, 1, candidate=2, percent=100.0, rollout_id="r1", rollout_state=2)
-    )
+    plane = real_plane
+    plane.deploy({n: artifacts[n] for n in (1, 2)})
+    plane.canary(2, 100.0)
+    h = real_managed(metrics_listen="127.0.0.1:0")
     assert h.wait_ready(60)
     s = stub(h.port)
     refused = []
@@ -48,14 +49,15 @@ def test_requests_refused_before_routing_are_in_no_arm(
         assert s.ModelInfer(managed_request(NAME, id=f"ok{i}")).model_version == "2"
 
     def requests(arm: str) -> int:
-        return sum(a.requests for r in list(plane.reports) for a in r.arms if a.arm == arm)
+        """Requests of ``arm`` in the reports the control plane stored."""
+        return sum(a.requests for r in plane.reports for a in r.arms if a.arm == arm)
 
     deadline = time.monotonic() + 30
     while requests("candidate") < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert requests("candidate") == 20
     assert requests("champion") == 0
-    errors = sum(a.errors for r in list(plane.reports) for a in r.arms)
+    errors = sum(a.errors for r in plane.reports for a in r.arms)
     assert errors == 0
     # Still counted (under the champion's series) in the request metrics.
     text = urllib.request.urlopen(f"http://127.0.0.1:{h.metrics_port}/metrics").read().decode()

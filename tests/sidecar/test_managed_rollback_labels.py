@@ -1,13 +1,14 @@
 """Labels of rows a candidate answered still join after a rollback: no version holds the
 candidate arm then, so the reports carry them under the candidate's arm and version. Once
-another candidate holds the arm, the earlier one's rows join nothing."""
+another candidate holds the arm, the earlier one's rows join nothing. The rollouts are real
+ones on a real control plane, whose stored reports are read back."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import grpc
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import managed_request, stub, until
 
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -34,18 +35,19 @@ def _answer_as_candidate(h: Any, prefix: str, n: int) -> list[str]:
 
 
 def test_a_rolled_back_candidates_rows_still_join_labels(
-    managed: Any, plane: FakeControlPlane, artifacts: Any
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: Any,
 ) -> None:
-    versions = plane.versions(artifacts, 1, 2)
-    h = managed()
-    plane.push(
-        state(NAME, 1, versions, 1, candidate=2, percent=100.0, rollout_id="r1", rollout_state=2)
-    )
+    plane = real_plane
+    plane.deploy({n: artifacts[n] for n in (1, 2)})
+    plane.canary(2, 100.0)
+    h = real_managed()
     assert h.wait_ready(60)
     ids = _answer_as_candidate(h, "c", 10)
     # Rolled back: version 1 alone serves.
-    plane.push(state(NAME, 2, {1: versions[1]}, 1, rollout_id="r1", rollout_state=5))
-    until(lambda: h.manager.table.generation == 2, 60)
+    generation = plane.client.rollback_rollout(NAME).generation
+    until(lambda: h.manager.table.generation == generation, 60)
     assert h.manager.table.candidate is None
     assert _label(h, ids).matched == 10
     reports = plane.wait_reports(
@@ -58,19 +60,21 @@ def test_a_rolled_back_candidates_rows_still_join_labels(
 
 
 def test_a_replaced_candidates_rows_join_nothing(
-    managed: Any, plane: FakeControlPlane, artifacts: Any
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: Any,
 ) -> None:
-    versions = plane.versions(artifacts, 1, 2)
-    h = managed()
-    plane.push(
-        state(NAME, 1, versions, 1, candidate=2, percent=100.0, rollout_id="r1", rollout_state=2)
-    )
+    plane = real_plane
+    # Version 3 is another upload of the champion's model.
+    plane.deploy({1: artifacts[1], 2: artifacts[2], 3: artifacts[1]})
+    plane.canary(2, 100.0)
+    h = real_managed()
     assert h.wait_ready(60)
     ids = _answer_as_candidate(h, "c", 5)
-    # Another artifact now holds the candidate arm (version 3, the champion's model).
-    three = {**versions, 3: versions[1]}
-    plane.push(
-        state(NAME, 2, three, 1, candidate=3, percent=100.0, rollout_id="r2", rollout_state=2)
-    )
-    until(lambda: h.manager.table.generation == 2, 60)
+    # Another artifact now holds the candidate arm: version 2's rollout ends, version 3's starts.
+    plane.client.rollback_rollout(NAME)
+    plane.canary(3, 100.0)
+    generation = plane.client.get_deployment(NAME).generation
+    until(lambda: h.manager.table.generation == generation, 60)
+    assert h.manager.table.candidate.number == 3
     assert _label(h, ids).matched == 0
