@@ -1,8 +1,9 @@
 """Once the prediction log's disk fails, a sidecar refuses predictions (UNAVAILABLE,
 ``PREDICTION_LOG_FAILED``) in ``async`` durability as in ``sync``, in both observer modes and
 managed, rather than answering without a record; the records that could not be written are
-counted. Real sidecar subprocesses started under a small ``RLIMIT_FSIZE`` (writes fail with
-EFBIG), their metrics scraped over HTTP and their log files read back with pyarrow."""
+counted. Real sidecar subprocesses (the managed one on a real control plane) started under a
+small ``RLIMIT_FSIZE`` (writes fail with EFBIG), their metrics scraped over HTTP and their log
+files read back with pyarrow."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from control_plane_double import FakeControlPlane, state
 from prometheus_client.parser import text_string_to_metric_families
+from real_plane import RealPlane, real_plane  # noqa: F401
 from sidecar_helpers import FAILING_DISK, health_status, raw_request, spawn_sidecar, stub, wait_for
 
 from modelplane.errors import error_info
@@ -115,9 +116,12 @@ def _dropped_at_least(metrics_port: int, rejected: int) -> dict[str, float]:
 
 
 def test_a_managed_sidecar_refuses_requests_once_its_log_failed(
-    plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
-    plane.push(state("fraud", 1, plane.versions(artifacts, 1), champion=1))
+    plane = real_plane
+    plane.deploy({1: artifacts[1]})
     stderr = tmp_path / "stderr.log"
     proc, ready = spawn_sidecar(
         [

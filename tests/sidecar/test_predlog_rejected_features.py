@@ -1,8 +1,8 @@
 """A refused request is logged with its features as far as they could be decoded: each input
 that decodes against the model's signature (shape fitting the version's columns, datatype
 and contents whole), excluded features left out; inputs that do not fit stay null. Real
-sidecars (standalone in every durability and observer mode, and managed) on loopback, real
-ONNX models, the log read back with pyarrow."""
+sidecars (standalone in every durability and observer mode, and managed by a real control
+plane) on loopback, real ONNX models, the log read back with pyarrow."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import raw_request, rows_by_request, stub
 
 from modelplane.oip import grpc_service_pb2 as pb
@@ -145,15 +145,17 @@ def test_named_features_of_a_refused_request_are_logged_and_excluded_as_named(
 
 
 def test_a_managed_sidecar_logs_a_refused_requests_features_under_its_version(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes], tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
+    tmp_path: Path,
 ) -> None:
-    versions = plane.versions(artifacts, 1)
-    handle = managed(
+    real_plane.deploy({1: artifacts[1]})
+    handle = real_managed(
         log_settings=PredictionLogSettings(
             dir=tmp_path / "log", flush_interval=0.02, exclude_features=("x_2",)
         )
     )
-    plane.push(state("fraud", 1, versions, champion=1))
     assert handle.wait_ready(60)
     x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
     request = raw_request(
