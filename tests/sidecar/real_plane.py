@@ -41,19 +41,37 @@ class RealPlane:
     def address(self) -> str:
         return self.running.address
 
-    def register(self, models: dict[int, bytes], model: str = NAME) -> None:
+    def register(
+        self, models: dict[int, bytes], model: str = NAME, trains: dict[int, Any] | None = None
+    ) -> None:
         """Create ``model`` and register ``models`` (number -> ONNX bytes, numbered 1, 2, ...)
-        as its versions of those numbers."""
+        as its versions of those numbers; ``trains`` (number -> pyarrow table) gives a version
+        a ``train`` dataset, of which the control plane builds the version's baseline."""
+        import pyarrow.parquet as pq
+
         self.client.create_model(model)
         for number in sorted(models):
             path = self.tmp / f"{model}-v{number}.onnx"
             path.write_bytes(models[number])
-            got = self.client.register_version(model, path, capture_env=False).version
+            datasets = {}
+            if trains and number in trains:
+                datasets["train"] = self.tmp / f"{model}-v{number}-train.parquet"
+                pq.write_table(trains[number], datasets["train"])
+            got = self.client.register_version(
+                model, path, datasets=datasets, capture_env=False
+            ).version
             assert got == number, f"version {number} was registered as {got}"
 
-    def deploy(self, models: dict[int, bytes], champion: int = 1, name: str = NAME) -> None:
-        """Register ``models`` and create deployment ``name`` serving ``champion``."""
-        self.register(models, name)
+    def deploy(
+        self,
+        models: dict[int, bytes],
+        champion: int = 1,
+        name: str = NAME,
+        trains: dict[int, Any] | None = None,
+    ) -> None:
+        """Register ``models`` (with ``trains``, see :meth:`register`) and create deployment
+        ``name`` serving ``champion``."""
+        self.register(models, name, trains)
         self.client.create_deployment(name, model=name, champion_version=champion)
 
     def canary(self, candidate: int, percent: float, name: str = NAME) -> str:

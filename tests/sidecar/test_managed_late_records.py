@@ -1,8 +1,8 @@
 """Records that reach a managed sidecar's observer after the version that answered them was
 released (the observer hub lagging behind, as on a slow log disk): the prediction log keeps
 the arm they were answered as and their version's feature names, and the reports count them
-as left out (``late``) instead of losing them. A real managed sidecar on the control-plane
-double, real ONNX models, the log read back."""
+as left out (``late``) instead of losing them. A real managed sidecar on a real control plane
+(a real canary, rolled back), real ONNX models, the log read back."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import hold_observer, raw_request, stub, until
 
-from modelplane.profiles import build_profile
-from modelplane.v1 import deployments_pb2 as dpb
 from sidecar.predlog import PredictionLogSettings, read_logs
 
 NAME = "fraud"
@@ -32,24 +30,23 @@ def _request(i: int, width: int = 8, **kw: Any) -> Any:
 
 
 def test_records_of_a_released_version_keep_their_arm_and_names_and_count_as_late(
-    managed: Any,
-    plane: FakeControlPlane,
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
     artifacts: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    plane = real_plane
     rng = np.random.default_rng(0)
     names = [f"a{j}" for j in range(8)]
-    profile = build_profile(pa.table({n: rng.standard_normal(500) for n in names}), names, bins=5)
-    baseline = plane.add_blob(profile.to_bytes())
-    versions = {
-        1: (plane.add_blob(artifacts[1]), len(artifacts[1]), ""),
-        2: (plane.add_blob(artifacts[2]), len(artifacts[2]), baseline),
-    }
+    # Version 2's train dataset: the control plane builds its baseline, of features a0..a7.
+    train = pa.table({n: rng.standard_normal(500) for n in names})
+    plane.deploy({n: artifacts[n] for n in (1, 2)}, trains={2: train})
+    plane.canary(2, 50.0)
     log_dir = tmp_path / "log"
-    handle = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    plane.push(state(NAME, 1, versions, 1, candidate=2, percent=50, rollout_id="r"))
+    handle = real_managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
     assert handle.wait_ready(60)
+    assert handle.manager.version("2").feature_names == names
     observer = handle.observer
     # Hold the hub (as a slow disk would): every record below waits in it.
     release = hold_observer(observer, monkeypatch)
@@ -61,10 +58,9 @@ def test_records_of_a_released_version_keep_their_arm_and_names_and_count_as_lat
             s.ModelInfer(_request(99, width=7, model_version="2"))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # Rolled back: the candidate leaves the table and is released while its records wait.
-        rolled_back = dpb.ROLLOUT_STATE_ROLLED_BACK
-        plane.push(state(NAME, 2, {1: versions[1]}, 1, rollout_id="r", rollout_state=rolled_back))
+        generation = plane.client.rollback_rollout(NAME).generation
         manager = handle.manager
-        until(lambda: manager.table.generation == 2 and not manager.retiring)
+        until(lambda: manager.table.generation == generation and not manager.retiring)
         assert manager.version("2") is None
     finally:
         release.set()
