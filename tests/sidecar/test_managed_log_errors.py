@@ -1,8 +1,9 @@
 """A managed sidecar's ``async`` prediction log and a version whose feature names clash with a
 log column (its baseline names a feature ``row``): the requests are answered, that version's
 records are counted as log errors, and the records handed over with them (the shadow
-version's, a rejected request's) are still written. A real managed sidecar on the
-control-plane double, real ONNX models, the log read back."""
+version's, a rejected request's) are still written. A real managed sidecar on a real control
+plane (a real shadow rollout; the baseline built from the version's train dataset), real ONNX
+models, the log read back."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import hold_observer, raw_request, stub
 
-from modelplane.profiles import build_profile
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.managed.versions import Served
 from sidecar.observers import BatchRecord, RejectedRecord
@@ -54,23 +54,20 @@ def _buffered(hub: Any) -> Counter[str]:
 
 
 def test_a_run_the_log_cannot_take_is_counted_and_the_rest_of_its_dispatch_is_written(
-    managed: Any,
-    plane: FakeControlPlane,
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
     artifacts: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    plane = real_plane
     rng = np.random.default_rng(0)
     names = ["f0", "row", *(f"f{j}" for j in range(2, 8))]
     columns = {n: rng.standard_normal(500) for n in names}
-    baseline = plane.add_blob(build_profile(pa.table(columns), names, bins=5).to_bytes())
-    versions = {
-        1: (plane.add_blob(artifacts[1]), len(artifacts[1]), baseline),
-        2: (plane.add_blob(artifacts[2]), len(artifacts[2]), ""),
-    }
+    plane.deploy({n: artifacts[n] for n in (1, 2)}, trains={1: pa.table(columns)})
+    plane.shadow(2, 1.0)
     log_dir = tmp_path / "log"
-    handle = managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
-    plane.push(state(NAME, 1, versions, 1, candidate=2, shadow=1.0, rollout_id="s"))
+    handle = real_managed(log_settings=PredictionLogSettings(dir=log_dir, flush_interval=0.05))
     assert handle.wait_ready(60)
     observer = handle.observer
     assert observer.writer is not None
