@@ -1,9 +1,12 @@
 """Served FP32 and FP16 inputs are compared with a float64 baseline at their own precision:
 ``float32(0.7)`` is the training data's 0.7, not a value just below it. Figures are checked
-against scipy on the served values and the baseline rounded to their type."""
+against scipy on the served values and the baseline rounded to their type. Managed sidecars
+run on a real control plane, which builds each version's baseline from the train dataset
+registered with it."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from control_plane_double import FakeControlPlane, state
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from scipy import special, stats
 from sidecar_helpers import raw_request, stub, wait_for
 
@@ -184,25 +187,31 @@ def test_a_served_narrow_input_reads_its_training_rows_as_unchanged(
         assert not feat.drifted
 
 
+def _champion_drift(reports: list[Any]) -> list[Any]:
+    """The champion's drift counts in the stored reports that have some."""
+    return [a.drift for r in reports for a in r.arms if a.arm == "champion" and a.drift]
+
+
 def test_a_managed_sidecar_reports_fp32_rows_in_the_baselines_bins(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
+    plane = real_plane
     rng = np.random.default_rng(4)
     columns = {f"f{j}": rng.choice(DECIMALS, 3_000) for j in range(8)}
+    # The profile the control plane builds of the train dataset (its default bins and sample).
     profile = build_profile(pa.table(columns), list(columns))
-    baseline = plane.add_blob(profile.to_bytes())
-    sha = plane.add_blob(artifacts[1])
-    handle = managed()
-    plane.push(state("fraud", 1, {1: (sha, len(artifacts[1]), baseline)}, champion=1))
+    plane.deploy({1: artifacts[1]}, trains={1: pa.table(columns)})
+    handle = real_managed()
     assert handle.wait_ready(60)
     live = rng.choice(DECIMALS, (400, 8)).astype(np.float32)
     s = stub(handle.port)
     for lo in range(0, len(live), 50):
         s.ModelInfer(raw_request("fraud", {"input": ("FP32", live[lo : lo + 50])}), timeout=30)
-    reports = plane.wait_reports(
-        lambda rs: sum(a.drift.rows for r in rs for a in r.arms if a.arm == "champion") >= 400
-    )
-    drift = [a.drift for r in reports for a in r.arms if a.arm == "champion" and a.drift.rows]
+    reports = plane.wait_reports(lambda rs: sum(d.rows for d in _champion_drift(rs)) >= 400)
+    drift = [d for d in _champion_drift(reports) if d.rows]
+    assert {d.baseline_sha256 for d in drift} == {hashlib.sha256(profile.to_bytes()).hexdigest()}
     for j, name in enumerate(columns):
         feature = profile.feature(name)
         assert isinstance(feature, NumericFeature)
@@ -262,7 +271,9 @@ def test_values_exact_at_their_precision_are_counted_as_float64_ones(dtype: Any)
 
 
 def test_a_managed_fp16_model_on_an_integer_baseline_keeps_counting_and_logging(
-    managed: Any, plane: FakeControlPlane, tmp_path: Path
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """A drift update that cannot run must never take the run's request counts with it; here
     it runs, and the rows are counted in the report and in drift."""
@@ -271,11 +282,11 @@ def test_a_managed_fp16_model_on_an_integer_baseline_keeps_counting_and_logging(
         onnx_models.identity_model("FP16", ["n", 3]), tmp_path / "m.onnx"
     ).read_bytes()
     columns = {f"x_{j}": rng.integers(0, 8, 3_000).astype(np.float64) for j in range(3)}
-    baseline = plane.add_blob(build_profile(pa.table(columns), list(columns)).to_bytes())
-    sha = plane.add_blob(model)
-    handle = managed()
-    plane.push(state("fraud", 1, {1: (sha, len(model), baseline)}, champion=1))
+    plane = real_plane
+    plane.deploy({1: model}, trains={1: pa.table(columns)})
+    handle = real_managed()
     assert handle.wait_ready(60)
+    assert handle.manager.table.champion.feature_names == list(columns)
     live = rng.integers(0, 8, (200, 3)).astype(np.float16)
     s = stub(handle.port)
     for lo in range(0, len(live), 50):
@@ -285,4 +296,4 @@ def test_a_managed_fp16_model_on_an_integer_baseline_keeps_counting_and_logging(
     )
     arms = [a for r in reports for a in r.arms if a.arm == "champion"]
     assert sum(a.rows for a in arms) == 200
-    assert sum(a.drift.rows for a in arms) == 200
+    assert sum(a.drift.rows for a in arms if a.drift) == 200
