@@ -1,6 +1,9 @@
 """Prometheus metrics of managed sidecars, scraped over HTTP: series per version across a
 champion switch, retired versions' series removed, drift gauges for versions with a baseline,
-several workers as replicas of their own with merged metrics; plus the bindings themselves."""
+several workers as replicas of their own with merged metrics; plus the bindings themselves.
+Sidecars run on a real control plane (real rollouts; the baseline built from the version's
+train dataset), except where a test reads what only the control-plane double records: the
+watch streams opened and the replica each names."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +20,13 @@ import pytest
 from control_plane_double import FakeControlPlane, state
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from real_plane import RealPlane, real_managed, real_plane  # noqa: F401
 from sidecar_helpers import raw_request, spawn_sidecar, stub
 
 from modelplane.oip import grpc_service_pb2 as pb
 
 NAME = "fraud"
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def managed(plane: FakeControlPlane, tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
-    handles: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        kwargs.setdefault("listen", "127.0.0.1:0")
-        kwargs.setdefault("device", "cpu")
-        kwargs.setdefault("warmup_runs", 1)
-        kwargs.setdefault("cache_dir", tmp_path / f"cache{len(handles)}")
-        handle = start(SidecarSettings(control_plane=plane.address, deployment=NAME, **kwargs))
-        handles.append(handle)
-        return handle
-
-    yield factory
-    for h in handles:
-        h.stop(0)
 
 
 def _request(seed: int = 0, **kw: Any) -> Any:
@@ -77,21 +59,19 @@ def _wait_generation(handle: Any, generation: int) -> None:
 
 
 def test_series_per_version_across_a_champion_switch(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
     import pyarrow as pa
 
-    from modelplane.profiles import build_profile
-
+    plane = real_plane
     rng = np.random.default_rng(0)
     columns = {f"f{j}": rng.standard_normal(2000) for j in range(8)}
-    baseline = plane.add_blob(build_profile(pa.table(columns), list(columns), bins=5).to_bytes())
-    blobs = {
-        n: (plane.add_blob(a), len(a), baseline if n == 1 else "") for n, a in artifacts.items()
-    }
-    handle = managed(metrics_listen="127.0.0.1:0", drift_window_rows=20)
+    # Version 1's train dataset: the control plane builds its baseline; version 2 has none.
+    plane.deploy({n: artifacts[n] for n in (1, 2)}, trains={1: pa.table(columns)})
+    handle = real_managed(metrics_listen="127.0.0.1:0", drift_window_rows=20)
     assert handle.metrics_port
-    plane.push(state(NAME, 1, {1: blobs[1]}, champion=1))
     assert handle.wait_ready(60)
     s = stub(handle.port)
     for i in range(25):
@@ -143,10 +123,8 @@ def test_series_per_version_across_a_champion_switch(
         )
 
     # A canary: the candidate's series appear beside the champion's.
-    plane.push(
-        state(NAME, 2, {1: blobs[1], 2: blobs[2]}, 1, candidate=2, percent=50, rollout_id="c")
-    )
-    _wait_generation(handle, 2)
+    plane.canary(2, 50.0)
+    _wait_generation(handle, plane.client.get_deployment(NAME).generation)
     for i in range(5):
         assert s.ModelInfer(_request(seed=i, model_version="2")).model_version == "2"
     series = _scrape(handle.metrics_port)
@@ -159,8 +137,7 @@ def test_series_per_version_across_a_champion_switch(
     assert _versions_in(series, "modelplane_drift_") == {"1"}  # version 2 has no baseline
 
     # Version 2 becomes the champion alone: version 1 retires and its series go.
-    plane.push(state(NAME, 3, {2: blobs[2]}, champion=2))
-    _wait_generation(handle, 3)
+    _wait_generation(handle, plane.client.promote_rollout(NAME).generation)
     for i in range(7):
         assert s.ModelInfer(_request(seed=i)).model_version == "2"
     deadline = time.monotonic() + 20
@@ -334,11 +311,13 @@ def test_workers_are_replicas_of_their_own_with_merged_metrics(
 
 
 def test_metrics_are_off_without_a_listener(
-    managed: Any, plane: FakeControlPlane, artifacts: dict[int, bytes]
+    real_managed: Any,  # noqa: F811
+    real_plane: RealPlane,  # noqa: F811
+    artifacts: dict[int, bytes],
 ) -> None:
     """Metrics off (the default): nothing listens, requests still answer."""
-    handle = managed()
-    plane.push(state(NAME, 1, {1: (plane.add_blob(artifacts[1]), len(artifacts[1]), "")}, 1))
+    real_plane.deploy({1: artifacts[1]})
+    handle = real_managed()
     assert handle.wait_ready(60)
     assert handle.metrics_port is None
     s = stub(handle.port)
