@@ -9,16 +9,17 @@ flight (``refuse``, ``refuse_reports``), refuses or breaks watch streams (``refu
 :meth:`break_watch`), falls silent on them (:meth:`mute_watch`), serves corrupt blobs
 (``corrupt``), stops and comes back on the same port, and streams desired states the real
 one would refuse or that it sends only on its own schedule (a state it cannot serve, a
-rollout state set by hand, a tolerance of 0, baseline profiles built by the test).
+rollout state set by hand, a tolerance of 0, a baseline the registry refuses to register).
+It also records every watch stream opened and the replica each names (``watchers``,
+``watch_requests``), which the real one keeps no record of.
 
 Used by test_managed_reconnect, test_managed_report_faults, test_managed_watch_faults,
 test_managed_unloadable, test_managed_sidecar, test_managed_bad_state, test_managed_renewal,
-test_managed_tolerance, and the managed tests not yet moved to a real control plane
-(test_drift_precision, test_managed_baseline_mismatch, test_managed_metrics,
-test_managed_late_records, test_managed_log_errors, test_managed_label_ingest,
-test_managed_refused_unrouted, test_managed_rollback_labels, test_managed_admission,
-test_managed_hub_backpressure, test_predlog_async_disk_failure,
-test_predlog_rejected_features).
+test_managed_tolerance, test_managed_baseline_mismatch (a baseline profiling a feature the
+model's inputs do not provide, which the real registry refuses as BASELINE_MISMATCH),
+test_managed_metrics (its bind-failure and workers tests read the watch records), and the
+managed tests not yet moved to a real control plane (test_managed_admission,
+test_managed_hub_backpressure).
 """
 
 from __future__ import annotations
