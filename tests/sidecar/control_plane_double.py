@@ -9,7 +9,8 @@ flight (``refuse``, ``refuse_reports``), refuses or breaks watch streams (``refu
 :meth:`break_watch`), falls silent on them (:meth:`mute_watch`), serves corrupt blobs
 (``corrupt``), stops and comes back on the same port, and streams desired states the real
 one would refuse or that it sends only on its own schedule (a state it cannot serve, a
-rollout state set by hand, a tolerance of 0, a baseline the registry refuses to register).
+rollout state set by hand, a tolerance of 0, baseline profiles built by the test, one the
+registry refuses to register included).
 It also records every watch stream opened and the replica each names (``watchers``,
 ``watch_requests``), which the real one keeps no record of.
 
