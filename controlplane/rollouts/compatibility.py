@@ -9,6 +9,8 @@ such a candidate is refused when the rollout starts, naming the differences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controlplane.domain import Signature, TensorSpec
 
 #: Differences listed in a refusal; the rest are counted.
@@ -34,31 +36,37 @@ def _gives(candidate: TensorSpec, champion: TensorSpec) -> bool:
     )
 
 
-def interface_changes(champion: Signature, candidate: Signature) -> list[str]:
-    """What keeps ``candidate`` from answering the champion's requests as the champion does;
-    empty when nothing does."""
+def _changes(
+    kind: str,
+    champion: list[TensorSpec],
+    candidate: list[TensorSpec],
+    fits: Callable[[TensorSpec, TensorSpec], bool],
+) -> list[str]:
+    """How the candidate's tensors of ``kind`` miss the champion's: missing, another datatype,
+    or a shape ``fits(candidate's, champion's)`` refuses."""
+    theirs = {t.name: t for t in candidate}
     out: list[str] = []
-    theirs = {t.name: t for t in candidate.inputs}
-    ours = {t.name for t in champion.inputs}
-    for p in champion.inputs:
+    for p in champion:
         c = theirs.get(p.name)
         if c is None:
-            out.append(f"input {p.name!r} is missing")
+            out.append(f"{kind} {p.name!r} is missing")
         elif c.datatype != p.datatype:
-            out.append(f"input {p.name!r} is {c.datatype}, not {p.datatype}")
-        elif not _takes(c, p):
-            out.append(f"input {p.name!r} has shape {_dims(c.shape)}, not {_dims(p.shape)}")
-    out += [f"input {t.name!r} is new" for t in candidate.inputs if t.name not in ours]
-    given = {t.name: t for t in candidate.outputs}
-    for p in champion.outputs:
-        c = given.get(p.name)
-        if c is None:
-            out.append(f"output {p.name!r} is missing")
-        elif c.datatype != p.datatype:
-            out.append(f"output {p.name!r} is {c.datatype}, not {p.datatype}")
-        elif not _gives(c, p):
-            out.append(f"output {p.name!r} has shape {_dims(c.shape)}, not {_dims(p.shape)}")
+            out.append(f"{kind} {p.name!r} is {c.datatype}, not {p.datatype}")
+        elif not fits(c, p):
+            out.append(f"{kind} {p.name!r} has shape {_dims(c.shape)}, not {_dims(p.shape)}")
     return out
+
+
+def interface_changes(champion: Signature, candidate: Signature) -> list[str]:
+    """What keeps ``candidate`` from answering the champion's requests as the champion does;
+    empty when nothing does. A new input is a change (requests do not carry it); a new output
+    is not (nobody asks for it)."""
+    ours = {t.name for t in champion.inputs}
+    return [
+        *_changes("input", champion.inputs, candidate.inputs, _takes),
+        *(f"input {t.name!r} is new" for t in candidate.inputs if t.name not in ours),
+        *_changes("output", champion.outputs, candidate.outputs, _gives),
+    ]
 
 
 def describe(changes: list[str]) -> str:
