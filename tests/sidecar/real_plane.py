@@ -139,18 +139,28 @@ def real_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealP
     indirectly passes settings of its own (``{"regression_tolerance": 0.01}``)."""
     settings: dict[str, Any] = {"report_interval_seconds": 0.3, **getattr(request, "param", {})}
     running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **settings)
+    store: Store | None = None
     try:
         store = Store.open(running.db_url, migrate=False)
         with running.client() as client:
             yield RealPlane(running, client, store, tmp_path)
     finally:
         running.handle.stop(0)
-        store.close()
+        if store is not None:
+            store.close()
 
 
 @pytest.fixture
 def real_managed(real_plane: RealPlane, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start in-process managed sidecars of deployment ``fraud`` on ``real_plane``:
-    ``real_managed(log_settings=None, **settings)``; all stop at teardown."""
+    ``real_managed(log_settings=None, **settings)``; all stop at teardown, which fails when
+    the control plane refused (or the sidecar dropped) any of their reports."""
     with managed_sidecars(real_plane.address, tmp_path) as factory:
         yield factory
+        started = list(factory.handles)
+    # The tests read the reports the control plane stored; one it refused would be missing
+    # from them without a trace, and a check on it could not fail.
+    for h in started:
+        assert h.reporter.refused == 0 and h.reporter.dropped == 0, (
+            f"reports refused {h.reporter.refused_codes}, dropped {h.reporter.dropped}"
+        )

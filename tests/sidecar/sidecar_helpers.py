@@ -205,6 +205,7 @@ def managed_sidecars(address: str, tmp: Path) -> Iterator[Callable[..., Any]]:
         handles.append(handle)
         return handle
 
+    factory.handles = handles  # type: ignore[attr-defined]
     try:
         yield factory
     finally:
