@@ -80,3 +80,26 @@ def test_labels_send_keeps_ids_and_refuses_bad_cells(
     assert as_target.WhichOneof("value") == "target"
     code = main(["labels", "send", str(floats), "--sidecar", h.address, "--kind", "class"])
     assert code == 0
+
+
+def test_a_failure_part_way_names_the_sidecars_already_done(
+    served: Any,
+    real_plane: RealPlane,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second sidecar is unreachable: the first has every label, and the error says so."""
+    h, p = served
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"request_id,row,label\n000123,0,{p}\n")
+    capsys.readouterr()
+    argv = ["--timeout", "3", "labels", "send", str(labels), "--sidecar", h.address]
+    code = main([*argv, "--sidecar", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert f"note: {h.address} had every label before 127.0.0.1:1 failed" in err
+    # And sending again counts nothing twice.
+    seen = len(real_plane.reports)
+    assert main(argv) == 0
+    reports = real_plane.wait_reports(lambda rs: len(rs) >= seen + 3)
+    assert sum(a.labeled for r in reports for a in r.arms) == 1

@@ -160,7 +160,16 @@ def _send(args: argparse.Namespace, out: Printer) -> int:
     results = []
     with server_errors():
         for address in args.sidecar:
-            accepted, matched = _send_one(address, labels, args.timeout)
+            try:
+                accepted, matched = _send_one(address, labels, args.timeout)
+            except BaseException:
+                if results:
+                    done = ", ".join(r["sidecar"] for r in results)
+                    out.progress(
+                        f"note: {done} had every label before {address} failed; sending "
+                        "again is harmless (a sidecar counts each row's label once)"
+                    )
+                raise
             results.append({"sidecar": address, "accepted": accepted, "matched": matched})
             if labels and not accepted:
                 out.progress(
