@@ -157,7 +157,7 @@ def _send(args: argparse.Namespace, out: Printer) -> int:
         check_sidecar(address)
     table = _read(args.file, args.label)
     labels = _labels(table, args.label, args.file, args.kind)
-    results = []
+    results: list[dict[str, Any]] = []
     with server_errors():
         for address in args.sidecar:
             try:
