@@ -43,7 +43,7 @@ from modelplane.server import (
     add_health_and_reflection,
     serve_metrics,
 )
-from modelplane.server.lifecycle import grpc_options
+from modelplane.server.lifecycle import add_port, grpc_options
 from modelplane.server.memory import keep_large_buffers
 from modelplane.v1 import (
     audit_pb2,
@@ -180,17 +180,12 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     deployments = _add_deployments(server, settings, store, blobs, hooks)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     try:
-        if access.credentials is None:
-            port = server.add_insecure_port(settings.listen)
-        else:
-            port = server.add_secure_port(settings.listen, access.credentials)
-    except RuntimeError:
-        port = 0
-    if port == 0:
+        port = add_port(server, settings.listen, access.credentials)
+    except OSError:
         evaluations.close()
         hooks.close()
         store.close()
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise
     handle = GrpcServerHandle(
         server,
         port,

@@ -11,7 +11,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from modelplane.server.cpus import process_budget
 from modelplane.server.lifecycle import (
     GrpcServerHandle,
     add_health_and_reflection,
+    add_port,
     hold_stop_signals,
     on_stop_signals,
     run_closers,
@@ -194,53 +194,13 @@ def start_services(server: grpc.Server, port: int, settings: SidecarSettings) ->
 
 
 def bind_listener(server: grpc.Server, listen: str, close_pools: list[Any]) -> int:
-    """Add the insecure port ``listen`` to ``server`` (not started) and return the bound port.
-
-    When it cannot be bound (the port in use, a host that is not this machine's), gRPC logs
-    the reason and raises RuntimeError (older versions returned 0): the pools opened for the
-    server are closed, so that the process can exit at once, and OSError("cannot listen on
-    ADDRESS") is raised, without an errno, as the control plane's is."""
+    """:func:`~modelplane.server.lifecycle.add_port`, closing the pools opened for the server
+    when it cannot bind, so that the process can exit at once."""
     try:
-        port = server.add_insecure_port(listen)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        run_closers(close_pools)
-        raise OSError(f"cannot listen on {listen}")
-    return port
-
-
-def open_metrics(listen: str, registry: CollectorRegistry | None) -> tuple[Any, int]:
-    """:func:`serve_metrics`, with a bind that fails named by its option: the bare "Address
-    already in use" does not say which listener it was (as with ``--workers N``)."""
-    try:
-        return serve_metrics(listen, registry)
-    except OSError as exc:
-        raise OSError(exc.errno, f"--metrics-listen {listen}: {exc.strerror}") from None
-
-
-def check_metrics_listen(listen: str) -> None:
-    """Bind ``listen`` as the metrics endpoint would and let it go at once; an address in use
-    (or not this host's) raises as :func:`open_metrics` does.
-
-    For ``--workers N``, whose supervisor opens the merged endpoint only once every worker is
-    ready: a managed worker can wait long for its first champion, and the workers are not
-    started for nothing. A port taken in between still fails then, with the same error."""
-    host, _, port = listen.rpartition(":")
-    if not int(port):
-        return
-    try:
-        family, _, _, _, address = socket.getaddrinfo(
-            host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM
-        )[0]
+        return add_port(server, listen)
     except OSError:
-        return  # a name that does not resolve fails as it does without the check
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise OSError(exc.errno, f"--metrics-listen {listen}: {exc.strerror}") from None
+        run_closers(close_pools)
+        raise
 
 
 def start(
@@ -286,7 +246,7 @@ def start(
         if registry is not None:
             metrics = SidecarMetrics(registry, name, settings.model_version, runtime.provider)
         if serve and settings.metrics_listen:
-            httpd, handle.metrics_port = open_metrics(settings.metrics_listen, registry)
+            httpd, handle.metrics_port = serve_metrics(settings.metrics_listen, registry)
             handle.closers.append(httpd.shutdown)
         if log_settings is not None and log_settings.dir is not None:
             check_log_columns(

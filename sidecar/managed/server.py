@@ -28,6 +28,7 @@ import structlog
 
 from modelplane._client import read_pem
 from modelplane.server.cpus import process_budget
+from modelplane.server.lifecycle import serve_metrics
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.admission import open_server
@@ -49,7 +50,6 @@ from sidecar.server import (
     SidecarHandle,
     bind_listener,
     metrics_registry,
-    open_metrics,
     start_services,
 )
 from sidecar.servicer import add_to_server
@@ -322,7 +322,7 @@ def start_managed(
     metrics_port = None
     if serve and settings.metrics_listen:
         try:
-            httpd, metrics_port = open_metrics(settings.metrics_listen, registry)
+            httpd, metrics_port = serve_metrics(settings.metrics_listen, registry)
         except BaseException:
             for close in reversed(closers):
                 close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -244,3 +245,28 @@ def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc, f"the sidecar at {address}") from None
+
+
+#: What binding an address in use, not this host's, or a privileged port fails with.
+BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def listen_error(exc: OSError, listen: str, *, workers: bool = False) -> CliError | None:
+    """The listener a failed bind of a server was for (``serve`` of the control plane and of
+    the sidecar), named with its option and address (exit 2); None for another error.
+
+    gRPC's own bind fails with "cannot listen on ADDRESS" (the reason is in gRPC's log line);
+    the metrics endpoint's carries its option in the message; with ``--workers N`` the
+    supervisor reserves the gRPC port with a plain socket, whose error names no file."""
+    grpc_bind = exc.errno is None and str(exc).startswith("cannot listen on")
+    if exc.errno in BIND_ERRNOS and not exc.filename and exc.strerror:
+        if exc.strerror.startswith("--metrics-listen "):
+            return CliError(exc.strerror, EXIT_USAGE)
+        grpc_bind = workers
+    if not grpc_bind:
+        return None
+    return CliError(
+        f"--listen {listen}: cannot listen on it (the port is in use, or the host is not an "
+        "address of this machine)",
+        EXIT_USAGE,
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import errno
 
+from modelplane.cli._common import listen_error
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
 from modelplane.errors import InvalidArgument, ModelplaneError, Unavailable
@@ -106,27 +106,6 @@ def _check_address(option: str, address: str) -> None:
         raise CliError(f"{option} {address!r}: use HOST:PORT (port 0 picks a free one)", EXIT_USAGE)
 
 
-#: What binding an address in use, not this host's, or a privileged port fails with.
-_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
-
-
-def _listen_error(exc: OSError, listen: str, metrics_listen: str) -> CliError | None:
-    """The listener a failed bind of the server was for, named with its address; None for
-    another error.
-
-    gRPC's own bind fails with "cannot listen on ADDRESS" (the reason is in gRPC's log line);
-    the metrics endpoint's with the socket's error, without a file name."""
-    if exc.errno is None and str(exc).startswith("cannot listen on"):
-        return CliError(
-            f"--listen {listen}: cannot listen on it (the port is in use, or the host is not "
-            "an address of this machine)",
-            EXIT_USAGE,
-        )
-    if metrics_listen and exc.errno in _BIND_ERRNOS and not exc.filename:
-        return CliError(f"--metrics-listen {metrics_listen}: {exc.strerror}", EXIT_USAGE)
-    return None
-
-
 def _serve(args: argparse.Namespace, out: Printer) -> int:
     # The settings are checked before the server's modules load (about a second): a bad
     # option is reported at once.
@@ -211,7 +190,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         try:
             handle = start(settings)
         except OSError as exc:
-            error = _listen_error(exc, settings.listen, settings.metrics_listen)
+            error = listen_error(exc, settings.listen)
             if error is None:
                 raise
             raise error from None

@@ -7,9 +7,9 @@ stays light.
 from __future__ import annotations
 
 import argparse
-import errno
 from typing import Any
 
+from modelplane.cli._common import listen_error
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_USAGE, CliError, Printer
 
@@ -261,10 +261,11 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
         raise CliError(f"--model {settings.model}: no such file", EXIT_USAGE)
     log_settings = _log_settings(args)
     with extra("sidecar", "the sidecar"):
+        from modelplane.server.lifecycle import check_metrics_listen
         from modelplane.server.logging import configure_logging
         from sidecar.cuda import gpu_present
         from sidecar.managed.server import control_plane_tls_files
-        from sidecar.server import check_metrics_listen, serve_one
+        from sidecar.server import serve_one
         from sidecar.workers import supervise
     if settings.control_plane is not None:
         try:  # before any worker starts, which would fail on them one by one
@@ -286,32 +287,7 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
     except ModelplaneError as exc:
         raise CliError(exc.message, EXIT_CHECK_FAILED, reason=exc.reason) from None
     except OSError as exc:
-        error = _listen_error(exc, settings.listen, workers=count > 1)
+        error = listen_error(exc, settings.listen, workers=count > 1)
         if error is not None:
             raise error from None
         raise CliError(f"cannot serve: {exc}", EXIT_CHECK_FAILED) from None
-
-
-#: What binding an address in use, not this host's, or a privileged port fails with.
-_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
-
-
-def _listen_error(exc: OSError, listen: str, *, workers: bool) -> CliError | None:
-    """The listener a failed bind was for, named with its option and address (exit 2, as
-    ``controlplane serve`` does); None for another error.
-
-    gRPC's own bind fails with "cannot listen on ADDRESS" (the reason is in gRPC's log line);
-    the metrics endpoint's carries its option in the message; with ``--workers N`` the
-    supervisor reserves the gRPC port with a plain socket, whose error names no file."""
-    grpc_bind = exc.errno is None and str(exc).startswith("cannot listen on")
-    if exc.errno in _BIND_ERRNOS and not exc.filename and exc.strerror:
-        if exc.strerror.startswith("--metrics-listen "):
-            return CliError(exc.strerror, EXIT_USAGE)
-        grpc_bind = workers
-    if not grpc_bind:
-        return None
-    return CliError(
-        f"--listen {listen}: cannot listen on it (the port is in use, or the host is not an "
-        "address of this machine)",
-        EXIT_USAGE,
-    )

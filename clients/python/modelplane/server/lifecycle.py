@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -95,12 +96,59 @@ def set_serving(
         servicer.set(name, status)
 
 
+def add_port(server: grpc.Server, listen: str, credentials: Any = None) -> int:
+    """Add ``listen`` to ``server`` (not started), with TLS when ``credentials`` are given;
+    the bound port. When it cannot be bound (the port in use, a host that is not this
+    machine's), gRPC logs the reason and raises RuntimeError (older versions returned 0):
+    OSError("cannot listen on ADDRESS") then, without an errno."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return int(port)
+
+
+def _metrics_bind_error(listen: str, exc: OSError) -> OSError:
+    # Named by its option: the bare "Address already in use" does not say which listener.
+    return OSError(exc.errno, f"--metrics-listen {listen}: {exc.strerror}")
+
+
 def serve_metrics(listen: str, registry: CollectorRegistry | None = None) -> tuple[Any, int]:
-    """Start the Prometheus HTTP listener on ``HOST:PORT``; returns (server, bound port)."""
+    """Start the Prometheus HTTP listener on ``HOST:PORT``; returns (server, bound port). An
+    address it cannot bind raises OSError whose message starts ``--metrics-listen ADDRESS:``."""
     host, _, port = listen.rpartition(":")
     kwargs: dict[str, Any] = {"registry": registry} if registry is not None else {}
-    httpd, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", **kwargs)
+    try:
+        httpd, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", **kwargs)
+    except OSError as exc:
+        raise _metrics_bind_error(listen, exc) from None
     return httpd, httpd.server_port
+
+
+def check_metrics_listen(listen: str) -> None:
+    """Bind ``listen`` as :func:`serve_metrics` would and let it go at once, raising as it
+    does: for a supervisor that opens the endpoint only once its workers are ready, so that
+    they are not started for nothing. A port taken in between still fails then."""
+    host, _, port = listen.rpartition(":")
+    if not int(port):
+        return
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM
+        )[0]
+    except OSError:
+        return  # a name that does not resolve fails as it does without the check
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise _metrics_bind_error(listen, exc) from None
 
 
 def run_closers(closers: list[Any]) -> None:

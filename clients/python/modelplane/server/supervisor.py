@@ -158,10 +158,7 @@ def serve_merged_metrics(listen: str, metrics_dir: str) -> tuple[Any, int]:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-    try:
-        return serve_metrics(listen, registry)
-    except OSError as exc:  # name the listener: the bare "Address already in use" does not
-        raise OSError(exc.errno, f"--metrics-listen {listen}: {exc.strerror}") from None
+    return serve_metrics(listen, registry)
 
 
 def supervise(
