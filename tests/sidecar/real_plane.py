@@ -78,28 +78,25 @@ class RealPlane:
         """Start a canary of ``candidate`` whose first step gives it ``percent`` and never ends
         (an hour and a million requests, guards that pass); returns the rollout's id."""
         steps = [percent] if percent >= 100 else [percent, 100.0]
-        d = self.client.start_rollout(
-            name,
-            candidate,
-            strategy="canary",
-            steps=steps,
-            step_duration=3600,
-            min_requests=10**6,
-            guards=HOLD_CANARY,
-        )
-        return str(d.rollout.id)
+        return self._held(name, candidate, "canary", HOLD_CANARY, steps=steps)
 
     def shadow(self, candidate: int, fraction: float, name: str = NAME) -> str:
         """Start a shadow rollout of ``candidate`` copying ``fraction`` of requests that holds
         until the test moves it; returns the rollout's id."""
+        return self._held(name, candidate, "shadow", HOLD_SHADOW, shadow_fraction=fraction)
+
+    def _held(
+        self, name: str, candidate: int, strategy: str, guards: list[str], **settings: Any
+    ) -> str:
+        """Start a rollout that waits an hour and a million requests, under guards that pass."""
         d = self.client.start_rollout(
             name,
             candidate,
-            strategy="shadow",
-            shadow_fraction=fraction,
+            strategy=strategy,
             step_duration=3600,
             min_requests=10**6,
-            guards=HOLD_SHADOW,
+            guards=guards,
+            **settings,
         )
         return str(d.rollout.id)
 
