@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -56,20 +57,31 @@ log = structlog.get_logger("modelplane.controlplane")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+#: Object stores an artifact root may name (see :mod:`controlplane.objectstore`).
+OBJECT_SCHEMES = ("s3", "gs", "gcs")
+
+
+def is_object_uri(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` names object storage (``s3://``, ``gs://``) rather than a folder."""
+    text = os.fspath(root)
+    return bool(_URI.match(text)) and urlsplit(text).scheme.lower() in OBJECT_SCHEMES
+
+
 def local_root(root: str | os.PathLike[str]) -> str:
     """The folder an artifact root names: a path as given, or the path of a ``file://`` URI.
 
-    INVALID_ARGUMENT (INVALID_ARTIFACT_ROOT) for any other URI (``s3://``, ``gs://``...): the
-    blob store writes to a local or mounted file system only, and such a root would otherwise
-    become a folder named ``s3:`` under the working directory."""
+    INVALID_ARGUMENT (INVALID_ARTIFACT_ROOT) for any other URI (``hdfs://``, ``s3://``...):
+    such a root would otherwise become a folder named ``hdfs:`` under the working directory.
+    (Object-storage roots are the other store's: see :func:`is_object_uri`.)"""
     text = os.fspath(root)
     if not _URI.match(text):
         return text
     parts = urlsplit(text)
     if parts.scheme.lower() != "file":
         raise InvalidArgument(
-            f"artifact root {text!r}: {parts.scheme}:// URIs are not supported; artifacts are "
-            "kept on a local or mounted file system: give a folder (a path or file:///path)",
+            f"artifact root {text!r}: {parts.scheme}:// URIs are not supported; give a folder "
+            "on a local or mounted file system (a path or file:///path), or an object store "
+            "as s3://BUCKET/PREFIX or gs://BUCKET/PREFIX",
             reason="INVALID_ARTIFACT_ROOT",
         )
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not parts.path:
@@ -78,6 +90,26 @@ def local_root(root: str | os.PathLike[str]) -> str:
             reason="INVALID_ARTIFACT_ROOT",
         )
     return unquote(parts.path)
+
+
+class Blobs(Protocol):
+    """What the services need of a blob store, local (:class:`BlobStore`) or object storage
+    (:class:`controlplane.objectstore.ObjectBlobStore`)."""
+
+    max_upload_bytes: int
+    recent: RecentUploads
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def size(self, sha256: str) -> int: ...
+
+    def receive(self, chunks: Iterable[bytes], sha256: str, size_bytes: int = 0) -> int: ...
+
+    def read_bytes(self, sha256: str) -> bytes: ...
+
+    def iter_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]: ...
+
+    def put_bytes(self, data: bytes) -> str: ...
 
 
 class RecentUploads:
@@ -165,7 +197,7 @@ class BlobStore:
         if size_bytes < 0:
             raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
         if size_bytes > self.max_upload_bytes:
-            raise self._too_large(size_bytes)
+            raise too_large(size_bytes, self.max_upload_bytes)
         digest = hashlib.sha256()
         total = 0
         kept: list[bytes] | None = [] if size_bytes <= RECENT_BLOB_MAX_BYTES else None
@@ -176,7 +208,7 @@ class BlobStore:
                 for chunk in chunks:
                     total += len(chunk)
                     if total > self.max_upload_bytes:
-                        raise self._too_large(total)
+                        raise too_large(total, self.max_upload_bytes)
                     digest.update(chunk)
                     out.write(chunk)
                     if kept is not None:
@@ -212,13 +244,9 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def _too_large(self, size: int) -> ResourceExhausted:
-        return ResourceExhausted(
-            f"upload of {size} bytes or more exceeds the server's limit of "
-            f"{self.max_upload_bytes} bytes",
-            reason="UPLOAD_TOO_LARGE",
-            metadata={"limit_bytes": str(self.max_upload_bytes)},
-        )
+    def size(self, sha256: str) -> int:
+        """The stored blob's size in bytes; NOT_FOUND when it has none."""
+        return os.stat(self._stored_file(sha256)).st_size
 
     def _stored_file(self, sha256: str) -> str:
         """The blob's file, or NOT_FOUND when it has none."""
@@ -250,6 +278,14 @@ class BlobStore:
         if not self.exists(sha):
             self.receive([data], sha, len(data))
         return sha
+
+
+def too_large(size: int, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"upload of {size} bytes or more exceeds the server's limit of {limit} bytes",
+        reason="UPLOAD_TOO_LARGE",
+        metadata={"limit_bytes": str(limit)},
+    )
 
 
 #: Write errors that say the file system has no room for the blob.

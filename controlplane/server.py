@@ -19,7 +19,8 @@ from controlplane.api.governance_converters import evaluation_result
 from controlplane.api.governance_servicer import GovernanceServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
-from controlplane.blobstore import BlobStore
+from controlplane.blobstore import Blobs
+from controlplane.objectstore import open_blob_store
 from controlplane.rollouts.drift import ProfileCache
 from controlplane.rollouts.hooks import HookRunner
 from controlplane.rollouts.notifier import GenerationHub, polling_feed, postgres_feed
@@ -105,7 +106,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     audit.install(store)
     if isinstance(access.authorizer, auth.PermissionPolicy):
         access.authorizer.find_deployments_with(lambda d: _deployment_model(store, d))
-    blobs = BlobStore.open(settings.artifact_root, settings.max_upload_bytes)
+    blobs = open_blob_store(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
     interceptor = RequestInterceptor(
         RpcMetrics("modelplane_controlplane", registry),
@@ -266,7 +267,7 @@ def _add_deployments(
     server: grpc.Server,
     settings: ControlPlaneSettings,
     store: Store,
-    blobs: BlobStore,
+    blobs: Blobs,
     hooks: HookRunner,
 ) -> _Deployments:
     hub = GenerationHub()

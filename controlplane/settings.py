@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from threading import TIMEOUT_MAX
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controlplane.blobstore import local_root
+from controlplane.blobstore import is_object_uri, local_root
 from modelplane.errors import InvalidArgument
 
 
@@ -26,9 +26,10 @@ class ControlPlaneSettings(BaseSettings):
     )
     artifact_root: str = Field(
         ".modelplane/artifacts",
-        description="folder holding uploaded artifacts and datasets by digest, on a local or "
-        "mounted file system: a path or a file:///path URI (object storage URIs such as "
-        "s3://... are refused)",
+        description="where uploaded artifacts and datasets are kept by digest: a folder on a "
+        "local or mounted file system (a path or a file:///path URI), or object storage as "
+        "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (connection options in the URI's query, "
+        "credentials from the provider's usual chain; needs signing_key)",
     )
     metrics_listen: str = Field(
         "", description="HOST:PORT of the Prometheus endpoint; none when empty"
@@ -237,11 +238,26 @@ class ControlPlaneSettings(BaseSettings):
     @field_validator("artifact_root")
     @classmethod
     def _local_artifact_root(cls, value: str) -> str:
-        """A folder: a ``file://`` URI becomes its path, any other URI is refused."""
+        """A folder (a ``file://`` URI becomes its path) or an object-storage URI, kept as
+        given; any other URI is refused."""
+        if is_object_uri(value):
+            return value
         try:
             return local_root(value)
         except InvalidArgument as exc:
             raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _key_beside_object_storage(self) -> ControlPlaneSettings:
+        """The signing key's default place is a file under a folder root: an object-storage
+        root needs the key named (a private key does not belong in an artifact bucket)."""
+        if is_object_uri(self.artifact_root) and not self.signing_key:
+            raise ValueError(
+                "with an object-storage artifact root, name the Ed25519 signing key's file "
+                "(--signing-key PATH or MODELPLANE_SIGNING_KEY; created with mode 0600 when "
+                "absent): its default place is under a folder root"
+            )
+        return self
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: PostgreSQL databases, a control-plane server, models."""
+"""Fixtures shared by the whole suite: PostgreSQL databases, a control-plane server, models,
+an S3 endpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.s3server import S3_ENV, S3Server, start_s3
 
 PG_ADMIN_URL = os.environ.get(
     "MODELPLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -91,3 +94,19 @@ def _server_logs_to_stderr() -> None:
     from modelplane.server import configure_logging
 
     configure_logging("warning")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """One S3 server per test process; tests take buckets of their own from it. The
+    credentials it takes are set in this process's environment for the session."""
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    server = start_s3()
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from controlplane.blobstore import BlobStore
+from controlplane.blobstore import Blobs
 from controlplane.domain.deployments import DriftSummary, DriftThresholds, FeatureCounts
 from controlplane.rollouts.histograms import layout_mismatch
 from controlplane.store import Tx
@@ -171,7 +171,7 @@ def drift_report(
 class ProfileCache:
     """Baseline profiles read from the blob store by digest, a bounded number kept parsed."""
 
-    def __init__(self, blobs: BlobStore, size: int = 32) -> None:
+    def __init__(self, blobs: Blobs, size: int = 32) -> None:
         self.blobs = blobs
         self.size = size
         self._items: OrderedDict[str, BaselineProfile | None] = OrderedDict()

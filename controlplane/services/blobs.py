@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from controlplane.auth.permissions import READ
-from controlplane.blobstore import BlobStore
+from controlplane.blobstore import Blobs
 from controlplane.domain import Blob
 from controlplane.names import check_sha256, check_text, parse_blob
 from controlplane.store import Store, Tx
@@ -16,7 +16,7 @@ from modelplane.server.context import RequestContext
 class BlobService:
     """Stores bytes by their sha256, checked against what the client declared."""
 
-    def __init__(self, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, store: Store, blobs: Blobs) -> None:
         self.store = store
         self.blobs = blobs
 

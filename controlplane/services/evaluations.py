@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controlplane.audit import object_digest
-from controlplane.blobstore import BlobStore
+from controlplane.blobstore import Blobs
 from controlplane.domain import ModelVersion, Operation, VersionState
 from controlplane.domain.governance import Evaluation
 from controlplane.names import check_id, check_sha256, check_text
@@ -101,7 +101,7 @@ class EvaluationService:
     def __init__(
         self,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         operations: OperationService,
         encode_result: ResultEncoder,
         *,

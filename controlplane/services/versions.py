@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.artifacts import inspect_onnx
-from controlplane.blobstore import BlobStore
+from controlplane.blobstore import Blobs
 from controlplane.dataset_size import check_dataset_size
 from controlplane.domain import (
     BaselineRef,
@@ -331,7 +331,7 @@ class VersionService:
     def __init__(
         self,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         *,
         baseline_sample_size: int = 10_000,
         max_rows: int = 10_000_000,
@@ -409,7 +409,7 @@ class VersionService:
                 # Profiles are stored like uploads, so that DownloadBlob serves them. Two
                 # registrations on one train dataset make the same profile: the row is added
                 # only if absent, in one statement, so neither fails on the other's insert.
-                size = self.blobs.path(baseline.sha256).stat().st_size
+                size = self.blobs.size(baseline.sha256)
                 profile = Blob(baseline.sha256, size, PROFILE_MEDIA_TYPE, ctx.principal, wtx.now)
                 if wtx.blobs.add_if_absent(profile):
                     wtx.record("StoreProfile", profile.name, None, profile)

@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument(
         "--db", help="sqlite:///PATH (default .modelplane/controlplane.db) or postgresql://..."
     )
-    serve.add_argument("--artifact-root", help="folder for blobs (default .modelplane/artifacts)")
+    serve.add_argument(
+        "--artifact-root",
+        metavar="FOLDER|URI",
+        help="where blobs are kept: a folder (default .modelplane/artifacts) or object storage "
+        "as s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (then --signing-key is needed)",
+    )
     serve.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus endpoint")
     serve.add_argument("--max-upload-size", help="largest upload, e.g. 2GiB")
     serve.add_argument("--log-level", help="debug, info, warning, error")
