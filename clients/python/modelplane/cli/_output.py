@@ -112,6 +112,31 @@ class Printer:
         else:
             console.print(shown(data), markup=False, highlight=False)
 
+    def emit_tables(
+        self, data: Any, tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]]
+    ) -> None:
+        """Print ``data`` as one JSON document, or as the given tables (title, columns, rows),
+        one after the other; a table without rows is left out."""
+        if isinstance(data, Message):
+            data = to_dict(data)
+        if self.json_output:
+            self.emit(data)
+            return
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+        for title, columns, rows in tables:
+            if not rows:
+                continue
+            table = Table(title=Text(shown(title)), title_justify="left")
+            for col in columns:
+                table.add_column(Text(col))
+            for row in rows:
+                table.add_row(*(Text(shown(v)) for v in row))
+            console.print(table)
+
     def progress(self, text: str) -> None:
         """A progress note on stderr."""
         sys.stderr.write(text + "\n")

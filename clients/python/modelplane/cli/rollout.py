@@ -170,6 +170,136 @@ def status(d: dp.Deployment) -> dict[str, Any]:
     return doc
 
 
+def _num(value: float | None, scale: float = 1.0, digits: int = 4) -> str:
+    """A summary figure for a table: empty when the window had none."""
+    return "" if value is None else f"{value * scale:.{digits}g}"
+
+
+def _opt(message: Any, field: str) -> float | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+Table = tuple[str, list[str], list[list[Any]]]
+
+
+def status_tables(d: dp.Deployment) -> list[Table]:
+    """``rollout status`` as tables: the rollout, its arms' and shadow's latest window, the
+    guards' results and the replicas that cannot load the candidate (the JSON document holds
+    every histogram besides)."""
+    doc = status(d)
+    fields = [
+        ["deployment", doc["deployment"]],
+        ["champion", doc["champion_version"]],
+        ["generation", doc["generation"]],
+    ]
+    if doc["state"] is None:
+        fields.append(["rollout", "none"])
+        return [("deployment", ["field", "value"], fields)]
+    r = d.rollout
+    fields += [
+        ["rollout", doc["rollout"]],
+        ["state", doc["state"]],
+        ["phase", doc["phase"] or ""],
+        ["strategy", doc["strategy"]],
+        ["step", doc["step"]],
+        ["candidate", f"{doc['candidate_version']} at {doc['candidate_percent']:g}%"],
+        ["reason", doc["reason"]],
+    ]
+    tables: list[Table] = [("rollout", ["field", "value"], fields)]
+    if not r.HasField("evidence"):
+        return tables
+    ev = r.evidence
+    if ev.HasField("window_end_time"):
+        fields.append(["window end", ev.window_end_time.ToJsonString()])
+    fields += [
+        ["replicas reporting", ev.replica_count],
+        ["candidate requests this step", ev.step_candidate_requests],
+    ]
+    arms = []
+    for arm in (ev.champion, ev.candidate):
+        if not arm.arm:
+            continue
+        drift = arm.drift if arm.HasField("drift") else None
+        arms.append(
+            [
+                arm.arm,
+                arm.version,
+                arm.requests,
+                arm.errors,
+                _num(_opt(arm, "error_rate")),
+                _num(_opt(arm, "latency_p50"), 1000),
+                _num(_opt(arm, "latency_p99"), 1000),
+                _num(_opt(arm, "accuracy")),
+                "" if drift is None else _num(_opt(drift, "drifted_share")),
+                "" if drift is None else _num(_opt(drift, "max_psi")),
+            ]
+        )
+    tables.append(
+        (
+            "latest window",
+            [
+                "arm",
+                "version",
+                "requests",
+                "errors",
+                "error rate",
+                "p50 ms",
+                "p99 ms",
+                "accuracy",
+                "drifted share",
+                "max psi",
+            ],
+            arms,
+        )
+    )
+    if ev.HasField("shadow"):
+        sh = ev.shadow
+        tables.append(
+            (
+                "shadow",
+                [
+                    "version",
+                    "pairs",
+                    "disagreement rate",
+                    "mean abs diff",
+                    "ks",
+                    "errors",
+                    "dropped",
+                ],
+                [
+                    [
+                        sh.version,
+                        sh.pairs,
+                        _num(_opt(sh, "disagreement_rate")),
+                        _num(_opt(sh, "mean_abs_diff")),
+                        _num(_opt(sh, "ks_statistic")),
+                        sh.errors,
+                        sh.dropped,
+                    ]
+                ],
+            )
+        )
+    tables.append(
+        (
+            "guards",
+            ["guard", "passed", "error"],
+            [[g.expression, "yes" if g.passed else "no", g.error] for g in ev.guards],
+        )
+    )
+    tables.append(
+        (
+            "replicas that cannot load the candidate",
+            ["replica", "version", "error", "first report", "last report"],
+            [list(_unloaded(u).values()) for u in ev.unloaded_replicas],
+        )
+    )
+    return tables
+
+
+def _print_status(out: Printer, d: dp.Deployment) -> None:
+    out.emit_tables(status(d), status_tables(d))
+
+
 def _unloaded(u: dp.UnloadedReplica) -> dict[str, Any]:
     return {
         "replica": u.replica,
@@ -245,7 +375,7 @@ def _start(args: argparse.Namespace, out: Printer) -> int:
         d = c.start_rollout(
             args.name, args.candidate, etag=args.etag, request_id=args.request_id or None, **kw
         )
-    out.emit(status(d))
+    _print_status(out, d)
     return 0
 
 
@@ -253,7 +383,7 @@ def _status(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         d = c.get_deployment(args.name)
         if not args.watch:
-            out.emit(status(d))
+            _print_status(out, d)
             return 0
         last: str | None = None
         while True:
@@ -278,7 +408,7 @@ def _act(args: argparse.Namespace, out: Printer) -> int:
         d = method(
             args.name, reason=args.reason, etag=args.etag, request_id=args.request_id or None
         )
-    out.emit(status(d))
+    _print_status(out, d)
     return 0
 
 

@@ -1,0 +1,92 @@
+"""``rollout status`` and the rollout actions in table mode: a summary of the rollout, its
+latest window per arm, the shadow comparison, the guards and the replicas that cannot load
+the candidate, read from the same deployment the JSON document describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelplane import Client
+from modelplane.v1 import deployments_pb2 as pb
+from tests.controlplane.conftest import RunningControlPlane
+from tests.controlplane.test_cli import Cli
+from tests.controlplane.test_deployments_api import Sidecar, deployed
+
+
+@pytest.fixture
+def cli(controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(controlplane.address, capsys)
+
+
+def _cells(out: str) -> list[list[str]]:
+    """The rows of rich's tables: the cells between the vertical bars."""
+    return [
+        [c.strip() for c in line.strip().strip("│").split("│")]
+        for line in out.splitlines()
+        if line.strip().startswith("│")
+    ]
+
+
+def test_status_in_table_mode_summarises_the_latest_window(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(client, tmp_path, guards=["candidate.error_rate <= 0.5"])
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert code == 0, err
+    assert ["rollout", "none"] in _cells(out) and "{" not in out
+
+    code, out, err = cli.run(
+        "rollout", "start", dep, "--candidate", str(versions[1]), "--strategy", "canary",
+        "--steps", "10,100", "--step-duration", "1h", output="table",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _cells(out)
+    assert ["state", "running"] in rows and ["candidate", f"{versions[1]} at 10%"] in rows
+
+    side = Sidecar(client, dep)
+    side.report(900, 100, candidate_errors=5, candidate_seconds=0.03,
+                unloaded={versions[1]: "out of memory"})  # fmt: skip
+    other = Sidecar(client, dep)
+    other.report(100, 0)
+    d = client.get_deployment(dep)
+    ev = d.rollout.evidence
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert code == 0, err
+    rows = _cells(out)
+    assert "{" not in out and len(out.splitlines()) < 60, out  # no histogram buckets
+    by_arm = {r[0]: r for r in rows if r[0] in ("champion", "candidate") and len(r) == 10}
+    champion, candidate = by_arm["champion"], by_arm["candidate"]
+    assert champion[1:4] == [str(versions[0]), str(ev.champion.requests), "0"]
+    assert candidate[1:4] == [str(versions[1]), "100", "5"]
+    assert float(candidate[4]) == pytest.approx(ev.candidate.error_rate, rel=1e-3)
+    assert float(candidate[6]) == pytest.approx(ev.candidate.latency_p99 * 1000, rel=1e-3)
+    assert float(champion[5]) == pytest.approx(ev.champion.latency_p50 * 1000, rel=1e-3)
+    guards = {r[0]: r[1:] for r in rows if len(r) == 3 and r[0].startswith("candidate.")}
+    assert guards["candidate.error_rate <= 0.5"] == ["yes", ""]
+    assert [r for r in rows if "out of memory" in r][0][:2] == [side.replica, str(versions[1])]
+    assert ["replicas reporting", str(ev.replica_count)] in rows and ev.replica_count == 2
+
+    # An action prints the same summary; --output json keeps the whole document.
+    code, out, err = cli.run("rollout", "pause", dep, "--reason", "look", output="table")
+    assert code == 0, err
+    assert ["state", "paused"] in _cells(out) and ["reason", "look"] in _cells(out)
+    doc = cli.json("rollout", "status", dep)
+    assert doc["state"] == "paused" and doc["evidence"]["candidate"]["latency"]["counts"]
+
+    # A shadow rollout's comparison.
+    assert cli.run("rollout", "abort", dep, "--reason", "next")[0] == 0
+    code, out, err = cli.run(
+        "rollout", "start", dep, "--candidate", str(versions[2]), "--strategy", "shadow",
+        "--step-duration", "1h", output="table",
+    )  # fmt: skip
+    assert code == 0, err
+    shadow = pb.ShadowSummary(version=versions[2], pairs=40, disagreements=10, abs_diff_sum=2.0)
+    Sidecar(client, dep).report(500, shadow=shadow)
+    ev = client.get_deployment(dep).rollout.evidence
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert code == 0, err
+    row = next(r for r in _cells(out) if len(r) == 7 and r[0] == str(versions[2]))
+    assert row[1] == "40" and float(row[2]) == pytest.approx(0.25)
+    assert float(row[3]) == pytest.approx(ev.shadow.mean_abs_diff, rel=1e-3)
