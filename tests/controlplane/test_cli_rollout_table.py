@@ -65,7 +65,7 @@ def test_status_in_table_mode_summarises_the_latest_window(
     assert float(champion[5]) == pytest.approx(ev.champion.latency_p50 * 1000, rel=1e-3)
     guards = {r[0]: r[1:] for r in rows if len(r) == 3 and r[0].startswith("candidate.")}
     assert guards["candidate.error_rate <= 0.5"] == ["yes", ""]
-    assert [r for r in rows if "out of memory" in r][0][:2] == [side.replica, str(versions[1])]
+    assert next(r for r in rows if "out of memory" in r)[:2] == [side.replica, str(versions[1])]
     assert ["replicas reporting", str(ev.replica_count)] in rows and ev.replica_count == 2
 
     # An action prints the same summary; --output json keeps the whole document.
