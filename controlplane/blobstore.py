@@ -193,42 +193,21 @@ class BlobStore:
         Refuses (and keeps nothing) when the bytes exceed the upload limit, differ in size from
         ``size_bytes`` (when non-zero), or hash to another digest.
         """
-        check_sha256(sha256)
-        if size_bytes < 0:
-            raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
-        if size_bytes > self.max_upload_bytes:
-            raise too_large(size_bytes, self.max_upload_bytes)
-        digest = hashlib.sha256()
-        total = 0
+        check_declared(sha256, size_bytes, self.max_upload_bytes)
+        received = Received(self.max_upload_bytes)
         kept: list[bytes] | None = [] if size_bytes <= RECENT_BLOB_MAX_BYTES else None
         with _storage_full():
             fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self._tmp_dir)
         try:
             with _storage_full(), _FileWriter(fd) as out:
-                for chunk in chunks:
-                    total += len(chunk)
-                    if total > self.max_upload_bytes:
-                        raise too_large(total, self.max_upload_bytes)
-                    digest.update(chunk)
+                for chunk in received.count(chunks):
                     out.write(chunk)
                     if kept is not None:
                         kept.append(chunk)
-                        if total > RECENT_BLOB_MAX_BYTES:
+                        if received.total > RECENT_BLOB_MAX_BYTES:
                             kept = None
                 out.finish()
-            if size_bytes and total != size_bytes:
-                raise InvalidArgument(
-                    f"received {total} bytes but the header declared {size_bytes}",
-                    reason="SIZE_MISMATCH",
-                )
-            actual = digest.hexdigest()
-            if actual != sha256:
-                raise InvalidArgument(
-                    f"the uploaded bytes hash to sha256 {actual}, not the declared {sha256}; "
-                    "nothing was stored",
-                    reason="DIGEST_MISMATCH",
-                    metadata={"declared": sha256, "actual": actual},
-                )
+            total = received.check(sha256, size_bytes)
             final = self._file(sha256)
             try:
                 os.replace(tmp, final)
@@ -278,6 +257,51 @@ class BlobStore:
         if not self.exists(sha):
             self.receive([data], sha, len(data))
         return sha
+
+
+def check_declared(sha256: str, size_bytes: int, limit: int) -> None:
+    """Refuse an upload's header before any byte is read: a malformed digest, a negative
+    size, or a size above ``limit``."""
+    check_sha256(sha256)
+    if size_bytes < 0:
+        raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
+    if size_bytes > limit:
+        raise too_large(size_bytes, limit)
+
+
+class Received:
+    """Counts and hashes an upload's chunks as they pass (refusing past ``limit`` bytes),
+    then checks them against what the client declared."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.digest = hashlib.sha256()
+
+    def count(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.total += len(chunk)
+            if self.total > self.limit:
+                raise too_large(self.total, self.limit)
+            self.digest.update(chunk)
+            yield chunk
+
+    def check(self, sha256: str, size_bytes: int) -> int:
+        """The size received; INVALID_ARGUMENT when it or the digest is not as declared."""
+        if size_bytes and self.total != size_bytes:
+            raise InvalidArgument(
+                f"received {self.total} bytes but the header declared {size_bytes}",
+                reason="SIZE_MISMATCH",
+            )
+        actual = self.digest.hexdigest()
+        if actual != sha256:
+            raise InvalidArgument(
+                f"the uploaded bytes hash to sha256 {actual}, not the declared {sha256}; "
+                "nothing was stored",
+                reason="DIGEST_MISMATCH",
+                metadata={"declared": sha256, "actual": actual},
+            )
+        return self.total
 
 
 def too_large(size: int, limit: int) -> ResourceExhausted:

@@ -32,10 +32,11 @@ from controlplane.blobstore import (
     RECENT_BLOB_MAX_BYTES,
     Blobs,
     BlobStore,
+    Received,
     RecentUploads,
     _storage_full,
+    check_declared,
     is_object_uri,
-    too_large,
 )
 from controlplane.names import check_sha256
 from modelplane.errors import InvalidArgument, NotFound, Unavailable
@@ -136,34 +137,13 @@ class ObjectBlobStore:
         """Store the bytes of ``chunks`` under ``sha256``; returns the size. Refuses (and
         sends nothing to the store) when they exceed the upload limit, differ in size from
         ``size_bytes`` (when non-zero), or hash to another digest."""
-        check_sha256(sha256)
-        if size_bytes < 0:
-            raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
-        if size_bytes > self.max_upload_bytes:
-            raise too_large(size_bytes, self.max_upload_bytes)
-        digest = hashlib.sha256()
-        total = 0
+        check_declared(sha256, size_bytes, self.max_upload_bytes)
+        received = Received(self.max_upload_bytes)
         with tempfile.SpooledTemporaryFile(max_size=RECENT_BLOB_MAX_BYTES) as spool:
             with _storage_full():
-                for chunk in chunks:
-                    total += len(chunk)
-                    if total > self.max_upload_bytes:
-                        raise too_large(total, self.max_upload_bytes)
-                    digest.update(chunk)
+                for chunk in received.count(chunks):
                     spool.write(chunk)
-            if size_bytes and total != size_bytes:
-                raise InvalidArgument(
-                    f"received {total} bytes but the header declared {size_bytes}",
-                    reason="SIZE_MISMATCH",
-                )
-            actual = digest.hexdigest()
-            if actual != sha256:
-                raise InvalidArgument(
-                    f"the uploaded bytes hash to sha256 {actual}, not the declared {sha256}; "
-                    "nothing was stored",
-                    reason="DIGEST_MISMATCH",
-                    metadata={"declared": sha256, "actual": actual},
-                )
+            total = received.check(sha256, size_bytes)
             spool.seek(0)
             self._send(spool, sha256)
             if total <= RECENT_BLOB_MAX_BYTES:

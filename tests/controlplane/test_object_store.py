@@ -130,44 +130,51 @@ def test_registry_evaluation_and_downloads_run_on_the_bucket(
     assert all(k.startswith(f"{bucket}/art/blobs/sha256/") for k in stored), stored
 
 
-def test_a_store_that_stops_answering_is_unavailable_then_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def own_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[S3Server]]:
+    """S3 servers of the test's own, which it may stop and start again (appending each it
+    starts); all stopped at the end."""
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)
-    own = start_s3()
+    servers = [start_s3()]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_store_that_stops_answering_is_unavailable_then_recovers(
+    tmp_path: Path, own_s3: list[S3Server]
+) -> None:
+    own = own_s3[0]
+    bucket = own.new_bucket()
+    settings = ControlPlaneSettings(
+        listen="127.0.0.1:0",
+        db_url=f"sqlite:///{tmp_path / 'cp.db'}",
+        artifact_root=own.uri(bucket),
+        signing_key=str(tmp_path / "signing.pem"),
+        grace_seconds=1.0,
+    )
+    handle = start(settings)
     try:
-        bucket = own.new_bucket()
-        settings = ControlPlaneSettings(
-            listen="127.0.0.1:0",
-            db_url=f"sqlite:///{tmp_path / 'cp.db'}",
-            artifact_root=own.uri(bucket),
-            signing_key=str(tmp_path / "signing.pem"),
-            grace_seconds=1.0,
-        )
-        handle = start(settings)
-        try:
-            address = f"127.0.0.1:{handle.port}"
-            with Client(address, principal="alice", timeout=60, retries=1) as c:
-                kept = c.upload_blob(b"kept")
-                own.stop()
-                with pytest.raises(Unavailable) as err:
-                    c.upload_blob(b"while the store is down")
-                assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
-                assert "retry" in err.value.message and "s3://" in err.value.message
-                # Nothing was recorded for the refused upload; the server keeps serving.
-                with pytest.raises(NotFound):
-                    c.get_blob(hashlib.sha256(b"while the store is down").hexdigest())
-                assert c.get_blob(kept.sha256).size_bytes == 4
-                own = start_s3(own.port)  # an empty store on the same endpoint
-                own.fs().create_dir(bucket)
-                again = c.upload_blob(b"while the store is down")
-                assert again.size_bytes == len(b"while the store is down")
-                assert _key(bucket, again.sha256, "") in own.objects(bucket)
-        finally:
-            handle.stop(0)
+        address = f"127.0.0.1:{handle.port}"
+        with Client(address, principal="alice", timeout=60, retries=1) as c:
+            kept = c.upload_blob(b"kept")
+            own.stop()
+            with pytest.raises(Unavailable) as err:
+                c.upload_blob(b"while the store is down")
+            assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
+            assert "retry" in err.value.message and "s3://" in err.value.message
+            # Nothing was recorded for the refused upload; the server keeps serving.
+            with pytest.raises(NotFound):
+                c.get_blob(hashlib.sha256(b"while the store is down").hexdigest())
+            assert c.get_blob(kept.sha256).size_bytes == 4
+            own_s3.append(start_s3(own.port))  # an empty store on the same endpoint
+            own_s3[-1].fs().create_dir(bucket)
+            again = c.upload_blob(b"while the store is down")
+            assert again.size_bytes == len(b"while the store is down")
+            assert _key(bucket, again.sha256, "") in own_s3[-1].objects(bucket)
     finally:
-        own.stop()
+        handle.stop(0)
 
 
 def _error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -199,22 +206,14 @@ def test_serve_refuses_roots_it_cannot_use_in_one_line(s3: S3Server, tmp_path: P
     assert err.value.reason == "INVALID_ARTIFACT_ROOT"
 
 
-def test_downloads_name_the_store_when_it_is_down(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for k, v in S3_ENV.items():
-        monkeypatch.setenv(k, v)
-    own = start_s3()
-    try:
-        bucket = own.new_bucket()
-        blobs = open_blob_store(own.uri(bucket), MIB)
-        sha = blobs.put_bytes(b"some bytes")
-        blobs.recent.take(sha)
-        own.stop()
-        with pytest.raises(Unavailable) as err:
-            blobs.read_bytes(sha)
-        assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
-        with pytest.raises(Unavailable):
-            blobs.exists(sha)
-    finally:
-        own.stop()
+def test_downloads_name_the_store_when_it_is_down(own_s3: list[S3Server]) -> None:
+    bucket = own_s3[0].new_bucket()
+    blobs = open_blob_store(own_s3[0].uri(bucket), MIB)
+    sha = blobs.put_bytes(b"some bytes")
+    blobs.recent.take(sha)
+    own_s3[0].stop()
+    with pytest.raises(Unavailable) as err:
+        blobs.read_bytes(sha)
+    assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
+    with pytest.raises(Unavailable):
+        blobs.exists(sha)
