@@ -280,6 +280,18 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], limits: Limits) -> in
     return count
 
 
+def _rows_disagree(symbol: str, one: tuple[str, int], other: tuple[str, int]) -> InvalidArgument:
+    """The refusal of inputs whose first dims the model names alike but that differ in size:
+    ONNX Runtime would broadcast one over the other rather than fail."""
+    return _bad(
+        "ROW_COUNT_MISMATCH",
+        f"input {one[0]!r} has {one[1]} rows and input {other[0]!r} has {other[1]}; the model "
+        f"names both first dims {symbol!r}, so they must have the same number of rows",
+        tensor=other[0],
+        tensors=f"{one[0]},{other[0]}",
+    )
+
+
 def _decode_common(
     request: Any, inputs: Any, raws: Any, signature: Signature, limits: Limits
 ) -> Decoded | None:
@@ -340,6 +352,8 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     key: list[Any] = []
     rows = -1
+    #: The first input of each named first dim (ONNX ``dim_param``), with its rows.
+    firsts: dict[str, tuple[str, int]] = {}
     lookup = signature.input
     max_rows = limits.max_request_rows
     max_elements = limits.max_tensor_elements
@@ -381,6 +395,11 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
                 rows = first
             elif rows != first:
                 rows = -2
+            symbol = spec.symbol(0) if spec.rank else None
+            if symbol is not None and n_in > 1:
+                seen = firsts.setdefault(symbol, (name, first))
+                if seen[1] != first:
+                    raise _rows_disagree(symbol, seen, (name, first))
         if raws:
             if tensor.HasField("contents"):
                 raise _bad(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
@@ -197,22 +198,23 @@ def test_an_input_named_apart_from_the_rows_is_left_out_of_the_log(
     assert [len(v) for v in table["out_out"].to_pylist()] == [3] * 3 + [5] * 3
 
 
-def test_a_request_whose_row_inputs_disagree_is_logged_as_one_row(
+def test_a_request_whose_row_inputs_disagree_is_refused_and_logged_as_one_row(
     sidecar_factory: Any, model_dir: Path, tmp_path: Path
 ) -> None:
-    """ONNX Runtime runs ``two`` (``a[n,4]``, ``b[n,2]``, each output from one input) on
-    inputs of different row counts: such a request counts as one row, logged without its
-    tensors (which are not rows), and the request after it is logged row by row as usual."""
+    """``two`` (``a[n,4]``, ``b[n,2]``) names both first dims ``n``, so inputs of different
+    row counts are refused (ONNX Runtime would run them): the refusal is one record without
+    its tensors (which are not rows), and the request after it is logged row by row."""
     handle = sidecar_factory(
         model_dir / "two.onnx", log_settings=_log(tmp_path, "sync"), observer_mode="thread"
     )
     s = stub(handle.port)
     a = np.ones((3, 4), np.float32)
     b = np.arange(4, dtype=np.int64).reshape(2, 2)
-    uneven = s.ModelInfer(
-        raw_request("two", {"a": ("FP32", a), "b": ("INT64", b)}, id="uneven"), timeout=10
-    )
-    assert [list(o.shape) for o in uneven.outputs] == [[3, 1], [2, 2]]
+    with pytest.raises(grpc.RpcError) as caught:
+        s.ModelInfer(
+            raw_request("two", {"a": ("FP32", a), "b": ("INT64", b)}, id="uneven"), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     s.ModelInfer(
         raw_request("two", {"a": ("FP32", a[:2]), "b": ("INT64", b)}, id="even"), timeout=10
     )
@@ -222,7 +224,8 @@ def test_a_request_whose_row_inputs_disagree_is_logged_as_one_row(
         rid: table.filter(pa.compute.equal(table["request_id"], rid)) for rid in ("uneven", "even")
     }
     assert by_id["uneven"].num_rows == 1 and by_id["even"].num_rows == 2
-    assert set(table["status_code"].to_pylist()) == {"OK"}
+    assert by_id["uneven"]["status_reason"].to_pylist() == ["ROW_COUNT_MISMATCH"]
+    assert by_id["even"]["status_code"].to_pylist() == ["OK", "OK"]
     assert by_id["uneven"]["out_square"].to_pylist() == [None]
     assert by_id["uneven"]["a_0"].to_pylist() == [None]
     assert by_id["even"]["out_square"].to_pylist() == [[0, 1], [4, 9]]
