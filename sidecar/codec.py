@@ -101,25 +101,32 @@ def _bad(reason: str, message: str, **meta: str) -> InvalidArgument:
     return InvalidArgument(message, reason=reason, metadata=meta)
 
 
-def _check_parameters(params: Any, where: str) -> None:
+def _check_parameters(params: Any, where: str, tensor: str | None = None) -> None:
+    """Check the parameters of the request, or of the input or output ``tensor``
+    (``where`` words which, for the messages)."""
+    meta = {} if tensor is None else {"tensor": tensor}
     for key, value in params.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
-            raise _bad("INVALID_PARAMETER", f"parameter {key!r} of {where} carries no value")
+            raise _bad(
+                "INVALID_PARAMETER", f"parameter {key!r} of {where} carries no value", **meta
+            )
         allowed = _PARAMETER_KINDS.get(key)
         if allowed is not None and choice not in allowed:
             raise _bad(
                 "INVALID_PARAMETER",
                 f"parameter {key!r} of {where} must be one of {', '.join(allowed)}, not {choice}",
+                **meta,
             )
         if key in ("timeout", "priority") and value.int64_param < 0:
             raise _bad(
                 "INVALID_PARAMETER",
                 f"parameter {key!r} of {where} is {value.int64_param}; it is at least 0",
+                **meta,
             )
         unsupported = _UNSUPPORTED.get(key)
         if unsupported is not None:
-            raise _bad("UNSUPPORTED_PARAMETER", f"{where}: {unsupported.format(key=key)}")
+            raise _bad("UNSUPPORTED_PARAMETER", f"{where}: {unsupported.format(key=key)}", **meta)
 
 
 def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:
@@ -136,7 +143,11 @@ def _element_count(spec: TensorSpec, shape: Any, limit: int) -> int:
     count = extent = 1
     for got, want in zip(shape, spec.shape, strict=True):
         if got < 0:
-            raise _bad("INVALID_SHAPE", f"input {name!r} has a negative dimension: {list(shape)}")
+            raise _bad(
+                "INVALID_SHAPE",
+                f"input {name!r} has a negative dimension: {list(shape)}",
+                tensor=name,
+            )
         if want >= 0 and got != want:
             raise _bad(
                 "WRONG_SHAPE",
@@ -363,7 +374,9 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
         spec = lookup(name)
         if spec is None:
             expected = ", ".join(t.name for t in signature.inputs)
-            raise _bad("UNKNOWN_INPUT", f"unknown input {name!r}; the model takes {expected}")
+            raise _bad(
+                "UNKNOWN_INPUT", f"unknown input {name!r}; the model takes {expected}", tensor=name
+            )
         if name in arrays:
             raise _bad("DUPLICATE_INPUT", f"input {name!r} appears more than once", tensor=name)
         if tensor.datatype != spec.datatype:
@@ -389,7 +402,7 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
         ):
             count = _check_shape(spec, shape, limits)
         if tensor.parameters:
-            _check_parameters(tensor.parameters, f"input {name!r}")
+            _check_parameters(tensor.parameters, f"input {name!r}", name)
         if spec.per_row:
             if rows == -1:
                 rows = first
@@ -417,7 +430,8 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
         key.append((name, shape[1:]))
     if n_in != len(signature.inputs):
         missing = [t.name for t in signature.inputs if t.name not in arrays]
-        raise _bad("MISSING_INPUT", f"missing input(s): {', '.join(missing)}")
+        one = {"tensor": missing[0]} if len(missing) == 1 else {}
+        raise _bad("MISSING_INPUT", f"missing input(s): {', '.join(missing)}", **one)
     outputs = requested_outputs(request, signature)
     batch_key = tuple(key) if rows >= 0 else None
     return Decoded(arrays, outputs, max(rows, 1), batch_key, request.id)
@@ -434,10 +448,16 @@ def requested_outputs(request: Any, signature: Signature) -> tuple[str, ...]:
         name = out.name
         if signature.output(name) is None:
             offered = ", ".join(signature.output_names)
-            raise _bad("UNKNOWN_OUTPUT", f"unknown output {name!r}; the model offers {offered}")
+            raise _bad(
+                "UNKNOWN_OUTPUT",
+                f"unknown output {name!r}; the model offers {offered}",
+                tensor=name,
+            )
         if name in names:
-            raise _bad("DUPLICATE_OUTPUT", f"output {name!r} is requested more than once")
+            raise _bad(
+                "DUPLICATE_OUTPUT", f"output {name!r} is requested more than once", tensor=name
+            )
         if out.parameters:
-            _check_parameters(out.parameters, f"output {name!r}")
+            _check_parameters(out.parameters, f"output {name!r}", name)
         names.append(name)
     return tuple(names)
