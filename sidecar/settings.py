@@ -105,7 +105,9 @@ class SidecarSettings(BaseSettings):
     model_name: str = Field(
         "", description="Name clients use for the model; empty means the file name's stem."
     )
-    model_version: str = Field("1", description="Version label reported and accepted.")
+    model_version: str = Field(
+        "1", description="Version label reported and accepted; it may not be empty."
+    )
     metrics_listen: str | None = Field(
         None, description="HOST:PORT of the Prometheus endpoint; no endpoint when unset."
     )
@@ -325,6 +327,18 @@ class SidecarSettings(BaseSettings):
     @classmethod
     def _check_metrics(cls, value: str | None) -> str | None:
         return None if not value else _host_port(value)
+
+    @field_validator("model_version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        # Clients address a version by its label; an empty one reads as "any version" in
+        # OIP, so a sidecar serving it could never be addressed by version.
+        if not value.strip():
+            raise ValueError(
+                f"--model-version must be a version label such as 1, not {value!r} "
+                "(MODELPLANE_SIDECAR_MODEL_VERSION too)"
+            )
+        return value
 
     @field_validator("workers")
     @classmethod
