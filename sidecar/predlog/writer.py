@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import structlog
 from prometheus_client import CollectorRegistry
@@ -203,11 +204,13 @@ class PredictionLogWriter:
     # -- writer thread -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the directory, apply retention and start the writer thread."""
+        """Create the directory, apply retention, warm the write path up and start the
+        writer thread."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write to the prediction log directory {self.directory}")
         self._sweep()
+        warm_up(self._options)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -336,6 +339,33 @@ class PredictionLogWriter:
                 callback(error)
             except Exception as cb_exc:  # one callback must not stop the others
                 log.error("prediction_log_failure_callback_failed", error=str(cb_exc))
+
+
+def warm_up(options: pa.ipc.IpcWriteOptions) -> None:
+    """Turn a made-up record and a refusal into Arrow IPC bytes, in memory, as a write round
+    does. pyarrow loads modules on first use (its first array from numpy imports pandas:
+    a few hundred ms, a second and more on a busy machine), and the first round would pay
+    for it while the records of every request answered meanwhile wait unwritten: an
+    ``async`` log that is killed then loses far more than one flush interval. Paid here,
+    before the sidecar reports ready, the first round is as quick as any other."""
+    cache = LayoutCache(frozenset())
+    now = time.time()
+    x = np.zeros((2, 2), np.float32)
+    entries = [
+        prepare_batch(
+            PredictionBatch("warm-up", "0", ["a", "b"], [1, 1], {"x": x}, {"y": x[:, :1]}),
+            cache,
+            now,
+        ),
+        prepare_rejected(
+            RejectedRequest("c", "INVALID_ARGUMENT", "WARM_UP", inputs={"x": x[:1]}), cache, now
+        ),
+    ]
+    sink = pa.BufferOutputStream()
+    for group in group_entries(entries):
+        batch, _ = to_record_batch(group, 1.0)
+        with pa.ipc.new_stream(sink, batch.schema, options=options) as stream:
+            stream.write_batch(batch)
 
 
 def open_prediction_log(
