@@ -15,7 +15,13 @@ PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
 REQUEST_ID_METADATA_KEY = "x-request-id"
 TRACEPARENT_METADATA_KEY = "traceparent"
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+#: A W3C ``traceparent``: version, trace id, parent id and flags, in lowercase hex; a version
+#: after 00 may append fields of its own, after a dash.
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?", re.DOTALL
+)
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_PARENT_ID = "0" * 16
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
 #: Names the server itself acts under (automatic rollout moves, work outside any call): no
 #: credentials may prove them, in any case (without access control callers name themselves,
@@ -83,11 +89,26 @@ def reset_context(token: contextvars.Token[RequestContext]) -> None:
 
 
 def trace_id_from(traceparent: str | None) -> str:
-    """The trace id of a W3C ``traceparent`` header, or empty when absent or malformed."""
+    """The trace id of a W3C Trace Context ``traceparent`` header, or empty when the header
+    is absent or must be ignored.
+
+    As the specification says: every field is lowercase hex (a header with uppercase digits
+    does not match, and is ignored, not lowercased); version ``ff`` and all-zero trace or
+    parent ids are invalid; version ``00`` is exactly its four fields; a later version is read
+    by its first four fields, what follows them after a dash being left alone. Spaces and tabs
+    around the value (HTTP's optional whitespace) are not part of it.
+    """
     if not traceparent:
         return ""
-    match = _TRACEPARENT.match(traceparent.strip().lower())
-    return match.group(1) if match else ""
+    match = _TRACEPARENT.fullmatch(traceparent.strip(" \t"))
+    if match is None:
+        return ""
+    version, trace_id, parent_id, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return ""
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
+        return ""
+    return trace_id
 
 
 def clean_principal(name: str | None) -> str | None:
