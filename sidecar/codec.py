@@ -75,6 +75,10 @@ _UNSUPPORTED = {
 }
 
 
+#: The default of ``Limits.max_bytes_elements`` (``--max-bytes-elements``).
+DEFAULT_MAX_BYTES_ELEMENTS = 2**20
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one request may declare."""
@@ -82,6 +86,20 @@ class Limits:
     max_request_rows: int
     max_tensor_elements: int
     reject_non_finite: bool = False
+    #: Most BYTES elements over all inputs of a request: each costs a Python string and an
+    #: ONNX Runtime one (about 100 bytes whatever its length), so four bytes of request can
+    #: cost a hundred of memory.
+    max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits a :class:`sidecar.settings.SidecarSettings` sets."""
+        return cls(
+            settings.max_request_rows,
+            settings.max_tensor_elements,
+            settings.reject_non_finite,
+            settings.max_bytes_elements,
+        )
 
 
 @dataclass(slots=True)
@@ -177,23 +195,29 @@ def _decode_bytes_raw(name: str, raw: bytes, count: int) -> np.ndarray[Any, Any]
     out = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     unpack = _LEN.unpack_from
-    for i in range(count):
-        if pos + 4 > end:
-            raise _bad(
-                "BYTES_PREFIX_OVERRUN",
-                f"input {name!r}: raw data ends inside the length prefix of element {i}",
-                tensor=name,
-            )
-        (n,) = unpack(raw, pos)
-        pos += 4
-        if pos + n > end:
-            raise _bad(
-                "BYTES_PREFIX_OVERRUN",
-                f"input {name!r}: element {i} declares {n} bytes, past the end of the raw data",
-                tensor=name,
-            )
-        out[i] = _utf8(name, raw[pos : pos + n], i)
-        pos += n
+    i = 0
+    try:
+        for i in range(count):
+            if pos + 4 > end:
+                raise _bad(
+                    "BYTES_PREFIX_OVERRUN",
+                    f"input {name!r}: raw data ends inside the length prefix of element {i}",
+                    tensor=name,
+                )
+            (n,) = unpack(raw, pos)
+            pos += 4
+            if pos + n > end:
+                raise _bad(
+                    "BYTES_PREFIX_OVERRUN",
+                    f"input {name!r}: element {i} declares {n} bytes, past the end of the raw data",
+                    tensor=name,
+                )
+            out[i] = raw[pos : pos + n].decode("utf-8")
+            pos += n
+    except UnicodeDecodeError:
+        raise _bad(
+            "INVALID_UTF8", f"input {name!r}: element {i} is not UTF-8 text", tensor=name
+        ) from None
     if pos != end:
         raise _bad(
             "RAW_SIZE_MISMATCH",
@@ -363,6 +387,7 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     key: list[Any] = []
     rows = -1
+    strings = 0
     #: The first input of each named first dim (ONNX ``dim_param``), with its rows.
     firsts: dict[str, tuple[str, int]] = {}
     lookup = signature.input
@@ -401,6 +426,17 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
             and count <= max_elements
         ):
             count = _check_shape(spec, shape, limits)
+        if spec.datatype == "BYTES":
+            strings += count
+            if strings > limits.max_bytes_elements:
+                raise _bad(
+                    "TENSOR_TOO_LARGE",
+                    f"input {name!r} declares shape {list(shape)}: the request's BYTES inputs "
+                    f"hold {strings} elements, more than the {limits.max_bytes_elements} a "
+                    "request may have (--max-bytes-elements)",
+                    tensor=name,
+                    limit=str(limits.max_bytes_elements),
+                )
         if tensor.parameters:
             _check_parameters(tensor.parameters, f"input {name!r}", name)
         if spec.per_row:

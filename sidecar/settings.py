@@ -152,6 +152,16 @@ class SidecarSettings(BaseSettings):
     max_tensor_elements: int = Field(
         2**28, ge=1, description="Most elements one input tensor may declare."
     )
+    max_bytes_elements: int = Field(
+        2**20,
+        ge=1,
+        description=(
+            "Most BYTES (string) elements one request may declare, over all its inputs "
+            "(TENSOR_TOO_LARGE above). Each becomes a Python string and an ONNX Runtime one, "
+            "about 100 bytes of memory whatever its length, so this bound is far below "
+            "--max-tensor-elements'."
+        ),
+    )
     reject_non_finite: bool = Field(
         False, description="Refuse floating-point inputs holding NaN or infinity."
     )

@@ -25,6 +25,7 @@ _FIELDS = (
     "max_queue_delay",
     "max_queue_rows",
     "max_request_rows",
+    "max_bytes_elements",
     "reject_non_finite",
     "intra_op_threads",
     "intra_op_spinning",
@@ -95,6 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add("--max-queue-delay", metavar="DURATION", help="wait for more rows, e.g. 500us, 2ms")
     add("--max-queue-rows", type=int, metavar="ROWS", help="queued rows before shedding")
     add("--max-request-rows", type=int, metavar="ROWS", help="most rows per request")
+    add(
+        "--max-bytes-elements",
+        type=int,
+        metavar="N",
+        help="most BYTES (string) elements per request, over all inputs (1048576)",
+    )
     add(
         "--reject-non-finite",
         action="store_const",
