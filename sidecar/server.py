@@ -279,9 +279,7 @@ def start(
             runtime,
             name=name,
             version=settings.model_version,
-            limits=Limits(
-                settings.max_request_rows, settings.max_tensor_elements, settings.reject_non_finite
-            ),
+            limits=Limits.of(settings),
             max_batch_rows=batch_rows,
             max_delay=settings.max_queue_delay,
             max_queue_rows=settings.max_queue_rows,

@@ -362,7 +362,7 @@ class VersionLoader:
                 runtime,
                 name=name,
                 version=label,
-                limits=Limits(s.max_request_rows, s.max_tensor_elements, s.reject_non_finite),
+                limits=Limits.of(s),
                 max_batch_rows=rt.serving_batch_rows(s, runtime),
                 max_delay=s.max_queue_delay,
                 max_queue_rows=s.max_queue_rows,

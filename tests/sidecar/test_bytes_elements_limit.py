@@ -87,3 +87,25 @@ def test_the_limit_is_a_setting_with_an_environment_variable(
     monkeypatch.setenv("MODELPLANE_SIDECAR_MAX_BYTES_ELEMENTS", "64")
     limits = Limits.of(SidecarSettings(model=model))
     assert limits.max_bytes_elements == 64
+
+
+def test_the_flag_sets_the_served_limit(tmp_path: Path) -> None:
+    model = onnx_models.save(
+        onnx_models.identity_model("BYTES", ["n", "k"]), tmp_path / "strings.onnx"
+    )
+    argv = ["--model", str(model), "--listen", "127.0.0.1:0", "--device", "cpu"]
+    proc, ready = spawn_sidecar([*argv, "--max-bytes-elements", "100"])
+    try:
+        s = stub(int(ready["port"]))
+        assert s.ModelInfer(_request(100, b"z"), timeout=60).raw_output_contents[0] == (
+            b"\x01\x00\x00\x00z" * 100
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            s.ModelInfer(_request(101), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert info is not None and info.reason == "TENSOR_TOO_LARGE"
+        assert info.metadata["limit"] == "100"
+    finally:
+        proc.terminate()
+        proc.wait(20)
