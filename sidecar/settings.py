@@ -159,7 +159,7 @@ class SidecarSettings(BaseSettings):
             "Most BYTES (string) elements one request may declare, over all its inputs "
             "(TENSOR_TOO_LARGE above). Each becomes a Python string and an ONNX Runtime one, "
             "about 100 bytes of memory whatever its length, so this bound is far below "
-            "--max-tensor-elements'."
+            "max_tensor_elements."
         ),
     )
     reject_non_finite: bool = Field(
