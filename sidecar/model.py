@@ -271,8 +271,20 @@ class ServingModel:
         if self._logged_inputs is not None:
             inputs = {n: a for n, a in inputs.items() if n in self._logged_inputs}
         if self._rows_may_differ and any(a.shape[0] != rows for a in inputs.values()):
-            # The inputs disagree on the request's rows, so it counts as one (sidecar.codec).
-            inputs = {n: a for n, a in inputs.items() if a.shape[0] == rows}
+            # Inputs of independent first dims (sidecar.codec) disagree on the request's rows.
+            # Its rows are the most any input has: an input of one row (a query beside its
+            # candidates) holds for each of them. Inputs of other counts cannot be split into
+            # those rows, so the record then carries none: the log's columns are named after
+            # the model's logged inputs, and a record carrying only some of them would name
+            # theirs as if the model had no others (``--log-exclude-features`` names included).
+            rows = max(a.shape[0] for a in inputs.values())
+            if all(a.shape[0] in (1, rows) for a in inputs.values()):
+                inputs = {
+                    n: a if a.shape[0] == rows else np.repeat(a, rows, axis=0)
+                    for n, a in inputs.items()
+                }
+            else:
+                inputs = {}
             layout = None
         whole = self._whole
         stray = None
@@ -296,7 +308,7 @@ class ServingModel:
                 outputs,
                 [it.decoded.request_id],
                 [it.trace_id],
-                [it.decoded.rows],
+                [rows],
                 [now - it.enqueued],
                 ["OK" if err is None else err.reason],
                 compute_s,

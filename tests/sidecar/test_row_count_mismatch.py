@@ -81,3 +81,49 @@ def test_inputs_with_independent_first_dims_are_served_alone(
     s = stub(handle.port)
     answer = s.ModelInfer(_request(A, B[:1], "uneven"), timeout=10)
     assert output_array(answer, 0, np.float32).ravel().tolist() == [9.0, 13.0]
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_independent_rows_are_logged_under_the_model_s_columns(
+    sidecar_factory: Any, tmp_path: Path, durability: str
+) -> None:
+    """A one-row input holds for every row of the other; the columns keep the names every
+    record has (``a_j``, ``b_j``), so an excluded feature stays out of the log."""
+    model = onnx_models.save(sum_model("batch", "batch_size"), tmp_path / "sums.onnx")
+    log = PredictionLogSettings(
+        dir=tmp_path / "log", durability=durability, exclude_features=("b_1",)
+    )
+    handle = sidecar_factory(model, model_name="sums", log_settings=log)
+    s = stub(handle.port)
+    b_secret = np.array([[7, 700, 9]], np.int64)
+    a_one = A[:1]
+    b_two = np.array([[1, 100, 3], [4, 400, 6]], np.int64)
+    answers = {
+        "even": s.ModelInfer(_request(A, B, "even"), timeout=10),
+        "a2-b1": s.ModelInfer(_request(A, b_secret, "a2-b1"), timeout=10),
+        "a1-b2": s.ModelInfer(_request(a_one, b_two, "a1-b2"), timeout=10),
+    }
+    handle.stop(5)
+    table = read_logs(tmp_path / "log")
+    assert "b_1" not in table.column_names and not any(
+        c.startswith("x_") for c in table.column_names
+    ), table.column_names
+    for column in table.column_names:  # no excluded value under any name
+        values = table.column(column).to_pylist()
+        assert 700 not in values and 100 not in values and 400 not in values, column
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in table.to_pylist():
+        rows.setdefault(r["request_id"], []).append(r)
+    expected_inputs = {
+        "even": (A, B),
+        "a2-b1": (A, np.repeat(b_secret, 2, axis=0)),
+        "a1-b2": (np.repeat(a_one, 2, axis=0), b_two),
+    }
+    for rid, (a, b) in expected_inputs.items():
+        got = sorted(rows[rid], key=lambda r: r["row"])
+        assert [r["row"] for r in got] == [0, 1], rid
+        answered = output_array(answers[rid], 0, np.float32).ravel().tolist()
+        for j, r in enumerate(got):
+            assert (r["a_0"], r["a_1"]) == (a[j, 0], a[j, 1]), rid
+            assert (r["b_0"], r["b_2"]) == (b[j, 0], b[j, 2]), rid
+            assert r["out_y"] == answered[j], rid
