@@ -59,7 +59,9 @@ def test_get_deployment_lists_a_replica_while_it_reports_the_candidate_unloaded(
     assert doc["evidence"]["unloaded_replicas"][0]["replica"] == "pod-bad"
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err
-    assert "unloaded_replicas" in out and "pod-bad" in out and WHY in out
+    assert "replicas that cannot load the candidate" in out
+    row = next(line for line in out.splitlines() if "pod-bad" in line)
+    assert WHY in row and first[0].first_report_time.ToJsonString() in row
 
     # The event that recorded it carries the same list in its evidence.
     events = list(c.list_rollout_events(dep))
