@@ -140,26 +140,53 @@ def _check_new(new: NewVersion) -> None:
         check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
 
 
-# ``scheme://userinfo@host...``: the userinfo runs up to the last "@" before the path.
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)@")
+#: Where a URL's userinfo may sit: a scheme, any slashes ("\\" too, which some parsers take
+#: for "/"), then the userinfo up to the last "@" before the path; searched anywhere, as a URL
+#: behind a prefix (a space, a character that does not print) is still read as one.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):([/\\]*)([^/\\?#\s]*)@")
+
+
+def _is_secret(url: str, match: re.Match[str]) -> bool:
+    """Whether ``match`` of :data:`_USERINFO` in ``url`` holds a secret: a password
+    (``user:password@``), any user name after an http(s) scheme (a token often goes there),
+    or a ``user:secret@`` straight after a "/", "\\" or ":" (``https://user:pw@host`` with
+    a mangled scheme reads so). An scp-like remote (``git@host:org/repo``, ``host:repo@tag``)
+    and an ssh login (``ssh://git@host/...``) hold none."""
+    scheme, slashes, userinfo = match.groups()
+    if ":" in userinfo or any(p in ("http", "https") for p in scheme.lower().split("+")):
+        return True
+    return not slashes and match.start() > 0 and url[match.start() - 1] in "/\\:"
 
 
 def check_no_credentials(url: str) -> None:
     """Refuse a code repository URL that carries credentials, which immutable lineage would
-    show to every reader: INVALID_ARGUMENT (CREDENTIALS_IN_URL) for a password in any
-    ``scheme://user:password@host`` URL, and for any user name in an http(s) URL, ``git+https``
-    too (where a token often goes as the user name). ``ssh://git@host/...`` and scp-like
-    ``git@host:org/repo`` name a login, not a secret, and pass. The message does not repeat
-    the URL."""
-    match = _URL_USERINFO.match(url)
-    if match is None:
-        return
-    scheme, userinfo = match.group(1).lower(), match.group(2)
-    if ":" in userinfo or scheme.endswith(("http", "https")):
+    show to every reader: INVALID_ARGUMENT (CREDENTIALS_IN_URL) for a password in any URL
+    (``user:password@`` after a scheme, wherever it stands and however many slashes follow
+    the scheme), and for any user name in an http(s) URL, ``git+https`` too (where a token
+    often goes as the user name). ``ssh://git@host/...`` and scp-like ``git@host:org/repo``
+    name a login, not a secret, and pass. So that what a reader sees is what was checked, a
+    URL without credentials but with surrounding whitespace or a character that does not
+    print (a zero-width space, a direction mark) is INVALID_ARGUMENT. The messages do not
+    repeat the URL."""
+    if any(_is_secret(url, m) for m in _USERINFO.finditer(url)):
         raise InvalidArgument(
             "code.repository carries credentials (user:password@ or a user name in an http(s) "
             "URL); record the URL without them",
             reason="CREDENTIALS_IN_URL",
+            metadata={"field": "code.repository"},
+        )
+    if url != url.strip():
+        raise InvalidArgument(
+            "code.repository has whitespace around it; record the URL without it",
+            reason="INVALID_ARGUMENT",
+            metadata={"field": "code.repository"},
+        )
+    hidden = next((ch for ch in url if not ch.isprintable()), None)
+    if hidden is not None:
+        raise InvalidArgument(
+            f"code.repository contains a character that does not print (U+{ord(hidden):04X}); "
+            "record the URL without it",
+            reason="INVALID_ARGUMENT",
             metadata={"field": "code.repository"},
         )
 

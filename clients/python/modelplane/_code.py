@@ -14,6 +14,22 @@ from pathlib import Path
 _AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
 #: Schemes whose user name is a login on the host (``ssh://git@host/...``), not a secret.
 _USER_IS_LOGIN = frozenset({"ssh", "git+ssh", "ssh+git"})
+#: Where else a URL's userinfo may sit, as the control plane looks for it: a scheme anywhere,
+#: any slashes ("\\" too, which some parsers take for "/"), the userinfo up to the last "@".
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):([/\\]*)([^/\\?#\s]*)@")
+
+
+def _secret(url: str) -> re.Match[str] | None:
+    """The first place in ``url`` the control plane would refuse as credentials: a password
+    after a scheme, a user name after an http(s) one, or ``user:secret@`` right after a "/",
+    "\\" or ":"; None when there is none."""
+    for match in _USERINFO.finditer(url):
+        scheme, slashes, userinfo = match.groups()
+        if ":" in userinfo or any(p in ("http", "https") for p in scheme.lower().split("+")):
+            return match
+        if not slashes and match.start() > 0 and url[match.start() - 1] in "/\\:":
+            return match
+    return None
 
 
 def without_credentials(url: str) -> str:
@@ -23,15 +39,30 @@ def without_credentials(url: str) -> str:
     name is dropped too unless the scheme is ssh (``ssh://git@host/...``, a login name), since
     over http(s) a token often goes as the user name (``https://TOKEN@github.com/...``).
     scp-like remotes (``git@host:org/repo``) and local paths have no password and pass as
-    they are."""
+    they are. Characters that do not print (a zero-width space) and surrounding whitespace,
+    which the control plane refuses, are dropped first, and then whatever else it would take
+    for credentials (``https:user:pw@host``, ``https:///user:pw@host``): the URL returned is
+    one it records."""
+    url = "".join(ch for ch in url if ch.isprintable()).strip()
     match = _AUTHORITY.match(url)
-    if match is None:
-        return url
-    prefix, userinfo = match.group(1), match.group(2)
-    scheme = prefix[:-3].lower()
-    user = userinfo.partition(":")[0]
-    kept = f"{user}@" if scheme in _USER_IS_LOGIN and user else ""
-    return prefix + kept + url[match.end() :]
+    if match is not None:
+        prefix, userinfo = match.group(1), match.group(2)
+        scheme = prefix[:-3].lower()
+        user = userinfo.partition(":")[0]
+        kept = f"{user}@" if scheme in _USER_IS_LOGIN and user else ""
+        url = prefix + kept + url[match.end() :]
+    while (found := _secret(url)) is not None:
+        scheme, slashes, userinfo = found.groups()
+        if slashes or ":" in userinfo:
+            # scheme:[//]userinfo@: the userinfo goes (an ssh login keeps its user name).
+            user = userinfo.partition(":")[0]
+            login = slashes and scheme.lower() in _USER_IS_LOGIN and user and "@" not in user
+            start, kept = found.start(3), f"{user}@" if login else ""
+        else:
+            # user:secret@ after a "/": both go.
+            start, kept = found.start(), ""
+        url = url[:start] + kept + url[found.end() :]
+    return url
 
 
 @dataclass(frozen=True)
