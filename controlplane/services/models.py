@@ -224,10 +224,15 @@ class ModelService:
             # take turns, and each reads what the one before it committed.
             lock_model(tx, model_id)
             if tx.replay is not None:
-                # The alias as this request set it, even if it has moved since.
+                # The alias as this request set it, even if it has moved since; NOT_FOUND once
+                # it was deleted, even if it was set again since (that alias is another one).
                 assert tx.replay_time is not None
                 event = tx.aliases.as_of(model_id, alias, tx.replay_time)
-                if event is None or event.version is None:
+                if (
+                    event is None
+                    or event.version is None
+                    or tx.aliases.deleted_since(model_id, alias, tx.replay_time)
+                ):
                     raise NotFound(
                         f"alias {name} set by request_id {request_id} no longer exists",
                         reason="ALIAS_NOT_FOUND",

@@ -622,6 +622,17 @@ class AliasRepo:
         row = self.s.exec(q).first()
         return convert.alias_event(row) if row else None
 
+    def deleted_since(self, model_id: str, alias: str, when: datetime) -> bool:
+        """Whether ``alias`` was deleted after ``when`` (whatever was set under its name
+        afterwards)."""
+        q = select(AliasEventRow.id).where(
+            AliasEventRow.model_id == model_id,
+            AliasEventRow.alias == alias,
+            col(AliasEventRow.time) > when,
+            col(AliasEventRow.version).is_(None),
+        )
+        return self.s.exec(q.limit(1)).first() is not None
+
 
 def _version_digests(artifact: str, lineage: Any, baseline: Any) -> set[str]:
     """The blobs a version's row names in its digest fields."""
