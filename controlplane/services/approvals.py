@@ -129,7 +129,7 @@ class ApprovalService:
         """A version's approvals, newest first, each marked current or not."""
         model_id, number, _ = parse_version_number(parent)
         assert number is not None
-        query = {"parent": parent}
+        query = {"list": "approvals", "parent": parent}
         after = decode(page_token, query)
         limit = page_size(page_size_)
         with self.store.read() as tx:

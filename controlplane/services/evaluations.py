@@ -586,7 +586,7 @@ class EvaluationService:
     ) -> tuple[list[Evaluation], str]:
         model_id, version, _ = parse_version_number(parent)
         assert version is not None
-        query = {"parent": parent}
+        query = {"list": "evaluations", "parent": parent}
         after = decode(page_token, query)
         with self.store.read() as tx:
             require_model(tx, model_id)

@@ -280,7 +280,7 @@ class GateService:
         assert number is not None
         if target:
             check_target(target)
-        query = {"parent": parent, "target": target}
+        query = {"list": "gateDecisions", "parent": parent, "target": target}
         after = decode(page_token, query)
         with self.store.read() as tx:
             require_model(tx, model_id)

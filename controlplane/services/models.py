@@ -118,7 +118,7 @@ class ModelService:
     ) -> tuple[list[Model], str]:
         terms = parse_filter(filter)
         order, desc = parse_order(order_by, ("name", "create_time", "update_time"), "name")
-        query = {"filter": filter, "order_by": order_by}
+        query = {"list": "models", "filter": filter, "order_by": order_by}
         after = decode(page_token, query)
         limit = page_size(page_size_)
         if terms.matches_nothing:
@@ -321,7 +321,7 @@ class ModelService:
             which: str | None = alias
         else:
             model_id, which = parse_model(name), None
-        query = {"name": name}
+        query = {"list": "aliasHistory", "name": name}
         after = decode(page_token, query)
         with self.store.read() as tx:
             require_model(tx, model_id)

@@ -180,7 +180,7 @@ class OperationService:
         # Targets are resource names; a filter no stored target can equal (one PostgreSQL
         # text cannot hold, say) is refused rather than sent to the database.
         check_text(target, "target", 1_000, single_line=True)
-        query = {"target": target}
+        query = {"list": "operations", "target": target}
         after = decode(page_token, query)
         with self.store.read() as tx:
             ops, next_key = tx.operations.page(target, after, page_size(page_size_))

@@ -151,7 +151,7 @@ class PolicyService:
             return require_policy(tx, policy_id, revision)
 
     def list_policies(self, page_size_: int = 0, page_token: str = "") -> tuple[list[Policy], str]:
-        query: dict[str, str] = {}
+        query = {"list": "policies"}
         after = decode(page_token, query)
         with self.store.read() as tx:
             items, next_key = Governance(tx.session).policies_page(after, page_size(page_size_))

@@ -537,7 +537,7 @@ class VersionService:
         terms = parse_filter(filter, {"state": _state_term})
         states = {terms.fields["state"]} if "state" in terms.fields else set()
         _, desc = parse_order(order_by, ("version",), "version desc")
-        query = {"parent": parent, "filter": filter, "order_by": order_by}
+        query = {"list": "versions", "parent": parent, "filter": filter, "order_by": order_by}
         after = decode(page_token, query)
         limit = page_size(page_size_)
         with self.store.read() as tx:

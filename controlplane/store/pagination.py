@@ -25,7 +25,11 @@ def _query_hash(query: dict[str, Any]) -> str:
 
 
 def encode(query: dict[str, Any], last_key: list[Any]) -> str:
-    """A token that resumes ``query`` after ``last_key``."""
+    """A token that resumes ``query`` after ``last_key``.
+
+    ``query`` holds the list's arguments and its kind (``{"list": "approvals", "parent":
+    ...}``): lists that take the same arguments (a version's evaluations and its approvals)
+    must not take each other's tokens, whose keys would be read against another table."""
     payload = json.dumps({"q": _query_hash(query), "k": last_key}, default=str)
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 

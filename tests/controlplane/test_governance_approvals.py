@@ -168,7 +168,7 @@ def test_a_recreated_policy_is_not_met_by_the_old_policys_decision(
 def _token(parent: str, key: object) -> str:
     from controlplane.store.pagination import _query_hash
 
-    payload = json.dumps({"q": _query_hash({"parent": parent}), "k": key})
+    payload = json.dumps({"q": _query_hash({"list": "approvals", "parent": parent}), "k": key})
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 

@@ -48,46 +48,49 @@ def _lists(c: Client, model_id: str, dep: str) -> dict[str, tuple[Callable[..., 
         "ListModels by name": (
             c.registry.ListModels,
             lambda t: registry_pb2.ListModelsRequest(page_token=t),
-            ({"filter": "", "order_by": ""}, [model_id]),
+            ({"list": "models", "filter": "", "order_by": ""}, [model_id]),
         ),
         "ListModels by time": (
             c.registry.ListModels,
             lambda t: registry_pb2.ListModelsRequest(page_token=t, order_by="create_time"),
-            ({"filter": "", "order_by": "create_time"}, [TIME, model_id]),
+            ({"list": "models", "filter": "", "order_by": "create_time"}, [TIME, model_id]),
         ),
         "ListModelVersions": (
             c.registry.ListModelVersions,
             lambda t: registry_pb2.ListModelVersionsRequest(parent=parent, page_token=t),
-            ({"parent": parent, "filter": "", "order_by": ""}, [1]),
+            ({"list": "versions", "parent": parent, "filter": "", "order_by": ""}, [1]),
         ),
         "ListAliasHistory": (
             c.registry.ListAliasHistory,
             lambda t: registry_pb2.ListAliasHistoryRequest(name=parent, page_token=t),
-            ({"name": parent}, [1]),
+            ({"list": "aliasHistory", "name": parent}, [1]),
         ),
         "ListOperations": (
             c.operations.ListOperations,
             lambda t: operations_pb2.ListOperationsRequest(page_token=t),
-            ({"target": ""}, [TIME, "op"]),
+            ({"list": "operations", "target": ""}, [TIME, "op"]),
         ),
         "ListEvaluations": (
             c.evaluation.ListEvaluations,
             lambda t: evaluation_pb2.ListEvaluationsRequest(
                 parent=f"{parent}/versions/1", page_token=t
             ),
-            ({"parent": f"{parent}/versions/1"}, [TIME, "e"]),
+            ({"list": "evaluations", "parent": f"{parent}/versions/1"}, [TIME, "e"]),
         ),
         "ListGateDecisions": (
             c.governance.ListGateDecisions,
             lambda t: governance_pb2.ListGateDecisionsRequest(
                 parent=f"{parent}/versions/1", page_token=t
             ),
-            ({"parent": f"{parent}/versions/1", "target": ""}, [TIME, "g"]),
+            (
+                {"list": "gateDecisions", "parent": f"{parent}/versions/1", "target": ""},
+                [TIME, "g"],
+            ),
         ),
         "ListPolicies": (
             c.governance.ListPolicies,
             lambda t: governance_pb2.ListPoliciesRequest(page_token=t),
-            ({}, ["p"]),
+            ({"list": "policies"}, ["p"]),
         ),
         "ListDeployments": (
             c.deployments.ListDeployments,

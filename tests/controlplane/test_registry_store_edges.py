@@ -117,12 +117,12 @@ def test_a_revision_or_page_key_past_32_bits_is_not_an_internal_error(
             assert missing.value.reason == "POLICY_NOT_FOUND"
         name = f"models/{model_id}"
         in_range = registry_pb2.ListAliasHistoryRequest(
-            name=name, page_token=_token({"name": name}, [2**31 - 1])
+            name=name, page_token=_token({"list": "aliasHistory", "name": name}, [2**31 - 1])
         )
         assert len(c._call(c.registry.ListAliasHistory, in_range).events) == 1
         for key in (2**31, -(2**31) - 1, 2**62):
             request = registry_pb2.ListAliasHistoryRequest(
-                name=name, page_token=_token({"name": name}, [key])
+                name=name, page_token=_token({"list": "aliasHistory", "name": name}, [key])
             )
             with pytest.raises(InvalidArgument) as bad:
                 c._call(c.registry.ListAliasHistory, request)
