@@ -69,6 +69,7 @@ def list_events(
     if since is not None and not isinstance(since, datetime):
         raise InvalidArgument("since must be a timestamp", reason="INVALID_ARGUMENT")
     query: dict[str, Any] = {
+        "list": "auditEvents",
         "resource": resource or "",
         "actor": actor or "",
         "since": utc_text(since) if since else "",

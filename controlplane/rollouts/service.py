@@ -164,7 +164,7 @@ class RolloutService:
     ) -> tuple[list[RolloutEvent], str]:
         """A deployment's rollout events, newest first."""
         deployment_id = parse_deployment(parent, "parent")
-        query = {"parent": parent}
+        query = {"list": "rolloutEvents", "parent": parent}
         after = decode(page_token, query)
         with self.store.read() as tx:
             require_deployment(tx, deployment_id)

@@ -102,7 +102,7 @@ def _lists(c: Client, model_id: str, dep: str) -> dict[str, tuple[Callable[..., 
             lambda t: deployments_pb2.ListRolloutEventsRequest(
                 parent=f"deployments/{dep}", page_token=t
             ),
-            ({"parent": f"deployments/{dep}"}, [1]),
+            ({"list": "rolloutEvents", "parent": f"deployments/{dep}"}, [1]),
         ),
     }
 
