@@ -7,6 +7,7 @@ the version sees it), and the SDK takes them out before sending. Logins that are
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -90,46 +91,52 @@ def test_the_sdk_keeps_a_url_without_credentials(url: str) -> None:
     assert without_credentials(url) == url
 
 
-def test_the_control_plane_refuses_credentials_however_the_url_is_dressed(
+@pytest.fixture
+def model(
     controlplane_any: RunningControlPlane, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[Client, str, Path]]:
+    """A client of a control plane on each backend, a new model and an ONNX file."""
     onnx = onnx_models.save(onnx_models.mlp(4, (4,)), tmp_path / "m.onnx")
     with controlplane_any.client() as c:
         model_id = unique()
         c.create_model(model_id)
-        artifact = c.upload_blob(onnx).sha256
-        stored = []
-        for url, reason, _ in REFUSED:
-            try:
-                made = _create(c, f"models/{model_id}", artifact, url)
-            except grpc.RpcError as err:
-                info = error_info(err)
-                what = f"{url!r}: {err.details()}"
-                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, what
-                assert info is not None and info.reason == reason, what
-                assert info.metadata["field"] == "code.repository", what
-                assert "SECRET" not in (err.details() or ""), what
-            else:
-                stored.append(made.lineage.code.repository)
-        assert stored == []
-        assert list(c.list_versions(model_id)) == []
+        yield c, model_id, onnx
 
-        for url in ACCEPTED:
+
+def test_the_control_plane_refuses_credentials_however_the_url_is_dressed(
+    model: tuple[Client, str, Path],
+) -> None:
+    c, model_id, onnx = model
+    artifact = c.upload_blob(onnx).sha256
+    stored = []
+    for url, reason, _ in REFUSED:
+        try:
             made = _create(c, f"models/{model_id}", artifact, url)
-            assert made.lineage.code.repository == url
+        except grpc.RpcError as err:
+            info = error_info(err)
+            what = f"{url!r}: {err.details()}"
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+            assert info is not None and info.reason == reason, what
+            assert info.metadata["field"] == "code.repository", what
+            assert "SECRET" not in (err.details() or ""), what
+        else:
+            stored.append(made.lineage.code.repository)
+    assert stored == []
+    assert list(c.list_versions(model_id)) == []
+
+    for url in ACCEPTED:
+        made = _create(c, f"models/{model_id}", artifact, url)
+        assert made.lineage.code.repository == url
 
 
 def test_the_sdk_registers_every_url_without_its_credentials(
-    controlplane_any: RunningControlPlane, tmp_path: Path
+    model: tuple[Client, str, Path],
 ) -> None:
-    onnx = onnx_models.save(onnx_models.mlp(4, (4,)), tmp_path / "m.onnx")
-    with controlplane_any.client() as c:
-        model_id = unique()
-        c.create_model(model_id)
-        for url, _, recorded in REFUSED:
-            made = c.register_version(model_id, onnx, code_repo=url, capture_env=False)
-            assert made.lineage.code.repository == recorded, repr(url)
-        for url in ACCEPTED:
-            made = c.register_version(model_id, onnx, code_repo=url, capture_env=False)
-            assert made.lineage.code.repository == url
-        assert not any("SECRET" in v.lineage.code.repository for v in c.list_versions(model_id))
+    c, model_id, onnx = model
+    for url, _, recorded in REFUSED:
+        made = c.register_version(model_id, onnx, code_repo=url, capture_env=False)
+        assert made.lineage.code.repository == recorded, repr(url)
+    for url in ACCEPTED:
+        made = c.register_version(model_id, onnx, code_repo=url, capture_env=False)
+        assert made.lineage.code.repository == url
+    assert not any("SECRET" in v.lineage.code.repository for v in c.list_versions(model_id))
