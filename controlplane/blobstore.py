@@ -67,6 +67,39 @@ def is_object_uri(root: str | os.PathLike[str]) -> bool:
     return bool(_URI.match(text)) and urlsplit(text).scheme.lower() in OBJECT_SCHEMES
 
 
+def object_uri_problem(uri: str) -> str:
+    """Why ``uri``, an object-storage artifact root, cannot be used ("" when it can): it
+    carries credentials (an ``@`` before its query; ``gs://anonymous@...``, GCS without
+    credentials, is no secret), names no bucket, or has an empty path segment. The answer
+    never repeats the URI's user information."""
+    scheme, _, rest = uri.partition("://")
+    before_query = rest.split("?", 1)[0].split("#", 1)[0]
+    if scheme.lower() in ("gs", "gcs") and before_query.startswith("anonymous@"):
+        before_query = before_query[len("anonymous@") :]  # GCS without credentials
+    if "@" in before_query:
+        return (
+            "credentials do not belong in the URI (nor an '@' in the bucket or prefix): give "
+            "them the provider's usual way (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "~/.aws, the pod's or instance's role; Google's application default credentials)"
+        )
+    bucket, _, prefix = before_query.partition("/")
+    if not bucket:
+        return "name a bucket, as s3://BUCKET/PREFIX"
+    if prefix.rstrip("/") and "" in prefix.rstrip("/").split("/"):
+        return "the prefix has an empty path segment ('//')"
+    return ""
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as messages and logs show it: its scheme, bucket and prefix, without user
+    information, query or fragment (where credentials or secrets could stand)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "(an artifact root)"
+    path = rest.split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme.lower()}://{path.rsplit('@', 1)[-1]}"
+
+
 def local_root(root: str | os.PathLike[str]) -> str:
     """The folder an artifact root names: a path as given, or the path of a ``file://`` URI.
 

@@ -7,7 +7,7 @@ from threading import TIMEOUT_MAX
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controlplane.blobstore import is_object_uri, local_root
+from controlplane.blobstore import is_object_uri, local_root, object_uri_problem, shown_uri
 from modelplane.errors import InvalidArgument
 
 
@@ -241,6 +241,9 @@ class ControlPlaneSettings(BaseSettings):
         """A folder (a ``file://`` URI becomes its path) or an object-storage URI, kept as
         given; any other URI is refused."""
         if is_object_uri(value):
+            problem = object_uri_problem(value)
+            if problem:
+                raise ValueError(f"artifact root {shown_uri(value)}: {problem}")
             return value
         try:
             return local_root(value)

@@ -5,10 +5,16 @@ downloads on it, a store that stops answering, and the roots refused at start.""
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import re
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,7 +22,13 @@ from controlplane.objectstore import ObjectBlobStore, open_blob_store
 from controlplane.server import start
 from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
-from modelplane.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from modelplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from modelplane.profiles import BaselineProfile
 from modelplane.testing.processes import free_port
 from tests.conftest import unique
@@ -183,37 +195,162 @@ def _error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+#: Artifact roots carrying credentials, each with pieces of its secret no output may show.
+WITH_CREDENTIALS = [
+    ("s3://someone:hunter2@{bucket}/art?{query}", ["hunter2", "someone"]),
+    ("S3://AKIAEXAMPLE:wJalrSECRETKEY@{bucket}/prod?{query}", ["AKIAEXAMPLE", "wJalr"]),
+    ("s3://AKIDEXAMPLE:wJalrXUt/K7MDENG+bPxRfiCY@{bucket}/prod?{query}", ["AKID", "K7MDENG"]),
+]
+
+
+@pytest.mark.parametrize(("template", "secrets"), WITH_CREDENTIALS)
+def test_serve_refuses_credentials_in_the_root_and_never_repeats_them(
+    s3: S3Server, tmp_path: Path, template: str, secrets: list[str]
+) -> None:
+    root = template.format(bucket=s3.new_bucket(), query=s3.query)
+    key = ("--signing-key", str(tmp_path / "signing.pem"))
+    result = serve_refused(tmp_path, "--artifact-root", root, *key, env=S3_ENV)
+    line = _error_line(result)
+    assert result.returncode == 2 and "credentials do not belong in the URI" in line, line
+    for secret in secrets:
+        assert secret.lower() not in result.stderr.lower(), result.stderr
+    with pytest.raises(InvalidArgument) as err:
+        open_blob_store(root, MIB)
+    assert err.value.reason == "INVALID_ARTIFACT_ROOT"
+    assert not any(secret.lower() in err.value.message.lower() for secret in secrets)
+
+
 def test_serve_refuses_roots_it_cannot_use_in_one_line(s3: S3Server, tmp_path: Path) -> None:
     key = ("--signing-key", str(tmp_path / "signing.pem"))
-    # A bucket that does not exist; the URI's credentials are not repeated.
-    root = f"s3://someone:hunter2@{unique('nobucket')}/art?{s3.query}"
+    # A bucket that does not exist.
+    root = f"s3://{unique('nobucket')}/art?{s3.query}"
     result = serve_refused(tmp_path, "--artifact-root", root, *key, env=S3_ENV)
     line = _error_line(result)
     assert result.returncode == 2 and "INVALID_ARTIFACT_ROOT" in line and "does not exist" in line
-    assert "hunter2" not in result.stderr and "someone" not in result.stderr
+    # The same with --workers: the supervisor checks the root before starting any worker.
+    result = serve_refused(tmp_path, "--artifact-root", root, *key, "--workers", "2", env=S3_ENV)
+    line = _error_line(result)
+    assert result.returncode == 2 and "INVALID_ARTIFACT_ROOT" in line and "does not exist" in line
     # A store that does not answer: the exit status of a server that cannot be reached.
     closed = f"s3://bucket/art?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=x"
     result = serve_refused(tmp_path, "--artifact-root", closed, *key, env=S3_ENV)
     line = _error_line(result)
     assert result.returncode == 4 and "ARTIFACT_STORE_UNAVAILABLE" in line
+    # No region: the bucket's region is asked of AWS, out of reach here (or, where it is in
+    # reach, a bucket no one has or these credentials may not read): a reason either way.
+    nowhere = f"s3://{unique('nobucket')}/art"
+    result = serve_refused(tmp_path, "--artifact-root", nowhere, *key, env=S3_ENV)
+    line = _error_line(result)
+    assert result.returncode in (2, 4) and re.search(
+        r"\((ARTIFACT_STORE_\w+|INVALID_ARTIFACT_ROOT)\)", line
+    ), line
     # No signing key named: its default place is a folder the root does not have.
     result = serve_refused(tmp_path, "--artifact-root", s3.uri("bucket"), env=S3_ENV)
     line = _error_line(result)
     assert result.returncode == 2 and "--signing-key" in line
-    # A bucket, not just an endpoint.
-    with pytest.raises(InvalidArgument) as err:
-        open_blob_store(f"s3://?{s3.query}", MIB)
-    assert err.value.reason == "INVALID_ARTIFACT_ROOT"
+    # A bucket, not just an endpoint; no empty path segment.
+    for bad in (f"s3://?{s3.query}", f"s3://bucket//art?{s3.query}", f"s3://b/a//c/?{s3.query}"):
+        with pytest.raises(InvalidArgument) as err:
+            open_blob_store(bad, MIB)
+        assert err.value.reason == "INVALID_ARTIFACT_ROOT", bad
 
 
-def test_downloads_name_the_store_when_it_is_down(own_s3: list[S3Server]) -> None:
-    bucket = own_s3[0].new_bucket()
-    blobs = open_blob_store(own_s3[0].uri(bucket), MIB)
-    sha = blobs.put_bytes(b"some bytes")
-    blobs.recent.take(sha)
-    own_s3[0].stop()
+def test_a_gcs_store_that_does_not_answer_is_unavailable_in_bounded_time() -> None:
+    """pyarrow's GCS client retries without a bound by default; the root gets one."""
+    root = f"gs://anonymous@bucket/art?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
     with pytest.raises(Unavailable) as err:
-        blobs.read_bytes(sha)
+        open_blob_store(root, MIB)
     assert err.value.reason == "ARTIFACT_STORE_UNAVAILABLE"
+    assert "gs://bucket/art" in err.value.message and "anonymous" not in err.value.message
+
+
+class _FailingSource(io.BytesIO):
+    """An upload's spool whose disk fails after the first chunk."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(5, "Input/output error")
+        return super().read(size)
+
+
+def test_no_key_is_left_holding_part_of_its_bytes(
+    store: tuple[ObjectBlobStore, str], s3: S3Server
+) -> None:
+    blobs, bucket = store
+    data = bytes(range(256)) * 12_288  # 3 MiB: several chunks
+    sha = hashlib.sha256(data).hexdigest()
     with pytest.raises(Unavailable):
-        blobs.exists(sha)
+        blobs._send(_FailingSource(data), sha, len(data))
+    assert s3.objects(bucket) == {}, "a failed write left a short object"
+    # An object already short (left by a process killed mid-way on a store that completes
+    # what it has) is replaced by the next upload of those bytes.
+    with s3.fs().open_output_stream(_key(bucket, sha)) as out:
+        out.write(data[:1000])
+    assert blobs.receive([data], sha, len(data)) == len(data)
+    assert s3.objects(bucket) == {_key(bucket, sha): len(data)}
+    blobs.recent.take(sha)
+    assert blobs.read_bytes(sha) == data
+
+
+def test_a_bucket_removed_while_serving_is_a_failed_precondition(
+    store: tuple[ObjectBlobStore, str], s3: S3Server
+) -> None:
+    blobs, bucket = store
+    sha = blobs.put_bytes(b"kept")
+    blobs.recent.take(sha)
+    fs = pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{s3.port}",
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_deletion=True,
+    )
+    fs.delete_dir(bucket)
+    for call in (
+        lambda: blobs.read_bytes(sha),
+        lambda: blobs.size(sha),
+        lambda: blobs.receive([b"new"], hashlib.sha256(b"new").hexdigest()),
+    ):
+        with pytest.raises(FailedPrecondition) as err:
+            call()
+        assert err.value.reason == "ARTIFACT_STORE_BUCKET_MISSING", err.value.message
+
+
+def test_credentials_the_store_refuses_are_a_failed_precondition(tmp_path: Path) -> None:
+    """moto's server checking requests once its first few have passed (enough to make the
+    bucket): the test's credentials are unknown to it, so later calls are refused with 403."""
+    port = free_port()
+    env = {**os.environ, **S3_ENV, "INITIAL_NO_AUTH_ACTION_COUNT": "12"}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    server = S3Server(port, process)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                server.fs().create_dir("locked")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        for _ in range(40):  # spend what is left of the unchecked requests
+            try:
+                server.fs().get_file_info("locked/nothing")
+            except OSError:
+                break
+        else:
+            pytest.fail("moto never began checking credentials")
+        with pytest.raises(FailedPrecondition) as err:
+            open_blob_store(server.uri("locked", "art"), MIB)
+        assert err.value.reason == "ARTIFACT_STORE_FORBIDDEN", err.value.message
+        assert "credentials" in err.value.message
+    finally:
+        server.stop()
