@@ -8,6 +8,7 @@ UPPER_SNAKE reason and a message naming the tensor.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -315,6 +316,32 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], limits: Limits) -> in
     return count
 
 
+def _check_bytes_elements(inputs: Any, signature: Signature, limits: Limits) -> None:
+    """Refuse a request whose BYTES inputs declare more elements in all than
+    ``limits.max_bytes_elements``, from their shapes alone, before any input is decoded (each
+    element becomes a Python string whatever its length). Shapes that are wrong otherwise
+    are left to the shape checks, which word them."""
+    limit = limits.max_bytes_elements
+    total = 0
+    for tensor in inputs:
+        spec = signature.input(tensor.name)
+        if spec is None or spec.datatype != "BYTES" or tensor.datatype != "BYTES":
+            continue
+        shape = tuple(tensor.shape[:])
+        if any(d < 0 for d in shape):
+            return
+        total += math.prod(shape)
+        if total > limit:
+            raise _bad(
+                "TENSOR_TOO_LARGE",
+                f"input {tensor.name!r} declares shape {list(shape)}: the request's BYTES "
+                f"inputs hold {total} elements, more than the {limit} a request may have "
+                "(--max-bytes-elements)",
+                tensor=tensor.name,
+                limit=str(limit),
+            )
+
+
 def _rows_disagree(symbol: str, one: tuple[str, int], other: tuple[str, int]) -> InvalidArgument:
     """The refusal of inputs whose first dims the model names alike but that differ in size:
     ONNX Runtime would broadcast one over the other rather than fail."""
@@ -387,7 +414,8 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     key: list[Any] = []
     rows = -1
-    strings = 0
+    if signature.has_bytes:
+        _check_bytes_elements(inputs, signature, limits)
     #: The first input of each named first dim (ONNX ``dim_param``), with its rows.
     firsts: dict[str, tuple[str, int]] = {}
     lookup = signature.input
@@ -426,17 +454,6 @@ def decode(request: Any, signature: Signature, limits: Limits) -> Decoded:
             and count <= max_elements
         ):
             count = _check_shape(spec, shape, limits)
-        if spec.datatype == "BYTES":
-            strings += count
-            if strings > limits.max_bytes_elements:
-                raise _bad(
-                    "TENSOR_TOO_LARGE",
-                    f"input {name!r} declares shape {list(shape)}: the request's BYTES inputs "
-                    f"hold {strings} elements, more than the {limits.max_bytes_elements} a "
-                    "request may have (--max-bytes-elements)",
-                    tensor=name,
-                    limit=str(limits.max_bytes_elements),
-                )
         if tensor.parameters:
             _check_parameters(tensor.parameters, f"input {name!r}", name)
         if spec.per_row:

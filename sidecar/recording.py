@@ -261,6 +261,9 @@ def _each_input(
         return {}  # which bytes belong to which input is unknown
     names = [t.name for t in request.inputs]
     arrays: dict[str, np.ndarray[Any, Any]] = {}
+    # The request's BYTES elements stay within the limit over all the inputs decoded here,
+    # as over a request's: an input past what is left is not decoded.
+    strings_left = limits.max_bytes_elements
     for i, tensor in enumerate(request.inputs):
         spec = signature.input(tensor.name)
         if spec is None or not spec.per_row or names.count(tensor.name) > 1:
@@ -271,10 +274,14 @@ def _each_input(
         copy.ClearField("parameters")
         if raws:
             alone.raw_input_contents.append(raws[i])
+        budget = dataclasses.replace(limits, max_bytes_elements=strings_left)
         try:
-            arrays.update(decode(alone, Signature((spec,), signature.outputs), limits).arrays)
+            decoded = decode(alone, Signature((spec,), signature.outputs), budget).arrays
         except ModelplaneError:
             continue
+        if spec.datatype == "BYTES":
+            strings_left -= decoded[tensor.name].size
+        arrays.update(decoded)
     return arrays
 
 

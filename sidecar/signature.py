@@ -105,6 +105,7 @@ class Signature:
         object.__setattr__(self, "_by_output", {t.name: t for t in self.outputs})
         object.__setattr__(self, "_output_names", tuple(t.name for t in self.outputs))
         object.__setattr__(self, "_unbatchable", _why_not_batchable(inputs, self.outputs))
+        object.__setattr__(self, "_has_bytes", any(t.datatype == "BYTES" for t in inputs))
 
     def input(self, name: str) -> TensorSpec | None:
         return self._by_input.get(name)  # type: ignore[attr-defined,no-any-return]
@@ -115,6 +116,11 @@ class Signature:
     @property
     def output_names(self) -> tuple[str, ...]:
         return self._output_names  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def has_bytes(self) -> bool:
+        """Whether an input is BYTES (strings)."""
+        return self._has_bytes  # type: ignore[attr-defined,no-any-return]
 
     def without_batching(self, reason: str) -> Signature:
         """This signature, unbatchable for ``reason`` (found by running the model: see

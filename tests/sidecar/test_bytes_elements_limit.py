@@ -109,3 +109,68 @@ def test_the_flag_sets_the_served_limit(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def _two_strings() -> Any:
+    """``a`` and ``b``, BYTES [n, k] each, answered as they came."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["ya"]), helper.make_node("Identity", ["b"], ["yb"])],
+        "two_strings",
+        [
+            helper.make_tensor_value_info("a", TensorProto.STRING, ["n", "k"]),
+            helper.make_tensor_value_info("b", TensorProto.STRING, ["n", "k"]),
+        ],
+        [
+            helper.make_tensor_value_info("ya", TensorProto.STRING, ["n", "k"]),
+            helper.make_tensor_value_info("yb", TensorProto.STRING, ["n", "k"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _strings(name: str, items: list[bytes]) -> tuple[Any, bytes]:
+    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES")
+    tensor.shape.extend([1, len(items)])
+    return tensor, b"".join(len(x).to_bytes(4, "little") + x for x in items)
+
+
+def test_the_limit_holds_over_all_inputs_before_any_is_decoded_and_in_the_log(
+    sidecar_factory: Any, tmp_path: Path
+) -> None:
+    from sidecar.predlog import PredictionLogSettings, read_logs
+
+    model = onnx_models.save(_two_strings(), tmp_path / "two_strings.onnx")
+    log = PredictionLogSettings(dir=tmp_path / "log", durability="sync")
+    handle = sidecar_factory(
+        model, model_name="two_strings", log_settings=log, max_bytes_elements=100
+    )
+    s = stub(handle.port)
+
+    def send(rid: str, a: list[bytes], b: list[bytes]) -> grpc.RpcError:
+        req = pb.ModelInferRequest(model_name="two_strings", id=rid)
+        for name, items in (("a", a), ("b", b)):
+            tensor, raw = _strings(name, items)
+            req.inputs.append(tensor)
+            req.raw_input_contents.append(raw)
+        with pytest.raises(grpc.RpcError) as caught:
+            s.ModelInfer(req, timeout=30)
+        return caught.value
+
+    # Each input within the limit, both together past it: refused from the shapes, before
+    # 'a' (which is not even UTF-8) is decoded.
+    err = send("over", [b"\xff"] * 60, [b"x"] * 60)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err)
+    assert info is not None and info.reason == "TENSOR_TOO_LARGE" and info.metadata["tensor"] == "b"
+    # The refused request's record decodes its inputs within the same limit over all of them.
+    err = send("logged", [b"a"] * 70, [b"b"] * 70)
+    assert error_info(err).reason == "TENSOR_TOO_LARGE"  # type: ignore[union-attr]
+    handle.stop(5)
+    records = {r["request_id"]: r for r in read_logs(tmp_path / "log").to_pylist()}
+    logged = records["logged"]
+    strings = [k for k, v in logged.items() if k[:2] in ("a_", "b_") and v is not None]
+    assert 0 < len(strings) <= 100, len(strings)
