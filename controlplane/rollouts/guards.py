@@ -20,7 +20,12 @@ only a guard that evaluates to false fails, and a failed guard rolls the rollout
 single window, a guard reading an arm's ``latency_p99`` also waits for
 :data:`WINDOW_P99_REQUESTS` requests of that arm: over fewer, the p99 is the slowest request
 or close to it, and one slow request (a pause of the machine) would roll a healthy candidate
-back; the sum over a whole step judges it as before.
+back; the sum over a whole step judges it as before. A guard reading an arm's ``accuracy``
+waits, on a window as over a step, until that arm has ``min_requests`` labeled predictions
+(``labeled``) there as well: labels arrive for a few requests only, and over one label the
+accuracy is 0 or 1, so a single wrong label would roll a healthy candidate back. Like the
+request minimum, it is a skip: on a window it holds nothing, and over a step it holds the step
+until enough labels arrive.
 
 Defaults. The guards in force in a phase are the deployment's and the rollout's; when none of
 them *judges* the version under test there (reads ``candidate`` where the candidate answers
@@ -394,11 +399,27 @@ WINDOW_P99_REQUESTS = 100
 
 
 def _needed(rule: CompiledRule, arm: str, min_requests: int, scope: str) -> int:
-    if scope == "window" and any(
-        ref.path[0] == arm and ref.path[1:2] == ("latency_p99",) for ref in rule.refs
-    ):
+    if scope == "window" and _reads(rule, arm, "latency_p99"):
         return max(min_requests, WINDOW_P99_REQUESTS)
     return min_requests
+
+
+def _reads(rule: CompiledRule, arm: str, field: str) -> bool:
+    return any(ref.path[0] == arm and ref.path[1:2] == (field,) for ref in rule.refs)
+
+
+def _unlabeled(rule: CompiledRule, values: dict[str, Any], min_requests: int) -> list[str]:
+    """The arms whose ``accuracy`` ``rule`` reads that have some labeled predictions in
+    ``values`` but fewer than ``min_requests``: over fewer, one wrong label moves the accuracy
+    by more than the margin a guard allows (one label out of one is 0% or 100%). An arm with
+    none has no ``accuracy``, and the rule is skipped for that value."""
+    return [
+        arm
+        for arm in ("champion", "candidate")
+        if arm in values
+        and _reads(rule, arm, "accuracy")
+        and 0 < values[arm].get("labeled", 0) < min_requests
+    ]
 
 
 def evaluate(
@@ -431,6 +452,7 @@ def _evaluate(
         absent = [a for a in arms if a not in values]
         needed = {a: _needed(rule, a, min_requests, scope) for a in arms}
         thin = [a for a in arms if a in values and _volume(values, a) < needed[a]]
+        unlabeled = _unlabeled(rule, values, min_requests)
         if absent:
             skipped[rule.index] = f"skipped: no {', '.join(absent)} in this {scope}"
         elif thin:
@@ -438,6 +460,11 @@ def _evaluate(
             least = max(needed[a] for a in thin)
             skipped[rule.index] = (
                 f"skipped: {', '.join(thin)} has fewer than {least} {unit} in this {scope}"
+            )
+        elif unlabeled:
+            skipped[rule.index] = (
+                f"skipped: {', '.join(unlabeled)} has fewer than {min_requests} labeled "
+                f"predictions in this {scope}, too few to judge its accuracy"
             )
         else:
             ready.append(rule)
