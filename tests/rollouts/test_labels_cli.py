@@ -74,7 +74,16 @@ def test_labels_join_the_served_predictions(
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["labels"] == len(ids) + 1
-    assert out["sidecars"] == [{"sidecar": sc.address, "accepted": len(ids) + 1, "matched": 20}]
+    assert out["sidecars"] == [
+        {
+            "sidecar": sc.address,
+            "outcome": "done",
+            "delivered": len(ids) + 1,
+            "accepted": len(ids) + 1,
+            "matched": 20,
+            "error": None,
+        }
+    ]
     label_logs = list((tmp_path / "sc" / "log").rglob("labels-*.arrows"))
     assert label_logs, "the sidecar wrote no label log"
 
@@ -92,8 +101,8 @@ def test_labels_bad_input(
     assert main(["labels", "send", str(tmp_path / "missing.csv"), "--sidecar", sc.address]) == 2
     empty_id = tmp_path / "empty-id.csv"
     pacsv.write_csv(pa.table({"request_id": [""], "label": [1]}), empty_id)
-    assert main(["labels", "send", str(empty_id), "--sidecar", sc.address]) == 3
-    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    assert main(["labels", "send", str(empty_id), "--sidecar", sc.address]) == 2
+    assert "line 2: the request_id cell is empty" in capsys.readouterr().err
     good = tmp_path / "good.csv"
     pacsv.write_csv(pa.table({"request_id": ids[:1], "label": [0]}), good)
     nobody = f"127.0.0.1:{free_port()}"

@@ -53,7 +53,16 @@ def test_labels_send_keeps_ids_and_refuses_bad_cells(
     code = main(["--output", "json", "labels", "send", str(labels), "--sidecar", h.address])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert out["sidecars"] == [{"sidecar": h.address, "accepted": 0, "matched": 3}]
+    assert out["sidecars"] == [
+        {
+            "sidecar": h.address,
+            "outcome": "done",
+            "delivered": 3,
+            "accepted": 0,
+            "matched": 3,
+            "error": None,
+        }
+    ]
     seen = len(plane.reports)
     reports = plane.wait_reports(lambda rs: len(rs) >= seen + 3)
     assert sum(a.labeled for r in reports for a in r.arms) == 3
@@ -88,7 +97,7 @@ def test_a_failure_part_way_names_the_sidecars_already_done(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The second sidecar is unreachable: the first has every label, and the error says so."""
+    """The second sidecar is unreachable: the first has every label, and the output says so."""
     h, p = served
     labels = tmp_path / "labels.csv"
     labels.write_text(f"request_id,row,label\n000123,0,{p}\n")
@@ -97,7 +106,8 @@ def test_a_failure_part_way_names_the_sidecars_already_done(
     code = main([*argv, "--sidecar", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert code == 4, err
-    assert f"note: {h.address} had every label before 127.0.0.1:1 failed" in err
+    assert f"1 of 2 sidecars have every label ({h.address})" in err
+    assert "send the file again to 127.0.0.1:1" in err
     # And sending again counts nothing twice.
     seen = len(real_plane.reports)
     assert main(argv) == 0

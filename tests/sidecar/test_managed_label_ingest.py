@@ -248,7 +248,16 @@ def test_without_a_label_log_nothing_is_accepted_and_the_cli_says_why(
     captured = capsys.readouterr()
     assert code == 0
     out = json.loads(captured.out)
-    assert out["sidecars"] == [{"sidecar": h.address, "accepted": 0, "matched": 1}]
+    assert out["sidecars"] == [
+        {
+            "sidecar": h.address,
+            "outcome": "done",
+            "delivered": 2,
+            "accepted": 0,
+            "matched": 1,
+            "error": None,
+        }
+    ]
     assert "keeps no label log" in captured.err and "--log-dir" in captured.err
 
 
