@@ -530,6 +530,14 @@ class EvaluationService:
                     "new version again",
                     reason="VERSION_CHANGED",
                 )
+            if current.state is VersionState.ARCHIVED:
+                # Archiving closes a version to new evaluations, as Evaluate refuses them:
+                # one that was running then is not stored on it either.
+                raise FailedPrecondition(
+                    f"version {version.name} was archived while it was being evaluated; the "
+                    "report is not stored (an archived version takes no evaluations)",
+                    reason="VERSION_ARCHIVED",
+                )
             evaluation = Governance(tx.session).add_evaluation(
                 EvaluationRow(
                     id=new_id("ev"),
