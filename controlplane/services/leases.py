@@ -3,9 +3,11 @@
 A replica holds each operation it runs under a lease (``lease_expire_time``) and renews it on a
 timer. Any replica, at start and then on the same timer, marks failed with reason REPLICA_LOST
 every unfinished operation whose lease expired: the work is not resumed elsewhere, the caller
-starts it again. A renewal that finds an operation done (cancelled, or failed by another replica
-while this one stalled) or owned by another replica renews nothing and reports it lost, so the
-work on it stops.
+starts it again under a new request id (a replay of the first one answers what it wrote: this
+failure). The error is ABORTED, not UNAVAILABLE: retrying the same call cannot mend it, the
+work has to be started again (AIP-193's "retry at a higher level"). A renewal that finds an
+operation done (cancelled, or failed by another replica while this one stalled) or owned by
+another replica renews nothing and reports it lost, so the work on it stops.
 """
 
 from __future__ import annotations
@@ -21,10 +23,21 @@ from controlplane.services.operations import error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
-from modelplane.errors import Unavailable
+from modelplane.errors import Aborted, Unavailable
 from modelplane.server.context import RequestContext
 
 log = structlog.get_logger("modelplane.leases")
+
+
+def replica_lost(owner: str, what: str) -> Aborted:
+    """The error of an operation whose replica ``what`` (stopped renewing its lease, was
+    stopped) before it ended: its work is lost."""
+    return Aborted(
+        f"the replica running this operation ({owner or 'unknown'}) {what}, and its work is "
+        "lost; start the work again with a new request id (this request id answers this "
+        "failure again)",
+        reason="REPLICA_LOST",
+    )
 
 
 class Leases:
@@ -89,11 +102,7 @@ class Leases:
         for op in expired:
             if op.id in held:
                 continue
-            err = Unavailable(
-                f"the replica running this operation ({op.owner or 'unknown'}) stopped renewing "
-                "its lease; start the work again",
-                reason="REPLICA_LOST",
-            )
+            err = replica_lost(op.owner, "stopped renewing its lease")
             with self.store.write(ctx, "FailOperation") as tx:
                 # Locked and read afresh: a cancel or finish committing meanwhile is seen here
                 # (and kept) instead of being overwritten from a stale copy.
