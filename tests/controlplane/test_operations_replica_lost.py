@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.services.operations import OperationService
+from controlplane.store import Store
 from modelplane.errors import Aborted
+from modelplane.server.context import RequestContext
 from tests.controlplane.conftest import _start
 from tests.controlplane.test_evaluation_control import dataset, register, wait_done, wait_running
 
@@ -57,3 +60,24 @@ def test_a_lost_evaluation_is_started_again_under_a_new_request_id(
     # The request id's answer is what its first run wrote: the lost operation.
     assert replay.name == first.name and replay.done and replay.error == lost.error
     assert fresh.name != first.name
+
+
+def test_an_operation_whose_lease_expired_ends_aborted(tmp_path: Path, db_url: str) -> None:
+    store = Store.open(db_url)
+    try:
+        dead = OperationService(store, replica_id="dead-replica")
+        op = dead.start(
+            RequestContext(principal="alice"), "evaluation", "models/m/versions/1", lease_seconds=-1
+        )
+    finally:
+        store.close()
+    cp = _start(tmp_path, db_url, operation_lease_seconds=60)
+    try:
+        with cp.client() as c:
+            lost = c.get_operation(op.name)
+    finally:
+        cp.handle.stop(0)
+    assert (lost.error.code, lost.error.reason) == ("ABORTED", "REPLICA_LOST")
+    assert "dead-replica" in lost.error.message
+    assert "stopped renewing its lease" in lost.error.message
+    assert "start the work again with a new request id" in lost.error.message
