@@ -567,10 +567,22 @@ class EvaluationService:
         self.leases.watch(interval)
 
     def close(self) -> None:
-        """Stop taking work and stop the running evaluations (a model run in progress
-        included); their operations are left to lease expiry (REPLICA_LOST)."""
+        """Stop taking work, end the operations of the evaluations this replica holds (running
+        or waiting for a worker) with ABORTED (REPLICA_LOST, the replica was stopped) in one
+        transaction, so that their callers learn at once, and stop their work (a model run in
+        progress included). Operations it cannot end (the database away) are left to lease
+        expiry."""
         self._stopping.set()
         self.leases.stop()
+        try:
+            self.leases.end_held("was stopped")
+        except Exception as exc:
+            log.warning(
+                "cannot end the operations of a stopping replica; they end when their leases "
+                "expire",
+                operations=self.leases.held(),
+                error=str(exc),
+            )
         with self._jobs_lock:
             running = list(self._jobs.values())
         for control in running:

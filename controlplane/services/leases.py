@@ -128,6 +128,38 @@ class Leases:
             log.warning("operation failed: replica lost", operation=op.name, owner=op.owner)
         return failed
 
+    def end_held(self, what: str) -> list[str]:
+        """Mark failed (REPLICA_LOST, the replica ``what``) every operation this replica still
+        holds, in one transaction, and release them; returns their names. For a replica that
+        stops: its callers learn at once, rather than when the leases expire."""
+        held = self.held()
+        ended = []
+        if held:
+            with self.store.write(RequestContext(principal="system"), "FailOperation") as tx:
+                for op_id in held:
+                    row = tx.operations.locked(op_id)
+                    if row is None or row.done or row.owner != self.replica_id:
+                        continue
+                    before = operation_from_row(row)
+                    err = replica_lost(self.replica_id, what)
+                    after = tx.operations.update(
+                        row,
+                        {
+                            "done": True,
+                            "owner": "",
+                            "lease_expire_time": None,
+                            "error": error_json(err),
+                        },
+                        tx.now,
+                    )
+                    tx.record("FailOperation", after.name, before, after)
+                    ended.append(after.name)
+        for op_id in held:
+            self.release(op_id)
+        if ended:
+            log.warning("operations failed: replica stopped", operations=ended)
+        return ended
+
     def watch(self, interval: float) -> None:
         """Fail expired operations now, then every ``interval`` seconds renew and fail again,
         on a daemon thread, until :meth:`stop`."""
