@@ -18,12 +18,15 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from controlplane.domain.objects import Operation
 from controlplane.failures import FailureStreak
 from controlplane.services.operations import error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
-from modelplane.errors import Aborted, Unavailable
+from controlplane.store.store import WriteTx
+from controlplane.store.tables import OperationRow
+from modelplane.errors import Aborted, ModelplaneError, Unavailable
 from modelplane.server.context import RequestContext
 
 log = structlog.get_logger("modelplane.leases")
@@ -113,17 +116,7 @@ class Leases:
                 lease = current.lease_expire_time
                 if lease is None or lease >= tx.now:
                     continue
-                after = tx.operations.update(
-                    row,
-                    {
-                        "done": True,
-                        "owner": "",
-                        "lease_expire_time": None,
-                        "error": error_json(err),
-                    },
-                    tx.now,
-                )
-                tx.record("FailOperation", after.name, current, after)
+                _end_failed(tx, row, current, err)
             failed.append(op.name)
             log.warning("operation failed: replica lost", operation=op.name, owner=op.owner)
         return failed
@@ -141,18 +134,7 @@ class Leases:
                     if row is None or row.done or row.owner != self.replica_id:
                         continue
                     before = operation_from_row(row)
-                    err = replica_lost(self.replica_id, what)
-                    after = tx.operations.update(
-                        row,
-                        {
-                            "done": True,
-                            "owner": "",
-                            "lease_expire_time": None,
-                            "error": error_json(err),
-                        },
-                        tx.now,
-                    )
-                    tx.record("FailOperation", after.name, before, after)
+                    after = _end_failed(tx, row, before, replica_lost(self.replica_id, what))
                     ended.append(after.name)
         for op_id in held:
             self.release(op_id)
@@ -190,3 +172,16 @@ class Leases:
     def stop(self) -> None:
         """End the renewal thread."""
         self._stopping.set()
+
+
+def _end_failed(
+    tx: WriteTx, row: OperationRow, before: Operation, err: ModelplaneError
+) -> Operation:
+    """Mark the locked operation ``row`` done with ``err``, owned by no one, and record it."""
+    after = tx.operations.update(
+        row,
+        {"done": True, "owner": "", "lease_expire_time": None, "error": error_json(err)},
+        tx.now,
+    )
+    tx.record("FailOperation", after.name, before, after)
+    return after
