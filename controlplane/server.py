@@ -149,7 +149,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     )
     operations = OperationService(store)
     operations_pb2_grpc.add_OperationsServiceServicer_to_server(
-        OperationsServicer(operations), server
+        OperationsServicer(operations, max_waits=settings.wait_slots), server
     )
     evaluations = EvaluationService(
         store,

@@ -61,6 +61,13 @@ class ControlPlaneSettings(BaseSettings):
         "Keep it below max_workers, so that uploads leave threads to other calls and health "
         "checks. More are refused at once with RESOURCE_EXHAUSTED (TOO_MANY_UPLOADS)",
     )
+    max_waits: int = Field(
+        0,
+        ge=0,
+        description="WaitOperation calls each process holds at once, on its max_workers threads "
+        "(a wait holds one for up to a minute); 0: a quarter of max_workers, at least 1. More "
+        "are answered at once with the operation as it stands (AIP-151), and clients ask again",
+    )
     upload_idle_seconds: float = Field(
         60.0,
         gt=0,
@@ -234,6 +241,12 @@ class ControlPlaneSettings(BaseSettings):
         """How many uploads each process receives at once: ``max_uploads``, or when it is 0
         half of ``max_workers`` (at least 1)."""
         return self.max_uploads or max(1, self.max_workers // 2)
+
+    @property
+    def wait_slots(self) -> int:
+        """How many WaitOperation calls each process holds at once: ``max_waits``, or when it
+        is 0 a quarter of ``max_workers`` (at least 1)."""
+        return self.max_waits or max(1, self.max_workers // 4)
 
     @field_validator("artifact_root")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
 from controlplane.api import converters as cv
@@ -18,8 +20,13 @@ WAIT_MARGIN_SECONDS = POLL_SECONDS + 0.3
 class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
     """Thin adapter from OperationsService RPCs to :class:`OperationService`."""
 
-    def __init__(self, operations: OperationService) -> None:
+    def __init__(self, operations: OperationService, max_waits: int = 4) -> None:
         self.operations = operations
+        #: Waits held at once: each holds a request thread for up to a minute, so without a
+        #: bound enough waiting callers would leave no thread for anything else (health
+        #: checks included). Past it a wait answers at once with the operation as it is, as
+        #: AIP-151 allows; clients wait a moment and ask again.
+        self._waits = threading.BoundedSemaphore(max_waits)
 
     def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: grpc.ServicerContext
@@ -44,7 +51,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         if remaining is not None:
             timeout = min(timeout, max(remaining - WAIT_MARGIN_SECONDS, 0.0))
         self._admit(request.name)
-        return cv.operation_to_proto(self.operations.wait(request.name, timeout))
+        if not self._waits.acquire(blocking=False):
+            return cv.operation_to_proto(self.operations.get(request.name))
+        try:
+            return cv.operation_to_proto(self.operations.wait(request.name, timeout))
+        finally:
+            self._waits.release()
 
     def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext

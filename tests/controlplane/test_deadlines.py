@@ -126,7 +126,9 @@ def busy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[C
     """A control plane whose two RPC threads are each held by a 5 s WaitOperation, so that a
     call sent meanwhile waits for a thread, and its CLI. The fixture returns once a short call
     is seen waiting (on a loaded machine the two waits can take a while to be taken up)."""
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=1, max_watches=1)
+    cp = _start(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=1, max_watches=1, max_waits=2
+    )
     request = operations_pb2.WaitOperationRequest(name=_operation(cp))
     request.timeout.FromSeconds(5)
     channel = grpc.insecure_channel(cp.address)

@@ -244,6 +244,11 @@ def _open_channel(
 WAIT_CALL_MARGIN_S = 5.0
 #: The longest one WaitOperation call waits on the server; a longer wait is asked for as this.
 MAX_WAIT_S = 60.0
+#: A wait answered not done with more than this left of it was answered early (the server
+#: holds only so many waits at once); it is asked again after a pause of
+#: ``EARLY_WAIT_PAUSE_S``.
+EARLY_WAIT_ANSWER_S = 0.5
+EARLY_WAIT_PAUSE_S = 1.0
 
 #: The first pause before a call is tried again (doubled for each further try, with jitter).
 #: After a failure to connect, the pause ends as soon as the channel is connected again.
@@ -853,11 +858,21 @@ class Client(DeploymentsMixin):
         :data:`WAIT_CALL_MARGIN_S`, so that a wait longer than the client's timeout is
         answered by the server rather than cut off here (a client without a timeout waits
         without a deadline)."""
-        wait = min(max(timeout, 0.0), MAX_WAIT_S)
-        request = operations_pb2.WaitOperationRequest(name=name)
-        request.timeout.FromTimedelta(timedelta(seconds=wait))
-        deadline = None if self.timeout is None else max(self.timeout, wait + WAIT_CALL_MARGIN_S)
-        return self._call(self.operations.WaitOperation, request, timeout=deadline)
+        end = time.monotonic() + min(max(timeout, 0.0), MAX_WAIT_S)
+        while True:
+            wait = max(end - time.monotonic(), 0.0)
+            request = operations_pb2.WaitOperationRequest(name=name)
+            request.timeout.FromTimedelta(timedelta(seconds=wait))
+            deadline = (
+                None if self.timeout is None else max(self.timeout, wait + WAIT_CALL_MARGIN_S)
+            )
+            op = self._call(self.operations.WaitOperation, request, timeout=deadline)
+            left = end - time.monotonic()
+            if op.done or left <= EARLY_WAIT_ANSWER_S:
+                return op
+            # Answered well before the wait's end: the server holds only so many waits at
+            # once, and answered this one as the operation stands. Ask again shortly.
+            time.sleep(min(EARLY_WAIT_PAUSE_S, left))
 
     def evaluate(
         self,
