@@ -182,11 +182,10 @@ def _opt(message: Any, field: str) -> float | None:
 Table = tuple[str, list[str], list[list[Any]]]
 
 
-def status_tables(d: dp.Deployment) -> list[Table]:
+def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
     """``rollout status`` as tables: the rollout, its arms' and shadow's latest window, the
-    guards' results and the replicas that cannot load the candidate (the JSON document holds
-    every histogram besides)."""
-    doc = status(d)
+    guards' results and the replicas that cannot load the candidate, from ``d`` and its
+    ``status`` document ``doc`` (the JSON document holds every histogram besides)."""
     fields = [
         ["deployment", doc["deployment"]],
         ["champion", doc["champion_version"]],
@@ -297,7 +296,8 @@ def status_tables(d: dp.Deployment) -> list[Table]:
 
 
 def _print_status(out: Printer, d: dp.Deployment) -> None:
-    out.emit_tables(status(d), status_tables(d))
+    doc = status(d)
+    out.emit_tables(doc, status_tables(d, doc))
 
 
 def _unloaded(u: dp.UnloadedReplica) -> dict[str, Any]:

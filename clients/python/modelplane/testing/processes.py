@@ -99,10 +99,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def controlplane(
-    tmp: Path, db_url: str, *, name: str = "cp", port: int = 0, extra: tuple[str, ...] = ()
+    tmp: Path,
+    db_url: str,
+    *,
+    name: str = "cp",
+    port: int = 0,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Server:
     """A control plane (not yet started) on ``db_url`` sharing ``tmp/artifacts``; ``extra``
-    adds ``controlplane serve`` options."""
+    adds ``controlplane serve`` options, ``env`` ``MODELPLANE_`` settings."""
     address = f"127.0.0.1:{port or free_port()}"
     argv = [
         sys.executable,
@@ -120,7 +126,7 @@ def controlplane(
         "info",
         *extra,
     ]
-    return Server(argv, address, tmp / f"{name}.log", _env())
+    return Server(argv, address, tmp / f"{name}.log", _env(**(env or {})))
 
 
 def sidecar(
