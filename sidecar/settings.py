@@ -294,6 +294,14 @@ class SidecarSettings(BaseSettings):
             "SO_REUSEPORT and record metrics for the supervisor's endpoint."
         ),
     )
+    peers_dir: Path | None = Field(
+        None,
+        description=(
+            "Set by the supervisor of a managed --workers N on its worker processes: the "
+            "folder where each worker serves the others on <pid>.sock (labels join on every "
+            "worker)."
+        ),
+    )
 
     _validate_delay = field_validator(
         "max_queue_delay", "shutdown_delay", "drift_window", mode="before"

@@ -9,8 +9,10 @@ multiprocess mode), forwards SIGTERM so every worker drains, and exits 0 once al
 In managed mode (``--control-plane``) every worker is a replica of its own: it watches the
 deployment, loads the versions and reports its windows independently (``--replica NAME``
 becomes ``NAME-<pid>``), and the control plane merges the replicas' reports as it merges
-pods'. The workers share one verified-artifact cache. A label reaches the worker its
-``IngestLabels`` call lands on, which joins only the predictions it served (as with pods).
+pods'. The workers share one verified-artifact cache. An ``IngestLabels`` call lands on one
+worker, which joins its labels with every worker's predictions over Unix sockets in a folder
+the supervisor makes for them (:mod:`sidecar.managed.peers`): one call per sidecar joins them
+all, however many workers it has.
 
 With a prediction log, every worker writes its own files into the one log directory (the
 file names carry the worker's pid, so readers see one log). Drift is monitored per worker:
@@ -107,6 +109,11 @@ def supervise(
         # One verified-artifact cache for all workers: what one downloaded, the others reuse.
         shared_cache = Path(tempfile.mkdtemp(prefix="modelplane-cache-"))
         settings = settings.model_copy(update={"cache_dir": shared_cache})
+    peers_dir = None
+    if settings.managed:
+        # Mode 0700: only this sidecar's processes reach its workers' label service.
+        peers_dir = Path(tempfile.mkdtemp(prefix="modelplane-workers-"))
+        settings = settings.model_copy(update={"peers_dir": peers_dir})
     mps = None
     try:
         # Before the workers: their CUDA contexts must be made through the MPS server.
@@ -135,8 +142,9 @@ def supervise(
     finally:
         if mps is not None:
             mps.stop()
-        if shared_cache is not None:
-            shutil.rmtree(shared_cache, ignore_errors=True)
+        for folder in (shared_cache, peers_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> int:

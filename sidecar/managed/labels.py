@@ -133,12 +133,15 @@ class PredictionIndex:
         keys: list[tuple[str, int]],
         joins: Callable[[Predicted], bool],
         check: Callable[[list[Predicted | None]], None],
+        *,
+        mark: bool = True,
     ) -> tuple[list[Predicted | None], list[Predicted | None]]:
         """Join labels of ``keys`` (request id, row) with their rows, in one step that no
         new prediction comes between. Returns, per label, the prediction of its row if
         remembered and ``joins`` it (None otherwise), and the row's entry marked labeled
         when the label is the first for it (None otherwise: give it to :meth:`unjoin` to
-        undo). ``check(hits)`` runs first and may raise: nothing is marked then.
+        undo). ``check(hits)`` runs first and may raise: nothing is marked then; without
+        ``mark`` nothing is marked either (the labels are only checked).
         """
         digests = [(_digest(rid), row) for rid, row in keys]
         rows = self._rows
@@ -148,13 +151,15 @@ class PredictionIndex:
                 hit = rows.get(key)
                 hits.append(hit if hit is not None and joins(hit) else None)
             check(hits)
+            if not mark:
+                return hits, [None] * len(hits)
             marks: list[Predicted | None] = []
             for key, hit in zip(digests, hits, strict=True):
-                mark = None
+                marked = None
                 # A row labeled twice in one call is marked by the first label only.
                 if hit is not None and not hit.labeled and rows.get(key) is hit:
-                    mark = rows[key] = replace(hit, labeled=True)
-                marks.append(mark)
+                    marked = rows[key] = replace(hit, labeled=True)
+                marks.append(marked)
         return hits, marks
 
     def unjoin(
@@ -232,15 +237,22 @@ class LabelLog:
 
 
 class LabelIngestor:
-    """``IngestLabels``: validate, join, log, count."""
+    """``IngestLabels``: validate, join, log, count.
 
-    def __init__(self, index: PredictionIndex, counts: Any, log: LabelLog | None) -> None:
+    ``peers`` (a :class:`~sidecar.managed.peers.WorkerPeers`, in a worker of ``--workers N``)
+    joins the labels with the other workers' predictions too (see :mod:`sidecar.managed.peers`).
+    """
+
+    def __init__(
+        self, index: PredictionIndex, counts: Any, log: LabelLog | None, peers: Any = None
+    ) -> None:
         self.index = index
         #: Receives ``add_labeled(arm, version, labeled, correct)`` for the open window, and
         #: says whether labels of a version answering as an arm can be reported
         #: (``reportable(arm, version)``).
         self.counts = counts
         self.log = log
+        self.peers = peers
         #: One call at a time joins, logs and (on a log failure) undoes its marks.
         self._lock = threading.Lock()
 
@@ -251,33 +263,83 @@ class LabelIngestor:
         Every label is checked, against the prediction it joins too, before anything
         happens; the call's labels are written to the label log before any is counted, so
         a call the log cannot take (UNAVAILABLE, ``LABEL_LOG_FAILED``) leaves no trace and
-        can be sent again as it is.
+        can be sent again as it is. (With other workers, those count their rows before
+        this one logs: see :mod:`sidecar.managed.peers`.)
         """
         _check(labels)
         keys = [(label.request_id, label.row) for label in labels]
-        reportable = self.counts.reportable
+        remote: dict[int, Any] = {}
+        if self.peers is not None:
+            self._join(labels, keys, mark=False)
+            self.peers.join(labels, check_only=True)
+            remote = self.peers.join(labels, check_only=False)
         with self._lock:
-            # A version whose arm another one now holds (a champion after a promotion, a
-            # candidate replaced by the next) is in no report to come: its rows no longer
-            # join, so their labels are not checked against it either. A candidate after a
-            # rollback leaves its arm empty: its rows still join.
-            hits, marks = self.index.join(
-                keys,
-                lambda hit: reportable(hit.arm, hit.version),
-                lambda hits: _check_kinds(labels, hits),
-            )
-            rights = [
-                None
-                if hit is None
-                else correct(hit.value, _truth(label), hit.regression, hit.tolerance)
-                for label, hit in zip(labels, hits, strict=True)
+            hits, marks = self._join(labels, keys, mark=True)
+            rights = self._rights(labels, hits)
+            joined = [
+                (hit.arm, hit.version, right) if hit is not None else _remote(remote.get(i))
+                for i, (hit, right) in enumerate(zip(hits, rights, strict=True))
             ]
             if self.log is not None and len(labels):
                 try:
-                    self._write(labels, hits, rights)
+                    self._write(labels, joined)
                 except BaseException:
                     self.index.unjoin(keys, hits, marks)
                     raise
+        self._count(hits, rights, marks)
+        accepted = len(labels) if self.log is not None else 0
+        return accepted, sum(j is not None for j in joined)
+
+    def join_for_peer(self, labels: Any, *, check_only: bool) -> dict[int, Any]:
+        """Another worker's ``JoinLabels``: check ``labels`` against this worker's rows, or
+        join them and count the first label of each row; returns what joined, by index.
+        Nothing is logged here: the worker that received the labels logs them."""
+        from sidecar.managed.peers import Joined
+
+        _check(labels)
+        keys = [(label.request_id, label.row) for label in labels]
+        with self._lock:
+            hits, marks = self._join(labels, keys, mark=not check_only)
+        if check_only:
+            return {}
+        rights = self._rights(labels, hits)
+        self._count(hits, rights, marks)
+        return {
+            i: Joined(hit.arm, hit.version, bool(right))
+            for i, (hit, right) in enumerate(zip(hits, rights, strict=True))
+            if hit is not None
+        }
+
+    def _join(
+        self, labels: Any, keys: list[tuple[str, int]], *, mark: bool
+    ) -> tuple[list[Predicted | None], list[Predicted | None]]:
+        # A version whose arm another one now holds (a champion after a promotion, a
+        # candidate replaced by the next) is in no report to come: its rows no longer
+        # join, so their labels are not checked against it either. A candidate after a
+        # rollback leaves its arm empty: its rows still join.
+        reportable = self.counts.reportable
+        return self.index.join(
+            keys,
+            lambda hit: reportable(hit.arm, hit.version),
+            lambda hits: _check_kinds(labels, hits),
+            mark=mark,
+        )
+
+    @staticmethod
+    def _rights(labels: Any, hits: list[Predicted | None]) -> list[bool | None]:
+        return [
+            None
+            if hit is None
+            else correct(hit.value, _truth(label), hit.regression, hit.tolerance)
+            for label, hit in zip(labels, hits, strict=True)
+        ]
+
+    def _count(
+        self,
+        hits: list[Predicted | None],
+        rights: list[bool | None],
+        marks: list[Predicted | None],
+    ) -> None:
         tally: dict[tuple[str, int], list[int]] = {}
         for hit, right, mark in zip(hits, rights, marks, strict=True):
             if hit is None or mark is None:
@@ -287,10 +349,8 @@ class LabelIngestor:
             entry[1] += int(bool(right))
         for (arm, version), (labeled, right_count) in tally.items():
             self.counts.add_labeled(arm, version, labeled, right_count)
-        accepted = len(labels) if self.log is not None else 0
-        return accepted, sum(hit is not None for hit in hits)
 
-    def _write(self, labels: Any, hits: list[Predicted | None], rights: list[bool | None]) -> None:
+    def _write(self, labels: Any, joined: list[tuple[str, int, bool | None] | None]) -> None:
         assert self.log is not None
         kinds = [label.WhichOneof("value") for label in labels]
         batch = pa.RecordBatch.from_arrays(
@@ -314,10 +374,10 @@ class LabelIngestor:
                     ],
                     pa.float64(),
                 ),
-                pa.array([hit is not None for hit in hits], pa.bool_()),
-                pa.array([None if hit is None else hit.arm for hit in hits], pa.string()),
-                pa.array([None if hit is None else str(hit.version) for hit in hits], pa.string()),
-                pa.array(rights, pa.bool_()),
+                pa.array([j is not None for j in joined], pa.bool_()),
+                pa.array([None if j is None else j[0] for j in joined], pa.string()),
+                pa.array([None if j is None else str(j[1]) for j in joined], pa.string()),
+                pa.array([None if j is None else j[2] for j in joined], pa.bool_()),
             ],
             schema=LABEL_SCHEMA,
         )
@@ -331,12 +391,23 @@ class LabelIngestor:
                 error=str(exc),
                 labels=len(labels),
             )
+            counted = (
+                "none of these labels was logged (other workers of this sidecar may have "
+                "counted theirs: a row's label is counted once however often it is sent)"
+                if self.peers is not None
+                else "none of these labels was logged or counted"
+            )
             raise Unavailable(
                 f"the label log could not be written ({exc.strerror or type(exc).__name__}); "
-                "none of these labels was logged or counted: send them again once the "
-                "sidecar's log directory can be written (the sidecar's log has the details)",
+                f"{counted}: send them again once the sidecar's log directory can be written "
+                "(the sidecar's log has the details)",
                 reason="LABEL_LOG_FAILED",
             ) from None
+
+
+def _remote(joined: Any) -> tuple[str, int, bool | None] | None:
+    """A label's join on another worker, as the label log records it."""
+    return None if joined is None else (joined.arm, joined.version, joined.correct)
 
 
 def _truth(label: Any) -> int | float:

@@ -36,6 +36,7 @@ from sidecar.managed.artifacts import ArtifactCache, blob_downloader
 from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
 from sidecar.managed.manager import DeploymentManager
 from sidecar.managed.observer import ManagedObserver
+from sidecar.managed.peers import open_peer_endpoint
 from sidecar.managed.reporter import Reporter
 from sidecar.managed.servicer import ManagedServicer
 from sidecar.managed.shadow import ShadowRunner
@@ -386,6 +387,17 @@ def start_managed(
     manager_box.append(manager)
     servicer = ManagedServicer(slot, manager, shadow, logged=writer is not None)
     labels = LabelIngestor(index, observer, label_log)
+    if settings.worker and settings.peers_dir is not None:
+        try:
+            endpoint = open_peer_endpoint(settings.peers_dir, labels)
+        except BaseException:
+            for close in reversed(closers):
+                close()
+            raise
+        # Closed before the observer and the reporter (closers run last first): no other
+        # worker joins labels here once its counts could no longer be reported.
+        closers.append(endpoint.close)
+        labels.peers = endpoint.peers
     add_to_server(servicer, server, pool)
     add_admin_to_server(AdminServicer(slot, labels=labels), server, admin)
     handle = ManagedHandle(
