@@ -2,8 +2,10 @@
 
 ``GetDriftReport`` scores the open drift window, or returns the last closed one. With several
 worker processes a call reaches one worker, and the report covers that worker's traffic
-(``worker_pid`` names it). ``IngestLabels`` needs a managed sidecar (``--control-plane``),
-which joins labels with its recent predictions (see :mod:`sidecar.managed.labels`).
+(``worker_pid`` names it; ``gauges_pid`` names the process whose pid labels that worker's
+``modelplane_drift_*`` gauges: its observer process under ``--observer-mode process``).
+``IngestLabels`` needs a managed sidecar (``--control-plane``), which joins labels with its
+recent predictions (see :mod:`sidecar.managed.labels`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def _timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
-def report_message(report: DriftReport, model: str, version: str, window: int) -> pb.DriftReport:
-    """The wire form of ``report``."""
+def report_message(
+    report: DriftReport, model: str, version: str, window: int, gauges_pid: int | None = None
+) -> pb.DriftReport:
+    """The wire form of ``report``; ``gauges_pid`` is the process that sets the drift gauges
+    (this one when None)."""
     message = pb.DriftReport(
         model_name=model,
         model_version=version,
@@ -60,6 +65,7 @@ def report_message(report: DriftReport, model: str, version: str, window: int) -
         start_time=_timestamp(report.start),
         row_count=report.rows,
         worker_pid=os.getpid(),
+        gauges_pid=os.getpid() if gauges_pid is None else gauges_pid,
     )
     if report.end is not None:
         message.end_time.CopyFrom(_timestamp(report.end))
@@ -145,7 +151,10 @@ class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
         else:
             window = pb.DRIFT_WINDOW_CURRENT
             report = feed.current()[1]
-        return report_message(report, model.name, model.version, window)
+        # A feed in the observer process (RemoteDrift) names that process; one counted here
+        # (DriftFeed) names this one.
+        gauges_pid = getattr(feed, "gauges_pid", None)
+        return report_message(report, model.name, model.version, window, gauges_pid)
 
 
 def add_admin_to_server(

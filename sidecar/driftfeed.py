@@ -11,10 +11,19 @@ column named after the input; a ``[-1, F]`` input is ``F`` columns named by the 
 ``x_0..x_{F-1}`` (``<input>_0..`` when the model has several 2-D inputs). Rows of requests
 that failed in the model are left out. FP32 and FP16 values keep their type, so that the
 monitor compares them with the baseline at their precision.
+
+With several workers (``--workers N``, prometheus_client's multiprocess mode) the gauges are
+``liveall`` gauges: each worker's series carry a ``pid`` label, the process id of the process
+that sets them. That is the process the feed runs in: the worker's observer process under
+``--observer-mode process`` (the default whenever a worker monitors drift, unless its
+prediction log is ``sync``), else the worker itself. ``GetDriftReport`` names it
+(``gauges_pid``, next to ``worker_pid``), and ``modelplane drift report`` prints it. A sidecar
+of one worker exports the gauges without a ``pid`` label.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,7 +129,8 @@ class DriftFamilies(RegistryFamilies):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry)
-        # With several workers each reports its own traffic: one series per worker (pid).
+        # With several workers each reports its own traffic: one series per process that sets
+        # them (``pid``: the worker's observer process, or the worker; see the module's doc).
         mode: dict[str, Any] = {"multiprocess_mode": "liveall"} if multiprocess() else {}
         names = ["model", "version"]
         self.psi = Gauge(
@@ -235,6 +245,12 @@ class DriftFeed:
 
     #: Drift counts feature values; it never reads request ids.
     needs_ids = False
+
+    @property
+    def gauges_pid(self) -> int:
+        """The process that sets the gauges (their ``pid`` label with several workers): this
+        one."""
+        return os.getpid()
 
     def __init__(
         self,

@@ -16,6 +16,14 @@ default) that work runs in a child process instead:
 - ``GetDriftReport`` and metric scrapes ask the child and wait for its answer. A log that
   fails in the child (disk full, file size limit) and a child that dies both turn the
   sidecar NOT_SERVING, as a failing log does in process;
+- with several workers (prometheus_client's multiprocess mode) the child writes metric files
+  of its own, under its own pid: the worker writes counters too, and two processes must never
+  write one file. So the drift gauges the child sets carry the child's pid as their ``pid``
+  label, which ``GetDriftReport`` names (``gauges_pid``, next to the worker's ``worker_pid``).
+  When the child ends, the worker marks its pid dead (``mark_process_dead``), so that the
+  supervisor's endpoint stops exporting its drift series. The prediction log's file names
+  carry the worker's pid, as an in-process log's do (:func:`sidecar.predlog.files.name_files_for`):
+  the worker writes no log files itself;
 - a full pipe makes the hub's thread wait, and a full hub makes publishers wait: records are
   never dropped. The child ends when the pipe closes, after closing its log files, so it
   never outlives the sidecar, which can be killed without warning.
@@ -74,6 +82,8 @@ class _Job:
     signature: Signature
     #: None: no metrics; "forward": answer scrapes; "files": prometheus multiprocess files.
     metrics: str | None
+    #: The serving process (the worker), whose pid the log's file names carry.
+    worker_pid: int
 
 
 class ObserverProcess:
@@ -89,8 +99,11 @@ class ObserverProcess:
         *,
         drift: bool,
         log_dir: Path | None,
+        metrics: str | None = None,
     ) -> None:
         self._process = process
+        self._metrics = metrics
+        self._forgotten = False
         self._commands = commands
         self._answers = answers
         self._on_failure = on_failure
@@ -134,7 +147,7 @@ class ObserverProcess:
         """Start the child and wait until its log is open and its baseline loaded; raises
         what opening them raised there (a bad baseline, a log directory it cannot use)."""
         metrics = None if registry is None else "files" if multiprocess() else "forward"
-        job = _Job(settings, log_settings, signature, metrics)
+        job = _Job(settings, log_settings, signature, metrics, os.getpid())
         ctx = mp.get_context("spawn")
         child_commands, commands = ctx.Pipe(duplex=False)
         answers, child_answers = ctx.Pipe(duplex=False)
@@ -168,6 +181,7 @@ class ObserverProcess:
             on_failure,
             drift=settings.baseline is not None,
             log_dir=log_dir,
+            metrics=metrics,
         )
         self._receiver.start()
         self._watchdog.start()
@@ -180,6 +194,20 @@ class ObserverProcess:
     def pid(self) -> int:
         """The child's process id."""
         return int(self._process.pid)
+
+    def _forget_metrics(self) -> None:
+        """Once the child has ended: remove its live gauge files (its drift series, which carry
+        its pid), so that the supervisor's merged endpoint stops exporting them. A child that
+        closed did so itself; this covers one that died or was killed."""
+        if self._metrics != "files" or self._forgotten or self._process.exitcode is None:
+            return
+        self._forgotten = True
+        from prometheus_client import multiprocess as prom_multiprocess
+
+        try:
+            prom_multiprocess.mark_process_dead(self.pid)
+        except OSError as exc:
+            log.warning("could not remove the observer process's metric files", error=str(exc))
 
     @property
     def stalled(self) -> bool:
@@ -297,6 +325,7 @@ class ObserverProcess:
         if not self._closing:
             self._process.join(1)
             code = self._process.exitcode
+            self._forget_metrics()
             log.error("the observer process ended", observer_pid=self._process.pid, exitcode=code)
             self._on_failure(
                 ObserverProcessError(
@@ -332,6 +361,7 @@ class ObserverProcess:
             )
             self._process.kill()
             self._process.join(5)
+        self._forget_metrics()
         self._commands.close()
         self._answers.close()
         if self.lost:
@@ -347,6 +377,12 @@ class RemoteDrift:
 
     def __init__(self, process: ObserverProcess) -> None:
         self._process = process
+
+    @property
+    def gauges_pid(self) -> int:
+        """The process that sets the drift gauges (their ``pid`` label with several
+        workers): the observer process."""
+        return self._process.pid
 
     def current(self) -> tuple[None, DriftReport]:
         """The open window's report so far."""
@@ -394,6 +430,10 @@ def _child_main(job: _Job, commands: Connection, answers: Connection) -> None:
         with answer_lock, contextlib.suppress(OSError, ValueError):
             answers.send(message)
 
+    from sidecar.predlog.files import name_files_for
+
+    # The log's files are named after the worker, which writes none itself (see the module).
+    name_files_for(job.worker_pid)
     registry = None if job.metrics is None else CollectorRegistry()
     try:
         wiring = observe(

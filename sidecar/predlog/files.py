@@ -1,9 +1,15 @@
 """Log files on disk: names that sort by time, atomic creation, retention, listing.
 
 A file is ``DIR/YYYY-MM-DD/YYYYMMDDTHHMMSS.ffffffZ-p<pid>-<seq>.arrows`` (UTC time of
-creation), so sorting relative paths sorts files by time. A new file is first written under a
-hidden ``.<name>.tmp`` name, holding its schema and first batch, and only then renamed: every
-``.arrows`` file, even one killed mid-write, starts with a readable schema and batch.
+creation), so sorting relative paths sorts files by time. ``<pid>`` is the serving process's
+id (with ``--workers N``, the worker's), also when its observer process writes the log for it
+(:mod:`sidecar.observer_process` calls :func:`name_files_for`): a serving process that
+offloads its log writes no log files itself and has one observer process, so no two
+processes write under one pid.
+
+A new file is first written under a hidden ``.<name>.tmp`` name, holding its schema and first
+batch, and only then renamed: every ``.arrows`` file, even one killed mid-write, starts with a
+readable schema and batch.
 
 A writer holds an exclusive ``flock`` on each file it has open, and retention never deletes a
 locked file: the label log's files and other processes' files share the directory, and one
@@ -28,6 +34,16 @@ SUFFIX = ".arrows"
 LABELS_PREFIX = "labels-"
 _TMP_SUFFIX = ".tmp"
 _STALE_TMP_S = 3600.0
+#: The process id new files' names carry; None: this process's.
+_name_pid: int | None = None
+
+
+def name_files_for(pid: int) -> None:
+    """Name the files this process creates from now on after process ``pid`` (the worker an
+    observer process writes the log for), instead of after this process. Only for a process
+    writing the log in place of ``pid``, which then writes no log files of its own."""
+    global _name_pid
+    _name_pid = pid
 
 
 def list_log_files(directory: Path, labels: bool = False) -> list[Path]:
@@ -96,8 +112,9 @@ class LogFile:
         now = datetime.now(UTC)
         folder = directory / now.strftime("%Y-%m-%d")
         new_folder = not folder.is_dir()
+        pid = os.getpid() if _name_pid is None else _name_pid
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"{prefix}{now.strftime('%Y%m%dT%H%M%S.%f')}Z-p{os.getpid()}-{seq:06d}{SUFFIX}"
+        name = f"{prefix}{now.strftime('%Y%m%dT%H%M%S.%f')}Z-p{pid}-{seq:06d}{SUFFIX}"
         final = folder / name
         tmp = folder / f".{name}{_TMP_SUFFIX}"
         fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - owned by the LogFile

@@ -1,7 +1,9 @@
 """`modelplane drift` commands: ``report`` asks a running sidecar for its drift report.
 
 With a sidecar of several worker processes, the report covers the worker the call reached
-(its ``worker_pid`` is shown).
+(its ``worker_pid`` is shown), and ``gauges_pid`` names the ``pid`` label of that worker's
+``modelplane_drift_*`` gauges (the worker's observer process under ``--observer-mode process``,
+else the worker itself).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def _number(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}g}"
 
 
+def _gauges(message: Any) -> str:
+    """The ``pid`` label of the worker's drift gauges (a sidecar older than the field answers
+    0: nothing is shown)."""
+    return f", drift gauges pid {message.gauges_pid}" if message.gauges_pid else ""
+
+
 def _report(args: argparse.Namespace, printer: Printer) -> int:
     with server_errors():
         message = _fetch(args.sidecar, args.window, args.timeout)
@@ -60,7 +68,7 @@ def _report(args: argparse.Namespace, printer: Printer) -> int:
     title = (
         f"{message.model_name} v{message.model_version}: {args.window} window, "
         f"{message.row_count} rows, drifted share {_number(share) or 'n/a'}, "
-        f"worker pid {message.worker_pid}"
+        f"worker pid {message.worker_pid}{_gauges(message)}"
     )
     rows = []
     for feat in doc.get("features", []):

@@ -26,29 +26,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelplane/v1/sidecar.proto\x12\rmodelplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x15GetDriftReportRequest\x12*\n\x06window\x18\x01 \x01(\x0e\x32\x1a.modelplane.v1.DriftWindow\"\xdf\x02\n\x0b\x44riftReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x06window\x18\x03 \x01(\x0e\x32\x1a.modelplane.v1.DriftWindow\x12\x17\n\x0f\x62\x61seline_digest\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trow_count\x18\x07 \x01(\x03\x12\x1a\n\rdrifted_share\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12-\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1b.modelplane.v1.FeatureDrift\x12\x12\n\nworker_pid\x18\n \x01(\x03\x42\x10\n\x0e_drifted_share\"\xe8\x03\n\x0c\x46\x65\x61tureDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.modelplane.v1.FeatureKind\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x1a\n\rmissing_share\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12out_of_range_share\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03psi\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cks_statistic\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tks_pvalue\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0bjs_distance\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1b\n\x0e\x63hi2_statistic\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x18\n\x0b\x63hi2_pvalue\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x19\n\x0cunseen_share\x18\x0c \x01(\x01H\x08\x88\x01\x01\x12\x0f\n\x07\x64rifted\x18\r \x01(\x08\x42\x10\n\x0e_missing_shareB\x15\n\x13_out_of_range_shareB\x06\n\x04_psiB\x0f\n\r_ks_statisticB\x0c\n\n_ks_pvalueB\x0e\n\x0c_js_distanceB\x11\n\x0f_chi2_statisticB\x0e\n\x0c_chi2_pvalueB\x0f\n\r_unseen_share\"Z\n\x05Label\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x03\x12\x15\n\x0b\x63lass_label\x18\x03 \x01(\x03H\x00\x12\x10\n\x06target\x18\x04 \x01(\x01H\x00\x42\x07\n\x05value\";\n\x13IngestLabelsRequest\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.modelplane.v1.Label\"9\n\x14IngestLabelsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03*\\\n\x0b\x44riftWindow\x12\x1c\n\x18\x44RIFT_WINDOW_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RIFT_WINDOW_CURRENT\x10\x01\x12\x15\n\x11\x44RIFT_WINDOW_LAST\x10\x02*c\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_KIND_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_KIND_CATEGORICAL\x10\x02\x32\xc2\x01\n\x13SidecarAdminService\x12R\n\x0eGetDriftReport\x12$.modelplane.v1.GetDriftReportRequest\x1a\x1a.modelplane.v1.DriftReport\x12W\n\x0cIngestLabels\x12\".modelplane.v1.IngestLabelsRequest\x1a#.modelplane.v1.IngestLabelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelplane/v1/sidecar.proto\x12\rmodelplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x15GetDriftReportRequest\x12*\n\x06window\x18\x01 \x01(\x0e\x32\x1a.modelplane.v1.DriftWindow\"\xf3\x02\n\x0b\x44riftReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x06window\x18\x03 \x01(\x0e\x32\x1a.modelplane.v1.DriftWindow\x12\x17\n\x0f\x62\x61seline_digest\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trow_count\x18\x07 \x01(\x03\x12\x1a\n\rdrifted_share\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12-\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x1b.modelplane.v1.FeatureDrift\x12\x12\n\nworker_pid\x18\n \x01(\x03\x12\x12\n\ngauges_pid\x18\x0b \x01(\x03\x42\x10\n\x0e_drifted_share\"\xe8\x03\n\x0c\x46\x65\x61tureDrift\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.modelplane.v1.FeatureKind\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x1a\n\rmissing_share\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12out_of_range_share\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03psi\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cks_statistic\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tks_pvalue\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0bjs_distance\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1b\n\x0e\x63hi2_statistic\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x18\n\x0b\x63hi2_pvalue\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x19\n\x0cunseen_share\x18\x0c \x01(\x01H\x08\x88\x01\x01\x12\x0f\n\x07\x64rifted\x18\r \x01(\x08\x42\x10\n\x0e_missing_shareB\x15\n\x13_out_of_range_shareB\x06\n\x04_psiB\x0f\n\r_ks_statisticB\x0c\n\n_ks_pvalueB\x0e\n\x0c_js_distanceB\x11\n\x0f_chi2_statisticB\x0e\n\x0c_chi2_pvalueB\x0f\n\r_unseen_share\"Z\n\x05Label\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x03\x12\x15\n\x0b\x63lass_label\x18\x03 \x01(\x03H\x00\x12\x10\n\x06target\x18\x04 \x01(\x01H\x00\x42\x07\n\x05value\";\n\x13IngestLabelsRequest\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.modelplane.v1.Label\"9\n\x14IngestLabelsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03*\\\n\x0b\x44riftWindow\x12\x1c\n\x18\x44RIFT_WINDOW_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RIFT_WINDOW_CURRENT\x10\x01\x12\x15\n\x11\x44RIFT_WINDOW_LAST\x10\x02*c\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_KIND_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_KIND_CATEGORICAL\x10\x02\x32\xc2\x01\n\x13SidecarAdminService\x12R\n\x0eGetDriftReport\x12$.modelplane.v1.GetDriftReportRequest\x1a\x1a.modelplane.v1.DriftReport\x12W\n\x0cIngestLabels\x12\".modelplane.v1.IngestLabelsRequest\x1a#.modelplane.v1.IngestLabelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelplane.v1.sidecar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DRIFTWINDOW']._serialized_start=1205
-  _globals['_DRIFTWINDOW']._serialized_end=1297
-  _globals['_FEATUREKIND']._serialized_start=1299
-  _globals['_FEATUREKIND']._serialized_end=1398
+  _globals['_DRIFTWINDOW']._serialized_start=1225
+  _globals['_DRIFTWINDOW']._serialized_end=1317
+  _globals['_FEATUREKIND']._serialized_start=1319
+  _globals['_FEATUREKIND']._serialized_end=1418
   _globals['_GETDRIFTREPORTREQUEST']._serialized_start=79
   _globals['_GETDRIFTREPORTREQUEST']._serialized_end=146
   _globals['_DRIFTREPORT']._serialized_start=149
-  _globals['_DRIFTREPORT']._serialized_end=500
-  _globals['_FEATUREDRIFT']._serialized_start=503
-  _globals['_FEATUREDRIFT']._serialized_end=991
-  _globals['_LABEL']._serialized_start=993
-  _globals['_LABEL']._serialized_end=1083
-  _globals['_INGESTLABELSREQUEST']._serialized_start=1085
-  _globals['_INGESTLABELSREQUEST']._serialized_end=1144
-  _globals['_INGESTLABELSRESPONSE']._serialized_start=1146
-  _globals['_INGESTLABELSRESPONSE']._serialized_end=1203
-  _globals['_SIDECARADMINSERVICE']._serialized_start=1401
-  _globals['_SIDECARADMINSERVICE']._serialized_end=1595
+  _globals['_DRIFTREPORT']._serialized_end=520
+  _globals['_FEATUREDRIFT']._serialized_start=523
+  _globals['_FEATUREDRIFT']._serialized_end=1011
+  _globals['_LABEL']._serialized_start=1013
+  _globals['_LABEL']._serialized_end=1103
+  _globals['_INGESTLABELSREQUEST']._serialized_start=1105
+  _globals['_INGESTLABELSREQUEST']._serialized_end=1164
+  _globals['_INGESTLABELSRESPONSE']._serialized_start=1166
+  _globals['_INGESTLABELSRESPONSE']._serialized_end=1223
+  _globals['_SIDECARADMINSERVICE']._serialized_start=1421
+  _globals['_SIDECARADMINSERVICE']._serialized_end=1615
 # @@protoc_insertion_point(module_scope)

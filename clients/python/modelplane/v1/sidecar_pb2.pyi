@@ -36,7 +36,7 @@ class GetDriftReportRequest(_message.Message):
     def __init__(self, window: _Optional[_Union[DriftWindow, str]] = ...) -> None: ...
 
 class DriftReport(_message.Message):
-    __slots__ = ("model_name", "model_version", "window", "baseline_digest", "start_time", "end_time", "row_count", "drifted_share", "features", "worker_pid")
+    __slots__ = ("model_name", "model_version", "window", "baseline_digest", "start_time", "end_time", "row_count", "drifted_share", "features", "worker_pid", "gauges_pid")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class DriftReport(_message.Message):
     DRIFTED_SHARE_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    GAUGES_PID_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     window: DriftWindow
@@ -57,7 +58,8 @@ class DriftReport(_message.Message):
     drifted_share: float
     features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
     worker_pid: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., window: _Optional[_Union[DriftWindow, str]] = ..., baseline_digest: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_count: _Optional[int] = ..., drifted_share: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., worker_pid: _Optional[int] = ...) -> None: ...
+    gauges_pid: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., window: _Optional[_Union[DriftWindow, str]] = ..., baseline_digest: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_count: _Optional[int] = ..., drifted_share: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., worker_pid: _Optional[int] = ..., gauges_pid: _Optional[int] = ...) -> None: ...
 
 class FeatureDrift(_message.Message):
     __slots__ = ("name", "kind", "count", "missing_share", "out_of_range_share", "psi", "ks_statistic", "ks_pvalue", "js_distance", "chi2_statistic", "chi2_pvalue", "unseen_share", "drifted")
