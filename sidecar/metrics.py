@@ -14,9 +14,9 @@ cannot remove series: closing a binding there zeroes its gauges instead, and its
 until the worker exits.
 
 A managed sidecar also counts, per deployment (:class:`ManagedMetrics`), what its reports to
-the control plane left out, the reports refused or failed (by gRPC code) and the watch
-streams replaced; their labels are bounded too (``reason`` is a fixed set, ``code`` a gRPC
-status code name).
+the control plane left out, the reports refused or failed (by gRPC code), the reports dropped
+unsent from a full queue and the watch streams replaced; their labels are bounded too
+(``reason`` is a fixed set, ``code`` a gRPC status code name).
 """
 
 from __future__ import annotations
@@ -202,6 +202,14 @@ class ManagedFamilies(RegistryFamilies):
             ["model", "code"],
             registry=registry,
         )
+        self.dropped = Counter(
+            "modelplane_sidecar_reports_dropped",
+            "Window reports dropped unsent because the queue of reports waiting to be sent was "
+            "full (the control plane unreachable or failing for that many windows): the oldest "
+            "goes, and the requests it counted are missing from the control plane's evidence",
+            ["model"],
+            registry=registry,
+        )
         self.failures = Counter(
             "modelplane_sidecar_report_failures",
             "Failed attempts to send a window report, by gRPC status code",
@@ -257,6 +265,9 @@ class NoManagedMetrics:
     def report_failed(self, code: Any) -> None:
         """A failed attempt to send a window report, with ``code`` (grpc.StatusCode or None)."""
 
+    def report_dropped(self) -> None:
+        """A window report dropped unsent from a full queue."""
+
     def reconnected(self, reason: str) -> None:
         """A watch stream replaced for ``reason``."""
 
@@ -272,6 +283,7 @@ class ManagedMetrics(NoManagedMetrics):
         for reason in (LATE_VERSION, LABEL_BEYOND_LIMIT):
             families.left_out.labels(model, reason)
         families.reconnects.labels(model, STALE)
+        self._dropped = families.dropped.labels(model)
 
     def left_out(self, reason: str, count: int) -> None:
         if count > 0:
@@ -282,6 +294,9 @@ class ManagedMetrics(NoManagedMetrics):
 
     def report_failed(self, code: Any) -> None:
         self._families.failures.labels(self._model, grpc_code_label(code)).inc()
+
+    def report_dropped(self) -> None:
+        self._dropped.inc()
 
     def reconnected(self, reason: str) -> None:
         self._families.reconnects.labels(self._model, reason).inc()

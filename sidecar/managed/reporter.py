@@ -12,9 +12,13 @@ for a repeat and the control plane's "newest report per replica" is the new proc
 wall clock set back by more than the restart took would break that; NTP slews rather than
 steps small corrections.)
 
-Reports wait in a bounded queue and go out oldest first; when the queue is full the oldest
-report is dropped (and counted). The reporter never blocks the observer thread. What a failed
-report becomes depends on the status code:
+Reports wait in a bounded queue (:data:`MAX_PENDING`) and go out oldest first; when the queue
+is full the oldest report is dropped, and the requests it counted never reach the control
+plane's evidence. Each drop is counted (:attr:`Reporter.dropped`, and
+``modelplane_sidecar_reports_dropped_total``); the first drop after a report went through is
+logged as a warning, and so is the number dropped once a report goes through again (one line
+at each end of an outage, not one per drop). The reporter never blocks the observer thread.
+What a failed report becomes depends on the status code:
 
 - UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED (the control plane is down, slow, busy
   or the connection broke): the report stays first in the queue and is tried again, with the
@@ -46,6 +50,8 @@ from sidecar.metrics import NoManagedMetrics
 
 log = structlog.get_logger("modelplane.sidecar.reporter")
 
+#: Reports that may wait to be sent; past it the oldest is dropped (read when a
+#: :class:`Reporter` is made without ``max_pending``).
 MAX_PENDING = 64
 #: How long one ReportWindow call may take (less during the flush at shutdown).
 CALL_TIMEOUT_S = 10.0
@@ -87,11 +93,13 @@ def _details(exc: BaseException) -> str:
 class _Entry:
     """A queued report and the attempts that failed with an uncertain code."""
 
-    __slots__ = ("attempts", "request")
+    __slots__ = ("attempts", "dropped", "request")
 
     def __init__(self, request: Any) -> None:
         self.request = request
         self.attempts = 0
+        #: Dropped from the full queue (a batch taken before is not to send it).
+        self.dropped = False
 
 
 class Reporter:
@@ -101,7 +109,7 @@ class Reporter:
     def __init__(
         self,
         send: Callable[[Any], Any],
-        max_pending: int = MAX_PENDING,
+        max_pending: int | None = None,
         on_response: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
         call_timeout: float = CALL_TIMEOUT_S,
@@ -110,7 +118,7 @@ class Reporter:
         self._send = send
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._pending: deque[_Entry] = deque()
-        self._max_pending = max_pending
+        self._max_pending = MAX_PENDING if max_pending is None else max_pending
         self._on_response = on_response
         self._clock = clock
         self._call_timeout = call_timeout
@@ -129,6 +137,9 @@ class Reporter:
         self.dropped = 0
         self.refused = 0
         self.refused_codes: dict[str, int] = {}
+        #: Reports dropped from a full queue since a report last went through (logged when
+        #: one goes through again).
+        self._dropped_since = 0
 
     def start(self) -> None:
         """Start the sending thread."""
@@ -136,16 +147,36 @@ class Reporter:
         self._thread.start()
 
     def emit(self, request: Any) -> None:
-        """Queue a closed window's report (numbered now); never blocks."""
+        """Queue a closed window's report (numbered now); never blocks. When the queue is
+        full the oldest report is dropped (counted; the first of an outage is logged)."""
+        dropped: list[Any] = []
         with self._cond:
             self.sequence = next_sequence(self.sequence, self._clock())
             request.sequence = self.sequence
             self._emitted += 1
             self._pending.append(_Entry(request))
             while len(self._pending) > self._max_pending:
-                self._pending.popleft()
+                oldest = self._pending.popleft()
+                oldest.dropped = True
+                dropped.append(oldest.request)
                 self.dropped += 1
+            first = bool(dropped) and self._dropped_since == 0
+            self._dropped_since += len(dropped)
             self._cond.notify()
+        for _ in dropped:
+            self._metrics.report_dropped()
+        if first:
+            log.warning(
+                "window reports are being dropped: the queue of reports the control plane "
+                "has not taken is full, so the oldest is dropped and its requests are missing "
+                "from the control plane's evidence; the number dropped is logged when reports "
+                "go through again",
+                sequence=dropped[0].sequence,
+                generation=dropped[0].generation,
+                max_pending=self._max_pending,
+                failures=self.failures,
+                dropped_total=self.dropped,
+            )
 
     @property
     def pending(self) -> int:
@@ -193,6 +224,8 @@ class Reporter:
     def _send_batch(self, batch: list[_Entry]) -> bool:
         """Send ``batch`` in order; False when a report is left to retry (or time is up)."""
         for entry in batch:
+            if entry.dropped:
+                continue
             request = entry.request
             if self._deadline is not None and self.call_timeout() <= 0:
                 return False
@@ -204,6 +237,7 @@ class Reporter:
                     # The control plane has it (a repeat it answered as an error).
                     self._done(entry)
                     self.sent += 1
+                    self._went_through()
                     continue
                 self.failures += 1
                 self._metrics.report_failed(code)
@@ -238,6 +272,7 @@ class Reporter:
                 continue
             self._done(entry)
             self.sent += 1
+            self._went_through()
             if self._on_response is not None:
                 self._on_response(response)
         return True
@@ -247,10 +282,24 @@ class Reporter:
             if self._pending and self._pending[0] is entry:
                 self._pending.popleft()
 
+    def _went_through(self) -> None:
+        """A report reached the control plane: log what was dropped since the last one."""
+        with self._cond:
+            dropped, self._dropped_since = self._dropped_since, 0
+        if dropped:
+            log.warning(
+                "window reports go through again; some were dropped from the full queue "
+                "meanwhile and their requests are missing from the control plane's evidence",
+                dropped=dropped,
+                dropped_total=self.dropped,
+            )
+
     def _left_unsent(self) -> None:
         if self._pending:
             log.warning(
                 "window reports left unsent at shutdown",
                 pending=len(self._pending),
                 first_sequence=self._pending[0].request.sequence,
+                dropped=self._dropped_since,
+                dropped_total=self.dropped,
             )
