@@ -2,12 +2,19 @@
 
 The watcher hands every ``DeploymentState`` to :meth:`DeploymentManager.offer`, which only
 keeps the newest one (by generation; a deployment deleted and created again under the same
-name, whose generations start over, is told apart by its ``create_time``); a single
-background thread applies it: it loads each version the state needs and this sidecar lacks
-(download, verify, ORT, warm-up, baseline), and only once all are loaded replaces the
-routing table with one assignment. A state whose champion cannot be
-loaded (a corrupt artifact, an unreachable control plane) is logged and retried with backoff
-while the previous table keeps serving. When only another version fails (the candidate, as
+name, whose generations start over, is told apart by its ``create_time``). A state of a lower
+generation of the same deployment is not stale when it is what the control plane holds now:
+after its database was restored from a backup, or it failed over to a lagging database, it
+serves an older generation again, as it does to every replica that connects. Such a state is
+followed, with a warning naming both generations, when it is the first state of a newly
+opened watch stream (which the control plane reads from its database) or when the stream
+sends it again (a heartbeat repeats the current state); one that arrives once on an open
+stream after a higher one is ignored (logged) like any out-of-date state. A single
+background thread applies the state kept: it loads each version the state needs and this
+sidecar lacks (download, verify, ORT, warm-up, baseline), and only once all are loaded
+replaces the routing table with one assignment. A state whose champion cannot be loaded (a
+corrupt artifact, an unreachable control plane) is logged and retried with backoff while the
+previous table keeps serving. When only another version fails (the candidate, as
 canary or shadow), the state is served without it: the champion answers the candidate's share
 and no shadow copies are made, so a new sidecar becomes ready and an old one follows a
 rollback or a new champion; the failure is logged, kept in :attr:`DeploymentManager.unloaded`
@@ -89,6 +96,9 @@ class DeploymentManager:
         self._retry_max = retry_max
         self._cond = threading.Condition()
         self._desired: Any = None
+        #: The lower-generation state ignored last (its :func:`state_key`): followed if the
+        #: control plane sends it again before anything else.
+        self._lower: tuple[int, int] | None = None
         #: The state applied last (its :func:`state_key`), and the one the table serves.
         self._applied: tuple[int, int] | None = None
         self._served: tuple[int, int] | None = None
@@ -112,17 +122,40 @@ class DeploymentManager:
         if self._thread is not None:
             self._thread.join(10)
 
-    def offer(self, state: Any) -> None:
-        """Take a desired state from the control plane (only the newest is kept): one of an
-        older generation of the same deployment is ignored; one of another deployment of the
-        name (deleted and created again: another :func:`incarnation`) replaces the state
-        whatever its generation."""
+    def offer(self, state: Any, first: bool = False) -> None:
+        """Take a desired state from the control plane (only the newest is kept); ``first``:
+        the first state of a newly opened watch stream, the control plane's state as its
+        database holds it now. One of an older generation of the same deployment is ignored,
+        unless ``first`` or sent again right after it was ignored: then the control plane went
+        back (a restored database) and it is followed (see the module docstring). One of
+        another deployment of the name (deleted and created again: another
+        :func:`incarnation`) replaces the state whatever its generation."""
         with self._cond:
             desired = self._desired
+            lower, self._lower = self._lower, None
             if desired is not None:
                 if incarnation(state) == incarnation(desired):
                     if state.generation < desired.generation:
-                        return
+                        if not first and state_key(state) != lower:
+                            self._lower = state_key(state)
+                            log.warning(
+                                "ignoring a desired state of an older generation than the one "
+                                "followed; it is followed if the control plane sends it again "
+                                "(its database went back)",
+                                deployment=self.name,
+                                generation=state.generation,
+                                followed_generation=desired.generation,
+                            )
+                            return
+                        log.warning(
+                            "the control plane went back to an older generation of the "
+                            "deployment, likely a database restored from a backup or a "
+                            "failover to a lagging one; following it, as every replica does",
+                            deployment=self.name,
+                            generation=state.generation,
+                            previous_generation=desired.generation,
+                            new_stream=first,
+                        )
                 elif incarnation(desired):
                     log.info(
                         "the deployment was created again; following the new one",

@@ -55,15 +55,18 @@ class Watcher:
         stub: Any,
         name: str,
         replica: str,
-        on_state: Callable[[Any], None],
+        on_state: Callable[[Any, bool], None],
         metadata: list[tuple[str, str]],
         base: float = 0.2,
         cap: float = 10.0,
         renew: Callable[[], Any] | None = None,
         metrics: NoManagedMetrics | None = None,
     ) -> None:
-        """``renew``: returns a stub on a new connection, used after a stream was taken for
-        dead (the old connection may be dead too); ``metrics`` counts the streams replaced."""
+        """``on_state(state, first)``: takes each state, ``first`` true for the first of a
+        newly opened stream (the control plane's state as its database holds it, where a
+        later one on the same stream follows the changes it saw); ``renew``: returns a stub
+        on a new connection, used after a stream was taken for dead (the old connection may be
+        dead too); ``metrics`` counts the streams replaced."""
         self._stub = stub
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._renew = renew
@@ -153,6 +156,7 @@ class Watcher:
                     self._call = call = self._stub.WatchDeployment(request, metadata=self._metadata)
                     self._heard = time.monotonic()
                     self._stale = False
+                first = True
                 for state in call:
                     stale_after = self.stale_after(state)
                     with self._lock:
@@ -170,7 +174,8 @@ class Watcher:
                     self.connected = True
                     attempt = 0
                     self.states += 1
-                    self._on_state(state)
+                    self._on_state(state, first)
+                    first = False
                 problem = "the stream ended"
                 code = "OK"
             except grpc.RpcError as exc:
