@@ -14,6 +14,14 @@ stream and the watcher reconnects likewise, over a new connection when it was gi
 (keepalive pings on the channel end a dead connection too, but later). A control plane that
 does not announce its heartbeat (one older than the field, whose heartbeat was configurable)
 gets no watchdog: keepalive alone ends a dead connection then.
+
+Each failed attempt is logged once. Before any state arrived it says that the sidecar is not
+ready (it has nothing to serve); afterwards, that the last state keeps serving. Codes that no
+waiting mends are logged as errors saying what to fix (:data:`FIXES`): UNIMPLEMENTED (the
+address is no Modelplane control plane), NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED and
+UNAUTHENTICATED. The watcher retries those too, with the same backoff: a control plane may be
+starting or being upgraded behind the address, and a deployment or a token's role may be
+created or granted while the sidecar waits.
 """
 
 from __future__ import annotations
@@ -39,6 +47,44 @@ STALE_HEARTBEATS = 3.0
 #: The shortest silence taken for a dead stream, however short the heartbeat.
 MIN_STALE_S = 1.0
 
+#: Watch errors that someone must fix, by status code: what the error log says
+#: (``{address}``: the control plane's address, ``{deployment}``: the deployment's name).
+FIXES = {
+    "UNIMPLEMENTED": (
+        "{address} is not a Modelplane control plane (it does not serve "
+        "DeploymentService.WatchDeployment): point --control-plane at the control plane's gRPC "
+        "address; retrying, in case a control plane is starting or being upgraded there"
+    ),
+    "NOT_FOUND": (
+        "the control plane at {address} has no deployment {deployment}: create it "
+        "(modelplane deployments create) or fix --deployment; retrying"
+    ),
+    "INVALID_ARGUMENT": (
+        "the control plane at {address} refuses the deployment name {deployment}: fix "
+        "--deployment (NAME or deployments/NAME); retrying"
+    ),
+    "PERMISSION_DENIED": (
+        "the control plane at {address} does not let this sidecar watch {deployment}: give "
+        "--control-plane-token a token with the sidecar role, scoped to the deployment's model "
+        "(to such a token a deployment that does not exist answers the same); retrying"
+    ),
+    "UNAUTHENTICATED": (
+        "the control plane at {address} did not accept this sidecar's credentials: give "
+        "--control-plane-token a valid token (and, where the control plane requires client "
+        "certificates, --control-plane-tls-cert and --control-plane-tls-key); retrying"
+    ),
+}
+
+
+def _address_of(stub: Any) -> str | None:
+    """The control plane's address behind ``stub`` when it tells (the managed sidecar's
+    :class:`sidecar.managed.server.ControlPlane` keeps its settings)."""
+    address = getattr(stub, "address", None)
+    if isinstance(address, str):
+        return address
+    address = getattr(getattr(stub, "_settings", None), "control_plane", None)
+    return address if isinstance(address, str) else None
+
 
 def backoff(
     attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
@@ -61,13 +107,16 @@ class Watcher:
         cap: float = 10.0,
         renew: Callable[[], Any] | None = None,
         metrics: NoManagedMetrics | None = None,
+        address: str | None = None,
     ) -> None:
         """``on_state(state, first)``: takes each state, ``first`` true for the first of a
         newly opened stream (the control plane's state as its database holds it, where a
         later one on the same stream follows the changes it saw); ``renew``: returns a stub
         on a new connection, used after a stream was taken for dead (the old connection may be
-        dead too); ``metrics`` counts the streams replaced."""
+        dead too); ``metrics`` counts the streams replaced; ``address``: the control plane's
+        address, which error logs name (by default what ``stub`` tells, else unknown)."""
         self._stub = stub
+        self._address = address or _address_of(stub) or "the control plane address"
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._renew = renew
         self._name = name
@@ -206,12 +255,35 @@ class Watcher:
             self.errors += 1
             attempt += 1
             delay = backoff(attempt, self._base, self._cap)
-            log.warning(
-                "control plane watch interrupted; serving the last state, reconnecting",
-                deployment=self._name,
-                code=code,
-                error=problem,
-                retry_in_s=round(delay, 3),
-            )
+            self._log_failure(code, problem, delay)
             if self._stop.wait(delay):
                 return
+
+    def _log_failure(self, code: str, problem: str, delay: float) -> None:
+        """Log a failed or ended watch: what it means for serving, and what to fix."""
+        served = self.states > 0
+        fields: dict[str, Any] = {
+            "deployment": self._name,
+            "control_plane": self._address,
+            "code": code,
+            "error": problem,
+            "retry_in_s": round(delay, 3),
+        }
+        fix = FIXES.get(code)
+        if fix is not None:
+            log.error(
+                fix.format(address=self._address, deployment=self._name),
+                serving=("the last state" if served else "nothing: the sidecar is not ready"),
+                **fields,
+            )
+        elif served:
+            log.warning(
+                "control plane watch interrupted; serving the last state, reconnecting",
+                **fields,
+            )
+        else:
+            log.warning(
+                "control plane watch failed before any desired state arrived; the sidecar is "
+                "not ready until one does, reconnecting",
+                **fields,
+            )
