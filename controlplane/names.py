@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 
 from modelplane.errors import InvalidArgument
+from modelplane.ids import ID_RULE, is_id
 
-_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: A label key: 1-63 lowercase letters, digits, '_', '.', '-', from a letter to a letter or digit.
@@ -28,17 +28,11 @@ def shown(value: str) -> str:
     return repr(text)
 
 
-def is_id(value: str) -> bool:
-    """Whether ``value`` is a valid lowercase RFC-1034 identifier (see :func:`check_id`)."""
-    return _ID.fullmatch(value) is not None
-
-
 def check_id(value: str, what: str = "id") -> str:
     """``value`` when it is a valid lowercase RFC-1034 identifier."""
     if not is_id(value):
         raise InvalidArgument(
-            f"{what} {shown(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
-            "starting with a letter and not ending with '-'",
+            f"{what} {shown(value)} is invalid: use {ID_RULE}",
             reason="INVALID_NAME",
             metadata={"field": what},
         )

@@ -246,8 +246,8 @@ def _deployment_model(store: Store, deployment_id: str) -> str | None:
 
     An id that no deployment can have is none without asking the database: PostgreSQL refuses
     text holding NUL, and that error must not turn a scoped caller's bad name into INTERNAL."""
-    from controlplane.names import is_id
     from controlplane.store.deployment_repos import Deployments
+    from modelplane.ids import is_id
 
     if not is_id(deployment_id):
         return None

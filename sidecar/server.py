@@ -66,6 +66,9 @@ class SidecarHandle:
     closers: list[Any] = field(default_factory=list)
     #: Set by :meth:`fail`: NOT_SERVING for good.
     failed: bool = False
+    #: A worker of ``--workers N`` stops (and exits 1) once it failed, and with it the whole
+    #: sidecar: its health alone would answer NOT_SERVING on some connections only.
+    stop_on_failure: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -132,6 +135,9 @@ class SidecarHandle:
             self.failed = True
             self.servicer.ready = False
             set_serving(self.grpc.health, self.grpc.service_names, False)
+        if self.stop_on_failure:
+            log.error("worker stops: a failed worker stops the sidecar's other workers too")
+            threading.Thread(target=self.stop, name="stop-on-failure", daemon=True).start()
 
     def wait(self) -> None:
         """Block until the server has stopped and closed everything."""
@@ -237,6 +243,7 @@ def start(
     add_admin_to_server(AdminServicer(slot), server, admin)
     port = bind_listener(server, settings.listen, close_pools)
     handle = SidecarHandle(start_services(server, port, settings), servicer, slot)
+    handle.stop_on_failure = settings.worker
     handle.closers += close_pools
     try:
         runtime = rt.load_for(settings, settings.model)
@@ -358,7 +365,7 @@ def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | N
         while not wait_ready(0.5):
             if handle._stopping:
                 handle.wait()
-                return 0
+                return _exit_code(handle)
     tune_gc(settings.gc_young_threshold)
     announce(
         settings,
@@ -369,7 +376,13 @@ def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | N
     )
     handle.wait()
     log.info("sidecar stopped")
-    return 0
+    return _exit_code(handle)
+
+
+def _exit_code(handle: SidecarHandle) -> int:
+    """1 for a worker that stopped because it failed (its supervisor then stops the others),
+    else 0: a single sidecar that failed stays up, NOT_SERVING, until it is stopped."""
+    return 1 if handle.failed and handle.stop_on_failure else 0
 
 
 def _close_hub(hub: ObserverHub, remote: ObserverProcess | None) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modelplane.ids import ID_RULE, is_id
 from modelplane.server.cpus import available_cores, process_budget
 from modelplane.units import parse_duration
 from sidecar.mps import Mps
@@ -38,6 +39,9 @@ def _host_port(value: str) -> str:
 
 #: The batch size when ``--max-batch-size`` is not given and batching pays off.
 DEFAULT_BATCH_ROWS = 32
+#: The most ``--workers`` a sidecar runs: each is a process with a model session of its own
+#: (``auto`` picks at most 8).
+MAX_WORKERS = 64
 
 
 class SidecarSettings(BaseSettings):
@@ -183,8 +187,8 @@ class SidecarSettings(BaseSettings):
     workers: str = Field(
         "1",
         description=(
-            "Server processes sharing the port (SO_REUSEPORT): a number, or auto (from the "
-            "cores this process may use and the device)."
+            f"Server processes sharing the port (SO_REUSEPORT): a number up to {MAX_WORKERS}, "
+            "or auto (from the cores this process may use and the device)."
         ),
     )
     cuda_mps: Mps = Field(
@@ -364,6 +368,11 @@ class SidecarSettings(BaseSettings):
         value = str(value).strip().lower()
         if value != "auto" and not (value.isdigit() and int(value) >= 1):
             raise ValueError(f"workers must be a positive number or auto, not {value!r}")
+        if value != "auto" and int(value) > MAX_WORKERS:
+            raise ValueError(
+                f"workers must be at most {MAX_WORKERS} (each loads its own model session), "
+                f"not {value}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -383,8 +392,11 @@ class SidecarSettings(BaseSettings):
         if not self.deployment:
             raise ValueError("--control-plane needs --deployment NAME")
         name = self.deployment.removeprefix("deployments/")
-        if not name or "/" in name:
-            raise ValueError(f"{self.deployment!r} is not a deployment name like deployments/x")
+        if not is_id(name):
+            raise ValueError(
+                f"{self.deployment!r} is not a deployment name like fraud or deployments/fraud "
+                f"(an id is {ID_RULE})"
+            )
         if "listen" not in self.model_fields_set:
             self.listen = "0.0.0.0:0"
         return self

@@ -4,7 +4,9 @@ Each worker is a full sidecar process (own ONNX Runtime session, batcher and met
 as ``python -m sidecar.workers`` with its settings in ``MODELPLANE_SIDECAR_*`` variables. The
 supervisor reserves the port, waits until every worker is ready before it announces itself,
 serves one Prometheus endpoint that merges the workers' values (prometheus_client
-multiprocess mode), forwards SIGTERM so every worker drains, and exits 0 once all have.
+multiprocess mode), forwards SIGTERM so every worker drains, and exits 0 once all have. A
+worker that fails for good (its prediction log or its observer process) stops and exits 1,
+and the supervisor then stops the others and exits 1.
 
 In managed mode (``--control-plane``) every worker is a replica of its own: it watches the
 deployment, loads the versions and reports its windows independently (``--replica NAME``
@@ -16,8 +18,9 @@ all, however many workers it has.
 
 With a prediction log, every worker writes its own files into the one log directory (the
 file names carry the worker's pid, so readers see one log). Drift is monitored per worker:
-each counts the rows it served, its gauges carry a ``pid`` label, and the admin RPC answers
-for the worker the call reached.
+each counts the rows it served, its gauges carry a ``pid`` label (its observer process's
+under ``--observer-mode process``; the report's ``gauges_pid`` names it), and the admin RPC
+answers for the worker the call reached.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from modelplane.errors import ModelplaneError
 from sidecar.predlog.settings import PredictionLogSettings
 from sidecar.settings import SidecarSettings
 
@@ -158,7 +162,14 @@ def main() -> int:
     settings = SidecarSettings()  # type: ignore[call-arg]
     configure_logging(settings.log_level)
     log_settings = PredictionLogSettings() if os.environ.get(_LOG_PREFIX + "DIR") else None
-    return serve_one(settings, log_settings)
+    try:
+        return serve_one(settings, log_settings)
+    except ModelplaneError as exc:
+        # One line, as ``sidecar serve`` without workers prints it (the supervisor then says
+        # which worker exited and stops the others).
+        sys.stderr.write(f"error: ({exc.reason}) {exc.message}\n")
+        sys.stderr.flush()
+        return 1
 
 
 if __name__ == "__main__":

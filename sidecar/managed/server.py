@@ -191,6 +191,11 @@ class ControlPlane:
         self._retired: _Connection | None = None
         self._closed = False
 
+    @property
+    def address(self) -> str:
+        """The control plane's address (``--control-plane``)."""
+        return str(self._settings.control_plane)
+
     def WatchDeployment(self, request: Any, **kwargs: Any) -> Any:
         connection = self._acquire()
         return self._streaming(connection, connection.deployments.WatchDeployment, request, kwargs)
@@ -414,6 +419,7 @@ def start_managed(
         cache_dir=cache_dir,
         replica=replica,
     )
+    handle.stop_on_failure = settings.worker
     handle_box.append(handle)
 
     def on_table(table: RoutingTable) -> None:

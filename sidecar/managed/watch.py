@@ -78,11 +78,8 @@ FIXES = {
 
 def _address_of(stub: Any) -> str | None:
     """The control plane's address behind ``stub`` when it tells (the managed sidecar's
-    :class:`sidecar.managed.server.ControlPlane` keeps its settings)."""
+    :class:`sidecar.managed.server.ControlPlane` does)."""
     address = getattr(stub, "address", None)
-    if isinstance(address, str):
-        return address
-    address = getattr(getattr(stub, "_settings", None), "control_plane", None)
     return address if isinstance(address, str) else None
 
 

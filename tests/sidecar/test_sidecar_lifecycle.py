@@ -144,6 +144,7 @@ def test_cli_refuses_cuda_without_gpu(tmp_path: Path) -> None:
         (["--max-queue-delay", "5 parsecs"], 2, "max_queue_delay"),
         (["--listen", "nowhere"], 2, "listen"),
         (["--workers", "zero"], 2, "workers"),
+        (["--workers", "65"], 2, "workers must be at most 64"),
         (["--max-batch-size", "0"], 2, "max_batch_size"),
         (["--cuda-mps", "maybe"], 2, "--cuda-mps"),
     ],
@@ -159,6 +160,19 @@ def test_cli_rejects_bad_settings(tmp_path: Path, args: list[str], code: int, ne
     )
     assert run.returncode == code
     assert needle in run.stderr
+
+
+@pytest.mark.parametrize("name", ["Bad Name!", "deployments/", "deployments/a/b", "x-"])
+def test_cli_rejects_a_deployment_id_no_control_plane_would_take(name: str) -> None:
+    """Refused at start (exit 2), not retried for ever against INVALID_ARGUMENT."""
+    run = subprocess.run(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--control-plane", "127.0.0.1:1",
+         "--deployment", name],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "is not a deployment name like fraud or deployments/fraud" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_cli_missing_model_file(tmp_path: Path) -> None:

@@ -54,6 +54,29 @@ def test_an_address_in_use_is_named_with_its_option(
     assert "sidecar ready" not in result.stdout
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_another_reuseport_server_listens_on_is_refused(model: Path, workers: str) -> None:
+    """A port held by a server that set SO_REUSEPORT (another ``--workers N`` sidecar left
+    running) is refused too: joined, the two would split its connections between them."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = f"127.0.0.1:{other.getsockname()[1]}"
+        argv = [
+            PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(model),
+            "--device", "cpu", "--listen", taken, "--workers", workers,
+        ]  # fmt: skip
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean
+        )
+    err = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(err) == 1 and "cannot listen on it (the port is in use" in err[0], result.stderr
+    assert "sidecar ready" not in result.stdout
+
+
 @pytest.mark.parametrize("mode", ["standalone", "managed"])
 def test_start_on_an_address_in_use_raises_oserror_and_leaves_no_threads(
     model: Path, taken: str, mode: str

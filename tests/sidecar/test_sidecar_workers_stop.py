@@ -1,5 +1,6 @@
 """Stopping a ``--workers`` supervisor: a SIGTERM during start-up stops the workers started so
-far, and a worker stuck in its shutdown is killed after the drain period."""
+far, a worker stuck in its shutdown is killed after the drain period, and a worker that fails
+for good (its prediction log's observer process died) stops the whole sidecar with exit 1."""
 
 from __future__ import annotations
 
@@ -83,6 +84,32 @@ def test_a_worker_stuck_in_shutdown_is_killed_after_the_drain(tmp_path: Path) ->
             sup.kill()
         for pid in children(sup.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_fails_stops_the_sidecar(tmp_path: Path) -> None:
+    """One worker NOT_SERVING among serving ones would pass a readiness probe that lands on
+    another while its requests are refused: the failed worker stops, and with it the rest."""
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "mlp.onnx")
+    sup = _serve("--model", str(model), "--log-dir", str(tmp_path / "log"))
+    workers: list[int] = []
+    try:
+        assert sup.stdout is not None
+        next(line for line in sup.stdout if "sidecar ready" in line)
+        workers = children(sup.pid)
+        assert len(workers) == 2
+        observers = children(workers[0])
+        observer = next(
+            pid for pid in observers if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+        )
+        os.kill(observer, signal.SIGKILL)
+        assert sup.wait(60) == 1
+        assert _wait_for(lambda: not any(alive(p) for p in workers), 30)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:

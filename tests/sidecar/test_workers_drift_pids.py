@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,17 +72,16 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                         raw_request("mlp", {"input": ("FP32", chunk)}, id=f"c{k}-{lo}"),
                         timeout=30,
                     )
-        reports: dict[int, Any] = {}
-        for _ in range(200):
-            if len(reports) == 2:
+        # The observer processes take the rows after they were answered: read the reports
+        # once two rounds of them, 0.3 s apart, agree (every window has closed by then).
+        reports = _reports(address)
+        for _ in range(50):
+            time.sleep(0.3)
+            again = _reports(address)
+            if again == reports:
                 break
-            with grpc.insecure_channel(address, options=OWN) as channel:
-                report = sidecar_pb2_grpc.SidecarAdminServiceStub(channel).GetDriftReport(
-                    sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST),
-                    timeout=10,
-                )
-            reports[report.worker_pid] = report
-        assert len(reports) == 2, "the calls reached one worker only"
+            reports = again
+        assert again == reports, "the workers' last windows kept changing"
         yield {"ready": ready, "address": address, "reports": reports, "log_dir": log_dir}
     finally:
         if proc.poll() is None:
@@ -90,6 +90,22 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 proc.wait(60)
             except Exception:
                 proc.kill()
+
+
+def _reports(address: str) -> dict[int, Any]:
+    """Each worker's report of its last closed window, by worker pid."""
+    reports: dict[int, Any] = {}
+    for _ in range(200):
+        if len(reports) == 2:
+            break
+        with grpc.insecure_channel(address, options=OWN) as channel:
+            report = sidecar_pb2_grpc.SidecarAdminServiceStub(channel).GetDriftReport(
+                sidecar_pb2.GetDriftReportRequest(window=sidecar_pb2.DRIFT_WINDOW_LAST),
+                timeout=10,
+            )
+        reports[report.worker_pid] = report
+    assert len(reports) == 2, "the calls reached one worker only"
+    return reports
 
 
 def _drift_samples(metrics_port: int) -> list[Any]:

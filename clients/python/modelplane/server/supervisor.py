@@ -140,14 +140,29 @@ def die_with_supervisor() -> None:
 
 
 def reserve_port(listen: str) -> tuple[socket.socket, int]:
-    """Bind ``HOST:PORT`` with SO_REUSEPORT and keep it bound; returns the socket and port."""
+    """Bind ``HOST:PORT`` with SO_REUSEPORT and keep it bound; returns the socket and port.
+
+    A port some other process holds fails (OSError EADDRINUSE) as it does for one process,
+    even when that process set SO_REUSEPORT too (another ``--workers`` server, left running):
+    Linux would let this one join its port, and the two would split the connections between
+    them. So the port is first bound without SO_REUSEPORT, which any listener on it refuses
+    (SO_REUSEADDR only lets it past connections of an earlier server still in TIME_WAIT).
+    """
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
+        number = int(probe.getsockname()[1])
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, int(port)))
-    return sock, int(sock.getsockname()[1])
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, number))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, number
 
 
 def serve_merged_metrics(listen: str, metrics_dir: str) -> tuple[Any, int]:
