@@ -23,7 +23,8 @@ type SidecarAdminServiceClient interface {
 	GetDriftReport(ctx context.Context, in *GetDriftReportRequest, opts ...grpc.CallOption) (*DriftReport, error)
 	// Joins ground-truth labels with this sidecar's recent predictions (for live accuracy per
 	// arm) and appends them to the label log next to the prediction log. With several
-	// replicas, send labels to every replica: each joins the predictions it served.
+	// replicas, send labels to every replica: each joins the predictions it served (the worker
+	// processes of one sidecar are one replica: the worker a call reaches joins every worker's).
 	IngestLabels(ctx context.Context, in *IngestLabelsRequest, opts ...grpc.CallOption) (*IngestLabelsResponse, error)
 }
 
@@ -61,7 +62,8 @@ type SidecarAdminServiceServer interface {
 	GetDriftReport(context.Context, *GetDriftReportRequest) (*DriftReport, error)
 	// Joins ground-truth labels with this sidecar's recent predictions (for live accuracy per
 	// arm) and appends them to the label log next to the prediction log. With several
-	// replicas, send labels to every replica: each joins the predictions it served.
+	// replicas, send labels to every replica: each joins the predictions it served (the worker
+	// processes of one sidecar are one replica: the worker a call reaches joins every worker's).
 	IngestLabels(context.Context, *IngestLabelsRequest) (*IngestLabelsResponse, error)
 	mustEmbedUnimplementedSidecarAdminServiceServer()
 }

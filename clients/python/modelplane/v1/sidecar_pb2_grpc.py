@@ -66,7 +66,8 @@ class SidecarAdminServiceServicer:
     def IngestLabels(self, request, context):
         """Joins ground-truth labels with this sidecar's recent predictions (for live accuracy per
         arm) and appends them to the label log next to the prediction log. With several
-        replicas, send labels to every replica: each joins the predictions it served.
+        replicas, send labels to every replica: each joins the predictions it served (the worker
+        processes of one sidecar are one replica: the worker a call reaches joins every worker's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

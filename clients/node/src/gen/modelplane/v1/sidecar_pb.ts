@@ -392,7 +392,8 @@ export const SidecarAdminService: GenService<{
   /**
    * Joins ground-truth labels with this sidecar's recent predictions (for live accuracy per
    * arm) and appends them to the label log next to the prediction log. With several
-   * replicas, send labels to every replica: each joins the predictions it served.
+   * replicas, send labels to every replica: each joins the predictions it served (the worker
+   * processes of one sidecar are one replica: the worker a call reaches joins every worker's).
    *
    * @generated from rpc modelplane.v1.SidecarAdminService.IngestLabels
    */
