@@ -35,6 +35,15 @@ def _serve(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _kill_all(sup: subprocess.Popen[str], workers: list[int]) -> None:
+    """Kill the supervisor and the workers a test leaves running."""
+    if sup.poll() is None:
+        sup.kill()
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_sigterm_while_workers_start_stops_them_and_cleans_up() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,11 +114,7 @@ def test_a_worker_that_fails_stops_the_sidecar(tmp_path: Path) -> None:
         assert sup.wait(60) == 1
         assert _wait_for(lambda: not any(alive(p) for p in workers), 30)
     finally:
-        if sup.poll() is None:
-            sup.kill()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(sup, workers)
 
 
 def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
@@ -135,11 +140,7 @@ def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
         # a zombie) may hold the folder's lock until its last thread has exited.
         assert _wait_for(lambda: sweep_stale_metrics_dirs() or not metrics_dir.exists(), 30)
     finally:
-        if sup.poll() is None:
-            sup.kill()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(sup, workers)
 
 
 _WATCHED = """
