@@ -5,7 +5,13 @@
 Each connection's TLS handshake runs in its own thread, so a slow client cannot hold up the
 listener. Answers: 200 with an AdmissionReview; 400 with ``{"reason", "message"}`` for a body
 that is not an AdmissionReview v1; 404, 405, 411, 413 and 415 for the wrong path, method,
-length or content type.
+length or content type; 503 (``OVERLOADED``, ``Retry-After: 1``) when a review waited
+``parse_wait_seconds`` for room among the bodies being parsed.
+
+Memory: parsing JSON takes up to about 26 times the body's size (many tiny objects), so the
+bodies parsed at once hold at most ``max_parsing_bytes`` between them (two of the largest
+bodies by default; any number of ordinary pods of a few KiB), which keeps the webhook within
+its memory limit whatever is posted to it.
 
 :meth:`InjectorHandle.stop` shuts down gracefully: ``/healthz`` answers 503 at once while
 reviews are still answered for the shutdown delay, so that the Service's endpoints drop the
@@ -65,7 +71,29 @@ class _Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._in_flight = 0
         self._idle = threading.Condition()
+        self._parsing = 0
+        self._room = threading.Condition()
         super().__init__(address, _Handler)
+
+    @contextmanager
+    def parsing(self, size: int) -> Iterator[bool]:
+        """Holds ``size`` bytes of ``max_parsing_bytes`` while a body is parsed and answered:
+        yields True once there is room, False when there was none within
+        ``parse_wait_seconds`` (nothing held then)."""
+        limit = self.settings.max_parsing_bytes
+        with self._room:
+            held = self._room.wait_for(
+                lambda: self._parsing + size <= limit, self.settings.parse_wait_seconds
+            )
+            if held:
+                self._parsing += size
+        try:
+            yield held
+        finally:
+            if held:
+                with self._room:
+                    self._parsing -= size
+                    self._room.notify_all()
 
     @contextmanager
     def answering(self) -> Iterator[None]:
@@ -115,20 +143,26 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http", message=format % args, peer=self.client_address[0])
 
-    def _send_json(self, status: int, doc: dict[str, Any]) -> None:
+    def _send_json(
+        self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.server.stopping.is_set():
             # Stopping: the client's next request goes over a new connection, to another pod.
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, reason: str, message: str) -> None:
+    def _error(
+        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         log.info("webhook request refused", status=status, reason=reason, path=self.path)
-        self._send_json(status, {"reason": reason, "message": message})
+        self._send_json(status, {"reason": reason, "message": message}, headers)
 
     def do_GET(self) -> None:
         """Readiness and liveness probes of the webhook's own Deployment."""
@@ -179,6 +213,18 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         body = self.rfile.read(length)
+        with self.server.parsing(len(body)) as room:
+            if not room:
+                self._error(
+                    503,
+                    "OVERLOADED",
+                    "too many reviews are being parsed at once; try again",
+                    {"Retry-After": "1"},
+                )
+                return
+            self._answer(body)
+
+    def _answer(self, body: bytes) -> None:
         try:
             answer = answer_review(body, self.server.settings)
         except BadReview as exc:

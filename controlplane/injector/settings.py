@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from threading import TIMEOUT_MAX
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane.injector.annotations import is_grpc_address, is_number
@@ -14,6 +14,19 @@ from controlplane.injector.annotations import is_grpc_address, is_number
 DEFAULT_CONTROL_PLANE = "modelplane-controlplane.modelplane.svc:50051"
 DEFAULT_SIDECAR_IMAGE = "modelplane/sidecar:0.1.0"
 DEFAULT_SIDECAR_GPU_IMAGE = "modelplane/sidecar-gpu:0.1.0"
+#: The largest AdmissionReview body: etcd stores objects of at most 1.5 MiB (its default
+#: --max-request-bytes), so no pod larger than that is ever created; the pod's JSON in the
+#: review, with the review around it, stays under 2 MiB (a pod that big is nearly all
+#: strings, annotations and env, whose JSON is as long as their stored form).
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+#: json.loads of a body made of tiny objects (``[{},{},...]``) takes up to about this many
+#: times its size in memory (a 64-byte dict and an 8-byte pointer per 3 bytes of body).
+PARSE_MEMORY_FACTOR = 26
+#: Two of the largest bodies parsed at once: at most about 110 MB besides the process's own
+#: 70 MB and the bodies waiting their turn, within the 256Mi memory limit of
+#: deploy/base/injector/deployment.yaml (whose MALLOC_ARENA_MAX=2 keeps glibc from holding
+#: freed memory in an arena per thread).
+DEFAULT_MAX_PARSING_BYTES = 2 * DEFAULT_MAX_BODY_BYTES
 
 
 def _host_port(value: str) -> str:
@@ -48,7 +61,23 @@ class InjectorSettings(BaseSettings):
         "(Kubernetes 1.29+); off adds a regular container.",
     )
     max_body_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest AdmissionReview body accepted."
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest AdmissionReview body accepted (413 above it).",
+    )
+    max_parsing_bytes: int = Field(
+        DEFAULT_MAX_PARSING_BYTES,
+        ge=1024,
+        description="How many body bytes the reviews parsed at once hold between them; a "
+        "review past it waits up to parse_wait_seconds, then gets 503. Parsing JSON takes up "
+        f"to about {PARSE_MEMORY_FACTOR} times the body's size in memory.",
+    )
+    parse_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=TIMEOUT_MAX,
+        description="How long a review waits for max_parsing_bytes to have room before it "
+        "is answered 503 (the API server gives up after the webhook's timeoutSeconds).",
     )
     shutdown_delay_seconds: float = Field(
         5.0,
@@ -85,3 +114,12 @@ class InjectorSettings(BaseSettings):
         if not is_grpc_address(value):
             raise ValueError(f"{value!r} is not HOST:PORT (e.g. modelplane-controlplane:50051)")
         return value
+
+    @model_validator(mode="after")
+    def _room_for_one_body(self) -> InjectorSettings:
+        if self.max_parsing_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_parsing_bytes ({self.max_parsing_bytes}) is below max_body_bytes "
+                f"({self.max_body_bytes}): the largest review could never be parsed"
+            )
+        return self

@@ -80,3 +80,26 @@ def test_the_termination_grace_covers_the_shutdown_delay_and_the_drain(
     assert settings.grace_seconds >= webhook["webhooks"][0]["timeoutSeconds"]
     # ...and all of it ends before the kubelet's SIGKILL.
     assert pod["terminationGracePeriodSeconds"] > delay + settings.grace_seconds
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_reviews_parsed_at_once_fit_the_memory_limit(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    from controlplane.injector.settings import PARSE_MEMORY_FACTOR, InjectorSettings
+
+    resources = rendered[variant]
+    (container,) = find(resources, "Deployment", "modelplane-injector")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    data = find(resources, "ConfigMap", "modelplane-injector")["data"]
+    settings = InjectorSettings(
+        tls_cert=Path("/tls.crt"),
+        tls_key=Path("/tls.key"),
+        **{key.removeprefix("MODELPLANE_INJECTOR_").lower(): value for key, value in data.items()},
+    )
+    # The process itself takes about 70 MiB before any review.
+    worst = 80 * 2**20 + PARSE_MEMORY_FACTOR * settings.max_parsing_bytes
+    assert worst <= int(limit[:-2]) * 2**20
