@@ -21,6 +21,7 @@ from controlplane.injector.annotations import (
     read_spec,
 )
 from controlplane.injector.container import (
+    CACHE_VOLUME,
     LOG_DIR,
     LOG_VOLUME,
     PORT_NAMES,
@@ -86,7 +87,37 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
             message="the pod has no containers (spec.containers) for the sidecar to serve",
             reason="MALFORMED_POD",
         )
+    clash = _volume_clash(pod)
+    if clash:
+        return Decision(False, message=clash, reason="VOLUME_CLASH")
     return Decision(True, patch=_patch(pod, spec, config))
+
+
+def _volume_clash(pod: Mapping[str, Any]) -> str:
+    """Why the sidecar's volumes cannot go into the pod ("" when they can): a volume of the
+    pod bears the name of one of the sidecar's but is no emptyDir (a configMap or a Secret
+    would be mounted, read-only, as the sidecar's log or cache directory), or an app
+    container mounts another volume at the log directory (it would not see the sidecar's
+    prediction logs). A pod emptyDir of the sidecar's volume name is shared."""
+    pod_spec = pod.get("spec") or {}
+    for volume in pod_spec.get("volumes") or []:
+        name = volume.get("name")
+        if name in (LOG_VOLUME, CACHE_VOLUME) and "emptyDir" not in volume:
+            kind = next((k for k in volume if k != "name"), "unknown")
+            return (
+                f"the pod has a volume named {name!r} ({kind}), the name of the sidecar's "
+                f"{'log' if name == LOG_VOLUME else 'cache'} volume, which must be an "
+                "emptyDir; rename the pod's volume"
+            )
+    for app in pod_spec.get("containers") or []:
+        for mount in app.get("volumeMounts") or []:
+            if _same_dir(mount.get("mountPath"), LOG_DIR) and mount.get("name") != LOG_VOLUME:
+                return (
+                    f"container {app.get('name')!r} mounts the volume {mount.get('name')!r} "
+                    f"at {LOG_DIR}, where the sidecar's prediction logs (volume "
+                    f"{LOG_VOLUME!r}) go; mount it elsewhere"
+                )
+    return ""
 
 
 def _check_ports(pod: Mapping[str, Any], spec: SidecarSpec) -> None:

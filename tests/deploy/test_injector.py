@@ -240,10 +240,11 @@ def test_existing_log_volume_is_shared_not_duplicated(settings: InjectorSettings
 def test_an_app_mount_of_the_log_directory_in_another_spelling_gets_no_second_mount(
     settings: InjectorSettings, path: str
 ) -> None:
-    pod = model_pod()
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": path}]
+    pod = model_pod(volumes=[{"name": "modelplane-logs", "emptyDir": {}}])
+    mounts = [{"name": "modelplane-logs", "mountPath": path}]
+    pod["spec"]["containers"][0]["volumeMounts"] = mounts
     patched = _patched(pod, settings)
-    assert patched["spec"]["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": path}]
+    assert patched["spec"]["containers"][0]["volumeMounts"] == mounts
 
 
 def test_a_udp_port_of_the_sidecars_number_is_no_clash(settings: InjectorSettings) -> None:

@@ -505,3 +505,45 @@ def test_a_labelled_pod_without_containers_is_refused(
     response = _admit(injector, cert, pod)
     assert response["allowed"] is False and "patch" not in response
     assert "spec.containers" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("volume", "kind"),
+    [
+        ({"name": "modelplane-cache", "configMap": {"name": "settings"}}, "configMap"),
+        ({"name": "modelplane-logs", "secret": {"secretName": "keys"}}, "secret"),
+    ],
+)
+def test_a_pod_volume_of_the_sidecars_name_that_is_no_emptydir_is_refused(
+    injector: Any, tls_files: tuple[Path, Path], volume: dict[str, Any], kind: str
+) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(volumes=[volume]))
+    assert response["allowed"] is False and "patch" not in response
+    assert response["status"]["code"] == 422
+    message = response["status"]["message"]
+    assert repr(volume["name"]) in message and kind in message and "emptyDir" in message
+    # An emptyDir of that name is shared with the sidecar.
+    pod = model_pod(volumes=[{"name": volume["name"], "emptyDir": {"medium": "Memory"}}])
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate_strict(patched)
+    assert sorted(v["name"] for v in patched["spec"]["volumes"]) == [
+        "modelplane-cache",
+        "modelplane-logs",
+    ]
+
+
+def test_an_app_mounting_another_volume_at_the_log_directory_is_refused(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod(volumes=[{"name": "data", "emptyDir": {}}])
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "data", "mountPath": "/var/log/modelplane/"}
+    ]
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is False and "patch" not in response
+    message = response["status"]["message"]
+    assert "'api'" in message and "'data'" in message and "/var/log/modelplane" in message
