@@ -66,8 +66,7 @@ class SidecarHandle:
     closers: list[Any] = field(default_factory=list)
     #: Set by :meth:`fail`: NOT_SERVING for good.
     failed: bool = False
-    #: A worker of ``--workers N`` stops (and exits 1) once it failed, and with it the whole
-    #: sidecar: its health alone would answer NOT_SERVING on some connections only.
+    #: Set by :meth:`stop_when_failed`.
     stop_on_failure: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -135,9 +134,24 @@ class SidecarHandle:
             self.failed = True
             self.servicer.ready = False
             set_serving(self.grpc.health, self.grpc.service_names, False)
-        if self.stop_on_failure:
-            log.error("worker stops: a failed worker stops the sidecar's other workers too")
-            threading.Thread(target=self.stop, name="stop-on-failure", daemon=True).start()
+            stop = self.stop_on_failure
+        if stop:
+            self._stop_failed()
+
+    def stop_when_failed(self) -> None:
+        """From now on (and now, if it failed already) a failure stops this process, which
+        then exits 1: a worker of ``--workers N``, whose health alone would answer
+        NOT_SERVING on some connections only; its supervisor then stops the other workers.
+        Called once :func:`start` has returned, so that a stop never races the start-up."""
+        with self._lock:
+            self.stop_on_failure = True
+            failed = self.failed
+        if failed:
+            self._stop_failed()
+
+    def _stop_failed(self) -> None:
+        log.error("worker stops: a failed worker stops the sidecar's other workers too")
+        threading.Thread(target=self.stop, name="stop-on-failure", daemon=True).start()
 
     def wait(self) -> None:
         """Block until the server has stopped and closed everything."""
@@ -243,7 +257,6 @@ def start(
     add_admin_to_server(AdminServicer(slot), server, admin)
     port = bind_listener(server, settings.listen, close_pools)
     handle = SidecarHandle(start_services(server, port, settings), servicer, slot)
-    handle.stop_on_failure = settings.worker
     handle.closers += close_pools
     try:
         runtime = rt.load_for(settings, settings.model)
@@ -359,6 +372,8 @@ def serve_one(settings: SidecarSettings, log_settings: PredictionLogSettings | N
     hold_stop_signals()
     handle = start(settings, log_settings=log_settings)
     handle.stop_on_signals()
+    if settings.worker:
+        handle.stop_when_failed()
     wait_ready = getattr(handle, "wait_ready", None)
     if wait_ready is not None:
         # Managed: announce only once the first champion serves (or give up when stopped).

@@ -115,8 +115,12 @@ def supervise(
         settings = settings.model_copy(update={"cache_dir": shared_cache})
     peers_dir = None
     if settings.managed:
-        # Mode 0700: only this sidecar's processes reach its workers' label service.
-        peers_dir = Path(tempfile.mkdtemp(prefix="modelplane-workers-"))
+        # Mode 0700: only this sidecar's processes reach its workers' label service. A Unix
+        # socket's path has at most 107 bytes: under a long TMPDIR the folder goes in /tmp.
+        short = len(tempfile.gettempdir()) > 64
+        peers_dir = Path(
+            tempfile.mkdtemp(prefix="modelplane-workers-", dir="/tmp" if short else None)
+        )
         settings = settings.model_copy(update={"peers_dir": peers_dir})
     mps = None
     try:

@@ -131,14 +131,15 @@ class PredictionIndex:
     def join(
         self,
         keys: list[tuple[str, int]],
-        joins: Callable[[Predicted], bool],
+        joins: Callable[[int, Predicted], bool],
         check: Callable[[list[Predicted | None]], None],
         *,
         mark: bool = True,
     ) -> tuple[list[Predicted | None], list[Predicted | None]]:
         """Join labels of ``keys`` (request id, row) with their rows, in one step that no
         new prediction comes between. Returns, per label, the prediction of its row if
-        remembered and ``joins`` it (None otherwise), and the row's entry marked labeled
+        remembered and ``joins(i, prediction)`` for the label's index (None otherwise), and
+        the row's entry marked labeled
         when the label is the first for it (None otherwise: give it to :meth:`unjoin` to
         undo). ``check(hits)`` runs first and may raise: nothing is marked then; without
         ``mark`` nothing is marked either (the labels are only checked).
@@ -147,9 +148,9 @@ class PredictionIndex:
         rows = self._rows
         with self._lock:
             hits: list[Predicted | None] = []
-            for key in digests:
+            for i, key in enumerate(digests):
                 hit = rows.get(key)
-                hits.append(hit if hit is not None and joins(hit) else None)
+                hits.append(hit if hit is not None and joins(i, hit) else None)
             check(hits)
             if not mark:
                 return hits, [None] * len(hits)
@@ -274,7 +275,9 @@ class LabelIngestor:
             self.peers.join(labels, check_only=True)
             remote = self.peers.join(labels, check_only=False)
         with self._lock:
-            hits, marks = self._join(labels, keys, mark=True)
+            # Checked already when other workers took part: here a label no longer valid for
+            # its row (predicted again meanwhile) joins nothing rather than refusing the call.
+            hits, marks = self._join(labels, keys, mark=True, checked=self.peers is not None)
             rights = self._rights(labels, hits)
             joined = [
                 (hit.arm, hit.version, right) if hit is not None else _remote(remote.get(i))
@@ -299,7 +302,7 @@ class LabelIngestor:
         _check(labels)
         keys = [(label.request_id, label.row) for label in labels]
         with self._lock:
-            hits, marks = self._join(labels, keys, mark=not check_only)
+            hits, marks = self._join(labels, keys, mark=not check_only, checked=not check_only)
         if check_only:
             return {}
         rights = self._rights(labels, hits)
@@ -311,16 +314,26 @@ class LabelIngestor:
         }
 
     def _join(
-        self, labels: Any, keys: list[tuple[str, int]], *, mark: bool
+        self, labels: Any, keys: list[tuple[str, int]], *, mark: bool, checked: bool = False
     ) -> tuple[list[Predicted | None], list[Predicted | None]]:
+        """:meth:`PredictionIndex.join` of ``labels``: a label whose kind its row's version
+        cannot take is refused (LABEL_TYPE_MISMATCH), or, once ``checked`` (by an earlier
+        pass), joins nothing."""
         # A version whose arm another one now holds (a champion after a promotion, a
         # candidate replaced by the next) is in no report to come: its rows no longer
         # join, so their labels are not checked against it either. A candidate after a
         # rollback leaves its arm empty: its rows still join.
         reportable = self.counts.reportable
+        if checked:
+            return self.index.join(
+                keys,
+                lambda i, hit: reportable(hit.arm, hit.version) and _fits(labels[i], hit),
+                lambda hits: None,
+                mark=mark,
+            )
         return self.index.join(
             keys,
-            lambda hit: reportable(hit.arm, hit.version),
+            lambda i, hit: reportable(hit.arm, hit.version),
             lambda hits: _check_kinds(labels, hits),
             mark=mark,
         )
@@ -450,13 +463,16 @@ def _check(labels: Any) -> None:
             )
 
 
-def _check_kinds(labels: Any, hits: list[Predicted | None]) -> None:
+def _fits(label: Any, hit: Predicted) -> bool:
     """A classifier's label is its class: class_label, or a target that is a whole number
     (a regression version takes either as its numeric value)."""
+    return hit.regression or label.WhichOneof("value") != "target" or label.target.is_integer()
+
+
+def _check_kinds(labels: Any, hits: list[Predicted | None]) -> None:
+    """Refuse a label its row's version cannot take (:func:`_fits`)."""
     for i, (label, hit) in enumerate(zip(labels, hits, strict=True)):
-        if hit is None or hit.regression or label.WhichOneof("value") != "target":
-            continue
-        if not label.target.is_integer():
+        if hit is not None and not _fits(label, hit):
             raise InvalidArgument(
                 f"label {i} ({_where(label)}) has the target {label.target!r}, but version "
                 f"{hit.version}, which answered it, is a classifier: send the class as "

@@ -13,10 +13,18 @@ service, with every other worker's:
 3. the receiving worker joins its own rows, and writes every label once to the label log,
    with the prediction it joined on whichever worker that was.
 
-A worker that cannot be reached (it is stopping, or died: the supervisor then stops the
-sidecar) fails the call with UNAVAILABLE (``WORKER_UNREACHABLE``) before anything is logged.
-Labels the other workers counted by then stay counted; sent again, they are matched and
-logged but not counted twice (a row's first label is the one counted).
+A worker that cannot be reached (it stopped, or died: the supervisor then stops the
+sidecar) fails the call with UNAVAILABLE (``WORKER_UNREACHABLE``) before anything is logged:
+each worker leaves a ``<pid>.worker`` file beside its socket once it serves, which stays until
+the supervisor removes the folder (gRPC removes the socket when the worker stops), so a
+stopped worker is refused, never overlooked. Labels the other workers counted by then stay counted;
+sent again, they are matched and logged but not counted twice (a row's first label is the
+one counted). A worker that fails on them otherwise fails the call with INTERNAL
+(``WORKER_FAILED``).
+
+A label is checked in the first step, so in the second its row's prediction may have
+changed (a request id predicted again by another version meanwhile): a label no longer
+valid for it joins nothing there rather than refusing a call other workers counted already.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any, NoReturn
 import grpc
 
 from modelplane.errors import (
+    Internal,
     ModelplaneError,
     Unavailable,
     error_info,
@@ -42,6 +51,8 @@ from modelplane.v1 import sidecar_workers_pb2 as pb
 from modelplane.v1 import sidecar_workers_pb2_grpc as pb_grpc
 
 SOCKET_SUFFIX = ".sock"
+#: A worker that served in the folder: ``<name>.worker`` beside ``<name>.sock``.
+MARKER_SUFFIX = ".worker"
 #: How long a worker waits for another worker's answer (a join of the largest call, 100,000
 #: labels, takes well under a second).
 CALL_TIMEOUT_S = 30.0
@@ -62,8 +73,9 @@ class Joined:
 
 
 class WorkerPeers:
-    """Calls the other workers' ``SidecarWorkerService``: every ``*.sock`` in ``folder`` but
-    this worker's own, as the folder holds them at the time of the call."""
+    """Calls the other workers' ``SidecarWorkerService``: the socket of every worker that
+    has left its ``*.worker`` file in ``folder`` but this one, as the folder holds them at
+    the time of the call."""
 
     def __init__(self, folder: Path, own: Path) -> None:
         self.folder = folder
@@ -74,7 +86,12 @@ class WorkerPeers:
 
     def _peers(self) -> list[tuple[Path, Any]]:
         paths = sorted(
-            p for p in self.folder.glob("*" + SOCKET_SUFFIX) if p.resolve() != self.own.resolve()
+            path
+            for path in (
+                marker.with_suffix(SOCKET_SUFFIX)
+                for marker in self.folder.glob("*" + MARKER_SUFFIX)
+            )
+            if path != self.own
         )
         with self._lock:
             if self._closed:
@@ -106,8 +123,10 @@ class WorkerPeers:
             except grpc.RpcError as exc:
                 if error_info(exc) is not None:
                     refused = refused or from_rpc_error(exc)
-                else:
+                elif exc.code() in _UNREACHABLE:  # type: ignore[attr-defined]
                     unreachable = unreachable or _unreachable(path, exc)
+                else:
+                    refused = refused or _failed(path, exc)
                 continue
             for item in response.joined:
                 joined.setdefault(
@@ -126,6 +145,22 @@ class WorkerPeers:
             stubs, self._stubs = self._stubs, {}
         for channel, _stub in stubs.values():
             channel.close()
+
+
+#: Codes of a worker that could not be reached or did not answer in time.
+_UNREACHABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+
+def _failed(path: Path, exc: grpc.RpcError) -> Internal:
+    code = exc.code()  # type: ignore[attr-defined]
+    return Internal(
+        f"worker {path.stem} of this sidecar failed to join the labels ({code.name}: "
+        f"{exc.details()}); none of these labels was logged (its log has the details)",  # type: ignore[attr-defined]
+        reason="WORKER_FAILED",
+        metadata={"worker_pid": path.stem},
+    )
 
 
 def _unreachable(path: Path, exc: grpc.RpcError) -> Unavailable:
@@ -173,17 +208,17 @@ class PeerEndpoint:
     peers: WorkerPeers
 
     def close(self) -> None:
-        """Stop answering other workers (the socket file goes first, so that no worker
-        starts a call here any more) and close the calls to them."""
-        self.path.unlink(missing_ok=True)
+        """Stop answering other workers and close the calls to them. The ``.worker`` file
+        stays: a worker that calls here now is refused (``WORKER_UNREACHABLE``), rather
+        than passing over the rows this worker served (the supervisor removes the folder)."""
         self.server.stop(0)
         self.peers.close()
 
 
-def open_peer_endpoint(folder: Path, labels: Any) -> PeerEndpoint:
+def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> PeerEndpoint:
     """Serve ``labels`` (a :class:`~sidecar.managed.labels.LabelIngestor`) to the other
-    workers on ``folder/<pid>.sock``."""
-    path = folder / f"{os.getpid()}{SOCKET_SUFFIX}"
+    workers on ``folder/<name>.sock`` (``name``: this process's pid unless given)."""
+    path = folder / f"{name or os.getpid()}{SOCKET_SUFFIX}"
     path.unlink(missing_ok=True)  # left by an earlier process of this pid
     server = grpc.server(
         futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="worker-peers"),
@@ -192,4 +227,5 @@ def open_peer_endpoint(folder: Path, labels: Any) -> PeerEndpoint:
     pb_grpc.add_SidecarWorkerServiceServicer_to_server(WorkerServicer(labels), server)
     server.add_insecure_port(f"unix:{path}")
     server.start()
+    path.with_suffix(MARKER_SUFFIX).touch()
     return PeerEndpoint(server, path, WorkerPeers(folder, path))

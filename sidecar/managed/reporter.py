@@ -93,13 +93,15 @@ def _details(exc: BaseException) -> str:
 class _Entry:
     """A queued report and the attempts that failed with an uncertain code."""
 
-    __slots__ = ("attempts", "dropped", "request")
+    __slots__ = ("attempts", "dropped", "request", "sending")
 
     def __init__(self, request: Any) -> None:
         self.request = request
         self.attempts = 0
         #: Dropped from the full queue (a batch taken before is not to send it).
         self.dropped = False
+        #: Its call is under way: it may yet be delivered, so it is never the one dropped.
+        self.sending = False
 
 
 class Reporter:
@@ -155,8 +157,12 @@ class Reporter:
             request.sequence = self.sequence
             self._emitted += 1
             self._pending.append(_Entry(request))
-            while len(self._pending) > self._max_pending:
-                oldest = self._pending.popleft()
+            # The report whose call is under way may yet arrive: it is not counted in the
+            # bound and never dropped (the oldest after it is).
+            index = 1 if self._pending[0].sending else 0
+            while len(self._pending) - index > self._max_pending:
+                oldest = self._pending[index]
+                del self._pending[index]
                 oldest.dropped = True
                 dropped.append(oldest.request)
                 self.dropped += 1
@@ -224,14 +230,17 @@ class Reporter:
     def _send_batch(self, batch: list[_Entry]) -> bool:
         """Send ``batch`` in order; False when a report is left to retry (or time is up)."""
         for entry in batch:
-            if entry.dropped:
-                continue
             request = entry.request
             if self._deadline is not None and self.call_timeout() <= 0:
                 return False
+            with self._cond:
+                if entry.dropped:
+                    continue
+                entry.sending = True
             try:
                 response = self._send(request)
             except Exception as exc:
+                entry.sending = False
                 code = _code(exc) if isinstance(exc, grpc.RpcError) else None
                 if code is grpc.StatusCode.ALREADY_EXISTS:
                     # The control plane has it (a repeat it answered as an error).
@@ -270,6 +279,7 @@ class Reporter:
                     exc_info=code is None,
                 )
                 continue
+            entry.sending = False
             self._done(entry)
             self.sent += 1
             self._went_through()

@@ -419,7 +419,6 @@ def start_managed(
         cache_dir=cache_dir,
         replica=replica,
     )
-    handle.stop_on_failure = settings.worker
     handle_box.append(handle)
 
     def on_table(table: RoutingTable) -> None:

@@ -79,3 +79,40 @@ def test_reports_dropped_from_a_full_queue_are_counted_and_logged(
     assert second["dropped_total"] == handle.reporter.dropped
     assert _sample(handle, DROPPED) == handle.reporter.dropped
     assert all(e["log_level"] == "warning" for e in _events(logs, STARTED))
+
+
+def test_the_report_being_sent_is_never_counted_as_dropped() -> None:
+    """A full queue drops the oldest report whose call is not under way: one being sent may
+    yet arrive (a slow call that succeeds), so it is neither dropped nor counted as such."""
+    import threading
+    import time
+
+    from modelplane.v1 import deployments_pb2
+    from sidecar.managed.reporter import Reporter
+
+    release, started = threading.Event(), threading.Event()
+    delivered: list[int] = []
+
+    def send(request: Any) -> None:
+        if request.generation == 1:
+            started.set()
+            release.wait(10)  # the first call takes long, then succeeds
+        delivered.append(request.generation)
+
+    reporter = Reporter(send, max_pending=1)
+    reporter.start()
+    try:
+        reporter.emit(deployments_pb2.ReportWindowRequest(generation=1))
+        assert started.wait(10)
+        reporter.emit(deployments_pb2.ReportWindowRequest(generation=2))
+        assert reporter.dropped == 0
+        # A third report while the first is still under way: the bound drops the second.
+        reporter.emit(deployments_pb2.ReportWindowRequest(generation=3))
+        assert reporter.dropped == 1
+        release.set()
+        until(lambda: reporter.sent == 2)
+        time.sleep(0.1)
+        assert delivered == [1, 3] and reporter.dropped == 1
+    finally:
+        release.set()
+        reporter.stop()

@@ -7,7 +7,6 @@ ingestor's answer when another worker cannot be reached."""
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from control_plane_double import FakeControlPlane, state
 from sidecar_helpers import output_array, raw_request, spawn_sidecar
 
-from modelplane.errors import Unavailable, error_info
+from modelplane.errors import InvalidArgument, Unavailable, error_info
 from modelplane.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.predlog import list_log_files, read_file_batches
@@ -159,25 +158,13 @@ def test_a_worker_that_cannot_be_reached_fails_the_call_before_anything_is_logge
     from sidecar.managed.labels import LabelIngestor, LabelLog, Predicted, PredictionIndex
     from sidecar.managed.peers import WorkerPeers
 
-    class Counts:
-        def __init__(self) -> None:
-            self.added: list[Any] = []
-
-        def reportable(self, arm: str, version: int) -> bool:
-            return True
-
-        def add_labeled(self, *args: Any) -> None:
-            self.added.append(args)
-
     peers_dir = tmp_path / "peers"
     peers_dir.mkdir()
-    # A socket file no process serves (a worker that died).
-    dead = socket.socket(socket.AF_UNIX)
-    dead.bind(str(peers_dir / "999999.sock"))
-    dead.close()
+    # A worker that served here and died: its file stays, no process serves its socket.
+    (peers_dir / "999999.worker").touch()
     index = PredictionIndex(100)
     index.add(["r"], [1], [Predicted("champion", 1, 1, False, 0.0)])
-    counts = Counts()
+    counts = _Counts()
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     ingestor = LabelIngestor(
@@ -189,6 +176,85 @@ def test_a_worker_that_cannot_be_reached_fails_the_call_before_anything_is_logge
     assert "999999" in str(caught.value)
     assert counts.added == [] and not list_log_files(log_dir, labels=True)
     # The row is not marked: once the worker is gone from the folder, the label counts.
-    (peers_dir / "999999.sock").unlink()
+    (peers_dir / "999999.worker").unlink()
     assert ingestor.ingest(_labels([("r", 0)], class_label=1).labels) == (1, 1)
     assert counts.added == [("champion", 1, 1, 1)]
+
+
+class _Counts:
+    """What a worker's observer does for labels: every version reportable, counts kept."""
+
+    def __init__(self) -> None:
+        self.added: list[Any] = []
+
+    def reportable(self, arm: str, version: int) -> bool:
+        return True
+
+    def add_labeled(self, *args: Any) -> None:
+        self.added.append(args)
+
+
+def _workers(tmp_path: Path, count: int = 2) -> list[Any]:
+    """``count`` label ingestors serving each other over real Unix sockets, as the workers of
+    one sidecar do (in one process here, so named 1, 2, ... instead of by pid)."""
+    from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
+    from sidecar.managed.peers import open_peer_endpoint
+
+    folder = tmp_path / "peers"
+    folder.mkdir(exist_ok=True)
+    log_dir = tmp_path / "log"
+    log_dir.mkdir(exist_ok=True)
+    out = []
+    for n in range(1, count + 1):
+        ingestor = LabelIngestor(PredictionIndex(100), _Counts(), LabelLog(log_dir))
+        endpoint = open_peer_endpoint(folder, ingestor, name=str(n))
+        ingestor.peers = endpoint.peers
+        out.append((ingestor, endpoint))
+    return out
+
+
+def test_a_stopped_worker_is_refused_not_passed_over(tmp_path: Path) -> None:
+    """The labels of rows a stopped worker served cannot join: the call fails (to be sent
+    again to a sidecar whose workers all run), rather than answer them unmatched."""
+    from sidecar.managed.labels import Predicted
+
+    (first, _), (second, endpoint) = _workers(tmp_path)
+    second.index.add(["r"], [1], [Predicted("champion", 1, 1, False, 0.0)])
+    endpoint.close()
+    with pytest.raises(Unavailable) as caught:
+        first.ingest(_labels([("r", 0)], class_label=1).labels)
+    assert caught.value.reason == "WORKER_UNREACHABLE"
+    assert second.counts.added == [] and not list_log_files(tmp_path / "log", labels=True)
+
+
+def test_a_worker_that_fails_on_the_labels_is_an_internal_error(tmp_path: Path) -> None:
+    """Not a worker out of reach (which says to send again): INTERNAL, WORKER_FAILED."""
+    from modelplane.errors import Internal
+
+    (first, _), (second, _) = _workers(tmp_path)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    second.join_for_peer = broken
+    with pytest.raises(Internal) as caught:
+        first.ingest(_labels([("r", 0)], class_label=1).labels)
+    assert caught.value.reason == "WORKER_FAILED"
+    assert not list_log_files(tmp_path / "log", labels=True)
+
+
+def test_a_label_checked_already_that_no_longer_fits_its_row_joins_nothing(
+    tmp_path: Path,
+) -> None:
+    """Between the check and the join a row may be predicted again by a classifier: in the
+    join its fractional target joins nothing (the call was checked; others may have counted)."""
+    from sidecar.managed.labels import Predicted
+
+    _, (second, _) = _workers(tmp_path)
+    second.index.add(["r"], [1], [Predicted("champion", 2, 1, False, 0.0)])
+    labels = _labels([("r", 0)], target=0.5).labels
+    assert second.join_for_peer(labels, check_only=False) == {}
+    assert second.counts.added == []
+    with pytest.raises(InvalidArgument) as caught:
+        second.join_for_peer(labels, check_only=True)
+    assert caught.value.reason == "LABEL_TYPE_MISMATCH"
