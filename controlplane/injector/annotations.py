@@ -9,6 +9,7 @@ takes; so does a pod with no deployment id at all.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -25,6 +26,16 @@ ANNOTATION_RESOURCES = "modelplane.dev/resources"
 ANNOTATION_GPU = "modelplane.dev/gpu"
 #: Set on every pod the webhook patched, so that people (and the webhook) can tell.
 ANNOTATION_STATUS = "modelplane.dev/status"
+PREFIX = "modelplane.dev/"
+#: Every annotation the webhook reads or writes; others under PREFIX get a warning.
+KNOWN_ANNOTATIONS = (
+    ANNOTATION_DEPLOYMENT,
+    ANNOTATION_CONTROL_PLANE,
+    ANNOTATION_PORT,
+    ANNOTATION_RESOURCES,
+    ANNOTATION_GPU,
+    ANNOTATION_STATUS,
+)
 
 DEFAULT_PORT = 8001
 METRICS_PORT = 9465
@@ -300,3 +311,19 @@ def _check_requests_within_limits(resources: Mapping[str, Mapping[str, str]]) ->
                 f"requests {name}={request} is above limits {name}={limit}; "
                 "a request may not exceed its limit",
             )
+
+
+def unknown_annotation_warnings(pod: Mapping[str, Any]) -> list[str]:
+    """A warning for each annotation under ``modelplane.dev/`` the webhook does not know (a
+    misspelt one is otherwise ignored), naming the closest known one."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    warnings = []
+    for key in sorted(str(k) for k in annotations):
+        if not key.startswith(PREFIX) or key in KNOWN_ANNOTATIONS:
+            continue
+        # Compared without the prefix, which every key shares.
+        names = [known.removeprefix(PREFIX) for known in KNOWN_ANNOTATIONS]
+        close = difflib.get_close_matches(key.removeprefix(PREFIX), names, n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"annotation {key} is not one modelplane reads and is ignored{hint}")
+    return warnings

@@ -19,6 +19,7 @@ from controlplane.injector.annotations import (
     deployment_name,
     is_labelled,
     read_spec,
+    unknown_annotation_warnings,
 )
 from controlplane.injector.container import (
     CACHE_VOLUME,
@@ -68,29 +69,32 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
     deployment for the sidecar to serve, or no containers to add the sidecar beside)."""
     if not is_labelled(pod) or already_injected(pod):
         return Decision(True)
+    warnings = unknown_annotation_warnings(pod)
     try:
         spec = read_spec(pod, deployment_name(pod), config.control_plane)
         _check_ports(pod, spec)
     except AnnotationError as exc:
-        return Decision(False, message=str(exc), reason="INVALID_ANNOTATION")
+        return Decision(False, warnings=warnings, message=str(exc), reason="INVALID_ANNOTATION")
     except (ValueError, ArithmeticError) as exc:
         # A value no check above foresaw: refuse the pod with a message rather than fail
         # the review (the API server would show the user only "failed calling webhook").
         return Decision(
             False,
+            warnings=warnings,
             message=f"the pod's modelplane.dev/* annotations could not be read: {exc!r}",
             reason="INVALID_ANNOTATION",
         )
     if not (pod.get("spec") or {}).get("containers"):
         return Decision(
             False,
+            warnings=warnings,
             message="the pod has no containers (spec.containers) for the sidecar to serve",
             reason="MALFORMED_POD",
         )
     clash = _volume_clash(pod)
     if clash:
-        return Decision(False, message=clash, reason="VOLUME_CLASH")
-    return Decision(True, patch=_patch(pod, spec, config))
+        return Decision(False, warnings=warnings, message=clash, reason="VOLUME_CLASH")
+    return Decision(True, patch=_patch(pod, spec, config), warnings=warnings)
 
 
 def _volume_clash(pod: Mapping[str, Any]) -> str:

@@ -547,3 +547,33 @@ def test_an_app_mounting_another_volume_at_the_log_directory_is_refused(
     assert response["allowed"] is False and "patch" not in response
     message = response["status"]["message"]
     assert "'api'" in message and "'data'" in message and "/var/log/modelplane" in message
+
+
+def test_unknown_annotations_under_the_prefix_get_warnings_naming_the_closest(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    annotations = {
+        "modelplane.dev/prot": "8081",
+        "modelplane.dev/resource": "cpu=1",
+        "modelplane.dev/zzz": "1",
+        "example.com/prot": "1",
+        "modelplane.dev/gpu": "0",
+    }
+    response = _admit(injector, cert, model_pod(annotations=annotations))
+    assert response["allowed"] is True and "patch" in response
+    assert response["warnings"] == [
+        "annotation modelplane.dev/prot is not one modelplane reads and is ignored; "
+        "did you mean modelplane.dev/port?",
+        "annotation modelplane.dev/resource is not one modelplane reads and is ignored; "
+        "did you mean modelplane.dev/resources?",
+        "annotation modelplane.dev/zzz is not one modelplane reads and is ignored",
+    ]
+    # A refused pod gets them too; a pod with only known annotations gets none.
+    refused = _admit(
+        injector, cert, model_pod(annotations={**annotations, "modelplane.dev/port": "x"})
+    )
+    assert refused["allowed"] is False and len(refused["warnings"]) == 3
+    assert "warnings" not in _admit(
+        injector, cert, model_pod(annotations={"modelplane.dev/gpu": "0"})
+    )
