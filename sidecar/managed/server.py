@@ -438,6 +438,7 @@ def start_managed(
         metadata,
         renew=control_plane.renew,
         metrics=managed_metrics,
+        serving=lambda: manager.ready,
     )
     handle.watcher = watcher
     closers.append(watcher.stop)

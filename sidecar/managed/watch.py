@@ -105,16 +105,20 @@ class Watcher:
         renew: Callable[[], Any] | None = None,
         metrics: NoManagedMetrics | None = None,
         address: str | None = None,
+        serving: Callable[[], bool] | None = None,
     ) -> None:
         """``on_state(state, first)``: takes each state, ``first`` true for the first of a
         newly opened stream (the control plane's state as its database holds it, where a
         later one on the same stream follows the changes it saw); ``renew``: returns a stub
         on a new connection, used after a stream was taken for dead (the old connection may be
         dead too); ``metrics`` counts the streams replaced; ``address``: the control plane's
-        address, which error logs name (by default what ``stub`` tells, else unknown)."""
+        address, which error logs name (by default what ``stub`` tells, else unknown);
+        ``serving``: whether a state serves (by default: whether one arrived), which they
+        tell too."""
         self._stub = stub
         self._address = address or _address_of(stub) or "the control plane address"
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
+        self._serving = serving
         self._renew = renew
         self._name = name
         self._replica = replica
@@ -258,7 +262,7 @@ class Watcher:
 
     def _log_failure(self, code: str, problem: str, delay: float) -> None:
         """Log a failed or ended watch: what it means for serving, and what to fix."""
-        served = self.states > 0
+        served = self._serving() if self._serving is not None else self.states > 0
         fields: dict[str, Any] = {
             "deployment": self._name,
             "control_plane": self._address,
@@ -280,7 +284,7 @@ class Watcher:
             )
         else:
             log.warning(
-                "control plane watch failed before any desired state arrived; the sidecar is "
-                "not ready until one does, reconnecting",
+                "control plane watch failed before a desired state could be served; the "
+                "sidecar is not ready until one is, reconnecting",
                 **fields,
             )

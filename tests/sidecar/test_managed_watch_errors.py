@@ -18,7 +18,7 @@ from real_plane import RealPlane, real_plane  # noqa: F401
 from sidecar_helpers import managed_sidecars, until
 
 NAME = "fraud"
-NOT_READY = "control plane watch failed before any desired state arrived"
+NOT_READY = "control plane watch failed before a desired state could be served"
 INTERRUPTED = "control plane watch interrupted; serving the last state"
 
 
@@ -105,6 +105,27 @@ def test_the_log_says_whether_a_state_serves_while_the_watch_is_down(
     for event in after:
         assert event["log_level"] == "warning" and event["code"] == "UNAVAILABLE"
         assert event["event"].startswith(INTERRUPTED)
+
+
+def test_a_state_that_arrived_but_cannot_serve_is_not_called_served(
+    managed: Any, plane: FakeControlPlane, artifacts: dict
+) -> None:
+    """A state arrived, but its champion's artifact is corrupt: nothing serves, and a watch
+    that fails then says the sidecar is not ready rather than that it serves the last state."""
+    versions = plane.versions(artifacts, 1)
+    plane.corrupt.add(versions[1][0])
+    plane.push(state(NAME, 1, versions, champion=1))
+    with structlog.testing.capture_logs() as logs:
+        handle = managed()
+        until(lambda: handle.watcher.states >= 1)
+        errors = handle.watcher.errors
+        plane.break_watch()
+        until(lambda: handle.watcher.errors > errors)
+        assert not handle.manager.ready
+    failures = _watch_logs(logs)
+    assert failures
+    for event in failures:
+        assert event["event"].startswith(NOT_READY), event["event"]
 
 
 def test_a_deployment_missing_on_a_real_control_plane_is_named_until_created(
