@@ -15,8 +15,9 @@ stream and the watcher reconnects likewise, over a new connection when it was gi
 does not announce its heartbeat (one older than the field, whose heartbeat was configurable)
 gets no watchdog: keepalive alone ends a dead connection then.
 
-Each failed attempt is logged once. Before any state arrived it says that the sidecar is not
-ready (it has nothing to serve); afterwards, that the last state keeps serving. Codes that no
+Each failed attempt is logged once. While no state serves (none arrived, or its champion
+could not be loaded) it says that the sidecar is not ready; afterwards, that the last state
+keeps serving. Codes that no
 waiting mends are logged as errors saying what to fix (:data:`FIXES`): UNIMPLEMENTED (the
 address is no Modelplane control plane), NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED and
 UNAUTHENTICATED. The watcher retries those too, with the same backoff: a control plane may be
