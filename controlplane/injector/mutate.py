@@ -23,11 +23,15 @@ from controlplane.injector.annotations import (
 )
 from controlplane.injector.container import (
     CACHE_VOLUME,
+    DRAIN_SECONDS,
     LOG_DIR,
     LOG_VOLUME,
     PORT_NAMES,
+    SHUTDOWN_DELAY_SECONDS,
     SIDECAR_NAME,
+    ShutdownTiming,
     gpu_toleration,
+    shutdown_timing,
     sidecar_container,
     sidecar_volumes,
 )
@@ -94,7 +98,17 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
     clash = _volume_clash(pod)
     if clash:
         return Decision(False, warnings=warnings, message=clash, reason="VOLUME_CLASH")
-    return Decision(True, patch=_patch(pod, spec, config), warnings=warnings)
+    pod_spec = pod.get("spec") or {}
+    grace = pod_spec.get("terminationGracePeriodSeconds")
+    timing = shutdown_timing(grace, config.native_sidecars)
+    if timing.shortened:
+        usual = (0.0 if config.native_sidecars else SHUTDOWN_DELAY_SECONDS) + DRAIN_SECONDS
+        warnings.append(
+            f"terminationGracePeriodSeconds {grace} is short for the modelplane sidecar's "
+            f"{usual:g} s shutdown: its shutdown delay and drain are cut to {timing.delay:g} s "
+            f"and {timing.drain:g} s; requests in flight may be cut off"
+        )
+    return Decision(True, patch=_patch(pod, spec, config, timing), warnings=warnings)
 
 
 def _volume_clash(pod: Mapping[str, Any]) -> str:
@@ -161,7 +175,7 @@ def _same_dir(path: Any, directory: str) -> bool:
 
 
 def _patch(
-    pod: Mapping[str, Any], spec: SidecarSpec, config: InjectionConfig
+    pod: Mapping[str, Any], spec: SidecarSpec, config: InjectionConfig, timing: ShutdownTiming
 ) -> list[dict[str, Any]]:
     pod_spec = pod.get("spec") or {}
 
@@ -170,7 +184,7 @@ def _patch(
 
     native = config.native_sidecars
     image = config.sidecar_gpu_image if spec.gpus else config.sidecar_image
-    container = sidecar_container(spec, image, native)
+    container = sidecar_container(spec, image, native, timing)
     ops: list[dict[str, Any]] = []
     # The pod's own containers read the prediction logs from the shared volume.
     for index, app in enumerate(pod_spec.get("containers") or []):

@@ -88,9 +88,15 @@ def test_sidecar_args_are_accepted_by_the_cli(settings: InjectorSettings) -> Non
     assert args.device == "cuda"
     from modelplane.cli.sidecar import _settings
 
-    # SIGTERM: NOT_SERVING while the pod's endpoints go, then the drain, within the pod's
-    # default 30 s termination grace.
+    # SIGTERM: a native sidecar gets it once the app containers have exited and the pod's
+    # endpoints are long gone: no shutdown delay, then the drain, within the pod's default
+    # 30 s termination grace.
     settings_of_pod = _settings(args)
+    assert settings_of_pod.shutdown_delay == 0.0 and settings_of_pod.drain_seconds == 15.0
+    # A regular one gets it with the app: NOT_SERVING while the endpoints go.
+    regular = settings.model_copy(update={"native_sidecars": False})
+    sidecar = _sidecar(_patched(model_pod(), regular))
+    settings_of_pod = _settings(parser.parse_args(sidecar["args"]))
     assert settings_of_pod.shutdown_delay == 10.0 and settings_of_pod.drain_seconds == 15.0
     assert settings_of_pod.shutdown_delay + settings_of_pod.drain_seconds < 30
     from sidecar.settings import SidecarSettings

@@ -577,3 +577,49 @@ def test_unknown_annotations_under_the_prefix_get_warnings_naming_the_closest(
     assert "warnings" not in _admit(
         injector, cert, model_pod(annotations={"modelplane.dev/gpu": "0"})
     )
+
+
+@pytest.mark.parametrize(
+    ("grace", "native_delay", "regular_delay", "drain_native", "drain_regular"),
+    [
+        (None, 0.0, 10.0, 15.0, 15.0),
+        (30, 0.0, 10.0, 15.0, 15.0),
+        (120, 0.0, 10.0, 15.0, 15.0),
+        (5, 0.0, 1.666, 4.166, 2.5),
+        (0, 0.0, 0.0, 0.0, 0.0),
+    ],
+)
+def test_the_sidecars_shutdown_fits_the_pods_termination_grace(
+    injector: Any,
+    tls_files: tuple[Path, Path],
+    grace: int | None,
+    native_delay: float,
+    regular_delay: float,
+    drain_native: float,
+    drain_regular: float,
+) -> None:
+    from modelplane.cli import build_parser
+    from modelplane.cli.sidecar import _settings
+
+    cert, _ = tls_files
+    pod = model_pod() if grace is None else model_pod(terminationGracePeriodSeconds=grace)
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate_strict(patched)
+    native = injector.server.settings.native_sidecars
+    where = "initContainers" if native else "containers"
+    (sidecar,) = [c for c in patched["spec"][where] if c["name"] == SIDECAR_NAME]
+    sidecar_settings = _settings(build_parser().parse_args(sidecar["args"]))
+    delay, drain = sidecar_settings.shutdown_delay, sidecar_settings.drain_seconds
+    assert (delay, drain) == (
+        (native_delay, drain_native) if native else (regular_delay, drain_regular)
+    )
+    # Within five sixths of the grace, the rest a margin before SIGKILL.
+    assert delay + drain <= (30 if grace is None else grace) * 5 / 6
+    warnings = response.get("warnings", [])
+    if delay + drain < (0 if native else 10) + 15:
+        (warning,) = warnings
+        assert f"terminationGracePeriodSeconds {grace}" in warning and "cut to" in warning
+    else:
+        assert warnings == []
