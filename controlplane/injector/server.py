@@ -152,8 +152,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if self.server.stopping.is_set():
+        if self.server.stopping.is_set() or self.close_connection:
             # Stopping: the client's next request goes over a new connection, to another pod.
+            # Otherwise a refused request whose body was not read (or not all of it): the
+            # client learns that the connection closes instead of finding it closed.
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)

@@ -623,3 +623,46 @@ def test_the_sidecars_shutdown_fits_the_pods_termination_grace(
         assert f"terminationGracePeriodSeconds {grace}" in warning and "cut to" in warning
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "length", "status"),
+    [
+        ("/mutate", "application/json", b"2", 404),
+        ("/inject", "text/plain", b"2", 415),
+        ("/inject", "application/json", b"x", 411),
+        ("/inject", "application/json", b"9" * 30, 413),
+    ],
+)
+def test_answers_that_close_the_connection_say_so(
+    injector: Any,
+    tls_files: tuple[Path, Path],
+    path: str,
+    content_type: str,
+    length: bytes,
+    status: int,
+) -> None:
+    cert, _ = tls_files
+    context = ssl.create_default_context(cafile=str(cert))
+    plain = socket.create_connection(("127.0.0.1", injector.port), timeout=10)
+    with context.wrap_socket(plain, server_hostname="127.0.0.1") as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n".encode()
+            + b"Content-Length: " + length + b"\r\n\r\n{}"
+        )  # fmt: skip
+        response = http.client.HTTPResponse(conn)  # type: ignore[arg-type]
+        response.begin()
+        response.read()
+        assert response.status == status
+        assert response.getheader("Connection") == "close"
+        # The server did close it.
+        assert conn.recv(1) == b""
+    # A review's answer keeps the connection open.
+    conn2 = http.client.HTTPSConnection("127.0.0.1", injector.port, context=context, timeout=10)
+    conn2.request(
+        "POST", "/inject", body(review(model_pod())), {"Content-Type": "application/json"}
+    )
+    answer = conn2.getresponse()
+    answer.read()
+    assert answer.status == 200 and answer.getheader("Connection") is None
+    conn2.close()
