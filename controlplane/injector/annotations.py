@@ -102,9 +102,11 @@ class SidecarSpec:
 
 
 def is_labelled(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod asks for injection (label ``modelplane.dev/inject: "true"``)."""
+    """Whether the pod asks for injection (label ``modelplane.dev/inject: "true"``, exactly
+    what the webhook configuration's objectSelector matches: pods labelled ``True`` never
+    reach the webhook, so it does not take them either)."""
     labels = pod.get("metadata", {}).get("labels") or {}
-    return str(labels.get(INJECT_LABEL, "")).lower() == "true"
+    return labels.get(INJECT_LABEL) == "true"
 
 
 def deployment_name(pod: Mapping[str, Any]) -> str:
@@ -117,7 +119,8 @@ def deployment_name(pod: Mapping[str, Any]) -> str:
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
     if ANNOTATION_DEPLOYMENT in annotations:
-        name = str(annotations[ANNOTATION_DEPLOYMENT]).strip()
+        # NAME or deployments/NAME, as `modelplane sidecar serve --deployment` takes it.
+        name = str(annotations[ANNOTATION_DEPLOYMENT]).strip().removeprefix("deployments/")
         if not _NAME.match(name):
             raise AnnotationError(
                 ANNOTATION_DEPLOYMENT, f"{name!r} is not a deployment id ({_NAME_FORM})"
@@ -220,8 +223,9 @@ def _gpus(value: object) -> int:
 
 
 def _resources(value: object) -> dict[str, dict[str, str]]:
-    """``cpu=500m,memory=1Gi`` (requests; the memory limit follows the request), or JSON
-    ``{"requests": {...}, "limits": {...}}``."""
+    """``cpu=500m,memory=1Gi`` (requests; the memory limit follows the request; resources
+    not named keep their defaults), or JSON ``{"requests": {...}, "limits": {...}}`` (as
+    written: no defaults)."""
     if value is None:
         return {part: dict(items) for part, items in DEFAULT_RESOURCES.items()}
     text = str(value).strip()
@@ -247,9 +251,10 @@ def _resources(value: object) -> dict[str, dict[str, str]]:
         requests[key.strip()] = _quantity(key.strip(), amount.strip())
     if not requests:
         raise AnnotationError(ANNOTATION_RESOURCES, f"empty; {form}")
-    out = {"requests": requests}
+    out = {part: dict(items) for part, items in DEFAULT_RESOURCES.items()}
+    out["requests"].update(requests)
     if "memory" in requests:
-        out["limits"] = {"memory": requests["memory"]}
+        out["limits"]["memory"] = requests["memory"]
     return out
 
 

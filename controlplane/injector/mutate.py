@@ -99,6 +99,11 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
     if clash:
         return Decision(False, warnings=warnings, message=clash, reason="VOLUME_CLASH")
     pod_spec = pod.get("spec") or {}
+    if pod_spec.get("hostNetwork") is True:
+        warnings.append(
+            f"hostNetwork: the modelplane sidecar listens on the node's ports {spec.port} and "
+            f"{METRICS_PORT}; two such pods cannot share a node"
+        )
     grace = pod_spec.get("terminationGracePeriodSeconds")
     timing = shutdown_timing(grace, config.native_sidecars)
     if timing.shortened:

@@ -666,3 +666,83 @@ def test_answers_that_close_the_connection_say_so(
     answer.read()
     assert answer.status == 200 and answer.getheader("Connection") is None
     conn2.close()
+
+
+def _sidecar_of(injector: Any, pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate_strict(patched)
+    where = "initContainers" if injector.server.settings.native_sidecars else "containers"
+    (sidecar,) = [c for c in patched["spec"][where] if c["name"] == SIDECAR_NAME]
+    return dict(sidecar)
+
+
+@pytest.mark.parametrize("value", ["fraud", "deployments/fraud"])
+def test_the_deployment_annotation_takes_name_or_deployments_slash_name(
+    injector: Any, tls_files: tuple[Path, Path], value: str
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod(
+        labels={"modelplane.dev/inject": "true"},
+        annotations={"modelplane.dev/deployment": value},
+    )
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    args = _sidecar_of(injector, pod, response)["args"]
+    assert args[args.index("--deployment") + 1] == "fraud"
+    bad = _admit(injector, cert, model_pod(annotations={"modelplane.dev/deployment": "models/x"}))
+    assert bad["allowed"] is False
+
+
+def test_a_host_network_pod_gets_a_warning_about_the_node_ports(
+    injector: Any, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    response = _admit(injector, cert, model_pod(hostNetwork=True))
+    assert response["allowed"] is True
+    (warning,) = response["warnings"]
+    assert "hostNetwork" in warning and "8001" in warning and "9465" in warning
+    assert "warnings" not in _admit(injector, cert, model_pod(hostNetwork=False))
+
+
+@pytest.mark.parametrize(
+    ("value", "resources"),
+    [
+        (
+            "cpu=500m",
+            {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        ),
+        (
+            "memory=2Gi",
+            {"requests": {"cpu": "250m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+        ),
+        (
+            "ephemeral-storage=1Gi",
+            {
+                "requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+                "limits": {"memory": "1Gi"},
+            },
+        ),
+    ],
+)
+def test_resources_not_named_keep_their_defaults(
+    injector: Any, tls_files: tuple[Path, Path], value: str, resources: dict[str, Any]
+) -> None:
+    cert, _ = tls_files
+    pod = model_pod(annotations={"modelplane.dev/resources": value})
+    response = _admit(injector, cert, pod)
+    assert response["allowed"] is True
+    assert _sidecar_of(injector, pod, response)["resources"] == resources
+
+
+@pytest.mark.parametrize("value", ["True", "TRUE", "yes"])
+def test_only_the_label_value_the_object_selector_matches_asks_for_injection(
+    injector: Any, tls_files: tuple[Path, Path], value: str
+) -> None:
+    from tests.deploy.conftest import load_yaml
+
+    (webhook,) = load_yaml(ROOT / "deploy/base/injector/mutatingwebhook.yaml")[0]["webhooks"]
+    assert webhook["objectSelector"]["matchLabels"] == {"modelplane.dev/inject": "true"}
+    cert, _ = tls_files
+    labels = {"app.kubernetes.io/name": "fraud", "modelplane.dev/inject": value}
+    response = _admit(injector, cert, model_pod(labels=labels))
+    assert response["allowed"] is True and "patch" not in response
