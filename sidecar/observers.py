@@ -8,10 +8,14 @@ once. Observers that implement ``on_runs`` get it gathered into runs of compatib
 (one array per tensor, one list per field: :func:`gather`), so a hundred requests cost one
 Arrow append and one drift update, and the gathering is done once for all of them.
 
-When observers fall behind and the buffer is full, a *lossless* hub makes publishers wait
-for room (the prediction log and a managed sidecar's window reports must not lose records);
-otherwise records are dropped, counted in ``dropped`` (and by ``on_dropped``, a metric) and
-logged as a warning (at most once per :data:`DROP_WARNING_S`).
+The buffer is bounded in records (:data:`CAPACITY`) and in the bytes of their tensors
+(:data:`CAPACITY_BYTES`; a record larger than that alone still goes in when the buffer is
+empty), so that requests of thousands of rows, each record megabytes, cannot fill memory
+before the records reach their bound. When observers fall behind and the buffer is full, a
+*lossless* hub makes publishers wait for room (the prediction log and a managed sidecar's
+window reports must not lose records); otherwise records are dropped, counted in
+``dropped`` (and by ``on_dropped``, a metric) and logged as a warning (at most once per
+:data:`DROP_WARNING_S`).
 
 An observer that never reads request ids (drift) says so with ``needs_ids = False``; when no
 observer reads them, a request sent without an ``id`` is not given one.
@@ -33,6 +37,12 @@ log = structlog.get_logger("modelplane.sidecar.observers")
 
 #: The least time between two warnings about records a lossy hub dropped.
 DROP_WARNING_S = 60.0
+#: Records the hub buffers at most.
+CAPACITY = 16384
+#: Bytes of tensors (inputs and outputs) the hub buffers at most: with what the dispatch
+#: thread holds and hands on (to an observer process, pickled) a few times this is the most
+#: the observers' backlog takes.
+CAPACITY_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -84,6 +94,15 @@ class RejectedRecord:
 
 
 Record = BatchRecord | RejectedRecord
+
+
+def record_bytes(record: Record) -> int:
+    """The bytes of ``record``'s tensors (inputs, and outputs of a batch)."""
+    size = 0
+    for arrays in (getattr(record, "inputs", None), getattr(record, "outputs", None)):
+        if arrays:
+            size += sum(a.nbytes for a in arrays.values())
+    return size
 
 
 def codes_of(record: BatchRecord) -> list[str]:
@@ -240,8 +259,9 @@ class ObserverHub:
     def __init__(
         self,
         observers: list[Any] | None = None,
-        capacity: int = 16384,
+        capacity: int = CAPACITY,
         *,
+        capacity_bytes: int = CAPACITY_BYTES,
         lossless: bool = False,
         linger: float = 0.02,
         tick: float = 0.25,
@@ -249,8 +269,11 @@ class ObserverHub:
     ) -> None:
         self._observers = list(observers or [])
         self._on_dropped = on_dropped
-        self._buffer: deque[Record] = deque()
+        self._buffer: deque[tuple[Record, int]] = deque()
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
+        #: Bytes of the records buffered (:func:`record_bytes`).
+        self._bytes = 0
         self._lossless = lossless
         self._linger = linger
         self._tick = tick
@@ -288,13 +311,20 @@ class ObserverHub:
             self._thread = threading.Thread(target=self._run, name="observers", daemon=True)
             self._thread.start()
 
+    def _full(self, size: int) -> bool:
+        """Whether a record of ``size`` bytes finds no room (an empty buffer takes any)."""
+        buffer = self._buffer
+        return len(buffer) >= self._capacity or (
+            bool(buffer) and self._bytes + size > self._capacity_bytes
+        )
+
     def publish(self, record: Record) -> None:
         """Hand ``record`` to the observers: waits for room (lossless) or drops it when the
         buffer is full."""
         if not self._observers:
             return
-        buffer = self._buffer
-        if len(buffer) >= self._capacity:
+        size = record_bytes(record)
+        if self._full(size):
             if not self._lossless:
                 self.dropped += 1
                 if self._on_dropped is not None:
@@ -302,9 +332,11 @@ class ObserverHub:
                 self._warn_dropped()
                 return
             with self._ready:
-                while len(buffer) >= self._capacity and not self._closed:
+                while self._full(size) and not self._closed:
                     self._room.wait(0.1)
-        buffer.append(record)
+        with self._lock:
+            self._bytes += size
+        self._buffer.append((record, size))
         # Only a sleeping dispatcher needs waking; a busy one finds the record when it
         # drains the buffer next.
         if self._sleeping:
@@ -321,6 +353,7 @@ class ObserverHub:
             dropped=self.dropped - self._warned_dropped,
             total=self.dropped,
             capacity=self._capacity,
+            capacity_bytes=self._capacity_bytes,
         )
         self._warned_dropped = self.dropped
 
@@ -344,11 +377,13 @@ class ObserverHub:
             if buffer and not closed and self._linger:
                 # Let a burst gather so that it is handled as one list.
                 time.sleep(self._linger)
-            records = [buffer.popleft() for _ in range(len(buffer))]
-            if records and self._lossless:
+            taken = [buffer.popleft() for _ in range(len(buffer))]
+            if taken:
                 with self._ready:
-                    self._room.notify_all()
-            self._dispatch(records)
+                    self._bytes -= sum(size for _, size in taken)
+                    if self._lossless:
+                        self._room.notify_all()
+            self._dispatch([record for record, _ in taken])
             if closed and not buffer:
                 return
 

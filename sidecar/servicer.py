@@ -317,13 +317,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def Shed(self, requests: Any, context: grpc.ServicerContext) -> NoReturn:
         """Refuse a ModelInfer call that the admission turned away, unread: counted in the
-        request metrics as RESOURCE_EXHAUSTED, logged at most once a second."""
+        request metrics as RESOURCE_EXHAUSTED, recorded in the prediction log as one record
+        without features (under the call's ``x-request-id`` when it has one), logged at most
+        once a second."""
+        start = time.perf_counter()
         err = ResourceExhausted(
             "too many requests are waiting to be served; retry with backoff", reason="QUEUE_FULL"
         )
         model = self.slot.current
         if model is not None:
             model.metrics.request(err.code.value, 0.0)
+            if model.observed and self.log_failure is None:
+                request_id, trace = _ids(context)
+                self._record_rejection(
+                    model, pb.ModelInferRequest(id=request_id), trace, err, start, wait=False
+                )
         now = time.monotonic()
         with self._shed_lock:
             self._shed += 1
@@ -387,8 +395,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._abort(context, err)
 
     def _record_rejection(
-        self, model: ServingModel, request: Any, trace: str, err: ModelplaneError, start: float
+        self,
+        model: ServingModel,
+        request: Any,
+        trace: str,
+        err: ModelplaneError,
+        start: float,
+        *,
+        wait: bool = True,
     ) -> None:
+        """Record a refusal; with ``sync`` durability, once it is on disk unless not to
+        ``wait`` (a shed call, answered at once: the sidecar is overloaded)."""
         # Its inputs as far as they decode, when something records requests (the log) and
         # still can, for a request refused for what it holds (INVALID_ARGUMENT): one shed for
         # load (a full queue, a deadline, the caller gone) is one record without features, so
@@ -413,5 +430,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if model.sync_log is not None:
             # sync durability covers refusals too: answered once the record is on disk.
             with contextlib.suppress(Exception):
-                model.sync_log.append_rejected(record).result()
+                written = model.sync_log.append_rejected(record)
+                if wait:
+                    written.result()
         model.observers.publish(record)

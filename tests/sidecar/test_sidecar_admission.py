@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import answered_or_shed, output_array, raw_request, stub
@@ -114,3 +115,45 @@ def test_calls_within_the_limit_are_never_shed(sidecar_factory: Any, tmp_path: P
         for _ in range(300)
     ]
     assert all(len(f.result().outputs) == 1 for f in futures)
+
+
+@pytest.mark.parametrize("durability", ["async", "sync"])
+def test_calls_shed_at_admission_are_logged_one_record_each(
+    sidecar_factory: Any, tmp_path: Path, durability: str
+) -> None:
+    """A call the admission turns away is not read, but the prediction log still holds one
+    record of it, without features, under its ``x-request-id``: as many records as sheds."""
+    from sidecar.predlog import PredictionLogSettings, read_logs
+
+    path = onnx_models.save(onnx_models.heavy_mlp(), tmp_path / "heavy.onnx")
+    handle = sidecar_factory(
+        path,
+        max_batch_size=4,
+        max_queue_rows=16,
+        handler_threads=8,
+        intra_op_threads=1,
+        log_settings=PredictionLogSettings(
+            dir=tmp_path / "log", flush_interval=0.02, durability=durability
+        ),
+    )
+    s = stub(handle.port)
+    x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
+    futures = [
+        s.ModelInfer.future(
+            raw_request("heavy", {"input": ("FP32", x)}),
+            timeout=60,
+            metadata=[("x-request-id", f"call-{i}")],
+        )
+        for i in range(300)
+    ]
+    shed = set()
+    for i, future in enumerate(futures):
+        if answered_or_shed(future, lambda r: None) == "RESOURCE_EXHAUSTED":
+            shed.add(f"call-{i}")
+    assert shed
+    handle.stop(5)
+    table = read_logs(tmp_path / "log")
+    refused = [r for r in table.to_pylist() if r["status_code"] == "RESOURCE_EXHAUSTED"]
+    assert {r["request_id"] for r in refused} == shed
+    assert len(refused) == len(shed)
+    assert all(r["status_reason"] == "QUEUE_FULL" and r["x_0"] is None for r in refused)
