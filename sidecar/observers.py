@@ -96,13 +96,17 @@ class RejectedRecord:
 Record = BatchRecord | RejectedRecord
 
 
-def record_bytes(record: Record) -> int:
-    """The bytes of ``record``'s tensors (inputs, and outputs of a batch)."""
+def record_bytes(record: Any) -> int:
+    """The bytes of ``record``'s tensors (inputs, and outputs of a batch), also of a record
+    that wraps one in ``record`` (a managed sidecar's version or shadow records), with the
+    champion's outputs a shadow record carries."""
     size = 0
-    for arrays in (getattr(record, "inputs", None), getattr(record, "outputs", None)):
+    for name in ("inputs", "outputs", "champion_outputs"):
+        arrays = getattr(record, name, None)
         if arrays:
             size += sum(a.nbytes for a in arrays.values())
-    return size
+    inner = getattr(record, "record", None)
+    return size if inner is None else size + record_bytes(inner)
 
 
 def codes_of(record: BatchRecord) -> list[str]:

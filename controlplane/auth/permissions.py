@@ -137,5 +137,8 @@ PERMISSIONS: dict[str, Rule] = {
     _D + "ReportWindow": Rule(REPORT, Scope.MODEL),
 }
 
-#: modelplane.v1 services that the control plane does not serve (they have no entry above).
-SERVED_ELSEWHERE = frozenset({"modelplane.v1.SidecarAdminService"})
+#: modelplane.v1 services that the control plane does not serve (they have no entry above):
+#: the sidecar's admin service, and the one between the worker processes of one sidecar.
+SERVED_ELSEWHERE = frozenset(
+    {"modelplane.v1.SidecarAdminService", "modelplane.v1.SidecarWorkerService"}
+)

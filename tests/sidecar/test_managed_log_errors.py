@@ -36,7 +36,7 @@ def _buffered(hub: Any) -> Counter[str]:
     """Request ids waiting in the hub, by kind of record."""
     while True:
         try:
-            records = list(hub._buffer)
+            records = [record for record, _size in hub._buffer]
             break
         except RuntimeError:  # appended to while copied
             continue

@@ -168,3 +168,17 @@ def test_requests_of_thousands_of_rows_keep_the_logging_sidecars_memory_bounded(
         stop.set()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_managed_sidecars_wrapped_records_count_their_tensors() -> None:
+    """A managed sidecar's hub carries records wrapped with their version and arm, and shadow
+    records with the champion's outputs: their bytes count as the tensors they hold."""
+    from sidecar.managed.shadow import ShadowRecord
+    from sidecar.managed.versions import Served
+    from sidecar.observers import record_bytes
+
+    inner = _record(4096)
+    assert record_bytes(Served(inner, None, "champion")) == record_bytes(inner) == 557_056
+    champion = {"y": np.zeros((4096, 2), np.float32)}
+    shadow = ShadowRecord(inner, None, champion)
+    assert record_bytes(shadow) == 557_056 + 4096 * 2 * 4
