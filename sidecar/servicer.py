@@ -214,6 +214,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         #: or the observer process writing it failed): every ModelInfer is then refused
         #: (:func:`sidecar.recording.log_failed`) rather than answered without a record.
         self.log_failure: BaseException | None = None
+        #: Whether a call shed at admission is recorded (in the prediction log): not by a
+        #: managed sidecar, where it was routed to no version and would pass for traffic of
+        #: the champion's arm in the window reports.
+        self.records_sheds = True
         self._shed_lock = threading.Lock()
         self._shed = 0
         self._shed_reported = 0.0
@@ -327,7 +331,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self.slot.current
         if model is not None:
             model.metrics.request(err.code.value, 0.0)
-            if model.observed and self.log_failure is None:
+            if self.records_sheds and model.observed and self.log_failure is None:
                 request_id, trace = _ids(context)
                 self._record_rejection(
                     model, pb.ModelInferRequest(id=request_id), trace, err, start, wait=False

@@ -42,6 +42,9 @@ class ManagedServicer(InferenceServicer):
         self, slot: ModelSlot, manager: Any, shadow: ShadowRunner, *, logged: bool = False
     ) -> None:
         super().__init__(slot)
+        # A shed call was routed to no version: counted in the request metrics and logged,
+        # but in no arm's window and not in the prediction log, like a malformed one.
+        self.records_sheds = False
         self.manager = manager
         self.shadow = shadow
         loader = manager.loader

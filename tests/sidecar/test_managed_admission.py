@@ -86,6 +86,15 @@ def test_managed_sidecar_sheds_beyond_the_queue_limit_and_health_answers(
     assert set(answered) == {2}
     # Still serving afterwards.
     s.ModelInfer(raw_request(NAME, {"input": ("FP32", x)}), timeout=30)
+    # The window reports count the calls answered; the shed ones were routed to no arm.
+    served = codes["OK"] + 2
+
+    def reported(reports: list[Any]) -> int:
+        return sum(a.requests for r in reports for a in r.arms)
+
+    seen = plane.wait_reports(lambda rs: reported(rs) >= served, timeout=30)
+    plane.wait_reports(lambda rs: len(rs) >= len(seen) + 4, timeout=30)
+    assert reported(plane.reports) == served
 
 
 def _version(label: str, queued: int | None) -> Any:
