@@ -43,6 +43,8 @@ from sidecar.settings import SidecarSettings
 log = structlog.get_logger("modelplane.sidecar.workers")
 
 _PREFIX = "MODELPLANE_SIDECAR_"
+#: The folder of a managed sidecar's worker sockets (:mod:`sidecar.managed.peers`).
+PEERS_DIR_PREFIX = "modelplane-workers-"
 _LOG_PREFIX = "MODELPLANE_LOG_"
 
 
@@ -98,7 +100,11 @@ def supervise(
     settings: SidecarSettings, count: int, log_settings: PredictionLogSettings | None = None
 ) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
-    from modelplane.server.supervisor import reserve_port
+    from modelplane.server.supervisor import (
+        hold_metrics_dir,
+        reserve_port,
+        sweep_stale_dirs,
+    )
     from modelplane.server.supervisor import supervise as run_workers
     from sidecar.cuda import gpu_present
     from sidecar.mps import for_workers
@@ -113,14 +119,15 @@ def supervise(
         # One verified-artifact cache for all workers: what one downloaded, the others reuse.
         shared_cache = Path(tempfile.mkdtemp(prefix="modelplane-cache-"))
         settings = settings.model_copy(update={"cache_dir": shared_cache})
-    peers_dir = None
+    peers_dir, peers_lock = None, None
     if settings.managed:
         # Mode 0700: only this sidecar's processes reach its workers' label service. A Unix
         # socket's path has at most 107 bytes: under a long TMPDIR the folder goes in /tmp.
-        short = len(tempfile.gettempdir()) > 64
-        peers_dir = Path(
-            tempfile.mkdtemp(prefix="modelplane-workers-", dir="/tmp" if short else None)
-        )
+        base = "/tmp" if len(tempfile.gettempdir()) > 64 else None
+        # Held (locked) while this supervisor lives: the next one removes it after a kill.
+        sweep_stale_dirs(PEERS_DIR_PREFIX, "workers' socket folder", base)
+        peers_dir = Path(tempfile.mkdtemp(prefix=PEERS_DIR_PREFIX, dir=base))
+        peers_lock = hold_metrics_dir(str(peers_dir), create=True)
         settings = settings.model_copy(update={"peers_dir": peers_dir})
     mps = None
     try:
@@ -153,6 +160,8 @@ def supervise(
         for folder in (shared_cache, peers_dir):
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+        if peers_lock is not None:
+            os.close(peers_lock)
 
 
 def main() -> int:

@@ -47,6 +47,7 @@ from modelplane.errors import (
     to_grpc_status,
 )
 from modelplane.server.lifecycle import MAX_MESSAGE_BYTES, grpc_options
+from modelplane.server.supervisor import hold_metrics_dir
 from modelplane.v1 import sidecar_workers_pb2 as pb
 from modelplane.v1 import sidecar_workers_pb2_grpc as pb_grpc
 
@@ -206,6 +207,9 @@ class PeerEndpoint:
     server: grpc.Server
     path: Path
     peers: WorkerPeers
+    #: This worker's shared lock on the folder (so that the next supervisor's sweep leaves
+    #: it while a worker of a killed one still drains); None for a folder without a lock.
+    lock: int | None = None
 
     def close(self) -> None:
         """Stop answering other workers and close the calls to them. The ``.worker`` file
@@ -213,6 +217,9 @@ class PeerEndpoint:
         than passing over the rows this worker served (the supervisor removes the folder)."""
         self.server.stop(0)
         self.peers.close()
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
 
 def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> PeerEndpoint:
@@ -228,4 +235,5 @@ def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> Pe
     server.add_insecure_port(f"unix:{path}")
     server.start()
     path.with_suffix(MARKER_SUFFIX).touch()
-    return PeerEndpoint(server, path, WorkerPeers(folder, path))
+    lock = hold_metrics_dir(str(folder))
+    return PeerEndpoint(server, path, WorkerPeers(folder, path), lock)

@@ -117,6 +117,43 @@ def test_a_worker_that_fails_stops_the_sidecar(tmp_path: Path) -> None:
         _kill_all(sup, workers)
 
 
+def test_the_socket_folder_of_a_killed_managed_supervisor_is_swept(tmp_path: Path) -> None:
+    """A managed sidecar's workers share a folder of sockets (labels join on every worker);
+    after its supervisor was killed, the next supervisor's sweep removes it."""
+    from modelplane.server.supervisor import sweep_stale_dirs
+    from sidecar.workers import PEERS_DIR_PREFIX
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    # Managed workers wait for a control plane that is not there: never ready.
+    sup = _serve("--control-plane", f"127.0.0.1:{closed}", "--deployment", "fraud")
+    workers: list[int] = []
+    try:
+        assert _wait_for(lambda: len(children(sup.pid)) == 2, 60)
+        workers = children(sup.pid)
+        environ = Path(f"/proc/{workers[0]}/environ").read_text().split("\0")
+        folder = Path(next(e for e in environ if e.startswith("MODELPLANE_SIDECAR_PEERS_DIR="))
+                      .partition("=")[2])  # fmt: skip
+        assert folder.name.startswith(PEERS_DIR_PREFIX)
+        assert _wait_for(lambda: len(list(folder.glob("*.worker"))) == 2, 60)
+        sweep_stale_dirs(PEERS_DIR_PREFIX, "test", str(folder.parent))
+        assert folder.exists()  # in use: kept
+        sup.kill()
+        sup.wait()
+        assert _wait_for(lambda: not any(alive(p) for p in workers), 60)
+        assert folder.exists()
+        assert _wait_for(
+            lambda: (
+                sweep_stale_dirs(PEERS_DIR_PREFIX, "test", str(folder.parent))
+                or not folder.exists()
+            ),
+            30,
+        )
+    finally:
+        _kill_all(sup, workers)
+
+
 def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
     from modelplane.server.supervisor import sweep_stale_metrics_dirs
 

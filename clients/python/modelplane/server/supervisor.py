@@ -48,8 +48,9 @@ _held: list[int] = []
 
 
 def hold_metrics_dir(path: str, *, create: bool = False) -> int | None:
-    """Take a shared lock on the metrics folder ``path`` (the supervisor ``create``s its lock
-    file); returns the descriptor holding it, None when the folder has no lock file."""
+    """Take a shared lock on the supervisor's folder ``path`` (its metrics folder, or another
+    folder its workers share; the supervisor ``create``s its lock file); returns the
+    descriptor holding it, None when the folder has no lock file."""
     lock = os.path.join(path, _LOCK_FILE)
     try:
         if not create:
@@ -67,11 +68,18 @@ def hold_metrics_dir(path: str, *, create: bool = False) -> int | None:
 
 def sweep_stale_metrics_dirs(root: str | None = None) -> None:
     """Remove this user's metrics folders that no live supervisor or worker holds (left by a
-    supervisor that was killed): a folder is removed only while its lock can be taken
-    exclusively, so a folder in use, or one without a lock file, stays."""
+    supervisor that was killed): see :func:`sweep_stale_dirs`."""
+    sweep_stale_dirs(METRICS_DIR_PREFIX, "metrics folder", root)
+
+
+def sweep_stale_dirs(prefix: str, what: str, root: str | None = None) -> None:
+    """Remove this user's folders named ``prefix*`` under ``root`` (the temporary folder by
+    default) that no live supervisor or worker holds (:func:`hold_metrics_dir`): a folder is
+    removed only while its lock can be taken exclusively, so a folder in use, or one without
+    a lock file, stays."""
     base = root or tempfile.gettempdir()
     try:
-        names = [n for n in os.listdir(base) if n.startswith(METRICS_DIR_PREFIX)]
+        names = [n for n in os.listdir(base) if n.startswith(prefix)]
     except OSError:
         return
     for name in names:
@@ -87,7 +95,7 @@ def sweep_stale_metrics_dirs(root: str | None = None) -> None:
         except OSError:
             continue  # in use
         else:
-            log.info("removing the metrics folder of a supervisor that was killed", path=path)
+            log.info(f"removing the {what} of a supervisor that was killed", path=path)
             shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
