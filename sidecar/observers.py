@@ -104,7 +104,10 @@ def record_bytes(record: Any) -> int:
     for name in ("inputs", "outputs", "champion_outputs"):
         arrays = getattr(record, name, None)
         if arrays:
-            size += sum(a.nbytes for a in arrays.values())
+            for a in arrays.values():
+                size += a.nbytes
+                if a.dtype == object:  # BYTES: the strings' own bytes besides the pointers
+                    size += sum(len(x) for x in a.flat if isinstance(x, bytes | str))
     inner = getattr(record, "record", None)
     return size if inner is None else size + record_bytes(inner)
 
@@ -322,30 +325,34 @@ class ObserverHub:
             bool(buffer) and self._bytes + size > self._capacity_bytes
         )
 
-    def publish(self, record: Record) -> None:
-        """Hand ``record`` to the observers: waits for room (lossless) or drops it when the
-        buffer is full."""
+    def publish(self, record: Record, *, wait: bool = True) -> None:
+        """Hand ``record`` to the observers: waits for room (lossless, unless not to
+        ``wait``) or drops it (counted) when the buffer is full; a record published once the
+        hub closed is dropped too."""
         if not self._observers:
             return
         size = record_bytes(record)
-        if self._full(size):
-            if not self._lossless:
-                self.dropped += 1
-                if self._on_dropped is not None:
-                    self._on_dropped()
-                self._warn_dropped()
-                return
-            with self._ready:
+        with self._ready:
+            # Room is checked and taken in one step: publishers woken together by a drain
+            # do not all pass for an empty buffer.
+            if self._lossless and wait:
                 while self._full(size) and not self._closed:
                     self._room.wait(0.1)
-        with self._lock:
-            self._bytes += size
-        self._buffer.append((record, size))
-        # Only a sleeping dispatcher needs waking; a busy one finds the record when it
-        # drains the buffer next.
-        if self._sleeping:
-            with self._ready:
-                self._ready.notify()
+            if self._closed or self._full(size):
+                full = True
+            else:
+                full = False
+                self._bytes += size
+                self._buffer.append((record, size))
+                # Only a sleeping dispatcher needs waking; a busy one finds the record when
+                # it drains the buffer next.
+                if self._sleeping:
+                    self._ready.notify()
+        if full:
+            self.dropped += 1
+            if self._on_dropped is not None:
+                self._on_dropped()
+            self._warn_dropped()
 
     def _warn_dropped(self) -> None:
         now = time.monotonic()

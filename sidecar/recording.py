@@ -397,11 +397,12 @@ class SyncLog:
             refused.set_exception(exc)
             return refused
 
-    def append_rejected(self, record: RejectedRecord) -> Future[None]:
-        """Queue the record of one rejected request."""
+    def append_rejected(self, record: RejectedRecord, *, wait: bool = True) -> Future[None]:
+        """Queue the record of one rejected request (without ``wait``, not when the queue
+        is full: the future then fails, the record counted as dropped)."""
         try:
             return self.writer.append_rejected(
-                to_rejected_request(record, self.feature_names, self.arm)
+                to_rejected_request(record, self.feature_names, self.arm), wait=wait
             )
         except PredictionLogError as exc:
             failed: Future[None] = Future()

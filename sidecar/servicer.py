@@ -332,10 +332,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if model is not None:
             model.metrics.request(err.code.value, 0.0)
             if self.records_sheds and model.observed and self.log_failure is None:
-                request_id, trace = _ids(context)
-                self._record_rejection(
-                    model, pb.ModelInferRequest(id=request_id), trace, err, start, wait=False
-                )
+                try:
+                    request_id, trace = _ids(context)
+                    self._record_rejection(
+                        model, pb.ModelInferRequest(id=request_id), trace, err, start, wait=False
+                    )
+                except Exception:
+                    # The refusal is answered all the same.
+                    log.exception("could not record a shed call")
         now = time.monotonic()
         with self._shed_lock:
             self._shed += 1
@@ -408,8 +412,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         *,
         wait: bool = True,
     ) -> None:
-        """Record a refusal; with ``sync`` durability, once it is on disk unless not to
-        ``wait`` (a shed call, answered at once: the sidecar is overloaded)."""
+        """Record a refusal; with ``sync`` durability, once it is on disk. Unless to ``wait``
+        (a shed call, answered at once: the sidecar is overloaded), nothing waits: a record
+        that finds the log's queue or the observers' buffer full is dropped and counted."""
         # Its inputs as far as they decode, when something records requests (the log) and
         # still can, for a request refused for what it holds (INVALID_ARGUMENT): one shed for
         # load (a full queue, a deadline, the caller gone) is one record without features, so
@@ -434,7 +439,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if model.sync_log is not None:
             # sync durability covers refusals too: answered once the record is on disk.
             with contextlib.suppress(Exception):
-                written = model.sync_log.append_rejected(record)
+                written = model.sync_log.append_rejected(record, wait=wait)
                 if wait:
                     written.result()
-        model.observers.publish(record)
+        model.observers.publish(record, wait=wait)

@@ -101,7 +101,7 @@ def supervise(
 ) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT; returns the exit code."""
     from modelplane.server.supervisor import (
-        hold_metrics_dir,
+        hold_dir,
         reserve_port,
         sweep_stale_dirs,
     )
@@ -127,7 +127,7 @@ def supervise(
         # Held (locked) while this supervisor lives: the next one removes it after a kill.
         sweep_stale_dirs(PEERS_DIR_PREFIX, "workers' socket folder", base)
         peers_dir = Path(tempfile.mkdtemp(prefix=PEERS_DIR_PREFIX, dir=base))
-        peers_lock = hold_metrics_dir(str(peers_dir), create=True)
+        peers_lock = hold_dir(str(peers_dir), create=True)
         settings = settings.model_copy(update={"peers_dir": peers_dir})
     mps = None
     try:

@@ -47,7 +47,7 @@ from modelplane.errors import (
     to_grpc_status,
 )
 from modelplane.server.lifecycle import MAX_MESSAGE_BYTES, grpc_options
-from modelplane.server.supervisor import hold_metrics_dir
+from modelplane.server.supervisor import hold_dir
 from modelplane.v1 import sidecar_workers_pb2 as pb
 from modelplane.v1 import sidecar_workers_pb2_grpc as pb_grpc
 
@@ -235,5 +235,5 @@ def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> Pe
     server.add_insecure_port(f"unix:{path}")
     server.start()
     path.with_suffix(MARKER_SUFFIX).touch()
-    lock = hold_metrics_dir(str(folder))
+    lock = hold_dir(str(folder))
     return PeerEndpoint(server, path, WorkerPeers(folder, path), lock)

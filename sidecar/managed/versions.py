@@ -141,11 +141,12 @@ class VersionPublisher:
         """Whether publishing waits for room (see :attr:`ObserverHub.lossless`)."""
         return self._hub.lossless
 
-    def publish(self, record: BatchRecord | RejectedRecord) -> None:
-        """Hand ``record`` to the hub with its version and that version's arm."""
+    def publish(self, record: BatchRecord | RejectedRecord, *, wait: bool = True) -> None:
+        """Hand ``record`` to the hub with its version and that version's arm (see
+        :meth:`ObserverHub.publish` for ``wait``)."""
         version = self.version
         if version is not None:
-            self._hub.publish(Served(record, version, version.arm))  # type: ignore[arg-type]
+            self._hub.publish(Served(record, version, version.arm), wait=wait)  # type: ignore[arg-type]
 
 
 #: Rollout states after which windows belong to no rollout.

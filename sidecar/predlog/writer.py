@@ -52,6 +52,11 @@ class PredictionLogFailed(PredictionLogError):
     """The writer hit an error (usually the disk) and stopped; see ``__cause__``."""
 
 
+class PredictionLogBusy(PredictionLogError):
+    """A record not queued, for want of room, by a caller that would not wait (counted in
+    the dropped records)."""
+
+
 class PredictionLogClosed(PredictionLogError):
     """The writer was closed."""
 
@@ -132,9 +137,10 @@ class PredictionLogWriter:
         """
         return self._enqueue(prepare_batch(batch, self._cache, time.time()))
 
-    def append_rejected(self, request: RejectedRequest) -> Future[None]:
-        """Queue the record(s) of a rejected request; like :meth:`append`."""
-        return self._enqueue(prepare_rejected(request, self._cache, time.time()))
+    def append_rejected(self, request: RejectedRequest, *, wait: bool = True) -> Future[None]:
+        """Queue the record(s) of a rejected request; like :meth:`append`. Without ``wait``
+        a full queue raises :class:`PredictionLogBusy` (the records counted as dropped)."""
+        return self._enqueue(prepare_rejected(request, self._cache, time.time()), wait=wait)
 
     def flush(self, timeout: float | None = None) -> None:
         """Write and fsync everything appended so far; raises if the writer failed."""
@@ -177,12 +183,15 @@ class PredictionLogWriter:
         if self._closing:
             raise PredictionLogClosed("the prediction log is closed")
 
-    def _enqueue(self, entry: Entry) -> Future[None]:
+    def _enqueue(self, entry: Entry, *, wait: bool = True) -> Future[None]:
         waited = 0.0
         limit = self.settings.queue_rows
         with self._lock:
             self._check_taken(entry)
             if self._queued_rows and self._queued_rows + entry.n_rows > limit:
+                if not wait:
+                    self.metrics.dropped.labels(entry.kind).inc(entry.n_rows)
+                    raise PredictionLogBusy("the prediction log's queue is full")
                 started = time.perf_counter()
                 while self._queued_rows and self._queued_rows + entry.n_rows > limit:
                     self._has_room.wait()

@@ -233,16 +233,16 @@ def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
 def test_metrics_dir_sweep_keeps_folders_in_use(tmp_path: Path) -> None:
     from modelplane.server.supervisor import (
         METRICS_DIR_PREFIX,
-        hold_metrics_dir,
+        hold_dir,
         sweep_stale_metrics_dirs,
     )
 
     used, stale, foreign = (tmp_path / f"{METRICS_DIR_PREFIX}{n}" for n in ("a", "b", "c"))
     for d in (used, stale, foreign):
         d.mkdir()
-    held = hold_metrics_dir(str(used), create=True)
+    held = hold_dir(str(used), create=True)
     assert held is not None
-    os.close(hold_metrics_dir(str(stale), create=True))  # type: ignore[arg-type]
+    os.close(hold_dir(str(stale), create=True))  # type: ignore[arg-type]
     try:
         sweep_stale_metrics_dirs(str(tmp_path))
         assert used.is_dir() and foreign.is_dir()  # held; no lock file (not ours to judge)

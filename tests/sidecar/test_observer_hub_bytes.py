@@ -182,3 +182,75 @@ def test_a_managed_sidecars_wrapped_records_count_their_tensors() -> None:
     champion = {"y": np.zeros((4096, 2), np.float32)}
     shadow = ShadowRecord(inner, None, champion)
     assert record_bytes(shadow) == 557_056 + 4096 * 2 * 4
+
+
+def test_publishers_woken_together_do_not_overshoot_the_bytes() -> None:
+    """Room is checked and taken in one step: eight publishers woken by one drain do not all
+    pass for an empty buffer."""
+    from sidecar.observers import record_bytes
+
+    one = record_bytes(_record(4096))
+    held = _Held()
+    hub = ObserverHub([held], capacity=1000, capacity_bytes=2 * one, linger=0, lossless=True)
+    hub.start()
+    most = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, hub._bytes)
+            time.sleep(0.0005)
+
+    publishers = [
+        threading.Thread(target=lambda: [hub.publish(_record(4096)) for _ in range(3)])
+        for _ in range(8)
+    ]
+    watcher = threading.Thread(target=watch)
+    try:
+        watcher.start()
+        for t in publishers:
+            t.start()
+        time.sleep(0.5)
+        for _ in range(30):  # drain a record or two at a time, while all eight wait
+            held.release.set()
+            time.sleep(0.02)
+            held.release.clear()
+            time.sleep(0.02)
+        held.release.set()
+        for t in publishers:
+            t.join(30)
+    finally:
+        stop.set()
+        held.release.set()
+        watcher.join(10)
+        hub.close()
+    assert held.seen == 24 and hub.dropped == 0
+    assert most <= 2 * one
+
+
+def test_a_publisher_that_will_not_wait_drops_and_a_closed_hub_takes_nothing() -> None:
+    held = _Held()
+    hub = ObserverHub([held], capacity=1, linger=0, lossless=True)
+    hub.start()
+    try:
+        hub.publish(_record(1))  # taken by the dispatch thread, which the observer holds
+        deadline = time.monotonic() + 10
+        while hub._buffer and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hub.publish(_record(1))  # fills the buffer (capacity 1)
+        hub.publish(_record(1), wait=False)  # a shed call's record: no room, dropped
+        assert hub.dropped == 1
+    finally:
+        held.release.set()
+        hub.close()
+    hub.publish(_record(1))  # after close: never delivered, so counted as dropped
+    assert hub.dropped == 2 and held.seen == 2
+
+
+def test_strings_count_with_their_bytes() -> None:
+    from sidecar.observers import RejectedRecord, record_bytes
+
+    blobs = np.array([b"x" * 1_000_000] * 4, dtype=object)
+    record = RejectedRecord("m", "1", "r", "", "INVALID_ARGUMENT", "R", "m", inputs={"b": blobs})
+    assert record_bytes(record) >= 4_000_000

@@ -47,7 +47,7 @@ _PR_SET_PDEATHSIG = 1
 _held: list[int] = []
 
 
-def hold_metrics_dir(path: str, *, create: bool = False) -> int | None:
+def hold_dir(path: str, *, create: bool = False) -> int | None:
     """Take a shared lock on the supervisor's folder ``path`` (its metrics folder, or another
     folder its workers share; the supervisor ``create``s its lock file); returns the
     descriptor holding it, None when the folder has no lock file."""
@@ -74,7 +74,7 @@ def sweep_stale_metrics_dirs(root: str | None = None) -> None:
 
 def sweep_stale_dirs(prefix: str, what: str, root: str | None = None) -> None:
     """Remove this user's folders named ``prefix*`` under ``root`` (the temporary folder by
-    default) that no live supervisor or worker holds (:func:`hold_metrics_dir`): a folder is
+    default) that no live supervisor or worker holds (:func:`hold_dir`): a folder is
     removed only while its lock can be taken exclusively, so a folder in use, or one without
     a lock file, stays."""
     base = root or tempfile.gettempdir()
@@ -138,7 +138,7 @@ def die_with_supervisor() -> None:
     supervisor = int(value)
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
-        fd = hold_metrics_dir(metrics_dir)
+        fd = hold_dir(metrics_dir)
         if fd is not None:
             _held.append(fd)
     if not _parent_death_signal(signal.SIGTERM):
@@ -204,7 +204,7 @@ def supervise(
     if metrics_listen:
         sweep_stale_metrics_dirs()
         metrics_dir = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
-        dir_lock = hold_metrics_dir(metrics_dir, create=True)
+        dir_lock = hold_dir(metrics_dir, create=True)
     env = dict(env)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env[SUPERVISOR_PID_ENV] = str(os.getpid())
