@@ -225,6 +225,8 @@ class PeerEndpoint:
 def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> PeerEndpoint:
     """Serve ``labels`` (a :class:`~sidecar.managed.labels.LabelIngestor`) to the other
     workers on ``folder/<name>.sock`` (``name``: this process's pid unless given)."""
+    # Held first: the next supervisor's sweep never takes a folder a worker is starting in.
+    lock = hold_dir(str(folder))
     path = folder / f"{name or os.getpid()}{SOCKET_SUFFIX}"
     path.unlink(missing_ok=True)  # left by an earlier process of this pid
     server = grpc.server(
@@ -235,5 +237,4 @@ def open_peer_endpoint(folder: Path, labels: Any, name: str | None = None) -> Pe
     server.add_insecure_port(f"unix:{path}")
     server.start()
     path.with_suffix(MARKER_SUFFIX).touch()
-    lock = hold_dir(str(folder))
     return PeerEndpoint(server, path, WorkerPeers(folder, path), lock)

@@ -32,18 +32,20 @@ def _requests_by_code(port: int) -> dict[str, float]:
     }
 
 
+def _flooded_sidecar(sidecar_factory: Any, tmp_path: Path, **settings: Any) -> Any:
+    """A sidecar serving the compute-heavy model with a queue of 16 rows: hundreds of calls
+    at once are mostly shed."""
+    path = onnx_models.save(onnx_models.heavy_mlp(), tmp_path / "heavy.onnx")
+    return sidecar_factory(
+        path, max_batch_size=4, max_queue_rows=16, handler_threads=8, intra_op_threads=1,
+        **settings,
+    )  # fmt: skip
+
+
 def test_one_row_calls_beyond_the_queue_limit_are_shed_and_health_answers(
     sidecar_factory: Any, tmp_path: Path
 ) -> None:
-    path = onnx_models.save(onnx_models.heavy_mlp(), tmp_path / "heavy.onnx")
-    handle = sidecar_factory(
-        path,
-        max_batch_size=4,
-        max_queue_rows=16,
-        handler_threads=8,
-        intra_op_threads=1,
-        metrics_listen="127.0.0.1:0",
-    )
+    handle = _flooded_sidecar(sidecar_factory, tmp_path, metrics_listen="127.0.0.1:0")
     assert handle.slot.current.batcher is not None
     s = stub(handle.port)
     x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
@@ -125,13 +127,9 @@ def test_calls_shed_at_admission_are_logged_one_record_each(
     record of it, without features, under its ``x-request-id``: as many records as sheds."""
     from sidecar.predlog import PredictionLogSettings, read_logs
 
-    path = onnx_models.save(onnx_models.heavy_mlp(), tmp_path / "heavy.onnx")
-    handle = sidecar_factory(
-        path,
-        max_batch_size=4,
-        max_queue_rows=16,
-        handler_threads=8,
-        intra_op_threads=1,
+    handle = _flooded_sidecar(
+        sidecar_factory,
+        tmp_path,
         log_settings=PredictionLogSettings(
             dir=tmp_path / "log", flush_interval=0.02, durability=durability
         ),
