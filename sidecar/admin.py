@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent import futures
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,7 +23,7 @@ from modelplane.errors import (
     ModelplaneError,
     NotFound,
     Unavailable,
-    to_grpc_status,
+    abort,
 )
 from modelplane.v1 import sidecar_pb2 as pb
 from modelplane.v1 import sidecar_pb2_grpc as pb_grpc
@@ -109,9 +109,7 @@ class AdminServicer(pb_grpc.SidecarAdminServiceServicer):
             self._abort(context, err)
         return pb.IngestLabelsResponse(accepted=accepted, matched=matched)
 
-    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
-        context.abort_with_status(to_grpc_status(err))
-        raise AssertionError("abort_with_status returned")
+    _abort = staticmethod(abort)
 
     def GetDriftReport(self, request: Any, context: grpc.ServicerContext) -> Any:
         """The drift report of the requested window."""

@@ -28,6 +28,7 @@ from modelplane.errors import (
     ModelplaneError,
     ResourceExhausted,
     Unavailable,
+    abort,
     to_grpc_status,
 )
 from modelplane.oip import grpc_service_pb2 as pb
@@ -228,9 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise Unavailable("the model is still loading; retry shortly", reason="NOT_READY")
         return model
 
-    def _abort(self, context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
-        context.abort_with_status(to_grpc_status(err))
-        raise AssertionError("abort_with_status returned")
+    _abort = staticmethod(abort)
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)

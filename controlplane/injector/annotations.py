@@ -323,11 +323,11 @@ def unknown_annotation_warnings(pod: Mapping[str, Any]) -> list[str]:
     misspelt one is otherwise ignored), naming the closest known one."""
     annotations = pod.get("metadata", {}).get("annotations") or {}
     warnings = []
+    # Compared without the prefix, which every key shares.
+    names = [known.removeprefix(PREFIX) for known in KNOWN_ANNOTATIONS]
     for key in sorted(str(k) for k in annotations):
         if not key.startswith(PREFIX) or key in KNOWN_ANNOTATIONS:
             continue
-        # Compared without the prefix, which every key shares.
-        names = [known.removeprefix(PREFIX) for known in KNOWN_ANNOTATIONS]
         close = difflib.get_close_matches(key.removeprefix(PREFIX), names, n=1, cutoff=0.6)
         hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
         warnings.append(f"annotation {key} is not one modelplane reads and is ignored{hint}")

@@ -89,6 +89,16 @@ class Predicted:
     labeled: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The prediction a label joined (on this worker or another), as the label log records
+    it: the arm and version that answered its row, and whether the label agrees."""
+
+    arm: str
+    version: int
+    correct: bool
+
+
 def _digest(request_id: str) -> bytes:
     """The fixed-size key of a request id in the index."""
     return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -269,7 +279,7 @@ class LabelIngestor:
         """
         _check(labels)
         keys = [(label.request_id, label.row) for label in labels]
-        remote: dict[int, Any] = {}
+        remote: dict[int, Joined] = {}
         if self.peers is not None:
             self._join(labels, keys, mark=False)
             self.peers.join(labels, check_only=True)
@@ -280,7 +290,7 @@ class LabelIngestor:
             hits, marks = self._join(labels, keys, mark=True, checked=self.peers is not None)
             rights = self._rights(labels, hits)
             joined = [
-                (hit.arm, hit.version, right) if hit is not None else _remote(remote.get(i))
+                Joined(hit.arm, hit.version, bool(right)) if hit is not None else remote.get(i)
                 for i, (hit, right) in enumerate(zip(hits, rights, strict=True))
             ]
             if self.log is not None and len(labels):
@@ -293,12 +303,10 @@ class LabelIngestor:
         accepted = len(labels) if self.log is not None else 0
         return accepted, sum(j is not None for j in joined)
 
-    def join_for_peer(self, labels: Any, *, check_only: bool) -> dict[int, Any]:
+    def join_for_peer(self, labels: Any, *, check_only: bool) -> dict[int, Joined]:
         """Another worker's ``JoinLabels``: check ``labels`` against this worker's rows, or
         join them and count the first label of each row; returns what joined, by index.
         Nothing is logged here: the worker that received the labels logs them."""
-        from sidecar.managed.peers import Joined
-
         _check(labels)
         keys = [(label.request_id, label.row) for label in labels]
         with self._lock:
@@ -363,7 +371,7 @@ class LabelIngestor:
         for (arm, version), (labeled, right_count) in tally.items():
             self.counts.add_labeled(arm, version, labeled, right_count)
 
-    def _write(self, labels: Any, joined: list[tuple[str, int, bool | None] | None]) -> None:
+    def _write(self, labels: Any, joined: list[Joined | None]) -> None:
         assert self.log is not None
         kinds = [label.WhichOneof("value") for label in labels]
         batch = pa.RecordBatch.from_arrays(
@@ -388,9 +396,9 @@ class LabelIngestor:
                     pa.float64(),
                 ),
                 pa.array([j is not None for j in joined], pa.bool_()),
-                pa.array([None if j is None else j[0] for j in joined], pa.string()),
-                pa.array([None if j is None else str(j[1]) for j in joined], pa.string()),
-                pa.array([None if j is None else j[2] for j in joined], pa.bool_()),
+                pa.array([None if j is None else j.arm for j in joined], pa.string()),
+                pa.array([None if j is None else str(j.version) for j in joined], pa.string()),
+                pa.array([None if j is None else j.correct for j in joined], pa.bool_()),
             ],
             schema=LABEL_SCHEMA,
         )
@@ -416,11 +424,6 @@ class LabelIngestor:
                 "(the sidecar's log has the details)",
                 reason="LABEL_LOG_FAILED",
             ) from None
-
-
-def _remote(joined: Any) -> tuple[str, int, bool | None] | None:
-    """A label's join on another worker, as the label log records it."""
-    return None if joined is None else (joined.arm, joined.version, joined.correct)
 
 
 def _truth(label: Any) -> int | float:

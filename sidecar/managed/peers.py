@@ -34,7 +34,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -42,14 +42,15 @@ from modelplane.errors import (
     Internal,
     ModelplaneError,
     Unavailable,
+    abort,
     error_info,
     from_rpc_error,
-    to_grpc_status,
 )
 from modelplane.server.lifecycle import MAX_MESSAGE_BYTES, grpc_options
 from modelplane.server.supervisor import hold_dir
 from modelplane.v1 import sidecar_workers_pb2 as pb
 from modelplane.v1 import sidecar_workers_pb2_grpc as pb_grpc
+from sidecar.managed.labels import Joined
 
 SOCKET_SUFFIX = ".sock"
 #: A worker that served in the folder: ``<name>.worker`` beside ``<name>.sock``.
@@ -62,15 +63,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """The prediction a label joined on another worker."""
-
-    arm: str
-    version: int
-    correct: bool
 
 
 class WorkerPeers:
@@ -186,18 +178,13 @@ class WorkerServicer(pb_grpc.SidecarWorkerServiceServicer):
         try:
             joined = self.labels.join_for_peer(request.labels, check_only=request.check_only)
         except ModelplaneError as err:
-            _abort(context, err)
+            abort(context, err)
         return pb.JoinLabelsResponse(
             joined=[
                 pb.JoinedLabel(index=i, arm=j.arm, version=j.version, correct=j.correct)
                 for i, j in joined.items()
             ]
         )
-
-
-def _abort(context: grpc.ServicerContext, err: ModelplaneError) -> NoReturn:
-    context.abort_with_status(to_grpc_status(err))
-    raise AssertionError("abort_with_status returned")
 
 
 @dataclass

@@ -244,9 +244,7 @@ class Reporter:
                 code = _code(exc) if isinstance(exc, grpc.RpcError) else None
                 if code is grpc.StatusCode.ALREADY_EXISTS:
                     # The control plane has it (a repeat it answered as an error).
-                    self._done(entry)
-                    self.sent += 1
-                    self._went_through()
+                    self._delivered(entry)
                     continue
                 self.failures += 1
                 self._metrics.report_failed(code)
@@ -279,10 +277,7 @@ class Reporter:
                     exc_info=code is None,
                 )
                 continue
-            entry.sending = False
-            self._done(entry)
-            self.sent += 1
-            self._went_through()
+            self._delivered(entry)
             if self._on_response is not None:
                 self._on_response(response)
         return True
@@ -292,8 +287,12 @@ class Reporter:
             if self._pending and self._pending[0] is entry:
                 self._pending.popleft()
 
-    def _went_through(self) -> None:
-        """A report reached the control plane: log what was dropped since the last one."""
+    def _delivered(self, entry: _Entry) -> None:
+        """``entry`` reached the control plane: off the queue, counted, and what was dropped
+        since the last one logged."""
+        entry.sending = False
+        self._done(entry)
+        self.sent += 1
         with self._cond:
             dropped, self._dropped_since = self._dropped_since, 0
         if dropped:

@@ -191,11 +191,6 @@ class ControlPlane:
         self._retired: _Connection | None = None
         self._closed = False
 
-    @property
-    def address(self) -> str:
-        """The control plane's address (``--control-plane``)."""
-        return str(self._settings.control_plane)
-
     def WatchDeployment(self, request: Any, **kwargs: Any) -> Any:
         connection = self._acquire()
         return self._streaming(connection, connection.deployments.WatchDeployment, request, kwargs)
@@ -438,6 +433,7 @@ def start_managed(
         metadata,
         renew=control_plane.renew,
         metrics=managed_metrics,
+        address=settings.control_plane,
         serving=lambda: manager.ready,
     )
     handle.watcher = watcher

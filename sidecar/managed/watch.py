@@ -77,13 +77,6 @@ FIXES = {
 }
 
 
-def _address_of(stub: Any) -> str | None:
-    """The control plane's address behind ``stub`` when it tells (the managed sidecar's
-    :class:`sidecar.managed.server.ControlPlane` does)."""
-    address = getattr(stub, "address", None)
-    return address if isinstance(address, str) else None
-
-
 def backoff(
     attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
 ) -> float:
@@ -113,11 +106,11 @@ class Watcher:
         later one on the same stream follows the changes it saw); ``renew``: returns a stub
         on a new connection, used after a stream was taken for dead (the old connection may be
         dead too); ``metrics`` counts the streams replaced; ``address``: the control plane's
-        address, which error logs name (by default what ``stub`` tells, else unknown);
+        address, which error logs name;
         ``serving``: whether a state serves (by default: whether one arrived), which they
         tell too."""
         self._stub = stub
-        self._address = address or _address_of(stub) or "the control plane address"
+        self._address = address or "the control plane address"
         self._metrics = metrics if metrics is not None else NoManagedMetrics()
         self._serving = serving
         self._renew = renew

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -224,6 +225,12 @@ def to_status(error: ModelplaneError) -> status_pb2.Status:
 def to_grpc_status(error: ModelplaneError) -> grpc.Status:
     """``error`` as a status object for ``context.abort_with_status``."""
     return rpc_status.to_status(to_status(error))
+
+
+def abort(context: grpc.ServicerContext, error: ModelplaneError) -> NoReturn:
+    """End the call of ``context`` with ``error`` (its code, message and ErrorInfo)."""
+    context.abort_with_status(to_grpc_status(error))
+    raise AssertionError("abort_with_status returned")
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
