@@ -280,13 +280,6 @@ def _add_deployments(
         heartbeat=settings.watch_heartbeat_seconds,
         max_watches=settings.max_watches,
     )
-    rollouts = RolloutService(
-        store,
-        deployments,
-        hub,
-        switch_seconds=settings.blue_green_switch_seconds,
-        report_retention_seconds=settings.report_retention_seconds,
-    )
     reports = ReportService(
         store,
         hub,
@@ -295,6 +288,14 @@ def _add_deployments(
         report_interval=settings.report_interval_seconds,
         guard_min_requests=settings.guard_min_requests,
         switch_seconds=settings.blue_green_switch_seconds,
+    )
+    rollouts = RolloutService(
+        store,
+        deployments,
+        hub,
+        switch_seconds=settings.blue_green_switch_seconds,
+        report_retention_seconds=settings.report_retention_seconds,
+        unloaded_max_age_seconds=reports.max_age.total_seconds(),
     )
     deployments_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, rollouts, reports), server

@@ -120,6 +120,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
             request.reason,
             request.etag,
             request.request_id,
+            force=isinstance(request, pb.PromoteRolloutRequest) and request.force,
         )
         return _shown(moved)
 

@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from controlplane.domain.deployments import Deployment, RolloutEvent, RolloutSpec
+from controlplane.domain.deployments import (
+    Deployment,
+    RolloutEvent,
+    RolloutSpec,
+    UnloadedCandidate,
+)
 from controlplane.names import check_text
 from controlplane.rollouts import machine, transitions
 from controlplane.rollouts.compatibility import describe, interface_changes
@@ -61,6 +66,24 @@ def _require_compatible(tx: Tx, d: Deployment, candidate_version: int) -> None:
         )
 
 
+def _candidate_unloaded(d: Deployment, failing: list[UnloadedCandidate]) -> FailedPrecondition:
+    """The refusal of a promotion that ``failing`` replicas could not follow."""
+    r = d.active_rollout
+    assert r is not None
+    who = "; ".join(f"{u.replica} ({u.error or 'no reason given'})" for u in failing)
+    return FailedPrecondition(
+        f"{len(failing)} replica(s) of {d.name} cannot load candidate version "
+        f"{r.candidate_version}: {who}. Promoted, they would keep serving version "
+        f"{r.champion_version} and a new pod would not become ready; fix the candidate's "
+        "artifact, or promote with force to do it anyway",
+        reason="CANDIDATE_UNLOADED",
+        metadata={
+            "candidate_version": str(r.candidate_version),
+            "replicas": ",".join(u.replica for u in failing),
+        },
+    )
+
+
 class RolloutService:
     """Starts rollouts and moves them: by people's actions and as time passes."""
 
@@ -72,12 +95,14 @@ class RolloutService:
         *,
         switch_seconds: float = 2.0,
         report_retention_seconds: float = 3600.0,
+        unloaded_max_age_seconds: float = 6.0,
     ) -> None:
         self.store = store
         self.deployments = deployments
         self.hub = hub
         self.switch_seconds = switch_seconds
         self.report_retention = timedelta(seconds=report_retention_seconds)
+        self.unloaded_max_age = timedelta(seconds=unloaded_max_age_seconds)
         self._last_prune = datetime.min.replace(tzinfo=UTC)
 
     def start(
@@ -134,12 +159,17 @@ class RolloutService:
         reason: str = "",
         etag: str = "",
         request_id: str = "",
+        *,
+        force: bool = False,
     ) -> Deployment:
-        """A person's ``pause``, ``resume``, ``abort``, ``promote`` or ``rollback``."""
+        """A person's ``pause``, ``resume``, ``abort``, ``promote`` or ``rollback``; ``force``
+        promotes while replicas report the candidate unloaded."""
         method = ACTION_METHODS[action]
         deployment_id = parse_deployment(name)
         check_text(reason, "reason", 2000)
-        request = {"name": name, "reason": reason, "etag": etag}
+        request: dict[str, object] = {"name": name, "reason": reason, "etag": etag}
+        if force:
+            request["force"] = True
         with self.store.write(ctx, method, request_id, request=request) as tx:
             d = require_deployment(tx, deployment_id)
             if tx.replay is not None:
@@ -149,15 +179,33 @@ class RolloutService:
             # A phase restarted now begins after every report stored before (see step_sum).
             tx.restamp()
             why = reason or f"{action} by {ctx.principal}"
+            failing = self._unloaded(d, tx.now) if action == "promote" else []
+            if failing:
+                who = ", ".join(u.replica for u in failing)
+                why += f" (forced while {who} could not load the candidate)"
             transition = machine.manual(d.rollout, action, tx.now, why, d.name)
             if action == "promote":
                 require_servable(
                     tx, d.model_id, transition.champion_version, "rollout.candidate_version"
                 )
+                if failing and not force:
+                    raise _candidate_unloaded(d, failing)
             after = transitions.apply(tx, d, transition, ctx.principal)
             assert after is not None
         self.hub.changed(deployment_id)
         return self.deployments.finish(after)
+
+    def _unloaded(self, d: Deployment, now: datetime) -> list[UnloadedCandidate]:
+        """The replicas, still reporting, that say they cannot load the candidate of ``d``'s
+        rollout (see :mod:`.unloaded`)."""
+        r = d.active_rollout
+        if r is None or r.evidence is None:
+            return []
+        return [
+            u
+            for u in r.evidence.unloaded
+            if u.version == r.candidate_version and u.last_seen >= now - self.unloaded_max_age
+        ]
 
     def list_events(
         self, parent: str, page_size_: int = 0, page_token: str = ""

@@ -276,6 +276,7 @@ class DeploymentsMixin:
         reason: str,
         etag: str,
         rid: str | None,
+        **fields: Any,
     ) -> deployments_pb2.Deployment:
         return self._call(  # type: ignore[no-any-return]
             method,
@@ -284,6 +285,7 @@ class DeploymentsMixin:
                 reason=reason,
                 etag=etag,
                 request_id=rid or self._rid(),
+                **fields,
             ),
         )
 
@@ -327,9 +329,16 @@ class DeploymentsMixin:
         )
 
     def promote_rollout(
-        self, deployment: str, *, reason: str = "", etag: str = "", request_id: str | None = None
+        self,
+        deployment: str,
+        *,
+        reason: str = "",
+        etag: str = "",
+        request_id: str | None = None,
+        force: bool = False,
     ) -> deployments_pb2.Deployment:
-        """Make the candidate the champion now."""
+        """Make the candidate the champion now. Refused (CANDIDATE_UNLOADED) while a replica
+        reports it cannot load the candidate, unless ``force``."""
         return self._rollout_action(
             self.deployments.PromoteRollout,
             deployments_pb2.PromoteRolloutRequest,
@@ -337,6 +346,7 @@ class DeploymentsMixin:
             reason,
             etag,
             request_id,
+            force=force,
         )
 
     def rollback_rollout(

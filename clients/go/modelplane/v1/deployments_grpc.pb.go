@@ -40,7 +40,8 @@ type DeploymentServiceClient interface {
 	ResumeRollout(ctx context.Context, in *ResumeRolloutRequest, opts ...grpc.CallOption) (*Deployment, error)
 	// Ends a rollout with the champion serving everything, recorded as aborted.
 	AbortRollout(ctx context.Context, in *AbortRolloutRequest, opts ...grpc.CallOption) (*Deployment, error)
-	// Makes the candidate the champion now.
+	// Makes the candidate the champion now. FAILED_PRECONDITION (CANDIDATE_UNLOADED) while a
+	// replica reports it cannot load the candidate, unless `force` is set.
 	PromoteRollout(ctx context.Context, in *PromoteRolloutRequest, opts ...grpc.CallOption) (*Deployment, error)
 	// Ends a rollout with the champion serving everything, recorded as rolled back.
 	RollbackRollout(ctx context.Context, in *RollbackRolloutRequest, opts ...grpc.CallOption) (*Deployment, error)
@@ -234,7 +235,8 @@ type DeploymentServiceServer interface {
 	ResumeRollout(context.Context, *ResumeRolloutRequest) (*Deployment, error)
 	// Ends a rollout with the champion serving everything, recorded as aborted.
 	AbortRollout(context.Context, *AbortRolloutRequest) (*Deployment, error)
-	// Makes the candidate the champion now.
+	// Makes the candidate the champion now. FAILED_PRECONDITION (CANDIDATE_UNLOADED) while a
+	// replica reports it cannot load the candidate, unless `force` is set.
 	PromoteRollout(context.Context, *PromoteRolloutRequest) (*Deployment, error)
 	// Ends a rollout with the champion serving everything, recorded as rolled back.
 	RollbackRollout(context.Context, *RollbackRolloutRequest) (*Deployment, error)

@@ -105,6 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         a.add_argument("name")
         a.add_argument("--reason", default="", help="why (recorded in the audit trail)")
         a.add_argument("--etag", default="")
+        if action == "promote":
+            a.add_argument(
+                "--force",
+                action="store_true",
+                help="promote even while replicas report that they cannot load the candidate",
+            )
         add_request_id(a)
         a.set_defaults(handler=_act, action=action)
 
@@ -405,8 +411,13 @@ def _status(args: argparse.Namespace, out: Printer) -> int:
 def _act(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         method = getattr(c, f"{args.action}_rollout")
+        extra = {"force": True} if getattr(args, "force", False) else {}
         d = method(
-            args.name, reason=args.reason, etag=args.etag, request_id=args.request_id or None
+            args.name,
+            reason=args.reason,
+            etag=args.etag,
+            request_id=args.request_id or None,
+            **extra,
         )
     _print_status(out, d)
     return 0

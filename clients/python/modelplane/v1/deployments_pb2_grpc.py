@@ -183,7 +183,8 @@ class DeploymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PromoteRollout(self, request, context):
-        """Makes the candidate the champion now.
+        """Makes the candidate the champion now. FAILED_PRECONDITION (CANDIDATE_UNLOADED) while a
+        replica reports it cannot load the candidate, unless `force` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
