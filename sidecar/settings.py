@@ -42,6 +42,9 @@ DEFAULT_BATCH_ROWS = 32
 #: The most ``--workers`` a sidecar runs: each is a process with a model session of its own
 #: (``auto`` picks at most 8).
 MAX_WORKERS = 64
+#: The longest ``--max-queue-delay``: a batch wait is a latency every request may pay, and
+#: dynamic batchers wait microseconds to milliseconds; a longer one is a typo for a shorter one.
+MAX_QUEUE_DELAY = 1.0
 
 
 class SidecarSettings(BaseSettings):
@@ -135,8 +138,8 @@ class SidecarSettings(BaseSettings):
         0.0,
         ge=0,
         description=(
-            "How long (with a unit: 500us, 2ms; 0 for none) a batch waits for more rows "
-            "before it runs; 0 runs whatever is queued at once."
+            "How long (with a unit: 500us, 2ms; 0 for none, at most 1s) a batch waits for "
+            "more rows before it runs; 0 runs whatever is queued at once."
         ),
     )
     max_queue_rows: int = Field(
@@ -313,6 +316,16 @@ class SidecarSettings(BaseSettings):
     _validate_seconds = field_validator("drain_seconds", mode="before")(
         classmethod(lambda cls, v: _seconds(v))
     )
+
+    @field_validator("max_queue_delay")
+    @classmethod
+    def _short_delay(cls, value: float) -> float:
+        if value > MAX_QUEUE_DELAY:
+            raise ValueError(
+                f"{value:g}s is longer than the {MAX_QUEUE_DELAY:g}s allowed: every request "
+                "may wait that long for a batch to fill (batchers wait 500us or 2ms)"
+            )
+        return value
 
     @field_validator("feature_names", mode="before")
     @classmethod

@@ -107,17 +107,18 @@ def supervise(
     )
     from modelplane.server.supervisor import supervise as run_workers
     from sidecar.cuda import gpu_present
+    from sidecar.managed.artifacts import temporary_cache
     from sidecar.mps import for_workers
     from sidecar.server import announce
 
-    shared_cache = None
+    remove_cache = None
     if (
         settings.managed
         and settings.cache_dir is None
         and (log_settings is None or log_settings.dir is None)
     ):
         # One verified-artifact cache for all workers: what one downloaded, the others reuse.
-        shared_cache = Path(tempfile.mkdtemp(prefix="modelplane-cache-"))
+        shared_cache, remove_cache = temporary_cache()
         settings = settings.model_copy(update={"cache_dir": shared_cache})
     peers_dir, peers_lock = None, None
     if settings.managed:
@@ -157,9 +158,10 @@ def supervise(
     finally:
         if mps is not None:
             mps.stop()
-        for folder in (shared_cache, peers_dir):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if remove_cache is not None:
+            remove_cache()
+        if peers_dir is not None:
+            shutil.rmtree(peers_dir, ignore_errors=True)
         if peers_lock is not None:
             os.close(peers_lock)
 

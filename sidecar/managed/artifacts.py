@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,27 @@ from modelplane.files import replaced_atomically
 log = structlog.get_logger("modelplane.sidecar.artifacts")
 
 _READ_CHUNK = 1 << 20
+#: Name prefix of the temporary caches of sidecars given no cache or log folder.
+TEMP_CACHE_PREFIX = "modelplane-cache-"
+
+
+def temporary_cache() -> tuple[Path, Callable[[], None]]:
+    """A cache folder in the temporary folder for a sidecar given none, and the function that
+    removes it. The folder is locked while this process lives, so that the next sidecar to
+    start removes it after a kill (a ``kill -9`` or the OOM killer would otherwise leave a
+    copy of every model it held), as it removes the temporary caches no process holds."""
+    from modelplane.server.supervisor import hold_dir, sweep_stale_dirs
+
+    sweep_stale_dirs(TEMP_CACHE_PREFIX, "temporary artifact cache")
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_CACHE_PREFIX))
+    lock = hold_dir(str(folder), create=True)
+
+    def remove() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+    return folder, remove
 
 
 class ArtifactMismatch(FailedPrecondition):

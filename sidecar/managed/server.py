@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
-import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from modelplane.server.lifecycle import serve_metrics
 from modelplane.v1 import blobs_pb2_grpc, deployments_pb2_grpc
 from sidecar.admin import AdminServicer, add_admin_to_server
 from sidecar.admission import open_server
-from sidecar.managed.artifacts import ArtifactCache, blob_downloader
+from sidecar.managed.artifacts import ArtifactCache, blob_downloader, temporary_cache
 from sidecar.managed.labels import LabelIngestor, LabelLog, PredictionIndex
 from sidecar.managed.manager import DeploymentManager
 from sidecar.managed.observer import ManagedObserver
@@ -275,12 +274,13 @@ class ControlPlane:
 
 def _cache_dir(
     settings: SidecarSettings, log_settings: PredictionLogSettings | None
-) -> tuple[Path, bool]:
+) -> tuple[Path, Callable[[], None] | None]:
+    """The artifact cache folder, and the function removing it when it is temporary."""
     if settings.cache_dir is not None:
-        return settings.cache_dir, False
+        return settings.cache_dir, None
     if log_settings is not None and log_settings.dir is not None:
-        return Path(log_settings.dir) / "cache", False
-    return Path(tempfile.mkdtemp(prefix="modelplane-cache-")), True
+        return Path(log_settings.dir) / "cache", None
+    return temporary_cache()
 
 
 def start_managed(
@@ -313,12 +313,12 @@ def start_managed(
     metadata = [(PRINCIPAL_METADATA_KEY, f"sidecar-{name}")]
     if settings.control_plane_token:
         metadata.append(("authorization", f"Bearer {settings.control_plane_token}"))
-    cache_dir, temporary = _cache_dir(settings, log_settings)
+    cache_dir, remove_cache = _cache_dir(settings, log_settings)
     cache = ArtifactCache(cache_dir, blob_downloader(control_plane, metadata, _DOWNLOAD_TIMEOUT_S))
 
     closers: list[Any] = [control_plane.close, *close_pools]
-    if temporary:
-        closers.append(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
+    if remove_cache is not None:
+        closers.append(remove_cache)
     registry, serve = metrics_registry(settings)
     metrics_port = None
     if serve and settings.metrics_listen:

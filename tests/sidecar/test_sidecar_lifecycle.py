@@ -142,6 +142,7 @@ def test_cli_refuses_cuda_without_gpu(tmp_path: Path) -> None:
     ("args", "code", "needle"),
     [
         (["--max-queue-delay", "5 parsecs"], 2, "max_queue_delay"),
+        (["--max-queue-delay", "2s"], 2, "max_queue_delay"),
         (["--listen", "nowhere"], 2, "listen"),
         (["--workers", "zero"], 2, "workers"),
         (["--workers", "65"], 2, "workers must be at most 64"),

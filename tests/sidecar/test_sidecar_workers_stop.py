@@ -117,10 +117,12 @@ def test_a_worker_that_fails_stops_the_sidecar(tmp_path: Path) -> None:
         _kill_all(sup, workers)
 
 
-def test_the_socket_folder_of_a_killed_managed_supervisor_is_swept(tmp_path: Path) -> None:
-    """A managed sidecar's workers share a folder of sockets (labels join on every worker);
-    after its supervisor was killed, the next supervisor's sweep removes it."""
+def test_the_folders_of_a_killed_managed_supervisor_are_swept(tmp_path: Path) -> None:
+    """A managed sidecar's workers share a folder of sockets (labels join on every worker) and,
+    given no cache or log folder, a temporary artifact cache; after its supervisor was
+    killed, the next supervisor's sweep removes the first and the next sidecar's the second."""
     from modelplane.server.supervisor import sweep_stale_dirs
+    from sidecar.managed.artifacts import TEMP_CACHE_PREFIX, temporary_cache
     from sidecar.workers import PEERS_DIR_PREFIX
 
     with socket.socket() as s:
@@ -136,9 +138,15 @@ def test_the_socket_folder_of_a_killed_managed_supervisor_is_swept(tmp_path: Pat
         folder = Path(next(e for e in environ if e.startswith("MODELPLANE_SIDECAR_PEERS_DIR="))
                       .partition("=")[2])  # fmt: skip
         assert folder.name.startswith(PEERS_DIR_PREFIX)
+        cache = Path(next(e for e in environ if e.startswith("MODELPLANE_SIDECAR_CACHE_DIR="))
+                     .partition("=")[2])  # fmt: skip
+        assert cache.name.startswith(TEMP_CACHE_PREFIX)
         assert _wait_for(lambda: len(list(folder.glob("*.worker"))) == 2, 60)
         sweep_stale_dirs(PEERS_DIR_PREFIX, "test", str(folder.parent))
-        assert folder.exists()  # in use: kept
+        other, remove = temporary_cache()  # another sidecar starting
+        remove()
+        assert folder.exists() and cache.exists()  # in use: kept
+        assert not other.exists()
         sup.kill()
         sup.wait()
         assert _wait_for(lambda: not any(alive(p) for p in workers), 60)
@@ -150,6 +158,10 @@ def test_the_socket_folder_of_a_killed_managed_supervisor_is_swept(tmp_path: Pat
             ),
             30,
         )
+        assert cache.exists()
+        other, remove = temporary_cache()
+        remove()
+        assert not cache.exists()
     finally:
         _kill_all(sup, workers)
 
