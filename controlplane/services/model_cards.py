@@ -56,11 +56,8 @@ class ModelCardService:
             number = version.version
             gov = Governance(tx.session)
             latest = gov.latest_evaluation(model_id, number)
-            decisions, _ = gov.decisions_page(model_id, number, "", None, 1000)
+            newest = {d.target: d for d in gov.latest_decisions(model_id, number)}
             approvals = gov.approvals(model_id, number)
-            newest: dict[str, Any] = {}
-            for d in decisions:
-                newest.setdefault(d.target, d)
             targets = set(newest) | {a.target for a in approvals}
             inputs: dict[str, GateInputs] = {t: gate_inputs(tx, version, t) for t in targets}
             current = {t: decision_stands(tx, d, inputs[t]) for t, d in newest.items()}

@@ -345,6 +345,28 @@ class Governance:
         row = self.s.exec(q).first()
         return gate_decision(row) if row else None
 
+    def latest_decisions(self, model_id: str, version: int) -> list[GateDecision]:
+        """A version's newest gate decision for each target, by target: one query, however
+        many decisions each target has."""
+        newest_first = (col(GateDecisionRow.create_time).desc(), col(GateDecisionRow.id).desc())
+        ranked = (
+            select(
+                col(GateDecisionRow.id).label("id"),
+                func.row_number()
+                .over(partition_by=col(GateDecisionRow.target), order_by=newest_first)
+                .label("rank"),
+            )
+            .where(GateDecisionRow.model_id == model_id, GateDecisionRow.version == version)
+            .subquery()
+        )
+        q = (
+            select(GateDecisionRow)
+            .join(ranked, ranked.c.id == GateDecisionRow.id)
+            .where(ranked.c.rank == 1)
+            .order_by(col(GateDecisionRow.target))
+        )
+        return [gate_decision(r) for r in self.s.exec(q)]
+
     def decisions_page(
         self, model_id: str, version: int, target: str, after: list[Any] | None, limit: int
     ) -> tuple[list[GateDecision], list[Any] | None]:
