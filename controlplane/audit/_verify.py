@@ -5,10 +5,11 @@ from __future__ import annotations
 from contextlib import closing
 from dataclasses import dataclass
 
-from sqlalchemy import func
-from sqlmodel import col, select
+from sqlalchemy import case, func
+from sqlmodel import Session, col, select
 
 from controlplane.audit._canonical import GENESIS_HASH
+from controlplane.audit._chain import chain_condition
 from controlplane.audit._query import iter_events
 from controlplane.audit._signing import Checkpoint, PublicKeyLike
 from controlplane.store import Store
@@ -56,25 +57,61 @@ def _below_one(store: Store) -> tuple[int, int] | None:
 
 
 def _not_whole(store: Store) -> tuple[int, object, int] | None:
-    """On SQLite (whose columns take a value of any type), the first row in sequence order
-    whose ``seq`` is not a whole number: the sequence number it sits at (one after the whole
-    number before it), its ``seq`` as stored, and how many rows have one; None when none do
-    (always on PostgreSQL, whose column holds whole numbers only)."""
+    """On SQLite (whose columns take a value of any type), a row whose ``seq`` is not a whole
+    number: the sequence number it sits at, its ``seq`` as stored, and how many rows have one;
+    None when none do (always on PostgreSQL, whose column holds whole numbers only).
+
+    A number (``2.5``) sits one after the whole number before it. Text or bytes compare with
+    no number (SQLite sorts them after every one), so such a row sits at the first sequence
+    number the chain lacks: the place it held when its ``seq`` was edited, or one after the
+    chain's last event when none is lacking. Of several such rows, the one that sits first is
+    named.
+    """
     with store.read() as tx:
         if tx.session.get_bind().dialect.name != "sqlite":
             return None
         kind = func.typeof(AuditEventRow.seq)
-        first, count = tx.session.exec(
-            select(func.min(AuditEventRow.seq), func.count()).where(kind != "integer")
-        ).one()
+        count = tx.session.exec(select(func.count()).where(kind != "integer")).one()
         if not count:
             return None
-        before = tx.session.exec(
-            select(func.max(AuditEventRow.seq)).where(
-                kind == "integer", col(AuditEventRow.seq) < first
-            )
+        places: list[tuple[int, object]] = []
+        number = tx.session.exec(select(func.min(AuditEventRow.seq)).where(kind == "real")).one()
+        if number is not None:
+            before = tx.session.exec(
+                select(func.max(AuditEventRow.seq)).where(
+                    kind == "integer", col(AuditEventRow.seq) < number
+                )
+            ).one()
+            places.append((int(before or 0) + 1, number))
+        other = tx.session.exec(
+            select(func.min(AuditEventRow.seq)).where(kind.not_in(("integer", "real")))
         ).one()
-    return int(before or 0) + 1, first, int(count)
+        if other is not None:
+            places.append((_first_lacking(tx.session), other))
+    at, value = min(places, key=lambda place: place[0])
+    return at, value, int(count)
+
+
+def _first_lacking(session: Session) -> int:
+    """The first sequence number from 1 that no event of the chain has; one after the chain's
+    last event when none is lacking: the place (counting the chain's events in order from 1)
+    of the first event whose sequence number is not its place. Plain SQL but for the chain's
+    condition, so it reads alike on either backend."""
+    numbered = (
+        select(
+            col(AuditEventRow.seq).label("seq"),
+            func.row_number().over(order_by=col(AuditEventRow.seq)).label("place"),
+        )
+        .where(chain_condition(session))
+        .subquery()
+    )
+    first, count = session.exec(
+        select(
+            func.min(case((numbered.c.seq != numbered.c.place, numbered.c.place))),
+            func.count(),
+        ).select_from(numbered)
+    ).one()
+    return int(first) if first is not None else int(count) + 1
 
 
 def verify(

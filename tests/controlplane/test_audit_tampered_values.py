@@ -95,6 +95,10 @@ def test_a_text_field_that_is_not_text_is_named_altered(db: Path, opened: Store)
     [
         ("UPDATE audit_events SET seq = 2.5 WHERE seq = 2", 2),
         ("UPDATE audit_events SET seq = 'x' WHERE seq = 4", 4),
+        # Text and bytes sort after every number: such a row is named where it is missing.
+        ("UPDATE audit_events SET seq = '2x' WHERE seq = 2", 2),
+        ("UPDATE audit_events SET seq = 'one' WHERE seq = 1", 1),
+        ("UPDATE audit_events SET seq = CAST('3' AS BLOB) WHERE seq = 3", 3),
     ],
 )
 def test_a_sequence_number_that_is_not_a_whole_number_is_out_of_range(
