@@ -51,13 +51,27 @@ MAX_RULE_LENGTH = 4096
 #: within it.
 MAX_RULE_DEPTH = 350
 
-_NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
+#: ``float``: celpy's ``-`` and ``*`` of two doubles give a plain float.
+_NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType, float)
+
+
+#: Why comparing NaN is an error (see :func:`_compared`).
+NAN_COMPARED = "NaN cannot be compared"
 
 
 def _number(value: Any) -> int | float | None:
     if isinstance(value, celtypes.BoolType) or not isinstance(value, _NUMBERS):
         return None
-    return float(value) if isinstance(value, celtypes.DoubleType) else int(value)
+    return float(value) if isinstance(value, float) else int(value)
+
+
+def _compared(x: int | float, y: int | float) -> None:
+    """An error when either number is NaN (``double("NaN")``, ``double("inf") -
+    double("inf")``): in IEEE 754 every comparison with NaN is false and ``!=`` true, so
+    ``!(metrics.accuracy < double("NaN"))`` would pass whatever the accuracy. A metric that
+    is NaN reaches rules as null (see :mod:`._convert`); a NaN made in the rule errs."""
+    if (isinstance(x, float) and math.isnan(x)) or (isinstance(y, float) and math.isnan(y)):
+        raise TypeError(NAN_COMPARED)
 
 
 def _key(key: Any) -> Any:
@@ -72,6 +86,7 @@ def _equal(a: Any, b: Any) -> bool:
     ``TypeError`` as celpy does (the rule errs)."""
     x, y = _number(a), _number(b)
     if x is not None and y is not None:
+        _compared(x, y)
         return x == y
     if a is None or b is None:
         return a is None and b is None
@@ -128,6 +143,7 @@ def _ordering(name: str, compare: Any) -> Any:
     def ordered(a: Any, b: Any) -> Any:
         x, y = _number(a), _number(b)
         if x is not None and y is not None:
+            _compared(x, y)
             return celtypes.BoolType(compare(x, y))
         return base(a, b)
 

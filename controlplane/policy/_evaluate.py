@@ -12,7 +12,7 @@ import lark
 from celpy import celtypes
 from celpy.evaluation import CELEvalError, CELSyntaxError, CELUnsupportedError
 
-from controlplane.policy._compile import UNDEFINED_QUOTIENT, CompiledRule
+from controlplane.policy._compile import NAN_COMPARED, UNDEFINED_QUOTIENT, CompiledRule
 from controlplane.policy._convert import to_cel, to_plain
 from controlplane.policy._limits import (
     MAX_POLICY_SECONDS,
@@ -148,6 +148,11 @@ def _explain(rule: CompiledRule, err: CELEvalError, variables: Mapping[str, Any]
         detail = _CEL_VALUE.sub(r"\1", detail)
         what = "invalid regular expression" if text == "match error" else "invalid value"
         return f"{what}{at} (at {where}): {detail}"
+    if kind is TypeError and details == (NAN_COMPARED,):
+        return (
+            f"{NAN_COMPARED}{at} (at {where}): every comparison with NaN is false; compare "
+            "with a number"
+        )
     if kind is TypeError:
         message = _CLASS_REPR.sub(lambda m: _TYPE_NAMES.get(m.group(1), m.group(1)), text)
         message = message.replace("found no matching overload for", "no operator")

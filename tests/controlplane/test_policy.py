@@ -307,6 +307,33 @@ def test_zero_over_zero_is_an_error_not_nan() -> None:
     assert one("metrics.a / metrics.b <= 2.0 || metrics.b == 0.0", zeros).passed
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        '!(metrics.x < double("NaN"))',
+        '!(metrics.x > double("nan"))',
+        'metrics.x != double("NaN")',
+        '!(metrics.x > double("inf") - double("inf"))',
+        '!(metrics.x > 0.0 * double("inf"))',
+        'metrics.x in [double("NaN")] || true == false',
+        '[metrics.x] != [double("NaN")]',
+    ],
+)
+def test_a_nan_made_in_a_rule_errs_rather_than_passes(expression: str) -> None:
+    """Every comparison with NaN is false (``!=`` true): a threshold that is NaN would pass a
+    negated rule whatever the metric, so comparing NaN is an error and the gate fails."""
+    result = one(expression, {"metrics": {"x": 0.4}})
+    assert result.outcome is Outcome.ERROR, result.message
+    assert result.message.startswith("NaN cannot be compared in "), result.message
+    assert "compare with a number" in result.message
+
+
+def test_arithmetic_results_compare_as_numbers() -> None:
+    """celpy's ``-`` and ``*`` of doubles give plain floats; they compare as doubles."""
+    assert one("metrics.x * 2.0 == 0.8 && metrics.x - 0.4 < 1e-12", {"metrics": {"x": 0.4}}).passed
+    assert one("metrics.x * 2.0 == 1", {"metrics": {"x": 0.5}}).passed
+
+
 def test_mixed_int_double_arithmetic_is_a_type_error_with_a_hint() -> None:
     result = one("1 + metrics.x > 1.5", {"metrics": {"x": 1.0}})
     assert result.outcome is Outcome.ERROR
