@@ -22,8 +22,12 @@ Phases by strategy:
   also need the guards to pass on the whole phase, so they carry ``needs_verdict`` like a canary
   step; only the switch moves on time alone.
 
-Every transition restarts the phase clock and the step's request count; the caller persists
-it with a compare-and-set and bumps the deployment's generation.
+Every transition but a pause restarts the phase clock, the step's request count and its
+evidence; the caller persists it with a compare-and-set and bumps the deployment's generation.
+A pause (a person's, or :func:`gate_hold`) changes no traffic, so the step or phase goes on
+under it: its clock, its request count and the sum of its reports are kept, and reports made
+under the generation it began with still count (``restarts=False``); resuming restarts the step
+or phase, its evidence with it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class Transition:
     #: switch, watch to promoted), which must first pass the guards on the whole step's or
     #: phase's evidence.
     needs_verdict: bool = False
+    #: False for a pause: the step or phase goes on, its clock and evidence kept (see the
+    #: module docstring).
+    restarts: bool = True
 
 
 def first_phase(spec: RolloutSpec) -> tuple[str, float]:
@@ -174,10 +181,7 @@ def manual(r: Rollout | None, action: str, now: datetime, reason: str, name: str
     """
     if action == "pause":
         cur = _require(r, (RUNNING,), action, name)
-        # The phase clock keeps its start: resuming restarts it.
-        return Transition(
-            "paused", replace(cur, state=PAUSED, reason=reason), cur.champion_version, reason
-        )
+        return _paused(cur, reason)
     if action == "resume":
         cur = _require(r, (PAUSED,), action, name)
         return Transition(
@@ -200,7 +204,14 @@ def gate_hold(r: Rollout, reason: str) -> Transition:
     """The automatic pause in place of a promotion the gate no longer allows: the candidate
     keeps its share until a person resumes (once the gate passes again), promotes or rolls
     back."""
-    return Transition("paused", replace(r, state=PAUSED, reason=reason), r.champion_version, reason)
+    return _paused(r, reason)
+
+
+def _paused(r: Rollout, reason: str) -> Transition:
+    """``r`` held where it is: the phase clock keeps its start and the step its evidence;
+    resuming restarts both."""
+    held = replace(r, state=PAUSED, reason=reason)
+    return Transition("paused", held, r.champion_version, reason, restarts=False)
 
 
 def guard_rollback(r: Rollout, now: datetime, reason: str) -> Transition:

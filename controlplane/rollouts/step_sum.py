@@ -25,9 +25,12 @@ takes first, the sum takes in every report of the step stored after that one: no
 report itself, and also any stored by a writer that does not keep the sum (a control plane of
 an earlier version, during a rolling upgrade). So several control-plane workers sharing a
 database agree on the sum, and each report is counted once, in one step. When the step moves
-on (or for a rollout that kept no sum yet), the tag is stale and the sum starts again from the
-reports stored for the new step. From then on the sum keeps what it took in, so a step's
-evidence outlives the pruning of its reports (``report_retention_seconds``).
+on, or the rollout resumes (or for a rollout that kept no sum yet), the tag is stale and the sum
+starts again from the reports stored for the new step. A pause changes neither the step's start
+nor its generation (:mod:`controlplane.rollouts.transitions`): the paused step's sum goes on,
+taking in the reports of sidecars still at the generation the step began with. From then on
+the sum keeps what it took in, so a step's evidence outlives the pruning of its reports
+(``report_retention_seconds``).
 
 A report whose histogram layout (latency or score buckets, or drift bins) differs from the
 step's sum of it (a sidecar upgraded mid-step, once the replicas of the old layout have

@@ -12,6 +12,10 @@ passed, on the evidence as it is now), since approvals may have been withdrawn o
 tightened after the rollout started. A person's promotion is refused with the gate's error; an
 automatic one pauses the rollout instead, with the gate's reason as the event's reason; a
 paused rollout does not move on its own, so this happens once until a person resumes it.
+
+A transition restarts the rollout's step or phase (its sum of reports begins again, under the
+deployment's new generation), except a pause, which changes no traffic: the step goes on under
+the generation it began with (:mod:`controlplane.rollouts.machine`).
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ def apply(
         return None
     after_row = repo.row(deployment.id)
     assert after_row is not None
-    repo.save_rollout(rollout, step_generation=after_row.generation)
+    step_generation = _step_generation(repo, transition, after_row.generation)
+    repo.save_rollout(rollout, step_generation=step_generation)
     if evidence is not None:
         repo.set_evidence(deployment.id, rollout.id, to_json(evidence), None)
     after = repo.get(deployment.id)
@@ -150,6 +155,19 @@ def apply(
     )
     publish(tx.session, deployment.id)
     return after
+
+
+def _step_generation(repo: Deployments, transition: Transition, generation: int) -> int:
+    """The generation the rollout's step begins with after ``transition``: the deployment's
+    new ``generation`` when the step restarts, else (a pause) the one it began with, so that
+    its kept sum goes on and the reports of sidecars still at that generation still count (see
+    :mod:`controlplane.rollouts.step_sum`)."""
+    r = transition.rollout
+    if not transition.restarts:
+        row = repo.rollout_row(r.deployment_id, r.id)
+        if row is not None:
+            return row.step_generation
+    return generation
 
 
 def _gated(tx: WriteTx, d: Deployment, promotion: Transition, strict: bool) -> Transition:
