@@ -30,10 +30,52 @@ def ts(value: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
-def seconds_of(d: duration_pb2.Duration) -> float:
-    """A Duration in seconds, for any seconds and nanos (a float cannot overflow where
-    ``ToTimedelta`` raises past timedelta's range)."""
+#: The most nanos a Duration holds besides its seconds.
+_MAX_NANOS = 999_999_999
+#: The shortest positive duration the control plane keeps: it stores and serves durations as
+#: ``timedelta`` does, to the microsecond.
+SMALLEST_DURATION_SECONDS = 1e-6
+
+
+def _bad_duration(field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} {message}", reason="INVALID_DURATION", metadata={"field": field}
+    )
+
+
+def seconds_of(d: duration_pb2.Duration, field: str = "duration") -> float:
+    """A Duration in seconds, for any seconds (a float cannot overflow where ``ToTimedelta``
+    raises past timedelta's range: callers bound them); INVALID_ARGUMENT (INVALID_DURATION,
+    naming ``field``) when it is malformed: nanos outside ±999,999,999, or of the other sign
+    than a nonzero seconds (Duration's own rules, which other languages' libraries enforce)."""
+    if not -_MAX_NANOS <= d.nanos <= _MAX_NANOS:
+        raise _bad_duration(
+            field,
+            f"is not a valid duration (seconds={d.seconds}, nanos={d.nanos}): nanos must be "
+            f"from -{_MAX_NANOS} to {_MAX_NANOS}",
+        )
+    if (d.seconds > 0 and d.nanos < 0) or (d.seconds < 0 and d.nanos > 0):
+        raise _bad_duration(
+            field,
+            f"is not a valid duration (seconds={d.seconds}, nanos={d.nanos}): nanos must have "
+            "the sign of seconds",
+        )
     return d.seconds + d.nanos / 1e9
+
+
+def kept_seconds_of(d: duration_pb2.Duration, field: str) -> float:
+    """:func:`seconds_of` for a duration the control plane keeps and serves back, which it
+    does to the microsecond: a positive duration shorter than 1 µs is refused
+    (INVALID_DURATION) rather than rounded, since it would read back as 0, which means "the
+    default" in this API."""
+    seconds = seconds_of(d, field)
+    if 0 < seconds < SMALLEST_DURATION_SECONDS:
+        raise _bad_duration(
+            field,
+            f"is {d.nanos} ns: a duration must be 0 (the default) or at least 1 µs, as the "
+            "control plane keeps microseconds",
+        )
+    return seconds
 
 
 def time_from_proto(value: timestamp_pb2.Timestamp, field: str) -> datetime:

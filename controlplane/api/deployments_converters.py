@@ -8,7 +8,12 @@ from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2
 
-from controlplane.api.converters import seconds_of, time_from_proto, ts
+from controlplane.api.converters import (
+    SMALLEST_DURATION_SECONDS,
+    kept_seconds_of,
+    time_from_proto,
+    ts,
+)
 from controlplane.domain.deployments import (
     ArmSummary,
     Deployment,
@@ -66,9 +71,13 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 
 def duration(seconds: float) -> duration_pb2.Duration:
     """``seconds`` as a Duration, kept within Duration's range (values stored before their
-    bounds were checked would otherwise fail every client that prints them)."""
+    bounds were checked would otherwise fail every client that prints them); a positive one
+    stored shorter than 1 µs, before such were refused, is served as 1 µs rather than as 0,
+    which means "the default"."""
     out = duration_pb2.Duration()
     bounded = max(-_MAX_DURATION_SECONDS, min(_MAX_DURATION_SECONDS, seconds))
+    if 0 < bounded < SMALLEST_DURATION_SECONDS:
+        bounded = SMALLEST_DURATION_SECONDS
     out.FromTimedelta(timedelta(seconds=bounded))
     return out
 
@@ -294,7 +303,7 @@ def thresholds_from_proto(msg: pb.DriftThresholds) -> DriftThresholds:
         max_psi=_opt(msg, "max_psi"),
         max_drifted_share=_opt(msg, "max_drifted_share"),
         min_rows=msg.min_rows or default.min_rows,
-        cooldown_seconds=seconds_of(msg.cooldown)
+        cooldown_seconds=kept_seconds_of(msg.cooldown, "drift_thresholds.cooldown")
         if msg.HasField("cooldown")
         else default.cooldown_seconds,
     )

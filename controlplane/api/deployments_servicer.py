@@ -103,7 +103,7 @@ class DeploymentServicer(deployments_pb2_grpc.DeploymentServiceServicer):
             steps=list(r.steps),
             split=r.split,
             shadow_fraction=r.shadow_fraction,
-            step_duration_seconds=dcv.seconds_of(r.step_duration),
+            step_duration_seconds=dcv.kept_seconds_of(r.step_duration, "rollout.step_duration"),
             min_requests=r.min_requests,
             guards=list(r.guards),
         )
