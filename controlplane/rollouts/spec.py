@@ -64,17 +64,17 @@ def _steps(strategy: str, steps: Sequence[float]) -> tuple[float, ...]:
                 "INVALID_STEPS",
                 "rollout.steps",
             )
-        if i and _buckets(value) <= _buckets(values[i - 1]):
-            raise _bad(
-                f"step {i} ({value:g}%) routes the same traffic as step {i - 1} "
-                f"({values[i - 1]:g}%): steps must ascend by at least 0.01%",
-                "INVALID_STEPS",
-                "rollout.steps",
-            )
         if i and value <= values[i - 1]:
             raise _bad(
                 f"steps must ascend: step {i} ({value:g}%) is not above step {i - 1} "
                 f"({values[i - 1]:g}%)",
+                "INVALID_STEPS",
+                "rollout.steps",
+            )
+        if i and _buckets(value) <= _buckets(values[i - 1]):
+            raise _bad(
+                f"step {i} ({value:g}%) routes the same traffic as step {i - 1} "
+                f"({values[i - 1]:g}%): steps must ascend by at least 0.01%",
                 "INVALID_STEPS",
                 "rollout.steps",
             )

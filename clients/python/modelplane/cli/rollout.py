@@ -11,7 +11,6 @@ from modelplane._deployments import MAX_STEP_DURATION_SECONDS
 from modelplane.cli._common import (
     add_request_id,
     client,
-    csv_list,
     duration,
     page_size,
     server_errors,
@@ -345,18 +344,29 @@ EVENT_COLUMNS = [
 ]
 
 
+def _percents(text: str) -> list[float]:
+    """The percents of ``--steps`` (``10,50,100``); a usage error (exit 2) for none, for an
+    item that is not a number, or for an empty one (``10,,50``: a step lost to a typo would
+    change what the rollout does)."""
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise CliError("--steps needs at least one percent", EXIT_USAGE)
+    if "" in items:
+        raise CliError(
+            f"--steps {text!r}: item {items.index('') + 1} is empty; use percents like 10,50,100",
+            EXIT_USAGE,
+        )
+    try:
+        return [float(x) for x in items]
+    except ValueError:
+        raise CliError(f"--steps {text!r}: use percents like 10,50,100", EXIT_USAGE) from None
+
+
 def _rollout(args: argparse.Namespace) -> dict[str, Any]:
     """The SDK keyword arguments of ``rollout start``."""
     kw: dict[str, Any] = {"strategy": args.strategy, "guards": args.guard or []}
     if args.steps is not None:
-        try:
-            kw["steps"] = [float(x) for x in csv_list(args.steps)]
-        except ValueError:
-            raise CliError(
-                f"--steps {args.steps!r}: use percents like 10,50,100", EXIT_USAGE
-            ) from None
-        if not kw["steps"]:
-            raise CliError("--steps needs at least one percent", EXIT_USAGE)
+        kw["steps"] = _percents(args.steps)
     given = {
         "split": args.split,
         "shadow_fraction": args.shadow_fraction,
