@@ -46,7 +46,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
     def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
-        timeout = cv.seconds_of(request.timeout) if request.HasField("timeout") else 10.0
+        timeout = cv.seconds_of(request.timeout, "timeout") if request.HasField("timeout") else 10.0
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining - WAIT_MARGIN_SECONDS, 0.0))

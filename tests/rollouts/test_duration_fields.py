@@ -109,3 +109,24 @@ def test_a_positive_duration_stored_under_a_microsecond_is_served_as_one() -> No
     # Stored before such were refused: 0 would read as "the default".
     assert duration(1e-9) == duration_pb2.Duration(nanos=1_000)
     assert duration(0.0) == duration_pb2.Duration()
+
+
+def test_the_sdk_sends_a_duration_to_the_nanosecond(c: Client, tmp_path: Path) -> None:
+    """A step duration of 1 ns is refused, not sent as 0 (the default, 60 s)."""
+    dep, versions = deployed(c, tmp_path)
+    with pytest.raises(InvalidArgument) as err:
+        c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=1e-9)
+    _refused(err, "rollout.step_duration")
+    started = c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.0015)
+    assert started.rollout.step_duration == duration_pb2.Duration(nanos=1_500_000)
+
+
+def test_a_malformed_wait_timeout_is_named(c: Client) -> None:
+    from modelplane.v1 import operations_pb2
+
+    request = operations_pb2.WaitOperationRequest(
+        name="operations/none", timeout=duration_pb2.Duration(seconds=1, nanos=-5)
+    )
+    with pytest.raises(InvalidArgument) as err:
+        c._call(c.operations.WaitOperation, request)
+    _refused(err, "timeout")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -46,8 +46,12 @@ def check_seconds(value: float, what: str, maximum: float, reason: str) -> float
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
+    """``seconds`` to the nanosecond (the server refuses what it cannot keep, such as a
+    positive duration under 1 µs, rather than have it sent as 0, "the default")."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{seconds} is not a duration")
     out = duration_pb2.Duration()
-    out.FromTimedelta(timedelta(seconds=seconds))
+    out.FromNanoseconds(round(seconds * 1e9))
     return out
 
 
