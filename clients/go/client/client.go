@@ -42,13 +42,17 @@ const NoTimeout time.Duration = -1
 // RESOURCE_EXHAUSTED.
 const MaxMessageBytes = math.MaxInt32
 
-// Options say how to present yourself to a control plane.
+// Options say how to present yourself to a control plane. Principal, Roles and Token travel
+// as gRPC metadata, which carries printable ASCII only: Dial refuses anything else with a
+// *MetadataError.
 type Options struct {
-	// Principal is named to a server without access control.
+	// Principal is named to a server without access control: 1-128 letters, digits and
+	// ._@:+-, or the server refuses each call (InvalidArgument).
 	Principal string
 	// Roles are claimed for approvals from a server without access control.
 	Roles []string
-	// Token is a bearer token (or JWT) for a server with access control.
+	// Token is a bearer token (or JWT) for a server with access control; spaces around it
+	// are dropped.
 	Token string
 	// Timeout bounds each call whose context has no deadline: unary calls and UploadBlob.
 	// 0 is DefaultTimeout (60 s), NoTimeout is none; any other negative value is refused by
@@ -76,7 +80,10 @@ type Client struct {
 
 // Dial connects to the control plane at address (HOST:PORT). The connection is made lazily:
 // an unreachable server shows up as UNAVAILABLE on the first call. A negative
-// Options.Timeout other than NoTimeout is refused: every call would expire at once.
+// Options.Timeout other than NoTimeout is refused: every call would expire at once. So is a
+// Principal, Roles or Token that gRPC metadata cannot carry (a *MetadataError), which
+// grpc-go would otherwise send as it is, for the server to read as another name or not at
+// all.
 func Dial(address string, opts Options) (*Client, error) {
 	timeout := opts.Timeout
 	switch {
@@ -89,15 +96,9 @@ func Dial(address string, opts Options) (*Client, error) {
 			"client: Options.Timeout %v is negative: give a positive duration, 0 for %v, "+
 				"or NoTimeout for none", timeout, DefaultTimeout)
 	}
-	pairs := []string{}
-	if opts.Principal != "" {
-		pairs = append(pairs, PrincipalKey, opts.Principal)
-	}
-	if len(opts.Roles) > 0 {
-		pairs = append(pairs, RolesKey, strings.Join(opts.Roles, ","))
-	}
-	if opts.Token != "" {
-		pairs = append(pairs, "authorization", "Bearer "+opts.Token)
+	pairs, err := identityPairs(opts)
+	if err != nil {
+		return nil, err
 	}
 	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
 		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes),
@@ -125,6 +126,37 @@ func Dial(address string, opts Options) (*Client, error) {
 		Deployments: modelplanev1.NewDeploymentServiceClient(conn),
 		Audit:       modelplanev1.NewAuditServiceClient(conn),
 	}, nil
+}
+
+// identityPairs are the metadata pairs naming the caller, each value checked.
+func identityPairs(opts Options) ([]string, error) {
+	pairs := []string{}
+	if opts.Principal != "" {
+		if err := checkMetadata(opts.Principal, "principal", false); err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, PrincipalKey, opts.Principal)
+	}
+	roles := []string{}
+	for _, r := range opts.Roles {
+		if r = strings.TrimSpace(r); r != "" {
+			roles = append(roles, r)
+		}
+	}
+	if len(roles) > 0 {
+		joined := strings.Join(roles, ",")
+		if err := checkMetadata(joined, "roles", false); err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, RolesKey, joined)
+	}
+	if token := strings.TrimSpace(opts.Token); token != "" {
+		if err := checkMetadata(token, "token", true); err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, "authorization", "Bearer "+token)
+	}
+	return pairs, nil
 }
 
 // Close closes the connection.

@@ -2,8 +2,10 @@ package client
 
 import (
 	"errors"
+	"fmt"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -58,4 +60,51 @@ func RequestIDOf(err error) string {
 
 func withRequestID(err error, id string) error {
 	return &RequestError{RequestID: id, Err: err}
+}
+
+// MetadataError is Dial's error for an Options value that gRPC metadata cannot carry: it
+// carries printable ASCII only (no accents, no control characters or line breaks). Its status
+// is InvalidArgument with the ErrorInfo reason INVALID_METADATA and metadata field, as the
+// Python SDK and the Node client refuse such a value.
+type MetadataError struct {
+	// Field is the option: "principal", "roles" or "token".
+	Field string
+	// Char is the first character metadata cannot carry.
+	Char rune
+	// value is shown in the message unless it is a secret (the token).
+	value  string
+	secret bool
+}
+
+func (e *MetadataError) Error() string {
+	held := fmt.Sprintf("%s holds a character", e.Field)
+	if !e.secret {
+		held = fmt.Sprintf("%s %q holds %q", e.Field, e.value, e.Char)
+	}
+	return "client: " + held + " that gRPC metadata cannot carry: printable ASCII only " +
+		"(no accents, no control characters or line breaks)"
+}
+
+// GRPCStatus is InvalidArgument with an ErrorInfo (reason INVALID_METADATA, metadata field),
+// so that status.Code, ErrorInfo and Reason read it as they read a server's refusal.
+func (e *MetadataError) GRPCStatus() *status.Status {
+	st := status.New(codes.InvalidArgument, e.Error())
+	info := &errdetails.ErrorInfo{
+		Reason: "INVALID_METADATA", Domain: ErrorDomain, Metadata: map[string]string{"field": e.Field},
+	}
+	if detailed, err := st.WithDetails(info); err == nil {
+		return detailed
+	}
+	return st
+}
+
+// checkMetadata returns a *MetadataError when value holds a character gRPC metadata cannot
+// carry; a secret value is not shown in it.
+func checkMetadata(value, field string, secret bool) error {
+	for _, ch := range value {
+		if ch < ' ' || ch > '~' {
+			return &MetadataError{Field: field, Char: ch, value: value, secret: secret}
+		}
+	}
+	return nil
 }

@@ -52,11 +52,14 @@ export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** How to reach and present yourself to a control plane. */
 export interface ClientOptions {
-  /** The principal named to a server without access control (default: none sent). */
+  /**
+   * The principal named to a server without access control (default: none sent): 1-128
+   * letters, digits and `._@:+-`, or the server refuses each call (INVALID_ARGUMENT).
+   */
   principal?: string;
   /** Roles claimed for approvals from a server without access control. */
   roles?: string[];
-  /** A bearer token (or JWT) for a server with access control. */
+  /** A bearer token (or JWT) for a server with access control; spaces around it are dropped. */
   token?: string;
   /**
    * Deadline in milliseconds (default 60 s) of each unary call and each client stream with one
@@ -134,7 +137,9 @@ export function versionName(model: string, version: bigint | number | string): s
 
 /**
  * A connection to one control plane. Nothing is dialled until the first call; the address and
- * options are checked at construction (a ModelplaneError INVALID_ARGUMENT when they are wrong).
+ * options are checked at construction (a ModelplaneError INVALID_ARGUMENT when they are wrong:
+ * reason INVALID_METADATA, with `info.field`, for a principal, role or token that gRPC
+ * metadata cannot carry).
  */
 export class ModelplaneClient {
   readonly registry: Client<typeof RegistryService>;
@@ -149,6 +154,7 @@ export class ModelplaneClient {
   /** `address` is `HOST:PORT`, e.g. `127.0.0.1:50051` or `[::1]:50051`. */
   constructor(address: string, options: ClientOptions = {}) {
     const timeoutMs = checkedTimeout(options.timeoutMs ?? 60_000, "timeoutMs");
+    const headers = identityHeaders(options);
     const scheme = options.scheme ?? (options.tls ? "https" : "http");
     const baseUrl = `${scheme}://${checkedAddress(address)}`;
     this.sessions = new TracingSessionManager(baseUrl, undefined, options.tls);
@@ -157,7 +163,7 @@ export class ModelplaneClient {
       sessionManager: this.sessions,
       // A connection that fails before the server answers (a refused TLS handshake, a reset)
       // is UNAVAILABLE, as gRPC core says, not whatever the Node error maps to.
-      interceptors: [unavailableWhenUnreached(), identity(options)],
+      interceptors: [unavailableWhenUnreached(), identity(headers)],
     });
     const connect = <S extends DescService>(service: S): Client<S> =>
       withModelplaneErrors(
@@ -366,24 +372,65 @@ async function* cancelling<M>(
   }
 }
 
-function identity(options: ClientOptions): Interceptor {
+/**
+ * The metadata naming the caller, each value checked (`checkedMetadata`) so that a wrong one
+ * is refused when the client is made rather than failing every call.
+ */
+function identityHeaders(options: ClientOptions): [string, string][] {
+  const headers: [string, string][] = [];
+  if (options.principal) {
+    headers.push([PRINCIPAL_HEADER, checkedMetadata(options.principal, "principal")]);
+  }
+  const roles = (options.roles ?? []).map((r) => r.trim()).filter((r) => r);
+  if (roles.length) {
+    headers.push([ROLES_HEADER, checkedMetadata(roles.join(","), "roles")]);
+  }
+  const token = options.token?.trim();
+  if (token) {
+    headers.push(["authorization", `Bearer ${checkedMetadata(token, "token", true)}`]);
+  }
+  return headers;
+}
+
+function identity(headers: [string, string][]): Interceptor {
   return (next) => async (req) => {
-    if (options.principal) {
-      req.header.set(PRINCIPAL_HEADER, options.principal);
-    }
-    if (options.roles?.length) {
-      req.header.set(ROLES_HEADER, options.roles.join(","));
-    }
-    if (options.token) {
-      req.header.set("authorization", `Bearer ${options.token}`);
+    for (const [name, value] of headers) {
+      req.header.set(name, value);
     }
     return next(req);
   };
 }
 
 /** A ModelplaneError for a wrong argument found before any call. */
-function invalidArgument(message: string): ModelplaneError {
-  return new ModelplaneError(new ConnectError(message, Code.InvalidArgument), "", {});
+function invalidArgument(
+  message: string,
+  reason = "",
+  info: Record<string, string> = {},
+): ModelplaneError {
+  return new ModelplaneError(new ConnectError(message, Code.InvalidArgument), reason, info);
+}
+
+/**
+ * `value`, checked for sending as gRPC metadata, which carries printable ASCII only (no
+ * accents, no CR or LF): anything else is refused as the Python SDK refuses it, INVALID_ARGUMENT
+ * with reason INVALID_METADATA and `info.field` = `what`, instead of a call failing UNKNOWN (a
+ * line break, which Node refuses to send) or the server reading another name (an accent). A
+ * `secret` value is not shown.
+ */
+function checkedMetadata(value: string, what: string, secret = false): string {
+  const bad = [...String(value)].find((ch) => ch < " " || ch > "~");
+  if (bad === undefined) {
+    return value;
+  }
+  const held = secret
+    ? `${what} holds a character`
+    : `${what} ${JSON.stringify(value)} holds ${JSON.stringify(bad)}`;
+  throw invalidArgument(
+    `${held} that gRPC metadata cannot carry: printable ASCII only ` +
+      "(no accents, no control characters or line breaks)",
+    "INVALID_METADATA",
+    { field: what },
+  );
 }
 
 /**

@@ -23,6 +23,8 @@ _TRACEPARENT = re.compile(
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_PARENT_ID = "0" * 16
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
+#: What :func:`clean_principal` accepts, in words, for error messages.
+PRINCIPAL_RULE = "1-128 letters, digits and ._@:+-"
 #: Names the server itself acts under (automatic rollout moves, work outside any call): no
 #: credentials may prove them, in any case (without access control callers name themselves,
 #: and any name proves nothing).

@@ -18,9 +18,10 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from modelplane.errors import Internal, ModelplaneError, to_grpc_status
+from modelplane.errors import Internal, InvalidArgument, ModelplaneError, to_grpc_status
 from modelplane.server.context import (
     PRINCIPAL_METADATA_KEY,
+    PRINCIPAL_RULE,
     REQUEST_ID_METADATA_KEY,
     TRACEPARENT_METADATA_KEY,
     RequestContext,
@@ -74,8 +75,26 @@ class RpcMetrics:
 
 
 def anonymous_loopback(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:
-    """The principal the client names in ``x-modelplane-principal`` (access control off)."""
-    principal = clean_principal(metadata.get(PRINCIPAL_METADATA_KEY)) or "anonymous"
+    """The principal the client names in ``x-modelplane-principal`` (access control off), or
+    ``anonymous`` when it names none (no such metadata, or an empty value).
+
+    A name that is not a principal name (:data:`PRINCIPAL_RULE`) is refused with
+    InvalidArgument (reason INVALID_METADATA, ``metadata["field"]`` = ``principal``, as the SDK
+    refuses a name gRPC metadata cannot carry), not recorded as ``anonymous``: the caller
+    would otherwise find its models and approvals under a name it did not give.
+    """
+    name = metadata.get(PRINCIPAL_METADATA_KEY, "")
+    if not name:
+        return RequestContext(principal="anonymous")
+    principal = clean_principal(name)
+    if principal is None:
+        shown = repr(name) if len(name) <= 128 else f"of {len(name)} characters"
+        raise InvalidArgument(
+            f"principal {shown} (metadata {PRINCIPAL_METADATA_KEY}) is not a principal name: "
+            f"give {PRINCIPAL_RULE}",
+            reason="INVALID_METADATA",
+            metadata={"field": "principal"},
+        )
     return RequestContext(principal=principal)
 
 

@@ -1,0 +1,110 @@
+/**
+ * The principal, roles and token a client is made with travel as gRPC metadata, which carries
+ * printable ASCII only: anything else is refused at construction, INVALID_ARGUMENT with reason
+ * INVALID_METADATA naming the option, as the Python SDK refuses it (a line break used to fail
+ * each call as UNKNOWN with no reason; an accent reached the server as another name). The
+ * values that pass are sent as given, to a loopback HTTP/2 server that records each call's
+ * headers. No control plane needed.
+ */
+import assert from "node:assert/strict";
+import { createServer, type Http2Server, type IncomingHttpHeaders } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { ModelplaneClient, ModelplaneError, type ClientOptions } from "../src/index.js";
+
+function refused(options: ClientOptions, field: string): ModelplaneError {
+  let caught: unknown;
+  try {
+    new ModelplaneClient("127.0.0.1:50051", options).close();
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof ModelplaneError, `${JSON.stringify(options)}: ${String(caught)}`);
+  assert.equal(caught.code, Code.InvalidArgument);
+  assert.equal(caught.status, "INVALID_ARGUMENT");
+  assert.equal(caught.reason, "INVALID_METADATA");
+  assert.deepEqual(caught.info, { field });
+  assert.match(caught.rawMessage, /gRPC metadata cannot carry: printable ASCII only/);
+  return caught;
+}
+
+test("a principal gRPC metadata cannot carry is refused at construction, shown", () => {
+  for (const principal of ["josé", "a\r\nb", "line\n", "tab\there", "nul\0"]) {
+    const err = refused({ principal }, "principal");
+    assert.ok(
+      err.rawMessage.startsWith(`principal ${JSON.stringify(principal)} holds `),
+      err.rawMessage,
+    );
+  }
+});
+
+test("roles gRPC metadata cannot carry are refused at construction", () => {
+  const err = refused({ roles: ["risk", "prüfer"] }, "roles");
+  assert.match(err.rawMessage, /^roles "risk,prüfer" holds "ü"/);
+});
+
+test("a token gRPC metadata cannot carry is refused without showing it", () => {
+  for (const token of ["s3crét-token-0123456789", "s3cret-token\r\n0123456789"]) {
+    const err = refused({ token }, "token");
+    assert.ok(err.rawMessage.startsWith("token holds a character"), err.rawMessage);
+    assert.ok(!err.rawMessage.includes("s3cr"), err.rawMessage);
+  }
+});
+
+describe("the identity metadata sent", () => {
+  let server: Http2Server;
+  let address: string;
+  const seen: IncomingHttpHeaders[] = [];
+
+  before(async () => {
+    server = createServer();
+    server.on("stream", (stream, headers) => {
+      seen.push(headers);
+      stream.respond(
+        { ":status": 200, "content-type": "application/grpc" },
+        { waitForTrailers: true },
+      );
+      stream.on("wantTrailers", () => {
+        stream.sendTrailers({ "grpc-status": "12", "grpc-message": "not here" });
+      });
+      stream.resume();
+      stream.on("end", () => stream.end());
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(() => {
+    server.close();
+  });
+
+  async function sent(options: ClientOptions): Promise<IncomingHttpHeaders> {
+    const client = new ModelplaneClient(address, options);
+    try {
+      const before = seen.length;
+      await assert.rejects(client.registry.getModel({ name: "models/x" }), ModelplaneError);
+      assert.equal(seen.length, before + 1);
+      return seen[before];
+    } finally {
+      client.close();
+    }
+  }
+
+  test("is the principal, roles and token as given, the token without spaces around", async () => {
+    const headers = await sent({
+      principal: "ci.bot_1@corp:x+y-z",
+      roles: [" risk", "", "ml-lead "],
+      token: " tok-0123456789abcdef\n",
+    });
+    assert.equal(headers["x-modelplane-principal"], "ci.bot_1@corp:x+y-z");
+    assert.equal(headers["x-modelplane-roles"], "risk,ml-lead");
+    assert.equal(headers["authorization"], "Bearer tok-0123456789abcdef");
+  });
+
+  test("names nobody when no principal, roles or token is given", async () => {
+    const headers = await sent({ principal: "", roles: [], token: " " });
+    assert.equal(headers["x-modelplane-principal"], undefined);
+    assert.equal(headers["x-modelplane-roles"], undefined);
+    assert.equal(headers["authorization"], undefined);
+  });
+});
