@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from controlplane.server import start
 from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
 from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
+from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
+from tests.controlplane.test_auth_tls import _cert, _key, _write
 
 GO_ROOT = ROOT / "clients" / "go"
 MODULE = "github.com/modelplane/modelplane/clients/go"
@@ -193,6 +196,158 @@ def test_go_example_exits_2_on_a_malformed_server_or_timeout_before_dialing(
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith(says), result.stderr
+    assert "usage: register" in result.stderr
+
+
+#: The variables the example reads its token and TLS files from, left out of the environment
+#: it runs with unless a test sets them.
+CREDENTIAL_VARIABLES = (
+    "MODELPLANE_TOKEN",
+    "MODELPLANE_TLS_CA",
+    "MODELPLANE_TLS_CERT",
+    "MODELPLANE_TLS_KEY",
+)
+
+
+def _register(binary: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The built example run with ``argv``, in an environment without credentials but ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
+    return subprocess.run(
+        [str(binary), *argv],
+        cwd=GO_ROOT,
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclass
+class TlsTokenServer:
+    """A control plane asking for a token and a client certificate, with the PEM files of its
+    CA and of a client certificate that CA signed."""
+
+    server: TokenServer
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+
+@pytest.fixture(scope="module")
+def token_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    """A control plane with access control (``--auth tokens:FILE``): a developer's token."""
+    server = start_token_server(tmp_path_factory.mktemp("tokens"), {"go-ci": (["developer"], [])})
+    yield server
+    server.cp.handle.stop(0)
+
+
+@pytest.fixture(scope="module")
+def mtls_token_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTokenServer]:
+    """Tokens over mutual TLS, with certificates from a test CA."""
+    tmp = tmp_path_factory.mktemp("mtls-tokens")
+    ca_key, server_key, client_key = _key(), _key(), _key()
+    ca, _ = _write(tmp, "ca", _cert("test-ca", ca_key, "test-ca", ca_key, ca=True), ca_key)
+    server_cert, server_key_path = _write(
+        tmp, "server", _cert("localhost", server_key, "test-ca", ca_key, server=True), server_key
+    )
+    client_cert, client_key_path = _write(
+        tmp, "client", _cert("go-ci", client_key, "test-ca", ca_key), client_key
+    )
+    server = start_token_server(
+        tmp / "cp",
+        {"go-ci": (["developer"], [])},
+        tls_cert=str(server_cert),
+        tls_key=str(server_key_path),
+        client_ca=str(ca),
+    )
+    yield TlsTokenServer(server, ca, client_cert, client_key_path)
+    server.cp.handle.stop(0)
+
+
+def test_go_example_logs_in_with_a_token_from_modelplane_token_or_token(
+    register_binary: Path, token_controlplane: TokenServer, classifier: Classifier
+) -> None:
+    # As a CI job would run it against a control plane with access control: the token comes
+    # from MODELPLANE_TOKEN (as the CLI's does) or -token; it names the caller, not -as.
+    model = f"go-{uuid.uuid4().hex[:8]}"
+    address, token = token_controlplane.address, token_controlplane.tokens["go-ci"]
+    argv = ["-server", address, "-model", model, "-onnx", str(classifier.onnx)]
+    first = _register(register_binary, *argv, MODELPLANE_TOKEN=token)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"created models/{model}" in first.stdout
+    assert "gate production: passed" in first.stdout
+    second = _register(register_binary, *argv, "-token", token, "-as", "someone-else")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"registered models/{model}/versions/2" in second.stdout
+    with token_controlplane.client("go-ci") as client:
+        assert client.get_version(model, 1).created_by == "go-ci"
+        assert client.get_version(model, 2).created_by == "go-ci"
+
+    fresh = f"go-{uuid.uuid4().hex[:8]}"
+    refused = _register(
+        register_binary, "-server", address, "-model", fresh, "-onnx", str(classifier.onnx)
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "UNAUTHENTICATED MISSING_CREDENTIALS" in refused.stderr
+    assert "created" not in refused.stdout
+
+
+def test_go_example_speaks_mutual_tls_with_the_clis_options_and_variables(
+    register_binary: Path, mtls_token_controlplane: TlsTokenServer, classifier: Classifier
+) -> None:
+    tls = mtls_token_controlplane
+    model = f"go-{uuid.uuid4().hex[:8]}"
+    argv = ["-server", tls.server.address, "-model", model, "-onnx", str(classifier.onnx)]
+    token = tls.server.tokens["go-ci"]
+    by_flags = _register(
+        register_binary,
+        *argv,
+        "-token",
+        token,
+        "-tls-ca",
+        str(tls.ca),
+        "-tls-cert",
+        str(tls.client_cert),
+        "-tls-key",
+        str(tls.client_key),
+    )
+    assert by_flags.returncode == 0, by_flags.stdout + by_flags.stderr
+    assert f"registered models/{model}/versions/1" in by_flags.stdout
+    by_env = _register(
+        register_binary,
+        *argv,
+        MODELPLANE_TOKEN=token,
+        MODELPLANE_TLS_CA=str(tls.ca),
+        MODELPLANE_TLS_CERT=str(tls.client_cert),
+        MODELPLANE_TLS_KEY=str(tls.client_key),
+    )
+    assert by_env.returncode == 0, by_env.stdout + by_env.stderr
+    assert f"registered models/{model}/versions/2" in by_env.stdout
+    # Plaintext to a TLS server does not get an answer: unreachable (4), as the CLI says.
+    plain = _register(register_binary, *argv, "-timeout", "10s", MODELPLANE_TOKEN=token)
+    assert plain.returncode == 4, plain.stdout + plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["-as", "josé"], "error: -as: client: principal \"josé\" holds 'é' that gRPC metadata"),
+        (["-token", "tök-0123456789abcdef"], "error: -token: client: token holds a character"),
+        (["-tls-cert", "go.mod"], "error: -tls-cert and -tls-key: give both"),
+        (["-tls-ca", "go.mod"], "error: -tls-ca: go.mod holds no PEM certificate"),
+        (["-tls-ca", "nope.pem"], "error: -tls-ca: open nope.pem: no such file"),
+    ],
+    ids=["accented-as", "accented-token", "cert-without-key", "ca-not-pem", "ca-missing"],
+)
+def test_go_example_exits_2_on_a_principal_token_or_tls_file_it_cannot_use(
+    register_binary: Path, argv: list[str], says: str
+) -> None:
+    result = _register(
+        register_binary, "-server", "127.0.0.1:1", "-model", "m", "-onnx", "go.mod", *argv
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert "tök" not in result.stderr
     assert "usage: register" in result.stderr
 
 

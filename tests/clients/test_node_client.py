@@ -21,6 +21,7 @@ import pytest
 from modelplane import Client
 from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
 from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
 from tests.controlplane.test_auth_tls import _cert, _key, _write
 
 NODE = ROOT / "clients" / "node"
@@ -112,11 +113,30 @@ def test_npm_test_names_the_test_files_not_their_directory() -> None:
     assert run[2:] == ["dist/test/*.test.js"], script  # sh expands it; Node 21+ would too
 
 
+@pytest.fixture(scope="module")
+def token_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    """A control plane with access control (``--auth tokens:FILE``): a developer's token."""
+    server = start_token_server(tmp_path_factory.mktemp("tokens"), {"node-ci": (["developer"], [])})
+    yield server
+    server.cp.handle.stop(0)
+
+
+#: The variables the example reads its token and TLS files from, left out of the environment
+#: the harness runs it with unless a test sets them.
+CREDENTIAL_VARIABLES = (
+    "MODELPLANE_TOKEN",
+    "MODELPLANE_TLS_CA",
+    "MODELPLANE_TLS_CERT",
+    "MODELPLANE_TLS_KEY",
+)
+
+
 def _run(args: list[str], address: str, **env: str) -> subprocess.CompletedProcess[str]:
+    inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
     return subprocess.run(
         args,
         cwd=NODE,
-        env={**os.environ, "MODELPLANE_SERVER": address, **env},
+        env={**inherited, "MODELPLANE_SERVER": address, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -184,6 +204,82 @@ def test_example_registers_a_version_and_passes_an_unbound_gate(
         v2 = client.get_version(model, 2)
     assert v2.created_by == "ts-ci"
     assert dict(v2.labels) == {"source": "node-example"}
+
+
+def test_example_logs_in_with_a_token_from_modelplane_token_or_token(
+    node_built: None, token_controlplane: TokenServer, classifier: Classifier
+) -> None:
+    # As a CI job would run it against a control plane with access control: the token comes
+    # from MODELPLANE_TOKEN (as the CLI's does) or --token; it names the caller, not --as.
+    model = f"ts-{uuid.uuid4().hex[:8]}"
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(classifier.onnx)]
+    address, token = token_controlplane.address, token_controlplane.tokens["node-ci"]
+    first = _run(argv, address, MODELPLANE_TOKEN=token)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"created models/{model}" in first.stdout
+    assert "gate production: passed" in first.stdout
+    second = _run([*argv, "--token", token, "--as", "someone-else"], address)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"registered models/{model}/versions/2" in second.stdout
+    with token_controlplane.client("node-ci") as client:
+        assert client.get_version(model, 1).created_by == "node-ci"
+        assert client.get_version(model, 2).created_by == "node-ci"
+
+    fresh = f"ts-{uuid.uuid4().hex[:8]}"
+    refused = _run(
+        ["node", str(EXAMPLE), "--model", fresh, "--onnx", str(classifier.onnx)], address
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "UNAUTHENTICATED MISSING_CREDENTIALS" in refused.stderr
+    assert "created" not in refused.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--as", "josé"], 'error: --as: principal "josé" holds "é" that gRPC metadata cannot'),
+        (["--token", "tök-0123456789abcdef"], "error: --token: token holds a character"),
+        (["--tls-cert", "client.crt"], "error: --tls-cert and --tls-key: give both"),
+        (["--tls-ca", "package.json"], "error: --tls-ca: package.json holds no PEM block"),
+        (["--tls-ca", "nope.pem"], "error: --tls-ca: ENOENT"),
+    ],
+    ids=["accented-as", "accented-token", "cert-without-key", "ca-not-pem", "ca-missing"],
+)
+def test_example_exits_2_on_a_principal_token_or_tls_file_it_cannot_use(
+    node_built: None, argv: list[str], says: str
+) -> None:
+    result = _run(
+        ["node", str(EXAMPLE), "--model", "m", "--onnx", "package.json", *argv], "127.0.0.1:1"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert "tök" not in result.stderr
+    assert "usage: register-and-gate" in result.stderr
+
+
+def test_example_speaks_mutual_tls_with_the_clis_options_and_variables(
+    node_built: None, mtls_controlplane: MutualTls, classifier: Classifier
+) -> None:
+    model = f"ts-{uuid.uuid4().hex[:8]}"
+    address = mtls_controlplane.cp.address
+    argv = ["node", str(EXAMPLE), "--model", model, "--onnx", str(classifier.onnx)]
+    files = {
+        "--tls-ca": mtls_controlplane.ca,
+        "--tls-cert": mtls_controlplane.client_cert,
+        "--tls-key": mtls_controlplane.client_key,
+    }
+    by_flags = _run([*argv, *(a for kv in files.items() for a in map(str, kv))], address)
+    assert by_flags.returncode == 0, by_flags.stdout + by_flags.stderr
+    assert f"registered models/{model}/versions/1" in by_flags.stdout
+    by_env = _run(
+        argv,
+        address,
+        MODELPLANE_TLS_CA=str(mtls_controlplane.ca),
+        MODELPLANE_TLS_CERT=str(mtls_controlplane.client_cert),
+        MODELPLANE_TLS_KEY=str(mtls_controlplane.client_key),
+    )
+    assert by_env.returncode == 0, by_env.stdout + by_env.stderr
+    assert f"registered models/{model}/versions/2" in by_env.stdout
 
 
 @pytest.mark.parametrize("timeout", ["10.0005s", "30.3333", "2500.5ms"])

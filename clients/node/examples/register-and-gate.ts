@@ -3,27 +3,36 @@
  * written in TypeScript would:
  *
  *   node dist/examples/register-and-gate.js --server 127.0.0.1:50051 \
- *       --model fraud --onnx model.onnx --target production [--as ci-bot] [--timeout 90s]
+ *       --model fraud --onnx model.onnx --target production [--as ci-bot] [--timeout 90s] \
+ *       [--token TOKEN] [--tls-ca ca.pem | --tls] [--tls-cert me.pem --tls-key me.key]
  *
  * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
  * fails, 2 on a usage error (an unknown or missing option, a --server that is not HOST:PORT,
- * a --timeout that is not a duration) or an unreadable ONNX file (read before any call, so
- * nothing is created), 3 when the server answers an error (its status and reason are
- * printed), 4 when it cannot be reached or does not answer in time (UNAVAILABLE: refused,
- * reset, or a TLS handshake or certificate check that failed; DEADLINE_EXCEEDED: no answer
- * within --timeout), as the Go example and the `modelplane` CLI exit.
+ * a --timeout that is not a duration, an --as or --token that gRPC metadata cannot carry) or
+ * an unreadable ONNX or TLS file (read before any call, so nothing is created), 3 when the
+ * server answers an error (its status and reason are printed: UNAUTHENTICATED
+ * MISSING_CREDENTIALS from a control plane with access control when no token is given), 4
+ * when it cannot be reached or does not answer in time (UNAVAILABLE: refused, reset, or a TLS
+ * handshake or certificate check that failed; DEADLINE_EXCEEDED: no answer within --timeout),
+ * as the Go example and the `modelplane` CLI exit.
  *
  * --timeout (default 60s) bounds each call: seconds (`90`, `1.5`) or a duration (`90s`,
  * `500ms`, `2m`, `1h`); `0` is none; a fraction of a millisecond is rounded up.
+ *
+ * As the `modelplane` CLI: --token (default: env MODELPLANE_TOKEN) is the bearer token for a
+ * control plane with access control; --tls-ca FILE (env MODELPLANE_TLS_CA) connects with TLS
+ * trusting that PEM CA bundle, --tls with Node's default CAs; --tls-cert and --tls-key (env
+ * MODELPLANE_TLS_CERT, MODELPLANE_TLS_KEY) present a client certificate (mutual TLS).
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { Code } from "@connectrpc/connect";
-import { ModelplaneClient, ModelplaneError } from "../src/index.js";
+import { ModelplaneClient, ModelplaneError, type TlsOptions } from "../src/index.js";
 
 const USAGE =
   "usage: register-and-gate --model MODEL --onnx FILE [--server HOST:PORT] [--target NAME] " +
-  "[--as PRINCIPAL] [--timeout SECONDS|DURATION]";
+  "[--as PRINCIPAL] [--timeout SECONDS|DURATION] [--token TOKEN] [--tls-ca FILE | --tls] " +
+  "[--tls-cert FILE --tls-key FILE]";
 
 /** Milliseconds per unit of a --timeout; a bare number is seconds. */
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
@@ -58,7 +67,72 @@ const OPTIONS = {
   target: { type: "string", default: "production" },
   as: { type: "string", default: "ci" },
   timeout: { type: "string", default: "60s" },
+  token: { type: "string", default: process.env.MODELPLANE_TOKEN ?? "" },
+  "tls-ca": { type: "string", default: process.env.MODELPLANE_TLS_CA ?? "" },
+  "tls-cert": { type: "string", default: process.env.MODELPLANE_TLS_CERT ?? "" },
+  "tls-key": { type: "string", default: process.env.MODELPLANE_TLS_KEY ?? "" },
+  tls: { type: "boolean", default: false },
 } as const;
+
+/** The option a client refusal is about, by its `info.field` or its message. */
+function optionOf(err: ModelplaneError): string {
+  const byField: Record<string, string> = { principal: "--as", token: "--token" };
+  const field = byField[err.info.field ?? ""];
+  if (field) {
+    return field;
+  }
+  return err.rawMessage.startsWith("timeoutMs") ? "--timeout" : "--server";
+}
+
+/**
+ * The PEM contents of a TLS option's file, or a usage error naming the option when it cannot
+ * be read or holds no PEM block (Node would otherwise fail the handshake, reported as
+ * unreachable).
+ */
+async function pem(option: string, file: string): Promise<Buffer> {
+  let text: Buffer;
+  try {
+    text = await readFile(file);
+  } catch (err) {
+    throw new UsageError(`${option}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (!text.includes("-----BEGIN ")) {
+    throw new UsageError(`${option}: ${file} holds no PEM block`);
+  }
+  return text;
+}
+
+/** A mistake in the options, found before any call (exit 2). */
+class UsageError extends Error {}
+
+/**
+ * The TLS options for the TLS flags, as the `modelplane` CLI takes them: TLS when any is
+ * given, trusting --tls-ca (or Node's default CAs), presenting --tls-cert and --tls-key (given
+ * together) for mutual TLS; undefined (plaintext) when none is.
+ */
+async function tlsOptions(values: {
+  "tls-ca": string;
+  "tls-cert": string;
+  "tls-key": string;
+  tls: boolean;
+}): Promise<{ scheme?: "https"; tls?: TlsOptions }> {
+  const { "tls-ca": ca, "tls-cert": cert, "tls-key": key } = values;
+  if (!cert !== !key) {
+    throw new UsageError("--tls-cert and --tls-key: give both (mutual TLS) or neither");
+  }
+  if (!ca && !cert) {
+    return values.tls ? { scheme: "https" } : {};
+  }
+  const tls: TlsOptions = {};
+  if (ca) {
+    tls.ca = await pem("--tls-ca", ca);
+  }
+  if (cert) {
+    tls.cert = await pem("--tls-cert", cert);
+    tls.key = await pem("--tls-key", key);
+  }
+  return { tls };
+}
 
 async function main(): Promise<number> {
   let values;
@@ -81,15 +155,30 @@ async function main(): Promise<number> {
     );
     return 2;
   }
+  let transport;
+  try {
+    transport = await tlsOptions(values);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`error: ${err.message}\n${USAGE}`);
+      return 2;
+    }
+    throw err;
+  }
   let client: ModelplaneClient;
   try {
-    // Dials nothing; a malformed --server (no port, a port past 65535, spaces) or a --timeout
-    // past MAX_TIMEOUT_MS is refused here.
-    client = new ModelplaneClient(values.server, { principal: values.as, timeoutMs });
+    // Dials nothing; a malformed --server (no port, a port past 65535, spaces), a --timeout
+    // past MAX_TIMEOUT_MS, or an --as or --token that gRPC metadata cannot carry is refused
+    // here.
+    client = new ModelplaneClient(values.server, {
+      principal: values.as,
+      token: values.token,
+      timeoutMs,
+      ...transport,
+    });
   } catch (err) {
     if (err instanceof ModelplaneError && err.code === Code.InvalidArgument) {
-      const option = err.rawMessage.startsWith("timeoutMs") ? "--timeout" : "--server";
-      console.error(`error: ${option}: ${err.rawMessage}\n${USAGE}`);
+      console.error(`error: ${optionOf(err)}: ${err.rawMessage}\n${USAGE}`);
       return 2;
     }
     throw err;

@@ -2,19 +2,30 @@
 // it, as a CI job written in Go would:
 //
 //	go run ./examples/register -server 127.0.0.1:50051 -model fraud -onnx model.onnx \
-//	    -target production [-as ci-bot] [-timeout 90s]
+//	    -target production [-as ci-bot] [-timeout 90s] [-token TOKEN] \
+//	    [-tls-ca ca.pem | -tls] [-tls-cert me.pem -tls-key me.key]
 //
 // The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when
 // it fails, 2 on a usage error (a -server that is neither HOST:PORT nor a gRPC target such as
-// unix:///tmp/cp.sock or dns:///cp.internal:50051, a negative -timeout included) or an
-// unreadable file, 3 when the server answers an error (its status and reason are printed), 4
+// unix:///tmp/cp.sock or dns:///cp.internal:50051, a negative -timeout, an -as or -token that
+// gRPC metadata cannot carry included) or an unreadable file (the ONNX file or a TLS file), 3
+// when the server answers an error (its status and reason are printed: UNAUTHENTICATED
+// MISSING_CREDENTIALS from a control plane with access control when no token is given), 4
 // when it could not be reached or did not answer in time (UNAVAILABLE: unreachable, or too
 // busy to answer; DEADLINE_EXCEEDED: no answer within -timeout), as the `modelplane` CLI and
 // the Node example exit. -timeout (default 60s) bounds each call; 0 is none.
+//
+// As the `modelplane` CLI: -token (default: env MODELPLANE_TOKEN) is the bearer token for a
+// control plane with access control; -tls-ca FILE (env MODELPLANE_TLS_CA) connects with TLS
+// trusting that PEM CA bundle, -tls with the system's CAs; -tls-cert and -tls-key (env
+// MODELPLANE_TLS_CERT, MODELPLANE_TLS_KEY) present a client certificate (mutual TLS).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -22,7 +33,9 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/modelplane/modelplane/clients/go/client"
@@ -40,8 +53,14 @@ func run() int {
 	target := flag.String("target", "production", "gate target: an alias or deployments/NAME")
 	principal := flag.String("as", "ci", "principal named to a server without access control")
 	timeout := flag.Duration("timeout", client.DefaultTimeout, "deadline of each call (e.g. 90s, 5m); 0 is none")
+	token := flag.String("token", os.Getenv("MODELPLANE_TOKEN"), "bearer token (or JWT) for a server with access control (env MODELPLANE_TOKEN)")
+	tlsCA := flag.String("tls-ca", os.Getenv("MODELPLANE_TLS_CA"), "connect with TLS, trusting this PEM CA bundle (env MODELPLANE_TLS_CA)")
+	tlsCert := flag.String("tls-cert", os.Getenv("MODELPLANE_TLS_CERT"), "client certificate (PEM) for mutual TLS (env MODELPLANE_TLS_CERT)")
+	tlsKey := flag.String("tls-key", os.Getenv("MODELPLANE_TLS_KEY"), "private key (PEM) of -tls-cert (env MODELPLANE_TLS_KEY)")
+	systemTLS := flag.Bool("tls", false, "connect with TLS, trusting the system's CA certificates")
 	flag.Parse()
-	const usage = "usage: register -model MODEL -onnx FILE [-server HOST:PORT|TARGET] [-target T] [-as P] [-timeout D]"
+	const usage = "usage: register -model MODEL -onnx FILE [-server HOST:PORT|TARGET] [-target T] [-as P] [-timeout D] " +
+		"[-token TOKEN] [-tls-ca FILE | -tls] [-tls-cert FILE -tls-key FILE]"
 	if *model == "" || *onnxPath == "" {
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
@@ -64,8 +83,22 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 2
 	}
-	c, err := client.Dial(*server, client.Options{Principal: *principal, Timeout: callTimeout})
+	transport, err := tlsDialOptions(*tlsCA, *tlsCert, *tlsKey, *systemTLS)
 	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n%s\n", err, usage)
+		return 2
+	}
+	c, err := client.Dial(*server, client.Options{
+		Principal: *principal, Token: *token, Timeout: callTimeout, DialOptions: transport,
+	})
+	if err != nil {
+		// An -as or -token that gRPC metadata cannot carry is the caller's mistake (2).
+		var bad *client.MetadataError
+		if errors.As(err, &bad) {
+			flagOf := map[string]string{"principal": "-as", "token": "-token"}
+			fmt.Fprintf(os.Stderr, "error: %s: %v\n%s\n", flagOf[bad.Field], err, usage)
+			return 2
+		}
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 4
 	}
@@ -108,6 +141,39 @@ func run() int {
 	}
 	fmt.Printf("gate %s: failed\n", *target)
 	return 1
+}
+
+// tlsDialOptions are the dial options for the TLS flags, as the `modelplane` CLI takes them:
+// TLS when any is given, trusting caFile (or the system's CAs), presenting certFile and
+// keyFile (given together) for mutual TLS; none (plaintext) when none is. A file that cannot
+// be read or holds no PEM certificate or key is an error naming its flag.
+func tlsDialOptions(caFile, certFile, keyFile string, system bool) ([]grpc.DialOption, error) {
+	if caFile == "" && certFile == "" && keyFile == "" && !system {
+		return nil, nil
+	}
+	config := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-tls-ca: %s holds no PEM certificate", caFile)
+		}
+		config.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("-tls-cert and -tls-key: give both (mutual TLS) or neither")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert, -tls-key: %v", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(config))}, nil
 }
 
 func report(err error) int {
