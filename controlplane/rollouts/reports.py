@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from controlplane.domain.deployments import (
+    PAUSED,
     ArmSummary,
     Deployment,
     DriftSummary,
@@ -416,7 +417,8 @@ class ReportService:
         if failure is not None:
             return self._roll_back(tx, d, r, failure, evidence, "")
         fresh = replace(r, step_candidate_requests=evidence.step_candidate_requests)
-        if r.strategy in steps.OPEN_ENDED:
+        if r.strategy in steps.OPEN_ENDED or r.state == PAUSED:
+            # A paused step or phase never completes: it is judged as an open one is.
             return self._judge_open(tx, d, fresh, evidence, baselines)
         due = machine.due(fresh, tx.now, self.switch_seconds)
         if due is None:
@@ -451,7 +453,8 @@ class ReportService:
     def _judge_open(
         self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence, baselines: drift.Baselines
     ) -> bool:
-        """Roll an A/B or shadow rollout back when a guard fails over its phase so far (see
+        """Roll an A/B or shadow rollout, or a paused step or phase of another, back when a
+        guard fails over its phase or step so far (see
         :func:`controlplane.rollouts.steps.judge_open`); nothing else moves it."""
         verdict = steps.judge_open(
             tx,

@@ -34,7 +34,9 @@ phase, from the rollout's start or its last resume, is therefore judged the same
 report (:func:`judge_open`) once the version under test has answered or failed the rollout's
 ``min_requests`` requests there (for ``shadow``: copies compared or failed), each guard still
 needing ``guard_min_requests`` requests of every arm it reads: a guard that evaluates to false
-rolls the candidate back; guards that pass, or cannot be evaluated yet, change nothing.
+rolls the candidate back; guards that pass, or cannot be evaluated yet, change nothing. A paused
+canary step or blue/green phase, which does not complete while paused, is judged the same way
+(a pause keeps the step's sum), so that a failing candidate is rolled back while paused too.
 
 The champion is compared with its own requests in the step when it has enough; otherwise (the
 100% step, the blue/green watch, or a thin share) with its reference: the last window or step
@@ -139,9 +141,10 @@ def judge_open(
     scored: Callable[[ArmSummary | None], ArmSummary | None],
     not_loaded: Sequence[UnloadedCandidate] = (),
 ) -> StepVerdict | None:
-    """The verdict of ``r``'s effective guards on its A/B or shadow phase so far, once the
-    version under test has answered ``r.min_requests`` requests in it (None before): only a
-    failure counts, as these phases have no automatic end (see the module docstring)."""
+    """The verdict of ``r``'s effective guards on its A/B or shadow phase (or paused step or
+    phase) so far, once the version under test has answered ``r.min_requests`` requests in it
+    (None before): only a failure counts, as these have no automatic end (see the module
+    docstring)."""
     total = step_sum.current(tx, d, r)
     if _tested(total, r.phase) < max(r.min_requests, min_requests):
         return None

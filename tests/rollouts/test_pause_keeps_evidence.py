@@ -185,3 +185,40 @@ def test_a_paused_canary_step_keeps_its_sum_and_request_count_until_resumed(
     assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING
     assert d.rollout.evidence.step_candidate_requests == 100
     assert _kept_candidate_requests(store, dep) == 100
+
+
+@pytest.mark.parametrize(
+    ("strategy", "reported", "scope"),
+    [("canary", "ab", "step"), ("blue_green", "shadow", "phase")],
+)
+def test_a_failing_candidate_in_a_paused_step_is_rolled_back_over_the_step(
+    plane: Plane, tmp_path: Path, strategy: str, reported: str, scope: str
+) -> None:
+    """A paused canary step or blue/green phase never completes, so it is judged as an A/B
+    phase is: once the version under test has min_requests there, a guard failing over the
+    step so far rolls it back."""
+    c, _ = plane
+    dep, versions = deployed(c, tmp_path)
+    kw: dict[str, Any] = {"steps": [50, 100]} if strategy == "canary" else {}
+    c.start_rollout(
+        dep,
+        versions[1],
+        strategy=strategy,
+        step_duration=3600,
+        min_requests=MIN_REQUESTS,
+        **kw,
+    )
+    side = Sidecar(c, dep)
+    for _ in range(3):
+        _failing(side, reported)
+    c.pause_rollout(dep, reason="look")
+    _failing(side, reported)
+    assert _state(c, dep) == pb.ROLLOUT_STATE_PAUSED
+    _failing(side, reported)
+    d = c.get_deployment(dep)
+    assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK, d.rollout.reason
+    assert d.rollout.reason.startswith(f"guard failed over the {scope}: "), d.rollout.reason
+    ev = d.rollout.evidence
+    tested = ev.shadow.errors if reported == "shadow" else ev.candidate.errors
+    assert tested == MIN_REQUESTS
+    assert _actions(c, dep) == ["started", "paused", "rolled_back"]
