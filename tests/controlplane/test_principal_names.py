@@ -132,3 +132,29 @@ def test_with_access_control_the_token_names_the_caller_whatever_principal_is_se
         assert reason_of(refused.value) == "MISSING_CREDENTIALS"
     finally:
         server.cp.handle.stop(0)
+
+
+@pytest.mark.parametrize("name", ["john doe", "josé", "a" * 129])
+def test_the_cli_refuses_a_principal_name_before_sending_it(
+    name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelplane.cli import main
+
+    assert main(["--server", "127.0.0.1:1", "--as", name, "models", "list"]) == 2
+    assert f"is not a principal name ({RULE})" in capsys.readouterr().err
+    monkeypatch.setenv("MODELPLANE_PRINCIPAL", name)
+    assert main(["--server", "127.0.0.1:1", "models", "list"]) == 2
+    assert f"is not a principal name ({RULE})" in capsys.readouterr().err
+
+
+def test_an_os_user_that_is_no_principal_name_is_anonymous(
+    open_cp: RunningControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelplane.cli import main
+
+    monkeypatch.delenv("MODELPLANE_PRINCIPAL", raising=False)
+    monkeypatch.setattr("getpass.getuser", lambda: "john doe")
+    name = unique()
+    assert main(["--server", open_cp.address, "models", "create", name]) == 0
+    with open_cp.client() as c:
+        assert c.get_model(name).created_by == "anonymous"

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelplane.ids import is_principal
+
 #: Metadata key in which clients name themselves while access control is off.
 PRINCIPAL_METADATA_KEY = "x-modelplane-principal"
 #: Metadata key carrying a caller-chosen request id for log correlation.
@@ -22,9 +24,6 @@ _TRACEPARENT = re.compile(
 )
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_PARENT_ID = "0" * 16
-_PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
-#: What :func:`clean_principal` accepts, in words, for error messages.
-PRINCIPAL_RULE = "1-128 letters, digits and ._@:+-"
 #: Names the server itself acts under (automatic rollout moves, work outside any call): no
 #: credentials may prove them, in any case (without access control callers name themselves,
 #: and any name proves nothing).
@@ -116,9 +115,7 @@ def trace_id_from(traceparent: str | None) -> str:
 def clean_principal(name: str | None) -> str | None:
     """``name`` when it is a usable principal name (the whole of it: a trailing newline is
     not), else None."""
-    if name and _PRINCIPAL.fullmatch(name):
-        return name
-    return None
+    return name if is_principal(name) else None
 
 
 def reserved_principal(name: str) -> bool:

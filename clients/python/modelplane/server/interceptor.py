@@ -19,9 +19,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from modelplane.errors import Internal, InvalidArgument, ModelplaneError, to_grpc_status
+from modelplane.ids import PRINCIPAL_RULE
 from modelplane.server.context import (
     PRINCIPAL_METADATA_KEY,
-    PRINCIPAL_RULE,
     REQUEST_ID_METADATA_KEY,
     TRACEPARENT_METADATA_KEY,
     RequestContext,
