@@ -10,7 +10,8 @@
   positive denominator and an r2 near ``-1e37`` instead of "undefined".
 
 A metric whose value exceeds float64 (errors near 1e308) is None with a ``METRIC_OVERFLOW``
-warning.
+warning. Values of any magnitude are computed as if they were near 1 (see
+:func:`regression_metrics`), so labels near 1e-170, whose squares underflow, lose nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def regression_metrics(
 ) -> tuple[dict[str, float | None], list[EvaluationWarning]]:
     """The regression metrics of the module docstring for finite float64 ``y`` and ``pred``.
 
-    They are computed on values divided by a power of two that brings the largest below 2
-    (exact: only exponents change), so that squares and sums of labels as large as 1e200 do
-    not overflow; a metric whose value itself is beyond float64 is None with a
-    ``METRIC_OVERFLOW`` warning."""
-    scale = _power_of_two_above(max(float(np.max(np.abs(y))), float(np.max(np.abs(pred)))))
+    They are computed on values divided by the power of two that brings the largest into
+    [1, 2) (exact: only exponents change), so that squares and sums of labels as large as
+    1e200 do not overflow and those of labels as small as 1e-170 do not underflow to zero; a
+    metric whose value itself is beyond float64 is None with a ``METRIC_OVERFLOW`` warning."""
+    scale = _power_of_two_scale(max(float(np.max(np.abs(y))), float(np.max(np.abs(pred)))))
     ys = y / scale
     err = ys - pred / scale
     abs_err = np.abs(err)
@@ -85,10 +86,13 @@ def _mape(y: np.ndarray, pred: np.ndarray, abs_err: np.ndarray, ys: np.ndarray) 
     return float(np.mean(ratio))
 
 
-def _power_of_two_above(largest: float) -> float:
-    """The power of two that divides values up to ``largest`` into (-2, 2); 1 for values that
-    are already there, so that ordinary data is computed unscaled."""
-    if largest < 2.0:
+def _power_of_two_scale(largest: float) -> float:
+    """The power of two that brings ``largest`` into [1, 2) when divided by it; 1 for values
+    already there and for zero. Scaling up is exact; scaling down loses bits only of values
+    over 2**1021 times smaller than the largest. Float rounding does not depend on powers of
+    two, so scaled data gives the metrics of the unscaled data wherever those did not
+    underflow or overflow."""
+    if largest == 0.0 or 1.0 <= largest < 2.0:
         return 1.0
     _, exponent = np.frexp(largest)  # largest = m * 2**exponent with 0.5 <= m < 1
     return float(np.ldexp(1.0, int(exponent) - 1))

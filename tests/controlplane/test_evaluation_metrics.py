@@ -202,6 +202,25 @@ def test_regression_metrics_of_huge_values_do_not_overflow(magnitude: float) -> 
     assert got["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y_unit, pred_unit))
 
 
+@pytest.mark.parametrize("exponent", [-565, -1000, -1060])
+def test_regression_metrics_of_tiny_values_do_not_underflow(exponent: int) -> None:
+    """Labels near 1e-170 (2**-565), 1e-301 and subnormal 1e-319, whose squares underflow:
+    sklearn on the same values times 2**-exponent (exact) is the reference."""
+    rng = np.random.default_rng(6)
+    y = np.ldexp(rng.normal(0, 1, size=300), exponent)
+    pred = np.ldexp(rng.normal(0, 1, size=300), exponent)
+    got, warnings = regression_metrics(y, pred)
+    assert warnings == []
+    y_unit, pred_unit = np.ldexp(y, -exponent), np.ldexp(pred, -exponent)
+    scale = float(np.ldexp(1.0, exponent))
+    # Only figures in the subnormal range round to fewer digits.
+    rel = 1e-6 if exponent > -1000 else 1e-3
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(y_unit, pred_unit) * scale, rel)
+    rmse = np.sqrt(skm.mean_squared_error(y_unit, pred_unit))
+    assert got["rmse"] == pytest.approx(rmse * scale, rel)
+    assert got["r2"] == pytest.approx(skm.r2_score(y_unit, pred_unit))
+
+
 def test_a_metric_beyond_float64_is_none_with_a_warning() -> None:
     y = np.array([1.7e308, -1.7e308, 1.0, 2.0])
     got, warnings = regression_metrics(y, -y)
