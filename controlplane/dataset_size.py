@@ -55,7 +55,8 @@ class _Counter:
 
     def add(self, rows: int, columns: int, exact: bool = True) -> None:
         self.rows += rows
-        more = "" if exact else "more than "
+        # Counting stops at the batch that passes a limit: the rows after it were not read.
+        more = "" if exact else "at least "
         limits = self.limits
         if self.rows > limits.max_rows:
             raise limits.refusal(
@@ -84,10 +85,11 @@ def check_dataset_size(
     """Refuse (RESOURCE_EXHAUSTED, reason DATASET_TOO_LARGE) a dataset of more than
     ``max_rows`` rows or ``max_cells`` rows x columns. The message reads "{dataset} has N rows;
     this server {serves} datasets of at most M rows (setting S); {advice}, or raise the
-    limit", ``settings`` naming the two limits; ``metadata`` is added to its ErrorInfo (with
-    ``limit`` and ``setting``). Content that cannot be read is left to the reader to refuse,
-    except a CSV that turns unreadable after its first rows: INVALID_ARGUMENT
-    (INVALID_DATASET)."""
+    limit" ("at least N rows" for an Arrow stream or a CSV, counted only up to the batch that
+    passes the limit), ``settings`` naming the two limits; ``metadata`` is added to its
+    ErrorInfo (with ``limit`` and ``setting``). Content that cannot be read is left to the
+    reader to refuse, except a CSV that turns unreadable after its first rows:
+    INVALID_ARGUMENT (INVALID_DATASET)."""
     limits = _Limits(max_rows, max_cells, settings, dataset, serves, advice, metadata or {})
     counter = _Counter(limits)
     fmt = detect_format(data)

@@ -75,6 +75,18 @@ def test_dataset_size_is_read_before_the_data(fmt: str) -> None:
     assert cells.value.reason == "DATASET_TOO_LARGE" and "setting C" in cells.value.message
 
 
+@pytest.mark.parametrize(
+    ("fmt", "counted"), [("parquet", "has 1,001 rows"), ("csv", "has at least 1,001 rows")]
+)
+def test_the_refusal_says_how_many_rows_were_counted(fmt: str, counted: str) -> None:
+    """Parquet gives its row count; a CSV is counted until it passes the limit, so the count is
+    a lower bound, and here the whole file: it holds exactly 1,001 rows."""
+    table = pa.table({"x": np.arange(1001), "y": np.zeros(1001, np.int64)})
+    with pytest.raises(ResourceExhausted) as err:
+        check_dataset_size(_bytes(table, fmt), max_rows=1000, max_cells=10**9)
+    assert counted in err.value.message and "more than" not in err.value.message
+
+
 def test_a_dataset_over_the_limits_is_refused(tmp_path: Path, trained_model: TrainedModel) -> None:
     # A few kilobytes of Parquet that would expand to many rows.
     big = tmp_path / "big.parquet"
