@@ -25,6 +25,7 @@ from controlplane.evaluation._model import (
     session_signature,
 )
 from controlplane.evaluation._predict import (
+    INFERENCE_SHARE,
     RunControl,
     probabilities,
     resolve_classes,
@@ -37,10 +38,46 @@ from modelplane.profiles import BaselineProfile, check_unique_columns, read_tabl
 
 TASKS = ("classification", "regression")
 MAX_SLICES = 50
-DEFAULT_CHUNK_ROWS = 65_536
+#: Rows per model run when the caller chooses none: a tenth of the dataset (:data:`CHUNKS`
+#: runs), so that progress moves in steps and a stop is seen between runs, but at least
+#: MIN_CHUNK_ROWS (each run has a fixed cost) and at most MAX_CHUNK_ROWS (memory).
+CHUNKS = 10
+MIN_CHUNK_ROWS = 1_024
+MAX_CHUNK_ROWS = 65_536
 
 MetricResult = tuple[dict[str, float | None], list[EvaluationWarning]]
 Metrics = Callable[[np.ndarray, str], MetricResult]
+
+
+def chunk_rows_for(rows: int) -> int:
+    """The rows per model run for a dataset of ``rows`` rows (see :data:`CHUNKS`)."""
+    return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, -(-rows // CHUNKS)))
+
+
+class _Steps:
+    """The metrics' share of the progress, after the model run's: one step per pass over the
+    rows (the overall metrics, each protected attribute, each slice column). :meth:`check`,
+    called between groups, ends the evaluation as soon as ``control`` is stopped."""
+
+    def __init__(
+        self, total: int, progress: Callable[[float], None] | None, control: RunControl | None
+    ) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+        self.control = control
+
+    def check(self) -> None:
+        """Raise why the evaluation was stopped, if it was."""
+        if self.control is not None:
+            self.control.check()
+
+    def step(self) -> None:
+        """One pass done: check, and report progress short of 1 (the end reports that)."""
+        self.done += 1
+        self.check()
+        if self.progress is not None and self.done < self.total:
+            self.progress(INFERENCE_SHARE + (1.0 - INFERENCE_SHARE) * self.done / self.total)
 
 
 def _require_columns(
@@ -48,7 +85,8 @@ def _require_columns(
 ) -> None:
     check_unique_columns(table)
     columns = table.column_names
-    if label not in columns:
+    present = set(columns)
+    if label not in present:
         raise invalid(
             "MISSING_LABEL_COLUMN",
             f"label column {label!r} is not in the dataset (columns: {columns})",
@@ -58,7 +96,7 @@ def _require_columns(
         (slices, "MISSING_SLICE_COLUMN", "slice"),
         (protected, "MISSING_PROTECTED_COLUMN", "protected attribute"),
     ):
-        absent = [n for n in names if n not in columns]
+        absent = [n for n in names if n not in present]
         if absent:
             raise invalid(
                 reason,
@@ -85,9 +123,11 @@ def _slices(
     metrics: Metrics,
     limit: int,
     warnings: list[EvaluationWarning],
+    steps: _Steps,
 ) -> dict[str, list[SliceReport]]:
     out: dict[str, list[SliceReport]] = {}
     for column in columns:
+        steps.check()
         groups, pooled = cap_groups(_groups(table, column, "INVALID_SLICE_COLUMN"), limit)
         if pooled:
             warnings.append(
@@ -100,10 +140,12 @@ def _slices(
             )
         reports = []
         for value, rows in zip(groups.names, groups.rows, strict=True):
+            steps.check()
             values, found = metrics(rows, f"slice:{column}={value}")
             warnings.extend(found)
             reports.append(SliceReport(column, value, len(rows), values))
         out[column] = reports
+        steps.step()
     return out
 
 
@@ -144,9 +186,11 @@ def _fairness(
     positive: str,
     limit: int,
     warnings: list[EvaluationWarning],
+    steps: _Steps,
 ) -> dict[str, FairnessReport]:
     out = {}
     for name in protected:
+        steps.check()
         groups = _groups(table, name, "INVALID_PROTECTED_COLUMN")
         if len(groups.names) > limit:
             raise invalid(
@@ -155,9 +199,10 @@ def _fairness(
                 "bucket it into a few groups first",
                 column=name,
             )
-        report = fairness_report(name, groups, y_pos, pred_pos, positive)
+        report = fairness_report(name, groups, y_pos, pred_pos, positive, steps.check)
         warnings.extend(report.warnings)
         out[name] = report
+        steps.step()
     return out
 
 
@@ -180,7 +225,7 @@ def evaluate(
     output: str | None = None,
     thresholds: ValidationThresholds | None = None,
     max_slices: int = MAX_SLICES,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     threads: int = 0,
     control: RunControl | None = None,
 ) -> EvaluationReport:
@@ -199,14 +244,17 @@ def evaluate(
     and the rest pool into ``<other>`` (with a SLICES_POOLED warning). A ``protected`` column
     with more than ``max_slices`` values is refused (TOO_MANY_GROUPS): pooling would hide
     disparities.
-    ``progress`` is called with fractions of work done (0 to 1,
-    non-decreasing, 1 at the end); an exception it raises aborts the evaluation. ``control``
-    stops it from another thread, a model run in progress included (see :class:`RunControl`).
-    Bad input raises ``InvalidArgument`` with an UPPER_SNAKE reason.
+    The model runs over ``chunk_rows`` rows at a time (None: :func:`chunk_rows_for`).
+    ``progress`` is called with fractions of work done (0 to 1, non-decreasing, 1 at the end):
+    after each model run, and after the overall metrics, each protected attribute and each
+    slice column; an exception it raises aborts the evaluation. ``control`` stops it from
+    another thread: a model run in progress, and between model runs, validated features,
+    slices and fairness groups (see :class:`RunControl`). Bad input raises ``InvalidArgument``
+    with an UPPER_SNAKE reason.
     """
     if task is not None and task not in TASKS:
         raise invalid("INVALID_TASK", f"task must be one of {TASKS}, not {task!r}", task=task)
-    if chunk_rows < 1 or max_slices < 2:
+    if (chunk_rows is not None and chunk_rows < 1) or max_slices < 2:
         raise invalid("INVALID_ARGUMENT", "chunk_rows must be >= 1 and max_slices >= 2")
     digest = None
     if isinstance(table, bytes | bytearray | memoryview):
@@ -242,10 +290,12 @@ def evaluate(
         known_columns=known,
         baseline=baseline,
         thresholds=thresholds or ValidationThresholds(),
+        checkpoint=control.check if control is not None else None,
     )
     label_column = table.column(label)
     y_reg = regression_targets(label_column, label) if plan.task == "regression" else None
-    raw = run_chunks(session, inputs, plan, table, chunk_rows, progress, control)
+    per_run = chunk_rows or chunk_rows_for(table.num_rows)
+    raw = run_chunks(session, inputs, plan, table, per_run, progress, control)
     resolved = plan.task
     if resolved is None:
         resolved = "classification" if raw.scores.ndim == 2 and raw.scores.shape[1] > 1 else None
@@ -269,6 +319,7 @@ def evaluate(
             )
         )
     fairness: dict[str, FairnessReport] = {}
+    steps = _Steps(1 + len(protected) + len(slices), progress, control)
     if positive_class is not None and resolved == "regression":
         raise _positive_needs_binary("this is a regression")
     if resolved == "regression":
@@ -316,10 +367,13 @@ def evaluate(
                 str(positive_value),
                 max_slices,
                 warnings,
+                steps,
             )
+    steps.check()
     overall, found = metrics(np.arange(table.num_rows), "overall")
     warnings[:0] = found
-    slice_reports = _slices(table, slices, metrics, max_slices, warnings)
+    steps.step()
+    slice_reports = _slices(table, slices, metrics, max_slices, warnings, steps)
     report = EvaluationReport(
         task=resolved,
         rows=table.num_rows,

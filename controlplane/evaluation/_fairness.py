@@ -20,6 +20,7 @@ about (``GROUP_TOO_SMALL``): its figures stay in the report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,12 +97,17 @@ def fairness_report(
     y_positive: np.ndarray,
     pred_positive: np.ndarray,
     positive_class: str,
+    checkpoint: Callable[[], None] | None = None,
 ) -> FairnessReport:
-    """Group rates and disparities for boolean truth and prediction masks of the positive class."""
+    """Group rates and disparities for boolean truth and prediction masks of the positive class;
+    ``checkpoint`` is called before each group, and what it raises ends the computation (an
+    evaluation being stopped)."""
     scope = f"fairness:{attribute}"
     warnings: list[EvaluationWarning] = []
     per_group = []
     for name, rows in zip(groups.names, groups.rows, strict=True):
+        if checkpoint is not None:
+            checkpoint()
         yt = y_positive[rows]
         yp = pred_positive[rows]
         n_pos = int(np.count_nonzero(yt))

@@ -35,6 +35,9 @@ from controlplane.evaluation._model import ModelGraph, OutputPlan, observed_clas
 
 #: Share of the progress scale that inference covers; the metrics take the rest.
 INFERENCE_SHARE = 0.9
+#: Rows turned into model inputs at once (rounded down to whole model runs): a model run of
+#: fewer rows reads a slice of them, so that small runs do not convert each column again.
+FEED_ROWS = 65_536
 #: How far outside [0, 1] a score may stray and still count as a probability (float rounding).
 _PROBABILITY_SLACK = 1e-6
 #: How far from 1 a row of probabilities may sum before the report warns about it.
@@ -92,39 +95,54 @@ def run_chunks(
     progress: Callable[[float], None] | None,
     control: RunControl | None = None,
 ) -> RawOutputs:
-    """Run the model over ``table`` in chunks of ``chunk_rows`` rows, reporting progress;
-    ``control`` can stop it, a model run in progress included."""
+    """Run the model over ``table`` in runs of ``chunk_rows`` rows, reporting progress after
+    each; ``control`` can stop it, a model run in progress included."""
     names = [outputs.score] + ([outputs.label] if outputs.label else [])
     scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     total = table.num_rows
-    for start in range(0, total, chunk_rows):
+    block_rows = max(FEED_ROWS // chunk_rows, 1) * chunk_rows
+    for block_start in range(0, total, block_rows):
         if control is not None:
             control.check()
-        chunk = table.slice(start, chunk_rows)
-        feeds = build_feeds(inputs, chunk)
-        try:
-            result = session.run(names, feeds, control.run_options if control else None)
-        except Exception as err:
+        block = build_feeds(inputs, table.slice(block_start, block_rows))
+        block_len = min(block_rows, total - block_start)
+        for offset in range(0, block_len, chunk_rows):
             if control is not None:
                 control.check()
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise invalid(
-                "MODEL_RUN_FAILED", f"the model failed on rows {start}+: {first}"
-            ) from None
-        for name, value in zip(names, result, strict=True):
-            if not isinstance(value, np.ndarray) or value.shape[:1] != (chunk.num_rows,):
-                raise invalid(
-                    "UNUSABLE_MODEL_OUTPUT",
-                    f"output {name!r} did not give one entry per row for {chunk.num_rows} rows",
-                    output=name,
-                )
-        scores.append(np.asarray(result[0], dtype=np.float64))
-        if outputs.label:
-            labels.append(np.asarray(result[1]).reshape(-1))
-        if progress is not None:
-            progress(INFERENCE_SHARE * min(start + chunk.num_rows, total) / total)
+            rows = min(chunk_rows, block_len - offset)
+            feeds = {k: v[offset : offset + rows] for k, v in block.items()}
+            result = _run(session, names, feeds, control, block_start + offset)
+            for name, value in zip(names, result, strict=True):
+                if not isinstance(value, np.ndarray) or value.shape[:1] != (rows,):
+                    raise invalid(
+                        "UNUSABLE_MODEL_OUTPUT",
+                        f"output {name!r} did not give one entry per row for {rows} rows",
+                        output=name,
+                    )
+            scores.append(np.asarray(result[0], dtype=np.float64))
+            if outputs.label:
+                labels.append(np.asarray(result[1]).reshape(-1))
+            if progress is not None:
+                progress(INFERENCE_SHARE * (block_start + offset + rows) / total)
     return RawOutputs(np.concatenate(scores), np.concatenate(labels) if labels else None)
+
+
+def _run(
+    session: ort.InferenceSession,
+    names: list[str],
+    feeds: dict[str, np.ndarray],
+    control: RunControl | None,
+    start: int,
+) -> list[Any]:
+    """One model run over the rows from ``start``; MODEL_RUN_FAILED unless it was stopped."""
+    try:
+        return session.run(names, feeds, control.run_options if control else None)
+    except Exception as err:
+        if control is not None:
+            control.check()
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise invalid("MODEL_RUN_FAILED", f"the model failed on rows {start}+: {first}") from None
 
 
 def _unusable(name: str, why: str) -> Exception:

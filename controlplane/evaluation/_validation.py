@@ -19,7 +19,7 @@ Extra columns never fail it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -135,22 +135,30 @@ def validate(
     known_columns: Sequence[str],
     baseline: BaselineProfile | None,
     thresholds: ValidationThresholds,
+    checkpoint: Callable[[], None] | None = None,
 ) -> ValidationReport:
     """Check ``features`` of a non-empty ``table`` against ``baseline`` (see the module doc).
 
     ``known_columns`` are the label, slice and protected columns, never reported as extra.
+    ``checkpoint`` is called before each feature; what it raises ends the validation (an
+    evaluation being stopped).
     """
     expected = list(features)
     if baseline is not None:
-        expected += [n for n in baseline.feature_names if n not in expected]
+        wanted = set(expected)
+        expected += [n for n in baseline.feature_names if n not in wanted]
     columns = table.column_names
-    missing_columns = [n for n in expected if n not in columns]
-    extra = [c for c in columns if c not in expected and c not in known_columns]
+    present = set(columns)
+    skipped = set(expected) | set(known_columns)
+    missing_columns = [n for n in expected if n not in present]
+    extra = [c for c in columns if c not in skipped]
     failures = [f"column {n!r} is missing" for n in missing_columns]
     changes: list[dict[str, str]] = []
     checks: dict[str, FeatureCheck] = {}
     limits = thresholds
-    for name in (n for n in expected if n in columns):
+    for name in (n for n in expected if n in present):
+        if checkpoint is not None:
+            checkpoint()
         column = table.column(name)
         kind = _kind(column.type)
         ref = None

@@ -3,14 +3,16 @@ report as an Evaluation of the version, with deltas against the version an alias
 
 Each replica holds at most ``queue_size`` evaluations (running or waiting for a worker; one
 cancelled while it waits leaves the queue at once); an evaluation runs for at most
-``timeout_seconds`` and then fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT), a model run in
-progress included. A cancelled operation, or one another replica failed, stops its work and
-stores nothing: the Evaluation is stored in the transaction that finishes the operation, only
-while this replica still holds it.
+``timeout_seconds`` and then fails with DEADLINE_EXCEEDED (EVALUATION_TIMEOUT), whatever it is
+doing then (a model run, or the metrics of its slices and protected groups). A cancelled
+operation, or one another replica failed, stops its work as promptly and stores nothing: the
+Evaluation is stored in the transaction that finishes the operation, only while this replica
+still holds it.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +58,7 @@ DEFAULT_COMPARE_TO = "champion"
 NO_COMPARISON = ("-", "none")
 TASKS = ("classification", "regression")
 MAX_COLUMNS = 10_000
-#: Progress is written at most once per this fraction of the work.
+#: Progress is written when it enters a new step of this fraction of the work (and at the end).
 PROGRESS_STEP = 0.1
 
 ResultEncoder = Callable[[Evaluation], tuple[str, bytes]]
@@ -353,7 +355,9 @@ class EvaluationService:
                 raise _Stopped
             control.check()
             done = lo + (hi - lo) * fraction
-            if done - last[0] >= PROGRESS_STEP or (fraction >= 1.0 and done > last[0]):
+            if _progress_step(done) > _progress_step(last[0]) or (
+                fraction >= 1.0 and done > last[0]
+            ):
                 last[0] = done
                 self.operations.progress(ctx, op_id, done, "evaluating")
 
@@ -570,8 +574,8 @@ class EvaluationService:
         """Stop taking work, end the operations of the evaluations this replica holds (running
         or waiting for a worker) with ABORTED (REPLICA_LOST, the replica was stopped) in one
         transaction, so that their callers learn at once, and stop their work (a model run in
-        progress included). Operations it cannot end (the database away) are left to lease
-        expiry."""
+        progress, or metrics, included) before returning. Operations it cannot end (the
+        database away) are left to lease expiry."""
         self._stopping.set()
         self.leases.stop()
         try:
@@ -619,6 +623,11 @@ class EvaluationService:
 
 class _Stopped(Exception):
     """Raised from a progress report when the server is stopping."""
+
+
+def _progress_step(done: float) -> int:
+    """Which step of :data:`PROGRESS_STEP` ``done`` is in (0.3 is in step 3, not 2.999...)."""
+    return math.floor(done / PROGRESS_STEP + 1e-9)
 
 
 def same_framing(stored: dict[str, Any], report: dict[str, Any]) -> bool:
