@@ -102,14 +102,13 @@ func (f *fakeRegistry) CreateModelVersion(
 	}, nil
 }
 
-// serve starts an in-process server with the fakes and dials it with opts.
-func serve(t *testing.T, blobs *fakeBlobs, registry *fakeRegistry, opts Options) *Client {
+// dialInProcess starts an in-process server with the services register adds and dials it
+// with opts; both are closed when the test ends.
+func dialInProcess(t *testing.T, opts Options, register func(*grpc.Server)) *Client {
 	t.Helper()
-	blobs.release = make(chan struct{})
 	listener := bufconn.Listen(1 << 20)
 	server := grpc.NewServer()
-	modelplanev1.RegisterBlobServiceServer(server, blobs)
-	modelplanev1.RegisterRegistryServiceServer(server, registry)
+	register(server)
 	go server.Serve(listener)
 	opts.DialOptions = []grpc.DialOption{
 		grpc.WithInsecure(),
@@ -119,13 +118,26 @@ func serve(t *testing.T, blobs *fakeBlobs, registry *fakeRegistry, opts Options)
 	}
 	c, err := Dial("bufconn", opts)
 	if err != nil {
+		server.Stop()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		close(blobs.release)
 		c.Close()
 		server.Stop()
 	})
+	return c
+}
+
+// serve starts an in-process server with the fakes and dials it with opts.
+func serve(t *testing.T, blobs *fakeBlobs, registry *fakeRegistry, opts Options) *Client {
+	t.Helper()
+	blobs.release = make(chan struct{})
+	c := dialInProcess(t, opts, func(server *grpc.Server) {
+		modelplanev1.RegisterBlobServiceServer(server, blobs)
+		modelplanev1.RegisterRegistryServiceServer(server, registry)
+	})
+	// Runs before the server stops (cleanups run last first): held uploads end.
+	t.Cleanup(func() { close(blobs.release) })
 	return c
 }
 

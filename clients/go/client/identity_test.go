@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 
@@ -11,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	modelplanev1 "github.com/modelplane/modelplane/clients/go/modelplane/v1"
 )
@@ -77,24 +75,11 @@ func (r *recordingRegistry) GetModel(
 // sentMetadata is the metadata a GetModel from a client dialled with opts arrives with.
 func sentMetadata(t *testing.T, opts Options) metadata.MD {
 	t.Helper()
-	listener := bufconn.Listen(1 << 20)
-	server := grpc.NewServer()
 	registry := &recordingRegistry{seen: make(chan metadata.MD, 1)}
-	modelplanev1.RegisterRegistryServiceServer(server, registry)
-	go server.Serve(listener)
-	defer server.Stop()
-	opts.DialOptions = []grpc.DialOption{
-		grpc.WithInsecure(),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			return listener.Dial()
-		}),
-	}
-	c, err := Dial("bufconn", opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, err = c.Registry.GetModel(context.Background(), &modelplanev1.GetModelRequest{Name: "models/x"})
+	c := dialInProcess(t, opts, func(server *grpc.Server) {
+		modelplanev1.RegisterRegistryServiceServer(server, registry)
+	})
+	_, err := c.Registry.GetModel(context.Background(), &modelplanev1.GetModelRequest{Name: "models/x"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("GetModel: %v, want NotFound", err)
 	}

@@ -4,11 +4,11 @@
  * 20 ms, so that a deadline that fires at once is seen as DEADLINE_EXCEEDED).
  */
 import assert from "node:assert/strict";
-import { createServer, type Http2Server, type IncomingHttpHeaders } from "node:http2";
-import type { AddressInfo } from "node:net";
+import type { IncomingHttpHeaders } from "node:http2";
 import { after, before, describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { ModelplaneClient, ModelplaneError } from "../src/index.js";
+import { type RecordingServer, startRecordingServer } from "./recording-server.js";
 
 /** The longest delay Node's timers keep (a longer one fires after 1 ms). */
 const MAX_TIMEOUT_MS = 2 ** 31 - 1;
@@ -26,31 +26,15 @@ function deadlineMs(headers: IncomingHttpHeaders): number | undefined {
 }
 
 describe("the deadline of unary calls", () => {
-  let server: Http2Server;
+  let server: RecordingServer;
   let address: string;
-  const seen: IncomingHttpHeaders[] = [];
+  let seen: IncomingHttpHeaders[];
 
   before(async () => {
-    server = createServer();
-    server.on("stream", (stream, headers) => {
-      seen.push(headers);
-      stream.respond(
-        { ":status": 200, "content-type": "application/grpc" },
-        { waitForTrailers: true },
-      );
-      stream.on("wantTrailers", () => {
-        stream.sendTrailers({ "grpc-status": "12", "grpc-message": "not here" });
-      });
-      stream.resume();
-      stream.on("end", () => setTimeout(() => stream.end(), 20));
-      stream.on("error", () => {}); // a call whose deadline fired first resets its stream
-    });
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    server = await startRecordingServer(20);
+    ({ address, seen } = server);
   });
-  after(() => {
-    server.close();
-  });
+  after(() => server.close());
 
   async function sentDeadline(
     client: ModelplaneClient,

@@ -7,11 +7,11 @@
  * headers. No control plane needed.
  */
 import assert from "node:assert/strict";
-import { createServer, type Http2Server, type IncomingHttpHeaders } from "node:http2";
-import type { AddressInfo } from "node:net";
+import type { IncomingHttpHeaders } from "node:http2";
 import { after, before, describe, test } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { ModelplaneClient, ModelplaneError, type ClientOptions } from "../src/index.js";
+import { type RecordingServer, startRecordingServer } from "./recording-server.js";
 
 function refused(options: ClientOptions, field: string): ModelplaneError {
   let caught: unknown;
@@ -53,30 +53,15 @@ test("a token gRPC metadata cannot carry is refused without showing it", () => {
 });
 
 describe("the identity metadata sent", () => {
-  let server: Http2Server;
+  let server: RecordingServer;
   let address: string;
-  const seen: IncomingHttpHeaders[] = [];
+  let seen: IncomingHttpHeaders[];
 
   before(async () => {
-    server = createServer();
-    server.on("stream", (stream, headers) => {
-      seen.push(headers);
-      stream.respond(
-        { ":status": 200, "content-type": "application/grpc" },
-        { waitForTrailers: true },
-      );
-      stream.on("wantTrailers", () => {
-        stream.sendTrailers({ "grpc-status": "12", "grpc-message": "not here" });
-      });
-      stream.resume();
-      stream.on("end", () => stream.end());
-    });
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    server = await startRecordingServer();
+    ({ address, seen } = server);
   });
-  after(() => {
-    server.close();
-  });
+  after(() => server.close());
 
   async function sent(options: ClientOptions): Promise<IncomingHttpHeaders> {
     const client = new ModelplaneClient(address, options);
