@@ -105,42 +105,27 @@ def _slices(table: pa.Table) -> list[str]:
 # In process --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
 def test_a_stop_during_slice_metrics_ends_the_evaluation_at_the_next_slice(
-    model_bytes: bytes, data: pa.Table, counter: SliceCounter
+    model_bytes: bytes, data: pa.Table, counter: SliceCounter, task: str
 ) -> None:
     control = RunControl()
     counter.on_start = lambda: control.stop(Stop())
+    model = model_bytes
+    if task == "regression":
+        model = mlp(len(FEATURES), (4,), 1, softmax=False).SerializeToString()
     with pytest.raises(Stop):
         evaluate(
-            model_bytes,
+            model,
             None,
             data,
             label="y",
             feature_names=FEATURES,
             slices=_slices(data),
+            task=task,
             control=control,
         )
     # The slice whose metrics were under way when the stop came is the last one computed.
-    assert counter.count == counter.start_at
-
-
-def test_a_stop_during_regression_slice_metrics_ends_the_evaluation(
-    model_bytes: bytes, data: pa.Table, counter: SliceCounter
-) -> None:
-    control = RunControl()
-    counter.on_start = lambda: control.stop(Stop())
-    regression = mlp(len(FEATURES), (4,), 1, softmax=False).SerializeToString()
-    with pytest.raises(Stop):
-        evaluate(
-            regression,
-            None,
-            data,
-            label="y",
-            feature_names=FEATURES,
-            slices=_slices(data),
-            task="regression",
-            control=control,
-        )
     assert counter.count == counter.start_at
 
 

@@ -95,16 +95,23 @@ def _rolled_back_over_the_phase(c: Client, dep: str, tested: int) -> None:
         assert ev.candidate.requests == ev.candidate.errors == tested
 
 
-@pytest.mark.parametrize("strategy", ["ab", "shadow"])
-def test_a_failing_candidate_paused_part_way_is_rolled_back_over_the_whole_phase(
-    plane: Plane, tmp_path: Path, strategy: str
-) -> None:
-    c, _ = plane
+def _failing_for_a_while(c: Client, tmp_path: Path, strategy: str) -> tuple[str, Sidecar]:
+    """A new deployment's open-ended rollout of ``strategy`` with 30 failing requests of the
+    version under test (three thin windows), and its sidecar."""
     dep, versions = deployed(c, tmp_path)
     c.start_rollout(dep, versions[1], strategy=strategy, min_requests=MIN_REQUESTS)
     side = Sidecar(c, dep)
     for _ in range(3):
         _failing(side, strategy)
+    return dep, side
+
+
+@pytest.mark.parametrize("strategy", ["ab", "shadow"])
+def test_a_failing_candidate_paused_part_way_is_rolled_back_over_the_whole_phase(
+    plane: Plane, tmp_path: Path, strategy: str
+) -> None:
+    c, _ = plane
+    dep, side = _failing_for_a_while(c, tmp_path, strategy)
     c.pause_rollout(dep, reason="look")
     _failing(side, strategy)
     # 40 requests in the phase: not judged yet, and the pause holds.
@@ -119,11 +126,7 @@ def test_reports_of_sidecars_still_at_the_generation_before_a_pause_count(
     plane: Plane, tmp_path: Path, strategy: str
 ) -> None:
     c, _ = plane
-    dep, versions = deployed(c, tmp_path)
-    c.start_rollout(dep, versions[1], strategy=strategy, min_requests=MIN_REQUESTS)
-    side = Sidecar(c, dep)
-    for _ in range(3):
-        _failing(side, strategy)
+    dep, side = _failing_for_a_while(c, tmp_path, strategy)
     before = c.get_deployment(dep).generation
     assert c.pause_rollout(dep).generation > before
     _failing(side, strategy, generation=before)
@@ -134,11 +137,7 @@ def test_reports_of_sidecars_still_at_the_generation_before_a_pause_count(
 
 def test_resuming_restarts_the_phase_and_its_evidence(plane: Plane, tmp_path: Path) -> None:
     c, _ = plane
-    dep, versions = deployed(c, tmp_path)
-    c.start_rollout(dep, versions[1], strategy="ab", min_requests=MIN_REQUESTS)
-    side = Sidecar(c, dep)
-    for _ in range(3):
-        _failing(side, "ab")
+    dep, side = _failing_for_a_while(c, tmp_path, "ab")
     c.pause_rollout(dep)
     _failing(side, "ab")
     c.resume_rollout(dep)
