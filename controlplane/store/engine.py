@@ -6,16 +6,20 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from modelplane.errors import InvalidArgument, Unavailable
+
+log = structlog.get_logger("modelplane.controlplane")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL's ``lock_timeout`` for connections that have none of their own (PGOPTIONS, the
@@ -31,9 +35,14 @@ class WriteGate:
     sleep past the moment the lock was freed. The gate holds a thread lock for this process
     and an exclusive ``flock`` on ``PATH.write-lock`` for the others: a writer blocks in the
     kernel and is woken as soon as the previous one commits. The busy timeout still covers
-    writers that do not take the gate (another program, a migration). Reentrant per thread;
-    a thread that cannot enter within ``timeout`` seconds gets UNAVAILABLE, as SQLite's busy
-    timeout would have given it.
+    writers that do not take the gate (another program, a migration). Reentrant per thread.
+
+    A thread that cannot enter within ``timeout`` seconds (the thread lock and the file lock
+    together) gets UNAVAILABLE, as SQLite's busy timeout would have given it, and writes
+    nothing. The kernel's wait for the file lock has no time limit, so it runs on a thread of
+    its own (:class:`_FileWaiter`) that the writer stops waiting for at the limit, or at once
+    when the gate is closed (the server stopping); a lock it gets after that is released
+    unused, or kept for the next writer of this process that comes meanwhile.
     """
 
     def __init__(
@@ -43,38 +52,140 @@ class WriteGate:
         self.timeout = timeout
         self._lock = threading.RLock()
         self._depth = 0
+        #: The descriptor this process locks the file through while no waiter has it.
         self._fd: int | None = None
+        #: The descriptor holding the file lock while a writer is inside.
+        self._held: int | None = None
+        self._waiter: _FileWaiter | None = None
         self._pid = 0
+        self._closed = threading.Event()
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout
         if not self._lock.acquire(timeout=self.timeout):
-            raise Unavailable(
-                "the database is busy with other writes; retry shortly",
-                reason="DATABASE_UNAVAILABLE",
-            )
+            raise _busy()
         try:
             self._depth += 1
             try:
                 if self._depth == 1:
-                    self._acquire_file()
+                    self._acquire_file(deadline)
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                if self._depth == 0 and self._held is not None:
+                    fcntl.flock(self._held, fcntl.LOCK_UN)
+                    self._held = None
         finally:
             self._lock.release()
 
-    def _acquire_file(self) -> None:
+    def close(self) -> None:
+        """Stop waiting: writers waiting for another process's lock now, or from now on,
+        get UNAVAILABLE at once (a write that finds the lock free still proceeds)."""
+        self._closed.set()
+
+    def _acquire_file(self, deadline: float) -> None:
         if self.lock_path is None:
             return
-        if self._fd is None or self._pid != os.getpid():
+        if self._pid != os.getpid():
             # A forked worker opens its own file: a lock on an inherited descriptor would be
-            # shared with the parent rather than exclusive.
-            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+            # shared with the parent rather than exclusive (and the parent's waiter is not
+            # running here).
+            self._fd, self._waiter, self._pid = None, None, os.getpid()
+        waiter = self._waiter
+        if waiter is None or not waiter.want():
+            if waiter is not None:  # it ended without the lock: its descriptor is free
+                self._fd, self._waiter = waiter.fd, None
+            fd = self._fd if self._fd is not None else self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._fd = None
+                waiter = self._waiter = _FileWaiter(fd)
+            else:
+                self._fd = self._held = fd
+                return
+        if not waiter.wait(deadline, self._closed):
+            log.warning(
+                "a write gave up waiting for another process's write lock",
+                lock=self.lock_path,
+                stopping=self._closed.is_set(),
+            )
+            raise _busy()
+        self._waiter = None
+        self._fd = self._held = waiter.fd
+
+    def _open(self) -> int:
+        assert self.lock_path is not None
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot open the database's write lock {self.lock_path}: {exc.strerror}",
+                reason="DATABASE_UNAVAILABLE",
+            ) from exc
+
+
+class _FileWaiter:
+    """A blocking ``flock`` of ``fd`` on a daemon thread, which writers wait for with a limit.
+
+    Once it has the lock it hands it to the writer that wants it, or releases it when none
+    does (the last one gave up). A writer that comes while it still waits takes over the wait
+    (:meth:`want`), so one waiter at most waits per process however many writers gave up.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._mutex = threading.Lock()
+        self._granted = threading.Event()
+        self._wanted = True
+        self._ended = False
+        threading.Thread(target=self._run, name="sqlite-write-lock", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError:
+            log.exception("waiting for the SQLite write lock failed")
+            with self._mutex:
+                self._ended = True
+            return
+        with self._mutex:
+            if self._wanted:
+                self._granted.set()
+                return
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self._ended = True
+
+    def want(self) -> bool:
+        """Take over the wait; False when the waiter has ended (its descriptor is free)."""
+        with self._mutex:
+            if self._ended:
+                return False
+            self._wanted = True
+            return True
+
+    def wait(self, deadline: float, stop: threading.Event) -> bool:
+        """Whether the lock came before ``deadline`` (monotonic) and before ``stop`` was set;
+        on False the lock is no longer wanted, and this caller must not use it."""
+        while not self._granted.wait(max(0.0, min(deadline - time.monotonic(), _STOP_POLL_S))):
+            if stop.is_set() or time.monotonic() >= deadline:
+                with self._mutex:
+                    if self._granted.is_set():  # came just now: still ours
+                        return True
+                    self._wanted = False
+                    return False
+        return True
+
+
+#: How often a writer waiting for another process's lock looks whether the gate was closed.
+_STOP_POLL_S = 0.1
+
+
+def _busy() -> Unavailable:
+    return Unavailable(
+        "the database is busy with other writes; retry shortly", reason="DATABASE_UNAVAILABLE"
+    )
 
 
 @dataclass
@@ -90,6 +201,8 @@ class Engines:
     write_gate: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
 
     def dispose(self) -> None:
+        if isinstance(self.write_gate, WriteGate):
+            self.write_gate.close()
         self.write.dispose()
         if self.read.pool is not self.write.pool:
             self.read.dispose()
