@@ -39,7 +39,14 @@ from urllib.parse import unquote, urlsplit
 import structlog
 
 from controlplane.names import check_sha256
-from modelplane.errors import InvalidArgument, NotFound, ResourceExhausted
+from modelplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelplaneError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 
 CHUNK_BYTES = 1 << 20
 
@@ -229,10 +236,10 @@ class BlobStore:
         check_declared(sha256, size_bytes, self.max_upload_bytes)
         received = Received(self.max_upload_bytes)
         kept: list[bytes] | None = [] if size_bytes <= RECENT_BLOB_MAX_BYTES else None
-        with _storage_full():
+        with self._failures("store an upload"):
             fd, tmp = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self._tmp_dir)
         try:
-            with _storage_full(), _FileWriter(fd) as out:
+            with self._failures("store an upload"), _FileWriter(fd) as out:
                 for chunk in received.count(chunks):
                     out.write(chunk)
                     if kept is not None:
@@ -242,23 +249,33 @@ class BlobStore:
                 out.finish()
             total = received.check(sha256, size_bytes)
             final = self._file(sha256)
-            try:
-                os.replace(tmp, final)
-            except FileNotFoundError:  # the first blob under this prefix (or its folder removed)
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                os.replace(tmp, final)
+            with self._failures("store an upload"):
+                try:
+                    os.replace(tmp, final)
+                except FileNotFoundError:  # the first blob under this prefix (or its folder gone)
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
+                    os.replace(tmp, final)
             tmp = ""
             if kept is not None:
                 self.recent.put(sha256, b"".join(kept))
             return total
         finally:
             if tmp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                _remove_upload(tmp)
+
+    @contextlib.contextmanager
+    def _failures(self, action: str, *, writing: bool = True) -> Iterator[None]:
+        """The file system's errors while doing ``action`` as statuses (see
+        :func:`storage_error`)."""
+        try:
+            yield
+        except OSError as err:
+            raise storage_error(err, str(self.root), action, writing=writing) from err
 
     def size(self, sha256: str) -> int:
         """The stored blob's size in bytes; NOT_FOUND when it has none."""
-        return os.stat(self._stored_file(sha256)).st_size
+        with self._failures(f"read blob {sha256}", writing=False):
+            return os.stat(self._stored_file(sha256)).st_size
 
     def _stored_file(self, sha256: str) -> str:
         """The blob's file, or NOT_FOUND when it has none."""
@@ -273,13 +290,19 @@ class BlobStore:
         recent = self.recent.take(sha256)
         if recent is not None:
             return recent
-        with open(self._stored_file(sha256), "rb") as f:
+        with (
+            self._failures(f"read blob {sha256}", writing=False),
+            open(self._stored_file(sha256), "rb") as f,
+        ):
             data = f.read()
             _drop_cached(f.fileno())
         return data
 
     def iter_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        with open(self._stored_file(sha256), "rb") as f:
+        with (
+            self._failures(f"read blob {sha256}", writing=False),
+            open(self._stored_file(sha256), "rb") as f,
+        ):
             while chunk := f.read(chunk_bytes):
                 yield chunk
             _drop_cached(f.fileno())
@@ -345,14 +368,51 @@ def too_large(size: int, limit: int) -> ResourceExhausted:
     )
 
 
-#: Write errors that say the file system has no room for the blob.
+#: Errors that say the file system has no room for the blob.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: Errors that say the server may not write (or read) there: a retry does not mend them.
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(err: OSError, root: str, action: str, *, writing: bool) -> ModelplaneError:
+    """A local artifact root's failure to do ``action`` as a status, as an object store's
+    would be: RESOURCE_EXHAUSTED (STORAGE_FULL) for no room, which a retry mends once an
+    operator has freed space; FAILED_PRECONDITION (ARTIFACT_STORE_FORBIDDEN) for a read-only
+    file system or one that refuses this server's user; UNAVAILABLE
+    (ARTIFACT_STORE_UNAVAILABLE) for any other error (EIO, a stale network mount), which may
+    pass. The message names the root and the OS error; the log has them too."""
+    said = os.strerror(err.errno) if err.errno else str(err)
+    log.warning(
+        "artifact root failed",
+        root=root,
+        action=action,
+        errno=errno.errorcode.get(err.errno or 0, str(err.errno)),
+        error=said,
+    )
+    nothing = "; nothing was stored" if writing else ""
+    if err.errno in _NO_ROOM:
+        return ResourceExhausted(
+            f"the server's blob storage has no room for this upload ({said}){nothing}: retry "
+            "once an operator has freed space",
+            reason="STORAGE_FULL",
+        )
+    if err.errno in _REFUSED:
+        return FailedPrecondition(
+            f"the artifact root {root} refused to {action} ({said}){nothing}: an operator must "
+            f"make it {'writable' if writing else 'readable'} by the server",
+            reason="ARTIFACT_STORE_FORBIDDEN",
+        )
+    return Unavailable(
+        f"the artifact root {root} failed to {action} ({said}){nothing}: retry shortly",
+        reason="ARTIFACT_STORE_UNAVAILABLE",
+    )
 
 
 @contextlib.contextmanager
 def _storage_full() -> Iterator[None]:
     """Turn a write that found no room into RESOURCE_EXHAUSTED (STORAGE_FULL): the caller can
-    retry once an operator frees space, and it is not taken for a server bug."""
+    retry once an operator frees space, and it is not taken for a server bug. (The object
+    store's spool in ``TMPDIR``; the local store maps every error, see :func:`storage_error`.)"""
     try:
         yield
     except OSError as err:
@@ -363,6 +423,17 @@ def _storage_full() -> Iterator[None]:
             "nothing was stored: retry once an operator has freed space",
             reason="STORAGE_FULL",
         ) from err
+
+
+def _remove_upload(tmp: str) -> None:
+    """Remove an upload's temporary file; one that cannot be removed now (a read-only file
+    system) is logged and left to the sweep of a later start."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("cannot remove an upload's temporary file", file=tmp, error=err.strerror)
 
 
 def sweep_uploads(folder: str | os.PathLike[str], older_than_seconds: float) -> int:
