@@ -18,10 +18,13 @@ transaction takes up front.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import resource
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+import structlog
 from sqlalchemy import BigInteger, bindparam, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -53,9 +57,12 @@ from modelplane.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from modelplane.server.context import RequestContext
+
+log = structlog.get_logger("modelplane.controlplane")
 
 #: A request id: a UUID, or any id of ASCII letters, digits and dashes up to 64 long.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -189,6 +196,8 @@ class Store:
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
         self.hooks: list[MutationHook] = []
+        database = engines.write.url.database if engines.dialect == "sqlite" else None
+        self._sqlite_path = database or None
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -236,7 +245,10 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A read-only transaction."""
-        with _translated(), Session(self.engines.read, expire_on_commit=False) as session:
+        with (
+            _translated(self._sqlite_path),
+            Session(self.engines.read, expire_on_commit=False) as session,
+        ):
             yield Tx(session)
             session.rollback()
 
@@ -256,7 +268,7 @@ class Store:
                 reason="INVALID_REQUEST_ID",
             )
         with (
-            _translated(),
+            _translated(self._sqlite_path),
             self.engines.write_gate(),
             Session(self.engines.write, expire_on_commit=False) as session,
         ):
@@ -340,7 +352,11 @@ def _request_time(session: Session, request_id: str) -> datetime | None:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(sqlite_path: str | None = None) -> Iterator[None]:
+    """Database errors as the service's: a duplicate, a missing referent, no room (RESOURCE_
+    EXHAUSTED, STORAGE_FULL), a database that does not answer or a lock that does not come
+    (UNAVAILABLE, DATABASE_UNAVAILABLE). ``sqlite_path`` is the SQLite file, whose size is
+    looked at when SQLite reports a failed write (see :func:`_no_room`)."""
     try:
         yield
     except IntegrityError as exc:
@@ -356,7 +372,12 @@ def _translated() -> Iterator[None]:
         ) from exc
     except (OperationalError, PoolTimeout) as exc:
         # A pool with no free connection for its timeout is as busy as a lock that does not
-        # come: both are retryable, not the server's bug.
+        # come: both are retryable, not the server's bug. The client is told no more than
+        # that; the database's own words go to the log.
+        full = _no_room(exc, sqlite_path)
+        log.warning("database error", error=_cause(exc), storage_full=full)
+        if full:
+            raise _storage_full() from exc
         raise Unavailable(
             "the database is unavailable or busy; retry shortly", reason="DATABASE_UNAVAILABLE"
         ) from exc
@@ -370,6 +391,74 @@ def _translated() -> Iterator[None]:
             "the database cannot store a NUL character in text; remove it and retry",
             reason="UNSTORABLE_VALUE",
         ) from exc
+    except DBAPIError as exc:
+        # PostgreSQL reports a file it cannot extend past a size limit as an internal error.
+        if not _no_room(exc, sqlite_path):
+            raise
+        log.warning("database error", error=_cause(exc), storage_full=True)
+        raise _storage_full() from exc
+
+
+def _storage_full() -> ResourceExhausted:
+    return ResourceExhausted(
+        "the database has no room for this change (its disk, or the size its files may "
+        "reach, is full); nothing was stored: retry once an operator has freed space",
+        reason="STORAGE_FULL",
+    )
+
+
+def _cause(exc: Exception) -> str:
+    """The database's own first line about ``exc``, with its error code where it gives one."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    text = lines[0] if lines else type(orig).__name__
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    return f"{text} ({code})" if code else text
+
+
+#: PostgreSQL's disk_full, and the words of an OS error that says a file cannot grow.
+_PG_DISK_FULL = "53100"
+_NO_ROOM_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
+#: SQLite's codes for a write, a truncation or a shared-memory file that failed in the OS.
+_SQLITE_WRITE_ERRORS = ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR_SHMSIZE")
+#: How close to a limit a file must be for a failed write to be taken as having hit it.
+_LIMIT_MARGIN_BYTES = 1 << 20
+
+
+def _no_room(exc: Exception, sqlite_path: str | None) -> bool:
+    """Whether ``exc`` says the database's storage is full.
+
+    SQLite says so (SQLITE_FULL, "database or disk is full") only for ENOSPC; a write refused
+    for another want of room (EFBIG past the process's file size limit) is a bare "disk I/O
+    error", the same as a failing disk, so it counts as no room only when one of the
+    database's files has reached that limit or its file system has no free space left."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    name = getattr(orig, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return True
+    if name in _SQLITE_WRITE_ERRORS and sqlite_path:
+        return _sqlite_files_at_limit(sqlite_path)
+    return not name and any(word in str(orig) for word in _NO_ROOM_WORDS)
+
+
+def _sqlite_files_at_limit(path: str) -> bool:
+    """Whether the SQLite database at ``path`` (with its ``-wal`` and ``-shm`` files) is at
+    this process's file size limit, or its file system has (almost) no free space."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    try:
+        if limit != resource.RLIM_INFINITY:
+            for name in (path, f"{path}-wal", f"{path}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(name).st_size + _LIMIT_MARGIN_BYTES > limit:
+                        return True
+        fs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < _LIMIT_MARGIN_BYTES
 
 
 def _refused_statement(exc: OperationalError) -> bool:
