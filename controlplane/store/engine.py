@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from modelplane.errors import InvalidArgument, Unavailable
+from modelplane.server.context import current_context
 
 log = structlog.get_logger("modelplane.controlplane")
 
@@ -38,11 +39,12 @@ class WriteGate:
     writers that do not take the gate (another program, a migration). Reentrant per thread.
 
     A thread that cannot enter within ``timeout`` seconds (the thread lock and the file lock
-    together) gets UNAVAILABLE, as SQLite's busy timeout would have given it, and writes
-    nothing. The kernel's wait for the file lock has no time limit, so it runs on a thread of
-    its own (:class:`_FileWaiter`) that the writer stops waiting for at the limit, or at once
-    when the gate is closed (the server stopping); a lock it gets after that is released
-    unused, or kept for the next writer of this process that comes meanwhile.
+    together), or before the deadline of the call it serves, gets UNAVAILABLE, as SQLite's
+    busy timeout would have given it, and writes nothing. The kernel's wait for the file lock
+    has no time limit, so it runs on a thread of its own (:class:`_FileWaiter`) that the
+    writer stops waiting for at the limit, or at once when the gate is closed (the server
+    stopping); a lock it gets after that is released unused, or kept for the next writer of
+    this process that comes meanwhile.
     """
 
     def __init__(
@@ -63,7 +65,11 @@ class WriteGate:
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
         deadline = time.monotonic() + self.timeout
-        if not self._lock.acquire(timeout=self.timeout):
+        caller = current_context().deadline
+        if caller is not None:
+            # A write its caller no longer waits for is never applied after it gave up.
+            deadline = min(deadline, caller)
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise _busy()
         try:
             self._depth += 1

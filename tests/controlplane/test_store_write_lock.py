@@ -163,9 +163,9 @@ def test_closing_the_store_ends_a_writers_wait(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM models").fetchone() == (0,)
 
 
-def test_a_stopped_lock_holder_neither_blocks_sigterm_nor_gets_a_write_applied(
-    tmp_path: Path,
-) -> None:
+def _serve(tmp_path: Path) -> tuple[subprocess.Popen[str], str, Path]:
+    """A control plane process on SQLite in ``tmp_path``, serving: it, its address and its
+    database file."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     db = tmp_path / "cp.db"
@@ -182,6 +182,42 @@ def test_a_stopped_lock_holder_neither_blocks_sigterm_nor_gets_a_write_applied(
     )
     try:
         wait_serving(address, timeout=60, proc=server)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server, address, db
+
+
+def test_a_write_whose_caller_gave_up_is_not_applied_when_the_lock_frees(
+    tmp_path: Path,
+) -> None:
+    """The wait for the lock ends at the call's deadline (2 s), not at the 30 s limit: once the
+    holder lets go, the write its caller was told had failed is not made."""
+    server, address, db = _serve(tmp_path)
+    try:
+        with held_by_another_process(Path(f"{db}.write-lock")):
+            with (
+                Client(address, principal="alice", retries=1, timeout=2) as c,
+                pytest.raises(ModelplaneError),
+            ):
+                c.create_model("late")
+            time.sleep(1.0)  # past the deadline on the server's side too
+        assert _lock_is_free(Path(f"{db}.write-lock"))
+        with Client(address, principal="alice") as c:
+            c.create_model("after")
+            with pytest.raises(NotFound):
+                c.get_model("late")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_stopped_lock_holder_neither_blocks_sigterm_nor_gets_a_write_applied(
+    tmp_path: Path,
+) -> None:
+    server, address, db = _serve(tmp_path)
+    try:
         with held_by_another_process(Path(f"{db}.write-lock")):
             with (
                 Client(address, principal="alice", retries=1, timeout=3) as c,

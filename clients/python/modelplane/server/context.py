@@ -64,6 +64,9 @@ class RequestContext:
     grants: tuple[Grant, ...] = ()
     authenticated: bool = False
     resource_check: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    #: When (``time.monotonic()``) the caller stops waiting: its gRPC deadline; None without
+    #: one. Work that waits (for a write lock) gives up by then rather than go on unseen.
+    deadline: float | None = None
 
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(

@@ -146,11 +146,13 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
         def enter(context: grpc.ServicerContext) -> tuple[Any, float, dict[str, str]]:
             md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            remaining = context.time_remaining()
             ctx = RequestContext(
                 principal="anonymous",
                 request_id=md.get(REQUEST_ID_METADATA_KEY, "")[:128] or uuid.uuid4().hex,
                 trace_id=trace_id_from(md.get(TRACEPARENT_METADATA_KEY)),
                 method=short,
+                deadline=time.monotonic() + remaining if remaining is not None else None,
             )
             # "anonymous" until the caller is authenticated: a refused call (a bad token) is
             # logged with it, never with what the caller sent.
@@ -170,7 +172,13 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 return None
             base = current_context()
             who = self._authenticate(md, context)
-            ctx = replace(who, request_id=base.request_id, trace_id=base.trace_id, method=short)
+            ctx = replace(
+                who,
+                request_id=base.request_id,
+                trace_id=base.trace_id,
+                method=short,
+                deadline=base.deadline,
+            )
             structlog.contextvars.bind_contextvars(principal=ctx.principal)
             response_filter = None
             if self._authorize is not None:
