@@ -163,6 +163,33 @@ def test_cli_rejects_bad_settings(tmp_path: Path, args: list[str], code: int, ne
     assert needle in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "reason"),
+    [
+        (["--log-exclude-features", "nosuch"], 2, "UNKNOWN_EXCLUDED_FEATURE"),
+        (["--baseline", "{tmp}/missing.parquet"], 2, "INVALID_DATASET"),
+        (["--baseline", "{tmp}/train.csv"], 1, "BASELINE_MISMATCH"),
+    ],
+)
+def test_arguments_the_model_refuses_exit_2_and_a_baseline_it_does_not_fit_1(
+    tmp_path: Path, args: list[str], code: int, reason: str
+) -> None:
+    """An argument naming what the model or the disk does not have is a usage error, as a
+    bad setting is; a baseline whose columns the model's inputs do not provide fails a check."""
+    model = onnx_models.save(onnx_models.mlp(), tmp_path / "m.onnx")
+    header = ",".join(f"x_{i}" for i in range(16)) + ",label"
+    (tmp_path / "train.csv").write_text(header + "\n" + ",".join(["0.5"] * 17) + "\n")
+    run = subprocess.run(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(model),
+         "--listen", "127.0.0.1:0", "--log-dir", str(tmp_path / "log"),
+         *(a.format(tmp=tmp_path) for a in args)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == code, run.stderr
+    assert f"error: ({reason})" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("name", ["Bad Name!", "deployments/", "deployments/a/b", "x-"])
 def test_cli_rejects_a_deployment_id_no_control_plane_would_take(name: str) -> None:
     """Refused at start (exit 2), not retried for ever against INVALID_ARGUMENT."""

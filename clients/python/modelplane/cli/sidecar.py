@@ -261,7 +261,7 @@ def _log_settings(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace, printer: Printer) -> int:
-    from modelplane.errors import ModelplaneError
+    from modelplane.errors import InvalidArgument, ModelplaneError
 
     settings = _settings(args)
     if settings.model is not None and not settings.model.is_file():
@@ -292,7 +292,11 @@ def _serve(args: argparse.Namespace, printer: Printer) -> int:
             return supervise(settings, count, log_settings)
         return serve_one(settings, log_settings)
     except ModelplaneError as exc:
-        raise CliError(exc.message, EXIT_CHECK_FAILED, reason=exc.reason) from None
+        # An argument the model or its files refuse (an excluded feature it lacks, a baseline
+        # file that cannot be read) is a usage error, as a bad setting is; what the model,
+        # the baseline's contents or the machine do not allow (no GPU) is a failed check.
+        code = EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_CHECK_FAILED
+        raise CliError(exc.message, code, reason=exc.reason) from None
     except OSError as exc:
         error = listen_error(exc, settings.listen, workers=count > 1)
         if error is not None:
