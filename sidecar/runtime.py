@@ -24,7 +24,7 @@ from modelplane.server.cpus import available_cores
 from sidecar import cuda
 from sidecar.batch_check import stacking_changes_answers
 from sidecar.cuda import CUDA
-from sidecar.signature import Signature, TensorSpec, signature_of
+from sidecar.signature import Signature, TensorSpec, require_ranks, signature_of
 
 if TYPE_CHECKING:
     from sidecar.settings import SidecarSettings
@@ -440,7 +440,9 @@ def _open(
     batch_rows: int,
 ) -> tuple[Runtime, float]:
     session = _session(path, providers, *threads)
-    runtime = Runtime(session, signature_of(session), session.get_providers()[0], path)
+    signature = signature_of(session)
+    require_ranks(signature, path)
+    runtime = Runtime(session, signature, session.get_providers()[0], path)
     if runtime.signature.batchable and batch_rows > 1:
         refused = stacking_changes_answers(runtime.signature, runtime.run)
         if refused is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,6 +230,33 @@ def _spec(arg: Any, kind: str) -> TensorSpec | None:
             )
         return None
     return TensorSpec(arg.name, types[0], _dims(arg.shape), types[1], _symbols(arg.shape))
+
+
+def require_ranks(signature: Signature, path: Path | None) -> None:
+    """FAILED_PRECONDITION (UNSUPPORTED_MODEL) when an input the session shows as a scalar
+    has no declared shape at all in the ONNX file: ONNX Runtime shows both alike (``[]``),
+    and serving such an input as a scalar would refuse every tensor the model takes. Only
+    files with a rank-0 input are read."""
+    scalars = {t.name for t in signature.inputs if t.rank == 0}
+    if not scalars or path is None:
+        return
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    unknown = [
+        i.name
+        for i in graph.input
+        if i.name in scalars
+        and i.type.HasField("tensor_type")
+        and not i.type.tensor_type.HasField("shape")
+    ]
+    if unknown:
+        raise FailedPrecondition(
+            f"model input {unknown[0]!r} declares no shape (not even its rank), so requests "
+            "cannot be checked against it; export the model with the input's shape (e.g. "
+            "[None, F] for F features per row)",
+            reason="UNSUPPORTED_MODEL",
+        )
 
 
 def signature_of(session: Any) -> Signature:

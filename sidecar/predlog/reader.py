@@ -186,6 +186,11 @@ def file_schema(path: Path) -> pa.Schema | None:
     return None if opened is None else opened[2].schema
 
 
+#: How much earlier than its last record a log file's modification time may be (see
+#: :meth:`LogFilter.files`).
+MTIME_SLACK_SECONDS = 2.0
+
+
 class LogFilter:
     """Which records to keep: a time window [since, until) and optional version and arm."""
 
@@ -202,13 +207,17 @@ class LogFilter:
         self.arm = arm
 
     def files(self, directory: Path) -> list[Path]:
-        """Files that may hold matching records (a file last written before ``since`` cannot)."""
+        """Files that may hold matching records: a file last written well before ``since``
+        cannot. A file's modification time may be a little earlier than its last record's
+        timestamp (the kernel stamps files from a coarser clock than ``time.time()``, and some
+        file systems keep whole seconds), so only files older than ``since`` by
+        :data:`MTIME_SLACK_SECONDS` are skipped."""
         if not directory.is_dir():
             raise FileNotFoundError(f"no prediction log directory at {directory}")
         paths = list_log_files(directory)
         if self.since is None:
             return paths
-        cutoff = self.since.timestamp()
+        cutoff = self.since.timestamp() - MTIME_SLACK_SECONDS
         kept = []
         for path in paths:
             try:

@@ -301,3 +301,24 @@ def test_observer_feeds_the_log_from_hub_records(tmp_path: Path) -> None:
     assert rows[0]["trace_id"] is None and rows[1]["trace_id"] == "t-q"
     assert rows[0]["timestamp"].timestamp() == 999.5 and rows[3]["timestamp"].timestamp() == 9.0
     assert {r["arm"] for r in rows} == {"candidate"}
+
+
+def test_since_keeps_a_file_whose_mtime_is_a_little_earlier_than_its_last_record(
+    tmp_path: Path,
+) -> None:
+    """The kernel stamps a file's mtime from a coarser clock than the records' timestamps, so
+    a file's last record may be a few milliseconds younger than the file (some file systems
+    keep whole seconds): ``since`` at that record still finds it."""
+    settings = PredictionLogSettings(dir=tmp_path, durability="sync")
+    with open_prediction_log(settings) as writer:
+        for i in range(3):
+            writer.append(_batch(i)).result(10)
+    (path,) = list_log_files(tmp_path)
+    last = read_logs(tmp_path).column("timestamp")[-1].as_py()
+    earlier = last.timestamp() - 1.0
+    os.utime(path, (earlier, earlier))
+    found = read_logs(tmp_path, since=last)
+    assert found.num_rows == 20 and found.column("request_id")[0].as_py() == "r2"
+    # A file written long before ``since`` is still skipped unread.
+    os.utime(path, (earlier - 60, earlier - 60))
+    assert read_logs(tmp_path, since=last).num_rows == 0

@@ -540,3 +540,29 @@ def test_sigterm_answers_not_serving_and_serves_through_the_shutdown_delay(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_model_input_without_a_declared_shape_is_refused_at_start(tmp_path: Path) -> None:
+    """ONNX Runtime shows an input with no shape as it shows a scalar; served as one, every
+    tensor the model takes would be refused. A true scalar input is served (see
+    test_predlog_non_batch_inputs)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "no-shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "no-shape.onnx"
+    onnx.save(model, str(path))
+    run = subprocess.run(
+        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(path),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "error: (UNSUPPORTED_MODEL) model input 'x' declares no shape" in run.stderr
