@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -31,15 +30,11 @@ from modelplane import (
     ResourceExhausted,
     Unavailable,
 )
-from modelplane.testing import wait_serving
+from modelplane.testing import launch, wait_serving
 from modelplane.testing.processes import free_port
 from tests.controlplane.conftest import RunningControlPlane, _start
 
 FSIZE_BYTES = 2_000_000
-
-
-def _small_files() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_BYTES, FSIZE_BYTES))
 
 
 def test_an_upload_past_the_file_size_limit_is_storage_full(tmp_path: Path) -> None:
@@ -47,6 +42,7 @@ def test_an_upload_past_the_file_size_limit_is_storage_full(tmp_path: Path) -> N
     art = tmp_path / "art"
     server = subprocess.Popen(
         [
+            *launch.prefix(file_size_limit=FSIZE_BYTES),
             *(sys.executable, "-m", "modelplane.cli", "controlplane", "serve"),
             *("--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}"),
             *("--artifact-root", str(art)),
@@ -55,7 +51,6 @@ def test_an_upload_past_the_file_size_limit_is_storage_full(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=_small_files,
     )
     try:
         wait_serving(address, timeout=60, proc=server)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,18 @@ from sqlalchemy.exc import InternalError, OperationalError
 from controlplane.store import Store
 from controlplane.store.store import _translated
 from modelplane import Client, ModelplaneError, ResourceExhausted, Unavailable
-from modelplane.testing import wait_serving
+from modelplane.testing import launch, wait_serving
 from modelplane.testing.processes import free_port
 
 #: What the database's files may grow to: room for the schema, not for many big models.
 FSIZE_BYTES = 2_000_000
 
 
-def _small_files() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_BYTES, FSIZE_BYTES))
-
-
 def test_a_sqlite_database_that_cannot_grow_is_storage_full(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [
+            *launch.prefix(file_size_limit=FSIZE_BYTES),
             *(sys.executable, "-m", "modelplane.cli", "controlplane", "serve"),
             *("--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}"),
             *("--artifact-root", str(tmp_path / "art")),
@@ -44,7 +40,6 @@ def test_a_sqlite_database_that_cannot_grow_is_storage_full(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=_small_files,
     )
     refused: ModelplaneError | None = None
     try:

@@ -47,8 +47,8 @@ def test_a_misspelt_name_is_refused_at_start_with_the_names_it_could_be(
     model_dir: Path, tmp_path: Path
 ) -> None:
     code, lines = _serve(model_dir / "mlp.onnx", tmp_path / "log", "f3,f77,inptu")
-    # Refused like the log's other start-up checks (LOG_COLUMN_CLASH).
-    assert code == 1
+    # A usage error: the argument names what the model does not have.
+    assert code == 2
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1
     error = errors[0]

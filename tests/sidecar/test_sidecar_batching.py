@@ -150,11 +150,12 @@ def test_a_deadline_shorter_than_the_queue_delay_still_runs(
     model_dir: Path, sidecar_factory: Any
 ) -> None:
     """On an idle sidecar, the leader stops waiting for rows while the request's deadline
-    still leaves time to run it: a 500 ms deadline under a 2 s queue delay is answered (the
-    deadline leaves a busy machine room for the round trip; waiting out the delay would not)."""
+    still leaves time to run it: a 500 ms deadline under a 1 s queue delay (the longest) is
+    answered (the deadline leaves a busy machine room for the round trip; waiting out the delay
+    would not)."""
     recorder = Recorder()
     handle = sidecar_factory(
-        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=2.0, observers=[recorder]
+        model_dir / "id_fp32.onnx", max_batch_size=64, max_queue_delay=1.0, observers=[recorder]
     )
     s = stub(handle.port)
     x = np.ones((1, 3), np.float32)

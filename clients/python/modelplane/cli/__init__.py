@@ -26,7 +26,7 @@ from modelplane.cli._output import (
     CliError,
     Printer,
 )
-from modelplane.ids import PRINCIPAL_RULE, is_principal
+from modelplane.ids import is_principal
 
 # Each module registers its subcommands with ``register(subparsers)``.
 _COMMAND_MODULES = (
@@ -60,13 +60,6 @@ def _default_principal() -> str:
     except Exception:
         return "anonymous"
     return user if is_principal(user) else "anonymous"
-
-
-def _principal(text: str) -> str:
-    """An argparse ``type`` for ``--as``: a principal name, else a usage error (exit 2)."""
-    if not is_principal(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a principal name ({PRINCIPAL_RULE})")
-    return text
 
 
 #: The longest ``--timeout`` (see :data:`modelplane.cli._common.MAX_SECONDS`).
@@ -107,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--as",
         dest="principal",
-        type=_principal,
         default=os.environ.get("MODELPLANE_PRINCIPAL") or _default_principal(),
         help="principal name sent to a server without access control (default: the OS user); "
         "a server with access control takes the principal from --token",

@@ -12,6 +12,7 @@ from typing import Any
 from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable, rpc_error
 from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from modelplane.errors import ModelplaneError
+from modelplane.ids import PRINCIPAL_RULE, is_principal
 from modelplane.units import format_duration, parse_duration
 
 #: The largest values of protobuf's int32 and int64 fields (page sizes are int32; versions,
@@ -132,6 +133,16 @@ def client(args: argparse.Namespace) -> Client:
     """A client for the global ``--server``, ``--as``, ``--timeout``, ``--token`` and TLS
     options."""
     check_server(args.server)
+    name = args.principal or ""
+    if name.isascii() and name.isprintable() and name and not is_principal(name):
+        # A server without access control would refuse it (one with access control ignores
+        # it); what cannot travel as metadata at all is the SDK's to say, below.
+        raise CliError(
+            f"{_METADATA_OPTIONS['principal']}: {name!r} is not a principal name "
+            f"({PRINCIPAL_RULE})",
+            EXIT_USAGE,
+            reason="INVALID_METADATA",
+        )
     try:
         return Client(
             args.server,
