@@ -322,7 +322,7 @@ class SidecarSettings(BaseSettings):
     def _short_delay(cls, value: float) -> float:
         if value > MAX_QUEUE_DELAY:
             raise ValueError(
-                f"{value:g}s is longer than the {MAX_QUEUE_DELAY:g}s allowed: every request "
+                f"{value:.9g}s is longer than the {MAX_QUEUE_DELAY:g}s allowed: every request "
                 "may wait that long for a batch to fill (batchers wait 500us or 2ms)"
             )
         return value

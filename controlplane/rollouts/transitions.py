@@ -136,7 +136,7 @@ def apply(
         return None
     after_row = repo.row(deployment.id)
     assert after_row is not None
-    step_generation = _step_generation(repo, transition, after_row.generation)
+    rollout, step_generation = _carried(repo, rollout, transition, after_row.generation)
     repo.save_rollout(rollout, step_generation=step_generation)
     if evidence is not None:
         repo.set_evidence(deployment.id, rollout.id, to_json(evidence), None)
@@ -157,17 +157,21 @@ def apply(
     return after
 
 
-def _step_generation(repo: Deployments, transition: Transition, generation: int) -> int:
-    """The generation the rollout's step begins with after ``transition``: the deployment's
-    new ``generation`` when the step restarts, else (a pause) the one it began with, so that
-    its kept sum goes on and the reports of sidecars still at that generation still count (see
-    :mod:`controlplane.rollouts.step_sum`)."""
-    r = transition.rollout
+def _carried(
+    repo: Deployments, rollout: Rollout, transition: Transition, generation: int
+) -> tuple[Rollout, int]:
+    """``rollout`` as saved after ``transition``, and the generation its step begins with: the
+    deployment's new ``generation`` when the step restarts, else (a pause) the one it began
+    with, so that its kept sum goes on and the reports of sidecars still at that generation
+    still count (see :mod:`controlplane.rollouts.step_sum`); a step that goes on also keeps its
+    candidate request count as stored, which a report may have raised after ``rollout`` was
+    read (it counts its requests before it judges: a gate's hold comes after)."""
     if not transition.restarts:
-        row = repo.rollout_row(r.deployment_id, r.id)
+        row = repo.rollout_row(rollout.deployment_id, rollout.id)
         if row is not None:
-            return row.step_generation
-    return generation
+            kept = replace(rollout, step_candidate_requests=row.step_candidate_requests)
+            return kept, row.step_generation
+    return rollout, generation
 
 
 def _gated(tx: WriteTx, d: Deployment, promotion: Transition, strict: bool) -> Transition:

@@ -144,6 +144,7 @@ class _FileWaiter:
         self.fd = fd
         self._mutex = threading.Lock()
         self._granted = threading.Event()
+        self._failed = threading.Event()
         self._wanted = True
         self._ended = False
         threading.Thread(target=self._run, name="sqlite-write-lock", daemon=True).start()
@@ -155,6 +156,7 @@ class _FileWaiter:
             log.exception("waiting for the SQLite write lock failed")
             with self._mutex:
                 self._ended = True
+            self._failed.set()  # the writer waiting fails now, not at its limit
             return
         with self._mutex:
             if self._wanted:
@@ -172,10 +174,11 @@ class _FileWaiter:
             return True
 
     def wait(self, deadline: float, stop: threading.Event) -> bool:
-        """Whether the lock came before ``deadline`` (monotonic) and before ``stop`` was set;
-        on False the lock is no longer wanted, and this caller must not use it."""
+        """Whether the lock came before ``deadline`` (monotonic), before ``stop`` was set and
+        without the wait failing; on False the lock is no longer wanted, and this caller must
+        not use it."""
         while not self._granted.wait(max(0.0, min(deadline - time.monotonic(), _STOP_POLL_S))):
-            if stop.is_set() or time.monotonic() >= deadline:
+            if stop.is_set() or self._failed.is_set() or time.monotonic() >= deadline:
                 with self._mutex:
                     if self._granted.is_set():  # came just now: still ours
                         return True

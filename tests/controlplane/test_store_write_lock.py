@@ -4,6 +4,7 @@ stopping ends the wait, and the lock is free again for the others once the holde
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -144,6 +145,37 @@ def test_a_later_writer_takes_over_a_wait_given_up(tmp_path: Path) -> None:
         assert models.get(f"models/{second.name}").id == second.name
         assert _missing(models, first.name)
         assert _lock_is_free(Path(f"{db}.write-lock"))
+    finally:
+        store.close()
+
+
+def test_a_wait_for_the_lock_that_fails_fails_its_writer_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's wait itself may fail (ENOLCK on a network file system): the writer gets
+    UNAVAILABLE then, not at its 30 s limit."""
+    from controlplane.store import engine
+
+    real = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:  # the blocking wait
+            raise OSError(errno.ENOLCK, "No locks available")
+        real(fd, operation)
+
+    db = tmp_path / "cp.db"
+    store = Store.open(f"sqlite:///{db}")
+    models = ModelService(store)
+    try:
+        with held_by_another_process(Path(f"{db}.write-lock")):
+            monkeypatch.setattr(engine.fcntl, "flock", flock)
+            failed = Writer(models, unique())
+            failed.start()
+            # Well before the 30 s limit it would otherwise wait out.
+            assert failed.done.wait(10), "the writer waits out its limit"
+            assert isinstance(failed.error, Unavailable)
+            monkeypatch.undo()
+        assert _missing(models, failed.name)
     finally:
         store.close()
 

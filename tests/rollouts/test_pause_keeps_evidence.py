@@ -18,7 +18,14 @@ from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.test_deployments_api import Sidecar, arm, deployed
+from tests.conftest import unique
+from tests.controlplane.test_deployments_api import (
+    Sidecar,
+    arm,
+    deployed,
+    drive,
+    register_versions,
+)
 from tests.rollouts.harness import Plane, client_and_store, start_held_canary
 from tests.rollouts.test_step_verdict import _actions
 
@@ -221,3 +228,31 @@ def test_a_failing_candidate_in_a_paused_step_is_rolled_back_over_the_step(
     tested = ev.shadow.errors if reported == "shadow" else ev.candidate.errors
     assert tested == MIN_REQUESTS
     assert _actions(c, dep) == ["started", "paused", "rolled_back"]
+
+
+def test_a_gate_hold_keeps_every_request_of_the_step_counted(plane: Plane, tmp_path: Path) -> None:
+    """The automatic pause when the gate refuses the last step's promotion comes on a report
+    that has just counted its candidate requests: the held step's count keeps them, and stays
+    the kept sum's."""
+    c, store = plane
+    model_id, versions = register_versions(c, tmp_path, 2)
+    dep = unique("d")
+    target = f"deployments/{dep}"
+    c.create_deployment(dep, model=model_id, champion_version=versions[0])
+    policy = unique("p")
+    c.create_policy(policy, target=target, rules=['labels.ok == "yes"'])
+    c.update_version(model_id, versions[1], labels={"ok": "yes"})
+    assert c.evaluate_gate(model_id, versions[1], target).passed
+    c.start_rollout(
+        dep, versions[1], strategy="canary", steps=[50, 100], step_duration=0.3, min_requests=50
+    )
+    c.update_policy(policy, rules=['labels.ok == "yes"', 'labels.reviewed == "yes"'])
+    side = Sidecar(c, dep)
+    ended = (pb.ROLLOUT_STATE_PAUSED, pb.ROLLOUT_STATE_PROMOTED)
+    held = drive(side, lambda d: d.rollout.state in ended, candidate=30)
+    assert held.rollout.state == pb.ROLLOUT_STATE_PAUSED, held.rollout.reason
+    assert _kept_candidate_requests(store, dep) == held.rollout.evidence.step_candidate_requests
+    side.report(champion=0, candidate=30)
+    d = c.get_deployment(dep)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PAUSED
+    assert _kept_candidate_requests(store, dep) == d.rollout.evidence.step_candidate_requests
