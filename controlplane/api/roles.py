@@ -16,6 +16,7 @@ import re
 
 import grpc
 
+from controlplane.auth.permissions import BUILT_IN_ROLES
 from modelplane.server.context import RequestContext
 from modelplane.server.interceptor import anonymous_loopback
 
@@ -30,9 +31,17 @@ def parse_roles(text: str) -> tuple[str, ...]:
 
 
 def clean_roles(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Distinct, lowercased, sorted role names; malformed ones are dropped."""
+    """Distinct, lowercased, sorted role names; malformed ones are dropped. Beyond
+    :data:`MAX_ROLES` (an identity provider's group claim may hold many) the built-in roles
+    are kept and then the first others by name, so that a claim of many groups never loses
+    ``viewer`` or ``sidecar`` to names that sort before them."""
     kept = {r.strip().lower() for r in names if isinstance(r, str) and r.strip()}
-    return tuple(sorted(n for n in kept if ROLE_NAME.match(n)))[:MAX_ROLES]
+    valid = sorted(n for n in kept if ROLE_NAME.match(n))
+    if len(valid) <= MAX_ROLES:
+        return tuple(valid)
+    built_in = [n for n in valid if n in BUILT_IN_ROLES]
+    others = [n for n in valid if n not in BUILT_IN_ROLES][: MAX_ROLES - len(built_in)]
+    return tuple(sorted(built_in + others))
 
 
 def principal_with_roles(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:

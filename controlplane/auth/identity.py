@@ -21,7 +21,13 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from controlplane.api.roles import ROLE_NAME, clean_roles, parse_roles, principal_with_roles
+from controlplane.api.roles import (
+    MAX_ROLES,
+    ROLE_NAME,
+    clean_roles,
+    parse_roles,
+    principal_with_roles,
+)
 from controlplane.auth.errors import AccessConfigError
 from controlplane.names import check_id
 from modelplane.errors import InvalidArgument, Unauthenticated
@@ -151,6 +157,14 @@ def _entry(item: Any, where: str) -> tuple[str, TokenEntry]:
     models = _names(item.get("models", []), where, "models", _is_model_id)
     if not roles:
         raise AccessConfigError(f"{where}: roles must name at least one role")
+    if len(set(roles)) > MAX_ROLES:
+        raise AccessConfigError(f"{where}: roles names more than {MAX_ROLES} roles")
+    if "models" in item and not models:
+        # Left out, a token acts on every model; an empty list is a template's slip, not that.
+        raise AccessConfigError(
+            f"{where}: models is empty: list the models the token may act on, or leave models "
+            "out for a token that acts on every model"
+        )
     return token.strip(), TokenEntry(principal, Grant(clean_roles(roles), tuple(sorted(models))))
 
 

@@ -89,6 +89,22 @@ def _hs(**claims: Any) -> str:
     return jwt.encode(_claims(**claims), SECRET, algorithm="HS256")
 
 
+def test_a_claim_of_many_groups_keeps_the_built_in_roles(hs256: RunningControlPlane) -> None:
+    """An identity provider's group claim may hold more roles than are kept (32): the built-in
+    ones stay, whatever names sort before them."""
+    groups = [f"grp-{i:02}" for i in range(40)]
+    model_id = unique()
+    with Client(hs256.address, token=_hs(roles=["admin"]), timeout=30) as admin:
+        admin.create_model(model_id)
+    with Client(hs256.address, token=_hs(roles=[*groups, "viewer"]), timeout=30) as many:
+        assert many.get_model(model_id).name == f"models/{model_id}"
+    with (
+        Client(hs256.address, token=_hs(roles=groups), timeout=30) as none,
+        pytest.raises(PermissionDenied),
+    ):
+        none.get_model(model_id)
+
+
 def test_hs256_token_identifies_the_caller(hs256: RunningControlPlane) -> None:
     model_id = unique()
     with Client(hs256.address, token=_hs(), principal="mallory", timeout=30) as jill:
@@ -262,6 +278,16 @@ TOKENS_FILE_MISTAKES = {
     "bad-model": (
         "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: [admin], models: [Bad_Id]}\n",
         "invalid models",
+    ),
+    "empty-models": (
+        "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: [sidecar], models: []}\n",
+        "models is empty",
+    ),
+    "too-many-roles": (
+        "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: ["
+        + ", ".join(f"team-{i:02}" for i in range(33))
+        + "]}\n",
+        "more than 32 roles",
     ),
     "unknown-key": (
         "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: [admin], role: x}\n",
