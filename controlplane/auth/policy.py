@@ -7,18 +7,24 @@ deployment (``deployments/{id}``, or ``deployment.name``) is about the model it 
 is fixed at its creation and looked up in the store when the caller's grants are scoped. The
 request context handed on carries the roles that hold for that model, which is what approvals
 record and policies check.
+
+A list spanning models (LISTED) shows a scoped caller the entries of its models only. Models,
+deployments and operations are selected in the list's query (:func:`listed_models` says which
+models), so that a page holds up to its size of visible entries and its next-page token
+(readable base64 JSON) resumes after a visible one; the response filter set here drops what a
+list did not select (audit events, still) and is otherwise a second guard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from controlplane.auth.permissions import PERMISSIONS, Rule, Scope
+from controlplane.auth.permissions import PERMISSIONS, READ, Rule, Scope
 from modelplane.errors import PermissionDenied
 from modelplane.server.context import Grant, RequestContext
 from modelplane.server.interceptor import Authorization
@@ -98,6 +104,18 @@ def roles_on(grants: Iterable[Grant], model: str | None) -> set[str]:
     return out
 
 
+def listed_models(ctx: RequestContext, roles: Collection[str] = READ) -> frozenset[str] | None:
+    """The models whose entries a list spanning models may show ``ctx``'s caller, who lists
+    with one of ``roles`` (every LISTED RPC reads, :data:`READ`): None when such a role holds on
+    every model, or when access control is off (no grants, not authenticated). An authenticated
+    caller without grants sees none."""
+    if not ctx.grants:
+        return frozenset() if ctx.authenticated else None
+    if roles_on(ctx.grants, None) & set(roles):
+        return None
+    return frozenset(m for g in ctx.grants if set(roles) & set(g.roles) for m in g.models)
+
+
 def _short(method: str) -> str:
     return method.lstrip("/").rsplit(".", 1)[-1]
 
@@ -162,7 +180,7 @@ class PermissionPolicy:
                 return Authorization(replace(ctx, roles=tuple(sorted(roles))))
         if unscoped & rule.roles:
             return Authorization(replace(ctx, roles=tuple(sorted(unscoped))))
-        allowed = {m for g in ctx.grants if rule.roles.intersection(g.roles) for m in g.models}
+        allowed = set(listed_models(ctx, rule.roles) or ())
         if rule.scope is Scope.LISTED:
             return Authorization(
                 replace(ctx, roles=tuple(sorted(held))), _listed_filter(rule, allowed)
@@ -223,7 +241,11 @@ def _deployments_covered(
 def _listed_filter(rule: Rule, allowed: set[str]) -> Callable[[Any], Any]:
     """Drops the entries of a list response that are not about a model the caller may see:
     an entry about no model (a blob's upload, a deployment, a policy) is dropped too, since
-    what it names may belong to models outside the caller's scope."""
+    what it names may belong to models outside the caller's scope.
+
+    Models, deployments and operations are selected for the caller in their lists' queries
+    (:func:`listed_models`), so nothing of theirs is dropped here. Whatever is dropped leaves
+    its page short, and that page's next-page token was made without regard to it."""
 
     def keep_visible(response: Any) -> Any:
         entries = getattr(response, rule.listed)

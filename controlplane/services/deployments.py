@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from controlplane.auth.policy import listed_models
 from controlplane.domain import VersionState
 from controlplane.domain.deployments import (
     Deployment,
@@ -38,7 +39,7 @@ from modelplane.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from modelplane.server.context import RequestContext
+from modelplane.server.context import RequestContext, current_context
 
 DEPLOYMENT_UPDATE_PATHS = (
     "description",
@@ -268,12 +269,17 @@ class DeploymentService:
             return self.finish(require_deployment(tx, deployment_id))
 
     def list_deployments(
-        self, page_size_: int = 0, page_token: str = ""
+        self, page_size_: int = 0, page_token: str = "", ctx: RequestContext | None = None
     ) -> tuple[list[Deployment], str]:
+        """A page of deployments and the next page's token ("" at the end). A caller (``ctx``,
+        by default the current call's) whose roles hold only on some models is shown their
+        deployments alone, selected in the query: it learns no other model's deployments, not
+        even from the token, which names one of its own."""
+        visible = listed_models(ctx or current_context())
         query: dict[str, str] = {"list": "deployments"}
         after = decode(page_token, query)
         with self.store.read() as tx:
-            items, next_key = Deployments(tx.session).page(after, page_size(page_size_))
+            items, next_key = Deployments(tx.session).page(after, page_size(page_size_), visible)
         return [self.finish(d) for d in items], encode(query, next_key) if next_key else ""
 
     def update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from controlplane.auth.policy import listed_models
 from controlplane.domain import Alias, AliasEvent, Model, VersionState
 from controlplane.names import (
     check_id,
@@ -23,7 +24,7 @@ from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
 from controlplane.store.tables import ModelRow
 from modelplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from modelplane.server.context import RequestContext
+from modelplane.server.context import RequestContext, current_context
 
 MODEL_UPDATE_PATHS = ("description", "labels", "intended_use", "limitations")
 
@@ -114,8 +115,19 @@ class ModelService:
             return require_model(tx, model_id)
 
     def list_models(
-        self, *, filter: str = "", order_by: str = "", page_size_: int = 0, page_token: str = ""
+        self,
+        *,
+        filter: str = "",
+        order_by: str = "",
+        page_size_: int = 0,
+        page_token: str = "",
+        ctx: RequestContext | None = None,
     ) -> tuple[list[Model], str]:
+        """A page of models and the next page's token ("" at the end). A caller (``ctx``, by
+        default the current call's) whose roles hold only on some models is shown those alone,
+        selected in the query: its page holds up to ``page_size_`` of them and its token
+        names one of them."""
+        visible = listed_models(ctx or current_context())
         terms = parse_filter(filter)
         order, desc = parse_order(order_by, ("name", "create_time", "update_time"), "name")
         query = {"list": "models", "filter": filter, "order_by": order_by}
@@ -124,7 +136,7 @@ class ModelService:
         if terms.matches_nothing:
             return [], ""
         with self.store.read() as tx:
-            models, next_key = tx.models.page(terms.labels, order, desc, after, limit)
+            models, next_key = tx.models.page(terms.labels, order, desc, after, limit, visible)
         return models, encode(query, next_key) if next_key else ""
 
     def update(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from controlplane.auth.policy import listed_models
 from controlplane.domain import Operation
 from controlplane.names import check_text, parse_operation
 from controlplane.store import Store, Tx, WriteTx
@@ -22,7 +23,7 @@ from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import OperationRow
 from modelplane.errors import Cancelled, ModelplaneError, NotFound
-from modelplane.server.context import RequestContext
+from modelplane.server.context import RequestContext, current_context
 
 MAX_WAIT_SECONDS = 60.0
 POLL_SECONDS = 0.2
@@ -175,15 +176,23 @@ class OperationService:
         return op
 
     def list_operations(
-        self, target: str = "", page_size_: int = 0, page_token: str = ""
+        self,
+        target: str = "",
+        page_size_: int = 0,
+        page_token: str = "",
+        ctx: RequestContext | None = None,
     ) -> tuple[list[Operation], str]:
+        """A page of operations, newest first, and the next page's token ("" at the end). A
+        caller (``ctx``, by default the current call's) whose roles hold only on some models is
+        shown the operations on those models alone, selected in the query."""
+        visible = listed_models(ctx or current_context())
         # Targets are resource names; a filter no stored target can equal (one PostgreSQL
         # text cannot hold, say) is refused rather than sent to the database.
         check_text(target, "target", 1_000, single_line=True)
         query = {"list": "operations", "target": target}
         after = decode(page_token, query)
         with self.store.read() as tx:
-            ops, next_key = tx.operations.page(target, after, page_size(page_size_))
+            ops, next_key = tx.operations.page(target, after, page_size(page_size_), visible)
         return ops, encode(query, next_key) if next_key else ""
 
     def wait(self, name: str, timeout: float) -> Operation:

@@ -7,7 +7,7 @@ the same transition, exactly one update matches and the other sees ``False``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -217,11 +217,15 @@ class Deployments:
         return sorted({str(i) for q in (champions, rollouts) for i in self.s.exec(q)})
 
     def page(
-        self, after: list[Any] | None, limit: int
+        self, after: list[Any] | None, limit: int, models: Collection[str] | None = None
     ) -> tuple[list[Deployment], list[Any] | None]:
-        rows, next_key = scan_by_id(
-            self.s, select(DeploymentRow), col(DeploymentRow.id), after, limit, False
-        )
+        """Deployments by id after ``after``; with ``models``, only those serving one of them
+        (a caller whose roles hold on some models): its page holds them alone and its key is
+        one of theirs."""
+        q = select(DeploymentRow)
+        if models is not None:
+            q = q.where(col(DeploymentRow.model_id).in_(sorted(models)))
+        rows, next_key = scan_by_id(self.s, q, col(DeploymentRow.id), after, limit, False)
         return [deployment(r, self.rollout_row(r.id, r.rollout_id)) for r in rows], next_key
 
     def update(

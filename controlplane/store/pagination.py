@@ -1,4 +1,11 @@
-"""Opaque page tokens for keyset pagination (AIP-158)."""
+"""Page tokens for keyset pagination (AIP-158).
+
+Clients treat a token as opaque, but it is base64 JSON that anyone holding it can read: the key
+of the last entry of the page it follows. A list that shows a caller only some entries (one
+whose roles hold on some models) must therefore select them in its query, never drop entries
+from a page already cut, so that the key is that of an entry the caller was shown and a token
+is handed out only when more of its entries follow.
+"""
 
 from __future__ import annotations
 

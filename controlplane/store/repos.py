@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -273,6 +274,19 @@ def _all(row: Any) -> bool:
     return True
 
 
+def about_models(column: Any, models: Collection[str]) -> ColumnElement[bool]:
+    """Rows whose resource name in ``column`` is about one of ``models``: ``models/{id}`` and
+    what lies under it (``models/{id}/versions/3``, ``models/{id}@production``), as
+    :func:`controlplane.auth.policy.model_of` reads a name; none for no models."""
+    terms: list[ColumnElement[bool]] = []
+    for model in sorted(models):
+        name = f"models/{model}"
+        terms.append(column == name)
+        terms.append(column.startswith(name + "/", autoescape=True))
+        terms.append(column.startswith(name + "@", autoescape=True))
+    return or_(*terms) if terms else false()
+
+
 class ModelRepo:
     """Models."""
 
@@ -318,7 +332,11 @@ class ModelRepo:
         desc: bool,
         after: list[Any] | None,
         limit: int,
+        models: Collection[str] | None = None,
     ) -> tuple[list[Model], list[Any] | None]:
+        """Models with ``labels``, in ``order`` after ``after``; with ``models``, only those
+        (a caller whose roles hold on some models): its page holds them alone and its key is
+        one of theirs."""
         columns: list[Any] = [col(ModelRow.id)]
         if order != "name":
             columns.insert(0, getattr(ModelRow, order))
@@ -329,7 +347,10 @@ class ModelRepo:
         def keep(r: ModelRow) -> bool:
             return all(r.labels.get(k) == v for k, v in labels.items())
 
-        rows, next_key = _scan(self.s, select(ModelRow), columns, key_of, after, desc, limit, keep)
+        q = select(ModelRow)
+        if models is not None:
+            q = q.where(col(ModelRow.id).in_(sorted(models)))
+        rows, next_key = _scan(self.s, q, columns, key_of, after, desc, limit, keep)
         return [convert.model(r) for r in rows], next_key
 
     def update(self, model_id: str, if_etag: str, changes: dict[str, Any], now: datetime) -> Model:
@@ -789,10 +810,18 @@ class OperationRepo:
         return convert.operation(row)
 
     def page(
-        self, target: str, after: list[Any] | None, limit: int
+        self,
+        target: str,
+        after: list[Any] | None,
+        limit: int,
+        models: Collection[str] | None = None,
     ) -> tuple[list[Operation], list[Any] | None]:
+        """Operations on ``target`` (any, when empty), newest first; with ``models``, only
+        those whose target is about one of them (:func:`about_models`)."""
         q = select(OperationRow)
         if target:
             q = q.where(OperationRow.target == target)
+        if models is not None:
+            q = q.where(about_models(col(OperationRow.target), models))
         rows, next_key = scan_newest(self.s, q, OperationRow, after, limit)
         return [convert.operation(r) for r in rows], next_key
