@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator
+from collections.abc import Collection, Generator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -15,6 +15,7 @@ from controlplane.audit._canonical import utc_text
 from controlplane.audit._chain import EVENT_COLUMNS, AuditEvent, chain_condition, event_from_row
 from controlplane.store import Store
 from controlplane.store.pagination import decode, encode, page_size
+from controlplane.store.repos import about_models
 from controlplane.store.tables import AuditEventRow
 from modelplane.errors import InvalidArgument
 
@@ -57,14 +58,16 @@ def list_events(
     *,
     page_size_: int = 0,
     page_token: str = "",
+    models: Collection[str] | None = None,
 ) -> tuple[list[AuditEvent], str]:
     """A page of the chain's events in sequence order (those numbered from 1, as export and
     verify read them), and the token of the next page ("" at the end).
 
     ``resource`` matches that resource and the resources under it (``models/m`` also matches
-    ``models/m/versions/1``); ``actor`` matches exactly; ``since`` keeps events at or after it.
-    Rows out of the chain and events with values of the wrong type are treated as in
-    :func:`iter_events`.
+    ``models/m/versions/1``); ``actor`` matches exactly; ``since`` keeps events at or after it;
+    ``models`` (a caller scoped to some models) keeps only events about those models, selected
+    in the query, so that a page and its token show nothing of the others. Rows out of the
+    chain and events with values of the wrong type are treated as in :func:`iter_events`.
     """
     if since is not None and not isinstance(since, datetime):
         raise InvalidArgument("since must be a timestamp", reason="INVALID_ARGUMENT")
@@ -86,6 +89,8 @@ def list_events(
         )
     if actor:
         conditions.append(col(AuditEventRow.actor) == actor)
+    if models is not None:
+        conditions.append(about_models(col(AuditEventRow.resource), models))
     if since is not None:
         aware = since if since.tzinfo else since.replace(tzinfo=UTC)
         conditions.append(col(AuditEventRow.time) >= aware.astimezone(UTC))

@@ -10,9 +10,11 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane import audit
+from controlplane.auth.policy import listed_models
 from controlplane.names import check_text
 from controlplane.store import Store
 from modelplane.errors import InvalidArgument
+from modelplane.server.context import current_context
 
 EXPORT_FORMATS = ("jsonl",)
 #: Lines per chunk of an export stream.
@@ -43,6 +45,7 @@ class AuditTrailService:
             since,
             page_size_=page_size_,
             page_token=page_token,
+            models=listed_models(current_context()),
         )
 
     def export(self, fmt: str = "jsonl") -> Iterator[bytes]:

@@ -1,8 +1,9 @@
-"""A caller whose roles hold only on some models pages through ListModels, ListDeployments and
-ListOperations as if the other models did not exist: every page holds only its models' entries
-(up to the page size), the pages together hold all of them, and a next-page token, which a
-client can read (base64 JSON), holds the key of the page's last entry and is handed out only
-when more of the caller's entries follow. A label filter tells it nothing about other models.
+"""A caller whose roles hold only on some models pages through ListModels, ListDeployments,
+ListOperations and ListAuditEvents as if the other models did not exist: every page holds only
+its models' entries (up to the page size), the pages together hold all of them, and a
+next-page token, which a client can read (base64 JSON), holds the key of the page's last entry
+and is handed out only when more of the caller's entries follow. A label filter tells it
+nothing about other models.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from controlplane.services.operations import OperationService
 from controlplane.store import Store
 from modelplane.server.context import Grant, RequestContext
 from modelplane.testing.onnx_models import mlp, save
+from modelplane.v1 import audit_pb2 as apb
+from modelplane.v1 import audit_pb2_grpc as agrpc
 from modelplane.v1 import deployments_pb2 as dpb
 from modelplane.v1 import deployments_pb2_grpc as dgrpc
 from modelplane.v1 import operations_pb2 as opb
@@ -331,3 +334,30 @@ def test_services_select_a_scoped_callers_entries_on_each_backend(db_url: str) -
         assert ops.list_operations(ctx=nobody) == ([], "")
     finally:
         store.close()
+
+
+def _audit(world: World, channel: grpc.Channel) -> Lister:
+    stub = agrpc.AuditServiceStub(channel)
+
+    def call(who: str, size: int, token: str) -> tuple[list[Any], str]:
+        request = apb.ListAuditEventsRequest(page_size=size, page_token=token)
+        page = stub.ListAuditEvents(request, metadata=_metadata(world, who), timeout=30)
+        return list(page.events), page.next_page_token
+
+    return Lister(call, lambda e: str(e.seq), lambda e: [e.seq])
+
+
+@pytest.mark.parametrize("size", PAGE_SIZES)
+def test_audit_pages_hold_the_callers_models_events_only(
+    world: World, channel: grpc.Channel, size: int
+) -> None:
+    """Events about its models only, selected in the query: no page is short or empty while a
+    token follows, which would say that other models saw activity meanwhile."""
+    everything = [e for e, _ in _all(_audit(world, channel))]
+    visible = set(world.visible)
+    mine = [str(e.seq) for e in everything if e.resource.startswith("models/")
+            and _model_of(e.resource) in visible]  # fmt: skip
+    assert mine and len(mine) < len(everything)
+    theirs = {str(e.seq) for e in everything} - set(mine)
+    _check_pages(_audit(world, channel), "sam", size, mine, theirs)
+    _check_pages(_audit(world, channel), "nora", size, [], theirs)
