@@ -186,7 +186,8 @@ class ControlPlaneSettings(BaseSettings):
         gt=0,
         le=TIMEOUT_MAX,  # the longest a timer thread can wait
         description="how long a retraining webhook or command may take in all before it is "
-        "abandoned (the webhook's connection cut, the command killed with its children)",
+        "abandoned (the webhook's connection cut, the command killed with every process of its "
+        "session)",
     )
     report_interval_seconds: float = Field(
         2.0,
