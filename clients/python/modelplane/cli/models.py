@@ -42,8 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     u.add_argument("name")
     u.add_argument("--description")
-    u.add_argument("--label", action="append", metavar="KEY=VALUE", help="replaces all labels")
-    u.add_argument("--clear-labels", action="store_true", help="remove every label")
+    u.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="replaces all labels (repeatable, each key once)",
+    )
+    u.add_argument(
+        "--clear-labels",
+        action="store_true",
+        help="remove every label; with --label, only the labels given remain",
+    )
     u.add_argument("--intended-use")
     u.add_argument("--limitations")
     u.add_argument("--etag", default="", help="fail with ABORTED unless the model still has it")

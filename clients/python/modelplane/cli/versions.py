@@ -103,7 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="KEY=VALUE",
         help="replaces all labels (repeatable, each key once)",
     )
-    u.add_argument("--etag", default="")
+    u.add_argument(
+        "--clear-labels",
+        action="store_true",
+        help="remove every label; with --set-label, only the labels given remain",
+    )
+    u.add_argument("--etag", default="", help="fail with ABORTED unless the version still has it")
     add_request_id(u)
     u.set_defaults(handler=_update)
 
@@ -229,10 +234,12 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
     fields: dict[str, Any] = {}
     if args.description is not None:
         fields["description"] = args.description
-    if args.set_label is not None:
+    if args.set_label is not None or args.clear_labels:
         fields["labels"] = unique_key_values(args.set_label, "--set-label")
     if not fields:
-        raise CliError("name something to change: --description or --set-label", EXIT_USAGE)
+        raise CliError(
+            "name something to change: --description, --set-label or --clear-labels", EXIT_USAGE
+        )
     with server_errors(), client(args) as c:
         v = c.update_version(
             args.name, args.version, etag=args.etag, request_id=args.request_id or None, **fields
