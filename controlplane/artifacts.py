@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +33,50 @@ OIP_DATATYPES = {
 
 
 def _invalid(message: str) -> InvalidArgument:
-    return InvalidArgument(message, reason="INVALID_ONNX_MODEL")
+    return InvalidArgument(
+        message, reason="INVALID_ONNX_MODEL", metadata={"field": "artifact_sha256"}
+    )
+
+
+#: The opset domains whose newest version the installed onnx package knows, by their names in
+#: a model's opset_import ("" and "ai.onnx" are one domain).
+_DEFAULT_DOMAIN = ("", "ai.onnx")
+_ML_DOMAIN = "ai.onnx.ml"
+
+
+@functools.cache
+def _newest_opset(domain: str) -> int:
+    """The newest opset of ``domain`` (the default domain or ai.onnx.ml) the installed onnx
+    package knows."""
+    if domain in _DEFAULT_DOMAIN:
+        return int(onnx.defs.onnx_opset_version())
+    return max(
+        s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == domain
+    )
+
+
+def _refuse_unknown_versions(model: onnx.ModelProto) -> None:
+    """INVALID_ONNX_MODEL when the model declares an IR version or imports an opset of the
+    default or ai.onnx.ml domain newer than the installed onnx package knows: onnx.checker
+    lets such a model pass, and no runtime this server's onnx goes with can load it. Other
+    domains (a runtime's contrib operators) are left to the runtime."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise _invalid(
+            f"the ONNX model declares IR version {model.ir_version}, newer than the highest "
+            f"this server supports ({onnx.IR_VERSION}, onnx {onnx.__version__}); export it "
+            f"with IR version {onnx.IR_VERSION} or lower"
+        )
+    for opset in model.opset_import:
+        if opset.domain not in (*_DEFAULT_DOMAIN, _ML_DOMAIN):
+            continue
+        newest = _newest_opset(opset.domain)
+        if opset.version > newest:
+            domain = opset.domain or "ai.onnx"
+            raise _invalid(
+                f"the ONNX model imports opset {opset.version} of domain {domain}, newer than "
+                f"the highest this server supports ({newest}, onnx {onnx.__version__}); "
+                f"export it with opset {newest} or lower"
+            )
 
 
 def _text(value: str, what: str) -> str:
@@ -108,8 +152,10 @@ def _refuse_external_data(model: onnx.ModelProto) -> None:
 def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
     """Validate ONNX bytes and extract header facts and the signature.
 
-    Raises INVALID_ARGUMENT (reason INVALID_ONNX_MODEL) when the bytes are not a valid model,
-    or when a tensor keeps its data in an external file (refused before onnx.checker runs).
+    Raises INVALID_ARGUMENT (reason INVALID_ONNX_MODEL, field ``artifact_sha256``) when the
+    bytes are not a valid model, when a tensor keeps its data in an external file, and when
+    the model's IR version or default-domain or ai.onnx.ml opset is newer than the installed
+    onnx package knows (both refused before onnx.checker runs).
     """
     try:
         model = onnx.load_from_string(data)
@@ -118,6 +164,7 @@ def inspect_onnx(data: bytes, sha256: str) -> tuple[Artifact, Signature]:
     if not model.graph.node and not model.graph.output:
         raise _invalid("the artifact is not an ONNX model: it has no graph")
     _refuse_external_data(model)
+    _refuse_unknown_versions(model)
     try:
         # The checker takes the bytes we hold; given the parsed model it would serialise it again.
         onnx.checker.check_model(data)

@@ -6,8 +6,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.names import LABEL_KEY, LABEL_VALUE, shown
+from controlplane.names import LABEL_KEY, LABEL_VALUE, check_labels, check_text, shown
 from modelplane.errors import InvalidArgument
+
+#: The metadata of a refused filter, order or update mask: the request field it came in.
+FILTER_FIELD = {"field": "filter"}
+ORDER_FIELD = {"field": "order_by"}
+MASK_FIELD = {"field": "update_mask"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ def _term_error(term: str, allowed: Mapping[str, object]) -> InvalidArgument:
         + (f" or {' or '.join(f'{a}=VALUE' for a in allowed)}" if allowed else "")
         + ' terms, each VALUE bare or in double quotes ("VALUE")',
         reason="INVALID_FILTER",
+        metadata=FILTER_FIELD,
     )
 
 
@@ -46,6 +52,7 @@ def _unquoted(value: str, term: str) -> str:
             f"filter term {shown(term)} is invalid: quote a value with one pair of double "
             'quotes (KEY="VALUE"); quotes inside a value and backslash escapes are not allowed',
             reason="INVALID_FILTER",
+            metadata=FILTER_FIELD,
         )
     return value
 
@@ -59,7 +66,8 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
     label value may be empty (labels allow it) and matches only an empty value; a key repeated
     with the same value is one term, with different values the filter matches nothing. A label
     key or value that no label can have is refused (INVALID_FILTER) rather than matching
-    nothing.
+    nothing. A function of ``fields`` refuses a value with INVALID_FILTER and
+    :data:`FILTER_FIELD`, as every refusal here names the ``filter`` field.
     """
     allowed = dict(fields or {})
     labels: dict[str, str] = {}
@@ -80,6 +88,7 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
                     "label can match it: label keys are 1-63 lowercase letters, digits, '_', "
                     "'.', '-', starting with a letter",
                     reason="INVALID_FILTER",
+                    metadata=FILTER_FIELD,
                 )
             if not LABEL_VALUE.fullmatch(value):
                 raise InvalidArgument(
@@ -87,12 +96,15 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
                     "no label can match it: label values are up to 63 letters, digits, '_', "
                     "'.', '-'",
                     reason="INVALID_FILTER",
+                    metadata=FILTER_FIELD,
                 )
             terms, name, canonical = labels, label, value
         elif key in allowed:
             terms, name, canonical = values, key, allowed[key](value)
         else:
-            raise InvalidArgument(f"cannot filter on {shown(key)}", reason="INVALID_FILTER")
+            raise InvalidArgument(
+                f"cannot filter on {shown(key)}", reason="INVALID_FILTER", metadata=FILTER_FIELD
+            )
         if terms.setdefault(name, canonical) != canonical:
             conflict = True
     return Filter(labels, values, conflict)
@@ -106,13 +118,21 @@ def parse_order(text: str, allowed: tuple[str, ...], default: str) -> tuple[str,
             f"order_by {shown(text)} is invalid; use one of {', '.join(allowed)}, "
             "optionally followed by ' desc'",
             reason="INVALID_ORDER_BY",
+            metadata=ORDER_FIELD,
         )
     if len(parts) == 2 and parts[1].lower() not in ("asc", "desc"):
         raise InvalidArgument(
             f"order_by direction {shown(parts[1])} is invalid; use asc or desc",
             reason="INVALID_ORDER_BY",
+            metadata=ORDER_FIELD,
         )
     return parts[0], len(parts) == 2 and parts[1].lower() == "desc"
+
+
+def _populated(value: object) -> bool:
+    """Whether a field's value differs from its proto3 default: a non-empty string, list or
+    map (the only kinds of field that an update without a mask may set)."""
+    return isinstance(value, str | list | tuple | Mapping) and len(value) > 0
 
 
 def masked_changes(
@@ -120,18 +140,34 @@ def masked_changes(
     values: Mapping[str, object],
     allowed: tuple[str, ...],
     checks: Mapping[str, Callable[[Any], object]] | None = None,
+    *,
+    resource: str = "",
+    implicit: bool = False,
 ) -> dict[str, object]:
     """The validated changes an update mask asks for.
 
     ``checks`` validates (and normalises) a field by path; without one, ``labels`` are checked
-    as labels and every other field as free text.
+    as labels and every other field as free text. ``resource`` is the request field that
+    holds the updated resource (``model``, ``version``): a refused value names
+    ``{resource}.{path}`` in the error's metadata. With ``implicit``, an empty mask stands for
+    the fields ``values`` sets (AIP-134): the strings, lists and maps that are not empty. A
+    field is cleared only by naming it in a mask.
     """
-    from controlplane.names import check_labels, check_text
-
+    if not paths and implicit:
+        paths = [p for p in allowed if _populated(values[p])]
+        if not paths:
+            raise InvalidArgument(
+                "nothing to update: the request sets none of the fields "
+                f"{', '.join(allowed)} and names none in update_mask; set the fields to "
+                "change, or name the fields to clear in update_mask",
+                reason="INVALID_UPDATE_MASK",
+                metadata=MASK_FIELD,
+            )
     if not paths:
         raise InvalidArgument(
             f"update_mask is empty; name fields to change among {', '.join(allowed)}",
             reason="INVALID_UPDATE_MASK",
+            metadata=MASK_FIELD,
         )
     changes: dict[str, object] = {}
     for path in paths:
@@ -139,12 +175,14 @@ def masked_changes(
             raise InvalidArgument(
                 f"field {shown(path)} cannot be updated; use {', '.join(allowed)}",
                 reason="INVALID_UPDATE_MASK",
+                metadata=MASK_FIELD,
             )
         value = values[path]
+        field = f"{resource}.{path}" if resource else path
         if checks and path in checks:
             changes[path] = checks[path](value)
         elif path == "labels":
-            changes[path] = check_labels(dict(value))  # type: ignore[call-overload]
+            changes[path] = check_labels(dict(value), field)  # type: ignore[call-overload]
         else:
-            changes[path] = check_text(str(value), path)
+            changes[path] = check_text(str(value), path, field=field)
     return changes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.artifacts import inspect_onnx
 from controlplane.blobstore import Blobs
@@ -30,7 +31,12 @@ from controlplane.names import (
     shown,
 )
 from controlplane.services.blobs import require_readable
-from controlplane.services.filters import masked_changes, parse_filter, parse_order
+from controlplane.services.filters import (
+    FILTER_FIELD,
+    masked_changes,
+    parse_filter,
+    parse_order,
+)
 from controlplane.services.models import (
     lock_model,
     model_not_found,
@@ -50,6 +56,18 @@ MAX_FEATURES = 100_000
 MAX_PACKAGES = 10_000
 #: Datasets one registration may attach: each is read and decoded by the server.
 MAX_DATASETS = 32
+#: Training parameters and metrics a version records, and the longest name of one and value
+#: of a parameter (a value is free text, as a description is).
+MAX_PARAMETERS = 1_000
+MAX_METRICS = 1_000
+MAX_LINEAGE_NAME = 256
+MAX_PARAMETER_VALUE = 10_000
+#: ListModelVersions ends a page early rather than let its versions pass this many bytes (a
+#: page always holds one version): a page of versions smaller than that stays under gRPC's
+#: default 4 MiB receive limit.
+MAX_PAGE_BYTES = 3 * 1024**2
+#: What a version's fixed fields can take: numbers, timestamps, state, format, digests, etag.
+_FIXED_BYTES = 1024
 PROFILE_MEDIA_TYPE = "application/vnd.modelplane.profile+json"
 
 
@@ -107,22 +125,23 @@ def resolve_version(tx: Tx, model_id: str, version: int | None, alias: str | Non
 
 
 def _check_new(new: NewVersion) -> None:
+    """Every refusal names the request field at fault in its metadata (AIP-193 style paths:
+    ``code.commit``, ``datasets.role``; ``index`` says which dataset)."""
     check_sha256(new.artifact_sha256, "artifact_sha256")
-    check_text(new.description, "description")
+    check_text(new.description, "description", field="description")
     check_labels(new.labels)
-    check_text(new.label_column, "label_column", 256, single_line=True)
-    check_text(new.training_run_id, "training_run_id", 256, single_line=True)
-    check_text(new.code_repository, "code.repository", 2048, single_line=True)
+    check_text(new.label_column, "label_column", 256, single_line=True, field="label_column")
+    check_text(
+        new.training_run_id, "training_run_id", 256, single_line=True, field="training_run_id"
+    )
+    check_text(
+        new.code_repository, "code.repository", 2048, single_line=True, field="code.repository"
+    )
     check_no_credentials(new.code_repository)
-    check_text(new.code_commit, "code.commit", 256, single_line=True)
+    check_text(new.code_commit, "code.commit", 256, single_line=True, field="code.commit")
     _check_feature_names(new.feature_names)
-    for key, value in new.parameters.items():
-        _check_lineage_key(key, "parameter")
-        check_text(value, f"parameter {key!r}", 10_000)
-    for key, metric in new.metrics.items():
-        _check_lineage_key(key, "metric")
-        if not math.isfinite(metric):
-            raise InvalidArgument(f"metric {key!r} is not a finite number", reason="INVALID_METRIC")
+    _check_parameters(new.parameters)
+    _check_metrics(new.metrics)
     _check_environment(new)
     if len(new.datasets) > MAX_DATASETS:
         raise InvalidArgument(
@@ -131,13 +150,29 @@ def _check_new(new: NewVersion) -> None:
             reason="TOO_MANY_DATASETS",
             metadata={"field": "datasets", "limit": str(MAX_DATASETS)},
         )
-    roles = [d.role for d in new.datasets]
-    if len(set(roles)) != len(roles):
-        raise InvalidArgument("each dataset role may appear once", reason="DUPLICATE_DATASET_ROLE")
-    for d in new.datasets:
-        check_id(d.role, "dataset role")
-        check_text(d.source, "dataset source", 2048, single_line=True)
-        check_sha256(d.sha256, f"sha256 of dataset {d.role!r}")
+    seen: set[str] = set()
+    for index, d in enumerate(new.datasets):
+        at = {"index": str(index)}
+        if d.role in seen:
+            raise InvalidArgument(
+                f"dataset role {shown(d.role)} appears more than once; each role may appear once",
+                reason="DUPLICATE_DATASET_ROLE",
+                metadata={"field": "datasets.role", **at},
+            )
+        seen.add(d.role)
+        _with_metadata(at, check_id, d.role, "dataset role", "datasets.role")
+        _with_metadata(
+            at,
+            check_text,
+            d.source,
+            "dataset source",
+            2048,
+            single_line=True,
+            field="datasets.source",
+        )
+        _with_metadata(
+            at, check_sha256, d.sha256, f"sha256 of dataset {d.role!r}", "datasets.sha256"
+        )
 
 
 #: Where a URL's userinfo may sit: a scheme, any slashes ("\\" too, which some parsers take
@@ -191,29 +226,174 @@ def check_no_credentials(url: str) -> None:
         )
 
 
-def _check_lineage_key(key: str, what: str) -> None:
+def _with_metadata(
+    metadata: dict[str, str], check: Callable[..., object], *args: Any, **kw: Any
+) -> None:
+    """``check(*args, **kw)``, whose refusal gets ``metadata`` added (which dataset it was)."""
+    try:
+        check(*args, **kw)
+    except InvalidArgument as err:
+        raise InvalidArgument(
+            err.message, reason=err.reason, metadata={**err.metadata, **metadata}
+        ) from None
+
+
+def _check_lineage_name(key: str, what: str, field_: str, reason: str) -> None:
+    """A parameter or metric name: one line of 1-256 characters (policies read it by name)."""
     if not key:
         raise InvalidArgument(
             f"a {what} name must not be empty (policies read {what}s by name)",
-            reason="INVALID_ARGUMENT",
-            metadata={"field": f"lineage.{what}s"},
+            reason=reason,
+            metadata={"field": field_},
         )
-    check_text(key, f"{what} name", 256, single_line=True)
+    check_text(
+        key,
+        f"{what} name {shown(key)}",
+        MAX_LINEAGE_NAME,
+        single_line=True,
+        field=field_,
+        reason=reason,
+    )
+
+
+def _too_many(count: int, limit: int, what: str, field_: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"a version records at most {limit} {what}, and {count} were given",
+        reason=f"TOO_MANY_{field_.upper()}",
+        metadata={"field": field_, "limit": str(limit)},
+    )
+
+
+def _check_parameters(parameters: Mapping[str, str]) -> None:
+    """At most MAX_PARAMETERS, each named as :func:`_check_lineage_name` says, with a value of
+    at most MAX_PARAMETER_VALUE characters without control characters but newlines and tabs
+    (INVALID_PARAMETER, field ``parameters``)."""
+    if len(parameters) > MAX_PARAMETERS:
+        raise _too_many(len(parameters), MAX_PARAMETERS, "parameters", "parameters")
+    for key, value in parameters.items():
+        _check_lineage_name(key, "parameter", "parameters", "INVALID_PARAMETER")
+        check_text(
+            value,
+            f"the value of parameter {shown(key)}",
+            MAX_PARAMETER_VALUE,
+            field="parameters",
+            reason="INVALID_PARAMETER",
+        )
+
+
+def _check_metrics(metrics: Mapping[str, float]) -> None:
+    """At most MAX_METRICS, each named as :func:`_check_lineage_name` says, with a finite
+    value (INVALID_METRIC, field ``metrics``)."""
+    if len(metrics) > MAX_METRICS:
+        raise _too_many(len(metrics), MAX_METRICS, "metrics", "metrics")
+    for key, metric in metrics.items():
+        _check_lineage_name(key, "metric", "metrics", "INVALID_METRIC")
+        if not math.isfinite(metric):
+            raise InvalidArgument(
+                f"metric {shown(key)} is not a finite number",
+                reason="INVALID_METRIC",
+                metadata={"field": "metrics"},
+            )
 
 
 def _check_feature_names(names: list[str]) -> None:
     """Feature names as a version stores them: at most MAX_FEATURES, each non-empty single-line
     text of at most 256 characters without control characters, no two alike."""
+    field_ = {"field": "feature_names"}
     if len(names) > MAX_FEATURES:
         raise InvalidArgument(
-            f"at most {MAX_FEATURES} feature names are allowed", reason="TOO_MANY_FEATURES"
+            f"at most {MAX_FEATURES} feature names are allowed",
+            reason="TOO_MANY_FEATURES",
+            metadata={**field_, "limit": str(MAX_FEATURES)},
         )
+    seen: set[str] = set()
     for name in names:
         if not name:
-            raise InvalidArgument("feature names must not be empty", reason="INVALID_FEATURE_NAMES")
-        check_text(name, f"feature name {shown(name)}", 256, single_line=True)
-    if len(set(names)) != len(names):
-        raise InvalidArgument("feature names must be unique", reason="INVALID_FEATURE_NAMES")
+            raise InvalidArgument(
+                "feature names must not be empty", reason="INVALID_FEATURE_NAMES", metadata=field_
+            )
+        check_text(
+            name,
+            f"feature name {shown(name)}",
+            256,
+            single_line=True,
+            field="feature_names",
+            reason="INVALID_FEATURE_NAMES",
+        )
+        if name in seen:
+            raise InvalidArgument(
+                f"feature names must be unique, and {shown(name)} appears more than once",
+                reason="INVALID_FEATURE_NAMES",
+                metadata=field_,
+            )
+        seen.add(name)
+
+
+def _utf8(value: str) -> int:
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def _strings(values: Iterable[str]) -> int:
+    """At least what ``values`` take in a message: each string's UTF-8 bytes, and 6 for its tag
+    and length (a length below 2 MiB takes 3 bytes, a tag 1 or 2)."""
+    return sum(_utf8(v) + 6 for v in values)
+
+
+def _string_map(values: Mapping[str, str]) -> int:
+    """At least what a ``map<string, string>`` takes: per entry a key, a value and the entry's
+    own tag and length."""
+    return sum(_utf8(k) + _utf8(v) + 18 for k, v in values.items())
+
+
+def _lineage_bytes(lineage: Lineage) -> dict[str, int]:
+    """What each request field of a lineage takes as a message, at least (see
+    :func:`_strings`); the small single-line fields go under ``lineage``."""
+    return {
+        "parameters": _string_map(lineage.parameters),
+        # An entry: its tag and length, the key, the double and its tag.
+        "metrics": sum(_utf8(k) + 21 for k in lineage.metrics),
+        "environment.packages": sum(_utf8(n) + _utf8(v) + 18 for n, v in lineage.packages),
+        # A dataset: its strings and numbers, a column its name, type, tag and length.
+        "datasets": sum(
+            _strings([d.role, d.source, d.sha256, d.format])
+            + 32
+            + sum(_utf8(c.name) + _utf8(c.type) + 18 for c in d.schema)
+            for d in lineage.datasets
+        ),
+        "lineage": _strings(
+            [
+                lineage.training_run_id,
+                lineage.code_repository,
+                lineage.code_commit,
+                lineage.python_version,
+                lineage.platform,
+            ]
+        )
+        + 32,
+    }
+
+
+def version_bytes(version: ModelVersion) -> dict[str, int]:
+    """What each part of ``version`` takes as a ModelVersion message, at least as much as it
+    does, by the request field that gave it: the signature is the artifact's
+    (``artifact_sha256``)."""
+    tensors = [*version.signature.inputs, *version.signature.outputs]
+    artifact = version.artifact
+    return {
+        **_lineage_bytes(version.lineage),
+        "description": _strings([version.description]),
+        "labels": _string_map(version.labels),
+        "feature_names": _strings(version.feature_names),
+        # A tensor: its name, datatype, tag and length, and 11 bytes a dimension (-1 takes 10).
+        "artifact_sha256": sum(
+            _strings([t.name, t.datatype]) + 6 + 11 * len(t.shape) for t in tensors
+        )
+        + _strings([artifact.producer_name, artifact.producer_version]),
+        "version": _strings(
+            [version.name, version.label_column, version.created_by, version.etag, *version.aliases]
+        )
+        + _FIXED_BYTES,
+    }
 
 
 def _check_derived_feature_names(names: list[str]) -> None:
@@ -282,11 +462,13 @@ def _state_term(value: str) -> str:
             "as a whole; read them with ListApprovals and ListGateDecisions, or in the model "
             f"card (a state filter takes {' or '.join(_FILTER_STATES)})",
             reason="INVALID_FILTER",
+            metadata=FILTER_FIELD,
         )
     if state not in VersionState.__members__:
         raise InvalidArgument(
             f"unknown state {shown(value)}; use one of {', '.join(_FILTER_STATES)}",
             reason="INVALID_FILTER",
+            metadata=FILTER_FIELD,
         )
     return state
 
@@ -306,6 +488,7 @@ def _check_feature_count(signature: Signature, feature_names: list[str]) -> None
             f"the model's input {shown(signature.inputs[0].name)} takes {width} features but "
             f"{len(feature_names)} feature names were given or derived",
             reason="FEATURE_COUNT_MISMATCH",
+            metadata={"field": "feature_names"},
         )
 
 
@@ -349,6 +532,16 @@ def _check_baseline_inputs(signature: Signature, profiled: list[str], given: boo
     )
 
 
+def _within_page_bytes(versions: list[ModelVersion]) -> list[ModelVersion]:
+    """The first of ``versions`` that together stay within MAX_PAGE_BYTES, one at least."""
+    total = 0
+    for count, version in enumerate(versions):
+        total += sum(version_bytes(version).values())
+        if count and total > MAX_PAGE_BYTES:
+            return versions[:count]
+    return versions
+
+
 class VersionService:
     """Registers versions and answers for them.
 
@@ -380,7 +573,7 @@ class VersionService:
     def create(
         self, ctx: RequestContext, parent: str, new: NewVersion, request_id: str = ""
     ) -> ModelVersion:
-        model_id = parse_model(parent)
+        model_id = parse_model(parent, "parent")
         _check_new(new)
         with self.store.read() as tx:
             digests = [new.artifact_sha256, *(d.sha256 for d in new.datasets)]
@@ -489,6 +682,7 @@ class VersionService:
             raise InvalidArgument(
                 f"label column {new.label_column!r} is not in the train dataset",
                 reason="DATASET_COLUMNS_MISSING",
+                metadata={"field": "label_column"},
             )
         if not feature_names:
             feature_names = profiles.default_feature_names(table, new.label_column or None)
@@ -498,6 +692,7 @@ class VersionService:
             raise InvalidArgument(
                 f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",
                 reason="DATASET_COLUMNS_MISSING",
+                metadata={"field": "feature_names"},
             )
         _check_feature_count(signature, feature_names)
         if not input_columns(signature, feature_names):
@@ -533,7 +728,7 @@ class VersionService:
         page_size_: int = 0,
         page_token: str = "",
     ) -> tuple[list[ModelVersion], str]:
-        model_id = parse_model(parent)
+        model_id = parse_model(parent, "parent")
         terms = parse_filter(filter, {"state": _state_term})
         states = {terms.fields["state"]} if "state" in terms.fields else set()
         _, desc = parse_order(order_by, ("version",), "version desc")
@@ -547,7 +742,11 @@ class VersionService:
             versions, next_key = tx.versions.page(
                 model_id, terms.labels, states, desc, after, limit
             )
-        return versions, encode(query, next_key) if next_key else ""
+        kept = _within_page_bytes(versions)
+        if len(kept) < len(versions):
+            # The key the repository pages versions by: the next page starts after the last kept.
+            next_key = [kept[-1].version]
+        return kept, encode(query, next_key) if next_key else ""
 
     def update(
         self,
@@ -558,9 +757,11 @@ class VersionService:
         values: Mapping[str, object],
         request_id: str = "",
     ) -> ModelVersion:
-        ref = parse_version(name)
+        ref = parse_version(name, field="version.name")
         assert ref.version is not None
-        changes = masked_changes(paths, values, VERSION_UPDATE_PATHS)
+        changes = masked_changes(
+            paths, values, VERSION_UPDATE_PATHS, resource="version", implicit=True
+        )
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdateModelVersion", request_id, request=request) as tx:
             # The model's lock, as archive takes it: no other write to the version can commit

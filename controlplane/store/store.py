@@ -66,6 +66,8 @@ log = structlog.get_logger("modelplane.controlplane")
 
 #: A request id: a UUID, or any id of ASCII letters, digits and dashes up to 64 long.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+#: The metadata of a refused request id: the request field that holds it.
+_REQUEST_ID_FIELD = {"field": "request_id"}
 
 _REQUEST_IDS = RequestIdRow.__table__  # type: ignore[attr-defined]
 _SELECT_REQUEST_ID = Direct(
@@ -266,6 +268,7 @@ class Store:
             raise InvalidArgument(
                 "request_id must be a UUID (at most 64 letters, digits and '-')",
                 reason="INVALID_REQUEST_ID",
+                metadata=_REQUEST_ID_FIELD,
             )
         with (
             _translated(self._sqlite_path),
@@ -292,6 +295,7 @@ class Store:
                             f"request_id {request_id} was already used for {seen_method}; "
                             "send a new request id with each new request",
                             reason="REQUEST_ID_REUSED",
+                            metadata=_REQUEST_ID_FIELD,
                         )
                     # Rows written before fingerprints were kept have none: replay those.
                     if seen_fingerprint and seen_fingerprint != fingerprint:
@@ -300,6 +304,7 @@ class Store:
                             f"{method} request (other arguments or another caller); send a new "
                             "request id with each new request",
                             reason="REQUEST_ID_REUSED",
+                            metadata=_REQUEST_ID_FIELD,
                         )
                     tx.replay = seen_resource
                     tx.replay_time = _request_time(session, request_id)

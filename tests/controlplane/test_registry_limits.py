@@ -1,7 +1,8 @@
 """What a registration refuses before the server spends memory or reads its own files on it:
 a dataset larger than the registration limits (read from its metadata, before it is decoded),
-more datasets than a version records, and an ONNX artifact whose tensors keep their data in
-external files. Datasets are read one at a time."""
+more datasets, parameters or metrics than a version records, and an ONNX artifact whose
+tensors keep their data in external files or that no runtime can load (an IR version or opset
+newer than onnx knows). Datasets are read one at a time; large versions come fewer to a page."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pyarrow as pa
@@ -20,9 +22,15 @@ from onnx import TensorProto, helper
 
 from controlplane.artifacts import inspect_onnx
 from controlplane.names import shown
-from controlplane.services.versions import MAX_DATASETS
+from controlplane.services.versions import (
+    MAX_DATASETS,
+    MAX_METRICS,
+    MAX_PARAMETERS,
+)
 from modelplane import Client
-from modelplane.errors import InvalidArgument, ResourceExhausted
+from modelplane.errors import InvalidArgument, ResourceExhausted, error_info
+from modelplane.testing.onnx_models import mlp
+from modelplane.v1 import registry_pb2, registry_pb2_grpc
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, _start
 
@@ -251,3 +259,155 @@ def test_a_registration_naming_the_servers_files_learns_nothing_of_them(
     assert len(answers) == 1
     reason, message = answers.pop()
     assert reason == "INVALID_ONNX_MODEL" and "external data is not supported" in message
+
+
+# ONNX versions newer than onnx knows ------------------------------------------------------------
+
+_NEWEST_ML = max(
+    s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == "ai.onnx.ml"
+)
+
+
+def _too_new(what: str) -> tuple[bytes, str]:
+    """A model declaring an IR version or importing an opset newer than onnx knows, and what
+    the refusal says is the newest."""
+    model = mlp(4, (8,), 2)
+    if what == "ir_version":
+        model.ir_version = onnx.IR_VERSION + 1
+        return model.SerializeToString(), f"({onnx.IR_VERSION}, onnx {onnx.__version__})"
+    if what == "ai.onnx":
+        model.opset_import[0].version = 999
+        return model.SerializeToString(), f"({onnx.defs.onnx_opset_version()}, onnx"
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", _NEWEST_ML + 1))
+    return model.SerializeToString(), f"({_NEWEST_ML}, onnx"
+
+
+@pytest.mark.parametrize("what", ["ir_version", "ai.onnx", "ai.onnx.ml"])
+def test_a_model_newer_than_onnx_knows_is_refused(
+    controlplane: RunningControlPlane, tmp_path: Path, what: str
+) -> None:
+    data, newest = _too_new(what)
+    with pytest.raises(InvalidArgument) as direct:
+        inspect_onnx(data, "0" * 64)
+    model_id = unique()
+    with controlplane.client() as c:
+        c.create_model(model_id)
+        (tmp_path / "model.onnx").write_bytes(data)
+        with pytest.raises(InvalidArgument) as err:
+            c.register_version(model_id, tmp_path / "model.onnx", capture_env=False)
+        assert list(c.list_versions(model_id)) == []
+    for refused in (direct.value, err.value):
+        assert refused.reason == "INVALID_ONNX_MODEL"
+        assert refused.metadata["field"] == "artifact_sha256"
+        assert newest in refused.message
+    if what == "ai.onnx":
+        assert "opset 999 of domain ai.onnx" in err.value.message
+
+
+def test_a_model_at_the_newest_versions_onnx_knows_is_inspected() -> None:
+    model = mlp(4, (8,), 2)
+    model.ir_version = onnx.IR_VERSION
+    model.opset_import[0].version = onnx.defs.onnx_opset_version()
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", _NEWEST_ML))
+    artifact, _ = inspect_onnx(model.SerializeToString(), "0" * 64)
+    assert (artifact.ir_version, artifact.opset) == (
+        onnx.IR_VERSION,
+        onnx.defs.onnx_opset_version(),
+    )
+
+
+# Parameters, metrics and pages of versions --------------------------------------------------
+
+
+@pytest.fixture
+def raw(
+    controlplane: RunningControlPlane,
+) -> Iterator[tuple[Client, registry_pb2_grpc.RegistryServiceStub]]:
+    """The SDK, and a registry stub on a channel with gRPC's default 4 MiB receive limit."""
+    channel = grpc.insecure_channel(controlplane.address)
+    with controlplane.client() as c:
+        yield c, registry_pb2_grpc.RegistryServiceStub(channel)
+    channel.close()
+
+
+def _refusal(call: object, request: object) -> tuple[str, dict[str, str]]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=120)  # type: ignore[operator]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    info = error_info(err.value)
+    assert info is not None
+    return info.reason, dict(info.metadata)
+
+
+def test_parameters_and_metrics_are_capped(
+    raw: tuple[Client, registry_pb2_grpc.RegistryServiceStub],
+) -> None:
+    c, stub = raw
+    model_id = unique()
+    c.create_model(model_id)
+    artifact = c.upload_blob(mlp(4, (8,), 2).SerializeToString()).sha256
+
+    def request(params: int, metrics: int) -> registry_pb2.CreateModelVersionRequest:
+        return registry_pb2.CreateModelVersionRequest(
+            parent=f"models/{model_id}",
+            artifact_sha256=artifact,
+            parameters={f"p{i}": "v" for i in range(params)},
+            metrics={f"m{i}": float(i) for i in range(metrics)},
+        )
+
+    assert _refusal(stub.CreateModelVersion, request(MAX_PARAMETERS + 1, 0)) == (
+        "TOO_MANY_PARAMETERS",
+        {"field": "parameters", "limit": str(MAX_PARAMETERS)},
+    )
+    assert _refusal(stub.CreateModelVersion, request(0, MAX_METRICS + 1)) == (
+        "TOO_MANY_METRICS",
+        {"field": "metrics", "limit": str(MAX_METRICS)},
+    )
+    assert list(c.list_versions(model_id)) == []
+    got = stub.CreateModelVersion(request(MAX_PARAMETERS, MAX_METRICS), timeout=60)
+    assert (len(got.lineage.parameters), len(got.lineage.metrics)) == (1000, 1000)
+
+
+def test_a_page_of_versions_stays_under_the_default_message_limit(
+    raw: tuple[Client, registry_pb2_grpc.RegistryServiceStub],
+) -> None:
+    """Versions of 2.5 MB each come one to a page, each page with a token to the next, where
+    two on one page would pass gRPC's default 4 MiB receive limit."""
+    c, stub = raw
+    model_id = unique()
+    c.create_model(model_id)
+    artifact = c.upload_blob(mlp(4, (8,), 2).SerializeToString()).sha256
+    for _ in range(2):
+        stub.CreateModelVersion(
+            registry_pb2.CreateModelVersionRequest(
+                parent=f"models/{model_id}",
+                artifact_sha256=artifact,
+                parameters={f"p{i:03d}": "x" * 10_000 for i in range(250)},
+            ),
+            timeout=120,
+        )
+    names, token = [], ""
+    while True:
+        page = stub.ListModelVersions(
+            registry_pb2.ListModelVersionsRequest(parent=f"models/{model_id}", page_token=token),
+            timeout=60,
+        )
+        assert page.ByteSize() < 4 * 1024**2 and len(page.versions) == 1
+        names += [v.name for v in page.versions]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"models/{model_id}/versions/2", f"models/{model_id}/versions/1"]
+    # Small versions still fill a page.
+    for _ in range(3):
+        stub.CreateModelVersion(
+            registry_pb2.CreateModelVersionRequest(
+                parent=f"models/{model_id}", artifact_sha256=artifact
+            ),
+            timeout=60,
+        )
+    page = stub.ListModelVersions(
+        registry_pb2.ListModelVersionsRequest(parent=f"models/{model_id}", page_size=3),
+        timeout=60,
+    )
+    assert [v.version for v in page.versions] == [5, 4, 3] and page.next_page_token

@@ -337,6 +337,9 @@ type ListModelsRequest struct {
 	// double-quoted (`labels.team="risk"`).
 	Filter string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	// `name` (default), `create_time`, `update_time`, each optionally followed by ` desc`.
+	// Paging by `update_time` is not stable while models change: a model updated between two
+	// pages moves, and may be listed twice or not at all. Order by `name` or `create_time` to page
+	// through a changing list.
 	OrderBy string `protobuf:"bytes,4,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`
 }
 
@@ -1539,13 +1542,17 @@ type CreateModelVersionRequest struct {
 	// Label column in the datasets; excluded from the features.
 	LabelColumn string `protobuf:"bytes,6,opt,name=label_column,json=labelColumn,proto3" json:"label_column,omitempty"`
 	// Feature names in model-input order; derived from the `train` dataset when empty.
-	FeatureNames  []string           `protobuf:"bytes,7,rep,name=feature_names,json=featureNames,proto3" json:"feature_names,omitempty"`
-	TrainingRunId string             `protobuf:"bytes,8,opt,name=training_run_id,json=trainingRunId,proto3" json:"training_run_id,omitempty"`
-	Parameters    map[string]string  `protobuf:"bytes,9,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
-	Metrics       map[string]float64 `protobuf:"bytes,10,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
-	Code          *CodeRef           `protobuf:"bytes,11,opt,name=code,proto3" json:"code,omitempty"`
-	Environment   *Environment       `protobuf:"bytes,12,opt,name=environment,proto3" json:"environment,omitempty"`
-	RequestId     string             `protobuf:"bytes,13,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	FeatureNames  []string `protobuf:"bytes,7,rep,name=feature_names,json=featureNames,proto3" json:"feature_names,omitempty"`
+	TrainingRunId string   `protobuf:"bytes,8,opt,name=training_run_id,json=trainingRunId,proto3" json:"training_run_id,omitempty"`
+	// At most 1,000; a name is 1-256 characters on one line, a value up to 10,000 characters
+	// (INVALID_PARAMETER, TOO_MANY_PARAMETERS).
+	Parameters map[string]string `protobuf:"bytes,9,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
+	// At most 1,000, named as parameters are, each value finite (INVALID_METRIC,
+	// TOO_MANY_METRICS).
+	Metrics     map[string]float64 `protobuf:"bytes,10,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
+	Code        *CodeRef           `protobuf:"bytes,11,opt,name=code,proto3" json:"code,omitempty"`
+	Environment *Environment       `protobuf:"bytes,12,opt,name=environment,proto3" json:"environment,omitempty"`
+	RequestId   string             `protobuf:"bytes,13,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }
 
 func (x *CreateModelVersionRequest) Reset() {
@@ -1863,8 +1870,12 @@ type UpdateModelVersionRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
+	// `version.name` names the version; `version.etag`, when set, must match.
 	Version *ModelVersion `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	// Paths among `description`, `labels`.
+	// Paths among `description`, `labels`, or `*` for both. When it names none (AIP-134), the
+	// fields `version` sets are updated: a non-empty `description`, a non-empty `labels`; to clear
+	// a field, name it here. A request that sets and names nothing is INVALID_ARGUMENT
+	// (`INVALID_UPDATE_MASK`).
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	RequestId  string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }

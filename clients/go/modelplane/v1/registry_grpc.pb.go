@@ -31,13 +31,18 @@ type RegistryServiceClient interface {
 	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
 	// (`force` or not) while a deployment serves it.
 	DeleteModel(ctx context.Context, in *DeleteModelRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
-	// Registers a new version from an uploaded ONNX artifact and uploaded datasets.
+	// Registers a new version from an uploaded ONNX artifact and uploaded datasets. INVALID_ARGUMENT
+	// (`INVALID_ONNX_MODEL`) for an artifact onnx.checker refuses, or one declaring an IR version
+	// or an opset of the default or `ai.onnx.ml` domain newer than the server's onnx package
+	// knows.
 	CreateModelVersion(ctx context.Context, in *CreateModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
 	// Returns a version, by `models/{model}/versions/{version}` or `models/{model}@{alias}`.
 	GetModelVersion(ctx context.Context, in *GetModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
-	// Lists a model's versions, newest first by default.
+	// Lists a model's versions, newest first by default. A page ends early, with a
+	// `next_page_token`, rather than let its versions take more than 3 MiB.
 	ListModelVersions(ctx context.Context, in *ListModelVersionsRequest, opts ...grpc.CallOption) (*ListModelVersionsResponse, error)
-	// Updates description and labels.
+	// Updates description and labels: those named in `update_mask`, or those the request sets
+	// when it names none; a stale `etag` is ABORTED.
 	UpdateModelVersion(ctx context.Context, in *UpdateModelVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
 	// Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
 	// deployment's champion, or while an active rollout moves traffic to or from it.
@@ -212,13 +217,18 @@ type RegistryServiceServer interface {
 	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
 	// (`force` or not) while a deployment serves it.
 	DeleteModel(context.Context, *DeleteModelRequest) (*emptypb.Empty, error)
-	// Registers a new version from an uploaded ONNX artifact and uploaded datasets.
+	// Registers a new version from an uploaded ONNX artifact and uploaded datasets. INVALID_ARGUMENT
+	// (`INVALID_ONNX_MODEL`) for an artifact onnx.checker refuses, or one declaring an IR version
+	// or an opset of the default or `ai.onnx.ml` domain newer than the server's onnx package
+	// knows.
 	CreateModelVersion(context.Context, *CreateModelVersionRequest) (*ModelVersion, error)
 	// Returns a version, by `models/{model}/versions/{version}` or `models/{model}@{alias}`.
 	GetModelVersion(context.Context, *GetModelVersionRequest) (*ModelVersion, error)
-	// Lists a model's versions, newest first by default.
+	// Lists a model's versions, newest first by default. A page ends early, with a
+	// `next_page_token`, rather than let its versions take more than 3 MiB.
 	ListModelVersions(context.Context, *ListModelVersionsRequest) (*ListModelVersionsResponse, error)
-	// Updates description and labels.
+	// Updates description and labels: those named in `update_mask`, or those the request sets
+	// when it names none; a stale `etag` is ABORTED.
 	UpdateModelVersion(context.Context, *UpdateModelVersionRequest) (*ModelVersion, error)
 	// Archives a version. FAILED_PRECONDITION while an alias points to it, while it is a
 	// deployment's champion, or while an active rollout moves traffic to or from it.

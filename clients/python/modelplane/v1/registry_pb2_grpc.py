@@ -155,7 +155,10 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateModelVersion(self, request, context):
-        """Registers a new version from an uploaded ONNX artifact and uploaded datasets.
+        """Registers a new version from an uploaded ONNX artifact and uploaded datasets. INVALID_ARGUMENT
+        (`INVALID_ONNX_MODEL`) for an artifact onnx.checker refuses, or one declaring an IR version
+        or an opset of the default or `ai.onnx.ml` domain newer than the server's onnx package
+        knows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,14 +172,16 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModelVersions(self, request, context):
-        """Lists a model's versions, newest first by default.
+        """Lists a model's versions, newest first by default. A page ends early, with a
+        `next_page_token`, rather than let its versions take more than 3 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateModelVersion(self, request, context):
-        """Updates description and labels.
+        """Updates description and labels: those named in `update_mask`, or those the request sets
+        when it names none; a stale `etag` is ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -161,6 +161,9 @@ export type ListModelsRequest = Message<"modelplane.v1.ListModelsRequest"> & {
 
   /**
    * `name` (default), `create_time`, `update_time`, each optionally followed by ` desc`.
+   * Paging by `update_time` is not stable while models change: a model updated between two
+   * pages moves, and may be listed twice or not at all. Order by `name` or `create_time` to page
+   * through a changing list.
    *
    * @generated from field: string order_by = 4;
    */
@@ -779,11 +782,17 @@ export type CreateModelVersionRequest = Message<"modelplane.v1.CreateModelVersio
   trainingRunId: string;
 
   /**
+   * At most 1,000; a name is 1-256 characters on one line, a value up to 10,000 characters
+   * (INVALID_PARAMETER, TOO_MANY_PARAMETERS).
+   *
    * @generated from field: map<string, string> parameters = 9;
    */
   parameters: { [key: string]: string };
 
   /**
+   * At most 1,000, named as parameters are, each value finite (INVALID_METRIC,
+   * TOO_MANY_METRICS).
+   *
    * @generated from field: map<string, double> metrics = 10;
    */
   metrics: { [key: string]: number };
@@ -902,12 +911,17 @@ export const ListModelVersionsResponseSchema: GenMessage<ListModelVersionsRespon
  */
 export type UpdateModelVersionRequest = Message<"modelplane.v1.UpdateModelVersionRequest"> & {
   /**
+   * `version.name` names the version; `version.etag`, when set, must match.
+   *
    * @generated from field: modelplane.v1.ModelVersion version = 1;
    */
   version?: ModelVersion | undefined;
 
   /**
-   * Paths among `description`, `labels`.
+   * Paths among `description`, `labels`, or `*` for both. When it names none (AIP-134), the
+   * fields `version` sets are updated: a non-empty `description`, a non-empty `labels`; to clear
+   * a field, name it here. A request that sets and names nothing is INVALID_ARGUMENT
+   * (`INVALID_UPDATE_MASK`).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -1348,7 +1362,10 @@ export const RegistryService: GenService<{
     output: typeof EmptySchema;
   },
   /**
-   * Registers a new version from an uploaded ONNX artifact and uploaded datasets.
+   * Registers a new version from an uploaded ONNX artifact and uploaded datasets. INVALID_ARGUMENT
+   * (`INVALID_ONNX_MODEL`) for an artifact onnx.checker refuses, or one declaring an IR version
+   * or an opset of the default or `ai.onnx.ml` domain newer than the server's onnx package
+   * knows.
    *
    * @generated from rpc modelplane.v1.RegistryService.CreateModelVersion
    */
@@ -1368,7 +1385,8 @@ export const RegistryService: GenService<{
     output: typeof ModelVersionSchema;
   },
   /**
-   * Lists a model's versions, newest first by default.
+   * Lists a model's versions, newest first by default. A page ends early, with a
+   * `next_page_token`, rather than let its versions take more than 3 MiB.
    *
    * @generated from rpc modelplane.v1.RegistryService.ListModelVersions
    */
@@ -1378,7 +1396,8 @@ export const RegistryService: GenService<{
     output: typeof ListModelVersionsResponseSchema;
   },
   /**
-   * Updates description and labels.
+   * Updates description and labels: those named in `update_mask`, or those the request sets
+   * when it names none; a stale `etag` is ABORTED.
    *
    * @generated from rpc modelplane.v1.RegistryService.UpdateModelVersion
    */
