@@ -371,18 +371,18 @@ def test_parameters_and_metrics_are_capped(
 def test_a_page_of_versions_stays_under_the_default_message_limit(
     raw: tuple[Client, registry_pb2_grpc.RegistryServiceStub],
 ) -> None:
-    """Versions of 2.5 MB each come one to a page, each page with a token to the next, where
-    two on one page would pass gRPC's default 4 MiB receive limit."""
+    """Versions of 1.9 MB each come one to a page, each page with a token to the next, where
+    three on one page would pass gRPC's default 4 MiB receive limit."""
     c, stub = raw
     model_id = unique()
     c.create_model(model_id)
     artifact = c.upload_blob(mlp(4, (8,), 2).SerializeToString()).sha256
-    for _ in range(2):
+    for _ in range(3):
         stub.CreateModelVersion(
             registry_pb2.CreateModelVersionRequest(
                 parent=f"models/{model_id}",
                 artifact_sha256=artifact,
-                parameters={f"p{i:03d}": "x" * 10_000 for i in range(250)},
+                parameters={f"p{i:03d}": "x" * 10_000 for i in range(190)},
             ),
             timeout=120,
         )
@@ -397,7 +397,7 @@ def test_a_page_of_versions_stays_under_the_default_message_limit(
         token = page.next_page_token
         if not token:
             break
-    assert names == [f"models/{model_id}/versions/2", f"models/{model_id}/versions/1"]
+    assert names == [f"models/{model_id}/versions/{v}" for v in (3, 2, 1)]
     # Small versions still fill a page.
     for _ in range(3):
         stub.CreateModelVersion(
@@ -410,4 +410,4 @@ def test_a_page_of_versions_stays_under_the_default_message_limit(
         registry_pb2.ListModelVersionsRequest(parent=f"models/{model_id}", page_size=3),
         timeout=60,
     )
-    assert [v.version for v in page.versions] == [5, 4, 3] and page.next_page_token
+    assert [v.version for v in page.versions] == [6, 5, 4] and page.next_page_token
