@@ -75,11 +75,11 @@ class ModelService:
         limitations: str = "",
         request_id: str = "",
     ) -> Model:
-        check_id(model_id, "model id")
-        labels = check_labels(labels or {})
-        check_text(description, "description")
-        check_text(intended_use, "intended_use")
-        check_text(limitations, "limitations")
+        check_id(model_id, "model id", "model_id")
+        labels = check_labels(labels or {}, "model.labels")
+        check_text(description, "description", field="model.description")
+        check_text(intended_use, "intended_use", field="model.intended_use")
+        check_text(limitations, "limitations", field="model.limitations")
         request = {
             "model_id": model_id,
             "description": description,
@@ -148,8 +148,8 @@ class ModelService:
         values: Mapping[str, object],
         request_id: str = "",
     ) -> Model:
-        model_id = parse_model(name)
-        changes = masked_changes(paths, values, MODEL_UPDATE_PATHS)
+        model_id = parse_model(name, "model.name")
+        changes = masked_changes(paths, values, MODEL_UPDATE_PATHS, resource="model", implicit=True)
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdateModel", request_id, request=request) as tx:
             # Locked, then read: no other write can commit between the etag check and the
@@ -223,13 +223,14 @@ class ModelService:
         """Point alias ``name`` at ``version_name``; with ``etag``, only while the alias is
         still as read (it exists and has not moved since)."""
         model_id, alias = parse_alias(name)
-        ref = parse_version(version_name)
+        ref = parse_version(version_name, field="version")
         if ref.model_id != model_id:
             raise InvalidArgument(
                 f"version {version_name} belongs to another model than alias {name}",
                 reason="MODEL_MISMATCH",
+                metadata={"field": "version"},
             )
-        check_text(reason, "reason", 2000)
+        check_text(reason, "reason", 2000, field="reason")
         request = {"name": name, "version": version_name, "reason": reason, "etag": etag}
         with self.store.write(ctx, "SetAlias", request_id, request=request) as tx:
             # The model's row lock first: concurrent alias writes, archiving and DeleteModel
@@ -295,7 +296,7 @@ class ModelService:
             )
 
     def list_aliases(self, parent: str) -> list[Alias]:
-        model_id = parse_model(parent)
+        model_id = parse_model(parent, "parent")
         with self.store.read() as tx:
             require_model(tx, model_id)
             return tx.aliases.all(model_id)
@@ -310,7 +311,7 @@ class ModelService:
     ) -> None:
         """Remove alias ``name``; with ``etag``, only while it is still as read."""
         model_id, alias = parse_alias(name)
-        check_text(reason, "reason", 2000)
+        check_text(reason, "reason", 2000, field="reason")
         request = {"name": name, "reason": reason, "etag": etag}
         with self.store.write(ctx, "DeleteAlias", request_id, request=request) as tx:
             if tx.replay is not None:

@@ -23,7 +23,11 @@ MAX_PAGE_SIZE = 1000
 def page_size(requested: int) -> int:
     """The page size to use: the default for 0, capped at the maximum; negative is refused."""
     if requested < 0:
-        raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+        raise InvalidArgument(
+            "page_size must not be negative",
+            reason="INVALID_PAGE_SIZE",
+            metadata={"field": "page_size"},
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -47,6 +51,7 @@ def malformed_token() -> InvalidArgument:
         "page_token is malformed; pass a next_page_token exactly as received, or start again "
         "without a token",
         reason="INVALID_PAGE_TOKEN",
+        metadata={"field": "page_token"},
     )
 
 
@@ -94,6 +99,7 @@ def decode(
             "page_token belongs to a different query (filter or order changed); start again "
             "without a token",
             reason="INVALID_PAGE_TOKEN",
+            metadata={"field": "page_token"},
         )
     if not (isinstance(key, list) and key and all(_scalar(v) for v in key)):
         raise malformed_token()

@@ -121,10 +121,6 @@ def test_version_update_without_mask_checks_what_it_sets(registered: Registered)
     assert registered.client.get_version(registered.model, 1).description == "old"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controlplane/services/models.py does not yet pass implicit=True to masked_changes",
-)
 def test_model_update_without_mask_sets_the_fields_given(registered: Registered) -> None:
     got = registered.stub.UpdateModel(
         r.UpdateModelRequest(model=r.Model(name=registered.model, limitations="small data")),

@@ -465,7 +465,10 @@ type UpdateModelRequest struct {
 
 	// `model.name` names the model; `model.etag`, when set, must match.
 	Model *Model `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	// Paths among `description`, `labels`, `intended_use`, `limitations`.
+	// Paths among `description`, `labels`, `intended_use`, `limitations`, or `*` for all. When it
+	// names none (AIP-134), the fields `model` sets are updated: each non-empty one of them; to
+	// clear a field, name it here. A request that sets and names nothing is INVALID_ARGUMENT
+	// (`INVALID_UPDATE_MASK`).
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	RequestId  string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }

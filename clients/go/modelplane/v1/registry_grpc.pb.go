@@ -26,7 +26,8 @@ type RegistryServiceClient interface {
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error)
 	// Lists models, filtered by labels, ordered and paginated.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
-	// Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
+	// Updates the fields named in `update_mask`, or those the request sets when it names none; a
+	// stale `etag` is ABORTED.
 	UpdateModel(ctx context.Context, in *UpdateModelRequest, opts ...grpc.CallOption) (*Model, error)
 	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
 	// (`force` or not) while a deployment serves it.
@@ -212,7 +213,8 @@ type RegistryServiceServer interface {
 	GetModel(context.Context, *GetModelRequest) (*Model, error)
 	// Lists models, filtered by labels, ordered and paginated.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
-	// Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
+	// Updates the fields named in `update_mask`, or those the request sets when it names none; a
+	// stale `etag` is ABORTED.
 	UpdateModel(context.Context, *UpdateModelRequest) (*Model, error)
 	// Deletes a model. FAILED_PRECONDITION while versions exist, unless `force`, and
 	// (`force` or not) while a deployment serves it.

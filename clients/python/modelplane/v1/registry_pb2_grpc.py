@@ -140,7 +140,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateModel(self, request, context):
-        """Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
+        """Updates the fields named in `update_mask`, or those the request sets when it names none; a
+        stale `etag` is ABORTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -211,7 +211,10 @@ export type UpdateModelRequest = Message<"modelplane.v1.UpdateModelRequest"> & {
   model?: Model | undefined;
 
   /**
-   * Paths among `description`, `labels`, `intended_use`, `limitations`.
+   * Paths among `description`, `labels`, `intended_use`, `limitations`, or `*` for all. When it
+   * names none (AIP-134), the fields `model` sets are updated: each non-empty one of them; to
+   * clear a field, name it here. A request that sets and names nothing is INVALID_ARGUMENT
+   * (`INVALID_UPDATE_MASK`).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -1341,7 +1344,8 @@ export const RegistryService: GenService<{
     output: typeof ListModelsResponseSchema;
   },
   /**
-   * Updates the fields named in `update_mask`; a stale `etag` is ABORTED.
+   * Updates the fields named in `update_mask`, or those the request sets when it names none; a
+   * stale `etag` is ABORTED.
    *
    * @generated from rpc modelplane.v1.RegistryService.UpdateModel
    */
