@@ -159,6 +159,11 @@ def _entry(item: Any, where: str) -> tuple[str, TokenEntry]:
         raise AccessConfigError(f"{where}: roles must name at least one role")
     if len(set(roles)) > MAX_ROLES:
         raise AccessConfigError(f"{where}: roles names more than {MAX_ROLES} roles")
+    if len(set(models)) > MAX_TOKEN_MODELS:
+        raise AccessConfigError(
+            f"{where}: models names more than {MAX_TOKEN_MODELS} models; leave models out for "
+            "a token that acts on every model"
+        )
     if "models" in item and not models:
         # Left out, a token acts on every model; an empty list is a template's slip, not that.
         raise AccessConfigError(
@@ -166,6 +171,11 @@ def _entry(item: Any, where: str) -> tuple[str, TokenEntry]:
             "out for a token that acts on every model"
         )
     return token.strip(), TokenEntry(principal, Grant(clean_roles(roles), tuple(sorted(models))))
+
+
+#: The most models one tokens-file entry may be limited to (lists select its models' entries
+#: in their queries, a few terms per model).
+MAX_TOKEN_MODELS = 1000
 
 
 def _is_model_id(value: str) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     TypeDecorator,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     false,
@@ -284,7 +285,23 @@ def about_models(column: Any, models: Collection[str]) -> ColumnElement[bool]:
         terms.append(column == name)
         terms.append(column.startswith(name + "/", autoescape=True))
         terms.append(column.startswith(name + "@", autoescape=True))
-    return or_(*terms) if terms else false()
+    return _any(terms) if terms else false()
+
+
+#: Terms one OR joins flat (see :func:`_any`).
+_OR_FANOUT = 64
+
+
+def _any(terms: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """``terms`` joined by OR as a tree of groups at most :data:`_OR_FANOUT` wide: SQLite
+    parses a chain of n ORs as an expression n deep and refuses one deeper than 1,000 (a token
+    scoped to a few hundred models). SQLAlchemy flattens ORs nested in ORs, parenthesised or
+    not, so each group is a ``CASE WHEN group THEN 1 END = 1``, which it keeps."""
+    if len(terms) <= _OR_FANOUT:
+        return or_(*terms)
+    step = -(-len(terms) // _OR_FANOUT)
+    groups = [terms[i : i + step] for i in range(0, len(terms), step)]
+    return or_(*(case((_any(g), 1)) == 1 for g in groups))
 
 
 class ModelRepo:

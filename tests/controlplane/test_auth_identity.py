@@ -283,6 +283,12 @@ TOKENS_FILE_MISTAKES = {
         "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: [sidecar], models: []}\n",
         "models is empty",
     ),
+    "too-many-models": (
+        "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: [viewer], models: ["
+        + ", ".join(f"m{i}" for i in range(1001))
+        + "]}\n",
+        "more than 1000 models",
+    ),
     "too-many-roles": (
         "tokens:\n- {token: 0123456789abcdefgh, principal: a, roles: ["
         + ", ".join(f"team-{i:02}" for i in range(33))

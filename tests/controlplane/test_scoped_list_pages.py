@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from controlplane import audit
 from controlplane.services.models import ModelService
 from controlplane.services.operations import OperationService
 from controlplane.store import Store
@@ -361,3 +362,28 @@ def test_audit_pages_hold_the_callers_models_events_only(
     theirs = {str(e.seq) for e in everything} - set(mine)
     _check_pages(_audit(world, channel), "sam", size, mine, theirs)
     _check_pages(_audit(world, channel), "nora", size, [], theirs)
+
+
+def test_a_caller_scoped_to_a_thousand_models_lists_on_each_backend(db_url: str) -> None:
+    """A few terms per model in one query: SQLite refuses an OR chain deeper than 1,000, so
+    they are grouped; a tokens-file entry names at most 1,000 models."""
+    store = Store.open(db_url)
+    audit.install(store)  # as the server does: every mutation is audited
+    try:
+        models, ops = ModelService(store), OperationService(store)
+        system = RequestContext(principal="system")
+        prefix = unique("k")
+        mine = f"{prefix}-mine"
+        models.create(system, mine)
+        op = ops.start(system, "evaluate", f"models/{mine}/versions/1", lease_seconds=3600)
+        scope = (mine, *(f"{prefix}-{i}" for i in range(999)))
+        caller = RequestContext(
+            principal="sam", grants=(Grant(("viewer",), scope),), authenticated=True
+        )
+        listed, _ = ops.list_operations(page_size_=100, ctx=caller)
+        assert [o.name for o in listed] == [op.name]
+        assert [m.name for m in models.list_models(ctx=caller)[0]] == [f"models/{mine}"]
+        events, _ = audit.list_events(store, models=scope)
+        assert events and {e.resource for e in events} == {f"models/{mine}"}
+    finally:
+        store.close()
