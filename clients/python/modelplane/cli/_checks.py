@@ -3,6 +3,7 @@ forms of bytes the OS gave, and JSON output that survives out-of-range durations
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from typing import Any
@@ -30,6 +31,30 @@ def unique_key_values(items: list[str] | None, what: str) -> dict[str, str]:
             raise CliError(f"{what} {key!r} is given more than once", EXIT_USAGE)
         seen.add(key)
     return key_values(items, what)
+
+
+def add_label_replacement(parser: argparse.ArgumentParser, flag: str) -> None:
+    """An update's ``flag KEY=VALUE`` (repeatable), which replaces every label, and
+    ``--clear-labels``; read them back with :func:`replaced_labels`."""
+    parser.add_argument(
+        flag,
+        action="append",
+        metavar="KEY=VALUE",
+        help="replaces all labels (repeatable, each key once)",
+    )
+    parser.add_argument(
+        "--clear-labels",
+        action="store_true",
+        help=f"remove every label; with {flag}, only the labels given remain",
+    )
+
+
+def replaced_labels(items: list[str] | None, clear: bool, flag: str) -> dict[str, str] | None:
+    """The labels an update sets (see :func:`add_label_replacement`): None when it leaves
+    them alone."""
+    if items is None and not clear:
+        return None
+    return unique_key_values(items, flag)
 
 
 def printable(text: str) -> str:

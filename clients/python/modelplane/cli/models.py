@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelplane.cli._checks import unique_key_values
+from modelplane.cli._checks import add_label_replacement, replaced_labels, unique_key_values
 from modelplane.cli._common import add_request_id, client, page_size, server_errors
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.cli._pages import note_next_page
@@ -42,17 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     u.add_argument("name")
     u.add_argument("--description")
-    u.add_argument(
-        "--label",
-        action="append",
-        metavar="KEY=VALUE",
-        help="replaces all labels (repeatable, each key once)",
-    )
-    u.add_argument(
-        "--clear-labels",
-        action="store_true",
-        help="remove every label; with --label, only the labels given remain",
-    )
+    add_label_replacement(u, "--label")
     u.add_argument("--intended-use")
     u.add_argument("--limitations")
     u.add_argument("--etag", default="", help="fail with ABORTED unless the model still has it")
@@ -122,8 +112,9 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
     for key in ("description", "intended_use", "limitations"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
-    if args.label is not None or args.clear_labels:
-        fields["labels"] = unique_key_values(args.label, "--label")
+    labels = replaced_labels(args.label, args.clear_labels, "--label")
+    if labels is not None:
+        fields["labels"] = labels
     if not fields:
         raise CliError(
             "name something to change: --description, --label, --clear-labels, "

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from modelplane._code import GitLineage, git_lineage
-from modelplane.cli._checks import printable, unique_key_values, without_credentials
+from modelplane.cli._checks import (
+    add_label_replacement,
+    printable,
+    replaced_labels,
+    unique_key_values,
+    without_credentials,
+)
 from modelplane.cli._common import (
     add_request_id,
     client,
@@ -97,17 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("name")
     u.add_argument("version")
     u.add_argument("--description")
-    u.add_argument(
-        "--set-label",
-        action="append",
-        metavar="KEY=VALUE",
-        help="replaces all labels (repeatable, each key once)",
-    )
-    u.add_argument(
-        "--clear-labels",
-        action="store_true",
-        help="remove every label; with --set-label, only the labels given remain",
-    )
+    add_label_replacement(u, "--set-label")
     u.add_argument("--etag", default="", help="fail with ABORTED unless the version still has it")
     add_request_id(u)
     u.set_defaults(handler=_update)
@@ -234,8 +230,9 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
     fields: dict[str, Any] = {}
     if args.description is not None:
         fields["description"] = args.description
-    if args.set_label is not None or args.clear_labels:
-        fields["labels"] = unique_key_values(args.set_label, "--set-label")
+    labels = replaced_labels(args.set_label, args.clear_labels, "--set-label")
+    if labels is not None:
+        fields["labels"] = labels
     if not fields:
         raise CliError(
             "name something to change: --description, --set-label or --clear-labels", EXIT_USAGE
