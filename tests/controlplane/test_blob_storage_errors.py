@@ -11,10 +11,7 @@ calls' own errors raised in place of those calls (the file system is what is sim
 from __future__ import annotations
 
 import errno
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,42 +27,27 @@ from modelplane import (
     ResourceExhausted,
     Unavailable,
 )
-from modelplane.testing import launch, wait_serving
-from modelplane.testing.processes import free_port
+from modelplane.testing import launch, processes
 from tests.controlplane.conftest import RunningControlPlane, _start
 
 FSIZE_BYTES = 2_000_000
 
 
 def test_an_upload_past_the_file_size_limit_is_storage_full(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    art = tmp_path / "art"
-    server = subprocess.Popen(
-        [
-            *launch.prefix(file_size_limit=FSIZE_BYTES),
-            *(sys.executable, "-m", "modelplane.cli", "controlplane", "serve"),
-            *("--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}"),
-            *("--artifact-root", str(art)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    launcher = launch.prefix(file_size_limit=FSIZE_BYTES)
+    server = processes.controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", launcher=launcher)
+    server.start(60)
     try:
-        wait_serving(address, timeout=60, proc=server)
-        with Client(address, principal="alice", retries=1, timeout=30) as c:
+        with Client(server.address, principal="alice", retries=1, timeout=30) as c:
             with pytest.raises(ResourceExhausted) as full:
                 c.upload_blob(os.urandom(FSIZE_BYTES + 100_000))
             small = c.upload_blob(b"fits")
         assert small.size_bytes == 4
     finally:
-        server.terminate()
-        _, err = server.communicate(timeout=60)
+        server.stop()
     assert full.value.reason == "STORAGE_FULL"
-    assert list((art / "tmp").iterdir()) == []
-    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
-    assert not [x for x in lines if x.get("event") == "unhandled error"]
+    assert list((tmp_path / "artifacts" / "tmp").iterdir()) == []
+    assert not [x for x in server.json_lines() if x.get("event") == "unhandled error"]
 
 
 @pytest.fixture

@@ -6,10 +6,6 @@ cannot grow past it: EFBIG); PostgreSQL's disk-full is its driver's own error.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -20,7 +16,7 @@ from sqlalchemy.exc import InternalError, OperationalError
 from controlplane.store import Store
 from controlplane.store.store import _translated
 from modelplane import Client, ModelplaneError, ResourceExhausted, Unavailable
-from modelplane.testing import launch, wait_serving
+from modelplane.testing import launch, processes
 from modelplane.testing.processes import free_port
 
 #: What the database's files may grow to: room for the schema, not for many big models.
@@ -28,23 +24,12 @@ FSIZE_BYTES = 2_000_000
 
 
 def test_a_sqlite_database_that_cannot_grow_is_storage_full(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [
-            *launch.prefix(file_size_limit=FSIZE_BYTES),
-            *(sys.executable, "-m", "modelplane.cli", "controlplane", "serve"),
-            *("--listen", address, "--db", f"sqlite:///{tmp_path / 'cp.db'}"),
-            *("--artifact-root", str(tmp_path / "art")),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    launcher = launch.prefix(file_size_limit=FSIZE_BYTES)
+    server = processes.controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", launcher=launcher)
+    server.start(60)
     refused: ModelplaneError | None = None
     try:
-        wait_serving(address, timeout=60, proc=server)
-        with Client(address, principal="alice", retries=1, timeout=30) as c:
+        with Client(server.address, principal="alice", retries=1, timeout=30) as c:
             c.create_model("kept")
             for i in range(FSIZE_BYTES // 8000 + 50):
                 try:
@@ -55,14 +40,12 @@ def test_a_sqlite_database_that_cannot_grow_is_storage_full(tmp_path: Path) -> N
             # Reads still work, and what was stored is intact.
             assert c.get_model("kept").name == "models/kept"
     finally:
-        server.terminate()
-        _, err = server.communicate(timeout=60)
+        server.stop()
     assert refused is not None, "the database grew past the file size limit"
     assert isinstance(refused, ResourceExhausted), refused
     assert refused.reason == "STORAGE_FULL"
     assert "busy" not in str(refused)
-    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
-    causes = [x for x in lines if x.get("event") == "database error"]
+    causes = [x for x in server.json_lines() if x.get("event") == "database error"]
     assert causes and causes[0]["level"] == "warning"
     assert causes[0]["storage_full"] is True
     assert "SQLITE_" in causes[0]["error"]  # SQLite's own words and code

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import signal
 import sqlite3
@@ -24,8 +23,7 @@ from controlplane.services import ModelService
 from controlplane.store import Store
 from modelplane import Client, ModelplaneError, NotFound, Unavailable
 from modelplane.server import RequestContext
-from modelplane.testing import wait_serving
-from modelplane.testing.processes import free_port
+from modelplane.testing import processes
 from tests.conftest import unique
 
 CTX = RequestContext(principal="ci")
@@ -195,30 +193,14 @@ def test_closing_the_store_ends_a_writers_wait(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM models").fetchone() == (0,)
 
 
-def _serve(tmp_path: Path) -> tuple[subprocess.Popen[str], str, Path]:
-    """A control plane process on SQLite in ``tmp_path``, serving: it, its address and its
+def _serve(tmp_path: Path) -> tuple[processes.Server, Path]:
+    """A control plane process on SQLite in ``tmp_path`` (grace 1 s), serving; and its
     database file."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     db = tmp_path / "cp.db"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "modelplane.cli", "controlplane", "serve"),
-            *("--listen", address, "--db", f"sqlite:///{db}"),
-            *("--artifact-root", str(tmp_path / "art")),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MODELPLANE_GRACE_SECONDS": "1", "PYTHONUNBUFFERED": "1"},
+    server = processes.controlplane(
+        tmp_path, f"sqlite:///{db}", env={"MODELPLANE_GRACE_SECONDS": "1"}
     )
-    try:
-        wait_serving(address, timeout=60, proc=server)
-    except BaseException:
-        server.kill()
-        server.wait()
-        raise
-    return server, address, db
+    return server.start(60), db
 
 
 def test_a_write_whose_caller_gave_up_is_not_applied_when_the_lock_frees(
@@ -226,45 +208,41 @@ def test_a_write_whose_caller_gave_up_is_not_applied_when_the_lock_frees(
 ) -> None:
     """The wait for the lock ends at the call's deadline (2 s), not at the 30 s limit: once the
     holder lets go, the write its caller was told had failed is not made."""
-    server, address, db = _serve(tmp_path)
+    server, db = _serve(tmp_path)
     try:
         with held_by_another_process(Path(f"{db}.write-lock")):
             with (
-                Client(address, principal="alice", retries=1, timeout=2) as c,
+                Client(server.address, principal="alice", retries=1, timeout=2) as c,
                 pytest.raises(ModelplaneError),
             ):
                 c.create_model("late")
             time.sleep(1.0)  # past the deadline on the server's side too
         assert _lock_is_free(Path(f"{db}.write-lock"))
-        with Client(address, principal="alice") as c:
+        with Client(server.address, principal="alice") as c:
             c.create_model("after")
             with pytest.raises(NotFound):
                 c.get_model("late")
     finally:
         server.kill()
-        server.wait()
 
 
 def test_a_stopped_lock_holder_neither_blocks_sigterm_nor_gets_a_write_applied(
     tmp_path: Path,
 ) -> None:
-    server, address, db = _serve(tmp_path)
+    server, db = _serve(tmp_path)
+    assert server.proc is not None
     try:
         with held_by_another_process(Path(f"{db}.write-lock")):
             with (
-                Client(address, principal="alice", retries=1, timeout=3) as c,
+                Client(server.address, principal="alice", retries=1, timeout=3) as c,
                 pytest.raises(ModelplaneError),  # the client's deadline, well before 30 s
             ):
                 c.create_model("waiting")
-            server.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGTERM)
             # It exits within its grace, not once the lock's holder lets go.
-            assert server.wait(timeout=20) == 0
-        _, err = server.communicate(timeout=5)
+            assert server.proc.wait(timeout=20) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
-    assert any("gave up waiting" in x.get("event", "") for x in lines)
+        server.kill()
+    assert any("gave up waiting" in x.get("event", "") for x in server.json_lines())
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM models").fetchone() == (0,)

@@ -5,14 +5,16 @@ caller can kill one outright and start it again on the same database.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelplane.testing.health import wait_serving
 
@@ -67,7 +69,8 @@ class Server:
             wait_serving(self.address, timeout=timeout, proc=self.proc)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()
-            raise AssertionError(f"{self.argv[3:5]} did not start: {exc}\n{self.tail()}") from None
+            command = self.argv[self.argv.index("modelplane.cli") + 1 :][:2]
+            raise AssertionError(f"{command} did not start: {exc}\n{self.tail()}") from None
         return self
 
     def kill(self) -> None:
@@ -84,6 +87,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines the server has written so far."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -106,11 +117,14 @@ def controlplane(
     port: int = 0,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> Server:
     """A control plane (not yet started) on ``db_url`` sharing ``tmp/artifacts``; ``extra``
-    adds ``controlplane serve`` options, ``env`` ``MODELPLANE_`` settings."""
+    adds ``controlplane serve`` options, ``env`` ``MODELPLANE_`` settings, ``launcher`` a
+    command it runs under (:func:`modelplane.testing.launch.prefix`, for limits)."""
     address = f"127.0.0.1:{port or free_port()}"
     argv = [
+        *launcher,
         sys.executable,
         "-m",
         "modelplane.cli",
