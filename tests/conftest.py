@@ -14,6 +14,9 @@ import pytest
 
 from tests.s3server import S3_ENV, S3Server, start_s3
 
+#: Fixtures shared by test modules in different folders.
+pytest_plugins = ["tests.hook_support"]
+
 PG_ADMIN_URL = os.environ.get(
     "MODELPLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,64 +20,7 @@ import pytest
 
 from controlplane.rollouts.hooks import HookRunner
 from modelplane.testing.processes import alive
-
-
-def _dripping_server() -> tuple[socket.socket, int]:
-    """A server that answers every request one byte every 0.2 s, for ever."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-
-            def drip(conn: socket.socket = conn) -> None:
-                conn.recv(65536)
-                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100_000:
-                    try:
-                        conn.send(bytes([byte]))
-                    except OSError:
-                        return
-                    time.sleep(0.2)
-
-            threading.Thread(target=drip, daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, int(srv.getsockname()[1])
-
-
-class _Log:
-    """Stands in for the hooks' logger: keeps what they log."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def _keep(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    info = warning = error = exception = _keep
-
-    def wait_for(self, event: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = [e for e in self.events if e["event"] == event]
-            if found:
-                return found[0]
-            time.sleep(0.05)
-        raise AssertionError(f"no {event!r} in {self.events}")
-
-
-@pytest.fixture
-def logged(monkeypatch: pytest.MonkeyPatch) -> _Log:
-    from controlplane.rollouts import hooks
-
-    keeper = _Log()
-    monkeypatch.setattr(hooks, "log", keeper)
-    return keeper
+from tests.hook_support import HookLog, drip, tcp_server
 
 
 @pytest.fixture
@@ -88,17 +30,17 @@ def runner() -> Iterator[HookRunner]:
     hooks.close()
 
 
-def test_a_webhook_answering_byte_by_byte_is_cut_off_at_the_timeout(logged: _Log) -> None:
+def test_a_webhook_answering_byte_by_byte_is_cut_off_at_the_timeout(hook_log: HookLog) -> None:
     runner = HookRunner({}, timeout=0.5)
-    srv, port = _dripping_server()
-    try:
-        runner.fire("fraud", f"http://127.0.0.1:{port}/hook", {"drifted": ["x"]})
-        failed = logged.wait_for("retraining webhook failed")
-        assert failed["deployment"] == "fraud"
-        assert failed["error"] == "no answer within 0.5s"
-    finally:
-        runner.close()
-        srv.close()
+    header = b"HTTP/1.1 200 OK\r\nX-Pad: "
+    with tcp_server(lambda conn: drip(conn, header)) as port:
+        try:
+            runner.fire("fraud", f"http://127.0.0.1:{port}/hook", {"drifted": ["x"]})
+            failed = hook_log.wait_for("retraining webhook failed")
+            assert failed["deployment"] == "fraud"
+            assert failed["error"] == "no answer within 0.5s"
+        finally:
+            runner.close()
 
 
 class _Redirecting(BaseHTTPRequestHandler):
@@ -122,13 +64,13 @@ class _Redirecting(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_redirected_webhook_is_a_failed_delivery(runner: HookRunner, logged: _Log) -> None:
+def test_a_redirected_webhook_is_a_failed_delivery(runner: HookRunner, hook_log: HookLog) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
         runner.fire("fraud", url, {"drifted": ["x"]})
-        warned = logged.wait_for("retraining webhook redirected; redirects are not followed")
+        warned = hook_log.wait_for("retraining webhook redirected; redirects are not followed")
         assert warned["status"] == 302 and warned["location"] == "/elsewhere"
         assert _Redirecting.hits == [("POST", "/hook")]
     finally:
@@ -163,7 +105,7 @@ def test_a_command_gets_the_event_but_no_settings_variables(
 
 
 def test_a_command_past_its_timeout_is_killed_with_its_children(
-    tmp_path: Path, logged: _Log
+    tmp_path: Path, hook_log: HookLog
 ) -> None:
     pid_file = tmp_path / "child.pid"
     script = f"sleep 600 & echo $! > {pid_file}.new; mv {pid_file}.new {pid_file}; wait"
@@ -171,7 +113,7 @@ def test_a_command_past_its_timeout_is_killed_with_its_children(
     child = 0
     try:
         hooks.fire("fraud", "", {})
-        failed = logged.wait_for("retraining command failed")
+        failed = hook_log.wait_for("retraining command failed")
         child = int(pid_file.read_text())
         deadline = time.monotonic() + 30
         while alive(child) and time.monotonic() < deadline:
@@ -185,28 +127,26 @@ def test_a_command_past_its_timeout_is_killed_with_its_children(
 
 
 def test_hooks_still_running_never_keep_the_process_from_exiting() -> None:
-    srv, port = _dripping_server()
-    code = (
-        "from controlplane.rollouts.hooks import HookRunner\n"
-        "import time\n"
-        "r = HookRunner({}, timeout=600.0)\n"
-        "for i in range(6):\n"
-        f"    r.fire('d', 'http://127.0.0.1:{port}/hook', {{'i': i}})\n"
-        "time.sleep(0.3)\n"
-        "r.close()\n"
-    )
-    try:
+    header = b"HTTP/1.1 200 OK\r\nX-Pad: "
+    with tcp_server(lambda conn: drip(conn, header)) as port:
+        code = (
+            "from controlplane.rollouts.hooks import HookRunner\n"
+            "import time\n"
+            "r = HookRunner({}, timeout=600.0)\n"
+            "for i in range(6):\n"
+            f"    r.fire('d', 'http://127.0.0.1:{port}/hook', {{'i': i}})\n"
+            "time.sleep(0.3)\n"
+            "r.close()\n"
+        )
         proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
         assert proc.returncode == 0, proc.stderr
-    finally:
-        srv.close()
 
 
 def test_a_commands_output_is_not_held_only_the_end_of_its_stderr_is_logged(
-    tmp_path: Path, logged: _Log
+    tmp_path: Path, hook_log: HookLog
 ) -> None:
     """A chatty command writes its stdout nowhere (the server would hold all of it in memory
-    to drop it), and a failing one has the end of its stderr logged."""
+    to drop it), and a failing one has the end of its stderr hook_log."""
     where = tmp_path / "stdout"
     script = (
         "import os, sys\n"
@@ -220,7 +160,7 @@ def test_a_commands_output_is_not_held_only_the_end_of_its_stderr_is_logged(
     hooks = HookRunner({"fraud": [sys.executable, "-c", script, str(where)]}, timeout=30)
     try:
         hooks.fire("fraud", "", {})
-        failed = logged.wait_for("retraining command exited non-zero")
+        failed = hook_log.wait_for("retraining command exited non-zero")
     finally:
         hooks.close()
     assert where.read_text().strip() == "/dev/null"

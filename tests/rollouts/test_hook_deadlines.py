@@ -12,17 +12,17 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controlplane.rollouts import hooks
 from controlplane.rollouts.hooks import HookRunner
 from modelplane.testing.processes import alive
 from tests.deploy.conftest import tls_files  # noqa: F401
+from tests.hook_support import HookLog, drip, tcp_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,69 +31,18 @@ pytestmark = pytest.mark.timeout(120)
 SLACK = 1.5
 
 
-def _server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A TCP server on loopback running ``handle`` on each connection; yields its port."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        srv.close()
-
-
-def _drip(conn: socket.socket, head: bytes) -> None:
-    """Read the first request bytes, then send ``head`` and a zero byte every 0.2 s."""
-    with conn:
-        try:
-            conn.recv(65536)
-            conn.sendall(head)
-            for _ in range(600):
-                conn.send(b"\0")
-                time.sleep(0.2)
-        except OSError:
-            return
-
-
 @pytest.fixture
 def dripping_tls() -> Iterator[int]:
     """A server that starts a TLS record (a 16 KiB handshake) and sends it a byte at a time."""
-    yield from _server(lambda conn: _drip(conn, b"\x16\x03\x03\x40\x00"))
+    with tcp_server(lambda conn: drip(conn, b"\x16\x03\x03\x40\x00")) as port:
+        yield port
 
 
 @pytest.fixture
 def dripping_proxy() -> Iterator[int]:
     """An HTTP proxy that answers CONNECT with a header line that never ends."""
-    yield from _server(lambda conn: _drip(conn, b"HTTP/1.1 200 OK\r\nX-Pad: "))
-
-
-class _Log:
-    """Stands in for the hooks' logger: keeps what they log."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def _keep(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    info = warning = error = exception = _keep
-
-
-@pytest.fixture
-def logged(monkeypatch: pytest.MonkeyPatch) -> _Log:
-    keeper = _Log()
-    monkeypatch.setattr(hooks, "log", keeper)
-    return keeper
+    with tcp_server(lambda conn: drip(conn, b"HTTP/1.1 200 OK\r\nX-Pad: ")) as port:
+        yield port
 
 
 def _post(timeout: float, url: str) -> float:
@@ -113,7 +62,7 @@ def _post(timeout: float, url: str) -> float:
 
 
 def test_an_https_webhook_slow_to_resolve_then_dripping_its_handshake_stops_at_the_timeout(
-    dripping_tls: int, monkeypatch: pytest.MonkeyPatch, logged: _Log
+    dripping_tls: int, monkeypatch: pytest.MonkeyPatch, hook_log: HookLog
 ) -> None:
     """Before, the name lookup and the connect went unbounded by the deadline and the handshake
     had the whole timeout again: up to twice it in all."""
@@ -127,13 +76,13 @@ def test_an_https_webhook_slow_to_resolve_then_dripping_its_handshake_stops_at_t
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     took = _post(timeout, f"https://127.0.0.1:{dripping_tls}/hook")
     assert timeout * 0.9 <= took < timeout + SLACK, took
-    [failed] = logged.events
+    [failed] = hook_log.events
     assert failed["event"] == "retraining webhook failed"
     assert failed["error"] == "no answer within 3s"
 
 
 def test_an_https_webhook_whose_proxy_drips_its_tunnel_stops_at_the_timeout(
-    dripping_proxy: int, monkeypatch: pytest.MonkeyPatch, logged: _Log
+    dripping_proxy: int, monkeypatch: pytest.MonkeyPatch, hook_log: HookLog
 ) -> None:
     """The proxy's CONNECT answer comes before TLS: its socket is cut at the deadline too
     (before, nothing did, and the call lasted as long as the proxy dripped)."""
@@ -142,7 +91,7 @@ def test_an_https_webhook_whose_proxy_drips_its_tunnel_stops_at_the_timeout(
     monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{dripping_proxy}")
     took = _post(1.0, "https://hooks.example/retrain")
     assert took < 1.0 + SLACK, took
-    [failed] = logged.events
+    [failed] = hook_log.events
     assert failed["event"] == "retraining webhook failed"
     assert failed["error"] == "no answer within 1s"
 
@@ -179,22 +128,22 @@ def test_an_https_webhook_is_delivered_to_a_trusted_certificate_only(
     https_receiver: int,
     tls_files: tuple[Path, Path],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
-    logged: _Log,
+    hook_log: HookLog,
 ) -> None:
     """The handshake done apart still checks the certificate and the host name."""
     for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     _Receiver.bodies.clear()
     _post(10.0, f"https://localhost:{https_receiver}/hook")
-    [failed] = logged.events
+    [failed] = hook_log.events
     assert failed["event"] == "retraining webhook failed"
     assert "CERTIFICATE_VERIFY_FAILED" in failed["error"]
     assert _Receiver.bodies == []
-    logged.events.clear()
+    hook_log.events.clear()
 
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
     _post(10.0, f"https://localhost:{https_receiver}/hook")
-    assert [(e["event"], e.get("status")) for e in logged.events] == [
+    assert [(e["event"], e.get("status")) for e in hook_log.events] == [
         ("retraining webhook called", 204)
     ]
     assert _Receiver.bodies == [b"{}"]
@@ -243,7 +192,7 @@ COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_a_timed_out_command_is_killed_with_every_process_of_its_session(
-    name: str, tmp_path: Path, logged: _Log
+    name: str, tmp_path: Path, hook_log: HookLog
 ) -> None:
     pid_file = tmp_path / "child.pid"
     argv = [a.replace("{pid}", str(pid_file)) for a in COMMANDS[name]]
@@ -256,7 +205,7 @@ def test_a_timed_out_command_is_killed_with_every_process_of_its_session(
         while alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(child)  # it held stderr in a process group of its own
-        assert [(e["event"], e["error"]) for e in logged.events] == [
+        assert [(e["event"], e["error"]) for e in hook_log.events] == [
             ("retraining command failed", "still running after 1s; killed")
         ]
         assert _hook_threads(before) == []
@@ -266,7 +215,7 @@ def test_a_timed_out_command_is_killed_with_every_process_of_its_session(
 
 
 def test_a_process_that_left_the_session_does_not_keep_the_pipe_threads(
-    tmp_path: Path, logged: _Log
+    tmp_path: Path, hook_log: HookLog
 ) -> None:
     """A process that made a session of its own (``setsid``) is no longer the command's, and
     is not killed; its copies of the command's stdin and stderr no longer hold the threads
@@ -288,7 +237,7 @@ def test_a_process_that_left_the_session_does_not_keep_the_pipe_threads(
         )
         escaped = _pid_from(pid_file)
         assert _hook_threads(before) == []
-        assert [e["event"] for e in logged.events] == ["retraining command failed"]
+        assert [e["event"] for e in hook_log.events] == ["retraining command failed"]
     finally:
         if escaped and alive(escaped):
             os.kill(escaped, signal.SIGKILL)
