@@ -7,12 +7,14 @@ sends (see :mod:`controlplane.api.roles`), which proves nothing about the caller
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane.audit import key_id as key_id_of
 from controlplane.audit import object_digest, public_key_pem
+from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, SignatureCheck
 from controlplane.names import check_text
 from controlplane.services.evidence import (
@@ -24,7 +26,7 @@ from controlplane.services.evidence import (
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
 from controlplane.services.models import lock_model, require_model
 from controlplane.services.versions import require_version
-from controlplane.store import Store
+from controlplane.store import Store, Tx
 from controlplane.store.governance_repos import Governance, evidence_to_json
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import ApprovalRow
@@ -32,6 +34,19 @@ from modelplane.errors import InvalidArgument, NotFound, PermissionDenied
 from modelplane.server.context import RequestContext, same_principal
 
 DECISIONS = ("approve", "reject")
+
+
+def _standing(tx: Tx, version: ModelVersion, approvals: Iterable[Approval]) -> set[str]:
+    """The ids among ``approvals`` that are current: standing as a gate counts them (each
+    approver's latest decision for its target, made on the evidence as it is now), which takes
+    all of a target's approvals to say."""
+    gov = Governance(tx.session)
+    standing: set[str] = set()
+    for target in {a.target for a in approvals}:
+        evidence = current_evidence(tx, version, target)[0]
+        mine = gov.approvals(version.model_id, version.version, target)
+        standing |= {a.id for a in standing_approvals(mine, evidence)}
+    return standing
 
 
 class ApprovalService:
@@ -71,7 +86,9 @@ class ApprovalService:
             if tx.replay is not None:
                 for a in gov.approvals(model_id, number, target):
                     if a.name == tx.replay:
-                        return a
+                        # Current as a listing marks it now, as the first answer marked it then.
+                        version = require_version(tx, model_id, number)
+                        return replace(a, current=a.id in _standing(tx, version, [a]))
                 raise NotFound(
                     f"approval {tx.replay} recorded for request_id {request_id} no longer exists",
                     reason="APPROVAL_NOT_FOUND",
@@ -139,13 +156,7 @@ class ApprovalService:
             # Pages resume after the last row's (create time, id), not at a position: an
             # approval recorded between two pages neither repeats nor hides a row.
             page, next_key = gov.approvals_page(model_id, number, after, limit)
-            # Current: standing as a gate counts it (the approver's latest decision for its
-            # target, made on the evidence as it is now), which takes all of a target's.
-            standing: set[str] = set()
-            for target in {a.target for a in page}:
-                evidence = current_evidence(tx, version, target)[0]
-                mine = gov.approvals(model_id, number, target)
-                standing |= {a.id for a in standing_approvals(mine, evidence)}
+            standing = _standing(tx, version, page)
             marked = [replace(a, current=a.id in standing) for a in page]
         return marked, encode(query, next_key) if next_key else ""
 

@@ -179,13 +179,16 @@ class PolicyService:
                 return _replayed(tx, policy_id, request_id)
             # Locked, then read: a concurrent update waits for this one (a blind update cannot
             # lose a race it never saw), and the etag is checked against the committed row.
-            Governance(tx.session).policy_row(policy_id, for_update=True)
+            gov = Governance(tx.session)
+            gov.policy_row(policy_id, for_update=True)
+            # The time is taken again under the lock, after the last revision's: an update that
+            # waited for the lock would otherwise carry an earlier time than the revision it
+            # follows, and a replay (which finds its revision by time) would answer that one.
+            tx.restamp(gov.next_revision_time(policy_id))
             before = require_policy(tx, policy_id)
             if "target" in changes:
                 _target_free(tx, str(changes["target"]), policy_id)
-            after = Governance(tx.session).update_policy(
-                policy_id, etag, changes, ctx.principal, tx.now
-            )
+            after = gov.update_policy(policy_id, etag, changes, ctx.principal, tx.now)
             if after is None:
                 # Only the new target can collide: a policy that committed after the check took
                 # it, and the check, made again, names that policy.

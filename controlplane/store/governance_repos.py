@@ -6,7 +6,7 @@ They work on the session of any :class:`~controlplane.store.Tx`: ``Governance(tx
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, update
@@ -208,6 +208,14 @@ class Governance:
         if for_update:
             return self.s.get(PolicyRow, policy_id, with_for_update=True, populate_existing=True)
         return self.s.get(PolicyRow, policy_id)
+
+    def next_revision_time(self, policy_id: str) -> datetime | None:
+        """The earliest time the policy's next revision may carry: just after its last one (None
+        when it has none). Revisions stamped so run in the order of their numbers, which a
+        replayed update relies on to find the revision it made; the caller holds the lock."""
+        q = select(func.max(PolicyRevisionRow.time)).where(PolicyRevisionRow.policy_id == policy_id)
+        last = self.s.exec(q).one()
+        return None if last is None else convert.utc(last) + timedelta(microseconds=1)
 
     def get_policy(self, policy_id: str, revision: int = 0) -> Policy | None:
         current = self.policy_row(policy_id)

@@ -88,6 +88,26 @@ def test_approve_request_id_reused_for_another_version_or_caller_is_refused(
         assert audited(carol, "Approve") == [first.name]
 
 
+def test_a_replayed_approval_is_marked_current_as_a_listing_marks_it(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    """Before, a replay answered the stored row with ``current`` never worked out: false for
+    an approval that still stood."""
+    with controlplane.client("alice") as alice:
+        model_id, (v1, _) = versions(alice, tmp_path)
+    request_id = rid()
+    with controlplane.client("bob") as bob:
+        first = bob.approve(model_id, v1, "production", request_id=request_id)
+        assert first.current
+        assert bob.approve(model_id, v1, "production", request_id=request_id) == first
+        bob.approve(model_id, v1, "production", decision="reject")  # withdraws the approval
+        again = bob.approve(model_id, v1, "production", request_id=request_id)
+        listed = {a.name: a.current for a in bob.list_approvals(model_id, v1)}
+        assert (
+            (again.name, again.current) == (first.name, False) == (first.name, listed[first.name])
+        )
+
+
 def test_evaluate_gate_replays_its_own_decision(
     controlplane: RunningControlPlane, tmp_path: Path
 ) -> None:
