@@ -4,198 +4,70 @@ Global options come before the subcommand. With ``--output json`` every command 
 one JSON document on stdout; progress and logs go to stderr. Exit codes: 0 success, 1 a check
 that failed, 2 usage error, 3 the server answered an error, 4 server unreachable or no answer
 before the call's deadline, 5 not done when a wait's timeout passed, 70 an internal error (a
-bug in the CLI, named in one line).
+bug in the CLI, named in one line), 130 stopped by Ctrl-C (SIGINT).
+
+This module imports nothing heavy: the console script imports it before :func:`run` can take
+charge of Ctrl-C, so the commands, gRPC and protobuf are imported by :func:`run` (through
+:mod:`modelplane.cli._main`), where an interrupt is an exit 130 like any other.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
 
-from modelplane.cli._checks import has_surrogates, printable
-from modelplane.cli._common import MAX_SECONDS, duration
-from modelplane.cli._output import (
-    EXIT_INTERNAL,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    CliError,
-    Printer,
-)
-from modelplane.ids import is_principal
+#: Type checkers take this as true; no ``import typing`` at run time (see the module docstring).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from types import FrameType
 
-# Each module registers its subcommands with ``register(subparsers)``.
-_COMMAND_MODULES = (
-    "models",
-    "versions",
-    "alias",
-    "operations",
-    "blobs",
-    "controlplane",
-    "sidecar",
-    "logs",
-    "drift",
-    "evaluate",
-    "policies",
-    "gate",
-    "approve",
-    "audit",
-    "model_card",
-    "keys",
-    "injector",
-    "deployments",
-    "rollout",
-    "labels",
-)
-
-
-def _default_principal() -> str:
-    """The OS user, when it is a principal name (``john doe`` is not), else ``anonymous``."""
-    try:
-        user = getpass.getuser()
-    except Exception:
-        return "anonymous"
-    return user if is_principal(user) else "anonymous"
-
-
-#: The longest ``--timeout`` (see :data:`modelplane.cli._common.MAX_SECONDS`).
-MAX_TIMEOUT_SECONDS = MAX_SECONDS
-
-
-def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
-    """The usage error for text that held bytes that are not UTF-8 (the OS hands them over as
-    surrogates, which protobuf strings cannot carry), naming the arguments that held them;
-    None when ``exc`` is about something else."""
-    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
-    if not bad or not all("\udc80" <= ch <= "\udcff" for ch in bad):
-        return None
-    named = [printable(a) for a in argv if has_surrogates(a)]
-    what = ", ".join(f"'{a}'" for a in named or [printable(exc.object)])
-    return CliError(
-        f"{what}: not UTF-8 text (bytes shown as \\xNN); the server takes names, labels and "
-        "other text as UTF-8",
-        EXIT_USAGE,
-    )
+#: The exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
-        prog="modelplane",
-        description="Model registry, governance, rollouts and the inference sidecar.",
-    )
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("MODELPLANE_SERVER") or "127.0.0.1:50051",
-        help="control plane HOST:PORT (env MODELPLANE_SERVER, unless empty; default "
-        "127.0.0.1:50051)",
-    )
-    parser.add_argument(
-        "--output", choices=("table", "json"), default="table", help="output format (default table)"
-    )
-    parser.add_argument(
-        "--as",
-        dest="principal",
-        default=os.environ.get("MODELPLANE_PRINCIPAL") or _default_principal(),
-        help="principal name sent to a server without access control (default: the OS user); "
-        "a server with access control takes the principal from --token",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=duration(above_zero=True, maximum=MAX_TIMEOUT_SECONDS),
-        default=60.0,
-        metavar="DURATION",
-        help="time to wait for each call: seconds (90) or with units (30s, 10m, 1h30m), above 0 "
-        "and at most 100000000 seconds (default 60)",
-    )
-    parser.add_argument(
-        "--roles",
-        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
-        default=os.environ.get("MODELPLANE_ROLES", ""),
-        metavar="ROLE,...",
-        help="roles claimed for approvals (env MODELPLANE_ROLES) from a server without access "
-        "control, which believes them; a server with access control takes roles from --token",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("MODELPLANE_TOKEN", ""),
-        help="bearer token (or JWT) for a server with access control (env MODELPLANE_TOKEN)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=os.environ.get("MODELPLANE_TLS_CA", ""),
-        metavar="FILE",
-        help="connect with TLS, trusting this PEM CA bundle (env MODELPLANE_TLS_CA)",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        default=os.environ.get("MODELPLANE_TLS_CERT", ""),
-        metavar="FILE",
-        help="client certificate (PEM) for mutual TLS (env MODELPLANE_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--tls-key",
-        default=os.environ.get("MODELPLANE_TLS_KEY", ""),
-        metavar="FILE",
-        help="private key (PEM) of --tls-cert (env MODELPLANE_TLS_KEY)",
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect with TLS, trusting the system's CA certificates",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        module = importlib.import_module(f"modelplane.cli.{name}")
-        module.register(sub)
-    return parser
+    from modelplane.cli._main import build_parser as build
+
+    return build()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    printer = Printer(json_output=args.output == "json")
-    try:
-        code = args.handler(args, printer)
-    except CliError as exc:
-        printer.error(exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
-    except ConnectionError as exc:  # pragma: no cover - mapped by the client already
-        printer.error(CliError(str(exc), EXIT_UNREACHABLE))
-        return EXIT_UNREACHABLE
-    except OSError as exc:
-        # A local file that cannot be read or written (--out in a missing folder, a
-        # directory, no permission): the user's to fix, not a failed check.
-        where = f"{exc.filename}: " if exc.filename else ""
-        printer.error(CliError(f"{where}{exc.strerror or exc}"))
-        return EXIT_USAGE
-    except Exception as exc:
-        error = _not_utf8(exc, argv) if isinstance(exc, UnicodeEncodeError) else None
-        if error is None:
-            # A bug, not a failed check: one line naming it, and an exit code of its own.
-            detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            error = CliError(f"internal error in the CLI ({args.command}): {detail}", EXIT_INTERNAL)
-        printer.error(error)
-        return error.exit_code
-    return EXIT_OK if code is None else int(code)
+    from modelplane.cli._main import main as run_command
+
+    return run_command(argv)
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGINT after the command returned (while the interpreter shuts down: gRPC's and the
+    threads' clean-up): exit 130 at once, with what the command printed."""
+    from contextlib import suppress
+
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to keep
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: exits with :func:`main`'s code, or with 130 and no traceback
+    whenever Ctrl-C (SIGINT) comes: while the commands are imported and the arguments parsed,
+    while a command runs, and while the interpreter shuts down after it. A process started
+    with SIGINT ignored (a background job of a script) keeps ignoring it."""
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    code = EXIT_INTERRUPTED
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, _exit_interrupted)
+    sys.exit(code)
 
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["EXIT_INTERRUPTED", "build_parser", "main", "run"]

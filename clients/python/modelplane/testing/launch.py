@@ -1,5 +1,5 @@
 """Start a command with process settings applied first: a file size limit, a CPU affinity
-mask, a cgroup to join.
+mask, a cgroup to join, SIGINT's default action.
 
 A test process that has used gRPC must not start children with ``subprocess.Popen(...,
 preexec_fn=...)``: a ``preexec_fn`` makes Python ``fork()`` the whole process, gRPC's fork
@@ -10,7 +10,7 @@ starts children with ``vfork``, which runs no fork handlers. So the settings are
 a fresh interpreter that then replaces itself with the command::
 
     python -m modelplane.testing.launch [--file-size-limit BYTES] [--cpus 0,2]
-        [--cgroup-procs FILE] -- COMMAND [ARG...]
+        [--cgroup-procs FILE] [--default-sigint] -- COMMAND [ARG...]
 
 :func:`prefix` builds the part before ``COMMAND``.
 """
@@ -31,6 +31,7 @@ def prefix(
     file_size_limit: int | None = None,
     cpus: Iterable[int] | None = None,
     cgroup_procs: Path | None = None,
+    default_sigint: bool = False,
 ) -> list[str]:
     """The argv that runs the command after it with these settings applied."""
     argv = [sys.executable, "-m", __name__]
@@ -40,6 +41,8 @@ def prefix(
         argv += ["--cpus", ",".join(str(c) for c in sorted(cpus))]
     if cgroup_procs is not None:
         argv += ["--cgroup-procs", str(cgroup_procs)]
+    if default_sigint:
+        argv.append("--default-sigint")
     return [*argv, "--"]
 
 
@@ -52,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--cpus", help="CPU affinity mask as a comma-separated list")
     parser.add_argument("--cgroup-procs", type=Path, help="a cgroup's cgroup.procs file to join")
+    parser.add_argument(
+        "--default-sigint",
+        action="store_true",
+        help="give SIGINT its default action: a test run as a background job of a script starts "
+        "with SIGINT ignored, which its children inherit through exec, so Ctrl-C could not be "
+        "tested on them",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -64,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.file_size_limit is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
+    if args.default_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         os.execvp(command[0], command)
     except OSError as exc:
