@@ -26,6 +26,7 @@ from modelplane.errors import (
     InvalidArgument,
     ModelplaneError,
     Unavailable,
+    Unimplemented,
     error_info,
     from_rpc_error,
 )
@@ -110,10 +111,15 @@ class CallDeadlineExceeded(DeadlineExceeded):
     as opposed to a DEADLINE_EXCEEDED the server sent (which carries its reason)."""
 
 
-def rpc_error(exc: grpc.RpcError, server: str) -> ModelplaneError:
+def rpc_error(exc: grpc.RpcError, server: str, *, not_served: str = "") -> ModelplaneError:
     """The SDK error for a failed call to ``server`` (e.g. "the sidecar at HOST:PORT"):
     ``ServerUnreachable`` or ``CallDeadlineExceeded`` when the server sent nothing (no
-    ErrorInfo), else the error it answered."""
+    ErrorInfo), else the error it answered.
+
+    An UNIMPLEMENTED without ErrorInfo is gRPC's own answer for a method the server does not
+    serve at all: :class:`Unimplemented` (reason ``UNIMPLEMENTED``) saying that the address
+    answers but does not serve this API, followed by ``not_served``, the likely mix-up of
+    addresses and what to give instead."""
     code = exc.code()  # type: ignore[attr-defined]
     if error_info(exc) is None:
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -122,7 +128,23 @@ def rpc_error(exc: grpc.RpcError, server: str) -> ModelplaneError:
             return CallDeadlineExceeded(
                 f"no answer from {server} before the call's deadline: {exc.details()}"  # type: ignore[attr-defined]
             )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            detail = exc.details() or "no detail"  # type: ignore[attr-defined]
+            hint = f": {not_served}" if not_served else ""
+            return Unimplemented(
+                f"{server} answers, but does not serve this API (gRPC: {detail}){hint}",
+                reason="UNIMPLEMENTED",
+            )
     return from_rpc_error(exc)
+
+
+def not_the_control_plane(address: str) -> str:
+    """What to check when ``address``, taken for the control plane's, serves none of its API."""
+    return (
+        f"is {address} a sidecar's address? Give the control plane's gRPC address (the CLI's "
+        "--server or MODELPLANE_SERVER, the SDK's Client(address)), not a sidecar's; or the "
+        "control plane there is older than this client and lacks the call"
+    )
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -447,7 +469,11 @@ class Client(DeploymentsMixin):
         raise AssertionError("unreachable")
 
     def _error(self, exc: grpc.RpcError) -> ModelplaneError:
-        return rpc_error(exc, f"the control plane at {self.address}")
+        return rpc_error(
+            exc,
+            f"the control plane at {self.address}",
+            not_served=not_the_control_plane(self.address),
+        )
 
     @staticmethod
     def _rid() -> str:

@@ -255,7 +255,22 @@ def call_sidecar(address: str, method: str, request: Any, timeout: float) -> Any
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise rpc_error(exc, f"the sidecar at {address}") from None
+            raise sidecar_error(exc, address) from None
+
+
+def sidecar_error(exc: Any, address: str) -> ModelplaneError:
+    """The SDK error for a failed call to the sidecar at ``address`` (``exc``, a
+    ``grpc.RpcError``), as :func:`modelplane._client.rpc_error` makes it; an address that
+    serves no sidecar API is likely the control plane's."""
+    return rpc_error(
+        exc,
+        f"the sidecar at {address}",
+        not_served=(
+            f"is {address} the control plane's address? --sidecar takes the address a sidecar "
+            "serves on (its --listen), not the control plane's; or the sidecar there is older "
+            "than this client and lacks the call"
+        ),
+    )
 
 
 #: What binding an address in use, not this host's, or a privileged port fails with.

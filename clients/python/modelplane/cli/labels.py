@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelplane._client import ServerUnreachable, rpc_error
-from modelplane.cli._common import INT64_MAX, check_sidecar, server_errors
+from modelplane._client import ServerUnreachable
+from modelplane.cli._common import INT64_MAX, check_sidecar, server_errors, sidecar_error
 from modelplane.cli._extras import extra
 from modelplane.cli._output import (
     EXIT_OK,
@@ -264,7 +264,7 @@ def _failure(exc: Any, outcome: _Outcome, labels: int) -> CliError:
     """The CLI error for a call to ``outcome.sidecar`` that failed after the batches it
     answered, saying which labels those held."""
     address, done, total = outcome.sidecar, outcome.batches, _batches(labels)
-    error = rpc_error(exc, f"the sidecar at {address}")
+    error = sidecar_error(exc, address)
     cli = CliError(error.message)
     try:
         with server_errors():  # the exit code and status the CLI gives this error
