@@ -481,15 +481,45 @@ def _tabular_width(signature: Signature) -> int | None:
     return None
 
 
-def _check_feature_count(signature: Signature, feature_names: list[str]) -> None:
+def _check_feature_count(
+    signature: Signature, feature_names: list[str], *, derived: bool = False, label: str = ""
+) -> None:
+    """INVALID_ARGUMENT (FEATURE_COUNT_MISMATCH) when the model takes one ``[-1, F]`` input and
+    ``feature_names`` are not F names. ``derived``: no feature names were given, so these are
+    the train dataset's columns less the label column ``label`` (if one was given); the message
+    then says so, and when one column too many was taken without a label column, that it may
+    be the label."""
     width = _tabular_width(signature)
-    if width is not None and feature_names and len(feature_names) != width:
-        raise InvalidArgument(
-            f"the model's input {shown(signature.inputs[0].name)} takes {width} features but "
-            f"{len(feature_names)} feature names were given or derived",
-            reason="FEATURE_COUNT_MISMATCH",
-            metadata={"field": "feature_names"},
+    count = len(feature_names)
+    if width is None or not feature_names or count == width:
+        return
+    takes = f"the model's input {shown(signature.inputs[0].name)} takes {width} features"
+    if not derived:
+        message = f"{takes} but {count} feature names were given"
+    elif label:
+        message = (
+            f"{takes} but the train dataset has {count} columns besides its label column "
+            f"{shown(label)}, all taken as features as no feature_names were given: list the "
+            "model's features with feature_names (--feature-names), or leave the other columns "
+            "out of the dataset"
         )
+    elif count == width + 1:
+        message = (
+            f"{takes} but the train dataset has {count} columns, all taken as features as no "
+            "label_column and no feature_names were given: the one column too many may be the "
+            f"label (the last column is {shown(feature_names[-1])}); name it with label_column "
+            "(--label COLUMN), or list the model's features with feature_names (--feature-names)"
+        )
+    else:
+        message = (
+            f"{takes} but the train dataset has {count} columns, all taken as features as no "
+            "label_column and no feature_names were given: name the label column with "
+            "label_column (--label) and list the model's features with feature_names "
+            "(--feature-names), or leave the other columns out of the dataset"
+        )
+    raise InvalidArgument(
+        message, reason="FEATURE_COUNT_MISMATCH", metadata={"field": "feature_names"}
+    )
 
 
 def input_columns(signature: Signature, profiled: Sequence[str]) -> list[str]:
@@ -684,7 +714,8 @@ class VersionService:
                 reason="DATASET_COLUMNS_MISSING",
                 metadata={"field": "label_column"},
             )
-        if not feature_names:
+        derived = not feature_names
+        if derived:
             feature_names = profiles.default_feature_names(table, new.label_column or None)
             _check_derived_feature_names(feature_names)
         missing = [f for f in feature_names if f not in table.column_names]
@@ -694,7 +725,7 @@ class VersionService:
                 reason="DATASET_COLUMNS_MISSING",
                 metadata={"field": "feature_names"},
             )
-        _check_feature_count(signature, feature_names)
+        _check_feature_count(signature, feature_names, derived=derived, label=new.label_column)
         if not input_columns(signature, feature_names):
             # No input of the model is a column or a fixed-width table (an image, a [-1, -1]
             # tensor): drift cannot be watched on it, so there is no baseline; the dataset
