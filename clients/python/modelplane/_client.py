@@ -162,6 +162,11 @@ def model_name(model: str) -> str:
     return model if model.startswith("models/") else f"models/{model}"
 
 
+def blob_name(blob: str) -> str:
+    """``<sha256>`` → ``blobs/<sha256>`` (full names pass through)."""
+    return blob if blob.startswith("blobs/") else f"blobs/{blob}"
+
+
 def version_name(model: str, version: int | str) -> str:
     """A version by number, or by alias when given as ``@alias``."""
     text = str(version)
@@ -601,14 +606,18 @@ class Client(DeploymentsMixin):
         return self._call(self._upload, requests)  # uploads are keyed by digest: safe to resend
 
     def get_blob(self, sha256: str) -> blobs_pb2.Blob:
-        return self._call(self.blobs.GetBlob, blobs_pb2.GetBlobRequest(name=f"blobs/{sha256}"))
+        """A blob's metadata, by its digest or its name ``blobs/{sha256}`` (as
+        :meth:`upload_blob` returns it)."""
+        return self._call(self.blobs.GetBlob, blobs_pb2.GetBlobRequest(name=blob_name(sha256)))
 
     def download_blob(self, sha256: str, out: str | os.PathLike[str]) -> Path:
-        """Write a blob to ``out`` after checking its digest: ``out`` appears only whole and
-        checked (it is written under a temporary name of its own, then renamed)."""
+        """Write a blob (by its digest or its name ``blobs/{sha256}``) to ``out`` after
+        checking its digest: ``out`` appears only whole and checked (it is written under a
+        temporary name of its own, then renamed)."""
         target = Path(out)
         digest = hashlib.sha256()
-        request = blobs_pb2.DownloadBlobRequest(name=f"blobs/{sha256}")
+        request = blobs_pb2.DownloadBlobRequest(name=blob_name(sha256))
+        sha256 = request.name.removeprefix("blobs/")
         with replaced_atomically(target) as f:
             for message in self._stream(self.blobs.DownloadBlob, request):
                 digest.update(message.chunk)
