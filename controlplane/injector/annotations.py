@@ -235,6 +235,10 @@ def _resources(value: object) -> dict[str, dict[str, str]]:
             doc = json.loads(text)
         except json.JSONDecodeError:
             raise AnnotationError(ANNOTATION_RESOURCES, f"not valid JSON; {form}") from None
+        except RecursionError:
+            raise AnnotationError(
+                ANNOTATION_RESOURCES, f"not valid JSON: arrays or objects nested too deep; {form}"
+            ) from None
         if not isinstance(doc, dict) or not doc or set(doc) - {"requests", "limits"}:
             raise AnnotationError(ANNOTATION_RESOURCES, f"only requests and limits; {form}")
         out: dict[str, dict[str, str]] = {}

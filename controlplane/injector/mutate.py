@@ -79,7 +79,7 @@ def decide(pod: Mapping[str, Any], config: InjectionConfig) -> Decision:
         _check_ports(pod, spec)
     except AnnotationError as exc:
         return Decision(False, warnings=warnings, message=str(exc), reason="INVALID_ANNOTATION")
-    except (ValueError, ArithmeticError) as exc:
+    except (ValueError, ArithmeticError, RecursionError) as exc:
         # A value no check above foresaw: refuse the pod with a message rather than fail
         # the review (the API server would show the user only "failed calling webhook").
         return Decision(

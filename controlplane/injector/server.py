@@ -5,13 +5,18 @@
 Each connection's TLS handshake runs in its own thread, so a slow client cannot hold up the
 listener. Answers: 200 with an AdmissionReview; 400 with ``{"reason", "message"}`` for a body
 that is not an AdmissionReview v1; 404, 405, 411, 413 and 415 for the wrong path, method,
-length or content type; 503 (``OVERLOADED``, ``Retry-After: 1``) when a review waited
-``parse_wait_seconds`` for room among the bodies being parsed.
+length or content type; 431 for a request line and headers over 64 KiB; 503
+(``OVERLOADED``, ``Retry-After: 1``) when a body found no room among the bodies being
+received, or a review waited ``parse_wait_seconds`` for room among the bodies being parsed.
 
-Memory: parsing JSON takes up to about 26 times the body's size (many tiny objects), so the
-bodies parsed at once hold at most ``max_parsing_bytes`` between them (two of the largest
-bodies by default; any number of ordinary pods of a few KiB), which keeps the webhook within
-its memory limit whatever is posted to it.
+Memory, whatever clients send and however slowly: at most ``max_connections`` connections are
+served at once (further ones wait in the listen backlog), each with a head of at most 64 KiB;
+a body over 64 KiB is read only once its Content-Length fits in ``max_receiving_bytes``
+beside the others being received or answered; parsing JSON takes up to about 26 times the
+body's size (many tiny objects), so the bodies parsed at once hold at most
+``max_parsing_bytes`` between them (two of the largest bodies by default; any number of
+ordinary pods of a few KiB). A TLS handshake, and each request from its first byte to its
+body's last, must be done within ``read_timeout_seconds``: bytes dripping in do not extend it.
 
 :meth:`InjectorHandle.stop` shuts down gracefully: ``/healthz`` answers 503 at once while
 reviews are still answered for the shutdown delay, so that the Service's endpoints drop the
@@ -21,6 +26,8 @@ grace to be answered.
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import socket
 import ssl
@@ -35,8 +42,9 @@ from typing import Any
 import structlog
 
 from controlplane.injector.annotations import is_digits
+from controlplane.injector.limits import ByteBudget, DeadlineReader
 from controlplane.injector.review import BadReview, answer_review
-from controlplane.injector.settings import InjectorSettings
+from controlplane.injector.settings import MAX_HEAD_BYTES, SMALL_BODY_BYTES, InjectorSettings
 from controlplane.injector.tls import ReloadingContext
 
 log = structlog.get_logger("modelplane.injector")
@@ -49,6 +57,13 @@ LIVE_PATH = "/livez"
 #: Largest refused body read to its end before answering; larger ones get the answer and a
 #: closed connection.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+#: How long a refused body is read (and dropped) at most: a client that means its request
+#: sends the body at once, and a connection draining one holds a place among max_connections.
+_DRAIN_SECONDS = 1.0
+#: How long a connection waits for its next request.
+_IDLE_SECONDS = 30.0
+#: Connections waiting to be accepted, in the kernel, while max_connections are served.
+_BACKLOG = 1024
 #: Stands for a Content-Length too long to read as a number (over 18 digits).
 _TOO_LONG = 10**18
 # str.isdigit() takes "²" and other digits that int() and HTTP do not.
@@ -59,6 +74,7 @@ class _Server(ThreadingHTTPServer):
     # requests being answered are waited for by count (in_flight), up to the grace.
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = _BACKLOG
 
     def __init__(self, address: tuple[str, int], settings: InjectorSettings) -> None:
         self.settings = settings
@@ -71,29 +87,12 @@ class _Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._in_flight = 0
         self._idle = threading.Condition()
-        self._parsing = 0
-        self._room = threading.Condition()
+        #: Bodies over SMALL_BODY_BYTES from before they are read until they are answered.
+        self.receiving = ByteBudget(settings.max_receiving_bytes)
+        #: Bodies being parsed and answered.
+        self.parsing = ByteBudget(settings.max_parsing_bytes)
+        self._connections = threading.BoundedSemaphore(settings.max_connections)
         super().__init__(address, _Handler)
-
-    @contextmanager
-    def parsing(self, size: int) -> Iterator[bool]:
-        """Holds ``size`` bytes of ``max_parsing_bytes`` while a body is parsed and answered:
-        yields True once there is room, False when there was none within
-        ``parse_wait_seconds`` (nothing held then)."""
-        limit = self.settings.max_parsing_bytes
-        with self._room:
-            held = self._room.wait_for(
-                lambda: self._parsing + size <= limit, self.settings.parse_wait_seconds
-            )
-            if held:
-                self._parsing += size
-        try:
-            yield held
-        finally:
-            if held:
-                with self._room:
-                    self._parsing -= size
-                    self._room.notify_all()
 
     @contextmanager
     def answering(self) -> Iterator[None]:
@@ -115,19 +114,48 @@ class _Server(ThreadingHTTPServer):
             return self._in_flight
 
     def get_request(self) -> tuple[Any, Any]:
-        sock, addr = self.socket.accept()
-        wrapped = self.tls.current().wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        )
+        # With max_connections served, the next connection stays in the listen backlog:
+        # serve_forever ignores the OSError and, the listener still being readable, calls
+        # again (so that a shutdown is not held up meanwhile).
+        if not self._connections.acquire(timeout=0.05):
+            raise _AllBusy("max_connections are being served")
+        try:
+            sock, addr = self.socket.accept()
+            wrapped = self.tls.current().wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except BaseException:
+            self._connections.release()
+            raise
         return wrapped, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        # Called once for each connection get_request returned, whatever became of it.
+        try:
+            super().shutdown_request(request)
+        finally:
+            self._connections.release()
+
+
+class _AllBusy(OSError):
+    """No connection is accepted now: max_connections are being served."""
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
-    timeout = 30
     server_version = "modelplane-injector"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # The handshake's deadline: CPython's do_handshake takes the socket's timeout for the
+        # whole of it.
+        self.connection.settimeout(self.server.settings.read_timeout_seconds)
+        self.rfile.close()  # the socket's own reader, replaced by one with deadlines
+        self.reader = DeadlineReader(self.connection)
+        self.buffered = io.BufferedReader(self.reader)
+        self.rfile = self.buffered
 
     def handle(self) -> None:
         try:
@@ -137,8 +165,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             super().handle()
-        except (ConnectionError, ssl.SSLError, TimeoutError):
+        except (ConnectionError, ssl.SSLError, TimeoutError, http.client.HTTPException):
+            # HTTPException: a request line over MAX_HEAD_BYTES (ReadLimitExceeded); one in
+            # the headers is answered 431 by parse_request.
             self.close_connection = True
+
+    def handle_one_request(self) -> None:
+        # Wait for the request's first byte; from then on the request line, the headers and
+        # the body must come within one deadline (the headers within MAX_HEAD_BYTES).
+        self.reader.expect(_IDLE_SECONDS)
+        try:
+            if not self.buffered.peek(1):
+                self.close_connection = True
+                return
+        except TimeoutError:
+            self.close_connection = True
+            return
+        self.reader.expect(self.server.settings.read_timeout_seconds, MAX_HEAD_BYTES)
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http", message=format % args, peer=self.client_address[0])
@@ -147,6 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         body = json.dumps(doc).encode()
+        # Reads left the socket with what remained of their deadline.
+        self.connection.settimeout(self.server.settings.read_timeout_seconds)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -168,6 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Readiness and liveness probes of the webhook's own Deployment."""
+        self.reader.lift_byte_limit()
         with self.server.answering():
             self._get()
 
@@ -183,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """Answer one AdmissionReview."""
+        self.reader.lift_byte_limit()
         with self.server.answering():
             self._post()
 
@@ -214,17 +262,32 @@ class _Handler(BaseHTTPRequestHandler):
                 f"the body has {length} bytes; at most {self.server.settings.max_body_bytes}",
             )
             return
-        body = self.rfile.read(length)
-        with self.server.parsing(len(body)) as room:
+        # Room for the body before a byte of it is read; small ones need none.
+        with self.server.receiving.hold(length if length > SMALL_BODY_BYTES else 0) as room:
             if not room:
+                self._drain_and_close()
                 self._error(
                     503,
                     "OVERLOADED",
-                    "too many reviews are being parsed at once; try again",
+                    "too many large reviews are being received at once; try again",
                     {"Retry-After": "1"},
                 )
                 return
-            self._answer(body)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True  # the client closed its side mid-body
+                return
+            wait = self.server.settings.parse_wait_seconds
+            with self.server.parsing.hold(len(body), wait) as room:
+                if not room:
+                    self._error(
+                        503,
+                        "OVERLOADED",
+                        "too many reviews are being parsed at once; try again",
+                        {"Retry-After": "1"},
+                    )
+                    return
+                self._answer(body)
 
     def _answer(self, body: bytes) -> None:
         try:
@@ -259,16 +322,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drain_and_close(self) -> None:
         # Read (and drop) an unwanted body of reasonable size, so that the client gets to
-        # read the answer instead of a reset; then close the connection.
+        # read the answer instead of a reset; then close the connection. A body that has not
+        # come within _DRAIN_SECONDS still gets the answer.
         self.close_connection = True
         left = self._content_length() or 0
         if left > _DRAIN_LIMIT:
             return
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 16))
-            if not chunk:
-                break
-            left -= len(chunk)
+        self.reader.shorten(_DRAIN_SECONDS)
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except TimeoutError:
+            pass
 
 
 @dataclass

@@ -23,10 +23,24 @@ DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 #: times its size in memory (a 64-byte dict and an 8-byte pointer per 3 bytes of body).
 PARSE_MEMORY_FACTOR = 26
 #: Two of the largest bodies parsed at once: at most about 110 MB besides the process's own
-#: 70 MB and the bodies waiting their turn, within the 256Mi memory limit of
-#: deploy/base/injector/deployment.yaml (whose MALLOC_ARENA_MAX=2 keeps glibc from holding
-#: freed memory in an arena per thread).
+#: 70 MB and the bodies being received (DEFAULT_MAX_RECEIVING_BYTES, and max_connections times
+#: CONNECTION_MEMORY), within the 256Mi memory limit of deploy/base/injector/deployment.yaml
+#: (whose MALLOC_ARENA_MAX=2 keeps glibc from holding freed memory in an arena per thread).
 DEFAULT_MAX_PARSING_BYTES = 2 * DEFAULT_MAX_BODY_BYTES
+#: Bodies of at most this many bytes (ordinary pods are a few KiB) are received without room
+#: in max_receiving_bytes: max_connections bounds them.
+SMALL_BODY_BYTES = 64 * 1024
+#: The most a request's line and headers may take (http.server alone would take 100 headers of
+#: 64 KiB each); the API server sends well under 1 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+#: What one connection takes at most besides a body over SMALL_BODY_BYTES: its TLS buffers
+#: and thread, and its head and small body twice over (copies while they are read and
+#: decoded). Measured: about 60 KiB with neither, 260 KiB with 60 KiB of headers and a 64 KiB
+#: body.
+CONNECTION_MEMORY = 2 * (MAX_HEAD_BYTES + SMALL_BODY_BYTES) + 64 * 1024
+#: Eight of the largest bodies received at once (and held until they are answered): with
+#: max_connections' connections and the parsing budget, within the 256Mi memory limit.
+DEFAULT_MAX_RECEIVING_BYTES = 8 * DEFAULT_MAX_BODY_BYTES
 
 
 def _host_port(value: str) -> str:
@@ -79,6 +93,28 @@ class InjectorSettings(BaseSettings):
         description="How long a review waits for max_parsing_bytes to have room before it "
         "is answered 503 (the API server gives up after the webhook's timeoutSeconds).",
     )
+    max_receiving_bytes: int = Field(
+        DEFAULT_MAX_RECEIVING_BYTES,
+        ge=1024,
+        description="How many body bytes the reviews being received, parsed and answered hold "
+        f"between them, each body over {SMALL_BODY_BYTES} bytes counted by its Content-Length "
+        "before a byte of it is read; a review past it is answered 503 at once (the API server "
+        "retries). Smaller bodies need no room: max_connections bounds them.",
+    )
+    max_connections: int = Field(
+        64,
+        ge=1,
+        description="Connections served at once, a thread each; further ones wait in the "
+        "listen backlog (in the kernel, costing the webhook nothing) until one closes.",
+    )
+    read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=TIMEOUT_MAX,
+        description="How long a TLS handshake, and a request from its first byte to the last "
+        "byte of its body, may take before the connection is closed; one deadline, which "
+        "bytes trickling in do not extend. At least the webhook's timeoutSeconds.",
+    )
     shutdown_delay_seconds: float = Field(
         5.0,
         ge=0,
@@ -121,5 +157,10 @@ class InjectorSettings(BaseSettings):
             raise ValueError(
                 f"max_parsing_bytes ({self.max_parsing_bytes}) is below max_body_bytes "
                 f"({self.max_body_bytes}): the largest review could never be parsed"
+            )
+        if self.max_receiving_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_receiving_bytes ({self.max_receiving_bytes}) is below max_body_bytes "
+                f"({self.max_body_bytes}): the largest review could never be received"
             )
         return self

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +133,26 @@ def injector_settings(**values: Any) -> Any:
     from controlplane.injector import InjectorSettings
 
     return InjectorSettings(**values)
+
+
+@contextmanager
+def injector_process(
+    cert: Path, key: Path, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``modelplane injector serve`` as a process on a free loopback port, with ``env`` over
+    this process's environment; yields the process and its port, and kills it afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--tls-cert", str(cert), "--tls-key", str(key), "--shutdown-delay", "0"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        yield proc, json.loads(proc.stdout.readline())["port"]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(params=["on", "off"], ids=["native", "regular"])

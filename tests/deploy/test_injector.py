@@ -279,6 +279,12 @@ def test_a_udp_port_of_the_sidecars_number_is_no_clash(settings: InjectorSetting
         ("modelplane.dev/resources", "gpu=1", "unknown resource"),
         ("modelplane.dev/resources", '{"requests": [1]}', "must be a mapping"),
         ("modelplane.dev/resources", '{"requests": ', "not valid JSON"),
+        pytest.param(
+            "modelplane.dev/resources",
+            '{"requests": ' + "[" * 20000 + "]" * 20000 + "}",
+            "nested too deep",
+            id="resources-nested-too-deep",
+        ),
         ("modelplane.dev/control-plane", "no-port", "not HOST:PORT"),
         ("modelplane.dev/control-plane", "http://cp.modelplane.svc:50051", "not HOST:PORT"),
         ("modelplane.dev/control-plane", "cp modelplane svc:50051", "not HOST:PORT"),

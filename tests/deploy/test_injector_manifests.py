@@ -83,10 +83,14 @@ def test_the_termination_grace_covers_the_shutdown_delay_and_the_drain(
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_reviews_parsed_at_once_fit_the_memory_limit(
+def test_the_reviews_received_and_parsed_at_once_fit_the_memory_limit(
     rendered: dict[str, list[dict[str, Any]]], variant: str
 ) -> None:
-    from controlplane.injector.settings import PARSE_MEMORY_FACTOR, InjectorSettings
+    from controlplane.injector.settings import (
+        CONNECTION_MEMORY,
+        PARSE_MEMORY_FACTOR,
+        InjectorSettings,
+    )
 
     resources = rendered[variant]
     (container,) = find(resources, "Deployment", "modelplane-injector")["spec"]["template"]["spec"][
@@ -100,6 +104,11 @@ def test_the_reviews_parsed_at_once_fit_the_memory_limit(
         tls_key=Path("/tls.key"),
         **{key.removeprefix("MODELPLANE_INJECTOR_").lower(): value for key, value in data.items()},
     )
-    # The process itself takes about 70 MiB before any review.
+    # The process itself takes about 70 MiB before any review; besides what parsing takes,
+    # the bodies being received and the connections' own memory.
     worst = 80 * 2**20 + PARSE_MEMORY_FACTOR * settings.max_parsing_bytes
+    worst += settings.max_receiving_bytes + settings.max_connections * CONNECTION_MEMORY
     assert worst <= int(limit[:-2]) * 2**20
+    # A request is read for at least as long as the API server waits for the answer.
+    webhook = find(resources, "MutatingWebhookConfiguration", "modelplane-sidecar-injector")
+    assert settings.read_timeout_seconds >= webhook["webhooks"][0]["timeoutSeconds"]

@@ -128,13 +128,23 @@ def test_an_invalid_name_label_gives_way_to_the_app_label(
     assert sidecar["args"][sidecar["args"].index("--deployment") + 1] == "fraud"
 
 
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("modelplane.dev/gpu", "many"),
+        # JSON nested deeper than json.loads goes: refused, not failed with 500.
+        ("modelplane.dev/resources", '{"requests": ' + "[" * 20000 + "]" * 20000 + "}"),
+    ],
+    ids=["gpu", "resources-nested-too-deep"],
+)
 def test_bad_annotation_is_refused_with_a_message(
-    injector: Any, tls_files: tuple[Path, Path]
+    injector: Any, tls_files: tuple[Path, Path], annotation: str, value: str
 ) -> None:
     cert, _ = tls_files
-    response = _admit(injector, cert, model_pod(annotations={"modelplane.dev/gpu": "many"}))
+    response = _admit(injector, cert, model_pod(annotations={annotation: value}))
     assert response["allowed"] is False and "patch" not in response
-    assert "modelplane.dev/gpu" in response["status"]["message"]
+    assert response["status"]["code"] == 422
+    assert f"annotation {annotation}:" in response["status"]["message"]
 
 
 @pytest.mark.parametrize(
