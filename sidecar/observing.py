@@ -2,7 +2,9 @@
 
 Feature names, for both: ``--feature-names``, else the baseline profile's names when the
 model's only ``[-1, F]`` input has ``F`` columns and the profile ``F`` features, else the log's
-default ``x_0..x_{F-1}``.
+default ``x_0..x_{F-1}``. ``--feature-names`` only names that input's columns: a training
+file given as ``--baseline`` is profiled on every column but ``--baseline-label``, so that the
+features the model's other inputs carry are monitored too, as with a profile file.
 """
 
 from __future__ import annotations
@@ -91,11 +93,7 @@ def observe(
     wiring = Wiring()
     profile = None
     if settings.baseline is not None:
-        profile = profile_from_file(
-            settings.baseline,
-            feature_names=list(settings.feature_names) if settings.feature_names else None,
-            label=settings.baseline_label,
-        )
+        profile = profile_from_file(settings.baseline, label=settings.baseline_label)
     names = feature_names(settings, signature, profile)
     if profile is not None:
         wiring.drift = _drift(settings, signature, profile, names, registry)
