@@ -4,7 +4,8 @@ Statistics on whole samples: :func:`ks_2samp`, :func:`wasserstein`, :func:`jense
 :func:`chi_square`, :func:`psi`. Streaming: :class:`DriftMonitor` counts rows into tumbling,
 mergeable :class:`WindowState` windows against a version's baseline profile and scores them
 into :class:`DriftReport` objects. :class:`ReferenceSet` scores whole windows against a
-prepared full reference.
+prepared full reference. :func:`text_numbers` reads numbers carried as text (a BYTES input
+feeding a numeric feature), NaN (missing) where a value is none.
 """
 
 from sidecar.drift._grid import BaselineGrid
@@ -22,6 +23,7 @@ from sidecar.drift._stats import (
     psi_from_counts,
     wasserstein,
 )
+from sidecar.drift._text import text_numbers
 from sidecar.drift._window import WindowState
 
 __all__ = [
@@ -43,5 +45,6 @@ __all__ = [
     "psi",
     "psi_from_counts",
     "score_window",
+    "text_numbers",
     "wasserstein",
 ]

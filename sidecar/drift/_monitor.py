@@ -22,6 +22,7 @@ from modelplane.profiles import (
 from sidecar.drift._grid import BaselineGrid, NarrowGrids
 from sidecar.drift._kernels import accumulate, frozen, snap_narrow, warm_scoring
 from sidecar.drift._report import DriftReport, DriftThresholds, score_window
+from sidecar.drift._text import is_text_type, text_numbers
 from sidecar.drift._window import WindowState
 
 #: Float types whose values are compared with the baseline at their own precision.
@@ -119,7 +120,10 @@ class DriftMonitor:
         (profiles without categorical features), or a mapping from feature name to a column
         (anything ``pyarrow.array`` takes), or a pyarrow RecordBatch/Table with the features
         as columns. Every profile feature must be there. Float32 and float16 values are
-        compared at their precision (see the class docstring).
+        compared at their precision (see the class docstring). A numeric feature's column of
+        text (strings or bytes, from a BYTES input) is read as numbers; a value that is none
+        counts as missing (:func:`sidecar.drift._text.text_numbers`). A batch is read whole
+        before any of it is counted: one that fails leaves the window as it was.
         """
         if isinstance(batch, np.ndarray):
             matrix, categorical, types = self._check_matrix(batch)
@@ -231,13 +235,18 @@ class DriftMonitor:
         arrays = [pa.array(column(n)) for n in self.grid.numeric_names]
         types: list[np.dtype[Any] | None] = [_ARROW_NARROW.get(a.type) for a in arrays]
         numeric = [
-            numeric_values(a)
+            _numbers(a)
             if t is None or self._narrow_grids(t).exact_features[i]
             else self._narrow_grids(t).snap(numeric_values(a), i)
             for i, (a, t) in enumerate(zip(arrays, types, strict=True))
         ]
         lengths = {len(c) for c in numeric}
-        categorical = {n: column(n) for n in self.grid.categorical_names}
+        # Read as category text here, before the lock: a column that cannot be read fails
+        # the update before any of the batch is counted.
+        categorical = {
+            feature.name: category_strings(pa.array(column(feature.name)), booleans)
+            for feature, booleans in zip(self.grid.categorical, self._booleans, strict=True)
+        }
         lengths |= {len(c) for c in categorical.values()}
         if len(lengths) > 1:
             raise ValueError(f"feature columns differ in length: {sorted(lengths)}")
@@ -270,10 +279,7 @@ class DriftMonitor:
             )
         if categorical:
             for position, feature in enumerate(self.grid.categorical):
-                values = category_strings(
-                    pa.array(categorical[feature.name])[start:stop],
-                    self._booleans[position],
-                )
+                values = categorical[feature.name][start:stop]
                 window.categorical_missing[position] += values.null_count
                 counts = pc.value_counts(pc.drop_null(values))
                 window.add_categories(
@@ -290,6 +296,14 @@ class DriftMonitor:
                     ),
                 )
         window.rows += stop - start
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """A numeric feature's column as float64, nulls as NaN; text read as numbers, NaN where
+    it is none (see :func:`text_numbers`)."""
+    if is_text_type(array.type):
+        return text_numbers(array.to_numpy(zero_copy_only=False))
+    return numeric_values(array)
 
 
 def _warm_counting(grid: BaselineGrid, window: WindowState) -> None:
