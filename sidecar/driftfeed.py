@@ -10,7 +10,18 @@ column named after the input; a ``[-1, F]`` input is ``F`` columns named by the 
 (``--feature-names``, else the baseline's names when it has exactly ``F`` features), else
 ``x_0..x_{F-1}`` (``<input>_0..`` when the model has several 2-D inputs). Rows of requests
 that failed in the model are left out. FP32 and FP16 values keep their type, so that the
-monitor compares them with the baseline at their precision.
+monitor compares them with the baseline at their precision. A BYTES input that feeds a numeric
+feature is read as numbers, a value that is none ("7x", "") counting as missing for that
+feature (:func:`sidecar.drift.text_numbers`).
+
+The hub gathers many requests into one run, counted in one update. Should that update fail,
+the run is counted request by request, so that only the requests whose features cannot be
+read are left out: their rows are counted in ``modelplane_drift_failed_rows_total`` and the
+failure is logged (with its traceback at most once a minute).
+
+The gauges of a version exist from its first closed window on: before one closes there is
+no figure to show (an empty window's would be NaN), and a 0 would read as "checked, nothing
+drifted".
 
 With several workers (``--workers N``, prometheus_client's multiprocess mode) the gauges are
 ``liveall`` gauges: each worker's series carry a ``pid`` label, the process id of the process
@@ -25,26 +36,36 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelplane.errors import FailedPrecondition
 from modelplane.profiles import BaselineProfile, CategoricalFeature, input_columns
-from sidecar.drift import DriftMonitor, DriftReport, DriftThresholds, WindowState
+from sidecar.drift import DriftMonitor, DriftReport, DriftThresholds, WindowState, text_numbers
 from sidecar.metrics import RegistryFamilies, multiprocess
 from sidecar.observers import BatchRecord, RecordRun, RejectedRecord, gather
 from sidecar.signature import Signature
 
+log = structlog.get_logger("modelplane.sidecar.drift")
+
 #: Value types the monitor takes as they are; others are widened to float64 first.
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: The least time between two logged tracebacks of failed drift updates.
+FAILURE_LOG_S = 60.0
 
 
 def _floats(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return array if array.dtype in _FLOATS else np.asarray(array, dtype=np.float64)
+    if array.dtype in _FLOATS:
+        return array
+    if array.dtype.kind in "OSU":  # BYTES: numbers as text
+        return text_numbers(array)
+    return np.asarray(array, dtype=np.float64)
 
 
 def thresholds_of(settings: Any) -> DriftThresholds:
@@ -169,10 +190,18 @@ class DriftFamilies(RegistryFamilies):
             registry=registry,
             **mode,
         )
+        self.failed = Counter(
+            "modelplane_drift_failed_rows",
+            "Rows of served requests left out of drift monitoring because their features could "
+            "not be read (the sidecar's log says why)",
+            names,
+            registry=registry,
+        )
 
 
 class DriftGauges:
-    """The last closed window's figures of one model version as Prometheus gauges."""
+    """The last closed window's figures of one model version as Prometheus gauges (created at
+    the first closed window), and the count of rows drift failed to read."""
 
     def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
         families: DriftFamilies = DriftFamilies.of(registry)
@@ -181,14 +210,17 @@ class DriftGauges:
         self._closed = False
         self._lock = threading.Lock()
         families.acquire(self._key)
-        self.share = families.share.labels(model, version)
-        self.rows = families.rows.labels(model, version)
+        self._failed = families.failed.labels(model, version)
 
     def show(self, report: DriftReport) -> None:
         """Set every gauge from ``report``."""
         with self._lock:
             if not self._closed:
                 self._show(report)
+
+    def failed(self, rows: int) -> None:
+        """``rows`` rows left out of drift: their features could not be read."""
+        self._failed.inc(rows)
 
     def _show(self, report: DriftReport) -> None:
         nan = float("nan")
@@ -200,8 +232,10 @@ class DriftGauges:
             pvalue = feat.ks_pvalue if feat.ks_pvalue is not None else feat.chi2_pvalue
             f.ks_pvalue.labels(*labels).set(nan if pvalue is None else pvalue)
             f.drifted.labels(*labels).set(1.0 if feat.drifted else 0.0)
-        self.share.set(nan if report.drifted_share is None else report.drifted_share)
-        self.rows.set(report.rows)
+        f.share.labels(*self._key).set(
+            nan if report.drifted_share is None else report.drifted_share
+        )
+        f.rows.labels(*self._key).set(report.rows)
 
     def close(self) -> None:
         """The version is no longer served: drop its series (see :mod:`sidecar.metrics` on
@@ -221,11 +255,20 @@ class DriftGauges:
                     family.labels(*self._key, name).set(nan)
                 else:
                     family.remove(*self._key, name)
+        if not multiprocess():
+            f.failed.remove(*self._key)
         for family in (f.share, f.rows):
+            if self._key not in _children(family):
+                continue  # No window closed: there is no series, and none is made for NaN.
             if multiprocess():
                 family.labels(*self._key).set(nan)
             else:
                 family.remove(*self._key)
+
+
+def _children(family: Any) -> set[tuple[str, ...]]:
+    """The (model, version) label values of the series ``family`` holds now."""
+    return {(s.labels["model"], s.labels["version"]) for s in family.collect()[0].samples}
 
 
 class DriftReports(Protocol):
@@ -264,13 +307,17 @@ class DriftFeed:
         self._lock = threading.Lock()
         self._last: WindowState | None = None
         self._last_report: DriftReport | None = None
+        #: Rows left out because their features could not be read, since start.
+        self.failed_rows = 0
+        self._logged_at = -FAILURE_LOG_S
 
     def on_records(self, records: Sequence[BatchRecord | RejectedRecord]) -> None:
         """Count a list of records, gathered into runs first."""
         self.on_runs(gather(records))
 
     def on_runs(self, runs: Sequence[RecordRun | RejectedRecord]) -> None:
-        """Count the rows of every successful request the hub gathered: one update per run."""
+        """Count the rows of every successful request the hub gathered: one update per run,
+        or, should that fail, one per request (see the module's doc)."""
         for part in runs:
             if not isinstance(part, RecordRun):
                 continue
@@ -278,7 +325,44 @@ class DriftFeed:
             mask = part.ok_rows()
             if mask is not None:
                 inputs = {name: array[mask] for name, array in inputs.items()}
-            self._closed(self.monitor.update(self.source.extract(inputs)))
+            try:
+                closed = self.monitor.update(self.source.extract(inputs))
+            except Exception:
+                # An update reads its whole batch before it counts any of it: nothing of the
+                # run was counted, so each request can be counted on its own.
+                closed = self._by_request(part)
+            self._closed(closed)
+
+    def _by_request(self, run: RecordRun) -> list[WindowState]:
+        closed: list[WindowState] = []
+        tensors = {tensor for tensor, _ in self.source.sources}
+        start = 0
+        for rows, status in zip(run.row_counts, run.status, strict=True):
+            stop = start + rows
+            if status == "OK" and rows:
+                inputs = {t: run.inputs[t][start:stop] for t in tensors}
+                try:
+                    closed += self.monitor.update(self.source.extract(inputs))
+                except Exception:
+                    self._failed(rows)
+            start = stop
+        return closed
+
+    def _failed(self, rows: int) -> None:
+        """Count and log ``rows`` rows left out (called while handling their exception)."""
+        self.failed_rows += rows
+        if self.gauges is not None:
+            self.gauges.failed(rows)
+        now = time.monotonic()
+        if now - self._logged_at >= FAILURE_LOG_S:
+            self._logged_at = now
+            log.exception(
+                "drift could not read a request's features; its rows are left out",
+                rows=rows,
+                failed_rows=self.failed_rows,
+            )
+        else:
+            log.debug("drift left a request's rows out", rows=rows, failed_rows=self.failed_rows)
 
     def on_batch(self, record: BatchRecord) -> None:
         """Count one session batch."""

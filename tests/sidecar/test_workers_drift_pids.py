@@ -109,6 +109,7 @@ def _reports(address: str) -> dict[int, Any]:
 
 
 def _drift_samples(metrics_port: int) -> list[Any]:
+    """The drift gauges' samples (the failed-rows counter is summed over the processes)."""
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
         .read()
@@ -117,7 +118,7 @@ def _drift_samples(metrics_port: int) -> list[Any]:
     return [
         sample
         for family in text_string_to_metric_families(text)
-        if family.name.startswith("modelplane_drift_")
+        if family.name.startswith("modelplane_drift_") and family.type == "gauge"
         for sample in family.samples
     ]
 
@@ -180,6 +181,7 @@ def test_a_dead_observer_process_leaves_no_drift_series_behind(
     from prometheus_client import CollectorRegistry
 
     from sidecar.observer_process import ObserverProcess
+    from sidecar.observers import BatchRecord, gather
     from sidecar.settings import SidecarSettings
     from sidecar.signature import DTYPES, Signature, TensorSpec
 
@@ -198,8 +200,28 @@ def test_a_dead_observer_process_leaves_no_drift_series_behind(
     remote = ObserverProcess.start(settings, None, signature, CollectorRegistry(), failures.append)
     try:
         live = metrics_dir / f"gauge_liveall_{remote.pid}.db"
-        # The child's drift gauges exist from the start, in a file under its pid.
-        assert live.exists(), sorted(os.listdir(metrics_dir))
+        # The child's drift gauges are made when its first window closes, in a file under
+        # its pid.
+        rows = rng.normal(size=(50, 3)).astype(np.float32)
+        record = BatchRecord(
+            model="m",
+            version="1",
+            provider="CPUExecutionProvider",
+            inputs={"x": rows},
+            outputs={"y": rows[:, :1]},
+            request_ids=["r"],
+            trace_ids=[""],
+            row_counts=[50],
+            latencies_s=[0.001],
+            status=["OK"],
+            compute_s=0.001,
+        )
+        remote.on_runs(gather([record]))
+
+        def made() -> None:
+            assert live.exists(), sorted(os.listdir(metrics_dir))
+
+        wait_for(made)
         os.kill(remote.pid, signal.SIGKILL)
 
         def ended() -> None:
