@@ -10,7 +10,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from modelplane._client import CallDeadlineExceeded, Client, ServerUnreachable, rpc_error
-from modelplane.cli._output import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from modelplane.cli._output import (
+    EXIT_SERVER_ERROR,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    Printer,
+)
 from modelplane.errors import ModelplaneError
 from modelplane.ids import PRINCIPAL_RULE, is_principal
 from modelplane.units import format_duration, parse_duration
@@ -76,6 +82,35 @@ def takes_relative_times(parser: argparse.ArgumentParser) -> None:
 page_size = whole_number(0, INT32_MAX)
 #: A version number: 1 up to int64.
 version_number = whole_number(1, INT64_MAX)
+
+
+def version_or_alias(text: str) -> int | str:
+    """An argparse ``type``: a version number (as :data:`version_number` takes one), or
+    ``@ALIAS`` as given, for :func:`numbered_version` to resolve."""
+    if text.startswith("@") and len(text) > 1:
+        return text
+    try:
+        return version_number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: give a version number or @ALIAS") from None
+
+
+#: The help of a version argument whose alias the CLI resolves (:func:`numbered_version`).
+VERSION_OR_ALIAS_HELP = (
+    "version number, or @ALIAS: the version the alias points at when the command runs "
+    "(resolved once, and named on stderr)"
+)
+
+
+def numbered_version(c: Client, model: str, version: int | str, out: Printer) -> int | str:
+    """``version`` as a command that changes or checks one version sends it: a number as
+    given; ``@ALIAS`` resolved once, now, to the version the alias points at, which a note on
+    stderr names (the alias may move while the command runs, and after it)."""
+    if not str(version).startswith("@"):
+        return version
+    found = c.get_version(model, version)
+    out.progress(f"note: {version} points at {found.name}: using version {found.version}")
+    return found.version
 
 
 #: gRPC target schemes ``--server`` passes through as they are (``unix:/run/mp.sock``).

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from modelplane._client import model_name
-from modelplane.cli._common import add_request_id, client, server_errors, takes_relative_times
+from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
+    add_request_id,
+    client,
+    numbered_version,
+    server_errors,
+    takes_relative_times,
+)
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
 from modelplane.units import parse_time
 from modelplane.v1 import registry_pb2
@@ -19,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = s.add_parser("set", help="point an alias at a version")
     st.add_argument("name", help="model id")
     st.add_argument("alias")
-    st.add_argument("version", help="version number")
+    st.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     st.add_argument("--reason", default="", help="why (kept in the history)")
     st.add_argument("--etag", default="", help="only if the alias has not moved since read")
     add_request_id(st)
@@ -66,7 +73,7 @@ def _set(args: argparse.Namespace, out: Printer) -> int:
         a = c.set_alias(
             args.name,
             args.alias,
-            args.version,
+            numbered_version(c, args.name, args.version, out),
             reason=args.reason,
             etag=args.etag,
             request_id=args.request_id or None,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane.cli._common import add_request_id, client, server_errors, with_roles
+from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
+    add_request_id,
+    client,
+    numbered_version,
+    server_errors,
+    with_roles,
+)
 from modelplane.cli._output import Printer
 
 
@@ -18,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "token when the server has access control, else from the global --roles option.",
     )
     p.add_argument("name", help="model id")
-    p.add_argument("version", help="version number")
+    p.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     p.add_argument("--target", required=True, help="an alias name or deployments/NAME")
     p.add_argument("--reject", action="store_true", help="record a rejection")
     p.add_argument("--comment", default="")
@@ -34,7 +41,7 @@ def _approve(args: argparse.Namespace, out: Printer) -> int:
         with_roles(c, args)
         a = c.approve(
             args.name,
-            args.version,
+            numbered_version(c, args.name, args.version, out),
             args.target,
             decision="reject" if args.reject else "approve",
             comment=args.comment,

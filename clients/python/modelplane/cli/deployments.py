@@ -8,10 +8,12 @@ from typing import Any
 from modelplane._deployments import MAX_DRIFT_COOLDOWN_SECONDS, check_seconds, deployment_name
 from modelplane.cli._checks import message_dict, unique_key_values
 from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
     add_request_id,
     client,
+    numbered_version,
     server_errors,
-    version_number,
+    version_or_alias,
     whole_number,
 )
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer
@@ -29,7 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("name", help="deployment id (the OIP model name sidecars serve it under)")
     c.add_argument("--model", required=True, help="the model (NAME or models/NAME)")
     c.add_argument(
-        "--champion", required=True, type=version_number, metavar="V", help="champion version"
+        "--champion",
+        required=True,
+        type=version_or_alias,
+        metavar="V",
+        help=f"the champion, a version of --model: {VERSION_OR_ALIAS_HELP}",
     )
     _settings_arguments(c)
     add_request_id(c)
@@ -181,7 +187,7 @@ def _create(args: argparse.Namespace, out: Printer) -> int:
         created = c.create_deployment(
             args.name,
             model=args.model,
-            champion_version=args.champion,
+            champion_version=int(numbered_version(c, args.model, args.champion, out)),
             max_psi=drift.get("max_psi"),
             max_drifted_share=drift.get("max_drifted_share"),
             min_rows=drift.get("min_rows", 0),

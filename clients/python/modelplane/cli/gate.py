@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from modelplane.cli._common import add_request_id, client, server_errors
+from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
+    add_request_id,
+    client,
+    numbered_version,
+    server_errors,
+)
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_OK, Printer, to_dict
 
 
@@ -19,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "governed alias needs a passing one.",
     )
     p.add_argument("name", help="model id")
-    p.add_argument("version", help="version number")
+    p.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     p.add_argument("--target", required=True, help="an alias name or deployments/NAME")
     add_request_id(p)
     p.set_defaults(handler=_gate)
@@ -31,9 +37,8 @@ def _values(values: dict[str, object]) -> str:
 
 def _gate(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        d = c.evaluate_gate(
-            args.name, args.version, args.target, request_id=args.request_id or None
-        )
+        version = numbered_version(c, args.name, args.version, out)
+        d = c.evaluate_gate(args.name, version, args.target, request_id=args.request_id or None)
     data = to_dict(d)
     rows = [
         [r["index"], r["outcome"], r["expression"], _values(r.get("values") or {}), r["message"]]

@@ -9,12 +9,14 @@ from typing import Any
 
 from modelplane._deployments import MAX_STEP_DURATION_SECONDS
 from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
     add_request_id,
     client,
     duration,
+    numbered_version,
     page_size,
     server_errors,
-    version_number,
+    version_or_alias,
     whole_number,
 )
 from modelplane.cli._output import (
@@ -47,7 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     st = s.add_parser("start", help="start a rollout of a candidate version")
     st.add_argument("name", help="the deployment")
-    st.add_argument("--candidate", required=True, type=version_number, metavar="V")
+    st.add_argument(
+        "--candidate",
+        required=True,
+        type=version_or_alias,
+        metavar="V",
+        help=f"the candidate, a version of the deployment's model: {VERSION_OR_ALIAS_HELP}",
+    )
     st.add_argument("--strategy", required=True, choices=sorted(STRATEGIES))
     st.add_argument(
         "--steps", metavar="P,P,...", help="canary traffic percents, ascending (default 10,50,100)"
@@ -388,8 +396,12 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any]:
 def _start(args: argparse.Namespace, out: Printer) -> int:
     kw = _rollout(args)
     with server_errors(), client(args) as c:
+        candidate = args.candidate
+        if isinstance(candidate, str):  # @ALIAS, of the deployment's model
+            model = c.get_deployment(args.name).model
+            candidate = numbered_version(c, model, candidate, out)
         d = c.start_rollout(
-            args.name, args.candidate, etag=args.etag, request_id=args.request_id or None, **kw
+            args.name, int(candidate), etag=args.etag, request_id=args.request_id or None, **kw
         )
     _print_status(out, d)
     return 0

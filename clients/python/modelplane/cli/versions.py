@@ -15,10 +15,12 @@ from modelplane.cli._checks import (
     without_credentials,
 )
 from modelplane.cli._common import (
+    VERSION_OR_ALIAS_HELP,
     add_request_id,
     client,
     csv_list,
     key_floats,
+    numbered_version,
     page_size,
     server_errors,
 )
@@ -101,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     u = s.add_parser("update", help="update a version's description or labels")
     u.add_argument("name")
-    u.add_argument("version")
+    u.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     u.add_argument("--description")
     add_label_replacement(u, "--set-label")
     u.add_argument("--etag", default="", help="fail with ABORTED unless the version still has it")
@@ -110,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     a = s.add_parser("archive", help="archive a version")
     a.add_argument("name")
-    a.add_argument("version")
+    a.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     a.add_argument("--etag", default="")
     add_request_id(a)
     a.set_defaults(handler=_archive)
@@ -125,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "verify", help="check every approval signature and evaluation digest (exit 1 on failure)"
     )
     vf.add_argument("name")
-    vf.add_argument("version")
+    vf.add_argument("version", help=VERSION_OR_ALIAS_HELP)
     vf.set_defaults(handler=_verify)
 
 
@@ -239,7 +241,11 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
         )
     with server_errors(), client(args) as c:
         v = c.update_version(
-            args.name, args.version, etag=args.etag, request_id=args.request_id or None, **fields
+            args.name,
+            numbered_version(c, args.name, args.version, out),
+            etag=args.etag,
+            request_id=args.request_id or None,
+            **fields,
         )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
     return 0
@@ -248,7 +254,10 @@ def _update(args: argparse.Namespace, out: Printer) -> int:
 def _archive(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         v = c.archive_version(
-            args.name, args.version, etag=args.etag, request_id=args.request_id or None
+            args.name,
+            numbered_version(c, args.name, args.version, out),
+            etag=args.etag,
+            request_id=args.request_id or None,
         )
     out.emit(v, columns=COLUMNS, rows=[_row(v)])
     return 0
@@ -273,7 +282,7 @@ def _download(args: argparse.Namespace, out: Printer) -> int:
 
 def _verify(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
-        result = c.verify_version(args.name, args.version)
+        result = c.verify_version(args.name, numbered_version(c, args.name, args.version, out))
     out.emit(
         to_dict(result),
         columns=["resource", "ok", "message"],
