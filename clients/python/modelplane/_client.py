@@ -178,14 +178,42 @@ def version_name(model: str, version: int | str) -> str:
 M = TypeVar("M", registry_pb2.Model, registry_pb2.ModelVersion)
 
 
-def _with_fields(message: M, fields: Mapping[str, Any]) -> M:
-    """Set the fields an update names (labels replace the whole map)."""
+def _with_fields(message: M, fields: Mapping[str, Any], call: str, updatable: Sequence[str]) -> M:
+    """Set the fields an update names (labels replace the whole map). A name that is not
+    among the ``updatable`` fields (a misspelling, or ``name`` and ``etag``, which say what to
+    update) is :class:`InvalidArgument` (INVALID_UPDATE_MASK, as the server refuses a field it
+    does not update) naming ``call``; a value of the wrong type is TypeError naming the
+    field."""
     for key, value in fields.items():
-        if key == "labels":
-            message.labels.update(value)
-        else:
-            setattr(message, key, value)
+        if key not in updatable:
+            raise InvalidArgument(
+                f"{call}() cannot update a field {key!r}: it updates {', '.join(updatable)}",
+                reason="INVALID_UPDATE_MASK",
+                metadata={"field": "update_mask"},
+            )
+        try:
+            if key == "labels":
+                message.labels.update(value)
+            else:
+                setattr(message, key, value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{call}() field {key!r}: {exc}") from None
     return message
+
+
+def _timestamp(value: datetime, field: str) -> timestamp_pb2.Timestamp:
+    """``value`` (a naive time taken as UTC) as a Timestamp; a time outside the years 1 to
+    9999 in UTC is :class:`InvalidArgument` (INVALID_TIMESTAMP) naming ``field``."""
+    stamp = timestamp_pb2.Timestamp()
+    try:
+        stamp.FromDatetime(value)
+    except (OverflowError, ValueError):
+        raise InvalidArgument(
+            f"{field} {value.isoformat()} is outside the years 1 to 9999 in UTC",
+            reason="INVALID_TIMESTAMP",
+            metadata={"field": field},
+        ) from None
+    return stamp
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
@@ -338,11 +366,18 @@ def metadata_value(value: str, what: str, *, secret: bool = False) -> str:
 class Client(DeploymentsMixin):
     """A connection to a Modelplane control plane.
 
-    Every method raises a :class:`modelplane.ModelplaneError` subclass on failure;
-    :class:`ServerUnreachable` when no server answered. A call the server could not take
-    (UNAVAILABLE: unreachable, or its database busy) is tried ``retries`` times in all, with
-    backoff, all within the call's ``timeout`` (a download or audit export until its first
-    bytes arrive). Mutations carry a request id, the same on
+    Every method raises a :class:`modelplane.ModelplaneError` subclass when the server refuses
+    the call (with its code and reason), :class:`ServerUnreachable` when no server answered,
+    :class:`CallDeadlineExceeded` when none answered in time, and :class:`InvalidArgument` for
+    an argument the SDK refuses before sending it, as the server would (a field an update does
+    not have, a time outside the years 1 to 9999, text gRPC metadata cannot carry, a TLS file
+    that is not PEM). As with any Python library, a local file that cannot be read or written
+    raises :class:`OSError` (``FileNotFoundError``, ``IsADirectoryError``, ...) before
+    anything is uploaded or downloaded, and an argument of the wrong type :class:`TypeError`.
+
+    A call the server could not take (UNAVAILABLE: unreachable, or its database busy) is tried
+    ``retries`` times in all, with backoff, all within the call's ``timeout`` (a download or
+    audit export until its first bytes arrive). Mutations carry a request id, the same on
     every try, so a retry never applies one twice; when a mutation fails anyway (a deadline
     that passed while the server worked, say), its error holds that id in
     ``metadata["request_id"]``: passing it back as ``request_id=`` with the same arguments
@@ -543,8 +578,15 @@ class Client(DeploymentsMixin):
     def update_model(
         self, model: str, *, etag: str = "", request_id: str | None = None, **fields: Any
     ) -> registry_pb2.Model:
-        """Change ``description``, ``labels``, ``intended_use`` or ``limitations``."""
-        message = _with_fields(registry_pb2.Model(name=model_name(model), etag=etag), fields)
+        """Change ``description``, ``labels``, ``intended_use`` or ``limitations`` (another
+        field name is :class:`InvalidArgument`, INVALID_UPDATE_MASK, before anything is
+        sent)."""
+        message = _with_fields(
+            registry_pb2.Model(name=model_name(model), etag=etag),
+            fields,
+            "update_model",
+            ("description", "labels", "intended_use", "limitations"),
+        )
         return self._call(
             self.registry.UpdateModel,
             registry_pb2.UpdateModelRequest(
@@ -569,7 +611,8 @@ class Client(DeploymentsMixin):
     def upload_blob(
         self, source: str | os.PathLike[str] | bytes, media_type: str = ""
     ) -> blobs_pb2.Blob:
-        """Upload a file or bytes; the server checks the digest computed here."""
+        """Upload a file or bytes; the server checks the digest computed here. A file that
+        cannot be read raises :class:`OSError` (``FileNotFoundError``, ...)."""
         if not isinstance(source, bytes):
             path = Path(source)
             media_type = media_type or MEDIA_TYPES.get(
@@ -651,7 +694,10 @@ class Client(DeploymentsMixin):
         """Upload the ONNX file and datasets, then register a version with full lineage.
 
         ``code_repo`` is recorded without the credentials a git remote may carry (see
-        :func:`modelplane._code.without_credentials`)."""
+        :func:`modelplane._code.without_credentials`). A file that cannot be read raises
+        :class:`OSError` (``FileNotFoundError``, ...) before any is uploaded."""
+        for path in (onnx, *(datasets or {}).values()):
+            os.stat(path)  # a missing dataset fails before the ONNX file is uploaded
         # The environment first: a failure to read it must not come after the uploads.
         environment = capture_environment() if capture_env else None
         artifact = self.upload_blob(onnx)
@@ -731,9 +777,13 @@ class Client(DeploymentsMixin):
         request_id: str | None = None,
         **fields: Any,
     ) -> registry_pb2.ModelVersion:
-        """Change ``description`` or ``labels``."""
+        """Change ``description`` or ``labels`` (another field name is
+        :class:`InvalidArgument`, INVALID_UPDATE_MASK, before anything is sent)."""
         message = _with_fields(
-            registry_pb2.ModelVersion(name=version_name(model, version), etag=etag), fields
+            registry_pb2.ModelVersion(name=version_name(model, version), etag=etag),
+            fields,
+            "update_version",
+            ("description", "labels"),
         )
         return self._call(
             self.registry.UpdateModelVersion,
@@ -791,16 +841,7 @@ class Client(DeploymentsMixin):
         outside the years 1 to 9999 in UTC is :class:`InvalidArgument` (INVALID_TIMESTAMP)."""
         request = registry_pb2.GetAliasRequest(name=f"{model_name(model)}/aliases/{alias}")
         if as_of is not None:
-            stamp = timestamp_pb2.Timestamp()
-            try:
-                stamp.FromDatetime(as_of)
-            except (OverflowError, ValueError):
-                raise InvalidArgument(
-                    f"as_of {as_of.isoformat()} is outside the years 1 to 9999 in UTC",
-                    reason="INVALID_TIMESTAMP",
-                    metadata={"field": "as_of"},
-                ) from None
-            request.as_of.CopyFrom(stamp)
+            request.as_of.CopyFrom(_timestamp(as_of, "as_of"))
         return self._call(self.registry.GetAlias, request)
 
     def list_aliases(self, model: str) -> list[registry_pb2.Alias]:
@@ -1166,14 +1207,16 @@ class Client(DeploymentsMixin):
         since: datetime | None = None,
         page_size: int = 0,
     ) -> Iterator[audit_pb2.AuditEvent]:
-        """Audit events in sequence order, filtered."""
+        """Audit events in sequence order, filtered (``since``: as ``get_alias`` takes
+        ``as_of``)."""
+        stamp = None if since is None else _timestamp(since, "since")
         token = ""
         while True:
             request = audit_pb2.ListAuditEventsRequest(
                 resource=resource, actor=actor, page_size=page_size, page_token=token
             )
-            if since is not None:
-                request.since.FromDatetime(since)
+            if stamp is not None:
+                request.since.CopyFrom(stamp)
             page = self._call(self.audit.ListAuditEvents, request)
             yield from page.events
             token = page.next_page_token
