@@ -7,9 +7,10 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 EXIT_OK = 0
@@ -67,9 +68,25 @@ def shown(value: Any) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold, written as the CLI's other documents write it: a datetime as
+    protobuf's JSON mapping writes a Timestamp (RFC 3339 in UTC with ``Z``, and 0, 3, 6 or 9
+    fractional digits, as few as hold it: ``2026-11-29T06:27:07.490Z``; a naive one is UTC);
+    anything else as ``str``."""
+    if isinstance(value, datetime):
+        stamp = timestamp_pb2.Timestamp()
+        try:
+            stamp.FromDatetime(value)
+        except (OverflowError, ValueError):  # before year 1 in UTC: no Timestamp holds it
+            return value.isoformat()
+        return stamp.ToJsonString()
+    return str(value)
+
+
 def dumps(data: Any, **kw: Any) -> str:
-    """``data`` as strict JSON (see :func:`finite`); what JSON cannot hold goes as ``str``."""
-    return json.dumps(finite(data), allow_nan=False, default=str, **kw)
+    """``data`` as strict JSON (see :func:`finite`); what JSON cannot hold goes as
+    :func:`_json_value` writes it."""
+    return json.dumps(finite(data), allow_nan=False, default=_json_value, **kw)
 
 
 class Printer:
