@@ -295,7 +295,7 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         (
             "guards",
             ["guard", "passed", "error"],
-            [[g.expression, "yes" if g.passed else "no", g.error] for g in ev.guards],
+            [[g.expression, guard_outcome(g), g.error] for g in ev.guards],
         )
     )
     tables.append(
@@ -306,6 +306,21 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         )
     )
     return tables
+
+
+def guard_outcome(g: dp.GuardResult) -> str:
+    """A guard's result in the status table: ``yes``; ``no`` (it failed: the candidate is
+    rolled back); ``skipped`` (not judged on this window, as too few requests or no value for
+    what it reads were there, which its error says); ``not evaluated`` (it erred, and the
+    phase's default guards judge in its place). The JSON document keeps ``passed`` and
+    ``error`` as the server sent them."""
+    if g.passed:
+        return "yes"
+    if g.error.startswith("skipped:"):
+        return "skipped"
+    if g.error.startswith("not evaluated:"):
+        return "not evaluated"
+    return "no"
 
 
 def _print_status(out: Printer, d: dp.Deployment) -> None:
