@@ -414,4 +414,5 @@ def report_from_proto(msg: pb.ReportWindowRequest) -> WindowReport:
         shadow=shadow_from_proto(msg.shadow) if msg.HasField("shadow") else None,
         unloaded=tuple(UnloadedVersion(u.version, u.error) for u in msg.unloaded_versions),
         deployment_create_time=_time(msg, "deployment_create_time"),
+        queued_windows=msg.queued_windows,
     )

@@ -166,6 +166,9 @@ class WindowReport:
     #: When the deployment whose desired state the sidecar applied was created (None from
     #: sidecars that do not say).
     deployment_create_time: datetime | None = None
+    #: The windows the replica closed after this one and still holds to send (0 when none,
+    #: and from sidecars that do not say): a step or phase does not complete meanwhile.
+    queued_windows: int = 0
     #: When received (stored reports only).
     receive_time: datetime | None = None
     #: The stored report's number (0 until stored).

@@ -10,21 +10,27 @@ as over a whole step), and a failed guard rolls the rollout back at once; a cana
 time and requests are complete, or a blue/green shadow or watch phase whose time is, moves only
 when every guard also passes on the whole step or phase (see :mod:`controlplane.rollouts.steps`;
 one that fails there rolls back) and no replica says it cannot load the candidate (see
-:mod:`controlplane.rollouts.unloaded`, which also records the events); an A/B or shadow
-rollout, which never moves on its own, is judged over its whole phase too once the version
-under test has answered its ``min_requests`` requests there, and rolled back when a guard fails
-(:func:`~controlplane.rollouts.steps.judge_open`); drift past the
+:mod:`controlplane.rollouts.unloaded`, which also records the events) and none of its windows
+may still be on their way: no replica's newest report says it holds windows still to send
+(``queued_windows``: a sidecar sends a backlog after an outage one window per call, oldest
+first, so the first of them would otherwise complete the step and the rest count in no step),
+and, for a step or phase that began before this process started, the replicas have had
+``max_age`` (``stale_factor`` report intervals) since then to say so; a guard that fails is
+never held. An A/B or shadow rollout, which never moves on its own, is judged over its whole
+phase too once the version under test has answered its ``min_requests`` requests there, and
+rolled back when a guard fails (:func:`~controlplane.rollouts.steps.judge_open`); drift past the
 deployment's thresholds, judged over windows of at least ``min_rows`` rows summed across
 reports (see :mod:`controlplane.rollouts.drift_windows`), records a ``drift`` event (outside
 its cooldown) and, after commit, calls the retraining hooks.
 
 Before anything is stored, :func:`check_report` refuses (INVALID_ARGUMENT, nothing written) a
-report the control plane could not store or serve back: a count below 0 or above
-:data:`~controlplane.rollouts.histograms.MAX_COUNT` (histogram buckets and totals included), a
-shadow ``abs_diff_sum`` that is not a finite number of at least 0, a ``rollout_id`` that is not a
-rollout id, or a replica name with control characters; a sidecar's error text is kept
-without control characters and bounded, and an arm's predicted labels are cut to the
-:data:`~controlplane.rollouts.merge.MAX_LABELS` most frequent.
+report the control plane could not store or serve back: a count below 0
+(``queued_windows`` included) or above :data:`~controlplane.rollouts.histograms.MAX_COUNT`
+(histogram buckets and totals included), a shadow ``abs_diff_sum`` that is not a finite number
+of at least 0, a ``rollout_id`` that is not a rollout id, or a replica name with control
+characters; a sidecar's error text is kept without control characters and bounded, and an
+arm's predicted labels are cut to the :data:`~controlplane.rollouts.merge.MAX_LABELS` most
+frequent.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -143,6 +149,12 @@ def check_report(report: WindowReport) -> WindowReport:
             ) from None
     if report.sequence < 0 or report.generation < 0:
         raise _bad("sequence and generation must not be negative", "sequence")
+    if report.queued_windows < 0:
+        raise _bad(
+            f"queued_windows is {report.queued_windows}: it counts the windows the replica "
+            "still holds to send, 0 or more",
+            "queued_windows",
+        )
     if report.start_time and report.end_time and report.end_time < report.start_time:
         raise _bad("end_time is before start_time", "end_time")
     seen = set()
@@ -275,6 +287,9 @@ class ReportService:
         self.max_age = timedelta(seconds=report_interval * stale_factor)
         self.guard_min_requests = guard_min_requests
         self.switch_seconds = switch_seconds
+        #: When this process began taking reports: a step or phase that began before it may
+        #: have windows queued at sidecars that have not reported since (see :meth:`_backlog`).
+        self.started = datetime.now(UTC)
 
     def report(self, ctx: RequestContext, name: str, report: WindowReport) -> ReportResult:
         deployment_id = parse_deployment(name)
@@ -445,10 +460,36 @@ class ReportService:
                     waiting=steps.describe(verdict),
                 )
                 return False
+            backlog = self._backlog(tx, d, r)
+            if backlog:
+                log.debug(
+                    f"{scope} complete, held for queued windows",
+                    deployment=d.id,
+                    rollout=r.id,
+                    waiting=backlog,
+                )
+                return False
             why = f"{due.reason}; {steps.passed_reason(verdict, d, r)}"
             due = replace(due, reason=why, rollout=replace(due.rollout, reason=why))
         moved = transitions.apply(tx, d, due, AUTOMATIC_ACTOR, evidence=evidence, strict=False)
         return moved is not None
+
+    def _backlog(self, tx: WriteTx, d: Deployment, r: Rollout) -> str:
+        """Why the windows of ``r``'s step or phase may not all be in yet ("" when they are):
+        a replica's newest report says it holds windows still to send (a backlog after an
+        outage, sent oldest first), or the step or phase began before this process started
+        and the replicas have not yet had ``max_age`` (a few report intervals) to say so."""
+        latest = Deployments(tx.session).latest_reports(d.id, r.id, tx.now - self.max_age)
+        queued = {x.replica: x.queued_windows for x in latest if x.queued_windows > 0}
+        if queued:
+            return "; ".join(f"replica {k} has {n} windows queued" for k, n in queued.items())
+        if r.phase_start_time < self.started and tx.now - self.started < self.max_age:
+            return (
+                f"the {steps.scope(r)} began before this control plane started at "
+                f"{self.started.isoformat()}; replicas have until "
+                f"{(self.started + self.max_age).isoformat()} to report their queued windows"
+            )
+        return ""
 
     def _judge_open(
         self, tx: WriteTx, d: Deployment, r: Rollout, evidence: Evidence, baselines: drift.Baselines
@@ -518,5 +559,6 @@ def _row(report: WindowReport, tx: WriteTx) -> WindowReportRow:
             "arms": [to_json(a) for a in report.arms],
             "shadow": to_json(report.shadow),
             "unloaded_versions": [to_json(u) for u in report.unloaded],
+            "queued_windows": report.queued_windows,
         },
     )

@@ -147,6 +147,7 @@ def report(row: WindowReportRow) -> WindowReport:
         end_time=convert.utc(row.end_time) if row.end_time else None,
         arms=arms,
         shadow=dj.shadow(body.get("shadow")),
+        queued_windows=int(body.get("queued_windows", 0)),
         receive_time=convert.utc(row.receive_time),
         id=row.id or 0,
     )

@@ -12,9 +12,11 @@ for a repeat and the control plane's "newest report per replica" is the new proc
 wall clock set back by more than the restart took would break that; NTP slews rather than
 steps small corrections.)
 
-Reports wait in a bounded queue (:data:`MAX_PENDING`) and go out oldest first; when the queue
-is full the oldest report is dropped, and the requests it counted never reach the control
-plane's evidence. Each drop is counted (:attr:`Reporter.dropped`, and
+Reports wait in a bounded queue (:data:`MAX_PENDING`) and go out oldest first, each saying
+how many are queued behind it when it is sent (``queued_windows``: the control plane does not
+complete a step while a replica has windows of it still to send; the last of a backlog says
+0); when the queue is full the oldest report is dropped, and the requests it counted never
+reach the control plane's evidence. Each drop is counted (:attr:`Reporter.dropped`, and
 ``modelplane_sidecar_reports_dropped_total``); the first drop after a report went through is
 logged as a warning, and so is the number dropped once a report goes through again (one line
 at each end of an outage, not one per drop). The reporter never blocks the observer thread.
@@ -237,6 +239,7 @@ class Reporter:
                 if entry.dropped:
                     continue
                 entry.sending = True
+                request.queued_windows = self._behind(entry)
             try:
                 response = self._send(request)
             except Exception as exc:
@@ -281,6 +284,14 @@ class Reporter:
             if self._on_response is not None:
                 self._on_response(response)
         return True
+
+    def _behind(self, entry: _Entry) -> int:
+        """The reports queued after ``entry`` still to be sent (the dropped ones are off the
+        queue); called with the lock held."""
+        for i, queued in enumerate(self._pending):
+            if queued is entry:
+                return len(self._pending) - i - 1
+        return len(self._pending)
 
     def _done(self, entry: _Entry) -> None:
         with self._cond:

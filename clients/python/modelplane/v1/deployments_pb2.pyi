@@ -546,7 +546,7 @@ class DeploymentState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ServedVersion, _Mapping]]] = ..., champion_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., candidate_percent: _Optional[float] = ..., shadow_fraction: _Optional[float] = ..., rollout_id: _Optional[str] = ..., rollout_state: _Optional[_Union[RolloutState, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., regression_tolerance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReportWindowRequest(_message.Message):
-    __slots__ = ("name", "replica", "sequence", "generation", "rollout_id", "start_time", "end_time", "arms", "shadow", "unloaded_versions", "deployment_create_time")
+    __slots__ = ("name", "replica", "sequence", "generation", "rollout_id", "start_time", "end_time", "arms", "shadow", "unloaded_versions", "deployment_create_time", "queued_windows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -558,6 +558,7 @@ class ReportWindowRequest(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     replica: str
     sequence: int
@@ -569,7 +570,8 @@ class ReportWindowRequest(_message.Message):
     shadow: ShadowSummary
     unloaded_versions: _containers.RepeatedCompositeFieldContainer[UnloadedVersion]
     deployment_create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., replica: _Optional[str] = ..., sequence: _Optional[int] = ..., generation: _Optional[int] = ..., rollout_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[ArmSummary, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., unloaded_versions: _Optional[_Iterable[_Union[UnloadedVersion, _Mapping]]] = ..., deployment_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    queued_windows: int
+    def __init__(self, name: _Optional[str] = ..., replica: _Optional[str] = ..., sequence: _Optional[int] = ..., generation: _Optional[int] = ..., rollout_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[ArmSummary, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., unloaded_versions: _Optional[_Iterable[_Union[UnloadedVersion, _Mapping]]] = ..., deployment_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queued_windows: _Optional[int] = ...) -> None: ...
 
 class UnloadedVersion(_message.Message):
     __slots__ = ("version", "error")
