@@ -243,10 +243,37 @@ def pem_problem(data: bytes) -> str | None:
     return None
 
 
-def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+#: PEM labels of an X.509 certificate that OpenSSL and BoringSSL read as one.
+_CERTIFICATE_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE")
+#: What each kind of TLS file must hold, and what its PEM block begins with.
+_HOLDS = {
+    "certificate": ("a certificate", "-----BEGIN CERTIFICATE-----"),
+    "private key": ("a private key", "-----BEGIN PRIVATE KEY-----"),
+}
+
+
+def pem_kind_problem(data: bytes, holds: str) -> str | None:
+    """What is wrong with the PEM file ``data`` as one holding ``holds`` ("certificate",
+    "private key"; "" for anything): gRPC reports a CA bundle of public keys only, say, once
+    it connects, as a server it cannot reach (after its SSL library's log lines)."""
+    if holds not in _HOLDS:
+        return None
+    labels = [label for label, _ in _PEM_BLOCK.findall(data)]
+    if holds == "certificate":
+        found = any(label in _CERTIFICATE_LABELS for label in labels)
+    else:
+        found = any(label.endswith(b"PRIVATE KEY") for label in labels)
+    if found:
+        return None
+    kind, begin = _HOLDS[holds]
+    held = ", ".join(sorted({label.decode() for label in labels}))
+    return f"holds no {holds}, only {held}: give a PEM file holding {kind} ({begin})"
+
+
+def read_pem(path: str | os.PathLike[str] | None, what: str, *, holds: str = "") -> bytes | None:
     """The PEM file ``path`` (None when none is given); InvalidArgument naming ``what`` and
-    the file when it cannot be read (UNREADABLE_TLS_FILE) or is empty or not PEM
-    (INVALID_TLS_FILE)."""
+    the file when it cannot be read (UNREADABLE_TLS_FILE), is empty or not PEM, or holds no
+    block of the kind ``holds`` says (``certificate``, ``private key``; INVALID_TLS_FILE)."""
     if path is None or str(path) == "":
         return None
     try:
@@ -260,6 +287,9 @@ def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
         raise InvalidArgument(
             f"the {what} {path} {problem}: give a PEM file", reason="INVALID_TLS_FILE"
         )
+    problem = pem_kind_problem(data, holds)
+    if problem is not None:
+        raise InvalidArgument(f"the {what} {path} {problem}", reason="INVALID_TLS_FILE")
     return data
 
 
@@ -286,10 +316,12 @@ def _open_channel(
         raise InvalidArgument(
             "a client certificate needs both tls_cert and tls_key", reason="INCOMPLETE_TLS_CLIENT"
         )
+    # Each checked before connecting: gRPC would report a bad one as a server it cannot reach.
+    roots = read_pem(ca, "CA bundle", holds="certificate")
+    chain = read_pem(cert, "TLS certificate", holds="certificate")
+    private_key = read_pem(key, "TLS key", holds="private key")
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=read_pem(ca, "CA bundle"),
-        private_key=read_pem(key, "TLS key"),
-        certificate_chain=read_pem(cert, "TLS certificate"),
+        root_certificates=roots, private_key=private_key, certificate_chain=chain
     )
     return grpc.secure_channel(address, credentials, options=options)
 
