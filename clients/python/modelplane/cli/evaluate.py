@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from modelplane._client import operation_error
 from modelplane.cli._common import add_request_id, client, csv_list, duration, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_USAGE, CliError, Printer, to_dict
-from modelplane.errors import DeadlineExceeded
+from modelplane.cli.operations import COLUMNS as COLUMNS_OPERATION
+from modelplane.cli.operations import row as operation_row
+from modelplane.cli.operations import waited
 from modelplane.v1 import evaluation_pb2
 
 
@@ -64,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=600.0,
         metavar="DURATION",
         help="time to wait: seconds (90) or with units (30s, 10m) (default 600); still running "
-        "then: exit 5",
+        "then: exit 5, with the operation on stdout as operations wait prints it",
     )
     add_request_id(p)
     p.set_defaults(handler=_evaluate)
@@ -103,16 +106,24 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
             out.emit(op, columns=["operation", "target"], rows=[[op.name, op.target]])
             return 0
         out.progress(f"evaluating ({op.name})")
-        try:
-            ev = c.operation_result(op, timeout=args.wait_timeout)
-        except DeadlineExceeded as exc:
-            if exc.reason != "OPERATION_TIMEOUT":
-                raise
-            raise CliError(
-                f"{exc.message}; it goes on: modelplane operations wait {op.name}",
-                EXIT_NOT_DONE,
-                reason=exc.reason,
-            ) from None
+        op = waited(c, op, args.wait_timeout)
+        if not op.done:
+            # As operations wait does: the operation as it stands on stdout (its name is
+            # what to wait on again), and exit 5.
+            out.emit(op, columns=COLUMNS_OPERATION, rows=[operation_row(op)])
+            out.error(
+                CliError(
+                    f"{op.name} is still running after {args.wait_timeout:g}s; it goes on: "
+                    f"modelplane operations wait {op.name}",
+                    EXIT_NOT_DONE,
+                    reason="OPERATION_TIMEOUT",
+                )
+            )
+            return EXIT_NOT_DONE
+        if op.HasField("error"):
+            raise operation_error(op.error)
+        ev = evaluation_pb2.Evaluation()
+        op.result.Unpack(ev)
     title = f"{ev.name} ({ev.rows} rows"
     title += f", compared with {ev.compared_version})" if ev.compared_version else ")"
     out.emit(to_dict(ev), columns=COLUMNS, rows=_rows(ev), title=title)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from modelplane._client import operation_error
+from modelplane._client import Client, operation_error
 from modelplane.cli._common import client, duration, page_size, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, Printer, to_dict
 from modelplane.cli._pages import note_next_page
@@ -50,7 +50,8 @@ MAX_WAIT_STEP_S = 30.0
 COLUMNS = ["name", "kind", "target", "done", "progress", "error", "create_time"]
 
 
-def _row(o: operations_pb2.Operation) -> list[object]:
+def row(o: operations_pb2.Operation) -> list[object]:
+    """An operation as a row of :data:`COLUMNS`."""
     error = f"{o.error.code} {o.error.reason}" if o.HasField("error") else ""
     return [
         o.name,
@@ -66,14 +67,14 @@ def _row(o: operations_pb2.Operation) -> list[object]:
 def _get(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         o = c.get_operation(args.name)
-    out.emit(o, columns=COLUMNS, rows=[_row(o)])
+    out.emit(o, columns=COLUMNS, rows=[row(o)])
     return 0
 
 
 def _cancel(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         o = c.cancel_operation(args.name)
-    out.emit(o, columns=COLUMNS, rows=[_row(o)])
+    out.emit(o, columns=COLUMNS, rows=[row(o)])
     return 0
 
 
@@ -92,24 +93,33 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
     out.emit(
         {"operations": [to_dict(o) for o in operations], "next_page_token": token},
         columns=COLUMNS,
-        rows=[_row(o) for o in operations],
+        rows=[row(o) for o in operations],
     )
     note_next_page(out, token)
     return 0
 
 
+def waited(
+    c: Client, operation: operations_pb2.Operation | str, seconds: float
+) -> operations_pb2.Operation:
+    """The operation (or the one named) once done, or as it stands when ``seconds`` have
+    passed."""
+    deadline = time.monotonic() + seconds
+    o = c.get_operation(operation) if isinstance(operation, str) else operation
+    while not o.done and (left := deadline - time.monotonic()) > 0:
+        # The server caps one wait; wait_operation gives each call a deadline past it.
+        o = c.wait_operation(o.name, min(left, MAX_WAIT_STEP_S))
+    return o
+
+
 def _wait(args: argparse.Namespace, out: Printer) -> int:
     """Exit 0 when the operation succeeded, 3 with its error when it failed, 5 (with the
     operation on stdout) when it is still running at ``--timeout``."""
-    deadline = time.monotonic() + args.wait_timeout
     with server_errors(), client(args) as c:
-        o = c.get_operation(args.name)
-        while not o.done and (left := deadline - time.monotonic()) > 0:
-            # The server caps one wait; wait_operation gives each call a deadline past it.
-            o = c.wait_operation(args.name, min(left, MAX_WAIT_STEP_S))
+        o = waited(c, args.name, args.wait_timeout)
         if o.HasField("error"):
             raise operation_error(o.error)
-    out.emit(o, columns=COLUMNS, rows=[_row(o)])
+    out.emit(o, columns=COLUMNS, rows=[row(o)])
     if not o.done:
         out.progress(f"{o.name} is still running after {args.wait_timeout:g}s")
         return EXIT_NOT_DONE
