@@ -150,14 +150,19 @@ def control_plane_channel(settings: SidecarSettings) -> grpc.Channel:
 
 def control_plane_tls_files(settings: SidecarSettings) -> tuple[bytes | None, ...]:
     """The CA bundle, client key and client certificate the control plane is reached with, as
-    PEM (None for each not given). A file that cannot be read, is empty or holds no PEM block
-    is InvalidArgument naming its option and the file (reason UNREADABLE_TLS_FILE or
-    INVALID_TLS_FILE): gRPC would take an empty CA bundle as none given and trust the system's
-    CAs, and report any other bad file only as a control plane it cannot reach."""
+    PEM (None for each not given). A file that cannot be read, is empty, holds no PEM block
+    or no block of its kind (a certificate, a private key) is InvalidArgument naming its option
+    and the file (reason UNREADABLE_TLS_FILE or INVALID_TLS_FILE): gRPC would take an empty CA
+    bundle as none given and trust the system's CAs, and report any other bad file only as a
+    control plane it cannot reach."""
     return (
-        read_pem(settings.control_plane_tls_ca, "--control-plane-tls-ca file"),
-        read_pem(settings.control_plane_tls_key, "--control-plane-tls-key file"),
-        read_pem(settings.control_plane_tls_cert, "--control-plane-tls-cert file"),
+        read_pem(settings.control_plane_tls_ca, "--control-plane-tls-ca file", holds="certificate"),
+        read_pem(
+            settings.control_plane_tls_key, "--control-plane-tls-key file", holds="private key"
+        ),
+        read_pem(
+            settings.control_plane_tls_cert, "--control-plane-tls-cert file", holds="certificate"
+        ),
     )
 
 

@@ -93,6 +93,33 @@ def test_the_managed_sidecar_refuses_an_empty_control_plane_ca(tmp_path: Path) -
     assert "--control-plane-tls-ca" in err.value.message and "is empty" in err.value.message
 
 
+def test_a_managed_sidecar_refuses_control_plane_tls_files_of_the_wrong_kind(
+    tmp_path: Path,
+) -> None:
+    """A CA bundle holding a public key (what ``keys show`` prints) or a key file holding a
+    certificate: before, gRPC was handed them and the sidecar only ever said it could not
+    reach the control plane."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sidecar.managed.server import control_plane_channel
+    from sidecar.settings import SidecarSettings
+
+    public = tmp_path / "key.pub"
+    public.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    settings = SidecarSettings(  # type: ignore[call-arg]  # the rest from defaults
+        control_plane=NOWHERE, deployment="fraud", control_plane_tls_ca=public
+    )
+    with pytest.raises(InvalidArgument) as err:
+        control_plane_channel(settings)
+    assert err.value.reason == "INVALID_TLS_FILE"
+    assert "--control-plane-tls-ca" in err.value.message and "certificate" in err.value.message
+
+
 def test_sidecar_serve_refuses_a_control_plane_ca_that_is_not_pem(tmp_path: Path) -> None:
     """At start, as a usage error (before, it served, trusting the system's CAs)."""
     bad = tmp_path / "ca.pem"
