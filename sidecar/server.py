@@ -31,8 +31,8 @@ from modelplane.server.lifecycle import (
     on_stop_signals,
     run_closers,
     serve_metrics,
-    set_serving,
 )
+from modelplane.server.supervisor import hold_until_all_ready
 from sidecar import runtime as rt
 from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
 from sidecar.admin import AdminServicer, add_admin_to_server
@@ -133,7 +133,7 @@ class SidecarHandle:
         with self._lock:
             self.failed = True
             self.servicer.ready = False
-            set_serving(self.grpc.health, self.grpc.service_names, False)
+            self.grpc.mark_not_serving()
             stop = self.stop_on_failure
         if stop:
             self._stop_failed()
@@ -199,11 +199,16 @@ def log_feature_names(settings: SidecarSettings, signature: Signature) -> list[s
 def start_services(server: grpc.Server, port: int, settings: SidecarSettings) -> GrpcServerHandle:
     """Add health and reflection for the OIP and admin services (registered already) to
     ``server``, start it, and return its handle with the drain and shutdown delay of
-    ``settings``."""
+    ``settings``.
+
+    A worker of ``--workers N`` keeps health NOT_SERVING, once warm, until its supervisor has
+    seen every worker ready: connections reach any worker, so one saying SERVING while
+    another still loads would pass a readiness probe that the next connections then fail.
+    The listener is open from the start all the same (live, and NOT_SERVING rather than
+    refused while loading)."""
     services = [SERVICE_NAME, ADMIN_SERVICE_NAME]
     health = add_health_and_reflection(server, services)
-    server.start()
-    return GrpcServerHandle(
+    handle = GrpcServerHandle(
         server,
         port,
         health,
@@ -211,6 +216,12 @@ def start_services(server: grpc.Server, port: int, settings: SidecarSettings) ->
         settings.drain_seconds,
         shutdown_delay=settings.shutdown_delay,
     )
+    if settings.worker:
+        handle.hold_serving()
+        if not hold_until_all_ready(handle.release_serving):
+            handle.release_serving()
+    server.start()
+    return handle
 
 
 def bind_listener(server: grpc.Server, listen: str, close_pools: list[Any]) -> int:

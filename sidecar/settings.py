@@ -461,12 +461,14 @@ class SidecarSettings(BaseSettings):
         return max(4, 2 * budget.cores)
 
     def worker_count(self, gpu_present: bool) -> int:
-        """How many server processes to run."""
+        """How many server processes to run; ``gpu_present``: this machine has a GPU, which
+        ``--device cpu`` leaves unused (``auto`` is counted for the GPU: the count is set
+        before warm-up measures which device serves the model)."""
         if self.workers != "auto":
             return int(self.workers)
         # The cores this process may use (affinity, cgroup quota), not the machine's.
         cores = available_cores()
-        if gpu_present:
+        if gpu_present and self.device != "cpu":
             # One Python process cannot feed a GPU; several can, each with its own session.
             # Half the cores leaves the rest to gRPC's threads; on a 16-core H100 node the
             # heavy MLP gained from 6 to 10 workers (bench/README.md, "Sidecar on a GPU").

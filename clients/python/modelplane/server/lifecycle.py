@@ -179,13 +179,43 @@ class GrpcServerHandle:
     shutdown_delay: float = 0.0
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
+    #: What :meth:`mark_serving` / :meth:`mark_not_serving` last asked for, and whether
+    #: :meth:`hold_serving` keeps health from saying so yet.
+    _wanted: bool = False
+    _held: bool = False
+    _health_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def mark_serving(self) -> None:
-        set_serving(self.health, self.service_names, True)
+        """Health SERVING (unless held, see :meth:`hold_serving`, or stopping)."""
+        with self._health_lock:
+            self._wanted = True
+            if not self._held and not self._stopped.is_set():
+                set_serving(self.health, self.service_names, True)
+
+    def mark_not_serving(self) -> None:
+        """Health NOT_SERVING, also once a hold is released."""
+        with self._health_lock:
+            self._wanted = False
+            set_serving(self.health, self.service_names, False)
+
+    def hold_serving(self) -> None:
+        """Keep health NOT_SERVING, whatever :meth:`mark_serving` asks, until
+        :meth:`release_serving`: for one of several processes sharing a port, whose health
+        is answered per connection, so that none says SERVING while another still loads."""
+        with self._health_lock:
+            self._held = True
+
+    def release_serving(self) -> None:
+        """End :meth:`hold_serving`: health SERVING now if :meth:`mark_serving` asked for it
+        (and nothing asked for NOT_SERVING since)."""
+        with self._health_lock:
+            self._held = False
+            if self._wanted and not self._stopped.is_set():
+                set_serving(self.health, self.service_names, True)
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first, still serving for the shutdown delay, then let unary calls
@@ -193,13 +223,16 @@ class GrpcServerHandle:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        set_serving(self.health, self.service_names, False)
+        self.mark_not_serving()
         delay = self.shutdown_delay
         if delay > 0:
             log.info("NOT_SERVING; serving on until the shutdown delay ends", delay_s=delay)
             time.sleep(delay)
         for hook in self.on_stop:
             hook()
+        # Calls gRPC core holds, not yet handed to a thread (a burst just now), are answered
+        # CANCELLED here without running (grpc/grpc#41785); so are calls still running when
+        # the grace ends.
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         try:
             run_closers(self.closers)

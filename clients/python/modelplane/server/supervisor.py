@@ -6,6 +6,13 @@ printed its ready line, serves one Prometheus endpoint merging the workers' valu
 (prometheus_client multiprocess mode), forwards SIGTERM/SIGINT so every worker drains, and
 exits 0 once all have stopped after a signal (1 when a worker failed).
 
+Health is answered per connection, and the kernel spreads connections over the workers: a
+worker that calls :func:`hold_until_all_ready` keeps its health NOT_SERVING once warm until
+the supervisor has seen every worker ready, and the supervisor announces itself (``on_ready``)
+only once each such worker says SERVING. Each worker gets one end of a socket pair
+(:data:`READY_FD_ENV`) for it: ``h`` (worker: holding, sent before its ready line), ``r``
+(supervisor: all ready), ``s`` (worker: SERVING now).
+
 Workers end with their supervisor however it ends (SIGKILL, a crash, the OOM killer): each
 worker calls :func:`die_with_supervisor` first thing, which has the kernel send it SIGTERM
 when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere a thread watching the parent pid),
@@ -16,10 +23,12 @@ once no process of the dead one holds its lock any more.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
 import os
+import select
 import shutil
 import signal
 import socket
@@ -45,6 +54,9 @@ _LOCK_FILE = ".lock"
 _PR_SET_PDEATHSIG = 1
 #: A worker's hold on its metrics folder, kept open for the life of the process.
 _held: list[int] = []
+#: The descriptor of a worker's end of its socket pair to the supervisor, in its environment.
+READY_FD_ENV = "MODELPLANE_SUPERVISOR_READY_FD"
+_HOLDING, _ALL_READY, _SERVING = b"h", b"r", b"s"
 
 
 def hold_dir(path: str, *, create: bool = False) -> int | None:
@@ -147,6 +159,57 @@ def die_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def hold_until_all_ready(release: Callable[[], None]) -> bool:
+    """In a worker (before it prints its ready line): call ``release`` on a thread of its own
+    once the supervisor has seen every worker ready, and have the supervisor wait for it
+    before it announces itself. Returns False, calling nothing, in a process no supervisor
+    started. ``release`` is never called when the supervisor stops or dies first."""
+    value = os.environ.pop(READY_FD_ENV, "")
+    if not value.isdigit():
+        return False
+    try:
+        sock = socket.socket(fileno=int(value))
+        sock.set_inheritable(False)
+        sock.sendall(_HOLDING)
+    except OSError:
+        return False
+
+    def wait() -> None:
+        with sock:
+            try:
+                if sock.recv(1) != _ALL_READY:
+                    return  # the supervisor stopped before every worker was ready
+                release()
+                sock.sendall(_SERVING)
+            except OSError:
+                pass
+
+    threading.Thread(target=wait, name="all-ready", daemon=True).start()
+    return True
+
+
+def _release_workers(gates: list[socket.socket], given_up: Callable[[], bool]) -> None:
+    """Tell each worker that holds its health (:func:`hold_until_all_ready`) that every worker
+    is ready; return once each of them answered SERVING, ended, or ``given_up()``."""
+    holding = []
+    for sock in gates:
+        sock.setblocking(False)
+        try:
+            # Sent before the worker's ready line, so here already; nothing from a worker
+            # that does not hold its health.
+            if sock.recv(1) == _HOLDING:
+                sock.sendall(_ALL_READY)
+                holding.append(sock)
+        except OSError:
+            pass  # nothing sent (BlockingIOError), or the worker ended: its relay says so
+    while holding and not given_up():
+        answered, _, _ = select.select(holding, [], [], 0.2)
+        for sock in answered:
+            with contextlib.suppress(OSError):
+                sock.recv(1)  # SERVING, or b"" for a worker that ended
+            holding.remove(sock)
+
+
 def reserve_port(listen: str) -> tuple[socket.socket, int]:
     """Bind ``HOST:PORT`` with SO_REUSEPORT and keep it bound; returns the socket and port.
 
@@ -197,8 +260,9 @@ def supervise(
     """Run ``count`` workers of ``module`` until a signal; returns the exit code.
 
     A worker is ready when a line of its stdout contains ``ready_marker``. ``on_ready`` gets the
-    merged metrics port (None without ``metrics_listen``) once all are ready. Call it from the
-    main thread: the workers' parent-death signal follows the thread that started them.
+    merged metrics port (None without ``metrics_listen``) once all are ready, and those that
+    held their health (:func:`hold_until_all_ready`) say SERVING. Call it from the main
+    thread: the workers' parent-death signal follows the thread that started them.
     """
     metrics_dir, dir_lock = None, None
     if metrics_listen:
@@ -211,6 +275,7 @@ def supervise(
     if metrics_dir:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     procs: list[subprocess.Popen[str]] = []
+    gates: list[socket.socket] = []
     ready = threading.Semaphore(0)
     stopping = threading.Event()
     failed = threading.Event()
@@ -242,9 +307,16 @@ def supervise(
         for _ in range(count):
             if stopping.is_set():
                 break
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, text=True
-            )
+            ours, theirs = socket.socketpair()
+            gates.append(ours)
+            with theirs:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    env={**env, READY_FD_ENV: str(theirs.fileno())},
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    pass_fds=(theirs.fileno(),),
+                )
             procs.append(proc)
             threading.Thread(target=relay, args=(proc,), daemon=True).start()
         for _ in range(count):
@@ -254,6 +326,12 @@ def supervise(
                 return 1
             if stopping.is_set():
                 return 0
+        _release_workers(gates, lambda: failed.is_set() or stopping.is_set())
+        if failed.is_set():
+            stop_all()
+            return 1
+        if stopping.is_set():
+            return 0
         metrics_port = None
         if metrics_listen and metrics_dir:
             httpd, metrics_port = serve_merged_metrics(metrics_listen, metrics_dir)
@@ -273,6 +351,8 @@ def supervise(
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if dir_lock is not None:
             os.close(dir_lock)
+        for gate in gates:
+            gate.close()
 
 
 def _wait_all(procs: list[subprocess.Popen[str]], seconds: float) -> list[int]:
