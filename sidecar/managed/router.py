@@ -1,11 +1,11 @@
 """Sticky traffic routing: which arm answers a request, and whether it is shadowed.
 
-A request's *routing key* is its ``routing_key`` parameter (a string or an integer), else its
-OIP ``id``. The key is hashed (BLAKE2b, keyed by the rollout id and the purpose) to one of
-10,000 buckets; the candidate answers buckets below ``candidate_percent`` x 100, so the same
-key always reaches the same arm within a rollout on every replica, and a canary step that
-raises the percent only moves keys from the champion to the candidate. Shadow sampling uses
-its own bucket of the same key. Requests without any key are routed at random.
+A request's *routing key* is its ``routing_key`` parameter (a non-empty string or an
+integer), else its OIP ``id``. The key is hashed (BLAKE2b, keyed by the rollout id and the
+purpose) to one of 10,000 buckets; the candidate answers buckets below ``candidate_percent``
+x 100, so the same key always reaches the same arm within a rollout on every replica, and a
+canary step that raises the percent only moves keys from the champion to the candidate. Shadow
+sampling uses its own bucket of the same key. Requests without any key are routed at random.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ _KEY_KINDS = ("string_param", "int64_param", "uint64_param")
 
 
 def routing_key(request: Any) -> bytes | None:
-    """The request's routing key as bytes; None when it has neither parameter nor id.
+    """The request's routing key as bytes; None when it has neither parameter nor id. An empty
+    string parameter is no key (it would send every such request to one arm): the id decides.
 
     INVALID_ARGUMENT (``INVALID_PARAMETER``) when ``routing_key`` is not a string or integer.
     """
@@ -38,7 +39,10 @@ def routing_key(request: Any) -> bytes | None:
                 metadata={"parameter": PARAMETER},
             )
         key = getattr(value, kind)
-        return key.encode() if isinstance(key, str) else str(key).encode()
+        if not isinstance(key, str):
+            return str(key).encode()
+        if key:
+            return key.encode()
     rid = request.id
     return rid.encode() if rid else None
 

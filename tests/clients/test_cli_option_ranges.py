@@ -56,3 +56,16 @@ def test_an_out_of_range_whole_number_is_a_usage_error(
 def test_the_largest_page_size_gets_through(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*DEAD, "models", "list", "--page-size", str(2**31 - 1)]) == 4
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--split", "--shadow-fraction"])
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_a_rollout_amount_that_is_no_number_above_0_says_what_it_got(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, NaN was refused as "must be above 0", which it is not."""
+    assert main([*DEAD, *START, "2", "--strategy", "ab", option, value]) == 2
+    err = capsys.readouterr().err
+    shown = str(float(value))
+    assert f"{option} must be a number above 0, not {shown}" in err
+    assert "internal error" not in err

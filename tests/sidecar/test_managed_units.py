@@ -48,6 +48,9 @@ def test_routing_key_from_parameter_or_id() -> None:
     req.parameters["routing_key"].int64_param = 42
     assert routing_key(req) == b"42"
     assert routing_key(_req()) is None
+    empty = _req(id="abc")
+    empty.parameters["routing_key"].string_param = ""
+    assert routing_key(empty) == b"abc"  # an empty key is none: not one bucket for all
     for kind in ("bool_param", "double_param"):
         bad = _req()
         setattr(bad.parameters["routing_key"], kind, 1)

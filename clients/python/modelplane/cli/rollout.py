@@ -403,7 +403,10 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any]:
             continue  # the server's default
         if not value > 0:  # NaN too; a 0 would be sent as "default"
             flag = "--" + key.replace("_", "-")
-            raise CliError(f"{flag} must be above 0 (leave it out for the default)", EXIT_USAGE)
+            raise CliError(
+                f"{flag} must be a number above 0, not {value} (leave it out for the default)",
+                EXIT_USAGE,
+            )
         kw[key] = value
     return kw
 
