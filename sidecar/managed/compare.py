@@ -311,12 +311,18 @@ class ArmCounts:
         self.correct = 0
 
     def add_requests(self, latencies: list[float], codes: list[str], reasons: list[str]) -> None:
-        """Count finished or refused requests."""
-        self.requests += len(codes)
-        for code, reason in zip(codes, reasons, strict=True):
+        """Count answered and failed requests. A caller's bad input refused before the model
+        ran (any other code) is left out: it says nothing of the version, and counted it would
+        dilute the error rate and the latency the guards judge, and make up ``min_requests``."""
+        kept: list[float] = []
+        for latency, code, reason in zip(latencies, codes, reasons, strict=True):
             if code in ERROR_CODES or reason in ERROR_REASONS:
                 self.errors += 1
-        self.latency.add(np.asarray(latencies, dtype=np.float64))
+            elif code != "OK":
+                continue
+            self.requests += 1
+            kept.append(latency)
+        self.latency.add(np.asarray(kept, dtype=np.float64))
 
     def add_rows(self, rows: int, labels: Array | None, scores: Array | None) -> None:
         """Count successfully answered rows with their labels and scores."""

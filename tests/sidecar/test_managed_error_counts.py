@@ -74,3 +74,36 @@ def test_undecodable_calls_count_in_no_arm(
     # One more report after the valid calls were counted: nothing else arrives.
     reports = plane.wait_reports(lambda rs: len(rs) > seen)
     assert sum(a.requests for r in reports for a in r.arms) == 10
+
+
+def test_bad_input_counts_in_no_arms_requests_or_latency(
+    real_plane: RealPlane,  # noqa: F811
+    real_managed: Any,  # noqa: F811
+    artifacts: dict[int, bytes],
+) -> None:
+    """A caller's bad input, refused before the model ran, is no evidence about the version:
+    before, it counted in the arm's requests and latency (not in its errors), so it diluted
+    the error rate and p99 the guards judge and could make up a step's ``min_requests``."""
+    plane = real_plane
+    plane.deploy({1: artifacts[1]})
+    handle = real_managed()
+    assert handle.wait_ready(60)
+    s = stub(handle.port)
+    wrong = np.zeros((1, 5), np.float32)  # the model takes 8 features
+    for i in range(20):
+        try:
+            s.ModelInfer(raw_request("fraud", {"input": ("FP32", wrong)}, id=f"bad{i}"))
+            raise AssertionError("a wrong shape was answered")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    x = np.zeros((1, 8), np.float32)
+    for i in range(10):
+        s.ModelInfer(raw_request("fraud", {"input": ("FP32", x)}, id=f"ok{i}"), timeout=30)
+    reports = plane.wait_reports(lambda rs: sum(a.requests for r in rs for a in r.arms) >= 10)
+    seen = len(reports)
+    reports = plane.wait_reports(lambda rs: len(rs) > seen)  # one more: nothing else arrives
+    arms = [a for r in reports for a in r.arms]
+    assert sum(a.requests for a in arms) == 10
+    assert sum(a.errors for a in arms) == 0
+    latencies = sum(sum(a.latency.counts) + a.latency.underflow + a.latency.overflow for a in arms)
+    assert latencies == 10
