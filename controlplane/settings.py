@@ -170,6 +170,12 @@ class ControlPlaneSettings(BaseSettings):
     jwt_roles_claim: str = Field(
         "roles", description="with --auth jwt: the claim holding roles (dotted for nested)"
     )
+    jwt_models_claim: str = Field(
+        "models",
+        description="with --auth jwt: the claim listing the model ids a token's roles are "
+        "limited to (dotted for nested); a token without it acts on every model, and one whose "
+        "claim is not a list of 1-1,000 model ids is refused",
+    )
     tls_cert: str = Field("", description="PEM certificate chain; serve TLS when set")
     tls_key: str = Field("", description="PEM private key of tls_cert")
     client_ca: str = Field(

@@ -79,6 +79,7 @@ def build(settings: ControlPlaneSettings) -> AccessControl:
             settings.jwt_issuer,
             settings.jwt_audience,
             settings.jwt_roles_claim,
+            settings.jwt_models_claim,
         )
         return AccessControl(JWT, authenticator, PermissionPolicy(), credentials)
     raise AccessConfigError(f"--auth {spec[:60]!r} is not understood: use tokens:FILE, jwt or none")

@@ -199,7 +199,13 @@ class JwtAuthenticator:
     """Bearer JWTs signed with an HMAC secret (HS256) or verified with a public key (RS256,
     ES256, EdDSA). The principal is ``sub``; roles come from a claim (dotted paths reach into
     nested objects, e.g. ``realm_access.roles``) holding a list or a space/comma-separated
-    string. ``exp``, ``iss``, ``aud`` and ``sub`` are required."""
+    string. ``exp``, ``iss``, ``aud`` and ``sub`` are required.
+
+    The models claim (``models`` by default, dotted paths as for roles), when the token has
+    it, limits the roles to the model ids it lists, as a tokens file's ``models`` does: it must
+    be a list of 1 to :data:`MAX_TOKEN_MODELS` valid model ids, and a token whose claim is not
+    is refused (``INVALID_CLAIM``) rather than let act on every model. Without the claim the
+    roles hold on every model."""
 
     def __init__(
         self,
@@ -209,6 +215,7 @@ class JwtAuthenticator:
         audience: str,
         roles_claim: str = "roles",
         leeway: float = JWT_LEEWAY_SECONDS,
+        models_claim: str = "models",
     ) -> None:
         self._key = key
         self._algorithms = algorithms
@@ -216,20 +223,39 @@ class JwtAuthenticator:
         self._audience = audience
         self._roles_path = [p for p in roles_claim.split(".") if p]
         self._leeway = leeway
+        self._models_claim = models_claim
+        self._models_path = [p for p in models_claim.split(".") if p]
 
     @classmethod
     def from_key_file(
-        cls, path: str | Path, issuer: str, audience: str, roles_claim: str = "roles"
+        cls,
+        path: str | Path,
+        issuer: str,
+        audience: str,
+        roles_claim: str = "roles",
+        models_claim: str = "models",
     ) -> JwtAuthenticator:
         """Read a PEM public key (RSA, EC or Ed25519) or an HMAC secret from ``path``."""
         if not issuer or not audience:
             raise AccessConfigError("--auth jwt needs --jwt-issuer and --jwt-audience")
+        if models_claim and not models_claim.strip("."):
+            raise AccessConfigError(
+                f"--jwt-models-claim {models_claim!r} names no claim: give a claim name, "
+                "dotted for a nested one (realm_access.models)"
+            )
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
             raise AccessConfigError(f"cannot read JWT key {path}: {exc.strerror}") from None
         key, algorithms = _verification_key(raw, str(path))
-        return cls(key, algorithms, issuer, audience, roles_claim or "roles")
+        return cls(
+            key,
+            algorithms,
+            issuer,
+            audience,
+            roles_claim or "roles",
+            models_claim=models_claim or "models",
+        )
 
     def __call__(self, metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:
         token = bearer_token(metadata)
@@ -287,7 +313,10 @@ class JwtAuthenticator:
             )
         roles = self._roles(claims)
         return RequestContext(
-            principal=principal, roles=roles, grants=(Grant(roles),), authenticated=True
+            principal=principal,
+            roles=roles,
+            grants=(Grant(roles, self._models(claims)),),
+            authenticated=True,
         )
 
     def _roles(self, claims: dict[str, Any]) -> tuple[str, ...]:
@@ -299,6 +328,41 @@ class JwtAuthenticator:
         if isinstance(value, list):
             return clean_roles([v for v in value if isinstance(v, str)])
         return ()
+
+    def _models(self, claims: dict[str, Any]) -> tuple[str, ...]:
+        """The model ids the token's models claim limits its roles to; () without the claim
+        (roles on every model). A claim that is there but unusable is refused: read as no
+        limit, it would widen the token."""
+        value: Any = claims
+        for depth, part in enumerate(self._models_path):
+            if not isinstance(value, dict):
+                raise self._bad_models(f"{'.'.join(self._models_path[:depth])} is not an object")
+            if part not in value:
+                return ()
+            value = value[part]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad_models("it must be a list of model ids")
+        if not value:
+            raise self._bad_models(
+                "it is empty; a token that acts on every model must not carry the claim"
+            )
+        models = sorted(set(value))
+        if len(models) > MAX_TOKEN_MODELS:
+            raise self._bad_models(f"it names more than {MAX_TOKEN_MODELS} models")
+        bad = [m for m in models if not _is_model_id(m)]
+        if bad:
+            shown = ", ".join(repr(m[:70]) for m in bad[:3])
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise self._bad_models(f"it holds invalid model ids {shown}{more}")
+        return tuple(models)
+
+    def _bad_models(self, why: str) -> Unauthenticated:
+        return Unauthenticated(
+            f"the token's {self._models_claim!r} claim (the models its roles are limited to) "
+            f"cannot be used: {why}",
+            reason="INVALID_CLAIM",
+            metadata={"claim": self._models_claim},
+        )
 
 
 def _verification_key(raw: bytes, where: str) -> tuple[Any, list[str]]:

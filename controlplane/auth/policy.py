@@ -185,7 +185,7 @@ class PermissionPolicy:
             return Authorization(
                 replace(ctx, roles=tuple(sorted(held))), _listed_filter(rule, allowed)
             )
-        check = _op_check(allowed)
+        check = OperationScope(ctx, method, rule, allowed)
         return Authorization(replace(ctx, roles=tuple(sorted(held)), resource_check=check), check)
 
 
@@ -258,20 +258,38 @@ def _listed_filter(rule: Rule, allowed: set[str]) -> Callable[[Any], Any]:
     return keep_visible
 
 
-def _op_check(allowed: set[str]) -> Callable[[Any], Any]:
-    """Refuses an operation whose target is a model the caller may not see."""
+class OperationScope:
+    """The resource check of an operation call (Get, Wait, Cancel) by a caller whose roles hold
+    only on some models: refuses an operation about a model outside them.
 
-    def check(operation: Any) -> Any:
-        if not _visible(operation.target, allowed):
-            raise PermissionDenied(
-                f"operation {operation.name} is about {operation.target}, outside the models "
-                "your roles hold on",
-                reason="MODEL_NOT_IN_SCOPE",
-                metadata={"model": model_of(operation.target) or ""},
-            )
+    A missing operation gets the same refusal (:meth:`refusal`, which the operation service
+    raises in place of NOT_FOUND), and the refusal names only the operation the caller asked
+    for, never its target, as for a deployment: the caller learns neither which operations
+    exist nor what they are about."""
+
+    def __init__(
+        self, ctx: RequestContext, method: str, rule: Rule, allowed: Collection[str]
+    ) -> None:
+        self._ctx = ctx
+        self._method = method
+        self._rule = rule
+        self._allowed = set(allowed)
+
+    def __call__(self, operation: Any) -> Any:
+        if not _visible(operation.target, self._allowed):
+            raise self.refusal(operation.name)
         return operation
 
-    return check
+    def refusal(self, name: str) -> PermissionDenied:
+        """The refusal of operation ``name`` (``operations/{id}``), hidden or missing alike."""
+        ctx, rule = self._ctx, self._rule
+        return PermissionDenied(
+            f"{ctx.principal} may not call {_short(self._method)} on {name}: it is no "
+            f"operation of the models its {_names(rule.roles & _all_roles(ctx.grants))} role "
+            f"holds on ({_names(_scoped_models(ctx.grants))})",
+            reason="MODEL_NOT_IN_SCOPE",
+            metadata={"operation": name, "required_roles": ",".join(sorted(rule.roles))},
+        )
 
 
 def _visible(resource: str, allowed: set[str]) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from controlplane.auth.policy import listed_models
+from controlplane.auth.policy import OperationScope, listed_models
 from controlplane.domain import Operation
 from controlplane.names import check_text, parse_operation
 from controlplane.store import Store, Tx, WriteTx
@@ -150,7 +150,7 @@ class OperationService:
         with self.store.write(ctx, "CancelOperation") as tx:
             row = tx.operations.locked(op_id)
             if row is None:
-                raise NotFound(f"operation {name} does not exist", reason="OPERATION_NOT_FOUND")
+                raise _missing(name, op_id)
             before = operation_from_row(row)
             if before.done:
                 return before
@@ -168,11 +168,13 @@ class OperationService:
         return after
 
     def get(self, name: str) -> Operation:
+        """Operation ``name``; a missing one is NOT_FOUND, or for a caller whose roles hold
+        only on some models the refusal an operation of another model gets (:func:`_missing`)."""
         op_id = parse_operation(name)
         with self.store.read() as tx:
             op = tx.operations.get(op_id)
         if op is None:
-            raise NotFound(f"operation {name} does not exist", reason="OPERATION_NOT_FOUND")
+            raise _missing(name, op_id)
         return op
 
     def list_operations(
@@ -203,6 +205,17 @@ class OperationService:
             if op.done or time.monotonic() >= deadline:
                 return op
             time.sleep(POLL_SECONDS)
+
+
+def _missing(name: str, op_id: str) -> ModelplaneError:
+    """What a call about operation ``name`` that does not exist answers: NOT_FOUND, but for a
+    caller whose roles hold only on some models (the current call's resource check is an
+    :class:`OperationScope`) the refusal an operation of another model gets, so that it cannot
+    tell which operations exist."""
+    check = current_context().resource_check
+    if isinstance(check, OperationScope):
+        return check.refusal(f"operations/{op_id}")
+    return NotFound(f"operation {name} does not exist", reason="OPERATION_NOT_FOUND")
 
 
 def error_json(error: ModelplaneError) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -684,6 +685,26 @@ def _version_digests(artifact: str, lineage: Any, baseline: Any) -> set[str]:
     return found
 
 
+#: Audit actions by which a principal sends a blob's bytes: an upload, or a registration that
+#: stores the baseline profile it computed from a dataset the principal named.
+_SENDING_ACTIONS = ("UploadBlob", "StoreProfile")
+#: Audit actions that create what may use a blob: a version, an evaluation.
+_CREATING_ACTIONS = ("CreateModelVersion", "CreateEvaluation")
+#: Resource names per query when looking up creation events (well under SQLite's bound
+#: parameters).
+_NAMES_PER_QUERY = 500
+
+
+@dataclass(frozen=True)
+class Sending:
+    """A principal's sending of a blob's bytes: the audit event's sequence number and time
+    (``0`` and None when the blob's record names it as first uploader but the trail holds no
+    event of it)."""
+
+    seq: int
+    time: datetime | None
+
+
 class BlobRepo:
     """Blob metadata (the bytes live in the blob store)."""
 
@@ -706,46 +727,96 @@ class BlobRepo:
     def uploaded_by(self, sha256: str, principal: str) -> bool:
         """Whether ``principal`` sent the bytes of blob ``sha256``: it stored them first, or
         it uploaded them again afterwards (an ``UploadBlob`` event of its own)."""
+        return self.last_sent(sha256, principal) is not None
+
+    def last_sent(self, sha256: str, principal: str) -> Sending | None:
+        """``principal``'s latest sending of blob ``sha256``'s bytes as the audit trail holds
+        it (its ``UploadBlob`` events, and ``StoreProfile`` for a baseline profile that its
+        registration made); ``Sending(0, None)`` when it stored them first but the trail holds
+        no such event; None when it never sent them."""
+        latest = (
+            select(AuditEventRow.seq, AuditEventRow.time)
+            .where(
+                AuditEventRow.resource == f"blobs/{sha256}",
+                AuditEventRow.actor == principal,
+                col(AuditEventRow.action).in_(_SENDING_ACTIONS),
+            )
+            .order_by(col(AuditEventRow.seq).desc())
+            .limit(1)
+        )
+        row = self.s.exec(latest).first()
+        if row is not None:
+            seq, time = row
+            return Sending(int(seq), convert.utc(time) if isinstance(time, datetime) else None)
         first = select(BlobRow.sha256).where(
             BlobRow.sha256 == sha256, BlobRow.created_by == principal
         )
-        if self.s.exec(first).first() is not None:
-            return True
-        again = select(AuditEventRow.seq).where(
-            AuditEventRow.resource == f"blobs/{sha256}",
-            AuditEventRow.actor == principal,
-            AuditEventRow.action == "UploadBlob",
-        )
-        return self.s.exec(again.limit(1)).first() is not None
+        return Sending(0, None) if self.s.exec(first).first() is not None else None
 
-    def used_by(self, sha256: str, models: Iterable[str], principal: str) -> bool:
-        """Whether ``principal`` uploaded blob ``sha256``, or a version of one of ``models``
-        holds it (its artifact, a dataset of its lineage, or its baseline profile), or one of
-        their evaluations ran on it. Only those digest fields count: a digest written into
-        free text (a lineage parameter, a dataset's source) opens nothing."""
-        models = list(models)
-        if self.uploaded_by(sha256, principal):
-            return True
-        if not models:
+    def used_in(self, sha256: str, models: Iterable[str]) -> bool:
+        """Whether a version of one of ``models`` holds blob ``sha256`` (its artifact, a
+        dataset of its lineage, or its baseline profile) or one of their evaluations ran on it.
+        Only those digest fields count: a digest written into free text (a lineage parameter,
+        a dataset's source) opens nothing."""
+        models = set(models)
+        return bool(models) and any(self._uses(sha256, models, inside=True))
+
+    def used_elsewhere_since(self, sha256: str, models: Iterable[str], seq: int) -> bool:
+        """Whether a version or an evaluation of a model other than ``models`` came to use blob
+        ``sha256`` (as :meth:`used_in` counts uses) after audit event ``seq``. One principal
+        may hold credentials scoped to different models: such a use after its sending may be
+        another credential's, which a credential scoped to ``models`` must not read through."""
+        elsewhere = list(self._uses(sha256, set(models), inside=False))
+        if not elsewhere:
             return False
+        created = self._created_seqs(elsewhere)
+        # A use the trail holds no creation event of counts as later (the careful answer).
+        return any(created.get(name, seq + 1) > seq for name in elsewhere)
+
+    def _uses(self, sha256: str, models: set[str], *, inside: bool) -> Iterator[str]:
+        """The versions and evaluations (by resource name) of ``models`` (``inside``) or of all
+        other models (not ``inside``) that use blob ``sha256`` in their digest fields."""
+        in_models = col(ModelVersionRow.model_id).in_(models)
         # Narrowed in SQL by the digest's text, then decided on the fields themselves.
-        held = select(
-            ModelVersionRow.artifact_sha256, ModelVersionRow.lineage, ModelVersionRow.baseline
+        held = core_select(
+            col(ModelVersionRow.model_id),
+            col(ModelVersionRow.version),
+            col(ModelVersionRow.artifact_sha256),
+            col(ModelVersionRow.lineage),
+            col(ModelVersionRow.baseline),
         ).where(
-            col(ModelVersionRow.model_id).in_(models),
+            in_models if inside else ~in_models,
             or_(
                 col(ModelVersionRow.artifact_sha256) == sha256,
                 cast(ModelVersionRow.lineage, String).contains(sha256),
                 cast(ModelVersionRow.baseline, String).contains(sha256),
             ),
         )
-        for artifact, lineage, baseline in self.s.exec(held):
+        for model_id, version, artifact, lineage, baseline in self.s.connection().execute(held):
             if sha256 in _version_digests(artifact, lineage, baseline):
-                return True
-        evaluated = select(EvaluationRow.id).where(
-            col(EvaluationRow.model_id).in_(models), EvaluationRow.dataset_sha256 == sha256
+                yield f"models/{model_id}/versions/{version}"
+        eval_in = col(EvaluationRow.model_id).in_(models)
+        evaluated = select(EvaluationRow.model_id, EvaluationRow.version, EvaluationRow.id).where(
+            eval_in if inside else ~eval_in, EvaluationRow.dataset_sha256 == sha256
         )
-        return self.s.exec(evaluated.limit(1)).first() is not None
+        for model_id, version, evaluation_id in self.s.exec(evaluated):
+            yield f"models/{model_id}/versions/{version}/evaluations/{evaluation_id}"
+
+    def _created_seqs(self, names: list[str]) -> dict[str, int]:
+        """The audit sequence number of the latest creation event of each of ``names``
+        (versions and evaluations): a model deleted and created again may reuse a name."""
+        found: dict[str, int] = {}
+        for i in range(0, len(names), _NAMES_PER_QUERY):
+            q = (
+                select(AuditEventRow.resource, func.max(AuditEventRow.seq))
+                .where(
+                    col(AuditEventRow.resource).in_(names[i : i + _NAMES_PER_QUERY]),
+                    col(AuditEventRow.action).in_(_CREATING_ACTIONS),
+                )
+                .group_by(AuditEventRow.resource)
+            )
+            found.update((str(name), int(seq)) for name, seq in self.s.exec(q))
+        return found
 
     def served(self, sha256: str) -> bool:
         """Whether blob ``sha256`` is the artifact or the baseline profile of a version of a

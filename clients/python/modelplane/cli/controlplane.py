@@ -80,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument(
         "--jwt-roles-claim", help="with --auth jwt: the claim holding roles (default roles)"
     )
+    serve.add_argument(
+        "--jwt-models-claim",
+        help="with --auth jwt: the claim listing the models a token's roles are limited to "
+        "(default models, dotted for nested); without it a token acts on every model",
+    )
     # Distinct dests: the global --tls-cert/--tls-key are the client's.
     serve.add_argument(
         "--tls-cert", dest="serve_tls_cert", metavar="FILE", help="serve TLS with this PEM chain"
@@ -131,6 +136,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         ("jwt_audience", "jwt_audience"),
         ("jwt_key", "jwt_key"),
         ("jwt_roles_claim", "jwt_roles_claim"),
+        ("jwt_models_claim", "jwt_models_claim"),
         ("serve_tls_cert", "tls_cert"),
         ("serve_tls_key", "tls_key"),
         ("client_ca", "client_ca"),
