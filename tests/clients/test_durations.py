@@ -74,6 +74,28 @@ def test_times() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "down", "up"),
+    [
+        ("2026-11-29T06:56:18.224222999Z", 224222, 224223),
+        ("2026-11-29T06:56:18.224222001", 224222, 224223),
+        ("2026-11-29T06:56:18.224222000Z", 224222, 224222),
+        ("2026-11-29T06:56:18,2242220001+00:00", 224222, 224223),
+        ("2026-11-29T06:56:18.224222", 224222, 224222),
+        ("2026-11-29T06:56:18.5", 500000, 500000),
+    ],
+)
+def test_digits_past_microseconds_round_down_or_up(text: str, down: int, up: int) -> None:
+    """A datetime holds microseconds: ``round_up`` keeps a window's bounds (``>= since``,
+    ``< until``) exact against times stamped in microseconds; rounding down (the default)
+    keeps an as-of time (``<= as_of``) exact."""
+    second = datetime(2026, 11, 29, 6, 56, 18, tzinfo=UTC)
+    assert parse_time(text) == second + timedelta(microseconds=down)
+    assert parse_time(text, round_up=True) == second + timedelta(microseconds=up)
+    carried = parse_time("2026-11-29T07:59:59.9999999+01:00", round_up=True)
+    assert carried == datetime(2026, 11, 29, 7, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
     ("argv", "attribute", "seconds"),
     [
         (["--timeout", "10m", "models", "list"], "timeout", 600.0),

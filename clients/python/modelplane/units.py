@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 #: A number, then a unit (none for a bare number of seconds).
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
@@ -25,6 +25,8 @@ _DURATION_UNITS = {
     "d": 86400.0,
     "w": 7 * 86400.0,
 }
+#: The fraction of a second in an ISO-8601 time (the date and the zone hold no "." or ",").
+_FRACTION = re.compile(r"[.,](\d+)")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|k|K|M|G)?\s*$")
 _SIZE_UNITS = {
     None: 1,
@@ -68,9 +70,15 @@ def parse_duration(text: str, *, bare_seconds: bool = False) -> float:
     return seconds
 
 
-def parse_time(text: str, now: datetime | None = None) -> datetime:
+def parse_time(text: str, now: datetime | None = None, *, round_up: bool = False) -> datetime:
     """A UTC instant from ISO-8601 (``2026-11-26T10:00:00Z``, ``2026-11-26``; no zone means
-    UTC), ``now``, or a time a duration before now (``-1h``, ``-30m``, ``-7d``, ``-1h30m``)."""
+    UTC), ``now``, or a time a duration before now (``-1h``, ``-30m``, ``-7d``, ``-1h30m``).
+
+    A datetime holds microseconds: further digits (``.224222999``, as pandas or DuckDB print
+    nanoseconds) are dropped, or with ``round_up`` round up to the next microsecond when not
+    all 0. Against times stamped in microseconds, a bound compared with ``>=`` or ``<`` (a
+    window's start and end) stays exact when rounded up, one compared with ``<=`` or ``>``
+    (as of a time) when rounded down."""
     value = text.strip()
     now = now or datetime.now(UTC)
     if value.lower() == "now":
@@ -83,7 +91,11 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     else:
         try:
             parsed = datetime.fromisoformat(value)
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            fraction = _FRACTION.search(value)
+            if round_up and fraction and fraction.group(1)[6:].strip("0"):
+                parsed += timedelta(microseconds=1)
+            return parsed
         except (ValueError, OverflowError):
             pass  # not ISO-8601, or past the years 1 to 9999 once in UTC
     raise ValueError(
