@@ -34,7 +34,7 @@ per feature and one ``out_<name>`` column per output (see :mod:`sidecar.predlog.
 Reading and querying::
 
     from sidecar.predlog import read_logs, join_labels
-    table = read_logs("/var/log/predictions", since="-1h", model_version="3")
+    table = read_logs("/var/log/predictions", since="-1h", model_version="3", widen_float16=True)
     import duckdb
     duckdb.sql("SELECT arm, count(*), avg(latency_s) FROM table GROUP BY arm")
 
@@ -42,8 +42,11 @@ DuckDB cannot open Arrow IPC stream files itself: query the table ``read_logs`` 
 the Parquet written by :func:`compact` (``modelplane logs compact DIR --out URI``) with
 ``read_parquet('URI/**/*.parquet', hive_partitioning = true, union_by_name = true)`` (files
 of one partition may differ in columns, e.g. once retention removed a log file that added one).
+Nor does it take float16 Arrow columns (FP16 inputs and outputs): ``widen_float16=True``
+reads them as float32.
 """
 
+from sidecar.predlog.collect import read_logs
 from sidecar.predlog.compact import CompactResult, compact
 from sidecar.predlog.files import SUFFIX, list_log_files
 from sidecar.predlog.layout import OUTPUT_PREFIX, RESERVED_COLUMNS
@@ -54,7 +57,6 @@ from sidecar.predlog.reader import (
     join_labels,
     parse_time,
     read_file_batches,
-    read_logs,
 )
 from sidecar.predlog.records import ARMS, PredictionBatch, RejectedRequest
 from sidecar.predlog.settings import PredictionLogSettings, add_arguments

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 
 from modelplane.units import parse_time
 from sidecar.predlog.files import list_log_files
-from sidecar.predlog.schemas import unify
 
 #: The columns every record has (feature and output columns follow).
 BASE_SCHEMA = pa.schema(
@@ -38,11 +37,13 @@ TimeLike = datetime | str | None
 
 
 def _instant(value: TimeLike) -> datetime | None:
+    """A bound of the window: both are compared with times stamped in microseconds (``>=
+    since``, ``< until``), so a time given with more digits rounds up to the next one."""
     if value is None or isinstance(value, datetime):
         if isinstance(value, datetime) and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
-    return parse_time(value)
+    return parse_time(value, round_up=True)
 
 
 class DamagedLogFile(ValueError):
@@ -249,7 +250,7 @@ class LogFilter:
 
 def iter_log_batches(
     directory: str | os.PathLike[str], log_filter: LogFilter | None = None
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch, None, None]:
     """Matching batches of every file, oldest file first (schemas may differ between files)."""
     log_filter = log_filter or LogFilter()
     for path in log_filter.files(Path(directory)):
@@ -257,60 +258,6 @@ def iter_log_batches(
             kept = log_filter.apply(batch)
             if kept.num_rows:
                 yield kept
-
-
-def _tables(batches: Iterator[pa.RecordBatch]) -> list[pa.Table]:
-    tables: list[pa.Table] = []
-    run: list[pa.RecordBatch] = []
-    for batch in batches:
-        if run and not batch.schema.equals(run[0].schema):
-            tables.append(pa.Table.from_batches(run))
-            run = []
-        run.append(batch)
-    if run:
-        tables.append(pa.Table.from_batches(run))
-    return tables
-
-
-def _empty_result(directory: Path) -> pa.Table:
-    """No records, with the columns of every file under ``directory`` (the first file's type
-    where types conflict), so a window without records still names the log's columns."""
-    fields: dict[str, pa.Field] = {f.name: f for f in BASE_SCHEMA}
-    schemas = [s for s in map(file_schema, LogFilter().files(directory)) if s is not None]
-    merged = unify(schemas) if schemas else None
-    for schema in [merged] if merged is not None else schemas:
-        for f in schema:
-            fields.setdefault(f.name, f)
-    return pa.schema(list(fields.values())).empty_table()
-
-
-def read_logs(
-    directory: str | os.PathLike[str],
-    since: TimeLike = None,
-    until: TimeLike = None,
-    model_version: str | None = None,
-    arm: str | None = None,
-) -> pa.Table:
-    """Every record under ``directory`` in ``[since, until)``, optionally of one version/arm.
-
-    Times are datetimes (naive means UTC) or strings for :func:`parse_time`. Files written by
-    different model versions may have different feature columns: the result has them all,
-    null where a file lacks them. Torn last batches and files still being written are read
-    up to their last complete batch; a damaged file raises :class:`DamagedLogFile`.
-    """
-    log_filter = LogFilter(since, until, model_version, arm)
-    tables = _tables(iter_log_batches(directory, log_filter))
-    if not tables:
-        return _empty_result(Path(directory))
-    if len(tables) == 1:
-        return tables[0]
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(
-            f"log files under {directory} have columns of conflicting types ({exc}); "
-            "read one model version at a time"
-        ) from exc
 
 
 def join_labels(
