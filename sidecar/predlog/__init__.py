@@ -47,7 +47,7 @@ reads them as float32.
 """
 
 from sidecar.predlog.collect import read_logs
-from sidecar.predlog.compact import CompactResult, compact
+from sidecar.predlog.compact import CompactResult, compact, redact_uri
 from sidecar.predlog.files import SUFFIX, list_log_files
 from sidecar.predlog.layout import OUTPUT_PREFIX, RESERVED_COLUMNS
 from sidecar.predlog.metrics import PredictionLogMetrics
@@ -92,4 +92,5 @@ __all__ = [
     "parse_time",
     "read_file_batches",
     "read_logs",
+    "redact_uri",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,15 @@ _TMP_PREFIX = "."
 _TMP_MARK = ".tmp-"
 #: A temporary older than this was left by a compaction killed midway.
 STALE_TMP_S = 3600.0
+#: The ``user:secret@`` of a URI (pyarrow takes S3 keys there). A secret may hold "/" or "@"
+#: unescaped, so after a ":" everything up to the token's last "@" goes.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"/@:]*(?::[^\s'\"]*)?@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of every URI in it (``s3://KEY:SECRET@bucket``) replaced
+    by ``***``, for messages and summaries that name a destination."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 @dataclass
@@ -31,6 +41,8 @@ class CompactResult:
     rows: int = 0
     source_files: int = 0
     files: list[str] = field(default_factory=list)
+    #: The destination as given, its credentials redacted (see :func:`redact_uri`).
+    out: str = ""
 
 
 def resolve_destination(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -41,8 +53,8 @@ def resolve_destination(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, ValueError) as exc:
         raise ValueError(
-            f"{uri!r} is not a path or filesystem URI pyarrow can write: {exc}"
-        ) from exc
+            redact_uri(f"{uri!r} is not a path or filesystem URI pyarrow can write: {exc}")
+        ) from None
 
 
 def schema_groups(schemas: dict[Path, pa.Schema]) -> dict[Path, pa.Schema]:
@@ -84,7 +96,7 @@ def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
     """
     paths = LogFilter().files(Path(directory))
     readable = {p: s for p, s in ((p, file_schema(p)) for p in paths) if s is not None}
-    result = CompactResult(source_files=len(readable))
+    result = CompactResult(source_files=len(readable), out=redact_uri(out))
     targets = schema_groups(readable)
     if any("date" in schema.names for schema in targets.values()):
         raise ValueError("the log has a feature named 'date', which clashes with the partition")

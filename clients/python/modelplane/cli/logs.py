@@ -157,15 +157,19 @@ def _compact(args: argparse.Namespace, printer: Printer) -> int:
     predlog = _predlog()
     if not Path(args.dir).is_dir():
         raise CliError(f"no prediction log directory at {args.dir}", EXIT_USAGE)
+    # pyarrow takes S3 keys in the URI (s3://KEY:SECRET@bucket): no message repeats them.
     try:
         result = predlog.compact(args.dir, args.out)
     except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise CliError(predlog.redact_uri(str(exc)), EXIT_USAGE) from None
+    except OSError as exc:  # worded as the CLI words any OSError, credentials left out
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CliError(predlog.redact_uri(f"{where}{exc.strerror or exc}"), EXIT_USAGE) from None
     summary = {
         "rows": result.rows,
         "source_files": result.source_files,
         "parquet_files": len(result.files),
-        "out": args.out,
+        "out": result.out,
     }
     printer.emit(summary, columns=list(summary), rows=[list(summary.values())], title="compacted")
     return 0
