@@ -708,7 +708,9 @@ class VersionService:
         )
         if d.role != "train":
             return ref, feature_names, None
-        if new.label_column and new.label_column not in table.column_names:
+        # Read once: pyarrow builds a new list on every access of ``column_names``.
+        columns = set(table.column_names)
+        if new.label_column and new.label_column not in columns:
             raise InvalidArgument(
                 f"label column {new.label_column!r} is not in the train dataset",
                 reason="DATASET_COLUMNS_MISSING",
@@ -718,7 +720,7 @@ class VersionService:
         if derived:
             feature_names = profiles.default_feature_names(table, new.label_column or None)
             _check_derived_feature_names(feature_names)
-        missing = [f for f in feature_names if f not in table.column_names]
+        missing = [f for f in feature_names if f not in columns]
         if missing:
             raise InvalidArgument(
                 f"the train dataset lacks feature column(s) {', '.join(missing[:10])}",

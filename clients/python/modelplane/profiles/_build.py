@@ -207,15 +207,18 @@ def build_profile(
     if sample_size < 1:
         raise InvalidArgument("sample_size must be at least 1", reason="INVALID_ARGUMENT")
     check_unique_columns(table)
-    names = list(feature_names) or list(table.column_names)
+    # Read once: pyarrow builds a new list on every access of ``column_names``, which per
+    # feature would make a wide table's profile quadratic in its column count.
+    columns = table.column_names
+    present = set(columns)
+    names = list(feature_names) or list(columns)
     if len(set(names)) != len(names):
         raise _invalid(f"feature names repeat: {names}")
     features: list[Feature] = []
     for name in names:
-        if name not in table.column_names:
+        if name not in present:
             raise _invalid(
-                f"feature {name!r} is not a column of the dataset (columns: {table.column_names})",
-                name,
+                f"feature {name!r} is not a column of the dataset (columns: {columns})", name
             )
         column = table.column(name)
         # A column with no value at all has type null (a CSV column of empty or NaN cells

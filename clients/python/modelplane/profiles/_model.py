@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -151,12 +152,14 @@ class BaselineProfile:
         """The feature names in order."""
         return [f.name for f in self.features]
 
+    @cached_property
+    def _by_name(self) -> dict[str, Feature]:
+        # Built once, so that looking up every feature of a wide profile stays linear.
+        return {feat.name: feat for feat in reversed(self.features)}
+
     def feature(self, name: str) -> Feature:
         """The summary of feature ``name``; KeyError when the profile has none."""
-        for feat in self.features:
-            if feat.name == name:
-                return feat
-        raise KeyError(name)
+        return self._by_name[name]
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as a JSON-ready dictionary (the document :meth:`to_bytes` writes)."""
