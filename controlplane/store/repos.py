@@ -289,6 +289,17 @@ def about_models(column: Any, models: Collection[str]) -> ColumnElement[bool]:
     return _any(terms) if terms else false()
 
 
+def at_or_under(column: Any, name: str, *, postgres: bool) -> ColumnElement[bool]:
+    """Rows whose resource name in ``column`` is ``name`` or lies under it (``models/m1`` and
+    ``models/m1/versions/3``, not ``models/m10``). The prefix is a range of ``name + "/"`` up
+    to ``name + "0"`` ('0' follows '/') compared byte by byte, so it is as case-sensitive as
+    ``=`` on both backends (SQLite's LIKE is not), needs no escaping of LIKE's wildcards, and
+    on SQLite is answered from the column's index. PostgreSQL compares in the "C" collation,
+    since another one may order punctuation apart from its bytes."""
+    ordered = column.collate("C") if postgres else column
+    return or_(column == name, and_(ordered >= name + "/", ordered < name + "0"))
+
+
 #: Terms one OR joins flat (see :func:`_any`).
 _OR_FANOUT = 64
 
@@ -904,11 +915,13 @@ class OperationRepo:
         limit: int,
         models: Collection[str] | None = None,
     ) -> tuple[list[Operation], list[Any] | None]:
-        """Operations on ``target`` (any, when empty), newest first; with ``models``, only
-        those whose target is about one of them (:func:`about_models`)."""
+        """Operations about ``target`` (any, when empty): on it or on a resource under it
+        (:func:`at_or_under`), newest first; with ``models``, only those whose target is about
+        one of them (:func:`about_models`)."""
         q = select(OperationRow)
         if target:
-            q = q.where(OperationRow.target == target)
+            postgres = self.s.connection().dialect.name == "postgresql"
+            q = q.where(at_or_under(col(OperationRow.target), target, postgres=postgres))
         if models is not None:
             q = q.where(about_models(col(OperationRow.target), models))
         rows, next_key = scan_newest(self.s, q, OperationRow, after, limit)

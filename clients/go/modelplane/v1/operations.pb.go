@@ -302,7 +302,9 @@ type ListOperationsRequest struct {
 
 	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Only operations about this resource, when set.
+	// Only operations about this resource, when set: those whose target is this name or a
+	// name under it (`models/m1` lists those on `models/m1/versions/3`, not on `models/m10`),
+	// matched exactly, letter case included.
 	Target string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
 }
 

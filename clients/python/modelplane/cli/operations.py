@@ -20,7 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("name", help="operations/ID")
     g.set_defaults(handler=_get)
     ls = s.add_parser("list", help="list operations, newest first")
-    ls.add_argument("--target", default="", help="only those about this resource")
+    ls.add_argument(
+        "--target",
+        default="",
+        help="only those about this resource: on it or under it (models/m1 also lists its "
+        "versions' evaluations)",
+    )
     ls.add_argument("--page-size", type=page_size, default=0)
     ls.add_argument("--page-token", default="")
     ls.set_defaults(handler=_list)

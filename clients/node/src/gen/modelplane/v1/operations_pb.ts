@@ -183,7 +183,9 @@ export type ListOperationsRequest = Message<"modelplane.v1.ListOperationsRequest
   pageToken: string;
 
   /**
-   * Only operations about this resource, when set.
+   * Only operations about this resource, when set: those whose target is this name or a
+   * name under it (`models/m1` lists those on `models/m1/versions/3`, not on `models/m10`),
+   * matched exactly, letter case included.
    *
    * @generated from field: string target = 3;
    */
