@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from modelplane.errors import InvalidArgument, ResourceExhausted
-from modelplane.profiles import detect_format
+from modelplane.profiles import CSV_PARSE, detect_format
 
 _ARROW_FILE_MAGIC = b"ARROW1"
 
@@ -117,12 +117,15 @@ def _count_csv(data: bytes, counter: _Counter) -> None:
     reader infers from its first block need not fit the later ones (the full reader infers
     them from all of the data), and a batch that cannot be read must not end the count."""
     try:
-        names = pacsv.open_csv(io.BytesIO(bytes(data))).schema.names
+        names = pacsv.open_csv(io.BytesIO(bytes(data)), parse_options=CSV_PARSE).schema.names
     except (pa.ArrowException, OSError, ValueError):
         return
     as_bytes = pacsv.ConvertOptions(column_types={name: pa.binary() for name in names})
     try:
-        for batch in pacsv.open_csv(io.BytesIO(bytes(data)), convert_options=as_bytes):
+        batches = pacsv.open_csv(
+            io.BytesIO(bytes(data)), parse_options=CSV_PARSE, convert_options=as_bytes
+        )
+        for batch in batches:
             counter.add(batch.num_rows, batch.num_columns, exact=False)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise InvalidArgument(

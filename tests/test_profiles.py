@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
@@ -189,11 +190,13 @@ def test_categorical_counts_match_counter() -> None:
     flag = profile.feature("flag")
     assert isinstance(colour, CategoricalFeature) and isinstance(flag, CategoricalFeature)
     values = table["colour"].to_pylist()
-    expected = Counter(v for v in values if v is not None)
+    # An empty text is missing, not a category (as an empty CSV cell reads).
+    present = [v for v in values if v]
+    expected = Counter(present)
     assert colour.categories == dict(expected)
     assert list(colour.categories) == sorted(expected)
-    assert colour.missing == values.count(None)
-    assert colour.count == len(values) - values.count(None)
+    assert colour.missing == len(values) - len(present)
+    assert colour.count == len(present)
     flags = Counter("true" if v else "false" for v in table["flag"].to_pylist())
     assert flag.categories == dict(flags)
 
@@ -402,3 +405,64 @@ def test_served_booleans_take_the_baselines_spelling() -> None:
     ]
     # Text is never respelled.
     assert category_strings(pa.array(["true"]), ("True", "False")).to_pylist() == ["true"]
+
+
+def test_a_csv_with_multi_line_cells_reads_whatever_its_size(tmp_path) -> None:
+    """Quoted cells holding line breaks (as pandas writes free text) in a CSV larger than the
+    reader's 1 MiB block, whose boundaries fall inside such cells."""
+    rows = 10_000
+    notes = [f"line one {i}\n" + "w" * 200 for i in range(rows)]
+    frame = pd.DataFrame({"x": np.arange(rows, dtype=np.float64), "note": notes})
+    path = tmp_path / "notes.csv"
+    frame.to_csv(path, index=False)
+    assert path.stat().st_size > 2 * 2**20
+    for source in (path, path.read_bytes()):
+        table = read_table(source)
+        assert table.num_rows == rows
+        assert table.column("note").to_pylist() == notes
+    note = load_baseline(path).feature("note")
+    assert isinstance(note, CategoricalFeature)
+    assert note.count == rows and note.missing == 0
+
+
+def test_csv_and_parquet_copies_of_one_frame_give_one_profile() -> None:
+    """An empty CSV cell is missing in a text column as in a number column (pandas writes None
+    so); an empty text is missing in any format, as a CSV cannot tell it from none."""
+    frame = pd.DataFrame(
+        {
+            "city": ["Paris", None, "Oslo", None, "", "Paris"],
+            "flag": ["True", "False", None, "True", "True", "False"],
+            "x": [1.0, None, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
+    csv = frame.to_csv(index=False).encode()
+    sink = io.BytesIO()
+    frame.to_parquet(sink, index=False)
+    from_csv, from_parquet = load_baseline(csv), load_baseline(sink.getvalue())
+    assert from_csv.to_bytes() == from_parquet.to_bytes()
+    city = from_csv.feature("city")
+    assert isinstance(city, CategoricalFeature)
+    assert city.categories == {"Oslo": 1, "Paris": 2} and city.missing == 3
+    assert read_table(csv).column("city").to_pylist() == [
+        "Paris",
+        None,
+        "Oslo",
+        None,
+        None,
+        "Paris",
+    ]
+
+
+def test_a_parquet_file_repeating_a_column_name_is_duplicate_columns(tmp_path) -> None:
+    table = pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["a", "a"])
+    data = _parquet_bytes(table)
+    (tmp_path / "dup.parquet").write_bytes(data)
+    for call in (
+        lambda: read_table(data),
+        lambda: read_table(tmp_path / "dup.parquet"),
+        lambda: load_baseline(data),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            call()
+        assert info.value.reason == "DUPLICATE_COLUMNS"
+        assert "'a'" in info.value.message and info.value.metadata == {"columns": "a"}

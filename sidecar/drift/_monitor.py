@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from modelplane.profiles import (
     BaselineProfile,
     boolean_spelling,
-    category_strings,
+    category_values,
     numeric_values,
 )
 from sidecar.drift._grid import BaselineGrid, NarrowGrids
@@ -122,7 +122,9 @@ class DriftMonitor:
         as columns. Every profile feature must be there. Float32 and float16 values are
         compared at their precision (see the class docstring). A numeric feature's column of
         text (strings or bytes, from a BYTES input) is read as numbers; a value that is none
-        counts as missing (:func:`sidecar.drift._text.text_numbers`). A batch is read whole
+        counts as missing (:func:`sidecar.drift._text.text_numbers`); in a categorical
+        feature an empty text counts as missing, as the baseline counts it
+        (:func:`modelplane.profiles.category_values`). A batch is read whole
         before any of it is counted: one that fails leaves the window as it was.
         """
         if isinstance(batch, np.ndarray):
@@ -242,9 +244,10 @@ class DriftMonitor:
         ]
         lengths = {len(c) for c in numeric}
         # Read as category text here, before the lock: a column that cannot be read fails
-        # the update before any of the batch is counted.
+        # the update before any of the batch is counted. An empty text is missing, as in the
+        # baseline.
         categorical = {
-            feature.name: category_strings(pa.array(column(feature.name)), booleans)
+            feature.name: category_values(pa.array(column(feature.name)), booleans)
             for feature, booleans in zip(self.grid.categorical, self._booleans, strict=True)
         }
         lengths |= {len(c) for c in categorical.values()}

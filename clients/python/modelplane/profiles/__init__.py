@@ -11,6 +11,7 @@ from modelplane.profiles._build import (
     boolean_spelling,
     build_profile,
     category_strings,
+    category_values,
     default_feature_names,
     is_categorical_type,
     is_numeric_type,
@@ -33,9 +34,16 @@ from modelplane.profiles._model import (
     NumericFeature,
 )
 from modelplane.profiles._psi import PSI_EPSILON, psi_from_counts
-from modelplane.profiles._tables import Format, check_unique_columns, detect_format, read_table
+from modelplane.profiles._tables import (
+    CSV_PARSE,
+    Format,
+    check_unique_columns,
+    detect_format,
+    read_table,
+)
 
 __all__ = [
+    "CSV_PARSE",
     "FORMAT",
     "FORMAT_VERSION",
     "PSI_EPSILON",
@@ -48,6 +56,7 @@ __all__ = [
     "boolean_spelling",
     "build_profile",
     "category_strings",
+    "category_values",
     "check_unique_columns",
     "default_feature_names",
     "detect_format",

@@ -170,8 +170,19 @@ def category_strings(
     return column
 
 
+def category_values(
+    column: pa.ChunkedArray | pa.Array, booleans: tuple[str, str] | None = None
+) -> pa.ChunkedArray | pa.Array:
+    """A categorical feature's values as a profile and the drift monitor count them: the text
+    of :func:`category_strings`, with an empty string a missing value (null) rather than a
+    category, whatever the dataset's format (an empty CSV cell reads as null, and a CSV cannot
+    tell an empty text from none) and in served inputs alike."""
+    strings = category_strings(column, booleans)
+    return pc.if_else(pc.equal(strings, ""), pa.scalar(None, strings.type), strings)
+
+
 def _categorical_feature(name: str, column: pa.ChunkedArray) -> CategoricalFeature:
-    strings = category_strings(column)
+    strings = category_values(column)
     missing = strings.null_count
     counts = pc.value_counts(pc.drop_null(strings))
     pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)

@@ -96,24 +96,51 @@ def _read_arrow(data: bytes | str | os.PathLike[str]) -> pa.Table:
         return ipc.open_stream(source).read_all()
 
 
+#: How every CSV is parsed: a quoted cell may hold line breaks (pandas and Python's csv module
+#: write multi-line text so), whatever the size of the file.
+CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+
+#: CSV conversion: an empty cell (quoted or not) is a missing value in a text column too, as
+#: in a number column and as pandas reads it, so that a CSV and a Parquet copy of the same
+#: data agree.
+_DEFAULT = pacsv.ConvertOptions(strings_can_be_null=True)
+
 #: CSV reading for profiles: a column becomes boolean only when spelled ``true``/``false``,
 #: the spelling :func:`modelplane.profiles.category_strings` gives booleans back, so every
 #: other spelling (``True``, ``FALSE``, ...) stays the text that served strings match.
-_TEXT_BOOLEANS = pacsv.ConvertOptions(true_values=["true"], false_values=["false"])
+_TEXT_BOOLEANS = pacsv.ConvertOptions(
+    true_values=["true"], false_values=["false"], strings_can_be_null=True
+)
 
 
 def _read_csv(data: bytes | str | os.PathLike[str], text_booleans: bool) -> pa.Table:
-    options = _TEXT_BOOLEANS if text_booleans else None
+    options = _TEXT_BOOLEANS if text_booleans else _DEFAULT
     if isinstance(data, bytes | bytearray | memoryview):
-        return pacsv.read_csv(io.BytesIO(bytes(data)), convert_options=options)
-    return pacsv.read_csv(os.fspath(data), convert_options=options)
+        source: io.BytesIO | str = io.BytesIO(bytes(data))
+    else:
+        source = os.fspath(data)
+    return pacsv.read_csv(source, parse_options=CSV_PARSE, convert_options=options)
 
 
-def check_unique_columns(table: pa.Table) -> None:
-    """Refuse a table that names a column more than once: a column is looked up by its name,
-    so a repeated one is ambiguous. Raises ``InvalidArgument(reason="DUPLICATE_COLUMNS")``
-    naming the repeated column(s) (``metadata["columns"]``, comma-separated)."""
-    names = table.column_names
+def _read_parquet(data: bytes | str | os.PathLike[str]) -> pa.Table:
+    source = (
+        pa.BufferReader(pa.py_buffer(data))
+        if isinstance(data, bytes | bytearray | memoryview)
+        else os.fspath(data)
+    )
+    parquet = pq.ParquetFile(source)
+    # The schema first: reading a file that repeats a column name fails with an Arrow error
+    # that does not say so.
+    check_unique_columns(parquet.schema_arrow)
+    return parquet.read()
+
+
+def check_unique_columns(table: pa.Table | pa.Schema) -> None:
+    """Refuse a table (or schema) that names a column more than once: a column is looked up by
+    its name, so a repeated one is ambiguous. Raises
+    ``InvalidArgument(reason="DUPLICATE_COLUMNS")`` naming the repeated column(s)
+    (``metadata["columns"]``, comma-separated)."""
+    names = table.names if isinstance(table, pa.Schema) else table.column_names
     if len(set(names)) == len(names):
         return
     seen: set[str] = set()
@@ -134,23 +161,22 @@ def read_table(data: bytes | str | os.PathLike[str], *, text_booleans: bool = Fa
     """Read a dataset given as bytes or a file path into a pyarrow Table.
 
     The format comes from the content (see :func:`detect_format`). Unreadable, truncated or
-    malformed data, and data that repeats a column name, raise
-    ``InvalidArgument(reason="INVALID_DATASET")`` whose message names the format that was
-    tried and the parser's complaint, or the repeated column.
+    malformed data raise ``InvalidArgument(reason="INVALID_DATASET")`` whose message names the
+    format that was tried and the parser's complaint; data that repeats a column name, in any
+    format, ``InvalidArgument(reason="DUPLICATE_COLUMNS")`` naming it.
 
-    A CSV column of ``true``/``false``, ``True``/``False``, ``TRUE``/``FALSE`` or ``1``/``0``
-    text reads as boolean (``1``/``0`` alone as integers). With ``text_booleans`` only the
-    ``true``/``false`` spelling does and other spellings stay strings: what profiling wants,
-    since a category keeps the text a served string input carries (a profile would otherwise
-    hold ``true`` where requests send ``True``).
+    In a CSV a quoted cell may span lines, and an empty cell is a missing value (null) in every
+    column, text columns too (as pandas reads it). A CSV column of ``true``/``false``,
+    ``True``/``False``, ``TRUE``/``FALSE`` or ``1``/``0`` text reads as boolean (``1``/``0``
+    alone as integers). With ``text_booleans`` only the ``true``/``false`` spelling does and
+    other spellings stay strings: what profiling wants, since a category keeps the text a
+    served string input carries (a profile would otherwise hold ``true`` where requests send
+    ``True``).
     """
     fmt = detect_format(data)
     try:
         if fmt == "parquet":
-            if isinstance(data, bytes | bytearray | memoryview):
-                table = pq.read_table(pa.BufferReader(pa.py_buffer(data)))
-            else:
-                table = pq.read_table(os.fspath(data))
+            table = _read_parquet(data)
         elif fmt == "arrow":
             table = _read_arrow(data)
         else:
