@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 from controlplane.server import start
 from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
+from modelplane.errors import PermissionDenied
 from modelplane.server import GrpcServerHandle
 
 
@@ -124,3 +125,11 @@ def serve_refused(
         timeout=120,
         env={**clean, **(env or {})},
     )
+
+
+def refused(call: Callable[[], object], reason: str = "MODEL_NOT_IN_SCOPE") -> PermissionDenied:
+    """The PERMISSION_DENIED that ``call`` raises, checked to carry ``reason``."""
+    with pytest.raises(PermissionDenied) as denied:
+        call()
+    assert denied.value.reason == reason, denied.value
+    return denied.value

@@ -14,9 +14,9 @@ import pytest
 
 from controlplane.auth.identity import JwtAuthenticator
 from modelplane import Client
-from modelplane.errors import PermissionDenied, Unauthenticated
+from modelplane.errors import Unauthenticated
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, serve_refused
+from tests.controlplane.conftest import RunningControlPlane, refused, serve_refused
 from tests.controlplane.test_auth_identity import SECRET, _claims, _hs, _jwt_server
 
 
@@ -42,14 +42,6 @@ def _client(cp: RunningControlPlane, **claims: Any) -> Client:
     return Client(cp.address, token=_hs(**claims), timeout=30)
 
 
-def _refused(call: object, reason: str = "MODEL_NOT_IN_SCOPE") -> PermissionDenied:
-    assert callable(call)
-    with pytest.raises(PermissionDenied) as denied:
-        call()
-    assert denied.value.reason == reason, denied.value
-    return denied.value
-
-
 def test_a_models_claim_limits_the_roles_to_its_models(
     jwt_cp: RunningControlPlane, two_models: tuple[str, str]
 ) -> None:
@@ -57,12 +49,12 @@ def test_a_models_claim_limits_the_roles_to_its_models(
     with _client(jwt_cp, sub="dana", roles=["developer"], models=[a]) as dana:
         assert dana.get_model(a).name == f"models/{a}"
         assert dana.update_model(a, description="mine").description == "mine"
-        err = _refused(lambda: dana.get_model(b))
+        err = refused(lambda: dana.get_model(b))
         assert err.metadata["model"] == b
-        _refused(lambda: dana.update_model(b, description="not mine"))
+        refused(lambda: dana.update_model(b, description="not mine"))
         assert {m.name for m in dana.list_models()} == {f"models/{a}"}
         # Creating a model names one outside the claim too.
-        _refused(lambda: dana.create_model(unique("c")))
+        refused(lambda: dana.create_model(unique("c")))
     with _client(jwt_cp, sub="ada", roles=["admin"]) as ada:
         assert ada.get_model(b).description == ""
 
@@ -81,7 +73,7 @@ def test_a_scoped_admin_cannot_act_on_the_whole_control_plane(
 ) -> None:
     a, _ = two_models
     with _client(jwt_cp, sub="sadie", roles=["admin"], models=[a]) as sadie:
-        _refused(lambda: sadie.create_checkpoint(), "UNSCOPED_ROLE_REQUIRED")
+        refused(lambda: sadie.create_checkpoint(), "UNSCOPED_ROLE_REQUIRED")
 
 
 @pytest.mark.parametrize(
@@ -142,18 +134,18 @@ def test_a_nested_models_claim(tmp_path: Path) -> None:
             ada.create_model(a)
             ada.create_model(b)
         with _client(cp, sub="vera", roles=["viewer"], modelplane={"models": [a]}) as vera:
-            _refused(lambda: vera.get_model(b))
+            refused(lambda: vera.get_model(b))
             assert vera.get_model(a).name == f"models/{a}"
         # The top-level claim is not the one configured: that token acts on every model.
         with _client(cp, sub="vic", roles=["viewer"], models=[a]) as vic:
             assert vic.get_model(b).name == f"models/{b}"
         with (
             _client(cp, sub="eve", roles=["viewer"], modelplane="models") as eve,
-            pytest.raises(Unauthenticated) as refused,
+            pytest.raises(Unauthenticated) as unusable,
         ):
             eve.get_model(b)
-        assert refused.value.reason == "INVALID_CLAIM"
-        assert refused.value.metadata["claim"] == "modelplane.models"
+        assert unusable.value.reason == "INVALID_CLAIM"
+        assert unusable.value.metadata["claim"] == "modelplane.models"
     finally:
         cp.handle.stop(0)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.errors import PermissionDenied
 from tests.conftest import unique
-from tests.controlplane.conftest import TrainedModel
+from tests.controlplane.conftest import TrainedModel, refused
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
 from tests.controlplane.test_evaluation_control import dataset as loop_dataset
 from tests.controlplane.test_evaluation_control import register as register_loop
@@ -50,34 +49,26 @@ def scoped(
     server.cp.handle.stop(0)
 
 
-def _refused(call: object, reason: str = "MODEL_NOT_IN_SCOPE") -> PermissionDenied:
-    assert callable(call)
-    with pytest.raises(PermissionDenied) as denied:
-        call()
-    assert denied.value.reason == reason, denied.value
-    return denied.value
-
-
 def test_reads_and_writes_are_limited_to_the_scoped_models(
     scoped: Scoped, trained_model: TrainedModel
 ) -> None:
     with scoped.server.client("dana") as dana, scoped.server.client("sam") as sam:
         assert dana.get_model(scoped.a).name == f"models/{scoped.a}"
-        err = _refused(lambda: dana.get_model(scoped.b))
+        err = refused(lambda: dana.get_model(scoped.b))
         assert err.metadata["model"] == scoped.b and scoped.a in err.message
-        _refused(lambda: dana.get_version(scoped.b, scoped.version_b))
-        _refused(lambda: dana.get_version(scoped.b, "@production"))
-        _refused(lambda: dana.create_model(unique("c")))
-        _refused(lambda: sam.list_versions(scoped.b).__next__())
-        _refused(lambda: sam.model_card(scoped.b, scoped.version_b))
+        refused(lambda: dana.get_version(scoped.b, scoped.version_b))
+        refused(lambda: dana.get_version(scoped.b, "@production"))
+        refused(lambda: dana.create_model(unique("c")))
+        refused(lambda: sam.list_versions(scoped.b).__next__())
+        refused(lambda: sam.model_card(scoped.b, scoped.version_b))
         # Blobs are content-addressed and belong to no model: uploads need only the role.
         v = dana.register_version(
             scoped.a, trained_model.onnx, datasets={"train": trained_model.train}, label="target"
         )
         assert v.created_by == "dana"
-        _refused(lambda: dana.register_version(scoped.b, trained_model.onnx, capture_env=False))
+        refused(lambda: dana.register_version(scoped.b, trained_model.onnx, capture_env=False))
         assert sam.get_version(scoped.a, int(v.version)).name == v.name
-        _refused(
+        refused(
             lambda: sam.update_version(scoped.a, int(v.version), description="x"), "ROLE_REQUIRED"
         )
 
@@ -91,7 +82,7 @@ def test_lists_are_filtered_to_the_scoped_models(scoped: Scoped) -> None:
         assert events and all(not e.resource.startswith(f"models/{scoped.b}") for e in events)
         assert any(e.resource.startswith(f"models/{scoped.a}") for e in events)
         assert any(e.resource.startswith(f"models/{scoped.b}") for e in ada.audit_events())
-        _refused(lambda: list(sam.audit_events(resource=f"models/{scoped.b}")))
+        refused(lambda: list(sam.audit_events(resource=f"models/{scoped.b}")))
 
 
 def test_operations_of_other_models_are_hidden(scoped: Scoped, trained_model: TrainedModel) -> None:
@@ -99,12 +90,12 @@ def test_operations_of_other_models_are_hidden(scoped: Scoped, trained_model: Tr
         mine = dana.evaluate(scoped.a, scoped.version_a, trained_model.holdout, label="target")
         theirs = ada.evaluate(scoped.b, scoped.version_b, trained_model.holdout, label="target")
         assert dana.get_operation(mine.name).target == f"models/{scoped.a}/versions/1"
-        _refused(lambda: dana.get_operation(theirs.name))
-        _refused(lambda: dana.wait_operation(theirs.name, timeout=1))
+        refused(lambda: dana.get_operation(theirs.name))
+        refused(lambda: dana.wait_operation(theirs.name, timeout=1))
         listed = {o.name for o in dana.list_operations().operations}
         assert mine.name in listed and theirs.name not in listed
         assert theirs.name in {o.name for o in ada.list_operations().operations}
-        _refused(lambda: dana.list_operations(target=f"models/{scoped.b}/versions/1"))
+        refused(lambda: dana.list_operations(target=f"models/{scoped.b}/versions/1"))
         dana.operation_result(mine, timeout=120)
         ada.operation_result(theirs, timeout=120)
 
@@ -118,8 +109,8 @@ def test_operations_of_other_models_cannot_be_cancelled_or_waited_on(
         model_id, version = register_loop(ada, tmp_path, 10**12)
         running = ada.evaluate(model_id, version, loop_dataset(tmp_path), label="target")
         try:
-            _refused(lambda: dana.cancel_operation(running.name))
-            _refused(lambda: dana.wait_operation(running.name, timeout=1))
+            refused(lambda: dana.cancel_operation(running.name))
+            refused(lambda: dana.wait_operation(running.name, timeout=1))
             assert not ada.get_operation(running.name).done
             assert "CancelOperation" not in {
                 e.action for e in ada.audit_events(resource=running.name)
@@ -134,21 +125,21 @@ def test_approvals_record_the_roles_holding_on_the_model(scoped: Scoped) -> None
             scoped.a, scoped.version_a, "production", comment="ok"
         )
         assert approval.approver == "pat" and list(approval.roles) == ["approver", "risk"]
-        _refused(lambda: pat.approve(scoped.b, scoped.version_b, "production"))
+        refused(lambda: pat.approve(scoped.b, scoped.version_b, "production"))
     with scoped.server.client("dave") as dave:
         # dave registered version_a himself: separation of duties still holds under tokens.
-        _refused(lambda: dave.approve(scoped.a, scoped.version_a, "production"), "SELF_APPROVAL")
+        refused(lambda: dave.approve(scoped.a, scoped.version_a, "production"), "SELF_APPROVAL")
 
 
 def test_a_scoped_admin_cannot_act_on_the_whole_control_plane(scoped: Scoped) -> None:
     with scoped.server.client("sadie") as sadie:
-        err = _refused(lambda: sadie.create_checkpoint(), "UNSCOPED_ROLE_REQUIRED")
+        err = refused(lambda: sadie.create_checkpoint(), "UNSCOPED_ROLE_REQUIRED")
         assert err.metadata["required_roles"] == "admin"
-        _refused(
+        refused(
             lambda: sadie.create_policy("p", target="production", rules=["true"]),
             "UNSCOPED_ROLE_REQUIRED",
         )
-        _refused(lambda: sadie.delete_model(scoped.b, force=True))
+        refused(lambda: sadie.delete_model(scoped.b, force=True))
         assert list(sadie.list_policies()) == []
         assert sadie.public_key().algorithm == "Ed25519"
 
@@ -193,8 +184,8 @@ def test_scoped_callers_reach_only_their_models_blobs_and_audit_events(
         events = list(sam.audit_events())
         assert events and all(e.resource.startswith(f"models/{scoped.a}") for e in events)
         for sha in (only_b_sha, loose):
-            _refused(lambda s=sha: sam.get_blob(s), "BLOB_NOT_IN_SCOPE")
-            _refused(lambda s=sha: sam.download_blob(s, tmp_path / "x"), "BLOB_NOT_IN_SCOPE")
+            refused(lambda s=sha: sam.get_blob(s), "BLOB_NOT_IN_SCOPE")
+            refused(lambda s=sha: sam.download_blob(s, tmp_path / "x"), "BLOB_NOT_IN_SCOPE")
         assert not (tmp_path / "x").exists()
         # What model a's versions use stays readable, and so does what a caller uploaded.
         artifact = sam.get_version(scoped.a, scoped.version_a).artifact.sha256

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,16 @@ from modelplane import Client
 from modelplane.errors import NotFound, PermissionDenied
 from modelplane.v1 import evaluation_pb2, registry_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import TrainedModel, _start
+from tests.controlplane.conftest import TrainedModel, _start, refused
 from tests.controlplane.test_auth_permissions import (
     TokenServer,
     start_token_server,
     write_tokens,
 )
+
+
+def blob_refused(call: Callable[[], object]) -> PermissionDenied:
+    return refused(call, "BLOB_NOT_IN_SCOPE")
 
 
 @dataclass
@@ -76,14 +80,6 @@ def _other_onnx(trained: TrainedModel, tmp_path: Path) -> Path:
     return path
 
 
-def _refused(call: object) -> PermissionDenied:
-    assert callable(call)
-    with pytest.raises(PermissionDenied) as denied:
-        call()
-    assert denied.value.reason == "BLOB_NOT_IN_SCOPE", denied.value
-    return denied.value
-
-
 def _create(c: Client, model: str, artifact: str, **datasets: str) -> registry_pb2.ModelVersion:
     """CreateModelVersion naming digests directly, as a client that uploaded nothing would."""
     request = registry_pb2.CreateModelVersionRequest(
@@ -107,7 +103,7 @@ def test_a_digest_in_free_text_of_a_version_opens_nothing(
             models.b, trained_model.onnx, datasets={"secret": secret}, capture_env=False
         )
     with models.server.client("dana") as dana, models.server.client("sam") as sam:
-        _refused(lambda: dana.download_blob(sha, tmp_path / "stolen.csv"))
+        blob_refused(lambda: dana.download_blob(sha, tmp_path / "stolen.csv"))
         dana.register_version(
             models.a,
             trained_model.onnx,
@@ -116,8 +112,8 @@ def test_a_digest_in_free_text_of_a_version_opens_nothing(
             capture_env=False,
         )
         for c in (dana, sam):
-            _refused(lambda c=c: c.get_blob(sha))
-            _refused(lambda c=c: c.download_blob(sha, tmp_path / "stolen.csv"))
+            blob_refused(lambda c=c: c.get_blob(sha))
+            blob_refused(lambda c=c: c.download_blob(sha, tmp_path / "stolen.csv"))
         assert not (tmp_path / "stolen.csv").exists()
 
 
@@ -132,10 +128,10 @@ def test_a_registration_names_only_blobs_the_caller_may_read(
         before = len(list(ada.list_versions(models.a)))
     with models.server.client("dana") as dana:
         mine = dana.upload_blob(trained_model.onnx).sha256
-        _refused(lambda: _create(dana, models.a, mine, holdout=sha))
-        _refused(lambda: _create(dana, models.a, theirs_sha))
+        blob_refused(lambda: _create(dana, models.a, mine, holdout=sha))
+        blob_refused(lambda: _create(dana, models.a, theirs_sha))
         # A digest nobody uploaded is answered the same way: the answer tells nothing.
-        err = _refused(lambda: _create(dana, models.a, mine, holdout="0" * 64))
+        err = blob_refused(lambda: _create(dana, models.a, mine, holdout="0" * 64))
         assert "0" * 64 in err.message
     with models.server.client("ada") as ada:
         assert len(list(ada.list_versions(models.a))) == before
@@ -151,7 +147,7 @@ def test_uploading_bytes_someone_else_stored_first_makes_them_readable(
         ada.register_version(models.b, theirs, capture_env=False)
     sha = hashlib.sha256(theirs.read_bytes()).hexdigest()
     with models.server.client("dana") as dana, models.server.client("sam") as sam:
-        _refused(lambda: dana.get_blob(sha))
+        blob_refused(lambda: dana.get_blob(sha))
         v = dana.register_version(
             models.a, theirs, datasets={"train": train}, label="target", capture_env=False
         )
@@ -178,9 +174,9 @@ def test_a_missing_digest_is_answered_like_an_unreadable_one(
     with models.server.client("sam") as sam:
         answers = []
         for digest in (sha, absent):
-            got = _refused(lambda d=digest: sam.get_blob(d))
+            got = blob_refused(lambda d=digest: sam.get_blob(d))
             answers.append(got.message.replace(digest, "DIGEST"))
-            _refused(lambda d=digest: sam.download_blob(d, tmp_path / "x"))
+            blob_refused(lambda d=digest: sam.download_blob(d, tmp_path / "x"))
         assert answers[0] == answers[1]
 
 
@@ -202,8 +198,8 @@ def test_an_evaluation_names_only_a_dataset_the_caller_may_read(
         request = evaluation_pb2.EvaluateRequest(
             name=v.name, dataset_sha256=data, label="target", compare_to="-"
         )
-        _refused(lambda: dana._call(dana.evaluation.Evaluate, request))
-        _refused(lambda: dana.get_blob(data))
+        blob_refused(lambda: dana._call(dana.evaluation.Evaluate, request))
+        blob_refused(lambda: dana.get_blob(data))
         assert list(dana.list_evaluations(models.a, int(v.version))) == []
         # The same bytes uploaded by the caller itself may be evaluated.
         mine = dana.evaluate(models.a, int(v.version), trained_model.holdout, label="target")

@@ -20,6 +20,7 @@ from modelplane.server.context import Grant, RequestContext
 from modelplane.testing.onnx_models import mlp, save
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
+from tests.controlplane.conftest import refused
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
 from tests.controlplane.test_deployments_api import arm
 
@@ -54,16 +55,9 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
     server.cp.handle.stop(0)
 
 
-def _refused(call: Any) -> PermissionDenied:
-    with pytest.raises(PermissionDenied) as denied:
-        call()
-    assert denied.value.reason == "MODEL_NOT_IN_SCOPE", denied.value
-    return denied.value
-
-
 def test_a_scoped_developer_runs_its_models_deployments_only(two: Two) -> None:
     with two.server.client("dana") as dana:
-        _refused(lambda: dana.create_deployment(unique("d"), model=two.b, champion_version=1))
+        refused(lambda: dana.create_deployment(unique("d"), model=two.b, champion_version=1))
         made = dana.create_deployment(two.a, model=two.a, champion_version=1)
         assert made.model == f"models/{two.a}"
         assert dana.get_deployment(two.a).champion_version == 1
@@ -73,13 +67,13 @@ def test_a_scoped_developer_runs_its_models_deployments_only(two: Two) -> None:
         assert dana.abort_rollout(two.a, reason="done").champion_version == 1
         assert [d.name for d in dana.list_deployments()] == [f"deployments/{two.a}"]
 
-        other = _refused(lambda: dana.get_deployment(two.b))
-        _refused(lambda: dana.update_deployment(two.b, description="mine now"))
-        _refused(lambda: dana.start_rollout(two.b, 2, strategy="canary"))
-        _refused(lambda: list(dana.list_rollout_events(two.b)))
+        other = refused(lambda: dana.get_deployment(two.b))
+        refused(lambda: dana.update_deployment(two.b, description="mine now"))
+        refused(lambda: dana.start_rollout(two.b, 2, strategy="canary"))
+        refused(lambda: list(dana.list_rollout_events(two.b)))
         # A deployment that does not exist is refused alike, and neither answer names the
         # model the other deployment serves.
-        missing = _refused(lambda: dana.get_deployment(unique("nothing")))
+        missing = refused(lambda: dana.get_deployment(unique("nothing")))
         for err in (other, missing):
             assert two.b not in err.message.replace(f"deployments/{two.b}", "")
         assert other.metadata["deployment"] == f"deployments/{two.b}"
@@ -124,13 +118,13 @@ def test_a_scoped_sidecar_token_follows_and_reports_on_its_models_deployments_on
         mine = sid.download_blob(state.versions[0].artifact_sha256, tmp_path / "a.onnx")
         assert mine.stat().st_size > 0
 
-        _refused(lambda: next(iter(sid.watch_deployment(two.b, replica="r1", timeout=10))))
-        _refused(
+        refused(lambda: next(iter(sid.watch_deployment(two.b, replica="r1", timeout=10))))
+        refused(
             lambda: sid.report_window(
                 two.b, replica="r1", sequence=1, arms=[arm("champion", 1, 5, errors=5)]
             )
         )
-        _refused(lambda: sid.get_deployment(two.b))
+        refused(lambda: sid.get_deployment(two.b))
         with pytest.raises(PermissionDenied) as blob:
             sid.download_blob(b_artifact, tmp_path / "b.onnx")
         assert blob.value.reason == "BLOB_NOT_IN_SCOPE"
@@ -153,7 +147,7 @@ def test_a_scoped_developer_gates_and_creates_a_governed_deployment(two: Two) ->
         made = dana.create_deployment(target.split("/")[1], model=two.a, champion_version=1)
         assert made.model == f"models/{two.a}"
         # The version still decides: a gate of another model's version is refused.
-        _refused(lambda: dana.evaluate_gate(two.b, 1, target))
+        refused(lambda: dana.evaluate_gate(two.b, 1, target))
 
 
 def test_a_watch_ends_when_its_deployment_is_created_again_for_another_model(
@@ -283,7 +277,7 @@ def test_a_scoped_caller_naming_no_possible_deployment_is_refused_on_each_backen
     INTERNAL, and the server serves on."""
     from modelplane.errors import error_info
     from modelplane.v1 import deployments_pb2_grpc
-    from tests.controlplane.conftest import _start
+    from tests.controlplane.conftest import _start, refused
     from tests.controlplane.test_auth_permissions import write_tokens
 
     model = unique("m")
