@@ -5,53 +5,34 @@ is: INVALID_TLS_FILE, a usage error (exit 2) in the CLI, rather than gRPC's SSL 
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from modelplane import Client, InvalidArgument
 from modelplane.cli import main
+from tests.deploy.conftest import tls_files  # noqa: F401
 
 #: Nothing listens here: a file let through ends in exit 4, not 2.
 NOWHERE = "127.0.0.1:1"
 
 
 @pytest.fixture(scope="module")
-def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def pems(
+    tls_files: tuple[Path, Path],  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
     """A self-signed certificate, its private key and its public key, as PEM files."""
-    folder = tmp_path_factory.mktemp("pems")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelplane test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    files = {
-        "certificate": cert.public_bytes(serialization.Encoding.PEM),
-        "private key": key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        "public key": key.public_key().public_bytes(
+    cert, key = tls_files
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    public = tmp_path_factory.mktemp("pems") / "public_key.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    }
-    for kind, data in files.items():
-        (folder / f"{kind.replace(' ', '_')}.pem").write_bytes(data)
-    return {kind: folder / f"{kind.replace(' ', '_')}.pem" for kind in files}
+        )
+    )
+    return {"certificate": cert, "private key": key, "public key": public}
 
 
 # (option, the file given to it, the other TLS files, what the error says)
