@@ -181,6 +181,12 @@ def _check_new(new: NewVersion) -> None:
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):([/\\]*)([^/\\?#\s]*)@")
 
 
+#: A query string or fragment after a scheme or an scp-like ``host:`` (a Windows drive letter,
+#: ``C:\\`` or ``C:/``, is neither), where a token can go (``?access_token=...``); git remotes
+#: have none.
+_QUERY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]+:|[A-Za-z]:(?![/\\]))[^?#]*[?#]")
+
+
 def _is_secret(url: str, match: re.Match[str]) -> bool:
     """Whether ``match`` of :data:`_USERINFO` in ``url`` holds a secret: a password
     (``user:password@``), any user name after an http(s) scheme (a token often goes there),
@@ -198,15 +204,23 @@ def check_no_credentials(url: str) -> None:
     show to every reader: INVALID_ARGUMENT (CREDENTIALS_IN_URL) for a password in any URL
     (``user:password@`` after a scheme, wherever it stands and however many slashes follow
     the scheme), and for any user name in an http(s) URL, ``git+https`` too (where a token
-    often goes as the user name). ``ssh://git@host/...`` and scp-like ``git@host:org/repo``
-    name a login, not a secret, and pass. So that what a reader sees is what was checked, a
-    URL without credentials but with surrounding whitespace or a character that does not
-    print (a zero-width space, a direction mark) is INVALID_ARGUMENT. The messages do not
-    repeat the URL."""
+    often goes as the user name), and for a query string or fragment (``?access_token=...``,
+    ``#...``) after a scheme, which git remotes do not have and where a token can go.
+    ``ssh://git@host/...`` and scp-like ``git@host:org/repo`` name a login, not a secret, and
+    pass. So that what a reader sees is what was checked, a URL without credentials but with
+    surrounding whitespace or a character that does not print (a zero-width space, a
+    direction mark) is INVALID_ARGUMENT. The messages do not repeat the URL."""
     if any(_is_secret(url, m) for m in _USERINFO.finditer(url)):
         raise InvalidArgument(
             "code.repository carries credentials (user:password@ or a user name in an http(s) "
             "URL); record the URL without them",
+            reason="CREDENTIALS_IN_URL",
+            metadata={"field": "code.repository"},
+        )
+    if _QUERY.search(url):
+        raise InvalidArgument(
+            "code.repository has a query string or fragment (?... or #...), where a token can "
+            "go (?access_token=...) and which git remotes do not have; record the URL without it",
             reason="CREDENTIALS_IN_URL",
             metadata={"field": "code.repository"},
         )

@@ -164,3 +164,25 @@ def test_a_status_git_cannot_give_is_a_warning(
     assert code["commit"] == head
     assert f"warning: commit {head} recorded without knowing whether tracked files" in err
     assert "index" in err
+
+
+def test_a_token_in_a_query_string_is_not_recorded(
+    cli: Cli, trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote (or --code-repo) with a token in its query string or fragment is recorded
+    without them, as the control plane refuses them (CREDENTIALS_IN_URL)."""
+    repo = _repo(tmp_path / "repo")
+    remote = "https://git.example/ml/fraud.git?access_token=SECRET"
+    _git(repo, "remote", "set-url", "origin", remote)
+    monkeypatch.chdir(repo)
+    code, err = _register(cli, trained_model.onnx)
+    assert code["repository"] == "https://git.example/ml/fraud.git"
+    assert "SECRET" not in err
+
+    name = unique()
+    cli.json("models", "create", name)
+    argv = ["--onnx", str(trained_model.onnx), "--no-environment"]
+    given = "https://git.example/ml/fraud.git#SECRET"
+    status, out, err = cli.run("versions", "register", name, *argv, "--code-repo", given)
+    assert status == 0, err
+    assert json.loads(out)["lineage"]["code"]["repository"] == "https://git.example/ml/fraud.git"

@@ -62,7 +62,7 @@ def _register_here(cli: Cli, onnx: Path) -> dict:  # type: ignore[type-arg]
     [
         ("https://alice:ghp_TOKEN@github.com/org/repo.git", "https://github.com/org/repo.git"),
         ("https://ghp_TOKEN@github.com/org/repo.git", "https://github.com/org/repo.git"),
-        ("https://a:p@ss@host/x?y=1", "https://host/x?y=1"),
+        ("https://a:p@ss@host/x?y=1", "https://host/x"),
         ("ssh://git:pw@host/org/repo", "ssh://git@host/org/repo"),
         ("ssh://git@host/org/repo", "ssh://git@host/org/repo"),
         ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
@@ -102,6 +102,7 @@ def test_register_reads_a_remote_that_is_not_utf8(
         "https://ghp_SECRET@github.com/org/repo.git",
         "ssh://git:SECRET@host/org/repo",
         "git+https://SECRET@host/org/repo",
+        "https://host/org/repo.git?access_token=SECRET",
     ],
 )
 def test_the_server_refuses_credentials_in_the_code_repository(

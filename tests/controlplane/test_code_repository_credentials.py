@@ -1,8 +1,9 @@
 """Credentials in a version's code repository URL, however the URL is dressed (whitespace around
 it, a character that does not print inside its scheme, no or three slashes after the scheme):
 the control plane refuses to record them (lineage cannot be edited later, and every reader of
-the version sees it), and the SDK takes them out before sending. Logins that are no secret
-(``git@host:org/repo``, ``ssh://git@host/...``) are recorded as given."""
+the version sees it), and the SDK takes them out before sending; so with a query string or
+fragment (``?access_token=...``), which git remotes do not have. Logins that are no secret
+(``git@host:org/repo``, ``ssh://git@host/...``) and local paths are recorded as given."""
 
 from __future__ import annotations
 
@@ -36,10 +37,20 @@ REFUSED: list[tuple[str, str, str]] = [
     ("HTTPS://SECRET@h/x", "CREDENTIALS_IN_URL", "HTTPS://h/x"),
     ("git+https://SECRET@h/x", "CREDENTIALS_IN_URL", "git+https://h/x"),
     ("https://u:SECRET@h:443/x", "CREDENTIALS_IN_URL", "https://h:443/x"),
-    ("https://a:SECRET@b@host/x?y=1", "CREDENTIALS_IN_URL", "https://host/x?y=1"),
+    ("https://a:SECRET@b@host/x?y=1", "CREDENTIALS_IN_URL", "https://host/x"),
     ("ssh://git:SECRET@h/x", "CREDENTIALS_IN_URL", "ssh://git@h/x"),
     ("git+ssh://user:SECRET@h/x", "CREDENTIALS_IN_URL", "git+ssh://user@h/x"),
     ("mirror https://u:SECRET@h/x", "CREDENTIALS_IN_URL", "mirror https://h/x"),
+    # A token in a query string or fragment: git remotes carry neither.
+    ("https://h/org/x.git?access_token=SECRET", "CREDENTIALS_IN_URL", "https://h/org/x.git"),
+    ("https://h/org/x.git#SECRET", "CREDENTIALS_IN_URL", "https://h/org/x.git"),
+    ("git+https://h/x?private_token=SECRET&a=1", "CREDENTIALS_IN_URL", "git+https://h/x"),
+    ("https:h/x?token=SECRET", "CREDENTIALS_IN_URL", "https:h/x"),
+    ("ssh://git@h/x?SECRET", "CREDENTIALS_IN_URL", "ssh://git@h/x"),
+    ("git@h:org/x.git?token=SECRET", "CREDENTIALS_IN_URL", "git@h:org/x.git"),
+    ("mirror https://h/x?token=SECRET", "CREDENTIALS_IN_URL", "mirror https://h/x"),
+    ("https://h/x #SECRET", "CREDENTIALS_IN_URL", "https://h/x"),
+    ("https://h/x?", "CREDENTIALS_IN_URL", "https://h/x"),
     (" https://github.com/org/repo.git", "INVALID_ARGUMENT", "https://github.com/org/repo.git"),
     (
         "https://github.com/org/repo.git\u200b",
@@ -63,6 +74,9 @@ ACCEPTED = [
     "file:///srv/git/repo",
     "/srv/git/my repo",
     "C:\\Users\\me@corp\\repo",
+    "C:\\src\\C#\\repo",
+    "C:/src/C#/repo",
+    "/srv/git/C#/repo?",
     "",
 ]
 

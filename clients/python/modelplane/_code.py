@@ -17,6 +17,10 @@ _USER_IS_LOGIN = frozenset({"ssh", "git+ssh", "ssh+git"})
 #: Where else a URL's userinfo may sit, as the control plane looks for it: a scheme anywhere,
 #: any slashes ("\\" too, which some parsers take for "/"), the userinfo up to the last "@".
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):([/\\]*)([^/\\?#\s]*)@")
+#: A query string or fragment after a scheme or an scp-like ``host:`` (a Windows drive letter,
+#: ``C:\\`` or ``C:/``, is neither), which the control plane refuses as a place for a token
+#: (``?access_token=...``).
+_QUERY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]+:|[A-Za-z]:(?![/\\]))[^?#]*[?#]")
 
 
 def _secret(url: str) -> re.Match[str] | None:
@@ -39,11 +43,15 @@ def without_credentials(url: str) -> str:
     name is dropped too unless the scheme is ssh (``ssh://git@host/...``, a login name), since
     over http(s) a token often goes as the user name (``https://TOKEN@github.com/...``).
     scp-like remotes (``git@host:org/repo``) and local paths have no password and pass as
-    they are. Characters that do not print (a zero-width space) and surrounding whitespace,
-    which the control plane refuses, are dropped first, and then whatever else it would take
-    for credentials (``https:user:pw@host``, ``https:///user:pw@host``): the URL returned is
-    one it records."""
+    they are. A query string or fragment (``?access_token=...``, ``#...``), which git remotes
+    do not have and where a token can go, is dropped with what follows it. Characters that do
+    not print (a zero-width space) and surrounding whitespace, which the control plane
+    refuses, are dropped first, and then whatever else it would take for credentials
+    (``https:user:pw@host``, ``https:///user:pw@host``): the URL returned is one it records."""
     url = "".join(ch for ch in url if ch.isprintable()).strip()
+    query = _QUERY.search(url)
+    if query is not None:
+        url = url[: query.end() - 1].rstrip()
     match = _AUTHORITY.match(url)
     if match is not None:
         prefix, userinfo = match.group(1), match.group(2)
