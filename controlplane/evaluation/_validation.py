@@ -156,13 +156,14 @@ def validate(
     changes: list[dict[str, str]] = []
     checks: dict[str, FeatureCheck] = {}
     limits = thresholds
+    profiled = set(baseline.feature_names) if baseline is not None else set()
     for name in (n for n in expected if n in present):
         if checkpoint is not None:
             checkpoint()
         column = table.column(name)
         kind = _kind(column.type)
         ref = None
-        if baseline is not None and name in baseline.feature_names:
+        if baseline is not None and name in profiled:
             ref = baseline.feature(name)
             if ref.kind != kind:
                 changes.append({"feature": name, "expected": ref.kind, "actual": kind})

@@ -151,3 +151,23 @@ def test_empty_request_ids_and_labels_are_usage_errors_naming_the_line(
     code, out, err = _send(capsys, holes, address)
     assert code == 0, err
     assert (_sent(out)["delivered"], _sent(out)["matched"]) == (2, 1)
+
+
+def test_a_csv_with_line_breaks_in_quoted_cells_is_read_whole(
+    replica: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid CSV over about 1 MiB whose quoted cells span lines: before, pyarrow's reader
+    lost track of rows across its blocks and the file was refused."""
+    import csv
+
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["request_id", "row", "label", "note"])
+        out.writerow(["r1", 0, 1, "first"])
+        for i in range(12_000):
+            out.writerow([f"other-{i}", 0, i % 2, f"seen by\n{'x' * 80}\nanalyst {i}"])
+    assert path.stat().st_size > 1024 * 1024
+    code, out_text, err = _send(capsys, path, replica.address)
+    assert code == 0, err
+    assert (_sent(out_text)["delivered"], _sent(out_text)["matched"]) == (12_001, 1)

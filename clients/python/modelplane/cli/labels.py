@@ -74,11 +74,17 @@ def _read(path: Path, label: str) -> Any:
         import pyarrow.feather as feather
         import pyarrow.parquet as pq
 
+        from modelplane.profiles import CSV_PARSE
+
     try:
         if path.suffix == ".csv":
             # Request ids are text: "000123" must not become the number 123.
             types = {"request_id": pa.string()}
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+            table = pacsv.read_csv(
+                path,
+                parse_options=CSV_PARSE,
+                convert_options=pacsv.ConvertOptions(column_types=types),
+            )
         elif path.suffix == ".parquet":
             table = pq.read_table(path)
         else:
@@ -178,12 +184,18 @@ def _refuse_huge_classes(path: Path, label: str, column: Any) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.types as pt
 
+    from modelplane.profiles import CSV_PARSE
+
     if not pt.is_floating(column.type):
         return
     if not pc.any(pc.greater_equal(pc.abs(column), 2.0**63)).as_py():
         return
     options = pacsv.ConvertOptions(column_types={label: pa.string()}, include_columns=[label])
-    text = pacsv.read_csv(path, convert_options=options).column(label).to_pylist()
+    text = (
+        pacsv.read_csv(path, parse_options=CSV_PARSE, convert_options=options)
+        .column(label)
+        .to_pylist()
+    )
     values = column.to_pylist()
     cells = [
         (i, cell.strip())
