@@ -453,6 +453,25 @@ def test_csv_and_parquet_copies_of_one_frame_give_one_profile() -> None:
     ]
 
 
+def test_text_spelled_like_a_null_stays_text_in_a_csv() -> None:
+    """Only an empty cell is missing in a text column: ``NA`` (a country code), ``null`` and
+    ``N/A`` stay categories, as in a Parquet copy of the same frame, while a number column
+    still reads them as missing."""
+    frame = pd.DataFrame({"country": ["NA", "US", "", "null", "N/A", "NA"], "x": [1.0] * 6})
+    csv = frame.to_csv(index=False).encode()
+    frame.loc[2, "country"] = None
+    sink = io.BytesIO()
+    frame.to_parquet(sink, index=False)
+    from_csv, from_parquet = load_baseline(csv), load_baseline(sink.getvalue())
+    assert from_csv.to_bytes() == from_parquet.to_bytes()
+    country = from_csv.feature("country")
+    assert isinstance(country, CategoricalFeature)
+    assert country.categories == {"NA": 2, "US": 1, "null": 1, "N/A": 1}
+    assert country.missing == 1
+    numbers = read_table(b"x,y\n1.5,a\nNA,b\nnull,c\n,d\n2,e\n").column("x")
+    assert numbers.type == pa.float64() and numbers.to_pylist() == [1.5, None, None, None, 2.0]
+
+
 def test_a_parquet_file_repeating_a_column_name_is_duplicate_columns(tmp_path) -> None:
     table = pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["a", "a"])
     data = _parquet_bytes(table)

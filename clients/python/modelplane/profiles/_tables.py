@@ -13,6 +13,7 @@ import os
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -100,17 +101,30 @@ def _read_arrow(data: bytes | str | os.PathLike[str]) -> pa.Table:
 #: write multi-line text so), whatever the size of the file.
 CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
 
-#: CSV conversion: an empty cell (quoted or not) is a missing value in a text column too, as
-#: in a number column and as pandas reads it, so that a CSV and a Parquet copy of the same
-#: data agree.
-_DEFAULT = pacsv.ConvertOptions(strings_can_be_null=True)
+#: CSV conversion of the other columns: Arrow's usual null spellings (an empty cell, ``NA``,
+#: ``null``, ``NaN``, ...) are missing values in number columns, as pandas reads them. Text
+#: columns keep every spelling as text (``NA`` may be a country code); :func:`_empty_is_missing`
+#: then takes their empty cells alone as missing.
+_DEFAULT = pacsv.ConvertOptions()
 
 #: CSV reading for profiles: a column becomes boolean only when spelled ``true``/``false``,
 #: the spelling :func:`modelplane.profiles.category_strings` gives booleans back, so every
 #: other spelling (``True``, ``FALSE``, ...) stays the text that served strings match.
-_TEXT_BOOLEANS = pacsv.ConvertOptions(
-    true_values=["true"], false_values=["false"], strings_can_be_null=True
-)
+_TEXT_BOOLEANS = pacsv.ConvertOptions(true_values=["true"], false_values=["false"])
+
+
+def _empty_is_missing(table: pa.Table) -> pa.Table:
+    """``table`` with the empty cells of its text columns missing (null), as in its number
+    columns and as pandas reads a CSV, so that a CSV and a Parquet copy of the same data agree;
+    other text (``NA``, ``null``) stays text."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = table.column(i)
+            empty = pc.equal(pc.binary_length(column), 0)
+            if pc.any(empty).as_py():
+                nulls = pa.nulls(len(column), field.type)
+                table = table.set_column(i, field, pc.if_else(empty, nulls, column))
+    return table
 
 
 def _read_csv(data: bytes | str | os.PathLike[str], text_booleans: bool) -> pa.Table:
@@ -119,7 +133,8 @@ def _read_csv(data: bytes | str | os.PathLike[str], text_booleans: bool) -> pa.T
         source: io.BytesIO | str = io.BytesIO(bytes(data))
     else:
         source = os.fspath(data)
-    return pacsv.read_csv(source, parse_options=CSV_PARSE, convert_options=options)
+    table = pacsv.read_csv(source, parse_options=CSV_PARSE, convert_options=options)
+    return _empty_is_missing(table)
 
 
 def _read_parquet(data: bytes | str | os.PathLike[str]) -> pa.Table:
