@@ -8,12 +8,19 @@ doing then (a model run, or the metrics of its slices and protected groups). A c
 operation, or one another replica failed, stops its work as promptly and stores nothing: the
 Evaluation is stored in the transaction that finishes the operation, only while this replica
 still holds it.
+
+A database unavailable or busy past its wait limit does not end an evaluation: a progress
+write that fails is skipped (progress is advisory), storing the result is tried again while this
+replica holds the operation, up to the time limit (then ABORTED, RESULT_NOT_STORED: the work is
+lost), and a failure that cannot be recorded is recorded by the lease timer once the database
+answers, the operation held and its lease renewed until then.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +45,7 @@ from controlplane.store.governance_repos import Governance
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.tables import EvaluationRow, OperationRow
 from modelplane.errors import (
+    Aborted,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -45,6 +53,7 @@ from modelplane.errors import (
     ModelplaneError,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from modelplane.server.context import RequestContext
 
@@ -60,6 +69,9 @@ TASKS = ("classification", "regression")
 MAX_COLUMNS = 10_000
 #: Progress is written when it enters a new step of this fraction of the work (and at the end).
 PROGRESS_STEP = 0.1
+#: Seconds between tries to store a result while the database is unavailable or busy (each try
+#: also waits up to the database's own wait limit).
+STORE_RETRY_SECONDS = 1.0
 
 ResultEncoder = Callable[[Evaluation], tuple[str, bytes]]
 
@@ -302,6 +314,9 @@ class EvaluationService:
         timer = threading.Timer(self.timeout_seconds, control.stop, (timeout,))
         timer.daemon = True
         timer.start()
+        # Whether the lease timer records the operation's end (the database away now); the
+        # operation stays held until it does.
+        handed_over = False
         try:
             control.check()
             self._evaluate(ctx, op_id, version, r, control)
@@ -310,13 +325,16 @@ class EvaluationService:
         except OperationLost:
             log.info("evaluation abandoned: its operation was cancelled or failed", operation=op_id)
         except ModelplaneError as exc:
-            self._fail(ctx, op_id, exc)
+            handed_over = self._fail(ctx, op_id, exc)
         except Exception as exc:  # the operation must end even on a bug
             log.error("evaluation failed", operation=op_id, exc_info=exc)
-            self._fail(ctx, op_id, Internal("the evaluation failed; the server log has details"))
+            handed_over = self._fail(
+                ctx, op_id, Internal("the evaluation failed; the server log has details")
+            )
         finally:
             timer.cancel()
-            self.leases.release(op_id)
+            if not handed_over:
+                self.leases.release(op_id)
             with self._jobs_lock:
                 self._jobs.pop(op_id, None)
                 self._started.discard(op_id)
@@ -335,20 +353,39 @@ class EvaluationService:
         if control is not None:
             control.stop(OperationLost(op_id))
 
-    def _fail(self, ctx: RequestContext, op_id: str, err: ModelplaneError) -> None:
+    def _fail(self, ctx: RequestContext, op_id: str, err: ModelplaneError) -> bool:
+        """End the operation with ``err``; True when the database is unavailable now and
+        the lease timer records it later (:meth:`Leases.end_later`), the operation held and
+        renewed meanwhile."""
         if self._stopping.is_set():
-            return
-        try:
+            return False
+
+        def end() -> None:
             self.operations.finish(ctx, op_id, error=err)
+
+        try:
+            end()
         except OperationLost:
             log.info("evaluation failed after its operation ended", operation=op_id)
+        except Unavailable as exc:
+            log.warning(
+                "cannot record the failure of an operation now; it is recorded once the "
+                "database answers, the operation held meanwhile",
+                operation=op_id,
+                failure=err.reason,
+                error=str(exc),
+            )
+            self.leases.end_later(op_id, end)
+            return True
         except Exception as exc:
             log.error("cannot record the failure of an operation", operation=op_id, exc_info=exc)
+        return False
 
     def _progress(
         self, ctx: RequestContext, op_id: str, lo: float, hi: float, control: RunControl
     ) -> Callable[[float], None]:
         last = [-1.0]
+        warned = [False]
 
         def report(fraction: float) -> None:
             if self._stopping.is_set():
@@ -359,7 +396,17 @@ class EvaluationService:
                 fraction >= 1.0 and done > last[0]
             ):
                 last[0] = done
-                self.operations.progress(ctx, op_id, done, "evaluating")
+                try:
+                    self.operations.progress(ctx, op_id, done, "evaluating")
+                except Unavailable as exc:
+                    # Progress is advisory: the work goes on, and later steps try again.
+                    if not warned[0]:
+                        warned[0] = True
+                        log.warning(
+                            "cannot record an evaluation's progress; it goes on without",
+                            operation=op_id,
+                            error=str(exc),
+                        )
 
         return report
 
@@ -434,7 +481,7 @@ class EvaluationService:
                 except InvalidArgument as exc:
                     warnings.append(_compare_warning(exc.reason, exc.message))
                     compared = ""
-        return self._store(ctx, op_id, version, r, report, compared, deltas)
+        return self._store_retrying(ctx, op_id, version, r, report, compared, deltas, control)
 
     def _reference_report(
         self,
@@ -502,6 +549,65 @@ class EvaluationService:
         if r.compare_to in NO_COMPARISON or r.compare_to == DEFAULT_COMPARE_TO:
             return False
         return tx.aliases.get(version.model_id, r.compare_to) is None
+
+    def _store_retrying(
+        self,
+        ctx: RequestContext,
+        op_id: str,
+        version: ModelVersion,
+        r: EvaluationRequest,
+        report: dict[str, Any],
+        compared: str,
+        deltas: dict[str, float | None],
+        control: RunControl,
+    ) -> Evaluation:
+        """:meth:`_store`, tried again every :data:`STORE_RETRY_SECONDS` while the database is
+        unavailable or busy, each try a transaction of its own (none is held open between
+        them), for as long as this replica holds the operation (the lease timer renews it
+        meanwhile; a cancel, a loss or a server stop ends the tries) and the time limit
+        allows: past it the result is lost, ABORTED (RESULT_NOT_STORED)."""
+        since = time.monotonic()
+        tries = 0
+        while True:
+            try:
+                evaluation = self._store(ctx, op_id, version, r, report, compared, deltas)
+            except Unavailable as exc:
+                tries += 1
+                if tries == 1:
+                    log.warning(
+                        "cannot store an evaluation's result now; trying again while the "
+                        "operation is held",
+                        operation=op_id,
+                        error=str(exc),
+                    )
+            else:
+                if tries:
+                    log.info("evaluation's result stored", operation=op_id, failed_tries=tries)
+                return evaluation
+            self._pause(control, since)
+
+    def _pause(self, control: RunControl, since: float) -> None:
+        """Wait :data:`STORE_RETRY_SECONDS` before the next try to store, in short steps,
+        raising as soon as the work is stopped: :class:`_Stopped` for a server stop, the
+        stop's reason otherwise (:class:`OperationLost` for a cancel or a loss), and for the
+        time limit the loss of the result."""
+        end = time.monotonic() + STORE_RETRY_SECONDS
+        while True:
+            if self._stopping.is_set():
+                raise _Stopped
+            if isinstance(control.stopped, DeadlineExceeded):
+                raise Aborted(
+                    "the evaluation's result could not be stored: the database was unavailable "
+                    f"or busy for {time.monotonic() - since:.0f}s, until the evaluation's time "
+                    f"limit ({self.timeout_seconds:g}s) passed, and the work is lost; start it "
+                    "again with a new request id (this request id answers this failure again)",
+                    reason="RESULT_NOT_STORED",
+                )
+            control.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def _store(
         self,
@@ -574,19 +680,21 @@ class EvaluationService:
         """Stop taking work, end the operations of the evaluations this replica holds (running
         or waiting for a worker) with ABORTED (REPLICA_LOST, the replica was stopped) in one
         transaction, so that their callers learn at once, and stop their work (a model run in
-        progress, or metrics, included) before returning. Operations it cannot end (the
-        database away) are left to lease expiry."""
+        progress, or metrics, included) before returning. Ends the lease timer has yet to
+        record (see :meth:`Leases.end_later`) are recorded first, as they are. Operations it
+        cannot end (the database away) are left to lease expiry."""
         self._stopping.set()
         self.leases.stop()
-        try:
-            self.leases.end_held("was stopped")
-        except Exception as exc:
-            log.warning(
-                "cannot end the operations of a stopping replica; they end when their leases "
-                "expire",
-                operations=self.leases.held(),
-                error=str(exc),
-            )
+        for end in (self.leases.end_pending, lambda: self.leases.end_held("was stopped")):
+            try:
+                end()
+            except Exception as exc:
+                log.warning(
+                    "cannot end the operations of a stopping replica; they end when their "
+                    "leases expire",
+                    operations=self.leases.held(),
+                    error=str(exc),
+                )
         with self._jobs_lock:
             running = list(self._jobs.values())
         for control in running:

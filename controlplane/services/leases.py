@@ -8,6 +8,11 @@ failure). The error is ABORTED, not UNAVAILABLE: retrying the same call cannot m
 work has to be started again (AIP-193's "retry at a higher level"). A renewal that finds an
 operation done (cancelled, or failed by another replica while this one stalled) or owned by
 another replica renews nothing and reports it lost, so the work on it stops.
+
+A worker that cannot record how its operation ended (the database unavailable or busy past its
+wait limit) leaves that to the renewal timer (:meth:`Leases.end_later`): the operation stays
+held, its lease renewed, until the end is recorded or the operation is found lost, rather than
+being left to expire and end REPLICA_LOST while this replica is alive.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import structlog
 
 from controlplane.domain.objects import Operation
 from controlplane.failures import FailureStreak
-from controlplane.services.operations import error_json
+from controlplane.services.operations import OperationLost, error_json
 from controlplane.store import Store
 from controlplane.store.convert import operation as operation_from_row
 from controlplane.store.governance_repos import Governance
@@ -59,6 +64,8 @@ class Leases:
         self.replica_id = replica_id
         self.on_lost = on_lost
         self._held: set[str] = set()
+        #: How to record the end of held operations whose worker could not (see end_later).
+        self._endings: dict[str, Callable[[], object]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -69,6 +76,41 @@ class Leases:
     def release(self, op_id: str) -> None:
         with self._lock:
             self._held.discard(op_id)
+            self._endings.pop(op_id, None)
+
+    def end_later(self, op_id: str, end: Callable[[], object]) -> None:
+        """Keep holding ``op_id`` (its lease renewed) and call ``end``, which records how the
+        operation ended, on each pass of the renewal timer until it succeeds or raises
+        :class:`OperationLost`: for a worker whose own attempt found the database
+        unavailable."""
+        with self._lock:
+            self._held.add(op_id)
+            self._endings[op_id] = end
+
+    def end_pending(self) -> None:
+        """Record the ends :meth:`end_later` left, releasing the operations ended or found
+        lost; one that fails again is kept for the next pass, and the first such error is
+        raised once all were tried. An error other than UNAVAILABLE (not the database's
+        absence, so trying again is no cure) is logged and the operation released, to lease
+        expiry."""
+        with self._lock:
+            pending = list(self._endings.items())
+        error: Unavailable | None = None
+        for op_id, end in pending:
+            try:
+                end()
+            except OperationLost:
+                log.info("operation ended elsewhere before its end was recorded", operation=op_id)
+            except Unavailable as exc:
+                error = error or exc
+                continue
+            except Exception as exc:
+                log.error("cannot record the end of an operation", operation=op_id, exc_info=exc)
+            else:
+                log.info("operation's end recorded once the database answered", operation=op_id)
+            self.release(op_id)
+        if error is not None:
+            raise error
 
     def held(self) -> list[str]:
         with self._lock:
@@ -143,16 +185,15 @@ class Leases:
         return ended
 
     def watch(self, interval: float) -> None:
-        """Fail expired operations now, then every ``interval`` seconds renew and fail again,
-        on a daemon thread, until :meth:`stop`."""
+        """Fail expired operations now, then every ``interval`` seconds record pending ends,
+        renew and fail again, on a daemon thread, until :meth:`stop`."""
         self.fail_expired()
 
         def loop() -> None:
             streak = FailureStreak()
             while not self._stopping.wait(interval):
                 try:
-                    self.renew()
-                    self.fail_expired()
+                    self._upkeep()
                 except Exception as exc:
                     if streak.failed():
                         # A database away is said in a line; anything else with its traceback.
@@ -168,6 +209,18 @@ class Leases:
                     log.info("lease upkeep works again", failed_passes=failed)
 
         threading.Thread(target=loop, name="leases", daemon=True).start()
+
+    def _upkeep(self) -> None:
+        """One pass of the timer: :meth:`end_pending`, :meth:`renew`, :meth:`fail_expired`,
+        each tried even when one before it failed (the first failure is raised after)."""
+        error: Exception | None = None
+        for step in (self.end_pending, self.renew, self.fail_expired):
+            try:
+                step()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def stop(self) -> None:
         """End the renewal thread."""
