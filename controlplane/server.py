@@ -207,6 +207,11 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     evaluations.watch_leases(max(settings.operation_lease_seconds / 3, 0.05))
     handle.closers.extend(deployments.start(settings, store))
     handle.on_stop.append(deployments.hub.close)
+    # Before the grace period: the evaluations this replica holds end (REPLICA_LOST), then
+    # waits answer at once, so a caller waiting on one learns its end instead of being cut
+    # off when the grace ends, and the stop does not wait for it.
+    handle.on_stop.append(evaluations.stop)
+    handle.on_stop.append(operations.stop_waits)
     server.start()
     handle.mark_serving()
     host = settings.listen.rpartition(":")[0]

@@ -110,7 +110,8 @@ def evaluation_not_found(name: str) -> NotFound:
 
 
 class EvaluationService:
-    """Starts, runs and answers for evaluations. Call :meth:`close` when the server stops."""
+    """Starts, runs and answers for evaluations. Call :meth:`stop` when the server starts to
+    stop and :meth:`close` once it stopped."""
 
     def __init__(
         self,
@@ -676,13 +677,14 @@ class EvaluationService:
         :class:`~controlplane.services.leases.Leases`) until :meth:`close`."""
         self.leases.watch(interval)
 
-    def close(self) -> None:
-        """Stop taking work, end the operations of the evaluations this replica holds (running
-        or waiting for a worker) with ABORTED (REPLICA_LOST, the replica was stopped) in one
-        transaction, so that their callers learn at once, and stop their work (a model run in
-        progress, or metrics, included) before returning. Ends the lease timer has yet to
-        record (see :meth:`Leases.end_later`) are recorded first, as they are. Operations it
-        cannot end (the database away) are left to lease expiry."""
+    def stop(self) -> None:
+        """Stop taking work and end the operations of the evaluations this replica holds
+        (running or waiting for a worker) with ABORTED (REPLICA_LOST, the replica was stopped)
+        in one transaction, so that their callers learn at once, and stop their work (a model
+        run in progress, or metrics, included). Ends the lease timer has yet to record (see
+        :meth:`Leases.end_later`) are recorded first, as they are. Operations it cannot end
+        (the database away) are left to lease expiry. Called as the server starts to stop,
+        before its grace period, and again by :meth:`close`."""
         self._stopping.set()
         self.leases.stop()
         for end in (self.leases.end_pending, lambda: self.leases.end_held("was stopped")):
@@ -699,6 +701,11 @@ class EvaluationService:
             running = list(self._jobs.values())
         for control in running:
             control.stop(_Stopped())
+
+    def close(self) -> None:
+        """:meth:`stop` (again: an evaluation started during the grace period is ended too),
+        then wait for the workers to return."""
+        self.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # Reads ------------------------------------------------------------------------------------

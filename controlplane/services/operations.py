@@ -46,6 +46,7 @@ class OperationService:
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def on_cancel(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(op_id)`` after an operation is cancelled through this service, so
@@ -198,13 +199,21 @@ class OperationService:
         return ops, encode(query, next_key) if next_key else ""
 
     def wait(self, name: str, timeout: float) -> Operation:
-        """Poll until done or ``timeout`` (capped) passes."""
+        """Poll until done or ``timeout`` (capped) passes, or until :meth:`stop_waits`."""
         deadline = time.monotonic() + min(max(timeout, 0.0), MAX_WAIT_SECONDS)
         while True:
+            # Read after the stop is seen: what the stopping replica ended is answered ended.
+            stopping = self._stopping.is_set()
             op = self.get(name)
-            if op.done or time.monotonic() >= deadline:
+            if op.done or stopping or time.monotonic() >= deadline:
                 return op
-            time.sleep(POLL_SECONDS)
+            self._stopping.wait(POLL_SECONDS)
+
+    def stop_waits(self) -> None:
+        """Answer every wait, now and from now on, with the operation as it stands: for a
+        server that stops (once it ended the operations it held), so that waits neither hold
+        its stop for the grace period nor are cut off at its end without an answer."""
+        self._stopping.set()
 
 
 def _missing(name: str, op_id: str) -> ModelplaneError:

@@ -171,7 +171,8 @@ class GrpcServerHandle:
     service_names: list[str]
     grace_seconds: float = 10.0
     closers: list[Any] = field(default_factory=list)
-    #: Called when the shutdown delay ends, before the grace period (to end long-lived streams).
+    #: Called when the shutdown delay ends, before the grace period (to end long-lived streams
+    #: and waits); one that fails is logged and the stop goes on.
     on_stop: list[Any] = field(default_factory=list)
     #: Seconds between NOT_SERVING and closing the listener, during which calls are still
     #: served: load balancers and Kubernetes endpoints see the pod leave before its port
@@ -229,7 +230,10 @@ class GrpcServerHandle:
             log.info("NOT_SERVING; serving on until the shutdown delay ends", delay_s=delay)
             time.sleep(delay)
         for hook in self.on_stop:
-            hook()
+            try:
+                hook()
+            except Exception:  # the server must still stop
+                log.exception("error while stopping", hook=repr(hook))
         # Calls gRPC core holds, not yet handed to a thread (a burst just now), are answered
         # CANCELLED here without running (grpc/grpc#41785); so are calls still running when
         # the grace ends.
