@@ -1,9 +1,11 @@
 """What keeps the webhook's memory and threads bounded whatever clients send: a byte budget
-shared by the requests holding bodies, and socket reads that end by one deadline (and after
-a number of bytes) however slowly the bytes trickle in."""
+shared by the requests holding bodies, socket reads that end by one deadline (and after a
+number of bytes) however slowly the bytes trickle in, and a cap on the connections served at
+once that idle connections cannot hold against new ones."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import socket
@@ -90,3 +92,58 @@ class DeadlineReader(io.RawIOBase):
         if self._left is not None:
             self._left -= count
         return count
+
+
+class ConnectionSlots:
+    """The connections served at once, up to ``limit``, and which of them are idle (waiting
+    for their next request). When every slot is taken, the connection idle longest is closed
+    to make room; connections in their TLS handshake or in the middle of a request keep their
+    slot until their deadline."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        #: Idle connections, the one idle longest first.
+        self._idle: dict[socket.socket, None] = {}
+        #: Connections closed to make room whose slot has not been given back yet.
+        self._evicted: set[socket.socket] = set()
+
+    def take(self, timeout: float) -> bool:
+        """A slot for a new connection, waiting up to ``timeout`` seconds; False when there
+        is none (the connection idle longest is then closed, unless one closed that way has
+        not given its slot back yet, so that a slot frees soon)."""
+        if self._free.acquire(timeout=timeout):
+            return True
+        with self._lock:
+            if self._evicted or not self._idle:
+                return False
+            sock = next(iter(self._idle))
+            del self._idle[sock]
+            self._evicted.add(sock)
+        # The socket's own shutdown, not SSLSocket's, which would drop its TLS state under
+        # the thread reading it: that read now ends at once, as if the peer had closed. An
+        # OSError: the connection closed meanwhile.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        return False
+
+    def give_back(self, sock: socket.socket | None) -> None:
+        """The slot of a connection that has closed (``None``: one never handed out)."""
+        if sock is not None:
+            with self._lock:
+                self._idle.pop(sock, None)
+                self._evicted.discard(sock)
+        self._free.release()
+
+    def idle(self, sock: socket.socket) -> None:
+        """The connection waits for its next request: it may be closed to make room."""
+        with self._lock:
+            if sock not in self._evicted:
+                self._idle[sock] = None
+
+    def busy(self, sock: socket.socket) -> bool:
+        """The connection's next request has begun: it keeps its slot until it is answered.
+        False when it was closed to make room meanwhile."""
+        with self._lock:
+            self._idle.pop(sock, None)
+            return sock not in self._evicted

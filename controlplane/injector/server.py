@@ -1,6 +1,7 @@
 """The webhook's HTTPS server: ``POST /inject`` answers AdmissionReviews, ``GET /healthz``
-(readiness) and ``GET /livez`` (liveness) answer probes. Standard library only
-(``http.server`` and ``ssl``).
+(readiness) and ``GET /livez`` (liveness) answer probes, here and on the plain-HTTP
+``health_listen`` port (:mod:`controlplane.injector.health`), which ``max_connections`` does
+not cover. Standard library only (``http.server`` and ``ssl``).
 
 Each connection's TLS handshake runs in its own thread, so a slow client cannot hold up the
 listener. Answers: 200 with an AdmissionReview; 400 with ``{"reason", "message"}`` for a body
@@ -10,13 +11,16 @@ length or content type; 431 for a request line and headers over 64 KiB; 503
 received, or a review waited ``parse_wait_seconds`` for room among the bodies being parsed.
 
 Memory, whatever clients send and however slowly: at most ``max_connections`` connections are
-served at once (further ones wait in the listen backlog), each with a head of at most 64 KiB;
+served at once, each with a head of at most 64 KiB (at the cap, a new connection is admitted by
+closing the one idle longest, waiting for its next request; with none idle it waits in the
+listen backlog);
 a body over 64 KiB is read only once its Content-Length fits in ``max_receiving_bytes``
 beside the others being received or answered; parsing JSON takes up to about 26 times the
 body's size (many tiny objects), so the bodies parsed at once hold at most
 ``max_parsing_bytes`` between them (two of the largest bodies by default; any number of
-ordinary pods of a few KiB). A TLS handshake, and each request from its first byte to its
-body's last, must be done within ``read_timeout_seconds``: bytes dripping in do not extend it.
+ordinary pods of a few KiB). A TLS handshake must be done within
+``handshake_timeout_seconds``, and each request from its first byte to its body's last within
+``read_timeout_seconds``: bytes dripping in do not extend either.
 
 :meth:`InjectorHandle.stop` shuts down gracefully: ``/healthz`` answers 503 at once while
 reviews are still answered for the shutdown delay, so that the Service's endpoints drop the
@@ -42,7 +46,8 @@ from typing import Any
 import structlog
 
 from controlplane.injector.annotations import is_digits
-from controlplane.injector.limits import ByteBudget, DeadlineReader
+from controlplane.injector.health import HEALTH_PATH, LIVE_PATH, HealthServer
+from controlplane.injector.limits import ByteBudget, ConnectionSlots, DeadlineReader
 from controlplane.injector.review import BadReview, answer_review
 from controlplane.injector.settings import MAX_HEAD_BYTES, SMALL_BODY_BYTES, InjectorSettings
 from controlplane.injector.tls import ReloadingContext
@@ -50,17 +55,13 @@ from controlplane.injector.tls import ReloadingContext
 log = structlog.get_logger("modelplane.injector")
 
 INJECT_PATH = "/inject"
-#: Readiness: 503 from the moment the webhook is told to stop.
-HEALTH_PATH = "/healthz"
-#: Liveness: 200 as long as the webhook answers at all.
-LIVE_PATH = "/livez"
 #: Largest refused body read to its end before answering; larger ones get the answer and a
 #: closed connection.
 _DRAIN_LIMIT = 64 * 1024 * 1024
 #: How long a refused body is read (and dropped) at most: a client that means its request
 #: sends the body at once, and a connection draining one holds a place among max_connections.
 _DRAIN_SECONDS = 1.0
-#: How long a connection waits for its next request.
+#: How long a connection waits for its next request (less when a new one needs its slot).
 _IDLE_SECONDS = 30.0
 #: Connections waiting to be accepted, in the kernel, while max_connections are served.
 _BACKLOG = 1024
@@ -91,7 +92,7 @@ class _Server(ThreadingHTTPServer):
         self.receiving = ByteBudget(settings.max_receiving_bytes)
         #: Bodies being parsed and answered.
         self.parsing = ByteBudget(settings.max_parsing_bytes)
-        self._connections = threading.BoundedSemaphore(settings.max_connections)
+        self.slots = ConnectionSlots(settings.max_connections)
         super().__init__(address, _Handler)
 
     @contextmanager
@@ -114,10 +115,11 @@ class _Server(ThreadingHTTPServer):
             return self._in_flight
 
     def get_request(self) -> tuple[Any, Any]:
-        # With max_connections served, the next connection stays in the listen backlog:
-        # serve_forever ignores the OSError and, the listener still being readable, calls
-        # again (so that a shutdown is not held up meanwhile).
-        if not self._connections.acquire(timeout=0.05):
+        # With max_connections served, the connection idle longest is closed and the next
+        # one stays in the listen backlog until a slot is free: serve_forever ignores the
+        # OSError and, the listener still being readable, calls again (so that a shutdown is
+        # not held up meanwhile).
+        if not self.slots.take(timeout=0.05):
             raise _AllBusy("max_connections are being served")
         try:
             sock, addr = self.socket.accept()
@@ -125,7 +127,7 @@ class _Server(ThreadingHTTPServer):
                 sock, server_side=True, do_handshake_on_connect=False
             )
         except BaseException:
-            self._connections.release()
+            self.slots.give_back(None)
             raise
         return wrapped, addr
 
@@ -134,7 +136,7 @@ class _Server(ThreadingHTTPServer):
         try:
             super().shutdown_request(request)
         finally:
-            self._connections.release()
+            self.slots.give_back(request)
 
 
 class _AllBusy(OSError):
@@ -151,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # The handshake's deadline: CPython's do_handshake takes the socket's timeout for the
         # whole of it.
-        self.connection.settimeout(self.server.settings.read_timeout_seconds)
+        self.connection.settimeout(self.server.settings.handshake_timeout_seconds)
         self.rfile.close()  # the socket's own reader, replaced by one with deadlines
         self.reader = DeadlineReader(self.connection)
         self.buffered = io.BufferedReader(self.reader)
@@ -171,14 +173,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def handle_one_request(self) -> None:
-        # Wait for the request's first byte; from then on the request line, the headers and
-        # the body must come within one deadline (the headers within MAX_HEAD_BYTES).
+        # Wait for the request's first byte (the connection may be closed meanwhile to admit
+        # a new one); from then on the request line, the headers and the body must come
+        # within one deadline (the headers within MAX_HEAD_BYTES).
+        self.server.slots.idle(self.request)
         self.reader.expect(_IDLE_SECONDS)
         try:
-            if not self.buffered.peek(1):
-                self.close_connection = True
-                return
-        except TimeoutError:
+            started = bool(self.buffered.peek(1))
+        except OSError:  # the idle deadline passed, or the connection was closed
+            started = False
+        if not self.server.slots.busy(self.request) or not started:
             self.close_connection = True
             return
         self.reader.expect(self.server.settings.read_timeout_seconds, MAX_HEAD_BYTES)
@@ -341,10 +345,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass
 class InjectorHandle:
-    """A running webhook: its address, and how to stop it."""
+    """A running webhook: its addresses, and how to stop it."""
 
     server: _Server
     thread: threading.Thread
+    health: HealthServer
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: threading.Event = field(default_factory=threading.Event)
 
@@ -353,10 +358,16 @@ class InjectorHandle:
         """The port it listens on (the chosen one when ``listen`` asked for port 0)."""
         return int(self.server.server_address[1])
 
+    @property
+    def health_port(self) -> int:
+        """The port of the probes (the chosen one when ``health_listen`` asked for port 0)."""
+        return self.health.port
+
     def stop(self) -> None:
         """Stop gracefully: ``/healthz`` answers 503 at once while reviews are still answered
         for the shutdown delay; then stop accepting, close the listener and wait up to the
-        grace for the reviews in flight. A second call waits for the first to finish."""
+        grace for the reviews in flight; the probes are answered until then. A second call
+        waits for the first to finish."""
         if not self._stop_lock.acquire(blocking=False):
             self._closed.wait()
             return
@@ -382,6 +393,7 @@ class InjectorHandle:
             else:
                 log.info("stopped")
         finally:
+            self.health.close()
             self._closed.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -390,13 +402,25 @@ class InjectorHandle:
         return self._closed.wait(timeout)
 
 
+def _address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def start(settings: InjectorSettings) -> InjectorHandle:
-    """Bind ``settings.listen``, load the TLS files, and serve on a background thread."""
-    host, _, port = settings.listen.rpartition(":")
-    server = _Server((host.strip("[]"), int(port)), settings)
+    """Bind ``settings.listen`` and ``settings.health_listen``, load the TLS files, and serve
+    on background threads."""
+    server = _Server(_address(settings.listen), settings)
+    try:
+        health = HealthServer(_address(settings.health_listen), server.stopping)
+    except BaseException:
+        server.server_close()
+        raise
     thread = threading.Thread(
         target=server.serve_forever, args=(0.1,), name="injector", daemon=True
     )
+    health.start()
     thread.start()
-    log.info("injector listening", address=host, port=server.server_address[1])
-    return InjectorHandle(server, thread)
+    log.info("injector listening", address=settings.listen, port=server.server_address[1])
+    log.info("injector probes listening", address=settings.health_listen, port=health.port)
+    return InjectorHandle(server, thread, health)

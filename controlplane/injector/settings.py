@@ -57,6 +57,12 @@ class InjectorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPLANE_INJECTOR_", extra="forbid")
 
     listen: str = Field("0.0.0.0:8443", description="HTTPS HOST:PORT; port 0 picks a free one.")
+    health_listen: str = Field(
+        "0.0.0.0:8081",
+        description="Plain-HTTP HOST:PORT answering only GET /healthz and GET /livez (the "
+        "kubelet's probes), outside max_connections, so that connections held open on listen "
+        "cannot fail the probes; port 0 picks a free one.",
+    )
     tls_cert: Path = Field(description="PEM certificate chain served to the API server.")
     tls_key: Path = Field(description="PEM private key of tls_cert.")
     control_plane: str = Field(
@@ -104,16 +110,27 @@ class InjectorSettings(BaseSettings):
     max_connections: int = Field(
         64,
         ge=1,
-        description="Connections served at once, a thread each; further ones wait in the "
-        "listen backlog (in the kernel, costing the webhook nothing) until one closes.",
+        description="Connections served at once, a thread each. At the cap a new connection "
+        "is admitted by closing the one idle longest (waiting for its next request); with none "
+        "idle it waits in the listen backlog (in the kernel, costing the webhook nothing) "
+        "until one closes: connections in their TLS handshake or in a request keep their slot "
+        "until handshake_timeout_seconds or read_timeout_seconds.",
+    )
+    handshake_timeout_seconds: float = Field(
+        3.0,
+        gt=0,
+        le=TIMEOUT_MAX,
+        description="How long a TLS handshake may take before the connection is closed (one "
+        "takes milliseconds): a connection that never starts TLS holds one of max_connections "
+        "this long.",
     )
     read_timeout_seconds: float = Field(
         10.0,
         gt=0,
         le=TIMEOUT_MAX,
-        description="How long a TLS handshake, and a request from its first byte to the last "
-        "byte of its body, may take before the connection is closed; one deadline, which "
-        "bytes trickling in do not extend. At least the webhook's timeoutSeconds.",
+        description="How long a request, from its first byte to the last byte of its body, "
+        "may take before the connection is closed; one deadline, which bytes trickling in do "
+        "not extend. At least the webhook's timeoutSeconds.",
     )
     shutdown_delay_seconds: float = Field(
         5.0,
@@ -139,7 +156,7 @@ class InjectorSettings(BaseSettings):
             return value.strip().lower() == "on"
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "health_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         return _host_port(value)

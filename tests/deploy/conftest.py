@@ -129,20 +129,23 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def injector_settings(**values: Any) -> Any:
-    """:class:`InjectorSettings` from keyword values (as the CLI and env give them)."""
+    """:class:`InjectorSettings` from keyword values (as the CLI and env give them), the
+    probes on a free loopback port unless ``health_listen`` is given."""
     from controlplane.injector import InjectorSettings
 
-    return InjectorSettings(**values)
+    return InjectorSettings(**{"health_listen": "127.0.0.1:0", **values})
 
 
 @contextmanager
 def injector_process(
-    cert: Path, key: Path, env: dict[str, str]
+    cert: Path, key: Path, env: dict[str, str], health_port: int = 0
 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``modelplane injector serve`` as a process on a free loopback port, with ``env`` over
-    this process's environment; yields the process and its port, and kills it afterwards."""
+    """``modelplane injector serve`` as a process on a free loopback port, its probes on
+    ``health_port`` (0: any free one), with ``env`` over this process's environment; yields
+    the process and its port, and kills it afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--health-listen", f"127.0.0.1:{health_port}",
          "--tls-cert", str(cert), "--tls-key", str(key), "--shutdown-delay", "0"],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True,

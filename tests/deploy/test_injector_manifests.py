@@ -83,6 +83,29 @@ def test_the_termination_grace_covers_the_shutdown_delay_and_the_drain(
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_the_probes_go_to_the_health_port_which_the_service_does_not_expose(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    from controlplane.injector import InjectorSettings
+    from modelplane.cli import build_parser
+
+    resources = rendered[variant]
+    (container,) = find(resources, "Deployment", "modelplane-injector")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    args = build_parser().parse_args(container["args"])
+    listen = args.health_listen or InjectorSettings.model_fields["health_listen"].default
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["health"] == int(listen.rpartition(":")[2]) != ports["https"]
+    # Off the port whose connections max_connections caps, so that they cannot fail the probes.
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == "health" and get.get("scheme", "HTTP") == "HTTP", probe
+    service = find(resources, "Service", "modelplane-injector")
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == {"https"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_the_reviews_received_and_parsed_at_once_fit_the_memory_limit(
     rendered: dict[str, list[dict[str, Any]]], variant: str
 ) -> None:

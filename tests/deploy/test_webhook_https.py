@@ -214,6 +214,7 @@ def test_cli_serves_until_sigterm(tls_files: tuple[Path, Path]) -> None:
     env = {**os.environ, "MODELPLANE_INJECTOR_NATIVE_SIDECARS": "off"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--health-listen", "127.0.0.1:0",
          "--tls-cert", str(cert), "--tls-key", str(key), "--control-plane", "cp:50051",
          "--sidecar-image", "modelplane/sidecar:test", "--shutdown-delay", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -274,6 +275,7 @@ def test_sigterm_answers_not_ready_serves_through_the_delay_and_answers_reviews_
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelplane.cli", "injector", "serve", "--listen", "127.0.0.1:0",
+         "--health-listen", "127.0.0.1:0",
          "--tls-cert", str(cert), "--tls-key", str(key)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip

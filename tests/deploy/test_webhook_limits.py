@@ -147,12 +147,17 @@ def test_a_large_body_without_room_is_refused_before_it_is_read(
     assert status == 200
 
 
-def test_connections_past_the_cap_wait_until_one_closes(
+def test_connections_past_the_cap_wait_until_a_request_in_progress_ends(
     start_injector: Any, tls_files: tuple[Path, Path]
 ) -> None:
     cert, _ = tls_files
     handle = start_injector(max_connections=2)
-    idle = [_connect(handle.port, cert) for _ in range(2)]
+    # Requests in progress keep their slots (connections idle between requests do not:
+    # tests/deploy/test_webhook_cap.py).
+    payload = body(review(model_pod()))
+    busy = [_connect(handle.port, cert) for _ in range(2)]
+    for conn in busy:
+        conn.sendall(_head(len(payload)) + payload[:10])
     answers: list[tuple[int, dict[str, Any]]] = []
     waiting = threading.Thread(
         target=lambda: answers.append(_post(handle.port, cert, body(review(model_pod()))))
@@ -161,10 +166,10 @@ def test_connections_past_the_cap_wait_until_one_closes(
     try:
         waiting.join(1.5)
         assert not answers  # not even its TLS handshake is answered
-        idle.pop().close()
+        busy.pop().close()
         waiting.join(10)
         assert answers and answers[0][0] == 200
     finally:
-        for conn in idle:
+        for conn in busy:
             conn.close()
         waiting.join(10)

@@ -18,6 +18,7 @@ from modelplane.units import parse_duration
 #: CLI dest -> settings field; options left out fall back to MODELPLANE_INJECTOR_* or defaults.
 _FIELDS = (
     ("listen", "listen"),
+    ("health_listen", "health_listen"),
     ("serve_tls_cert", "tls_cert"),
     ("serve_tls_key", "tls_key"),
     ("control_plane", "control_plane"),
@@ -44,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add = serve.add_argument
     add("--listen", metavar="HOST:PORT", help="HTTPS address (default 0.0.0.0:8443; port 0 = any)")
+    add(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="plain-HTTP address of GET /healthz and GET /livez alone, for the kubelet's probes "
+        "(default 0.0.0.0:8081; port 0 = any)",
+    )
     # Distinct dests: the global --tls-cert/--tls-key are the client's.
     add("--tls-cert", dest="serve_tls_cert", metavar="FILE", help="PEM certificate chain")
     add("--tls-key", dest="serve_tls_key", metavar="FILE", help="PEM private key of --tls-cert")
