@@ -19,6 +19,6 @@ ENV PATH=/opt/modelplane/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER 10001:10001
 # gRPC, Prometheus metrics, webhook HTTPS.
-EXPOSE 50051 9464 8443
+EXPOSE 50051 9464 8443 8081
 ENTRYPOINT ["modelplane"]
 CMD ["controlplane", "serve"]
