@@ -195,6 +195,8 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
         settings.grace_seconds,
         shutdown_delay=settings.shutdown_delay_seconds,
     )
+    # A SQLite file deleted under the server: writes are refused, and health says so.
+    store.on_database_lost(handle.mark_not_serving)
     # Closed last: gRPC's stop leaves the pool's idle threads running.
     handle.closers.append(lambda: rpc_threads.shutdown(wait=False))
     handle.closers.append(store.close)

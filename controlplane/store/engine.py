@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from modelplane.errors import InvalidArgument, Unavailable
+from modelplane.errors import FailedPrecondition, InvalidArgument, Unavailable
 from modelplane.server.context import current_context
 
 log = structlog.get_logger("modelplane.controlplane")
@@ -45,6 +45,9 @@ class WriteGate:
     writer stops waiting for at the limit, or at once when the gate is closed (the server
     stopping); a lock it gets after that is released unused, or kept for the next writer of
     this process that comes meanwhile.
+
+    Once inside, a writer looks whether the database file is still the one the store opened
+    (:attr:`file`): one deleted or replaced under the server is refused, FAILED_PRECONDITION.
     """
 
     def __init__(
@@ -52,6 +55,9 @@ class WriteGate:
     ) -> None:
         self.lock_path = lock_path
         self.timeout = timeout
+        #: The database file, once the store has noted which it is: a write that finds it
+        #: deleted or replaced is refused (see :class:`DatabaseFile`).
+        self.file: DatabaseFile | None = None
         self._lock = threading.RLock()
         self._depth = 0
         #: The descriptor this process locks the file through while no waiter has it.
@@ -76,6 +82,8 @@ class WriteGate:
             try:
                 if self._depth == 1:
                     self._acquire_file(deadline)
+                    if self.file is not None:
+                        self.file.check()
                 yield
             finally:
                 self._depth -= 1
@@ -197,6 +205,80 @@ def _busy() -> Unavailable:
     )
 
 
+class DatabaseFile:
+    """The SQLite database file by its identity (device and inode) when the store opened it.
+
+    A file deleted (or replaced) while the server runs is not noticed by SQLite in WAL mode:
+    the open connections go on writing to the unlinked inode, and every change, those before
+    the deletion included, is gone once they close. :meth:`check` refuses writes from the
+    moment the path names another file or none; the first time, it logs an error and calls
+    the :attr:`on_lost` hooks (the server reports NOT_SERVING).
+    """
+
+    def __init__(self, path: str, identity: tuple[int, int]) -> None:
+        self.path = path
+        self.identity = identity
+        #: Called once, when the file is found deleted or replaced.
+        self.on_lost: list[Callable[[], None]] = []
+        self._reason: str | None = None
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def of(cls, path: str) -> DatabaseFile:
+        """The file at ``path`` now."""
+        st = os.stat(path)
+        return cls(path, (st.st_dev, st.st_ino))
+
+    def lost(self) -> str | None:
+        """None while the path names the file the store opened; else why not, as a reason
+        (``DATABASE_GONE``: no file there; ``DATABASE_REPLACED``: another one)."""
+        if self._reason is not None:
+            return self._reason
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            reason = "DATABASE_GONE"
+        except OSError:
+            return None  # cannot tell (no search permission): SQLite's own errors will say
+        else:
+            if (st.st_dev, st.st_ino) == self.identity:
+                return None
+            reason = "DATABASE_REPLACED"
+        with self._mutex:
+            if self._reason is not None:
+                return self._reason
+            self._reason = reason
+        log.error(
+            "the database file was deleted or replaced while the server ran: writes are "
+            "refused from now on, as they would be lost; restore the file and restart the server",
+            path=self.path,
+            reason=reason,
+        )
+        for hook in self.on_lost:
+            try:
+                hook()
+            except Exception:
+                log.exception("a hook for a lost database file failed")
+        return reason
+
+    def check(self) -> None:
+        """Refuse (FAILED_PRECONDITION) a write once the file was deleted or replaced."""
+        reason = self.lost()
+        if reason is not None:
+            raise database_lost(reason)
+
+
+def database_lost(reason: str) -> FailedPrecondition:
+    """The refusal of a write to a database file deleted (``DATABASE_GONE``) or replaced
+    (``DATABASE_REPLACED``) under the running server."""
+    what = "deleted" if reason == "DATABASE_GONE" else "replaced by another file"
+    return FailedPrecondition(
+        f"the database file was {what} while the server ran; nothing was stored, as a change "
+        "now would be lost: an operator must restore the database file and restart the server",
+        reason=reason,
+    )
+
+
 @dataclass
 class Engines:
     """A read engine and a write engine (on PostgreSQL one pool; reads in autocommit mode).
@@ -208,6 +290,20 @@ class Engines:
     write: Engine
     dialect: str
     write_gate: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
+    #: SQLite: the database file, once :meth:`watch_file` has noted which it is.
+    file: DatabaseFile | None = None
+
+    def watch_file(self) -> None:
+        """SQLite: note which file the database is (connecting first, which creates it if
+        need be), so that writes are refused once it is deleted or replaced."""
+        if self.dialect != "sqlite" or not isinstance(self.write_gate, WriteGate):
+            return
+        path = self.write.url.database
+        if not path or path == ":memory:":
+            return
+        with self.read.connect():
+            pass
+        self.file = self.write_gate.file = DatabaseFile.of(path)
 
     def dispose(self) -> None:
         if isinstance(self.write_gate, WriteGate):

@@ -235,10 +235,22 @@ class Store:
                     "that its tables were not changed by hand",
                     reason="MIGRATION_FAILED",
                 ) from exc
+        try:
+            with _translated(engines.write.url.database):
+                engines.watch_file()
+        except BaseException:
+            engines.dispose()
+            raise
         return cls(engines)
 
     def close(self) -> None:
         self.engines.dispose()
+
+    def on_database_lost(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once when the SQLite database file is found deleted or replaced under
+        the running server (from then on writes are refused); never on PostgreSQL."""
+        if self.engines.file is not None:
+            self.engines.file.on_lost.append(hook)
 
     @property
     def dialect(self) -> str:
@@ -247,6 +259,8 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A read-only transaction."""
+        if self.engines.file is not None:
+            self.engines.file.lost()  # only noticed here (health): reads are still served
         with (
             _translated(self._sqlite_path),
             Session(self.engines.read, expire_on_commit=False) as session,
