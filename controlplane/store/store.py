@@ -47,7 +47,7 @@ from sqlmodel import Session
 
 from controlplane.store.convert import utc
 from controlplane.store.direct import Direct
-from controlplane.store.engine import Engines, create_engines, normalize_url
+from controlplane.store.engine import Engines, create_engines, database_lost, normalize_url
 from controlplane.store.migrate import upgrade
 from controlplane.store.replay import check_replayed
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
@@ -390,6 +390,10 @@ def _translated(sqlite_path: str | None = None) -> Iterator[None]:
             reason="ALREADY_EXISTS",
         ) from exc
     except (OperationalError, PoolTimeout) as exc:
+        refused = _refused_file(exc, sqlite_path)
+        if refused is not None:
+            log.error("database error", error=_cause(exc), reason=refused.reason)
+            raise refused from exc
         # A pool with no free connection for its timeout is as busy as a lock that does not
         # come: both are retryable, not the server's bug. The client is told no more than
         # that; the database's own words go to the log.
@@ -423,6 +427,32 @@ def _storage_full() -> ResourceExhausted:
         "the database has no room for this change (its disk, or the size its files may "
         "reach, is full); nothing was stored: retry once an operator has freed space",
         reason="STORAGE_FULL",
+    )
+
+
+def _refused_file(exc: Exception, sqlite_path: str | None) -> FailedPrecondition | None:
+    """What a SQLite file the server may not write (read-only, its permissions refusing the
+    server's user) or that was moved away answers: FAILED_PRECONDITION, which no retry will
+    change (``DATABASE_READ_ONLY``, ``DATABASE_GONE``); None for any other error.
+
+    SQLITE_CANTOPEN also comes from a process out of file descriptors, which may pass: it
+    counts only when the file is missing or its permissions refuse this process."""
+    name = getattr(getattr(exc, "orig", None), "sqlite_errorname", "") or ""
+    if name == "SQLITE_READONLY_DBMOVED":
+        return database_lost("DATABASE_GONE")
+    if name == "SQLITE_CANTOPEN" and sqlite_path:
+        if not os.path.exists(sqlite_path):
+            return database_lost("DATABASE_GONE")
+        folder = os.path.dirname(os.path.abspath(sqlite_path))
+        if os.access(sqlite_path, os.R_OK | os.W_OK) and os.access(folder, os.W_OK | os.X_OK):
+            return None
+    elif not (name.startswith("SQLITE_READONLY") or name == "SQLITE_PERM"):
+        return None
+    return FailedPrecondition(
+        "the database cannot be written: its file (or its folder, or its -wal or -shm file) "
+        "is read-only or its permissions refuse the server's user; nothing was stored. An "
+        "operator must make it writable for the server and restart it",
+        reason="DATABASE_READ_ONLY",
     )
 
 
