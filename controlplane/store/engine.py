@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, QueuePool, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import queue as sqla_queue
 
 from modelplane.errors import FailedPrecondition, InvalidArgument, Unavailable
 from modelplane.server.context import current_context
@@ -26,6 +28,17 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL's ``lock_timeout`` for connections that have none of their own (PGOPTIONS, the
 #: URL's ``options`` or the server's settings may give one).
 LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
+#: How long before its call's deadline a PostgreSQL statement stops waiting, and after which a
+#: write is no longer committed: time to roll back and for the answer to reach the caller, so
+#: that nothing is committed once the caller has been told the call failed.
+DEADLINE_MARGIN_S = 0.05
+
+
+def call_time_left() -> float | None:
+    """Seconds left before the deadline of the call this thread serves (negative once past);
+    None outside calls (background work) and for a call without a deadline."""
+    deadline = current_context().deadline
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class WriteGate:
@@ -279,6 +292,50 @@ def database_lost(reason: str) -> FailedPrecondition:
     )
 
 
+class _DeadlineQueue(sqla_queue.Queue[ConnectionPoolEntry]):
+    """A pool's idle connections; a wait for one ends at the deadline of the call it is for,
+    when that comes before the pool's timeout."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
+        left = call_time_left() if block else None
+        if left is not None:
+            timeout = max(0.0, left if timeout is None else min(timeout, left))
+        return super().get(block, timeout)
+
+
+class DeadlinePool(QueuePool):
+    """A :class:`QueuePool` whose callers stop waiting for a connection at their call's
+    deadline: a caller that has gone does not queue behind the others only to give up later."""
+
+    _queue_class = _DeadlineQueue
+
+
+#: Sets a PostgreSQL transaction's lock and statement time limits (till it ends).
+_SET_LIMITS = text(
+    "SELECT set_config('lock_timeout', :lock_ms, true), "
+    "set_config('statement_timeout', :statement_ms, true)"
+)
+
+
+def limit_transaction(conn: Connection, left: float) -> None:
+    """Make each statement of the PostgreSQL transaction open on ``conn`` wait for a lock and
+    run for at most ``left`` seconds (less :data:`DEADLINE_MARGIN_S`): the call's time left.
+
+    A limit the connection has of its own (``lock_timeout``, ``statement_timeout``, from
+    PGOPTIONS, the URL or the server) is kept where it is shorter. A statement stopped by
+    these fails as a lock that does not come does (UNAVAILABLE), and its transaction rolls
+    back."""
+    own_lock, own_statement = conn.connection.info.get("limits_ms", (LOCK_TIMEOUT_MS, 0))
+    ms = max(1, int((left - DEADLINE_MARGIN_S) * 1000))
+    conn.execute(
+        _SET_LIMITS,
+        {
+            "lock_ms": str(min(own_lock or ms, ms)),
+            "statement_ms": str(min(own_statement or ms, ms)),
+        },
+    )
+
+
 @dataclass
 class Engines:
     """A read engine and a write engine (on PostgreSQL one pool; reads in autocommit mode).
@@ -364,19 +421,28 @@ def create_engines(url: str) -> Engines:
         )
     # Connections are recycled rather than pinged before each use: a ping is one more round
     # trip on every transaction.
-    engine = create_engine(url, pool_recycle=300, pool_size=10, max_overflow=20)
+    engine = create_engine(
+        url, poolclass=DeadlinePool, pool_recycle=300, pool_size=10, max_overflow=20
+    )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
         # A write waits for a row lock at most as long as SQLite waits for its write lock: one
         # stuck lock holder must not keep every waiting request's connection (and then the
         # pool). Set per session, so that PGOPTIONS and a URL's own options still apply, and
-        # a lock_timeout they set is kept.
+        # a lock_timeout they set is kept; what the session has is noted (in ms, 0 for none)
+        # for limit_transaction, which never lengthens it.
         with dbapi_conn.cursor() as cur:
-            cur.execute("SHOW lock_timeout")
-            if cur.fetchone()[0] == "0":
+            cur.execute(
+                "SELECT setting::bigint FROM pg_settings"
+                " WHERE name IN ('lock_timeout', 'statement_timeout') ORDER BY name"
+            )
+            (lock_ms,), (statement_ms,) = cur.fetchall()
+            if lock_ms == 0:
                 cur.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+                lock_ms = LOCK_TIMEOUT_MS
         dbapi_conn.commit()
+        record.info["limits_ms"] = (lock_ms, statement_ms)
 
     # Reads run in autocommit mode on the same pool. Under READ COMMITTED every statement takes
     # its own snapshot whether or not a transaction is open, so this changes nothing about

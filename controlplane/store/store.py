@@ -47,7 +47,16 @@ from sqlmodel import Session
 
 from controlplane.store.convert import utc
 from controlplane.store.direct import Direct
-from controlplane.store.engine import Engines, create_engines, database_lost, normalize_url
+from controlplane.store.engine import (
+    DEADLINE_MARGIN_S,
+    LOCK_TIMEOUT_MS,
+    Engines,
+    call_time_left,
+    create_engines,
+    database_lost,
+    limit_transaction,
+    normalize_url,
+)
 from controlplane.store.migrate import upgrade
 from controlplane.store.replay import check_replayed
 from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
@@ -252,19 +261,36 @@ class Store:
         if self.engines.file is not None:
             self.engines.file.on_lost.append(hook)
 
+    def _time_left(self) -> float | None:
+        """On PostgreSQL, the time left to the call being served when that is shorter than the
+        database's own lock wait limit, so that the transaction must be limited to it
+        (:func:`limit_transaction`); else None."""
+        if self.engines.dialect != "postgresql":
+            return None
+        left = call_time_left()
+        return left if left is not None and left < LOCK_TIMEOUT_MS / 1000 else None
+
     @property
     def dialect(self) -> str:
         return self.engines.dialect
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        """A read-only transaction."""
+        """A read-only transaction.
+
+        On PostgreSQL reads run in autocommit mode, but those of a call with less time left
+        than the lock wait limit run in a transaction limited to that time: a read stuck
+        behind a table lock gives its connection back when its caller gives up."""
         if self.engines.file is not None:
             self.engines.file.lost()  # only noticed here (health): reads are still served
+        left = self._time_left()
+        engine = self.engines.read if left is None else self.engines.write
         with (
             _translated(self._sqlite_path),
-            Session(self.engines.read, expire_on_commit=False) as session,
+            Session(engine, expire_on_commit=False) as session,
         ):
+            if left is not None:
+                limit_transaction(session.connection(), left)
             yield Tx(session)
             session.rollback()
 
@@ -277,6 +303,10 @@ class Store:
         ``request`` is what the caller asked for (the arguments that, with ``method`` and the
         caller, make two requests the same); a ``request_id`` seen before with a different
         fingerprint is refused with INVALID_ARGUMENT (``REQUEST_ID_REUSED``).
+
+        A write whose call's deadline has passed is rolled back rather than committed
+        (UNAVAILABLE, ``DATABASE_UNAVAILABLE``): its caller was told it failed. On PostgreSQL
+        its statements wait for locks no longer than that deadline (see :meth:`read`).
         """
         if request_id and not _REQUEST_ID.fullmatch(request_id):
             raise InvalidArgument(
@@ -289,6 +319,9 @@ class Store:
             self.engines.write_gate(),
             Session(self.engines.write, expire_on_commit=False) as session,
         ):
+            left = self._time_left()
+            if left is not None:
+                limit_transaction(session.connection(), left)
             tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
             fingerprint = ""
             if request_id:
@@ -340,6 +373,14 @@ class Store:
                             "create_time": tx.now,
                         },
                     )
+            left = call_time_left()
+            if left is not None and left < DEADLINE_MARGIN_S:
+                log.warning("a write was rolled back: its call's deadline passed", method=method)
+                raise Unavailable(
+                    "the call's deadline passed before its change was committed; nothing was "
+                    "stored: retry with more time",
+                    reason="DATABASE_UNAVAILABLE",
+                )
             session.commit()
 
 
