@@ -22,7 +22,7 @@ from modelplane import Client
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
 from tests.controlplane.test_auth_identity import SECRET, _hs, _jwt_server
-from tests.controlplane.test_blob_scope import _create, _other_onnx, _refused
+from tests.controlplane.test_blob_scope import _create, _other_onnx, blob_refused
 
 #: Who calls: principal, roles, and the models those roles are limited to (none: all).
 PEOPLE: dict[str, tuple[str, list[str], str]] = {
@@ -101,9 +101,9 @@ def test_a_credential_reads_nothing_another_credential_of_its_principal_gave_a_m
     assert secret_sha in digests and v.baseline.sha256
     with servers.client("bot-a") as bot_a:
         for digest in digests:
-            _refused(lambda d=digest: bot_a.get_blob(d))
-            _refused(lambda d=digest: bot_a.download_blob(d, tmp_path / "stolen"))
-        _refused(lambda: _create(bot_a, servers.a, v.artifact.sha256, holdout=secret_sha))
+            blob_refused(lambda d=digest: bot_a.get_blob(d))
+            blob_refused(lambda d=digest: bot_a.download_blob(d, tmp_path / "stolen"))
+        blob_refused(lambda: _create(bot_a, servers.a, v.artifact.sha256, holdout=secret_sha))
         assert not (tmp_path / "stolen").exists()
     with servers.client("bot-b") as bot_b:
         assert bot_b.get_blob(secret_sha).created_by == "ci-bot"
@@ -121,7 +121,7 @@ def test_sending_the_bytes_opens_them_until_another_model_uses_them(
         bot_b.register_version(
             servers.b, trained_model.onnx, datasets={"secret": secret}, capture_env=False
         )
-        _refused(lambda: bot_a.get_blob(sha))
+        blob_refused(lambda: bot_a.get_blob(sha))
         # Sending the bytes again proves holding them: readable, and a registration may name
         # them, although another model uses them.
         bot_a.upload_blob(secret)
@@ -149,7 +149,7 @@ def test_an_upload_of_bytes_stored_before_tells_a_scoped_caller_nothing(
     with servers.client("dana") as dana:
         fresh = dana.upload_blob(_secret(tmp_path, "fresh.csv")[0])
         for path, digest, record in ((stored, sha, first), (used, used_sha, used_first)):
-            _refused(lambda d=digest: dana.get_blob(d))
+            blob_refused(lambda d=digest: dana.get_blob(d))
             before = time.time()
             got = dana.upload_blob(path)
             # As a first upload of its own answers: its name, the time now.
