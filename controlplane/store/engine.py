@@ -275,7 +275,8 @@ class DatabaseFile:
         return reason
 
     def check(self) -> None:
-        """Refuse (FAILED_PRECONDITION) a write once the file was deleted or replaced."""
+        """Refuse (FAILED_PRECONDITION) a read or write once the file was deleted or
+        replaced."""
         reason = self.lost()
         if reason is not None:
             raise database_lost(reason)
@@ -286,8 +287,9 @@ def database_lost(reason: str) -> FailedPrecondition:
     (``DATABASE_REPLACED``) under the running server."""
     what = "deleted" if reason == "DATABASE_GONE" else "replaced by another file"
     return FailedPrecondition(
-        f"the database file was {what} while the server ran; nothing was stored, as a change "
-        "now would be lost: an operator must restore the database file and restart the server",
+        f"the database file was {what} while the server ran; the server reads and stores "
+        "nothing more (a change now would be lost at the next start): an operator must "
+        "restore the database file and restart the server",
         reason=reason,
     )
 

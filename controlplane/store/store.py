@@ -282,7 +282,9 @@ class Store:
         than the lock wait limit run in a transaction limited to that time: a read stuck
         behind a table lock gives its connection back when its caller gives up."""
         if self.engines.file is not None:
-            self.engines.file.lost()  # only noticed here (health): reads are still served
+            # Refused as writes are: a connection opened now would create an empty database
+            # at the path, and older ones read a file that is gone at the next start.
+            self.engines.file.check()
         left = self._time_left()
         engine = self.engines.read if left is None else self.engines.write
         with (
