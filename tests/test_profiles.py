@@ -472,6 +472,16 @@ def test_text_spelled_like_a_null_stays_text_in_a_csv() -> None:
     assert numbers.type == pa.float64() and numbers.to_pylist() == [1.5, None, None, None, 2.0]
 
 
+def test_a_csv_column_of_null_spellings_alone_is_missing() -> None:
+    """A column holding null spellings alone (``NA`` everywhere, as R writes a missing number)
+    cannot be told from a missing number column: it is missing, while ``NA`` beside other text
+    stays text."""
+    table = read_table(b"region,mixed,text,x\nNA,NA,NA,1\nNA,,US,2\nNA,null,null,3\n")
+    assert table.column("region").null_count == 3
+    assert table.column("mixed").null_count == 3
+    assert table.column("text").to_pylist() == ["NA", "US", "null"]
+
+
 def test_a_parquet_file_repeating_a_column_name_is_duplicate_columns(tmp_path) -> None:
     table = pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["a", "a"])
     data = _parquet_bytes(table)
