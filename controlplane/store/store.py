@@ -404,6 +404,16 @@ def check_db_url(url: str) -> None:
             "sqlite:///PATH",
             reason="INVALID_DB_URL",
         )
+    if parsed.get_backend_name() == "sqlite" and (
+        str(parsed.database).startswith("file:") or "uri" in parsed.query
+    ):
+        # The server keeps files beside the database (PATH.write-lock, PATH.migrate-lock) and
+        # watches PATH itself: it needs the plain path, not an SQLite URI.
+        raise InvalidArgument(
+            f"SQLite URI filenames ({parsed.database!r}) are not supported: give the file's "
+            "path, sqlite:///PATH",
+            reason="INVALID_DB_URL",
+        )
 
 
 def _request_time(session: Session, request_id: str) -> datetime | None:

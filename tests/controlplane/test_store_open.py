@@ -29,6 +29,10 @@ def test_an_unreachable_database_is_unavailable() -> None:
     [
         ("postgresql://u@127.0.0.1:notaport/x", "cannot parse the database URL"),
         ("mysql://x/y", "unsupported database URL 'mysql'"),
+        # The server keeps PATH.write-lock beside the file and watches PATH: an SQLite URI
+        # filename used to fail at start with a bare FileNotFoundError.
+        ("sqlite:///file:/tmp/cp.db?uri=true", "SQLite URI filenames"),
+        ("sqlite:///file:cp.db", "SQLite URI filenames"),
     ],
 )
 def test_a_database_url_that_cannot_be_used_is_refused(url: str, says: str) -> None:
