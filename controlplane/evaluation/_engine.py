@@ -15,7 +15,7 @@ from controlplane.evaluation._classification import classification_metrics
 from controlplane.evaluation._errors import EvaluationWarning, invalid
 from controlplane.evaluation._fairness import FairnessReport, fairness_report
 from controlplane.evaluation._grouping import Groups, cap_groups, group_rows
-from controlplane.evaluation._inputs import check_types, plan_inputs
+from controlplane.evaluation._inputs import InputPlan, check_types, plan_inputs
 from controlplane.evaluation._labels import encode_classes, regression_targets
 from controlplane.evaluation._model import (
     ModelGraph,
@@ -34,7 +34,13 @@ from controlplane.evaluation._predict import (
 from controlplane.evaluation._regression import regression_metrics
 from controlplane.evaluation._report import EvaluationReport, SliceReport
 from controlplane.evaluation._validation import ValidationThresholds, validate
-from modelplane.profiles import BaselineProfile, check_unique_columns, read_table
+from modelplane.profiles import (
+    BaselineProfile,
+    check_unique_columns,
+    detect_format,
+    read_csv_text,
+    read_table,
+)
 
 TASKS = ("classification", "regression")
 MAX_SLICES = 50
@@ -257,9 +263,12 @@ def evaluate(
     if (chunk_rows is not None and chunk_rows < 1) or max_slices < 2:
         raise invalid("INVALID_ARGUMENT", "chunk_rows must be >= 1 and max_slices >= 2")
     digest = None
+    csv: bytes | None = None
     if isinstance(table, bytes | bytearray | memoryview):
         digest = "sha256:" + hashlib.sha256(table).hexdigest()
-        table = read_table(bytes(table))
+        data = bytes(table)
+        csv = data if detect_format(data) == "csv" else None
+        table = read_table(data)
     if table.num_rows == 0:
         raise invalid("EMPTY_DATASET", "the dataset has no rows")
     _require_columns(table, label, slices, protected)
@@ -283,6 +292,8 @@ def evaluate(
         excluded=known,
         require_feature_names=require_feature_names,
     )
+    if csv is not None:
+        table = _text_for_string_inputs(table, inputs, csv)
     check_types(inputs, table.schema)
     report_validation = validate(
         table,
@@ -391,3 +402,22 @@ def evaluate(
     if progress is not None:
         progress(1.0)
     return report
+
+
+def _text_for_string_inputs(table: pa.Table, inputs: InputPlan, csv: bytes) -> pa.Table:
+    """``table`` with the CSV columns that feed string (BYTES) inputs but read as booleans
+    (``True``/``False`` text) read again as the text they are, as a Parquet copy keeps it."""
+    names = [
+        name
+        for spec, cols in inputs.bindings
+        if spec.datatype == "BYTES"
+        for name in cols
+        if pa.types.is_boolean(table.schema.field(name).type)
+    ]
+    if not names:
+        return table
+    text = read_csv_text(csv, names)
+    for name in names:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, pa.field(name, pa.string()), text.column(name))
+    return table

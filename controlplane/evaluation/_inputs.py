@@ -133,6 +133,14 @@ def check_types(plan: InputPlan, schema: pa.Schema) -> None:
     for spec, cols in plan.bindings:
         for name in cols:
             type_ = schema.field(name).type
+            if spec.datatype == "BYTES" and pa.types.is_null(type_):
+                # Every cell empty (a CSV reads such a column as nulls): missing, not numbers.
+                raise invalid(
+                    "MISSING_VALUES",
+                    f"column {name!r} has only missing values but input {spec.name!r} (BYTES) "
+                    "needs a string in every row",
+                    feature=name,
+                )
             if spec.datatype == "BYTES":
                 ok = pa.types.is_string(type_) or pa.types.is_large_string(type_)
                 reason, need = "NON_STRING_FEATURE", "string"

@@ -19,7 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from controlplane.evaluation._errors import invalid
-from modelplane.profiles import category_strings, is_numeric_type, numeric_values
+from modelplane.profiles import (
+    boolean_spelling,
+    category_strings,
+    is_numeric_type,
+    numeric_values,
+)
 
 
 def _no_nulls(column: pa.ChunkedArray, label: str) -> None:
@@ -66,8 +71,10 @@ def _unknown(label: str, values: list[object], classes: Sequence[object]) -> Exc
 def _as_class_type(column: pa.ChunkedArray, classes: Sequence[int] | Sequence[str]) -> pa.Array:
     combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if isinstance(classes[0], str):
+        # A CSV's True/False column reads as booleans: spelled as the model's classes spell
+        # them (a model trained on pandas' "True"/"False" text), it matches them.
         return (
-            category_strings(combined)
+            category_strings(combined, boolean_spelling(str(c) for c in classes))
             if not is_numeric_type(combined.type)
             else pc.cast(combined, pa.string())
         )

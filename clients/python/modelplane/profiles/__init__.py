@@ -39,6 +39,7 @@ from modelplane.profiles._tables import (
     Format,
     check_unique_columns,
     detect_format,
+    read_csv_text,
     read_table,
 )
 
@@ -70,5 +71,6 @@ __all__ = [
     "profiling_table",
     "psi_from_counts",
     "quantile_edges",
+    "read_csv_text",
     "read_table",
 ]

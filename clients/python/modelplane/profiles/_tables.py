@@ -172,6 +172,20 @@ def check_unique_columns(table: pa.Table | pa.Schema) -> None:
     )
 
 
+def read_csv_text(data: bytes, names: list[str]) -> pa.Table:
+    """Columns ``names`` of CSV ``data`` read as text, whatever they look like (``True`` stays
+    ``True``, not a boolean): for columns that feed string inputs. Empty cells are missing, as
+    in :func:`read_table`."""
+    convert = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names}, include_columns=names
+    )
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), parse_options=CSV_PARSE, convert_options=convert)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _invalid(f"cannot read the dataset as csv: {err}") from err
+    return _empty_is_missing(table)
+
+
 def read_table(data: bytes | str | os.PathLike[str], *, text_booleans: bool = False) -> pa.Table:
     """Read a dataset given as bytes or a file path into a pyarrow Table.
 
