@@ -45,12 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
     """SIGINT after the command returned (while the interpreter shuts down: gRPC's and the
     threads' clean-up): exit 130 at once, with what the command printed."""
+    _flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _flush() -> None:
+    """Write out what the command printed, before an exit that skips the interpreter's."""
     from contextlib import suppress
 
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to keep
             stream.flush()
-    os._exit(EXIT_INTERRUPTED)
 
 
 def run() -> None:
@@ -67,6 +72,15 @@ def run() -> None:
     finally:
         if ours:
             signal.signal(signal.SIGINT, _exit_interrupted)
+    if ours:
+        # The interpreter's own shutdown puts SIGINT's default action back before it is done:
+        # a Ctrl-C then would kill the process by the signal, with no exit code. So the exit
+        # handlers run here, under the handler above, and the process ends without that stage.
+        import atexit
+
+        atexit._run_exitfuncs()
+        _flush()
+        os._exit(code)
     sys.exit(code)
 
 
