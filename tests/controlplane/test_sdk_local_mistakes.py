@@ -76,3 +76,12 @@ def test_a_time_no_timestamp_holds_is_invalid_argument(client: Client) -> None:
         next(client.audit_events(since=before_year_1))
     assert refused.value.reason == "INVALID_TIMESTAMP"
     assert refused.value.metadata == {"field": "since"}
+
+
+@pytest.mark.parametrize("value", ["2026-01-01T00:00:00Z", 12345])
+def test_a_time_that_is_no_datetime_is_a_type_error(client: Client, value: object) -> None:
+    """Before, protobuf's own AttributeError ("Fail to convert to Timestamp") came out."""
+    name = unique()
+    client.create_model(name)
+    with pytest.raises(TypeError, match="as_of must be a datetime"):
+        client.get_alias(name, "champion", as_of=value)  # type: ignore[arg-type]

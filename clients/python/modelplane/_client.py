@@ -203,7 +203,10 @@ def _with_fields(message: M, fields: Mapping[str, Any], call: str, updatable: Se
 
 def _timestamp(value: datetime, field: str) -> timestamp_pb2.Timestamp:
     """``value`` (a naive time taken as UTC) as a Timestamp; a time outside the years 1 to
-    9999 in UTC is :class:`InvalidArgument` (INVALID_TIMESTAMP) naming ``field``."""
+    9999 in UTC is :class:`InvalidArgument` (INVALID_TIMESTAMP) naming ``field``, and
+    anything but a ``datetime`` (a string, a number) is ``TypeError``."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{field} must be a datetime, not {type(value).__name__}")
     stamp = timestamp_pb2.Timestamp()
     try:
         stamp.FromDatetime(value)
