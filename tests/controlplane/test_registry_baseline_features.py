@@ -118,6 +118,34 @@ def test_a_train_column_the_model_does_not_take_is_refused(client: Client, tmp_p
     assert v.baseline.feature_count == 2
 
 
+def test_one_column_inputs_are_profiled_under_their_own_names(
+    client: Client, tmp_path: Path
+) -> None:
+    """A pipeline converted by skl2onnx takes each column as its own ``[None, 1]`` input.
+    Before, the registry (and the sidecar) named those columns ``a_0`` and ``b_0`` only, so a
+    train dataset with the inputs' names was refused (BASELINE_MISMATCH) and such a model could
+    get no baseline; ``a_0`` still names the same column."""
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(_model([("a", ["N", 1]), ("b", ["N", 1])]))
+    model_id = unique()
+    client.create_model(model_id)
+    v = client.register_version(
+        model_id,
+        onnx_path,
+        datasets={"train": _train(tmp_path, ["a", "b"])},
+        label="label",
+        capture_env=False,
+    )
+    assert v.baseline.feature_count == 2
+    signature = signature_of(ort.InferenceSession(onnx_path.read_bytes()))
+    assert column_names(signature, None) == {
+        "a": ("a", 0),
+        "a_0": ("a", 0),
+        "b": ("b", 0),
+        "b_0": ("b", 0),
+    }
+
+
 @pytest.mark.parametrize(
     "inputs",
     [[("image", ["N", 3, 8, 8])], [("x", ["N", "F"])]],
@@ -141,3 +169,21 @@ def test_a_model_without_feature_columns_registers_its_train_dataset_without_a_b
     )
     assert [d.role for d in v.lineage.datasets] == ["train"]
     assert not v.HasField("baseline") or not v.baseline.sha256
+
+
+def test_the_sidecar_feeds_one_column_inputs_to_features_of_their_names(tmp_path: Path) -> None:
+    """The same rule on the sidecar's side: a baseline of ``a`` and ``b`` is fed from the
+    ``[None, 1]`` inputs ``a`` and ``b`` (before, BASELINE_MISMATCH at start)."""
+    from modelplane.profiles import build_profile
+    from sidecar.drift import DriftMonitor
+    from sidecar.driftfeed import FeatureSource
+
+    signature = signature_of(ort.InferenceSession(_model([("a", ["N", 1]), ("b", ["N", 1])])))
+    rng = np.random.default_rng(1)
+    table = pa.table({"a": rng.normal(size=100), "b": rng.normal(size=100)})
+    profile = build_profile(table, ["a", "b"])
+    monitor = DriftMonitor(profile)
+    source = FeatureSource.plan(signature, profile, None, monitor.numeric_names)
+    assert source.sources == (("a", 0), ("b", 0))
+    rows = source.extract({"a": np.ones((4, 1), np.float32), "b": np.zeros((4, 1), np.float32)})
+    assert np.asarray(rows).tolist() == [[1.0, 0.0]] * 4

@@ -14,7 +14,10 @@ def input_columns(
 
     A ``[-1]`` input is one column named after the input; a ``[-1, F]`` input is ``F``
     columns, named by ``feature_names`` when it is the only such input and they are ``F``,
-    else ``x_0..x_{F-1}`` (``<input>_0..`` when the model has several). Other inputs give none.
+    else ``x_0..x_{F-1}`` (``<input>_0..`` when the model has several). When there are several,
+    a ``[-1, 1]`` input's one column also goes by the input's own name, as evaluation binds it
+    (skl2onnx gives each column of a pipeline such an input): a dataset whose columns are the
+    inputs' names profiles the model's features. Other inputs give none.
     """
     tabular = [name for name, shape in inputs if len(shape) == 2 and shape[1] >= 0]
     columns: dict[str, tuple[str, int | None]] = {}
@@ -28,6 +31,8 @@ def input_columns(
             else:
                 prefix = f"{name}_" if len(tabular) > 1 else "x_"
                 names = [f"{prefix}{j}" for j in range(width)]
+            if width == 1 and len(tabular) > 1:
+                columns[name] = (name, 0)
             for j, column in enumerate(names):
                 columns[column] = (name, j)
     return columns
