@@ -82,6 +82,23 @@ def _train(folder: Path, columns: list[str]) -> Path:
     return path
 
 
+def _register_with_train(
+    client: Client, tmp_path: Path, inputs: list[tuple[str, list[Dim]]]
+) -> Any:
+    """A new model's version of an identity model of ``inputs``, trained on columns a and b."""
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(_model(inputs))
+    model_id = unique()
+    client.create_model(model_id)
+    return client.register_version(
+        model_id,
+        onnx_path,
+        datasets={"train": _train(tmp_path, ["a", "b"])},
+        label="label",
+        capture_env=False,
+    )
+
+
 def test_a_train_column_the_model_does_not_take_is_refused(client: Client, tmp_path: Path) -> None:
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(_model([("a", ["N"]), ("b", ["N"])]))
@@ -125,19 +142,10 @@ def test_one_column_inputs_are_profiled_under_their_own_names(
     Before, the registry (and the sidecar) named those columns ``a_0`` and ``b_0`` only, so a
     train dataset with the inputs' names was refused (BASELINE_MISMATCH) and such a model could
     get no baseline; ``a_0`` still names the same column."""
-    onnx_path = tmp_path / "m.onnx"
-    onnx_path.write_bytes(_model([("a", ["N", 1]), ("b", ["N", 1])]))
-    model_id = unique()
-    client.create_model(model_id)
-    v = client.register_version(
-        model_id,
-        onnx_path,
-        datasets={"train": _train(tmp_path, ["a", "b"])},
-        label="label",
-        capture_env=False,
-    )
+    inputs: list[tuple[str, list[Dim]]] = [("a", ["N", 1]), ("b", ["N", 1])]
+    v = _register_with_train(client, tmp_path, inputs)
     assert v.baseline.feature_count == 2
-    signature = signature_of(ort.InferenceSession(onnx_path.read_bytes()))
+    signature = signature_of(ort.InferenceSession(_model(inputs)))
     assert column_names(signature, None) == {
         "a": ("a", 0),
         "a_0": ("a", 0),
@@ -156,17 +164,7 @@ def test_a_model_without_feature_columns_registers_its_train_dataset_without_a_b
 ) -> None:
     """No input is a column or a fixed-width table: drift cannot be watched on the model, so
     the train dataset is lineage only (no baseline), not a reason to refuse the version."""
-    onnx_path = tmp_path / "m.onnx"
-    onnx_path.write_bytes(_model(inputs))
-    model_id = unique()
-    client.create_model(model_id)
-    v = client.register_version(
-        model_id,
-        onnx_path,
-        datasets={"train": _train(tmp_path, ["a", "b"])},
-        label="label",
-        capture_env=False,
-    )
+    v = _register_with_train(client, tmp_path, inputs)
     assert [d.role for d in v.lineage.datasets] == ["train"]
     assert not v.HasField("baseline") or not v.baseline.sha256
 

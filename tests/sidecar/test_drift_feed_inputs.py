@@ -137,9 +137,8 @@ def test_text_that_is_no_number_is_missing_for_its_feature_and_costs_no_rows(
     assert features["cat"].count == total - 2 * per_thread
     assert features["cat"].missing_share == pytest.approx(2 * per_thread / total)
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{handle.metrics_port}/metrics") as reply:
-        text = reply.read().decode()
-    assert 'modelplane_drift_failed_rows_total{model="three",version="1"} 0.0' in text
+    failed = 'modelplane_drift_failed_rows_total{model="three",version="1"} 0.0'
+    assert failed in _drift_lines(handle.metrics_port)
 
 
 def test_feature_names_name_the_table_input_and_keep_the_other_inputs_features(
