@@ -52,6 +52,8 @@ def start_sidecar(stack: ExitStack, control_plane: str) -> tuple[str, int, Path]
         str(log_dir),
         "--metrics-listen",
         f"127.0.0.1:{metrics}",
+        "--drift-window-rows",
+        str(DRIFT_WINDOW_ROWS),
     )
     out = stack.enter_context((STATE / "sidecar.log").open("wb"))
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -59,6 +61,14 @@ def start_sidecar(stack: ExitStack, control_plane: str) -> tuple[str, int, Path]
     wait_serving(address, proc, "the sidecar")
     return address, metrics, log_dir
 
+
+#: Rows per drift window of the demo's sidecar: small enough that, once the drift is injected,
+#: a window soon holds only shifted rows (the default of 10,000 would take the demo's traffic
+#: half a minute to fill).
+DRIFT_WINDOW_ROWS = 2000
+
+#: Rows of shifted traffic the sidecar's window must hold before the demo reads its report.
+DRIFT_SHOWN_ROWS = 500
 
 #: How long after a change the demo starts counting answers: the sidecar hears of a change
 #: over its watch stream a moment after the control plane makes it.
@@ -201,14 +211,14 @@ def drift(alice: Any, sc_address: str, traffic: Traffic, request: Path) -> None:
         traffic.shift = 1.0
         raise SystemExit(f"the retraining hook did not fire within 60s; see {STATE}/*.log")
     # The control plane judges the short windows the sidecar reports, so the hook may fire
-    # while the sidecar's own open window (10,000 rows) still holds mostly rows from before
-    # the shift: keep the shift on until scaled rows fill it or dominate it.
+    # while the sidecar's own open window still holds rows from before the shift: keep the
+    # shift on until a window holds shifted rows only, enough of them to judge.
     deadline = time.monotonic() + 60
     while True:
         during = drift_report(sc_address)
         scaled = traffic.sent - sent
-        dominated = during.HasField("drifted_share") and during.drifted_share >= 0.5
-        if during.row_count <= scaled or dominated or time.monotonic() > deadline:
+        only_shifted = DRIFT_SHOWN_ROWS <= during.row_count <= scaled
+        if only_shifted or time.monotonic() > deadline:
             break
         time.sleep(0.25)
     traffic.shift = 1.0
