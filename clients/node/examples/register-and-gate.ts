@@ -6,15 +6,18 @@
  *       --model fraud --onnx model.onnx --target production [--as ci-bot] [--timeout 90s] \
  *       [--token TOKEN] [--tls-ca ca.pem | --tls] [--tls-cert me.pem --tls-key me.key]
  *
- * The model is created when it does not exist yet. Exit code 0 when the gate passes, 1 when it
- * fails, 2 on a usage error (an unknown or missing option, a --server that is not HOST:PORT,
- * a --timeout that is not a duration, an --as or --token that gRPC metadata cannot carry) or
- * an unreadable ONNX or TLS file (read before any call, so nothing is created), 3 when the
- * server answers an error (its status and reason are printed: UNAUTHENTICATED
- * MISSING_CREDENTIALS from a control plane with access control when no token is given), 4
- * when it cannot be reached or does not answer in time (UNAVAILABLE: refused, reset, or a TLS
- * handshake or certificate check that failed; DEADLINE_EXCEEDED: no answer within --timeout),
- * as the Go example and the `modelplane` CLI exit.
+ * The model is created when it does not exist yet. The gate's line names the policy that
+ * decided, or "no policy bound" (a target without one passes). Exit code 0 when the gate
+ * passes, 1 when it fails, 2 on a usage error (an unknown or missing option, a --server that
+ * is not HOST:PORT, a --timeout that is not a duration, an --as or --token that gRPC metadata
+ * cannot carry) or an unreadable ONNX or TLS file (read before any call, so nothing is
+ * created), 3 when the server answers an error (its status and reason are printed:
+ * UNAUTHENTICATED MISSING_CREDENTIALS from a control plane with access control when no token
+ * is given; UNIMPLEMENTED, with the hint, from a sidecar's address), 4 when it cannot be
+ * reached or does not answer in time (UNAVAILABLE: refused, reset, a TLS handshake or
+ * certificate check that failed, or a server that does not speak HTTP/2, such as a metrics
+ * port; DEADLINE_EXCEEDED: no answer within --timeout), as the Go example and the
+ * `modelplane` CLI exit.
  *
  * --timeout (default 60s) bounds each call: seconds (`90`, `1.5`) or a duration (`90s`,
  * `500ms`, `2m`, `1h`); `0` is none; a fraction of a millisecond is rounded up.
@@ -213,7 +216,15 @@ async function main(): Promise<number> {
     for (const r of decision.results) {
       console.log(`[${r.outcome}] ${r.expression}${r.message ? ` (${r.message})` : ""}`);
     }
-    console.log(`gate ${values.target}: ${decision.passed ? "passed" : "failed"}`);
+    // As the `modelplane` CLI says it: which policy decided (a target with none passes).
+    const policy = decision.policy
+      ? `${decision.policy} r${decision.policyRevision}`
+      : "no policy bound";
+    const against = decision.comparedVersion ? `; delta against ${decision.comparedVersion}` : "";
+    console.log(
+      `gate ${values.target}: ${decision.passed ? "passed" : "failed"} ` +
+        `(${policy}; evidence ${decision.evaluation || "none"}${against})`,
+    );
     return decision.passed ? 0 : 1;
   } catch (err) {
     if (err instanceof ModelplaneError) {

@@ -171,6 +171,7 @@ export class ModelplaneClient {
           service,
           withTimeout(service, createClient(service, transport), timeoutMs),
         ),
+        address,
       );
     this.registry = connect(RegistryService);
     this.blobs = connect(BlobService);

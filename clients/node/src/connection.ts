@@ -6,11 +6,14 @@
  * connection reset during the handshake is ABORTED, and a server that closes the connection
  * right after the TLS 1.3 handshake (as gRPC servers do to a client presenting no client
  * certificate, or speaking plaintext to a TLS port) leaves the call's stream cancelled:
- * CANCELLED. gRPC core (the Python SDK, the Go client) says UNAVAILABLE for all of these, so
- * this client does too, keeping the original message and its cause.
+ * CANCELLED. A connection lost while an answer is on its way (a control plane killed under a
+ * `watchDeployment`, a network cut) is CANCELLED or ABORTED too. gRPC core (the Python SDK,
+ * the Go client) says UNAVAILABLE for all of these, so this client does too, keeping the
+ * original message and its cause.
  *
- * Only errors of calls that got no answer at all are changed: an answer of the server, even
- * CANCELLED or INTERNAL, comes with response headers and a grpc-status.
+ * Only errors that came with no grpc-status are changed: an answer of the server, even
+ * CANCELLED or INTERNAL, comes with one. A call cut by this client (`close()`, the caller's
+ * signal) keeps its CANCELLED.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import type * as http2 from "node:http2";
@@ -96,39 +99,94 @@ export function connectionErrorCode(err: unknown): string | undefined {
 /** The codes Connect's transport gives failures of its own (not the server's answers). */
 const TRANSPORT_CODES = new Set([Code.Canceled, Code.Unknown, Code.Internal, Code.Aborted]);
 
+/** nghttp2's NGHTTP2_ERR_PROTO, the `errno` of Node's ERR_HTTP2_ERROR "Protocol error". */
+const NGHTTP2_ERR_PROTO = -505;
+
 /**
- * `err` as UNAVAILABLE when it is a connection-level failure of a call the server never
- * answered; otherwise `err` itself. The message is kept (the Node error code added), and so
- * is the cause: the Node error, or Connect's own error where there was none.
+ * Whether `err`'s cause chain holds nghttp2's protocol error: the peer sent bytes that are no
+ * HTTP/2 frames (an HTTP/1.1 answer, a banner), where HTTP/2 begins with a SETTINGS frame.
  */
-export function unavailableIfUnanswered(err: unknown, trace: CallTrace): unknown {
+export function isNotHttp2(err: unknown): boolean {
+  const seen = new Set<unknown>();
+  for (let e = err; e instanceof Error && !seen.has(e); e = e.cause) {
+    seen.add(e);
+    const { code, errno } = e as { code?: unknown; errno?: unknown };
+    if (code === "ERR_HTTP2_ERROR" && errno === NGHTTP2_ERR_PROTO) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/** The TLS alert of a server that offers no HTTP/2 (no `h2` in its ALPN protocols). */
+const NO_H2_ALERT = "ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL";
+
+/** What to check when the peer at `address` turned out not to be a gRPC server. */
+function notGrpcHint(address: string): string {
+  return (
+    `is ${address} an HTTP/1.1 port, such as a metrics port, or a proxy without HTTP/2? ` +
+    "Give the control plane's gRPC address"
+  );
+}
+
+/** `err` as UNAVAILABLE with `message`, its metadata kept, its cause (or itself) the cause. */
+function unavailable(err: ConnectError, message: string): ConnectError {
+  return new ConnectError(message, Code.Unavailable, err.metadata, undefined, err.cause ?? err);
+}
+
+/**
+ * `err` as UNAVAILABLE when it is a connection-level failure (see the top of this file) of a
+ * call to `address`; otherwise `err` itself. The message is kept (the Node error code added,
+ * or what the failure means), and so is the cause: the Node error, or Connect's own error
+ * where there was none.
+ */
+export function unavailableIfConnectionFailed(
+  err: unknown,
+  trace: CallTrace,
+  address: string,
+): unknown {
   if (
     !(err instanceof ConnectError) ||
     !TRANSPORT_CODES.has(err.code) ||
-    trace.answered ||
     err.metadata.has("grpc-status")
   ) {
     return err;
   }
   const code = connectionErrorCode(err.cause);
-  if (code !== undefined) {
-    const message = err.rawMessage.trim();
-    return new ConnectError(
-      message.includes(code) ? message : `${message} (${code})`,
-      Code.Unavailable,
-      err.metadata,
-      undefined,
-      err.cause,
+  const message = err.rawMessage.trim();
+  if (trace.answered) {
+    // Headers came, then the connection went before the trailers: the server died or the
+    // network failed under the answer (a reset of this stream alone leaves the session up).
+    if (trace.connectionLost || (code !== undefined && SOCKET_ERRORS.has(code))) {
+      return unavailable(
+        err,
+        `the connection to ${address} was lost before the call ended (${message})`,
+      );
+    }
+    return err;
+  }
+  if (isNotHttp2(err.cause)) {
+    return unavailable(
+      err,
+      `the server at ${address} does not speak HTTP/2, so it is no gRPC server: its first ` +
+        `bytes were no HTTP/2 frame (${message}); ${notGrpcHint(address)}`,
     );
   }
+  if (code === NO_H2_ALERT) {
+    return unavailable(
+      err,
+      `${message} (${code}): the TLS server at ${address} offers no HTTP/2, so it is no gRPC ` +
+        `server; ${notGrpcHint(address)}`,
+    );
+  }
+  if (code !== undefined) {
+    return unavailable(err, message.includes(code) ? message : `${message} (${code})`);
+  }
   if (trace.connectionLost) {
-    return new ConnectError(
+    return unavailable(
+      err,
       `the server closed the connection before answering (${err.rawMessage}); a TLS server ` +
         "does so when the client presents no certificate it trusts, or speaks plaintext",
-      Code.Unavailable,
-      err.metadata,
-      undefined,
-      err.cause ?? err,
     );
   }
   return err;
@@ -154,12 +212,19 @@ export class TracingSessionManager extends Http2SessionManager {
     const stream = await super.request(method, path, headers, options);
     const trace = traces.getStore();
     const session = stream.session;
-    if (trace === undefined || session === undefined) {
+    if (session === undefined) {
       return stream;
     }
     if (!this.sessions.has(session)) {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
+      // A session's error reaches its calls through their streams. Connect's abort() leaves
+      // only a one-shot listener, so an error the session emits after it (a peer that is no
+      // HTTP/2 server, then close()) had none and killed the process.
+      session.on("error", () => {});
+    }
+    if (trace === undefined) {
+      return stream;
     }
     stream.once("response", () => {
       trace.answered = true;
@@ -180,16 +245,34 @@ export class TracingSessionManager extends Http2SessionManager {
 }
 
 /**
- * Report connection-level failures of calls the server never answered as UNAVAILABLE (see
- * the top of this file). Goes with a TracingSessionManager.
+ * Report connection-level failures as UNAVAILABLE (see the top of this file): those of the
+ * call, and those raised while a server stream's messages are read. Goes with a
+ * TracingSessionManager.
  */
 export function unavailableWhenUnreached(): Interceptor {
   return (next) => async (req) => {
     const trace: CallTrace = { answered: false, connectionLost: false };
+    const address = new URL(req.url).host;
+    const failed = (err: unknown) =>
+      req.signal.aborted ? err : unavailableIfConnectionFailed(err, trace, address);
+    let res;
     try {
-      return await traces.run(trace, () => next(req));
+      res = await traces.run(trace, () => next(req));
     } catch (err) {
-      throw req.signal.aborted ? err : unavailableIfUnanswered(err, trace);
+      throw failed(err);
     }
+    return res.stream ? { ...res, message: mapped(res.message, failed) } : res;
   };
+}
+
+/** The messages of `stream`, with the error reading them ends in passed through `failed`. */
+async function* mapped<M>(
+  stream: AsyncIterable<M>,
+  failed: (err: unknown) => unknown,
+): AsyncGenerator<M> {
+  try {
+    yield* stream;
+  } catch (err) {
+    throw failed(err);
+  }
 }

@@ -76,21 +76,41 @@ export function statusName(code: Code): string {
   return STATUS_NAMES[code] ?? "UNKNOWN";
 }
 
-/** Turn whatever a call threw into a ModelplaneError, reading ErrorInfo from the trailers. */
-export function toModelplaneError(err: unknown): ModelplaneError {
+/**
+ * Turn whatever a call threw into a ModelplaneError, reading ErrorInfo from the trailers.
+ * With the `address` the call went to, an UNIMPLEMENTED that carries no ErrorInfo (gRPC's own
+ * answer for a method the server does not serve at all, as a sidecar answers this API) says
+ * so and names the likely mix-up of addresses.
+ */
+export function toModelplaneError(err: unknown, address?: string): ModelplaneError {
   if (err instanceof ModelplaneError) {
     return err;
   }
-  const connect = ConnectError.from(err);
+  let connect = ConnectError.from(err);
   const info = connect.findDetails(ErrorInfoSchema).find((d) => d.domain === ERROR_DOMAIN);
+  if (address !== undefined && info === undefined && connect.code === Code.Unimplemented) {
+    const explained = new ConnectError(
+      `${address} answers, but does not serve this API (${connect.rawMessage}): is ` +
+        `${address} a sidecar's address? Give the control plane's gRPC address ` +
+        "(ModelplaneClient's address, the example's --server or MODELPLANE_SERVER), not a " +
+        "sidecar's; or the control plane there is older than this client and lacks the call",
+      connect.code,
+      connect.metadata,
+      undefined,
+      connect.cause,
+    );
+    explained.details = connect.details;
+    connect = explained;
+  }
   return new ModelplaneError(connect, info?.reason ?? "", { ...(info?.metadata ?? {}) });
 }
 
 /**
  * Wrap a generated service client so that its calls reject (or, for server streams, throw
- * while iterating) with ModelplaneError instead of a bare ConnectError.
+ * while iterating) with ModelplaneError instead of a bare ConnectError; `address` (the one the
+ * client calls) is for the errors' messages.
  */
-export function withModelplaneErrors<T extends object>(client: T): T {
+export function withModelplaneErrors<T extends object>(client: T, address?: string): T {
   return new Proxy(client, {
     get(target, prop, receiver) {
       const value: unknown = Reflect.get(target, prop, receiver);
@@ -101,11 +121,11 @@ export function withModelplaneErrors<T extends object>(client: T): T {
         const result: unknown = value.apply(target, args);
         if (result instanceof Promise) {
           return result.catch((err: unknown) => {
-            throw toModelplaneError(err);
+            throw toModelplaneError(err, address);
           });
         }
         if (isAsyncIterable(result)) {
-          return rethrowing(result);
+          return rethrowing(result, address);
         }
         return result;
       };
@@ -117,10 +137,10 @@ function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {
   return typeof v === "object" && v !== null && Symbol.asyncIterator in v;
 }
 
-async function* rethrowing<M>(stream: AsyncIterable<M>): AsyncGenerator<M> {
+async function* rethrowing<M>(stream: AsyncIterable<M>, address?: string): AsyncGenerator<M> {
   try {
     yield* stream;
   } catch (err) {
-    throw toModelplaneError(err);
+    throw toModelplaneError(err, address);
   }
 }

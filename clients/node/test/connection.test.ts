@@ -1,11 +1,15 @@
 /**
  * Which failures are UNAVAILABLE: a loopback HTTP/2 server answers each call as its
- * `x-behave` header says, or drops the connection, or never answers.
+ * `x-behave` header says, or drops the connection, or never answers; an HTTP/1.1 server; a
+ * server process killed while it streams an answer.
  */
 import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { createServer as createHttp1Server } from "node:http";
 import { createServer, constants, type Http2Server, type Http2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "@connectrpc/connect";
 import { ModelplaneClient, ModelplaneError } from "../src/index.js";
 
@@ -49,6 +53,14 @@ describe("connection-level failures", () => {
         stream.close(constants.NGHTTP2_CANCEL);
       } else if (behave === "drop") {
         setTimeout(() => stream.session?.destroy(), 50);
+      } else if (behave === "answer" || behave === "answer-reset") {
+        // Headers and one empty message (a default DeploymentState), then nothing more or,
+        // for answer-reset, this stream alone reset on a connection that stays up.
+        stream.respond({ ":status": 200, "content-type": "application/grpc" });
+        stream.write(Buffer.alloc(5));
+        if (behave === "answer-reset") {
+          setTimeout(() => stream.close(constants.NGHTTP2_CANCEL), 50);
+        }
       }
       // Otherwise no answer: the caller gives up.
     });
@@ -116,6 +128,42 @@ describe("connection-level failures", () => {
     assert.equal(err.code, Code.Canceled, err.message);
   });
 
+  /** The error reading a watchDeployment stream ends in; `onState` runs on each state. */
+  async function watchFailure(client: ModelplaneClient, behave: string, onState = () => {}) {
+    const stream = client.deployments.watchDeployment(
+      { name: "deployments/d" },
+      { headers: { "x-behave": behave } },
+    );
+    return failure(
+      (async () => {
+        for await (const _ of stream) {
+          onState();
+        }
+      })(),
+    );
+  }
+
+  test("a stream reset after its answer began, the connection up, is no lost one", async () => {
+    const client = new ModelplaneClient(address);
+    try {
+      const err = await watchFailure(client, "answer-reset");
+      assert.notEqual(err.code, Code.Unavailable, err.message);
+      assert.doesNotMatch(err.rawMessage, /was lost/);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a stream cut by close() after its first message stays CANCELLED", async () => {
+    const client = new ModelplaneClient(address);
+    try {
+      const err = await watchFailure(client, "answer", () => client.close());
+      assert.equal(err.code, Code.Canceled, err.message);
+    } finally {
+      client.close();
+    }
+  });
+
   test("a call cut by close() or by its caller stays CANCELLED", async () => {
     const closed = new ModelplaneClient(address);
     setTimeout(() => closed.close(), 50);
@@ -133,4 +181,81 @@ describe("connection-level failures", () => {
       client.close();
     }
   });
+});
+
+test("an HTTP/1.1 server (a metrics port) is UNAVAILABLE, named as no HTTP/2 server", async () => {
+  // Close at once after the failure, as a try/finally does: Connect's abort() left the
+  // session's pending error with no listener, and the process died of it.
+  const http1 = createHttp1Server((_req, res) => res.end("# HELP up 1\n"));
+  await new Promise<void>((resolve) => http1.listen(0, "127.0.0.1", resolve));
+  const address = `127.0.0.1:${(http1.address() as AddressInfo).port}`;
+  const uncaught: unknown[] = [];
+  const note = (err: unknown) => uncaught.push(err);
+  process.on("uncaughtException", note);
+  const client = new ModelplaneClient(address, { timeoutMs: 10_000 });
+  try {
+    const err = await failure(client.registry.listModels({}));
+    client.close();
+    assert.equal(err.code, Code.Unavailable, err.message);
+    assert.match(err.rawMessage, /^the server at 127\.0\.0\.1:\d+ does not speak HTTP\/2/);
+    assert.ok(err.rawMessage.includes(`is ${address} an HTTP/1.1 port`), err.rawMessage);
+    assert.doesNotMatch(err.rawMessage, /TLS/);
+    await sleep(200);
+    assert.deepEqual(uncaught, []);
+  } finally {
+    process.off("uncaughtException", note);
+    client.close();
+    http1.close();
+  }
+});
+
+/**
+ * A gRPC-like HTTP/2 server in a child process: it answers each call with its headers and one
+ * empty message, then waits. Its port comes on its first line of output.
+ */
+const STREAMING_SERVER = `
+import { createServer } from "node:http2";
+const server = createServer();
+server.on("stream", (stream) => {
+  stream.respond({ ":status": 200, "content-type": "application/grpc" });
+  stream.write(Buffer.alloc(5));
+});
+server.listen(0, "127.0.0.1", () => console.log(server.address().port));
+`;
+
+async function startStreamingServer(): Promise<{ address: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, ["--input-type=module", "-e", STREAMING_SERVER], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const port = await new Promise<string>((resolve, reject) => {
+    child.stdout?.once("data", (data: Buffer) => resolve(String(data).trim()));
+    child.once("exit", (code) => reject(new Error(`the server exited (${String(code)})`)));
+  });
+  return { address: `127.0.0.1:${port}`, child };
+}
+
+test("a server killed while streaming an answer is UNAVAILABLE, as gRPC core says", async () => {
+  // A control plane killed (SIGKILL, OOM) under a watchDeployment sends no grpc-status: the
+  // stream was CANCELLED (or ABORTED), which a watcher reads as its own cancellation.
+  const { address, child } = await startStreamingServer();
+  const client = new ModelplaneClient(address);
+  let states = 0;
+  try {
+    const stream = client.deployments.watchDeployment({ name: "deployments/d" });
+    const err = await failure(
+      (async () => {
+        for await (const _ of stream) {
+          states++;
+          child.kill("SIGKILL");
+        }
+      })(),
+    );
+    assert.equal(states, 1);
+    assert.equal(err.code, Code.Unavailable, err.message);
+    assert.equal(err.status, "UNAVAILABLE");
+    assert.match(err.rawMessage, new RegExp(`^the connection to ${address} was lost`));
+  } finally {
+    client.close();
+    child.kill("SIGKILL");
+  }
 });
