@@ -310,7 +310,7 @@ class ManagedObserver:
         if candidate is None or record.shadow is not candidate:
             return
         shadow.errors += record.errors
-        if record.record is None:
+        if record.record is None:  # failed copies: counted, no answers to compare
             return
         champion = record.champion
         mine = (
@@ -338,6 +338,10 @@ class ManagedObserver:
             appends += served
         copies = [(r.record, r.shadow) for r in shadows if r.record is not None]
         appends += [(run, version, SHADOW) for run, version in _runs_by_owner(copies)]
+        # Refused requests are logged here in async durability only (in sync durability the
+        # request threads log their own); failed shadow copies always, like the copies that ran.
+        refusals = list(rejected) if self._log_batches else []
+        refusals += [(r.failed, r.shadow, SHADOW) for r in shadows if r.failed is not None]
         for run, version, arm in appends:
             try:
                 writer.append(
@@ -352,9 +356,7 @@ class ManagedObserver:
                 # rejected requests after it.
                 self.refused += len(run.request_ids)
                 errors.report(exc, len(run.request_ids))
-        if not self._log_batches:
-            return
-        for record, version, arm in rejected:
+        for record, version, arm in refusals:
             try:
                 writer.append_rejected(to_rejected_request(record, version.feature_names, arm))
             except PredictionLogError:

@@ -10,6 +10,15 @@ runs requests with compatible tensors as one session call, and publishes a
 :class:`ShadowRecord` to the observer hub, where the comparison and the prediction log pick
 it up. A shadow failure is counted, never seen by the client, and never stops the worker.
 
+As on the serving path (:mod:`sidecar.model`), copies that ran as one call and failed run
+again one by one, so that only the copies that fail on their own count as errors: the
+shadow's error rate is the share of requests the candidate fails, whatever the load. The
+reruns are part of the worker's round, so they count against its budget. Each failed copy is
+published as a refusal (INVALID_ARGUMENT, ``MODEL_EXECUTION_FAILED`` and the message, or the
+decoding error) with its inputs, which the prediction log keeps under arm ``shadow``; the
+sidecar's log says so at the first failure and then at most once per
+:data:`FAILURE_WARNING_S`, with the count since its last line.
+
 Every job leaves the queue through the same accounting (its bytes and its in-flight count on
 the shadow version go), whether it ran, failed or was given up: :meth:`ShadowRunner.close`
 refuses new jobs, lets the worker run what is queued without resting, and gives up (counts
@@ -33,9 +42,11 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modelplane.errors import ModelplaneError
-from sidecar.codec import decode
-from sidecar.observers import BatchRecord
+from modelplane.errors import Internal, ModelplaneError
+from sidecar.codec import Decoded, decode
+from sidecar.model import _execution_failed
+from sidecar.observers import BatchRecord, RejectedRecord
+from sidecar.recording import rejected_inputs, tabular_column_names
 
 log = structlog.get_logger("modelplane.sidecar.shadow")
 
@@ -43,6 +54,8 @@ Array = np.ndarray[Any, Any]
 
 #: Bytes that queued shadow jobs may hold at most (requests and champion outputs).
 MAX_QUEUED_BYTES = 64 << 20
+#: The least time between two warnings about failed shadow copies.
+FAILURE_WARNING_S = 60.0
 
 
 @dataclass(slots=True)
@@ -65,6 +78,7 @@ class ShadowRecord:
 
     ``record`` is the shadow run (``version`` the shadow's); ``champion_outputs`` holds the
     champion's outputs for the same rows, stacked alike, ``errors`` the copies that failed.
+    A record of one failed copy has no run, and ``failed`` its refusal for the prediction log.
     """
 
     record: BatchRecord | None
@@ -74,6 +88,13 @@ class ShadowRecord:
     errors: int = 0
     #: The shadow version (a LoadedVersion; ``record.version`` is its label).
     shadow: Any = None
+    #: The failed copy (its status, message and inputs as decoded), when this record is one.
+    failed: RejectedRecord | None = None
+
+    @property
+    def inputs(self) -> dict[str, Array]:
+        """The failed copy's inputs (none otherwise), which the hub's byte bound counts."""
+        return {} if self.failed is None else self.failed.inputs
 
 
 class ShadowRunner:
@@ -100,6 +121,8 @@ class ShadowRunner:
         #: Copies dropped because the queue was full (read and reset by the comparison).
         self.dropped = 0
         self.completed = 0
+        #: Copies that failed (counted as shadow errors), for the throttled warning.
+        self.failures = FailureWarnings()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -206,6 +229,7 @@ class ShadowRunner:
             with self._lock:
                 self._closed = True
             self._drain()
+            self.failures.flush()
 
     def _count_errors(self, jobs: list[ShadowJob]) -> None:
         """Publish ``jobs`` as failed copies, one count per champion and shadow pair."""
@@ -225,38 +249,83 @@ class ShadowRunner:
             self._done(jobs)
 
     def _run_jobs(self, jobs: list[ShadowJob]) -> None:
-        groups: dict[Any, list[tuple[ShadowJob, Any]]] = {}
-        undecodable = []
+        groups: dict[Any, list[tuple[ShadowJob, Decoded]]] = {}
         for job in jobs:
             shadow = job.shadow.model
             try:
                 decoded = decode(job.request, shadow.signature, shadow.limits)
             except Exception as exc:
-                if not isinstance(exc, ModelplaneError):
-                    log.warning("shadow copy could not be decoded", error=str(exc))
-                undecodable.append(job)
+                self._failed(job, None, exc)
                 continue
             key = (id(job.shadow), id(job.champion), decoded.key)
             groups.setdefault(key, []).append((job, decoded))
-        self._count_errors(undecodable)
         for members in groups.values():
             shadow = members[0][0].shadow.model
             batched = (
                 shadow.signature.batchable and members[0][1].key is not None and len(members) > 1
             )
             # Copies that cannot share a session call (a model whose answers change when
-            # requests are stacked, see sidecar.batch_check) run one by one; one that fails
-            # leaves the others' results standing.
-            for part in [members] if batched else [[m] for m in members]:
+            # requests are stacked, see sidecar.batch_check) run one by one, and so do the
+            # copies of a call that failed: one that fails leaves the others' results standing.
+            if batched and self._ran_together(members):
+                continue
+            for job, decoded in members:
                 try:
-                    self._run_part(part)
+                    record = self._run_part([(job, decoded)])
                 except Exception as exc:
-                    log.warning("shadow run failed", error=str(exc))
-                    self._count_errors([job for job, _ in part])
+                    self._failed(job, decoded, exc)
+                    continue
+                self._publish(record)
 
-    def _run_part(self, part: list[tuple[ShadowJob, Any]]) -> None:
-        """One session call of the shadow on ``part``'s rows, published with the champion's
-        answers for the same rows."""
+    def _ran_together(self, members: list[tuple[ShadowJob, Decoded]]) -> bool:
+        """Run ``members`` as one session call and publish it; False when the call failed
+        (then none of them is counted yet)."""
+        try:
+            record = self._run_part(members)
+        except Exception:
+            return False
+        self._publish(record)
+        return True
+
+    def _failed(self, job: ShadowJob, decoded: Decoded | None, exc: Exception) -> None:
+        """Publish one failed copy: a shadow error, with its refusal for the prediction log
+        (``decoded`` None: it could not be decoded against the shadow's signature)."""
+        shadow = job.shadow.model
+        signature = shadow.signature
+        if decoded is not None:
+            err: ModelplaneError = _execution_failed(exc)
+            inputs = {
+                name: array
+                for name, array in decoded.arrays.items()
+                if (spec := signature.input(name)) is not None and spec.per_row
+            }
+        else:
+            err = (
+                exc
+                if isinstance(exc, ModelplaneError)
+                else Internal(f"the copy could not be decoded for the shadow: {exc}")
+            )
+            inputs = rejected_inputs(
+                job.request, shadow.name, shadow.version, signature, shadow.limits
+            )
+        self.failures.note(err)
+        refusal = RejectedRecord(
+            model=shadow.name,
+            version=shadow.version,
+            request_id=job.request.id,
+            trace_id=job.trace_id,
+            code=err.code.value,
+            reason=err.reason,
+            message=err.message,
+            latency_s=time.monotonic() - job.queued_at,
+            inputs=inputs,
+            column_names=tabular_column_names(signature, inputs) if inputs else None,
+        )
+        self._publish(ShadowRecord(None, job.champion, {}, 1, job.shadow, refusal))
+
+    def _run_part(self, part: list[tuple[ShadowJob, Decoded]]) -> ShadowRecord:
+        """One session call of the shadow on ``part``'s rows, with the champion's answers for
+        the same rows, to publish."""
         first_job, first = part[0]
         shadow = first_job.shadow.model
         runtime = shadow.runtime
@@ -281,7 +350,7 @@ class ShadowRunner:
             compute_s=elapsed,
         )
         self.completed += len(part)
-        self._publish(ShadowRecord(record, first_job.champion, champion, 0, first_job.shadow))
+        return ShadowRecord(record, first_job.champion, champion, 0, first_job.shadow)
 
 
 def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:
@@ -292,3 +361,45 @@ def _stack(outputs: list[dict[str, Array]]) -> dict[str, Array]:
         return {n: np.concatenate([o[n] for o in outputs]) for n in names}
     except ValueError:
         return {}
+
+
+class FailureWarnings:
+    """Failed shadow copies, warned about at the first and then at most once per
+    :data:`FAILURE_WARNING_S`, each line with the count since the last one and the latest
+    error (one line per failure would flood the log of a sidecar whose candidate fails)."""
+
+    def __init__(self) -> None:
+        #: Copies that failed so far.
+        self.total = 0
+        self._warned = 0
+        self._warned_at: float | None = None
+        self._last: ModelplaneError | None = None
+
+    def note(self, err: ModelplaneError) -> None:
+        """One copy failed with ``err``."""
+        self.total += 1
+        self._last = err
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= FAILURE_WARNING_S:
+            self._warn(now)
+
+    def flush(self) -> None:
+        """Say how many copies failed since the last line, if any did (the worker stops)."""
+        if self.total > self._warned:
+            self._warn(time.monotonic())
+
+    def _warn(self, now: float) -> None:
+        err = self._last
+        assert err is not None
+        log.warning(
+            "shadow copies failed",
+            failed=self.total - self._warned,
+            total=self.total,
+            reason=err.reason,
+            error=err.message,
+            hint="each counts in the shadow's errors; a prediction log keeps each with its "
+            "inputs (modelplane logs read DIR --arm shadow); later failures are logged "
+            f"at most once per {FAILURE_WARNING_S:.0f}s",
+        )
+        self._warned = self.total
+        self._warned_at = now
