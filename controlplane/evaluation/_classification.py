@@ -8,7 +8,8 @@ Definitions (every metric is a float in the report, or None when undefined):
 
 * ``accuracy``: share of rows whose predicted class is the true class.
 * ``precision``, ``recall``, ``f1``: binary: of the positive class. Multiclass: the average of
-  the per-class values weighted by each class's number of true rows.
+  the per-class values weighted by each class's number of true rows, so the weighted recall is
+  the accuracy (equal to it exactly).
 * ``precision_macro``, ``recall_macro``, ``f1_macro``: the unweighted mean of the per-class
   values over the classes that occur in the labels or the predictions. A per-class value whose
   denominator is zero (no predicted row for precision, no true row for recall) counts as 0.
@@ -129,9 +130,13 @@ def classification_metrics(
         out["recall"] = float(recall[positive])
         out["f1"] = float(f1[positive])
     else:
-        out["precision"] = float(np.dot(precision, actual) / n)
-        out["recall"] = float(np.dot(recall, actual) / n)
-        out["f1"] = float(np.dot(f1, actual) / n)
+        # Weighted by true rows, summed over the classes present and divided once, as
+        # scikit-learn's np.average does; recall so weighted is the accuracy, computed as such
+        # so that the two are equal to the last bit.
+        weights = actual[present]
+        out["precision"] = float(np.sum(precision[present] * weights) / n)
+        out["recall"] = out["accuracy"]
+        out["f1"] = float(np.sum(f1[present] * weights) / n)
     out["precision_macro"] = float(precision[present].mean())
     out["recall_macro"] = float(recall[present].mean())
     out["f1_macro"] = float(f1[present].mean())

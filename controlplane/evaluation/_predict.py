@@ -14,8 +14,15 @@ Classification scores become a probability matrix, decided for the whole matrix 
 The rule applies to the matrix, not row by row: one output head is either probabilities or
 logits, and a logit row that happened to fall inside [0, 1] must not be renormalised while
 its neighbours are softmaxed, which would leave rows on different scales for AUC and
-calibration. A single float column is the positive-class probability of a binary problem and
-must lie in [0, 1]. Non-finite scores make the output unusable.
+calibration. A single float column stands for the second class of a binary problem: it is its
+probability when every value lies in [0, 1] (within 1e-6; clipped), and otherwise its logit (a
+decision-function score, as scikit-learn's binary LinearSVC or RidgeClassifier give it through
+skl2onnx), which a sigmoid turns into the probability, with a ``SCORES_NOT_PROBABILITIES``
+warning. The sigmoid keeps the scores' order, so ranking metrics equal those of the scores
+themselves, and the second class is predicted where the score is above 0, as those models
+decide; only where a probability rounds to exactly 1 in float64 (a score above about 37, or
+below about -37 for the first class's probability) do different scores tie. Non-finite
+scores make the output unusable.
 """
 
 from __future__ import annotations
@@ -149,8 +156,21 @@ def _unusable(name: str, why: str) -> Exception:
     return invalid("UNUSABLE_MODEL_OUTPUT", f"output {name!r} {why}", output=name)
 
 
-def probabilities(scores: np.ndarray, name: str, warnings: list[EvaluationWarning]) -> np.ndarray:
-    """The ``[n, k]`` probability matrix a classifier's score output stands for."""
+def probabilities(
+    scores: np.ndarray,
+    name: str,
+    warnings: list[EvaluationWarning],
+    *,
+    may_be_regression: bool = False,
+) -> np.ndarray:
+    """The ``[n, k]`` probability matrix a classifier's score output stands for (see the
+    module docstring).
+
+    ``may_be_regression`` says that nothing but the output's name or op made the model a
+    classifier: the task was not given and the model has no label output. A single column
+    outside [0, 1] is then refused (UNUSABLE_MODEL_OUTPUT, naming both tasks to choose from)
+    instead of read as a logit, since it may as well be a regression prediction.
+    """
     bad = int(np.count_nonzero(~np.isfinite(scores).reshape(len(scores), -1).all(axis=1)))
     if bad:
         raise _unusable(
@@ -159,26 +179,51 @@ def probabilities(scores: np.ndarray, name: str, warnings: list[EvaluationWarnin
             "common cause: fill or drop them",
         )
     if scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1):
-        p = scores.reshape(-1)
-        if np.any(p < 0.0) or np.any(p > 1.0):
+        column = scores.reshape(-1)
+        if _within_unit(column):
+            p = np.clip(column, 0.0, 1.0)
+            return np.column_stack([1.0 - p, p])
+        if may_be_regression:
             raise _unusable(
                 name,
-                "is one column but not a probability in [0, 1]; if it is a prediction, set "
-                "the task to 'regression'",
+                "is one column of values outside [0, 1], so no probability; set the task to "
+                "'classification' to read them as the second class's logits (decision-"
+                "function scores), or to 'regression' to read them as predictions",
             )
-        return np.column_stack([1.0 - p, p])
+        warnings.append(
+            _not_probabilities(
+                name,
+                "a sigmoid was applied to treat its values as the second class's logits "
+                "(decision-function scores)",
+            )
+        )
+        return _softmax(np.column_stack([np.zeros_like(column), column]))
     if scores.ndim != 2:
         raise _unusable(name, f"has {scores.ndim} dimensions; a classifier needs [-1, C]")
-    if np.all(scores >= -_PROBABILITY_SLACK) and np.all(scores <= 1.0 + _PROBABILITY_SLACK):
+    if _within_unit(scores):
         return _renormalised(np.clip(scores, 0.0, 1.0), name, warnings)
-    warnings.append(
-        EvaluationWarning(
-            "SCORES_NOT_PROBABILITIES",
-            f"output {name!r} does not hold probabilities (values in [0, 1]); softmax was "
-            "applied to treat its values as logits",
-            "model",
-        )
+    warnings.append(_not_probabilities(name, "softmax was applied to treat its values as logits"))
+    return _softmax(scores)
+
+
+def _within_unit(scores: np.ndarray) -> bool:
+    """Whether every score is a probability, up to float rounding."""
+    return bool(
+        np.all(scores >= -_PROBABILITY_SLACK) and np.all(scores <= 1.0 + _PROBABILITY_SLACK)
     )
+
+
+def _not_probabilities(name: str, done: str) -> EvaluationWarning:
+    return EvaluationWarning(
+        "SCORES_NOT_PROBABILITIES",
+        f"output {name!r} does not hold probabilities (values in [0, 1]); {done}",
+        "model",
+    )
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``[n, k]`` logits, shifted by each row's maximum so that no exp
+    overflows; of ``[0, s]`` it is ``[1 - sigmoid(s), sigmoid(s)]``."""
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -238,10 +283,13 @@ def resolve_classes(
         if classes is None and labels.dtype.kind in "iu" and np.all(labels == argmax):
             classes = list(range(k))
     if classes is None:
+        # Two columns may be one score column read as a binary classifier's, when the model
+        # is a regressor whose integer output was taken for its labels.
+        other = "; if the model is a regressor, set the task to 'regression'" if k == 2 else ""
         raise invalid(
             "CLASSES_UNKNOWN",
             f"cannot tell which class each of the model's {k} probability columns stands for; "
-            "pass the class labels in column order",
+            f"pass the class labels in column order{other}",
         )
     predicted = np.asarray(classes, dtype=labels.dtype if labels.dtype.kind != "O" else object)
     disagree = int(np.count_nonzero(predicted[argmax] != labels))

@@ -3,6 +3,8 @@ to move a governed alias without a passing, current decision."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controlplane.audit import key_id as key_id_of
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
-from controlplane.policy import POLICY_VARIABLES, compile_rules, evaluate_rules
+from controlplane.policy import POLICY_VARIABLES, Reference, compile_rules, evaluate_rules
 from controlplane.services.evidence import (
     DEPLOYMENT_TARGET,
     Comparison,
@@ -72,10 +74,18 @@ def gate_variables(
 ) -> dict[str, Any]:
     """The variables of :data:`controlplane.policy.POLICY_VARIABLES` for one version.
 
-    ``delta`` holds the deltas of ``comparison`` (against the version the gate's target serves
-    now, see :func:`controlplane.services.evidence.comparison_for`), never those the latest
-    evaluation recorded against an alias of its caller's choosing; without a comparison it is
-    empty.
+    ``metrics``, ``fairness`` and ``validation`` come from the latest evaluation's report
+    (empty without one). ``delta`` holds the deltas of ``comparison`` (against the version the
+    gate's target serves now, see :func:`controlplane.services.evidence.comparison_for`), never
+    those the latest evaluation recorded against an alias of its caller's choosing; without a
+    comparison it is empty.
+
+    An undefined value (null in the stored report: a ``roc_auc`` of single-class labels, a
+    delta where either side is undefined, a fairness rate of a group without positive rows, a
+    validation share without a baseline) is left out of these maps, as the API's ``metrics``
+    and ``deltas`` maps leave it out, so ``has(metrics.roc_auc)`` is false for it and
+    ``!has(metrics.roc_auc) || metrics.roc_auc >= 0.9`` passes; a rule that reads it unguarded
+    errs (no such key), so the gate fails, and the message says the value is undefined.
 
     ``evaluation.serving`` names the version the target serves now (``""`` when it serves no
     version of this model yet, or this very version), whether or not ``delta`` could be
@@ -83,8 +93,9 @@ def gate_variables(
     first release (``evaluation.serving == ""``) from a release whose ``delta`` is missing, so
     ``evaluation.serving == "" || delta.roc_auc >= -0.005`` lets only a first release through
     without a delta (``!has(delta.roc_auc)`` is also true when the candidate was evaluated on a
-    dataset the served version never was). The other fields of ``evaluation`` come from the
-    latest evaluation and are absent without one."""
+    dataset the served version never was, or when either side's roc_auc is undefined). The
+    other fields of ``evaluation`` come from the latest evaluation and are absent without
+    one."""
     comparison = comparison or Comparison()
     report = latest.report if latest else {}
     evaluation: dict[str, Any] = {"serving": comparison.serving}
@@ -97,10 +108,10 @@ def gate_variables(
             "compared_version": comparison.compared_version,
         }
     variables = {
-        "metrics": dict(report.get("metrics") or {}),
-        "delta": dict(comparison.deltas),
-        "fairness": dict(report.get("fairness") or {}),
-        "validation": dict(report.get("validation") or {}),
+        "metrics": _defined(report.get("metrics") or {}),
+        "delta": _defined(comparison.deltas),
+        "fairness": _defined(report.get("fairness") or {}),
+        "validation": _defined(report.get("validation") or {}),
         "evaluation": evaluation,
         "approvals": approval_variables(approvals),
         "labels": dict(version.labels),
@@ -108,6 +119,55 @@ def gate_variables(
     }
     assert set(variables) == set(POLICY_VARIABLES) == set(DIGEST_COVERS)
     return variables
+
+
+def _is_undefined(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _defined(
+    values: Mapping[str, Any],
+    path: tuple[str, ...] = (),
+    dropped: list[tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """``values`` without its undefined entries (None or NaN), in the maps nested in it too;
+    the path of each entry left out is added to ``dropped``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        where = (*path, str(key))
+        if _is_undefined(value):
+            if dropped is not None:
+                dropped.append(where)
+        elif isinstance(value, Mapping):
+            out[key] = _defined(value, where, dropped)
+        else:
+            out[key] = value
+    return out
+
+
+def _undefined_values(latest: Evaluation | None, comparison: Comparison) -> dict[str, str]:
+    """Why each value :func:`gate_variables` leaves out as undefined is absent, keyed by its
+    path as a rule's result names it (``metrics.roc_auc``, ``fairness.sex.groups.f.tpr``)."""
+    why: dict[str, str] = {}
+    if latest is not None:
+        for variable in ("metrics", "fairness", "validation"):
+            dropped: list[tuple[str, ...]] = []
+            _defined(latest.report.get(variable) or {}, (variable,), dropped)
+            for path in dropped:
+                text = Reference(path, 1, 1).text
+                why[text] = (
+                    f"{text} is undefined in {latest.name} (null in its report; its warnings "
+                    "say why)"
+                )
+    dropped = []
+    _defined(comparison.deltas, ("delta",), dropped)
+    for path in dropped:
+        text = Reference(path, 1, 1).text
+        why[text] = (
+            f"{text} is undefined: {path[-1]} is undefined in this version's evaluation or in "
+            f"that of {comparison.compared_version}"
+        )
+    return why
 
 
 def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None:
@@ -161,15 +221,20 @@ def _what_changed(decision: GateDecision, inputs: GateInputs) -> str:
     )
 
 
-def _explained(results: list[dict[str, Any]], comparison: Comparison) -> list[dict[str, Any]]:
-    """``results``, with why ``delta`` is empty added to each rule that did not pass and read
-    it."""
-    if comparison.compared_version:
-        return results
+def _explained(
+    results: list[dict[str, Any]], comparison: Comparison, undefined: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """``results``, with why a value is absent added to each rule that did not pass and read
+    it: ``undefined`` values (see :func:`_undefined_values`), and ``delta`` when it is empty."""
     for r in results:
+        if r["outcome"] == "passed":
+            continue
+        reasons = list(dict.fromkeys(undefined[m] for m in r["missing"] if m in undefined))
         reads_delta = any(m.split(".")[0].split("[")[0] == "delta" for m in r["missing"])
-        if r["outcome"] != "passed" and reads_delta:
-            r["message"] = f"{r['message']}; delta is empty: {comparison.missing}"
+        if reads_delta and not comparison.compared_version:
+            reasons.append(f"delta is empty: {comparison.missing}")
+        if reasons:
+            r["message"] = "; ".join([r["message"], *reasons])
     return results
 
 
@@ -271,7 +336,9 @@ class GateService:
             ) from exc
         variables = gate_variables(version, inputs.latest, approvals, inputs.comparison)
         decision = evaluate_rules(rules, variables)
-        return _explained(decision.to_dict()["results"], inputs.comparison), decision.allowed
+        undefined = _undefined_values(inputs.latest, inputs.comparison)
+        results = _explained(decision.to_dict()["results"], inputs.comparison, undefined)
+        return results, decision.allowed
 
     def list_decisions(
         self, parent: str, target: str = "", page_size_: int = 0, page_token: str = ""

@@ -150,14 +150,6 @@ def test_unusable_model_outputs(model) -> None:
         onnx_bytes=model_sqrt.SerializeToString(), signature=None, table=negative, label="t"
     )
     assert err.reason == "UNUSABLE_MODEL_OUTPUT"
-    err = _reason(
-        onnx_bytes=model_sqrt.SerializeToString(),
-        signature=None,
-        table=pa.table({"x": [0.5, 4.0], "t": [1.0, 0.0]}),
-        label="t",
-        task="classification",
-    )
-    assert err.reason == "UNUSABLE_MODEL_OUTPUT" and "probability" in err.message
     string_label = pa.table({"x": [1.0, 4.0], "t": ["a", "b"]})
     err = _reason(
         onnx_bytes=model_sqrt.SerializeToString(), signature=None, table=string_label, label="t"

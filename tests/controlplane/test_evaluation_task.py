@@ -209,10 +209,12 @@ def test_a_regressor_with_an_integer_output_is_a_regressor(tmp_path: Path) -> No
     assert warning.scope == "model" and "'count'" in warning.message
     assert "set the task to 'classification'" in warning.message
     assert sidecar_reads_a_regression(model, tmp_path)
-    # The task still decides: as a classifier its predictions are no probabilities.
+    # The task still decides: as a classifier its predictions are logits, and its count no
+    # class labels.
     with pytest.raises(InvalidArgument) as err:
         evaluate(model, None, regression_table(), label="y", task="classification")
-    assert err.value.reason == "UNUSABLE_MODEL_OUTPUT"
+    assert err.value.reason == "CLASSES_UNKNOWN"
+    assert "set the task to 'regression'" in err.value.message
 
 
 def test_a_probability_op_or_name_makes_a_classifier_with_or_without_labels(
