@@ -351,7 +351,12 @@ def evaluate(
         class_list: list[Any] = []
         positive_value = None
     else:
-        proba = probabilities(raw.scores, plan.score, warnings)
+        proba = probabilities(
+            raw.scores,
+            plan.score,
+            warnings,
+            may_be_regression=task is None and raw.labels is None,
+        )
         class_list = resolve_classes(graph, proba, raw.labels, classes, warnings)
         y_idx = encode_classes(label_column, label, class_list)
         if positive_class is not None and proba.shape[1] != 2:

@@ -250,6 +250,22 @@ def _renormalised(p: np.ndarray, name: str, warnings: list[EvaluationWarning]) -
     return p / sums[:, None]
 
 
+#: Rows without tied scores a binary model must have, all of them labelled with the less
+#: probable class, before its score columns are read in the reverse order.
+_REVERSED_MIN_ROWS = 20
+
+
+def _columns_reversed(proba: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether a binary model's label output names the less probable column's class on every
+    row without tied scores (at least ``_REVERSED_MIN_ROWS`` of them): its score columns are
+    in the reverse order of its classes."""
+    untied = proba[:, 0] != proba[:, 1]
+    if int(np.count_nonzero(untied)) < _REVERSED_MIN_ROWS:
+        return False
+    argmin = np.argmin(proba[untied], axis=1)
+    return bool(np.all(predicted[argmin] == labels[untied]))
+
+
 def resolve_classes(
     graph: ModelGraph,
     proba: np.ndarray,
@@ -258,6 +274,9 @@ def resolve_classes(
     warnings: list[EvaluationWarning],
 ) -> list[Any]:
     """The class labels in probability-column order.
+
+    A binary model whose label output is the less probable class on every row without tied
+    scores has its two columns of ``proba`` swapped in place (SCORE_COLUMNS_REVERSED).
 
     In order of preference: ``given``; the graph's class table; the classes read off the label
     output of this run; ``0..k-1`` when the model has no label output, or when its integer
@@ -292,6 +311,19 @@ def resolve_classes(
             f"pass the class labels in column order{other}",
         )
     predicted = np.asarray(classes, dtype=labels.dtype if labels.dtype.kind != "O" else object)
+    if k == 2 and _columns_reversed(proba, predicted, labels):
+        warnings.append(
+            EvaluationWarning(
+                "SCORE_COLUMNS_REVERSED",
+                f"on every one of the rows without tied scores the model's label output is the "
+                f"less probable class: its score columns stand for {classes[1]!r} then "
+                f"{classes[0]!r} (as skl2onnx exports a binary SVC without probabilities), "
+                "and were swapped",
+                "model",
+            )
+        )
+        proba[:] = proba[:, ::-1].copy()
+        argmax = 1 - argmax
     disagree = int(np.count_nonzero(predicted[argmax] != labels))
     if disagree:
         warnings.append(

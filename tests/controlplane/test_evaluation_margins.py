@@ -23,7 +23,7 @@ from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.svm import SVC, LinearSVC
 
 from controlplane.evaluation import classification_metrics, evaluate
 from controlplane.evaluation._predict import probabilities
@@ -111,6 +111,25 @@ def logit_model() -> bytes:
     return model.SerializeToString()
 
 
+def test_a_binary_svc_whose_score_columns_are_reversed_is_read_the_right_way_round() -> None:
+    # skl2onnx exports a binary SVC without probabilities with its scores as (d, -d), the
+    # reverse of its class table [0, 1]; read as given, roc_auc was 7.5e-5 and accuracy 0.02.
+    model = SVC().fit(X[TRAIN], Y[TRAIN])
+    onnx_bytes = to_onnx(
+        model, X[:1], options={id(model): {"zipmap": False}}, target_opset=17
+    ).SerializeToString()
+    report = evaluate(onnx_bytes, None, holdout(), label="y", feature_names=NAMES)
+    y, pred = Y[TEST], model.predict(X[TEST])
+    assert report.classes == [0, 1] and report.positive_class == 1
+    m = report.metrics
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, model.decision_function(X[TEST])))
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    assert m["precision"] == skm.precision_score(y, pred)
+    assert m["recall"] == skm.recall_score(y, pred)
+    codes = {w.code for w in report.warnings}
+    assert "SCORE_COLUMNS_REVERSED" in codes and "LABEL_OUTPUT_DISAGREES" not in codes
+
+
 def test_a_logit_column_is_a_classifier_when_the_task_says_so() -> None:
     onnx_bytes = logit_model()
     x = np.column_stack([holdout().column(n).to_numpy() for n in NAMES])
@@ -123,6 +142,33 @@ def test_a_logit_column_is_a_classifier_when_the_task_says_so() -> None:
     assert report.metrics["accuracy"] == skm.accuracy_score(y, clf.predict(x))
     assert report.metrics["log_loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-5)
     assert [w.code for w in report.warnings if w.scope == "model"] == ["SCORES_NOT_PROBABILITIES"]
+
+
+def test_a_column_only_its_name_calls_probabilities_is_refused_when_out_of_range() -> None:
+    # A model with one output named "probability" but holding unbounded values, no label
+    # output and no task given: it may be a regressor as well as a classifier's logits.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    out = helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])
+    w = numpy_helper.from_array(np.array([[3.0], [-2.0]], np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["probability"])], "g", [x], [out], [w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx_bytes = model.SerializeToString()
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 2)).astype(np.float32)
+    table = pa.table({"a": data[:, 0], "b": data[:, 1], "y": (data[:, 0] > 0).astype(np.int64)})
+    with pytest.raises(InvalidArgument) as refused:
+        evaluate(onnx_bytes, None, table, label="y", feature_names=["a", "b"])
+    assert refused.value.reason == "UNUSABLE_MODEL_OUTPUT"
+    assert "'classification'" in str(refused.value) and "'regression'" in str(refused.value)
+    report = evaluate(
+        onnx_bytes, None, table, label="y", feature_names=["a", "b"], task="classification"
+    )
+    assert report.metrics["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(table.column("y").to_numpy(), data @ np.array([3.0, -2.0]))
+    )
 
 
 def test_one_column_reading() -> None:
