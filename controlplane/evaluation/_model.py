@@ -15,7 +15,8 @@ Task detection, from the signature's outputs (``task=None``):
   task to classification reads the column as a probability instead.
 
 ``task="classification"`` also accepts one float column ``[-1]`` / ``[-1, 1]`` as the
-probability of the second class of a binary problem; ``task="regression"`` reads it as the
+probability of the second class of a binary problem, or as its logit (a decision-function
+score) when its values leave [0, 1]; ``task="regression"`` reads it as the
 prediction even when a label output exists. When several outputs qualify, the one named
 ``probabilities`` / ``probability`` / ``output_probability`` wins, or the caller names it.
 A classifier's labels come from an integer, string or boolean output ``[-1]`` / ``[-1, 1]``
