@@ -16,6 +16,7 @@ from celpy.evaluation import CELEvalError, base_functions
 
 from controlplane.policy._limits import (
     BudgetRunner,
+    Problem,
     bounded_add,
     calls,
     charged,
@@ -205,13 +206,17 @@ _FUNCTIONS: dict[str, Any] = {
 }
 #: The functions and methods a rule may call.
 FUNCTION_NAMES = function_names(_FUNCTIONS)
+#: The operators, functions and methods rules run with, by name, without the charging of
+#: evaluation steps (the checks of :mod:`controlplane.policy._check` apply them outside any
+#: evaluation).
+RULE_FUNCTIONS: dict[str, Any] = {**base_functions, **_FUNCTIONS}
 #: Operators that read into their operands (``+`` charges what it builds itself).
 _CHARGED = frozenset({"_==_", "_!=_", "_in_", "_<_", "_<=_", "_>_", "_>=_"})
 #: What rules run with: these operators charge the size of their operands to the evaluation's
 #: budget (see :func:`controlplane.policy._limits.charged`).
 _PROGRAM_FUNCTIONS = {
     name: charged(function) if name in _CHARGED else function
-    for name, function in {**base_functions, **_FUNCTIONS}.items()
+    for name, function in RULE_FUNCTIONS.items()
 }
 _CALLABLE = (
     ", ".join(sorted(n for n in FUNCTION_NAMES if not n.startswith("get")))
@@ -253,6 +258,14 @@ def _invalid(index: int, message: str, line: int, column: int) -> InvalidArgumen
         reason="INVALID_POLICY_RULE",
         metadata={"rule_index": str(index), "line": str(line), "column": str(column)},
     )
+
+
+def refusal(expression: str, index: int, problem: Problem) -> InvalidArgument:
+    """The INVALID_ARGUMENT (``INVALID_POLICY_RULE``) refusing rule ``index`` of a policy for
+    ``problem``, with its line and column and the rule's line pointing at them."""
+    line, column = problem.line, problem.column
+    message = f"{problem.message} at line {line}, column {column}; {problem.hint}"
+    return _invalid(index, message + _pointer(expression, line, column), line, column)
 
 
 #: Characters of a rule's line shown on each side of the column an error points at.
@@ -308,8 +321,7 @@ def compile_rule(
         )
 
     def refuse(problem: str, hint: str, line: int, column: int) -> InvalidArgument:
-        message = f"{problem} at line {line}, column {column}; {hint}"
-        return _invalid(index, message + _pointer(expression, line, column), line, column)
+        return refusal(expression, index, Problem(problem, hint, line, column))
 
     deep_hint = (
         f"its syntax tree may be at most {MAX_RULE_DEPTH} levels deep (a parenthesis, list or "

@@ -9,7 +9,13 @@ from sqlmodel import col, select
 
 from controlplane.domain.governance import Policy
 from controlplane.names import check_id, check_text
-from controlplane.policy import POLICY_ELEMENT_FIELDS, POLICY_VARIABLES, compile_rules
+from controlplane.policy import (
+    GATE_SCHEMA,
+    POLICY_ELEMENT_FIELDS,
+    POLICY_VARIABLES,
+    check_rule,
+    compile_rules,
+)
 from controlplane.services.filters import masked_changes
 from controlplane.services.governance_names import check_target, parse_policy
 from controlplane.store import Store, Tx, WriteTx
@@ -27,14 +33,20 @@ MAX_RULES = 100
 
 
 def check_rules(rules: Sequence[str]) -> list[str]:
-    """Rules that compile, against the gate variables; INVALID_ARGUMENT with the position."""
+    """Rules that compile against the gate variables and can yield true or false (see
+    :func:`controlplane.policy.check_rule`); INVALID_ARGUMENT (``INVALID_POLICY_RULE``) with
+    the position otherwise."""
     if not rules:
         raise InvalidArgument(
             "a policy needs at least one rule (a CEL expression)", reason="EMPTY_POLICY"
         )
     if len(rules) > MAX_RULES:
         raise InvalidArgument(f"at most {MAX_RULES} rules are allowed", reason="TOO_MANY_RULES")
-    compile_rules(list(rules), variables=POLICY_VARIABLES, element_fields=POLICY_ELEMENT_FIELDS)
+    compiled = compile_rules(
+        list(rules), variables=POLICY_VARIABLES, element_fields=POLICY_ELEMENT_FIELDS
+    )
+    for rule in compiled:
+        check_rule(rule, GATE_SCHEMA)
     return list(rules)
 
 
