@@ -25,7 +25,12 @@ waits, on a window as over a step, until that arm has ``min_requests`` labeled p
 (``labeled``) there as well: labels arrive for a few requests only, and over one label the
 accuracy is 0 or 1, so a single wrong label would roll a healthy candidate back. Like the
 request minimum, it is a skip: on a window it holds nothing, and over a step it holds the step
-until enough labels arrive.
+until enough labels arrive. A guard reading a statistic of an arm's ``drift`` (``max_psi``,
+``drifted_share``; not ``drift.rows``) likewise waits, on a window as over a step, until that
+arm has the deployment's drift ``min_rows`` drift rows there (200 unless the deployment sets
+it): the drift events wait for as many, and over fewer rows the PSI of unchanged traffic reads
+high (over 20 rows, above 2), so such a guard would roll a healthy candidate back on any window
+of low traffic.
 
 Defaults. The guards in force in a phase are the deployment's and the rollout's; when none of
 them *judges* the version under test there (reads ``candidate`` where the candidate answers
@@ -77,6 +82,7 @@ from typing import Any
 from controlplane.domain.deployments import (
     SHADOW_PHASES,
     ArmSummary,
+    DriftThresholds,
     Evidence,
     GuardResult,
     ShadowSummary,
@@ -111,6 +117,9 @@ SHADOW_FIELDS = (
     "version", "pairs", "disagreements", "errors", "dropped", "error_rate",
     "disagreement_rate", "mean_abs_diff", "ks_statistic",
 )  # fmt: skip
+#: The drift rows an arm needs before a guard reading its drift statistics is evaluated, when
+#: the caller gives no deployment's ``min_rows`` (the deployments' default).
+DRIFT_MIN_ROWS = DriftThresholds().min_rows
 
 
 def _sample(number: float) -> dict[str, Any]:
@@ -423,15 +432,47 @@ def _unlabeled(rule: CompiledRule, values: dict[str, Any], min_requests: int) ->
 
 
 def evaluate(
-    guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str = "window"
+    guards: Sequence[str],
+    values: dict[str, Any],
+    min_requests: int,
+    scope: str = "window",
+    drift_min_rows: int = DRIFT_MIN_ROWS,
 ) -> tuple[GuardResult, ...]:
     """Each guard's result on the ``values`` of one window (or of the ``scope`` they were
-    summed over, named in the reasons for skipping; see the module docstring)."""
-    return _evaluate(guards, values, min_requests, scope)[0]
+    summed over, named in the reasons for skipping; ``drift_min_rows``: the deployment's drift
+    ``min_rows``; see the module docstring)."""
+    return _evaluate(guards, values, min_requests, scope, drift_min_rows)[0]
+
+
+def _reads_drift(rule: CompiledRule, arm: str) -> bool:
+    """Whether ``rule`` reads a statistic of ``arm``'s drift (any field but its ``rows``)."""
+    return any(
+        ref.path[0] == arm and ref.path[1:2] == ("drift",) and ref.path[2:3] != ("rows",)
+        for ref in rule.refs
+    )
+
+
+def _few_drift_rows(rule: CompiledRule, values: dict[str, Any], min_rows: int) -> list[str]:
+    """The arms whose drift statistics ``rule`` reads that have fewer than ``min_rows`` drift
+    rows in ``values``: over fewer, the PSI of unchanged traffic reads high (see the module
+    docstring). An arm with no drift has no statistic, and the rule is skipped for that
+    value."""
+    return [
+        arm
+        for arm in ("champion", "candidate")
+        if arm in values
+        and "drift" in values[arm]
+        and _reads_drift(rule, arm)
+        and values[arm]["drift"].get("rows", 0) < min_rows
+    ]
 
 
 def _evaluate(
-    guards: Sequence[str], values: dict[str, Any], min_requests: int, scope: str
+    guards: Sequence[str],
+    values: dict[str, Any],
+    min_requests: int,
+    scope: str,
+    drift_min_rows: int = DRIFT_MIN_ROWS,
 ) -> tuple[tuple[GuardResult, ...], dict[int, str]]:
     """:func:`evaluate`'s results, and the message of each guard (by index) whose evaluation
     erred (skipped guards, and guards this server no longer accepts, are not among them)."""
@@ -453,6 +494,7 @@ def _evaluate(
         needed = {a: _needed(rule, a, min_requests, scope) for a in arms}
         thin = [a for a in arms if a in values and _volume(values, a) < needed[a]]
         unlabeled = _unlabeled(rule, values, min_requests)
+        undrifted = _few_drift_rows(rule, values, drift_min_rows)
         if absent:
             skipped[rule.index] = f"skipped: no {', '.join(absent)} in this {scope}"
         elif thin:
@@ -465,6 +507,11 @@ def _evaluate(
             skipped[rule.index] = (
                 f"skipped: {', '.join(unlabeled)} has fewer than {min_requests} labeled "
                 f"predictions in this {scope}, too few to judge its accuracy"
+            )
+        elif undrifted:
+            skipped[rule.index] = (
+                f"skipped: {', '.join(undrifted)} has fewer than {drift_min_rows} drift rows in "
+                f"this {scope} (the deployment's drift min_rows), too few to judge its drift"
             )
         else:
             ready.append(rule)
@@ -505,16 +552,18 @@ def judge(
     min_requests: int,
     champion_requests: int = 1,
     scope: str = "window",
+    drift_min_rows: int = DRIFT_MIN_ROWS,
 ) -> Judged:
     """The results of the guards in force on ``values`` in ``phase`` (:func:`in_force`, with
-    ``champion_requests`` as its minimum), evaluated as :func:`evaluate` does; and when one
+    ``champion_requests`` as its minimum), evaluated as :func:`evaluate` does (with the
+    deployment's drift ``min_rows``, ``drift_min_rows``); and when one
     of them that judges the version under test erred (not skipped: it could not be evaluated
     on these values, such as a division by a count that is 0), the results of the phase's
     defaults that are not in force as well, standing in for the guards that erred (see the
     module docstring). A guard beside it that was evaluated does not make up for it: it may
     judge something else (latency where the one that erred judged errors)."""
     guards = in_force(effective, values, phase, champion_requests)
-    results, erred = _evaluate(guards, values, min_requests, scope)
+    results, erred = _evaluate(guards, values, min_requests, scope, drift_min_rows)
     judging = {i for i, g in enumerate(guards) if _judged((g,), phase)} & erred.keys()
     if not judging:
         return Judged(results)
@@ -536,7 +585,7 @@ def judge(
     )
     added = (
         replace(g, detail="; ".join(x for x in (g.detail, note) if x))
-        for g in evaluate(extra, values, min_requests, scope)
+        for g in evaluate(extra, values, min_requests, scope, drift_min_rows)
     )
     stood_in = frozenset(guards[i] for i in judging)
     return Judged((*results, *added), stood_in, note)

@@ -418,7 +418,14 @@ class ReportService:
         evidence = guards.in_phase(evidence, r.phase)
         thin = guards.champion_minimum(r.candidate_percent, self.guard_min_requests)
         values = guards.variables(evidence, r.champion_reference, thin)
-        judged = guards.judge(r.effective_guards, values, r.phase, self.guard_min_requests, thin)
+        judged = guards.judge(
+            r.effective_guards,
+            values,
+            r.phase,
+            self.guard_min_requests,
+            thin,
+            drift_min_rows=d.drift_thresholds.min_rows,
+        )
         results = judged.results  # a failure of a default standing in says so in its detail
         evidence = replace(evidence, guards=results)
         champion = evidence.champion

@@ -12,8 +12,9 @@ say which generation it applied, received since it began), kept as a running sum
 (:mod:`controlplane.rollouts.step_sum`). Only when every guard that applies was evaluated, each
 arm it reads having at least ``guard_min_requests`` requests (for ``shadow``: compared or
 failed requests) there, and passed, does it move; a guard that evaluates to false there rolls
-the candidate back; a guard that cannot be evaluated yet (too few requests, a value such as
-``accuracy`` not reported, an error on these values) holds it until more evidence arrives,
+the candidate back; a guard that cannot be evaluated yet (too few requests, too few labels
+for ``accuracy`` or drift rows for a ``drift`` statistic, a value not reported, an error on
+these values) holds it until more evidence arrives,
 unless the phase's defaults judge in its place (when it judges the version under test and
 erred: see :func:`controlplane.rollouts.guards.judge`). A guard reading what the step
 or phase never has does not apply there and holds nothing: ``shadow`` in a canary step or the
@@ -187,7 +188,15 @@ def _verdict(
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
     thin = guards.champion_minimum(r.candidate_percent, min_requests)
-    judged = guards.judge(r.effective_guards, values, r.phase, min_requests, thin, scope(r))
+    judged = guards.judge(
+        r.effective_guards,
+        values,
+        r.phase,
+        min_requests,
+        thin,
+        scope(r),
+        d.drift_thresholds.min_rows,
+    )
     results, restarted = _noted(judged.results, total.restarted)
     failure = guards.first_failure(results)
     missing = guards.absent_in(r.phase)
