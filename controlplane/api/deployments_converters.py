@@ -211,10 +211,16 @@ def shadow_to_proto(s: ShadowSummary | None) -> pb.ShadowSummary | None:
         disagreement_rate=s.disagreement_rate,
         mean_abs_diff=s.mean_abs_diff,
         ks_statistic=s.ks_statistic,
+        latency=histogram_to_proto(s.latency),
+        latency_p50=s.latency_p50,
+        latency_p99=s.latency_p99,
+        dropped_rate=s.dropped_rate,
     )
 
 
 def shadow_from_proto(msg: pb.ShadowSummary) -> ShadowSummary:
+    """A reported shadow comparison; the derived fields are ignored (the control plane
+    computes them)."""
     return ShadowSummary(
         version=msg.version,
         pairs=msg.pairs,
@@ -224,6 +230,7 @@ def shadow_from_proto(msg: pb.ShadowSummary) -> ShadowSummary:
         dropped=msg.dropped,
         champion_scores=histogram_from_proto(msg.champion_scores, msg.HasField("champion_scores")),
         shadow_scores=histogram_from_proto(msg.shadow_scores, msg.HasField("shadow_scores")),
+        latency=histogram_from_proto(msg.latency, msg.HasField("latency")),
     )
 
 

@@ -126,6 +126,12 @@ class ShadowSummary:
     disagreement_rate: float | None = None
     mean_abs_diff: float | None = None
     ks_statistic: float | None = None
+    #: Seconds of the shadow's session call that answered each copy.
+    latency: Histogram | None = None
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+    #: Copies dropped over copies made (answered, failed or dropped).
+    dropped_rate: float | None = None
 
 
 @dataclass(frozen=True)

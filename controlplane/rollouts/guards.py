@@ -8,7 +8,11 @@ Variables (numbers are doubles, see :mod:`controlplane.policy`):
   ``correct``, ``accuracy``, and ``drift`` (``rows``, ``max_psi``, ``drifted_share``);
 - ``shadow`` (during a shadow phase): ``version``, ``pairs``, ``disagreements``, ``errors``,
   ``dropped``, ``error_rate`` (failed shadow requests over failed plus answered rows),
-  ``disagreement_rate``, ``mean_abs_diff``, ``ks_statistic``.
+  ``dropped_rate`` (copies dropped over copies made: answered, failed or dropped),
+  ``disagreement_rate``, ``mean_abs_diff``, ``ks_statistic``, and the shadow's latency
+  ``latency_p50``, ``latency_p99``, ``latency_mean`` (seconds of the shadow's session call that
+  answered each copy; its wait in the shadow queue, which rests under its CPU budget, is left
+  out).
 
 A value that is unknown (no labels → no ``accuracy``; no shadow outside a shadow phase) is
 absent, and a guard reading an absent value is *skipped* for that window: recorded with an
@@ -114,8 +118,9 @@ ARM_FIELDS = (
 )  # fmt: skip
 DRIFT_FIELDS = ("rows", "max_psi", "drifted_share")
 SHADOW_FIELDS = (
-    "version", "pairs", "disagreements", "errors", "dropped", "error_rate",
-    "disagreement_rate", "mean_abs_diff", "ks_statistic",
+    "version", "pairs", "disagreements", "errors", "dropped", "error_rate", "dropped_rate",
+    "disagreement_rate", "mean_abs_diff", "ks_statistic", "latency_p50", "latency_p99",
+    "latency_mean",
 )  # fmt: skip
 #: The drift rows an arm needs before a guard reading its drift statistics is evaluated, when
 #: the caller gives no deployment's ``min_rows`` (the deployments' default).
@@ -351,10 +356,15 @@ def _shadow(s: ShadowSummary) -> dict[str, Any]:
     }
     if s.pairs + s.errors > 0:
         out["error_rate"] = s.errors / (s.pairs + s.errors)
-    for key in ("disagreement_rate", "mean_abs_diff", "ks_statistic"):
+    for key in (
+        "dropped_rate", "disagreement_rate", "mean_abs_diff", "ks_statistic", "latency_p50",
+        "latency_p99",
+    ):  # fmt: skip
         value = getattr(s, key)
         if value is not None:
             out[key] = value
+    if s.latency is not None and s.latency.total > 0:
+        out["latency_mean"] = s.latency.sum / s.latency.total
     return out
 
 

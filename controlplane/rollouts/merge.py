@@ -4,8 +4,11 @@ Every count adds; histograms add bucket by bucket (their layouts must agree); dr
 counts add bin by bin (same baseline, same bins). Derived fields are computed only after the
 merge, from the merged counts: ``error_rate = errors / requests``, ``accuracy = correct /
 labeled``, latency p50/p99 from the merged latency histogram, and for the shadow comparison
-``disagreement_rate = disagreements / pairs``, ``mean_abs_diff = abs_diff_sum / pairs`` and
-``ks_statistic`` = the largest distance between the CDFs of the two merged score histograms.
+``disagreement_rate = disagreements / pairs``, ``mean_abs_diff = abs_diff_sum / pairs``,
+``ks_statistic`` = the largest distance between the CDFs of the two merged score histograms,
+the shadow's latency p50/p99 from its merged latency histogram (one value per answered copy)
+and ``dropped_rate = dropped / (answered + errors + dropped)``, copies answered counted by
+their latencies (from sidecars that report no shadow latency, by ``pairs``).
 A derived value whose denominator is zero is None (unknown), never 0.
 
 Counts add as Python ints and a sum stays at :data:`~controlplane.rollouts.histograms.MAX_SUM`
@@ -138,12 +141,15 @@ def merge_shadow(items: Sequence[ShadowSummary]) -> ShadowSummary | None:
         shadow_scores=histograms.merge(
             _present([s.shadow_scores for s in items]), "shadow.shadow_scores"
         ),
+        latency=histograms.merge(_present([s.latency for s in items]), "shadow.latency"),
     )
     return derive_shadow(merged)
 
 
 def derive_shadow(s: ShadowSummary) -> ShadowSummary:
-    """``s`` with disagreement rate, mean absolute difference and KS statistic computed."""
+    """``s`` with disagreement rate, mean absolute difference, KS statistic, latency p50/p99
+    and dropped rate computed."""
+    answered = s.latency.total if s.latency is not None else s.pairs
     return replace(
         s,
         disagreement_rate=_ratio(s.disagreements, s.pairs),
@@ -151,6 +157,9 @@ def derive_shadow(s: ShadowSummary) -> ShadowSummary:
         ks_statistic=histograms.ks_statistic(
             s.champion_scores, s.shadow_scores, "shadow.shadow_scores"
         ),
+        latency_p50=histograms.quantile(s.latency, 0.5),
+        latency_p99=histograms.quantile(s.latency, 0.99),
+        dropped_rate=_ratio(s.dropped, answered + s.errors + s.dropped),
     )
 
 

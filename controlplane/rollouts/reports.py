@@ -204,7 +204,11 @@ def check_report(report: WindowReport) -> WindowReport:
                 "a finite number of at least 0",
                 "shadow.abs_diff_sum",
             )
-        for h, what in ((s.champion_scores, "champion_scores"), (s.shadow_scores, "shadow_scores")):
+        for h, what in (
+            (s.champion_scores, "champion_scores"),
+            (s.shadow_scores, "shadow_scores"),
+            (s.latency, "latency"),
+        ):
             if h is not None:
                 histograms.check(h, f"shadow.{what}")
     if any(u.version <= 0 for u in report.unloaded):

@@ -177,12 +177,12 @@ def _fitted_arm(kept: ArmSummary | None, added: ArmSummary | None, notes: dict[s
 def _fitted_shadow(
     kept: ShadowSummary | None, added: ShadowSummary | None, notes: dict[str, str]
 ) -> Any:
-    """``kept`` less each score histogram whose layout ``added``'s differs from."""
+    """``kept`` less each score or latency histogram whose layout ``added``'s differs from."""
     if kept is None or added is None:
         return kept
     changes: dict[str, Any] = {
         field: None
-        for field in ("champion_scores", "shadow_scores")
+        for field in ("champion_scores", "shadow_scores", "latency")
         if _differs(getattr(kept, field), getattr(added, field), f"shadow.{field}", notes)
     }
     return replace(kept, **changes) if changes else kept

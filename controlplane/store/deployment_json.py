@@ -107,6 +107,10 @@ def shadow(d: dict[str, Any] | None) -> ShadowSummary | None:
         disagreement_rate=d.get("disagreement_rate"),
         mean_abs_diff=d.get("mean_abs_diff"),
         ks_statistic=d.get("ks_statistic"),
+        latency=histogram(d.get("latency")),
+        latency_p50=d.get("latency_p50"),
+        latency_p99=d.get("latency_p99"),
+        dropped_rate=d.get("dropped_rate"),
     )
 
 

@@ -373,7 +373,8 @@ class ArmCounts:
 
 
 class ShadowCounts:
-    """Champion answers paired with the shadow's answers to the same rows, in one window."""
+    """Champion answers paired with the shadow's answers to the same rows, and the shadow's
+    latency, in one window."""
 
     def __init__(self, version: int, layout: Layout | None) -> None:
         self.version = version
@@ -384,6 +385,16 @@ class ShadowCounts:
         self.dropped = 0
         self.champion = Hist(layout) if layout is not None else None
         self.shadow = Hist(layout) if layout is not None else None
+        self.latency = Hist(LATENCY)
+
+    def add_latencies(self, record: Any) -> None:
+        """Count the latency of each copy the shadow run ``record`` (a
+        :class:`~sidecar.observers.BatchRecord`) answered: the seconds of the session call
+        that answered it (``compute_s``). The copy's wait in the shadow queue is left out: the
+        worker rests there under its CPU budget, which says nothing of the version."""
+        answered = sum(1 for status in record.status if status == "OK")
+        if answered:
+            self.latency.add(np.full(answered, float(record.compute_s)))
 
     def add_pairs(
         self,
@@ -438,6 +449,10 @@ class ShadowCounts:
         if self.champion is not None and self.shadow is not None:
             summary.champion_scores.CopyFrom(self.champion.to_proto())
             summary.shadow_scores.CopyFrom(self.shadow.to_proto())
+        if self.latency.total:
+            # Only when a copy was answered: the control plane counts the copies answered by
+            # their latencies (for the dropped rate), and by ``pairs`` without a histogram.
+            summary.latency.CopyFrom(self.latency.to_proto())
         return summary
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_cli import Cli
-from tests.controlplane.test_deployments_api import Sidecar, deployed
+from tests.controlplane.test_deployments_api import Sidecar, deployed, latency
 
 
 @pytest.fixture
@@ -82,11 +83,18 @@ def test_status_in_table_mode_summarises_the_latest_window(
         "--step-duration", "1h", output="table",
     )  # fmt: skip
     assert code == 0, err
-    shadow = pb.ShadowSummary(version=versions[2], pairs=40, disagreements=10, abs_diff_sum=2.0)
+    shadow = pb.ShadowSummary(
+        version=versions[2], pairs=40, disagreements=10, abs_diff_sum=2.0, dropped=60,
+        latency=latency(np.full(40, 0.03)),
+    )  # fmt: skip
     Sidecar(client, dep).report(500, shadow=shadow)
     ev = client.get_deployment(dep).rollout.evidence
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err
-    row = next(r for r in _cells(out) if len(r) == 7 and r[0] == str(versions[2]))
+    row = next(r for r in _cells(out) if len(r) == 10 and r[0] == str(versions[2]))
     assert row[1] == "40" and float(row[2]) == pytest.approx(0.25)
     assert float(row[3]) == pytest.approx(ev.shadow.mean_abs_diff, rel=1e-3)
+    # Dropped copies over copies made, and the shadow's latency.
+    assert row[6] == "60" and float(row[7]) == pytest.approx(0.6)
+    assert float(row[9]) == pytest.approx(ev.shadow.latency_p99 * 1000, rel=1e-3)
+    assert ev.shadow.latency_p99 == pytest.approx(0.03, rel=0.26)

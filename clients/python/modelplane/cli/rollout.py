@@ -277,6 +277,9 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
                     "ks",
                     "errors",
                     "dropped",
+                    "dropped rate",
+                    "p50 ms",
+                    "p99 ms",
                 ],
                 [
                     [
@@ -287,6 +290,9 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
                         _num(_opt(sh, "ks_statistic")),
                         sh.errors,
                         sh.dropped,
+                        _num(_opt(sh, "dropped_rate")),
+                        _num(_opt(sh, "latency_p50"), 1000),
+                        _num(_opt(sh, "latency_p99"), 1000),
                     ]
                 ],
             )

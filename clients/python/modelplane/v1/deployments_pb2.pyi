@@ -296,7 +296,7 @@ class ArmSummary(_message.Message):
     def __init__(self, arm: _Optional[str] = ..., version: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., rows: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., scores: _Optional[_Union[Histogram, _Mapping]] = ..., label_counts: _Optional[_Mapping[int, int]] = ..., drift: _Optional[_Union[DriftSummary, _Mapping]] = ..., labeled: _Optional[int] = ..., correct: _Optional[int] = ..., error_rate: _Optional[float] = ..., latency_p50: _Optional[float] = ..., latency_p99: _Optional[float] = ..., accuracy: _Optional[float] = ...) -> None: ...
 
 class ShadowSummary(_message.Message):
-    __slots__ = ("version", "pairs", "disagreements", "abs_diff_sum", "errors", "dropped", "champion_scores", "shadow_scores", "disagreement_rate", "mean_abs_diff", "ks_statistic")
+    __slots__ = ("version", "pairs", "disagreements", "abs_diff_sum", "errors", "dropped", "champion_scores", "shadow_scores", "disagreement_rate", "mean_abs_diff", "ks_statistic", "latency", "latency_p50", "latency_p99", "dropped_rate")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     DISAGREEMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +308,10 @@ class ShadowSummary(_message.Message):
     DISAGREEMENT_RATE_FIELD_NUMBER: _ClassVar[int]
     MEAN_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     KS_STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_RATE_FIELD_NUMBER: _ClassVar[int]
     version: int
     pairs: int
     disagreements: int
@@ -319,7 +323,11 @@ class ShadowSummary(_message.Message):
     disagreement_rate: float
     mean_abs_diff: float
     ks_statistic: float
-    def __init__(self, version: _Optional[int] = ..., pairs: _Optional[int] = ..., disagreements: _Optional[int] = ..., abs_diff_sum: _Optional[float] = ..., errors: _Optional[int] = ..., dropped: _Optional[int] = ..., champion_scores: _Optional[_Union[Histogram, _Mapping]] = ..., shadow_scores: _Optional[_Union[Histogram, _Mapping]] = ..., disagreement_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., ks_statistic: _Optional[float] = ...) -> None: ...
+    latency: Histogram
+    latency_p50: float
+    latency_p99: float
+    dropped_rate: float
+    def __init__(self, version: _Optional[int] = ..., pairs: _Optional[int] = ..., disagreements: _Optional[int] = ..., abs_diff_sum: _Optional[float] = ..., errors: _Optional[int] = ..., dropped: _Optional[int] = ..., champion_scores: _Optional[_Union[Histogram, _Mapping]] = ..., shadow_scores: _Optional[_Union[Histogram, _Mapping]] = ..., disagreement_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., ks_statistic: _Optional[float] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., latency_p50: _Optional[float] = ..., latency_p99: _Optional[float] = ..., dropped_rate: _Optional[float] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id", "deployment", "request_id")
