@@ -1,4 +1,10 @@
-"""Policies: CEL rules bound to a target, versioned by revision."""
+"""Policies: CEL rules bound to a target, versioned by revision.
+
+A revision is a rule set: the policy's ``rules`` and ``target``. An update that changes either
+makes a new revision; one that leaves both as they are (a new description, or the same rules
+sent again) keeps the revision, so the gate decisions and approvals whose evidence names it
+still stand. Every update changes the etag and is audited.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +25,9 @@ from controlplane.policy import (
 from controlplane.services.filters import masked_changes
 from controlplane.services.governance_names import check_target, parse_policy
 from controlplane.store import Store, Tx, WriteTx
-from controlplane.store.convert import etag as etag_of
 from controlplane.store.convert import utc
-from controlplane.store.governance_repos import Governance
+from controlplane.store.governance_repos import Governance, policy_etag
+from controlplane.store.governance_repos import policy as policy_as_of
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
 from controlplane.store.tables import PolicyRevisionRow, PolicyRow
@@ -60,10 +66,14 @@ def require_policy(tx: Tx, policy_id: str, revision: int = 0) -> Policy:
     return got
 
 
-def _replayed(tx: WriteTx, policy_id: str, request_id: str) -> Policy:
-    """The revision of ``policy_id`` that the request being replayed made, with the etag it
-    answered (AIP-155), even when later updates have moved the policy on. NOT_FOUND when the
-    policy was deleted since."""
+def _replayed(
+    tx: WriteTx, policy_id: str, request_id: str, changes: Mapping[str, object] | None = None
+) -> Policy:
+    """The policy as the request being replayed answered it (AIP-155), with the etag it
+    answered, even when later updates have moved the policy on: the revision current when it
+    was made, as that revision was made, or, for an update that kept the revision (``changes``
+    are its changes), with the description it set. NOT_FOUND when the policy was deleted
+    since."""
     assert tx.replay_time is not None
     made_at = utc(tx.replay_time)
     revisions = tx.session.exec(
@@ -80,9 +90,23 @@ def _replayed(tx: WriteTx, policy_id: str, request_id: str) -> Policy:
             "deleted since",
             reason="POLICY_NOT_FOUND",
         )
-    policy = require_policy(tx, policy_id, made.revision)
-    etag = etag_of(f"policies/{policy_id}", made.revision, current.create_time)
-    return dataclasses.replace(policy, etag=etag)
+    answered = policy_as_of(made, current)
+    if utc(current.update_time) == made_at:
+        # Nothing changed the policy since: it is as this request left it.
+        answered = policy_as_of(current, current)
+    elif utc(made.time) < made_at:
+        # An update that kept the revision, and made no record of its own: the revision as it
+        # was made, with the description this update set (or, when it set none, the one the
+        # revision was made with).
+        description = (changes or {}).get("description", answered.description)
+        answered = dataclasses.replace(
+            answered,
+            description=str(description),
+            updated_by=tx.ctx.principal,
+            update_time=made_at,
+        )
+    etag = policy_etag(policy_id, made.revision, current.create_time, made_at)
+    return dataclasses.replace(answered, etag=etag)
 
 
 def _target_free(tx: Tx, target: str, policy_id: str) -> None:
@@ -102,7 +126,8 @@ def _id_and_target_free(tx: Tx, policy_id: str, target: str) -> None:
 
 
 class PolicyService:
-    """Create, read, update (as new revisions) and delete policies."""
+    """Create, read, update (a change of rules or target as a new revision) and delete
+    policies."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -188,7 +213,7 @@ class PolicyService:
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdatePolicy", request_id, request=request) as tx:
             if tx.replay is not None:
-                return _replayed(tx, policy_id, request_id)
+                return _replayed(tx, policy_id, request_id, changes)
             # Locked, then read: a concurrent update waits for this one (a blind update cannot
             # lose a race it never saw), and the etag is checked against the committed row.
             gov = Governance(tx.session)

@@ -59,8 +59,18 @@ def evaluation(row: EvaluationRow) -> Evaluation:
     )
 
 
+def policy_etag(policy_id: str, revision: int, created: datetime, updated: datetime) -> str:
+    """The etag of a policy as updated at ``updated``: an update that keeps the revision (one
+    that changes only the description) changes it too, since every update of a policy is
+    stamped later than the one before (see :meth:`Governance.next_revision_time`)."""
+    return convert.etag(
+        f"policies/{policy_id}@{convert.utc(updated).isoformat()}", revision, created
+    )
+
+
 def policy(row: PolicyRow | PolicyRevisionRow, current: PolicyRow) -> Policy:
-    """A policy as of ``row`` (the current row or one of its revisions)."""
+    """A policy as of ``row``: the current row, or one of its revisions as it was made (its
+    rules, target and the description the policy had then); the etag is the current one."""
     return Policy(
         id=current.id,
         description=row.description,
@@ -73,7 +83,7 @@ def policy(row: PolicyRow | PolicyRevisionRow, current: PolicyRow) -> Policy:
         update_time=convert.utc(
             row.time if isinstance(row, PolicyRevisionRow) else row.update_time
         ),
-        etag=convert.etag(f"policies/{current.id}", current.revision, current.create_time),
+        etag=policy_etag(current.id, current.revision, current.create_time, current.update_time),
     )
 
 
@@ -210,12 +220,23 @@ class Governance:
         return self.s.get(PolicyRow, policy_id)
 
     def next_revision_time(self, policy_id: str) -> datetime | None:
-        """The earliest time the policy's next revision may carry: just after its last one (None
-        when it has none). Revisions stamped so run in the order of their numbers, which a
-        replayed update relies on to find the revision it made; the caller holds the lock."""
+        """The earliest time the policy's next update may carry: just after its last revision
+        and its last update (None when it has neither). Revisions stamped so run in the order of
+        their numbers, which a replayed update relies on to find the revision it made, and every
+        update moves the update time, and so the etag, forward; the caller holds the lock."""
         q = select(func.max(PolicyRevisionRow.time)).where(PolicyRevisionRow.policy_id == policy_id)
-        last = self.s.exec(q).one()
-        return None if last is None else convert.utc(last) + timedelta(microseconds=1)
+        times = [self.s.exec(q).one()]
+        row = self.policy_row(policy_id)
+        if row is not None:
+            times.append(row.update_time)
+        known = [convert.utc(t) for t in times if t is not None]
+        return max(known) + timedelta(microseconds=1) if known else None
+
+    def policy_revision_row(self, policy_id: str, revision: int) -> PolicyRevisionRow | None:
+        """The record of one revision of a policy, as it was made."""
+        if not 0 < revision <= INT32_MAX:
+            return None
+        return self.s.get(PolicyRevisionRow, (policy_id, revision))
 
     def get_policy(self, policy_id: str, revision: int = 0) -> Policy | None:
         current = self.policy_row(policy_id)
@@ -223,9 +244,8 @@ class Governance:
             return None
         if not revision or revision == current.revision:
             return policy(current, current)
-        if not 0 < revision <= INT32_MAX:  # no such revision; the column could not compare it
-            return None
-        old = self.s.get(PolicyRevisionRow, (policy_id, revision))
+        # Out of the column's range, no such revision (see policy_revision_row).
+        old = self.policy_revision_row(policy_id, revision)
         return policy(old, current) if old else None
 
     def policy_for_target(self, target: str) -> Policy | None:
@@ -271,27 +291,37 @@ class Governance:
     def update_policy(
         self, policy_id: str, if_etag: str, changes: dict[str, Any], actor: str, now: datetime
     ) -> Policy | None:
-        """Apply ``changes`` as a new revision when ``if_etag`` matches (any, when empty); None
-        when a new target is taken (by a policy that committed after this transaction looked).
+        """Apply ``changes`` when ``if_etag`` matches (any, when empty); None when a new target
+        is taken (by a policy that committed after this transaction looked).
 
-        Without an etag the row is locked first, so that a concurrent update cannot slip in
-        between the read and the compare-and-set and make a blind update fail.
+        A change of the rules or the target makes a new revision (and a new record of it); an
+        update that leaves both as they are (a new description, or the same rules sent again)
+        keeps the revision, so that the evidence of gate decisions and approvals, which names
+        the revision, still holds. Either way the etag changes. Without an etag the row is
+        locked first, so that a concurrent update cannot slip in between the read and the
+        compare-and-set and make a blind update fail.
         """
         current = self.policy_row(policy_id, for_update=not if_etag)
         assert current is not None
         name = f"policies/{policy_id}"
-        if if_etag and convert.etag(name, current.revision, current.create_time) != if_etag:
+        etag = policy_etag(policy_id, current.revision, current.create_time, current.update_time)
+        if if_etag and etag != if_etag:
             raise stale_etag(name)
+        new_revision = any(
+            path in changes and changes[path] != getattr(current, path)
+            for path in ("rules", "target")
+        )
+        revision = current.revision + 1 if new_revision else current.revision
         try:
             with self.s.begin_nested():
                 result = self.s.exec(  # type: ignore[call-overload]
                     update(PolicyRow)
                     .where(
-                        col(PolicyRow.id) == policy_id, col(PolicyRow.revision) == current.revision
+                        col(PolicyRow.id) == policy_id,
+                        col(PolicyRow.revision) == current.revision,
+                        col(PolicyRow.update_time) == current.update_time,
                     )
-                    .values(
-                        **changes, updated_by=actor, update_time=now, revision=current.revision + 1
-                    )
+                    .values(**changes, updated_by=actor, update_time=now, revision=revision)
                 )
         except IntegrityError as exc:
             if not is_unique_violation(exc):
@@ -302,8 +332,9 @@ class Governance:
         self.s.expire_all()
         row = self.policy_row(policy_id)
         assert row is not None
-        self._revision(row, actor, now)
-        self.s.flush()
+        if new_revision:
+            self._revision(row, actor, now)
+            self.s.flush()
         return policy(row, row)
 
     def policies_page(

@@ -1,14 +1,16 @@
-"""What is checked when a gate policy is written.
+"""What is checked when a gate policy is written, and what a policy update does to the evidence.
 
 Rules that can never yield true or false (a type mismatch, a non-bool result, a literal that
 fails, a field or metric that does not exist) are refused by CreatePolicy and UpdatePolicy with
 their position; valid rules, the README's among them, are accepted. The types rules are checked
-against are those of the variables a real gate reads.
+against are those of the variables a real gate reads. An update that changes neither the rules
+nor the target keeps the revision, so approvals and passed gates on it still count.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -38,10 +40,10 @@ from controlplane.services.evidence import gate_inputs
 from controlplane.services.gates import gate_variables
 from controlplane.store import Store
 from modelplane import Client
-from modelplane.errors import InvalidArgument
+from modelplane.errors import Aborted, FailedPrecondition, InvalidArgument
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel
-from tests.controlplane.test_governance_evaluation import holdout_with_groups
+from tests.controlplane.test_governance_evaluation import holdout_with_groups, register
 
 RISK_RULE = 'approvals.exists(a, "risk" in a.roles && a.decision == "approve")'
 
@@ -201,10 +203,10 @@ def test_the_gate_variables_are_of_the_types_rules_are_checked_against(
     controlplane: RunningControlPlane, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
     """A version with lineage, an evaluation with fairness and validation, deltas against the
-    version production serves, and an approval: every value a gate's rules read is of the type
+    version the target serves, and an approval: every value a gate's rules read is of the type
     the checks assume, and each variable holds values (the check is not vacuous)."""
     data, _ = holdout_with_groups(trained_model, tmp_path)
-    model_id = unique()
+    model_id, target = unique(), unique("prod")
     with controlplane.client("alice") as alice:
         alice.create_model(model_id)
         for _ in range(2):
@@ -219,22 +221,23 @@ def test_the_gate_variables_are_of_the_types_rules_are_checked_against(
                 code_commit="abc123",
                 labels={"team": "fraud"},
             )
-        alice.set_alias(model_id, "production", 1)
+        alice.set_alias(model_id, target, 1)
+        alice.create_policy(unique("p"), target=target, rules=["true"])
         for number in (1, 2):
             alice.operation_result(
                 alice.evaluate(
                     model_id, number, data, label="target", protected=["group"],
-                    compare_to="production",
+                    compare_to=target,
                 )
             )  # fmt: skip
     with controlplane.client("carol") as carol:
-        carol.with_roles(["risk"]).approve(model_id, 2, "production")
+        carol.with_roles(["risk"]).approve(model_id, 2, target)
     store = Store.open(controlplane.db_url, migrate=False)
     try:
         with store.read() as tx:
             version = tx.versions.get(model_id, 2)
             assert version is not None
-            inputs = gate_inputs(tx, version, "production")
+            inputs = gate_inputs(tx, version, target)
             variables = gate_variables(version, inputs.latest, inputs.approvals, inputs.comparison)
     finally:
         store.close()
@@ -248,3 +251,68 @@ def test_the_gate_variables_are_of_the_types_rules_are_checked_against(
     assert set(variables["evaluation"]) == set(EVALUATION.fields)
     assert {"passed", "features"} <= set(variables["validation"])
     assert variables["delta"] and variables["lineage"]["datasets"]
+
+
+# Updates that keep the revision ---------------------------------------------------------------
+
+
+def test_a_policy_update_that_leaves_the_rules_keeps_approvals_and_gates(
+    controlplane_any: RunningControlPlane, trained_model: TrainedModel
+) -> None:
+    controlplane = controlplane_any
+    model_id, target, pid = unique(), unique("prod"), unique("p")
+    with controlplane.client("alice") as alice:
+        version = register(alice, trained_model, model_id)
+        alice.operation_result(
+            alice.evaluate(model_id, version, trained_model.holdout, label="target")
+        )
+        created = alice.create_policy(
+            pid, target=target, rules=["metrics.roc_auc >= 0.5", RISK_RULE], description="relase"
+        )
+    with controlplane.client("carol") as carol:
+        carol.with_roles(["risk"]).approve(model_id, version, target)
+        assert carol.evaluate_gate(model_id, version, target).passed
+    with controlplane.client("ops") as ops:
+        described = ops.update_policy(pid, etag=created.etag, description="release")
+        assert described.revision == 1 and described.description == "release"
+        assert described.etag != created.etag and described.updated_by == "ops"
+        with pytest.raises(Aborted) as stale:
+            ops.update_policy(pid, etag=created.etag, description="late")
+        assert stale.value.reason == "ETAG_MISMATCH"
+        request_id = str(uuid.uuid4())
+        same = ops.update_policy(
+            pid, etag=described.etag, rules=["metrics.roc_auc >= 0.5", RISK_RULE],
+            request_id=request_id,
+        )  # fmt: skip
+        assert same.revision == 1 and same.etag != described.etag
+        assert same.description == "release"
+        assert ops.get_policy(pid, revision=1) == same
+        # The passed gate still stands: the alias moves without running it again.
+        ops.set_alias(model_id, target, version)
+        (approval,) = ops.list_approvals(model_id, version)
+        assert approval.current
+        assert ops.evaluate_gate(model_id, version, target).passed
+        # A retry of the update answers what it answered and changes nothing.
+        again = ops.update_policy(
+            pid, etag=described.etag, rules=["metrics.roc_auc >= 0.5", RISK_RULE],
+            request_id=request_id,
+        )  # fmt: skip
+        assert again == same
+        assert ops.get_policy(pid) == same
+        # New rules are a new revision: the approval and the gate no longer count.
+        changed = ops.update_policy(
+            pid, etag=same.etag, rules=["metrics.roc_auc >= 0.6", RISK_RULE]
+        )
+        assert changed.revision == 2 and changed.description == "release"
+        with pytest.raises(FailedPrecondition) as refused:
+            ops.set_alias(model_id, target, version, reason="again")
+        assert refused.value.reason == "GATE_FAILED"
+        (approval,) = ops.list_approvals(model_id, version)
+        assert not approval.current
+        assert not ops.evaluate_gate(model_id, version, target).passed
+        # The first revision is kept as it was made, with the description it was made with.
+        first = ops.get_policy(pid, revision=1)
+        assert list(first.rules) == ["metrics.roc_auc >= 0.5", RISK_RULE]
+        assert first.description == "relase"
+        actions = [e.action for e in ops.audit_events(resource=f"policies/{pid}")]
+    assert actions == ["CreatePolicy", "UpdatePolicy", "UpdatePolicy", "UpdatePolicy"]
