@@ -274,7 +274,10 @@ def test_gate_and_approval_on_each_backend(
         assert rita.evaluate_gate(model_id, version, target).passed
         rita.set_alias(model_id, target, version)
         assert rita.verify_version(model_id, version).ok
-        rita.update_policy(policy, description="revised")
+        # A description change keeps the revision, and the decision stands.
+        assert rita.update_policy(policy, description="revised").revision == 1
+        rita.set_alias(model_id, target, version, reason="again")
+        rita.update_policy(policy, rules=["metrics.roc_auc >= 0.6", RISK_RULE])
         with pytest.raises(FailedPrecondition):
             rita.set_alias(model_id, target, version)
         assert rita.get_policy(policy, revision=1).description == ""

@@ -142,11 +142,11 @@ def test_blind_policy_updates_wait_for_each_other(controlplane_pg: RunningContro
     with psycopg.connect(controlplane_pg.db_url) as holder:
         holder.execute("SELECT 1 FROM policies WHERE id = %s FOR UPDATE", (pid,))
         first = Background(
-            as_(controlplane_pg, "bob", lambda c: c.update_policy(pid, description="b"))
+            as_(controlplane_pg, "bob", lambda c: c.update_policy(pid, rules=["1 == 1"]))
         )
         wait_for_waiters(controlplane_pg.db_url, 1)
         second = Background(
-            as_(controlplane_pg, "carol", lambda c: c.update_policy(pid, description="c"))
+            as_(controlplane_pg, "carol", lambda c: c.update_policy(pid, rules=["2 == 2"]))
         )
         wait_for_waiters(controlplane_pg.db_url, 2)
         holder.rollback()
@@ -154,8 +154,11 @@ def test_blind_policy_updates_wait_for_each_other(controlplane_pg: RunningContro
     assert revisions == [2, 3]
     with controlplane_pg.client() as c:
         assert c.get_policy(pid).revision == 3
-        assert c.get_policy(pid).description == "c"
-        assert [c.get_policy(pid, revision=r).description for r in (2, 3)] == ["b", "c"]
+        assert list(c.get_policy(pid).rules) == ["2 == 2"]
+        assert [list(c.get_policy(pid, revision=r).rules) for r in (2, 3)] == [
+            ["1 == 1"],
+            ["2 == 2"],
+        ]
 
 
 @pytest.mark.postgres
