@@ -1116,7 +1116,8 @@ class Client(DeploymentsMixin):
         target: str | None = None,
         request_id: str | None = None,
     ) -> governance_pb2.Policy:
-        """Change rules, description or target; the policy's revision increments."""
+        """Change rules, description or target; a change of rules or target makes a new
+        revision, a description-only change keeps it."""
         message = governance_pb2.Policy(name=policy_name(policy), etag=etag)
         paths = []
         if rules is not None:

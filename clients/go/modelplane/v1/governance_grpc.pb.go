@@ -26,7 +26,8 @@ type GovernanceServiceClient interface {
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*Policy, error)
 	// Lists policies by name.
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
-	// Replaces rules, description or target; the revision increments, old revisions are kept.
+	// Replaces rules, description or target; a change of rules or target makes a new revision (old
+	// revisions are kept); a description-only change keeps the revision.
 	UpdatePolicy(ctx context.Context, in *UpdatePolicyRequest, opts ...grpc.CallOption) (*Policy, error)
 	// Deletes a policy and its revisions.
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -172,7 +173,8 @@ type GovernanceServiceServer interface {
 	GetPolicy(context.Context, *GetPolicyRequest) (*Policy, error)
 	// Lists policies by name.
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
-	// Replaces rules, description or target; the revision increments, old revisions are kept.
+	// Replaces rules, description or target; a change of rules or target makes a new revision (old
+	// revisions are kept); a description-only change keeps the revision.
 	UpdatePolicy(context.Context, *UpdatePolicyRequest) (*Policy, error)
 	// Deletes a policy and its revisions.
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*emptypb.Empty, error)

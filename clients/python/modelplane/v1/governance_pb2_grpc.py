@@ -125,7 +125,8 @@ class GovernanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePolicy(self, request, context):
-        """Replaces rules, description or target; the revision increments, old revisions are kept.
+        """Replaces rules, description or target; a change of rules or target makes a new revision (old
+        revisions are kept); a description-only change keeps the revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -886,7 +886,8 @@ export const GovernanceService: GenService<{
     output: typeof ListPoliciesResponseSchema;
   },
   /**
-   * Replaces rules, description or target; the revision increments, old revisions are kept.
+   * Replaces rules, description or target; a change of rules or target makes a new revision (old
+   * revisions are kept); a description-only change keeps the revision.
    *
    * @generated from rpc modelplane.v1.GovernanceService.UpdatePolicy
    */
