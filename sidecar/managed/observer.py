@@ -312,6 +312,7 @@ class ManagedObserver:
         shadow.errors += record.errors
         if record.record is None:  # failed copies: counted, no answers to compare
             return
+        shadow.add_latencies(record.record)
         champion = record.champion
         mine = (
             champion.rule.labels(record.champion_outputs),
