@@ -90,6 +90,17 @@ def signing_key_path(settings: ControlPlaneSettings) -> Path:
     return Path(settings.signing_key or Path(settings.artifact_root) / SIGNING_KEY_FILE)
 
 
+def signing_keys(settings: ControlPlaneSettings) -> audit.SigningKeys:
+    """The server's keys: the ``signing_key`` file, which must exist (only the default one
+    under the artifact root is created when absent), and the retired keys in the
+    ``verification_keys`` folder."""
+    return audit.load_signing_keys(
+        signing_key_path(settings),
+        create=not settings.signing_key,
+        verification_keys=settings.verification_keys,
+    )
+
+
 def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServerHandle:
     """Open the store (migrating it unless ``migrate`` is False: a ``--workers`` worker, whose
     supervisor migrated it), start serving, and report SERVING once ready.
@@ -101,7 +112,13 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     access = auth.build(settings)
     keep_large_buffers()
     hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
-    key = audit.load_or_create_signing_key(signing_key_path(settings))
+    key = signing_keys(settings)
+    log.info(
+        "audit signing key",
+        key_id=key.key_id,
+        path=str(signing_key_path(settings)),
+        verification_keys=sorted(key.retired),
+    )
     store = Store.open(settings.db_url, migrate=migrate)
     audit.install(store)
     if isinstance(access.authorizer, auth.PermissionPolicy):

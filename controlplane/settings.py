@@ -107,8 +107,15 @@ class ControlPlaneSettings(BaseSettings):
     )
     signing_key: str = Field(
         "",
-        description="Ed25519 PEM private key signing approvals and audit checkpoints; empty: "
+        description="Ed25519 PEM private key signing approvals and audit checkpoints, which must "
+        "exist (openssl genpkey -algorithm ed25519 -out FILE); empty: "
         "ARTIFACT_ROOT/keys/signing-key.pem, created with mode 0600 when absent",
+    )
+    verification_keys: str = Field(
+        "",
+        description="folder of the Ed25519 public keys (PEM, as `modelplane keys show` prints "
+        "them) of signing keys retired from signing: approvals and checkpoints they signed stay "
+        "valid, while only signing_key signs; empty: none",
     )
     evaluation_workers: int = Field(2, gt=0, description="threads running server-side evaluations")
     evaluation_timeout_seconds: float = Field(
@@ -277,8 +284,8 @@ class ControlPlaneSettings(BaseSettings):
         if is_object_uri(self.artifact_root) and not self.signing_key:
             raise ValueError(
                 "with an object-storage artifact root, name the Ed25519 signing key's file "
-                "(--signing-key PATH or MODELPLANE_SIGNING_KEY; created with mode 0600 when "
-                "absent): its default place is under a folder root"
+                "(--signing-key PATH or MODELPLANE_SIGNING_KEY; create it with `openssl genpkey "
+                "-algorithm ed25519 -out PATH`): its default place is under a folder root"
             )
         return self
 

@@ -37,10 +37,10 @@ def _env(settings: ControlPlaneSettings, port: int) -> dict[str, str]:
 
 def supervise(settings: ControlPlaneSettings, count: int) -> int:
     """Prepare shared state once, then run ``count`` worker processes until a signal."""
-    from controlplane import audit, auth
+    from controlplane import auth
     from controlplane.objectstore import open_blob_store
     from controlplane.rollouts.hooks import load_commands
-    from controlplane.server import signing_key_path
+    from controlplane.server import signing_keys
     from controlplane.store import Store
     from modelplane.server.supervisor import reserve_port
     from modelplane.server.supervisor import supervise as run_workers
@@ -48,7 +48,7 @@ def supervise(settings: ControlPlaneSettings, count: int) -> int:
     auth.build(settings)  # refuses unusable access settings before anything starts
     load_commands(settings.hooks_file)  # and a hooks file the workers could not load
     Store.open(settings.db_url).close()
-    audit.load_or_create_signing_key(signing_key_path(settings))
+    signing_keys(settings)
     # And an artifact root the workers could not open (a bucket missing, a store away).
     open_blob_store(settings.artifact_root, settings.max_upload_bytes)
     try:

@@ -12,7 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +34,57 @@ from modelplane.files import replaced_atomically
 PublicKeyLike = Ed25519PublicKey | Ed25519PrivateKey | str | bytes
 
 
+#: How to make a key where the server is told to find one.
+_CREATE_HINT = (
+    "create one there with `openssl genpkey -algorithm ed25519 -out {path}` (then chmod 600), "
+    "put there the key the other replicas use, or leave --signing-key unset to have one "
+    "created at ARTIFACT_ROOT/keys/signing-key.pem"
+)
+
+
+def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """The Ed25519 key stored at ``path`` (unencrypted PKCS#8 PEM); never created here.
+
+    ``FailedPrecondition`` with reason ``SIGNING_KEY_MISSING`` when there is no file at
+    ``path`` (a key named explicitly that is absent is a mistake to report, not a reason to sign
+    with a new key that voids every earlier approval), ``SIGNING_KEY_INVALID`` when the file
+    is no such key.
+    """
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise FailedPrecondition(
+            f"the audit signing key {target} does not exist; "
+            + _CREATE_HINT.format(path=shlex.quote(str(target))),
+            reason="SIGNING_KEY_MISSING",
+        ) from None
+    except OSError as exc:
+        raise _invalid_key(target, exc) from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise _invalid_key(target, exc) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise FailedPrecondition(
+            f"the audit signing key {target} is not an Ed25519 key", reason="SIGNING_KEY_INVALID"
+        )
+    return key
+
+
+def _invalid_key(target: Path, exc: Exception) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the audit signing key {target} cannot be read as an unencrypted PEM private key "
+        f"({exc}); restore it (a new key voids the approvals and checkpoints signed with this "
+        "one unless its public key is kept in --verification-keys)",
+        reason="SIGNING_KEY_INVALID",
+    )
+
+
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """The key stored at ``path`` (PKCS#8 PEM), created with mode 0600 when absent.
+    """The key stored at ``path`` (PKCS#8 PEM), created with mode 0600 when absent: for the
+    server's default place only (an explicitly named key is read with
+    :func:`load_signing_key`).
 
     Creation is atomic (written beside, then linked into place), so replicas starting together
     end up with the one key that won.
@@ -55,19 +107,136 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
                 os.link(tmp, target)
         finally:
             os.unlink(tmp)
+    return load_signing_key(target)
+
+
+def load_verification_keys(folder: str | os.PathLike[str]) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 public keys in the files of ``folder``, by key id: the keys the server signed
+    with before, whose signatures stay valid.
+
+    Each file holds a PEM public key (as ``modelplane keys show`` prints it, its comment line
+    included) or a PEM private key, of which only the public half is kept. Names starting with
+    a dot and folders are passed over (a Kubernetes Secret mounted as a folder keeps its
+    bookkeeping there). ``FailedPrecondition`` (``VERIFICATION_KEY_INVALID``) naming the folder
+    or file when the folder cannot be read or a file holds no Ed25519 key.
+    """
+    root = Path(folder)
     try:
-        key = serialization.load_pem_private_key(target.read_bytes(), password=None)
-    except (ValueError, TypeError, OSError) as exc:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
         raise FailedPrecondition(
-            f"the audit signing key {target} cannot be read as an unencrypted PEM private key "
-            f"({exc}); restore it or move it away to have a new one created",
-            reason="SIGNING_KEY_INVALID",
+            f"the verification-key folder {root} cannot be read ({exc.strerror or exc}); "
+            "name a folder holding the public keys (PEM) of keys the server signed with before",
+            reason="VERIFICATION_KEY_INVALID",
         ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise FailedPrecondition(
-            f"the audit signing key {target} is not an Ed25519 key", reason="SIGNING_KEY_INVALID"
-        )
-    return key
+    keys: dict[str, Ed25519PublicKey] = {}
+    for entry in entries:
+        if entry.is_dir():
+            continue
+        public = _verification_key(entry)
+        keys[key_id(public)] = public
+    return keys
+
+
+def _verification_key(path: Path) -> Ed25519PublicKey:
+    """The public key in one file of the verification-key folder."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    else:
+        loaded: object = None
+        with contextlib.suppress(ValueError, TypeError):
+            loaded = serialization.load_pem_public_key(data)
+        if loaded is None:
+            with contextlib.suppress(ValueError, TypeError):
+                loaded = serialization.load_pem_private_key(data, password=None)
+        if isinstance(loaded, Ed25519PrivateKey):
+            return loaded.public_key()
+        if isinstance(loaded, Ed25519PublicKey):
+            return loaded
+        problem = "holds no Ed25519 key" if loaded is not None else "is not a PEM key"
+    raise FailedPrecondition(
+        f"the verification key {path} {problem}; each file of the folder must be an Ed25519 "
+        "public key in PEM, as `modelplane keys show` prints it (move other files elsewhere)",
+        reason="VERIFICATION_KEY_INVALID",
+    )
+
+
+class SigningKeys(Ed25519PrivateKey):
+    """The server's active signing key, with the public keys of its retired keys.
+
+    It is an :class:`Ed25519PrivateKey` that signs with the active key (and whose
+    :meth:`public_key` is the active key's), so every service that takes the server's key takes
+    it; only the checks of a signature look past the active key, with :func:`public_key_for`,
+    so approvals and checkpoints signed by a retired key stay valid while only the active key
+    signs.
+    """
+
+    def __init__(
+        self, active: Ed25519PrivateKey, retired: Mapping[str, Ed25519PublicKey] | None = None
+    ) -> None:
+        self.active = active
+        self.key_id = key_id(active)
+        #: The retired keys' public keys by key id (the active key is never among them).
+        self.retired = {k: v for k, v in (retired or {}).items() if k != self.key_id}
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self.active.public_key()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return self.active.private_bytes(encoding, format, encryption_algorithm)
+
+    def private_bytes_raw(self) -> bytes:
+        return self.active.private_bytes_raw()
+
+    def sign(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self.active.sign(data)
+
+    def __copy__(self) -> SigningKeys:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SigningKeys:
+        return self
+
+
+def load_signing_keys(
+    path: str | os.PathLike[str], *, create: bool, verification_keys: str | os.PathLike[str] = ""
+) -> SigningKeys:
+    """The server's keys: the signing key at ``path`` (created when absent only with
+    ``create``, for the default place) and the retired keys in the ``verification_keys``
+    folder (none when empty)."""
+    active = load_or_create_signing_key(path) if create else load_signing_key(path)
+    retired = load_verification_keys(verification_keys) if verification_keys else {}
+    return SigningKeys(active, retired)
+
+
+def public_key_for(key: Ed25519PrivateKey, kid: str) -> tuple[Ed25519PublicKey | None, bool]:
+    """The public key that checks a signature naming key ``kid``, given the server's ``key``:
+    its own when ``kid`` is its id, a retired key's when ``key`` holds one of that id (then
+    True, it is retired), else None."""
+    if kid == key_id(key):
+        return key.public_key(), False
+    retired = key.retired.get(kid) if isinstance(key, SigningKeys) else None
+    return retired, retired is not None
+
+
+def shown_key_id(kid: str) -> str:
+    """A key id as a message shows it: as is when it looks like one, else quoted and cut."""
+    return kid if re.fullmatch(r"[0-9a-f]{16}", kid) else repr(kid[:40])
+
+
+def _known_keys(key: Ed25519PrivateKey) -> str:
+    """Which keys ``key`` verifies with, for a message."""
+    retired = sorted(key.retired) if isinstance(key, SigningKeys) else []
+    return f"this server's key is {key_id(key)}" + (
+        f", its verification keys {', '.join(retired)}" if retired else " (no verification keys)"
+    )
 
 
 def _public(key: PublicKeyLike) -> Ed25519PublicKey:
@@ -167,6 +336,42 @@ class Checkpoint:
                 f"cannot read the checkpoint {path}: {exc}", reason="INVALID_CHECKPOINT"
             ) from None
         return cls.from_dict(data)
+
+
+def check_checkpoint(cp: Checkpoint, key: PublicKeyLike) -> tuple[bool, str]:
+    """Whether ``key`` signed the checkpoint, and a note: why not, or that a retired key did.
+
+    ``key`` is a public key, or the server's key (a :class:`SigningKeys` verifies with the key
+    the checkpoint names, the active one or a retired one). A message of a failure names the
+    key the checkpoint names and the keys it was checked against.
+    """
+    if isinstance(key, Ed25519PrivateKey):
+        public, retired = public_key_for(key, cp.key_id)
+        if public is None:
+            return False, (
+                f"{_NOT_VERIFIED}: it names key {shown_key_id(cp.key_id)}, and "
+                f"{_known_keys(key)}; if that was this server's key before, start the server "
+                "with its public key in --verification-keys DIR, else the checkpoint was altered"
+            )
+        if cp.signature_valid(public):
+            return True, f"signed by retired key {cp.key_id}" if retired else ""
+        whose = "a retired key of this server" if retired else "this server's key"
+        return False, (
+            f"{_NOT_VERIFIED} with key {cp.key_id}, which it names ({whose}): the checkpoint "
+            "was altered"
+        )
+    if cp.signature_valid(key):
+        return True, ""
+    given = key_id(key)
+    if cp.key_id != given:
+        return False, (
+            f"{_NOT_VERIFIED}: it names key {shown_key_id(cp.key_id)}, and the given public key "
+            f"is {given}; check it with that key, or the checkpoint was altered"
+        )
+    return False, f"{_NOT_VERIFIED} with key {given}, which it names: the checkpoint was altered"
+
+
+_NOT_VERIFIED = "the checkpoint's signature does not verify"
 
 
 def checkpoint(store: Store, signer: Ed25519PrivateKey) -> Checkpoint:

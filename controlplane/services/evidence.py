@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.audit import canonical_json, object_digest
+from controlplane.audit import canonical_json, object_digest, public_key_for, shown_key_id
 from controlplane.audit._canonical import utc_text
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import (
@@ -89,17 +89,32 @@ def sign(key: Ed25519PrivateKey, a: Approval) -> str:
 
 
 def check_approval(key: Ed25519PrivateKey, key_id: str, a: Approval) -> tuple[bool, str]:
-    """Whether the approval's evidence digest and signature hold, and why not."""
+    """Whether the approval's evidence digest and signature hold, and why not.
+
+    ``key`` is the server's key and ``key_id`` its id: an approval signed by it, or by a key
+    it keeps as retired (:class:`controlplane.audit.SigningKeys`), is checked with that key; the
+    message of one signed by a retired key says so ("signature valid (signed by retired key
+    ...)")."""
     version = f"models/{a.model_id}/versions/{a.version}"
     if evidence_digest(version, a.target, a.evidence) != a.evidence.sha256:
         return False, "the evidence digest does not match the evidence it lists (record altered)"
-    if a.key_id != key_id:
-        return False, f"signed by key {a.key_id or 'none'}, not this server's key {key_id}"
+    public, retired = (
+        (key.public_key(), False) if a.key_id == key_id else public_key_for(key, a.key_id)
+    )
+    if public is None:
+        return False, (
+            f"signed by key {shown_key_id(a.key_id) if a.key_id else 'none'}, not this server's "
+            f"key {key_id} nor one of its verification keys (a key it signed with before is kept "
+            "valid by giving the server its public key with --verification-keys DIR)"
+        )
     try:
-        key.public_key().verify(base64.b64decode(a.signature), approval_payload(a))
+        public.verify(base64.b64decode(a.signature), approval_payload(a))
     except (InvalidSignature, ValueError):
         return False, "the signature does not match the record (record altered)"
-    return True, "signature valid"
+    return (
+        True,
+        f"signature valid (signed by retired key {a.key_id})" if retired else "signature valid",
+    )
 
 
 def latest_per_approver(approvals: list[Approval]) -> list[Approval]:

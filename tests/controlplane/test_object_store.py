@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from controlplane.audit import load_or_create_signing_key
 from controlplane.objectstore import ObjectBlobStore, open_blob_store
 from controlplane.server import start
 from controlplane.settings import ControlPlaneSettings
@@ -97,6 +98,8 @@ def test_refused_uploads_reach_nothing_in_the_bucket(
 def running(s3: S3Server, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A control plane whose artifact root is a prefix of a fresh bucket: (address, bucket)."""
     bucket = s3.new_bucket()
+    # A key named explicitly must exist: the server creates only its default one.
+    load_or_create_signing_key(tmp_path / "keys" / "signing.pem")
     settings = ControlPlaneSettings(
         listen="127.0.0.1:0",
         db_url=f"sqlite:///{tmp_path / 'cp.db'}",
@@ -159,6 +162,7 @@ def test_a_store_that_stops_answering_is_unavailable_then_recovers(
 ) -> None:
     own = own_s3[0]
     bucket = own.new_bucket()
+    load_or_create_signing_key(tmp_path / "signing.pem")
     settings = ControlPlaneSettings(
         listen="127.0.0.1:0",
         db_url=f"sqlite:///{tmp_path / 'cp.db'}",
@@ -221,6 +225,7 @@ def test_serve_refuses_credentials_in_the_root_and_never_repeats_them(
 
 
 def test_serve_refuses_roots_it_cannot_use_in_one_line(s3: S3Server, tmp_path: Path) -> None:
+    load_or_create_signing_key(tmp_path / "signing.pem")
     key = ("--signing-key", str(tmp_path / "signing.pem"))
     # A bucket that does not exist.
     root = f"s3://{unique('nobucket')}/art?{s3.query}"

@@ -61,8 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     serve.add_argument(
         "--signing-key",
-        help="Ed25519 key signing approvals and audit checkpoints "
-        "(default: generated under the artifact root, mode 0600)",
+        metavar="FILE",
+        help="Ed25519 key signing approvals and audit checkpoints; a file named here must exist "
+        "(make one with: openssl genpkey -algorithm ed25519 -out FILE); default: one generated "
+        "under the artifact root, mode 0600",
+    )
+    serve.add_argument(
+        "--verification-keys",
+        metavar="DIR",
+        help="folder of the public keys (PEM, as `keys show` prints them) of retired signing "
+        "keys: approvals and checkpoints they signed stay valid; only --signing-key signs",
     )
     serve.add_argument(
         "--auth",
@@ -131,6 +139,7 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
         ("metrics_listen", "metrics_listen"),
         ("log_level", "log_level"),
         ("signing_key", "signing_key"),
+        ("verification_keys", "verification_keys"),
         ("auth", "auth"),
         ("jwt_issuer", "jwt_issuer"),
         ("jwt_audience", "jwt_audience"),
