@@ -48,4 +48,5 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             if request.HasField("checkpoint")
             else None
         )
-        return gcv.verify_to_proto(self.trail.verify(checkpoint))
+        # The walk stops once the caller no longer waits (deadline passed, or cancelled).
+        return gcv.verify_to_proto(self.trail.verify(checkpoint, wanted=context.is_active))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from sqlmodel import Session, col, select
 from controlplane.audit._canonical import GENESIS_HASH
 from controlplane.audit._chain import chain_condition
 from controlplane.audit._query import iter_events
-from controlplane.audit._signing import Checkpoint, PublicKeyLike
+from controlplane.audit._signing import Checkpoint, PublicKeyLike, check_checkpoint
 from controlplane.store import Store
 from controlplane.store.tables import AuditEventRow
 from modelplane.audit_chain import ExportProblem
@@ -37,14 +38,21 @@ class VerifyResult:
     head_hash: str
     first_bad_seq: int | None = None
     problem: Problem | None = None
-    message: str = "the chain is intact"
+    message: str = ""
     signature_verified: bool | None = None
 
 
-_SIGNATURE_INVALID = (
-    "the checkpoint's signature does not verify with the given public key; the checkpoint was "
-    "altered or signed by another key"
-)
+#: Events verified between two questions whether the caller still wants the result.
+STILL_WANTED_EVERY = 1000
+
+
+class VerifyStopped(Exception):
+    """:func:`verify` ended early: the caller no longer wanted its result (its call ended).
+    ``checked`` events had been verified."""
+
+    def __init__(self, checked: int) -> None:
+        super().__init__(f"verification stopped after {checked} events")
+        self.checked = checked
 
 
 def _below_one(store: Store) -> tuple[int, int] | None:
@@ -115,7 +123,11 @@ def _first_lacking(session: Session) -> int:
 
 
 def verify(
-    store: Store, checkpoint: Checkpoint | None = None, public_key: PublicKeyLike | None = None
+    store: Store,
+    checkpoint: Checkpoint | None = None,
+    public_key: PublicKeyLike | None = None,
+    *,
+    wanted: Callable[[], bool] | None = None,
 ) -> VerifyResult:
     """Recompute the chain from the first event and report the first break.
 
@@ -126,12 +138,22 @@ def verify(
     cut back behind it or rewritten up to it. With ``public_key`` the checkpoint's signature is
     checked too: a checkpoint whose signature does not verify fails the result
     (``CHECKPOINT_SIGNATURE_INVALID`` when the chain itself is intact) and is not compared with
-    the chain, which is still walked to its head. Without a checkpoint, removing the newest
-    events cannot be told from their never having been written.
+    the chain, which is still walked to its head; the server's key (a
+    :class:`~controlplane.audit.SigningKeys`) checks it with the key it names, a retired one
+    included.
+
+    Without a checkpoint only the chain's own consistency is checked: someone able to write
+    the database can rewrite events and recompute every hash after them, or cut the newest
+    events off, and the chain still holds together; the message of a result that passes says
+    so. A checkpoint shows such a change up to its event (but cannot say which event changed).
+
+    ``wanted``, when given, is asked every :data:`STILL_WANTED_EVERY` events whether the result
+    is still wanted (a call's ``is_active``); :class:`VerifyStopped` ends the walk when not.
     """
     signature_ok: bool | None = None
+    signature_note = ""
     if checkpoint is not None and public_key is not None:
-        signature_ok = checkpoint.signature_valid(public_key)
+        signature_ok, signature_note = check_checkpoint(checkpoint, public_key)
     trusted = checkpoint if signature_ok is not False else None
 
     expected, prev, checked = 1, GENESIS_HASH, 0
@@ -139,7 +161,7 @@ def verify(
 
     def broken(seq: int | None, problem: Problem, message: str) -> VerifyResult:
         if signature_ok is False:
-            message = f"{message}; besides, {_SIGNATURE_INVALID}"
+            message = f"{message}; besides, {signature_note}"
         return VerifyResult(
             False, checked, head_seq, head_hash, seq, problem, message, signature_ok
         )
@@ -166,6 +188,8 @@ def verify(
         )
     with closing(iter_events(store)) as events:
         for event in events:
+            if wanted is not None and checked % STILL_WANTED_EVERY == 0 and not wanted():
+                raise VerifyStopped(checked)
             if event.seq != expected:
                 return broken(
                     expected,
@@ -190,20 +214,30 @@ def verify(
                 return broken(
                     event.seq,
                     Problem.CHECKPOINT_MISMATCH,
-                    f"event {event.seq} differs from the checkpoint of "
-                    f"{trusted.time.isoformat()}: the chain was rewritten up to it",
+                    f"the chain differs from the checkpoint of {trusted.time.isoformat()} at or "
+                    f"before event {event.seq}: the hash of event {event.seq} is not the head hash "
+                    f"the checkpoint saw, so events up to {event.seq} were altered, removed or "
+                    "inserted and the hashes after them recomputed (which event cannot be told)",
                 )
             checked += 1
             expected, prev = event.seq + 1, event.hash
             head_seq, head_hash = event.seq, event.hash
     if trusted is not None:
         if head_seq < trusted.seq:
+            gone = trusted.seq - head_seq
+            tail = (
+                f"events {head_seq + 1} to {trusted.seq} were"
+                if gone > 1
+                else f"event {trusted.seq} was"
+            )
             return broken(
                 head_seq + 1,
                 Problem.TRUNCATED,
                 f"the chain ends at event {head_seq} but the checkpoint of "
-                f"{trusted.time.isoformat()} saw {trusted.seq} events: events "
-                f"{head_seq + 1} to {trusted.seq} were removed",
+                f"{trusted.time.isoformat()} saw {trusted.seq} events: {gone} "
+                f"event{'s are' if gone > 1 else ' is'} gone: {tail} cut from the end, or "
+                f"events up to {trusted.seq} were removed and those after them renumbered with "
+                "their hashes recomputed (which events cannot be told)",
             )
         if trusted.seq == 0 and trusted.head_hash != GENESIS_HASH:
             return broken(0, Problem.CHECKPOINT_MISMATCH, "the empty-chain checkpoint is malformed")
@@ -215,8 +249,50 @@ def verify(
             head_hash,
             None,
             Problem.CHECKPOINT_SIGNATURE_INVALID,
-            f"{_SIGNATURE_INVALID}; the chain itself is intact ({checked} events, head event "
-            f"{head_seq})",
+            f"{signature_note}; the chain itself is intact ({checked} events, head event "
+            f"{head_seq}) {_ALONE}",
             signature_ok,
         )
-    return VerifyResult(True, checked, head_seq, head_hash, signature_verified=signature_ok)
+    return VerifyResult(
+        True,
+        checked,
+        head_seq,
+        head_hash,
+        message=_intact(checked, head_seq, trusted, signature_ok, signature_note),
+        signature_verified=signature_ok,
+    )
+
+
+#: What a chain checked without a checkpoint can and cannot show.
+_ALONE = (
+    "as far as the chain alone shows: a rewrite that recomputes every hash, or a cut tail, "
+    "needs a checkpoint to detect; take one with `modelplane audit checkpoint` and keep it "
+    "outside the database"
+)
+
+
+def _intact(
+    checked: int,
+    head_seq: int,
+    checkpoint: Checkpoint | None,
+    signature_ok: bool | None,
+    note: str,
+) -> str:
+    """The message of a chain that passed: what was shown, and what was not."""
+    counted = f"{checked} event{'s' if checked != 1 else ''}, head event {head_seq}"
+    if checkpoint is None:
+        return f"the chain is intact ({counted}) {_ALONE}"
+    message = (
+        f"the chain is intact ({counted}): events 1 to {checkpoint.seq} are as the checkpoint "
+        f"of {checkpoint.time.isoformat()} saw them"
+    )
+    if head_seq > checkpoint.seq:
+        message += (
+            f"; the events after {checkpoint.seq} hold together, which a later checkpoint "
+            "would confirm"
+        )
+    if signature_ok is None:
+        message += "; the checkpoint's signature was not checked"
+    elif note:
+        message += f"; the checkpoint is {note}"
+    return message

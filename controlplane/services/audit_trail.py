@@ -4,17 +4,21 @@ verification of the chain."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane import audit
 from controlplane.auth.policy import listed_models
 from controlplane.names import check_text
 from controlplane.store import Store
-from modelplane.errors import InvalidArgument
+from modelplane.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelplaneError
 from modelplane.server.context import current_context
+
+log = structlog.get_logger("modelplane.controlplane")
 
 EXPORT_FORMATS = ("jsonl",)
 #: Lines per chunk of an export stream.
@@ -25,6 +29,8 @@ class AuditTrailService:
     """Reads, exports, checkpoints and verifies the audit chain."""
 
     def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+        """``key`` signs checkpoints; a :class:`controlplane.audit.SigningKeys` also verifies
+        those signed by the retired keys it holds."""
         self.store = store
         self.key = key
 
@@ -71,6 +77,44 @@ class AuditTrailService:
         """Sign the current chain head with the server key."""
         return audit.checkpoint(self.store, self.key)
 
-    def verify(self, checkpoint: audit.Checkpoint | None = None) -> audit.VerifyResult:
-        """Recompute the chain; with a checkpoint, check it and its signature too."""
-        return audit.verify(self.store, checkpoint, self.key.public_key() if checkpoint else None)
+    def verify(
+        self, checkpoint: audit.Checkpoint | None = None, wanted: Callable[[], bool] | None = None
+    ) -> audit.VerifyResult:
+        """Recompute the chain; with a checkpoint, check it and its signature (by the key it
+        names: this server's, or a retired one) too.
+
+        ``wanted`` (the call's ``is_active``) is asked as the walk goes: once the caller's
+        deadline has passed or it cancelled, the walk stops and the call ends with
+        ``DEADLINE_EXCEEDED`` or ``CANCELLED`` instead of walking on for no one.
+        """
+        try:
+            return audit.verify(
+                self.store, checkpoint, self.key if checkpoint else None, wanted=wanted
+            )
+        except audit.VerifyStopped as stopped:
+            error = _stopped_error(stopped.checked)
+            log.info(
+                "audit verify stopped: the caller no longer waits",
+                code=error.code.value,
+                checked=stopped.checked,
+            )
+            raise error from None
+
+
+def _stopped_error(checked: int) -> ModelplaneError:
+    """The error a verify ends with when its caller stopped waiting after ``checked`` events:
+    its deadline passed, or it cancelled."""
+    deadline = current_context().deadline
+    # gRPC ends the call at its deadline by its own clock: allow for the two clocks' skew.
+    if deadline is not None and time.monotonic() >= deadline - 0.1:
+        return DeadlineExceeded(
+            f"the call's deadline passed after {checked} events of the audit trail were "
+            "verified; give the call a longer deadline (modelplane --timeout 2h audit verify), or "
+            "verify an export offline (modelplane audit export --out FILE, then modelplane audit "
+            "verify --export FILE)",
+            reason="VERIFY_DEADLINE_EXCEEDED",
+        )
+    return Cancelled(
+        f"the call was cancelled after {checked} events of the audit trail were verified",
+        reason="VERIFY_CANCELLED",
+    )
