@@ -150,7 +150,14 @@ def test_an_intact_export_verifies_offline_as_the_server_verifies_it(
         server.checked,
     )
     assert doc["lines"] == doc["checked"] and doc["first_seq"] == 1
-    assert "events removed from its end cannot be detected" in doc["message"]
+    # What it shows, and what it cannot, said as the server's verify says it of its chain.
+    n = server.head_seq
+    assert doc["message"].startswith(
+        f"the export is intact ({n} events, head event {n}) {audit_chain.CHAIN_ALONE}; "
+    )
+    assert server.message == audit_chain.intact_message("the chain", n, n)
+    assert "removed from its end cannot be detected" not in doc["message"]
+    assert "--checkpoint" in doc["message"] and "modelplane audit checkpoint" in doc["message"]
     code, table, _ = verify(capsys, "--export", str(target), output="table")
     assert code == 0 and "True" in table and "intact" in table
 
@@ -359,7 +366,13 @@ def test_a_checkpoint_is_checked_offline_with_the_servers_public_key(
     )
     assert code == 0, err
     assert doc["ok"] and doc["signature"] == "verified"
-    assert f"reaching the checkpoint's event {n}" in doc["message"]
+    total = len(exported.lines)
+    assert doc["message"].startswith(
+        f"the export is intact ({total} events, head event {total}): events 1 to {n} are as "
+        "the checkpoint of "
+    )
+    assert f"the events after {n} hold together, which a later checkpoint" in doc["message"]
+    assert audit_chain.CHAIN_ALONE not in doc["message"]
 
     # Without the key the checkpoint is compared, and the output says its signature was not.
     code, doc, _ = verify(capsys, "--export", str(exported.export), "--checkpoint", cp)
@@ -369,11 +382,25 @@ def test_a_checkpoint_is_checked_offline_with_the_servers_public_key(
     # Cut back behind the checkpoint: a consistent prefix only the checkpoint tells apart.
     short = exported.write("short.jsonl", exported.lines[: n - 2])
     code, doc, _ = verify(capsys, "--export", short)
-    assert code == 0
+    assert code == 0 and audit_chain.CHAIN_ALONE in doc["message"]
     code, doc, err = verify(capsys, "--export", short, "--checkpoint", cp, "--public-key", key)
     assert code == 1 and (doc["problem"], doc["first_bad_seq"]) == ("TRUNCATED", n - 1)
     assert doc["first_bad_line"] is None and doc["signature"] == "verified"
-    assert f"events {n - 1} to {n} are not in it" in doc["message"]
+    # Cut from the end, or an event before removed and the rest renumbered and rehashed: the
+    # export cannot tell which.
+    assert f"the export ends at event {n - 2} (line {n - 2}) but the checkpoint" in doc["message"]
+    assert (
+        f"saw {n} events: 2 events are gone: events {n - 1} to {n} were cut from the end, or "
+        f"events up to {n} were removed and those after them renumbered" in doc["message"]
+    )
+    assert "are not in it" not in doc["message"]
+    one_short = exported.write("one-short.jsonl", exported.lines[: n - 1])
+    code, doc, _ = verify(capsys, "--export", one_short, "--checkpoint", cp, "--public-key", key)
+    assert code == 1 and (doc["problem"], doc["first_bad_seq"]) == ("TRUNCATED", n)
+    assert (
+        f"1 event is gone: event {n} was cut from the end, or events up to {n}" in (doc["message"])
+    )
+    assert f"events {n} to {n}" not in doc["message"]
 
     # Rewritten from event 2 on and re-hashed throughout, as a careful forger would.
     forged, prev = list(exported.lines[:1]), event(exported.lines[0])["hash"]
@@ -393,6 +420,25 @@ def test_a_checkpoint_is_checked_offline_with_the_servers_public_key(
         n,
         n,
     )
+    # Event 2 was changed, but all the checkpoint can show is that event n or one before it
+    # was: the message places it so, as the server's verify does.
+    assert "the export differs from the checkpoint of " in doc["message"]
+    assert f"at or before event {n} (line {n}): the hash of event {n} is not" in doc["message"]
+    assert "(which event cannot be told)" in doc["message"]
+    assert "rewritten up to it" not in doc["message"]
+
+    # One event removed, those after it renumbered and rehashed: the same, at the checkpoint.
+    removed = [raw for i, raw in enumerate(exported.lines, 1) if i != 2]
+    renumbered, prev = list(removed[:1]), event(removed[0])["hash"]
+    for seq, raw in enumerate(removed[1:], 2):
+        renumbered.append(line_of({**event(raw), "seq": seq, "prev_hash": prev}, rehash=True))
+        prev = event(renumbered[-1])["hash"]
+    gap = exported.write("renumbered.jsonl", renumbered)
+    code, doc, _ = verify(capsys, "--export", gap)
+    assert code == 0 and audit_chain.CHAIN_ALONE in doc["message"]
+    code, doc, _ = verify(capsys, "--export", gap, "--checkpoint", cp, "--public-key", key)
+    assert code == 1 and (doc["problem"], doc["first_bad_seq"]) == ("CHECKPOINT_MISMATCH", n)
+    assert f"at or before event {n} (line {n})" in doc["message"]
 
 
 def test_a_checkpoint_whose_signature_does_not_verify_is_not_trusted(
@@ -409,6 +455,7 @@ def test_a_checkpoint_whose_signature_does_not_verify_is_not_trusted(
     assert code == 1
     assert (doc["problem"], doc["signature"]) == ("CHECKPOINT_SIGNATURE_INVALID", "invalid")
     assert "the export itself is intact" in doc["message"] and "does not verify" in err
+    assert audit_chain.CHAIN_ALONE in doc["message"]
     assert doc["checked"] == len(exported.lines)
 
     other = Ed25519PrivateKey.generate().public_key()
@@ -529,3 +576,43 @@ def test_offline_and_server_verify_name_the_same_deleted_event(
         )
     )
     assert (doc["head_seq"], doc["head_hash"]) == (server.head_seq, server.head_hash)
+
+
+def test_offline_and_server_verify_word_a_cut_tail_alike(
+    controlplane: RunningControlPlane,
+    trained_model: TrainedModel,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    history(controlplane, trained_model)
+    with controlplane.client("auditor") as c:
+        saved = c.create_checkpoint()
+        key = c.public_key()
+    checkpoint = tmp_path / "head.json"
+    fields = ("seq", "head_hash", "time", "key_id", "signature")
+    checkpoint.write_text(json.dumps({k: getattr(saved, k) for k in fields}))
+    pem = tmp_path / "server.pem"
+    pem.write_text(key.pem)
+    with sqlite3.connect(controlplane.db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq > ?", (saved.seq - 2,))
+    with controlplane.client("auditor") as c:
+        server = c.verify_audit(saved)
+    export(controlplane, tmp_path / "audit.jsonl")
+    code, doc, _ = verify(
+        capsys,
+        "--export",
+        str(tmp_path / "audit.jsonl"),
+        "--checkpoint",
+        str(checkpoint),
+        "--public-key",
+        str(pem),
+    )
+    assert code == 1 and not server.ok and doc["signature"] == "verified"
+    assert (doc["problem"], doc["first_bad_seq"]) == (server.problem, server.first_bad_seq)
+    assert server.problem == "TRUNCATED" and server.first_bad_seq == saved.seq - 1
+    # The chain's and the export's messages differ only in what they name and where.
+    assert server.message.startswith(f"the chain ends at event {saved.seq - 2} but ")
+    assert doc["message"].startswith(f"the export ends at event {saved.seq - 2} (line ")
+    said = server.message.split(" saw ", 1)[1]
+    assert said == doc["message"].split(" saw ", 1)[1]
+    assert said.startswith(f"{saved.seq} events: 2 events are gone: events {saved.seq - 1} to ")

@@ -262,6 +262,100 @@ class ExportProblem(enum.StrEnum):
     TRAILING_DATA = "TRAILING_DATA"
 
 
+#: What a chain that holds together shows and what it cannot: the server's verify and
+#: :func:`verify_export` say it of a chain checked without a checkpoint.
+CHAIN_ALONE = (
+    "as far as the chain alone shows: a rewrite that recomputes every hash, or a cut tail, "
+    "needs a checkpoint to detect"
+)
+
+#: How to take the checkpoint that :data:`CHAIN_ALONE` asks for.
+TAKE_CHECKPOINT = "take one with `modelplane audit checkpoint` and keep it outside the database"
+
+
+def _events(count: int) -> str:
+    return f"{count} event{'s' if count != 1 else ''}"
+
+
+def intact_message(
+    what: str,
+    checked: int,
+    head_seq: int,
+    checkpoint_seq: int | None = None,
+    checkpoint_time: str = "",
+    advice: str = TAKE_CHECKPOINT,
+) -> str:
+    """What a chain that passed verification shows, and what it does not: ``what`` (``the
+    chain``, ``the export``) holds ``checked`` events to ``head_seq``; checked against the
+    checkpoint of ``checkpoint_time`` that saw ``checkpoint_seq`` events, or else only against
+    itself (``advice`` then says how to get a checkpoint). The server's verify and
+    :func:`verify_export` word it alike."""
+    counted = f"{_events(checked)}, head event {head_seq}"
+    if checkpoint_seq is None:
+        return f"{what} is intact ({counted}) {CHAIN_ALONE}" + (f"; {advice}" if advice else "")
+    seen = (
+        f"events 1 to {checkpoint_seq} are as the checkpoint of {checkpoint_time} saw them"
+        if checkpoint_seq
+        else f"the checkpoint of {checkpoint_time} saw no events"
+    )
+    message = f"{what} is intact ({counted}): {seen}"
+    if head_seq > checkpoint_seq:
+        message += (
+            f"; the events after {checkpoint_seq} hold together, which a later checkpoint "
+            "would confirm"
+        )
+    return message
+
+
+def checkpoint_mismatch_message(
+    what: str, seq: int, checkpoint_time: str, line: int | None = None
+) -> str:
+    """The message for event ``seq`` of ``what`` (on ``line`` of an export) whose hash is not
+    the head hash the checkpoint of ``checkpoint_time`` saw: something changed at or before
+    it, and which event cannot be told (a rewrite can recompute every hash after the event it
+    changed)."""
+    at = f" (line {line})" if line is not None else ""
+    return (
+        f"{what} differs from the checkpoint of {checkpoint_time} at or before event {seq}{at}: "
+        f"the hash of event {seq} is not the head hash the checkpoint saw, so events up to "
+        f"{seq} were altered, removed or inserted and the hashes after them recomputed (which "
+        "event cannot be told)"
+    )
+
+
+def truncated_message(
+    what: str,
+    head_seq: int,
+    checkpoint_seq: int,
+    checkpoint_time: str,
+    line: int | None = None,
+) -> str:
+    """The message for ``what`` ending at event ``head_seq`` (on ``line`` of an export) before
+    the checkpoint's event ``checkpoint_seq``: its last events were cut, or earlier ones were
+    removed and the rest renumbered and rehashed, and which cannot be told."""
+    at = f" (line {line})" if line is not None else ""
+    gone = checkpoint_seq - head_seq
+    tail = (
+        f"events {head_seq + 1} to {checkpoint_seq} were"
+        if gone > 1
+        else f"event {checkpoint_seq} was"
+    )
+    return (
+        f"{what} ends at event {head_seq}{at} but the checkpoint of {checkpoint_time} saw "
+        f"{_events(checkpoint_seq)}: {_events(gone)} {'are' if gone > 1 else 'is'} gone: "
+        f"{tail} cut from the end, or events up to {checkpoint_seq} were removed and those "
+        "after them renumbered with their hashes recomputed (which events cannot be told)"
+    )
+
+
+#: What :func:`verify_export` advises when it had no checkpoint to compare.
+_EXPORT_ADVICE = (
+    "check it against a checkpoint no newer than the export (taken with `modelplane audit "
+    "checkpoint` and kept outside the database) with --checkpoint, and the server's public key "
+    "with --public-key"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportVerifyResult:
     """The outcome of :func:`verify_export`.
@@ -535,8 +629,9 @@ def _walk(
         ):
             raise _Bad(
                 ExportProblem.CHECKPOINT_MISMATCH,
-                f"line {number} (event {seq}) differs from the checkpoint of "
-                f"{utc_text(checkpoint.time)}: the chain was rewritten up to it",
+                checkpoint_mismatch_message(
+                    "the export", seq, utc_text(checkpoint.time), line=number
+                ),
                 number,
                 seq,
             )
@@ -554,9 +649,13 @@ def _walk(
         if state.head_seq < checkpoint.seq:
             raise _Bad(
                 ExportProblem.TRUNCATED,
-                f"the export ends at event {state.head_seq} (line {state.lines}) but the "
-                f"checkpoint of {utc_text(checkpoint.time)} saw {checkpoint.seq} events: events "
-                f"{state.head_seq + 1} to {checkpoint.seq} are not in it",
+                truncated_message(
+                    "the export",
+                    state.head_seq,
+                    checkpoint.seq,
+                    utc_text(checkpoint.time),
+                    line=state.lines,
+                ),
                 None,
                 state.head_seq + 1,
             )
@@ -584,8 +683,12 @@ def verify_export(
     event is not event 1 is checked from its first line on, and reported as missing the events
     before it. With ``checkpoint`` the export must reach its event and have its hash there;
     with ``public_key`` (PEM) its signature is checked first, and a checkpoint whose signature
-    does not verify is not compared (as the server's verify does). Without a checkpoint,
-    events removed from the end cannot be told from events never written.
+    does not verify is not compared (as the server's verify does). Without a checkpoint only
+    the export's own consistency is checked: a rewrite that recomputes every hash after the
+    event it changed, or events cut from the end, still hold together, and the message of a
+    result that passes says so. A checkpoint shows such a change up to its event, but not
+    which event changed; the messages say both as the server's verify says them
+    (:func:`intact_message`, :func:`checkpoint_mismatch_message`, :func:`truncated_message`).
 
     ``OSError`` when the file cannot be read; ``ValueError`` when ``public_key`` is not an
     Ed25519 PEM key.
@@ -636,14 +739,21 @@ def verify_export(
         return result(
             ok=False,
             problem=str(ExportProblem.CHECKPOINT_SIGNATURE_INVALID),
-            message=f"{note}; the export itself is intact ({state.checked} events, head event "
-            f"{state.head_seq})",
+            message=f"{note}; "
+            + intact_message(
+                "the export itself", state.checked, state.head_seq, advice=_EXPORT_ADVICE
+            ),
         )
-    intact = f"the export is intact: {state.checked} events, head event {state.head_seq}"
     if checkpoint is None:
-        intact += "; without a checkpoint, events removed from its end cannot be detected"
+        intact = intact_message("the export", state.checked, state.head_seq, advice=_EXPORT_ADVICE)
     else:
-        intact += f", reaching the checkpoint's event {checkpoint.seq}"
+        intact = intact_message(
+            "the export",
+            state.checked,
+            state.head_seq,
+            checkpoint.seq,
+            utc_text(checkpoint.time),
+        )
     return result(ok=True, message=with_note(intact))
 
 
