@@ -59,11 +59,19 @@ from controlplane.store.engine import (
 )
 from controlplane.store.migrate import upgrade
 from controlplane.store.replay import check_replayed
-from controlplane.store.repos import AliasRepo, BlobRepo, ModelRepo, OperationRepo, VersionRepo
+from controlplane.store.repos import (
+    AliasRepo,
+    BlobRepo,
+    ModelRepo,
+    OperationRepo,
+    VersionRepo,
+    is_unique_violation,
+)
 from controlplane.store.tables import RequestIdRow
 from modelplane.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -425,10 +433,12 @@ def _request_time(session: Session, request_id: str) -> datetime | None:
 
 @contextmanager
 def _translated(sqlite_path: str | None = None) -> Iterator[None]:
-    """Database errors as the service's: a duplicate, a missing referent, no room (RESOURCE_
-    EXHAUSTED, STORAGE_FULL), a database that does not answer or a lock that does not come
-    (UNAVAILABLE, DATABASE_UNAVAILABLE). ``sqlite_path`` is the SQLite file, whose size is
-    looked at when SQLite reports a failed write (see :func:`_no_room`)."""
+    """Database errors as the service's: a duplicate key (ALREADY_EXISTS), a missing referent
+    (NOT_FOUND), another constraint or a trigger that refused the write (INTERNAL,
+    DATABASE_CONSTRAINT), no room (RESOURCE_EXHAUSTED, STORAGE_FULL), a database that does not
+    answer or a lock that does not come (UNAVAILABLE, DATABASE_UNAVAILABLE). ``sqlite_path``
+    is the SQLite file, whose size is looked at when SQLite reports a failed write (see
+    :func:`_no_room`)."""
     try:
         yield
     except IntegrityError as exc:
@@ -438,10 +448,12 @@ def _translated(sqlite_path: str | None = None) -> Iterator[None]:
                 "deleted it); check that it exists and retry",
                 reason="REFERENCED_RESOURCE_NOT_FOUND",
             ) from exc
-        raise AlreadyExists(
-            "the resource already exists (a concurrent request created it)",
-            reason="ALREADY_EXISTS",
-        ) from exc
+        if is_unique_violation(exc):
+            raise AlreadyExists(
+                "the resource already exists (a concurrent request created it)",
+                reason="ALREADY_EXISTS",
+            ) from exc
+        raise _constraint_failed(exc) from exc
     except (OperationalError, PoolTimeout) as exc:
         refused = _refused_file(exc, sqlite_path)
         if refused is not None:
@@ -468,11 +480,56 @@ def _translated(sqlite_path: str | None = None) -> Iterator[None]:
             reason="UNSTORABLE_VALUE",
         ) from exc
     except DBAPIError as exc:
+        if _constraint_kind(exc) is not None:
+            # A PL/pgSQL RAISE (in a trigger) is no IntegrityError to the driver.
+            raise _constraint_failed(exc) from exc
         # PostgreSQL reports a file it cannot extend past a size limit as an internal error.
         if not _no_room(exc, sqlite_path):
             raise
         log.warning("database error", error=_cause(exc), storage_full=True)
         raise _storage_full() from exc
+
+
+#: What refused a write, by SQLite's extended result code or PostgreSQL's SQLSTATE: the
+#: constraints other than keys (a duplicate key is ALREADY_EXISTS, a missing referent
+#: NOT_FOUND) and a trigger's RAISE.
+_CONSTRAINT_KINDS = {
+    "SQLITE_CONSTRAINT_CHECK": "a CHECK constraint",
+    "SQLITE_CONSTRAINT_NOTNULL": "a NOT NULL constraint",
+    "SQLITE_CONSTRAINT_TRIGGER": "a trigger",
+    "SQLITE_CONSTRAINT_FUNCTION": "a function",
+    "SQLITE_CONSTRAINT_DATATYPE": "a column's type (STRICT table)",
+    "23502": "a NOT NULL constraint",
+    "23514": "a CHECK constraint",
+    "23P01": "an exclusion constraint",
+    "P0001": "a trigger",
+}
+
+
+def _constraint_kind(exc: DBAPIError) -> str | None:
+    """What in the database refused the write (see :data:`_CONSTRAINT_KINDS`): None when
+    nothing of the kind did; ``a constraint`` for another integrity error."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None) or ""
+    if code in _CONSTRAINT_KINDS:
+        return _CONSTRAINT_KINDS[code]
+    if isinstance(exc, IntegrityError) or code.startswith("23"):
+        return "a constraint"
+    return None
+
+
+def _constraint_failed(exc: DBAPIError) -> Internal:
+    """The error for a write the database refused by a rule of its own (a CHECK or NOT NULL
+    constraint, a trigger): not the caller's doing, nor a race, so INTERNAL
+    (DATABASE_CONSTRAINT). The database's message goes to the log only: it may quote values
+    or the schema."""
+    kind = _constraint_kind(exc) or "a constraint"
+    log.error("the database refused a write", error=_cause(exc), refused_by=kind)
+    return Internal(
+        f"the database refused the change ({kind} of the database failed); nothing was "
+        "stored. The server log has the database's message",
+        reason="DATABASE_CONSTRAINT",
+    )
 
 
 def _storage_full() -> ResourceExhausted:
