@@ -29,10 +29,12 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     out.append(
         (
             "Version",
-            [],
+            [version["description"]] if version.get("description") else [],
             [
                 ["field", "value"],
                 ["state", version["state"]],
+                ["labels", _labels(version.get("labels"))],
+                ["model labels", _labels(model.get("labels"))],
                 ["artifact sha256", version["artifact_sha256"]],
                 ["aliases", ", ".join(version["aliases"]) or "none"],
                 ["created by", version["created_by"]],
@@ -104,11 +106,16 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             )
         )
         val = ev["validation"] or {}
-        val_rows = [["check", "value"]] + [
-            [k, _num(v)] for k, v in sorted(val.items()) if not isinstance(v, list | dict)
-        ]
         notes = [f"Failure: {f}" for f in val.get("failures", [])] if val else ["Not validated."]
-        out.append(("Data validation", notes, _only(val_rows)))
+        out.append(("Data validation", notes, _only(_validation_rows(val))))
+        feature_rows = _feature_rows(val)
+        out.append(
+            (
+                "Data validation by feature",
+                [] if len(feature_rows) > 1 else ["No features checked."],
+                _only(feature_rows),
+            )
+        )
     gate_rows = [["target", "policy", "passed", "current", "evaluation", "time", "rules"]] + [
         [
             d["target"],
@@ -147,6 +154,61 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
 
 def _only(rows: list[list[str]]) -> list[list[str]]:
     return rows if len(rows) > 1 else []
+
+
+def _labels(labels: dict[str, str] | None) -> str:
+    """Labels as ``key=value`` pairs in key order, ``none`` without any."""
+    return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "none"
+
+
+def _validation_rows(val: dict[str, Any]) -> list[list[str]]:
+    """The data validation's outcome: passed, baseline, the columns missing or extra, the
+    features whose kind changed, and the limits it checked against."""
+    rows = [["check", "value"]]
+    rows += [[k, _num(v)] for k, v in sorted(val.items()) if not isinstance(v, list | dict)]
+    for key in ("missing_columns", "extra_columns"):
+        if val.get(key):
+            rows.append([key, ", ".join(str(c) for c in val[key])])
+    for change in val.get("dtype_changes") or []:
+        rows.append(
+            [
+                f"kind of {change.get('feature')}",
+                f"{change.get('actual')} (baseline {change.get('expected')})",
+            ]
+        )
+    rows += [[f"limit {k}", _num(v)] for k, v in sorted((val.get("thresholds") or {}).items())]
+    return rows
+
+
+def _feature_rows(val: dict[str, Any]) -> list[list[str]]:
+    """One row per checked feature: its missing share (and the baseline's), the share of its
+    values outside the baseline's range (numeric) or in categories the baseline never saw
+    (categorical), n/a where it does not apply or there is no baseline."""
+    rows = [
+        [
+            "feature",
+            "kind",
+            "missing share",
+            "baseline missing share",
+            "out of range share",
+            "unseen category share",
+            "unseen categories",
+        ]
+    ]
+    for name, f in (val.get("features") or {}).items():
+        unseen = ", ".join(str(c) for c in f.get("unseen_categories") or []) or "none"
+        rows.append(
+            [
+                str(name),
+                str(f.get("kind", "")),
+                _num(f.get("missing_share")),
+                _num(f.get("baseline_missing_share")),
+                _num(f.get("out_of_range_share")),
+                _num(f.get("unseen_category_share")),
+                unseen if f.get("unseen_category_share") is not None else "n/a",
+            ]
+        )
+    return rows
 
 
 #: Inline Markdown: emphasis, code, links and table pipes are backslash-escaped; ``<``, ``>``

@@ -90,6 +90,7 @@ class ModelCardService:
             },
             "version": {
                 "name": version.name,
+                "description": version.description,
                 "state": version.state.value,
                 "artifact_sha256": version.artifact.sha256,
                 "feature_names": version.feature_names,
