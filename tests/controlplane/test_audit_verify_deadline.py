@@ -1,11 +1,13 @@
 """A server-side audit verify of a long trail stops walking once its caller no longer waits,
-and ends with the status that says why; the CLI gives it longer than other calls. A real
-control plane process on SQLite, its trail extended with correctly chained events."""
+and ends with the status that says why; the CLI and the SDK give it longer than other calls,
+unless told how long. A real control plane process on SQLite, its trail extended with correctly
+chained events; what deadline a call carries is read by a gRPC audit service that notes it."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from controlplane.audit._verify import STILL_WANTED_EVERY
 from controlplane.services import ModelService
 from controlplane.store import Store
 from modelplane import Client
+from modelplane._client import VERIFY_AUDIT_TIMEOUT_S
 from modelplane.audit_chain import event_hash, utc_text
 from modelplane.cli import main
 from modelplane.server.context import RequestContext
@@ -142,3 +145,91 @@ def test_the_walk_asks_whether_it_is_still_wanted(tmp_path: Path) -> None:
         assert audit.verify(store, wanted=lambda: True).ok
     finally:
         store.close()
+
+
+def _up_to(seconds: float) -> float:
+    """The most a service may read as left of a call given ``seconds``: gRPC sends a deadline
+    as a timeout of a few significant digits, rounded up, and the two ends read it apart."""
+    return seconds * 1.01 + 1
+
+
+class _NotesDeadlines(audit_pb2_grpc.AuditServiceServicer):
+    """An audit service that answers at once, noting the seconds each caller gave its call."""
+
+    def __init__(self) -> None:
+        self.given: dict[str, list[float]] = {"VerifyAudit": [], "CreateCheckpoint": []}
+
+    def _note(self, method: str, context: grpc.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        assert remaining is not None, "the call carried no deadline"
+        self.given[method].append(remaining)
+
+    def VerifyAudit(
+        self, request: audit_pb2.VerifyAuditRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.VerifyAuditResponse:
+        self._note("VerifyAudit", context)
+        return audit_pb2.VerifyAuditResponse(ok=True, message="the chain is intact")
+
+    def CreateCheckpoint(
+        self, request: audit_pb2.CreateCheckpointRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.Checkpoint:
+        self._note("CreateCheckpoint", context)
+        return audit_pb2.Checkpoint(seq=0, head_hash="0" * 64, time="2026-11-29T10:00:00Z")
+
+
+@pytest.fixture
+def noting() -> Iterator[tuple[str, _NotesDeadlines]]:
+    """The address of an audit service that notes its callers' deadlines, and the service."""
+    service = _NotesDeadlines()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", service
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "above", "at_most"),
+    [
+        pytest.param([], 60, VERIFY_AUDIT_TIMEOUT_S, id="not-given-1h"),
+        pytest.param(["--timeout", "60"], 0, 60, id="60-given"),
+        pytest.param(["--timeout", "1m"], 0, 60, id="1m-given"),
+        pytest.param(["--timeout", "30"], 0, 30, id="30-given"),
+        pytest.param(["--timeout", "2h"], VERIFY_AUDIT_TIMEOUT_S, 7200, id="2h-given"),
+    ],
+)
+def test_the_cli_gives_verify_the_timeout_given_else_1h(
+    noting: tuple[str, _NotesDeadlines],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    timeout: list[str],
+    above: float,
+    at_most: float,
+) -> None:
+    address, service = noting
+    argv = ["--server", address, "--as", "ops", *timeout, "audit"]
+    assert main([*argv, "verify"]) == 0, capsys.readouterr().err
+    [given] = service.given["VerifyAudit"]
+    assert above < given <= _up_to(at_most)
+    # Other calls keep the global default, 60 s, when no --timeout is given.
+    assert main([*argv, "checkpoint", "--out", str(tmp_path / "head.json")]) == 0
+    [other] = service.given["CreateCheckpoint"]
+    assert other <= _up_to(60 if not timeout else at_most)
+
+
+def test_the_sdk_gives_verify_1h_unless_told(noting: tuple[str, _NotesDeadlines]) -> None:
+    address, service = noting
+    with Client(address, principal="ops", timeout=5) as c:
+        assert c.verify_audit().ok
+        assert c.verify_audit(timeout=2).ok
+        assert c.verify_audit(timeout=7200).ok
+        c.create_checkpoint()
+    default, short, long = service.given["VerifyAudit"]
+    assert _up_to(5) < default <= _up_to(VERIFY_AUDIT_TIMEOUT_S)  # not the client's 5 s
+    assert short <= _up_to(2)
+    assert _up_to(VERIFY_AUDIT_TIMEOUT_S) < long <= _up_to(7200)
+    [other] = service.given["CreateCheckpoint"]
+    assert other <= _up_to(5)

@@ -334,6 +334,10 @@ def _open_channel(
 WAIT_CALL_MARGIN_S = 5.0
 #: The longest one WaitOperation call waits on the server; a longer wait is asked for as this.
 MAX_WAIT_S = 60.0
+#: How long :meth:`Client.verify_audit` waits unless told otherwise, whatever the client's
+#: timeout: the server walks the whole trail in the one call (some 300,000 events a minute on
+#: a loaded machine), and stops walking when the call ends.
+VERIFY_AUDIT_TIMEOUT_S = 3600.0
 #: A wait answered not done with more than this left of it was answered early (the server
 #: holds only so many waits at once); it is asked again after a pause of
 #: ``EARLY_WAIT_PAUSE_S``.
@@ -1273,13 +1277,21 @@ class Client(DeploymentsMixin):
         return self._call(self.audit.CreateCheckpoint, audit_pb2.CreateCheckpointRequest())
 
     def verify_audit(
-        self, checkpoint: audit_pb2.Checkpoint | None = None
+        self, checkpoint: audit_pb2.Checkpoint | None = None, *, timeout: float | None = None
     ) -> audit_pb2.VerifyAuditResponse:
-        """Recompute the audit chain on the server (checking ``checkpoint`` when given)."""
+        """Recompute the audit chain on the server (checking ``checkpoint`` when given).
+
+        The server walks the whole trail in this one call, so it gets ``timeout`` seconds
+        (default :data:`VERIFY_AUDIT_TIMEOUT_S`, 1 h, not the client's timeout). When they
+        pass the server stops walking and this raises ``DeadlineExceeded``: give it longer, or
+        export the trail (:meth:`export_audit`) and check the file with
+        :func:`modelplane.audit_chain.verify_export`.
+        """
         request = audit_pb2.VerifyAuditRequest()
         if checkpoint is not None:
             request.checkpoint.CopyFrom(checkpoint)
-        return self._call(self.audit.VerifyAudit, request)
+        budget = VERIFY_AUDIT_TIMEOUT_S if timeout is None else timeout
+        return self._call(self.audit.VerifyAudit, request, timeout=budget)
 
 
 def policy_name(policy: str) -> str:

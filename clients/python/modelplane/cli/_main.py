@@ -61,6 +61,16 @@ def _default_principal() -> str:
 MAX_TIMEOUT_SECONDS = MAX_SECONDS
 
 
+class CommandDefault(float):
+    """The global ``--timeout`` when it is not given: "the command's default", 60 seconds for
+    every call but those of a command that gives its own (``audit verify``: 1 h). A
+    ``--timeout`` given is a plain float, 60 included, and always honoured."""
+
+
+#: The global ``--timeout``'s default.
+DEFAULT_TIMEOUT = CommandDefault(60.0)
+
+
 def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
     """The usage error for text that held bytes that are not UTF-8 (the OS hands them over as
     surrogates, which protobuf strings cannot carry), naming the arguments that held them;
@@ -102,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=duration(above_zero=True, maximum=MAX_TIMEOUT_SECONDS),
-        default=60.0,
+        default=DEFAULT_TIMEOUT,
         metavar="DURATION",
         help="time to wait for each call: seconds (90) or with units (30s, 10m, 1h30m), above 0 "
-        "and at most 100000000 seconds (default 60)",
+        "and at most 100000000 seconds (default 60, or the command's own: 1h for audit verify)",
     )
     parser.add_argument(
         "--roles",

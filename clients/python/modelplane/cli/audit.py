@@ -9,8 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from modelplane._client import VERIFY_AUDIT_TIMEOUT_S
 from modelplane.audit_chain import CheckpointClaim, verify_export
 from modelplane.cli._common import client, server_errors, takes_relative_times, whole_number
+from modelplane.cli._main import CommandDefault
 from modelplane.cli._output import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -176,12 +178,13 @@ def _load(path: Path) -> audit_pb2.Checkpoint:
         raise CliError(f"--checkpoint {path}: not a checkpoint file ({exc})", EXIT_USAGE) from None
 
 
-#: The global ``--timeout``'s default, which other calls get.
-_DEFAULT_TIMEOUT_S = 60.0
-#: How long ``audit verify`` waits for the server when ``--timeout`` is left at its default:
-#: the server walks the whole trail in the one call (some 300,000 events a minute on a loaded
-#: machine), and stops walking when the call ends.
-VERIFY_TIMEOUT_S = 3600.0
+def _verify_timeout(args: argparse.Namespace) -> float:
+    """How long ``audit verify`` waits for the server: the global ``--timeout`` when given
+    (60 too), else :data:`~modelplane._client.VERIFY_AUDIT_TIMEOUT_S` (1 h), as the SDK's
+    ``verify_audit`` waits: the server walks the whole trail in the one call."""
+    if isinstance(args.timeout, CommandDefault):
+        return VERIFY_AUDIT_TIMEOUT_S
+    return float(args.timeout)
 
 
 def _verify(args: argparse.Namespace, out: Printer) -> int:
@@ -193,11 +196,10 @@ def _verify(args: argparse.Namespace, out: Printer) -> int:
             EXIT_USAGE,
         )
     checkpoint = _load(args.checkpoint) if args.checkpoint else None
-    timeout = VERIFY_TIMEOUT_S if args.timeout == _DEFAULT_TIMEOUT_S else args.timeout
+    timeout = _verify_timeout(args)
     with server_errors(), client(args) as c:
-        c.timeout = timeout
         try:
-            r = c.verify_audit(checkpoint)
+            r = c.verify_audit(checkpoint, timeout=timeout)
         except DeadlineExceeded as exc:
             raise CliError(
                 f"the server did not finish verifying the audit trail within {timeout:g}s "
