@@ -164,13 +164,15 @@ class SidecarHandle:
         started (call from the main thread)."""
 
         def handler(signum: int) -> None:
+            # The stop first: nothing the log line meets (a stderr that cannot be written)
+            # may keep the signal from stopping the sidecar.
+            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
             log.info(
                 "draining",
                 signal=signal.Signals(signum).name,
                 delay_s=self.grpc.shutdown_delay,
                 grace_s=self.grpc.grace_seconds,
             )
-            threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
 
         on_stop_signals(handler)
 

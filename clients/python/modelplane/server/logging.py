@@ -1,18 +1,71 @@
 """structlog set-up: JSON lines on stderr, with the request context bound per RPC and the
-process id on every line."""
+process id on every line.
+
+A line that cannot be written (stderr on a full disk, a pipe whose reader went away) is
+dropped and counted (:func:`write_errors`), never raised: a log call sits on paths that must
+finish whatever stderr does, such as refusing a request with its status or a SIGTERM's drain.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 #: The name of the root handler this module installs (replaced, not doubled, on a second call).
 _HANDLER = "modelplane-json"
+#: Lines that could not be written to stderr, by either logger.
+_write_errors = 0
+#: Reentrant: a signal handler that logs may interrupt a line being written on its thread.
+_write_lock = threading.RLock()
+
+
+def write_errors() -> int:
+    """How many log lines this process could not write to stderr (and dropped)."""
+    return _write_errors
+
+
+def _count_write_error() -> None:
+    global _write_errors
+    with _write_lock:
+        _write_errors += 1
+
+
+class StderrLogger:
+    """structlog's ``PrintLogger`` whose writes never raise: a line the stream refuses
+    (``OSError``: a full disk, a file size limit, a closed pipe; ``ValueError``: a closed
+    file) is dropped and counted in :func:`write_errors`."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` as one line."""
+        with _write_lock:
+            try:
+                self._file.write(message + "\n")
+                self._file.flush()
+            except (OSError, ValueError):
+                _count_write_error()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's stream handler, counting the lines it could not write (it
+    never raises them: it reports them on stderr, which fails quietly too)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            _count_write_error()
+            return
+        super().handleError(record)
 
 
 def _add_pid(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -33,15 +86,16 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         structlog.processors.format_exc_info,
     ]
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    stream = sys.stderr
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: StderrLogger(stream),
         cache_logger_on_first_use=True,
     )
     # Records of the standard library's loggers (alembic's migrations, grpc, numba) become
     # the same JSON lines, with the logger's name.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(stream)
     handler.set_name(_HANDLER)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
