@@ -38,6 +38,7 @@ import structlog
 
 from modelplane.errors import ModelplaneError
 from sidecar.predlog.settings import PredictionLogSettings
+from sidecar.predlog.writer import check_directory
 from sidecar.settings import SidecarSettings
 
 log = structlog.get_logger("modelplane.sidecar.workers")
@@ -132,6 +133,9 @@ def supervise(
         settings = settings.model_copy(update={"peers_dir": peers_dir})
     mps = None
     try:
+        if log_settings is not None and log_settings.dir is not None:
+            # Here, once, rather than in each worker after its model's warm-up.
+            check_directory(Path(log_settings.dir))
         # Before the workers: their CUDA contexts must be made through the MPS server.
         on_gpu = settings.device != "cpu" and gpu_present()
         mps, mps_use = for_workers(settings.cuda_mps, on_gpu, count)
@@ -179,10 +183,14 @@ def main() -> int:
     log_settings = PredictionLogSettings() if os.environ.get(_LOG_PREFIX + "DIR") else None
     try:
         return serve_one(settings, log_settings)
-    except ModelplaneError as exc:
+    except (ModelplaneError, OSError) as exc:
         # One line, as ``sidecar serve`` without workers prints it (the supervisor then says
         # which worker exited and stops the others).
-        sys.stderr.write(f"error: ({exc.reason}) {exc.message}\n")
+        if isinstance(exc, ModelplaneError):
+            line = f"error: ({exc.reason}) {exc.message}"
+        else:
+            line = f"error: cannot serve: {exc}"
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
         return 1
 

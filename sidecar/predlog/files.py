@@ -30,6 +30,8 @@ from typing import IO
 import pyarrow as pa
 
 SUFFIX = ".arrows"
+#: Arrow's end-of-stream mark (a continuation marker and a zero length).
+EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 #: Name prefix of the label log's files, which share the directory but not the schema.
 LABELS_PREFIX = "labels-"
 _TMP_SUFFIX = ".tmp"
@@ -93,9 +95,13 @@ class LogFile:
         self._fh = fh
         self._writer = writer
         self.size = fh.tell()
+        #: Records (rows) written to the file.
+        self.records = 0
         #: Written since the last flush; written since the last fsync.
         self.pending = False
         self.unsynced = False
+        opened = os.fstat(fh.fileno())
+        self._identity = (opened.st_dev, opened.st_ino)
 
     @classmethod
     def create(
@@ -139,13 +145,32 @@ class LogFile:
                 tmp.unlink()
             raise
         created = cls(final, fh, writer, first.schema)
+        created.records = first.num_rows
         created.unsynced = not durable
         return created
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append one batch (buffered until :meth:`flush`)."""
         self._writer.write_batch(batch)
+        self.records += batch.num_rows
         self.pending = True
+
+    def taken(self) -> str | None:
+        """Whether something outside the writer took the file away: ``"deleted"`` (its last
+        name removed: a clean-up, ``rm -rf`` of the log dir), ``"moved"`` (renamed, or its
+        name now another file's: a log shipper that moves files it takes), or None while
+        :attr:`path` still names it (also when that cannot be told: a folder made
+        unreadable)."""
+        try:
+            named = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError:
+            return None
+        else:
+            if (named.st_dev, named.st_ino) == self._identity:
+                return None
+        return "moved" if os.fstat(self._fh.fileno()).st_nlink else "deleted"
 
     def flush(self, durable: bool) -> int:
         """Hand buffered bytes to the OS (and fsync when ``durable``); returns bytes added."""
@@ -165,18 +190,18 @@ class LogFile:
         self._fh.close()
         return added
 
-    def abandon(self) -> None:
-        """Close the handle after a failure, writing nothing more."""
-        with contextlib.suppress(Exception):
-            self._fh.close()
-
     def discard(self) -> None:
         """After a failed write: cut the file back to what the last flush wrote (its last
-        complete batch), drop whatever is still buffered, and close it. Nothing of the
-        failed write reaches the file later, and readers recover every batch before it."""
+        complete batch), end it there with the end-of-stream mark where the disk takes those
+        8 bytes, drop whatever is still buffered, and close it. Nothing of the failed write
+        reaches the file later, and any Arrow reader reads every batch before it."""
+        if self._fh.closed:
+            return
         fd = self._fh.fileno()
         with contextlib.suppress(OSError):
             os.ftruncate(fd, self.size)
+            if os.pwrite(fd, EOS, self.size) < len(EOS):
+                os.ftruncate(fd, self.size)  # a partial mark would read as a torn message
         # Closing the buffered handle would try to write what it still holds: point its
         # descriptor at /dev/null first (this also closes the file and releases its lock).
         null = os.open(os.devnull, os.O_WRONLY)

@@ -110,9 +110,27 @@ class OpenFiles:
                 self._metrics.bytes.inc(log_file.flush(durable))
 
     def close(self, log_file: LogFile) -> None:
-        """Finish one open file."""
+        """Finish one open file (on a failure, cut back to its last complete batch)."""
         self._files.remove(log_file)
-        self._metrics.bytes.inc(log_file.close())
+        try:
+            self._metrics.bytes.inc(log_file.close())
+        except BaseException:
+            log_file.discard()
+            raise
+
+    def replace_taken(self) -> list[tuple[LogFile, str]]:
+        """Close the files something outside the writer deleted or moved (see
+        :meth:`LogFile.taken`), so that the next records go to new files (in folders made
+        again if they went too); returns them, each with how it was taken."""
+        taken = [(f, how) for f in self._files if (how := f.taken()) is not None]
+        for log_file, _ in taken:
+            self._files.remove(log_file)
+            try:
+                log_file.close()  # a moved file ends well where it went
+            except OSError:
+                log_file.discard()
+            self._metrics.files_lost.inc()
+        return taken
 
     def close_where(self, due: Callable[[LogFile], bool]) -> bool:
         """Finish the files for which ``due`` holds; returns whether any was."""
@@ -126,8 +144,9 @@ class OpenFiles:
         self.close_where(lambda _: True)
 
     def abandon_all(self) -> list[Path]:
-        """Drop every open file after a failure, writing nothing more; returns their paths."""
+        """Drop every open file after a failure, each cut back to its last complete batch
+        (:meth:`LogFile.discard`); returns their paths."""
         dropped, self._files = self._files, []
         for log_file in dropped:
-            log_file.abandon()
+            log_file.discard()
         return [f.path for f in dropped]

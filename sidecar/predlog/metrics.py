@@ -49,6 +49,13 @@ class PredictionLogMetrics:
             "Prediction records left out by --log-sample-rate.",
             registry=self.registry,
         )
+        self.files_lost = Counter(
+            f"{prefix}_files_lost",
+            "Files being written that something else deleted or moved (a log shipper or a "
+            "clean-up that took a file before the writer closed it); the writer starts a new "
+            "file for the next records.",
+            registry=self.registry,
+        )
         self.deleted_files = Counter(
             f"{prefix}_deleted_files",
             "Files deleted because they were older than --log-retention.",

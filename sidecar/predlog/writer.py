@@ -215,9 +215,7 @@ class PredictionLogWriter:
     def start(self) -> None:
         """Create the directory, apply retention, warm the write path up and start the
         writer thread."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write to the prediction log directory {self.directory}")
+        check_directory(self.directory)
         self._sweep()
         warm_up(self._options)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -282,6 +280,7 @@ class PredictionLogWriter:
             if batch.num_rows:
                 written.append((batch, group[0].kind))
         if written:
+            self._replace_taken()
             self._files.write([b for b, _ in written])
         if written or durable:
             self._files.flush(durable)
@@ -289,6 +288,23 @@ class PredictionLogWriter:
             self.metrics.records.labels(kind).inc(batch.num_rows)
         if self._files.close_where(lambda f: f.size >= self.settings.rotate_size):
             self._sweep()
+
+    def _replace_taken(self) -> None:
+        """Before each round: a file that was deleted or moved while open (a log shipper or
+        a clean-up that did not wait for it to close) gets no more records; they go to a new
+        file. One ``stat`` per open file: a small part of a round's cost."""
+        for log_file, how in self._files.replace_taken():
+            log.warning(
+                "prediction_log_file_taken",
+                file=str(log_file.path),
+                how=how,
+                records=log_file.records,
+                hint=(
+                    "the file was deleted or moved while the sidecar was writing it; later "
+                    "records go to a new file. Take only closed files: those that end with "
+                    "Arrow's end-of-stream mark and that no writer holds a lock on"
+                ),
+            )
 
     def _timed_duties(self) -> None:
         now = time.monotonic()
@@ -348,6 +364,14 @@ class PredictionLogWriter:
                 callback(error)
             except Exception as cb_exc:  # one callback must not stop the others
                 log.error("prediction_log_failure_callback_failed", error=str(cb_exc))
+
+
+def check_directory(directory: Path) -> None:
+    """Create ``directory`` if need be; raise ``OSError`` when it cannot be created or this
+    process cannot create files in it (a read-only disk, a file in the way, permissions)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to the prediction log directory {directory}")
 
 
 def warm_up(options: pa.ipc.IpcWriteOptions) -> None:
