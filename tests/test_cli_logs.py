@@ -97,7 +97,7 @@ def test_compact_to_path_and_file_uri(
         summary = json.loads(capsys.readouterr().out)
         assert summary["rows"] == 6
     for lake in (tmp_path / "lake", tmp_path / "lake2"):
-        versions = {p.name for p in lake.glob("date=*/model_version=*")}
+        versions = {p.name for p in lake.glob("date=*/model_name=*/model_version=*")}
         assert versions == {"model_version=1", "model_version=2"}
         table = ds.dataset(lake, format="parquet", partitioning="hive").to_table()
         assert sorted(table.column("request_id").to_pylist()) == sorted(

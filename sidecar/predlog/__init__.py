@@ -34,16 +34,26 @@ per feature and one ``out_<name>`` column per output (see :mod:`sidecar.predlog.
 Reading and querying::
 
     from sidecar.predlog import read_logs, join_labels
-    table = read_logs("/var/log/predictions", since="-1h", model_version="3", widen_float16=True)
+    table = read_logs("/var/log/predictions", since="-1h", model_name="fraud",
+                      model_version="3", widen_float16=True)
     import duckdb
     duckdb.sql("SELECT arm, count(*), avg(latency_s) FROM table GROUP BY arm")
 
 DuckDB cannot open Arrow IPC stream files itself: query the table ``read_logs`` returns, or
-the Parquet written by :func:`compact` (``modelplane logs compact DIR --out URI``) with
-``read_parquet('URI/**/*.parquet', hive_partitioning = true, union_by_name = true)`` (files
-of one partition may differ in columns, e.g. once retention removed a log file that added one).
-Nor does it take float16 Arrow columns (FP16 inputs and outputs): ``widen_float16=True``
-reads them as float32.
+the Parquet written by :func:`compact` (``modelplane logs compact DIR --out URI``,
+partitioned ``date=D/model_name=N/model_version=V``) with
+``read_parquet('URI/*/model_name=fraud/**/*.parquet', hive_partitioning = true,
+union_by_name = true, hive_types = {'model_name': VARCHAR, 'model_version': VARCHAR})``:
+files of one partition may differ in columns (e.g. once retention removed a log file that
+added one), and ``union_by_name`` casts a column whose types differ between the files read
+(an INT64 feature of one model or version, FP32 of another) to one type, so read one model
+(and one version, where versions' types differ) at a time. Nor does DuckDB take float16
+Arrow columns (FP16 inputs and outputs): ``widen_float16=True`` reads them as float32.
+
+The writer only ever appends to the files it has open: take (ship, move, delete) only closed
+files, which end with Arrow's end-of-stream mark and which no writer holds a lock on. A file
+taken while open is noticed before the next write, which goes to a new file
+(``modelplane_prediction_log_files_lost_total`` counts them).
 """
 
 from sidecar.predlog.collect import read_logs
@@ -53,6 +63,8 @@ from sidecar.predlog.layout import OUTPUT_PREFIX, RESERVED_COLUMNS
 from sidecar.predlog.metrics import PredictionLogMetrics
 from sidecar.predlog.reader import (
     BASE_SCHEMA,
+    DamagedLogFile,
+    TornLogFile,
     iter_log_batches,
     join_labels,
     parse_time,
@@ -75,6 +87,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "SUFFIX",
     "CompactResult",
+    "DamagedLogFile",
     "PredictionBatch",
     "PredictionLogClosed",
     "PredictionLogError",
@@ -83,6 +96,7 @@ __all__ = [
     "PredictionLogSettings",
     "PredictionLogWriter",
     "RejectedRequest",
+    "TornLogFile",
     "add_arguments",
     "compact",
     "iter_log_batches",

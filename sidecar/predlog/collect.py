@@ -5,11 +5,10 @@ changes."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sidecar.predlog.reader import BASE_SCHEMA, LogFilter, TimeLike, file_schema, iter_log_batches
 from sidecar.predlog.schemas import conform, unify
@@ -20,6 +19,9 @@ from sidecar.predlog.schemas import conform, unify
 CHUNK_ROWS = 65_536
 CHUNK_BATCHES = 1_024
 
+#: A model name and version, as records carry them (either may be null).
+Model = tuple[str | None, str | None]
+
 
 def read_logs(
     directory: str | os.PathLike[str],
@@ -28,11 +30,14 @@ def read_logs(
     model_version: str | None = None,
     arm: str | None = None,
     *,
+    model_name: str | None = None,
     columns: Sequence[str] | None = None,
     limit: int | None = None,
     widen_float16: bool = False,
 ) -> pa.Table:
-    """Every record under ``directory`` in ``[since, until)``, optionally of one version/arm.
+    """Every record under ``directory`` in ``[since, until)``, optionally of one model name,
+    version and arm (a folder holding several sidecars' log dirs may hold several models,
+    each with a version ``1``).
 
     Times are datetimes (naive means UTC) or strings for :func:`parse_time` (digits past
     microseconds, the log's precision, round up: the window stays exact). ``columns`` keeps
@@ -44,12 +49,13 @@ def read_logs(
     has them all, null where a file lacks them. A column whose types differ is widened where
     every value stays exact (float32 to float64, int32 to int64); other differences (int64
     and float32, a scalar and a list) raise ``ValueError`` naming the column, its types and
-    versions. Torn last batches and files still being written are read up to their last
-    complete batch; a damaged file raises :class:`DamagedLogFile`.
+    the models and versions that logged each. Files still being written are read up to their
+    last complete batch; so are files torn by a crash or a failed write, with a
+    :class:`TornLogFile` warning naming each; a damaged file raises :class:`DamagedLogFile`.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, not {limit}")
-    log_filter = LogFilter(since, until, model_version, arm)
+    log_filter = LogFilter(since, until, model_version, arm, model_name=model_name)
     path = Path(directory)
     fields = None
     wanted = None if columns is None else list(dict.fromkeys(columns))
@@ -85,8 +91,8 @@ class _Chunks:
         self.schema: pa.Schema | None = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        #: Each column's types, and the model versions whose records have each.
-        self._types: dict[str, dict[pa.DataType, set[str | None]]] = {}
+        #: Each column's types, and the (model name, version) pairs whose records have each.
+        self._types: dict[str, dict[pa.DataType, set[Model]]] = {}
 
     def add(self, batch: pa.RecordBatch) -> None:
         if self._pending and not batch.schema.equals(self._pending[0].schema):
@@ -102,19 +108,21 @@ class _Chunks:
             return
         run = pa.Table.from_batches(self._pending)
         self._pending, self._pending_rows = [], 0
-        versions = set(pc.unique(run.column("model_version")).to_pylist())
+        keys = ["model_name", "model_version"]
+        pairs = run.select(keys).group_by(keys, use_threads=False).aggregate([])
+        models = set(zip(*(pairs.column(k).to_pylist() for k in keys), strict=True))
         if self.columns is not None:
             run = run.select([c for c in self.columns if c in run.column_names])
         if self.widen_float16:
             run = run.cast(widened(run.schema))
-        self._merge(run.schema, versions)
+        self._merge(run.schema, models)
         # One copy of the rows: the batches' many small arrays go, and so does the file's
         # mapping once its last batch is copied.
         self.chunks.extend(run.combine_chunks().to_batches())
 
-    def _merge(self, schema: pa.Schema, versions: set[str | None]) -> None:
+    def _merge(self, schema: pa.Schema, models: set[Model]) -> None:
         for field in schema:
-            self._types.setdefault(field.name, {}).setdefault(field.type, set()).update(versions)
+            self._types.setdefault(field.name, {}).setdefault(field.type, set()).update(models)
         merged = schema if self.schema is None else unify([self.schema, schema])
         if merged is None:
             assert self.schema is not None
@@ -122,25 +130,22 @@ class _Chunks:
         self.schema = merged
 
     def _conflict(self, merged: pa.Schema, schema: pa.Schema) -> str:
-        clashes, involved = [], set()
+        clashes, groups = [], []
         for field in schema:
             index = merged.get_field_index(field.name)
             pair = [pa.schema([merged.field(index)]), pa.schema([field])] if index >= 0 else []
             if not pair or unify(pair) is not None:
                 continue
             kinds = self._types[field.name]
-            for versions in kinds.values():
-                involved |= versions
+            groups.append(list(kinds.values()))
+            several = len({name for models in kinds.values() for name, _ in models}) > 1
             described = " and ".join(
-                f"{_type_name(kind)} ({_versions(versions)})" for kind, versions in kinds.items()
+                f"{_type_name(kind)} ({_models(models, several)})" for kind, models in kinds.items()
             )
             clashes.append(f"column {field.name!r} is {described}")
-        named = sorted(v for v in involved if v)
-        choice = f" V: {', '.join(named[:-1])} or {named[-1]}" if len(named) > 1 else ""
         return (
-            f"{'; '.join(clashes)}, types that do not merge without changing values: read one "
-            f"model version at a time (--model-version{choice}) or leave the column out "
-            "(--columns)"
+            f"{'; '.join(clashes)}, types that do not merge without changing values: "
+            f"{_advice(groups)} or leave the column out (--columns)"
         )
 
     def table(self, fields: dict[str, pa.Field] | None) -> pa.Table | None:
@@ -164,9 +169,53 @@ def _type_name(kind: pa.DataType) -> str:
     return str(kind)
 
 
-def _versions(versions: Iterable[str | None]) -> str:
-    names = sorted("(none)" if v is None else v for v in versions)
-    return f"model version{'s' if len(names) > 1 else ''} {', '.join(names)}"
+def _text(value: str | None) -> str:
+    return "(none)" if value is None else value
+
+
+def _either(choices: Iterable[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    named = sorted(set(choices))
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+
+
+def _models(models: Iterable[Model], with_names: bool) -> str:
+    """``model version 1, 2``, or with names ``model churn version 1; model fraud version 1``."""
+    by_name: dict[str, list[str]] = {}
+    for name, version in models:
+        by_name.setdefault(_text(name), []).append(_text(version))
+    described = []
+    for name, versions in sorted(by_name.items()):
+        listed = f"version{'s' if len(versions) > 1 else ''} {', '.join(sorted(versions))}"
+        described.append(f"model {name} {listed}" if with_names else f"model {listed}")
+    return "; ".join(described)
+
+
+def _advice(groups: list[list[set[Model]]]) -> str:
+    """Which filter reads the clashing records apart: for each clashing column, the models
+    whose records have each of its types (``groups``)."""
+
+    def separates(key: Callable[[Model], str]) -> bool:
+        for kinds in groups:
+            keys = [{key(m) for m in models} for models in kinds]
+            if any(a & b for i, a in enumerate(keys) for b in keys[i + 1 :]):
+                return False
+        return True
+
+    involved = {m for kinds in groups for models in kinds for m in models}
+    names = _either(_text(n) for n, _ in involved)
+    versions = _either(_text(v) for _, v in involved)
+    pairs = _either(f"{_text(n)} {_text(v)}" for n, v in involved)
+    if separates(lambda m: _text(m[1])):
+        return f"read one model version at a time (--model-version V: {versions})"
+    if separates(lambda m: _text(m[0])):
+        return f"read one model at a time (--model-name N: {names})"
+    if separates(lambda m: f"{_text(m[0])} {_text(m[1])}"):
+        return f"read one model version at a time (--model-name N --model-version V: {pairs})"
+    return (
+        "one model version logged both (a model changed without a new --model-version): "
+        "read the records before and after the change apart (--since, --until)"
+    )
 
 
 def widened(schema: pa.Schema) -> pa.Schema:

@@ -1,7 +1,9 @@
-"""Compaction: the log as Parquet partitioned by date and model version, for DuckDB or Spark."""
+"""Compaction: the log as Parquet partitioned by date, model name and model version, for
+DuckDB or Spark."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -17,7 +19,7 @@ import pyarrow.fs as pafs
 from sidecar.predlog.reader import LogFilter, file_schema, read_file_batches
 from sidecar.predlog.schemas import conform, unify
 
-PARTITION_COLUMNS = ("date", "model_version")
+PARTITION_COLUMNS = ("date", "model_name", "model_version")
 #: Parquet being written is named ``.<log file name>-0.parquet.tmp-<random>``.
 _TMP_PREFIX = "."
 _TMP_MARK = ".tmp-"
@@ -81,13 +83,15 @@ def schema_groups(schemas: dict[Path, pa.Schema]) -> dict[Path, pa.Schema]:
 def compact(directory: str | os.PathLike[str], out: str) -> CompactResult:
     """Write every record under ``directory`` as Parquet under ``out``.
 
-    Files are laid out ``date=YYYY-MM-DD/model_version=V/<log file name>-0.parquet`` (Hive
-    style, date in UTC): each log file's rows of a partition go to a file named after the
-    log file, so compacting again overwrites what it wrote before rather than duplicating it,
-    and Parquet whose log file is gone (past retention) is left alone. Log files whose
-    columns clash (model versions with different outputs) are written with their own schema;
-    files of one version may differ in columns, so read them by name
-    (``union_by_name = true`` in DuckDB).
+    Files are laid out ``date=YYYY-MM-DD/model_name=N/model_version=V/<log file
+    name>-0.parquet`` (Hive style, date in UTC): each log file's rows of a partition go to a
+    file named after the log file, so compacting again overwrites what it wrote before rather
+    than duplicating it, and Parquet whose log file is gone (past retention) is left alone.
+    Log files whose columns clash (model versions with different outputs) are written with
+    their own schema; files of one partition may differ in columns, so read them by name
+    (``union_by_name = true`` in DuckDB). Partitions of different models or versions may
+    differ in types too (an INT64 input in one, FP32 in another), which a reader that unifies
+    them casts: read those one partition at a time.
 
     Each file is written under a hidden temporary name and renamed once complete, so a
     compaction killed midway leaves every Parquet file whole (the previous version of the
@@ -161,19 +165,26 @@ def _compact_file(
     # the folder names, not in the file, as Hive partitioning has them.
     final_name = f"{path.stem}-0.parquet"
     keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
-    for date, version in zip(
-        keys.column("date").to_pylist(), keys.column("model_version").to_pylist(), strict=True
-    ):
-        same_version = (
-            pc.is_null(table.column("model_version"))
-            if version is None
-            else pc.equal(table.column("model_version"), version)
+    for values in keys.to_pylist():
+        same = [_equal(table.column(name), values[name]) for name in PARTITION_COLUMNS]
+        part = table.filter(functools.reduce(pc.and_, same))
+        folder = "/".join(
+            [base, *(f"{name}={_segment(values[name])}" for name in PARTITION_COLUMNS)]
         )
-        part = table.filter(pc.and_(pc.equal(table.column("date"), date), same_version))
-        folder = f"{base}/date={_segment(date)}/model_version={_segment(version)}"
         filesystem.create_dir(folder, recursive=True)
         temporary = f"{folder}/{_TMP_PREFIX}{path.stem}-0.parquet{_TMP_MARK}{uuid.uuid4().hex}"
         pq.write_table(part.drop_columns(list(PARTITION_COLUMNS)), temporary, filesystem=filesystem)
         final_path = f"{folder}/{final_name}"
         filesystem.move(temporary, final_path)
         result.files.append(final_path)
+        # Compactions before the model name was a partition wrote this log file's rows to
+        # date=D/model_version=V: they are here now, and must not be read twice.
+        legacy = f"{base}/date={_segment(values['date'])}/model_version="
+        legacy += f"{_segment(values['model_version'])}/{final_name}"
+        if filesystem.get_file_info(legacy).type == pafs.FileType.File:
+            filesystem.delete_file(legacy)
+
+
+def _equal(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
+    """Where ``column`` holds ``value`` (null where it is null)."""
+    return pc.is_null(column) if value is None else pc.equal(column, value)

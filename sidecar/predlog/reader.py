@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import warnings
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +46,46 @@ def _instant(value: TimeLike) -> datetime | None:
             return value.replace(tzinfo=UTC)
         return value
     return parse_time(value, round_up=True)
+
+
+class TornLogFile(UserWarning):
+    """A log file ends in a partly written message that no writer is still writing (a crash
+    or a failed write cut it): its complete batches were read, the rest left out."""
+
+
+def _being_written(path: Path, size: int) -> bool:
+    """Whether a writer has ``path`` open (it holds a lock on it until it closes it), or the
+    file has grown past the ``size`` bytes read since."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return os.fstat(fd).st_size != size
+    finally:
+        os.close(fd)
+
+
+def _warn_torn(path: Path, at: int, size: int) -> None:
+    """Warn that ``path`` was cut at byte ``at`` of ``size``, unless it is still being written
+    (a writer mid-batch leaves the same bytes)."""
+    if _being_written(path, size):
+        return
+    warnings.warn(
+        TornLogFile(
+            f"prediction log file {path} is cut short: its last {size - at} byte(s), from "
+            f"byte {at}, are part of a message never written whole (a crash or a failed "
+            "write); the complete batches before them were read, those bytes left out"
+        ),
+        stacklevel=3,
+    )
 
 
 class DamagedLogFile(ValueError):
@@ -112,10 +154,11 @@ def _damaged(path: Path, at: int, what: str, exc: BaseException) -> DamagedLogFi
 
 
 def _open_stream(
-    path: Path,
+    path: Path, warn: bool = False
 ) -> tuple[pa.Buffer, pa.BufferReader, pa.RecordBatchStreamReader] | None:
     """The mapped bytes of ``path``, read by a stream reader past its schema, or None when
-    the file is empty, removed, or torn before its first message ends."""
+    the file is empty, removed, or torn before its first message ends (with ``warn``, a
+    :class:`TornLogFile` warning then)."""
     mapped = _map_file(path)
     if mapped is None:
         return None
@@ -128,6 +171,8 @@ def _open_stream(
     except (pa.ArrowException, OSError) as exc:
         # The stream is in memory: these mean torn or damaged bytes, not a failing disk.
         if _torn(data, 0, None):
+            if warn:
+                _warn_torn(path, 0, data.size)
             return None
         raise _damaged(path, 0, "schema", exc) from None
     try:
@@ -146,8 +191,9 @@ def _decode_names(fields: Iterable[pa.Field]) -> None:
 
 
 def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The complete batches of one file; a torn tail (a crash mid-write, or a message still
-    being written) ends it quietly.
+    """The complete batches of one file; a torn tail ends it: quietly when a writer is still
+    writing the file, with a :class:`TornLogFile` warning when a crash or a failed write cut
+    it.
 
     Every batch is validated in full before it is yielded: damaged bytes that still decode
     (offsets out of range, invalid UTF-8) would otherwise reach code that reads out of
@@ -156,7 +202,7 @@ def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
     silently. A file removed since it was listed (retention) has no batches; a file that
     cannot be read (permissions, I/O errors) raises ``OSError``.
     """
-    opened = _open_stream(path)
+    opened = _open_stream(path, warn=True)
     if opened is None:
         return
     data, source, reader = opened
@@ -169,6 +215,7 @@ def read_file_batches(path: Path) -> Iterator[pa.RecordBatch]:
             return
         except (pa.ArrowException, OSError) as exc:
             if _torn(data, at, reader.schema):
+                _warn_torn(path, at, data.size)
                 return
             raise _damaged(path, at, f"batch {number + 1}", exc) from None
         try:
@@ -193,7 +240,8 @@ MTIME_SLACK_SECONDS = 2.0
 
 
 class LogFilter:
-    """Which records to keep: a time window [since, until) and optional version and arm."""
+    """Which records to keep: a time window [since, until) and optional model name, version
+    and arm."""
 
     def __init__(
         self,
@@ -201,9 +249,12 @@ class LogFilter:
         until: TimeLike = None,
         model_version: str | None = None,
         arm: str | None = None,
+        *,
+        model_name: str | None = None,
     ) -> None:
         self.since = _instant(since)
         self.until = _instant(until)
+        self.model_name = model_name
         self.model_version = model_version
         self.arm = arm
 
@@ -236,6 +287,8 @@ class LogFilter:
             conditions.append(pc.greater_equal(ts, pa.scalar(self.since, ts.type)))
         if self.until is not None:
             conditions.append(pc.less(ts, pa.scalar(self.until, ts.type)))
+        if self.model_name is not None:
+            conditions.append(pc.equal(batch.column("model_name"), self.model_name))
         if self.model_version is not None:
             conditions.append(pc.equal(batch.column("model_version"), self.model_version))
         if self.arm is not None:

@@ -83,7 +83,7 @@ def test_versions_with_clashing_outputs_compact_into_their_partitions(tmp_path: 
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     tables = {}
     for version in ("1", "2"):
-        folder = out / f"date={day}" / f"model_version={version}"
+        folder = out / f"date={day}" / "model_name=m" / f"model_version={version}"
         tables[version] = pa.concat_tables(pq.read_table(p) for p in sorted(folder.glob("*")))
     v1 = {r["request_id"]: r for r in tables["1"].to_pylist()}
     v2 = {r["request_id"]: r for r in tables["2"].to_pylist()}
@@ -121,4 +121,4 @@ def test_the_compact_command_exits_0_each_time(tmp_path: Path) -> None:
     rows = _parquet_rows(out)
     assert sorted(r["request_id"] for r in rows) == ["a0", "a1", "a2", "a3", "a4", "n0"]
     assert [r["model_version"] for r in rows if r["request_id"] == "n0"] == [None]
-    assert list(out.glob("date=*/model_version=__HIVE_DEFAULT_PARTITION__/*.parquet"))
+    assert list(out.glob("date=*/model_name=m/model_version=__HIVE_DEFAULT_PARTITION__/*.parquet"))

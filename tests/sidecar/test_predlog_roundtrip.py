@@ -234,7 +234,7 @@ def test_duckdb_queries_table_and_compacted_parquet(tmp_path: Path) -> None:
     out = tmp_path / "parquet"
     result = compact(tmp_path / "log", f"file://{out}")
     assert result.rows == logs.num_rows
-    assert {Path(p).parent.parent.name.split("=")[0] for p in result.files} == {"date"}
+    assert {Path(p).parents[2].name.split("=")[0] for p in result.files} == {"date"}
     glob = f"{out}/**/*.parquet"
     query = (
         f"SELECT model_version, arm, count(*), sum(age) FROM read_parquet('{glob}', "

@@ -9,9 +9,11 @@ the plain CLI install does not need it for anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     read.add_argument("dir", metavar="DIR", help="the sidecar's --log-dir")
     read.add_argument("--since", metavar="T", help="first time included (ISO-8601 or -1h)")
     read.add_argument("--until", metavar="T", help="first time excluded (ISO-8601 or -1h)")
+    read.add_argument(
+        "--model-name",
+        metavar="N",
+        help="only records of this model (a folder of several sidecars' logs may hold several)",
+    )
     read.add_argument("--model-version", metavar="V", help="only records of this version")
     read.add_argument(
         "--arm", choices=("champion", "candidate", "shadow"), help="only records of this arm"
@@ -60,13 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     compact = cmds.add_parser(
         "compact",
-        help="write the log as Parquet partitioned by date and model version",
+        help="write the log as Parquet partitioned by date, model and version",
         description=(
             "Write every record under DIR as Parquet under URI (a local path or a pyarrow.fs "
             "URI such as file:///data/predictions or s3://bucket/predictions), partitioned "
-            "date=YYYY-MM-DD/model_version=V. Each log file's rows go to Parquet files named "
-            "after it: compacting again overwrites them instead of duplicating records, and "
-            "Parquet whose log file has since expired is kept."
+            "date=YYYY-MM-DD/model_name=N/model_version=V. Each log file's rows go to Parquet "
+            "files named after it: compacting again overwrites them instead of duplicating "
+            "records, and Parquet whose log file has since expired is kept."
         ),
     )
     compact.add_argument("dir", metavar="DIR", help="the sidecar's --log-dir")
@@ -94,17 +101,37 @@ def _load(args: argparse.Namespace) -> Any:
         raise CliError(f"no prediction log directory at {args.dir}", EXIT_USAGE)
     wanted = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
     try:
-        return predlog.read_logs(
-            args.dir,
-            args.since or None,  # read_logs parses them, digits past microseconds rounded up
-            args.until or None,
-            args.model_version,
-            args.arm,
-            columns=wanted or None,
-            limit=args.limit,
-        )
+        with _torn_files_reported(predlog):
+            return predlog.read_logs(
+                args.dir,
+                args.since or None,  # read_logs parses them, digits past microseconds rounded up
+                args.until or None,
+                args.model_version,
+                args.arm,
+                model_name=args.model_name,
+                columns=wanted or None,
+                limit=args.limit,
+            )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+
+
+@contextlib.contextmanager
+def _torn_files_reported(predlog: Any) -> Iterator[None]:
+    """Print a ``warning:`` line on stderr for each log file read that a crash or a failed
+    write cut short (:class:`sidecar.predlog.TornLogFile`), once the block ends."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", predlog.TornLogFile)
+            yield
+    finally:
+        for seen in caught:
+            if issubclass(seen.category, predlog.TornLogFile):
+                sys.stderr.write(f"warning: {seen.message}\n")
+            else:  # shown as they would have been
+                warnings.warn_explicit(seen.message, seen.category, seen.filename, seen.lineno)
+        sys.stderr.flush()
 
 
 def _read(args: argparse.Namespace, printer: Printer) -> int:
@@ -159,7 +186,8 @@ def _compact(args: argparse.Namespace, printer: Printer) -> int:
         raise CliError(f"no prediction log directory at {args.dir}", EXIT_USAGE)
     # pyarrow takes S3 keys in the URI (s3://KEY:SECRET@bucket): no message repeats them.
     try:
-        result = predlog.compact(args.dir, args.out)
+        with _torn_files_reported(predlog):
+            result = predlog.compact(args.dir, args.out)
     except ValueError as exc:
         raise CliError(predlog.redact_uri(str(exc)), EXIT_USAGE) from None
     except OSError as exc:  # worded as the CLI words any OSError, credentials left out
