@@ -15,7 +15,12 @@ from controlplane.audit._query import iter_events
 from controlplane.audit._signing import Checkpoint, PublicKeyLike, check_checkpoint
 from controlplane.store import Store
 from controlplane.store.tables import AuditEventRow
-from modelplane.audit_chain import ExportProblem
+from modelplane.audit_chain import (
+    ExportProblem,
+    checkpoint_mismatch_message,
+    intact_message,
+    truncated_message,
+)
 
 #: What broke the chain: the server's verify names the first seven problems an offline check
 #: of an export names too (one list, so the two always spell them alike).
@@ -214,30 +219,17 @@ def verify(
                 return broken(
                     event.seq,
                     Problem.CHECKPOINT_MISMATCH,
-                    f"the chain differs from the checkpoint of {trusted.time.isoformat()} at or "
-                    f"before event {event.seq}: the hash of event {event.seq} is not the head hash "
-                    f"the checkpoint saw, so events up to {event.seq} were altered, removed or "
-                    "inserted and the hashes after them recomputed (which event cannot be told)",
+                    checkpoint_mismatch_message("the chain", event.seq, trusted.time.isoformat()),
                 )
             checked += 1
             expected, prev = event.seq + 1, event.hash
             head_seq, head_hash = event.seq, event.hash
     if trusted is not None:
         if head_seq < trusted.seq:
-            gone = trusted.seq - head_seq
-            tail = (
-                f"events {head_seq + 1} to {trusted.seq} were"
-                if gone > 1
-                else f"event {trusted.seq} was"
-            )
             return broken(
                 head_seq + 1,
                 Problem.TRUNCATED,
-                f"the chain ends at event {head_seq} but the checkpoint of "
-                f"{trusted.time.isoformat()} saw {trusted.seq} events: {gone} "
-                f"event{'s are' if gone > 1 else ' is'} gone: {tail} cut from the end, or "
-                f"events up to {trusted.seq} were removed and those after them renumbered with "
-                "their hashes recomputed (which events cannot be told)",
+                truncated_message("the chain", head_seq, trusted.seq, trusted.time.isoformat()),
             )
         if trusted.seq == 0 and trusted.head_hash != GENESIS_HASH:
             return broken(0, Problem.CHECKPOINT_MISMATCH, "the empty-chain checkpoint is malformed")
@@ -249,8 +241,7 @@ def verify(
             head_hash,
             None,
             Problem.CHECKPOINT_SIGNATURE_INVALID,
-            f"{signature_note}; the chain itself is intact ({checked} events, head event "
-            f"{head_seq}) {_ALONE}",
+            f"{signature_note}; {intact_message('the chain itself', checked, head_seq)}",
             signature_ok,
         )
     return VerifyResult(
@@ -263,14 +254,6 @@ def verify(
     )
 
 
-#: What a chain checked without a checkpoint can and cannot show.
-_ALONE = (
-    "as far as the chain alone shows: a rewrite that recomputes every hash, or a cut tail, "
-    "needs a checkpoint to detect; take one with `modelplane audit checkpoint` and keep it "
-    "outside the database"
-)
-
-
 def _intact(
     checked: int,
     head_seq: int,
@@ -278,19 +261,13 @@ def _intact(
     signature_ok: bool | None,
     note: str,
 ) -> str:
-    """The message of a chain that passed: what was shown, and what was not."""
-    counted = f"{checked} event{'s' if checked != 1 else ''}, head event {head_seq}"
+    """The message of a chain that passed: what was shown, and what was not (worded as an
+    offline check of an export words it)."""
     if checkpoint is None:
-        return f"the chain is intact ({counted}) {_ALONE}"
-    message = (
-        f"the chain is intact ({counted}): events 1 to {checkpoint.seq} are as the checkpoint "
-        f"of {checkpoint.time.isoformat()} saw them"
+        return intact_message("the chain", checked, head_seq)
+    message = intact_message(
+        "the chain", checked, head_seq, checkpoint.seq, checkpoint.time.isoformat()
     )
-    if head_seq > checkpoint.seq:
-        message += (
-            f"; the events after {checkpoint.seq} hold together, which a later checkpoint "
-            "would confirm"
-        )
     if signature_ok is None:
         message += "; the checkpoint's signature was not checked"
     elif note:
