@@ -206,9 +206,10 @@ class DeploymentService:
 
         ALREADY_EXISTS (DEPLOYMENT_EXISTS) when the name is taken, also by a concurrent
         request that commits first; FAILED_PRECONDITION when
-        the version cannot be served, or (GATE_FAILED) when a policy is bound to the
-        deployment already and the version's latest gate decision for it did not pass on the
-        current evidence, as for a rollout's candidate."""
+        the version cannot be served, or (GATE_FAILED) when a policy governs the deployment
+        (one bound to ``deployments/{deployment_id}`` already, or else one bound to
+        ``deployments/*``) and the version's latest gate decision for the deployment did not
+        pass on the current evidence, as for a rollout's candidate."""
         check_id(deployment_id, "deployment id")
         model_id = parse_model(model) if model else ""
         if not model_id:

@@ -173,7 +173,10 @@ def _undefined_values(latest: Evaluation | None, comparison: Comparison) -> dict
 def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None:
     """FAILED_PRECONDITION (GATE_FAILED) unless ``alias`` (an alias name or
     ``deployments/{d}``) is ungoverned or the latest gate decision of the version for it passed
-    on the current evidence."""
+    on the current evidence.
+
+    A deployment without a policy of its own is governed by the policy bound to
+    ``deployments/*``, when there is one: its decisions are still the deployment's own."""
     gov = Governance(tx.session)
     policy = gov.policy_for_target(alias)
     if policy is None:
@@ -199,8 +202,9 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         )
         policy = inputs.policy or policy
     kind = "deployment" if alias.startswith(DEPLOYMENT_TARGET) else "alias"
+    through = f" (bound to {policy.target})" if policy.target != alias else ""
     raise FailedPrecondition(
-        f"{kind} {alias!r} is governed by {policy.name}: {problem}; {hint}",
+        f"{kind} {alias!r} is governed by {policy.name}{through}: {problem}; {hint}",
         reason="GATE_FAILED",
         metadata={"target": alias, "version": got.name},
     )

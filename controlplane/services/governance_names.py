@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from controlplane.names import check_id, parse_version
+from controlplane.store.governance_repos import ALL_DEPLOYMENTS
 from modelplane.errors import InvalidArgument
 
 
@@ -39,20 +40,30 @@ def parse_policy(name: str) -> str:
     return check_id(parts[1], "policy id")
 
 
-def check_target(target: str) -> str:
-    """A policy target: an alias name (``production``) or ``deployments/{deployment}``."""
+def check_target(target: str, *, wildcard: bool = False) -> str:
+    """The target of a gate decision or an approval: an alias name (``production``) or
+    ``deployments/{deployment}``; with ``wildcard`` (the target of a policy) also
+    ``deployments/*`` (:data:`~controlplane.store.governance_repos.ALL_DEPLOYMENTS`), which
+    governs every deployment without a policy of its own."""
+    forms = "an alias name such as 'production' or deployments/{deployment}"
+    if wildcard:
+        forms += ", or deployments/* for every deployment without a policy of its own"
     if not target:
+        raise InvalidArgument(f"target is required: {forms}", reason="INVALID_TARGET")
+    if target == ALL_DEPLOYMENTS:
+        if wildcard:
+            return target
         raise InvalidArgument(
-            "target is required: an alias name such as 'production' or deployments/{deployment}",
+            f"target {target!r} names no one deployment: gate decisions and approvals are for "
+            "one alias or one deployment, deployments/{deployment}, also where the policy bound "
+            "to deployments/* governs it",
             reason="INVALID_TARGET",
         )
     parts = target.split("/")
     ok = (len(parts) == 1) or (len(parts) == 2 and parts[0] == "deployments")
     if not ok:
         raise InvalidArgument(
-            f"target {target[:80]!r} is invalid: use an alias name such as 'production' or "
-            "deployments/{deployment}",
-            reason="INVALID_TARGET",
+            f"target {target[:80]!r} is invalid: use {forms}", reason="INVALID_TARGET"
         )
     check_id(parts[-1], "target")
     return target

@@ -110,7 +110,7 @@ def _replayed(
 
 
 def _target_free(tx: Tx, target: str, policy_id: str) -> None:
-    bound = Governance(tx.session).policy_for_target(target)
+    bound = Governance(tx.session).policy_bound_to(target)
     if bound is not None and bound.id != policy_id:
         raise AlreadyExists(
             f"target {target!r} is already governed by {bound.name}; update that policy or "
@@ -142,7 +142,7 @@ class PolicyService:
         request_id: str = "",
     ) -> Policy:
         check_id(policy_id, "policy id")
-        check_target(target)
+        check_target(target, wildcard=True)
         rules = check_rules(rules)
         check_text(description, "description")
         request = {
@@ -208,7 +208,10 @@ class PolicyService:
             paths,
             values,
             POLICY_UPDATE_PATHS,
-            {"rules": lambda v: check_rules(list(v)), "target": lambda v: check_target(str(v))},
+            {
+                "rules": lambda v: check_rules(list(v)),
+                "target": lambda v: check_target(str(v), wildcard=True),
+            },
         )
         request = {"name": name, "etag": etag, "changes": changes}
         with self.store.write(ctx, "UpdatePolicy", request_id, request=request) as tx:

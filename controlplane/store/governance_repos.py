@@ -39,6 +39,10 @@ from controlplane.store.tables import (
     PolicyRow,
 )
 
+#: The policy target that governs every deployment without a policy bound to its own
+#: ``deployments/{d}``; gate decisions and approvals under it still name the deployment.
+ALL_DEPLOYMENTS = "deployments/*"
+
 
 def evaluation(row: EvaluationRow) -> Evaluation:
     return Evaluation(
@@ -249,6 +253,15 @@ class Governance:
         return policy(old, current) if old else None
 
     def policy_for_target(self, target: str) -> Policy | None:
+        """The policy that governs ``target``: the one bound to it, or, for a deployment
+        (``deployments/{d}``) without one, the one bound to ``deployments/*``."""
+        bound = self.policy_bound_to(target)
+        if bound is None and target.startswith("deployments/") and target != ALL_DEPLOYMENTS:
+            bound = self.policy_bound_to(ALL_DEPLOYMENTS)
+        return bound
+
+    def policy_bound_to(self, target: str) -> Policy | None:
+        """The policy bound to exactly ``target`` (``deployments/*`` included), if any."""
         row = self.s.exec(select(PolicyRow).where(PolicyRow.target == target)).first()
         return policy(row, row) if row else None
 
