@@ -7,10 +7,12 @@ sends (see :mod:`controlplane.api.roles`), which proves nothing about the caller
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import col, select
 
 from controlplane.audit import key_id as key_id_of
 from controlplane.audit import object_digest, public_key_pem
@@ -27,13 +29,45 @@ from controlplane.services.governance_names import check_target, new_id, parse_v
 from controlplane.services.models import lock_model, require_model
 from controlplane.services.versions import require_version
 from controlplane.store import Store, Tx
-from controlplane.store.governance_repos import Governance, evidence_to_json
+from controlplane.store.governance_repos import ALL_DEPLOYMENTS, Governance, evidence_to_json
 from controlplane.store.pagination import decode, encode, page_size
-from controlplane.store.tables import ApprovalRow
-from modelplane.errors import InvalidArgument, NotFound, PermissionDenied
+from controlplane.store.tables import ApprovalRow, PolicyRow
+from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from modelplane.server.context import RequestContext, same_principal
 
 DECISIONS = ("approve", "reject")
+#: The most governed targets a TARGET_NOT_GOVERNED message lists.
+_LISTED_TARGETS = 20
+
+
+def require_governed(tx: Tx, target: str) -> None:
+    """FAILED_PRECONDITION (TARGET_NOT_GOVERNED) when no policy governs ``target`` (none is
+    bound to it, nor, for a deployment, to ``deployments/*``): no gate would ever count an
+    approval for it, so one recorded there is most likely a misspelt target. The message names
+    the targets that are governed, the closest first."""
+    if Governance(tx.session).policy_for_target(target) is not None:
+        return
+    q = select(PolicyRow.target).order_by(col(PolicyRow.target))
+    governed = list(tx.session.exec(q).all())
+    # An approval names one deployment, never deployments/* itself.
+    close = difflib.get_close_matches(
+        target, [t for t in governed if t != ALL_DEPLOYMENTS], n=3, cutoff=0.8
+    )
+    listed = close + [t for t in governed if t not in close]
+    if not governed:
+        known = "No target is governed yet"
+    else:
+        more = len(listed) - _LISTED_TARGETS
+        known = "Governed targets: " + ", ".join(listed[:_LISTED_TARGETS])
+        known += f" and {more} more" if more > 0 else ""
+    hint = f" Did you mean {' or '.join(repr(t) for t in close)}?" if close else ""
+    raise FailedPrecondition(
+        f"no policy governs target {target!r}, so no gate would count an approval for it."
+        f"{hint} {known}. Approve for a governed target, or create a policy for this one first "
+        f"(modelplane policies create ID --target {target} --rule ...)",
+        reason="TARGET_NOT_GOVERNED",
+        metadata={"target": target, "suggestions": ",".join(close)},
+    )
 
 
 def _standing(tx: Tx, version: ModelVersion, approvals: Iterable[Approval]) -> set[str]:
@@ -70,6 +104,10 @@ class ApprovalService:
         comment: str = "",
         request_id: str = "",
     ) -> Approval:
+        """Record ``decision`` on version ``name`` for ``target`` (an alias name or
+        ``deployments/{d}``), signed over the current evidence. FAILED_PRECONDITION
+        (TARGET_NOT_GOVERNED) when no policy governs the target (see
+        :func:`require_governed`), PERMISSION_DENIED (SELF_APPROVAL) for the version's author."""
         model_id, number, _ = parse_version_number(name)
         assert number is not None
         check_target(target)
@@ -103,6 +141,7 @@ class ApprovalService:
                     "of duties); ask someone else",
                     reason="SELF_APPROVAL",
                 )
+            require_governed(tx, target)
             evidence, _, _ = current_evidence(tx, version, target)
             unsigned = Approval(
                 model_id=model_id,

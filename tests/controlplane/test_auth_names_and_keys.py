@@ -154,6 +154,8 @@ def test_an_author_cannot_approve_under_another_case_of_their_name(
     with Client(hs256.address, token=_token("alice", "developer"), timeout=30) as alice:
         alice.create_model(model_id)
         alice.register_version(model_id, path, capture_env=False)
+    with Client(hs256.address, token=_token("ada", "admin"), timeout=30) as ada:
+        ada.create_policy(unique("p"), target="production", rules=["true"])
     with Client(hs256.address, token=_token("Alice", "approver"), timeout=30) as other_case:
         with pytest.raises(PermissionDenied) as refused:
             other_case.approve(model_id, 1, "production")

@@ -120,15 +120,22 @@ def test_operations_of_other_models_cannot_be_cancelled_or_waited_on(
 
 
 def test_approvals_record_the_roles_holding_on_the_model(scoped: Scoped) -> None:
-    with scoped.server.client("pat", principal="mallory") as pat:
-        approval = pat.with_roles(["admin"]).approve(
-            scoped.a, scoped.version_a, "production", comment="ok"
-        )
-        assert approval.approver == "pat" and list(approval.roles) == ["approver", "risk"]
-        refused(lambda: pat.approve(scoped.b, scoped.version_b, "production"))
-    with scoped.server.client("dave") as dave:
-        # dave registered version_a himself: separation of duties still holds under tokens.
-        refused(lambda: dave.approve(scoped.a, scoped.version_a, "production"), "SELF_APPROVAL")
+    policy = unique("p")  # approvals are taken only for a governed target
+    with scoped.server.client("ada") as ada:
+        ada.create_policy(policy, target="production", rules=["true"])
+    try:
+        with scoped.server.client("pat", principal="mallory") as pat:
+            approval = pat.with_roles(["admin"]).approve(
+                scoped.a, scoped.version_a, "production", comment="ok"
+            )
+            assert approval.approver == "pat" and list(approval.roles) == ["approver", "risk"]
+            refused(lambda: pat.approve(scoped.b, scoped.version_b, "production"))
+        with scoped.server.client("dave") as dave:
+            # dave registered version_a himself: separation of duties still holds under tokens.
+            refused(lambda: dave.approve(scoped.a, scoped.version_a, "production"), "SELF_APPROVAL")
+    finally:
+        with scoped.server.client("ada") as ada:
+            ada.delete_policy(policy)
 
 
 def test_a_scoped_admin_cannot_act_on_the_whole_control_plane(scoped: Scoped) -> None:

@@ -55,6 +55,7 @@ def test_commands_that_take_a_number_resolve_an_alias_once(
     assert f"note: @staging points at {first}" in err
     verified, err = _json(cli, "versions", "verify", model_id, "@staging")
     assert verified["ok"] is True and f"@staging points at {first}" in err
+    client.create_policy(unique("p"), target="production", rules=["true"])
     decision, err = _json(cli, "gate", model_id, "@staging", "--target", "production")
     assert decision["name"].startswith(f"{first}/") and "@staging points at" in err
     approval, err = _json(

@@ -64,6 +64,8 @@ def test_only_each_approvers_latest_decision_is_listed_current(
     target, other = unique("prod"), unique("staging")
     with controlplane.client("alice") as alice:
         model_id, (v1, _) = versions(alice, tmp_path)
+        for t in (target, other):
+            alice.create_policy(unique("p"), target=t, rules=["true"])
     with controlplane.client("bob") as bob, controlplane.client("carol") as carol:
         bob.approve(model_id, v1, target, comment="first")
         bob.approve(model_id, v1, other, comment="elsewhere")

@@ -233,6 +233,7 @@ def test_bad_gate_and_approval_requests(
     model_id = unique()
     with controlplane.client("alice") as alice:
         version = register(alice, trained_model, model_id)
+        alice.create_policy(unique("p"), target="production", rules=["true"])
     with controlplane.client("bob") as c:
         c.with_roles(["risk"])
         with pytest.raises(InvalidArgument) as decision:

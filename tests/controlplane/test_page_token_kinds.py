@@ -93,16 +93,17 @@ def _something_on_every_list(c: Client, bob: Client, trained: TrainedModel) -> t
     approves what ``c`` registered)."""
     model_id = unique()
     c.create_model(model_id)
-    for _ in range(2):
+    targets = [unique("t") for _ in range(2)]
+    for target in targets:
         c.create_model(unique())
-        c.create_policy(unique("p"), target=unique("t"), rules=["true"])
+        c.create_policy(unique("p"), target=target, rules=["true"])
     v1 = int(c.register_version(model_id, trained.onnx, capture_env=False).version)
     v2 = int(c.register_version(model_id, trained.onnx, capture_env=False).version)
     for _ in range(2):
         op = c.evaluate(model_id, v1, trained.holdout, label=trained.label, compare_to="-")
         c.operation_result(op, timeout=120)
-        bob.approve(model_id, v1, "production", comment="ok")
-        c.evaluate_gate(model_id, v1, "production")
+        bob.approve(model_id, v1, targets[0], comment="ok")
+        c.evaluate_gate(model_id, v1, targets[0])
     c.set_alias(model_id, "staging", v1)
     c.set_alias(model_id, "staging", v2)
     dep = unique("d")

@@ -79,7 +79,9 @@ def test_a_model_created_again_under_its_id_inherits_no_approvals(
     """A new version 1 must not meet a promotion policy with the old version 1's approvals."""
     with controlplane_any.client() as c, controlplane_any.client("bob") as bob:
         model_id, _ = register_versions(c, tmp_path, 1, capture_env=False)
-        bob.approve(model_id, 1, "production", comment="the old version 1")
+        target = unique("prod")
+        c.create_policy(unique("p"), target=target, rules=["true"])
+        bob.approve(model_id, 1, target, comment="the old version 1")
         assert len(c.list_approvals(model_id, 1)) == 1
         c.delete_model(model_id, force=True)
         c.create_model(model_id)

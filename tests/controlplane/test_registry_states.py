@@ -39,6 +39,7 @@ def test_an_approved_or_rejected_version_stays_registered_and_filters_as_such(
     onnx = onnx_models.save(onnx_models.mlp(4), tmp_path / "m.onnx")
     for _ in range(3):
         client.register_version(model_id, onnx, capture_env=False)
+    client.create_policy(unique("p"), target="production", rules=["true"])
     with controlplane.client("bob") as bob:  # another person than the author
         bob.approve(model_id, 1, "production")
         bob.approve(model_id, 2, "production", decision="reject")

@@ -252,6 +252,7 @@ def test_an_approval_added_between_pages_repeats_no_row(
     target = unique("prod")
     with controlplane_any.client("alice") as alice:
         model_id, (v1, _) = versions(alice, tmp_path)
+        alice.create_policy(unique("p"), target=target, rules=["true"])
     for who in ("bob", "carol", "dave"):
         with controlplane_any.client(who) as c:
             c.approve(model_id, v1, target, comment=who)

@@ -70,6 +70,7 @@ def test_approve_request_id_reused_for_another_version_or_caller_is_refused(
 ) -> None:
     with controlplane.client("alice") as alice:
         model_id, (v1, v2) = versions(alice, tmp_path)
+        alice.create_policy(unique("p"), target="production", rules=["true"])
     request_id = rid()
     with controlplane.client("bob") as bob:
         first = bob.approve(model_id, v1, "production", request_id=request_id)
@@ -95,6 +96,7 @@ def test_a_replayed_approval_is_marked_current_as_a_listing_marks_it(
     an approval that still stood."""
     with controlplane.client("alice") as alice:
         model_id, (v1, _) = versions(alice, tmp_path)
+        alice.create_policy(unique("p"), target="production", rules=["true"])
     request_id = rid()
     with controlplane.client("bob") as bob:
         first = bob.approve(model_id, v1, "production", request_id=request_id)

@@ -62,6 +62,7 @@ def test_approvals_and_gate_decisions_wait_for_the_models_lock(
     target = unique("prod")
     with plane.client("alice") as alice:
         model_id, (v1, _) = versions(alice, tmp_path)
+        alice.create_policy(unique("p"), target=target, rules=["true"])
     with plane.client("bob") as bob:
         call = getattr(bob, what)
         waited, value = _while_model_locked(pg_url, model_id, lambda: call(model_id, v1, target))
