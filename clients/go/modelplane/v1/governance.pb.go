@@ -35,7 +35,8 @@ type Policy struct {
 	// `policies/{policy}`.
 	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
-	// An alias name such as `production`, or `deployments/{deployment}`.
+	// An alias name such as `production`, `deployments/{deployment}`, or `deployments/*`: every
+	// deployment without a policy of its own.
 	Target string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
 	// CEL expressions, ANDed.
 	Rules []string `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`

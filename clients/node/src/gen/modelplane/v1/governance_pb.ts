@@ -34,7 +34,8 @@ export type Policy = Message<"modelplane.v1.Policy"> & {
   description: string;
 
   /**
-   * An alias name such as `production`, or `deployments/{deployment}`.
+   * An alias name such as `production`, `deployments/{deployment}`, or `deployments/*`: every
+   * deployment without a policy of its own.
    *
    * @generated from field: string target = 3;
    */
