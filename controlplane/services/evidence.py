@@ -8,7 +8,9 @@ signs this evidence and stops counting once it changes.
 A gate decision rests on more: everything the policy's rules can read (:class:`GateInputs`),
 which adds the approvals standing on that evidence, the version's labels and its lineage, and
 the version the target serves now, which ``delta`` is measured against (:class:`Comparison`). A
-decision whose digest differs from :func:`gate_inputs` now no longer lets an alias move.
+decision whose digest differs from :func:`gate_inputs` now no longer lets an alias move. Each
+decision records the :data:`DIGEST_FORMAT` of its digest, so that one made by an earlier
+release, whose digest covered other things, is told apart from one whose evidence changed.
 """
 
 from __future__ import annotations
@@ -298,6 +300,38 @@ def decision_stands(tx: Tx, decision: GateDecision, inputs: GateInputs) -> bool:
     )
 
 
+#: The shape of what :func:`inputs_digest` covers, recorded with each gate decision
+#: (``reference["digest_format"]``) so that a decision made by a release whose digest covered
+#: other things can be told from one whose evidence changed. Format 1 (releases before the
+#: served version was covered) had no ``reference``; format 2 added it. A change to what the
+#: digest covers must raise it.
+DIGEST_FORMAT = 2
+
+
+def decision_reference(comparison: Comparison) -> dict[str, str]:
+    """What a gate decision records as its ``reference``: ``comparison``'s (see
+    :attr:`Comparison.reference`) and the :data:`DIGEST_FORMAT` of its digest."""
+    return comparison.reference | {"digest_format": str(DIGEST_FORMAT)}
+
+
+def decision_format(decision: GateDecision) -> int:
+    """The :data:`DIGEST_FORMAT` of ``decision``'s evidence digest: the one recorded with it;
+    else 2 when it has a ``reference`` (recorded from revision 0012 on, before the format
+    was); else 0, not known: it was recorded before revision 0012, by a release whose digest
+    was of format 1, or of format 2 without the reference a re-set needs."""
+    recorded = str(decision.reference.get("digest_format", ""))
+    if recorded.isdigit():
+        return int(recorded)
+    return 2 if decision.reference else 0
+
+
+def made_by_earlier_release(decision: GateDecision) -> bool:
+    """Whether ``decision``'s evidence digest is of an earlier :data:`DIGEST_FORMAT` (or of
+    one not known) than this release computes: when it differs from the inputs now, that
+    says nothing of whether the evidence changed."""
+    return decision_format(decision) < DIGEST_FORMAT
+
+
 def inputs_digest(
     version: ModelVersion,
     target: str,
@@ -308,7 +342,7 @@ def inputs_digest(
     """The digest :class:`GateInputs` records, of these parts."""
     return object_digest(
         {
-            "v": 2,
+            "v": DIGEST_FORMAT,
             "version": version.name,
             "target": target,
             "evidence": evidence.sha256,

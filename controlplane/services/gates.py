@@ -19,8 +19,10 @@ from controlplane.services.evidence import (
     GateInputs,
     approval_variables,
     check_approval,
+    decision_reference,
     decision_stands,
     gate_inputs,
+    made_by_earlier_release,
     standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
@@ -196,10 +198,7 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         inputs = gate_inputs(tx, got, alias)
         if decision_stands(tx, decision, inputs):
             return
-        problem = (
-            f"the evidence changed since gate decision {decision.name} "
-            f"({_what_changed(decision, inputs)})"
-        )
+        problem, hint = _stale(decision, inputs, hint)
         policy = inputs.policy or policy
     kind = "deployment" if alias.startswith(DEPLOYMENT_TARGET) else "alias"
     through = f" (bound to {policy.target})" if policy.target != alias else ""
@@ -210,13 +209,47 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
     )
 
 
-def _what_changed(decision: GateDecision, inputs: GateInputs) -> str:
+def not_comparable(decision: GateDecision, inputs: GateInputs) -> bool:
+    """Whether ``decision``, which does not stand on ``inputs``, was made by an earlier release
+    whose evidence digest this one cannot compare (it covered other things, or, made before
+    revision 0012, lacks the reference a re-set to the served version needs), and neither of
+    the changes a decision names plainly (a new evaluation, a policy revision) happened: so
+    nothing says the evidence changed, and gating again is all it takes."""
+    return _what_changed(decision, inputs) is None and made_by_earlier_release(decision)
+
+
+def _stale(decision: GateDecision, inputs: GateInputs, hint: str) -> tuple[str, str]:
+    """Why the passed ``decision`` no longer stands on ``inputs``, and what to run (``hint``):
+    a new evaluation or policy revision whoever made it, else an earlier release's decision
+    (:func:`not_comparable`), else what else its digest covers."""
+    if not_comparable(decision, inputs):
+        return (
+            f"gate decision {decision.name} was made by an earlier release, whose evidence "
+            "digest this release does not compare",
+            f"{hint} again (approvals still count)",
+        )
+    changed = _what_changed(decision, inputs) or _what_else_changed(inputs)
+    return (
+        f"the evidence changed since gate decision {decision.name} ({changed})",
+        hint,
+    )
+
+
+def _what_changed(decision: GateDecision, inputs: GateInputs) -> str | None:
+    """The change to the evidence (the evaluation or the policy's revision) that ``decision``
+    records plainly, whichever release made it; None when neither changed."""
     latest = inputs.latest.name if inputs.latest else ""
     if decision.evaluation != latest:
         return f"a new evaluation {latest or '(none)'}"
     revision = inputs.policy.revision if inputs.policy else 0
     if decision.policy_revision != revision:
         return f"{decision.policy or 'the policy'} is at revision {revision} now"
+    return None
+
+
+def _what_else_changed(inputs: GateInputs) -> str:
+    """What else a decision's digest covers, when neither the evaluation nor the policy
+    changed."""
     serving = inputs.comparison.serving
     now = f"delta is against {serving} now" if serving else "delta is empty now"
     return (
@@ -295,7 +328,7 @@ class GateService:
                     evidence_sha256=inputs.sha256,
                     created_by=ctx.principal,
                     create_time=tx.now,
-                    reference=inputs.comparison.reference,
+                    reference=decision_reference(inputs.comparison),
                 )
             )
             tx.record("EvaluateGate", made.name, None, made)

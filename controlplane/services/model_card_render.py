@@ -121,7 +121,7 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             d["target"],
             f"{d['policy'] or 'none'} r{d['policy_revision']}",
             "yes" if d["passed"] else "no",
-            "yes" if d["current"] else "no: stale, the evidence changed since",
+            _currency(d),
             d["evaluation"] or "none",
             d["time"],
             "; ".join(f"{r['expression']} → {r['outcome']}" for r in d["rules"]) or "no policy",
@@ -129,11 +129,19 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         for d in card["gate_decisions"]
     ]
     gate_notes = [] if card["gate_decisions"] else ["None."]
-    if any(not d["current"] for d in card["gate_decisions"]):
+    if any(
+        not d["current"] and not d.get("made_by_earlier_release") for d in card["gate_decisions"]
+    ):
         gate_notes.append(
             "A decision that is not current rests on evidence (evaluation, policy revision, "
             "approvals or labels) that has changed since, and no longer lets its alias move; "
             "run the gate again."
+        )
+    if any(d.get("made_by_earlier_release") for d in card["gate_decisions"]):
+        gate_notes.append(
+            "A decision made by an earlier release rests on an evidence digest this release "
+            "does not compare, and no longer lets its alias move; run the gate again (approvals "
+            "still count)."
         )
     out.append(("Gate decisions", gate_notes, _only(gate_rows)))
     ap_rows = [["target", "decision", "approver", "roles", "current", "signature", "comment"]] + [
@@ -150,6 +158,15 @@ def _sections(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     ]
     out.append(("Approvals", [] if card["approvals"] else ["None."], _only(ap_rows)))
     return out
+
+
+def _currency(decision: dict[str, Any]) -> str:
+    """A gate decision's ``current`` cell: yes, or why not."""
+    if decision["current"]:
+        return "yes"
+    if decision.get("made_by_earlier_release"):
+        return "no: made by an earlier release, run the gate again"
+    return "no: stale, the evidence changed since"
 
 
 def _only(rows: list[list[str]]) -> list[list[str]]:

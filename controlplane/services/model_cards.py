@@ -17,6 +17,7 @@ from controlplane.services.evidence import (
     decision_stands,
     gate_inputs,
 )
+from controlplane.services.gates import not_comparable
 from controlplane.services.governance_names import parse_version_number
 from controlplane.services.model_card_render import render_html, render_markdown
 from controlplane.services.models import require_model
@@ -61,6 +62,9 @@ class ModelCardService:
             targets = set(newest) | {a.target for a in approvals}
             inputs: dict[str, GateInputs] = {t: gate_inputs(tx, version, t) for t in targets}
             current = {t: decision_stands(tx, d, inputs[t]) for t, d in newest.items()}
+            earlier = {
+                t: not current[t] and not_comparable(d, inputs[t]) for t, d in newest.items()
+            }
         standing = {a.id for i in inputs.values() for a in i.approvals}
         evaluation = None
         if latest is not None:
@@ -110,6 +114,7 @@ class ModelCardService:
                     "policy_revision": d.policy_revision,
                     "passed": d.passed,
                     "current": current[d.target],
+                    "made_by_earlier_release": earlier[d.target],
                     "evaluation": d.evaluation,
                     "time": d.create_time,
                     "rules": [
