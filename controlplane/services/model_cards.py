@@ -164,5 +164,9 @@ class ModelCardService:
 
 
 def _signature_status(key: Ed25519PrivateKey, kid: str, approval: Any) -> str:
+    """``valid``, with what :func:`check_approval` notes of a valid signature (``(signed by
+    retired key X)``), or ``INVALID:`` and why."""
     ok, message = check_approval(key, kid, approval)
-    return "valid" if ok else f"INVALID: {message}"
+    if ok:
+        return "valid" + message.removeprefix("signature valid")
+    return f"INVALID: {message}"
