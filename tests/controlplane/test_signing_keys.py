@@ -138,7 +138,7 @@ def test_a_rotated_key_keeps_earlier_approvals_and_checkpoints_valid(
                 checks[approval.name].message == f"signature valid (signed by retired key {old_id})"
             )
             card = json.loads(rita.model_card(model_id, version, format="json").content)
-            assert card["approvals"][0]["signature"] == "valid"
+            assert card["approvals"][0]["signature"] == f"valid (signed by retired key {old_id})"
         with cp.client("sam") as sam:
             assert sam.with_roles(["ml"]).approve(model_id, version, target).key_id == new_id
         verify = ("--output", "json", "audit", "verify", "--checkpoint", str(checkpoint))
