@@ -5,6 +5,9 @@ windows reported before the rollout began; they are summed once and kept with th
 instead of re-read on every judgement. Rollouts written before this revision have an empty
 sum, which the first step that needs it fills from the stored reports.
 
+A database made by revision 0008 as it was first committed already has the column, with this
+very definition: it is left as it is.
+
 Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-03
@@ -22,6 +25,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("rollouts")}
+    if "champion_before" in columns:
+        return
     with op.batch_alter_table("rollouts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("champion_before", sa.JSON(), nullable=False, server_default="{}")
