@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -19,7 +20,7 @@ from controlplane.api.governance_converters import evaluation_result
 from controlplane.api.governance_servicer import GovernanceServicer
 from controlplane.api.operations_servicer import OperationsServicer
 from controlplane.api.registry_servicer import RegistryServicer
-from controlplane.blobstore import Blobs
+from controlplane.blobstore import Blobs, is_object_uri
 from controlplane.objectstore import open_blob_store
 from controlplane.rollouts.drift import ProfileCache
 from controlplane.rollouts.hooks import HookRunner
@@ -36,7 +37,8 @@ from controlplane.services.gates import GateService
 from controlplane.services.model_cards import ModelCardService
 from controlplane.services.policies import PolicyService
 from controlplane.settings import ControlPlaneSettings
-from controlplane.store import Store
+from controlplane.store import Store, migrate
+from modelplane.errors import FailedPrecondition
 from modelplane.server import (
     GrpcServerHandle,
     RequestInterceptor,
@@ -93,17 +95,110 @@ def signing_key_path(settings: ControlPlaneSettings) -> Path:
 def signing_keys(settings: ControlPlaneSettings) -> audit.SigningKeys:
     """The server's keys: the ``signing_key`` file, which must exist (only the default one
     under the artifact root is created when absent), and the retired keys in the
-    ``verification_keys`` folder."""
-    return audit.load_signing_keys(
+    ``verification_keys`` folder.
+
+    A default key generated now, over an artifact root already in use, while the database
+    holds approvals signed by keys the server does not have (the database restored without
+    ``ARTIFACT_ROOT/keys/``), is refused: FAILED_PRECONDITION (SIGNING_KEY_MISMATCH), and the
+    new key is removed, so that the next start checks again instead of signing with it."""
+    keys = audit.load_signing_keys(
         signing_key_path(settings),
         create=not settings.signing_key,
         verification_keys=settings.verification_keys,
+    )
+    if keys.created is not None:
+        try:
+            _check_new_key(settings, keys)
+        except BaseException:
+            keys.discard_created()
+            raise
+    return keys
+
+
+def _check_new_key(settings: ControlPlaneSettings, keys: audit.SigningKeys) -> None:
+    """Refuse a just-generated key when the database's approvals name other keys and the
+    artifact root already held blobs (see :func:`signing_keys`); only log when the root is new
+    as well (a database shared with another artifact root, whose key this is not)."""
+    held = migrate.contents(settings.db_url).approval_keys
+    unknown = {k: n for k, n in held.items() if k != keys.key_id and k not in keys.retired}
+    if not unknown:
+        return
+    ids = ", ".join(audit.shown_key_id(k) for k in unknown)
+    count = sum(unknown.values())
+    if not holds_blobs(settings.artifact_root):
+        log.warning(
+            "a new signing key was generated, and the database holds approvals signed by "
+            "other keys: they fail verification unless their public keys are given with "
+            "--verification-keys",
+            key_id=keys.key_id,
+            approval_key_ids=sorted(unknown),
+            approvals=count,
+        )
+        return
+    path = signing_key_path(settings)
+    raise FailedPrecondition(
+        f"no signing key was at {path}, so a new one ({keys.key_id}) was generated, but the "
+        f"database holds {count} approval{'s' if count != 1 else ''} signed by key {ids}, "
+        "which this server does not have: each would fail verification, and gates needing "
+        f"them would fail. Restore {path} (ARTIFACT_ROOT/keys/signing-key.pem) from the backup "
+        "taken with the database; if that key is lost, start with its public key (as "
+        "`modelplane keys show` printed it) in a folder given as --verification-keys DIR. "
+        "The new key was removed",
+        reason="SIGNING_KEY_MISMATCH",
+        metadata={"key_id": keys.key_id, "approval_key_ids": ",".join(sorted(unknown))},
+    )
+
+
+def holds_blobs(artifact_root: str) -> bool:
+    """Whether the local artifact root holds a stored blob (an object-storage root is not
+    listed: False)."""
+    if is_object_uri(artifact_root):
+        return False
+    blobs = Path(artifact_root).expanduser() / "blobs" / "sha256"
+    try:
+        with os.scandir(blobs) as prefixes:
+            for prefix in prefixes:
+                if not prefix.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(prefix.path) as files:
+                    if any(f.is_file() and not f.name.startswith(".") for f in files):
+                        return True
+    except OSError:  # none there, or unreadable: opening the blob store reports the latter
+        return False
+    return False
+
+
+def check_database(settings: ControlPlaneSettings) -> None:
+    """Refuse, before migrating it, a database holding no registry (no Modelplane tables, or
+    none with a row) while the artifact root holds stored blobs: FAILED_PRECONDITION
+    (DATABASE_EMPTY_ARTIFACTS_PRESENT), unless ``allow_empty_database``. Such a database is
+    almost always a SQLite file copied with cp while the server ran (its data still in the
+    ``-wal`` file), or not the database meant; served, it would be a new, empty registry.
+    UNAVAILABLE (DATABASE_UNAVAILABLE) when it cannot be reached."""
+    if settings.allow_empty_database or not holds_blobs(settings.artifact_root):
+        return
+    if migrate.contents(settings.db_url).holds_data:
+        return
+    raise FailedPrecondition(
+        f"the database {_redacted(settings.db_url)} holds no registry (no Modelplane tables, "
+        f"or none with a row), but the artifact root {settings.artifact_root} holds stored "
+        "blobs: the database is most likely not the one they belong to. A SQLite file copied "
+        "with cp while the server ran holds nothing (its data was in the -wal file beside it; "
+        "back up with `modelplane controlplane backup`), or --db names another database. "
+        "Restore the database (the server stopped, the -wal and -shm files beside it removed) "
+        "or fix --db; to start a new, empty registry over these artifacts on purpose, pass "
+        "--allow-empty-database",
+        reason="DATABASE_EMPTY_ARTIFACTS_PRESENT",
     )
 
 
 def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServerHandle:
     """Open the store (migrating it unless ``migrate`` is False: a ``--workers`` worker, whose
     supervisor migrated it), start serving, and report SERVING once ready.
+
+    Refuses (FAILED_PRECONDITION) a database that holds no registry over an artifact root
+    holding blobs (:func:`check_database`) and a new signing key that cannot verify the
+    database's approvals (:func:`signing_keys`).
 
     Raises :class:`controlplane.auth.AccessConfigError` before opening anything when the
     access-control or TLS settings cannot work (among them: a non-loopback ``listen`` without
@@ -112,6 +207,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     access = auth.build(settings)
     keep_large_buffers()
     hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
+    check_database(settings)
     key = signing_keys(settings)
     log.info(
         "audit signing key",

@@ -117,6 +117,14 @@ class ControlPlaneSettings(BaseSettings):
         "them) of signing keys retired from signing: approvals and checkpoints they signed stay "
         "valid, while only signing_key signs; empty: none",
     )
+    allow_empty_database: bool = Field(
+        False,
+        description="start even when the database holds no registry (no Modelplane tables, or "
+        "none with a row) while the artifact root holds stored blobs: a new, empty registry "
+        "over existing artifacts, on purpose. Without it such a start is refused "
+        "(DATABASE_EMPTY_ARTIFACTS_PRESENT): the database is most likely a SQLite file copied "
+        "with cp while the server ran, or not the one the artifacts belong to",
+    )
     evaluation_workers: int = Field(2, gt=0, description="threads running server-side evaluations")
     evaluation_timeout_seconds: float = Field(
         3600.0,

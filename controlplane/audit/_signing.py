@@ -89,7 +89,12 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
     Creation is atomic (written beside, then linked into place), so replicas starting together
     end up with the one key that won.
     """
-    target = Path(path)
+    return _load_or_create(Path(path))[0]
+
+
+def _load_or_create(target: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """:func:`load_or_create_signing_key`, and whether this call made the key."""
+    created = False
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem = Ed25519PrivateKey.generate().private_bytes(
@@ -105,9 +110,10 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
             os.close(fd)
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, target)
+                created = True
         finally:
             os.unlink(tmp)
-    return load_signing_key(target)
+    return load_signing_key(target), created
 
 
 def load_verification_keys(folder: str | os.PathLike[str]) -> dict[str, Ed25519PublicKey]:
@@ -174,12 +180,33 @@ class SigningKeys(Ed25519PrivateKey):
     """
 
     def __init__(
-        self, active: Ed25519PrivateKey, retired: Mapping[str, Ed25519PublicKey] | None = None
+        self,
+        active: Ed25519PrivateKey,
+        retired: Mapping[str, Ed25519PublicKey] | None = None,
+        *,
+        created: Path | None = None,
     ) -> None:
         self.active = active
         self.key_id = key_id(active)
         #: The retired keys' public keys by key id (the active key is never among them).
         self.retired = {k: v for k, v in (retired or {}).items() if k != self.key_id}
+        #: The file the active key was generated in as these keys were loaded (the default
+        #: place held none); None when it was there already or named explicitly.
+        self.created = created
+
+    def discard_created(self) -> None:
+        """Remove the key file generated as these keys were loaded (see :attr:`created`), and
+        its folder when that is left empty, so that the next start finds no key there again;
+        a file that holds another key by now (another replica's) is left alone."""
+        path = self.created
+        if path is None:
+            return
+        with contextlib.suppress(FailedPrecondition, OSError):
+            if key_id(load_signing_key(path)) == self.key_id:
+                path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+        self.created = None
 
     def public_key(self) -> Ed25519PublicKey:
         return self.active.public_key()
@@ -209,11 +236,14 @@ def load_signing_keys(
     path: str | os.PathLike[str], *, create: bool, verification_keys: str | os.PathLike[str] = ""
 ) -> SigningKeys:
     """The server's keys: the signing key at ``path`` (created when absent only with
-    ``create``, for the default place) and the retired keys in the ``verification_keys``
-    folder (none when empty)."""
-    active = load_or_create_signing_key(path) if create else load_signing_key(path)
+    ``create``, for the default place; :attr:`SigningKeys.created` says whether it was) and
+    the retired keys in the ``verification_keys`` folder (none when empty), read first, so that
+    a folder that cannot be used leaves no new key behind."""
     retired = load_verification_keys(verification_keys) if verification_keys else {}
-    return SigningKeys(active, retired)
+    if not create:
+        return SigningKeys(load_signing_key(path), retired)
+    active, created = _load_or_create(Path(path))
+    return SigningKeys(active, retired, created=Path(path) if created else None)
 
 
 def public_key_for(key: Ed25519PrivateKey, kid: str) -> tuple[Ed25519PublicKey | None, bool]:

@@ -1,9 +1,11 @@
-"""``modelplane controlplane serve``: run the control-plane server."""
+"""``modelplane controlplane serve``: run the control-plane server (``backup`` and ``db`` are in
+:mod:`modelplane.cli.controlplane_db`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from modelplane.cli import controlplane_db
 from modelplane.cli._common import listen_error
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
@@ -13,7 +15,9 @@ from modelplane.units import parse_duration, parse_size
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``controlplane`` commands."""
-    p = sub.add_parser("controlplane", help="run the control-plane server")
+    p = sub.add_parser(
+        "controlplane", help="run the control-plane server, back up and migrate its database"
+    )
     s = p.add_subparsers(dest="controlplane_command", metavar="ACTION", required=True)
     serve = s.add_parser(
         "serve",
@@ -105,7 +109,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="FILE",
         help="require client certificates signed by this PEM CA bundle (mutual TLS)",
     )
+    serve.add_argument(
+        "--allow-empty-database",
+        action="store_true",
+        help="start a new, empty registry although the artifact root holds stored blobs "
+        "(refused otherwise: the database is most likely a copy taken with cp while the server "
+        "ran, or not the one meant)",
+    )
     serve.set_defaults(handler=_serve)
+    controlplane_db.register(s)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -157,6 +169,8 @@ def _serve(args: argparse.Namespace, out: Printer) -> int:
             overrides["max_upload_bytes"] = parse_size(args.max_upload_size)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
+    if args.allow_empty_database:
+        overrides["allow_empty_database"] = True
     for option in ("max_workers", "max_watches", "evaluation_workers"):
         if getattr(args, option) is not None:
             overrides[option] = getattr(args, option)

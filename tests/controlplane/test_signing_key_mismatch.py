@@ -1,0 +1,160 @@
+"""A database restored without ``ARTIFACT_ROOT/keys/``: the server would generate a new signing
+key, and every approval the old key signed would fail verification. It refuses to start
+instead (SIGNING_KEY_MISMATCH), naming both keys, and leaves no new key behind; the old key
+restored, or its public key given with --verification-keys, lets it start."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.audit import key_id, load_signing_key
+from modelplane import Client
+from modelplane.testing.processes import controlplane
+from tests.conftest import private_database
+from tests.controlplane.conftest import TrainedModel, serve_refused
+from tests.controlplane.test_governance_evaluation import register
+from tests.controlplane.test_governance_gates import RISK_RULE
+
+KEY = Path("artifacts") / "keys" / "signing-key.pem"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def own_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cp.db'}"
+        return
+    request.getfixturevalue("pg_url")  # skips without a server
+    with private_database(f"modelplane_keymm_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
+def _approved(tmp: Path, db: str, trained: TrainedModel) -> tuple[str, str]:
+    """A registry on ``db`` whose version 1 of m1 holds a risk approval; the approval's key id
+    and the public key PEM as `modelplane keys show` prints it."""
+    server = controlplane(tmp, db).start()
+    try:
+        with Client(server.address, principal="alice") as c:
+            register(c, trained, "m1")
+            c.create_policy("release", target="production", rules=[RISK_RULE])
+        with Client(server.address, principal="rita") as rita:
+            approval = rita.with_roles(["risk"]).approve("m1", 1, "production")
+            pem = rita.public_key().pem
+    finally:
+        server.stop()
+    return approval.key_id, pem
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_database_restored_without_its_key_is_refused(
+    own_db: str, tmp_path: Path, trained_model: TrainedModel, workers: list[str]
+) -> None:
+    old_id, pem = _approved(tmp_path, own_db, trained_model)
+    kept = tmp_path / "old-signing-key.pem"
+    shutil.move(tmp_path / KEY, kept)  # the database and blobs restored, keys/ not
+    seen = set()
+    for _ in range(2):  # and the next start is refused alike
+        result = serve_refused(tmp_path, "--listen", "127.0.0.1:0", *workers, db=own_db)
+        line = _error_line(result.stderr)
+        assert result.returncode == 2, result.stderr
+        assert "(SIGNING_KEY_MISMATCH)" in line
+        assert f"1 approval signed by key {old_id}" in line
+        assert str(tmp_path / KEY) in line and "--verification-keys" in line
+        assert "The new key was removed" in line
+        new_id = line.split("a new one (", 1)[1].split(")", 1)[0]
+        assert new_id != old_id and new_id not in seen
+        seen.add(new_id)
+        assert not (tmp_path / KEY).exists()
+
+    # Its public key kept as a verification key: the server starts with a new key, and the
+    # approval verifies as signed by a retired key.
+    retired = tmp_path / "retired"
+    retired.mkdir()
+    (retired / "old.pem").write_text(pem)
+    server = controlplane(
+        tmp_path, own_db, name="rotated", extra=("--verification-keys", str(retired))
+    ).start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            assert c.public_key().key_id != old_id
+            checks = {ch.resource: ch for ch in c.verify_version("m1", 1).checks}
+            approvals = [ch for name, ch in checks.items() if "/approvals/" in name]
+            assert [ch.message for ch in approvals] == [
+                f"signature valid (signed by retired key {old_id})"
+            ]
+    finally:
+        server.stop()
+
+    # The key itself restored: it signs again.
+    shutil.copyfile(kept, tmp_path / KEY)
+    server = controlplane(tmp_path, own_db, name="restored").start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            assert c.public_key().key_id == old_id
+            assert c.verify_version("m1", 1).ok
+    finally:
+        server.stop()
+
+
+def test_a_new_artifact_root_over_a_database_with_approvals_starts_with_a_warning(
+    tmp_path: Path, trained_model: TrainedModel
+) -> None:
+    """A root with no blobs yet is a new one, not a restored one (a database shared with
+    another root, as tests on one PostgreSQL database do): the start goes on, and the log says
+    which approvals will not verify."""
+    db = f"sqlite:///{tmp_path / 'cp.db'}"
+    old_id, _ = _approved(tmp_path, db, trained_model)
+    other = tmp_path / "other"
+    other.mkdir()
+    server = controlplane(other, db).start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            new_id = c.public_key().key_id
+    finally:
+        server.stop()
+    assert new_id == key_id(load_signing_key(other / KEY))
+    warned = [
+        e for e in server.json_lines() if e.get("level") == "warning" and "approval_key_ids" in e
+    ]
+    assert [(e["key_id"], e["approval_key_ids"], e["approvals"]) for e in warned] == [
+        (new_id, [old_id], 1)
+    ]
+
+
+def test_an_explicit_key_is_used_as_named(tmp_path: Path, trained_model: TrainedModel) -> None:
+    """A key named with --signing-key is the operator's choice (a rotation): no check."""
+    db = f"sqlite:///{tmp_path / 'cp.db'}"
+    old_id, _ = _approved(tmp_path, db, trained_model)
+    (tmp_path / KEY).unlink()
+    new = tmp_path / "new.pem"
+    new.write_bytes(_fresh_key_pem())
+    server = controlplane(tmp_path, db, name="explicit", extra=("--signing-key", str(new)))
+    server.start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            assert c.public_key().key_id == key_id(load_signing_key(new)) != old_id
+    finally:
+        server.stop()
+    assert new.exists() and not (tmp_path / KEY).exists()
+
+
+def _fresh_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
