@@ -40,13 +40,14 @@ def supervise(settings: ControlPlaneSettings, count: int) -> int:
     from controlplane import auth
     from controlplane.objectstore import open_blob_store
     from controlplane.rollouts.hooks import load_commands
-    from controlplane.server import signing_keys
+    from controlplane.server import check_database, signing_keys
     from controlplane.store import Store
     from modelplane.server.supervisor import reserve_port
     from modelplane.server.supervisor import supervise as run_workers
 
     auth.build(settings)  # refuses unusable access settings before anything starts
     load_commands(settings.hooks_file)  # and a hooks file the workers could not load
+    check_database(settings)  # an empty database over stored blobs, before migrating it
     Store.open(settings.db_url).close()
     signing_keys(settings)
     # And an artifact root the workers could not open (a bucket missing, a store away).

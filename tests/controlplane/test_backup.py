@@ -111,6 +111,12 @@ def test_a_copy_taken_with_cp_while_serving_is_refused_at_start(
     assert "modelplane controlplane backup" in line and "--allow-empty-database" in line
     # Refused before anything was migrated into it.
     assert copy.stat().st_size == size and not Path(f"{copy}-wal").exists()
+    # The supervisor of --workers refuses it alike, before any worker starts.
+    result = serve_refused(folder, "--listen", "127.0.0.1:0", "--workers", "2")
+    assert result.returncode == 2, result.stderr
+    assert "(DATABASE_EMPTY_ARTIFACTS_PRESENT)" in _error_line(result.stderr)
+    assert "Traceback" not in result.stderr
+    assert copy.stat().st_size == size and not Path(f"{copy}-wal").exists()
     # A --db naming another (new) database is refused alike, and not created.
     typo = folder / "typo.db"
     result = serve_refused(folder, "--listen", "127.0.0.1:0", db=f"sqlite:///{typo}")
