@@ -249,7 +249,9 @@ class Store:
                 raise FailedPrecondition(
                     f"migrating the database schema failed: {detail}. The database must be "
                     "empty or Modelplane's own: check that no other application uses it and "
-                    "that its tables were not changed by hand",
+                    "that its tables were not changed by hand; `modelplane controlplane db "
+                    "current` says which revision it records (one whose alembic_version table "
+                    "was lost while its tables are whole can be marked with `db stamp REV`)",
                     reason="MIGRATION_FAILED",
                 ) from exc
         try:

@@ -160,6 +160,9 @@ def test_stamp_repairs_a_lost_alembic_version(
     assert code == 0 and f"db stamp {head()}" in out and "lost or emptied" in out
     refused = serve_refused(tmp_path, "--listen", "127.0.0.1:0", db=own_db)
     assert refused.returncode == 2 and "(MIGRATION_FAILED)" in refused.stderr
+    assert (
+        "modelplane controlplane db current" in refused.stderr and "db stamp REV" in refused.stderr
+    )
     code, out, _ = _db(capsys, own_db, "stamp", "head")
     assert code == 0 and f"recorded revision {head()} as the schema's (it was none)" in out
     server = controlplane(tmp_path, own_db, name="stamped").start()

@@ -8,7 +8,10 @@ from controlplane.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through controlplane.store.migrate.upgrade")
+    raise RuntimeError(
+        "run migrations with `modelplane controlplane db upgrade|downgrade|stamp` "
+        "(controlplane.store.migrate), not the alembic command"
+    )
 
 context.configure(
     connection=connection,
