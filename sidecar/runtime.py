@@ -3,6 +3,7 @@
 ``--device cuda`` insists on the CUDA execution provider (and runs it with I/O binding);
 ``--device auto`` takes CUDA only when a GPU is present and warm-up measures the model faster
 there; ``cpu`` never touches CUDA. The provider a session actually got is what gets reported.
+A model that warm-up cannot run on its sample input is served unmeasured (see :func:`warm_up`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from modelplane.server.cpus import available_cores
 from sidecar import cuda
 from sidecar.batch_check import stacking_changes_answers
 from sidecar.cuda import CUDA
-from sidecar.signature import Signature, TensorSpec, require_ranks, signature_of
+from sidecar.signature import Signature, TensorSpec, signature_of, with_declared_ranks
 
 if TYPE_CHECKING:
     from sidecar.settings import SidecarSettings
@@ -73,6 +74,10 @@ class Runtime:
     buckets: tuple[int, ...] = ()
     #: The fastest one-row call warm-up measured, in seconds.
     single_call_s: float = float("inf")
+    #: Why warm-up could not run the model on its sample input (None: it ran). Nothing was
+    #: then measured: the device is the one asked for (``auto``: the CPU) and batching stays
+    #: off unless ``--max-batch-size`` turns it on.
+    unmeasured: str | None = None
     #: The session that runs each batch size of ``buckets`` (GPU); other sizes run ``session``.
     sessions_by_rows: dict[int, Any] = field(default_factory=dict, repr=False)
     _direct: Any = field(default=None, repr=False)
@@ -281,9 +286,27 @@ def _sample(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
     return np.zeros(shape, dtype=spec.dtype)
 
 
+#: Failures of a warm-up call that are not the sample input's fault (the machine's: memory,
+#: the GPU), found in ONNX Runtime's message: they stay fatal (``WARMUP_FAILED``).
+_RESOURCE_FAILURES = (
+    "failed to allocate",
+    "out of memory",
+    "cuda failure",
+    "cuda error",
+    "cudnn failure",
+    "cublas failure",
+)
+
+
 def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
     """Run the session ``runs`` times at one row and at ``batch_rows``; returns the fastest
-    call at the largest size (what ``auto`` compares across providers)."""
+    call at the largest size (what ``auto`` compares across providers).
+
+    The sample input is zeros with 1 for each dim that varies, which some models refuse (a
+    Reshape to a shape given as an input). Such a model is served all the same, unmeasured
+    (``runtime.unmeasured`` says why; infinity returned): requests it cannot run are answered
+    MODEL_EXECUTION_FAILED one by one. A failure that is not the input's fault (memory, the
+    GPU: :data:`_RESOURCE_FAILURES`) is FAILED_PRECONDITION, reason ``WARMUP_FAILED``."""
     sig = runtime.signature
     names = sig.output_names
     best = float("inf")
@@ -297,16 +320,38 @@ def warm_up(runtime: Runtime, runs: int, batch_rows: int) -> float:
             try:
                 runtime.run(names, feeds)
             except Exception as exc:
-                raise FailedPrecondition(
-                    f"warm-up of {runtime.path} on {runtime.provider} failed: {exc}",
-                    reason="WARMUP_FAILED",
-                ) from exc
+                return _unmeasured(runtime, exc)
             took = time.perf_counter() - start
             if rows == 1:
                 runtime.single_call_s = min(runtime.single_call_s, took)
             if rows == sizes[-1]:
                 best = min(best, took)
     return best
+
+
+def _unmeasured(runtime: Runtime, exc: Exception) -> float:
+    """Serve ``runtime`` unmeasured after warm-up failed with ``exc`` (see :func:`warm_up`)."""
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError) or any(f in text.lower() for f in _RESOURCE_FAILURES):
+        raise FailedPrecondition(
+            f"warm-up of {runtime.path} on {runtime.provider} failed: {exc}",
+            reason="WARMUP_FAILED",
+        ) from exc
+    runtime.unmeasured = text.splitlines()[0][:300] if text else type(exc).__name__
+    # Padding batches to the sizes warm-up prepares would only add rows: batches run as sent.
+    runtime.buckets = ()
+    runtime.sessions_by_rows = {}
+    runtime._bindings.clear()
+    log.warning(
+        "warm-up could not run the model on its sample input (zeros, 1 for each dim that "
+        "varies); serving it without the measurements warm-up makes",
+        model=str(runtime.path),
+        provider=runtime.provider,
+        error=runtime.unmeasured,
+        hint="--device auto serves on the CPU and batching stays off unless --max-batch-size "
+        "is given; requests the model cannot run are answered MODEL_EXECUTION_FAILED",
+    )
+    return float("inf")
 
 
 def load_for(settings: SidecarSettings, path: Path) -> Runtime:
@@ -332,9 +377,12 @@ BATCHING_MIN_CALL_S = 250e-6
 def serving_batch_rows(settings: SidecarSettings, runtime: Runtime) -> int:
     """The batch size to serve ``runtime`` with: ``--max-batch-size`` when given; unset, the
     default size on a GPU or when warm-up measured a one-row call of at least
-    :data:`BATCHING_MIN_CALL_S`, else 1 (no batching)."""
+    :data:`BATCHING_MIN_CALL_S`, else 1 (no batching, as when warm-up measured nothing)."""
     if settings.max_batch_size is not None:
         return settings.max_batch_size
+    if runtime.unmeasured is not None:
+        log.info("batching off: warm-up could not measure the model", max_batch_size=1)
+        return 1
     rows = settings.warmup_batch_rows
     if not runtime.on_gpu and runtime.single_call_s < BATCHING_MIN_CALL_S:
         rows = 1
@@ -379,7 +427,8 @@ def load(
             )
         return runtime
     cpu, cpu_time = _open_cpu(path, threads, warmup_runs, batch_rows)
-    if not cuda.gpu_present():
+    if cpu.unmeasured is not None or not cuda.gpu_present():
+        # Warm-up could not run the model: nothing to compare, so the CPU.
         return cpu
     cuda.preload()
     try:
@@ -408,6 +457,9 @@ def _open_cpu(
     if threads[0] != 0:
         return _open(path, [CPU], threads, warmup_runs, batch_rows)
     single, single_time = _open(path, [CPU], (1, threads[1]), warmup_runs, batch_rows)
+    if single.unmeasured is not None:
+        log.info("intra-op threads: 1, as warm-up could not measure the model")
+        return single, single_time
     pool = _multi_thread_count()
     if pool == 1:
         log.info("intra-op threads: 1, the one core this process may use")
@@ -440,8 +492,7 @@ def _open(
     batch_rows: int,
 ) -> tuple[Runtime, float]:
     session = _session(path, providers, *threads)
-    signature = signature_of(session)
-    require_ranks(signature, path)
+    signature = with_declared_ranks(signature_of(session), path)
     runtime = Runtime(session, signature, session.get_providers()[0], path)
     if runtime.signature.batchable and batch_rows > 1:
         refused = stacking_changes_answers(runtime.signature, runtime.run)

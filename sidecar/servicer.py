@@ -28,6 +28,7 @@ from modelplane.errors import (
     ModelplaneError,
     ResourceExhausted,
     Unavailable,
+    Unimplemented,
     abort,
     to_grpc_status,
 )
@@ -157,10 +158,73 @@ class _Methods(grpc.GenericRpcHandler):
         return handler
 
 
+#: The methods of ``inference.GRPCInferenceService`` this sidecar serves.
+OFFERED = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+)
+
+#: What to use instead of the Triton methods of the service that the sidecar does not offer.
+INSTEAD = {
+    "ModelStreamInfer": "send each request as a ModelInfer call (calls may run concurrently)",
+    "ModelConfig": "use ModelMetadata for the model's inputs and outputs",
+    "ModelStatistics": "read the sidecar's Prometheus metrics (--metrics-listen)",
+    "RepositoryIndex": "a sidecar serves one model: ModelMetadata names it and its versions",
+    "RepositoryModelLoad": "a sidecar serves the model it was started with (--model), or the "
+    "versions its deployment names (--control-plane)",
+    "RepositoryModelUnload": "a sidecar serves the model it was started with (--model), or the "
+    "versions its deployment names (--control-plane)",
+    "TraceSetting": "send a W3C traceparent header with each ModelInfer call",
+    "LogSettings": "set --log-level when starting the sidecar",
+}
+_NO_SHARED_MEMORY = "send the tensors in the ModelInfer request (raw_input_contents)"
+
+
+def not_offered(method: str) -> Unimplemented:
+    """The refusal of ``method`` (a full path such as ``/inference.GRPCInferenceService/X``),
+    a method of the service that the sidecar does not offer: what to use instead."""
+    name = method.rpartition("/")[2]
+    hint = INSTEAD.get(name) or (_NO_SHARED_MEMORY if "SharedMemory" in name else "")
+    return Unimplemented(
+        f"{name} is not offered by the modelplane sidecar, which serves the Open Inference "
+        f"Protocol's {', '.join(OFFERED)}{': ' + hint if hint else ''}",
+        reason="METHOD_NOT_OFFERED",
+        metadata={"method": name},
+    )
+
+
+class _NotOffered(grpc.GenericRpcHandler):
+    """Every other method of the service, answered UNIMPLEMENTED (reason ``METHOD_NOT_OFFERED``)
+    with what to use instead, rather than gRPC's bare "Method not found!".
+
+    Registered after the handler of the offered methods, so gRPC asks it only about calls that
+    handler did not take: ModelInfer is dispatched as before."""
+
+    _PREFIX = f"/{SERVICE_NAME}/"
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if not method.startswith(self._PREFIX):
+            return None
+        refusal = to_grpc_status(not_offered(method))
+
+        # Streaming both ways, so that a call of any kind is refused without reading a message.
+        def refuse(requests: Any, context: grpc.ServicerContext) -> NoReturn:
+            context.abort_with_status(refusal)
+            raise AssertionError("abort_with_status returned")
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
 def add_to_server(
     servicer: InferenceServicer, server: grpc.Server, admission: Admission | None = None
 ) -> None:
-    """Register ``servicer``'s six RPCs on ``server``; others answer UNIMPLEMENTED.
+    """Register ``servicer``'s six RPCs on ``server``; the service's other methods answer
+    UNIMPLEMENTED (reason ``METHOD_NOT_OFFERED``) saying what to use instead.
 
     With ``admission``, ModelInfer calls run on its threads rather than the server's, so that
     health checks and metadata never wait behind them, and a call it does not admit is
@@ -179,18 +243,11 @@ def add_to_server(
                 None if name == "ModelInfer" else getattr(pb, f"{name}Response").SerializeToString
             ),
         )
-        for name in (
-            "ServerLive",
-            "ServerReady",
-            "ModelReady",
-            "ServerMetadata",
-            "ModelMetadata",
-            "ModelInfer",
-        )
+        for name in OFFERED
     }
     if admission is None:
         generic = grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
-        server.add_generic_rpc_handlers((generic,))
+        server.add_generic_rpc_handlers((generic, _NotOffered()))
         return
 
     # Streaming on the server's side, so that a shed call is answered without reading its
@@ -202,7 +259,7 @@ def add_to_server(
     admission.route(handlers["ModelInfer"].unary_unary, shed=False)
     admission.route(shed.stream_unary, shed=True)
     by_path = {f"/{SERVICE_NAME}/{name}": handler for name, handler in handlers.items()}
-    server.add_generic_rpc_handlers((_Methods(by_path, admission.admit, shed),))
+    server.add_generic_rpc_handlers((_Methods(by_path, admission.admit, shed), _NotOffered()))
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -238,13 +295,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.ready and self.slot.current is not None)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Whether the model (the version, when named) is ready. A model or version not served
+        here is not ready, as Triton answers (ModelMetadata and ModelInfer answer NOT_FOUND):
+        tritonclient's ``is_model_ready`` then returns False, and a client polling for a
+        version yet to come keeps polling."""
         model = self.slot.current
-        if model is None:
+        if (
+            model is None
+            or request.name != model.name
+            or (request.version and request.version != model.version)
+        ):
             return pb.ModelReadyResponse(ready=False)
-        try:
-            model.check_target(request.name, request.version)
-        except ModelplaneError as err:
-            self._abort(context, err)
         return pb.ModelReadyResponse(ready=self.ready)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -264,8 +325,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=[model.version],
             platform=PLATFORM,
-            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs],
-            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.advertised) for t in sig.inputs],
+            outputs=[
+                meta(name=t.name, datatype=t.datatype, shape=t.advertised) for t in sig.outputs
+            ],
         )
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> bytes:

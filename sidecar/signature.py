@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from modelplane.errors import FailedPrecondition
+
+log = structlog.get_logger("modelplane.sidecar.signature")
 
 #: ONNX Runtime element type -> (OIP datatype, numpy dtype).
 ORT_TYPES: dict[str, tuple[str, np.dtype[Any]]] = {
@@ -48,6 +51,9 @@ class TensorSpec:
     #: The model's name for each dim that varies (ONNX ``dim_param``), None for a fixed or an
     #: unnamed one; empty when not known.
     symbols: tuple[str | None, ...] = field(default=(), compare=False, repr=False)
+    #: False for an output whose rank the model does not declare (ONNX Runtime shows it like
+    #: a scalar, ``shape`` then being empty): its answers have whatever shape they get.
+    ranked: bool = True
     #: Number of dimensions.
     rank: int = field(init=False, repr=False, compare=False)
     #: Whether the first dimension varies (so rows of requests can be stacked).
@@ -70,8 +76,16 @@ class TensorSpec:
         object.__setattr__(self, "rank", len(self.shape))
         object.__setattr__(self, "batch_dynamic", dynamic)
         object.__setattr__(self, "per_row", dynamic)
-        object.__setattr__(self, "tail", tail if all(d >= 0 for d in tail) else None)
+        fixed = self.ranked and all(d >= 0 for d in tail)
+        object.__setattr__(self, "tail", tail if fixed else None)
         object.__setattr__(self, "tail_size", size)
+
+    @property
+    def advertised(self) -> tuple[int, ...]:
+        """The shape ModelMetadata gives: ``shape``, or ``[-1]`` when the rank is unknown. The
+        Open Inference Protocol has no word for an unknown rank (only -1 for a dim of variable
+        size), so this does what Triton does rather than call the tensor a scalar."""
+        return self.shape if self.ranked else (-1,)
 
     def symbol(self, dim: int) -> str | None:
         """The model's name for dim ``dim`` (None: fixed, unnamed or not known)."""
@@ -79,6 +93,8 @@ class TensorSpec:
 
     def described(self) -> str:
         """The shape as the model declares it: sizes, names, and ? for unnamed dims."""
+        if not self.ranked:
+            return "[rank unknown]"
         dims = [
             str(d) if d >= 0 else repr(self.symbol(i)) if self.symbol(i) else "?"
             for i, d in enumerate(self.shape)
@@ -232,24 +248,23 @@ def _spec(arg: Any, kind: str) -> TensorSpec | None:
     return TensorSpec(arg.name, types[0], _dims(arg.shape), types[1], _symbols(arg.shape))
 
 
-def require_ranks(signature: Signature, path: Path | None) -> None:
-    """FAILED_PRECONDITION (UNSUPPORTED_MODEL) when an input the session shows as a scalar
-    has no declared shape at all in the ONNX file: ONNX Runtime shows both alike (``[]``),
-    and serving such an input as a scalar would refuse every tensor the model takes. Only
-    files with a rank-0 input are read."""
-    scalars = {t.name for t in signature.inputs if t.rank == 0}
+def with_declared_ranks(signature: Signature, path: Path | None) -> Signature:
+    """``signature`` with the ranks the ONNX file declares where ONNX Runtime shows a tensor
+    as a scalar: it shows one that declares no shape at all (not even its rank) alike
+    (``[]``). Only files with such a tensor are read.
+
+    An input without a declared shape is refused (FAILED_PRECONDITION, UNSUPPORTED_MODEL):
+    serving it as a scalar would refuse every tensor the model takes. An output without one
+    gets the shape ONNX shape inference finds for it, else is marked of unknown rank
+    (``ranked`` False) rather than passing for a scalar."""
+    scalars = {t.name for t in (*signature.inputs, *signature.outputs) if t.rank == 0}
     if not scalars or path is None:
-        return
+        return signature
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    unknown = [
-        i.name
-        for i in graph.input
-        if i.name in scalars
-        and i.type.HasField("tensor_type")
-        and not i.type.tensor_type.HasField("shape")
-    ]
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    unknown = [i.name for i in graph.input if i.name in scalars and _unshaped(i)]
     if unknown:
         raise FailedPrecondition(
             f"model input {unknown[0]!r} declares no shape (not even its rank), so requests "
@@ -257,6 +272,46 @@ def require_ranks(signature: Signature, path: Path | None) -> None:
             "[None, F] for F features per row)",
             reason="UNSUPPORTED_MODEL",
         )
+    unranked = {o.name for o in graph.output if o.name in scalars and _unshaped(o)}
+    if not unranked:
+        return signature
+    inferred = _inferred_shapes(model, unranked)
+    outputs = []
+    for t in signature.outputs:
+        if t.name not in unranked:
+            outputs.append(t)
+        elif t.name in inferred:
+            dims = inferred[t.name]
+            outputs.append(replace(t, shape=_dims(dims), symbols=_symbols(dims)))
+        else:
+            outputs.append(replace(t, ranked=False))
+    return Signature(signature.inputs, tuple(outputs))
+
+
+def _unshaped(value: Any) -> bool:
+    """Whether an ONNX graph input or output is a tensor that declares no shape."""
+    return bool(value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"))
+
+
+def _inferred_shapes(model: Any, names: set[str]) -> dict[str, list[Any]]:
+    """The shapes ONNX shape inference finds for the graph outputs ``names`` (dim sizes,
+    dim names, None for unknown dims), for those it finds a rank for."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception as exc:
+        log.info("shape inference failed; outputs without a declared rank stay so", error=str(exc))
+        return {}
+    known = {v.name: v for v in (*graph.value_info, *graph.output) if v.name in names}
+    shapes = {}
+    for name, value in known.items():
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            shapes[name] = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                for d in value.type.tensor_type.shape.dim
+            ]
+    return shapes
 
 
 def signature_of(session: Any) -> Signature:

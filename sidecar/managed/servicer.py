@@ -86,13 +86,16 @@ class ManagedServicer(InferenceServicer):
         return pb.ServerReadyResponse(ready=self.ready and self.manager.table is not None)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Whether the deployment (the version, when named) is ready; a model or version not
+        loaded here is not ready (ModelMetadata and ModelInfer answer NOT_FOUND), as in
+        the standalone sidecar."""
         table = self.manager.table
-        if table is None:
+        if (
+            table is None
+            or request.name != table.name
+            or (request.version and request.version not in table.by_label)
+        ):
             return pb.ModelReadyResponse(ready=False)
-        try:
-            self._version(table, request.name, request.version)
-        except ModelplaneError as err:
-            self._abort(context, err)
         return pb.ModelReadyResponse(ready=self.ready)
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -115,8 +118,10 @@ class ManagedServicer(InferenceServicer):
             name=table.name,
             versions=labels,
             platform=PLATFORM,
-            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.inputs],
-            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in sig.outputs],
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.advertised) for t in sig.inputs],
+            outputs=[
+                meta(name=t.name, datatype=t.datatype, shape=t.advertised) for t in sig.outputs
+            ],
         )
 
     def Malformed(self, err: ModelplaneError, context: grpc.ServicerContext) -> NoReturn:
