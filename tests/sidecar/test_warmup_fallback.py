@@ -6,7 +6,6 @@ fails for want of memory still stops the sidecar (exit 1, WARMUP_FAILED)."""
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from sidecar_helpers import (
 
 from modelplane.errors import error_info
 from modelplane.oip import grpc_service_pb2 as pb
+from modelplane.testing.launch import prefix
 
 #: One warm-up call per size, enough to fail or pass.
 ONE_RUN = {"MODELPLANE_SIDECAR_WARMUP_RUNS": "1"}
@@ -153,18 +153,15 @@ def test_an_unmeasured_model_batches_only_when_told(tmp_path: Path, sidecar_fact
         assert health_status(handle.port) == "SERVING"
 
 
-def _address_space_limit() -> None:
-    # A safety net where the kernel would grant the 4 TiB (vm.overcommit_memory=1).
-    resource.setrlimit(resource.RLIMIT_AS, (32 << 30, 32 << 30))
-
-
 def test_a_warm_up_short_of_memory_still_stops_the_sidecar(tmp_path: Path) -> None:
     path = huge_model(tmp_path / "huge.onnx")
     result = subprocess.run(
-        [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(path),
+        # The address-space limit is a safety net where the kernel would grant the 4 TiB
+        # (vm.overcommit_memory=1).
+        [*prefix(address_space_limit=32 << 30),
+         PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(path),
          "--listen", "127.0.0.1:0", "--device", "cpu"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **ONE_RUN},
-        preexec_fn=_address_space_limit,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
     assert "(WARMUP_FAILED)" in result.stderr and "Failed to allocate memory" in result.stderr

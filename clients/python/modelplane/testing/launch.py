@@ -1,5 +1,5 @@
-"""Start a command with process settings applied first: a file size limit, a CPU affinity
-mask, a cgroup to join, SIGINT's default action.
+"""Start a command with process settings applied first: a file size limit, an address-space
+limit, a CPU affinity mask, a cgroup to join, SIGINT's default action.
 
 A test process that has used gRPC must not start children with ``subprocess.Popen(...,
 preexec_fn=...)``: a ``preexec_fn`` makes Python ``fork()`` the whole process, gRPC's fork
@@ -9,7 +9,8 @@ descriptor before ``exec``, and now and then the child aborts before it runs the
 starts children with ``vfork``, which runs no fork handlers. So the settings are applied by
 a fresh interpreter that then replaces itself with the command::
 
-    python -m modelplane.testing.launch [--file-size-limit BYTES] [--cpus 0,2]
+    python -m modelplane.testing.launch [--file-size-limit BYTES] [--address-space-limit BYTES]
+        [--cpus 0,2]
         [--cgroup-procs FILE] [--default-sigint] -- COMMAND [ARG...]
 
 :func:`prefix` builds the part before ``COMMAND``.
@@ -29,6 +30,7 @@ from pathlib import Path
 def prefix(
     *,
     file_size_limit: int | None = None,
+    address_space_limit: int | None = None,
     cpus: Iterable[int] | None = None,
     cgroup_procs: Path | None = None,
     default_sigint: bool = False,
@@ -37,6 +39,8 @@ def prefix(
     argv = [sys.executable, "-m", __name__]
     if file_size_limit is not None:
         argv += ["--file-size-limit", str(file_size_limit)]
+    if address_space_limit is not None:
+        argv += ["--address-space-limit", str(address_space_limit)]
     if cpus is not None:
         argv += ["--cpus", ",".join(str(c) for c in sorted(cpus))]
     if cgroup_procs is not None:
@@ -52,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--file-size-limit",
         type=int,
         help="RLIMIT_FSIZE in bytes; SIGXFSZ is ignored, so writes past it fail with EFBIG",
+    )
+    parser.add_argument(
+        "--address-space-limit",
+        type=int,
+        help="RLIMIT_AS in bytes: allocations past it fail (a model asking for more memory than "
+        "the machine would refuse, on a kernel that overcommits)",
     )
     parser.add_argument("--cpus", help="CPU affinity mask as a comma-separated list")
     parser.add_argument("--cgroup-procs", type=Path, help="a cgroup's cgroup.procs file to join")
@@ -74,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.file_size_limit is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
+    if args.address_space_limit is not None:
+        limit = args.address_space_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if args.default_sigint:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
