@@ -32,12 +32,14 @@ from controlplane.store.deployment_tables import DeploymentRow
 from controlplane.store.pagination import decode, encode, page_size
 from controlplane.store.repos import stale_etag
 from modelplane.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
 )
 from modelplane.server.context import RequestContext, current_context
 
@@ -87,6 +89,15 @@ def require_deployment(tx: Tx, deployment_id: str) -> Deployment:
             reason="DEPLOYMENT_NOT_FOUND",
         )
     return got
+
+
+def _shutting_down(deployment_id: str) -> Unavailable:
+    """How a watch ends when its server stops: retryable, unlike a clean end."""
+    return Unavailable(
+        f"the control plane is shutting down; watch deployments/{deployment_id} again (another "
+        "replica, or this one once restarted, answers)",
+        reason="SERVER_SHUTTING_DOWN",
+    )
 
 
 def _exists(deployment_id: str) -> AlreadyExists:
@@ -385,8 +396,11 @@ class DeploymentService:
     ) -> Iterator[WatchedState]:
         """The current state at once, then on every generation change (a deployment deleted
         and created again in between included, whatever its generation), and again every
-        heartbeat. Ends when the deployment is deleted, the caller leaves or the server
-        stops."""
+        heartbeat. Ends only with an error, never cleanly, so that no watcher takes the end
+        for "nothing more will come" while the deployment still serves: UNAVAILABLE
+        (SERVER_SHUTTING_DOWN) when the server stops, NOT_FOUND (DEPLOYMENT_NOT_FOUND) when
+        the deployment is deleted, ABORTED (DEPLOYMENT_RECREATED) when it was deleted and
+        created again for another model; when the caller leaves it just stops."""
         deployment_id = parse_deployment(name)
         if not self._watch_slots.acquire(blocking=False):
             raise ResourceExhausted(
@@ -401,11 +415,13 @@ class DeploymentService:
             current = self.state(name)
             yield current
             last_sent = time.monotonic()
-            while is_active() and not self.hub.closed:
+            while is_active():
+                if self.hub.closed:
+                    raise _shutting_down(deployment_id)
                 wait = min(0.25, max(0.0, last_sent + self.heartbeat - time.monotonic()))
                 changed = self.hub.wait(deployment_id, token, wait)
                 if self.hub.closed:
-                    return
+                    raise _shutting_down(deployment_id)
                 due = time.monotonic() >= last_sent + self.heartbeat
                 if not changed and not due:
                     continue
@@ -413,11 +429,20 @@ class DeploymentService:
                 try:
                     fresh = self.state(name)
                 except NotFound:
-                    return
+                    raise NotFound(
+                        f"deployment deployments/{deployment_id} was deleted: nothing more "
+                        "comes on this watch. Create it again and watch again to follow it",
+                        reason="DEPLOYMENT_NOT_FOUND",
+                    ) from None
                 if fresh.model_id != current.model_id:
                     # Deleted and created again for another model: the caller was authorized
-                    # for the model the stream opened on, so it must watch again.
-                    return
+                    # for the model the stream opened on, so it must watch again. The new
+                    # model is not named: the caller may not be allowed to see it.
+                    raise Aborted(
+                        f"deployment deployments/{deployment_id} was deleted and created again "
+                        "for another model: watch it again (access is checked again)",
+                        reason="DEPLOYMENT_RECREATED",
+                    )
                 if (
                     fresh.generation != current.generation
                     or fresh.create_time != current.create_time

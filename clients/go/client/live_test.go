@@ -3,9 +3,11 @@ package client
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -154,5 +156,55 @@ func TestLiveAnswersOverFourMiBAreReceived(t *testing.T) {
 	}
 	if n := len(got.GetLineage().GetParameters()); n != len(parameters) {
 		t.Errorf("GetModelVersion answered %d parameters, want %d", n, len(parameters))
+	}
+}
+
+// A watched deployment that is deleted ends the stream NotFound (DEPLOYMENT_NOT_FOUND), never
+// with io.EOF, which a Go watcher would take for "nothing more will come" also when the
+// server merely restarts.
+func TestLiveAWatchEndsNotFoundWhenItsDeploymentIsDeleted(t *testing.T) {
+	c, onnx := live(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	model := uniqueModel("go-watch")
+	if _, err := c.CreateModel(ctx, model, ""); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.RegisterVersion(ctx, model, onnx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployment := uniqueModel("w")
+	_, err = c.Deployments.CreateDeployment(ctx, &modelplanev1.CreateDeploymentRequest{
+		DeploymentId: deployment,
+		Deployment:   &modelplanev1.Deployment{Model: ModelName(model), ChampionVersion: v.GetVersion()},
+		RequestId:    RequestID(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "deployments/" + deployment
+	stream, err := c.Deployments.WatchDeployment(ctx, &modelplanev1.WatchDeploymentRequest{Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil || first.GetGeneration() != 1 {
+		t.Fatalf("first state: %v, %v; want generation 1", first, err)
+	}
+	_, err = c.Deployments.DeleteDeployment(ctx, &modelplanev1.DeleteDeploymentRequest{
+		Name: name, RequestId: RequestID(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = stream.Recv() // heartbeats may come first
+	}
+	if err == io.EOF {
+		t.Fatal("the watch ended with io.EOF, want NotFound DEPLOYMENT_NOT_FOUND")
+	}
+	if status.Code(err) != codes.NotFound || Reason(err) != "DEPLOYMENT_NOT_FOUND" {
+		t.Errorf("watch ended with %v (reason %q), want NotFound DEPLOYMENT_NOT_FOUND", err, Reason(err))
 	}
 }

@@ -48,7 +48,14 @@ type DeploymentServiceClient interface {
 	// Lists a deployment's rollout transitions with their evidence, newest first.
 	ListRolloutEvents(ctx context.Context, in *ListRolloutEventsRequest, opts ...grpc.CallOption) (*ListRolloutEventsResponse, error)
 	// Streams the desired state of a deployment: once at once, then on every change, and a
-	// repeat of the current state every heartbeat interval.
+	// repeat of the current state every heartbeat interval. The server never ends the stream
+	// with OK (in Go, io.EOF); it ends it with an error whose ErrorInfo reason says why:
+	// UNAVAILABLE (SERVER_SHUTTING_DOWN) when the server stops: watch again, with backoff;
+	// NOT_FOUND (DEPLOYMENT_NOT_FOUND) when the deployment is deleted: stop, or watch again to
+	// wait for it to be created again; ABORTED (DEPLOYMENT_RECREATED) when it was deleted and
+	// created again for another model: watch again (access is checked anew). A connection
+	// lost ends it UNAVAILABLE as well; a silence past three heartbeat intervals means a dead
+	// connection: cancel and watch again.
 	WatchDeployment(ctx context.Context, in *WatchDeploymentRequest, opts ...grpc.CallOption) (DeploymentService_WatchDeploymentClient, error)
 	// Takes one sidecar replica's summary of one window; guards are evaluated on it.
 	ReportWindow(ctx context.Context, in *ReportWindowRequest, opts ...grpc.CallOption) (*ReportWindowResponse, error)
@@ -243,7 +250,14 @@ type DeploymentServiceServer interface {
 	// Lists a deployment's rollout transitions with their evidence, newest first.
 	ListRolloutEvents(context.Context, *ListRolloutEventsRequest) (*ListRolloutEventsResponse, error)
 	// Streams the desired state of a deployment: once at once, then on every change, and a
-	// repeat of the current state every heartbeat interval.
+	// repeat of the current state every heartbeat interval. The server never ends the stream
+	// with OK (in Go, io.EOF); it ends it with an error whose ErrorInfo reason says why:
+	// UNAVAILABLE (SERVER_SHUTTING_DOWN) when the server stops: watch again, with backoff;
+	// NOT_FOUND (DEPLOYMENT_NOT_FOUND) when the deployment is deleted: stop, or watch again to
+	// wait for it to be created again; ABORTED (DEPLOYMENT_RECREATED) when it was deleted and
+	// created again for another model: watch again (access is checked anew). A connection
+	// lost ends it UNAVAILABLE as well; a silence past three heartbeat intervals means a dead
+	// connection: cancel and watch again.
 	WatchDeployment(*WatchDeploymentRequest, DeploymentService_WatchDeploymentServer) error
 	// Takes one sidecar replica's summary of one window; guards are evaluated on it.
 	ReportWindow(context.Context, *ReportWindowRequest) (*ReportWindowResponse, error)

@@ -1923,7 +1923,14 @@ export const DeploymentService: GenService<{
   },
   /**
    * Streams the desired state of a deployment: once at once, then on every change, and a
-   * repeat of the current state every heartbeat interval.
+   * repeat of the current state every heartbeat interval. The server never ends the stream
+   * with OK (in Go, io.EOF); it ends it with an error whose ErrorInfo reason says why:
+   * UNAVAILABLE (SERVER_SHUTTING_DOWN) when the server stops: watch again, with backoff;
+   * NOT_FOUND (DEPLOYMENT_NOT_FOUND) when the deployment is deleted: stop, or watch again to
+   * wait for it to be created again; ABORTED (DEPLOYMENT_RECREATED) when it was deleted and
+   * created again for another model: watch again (access is checked anew). A connection
+   * lost ends it UNAVAILABLE as well; a silence past three heartbeat intervals means a dead
+   * connection: cancel and watch again.
    *
    * @generated from rpc modelplane.v1.DeploymentService.WatchDeployment
    */
