@@ -36,10 +36,10 @@ const DefaultTimeout = 60 * time.Second
 // with their context only.
 const NoTimeout time.Duration = -1
 
-// MaxMessageBytes bounds the messages a Client sends and receives, as in the Python SDK and
-// the servers: grpc-go's default 4 MiB receive limit would refuse a large answer (a version
-// with much lineage, an ExportAuditEvents message of 500 large events) with
-// RESOURCE_EXHAUSTED.
+// MaxMessageBytes bounds the messages a Client or Sidecar sends and receives, as in the Python
+// SDK and the servers: grpc-go's default 4 MiB receive limit would refuse a large answer (a
+// version with much lineage, an ExportAuditEvents message of 500 large events, a ModelInfer
+// answer of a few thousand rows) with RESOURCE_EXHAUSTED.
 const MaxMessageBytes = math.MaxInt32
 
 // Options say how to present yourself to a control plane. Principal, Roles and Token travel
@@ -85,6 +85,25 @@ type Client struct {
 // grpc-go would otherwise send as it is, for the server to read as another name or not at
 // all.
 func Dial(address string, opts Options) (*Client, error) {
+	conn, err := dial(address, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		conn:        conn,
+		Registry:    modelplanev1.NewRegistryServiceClient(conn),
+		Blobs:       modelplanev1.NewBlobServiceClient(conn),
+		Evaluation:  modelplanev1.NewEvaluationServiceClient(conn),
+		Governance:  modelplanev1.NewGovernanceServiceClient(conn),
+		Operations:  modelplanev1.NewOperationsServiceClient(conn),
+		Deployments: modelplanev1.NewDeploymentServiceClient(conn),
+		Audit:       modelplanev1.NewAuditServiceClient(conn),
+	}, nil
+}
+
+// dial opens the connection Dial and DialSidecar share: MaxMessageBytes limits, plaintext
+// unless opts.DialOptions say otherwise, and the identity and timeout on every call.
+func dial(address string, opts Options) (*grpc.ClientConn, error) {
 	timeout := opts.Timeout
 	switch {
 	case timeout == 0:
@@ -100,32 +119,19 @@ func Dial(address string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
+	options := []grpc.DialOption{grpc.WithDefaultCallOptions(
 		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes),
 	)}
 	if len(opts.DialOptions) == 0 {
-		dial = append(dial, grpc.WithInsecure())
+		options = append(options, grpc.WithInsecure())
 	} else {
-		dial = append(dial, opts.DialOptions...)
+		options = append(options, opts.DialOptions...)
 	}
-	dial = append(dial,
+	options = append(options,
 		grpc.WithChainUnaryInterceptor(unaryIdentity(pairs, timeout)),
 		grpc.WithChainStreamInterceptor(streamIdentity(pairs, timeout)),
 	)
-	conn, err := grpc.Dial(address, dial...)
-	if err != nil {
-		return nil, err
-	}
-	return &Client{
-		conn:        conn,
-		Registry:    modelplanev1.NewRegistryServiceClient(conn),
-		Blobs:       modelplanev1.NewBlobServiceClient(conn),
-		Evaluation:  modelplanev1.NewEvaluationServiceClient(conn),
-		Governance:  modelplanev1.NewGovernanceServiceClient(conn),
-		Operations:  modelplanev1.NewOperationsServiceClient(conn),
-		Deployments: modelplanev1.NewDeploymentServiceClient(conn),
-		Audit:       modelplanev1.NewAuditServiceClient(conn),
-	}, nil
+	return grpc.Dial(address, options...)
 }
 
 // identityPairs are the metadata pairs naming the caller, each value checked.
