@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelplane import Client
-from modelplane.errors import Aborted, FailedPrecondition
+from modelplane.errors import Aborted, FailedPrecondition, Unavailable
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
 from tests.controlplane.conftest import _start
@@ -141,7 +141,7 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
         b.handle.stop(0)
 
 
-def test_watch_ends_cleanly_when_the_server_stops(tmp_path: Path) -> None:
+def test_watch_ends_unavailable_when_the_server_stops(tmp_path: Path) -> None:
     cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     cp.handle.grace_seconds = 30.0  # the stream must end before the grace runs out
     stopped = False
@@ -154,7 +154,9 @@ def test_watch_ends_cleanly_when_the_server_stops(tmp_path: Path) -> None:
             assert states.get(timeout=10).generation == 1
             cp.handle.stop()
             stopped = True
-            assert states.get(timeout=10) == "ended"
+            ended = states.get(timeout=10)
+            assert isinstance(ended, Unavailable), ended
+            assert ended.reason == "SERVER_SHUTTING_DOWN"
     finally:
         if not stopped:
             cp.handle.stop(0)

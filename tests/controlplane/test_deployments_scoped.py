@@ -15,7 +15,7 @@ import pytest
 
 from controlplane.auth.permissions import PERMISSIONS
 from controlplane.auth.policy import PermissionPolicy
-from modelplane.errors import NotFound, PermissionDenied
+from modelplane.errors import Aborted, NotFound, PermissionDenied
 from modelplane.server.context import Grant, RequestContext
 from modelplane.testing.onnx_models import mlp, save
 from modelplane.v1 import deployments_pb2 as pb
@@ -187,9 +187,13 @@ def test_a_watch_ends_when_its_deployment_is_created_again_for_another_model(
 
         worker = threading.Thread(target=recreate)
         worker.start()
-        rest = list(stream)
+        rest = []
+        with pytest.raises(Aborted) as ended:
+            for state in stream:
+                rest.append(state)
         worker.join()
     assert [s.model for s in rest] == []
+    assert ended.value.reason == "DEPLOYMENT_RECREATED"
 
 
 def _exists(client: Any, deployment: str) -> bool:

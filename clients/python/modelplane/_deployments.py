@@ -387,8 +387,11 @@ class DeploymentsMixin:
         self, deployment: str, *, replica: str = "", timeout: float | None = None
     ) -> Iterator[deployments_pb2.DeploymentState]:
         """The desired state now, then on every change and every heartbeat; runs until the
-        server ends the stream, ``timeout`` (seconds, none by default) passes, or the caller
-        stops iterating (the call is cancelled); the last two end it without an error."""
+        server ends the stream, which raises (``NotFound``, DEPLOYMENT_NOT_FOUND: the
+        deployment was deleted; ``Unavailable``, SERVER_SHUTTING_DOWN: the control plane
+        stops, watch again; ``Aborted``, DEPLOYMENT_RECREATED: created again for another
+        model), or until ``timeout`` (seconds, none by default) passes or the caller stops
+        iterating (the call is cancelled), which end it without an error."""
         started = time.monotonic()
         stream = self.deployments.WatchDeployment(
             deployments_pb2.WatchDeploymentRequest(
