@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "logs",
     "drift",
     "evaluate",
+    "evaluations",
     "policies",
     "gate",
     "approve",

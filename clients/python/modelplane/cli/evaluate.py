@@ -124,13 +124,20 @@ def _evaluate(args: argparse.Namespace, out: Printer) -> int:
             raise operation_error(op.error)
         ev = evaluation_pb2.Evaluation()
         op.result.Unpack(ev)
+    show(ev, out)
+    return 0
+
+
+def show(ev: evaluation_pb2.Evaluation, out: Printer) -> None:
+    """Print an evaluation as ``evaluate --wait`` and ``evaluations get`` do: its metrics with
+    their deltas as a table, then the report's warnings on stderr (``warning: CODE message``);
+    with ``--output json`` the whole evaluation as one document, warnings in its report."""
     title = f"{ev.name} ({ev.rows} rows"
     title += f", compared with {ev.compared_version})" if ev.compared_version else ")"
     out.emit(to_dict(ev), columns=COLUMNS, rows=_rows(ev), title=title)
     if not out.json_output:  # the JSON document holds them in its report
         for code, message in _warnings(ev):
             out.progress(f"warning: {code} {message}")
-    return 0
 
 
 def _warnings(ev: evaluation_pb2.Evaluation) -> list[tuple[str, str]]:
