@@ -9,7 +9,7 @@ migration.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,13 +152,7 @@ def upgrade(engines: Engines, revision: str = "head") -> None:
     FAILED_PRECONDITION (SCHEMA_TOO_NEW) when the database is at a revision this release does
     not know: a newer release migrated it (an image rolled back after a newer replica
     started), and this one can neither upgrade it nor serve it safely."""
-    cfg = alembic_config()
-    with _locked(engines) as conn:
-        _refuse_unknown_revision(conn, cfg)
-        cfg.attributes["connection"] = conn
-        with _revision_errors(revision):
-            command.upgrade(cfg, revision)
-        conn.commit()
+    _migrate(engines, command.upgrade, revision)
 
 
 def downgrade(engines: Engines, revision: str) -> None:
@@ -169,12 +163,18 @@ def downgrade(engines: Engines, revision: str) -> None:
     FAILED_PRECONDITION (SCHEMA_TOO_NEW) as :func:`upgrade`; INVALID_ARGUMENT
     (UNKNOWN_REVISION) for a revision this release does not know or one above the database's.
     Database errors are translated by the caller (see :func:`database_errors`)."""
+    _migrate(engines, command.downgrade, revision)
+
+
+def _migrate(engines: Engines, run: Callable[[Config, str], None], revision: str) -> None:
+    """Run Alembic's ``run`` (its upgrade or downgrade command) to ``revision`` under the
+    migration lock, refusing a database at a revision this release does not know."""
     cfg = alembic_config()
     with _locked(engines) as conn:
         _refuse_unknown_revision(conn, cfg)
         cfg.attributes["connection"] = conn
         with _revision_errors(revision):
-            command.downgrade(cfg, revision)
+            run(cfg, revision)
         conn.commit()
 
 

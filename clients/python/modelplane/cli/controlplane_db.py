@@ -25,6 +25,7 @@ from modelplane.errors import InvalidArgument, ModelplaneError, Unavailable
 
 if TYPE_CHECKING:
     from controlplane.store.engine import Engines
+    from controlplane.store.migrate import SchemaStatus
 
 _DB_HELP = (
     "sqlite:///PATH or postgresql://... (default: MODELPLANE_DB_URL, else "
@@ -364,22 +365,14 @@ def _upgrade(out: Printer, url: str, engines: Engines, revision: str) -> int:
         migrate.upgrade(engines, revision)
     after = migrate.status(engines)
     applied = [r for r in before.pending if r not in after.pending]
-    doc = {
-        "database": _shown(url),
-        "from": before.revision,
-        "to": after.revision,
-        "applied": applied,
-    }
-    if out.json_output:
-        out.emit(doc)
-    elif applied:
-        out.emit(
+    if applied:
+        text = (
             f"upgraded the schema from {before.revision or 'none'} to {after.revision} "
             f"({len(applied)} migration{'s' if len(applied) != 1 else ''}: {', '.join(applied)})"
         )
     else:
-        out.emit(f"the schema is at {after.revision} already: nothing to migrate")
-    return 0
+        text = f"the schema is at {after.revision} already: nothing to migrate"
+    return _changed(out, url, before, after, text, applied=applied)
 
 
 def _downgrade(out: Printer, url: str, engines: Engines, revision: str, yes: bool) -> int:
@@ -395,16 +388,15 @@ def _downgrade(out: Printer, url: str, engines: Engines, revision: str, yes: boo
     with migrate.database_errors("downgrading the database schema"):
         migrate.downgrade(engines, revision)
     after = migrate.status(engines)
-    doc = {"database": _shown(url), "from": before.revision, "to": after.revision}
-    if out.json_output:
-        out.emit(doc)
-    else:
-        out.emit(
-            f"downgraded the schema from {before.revision} to {after.revision or 'none'}: a "
-            f"release whose newest revision is {after.revision or 'none'} can serve it; a "
-            f"server of this release upgrades it again to {after.head} at start"
-        )
-    return 0
+    return _changed(
+        out,
+        url,
+        before,
+        after,
+        f"downgraded the schema from {before.revision} to {after.revision or 'none'}: a "
+        f"release whose newest revision is {after.revision or 'none'} can serve it; a "
+        f"server of this release upgrades it again to {after.head} at start",
+    )
 
 
 def _confirm(question: str) -> None:
@@ -428,12 +420,23 @@ def _stamp(out: Printer, url: str, engines: Engines, revision: str) -> int:
     with migrate.database_errors("recording the schema's revision"):
         migrate.stamp(engines, revision)
     after = migrate.status(engines)
-    doc = {"database": _shown(url), "from": before.revision, "to": after.revision}
+    return _changed(
+        out,
+        url,
+        before,
+        after,
+        f"recorded revision {after.revision} as the schema's (it was "
+        f"{before.revision or 'none'}); no migration ran",
+    )
+
+
+def _changed(
+    out: Printer, url: str, before: SchemaStatus, after: SchemaStatus, text: str, **more: Any
+) -> int:
+    """Say what a command changed: as JSON, the database, the revisions it went from and to
+    and ``more``; else ``text``."""
     if out.json_output:
-        out.emit(doc)
+        out.emit({"database": _shown(url), "from": before.revision, "to": after.revision, **more})
     else:
-        out.emit(
-            f"recorded revision {after.revision} as the schema's (it was "
-            f"{before.revision or 'none'}); no migration ran"
-        )
+        out.emit(text)
     return 0
