@@ -86,6 +86,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def own_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the test's own on each backend, which no other test sees (its
+    tables, triggers and schema revision included): a new SQLite file, or a PostgreSQL
+    database of its own, dropped at the end."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own.db'}"
+        return
+    request.getfixturevalue("pg_url")  # skips without a server
+    with private_database(f"modelplane_owndb_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
 def unique(prefix: str = "m") -> str:
     """A model id no other test uses (tests share the PostgreSQL database)."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -5,8 +5,6 @@ and ``serve`` brings it up again, ``stamp`` repairs a lost ``alembic_version``."
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,7 @@ from controlplane.store.migrate import head, history
 from modelplane import Client
 from modelplane.cli import main
 from modelplane.testing.processes import controlplane
-from tests.conftest import private_database
 from tests.controlplane.conftest import serve_refused
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the test's own: a SQLite file, or a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cp.db'}"
-        return
-    request.getfixturevalue("pg_url")  # skips without a server
-    with private_database(f"modelplane_dbcmd_{uuid.uuid4().hex[:12]}") as url:
-        yield url
 
 
 def _db(
@@ -42,6 +28,26 @@ def _db(
     )
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _keep_a_model(tmp: Path, url: str) -> None:
+    """Serve ``url`` with this release (migrating it) and create the model ``kept`` in it."""
+    server = controlplane(tmp, url).start()
+    try:
+        with Client(server.address, principal="alice") as c:
+            c.create_model("kept")
+    finally:
+        server.stop()
+
+
+def _models_served(tmp: Path, url: str, name: str) -> list[str]:
+    """The models that a server of this release (called ``name``) started on ``url`` lists."""
+    server = controlplane(tmp, url, name=name).start()
+    try:
+        with Client(server.address, principal="alice") as c:
+            return [m.name for m in c.list_models()]
+    finally:
+        server.stop()
 
 
 def _revision(url: str) -> str | None:
@@ -103,12 +109,7 @@ def test_history_lists_every_revision(capsys: pytest.CaptureFixture[str]) -> Non
 def test_downgrade_asks_then_serve_upgrades_again(
     own_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = controlplane(tmp_path, own_db).start()
-    try:
-        with Client(server.address, principal="alice") as c:
-            c.create_model("kept")
-    finally:
-        server.stop()
+    _keep_a_model(tmp_path, own_db)
     previous = history()[-2].revision
     # No terminal to ask on, no --yes: nothing changes.
     code, _, err = _db(capsys, own_db, "downgrade", previous)
@@ -120,12 +121,7 @@ def test_downgrade_asks_then_serve_upgrades_again(
     code, out, _ = _db(capsys, own_db, "current", json_out=True)
     assert json.loads(out)["pending"] == [head()]
     # This release's server upgrades it again at start, and what it held is there.
-    server = controlplane(tmp_path, own_db, name="again").start()
-    try:
-        with Client(server.address, principal="alice") as c:
-            assert [m.name for m in c.list_models()] == ["models/kept"]
-    finally:
-        server.stop()
+    assert _models_served(tmp_path, own_db, "again") == ["models/kept"]
     assert _revision(own_db) == head()
 
 
@@ -149,12 +145,7 @@ def test_a_revision_that_cannot_be_used_is_refused(
 def test_stamp_repairs_a_lost_alembic_version(
     own_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = controlplane(tmp_path, own_db).start()
-    try:
-        with Client(server.address, principal="alice") as c:
-            c.create_model("kept")
-    finally:
-        server.stop()
+    _keep_a_model(tmp_path, own_db)
     _execute(own_db, "DROP TABLE alembic_version")
     code, out, _ = _db(capsys, own_db, "current")
     assert code == 0 and f"db stamp {head()}" in out and "lost or emptied" in out
@@ -165,12 +156,7 @@ def test_stamp_repairs_a_lost_alembic_version(
     )
     code, out, _ = _db(capsys, own_db, "stamp", "head")
     assert code == 0 and f"recorded revision {head()} as the schema's (it was none)" in out
-    server = controlplane(tmp_path, own_db, name="stamped").start()
-    try:
-        with Client(server.address, principal="alice") as c:
-            assert [m.name for m in c.list_models()] == ["models/kept"]
-    finally:
-        server.stop()
+    assert _models_served(tmp_path, own_db, "stamped") == ["models/kept"]
 
 
 def test_a_newer_schema_is_named_and_can_be_stamped(

@@ -5,8 +5,6 @@ PostgreSQL, at the store's boundary and through a real control plane."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +15,10 @@ from sqlalchemy import create_engine, text
 from controlplane.store.engine import normalize_url
 from controlplane.store.store import _translated
 from modelplane.errors import AlreadyExists, Internal, NotFound
-from tests.conftest import private_database, unique
+from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel, _start
 
 SECRET = "disk says no to row 42"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own on each backend: the triggers and tables made here are
-    seen by no other test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'own.db'}"
-        return
-    request.getfixturevalue("pg_url")  # skips without a PostgreSQL server
-    with private_database(f"modelplane_test_{uuid.uuid4().hex[:12]}") as url:
-        yield url
 
 
 def test_each_refusal_is_mapped_for_what_refused_it(own_db: str) -> None:

@@ -1,37 +1,24 @@
 """A database restored without ``ARTIFACT_ROOT/keys/``: the server would generate a new signing
 key, and every approval the old key signed would fail verification. It refuses to start
 instead (SIGNING_KEY_MISMATCH), naming both keys, and leaves no new key behind; the old key
-restored, or its public key given with --verification-keys, lets it start."""
+restored, or its public key given with --verification-keys, lets it start. With both lost, a
+new key named with --signing-key starts, with a warning naming the approvals' key."""
 
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controlplane.audit import key_id, load_signing_key
 from modelplane import Client
-from modelplane.testing.processes import controlplane
-from tests.conftest import private_database
+from modelplane.testing.processes import Server, controlplane
 from tests.controlplane.conftest import TrainedModel, serve_refused
 from tests.controlplane.test_governance_evaluation import register
 from tests.controlplane.test_governance_gates import RISK_RULE
 
 KEY = Path("artifacts") / "keys" / "signing-key.pem"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of the test's own: a SQLite file, or a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cp.db'}"
-        return
-    request.getfixturevalue("pg_url")  # skips without a server
-    with private_database(f"modelplane_keymm_{uuid.uuid4().hex[:12]}") as url:
-        yield url
 
 
 def _approved(tmp: Path, db: str, trained: TrainedModel) -> tuple[str, str]:
@@ -71,6 +58,9 @@ def test_a_database_restored_without_its_key_is_refused(
         assert "(SIGNING_KEY_MISMATCH)" in line
         assert f"1 approval signed by key {old_id}" in line
         assert str(tmp_path / KEY) in line and "--verification-keys" in line
+        # The way out when both the key and its public key are lost.
+        assert "openssl genpkey -algorithm ed25519 -out FILE`, then --signing-key FILE" in line
+        assert "those approvals no longer count: they must be given again" in line
         assert "The new key was removed" in line
         new_id = line.split("a new one (", 1)[1].split(")", 1)[0]
         assert new_id != old_id and new_id not in seen
@@ -133,7 +123,8 @@ def test_a_new_artifact_root_over_a_database_with_approvals_starts_with_a_warnin
 
 
 def test_an_explicit_key_is_used_as_named(tmp_path: Path, trained_model: TrainedModel) -> None:
-    """A key named with --signing-key is the operator's choice (a rotation): no check."""
+    """A key named with --signing-key is the operator's choice: it is used, without a check
+    that refuses."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
     old_id, _ = _approved(tmp_path, db, trained_model)
     (tmp_path / KEY).unlink()
@@ -147,6 +138,70 @@ def test_an_explicit_key_is_used_as_named(tmp_path: Path, trained_model: Trained
     finally:
         server.stop()
     assert new.exists() and not (tmp_path / KEY).exists()
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_new_explicit_key_over_approvals_it_cannot_verify_starts_with_a_warning(
+    tmp_path: Path, trained_model: TrainedModel, workers: list[str]
+) -> None:
+    """Key and public key both lost: a new key named with --signing-key starts (the loss
+    accepted), the log names the approvals' key and how many there are, once with --workers
+    too; approvals given again count."""
+    db = f"sqlite:///{tmp_path / 'cp.db'}"
+    old_id, _ = _approved(tmp_path, db, trained_model)
+    shutil.rmtree(tmp_path / KEY.parent)
+    new = tmp_path / "new.pem"
+    new.write_bytes(_fresh_key_pem())
+    new_id = key_id(load_signing_key(new))
+    server = controlplane(
+        tmp_path, db, name="lost", extra=("--signing-key", str(new), *workers)
+    ).start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            assert c.public_key().key_id == new_id
+            assert not c.verify_version("m1", 1).ok
+            assert not c.evaluate_gate("m1", 1, "production").passed
+            c.with_roles(["risk"]).approve("m1", 1, "production")
+            assert c.evaluate_gate("m1", 1, "production").passed
+    finally:
+        server.stop()
+    assert _unverifiable_warnings(server) == [(new_id, [old_id], 1)]
+
+
+def test_an_explicit_key_that_verifies_every_approval_starts_without_a_warning(
+    tmp_path: Path, trained_model: TrainedModel
+) -> None:
+    """The key that signed the approvals named with --signing-key, or a new one with the old
+    public key given with --verification-keys (a rotation): no warning."""
+    db = f"sqlite:///{tmp_path / 'cp.db'}"
+    old_id, pem = _approved(tmp_path, db, trained_model)
+    retired = tmp_path / "retired"
+    retired.mkdir()
+    (retired / "old.pem").write_text(pem)
+    new = tmp_path / "new.pem"
+    new.write_bytes(_fresh_key_pem())
+    for name, extra in [
+        ("same", ("--signing-key", str(tmp_path / KEY))),
+        ("rotated", ("--signing-key", str(new), "--verification-keys", str(retired))),
+    ]:
+        server = controlplane(tmp_path, db, name=name, extra=extra).start()
+        try:
+            with Client(server.address, principal="rita") as c:
+                assert c.verify_version("m1", 1).ok
+        finally:
+            server.stop()
+        assert any(e.get("event") == "audit signing key" for e in server.json_lines())
+        assert _unverifiable_warnings(server) == []
+
+
+def _unverifiable_warnings(server: Server) -> list[tuple[str, list[str], int]]:
+    """The server's warnings about approvals it cannot verify: (its key id, the approvals' key
+    ids, how many approvals)."""
+    return [
+        (e["key_id"], e["approval_key_ids"], e["approvals"])
+        for e in server.json_lines()
+        if e.get("level") == "warning" and "approval_key_ids" in e
+    ]
 
 
 def _fresh_key_pem() -> bytes:
