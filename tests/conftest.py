@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from tests.s3server import S3_ENV, S3Server, start_s3
@@ -67,6 +70,20 @@ def private_database(name: str, *, also_drop: tuple[str, ...] = ()) -> Iterator[
                     (db,),
                 )
                 admin.execute(f'DROP DATABASE IF EXISTS "{db}"')
+
+
+@contextmanager
+def grpc_service(add: Callable[[Any, grpc.Server], None], servicer: Any) -> Iterator[str]:
+    """A real gRPC server on a free loopback port serving ``servicer`` (added with ``add``, a
+    generated ``add_...Servicer_to_server``) for the ``with`` block; gives its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from modelplane.cli import main
 from modelplane.server.context import RequestContext
 from modelplane.testing.processes import Server, controlplane
 from modelplane.v1 import audit_pb2, audit_pb2_grpc
+from tests.conftest import grpc_service
 
 #: Events in the trail: many more than the server walks before a short deadline passes.
 EVENTS = 60_000
@@ -181,14 +181,8 @@ class _NotesDeadlines(audit_pb2_grpc.AuditServiceServicer):
 def noting() -> Iterator[tuple[str, _NotesDeadlines]]:
     """The address of an audit service that notes its callers' deadlines, and the service."""
     service = _NotesDeadlines()
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", service
-    finally:
-        server.stop(0)
+    with grpc_service(audit_pb2_grpc.add_AuditServiceServicer_to_server, service) as address:
+        yield address, service
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from modelplane.cli import main
 from modelplane.cli.labels import BATCH
 from modelplane.testing.processes import free_port
 from modelplane.v1 import sidecar_pb2, sidecar_pb2_grpc
+from tests.conftest import grpc_service
 
 NAME = "fraud"
 
@@ -62,14 +62,10 @@ class _BreaksAfterOneCall(sidecar_pb2_grpc.SidecarAdminServiceServicer):
 def breaking() -> Iterator[tuple[str, _BreaksAfterOneCall]]:
     """The address of a sidecar that fails on its second batch, and its service."""
     service = _BreaksAfterOneCall()
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    sidecar_pb2_grpc.add_SidecarAdminServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", service
-    finally:
-        server.stop(0)
+    with grpc_service(
+        sidecar_pb2_grpc.add_SidecarAdminServiceServicer_to_server, service
+    ) as address:
+        yield address, service
 
 
 def _send(
