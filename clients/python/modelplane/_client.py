@@ -1054,18 +1054,24 @@ class Client(DeploymentsMixin):
             self.evaluation.GetEvaluation, evaluation_pb2.GetEvaluationRequest(name=name)
         )
 
+    def list_evaluations_page(
+        self, model: str, version: int | str, *, page_size: int = 0, page_token: str = ""
+    ) -> evaluation_pb2.ListEvaluationsResponse:
+        """One page of a version's evaluations, newest first, with its next_page_token."""
+        return self._call(
+            self.evaluation.ListEvaluations,
+            evaluation_pb2.ListEvaluationsRequest(
+                parent=version_name(model, version), page_size=page_size, page_token=page_token
+            ),
+        )
+
     def list_evaluations(
         self, model: str, version: int | str, *, page_size: int = 0
     ) -> Iterator[evaluation_pb2.Evaluation]:
         """A version's evaluations, newest first."""
         token = ""
         while True:
-            page = self._call(
-                self.evaluation.ListEvaluations,
-                evaluation_pb2.ListEvaluationsRequest(
-                    parent=version_name(model, version), page_size=page_size, page_token=token
-                ),
-            )
+            page = self.list_evaluations_page(model, version, page_size=page_size, page_token=token)
             yield from page.evaluations
             token = page.next_page_token
             if not token:

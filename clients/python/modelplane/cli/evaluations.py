@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelplane._client import Client, version_name
+from modelplane._client import version_name
 from modelplane.cli._common import (
     VERSION_OR_ALIAS_HELP,
     client,
@@ -81,15 +81,6 @@ def row(ev: evaluation_pb2.Evaluation) -> list[object]:
     ]
 
 
-def _page(c: Client, parent: str, size: int, token: str) -> evaluation_pb2.ListEvaluationsResponse:
-    # The SDK's list_evaluations walks every page and keeps the token to itself; one page
-    # with its next_page_token is what --page-size and --page-token need.
-    return c._call(
-        c.evaluation.ListEvaluations,
-        evaluation_pb2.ListEvaluationsRequest(parent=parent, page_size=size, page_token=token),
-    )
-
-
 def _list(args: argparse.Namespace, out: Printer) -> int:
     """One page with --page-size or --page-token; every page otherwise."""
     one_page = bool(args.page_size or args.page_token)
@@ -97,9 +88,10 @@ def _list(args: argparse.Namespace, out: Printer) -> int:
     token = args.page_token
     with server_errors(), client(args) as c:
         version = numbered_version(c, args.name, args.version, out)
-        parent = version_name(args.name, version)
         while True:
-            page = _page(c, parent, args.page_size, token)
+            page = c.list_evaluations_page(
+                args.name, version, page_size=args.page_size, page_token=token
+            )
             evaluations.extend(page.evaluations)
             token = page.next_page_token
             if one_page or not token:
