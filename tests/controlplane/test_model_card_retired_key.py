@@ -7,36 +7,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from controlplane.audit import key_id, load_or_create_signing_key
-from tests.conftest import unique
 from tests.controlplane.conftest import TrainedModel, _start
-from tests.controlplane.test_governance_evaluation import register
-from tests.controlplane.test_governance_gates import RISK_RULE
+from tests.controlplane.test_signing_keys import approved_under_an_old_key
 
 
 def test_the_card_names_the_retired_key_an_approval_was_signed_by(
     tmp_path: Path, trained_model: TrainedModel
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_key, new_key = tmp_path / "old.pem", tmp_path / "new.pem"
-    old_id, new_id = (key_id(load_or_create_signing_key(p)) for p in (old_key, new_key))
-    retired = tmp_path / "retired"
-    retired.mkdir()
-    model_id, target = unique(), unique("prod")
+    with (
+        approved_under_an_old_key(tmp_path, trained_model) as (cp, rotated),
+        cp.client("rita") as rita,
+    ):
+        (rotated.retired / "old.pem").write_text(rita.public_key().pem)
+    model_id, version, target = rotated.model_id, rotated.version, rotated.target
+    old, old_id, new_id = rotated.approval, rotated.old_id, rotated.new_id
 
-    cp = _start(tmp_path, db, signing_key=str(old_key))
-    try:
-        with cp.client("alice") as alice:
-            version = register(alice, trained_model, model_id)
-            alice.create_policy(unique("p"), target=target, rules=[RISK_RULE])
-        with cp.client("rita") as rita:
-            old = rita.with_roles(["risk"]).approve(model_id, version, target)
-            assert old.key_id == old_id
-            (retired / "old.pem").write_text(rita.public_key().pem)
-    finally:
-        cp.handle.stop(0)
-
-    cp = _start(tmp_path, db, signing_key=str(new_key), verification_keys=str(retired))
+    cp = _start(
+        tmp_path,
+        rotated.db,
+        signing_key=str(rotated.new_key),
+        verification_keys=str(rotated.retired),
+    )
     try:
         with cp.client("sam") as sam:
             new = sam.with_roles(["ml"]).approve(model_id, version, target)

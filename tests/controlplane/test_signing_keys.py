@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from controlplane.audit import key_id, load_or_create_signing_key
 from modelplane import Client
 from modelplane.cli import main
 from modelplane.testing.processes import controlplane
+from modelplane.v1 import governance_pb2
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start, serve_refused
 from tests.controlplane.test_governance_evaluation import register
@@ -97,34 +101,67 @@ def _cli(
     return code, out, err
 
 
-def test_a_rotated_key_keeps_earlier_approvals_and_checkpoints_valid(
-    tmp_path: Path, trained_model: TrainedModel, capsys: pytest.CaptureFixture[str]
-) -> None:
-    db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_key, new_key = tmp_path / "old.pem", tmp_path / "new.pem"
-    old_id, new_id = (key_id(load_or_create_signing_key(p)) for p in (old_key, new_key))
-    retired = tmp_path / "retired"
-    retired.mkdir()
-    checkpoint = tmp_path / "old.json"
-    model_id, target = unique(), unique("prod")
+@dataclass(frozen=True)
+class OldKeyApproval:
+    """A registry on the SQLite file ``db`` whose version ``version`` of ``model_id`` holds a
+    risk approval for ``target`` signed by an old key (``old_id``); ``new_key`` is to replace it,
+    and ``retired`` is an empty folder for the old public key."""
 
-    # Signed with the old key: a risk approval that lets the gate pass, and a checkpoint.
-    cp = _start(tmp_path, db, signing_key=str(old_key))
+    db: str
+    new_key: Path
+    old_id: str
+    new_id: str
+    retired: Path
+    model_id: str
+    target: str
+    version: int
+    approval: governance_pb2.Approval
+
+
+@contextmanager
+def approved_under_an_old_key(
+    tmp: Path, trained: TrainedModel
+) -> Iterator[tuple[RunningControlPlane, OldKeyApproval]]:
+    """A server signing with an old key, in which a version was given a risk approval it
+    signed, for the ``with`` block (stopped after it); the server and what it holds."""
+    db = f"sqlite:///{tmp / 'cp.db'}"
+    old_key, new_key = tmp / "old.pem", tmp / "new.pem"
+    old_id, new_id = (key_id(load_or_create_signing_key(p)) for p in (old_key, new_key))
+    retired = tmp / "retired"
+    retired.mkdir()
+    model_id, target = unique(), unique("prod")
+    cp = _start(tmp, db, signing_key=str(old_key))
     try:
         with cp.client("alice") as alice:
-            version = register(alice, trained_model, model_id)
+            version = register(alice, trained, model_id)
             alice.create_policy(unique("p"), target=target, rules=[RISK_RULE])
         with cp.client("rita") as rita:
             approval = rita.with_roles(["risk"]).approve(model_id, version, target)
-            assert approval.key_id == old_id
+        assert approval.key_id == old_id
+        made = OldKeyApproval(
+            db, new_key, old_id, new_id, retired, model_id, target, version, approval
+        )
+        yield cp, made
+    finally:
+        cp.handle.stop(0)
+
+
+def test_a_rotated_key_keeps_earlier_approvals_and_checkpoints_valid(
+    tmp_path: Path, trained_model: TrainedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "old.json"
+    # Signed with the old key: a risk approval that lets the gate pass, and a checkpoint.
+    with approved_under_an_old_key(tmp_path, trained_model) as (cp, rotated):
+        db, new_key, retired = rotated.db, rotated.new_key, rotated.retired
+        model_id, version, target = rotated.model_id, rotated.version, rotated.target
+        approval, old_id, new_id = rotated.approval, rotated.old_id, rotated.new_id
+        with cp.client("rita") as rita:
             assert rita.evaluate_gate(model_id, version, target).passed
         # The public key as `keys show` prints it is what the operator keeps.
         code, shown, _ = _cli(cp, capsys, "keys", "show")
         assert code == 0
         (retired / "old.pem").write_text(shown)
         assert _cli(cp, capsys, "audit", "checkpoint", "--out", str(checkpoint))[0] == 0
-    finally:
-        cp.handle.stop(0)
 
     # The new key signs; the old one verifies.
     cp = _start(tmp_path, db, signing_key=str(new_key), verification_keys=str(retired))
