@@ -22,7 +22,7 @@ from modelplane.errors import FailedPrecondition
 from modelplane.server.context import RequestContext
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel
-from tests.controlplane.test_governance_delta import add, evaluate
+from tests.controlplane.test_governance_delta import add, candidate, evaluate
 from tests.controlplane.test_governance_gates import RISK_RULE
 
 EARLIER = "was made by an earlier release, whose evidence digest this release does not compare"
@@ -88,18 +88,21 @@ def _as_an_earlier_release_stored_it(cp: RunningControlPlane, decision: str, *, 
         store.close()
 
 
+def _approved_candidate(cp: RunningControlPlane, trained: TrainedModel) -> tuple[str, str, int]:
+    """A new model whose v1 a new alias serves and whose v2, evaluated against it, bob approved
+    under a policy on the alias that asks for a risk approval: (model id, alias, v2)."""
+    model_id, target = unique(), unique("prod")
+    with cp.client("alice") as alice:
+        _, v2 = candidate(alice, trained, model_id, target, RISK_RULE)
+    with cp.client("bob") as bob:
+        bob.with_roles(["risk"]).approve(model_id, v2, target, comment="ok")
+    return model_id, target, v2
+
+
 def test_a_pending_decision_of_an_earlier_release_says_so_and_gating_again_passes(
     controlplane: RunningControlPlane, trained_model: TrainedModel
 ) -> None:
-    model_id, target = unique(), unique("prod")
-    with controlplane.client("alice") as alice:
-        alice.create_model(model_id)
-        v1, v2 = (add(alice, trained_model, model_id, trained_model.onnx) for _ in range(2))
-        alice.set_alias(model_id, target, v1)
-        alice.create_policy(unique("p"), target=target, rules=[RISK_RULE])
-        evaluate(alice, trained_model, model_id, v2, compare_to=target)
-    with controlplane.client("bob") as bob:
-        bob.with_roles(["risk"]).approve(model_id, v2, target, comment="ok")
+    model_id, target, v2 = _approved_candidate(controlplane, trained_model)
     with controlplane.client("alice") as alice:
         gated = alice.evaluate_gate(model_id, v2, target)
         assert gated.passed
@@ -186,15 +189,7 @@ def test_setting_an_alias_again_to_its_version_with_a_decision_without_reference
     """A decision recorded before revision 0012 has no reference, so once the alias serves its
     version, what its delta was measured against cannot be found: a re-set says the decision
     was made by an earlier release, and gating again lets it through."""
-    model_id, target = unique(), unique("prod")
-    with controlplane.client("alice") as alice:
-        alice.create_model(model_id)
-        v1, v2 = (add(alice, trained_model, model_id, trained_model.onnx) for _ in range(2))
-        alice.set_alias(model_id, target, v1)
-        alice.create_policy(unique("p"), target=target, rules=[RISK_RULE])
-        evaluate(alice, trained_model, model_id, v2, compare_to=target)
-    with controlplane.client("bob") as bob:
-        bob.with_roles(["risk"]).approve(model_id, v2, target)
+    model_id, target, v2 = _approved_candidate(controlplane, trained_model)
     with controlplane.client("alice") as alice:
         gated = alice.evaluate_gate(model_id, v2, target)
         assert gated.passed

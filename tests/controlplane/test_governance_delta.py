@@ -50,6 +50,19 @@ def evaluate(c: Client, trained: TrainedModel, model_id: str, version: int, **kw
     return float(ev.metrics["roc_auc"])
 
 
+def candidate(
+    c: Client, trained: TrainedModel, model_id: str, target: str, rule: str
+) -> tuple[int, int]:
+    """A new model ``model_id`` whose v1 the alias ``target`` serves and whose v2 is evaluated
+    against it, under a new policy of ``rule`` on ``target``: (v1, v2)."""
+    c.create_model(model_id)
+    v1, v2 = (add(c, trained, model_id, trained.onnx) for _ in range(2))
+    c.set_alias(model_id, target, v1)
+    c.create_policy(unique("p"), target=target, rules=[rule])
+    evaluate(c, trained, model_id, v2, compare_to=target)
+    return v1, v2
+
+
 def test_delta_is_against_the_version_the_alias_serves_not_the_callers_alias(
     controlplane_any: RunningControlPlane, trained_model: TrainedModel, weak_onnx: Path
 ) -> None:
@@ -158,11 +171,7 @@ def test_setting_an_alias_again_to_the_version_it_serves_keeps_its_decision(
     with the reference it was measured against, as long as nothing else changed."""
     model_id, target = unique(), unique("prod")
     with controlplane_any.client("alice") as a:
-        a.create_model(model_id)
-        v1, v2 = (add(a, trained_model, model_id, trained_model.onnx) for _ in range(2))
-        a.set_alias(model_id, target, v1)
-        a.create_policy(unique("p"), target=target, rules=[NO_WORSE])
-        evaluate(a, trained_model, model_id, v2, compare_to=target)
+        v1, v2 = candidate(a, trained_model, model_id, target, NO_WORSE)
         gated = a.evaluate_gate(model_id, v2, target)
         assert gated.passed and gated.compared_version == f"models/{model_id}/versions/{v1}"
         a.set_alias(model_id, target, v2)
@@ -179,11 +188,7 @@ def test_setting_an_alias_again_to_the_version_it_serves_keeps_its_decision(
         assert "latest gate decision" in failed.value.message
         # A new evaluation still makes the decision stale on a re-set.
         other, target2 = unique(), unique("prod")
-        a.create_model(other)
-        w1, w2 = (add(a, trained_model, other, trained_model.onnx) for _ in range(2))
-        a.set_alias(other, target2, w1)
-        a.create_policy(unique("p"), target=target2, rules=[NO_WORSE])
-        evaluate(a, trained_model, other, w2, compare_to=target2)
+        _, w2 = candidate(a, trained_model, other, target2, NO_WORSE)
         assert a.evaluate_gate(other, w2, target2).passed
         a.set_alias(other, target2, w2)
         evaluate(a, trained_model, other, w2, compare_to="none")
