@@ -37,21 +37,39 @@ def plane(tmp_path: Path) -> Iterator[Callable[..., RunningControlPlane]]:
 
 
 @pytest.fixture
+def client(tmp_path: Path, db_url: str) -> Iterator[Client]:
+    """A client of a control plane of its own on each backend."""
+    cp = _start(tmp_path, db_url)
+    with cp.client() as c:
+        yield c
+    cp.handle.stop(0)
+
+
+@pytest.fixture
 def managed(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start in-process managed sidecars: ``managed(address, deployment, observers=None,
-    **settings)``; each is ready when returned; all stop at teardown."""
+    log_dir=None, **settings)``, with a prediction log in ``log_dir`` when given; each is
+    ready when returned; all stop at teardown (a test may stop one)."""
+    from sidecar.predlog import PredictionLogSettings
     from sidecar.server import start
     from sidecar.settings import SidecarSettings
 
     handles: list[Any] = []
 
-    def factory(address: str, deployment: str, observers: Any = None, **kw: Any) -> Any:
+    def factory(
+        address: str,
+        deployment: str,
+        observers: Any = None,
+        log_dir: Path | None = None,
+        **kw: Any,
+    ) -> Any:
         kw.setdefault("listen", "127.0.0.1:0")
         kw.setdefault("device", "cpu")
         kw.setdefault("warmup_runs", 1)
         kw.setdefault("cache_dir", tmp_path / f"cache{len(handles)}")
         settings = SidecarSettings(control_plane=address, deployment=deployment, **kw)
-        handle = start(settings, observers=observers)
+        logs = None if log_dir is None else PredictionLogSettings(dir=log_dir, flush_interval=0.05)
+        handle = start(settings, observers=observers, log_settings=logs)
         handles.append(handle)
         assert handle.wait_ready(60)
         return handle

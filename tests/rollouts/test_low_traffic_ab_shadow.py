@@ -6,7 +6,6 @@ healthy one is never moved on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ import pytest
 from controlplane.rollouts.guards import DEFAULT_SHADOW_GUARDS, DEFAULT_TRAFFIC_GUARDS
 from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
 from tests.controlplane.test_deployments_api import Sidecar, deployed
+from tests.rollouts.inprocess import client  # noqa: F401
 from tests.rollouts.test_step_verdict import _actions
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,21 +24,13 @@ MIN_REQUESTS = 50
 THIN = 10
 
 
-@pytest.fixture
-def client(tmp_path: Path, db_url: str) -> Iterator[Client]:
-    """A client of a control plane of its own on each backend."""
-    cp = _start(tmp_path, db_url)
-    with cp.client() as c:
-        yield c
-    cp.handle.stop(0)
-
-
 def _failed_copies(version: int) -> pb.ShadowSummary:
     return pb.ShadowSummary(version=version, pairs=0, errors=THIN)
 
 
 def test_ab_candidate_failing_every_request_is_rolled_back_over_the_phase(
-    client: Client, tmp_path: Path
+    client: Client,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     dep, versions = deployed(client, tmp_path)
     client.start_rollout(dep, versions[1], strategy="ab", min_requests=MIN_REQUESTS)
@@ -60,7 +51,8 @@ def test_ab_candidate_failing_every_request_is_rolled_back_over_the_phase(
 
 
 def test_shadow_failing_every_copy_is_rolled_back_over_the_phase(
-    client: Client, tmp_path: Path
+    client: Client,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     dep, versions = deployed(client, tmp_path)
     client.start_rollout(dep, versions[1], strategy="shadow", min_requests=MIN_REQUESTS)
@@ -78,7 +70,9 @@ def test_shadow_failing_every_copy_is_rolled_back_over_the_phase(
 
 @pytest.mark.parametrize("strategy", ["ab", "shadow"])
 def test_healthy_candidate_at_low_traffic_is_neither_rolled_back_nor_promoted(
-    client: Client, tmp_path: Path, strategy: str
+    client: Client,  # noqa: F811
+    tmp_path: Path,
+    strategy: str,
 ) -> None:
     dep, versions = deployed(client, tmp_path)
     client.start_rollout(dep, versions[1], strategy=strategy, min_requests=MIN_REQUESTS)

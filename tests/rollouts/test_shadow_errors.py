@@ -7,7 +7,7 @@ status and message; and the sidecar's log says so once, not once per failure."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from modelplane.testing.traffic import infer
 from sidecar.managed.shadow import ShadowRecord
 from sidecar.observers import RejectedRecord, record_bytes
 from tests.rollouts.harness import FEATURES, register, rows, wait_for
-from tests.rollouts.inprocess import client_of, plane  # noqa: F401
+from tests.rollouts.inprocess import client_of, managed, plane  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,33 +74,6 @@ def fails_above(threshold: float, seed: int = 0) -> onnx.ModelProto:
     )
     onnx.checker.check_model(base)
     return base
-
-
-@pytest.fixture
-def sidecars(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start in-process managed sidecars: ``sidecars(address, deployment, log_dir=None,
-    **settings)``; each is ready when returned; all stop at teardown (a test may stop one)."""
-    from sidecar.predlog import PredictionLogSettings
-    from sidecar.server import start
-    from sidecar.settings import SidecarSettings
-
-    handles: list[Any] = []
-
-    def factory(address: str, deployment: str, log_dir: Path | None = None, **kw: Any) -> Any:
-        kw.setdefault("listen", "127.0.0.1:0")
-        kw.setdefault("device", "cpu")
-        kw.setdefault("warmup_runs", 1)
-        kw.setdefault("cache_dir", tmp_path / f"cache{len(handles)}")
-        settings = SidecarSettings(control_plane=address, deployment=deployment, **kw)
-        logs = None if log_dir is None else PredictionLogSettings(dir=log_dir, flush_interval=0.05)
-        handle = start(settings, log_settings=logs)
-        handles.append(handle)
-        assert handle.wait_ready(60)
-        return handle
-
-    yield factory
-    for h in reversed(handles):
-        h.stop(0)
 
 
 def _shadowing(
@@ -169,11 +142,11 @@ def _copies(store: Store, total: int) -> ShadowSummary:
 
 def test_only_the_copies_the_candidate_fails_count_as_shadow_errors(
     plane: Any,  # noqa: F811
-    sidecars: Callable[..., Any],
+    managed: Callable[..., Any],  # noqa: F811
     tmp_path: Path,
 ) -> None:
     cp = plane()
-    _client, sc, _candidate = _shadowing(cp, tmp_path, sidecars)
+    _client, sc, _candidate = _shadowing(cp, tmp_path, managed)
     _traffic(sc, 1000, 10, seed=1)
     store = Store.open(f"sqlite:///{tmp_path / 'cp.db'}")
     try:
@@ -190,7 +163,7 @@ def test_only_the_copies_the_candidate_fails_count_as_shadow_errors(
 
 def test_each_failed_copy_is_logged_with_its_inputs_and_the_warning_is_not_repeated(
     plane: Any,  # noqa: F811
-    sidecars: Callable[..., Any],
+    managed: Callable[..., Any],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -202,7 +175,7 @@ def test_each_failed_copy_is_logged_with_its_inputs_and_the_warning_is_not_repea
     log_dir = tmp_path / "log"
     total, breaking = 300, 25
     with structlog.testing.capture_logs() as logs:
-        _client, sc, candidate = _shadowing(cp, tmp_path, sidecars, log_dir=log_dir)
+        _client, sc, candidate = _shadowing(cp, tmp_path, managed, log_dir=log_dir)
         x, chosen = _traffic(sc, total, breaking, seed=2)
 
         def shadow_rows() -> Any:
