@@ -20,6 +20,7 @@ from controlplane.audit import AuditEvent, _canonical
 from modelplane import audit_chain
 from modelplane.audit_chain import GENESIS_HASH, HASHED_FIELDS, event_hash
 from modelplane.cli import main
+from modelplane.v1 import audit_pb2
 from tests.conftest import unique
 from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
 
@@ -57,6 +58,27 @@ def export(cp: RunningControlPlane, path: Path) -> Lines:
     return path.read_bytes().splitlines(keepends=True)
 
 
+def checkpointed(cp: RunningControlPlane, folder: Path) -> tuple[audit_pb2.Checkpoint, Path, Path]:
+    """A signed checkpoint of ``cp``'s chain now, saved in ``folder/head.json`` with the
+    fields ``audit checkpoint --out`` writes, and the server's public key as ``keys show``
+    prints it in ``folder/server.pem``: the checkpoint and the two files."""
+    with cp.client("auditor") as c:
+        saved = c.create_checkpoint()
+        key = c.public_key()
+    checkpoint = folder / "head.json"
+    fields = ("seq", "head_hash", "time", "key_id", "signature")
+    checkpoint.write_text(json.dumps({k: getattr(saved, k) for k in fields}))
+    public_key = folder / "server.pem"
+    public_key.write_text(f"# key id {key.key_id} ({key.algorithm})\n{key.pem}")
+    return saved, checkpoint, public_key
+
+
+def delete_events(cp: RunningControlPlane, where: str, *params: object) -> None:
+    """Delete the audit events ``where`` selects straight from ``cp``'s SQLite file."""
+    with sqlite3.connect(cp.db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute(f"DELETE FROM audit_events WHERE {where}", params)
+
+
 @dataclass
 class Exported:
     cp: RunningControlPlane
@@ -83,23 +105,7 @@ def exported(
     cp = _start(folder, f"sqlite:///{folder / 'cp.db'}")
     try:
         history(cp, trained_model)
-        with cp.client("auditor") as c:
-            saved = c.create_checkpoint()
-            key = c.public_key()
-        checkpoint = folder / "head.json"
-        checkpoint.write_text(
-            json.dumps(
-                {
-                    "seq": saved.seq,
-                    "head_hash": saved.head_hash,
-                    "time": saved.time,
-                    "key_id": saved.key_id,
-                    "signature": saved.signature,
-                }
-            )
-        )
-        public_key = folder / "server.pem"
-        public_key.write_text(f"# key id {key.key_id} ({key.algorithm})\n{key.pem}")
+        saved, checkpoint, public_key = checkpointed(cp, folder)
         history(cp, trained_model)
         lines = export(cp, folder / "audit.jsonl")
         yield Exported(cp, folder / "audit.jsonl", lines, checkpoint, saved.seq, public_key, folder)
@@ -560,8 +566,7 @@ def test_offline_and_server_verify_name_the_same_deleted_event(
     tmp_path: Path,
 ) -> None:
     history(controlplane, trained_model)
-    with sqlite3.connect(controlplane.db_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DELETE FROM audit_events WHERE seq = 4")
+    delete_events(controlplane, "seq = 4")
     with controlplane.client("auditor") as c:
         server = c.verify_audit()
     export(controlplane, tmp_path / "audit.jsonl")
@@ -585,16 +590,8 @@ def test_offline_and_server_verify_word_a_cut_tail_alike(
     tmp_path: Path,
 ) -> None:
     history(controlplane, trained_model)
-    with controlplane.client("auditor") as c:
-        saved = c.create_checkpoint()
-        key = c.public_key()
-    checkpoint = tmp_path / "head.json"
-    fields = ("seq", "head_hash", "time", "key_id", "signature")
-    checkpoint.write_text(json.dumps({k: getattr(saved, k) for k in fields}))
-    pem = tmp_path / "server.pem"
-    pem.write_text(key.pem)
-    with sqlite3.connect(controlplane.db_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DELETE FROM audit_events WHERE seq > ?", (saved.seq - 2,))
+    saved, checkpoint, pem = checkpointed(controlplane, tmp_path)
+    delete_events(controlplane, "seq > ?", saved.seq - 2)
     with controlplane.client("auditor") as c:
         server = c.verify_audit(saved)
     export(controlplane, tmp_path / "audit.jsonl")
