@@ -92,7 +92,7 @@ def signing_key_path(settings: ControlPlaneSettings) -> Path:
     return Path(settings.signing_key or Path(settings.artifact_root) / SIGNING_KEY_FILE)
 
 
-def signing_keys(settings: ControlPlaneSettings) -> audit.SigningKeys:
+def signing_keys(settings: ControlPlaneSettings, *, check: bool = True) -> audit.SigningKeys:
     """The server's keys: the ``signing_key`` file, which must exist (only the default one
     under the artifact root is created when absent), and the retired keys in the
     ``verification_keys`` folder.
@@ -100,7 +100,12 @@ def signing_keys(settings: ControlPlaneSettings) -> audit.SigningKeys:
     A default key generated now, over an artifact root already in use, while the database
     holds approvals signed by keys the server does not have (the database restored without
     ``ARTIFACT_ROOT/keys/``), is refused: FAILED_PRECONDITION (SIGNING_KEY_MISMATCH), and the
-    new key is removed, so that the next start checks again instead of signing with it."""
+    new key is removed, so that the next start checks again instead of signing with it.
+
+    A key named with ``signing_key`` is the operator's choice and is used, but when the
+    database holds approvals signed by keys the server does not have (neither it nor a
+    verification key), a warning names them unless ``check`` is False (a ``--workers``
+    worker, whose supervisor warned)."""
     keys = audit.load_signing_keys(
         signing_key_path(settings),
         create=not settings.signing_key,
@@ -112,15 +117,23 @@ def signing_keys(settings: ControlPlaneSettings) -> audit.SigningKeys:
         except BaseException:
             keys.discard_created()
             raise
+    elif settings.signing_key and check:
+        _warn_unverifiable(settings, keys)
     return keys
+
+
+def _unverifiable(settings: ControlPlaneSettings, keys: audit.SigningKeys) -> dict[str, int]:
+    """The ids of the keys, neither ``keys``' own nor one of its verification keys, that
+    signed approvals in the database, with how many each signed."""
+    held = migrate.contents(settings.db_url).approval_keys
+    return {k: n for k, n in held.items() if k != keys.key_id and k not in keys.retired}
 
 
 def _check_new_key(settings: ControlPlaneSettings, keys: audit.SigningKeys) -> None:
     """Refuse a just-generated key when the database's approvals name other keys and the
     artifact root already held blobs (see :func:`signing_keys`); only log when the root is new
     as well (a database shared with another artifact root, whose key this is not)."""
-    held = migrate.contents(settings.db_url).approval_keys
-    unknown = {k: n for k, n in held.items() if k != keys.key_id and k not in keys.retired}
+    unknown = _unverifiable(settings, keys)
     if not unknown:
         return
     ids = ", ".join(audit.shown_key_id(k) for k in unknown)
@@ -142,10 +155,29 @@ def _check_new_key(settings: ControlPlaneSettings, keys: audit.SigningKeys) -> N
         "which this server does not have: each would fail verification, and gates needing "
         f"them would fail. Restore {path} (ARTIFACT_ROOT/keys/signing-key.pem) from the backup "
         "taken with the database; if that key is lost, start with its public key (as "
-        "`modelplane keys show` printed it) in a folder given as --verification-keys DIR. "
-        "The new key was removed",
+        "`modelplane keys show` printed it) in a folder given as --verification-keys DIR; if "
+        "both are lost, start with a new key named explicitly (`openssl genpkey -algorithm "
+        "ed25519 -out FILE`, then --signing-key FILE), accepting that those approvals no "
+        "longer count: they must be given again. The new key was removed",
         reason="SIGNING_KEY_MISMATCH",
         metadata={"key_id": keys.key_id, "approval_key_ids": ",".join(sorted(unknown))},
+    )
+
+
+def _warn_unverifiable(settings: ControlPlaneSettings, keys: audit.SigningKeys) -> None:
+    """Log which of the database's approvals the explicit signing key cannot verify (see
+    :func:`signing_keys`)."""
+    unknown = _unverifiable(settings, keys)
+    if not unknown:
+        return
+    log.warning(
+        "the database holds approvals signed by keys that are neither this server's signing "
+        "key nor one of its verification keys: they no longer verify, and gates needing them "
+        "fail, unless the old key's public key is given with --verification-keys DIR (or they "
+        "are given again)",
+        key_id=keys.key_id,
+        approval_key_ids=sorted(unknown),
+        approvals=sum(unknown.values()),
     )
 
 
@@ -194,7 +226,8 @@ def check_database(settings: ControlPlaneSettings) -> None:
 
 def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServerHandle:
     """Open the store (migrating it unless ``migrate`` is False: a ``--workers`` worker, whose
-    supervisor migrated it), start serving, and report SERVING once ready.
+    supervisor migrated it and checked its approvals' keys), start serving, and report SERVING
+    once ready.
 
     Refuses (FAILED_PRECONDITION) a database that holds no registry over an artifact root
     holding blobs (:func:`check_database`) and a new signing key that cannot verify the
@@ -208,7 +241,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
     keep_large_buffers()
     hooks = HookRunner.load(settings.hooks_file, settings.hook_timeout_seconds)
     check_database(settings)
-    key = signing_keys(settings)
+    key = signing_keys(settings, check=migrate)
     log.info(
         "audit signing key",
         key_id=key.key_id,

@@ -174,7 +174,7 @@ def test_an_explicit_key_that_verifies_every_approval_starts_without_a_warning(
     """The key that signed the approvals named with --signing-key, or a new one with the old
     public key given with --verification-keys (a rotation): no warning."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_id, pem = _approved(tmp_path, db, trained_model)
+    _, pem = _approved(tmp_path, db, trained_model)
     retired = tmp_path / "retired"
     retired.mkdir()
     (retired / "old.pem").write_text(pem)
