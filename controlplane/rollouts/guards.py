@@ -10,9 +10,11 @@ Variables (numbers are doubles, see :mod:`controlplane.policy`):
   ``dropped``, ``error_rate`` (failed shadow requests over failed plus answered rows),
   ``dropped_rate`` (copies dropped over copies made: answered, failed or dropped),
   ``disagreement_rate``, ``mean_abs_diff``, ``ks_statistic``, and the shadow's latency
-  ``latency_p50``, ``latency_p99``, ``latency_mean`` (seconds of the shadow's session call that
-  answered each copy; its wait in the shadow queue, which rests under its CPU budget, is left
-  out).
+  ``latency_p50``, ``latency_p99``, ``latency_mean`` (seconds per copy: its share, by rows, of
+  the shadow's session call that answered it, as the shadow runs up to 64 queued copies in one
+  call: the candidate's compute time for the copy's rows, at or below a served request's
+  latency for a version as fast; its wait in the shadow queue, which rests under its CPU
+  budget, is left out).
 
 A value that is unknown (no labels → no ``accuracy``; no shadow outside a shadow phase) is
 absent, and a guard reading an absent value is *skipped* for that window: recorded with an

@@ -7,8 +7,10 @@ labeled``, latency p50/p99 from the merged latency histogram, and for the shadow
 ``disagreement_rate = disagreements / pairs``, ``mean_abs_diff = abs_diff_sum / pairs``,
 ``ks_statistic`` = the largest distance between the CDFs of the two merged score histograms,
 the shadow's latency p50/p99 from its merged latency histogram (one value per answered copy)
-and ``dropped_rate = dropped / (answered + errors + dropped)``, copies answered counted by
-their latencies (from sidecars that report no shadow latency, by ``pairs``).
+and ``dropped_rate = dropped / (answered + errors + dropped)``, copies answered counted in
+each summary before the merge, by its latencies (by ``pairs`` in a summary without a latency
+histogram, as sidecars of earlier releases send): a replica's histogram counts its own
+copies only, so during a rolling upgrade the merged histogram stands for some replicas' copies.
 A derived value whose denominator is zero is None (unknown), never 0.
 
 Counts add as Python ints and a sum stays at :data:`~controlplane.rollouts.histograms.MAX_SUM`
@@ -143,13 +145,20 @@ def merge_shadow(items: Sequence[ShadowSummary]) -> ShadowSummary | None:
         ),
         latency=histograms.merge(_present([s.latency for s in items]), "shadow.latency"),
     )
-    return derive_shadow(merged)
+    return derive_shadow(merged, saturated(_answered(s) for s in items))
 
 
-def derive_shadow(s: ShadowSummary) -> ShadowSummary:
+def _answered(s: ShadowSummary) -> int:
+    """Copies ``s`` counts as answered: one latency each, or its pairs without latencies."""
+    return s.latency.total if s.latency is not None else s.pairs
+
+
+def derive_shadow(s: ShadowSummary, answered: int | None = None) -> ShadowSummary:
     """``s`` with disagreement rate, mean absolute difference, KS statistic, latency p50/p99
-    and dropped rate computed."""
-    answered = s.latency.total if s.latency is not None else s.pairs
+    and dropped rate computed (``answered``: the copies answered, when ``s`` is a sum that
+    counted them per summary; else counted from ``s`` itself)."""
+    if answered is None:
+        answered = _answered(s)
     return replace(
         s,
         disagreement_rate=_ratio(s.disagreements, s.pairs),

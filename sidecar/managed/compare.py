@@ -389,12 +389,29 @@ class ShadowCounts:
 
     def add_latencies(self, record: Any) -> None:
         """Count the latency of each copy the shadow run ``record`` (a
-        :class:`~sidecar.observers.BatchRecord`) answered: the seconds of the session call
-        that answered it (``compute_s``). The copy's wait in the shadow queue is left out: the
-        worker rests there under its CPU budget, which says nothing of the version."""
-        answered = sum(1 for status in record.status if status == "OK")
-        if answered:
-            self.latency.add(np.full(answered, float(record.compute_s)))
+        :class:`~sidecar.observers.BatchRecord`) answered: its share of the session call that
+        answered it, ``compute_s`` times the copy's rows over the call's rows (equal shares
+        when the call had no rows).
+
+        The shadow worker runs up to 64 queued copies in one call, where the champion answers
+        each request in a batch about as large as the concurrency: charged the whole call,
+        every copy of a candidate as fast as the champion would read many times slower than
+        the champion's requests, and a latency guard would roll it back. A share is the
+        candidate's compute time for the copy's rows; it leaves out what a served request
+        spends besides (its decoding, its wait in the batcher, a small call's cost beyond its
+        rows), so it reads at or below the champion's latency of an equally fast version. The
+        copy's wait in the shadow queue is left out too: the worker rests there under its CPU
+        budget, which says nothing of the version."""
+        counts = record.row_counts
+        rows = sum(counts)
+        seconds = float(record.compute_s)
+        shares = [
+            seconds * n / rows if rows > 0 else seconds / len(counts)
+            for n, status in zip(counts, record.status, strict=True)
+            if status == "OK"
+        ]
+        if shares:
+            self.latency.add(np.asarray(shares, dtype=np.float64))
 
     def add_pairs(
         self,

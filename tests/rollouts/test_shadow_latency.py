@@ -1,7 +1,7 @@
 """A shadow's latency and dropped share reach the evidence and the guards, through a real
 control plane (gRPC on loopback, SQLite and PostgreSQL) fed window reports that the managed
 sidecar's own counters (:mod:`sidecar.managed.compare`) fill from real ONNX models run with
-onnxruntime: a fast champion, and a shadow that takes tens of milliseconds per call."""
+onnxruntime: a fast champion, and a shadow that takes tens of milliseconds per row."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from controlplane.api.deployments_converters import histogram_from_proto, shadow_from_proto
-from controlplane.rollouts import histograms
-from controlplane.rollouts.merge import derive_shadow
+from controlplane.api.deployments_converters import shadow_from_proto
+from controlplane.rollouts.merge import derive_shadow, merge_shadow
 from controlplane.store import deployment_json as dj
 from modelplane import Client
 from modelplane.testing.onnx_models import mlp
@@ -36,31 +35,38 @@ RULE = OutputRule("output", "argmax", "output", "column1", PROBABILITY)
 MIN_REQUESTS = 20
 
 
-def slow_mlp(seed: int, layers: int = 24, width: int = 1024, rows: int = 64) -> onnx.ModelProto:
-    """``mlp(FEATURES, (16,), 2, seed=seed)`` with the same answers, made slow: a chain of
-    ``layers`` [rows, width] x [width, width] products on every call (tens of milliseconds),
-    fed by the input (so never folded into a constant) and added to the logits times 0."""
+def slow_mlp(seed: int, layers: int = 24, width: int = 1024, copies: int = 32) -> onnx.ModelProto:
+    """``mlp(FEATURES, (16,), 2, seed=seed)`` with the same answers, made slow per row: each
+    row is projected to ``copies`` rows of ``width`` and put through a chain of ``layers``
+    [width, width] products (tens of milliseconds a row, in a call of one row as in one of
+    64), whose sum per row is added to that row's logits times 0. The time scales with the
+    rows, as a genuinely heavier model's does, so a copy's share of a batched call is slow
+    too; the input feeds it, so nothing is folded into a constant."""
     model = mlp(FEATURES, (16,), 2, seed=seed)
     graph = model.graph
     softmax = next(n for n in graph.node if n.op_type == "Softmax")
     rng = np.random.default_rng(99)
-    weights = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    project = rng.standard_normal((FEATURES, copies * width)) / np.sqrt(FEATURES)
+    weights = rng.standard_normal((width, width)) / np.sqrt(width)
     graph.initializer.extend(
         [
-            numpy_helper.from_array(rng.standard_normal((rows, width)).astype(np.float32), "c"),
-            numpy_helper.from_array(weights, "w_slow"),
+            numpy_helper.from_array(project.astype(np.float32), "w_in"),
+            numpy_helper.from_array(weights.astype(np.float32), "w_slow"),
+            numpy_helper.from_array(np.array([-1, width], np.int64), "stacked"),
+            numpy_helper.from_array(np.array([-1, copies * width], np.int64), "per_row"),
+            numpy_helper.from_array(np.array([1], np.int64), "row_axis"),
             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
         ]
     )
     nodes = [
-        helper.make_node("ReduceSum", ["input"], ["s"], keepdims=0),
-        helper.make_node("Mul", ["s", "zero"], ["s0"]),
-        helper.make_node("Add", ["c", "s0"], ["h0"]),
+        helper.make_node("MatMul", ["input", "w_in"], ["p"]),
+        helper.make_node("Reshape", ["p", "stacked"], ["h0"]),
     ]
     for i in range(layers):
         nodes.append(helper.make_node("MatMul", [f"h{i}", "w_slow"], [f"h{i + 1}"]))
     nodes += [
-        helper.make_node("ReduceSum", [f"h{layers}"], ["t"], keepdims=0),
+        helper.make_node("Reshape", [f"h{layers}", "per_row"], ["r"]),
+        helper.make_node("ReduceSum", ["r", "row_axis"], ["t"], keepdims=1),
         helper.make_node("Mul", ["t", "zero"], ["t0"]),
         helper.make_node("Add", [softmax.input[0], "t0"], ["slow_logits"]),
     ]
@@ -164,7 +170,7 @@ def _shadowing(c: Client, tmp_path: Path, **versions: Any) -> tuple[str, dict[st
 def test_a_slow_shadow_shows_its_latency_and_a_latency_guard_rolls_it_back(
     client: Client, tmp_path: Path
 ) -> None:
-    slow = slow_mlp(seed=3)
+    slow = slow_mlp(seed=3, copies=64)  # about 0.1 s a call: far above any pause of the machine
     name, v = _shadowing(client, tmp_path, champion=mlp(FEATURES, (16,), 2, seed=3), slow=slow)
     side = Replica(mlp(FEATURES, (16,), 2, seed=3), slow)
     d = side.window(client, name, 10, dropped=30)
@@ -190,18 +196,45 @@ def test_a_slow_shadow_shows_its_latency_and_a_latency_guard_rolls_it_back(
     assert kept.dropped_rate == pytest.approx(ev.shadow.dropped_rate)
 
 
-def test_copies_answered_count_by_their_session_call() -> None:
-    """The shadow counts one latency per answered copy, the seconds of the call that answered
-    it (not its wait in the shadow queue); failed copies and a window with none answered add
-    none, and a window with none sends no latency."""
+def test_copies_answered_count_by_their_share_of_the_session_call() -> None:
+    """The shadow counts one latency per answered copy: its share of the call that answered
+    it, by rows (the worker runs many queued copies in one call), not its wait in the shadow
+    queue; failed copies and a window with none answered add none, and a window with none
+    sends no latency."""
     counts = ShadowCounts(2, PROBABILITY)
     assert not counts.to_proto().HasField("latency")
-    record = _record(0, np.zeros((3, 2), np.float32), 0.03)
-    record.request_ids, record.row_counts = ["a", "b", "c"], [1, 1, 1]
+    record = _record(0, np.zeros((4, 2), np.float32), 0.04)
+    record.request_ids, record.row_counts = ["a", "b", "c"], [1, 1, 2]
     record.status = ["OK", "MODEL_EXECUTION_FAILED", "OK"]
+    record.latencies_s = [0.5, 0.5, 0.5]
     counts.add_latencies(record)
     wire = counts.to_proto().latency
+    shares = np.array([0.01, 0.02])  # 0.04 s over 4 rows: 1 row, then 2 rows
     assert sum(wire.counts) + wire.underflow + wire.overflow == 2
-    assert wire.sum == pytest.approx(0.06)
-    median = histograms.quantile(histogram_from_proto(wire, True), 0.5)
-    assert median == pytest.approx(0.03, rel=0.3)
+    assert wire.sum == pytest.approx(shares.sum())
+    expected, _ = np.histogram(np.log10(shares), bins=70, range=(-5.0, 2.0))
+    assert list(wire.counts) == expected.tolist()
+    # A call of copies without rows: equal shares.
+    empty = ShadowCounts(2, PROBABILITY)
+    record.row_counts, record.status = [0, 0, 0], ["OK"] * 3
+    empty.add_latencies(record)
+    assert empty.to_proto().latency.sum == pytest.approx(0.04)
+
+
+def test_dropped_rate_counts_the_copies_each_replica_answered() -> None:
+    """During a rolling upgrade a replica of the previous release sends no shadow latency:
+    its copies answered count by its pairs, the others' by their latencies, each before the
+    merge, so the dropped share stays dropped / (answered + errors + dropped)."""
+    new = ShadowCounts(2, None)
+    new.pairs, new.dropped, new.errors = 100, 10, 3
+    new.latency.add(np.full(100, 0.002))
+    old = ShadowCounts(2, None)
+    old.pairs, old.dropped, old.errors = 80, 12, 1
+    previous = old.to_proto()  # no copy answered by latency: no latency, as before
+    assert not previous.HasField("latency")
+    merged = merge_shadow([shadow_from_proto(new.to_proto()), shadow_from_proto(previous)])
+    assert merged is not None and merged.latency is not None and merged.latency.total == 100
+    assert merged.dropped_rate == pytest.approx((10 + 12) / ((100 + 80) + (3 + 1) + (10 + 12)))
+    # One replica of each kind alone reads the same as before.
+    alone = merge_shadow([shadow_from_proto(previous)])
+    assert alone is not None and alone.dropped_rate == pytest.approx(12 / (80 + 1 + 12))

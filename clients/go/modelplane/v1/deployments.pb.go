@@ -1452,8 +1452,12 @@ type ShadowSummary struct {
 	DisagreementRate *float64 `protobuf:"fixed64,9,opt,name=disagreement_rate,json=disagreementRate,proto3,oneof" json:"disagreement_rate,omitempty"`
 	MeanAbsDiff      *float64 `protobuf:"fixed64,10,opt,name=mean_abs_diff,json=meanAbsDiff,proto3,oneof" json:"mean_abs_diff,omitempty"`
 	KsStatistic      *float64 `protobuf:"fixed64,11,opt,name=ks_statistic,json=ksStatistic,proto3,oneof" json:"ks_statistic,omitempty"`
-	// Shadow latency in seconds: the time of the shadow's session call that answered each copy
-	// (one value per answered copy; its wait in the shadow queue is left out).
+	// Shadow latency in seconds, one value per answered copy: its share of the shadow's session
+	// call that answered it (the call's time times the copy's rows over the call's rows). The
+	// shadow worker runs up to 64 queued copies in one call, where the champion answers each
+	// request in a batch about as large as the concurrency; the share is the candidate's compute
+	// time for the copy's rows, so a candidate as fast as the champion reads at or below the
+	// champion's request latency. The copy's wait in the shadow queue is left out.
 	Latency *Histogram `protobuf:"bytes,12,opt,name=latency,proto3" json:"latency,omitempty"`
 	// Filled by the control plane from the merged latency histogram.
 	LatencyP50 *float64 `protobuf:"fixed64,13,opt,name=latency_p50,json=latencyP50,proto3,oneof" json:"latency_p50,omitempty"`

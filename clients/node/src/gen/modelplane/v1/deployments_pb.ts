@@ -807,8 +807,12 @@ export type ShadowSummary = Message<"modelplane.v1.ShadowSummary"> & {
   ksStatistic?: number | undefined;
 
   /**
-   * Shadow latency in seconds: the time of the shadow's session call that answered each copy
-   * (one value per answered copy; its wait in the shadow queue is left out).
+   * Shadow latency in seconds, one value per answered copy: its share of the shadow's session
+   * call that answered it (the call's time times the copy's rows over the call's rows). The
+   * shadow worker runs up to 64 queued copies in one call, where the champion answers each
+   * request in a batch about as large as the concurrency; the share is the candidate's compute
+   * time for the copy's rows, so a candidate as fast as the champion reads at or below the
+   * champion's request latency. The copy's wait in the shadow queue is left out.
    *
    * @generated from field: modelplane.v1.Histogram latency = 12;
    */
