@@ -126,7 +126,7 @@ class ShadowSummary:
     disagreement_rate: float | None = None
     mean_abs_diff: float | None = None
     ks_statistic: float | None = None
-    #: Seconds of the shadow's session call that answered each copy.
+    #: Seconds per answered copy: its share, by rows, of the shadow's session call that answered it.
     latency: Histogram | None = None
     latency_p50: float | None = None
     latency_p99: float | None = None
