@@ -6,7 +6,6 @@ onnxruntime: a fast champion, and a shadow that takes tens of milliseconds per r
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from modelplane.v1 import deployments_pb2 as pb
 from sidecar.managed.compare import PROBABILITY, ArmCounts, OutputRule, ShadowCounts
 from sidecar.observers import BatchRecord
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
 from tests.rollouts.harness import FEATURES, register, rows
+from tests.rollouts.inprocess import client  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -147,15 +146,6 @@ def _record(i: int, outputs: Any, elapsed: float) -> BatchRecord:
     )
 
 
-@pytest.fixture
-def client(tmp_path: Path, db_url: str) -> Iterator[Client]:
-    """A client of a control plane of its own on each backend."""
-    cp = _start(tmp_path, db_url)
-    with cp.client() as c:
-        yield c
-    cp.handle.stop(0)
-
-
 def _shadowing(c: Client, tmp_path: Path, **versions: Any) -> tuple[str, dict[str, int]]:
     name = unique("m")
     numbers = register(c, tmp_path, name, **versions)
@@ -168,7 +158,8 @@ def _shadowing(c: Client, tmp_path: Path, **versions: Any) -> tuple[str, dict[st
 
 
 def test_a_slow_shadow_shows_its_latency_and_a_latency_guard_rolls_it_back(
-    client: Client, tmp_path: Path
+    client: Client,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     slow = slow_mlp(seed=3, copies=64)  # about 0.1 s a call: far above any pause of the machine
     name, v = _shadowing(client, tmp_path, champion=mlp(FEATURES, (16,), 2, seed=3), slow=slow)
