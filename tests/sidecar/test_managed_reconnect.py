@@ -12,6 +12,7 @@ port again, and the sidecar's watch must resume well before that.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import socket
 import threading
@@ -38,7 +39,16 @@ class _Refuser:
     def __init__(self, port: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
+        # The stopped control plane's server may hold the port a moment longer.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock.bind(("127.0.0.1", port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.sock.listen(16)
         self.accepted = 0
         self._cond = threading.Condition()
