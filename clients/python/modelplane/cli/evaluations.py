@@ -15,7 +15,7 @@ from modelplane.cli._common import (
     version_or_alias,
 )
 from modelplane.cli._output import EXIT_USAGE, CliError, Printer, to_dict
-from modelplane.cli._pages import note_next_page
+from modelplane.cli._pages import note_next_page, pages
 from modelplane.cli.evaluate import show
 from modelplane.v1 import evaluation_pb2
 
@@ -83,19 +83,16 @@ def row(ev: evaluation_pb2.Evaluation) -> list[object]:
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
     """One page with --page-size or --page-token; every page otherwise."""
-    one_page = bool(args.page_size or args.page_token)
-    evaluations: list[evaluation_pb2.Evaluation] = []
-    token = args.page_token
     with server_errors(), client(args) as c:
         version = numbered_version(c, args.name, args.version, out)
-        while True:
-            page = c.list_evaluations_page(
-                args.name, version, page_size=args.page_size, page_token=token
-            )
-            evaluations.extend(page.evaluations)
-            token = page.next_page_token
-            if one_page or not token:
-                break
+        evaluations, token = pages(
+            lambda t: c.list_evaluations_page(
+                args.name, version, page_size=args.page_size, page_token=t
+            ),
+            "evaluations",
+            args.page_size,
+            args.page_token,
+        )
     out.emit(
         {"evaluations": [to_dict(e) for e in evaluations], "next_page_token": token},
         columns=COLUMNS,

@@ -8,7 +8,7 @@ import time
 from modelplane._client import Client, operation_error
 from modelplane.cli._common import client, duration, page_size, server_errors
 from modelplane.cli._output import EXIT_NOT_DONE, EXIT_OK, Printer, to_dict
-from modelplane.cli._pages import note_next_page
+from modelplane.cli._pages import note_next_page, pages
 from modelplane.v1 import operations_pb2
 
 
@@ -85,16 +85,13 @@ def _cancel(args: argparse.Namespace, out: Printer) -> int:
 
 def _list(args: argparse.Namespace, out: Printer) -> int:
     """One page with --page-size or --page-token; every page otherwise."""
-    one_page = bool(args.page_size or args.page_token)
-    operations: list[operations_pb2.Operation] = []
-    token = args.page_token
     with server_errors(), client(args) as c:
-        while True:
-            page = c.list_operations(target=args.target, page_size=args.page_size, page_token=token)
-            operations.extend(page.operations)
-            token = page.next_page_token
-            if one_page or not token:
-                break
+        operations, token = pages(
+            lambda t: c.list_operations(target=args.target, page_size=args.page_size, page_token=t),
+            "operations",
+            args.page_size,
+            args.page_token,
+        )
     out.emit(
         {"operations": [to_dict(o) for o in operations], "next_page_token": token},
         columns=COLUMNS,
