@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from modelplane import Client
 from modelplane.errors import DeadlineExceeded, InvalidArgument, ModelplaneError, Unavailable
+from modelplane.testing.processes import free_port
 from modelplane.v1 import audit_pb2, blobs_pb2, registry_pb2
 
 
@@ -174,16 +174,10 @@ def test_a_retried_upload_sends_the_whole_stream_again() -> None:
     assert seen == [(digest, len(data)), (digest, len(data))]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_retry_reaches_a_server_that_came_back(serve_on) -> None:  # type: ignore[no-untyped-def]
     """The server is down for the first try and up again right after it: a retry within the
     call's timeout reaches it (the channel reconnects in time for the retries)."""
-    port = _free_port()
+    port = free_port()
     registry = FlakyRegistry(failures=0)
     started = threading.Event()
 

@@ -5,11 +5,8 @@ another model ABORTED (watch again, access checked anew)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +21,7 @@ from controlplane.services.deployments import DeploymentService
 from controlplane.store import Store
 from modelplane import Client
 from modelplane.errors import Aborted, Unavailable, error_info
-from modelplane.testing import wait_serving
-from modelplane.testing.processes import free_port
+from modelplane.testing import processes
 from modelplane.v1 import deployments_pb2 as dpb
 from modelplane.v1 import deployments_pb2_grpc
 from tests.controlplane.conftest import RunningControlPlane
@@ -83,33 +79,18 @@ def test_a_deleted_deployment_ends_its_watch_not_found(
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``modelplane controlplane serve`` in a subprocess, and its address."""
-    address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "modelplane.cli", "controlplane", "serve",
-            "--listen", address,
-            "--db", f"sqlite:///{tmp_path / 'cp.db'}",
-            "--artifact-root", str(tmp_path / "art"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+def served(tmp_path: Path) -> Iterator[processes.Server]:
+    """``modelplane controlplane serve`` in a subprocess."""
+    server = processes.controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}").start()
     try:
-        wait_serving(address, timeout=60, proc=proc)
-        yield proc, address
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.kill()
 
 
-def test_sigterm_ends_open_watches_unavailable(
-    served: tuple[subprocess.Popen[str], str], tmp_path: Path
-) -> None:
-    proc, address = served
+def test_sigterm_ends_open_watches_unavailable(served: processes.Server, tmp_path: Path) -> None:
+    proc, address = served.proc, served.address
+    assert proc is not None
     with Client(address, principal="alice", timeout=30) as c:
         dep, _ = deployed(c, tmp_path)
     out: queue.Queue[Any] = queue.Queue()
@@ -121,7 +102,7 @@ def test_sigterm_ends_open_watches_unavailable(
     assert code == grpc.StatusCode.UNAVAILABLE, details
     assert reason == "SERVER_SHUTTING_DOWN"
     assert "shutting down" in details and "watch" in details
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=30) == 0, served.tail()
 
 
 def test_a_deployment_created_again_for_another_model_ends_its_watch_aborted(

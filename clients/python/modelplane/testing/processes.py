@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,8 +45,34 @@ def alive(pid: int) -> bool:
         return False
 
 
+_PICK = random.SystemRandom()  # not seeded alike in forked test workers
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel hands out to outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody listens on right now, for a server started a moment later.
+
+    Chosen below the kernel's ephemeral range where there is room: a port from that range
+    (what binding port 0 gives) can be taken in the meantime as the source port of any
+    outgoing connection on the machine, which makes the server's bind fail."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(64):
+            port = _PICK.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
