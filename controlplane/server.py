@@ -47,6 +47,7 @@ from modelplane.server import (
     serve_metrics,
 )
 from modelplane.server.lifecycle import add_port, grpc_options
+from modelplane.server.logging import export_write_errors
 from modelplane.server.memory import keep_large_buffers
 from modelplane.v1 import (
     audit_pb2,
@@ -254,6 +255,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
         access.authorizer.find_deployments_with(lambda d: _deployment_model(store, d))
     blobs = open_blob_store(settings.artifact_root, settings.max_upload_bytes)
     registry = CollectorRegistry()
+    export_write_errors(registry)
     interceptor = RequestInterceptor(
         RpcMetrics("modelplane_controlplane", registry),
         authenticator=access.authenticator,

@@ -32,6 +32,7 @@ from modelplane.server.lifecycle import (
     run_closers,
     serve_metrics,
 )
+from modelplane.server.logging import export_write_errors
 from modelplane.server.supervisor import hold_until_all_ready
 from sidecar import runtime as rt
 from sidecar.admin import SERVICE_NAME as ADMIN_SERVICE_NAME
@@ -180,11 +181,11 @@ class SidecarHandle:
 def metrics_registry(settings: SidecarSettings) -> tuple[CollectorRegistry | None, bool]:
     """The registry the sidecar's metrics go to (None: metrics off) and whether this process
     serves it over HTTP (a worker of ``--workers N`` leaves that to its supervisor)."""
-    if settings.worker and multiprocess():
-        return CollectorRegistry(), False
-    if not settings.metrics_listen:
+    if not (settings.worker and multiprocess()) and not settings.metrics_listen:
         return None, False
-    return CollectorRegistry(), True
+    registry = CollectorRegistry()
+    export_write_errors(registry)
+    return registry, not (settings.worker and multiprocess())
 
 
 def log_feature_names(settings: SidecarSettings, signature: Signature) -> list[str] | None:

@@ -22,6 +22,7 @@ def exported() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from modelplane.server.interceptor import RpcMetrics
+    from modelplane.server.logging import export_write_errors
     from sidecar.driftfeed import DriftGauges
     from sidecar.metrics import SidecarMetrics
     from sidecar.predlog.metrics import PredictionLogMetrics
@@ -31,6 +32,7 @@ def exported() -> set[str]:
     DriftGauges(registry, "m", "1")
     PredictionLogMetrics(registry)
     RpcMetrics("modelplane_controlplane", registry)
+    export_write_errors(registry)
     names: set[str] = set()
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     for family in registry.collect():
@@ -68,6 +70,7 @@ def test_alert_rules(exported: set[str]) -> None:
     assert "modelplane_drift_" in text  # drift
     assert "modelplane_inference_requests_total" in text  # error rate
     assert "modelplane_inference_request_duration_seconds_bucket" in text  # latency
+    assert "modelplane_log_write_errors_total" in text  # logs lost
 
 
 def test_grafana_dashboard(exported: set[str]) -> None:

@@ -12,11 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import PYTHON, ROOT, raw_request, stub
 
 from modelplane.errors import error_info
@@ -26,13 +30,17 @@ from sidecar.predlog import list_log_files, read_logs
 EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
-def _serve_with_stderr_gone(model: Path, log_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    """A sidecar serving ``model``, ready, whose stderr no longer has a reader."""
+def _serve_with_stderr_gone(
+    model: Path, log_dir: Path
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A sidecar serving ``model``, ready, whose stderr no longer has a reader; and its ready
+    line (``port``, ``metrics_port``)."""
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
         [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--model", str(model),
          "--listen", "127.0.0.1:0", "--device", "cpu", "--log-dir", str(log_dir),
-         "--log-flush-interval", "50ms", "--drain-seconds", "5s"],
+         "--log-flush-interval", "50ms", "--drain-seconds", "5s",
+         "--metrics-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=write_end, text=True, cwd=ROOT,
     )  # fmt: skip
     os.close(write_end)
@@ -46,16 +54,16 @@ def _serve_with_stderr_gone(model: Path, log_dir: Path) -> tuple[subprocess.Pope
             raise AssertionError(f"the sidecar exited with {proc.wait(10)} before it was ready")
     finally:
         os.close(read_end)  # from now on every write to stderr fails (EPIPE)
-    return proc, int(json.loads(line)["port"])
+    return proc, json.loads(line)
 
 
 def test_a_sidecar_that_cannot_write_stderr_refuses_with_error_info_and_stops_on_sigterm(
     model_dir: Path, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    proc, port = _serve_with_stderr_gone(model_dir / "mlp.onnx", log_dir)
+    proc, ready = _serve_with_stderr_gone(model_dir / "mlp.onnx", log_dir)
     try:
-        s = stub(port)
+        s = stub(int(ready["port"]))
         good = raw_request("mlp", {"input": ("FP32", np.ones((1, 32), np.float32))}, id="good")
         s.ModelInfer(good, timeout=30)
         for i in range(20):  # each refusal logs a line, which cannot be written
@@ -66,6 +74,8 @@ def test_a_sidecar_that_cannot_write_stderr_refuses_with_error_info_and_stops_on
             info = error_info(err.value)
             assert info is not None and info.reason == "WRONG_DATATYPE"
         s.ModelInfer(good, timeout=30)  # still serving
+        dropped = _sample(ready["metrics_port"], "modelplane_log_write_errors_total")
+        assert dropped >= 20  # at least each refusal's line, counted where it can be seen
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0  # one SIGTERM: drained, closed, exit 0
     finally:
@@ -76,6 +86,12 @@ def test_a_sidecar_that_cannot_write_stderr_refuses_with_error_info_and_stops_on
     assert files and all(p.read_bytes().endswith(EOS) for p in files)  # closed, not cut
     ids = read_logs(log_dir).column("request_id").to_pylist()
     assert sorted(ids) == sorted(["good", "good", *(f"b{i}" for i in range(20))])
+
+
+def _sample(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+    return sum(x.value for f in families for x in f.samples if x.name == name)
 
 
 class _FullDisk(io.StringIO):
@@ -91,6 +107,10 @@ def test_log_lines_that_cannot_be_written_are_counted_not_raised(
     import structlog
 
     before = server_logging.write_errors()
+    registry = CollectorRegistry()
+    server_logging.export_write_errors(registry)
+    exported = "modelplane_log_write_errors_total"
+    assert registry.get_sample_value(exported) == before  # those before it was exported too
     monkeypatch.setattr(sys, "stderr", _FullDisk())
     try:
         server_logging.configure_logging("info")
@@ -100,3 +120,4 @@ def test_log_lines_that_cannot_be_written_are_counted_not_raised(
         monkeypatch.undo()
         server_logging.configure_logging("warning")  # back to the real stderr, as conftest has it
     assert server_logging.write_errors() == before + 2
+    assert registry.get_sample_value(exported) == before + 2

@@ -12,15 +12,21 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 #: The name of the root handler this module installs (replaced, not doubled, on a second call).
 _HANDLER = "modelplane-json"
 #: Lines that could not be written to stderr, by either logger.
 _write_errors = 0
+#: The counters of :func:`export_write_errors`, forgotten with their registries.
+_exported: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Reentrant: a signal handler that logs may interrupt a line being written on its thread.
 _write_lock = threading.RLock()
 
@@ -34,6 +40,24 @@ def _count_write_error() -> None:
     global _write_errors
     with _write_lock:
         _write_errors += 1
+        for counter in list(_exported):
+            counter.inc()
+
+
+def export_write_errors(registry: CollectorRegistry) -> None:
+    """Count the lines this process drops, those before too, in ``registry``'s
+    ``modelplane_log_write_errors_total`` (per process, summed under ``--workers``): the one
+    sign, where the logs themselves are lost, that they are being lost."""
+    from prometheus_client import Counter
+
+    counter = Counter(
+        "modelplane_log_write_errors",
+        "Log lines this server could not write to stderr (a full disk, a closed pipe) and dropped",
+        registry=registry,
+    )
+    with _write_lock:
+        counter.inc(_write_errors)
+        _exported.add(counter)  # held while its registry holds it
 
 
 class StderrLogger:
