@@ -132,6 +132,9 @@ class ShadowSummary:
     latency_p99: float | None = None
     #: Copies dropped over copies made (answered, failed or dropped).
     dropped_rate: float | None = None
+    #: Copies answered, kept by a merged summary (a sum counted them per summary, before the
+    #: merge); None in one sidecar's summary, which counts them by its latencies or pairs.
+    answered: int | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ and ``dropped_rate = dropped / (answered + errors + dropped)``, copies answered 
 each summary before the merge, by its latencies (by ``pairs`` in a summary without a latency
 histogram, as sidecars of earlier releases send): a replica's histogram counts its own
 copies only, so during a rolling upgrade the merged histogram stands for some replicas' copies.
+The merged summary keeps that count (``answered``), and a sum of sums (a step's kept sum and
+the next report) adds the kept counts.
 A derived value whose denominator is zero is None (unknown), never 0.
 
 Counts add as Python ints and a sum stays at :data:`~controlplane.rollouts.histograms.MAX_SUM`
@@ -145,20 +147,21 @@ def merge_shadow(items: Sequence[ShadowSummary]) -> ShadowSummary | None:
         ),
         latency=histograms.merge(_present([s.latency for s in items]), "shadow.latency"),
     )
-    return derive_shadow(merged, saturated(_answered(s) for s in items))
+    return derive_shadow(replace(merged, answered=saturated(_answered(s) for s in items)))
 
 
 def _answered(s: ShadowSummary) -> int:
-    """Copies ``s`` counts as answered: one latency each, or its pairs without latencies."""
+    """Copies ``s`` counts as answered: those a sum kept, else one per latency, else its
+    pairs (a summary without latencies)."""
+    if s.answered is not None:
+        return s.answered
     return s.latency.total if s.latency is not None else s.pairs
 
 
-def derive_shadow(s: ShadowSummary, answered: int | None = None) -> ShadowSummary:
+def derive_shadow(s: ShadowSummary) -> ShadowSummary:
     """``s`` with disagreement rate, mean absolute difference, KS statistic, latency p50/p99
-    and dropped rate computed (``answered``: the copies answered, when ``s`` is a sum that
-    counted them per summary; else counted from ``s`` itself)."""
-    if answered is None:
-        answered = _answered(s)
+    and dropped rate computed."""
+    answered = _answered(s)
     return replace(
         s,
         disagreement_rate=_ratio(s.disagreements, s.pairs),

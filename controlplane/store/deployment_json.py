@@ -111,6 +111,7 @@ def shadow(d: dict[str, Any] | None) -> ShadowSummary | None:
         latency_p50=d.get("latency_p50"),
         latency_p99=d.get("latency_p99"),
         dropped_rate=d.get("dropped_rate"),
+        answered=None if d.get("answered") is None else int(d["answered"]),
     )
 
 

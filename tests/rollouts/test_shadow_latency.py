@@ -229,3 +229,29 @@ def test_dropped_rate_counts_the_copies_each_replica_answered() -> None:
     # One replica of each kind alone reads the same as before.
     alone = merge_shadow([shadow_from_proto(previous)])
     assert alone is not None and alone.dropped_rate == pytest.approx(12 / (80 + 1 + 12))
+
+
+def test_a_kept_sum_keeps_the_copies_its_replicas_answered() -> None:
+    """A step's sum is kept (as JSON, with the rollout) and merged with each next report: the
+    copies a replica of the previous release answered (counted by its pairs) stay counted, so
+    the sum of sums reads the dropped share the one merge of every report reads."""
+    new = ShadowCounts(2, None)
+    new.pairs, new.dropped, new.errors = 100, 10, 3
+    new.latency.add(np.full(100, 0.002))
+    old = ShadowCounts(2, None)
+    old.pairs, old.dropped, old.errors = 80, 12, 1
+    later = ShadowCounts(2, None)
+    later.pairs, later.dropped = 50, 5
+    later.latency.add(np.full(50, 0.003))
+    reports = [shadow_from_proto(c.to_proto()) for c in (new, old, later)]
+    kept = merge_shadow(reports[:2])
+    assert kept is not None and kept.answered == 180
+    stored = dj.shadow(dj.to_json(kept))
+    assert stored == kept  # the count survives the round trip through the kept JSON
+    step = merge_shadow([stored, reports[2]])
+    assert step is not None and step.answered == 230
+    once = merge_shadow(reports)
+    assert once is not None
+    expected = (10 + 12 + 5) / ((100 + 80 + 50) + (3 + 1) + (10 + 12 + 5))
+    assert step.dropped_rate == pytest.approx(expected)
+    assert once.dropped_rate == pytest.approx(expected)
