@@ -235,13 +235,23 @@ def _symbols(shape: list[Any] | None) -> tuple[str | None, ...]:
     return tuple(d if isinstance(d, str) and d else None for d in shape)
 
 
+def _not_served(arg: Any) -> str:
+    """Why the sidecar cannot carry ``arg`` (a tensor or value type missing from ORT_TYPES)."""
+    if str(arg.type).startswith("tensor("):
+        served = ", ".join(oip for oip, _ in ORT_TYPES.values())
+        return (
+            f"its element type {arg.type} has no Open Inference Protocol datatype the sidecar "
+            f"serves ({served})"
+        )
+    return f"it is a {arg.type}, not a tensor"
+
+
 def _spec(arg: Any, kind: str) -> TensorSpec | None:
     types = ORT_TYPES.get(arg.type)
     if types is None:
         if kind == "input":
             raise FailedPrecondition(
-                f"model input {arg.name!r} has type {arg.type}; the sidecar serves tensor inputs "
-                "only",
+                f"model input {arg.name!r} cannot be served: {_not_served(arg)}",
                 reason="UNSUPPORTED_MODEL",
             )
         return None
@@ -317,11 +327,21 @@ def _inferred_shapes(model: Any, names: set[str]) -> dict[str, list[Any]]:
 def signature_of(session: Any) -> Signature:
     """The signature of an ``onnxruntime.InferenceSession``.
 
-    Outputs that are not tensors (sequences, maps) are left out; a model without a tensor
-    output, or with a non-tensor input, is refused.
+    Outputs the sidecar cannot carry (sequences, maps, tensors of an element type without an
+    OIP datatype such as bfloat16) are left out, with a warning naming them; a model without
+    any other output, or with such an input, is refused.
     """
     inputs = tuple(s for s in (_spec(a, "input") for a in session.get_inputs()) if s is not None)
     outputs = tuple(s for s in (_spec(a, "output") for a in session.get_outputs()) if s)
+    left_out = {a.name: _not_served(a) for a in session.get_outputs() if a.type not in ORT_TYPES}
     if not outputs:
-        raise FailedPrecondition("model has no tensor outputs", reason="UNSUPPORTED_MODEL")
+        why = "; ".join(f"{name!r}: {reason}" for name, reason in left_out.items())
+        raise FailedPrecondition(
+            f"model has no output the sidecar can serve ({why})", reason="UNSUPPORTED_MODEL"
+        )
+    if left_out:
+        log.warning(
+            "model outputs left out: requests cannot ask for them, answers never carry them",
+            outputs=left_out,
+        )
     return Signature(inputs, outputs)
