@@ -170,6 +170,33 @@ def test_a_new_explicit_key_over_approvals_it_cannot_verify_starts_with_a_warnin
     assert _unverifiable_warnings(server) == [(new_id, [old_id], 1)]
 
 
+def test_a_default_key_already_there_that_signed_no_approval_starts_with_a_warning(
+    tmp_path: Path, trained_model: TrainedModel
+) -> None:
+    """A first start on a new host generated a default key; then the database was restored
+    there without the old key: the key is used (it was already there), and the log names the
+    approvals it cannot verify, as for a key named with --signing-key."""
+    db = f"sqlite:///{tmp_path / 'cp.db'}"
+    old_id, _ = _approved(tmp_path, db, trained_model)
+    kept = (tmp_path / KEY).read_bytes()
+    (tmp_path / KEY).write_bytes(_fresh_key_pem())
+    new_id = key_id(load_signing_key(tmp_path / KEY))
+    server = controlplane(tmp_path, db, name="new-host").start()
+    try:
+        with Client(server.address, principal="rita") as c:
+            assert c.public_key().key_id == new_id
+            assert not c.verify_version("m1", 1).ok
+    finally:
+        server.stop()
+    assert _unverifiable_warnings(server) == [(new_id, [old_id], 1)]
+    # The key that signed them, back in its place: no warning.
+    (tmp_path / KEY).write_bytes(kept)
+    server = controlplane(tmp_path, db, name="same-key").start()
+    server.stop()
+    assert any(e.get("event") == "audit signing key" for e in server.json_lines())
+    assert _unverifiable_warnings(server) == []
+
+
 def test_an_explicit_key_that_verifies_every_approval_starts_without_a_warning(
     tmp_path: Path, trained_model: TrainedModel
 ) -> None:
