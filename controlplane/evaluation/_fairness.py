@@ -14,28 +14,41 @@ Disparities, over the groups where the rate is defined (fairlearn's ``between_gr
 * ``equalized_odds_difference``: the larger of the TPR and FPR differences.
 
 These match ``fairlearn.metrics`` whenever every group has both classes; fairlearn instead
-counts an undefined rate as 0. A group of fewer than :data:`SMALL_GROUP_ROWS` rows is warned
-about (``GROUP_TOO_SMALL``): its figures stay in the report.
+counts an undefined rate as 0. Rates and disparities are computed exactly from the group's
+counts (as fractions) and rounded to a float once, so 24 of 30 against 18 of 30 selected gives
+a ratio of exactly ``0.75`` and a difference of exactly ``0.2``, as a policy's rule reads them.
+
+A group of fewer than :data:`SMALL_GROUP_ROWS` rows is warned about (``GROUP_TOO_SMALL``): its
+figures stay in the report. Fairness compares groups: with fewer than two (the column missing
+on every row, or holding one value; the ``<null>`` group of missing values is not counted),
+every disparity is undefined (None) and a ``SINGLE_GROUP`` warning says so, while the group
+figures stay in the report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from controlplane.evaluation._errors import EvaluationWarning
-from controlplane.evaluation._grouping import Groups
+from controlplane.evaluation._grouping import NULL_GROUP, Groups
 
 #: Groups with fewer rows get a ``GROUP_TOO_SMALL`` warning: one row more or less moves their
 #: rates by over 3 points, so a disparity they enter says little.
 SMALL_GROUP_ROWS = 30
 
 
-def _rate(num: int, den: int) -> float | None:
-    return num / den if den else None
+def _rate(num: int, den: int) -> Fraction | None:
+    return Fraction(num, den) if den else None
+
+
+def _float(value: Fraction | None) -> float | None:
+    """The float nearest ``value`` (the one rounding of an exact figure)."""
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,24 @@ class FairnessReport:
         }
 
 
-def _spread(values: list[float | None]) -> float | None:
+def _spread(values: list[Fraction | None]) -> Fraction | None:
     defined = [v for v in values if v is not None]
     return max(defined) - min(defined) if defined else None
+
+
+def _single_group(attribute: str, names: list[str], scope: str) -> EvaluationWarning:
+    values = [n for n in names if n != NULL_GROUP]
+    if not values:
+        what = "is missing on every row"
+    else:
+        besides = " besides missing values" if NULL_GROUP in names else ""
+        what = f"holds one value ({values[0]!r}){besides}"
+    return EvaluationWarning(
+        "SINGLE_GROUP",
+        f"protected attribute {attribute!r} {what}: fairness compares two groups or more, so "
+        "its disparities are undefined",
+        scope,
+    )
 
 
 def fairness_report(
@@ -105,6 +133,9 @@ def fairness_report(
     scope = f"fairness:{attribute}"
     warnings: list[EvaluationWarning] = []
     per_group = []
+    selection: list[Fraction] = []
+    tprs: list[Fraction | None] = []
+    fprs: list[Fraction | None] = []
     for name, rows in zip(groups.names, groups.rows, strict=True):
         if checkpoint is not None:
             checkpoint()
@@ -112,14 +143,17 @@ def fairness_report(
         yp = pred_positive[rows]
         n_pos = int(np.count_nonzero(yt))
         n_neg = len(rows) - n_pos
+        selection.append(Fraction(int(np.count_nonzero(yp)), len(rows)))
+        tprs.append(_rate(int(np.count_nonzero(yp & yt)), n_pos))
+        fprs.append(_rate(int(np.count_nonzero(yp & ~yt)), n_neg))
         per_group.append(
             GroupMetrics(
                 group=name,
                 count=len(rows),
-                selection_rate=float(np.count_nonzero(yp)) / len(rows),
-                tpr=_rate(int(np.count_nonzero(yp & yt)), n_pos),
-                fpr=_rate(int(np.count_nonzero(yp & ~yt)), n_neg),
-                accuracy=float(np.count_nonzero(yp == yt)) / len(rows),
+                selection_rate=float(selection[-1]),
+                tpr=_float(tprs[-1]),
+                fpr=_float(fprs[-1]),
+                accuracy=float(Fraction(int(np.count_nonzero(yp == yt)), len(rows))),
             )
         )
         if len(rows) < SMALL_GROUP_ROWS:
@@ -143,18 +177,24 @@ def fairness_report(
                     scope,
                 )
             )
-    selection = [g.selection_rate for g in per_group]
-    top = max(selection)
-    tpr_diff = _spread([g.tpr for g in per_group])
-    fpr_diff = _spread([g.fpr for g in per_group])
-    odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
+    dp_difference = dp_ratio = eo_difference = odds_difference = None
+    if sum(name != NULL_GROUP for name in groups.names) < 2:
+        warnings.append(_single_group(attribute, groups.names, scope))
+    else:
+        top, bottom = max(selection), min(selection)
+        tpr_diff, fpr_diff = _spread(tprs), _spread(fprs)
+        odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
+        dp_difference = top - bottom
+        dp_ratio = bottom / top if top > 0 else None
+        eo_difference = tpr_diff
+        odds_difference = max(odds) if odds else None
     return FairnessReport(
         attribute=attribute,
         positive_class=positive_class,
         groups=per_group,
-        demographic_parity_difference=top - min(selection),
-        demographic_parity_ratio=min(selection) / top if top > 0 else None,
-        equal_opportunity_difference=tpr_diff,
-        equalized_odds_difference=max(odds) if odds else None,
+        demographic_parity_difference=_float(dp_difference),
+        demographic_parity_ratio=_float(dp_ratio),
+        equal_opportunity_difference=_float(eo_difference),
+        equalized_odds_difference=_float(odds_difference),
         warnings=warnings,
     )
