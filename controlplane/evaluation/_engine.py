@@ -356,6 +356,7 @@ def evaluate(
             plan.score,
             warnings,
             may_be_regression=task is None and raw.labels is None,
+            margins=graph.margins(plan.score),
         )
         class_list = resolve_classes(graph, proba, raw.labels, classes, warnings)
         y_idx = encode_classes(label_column, label, class_list)

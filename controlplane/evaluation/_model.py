@@ -219,6 +219,7 @@ class ModelGraph:
     def __init__(self, onnx_bytes: bytes) -> None:
         self._bytes = onnx_bytes
         self._producers: dict[str, str] = {}
+        self._margins: set[str] = set()
         self._tables: list[tuple[Any, ...]] | None = None
 
     def _load(self) -> list[tuple[Any, ...]]:
@@ -230,6 +231,7 @@ class ModelGraph:
         except Exception:
             return self._tables
         self._producers = output_producers(model.graph)
+        self._margins = {o.name for o in model.graph.output if _margin_scores(model.graph, o.name)}
         inits = {i.name: i for i in model.graph.initializer}
         found: set[tuple[Any, ...]] = set()
         for node in model.graph.node:
@@ -250,11 +252,49 @@ class ModelGraph:
         self._load()
         return self._producers.get(output, "")
 
+    def margins(self, output: str) -> bool:
+        """Whether graph output ``output`` holds a linear or SVM classifier's decision-function
+        scores (margins), whatever their values: see :func:`_margin_scores`."""
+        self._load()
+        return output in self._margins
+
     def classes(self, width: int) -> list[int] | list[str] | None:
         """The class labels in probability-column order, if the graph names exactly one list
         of ``width`` labels."""
         fitting = [c for c in self._load() if len(c) == width]
         return list(fitting[0]) if len(fitting) == 1 else None
+
+
+#: Ops that select, reshape or convert their first input's scores without changing them.
+_SCORE_PASSES = frozenset(
+    {"Identity", "Cast", "ArrayFeatureExtractor", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+)
+#: ONNX-ML classifier ops whose second output is one score per class.
+_SCORING_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier"})
+
+
+def _margin_scores(graph: Any, output: str) -> bool:
+    """Whether ``output`` is, up to ops that only select or reshape it, the scores of a
+    ``LinearClassifier`` or ``SVMClassifier`` without a post-transform (and, for an SVM,
+    without Platt scaling, ``prob_a``): decision-function values, thresholded at 0, which may
+    all fall inside [0, 1] (a strongly regularised RidgeClassifier or LinearSVC, as skl2onnx
+    exports them) and must not then be read as probabilities."""
+    made = {out: (node, i) for node in graph.node for i, out in enumerate(node.output)}
+    name = output
+    for _ in range(len(graph.node) + 1):
+        found = made.get(name)
+        if found is None:
+            return False
+        node, index = found
+        if node.op_type in _SCORE_PASSES and node.input:
+            name = node.input[0]
+            continue
+        if node.op_type not in _SCORING_CLASSIFIERS or index != 1:
+            return False
+        attrs = {a.name: a for a in node.attribute}
+        transform = attrs["post_transform"].s.decode() if "post_transform" in attrs else "NONE"
+        return transform == "NONE" and "prob_a" not in attrs
+    return False
 
 
 def observed_classes(labels: np.ndarray, argmax: np.ndarray, width: int) -> list[Any] | None:

@@ -23,6 +23,12 @@ themselves, and the second class is predicted where the score is above 0, as tho
 decide; only where a probability rounds to exactly 1 in float64 (a score above about 37, or
 below about -37 for the first class's probability) do different scores tie. Non-finite
 scores make the output unusable.
+
+Where the graph shows the scores to be a linear or SVM classifier's decision-function values
+(``LinearClassifier`` or ``SVMClassifier`` without a post-transform or Platt scaling, up to
+ops that only select or reshape them), they are read as logits whatever their range: a
+strongly regularised model's margins may all fall inside [0, 1], and read as probabilities
+they would be cut at 0.5 instead of 0.
 """
 
 from __future__ import annotations
@@ -162,9 +168,13 @@ def probabilities(
     warnings: list[EvaluationWarning],
     *,
     may_be_regression: bool = False,
+    margins: bool = False,
 ) -> np.ndarray:
     """The ``[n, k]`` probability matrix a classifier's score output stands for (see the
     module docstring).
+
+    ``margins`` says that the graph shows the scores to be decision-function values (a linear
+    or SVM classifier without a post-transform): they are read as logits whatever their range.
 
     ``may_be_regression`` says that nothing but the output's name or op made the model a
     classifier: the task was not given and the model has no label output. A single column
@@ -180,10 +190,10 @@ def probabilities(
         )
     if scores.ndim == 1 or (scores.ndim == 2 and scores.shape[1] == 1):
         column = scores.reshape(-1)
-        if _within_unit(column):
+        if not margins and _within_unit(column):
             p = np.clip(column, 0.0, 1.0)
             return np.column_stack([1.0 - p, p])
-        if may_be_regression:
+        if may_be_regression and not margins:
             raise _unusable(
                 name,
                 "is one column of values outside [0, 1], so no probability; set the task to "
@@ -200,7 +210,7 @@ def probabilities(
         return _softmax(np.column_stack([np.zeros_like(column), column]))
     if scores.ndim != 2:
         raise _unusable(name, f"has {scores.ndim} dimensions; a classifier needs [-1, C]")
-    if _within_unit(scores):
+    if not margins and _within_unit(scores):
         return _renormalised(np.clip(scores, 0.0, 1.0), name, warnings)
     warnings.append(_not_probabilities(name, "softmax was applied to treat its values as logits"))
     return _softmax(scores)

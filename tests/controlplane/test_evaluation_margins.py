@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.protobuf import json_format
 from onnx import TensorProto, helper, numpy_helper
-from scipy.special import expit
+from scipy.special import expit, softmax
 from skl2onnx import to_onnx
 from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer
@@ -109,6 +109,48 @@ def logit_model() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+@pytest.mark.parametrize("kind", ["ridge", "linear_svc", "ridge_multiclass"])
+def test_margins_that_all_fall_inside_0_1_are_still_margins(kind: str) -> None:
+    """A linear classifier's decision scores can all lie in [0, 1] (strongly regularised on
+    unscaled features, say: here the fitted coefficients are scaled and shifted to make it
+    so, which for two classes means class 1 on every row); the graph shows them to be
+    margins, so they are cut at 0 and ranked as they are, not read as probabilities (which
+    cut them at 0.5 and, with every label output saying class 1, reversed the ranking)."""
+    x, y = X[TEST], Y[TEST]
+    if kind == "ridge_multiclass":
+        y3 = np.where(X[:, 0] > 1.0, 2, Y)  # three classes: the target, one split off it
+        model: Any = RidgeClassifier().fit(X[TRAIN], y3[TRAIN])
+        y = y3[TEST]
+    else:
+        model = (RidgeClassifier() if kind == "ridge" else LinearSVC(dual=False)).fit(
+            X[TRAIN], Y[TRAIN]
+        )
+    d = model.decision_function(X)
+    scale = 0.9 / (d.max() - d.min())
+    model.coef_ = model.coef_ * scale
+    model.intercept_ = model.intercept_ * scale + (0.05 - d.min() * scale)
+    decision = model.decision_function(x)
+    assert decision.min() >= 0.0 and decision.max() <= 1.0  # the case under test
+    onnx_bytes = to_onnx(model, X[:1], target_opset=17).SerializeToString()
+    table = pa.table({**{n: x[:, i] for i, n in enumerate(NAMES)}, "y": y})
+    report = evaluate(onnx_bytes, None, table, label="y", feature_names=NAMES)
+    pred = model.predict(x)
+    m = report.metrics
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    if kind == "ridge_multiclass":
+        assert len(set(pred)) == 3
+        assert m["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
+        ovr = skm.roc_auc_score(y, softmax(decision, axis=1), multi_class="ovr")
+        assert m["roc_auc"] == pytest.approx(ovr, abs=1e-9)
+    else:
+        assert set(pred) == {1}
+        assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, decision), abs=1e-12)
+        assert m["recall"] == skm.recall_score(y, pred)
+    codes = {w.code for w in report.warnings if w.scope == "model"}
+    assert "SCORES_NOT_PROBABILITIES" in codes
+    assert not codes & {"SCORE_COLUMNS_REVERSED", "LABEL_OUTPUT_DISAGREES"}
 
 
 def test_a_binary_svc_whose_score_columns_are_reversed_is_read_the_right_way_round() -> None:
