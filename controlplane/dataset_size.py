@@ -38,7 +38,8 @@ class _Limits:
     def refusal(self, what: str, limit: str, setting: str) -> ResourceExhausted:
         return ResourceExhausted(
             f"{self.dataset} has {what}; this server {self.serves} datasets of at most {limit} "
-            f"(setting {setting}); {self.advice}, or raise the limit",
+            f"(environment variable MODELPLANE_{setting.upper()} of the server); {self.advice}, "
+            "or raise the limit",
             reason="DATASET_TOO_LARGE",
             metadata={
                 **self.metadata,
@@ -84,9 +85,11 @@ def check_dataset_size(
 ) -> None:
     """Refuse (RESOURCE_EXHAUSTED, reason DATASET_TOO_LARGE) a dataset of more than
     ``max_rows`` rows or ``max_cells`` rows x columns. The message reads "{dataset} has N rows;
-    this server {serves} datasets of at most M rows (setting S); {advice}, or raise the
+    this server {serves} datasets of at most M rows (environment variable MODELPLANE_S of the
+    server); {advice}, or raise the
     limit" ("at least N rows" for an Arrow stream or a CSV, counted only up to the batch that
-    passes the limit), ``settings`` naming the two limits; ``metadata`` is added to its
+    passes the limit), ``settings`` naming the two limits (server settings, shown as their
+    ``MODELPLANE_`` environment variables); ``metadata`` is added to its
     ErrorInfo (with ``limit`` and ``setting``). Content that cannot be read is left to the
     reader to refuse, except a CSV that turns unreadable after its first rows:
     INVALID_ARGUMENT (INVALID_DATASET)."""

@@ -69,10 +69,10 @@ def _idle_limited(
                 item = messages.get(timeout=idle_seconds)
             except queue.Empty:
                 raise DeadlineExceeded(
-                    f"no whole upload message arrived for {idle_seconds:g} seconds (setting "
-                    "upload_idle_seconds) and the upload was ended; nothing was stored: upload "
-                    "again without such pauses, over a link that carries a message (1 MiB from "
-                    "the SDK) within that time",
+                    f"no whole upload message arrived for {idle_seconds:g} seconds "
+                    "(MODELPLANE_UPLOAD_IDLE_SECONDS of the server) and the upload was ended; "
+                    "nothing was stored: upload again without such pauses, over a link that "
+                    "carries a message (1 MiB from the SDK) within that time",
                     reason="UPLOAD_IDLE",
                     metadata={"idle_seconds": f"{idle_seconds:g}"},
                 ) from None

@@ -183,7 +183,8 @@ class EvaluationService:
             if len(self._jobs) + self._reserved >= self.queue_size:
                 raise ResourceExhausted(
                     f"this server already holds {self.queue_size} evaluations (running or "
-                    "waiting for a worker; setting evaluation_queue_size); retry later",
+                    "waiting for a worker; MODELPLANE_EVALUATION_QUEUE_SIZE of the server); retry "
+                    "later",
                     reason="EVALUATION_QUEUE_FULL",
                 )
             self._reserved += 1

@@ -216,7 +216,7 @@ def test_the_queue_of_evaluations_is_bounded(tmp_path: Path) -> None:
             with pytest.raises(ResourceExhausted) as full:
                 c.evaluate(model_id, version, data, label="target", compare_to="-")
             assert full.value.reason == "EVALUATION_QUEUE_FULL"
-            assert "evaluation_queue_size" in full.value.message
+            assert "MODELPLANE_EVALUATION_QUEUE_SIZE" in full.value.message
             c.cancel_operation(second.name)
             c.cancel_operation(first.name)
             quick_id, quick = register(c, tmp_path, 1)

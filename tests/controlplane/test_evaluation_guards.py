@@ -68,11 +68,20 @@ def test_dataset_size_is_read_before_the_data(fmt: str) -> None:
     data = _bytes(table, fmt)
     check_dataset_size(data, max_rows=5000, max_cells=15000)
     with pytest.raises(ResourceExhausted) as rows:
-        check_dataset_size(data, max_rows=4999, max_cells=10**9, settings=("R", "C"))
-    assert rows.value.reason == "DATASET_TOO_LARGE" and "setting R" in rows.value.message
+        check_dataset_size(
+            data, max_rows=4999, max_cells=10**9, settings=("rows_limit", "cells_limit")
+        )
+    assert (
+        rows.value.reason == "DATASET_TOO_LARGE" and "MODELPLANE_ROWS_LIMIT" in rows.value.message
+    )
     with pytest.raises(ResourceExhausted) as cells:
-        check_dataset_size(data, max_rows=10**9, max_cells=14999, settings=("R", "C"))
-    assert cells.value.reason == "DATASET_TOO_LARGE" and "setting C" in cells.value.message
+        check_dataset_size(
+            data, max_rows=10**9, max_cells=14999, settings=("rows_limit", "cells_limit")
+        )
+    assert (
+        cells.value.reason == "DATASET_TOO_LARGE"
+        and "MODELPLANE_CELLS_LIMIT" in cells.value.message
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +121,7 @@ def test_a_dataset_over_the_limits_is_refused(tmp_path: Path, trained_model: Tra
     finally:
         cp.handle.stop(0)
     assert err.value.reason == "DATASET_TOO_LARGE"
-    assert "evaluation_max_rows" in err.value.message and "100,000" in err.value.message
+    assert "MODELPLANE_EVALUATION_MAX_ROWS" in err.value.message and "100,000" in err.value.message
     assert small.rows > 0
 
 

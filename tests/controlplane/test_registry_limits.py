@@ -98,7 +98,8 @@ def test_a_dataset_over_the_registration_limits_is_refused(
         assert _register(c, tmp_path, model_id, {"train": _csv(), "holdout": _parquet(750)}) == 1
     assert err.value.reason == "DATASET_TOO_LARGE"
     assert "dataset 'holdout'" in err.value.message
-    assert setting in err.value.message and limit in err.value.message
+    assert f"MODELPLANE_{setting.upper()}" in err.value.message and limit in err.value.message
+    assert err.value.metadata["setting"] == setting
     assert err.value.metadata["role"] == "holdout"
 
 

@@ -114,7 +114,9 @@ def test_an_idle_upload_is_ended_and_its_partial_file_removed(
         err = from_rpc_error(ended.value)
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert err.reason == "UPLOAD_IDLE"
-        assert "upload_idle_seconds" in err.message and "nothing was stored" in err.message
+        assert (
+            "MODELPLANE_UPLOAD_IDLE_SECONDS" in err.message and "nothing was stored" in err.message
+        )
         assert _partial_files(cp) == []
         # An upload that keeps sending is unaffected.
         with cp.client() as c:
