@@ -219,7 +219,8 @@ def _backup(args: argparse.Namespace, out: Printer) -> int:
         )
     out.progress(
         "The copy holds neither the artifact root nor the signing key "
-        "(ARTIFACT_ROOT/keys/signing-key.pem or --signing-key): back them up with it. To "
+        "(ARTIFACT_ROOT/keys/signing-key.pem or --signing-key): back them up now, after this "
+        "copy (a root copied before it can miss blobs the copy names). To "
         "restore, stop the server, remove the database's -wal and -shm files, then copy this "
         "file in its place."
     )
