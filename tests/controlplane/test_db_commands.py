@@ -181,3 +181,24 @@ def test_commands_other_than_upgrade_create_no_database(
         code, _, err = _db(capsys, url, *argv)
         assert code == 2 and "there is no database file at" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_upgrade_says_where_the_schema_stands(
+    own_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database stamped at a revision its tables are past fails a migration. On SQLite the
+    migrations before the failing one stay applied (each commits on its own), on PostgreSQL
+    none do: the error says which revision the schema is at now, and points at the stamp."""
+    assert _db(capsys, own_db, "upgrade")[0] == 0
+    code, _, _ = _db(capsys, own_db, "stamp", "0010")
+    assert code == 0
+    code, _, err = _db(capsys, own_db, "upgrade")
+    assert code == 2, err
+    now = _revision(own_db)
+    assert "(MIGRATION_FAILED)" in err and "`db stamp`" in err
+    if now == "0010":
+        assert "the schema is still at revision 0010" in err
+    else:
+        assert f"the schema is now at revision {now} (it was at 0010)" in err
+    assert _db(capsys, own_db, "stamp", "head")[0] == 0  # the repair the message points at
+    assert _db(capsys, own_db, "upgrade")[1].strip().endswith("nothing to migrate")

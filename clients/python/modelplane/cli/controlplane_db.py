@@ -25,7 +25,7 @@ from modelplane.cli._output import (
     CliError,
     Printer,
 )
-from modelplane.errors import InvalidArgument, ModelplaneError, Unavailable
+from modelplane.errors import FailedPrecondition, InvalidArgument, ModelplaneError, Unavailable
 
 if TYPE_CHECKING:
     from controlplane.store.engine import Engines
@@ -594,8 +594,11 @@ def _upgrade(out: Printer, url: str, engines: Engines, revision: str) -> int:
     from controlplane.store import migrate
 
     before = migrate.status(engines)
-    with migrate.database_errors("migrating the database schema"):
-        migrate.upgrade(engines, revision)
+    try:
+        with migrate.database_errors("migrating the database schema"):
+            migrate.upgrade(engines, revision)
+    except FailedPrecondition as exc:
+        raise _partly_upgraded(exc, before.revision, engines) from None
     after = migrate.status(engines)
     applied = [r for r in before.pending if r not in after.pending]
     if applied:
@@ -606,6 +609,32 @@ def _upgrade(out: Printer, url: str, engines: Engines, revision: str) -> int:
     else:
         text = f"the schema is at {after.revision} already: nothing to migrate"
     return _changed(out, url, before, after, text, applied=applied)
+
+
+def _partly_upgraded(
+    exc: FailedPrecondition, before: str | None, engines: Engines
+) -> FailedPrecondition:
+    """A failed upgrade's error, saying where the schema stands now: on SQLite the migrations
+    before the failing one stay applied (each commits on its own), on PostgreSQL none do."""
+    from controlplane.store import migrate
+
+    try:
+        now = migrate.status(engines).revision
+    except Exception:  # the database gone as well: the first error says enough
+        return exc
+    if now == before:
+        where = f"the schema is still at revision {before or 'none'}"
+    else:
+        where = (
+            f"the migrations before the failing one were applied: the schema is now at "
+            f"revision {now or 'none'} (it was at {before or 'none'})"
+        )
+    return FailedPrecondition(
+        f"{exc.message}. {where}. A database marked with `db stamp` at a revision its tables "
+        "do not match fails this way too: `db stamp` it at the revision its tables are at",
+        reason=exc.reason,
+        metadata={**exc.metadata, "revision": now or ""},
+    )
 
 
 def _downgrade(out: Printer, url: str, engines: Engines, revision: str, yes: bool) -> int:
