@@ -109,6 +109,7 @@ def test_drift_guards_wait_for_the_deployments_min_rows(plane: Plane, tmp_path: 
     name = unique("d")
     # No drift thresholds set: min_rows is the default, 200.
     c.create_deployment(name, model=model_id, champion_version=v1)
+    started = time.monotonic()  # no later than the step's start
     c.start_rollout(name, v2, steps=[50], step_duration=1, min_requests=20, guards=[GUARD])
     side = Replica(c, name, _profiles(c, model_id, tmp_path, v1, v2))
 
@@ -124,7 +125,13 @@ def test_drift_guards_wait_for_the_deployments_min_rows(plane: Plane, tmp_path: 
     for _ in range(7):
         d = side.report(20)
         assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING, d.rollout.reason
-        assert "fewer than 200 drift rows in this window" in _guard(d).error
+        error = _guard(d).error
+        # On a loaded machine the step's second may pass within these reports: from then on
+        # the step is judged (and held, with too few rows).
+        late = time.monotonic() - started > 0.8
+        assert "fewer than 200 drift rows in this window" in error or (
+            late and "fewer than 200 drift rows in this step" in error
+        ), error
     # Once the step has lasted its second (and counted its requests), the report judges it
     # over the step's 180 rows: held, not promoted.
     time.sleep(1.2)
