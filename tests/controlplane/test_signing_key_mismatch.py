@@ -7,6 +7,7 @@ new key named with --signing-key starts, with a warning naming the approvals' ke
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,37 @@ from tests.controlplane.test_governance_gates import RISK_RULE
 KEY = Path("artifacts") / "keys" / "signing-key.pem"
 
 
-def _approved(tmp: Path, db: str, trained: TrainedModel) -> tuple[str, str]:
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, trained_model: TrainedModel) -> Template:
+    """One SQLite registry made by :func:`_made_approved`, which each SQLite test copies (a
+    restore, as the tests stand for) instead of making its own."""
+    folder = tmp_path_factory.mktemp("approved")
+    old_id, pem = _made_approved(folder, f"sqlite:///{folder / 'cp.db'}", trained_model)
+    return Template(folder, old_id, pem)
+
+
+@dataclass(frozen=True)
+class Template:
+    folder: Path
+    key_id: str
+    pem: str
+
+
+def _approved(tmp: Path, db: str, template: Template, trained: TrainedModel) -> tuple[str, str]:
+    """The registry of :func:`_made_approved` on ``db`` with ``tmp/artifacts``: copied from
+    ``template`` for SQLite, made anew on PostgreSQL."""
+    if not db.startswith("sqlite:///"):
+        return _made_approved(tmp, db, trained)
+    target = Path(db.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal"):
+        source = template.folder / f"cp.db{suffix}"
+        if source.exists():
+            shutil.copyfile(source, f"{target}{suffix}")
+    shutil.copytree(template.folder / "artifacts", tmp / "artifacts")
+    return template.key_id, template.pem
+
+
+def _made_approved(tmp: Path, db: str, trained: TrainedModel) -> tuple[str, str]:
     """A registry on ``db`` whose version 1 of m1 holds a risk approval; the approval's key id
     and the public key PEM as `modelplane keys show` prints it."""
     server = controlplane(tmp, db).start()
@@ -44,12 +75,12 @@ def _error_line(stderr: str) -> str:
 
 
 def test_a_database_restored_without_its_key_is_refused(
-    own_db: str, tmp_path: Path, trained_model: TrainedModel
+    own_db: str, tmp_path: Path, template: Template, trained_model: TrainedModel
 ) -> None:
     # One process on SQLite, the supervisor of --workers on PostgreSQL: both paths and both
     # backends, at half the cost of every pairing.
     workers = ["--workers", "2"] if own_db.startswith("postgresql") else []
-    old_id, pem = _approved(tmp_path, own_db, trained_model)
+    old_id, pem = _approved(tmp_path, own_db, template, trained_model)
     kept = tmp_path / "old-signing-key.pem"
     shutil.move(tmp_path / KEY, kept)  # the database and blobs restored, keys/ not
     seen = set()
@@ -100,13 +131,13 @@ def test_a_database_restored_without_its_key_is_refused(
 
 
 def test_a_new_artifact_root_over_a_database_with_approvals_starts_with_a_warning(
-    tmp_path: Path, trained_model: TrainedModel
+    tmp_path: Path, template: Template, trained_model: TrainedModel
 ) -> None:
     """A root with no blobs yet is a new one, not a restored one (a database shared with
     another root, as tests on one PostgreSQL database do): the start goes on, and the log says
     which approvals will not verify."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_id, _ = _approved(tmp_path, db, trained_model)
+    old_id, _ = _approved(tmp_path, db, template, trained_model)
     other = tmp_path / "other"
     other.mkdir()
     server = controlplane(other, db).start()
@@ -124,11 +155,13 @@ def test_a_new_artifact_root_over_a_database_with_approvals_starts_with_a_warnin
     ]
 
 
-def test_an_explicit_key_is_used_as_named(tmp_path: Path, trained_model: TrainedModel) -> None:
+def test_an_explicit_key_is_used_as_named(
+    tmp_path: Path, template: Template, trained_model: TrainedModel
+) -> None:
     """A key named with --signing-key is the operator's choice: it is used, without a check
     that refuses."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_id, _ = _approved(tmp_path, db, trained_model)
+    old_id, _ = _approved(tmp_path, db, template, trained_model)
     (tmp_path / KEY).unlink()
     new = tmp_path / "new.pem"
     new.write_bytes(_fresh_key_pem())
@@ -144,13 +177,13 @@ def test_an_explicit_key_is_used_as_named(tmp_path: Path, trained_model: Trained
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
 def test_a_new_explicit_key_over_approvals_it_cannot_verify_starts_with_a_warning(
-    tmp_path: Path, trained_model: TrainedModel, workers: list[str]
+    tmp_path: Path, template: Template, trained_model: TrainedModel, workers: list[str]
 ) -> None:
     """Key and public key both lost: a new key named with --signing-key starts (the loss
     accepted), the log names the approvals' key and how many there are, once with --workers
     too; approvals given again count."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_id, _ = _approved(tmp_path, db, trained_model)
+    old_id, _ = _approved(tmp_path, db, template, trained_model)
     shutil.rmtree(tmp_path / KEY.parent)
     new = tmp_path / "new.pem"
     new.write_bytes(_fresh_key_pem())
@@ -171,13 +204,13 @@ def test_a_new_explicit_key_over_approvals_it_cannot_verify_starts_with_a_warnin
 
 
 def test_a_default_key_already_there_that_signed_no_approval_starts_with_a_warning(
-    tmp_path: Path, trained_model: TrainedModel
+    tmp_path: Path, template: Template, trained_model: TrainedModel
 ) -> None:
     """A first start on a new host generated a default key; then the database was restored
     there without the old key: the key is used (it was already there), and the log names the
     approvals it cannot verify, as for a key named with --signing-key."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    old_id, _ = _approved(tmp_path, db, trained_model)
+    old_id, _ = _approved(tmp_path, db, template, trained_model)
     kept = (tmp_path / KEY).read_bytes()
     (tmp_path / KEY).write_bytes(_fresh_key_pem())
     new_id = key_id(load_signing_key(tmp_path / KEY))
@@ -198,12 +231,12 @@ def test_a_default_key_already_there_that_signed_no_approval_starts_with_a_warni
 
 
 def test_an_explicit_key_that_verifies_every_approval_starts_without_a_warning(
-    tmp_path: Path, trained_model: TrainedModel
+    tmp_path: Path, template: Template, trained_model: TrainedModel
 ) -> None:
     """The key that signed the approvals named with --signing-key, or a new one with the old
     public key given with --verification-keys (a rotation): no warning."""
     db = f"sqlite:///{tmp_path / 'cp.db'}"
-    _, pem = _approved(tmp_path, db, trained_model)
+    _, pem = _approved(tmp_path, db, template, trained_model)
     retired = tmp_path / "retired"
     retired.mkdir()
     (retired / "old.pem").write_text(pem)
