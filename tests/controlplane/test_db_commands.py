@@ -16,7 +16,7 @@ from controlplane.store.migrate import head, history
 from modelplane import Client
 from modelplane.cli import main
 from modelplane.testing.processes import controlplane
-from tests.controlplane.conftest import serve_refused
+from tests.controlplane.conftest import _start, serve_refused
 
 
 def _db(
@@ -31,13 +31,14 @@ def _db(
 
 
 def _keep_a_model(tmp: Path, url: str) -> None:
-    """Serve ``url`` with this release (migrating it) and create the model ``kept`` in it."""
-    server = controlplane(tmp, url).start()
+    """Serve ``url`` with this release in process (migrating it) and create the model
+    ``kept`` in it."""
+    server = _start(tmp, url)
     try:
-        with Client(server.address, principal="alice") as c:
+        with server.client() as c:
             c.create_model("kept")
     finally:
-        server.stop()
+        server.handle.stop(0)
 
 
 def _models_served(tmp: Path, url: str, name: str) -> list[str]:
