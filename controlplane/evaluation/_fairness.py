@@ -10,8 +10,9 @@ Disparities, over the groups where the rate is defined (fairlearn's ``between_gr
 * ``demographic_parity_difference``: max minus min selection rate;
 * ``demographic_parity_ratio``: min over max selection rate (None when no group selects
   anyone, since 0/0 says nothing);
-* ``equal_opportunity_difference``: max minus min TPR;
-* ``equalized_odds_difference``: the larger of the TPR and FPR differences.
+* ``equal_opportunity_difference``: max minus min TPR (None when fewer than two groups have
+  a TPR: nothing is compared);
+* ``equalized_odds_difference``: the larger of the TPR and FPR differences that are defined.
 
 These match ``fairlearn.metrics`` whenever every group has both classes; fairlearn instead
 counts an undefined rate as 0. Rates and disparities are computed exactly from the group's
@@ -100,8 +101,11 @@ class FairnessReport:
 
 
 def _spread(values: list[Fraction | None]) -> Fraction | None:
+    """The largest difference between the groups' rates, over the groups where the rate is
+    defined: undefined when fewer than two are (nothing is compared, and a difference of 0
+    would pass every rule as if the groups agreed)."""
     defined = [v for v in values if v is not None]
-    return max(defined) - min(defined) if defined else None
+    return max(defined) - min(defined) if len(defined) >= 2 else None
 
 
 def _single_group(attribute: str, names: list[str], scope: str) -> EvaluationWarning:

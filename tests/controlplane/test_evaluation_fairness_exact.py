@@ -129,13 +129,15 @@ def exact_report(group: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str
             rates["tpr"].append(Fraction(int((yp & yt).sum()), int(yt.sum())))
         if (~yt).any():
             rates["fpr"].append(Fraction(int((yp & ~yt).sum()), int((~yt).sum())))
-    spread = {k: max(v) - min(v) for k, v in rates.items() if v}
+    # A difference needs two groups with the rate; the larger of the defined ones is the odds'.
+    spread = {k: max(v) - min(v) for k, v in rates.items() if len(v) >= 2}
     top = max(rates["selection"])
+    odds = [spread[k] for k in ("tpr", "fpr") if k in spread]
     return {
         "demographic_parity_difference": float(spread["selection"]),
         "demographic_parity_ratio": float(min(rates["selection"]) / top) if top else None,
         "equal_opportunity_difference": float(spread["tpr"]) if "tpr" in spread else None,
-        "equalized_odds_difference": float(max(spread.get("tpr", 0), spread.get("fpr", 0))),
+        "equalized_odds_difference": float(max(odds)) if odds else None,
     }
 
 
