@@ -1,11 +1,11 @@
-"""``modelplane controlplane serve``: run the control-plane server (``backup`` and ``db`` are in
-:mod:`modelplane.cli.controlplane_db`)."""
+"""``modelplane controlplane serve``: run the control-plane server (``backup`` is in
+:mod:`modelplane.cli.controlplane_backup`, ``db`` in :mod:`modelplane.cli.controlplane_db`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from modelplane.cli import controlplane_db
+from modelplane.cli import controlplane_backup, controlplane_db
 from modelplane.cli._common import listen_error
 from modelplane.cli._extras import extra
 from modelplane.cli._output import EXIT_UNREACHABLE, EXIT_USAGE, CliError, Printer
@@ -117,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "ran, or not the one meant)",
     )
     serve.set_defaults(handler=_serve)
+    controlplane_backup.register(s)
     controlplane_db.register(s)
 
 
