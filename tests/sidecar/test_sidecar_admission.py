@@ -64,8 +64,10 @@ def test_one_row_calls_beyond_the_queue_limit_are_shed_and_health_answers(
             while not done.is_set():
                 start = time.monotonic()
                 try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    is_ready = ready.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
+                    # A probe's deadline (kubelet's default is 1 s), with room for a loaded
+                    # test machine: a starved health check waits for the flood to end.
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    is_ready = ready.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
                 except grpc.RpcError as exc:
                     problems.append(f"{exc.code().name}: {exc.details()}")
                     continue
