@@ -12,6 +12,7 @@ match no class.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,14 +86,18 @@ def _as_class_type(column: pa.ChunkedArray, classes: Sequence[int] | Sequence[st
     return pc.cast(combined, pa.int64())
 
 
-_BOOLEAN_TEXT = pa.array(["false", "true", "0", "1"])
+@functools.cache
+def _boolean_text() -> pa.Array:
+    """The texts a boolean label may be written as, in ``classes`` order (built on first use:
+    ``pa.array`` of a list loads pandas, half a second of every server start otherwise)."""
+    return pa.array(["false", "true", "0", "1"], type=pa.string())
 
 
 def _boolean_indices(column: pa.ChunkedArray, label: str, classes: Sequence[bool]) -> np.ndarray:
     """Each label's index in the boolean ``classes``."""
     combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     text = category_strings(combined)
-    found = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=_BOOLEAN_TEXT)
+    found = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=_boolean_text())
     if found.null_count:
         unknown = pc.unique(pc.filter(combined, pc.is_null(found))).to_pylist()
         raise _unknown(label, unknown, classes)
