@@ -98,7 +98,9 @@ def test_gate_with_risk_approval_then_governed_alias(
 
 
 def test_ungoverned_target_passes_and_is_recorded(
-    controlplane: RunningControlPlane, trained_model: TrainedModel
+    controlplane: RunningControlPlane,
+    trained_model: TrainedModel,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model_id = unique()
     with controlplane.client() as c:
@@ -107,7 +109,18 @@ def test_ungoverned_target_passes_and_is_recorded(
         assert d.passed and d.policy == "" and not d.results and d.evaluation == ""
         assert [x.name for x in c.list_gate_decisions(model_id, version)] == [d.name]
         events = [e.action for e in c.audit_events(resource=d.name)]
+        c.create_policy(unique("p"), target="production", rules=[RISK_RULE])
     assert events == ["EvaluateGate"]
+    # The CLI passes it too, but says on stderr that nothing was checked, naming the
+    # governed target a misspelt one was probably meant to be.
+    code, out, err = cli(
+        controlplane, capsys, "gate", model_id, str(version), "--target", "prodution"
+    )
+    assert code == 0 and json.loads(out)["passed"] is True
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert "no policy governs target 'prodution'" in warning
+    assert "passes whatever the version's evidence" in warning
+    assert "did you mean 'production'?" in warning
 
 
 def test_gate_cli_exit_codes_and_rule_values(

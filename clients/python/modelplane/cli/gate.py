@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 
 from modelplane.cli._common import (
@@ -13,6 +14,7 @@ from modelplane.cli._common import (
     server_errors,
 )
 from modelplane.cli._output import EXIT_CHECK_FAILED, EXIT_OK, Printer, to_dict
+from modelplane.errors import ModelplaneError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,10 +37,31 @@ def _values(values: dict[str, object]) -> str:
     return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in values.items())
 
 
+def _ungoverned(target: str, governed: list[str] | None) -> str:
+    """The warning for a gate on a target no policy governs: it passes anything, and a
+    misspelt target (in a CI script, say) would let any version through."""
+    text = (
+        f"warning: no policy governs target {target!r}, so this gate passes whatever the "
+        "version's evidence"
+    )
+    if governed is None:
+        return text
+    close = difflib.get_close_matches(target, governed, n=3, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(repr(t) for t in close)}?" if close else ""
+    known = ", ".join(sorted(governed)) if governed else "none yet"
+    return f"{text}{hint} (governed targets: {known})"
+
+
 def _gate(args: argparse.Namespace, out: Printer) -> int:
     with server_errors(), client(args) as c:
         version = numbered_version(c, args.name, args.version, out)
         d = c.evaluate_gate(args.name, version, args.target, request_id=args.request_id or None)
+        if not d.policy:
+            try:
+                governed: list[str] | None = [p.target for p in c.list_policies()]
+            except ModelplaneError:  # not allowed to list them: the warning goes without
+                governed = None
+            out.progress(_ungoverned(args.target, governed))
     data = to_dict(d)
     rows = [
         [r["index"], r["outcome"], r["expression"], _values(r.get("values") or {}), r["message"]]
