@@ -17,7 +17,7 @@ from controlplane.services.evidence import (
     decision_stands,
     gate_inputs,
 )
-from controlplane.services.gates import not_comparable
+from controlplane.services.gates import counted_approvals, not_comparable
 from controlplane.services.governance_names import parse_version_number
 from controlplane.services.model_card_render import render_html, render_markdown
 from controlplane.services.models import require_model
@@ -65,7 +65,9 @@ class ModelCardService:
             earlier = {
                 t: not current[t] and not_comparable(d, inputs[t]) for t, d in newest.items()
             }
-        standing = {a.id for i in inputs.values() for a in i.approvals}
+        # Current as a gate counts it: standing on the evidence as it is now, and validly
+        # signed (a record altered in the database is shown, never as current).
+        standing = {a.id for i in inputs.values() for a in counted_approvals(self.key, i.approvals)}
         evaluation = None
         if latest is not None:
             report = latest.report

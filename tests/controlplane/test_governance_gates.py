@@ -213,7 +213,9 @@ def test_signatures_verify_and_tampering_is_detected(
         # A forged approval no longer counts for the gate.
         assert not erin.evaluate_gate(model_id, version, "production").passed
         card = erin.model_card(model_id, version, format="json").content
-    assert "INVALID" in json.loads(card)["approvals"][0]["signature"]
+    forged = json.loads(card)["approvals"][0]
+    # Shown with its failed signature, and not as current: the gate does not count it.
+    assert "INVALID" in forged["signature"] and forged["current"] is False
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE evaluations SET report = json_set(report, '$.rows', 1)")
     code, out, _ = cli(controlplane, capsys, "versions", "verify", model_id, str(version))
