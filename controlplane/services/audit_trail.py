@@ -25,6 +25,28 @@ EXPORT_FORMATS = ("jsonl",)
 EXPORT_BATCH = 500
 
 
+#: The collections whose resources the audit trail records events about.
+AUDITED_COLLECTIONS = ("models", "policies", "deployments", "blobs", "operations")
+
+
+def check_resource_filter(resource: str) -> None:
+    """INVALID_ARGUMENT (INVALID_RESOURCE_FILTER) for a ``resource`` filter that names no
+    resource (``models/fraud``, ``deployments/live``, a collection such as ``policies``): a
+    misspelt one would otherwise answer with no events, which reads as "no activity"."""
+    if not resource:
+        return
+    collection = resource.split("/", 1)[0]
+    if collection in AUDITED_COLLECTIONS and "//" not in resource.rstrip("/"):
+        return
+    raise InvalidArgument(
+        f"resource {resource[:100]!r} names no resource: give a resource name, such as "
+        "models/fraud, models/fraud/versions/3 or deployments/fraud-live, or a whole collection "
+        f"({', '.join(AUDITED_COLLECTIONS)})",
+        reason="INVALID_RESOURCE_FILTER",
+        metadata={"resource": resource[:100]},
+    )
+
+
 class AuditTrailService:
     """Reads, exports, checkpoints and verifies the audit chain."""
 
@@ -43,6 +65,7 @@ class AuditTrailService:
         page_token: str = "",
     ) -> tuple[list[audit.AuditEvent], str]:
         check_text(resource, "resource", 1000, single_line=True)
+        check_resource_filter(resource)
         check_text(actor, "actor", 200, single_line=True)
         return audit.list_events(
             self.store,

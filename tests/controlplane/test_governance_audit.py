@@ -48,6 +48,14 @@ def test_list_filters_and_export(
         future = list(c.audit_events(since=datetime.now(UTC) + timedelta(hours=1)))
         with pytest.raises(InvalidArgument):
             list(c.audit_events(resource="bad\x01"))
+        # A filter that names no resource (a typo, a bare id) is refused, not answered with
+        # no events as if nothing had happened; a whole collection is a filter too.
+        for typo in ("not a resource", model_id, f"model/{model_id}", "models//x"):
+            with pytest.raises(InvalidArgument) as refused:
+                list(c.audit_events(resource=typo))
+            assert refused.value.reason == "INVALID_RESOURCE_FILTER", typo
+            assert "models/fraud" in refused.value.message
+        assert len(list(c.audit_events(resource="models"))) >= len(mine)
     assert [e.seq for e in everything] == list(range(1, len(everything) + 1))
     assert [e.action for e in mine] == ["CreateModel", "UpdateModel", "UpdateModel"]
     assert {e.actor for e in bobs} == {"bob"} and len(bobs) == 2
