@@ -189,6 +189,33 @@ def _check_rule(rule: CompiledRule, what: str) -> None:
             raise _invalid(what, rule, problem.format(result.message))
 
 
+def unmeasurable_drift(
+    guards: Sequence[str], arms: frozenset[str]
+) -> list[tuple[int, str, list[str]]]:
+    """The guards (index, expression, the arms of ``arms`` whose drift it reads) that can never
+    be evaluated when ``arms`` never report drift (their versions have no baseline profile to
+    measure it against): those that read such an arm's ``drift`` and err without it. One that
+    guards the read (``!has(candidate.drift) || ...``) is not among them."""
+    out = []
+    for rule in _compiled(tuple(guards)):
+        read = sorted(
+            {
+                ref.path[0]
+                for ref in rule.refs
+                if ref.path[0] in arms and ref.path[1:2] == ("drift",)
+            }
+        )
+        if not read:
+            continue
+        values = _sample(1.0)
+        for arm in read:
+            values[arm].pop("drift", None)
+        (result,) = evaluate_rules([rule], values).results
+        if result.outcome is Outcome.ERROR:
+            out.append((rule.index, rule.expression, read))
+    return out
+
+
 def check_guards(guards: Sequence[str], what: str = "guards") -> tuple[str, ...]:
     """Guards that compile against the guard variables, read only their fields and yield a
     bool (see the module docstring); INVALID_ARGUMENT (INVALID_GUARD)."""

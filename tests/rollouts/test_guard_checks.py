@@ -46,8 +46,9 @@ ACCEPTED = [
     "candidate.requests >= candidate.errors && candidate.rows >= 0.0 && candidate.version > 0.0",
     "!has(candidate.accuracy) || candidate.accuracy >= champion.accuracy - 0.02",
     "candidate.labeled >= candidate.correct",
-    "candidate.drift.max_psi < 0.2 && candidate.drift.drifted_share < 0.5",
-    "champion.drift.rows >= 0.0",
+    # These versions have no baseline profile: a drift read must be guarded (see below).
+    "!has(candidate.drift) || candidate.drift.max_psi < 0.2 && candidate.drift.drifted_share < 0.5",
+    "!has(champion.drift) || champion.drift.rows >= 0.0",
     "shadow.error_rate <= champion.error_rate + 0.01 && shadow.disagreement_rate <= 0.1",
     "shadow.mean_abs_diff < 0.5 && shadow.ks_statistic < 0.3",
     "shadow.pairs >= shadow.disagreements",
@@ -104,3 +105,26 @@ def test_a_misspelled_guard_can_no_longer_replace_the_default_rollback(
     for _ in range(3):
         side.report(champion=100, candidate=100, candidate_errors=100)
     assert c.get_deployment(dep).rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK
+
+
+@pytest.mark.parametrize(
+    ("guard", "arm"),
+    [("candidate.drift.max_psi <= 0.3", "candidate"), ("champion.drift.rows >= 0.0", "champion")],
+)
+def test_a_drift_guard_on_a_version_without_a_baseline_is_refused(
+    c: Client, tmp_path: Path, guard: str, arm: str
+) -> None:
+    """No drift is measured for a version registered without a training dataset: an unguarded
+    guard on its drift would be skipped on every window and hold the rollout for ever."""
+    from modelplane.errors import FailedPrecondition
+
+    dep, versions = deployed(c, tmp_path)
+    with pytest.raises(FailedPrecondition) as refused:
+        c.start_rollout(dep, versions[1], steps=[50], guards=[guard])
+    assert refused.value.reason == "NO_BASELINE_PROFILE"
+    number = versions[1] if arm == "candidate" else versions[0]
+    assert f"the {arm}, version {number}," in refused.value.message
+    assert f"!has({arm}.drift) ||" in refused.value.message
+    assert c.get_deployment(dep).rollout.id == ""  # nothing started
+    # Guarded, the read is accepted.
+    c.start_rollout(dep, versions[1], steps=[50], guards=[f"!has({arm}.drift) || {guard}"])
