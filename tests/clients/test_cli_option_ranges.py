@@ -69,3 +69,12 @@ def test_a_rollout_amount_that_is_no_number_above_0_says_what_it_got(
     shown = str(float(value))
     assert f"{option} must be a number above 0, not {shown}" in err
     assert "internal error" not in err
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_min_requests_names_the_range_it_takes(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0 is refused too (it would mean "the default" on the wire): the range starts at 1."""
+    assert main([*DEAD, *START, "2", "--min-requests", value]) == 2
+    assert f"'{value}' is out of range: use 1 to" in capsys.readouterr().err

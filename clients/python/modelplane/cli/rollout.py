@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     st.add_argument(
         "--min-requests",
-        type=whole_number(),
+        type=whole_number(1),
         metavar="N",
         help="candidate requests per step (default 100)",
     )
