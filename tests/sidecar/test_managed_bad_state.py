@@ -32,6 +32,11 @@ def test_a_refused_first_state_is_checked_once_and_a_newer_one_is_applied(
     # Candidate 2 is not among the state's versions.
     bad = state(NAME, 1, versions, 1, candidate=2, percent=10.0, rollout_id="r")
     with structlog.testing.capture_logs() as logs:
+        # A logger this process used before is cached with the configuration of then (level
+        # warning, no capture): one made now is bound to the capture.
+        monkeypatch.setattr(
+            manager_module, "log", structlog.get_logger("modelplane.sidecar.managed")
+        )
         h = managed()
         plane.push(bad)
         assert first.wait(60)

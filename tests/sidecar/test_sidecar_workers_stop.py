@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from sidecar_helpers import PYTHON, ROOT, children
 
 from modelplane.testing import onnx_models
@@ -27,11 +30,12 @@ def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def
     return predicate()
 
 
-def _serve(*args: str) -> subprocess.Popen[str]:
+def _serve(*args: str, tmpdir: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "TMPDIR": tmpdir} if tmpdir else None
     return subprocess.Popen(
         [PYTHON, "-m", "modelplane.cli", "sidecar", "serve", "--listen", "127.0.0.1:0",
          "--device", "cpu", "--workers", "2", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
 
 
@@ -117,7 +121,9 @@ def test_a_worker_that_fails_stops_the_sidecar(tmp_path: Path) -> None:
         _kill_all(sup, workers)
 
 
-def test_the_folders_of_a_killed_managed_supervisor_are_swept(tmp_path: Path) -> None:
+def test_the_folders_of_a_killed_managed_supervisor_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A managed sidecar's workers share a folder of sockets (labels join on every worker) and,
     given no cache or log folder, a temporary artifact cache; after its supervisor was
     killed, the next supervisor's sweep removes the first and the next sidecar's the second."""
@@ -128,8 +134,12 @@ def test_the_folders_of_a_killed_managed_supervisor_are_swept(tmp_path: Path) ->
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
+    # A temporary folder of this test's own (short: sockets go in it), so that the sweeps of
+    # sidecars other tests start meanwhile in /tmp do not take these folders first.
+    own = tempfile.mkdtemp(prefix="mp-sweep-", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", own)
     # Managed workers wait for a control plane that is not there: never ready.
-    sup = _serve("--control-plane", f"127.0.0.1:{closed}", "--deployment", "fraud")
+    sup = _serve("--control-plane", f"127.0.0.1:{closed}", "--deployment", "fraud", tmpdir=own)
     workers: list[int] = []
     try:
         assert _wait_for(lambda: len(children(sup.pid)) == 2, 60)
@@ -164,6 +174,7 @@ def test_the_folders_of_a_killed_managed_supervisor_are_swept(tmp_path: Path) ->
         assert not cache.exists()
     finally:
         _kill_all(sup, workers)
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def test_workers_end_with_a_killed_supervisor(tmp_path: Path) -> None:
