@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from modelplane.profiles import build_profile  # noqa: E402
+from modelplane.server.cpus import available_cores  # noqa: E402
 from sidecar.drift import DriftMonitor, ReferenceSet  # noqa: E402
 from sidecar.drift._kernels import summarize_cells  # noqa: E402
 
@@ -319,9 +320,19 @@ def main() -> None:
 
     prepare_s, reference = best_of(3, lambda: ReferenceSet.prepare(ref, names))
     assert isinstance(reference, ReferenceSet)
-    emit(bench="drift", what="prepare_baseline", seconds=prepare_s, rows=args.reference_rows)
+    one_prepare_s, _ = best_of(3, lambda: ReferenceSet.prepare(ref, names, workers=1))
+    emit(
+        bench="drift",
+        what="prepare_baseline",
+        seconds=prepare_s,
+        one_thread_seconds=one_prepare_s,
+        rows=args.reference_rows,
+    )
 
     engine_s, scores = best_of(3, lambda: reference.score(cur))
+    # The engine scores features on a thread per core; the loops below run on one thread.
+    one_thread_s, one_thread = best_of(3, lambda: reference.score(cur, workers=1))
+    assert one_thread == scores
     ref_cols = [np.ascontiguousarray(ref[:, i]) for i in range(n_features)]
     cur_cols = [np.ascontiguousarray(cur[:, i]) for i in range(n_features)]
     scipy_s, expected = best_of(1, lambda: scipy_loop(ref_cols, cur_cols))
@@ -335,8 +346,11 @@ def main() -> None:
         bench="drift",
         what="score_window",
         engine_s=engine_s,
+        engine_threads=min(available_cores(), n_features),
+        engine_one_thread_s=one_thread_s,
         scipy_numpy_loop_s=scipy_s,
         speedup_vs_scipy=scipy_s / engine_s,
+        speedup_vs_scipy_one_thread=scipy_s / one_thread_s,
         target_speedup_vs_scipy=20,
         ks_statistic_max_abs_diff=ks_stat_diff,
         ks_pvalue_max_abs_diff=ks_p_diff,
@@ -358,6 +372,7 @@ def main() -> None:
         scipy_prepared_window_s=hoisted_s,
         engine_s=engine_s,
         speedup_vs_prepared_scipy=hoisted_s / engine_s,
+        speedup_vs_prepared_scipy_one_thread=hoisted_s / one_thread_s,
         target_speedup_vs_scipy=20,
         vs_scipy_loop=max_diffs(hoisted, expected),
         vs_engine=max_diffs(hoisted, [(s.ks_statistic, s.ks_pvalue, s.psi, s.js) for s in scores]),
