@@ -20,7 +20,7 @@ import pytest
 
 from modelplane import Client
 from tests.clients.conftest import ROOT, Classifier, LiveControlPlane
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
 from tests.controlplane.test_auth_tls import _cert, _key, _write
 
@@ -58,7 +58,7 @@ def one_watch_controlplane(
 ) -> Iterator[RunningControlPlane]:
     """A control plane that refuses a second watch while one is open (TOO_MANY_WATCHES)."""
     tmp = tmp_path_factory.mktemp("one-watch")
-    cp = _start(tmp, f"sqlite:///{tmp / 'cp.db'}", max_watches=1)
+    cp = start_controlplane(tmp, f"sqlite:///{tmp / 'cp.db'}", max_watches=1)
     yield cp
     cp.handle.stop(0)
 
@@ -85,7 +85,7 @@ def mtls_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mutu
     server_cert, server_key_path = _write(tmp, "server", server, server_key)
     client = _cert("node-ci", client_key, "test-ca", ca_key)
     client_cert, client_key_path = _write(tmp, "client", client, client_key)
-    cp = _start(
+    cp = start_controlplane(
         tmp,
         f"sqlite:///{tmp / 'cp.db'}",
         tls_cert=str(server_cert),

@@ -32,7 +32,9 @@ class RunningControlPlane:
         return Client(self.address, principal=principal, timeout=30)
 
 
-def _start(tmp: Path, db_url: str, **overrides: object) -> RunningControlPlane:
+def start_controlplane(tmp: Path, db_url: str, **overrides: object) -> RunningControlPlane:
+    """A control plane in this process on ``db_url``, its artifacts under ``tmp``, with
+    ``overrides`` of :class:`ControlPlaneSettings`; the caller stops it."""
     settings = ControlPlaneSettings(
         listen="127.0.0.1:0",
         db_url=db_url,
@@ -47,7 +49,9 @@ def _start(tmp: Path, db_url: str, **overrides: object) -> RunningControlPlane:
 @pytest.fixture
 def controlplane(tmp_path: Path) -> Iterator[RunningControlPlane]:
     """A control plane on SQLite in a temporary folder (upload limit 8 MiB)."""
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_upload_bytes=8 * 1024 * 1024)
+    cp = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_upload_bytes=8 * 1024 * 1024
+    )
     yield cp
     cp.handle.stop(0)
 
@@ -55,7 +59,7 @@ def controlplane(tmp_path: Path) -> Iterator[RunningControlPlane]:
 @pytest.fixture
 def controlplane_any(tmp_path: Path, db_url: str) -> Iterator[RunningControlPlane]:
     """A control plane on each backend (SQLite and PostgreSQL)."""
-    cp = _start(tmp_path, db_url)
+    cp = start_controlplane(tmp_path, db_url)
     yield cp
     cp.handle.stop(0)
 

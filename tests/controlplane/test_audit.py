@@ -25,7 +25,7 @@ from controlplane.store import Mutation, Store
 from modelplane.cli import main
 from modelplane.errors import AlreadyExists, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 CTX = RequestContext(principal="alice")
 
@@ -532,7 +532,7 @@ def _forge_below_one(url: str, seqs: list[int]) -> None:
 def test_events_numbered_below_one_fail_verification_and_are_not_listed(
     fresh_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cp = _start(tmp_path, fresh_url)
+    cp = start_controlplane(tmp_path, fresh_url)
     try:
         with cp.client() as c:
             for i in range(3):
@@ -542,7 +542,7 @@ def test_events_numbered_below_one_fail_verification_and_are_not_listed(
         cp.handle.stop(0)
     _forge_below_one(fresh_url, [0, -1])
 
-    cp = _start(tmp_path, fresh_url)
+    cp = start_controlplane(tmp_path, fresh_url)
     try:
         with cp.client() as c:
             assert [e.seq for e in c.audit_events()] == [1, 2, 3]

@@ -22,7 +22,7 @@ from modelplane.audit_chain import GENESIS_HASH, HASHED_FIELDS, event_hash
 from modelplane.cli import main
 from modelplane.v1 import audit_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, start_controlplane
 
 #: Nothing listens here: offline verification must not need a server.
 NO_SERVER = "127.0.0.1:9"
@@ -102,7 +102,7 @@ def exported(
     """A control plane with some history, a signed checkpoint of it, more history after the
     checkpoint, the export of it all and the server's public key as ``keys show`` prints it."""
     folder = tmp_path_factory.mktemp("audit-export")
-    cp = _start(folder, f"sqlite:///{folder / 'cp.db'}")
+    cp = start_controlplane(folder, f"sqlite:///{folder / 'cp.db'}")
     try:
         history(cp, trained_model)
         saved, checkpoint, public_key = checkpointed(cp, folder)

@@ -23,7 +23,7 @@ from controlplane.settings import ControlPlaneSettings
 from modelplane import Client
 from modelplane.errors import PermissionDenied, Unauthenticated
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_auth_permissions import TokenServer, reason_of
 
 ISSUER = "https://issuer.test"
@@ -51,7 +51,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 def _jwt_server(tmp: Path, key_file: Path, **overrides: object) -> RunningControlPlane:
-    return _start(
+    return start_controlplane(
         tmp,
         f"sqlite:///{tmp / 'cp.db'}",
         auth="jwt",

@@ -24,7 +24,7 @@ from controlplane.auth.permissions import ADMIN, SERVED_ELSEWHERE
 from controlplane.server import SERVICE_NAMES
 from modelplane import Client
 from modelplane.errors import error_info
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 #: principal → (roles, models) of the tokens most tests use.
 PEOPLE: dict[str, tuple[list[str], list[str]]] = {
@@ -81,7 +81,7 @@ def start_token_server(
     """A real control plane on SQLite under ``tmp`` authenticating with a tokens file."""
     tmp.mkdir(parents=True, exist_ok=True)
     tokens = write_tokens(tmp / "tokens.yaml", people)
-    cp = _start(
+    cp = start_controlplane(
         tmp, f"sqlite:///{tmp / 'cp.db'}", auth=f"tokens:{tmp / 'tokens.yaml'}", **overrides
     )
     return TokenServer(cp, tokens)

@@ -32,7 +32,7 @@ from modelplane.cli import main
 from modelplane.errors import InvalidArgument
 from modelplane.testing.processes import free_port
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_auth_permissions import TokenServer, start_token_server
 
 
@@ -166,7 +166,7 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[
 def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RunningControlPlane]:
     """TLS without client certificates and without access control (loopback)."""
     tmp = tmp_path_factory.mktemp("tls")
-    cp = _start(
+    cp = start_controlplane(
         tmp,
         f"sqlite:///{tmp / 'cp.db'}",
         tls_cert=str(pki.server_cert),

@@ -19,7 +19,7 @@ from modelplane import Client
 from modelplane.errors import NotFound, PermissionDenied
 from modelplane.v1 import evaluation_pb2, registry_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import TrainedModel, _start, refused
+from tests.controlplane.conftest import TrainedModel, refused, start_controlplane
 from tests.controlplane.test_auth_permissions import (
     TokenServer,
     start_token_server,
@@ -56,7 +56,9 @@ def models(
         server = start_token_server(tmp, people)
     else:
         tokens = write_tokens(tmp / "tokens.yaml", people)
-        cp = _start(tmp, request.getfixturevalue("pg_url"), auth=f"tokens:{tmp / 'tokens.yaml'}")
+        cp = start_controlplane(
+            tmp, request.getfixturevalue("pg_url"), auth=f"tokens:{tmp / 'tokens.yaml'}"
+        )
         server = TokenServer(cp, tokens)
     with server.client("ada") as ada:
         ada.create_model(a)

@@ -20,7 +20,7 @@ import yaml
 
 from modelplane import Client
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, start_controlplane
 from tests.controlplane.test_auth_identity import SECRET, _hs, _jwt_server
 from tests.controlplane.test_blob_scope import _create, _other_onnx, blob_refused
 
@@ -60,7 +60,9 @@ def servers(
                 entry["models"] = models[scope]
             entries.append(entry)
         (tmp / "tokens.yaml").write_text(yaml.safe_dump({"tokens": entries}))
-        cp = _start(tmp, f"sqlite:///{tmp / 'cp.db'}", auth=f"tokens:{tmp / 'tokens.yaml'}")
+        cp = start_controlplane(
+            tmp, f"sqlite:///{tmp / 'cp.db'}", auth=f"tokens:{tmp / 'tokens.yaml'}"
+        )
     else:
         (tmp / "secret").write_bytes(SECRET)
         cp = _jwt_server(tmp, tmp / "secret")

@@ -28,7 +28,7 @@ from modelplane import (
     Unavailable,
 )
 from modelplane.testing import launch, processes
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 FSIZE_BYTES = 2_000_000
 
@@ -52,7 +52,7 @@ def test_an_upload_past_the_file_size_limit_is_storage_full(tmp_path: Path) -> N
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[RunningControlPlane]:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     yield cp
     cp.handle.stop(0)
 

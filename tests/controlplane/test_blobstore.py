@@ -195,7 +195,7 @@ def test_a_removed_blob_folder_is_made_again(store: BlobStore) -> None:
 
 
 def test_starting_removes_only_stale_upload_files(tmp_path: Path) -> None:
-    from tests.controlplane.conftest import _start
+    from tests.controlplane.conftest import start_controlplane
 
     tmp = tmp_path / "artifacts" / "tmp"
     tmp.mkdir(parents=True)
@@ -205,7 +205,7 @@ def test_starting_removes_only_stale_upload_files(tmp_path: Path) -> None:
     old = time.time() - 2 * 3600
     for path in (stale, other):
         os.utime(path, (old, old))
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     try:
         assert sorted(p.name for p in tmp.iterdir()) == ["notes.txt", "upload-live"]
         with cp.client() as c:  # uploads still work alongside the kept file

@@ -16,7 +16,7 @@ from controlplane.store.migrate import head, history
 from modelplane import Client
 from modelplane.cli import main
 from modelplane.testing.processes import controlplane
-from tests.controlplane.conftest import _start, serve_refused
+from tests.controlplane.conftest import serve_refused, start_controlplane
 
 
 def _db(
@@ -33,7 +33,7 @@ def _db(
 def _keep_a_model(tmp: Path, url: str) -> None:
     """Serve ``url`` with this release in process (migrating it) and create the model
     ``kept`` in it."""
-    server = _start(tmp, url)
+    server = start_controlplane(tmp, url)
     try:
         with server.client() as c:
             c.create_model("kept")

@@ -20,7 +20,7 @@ from modelplane import CallDeadlineExceeded, Client, DeadlineExceeded, Modelplan
 from modelplane.testing.onnx_models import mlp, save
 from modelplane.v1 import operations_pb2, operations_pb2_grpc
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_cli import Cli
 from tests.controlplane.test_deployments_api import deployed
 
@@ -126,7 +126,7 @@ def busy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[C
     """A control plane whose two RPC threads are each held by a 5 s WaitOperation, so that a
     call sent meanwhile waits for a thread, and its CLI. The fixture returns once a short call
     is seen waiting (on a loaded machine the two waits can take a while to be taken up)."""
-    cp = _start(
+    cp = start_controlplane(
         tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=1, max_watches=1, max_waits=2
     )
     request = operations_pb2.WaitOperationRequest(name=_operation(cp))

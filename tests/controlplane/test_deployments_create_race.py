@@ -14,7 +14,7 @@ import pytest
 from modelplane import Client
 from modelplane.errors import ModelplaneError
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import register_versions
 
 pytestmark = pytest.mark.timeout(180)
@@ -26,7 +26,10 @@ CALLERS = 4
 def test_concurrent_creates_of_one_name_lose_with_deployment_exists(
     tmp_path: Path, db_url: str
 ) -> None:
-    planes = [_start(tmp_path / "a", db_url), _start(tmp_path / "b", db_url)]
+    planes = [
+        start_controlplane(tmp_path / "a", db_url),
+        start_controlplane(tmp_path / "b", db_url),
+    ]
     clients = [p.client() for p in planes]
     try:
         model_id, versions = register_versions(clients[0], tmp_path, 1)

@@ -24,7 +24,7 @@ from modelplane.profiles import BaselineProfile, NumericFeature
 from modelplane.testing import onnx_models
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import arm, wait_for
 
 FEATURES = [f"x{i}" for i in range(8)]
@@ -99,7 +99,7 @@ def test_drift_calls_webhook_and_command(tmp_path: Path, webhook: str) -> None:
     hooks.write_text(
         yaml.safe_dump({"deployments": {"churn": {"command": [sys.executable, "-c", script]}}})
     )
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))
     try:
         with cp.client() as c:
             model_id, version, profile = _with_baseline(c, tmp_path)
@@ -159,4 +159,4 @@ def test_bad_hooks_file_refuses_to_start(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks.yaml"
     hooks.write_text(yaml.safe_dump({"deployments": {"churn": {"command": "rm -rf /"}}}))
     with pytest.raises(HooksFileError, match="list of strings"):
-        _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))
+        start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))

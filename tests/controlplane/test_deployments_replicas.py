@@ -17,7 +17,7 @@ from modelplane import Client
 from modelplane.errors import Aborted, FailedPrecondition, Unavailable
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import (
     Sidecar,
     drive,
@@ -37,7 +37,7 @@ def _rolling_out(c: Client, folder: Path, **rollout: Any) -> tuple[str, list[int
 
 
 def test_rollout_survives_a_restart(tmp_path: Path, db_url: str) -> None:
-    first = _start(tmp_path / "a", db_url)
+    first = start_controlplane(tmp_path / "a", db_url)
     try:
         with first.client() as c:
             dep, versions = _rolling_out(
@@ -48,7 +48,7 @@ def test_rollout_survives_a_restart(tmp_path: Path, db_url: str) -> None:
             before = (moved.rollout.id, moved.generation)
     finally:
         first.handle.stop(0)
-    second = _start(tmp_path / "b", db_url)
+    second = start_controlplane(tmp_path / "b", db_url)
     try:
         with second.client() as c:
             d = c.get_deployment(dep)
@@ -82,8 +82,8 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
         if backend == "sqlite"
         else request.getfixturevalue("pg_url")
     )
-    a = _start(tmp_path, url)
-    b = _start(tmp_path, url)
+    a = start_controlplane(tmp_path, url)
+    b = start_controlplane(tmp_path, url)
     try:
         with a.client() as ca, b.client() as cb:
             model_id, versions = register_versions(ca, tmp_path, 3)
@@ -142,7 +142,7 @@ def test_two_replicas_agree(tmp_path: Path, backend: str, request: pytest.Fixtur
 
 
 def test_watch_ends_unavailable_when_the_server_stops(tmp_path: Path) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     cp.handle.grace_seconds = 30.0  # the stream must end before the grace runs out
     stopped = False
     try:
@@ -166,7 +166,7 @@ def test_watch_ends_unavailable_when_the_server_stops(tmp_path: Path) -> None:
 def test_reports_and_the_reconciler_never_deadlock(tmp_path: Path, pg_url: str) -> None:
     """Window reports (which count step requests and judge guards) race the reconciler's
     time-driven steps on the same deployment and rollout rows: they must queue, never fail."""
-    cp = _start(tmp_path, pg_url)
+    cp = start_controlplane(tmp_path, pg_url)
     try:
         with cp.client() as c:
             dep, _ = _rolling_out(

@@ -281,14 +281,14 @@ def test_a_scoped_caller_naming_no_possible_deployment_is_refused_on_each_backen
     INTERNAL, and the server serves on."""
     from modelplane.errors import error_info
     from modelplane.v1 import deployments_pb2_grpc
-    from tests.controlplane.conftest import _start, refused
+    from tests.controlplane.conftest import refused, start_controlplane
     from tests.controlplane.test_auth_permissions import write_tokens
 
     model = unique("m")
     tokens = write_tokens(
         tmp_path / "tokens.yaml", {"dana": (["developer"], [model]), "sid": (["sidecar"], [model])}
     )
-    cp = _start(tmp_path, db_url, auth=f"tokens:{tmp_path / 'tokens.yaml'}")
+    cp = start_controlplane(tmp_path, db_url, auth=f"tokens:{tmp_path / 'tokens.yaml'}")
     try:
         with grpc.insecure_channel(cp.address) as channel:
             stub = deployments_pb2_grpc.DeploymentServiceStub(channel)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelplane.errors import FailedPrecondition
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_evaluation_control import dataset, register, wait_running
 
 
@@ -17,7 +17,7 @@ def test_an_evaluation_of_a_version_archived_meanwhile_is_not_stored(
 ) -> None:
     data = dataset(tmp_path)
     # One worker, held by a model that never returns: the evaluation of `quick` waits for it.
-    cp = _start(tmp_path, db_url, evaluation_workers=1)
+    cp = start_controlplane(tmp_path, db_url, evaluation_workers=1)
     try:
         with cp.client() as c:
             slow_id, slow = register(c, tmp_path, 10**12)

@@ -23,7 +23,7 @@ from modelplane import Client
 from modelplane.errors import NotFound, ResourceExhausted
 from modelplane.server.context import RequestContext
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 FEATURES = [f"f{i}" for i in range(3)]
 
@@ -113,7 +113,7 @@ def wait_running(c: Client, name: str) -> None:
 
 def test_an_evaluation_that_never_returns_times_out(tmp_path: Path) -> None:
     data = dataset(tmp_path)
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         f"sqlite:///{tmp_path / 'cp.db'}",
         evaluation_workers=1,
@@ -164,7 +164,7 @@ def test_cancel_stops_a_running_evaluation_and_frees_its_worker(
 def test_a_cancel_on_another_replica_stops_the_work_here(tmp_path: Path) -> None:
     data = dataset(tmp_path)
     url = f"sqlite:///{tmp_path / 'cp.db'}"
-    cp = _start(tmp_path, url, evaluation_workers=1, operation_lease_seconds=0.6)
+    cp = start_controlplane(tmp_path, url, evaluation_workers=1, operation_lease_seconds=0.6)
     other = Store.open(url)
     try:
         with cp.client() as c:
@@ -189,7 +189,7 @@ def test_a_cancel_on_another_replica_stops_the_work_here(tmp_path: Path) -> None
 
 def test_stopping_the_server_ends_a_model_run_in_progress(tmp_path: Path) -> None:
     data = dataset(tmp_path)
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
     with cp.client() as c:
         model_id, version = register(c, tmp_path, 10**12)
         op = c.evaluate(model_id, version, data, label="target", compare_to="-")
@@ -202,7 +202,7 @@ def test_stopping_the_server_ends_a_model_run_in_progress(tmp_path: Path) -> Non
 
 def test_the_queue_of_evaluations_is_bounded(tmp_path: Path) -> None:
     data = dataset(tmp_path)
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         f"sqlite:///{tmp_path / 'cp.db'}",
         evaluation_workers=1,
@@ -237,7 +237,7 @@ def test_a_cancelled_evaluation_waiting_for_a_worker_leaves_the_queue_at_once(
     tmp_path: Path,
 ) -> None:
     data = dataset(tmp_path)
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         f"sqlite:///{tmp_path / 'cp.db'}",
         evaluation_workers=1,

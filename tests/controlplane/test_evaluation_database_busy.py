@@ -22,7 +22,7 @@ import pytest
 
 from controlplane.store import engine
 from modelplane.testing.launch import prefix
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_evaluation_control import dataset, register, wait_done
 
 #: How long a write waits for the lock before it fails UNAVAILABLE.
@@ -119,7 +119,7 @@ def busy(
     monkeypatch.setattr(evaluation, "evaluate", gated)
     db = tmp_path / "cp.db"
     overrides = getattr(request, "param", {})
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         f"sqlite:///{db}",
         evaluation_workers=1,

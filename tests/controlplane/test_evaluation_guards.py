@@ -16,7 +16,7 @@ import pytest
 from controlplane.evaluation import check_dataset_size, evaluate
 from modelplane.errors import InvalidArgument, ResourceExhausted
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, start_controlplane
 
 
 def test_training_data_cannot_be_evaluated_as_a_holdout(
@@ -107,7 +107,9 @@ def test_a_dataset_over_the_limits_is_refused(tmp_path: Path, trained_model: Tra
         ),
         big,
     )
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_max_rows=100_000)
+    cp = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_max_rows=100_000
+    )
     try:
         with cp.client() as c:
             model_id = unique()

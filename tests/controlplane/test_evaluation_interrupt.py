@@ -22,7 +22,7 @@ from controlplane.evaluation import RunControl, _engine, evaluate
 from modelplane import Client
 from modelplane.testing.onnx_models import mlp
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 FEATURES = ["x0", "x1"]
 ROWS = 5_000
@@ -186,7 +186,7 @@ def _wait_done(c: Client, name: str):
 def test_cancel_while_slices_are_computed_frees_the_worker_at_once(
     tmp_path: Path, files: Path, data: pa.Table, counter: SliceCounter
 ) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
     try:
         with cp.client() as c:
             model_id = _register(c, files)
@@ -214,7 +214,7 @@ def test_the_time_limit_ends_an_evaluation_while_slices_are_computed(
 ) -> None:
     # Slowed down to well over a minute of slice metrics, against a limit of 2 s.
     counter.pause = 0.005
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         f"sqlite:///{tmp_path / 'cp.db'}",
         evaluation_workers=1,
@@ -240,7 +240,7 @@ def test_the_time_limit_ends_an_evaluation_while_slices_are_computed(
 def test_stopping_the_server_ends_slice_metrics_in_progress(
     tmp_path: Path, files: Path, data: pa.Table, counter: SliceCounter
 ) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
     with cp.client() as c:
         model_id = _register(c, files)
         op = c.evaluate(

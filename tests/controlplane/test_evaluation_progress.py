@@ -20,7 +20,7 @@ from controlplane.evaluation import evaluate
 from controlplane.evaluation._engine import chunk_rows_for
 from modelplane.testing.onnx_models import mlp
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 FEATURES = ["x0", "x1", "x2"]
 
@@ -94,7 +94,7 @@ def test_the_operation_reports_each_step_of_the_model_run(
     monkeypatch.setattr(ort.InferenceSession, "run", paced)
     (tmp_path / "m.onnx").write_bytes(model_bytes)
     pq.write_table(_table(20_000), tmp_path / "d.parquet")
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", evaluation_workers=1)
     seen: list[float] = []
     try:
         with cp.client() as c:

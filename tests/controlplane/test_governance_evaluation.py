@@ -24,7 +24,7 @@ from modelplane.cli import main
 from modelplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from modelplane.server.context import RequestContext
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, start_controlplane
 
 
 def holdout_with_groups(trained: TrainedModel, folder: Path) -> tuple[Path, pa.Table]:
@@ -226,7 +226,7 @@ def test_operations_of_a_lost_replica_are_marked_failed(tmp_path: Path) -> None:
         alive = dead.start(ctx, "evaluation", "models/m/versions/2", lease_seconds=3600)
     finally:
         store.close()
-    cp = _start(tmp_path, url, operation_lease_seconds=60)
+    cp = start_controlplane(tmp_path, url, operation_lease_seconds=60)
     try:
         with cp.client() as c:
             lost = c.get_operation(expired.name)
@@ -262,7 +262,7 @@ def test_arrow_and_csv_datasets_give_the_same_metrics(
 
 def test_a_running_server_fails_expired_operations_periodically(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cp.db'}"
-    cp = _start(tmp_path, url, operation_lease_seconds=0.3)
+    cp = start_controlplane(tmp_path, url, operation_lease_seconds=0.3)
     store = Store.open(url)
     try:
         dead = OperationService(store, replica_id="gone")

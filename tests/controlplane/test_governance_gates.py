@@ -301,11 +301,11 @@ def test_gate_and_approval_on_each_backend(
 
 def test_signing_key_setting_is_used(tmp_path: Path) -> None:
     from controlplane.audit import key_id, load_or_create_signing_key
-    from tests.controlplane.conftest import _start
+    from tests.controlplane.conftest import start_controlplane
 
     path = tmp_path / "elsewhere" / "key.pem"
     expected = key_id(load_or_create_signing_key(path))
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", signing_key=str(path))
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", signing_key=str(path))
     try:
         with cp.client() as c:
             assert c.public_key().key_id == expected

@@ -20,7 +20,7 @@ from modelplane import Client
 from modelplane.errors import FailedPrecondition, InvalidArgument
 from modelplane.server import RequestContext
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start
+from tests.controlplane.conftest import RunningControlPlane, TrainedModel, start_controlplane
 from tests.controlplane.test_deployments_api import register_versions
 
 
@@ -47,7 +47,7 @@ def test_evaluation_of_a_deleted_incarnation_is_not_stored_on_the_new_one(
     big = tmp_path / "big.parquet"
     pq.write_table(pa.concat_tables([pacsv.read_csv(tm.holdout)] * 2000), big)
     # One worker: the evaluation of `mid` waits behind the slow one of `busy`.
-    cp = _start(tmp_path, db_url, evaluation_workers=1)
+    cp = start_controlplane(tmp_path, db_url, evaluation_workers=1)
     try:
         busy, mid = unique(), unique()
         with cp.client() as c:

@@ -16,7 +16,7 @@ from controlplane.store.engine import normalize_url
 from controlplane.store.store import _translated
 from modelplane.errors import AlreadyExists, Internal, NotFound
 from tests.conftest import unique
-from tests.controlplane.conftest import TrainedModel, _start
+from tests.controlplane.conftest import TrainedModel, start_controlplane
 
 SECRET = "disk says no to row 42"
 
@@ -105,7 +105,7 @@ def _refuse_set_alias(url: str, errcode: str = "") -> None:
 def test_a_trigger_that_refuses_the_audit_write_is_no_duplicate(
     own_db: str, trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    cp = _start(tmp_path, own_db)
+    cp = start_controlplane(tmp_path, own_db)
     try:
         with cp.client("alice") as alice:
             model_id = unique()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.controlplane.conftest import TrainedModel, _start
+from tests.controlplane.conftest import TrainedModel, start_controlplane
 from tests.controlplane.test_signing_keys import approved_under_an_old_key
 
 
@@ -22,7 +22,7 @@ def test_the_card_names_the_retired_key_an_approval_was_signed_by(
     model_id, version, target = rotated.model_id, rotated.version, rotated.target
     old, old_id, new_id = rotated.approval, rotated.old_id, rotated.new_id
 
-    cp = _start(
+    cp = start_controlplane(
         tmp_path,
         rotated.db,
         signing_key=str(rotated.new_key),

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelplane.v1 import operations_pb2, operations_pb2_grpc
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_evaluation_control import dataset, register, wait_running
 
 WAITERS = 6
@@ -25,7 +25,9 @@ def test_waiters_past_the_bound_are_answered_at_once_and_health_still_answers(
 ) -> None:
     data = dataset(tmp_path)
     # 4 request threads and 1 for watches: one wait may be held at once.
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=4, max_watches=1)
+    cp = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=4, max_watches=1
+    )
     channel = grpc.insecure_channel(cp.address)
     try:
         with cp.client() as c:

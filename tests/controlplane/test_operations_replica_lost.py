@@ -12,7 +12,7 @@ from controlplane.services.operations import OperationService
 from controlplane.store import Store
 from modelplane.errors import Aborted
 from modelplane.server.context import RequestContext
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_evaluation_control import dataset, register, wait_done, wait_running
 
 
@@ -20,7 +20,9 @@ def test_a_lost_evaluation_is_started_again_under_a_new_request_id(
     tmp_path: Path, db_url: str
 ) -> None:
     data = dataset(tmp_path)
-    lost_replica = _start(tmp_path, db_url, evaluation_workers=1, operation_lease_seconds=1.0)
+    lost_replica = start_controlplane(
+        tmp_path, db_url, evaluation_workers=1, operation_lease_seconds=1.0
+    )
     with lost_replica.client() as c:
         model_id, version = register(c, tmp_path, 10**12)
         first = c.evaluate(
@@ -28,7 +30,9 @@ def test_a_lost_evaluation_is_started_again_under_a_new_request_id(
         )
         wait_running(c, first.name)
     lost_replica.handle.stop(0)
-    survivor = _start(tmp_path, db_url, evaluation_workers=1, operation_lease_seconds=1.0)
+    survivor = start_controlplane(
+        tmp_path, db_url, evaluation_workers=1, operation_lease_seconds=1.0
+    )
     try:
         with survivor.client() as c:
             lost = wait_done(c, first.name)
@@ -71,7 +75,7 @@ def test_an_operation_whose_lease_expired_ends_aborted(tmp_path: Path, db_url: s
         )
     finally:
         store.close()
-    cp = _start(tmp_path, db_url, operation_lease_seconds=60)
+    cp = start_controlplane(tmp_path, db_url, operation_lease_seconds=60)
     try:
         with cp.client() as c:
             lost = c.get_operation(op.name)

@@ -15,7 +15,7 @@ import pytest
 from modelplane import Client
 from modelplane.errors import ModelplaneError
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,7 +49,10 @@ def _race(clients: list[Client], call: Callable[[Client, int], object]) -> Count
 
 
 def test_concurrent_policy_writes_lose_with_their_reason(tmp_path: Path, db_url: str) -> None:
-    planes = [_start(tmp_path / "a", db_url), _start(tmp_path / "b", db_url)]
+    planes = [
+        start_controlplane(tmp_path / "a", db_url),
+        start_controlplane(tmp_path / "b", db_url),
+    ]
     clients = [p.client() for p in planes]
     try:
         same_id: Counter[object] = Counter()

@@ -15,7 +15,7 @@ import pytest
 
 from modelplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tests.conftest import private_database, unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_deployments_api import register_versions
 
 APPROVED = 'approvals.exists(a, a.decision == "approve")'
@@ -25,13 +25,13 @@ APPROVED = 'approvals.exists(a, a.decision == "approve")'
 def own_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningControlPlane]:
     """A control plane on a database no other test uses."""
     if request.param == "sqlite":
-        cp = _start(tmp_path, f"sqlite:///{tmp_path / 'own.db'}")
+        cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'own.db'}")
         yield cp
         cp.handle.stop(0)
         return
     request.getfixturevalue("pg_url")  # skips without a PostgreSQL server
     with private_database(f"modelplane_test_{uuid.uuid4().hex[:12]}") as url:
-        cp = _start(tmp_path, url)
+        cp = start_controlplane(tmp_path, url)
         yield cp
         cp.handle.stop(0)
 

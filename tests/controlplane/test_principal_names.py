@@ -16,7 +16,7 @@ from modelplane import Client
 from modelplane.errors import InvalidArgument, Unauthenticated
 from modelplane.v1 import registry_pb2, registry_pb2_grpc
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_auth_permissions import (
     TokenServer,
     reason_of,
@@ -30,7 +30,7 @@ RULE = "1-128 letters, digits and ._@:+-"
 def open_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
     """A control plane without access control (loopback)."""
     tmp = tmp_path_factory.mktemp("names")
-    cp = _start(tmp, f"sqlite:///{tmp / 'cp.db'}")
+    cp = start_controlplane(tmp, f"sqlite:///{tmp / 'cp.db'}")
     yield cp
     cp.handle.stop(0)
 
@@ -39,7 +39,7 @@ def open_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControl
 def auth_none_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningControlPlane]:
     """A control plane with ``--auth none``: principal and roles are the client's word."""
     tmp = tmp_path_factory.mktemp("names-none")
-    cp = _start(tmp, f"sqlite:///{tmp / 'cp.db'}", auth="none")
+    cp = start_controlplane(tmp, f"sqlite:///{tmp / 'cp.db'}", auth="none")
     yield cp
     cp.handle.stop(0)
 

@@ -27,7 +27,7 @@ from modelplane import Aborted, Client, FailedPrecondition, InvalidArgument, Not
 from modelplane.testing import onnx_models
 from modelplane.v1 import registry_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_deployments_api import register_versions
 
 
@@ -288,7 +288,7 @@ def test_too_many_environment_packages_are_refused(
 @pytest.fixture
 def controlplane_pg(tmp_path: Path, pg_url: str) -> Iterator[RunningControlPlane]:
     """A control plane on PostgreSQL."""
-    cp = _start(tmp_path, pg_url)
+    cp = start_controlplane(tmp_path, pg_url)
     yield cp
     cp.handle.stop(0)
 

@@ -32,7 +32,7 @@ from modelplane.errors import InvalidArgument, ResourceExhausted, error_info
 from modelplane.testing.onnx_models import mlp
 from modelplane.v1 import registry_pb2, registry_pb2_grpc
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 
 def _add_model(external: TensorProto | None = None) -> bytes:
@@ -62,7 +62,9 @@ def _csv(rows: int = 5) -> bytes:
 def limited(tmp_path: Path, db_url: str) -> Iterator[RunningControlPlane]:
     """A control plane on each backend whose registrations take datasets of at most 1,000 rows
     and 1,500 cells."""
-    cp = _start(tmp_path, db_url, registration_max_rows=1000, registration_max_cells=1500)
+    cp = start_controlplane(
+        tmp_path, db_url, registration_max_rows=1000, registration_max_cells=1500
+    )
     yield cp
     cp.handle.stop(0)
 

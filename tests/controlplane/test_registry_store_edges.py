@@ -26,14 +26,14 @@ from modelplane.errors import Aborted, InvalidArgument, NotFound
 from modelplane.testing import onnx_models
 from modelplane.v1 import governance_pb2, registry_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_request_id_reuse import versions
 
 
 @pytest.fixture
 def controlplane_pg(tmp_path: Path, pg_url: str) -> Iterator[RunningControlPlane]:
     """A control plane on the run's PostgreSQL database."""
-    cp = _start(tmp_path, pg_url)
+    cp = start_controlplane(tmp_path, pg_url)
     yield cp
     cp.handle.stop(0)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 
 def test_a_server_with_reuse_port_migrates_a_fresh_database(tmp_path: Path) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}", reuse_port=True)
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'fresh.db'}", reuse_port=True)
     try:
         with cp.client() as client:
             name = unique()

@@ -344,13 +344,13 @@ def test_a_stop_signal_while_starting_stops_the_server_once_started(tmp_path: Pa
     import threading
 
     from modelplane.server.lifecycle import STOP_SIGNALS, hold_stop_signals
-    from tests.controlplane.conftest import _start
+    from tests.controlplane.conftest import start_controlplane
 
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     try:
         hold_stop_signals()
         os.kill(os.getpid(), signal.SIGTERM)  # arrives before the server is up
-        cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+        cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
         assert _health(cp.address) == health_pb2.HealthCheckResponse.SERVING
         cp.handle.stop_on_signals()
         waiter = threading.Thread(target=cp.handle.wait, daemon=True)
@@ -387,10 +387,10 @@ def test_a_stopped_server_leaves_no_request_threads(tmp_path: Path) -> None:
     stops servers (tests, an embedding application) must not collect them."""
     import threading
 
-    from tests.controlplane.conftest import _start
+    from tests.controlplane.conftest import start_controlplane
 
     before = set(threading.enumerate())
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     with cp.client() as c:
         for i in range(4):
             c.create_model(f"m{i}")

@@ -19,7 +19,12 @@ from modelplane.cli import main
 from modelplane.testing.processes import controlplane
 from modelplane.v1 import governance_pb2
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, TrainedModel, _start, serve_refused
+from tests.controlplane.conftest import (
+    RunningControlPlane,
+    TrainedModel,
+    serve_refused,
+    start_controlplane,
+)
 from tests.controlplane.test_governance_evaluation import register
 from tests.controlplane.test_governance_gates import RISK_RULE
 
@@ -130,7 +135,7 @@ def approved_under_an_old_key(
     retired = tmp / "retired"
     retired.mkdir()
     model_id, target = unique(), unique("prod")
-    cp = _start(tmp, db, signing_key=str(old_key))
+    cp = start_controlplane(tmp, db, signing_key=str(old_key))
     try:
         with cp.client("alice") as alice:
             version = register(alice, trained, model_id)
@@ -164,7 +169,7 @@ def test_a_rotated_key_keeps_earlier_approvals_and_checkpoints_valid(
         assert _cli(cp, capsys, "audit", "checkpoint", "--out", str(checkpoint))[0] == 0
 
     # The new key signs; the old one verifies.
-    cp = _start(tmp_path, db, signing_key=str(new_key), verification_keys=str(retired))
+    cp = start_controlplane(tmp_path, db, signing_key=str(new_key), verification_keys=str(retired))
     try:
         with cp.client("rita") as rita:
             assert rita.public_key().key_id == new_id
@@ -190,7 +195,7 @@ def test_a_rotated_key_keeps_earlier_approvals_and_checkpoints_valid(
 
     # Without the old public key, what it signed no longer verifies, and the messages name
     # both keys.
-    cp = _start(tmp_path, db, signing_key=str(new_key))
+    cp = start_controlplane(tmp_path, db, signing_key=str(new_key))
     try:
         with cp.client("rita") as rita:
             assert not rita.evaluate_gate(model_id, version, target).passed

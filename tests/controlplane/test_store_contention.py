@@ -17,7 +17,7 @@ import pytest
 from modelplane import Client
 from modelplane.errors import InvalidArgument, Unavailable
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_request_id_reuse import versions
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def plane(pg_url: str, tmp_path: Path) -> Iterator[RunningControlPlane]:
-    cp = _start(tmp_path, pg_url)
+    cp = start_controlplane(tmp_path, pg_url)
     yield cp
     cp.handle.stop(0)
 
@@ -85,7 +85,7 @@ def test_a_write_behind_a_held_row_lock_gives_up_as_unavailable(
             assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "30s"
     finally:
         store.close()
-    quick = _start(tmp_path, f"{pg_url}?options=-c%20lock_timeout%3D1000")
+    quick = start_controlplane(tmp_path, f"{pg_url}?options=-c%20lock_timeout%3D1000")
     try:
         with quick.client("alice") as alice:
             model_id, other = unique(), unique()

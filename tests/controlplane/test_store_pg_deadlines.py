@@ -18,7 +18,7 @@ from modelplane import Client, ModelplaneError, NotFound, Unavailable
 from modelplane.server import RequestContext
 from modelplane.server.context import reset_context, set_context
 from tests.conftest import private_database
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 pytestmark = pytest.mark.postgres
 
@@ -37,7 +37,7 @@ def pg_db(pg_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def server(tmp_path: Path, pg_db: str) -> Iterator[RunningControlPlane]:
-    cp = _start(tmp_path, pg_db)
+    cp = start_controlplane(tmp_path, pg_db)
     yield cp
     cp.handle.stop(0)
 

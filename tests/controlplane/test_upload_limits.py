@@ -20,7 +20,7 @@ from controlplane.settings import ControlPlaneSettings
 from modelplane.errors import ResourceExhausted, from_rpc_error
 from modelplane.v1 import blobs_pb2, blobs_pb2_grpc
 from tests.conftest import unique
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 PRINCIPAL = (("x-modelplane-principal", "alice"),)
 BIN = Path(sys.executable).parent
@@ -57,7 +57,7 @@ def test_idle_uploads_never_starve_other_calls_and_are_bounded(
     tmp_path: Path, db_url: str, stop: threading.Event
 ) -> None:
     # Four RPC threads (and one for watches), two of them for uploads at most.
-    cp = _start(tmp_path, db_url, max_workers=4, max_watches=1, max_uploads=2)
+    cp = start_controlplane(tmp_path, db_url, max_workers=4, max_watches=1, max_uploads=2)
     channel = grpc.insecure_channel(cp.address)
     upload = blobs_pb2_grpc.BlobServiceStub(channel).UploadBlob
     try:
@@ -103,7 +103,7 @@ def test_idle_uploads_never_starve_other_calls_and_are_bounded(
 def test_an_idle_upload_is_ended_and_its_partial_file_removed(
     tmp_path: Path, db_url: str, stop: threading.Event, header: bool
 ) -> None:
-    cp = _start(tmp_path, db_url, upload_idle_seconds=0.5)
+    cp = start_controlplane(tmp_path, db_url, upload_idle_seconds=0.5)
     channel = grpc.insecure_channel(cp.address)
     try:
         upload = blobs_pb2_grpc.BlobServiceStub(channel).UploadBlob

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelplane.errors import ResourceExhausted
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import deployed
 
 
@@ -26,7 +26,9 @@ def _health(address: str) -> int:
 
 
 def test_watches_never_starve_other_calls_and_are_bounded(tmp_path: Path) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=2, max_watches=3)
+    cp = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", max_workers=2, max_watches=3
+    )
     streams: list[Iterator[Any]] = []
     try:
         with cp.client() as c:

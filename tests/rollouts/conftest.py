@@ -11,7 +11,7 @@ import pytest
 from modelplane import Client
 from modelplane.testing.processes import Server
 from tests.conftest import private_database
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def procs() -> Iterator[list[Server]]:
 @pytest.fixture
 def c(tmp_path: Path) -> Iterator[Client]:
     """A client of a control plane of its own (SQLite, blue/green switch of 0.2 s)."""
-    cp: RunningControlPlane = _start(
+    cp: RunningControlPlane = start_controlplane(
         tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", blue_green_switch_seconds=0.2
     )
     with cp.client() as client:

@@ -14,7 +14,7 @@ import numpy as np
 from controlplane.store import Store
 from modelplane import Client
 from modelplane.testing.onnx_models import mlp, save
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 FEATURES = 8
 #: A client of a control plane, and a store on its database.
@@ -24,7 +24,7 @@ Plane = tuple[Client, Store]
 @contextlib.contextmanager
 def client_and_store(tmp: Path, db_url: str) -> Iterator[Plane]:
     """A client of a control plane of its own on ``db_url``, and a store on its database."""
-    running = _start(tmp, db_url)
+    running = start_controlplane(tmp, db_url)
     store = Store.open(db_url)
     try:
         with running.client() as c:

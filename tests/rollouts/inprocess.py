@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from modelplane import Client
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def plane(tmp_path: Path) -> Iterator[Callable[..., RunningControlPlane]]:
 
     def factory(**overrides: Any) -> RunningControlPlane:
         overrides.setdefault("report_interval_seconds", 0.3)
-        cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **overrides)
+        cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **overrides)
         started.append(cp)
         return cp
 
@@ -39,7 +39,7 @@ def plane(tmp_path: Path) -> Iterator[Callable[..., RunningControlPlane]]:
 @pytest.fixture
 def client(tmp_path: Path, db_url: str) -> Iterator[Client]:
     """A client of a control plane of its own on each backend."""
-    cp = _start(tmp_path, db_url)
+    cp = start_controlplane(tmp_path, db_url)
     with cp.client() as c:
         yield c
     cp.handle.stop(0)

@@ -13,7 +13,7 @@ import numpy as np
 
 from modelplane.profiles import BaselineProfile, NumericFeature, psi_from_counts
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import arm, wait_for
 from tests.controlplane.test_deployments_drift import (  # noqa: F401
     FEATURES,
@@ -55,7 +55,7 @@ def test_the_payload_flags_the_features_that_crossed_max_psi(
     tmp_path: Path,
     webhook: str,  # noqa: F811
 ) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     try:
         with cp.client() as c:
             model_id, version, profile = _with_baseline(c, tmp_path)

@@ -13,7 +13,7 @@ from modelplane import Client
 from modelplane.testing import onnx_models
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import wait_for
 from tests.controlplane.test_deployments_drift import Hook, _drift_arm, _with_baseline
 from tests.controlplane.test_deployments_drift import webhook as webhook
@@ -49,7 +49,7 @@ def _drift_events(c: Client, name: str) -> list[object]:
 def test_few_rows_per_report_add_up_to_a_drift_event(
     tmp_path: Path, db_url: str, webhook: str
 ) -> None:
-    cp = _start(tmp_path, db_url)
+    cp = start_controlplane(tmp_path, db_url)
     try:
         with cp.client() as c:
             name, _, version, profile, sha = _deployed(
@@ -78,7 +78,7 @@ def test_few_rows_per_report_add_up_to_a_drift_event(
 
 def test_a_judged_window_closes_and_the_next_starts_empty(tmp_path: Path) -> None:
     db = tmp_path / "cp.db"
-    cp = _start(tmp_path, f"sqlite:///{db}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{db}")
 
     def open_rows() -> list[tuple[str, int, int]]:
         with sqlite3.connect(db) as con:
@@ -134,7 +134,7 @@ def _as(a: Any, arm: str) -> Any:
 
 def test_windows_restart_with_the_rollout_and_the_thresholds(tmp_path: Path) -> None:
     db = tmp_path / "cp.db"
-    cp = _start(tmp_path, f"sqlite:///{db}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{db}")
 
     def open_rows(name: str) -> list[tuple[str, int]]:
         with sqlite3.connect(db) as con:
@@ -176,7 +176,7 @@ def test_windows_restart_with_the_rollout_and_the_thresholds(tmp_path: Path) -> 
 def test_both_digest_spellings_add_up_and_the_event_shows_the_judged_window(
     tmp_path: Path,
 ) -> None:
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     try:
         with cp.client() as c:
             name, _, version, profile, sha = _deployed(c, tmp_path, min_rows=200)
@@ -208,7 +208,7 @@ def test_the_event_names_the_rollout_its_window_was_counted_under(
 ) -> None:
     """A window filled by a replica that applied the rollout and one that had not yet is one
     window of the rollout in progress: the event and its payload name that rollout."""
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     try:
         with cp.client() as c:
             name, model_id, v1, profile, sha = _deployed(

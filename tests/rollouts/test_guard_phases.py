@@ -14,7 +14,7 @@ import pytest
 from controlplane.rollouts.guards import DEFAULT_SHADOW_GUARDS, DEFAULT_TRAFFIC_GUARDS
 from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
 from tests.rollouts.test_step_verdict import _actions
 
@@ -28,7 +28,7 @@ CANDIDATE_GUARD = "candidate.error_rate <= champion.error_rate + 0.01"
 def client(tmp_path: Path, db_url: str) -> Iterator[Client]:
     """A client of a control plane of its own on each backend, whose blue/green switch lasts
     a minute (the tests report in the switch phase)."""
-    cp = _start(tmp_path, db_url, blue_green_switch_seconds=60)
+    cp = start_controlplane(tmp_path, db_url, blue_green_switch_seconds=60)
     with cp.client() as c:
         yield c
     cp.handle.stop(0)

@@ -22,7 +22,7 @@ from modelplane.profiles import BaselineProfile, NumericFeature
 from modelplane.testing import onnx_models
 from modelplane.v1 import deployments_pb2 as pb
 from tests.conftest import unique
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import arm, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -89,7 +89,7 @@ def test_a_wide_models_drift_event_reaches_the_retraining_command(tmp_path: Path
             }
         )
     )
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", hooks_file=str(hooks))
     try:
         with cp.client() as c:
             model_id, version, sha, profile = _register(c, tmp_path)

@@ -16,7 +16,7 @@ from modelplane.cli import main
 from modelplane.cli._output import EXIT_SERVER_ERROR
 from modelplane.errors import FailedPrecondition
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_deployments_api import Sidecar, deployed
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,7 +26,9 @@ WHY = "artifact digest mismatch: expected sha256:ab12, got sha256:cd34"
 
 @pytest.fixture
 def cp(tmp_path: Path) -> Iterator[RunningControlPlane]:
-    running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=1.0)
+    running = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=1.0
+    )
     yield running
     running.handle.stop(0)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PG_ADMIN_URL
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +50,7 @@ def test_a_database_outage_is_logged_once_and_the_recovery_too(
     logged = _Log()
     monkeypatch.setattr(reconciler, "log", logged)
     name, url = own_database
-    cp = _start(tmp_path, url, reconcile_interval_seconds=0.02)
+    cp = start_controlplane(tmp_path, url, reconcile_interval_seconds=0.02)
     try:
         time.sleep(0.3)
         assert logged.events == []

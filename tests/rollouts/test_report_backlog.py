@@ -19,7 +19,7 @@ import pytest
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import arm, deployed, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,7 +150,7 @@ def test_a_step_begun_before_a_restart_waits_for_the_replicas_to_report(tmp_path
     interval = 1.5
     max_age = timedelta(seconds=3 * interval)  # the default stale_factor
     url = f"sqlite:///{tmp_path / 'cp.db'}"
-    first = _start(tmp_path, url, report_interval_seconds=interval)
+    first = start_controlplane(tmp_path, url, report_interval_seconds=interval)
     try:
         with first.client() as c:
             dep = _canary(c, tmp_path)
@@ -160,7 +160,7 @@ def test_a_step_begun_before_a_restart_waits_for_the_replicas_to_report(tmp_path
         first.handle.stop(0)
     time.sleep(STEP_SECONDS + 0.2)  # the step's time passes while the control plane is down
     before_restart = datetime.now(UTC)
-    second = _start(tmp_path, url, report_interval_seconds=interval)
+    second = start_controlplane(tmp_path, url, report_interval_seconds=interval)
     try:
         with second.client() as c:
             pod.c = c

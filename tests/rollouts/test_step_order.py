@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelplane.errors import InvalidArgument
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.controlplane.test_cli import Cli
 from tests.controlplane.test_deployments_api import deployed
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[RunningControlPlane]:
     """A control plane of its own (SQLite)."""
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
+    cp = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}")
     yield cp
     cp.handle.stop(0)
 

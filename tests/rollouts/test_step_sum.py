@@ -25,7 +25,7 @@ from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from controlplane.store.deployment_tables import RolloutRow, WindowReportRow
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import (
     Sidecar,
     arm,
@@ -88,7 +88,10 @@ def _same(kept: step_sum.StepSum, stored: step_sum.StepSum, tally: Counter[str])
 def test_the_kept_sum_equals_the_tally_across_two_control_planes_reporting_at_once(
     tmp_path: Path, db_url: str
 ) -> None:
-    planes = [_start(tmp_path / "a", db_url), _start(tmp_path / "b", db_url)]
+    planes = [
+        start_controlplane(tmp_path / "a", db_url),
+        start_controlplane(tmp_path / "b", db_url),
+    ]
     store = Store.open(db_url)
     clients = [p.client() for p in planes]
     try:
@@ -265,7 +268,7 @@ def test_control_planes_in_different_time_zones_keep_one_sum(tmp_path: Path, pg_
     start time back differently; both must recognise the kept sum as the step's (else each
     report would start it again from the stored reports, losing those pruned)."""
     tokyo = f"{pg_url}?options=-c%20timezone%3DAsia/Tokyo"
-    planes = [_start(tmp_path / "a", pg_url), _start(tmp_path / "b", tokyo)]
+    planes = [start_controlplane(tmp_path / "a", pg_url), start_controlplane(tmp_path / "b", tokyo)]
     store = Store.open(pg_url)
     clients = [p.client() for p in planes]
     try:

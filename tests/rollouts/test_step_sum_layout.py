@@ -15,7 +15,7 @@ import pytest
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
 from tests.rollouts.test_step_verdict import ENDED, _actions
 
@@ -27,7 +27,9 @@ LATENCY = "candidate.latency_p99 <= 1.5 * champion.latency_p99 + 0.005"
 @pytest.fixture
 def quick(tmp_path: Path) -> Any:
     """A client of a control plane whose latest window is 1.5 s (report interval 0.5 s)."""
-    cp = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=0.5)
+    cp = start_controlplane(
+        tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", report_interval_seconds=0.5
+    )
     with cp.client() as client:
         yield client
     cp.handle.stop(0)

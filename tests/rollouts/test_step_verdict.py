@@ -19,7 +19,7 @@ from controlplane.store.deployment_tables import RolloutRow
 from modelplane import Client
 from modelplane.errors import InvalidArgument
 from modelplane.v1 import deployments_pb2 as pb
-from tests.controlplane.conftest import _start
+from tests.controlplane.conftest import start_controlplane
 from tests.controlplane.test_deployments_api import Sidecar, deployed, report_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,7 +147,7 @@ def test_a_stored_guard_this_server_no_longer_accepts_holds_the_rollout(tmp_path
     """A guard stored before a rule limit it now breaks: reports are still taken, and the
     rollout is held with the reason, instead of every report being refused."""
     url = f"sqlite:///{tmp_path / 'cp.db'}"
-    plane = _start(tmp_path, url)
+    plane = start_controlplane(tmp_path, url)
     store = Store.open(url)
     try:
         with plane.client() as c:

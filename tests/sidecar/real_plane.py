@@ -19,7 +19,7 @@ from controlplane.domain.deployments import WindowReport
 from controlplane.store import Store
 from controlplane.store.deployment_repos import Deployments
 from modelplane import Client
-from tests.controlplane.conftest import RunningControlPlane, _start
+from tests.controlplane.conftest import RunningControlPlane, start_controlplane
 from tests.rollouts.harness import wait_for
 
 NAME = "fraud"
@@ -135,7 +135,7 @@ def real_plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealP
     """A control plane on SQLite asking for reports every 0.3 s; a test parametrizing it
     indirectly passes settings of its own (``{"regression_tolerance": 0.01}``)."""
     settings: dict[str, Any] = {"report_interval_seconds": 0.3, **getattr(request, "param", {})}
-    running = _start(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **settings)
+    running = start_controlplane(tmp_path, f"sqlite:///{tmp_path / 'cp.db'}", **settings)
     store: Store | None = None
     try:
         store = Store.open(running.db_url, migrate=False)
