@@ -7,8 +7,10 @@ import argparse
 import getpass
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from modelplane.cli import EXIT_INTERRUPTED
 from modelplane.cli._checks import has_surrogates, printable
@@ -88,9 +90,24 @@ def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
     )
 
 
+_NO_VALUE = re.compile(r"^argument (-\S+): expected one argument$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, saying how to pass a value that starts with '-' (``--steps -5,50``
+    reads ``-5,50`` as an option, so ``--steps`` is told it got no value)."""
+
+    def error(self, message: str) -> NoReturn:
+        missing = _NO_VALUE.match(message)
+        if missing:
+            option = missing.group(1).split("/")[-1]  # -o/--output: the long name
+            message += f" (a value that starts with '-' is written {option}=VALUE)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="modelplane",
         description="Model registry, governance, rollouts and the inference sidecar.",
     )
