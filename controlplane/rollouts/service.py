@@ -17,7 +17,11 @@ from controlplane.domain.deployments import (
 from controlplane.names import check_text
 from controlplane.rollouts import machine, transitions
 from controlplane.rollouts.compatibility import describe, interface_changes
-from controlplane.rollouts.guards import unmeasurable_drift
+from controlplane.rollouts.drift_reads import (
+    DEPLOYMENT_GUARDS,
+    ROLLOUT_GUARDS,
+    require_drift_measured,
+)
 from controlplane.rollouts.machine import AUTOMATIC_ACTOR, Transition
 from controlplane.rollouts.notifier import GenerationHub
 from controlplane.services.deployments import (
@@ -65,34 +69,6 @@ def _require_compatible(tx: Tx, d: Deployment, candidate_version: int) -> None:
             reason="INCOMPATIBLE_SIGNATURE",
             metadata={"candidate": candidate.name, "champion": champion.name},
         )
-
-
-def _require_drift_measured(tx: Tx, d: Deployment, spec: RolloutSpec) -> None:
-    """FAILED_PRECONDITION (NO_BASELINE_PROFILE) when a guard reads the drift of an arm whose
-    version has no baseline profile, unguarded: no drift is ever measured for it, so the guard
-    would be skipped for ever and hold the rollout without saying why."""
-    versions = {"champion": d.champion_version, "candidate": spec.candidate_version}
-    missing = {
-        arm: number
-        for arm, number in versions.items()
-        if require_version(tx, d.model_id, number).baseline is None
-    }
-    if not missing:
-        return
-    stuck = unmeasurable_drift(spec.guards, frozenset(missing))
-    if not stuck:
-        return
-    index, expression, read = stuck[0]
-    whose = " and ".join(f"the {arm}, version {missing[arm]}," for arm in read)
-    raise FailedPrecondition(
-        f"guard {index} {expression[:200]!r} reads the drift of {whose} which has no baseline "
-        "profile (registered without a training dataset): its drift is never measured, so the "
-        "guard could never be evaluated and the rollout would wait for ever. Roll out a "
-        f"version registered with a training dataset, or guard the read (!has({read[0]}.drift) "
-        "|| ...)",
-        reason="NO_BASELINE_PROFILE",
-        metadata={"field": "rollout.guards", "rule_index": str(index)},
-    )
 
 
 def _candidate_unloaded(d: Deployment, failing: list[UnloadedCandidate]) -> FailedPrecondition:
@@ -168,7 +144,12 @@ class RolloutService:
                 )
             require_servable(tx, d.model_id, spec.candidate_version, "rollout.candidate_version")
             _require_compatible(tx, d, spec.candidate_version)
-            _require_drift_measured(tx, d, spec)
+            require_drift_measured(
+                tx,
+                d.model_id,
+                {"champion": d.champion_version, "candidate": spec.candidate_version},
+                [(DEPLOYMENT_GUARDS, d.guards), (ROLLOUT_GUARDS, spec.guards)],
+            )
             require_gate_passed(tx, d.model_id, spec.candidate_version, d.name)
             rollout = machine.start(
                 new_id("ro"), d.id, spec, d.champion_version, ctx.principal, "", tx.now

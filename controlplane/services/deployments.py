@@ -19,6 +19,7 @@ from controlplane.domain.deployments import (
     ServedVersion,
 )
 from controlplane.names import check_id, check_labels, check_text, parse_model
+from controlplane.rollouts.drift_reads import DEPLOYMENT_GUARDS, require_drift_measured
 from controlplane.rollouts.guards import check_guards
 from controlplane.rollouts.hooks import HookRunner, check_webhook_url
 from controlplane.rollouts.notifier import GenerationHub, publish
@@ -317,6 +318,16 @@ class DeploymentService:
             before = require_deployment(tx, deployment_id)
             if tx.replay is not None:
                 return self.finish(before)
+            r = before.active_rollout
+            new_guards = changes.get("guards")
+            if isinstance(new_guards, list) and r is not None:
+                # The new guards come into force in the rollout in progress at once.
+                require_drift_measured(
+                    tx,
+                    before.model_id,
+                    {"champion": r.champion_version, "candidate": r.candidate_version},
+                    [(DEPLOYMENT_GUARDS, new_guards)],
+                )
             repo = Deployments(tx.session)
             after = repo.update(deployment_id, etag, changes, tx.now)
             if not after.drift_thresholds.enabled:

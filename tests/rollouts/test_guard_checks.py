@@ -128,3 +128,48 @@ def test_a_drift_guard_on_a_version_without_a_baseline_is_refused(
     assert c.get_deployment(dep).rollout.id == ""  # nothing started
     # Guarded, the read is accepted.
     c.start_rollout(dep, versions[1], steps=[50], guards=[f"!has({arm}.drift) || {guard}"])
+
+
+def test_a_deployment_guard_on_drift_without_a_baseline_refuses_the_rollout(
+    c: Client, tmp_path: Path
+) -> None:
+    """The deployment's guards come into force with every rollout: one that reads the drift
+    of a version without a baseline holds the rollout as a rollout guard would."""
+    from modelplane.errors import FailedPrecondition
+
+    guard = "candidate.drift.max_psi <= 0.3"
+    dep, versions = deployed(c, tmp_path, guards=["candidate.error_rate <= 0.05", guard])
+    with pytest.raises(FailedPrecondition) as refused:
+        c.start_rollout(dep, versions[1], steps=[50])
+    error = refused.value
+    assert error.reason == "NO_BASELINE_PROFILE"
+    assert (error.metadata["field"], error.metadata["rule_index"]) == ("guards", "1")
+    assert f"deployment guard 1 '{guard}'" in error.message
+    assert f"the candidate, version {versions[1]}," in error.message
+    assert "update the deployment's guards" in error.message
+    assert c.get_deployment(dep).rollout.id == ""  # nothing started
+    c.update_deployment(dep, guards=[f"!has(candidate.drift) || {guard}"])
+    assert c.start_rollout(dep, versions[1], steps=[50]).rollout.state == (pb.ROLLOUT_STATE_RUNNING)
+
+
+def test_new_deployment_guards_on_drift_without_a_baseline_are_refused_mid_rollout(
+    c: Client, tmp_path: Path
+) -> None:
+    """New deployment guards apply at once to the rollout in progress; the deployment keeps
+    its guards when they are refused. Without a rollout the same guards are taken: the check
+    is made when a rollout starts."""
+    from modelplane.errors import FailedPrecondition
+
+    dep, versions = deployed(c, tmp_path)
+    c.start_rollout(dep, versions[1], steps=[50])
+    before = c.get_deployment(dep)
+    with pytest.raises(FailedPrecondition) as refused:
+        c.update_deployment(dep, guards=["champion.drift.rows >= 0.0"])
+    assert refused.value.reason == "NO_BASELINE_PROFILE"
+    assert f"the champion, version {versions[0]}," in refused.value.message
+    after = c.get_deployment(dep)
+    assert list(after.guards) == [] and after.etag == before.etag
+    c.abort_rollout(dep)
+    assert list(c.update_deployment(dep, guards=["champion.drift.rows >= 0.0"]).guards) == [
+        "champion.drift.rows >= 0.0"
+    ]
