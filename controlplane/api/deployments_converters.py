@@ -248,6 +248,13 @@ def unloaded_to_proto(u: UnloadedCandidate) -> pb.UnloadedReplica:
     )
 
 
+_EVIDENCE_SCOPES = {
+    "window": pb.EVIDENCE_SCOPE_WINDOW,
+    "step": pb.EVIDENCE_SCOPE_STEP,
+    "phase": pb.EVIDENCE_SCOPE_PHASE,
+}
+
+
 def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
     if e is None:
         return None
@@ -260,6 +267,7 @@ def evidence_to_proto(e: Evidence | None) -> pb.Evidence | None:
         replica_count=e.replica_count,
         step_candidate_requests=_n(e.step_candidate_requests),
         unloaded_replicas=[unloaded_to_proto(u) for u in e.unloaded],
+        scope=_EVIDENCE_SCOPES[e.scope],
     )
 
 

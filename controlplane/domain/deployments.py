@@ -206,7 +206,8 @@ class GuardResult:
 
 @dataclass(frozen=True)
 class Evidence:
-    """The merged latest window per arm, and the guards' verdict on it."""
+    """The merged latest window per arm (or the step's or phase's sum, see ``scope``), and the
+    guards' verdict on it."""
 
     champion: ArmSummary | None = None
     candidate: ArmSummary | None = None
@@ -218,6 +219,8 @@ class Evidence:
     #: Replicas that cannot load the candidate now (kept with the stored evidence so that
     #: every report sees the other replicas' state; see :mod:`controlplane.rollouts.unloaded`).
     unloaded: tuple[UnloadedCandidate, ...] = ()
+    #: What the summaries cover: ``window`` (the latest), ``step`` or ``phase`` (summed).
+    scope: str = "window"
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,7 @@ def _verdict(
             replica_count=len(total.replicas),
             step_candidate_requests=r.step_candidate_requests,
             unloaded=tuple(not_loaded),
+            scope=scope(r),
         ),
         r.phase,
     )

@@ -150,6 +150,7 @@ def evidence(d: dict[str, Any] | None) -> Evidence | None:
         replica_count=int(d.get("replica_count", 0)),
         step_candidate_requests=int(d.get("step_candidate_requests", 0)),
         unloaded=unloaded(d.get("unloaded")),
+        scope=str(d.get("scope", "window")),
     )
 
 

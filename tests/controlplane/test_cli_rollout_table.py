@@ -13,7 +13,7 @@ from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_cli import Cli
-from tests.controlplane.test_deployments_api import Sidecar, deployed, latency
+from tests.controlplane.test_deployments_api import Sidecar, deployed, latency, wait_for
 
 
 @pytest.fixture
@@ -68,6 +68,7 @@ def test_status_in_table_mode_summarises_the_latest_window(
     assert guards["candidate.error_rate <= 0.5"] == ["yes", ""]
     assert next(r for r in rows if "out of memory" in r)[:2] == [side.replica, str(versions[1])]
     assert ["replicas reporting", str(ev.replica_count)] in rows and ev.replica_count == 2
+    assert ev.scope == pb.EVIDENCE_SCOPE_WINDOW and "latest window" in out
 
     # An action prints the same summary; --output json keeps the whole document.
     code, out, err = cli.run("rollout", "pause", dep, "--reason", "look", output="table")
@@ -98,3 +99,29 @@ def test_status_in_table_mode_summarises_the_latest_window(
     assert row[6] == "60" and float(row[7]) == pytest.approx(0.6)
     assert float(row[9]) == pytest.approx(ev.shadow.latency_p99 * 1000, rel=1e-3)
     assert ev.shadow.latency_p99 == pytest.approx(0.03, rel=0.26)
+
+
+def test_status_titles_a_steps_sum_as_such(cli: Cli, client: Client, tmp_path: Path) -> None:
+    """When a step completes, the evidence kept is the whole step's sum that was judged, not
+    a window: the table and the document say so, until the next window replaces it."""
+    dep, versions = deployed(client, tmp_path)
+    client.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
+    side = Sidecar(client, dep)
+
+    def advanced() -> bool:
+        side.report(30, 30)
+        return client.get_deployment(dep).rollout.step == 1
+
+    wait_for(advanced, "the first step to complete")
+    ev = client.get_deployment(dep).rollout.evidence
+    assert ev.scope == pb.EVIDENCE_SCOPE_STEP and ev.candidate.requests >= 30
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert code == 0, err
+    assert "whole step, as judged" in out and "latest window" not in out
+    assert cli.json("rollout", "status", dep)["evidence"]["scope"] == "EVIDENCE_SCOPE_STEP"
+
+    side.report(0, 7)
+    ev = client.get_deployment(dep).rollout.evidence
+    assert ev.scope == pb.EVIDENCE_SCOPE_WINDOW and ev.candidate.requests == 7
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert "latest window" in out and "as judged" not in out

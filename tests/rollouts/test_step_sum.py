@@ -230,6 +230,7 @@ def test_a_steps_evidence_outlives_the_pruning_of_its_reports(plane: Plane, tmp_
     assert d.rollout.reason.startswith(f"guard failed over the step: {ERRORS}")
     candidate = d.rollout.evidence.candidate
     assert candidate.requests >= 20 and candidate.errors == candidate.requests
+    assert d.rollout.evidence.scope == pb.EVIDENCE_SCOPE_STEP
 
 
 def test_the_champions_windows_before_the_rollout_are_summed_once_and_kept(

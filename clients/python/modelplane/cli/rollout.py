@@ -195,10 +195,20 @@ def _opt(message: Any, field: str) -> float | None:
 Table = tuple[str, list[str], list[list[Any]]]
 
 
+#: The arms table's title for each scope of the evidence (the latest window, or a step's or
+#: phase's sum when it was judged whole).
+_SCOPE_TITLES = {
+    dp.EVIDENCE_SCOPE_WINDOW: "latest window",
+    dp.EVIDENCE_SCOPE_STEP: "whole step, as judged",
+    dp.EVIDENCE_SCOPE_PHASE: "whole phase, as judged",
+}
+
+
 def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
-    """``rollout status`` as tables: the rollout, its arms' and shadow's latest window, the
-    guards' results and the replicas that cannot load the candidate, from ``d`` and its
-    ``status`` document ``doc`` (the JSON document holds every histogram besides)."""
+    """``rollout status`` as tables: the rollout, its arms' and shadow's latest window (or
+    step or phase, when that was judged whole), the guards' results and the replicas that
+    cannot load the candidate, from ``d`` and its ``status`` document ``doc`` (the JSON
+    document holds every histogram besides)."""
     fields = [
         ["deployment", doc["deployment"]],
         ["champion", doc["champion_version"]],
@@ -248,7 +258,7 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         )
     tables.append(
         (
-            "latest window",
+            _SCOPE_TITLES.get(ev.scope, "latest window"),
             [
                 "arm",
                 "version",

@@ -40,6 +40,13 @@ class RolloutPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_PHASE_AB: _ClassVar[RolloutPhase]
     ROLLOUT_PHASE_SWITCH: _ClassVar[RolloutPhase]
     ROLLOUT_PHASE_WATCH: _ClassVar[RolloutPhase]
+
+class EvidenceScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVIDENCE_SCOPE_UNSPECIFIED: _ClassVar[EvidenceScope]
+    EVIDENCE_SCOPE_WINDOW: _ClassVar[EvidenceScope]
+    EVIDENCE_SCOPE_STEP: _ClassVar[EvidenceScope]
+    EVIDENCE_SCOPE_PHASE: _ClassVar[EvidenceScope]
 ROLLOUT_STRATEGY_UNSPECIFIED: RolloutStrategy
 ROLLOUT_STRATEGY_SHADOW: RolloutStrategy
 ROLLOUT_STRATEGY_CANARY: RolloutStrategy
@@ -58,6 +65,10 @@ ROLLOUT_PHASE_CANARY: RolloutPhase
 ROLLOUT_PHASE_AB: RolloutPhase
 ROLLOUT_PHASE_SWITCH: RolloutPhase
 ROLLOUT_PHASE_WATCH: RolloutPhase
+EVIDENCE_SCOPE_UNSPECIFIED: EvidenceScope
+EVIDENCE_SCOPE_WINDOW: EvidenceScope
+EVIDENCE_SCOPE_STEP: EvidenceScope
+EVIDENCE_SCOPE_PHASE: EvidenceScope
 
 class Deployment(_message.Message):
     __slots__ = ("name", "model", "description", "labels", "champion_version", "guards", "drift_thresholds", "retraining_hook", "rollout", "generation", "created_by", "create_time", "update_time", "etag")
@@ -165,7 +176,7 @@ class Rollout(_message.Message):
     def __init__(self, id: _Optional[str] = ..., candidate_version: _Optional[int] = ..., champion_version: _Optional[int] = ..., strategy: _Optional[_Union[RolloutStrategy, str]] = ..., steps: _Optional[_Iterable[float]] = ..., split: _Optional[float] = ..., shadow_fraction: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., guards: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., step: _Optional[int] = ..., candidate_percent: _Optional[float] = ..., phase_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_by: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., effective_guards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("champion", "candidate", "shadow", "guards", "window_end_time", "replica_count", "step_candidate_requests", "unloaded_replicas")
+    __slots__ = ("champion", "candidate", "shadow", "guards", "window_end_time", "replica_count", "step_candidate_requests", "unloaded_replicas", "scope")
     CHAMPION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +185,7 @@ class Evidence(_message.Message):
     REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
     STEP_CANDIDATE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     UNLOADED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     champion: ArmSummary
     candidate: ArmSummary
     shadow: ShadowSummary
@@ -182,7 +194,8 @@ class Evidence(_message.Message):
     replica_count: int
     step_candidate_requests: int
     unloaded_replicas: _containers.RepeatedCompositeFieldContainer[UnloadedReplica]
-    def __init__(self, champion: _Optional[_Union[ArmSummary, _Mapping]] = ..., candidate: _Optional[_Union[ArmSummary, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., guards: _Optional[_Iterable[_Union[GuardResult, _Mapping]]] = ..., window_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., step_candidate_requests: _Optional[int] = ..., unloaded_replicas: _Optional[_Iterable[_Union[UnloadedReplica, _Mapping]]] = ...) -> None: ...
+    scope: EvidenceScope
+    def __init__(self, champion: _Optional[_Union[ArmSummary, _Mapping]] = ..., candidate: _Optional[_Union[ArmSummary, _Mapping]] = ..., shadow: _Optional[_Union[ShadowSummary, _Mapping]] = ..., guards: _Optional[_Iterable[_Union[GuardResult, _Mapping]]] = ..., window_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., step_candidate_requests: _Optional[int] = ..., unloaded_replicas: _Optional[_Iterable[_Union[UnloadedReplica, _Mapping]]] = ..., scope: _Optional[_Union[EvidenceScope, str]] = ...) -> None: ...
 
 class UnloadedReplica(_message.Message):
     __slots__ = ("replica", "version", "error", "first_report_time", "last_report_time")
