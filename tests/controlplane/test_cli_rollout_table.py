@@ -13,7 +13,7 @@ from modelplane import Client
 from modelplane.v1 import deployments_pb2 as pb
 from tests.controlplane.conftest import RunningControlPlane
 from tests.controlplane.test_cli import Cli
-from tests.controlplane.test_deployments_api import Sidecar, deployed, latency, wait_for
+from tests.controlplane.test_deployments_api import Sidecar, deployed, latency, report_until
 
 
 @pytest.fixture
@@ -107,13 +107,9 @@ def test_status_titles_a_steps_sum_as_such(cli: Cli, client: Client, tmp_path: P
     dep, versions = deployed(client, tmp_path)
     client.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
     side = Sidecar(client, dep)
-
-    def advanced() -> bool:
-        side.report(30, 30)
-        return client.get_deployment(dep).rollout.step == 1
-
-    wait_for(advanced, "the first step to complete")
-    ev = client.get_deployment(dep).rollout.evidence
+    ev = report_until(
+        side, lambda d: d.rollout.step == 1, champion=30, candidate=30
+    ).rollout.evidence
     assert ev.scope == pb.EVIDENCE_SCOPE_STEP and ev.candidate.requests >= 30
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err

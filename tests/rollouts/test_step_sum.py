@@ -31,7 +31,6 @@ from tests.controlplane.test_deployments_api import (
     arm,
     deployed,
     report_until,
-    wait_for,
 )
 from tests.rollouts.harness import Plane, client_and_store
 
@@ -188,12 +187,7 @@ def test_a_new_step_starts_a_new_sum(plane: Plane, tmp_path: Path) -> None:
     dep, versions = deployed(c, tmp_path)
     c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
     side = Sidecar(c, dep)
-
-    def advanced() -> bool:
-        side.report(30, 30)
-        return c.get_deployment(dep).rollout.step == 1
-
-    wait_for(advanced, "the first step to complete")
+    report_until(side, lambda d: d.rollout.step == 1, champion=30, candidate=30)
     side.report(0, 3)
     side.report(0, 5, candidate_errors=1)
     kept, stored = _sums(store, dep)
