@@ -2,16 +2,19 @@
 
 A version registered without a training dataset has no baseline profile, so its sidecars never
 report drift for it. A guard that reads that arm's ``drift`` without guarding the read
-(``!has(candidate.drift) || ...``) is skipped on every window, and a rollout whose guards are
-skipped waits for ever without saying why. Such guards are refused where they would come into
-force: when a rollout starts (the deployment's guards and the rollout's) and when a deployment
-with a rollout in progress gets new guards.
+(``!has(candidate.drift) || ...``) is skipped on every window: it never rolls a rollout back,
+and a step or phase it must pass waits for ever without saying why. Such guards are refused
+where they would come into force: when a rollout starts (the deployment's guards and the
+rollout's) and when a deployment with a rollout in progress gets new guards. An arm the
+rollout's strategy never has (the candidate of a shadow rollout, which answers no traffic) is
+not judged by any guard, so reading its drift is no such guard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+from controlplane.domain.deployments import SHADOW
 from controlplane.rollouts.guards import unmeasurable_drift
 from controlplane.services.versions import require_version
 from controlplane.store import Tx
@@ -26,16 +29,20 @@ ROLLOUT_GUARDS = ("rollout.guards", "rollout guard", "start the rollout without 
 def require_drift_measured(
     tx: Tx,
     model_id: str,
-    versions: Mapping[str, int],
+    strategy: str,
+    champion_version: int,
+    candidate_version: int,
     guard_lists: Sequence[tuple[tuple[str, str, str], Sequence[str]]],
 ) -> None:
     """FAILED_PRECONDITION (NO_BASELINE_PROFILE) when a guard of ``guard_lists`` (each
     ``(DEPLOYMENT_GUARDS or ROLLOUT_GUARDS, guards)``) reads, unguarded, the drift of an arm of
-    ``versions`` (arm -> version number of ``model_id``) whose version has no baseline
-    profile."""
+    a ``strategy`` rollout of ``model_id`` whose version has no baseline profile."""
+    arms = {"champion": champion_version}
+    if strategy != SHADOW:
+        arms["candidate"] = candidate_version
     missing = {
         arm: number
-        for arm, number in versions.items()
+        for arm, number in arms.items()
         if require_version(tx, model_id, number).baseline is None
     }
     if not missing:
@@ -49,9 +56,10 @@ def require_drift_measured(
         raise FailedPrecondition(
             f"{label} {index} {expression[:200]!r} reads the drift of {whose} which has no "
             "baseline profile (registered without a training dataset): its drift is never "
-            "measured, so the guard could never be evaluated and the rollout would wait for "
-            f"ever. Roll out a version registered with a training dataset, {change}, or guard "
-            f"the read (!has({read[0]}.drift) || ...)",
+            "measured, so the guard could never be evaluated; it would never roll the rollout "
+            "back, and a step or phase it must pass would wait for ever. Roll out a version "
+            f"registered with a training dataset, {change}, or guard the read "
+            f"(!has({read[0]}.drift) || ...)",
             reason="NO_BASELINE_PROFILE",
             metadata={"field": field, "rule_index": str(index)},
         )

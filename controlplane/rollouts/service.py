@@ -147,7 +147,9 @@ class RolloutService:
             require_drift_measured(
                 tx,
                 d.model_id,
-                {"champion": d.champion_version, "candidate": spec.candidate_version},
+                spec.strategy,
+                d.champion_version,
+                spec.candidate_version,
                 [(DEPLOYMENT_GUARDS, d.guards), (ROLLOUT_GUARDS, spec.guards)],
             )
             require_gate_passed(tx, d.model_id, spec.candidate_version, d.name)

@@ -325,7 +325,9 @@ class DeploymentService:
                 require_drift_measured(
                     tx,
                     before.model_id,
-                    {"champion": r.champion_version, "candidate": r.candidate_version},
+                    r.strategy,
+                    r.champion_version,
+                    r.candidate_version,
                     [(DEPLOYMENT_GUARDS, new_guards)],
                 )
             repo = Deployments(tx.session)

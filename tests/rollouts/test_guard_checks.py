@@ -173,3 +173,22 @@ def test_new_deployment_guards_on_drift_without_a_baseline_are_refused_mid_rollo
     assert list(c.update_deployment(dep, guards=["champion.drift.rows >= 0.0"]).guards) == [
         "champion.drift.rows >= 0.0"
     ]
+
+
+def test_a_shadow_rollout_takes_guards_on_its_candidates_drift_but_not_the_champions(
+    c: Client, tmp_path: Path
+) -> None:
+    """A shadow candidate answers no traffic: no guard judges its arm, so reading its drift
+    holds nothing and is taken; the champion serves, and reading its drift is refused."""
+    from modelplane.errors import FailedPrecondition
+
+    reads_candidate = "candidate.drift.max_psi <= 0.3"
+    dep, versions = deployed(c, tmp_path, guards=[reads_candidate])
+    d = c.start_rollout(dep, versions[1], strategy="shadow", guards=[reads_candidate])
+    assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING
+    assert list(c.update_deployment(dep, guards=[reads_candidate]).guards) == [reads_candidate]
+    with pytest.raises(FailedPrecondition) as refused:
+        c.update_deployment(dep, guards=["champion.drift.max_psi <= 0.3"])
+    assert refused.value.reason == "NO_BASELINE_PROFILE"
+    assert "would never roll the rollout back" in refused.value.message
+    assert list(c.get_deployment(dep).guards) == [reads_candidate]
