@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from controlplane.rollouts import step_sum  # noqa: E402
 from modelplane.server import configure_logging  # noqa: E402
-from tests.controlplane.conftest import _start  # noqa: E402
+from tests.controlplane.conftest import start_controlplane  # noqa: E402
 from tests.controlplane.test_deployments_api import Sidecar, deployed  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, mode: str) -> None:
     folder = Path(tempfile.mkdtemp(prefix="held-step-"))
-    cp = _start(folder, f"sqlite:///{folder / 'cp.db'}")
+    cp = start_controlplane(folder, f"sqlite:///{folder / 'cp.db'}")
     try:
         with cp.client() as c:
             dep, versions = deployed(c, folder)
