@@ -113,11 +113,11 @@ def test_status_titles_a_steps_sum_as_such(cli: Cli, client: Client, tmp_path: P
     assert ev.scope == pb.EVIDENCE_SCOPE_STEP and ev.candidate.requests >= 30
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err
-    assert "whole step, as judged" in out and "latest window" not in out
+    assert "last step judged, all its windows" in out and "latest window" not in out
     assert cli.json("rollout", "status", dep)["evidence"]["scope"] == "EVIDENCE_SCOPE_STEP"
 
     side.report(0, 7)
     ev = client.get_deployment(dep).rollout.evidence
     assert ev.scope == pb.EVIDENCE_SCOPE_WINDOW and ev.candidate.requests == 7
     code, out, err = cli.run("rollout", "status", dep, output="table")
-    assert "latest window" in out and "as judged" not in out
+    assert "latest window" in out and "judged" not in out

@@ -215,9 +215,12 @@ const (
 	EvidenceScope_EVIDENCE_SCOPE_UNSPECIFIED EvidenceScope = 0
 	// The latest window: each replica's newest report, merged.
 	EvidenceScope_EVIDENCE_SCOPE_WINDOW EvidenceScope = 1
-	// The current canary step so far, every window of it summed.
+	// The canary step last judged whole, every window of it summed: the current step while it
+	// is held, the step that just ended once the rollout moved on (see `Rollout.reason`).
 	EvidenceScope_EVIDENCE_SCOPE_STEP EvidenceScope = 2
-	// The current phase so far (shadow, A/B, blue/green), every window of it summed.
+	// The phase (shadow, A/B, blue/green) last judged whole, every window of it summed: the
+	// current phase while it runs or is held, the phase that just ended once the rollout moved
+	// on.
 	EvidenceScope_EVIDENCE_SCOPE_PHASE EvidenceScope = 3
 )
 
@@ -812,8 +815,8 @@ type Evidence struct {
 	// phase ends. Empty when every reporting replica loaded it.
 	UnloadedReplicas []*UnloadedReplica `protobuf:"bytes,8,rep,name=unloaded_replicas,json=unloadedReplicas,proto3" json:"unloaded_replicas,omitempty"`
 	// What the arm and shadow summaries and the guards' results cover: the latest window, or
-	// the whole step or phase (the evidence a step or phase is judged on when it completes, or
-	// an open-ended phase over its length so far).
+	// the step or phase last judged whole (the evidence a step or phase is judged on when it
+	// completes, or an open-ended phase over its length so far), kept until the next window.
 	Scope EvidenceScope `protobuf:"varint,9,opt,name=scope,proto3,enum=modelplane.v1.EvidenceScope" json:"scope,omitempty"`
 }
 

@@ -195,12 +195,12 @@ def _opt(message: Any, field: str) -> float | None:
 Table = tuple[str, list[str], list[list[Any]]]
 
 
-#: The arms table's title for each scope of the evidence (the latest window, or a step's or
-#: phase's sum when it was judged whole).
+#: The arms table's title for each scope of the evidence (the latest window, or the sum of
+#: the step or phase last judged whole: after an advance, the one that just ended).
 _SCOPE_TITLES = {
     dp.EVIDENCE_SCOPE_WINDOW: "latest window",
-    dp.EVIDENCE_SCOPE_STEP: "whole step, as judged",
-    dp.EVIDENCE_SCOPE_PHASE: "whole phase, as judged",
+    dp.EVIDENCE_SCOPE_STEP: "last step judged, all its windows",
+    dp.EVIDENCE_SCOPE_PHASE: "last phase judged, all its windows",
 }
 
 

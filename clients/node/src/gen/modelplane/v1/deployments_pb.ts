@@ -400,8 +400,8 @@ export type Evidence = Message<"modelplane.v1.Evidence"> & {
 
   /**
    * What the arm and shadow summaries and the guards' results cover: the latest window, or
-   * the whole step or phase (the evidence a step or phase is judged on when it completes, or
-   * an open-ended phase over its length so far).
+   * the step or phase last judged whole (the evidence a step or phase is judged on when it
+   * completes, or an open-ended phase over its length so far), kept until the next window.
    *
    * @generated from field: modelplane.v1.EvidenceScope scope = 9;
    */
@@ -1822,14 +1822,17 @@ export enum EvidenceScope {
   WINDOW = 1,
 
   /**
-   * The current canary step so far, every window of it summed.
+   * The canary step last judged whole, every window of it summed: the current step while it
+   * is held, the step that just ended once the rollout moved on (see `Rollout.reason`).
    *
    * @generated from enum value: EVIDENCE_SCOPE_STEP = 2;
    */
   STEP = 2,
 
   /**
-   * The current phase so far (shadow, A/B, blue/green), every window of it summed.
+   * The phase (shadow, A/B, blue/green) last judged whole, every window of it summed: the
+   * current phase while it runs or is held, the phase that just ended once the rollout moved
+   * on.
    *
    * @generated from enum value: EVIDENCE_SCOPE_PHASE = 3;
    */
