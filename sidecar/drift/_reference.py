@@ -6,8 +6,8 @@ computed exactly against the full reference, not a sample.
 
 Columns are sorted once each, in place in a feature-major copy (a column of a row-major
 matrix is strided; sorting it directly is slower, and sorting it twice was half the cost of a
-window). Features are independent, so they are scored on a small thread pool: numpy's sort
-and the compiled merge both release the GIL.
+window). Features are independent, so long columns are scored on a small thread pool:
+numpy's sort and the compiled merge both release the GIL.
 """
 
 from __future__ import annotations
@@ -59,14 +59,29 @@ def _sorted_finite(column: np.ndarray) -> np.ndarray:
     return column[lo:hi]
 
 
-def _per_feature(count: int, work: Callable[[int], _T], workers: int | None) -> list[_T]:
-    """``work(i)`` for every feature ``i``, in order, on up to ``workers`` threads (default:
-    the cores this process may use)."""
+#: Rows per column below which features are scored on one thread: sorting a shorter column
+#: takes less than handing it to a thread, and the per-feature Python that remains (PSI, JS,
+#: the p-value) holds the GIL anyway.
+MIN_ROWS_FOR_THREADS = 16_384
+
+
+def _per_feature(count: int, rows: int, work: Callable[[int], _T], workers: int | None) -> list[_T]:
+    """``work(i)`` for every feature ``i`` of columns of ``rows`` values, in order: on up to
+    ``workers`` threads (default: the cores this process may use) for long columns, each
+    thread taking every n-th feature; on this thread for short ones."""
     threads = min(count, workers if workers is not None else available_cores())
-    if threads <= 1:
+    if threads <= 1 or rows < MIN_ROWS_FOR_THREADS:
         return [work(i) for i in range(count)]
+    results: dict[int, _T] = {}
+
+    def share(first: int) -> None:
+        for i in range(first, count, threads):
+            results[i] = work(i)
+
     with ThreadPoolExecutor(threads, thread_name_prefix="drift-score") as pool:
-        return list(pool.map(work, range(count)))
+        for done in [pool.submit(share, t) for t in range(threads)]:
+            done.result()  # raises what a thread raised
+    return [results[i] for i in range(count)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +119,7 @@ class ReferenceSet:
             edges = quantile_edges(column, bins)
             return column, edges, sorted_bin_counts(column, edges)
 
-        prepared = _per_feature(len(labels), one, workers)
+        prepared = _per_feature(len(labels), matrix.shape[0], one, workers)
         return cls(
             names=labels,
             sorted_columns=tuple(p[0] for p in prepared),
@@ -139,4 +154,4 @@ class ReferenceSet:
                 js=jensen_shannon(self.bin_counts[i], bins),
             )
 
-        return _per_feature(len(self.names), one, workers)
+        return _per_feature(len(self.names), matrix.shape[0], one, workers)

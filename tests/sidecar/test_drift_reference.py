@@ -9,6 +9,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from sidecar.drift import PSI_EPSILON, ReferenceSet
+from sidecar.drift._reference import MIN_ROWS_FOR_THREADS
 
 
 def _expected(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> tuple[float, ...]:
@@ -79,12 +80,17 @@ def test_window_scores_match_scipy_and_numpy_per_feature(workers: int | None) ->
 
 
 def test_threads_and_one_thread_give_the_same_scores() -> None:
+    """Columns long enough to be scored on threads (each thread every n-th feature)."""
     ref, cur = _columns()
-    prepared = ReferenceSet.prepare(ref)
-    assert prepared.score(cur, workers=1) == prepared.score(cur, workers=4)
+    assert len(ref) >= MIN_ROWS_FOR_THREADS
+    window = np.vstack([cur] * (MIN_ROWS_FOR_THREADS // len(cur) + 1))
+    prepared = ReferenceSet.prepare(ref, workers=3)
+    assert prepared.score(window, workers=1) == prepared.score(window, workers=3)
     other = ReferenceSet.prepare(ref, workers=1)
     for a, b in zip(prepared.sorted_columns, other.sorted_columns, strict=True):
         np.testing.assert_array_equal(a, b)
+    ks = stats.ks_2samp(ref[:, 1], window[:, 1], method="asymp", nan_policy="omit")
+    assert prepared.score(window, workers=3)[1].ks_statistic == pytest.approx(ks.statistic)
 
 
 def test_a_window_of_other_dtypes_is_scored_as_float64() -> None:
