@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -495,3 +496,45 @@ def test_a_parquet_file_repeating_a_column_name_is_duplicate_columns(tmp_path) -
             call()
         assert info.value.reason == "DUPLICATE_COLUMNS"
         assert "'a'" in info.value.message and info.value.metadata == {"columns": "a"}
+
+
+def _split_frame() -> pd.DataFrame:
+    """Half of a shuffled frame, as ``train_test_split`` gives it: its index is no longer a
+    plain range, so pandas writes it into Parquet and Arrow files as a column."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40), "y": [0, 1] * 20})
+    return frame.sample(frac=0.5, random_state=0)
+
+
+def test_an_unnamed_pandas_index_is_not_read_as_a_feature(tmp_path: Path) -> None:
+    half = _split_frame()
+    half.to_parquet(tmp_path / "train.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "train.parquet").names
+    with ipc.new_file(tmp_path / "train.arrow", pa.Schema.from_pandas(half)) as writer:
+        writer.write_table(pa.Table.from_pandas(half))
+    for name in ("train.parquet", "train.arrow"):
+        table = read_table(tmp_path / name)
+        assert table.column_names == ["a", "b", "y"], name
+        assert table.column("a").to_pylist() == half["a"].tolist()
+        profile = load_baseline(tmp_path / name, label="y")
+        assert [f.name for f in profile.features] == ["a", "b"], name
+
+
+def test_a_named_pandas_index_stays_a_column(tmp_path: Path) -> None:
+    half = _split_frame().rename_axis("row_id")
+    half.to_parquet(tmp_path / "named.parquet")
+    table = read_table(tmp_path / "named.parquet")
+    assert table.column_names == ["a", "b", "y", "row_id"]
+    assert table.column("row_id").to_pylist() == half.index.tolist()
+
+
+def test_pandas_metadata_naming_a_missing_or_odd_index_changes_nothing(tmp_path: Path) -> None:
+    table = pa.table({"__index_level_0__": [1, 2], "x": [0.5, 1.5]})
+    for metadata in (
+        b'{"index_columns": ["__index_level_3__"]}',  # not in the file
+        b'{"index_columns": [{"kind": "range"}]}',  # a range index is stored as no column
+        b"not json",
+        b"[]",
+    ):
+        pq.write_table(table.replace_schema_metadata({b"pandas": metadata}), tmp_path / "t.pq")
+        assert read_table(tmp_path / "t.pq").column_names == ["__index_level_0__", "x"]

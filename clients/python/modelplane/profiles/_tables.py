@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import os
+import re
 from typing import Literal
 
 import pyarrow as pa
@@ -201,6 +203,9 @@ def read_table(data: bytes | str | os.PathLike[str], *, text_booleans: bool = Fa
     other spellings stay strings: what profiling wants, since a category keeps the text a
     served string input carries (a profile would otherwise hold ``true`` where requests send
     ``True``).
+
+    Columns that pandas wrote for an unnamed index (``__index_level_0__``, listed as index
+    columns in a Parquet or Arrow file's pandas metadata) are left out: they are row labels.
     """
     fmt = detect_format(data)
     try:
@@ -213,4 +218,27 @@ def read_table(data: bytes | str | os.PathLike[str], *, text_booleans: bool = Fa
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _invalid(f"cannot read the dataset as {fmt}: {err}") from err
     check_unique_columns(table)
-    return table
+    return _without_unnamed_index(table)
+
+
+_UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def _without_unnamed_index(table: pa.Table) -> pa.Table:
+    """``table`` without the columns pandas stored for an unnamed index (``df.to_parquet()``
+    of a frame whose index is not a plain 0..n-1 range, such as a ``train_test_split`` half,
+    writes it as ``__index_level_0__`` and lists it as an index in the file's pandas
+    metadata): row labels, not data. A named index (``df.set_index("id")``) stays a column."""
+    raw = (table.schema.metadata or {}).get(b"pandas")
+    if raw is None:
+        return table
+    try:
+        listed = json.loads(raw).get("index_columns", [])
+    except (ValueError, AttributeError):
+        return table  # metadata pandas would not read either: the columns are left as they are
+    drop = [
+        name
+        for name in listed
+        if isinstance(name, str) and _UNNAMED_INDEX.fullmatch(name) and name in table.column_names
+    ]
+    return table.drop_columns(drop) if drop else table
