@@ -374,25 +374,33 @@ def load_for(settings: SidecarSettings, path: Path) -> Runtime:
 BATCHING_MIN_CALL_S = 250e-6
 
 
-def serving_batch_rows(settings: SidecarSettings, runtime: Runtime) -> int:
-    """The batch size to serve ``runtime`` with: ``--max-batch-size`` when given; unset, the
-    default size on a GPU or when warm-up measured a one-row call of at least
-    :data:`BATCHING_MIN_CALL_S`, else 1 (no batching, as when warm-up measured nothing)."""
+def serving_batch_rows(settings: SidecarSettings, runtime: Runtime) -> tuple[int, str | None]:
+    """The batch size to serve ``runtime`` with, and why warm-up left batching off (None
+    when it did not): ``--max-batch-size`` when given; unset, the default size on a GPU or
+    when warm-up measured a one-row call of at least :data:`BATCHING_MIN_CALL_S`, else 1 (no
+    batching, as when warm-up measured nothing)."""
     if settings.max_batch_size is not None:
-        return settings.max_batch_size
+        return settings.max_batch_size, None
     if runtime.unmeasured is not None:
         log.info("batching off: warm-up could not measure the model", max_batch_size=1)
-        return 1
+        return 1, "warm-up could not measure the model; give --max-batch-size to batch it"
     rows = settings.warmup_batch_rows
+    why_off = None
+    call_us = round(runtime.single_call_s * 1e6, 1)
+    threshold_us = round(BATCHING_MIN_CALL_S * 1e6, 1)
     if not runtime.on_gpu and runtime.single_call_s < BATCHING_MIN_CALL_S:
         rows = 1
+        why_off = (
+            f"a one-row call took {call_us} µs at warm-up, under {threshold_us} µs: handing "
+            "requests to a batch would cost more than the call; give --max-batch-size to batch"
+        )
     log.info(
         "batch size chosen by warm-up",
         max_batch_size=rows,
-        one_row_call_us=round(runtime.single_call_s * 1e6, 1),
-        threshold_us=round(BATCHING_MIN_CALL_S * 1e6, 1),
+        one_row_call_us=call_us,
+        threshold_us=threshold_us,
     )
-    return rows
+    return rows, why_off
 
 
 def load(

@@ -308,7 +308,7 @@ def start(
         )
         hub.start()
         handle.closers.append(partial(_close_hub, hub, handle.observer_process))
-        batch_rows = rt.serving_batch_rows(settings, runtime)
+        batch_rows, unbatched = rt.serving_batch_rows(settings, runtime)
         model = ServingModel(
             runtime,
             name=name,
@@ -336,7 +336,7 @@ def start(
         version=settings.model_version,
         provider=runtime.provider,
         batching=model.batcher is not None,
-        batching_off=model.batching_off,
+        batching_off=model.batching_off or unbatched,
         inputs=[f"{t.name}:{t.datatype}{list(t.shape)}" for t in runtime.signature.inputs],
         prediction_log=None if log_dir is None else str(log_dir),
         drift=wiring.drift is not None,

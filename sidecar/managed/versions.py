@@ -358,13 +358,14 @@ class VersionLoader:
         if registry is not None:
             # The routing table that includes the version assigns its arm (see assign).
             metrics = SidecarMetrics(registry, name, label, runtime.provider, arm=CHAMPION)
+        batch_rows, unbatched = rt.serving_batch_rows(s, runtime)
         try:
             model = ServingModel(
                 runtime,
                 name=name,
                 version=label,
                 limits=Limits.of(s),
-                max_batch_rows=rt.serving_batch_rows(s, runtime),
+                max_batch_rows=batch_rows,
                 max_delay=s.max_queue_delay,
                 max_queue_rows=s.max_queue_rows,
                 metrics=metrics,
@@ -386,6 +387,8 @@ class VersionLoader:
             version=label,
             provider=runtime.provider,
             drift=drift is not None,
+            batching=model.batcher is not None,
+            batching_off=model.batching_off or unbatched,
         )
         loaded = LoadedVersion(
             number=served.version,

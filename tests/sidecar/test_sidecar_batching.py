@@ -557,14 +557,16 @@ def test_unset_batch_size_is_decided_by_the_measured_call_time(tmp_path: Path) -
     cpu = Runtime(sess, signature_of(sess), "CPUExecutionProvider", path)
     unset = SidecarSettings(model=path)
     cpu.single_call_s = BATCHING_MIN_CALL_S / 10
-    assert serving_batch_rows(unset, cpu) == 1
+    rows, why_off = serving_batch_rows(unset, cpu)
+    assert rows == 1 and why_off is not None
+    assert "25.0 µs at warm-up, under 250.0 µs" in why_off and "--max-batch-size" in why_off
     cpu.single_call_s = BATCHING_MIN_CALL_S * 4
-    assert serving_batch_rows(unset, cpu) == DEFAULT_BATCH_ROWS
+    assert serving_batch_rows(unset, cpu) == (DEFAULT_BATCH_ROWS, None)
     fast = BATCHING_MIN_CALL_S / 10
     cpu.single_call_s = fast
-    assert serving_batch_rows(SidecarSettings(model=path, max_batch_size=8), cpu) == 8
+    assert serving_batch_rows(SidecarSettings(model=path, max_batch_size=8), cpu) == (8, None)
     gpu = Runtime(sess, signature_of(sess), CUDA, path, single_call_s=fast)
-    assert serving_batch_rows(unset, gpu) == DEFAULT_BATCH_ROWS
+    assert serving_batch_rows(unset, gpu) == (DEFAULT_BATCH_ROWS, None)
     gpu.close()
 
 
