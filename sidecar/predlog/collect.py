@@ -34,15 +34,19 @@ def read_logs(
     columns: Sequence[str] | None = None,
     limit: int | None = None,
     widen_float16: bool = False,
+    failed: bool = False,
 ) -> pa.Table:
     """Every record under ``directory`` in ``[since, until)``, optionally of one model name,
     version and arm (a folder holding several sidecars' log dirs may hold several models,
-    each with a version ``1``).
+    each with a version ``1``), and with ``failed`` only those whose ``status_code`` is not
+    ``OK``: requests refused, shed or failed, and shadow copies the candidate failed (arm
+    ``shadow``), with their features as far as they decoded.
 
     Times are datetimes (naive means UTC) or strings for :func:`parse_time` (digits past
     microseconds, the log's precision, round up: the window stays exact). ``columns`` keeps
     only those columns, in that order (a column no file has raises ``ValueError``; one only
-    other records have is null); ``limit`` keeps the first records and stops reading there;
+    other records have is null); ``limit`` keeps the first records that match every filter
+    and stops reading there;
     ``widen_float16`` turns float16 values, which DuckDB cannot read, into float32.
 
     Files written by different model versions may have different feature columns: the result
@@ -55,7 +59,7 @@ def read_logs(
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, not {limit}")
-    log_filter = LogFilter(since, until, model_version, arm, model_name=model_name)
+    log_filter = LogFilter(since, until, model_version, arm, model_name=model_name, failed=failed)
     path = Path(directory)
     fields = None
     wanted = None if columns is None else list(dict.fromkeys(columns))

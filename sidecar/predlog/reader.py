@@ -240,8 +240,9 @@ MTIME_SLACK_SECONDS = 2.0
 
 
 class LogFilter:
-    """Which records to keep: a time window [since, until) and optional model name, version
-    and arm."""
+    """Which records to keep: a time window [since, until), optional model name, version and
+    arm, and with ``failed`` only records whose ``status_code`` is not ``OK`` (refused,
+    failed or shed requests, and shadow copies the candidate failed)."""
 
     def __init__(
         self,
@@ -251,12 +252,17 @@ class LogFilter:
         arm: str | None = None,
         *,
         model_name: str | None = None,
+        failed: bool = False,
     ) -> None:
+        if not isinstance(failed, bool):
+            # "false" or 0 would otherwise read as the opposite of what was meant.
+            raise TypeError(f"failed must be True or False, not {failed!r}")
         self.since = _instant(since)
         self.until = _instant(until)
         self.model_name = model_name
         self.model_version = model_version
         self.arm = arm
+        self.failed = failed
 
     def files(self, directory: Path) -> list[Path]:
         """Files that may hold matching records: a file last written well before ``since``
@@ -293,6 +299,10 @@ class LogFilter:
             conditions.append(pc.equal(batch.column("model_version"), self.model_version))
         if self.arm is not None:
             conditions.append(pc.equal(batch.column("arm"), self.arm))
+        if self.failed:
+            # A record without a status (none is written so) is not known to have succeeded.
+            ok = pc.equal(batch.column("status_code"), "OK")
+            conditions.append(pc.invert(pc.fill_null(ok, False)))
         if not conditions:
             return batch
         mask = conditions[0]

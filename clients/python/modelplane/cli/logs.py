@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--arm", choices=("champion", "candidate", "shadow"), help="only records of this arm"
     )
     read.add_argument(
+        "--failed",
+        action="store_true",
+        help=(
+            "only records whose status_code is not OK: requests refused, shed or failed, and "
+            "shadow copies the candidate failed (with --arm shadow, only those)"
+        ),
+    )
+    read.add_argument(
         "--format",
         choices=("table", "csv", "parquet"),
         default="table",
@@ -55,9 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     read.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    read.add_argument("--limit", type=whole_number(), metavar="N", help="only the first N records")
     read.add_argument(
-        "--columns", metavar="A,B", help="only these columns (e.g. request_id,row,arm,x_0)"
+        "--limit",
+        type=whole_number(),
+        metavar="N",
+        help="only the first N records that pass the other filters",
+    )
+    read.add_argument(
+        "--columns",
+        metavar="A,B",
+        help=(
+            "only these columns (e.g. request_id,row,arm,x_0); without it a table too wide "
+            "for the terminal leaves the feature columns out"
+        ),
     )
     read.set_defaults(handler=_read)
     # argparse takes "-1h" for an option; let relative times through as values, like
@@ -111,6 +129,7 @@ def _load(args: argparse.Namespace) -> Any:
                 model_name=args.model_name,
                 columns=wanted or None,
                 limit=args.limit,
+                failed=args.failed,
             )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -140,10 +159,13 @@ def _read(args: argparse.Namespace, printer: Printer) -> int:
         raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
     if args.format == "table" and not args.out:
         records = table.to_pylist()
+        columns = table.column_names
+        if not printer.json_output and not args.columns:
+            columns = _fitting_columns(records, columns, printer)
         printer.emit(
             records,
-            columns=table.column_names,
-            rows=([r[c] for c in table.column_names] for r in records),
+            columns=columns,
+            rows=([r[c] for c in columns] for r in records),
             title=f"{table.num_rows} prediction records",
         )
         return 0
@@ -163,6 +185,66 @@ def _read(args: argparse.Namespace, printer: Printer) -> int:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise CliError(f"cannot write these records as {args.format}: {exc}", EXIT_USAGE) from None
     return 0
+
+
+def _console() -> Any:
+    """A console as wide as the one :meth:`Printer.emit` draws tables in: the terminal's, or
+    240 columns when stdout is not a terminal (keep the two alike)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+
+
+def _fitting_columns(
+    records: list[dict[str, Any]], columns: list[str], printer: Printer
+) -> list[str]:
+    """``columns``, less the feature columns when rich would have to cut words (headers or
+    values) to fit the table to the terminal, as it does to every header of a model with
+    dozens of features: the record columns and the outputs (``out_*``) stay, and a note on
+    stderr says how many feature columns were left out and how to see them."""
+    predlog = _predlog()
+    base = set(predlog.BASE_SCHEMA.names)
+    kept = [c for c in columns if c in base or c.startswith(predlog.OUTPUT_PREFIX)]
+    left_out = len(columns) - len(kept)
+    if not left_out:
+        return columns
+    console = _console()
+    if not _cuts_words(console, records, columns):
+        return columns
+    printer.progress(
+        f"note: {left_out} feature column{'s' if left_out > 1 else ''} left out, the table "
+        f"being too wide for {console.width} characters: name the columns to show with "
+        "--columns A,B, or see every column with --output json"
+    )
+    return kept
+
+
+def _cuts_words(console: Any, records: list[dict[str, Any]], columns: list[str]) -> bool:
+    """Whether rich, laying out these records as :meth:`Printer.emit` does, makes a column
+    narrower than its longest word (its header's included)."""
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
+    from modelplane.cli._output import shown
+
+    table = Table(show_lines=False)
+    for column in columns:
+        table.add_column(Text(column))
+    cells = [[shown(r[c]) for c in columns] for r in records]
+    for row in cells:
+        table.add_row(*map(Text, row))
+    # Each column needs its longest word and a space of padding on either side.
+    least = [cell_len(c) + 2 for c in columns]
+    for row in cells:
+        for i, text in enumerate(row):
+            least[i] = max(least[i], max(map(cell_len, text.split()), default=0) + 2)
+    try:  # the widths rich gives the columns, found as Table.__rich_console__ finds them
+        options = console.options.update_width(console.width - table._extra_width)
+        widths: list[int] = table._calculate_column_widths(console, options)
+    except (AttributeError, TypeError):  # a rich without them: every column at its longest
+        return sum(least) + len(columns) + 1 > console.width
+    return any(w < need for w, need in zip(widths, least, strict=True))
 
 
 def _writer(fmt: str, table: Any) -> Callable[[BinaryIO], object]:
