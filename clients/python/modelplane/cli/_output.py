@@ -110,13 +110,12 @@ class Printer:
             sys.stdout.write(dumps(data, indent=2) + "\n")
             sys.stdout.flush()
             return
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
-        # Piped output is not cut to 80 columns: scripts grep it. Values are server data,
-        # printed as they are: as rich markup, "[/x]" would fail and "[ml]" would vanish.
-        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+        # Values are server data, printed as they are: as rich markup, "[/x]" would fail and
+        # "[ml]" would vanish.
+        console = self.console()
         if rows is not None and columns is not None:
             table = Table(title=None if title is None else Text(shown(title)), show_lines=False)
             for col in columns:
@@ -139,11 +138,10 @@ class Printer:
         if self.json_output:
             self.emit(data)
             return
-        from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
-        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+        console = self.console()
         for title, columns, rows in tables:
             if not rows:
                 continue
@@ -153,6 +151,14 @@ class Printer:
             for row in rows:
                 table.add_row(*(Text(shown(v)) for v in row))
             console.print(table)
+
+    @staticmethod
+    def console() -> Any:
+        """The rich console tables are printed on: the terminal's width, or 240 columns when
+        stdout is piped (not cut to 80: scripts grep it)."""
+        from rich.console import Console
+
+        return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
     def progress(self, text: str) -> None:
         """A progress note on stderr."""

@@ -187,14 +187,6 @@ def _read(args: argparse.Namespace, printer: Printer) -> int:
     return 0
 
 
-def _console() -> Any:
-    """A console as wide as the one :meth:`Printer.emit` draws tables in: the terminal's, or
-    240 columns when stdout is not a terminal (keep the two alike)."""
-    from rich.console import Console
-
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-
-
 def _fitting_columns(
     records: list[dict[str, Any]], columns: list[str], printer: Printer
 ) -> list[str]:
@@ -208,7 +200,7 @@ def _fitting_columns(
     left_out = len(columns) - len(kept)
     if not left_out:
         return columns
-    console = _console()
+    console = printer.console()
     if not _cuts_words(console, records, columns):
         return columns
     printer.progress(
