@@ -143,12 +143,13 @@ class _Checker:
         column = getattr(node.meta, "column", None) or 1
         return _Refused(Problem(message, hint, line, column))
 
-    def _constant_error(self, node: lark.Tree, error: BaseException | CELEvalError) -> _Refused:
-        return self._refuse(
-            node,
-            f"{self._source(node)} fails: {_why(error)}",
-            "it reads no variable, so it fails for every version; correct the literal",
-        )
+    def _constant_error(
+        self,
+        node: lark.Tree,
+        error: BaseException | CELEvalError,
+        hint: str = "it reads no variable, so it fails for every version; correct the literal",
+    ) -> _Refused:
+        return self._refuse(node, f"{self._source(node)} fails: {_why(error)}", hint)
 
     def _type_error(self, node: lark.Tree, name: str, operands: list[_Value]) -> _Refused:
         types = [describe(o.type) for o in operands]
@@ -209,7 +210,12 @@ class _Checker:
             # The pattern is a literal: whether it compiles does not depend on the input.
             checked = function(celtypes.StringType(""), operands[1].value)
             if isinstance(checked, CELEvalError):
-                raise self._constant_error(node, checked)
+                raise self._constant_error(
+                    node,
+                    checked,
+                    "its pattern is a literal, so it fails whatever the variables hold; "
+                    "correct the pattern",
+                )
         try:
             value = function(*args)
         except _TYPE_ERRORS:

@@ -137,6 +137,18 @@ def test_rules_that_never_yield_a_bool_are_refused_with_their_position(
     assert err.value.metadata["column"] == str(column), err.value.message
 
 
+def test_a_bad_pattern_on_a_variable_is_blamed_on_the_pattern_not_the_variables() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        checked('labels.x.matches("[")')
+    assert "its pattern is a literal, so it fails whatever the variables hold" in (
+        err.value.message
+    )
+    assert "reads no variable" not in err.value.message
+    with pytest.raises(InvalidArgument) as err:
+        checked("1 / 0 == 1")
+    assert "it reads no variable, so it fails for every version" in err.value.message
+
+
 def test_a_misspelled_metric_is_answered_with_the_known_names() -> None:
     with pytest.raises(InvalidArgument) as err:
         checked("metrics.roc_acu >= 0.9")
