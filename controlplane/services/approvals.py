@@ -136,9 +136,15 @@ class ApprovalService:
             lock_model(tx, model_id)
             version = require_version(tx, model_id, number)
             if same_principal(version.created_by, ctx.principal):
+                # The creator as recorded: "Alice" may be refused for what "alice" created.
+                creator = (
+                    f"{ctx.principal} created {version.name}"
+                    if ctx.principal == version.created_by
+                    else f"{ctx.principal} is {version.created_by}, who created {version.name} "
+                    "(names compare without case),"
+                )
                 raise PermissionDenied(
-                    f"{ctx.principal} created {version.name} and cannot approve it (separation "
-                    "of duties); ask someone else",
+                    f"{creator} and cannot approve it (separation of duties); ask someone else",
                     reason="SELF_APPROVAL",
                 )
             require_governed(tx, target)

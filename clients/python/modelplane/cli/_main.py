@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from modelplane._client import check_roles
 from modelplane.cli import EXIT_INTERRUPTED
 from modelplane.cli._checks import has_surrogates, printable
 from modelplane.cli._common import MAX_SECONDS, duration
@@ -23,6 +24,7 @@ from modelplane.cli._output import (
     CliError,
     Printer,
 )
+from modelplane.errors import InvalidArgument
 from modelplane.ids import is_principal
 
 # Each module registers its subcommands with ``register(subparsers)``.
@@ -90,6 +92,22 @@ def _not_utf8(exc: UnicodeEncodeError, argv: Sequence[str]) -> CliError | None:
     )
 
 
+def _roles(text: str) -> list[str]:
+    """``--roles`` (or env MODELPLANE_ROLES): role names, stripped and lower-cased. A name
+    that is not a role name, or too many, is a usage error before any call (a server without
+    access control would refuse them; one with access control ignores roles claimed);
+    what cannot travel as metadata at all is the SDK's to say, naming the option."""
+    names = [r.strip() for r in text.split(",") if r.strip()]
+    if not all(n.isascii() and n.isprintable() for n in names):
+        return names
+    try:
+        return list(check_roles(names))
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc.message} (--roles, default env MODELPLANE_ROLES)"
+        ) from None
+
+
 _NO_VALUE = re.compile(r"^argument (-\S+): expected one argument$")
 
 
@@ -137,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--roles",
-        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
+        type=_roles,
         default=os.environ.get("MODELPLANE_ROLES", ""),
         metavar="ROLE,...",
         help="roles claimed for approvals (env MODELPLANE_ROLES) from a server without access "
