@@ -139,7 +139,8 @@ def verify(
     Detects an edited event (its hash no longer matches its fields), a deleted one (a gap in
     the sequence numbers), a relinked one (``prev_hash`` not the previous event's hash), one
     inserted outside the chain (a sequence number below 1, or on SQLite one that is not a whole
-    number: ``first_bad_seq`` is then the number it sits at) and, given a checkpoint, a chain
+    number: ``first_bad_seq`` is then the number it sits at, after the events before it, which
+    are checked and reported as for any other break) and, given a checkpoint, a chain
     cut back behind it or rewritten up to it. With ``public_key`` the checkpoint's signature is
     checked too: a checkpoint whose signature does not verify fails the result
     (``CHECKPOINT_SIGNATURE_INVALID`` when the chain itself is intact) and is not compared with
@@ -182,19 +183,31 @@ def verify(
             "inserted outside the chain",
         )
     not_whole = _not_whole(store)
-    if not_whole is not None:
-        at, value, count = not_whole
+    # A row numbered by no whole number is reported where it sits, after the events before it
+    # are walked (and reported as intact) as for any other break.
+
+    def out_of_range(at: int, value: object, count: int) -> VerifyResult:
+        others = count - 1
         return broken(
             at,
             Problem.EVENT_OUT_OF_RANGE,
-            f"event {at} is out of range: its sequence number {value!r} is not a whole number, "
-            f"and {count} event{'s' if count > 1 else ''} with one "
-            f"{'were' if count > 1 else 'was'} altered or inserted outside the chain",
+            f"event {at} is out of range: its sequence number is {value!r}, not a whole "
+            "number, so the event was altered or inserted outside the chain"
+            + (
+                f"; {others} other event{'s' if others > 1 else ''} "
+                f"{'have' if others > 1 else 'has'} a sequence number that is not a whole "
+                "number too"
+                if others
+                else ""
+            ),
         )
+
     with closing(iter_events(store)) as events:
         for event in events:
             if wanted is not None and checked % STILL_WANTED_EVERY == 0 and not wanted():
                 raise VerifyStopped(checked)
+            if not_whole is not None and expected == not_whole[0]:
+                return out_of_range(*not_whole)
             if event.seq != expected:
                 return broken(
                     expected,
@@ -224,6 +237,9 @@ def verify(
             checked += 1
             expected, prev = event.seq + 1, event.hash
             head_seq, head_hash = event.seq, event.hash
+    if not_whole is not None:
+        # It sits after the chain's last event.
+        return out_of_range(*not_whole)
     if trusted is not None:
         if head_seq < trusted.seq:
             return broken(

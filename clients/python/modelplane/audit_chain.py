@@ -198,19 +198,32 @@ def check_signature(checkpoint: CheckpointClaim, public_key: str | bytes | None)
     """``(status, note)``: whether ``public_key`` (PEM) signed ``checkpoint``, as the server
     checks it. Without a key, or without the ``cryptography`` package, the status is
     ``not_checked`` and the note says why. ``ValueError`` if the key is no Ed25519 PEM key."""
+    status, note, _ = _check_signature(checkpoint, public_key)
+    return status, note
+
+
+def _check_signature(
+    checkpoint: CheckpointClaim, public_key: str | bytes | None
+) -> tuple[str, str, str]:
+    """:func:`check_signature`'s status and note, and for a signature that does not verify,
+    what to do about it (empty otherwise)."""
     if public_key is None:
-        return SignatureStatus.NOT_CHECKED, (
+        return (
+            SignatureStatus.NOT_CHECKED,
             "the checkpoint's signature was not checked (no public key given; save the one "
-            "`modelplane keys show` prints and pass it with --public-key)"
+            "`modelplane keys show` prints and pass it with --public-key)",
+            "",
         )
     try:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     except ImportError:
-        return SignatureStatus.NOT_CHECKED, (
+        return (
+            SignatureStatus.NOT_CHECKED,
             "the checkpoint's signature was not checked: that needs the cryptography package "
-            "(pip install cryptography)"
+            "(pip install cryptography)",
+            "",
         )
     try:
         key = serialization.load_pem_public_key(_public_key_text(public_key))
@@ -223,16 +236,29 @@ def check_signature(checkpoint: CheckpointClaim, public_key: str | bytes | None)
     try:
         key.verify(base64.b64decode(checkpoint.signature, validate=True), checkpoint.payload())
     except (InvalidSignature, ValueError, binascii.Error):
-        other = (
-            f" (the checkpoint names key {checkpoint.key_id[:40]!r}, the given key is {given_id})"
-            if checkpoint.key_id != given_id
-            else ""
-        )
-        return SignatureStatus.INVALID, (
+        named = f"{checkpoint.key_id[:40]!r}"
+        if checkpoint.key_id != given_id:
+            other = f" (the checkpoint names key {named}, the given key is {given_id})"
+            advice = (
+                f"to check the export against the checkpoint, give with --public-key the public "
+                f"key of key {named}, which the checkpoint names (`modelplane keys show` on the "
+                "server that signed it prints it); if no server has that key, the checkpoint "
+                "was altered"
+            )
+        else:
+            other = ""
+            advice = (
+                "the given key is the one the checkpoint names, so the checkpoint was altered "
+                "after it was signed: check the export against an unaltered checkpoint no newer "
+                "than the export"
+            )
+        return (
+            SignatureStatus.INVALID,
             "the checkpoint's signature does not verify with the given public key; the "
-            f"checkpoint was altered or signed by another key{other}"
+            f"checkpoint was altered or signed by another key{other}",
+            advice,
         )
-    return SignatureStatus.VERIFIED, ""
+    return SignatureStatus.VERIFIED, "", ""
 
 
 class ExportProblem(enum.StrEnum):
@@ -693,9 +719,9 @@ def verify_export(
     ``OSError`` when the file cannot be read; ``ValueError`` when ``public_key`` is not an
     Ed25519 PEM key.
     """
-    signature, note = "", ""
+    signature, note, advice = "", "", ""
     if checkpoint is not None:
-        signature, note = check_signature(checkpoint, public_key)
+        signature, note, advice = _check_signature(checkpoint, public_key)
     trusted = checkpoint if signature != SignatureStatus.INVALID else None
 
     state = _Walk()
@@ -740,9 +766,7 @@ def verify_export(
             ok=False,
             problem=str(ExportProblem.CHECKPOINT_SIGNATURE_INVALID),
             message=f"{note}; "
-            + intact_message(
-                "the export itself", state.checked, state.head_seq, advice=_EXPORT_ADVICE
-            ),
+            + intact_message("the export itself", state.checked, state.head_seq, advice=advice),
         )
     if checkpoint is None:
         intact = intact_message("the export", state.checked, state.head_seq, advice=_EXPORT_ADVICE)
