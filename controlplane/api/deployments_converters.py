@@ -235,7 +235,7 @@ def shadow_from_proto(msg: pb.ShadowSummary) -> ShadowSummary:
 
 
 def guard_to_proto(g: GuardResult) -> pb.GuardResult:
-    return pb.GuardResult(expression=g.expression, passed=g.passed, error=g.error)
+    return pb.GuardResult(expression=g.expression, passed=g.passed, error=g.error, detail=g.detail)
 
 
 def unloaded_to_proto(u: UnloadedCandidate) -> pb.UnloadedReplica:

@@ -93,7 +93,7 @@ from controlplane.domain.deployments import (
     GuardResult,
     ShadowSummary,
 )
-from controlplane.policy import CompiledRule, Outcome, compile_rules, evaluate_rules
+from controlplane.policy import CompiledRule, Outcome, RuleResult, compile_rules, evaluate_rules
 from modelplane.errors import InvalidArgument
 
 GUARD_VARIABLES = ("champion", "candidate", "shadow")
@@ -569,8 +569,19 @@ def _evaluate(
             out.append(GuardResult(rule.expression, False, f"not evaluated: {result.message}"))
             erred[rule.index] = result.message
         else:
-            out.append(GuardResult(rule.expression, result.passed, detail=result.message))
+            out.append(GuardResult(rule.expression, result.passed, detail=_detail(result)))
     return tuple(out), erred
+
+
+def _detail(result: RuleResult) -> str:
+    """What an evaluated guard read: ``passed with candidate.error_rate=0.0, ...``, or the
+    message of one that evaluated to false (which names the values too)."""
+    if not result.passed:
+        return result.message
+    shown = ", ".join(
+        f"{k}={v!r}" for k, v in result.values.items() if not isinstance(v, list | dict)
+    )
+    return "passed" + (f" with {shown}" if shown else "")
 
 
 @dataclass(frozen=True)

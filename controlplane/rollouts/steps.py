@@ -181,13 +181,24 @@ def _verdict(
     enough = champion is not None and champion.requests >= min_requests
     reference: ArmSummary | None = evidence.champion if enough else None
     compare_with = None
+    stand_in = ""
     if not enough:
         compare_with = r.champion_reference
+        stand_in = "an earlier step's"
         if compare_with is None or compare_with.requests < min_requests:
             compare_with = scored(step_sum.champion_before(tx, d, r))
+            stand_in = "the windows before the rollout's"
     values = guards.variables(evidence, None)
     if compare_with is not None and compare_with.requests >= min_requests:
         values["champion"] = guards.variables(Evidence(champion=compare_with))["champion"]
+        answered = champion.requests if champion is not None else 0
+        stand_in = (
+            f"judged against {stand_in} champion ({compare_with.requests} requests): this "
+            f"{scope(r)}'s champion answered {answered}, fewer than the {min_requests} a "
+            "comparison needs, and its row shows them"
+        )
+    else:
+        stand_in = ""
     thin = guards.champion_minimum(r.candidate_percent, min_requests)
     judged = guards.judge(
         r.effective_guards,
@@ -199,6 +210,8 @@ def _verdict(
         d.drift_thresholds.min_rows,
     )
     results, restarted = _noted(judged.results, total.restarted)
+    if stand_in:
+        results = _stood_in_champion(results, stand_in)
     failure = guards.first_failure(results)
     missing = guards.absent_in(r.phase)
     if r.candidate_percent >= 100 and guards.no_champion(values, thin):
@@ -253,6 +266,19 @@ def _noted(
                 used[why] = None
         out.append(replace(g, detail="; ".join([g.detail, *notes])) if notes else g)
     return tuple(out), tuple(used)
+
+
+def _stood_in_champion(results: Sequence[GuardResult], note: str) -> tuple[GuardResult, ...]:
+    """``results`` with ``note`` (which champion the guards compared with, in place of the
+    step's own) added to the detail of each guard that reads the champion."""
+    out = []
+    for g in results:
+        try:
+            reads = "champion" in guards.arms_read(g.expression)
+        except InvalidArgument:
+            reads = False
+        out.append(replace(g, detail="; ".join(x for x in (g.detail, note) if x)) if reads else g)
+    return tuple(out)
 
 
 def passed_reason(verdict: StepVerdict, d: Deployment, r: Rollout) -> str:

@@ -25,7 +25,7 @@ def cli(controlplane: RunningControlPlane, capsys: pytest.CaptureFixture[str]) -
 def _guards(cli: Cli, dep: str) -> dict[str, list[str]]:
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err
-    return {r[0]: r[1:] for r in _cells(out) if len(r) == 3 and r[0].startswith("candidate.")}
+    return {r[0]: r[1:3] for r in _cells(out) if len(r) == 4 and r[0].startswith("candidate.")}
 
 
 def test_a_skipped_guard_is_shown_skipped_and_a_failed_one_failed(

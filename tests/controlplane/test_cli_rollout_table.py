@@ -64,8 +64,10 @@ def test_status_in_table_mode_summarises_the_latest_window(
     assert float(candidate[4]) == pytest.approx(ev.candidate.error_rate, rel=1e-3)
     assert float(candidate[6]) == pytest.approx(ev.candidate.latency_p99 * 1000, rel=1e-3)
     assert float(champion[5]) == pytest.approx(ev.champion.latency_p50 * 1000, rel=1e-3)
-    guards = {r[0]: r[1:] for r in rows if len(r) == 3 and r[0].startswith("candidate.")}
+    guards = {r[0]: r[1:3] for r in rows if len(r) == 4 and r[0].startswith("candidate.")}
     assert guards["candidate.error_rate <= 0.5"] == ["yes", ""]
+    detail = next(r[3] for r in rows if len(r) == 4 and r[0] == "candidate.error_rate <= 0.5")
+    assert detail == ev.guards[0].detail and "candidate.error_rate" in detail, detail
     assert next(r for r in rows if "out of memory" in r)[:2] == [side.replica, str(versions[1])]
     assert ["replicas reporting", str(ev.replica_count)] in rows and ev.replica_count == 2
     assert ev.scope == pb.EVIDENCE_SCOPE_WINDOW and "latest window" in out

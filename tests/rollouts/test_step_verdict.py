@@ -111,6 +111,28 @@ def test_a_single_full_step_compares_with_the_champion_before_the_rollout(
     d = report_until(side, lambda x: x.rollout.state in ENDED, candidate=5)
     assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
     assert all(g.passed and not g.error for g in d.rollout.evidence.guards)
+    # The champion row is the step's own (none); each guard reading it says what it read.
+    assert d.rollout.evidence.champion.requests == 0
+    for g in d.rollout.evidence.guards:
+        assert "judged against the windows before the rollout's champion (30 requests): " in (
+            g.detail
+        ), g
+        assert "this step's champion answered 0, fewer than the" in g.detail
+
+
+def test_a_last_step_of_all_traffic_compares_with_an_earlier_steps_champion(
+    c: Client, tmp_path: Path
+) -> None:
+    dep, versions = deployed(c, tmp_path)
+    side = Sidecar(c, dep)
+    c.start_rollout(dep, versions[1], steps=[50, 100], step_duration=0.2, min_requests=10)
+    report_until(side, lambda x: x.rollout.step == 1, champion=30, candidate=30)
+    d = report_until(side, lambda x: x.rollout.state in ENDED, champion=1, candidate=30)
+    assert d.rollout.state == pb.ROLLOUT_STATE_PROMOTED, d.rollout.reason
+    evidence = d.rollout.evidence
+    assert evidence.scope == pb.EVIDENCE_SCOPE_STEP and 0 < evidence.champion.requests < 10
+    notes = [g.detail for g in evidence.guards]
+    assert notes and all("judged against an earlier step's champion (" in n for n in notes)
 
 
 @pytest.mark.parametrize(

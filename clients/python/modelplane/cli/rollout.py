@@ -310,8 +310,8 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
     tables.append(
         (
             "guards",
-            ["guard", "passed", "error"],
-            [[g.expression, guard_outcome(g), g.error] for g in ev.guards],
+            ["guard", "passed", "error", "detail"],
+            [[g.expression, guard_outcome(g), g.error, g.detail] for g in ev.guards],
         )
     )
     tables.append(

@@ -212,14 +212,16 @@ class UnloadedReplica(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., first_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GuardResult(_message.Message):
-    __slots__ = ("expression", "passed", "error")
+    __slots__ = ("expression", "passed", "error", "detail")
     EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     expression: str
     passed: bool
     error: str
-    def __init__(self, expression: _Optional[str] = ..., passed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, expression: _Optional[str] = ..., passed: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("low", "high", "log_scale", "counts", "underflow", "overflow", "sum", "symlog")
