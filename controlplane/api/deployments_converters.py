@@ -297,9 +297,19 @@ def rollout_to_proto(r: Rollout | None) -> pb.Rollout | None:
         end_time=ts(r.end_time) if r.end_time else None,
         started_by=r.started_by,
         reason=r.reason,
-        evidence=evidence_to_proto(r.evidence),
+        evidence=_live_evidence(r),
         effective_guards=list(r.effective_guards),
     )
+
+
+def _live_evidence(r: Rollout) -> pb.Evidence | None:
+    """``r``'s stored evidence, with the candidate requests its current step or phase has
+    counted now while it runs (a resume or an advance restarts the count before the next
+    window stores new evidence)."""
+    evidence = evidence_to_proto(r.evidence)
+    if evidence is not None and r.end_time is None:
+        evidence.step_candidate_requests = _n(r.step_candidate_requests)
+    return evidence
 
 
 def thresholds_to_proto(t: DriftThresholds) -> pb.DriftThresholds:

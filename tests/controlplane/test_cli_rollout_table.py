@@ -116,6 +116,11 @@ def test_status_titles_a_steps_sum_as_such(cli: Cli, client: Client, tmp_path: P
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert code == 0, err
     assert "last step judged, all its windows" in out and "latest window" not in out
+    assert ["step", "2 of 2"] in _cells(out)  # counted from 1, as the reason counts it
+    assert cli.json("rollout", "status", dep)["step"] == 1  # the index in --steps
+    code, out, err = cli.run("rollout", "events", dep, output="table")
+    shown = {r[2]: r[5] for r in _cells(out) if len(r) == 9}
+    assert (shown["started"], shown["advanced"]) == ("1", "2"), out
     assert cli.json("rollout", "status", dep)["evidence"]["scope"] == "EVIDENCE_SCOPE_STEP"
 
     side.report(0, 7)
@@ -123,3 +128,24 @@ def test_status_titles_a_steps_sum_as_such(cli: Cli, client: Client, tmp_path: P
     assert ev.scope == pb.EVIDENCE_SCOPE_WINDOW and ev.candidate.requests == 7
     code, out, err = cli.run("rollout", "status", dep, output="table")
     assert "latest window" in out and "judged" not in out
+
+
+def test_candidate_requests_this_step_restart_with_a_resume(
+    cli: Cli, client: Client, tmp_path: Path
+) -> None:
+    """A resume restarts the step: its count of candidate requests reads 0 at once, though
+    the evidence of the last window stays until the next one."""
+    dep, versions = deployed(client, tmp_path)
+    client.start_rollout(dep, versions[1], steps=[50, 100], step_duration=3600, min_requests=10)
+    side = Sidecar(client, dep)
+    side.report(30, 30)
+    assert client.get_deployment(dep).rollout.evidence.step_candidate_requests == 30
+    client.pause_rollout(dep, reason="look")
+    side.report(20, 20)  # counted while paused
+    assert client.get_deployment(dep).rollout.evidence.step_candidate_requests == 50
+    ev = client.resume_rollout(dep).rollout.evidence
+    assert ev.step_candidate_requests == 0 and ev.candidate.requests == 20
+    code, out, err = cli.run("rollout", "status", dep, output="table")
+    assert code == 0 and ["candidate requests this step", "0"] in _cells(out), out
+    side.report(0, 7)
+    assert client.get_deployment(dep).rollout.evidence.step_candidate_requests == 7

@@ -223,7 +223,7 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         ["state", doc["state"]],
         ["phase", doc["phase"] or ""],
         ["strategy", doc["strategy"]],
-        ["step", doc["step"]],
+        ["step", _step_shown(doc["phase"], doc["step"], len(d.rollout.steps))],
         ["candidate", f"{doc['candidate_version']} at {doc['candidate_percent']:g}%"],
         ["reason", doc["reason"]],
     ]
@@ -322,6 +322,14 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         )
     )
     return tables
+
+
+def _step_shown(phase: str | None, step: int, of: int = 0) -> str:
+    """A canary step in a table, counted from 1 as reasons count them ("2 of 3"); nothing
+    outside the canary phase. The JSON keeps the proto's index, from 0."""
+    if phase != "canary":
+        return ""
+    return f"{step + 1} of {of}" if of else str(step + 1)
 
 
 def guard_outcome(g: dp.GuardResult) -> str:
@@ -496,7 +504,7 @@ def _events(args: argparse.Namespace, out: Printer) -> int:
                 d["action"],
                 d["state"],
                 d["phase"],
-                d["step"],
+                _step_shown(d["phase"], d["step"]),
                 f"{d['candidate_percent']:g}",
                 d["actor"],
                 d["reason"],
