@@ -345,22 +345,7 @@ def inputs_digest(
             "v": DIGEST_FORMAT,
             "version": version.name,
             "target": target,
-            "evidence": evidence.sha256,
-            "approvals": [
-                {
-                    "approval": a.name,
-                    "approver": a.approver,
-                    "roles": list(a.roles),
-                    "decision": a.decision,
-                    "comment": a.comment,
-                    "time": utc_text(a.create_time),
-                    "key_id": a.key_id,
-                    "signature": a.signature,
-                }
-                for a in standing
-            ],
-            "labels": dict(version.labels),
-            "lineage": lineage_to_json(version.lineage),
+            **digest_parts(version, evidence, standing),
             "reference": {
                 "serving": reference.get("serving", ""),
                 "compared_version": reference.get("compared_version", ""),
@@ -368,6 +353,32 @@ def inputs_digest(
             },
         }
     )
+
+
+def digest_parts(
+    version: ModelVersion, evidence: Evidence, standing: list[Approval]
+) -> dict[str, Any]:
+    """The parts of :func:`inputs_digest` besides the version, the target and the reference
+    (what ``delta`` is measured against): ``evidence`` (its digest), ``approvals`` (each
+    standing approval as recorded, signature included), ``labels`` and ``lineage``."""
+    return {
+        "evidence": evidence.sha256,
+        "approvals": [
+            {
+                "approval": a.name,
+                "approver": a.approver,
+                "roles": list(a.roles),
+                "decision": a.decision,
+                "comment": a.comment,
+                "time": utc_text(a.create_time),
+                "key_id": a.key_id,
+                "signature": a.signature,
+            }
+            for a in standing
+        ],
+        "labels": dict(version.labels),
+        "lineage": lineage_to_json(version.lineage),
+    }
 
 
 def approval_variables(approvals: list[Approval]) -> list[dict[str, Any]]:

@@ -4,12 +4,13 @@ to move a governed alias without a passing, current decision."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane.audit import key_id as key_id_of
+from controlplane.audit import object_digest
 from controlplane.domain import ModelVersion
 from controlplane.domain.governance import Approval, Evaluation, Evidence, GateDecision
 from controlplane.policy import POLICY_VARIABLES, Reference, compile_rules, evaluate_rules
@@ -21,8 +22,10 @@ from controlplane.services.evidence import (
     check_approval,
     decision_reference,
     decision_stands,
+    digest_parts,
     gate_inputs,
     made_by_earlier_release,
+    serving_version,
     standing_approvals,
 )
 from controlplane.services.governance_names import check_target, new_id, parse_version_number
@@ -49,8 +52,30 @@ def valid_approvals(
 
 def counted_approvals(key: Ed25519PrivateKey, standing: list[Approval]) -> list[Approval]:
     """Those of the ``standing`` approvals whose signature by this server's key is valid."""
+    return _sorted_approvals(key, standing)[0]
+
+
+def _sorted_approvals(
+    key: Ed25519PrivateKey, standing: list[Approval]
+) -> tuple[list[Approval], list[tuple[Approval, str]]]:
+    """The ``standing`` approvals whose signature by this server's key (or one it verifies
+    with) is valid, and those left out, each with why (as :func:`check_approval` says it)."""
     kid = key_id_of(key)
-    return [a for a in standing if check_approval(key, kid, a)[0]]
+    counted: list[Approval] = []
+    left_out: list[tuple[Approval, str]] = []
+    for a in standing:
+        ok, why = check_approval(key, kid, a)
+        if ok:
+            counted.append(a)
+        else:
+            left_out.append((a, why))
+    return counted, left_out
+
+
+def _not_counted(a: Approval, why: str) -> str:
+    """Why the standing approval ``a`` does not count, for a rule's message."""
+    roles = f"roles {', '.join(a.roles)}" if a.roles else "no roles"
+    return f"approval {a.name} by {a.approver} ({a.decision}, {roles}) not counted: {why}"
 
 
 #: The part of :class:`controlplane.services.evidence.GateInputs` (and so of a gate decision's
@@ -198,7 +223,8 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         inputs = gate_inputs(tx, got, alias)
         if decision_stands(tx, decision, inputs):
             return
-        problem, hint = _stale(decision, inputs, hint)
+        serves_it = serving_version(tx, model_id, alias) == version
+        problem, hint = _stale(decision, inputs, hint, serves_it)
         policy = inputs.policy or policy
     kind = "deployment" if alias.startswith(DEPLOYMENT_TARGET) else "alias"
     through = f" (bound to {policy.target})" if policy.target != alias else ""
@@ -218,17 +244,21 @@ def not_comparable(decision: GateDecision, inputs: GateInputs) -> bool:
     return _what_changed(decision, inputs) is None and made_by_earlier_release(decision)
 
 
-def _stale(decision: GateDecision, inputs: GateInputs, hint: str) -> tuple[str, str]:
+def _stale(
+    decision: GateDecision, inputs: GateInputs, hint: str, serves_it: bool = False
+) -> tuple[str, str]:
     """Why the passed ``decision`` no longer stands on ``inputs``, and what to run (``hint``):
     a new evaluation or policy revision whoever made it, else an earlier release's decision
-    (:func:`not_comparable`), else what else its digest covers."""
+    (:func:`not_comparable`), else which other parts of its digest changed. ``serves_it``:
+    the target serves the decision's version now, so the reference the decision recorded
+    stands in for what it serves (see :func:`decision_stands`)."""
     if not_comparable(decision, inputs):
         return (
             f"gate decision {decision.name} was made by an earlier release, whose evidence "
             "digest this release does not compare",
             f"{hint} again (approvals still count)",
         )
-    changed = _what_changed(decision, inputs) or _what_else_changed(inputs)
+    changed = _what_changed(decision, inputs) or _what_else_changed(decision, inputs, serves_it)
     return (
         f"the evidence changed since gate decision {decision.name} ({changed})",
         hint,
@@ -247,29 +277,102 @@ def _what_changed(decision: GateDecision, inputs: GateInputs) -> str | None:
     return None
 
 
-def _what_else_changed(inputs: GateInputs) -> str:
-    """What else a decision's digest covers, when neither the evaluation nor the policy
-    changed."""
-    serving = inputs.comparison.serving
-    now = f"delta is against {serving} now" if serving else "delta is empty now"
-    return (
-        "an approval was given or withdrawn, the version's labels changed, or what "
-        f"{inputs.target} serves moved ({now})"
-    )
+#: What a change to each part of a decision's evidence digest (:func:`digest_parts`) is, in a
+#: message; the decision records each part's digest in its ``reference``
+#: (:func:`part_digests`).
+_PART_CHANGES = {
+    "evidence": "the evidence approvals sign changed (the artifact, the evaluation's report or "
+    "the policy)",
+    "approvals": "an approval was given or withdrawn",
+    "labels": "the version's labels changed",
+    "lineage": "the version's lineage changed",
+}
+
+
+def part_digests(inputs: GateInputs) -> dict[str, str]:
+    """The digest of each part of ``inputs``' digest (:func:`digest_parts`), as a gate decision
+    records them in its ``reference`` (``approvals_sha256``, ...), so that a stale decision can
+    say which part changed."""
+    parts = digest_parts(inputs.version, inputs.evidence, inputs.approvals)
+    return {f"{name}_sha256": object_digest(value) for name, value in parts.items()}
+
+
+def _what_else_changed(decision: GateDecision, inputs: GateInputs, serves_it: bool) -> str:
+    """Which parts of ``decision``'s digest changed, when neither the evaluation nor the
+    policy did: what the target serves (the decision's ``reference``), and, when the decision
+    recorded their digests, each of the others; for a decision recorded without them, those
+    others together."""
+    served = None if serves_it else _served_change(decision, inputs)
+    recorded = decision.reference
+    now = part_digests(inputs)
+    if all(key in recorded for key in now):
+        changes = [
+            _PART_CHANGES[key.removesuffix("_sha256")]
+            for key, digest in now.items()
+            if recorded[key] != digest
+        ]
+    elif served is not None and inputs.sha256_against(recorded) == decision.evidence_sha256:
+        changes = []  # only what the target serves
+    else:
+        changes = ["an approval was given or withdrawn, or the version's labels or lineage changed"]
+    if served is not None:
+        changes.append(served)
+    if not changes:
+        # Nothing the decision recorded differs, yet its digest does.
+        changes = ["what its rules read differs from what the decision recorded"]
+    return "; ".join(changes)
+
+
+def _served_change(decision: GateDecision, inputs: GateInputs) -> str | None:
+    """How what ``delta`` is measured against changed since ``decision`` (what the target
+    serves, or the evaluation of it the deltas come from); None when it did not."""
+    before, now = decision.reference, inputs.comparison
+    target = inputs.target
+    if before.get("serving", "") != now.serving:
+        none = "no version of this model"
+        delta = (
+            f"delta is against {now.compared_version} now"
+            if now.compared_version
+            else "delta is empty now"
+        )
+        return (
+            f"what {target} serves moved from {before.get('serving', '') or none} to "
+            f"{now.serving or none}; {delta}"
+        )
+    if before.get("compared_version", "") != now.compared_version:
+        if now.compared_version:
+            return f"delta can be measured against {now.compared_version} now"
+        return f"delta can no longer be measured against {now.serving}: {now.missing}"
+    if before.get("evaluation", "") != now.evaluation:
+        source = now.evaluation or "this version's evaluation (its own deltas)"
+        return f"delta against {now.serving} comes from {source} now"
+    return None
+
+
+def _variable(path: str) -> str:
+    """The variable a path a rule reads starts with (``delta`` of ``delta.roc_auc``)."""
+    return path.split(".")[0].split("[")[0]
 
 
 def _explained(
-    results: list[dict[str, Any]], comparison: Comparison, undefined: Mapping[str, str]
+    results: list[dict[str, Any]],
+    comparison: Comparison,
+    undefined: Mapping[str, str],
+    left_out: Sequence[tuple[Approval, str]] = (),
 ) -> list[dict[str, Any]]:
     """``results``, with why a value is absent added to each rule that did not pass and read
-    it: ``undefined`` values (see :func:`_undefined_values`), and ``delta`` when it is empty."""
+    it: ``undefined`` values (see :func:`_undefined_values`), ``delta`` when it is empty, and,
+    for a rule that reads ``approvals``, each standing approval ``left_out`` of it (its
+    signature does not verify) with why."""
     for r in results:
         if r["outcome"] == "passed":
             continue
         reasons = list(dict.fromkeys(undefined[m] for m in r["missing"] if m in undefined))
-        reads_delta = any(m.split(".")[0].split("[")[0] == "delta" for m in r["missing"])
+        reads_delta = any(_variable(m) == "delta" for m in r["missing"])
         if reads_delta and not comparison.compared_version:
             reasons.append(f"delta is empty: {comparison.missing}")
+        if any(_variable(p) == "approvals" for p in [*r["values"], *r["missing"]]):
+            reasons.extend(_not_counted(a, why) for a, why in left_out)
         if reasons:
             r["message"] = "; ".join([r["message"], *reasons])
     return results
@@ -328,7 +431,7 @@ class GateService:
                     evidence_sha256=inputs.sha256,
                     created_by=ctx.principal,
                     create_time=tx.now,
-                    reference=decision_reference(inputs.comparison),
+                    reference=decision_reference(inputs.comparison) | part_digests(inputs),
                 )
             )
             tx.record("EvaluateGate", made.name, None, made)
@@ -359,7 +462,7 @@ class GateService:
         policy = inputs.policy
         if policy is None:
             return [], True
-        approvals = counted_approvals(self.key, inputs.approvals)
+        approvals, left_out = _sorted_approvals(self.key, inputs.approvals)
         try:
             rules = compile_rules(policy.rules, variables=POLICY_VARIABLES)
         except InvalidArgument as exc:
@@ -374,7 +477,7 @@ class GateService:
         variables = gate_variables(version, inputs.latest, approvals, inputs.comparison)
         decision = evaluate_rules(rules, variables)
         undefined = _undefined_values(inputs.latest, inputs.comparison)
-        results = _explained(decision.to_dict()["results"], inputs.comparison, undefined)
+        results = _explained(decision.to_dict()["results"], inputs.comparison, undefined, left_out)
         return results, decision.allowed
 
     def list_decisions(
