@@ -88,6 +88,14 @@ class Replica:
         return self.c.get_deployment(self.name)
 
 
+def _drift_cells(d: pb.Deployment) -> dict[str, list[str]]:
+    """The drifted share and max PSI cells of each arm in ``rollout status``'s table."""
+    from modelplane.cli.rollout import status, status_tables
+
+    (arms,) = [rows for title, _, rows in status_tables(d, status(d)) if "window" in title]
+    return {row[0]: row[8:10] for row in arms}
+
+
 def _guard(d: pb.Deployment) -> pb.GuardResult:
     return next(g for g in d.rollout.evidence.guards if g.expression == GUARD)
 
@@ -122,6 +130,8 @@ def test_drift_guards_wait_for_the_deployments_min_rows(plane: Plane, tmp_path: 
         "skipped: candidate has fewer than 200 drift rows in this window (the deployment's "
         "drift min_rows), too few to judge its drift"
     )
+    # rollout status leaves those drift cells empty: they judge nothing.
+    assert _drift_cells(d) == {"champion": ["", ""], "candidate": ["", ""]}
     for _ in range(7):
         d = side.report(20)
         assert d.rollout.state == pb.ROLLOUT_STATE_RUNNING, d.rollout.reason
@@ -156,6 +166,8 @@ def test_drift_guards_wait_for_the_deployments_min_rows(plane: Plane, tmp_path: 
     assert "fewer than 300 drift rows in this window" in _guard(d).error
     d = side.report(300, scale=3.0)
     assert d.rollout.state == pb.ROLLOUT_STATE_ROLLED_BACK
+    shown = _drift_cells(d)["candidate"]
+    assert float(shown[1]) == pytest.approx(d.rollout.evidence.candidate.drift.max_psi, rel=1e-3)
     assert f"guard failed: {GUARD}" in d.rollout.reason
     assert d.champion_version == v2
 

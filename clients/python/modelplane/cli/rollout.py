@@ -238,10 +238,13 @@ def status_tables(d: dp.Deployment, doc: dict[str, Any]) -> list[Table]:
         ["candidate requests this step", ev.step_candidate_requests],
     ]
     arms = []
+    # Drift over fewer rows than the deployment's min_rows judges nothing and reads as noise
+    # (one row's PSI): its cells stay empty, as guards skip it.
+    min_rows = d.drift_thresholds.min_rows if d.HasField("drift_thresholds") else 0
     for arm in (ev.champion, ev.candidate):
         if not arm.arm:
             continue
-        drift = arm.drift if arm.HasField("drift") else None
+        drift = arm.drift if arm.HasField("drift") and arm.drift.rows >= min_rows else None
         arms.append(
             [
                 arm.arm,
