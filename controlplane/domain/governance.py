@@ -79,7 +79,9 @@ class GateDecision:
     create_time: datetime
     #: What ``delta`` was measured against: ``serving``, ``compared_version`` and
     #: ``evaluation`` of :class:`controlplane.services.evidence.Comparison` (empty for decisions
-    #: recorded before the store kept it).
+    #: recorded before the store kept it); and the digest of each part of ``evidence_sha256``
+    #: (see :func:`controlplane.services.evidence.digest_parts`), so that a stale decision can
+    #: say which part changed (absent for decisions recorded before they were kept).
     reference: dict[str, str] = field(default_factory=dict)
 
     @property
