@@ -146,6 +146,6 @@ def test_candidate_requests_this_step_restart_with_a_resume(
     ev = client.resume_rollout(dep).rollout.evidence
     assert ev.step_candidate_requests == 0 and ev.candidate.requests == 20
     code, out, err = cli.run("rollout", "status", dep, output="table")
-    assert code == 0 and ["candidate requests this step", "0"] in _cells(out), out
+    assert code == 0 and ["candidate requests this step", "0"] in _cells(out), err
     side.report(0, 7)
     assert client.get_deployment(dep).rollout.evidence.step_candidate_requests == 7
