@@ -20,10 +20,11 @@ counts (as fractions) and rounded to a float once, so 24 of 30 against 18 of 30 
 a ratio of exactly ``0.75`` and a difference of exactly ``0.2``, as a policy's rule reads them.
 
 A group of fewer than :data:`SMALL_GROUP_ROWS` rows is warned about (``GROUP_TOO_SMALL``): its
-figures stay in the report. Fairness compares groups: with fewer than two (the column missing
-on every row, or holding one value; the ``<null>`` group of missing values is not counted),
-every disparity is undefined (None) and a ``SINGLE_GROUP`` warning says so, while the group
-figures stay in the report.
+figures stay in the report. The ``<null>`` group of rows whose attribute is missing is reported
+with its figures but is no group of the attribute: it enters no disparity and does not count
+toward two groups. Fairness compares groups: with fewer than two (the column missing on every
+row, or holding one value), every disparity is undefined (None) and a ``SINGLE_GROUP`` warning
+says so, while the group figures stay in the report.
 """
 
 from __future__ import annotations
@@ -185,8 +186,13 @@ def fairness_report(
     if sum(name != NULL_GROUP for name in groups.names) < 2:
         warnings.append(_single_group(attribute, groups.names, scope))
     else:
-        top, bottom = max(selection), min(selection)
-        tpr_diff, fpr_diff = _spread(tprs), _spread(fprs)
+        # Rows whose attribute is missing are no group of the attribute: their figures are
+        # reported, and they enter no disparity.
+        compared = [i for i, name in enumerate(groups.names) if name != NULL_GROUP]
+        selected = [selection[i] for i in compared]
+        top, bottom = max(selected), min(selected)
+        tpr_diff = _spread([tprs[i] for i in compared])
+        fpr_diff = _spread([fprs[i] for i in compared])
         odds = [d for d in (tpr_diff, fpr_diff) if d is not None]
         dp_difference = top - bottom
         dp_ratio = bottom / top if top > 0 else None

@@ -230,3 +230,62 @@ def test_a_fairness_rule_on_a_single_group_fails_the_gate_saying_why(
     ):
         assert f"fairness.{name}.{disparity} is undefined in {ev.name}" in result.message
     assert passed.passed
+
+
+def test_rows_missing_the_attribute_enter_no_disparity() -> None:
+    """The ``<null>`` group is reported with its figures, and the disparities are those of the
+    real groups alone, however extreme its rates."""
+    rng = np.random.default_rng(12)
+    for trial in range(200):
+        k = int(rng.integers(2, 5))
+        sizes = rng.integers(1, 50, k)
+        group = np.repeat([f"g{i}" for i in range(k)], sizes).astype(object)
+        y = rng.random(len(group)) < rng.random()
+        pred = rng.random(len(group)) < rng.random()
+        y[0], y[-1] = True, False
+        missing = rng.integers(1, 30)
+        column = pa.chunked_array([pa.array([*group, *([None] * missing)], pa.string())])
+        y_all = np.concatenate([y, np.ones(missing, bool)])
+        pred_all = np.concatenate([pred, np.full(missing, trial % 2 == 0)])
+        rep = fairness_report("g", group_rows(column), y_all, pred_all, "1")
+        got = {name: getattr(rep, name) for name in DISPARITIES}
+        assert got == exact_report(group.astype(str), y, pred), trial
+        (null,) = [g for g in rep.groups if g.group == "<null>"]
+        assert null.count == missing
+        assert "SINGLE_GROUP" not in [w.code for w in rep.warnings]
+
+
+def test_a_gate_reads_the_disparities_of_the_real_groups_beside_missing_values(
+    controlplane: RunningControlPlane, tmp_path: Path
+) -> None:
+    """Groups a and b (a ratio of exactly 3/4) and 30 rows with the attribute missing, none of
+    them selected: the ratio stays 3/4."""
+    rows = GROUP_A + GROUP_B + group_rows_of(15, 0, 15, 0)
+    label, pred = (np.array(c) for c in zip(*rows, strict=True))
+    table = pa.table(
+        {
+            "x": np.where(pred == 1, 4.0, -4.0).astype(np.float32),
+            "y": label.astype(np.int64),
+            "g": ["a"] * len(GROUP_A) + ["b"] * len(GROUP_B) + [None] * 30,
+        }
+    )
+    model = tmp_path / "sigmoid.onnx"
+    model.write_bytes(sigmoid_of_x())
+    data = tmp_path / "missing.parquet"
+    pq.write_table(table, data)
+    with controlplane.client() as c:
+        model_id = unique()
+        c.create_model(model_id)
+        c.register_version(model_id, model, feature_names=["x"])
+        ev = c.operation_result(c.evaluate(model_id, 1, data, label="y", protected=["g"]))
+        c.create_policy(unique("fair"), target="fair", rules=[RATIO_RULE])
+        gate = c.evaluate_gate(model_id, 1, "fair")
+    fairness = json_format.MessageToDict(ev.fairness)["g"]
+    assert fairness["demographic_parity_ratio"] == 0.75
+    assert fairness["demographic_parity_difference"] == 0.2
+    assert fairness["groups"]["<null>"]["count"] == 30
+    assert fairness["groups"]["<null>"]["selection_rate"] == 0.0
+    assert gate.passed, [(r.outcome, r.message) for r in gate.results]
+
+
+RATIO_RULE = 'fairness["g"].demographic_parity_ratio >= 0.75'
