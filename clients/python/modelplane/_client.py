@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import random
 import re
@@ -199,6 +200,85 @@ def _with_fields(message: M, fields: Mapping[str, Any], call: str, updatable: Se
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{call}() field {key!r}: {exc}") from None
     return message
+
+
+def _lineage_key(key: object, what: str) -> str:
+    """A parameter or metric name as protobuf takes it: a ``str`` (else TypeError) that is
+    UTF-8 text (a lone surrogate is :class:`InvalidArgument`, as the server's reason for a bad
+    ``what`` says)."""
+    if not isinstance(key, str):
+        raise TypeError(f"register_version() {what} names must be str, not {type(key).__name__}")
+    _utf8(key, f"{what} name {_cut(key)}", what)
+    return key
+
+
+def _utf8(text: str, subject: str, what: str) -> None:
+    """Refuse ``text`` that protobuf cannot encode (a lone surrogate) as INVALID_{WHAT}."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{subject} is not UTF-8 text: {exc.reason} at position {exc.start}",
+            reason=f"INVALID_{what.upper()}",
+            metadata={"field": f"{what}s"},
+        ) from None
+
+
+def _cut(value: str) -> str:
+    """``value`` quoted for a message, cut to 80 characters as the server shows it."""
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def _parameters(params: Mapping[str, object]) -> dict[str, str]:
+    """``params`` as the request's map of texts: each value as ``str()`` gives it. A value
+    ``str()`` cannot give (an int of more than 4,300 digits) or that is no UTF-8 text is
+    :class:`InvalidArgument` (INVALID_PARAMETER, field ``parameters``) naming the
+    parameter; a name that is no ``str`` is TypeError."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = _lineage_key(key, "parameter")
+        try:
+            text = str(value)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"the value of parameter {_cut(name)} cannot be sent as text: {exc}",
+                reason="INVALID_PARAMETER",
+                metadata={"field": "parameters"},
+            ) from None
+        _utf8(text, f"the value of parameter {_cut(name)}", "parameter")
+        out[name] = text
+    return out
+
+
+def _metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """``metrics`` as the request's map of doubles, refused as the server refuses a metric
+    that is not a finite number (INVALID_METRIC, field ``metrics``, naming it): one ``float()``
+    cannot convert (a text that is no number, an int too large for a double) or that is
+    infinite or NaN. A value of a type ``float()`` does not take (None, a list) is TypeError."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = _lineage_key(key, "metric")
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (ValueError, OverflowError) as exc:
+            raise InvalidArgument(
+                f"metric {_cut(name)} is not a finite number: {exc}",
+                reason="INVALID_METRIC",
+                metadata={"field": "metrics"},
+            ) from None
+        except TypeError:
+            raise TypeError(
+                f"register_version() metric {_cut(name)} must be a number, "
+                f"not {type(value).__name__}"
+            ) from None
+        if not math.isfinite(number):
+            raise InvalidArgument(
+                f"metric {_cut(name)} is not a finite number",
+                reason="INVALID_METRIC",
+                metadata={"field": "metrics"},
+            )
+        out[name] = number
+    return out
 
 
 def _timestamp(value: datetime, field: str) -> timestamp_pb2.Timestamp:
@@ -789,36 +869,43 @@ class Client(DeploymentsMixin):
         """Upload the ONNX file and datasets, then register a version with full lineage.
 
         ``code_repo`` is recorded without the credentials a git remote may carry (see
-        :func:`modelplane._code.without_credentials`). A file that cannot be read raises
-        :class:`OSError` (``FileNotFoundError``, ...) before any is uploaded."""
+        :func:`modelplane._code.without_credentials`). Nothing is uploaded until the arguments
+        are checked: a file that cannot be read raises :class:`OSError`
+        (``FileNotFoundError``, ...), an argument of the wrong type :class:`TypeError`, and a
+        metric that is no finite number (``float()`` cannot convert it, or it is infinite or
+        NaN) or a parameter that ``str()`` cannot give :class:`InvalidArgument`
+        (INVALID_METRIC, INVALID_PARAMETER, naming it)."""
         for path in (onnx, *(datasets or {}).values()):
             os.stat(path)  # a missing dataset fails before the ONNX file is uploaded
-        # The environment first: a failure to read it must not come after the uploads.
-        environment = capture_environment() if capture_env else None
-        artifact = self.upload_blob(onnx)
-        inputs = []
-        for role, path in (datasets or {}).items():
-            blob = self.upload_blob(path)
-            # A file name that is not UTF-8 is recorded with \xNN escapes (protobuf strings
-            # are UTF-8), so it reads as the bytes it was.
-            source = os.fsencode(path).decode("utf-8", "backslashreplace")
-            inputs.append(registry_pb2.DatasetInput(role=role, source=source, sha256=blob.sha256))
+        # Every field but what the uploads give, so that an argument the request cannot hold
+        # is refused before anything is uploaded.
         request = registry_pb2.CreateModelVersionRequest(
             parent=model_name(model),
-            artifact_sha256=artifact.sha256,
             description=description,
             labels=dict(labels or {}),
-            datasets=inputs,
+            datasets=[
+                # A file name that is not UTF-8 is recorded with \xNN escapes (protobuf
+                # strings are UTF-8), so it reads as the bytes it was.
+                registry_pb2.DatasetInput(
+                    role=role, source=os.fsencode(path).decode("utf-8", "backslashreplace")
+                )
+                for role, path in (datasets or {}).items()
+            ],
             label_column=label,
             feature_names=list(feature_names),
             training_run_id=training_run_id,
-            parameters={k: str(v) for k, v in (params or {}).items()},
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            parameters=_parameters(params or {}),
+            metrics=_metrics(metrics or {}),
             code=registry_pb2.CodeRef(
                 repository=without_credentials(code_repo), commit=code_commit
             ),
             request_id=request_id or self._rid(),
         )
+        # The environment first: a failure to read it must not come after the uploads.
+        environment = capture_environment() if capture_env else None
+        request.artifact_sha256 = self.upload_blob(onnx).sha256
+        for dataset, path in zip(request.datasets, (datasets or {}).values(), strict=True):
+            dataset.sha256 = self.upload_blob(path).sha256
         if environment is not None:
             request.environment.CopyFrom(environment)
         return self._call(self.registry.CreateModelVersion, request)
