@@ -14,10 +14,12 @@ from modelplane.ids import ID_RULE, is_id
 
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: A label key: 1-63 lowercase letters, digits, '_', '.', '-', from a letter to a letter or digit.
+#: A label key: 1-63 lowercase ASCII letters, digits, '_', '.', '-', from a letter to a letter
+#: or digit.
 LABEL_KEY = re.compile(r"[a-z](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
-#: A label value: up to 63 letters, digits, '_', '.', '-' (stored values of this form exist, so
-#: it is not narrowed to Kubernetes' rule that a value start and end with a letter or digit).
+#: A label value: up to 63 ASCII letters, digits, '_', '.', '-' (stored values of this form
+#: exist, so it is not narrowed to Kubernetes' rule that a value start and end with a letter or
+#: digit).
 LABEL_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 
 
@@ -151,15 +153,15 @@ def check_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str
     for key, value in labels.items():
         if not LABEL_KEY.fullmatch(key):
             raise InvalidArgument(
-                f"label key {shown(key)} is invalid: use lowercase letters, digits, '_', '.', '-'"
-                " (1-63, starting with a letter)",
+                f"label key {shown(key)} is invalid: use lowercase ASCII letters, digits, '_', "
+                "'.', '-' (1-63, starting with a letter)",
                 reason="INVALID_LABELS",
                 metadata={"field": field},
             )
         if not LABEL_VALUE.fullmatch(value):
             raise InvalidArgument(
-                f"label value {shown(value)} of {key!r} is invalid: use up to 63 letters, "
-                "digits, '_', '.', '-' (or leave it empty)",
+                f"label value {shown(value)} of {key!r} is invalid: use up to 63 ASCII "
+                "letters, digits, '_', '.', '-' (or leave it empty)",
                 reason="INVALID_LABELS",
                 metadata={"field": field},
             )

@@ -38,6 +38,64 @@ def _term_error(term: str, allowed: Mapping[str, object]) -> InvalidArgument:
     )
 
 
+#: The characters AIP-160's comparisons are written with (``!=``, ``<=``, ``:``, ``=~``...):
+#: no key or value a filter compares holds one.
+_OPERATOR_CHARS = "=!<>:~"
+#: AIP-160's words that join or negate terms, which these filters do not take.
+_LOGIC_WORDS = ("AND", "OR", "NOT")
+
+
+def _supported(allowed: Mapping[str, object]) -> str:
+    return "labels.KEY=VALUE" + "".join(f" or {a}=VALUE" for a in allowed)
+
+
+def _unsupported(term: str, what: str, allowed: Mapping[str, object]) -> InvalidArgument:
+    return InvalidArgument(
+        f"filter term {shown(term)} uses {what}, which filters do not support: only "
+        f"{_supported(allowed)} terms are supported, separated by spaces, all of which must "
+        "hold",
+        reason="INVALID_FILTER",
+        metadata=FILTER_FIELD,
+    )
+
+
+def _operator(term: str) -> tuple[str, str, str]:
+    """``term`` as (key, operator, value): the operator is the run of
+    :data:`_OPERATOR_CHARS` that ends the key (empty when the term has none)."""
+    start = next((i for i, ch in enumerate(term) if ch in _OPERATOR_CHARS), len(term))
+    end = start
+    while end < len(term) and term[end] in _OPERATOR_CHARS:
+        end += 1
+    if term[start:end].startswith("=") and end > start + 1 and term[start + 1] not in "=~":
+        end = start + 1  # '=' and a value that starts oddly ('=<x'): the value is refused
+    return term[:start], term[start:end], term[end:]
+
+
+def _check_syntax(terms: list[str], allowed: Mapping[str, object]) -> None:
+    """Refuse the parts of AIP-160 these filters do not take, which splitting a term on its
+    first '=' would misread as a strange key or value: another comparison (``!=``, ``<``,
+    ``>``, ``<=``, ``>=``, ``==``, ``:``, ``=~``, ``!~``), negation (``-`` or ``NOT``),
+    ``AND``/``OR`` and parentheses, and spaces around an operator."""
+    for i, term in enumerate(terms):
+        if term in _LOGIC_WORDS:
+            raise _unsupported(term, f"the word {term}", allowed)
+        if term.startswith("-") or (term.startswith("!") and term[1:2] not in ("=", "~")):
+            raise _unsupported(term, f"negation ({term[0]!r})", allowed)
+        if term.startswith("(") or term.endswith(")"):
+            raise _unsupported(term, "parentheses", allowed)
+        _, op, _ = _operator(term)
+        nxt = terms[i + 1] if i + 1 < len(terms) else ""
+        if not op and nxt[:1] and nxt[0] in _OPERATOR_CHARS:
+            raise InvalidArgument(
+                f"filter term {shown(term + ' ' + nxt)} is invalid: write each term without "
+                f"spaces around its operator ({_supported(allowed)})",
+                reason="INVALID_FILTER",
+                metadata=FILTER_FIELD,
+            )
+        if op not in ("", "="):
+            raise _unsupported(term, f"the operator {op!r}", allowed)
+
+
 def _unquoted(value: str, term: str) -> str:
     """``value`` without one pair of enclosing double quotes (AIP-160 string literals).
 
@@ -73,7 +131,9 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
     labels: dict[str, str] = {}
     values: dict[str, str] = {}
     conflict = False
-    for term in text.split():
+    words = text.split()
+    _check_syntax(words, allowed)
+    for term in words:
         key, sep, raw = term.partition("=")
         label = key.removeprefix("labels.") if key.startswith("labels.") else None
         if not sep or not key or label == "":
@@ -85,16 +145,16 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
             if not LABEL_KEY.fullmatch(label):
                 raise InvalidArgument(
                     f"label key {shown(label)} in filter term {shown(term)} is invalid, so no "
-                    "label can match it: label keys are 1-63 lowercase letters, digits, '_', "
-                    "'.', '-', starting with a letter",
+                    "label can match it: label keys are 1-63 lowercase ASCII letters, "
+                    "digits, '_', '.', '-', starting with a letter",
                     reason="INVALID_FILTER",
                     metadata=FILTER_FIELD,
                 )
             if not LABEL_VALUE.fullmatch(value):
                 raise InvalidArgument(
                     f"label value {shown(value)} in filter term {shown(term)} is invalid, so "
-                    "no label can match it: label values are up to 63 letters, digits, '_', "
-                    "'.', '-'",
+                    "no label can match it: label values are up to 63 ASCII letters, digits, "
+                    "'_', '.', '-'",
                     reason="INVALID_FILTER",
                     metadata=FILTER_FIELD,
                 )
