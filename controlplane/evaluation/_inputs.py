@@ -13,7 +13,10 @@ Which columns feed the model:
 
 Numeric, boolean and null values convert to the input's element type (nulls become NaN for
 float inputs and are refused for integer inputs, as are values outside the integer type's
-range: FEATURE_OUT_OF_RANGE); strings feed ``BYTES`` inputs only.
+range: FEATURE_OUT_OF_RANGE); strings feed ``BYTES`` inputs only, plain or dictionary-encoded
+(a pandas ``category`` column stored in Parquet), decoded to their text. A dictionary of any
+other value type is refused: NON_STRING_FEATURE for a ``BYTES`` input, NON_NUMERIC_FEATURE
+(asking for the plain values) for a numeric one.
 """
 
 from __future__ import annotations
@@ -142,11 +145,22 @@ def check_types(plan: InputPlan, schema: pa.Schema) -> None:
                     feature=name,
                 )
             if spec.datatype == "BYTES":
-                ok = pa.types.is_string(type_) or pa.types.is_large_string(type_)
+                ok = _is_text(type_)
                 reason, need = "NON_STRING_FEATURE", "string"
             else:
                 ok = is_numeric_type(type_) or pa.types.is_boolean(type_) or pa.types.is_null(type_)
                 reason, need = "NON_NUMERIC_FEATURE", "numeric or boolean"
+            if not ok and _is_numeric_dictionary(type_) and spec.datatype != "BYTES":
+                # Numbers stored as categories (a pandas ``category`` column): say so, rather
+                # than "encode it" about a column that holds numbers.
+                raise invalid(
+                    reason,
+                    f"column {name!r} is categorical (dictionary-encoded {type_.value_type} "
+                    f"values, type {type_}) but input {spec.name!r} ({spec.datatype}) takes "
+                    f"plain {need} values; store it as {type_.value_type} rather than as "
+                    "categories before evaluating",
+                    feature=name,
+                )
             if not ok:
                 raise invalid(
                     reason,
@@ -156,8 +170,24 @@ def check_types(plan: InputPlan, schema: pa.Schema) -> None:
                 )
 
 
+def _is_numeric_dictionary(type_: pa.DataType) -> bool:
+    return pa.types.is_dictionary(type_) and (
+        is_numeric_type(type_.value_type) or pa.types.is_boolean(type_.value_type)
+    )
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    """Strings, plain or dictionary-encoded (a pandas ``category`` of strings)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
 def _column(spec: TensorSpec, name: str, column: pa.ChunkedArray) -> np.ndarray:
     if spec.datatype == "BYTES":
+        if pa.types.is_dictionary(column.type):
+            # Decoded first: a null among the dictionary's values is no null of the indices.
+            column = pc.cast(column, column.type.value_type)
         if column.null_count:
             raise invalid("MISSING_VALUES", f"column {name!r} has nulls", feature=name)
         return np.asarray(column.to_pylist(), dtype=object)
