@@ -4,6 +4,8 @@ and data validation in one pass."""
 from __future__ import annotations
 
 import hashlib
+import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -156,11 +158,27 @@ def _slices(
 
 
 _BOOLEAN_SPELLINGS = {"true": True, "1": True, "false": False, "0": False}
+#: An integral number as text: ``1``, ``-1``, ``+1``, ``1.0``, ``1.``, ``01``.
+_INTEGRAL_TEXT = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
+
+
+def _integral(value: Any) -> int | None:
+    """``value`` as an integer when it is one, or a float or text that spells one (surrounding
+    spaces aside); None otherwise."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return int(value) if float(value).is_integer() else None
+    match = _INTEGRAL_TEXT.fullmatch(str(value).strip())
+    return int(match.group(1)) if match else None
 
 
 def _positive_index(classes: list[Any], positive_class: Any) -> int:
     """The index of ``positive_class`` in ``classes``; boolean classes take true/false in any
-    letter case, or 1/0."""
+    letter case, or 1/0; integer classes take any spelling of an integral number (``1``,
+    ``1.0``, ``+1``), as their labels may be the floats 1.0 and 0.0."""
     if positive_class is None:
         return 1
     if classes and all(isinstance(c, bool) for c in classes):
@@ -171,6 +189,13 @@ def _positive_index(classes: list[Any], positive_class: Any) -> int:
         for i, c in enumerate(classes):
             if c == positive_class or str(c) == str(positive_class):
                 return i
+        if classes and all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool | np.bool_) for c in classes
+        ):
+            integers = [int(c) for c in classes]
+            number = _integral(positive_class)
+            if number is not None and number in integers:
+                return integers.index(number)
     raise invalid(
         "UNKNOWN_POSITIVE_CLASS",
         f"positive class {positive_class!r} is not one of the model's classes {classes}",
