@@ -302,7 +302,7 @@ class JwtAuthenticator:
         if principal is None:
             raise Unauthenticated(
                 "the token's sub claim is not a usable principal name "
-                "(1-128 letters, digits and ._@:+-)",
+                "(1-128 ASCII letters, digits and ._@:+-)",
                 reason="INVALID_TOKEN",
             )
         if reserved_principal(principal):

@@ -320,7 +320,7 @@ def test_example_reports_the_status_and_reason_of_a_bad_model_id(
     )
     assert result.returncode == 3
     assert "INVALID_ARGUMENT INVALID_NAME" in result.stderr
-    assert "lowercase letters" in result.stderr
+    assert "lowercase ASCII letters" in result.stderr
     with Client(live_controlplane.address) as client:
         assert all(m.name != "models/Bad_Id" for m in client.list_models())
 

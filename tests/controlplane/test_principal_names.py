@@ -1,5 +1,5 @@
 """Principal names a client gives a control plane without access control: a name that is not
-one (README: 1-128 letters, digits and ``._@:+-``) is refused, not recorded as ``anonymous``;
+one (README: 1-128 ASCII letters, digits and ``._@:+-``) is refused, not recorded as ``anonymous``;
 naming none is ``anonymous``; with access control on the token names the caller and the
 principal metadata is ignored."""
 
@@ -23,7 +23,7 @@ from tests.controlplane.test_auth_permissions import (
     start_token_server,
 )
 
-RULE = "1-128 letters, digits and ._@:+-"
+RULE = "1-128 ASCII letters, digits and ._@:+-"
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ const MaxMessageBytes = math.MaxInt32
 // as gRPC metadata, which carries printable ASCII only: Dial refuses anything else with a
 // *MetadataError.
 type Options struct {
-	// Principal is named to a server without access control: 1-128 letters, digits and
+	// Principal is named to a server without access control: 1-128 ASCII letters, digits and
 	// ._@:+-, or the server refuses each call (InvalidArgument).
 	Principal string
 	// Roles are claimed for approvals from a server without access control.

@@ -8,7 +8,9 @@ import re
 _ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 #: What a valid identifier looks like, for messages.
-ID_RULE = "1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+ID_RULE = (
+    "1-63 lowercase ASCII letters, digits and '-', starting with a letter and not ending with '-'"
+)
 
 
 def is_id(value: str) -> bool:
@@ -19,7 +21,7 @@ def is_id(value: str) -> bool:
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
 
 #: What a principal name looks like, for messages.
-PRINCIPAL_RULE = "1-128 letters, digits and ._@:+-"
+PRINCIPAL_RULE = "1-128 ASCII letters, digits and ._@:+-"
 
 
 def is_principal(value: str | None) -> bool:
