@@ -16,27 +16,14 @@ caller's to fix.
 
 from __future__ import annotations
 
-import re
-
 import grpc
 
 from controlplane.auth.permissions import BUILT_IN_ROLES
-from modelplane.errors import InvalidArgument
+from modelplane.ids import MAX_ROLES, ROLE_NAME, claimed_role_names
 from modelplane.server.context import RequestContext
 from modelplane.server.interceptor import anonymous_loopback
 
 ROLES_METADATA_KEY = "x-modelplane-roles"
-MAX_ROLES = 32
-ROLE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-#: What a role name looks like, for messages.
-ROLE_RULE = (
-    f"role names match {ROLE_NAME.pattern} once lower-cased (a letter, then up to 62 letters, "
-    f"digits and ._-), and a caller claims at most {MAX_ROLES}"
-)
-#: The most malformed names, and the characters of each, an INVALID_ROLES error shows (its
-#: message and metadata travel back in the call's trailers, which a client takes up to 8 KiB of).
-_SHOWN_NAMES = 5
-_SHOWN_CHARS = 64
 
 
 def parse_roles(text: str) -> tuple[str, ...]:
@@ -59,41 +46,11 @@ def clean_roles(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(built_in + others))
 
 
-def _shown(name: str) -> str:
-    return name if len(name) <= _SHOWN_CHARS else f"{name[:_SHOWN_CHARS]}..."
-
-
 def claimed_roles(text: str) -> tuple[str, ...]:
     """The roles a client claims in ``x-modelplane-roles`` (``"Risk, ml-lead"`` →
-    ``("ml-lead", "risk")``): stripped, lower-cased, distinct and sorted, empty entries left
-    out. InvalidArgument (reason INVALID_ROLES, ``metadata["field"]`` = ``roles``) for a name
-    that is not a role name (``metadata["invalid_roles"]``: those names, comma-separated) or
-    more than :data:`MAX_ROLES` distinct names (``metadata["count"]``)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if not ROLE_NAME.fullmatch(n.lower())]
-    if bad:
-        shown = [_shown(n) for n in bad[:_SHOWN_NAMES]]
-        listed = ", ".join(repr(n) for n in shown) + (
-            " and others" if len(bad) > len(shown) else ""
-        )
-        what = (
-            f"claimed role {listed} is not a role name"
-            if len(bad) == 1
-            else (f"claimed roles {listed} are not role names")
-        )
-        raise InvalidArgument(
-            f"{what} (metadata {ROLES_METADATA_KEY}): {ROLE_RULE}",
-            reason="INVALID_ROLES",
-            metadata={"field": "roles", "invalid_roles": ",".join(shown)},
-        )
-    roles = tuple(sorted({n.lower() for n in names}))
-    if len(roles) > MAX_ROLES:
-        raise InvalidArgument(
-            f"{len(roles)} roles claimed (metadata {ROLES_METADATA_KEY}): {ROLE_RULE}",
-            reason="INVALID_ROLES",
-            metadata={"field": "roles", "count": str(len(roles))},
-        )
-    return roles
+    ``("ml-lead", "risk")``), checked as :func:`modelplane.ids.claimed_role_names` checks
+    them: a name that is not a role name, or too many, is InvalidArgument (INVALID_ROLES)."""
+    return claimed_role_names(text.split(","), f" (metadata {ROLES_METADATA_KEY})")
 
 
 def principal_with_roles(metadata: dict[str, str], context: grpc.ServicerContext) -> RequestContext:

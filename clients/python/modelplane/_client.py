@@ -32,6 +32,7 @@ from modelplane.errors import (
     from_rpc_error,
 )
 from modelplane.files import replaced_atomically
+from modelplane.ids import claimed_role_names
 from modelplane.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -482,60 +483,20 @@ def metadata_value(value: str, what: str, *, secret: bool = False) -> str:
     )
 
 
-#: Role names a server without access control takes as claimed (``with_roles``), checked
-#: once lower-cased, and how many one caller may claim; the control plane's
-#: ``controlplane.api.roles`` holds the same rule.
-ROLE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-MAX_ROLES = 32
-ROLE_RULE = (
-    f"role names match {ROLE_NAME.pattern} once lower-cased (a letter, then up to 62 letters, "
-    f"digits and ._-), and a caller claims at most {MAX_ROLES}"
-)
-_SHOWN_ROLE_NAMES = 5
-_SHOWN_ROLE_CHARS = 64
-
-
 def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
     """Claimed roles as a server without access control takes them: stripped, lower-cased,
     distinct and sorted, empty entries left out.
 
     A name gRPC metadata cannot carry is InvalidArgument (INVALID_METADATA, see
-    :func:`metadata_value`); one that is not a role name (:data:`ROLE_RULE`), or more than
-    :data:`MAX_ROLES` distinct names, InvalidArgument with reason INVALID_ROLES,
-    ``metadata["field"]`` = ``roles`` and ``metadata["invalid_roles"]`` (the names,
-    comma-separated) or ``metadata["count"]``, as the server answers them. A single string
+    :func:`metadata_value`); one that is not a role name, or more than
+    :data:`~modelplane.ids.MAX_ROLES` distinct names, InvalidArgument with reason INVALID_ROLES
+    as the server answers it (:func:`modelplane.ids.claimed_role_names`). A single string
     (not a list of names) or a name that is not a string is TypeError."""
     if isinstance(roles, str) or not all(isinstance(r, str) for r in roles):
         raise TypeError("roles must be a list of role names, such as ['risk', 'ml-lead']")
     names = [r.strip() for r in roles if r.strip()]
     metadata_value(",".join(names), "roles")
-    bad = [n for n in names if not ROLE_NAME.fullmatch(n.lower())]
-    if bad:
-        shown = [
-            n if len(n) <= _SHOWN_ROLE_CHARS else f"{n[:_SHOWN_ROLE_CHARS]}..."
-            for n in bad[:_SHOWN_ROLE_NAMES]
-        ]
-        listed = ", ".join(repr(n) for n in shown) + (
-            " and others" if len(bad) > len(shown) else ""
-        )
-        what = (
-            f"role {listed} is not a role name"
-            if len(bad) == 1
-            else f"roles {listed} are not role names"
-        )
-        raise InvalidArgument(
-            f"{what}: {ROLE_RULE}",
-            reason="INVALID_ROLES",
-            metadata={"field": "roles", "invalid_roles": ",".join(shown)},
-        )
-    distinct = tuple(sorted({n.lower() for n in names}))
-    if len(distinct) > MAX_ROLES:
-        raise InvalidArgument(
-            f"{len(distinct)} roles claimed: {ROLE_RULE}",
-            reason="INVALID_ROLES",
-            metadata={"field": "roles", "count": str(len(distinct))},
-        )
-    return distinct
+    return claimed_role_names(names)
 
 
 class Client(DeploymentsMixin):
@@ -1103,8 +1064,8 @@ class Client(DeploymentsMixin):
         Only a server without access control reads them (and believes them); a server with
         access control ignores them and takes roles from the caller's token. Names are
         stripped and lower-cased (:func:`check_roles`); one that is not a role name, or more
-        than :data:`MAX_ROLES`, is InvalidArgument (INVALID_ROLES) here, as such a server
-        would refuse it. An empty list sends none.
+        than :data:`~modelplane.ids.MAX_ROLES`, is InvalidArgument (INVALID_ROLES) here, as
+        such a server would refuse it. An empty list sends none.
         """
         names = ",".join(check_roles(roles))
         kept = tuple(kv for kv in self._metadata if kv[0] != ROLES_METADATA_KEY)
