@@ -251,6 +251,7 @@ def start(settings: ControlPlaneSettings, *, migrate: bool = True) -> GrpcServer
         verification_keys=sorted(key.retired),
     )
     store = Store.open(settings.db_url, migrate=migrate)
+    store.approval_key = key
     audit.install(store)
     if isinstance(access.authorizer, auth.PermissionPolicy):
         access.authorizer.find_deployments_with(lambda d: _deployment_model(store, d))

@@ -72,6 +72,29 @@ def _sorted_approvals(
     return counted, left_out
 
 
+#: The ``reference`` key under which a gate decision records the approvals it counted (their
+#: names, comma-separated): those whose signature verified when it was made.
+COUNTED_APPROVALS = "counted_approvals"
+
+
+def _names(approvals: Sequence[Approval]) -> str:
+    return ",".join(sorted(a.name for a in approvals))
+
+
+def _lost_approvals(
+    key: Ed25519PrivateKey | None, decision: GateDecision, inputs: GateInputs
+) -> list[tuple[Approval, str]]:
+    """The approvals ``decision`` counted that no longer verify (the server's signing key
+    changed, without the old one given as a verification key), each with why. None for a
+    decision recorded before it kept what it counted, or without a key to check with."""
+    recorded = decision.reference.get(COUNTED_APPROVALS)
+    if key is None or recorded is None:
+        return []
+    counted = set(recorded.split(",")) - {""}
+    _, left_out = _sorted_approvals(key, inputs.approvals)
+    return [(a, why) for a, why in left_out if a.name in counted]
+
+
 def _not_counted(a: Approval, why: str) -> str:
     """Why the standing approval ``a`` does not count, for a rule's message."""
     roles = f"roles {', '.join(a.roles)}" if a.roles else "no roles"
@@ -222,9 +245,16 @@ def require_gate_passed(tx: Tx, model_id: str, version: int, alias: str) -> None
         # signatures) gathered, to see that it still stands.
         inputs = gate_inputs(tx, got, alias)
         if decision_stands(tx, decision, inputs):
-            return
-        serves_it = serving_version(tx, model_id, alias) == version
-        problem, hint = _stale(decision, inputs, hint, serves_it)
+            lost = _lost_approvals(tx.approval_key, decision, inputs)
+            if not lost:
+                return
+            problem = (
+                f"gate decision {decision.name} counted approvals that no longer count: "
+                + "; ".join(_not_counted(a, why) for a, why in lost)
+            )
+        else:
+            serves_it = serving_version(tx, model_id, alias) == version
+            problem, hint = _stale(decision, inputs, hint, serves_it)
         policy = inputs.policy or policy
     kind = "deployment" if alias.startswith(DEPLOYMENT_TARGET) else "alias"
     through = f" (bound to {policy.target})" if policy.target != alias else ""
@@ -283,7 +313,7 @@ def _what_changed(decision: GateDecision, inputs: GateInputs) -> str | None:
 _PART_CHANGES = {
     "evidence": "the evidence approvals sign changed (the artifact, the evaluation's report or "
     "the policy)",
-    "approvals": "an approval was given or withdrawn",
+    "approvals": "an approval was given, withdrawn or altered",
     "labels": "the version's labels changed",
     "lineage": "the version's lineage changed",
 }
@@ -314,7 +344,10 @@ def _what_else_changed(decision: GateDecision, inputs: GateInputs, serves_it: bo
     elif served is not None and inputs.sha256_against(recorded) == decision.evidence_sha256:
         changes = []  # only what the target serves
     else:
-        changes = ["an approval was given or withdrawn, or the version's labels or lineage changed"]
+        changes = [
+            "an approval was given, withdrawn or altered, or the version's labels or lineage "
+            "changed"
+        ]
     if served is not None:
         changes.append(served)
     if not changes:
@@ -431,7 +464,9 @@ class GateService:
                     evidence_sha256=inputs.sha256,
                     created_by=ctx.principal,
                     create_time=tx.now,
-                    reference=decision_reference(inputs.comparison) | part_digests(inputs),
+                    reference=decision_reference(inputs.comparison)
+                    | part_digests(inputs)
+                    | {COUNTED_APPROVALS: _names(counted_approvals(self.key, inputs.approvals))},
                 )
             )
             tx.record("EvaluateGate", made.name, None, made)

@@ -160,8 +160,11 @@ def request_fingerprint(method: str, principal: str, request: Any) -> str:
 class Tx:
     """A read transaction with one repository per resource."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, approval_key: Any = None) -> None:
         self.session = session
+        #: The server's signing key (:class:`controlplane.audit.SigningKeys`, None when the
+        #: store was opened without one): what a gate check verifies approvals with.
+        self.approval_key = approval_key
         self.models = ModelRepo(session)
         self.versions = VersionRepo(session)
         self.aliases = AliasRepo(session)
@@ -184,9 +187,10 @@ class WriteTx(Tx):
     replay_time: datetime | None = None
     mutations: list[Mutation] = field(default_factory=list)
     resource: str = ""
+    approval_key: Any = None
 
     def __post_init__(self) -> None:
-        Tx.__init__(self, self.session)
+        Tx.__init__(self, self.session, self.approval_key)
 
     def restamp(self, not_before: datetime | None = None) -> datetime:
         """Take the transaction's time (``now``) again, at least ``not_before``, and return it.
@@ -215,6 +219,8 @@ class Store:
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
         self.hooks: list[MutationHook] = []
+        #: Set by the server once its signing key is loaded; each transaction carries it.
+        self.approval_key: Any = None
         database = engines.write.url.database if engines.dialect == "sqlite" else None
         self._sqlite_path = database or None
 
@@ -303,7 +309,7 @@ class Store:
         ):
             if left is not None:
                 limit_transaction(session.connection(), left)
-            yield Tx(session)
+            yield Tx(session, self.approval_key)
             session.rollback()
 
     @contextmanager
@@ -334,7 +340,9 @@ class Store:
             left = self._time_left()
             if left is not None:
                 limit_transaction(session.connection(), left)
-            tx = WriteTx(session, ctx, method, request_id, datetime.now(UTC))
+            tx = WriteTx(
+                session, ctx, method, request_id, datetime.now(UTC), approval_key=self.approval_key
+            )
             fingerprint = ""
             if request_id:
                 fingerprint = request_fingerprint(method, ctx.principal, request)

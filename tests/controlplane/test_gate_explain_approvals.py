@@ -167,3 +167,55 @@ def test_a_left_out_reject_and_a_rule_that_errs_name_it_too(
         assert second == "passed"
     finally:
         cp.handle.stop(0)
+
+
+def test_a_passed_decision_whose_approvals_no_longer_verify_does_not_move_the_alias(
+    tmp_path: Path, trained_model: TrainedModel
+) -> None:
+    """The decision's digest covers the approvals as recorded, which a key change leaves
+    as they were: the alias must still not move on approvals this server can no longer
+    verify. A decision that counted none of them (no approval needed) still stands."""
+    from modelplane.errors import FailedPrecondition
+
+    with (
+        approved_under_an_old_key(tmp_path, trained_model) as (cp, made),
+        cp.client("rita") as rita,
+    ):
+        assert rita.evaluate_gate(made.model_id, made.version, made.target).passed
+        open_target = unique("open")
+        rita.create_policy(unique("p"), target=open_target, rules=["true"])
+        assert rita.evaluate_gate(made.model_id, made.version, open_target).passed
+    cp = start_controlplane(tmp_path, made.db, signing_key=str(made.new_key))
+    try:
+        with cp.client("ops") as ops:
+            with pytest.raises(FailedPrecondition) as refused:
+                ops.set_alias(made.model_id, made.target, made.version)
+            error = refused.value
+            assert error.reason == "GATE_FAILED"
+            assert "counted approvals that no longer count" in error.message
+            assert f"approval {made.approval.name} by rita" in error.message
+            assert f"signed by key {made.old_id}" in error.message
+            assert ops.get_model(made.model_id) is not None
+            # The open target counted no approval: its decision stands.
+            ops.set_alias(made.model_id, open_target, made.version)
+    finally:
+        cp.handle.stop(0)
+    # With the old key's public half given as a verification key, the decision stands again.
+    from cryptography.hazmat.primitives import serialization
+
+    from controlplane.audit import load_or_create_signing_key
+
+    public = load_or_create_signing_key(tmp_path / "old.pem").public_key()
+    (made.retired / "old.pem").write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    cp = start_controlplane(
+        tmp_path, made.db, signing_key=str(made.new_key), verification_keys=str(made.retired)
+    )
+    try:
+        with cp.client("ops") as ops:
+            ops.set_alias(made.model_id, made.target, made.version)
+    finally:
+        cp.handle.stop(0)

@@ -27,7 +27,7 @@ from tests.controlplane.test_governance_evaluation import register
 from tests.controlplane.test_governance_gates import RISK_RULE
 
 EVERY_CAUSE = "an approval was given or withdrawn, the version's labels changed, or what"
-GENERAL = "an approval was given or withdrawn, or the version's labels or lineage changed"
+GENERAL = "an approval was given, withdrawn or altered, or the version's labels or lineage changed"
 
 
 def _refused(cp: RunningControlPlane, model_id: str, alias: str, version: int) -> str:
@@ -47,13 +47,17 @@ def _changed(message: str, decision: str) -> str:
 
 def _without_part_digests(cp: RunningControlPlane, decision: str) -> None:
     """Alter the stored gate decision named ``decision`` into what a release before the part
-    digests were recorded stored: its reference without them."""
+    digests (and the counted approvals) were recorded stored: its reference without them."""
     store = Store.open(cp.db_url)
     try:
         with store.write(RequestContext(principal="test"), "test") as tx:
             row = tx.session.get(GateDecisionRow, decision.rpartition("/")[2])
             assert row is not None
-            kept = {k: v for k, v in row.reference.items() if not k.endswith("_sha256")}
+            kept = {
+                k: v
+                for k, v in row.reference.items()
+                if not k.endswith("_sha256") and k != "counted_approvals"
+            }
             assert set(kept) == {"serving", "compared_version", "evaluation", "digest_format"}
             row.reference = kept
             tx.session.add(row)
@@ -99,7 +103,7 @@ def test_a_withdrawn_approval_alone_is_named(
     with controlplane.client("bob") as bob:
         bob.with_roles(["risk"]).approve(model_id, version, target, decision="reject", comment="x")
     message = _refused(controlplane, model_id, target, version)
-    assert _changed(message, gated.name) == "an approval was given or withdrawn"
+    assert _changed(message, gated.name) == "an approval was given, withdrawn or altered"
 
 
 def test_the_served_version_moving_names_both_versions_and_other_changes_too(
