@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,17 @@ def _check_syntax(terms: list[str], allowed: Mapping[str, object]) -> None:
             raise _unsupported(term, f"the operator {op!r}", allowed)
 
 
+#: A filter term: runs of characters other than spaces and quotes, and quoted runs, which may
+#: hold spaces (an unclosed quote runs to the end, and is refused as such).
+_TERM = re.compile(r'(?:[^\s"]+|"[^"]*"?)+')
+
+
+def _terms(text: str) -> list[str]:
+    """The space-separated terms of ``text``, a quoted value kept whole (``labels.note="a b"``
+    is one term, its value refused for the space it holds rather than split into two terms)."""
+    return _TERM.findall(text)
+
+
 def _unquoted(value: str, term: str) -> str:
     """``value`` without one pair of enclosing double quotes (AIP-160 string literals).
 
@@ -131,7 +143,7 @@ def parse_filter(text: str, fields: Mapping[str, Callable[[str], str]] | None = 
     labels: dict[str, str] = {}
     values: dict[str, str] = {}
     conflict = False
-    words = text.split()
+    words = _terms(text)
     _check_syntax(words, allowed)
     for term in words:
         key, sep, raw = term.partition("=")

@@ -126,3 +126,21 @@ def test_label_rules_say_ascii_letters(client: Client, model: str) -> None:
         client.list_versions_page(model, filter="labels.zoë=x")
     assert filter_key.value.reason == "INVALID_FILTER"
     assert "label keys are 1-63 lowercase ASCII letters, digits" in filter_key.value.message
+
+
+@pytest.mark.parametrize("value", ["a !=b", "x AND y", "x (y", "a=b c", " x"])
+def test_a_quoted_value_with_a_space_is_one_term_refused_for_its_value(
+    client: Client, model: str, value: str
+) -> None:
+    """A quoted value is kept whole: what follows its space is not read as another term (an
+    operator, a word, a parenthesis), and the value is refused as no label can hold it."""
+    term = f'labels.note="{value}"'
+    with pytest.raises(InvalidArgument) as refused:
+        client.list_versions_page(model, filter=f"labels.stage=beta {term}")
+    assert refused.value.reason == "INVALID_FILTER"
+    assert refused.value.message.startswith(
+        f"label value {value!r} in filter term {term!r} is invalid, so no label can match it"
+    )
+    # Quoted values without spaces match as bare ones do.
+    page = client.list_versions_page(model, filter='labels.stage="beta"')
+    assert [v.version for v in page.versions] == [1]
