@@ -177,8 +177,9 @@ def _integral(value: Any) -> int | None:
 
 def _positive_index(classes: list[Any], positive_class: Any) -> int:
     """The index of ``positive_class`` in ``classes``; boolean classes take true/false in any
-    letter case, or 1/0; integer classes take any spelling of an integral number (``1``,
-    ``1.0``, ``+1``), as their labels may be the floats 1.0 and 0.0."""
+    letter case, or 1/0; integer classes, and float classes that are whole numbers, take any
+    spelling of an integral number (``1``, ``1.0``, ``+1``), as their labels may be the floats
+    1.0 and 0.0 (or the integers)."""
     if positive_class is None:
         return 1
     if classes and all(isinstance(c, bool) for c in classes):
@@ -189,10 +190,11 @@ def _positive_index(classes: list[Any], positive_class: Any) -> int:
         for i, c in enumerate(classes):
             if c == positive_class or str(c) == str(positive_class):
                 return i
+        integers = [_integral(c) for c in classes]
         if classes and all(
-            isinstance(c, numbers.Integral) and not isinstance(c, bool | np.bool_) for c in classes
+            n is not None and not isinstance(c, str) for n, c in zip(integers, classes, strict=True)
         ):
-            integers = [int(c) for c in classes]
+            # Integer classes, or floats that are whole numbers (a float label output).
             number = _integral(positive_class)
             if number is not None and number in integers:
                 return integers.index(number)

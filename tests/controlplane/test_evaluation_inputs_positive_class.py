@@ -92,3 +92,27 @@ def test_integer_classes_take_a_positive_class_spelled_as_an_integral_number(
         assert code != 0, spelling
         assert "UNKNOWN_POSITIVE_CLASS" in err, err
         assert f"positive class {spelling!r} is not one of the model's classes [0, 1]" in err
+
+
+@pytest.mark.parametrize(
+    ("classes", "given", "index"),
+    [
+        ([0.0, 1.0], "1", 1),  # a float label output: whole numbers match any spelling
+        ([0.0, 1.0], "+1.0", 1),
+        ([0.0, 1.0], "0", 0),
+        ([0.5, 1.0], "1", None),  # not every class is a whole number: only exact text
+        (["0", "1"], "1.0", None),  # string classes are matched as written
+    ],
+)
+def test_float_classes_that_are_whole_numbers_take_any_integral_spelling(
+    classes: list[object], given: str, index: int | None
+) -> None:
+    from controlplane.evaluation._engine import _positive_index
+    from modelplane.errors import InvalidArgument
+
+    if index is None:
+        with pytest.raises(InvalidArgument) as refused:
+            _positive_index(classes, given)
+        assert refused.value.reason == "UNKNOWN_POSITIVE_CLASS"
+    else:
+        assert _positive_index(classes, given) == index
