@@ -203,6 +203,10 @@ class GuardResult:
         """True only for a guard that evaluated to false (skipped guards never fail)."""
         return not self.passed and not self.error
 
+    def noted(self, *notes: str) -> GuardResult:
+        """This result with ``notes`` added to its detail (``; `` between the non-empty parts)."""
+        return replace(self, detail="; ".join(x for x in (self.detail, *notes) if x))
+
 
 @dataclass(frozen=True)
 class Evidence:

@@ -633,10 +633,7 @@ def judge(
         replace(g, error=f"{g.error}; {instead}") if i in judging else g
         for i, g in enumerate(results)
     )
-    added = (
-        replace(g, detail="; ".join(x for x in (g.detail, note) if x))
-        for g in evaluate(extra, values, min_requests, scope, drift_min_rows)
-    )
+    added = (g.noted(note) for g in evaluate(extra, values, min_requests, scope, drift_min_rows))
     stood_in = frozenset(guards[i] for i in judging)
     return Judged((*results, *added), stood_in, note)
 

@@ -264,7 +264,7 @@ def _noted(
             if any(f == x or f.startswith(x + ".") for f in read for x in derived):
                 notes.append(why)
                 used[why] = None
-        out.append(replace(g, detail="; ".join([g.detail, *notes])) if notes else g)
+        out.append(g.noted(*notes) if notes else g)
     return tuple(out), tuple(used)
 
 
@@ -277,7 +277,7 @@ def _stood_in_champion(results: Sequence[GuardResult], note: str) -> tuple[Guard
             reads = "champion" in guards.arms_read(g.expression)
         except InvalidArgument:
             reads = False
-        out.append(replace(g, detail="; ".join(x for x in (g.detail, note) if x)) if reads else g)
+        out.append(g.noted(note) if reads else g)
     return tuple(out)
 
 

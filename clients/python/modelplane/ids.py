@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from modelplane.errors import InvalidArgument
-
 _ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 #: What a valid identifier looks like, for messages.
@@ -57,6 +55,9 @@ def claimed_role_names(names: Iterable[str], where: str = "") -> tuple[str, ...]
     that is not a role name (``metadata["invalid_roles"]``: those names, comma-separated) or
     more than :data:`MAX_ROLES` distinct names (``metadata["count"]``); ``where`` (such as
     `` (metadata x-modelplane-roles)``) follows what the message names."""
+    # Imported here: this module stays free of gRPC, which modelplane.errors loads.
+    from modelplane.errors import InvalidArgument
+
     stripped = [n.strip() for n in names if n.strip()]
     bad = [n for n in stripped if not ROLE_NAME.fullmatch(n.lower())]
     if bad:
